@@ -1,0 +1,37 @@
+"""tftrt: TF-TRT's conversion workflow for current TensorFlow, with engines built on CuPy.
+
+    from tftrt import trt_convert as trt
+    converter = trt.TrtGraphConverterV2(input_saved_model_dir="model")
+    converter.convert(); converter.build(input_fn); converter.save("model_tftrt")
+    model = tftrt.load("model_tftrt")
+"""
+
+import os as _os
+
+__version__ = "0.1.0"
+
+# In the repository the converters live in the top-level folder converters/ (installed as
+# tftrt.converters through setup.cfg's package_dir). When tftrt is imported straight from a
+# checkout, let the package find them there too.
+if not _os.path.isdir(_os.path.join(__path__[0], "converters")):
+    _root = _os.path.dirname(_os.path.abspath(__path__[0]))
+    if _os.path.isfile(_os.path.join(_root, "converters", "registry.py")):
+        __path__.append(_root)
+
+
+def load(export_dir, tags=None, options=None):
+    """Loads a SavedModel written by ``TrtGraphConverterV2.save`` with its engines active.
+
+    Plans that were built before saving are restored without rebuilding. A SavedModel that
+    tftrt did not convert loads as with ``tf.saved_model.load``.
+    """
+    from tftrt.saving import load as _load
+    return _load(export_dir, tags=tags, options=options)
+
+
+def __getattr__(name):
+    # Keep `import tftrt` light: trt_convert imports TensorFlow.
+    if name == "trt_convert":
+        import importlib
+        return importlib.import_module("tftrt.trt_convert")
+    raise AttributeError(f"module 'tftrt' has no attribute {name!r}")

@@ -1,0 +1,325 @@
+"""Graph in: load a SavedModel signature, freeze it, clean it with Grappler, infer shapes.
+
+Everything downstream (segmenter, lowering, rewrite) works on a :class:`GraphInfo`: a frozen
+GraphDef plus the static dtype and shape of every tensor and the values of constants.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+log = logging.getLogger("tftrt.graph_io")
+
+# Grappler passes TF-TRT ran before segmentation. "layout" is left out on purpose: it would
+# turn NHWC convolutions into NCHW + transposes on GPU hosts; engines choose their own layout.
+GRAPPLER_OPTIMIZERS = ("pruning", "debug_stripper", "constfold", "arithmetic", "dependency",
+                       "common_subgraph_elimination", "constfold")
+
+DEFAULT_TAGS = ("serve",)
+DEFAULT_SIGNATURE_KEY = "serving_default"
+
+
+def tensor_name(node: str, index: int = 0) -> str:
+    return f"{node}:{index}"
+
+
+def split_tensor_name(name: str) -> Tuple[str, int]:
+    """'node:1' -> ('node', 1); 'node' -> ('node', 0); '^node' -> ('node', -1)."""
+    if name.startswith("^"):
+        return name[1:], -1
+    node, sep, idx = name.rpartition(":")
+    if sep and idx.isdigit():
+        return node, int(idx)
+    return name, 0
+
+
+def attr_value(av):
+    """Decodes a TF AttrValue into a plain python value."""
+    from tensorflow.python.framework import dtypes as tf_dtypes, tensor_util
+    which = av.WhichOneof("value")
+    if which == "list":
+        lst = av.list
+        for field in ("s", "i", "f", "b", "type", "shape", "tensor", "func"):
+            vals = getattr(lst, field)
+            if len(vals):
+                if field == "s":
+                    return [v.decode() for v in vals]
+                if field == "type":
+                    return [np.dtype(tf_dtypes.as_dtype(v).as_numpy_dtype) for v in vals]
+                if field == "shape":
+                    return [_shape_list(v) for v in vals]
+                if field == "tensor":
+                    return [tensor_util.MakeNdarray(v) for v in vals]
+                if field == "func":
+                    return [v.name for v in vals]
+                return list(vals)
+        return []
+    if which == "s":
+        try:
+            return av.s.decode()
+        except UnicodeDecodeError:
+            return av.s
+    if which in ("i", "f", "b"):
+        return getattr(av, which)
+    if which == "type":
+        dt = tf_dtypes.as_dtype(av.type)
+        try:
+            return np.dtype(dt.as_numpy_dtype)
+        except TypeError:
+            return None
+    if which == "shape":
+        return _shape_list(av.shape)
+    if which == "tensor":
+        return tensor_util.MakeNdarray(av.tensor)
+    if which == "func":
+        return av.func.name
+    return None
+
+
+def _shape_list(shape_proto) -> Optional[List[Optional[int]]]:
+    if shape_proto.unknown_rank:
+        return None
+    return [d.size if d.size >= 0 else None for d in shape_proto.dim]
+
+
+class GraphInfo:
+    """A frozen GraphDef with static dtypes, shapes and constant values of every tensor.
+
+    Attributes:
+      graph_def: the GraphDef (with its function library).
+      nodes: node name -> NodeDef.
+      inputs / outputs: tensor names of the function's inputs and outputs, in order.
+      shapes: tensor name -> tuple (None for unknown dims) or None for unknown rank.
+      dtypes: tensor name -> numpy dtype.
+    """
+
+    def __init__(self, graph_def, inputs: Sequence[str], outputs: Sequence[str]):
+        self.graph_def = graph_def
+        self.nodes = {n.name: n for n in graph_def.node}
+        self.inputs = list(inputs)
+        self.outputs = list(outputs)
+        self.shapes: Dict[str, Optional[Tuple[Optional[int], ...]]] = {}
+        self.dtypes: Dict[str, np.dtype] = {}
+        self._num_outputs: Dict[str, int] = {}
+        self._consts: Dict[str, Optional[np.ndarray]] = {}
+        self._data_inputs: Dict[str, List[str]] = {}
+        self._infer()
+
+    # --- structure ---------------------------------------------------------------------------
+    def data_inputs(self, node) -> List[str]:
+        got = self._data_inputs.get(node.name)
+        if got is None:
+            got = [_canonical(i) for i in node.input if not i.startswith("^")]
+            self._data_inputs[node.name] = got
+        return got
+
+    def control_inputs(self, node) -> List[str]:
+        return [i[1:] for i in node.input if i.startswith("^")]
+
+    def num_outputs(self, name: str) -> int:
+        return self._num_outputs.get(name, 0)
+
+    def consumers(self) -> Dict[str, List[Tuple[str, int]]]:
+        """tensor name -> [(consumer node, input position)]; control edges under '^node'."""
+        out: Dict[str, List[Tuple[str, int]]] = {}
+        for n in self.graph_def.node:
+            pos = 0
+            for i in n.input:
+                if i.startswith("^"):
+                    out.setdefault("^" + i[1:], []).append((n.name, -1))
+                else:
+                    out.setdefault(_canonical(i), []).append((n.name, pos))
+                    pos += 1
+        return out
+
+    def topological_order(self) -> List[str]:
+        """Node names, producers before consumers (data and control edges)."""
+        indeg = {n: 0 for n in self.nodes}
+        succ: Dict[str, List[str]] = {n: [] for n in self.nodes}
+        for n in self.graph_def.node:
+            for i in n.input:
+                src = split_tensor_name(i)[0]
+                if src in self.nodes:
+                    succ[src].append(n.name)
+                    indeg[n.name] += 1
+        ready = [n.name for n in self.graph_def.node if indeg[n.name] == 0]
+        order = []
+        while ready:
+            cur = ready.pop()
+            order.append(cur)
+            for s in succ[cur]:
+                indeg[s] -= 1
+                if indeg[s] == 0:
+                    ready.append(s)
+        if len(order) != len(self.nodes):
+            raise ValueError("the graph has a cycle (control flow loops are not supported "
+                             "outside functions)")
+        return order
+
+    # --- constants ---------------------------------------------------------------------------
+    def const_value(self, tensor: str) -> Optional[np.ndarray]:
+        """Value of a tensor produced by a Const node (None when it isn't one)."""
+        if tensor in self._consts:
+            return self._consts[tensor]
+        name, idx = split_tensor_name(tensor)
+        node = self.nodes.get(name)
+        value = None
+        if node is not None and node.op == "Const" and idx == 0:
+            from tensorflow.python.framework import tensor_util
+            try:
+                value = tensor_util.MakeNdarray(node.attr["value"].tensor)
+            except Exception:  # e.g. string or resource constants
+                value = None
+        self._consts[tensor] = value
+        return value
+
+    # --- inference -----------------------------------------------------------------------------
+    def _infer(self):
+        import tensorflow as tf
+        g = tf.Graph()
+        with g.as_default():
+            tf.graph_util.import_graph_def(self.graph_def, name="")
+        for op in g.get_operations():
+            self._num_outputs[op.name] = len(op.outputs)
+            for k, t in enumerate(op.outputs):
+                name = tensor_name(op.name, k)
+                try:
+                    self.dtypes[name] = np.dtype(t.dtype.as_numpy_dtype)
+                except TypeError:
+                    self.dtypes[name] = np.dtype(object)
+                if t.shape.rank is None:
+                    self.shapes[name] = None
+                else:
+                    self.shapes[name] = tuple(t.shape.as_list())
+
+
+def _canonical(name: str) -> str:
+    node, idx = split_tensor_name(name)
+    return tensor_name(node, idx)
+
+
+# ------------------------------------------------------------------------------------------------
+# Loading
+
+
+class SignatureGraph:
+    """What convert() works on: the frozen, cleaned signature graph and how to call it.
+
+    Attributes:
+      info: GraphInfo of the cleaned graph.
+      func: the original signature ConcreteFunction (for structured inputs / outputs).
+      frozen_func: the frozen ConcreteFunction.
+      input_names: signature argument names, in the order of ``info.inputs``.
+      saved_model: the loaded SavedModel object (kept alive; saved again with the conversion).
+    """
+
+    def __init__(self, info, func, frozen_func, input_names, saved_model=None):
+        self.info = info
+        self.func = func
+        self.frozen_func = frozen_func
+        self.input_names = input_names
+        self.saved_model = saved_model
+
+
+def check_saved_model_dir(path) -> str:
+    if path is None:
+        raise ValueError("input_saved_model_dir is None: give the directory of a SavedModel "
+                         "(tf.saved_model.save or model.export wrote it)")
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise ValueError(f"SavedModel directory {path!r} does not exist")
+    if not (os.path.isfile(os.path.join(path, "saved_model.pb"))
+            or os.path.isfile(os.path.join(path, "saved_model.pbtxt"))):
+        raise ValueError(f"{path!r} is not a SavedModel directory: it has no saved_model.pb "
+                         f"(save the model with tf.saved_model.save or model.export)")
+    return path
+
+
+def load_signature(path, tags: Optional[Iterable[str]] = None,
+                   signature_key: Optional[str] = None):
+    """Loads a SavedModel and returns (saved_model_object, signature ConcreteFunction)."""
+    import tensorflow as tf
+    path = check_saved_model_dir(path)
+    tags = list(tags) if tags else list(DEFAULT_TAGS)
+    signature_key = signature_key or DEFAULT_SIGNATURE_KEY
+    try:
+        saved = tf.saved_model.load(path, tags=tags)
+    except Exception as e:
+        raise ValueError(f"could not load the SavedModel in {path!r} with tags {tags}: "
+                         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+                         f"(is the directory complete and written by TensorFlow?)") from e
+    sigs = getattr(saved, "signatures", {}) or {}
+    if signature_key not in sigs:
+        raise ValueError(f"signature {signature_key!r} not found in {path!r}; available "
+                         f"signatures: {sorted(sigs) or 'none'}")
+    return saved, sigs[signature_key]
+
+
+def freeze_and_clean(func, run_grappler: bool = True) -> Tuple[object, "object"]:
+    """Freezes variables of a ConcreteFunction and runs the Grappler clean-up passes.
+
+    Returns (frozen ConcreteFunction, cleaned GraphDef).
+    """
+    from tensorflow.python.framework import convert_to_constants
+    frozen = convert_to_constants.convert_variables_to_constants_v2(func)
+    graph_def = frozen.graph.as_graph_def()
+    for node in graph_def.node:
+        node.device = ""
+    if run_grappler:
+        graph_def = run_grappler_passes(graph_def, frozen.graph,
+                                        [t.name for t in frozen.inputs + frozen.outputs])
+    return frozen, graph_def
+
+
+def run_grappler_passes(graph_def, graph, fetches: Sequence[str],
+                        optimizers: Sequence[str] = GRAPPLER_OPTIMIZERS):
+    """Runs Grappler's clean-up optimizers on ``graph_def``, keeping ``fetches`` alive."""
+    from tensorflow.core.protobuf import config_pb2, meta_graph_pb2, rewriter_config_pb2
+    from tensorflow.python.grappler import tf_optimizer
+    from tensorflow.python.training import saver
+
+    meta = saver.export_meta_graph(graph_def=graph_def, graph=graph)
+    fetch_collection = meta_graph_pb2.CollectionDef()
+    for name in fetches:
+        fetch_collection.node_list.value.append(name)
+    meta.collection_def["train_op"].CopyFrom(fetch_collection)
+    config = config_pb2.ConfigProto()
+    rw = config.graph_options.rewrite_options
+    rw.min_graph_nodes = -1
+    rw.meta_optimizer_iterations = rewriter_config_pb2.RewriterConfig.ONE
+    rw.remapping = rewriter_config_pb2.RewriterConfig.OFF
+    del rw.optimizers[:]
+    rw.optimizers.extend(optimizers)
+    return tf_optimizer.OptimizeGraph(config, meta, graph_id=b"tf_graph")
+
+
+def signature_graph(path, tags=None, signature_key=None) -> SignatureGraph:
+    """Loads, freezes and cleans one signature of a SavedModel."""
+    saved, func = load_signature(path, tags, signature_key)
+    return function_graph(func, saved)
+
+
+def function_graph(func, saved_model=None) -> SignatureGraph:
+    frozen, graph_def = freeze_and_clean(func)
+    inputs = [t.name for t in frozen.inputs]
+    outputs = [t.name for t in frozen.outputs]
+    info = GraphInfo(graph_def, inputs, outputs)
+    arg_names = _input_arg_names(func, len(inputs))
+    return SignatureGraph(info, func, frozen, arg_names, saved_model)
+
+
+def _input_arg_names(func, n: int) -> List[str]:
+    """Keyword names of a signature's inputs, in the order of func.inputs."""
+    import tensorflow as tf
+    try:
+        specs = tf.nest.flatten(func.structured_input_signature)
+        names = [s.name for s in specs if isinstance(s, tf.TensorSpec)]
+        if len(names) == n and all(names):
+            return names
+    except Exception:
+        pass
+    return [t.name.split(":")[0] for t in func.inputs[:n]]
