@@ -1,0 +1,130 @@
+"""The conversion pipeline shared by the V2 and TF1 converters and by tftrt.load.
+
+GraphInfo -> segments -> segment networks (ONNX) -> engine ops + native segment functions ->
+converted graph (engine form) -> flat ConcreteFunction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from tftrt import rewrite
+from tftrt.engine_op import EngineSpec, TRTEngineOp
+from tftrt.graph_io import GraphInfo
+from tftrt.lowering import ConversionError, lower_segment
+from tftrt.segment import Segment, SegmentationResult, segment_graph
+
+log = logging.getLogger("tftrt.convert")
+
+
+@dataclasses.dataclass
+class ConversionResult:
+    segmentation: SegmentationResult
+    engine_ops: Dict[str, TRTEngineOp]
+    native_fdefs: Dict[str, object]
+    flat_fn: object
+    keepalive: list
+    graph_def: object = None        # engine form
+    outputs: Optional[List[str]] = None
+
+
+def register_engine_op(op: TRTEngineOp, out_dtypes) -> tuple:
+    """Registers ``op`` as an EagerPyFunc callable; returns (token, wrapper to keep alive)."""
+    import tensorflow as tf
+    from tensorflow.python.ops import script_ops
+    wrapper = script_ops.EagerFunc(op, [tf.as_dtype(np.dtype(d)) for d in out_dtypes], False)
+    token = script_ops._py_funcs.insert(wrapper)  # pylint: disable=protected-access
+    return token, wrapper
+
+
+def convert_graph(info: GraphInfo, params, nodes_denylist: Sequence[str] = ()) -> ConversionResult:
+    """Segments, lowers and rewrites ``info``; returns the engine-form flat function."""
+    seg = segment_graph(info, params.minimum_segment_size, nodes_denylist=nodes_denylist)
+    kept: List[Segment] = []
+    engine_ops: Dict[str, TRTEngineOp] = {}
+    fdefs = {}
+    for s in seg.segments:
+        try:
+            net = lower_segment(info, s.name, s.nodes, s.inputs, s.outputs)
+        except ConversionError as e:
+            log.warning("%s stays native: %s", s.name, e)
+            for n in s.nodes:
+                seg.dropped[n] = f"lowering failed: {e}"
+            continue
+        fdef = rewrite.native_segment_function_def(info, s)
+        in_dtypes = [info.dtypes[t] for t in s.inputs]
+        out_dtypes = [info.dtypes[t] for t in s.outputs]
+        native_fn = rewrite.function_def_caller(
+            fdef, [(d, info.shapes.get(t)) for d, t in zip(in_dtypes, s.inputs)], out_dtypes)
+        spec = EngineSpec(
+            name=s.name, onnx_bytes=net.model.SerializeToString(),
+            input_tensors=list(s.inputs), output_tensors=list(s.outputs),
+            input_dtypes=[d.name for d in in_dtypes], output_dtypes=[d.name for d in out_dtypes],
+            input_shapes=[_shape_json(info.shapes.get(t)) for t in s.inputs],
+            output_shapes=[_shape_json(info.shapes.get(t)) for t in s.outputs],
+            op_histogram=s.op_histogram(info), num_nodes=len(s.nodes) + len(s.consts),
+            precision_mode=_engine_precision(params.precision_mode),
+            maximum_cached_engines=params.maximum_cached_engines,
+            max_workspace_size_bytes=params.max_workspace_size_bytes,
+            allow_build_at_runtime=params.allow_build_at_runtime,
+            member_nodes=list(s.nodes) + list(s.consts))
+        engine_ops[s.name] = TRTEngineOp(spec, native_fn)
+        fdefs[s.name] = fdef
+        kept.append(s)
+    seg.segments = kept
+    flat_fn, keepalive, gd, outputs = engine_form_function(info, kept, engine_ops)
+    return ConversionResult(seg, engine_ops, fdefs, flat_fn, keepalive, gd, outputs)
+
+
+def engine_form_function(info: GraphInfo, segments: Sequence[Segment],
+                         engine_ops: Dict[str, TRTEngineOp]):
+    keepalive: list = []
+    tokens = {}
+    for s in segments:
+        op = engine_ops[s.name]
+        token, wrapper = register_engine_op(op, op.spec.output_dtypes)
+        tokens[s.name] = token
+        keepalive += [op, wrapper]
+
+    def make(s: Segment):
+        spec = engine_ops[s.name].spec
+        return rewrite.engine_node(s.name, tokens[s.name], spec.input_dtypes, spec.output_dtypes)
+
+    gd, outputs = rewrite.replace_segments(info, segments, make)
+    flat_fn = rewrite.flat_function(gd, info.inputs, outputs)
+    flat_fn._tftrt_keepalive = keepalive  # pylint: disable=protected-access
+    return flat_fn, keepalive, gd, outputs
+
+
+def native_form_graph_def(info: GraphInfo, segments: Sequence[Segment],
+                          engine_ops: Dict[str, TRTEngineOp], fdefs: Dict[str, object]):
+    """The converted graph with native segment calls (what save() writes)."""
+    def make(s: Segment):
+        spec = engine_ops[s.name].spec
+        return rewrite.native_call_node(s.name, fdefs[s.name].signature.name,
+                                        spec.input_dtypes, spec.output_dtypes)
+    return rewrite.replace_segments(info, segments, make,
+                                    library=[fdefs[s.name] for s in segments])
+
+
+def make_signature_function(sig, flat_fn, keepalive):
+    """Wraps a flat function so it is called (and saved) like the original signature."""
+    structured = sig.func.structured_outputs
+    return rewrite.signature_function(flat_fn, sig.input_names, sig.frozen_func.inputs,
+                                      structured, keepalive)
+
+
+def _engine_precision(mode: str) -> str:
+    mode = mode.upper()
+    if mode == "INT8":
+        # Without calibration data or Q/DQ ops INT8 engines run in FP16, as TF-TRT fell back.
+        return "FP16"
+    return mode
+
+
+def _shape_json(shape):
+    return None if shape is None else [None if d is None else int(d) for d in shape]

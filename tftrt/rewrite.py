@@ -1,0 +1,247 @@
+"""Rewrite: replace each segment by one node, and make callable functions of the result.
+
+Two forms of the converted graph share one layout:
+  * engine form: each segment is an ``EagerPyFunc`` node named ``TRTEngineOp_NNN_MMM`` bound to
+    a :class:`~tftrt.engine_op.TRTEngineOp` object (what convert() returns and tftrt.load
+    restores);
+  * native form: each segment is a ``PartitionedCall`` of the function
+    ``TRTEngineOp_NNN_MMM_native_segment`` carrying ``_tftrt_engine`` attributes (what save()
+    writes, so plain TensorFlow can load and run the model).
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import logging
+from typing import Callable, Dict, List, Sequence, Tuple
+
+import numpy as np
+
+from tftrt.graph_io import GraphInfo, split_tensor_name, tensor_name
+from tftrt.segment import Segment
+
+log = logging.getLogger("tftrt.rewrite")
+
+ENGINE_ATTR = "_tftrt_engine"
+
+
+def _tf():
+    import tensorflow as tf
+    return tf
+
+
+def _dtype_enum(np_dtype) -> int:
+    return _tf().as_dtype(np.dtype(np_dtype)).as_datatype_enum
+
+
+# ------------------------------------------------------------------------------------------------
+# Native segment functions
+
+
+def segment_graph_def(info: GraphInfo, seg: Segment):
+    """A GraphDef of the segment alone: TensorRTInputPH_i placeholders -> TensorRTOutputPH_i."""
+    from tensorflow.core.framework import graph_pb2
+    tf = _tf()
+    gd = graph_pb2.GraphDef()
+    gd.versions.CopyFrom(info.graph_def.versions)
+    remap = {}
+    for i, t in enumerate(seg.inputs):
+        ph = gd.node.add(name=f"TensorRTInputPH_{i}", op="Placeholder")
+        ph.attr["dtype"].type = _dtype_enum(info.dtypes[t])
+        shape = info.shapes.get(t)
+        if shape is not None:
+            ph.attr["shape"].shape.CopyFrom(tf.TensorShape(list(shape)).as_proto())
+        remap[t] = f"TensorRTInputPH_{i}:0"
+    members = set(seg.nodes) | set(seg.consts)
+    needed_consts = set()
+    for n in seg.nodes:
+        for t in info.data_inputs(info.nodes[n]):
+            src = split_tensor_name(t)[0]
+            if src not in members and info.const_value(t) is not None:
+                needed_consts.add(src)
+    for n in list(seg.consts) + sorted(needed_consts):
+        gd.node.add().CopyFrom(info.nodes[n])
+    for n in seg.nodes:
+        node = gd.node.add()
+        node.CopyFrom(info.nodes[n])
+        node.device = ""
+        new_inputs = []
+        for i in node.input:
+            if i.startswith("^"):
+                if i[1:] in members:
+                    new_inputs.append(i)
+                continue
+            canon = tensor_name(*split_tensor_name(i))
+            new_inputs.append(remap.get(canon, i))
+        del node.input[:]
+        node.input.extend(new_inputs)
+    for j, t in enumerate(seg.outputs):
+        out = gd.node.add(name=f"TensorRTOutputPH_{j}", op="Identity")
+        out.input.append(t)
+        out.attr["T"].type = _dtype_enum(info.dtypes[t])
+    return gd
+
+
+def native_segment_function_def(info: GraphInfo, seg: Segment):
+    """The FunctionDef ``<engine>_native_segment`` computing the segment with TF ops."""
+    from tensorflow.python.eager import wrap_function
+    gd = segment_graph_def(info, seg)
+    fn = wrap_function.function_from_graph_def(
+        gd, [f"TensorRTInputPH_{i}:0" for i in range(len(seg.inputs))],
+        [f"TensorRTOutputPH_{j}:0" for j in range(len(seg.outputs))])
+    fdef = copy.deepcopy(fn.function_def)
+    fdef.signature.name = f"{seg.name}_native_segment"
+    return fdef
+
+
+def function_def_caller(fdef, input_specs: Sequence[Tuple[np.dtype, object]],
+                        output_dtypes: Sequence[np.dtype]):
+    """A ConcreteFunction that calls ``fdef`` (used as an engine op's native fallback)."""
+    from tensorflow.core.framework import graph_pb2
+    from tensorflow.python.eager import wrap_function
+    tf = _tf()
+    gd = graph_pb2.GraphDef()
+    gd.library.function.add().CopyFrom(fdef)
+    for i, (dt, shape) in enumerate(input_specs):
+        ph = gd.node.add(name=f"in_{i}", op="Placeholder")
+        ph.attr["dtype"].type = _dtype_enum(dt)
+        if shape is not None:
+            ph.attr["shape"].shape.CopyFrom(tf.TensorShape(list(shape)).as_proto())
+    call = gd.node.add(name="call", op="PartitionedCall")
+    call.input.extend([f"in_{i}:0" for i in range(len(input_specs))])
+    call.attr["Tin"].list.type.extend([_dtype_enum(dt) for dt, _ in input_specs])
+    call.attr["Tout"].list.type.extend([_dtype_enum(dt) for dt in output_dtypes])
+    call.attr["f"].func.name = fdef.signature.name
+    return wrap_function.function_from_graph_def(
+        gd, [f"in_{i}:0" for i in range(len(input_specs))],
+        [f"call:{j}" for j in range(len(output_dtypes))])
+
+
+# ------------------------------------------------------------------------------------------------
+# Replacing segments
+
+
+def engine_node(name: str, token: str, in_dtypes, out_dtypes):
+    """An EagerPyFunc NodeDef bound to the registered Python callable ``token``."""
+    from tensorflow.core.framework import node_def_pb2
+    node = node_def_pb2.NodeDef(name=name, op="EagerPyFunc")
+    node.attr["token"].s = token.encode()
+    node.attr["is_async"].b = False
+    node.attr["Tin"].list.type.extend([_dtype_enum(d) for d in in_dtypes])
+    node.attr["Tout"].list.type.extend([_dtype_enum(d) for d in out_dtypes])
+    return node
+
+
+def native_call_node(name: str, fdef_name: str, in_dtypes, out_dtypes):
+    """A PartitionedCall NodeDef of the native segment function, marked as an engine."""
+    from tensorflow.core.framework import node_def_pb2
+    node = node_def_pb2.NodeDef(name=name, op="PartitionedCall")
+    node.attr["Tin"].list.type.extend([_dtype_enum(d) for d in in_dtypes])
+    node.attr["Tout"].list.type.extend([_dtype_enum(d) for d in out_dtypes])
+    node.attr["f"].func.name = fdef_name
+    node.attr[ENGINE_ATTR].s = name.encode()
+    return node
+
+
+def replace_segments(info: GraphInfo, segments: Sequence[Segment],
+                     make_node: Callable[[Segment], object], library=()):
+    """Returns (GraphDef, output tensor names) with each segment replaced by make_node(seg).
+
+    ``make_node`` returns a NodeDef whose inputs are filled here (segment inputs, then the
+    control inputs the segment's nodes had from outside).
+    """
+    from tensorflow.core.framework import graph_pb2
+    removed = set()
+    remap: Dict[str, str] = {}
+    ctrl_remap: Dict[str, str] = {}
+    new_nodes = []
+    for seg in segments:
+        members = set(seg.nodes) | set(seg.consts)
+        removed |= members
+        node = make_node(seg)
+        node.input.extend(seg.inputs)
+        ctrl = []
+        for n in seg.nodes:
+            for c in info.control_inputs(info.nodes[n]):
+                if c not in members and f"^{c}" not in ctrl:
+                    ctrl.append(f"^{c}")
+        node.input.extend(ctrl)
+        for j, t in enumerate(seg.outputs):
+            remap[t] = tensor_name(seg.name, j)
+        for n in members:
+            ctrl_remap[n] = seg.name
+        new_nodes.append(node)
+
+    gd = graph_pb2.GraphDef()
+    gd.versions.CopyFrom(info.graph_def.versions)
+    gd.library.CopyFrom(info.graph_def.library)
+    for f in library:
+        gd.library.function.add().CopyFrom(f)
+
+    def fix(i: str) -> str:
+        if i.startswith("^"):
+            return "^" + ctrl_remap.get(i[1:], i[1:])
+        canon = tensor_name(*split_tensor_name(i))
+        return remap.get(canon, i)
+
+    for node in info.graph_def.node:
+        if node.name in removed:
+            continue
+        out = gd.node.add()
+        out.CopyFrom(node)
+        fixed = []
+        for i in node.input:
+            f = fix(i)
+            if f not in fixed or not f.startswith("^"):
+                fixed.append(f)
+        del out.input[:]
+        out.input.extend(fixed)
+    for node in new_nodes:
+        # Segment inputs may come from another segment replaced above.
+        fixed = [fix(i) for i in node.input]
+        del node.input[:]
+        node.input.extend(fixed)
+        gd.node.add().CopyFrom(node)
+    outputs = [remap.get(t, t) for t in info.outputs]
+    return gd, outputs
+
+
+def flat_function(graph_def, inputs: Sequence[str], outputs: Sequence[str]):
+    """A ConcreteFunction (positional tensors in, list out) of a GraphDef."""
+    from tensorflow.python.eager import wrap_function
+    return wrap_function.function_from_graph_def(graph_def, list(inputs), list(outputs))
+
+
+# ------------------------------------------------------------------------------------------------
+# The user-facing signature function
+
+
+def signature_function(flat_fn, arg_names: Sequence[str], input_specs, structured_outputs,
+                       keepalive=()):
+    """Wraps a flat function so it is called like the original signature.
+
+    Args:
+      flat_fn: positional tensors -> list of tensors.
+      arg_names: keyword names of the inputs, in flat order.
+      input_specs: tf.TensorSpec per input (shape and dtype of the original signature).
+      structured_outputs: the original signature's structured outputs (a dict for SavedModel
+        signatures); the flat outputs are packed into the same structure.
+      keepalive: objects the function must keep alive (engine ops bound by token).
+    Returns:
+      A ConcreteFunction taking the original keyword arguments.
+    """
+    tf = _tf()
+    specs = [tf.TensorSpec(s.shape, s.dtype, name=n) for s, n in zip(input_specs, arg_names)]
+
+    def call(*args, **kwargs):
+        flat = list(args) + [kwargs[n] for n in arg_names[len(args):]]
+        outs = flat_fn(*flat)
+        return tf.nest.pack_sequence_as(structured_outputs, list(outs))
+
+    call.__signature__ = inspect.Signature(
+        [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in arg_names])
+    call.__name__ = "tftrt_converted"
+    fn = tf.function(call, input_signature=specs, autograph=False).get_concrete_function()
+    fn._tftrt_keepalive = list(keepalive) + [flat_fn]  # pylint: disable=protected-access
+    return fn

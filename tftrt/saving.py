@@ -1,0 +1,189 @@
+"""save() and tftrt.load(): a converted model as a SavedModel plain TensorFlow can still run.
+
+Layout of a saved directory (besides TensorFlow's own files):
+
+    assets/tftrt/manifest.json      format version, signature, engines (spec + files)
+    assets/tftrt/converted.pb       the converted GraphDef, segments as native calls
+    assets/tftrt/<engine>.onnx      each segment network
+    assets/tftrt/<engine>_<k>.plan  built engines (plans: JSON header + raw weights, no code)
+
+The signature itself calls ``<engine>_native_segment`` functions (PartitionedCall nodes marked
+``_tftrt_engine``), so ``tf.saved_model.load`` runs everything natively with correct results.
+``tftrt.load`` reads the manifest, swaps those calls for engine ops and restores the plans.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from typing import Dict, List
+
+import numpy as np
+
+from tftrt import conversion, rewrite
+from tftrt.engine_op import EngineSpec, TRTEngineOp, resolve_backend
+
+log = logging.getLogger("tftrt.saving")
+
+FORMAT_VERSION = 1
+ASSET_DIR = os.path.join("assets", "tftrt")
+MANIFEST = "manifest.json"
+
+
+def _check_output_dir(path: str) -> None:
+    if os.path.isfile(path):
+        raise ValueError(f"output_saved_model_dir {path!r} is a file; give a directory path")
+    if os.path.isdir(path) and os.listdir(path):
+        if not os.path.isfile(os.path.join(path, "saved_model.pb")):
+            raise ValueError(f"output_saved_model_dir {path!r} exists, is not empty and is not "
+                             f"a SavedModel; choose a new directory or empty it first")
+        # Overwriting an earlier SavedModel: start clean so stale plans don't linger.
+        shutil.rmtree(os.path.join(path, ASSET_DIR), ignore_errors=True)
+
+
+def save(converter, path: str, save_gpu_specific_engines: bool = True, options=None) -> None:
+    import tensorflow as tf
+    _check_output_dir(path)
+    sig = converter._sig  # pylint: disable=protected-access
+    info = sig.info
+    seg = converter._segmentation  # pylint: disable=protected-access
+    ops: Dict[str, TRTEngineOp] = converter._engine_ops  # pylint: disable=protected-access
+    fdefs = converter._native_fdefs  # pylint: disable=protected-access
+
+    gd, outputs = conversion.native_form_graph_def(info, seg.segments, ops, fdefs)
+    flat = rewrite.flat_function(gd, info.inputs, outputs)
+    sig_fn = conversion.make_signature_function(sig, flat, [])
+    module = tf.Module()
+    key = converter._input_saved_model_signature_key  # pylint: disable=protected-access
+    tf.saved_model.save(module, path, signatures={key: sig_fn}, options=options)
+
+    adir = os.path.join(path, ASSET_DIR)
+    os.makedirs(adir, exist_ok=True)
+    with open(os.path.join(adir, "converted.pb"), "wb") as f:
+        f.write(gd.SerializeToString())
+    engines = []
+    for name, op in ops.items():
+        onnx_file = f"{name}.onnx"
+        with open(os.path.join(adir, onnx_file), "wb") as f:
+            f.write(op.spec.onnx_bytes)
+        plans = []
+        if save_gpu_specific_engines:
+            for k, (shape_key, engine) in enumerate(op.cache.items()):
+                plan_file = f"{name}_{k}.plan"
+                with open(os.path.join(adir, plan_file), "wb") as f:
+                    f.write(engine.serialize())
+                plans.append({"input_shapes": [list(s) for s in shape_key], "file": plan_file,
+                              "backend": getattr(engine, "backend", None)})
+        engines.append({"spec": op.spec.to_json(), "onnx": onnx_file, "plans": plans})
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "signature_key": key,
+        "inputs": list(info.inputs),
+        "outputs": list(outputs),
+        "input_names": list(sig.input_names),
+        "input_specs": [{"dtype": t.dtype.name, "shape": t.shape.as_list()
+                         if t.shape.rank is not None else None}
+                        for t in sig.frozen_func.inputs],
+        "engines": engines,
+    }
+    with open(os.path.join(adir, MANIFEST), "w") as f:
+        json.dump(manifest, f, indent=1)
+    log.info("saved %d engine op(s) (%d plan(s)) to %s", len(engines),
+             sum(len(e["plans"]) for e in engines), path)
+
+
+class LoadedModel:
+    """What tftrt.load returns: the loaded SavedModel with engine-backed signatures.
+
+    Attribute access falls through to the object ``tf.saved_model.load`` returned.
+    """
+
+    def __init__(self, loaded, signatures, engine_ops: Dict[str, TRTEngineOp]):
+        self._loaded = loaded
+        self.signatures = signatures
+        self.engine_ops = engine_ops
+
+    def __getattr__(self, name):
+        return getattr(self._loaded, name)
+
+
+def load(path, tags=None, options=None):
+    import tensorflow as tf
+    from tftrt.graph_io import check_saved_model_dir
+    path = check_saved_model_dir(path)
+    loaded = tf.saved_model.load(path, tags=tags, options=options)
+    mpath = os.path.join(path, ASSET_DIR, MANIFEST)
+    if not os.path.isfile(mpath):
+        log.info("%s has no tftrt engines; returning the plain SavedModel", path)
+        return loaded
+    with open(mpath) as f:
+        manifest = json.load(f)
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path!r} was written by a tftrt with format version "
+                         f"{manifest.get('format_version')}; this tftrt reads version "
+                         f"{FORMAT_VERSION}. Convert the original model again.")
+    from tensorflow.core.framework import graph_pb2
+    gd = graph_pb2.GraphDef()
+    with open(os.path.join(path, ASSET_DIR, "converted.pb"), "rb") as f:
+        gd.ParseFromString(f.read())
+    fdefs = {f.signature.name: f for f in gd.library.function}
+    ops: Dict[str, TRTEngineOp] = {}
+    for e in manifest["engines"]:
+        with open(os.path.join(path, ASSET_DIR, e["onnx"]), "rb") as f:
+            spec = EngineSpec.from_json(e["spec"], f.read())
+        fdef = fdefs[f"{spec.name}_native_segment"]
+        native_fn = rewrite.function_def_caller(
+            fdef, [(np.dtype(d), s) for d, s in zip(spec.input_dtypes, spec.input_shapes)],
+            [np.dtype(d) for d in spec.output_dtypes])
+        op = TRTEngineOp(spec, native_fn)
+        _restore_plans(op, path, e["plans"])
+        ops[spec.name] = op
+
+    keepalive: List[object] = []
+    tokens = {}
+    for name, op in ops.items():
+        token, wrapper = conversion.register_engine_op(op, op.spec.output_dtypes)
+        tokens[name] = token
+        keepalive += [op, wrapper]
+    for i, node in enumerate(gd.node):
+        if rewrite.ENGINE_ATTR in node.attr:
+            spec = ops[node.name].spec
+            new = rewrite.engine_node(node.name, tokens[node.name], spec.input_dtypes,
+                                      spec.output_dtypes)
+            new.input.extend(node.input)
+            gd.node[i].CopyFrom(new)
+    flat = rewrite.flat_function(gd, manifest["inputs"], manifest["outputs"])
+    key = manifest["signature_key"]
+    original = loaded.signatures[key]
+    specs = [tf.TensorSpec(s["shape"], tf.as_dtype(s["dtype"])) for s in manifest["input_specs"]]
+    fn = rewrite.signature_function(flat, manifest["input_names"], specs,
+                                    original.structured_outputs, keepalive)
+    signatures = dict(loaded.signatures)
+    signatures[key] = fn
+    return LoadedModel(loaded, signatures, ops)
+
+
+def _restore_plans(op: TRTEngineOp, path: str, plans) -> None:
+    if not plans:
+        return
+    from tftrt.engine import PlanError, deserialize_engine
+    try:
+        backend = resolve_backend()
+    except ValueError:
+        return
+    for p in plans:
+        if backend == "native" or (p.get("backend") and p["backend"] != backend):
+            log.info("%s: plan %s is for backend %s, running on %s; it will rebuild",
+                     op.name, p["file"], p.get("backend"), backend)
+            continue
+        with open(os.path.join(path, ASSET_DIR, p["file"]), "rb") as f:
+            data = f.read()
+        try:
+            engine = deserialize_engine(data, backend=backend)
+        except PlanError as err:
+            log.warning("%s: plan %s cannot be used here (%s); the engine will rebuild",
+                        op.name, p["file"], err)
+            continue
+        op.add_engine(tuple(tuple(s) for s in p["input_shapes"]), engine)

@@ -1,0 +1,284 @@
+"""The segmenter: which nodes go into engines, grouped into acyclic segments.
+
+TF-TRT's rules (see TFTRT-REFERENCE.md, "Segmenter"):
+  * a node is a candidate when its converter's validator accepts it, it is not a graph input or
+    output node, not in the node denylist, and its op type is not in env TF_TRT_OP_DENYLIST;
+  * candidates are clustered with union-find along data edges, in topological order, and two
+    clusters merge only if no other path links them (a merge must never create a cycle through
+    a native node);
+  * Const nodes are weights: a Const used only inside one segment moves into it, one used
+    elsewhere too is copied (the segment network gets its own initializer);
+  * Identity, Snapshot, StopGradient and Const do not count toward minimum_segment_size;
+  * minimum_segment_size=-1 converts nothing; env TF_TRT_MAX_ALLOWED_ENGINES (default 20)
+    keeps the largest segments.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import os
+from typing import Dict, Iterable, List, Optional, Sequence, Set
+
+from tftrt.graph_io import GraphInfo, split_tensor_name, tensor_name
+from tftrt.lowering import ValidationContext
+
+log = logging.getLogger("tftrt.segment")
+
+UNCOUNTED_OPS = frozenset({"Const", "Identity", "Snapshot", "StopGradient"})
+BOUNDARY_OPS = frozenset({"Placeholder", "PlaceholderWithDefault", "NoOp", "_Arg", "_Retval"})
+DEFAULT_MAX_ENGINES = 20
+
+
+@dataclasses.dataclass
+class Segment:
+    """One future engine: its nodes (topological order) and its boundary tensors."""
+
+    nodes: List[str]
+    inputs: List[str]   # TF tensors read from outside (no constants), in a stable order
+    outputs: List[str]  # TF tensors used outside the segment or returned by the graph
+    consts: List[str]   # Const nodes moved into the segment (used by nothing else)
+    name: str = ""
+
+    @property
+    def counted_size(self) -> int:
+        return len(self.nodes)
+
+    def op_histogram(self, info: GraphInfo) -> Dict[str, int]:
+        c = collections.Counter(info.nodes[n].op for n in self.nodes + self.consts)
+        return dict(sorted(c.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+@dataclasses.dataclass
+class SegmentationResult:
+    segments: List[Segment]
+    rejected: Dict[str, str]          # node -> why it is not a candidate
+    dropped: Dict[str, str]           # node -> why its cluster stayed native (size, limit)
+
+    def unconverted_reasons(self, info: GraphInfo) -> Dict[str, Dict[str, int]]:
+        """op type -> {reason: count} for every node left native (Const excluded)."""
+        out: Dict[str, Dict[str, int]] = collections.defaultdict(collections.Counter)
+        for n, r in list(self.rejected.items()) + list(self.dropped.items()):
+            op = info.nodes[n].op
+            if op in BOUNDARY_OPS:
+                continue
+            out[op][r] += 1
+        return {k: dict(v) for k, v in sorted(out.items())}
+
+
+def op_denylist_from_env() -> Set[str]:
+    raw = os.environ.get("TF_TRT_OP_DENYLIST", "")
+    return {s.strip() for s in raw.split(",") if s.strip()}
+
+
+def max_engines_from_env() -> int:
+    raw = os.environ.get("TF_TRT_MAX_ALLOWED_ENGINES", "")
+    try:
+        return int(raw) if raw else DEFAULT_MAX_ENGINES
+    except ValueError:
+        log.warning("TF_TRT_MAX_ALLOWED_ENGINES=%r is not an integer; using %d", raw,
+                    DEFAULT_MAX_ENGINES)
+        return DEFAULT_MAX_ENGINES
+
+
+def find_candidates(info: GraphInfo, nodes_denylist: Iterable[str] = (),
+                    op_denylist: Optional[Set[str]] = None) -> Dict[str, Optional[str]]:
+    """node name -> None (candidate) or the reason it cannot go into an engine."""
+    from tftrt.converters.registry import validate_node
+
+    op_denylist = op_denylist_from_env() if op_denylist is None else set(op_denylist)
+    node_deny = {split_tensor_name(n)[0] for n in nodes_denylist}
+    kept = {split_tensor_name(t)[0] for t in info.inputs + info.outputs}
+    ctx = ValidationContext(info)
+    result: Dict[str, Optional[str]] = {}
+    for name, node in info.nodes.items():
+        if node.op in BOUNDARY_OPS:
+            result[name] = "graph input or boundary op"
+        elif name in kept:
+            result[name] = "input or output node of the graph is kept native"
+        elif name in node_deny:
+            result[name] = "in nodes_denylist"
+        elif node.op in op_denylist:
+            result[name] = "op type denied by TF_TRT_OP_DENYLIST"
+        else:
+            result[name] = validate_node(node, ctx)
+            if result[name] is None:
+                bad = _bad_output(info, name)
+                if bad:
+                    result[name] = bad
+    return result
+
+
+def _bad_output(info: GraphInfo, name: str) -> Optional[str]:
+    for k in range(info.num_outputs(name)):
+        t = tensor_name(name, k)
+        dt = info.dtypes.get(t)
+        if dt is None or dt.kind not in "fiub":
+            return f"output {k} has dtype {getattr(dt, 'name', 'unknown')}, not a numeric type"
+    return None
+
+
+class _Clusters:
+    """Union-find over nodes plus the cluster-level graph used for the cycle check."""
+
+    def __init__(self, nodes: Iterable[str], edges: Dict[str, Set[str]]):
+        self.parent = {n: n for n in nodes}
+        self.succ: Dict[str, Set[str]] = {n: set(edges.get(n, ())) for n in self.parent}
+        self.pred: Dict[str, Set[str]] = {n: set() for n in self.parent}
+        for a, bs in self.succ.items():
+            for b in bs:
+                self.pred[b].add(a)
+
+    def find(self, n: str) -> str:
+        root = n
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[n] != root:
+            self.parent[n], n = root, self.parent[n]
+        return root
+
+    def can_merge(self, a: str, b: str) -> bool:
+        """True when merging clusters a and b (a feeds b) creates no cycle."""
+        # A cycle appears iff b is reachable from a through some cluster other than a and b.
+        stack = [s for s in self.succ[a] if s != b]
+        seen = set(stack)
+        while stack:
+            cur = stack.pop()
+            if cur == b:
+                return False
+            for s in self.succ[cur]:
+                if s not in seen and s != a:
+                    seen.add(s)
+                    stack.append(s)
+        return True
+
+    def merge(self, a: str, b: str) -> str:
+        self.parent[b] = a
+        for s in self.succ.pop(b):
+            self.pred[s].discard(b)
+            if s != a:
+                self.succ[a].add(s)
+                self.pred[s].add(a)
+        for p in self.pred.pop(b):
+            self.succ[p].discard(b)
+            if p != a:
+                self.pred[a].add(p)
+                self.succ[p].add(a)
+        self.succ[a].discard(b)
+        self.succ[a].discard(a)
+        self.pred[a].discard(a)
+        return a
+
+
+def segment_graph(info: GraphInfo, minimum_segment_size: int = 3,
+                  nodes_denylist: Iterable[str] = (), op_denylist: Optional[Set[str]] = None,
+                  max_engines: Optional[int] = None) -> SegmentationResult:
+    """Finds the segments of ``info``'s graph.
+
+    Args:
+      minimum_segment_size: smallest number of counted nodes for a segment; -1 converts nothing.
+      nodes_denylist: node names that must stay native.
+      op_denylist: op types that must stay native (default: env TF_TRT_OP_DENYLIST).
+      max_engines: keep at most this many (largest) segments (default: env
+        TF_TRT_MAX_ALLOWED_ENGINES or 20).
+    """
+    cand = find_candidates(info, nodes_denylist, op_denylist)
+    rejected = {n: r for n, r in cand.items() if r}
+    if minimum_segment_size == -1:
+        dropped = {n: "minimum_segment_size=-1 disables conversion"
+                   for n, r in cand.items() if r is None and info.nodes[n].op != "Const"}
+        return SegmentationResult([], rejected, dropped)
+
+    order = info.topological_order()
+    position = {n: k for k, n in enumerate(order)}
+    # Node-level graph (data and control edges); Const nodes stay out of clustering.
+    edges: Dict[str, Set[str]] = {n: set() for n in order}
+    for n in order:
+        for i in info.nodes[n].input:
+            src = split_tensor_name(i)[0]
+            if src in edges:
+                edges[src].add(n)
+    clusters = _Clusters(order, edges)
+    is_cand = {n for n, r in cand.items() if r is None and info.nodes[n].op != "Const"}
+    for n in order:
+        if n not in is_cand:
+            continue
+        for i in info.data_inputs(info.nodes[n]):
+            src = split_tensor_name(i)[0]
+            if src not in is_cand:
+                continue
+            a, b = clusters.find(src), clusters.find(n)
+            if a != b and clusters.can_merge(a, b):
+                clusters.merge(a, b)
+
+    groups: Dict[str, List[str]] = collections.defaultdict(list)
+    for n in order:
+        if n in is_cand:
+            groups[clusters.find(n)].append(n)
+
+    consumers = info.consumers()
+    output_tensors = set(info.outputs)
+    segments: List[Segment] = []
+    dropped: Dict[str, str] = {}
+    for members in groups.values():
+        counted = sum(1 for n in members if info.nodes[n].op not in UNCOUNTED_OPS)
+        if counted < max(minimum_segment_size, 1) or counted == 0:
+            for n in members:
+                dropped[n] = (f"segment of {counted} node(s) is smaller than "
+                              f"minimum_segment_size={minimum_segment_size}")
+            continue
+        seg = _make_segment(info, members, consumers, output_tensors, position)
+        if not seg.inputs:
+            for n in members:
+                dropped[n] = ("segment has no inputs (a constant subgraph that constant "
+                              "folding did not remove)")
+            continue
+        segments.append(seg)
+
+    limit = max_engines_from_env() if max_engines is None else max_engines
+    if len(segments) > limit:
+        ranked = sorted(segments, key=lambda s: -s.counted_size)
+        for s in ranked[limit:]:
+            for n in s.nodes:
+                dropped[n] = f"more than TF_TRT_MAX_ALLOWED_ENGINES={limit} segments"
+        segments = ranked[:limit]
+    segments.sort(key=lambda s: position[s.nodes[0]])
+    for k, s in enumerate(segments):
+        s.name = f"TRTEngineOp_000_{k:03d}"
+    _assign_consts(info, segments, consumers)
+    return SegmentationResult(segments, rejected, dropped)
+
+
+def _make_segment(info: GraphInfo, members: List[str], consumers, output_tensors,
+                  position) -> Segment:
+    mset = set(members)
+    inputs: List[str] = []
+    outputs: List[str] = []
+    for n in members:
+        for t in info.data_inputs(info.nodes[n]):
+            src = split_tensor_name(t)[0]
+            if src in mset or info.const_value(t) is not None:
+                continue
+            if t not in inputs:
+                inputs.append(t)
+        for k in range(info.num_outputs(n)):
+            t = tensor_name(n, k)
+            users = consumers.get(t, [])
+            if t in output_tensors or any(u not in mset for u, _ in users):
+                outputs.append(t)
+    members = sorted(members, key=lambda n: position[n])
+    return Segment(members, inputs, outputs, [])
+
+
+def _assign_consts(info: GraphInfo, segments: Sequence[Segment], consumers) -> None:
+    """Moves each Const used by exactly one segment (and nothing else) into it."""
+    owner = {n: s for s in segments for n in s.nodes}
+    for name, node in info.nodes.items():
+        if node.op != "Const":
+            continue
+        users = consumers.get(tensor_name(name, 0), []) + consumers.get("^" + name, [])
+        segs = {id(owner.get(u)) for u, _ in users}
+        if users and len(segs) == 1 and owner.get(users[0][0]) is not None \
+                and tensor_name(name, 0) not in info.outputs:
+            owner[users[0][0]].consts.append(name)

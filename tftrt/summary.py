@@ -1,0 +1,106 @@
+"""summary() and the "not converted" report, in TF-TRT's format."""
+
+from __future__ import annotations
+
+import collections
+import csv
+import logging
+import os
+from typing import Callable, Dict
+
+from tftrt.segment import BOUNDARY_OPS, SegmentationResult
+
+log = logging.getLogger("tftrt.segment")
+
+
+def _fmt_shapes(shapes) -> str:
+    return "[" + ", ".join("None" if s is None else
+                           "[" + ", ".join("?" if d is None else str(d) for d in s) + "]"
+                           for s in shapes) + "]"
+
+
+def print_summary(info, seg: SegmentationResult, engine_ops: Dict[str, object],
+                  line_length: int, detailed: bool, print_fn: Callable[[str], None]) -> None:
+    cols = [("TRTEngineOP Name", 0.16), ("Device", 0.06), ("# Nodes", 0.05),
+            ("# Inputs", 0.05), ("# Outputs", 0.05), ("Input DTypes", 0.1),
+            ("Output Dtypes", 0.1), ("Input Shapes", 0.17), ("Output Shapes", 0.17),
+            ("Precision / Cached", 0.09)]
+    widths = [max(int(f * line_length), len(n) + 2) for n, f in cols]
+
+    def row(values):
+        line = ""
+        for v, w in zip(values, widths):
+            v = str(v)
+            if len(v) > w - 2:
+                v = v[:w - 5] + "..."
+            line += v.ljust(w)
+        print_fn(line.rstrip())
+
+    print_fn("=" * line_length)
+    row([n for n, _ in cols])
+    print_fn("=" * line_length)
+    from tftrt.engine_op import resolve_backend
+    try:
+        device = resolve_backend()
+    except ValueError:
+        device = "?"
+    device = {"cupy": "GPU:0", "numpy": "CPU:0", "native": "native"}.get(device, device)
+    total_in_engines = 0
+    for k, (name, op) in enumerate(engine_ops.items()):
+        spec = op.spec
+        total_in_engines += spec.num_nodes
+        cached = len(op.cache)
+        row([name, device, spec.num_nodes, len(spec.input_tensors), len(spec.output_tensors),
+             spec.input_dtypes, spec.output_dtypes, _fmt_shapes(spec.input_shapes),
+             _fmt_shapes(spec.output_shapes), f"{spec.precision_mode} / {cached}"])
+        if detailed:
+            print_fn("")
+            for op_type, count in spec.op_histogram.items():
+                print_fn(f"\t- {op_type}: {count}x")
+            for key in op.cache.keys():
+                eng = op.cache.get(key)
+                mem = getattr(eng, "device_memory_bytes", None)
+                extra = f", {mem / 2**20:.1f} MiB device memory" if mem is not None else ""
+                print_fn(f"\t* engine for input shapes {list(map(list, key))}{extra}")
+        if k < len(engine_ops) - 1:
+            print_fn("-" * line_length)
+    print_fn("=" * line_length)
+    native_ops = [n for n, node in info.nodes.items() if node.op not in BOUNDARY_OPS]
+    in_engine = {n for op in engine_ops.values() for n in op.spec.member_nodes}
+    converted = len(in_engine)
+    total = len(native_ops)
+    print_fn(f"[*] Total number of TensorRT engines: {len(engine_ops)}")
+    pct = 100.0 * converted / total if total else 0.0
+    print_fn(f"[*] % of OPs Converted: {pct:.2f}% [{converted}/{total}]")
+    unconverted = collections.Counter(info.nodes[n].op for n in native_ops
+                                      if n not in in_engine and info.nodes[n].op != "Const")
+    if unconverted:
+        print_fn("[*] Ops left native: " + ", ".join(f"{op}: {c}x" for op, c in
+                                                     unconverted.most_common()))
+        reasons = seg.unconverted_reasons(info)
+        for op, c in unconverted.most_common():
+            why = "; ".join(f"{r} ({n}x)" for r, n in reasons.get(op, {}).items())
+            print_fn(f"\t- {op}: {why}")
+
+
+def log_unconverted(info, seg: SegmentationResult) -> None:
+    """TF-TRT's log line, and the detailed report when TF_TRT_SHOW_DETAILED_REPORT is set."""
+    reasons = seg.unconverted_reasons(info)
+    reasons.pop("Const", None)
+    if not reasons:
+        return
+    count = sum(sum(v.values()) for v in reasons.values())
+    log.warning("There are %d ops of %d different types in the graph that are not converted "
+                "to TensorRT: %s", count, len(reasons), ", ".join(sorted(reasons)))
+    detail = os.environ.get("TF_TRT_SHOW_DETAILED_REPORT", "")
+    if not detail:
+        return
+    rows = [(op, n, r) for op, rs in reasons.items() for r, n in rs.items()]
+    if detail in ("1", "true", "True"):
+        for op, n, r in rows:
+            log.warning("  %s (%dx): %s", op, n, r)
+    else:
+        with open(detail, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["op_type", "count", "reason"])
+            w.writerows(rows)

@@ -1,0 +1,48 @@
+"""Moving tensors between TensorFlow and engine backends.
+
+GPU tensors cross zero-copy through DLPack in both directions:
+  in:  ``cp.from_dlpack(tf.experimental.dlpack.to_dlpack(t))``
+  out: ``tf.experimental.dlpack.from_dlpack(arr.__dlpack__())`` (TF 2.21 rejects the versioned
+       capsule that CuPy 14's ``toDlpack()`` makes, so we ask for the legacy one).
+CPU tensors go through numpy (``t.numpy()`` shares memory where TensorFlow allows).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _on_gpu(t) -> bool:
+    dev = getattr(t, "device", "") or ""
+    return "GPU" in dev.upper()
+
+
+def to_backend(t, backend: str):
+    """A TF eager tensor as an array of ``backend`` (numpy or cupy)."""
+    if backend == "numpy":
+        return np.asarray(t)
+    if backend == "cupy":
+        import cupy as cp
+        if _on_gpu(t):
+            import tensorflow as tf
+            return cp.from_dlpack(tf.experimental.dlpack.to_dlpack(t))
+        return cp.asarray(np.asarray(t))
+    raise ValueError(f"unknown backend {backend!r}")
+
+
+def from_backend(arr, backend: str, dtype: np.dtype):
+    """A backend array as something TensorFlow accepts as an op output (same device)."""
+    if backend == "numpy":
+        return np.asarray(arr, dtype=dtype)
+    if backend == "cupy":
+        import tensorflow as tf
+        if tf.config.list_logical_devices("GPU"):
+            if arr.dtype != dtype:
+                arr = arr.astype(dtype)
+            try:
+                capsule = arr.__dlpack__(max_version=None)
+            except TypeError:
+                capsule = arr.__dlpack__()
+            return tf.experimental.dlpack.from_dlpack(capsule)
+        return arr.get().astype(dtype, copy=False)
+    raise ValueError(f"unknown backend {backend!r}")

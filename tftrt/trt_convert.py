@@ -1,0 +1,286 @@
+"""TF-TRT's public conversion API, for current TensorFlow.
+
+Mirrors ``tensorflow.python.compiler.tensorrt.trt_convert``: change the import and keep the code.
+
+    from tftrt import trt_convert as trt
+    converter = trt.TrtGraphConverterV2(input_saved_model_dir="model",
+                                        precision_mode=trt.TrtPrecisionMode.FP16)
+    converter.convert()
+    converter.build(input_fn=my_input_fn)
+    converter.summary()
+    converter.save("model_tftrt")
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+
+from tftrt import graph_io
+from tftrt.engine_op import EngineSpec, TRTEngineOp, resolve_backend
+from tftrt.segment import SegmentationResult, segment_graph
+
+log = logging.getLogger("tftrt.convert")
+
+# TensorRT's workspace default became effectively unlimited; TF-TRT's constant kept 1 GiB.
+DEFAULT_TRT_MAX_WORKSPACE_SIZE_BYTES = 1 << 30
+
+
+class TrtPrecisionMode:
+    FP32 = "FP32"
+    FP16 = "FP16"
+    INT8 = "INT8"
+
+    @staticmethod
+    def supported_precision_modes() -> List[str]:
+        precisions = [TrtPrecisionMode.FP32, TrtPrecisionMode.FP16, TrtPrecisionMode.INT8]
+        return precisions + [p.lower() for p in precisions]
+
+
+class TrtProfileStrategy:
+    RANGE = "Range"
+    OPTIMAL = "Optimal"
+    RANGE_OPTIMAL = "Range+Optimal"
+    IMPLICIT_BATCH_MODE_COMPATIBLE = "ImplicitBatchModeCompatible"
+
+
+def supported_profile_strategies() -> List[str]:
+    return [TrtProfileStrategy.RANGE, TrtProfileStrategy.OPTIMAL,
+            TrtProfileStrategy.RANGE_OPTIMAL, TrtProfileStrategy.IMPLICIT_BATCH_MODE_COMPATIBLE]
+
+
+TrtConversionParams = collections.namedtuple(
+    "TrtConversionParams",
+    ["max_workspace_size_bytes", "precision_mode", "minimum_segment_size",
+     "maximum_cached_engines", "use_calibration", "allow_build_at_runtime"])
+TrtConversionParams.__new__.__defaults__ = (DEFAULT_TRT_MAX_WORKSPACE_SIZE_BYTES,
+                                            TrtPrecisionMode.FP32, 3, 1, True, True)
+DEFAULT_TRT_CONVERSION_PARAMS = TrtConversionParams()
+
+_TRT_ENGINE_OP_NAME = "TRTEngineOp"
+
+
+def _check_conversion_params(params: TrtConversionParams) -> TrtConversionParams:
+    supported = TrtPrecisionMode.supported_precision_modes()
+    if params.precision_mode not in supported:
+        raise ValueError(f"precision mode '{params.precision_mode}' is not supported. It should "
+                         f"be one of {', '.join(supported[:3])}")
+    if params.minimum_segment_size <= 0 and params.minimum_segment_size != -1:
+        raise ValueError("minimum segment size should be positive or -1 (to disable main graph "
+                         f"conversion); got {params.minimum_segment_size}")
+    if params.maximum_cached_engines <= 0:
+        raise ValueError("maximum_cached_engines should be positive; got "
+                         f"{params.maximum_cached_engines}")
+    if params.max_workspace_size_bytes <= 0:
+        raise ValueError("max_workspace_size_bytes should be positive; got "
+                         f"{params.max_workspace_size_bytes}")
+    return params._replace(precision_mode=params.precision_mode.upper())
+
+
+class TrtGraphConverterV2:
+    """Converts a TF2 SavedModel signature so its supported subgraphs run as tftrt engines.
+
+    Args (TF-TRT's, with its defaults):
+      input_saved_model_dir: the SavedModel to convert.
+      input_saved_model_tags: MetaGraph tags, default ["serve"].
+      input_saved_model_signature_key: signature to convert, default "serving_default".
+      use_dynamic_shape: accepted for compatibility; engines are built per input shape.
+      dynamic_shape_profile_strategy: one of supported_profile_strategies().
+      max_workspace_size_bytes, precision_mode, minimum_segment_size, maximum_cached_engines,
+      use_calibration, allow_build_at_runtime: the TrtConversionParams fields.
+      conversion_params: a TrtConversionParams (deprecated in TF-TRT, still honoured).
+    """
+
+    def __init__(self, input_saved_model_dir=None, input_saved_model_tags=None,
+                 input_saved_model_signature_key=None, use_dynamic_shape=None,
+                 dynamic_shape_profile_strategy=None,
+                 max_workspace_size_bytes=DEFAULT_TRT_MAX_WORKSPACE_SIZE_BYTES,
+                 precision_mode=TrtPrecisionMode.FP32, minimum_segment_size=3,
+                 maximum_cached_engines=1, use_calibration=True, allow_build_at_runtime=True,
+                 conversion_params=None):
+        import tensorflow as tf
+        if not tf.executing_eagerly():
+            raise RuntimeError("TrtGraphConverterV2 requires eager execution (TF2 behaviour); "
+                               "use TrtGraphConverter for TF1 graphs")
+        if conversion_params is None:
+            conversion_params = TrtConversionParams(
+                max_workspace_size_bytes=max_workspace_size_bytes,
+                precision_mode=precision_mode, minimum_segment_size=minimum_segment_size,
+                maximum_cached_engines=maximum_cached_engines, use_calibration=use_calibration,
+                allow_build_at_runtime=allow_build_at_runtime)
+        self._conversion_params = _check_conversion_params(conversion_params)
+        if input_saved_model_dir is None:
+            raise ValueError("input_saved_model_dir is None: give the directory of the "
+                             "SavedModel to convert")
+        self._input_saved_model_dir = graph_io.check_saved_model_dir(input_saved_model_dir)
+        self._input_saved_model_tags = list(input_saved_model_tags or graph_io.DEFAULT_TAGS)
+        self._input_saved_model_signature_key = (input_saved_model_signature_key
+                                                 or graph_io.DEFAULT_SIGNATURE_KEY)
+        self._use_dynamic_shape = bool(use_dynamic_shape)
+        strategy = dynamic_shape_profile_strategy or TrtProfileStrategy.RANGE
+        if strategy not in supported_profile_strategies():
+            raise ValueError(f"profile strategy {strategy!r} is not supported; use one of "
+                             f"{supported_profile_strategies()}")
+        self._profile_strategy = strategy
+        self._need_calibration = (self._conversion_params.precision_mode == "INT8"
+                                  and self._conversion_params.use_calibration)
+        self._converted = False
+        self._build_called_once = False
+        self._calibrated = False
+        self._sig = None
+        self._segmentation: Optional[SegmentationResult] = None
+        self._engine_ops: Dict[str, TRTEngineOp] = {}
+        self._native_fdefs = {}
+        self._converted_func = None
+        self._keepalive: list = []
+
+    # --- convert -----------------------------------------------------------------------------
+    def convert(self, calibration_input_fn: Optional[Callable] = None):
+        """Converts the signature; returns the converted ConcreteFunction, callable at once.
+
+        Args:
+          calibration_input_fn: a generator of inputs for INT8 calibration (INT8 with
+            use_calibration=True only).
+        """
+        if self._converted:
+            raise RuntimeError("convert() was already called on this converter")
+        if self._need_calibration and calibration_input_fn is None:
+            raise ValueError("Should specify calibration_input_fn because INT8 calibration is "
+                             "needed")
+        if not self._need_calibration and calibration_input_fn is not None:
+            raise ValueError("Should not specify calibration_input_fn because INT8 calibration "
+                             "is not needed")
+        self._sig = graph_io.signature_graph(self._input_saved_model_dir,
+                                             self._input_saved_model_tags,
+                                             self._input_saved_model_signature_key)
+        self._converted_func = self._convert_graph(self._sig)
+        self._converted = True
+        if calibration_input_fn is not None:
+            self._calibrate(calibration_input_fn)
+        self._log_unconverted()
+        return self._converted_func
+
+    def _convert_graph(self, sig):
+        from tftrt import conversion
+        result = conversion.convert_graph(sig.info, self._conversion_params)
+        self._segmentation = result.segmentation
+        self._engine_ops = result.engine_ops
+        self._native_fdefs = result.native_fdefs
+        self._keepalive = result.keepalive
+        return conversion.make_signature_function(sig, result.flat_fn, self._keepalive)
+
+    def _calibrate(self, calibration_input_fn):
+        # INT8 runs FP16 engines unless the graph carries quantization ops (TF-TRT's fallback).
+        log.warning("INT8 calibration is not implemented by tftrt yet: engines run in FP16 "
+                    "(quantization ops in the graph are honoured)")
+        for inp in calibration_input_fn():
+            self._call_with(inp)
+        self._calibrated = True
+
+    # --- build -------------------------------------------------------------------------------
+    def build(self, input_fn: Callable):
+        """Builds engines for the input shapes ``input_fn`` yields.
+
+        Args:
+          input_fn: a generator yielding one input each step: an array, a tuple/list in the
+            signature's input order, or a dict keyed by input name.
+        """
+        if not self._converted:
+            raise RuntimeError("Need to call convert() before build()")
+        if input_fn is None:
+            raise RuntimeError("input_fn is None. Method build() needs input_fn to be "
+                               "specified in order to build TensorRT engines")
+        if self._build_called_once:
+            raise NotImplementedError("build() is already called. It is not supported to call "
+                                      "build() more than once.")
+        self._build_called_once = True
+        seen = 0
+        for inp in input_fn():
+            self._call_with(inp)
+            seen += 1
+        if seen == 0:
+            raise ValueError("input_fn yielded no inputs: it must yield at least one batch")
+
+    def _call_with(self, inp):
+        args = self._normalize_inputs(inp)
+        return self._converted_func(**args)
+
+    def _normalize_inputs(self, inp) -> Dict[str, object]:
+        import tensorflow as tf
+        names = self._sig.input_names
+        specs = [t for t in self._sig.frozen_func.inputs]
+        if isinstance(inp, dict):
+            missing = [n for n in names if n not in inp]
+            extra = [k for k in inp if k not in names]
+            if missing or extra:
+                raise ValueError(f"input_fn yielded a dict with keys {sorted(inp)}; the "
+                                 f"signature's inputs are {names}")
+            values = [inp[n] for n in names]
+        else:
+            values = list(inp) if isinstance(inp, (list, tuple)) else [inp]
+            if len(values) != len(names):
+                raise ValueError(f"input_fn yielded {len(values)} input(s); the signature "
+                                 f"takes {len(names)}: {names}")
+        out = {}
+        for n, v, spec in zip(names, values, specs):
+            t = tf.convert_to_tensor(v)
+            if t.dtype != spec.dtype:
+                raise ValueError(f"input {n!r} from input_fn has dtype {t.dtype.name}; the "
+                                 f"signature expects {spec.dtype.name}")
+            if not spec.shape.is_compatible_with(t.shape):
+                raise ValueError(f"input {n!r} from input_fn has shape {t.shape}; the "
+                                 f"signature expects {spec.shape}")
+            out[n] = t
+        return out
+
+    # --- save --------------------------------------------------------------------------------
+    def save(self, output_saved_model_dir, save_gpu_specific_engines=True, options=None):
+        """Saves the converted model as a SavedModel that plain TensorFlow can load.
+
+        Built engines are written as plans next to the segment networks (assets/tftrt/) and
+        restored by ``tftrt.load`` without rebuilding; with save_gpu_specific_engines=False
+        only the networks are written and engines rebuild at run time.
+        """
+        if not self._converted:
+            raise RuntimeError("Need to call convert() before save()")
+        if self._need_calibration and not self._calibrated:
+            raise RuntimeError("A model that requires INT8 calibration has to be built before "
+                               "saving it. Call build() to build and calibrate the TensorRT "
+                               "engines.")
+        from tftrt import saving
+        saving.save(self, os.fspath(output_saved_model_dir), save_gpu_specific_engines,
+                    options)
+
+    # --- summary -----------------------------------------------------------------------------
+    def summary(self, line_length=160, detailed=True, print_fn=None):
+        """Prints one row per TRTEngineOp, the op histogram of each, then the totals."""
+        if not self._converted:
+            raise RuntimeError("An instance of TrtGraphConverterV2 needs to be converted before "
+                               "calling summary(). Call convert() first")
+        if line_length < 160:
+            raise ValueError(f"Invalid `line_length` value has been received: {line_length}. "
+                             f"Minimum: 160.")
+        from tftrt import summary as summary_mod
+        summary_mod.print_summary(self._sig.info, self._segmentation, self._engine_ops,
+                                  line_length, detailed, print_fn or print)
+
+    # --- helpers -----------------------------------------------------------------------------
+    def _log_unconverted(self):
+        from tftrt import summary as summary_mod
+        summary_mod.log_unconverted(self._sig.info, self._segmentation)
+
+    @property
+    def engine_ops(self) -> Dict[str, TRTEngineOp]:
+        return dict(self._engine_ops)
+
+    @property
+    def segmentation(self) -> Optional[SegmentationResult]:
+        return self._segmentation
+
+    @property
+    def graph_info(self):
+        return self._sig.info if self._sig else None
