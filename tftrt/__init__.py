@@ -19,6 +19,17 @@ if not _os.path.isdir(_os.path.join(__path__[0], "converters")):
         __path__.append(_root)
 
 
+def activate():
+    """Binds tftrt engines in GraphDefs imported from now on (see tftrt.activation)."""
+    from tftrt.activation import activate as _activate
+    _activate()
+
+
+if "tensorflow" in __import__("sys").modules:
+    # TF1 users import a converted GraphDef after `import tftrt`: engines must be active then.
+    activate()
+
+
 def load(export_dir, tags=None, options=None):
     """Loads a SavedModel written by ``TrtGraphConverterV2.save`` with its engines active.
 

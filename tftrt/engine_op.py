@@ -65,6 +65,7 @@ class EngineSpec:
     max_workspace_size_bytes: int = 1 << 40
     allow_build_at_runtime: bool = True
     member_nodes: List[str] = dataclasses.field(default_factory=list)  # TF nodes inside
+    max_batch_size: Optional[int] = None  # TF1 static mode: larger batches run natively
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -133,6 +134,10 @@ class TRTEngineOp:
             self.stats["native"] += 1
             return self._native(inputs)
         key = tuple(tuple(int(d) for d in t.shape) for t in inputs)
+        limit = self.spec.max_batch_size
+        if limit and key and key[0] and key[0][0] > limit:
+            return self._fallback(inputs, f"batch {key[0][0]} is larger than max_batch_size="
+                                          f"{limit}")
         engine, why = self._engine_for(key, backend)
         if engine is None:
             return self._fallback(inputs, why)

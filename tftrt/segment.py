@@ -95,10 +95,10 @@ def find_candidates(info: GraphInfo, nodes_denylist: Iterable[str] = (),
     for name, node in info.nodes.items():
         if node.op in BOUNDARY_OPS:
             result[name] = "graph input or boundary op"
-        elif name in kept:
-            result[name] = "input or output node of the graph is kept native"
         elif name in node_deny:
             result[name] = "in nodes_denylist"
+        elif name in kept:
+            result[name] = "input or output node of the graph is kept native"
         elif node.op in op_denylist:
             result[name] = "op type denied by TF_TRT_OP_DENYLIST"
         else:

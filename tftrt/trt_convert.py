@@ -64,6 +64,14 @@ DEFAULT_TRT_CONVERSION_PARAMS = TrtConversionParams()
 _TRT_ENGINE_OP_NAME = "TRTEngineOp"
 
 
+def __getattr__(name):
+    # The TF1 converter lives in tftrt.tf1 (it imports this module).
+    if name == "TrtGraphConverter":
+        from tftrt.tf1 import TrtGraphConverter
+        return TrtGraphConverter
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _check_conversion_params(params: TrtConversionParams) -> TrtConversionParams:
     supported = TrtPrecisionMode.supported_precision_modes()
     if params.precision_mode not in supported:

@@ -1,0 +1,47 @@
+"""Small seeded models saved as SavedModels for the integration tests."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import tensorflow as tf
+
+
+class MLP(tf.Module):
+    """x -> matmul+bias+relu -> [string round trip: not convertible] -> mul/add/tanh -> {y, z}.
+
+    The string ops split the graph so conversion gives two engines with a native op between.
+    """
+
+    def __init__(self, seed: int = 0):
+        rng = np.random.RandomState(seed)
+        self.w = tf.Variable(rng.randn(8, 16).astype(np.float32))
+        self.b = tf.Variable(rng.randn(16).astype(np.float32))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 8], tf.float32, name="x")])
+    def __call__(self, x):
+        h = tf.nn.relu(tf.nn.bias_add(tf.matmul(x, self.w), self.b))
+        h = tf.strings.to_number(tf.strings.as_string(h, precision=9))
+        return {"y": tf.tanh(h * 0.5 + 1.0), "z": h}
+
+
+class TwoInputs(tf.Module):
+    @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="a"),
+                                  tf.TensorSpec([None, 4], tf.float32, name="b")])
+    def __call__(self, a, b):
+        return {"out": tf.nn.relu(a * 2.0 + b) - tf.tanh(b)}
+
+
+def save_module(module, path: str) -> str:
+    tf.saved_model.save(module, path, signatures=module.__call__)
+    return path
+
+
+def save_keras(model, path: str) -> str:
+    model.export(path, verbose=False)
+    return path
+
+
+def batch(shape, seed: int = 1, dtype=np.float32):
+    return np.random.RandomState(seed).standard_normal(shape).astype(dtype)

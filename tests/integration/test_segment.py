@@ -1,0 +1,125 @@
+"""Segmenter rules: candidates, cycle avoidance, minimum size, denylists, engine limit."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tftrt import graph_io
+from tftrt.segment import segment_graph
+
+
+def graph_of(fn, *specs):
+    concrete = tf.function(fn).get_concrete_function(*specs)
+    frozen, gd = graph_io.freeze_and_clean(concrete, run_grappler=False)
+    return graph_io.GraphInfo(gd, [t.name for t in frozen.inputs],
+                              [t.name for t in frozen.outputs])
+
+
+SPEC = tf.TensorSpec([2, 4], tf.float32, name="x")
+
+
+def native_op(t):
+    """A node no converter accepts (string round trip)."""
+    return tf.strings.to_number(tf.strings.as_string(t))
+
+
+def ops_of(info, seg):
+    return sorted(info.nodes[n].op for n in seg.nodes)
+
+
+def test_unsupported_op_in_the_middle_gives_two_engines():
+    def f(x):
+        a = tf.nn.relu(x * 2.0 + 1.0)
+        b = native_op(a)
+        return tf.tanh(b * 3.0 - 1.0)
+    info = graph_of(f, SPEC)
+    res = segment_graph(info, minimum_segment_size=2)
+    assert len(res.segments) == 2
+    assert ops_of(info, res.segments[0]) == ["AddV2", "Mul", "Relu"]
+    assert ops_of(info, res.segments[1]) == ["Mul", "Sub", "Tanh"]
+    assert [s.name for s in res.segments] == ["TRTEngineOp_000_000", "TRTEngineOp_000_001"]
+    assert "AsString" in {info.nodes[n].op for n in res.rejected}
+
+
+def test_merge_never_creates_a_cycle_through_a_native_node():
+    # a -> native -> c and a -> c directly: a and c must not share a segment.
+    def f(x):
+        a = tf.nn.relu(x * 2.0)
+        b = native_op(a)
+        return tf.tanh(a + b) * 3.0
+    info = graph_of(f, SPEC)
+    res = segment_graph(info, minimum_segment_size=1)
+    owner = {n: s.name for s in res.segments for n in s.nodes}
+    relu = next(n for n in info.nodes if info.nodes[n].op == "Relu")
+    tanh = next(n for n in info.nodes if info.nodes[n].op == "Tanh")
+    assert owner[relu] != owner[tanh]
+    # and each segment's inputs never depend on its own outputs
+    for s in res.segments:
+        assert not set(s.inputs) & set(s.outputs)
+
+
+def test_minimum_segment_size_drops_small_segments_with_reason():
+    def f(x):
+        a = tf.nn.relu(x)
+        b = native_op(a)
+        return tf.tanh(b * 2.0 + 1.0)
+    info = graph_of(f, SPEC)
+    res = segment_graph(info, minimum_segment_size=3)
+    assert len(res.segments) == 1 and ops_of(info, res.segments[0]) == ["AddV2", "Mul", "Tanh"]
+    relu = next(n for n in info.nodes if info.nodes[n].op == "Relu")
+    assert "smaller than minimum_segment_size=3" in res.dropped[relu]
+
+
+def test_identity_and_const_do_not_count():
+    def f(x):
+        return tf.identity(tf.identity(tf.nn.relu(x) * 2.0))
+    info = graph_of(f, SPEC)
+    assert segment_graph(info, minimum_segment_size=3).segments == []
+    assert len(segment_graph(info, minimum_segment_size=2).segments) == 1
+
+
+def test_op_denylist_env(monkeypatch):
+    def f(x):
+        return tf.tanh(tf.nn.relu(x * 2.0 + 1.0) * 3.0)
+    info = graph_of(f, SPEC)
+    monkeypatch.setenv("TF_TRT_OP_DENYLIST", "Relu, Tanh")
+    res = segment_graph(info, minimum_segment_size=1)
+    in_engines = {info.nodes[n].op for s in res.segments for n in s.nodes}
+    assert "Relu" not in in_engines and "Tanh" not in in_engines and "Mul" in in_engines
+    relu = next(n for n in info.nodes if info.nodes[n].op == "Relu")
+    assert "TF_TRT_OP_DENYLIST" in res.rejected[relu]
+
+
+def test_nodes_denylist():
+    def f(x):
+        return tf.tanh(tf.nn.relu(x * 2.0 + 1.0) * 3.0)
+    info = graph_of(f, SPEC)
+    relu = next(n for n in info.nodes if info.nodes[n].op == "Relu")
+    res = segment_graph(info, minimum_segment_size=1, nodes_denylist=[relu])
+    assert all(relu not in s.nodes for s in res.segments)
+    assert res.rejected[relu] == "in nodes_denylist"
+
+
+def test_max_allowed_engines_keeps_largest(monkeypatch):
+    def f(x):
+        a = tf.nn.relu(x * 2.0)                       # 2 nodes
+        b = native_op(a)
+        return tf.tanh(tf.nn.relu(b * 3.0 + 1.0))      # 4 nodes
+    info = graph_of(f, SPEC)
+    monkeypatch.setenv("TF_TRT_MAX_ALLOWED_ENGINES", "1")
+    res = segment_graph(info, minimum_segment_size=1)
+    assert len(res.segments) == 1
+    assert ops_of(info, res.segments[0]) == ["AddV2", "Mul", "Relu", "Tanh"]
+
+
+def test_const_shared_with_native_is_copied_not_moved():
+    def f(x):
+        c = tf.constant(np.arange(4, dtype=np.float32))
+        a = tf.nn.relu(x * c + 1.0)
+        return tf.strings.as_string(c), tf.tanh(a)
+    info = graph_of(f, SPEC)
+    res = segment_graph(info, minimum_segment_size=1)
+    seg = res.segments[0]
+    const_users = [n for n in info.nodes if info.nodes[n].op == "AsString"]
+    shared = graph_io.split_tensor_name(info.data_inputs(info.nodes[const_users[0]])[0])[0]
+    assert shared not in seg.consts

@@ -1,0 +1,166 @@
+"""The TF-TRT V2 workflow end to end on CPU (engines on the numpy backend)."""
+
+import io
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tftrt
+from tftrt import trt_convert as trt
+from tests.integration import models
+from tests.tolerances import MODEL_TOLERANCES
+
+
+@pytest.fixture(scope="module")
+def mlp_dir(tmp_path_factory):
+    return models.save_module(models.MLP(), str(tmp_path_factory.mktemp("m") / "mlp"))
+
+
+def native(path):
+    return tf.saved_model.load(path).signatures["serving_default"]
+
+
+def assert_outputs_close(got, ref, precision="FP32"):
+    rtol, atol = MODEL_TOLERANCES[precision]
+    assert sorted(got) == sorted(ref)
+    for k in ref:
+        np.testing.assert_allclose(got[k].numpy(), ref[k].numpy(), rtol=rtol, atol=atol,
+                                   err_msg=k)
+
+
+def test_params_namedtuple_has_tf_trt_fields_and_defaults():
+    p = trt.DEFAULT_TRT_CONVERSION_PARAMS
+    assert p._fields == ("max_workspace_size_bytes", "precision_mode", "minimum_segment_size",
+                         "maximum_cached_engines", "use_calibration", "allow_build_at_runtime")
+    assert (p.precision_mode, p.minimum_segment_size, p.maximum_cached_engines,
+            p.use_calibration, p.allow_build_at_runtime) == ("FP32", 3, 1, True, True)
+    assert set(trt.TrtPrecisionMode.supported_precision_modes()) >= {"FP32", "fp16", "INT8"}
+
+
+def test_convert_build_summary_save_load(mlp_dir, tmp_path):
+    params = trt.DEFAULT_TRT_CONVERSION_PARAMS._replace(minimum_segment_size=2,
+                                                        maximum_cached_engines=4)
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=mlp_dir, conversion_params=params)
+    fn = conv.convert()
+    x = models.batch((4, 8))
+    ref = native(mlp_dir)(x=tf.constant(x))
+    out = fn(x=tf.constant(x))
+    assert_outputs_close(out, ref)
+    ops = conv.engine_ops
+    # The string round trip in the middle splits the graph: two engines.
+    assert sorted(ops) == ["TRTEngineOp_000_000", "TRTEngineOp_000_001"]
+    assert all(op.stats["engine"] >= 1 and op.stats["native"] == 0 for op in ops.values())
+    node_names = [n.name for n in fn.graph.as_graph_def().library.function[0].node_def] if \
+        fn.graph.as_graph_def().library.function else []
+    conv.build(input_fn=lambda: iter([(x,), (models.batch((1, 8)),)]))
+    assert all(len(op.cache) == 2 for op in ops.values())
+
+    buf = io.StringIO()
+    conv.summary(print_fn=lambda s: buf.write(s + "\n"))
+    text = buf.getvalue()
+    assert "TRTEngineOp_000_000" in text and "TRTEngineOp_000_001" in text
+    assert "[*] Total number of TensorRT engines: 2" in text
+    assert "- MatMul: 1x" in text and "AsString" in text
+    assert "% of OPs Converted:" in text
+
+    out_dir = str(tmp_path / "converted")
+    conv.save(out_dir)
+    assert os.path.isfile(os.path.join(out_dir, "assets", "tftrt", "manifest.json"))
+
+    loaded = tftrt.load(out_dir)
+    got = loaded.signatures["serving_default"](x=tf.constant(x))
+    assert_outputs_close(got, ref)
+    # Plans were restored: no engine was built on load or on the first call.
+    assert sum(op.stats["builds"] for op in loaded.engine_ops.values()) == 0
+    assert all(op.stats["engine"] >= 1 for op in loaded.engine_ops.values())
+
+    plain = tf.saved_model.load(out_dir).signatures["serving_default"]
+    assert_outputs_close(plain(x=tf.constant(x)), ref)
+    # The plain SavedModel keeps the engine nodes as calls of their native segments.
+    fns = {f.signature.name for f in plain.graph.as_graph_def().library.function}
+    assert any("TRTEngineOp_000_000_native_segment" in f for f in fns)
+
+
+def test_save_without_engines_rebuilds_on_load(mlp_dir, tmp_path):
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=mlp_dir, minimum_segment_size=2)
+    conv.convert()
+    x = models.batch((3, 8))
+    conv.build(lambda: iter([(x,)]))
+    conv.save(str(tmp_path / "o"), save_gpu_specific_engines=False)
+    loaded = tftrt.load(str(tmp_path / "o"))
+    ref = native(mlp_dir)(x=tf.constant(x))
+    assert_outputs_close(loaded.signatures["serving_default"](x=tf.constant(x)), ref)
+    assert sum(op.stats["builds"] for op in loaded.engine_ops.values()) == 2
+
+
+def test_lru_eviction(mlp_dir):
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=mlp_dir, minimum_segment_size=2,
+                                   maximum_cached_engines=2)
+    fn = conv.convert()
+    op = conv.engine_ops["TRTEngineOp_000_000"]
+    for b in (1, 2, 3):
+        fn(x=tf.constant(models.batch((b, 8))))
+    assert op.cache.keys() == [((2, 8),), ((3, 8),)]
+    fn(x=tf.constant(models.batch((2, 8))))   # hit: 2 becomes most recent
+    fn(x=tf.constant(models.batch((4, 8))))   # miss: evicts 3
+    assert op.cache.keys() == [((2, 8),), ((4, 8),)]
+    assert op.stats["builds"] == 4
+
+
+def test_no_build_at_runtime_falls_back_to_native(mlp_dir, caplog):
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=mlp_dir, minimum_segment_size=2,
+                                   allow_build_at_runtime=False)
+    fn = conv.convert()
+    x = models.batch((2, 8))
+    with caplog.at_level("WARNING", logger="tftrt.engine_op"):
+        out = fn(x=tf.constant(x))
+        fn(x=tf.constant(x))
+    assert_outputs_close(out, native(mlp_dir)(x=tf.constant(x)))
+    op = conv.engine_ops["TRTEngineOp_000_000"]
+    assert op.stats["native"] == 2 and op.stats["engine"] == 0
+    msgs = [r.message for r in caplog.records if "TRTEngineOp_000_000" in r.message]
+    assert len(msgs) == 1 and "allow_build_at_runtime=False" in msgs[0]  # logged once
+
+
+def test_failed_build_falls_back_and_env_turns_it_into_error(mlp_dir, monkeypatch):
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=mlp_dir, minimum_segment_size=2,
+                                   max_workspace_size_bytes=16)  # far too small: build fails
+    fn = conv.convert()
+    x = models.batch((2, 8))
+    assert_outputs_close(fn(x=tf.constant(x)), native(mlp_dir)(x=tf.constant(x)))
+    assert conv.engine_ops["TRTEngineOp_000_000"].stats["native"] == 1
+    monkeypatch.setenv("TF_TRT_ALLOW_ENGINE_NATIVE_SEGMENT_EXECUTION", "0")
+    with pytest.raises(Exception, match="native segment execution is disabled"):
+        fn(x=tf.constant(x))
+
+
+def test_minimum_segment_size_minus_one_converts_nothing(mlp_dir):
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=mlp_dir, minimum_segment_size=-1)
+    fn = conv.convert()
+    assert conv.engine_ops == {}
+    x = models.batch((2, 8))
+    assert_outputs_close(fn(x=tf.constant(x)), native(mlp_dir)(x=tf.constant(x)))
+
+
+def test_native_backend_env(mlp_dir, monkeypatch):
+    monkeypatch.setenv("TFTRT_BACKEND", "native")
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=mlp_dir, minimum_segment_size=2)
+    fn = conv.convert()
+    x = models.batch((2, 8))
+    assert_outputs_close(fn(x=tf.constant(x)), native(mlp_dir)(x=tf.constant(x)))
+    assert all(op.stats["engine"] == 0 for op in conv.engine_ops.values())
+
+
+def test_two_inputs_keyword_and_dict_input_fn(tmp_path):
+    path = models.save_module(models.TwoInputs(), str(tmp_path / "two"))
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=path)
+    fn = conv.convert()
+    a, b = models.batch((3, 4), 1), models.batch((3, 4), 2)
+    ref = native(path)(a=tf.constant(a), b=tf.constant(b))
+    assert_outputs_close(fn(a=tf.constant(a), b=tf.constant(b)), ref)
+    conv.build(lambda: iter([{"b": b, "a": a}]))
+    assert len(conv.engine_ops) == 1
+    op = next(iter(conv.engine_ops.values()))
+    assert op.stats["engine"] == 2

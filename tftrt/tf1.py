@@ -1,0 +1,196 @@
+"""TF-TRT's TF1 API: ``TrtGraphConverter`` for frozen GraphDefs and TF1 SavedModels.
+
+    converter = trt.TrtGraphConverter(input_graph_def=frozen, nodes_denylist=["logits"])
+    converted_graph_def = converter.convert()
+
+The returned GraphDef keeps every engine as a call of its native segment carrying the engine
+(spec, segment network and, in static mode, the serialized engine built during convert()), so
+plain TensorFlow imports and runs it; after ``import tftrt`` (or ``tftrt.activation.activate()``)
+``tf.graph_util.import_graph_def`` binds the engines.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Callable, List, Optional, Sequence
+
+import numpy as np
+
+from tftrt import activation, conversion, graph_io, rewrite
+from tftrt.trt_convert import (DEFAULT_TRT_MAX_WORKSPACE_SIZE_BYTES, TrtConversionParams,
+                               TrtPrecisionMode, _check_conversion_params)
+
+log = logging.getLogger("tftrt.convert")
+
+STATIC_SHAPE_WARNING = ("Input shapes must be fully defined when in static mode. Please try "
+                        "is_dynamic_op=True.")
+
+
+class TrtGraphConverter:
+    """TF1 converter (TF-TRT's signature and defaults).
+
+    Args:
+      input_saved_model_dir / input_saved_model_tags / input_saved_model_signature_key: a
+        SavedModel to convert (exactly one of this and input_graph_def).
+      input_graph_def: a frozen GraphDef to convert.
+      nodes_denylist: node names that must stay native (the outputs you will fetch);
+        ``nodes_blacklist`` is accepted as the old name.
+      max_batch_size: static mode builds engines for this batch; a larger batch runs natively.
+      is_dynamic_op: False (static mode) builds engines in convert() for fully defined shapes.
+    """
+
+    def __init__(self, input_saved_model_dir=None, input_saved_model_tags=None,
+                 input_saved_model_signature_key=None, input_graph_def=None,
+                 nodes_denylist=None, nodes_blacklist=None, max_batch_size=1,
+                 max_workspace_size_bytes=DEFAULT_TRT_MAX_WORKSPACE_SIZE_BYTES,
+                 precision_mode=TrtPrecisionMode.FP32, minimum_segment_size=3,
+                 is_dynamic_op=False, maximum_cached_engines=1, use_calibration=True):
+        if input_graph_def is not None and input_saved_model_dir is not None:
+            raise ValueError("Can only specify one of input_graph_def and input_saved_model_dir")
+        if input_graph_def is None and input_saved_model_dir is None:
+            raise ValueError("Must specify one of input_graph_def and input_saved_model_dir")
+        if nodes_denylist is not None and nodes_blacklist is not None:
+            raise ValueError("Specify nodes_denylist only (nodes_blacklist is its old name)")
+        self._input_graph_def = input_graph_def
+        self._input_saved_model_dir = (graph_io.check_saved_model_dir(input_saved_model_dir)
+                                       if input_saved_model_dir is not None else None)
+        self._tags = list(input_saved_model_tags or graph_io.DEFAULT_TAGS)
+        self._signature_key = input_saved_model_signature_key or graph_io.DEFAULT_SIGNATURE_KEY
+        self._nodes_denylist = [graph_io.split_tensor_name(n)[0]
+                                for n in (nodes_denylist or nodes_blacklist or [])]
+        if max_batch_size is None or int(max_batch_size) < 1:
+            raise ValueError(f"max_batch_size should be a positive integer; got {max_batch_size}")
+        self._max_batch_size = int(max_batch_size)
+        self._is_dynamic_op = bool(is_dynamic_op)
+        self._params = _check_conversion_params(TrtConversionParams(
+            max_workspace_size_bytes=max_workspace_size_bytes, precision_mode=precision_mode,
+            minimum_segment_size=minimum_segment_size,
+            maximum_cached_engines=maximum_cached_engines, use_calibration=use_calibration,
+            allow_build_at_runtime=True))
+        self._need_calibration = (self._params.precision_mode == "INT8" and use_calibration)
+        self._converted_graph_def = None
+        self._calibrated = False
+        self._result = None
+        self._info = None
+        self._sig = None
+
+    # --- convert -----------------------------------------------------------------------------
+    def convert(self):
+        """Converts the graph; returns the converted GraphDef."""
+        if self._converted_graph_def is not None:
+            raise RuntimeError("convert() was already called on this converter")
+        activation.activate()
+        if self._input_graph_def is not None:
+            self._info = self._graph_def_info(self._input_graph_def)
+        else:
+            self._sig = graph_io.signature_graph(self._input_saved_model_dir, self._tags,
+                                                 self._signature_key)
+            self._info = self._sig.info
+        result = conversion.convert_graph(self._info, self._params, self._nodes_denylist)
+        self._result = result
+        if not self._is_dynamic_op:
+            self._build_static_engines()
+        from tftrt import summary as summary_mod
+        summary_mod.log_unconverted(self._info, result.segmentation)
+        self._converted_graph_def = self._graph_def_with_engines()
+        return self._converted_graph_def
+
+    def _graph_def_info(self, graph_def) -> graph_io.GraphInfo:
+        import tensorflow as tf
+        placeholders = [n.name for n in graph_def.node if n.op == "Placeholder"]
+        consumed = {graph_io.split_tensor_name(i)[0] for n in graph_def.node for i in n.input}
+        kept = self._nodes_denylist or [n.name for n in graph_def.node
+                                        if n.name not in consumed and n.op not in
+                                        ("NoOp", "Placeholder", "Const")]
+        g = tf.Graph()
+        with g.as_default():
+            tf.graph_util.import_graph_def(graph_def, name="")
+        outputs = [t.name for name in kept for t in g.get_operation_by_name(name).outputs]
+        inputs = [f"{p}:0" for p in placeholders]
+        cleaned = graph_io.run_grappler_passes(graph_def, g, inputs + outputs)
+        return graph_io.GraphInfo(cleaned, inputs, outputs)
+
+    def _build_static_engines(self) -> None:
+        for op in self._result.engine_ops.values():
+            op.spec.max_batch_size = self._max_batch_size
+            shapes = op.spec.input_shapes
+            if any(s is None or any(d is None for d in s[1:]) for s in shapes):
+                log.warning("%s: %s", op.name, STATIC_SHAPE_WARNING)
+                continue
+            key = tuple(tuple(self._max_batch_size if (k == 0 and d is None) else d
+                              for k, d in enumerate(s)) for s in shapes)
+            try:
+                op.build_for(key)
+            except Exception as e:  # keep converting; the op builds or falls back at run time
+                log.warning("%s: static engine build failed (%s); it will run natively or "
+                            "build at run time", op.name, e)
+
+    def _graph_def_with_engines(self):
+        res = self._result
+        gd, _ = conversion.native_form_graph_def(self._info, res.segmentation.segments,
+                                                 res.engine_ops, res.native_fdefs)
+        for node in gd.node:
+            op = res.engine_ops.get(node.name)
+            if op is None or rewrite.ENGINE_ATTR not in node.attr:
+                continue
+            node.attr[activation.SPEC_ATTR].s = json.dumps(op.spec.to_json()).encode()
+            node.attr[activation.ONNX_ATTR].s = op.spec.onnx_bytes
+            blobs = node.attr[activation.PLANS_ATTR].list.s
+            for key, engine in op.cache.items():
+                blobs.append(json.dumps({"input_shapes": [list(s) for s in key],
+                                         "backend": getattr(engine, "backend", None)}).encode())
+                blobs.append(engine.serialize())
+        return gd
+
+    # --- calibrate / save ------------------------------------------------------------------------
+    def calibrate(self, fetch_names: Sequence[str], num_runs: int,
+                  feed_dict_fn: Optional[Callable] = None,
+                  input_map_fn: Optional[Callable] = None):
+        """Runs the converted graph ``num_runs`` times (TF-TRT's INT8 calibration entry point).
+
+        tftrt has no INT8 engines yet: INT8 runs FP16 engines, so calibration only checks the
+        graph runs and marks the converter calibrated. Returns the converted GraphDef.
+        """
+        import tensorflow as tf
+        if self._converted_graph_def is None:
+            raise RuntimeError("Need to call convert() before calibrate()")
+        if (feed_dict_fn is None) == (input_map_fn is None):
+            raise ValueError("Should specify one and only one of feed_dict_fn and input_map_fn.")
+        if not self._need_calibration:
+            raise RuntimeError("calibrate() is only needed for INT8 with use_calibration=True")
+        g = tf.Graph()
+        with g.as_default():
+            if input_map_fn is not None:
+                tf.graph_util.import_graph_def(self._converted_graph_def, name="",
+                                               input_map=input_map_fn())
+            else:
+                tf.graph_util.import_graph_def(self._converted_graph_def, name="")
+            fetches = [g.as_graph_element(n) for n in fetch_names]
+            with tf.compat.v1.Session(graph=g) as sess:
+                for _ in range(num_runs):
+                    sess.run(fetches, feed_dict=feed_dict_fn() if feed_dict_fn else None)
+        self._calibrated = True
+        log.warning("INT8 calibration is not implemented by tftrt yet: engines run in FP16")
+        return self._converted_graph_def
+
+    def save(self, output_saved_model_dir):
+        """Saves the converted model as a SavedModel (only when the input was a SavedModel)."""
+        if self._input_graph_def is not None:
+            raise ValueError("Not able to save to a SavedModel since input is a GraphDef")
+        if self._converted_graph_def is None:
+            raise RuntimeError("Need to call convert() before save()")
+        from tftrt import saving
+        saving.save(_SaveView(self), os.fspath(output_saved_model_dir), True, None)
+
+
+class _SaveView:
+    """Presents a TF1 converter the way saving.save reads a V2 converter."""
+
+    def __init__(self, c: TrtGraphConverter):
+        self._sig = c._sig
+        self._segmentation = c._result.segmentation
+        self._engine_ops = c._result.engine_ops
+        self._native_fdefs = c._result.native_fdefs
+        self._input_saved_model_signature_key = c._signature_key
