@@ -245,3 +245,88 @@ def signature_function(flat_fn, arg_names: Sequence[str], input_specs, structure
     fn = tf.function(call, input_signature=specs, autograph=False).get_concrete_function()
     fn._tftrt_keepalive = list(keepalive) + [flat_fn]  # pylint: disable=protected-access
     return fn
+
+
+# ------------------------------------------------------------------------------------------------
+# Whole-signature engines
+
+
+def single_engine_mapping(graph_def, inputs: Sequence[str], outputs: Sequence[str],
+                          engine_names: Sequence[str]):
+    """When the graph is inputs -> one engine -> outputs, how to call the engine directly.
+
+    Returns (engine name, [graph input index per engine input], [engine output index per graph
+    output]) or None when anything else computes in the graph.
+    """
+    nodes = {n.name: n for n in graph_def.node}
+    engines = [n for n in engine_names if n in nodes]
+    if len(engines) != 1:
+        return None
+    engine = nodes[engines[0]]
+    input_nodes = {split_tensor_name(t)[0] for t in inputs}
+    for n in graph_def.node:
+        if n.name == engine.name or n.name in input_nodes or n.op in ("NoOp", "Identity"):
+            continue
+        return None
+
+    def resolve(t: str) -> str:
+        # Follows Identity chains back to their source tensor.
+        name, idx = split_tensor_name(t)
+        while nodes.get(name) is not None and nodes[name].op == "Identity":
+            name, idx = split_tensor_name(
+                [i for i in nodes[name].input if not i.startswith("^")][0])
+        return tensor_name(name, idx)
+
+    canon_inputs = [tensor_name(*split_tensor_name(t)) for t in inputs]
+    in_map = []
+    for i in engine.input:
+        if i.startswith("^"):
+            continue
+        src = resolve(i)
+        if src not in canon_inputs:
+            return None
+        in_map.append(canon_inputs.index(src))
+    out_map = []
+    for t in outputs:
+        name, idx = split_tensor_name(resolve(t))
+        if name != engine.name:
+            return None
+        out_map.append(idx)
+    return engine.name, in_map, out_map
+
+
+class DirectSignature:
+    """A signature whose whole graph is one engine, called without a TensorFlow function.
+
+    Behaves like the signature ConcreteFunction for calls (keyword or positional tensors in,
+    the original structured outputs back); ``native`` is the TensorFlow function of the same
+    signature, used when the engine op falls back.
+    """
+
+    def __init__(self, op, in_map, out_map, arg_names, input_specs, structured_outputs, native):
+        self._op = op
+        self._in_map = list(in_map)
+        self._out_map = list(out_map)
+        self._arg_names = list(arg_names)
+        self._specs = list(input_specs)
+        self.structured_outputs = structured_outputs
+        self.native = native
+        self.structured_input_signature = native.structured_input_signature
+
+    def __call__(self, *args, **kwargs):
+        tf = _tf()
+        if len(args) + len(kwargs) != len(self._arg_names):
+            raise TypeError(f"expected inputs {self._arg_names}; got {len(args)} positional "
+                            f"and {sorted(kwargs)}")
+        flat = list(args) + [kwargs[n] for n in self._arg_names[len(args):]]
+        tensors = []
+        for v, spec, n in zip(flat, self._specs, self._arg_names):
+            t = tf.convert_to_tensor(v, dtype_hint=spec.dtype)
+            if t.dtype != spec.dtype or not spec.shape.is_compatible_with(t.shape):
+                raise ValueError(f"input {n!r} has dtype {t.dtype.name} and shape {t.shape}; "
+                                 f"the signature expects {spec.dtype.name} {spec.shape}")
+            tensors.append(t)
+        outs = self._op(*[tensors[k] for k in self._in_map])
+        flat_out = [outs[j] if tf.is_tensor(outs[j]) else tf.convert_to_tensor(outs[j])
+                    for j in self._out_map]
+        return tf.nest.pack_sequence_as(self.structured_outputs, flat_out)

@@ -160,6 +160,13 @@ def load(path, tags=None, options=None):
     specs = [tf.TensorSpec(s["shape"], tf.as_dtype(s["dtype"])) for s in manifest["input_specs"]]
     fn = rewrite.signature_function(flat, manifest["input_names"], specs,
                                     original.structured_outputs, keepalive)
+    direct = rewrite.single_engine_mapping(gd, manifest["inputs"], manifest["outputs"],
+                                           list(ops))
+    if direct is not None and os.environ.get("TFTRT_DIRECT_CALL", "1") != "0":
+        # The whole signature is one engine: skip TensorFlow's function call machinery.
+        name, in_map, out_map = direct
+        fn = rewrite.DirectSignature(ops[name], in_map, out_map, manifest["input_names"],
+                                     specs, original.structured_outputs, fn)
     signatures = dict(loaded.signatures)
     signatures[key] = fn
     return LoadedModel(loaded, signatures, ops)

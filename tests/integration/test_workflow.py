@@ -164,3 +164,26 @@ def test_two_inputs_keyword_and_dict_input_fn(tmp_path):
     assert len(conv.engine_ops) == 1
     op = next(iter(conv.engine_ops.values()))
     assert op.stats["engine"] == 2
+
+
+def test_single_engine_signature_is_called_directly(tmp_path, monkeypatch):
+    from tftrt.rewrite import DirectSignature
+    path = models.save_module(models.TwoInputs(), str(tmp_path / "two"))
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=path)
+    conv.convert()
+    a, b = models.batch((3, 4), 1), models.batch((3, 4), 2)
+    conv.build(lambda: iter([(a, b)]))
+    conv.save(str(tmp_path / "out"))
+    loaded = tftrt.load(str(tmp_path / "out"))
+    sig = loaded.signatures["serving_default"]
+    assert isinstance(sig, DirectSignature)
+    ref = native(path)(a=tf.constant(a), b=tf.constant(b))
+    assert_outputs_close(sig(a=tf.constant(a), b=tf.constant(b)), ref)
+    assert_outputs_close(sig(tf.constant(a), b=b), ref)  # positional and numpy inputs too
+    op = next(iter(loaded.engine_ops.values()))
+    assert op.stats["engine"] == 2 and op.stats["builds"] == 0
+    with pytest.raises(ValueError, match="input 'a' has dtype int32"):
+        sig(a=np.ones((3, 4), np.int32), b=b)
+    monkeypatch.setenv("TFTRT_DIRECT_CALL", "0")
+    assert not isinstance(tftrt.load(str(tmp_path / "out")).signatures["serving_default"],
+                          DirectSignature)

@@ -1,0 +1,219 @@
+"""End-to-end benchmark: tftrt through TensorFlow vs TF native, TF XLA and PyTorch, one run.
+
+On the GPU host (TensorFlow's GPU build from gpu-host/pack-tensorflow.sh, CuPy, torch):
+
+    source /tmp/tfsite/env.sh && python benchmarks/bench_e2e.py --part tf --out results.json
+    python benchmarks/bench_e2e.py --part torch --out results.json   # separate process, no env.sh
+    python benchmarks/bench_e2e.py --part table --out results.json
+
+Models: Keras ResNet50 and MobileNetV2 (224x224) and a BERT-base-sized encoder (12 layers,
+hidden 768, seq 128) built from Keras layers, seeded weights; PyTorch peers: torchvision
+resnet50 / mobilenet_v2 and a torch encoder of the same size (channels_last, FP16).
+Latency = wall time of one call until its outputs are ready (synchronised each call: what a
+user sees through TensorFlow); throughput = batch / median latency. Medians and p99 over
+--iters calls after --warmup calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+BATCHES = (1, 8, 128)
+MODELS = ("resnet50", "mobilenet_v2", "encoder")
+
+
+def _stats(times_s, batch):
+    t = np.asarray(times_s) * 1e3
+    med = float(np.median(t))
+    return {"median_ms": med, "p99_ms": float(np.percentile(t, 99)),
+            "throughput": batch / (med / 1e3)}
+
+
+def _time_tf(fn, arg, warmup, iters):
+    import tensorflow as tf
+
+    def once():
+        out = fn(**arg)
+        for v in tf.nest.flatten(out):
+            v.numpy()  # waits for the GPU, copies a small output to the host
+
+    for _ in range(warmup):
+        once()
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        once()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def _save_results(path, key, value):
+    data = json.load(open(path)) if os.path.exists(path) else {}
+    data[key] = value
+    json.dump(data, open(path, "w"), indent=1)
+
+
+def part_tf(args):
+    os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
+    import keras
+    import tensorflow as tf
+    import tftrt
+    from tftrt import trt_convert as trt, zoo
+    os.environ["TFTRT_BACKEND"] = "cupy"
+    work = tempfile.mkdtemp(prefix="bench-e2e-")
+    device = tf.config.experimental.get_device_details(
+        tf.config.list_physical_devices("GPU")[0]).get("device_name", "GPU")
+    _save_results(args.out, "device", device)
+    for name in args.models:
+        make, _ = zoo.MODELS[name]
+        keras.mixed_precision.set_global_policy("float32")
+        model = make()
+        src = os.path.join(work, name)
+        model.export(src, verbose=False)
+        native = tf.saved_model.load(src).signatures["serving_default"]
+        arg_name = next(iter(native.structured_input_signature[1]))
+        rows = {}
+
+        def inputs(b):
+            with tf.device("/GPU:0"):
+                return {arg_name: tf.constant(np.random.RandomState(b).rand(
+                    *zoo.input_shape(name, b)).astype(np.float32))}
+
+        for b in args.batches:
+            rows[f"tf_native_fp32/{b}"] = _stats(_time_tf(native, inputs(b), args.warmup,
+                                                          args.iters), b)
+        # TF XLA, mixed FP16: the same architecture and seed under the mixed_float16 policy.
+        keras.mixed_precision.set_global_policy("mixed_float16")
+        xla_model = make()
+        keras.mixed_precision.set_global_policy("float32")
+        xla = tf.function(lambda x: xla_model(x, training=False), jit_compile=True)
+        for b in args.batches:
+            x = inputs(b)[arg_name]
+            rows[f"tf_xla_fp16/{b}"] = _stats(_time_tf(lambda **k: xla(k["x"]), {"x": x},
+                                                       args.warmup, args.iters), b)
+        for precision in ("FP32", "FP16"):
+            conv = trt.TrtGraphConverterV2(input_saved_model_dir=src, precision_mode=precision,
+                                           maximum_cached_engines=len(args.batches))
+            conv.convert()
+            t0 = time.perf_counter()
+            conv.build(lambda: iter([tuple(inputs(b).values()) for b in args.batches]))
+            build_s = time.perf_counter() - t0
+            dst = os.path.join(work, f"{name}_{precision}")
+            conv.save(dst)
+            loaded = tftrt.load(dst)
+            sig = loaded.signatures["serving_default"]
+            for b in args.batches:
+                arg = inputs(b)
+                ref = native(**arg)
+                got = sig(**arg)
+                err = max(float(np.max(np.abs(got[k].numpy() - ref[k].numpy())))
+                          / (float(np.max(np.abs(ref[k].numpy()))) or 1.0) for k in ref)
+                st = _stats(_time_tf(sig, arg, args.warmup, args.iters), b)
+                st["rel_err"] = err
+                st["build_s"] = build_s
+                st["on_gpu"] = all("GPU" in got[k].device for k in got)
+                st["native_fallbacks"] = sum(op.stats["native"]
+                                             for op in loaded.engine_ops.values())
+                rows[f"tftrt_{precision.lower()}/{b}"] = st
+        _save_results(args.out, name, {**json.load(open(args.out)).get(name, {}), **rows})
+        print(f"{name}: done", flush=True)
+
+
+def part_torch(args):
+    import torch
+    import torchvision
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from torch_encoder import TorchEncoder
+    torch.manual_seed(0)
+    dev = torch.device("cuda")
+    makers = {
+        "resnet50": lambda: torchvision.models.resnet50(),
+        "mobilenet_v2": lambda: torchvision.models.mobilenet_v2(),
+        "encoder": lambda: TorchEncoder(),
+    }
+    shapes = {"resnet50": lambda b: (b, 3, 224, 224), "mobilenet_v2": lambda b: (b, 3, 224, 224),
+              "encoder": lambda b: (b, 128, 768)}
+    for name in args.models:
+        model = makers[name]().eval().to(dev).half()
+        conv = name != "encoder"
+        if conv:
+            model = model.to(memory_format=torch.channels_last)
+        rows = {}
+        for mode in ("eager", "compile"):
+            fn = model if mode == "eager" else torch.compile(model)
+            for b in args.batches:
+                x = torch.randn(*shapes[name](b), device=dev, dtype=torch.half)
+                if conv:
+                    x = x.to(memory_format=torch.channels_last)
+                with torch.inference_mode():
+                    for _ in range(args.warmup):
+                        fn(x)
+                    torch.cuda.synchronize()
+                    times = []
+                    for _ in range(args.iters):
+                        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(
+                            enable_timing=True)
+                        s.record()
+                        fn(x)
+                        e.record()
+                        e.synchronize()
+                        times.append(s.elapsed_time(e) / 1e3)
+                rows[f"torch_{mode}_fp16/{b}"] = _stats(times, b)
+        data = json.load(open(args.out)) if os.path.exists(args.out) else {}
+        _save_results(args.out, name, {**data.get(name, {}), **rows})
+        print(f"{name}: torch done", flush=True)
+
+
+PEERS = ("tf_native_fp32", "tf_xla_fp16", "torch_eager_fp16", "torch_compile_fp16")
+
+
+def part_table(args):
+    data = json.load(open(args.out))
+    print(f"device: {data.get('device', '?')}")
+    hdr = (f"{'model':<13}{'batch':>6}  {'config':<19}{'median ms':>10}{'p99 ms':>9}"
+           f"{'items/s':>10}  " + "  ".join(f"{'x ' + p:>20}" for p in PEERS) +
+           f"{'build s':>9}{'rel err':>9}")
+    print(hdr)
+    print("-" * len(hdr))
+    for name in MODELS:
+        rows = data.get(name)
+        if not rows:
+            continue
+        for b in BATCHES:
+            for cfg in ("tftrt_fp32", "tftrt_fp16") + PEERS:
+                r = rows.get(f"{cfg}/{b}")
+                if r is None:
+                    continue
+                ratios = []
+                for p in PEERS:
+                    pr = rows.get(f"{p}/{b}")
+                    ratios.append(f"{r['throughput'] / pr['throughput']:>20.2f}" if pr and
+                                  cfg.startswith("tftrt") else f"{'':>20}")
+                extra = (f"{r.get('build_s', 0):>9.1f}{r.get('rel_err', 0):>9.1e}"
+                         if cfg.startswith("tftrt") else "")
+                print(f"{name:<13}{b:>6}  {cfg:<19}{r['median_ms']:>10.3f}{r['p99_ms']:>9.3f}"
+                      f"{r['throughput']:>10.0f}  " + "  ".join(ratios) + extra)
+        print()
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--part", choices=("tf", "torch", "table"), required=True)
+    ap.add_argument("--out", default="bench_e2e.json")
+    ap.add_argument("--models", nargs="+", default=list(MODELS))
+    ap.add_argument("--batches", nargs="+", type=int, default=list(BATCHES))
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--iters", type=int, default=50)
+    args = ap.parse_args(argv)
+    {"tf": part_tf, "torch": part_torch, "table": part_table}[args.part](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,14 @@
+"""`python -m tftrt.quickstart` (the README's main job) passes."""
+
+import subprocess
+import sys
+
+
+def test_quickstart_main_job(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "tftrt.quickstart", "--runs", "3",
+                           "--workdir", str(tmp_path)], capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "PASS" in proc.stdout
+    assert "[*] Total number of TensorRT engines:" in proc.stdout
+    assert "engines rebuilt on load: 0" in proc.stdout
