@@ -101,6 +101,8 @@ def activate() -> None:
     if _ACTIVE:
         return
     _ACTIVE = True
+    from tftrt.gpu_memory import share_gpu_with_tensorflow
+    share_gpu_with_tensorflow()
     import tensorflow as tf
     from tensorflow.python.framework import importer, ops as tf_ops
 

@@ -144,6 +144,8 @@ class TRTEngineOp:
         try:
             outs = self._execute(engine, inputs, backend)
         except Exception as e:  # a failing engine must not break the user's model
+            from tftrt.gpu_memory import explain_out_of_memory
+            e = explain_out_of_memory(e)
             return self._fallback(inputs, f"engine execution failed for input shapes {key}: "
                                           f"{type(e).__name__}: {e}")
         self.stats["engine"] += 1
@@ -176,6 +178,8 @@ class TRTEngineOp:
             try:
                 engine = self._build(key, backend)
             except Exception as e:
+                from tftrt.gpu_memory import explain_out_of_memory
+                e = explain_out_of_memory(e)
                 why = f"engine build failed for input shapes {key}: {type(e).__name__}: {e}"
                 self._failed_keys[key] = why
                 return None, why

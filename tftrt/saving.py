@@ -112,6 +112,8 @@ class LoadedModel:
 def load(path, tags=None, options=None):
     import tensorflow as tf
     from tftrt.graph_io import check_saved_model_dir
+    from tftrt.activation import activate
+    activate()
     path = check_saved_model_dir(path)
     loaded = tf.saved_model.load(path, tags=tags, options=options)
     mpath = os.path.join(path, ASSET_DIR, MANIFEST)

@@ -111,6 +111,8 @@ class TrtGraphConverterV2:
                  maximum_cached_engines=1, use_calibration=True, allow_build_at_runtime=True,
                  conversion_params=None):
         import tensorflow as tf
+        from tftrt.activation import activate
+        activate()  # engines share the GPU with TF; TF1 GraphDefs bind engines
         if not tf.executing_eagerly():
             raise RuntimeError("TrtGraphConverterV2 requires eager execution (TF2 behaviour); "
                                "use TrtGraphConverter for TF1 graphs")
