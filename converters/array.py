@@ -1,0 +1,617 @@
+"""Shape and data movement: reshape, squeeze, transpose, concat / split, pad, slicing, gather,
+tile, fill, shape queries.
+
+Shape-like arguments (perm, axis, paddings, begin/end, multiples, ...) must be constants: the
+engine is built for known input shapes, so they are weights here. Reshape is the exception:
+its target shape may also be built at run time from constants and tensor dims (Keras Flatten on
+a dynamic batch), which shape_values.resolve recognizes. Unknown dims are never replaced by a
+concrete size: they become ONNX Reshape's 0 (copy) or -1, a Shape + Gather, or the clamping
+sentinels of Slice.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tftrt.lowering import ConversionError, onnx_dtype
+
+from .axes import (INT64_MAX, axis_error, const_ints, int64s, normalize_axis, squeeze,
+                   unsqueeze)
+from .broadcast import scalar_like
+from .registry import ANY, TENSOR, WEIGHT, converter
+from .shape_values import DimOf, resolve
+from .slicing import SlicePlan, reversed_edge, strided_slice_plan
+
+ARRAY = ("float32", "float16", "int32", "int64", "bool")
+INDEX = ("int32", "int64")
+
+
+def _outputs(ctx, node, values):
+    for i, v in enumerate(values):
+        ctx.set_output(node, i, v)
+
+
+# --- reshape family ------------------------------------------------------------------------------
+
+def _reshape_plan(node, ctx):
+    """Target shape as a list of ints (0 = copy, -1 = infer) and DimOf (gathered at run time),
+    or a reason string."""
+    x_t = ctx.input_tensor(node, 0)
+    elems = resolve(ctx.info, ctx.input_tensor(node, 1))
+    if elems is None:
+        return ("shape is computed at run time from more than constants and tensor shapes "
+                "(supported: Const, Shape, StridedSlice, Pack, ConcatV2 of those)")
+    if not isinstance(elems, list):
+        return "shape is not a vector"
+    ints = [e for e in elems if isinstance(e, int)]
+    if any(e < -1 for e in ints) or ints.count(-1) > 1:
+        return f"shape {elems} is invalid (at most one -1, no other negatives)"
+    if 0 in ints:
+        return (f"shape {elems} has a zero-sized dimension (ONNX Reshape reads 0 as 'copy "
+                f"the input dim')")
+    plan, foreign = [], []
+    for pos, e in enumerate(elems):
+        if isinstance(e, DimOf) and e.tensor == x_t and e.axis == pos:
+            plan.append(0)  # ONNX Reshape: copy the input's dim at this position
+        else:
+            plan.append(e)
+            if isinstance(e, DimOf) and e.tensor != x_t:
+                foreign.append(pos)
+    if foreign:
+        if len(foreign) > 1 or -1 in ints:
+            return (f"shape {elems} takes a run-time dim of another tensor "
+                    f"({elems[foreign[0]].tensor}) besides a -1 or another such dim: "
+                    f"neither can be inferred")
+        plan[foreign[0]] = -1  # the only unknown entry: Reshape infers it from the size
+    return plan
+
+
+def _shape_operand(ctx, x, plan):
+    """Reshape's int64 shape: one constant, or per-entry constants and dims gathered from
+    Shape(x) concatenated (the engine folds them once the input shapes are known)."""
+    if all(isinstance(e, int) for e in plan):
+        return int64s(ctx, plan, "shape")
+    x_shape = ctx.emit("Shape", [x])
+    pieces = [ctx.emit("Gather", [x_shape, int64s(ctx, [e.axis], "dim")], axis=0)
+              if isinstance(e, DimOf) else int64s(ctx, [e], "shape") for e in plan]
+    return ctx.emit("Concat", pieces, axis=0)
+
+
+@converter("Reshape", dtypes=ARRAY, inputs=(TENSOR, ANY))
+class Reshape:
+    """Reshape to a constant shape (with -1), or to one built at run time from constants and
+    tensor dims (tf.shape(x)[0], Keras Flatten): a dim of the input itself becomes 0 (copy) or
+    a Shape + Gather, one unknown dim of another tensor becomes -1; a dynamic batch is never
+    hard-coded. Rejects: shapes computed from other values; a zero-sized dim in the shape;
+    a run-time dim of another tensor next to a -1 or a second such dim."""
+
+    @staticmethod
+    def validate(node, ctx):
+        plan = _reshape_plan(node, ctx)
+        return plan if isinstance(plan, str) else None
+
+    @staticmethod
+    def convert(node, ctx):
+        x, plan = ctx.input(node, 0), _reshape_plan(node, ctx)
+        if isinstance(plan, str):
+            raise ConversionError(plan)
+        ctx.set_output(node, 0, ctx.emit("Reshape", [x, _shape_operand(ctx, x, plan)]))
+
+
+@converter("Squeeze", dtypes=ARRAY, inputs=(TENSOR,))
+class Squeeze:
+    """Removes size-1 dims: the listed squeeze_dims (negative allowed), or without a list all
+    dims of size 1. Rejects: no squeeze_dims while some dims are unknown; axes out of range."""
+
+    @staticmethod
+    def _axes(node, ctx):
+        shape = ctx.input_shape(node, 0)
+        dims = ctx.attr(node, "squeeze_dims", []) or []
+        if not dims:
+            if any(d is None for d in shape):
+                return (f"Squeeze without squeeze_dims on shape {list(shape)} with unknown "
+                        f"dims (which are 1 is only known at run time)")
+            return [k for k, d in enumerate(shape) if d == 1]
+        for a in dims:
+            reason = axis_error(a, len(shape), "squeeze dim")
+            if reason:
+                return reason
+        return sorted({normalize_axis(a, len(shape)) for a in dims})
+
+    @staticmethod
+    def validate(node, ctx):
+        axes = Squeeze._axes(node, ctx)
+        return axes if isinstance(axes, str) else None
+
+    @staticmethod
+    def convert(node, ctx):
+        ctx.set_output(node, 0, squeeze(ctx, ctx.input(node, 0), Squeeze._axes(node, ctx)))
+
+
+@converter("ExpandDims", dtypes=ARRAY, inputs=(TENSOR, WEIGHT))
+class ExpandDims:
+    """Inserts a size-1 dim at a constant axis (negative counts from the end of the output).
+    Rejects: a non-scalar axis or one out of range."""
+
+    @staticmethod
+    def validate(node, ctx):
+        axis = const_ints(ctx, node, 1)
+        if len(axis) != 1:
+            return f"ExpandDims axis must be a single value, got {axis}"
+        return axis_error(axis[0], ctx.input_rank(node, 0), extra=1)
+
+    @staticmethod
+    def convert(node, ctx):
+        rank = ctx.input_rank(node, 0)
+        axis = normalize_axis(const_ints(ctx, node, 1)[0], rank + 1)
+        ctx.set_output(node, 0, unsqueeze(ctx, ctx.input(node, 0), [axis]))
+
+
+@converter("Transpose", dtypes=ARRAY, inputs=(TENSOR, WEIGHT))
+class Transpose:
+    """Transpose by a constant permutation. Rejects: a perm that is not a permutation of the
+    input's dims."""
+
+    @staticmethod
+    def validate(node, ctx):
+        perm, rank = const_ints(ctx, node, 1), ctx.input_rank(node, 0)
+        if sorted(normalize_axis(p, rank) for p in perm) != list(range(rank)):
+            return f"perm {perm} is not a permutation of {rank} dims"
+        return None
+
+    @staticmethod
+    def convert(node, ctx):
+        rank = ctx.input_rank(node, 0)
+        perm = [normalize_axis(p, rank) for p in const_ints(ctx, node, 1)]
+        ctx.set_output(node, 0, ctx.emit("Transpose", [ctx.input(node, 0)], perm=perm))
+
+
+@converter("BroadcastTo", dtypes=ARRAY, inputs=(TENSOR, WEIGHT))
+class BroadcastTo:
+    """Broadcast to a constant shape (ONNX Expand). Rejects: a shape computed at run time."""
+
+    @staticmethod
+    def convert(node, ctx):
+        shape = int64s(ctx, const_ints(ctx, node, 1), "shape")
+        ctx.set_output(node, 0, ctx.emit("Expand", [ctx.input(node, 0), shape]))
+
+
+# --- concat / split ------------------------------------------------------------------------------
+
+@converter("ConcatV2", dtypes=ARRAY, inputs=(ANY,))
+class ConcatV2:
+    """Concatenation along a constant axis (negative allowed); inputs may be tensors or
+    constants. Rejects: an axis computed at run time or out of range."""
+
+    @staticmethod
+    def validate(node, ctx):
+        last = ctx.num_inputs(node) - 1
+        if not ctx.is_const(node, last):
+            return "ConcatV2 axis must be a constant"
+        return axis_error(const_ints(ctx, node, last)[0], ctx.input_rank(node, 0))
+
+    @staticmethod
+    def convert(node, ctx):
+        last = ctx.num_inputs(node) - 1
+        axis = normalize_axis(const_ints(ctx, node, last)[0], ctx.input_rank(node, 0))
+        xs = [ctx.input(node, i) for i in range(last)]
+        ctx.set_output(node, 0, xs[0] if len(xs) == 1 else ctx.emit("Concat", xs, axis=axis))
+
+
+@converter("Pack", dtypes=ARRAY, inputs=(ANY,))
+class Pack:
+    """Stacks N same-shaped tensors along a new axis (Unsqueeze each, Concat).
+    Rejects: an axis out of range."""
+
+    @staticmethod
+    def validate(node, ctx):
+        return axis_error(ctx.attr(node, "axis", 0), ctx.input_rank(node, 0), extra=1)
+
+    @staticmethod
+    def convert(node, ctx):
+        axis = normalize_axis(ctx.attr(node, "axis", 0), ctx.input_rank(node, 0) + 1)
+        xs = [unsqueeze(ctx, ctx.input(node, i), [axis]) for i in range(ctx.num_inputs(node))]
+        ctx.set_output(node, 0, xs[0] if len(xs) == 1 else ctx.emit("Concat", xs, axis=axis))
+
+
+def _split(ctx, x, axis, sizes=None, count=None):
+    """ONNX Split into explicit ``sizes``, or ``count`` equal parts; always returns a list."""
+    n = len(sizes) if sizes is not None else count
+    if n == 1:
+        return [x]
+    inputs = [x] if sizes is None else [x, int64s(ctx, sizes, "split")]
+    return ctx.emit("Split", inputs, outputs=n, axis=axis)
+
+
+@converter("Unpack", dtypes=ARRAY, inputs=(TENSOR,))
+class Unpack:
+    """Unstacks along an axis into `num` tensors (Split into ones, Squeeze each).
+    Rejects: an axis out of range; num = 0."""
+
+    @staticmethod
+    def validate(node, ctx):
+        if ctx.attr(node, "num", 0) < 1:
+            return "Unpack with num=0"
+        return axis_error(ctx.attr(node, "axis", 0), ctx.input_rank(node, 0))
+
+    @staticmethod
+    def convert(node, ctx):
+        axis = normalize_axis(ctx.attr(node, "axis", 0), ctx.input_rank(node, 0))
+        parts = _split(ctx, ctx.input(node, 0), axis, [1] * ctx.attr(node, "num"))
+        _outputs(ctx, node, [squeeze(ctx, p, [axis]) for p in parts])
+
+
+@converter("Split", dtypes=ARRAY, inputs=(WEIGHT, TENSOR))
+class Split:
+    """Splits into num_split equal parts along a constant axis (also an unknown-size one).
+    Rejects: an axis out of range; a known dim not divisible by num_split."""
+
+    @staticmethod
+    def validate(node, ctx):
+        shape, n = ctx.input_shape(node, 1), ctx.attr(node, "num_split", 1)
+        axis = const_ints(ctx, node, 0)[0]
+        reason = axis_error(axis, len(shape))
+        if reason:
+            return reason
+        dim = shape[normalize_axis(axis, len(shape))]
+        if dim is not None and dim % n:
+            return f"dim {dim} does not split into {n} equal parts"
+        return None
+
+    @staticmethod
+    def convert(node, ctx):
+        shape, n = ctx.input_shape(node, 1), ctx.attr(node, "num_split", 1)
+        axis = normalize_axis(const_ints(ctx, node, 0)[0], len(shape))
+        dim = shape[axis]
+        sizes = [dim // n] * n if dim is not None else None
+        _outputs(ctx, node, _split(ctx, ctx.input(node, 1), axis, sizes, n))
+
+
+@converter("SplitV", dtypes=ARRAY, inputs=(TENSOR, WEIGHT, WEIGHT))
+class SplitV:
+    """Splits into constant size_splits along a constant axis; one -1 entry takes the rest (an
+    unknown dim then splits with Slices). Rejects: more than one -1; sizes that don't add up to
+    a known dim; -1 together with 0 sizes along an unknown dim; an axis out of range."""
+
+    @staticmethod
+    def validate(node, ctx):
+        shape, sizes = ctx.input_shape(node, 0), const_ints(ctx, node, 1)
+        axis = const_ints(ctx, node, 2)[0]
+        reason = axis_error(axis, len(shape))
+        if reason:
+            return reason
+        if sizes.count(-1) > 1 or any(s < -1 for s in sizes):
+            return f"size_splits {sizes} is invalid (at most one -1)"
+        dim = shape[normalize_axis(axis, len(shape))]
+        if dim is None and -1 in sizes and 0 in sizes:
+            return f"size_splits {sizes} with both -1 and 0 along an unknown dim"
+        known = sum(s for s in sizes if s != -1)
+        if dim is not None and (known > dim or (-1 not in sizes and known != dim)):
+            return f"size_splits {sizes} do not add up to dim {dim}"
+        return None
+
+    @staticmethod
+    def convert(node, ctx):
+        shape, sizes, x = ctx.input_shape(node, 0), const_ints(ctx, node, 1), ctx.input(node, 0)
+        axis = normalize_axis(const_ints(ctx, node, 2)[0], len(shape))
+        dim = shape[axis]
+        if -1 in sizes and dim is not None:
+            sizes[sizes.index(-1)] = dim - (sum(sizes) + 1)
+        if -1 not in sizes:
+            _outputs(ctx, node, _split(ctx, x, axis, sizes))
+            return
+        # unknown dim with a -1 entry: one Slice per part, the parts after it counted from
+        # the end (negative bounds; ONNX Slice resolves them against the run-time size)
+        k = sizes.index(-1)
+        bounds, pos = [], 0
+        for n in sizes[:k]:
+            bounds.append((pos, pos + n))
+            pos += n
+        pos = -sum(sizes[k + 1:])
+        bounds.append((sum(sizes[:k]), pos or INT64_MAX))
+        for n in sizes[k + 1:]:
+            bounds.append((pos, pos + n or INT64_MAX))
+            pos += n
+        _outputs(ctx, node, [ctx.emit("Slice", [x, int64s(ctx, [b], "starts"),
+                                                int64s(ctx, [e], "ends"),
+                                                int64s(ctx, [axis], "axes")])
+                             for b, e in bounds])
+
+
+# --- padding -------------------------------------------------------------------------------------
+
+def _paddings(node, ctx):
+    p = np.asarray(ctx.const_value(node, 1)).astype(np.int64)
+    rank = ctx.input_rank(node, 0)
+    if p.shape != (rank, 2):
+        return f"paddings of shape {list(p.shape)} for a rank-{rank} input (expected [{rank}, 2])"
+    if (p < 0).any():
+        return f"negative paddings {p.tolist()}"
+    return p
+
+
+@converter("Pad", "PadV2", dtypes=ARRAY, inputs=(TENSOR, WEIGHT, ANY))
+class Pad:
+    """Constant padding (0, or PadV2's scalar constant_values) by constant paddings.
+    Rejects: paddings of the wrong shape or negative."""
+
+    @staticmethod
+    def validate(node, ctx):
+        p = _paddings(node, ctx)
+        return p if isinstance(p, str) else None
+
+    @staticmethod
+    def convert(node, ctx):
+        p, x = _paddings(node, ctx), ctx.input(node, 0)
+        value = (ctx.input(node, 2) if node.op == "PadV2"
+                 else scalar_like(ctx, 0, ctx.attr_dtype(node, "T"), "pad_value"))
+        pads = int64s(ctx, list(p[:, 0]) + list(p[:, 1]), "pads")
+        ctx.set_output(node, 0, ctx.emit("Pad", [x, pads, value], mode="constant"))
+
+
+@converter("MirrorPad", dtypes=ARRAY, inputs=(TENSOR, WEIGHT))
+class MirrorPad:
+    """REFLECT (edge not repeated) and SYMMETRIC (edge repeated) padding, built from reversed
+    Slices and Concat per padded axis (works on unknown dims). Rejects: other modes; paddings
+    of the wrong shape or negative; paddings larger than a known dim allows."""
+
+    @staticmethod
+    def validate(node, ctx):
+        mode = ctx.attr(node, "mode", "")
+        if mode not in ("REFLECT", "SYMMETRIC"):
+            return f"MirrorPad mode={mode!r} is not supported (REFLECT, SYMMETRIC)"
+        p = _paddings(node, ctx)
+        if isinstance(p, str):
+            return p
+        limit_off = 1 if mode == "REFLECT" else 0
+        for k, d in enumerate(ctx.input_shape(node, 0)):
+            if d is not None and p[k].max() > d - limit_off:
+                return f"paddings {p[k].tolist()} too large for dim {d} in {mode} mode"
+        return None
+
+    @staticmethod
+    def convert(node, ctx):
+        p, x = _paddings(node, ctx), ctx.input(node, 0)
+        reflect = ctx.attr(node, "mode") == "REFLECT"
+        for axis, (before, after) in enumerate(p.tolist()):
+            parts = [x]
+            if before:
+                parts.insert(0, reversed_edge(ctx, x, axis, before, True, reflect))
+            if after:
+                parts.append(reversed_edge(ctx, x, axis, after, False, reflect))
+            if len(parts) > 1:
+                x = ctx.emit("Concat", parts, axis=axis)
+        ctx.set_output(node, 0, x)
+
+
+# --- slicing and gathering -----------------------------------------------------------------------
+
+_MASKS = ("begin_mask", "end_mask", "ellipsis_mask", "new_axis_mask", "shrink_axis_mask")
+
+
+def _strided_slice_plan(node, ctx):
+    b, e, s = (const_ints(ctx, node, i) for i in (1, 2, 3))
+    return strided_slice_plan(ctx.input_shape(node, 0), b, e, s,
+                              *[ctx.attr(node, m, 0) for m in _MASKS])
+
+
+@converter("StridedSlice", dtypes=ARRAY, inputs=(TENSOR, WEIGHT, WEIGHT, WEIGHT))
+class StridedSlice:
+    """Python-style slicing with constant begin/end/strides (negative and reversed strides),
+    and every mask: begin_mask, end_mask, ellipsis_mask, new_axis_mask, shrink_axis_mask
+    (lowered to Slice + Squeeze + Unsqueeze; unknown dims need no shape arithmetic).
+    Rejects: begin/end/strides computed at run time; more than one ellipsis in ellipsis_mask;
+    shrink_axis_mask on a negative stride; a zero stride; more indices than dims; a negative
+    begin with a negative stride on an unknown dim (TF and ONNX clamp it differently)."""
+
+    @staticmethod
+    def validate(node, ctx):
+        plan = _strided_slice_plan(node, ctx)
+        return plan if isinstance(plan, str) else None
+
+    @staticmethod
+    def convert(node, ctx):
+        plan = _strided_slice_plan(node, ctx)
+        if not isinstance(plan, SlicePlan):
+            raise ConversionError(plan)
+        ctx.set_output(node, 0, plan.emit(ctx, ctx.input(node, 0)))
+
+
+@converter("Slice", dtypes=ARRAY, inputs=(TENSOR, WEIGHT, WEIGHT))
+class Slice:
+    """tf.slice with constant begin and size (-1 = to the end). Rejects: begin/size computed at
+    run time, negative begins, sizes below -1, lengths other than the input rank."""
+
+    @staticmethod
+    def validate(node, ctx):
+        begin, size = const_ints(ctx, node, 1), const_ints(ctx, node, 2)
+        rank = ctx.input_rank(node, 0)
+        if len(begin) != rank or len(size) != rank:
+            return f"begin {begin} / size {size} do not have {rank} entries"
+        if any(b < 0 for b in begin) or any(s < -1 for s in size):
+            return f"begin {begin} must be >= 0 and size {size} >= -1"
+        return None
+
+    @staticmethod
+    def convert(node, ctx):
+        begin, size = const_ints(ctx, node, 1), const_ints(ctx, node, 2)
+        ends = [INT64_MAX if s == -1 else b + s for b, s in zip(begin, size)]
+        axes = list(range(len(begin)))
+        out = ctx.emit("Slice", [ctx.input(node, 0), int64s(ctx, begin, "starts"),
+                                 int64s(ctx, ends, "ends"), int64s(ctx, axes, "axes")])
+        ctx.set_output(node, 0, out)
+
+
+@converter("GatherV2", dtypes=ARRAY, dtype_attr="Tparams", inputs=(ANY, ANY, WEIGHT))
+class GatherV2:
+    """tf.gather along a constant axis, batch_dims=0; params and indices may be tensors or
+    constants (an embedding table as weights). Rejects: batch_dims != 0; an axis out of range;
+    indices that are not int32/int64."""
+
+    @staticmethod
+    def validate(node, ctx):
+        if ctx.attr(node, "batch_dims", 0):
+            return f"GatherV2 with batch_dims={ctx.attr(node, 'batch_dims')} is not supported"
+        it = ctx.attr_dtype(node, "Tindices")
+        if it is None or it.name not in INDEX:
+            return f"GatherV2 indices of type {it} are not supported (int32, int64)"
+        return axis_error(const_ints(ctx, node, 2)[0], ctx.input_rank(node, 0))
+
+    @staticmethod
+    def convert(node, ctx):
+        axis = normalize_axis(const_ints(ctx, node, 2)[0], ctx.input_rank(node, 0))
+        out = ctx.emit("Gather", [ctx.input(node, 0), ctx.input(node, 1)], axis=axis)
+        ctx.set_output(node, 0, out)
+
+
+@converter("ReverseV2", dtypes=ARRAY, inputs=(TENSOR, WEIGHT))
+class ReverseV2:
+    """tf.reverse along constant axes (Slice with step -1). Rejects: axes out of range."""
+
+    @staticmethod
+    def validate(node, ctx):
+        for a in const_ints(ctx, node, 1):
+            reason = axis_error(a, ctx.input_rank(node, 0))
+            if reason:
+                return reason
+        return None
+
+    @staticmethod
+    def convert(node, ctx):
+        rank, x = ctx.input_rank(node, 0), ctx.input(node, 0)
+        axes = sorted({normalize_axis(a, rank) for a in const_ints(ctx, node, 1)})
+        if axes:
+            n = len(axes)
+            x = ctx.emit("Slice", [x, int64s(ctx, [-1] * n, "starts"),
+                                   int64s(ctx, [np.iinfo(np.int64).min] * n, "ends"),
+                                   int64s(ctx, axes, "axes"), int64s(ctx, [-1] * n, "steps")])
+        ctx.set_output(node, 0, x)
+
+
+@converter("Tile", dtypes=ARRAY, inputs=(TENSOR, WEIGHT))
+class Tile:
+    """Tiles by constant multiples. Rejects: multiples computed at run time or of a length
+    other than the input rank."""
+
+    @staticmethod
+    def validate(node, ctx):
+        m, rank = const_ints(ctx, node, 1), ctx.input_rank(node, 0)
+        if len(m) != rank or any(v < 0 for v in m):
+            return f"multiples {m} invalid for a rank-{rank} input"
+        return None
+
+    @staticmethod
+    def convert(node, ctx):
+        reps = int64s(ctx, const_ints(ctx, node, 1), "repeats")
+        ctx.set_output(node, 0, ctx.emit("Tile", [ctx.input(node, 0), reps]))
+
+
+# --- creation and shape queries ------------------------------------------------------------------
+
+def _shape_of(ctx, node, i):
+    """int64 shape vector of input i: a constant when fully known, else ONNX Shape."""
+    shape = ctx.input_shape(node, i)
+    if shape is not None and all(d is not None for d in shape):
+        return int64s(ctx, shape, "shape")
+    return ctx.emit("Shape", [ctx.input(node, i)])
+
+
+@converter("Fill", dtypes=ARRAY, inputs=(WEIGHT, ANY))
+class Fill:
+    """tf.fill with constant dims and a scalar value (tensor or constant), as Expand.
+    Rejects: dims computed at run time; a non-scalar value."""
+
+    @staticmethod
+    def validate(node, ctx):
+        if ctx.input_rank(node, 1) not in (0, None):
+            return "Fill value must be a scalar"
+        return None
+
+    @staticmethod
+    def convert(node, ctx):
+        dims = int64s(ctx, const_ints(ctx, node, 0), "shape")
+        ctx.set_output(node, 0, ctx.emit("Expand", [ctx.input(node, 1), dims]))
+
+
+@converter("ZerosLike", "OnesLike", dtypes=ARRAY, inputs=(ANY,))
+class ZerosOnesLike:
+    """zeros_like / ones_like: a scalar expanded to the input's shape (constant when known,
+    ONNX Shape of the input otherwise, so a dynamic batch stays dynamic).
+    Rejects: nothing beyond dtype and unknown rank."""
+
+    @staticmethod
+    def convert(node, ctx):
+        value = scalar_like(ctx, 0 if node.op == "ZerosLike" else 1, ctx.attr_dtype(node, "T"),
+                            node.op.lower())
+        ctx.set_output(node, 0, ctx.emit("Expand", [value, _shape_of(ctx, node, 0)]))
+
+
+@converter("Shape", "Size", dtypes=ARRAY, inputs=(ANY,))
+class ShapeSize:
+    """tf.shape / tf.size in out_type (int32 or int64): a constant when the input shape is fully
+    known, else ONNX Shape / Size + Cast (a dynamic batch stays dynamic).
+    Rejects: out_type other than int32/int64."""
+
+    @staticmethod
+    def validate(node, ctx):
+        out = ctx.attr_dtype(node, "out_type")
+        if out is None or out.name not in INDEX:
+            return f"{node.op} with out_type={out} is not supported (int32, int64)"
+        return None
+
+    @staticmethod
+    def convert(node, ctx):
+        out = ctx.attr_dtype(node, "out_type")
+        shape = ctx.input_shape(node, 0)
+        if all(d is not None for d in shape):
+            value = np.asarray(shape if node.op == "Shape" else np.prod(shape, dtype=np.int64),
+                               dtype=out)
+            ctx.set_output(node, 0, ctx.const(value, node.op.lower()))
+            return
+        v = ctx.emit(node.op, [ctx.input(node, 0)])
+        if out != np.int64:
+            v = ctx.emit("Cast", [v], to=onnx_dtype(out))
+        ctx.set_output(node, 0, v)
+
+
+@converter("Rank", dtypes=ARRAY, inputs=(ANY,))
+class Rank:
+    """tf.rank: always a constant (ranks are static here). Rejects: unknown rank."""
+
+    @staticmethod
+    def convert(node, ctx):
+        ctx.set_output(node, 0, ctx.const(np.asarray(ctx.input_rank(node, 0), np.int32), "rank"))
+
+
+@converter("Range", dtypes=("float32", "float16", "int32", "int64"), dtype_attr="Tidx",
+           inputs=(WEIGHT, WEIGHT, WEIGHT))
+class Range:
+    """tf.range with constant start, limit and delta: emitted as a constant.
+    Rejects: run-time arguments (the output size would depend on values); delta = 0."""
+
+    @staticmethod
+    def validate(node, ctx):
+        if float(ctx.const_value(node, 2)) == 0:
+            return "Range delta is 0"
+        return None
+
+    @staticmethod
+    def convert(node, ctx):
+        start, limit, delta = (ctx.const_value(node, i).item() for i in range(3))
+        dt = ctx.attr_dtype(node, "Tidx")
+        ctx.set_output(node, 0, ctx.const(np.arange(start, limit, delta).astype(dt), "range"))
+
+
+@converter("Where", dtype_attr=None)
+class Where:
+    """tf.where with one argument (coordinates of true elements). Always rejected: its output
+    size depends on the data, which a network built for known shapes cannot express.
+    (Three-argument tf.where is SelectV2, in math.py.)"""
+
+    @staticmethod
+    def validate(node, ctx):
+        return "Where (indices of true elements) has a data-dependent output shape"
+
+    @staticmethod
+    def convert(node, ctx):
+        raise ConversionError("Where is never converted (data-dependent output shape)")

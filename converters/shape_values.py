@@ -1,0 +1,124 @@
+"""Static resolution of small integer tensors that describe shapes.
+
+Keras and hand-written TF build shape arguments at run time, e.g. Flatten on a dynamic batch:
+
+    Reshape(x, Pack(StridedSlice(Shape(x), [0], [1], [1], shrink_axis_mask=1), 12))
+
+Grappler cannot fold that (the batch is unknown), yet every element is either a constant or
+"dimension k of tensor t". :func:`resolve` walks such subgraphs (Const, Shape, StridedSlice,
+Slice, Pack, ConcatV2, Cast, Identity and integer scalar arithmetic on constants) and returns
+the elements, each an ``int`` or a :class:`DimOf`; a dimension known statically comes back as
+an ``int``. Converters then express a :class:`DimOf` of their own input as ONNX Reshape's 0
+(copy this dim) or compute it with Shape + Gather, never as a hard-coded batch size.
+
+Pure: reads the :class:`~tftrt.graph_io.GraphInfo`, emits nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import List, Optional, Union
+
+import numpy as np
+
+from tftrt.graph_io import split_tensor_name
+
+from .slicing import SlicePlan, strided_slice_plan
+
+
+@dataclasses.dataclass(frozen=True)
+class DimOf:
+    """Run-time size of dimension ``axis`` of TF tensor ``tensor`` (unknown statically)."""
+    tensor: str
+    axis: int
+
+
+Element = Union[int, DimOf]
+Resolved = Union[Element, List[Element]]  # a scalar element or a vector
+
+_PASS_THROUGH = ("Identity", "Snapshot", "StopGradient", "Cast")
+_ARITH = {"Mul": lambda a, b: a * b, "Add": lambda a, b: a + b, "AddV2": lambda a, b: a + b,
+          "Sub": lambda a, b: a - b, "FloorDiv": lambda a, b: a // b}
+_MAX_DEPTH = 32
+
+
+def resolve(info, tensor: str, _depth: int = 0) -> Optional[Resolved]:
+    """Elements of an integer scalar or vector tensor, or None when not statically resolvable."""
+    if _depth > _MAX_DEPTH:
+        return None
+    value = info.const_value(tensor)
+    if value is not None:
+        value = np.asarray(value)
+        if value.dtype.kind not in "iu" or value.ndim > 1:
+            return None
+        return int(value) if value.ndim == 0 else [int(v) for v in value]
+    name, idx = split_tensor_name(tensor)
+    node = info.nodes.get(name)
+    if node is None or idx != 0:
+        return None
+    ins = info.data_inputs(node)
+    try:
+        return _resolve_node(info, node, ins, _depth + 1)
+    except (ValueError, IndexError, TypeError, KeyError):
+        return None
+
+
+def _resolve_node(info, node, ins, depth) -> Optional[Resolved]:
+    op = node.op
+    if op in _PASS_THROUGH:
+        return resolve(info, ins[0], depth)
+    if op == "Shape":
+        shape = info.shapes.get(ins[0])
+        if shape is None:
+            return None
+        return [d if d is not None else DimOf(ins[0], k) for k, d in enumerate(shape)]
+    if op == "Pack":
+        if _int_attr(node, "axis") != 0:
+            return None
+        elems = [resolve(info, t, depth) for t in ins]
+        if any(e is None or isinstance(e, list) for e in elems):
+            return None
+        return elems
+    if op == "ConcatV2":
+        axis = info.const_value(ins[-1])
+        if axis is None or int(axis) not in (0, -1):
+            return None
+        out: List[Element] = []
+        for t in ins[:-1]:
+            part = resolve(info, t, depth)
+            if not isinstance(part, list):
+                return None
+            out.extend(part)
+        return out
+    if op in ("StridedSlice", "Slice"):
+        vec = resolve(info, ins[0], depth)
+        if not isinstance(vec, list):
+            return None
+        plan = _vector_plan(info, node, ins, len(vec))
+        return None if plan is None else plan.apply_to_list(vec)
+    if op in _ARITH:
+        a, b = resolve(info, ins[0], depth), resolve(info, ins[1], depth)
+        if isinstance(a, int) and isinstance(b, int):
+            return int(_ARITH[op](a, b))
+        return None
+    return None
+
+
+def _vector_plan(info, node, ins, length: int) -> Optional[SlicePlan]:
+    consts = [info.const_value(t) for t in ins[1:]]
+    if any(c is None for c in consts):
+        return None
+    if node.op == "Slice":
+        (b,), (size,) = [np.asarray(c).reshape(-1).tolist() for c in consts]
+        end = np.iinfo(np.int64).max if size == -1 else b + size
+        plan = strided_slice_plan((length,), [b], [end], [1])
+    else:
+        b, e, s = [np.asarray(c).reshape(-1).tolist() for c in consts]
+        plan = strided_slice_plan((length,), b, e, s, *[_int_attr(node, m) for m in (
+            "begin_mask", "end_mask", "ellipsis_mask", "new_axis_mask", "shrink_axis_mask")])
+    return plan if isinstance(plan, SlicePlan) and not plan.new_axes else None
+
+
+def _int_attr(node, name: str) -> int:
+    return int(node.attr[name].i) if name in node.attr else 0
+

@@ -1,0 +1,327 @@
+"""converters/array.py: reshape, slicing, concat/split, pad, gather, fill, shape queries vs TF."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tftrt import lowering
+from tftrt.converters import registry
+from tftrt.converters.slicing import strided_slice_plan
+from tests.converters.harness import (assert_close, check_op, check_rejected, run_onnxruntime,
+                                      trace)
+
+F32, F16, I32, I64, BOOL = np.float32, np.float16, np.int32, np.int64, np.bool_
+DTYPES = [F32, F16, I32, BOOL]
+
+
+def rand(shape, dtype=F32, seed=0):
+    rng = np.random.default_rng(seed)
+    if dtype == BOOL:
+        return rng.integers(0, 2, size=shape).astype(bool)
+    if np.dtype(dtype).kind in "iu":
+        return rng.integers(-9, 10, size=shape).astype(dtype)
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def x234(dtype=F32):
+    return rand((2, 3, 4), dtype)
+
+
+def check_dynamic(fn, inputs, **kwargs):
+    """check_op with a None batch, then the same segment network at another batch size (6)
+    against TF: a batch size hard-coded into the network would fail here."""
+    low = check_op(fn, inputs, dynamic_batch=True, **kwargs)
+    other = [np.concatenate([x] * 3)[:6] if np.ndim(x) else x for x in inputs]
+    expected = [np.asarray(t) for t in tf.nest.flatten(fn(*[tf.constant(x) for x in other]))]
+    assert_close(run_onnxruntime(low.net.model, other), expected, 1e-4, 1e-5, "batch 6")
+    return low
+
+
+def check(fn, inputs, dynamic=False, **kwargs):
+    return check_dynamic(fn, inputs, **kwargs) if dynamic else check_op(fn, inputs, **kwargs)
+
+
+def rejected_dynamic(fn, inputs, op_type, reason_contains):
+    """check_rejected, traced with a None batch dim (validators that look at unknown dims)."""
+    _, info = trace(fn, inputs, dynamic_batch=True)
+    node = next(n for n in info.graph_def.node if n.op == op_type)
+    reason = registry.validate_node(node, lowering.ValidationContext(info))
+    assert reason and reason_contains.lower() in reason.lower(), reason
+
+
+# --- reshape family ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [[6, 4], [-1], [2, -1, 2], [4, 3, 2], [1, 24, 1]], ids=str)
+def test_reshape_const(shape):
+    check_op(lambda x: tf.reshape(x, shape), [x234()], expect_tf_ops=["Reshape"])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_reshape_dtypes(dtype):
+    check_op(lambda x: tf.reshape(x, [2, 12]), [x234(dtype)], expect_tf_ops=["Reshape"])
+
+
+@pytest.mark.parametrize("case", ["minus_one", "shape_of_self", "flatten", "dim_moved",
+                                  "other_tensor_batch"])
+def test_reshape_dynamic_batch(case):
+    fns = {
+        "minus_one": lambda x, y: tf.reshape(x, [-1, 12]),
+        "shape_of_self": lambda x, y: tf.reshape(x, [tf.shape(x)[0], 3, 2, 2]),
+        "flatten": lambda x, y: keras.layers.Flatten()(x),
+        # the batch dim moves: Shape + Gather at run time
+        "dim_moved": lambda x, y: tf.reshape(x, [3, tf.shape(x)[0], 4]),
+        # another tensor's batch dim, the only unknown entry: becomes -1
+        "other_tensor_batch": lambda x, y: tf.reshape(x, [tf.shape(y)[0], 12]),
+    }
+    check_dynamic(fns[case], [x234(), rand((2, 5))], expect_tf_ops=["Reshape"])
+
+
+@pytest.mark.parametrize("axis", [None, [2], [-1], [0, 2]], ids=str)
+def test_squeeze(axis):
+    x = rand((1, 3, 1))
+    check_op(lambda t: tf.squeeze(t, axis), [x], expect_tf_ops=["Squeeze"])
+
+
+def test_squeeze_dynamic_batch():
+    check_dynamic(lambda t: tf.squeeze(t, [2]), [rand((2, 3, 1))],
+                  expect_tf_ops=["Squeeze"])
+
+
+@pytest.mark.parametrize("axis", [0, 1, 3, -1, -4])
+def test_expand_dims(axis):
+    check_dynamic(lambda t: tf.expand_dims(t, axis), [x234()],
+                  expect_tf_ops=["ExpandDims"])
+
+
+@pytest.mark.parametrize("perm", [[1, 0, 2], [2, 0, 1], [0, 2, 1]], ids=str)
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_transpose(perm, dynamic):
+    check(lambda t: tf.transpose(t, perm), [x234()], dynamic=dynamic,
+          expect_tf_ops=["Transpose"])
+
+
+def test_broadcast_to_and_reverse():
+    x = rand((3, 1))
+    check_op(lambda t: tf.broadcast_to(t, [2, 3, 4]), [x], expect_tf_ops=["BroadcastTo"])
+    check_dynamic(lambda t: tf.reverse(t, [0, -1]), [x234()],
+                  expect_tf_ops=["ReverseV2"])
+
+
+# --- concat / split ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("axis", [0, 1, -1])
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_concat(axis, dynamic):
+    a, b = x234(), rand((2, 3, 4), seed=1)
+    check(lambda x, y: tf.concat([x, y, x], axis), [a, b], dynamic=dynamic,
+          expect_tf_ops=["ConcatV2"])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_concat_with_constant(dtype):
+    c = rand((2, 3, 1), dtype, seed=2)
+    check_op(lambda x: tf.concat([x, c], -1), [x234(dtype)], expect_tf_ops=["ConcatV2"])
+
+
+@pytest.mark.parametrize("axis", [0, 1, -1])
+def test_pack_unpack(axis):
+    a, b = rand((2, 3)), rand((2, 3), seed=1)
+    check_op(lambda x, y: tf.stack([x, y, x], axis), [a, b], expect_tf_ops=["Pack"])
+    check_op(lambda x: tf.unstack(x, axis=axis), [x234()], expect_tf_ops=["Unpack"])
+
+
+def test_pack_unpack_dynamic_batch():
+    a, b = rand((2, 3)), rand((2, 3), seed=1)
+    check_dynamic(lambda x, y: tf.stack([x, y], 1), [a, b],
+                  expect_tf_ops=["Pack"])
+    check_dynamic(lambda x: tf.unstack(x, axis=2), [x234(I32)],
+                  expect_tf_ops=["Unpack"])
+
+
+@pytest.mark.parametrize("axis,num,dynamic", [(1, 3, False), (-1, 2, False), (2, 4, True),
+                                              (0, 2, True)])
+def test_split(axis, num, dynamic):
+    x = rand((4, 3, 4))
+    check(lambda t: tf.split(t, num, axis), [x], dynamic=dynamic,
+          expect_tf_ops=["Split"])
+
+
+@pytest.mark.parametrize("sizes,axis,dynamic", [([1, 2, 1], 2, False), ([1, -1, 1], -1, False),
+                                                ([2, -1], 1, True), ([1, -1, 2], 0, True),
+                                                ([-1, 1], 0, True), ([3, 1], 0, False)])
+def test_split_v(sizes, axis, dynamic):
+    x = rand((4, 3, 4))
+    check(lambda t: tf.split(t, sizes, axis), [x], dynamic=dynamic,
+          expect_tf_ops=["SplitV"])
+
+
+# --- padding -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [F32, F16, I32], ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_pad(dtype, dynamic):
+    p = [[0, 0], [1, 2], [2, 0]]
+    check(lambda t: tf.pad(t, p), [x234(dtype)], dynamic=dynamic,
+          expect_tf_ops=["Pad"])
+    check(lambda t: tf.pad(t, p, constant_values=3), [x234(dtype)], dynamic=dynamic,
+          expect_tf_ops=["PadV2"])
+
+
+@pytest.mark.parametrize("mode", ["REFLECT", "SYMMETRIC"])
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_mirror_pad(mode, dynamic):
+    p = [[1, 1], [2, 1], [0, 3]] if mode == "SYMMETRIC" else [[1, 0], [2, 1], [0, 3]]
+    check(lambda t: tf.pad(t, p, mode=mode), [x234()], dynamic=dynamic,
+          expect_tf_ops=["MirrorPad"])
+
+
+# --- slicing -------------------------------------------------------------------------------------
+
+SLICES = {
+    "range": lambda x: x[1:],
+    "reverse": lambda x: x[:, ::-1],
+    "reverse_partial": lambda x: x[:, :, 3:0:-2],
+    "negative": lambda x: x[:, -3:-1],
+    "shrink_last": lambda x: x[..., 0],
+    "shrink_neg": lambda x: x[-1],
+    "shrink_two": lambda x: x[1, :, -1],
+    "new_axis": lambda x: x[:, tf.newaxis],
+    "new_axis_ellipsis": lambda x: x[..., tf.newaxis, 1:3],
+    "ellipsis_middle": lambda x: x[0, ..., ::2],
+    "mixed": lambda x: x[::2, 1:3, tf.newaxis, ...],
+    "beyond_bounds": lambda x: x[:, 1:100, -100:],
+    "reverse_from_before_start": lambda x: x[:, -5::-1],  # TF: empty; ONNX alone: 1 element
+    "all_masks": lambda x: x[tf.newaxis, -1, ..., ::-1],
+}
+
+
+@pytest.mark.parametrize("case", list(SLICES))
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_strided_slice(case, dynamic):
+    check(SLICES[case], [x234()], dynamic=dynamic, expect_tf_ops=["StridedSlice"])
+
+
+@pytest.mark.parametrize("dtype", [F16, I32, BOOL], ids=lambda d: np.dtype(d).name)
+def test_strided_slice_dtypes(dtype):
+    check_op(lambda x: x[:, 1:, 0], [x234(dtype)], expect_tf_ops=["StridedSlice"])
+
+
+@pytest.mark.parametrize("begin,size", [([0, 1, 1], [2, 2, 3]), ([1, 0, 2], [-1, -1, 2])],
+                         ids=str)
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_slice(begin, size, dynamic):
+    check(lambda x: tf.slice(x, begin, size), [x234()], dynamic=dynamic,
+          expect_tf_ops=["Slice"])
+
+
+@pytest.mark.parametrize("axis", [0, 1, -1])
+@pytest.mark.parametrize("index_dtype", [I32, I64], ids=lambda d: np.dtype(d).name)
+def test_gather(axis, index_dtype):
+    idx = np.array([[2, 0], [1, 1]], index_dtype)
+    check_op(lambda x, i: tf.gather(x, i, axis=axis), [rand((3, 3, 4)), idx],
+             expect_tf_ops=["GatherV2"])
+
+
+def test_gather_weights_and_dynamic_batch():
+    table = rand((10, 4), seed=3)  # an embedding table: params are weights
+    ids = np.array([[1, 9, 0], [3, 3, 7]], I32)
+    check_dynamic(lambda i: tf.gather(table, i), [ids],
+                  expect_tf_ops=["GatherV2"])
+    check_dynamic(lambda x: tf.gather(x, [2, 0], axis=2), [x234()],
+                  expect_tf_ops=["GatherV2"])
+
+
+@pytest.mark.parametrize("multiples", [[2, 1, 3], [1, 2, 1]], ids=str)
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_tile(multiples, dynamic):
+    check(lambda x: tf.tile(x, multiples), [x234()], dynamic=dynamic,
+          expect_tf_ops=["Tile"])
+
+
+# --- creation and shape queries ------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [F32, F16, I32, BOOL], ids=lambda d: np.dtype(d).name)
+def test_fill(dtype):
+    v = rand((), dtype, seed=4)
+    check_op(lambda t: tf.fill([2, 3], t), [v], expect_tf_ops=["Fill"])
+
+
+@pytest.mark.parametrize("dtype", [F32, I32, BOOL], ids=lambda d: np.dtype(d).name)
+def test_zeros_ones_like(dtype):
+    check_dynamic(lambda x: (tf.zeros_like(x), tf.ones_like(x)), [x234(dtype)],
+                  expect_tf_ops=["ZerosLike", "OnesLike"])
+
+
+@pytest.mark.parametrize("out_type", [tf.int32, tf.int64], ids=str)
+def test_shape_size_dynamic(out_type):
+    check_dynamic(lambda x: (tf.shape(x, out_type=out_type), tf.size(x, out_type=out_type)),
+                  [x234()], expect_tf_ops=["Shape", "Size"])
+
+
+def test_shape_size_rank_static():
+    # tf.shape() and Grappler would fold these to constants; the converters do the same
+    check_op(lambda x: (tf.raw_ops.Shape(input=x), tf.raw_ops.Size(input=x),
+                        tf.raw_ops.Rank(input=x)), [x234()], grappler=False,
+             expect_tf_ops=["Shape", "Size", "Rank"])
+
+
+def test_shape_feeds_computation():
+    # shape arithmetic inside a segment: batch size of a dynamic input, as float
+    check_dynamic(lambda x: x / tf.cast(tf.shape(x)[0], tf.float32), [x234()],
+                  expect_tf_ops=["Shape", "StridedSlice", "Cast"])
+
+
+@pytest.mark.parametrize("args,dtype", [((0, 5, 1), tf.int32), ((2, -7, -3), tf.int64),
+                                        ((0.5, 2.0, 0.25), tf.float32)], ids=str)
+def test_range(args, dtype):
+    x = np.zeros((), dtype.as_numpy_dtype)
+    check_op(lambda t: t + tf.range(*args, dtype=dtype), [x], grappler=False,
+             expect_tf_ops=["Range"])
+
+
+# --- rejections ----------------------------------------------------------------------------------
+
+def test_rejects_runtime_shape_arguments():
+    x = x234()
+    check_rejected(lambda t, s: tf.reshape(t, s), [x, np.array([6, 4], I32)], "Reshape",
+                   "computed at run time")
+    check_rejected(lambda t, m: tf.tile(t, m), [x, np.array([1, 2, 1], I32)], "Tile",
+                   "must be a constant")
+    check_rejected(lambda t, b: tf.strided_slice(t, b, [2, 3, 4]), [x, np.zeros(3, I32)],
+                   "StridedSlice", "must be a constant")
+    check_rejected(lambda n: tf.range(n), [np.int32(4)], "Range", "must be a constant")
+
+
+def test_rejects_reshape_zero_dim():
+    check_rejected(lambda t: tf.reshape(t, [0, 5]), [np.zeros((0, 5), F32)], "Reshape",
+                   "zero-sized")
+
+
+def test_rejects_dynamic_cases():
+    rejected_dynamic(lambda t: tf.squeeze(t), [rand((2, 1, 3))], "Squeeze", "unknown dims")
+    rejected_dynamic(lambda t, u: tf.reshape(t, [tf.shape(u)[0], -1, 3]),
+                     [rand((2, 6)), rand((2, 2))], "Reshape", "another tensor")
+
+
+def test_rejects_gather_batch_dims_and_where_and_mirror_pad():
+    x, idx = rand((2, 3)), np.array([[0, 1], [2, 2]], I32)
+    check_rejected(lambda t, i: tf.gather(t, i, batch_dims=1, axis=1), [x, idx], "GatherV2",
+                   "batch_dims=1")
+    check_rejected(lambda t: tf.where(t > 0), [x], "Where", "data-dependent")
+    check_rejected(lambda t: tf.pad(t, [[0, 0], [3, 0]], mode="REFLECT"), [x], "MirrorPad",
+                   "too large")
+
+
+@pytest.mark.parametrize("kwargs,reason", [
+    (dict(begin=[0, 0], end=[1, 1], strides=[1, 1], ellipsis_mask=3), "ellipsis_mask"),
+    (dict(begin=[0], end=[1], strides=[-1], shrink_axis_mask=1), "shrink_axis_mask"),
+    (dict(begin=[0], end=[1], strides=[0]), "contain 0"),
+    (dict(begin=[0, 0, 0], end=[1, 1, 1], strides=[1, 1, 1]), "dimensions of a rank-2"),
+    (dict(begin=[0, -2], end=[1, 0], strides=[1, -1]), "negative stride -1 on unknown dim"),
+], ids=["two_ellipses", "shrink_negative_stride", "zero_stride", "too_many_indices",
+        "negative_begin_and_stride_on_unknown_dim"])
+def test_strided_slice_plan_rejects(kwargs, reason):
+    # TF's own shape inference refuses these at trace time; the validator still says why
+    got = strided_slice_plan((3, None), **kwargs)
+    assert isinstance(got, str) and reason in got, got
