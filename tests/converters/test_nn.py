@@ -1,0 +1,400 @@
+"""Converters of converters/nn.py: convolutions, bias, batch norm, pooling, activations, matmul."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.converters.harness import BOUNDARY_OPS, check_op, check_rejected, trace
+from tests.tolerances import MODEL_TOLERANCES, TOLERANCES
+from tftrt import lowering
+from tftrt.graph_io import GraphInfo
+from tftrt.converters import registry
+
+FP16 = TOLERANCES["FP16"]
+
+
+def rand(*shape, dtype=np.float32, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+
+
+def tol(dtype):
+    return dict(zip(("rtol", "atol"), FP16)) if dtype == np.float16 else {}
+
+
+# --- Conv2D -----------------------------------------------------------------------------------
+
+CONV2D_CASES = [  # input shape, filter shape, strides, padding, dilations, data_format
+    ((2, 7, 8, 3), (3, 3, 3, 4), 1, "SAME", 1, "NHWC"),
+    ((1, 7, 8, 3), (3, 3, 3, 4), 2, "SAME", 1, "NHWC"),
+    ((1, 9, 8, 2), (3, 2, 2, 3), (2, 3), "VALID", 1, "NHWC"),
+    ((1, 9, 9, 2), (3, 3, 2, 3), 1, "SAME", 2, "NHWC"),
+    ((1, 6, 7, 2), (3, 3, 2, 3), 1, [[0, 0], [1, 2], [2, 0], [0, 0]], 1, "NHWC"),
+    ((1, 5, 5, 4), (1, 1, 4, 2), 1, "VALID", 1, "NHWC"),
+    ((1, 5, 5, 4), (3, 3, 2, 6), 1, "SAME", 1, "NHWC"),  # grouped (2 groups)
+    ((2, 3, 7, 6), (3, 3, 3, 4), 2, "SAME", 1, "NCHW"),
+    ((1, 2, 8, 8), (3, 3, 2, 2), 1, "VALID", 2, "NCHW"),
+]
+
+
+@pytest.mark.parametrize("xs,ws,strides,padding,dil,fmt", CONV2D_CASES)
+def test_conv2d(xs, ws, strides, padding, dil, fmt):
+    w = rand(*ws, seed=1)
+    check_op(lambda x: tf.nn.conv2d(x, w, strides, padding, data_format=fmt, dilations=dil),
+             [rand(*xs)], expect_tf_ops=["Conv2D"])
+
+
+@pytest.mark.parametrize("dtype", [np.float16])
+def test_conv2d_fp16_dynamic_batch(dtype):
+    w = rand(3, 3, 3, 4, dtype=dtype, seed=1)
+    check_op(lambda x: tf.nn.conv2d(x, w, 2, "SAME"), [rand(3, 6, 5, 3, dtype=dtype)],
+             dynamic_batch=True, expect_tf_ops=["Conv2D"], **tol(dtype))
+
+
+def test_conv_pool_chain_engine_fp16_precision():
+    """float32 graph, engine built with precision FP16 (FP16 tolerances)."""
+    w = rand(3, 3, 3, 4, seed=1)
+    check_op(lambda x: tf.nn.relu(tf.nn.max_pool2d(tf.nn.conv2d(x, w, 1, "SAME"), 2, 2, "VALID")),
+             [rand(2, 7, 7, 3)], precision="FP16", expect_tf_ops=["Conv2D", "MaxPool"])
+
+
+def test_conv2d_tensor_filter():
+    check_op(lambda x, w: tf.nn.conv2d(x, w, 1, "SAME"), [rand(1, 5, 5, 2), rand(3, 3, 2, 3)],
+             expect_tf_ops=["Conv2D"])
+
+
+def test_conv2d_rejects_channel_stride():
+    check_rejected(lambda x: tf.raw_ops.Conv2D(input=x, filter=rand(3, 3, 2, 2),
+                                               strides=[1, 1, 1, 2], padding="SAME"),
+                   [rand(1, 5, 5, 2)], "Conv2D", "batch or channel dimension")
+
+
+# --- depthwise, transposed, 3-D ---------------------------------------------------------------
+
+@pytest.mark.parametrize("xs,mult,strides,padding,dil,fmt", [
+    ((2, 7, 7, 3), 1, 1, "SAME", 1, "NHWC"),
+    ((1, 8, 7, 3), 2, 2, "VALID", 1, "NHWC"),
+    ((1, 9, 9, 2), 2, 1, "SAME", 2, "NHWC"),
+    ((1, 5, 5, 2), 1, 1, [[0, 0], [1, 2], [0, 1], [0, 0]], 1, "NHWC"),
+    ((1, 3, 6, 6), 2, 2, "SAME", 1, "NCHW"),
+])
+def test_depthwise_conv2d(xs, mult, strides, padding, dil, fmt):
+    cin = xs[-1] if fmt == "NHWC" else xs[1]
+    w = rand(3, 3, cin, mult, seed=2)
+    s = [1, strides, strides, 1] if fmt == "NHWC" else [1, 1, strides, strides]
+    kw = {}
+    if padding not in ("SAME", "VALID"):
+        kw = dict(padding="EXPLICIT", explicit_paddings=sum(padding, []))
+    else:
+        kw = dict(padding=padding)
+    d = [1, dil, dil, 1] if fmt == "NHWC" else [1, 1, dil, dil]
+    # The raw op: tf.nn.depthwise_conv2d turns dilations into SpaceToBatchND.
+    check_op(lambda x: tf.raw_ops.DepthwiseConv2dNative(input=x, filter=w, strides=s,
+                                                         data_format=fmt, dilations=d, **kw),
+             [rand(*xs)], expect_tf_ops=["DepthwiseConv2dNative"])
+
+
+@pytest.mark.parametrize("xs,out,strides,padding,dil,fmt", [
+    ((2, 4, 4, 4), (2, 7, 7, 2), 2, "SAME", 1, "NHWC"),
+    ((1, 4, 4, 4), (1, 8, 8, 2), 2, "SAME", 1, "NHWC"),
+    ((1, 3, 4, 4), (1, 8, 12, 2), (2, 3), "VALID", 1, "NHWC"),
+    ((1, 7, 7, 4), (1, 7, 7, 2), 1, "SAME", 2, "NHWC"),
+    ((1, 4, 3, 3), (1, 2, 6, 6), 2, "SAME", 1, "NCHW"),
+])
+def test_conv2d_transpose(xs, out, strides, padding, dil, fmt):
+    w = rand(3, 3, 2, 4, seed=3)
+    check_op(lambda x: tf.nn.conv2d_transpose(x, w, out, strides, padding, data_format=fmt,
+                                              dilations=dil),
+             [rand(*xs)], expect_tf_ops=["Conv2DBackpropInput"])
+
+
+@pytest.mark.parametrize("strides,padding", [(1, "SAME"), (2, "SAME"), (2, "VALID")])
+def test_conv3d(strides, padding):
+    w = rand(2, 3, 3, 2, 3, seed=4)
+    check_op(lambda x: tf.nn.conv3d(x, w, [1, strides, strides, strides, 1], padding),
+             [rand(2, 5, 6, 7, 2)], expect_tf_ops=["Conv3D"])
+
+
+@pytest.mark.parametrize("out,padding", [((1, 6, 7, 5, 2), "SAME"), ((1, 7, 9, 8, 2), "VALID")])
+def test_conv3d_transpose(out, padding):
+    w = rand(3, 3, 3, 2, 4, seed=5)
+    check_op(lambda x: tf.nn.conv3d_transpose(x, w, out, [1, 2, 2, 2, 1], padding),
+             [rand(1, 3, 4, 3, 4)], expect_tf_ops=["Conv3DBackpropInputV2"])
+
+
+# --- FusedConv2DBiasActivation (TF 1.x contrib op, not in TF 2: hand-built node) --------------
+
+def _fused_conv_info(act="Relu", fmt="NHWC", side_scale=0.0, dtype=np.float32):
+    """A GraphInfo holding one FusedConv2DBiasActivation node (TF 2 cannot import the op)."""
+    from tensorflow.core.framework import attr_value_pb2, graph_pb2, node_def_pb2
+
+    xs = (1, 6, 6, 2) if fmt == "NHWC" else (1, 2, 6, 6)
+    consts = {"w": rand(3, 3, 2, 3, dtype=dtype, seed=6), "b": rand(3, seed=7),
+              "side": np.zeros((0,), dtype), "scale": np.array(1.5, np.float32),
+              "side_scale": np.array(side_scale, np.float32)}
+    gd = graph_pb2.GraphDef()
+    ph = gd.node.add(name="x", op="Placeholder")
+    ph.attr["dtype"].type = tf.as_dtype(dtype).as_datatype_enum
+    for name, v in consts.items():
+        n = gd.node.add(name=name, op="Const")
+        n.attr["dtype"].type = tf.as_dtype(v.dtype).as_datatype_enum
+        n.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(v))
+    node = node_def_pb2.NodeDef(name="fused", op="FusedConv2DBiasActivation",
+                                input=["x", "w", "b", "side", "scale", "side_scale"])
+    node.attr["T"].type = tf.as_dtype(dtype).as_datatype_enum
+    node.attr["Tbias"].type = tf.float32.as_datatype_enum
+    node.attr["strides"].CopyFrom(attr_value_pb2.AttrValue(
+        list=attr_value_pb2.AttrValue.ListValue(i=[1, 1, 1, 1])))
+    for key, val in (("padding", "SAME"), ("data_format", fmt), ("filter_format", "HWIO"),
+                     ("activation_mode", act)):
+        node.attr[key].s = val.encode()
+    gd.node.append(node)
+
+    class HandBuilt(GraphInfo):
+        def _infer(self):
+            for n in self.graph_def.node:
+                self._num_outputs[n.name] = 1
+            self.dtypes.update({"x:0": np.dtype(dtype), "fused:0": np.dtype(dtype)})
+            self.shapes.update({"x:0": xs, "fused:0": xs[:-1] + (3,) if fmt == "NHWC"
+                                else (1, 3, 6, 6)})
+            for name, v in consts.items():
+                self.dtypes[name + ":0"] = v.dtype
+                self.shapes[name + ":0"] = v.shape
+    return HandBuilt(gd, ["x:0"], ["fused:0"]), consts, xs
+
+
+@pytest.mark.parametrize("act,fmt", [("Relu", "NHWC"), ("None", "NCHW")])
+def test_fused_conv2d_bias_activation(act, fmt):
+    from tests.converters.harness import assert_close, run_engine, run_onnxruntime
+    info, c, xs = _fused_conv_info(act, fmt)
+    node = info.nodes["fused"]
+    assert registry.validate_node(node, lowering.ValidationContext(info)) is None
+    net = lowering.lower_segment(info, "seg", ["w", "b", "side", "scale", "side_scale",
+                                               "fused"], ["x:0"], ["fused:0"])
+    x = rand(*xs)
+    xt = x if fmt == "NHWC" else x.transpose(0, 2, 3, 1)
+    ref = 1.5 * tf.nn.conv2d(xt, c["w"], 1, "SAME") + c["b"]
+    ref = np.asarray(tf.nn.relu(ref) if act == "Relu" else ref)
+    if fmt == "NCHW":
+        ref = ref.transpose(0, 3, 1, 2)
+    assert_close(run_onnxruntime(net.model, [x]), [ref], 1e-4, 1e-4, "onnxruntime")
+    assert_close(run_engine(net.model, [x]), [ref], 1e-4, 1e-4, "engine")
+
+
+@pytest.mark.parametrize("act,side_scale,reason", [
+    ("Elu", 0.0, "activation_mode=Elu"), ("Relu", 0.5, "side_input")])
+def test_fused_conv2d_bias_activation_rejects(act, side_scale, reason):
+    info, _, _ = _fused_conv_info(act, side_scale=side_scale)
+    got = registry.validate_node(info.nodes["fused"], lowering.ValidationContext(info))
+    assert got and reason in got
+
+
+# --- bias, batch norm -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("xs,fmt,dtype", [((2, 5), "NHWC", np.float32),
+                                          ((2, 3, 4, 5), "NHWC", np.float16),
+                                          ((2, 5, 3, 4), "NCHW", np.float32),
+                                          ((2, 5, 3, 4, 2), "NCHW", np.float32)])
+def test_bias_add(xs, fmt, dtype):
+    c = xs[1] if fmt == "NCHW" else xs[-1]
+    b = rand(c, dtype=dtype, seed=8)
+    check_op(lambda x: tf.nn.bias_add(x, b, data_format=fmt), [rand(*xs, dtype=dtype)],
+             expect_tf_ops=["BiasAdd"], **tol(dtype))
+
+
+def test_bias_add_tensor_bias_nchw():
+    check_op(lambda x, b: tf.nn.bias_add(x, b, data_format="NCHW"), [rand(2, 3, 4, 4), rand(3)],
+             expect_tf_ops=["BiasAdd"])
+
+
+def _bn_params(c, seed=9):
+    r = np.random.default_rng(seed)
+    return [r.uniform(0.5, 1.5, c).astype(np.float32), r.standard_normal(c).astype(np.float32),
+            r.standard_normal(c).astype(np.float32), r.uniform(0.5, 2, c).astype(np.float32)]
+
+
+@pytest.mark.parametrize("op,xs,fmt,dtype", [
+    ("FusedBatchNorm", (2, 4, 5, 3), "NHWC", np.float32),
+    ("FusedBatchNormV2", (2, 3, 4, 5), "NCHW", np.float32),
+    ("FusedBatchNormV3", (2, 4, 5, 3), "NHWC", np.float32),
+    ("FusedBatchNormV3", (2, 4, 5, 3), "NHWC", np.float16),
+    ("FusedBatchNormV3", (1, 3, 4, 2, 3), "NDHWC", np.float32),
+])
+def test_fused_batch_norm(op, xs, fmt, dtype):
+    c = xs[-1] if fmt.endswith("C") else xs[1]
+    s, o, m, v = _bn_params(c)
+    fn = getattr(tf.raw_ops, op)
+    check_op(lambda x: fn(x=x, scale=s, offset=o, mean=m, variance=v, epsilon=1e-3,
+                          data_format=fmt, is_training=False)[0],
+             [rand(*xs, dtype=dtype)], expect_tf_ops=[op], **tol(dtype))
+
+
+def test_fused_batch_norm_tensor_params():
+    s, o, _, _ = _bn_params(3)
+    check_op(lambda x, m, v: tf.raw_ops.FusedBatchNormV3(
+        x=x, scale=s, offset=o, mean=m, variance=v, is_training=False)[0],
+        [rand(2, 4, 4, 3), rand(3), np.abs(rand(3, seed=3)) + 0.5],
+        expect_tf_ops=["FusedBatchNormV3"])
+
+
+def test_fused_batch_norm_rejects_training():
+    s, o, _, _ = _bn_params(3)
+    check_rejected(lambda x: tf.raw_ops.FusedBatchNormV3(
+        x=x, scale=s, offset=o, mean=[], variance=[], is_training=True)[0],
+        [rand(2, 4, 4, 3)], "FusedBatchNormV3", "is_training=True")
+
+
+# --- pooling ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("pool", ["MAX", "AVG"])
+@pytest.mark.parametrize("xs,k,s,padding,fmt", [
+    ((2, 7, 8, 3), 3, 2, "SAME", "NHWC"),
+    ((1, 7, 8, 3), 2, 2, "VALID", "NHWC"),
+    ((1, 6, 6, 2), (3, 2), (1, 2), "SAME", "NHWC"),
+    ((1, 3, 7, 7), 3, 2, "SAME", "NCHW"),
+])
+def test_pool2d(pool, xs, k, s, padding, fmt):
+    check_op(lambda x: tf.nn.pool(x, k if isinstance(k, tuple) else (k, k), pool,
+                                  padding=padding, data_format=fmt,
+                                  strides=s if isinstance(s, tuple) else (s, s)),
+             [rand(*xs)], expect_tf_ops=["MaxPool" if pool == "MAX" else "AvgPool"])
+
+
+def test_max_pool_explicit_and_v2():
+    check_op(lambda x: tf.nn.max_pool2d(x, 3, 2, [[0, 0], [1, 1], [1, 0], [0, 0]]),
+             [rand(1, 7, 6, 4)], expect_tf_ops=["MaxPool"])
+    check_op(lambda x: tf.raw_ops.MaxPoolV2(input=x, ksize=[1, 2, 2, 1], strides=[1, 2, 2, 1],
+                                            padding="SAME"),
+             [rand(1, 5, 5, 2)], expect_tf_ops=["MaxPoolV2"])
+
+
+@pytest.mark.parametrize("pool", ["MAX", "AVG"])
+def test_pool3d(pool):
+    check_op(lambda x: tf.nn.pool(x, (2, 3, 2), pool, padding="SAME", strides=(2, 2, 1)),
+             [rand(1, 5, 6, 4, 2)], expect_tf_ops=["MaxPool3D" if pool == "MAX" else "AvgPool3D"])
+
+
+def test_pool_fp16_dynamic_batch():
+    check_op(lambda x: tf.nn.avg_pool2d(x, 3, 2, "SAME"), [rand(3, 7, 7, 2, dtype=np.float16)],
+             dynamic_batch=True, expect_tf_ops=["AvgPool"], **tol(np.float16))
+
+
+def test_pool_rejects_channel_window():
+    check_rejected(lambda x: tf.nn.max_pool(x, [1, 1, 1, 2], [1, 1, 1, 2], "VALID"),
+                   [rand(1, 4, 4, 4)], "MaxPool", "channel dimension")
+
+
+# --- activations ------------------------------------------------------------------------------
+
+ACTIVATIONS = {
+    "Relu": tf.nn.relu, "Relu6": tf.nn.relu6, "Elu": tf.nn.elu, "Selu": tf.nn.selu,
+    "Sigmoid": tf.math.sigmoid, "Tanh": tf.math.tanh, "Softplus": tf.math.softplus,
+    "Softsign": tf.math.softsign, "LeakyRelu": lambda x: tf.nn.leaky_relu(x, 0.1),
+    "Softmax": tf.nn.softmax, "LogSoftmax": tf.nn.log_softmax,
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("op", sorted(ACTIVATIONS))
+def test_activation(op, dtype):
+    x = rand(2, 3, 7, dtype=dtype) * 4
+    check_op(ACTIVATIONS[op], [x], expect_tf_ops=[op], **tol(dtype))
+
+
+def test_activation_rejects_int():
+    check_rejected(tf.nn.relu, [np.arange(6, dtype=np.int32)], "Relu", "int32")
+
+
+def skip_unless_converters_exist(fn, inputs, **kw):
+    """Skips (naming the missing op types) when ``fn`` needs converters of other families
+    (math.py, array.py) that are not registered yet; nn ops are never skipped."""
+    _, info = trace(fn, inputs, **kw)
+    missing = sorted({n.op for n in info.graph_def.node
+                      if n.op not in BOUNDARY_OPS and registry.lookup(n.op) is None})
+    if missing:
+        pytest.skip(f"needs converters of other families, not registered yet: {missing}")
+
+
+def test_keras_gelu():
+    """Keras gelu (approximate=False) is 0.5 * x * erfc(-x / sqrt(2)): lowers op by op."""
+    import keras
+    fn = lambda x: keras.activations.gelu(x, approximate=False)  # noqa: E731
+    x = rand(2, 9)
+    skip_unless_converters_exist(fn, [x])
+    check_op(fn, [x])
+
+
+# --- matmul, einsum ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("const_b", [False, True])
+def test_matmul(ta, tb, const_b):
+    a = rand(*((5, 3) if ta else (3, 5)))
+    b = rand(*((4, 5) if tb else (5, 4)), seed=1)
+    if const_b:
+        check_op(lambda x: tf.linalg.matmul(x, b, transpose_a=ta, transpose_b=tb), [a],
+                 expect_tf_ops=["MatMul"])
+    else:
+        check_op(lambda x, y: tf.linalg.matmul(x, y, transpose_a=ta, transpose_b=tb), [a, b],
+                 expect_tf_ops=["MatMul"])
+
+
+def test_matmul_weights_dynamic_batch_fp16():
+    w = rand(6, 4, dtype=np.float16, seed=1)
+    check_op(lambda x: tf.linalg.matmul(x, w), [rand(3, 6, dtype=np.float16)],
+             dynamic_batch=True, expect_tf_ops=["MatMul"], **tol(np.float16))
+
+
+@pytest.mark.parametrize("xs,ys,adj_x,adj_y", [
+    ((2, 3, 4), (2, 4, 5), False, False),
+    ((2, 1, 3, 4), (3, 5, 4), False, True),
+    ((2, 4, 3), (4, 5), True, False),
+    ((3, 4), (2, 5, 4), False, True),
+])
+def test_batch_matmul_v2(xs, ys, adj_x, adj_y):
+    check_op(lambda x, y: tf.linalg.matmul(x, y, adjoint_a=adj_x, adjoint_b=adj_y),
+             [rand(*xs), rand(*ys, seed=1)], expect_tf_ops=["BatchMatMulV2"])
+
+
+def test_batch_matmul_v1():
+    check_op(lambda x, y: tf.raw_ops.BatchMatMul(x=x, y=y, adj_y=True),
+             [rand(2, 3, 4), rand(2, 5, 4, seed=1)], expect_tf_ops=["BatchMatMul"])
+
+
+@pytest.mark.parametrize("eq,shapes", [
+    ("ij,jk->ik", [(3, 4), (4, 5)]),
+    ("bij,bjk->bik", [(2, 3, 4), (2, 4, 5)]),
+    ("bhqd,bhkd->bhqk", [(1, 2, 3, 4), (1, 2, 5, 4)]),
+    ("...ij,...jk->...ik", [(2, 3, 4), (2, 4, 2)]),
+    ("ABc,cD->ABD", [(2, 3, 4), (4, 5)]),
+    ("ij->ji", [(3, 4)]),
+    ("bij->bj", [(2, 3, 4)]),
+])
+def test_einsum(eq, shapes):
+    inputs = [rand(*s, seed=k) for k, s in enumerate(shapes)]
+    check_op(lambda *xs: tf.einsum(eq, *xs), inputs, expect_tf_ops=["Einsum"])
+
+
+# --- a small Keras CNN ------------------------------------------------------------------------
+
+def test_keras_cnn_lowers_entirely():
+    import keras
+    from keras import layers
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((8, 8, 3)),
+        layers.Conv2D(4, 3, padding="same"),
+        layers.BatchNormalization(),
+        layers.ReLU(),
+        layers.MaxPooling2D(),
+        layers.Flatten(),
+        layers.Dense(5),
+        layers.Softmax(),
+    ])
+    bn = model.layers[1]
+    bn.set_weights(_bn_params(4, seed=11))
+    rtol, atol = MODEL_TOLERANCES["FP32"]
+    fn = lambda x: model(x, training=False)  # noqa: E731
+    skip_unless_converters_exist(fn, [rand(2, 8, 8, 3)], dynamic_batch=True)
+    low = check_op(fn, [rand(2, 8, 8, 3)], dynamic_batch=True,
+                   rtol=rtol, atol=atol, expect_tf_ops=["Conv2D", "MaxPool", "Softmax"])
+    assert "Conv" in low.onnx_ops and "Softmax" in low.onnx_ops

@@ -1,0 +1,98 @@
+"""Converters of converters/reduce.py: reductions, arg-max/min, top-k."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.converters.harness import check_op, check_rejected
+from tests.tolerances import TOLERANCES
+
+
+def rand(*shape, dtype=np.float32, seed=0):
+    r = np.random.default_rng(seed)
+    if np.dtype(dtype).kind == "i":
+        return r.integers(-5, 6, shape).astype(dtype)
+    return r.standard_normal(shape).astype(dtype)
+
+
+def tol(dtype):
+    return dict(zip(("rtol", "atol"), TOLERANCES["FP16"])) if dtype == np.float16 else {}
+
+
+REDUCTIONS = {"Sum": tf.reduce_sum, "Mean": tf.reduce_mean, "Max": tf.reduce_max,
+              "Min": tf.reduce_min, "Prod": tf.reduce_prod}
+
+
+@pytest.mark.parametrize("axes,keep", [(1, False), ([0, 2], True), (-1, True), ([-3, 1], False)])
+@pytest.mark.parametrize("op", sorted(REDUCTIONS))
+def test_reduce(op, axes, keep):
+    check_op(lambda x: REDUCTIONS[op](x, axis=axes, keepdims=keep), [rand(2, 3, 4)],
+             expect_tf_ops=[op])
+
+
+@pytest.mark.parametrize("op,dtype", [("Sum", np.float16), ("Mean", np.float16),
+                                      ("Max", np.float16), ("Sum", np.int32),
+                                      ("Max", np.int32), ("Min", np.int32), ("Prod", np.int32)])
+def test_reduce_dtypes(op, dtype):
+    check_op(lambda x: REDUCTIONS[op](x, axis=[1, 2], keepdims=False), [rand(2, 3, 4, dtype=dtype)],
+             expect_tf_ops=[op], **tol(dtype))
+
+
+def test_reduce_dynamic_batch_and_empty_axes():
+    check_op(lambda x: tf.reduce_mean(x, axis=[1, 2]), [rand(3, 4, 5, 2)], dynamic_batch=True,
+             expect_tf_ops=["Mean"])
+    check_op(lambda x: tf.raw_ops.Sum(input=x, axis=np.zeros([0], np.int32)) * 1.0,
+             [rand(2, 3)], grappler=False, expect_tf_ops=["Sum"])
+
+
+def test_reduce_rejects_dynamic_axes():
+    check_rejected(lambda x, a: tf.reduce_sum(x, axis=a), [rand(2, 3), np.int32(1)], "Sum",
+                   "must be a constant")
+
+
+def test_reduce_rejects_repeated_axes():
+    check_rejected(lambda x: tf.reduce_max(x, axis=[1, -2]), [rand(2, 3, 4)], "Max", "twice")
+
+
+def test_mean_rejects_int():
+    check_rejected(lambda x: tf.reduce_mean(x, axis=1), [rand(2, 3, dtype=np.int32)], "Mean",
+                   "int32")
+
+
+@pytest.mark.parametrize("op", ["All", "Any"])
+@pytest.mark.parametrize("axes,keep", [(1, False), ([0, -1], True)])
+def test_all_any(op, axes, keep):
+    fn = tf.reduce_all if op == "All" else tf.reduce_any
+    x = np.random.default_rng(1).random((3, 4, 2)) > 0.3
+    check_op(lambda x: fn(x, axis=axes, keepdims=keep), [x], expect_tf_ops=[op])
+
+
+@pytest.mark.parametrize("op", ["ArgMax", "ArgMin"])
+@pytest.mark.parametrize("axis,out,dtype", [(1, tf.int64, np.float32), (-1, tf.int32, np.float32),
+                                            (0, tf.int32, np.int32), (2, tf.int64, np.float16)])
+def test_arg_max_min(op, axis, out, dtype):
+    fn = tf.math.argmax if op == "ArgMax" else tf.math.argmin
+    check_op(lambda x: fn(x, axis=axis, output_type=out), [rand(3, 4, 5, dtype=dtype)],
+             expect_tf_ops=[op])
+
+
+def test_arg_max_ties_pick_first():
+    x = np.array([[1, 3, 3, 0], [2, 2, 2, 2]], np.float32)
+    check_op(lambda x: tf.math.argmax(x, axis=1), [x], expect_tf_ops=["ArgMax"])
+
+
+@pytest.mark.parametrize("k", [1, 3, 6])
+@pytest.mark.parametrize("dtype", [np.float32, np.int32])
+def test_top_k(k, dtype):
+    check_op(lambda x: tf.math.top_k(x, k=k), [rand(2, 3, 6, dtype=dtype)],
+             expect_tf_ops=["TopKV2"])
+
+
+def test_top_k_ties_dynamic_batch():
+    x = np.array([[1, 3, 3, 0, 3], [2, 2, 2, 2, 1]], np.float32)
+    check_op(lambda x: tf.math.top_k(x, k=3), [x], dynamic_batch=True, expect_tf_ops=["TopKV2"])
+
+
+def test_top_k_rejects_dynamic_k():
+    check_rejected(lambda x, k: tf.math.top_k(x, k=k), [rand(2, 6), np.int32(2)], "TopKV2",
+                   "must be a constant")
