@@ -16,7 +16,9 @@ class Const:
 
     @staticmethod
     def convert(node, ctx):
-        ctx.set_output(node, 0, ctx.const(ctx.attr(node, "value"), node.name))
+        # Nothing to emit: consumers read constants through ctx.input, which adds each as an
+        # initializer on first use (so an unused or re-laid-out constant is never stored).
+        pass
 
 
 @converter("Identity", "Snapshot", "StopGradient", "PreventGradient", inputs=(ANY,),

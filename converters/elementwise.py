@@ -65,6 +65,13 @@ def square(ctx, x, dtype=None):
     return ctx.emit("Mul", [x, x])
 
 
+def erfc(ctx, x, dtype=None):
+    """1 - erf(x): Keras' exact gelu traces to Erfc. Loses relative precision only where
+    erfc(x) is below float epsilon (x > ~4), where its absolute value is negligible."""
+    one = ctx.const(np.ones((), dtype=np.dtype(dtype or np.float32)), "one")
+    return ctx.emit("Sub", [one, ctx.emit("Erf", [x])])
+
+
 def rsqrt(ctx, x, dtype=None):
     return ctx.emit("Reciprocal", [ctx.emit("Sqrt", [x])])
 

@@ -111,6 +111,7 @@ UNARY = {
     "Reciprocal": (ew.onnx_op("Reciprocal"), False),
     "Inv": (ew.onnx_op("Reciprocal"), False),
     "Erf": (ew.onnx_op("Erf"), False),
+    "Erfc": (ew.erfc, False),
     "Sin": (ew.onnx_op("Sin"), False),
     "Cos": (ew.onnx_op("Cos"), False),
     "Tan": (ew.onnx_op("Tan"), False),
@@ -130,7 +131,7 @@ UNARY = {
 class Unary:
     """Elementwise functions through one table: Abs, Neg, Sign, Square on float32, float16,
     int32, int64; Round (half to even, like TF), Ceil, Floor, Exp, Expm1, Log, Log1p (both
-    kept precise near 0), Sqrt, Rsqrt, Reciprocal, Inv, Erf, Sin, Cos, Tan, Asin, Acos, Atan,
+    kept precise near 0), Sqrt, Rsqrt, Reciprocal, Inv, Erf, Erfc, Sin, Cos, Tan, Asin, Acos, Atan,
     Sinh, Cosh, Asinh, Acosh, Atanh, IsNan on float32, float16.
     Rejects: integer inputs to the float-only functions; other dtypes."""
 

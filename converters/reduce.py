@@ -139,7 +139,7 @@ class ArgMaxMin:
         ctx.set_output(node, 0, y)
 
 
-@converter("TopKV2", "TopK", dtypes=FLOATS_AND_INT32, inputs=(TENSOR, WEIGHT))
+@converter("TopKV2", dtypes=FLOATS_AND_INT32, inputs=(TENSOR, WEIGHT))
 class TopK:
     """The k largest entries along the last axis and their indices (constant k). Ties keep
     the lower index first, as TF does; the output is always sorted (also valid for
@@ -151,8 +151,7 @@ class TopK:
 
     @staticmethod
     def _k(node, ctx):
-        if node.op == "TopK":
-            return int(ctx.attr(node, "k"))
+        # (TopK v1, with k as an attribute, cannot be built by TF 2.x graphs any more.)
         return int(np.asarray(ctx.const_value(node, 1)).reshape(-1)[0])
 
     @staticmethod

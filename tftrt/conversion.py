@@ -115,7 +115,7 @@ def make_signature_function(sig, flat_fn, keepalive):
     """Wraps a flat function so it is called (and saved) like the original signature."""
     structured = sig.func.structured_outputs
     return rewrite.signature_function(flat_fn, sig.input_names, sig.frozen_func.inputs,
-                                      structured, keepalive)
+                                      structured, keepalive, sig.func.structured_input_signature)
 
 
 def _engine_precision(mode: str) -> str:

@@ -12,6 +12,7 @@ Two forms of the converted graph share one layout:
 from __future__ import annotations
 
 import copy
+import hashlib
 import inspect
 import logging
 from typing import Callable, Dict, List, Sequence, Tuple
@@ -84,14 +85,18 @@ def segment_graph_def(info: GraphInfo, seg: Segment):
 
 
 def native_segment_function_def(info: GraphInfo, seg: Segment):
-    """The FunctionDef ``<engine>_native_segment`` computing the segment with TF ops."""
+    """The FunctionDef ``<engine>_native_segment_<digest>`` computing the segment natively."""
     from tensorflow.python.eager import wrap_function
     gd = segment_graph_def(info, seg)
     fn = wrap_function.function_from_graph_def(
         gd, [f"TensorRTInputPH_{i}:0" for i in range(len(seg.inputs))],
         [f"TensorRTOutputPH_{j}:0" for j in range(len(seg.outputs))])
     fdef = copy.deepcopy(fn.function_def)
-    fdef.signature.name = f"{seg.name}_native_segment"
+    # TF-TRT's name plus a digest of the body: TensorFlow keeps one function per name per
+    # process, and two conversions in one process give different bodies the same engine name.
+    fdef.signature.name = ""
+    digest = hashlib.sha1(fdef.SerializeToString(deterministic=True)).hexdigest()[:10]
+    fdef.signature.name = f"{seg.name}_native_segment_{digest}"
     return fdef
 
 
@@ -218,7 +223,7 @@ def flat_function(graph_def, inputs: Sequence[str], outputs: Sequence[str]):
 
 
 def signature_function(flat_fn, arg_names: Sequence[str], input_specs, structured_outputs,
-                       keepalive=()):
+                       keepalive=(), structured_input_signature=None):
     """Wraps a flat function so it is called like the original signature.
 
     Args:
@@ -228,6 +233,7 @@ def signature_function(flat_fn, arg_names: Sequence[str], input_specs, structure
       structured_outputs: the original signature's structured outputs (a dict for SavedModel
         signatures); the flat outputs are packed into the same structure.
       keepalive: objects the function must keep alive (engine ops bound by token).
+      structured_input_signature: the original's, reported by the returned function.
     Returns:
       A ConcreteFunction taking the original keyword arguments.
     """
@@ -243,6 +249,9 @@ def signature_function(flat_fn, arg_names: Sequence[str], input_specs, structure
         [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in arg_names])
     call.__name__ = "tftrt_converted"
     fn = tf.function(call, input_signature=specs, autograph=False).get_concrete_function()
+    if structured_input_signature is not None:
+        # Report the original signature's keyword inputs, as TF-TRT did.
+        fn.graph.structured_input_signature = structured_input_signature
     fn._tftrt_keepalive = list(keepalive) + [flat_fn]  # pylint: disable=protected-access
     return fn
 
@@ -321,7 +330,10 @@ class DirectSignature:
         flat = list(args) + [kwargs[n] for n in self._arg_names[len(args):]]
         tensors = []
         for v, spec, n in zip(flat, self._specs, self._arg_names):
-            t = tf.convert_to_tensor(v, dtype_hint=spec.dtype)
+            # Arrays and tensors keep their dtype (a mismatch is an error, as for a
+            # ConcreteFunction); python lists and scalars take the signature's dtype.
+            t = (tf.convert_to_tensor(v) if tf.is_tensor(v) or isinstance(v, np.ndarray)
+                 else tf.convert_to_tensor(v, dtype=spec.dtype))
             if t.dtype != spec.dtype or not spec.shape.is_compatible_with(t.shape):
                 raise ValueError(f"input {n!r} has dtype {t.dtype.name} and shape {t.shape}; "
                                  f"the signature expects {spec.dtype.name} {spec.shape}")

@@ -131,11 +131,12 @@ def load(path, tags=None, options=None):
     with open(os.path.join(path, ASSET_DIR, "converted.pb"), "rb") as f:
         gd.ParseFromString(f.read())
     fdefs = {f.signature.name: f for f in gd.library.function}
+    calls = {n.name: n.attr["f"].func.name for n in gd.node if rewrite.ENGINE_ATTR in n.attr}
     ops: Dict[str, TRTEngineOp] = {}
     for e in manifest["engines"]:
         with open(os.path.join(path, ASSET_DIR, e["onnx"]), "rb") as f:
             spec = EngineSpec.from_json(e["spec"], f.read())
-        fdef = fdefs[f"{spec.name}_native_segment"]
+        fdef = fdefs[calls[spec.name]]
         native_fn = rewrite.function_def_caller(
             fdef, [(np.dtype(d), s) for d, s in zip(spec.input_dtypes, spec.input_shapes)],
             [np.dtype(d) for d in spec.output_dtypes])
@@ -161,7 +162,8 @@ def load(path, tags=None, options=None):
     original = loaded.signatures[key]
     specs = [tf.TensorSpec(s["shape"], tf.as_dtype(s["dtype"])) for s in manifest["input_specs"]]
     fn = rewrite.signature_function(flat, manifest["input_names"], specs,
-                                    original.structured_outputs, keepalive)
+                                    original.structured_outputs, keepalive,
+                                    original.structured_input_signature)
     direct = rewrite.single_engine_mapping(gd, manifest["inputs"], manifest["outputs"],
                                            list(ops))
     if direct is not None and os.environ.get("TFTRT_DIRECT_CALL", "1") != "0":

@@ -119,6 +119,7 @@ UNARY = {
     "Log": ((0.1, 5), False), "Log1p": ((-0.9, 5), False),
     "Sqrt": ((0.1, 5), False), "Rsqrt": ((0.1, 5), False),
     "Reciprocal": ((0.5, 3), False), "Inv": ((0.5, 3), False), "Erf": ((-3, 3), False),
+    "Erfc": ((-3, 3), False),
     "Sin": ((-3, 3), False), "Cos": ((-3, 3), False), "Tan": ((-1.2, 1.2), False),
     "Asin": ((-0.95, 0.95), False), "Acos": ((-0.95, 0.95), False), "Atan": ((-3, 3), False),
     "Sinh": ((-3, 3), False), "Cosh": ((-3, 3), False), "Asinh": ((-3, 3), False),
