@@ -1,0 +1,49 @@
+"""Memory planner: no two live tensors overlap; the workspace limit is enforced clearly."""
+
+import pytest
+
+from tests.engine.models import resnet50
+from tests.engine.test_passes import _bound
+from tftrt.engine import BuilderConfig, EngineBuildError, build_engine
+from tftrt.engine.memory import ALIGNMENT, plan_memory, tensor_lifetimes
+from tftrt.engine.passes import run_passes
+
+
+def _check_no_overlap(plan):
+    names = list(plan.offsets)
+    for i, a in enumerate(names):
+        assert plan.offsets[a] % ALIGNMENT == 0
+        for b in names[i + 1:]:
+            (fa, la), (fb, lb) = plan.lifetimes[a], plan.lifetimes[b]
+            if la < fb or lb < fa:
+                continue  # never live together
+            a0, a1 = plan.offsets[a], plan.offsets[a] + plan.sizes[a]
+            b0, b1 = plan.offsets[b], plan.offsets[b] + plan.sizes[b]
+            assert a1 <= b0 or b1 <= a0, f"{a} and {b} overlap while both live"
+
+
+@pytest.mark.parametrize("optimize", [True, False])
+def test_resnet_plan_has_no_overlaps_and_reuses_memory(optimize):
+    model, feeds = resnet50(batch=1, size=32)
+    net = _bound(model, feeds)
+    if optimize:
+        net = run_passes(net)
+    plan = plan_memory(net)
+    _check_no_overlap(plan)
+    total = sum(plan.sizes.values())
+    assert 0 < plan.arena_bytes < total / 4  # lifetimes let most tensors share bytes
+    assert set(plan.offsets).isdisjoint(net.outputs)
+    life = tensor_lifetimes(net)
+    assert all(life[o][1] == len(net.layers) for o in net.outputs)
+
+
+def test_workspace_limit_error_has_the_numbers():
+    model, feeds = resnet50(batch=1, size=32)
+    engine = build_engine(model, {k: v.shape for k, v in feeds.items()}, BuilderConfig())
+    need = engine.device_memory_bytes
+    mem = engine.memory
+    assert need == mem.arena_bytes + mem.workspace_bytes + mem.output_bytes
+    assert mem.output_bytes == 256  # the [1, 10] softmax output, aligned
+    with pytest.raises(EngineBuildError, match=rf"needs {need} bytes.*is 1000;"):
+        build_engine(model, {k: v.shape for k, v in feeds.items()},
+                     BuilderConfig(max_workspace_size_bytes=1000))

@@ -1,0 +1,168 @@
+"""Each optimization pass alone, on small ONNX graphs, and the whole pipeline's fusions."""
+
+import numpy as np
+import pytest
+from onnx import helper
+
+from tests.engine.harness import check_model, make_model, rand
+from tftrt.engine import BuilderConfig, build_engine, network_from_onnx
+from tftrt.engine.passes import PASSES, run_passes
+from tftrt.engine.passes.constant_folding import constant_folding
+from tftrt.engine.passes.dead_layers import remove_dead_layers
+from tftrt.engine.passes.elementwise_fusion import elementwise_fusion
+from tftrt.engine.passes.shuffle_folding import shuffle_folding
+from tftrt.engine.passes.vertical_fusion import vertical_fusion
+from tftrt.engine.shapes import bind_inputs
+
+N = helper.make_node
+
+
+def _bound(model, feeds):
+    return bind_inputs(network_from_onnx(model), {k: v.shape for k, v in feeds.items()})
+
+
+def _kinds(net):
+    return [l.kind for l in net.layers]
+
+
+def _tf_conv(x, w, out, b=None):
+    """What the TF converters emit for an NHWC Conv2D."""
+    ins = [f"{out}_nchw", w] + ([b] if b else [])
+    return [N("Transpose", [x], [f"{out}_nchw"], perm=[0, 3, 1, 2]),
+            N("Conv", ins, [f"{out}_c"], pads=[1, 1, 1, 1]),
+            N("Transpose", [f"{out}_c"], [out], perm=[0, 2, 3, 1])]
+
+
+def _keras_conv_bn_relu(sub=False):
+    c = 4
+    nodes = _tf_conv("x", "w", "conv")
+    nodes += [N("Mul", ["conv", "bn_scale"], ["bn_mul"]),
+              N("Sub" if sub else "Add", ["bn_mul", "bn_shift"], ["bn"]),
+              N("Relu", ["bn"], ["y"])]
+    consts = {"w": rand(c, 3, 3, 3, seed=1), "bn_scale": rand(c, low=0.5, high=2, seed=2),
+              "bn_shift": rand(c, seed=3)}
+    feeds = {"x": rand(2, 8, 8, 3)}
+    return make_model(nodes, feeds, consts), feeds
+
+
+@pytest.mark.parametrize("sub", [False, True])
+def test_conv_batchnorm_relu_becomes_one_fused_conv(sub):
+    model, feeds = _keras_conv_bn_relu(sub)
+    engine = build_engine(model, {"x": (2, 8, 8, 3)}, BuilderConfig())
+    assert engine.layers_summary() == [(engine.network.layers[0].name, "conv", "bias+relu",
+                                        "im2col_gemm")]
+    check_model(model, feeds)
+    check_model(model, feeds, "FP16")
+
+
+def test_shuffle_folding_alone_cancels_tf_transposes():
+    model, feeds = _keras_conv_bn_relu()
+    net = _bound(model, feeds)
+    assert _kinds(net).count("transpose") == 4  # 2 from TF + 2 added around the NCHW conv
+    out = shuffle_folding(net)
+    assert _kinds(out) == ["conv", "pointwise", "pointwise", "pointwise"]
+    assert _kinds(net).count("transpose") == 4  # the pass is pure
+    conv = out.layers[0]
+    assert out.tensors[conv.inputs[0]].shape == (2, 8, 8, 3)  # NHWC input
+    assert out.weights[conv.inputs[1]].shape == (4, 3, 3, 3)  # KRSC filter
+
+
+def test_shuffle_folding_sinks_transposes_in_nchw_onnx_models():
+    nodes = [N("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+             N("BatchNormalization", ["c1", "s", "b", "m", "v"], ["bn"]),
+             N("Relu", ["bn"], ["r"]),
+             N("Conv", ["r", "w2"], ["y"], pads=[1, 1, 1, 1])]
+    consts = {"w1": rand(4, 3, 3, 3, seed=1), "w2": rand(5, 4, 3, 3, seed=2),
+              "s": rand(4, seed=3), "b": rand(4, seed=4), "m": rand(4, seed=5),
+              "v": rand(4, low=0.5, high=1, seed=6)}
+    feeds = {"x": rand(2, 3, 6, 6)}
+    model = make_model(nodes, feeds, consts)
+    net = shuffle_folding(_bound(model, feeds))
+    assert _kinds(net) == ["transpose", "conv", "pointwise", "pointwise", "conv", "transpose"]
+    engine = build_engine(model, {"x": (2, 3, 6, 6)}, BuilderConfig())
+    assert [(k, e) for _, k, e, _ in engine.layers_summary()] == [
+        ("transpose", ""), ("conv", "bias+relu"), ("conv", ""), ("transpose", "")]
+    check_model(model, feeds)
+
+
+def test_vertical_fusion_alone_residual_add():
+    nodes = _tf_conv("x", "w", "conv", b="bias") + [N("Add", ["conv", "x"], ["sum"]),
+                                                    N("Relu", ["sum"], ["y"])]
+    consts = {"w": rand(3, 3, 3, 3, seed=1), "bias": rand(3, seed=2)}
+    feeds = {"x": rand(1, 5, 5, 3)}
+    model = make_model(nodes, feeds, consts)
+    net = vertical_fusion(shuffle_folding(_bound(model, feeds)))
+    assert _kinds(net) == ["conv"]
+    assert [e["op"] for e in net.layers[0].epilogue] == ["bias", "add", "act"]
+    assert net.layers[0].inputs[net.layers[0].epilogue[1]["input"]] == "x"
+    check_model(model, feeds)
+
+
+def test_vertical_fusion_gemm_bias_and_activation():
+    nodes = [N("MatMul", ["x", "w"], ["m"]), N("Add", ["m", "b"], ["a"]),
+             N("Mul", ["a", "s"], ["ms"]), N("Clip", ["ms", "lo", "hi"], ["y"])]
+    consts = {"w": rand(6, 5, seed=1), "b": rand(5, seed=2), "s": np.array(0.5, np.float32),
+              "lo": np.array(0, np.float32), "hi": np.array(6, np.float32)}
+    feeds = {"x": rand(3, 6)}
+    model = make_model(nodes, feeds, consts)
+    net = vertical_fusion(_bound(model, feeds))
+    assert _kinds(net) == ["matmul"]
+    assert net.layers[0].epilogue_summary() == "bias+clip"
+    check_model(model, feeds)
+
+
+def test_elementwise_fusion_alone_builds_one_program():
+    nodes = [N("Mul", ["x", "two"], ["a"]), N("Sigmoid", ["a"], ["s"]),
+             N("Mul", ["a", "s"], ["sw"]), N("Add", ["sw", "x"], ["y"])]
+    feeds = {"x": rand(2, 7)}
+    model = make_model(nodes, feeds, {"two": np.array(2.0, np.float32)})
+    net = elementwise_fusion(_bound(model, feeds))
+    assert _kinds(net) == ["pointwise"]
+    layer = net.layers[0]
+    assert layer.inputs == ["x"]  # the scalar constant became a literal
+    assert [st["op"] for st in layer.attrs["program"]] == ["mul", "sigmoid", "mul", "add"]
+    assert layer.attrs["program"][0]["args"] == ["$0", 2.0]
+    check_model(model, feeds)
+
+
+def test_conv_swish_becomes_silu_epilogue():
+    nodes = _tf_conv("x", "w", "conv", b="b") + [N("Sigmoid", ["conv"], ["s"]),
+                                                 N("Mul", ["conv", "s"], ["y"])]
+    feeds = {"x": rand(1, 4, 4, 2)}
+    model = make_model(nodes, feeds, {"w": rand(3, 2, 3, 3, seed=1), "b": rand(3, seed=2)})
+    engine = build_engine(model, {"x": (1, 4, 4, 2)}, BuilderConfig())
+    assert [(k, e) for _, k, e, _ in engine.layers_summary()] == [("conv", "bias+silu")]
+    check_model(model, feeds)
+
+
+def test_dead_layers_removed():
+    nodes = [N("Relu", ["x"], ["y"]), N("Exp", ["x"], ["unused"]),
+             N("Neg", ["unused"], ["unused2"])]
+    feeds = {"x": rand(3)}
+    net = remove_dead_layers(_bound(make_model(nodes, feeds), feeds))
+    assert _kinds(net) == ["pointwise"] and net.layers[0].outputs == ["y"]
+    assert "unused" not in net.tensors
+
+
+def test_constant_folding():
+    nodes = [N("Add", ["a", "b"], ["ab"]), N("Mul", ["x", "ab"], ["m"]),
+             N("Shape", ["m"], ["shp"]), N("Reshape", ["m", "shp"], ["y"])]
+    feeds = {"x": rand(2, 3)}
+    consts = {"a": rand(3, seed=1), "b": rand(3, seed=2)}
+    net = constant_folding(_bound(make_model(nodes, feeds, consts), feeds))
+    assert _kinds(net) == ["pointwise", "reshape"]
+    np.testing.assert_allclose(net.weights["ab"], consts["a"] + consts["b"])
+    assert net.layers[1].attrs == {"shape": [2, 3]} and net.layers[1].inputs == ["m"]
+    check_model(make_model(nodes, feeds, consts), feeds)
+
+
+def test_every_pass_is_pure_and_the_list_is_ordered():
+    model, feeds = _keras_conv_bn_relu()
+    net = _bound(model, feeds)
+    before = net.summary()
+    for p in PASSES:
+        p(net)
+        assert net.summary() == before, p.__name__
+    assert [p.__name__ for p in PASSES][:3] == ["constant_folding", "remove_dead_layers",
+                                                "shuffle_folding"]
+    assert _kinds(run_passes(net)) == ["conv"]

@@ -1,0 +1,54 @@
+"""Tactic registry, timed selection and the timing cache."""
+
+import numpy as np
+from onnx import helper
+
+from tests.engine.harness import make_model, rand, run_ort
+from tftrt.engine import BuilderConfig, build_engine
+from tftrt.engine.tactics import TimingCache, candidates
+
+
+def _pointwise_conv_model():
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["t", "w"], ["c"]),
+             helper.make_node("Transpose", ["c"], ["y"], perm=[0, 2, 3, 1])]
+    return make_model(nodes, {"x": rand(2, 6, 6, 8)}, {"w": rand(16, 8, 1, 1, seed=1)})
+
+
+def test_candidates_are_timed_and_recorded():
+    model = _pointwise_conv_model()
+    engine = build_engine(model, {"x": (2, 6, 6, 8)}, BuilderConfig())
+    layer = engine.network.layers[0]
+    names = [t.name for t in candidates("numpy", engine.network, layer)]
+    assert names == ["im2col_gemm", "gemm_1x1"]
+    timings = engine.build_info["tactic_timings"][layer.name]
+    assert set(timings) == set(names) and layer.tactic in names
+    assert engine.layers_summary()[0][3] == layer.tactic
+    x = rand(2, 6, 6, 8)
+    for tactic in names:  # every candidate computes the same thing
+        layer.tactic = tactic
+        run = engine.backend_impl.prepare_layer(engine.network, layer, engine.weights)
+        np.testing.assert_allclose(run([x, engine.weights[layer.inputs[1]]])[0],
+                                   run_ort(model, {"x": x})[0], rtol=1e-4, atol=1e-5)
+
+
+def test_timing_cache_skips_retiming(tmp_path):
+    model = _pointwise_conv_model()
+    cache = TimingCache(str(tmp_path / "cache.json"))
+    first = build_engine(model, {"x": (2, 6, 6, 8)}, BuilderConfig(timing_cache=cache))
+    assert len(cache.entries) == 1 and first.build_info["tactic_timings"]
+    cache.save()
+    reloaded = TimingCache(str(tmp_path / "cache.json"))
+    again = build_engine(model, {"x": (2, 6, 6, 8)}, BuilderConfig(timing_cache=reloaded))
+    assert again.build_info["tactic_timings"] == {}
+    assert again.layers_summary() == first.layers_summary()
+    assert TimingCache.from_bytes(cache.to_bytes()).entries == cache.entries
+
+
+def test_depthwise_tactic_applies():
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], group=4, pads=[1, 1, 1, 1])]
+    model = make_model(nodes, {"x": rand(1, 4, 6, 6)}, {"w": rand(4, 1, 3, 3, seed=1)})
+    engine = build_engine(model, {"x": (1, 4, 6, 6)}, BuilderConfig(tactic_timing=False))
+    conv = [l for l in engine.network.layers if l.kind == "conv"][0]
+    assert [t.name for t in candidates("numpy", engine.network, conv)] == \
+        ["im2col_gemm", "depthwise_direct"]

@@ -1,0 +1,427 @@
+"""The CPU reference backend: every layer kind and epilogue in numpy.
+
+Numerics: float16 tensors (FP16 engines) are upcast to float32 on entry to each layer and the
+result rounded to the output tensor's dtype on exit, which is what the GPU kernels do (fp16
+storage, fp32 compute/accumulation). Conv is NHWC im2col + one sgemm per group, with a direct
+1x1 GEMM and a depthwise multiply-accumulate as alternative tactics.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List
+
+import numpy as np
+
+from tftrt.engine.backends import Backend
+from tftrt.engine.backends import numpy_ops as ops
+from tftrt.engine.errors import EngineBuildError
+from tftrt.engine.network import Layer, Network
+from tftrt.engine.tactics import register_tactic
+
+
+def _is_1x1(net: Network, layer: Layer) -> bool:
+    w = net.tensors[layer.inputs[1]].shape
+    return layer.attrs["group"] == 1 and all(k == 1 for k in w[1:-1])
+
+
+def _is_depthwise(net: Network, layer: Layer) -> bool:
+    w = net.tensors[layer.inputs[1]].shape
+    x = net.tensors[layer.inputs[0]].shape
+    return w[-1] == 1 and x is not None and layer.attrs["group"] == x[-1] and \
+        layer.attrs["group"] > 1
+
+
+def _im2col_workspace(net: Network, layer: Layer) -> int:
+    y, w = net.tensors[layer.outputs[0]].shape, net.tensors[layer.inputs[1]].shape
+    if y is None:
+        return 0
+    return int(np.prod(y[:-1])) * int(np.prod(w[1:])) * layer.attrs["group"] * 4
+
+
+register_tactic("numpy", "conv", "im2col_gemm", workspace=_im2col_workspace)
+register_tactic("numpy", "conv", "gemm_1x1", applies=_is_1x1)
+register_tactic("numpy", "conv", "depthwise_direct", applies=_is_depthwise)
+register_tactic("numpy", "matmul", "blas_gemm")
+
+
+def _f32(x):
+    if isinstance(x, np.ndarray) and x.dtype == np.float16:
+        return x.astype(np.float32)
+    return x
+
+
+class NumpyBackend(Backend):
+    """Runs engines on the CPU with numpy (the reference for every other backend)."""
+
+    name = "numpy"
+
+    def device_name(self) -> str:
+        return "cpu"
+
+    def upload(self, array: np.ndarray):
+        return np.asarray(array)
+
+    def to_numpy(self, array) -> np.ndarray:
+        return np.asarray(array)
+
+    def prepare_layer(self, net: Network, layer: Layer, weights: Dict[str, Any]):
+        fn = _KERNELS.get(layer.kind)
+        if fn is None:
+            raise EngineBuildError(f"numpy backend has no kernel for layer kind {layer.kind!r} "
+                                   f"({layer.name})")
+        body = fn(net, layer, weights)
+        out_dtypes = [np.dtype(net.tensors[o].dtype) if net.tensors[o].dtype else None
+                      for o in layer.outputs]
+
+        def run(inputs: List[Any]) -> List[np.ndarray]:
+            with np.errstate(all="ignore"):
+                outs = body([_f32(x) for x in inputs])
+            return [o if d is None else np.asarray(o).astype(d, copy=False)
+                    for o, d in zip(outs, out_dtypes)]
+        return run
+
+
+# --- kernels: fn(net, layer, weights) -> body(inputs) -> outputs ---------------------------------
+_KERNELS: Dict[str, Callable] = {}
+
+
+def kernel(*kinds):
+    def deco(fn):
+        for k in kinds:
+            _KERNELS[k] = fn
+        return fn
+    return deco
+
+
+def _epilogue(layer: Layer) -> Callable:
+    epi = layer.epilogue
+
+    def apply(y, inputs):
+        for e in epi:
+            op = e["op"]
+            if op == "bias":
+                y = y + inputs[e["input"]]
+            elif op == "scale":
+                y = y * inputs[e["input"]]
+            elif op == "add":
+                y = y + inputs[e["input"]]
+            elif op == "act":
+                y = ops.apply_activation(y, e)
+            else:
+                raise EngineBuildError(f"unknown epilogue op {op} in {layer.name}")
+        return y
+    return apply
+
+
+def _const_or_runtime(weights, name, prep):
+    """Prepares a weight once when it is constant; else per call."""
+    if name in weights:
+        w = prep(_f32(np.asarray(weights[name])))
+        return lambda inputs_w: w
+    return prep
+
+
+@kernel("conv")
+def _conv(net, layer, weights):
+    a = layer.attrs
+    k = list(net.tensors[layer.inputs[1]].shape[1:-1])
+    st, dil, pads, g = a["strides"], a["dilations"], a["pads"], a["group"]
+    epi = _epilogue(layer)
+    tactic = layer.tactic or "im2col_gemm"
+    if tactic == "gemm_1x1":
+        prep = lambda w: np.ascontiguousarray(w.reshape(w.shape[0], w.shape[-1]).T)
+        getw = _const_or_runtime(weights, layer.inputs[1], prep)
+        return lambda ins: [epi(ops.conv_1x1(ins[0], getw(ins[1]), st, pads), ins)]
+    if tactic == "depthwise_direct":
+        def prep(w):
+            c = g
+            mult = w.shape[0] // c
+            return np.ascontiguousarray(w.reshape(c, mult, -1).transpose(2, 0, 1))
+        getw = _const_or_runtime(weights, layer.inputs[1], prep)
+        return lambda ins: [epi(ops.conv_depthwise(ins[0], getw(ins[1]), k, st, dil, pads), ins)]
+
+    def prep(w):  # KRSC [Cout, *K, Cg] -> [G, prod(K) * Cg, Cout / G]
+        cout, cg = w.shape[0], w.shape[-1]
+        return np.ascontiguousarray(
+            w.reshape(g, cout // g, -1, cg).transpose(0, 2, 3, 1).reshape(g, -1, cout // g))
+    getw = _const_or_runtime(weights, layer.inputs[1], prep)
+    cout = net.tensors[layer.inputs[1]].shape[0]
+    return lambda ins: [epi(ops.conv_im2col(ins[0], getw(ins[1]), k, st, dil, pads, g, cout),
+                            ins)]
+
+
+@kernel("conv_transpose")
+def _conv_transpose(net, layer, weights):
+    a = layer.attrs
+    epi = _epilogue(layer)
+    return lambda ins: [epi(ops.conv_transpose(ins[0], ins[1], a["strides"], a["dilations"],
+                                               a["pads"], a["output_padding"], a["group"]), ins)]
+
+
+@kernel("matmul")
+def _matmul(net, layer, weights):
+    a = layer.attrs
+    epi = _epilogue(layer)
+    ta, tb, alpha = a.get("transpose_a"), a.get("transpose_b"), a.get("alpha", 1.0)
+
+    def body(ins):
+        x, y = ins[0], ins[1]
+        if ta:
+            x = np.swapaxes(x, -1, -2)
+        if tb:
+            y = np.swapaxes(y, -1, -2)
+        r = np.matmul(x, y)
+        if alpha != 1.0:
+            r = r * np.asarray(alpha, r.dtype)
+        return [epi(r, ins)]
+    return body
+
+
+@kernel("pointwise")
+def _pointwise(net, layer, weights):
+    prog = layer.attrs["program"]
+    return lambda ins: [ops.run_program(prog, ins)]
+
+
+@kernel("einsum")
+def _einsum(net, layer, weights):
+    eq = layer.attrs["equation"]
+    return lambda ins: [np.einsum(eq, *ins, optimize=len(ins) > 2)]
+
+
+@kernel("pool")
+def _pool(net, layer, weights):
+    a = layer.attrs
+    out_sp = list(net.tensors[layer.outputs[0]].shape[1:-1])
+    return lambda ins: [ops.pool(ins[0], a["mode"], a["kernel"], a["strides"], a["dilations"],
+                                 a["pads"], a["ceil_mode"], a["count_include_pad"], out_sp)]
+
+
+@kernel("reduce")
+def _reduce(net, layer, weights):
+    a = layer.attrs
+    return lambda ins: [ops.reduce(ins[0], a["op"], a["axes"], a["keepdims"])]
+
+
+@kernel("arg_reduce")
+def _arg_reduce(net, layer, weights):
+    a = layer.attrs
+    return lambda ins: [ops.arg_reduce(ins[0], a["op"], a["axis"], a["keepdims"],
+                                       a["select_last_index"])]
+
+
+@kernel("softmax")
+def _softmax(net, layer, weights):
+    a = layer.attrs
+    return lambda ins: [ops.softmax(ins[0], a["axis"], a["log"])]
+
+
+@kernel("normalization")
+def _normalization(net, layer, weights):
+    a = layer.attrs
+    n_out = len(layer.outputs)
+
+    def body(ins):
+        x = ins[0].astype(np.float32, copy=False)
+        y, mean, inv = ops.normalization(x, ins[1] if len(ins) > 1 else None,
+                                         ins[2] if len(ins) > 2 else None, a["axes"],
+                                         a["epsilon"])
+        return [y, mean, inv][:n_out]
+    return body
+
+
+@kernel("topk")
+def _topk(net, layer, weights):
+    a = layer.attrs
+    return lambda ins: list(ops.topk(ins[0], a["k"], a["axis"], a["largest"], a["sorted"]))
+
+
+@kernel("cumsum")
+def _cumsum(net, layer, weights):
+    a = layer.attrs
+    return lambda ins: [ops.cumsum(ins[0], a["axis"], a["exclusive"], a["reverse"])]
+
+
+@kernel("transpose")
+def _transpose(net, layer, weights):
+    perm = layer.attrs["perm"]
+    return lambda ins: [np.transpose(ins[0], perm)]
+
+
+@kernel("reshape")
+def _reshape(net, layer, weights):
+    a = layer.attrs
+    if "shape" in a:
+        shape = tuple(a["shape"])
+        return lambda ins: [np.reshape(ins[0], shape)]
+
+    def body(ins):  # dynamic: ONNX semantics on the runtime shape operand
+        x = ins[0]
+        if a["mode"] == "onnx":
+            s = [int(d) for d in ins[1]]
+            s = [x.shape[i] if d == 0 and not a.get("allowzero") else d for i, d in enumerate(s)]
+            return [x.reshape(s)]
+        if a["mode"] == "flatten":
+            ax = a["axis"] % x.ndim if a["axis"] != x.ndim else x.ndim
+            return [x.reshape(int(np.prod(x.shape[:ax])), -1)]
+        axes = a.get("axes") if len(ins) < 2 else [int(v) for v in ins[1]]
+        if a["mode"] == "squeeze":
+            return [np.squeeze(x, axis=None if axes is None else tuple(axes))]
+        return [np.expand_dims(x, tuple(axes))]
+    return body
+
+
+@kernel("concat")
+def _concat(net, layer, weights):
+    ax = layer.attrs["axis"]
+    return lambda ins: [np.concatenate(ins, axis=ax)]
+
+
+@kernel("split")
+def _split(net, layer, weights):
+    ax, sizes = layer.attrs["axis"], layer.attrs["sizes"]
+    cuts = list(np.cumsum(sizes)[:-1])
+    return lambda ins: np.split(ins[0], cuts, axis=ax)
+
+
+@kernel("slice")
+def _slice(net, layer, weights):
+    if "slices" in layer.attrs:
+        sl = tuple(slice(*s) for s in layer.attrs["slices"])
+        return lambda ins: [ins[0][sl]]
+
+    def body(ins):  # dynamic input shape: python slices clamp exactly as ONNX Slice does
+        x, starts, ends = ins[0], ins[1], ins[2]
+        axes = ins[3] if len(ins) > 3 and ins[3] is not None else range(len(starts))
+        steps = ins[4] if len(ins) > 4 and ins[4] is not None else [1] * len(starts)
+        sl = [slice(None)] * x.ndim
+        for ax, st, en, sp in zip(axes, starts, ends, steps):
+            sl[int(ax)] = slice(int(st), int(en), int(sp))
+        return [x[tuple(sl)]]
+    return body
+
+
+@kernel("pad")
+def _pad(net, layer, weights):
+    a = layer.attrs
+    r = len(a["pads"]) // 2
+    widths = [(a["pads"][i], a["pads"][r + i]) for i in range(r)]
+    mode = a["mode"]
+
+    def body(ins):
+        x = ins[0]
+        if mode == "constant":
+            return [np.pad(x, widths, constant_values=np.asarray(a["value"]).astype(x.dtype))]
+        return [np.pad(x, widths, mode="reflect" if mode == "reflect" else "edge")]
+    return body
+
+
+@kernel("gather")
+def _gather(net, layer, weights):
+    ax = layer.attrs["axis"]
+    return lambda ins: [ops.gather(ins[0], ins[1], ax)]
+
+
+@kernel("gather_elements")
+def _gather_elements(net, layer, weights):
+    ax = layer.attrs["axis"]
+    return lambda ins: [ops.gather_elements(ins[0], ins[1], ax)]
+
+
+@kernel("gather_nd")
+def _gather_nd(net, layer, weights):
+    b = layer.attrs["batch_dims"]
+    return lambda ins: [ops.gather_nd(ins[0], ins[1], b)]
+
+
+@kernel("scatter_nd")
+def _scatter_nd(net, layer, weights):
+    red = layer.attrs["reduction"]
+    return lambda ins: [ops.scatter_nd(ins[0], ins[1], ins[2], red)]
+
+
+@kernel("expand")
+def _expand(net, layer, weights):
+    if "shape" in layer.attrs:
+        shape = tuple(layer.attrs["shape"])
+        return lambda ins: [np.broadcast_to(ins[0], shape)]
+    return lambda ins: [ins[0] * np.ones([int(d) for d in ins[1]], ins[0].dtype)]
+
+
+@kernel("tile")
+def _tile(net, layer, weights):
+    if "repeats" in layer.attrs:
+        reps = layer.attrs["repeats"]
+        return lambda ins: [np.tile(ins[0], reps)]
+    return lambda ins: [np.tile(ins[0], [int(r) for r in ins[1]])]
+
+
+@kernel("shape")
+def _shape(net, layer, weights):
+    from tftrt.engine.shapes import shape_slice
+    return lambda ins: [np.array(ins[0].shape[shape_slice(layer, ins[0].ndim)], np.int64)]
+
+
+@kernel("size")
+def _size(net, layer, weights):
+    return lambda ins: [np.array(ins[0].size, np.int64)]
+
+
+@kernel("constant_of_shape")
+def _constant_of_shape(net, layer, weights):
+    a = layer.attrs
+    return lambda ins: [np.full([int(d) for d in ins[0]], a["value"], a["dtype"])]
+
+
+@kernel("range")
+def _range(net, layer, weights):
+    return lambda ins: [ops.range_(*ins)]
+
+
+@kernel("onehot")
+def _onehot(net, layer, weights):
+    ax = layer.attrs["axis"]
+    return lambda ins: [ops.onehot(ins[0], int(np.asarray(ins[1]).reshape(-1)[0]),
+                                   np.asarray(ins[2]), ax)]
+
+
+@kernel("depth_to_space")
+def _d2s(net, layer, weights):
+    a = layer.attrs
+    return lambda ins: [ops.depth_to_space(ins[0], a["blocksize"], a["mode"])]
+
+
+@kernel("space_to_depth")
+def _s2d(net, layer, weights):
+    b = layer.attrs["blocksize"]
+    return lambda ins: [ops.space_to_depth(ins[0], b)]
+
+
+@kernel("resize")
+def _resize(net, layer, weights):
+    if "sizes" not in layer.attrs:
+        raise EngineBuildError(f"Resize {layer.name}: scales/sizes must be constant")
+    return lambda ins: [ops.resize(ins[0], layer.attrs)]
+
+
+@kernel("nms")
+def _nms(net, layer, weights):
+    cpb = layer.attrs["center_point_box"]
+
+    def body(ins):
+        ins = ins + [None] * (5 - len(ins))
+        return [ops.nms(ins[0], ins[1], ins[2], ins[3], ins[4], cpb)]
+    return body
+
+
+@kernel("quantize")
+def _quantize(net, layer, weights):
+    a = layer.attrs
+    return lambda ins: [ops.quantize(ins[0], ins[1], ins[2] if len(ins) > 2 else None,
+                                     a["axis"], a["dtype"])]
+
+
+@kernel("dequantize")
+def _dequantize(net, layer, weights):
+    ax = layer.attrs["axis"]
+    return lambda ins: [ops.dequantize(ins[0], ins[1], ins[2] if len(ins) > 2 else None, ax)]

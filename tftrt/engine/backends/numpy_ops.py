@@ -1,0 +1,578 @@
+"""Numpy kernels of the reference backend: pointwise ops, conv, pooling, resize, NMS, ...
+
+Every function takes and returns numpy arrays and follows the layer semantics documented in
+network.py (ONNX opset 17 on the axes given; conv/pool/depth-space in NHWC). Float math runs
+in float32 (float16 inputs are upcast by the caller), accumulation in BLAS sgemm.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import List, Sequence
+
+import numpy as np
+
+
+# --- pointwise ----------------------------------------------------------------------------------
+def erf(x: np.ndarray) -> np.ndarray:
+    """erf in float64 without scipy: Taylor series below 0.5, Numerical Recipes' erfc
+    Chebyshev fit (relative error < 1.2e-7) above."""
+    x = np.asarray(x, np.float64)
+    z = np.abs(x)
+    t = 1.0 / (1.0 + 0.5 * z)
+    poly = (-1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (
+        -0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (
+            -0.82215223 + t * 0.17087277)))))))))
+    big = 1.0 - t * np.exp(-z * z + poly)
+    x2 = x * x
+    term, small = x.copy(), x.copy()
+    for n in range(1, 12):
+        term = -term * x2 / n
+        small = small + term / (2 * n + 1)
+    small *= 2.0 / math.sqrt(math.pi)
+    return np.where(z < 0.5, small, np.sign(x) * big)
+
+
+def _int_div(a, b):
+    # ONNX integer Div truncates toward zero (C semantics); numpy floor-divides.
+    q = np.abs(a) // np.where(b == 0, 1, np.abs(b))
+    return np.where((a < 0) != (b < 0), -q, q).astype(np.result_type(a, b))
+
+
+def _pow(a, b):
+    a_arr = np.asarray(a)
+    if a_arr.dtype.kind in "iu":
+        return np.power(a_arr.astype(np.float64), np.asarray(b, np.float64)).astype(a_arr.dtype)
+    return np.power(a_arr, np.asarray(b).astype(a_arr.dtype, copy=False))
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _elu(x, alpha):
+    return np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0)))
+
+
+def _clip(x, lo, hi):
+    if lo is not None:
+        x = np.maximum(x, np.asarray(lo).astype(x.dtype))
+    if hi is not None:
+        x = np.minimum(x, np.asarray(hi).astype(x.dtype))
+    return x
+
+
+def _gelu(x, approximate="none"):
+    if approximate == "tanh":
+        return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+    return (0.5 * x * (1 + erf(x / math.sqrt(2)))).astype(x.dtype)
+
+
+PW = {
+    "identity": lambda s, x: x,
+    "neg": lambda s, x: -x,
+    "abs": lambda s, x: np.abs(x),
+    "exp": lambda s, x: np.exp(x),
+    "log": lambda s, x: np.log(x),
+    "sqrt": lambda s, x: np.sqrt(x),
+    "reciprocal": lambda s, x: 1 / x,
+    "floor": lambda s, x: np.floor(x),
+    "ceil": lambda s, x: np.ceil(x),
+    "round": lambda s, x: np.round(x),  # half to even, as ONNX Round
+    "sign": lambda s, x: np.sign(x),
+    "sin": lambda s, x: np.sin(x), "cos": lambda s, x: np.cos(x), "tan": lambda s, x: np.tan(x),
+    "asin": lambda s, x: np.arcsin(x), "acos": lambda s, x: np.arccos(x),
+    "atan": lambda s, x: np.arctan(x), "sinh": lambda s, x: np.sinh(x),
+    "cosh": lambda s, x: np.cosh(x), "asinh": lambda s, x: np.arcsinh(x),
+    "acosh": lambda s, x: np.arccosh(x), "atanh": lambda s, x: np.arctanh(x),
+    "erf": lambda s, x: erf(x).astype(x.dtype),
+    "relu": lambda s, x: np.maximum(x, 0),
+    "leaky_relu": lambda s, x: np.where(x >= 0, x, x * s["alpha"]),
+    "elu": lambda s, x: _elu(x, s["alpha"]),
+    "selu": lambda s, x: s["gamma"] * _elu(x, s["alpha"]),
+    "sigmoid": lambda s, x: _sigmoid(x),
+    "hard_sigmoid": lambda s, x: np.clip(s["alpha"] * x + s["beta"], 0, 1),
+    "tanh": lambda s, x: np.tanh(x),
+    "softplus": lambda s, x: np.logaddexp(0, x),
+    "softsign": lambda s, x: x / (1 + np.abs(x)),
+    "gelu": lambda s, x: _gelu(x, s.get("approximate", "none")),
+    "silu": lambda s, x: x * _sigmoid(x),
+    "not": lambda s, x: np.logical_not(x),
+    "isnan": lambda s, x: np.isnan(x),
+    "isinf": lambda s, x: np.isinf(x),
+    "cast": lambda s, x: np.asarray(x).astype(s["to"]),
+    "add": lambda s, a, b: a + b,
+    "sub": lambda s, a, b: a - b,
+    "mul": lambda s, a, b: a * b,
+    "div": lambda s, a, b: _int_div(a, b) if np.asarray(a).dtype.kind in "iu" and
+    np.asarray(b).dtype.kind in "iu" else a / b,
+    "pow": lambda s, a, b: _pow(a, b),
+    "max": lambda s, a, b: np.maximum(a, b),
+    "min": lambda s, a, b: np.minimum(a, b),
+    "mod": lambda s, a, b: np.fmod(a, b) if s.get("fmod") else np.mod(a, b),
+    "equal": lambda s, a, b: np.equal(a, b),
+    "less": lambda s, a, b: np.less(a, b),
+    "less_equal": lambda s, a, b: np.less_equal(a, b),
+    "greater": lambda s, a, b: np.greater(a, b),
+    "greater_equal": lambda s, a, b: np.greater_equal(a, b),
+    "and": lambda s, a, b: np.logical_and(a, b),
+    "or": lambda s, a, b: np.logical_or(a, b),
+    "xor": lambda s, a, b: np.logical_xor(a, b),
+    "prelu": lambda s, x, slope: np.where(x < 0, x * slope, x),
+    "where": lambda s, c, a, b: np.where(c, a, b),
+    "clip": lambda s, x, lo, hi: _clip(x, lo, hi),
+}
+
+
+def compute_dtype(dtype: str) -> np.dtype:
+    """fp16 values are computed in fp32 (the GPU kernels do the same)."""
+    return np.dtype(np.float32) if dtype == "float16" else np.dtype(dtype)
+
+
+def run_program(program: List[dict], inputs: Sequence[np.ndarray]) -> np.ndarray:
+    vals: List[np.ndarray] = []
+    for st in program:
+        args = []
+        for a in st["args"]:
+            if isinstance(a, str) and a[:1] == "$":
+                args.append(inputs[int(a[1:])])
+            elif isinstance(a, str) and a[:1] == "%":
+                args.append(vals[int(a[1:])])
+            else:
+                args.append(a)
+        r = np.asarray(PW[st["op"]](st, *args))
+        cd = compute_dtype(st["dtype"]) if st.get("dtype") else r.dtype
+        vals.append(r.astype(cd, copy=False))
+    return vals[-1]
+
+
+def apply_activation(y: np.ndarray, e: dict) -> np.ndarray:
+    fn = e["fn"]
+    if fn == "clip":
+        return _clip(y, e.get("min"), e.get("max"))
+    return PW[fn](e, y)
+
+
+# --- convolution --------------------------------------------------------------------------------
+def _pad_spatial(x, pads, value=0.0, extra_end=None):
+    nsp = x.ndim - 2
+    extra_end = extra_end or [0] * nsp
+    widths = [(0, 0)] + [(pads[i], pads[nsp + i] + extra_end[i]) for i in range(nsp)] + [(0, 0)]
+    if not any(a or b for a, b in widths):
+        return x
+    return np.pad(x, widths, constant_values=value)
+
+
+def _window_slices(kpos, dil, strides, out_sp):
+    return (slice(None),) + tuple(
+        slice(k * d, k * d + (o - 1) * s + 1, s) for k, d, s, o in zip(kpos, dil, strides, out_sp)
+    ) + (slice(None),)
+
+
+def conv_out_spatial(x_sp, k, strides, dil, pads):
+    nsp = len(x_sp)
+    return [(x_sp[i] + pads[i] + pads[nsp + i] - ((k[i] - 1) * dil[i] + 1)) // strides[i] + 1
+            for i in range(nsp)]
+
+
+def im2col(xp: np.ndarray, k, strides, dil, out_sp) -> np.ndarray:
+    """Padded NHWC x -> [N, *out, prod(K), C] patches (kernel positions in row-major order)."""
+    n, c = xp.shape[0], xp.shape[-1]
+    cols = np.empty((n, *out_sp, int(np.prod(k)), c), xp.dtype)
+    for p, kpos in enumerate(itertools.product(*[range(kk) for kk in k])):
+        cols[..., p, :] = xp[_window_slices(kpos, dil, strides, out_sp)]
+    return cols
+
+
+def conv_im2col(x, wmat, k, strides, dil, pads, group, cout):
+    """Conv as one GEMM per group. wmat: [G, prod(K)*Cin/G, Cout/G] (prepared from KRSC)."""
+    out_sp = conv_out_spatial(x.shape[1:-1], k, strides, dil, pads)
+    cols = im2col(_pad_spatial(x, pads), k, strides, dil, out_sp)
+    n, p, cin = x.shape[0], cols.shape[-2], x.shape[-1]
+    m = n * int(np.prod(out_sp))
+    if group == 1:
+        y = cols.reshape(m, p * cin) @ wmat[0]
+    else:
+        cg = cin // group
+        cols = cols.reshape(m, p, group, cg).transpose(2, 0, 1, 3).reshape(group, m, p * cg)
+        y = np.matmul(cols, wmat).transpose(1, 0, 2).reshape(m, cout)
+    return y.reshape(n, *out_sp, cout)
+
+
+def conv_1x1(x, wmat, strides, pads):
+    """1x1 conv: (strided) slice then one GEMM. wmat: [Cin, Cout]."""
+    x = _pad_spatial(x, pads)
+    if any(s != 1 for s in strides):
+        x = x[(slice(None),) + tuple(slice(None, None, s) for s in strides) + (slice(None),)]
+    return (x.reshape(-1, x.shape[-1]) @ wmat).reshape(*x.shape[:-1], wmat.shape[-1])
+
+
+def conv_depthwise(x, wdw, k, strides, dil, pads):
+    """Depthwise conv (group == Cin): multiply-accumulate per kernel position.
+    wdw: [prod(K), C, mult]; output channel c*mult + j as in ONNX grouped conv."""
+    out_sp = conv_out_spatial(x.shape[1:-1], k, strides, dil, pads)
+    xp = _pad_spatial(x, pads)
+    c, mult = wdw.shape[1], wdw.shape[2]
+    acc = np.zeros((x.shape[0], *out_sp, c, mult), np.float32)
+    for p, kpos in enumerate(itertools.product(*[range(kk) for kk in k])):
+        acc += xp[_window_slices(kpos, dil, strides, out_sp)][..., None] * wdw[p]
+    return acc.reshape(x.shape[0], *out_sp, c * mult)
+
+
+def conv_transpose(x, w, strides, dil, pads, out_pad, group):
+    """NHWC transposed conv: GEMM to per-tap contributions, then strided scatter-add.
+    w: [Cin, *K, Cout/G]."""
+    nsp = x.ndim - 2
+    k = w.shape[1:-1]
+    n, sp, cin = x.shape[0], x.shape[1:-1], x.shape[-1]
+    coutg = w.shape[-1]
+    full = [strides[i] * (sp[i] - 1) + (k[i] - 1) * dil[i] + 1 + out_pad[i] for i in range(nsp)]
+    y = np.zeros((n, *full, coutg * group), np.float32)
+    cg = cin // group
+    ntap = int(np.prod(k))
+    for g in range(group):
+        xg = x[..., g * cg:(g + 1) * cg].reshape(-1, cg)
+        wg = w[g * cg:(g + 1) * cg].reshape(cg, ntap * coutg)
+        taps = (xg @ wg).reshape(n, *sp, ntap, coutg)
+        for p, kpos in enumerate(itertools.product(*[range(kk) for kk in k])):
+            sl = (slice(None),) + tuple(slice(kp * d, kp * d + (s_ - 1) * st + 1, st)
+                                        for kp, d, st, s_ in zip(kpos, dil, strides, sp))
+            y[sl + (slice(g * coutg, (g + 1) * coutg),)] += taps[..., p, :]
+    crop = (slice(None),) + tuple(slice(pads[i], full[i] - pads[nsp + i]) for i in range(nsp))
+    return y[crop + (slice(None),)]
+
+
+# --- pooling ------------------------------------------------------------------------------------
+def pool(x, mode, kernel, strides, dil, pads, ceil_mode, count_include_pad, out_sp):
+    nsp = x.ndim - 2
+    sp = x.shape[1:-1]
+    # ceil_mode can make the last window run past the explicit end pad: pad that extra
+    # region too, but never count it in an average (as onnxruntime and cuDNN do).
+    extra = [max(0, (out_sp[i] - 1) * strides[i] + (kernel[i] - 1) * dil[i] + 1
+                 - (sp[i] + pads[i] + pads[nsp + i])) for i in range(nsp)]
+    if mode == "max":
+        fill = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
+        xp = _pad_spatial(x, pads, fill, extra)
+        acc = None
+        for kpos in itertools.product(*[range(kk) for kk in kernel]):
+            v = xp[_window_slices(kpos, dil, strides, out_sp)]
+            acc = v.copy() if acc is None else np.maximum(acc, v, out=acc)
+        return acc
+    xp = _pad_spatial(x.astype(np.float32, copy=False), pads, 0.0, extra)
+    if count_include_pad:
+        mask = _pad_spatial(np.ones((1, *[sp[i] + pads[i] + pads[nsp + i] for i in range(nsp)],
+                                     1), np.float32), [0] * (2 * nsp), 0.0, extra)
+    else:
+        mask = _pad_spatial(np.ones((1, *sp, 1), np.float32), pads, 0.0, extra)
+    acc = np.zeros((x.shape[0], *out_sp, x.shape[-1]), np.float32)
+    cnt = np.zeros((1, *out_sp, 1), np.float32)
+    for kpos in itertools.product(*[range(kk) for kk in kernel]):
+        sl = _window_slices(kpos, dil, strides, out_sp)
+        acc += xp[sl]
+        cnt += mask[sl]
+    return acc / np.maximum(cnt, 1)
+
+
+# --- reductions ---------------------------------------------------------------------------------
+def reduce(x, op, axes, keepdims):
+    if not axes:
+        return x
+    ax = tuple(axes)
+    kd = bool(keepdims)
+    if op == "sum":
+        return np.sum(x, axis=ax, keepdims=kd)
+    if op == "mean":
+        return np.mean(x, axis=ax, keepdims=kd)
+    if op == "max":
+        return np.max(x, axis=ax, keepdims=kd)
+    if op == "min":
+        return np.min(x, axis=ax, keepdims=kd)
+    if op == "prod":
+        return np.prod(x, axis=ax, keepdims=kd)
+    if op == "l1":
+        return np.sum(np.abs(x), axis=ax, keepdims=kd)
+    if op == "l2":
+        return np.sqrt(np.sum(np.square(x), axis=ax, keepdims=kd))
+    if op == "sum_square":
+        return np.sum(np.square(x), axis=ax, keepdims=kd)
+    if op == "log_sum":
+        return np.log(np.sum(x, axis=ax, keepdims=kd))
+    if op == "log_sum_exp":
+        m = np.max(x, axis=ax, keepdims=True)
+        m = np.where(np.isfinite(m), m, 0)
+        r = np.log(np.sum(np.exp(x - m), axis=ax, keepdims=True)) + m
+        return r if kd else np.squeeze(r, axis=ax)
+    raise ValueError(f"unknown reduce op {op}")
+
+
+def arg_reduce(x, op, axis, keepdims, select_last_index):
+    f = np.argmax if op == "max" else np.argmin
+    if select_last_index:
+        idx = x.shape[axis] - 1 - f(np.flip(x, axis), axis=axis)
+    else:
+        idx = f(x, axis=axis)
+    idx = idx.astype(np.int64)
+    return np.expand_dims(idx, axis) if keepdims else idx
+
+
+def softmax(x, axis, log):
+    m = np.max(x, axis=axis, keepdims=True)
+    e = x - m
+    s = np.sum(np.exp(e), axis=axis, keepdims=True)
+    return e - np.log(s) if log else np.exp(e) / s
+
+
+def normalization(x, scale, bias, axes, eps):
+    ax = tuple(axes)
+    mean = np.mean(x, axis=ax, keepdims=True)
+    d = x - mean
+    inv = 1.0 / np.sqrt(np.mean(d * d, axis=ax, keepdims=True) + np.float32(eps))
+    y = d * inv
+    if scale is not None:
+        y = y * scale
+    if bias is not None:
+        y = y + bias
+    return y, mean, inv
+
+
+def topk(x, k, axis, largest, sorted_):
+    key = x.astype(np.int64) if x.dtype.kind == "u" else x
+    order = np.argsort(-key if largest else key, axis=axis, kind="stable")
+    idx = np.take(order, np.arange(k), axis=axis)
+    return np.take_along_axis(x, idx, axis=axis), idx.astype(np.int64)
+
+
+def cumsum(x, axis, exclusive, reverse):
+    if reverse:
+        x = np.flip(x, axis)
+    y = np.cumsum(x, axis=axis, dtype=x.dtype)
+    if exclusive:
+        y = np.concatenate([np.zeros_like(np.take(y, [0], axis=axis)),
+                            np.take(y, np.arange(x.shape[axis] - 1), axis=axis)], axis=axis)
+    return np.flip(y, axis) if reverse else y
+
+
+# --- indexing -----------------------------------------------------------------------------------
+def _wrap(idx, dim):
+    idx = np.asarray(idx).astype(np.int64)
+    return np.where(idx < 0, idx + dim, idx)
+
+
+def gather(x, idx, axis):
+    return np.take(x, _wrap(idx, x.shape[axis]), axis=axis)
+
+
+def gather_elements(x, idx, axis):
+    # indices may be smaller than x on the other axes: index with open grids of idx's shape.
+    grid = list(np.ogrid[tuple(slice(0, s) for s in np.shape(idx))])
+    grid[axis] = _wrap(idx, x.shape[axis])
+    return x[tuple(grid)]
+
+
+def gather_nd(x, idx, batch_dims):
+    idx = np.asarray(idx).astype(np.int64)
+    b = batch_dims
+    m = idx.shape[-1]
+    bshape = x.shape[:b]
+    nb = int(np.prod(bshape, dtype=np.int64))
+    xb = x.reshape((nb,) + x.shape[b:])
+    ib = idx.reshape((nb, -1, m))
+    out = []
+    for i in range(nb):
+        ii = _wrap(ib[i], np.array(x.shape[b:b + m]))
+        out.append(xb[i][tuple(ii.T)])
+    res = np.stack(out) if out else np.zeros((0,), x.dtype)
+    return res.reshape(idx.shape[:-1] + x.shape[b + m:])
+
+
+def scatter_nd(data, idx, updates, reduction):
+    out = np.array(data, copy=True)
+    idx = np.asarray(idx).astype(np.int64)
+    k = idx.shape[-1]
+    flat_idx = _wrap(idx.reshape(-1, k), np.array(data.shape[:k]))
+    upd = updates.reshape((-1,) + data.shape[k:])
+    key = tuple(flat_idx.T)
+    if reduction == "none":
+        for i in range(flat_idx.shape[0]):
+            out[tuple(flat_idx[i])] = upd[i]
+    else:
+        ufunc = {"add": np.add, "mul": np.multiply, "max": np.maximum, "min": np.minimum}[
+            reduction]
+        ufunc.at(out, key, upd)
+    return out
+
+
+def onehot(idx, depth, values, axis):
+    idx = _wrap(idx, depth)
+    hot = idx[..., None] == np.arange(depth)
+    y = np.where(hot, values[1], values[0]).astype(values.dtype)
+    return np.moveaxis(y, -1, axis)
+
+
+def depth_to_space(x, b, mode):
+    n, h, w, c = x.shape
+    cc = c // (b * b)
+    if mode == "DCR":  # channel = (b1 * b + b2) * C' + c
+        y = x.reshape(n, h, w, b, b, cc).transpose(0, 1, 3, 2, 4, 5)
+    else:  # CRD: channel = c * b * b + b1 * b + b2
+        y = x.reshape(n, h, w, cc, b, b).transpose(0, 1, 4, 2, 5, 3)
+    return y.reshape(n, h * b, w * b, cc)
+
+
+def space_to_depth(x, b):
+    n, h, w, c = x.shape
+    y = x.reshape(n, h // b, b, w // b, b, c).transpose(0, 1, 3, 2, 4, 5)
+    return y.reshape(n, h // b, w // b, b * b * c)
+
+
+def range_(start, limit, delta):
+    s, l, d = (np.asarray(v).reshape(()) for v in (start, limit, delta))
+    n = max(int(math.ceil((l.item() - s.item()) / d.item())), 0)
+    return (s + np.arange(n).astype(s.dtype) * d).astype(s.dtype)
+
+
+# --- resize -------------------------------------------------------------------------------------
+def _resize_coords(o, in_len, out_len, scale, mode, roi_s, roi_e):
+    o = o.astype(np.float64)
+    if mode == "half_pixel":
+        return (o + 0.5) / scale - 0.5
+    if mode == "pytorch_half_pixel":
+        return (o + 0.5) / scale - 0.5 if out_len > 1 else np.zeros_like(o)
+    if mode == "align_corners":
+        return o * (in_len - 1) / (out_len - 1) if out_len > 1 else np.zeros_like(o)
+    if mode == "asymmetric":
+        return o / scale
+    if mode == "tf_half_pixel_for_nn":
+        return (o + 0.5) / scale
+    if mode == "tf_crop_and_resize":
+        if out_len > 1:
+            return roi_s * (in_len - 1) + o * (roi_e - roi_s) * (in_len - 1) / (out_len - 1)
+        return np.full_like(o, 0.5 * (roi_s + roi_e) * (in_len - 1))
+    raise ValueError(f"Resize coordinate_transformation_mode {mode} is not supported")
+
+
+def _cubic_weights(t, a):
+    # Keys cubic convolution kernel for taps at offsets -1, 0, 1, 2.
+    def k(d):
+        d = np.abs(d)
+        return np.where(d <= 1, ((a + 2) * d - (a + 3)) * d * d + 1,
+                        np.where(d < 2, ((a * d - 5 * a) * d + 8 * a) * d - 4 * a, 0.0))
+    return [k(t + 1), k(t), k(1 - t), k(2 - t)]
+
+
+def resize(x, a):
+    y = x.astype(np.float32, copy=False) if x.dtype.kind == "f" else x
+    r = x.ndim
+    roi = a["roi"]
+    ctm = a["coordinate_transformation_mode"]
+    for ax in range(r):
+        in_len, out_len, scale = x.shape[ax], a["sizes"][ax], a["scales"][ax]
+        if in_len == out_len and scale == 1.0 and ctm != "tf_crop_and_resize":
+            continue
+        xo = _resize_coords(np.arange(out_len), in_len, out_len, scale, ctm, roi[ax],
+                            roi[r + ax])
+        outside = (xo < 0) | (xo > in_len - 1) if ctm == "tf_crop_and_resize" else None
+        bshape = [1] * r
+        bshape[ax] = out_len
+        if a["mode"] == "nearest":
+            nm = a["nearest_mode"]
+            if nm == "round_prefer_floor":
+                i = np.ceil(xo - 0.5)
+            elif nm == "round_prefer_ceil":
+                i = np.floor(xo + 0.5)
+            elif nm == "floor":
+                i = np.floor(xo)
+            else:
+                i = np.ceil(xo)
+            y = np.take(y, np.clip(i, 0, in_len - 1).astype(np.int64), axis=ax)
+        elif a["mode"] == "linear":
+            xc = xo if ctm == "tf_crop_and_resize" else np.clip(xo, 0, in_len - 1)
+            i0 = np.floor(xc)
+            t = (xc - i0).reshape(bshape).astype(np.float32)
+            i0 = np.clip(i0, 0, in_len - 1).astype(np.int64)
+            i1 = np.clip(i0 + 1, 0, in_len - 1)
+            y = np.take(y, i0, axis=ax) * (1 - t) + np.take(y, i1, axis=ax) * t
+        else:  # cubic
+            i0 = np.floor(xo)
+            t = xo - i0
+            ws = _cubic_weights(t, a["cubic_coeff_a"])
+            idx = [i0.astype(np.int64) + d for d in (-1, 0, 1, 2)]
+            if a["exclude_outside"]:
+                ws = [np.where((i < 0) | (i > in_len - 1), 0.0, w) for i, w in zip(idx, ws)]
+                tot = sum(ws)
+                ws = [w / tot for w in ws]
+            acc = 0
+            for i, w in zip(idx, ws):
+                acc = acc + np.take(y, np.clip(i, 0, in_len - 1), axis=ax) * \
+                    w.reshape(bshape).astype(np.float32)
+            y = acc
+        if outside is not None and outside.any():
+            y = np.where(outside.reshape(bshape), np.float32(a["extrapolation_value"]), y)
+    return y
+
+
+# --- NMS ----------------------------------------------------------------------------------------
+def nms(boxes, scores, max_out, iou_thr, score_thr, center_point_box):
+    max_out = 0 if max_out is None else int(np.asarray(max_out).reshape(-1)[0])
+    iou_thr = 0.0 if iou_thr is None else float(np.asarray(iou_thr).reshape(-1)[0])
+    score_thr = None if score_thr is None else float(np.asarray(score_thr).reshape(-1)[0])
+    b = boxes.astype(np.float32)
+    if center_point_box:
+        xc, yc, w, h = b[..., 0], b[..., 1], b[..., 2], b[..., 3]
+        y1, x1, y2, x2 = yc - h / 2, xc - w / 2, yc + h / 2, xc + w / 2
+    else:
+        y1 = np.minimum(b[..., 0], b[..., 2])
+        y2 = np.maximum(b[..., 0], b[..., 2])
+        x1 = np.minimum(b[..., 1], b[..., 3])
+        x2 = np.maximum(b[..., 1], b[..., 3])
+    area = (y2 - y1) * (x2 - x1)
+    out = []
+    for bi in range(scores.shape[0]):
+        for ci in range(scores.shape[1]):
+            s = scores[bi, ci]
+            cand = np.arange(s.shape[0])
+            if score_thr is not None:
+                cand = cand[s[cand] > score_thr]
+            cand = cand[np.argsort(-s[cand], kind="stable")]
+            keep: List[int] = []
+            for i in cand:
+                if len(keep) >= max_out:
+                    break
+                ok = True
+                for j in keep:
+                    iy1, ix1 = max(y1[bi, i], y1[bi, j]), max(x1[bi, i], x1[bi, j])
+                    iy2, ix2 = min(y2[bi, i], y2[bi, j]), min(x2[bi, i], x2[bi, j])
+                    inter = max(iy2 - iy1, 0) * max(ix2 - ix1, 0)
+                    union = area[bi, i] + area[bi, j] - inter
+                    if union > 0 and inter / union > iou_thr:
+                        ok = False
+                        break
+                if ok:
+                    keep.append(int(i))
+            out += [[bi, ci, k] for k in keep]
+    return np.array(out, np.int64).reshape(-1, 3)
+
+
+# --- quantization -------------------------------------------------------------------------------
+def _per_axis(v, axis, rank):
+    v = np.asarray(v)
+    if v.ndim == 1 and v.size > 1:
+        shape = [1] * rank
+        shape[axis] = v.size
+        return v.reshape(shape)
+    return v
+
+
+def quantize(x, scale, zp, axis, dtype):
+    info = np.iinfo(np.dtype(dtype))
+    s = _per_axis(scale, axis, x.ndim).astype(np.float32)
+    z = 0 if zp is None else _per_axis(zp, axis, x.ndim).astype(np.float32)
+    q = np.rint(x.astype(np.float32) / s) + z  # round half to even, then saturate
+    return np.clip(q, info.min, info.max).astype(dtype)
+
+
+def dequantize(x, scale, zp, axis):
+    s = _per_axis(scale, axis, x.ndim)
+    z = 0 if zp is None else _per_axis(zp, axis, x.ndim).astype(np.int32)
+    return ((x.astype(np.int32) - z).astype(np.float32) * s).astype(s.dtype)

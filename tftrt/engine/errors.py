@@ -1,0 +1,15 @@
+"""Errors raised by the engine. Messages say what was wrong (with the value) and what to do."""
+
+
+class EngineBuildError(Exception):
+    """The network cannot be turned into an engine (unsupported op, shape, precision, memory).
+
+    The caller (TRTEngineOp) falls back to the native TensorFlow segment and logs the message.
+    """
+
+
+class PlanError(Exception):
+    """A serialized plan cannot be loaded here (corrupt, other format version, other device).
+
+    The caller rebuilds the engine from the segment network.
+    """

@@ -1,0 +1,122 @@
+"""Activation memory: tensor lifetimes -> offsets in one arena (dynamic tensor memory).
+
+Every static tensor produced by a layer, other than the network outputs (handed to the caller,
+so allocated per execution), gets a byte range in one arena. Two tensors may share bytes only
+when their lifetimes [producer, last consumer] do not overlap. Placement is greedy best-fit:
+tensors in decreasing size, each into the smallest free gap among the tensors live at the same
+time, else on top. Offsets are aligned to 256 bytes (cuDNN/cuBLASLt alignment).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, List, Optional, Tuple
+
+from tftrt.engine.errors import EngineBuildError
+from tftrt.engine.network import Network
+
+ALIGNMENT = 256
+
+
+def _align(n: int) -> int:
+    return (n + ALIGNMENT - 1) // ALIGNMENT * ALIGNMENT
+
+
+@dataclasses.dataclass
+class MemoryPlan:
+    """Arena layout: per-tensor offsets/sizes/lifetimes, arena and scratch bytes."""
+
+    offsets: Dict[str, int]
+    sizes: Dict[str, int]
+    lifetimes: Dict[str, Tuple[int, int]]
+    arena_bytes: int
+    workspace_bytes: int = 0
+    dynamic: List[str] = dataclasses.field(default_factory=list)
+    output_bytes: int = 0
+
+    @property
+    def total_bytes(self) -> int:
+        """Arena + tactic scratch + the (static) network outputs of one execution."""
+        return self.arena_bytes + self.workspace_bytes + self.output_bytes
+
+    def to_json(self) -> dict:
+        return {"offsets": self.offsets, "sizes": self.sizes,
+                "lifetimes": {k: list(v) for k, v in self.lifetimes.items()},
+                "arena_bytes": self.arena_bytes, "workspace_bytes": self.workspace_bytes,
+                "dynamic": self.dynamic, "output_bytes": self.output_bytes}
+
+    @staticmethod
+    def from_json(d: dict) -> "MemoryPlan":
+        return MemoryPlan(dict(d["offsets"]), dict(d["sizes"]),
+                          {k: tuple(v) for k, v in d["lifetimes"].items()}, d["arena_bytes"],
+                          d.get("workspace_bytes", 0), list(d.get("dynamic", [])),
+                          d.get("output_bytes", 0))
+
+
+def tensor_lifetimes(net: Network) -> Dict[str, Tuple[int, int]]:
+    """[first, last] layer index for every tensor produced by a layer."""
+    life: Dict[str, List[int]] = {}
+    for k, layer in enumerate(net.layers):
+        for o in layer.outputs:
+            life[o] = [k, k]
+        for i in layer.inputs:
+            if i in life:
+                life[i][1] = k
+    end = len(net.layers)
+    for o in net.outputs:
+        if o in life:
+            life[o][1] = end
+    return {k: (v[0], v[1]) for k, v in life.items()}
+
+
+def plan_memory(net: Network, workspace_bytes: int = 0,
+                max_workspace_size_bytes: Optional[int] = None) -> MemoryPlan:
+    """Places the network's intermediate tensors in one arena.
+
+    Args:
+      net: a network with inferred shapes (after passes and precision).
+      workspace_bytes: scratch the chosen tactics need (the largest one; layers run in turn).
+      max_workspace_size_bytes: limit on arena + scratch + outputs; None for no limit.
+    Raises:
+      EngineBuildError: the plan needs more than ``max_workspace_size_bytes``.
+    """
+    life = tensor_lifetimes(net)
+    outputs = set(net.outputs)
+    sizes, dynamic = {}, []
+    for name in life:
+        if name in outputs or not name:
+            continue
+        info = net.tensors[name]
+        if not info.is_static or info.dtype is None:
+            dynamic.append(name)
+            continue
+        sizes[name] = _align(max(info.nbytes(), 1))
+    order = sorted(sizes, key=lambda n: (-sizes[n], life[n][0], n))
+    placed: List[Tuple[int, int, int, int]] = []  # (offset, end, first, last)
+    offsets: Dict[str, int] = {}
+    top = 0
+    for name in order:
+        size, (first, last) = sizes[name], life[name]
+        busy = sorted((o, e) for o, e, f, l in placed if not (l < first or f > last))
+        best, best_gap, cursor = None, None, 0
+        for o, e in busy:
+            gap = o - cursor
+            if gap >= size and (best_gap is None or gap < best_gap):
+                best, best_gap = cursor, gap
+            cursor = max(cursor, e)
+        off = best if best is not None else cursor
+        offsets[name] = off
+        placed.append((off, off + size, first, last))
+        top = max(top, off + size)
+    out_bytes = sum(_align(net.tensors[o].nbytes()) for o in set(net.outputs)
+                    if net.tensors[o].is_static and o not in net.inputs)
+    plan = MemoryPlan(offsets, sizes, {k: life[k] for k in sizes}, top, int(workspace_bytes),
+                      dynamic, out_bytes)
+    if max_workspace_size_bytes is not None and plan.total_bytes > max_workspace_size_bytes:
+        raise EngineBuildError(
+            f"the engine needs {plan.total_bytes} bytes of device memory ({plan.arena_bytes} for "
+            f"activations + {plan.workspace_bytes} tactic scratch + {plan.output_bytes} for "
+            f"outputs) but max_workspace_size_bytes "
+            f"is {max_workspace_size_bytes}; raise max_workspace_size_bytes or build for smaller "
+            f"input shapes (batch size)")
+    return plan

@@ -1,0 +1,48 @@
+"""Optimization passes: named pure functions ``Network -> Network``, run in ``PASSES`` order.
+
+Each pass takes a network whose shapes are inferred (``shapes.bind_inputs``) and returns a new
+network (the input is never modified) whose shapes are inferred too. A pass that fails is a
+bug: it is logged and skipped so that the engine still builds from the unoptimized network.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, List, Sequence
+
+from tftrt.engine.network import Network
+
+log = logging.getLogger("tftrt.engine.passes")
+
+Pass = Callable[[Network], Network]
+
+from tftrt.engine.passes.constant_folding import constant_folding  # noqa: E402
+from tftrt.engine.passes.dead_layers import remove_dead_layers  # noqa: E402
+from tftrt.engine.passes.shuffle_folding import shuffle_folding  # noqa: E402
+from tftrt.engine.passes.vertical_fusion import vertical_fusion  # noqa: E402
+from tftrt.engine.passes.elementwise_fusion import elementwise_fusion  # noqa: E402
+
+PASSES: List[Pass] = [
+    constant_folding,
+    remove_dead_layers,
+    shuffle_folding,
+    vertical_fusion,
+    elementwise_fusion,
+    vertical_fusion,  # again: fused programs such as x * sigmoid(x) are epilogue activations
+    remove_dead_layers,
+]
+
+
+def run_passes(net: Network, passes: Sequence[Pass] = None) -> Network:
+    """Runs ``passes`` (default ``PASSES``) in order; a failing pass is skipped with a warning."""
+    from tftrt.engine.shapes import infer_shapes
+    for p in PASSES if passes is None else passes:
+        try:
+            out = infer_shapes(p(net))
+        except Exception as e:  # never lose an engine to an optimization bug
+            log.warning("pass %s failed on %s and was skipped: %s: %s", p.__name__, net.name,
+                        type(e).__name__, e)
+            continue
+        net = out
+    net.uniquify_layer_names()
+    return net

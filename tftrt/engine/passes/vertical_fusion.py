@@ -1,0 +1,228 @@
+"""Vertical fusion: conv / conv_transpose / matmul + what follows -> one layer with an epilogue.
+
+For a main layer whose output has a single consumer, repeatedly absorbs that consumer when it
+is a pointwise layer whose program is a chain of steps on the main output (all or nothing),
+each of the form:
+
+* ``y * s`` / ``y / s`` with ``s`` a constant per-output-channel vector (or scalar): folded into
+  the weights (``w[o] *= s[o]``, bias too) while no activation was absorbed yet; a ``scale``
+  epilogue when the weights are not constant;
+* ``y + c`` / ``y - c`` with ``c`` a constant per-channel vector: folded into the ``bias``;
+* an activation (relu, clip/relu6, leaky_relu, sigmoid, tanh, elu, selu, hard_sigmoid,
+  softplus, softsign, gelu, silu = x*sigmoid(x)): an ``act`` epilogue (one per layer);
+* ``y + r`` with ``r`` another tensor of y's shape computed before the main layer: a residual
+  ``add`` epilogue (one per layer).
+
+Keras 3 lowers BatchNormalization after a Conv2D to Mul/Add (or Sub) by constant vectors, so
+Conv2D + BatchNorm + ReLU becomes one conv with scaled weights and a [bias, relu] epilogue.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Optional
+
+import numpy as np
+
+from tftrt.engine.network import EPILOGUE_KINDS, Layer, Network
+
+_ACTS = {"relu", "leaky_relu", "elu", "selu", "sigmoid", "hard_sigmoid", "tanh", "softplus",
+         "softsign", "gelu"}
+_ACT_PARAMS = ("alpha", "beta", "gamma", "approximate")
+
+
+def _channels(net: Network, layer: Layer) -> Optional[int]:
+    s = net.tensors[layer.outputs[0]].shape
+    return None if not s else s[-1]
+
+
+def _channel_vector(net: Network, name: str, cout: int, out_rank: int) -> Optional[np.ndarray]:
+    """The weight ``name`` as a [cout] vector when it broadcasts along the last axis only."""
+    if name not in net.weights:
+        return None
+    w = net.weights[name]
+    if w.dtype.kind != "f" or w.ndim > out_rank:
+        return None
+    if w.size == 1:
+        return np.full(cout, w.reshape(()).item(), np.float64)
+    if w.shape[-1] == cout and w.size == cout:
+        return w.reshape(cout).astype(np.float64)
+    return None
+
+
+def _chain_ops(net: Network, consumer: Layer, y: str, cout: int, out_rank: int):
+    """The consumer's program as a list of epilogue-able ops on y, or None.
+
+    Every step must read the previous step's result (y for the first) and constants only:
+    ("affine", op, [cout] vector, y_first) | ("act", entry) | ("residual", tensor name).
+    """
+    prog = consumer.attrs["program"]
+
+    def ref(a):
+        if isinstance(a, str) and a.startswith("$"):
+            return ("t", consumer.inputs[int(a[1:])])
+        if isinstance(a, str) and a.startswith("%"):
+            return ("s", int(a[1:]))
+        return ("lit", a)
+
+    cur, ops, k = ("t", y), [], 0
+    while k < len(prog):
+        st = prog[k]
+        args = [ref(a) for a in st["args"]]
+        op = st["op"]
+        if op == "sigmoid" and args == [cur] and k + 1 < len(prog) and \
+                prog[k + 1]["op"] == "mul" and \
+                sorted(map(str, [ref(a) for a in prog[k + 1]["args"]])) == \
+                sorted(map(str, [cur, ("s", k)])):
+            ops.append(("act", {"op": "act", "fn": "silu"}))
+            cur, k = ("s", k + 1), k + 2
+            continue
+        if op in _ACTS and args == [cur]:
+            ops.append(("act", {"op": "act", "fn": op,
+                                **{p: st[p] for p in _ACT_PARAMS if p in st}}))
+        elif op == "clip" and args[0] == cur and all(a[0] == "lit" for a in args[1:]):
+            ops.append(("act", {"op": "act", "fn": "clip", "min": args[1][1],
+                                "max": args[2][1]}))
+        elif op in ("add", "sub", "mul", "div") and len(args) == 2 and cur in args and \
+                args[0] != args[1]:
+            y_first = args[0] == cur
+            kind, val = args[1] if y_first else args[0]
+            if kind == "lit":
+                if val is None or isinstance(val, bool):
+                    return None
+                ops.append(("affine", op, np.full(cout, float(val)), y_first))
+            elif kind == "t":
+                vec = _channel_vector(net, val, cout, out_rank)
+                if vec is not None:
+                    ops.append(("affine", op, vec, y_first))
+                elif op == "add" and val not in net.weights:
+                    ops.append(("residual", val))
+                else:
+                    return None
+            else:
+                return None
+        else:
+            return None
+        cur, k = ("s", k), k + 1
+    return ops if cur == ("s", len(prog) - 1) else None
+
+
+def _scale_weights(net: Network, layer: Layer, s: np.ndarray) -> bool:
+    """Folds a per-output-channel scale into the main op's constant weights."""
+    k = 1
+    w_name = layer.inputs[k]
+    if w_name not in net.weights:
+        return False
+    w = net.weights[w_name].astype(np.float64)
+    if layer.kind == "conv":  # [Cout, *K, Cin/g]
+        w = w * s.reshape((-1,) + (1,) * (w.ndim - 1))
+    elif layer.kind == "conv_transpose":  # [Cin, *K, Cout/g]; out channel o = g * Cout/g + j
+        g = layer.attrs["group"]
+        cin, coutg = w.shape[0], w.shape[-1]
+        sg = s.reshape(g, 1, coutg)
+        w = (w.reshape(g, cin // g, -1, coutg) * sg[:, :, None, :]).reshape(w.shape)
+    else:  # matmul: scale the columns of b
+        if w.ndim < 2:
+            return False
+        if layer.attrs.get("transpose_b"):
+            w = w * s.reshape(-1, 1)
+        else:
+            w = w * s
+    layer.inputs[k] = net.add_weight(w.astype(net.weights[w_name].dtype), w_name + "_scaled")
+    for e in layer.epilogue:
+        if e["op"] == "bias":
+            b = layer.inputs[e["input"]]
+            bv = net.weights[b].astype(np.float64) * s
+            layer.inputs[e["input"]] = net.add_weight(bv.astype(net.weights[b].dtype),
+                                                      b + "_scaled")
+    return True
+
+
+def _add_bias(net: Network, layer: Layer, c: np.ndarray, dtype) -> None:
+    if layer.epilogue and layer.epilogue[-1]["op"] == "bias":  # the last op: fold into it
+        e = layer.epilogue[-1]
+        b = layer.inputs[e["input"]]
+        layer.inputs[e["input"]] = net.add_weight(
+            (net.weights[b].astype(np.float64) + c).astype(dtype), b + "_folded")
+        return
+    layer.inputs.append(net.add_weight(c.astype(dtype), layer.name + "_bias"))
+    layer.epilogue.append({"op": "bias", "input": len(layer.inputs) - 1})
+
+
+def _try_absorb(net: Network, layer: Layer, consumer: Layer, index: dict) -> bool:
+    """Absorbs the whole consumer program into ``layer``'s epilogue (all or nothing)."""
+    y = layer.outputs[0]
+    cout = _channels(net, layer)
+    out_shape = net.tensors[y].shape
+    if cout is None or net.tensors[consumer.outputs[0]].shape != out_shape:
+        return False  # unknown channels, or the consumer broadcasts y to a bigger shape
+    ops = _chain_ops(net, consumer, y, cout, len(out_shape))
+    if not ops:
+        return False
+    trial = copy.deepcopy(layer)
+    wdt = np.float64 if net.tensors[y].dtype == "float64" else np.float32
+    for entry in ops:
+        kinds = [e["op"] for e in trial.epilogue]
+        has_act, has_add = "act" in kinds, "add" in kinds
+        if entry[0] == "act":
+            if has_act:
+                return False
+            trial.epilogue.append(entry[1])
+        elif entry[0] == "residual":
+            other = entry[1]
+            if has_add or net.tensors[other].shape != out_shape or not (
+                    other in net.inputs or index.get(other, 1 << 30) < index[layer.name]):
+                return False
+            trial.inputs.append(other)
+            trial.epilogue.append({"op": "add", "input": len(trial.inputs) - 1})
+        else:
+            _, op, vec, y_first = entry
+            if has_act or has_add:
+                return False  # a scale/shift after the activation cannot fold into weights
+            if op in ("mul", "div") and (y_first or op == "mul"):
+                sc = vec if op == "mul" else 1.0 / vec
+                if not _scale_weights(net, trial, sc):
+                    trial.inputs.append(net.add_weight(sc.astype(wdt), layer.name + "_scale"))
+                    trial.epilogue.append({"op": "scale", "input": len(trial.inputs) - 1})
+            elif op == "add" or (op == "sub" and y_first):
+                _add_bias(net, trial, vec if op == "add" else -vec, wdt)
+            else:
+                return False
+    layer.inputs, layer.epilogue = trial.inputs, trial.epilogue
+    return True
+
+
+def vertical_fusion(net: Network) -> Network:
+    """Fuses bias/scale/batchnorm/activation/residual into conv/matmul epilogues."""
+    net = net.copy()
+    changed = True
+    while changed:
+        changed = False
+        cons = net.consumers()
+        index = {}
+        for k, l in enumerate(net.layers):
+            index[l.name] = k
+            for o in l.outputs:
+                index[o] = k
+        for layer in net.layers:
+            if layer.kind not in EPILOGUE_KINDS or len(layer.outputs) != 1:
+                continue
+            y = layer.outputs[0]
+            users = cons.get(y, [])
+            if len(users) != 1 or y in net.outputs:
+                continue
+            consumer = users[0]
+            if consumer.kind != "pointwise":
+                continue
+            if not _try_absorb(net, layer, consumer, index):
+                continue
+            # The main layer now produces the consumer's output, at the consumer's position
+            # (every operand it reads is defined before the main layer).
+            out = consumer.outputs[0]
+            net.layers.remove(consumer)
+            layer.outputs = [out]
+            net.tensors.pop(y, None)
+            changed = True
+            break
+    net.prune_tensors()
+    return net

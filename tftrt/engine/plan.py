@@ -1,0 +1,137 @@
+"""Plans: an engine as bytes, and back, without rebuilding or re-tuning.
+
+A plan is data, never a pickle::
+
+    b"TFTRTPLN" | u32 format version | u64 header bytes | u32 header crc32 | header (JSON, utf-8)
+    | zero padding to 64 bytes | weights (raw little-endian buffers, each 64-byte aligned)
+
+The header holds the format version, precision, backend kind, device name, the layers (kind,
+attrs, epilogue, chosen tactic, precision), tensor dtypes/shapes, the memory plan, and for each
+weight its dtype, shape, offset and size, plus the crc32 of the weight bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from typing import Optional
+
+import numpy as np
+
+from tftrt.engine.errors import PlanError
+from tftrt.engine.memory import MemoryPlan
+from tftrt.engine.network import Layer, Network, TensorInfo
+from tftrt.engine.runtime import Engine
+
+MAGIC = b"TFTRTPLN"
+FORMAT_VERSION = 1
+_PREFIX = struct.Struct("<8sIQI")
+_ALIGN = 64
+
+
+def _pad(n: int) -> int:
+    return (-n) % _ALIGN
+
+
+def serialize_engine(engine: Engine) -> bytes:
+    """Serializes ``engine`` (see module doc for the format)."""
+    net = engine.network
+    blobs, index, offset = [], {}, 0
+    for name, w in net.weights.items():
+        arr = np.ascontiguousarray(np.asarray(w))
+        if arr.dtype.byteorder == ">":
+            arr = arr.astype(arr.dtype.newbyteorder("<"))
+        raw = arr.tobytes()
+        index[name] = {"dtype": arr.dtype.name, "shape": list(arr.shape), "offset": offset,
+                       "nbytes": len(raw)}
+        blobs.append(raw + b"\0" * _pad(len(raw)))
+        offset += len(raw) + _pad(len(raw))
+    blob = b"".join(blobs)
+    header = {
+        "format_version": FORMAT_VERSION,
+        "name": net.name,
+        "precision": engine.precision,
+        "backend": engine.backend,
+        "device": engine.device,
+        "config": engine.config,
+        "inputs": net.inputs,
+        "outputs": net.outputs,
+        "tensors": {k: {"dtype": v.dtype, "shape": None if v.shape is None else list(v.shape)}
+                    for k, v in net.tensors.items()},
+        "layers": [l.to_json() for l in net.layers],
+        "memory": engine.memory.to_json(),
+        "weights": index,
+        "weights_bytes": len(blob),
+        "weights_crc32": zlib.crc32(blob),
+    }
+    hdr = json.dumps(header, separators=(",", ":")).encode()
+    prefix = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(hdr), zlib.crc32(hdr))
+    head = prefix + hdr
+    return head + b"\0" * _pad(len(head)) + blob
+
+
+def read_plan_header(data: bytes) -> dict:
+    """The JSON header of a plan (validated framing). Raises PlanError."""
+    if len(data) < _PREFIX.size:
+        raise PlanError(f"plan is {len(data)} bytes, too short to be a tftrt plan; rebuild the "
+                        f"engine")
+    magic, version, hlen, hcrc = _PREFIX.unpack_from(data)
+    if magic != MAGIC:
+        raise PlanError(f"data does not start with {MAGIC!r} (got {magic!r}): not a tftrt "
+                        f"plan; rebuild the engine from the segment network")
+    if version != FORMAT_VERSION:
+        raise PlanError(f"plan format version {version} cannot be read by this tftrt (format "
+                        f"{FORMAT_VERSION}); rebuild the engine from the segment network")
+    hdr = bytes(data[_PREFIX.size:_PREFIX.size + hlen])
+    if len(hdr) != hlen or zlib.crc32(hdr) != hcrc:
+        raise PlanError("plan header is truncated or corrupt (checksum mismatch); rebuild the "
+                        "engine")
+    try:
+        return json.loads(hdr.decode())
+    except ValueError as e:
+        raise PlanError(f"plan header is not valid JSON ({e}); rebuild the engine") from None
+
+
+def deserialize_engine(data: bytes, backend: Optional[str] = None) -> Engine:
+    """Loads a plan as an engine, without rebuilding or re-tuning.
+
+    Args:
+      data: bytes from :func:`serialize_engine`.
+      backend: backend name to load on (default: the one the plan was built for).
+    Raises:
+      PlanError: corrupt data, another format version, an unavailable backend, or a plan
+        built for another device (the caller rebuilds).
+    """
+    from tftrt.engine.backends import get_backend
+    from tftrt.engine.errors import EngineBuildError
+
+    data = bytes(data)
+    header = read_plan_header(data)
+    try:
+        be = get_backend(backend or header["backend"])
+    except EngineBuildError as e:
+        raise PlanError(f"plan was built for backend {header['backend']!r}: {e}") from None
+    device = be.device_name()
+    if header["device"] != device:
+        raise PlanError(f"plan was built for device {header['device']!r} but this backend "
+                        f"runs on {device!r}; rebuild the engine for this device")
+    hlen = _PREFIX.unpack_from(data)[2]
+    start = _PREFIX.size + hlen
+    start += _pad(start)
+    blob = data[start:start + header["weights_bytes"]]
+    if len(blob) != header["weights_bytes"] or zlib.crc32(blob) != header["weights_crc32"]:
+        raise PlanError("plan weights are truncated or corrupt (checksum mismatch); rebuild "
+                        "the engine")
+    net = Network(header["name"])
+    net.inputs, net.outputs = list(header["inputs"]), list(header["outputs"])
+    for k, v in header["tensors"].items():
+        net.tensors[k] = TensorInfo(k, v["dtype"], None if v["shape"] is None else
+                                    tuple(v["shape"]))
+    for k, w in header["weights"].items():
+        arr = np.frombuffer(blob, np.dtype(w["dtype"]).newbyteorder("<"),
+                            count=int(np.prod(w["shape"], dtype=np.int64)), offset=w["offset"])
+        net.weights[k] = arr.astype(np.dtype(w["dtype"]), copy=True).reshape(w["shape"])
+    net.layers = [Layer.from_json(l) for l in header["layers"]]
+    return Engine(net, be, header["precision"], MemoryPlan.from_json(header["memory"]),
+                  header.get("config"), device=device)

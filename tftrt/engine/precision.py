@@ -1,0 +1,104 @@
+"""Precision assignment: FP32, FP16 (fp16 storage, fp32 accumulation), INT8 (Q/DQ only).
+
+FP16: conv / conv_transpose / matmul store their weights in float16 and every layer stores its
+float32 activations in float16, except the layers in ``FP32_KINDS`` (softmax, reductions,
+normalization statistics, top-k, ...), whose outputs stay float32 because fp16 loses too much
+there. Network inputs and outputs keep their declared dtypes (as in TF-TRT). Epilogue vectors
+(bias/scale) stay float32: they are applied to the fp32 accumulator.
+
+INT8: only explicit quantization is supported: the network must carry QuantizeLinear /
+DequantizeLinear (quantize / dequantize layers); calibration is not implemented.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tftrt.engine.errors import EngineBuildError
+from tftrt.engine.network import Layer, Network
+
+PRECISIONS = ("FP32", "FP16", "INT8")
+FP32_KINDS = frozenset({"softmax", "reduce", "normalization", "topk", "arg_reduce", "cumsum",
+                        "nms", "range", "shape", "size", "quantize", "dequantize", "einsum"})
+_WEIGHTED = ("conv", "conv_transpose", "matmul")
+
+
+def normalize_precision(precision: str) -> str:
+    p = str(precision).upper().replace("FLOAT", "FP")
+    if p not in PRECISIONS:
+        raise EngineBuildError(f"precision {precision!r} is not supported; use one of "
+                               f"{', '.join(PRECISIONS)}")
+    return p
+
+
+def apply_precision(net: Network, precision: str) -> Network:
+    """A copy of ``net`` with ``layer.precision`` set and tensors/weights stored accordingly.
+
+    Raises:
+      EngineBuildError: INT8 without Q/DQ layers, or an unknown precision.
+    """
+    p = normalize_precision(precision)
+    net = net.copy()
+    if p == "INT8":
+        if not any(l.kind in ("quantize", "dequantize") for l in net.layers):
+            raise EngineBuildError(
+                "INT8 precision needs a quantized network (QuantizeLinear/DequantizeLinear "
+                "nodes, e.g. from quantization-aware training); calibration of float networks "
+                "is not implemented. Use precision_mode FP16 or FP32, or quantize the model")
+        for l in net.layers:
+            l.precision = "FP32"  # Q/DQ layers run explicitly; compute stays fp32 on numpy
+        return net
+    if p == "FP32":
+        for l in net.layers:
+            l.precision = "FP32"
+        return net
+    keep = set(net.inputs) | set(net.outputs)
+    uses = {}
+    for l in net.layers:
+        for i in l.inputs:
+            uses[i] = uses.get(i, 0) + 1
+    for l in net.layers:
+        l.precision = "FP32" if l.kind in FP32_KINDS else "FP16"
+        if l.precision != "FP16":
+            continue
+        for o in l.outputs:
+            info = net.tensors[o]
+            if o not in keep and info.dtype == "float32":
+                info.dtype = "float16"
+        if l.kind in _WEIGHTED:
+            for k in (0, 1):
+                w = l.inputs[k]
+                if w in net.weights and net.weights[w].dtype == np.float32:
+                    half = net.weights[w].astype(np.float16)
+                    if uses.get(w, 0) == 1:
+                        net.set_weight(w, half)
+                    else:
+                        l.inputs[k] = net.add_weight(half, w + "_fp16")
+    _cast_gemm_inputs_to_fp16(net)
+    return net
+
+
+def _cast_gemm_inputs_to_fp16(net: Network) -> None:
+    """Inserts float32 -> float16 casts in front of FP16 conv/matmul activation operands (a
+    network input, or the output of an FP32 layer), so that cuDNN / cuBLASLt see one dtype:
+    every float activation operand of an FP16 conv/conv_transpose/matmul (residual included)
+    is float16. Pointwise layers take mixed dtypes as they are."""
+    casts = {}
+    layers = []
+    for l in net.layers:
+        if l.precision == "FP16" and l.kind in _WEIGHTED:
+            epi_biases = {e["input"] for e in l.epilogue if e["op"] in ("bias", "scale")}
+            for k, name in enumerate(l.inputs):
+                if not name or name in net.weights or k in epi_biases or \
+                        net.tensors[name].dtype != "float32":
+                    continue
+                if name not in casts:
+                    out = net.add_tensor(net.unique_name(name + "_fp16"), "float16",
+                                         net.tensors[name].shape)
+                    layers.append(Layer(out, "pointwise", [name], [out], {"program": [
+                        {"op": "cast", "args": ["$0"], "dtype": "float16", "to": "float16"}]},
+                        precision="FP16"))
+                    casts[name] = out
+                l.inputs[k] = casts[name]
+        layers.append(l)
+    net.layers = layers

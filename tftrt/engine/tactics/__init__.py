@@ -1,0 +1,156 @@
+"""Tactics: the implementations a backend offers per layer kind, and how the builder picks one.
+
+A backend registers its tactics with :func:`register_tactic` (name, the layer kind, a predicate
+saying whether it applies to a given layer, and optionally the scratch bytes it needs). The
+builder (:func:`choose_tactics`) times every applicable candidate on the backend with random
+inputs of the layer's real shapes and records the fastest name in ``layer.tactic``; a
+:class:`TimingCache` keyed by (backend, device, layer signature) skips re-timing. Kinds without
+registered tactics get "default".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from typing import Callable, Dict, List, Optional
+
+from tftrt.engine.network import Layer, Network
+
+log = logging.getLogger("tftrt.engine.tactics")
+
+
+@dataclasses.dataclass
+class Tactic:
+    """One implementation of a layer kind on one backend."""
+
+    backend: str
+    kind: str
+    name: str
+    applies: Callable[[Network, Layer], bool]
+    workspace: Callable[[Network, Layer], int]
+
+
+_REGISTRY: Dict[tuple, List[Tactic]] = {}
+
+
+def register_tactic(backend: str, kind: str, name: str,
+                    applies: Optional[Callable[[Network, Layer], bool]] = None,
+                    workspace: Optional[Callable[[Network, Layer], int]] = None) -> None:
+    """Registers tactic ``name`` for layers of ``kind`` on ``backend`` (idempotent by name)."""
+    lst = _REGISTRY.setdefault((backend, kind), [])
+    lst[:] = [t for t in lst if t.name != name]
+    lst.append(Tactic(backend, kind, name, applies or (lambda n, l: True),
+                      workspace or (lambda n, l: 0)))
+
+
+def candidates(backend: str, net: Network, layer: Layer) -> List[Tactic]:
+    """Tactics of ``backend`` that apply to ``layer`` (empty: the kind has only "default")."""
+    return [t for t in _REGISTRY.get((backend, layer.kind), []) if t.applies(net, layer)]
+
+
+def workspace_bytes(backend: str, net: Network, layer: Layer) -> int:
+    for t in _REGISTRY.get((backend, layer.kind), []):
+        if t.name == layer.tactic:
+            return int(t.workspace(net, layer))
+    return 0
+
+
+class TimingCache:
+    """Chosen tactic per layer signature; serializable as JSON (``to_bytes``/``from_bytes``)
+    or kept in a file (``TimingCache(path)`` loads it, ``save()`` writes it)."""
+
+    def __init__(self, path: Optional[str] = None):
+        self.path = path
+        self.entries: Dict[str, dict] = {}
+        if path and os.path.exists(path):
+            with open(path, "rb") as f:
+                self.entries = json.loads(f.read().decode())
+
+    @staticmethod
+    def key(backend: str, device: str, net: Network, layer: Layer) -> str:
+        sig = {"kind": layer.kind, "attrs": layer.to_json()["attrs"],
+               "epilogue": layer.to_json()["epilogue"], "precision": layer.precision,
+               "in": [(net.tensors[i].dtype, net.tensors[i].shape, i in net.weights)
+                      if i else None for i in layer.inputs]}
+        return f"{backend}|{device}|" + json.dumps(sig, sort_keys=True, default=str)
+
+    def get(self, key: str) -> Optional[str]:
+        e = self.entries.get(key)
+        return e["tactic"] if e else None
+
+    def put(self, key: str, tactic: str, seconds: float) -> None:
+        self.entries[key] = {"tactic": tactic, "seconds": seconds}
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(self.entries).encode()
+
+    @staticmethod
+    def from_bytes(data: bytes) -> "TimingCache":
+        c = TimingCache()
+        c.entries = json.loads(data.decode())
+        return c
+
+    def save(self, path: Optional[str] = None) -> None:
+        with open(path or self.path, "wb") as f:
+            f.write(self.to_bytes())
+
+
+def _time_runner(backend, runner, inputs, repeats: int) -> float:
+    if hasattr(backend, "time_runner"):  # optional backend hook (e.g. CUDA events)
+        return float(backend.time_runner(runner, inputs))
+    runner(inputs)  # warm-up
+    backend.synchronize()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        runner(inputs)
+        backend.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def choose_tactics(net: Network, backend, weights: Dict[str, object],
+                   cache: Optional[TimingCache] = None, repeats: int = 2) -> Dict[str, dict]:
+    """Sets ``layer.tactic`` for every layer of ``net`` (in place; ``net`` is the builder's
+    own copy). Returns {layer name: {tactic: seconds}} for the layers that were timed."""
+    timings: Dict[str, dict] = {}
+    device = backend.device_name()
+    for layer in net.layers:
+        cands = candidates(backend.name, net, layer)
+        if not cands:
+            layer.tactic = "default"
+            continue
+        if len(cands) == 1:
+            layer.tactic = cands[0].name
+            continue
+        key = TimingCache.key(backend.name, device, net, layer) if cache is not None else None
+        hit = cache.get(key) if cache is not None else None
+        if hit and any(c.name == hit for c in cands):
+            layer.tactic = hit
+            continue
+        static = all(not i or net.tensors[i].is_static for i in layer.inputs)
+        if not static:
+            layer.tactic = cands[0].name
+            continue
+        inputs = [None if not i else weights[i] if i in weights else
+                  backend.random_array(net.tensors[i].shape, net.tensors[i].dtype)
+                  for i in layer.inputs]
+        times = {}
+        for c in cands:
+            layer.tactic = c.name
+            try:
+                times[c.name] = _time_runner(backend, backend.prepare_layer(net, layer, weights),
+                                             inputs, repeats)
+            except Exception as e:  # a failing candidate is skipped, never fatal
+                log.debug("tactic %s failed on %s: %s", c.name, layer.name, e)
+        if not times:
+            layer.tactic = cands[0].name
+            continue
+        layer.tactic = min(times, key=times.get)
+        timings[layer.name] = times
+        if cache is not None:
+            cache.put(key, layer.tactic, times[layer.tactic])
+    return timings
