@@ -14,6 +14,11 @@ APPS = {
     "MobileNetV2": (lambda: tf.keras.applications.MobileNetV2(weights=None,
                                                               input_shape=(32, 32, 3)),
                     (2, 32, 32, 3)),
+    "InceptionV3": (lambda: tf.keras.applications.InceptionV3(weights=None,
+                                                              input_shape=(75, 75, 3)),
+                    (2, 75, 75, 3)),
+    "VGG16": (lambda: tf.keras.applications.VGG16(weights=None, input_shape=(32, 32, 3)),
+              (2, 32, 32, 3)),
 }
 
 
