@@ -121,7 +121,9 @@ def make_signature_function(sig, flat_fn, keepalive):
 def _engine_precision(mode: str) -> str:
     mode = mode.upper()
     if mode == "INT8":
-        # Without calibration data or Q/DQ ops INT8 engines run in FP16, as TF-TRT fell back.
+        # INT8 kernels and calibration are not implemented: engines run in FP16, as TF-TRT
+        # fell back when it had no calibration data or quantization ops.
+        log.warning("INT8 precision: tftrt has no INT8 engines yet; engines run in FP16")
         return "FP16"
     return mode
 
