@@ -30,16 +30,27 @@ BACKENDS = ("auto", "cupy", "numpy", "native")
 ShapeKey = Tuple[Tuple[int, ...], ...]
 
 
+_RESOLVED: Dict[str, str] = {}
+
+
 def resolve_backend(name: Optional[str] = None) -> str:
-    """The backend engines run on: env TFTRT_BACKEND (default auto) resolved to a real one."""
+    """The backend engines run on: env TFTRT_BACKEND (default auto) resolved to a real one.
+
+    Resolved once per value (every engine call asks, and probing for a GPU is not free).
+    """
     raw = (name or os.environ.get("TFTRT_BACKEND") or "auto").strip().lower()
+    got = _RESOLVED.get(raw)
+    if got is not None:
+        return got
     if raw not in BACKENDS:
         raise ValueError(f"TFTRT_BACKEND={raw!r} is not supported; use one of "
                          f"{', '.join(BACKENDS)}")
-    if raw != "auto":
-        return raw
-    from tftrt.engine.backends import available_backends
-    return "cupy" if "cupy" in available_backends() else "native"
+    got = raw
+    if raw == "auto":
+        from tftrt.engine.backends import available_backends
+        got = "cupy" if "cupy" in available_backends() else "native"
+    _RESOLVED[raw] = got
+    return got
 
 
 def native_fallback_allowed() -> bool:

@@ -30,13 +30,23 @@ def to_backend(t, backend: str):
     raise ValueError(f"unknown backend {backend!r}")
 
 
+_TF_HAS_GPU = []
+
+
+def _tf_has_gpu() -> bool:
+    if not _TF_HAS_GPU:
+        import tensorflow as tf
+        _TF_HAS_GPU.append(bool(tf.config.list_logical_devices("GPU")))
+    return _TF_HAS_GPU[0]
+
+
 def from_backend(arr, backend: str, dtype: np.dtype):
     """A backend array as something TensorFlow accepts as an op output (same device)."""
     if backend == "numpy":
         return np.asarray(arr, dtype=dtype)
     if backend == "cupy":
         import tensorflow as tf
-        if tf.config.list_logical_devices("GPU"):
+        if _tf_has_gpu():
             if arr.dtype != dtype:
                 arr = arr.astype(dtype)
             try:
