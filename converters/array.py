@@ -12,6 +12,7 @@ sentinels of Slice.
 from __future__ import annotations
 
 import numpy as np
+import onnx
 
 from tftrt.lowering import ConversionError, onnx_dtype
 
@@ -19,7 +20,7 @@ from .axes import (INT64_MAX, axis_error, const_ints, int64s, normalize_axis, sq
                    unsqueeze)
 from .broadcast import scalar_like
 from .registry import ANY, TENSOR, WEIGHT, converter
-from .shape_values import DimOf, resolve
+from .shape_values import Computed, DimOf, resolve
 from .slicing import SlicePlan, reversed_edge, strided_slice_plan
 
 ARRAY = ("float32", "float16", "int32", "int64", "bool")
@@ -39,8 +40,15 @@ def _reshape_plan(node, ctx):
     x_t = ctx.input_tensor(node, 0)
     elems = resolve(ctx.info, ctx.input_tensor(node, 1))
     if elems is None:
+        # A shape computed at run time (e.g. Keras Dense on 3-D inputs: Prod of gathered
+        # dims): TF's static output shape serves when at most one dim is unknown, since the
+        # run-time shape must agree with it and the unknown dim follows from the size.
+        out = ctx.output_shape(node, 0)
+        if out is not None and sum(d is None for d in out) <= 1 and 0 not in out:
+            return [-1 if d is None else int(d) for d in out]
         return ("shape is computed at run time from more than constants and tensor shapes "
-                "(supported: Const, Shape, StridedSlice, Pack, ConcatV2 of those)")
+                "(supported: Const, Shape, StridedSlice, Pack, ConcatV2 of those), and its "
+                f"static result {None if out is None else list(out)} has several unknown dims")
     if not isinstance(elems, list):
         return "shape is not a vector"
     ints = [e for e in elems if isinstance(e, int)]
@@ -55,26 +63,47 @@ def _reshape_plan(node, ctx):
             plan.append(0)  # ONNX Reshape: copy the input's dim at this position
         else:
             plan.append(e)
-            if isinstance(e, DimOf) and e.tensor != x_t:
+            if isinstance(e, Computed) or (isinstance(e, DimOf) and e.tensor != x_t):
                 foreign.append(pos)
-    if foreign:
-        if len(foreign) > 1 or -1 in ints:
-            return (f"shape {elems} takes a run-time dim of another tensor "
-                    f"({elems[foreign[0]].tensor}) besides a -1 or another such dim: "
-                    f"neither can be inferred")
+    if len(foreign) == 1 and -1 not in ints:
         plan[foreign[0]] = -1  # the only unknown entry: Reshape infers it from the size
+    # Otherwise the run-time values are read from the other tensors at conversion time
+    # (_shape_operand); when one lies outside the segment, lowering says so and the
+    # converter keeps this node native.
     return plan
 
 
-def _shape_operand(ctx, x, plan):
+def _shape_operand(ctx, node, x, plan):
     """Reshape's int64 shape: one constant, or per-entry constants and dims gathered from
     Shape(x) concatenated (the engine folds them once the input shapes are known)."""
     if all(isinstance(e, int) for e in plan):
         return int64s(ctx, plan, "shape")
-    x_shape = ctx.emit("Shape", [x])
-    pieces = [ctx.emit("Gather", [x_shape, int64s(ctx, [e.axis], "dim")], axis=0)
-              if isinstance(e, DimOf) else int64s(ctx, [e], "shape") for e in plan]
-    return ctx.emit("Concat", pieces, axis=0)
+    shapes = {}
+
+    def shape_of(tensor):
+        if tensor not in shapes:
+            value = x if tensor == x_tensor else ctx.value_of(tensor)
+            if value is None:
+                raise ConversionError(f"the target shape needs {tensor}, which is not computed "
+                                      f"inside this segment")
+            shapes[tensor] = ctx.emit("Shape", [value])
+        return shapes[tensor]
+
+    def piece(e):
+        if isinstance(e, int):
+            return int64s(ctx, [e], "shape")
+        if isinstance(e, DimOf):
+            src = shape_of(e.tensor)
+            return ctx.emit("Gather", [src, int64s(ctx, [e.axis], "dim")], axis=0)
+        value = ctx.value_of(e.tensor)  # Computed: a run-time integer scalar
+        if value is None:
+            raise ConversionError(f"the target shape needs {e.tensor}, which is not computed "
+                                  f"inside this segment")
+        as64 = ctx.emit("Cast", [value], to=onnx.TensorProto.INT64)
+        return ctx.emit("Reshape", [as64, int64s(ctx, [1], "one")])
+
+    x_tensor = ctx.input_tensor(node, 0)
+    return ctx.emit("Concat", [piece(e) for e in plan], axis=0)
 
 
 @converter("Reshape", dtypes=ARRAY, inputs=(TENSOR, ANY))
@@ -82,8 +111,9 @@ class Reshape:
     """Reshape to a constant shape (with -1), or to one built at run time from constants and
     tensor dims (tf.shape(x)[0], Keras Flatten): a dim of the input itself becomes 0 (copy) or
     a Shape + Gather, one unknown dim of another tensor becomes -1; a dynamic batch is never
-    hard-coded. Rejects: shapes computed from other values; a zero-sized dim in the shape;
-    a run-time dim of another tensor next to a -1 or a second such dim."""
+    hard-coded; several run-time dims of other tensors (or products of dims, as Keras Dense
+    on sequences builds) are read from those tensors inside the segment. Rejects: shapes
+    computed from other values; a zero-sized dim in the shape."""
 
     @staticmethod
     def validate(node, ctx):
@@ -95,7 +125,7 @@ class Reshape:
         x, plan = ctx.input(node, 0), _reshape_plan(node, ctx)
         if isinstance(plan, str):
             raise ConversionError(plan)
-        ctx.set_output(node, 0, ctx.emit("Reshape", [x, _shape_operand(ctx, x, plan)]))
+        ctx.set_output(node, 0, ctx.emit("Reshape", [x, _shape_operand(ctx, node, x, plan)]))
 
 
 @converter("Squeeze", dtypes=ARRAY, inputs=(TENSOR,))

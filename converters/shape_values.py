@@ -33,7 +33,14 @@ class DimOf:
     axis: int
 
 
-Element = Union[int, DimOf]
+@dataclasses.dataclass(frozen=True)
+class Computed:
+    """An integer scalar computed at run time from something other than one dim (e.g. the
+    product of several dims, as Keras Dense on 3-D inputs builds)."""
+    tensor: str
+
+
+Element = Union[int, DimOf, Computed]
 Resolved = Union[Element, List[Element]]  # a scalar element or a vector
 
 _PASS_THROUGH = ("Identity", "Snapshot", "StopGradient", "Cast")
@@ -76,9 +83,29 @@ def _resolve_node(info, node, ins, depth) -> Optional[Resolved]:
         if _int_attr(node, "axis") != 0:
             return None
         elems = [resolve(info, t, depth) for t in ins]
+        elems = [Computed(t) if e is None and info.shapes.get(t) == () else e
+                 for e, t in zip(elems, ins)]
         if any(e is None or isinstance(e, list) for e in elems):
             return None
         return elems
+    if op == "GatherV2":
+        vec, idx, axis = (resolve(info, ins[0], depth), info.const_value(ins[1]),
+                          info.const_value(ins[2]))
+        if not isinstance(vec, list) or idx is None or axis is None or int(axis) != 0:
+            return None
+        idx = np.asarray(idx)
+        picked = [vec[int(i)] for i in idx.reshape(-1)]
+        return picked[0] if idx.ndim == 0 else picked
+    if op == "Prod":
+        vec, axis = resolve(info, ins[0], depth), info.const_value(ins[1])
+        if not isinstance(vec, list) or axis is None or \
+                np.asarray(axis).reshape(-1).tolist() not in ([0], [-1]):
+            return None
+        if all(isinstance(e, int) for e in vec):
+            out = int(np.prod(vec)) if vec else 1
+        else:
+            out = Computed(tensor_name_of(node))
+        return [out] if _bool_attr(node, "keep_dims") else out
     if op == "ConcatV2":
         axis = info.const_value(ins[-1])
         if axis is None or int(axis) not in (0, -1):
@@ -117,6 +144,14 @@ def _vector_plan(info, node, ins, length: int) -> Optional[SlicePlan]:
         plan = strided_slice_plan((length,), b, e, s, *[_int_attr(node, m) for m in (
             "begin_mask", "end_mask", "ellipsis_mask", "new_axis_mask", "shrink_axis_mask")])
     return plan if isinstance(plan, SlicePlan) and not plan.new_axes else None
+
+
+def tensor_name_of(node) -> str:
+    return f"{node.name}:0"
+
+
+def _bool_attr(node, name: str) -> bool:
+    return bool(node.attr[name].b) if name in node.attr else False
 
 
 def _int_attr(node, name: str) -> int:

@@ -3,7 +3,6 @@ import os
 # The engine runs on its numpy backend in CPU tests so lowering and engine are both exercised.
 os.environ.setdefault("TFTRT_BACKEND", "numpy")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES", ""))
 
 import pytest  # noqa: E402
 

@@ -41,20 +41,49 @@ def register_engine_op(op: TRTEngineOp, out_dtypes) -> tuple:
     return token, wrapper
 
 
+MAX_RESEGMENTS = 20
+
+
+def segment_and_lower(info: GraphInfo, params, nodes_denylist: Sequence[str] = ()):
+    """Segments ``info`` and lowers every segment.
+
+    A node whose lowering fails although it validated (e.g. a Reshape whose target shape
+    needs a tensor the segment does not compute) is kept native and the graph is segmented
+    again, so one node never costs a whole engine. Returns (segmentation, {name: network}).
+    """
+    deny = list(nodes_denylist)
+    failures: Dict[str, str] = {}
+    for _ in range(MAX_RESEGMENTS):
+        seg = segment_graph(info, params.minimum_segment_size, nodes_denylist=deny)
+        nets, retry = {}, False
+        for s in list(seg.segments):
+            try:
+                nets[s.name] = lower_segment(info, s.name, s.nodes, s.inputs, s.outputs)
+            except ConversionError as e:
+                if e.node is not None and e.node not in deny:
+                    log.info("%s (%s) stays native: %s", e.node, info.nodes[e.node].op, e)
+                    failures[e.node] = f"lowering failed: {e}"
+                    deny.append(e.node)
+                    retry = True
+                    break
+                log.warning("%s stays native: %s", s.name, e)
+                for n in s.nodes:
+                    seg.dropped[n] = f"lowering failed: {e}"
+                seg.segments.remove(s)
+        if not retry:
+            seg.rejected.update(failures)
+            return seg, nets
+    raise RuntimeError(f"segmentation did not settle after {MAX_RESEGMENTS} lowering failures")
+
+
 def convert_graph(info: GraphInfo, params, nodes_denylist: Sequence[str] = ()) -> ConversionResult:
     """Segments, lowers and rewrites ``info``; returns the engine-form flat function."""
-    seg = segment_graph(info, params.minimum_segment_size, nodes_denylist=nodes_denylist)
+    seg, nets = segment_and_lower(info, params, nodes_denylist)
     kept: List[Segment] = []
     engine_ops: Dict[str, TRTEngineOp] = {}
     fdefs = {}
     for s in seg.segments:
-        try:
-            net = lower_segment(info, s.name, s.nodes, s.inputs, s.outputs)
-        except ConversionError as e:
-            log.warning("%s stays native: %s", s.name, e)
-            for n in s.nodes:
-                seg.dropped[n] = f"lowering failed: {e}"
-            continue
+        net = nets[s.name]
         fdef = rewrite.native_segment_function_def(info, s)
         in_dtypes = [info.dtypes[t] for t in s.inputs]
         out_dtypes = [info.dtypes[t] for t in s.outputs]

@@ -49,7 +49,15 @@ def onnx_dtype(dtype) -> int:
 
 
 class ConversionError(Exception):
-    """A converter could not lower a node it had validated (a converter bug, reported as such)."""
+    """A converter could not lower a node it had validated.
+
+    ``node`` names the TF node when known, so the converter can keep that node native and
+    segment again instead of giving up the whole segment.
+    """
+
+    def __init__(self, message: str, node: Optional[str] = None):
+        super().__init__(message)
+        self.node = node
 
 
 class ValidationContext:
@@ -235,14 +243,14 @@ def lower_segment(info: GraphInfo, name: str, node_names: Sequence[str],
         node = info.nodes[n]
         reg = lookup(node.op)
         if reg is None:
-            raise ConversionError(f"no converter for {node.op} ({n})")
+            raise ConversionError(f"no converter for {node.op} ({n})", n)
         try:
             reg.impl.convert(node, ctx)
-        except ConversionError:
-            raise
+        except ConversionError as e:
+            raise ConversionError(str(e), e.node or n) from e
         except Exception as e:
             raise ConversionError(f"converter {reg.name} failed on {n} ({node.op}): "
-                                  f"{type(e).__name__}: {e}") from e
+                                  f"{type(e).__name__}: {e}", n) from e
     model = ctx.make_model(output_tensors)
     if check:
         onnx.checker.check_model(model)

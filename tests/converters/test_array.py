@@ -300,8 +300,12 @@ def test_rejects_reshape_zero_dim():
 
 def test_rejects_dynamic_cases():
     rejected_dynamic(lambda t: tf.squeeze(t), [rand((2, 1, 3))], "Squeeze", "unknown dims")
-    rejected_dynamic(lambda t, u: tf.reshape(t, [tf.shape(u)[0], -1, 3]),
-                     [rand((2, 6)), rand((2, 2))], "Reshape", "another tensor")
+
+
+def test_reshape_to_another_tensors_dims_next_to_minus_one():
+    # Read from the other tensor inside the segment (Shape + Gather), not rejected.
+    check_dynamic(lambda t, u: tf.reshape(t, [tf.shape(u)[0], -1, 3]),
+                  [rand((2, 6)), rand((2, 2))], expect_tf_ops=["Reshape"])
 
 
 def test_rejects_gather_batch_dims_and_where_and_mirror_pad():
@@ -325,3 +329,19 @@ def test_strided_slice_plan_rejects(kwargs, reason):
     # TF's own shape inference refuses these at trace time; the validator still says why
     got = strided_slice_plan((3, None), **kwargs)
     assert isinstance(got, str) and reason in got, got
+
+
+def test_reshape_of_a_computed_shape_uses_the_static_result():
+    # Keras Dense on 3-D inputs reshapes to [prod(batch, seq), features]: the product is
+    # computed at run time, TF's static result [None, 4] has one unknown dim.
+    x = rand((2, 3, 4))
+    low = check_dynamic(lambda t: tf.reshape(t, tf.stack([tf.reduce_prod(tf.shape(t)[:2]), 4])),
+                        [x], expect_tf_ops=["Reshape", "Prod"])
+    assert "Reshape" in low.onnx_ops
+
+
+def test_keras_dense_on_sequences_converts():
+    keras.utils.set_random_seed(0)
+    dense = keras.layers.Dense(5, activation="gelu")
+    check_dynamic(lambda t: dense(t), [rand((2, 3, 4))], expect_tf_ops=["Reshape"], rtol=1e-4,
+                  atol=1e-5)

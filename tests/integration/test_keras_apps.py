@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tftrt import trt_convert as trt
+from tftrt import trt_convert as trt, zoo
 from tests.integration import models
 
 APPS = {
@@ -19,6 +19,9 @@ APPS = {
                     (2, 75, 75, 3)),
     "VGG16": (lambda: tf.keras.applications.VGG16(weights=None, input_shape=(32, 32, 3)),
               (2, 32, 32, 3)),
+    # A small transformer encoder (attention, layer norm, Dense+gelu on sequences).
+    "Encoder": (lambda: zoo.encoder(layers=2, hidden=64, heads=4, seq=16, ffn=128),
+                (2, 16, 64)),
 }
 
 

@@ -123,3 +123,27 @@ def test_const_shared_with_native_is_copied_not_moved():
     const_users = [n for n in info.nodes if info.nodes[n].op == "AsString"]
     shared = graph_io.split_tensor_name(info.data_inputs(info.nodes[const_users[0]])[0])[0]
     assert shared not in seg.consts
+
+
+def test_node_that_fails_to_lower_stays_native_and_the_rest_converts(monkeypatch):
+    from tftrt.conversion import segment_and_lower
+    from tftrt.trt_convert import DEFAULT_TRT_CONVERSION_PARAMS
+
+    def f(x, y):
+        u = native_op(y)                                   # [?, ?] computed natively
+        a = tf.nn.relu(x * 2.0 + 1.0)                      # [?, ?]
+        # The target shape needs u's run-time dims; with Shape kept native no segment has u.
+        r = tf.reshape(a, tf.stack([tf.shape(u)[0], tf.shape(u)[1], -1]))
+        return tf.tanh(r * 3.0 - 1.0)
+    spec = tf.TensorSpec([None, None], tf.float32)
+    info = graph_of(f, spec, spec)
+    monkeypatch.setenv("TF_TRT_OP_DENYLIST", "Shape")
+    params = DEFAULT_TRT_CONVERSION_PARAMS._replace(minimum_segment_size=2)
+    seg, nets = segment_and_lower(info, params)
+    reshape = next(n for n in info.nodes if info.nodes[n].op == "Reshape")
+    assert reshape not in {n for s in seg.segments for n in s.nodes}
+    assert seg.rejected[reshape].startswith("lowering failed: the target shape needs")
+    assert sorted(ops_of(info, s) for s in seg.segments) == [
+        ["AddV2", "Mul", "Relu"], ["Mul", "Sub", "Tanh"],
+        ["Pack", "StridedSlice", "StridedSlice"]]  # the shape arithmetic converts on its own
+    assert sorted(nets) == sorted(s.name for s in seg.segments)
