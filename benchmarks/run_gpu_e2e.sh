@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# One command on the GPU host: end-to-end GPU tests, then the end-to-end benchmark table.
+#   [MODELS="resnet50 mobilenet_v2 encoder"] bash benchmarks/run_gpu_e2e.sh [tests|tf|torch|table|all] [seconds]
+# Needs TensorFlow's GPU build unpacked by gpu-host/pack-tensorflow.sh's install.sh
+# (/tmp/tfsite/env.sh). PyTorch peers run in a separate process without that environment.
+set -uo pipefail
+stage=${1:-all}; budget=${2:-580}
+start=$(date +%s); left() { echo $(( budget - ($(date +%s) - start) )); }
+out=${OUT:-/tmp/tftrt-bench}; mkdir -p "$out"
+json="$out/bench_e2e.json"
+models=${MODELS:-resnet50 mobilenet_v2 encoder}
+export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
+repo=$(cd "$(dirname "$0")/.." && pwd)
+if [ "$stage" = torch ] || [ "$stage" = all ]; then
+  ( cd "$repo" && timeout $(( $(left) / 3 )) python3 benchmarks/bench_e2e.py --part torch \
+      --out "$json" --iters 30 --models $models ) 2>&1 | tail -5
+fi
+if [ "$stage" != torch ] && [ "$stage" != table ]; then
+  # shellcheck disable=SC1091
+  source /tmp/tfsite/env.sh >/dev/null
+  export PYTHONPATH="$repo:${PYTHONPATH:-}"
+fi
+if [ "$stage" = tests ] || [ "$stage" = all ]; then
+  ( cd "$repo" && timeout $(( $(left) / 2 )) python3 -m pytest tests/gpu -q -rfEs \
+      -p no:cacheprovider ) 2>&1 | tee "$out/gpu_tests.log" | grep -v "^\s*$" | tail -25
+fi
+if [ "$stage" = tf ] || [ "$stage" = all ]; then
+  ( cd "$repo" && timeout $(( $(left) - 15 )) python3 benchmarks/bench_e2e.py --part tf \
+      --out "$json" --iters 30 --models $models ) 2>&1 | grep -v "^W0000\|^I0000\|^WARNING: All" | tail -15
+fi
+( cd "$repo" && python3 benchmarks/bench_e2e.py --part table --out "$json" ) 2>&1 | tee "$out/table.txt"

@@ -1,0 +1,512 @@
+"""The CuPy backend vs the numpy reference backend: every layer kind and tactic, FP32 (TF32 off
+and on) and FP16, CUDA-graph replay vs eager, plan save/load without re-tuning, and four
+threads with their own execution contexts.
+
+Skipped without a GPU (tests/conftest.py). On the GPU machine run with the GPU visible:
+``CUDA_VISIBLE_DEVICES=0 python -m pytest tests/gpu -q``.
+"""
+
+import os
+import threading
+
+os.environ.setdefault("TFTRT_CUDNN_CANDIDATES", "2")  # fewer cuDNN plans to compile per conv
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from onnx import helper  # noqa: E402
+
+from tests.engine.harness import make_model, rand  # noqa: E402
+from tests.tolerances import TOLERANCES  # noqa: E402
+from tftrt.engine import BuilderConfig, build_engine, deserialize_engine  # noqa: E402
+
+cp = pytest.importorskip("cupy")
+pytestmark = pytest.mark.gpu
+
+N = helper.make_node
+I64 = np.int64
+# GPU vs numpy at the same precision: accumulation order differs (and TF32 rounds inputs).
+TOL = {"FP32": (1e-4, 1e-4), "TF32": (1e-2, 1e-2), "FP16": TOLERANCES["FP16"]}
+
+
+def _engines(model, feeds, precision="FP32", tf32=False, **kw):
+    from tftrt.engine.backends import get_backend
+    get_backend("cupy").set_build_options(allow_tf32=tf32)
+    shapes = {k: v.shape for k, v in feeds.items()}
+    ref = build_engine(model, shapes, BuilderConfig(precision=precision, backend="numpy"))
+    gpu = build_engine(model, shapes, BuilderConfig(precision=precision, backend="cupy",
+                                                    allow_tf32=tf32, **kw))
+    return ref, gpu
+
+
+def _compare(got, want, tol, what=""):
+    assert len(got) == len(want)
+    for k, (g, w) in enumerate(zip(got, want)):
+        g = cp.asnumpy(g) if isinstance(g, cp.ndarray) else np.asarray(g)
+        w = np.asarray(w)
+        assert g.shape == w.shape and g.dtype == w.dtype, (what, k, g.shape, w.shape, g.dtype)
+        if w.dtype.kind in "biu":
+            np.testing.assert_array_equal(g, w, err_msg=f"{what} output {k}")
+        else:
+            np.testing.assert_allclose(g.astype(np.float64), w.astype(np.float64), rtol=tol[0],
+                                       atol=tol[1], err_msg=f"{what} output {k}")
+
+
+# Layer kinds that run through the numpy reference on the host by design.
+HOST_KINDS = {"scatter_nd", "range", "nms"}
+
+
+def _assert_on_gpu(layers, impls):
+    """No layer fell back to the host, and each tactic ran its own implementation."""
+    from tftrt.engine.backends import cupy_layers as L
+    from tftrt.engine.backends.cupy_ops import HostFallback
+    want = {"cudnn": L.ConvCudnn, "lt_1x1": L.ConvGemm, "dw_direct": L.DepthwiseConv,
+            "lt": L.MatmulLt, "cupy_matmul": L.MatmulCupy}
+    bad = [(l.name, l.kind, l.tactic, type(i).__name__) for l, i in zip(layers, impls)
+           if (isinstance(i, HostFallback) and l.kind not in HOST_KINDS) or
+           (l.tactic in want and not isinstance(i, want[l.tactic]))]
+    assert not bad, f"layers fell back to another implementation: {bad}"
+
+
+def check(model, feeds, precision="FP32", tf32=False, tactics=True):
+    """Whole engine on the GPU vs the numpy engine; then every applicable tactic of every
+    layer with tactics, layer by layer against the numpy runner on the same inputs."""
+    ref, gpu = _engines(model, feeds, precision, tf32)
+    xs = [feeds[n] for n in gpu.input_names]
+    tol = TOL["TF32" if tf32 and precision == "FP32" else precision]
+    _compare(gpu.execute(xs), ref.execute(xs), tol, "engine")
+    _compare(gpu.execute(xs), ref.execute(xs), tol, "engine (graph replay)")
+    _assert_on_gpu(gpu.network.layers, gpu._cupy_impls)
+    if tactics:
+        _check_tactics(gpu, ref, xs, tol)
+    return gpu
+
+
+def _check_tactics(gpu, ref, xs, tol):
+    from tftrt.engine.tactics import candidates
+    env = {n: x for n, x in zip(ref.network.inputs, xs)}
+    env.update(ref.network.weights)
+    ref_layers = {l.name: (l, r) for l, r in zip(ref.network.layers, ref.runners())}
+    for layer in gpu.network.layers:
+        outs = None
+        if layer.name in ref_layers and all(i in env or not i for i in layer.inputs):
+            rl, rr = ref_layers[layer.name]
+            ins = [env.get(i) if i else None for i in rl.inputs]
+            if len(rl.inputs) == len(layer.inputs):
+                outs = rr(ins)
+                cands = candidates("cupy", gpu.network, layer)
+                if len(cands) > 1 and all(i in env or not i for i in layer.inputs):
+                    keep = layer.tactic
+                    for c in cands:
+                        layer.tactic = c.name
+                        try:
+                            run = gpu.backend_impl.prepare_layer(gpu.network, layer,
+                                                                 gpu.weights)
+                        except Exception:  # a tactic may decline a shape; not the chosen one
+                            assert c.name != keep, f"{layer.name}: chosen tactic {keep} fails"
+                            continue
+                        _assert_on_gpu([layer], [run.impl])
+                        got = run([None if not i else cp.asarray(env[i]) for i in layer.inputs])
+                        _compare(got, outs, tol, f"{layer.name} tactic {c.name}")
+                    layer.tactic = keep
+        if outs is None:
+            return
+        env.update(zip(layer.outputs, outs))
+
+
+# --- cases ---------------------------------------------------------------------------------------
+def _conv_model(xs, ws, attrs, epi=(), bias=True):
+    """NHWC input, NCHW ONNX conv between transposes (as the converters emit), epilogue ops."""
+    nodes = [N("Transpose", ["x"], ["t"], perm=[0, len(xs) - 1] + list(range(1, len(xs) - 1)))]
+    consts = {"w": (rand(*ws, seed=1) / np.sqrt(np.prod(ws[1:]))).astype(np.float32)}
+    ins = ["t", "w"]
+    if bias:
+        consts["b"] = rand(ws[0], seed=2)
+        ins.append("b")
+    nodes.append(N("Conv", ins, ["c"], **attrs))
+    nodes.append(N("Transpose", ["c"], ["h"], perm=[0] + list(range(2, len(xs))) + [1]))
+    h, feeds = "h", {"x": rand(*xs)}
+    for k, e in enumerate(epi):
+        o = f"e{k}"
+        if e == "relu":
+            nodes.append(N("Relu", [h], [o]))
+        elif e == "relu6":
+            consts["lo"], consts["hi"] = np.array(0, np.float32), np.array(6, np.float32)
+            nodes.append(N("Clip", [h, "lo", "hi"], [o]))
+        elif e == "add":
+            nodes.append(N("Add", [h, "r"], [o]))
+            feeds["r"] = None  # shape filled below
+        elif e == "sigmoid":
+            nodes.append(N("Sigmoid", [h], [o]))
+        h = o
+    nodes.append(N("Identity", [h], ["y"]))
+    if "r" in feeds:
+        ref = build_engine(make_model(nodes[:3] + [N("Identity", ["h"], ["y"])],
+                                      {"x": feeds["x"]}, consts), {"x": xs},
+                           BuilderConfig(backend="numpy", tactic_timing=False))
+        feeds["r"] = rand(*ref.output_shapes[0], seed=5)
+    return make_model(nodes, feeds, consts), feeds
+
+
+CONV = [  # (NHWC x, OIHW w, attrs)
+    ((2, 9, 9, 8), (16, 8, 3, 3), {"pads": [1, 1, 1, 1]}),
+    ((2, 9, 9, 8), (16, 8, 3, 3), {"strides": [2, 2], "pads": [0, 1, 1, 0]}),
+    ((1, 9, 9, 8), (8, 4, 3, 3), {"group": 2, "dilations": [2, 2]}),
+    ((2, 8, 8, 16), (16, 1, 3, 3), {"group": 16, "pads": [1, 1, 1, 1]}),            # depthwise
+    ((2, 9, 9, 8), (16, 1, 3, 3), {"group": 8, "strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    ((2, 6, 6, 16), (32, 16, 1, 1), {}),                                           # 1x1 GEMM
+    ((1, 7, 7, 16), (8, 16, 1, 1), {"strides": [2, 2]}),
+    ((2, 10, 8), (8, 8, 3), {"pads": [1, 1]}),                                      # 1-D
+    ((1, 4, 6, 6, 4), (8, 4, 3, 3, 3), {"pads": [1] * 6, "strides": [1, 2, 2]}),    # 3-D
+]
+
+
+@pytest.mark.parametrize("precision", ["FP32", "FP16"])
+@pytest.mark.parametrize("xs,ws,attrs", CONV)
+def test_conv(xs, ws, attrs, precision):
+    check(*_conv_model(xs, ws, attrs, epi=("relu",)), precision=precision)
+
+
+@pytest.mark.parametrize("epi", [("add", "relu"), ("relu6",), ("sigmoid",), ()])
+@pytest.mark.parametrize("ws", [(32, 16, 1, 1), (32, 16, 3, 3), (16, 1, 3, 3)])
+def test_conv_epilogues_fp16(ws, epi):
+    attrs = {"pads": [1, 1, 1, 1]} if ws[-1] == 3 else {}
+    if ws[1] == 1:
+        attrs["group"] = 16
+    check(*_conv_model((2, 8, 8, 16), ws, attrs, epi=epi), precision="FP16")
+
+
+def test_conv_tf32_switch():
+    model, feeds = _conv_model((4, 16, 16, 32), (64, 32, 3, 3), {"pads": [1, 1, 1, 1]})
+    check(model, feeds, "FP32", tf32=True, tactics=False)
+    check(model, feeds, "FP32", tf32=False, tactics=False)
+
+
+@pytest.mark.parametrize("xs,ws,attrs", [
+    ((1, 3, 5, 5), (3, 4, 3, 3), {}),
+    ((2, 4, 4, 4), (4, 2, 3, 3), {"strides": [2, 2], "pads": [1, 1, 1, 1],
+                                  "output_padding": [1, 1]}),
+    ((1, 4, 3, 5), (4, 3, 2, 2), {"strides": [2, 2], "group": 2})])
+@pytest.mark.parametrize("precision", ["FP32", "FP16"])
+def test_conv_transpose(xs, ws, attrs, precision):
+    cout = ws[1] * attrs.get("group", 1)
+    feeds = {"x": rand(*xs)}
+    consts = {"w": rand(*ws, seed=1) / 3, "b": rand(cout, seed=2)}
+    model = make_model([N("ConvTranspose", ["x", "w", "b"], ["y"], **attrs)], feeds, consts)
+    check(model, feeds, precision)
+
+
+MATMUL = [((3, 4), (4, 5), True), ((2, 3, 4), (4, 5), True), ((2, 3, 4), (2, 4, 5), False),
+          ((4,), (4, 5), True), ((3, 4), (4,), False), ((2, 1, 3, 4), (5, 4, 2), False),
+          ((64, 128), (128, 256), True), ((1, 128, 96), (96, 64), True)]
+
+
+@pytest.mark.parametrize("precision", ["FP32", "FP16"])
+@pytest.mark.parametrize("a,b,const_b", MATMUL)
+def test_matmul(a, b, const_b, precision):
+    feeds, consts = {"a": rand(*a)}, {}
+    (consts if const_b else feeds)["b"] = (rand(*b, seed=1) / np.sqrt(b[-2] if len(b) > 1 else 4)
+                                           ).astype(np.float32)
+    check(make_model([N("MatMul", ["a", "b"], ["y"])], feeds, consts), feeds, precision)
+
+
+@pytest.mark.parametrize("attrs", [{}, {"transA": 1}, {"transB": 1, "alpha": 0.5},
+                                   {"beta": 2.0}])
+@pytest.mark.parametrize("precision", ["FP32", "FP16"])
+def test_gemm_bias_act(attrs, precision):
+    a = rand(8, 16) if attrs.get("transA") else rand(16, 8)
+    b = rand(32, 8, seed=1) if attrs.get("transB") else rand(8, 32, seed=1)
+    feeds = {"a": a}
+    consts = {"b": b / 3, "c": rand(32, seed=2)}
+    model = make_model([N("Gemm", ["a", "b", "c"], ["g"], **attrs), N("Relu", ["g"], ["y"])],
+                       feeds, consts)
+    check(model, feeds, precision)
+
+
+def test_dense_residual_gelu_fp16():
+    """A transformer FFN piece: MatMul + bias + erf-GELU, MatMul + bias + residual add."""
+    x = rand(2, 16, 32)
+    c = {"w1": rand(32, 64, seed=1) / 6, "b1": rand(64, seed=2), "w2": rand(64, 32, seed=3) / 8,
+         "b2": rand(32, seed=4), "s2": np.array(2 ** -0.5, np.float32),
+         "half": np.array(0.5, np.float32), "one": np.array(1.0, np.float32)}
+    nodes = [N("MatMul", ["x", "w1"], ["m1"]), N("Add", ["m1", "b1"], ["h"]),
+             N("Mul", ["h", "s2"], ["hs"]), N("Erf", ["hs"], ["e"]), N("Add", ["e", "one"], ["e1"]),
+             N("Mul", ["h", "e1"], ["he"]), N("Mul", ["he", "half"], ["g"]),
+             N("MatMul", ["g", "w2"], ["m2"]), N("Add", ["m2", "b2"], ["o"]),
+             N("Add", ["o", "x"], ["y"])]
+    for precision in ("FP32", "FP16"):
+        check(make_model(nodes, {"x": x}, c), {"x": x}, precision)
+
+
+UNARY = ["Abs", "Neg", "Exp", "Floor", "Ceil", "Round", "Sign", "Sin", "Cos", "Tanh", "Erf",
+         "Relu", "Sigmoid", "Softplus", "Softsign", "Atan", "Sinh", "Asinh"]
+
+
+@pytest.mark.parametrize("op", UNARY)
+def test_unary(op):
+    x = rand(3, 5, 7)
+    check(make_model([N(op, ["x"], ["y"])], {"x": x}), {"x": x})
+
+
+@pytest.mark.parametrize("op", ["Add", "Sub", "Mul", "Div", "Max", "Min", "Pow"])
+@pytest.mark.parametrize("shapes", [((2, 3, 64), (2, 3, 64)), ((2, 3, 64), (64,)),
+                                    ((2, 1, 4), (3, 1)), ((1,), (2, 5))])
+@pytest.mark.parametrize("precision", ["FP32", "FP16"])
+def test_binary(op, shapes, precision):
+    feeds = {"a": rand(*shapes[0], low=0.5, high=2.0), "b": rand(*shapes[1], low=0.5, high=2.0,
+                                                                 seed=1)}
+    check(make_model([N(op, ["a", "b"], ["y"])], feeds), feeds, precision)
+
+
+def test_pointwise_misc():
+    a, b = rand(4, 6), rand(4, 6, seed=1)
+    nodes = [N("Greater", ["a", "b"], ["g"]), N("Where", ["g", "a", "b"], ["w"]),
+             N("Cast", ["g"], ["gi"], to=6), N("Cast", ["w"], ["wh"], to=10),
+             N("LeakyRelu", ["a"], ["lr"], alpha=0.2), N("Elu", ["b"], ["el"], alpha=0.7),
+             N("HardSigmoid", ["a"], ["hs"]), N("Not", ["g"], ["ng"])]
+    check(make_model(nodes, {"a": a, "b": b}, outputs=["w", "gi", "wh", "lr", "el", "hs", "ng"]),
+          {"a": a, "b": b})
+    ia = rand(3, 4, dtype=np.int32, low=-9, high=9)
+    ib = np.array([3, -3, 5, 7], np.int32)
+    check(make_model([N("Mod", ["a", "b"], ["y"], fmod=0)], {"a": ia, "b": ib}),
+          {"a": ia, "b": ib})
+    check(make_model([N("Div", ["a", "b"], ["y"])], {"a": ia, "b": ib}), {"a": ia, "b": ib})
+
+
+POOL = [{"kernel_shape": [2, 2], "strides": [2, 2]},
+        {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]},
+        {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1},
+        {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1], "count_include_pad": 1},
+        {"kernel_shape": [2, 2], "dilations": [2, 2]}]
+
+
+@pytest.mark.parametrize("op", ["MaxPool", "AveragePool"])
+@pytest.mark.parametrize("attrs", POOL)
+@pytest.mark.parametrize("precision", ["FP32", "FP16"])
+@pytest.mark.parametrize("channels", [3, 16])  # 16: the 16-byte vector kernel
+def test_pool(op, attrs, precision, channels):
+    if op == "MaxPool":
+        attrs = {k: v for k, v in attrs.items() if k != "count_include_pad"}
+    elif "dilations" in attrs:
+        return
+    x = rand(2, channels, 9, 8)
+    check(make_model([N(op, ["x"], ["y"], **attrs)], {"x": x}), {"x": x}, precision)
+
+
+@pytest.mark.parametrize("op", ["GlobalAveragePool", "GlobalMaxPool"])
+def test_global_pool(op):
+    x = rand(2, 8, 7, 7)
+    for p in ("FP32", "FP16"):
+        check(make_model([N(op, ["x"], ["y"])], {"x": x}), {"x": x}, p)
+
+
+@pytest.mark.parametrize("op", ["ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd",
+                                "ReduceL2", "ReduceLogSumExp", "ReduceL1", "ReduceSumSquare"])
+@pytest.mark.parametrize("axes,keepdims", [([1], 1), ([0, 2], 0), ([-1], 0)])
+def test_reduce(op, axes, keepdims):
+    x = rand(2, 3, 4, low=0.5, high=1.5)
+    check(make_model([N(op, ["x"], ["y"], axes=axes, keepdims=keepdims)], {"x": x}), {"x": x})
+
+
+@pytest.mark.parametrize("op", ["Softmax", "LogSoftmax"])
+@pytest.mark.parametrize("shape,axis", [((2, 3, 5), -1), ((2, 3, 5), 1), ((4, 2, 1000), -1)])
+@pytest.mark.parametrize("precision", ["FP32", "FP16"])
+def test_softmax(op, shape, axis, precision):
+    x = rand(*shape, low=-5, high=5)
+    check(make_model([N(op, ["x"], ["y"], axis=axis)], {"x": x}), {"x": x}, precision)
+
+
+@pytest.mark.parametrize("shape,axis", [((2, 5, 768), -1), ((2, 3, 4, 5), 2), ((3, 6), 1)])
+@pytest.mark.parametrize("precision", ["FP32", "FP16"])
+def test_layernorm(shape, axis, precision):
+    norm = shape[axis % len(shape):]
+    x = rand(*shape)
+    consts = {"s": rand(*norm, seed=1), "b": rand(*norm, seed=2)}
+    check(make_model([N("LayerNormalization", ["x", "s", "b"], ["y"], axis=axis, epsilon=1e-5)],
+                     {"x": x}, consts), {"x": x}, precision)
+    model = make_model([N("LayerNormalization", ["x", "s", "b"], ["y", "m", "v"], axis=axis)],
+                       {"x": x}, consts, outputs=["y", "m", "v"])
+    check(model, {"x": x}, precision)
+
+
+def test_instancenorm():
+    x = rand(2, 3, 5, 5)
+    check(make_model([N("InstanceNormalization", ["x", "s", "b"], ["y"], epsilon=1e-4)], {"x": x},
+                     {"s": rand(3, seed=1), "b": rand(3, seed=2)}), {"x": x})
+
+
+def test_index_ops():
+    x = rand(3, 4, 5, dtype=np.int64, low=0, high=3).astype(np.float32)
+    feeds = {"x": x}
+    nodes = [N("ArgMax", ["x"], ["am"], axis=1, select_last_index=1),
+             N("ArgMin", ["x"], ["an"], axis=-1, keepdims=0),
+             N("TopK", ["x", "k"], ["tv", "ti"], axis=-1),
+             N("CumSum", ["x", "ax"], ["cs"], exclusive=1),
+             N("Gather", ["x", "gi"], ["ga"], axis=1),
+             N("GatherElements", ["x", "ge"], ["gel"], axis=2),
+             N("GatherND", ["x", "gn"], ["gnd"]),
+             N("ScatterND", ["x", "si", "su"], ["snd"])]
+    consts = {"k": np.array([2], I64), "ax": np.array(1, I64), "gi": np.array([[0, -1], [2, 1]],
+                                                                              I64),
+              "ge": rand(3, 4, 2, dtype=I64, low=0, high=4), "gn": np.array([[0, 1], [2, 3]], I64),
+              "si": np.array([[1], [0]], I64), "su": rand(2, 4, 5, seed=3)}
+    outs = ["am", "an", "tv", "ti", "cs", "ga", "gel", "gnd", "snd"]
+    check(make_model(nodes, feeds, consts, outputs=outs), feeds)
+
+
+def test_shuffle_ops():
+    x = rand(2, 4, 6, 6)
+    feeds = {"x": x}
+    nodes = [N("Transpose", ["x"], ["tr"], perm=[0, 2, 3, 1]),
+             N("Reshape", ["x", "rs"], ["re"]),
+             N("Concat", ["x", "x"], ["cc"], axis=1),
+             N("Split", ["x", "sp"], ["s0", "s1"], axis=3),
+             N("Slice", ["x", "st", "en", "sa", "ss"], ["sl"]),
+             N("Pad", ["x", "pc"], ["pa"], mode="constant"),
+             N("Pad", ["x", "pr"], ["pb"], mode="reflect"),
+             N("Pad", ["x", "pr"], ["pe"], mode="edge"),
+             N("Expand", ["ex", "es"], ["exo"]),
+             N("Tile", ["x", "tl"], ["ti"]),
+             N("DepthToSpace", ["x"], ["d2s"], blocksize=2, mode="CRD"),
+             N("SpaceToDepth", ["x"], ["s2d"], blocksize=2),
+             N("Einsum", ["x", "x"], ["ein"], equation="bchw,bcwk->bchk")]
+    consts = {"rs": np.array([2, -1], I64), "sp": np.array([2, 4], I64),
+              "st": np.array([0, 5], I64), "en": np.array([3, 0], I64),
+              "sa": np.array([1, 3], I64), "ss": np.array([1, -2], I64),
+              "pc": np.array([0, 1, 2, 0, 0, 0, 1, 3], I64),
+              "pr": np.array([0, 0, 2, 1, 0, 0, 1, 2], I64), "ex": rand(4, 1, 6, seed=4),
+              "es": np.array([2, 4, 3, 6], I64), "tl": np.array([1, 2, 1, 2], I64)}
+    outs = ["tr", "re", "cc", "s0", "s1", "sl", "pa", "pb", "pe", "exo", "ti", "d2s", "s2d",
+            "ein"]
+    check(make_model(nodes, feeds, consts, outputs=outs), feeds)
+
+
+@pytest.mark.parametrize("mode", ["constant", "reflect", "edge"])
+@pytest.mark.parametrize("precision", ["FP32", "FP16"])
+def test_pad_channels_last(mode, precision):
+    """Spatial padding of NHWC tensors: the 16-byte vector path."""
+    x = rand(2, 5, 5, 8)
+    pads = np.array([0, 1, 2, 0, 0, 2, 1, 0], I64)
+    model = make_model([N("Pad", ["x", "p"], ["y"], mode=mode)], {"x": x}, {"p": pads})
+    check(model, {"x": x}, precision)
+
+
+@pytest.mark.parametrize("op,consts,attrs", [
+    ("Pad", {"p": np.array([0, 3, 3, 0, 0, 3, 3, 0], I64)}, {"mode": "constant"}),
+    ("Pad", {"p": np.array([0, 1, 1, 0, 0, 1, 1, 0], I64)}, {"mode": "edge"}),
+    ("Transpose", {}, {"perm": [0, 3, 1, 2]}),
+    ("Slice", {"st": np.array([1], I64), "en": np.array([5], I64), "ax": np.array([2], I64)},
+     {}),
+    ("MaxPool", {}, {"kernel_shape": [2, 2]}),
+    ("Concat", {}, {"axis": 3})])
+def test_fp16_layer_on_fp32_network_input(op, consts, attrs):
+    """In FP16 engines a layer reading the fp32 network input stores fp16 (the first layer of
+    Keras ResNet50 is such a Pad)."""
+    x = rand(2, 6, 6, 8)
+    ins = ["x"] + list(consts) if op != "Concat" else ["x", "x"]
+    if op == "MaxPool":
+        nodes = [N("Transpose", ["x"], ["t"], perm=[0, 3, 1, 2]), N(op, ["t"], ["o"], **attrs)]
+    else:
+        nodes = [N(op, ins, ["o"], **attrs)]
+    nodes.append(N("Relu", ["o"], ["y"]))
+    check(make_model(nodes, {"x": x}, consts), {"x": x}, "FP16")
+
+
+@pytest.mark.parametrize("mode", ["nearest", "linear", "cubic"])
+def test_resize(mode):
+    x = rand(2, 3, 5, 4)
+    model = make_model([N("Resize", ["x", "", "", "z"], ["y"], mode=mode)], {"x": x},
+                       {"z": np.array([2, 3, 7, 9], I64)})
+    check(model, {"x": x})
+
+
+def test_quantize_dequantize():
+    x = rand(2, 3, 4)
+    consts = {"s": np.array([0.02, 0.05, 0.1], np.float32), "z": np.array([3, -2, 0], np.int8)}
+    nodes = [N("QuantizeLinear", ["x", "s", "z"], ["q"], axis=1),
+             N("DequantizeLinear", ["q", "s", "z"], ["y"], axis=1)]
+    check(make_model(nodes, {"x": x}, consts, outputs=["q", "y"]), {"x": x})
+
+
+# --- engine-level behaviour --------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def small_resnet():
+    from tests.engine.models import resnet50
+    model, feeds = resnet50(batch=2, size=32, width=16)
+    return model, feeds
+
+
+def test_small_resnet_fp32_fp16(small_resnet):
+    model, feeds = small_resnet
+    for precision in ("FP32", "FP16"):
+        ref, gpu = _engines(model, feeds, precision)
+        xs = list(feeds.values())
+        _compare(gpu.execute(xs), ref.execute(xs), (5e-3, 5e-3) if precision == "FP32" else
+                 TOLERANCES["FP16"], precision)
+
+
+def test_graph_replay_equals_eager(small_resnet):
+    model, feeds = small_resnet
+    _, gpu = _engines(model, feeds, "FP16")
+    eager = gpu.create_execution_context()
+    eager._impl.use_graphs = False
+    graph = gpu.create_execution_context()
+    for seed in range(3):
+        x = rand(*feeds["TensorRTInputPH_0"].shape, seed=seed)
+        a = cp.asnumpy(eager.execute([x])[0])
+        b = cp.asnumpy(graph.execute([x])[0])
+        np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-4)
+    assert graph._impl.segments is not None and \
+        any(kind == "graph" for kind, _ in graph._impl.segments)
+
+
+def test_plan_round_trip_without_retuning(small_resnet, monkeypatch):
+    from tftrt.engine.backends import cupy_dnn, cupy_layers
+    model, feeds = small_resnet
+    _, gpu = _engines(model, feeds, "FP16")
+    x = list(feeds.values())
+    want = cp.asnumpy(gpu.execute(x)[0])
+    data = gpu.serialize()
+    cupy_layers._SHARED.clear()
+
+    def boom(*a, **k):
+        raise AssertionError("a loaded plan must not re-tune")
+    monkeypatch.setattr(cupy_dnn.CudnnConv, "tune", boom)
+    monkeypatch.setattr(cupy_dnn.LtGemm, "tune", boom)
+    loaded = deserialize_engine(data)
+    assert loaded.layers_summary() == gpu.layers_summary()
+    np.testing.assert_allclose(cp.asnumpy(loaded.execute(x)[0]), want, rtol=1e-3, atol=1e-4)
+
+
+def test_four_threads_with_own_contexts(small_resnet):
+    model, feeds = small_resnet
+    ref, gpu = _engines(model, feeds, "FP16")
+    shape = feeds["TensorRTInputPH_0"].shape
+    inputs = [[rand(*shape, seed=10 * t + i) for i in range(4)] for t in range(4)]
+    want = [[ref.execute([x])[0] for x in row] for row in inputs]
+    errors = []
+
+    def worker(t):
+        try:
+            ctx = gpu.create_execution_context()
+            for _ in range(2):
+                for x, w in zip(inputs[t], want[t]):
+                    _compare(ctx.execute([x]), [w], TOLERANCES["FP16"], f"thread {t}")
+        except Exception as e:  # reported below
+            errors.append(f"thread {t}: {type(e).__name__}: {e}")
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors
+
+
+def test_engine_reports_device_and_memory(small_resnet):
+    model, feeds = small_resnet
+    _, gpu = _engines(model, feeds, "FP16")
+    assert gpu.backend == "cupy" and "sm_" in gpu.device
+    ctx = gpu.create_execution_context()
+    ctx.execute(list(feeds.values()))
+    assert ctx._impl.device_bytes >= gpu.memory.arena_bytes
+    prof = ctx._impl.profile(list(feeds.values()), repeats=3)
+    assert len(prof) == gpu.num_layers and all(t >= 0 for _, t in prof)

@@ -1,0 +1,396 @@
+"""The GPU backend: every layer kind on CuPy, cuDNN-frontend graphs and cuBLASLt.
+
+* Convolutions: cuDNN graphs (conv_fprop / conv_dgrad + the fused pointwise epilogue: bias,
+  scale, residual add, activation), a cuBLASLt GEMM for 1x1 stride-1 convs, a generated kernel
+  for 2-D depthwise convs. The builder times the applicable tactics; inside a tactic the
+  backend times the library's candidates (cuDNN engines, cuBLASLt algorithms) on the GPU and
+  records the winner in ``layer.attrs["_cupy"][tactic]``, which the plan stores, so a loaded
+  plan rebuilds the same kernels without timing. Layers with one candidate tactic are tuned
+  when the builder asks their workspace size (the hook that runs for every layer).
+* MatMul: cuBLASLt with bias / relu / tanh-gelu / residual epilogues (cupy.matmul as the
+  tactic for batch broadcasts cuBLASLt's strides cannot express).
+* Everything else: kernels generated from the IR (``cupy_kernels``, ``cupy_kernels_nn``) or
+  CuPy's array library (``cupy_ops``); a layer no GPU path can run goes through the numpy
+  reference on the host.
+
+Precision: FP16 layers store fp16 and accumulate in fp32; FP32 layers may use TF32 tensor
+cores unless the build says ``allow_tf32=False``.
+
+Execution (:class:`CupyExecutionContext`): one device arena per context laid out by the
+engine's memory plan (plus the largest tactic workspace), its own stream and library handles;
+the first run is eager, the second captures the whole engine into CUDA graphs (layers that
+cannot be captured run eagerly between graph segments; a failed capture is logged once and
+that segment stays eager), later runs replay them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from tftrt.engine.backends import Backend
+from tftrt.engine.network import Layer, Network
+from tftrt.engine.tactics import register_tactic
+
+try:
+    import cupy as cp
+except Exception:  # pragma: no cover - CuPy missing: the backend reports itself unavailable
+    cp = None
+
+log = logging.getLogger("tftrt.engine.cupy")
+
+_CAPTURE_MODE = None if cp is None else getattr(cp.cuda.runtime, "streamCaptureModeRelaxed", 2)
+
+
+# --- tactics -------------------------------------------------------------------------------------
+def _lazy():
+    from tftrt.engine.backends import cupy_dnn, cupy_layers
+    return cupy_dnn, cupy_layers
+
+
+def _cudnn_ok(net, layer) -> bool:
+    return _lazy()[0].cudnn_module() is not None and np.dtype(
+        net.tensors[layer.inputs[1]].dtype).kind == "f"
+
+
+def _lt_ok() -> bool:
+    return _lazy()[0].lt_module() is not None
+
+
+def _conv_1x1(net, layer) -> bool:
+    return _lt_ok() and _lazy()[1].conv_as_gemm_dims(net, layer) is not None and \
+        np.dtype(net.tensors[layer.inputs[1]].dtype).kind == "f"
+
+
+def _depthwise(net, layer) -> bool:
+    x, w = net.tensors[layer.inputs[0]].shape, net.tensors[layer.inputs[1]].shape
+    return len(x) == 4 and layer.attrs["group"] == x[-1] > 1 and w[-1] == 1
+
+
+def _matmul_lt(net, layer) -> bool:
+    return _lt_ok() and _lazy()[1].matmul_dims(net, layer) is not None
+
+
+def _workspace(net, layer) -> int:
+    """Scratch bytes of the layer's chosen tactic. The builder asks this for every layer after
+    tactic selection, so this is also where a layer that was not timed (one candidate) gets
+    its library choice tuned and recorded in its attrs, before the plan is written."""
+    key = _lazy()[1].signature(net, layer)
+    if key not in _WORKSPACE:
+        try:
+            make_impl(net, layer, {}, dict(_OPTIONS))
+        except Exception as e:  # the context will report it when it prepares the layer
+            log.debug("preparing %s for its workspace size failed: %s", layer.name, e)
+    return _WORKSPACE.get(key, 0)
+
+
+_WORKSPACE: Dict[str, int] = {}
+_OPTIONS = {"tf32": True}
+
+register_tactic("cupy", "conv", "cudnn", applies=_cudnn_ok, workspace=_workspace)
+register_tactic("cupy", "conv", "lt_1x1", applies=_conv_1x1, workspace=_workspace)
+register_tactic("cupy", "conv", "dw_direct", applies=_depthwise)
+register_tactic("cupy", "conv_transpose", "cudnn", applies=_cudnn_ok, workspace=_workspace)
+register_tactic("cupy", "matmul", "lt", applies=_matmul_lt, workspace=_workspace)
+register_tactic("cupy", "matmul", "cupy_matmul")
+
+
+def make_impl(net: Network, layer: Layer, weights: Dict[str, Any], opts: dict,
+              strict: bool = False):
+    """The implementation object for ``layer.tactic`` (see cupy_layers' protocol); falls back
+    to a slower GPU path, then to the host, with a warning, when a path cannot run it.
+    ``strict``: raise instead when the tactic's own implementation fails (tactic timing: a
+    candidate that cannot run must not be timed as its fallback)."""
+    from tftrt.engine.backends import cupy_layers as L
+    from tftrt.engine.backends import cupy_ops as O
+    kind, tactic = layer.kind, layer.tactic
+    chain = []
+    if kind == "conv":
+        chain = {"lt_1x1": [L.ConvGemm, L.ConvCudnn], "dw_direct": [L.DepthwiseConv,
+                                                                    L.ConvCudnn]}.get(
+            tactic, [L.ConvCudnn])
+    elif kind == "conv_transpose":
+        chain = [L.ConvCudnn]
+    elif kind == "matmul":
+        chain = [L.MatmulCupy] if tactic == "cupy_matmul" else [L.MatmulLt, L.MatmulCupy]
+    else:
+        cls = {"pointwise": L.Pointwise, "pool": L.Pool, "softmax": L.Softmax,
+               "normalization": L.Normalization}.get(kind) or O.IMPLS.get(kind)
+        if cls is not None:
+            chain = [cls]
+    errors = []
+    for cls in chain:
+        try:
+            impl = cls(net, layer, weights, opts)
+        except Exception as e:
+            if strict:
+                raise
+            errors.append(f"{cls.__name__}: {type(e).__name__}: {str(e)[:300]}")
+            continue
+        if errors:
+            log.warning("layer %s (%s, tactic %s) runs as %s: %s", layer.name, kind, tactic,
+                        cls.__name__, "; ".join(errors))
+        _WORKSPACE[L.signature(net, layer)] = int(impl.workspace)
+        return impl
+    if errors:
+        log.warning("layer %s (%s, tactic %s) runs on the host: %s", layer.name, kind, tactic,
+                    "; ".join(errors))
+    return O.HostFallback(net, layer, weights, opts)
+
+
+# --- backend -------------------------------------------------------------------------------------
+class CupyBackend(Backend):
+    """Runs engines on an NVIDIA GPU (see module doc)."""
+
+    name = "cupy"
+
+    @classmethod
+    def is_available(cls) -> bool:
+        if cp is None:
+            return False
+        try:
+            if cp.cuda.runtime.getDeviceCount() < 1:
+                return False
+            int((cp.arange(4) * 2).sum())
+            return True
+        except Exception:
+            return False
+
+    def __init__(self):
+        self.options = _OPTIONS
+        self._lock = threading.Lock()
+
+    def set_build_options(self, allow_tf32: bool = True, **_) -> None:
+        """Options of the engine being built (the builder's config): allow_tf32."""
+        self.options["tf32"] = bool(allow_tf32)
+
+    def device_name(self) -> str:
+        dev = cp.cuda.runtime.getDevice()
+        p = cp.cuda.runtime.getDeviceProperties(dev)
+        name = p["name"].decode() if isinstance(p["name"], bytes) else str(p["name"])
+        return f"{name} (sm_{p['major']}{p['minor']})"
+
+    def upload(self, array: np.ndarray):
+        return cp.asarray(array)
+
+    def to_numpy(self, array) -> np.ndarray:
+        return cp.asnumpy(array)
+
+    def asarray(self, x):
+        if isinstance(x, cp.ndarray):
+            return x
+        if not isinstance(x, np.ndarray) and hasattr(x, "__dlpack__"):
+            try:
+                return cp.from_dlpack(x)
+            except Exception:
+                pass
+        return cp.asarray(np.asarray(x))
+
+    def synchronize(self) -> None:
+        cp.cuda.Device().synchronize()
+
+    def random_array(self, shape, dtype):
+        dt = np.dtype(dtype)
+        if dt.kind == "f":
+            return cp.random.standard_normal(shape, dtype=np.float32).astype(dt)
+        if dt.kind == "b":
+            return cp.random.randint(0, 2, shape).astype(dt)
+        return cp.zeros(shape, dt)
+
+    def prepare_layer(self, net: Network, layer: Layer, weights: Dict[str, Any]):
+        impl = make_impl(net, layer, weights, dict(self.options),
+                         strict=layer.kind in ("conv", "conv_transpose", "matmul"))
+        shapes = [(tuple(net.tensors[o].shape), np.dtype(net.tensors[o].dtype))
+                  for o in layer.outputs]
+
+        def run(inputs: List[Any]) -> List[Any]:
+            outs = [cp.empty(s, d) for s, d in shapes]
+            impl.run(inputs, outs, None)
+            return outs
+        run.impl = impl
+        return run
+
+    def time_runner(self, runner, inputs, repeats: int = 10) -> float:
+        """GPU seconds per call of a prepared runner (CUDA-graph replay when it captures):
+        what the layer will cost inside a replayed engine, without Python launch overhead."""
+        from tftrt.engine.backends.cupy_dnn import gpu_time
+        impl = getattr(runner, "impl", None)
+        stream = cp.cuda.Stream(non_blocking=True)
+        if impl is None:
+            return gpu_time(lambda: runner(inputs), stream, repeats)
+        outs = runner(inputs)
+        ws = cp.empty(max(int(impl.workspace), 1), cp.uint8)
+        t = gpu_time(lambda: impl.run(inputs, outs, ws), stream, repeats)
+        stream.synchronize()
+        return t
+
+    def engine_impls(self, engine) -> List[Any]:
+        """One implementation per layer, shared by every context of ``engine``."""
+        with self._lock:
+            impls = getattr(engine, "_cupy_impls", None)
+            if impls is None:
+                opts = {"tf32": bool(engine.config.get("allow_tf32", True))}
+                impls = [make_impl(engine.network, l, engine.weights, opts)
+                         for l in engine.network.layers]
+                engine._cupy_impls = impls
+            return impls
+
+    def create_context(self, engine):
+        return CupyExecutionContext(self, engine)
+
+
+# --- execution context ---------------------------------------------------------------------------
+class CupyExecutionContext:
+    """Arena, stream, CUDA graphs for one engine in one thread (see module doc).
+
+    Attributes:
+      use_graphs: capture and replay CUDA graphs after the first run (default True).
+      profile_result: [(layer name, seconds)] from :meth:`profile`.
+    """
+
+    _warned = set()
+
+    def __init__(self, backend: CupyBackend, engine):
+        self.engine = engine
+        net = self.net = engine.network
+        self.impls = backend.engine_impls(engine)
+        self.stream = cp.cuda.Stream(non_blocking=True)
+        self.use_graphs = True
+        self.runs = 0
+        self.segments: Optional[List[Tuple[str, Any]]] = None
+        self.profile_result: List[Tuple[str, float]] = []
+        mem = engine.memory
+        ws_bytes = max([int(i.workspace) for i in self.impls] + [int(mem.workspace_bytes), 0])
+        arena_bytes = int(mem.arena_bytes)
+        ws_off = (arena_bytes + 255) // 256 * 256
+        self.arena = cp.empty(max(ws_off + ws_bytes, 1), cp.uint8)
+        self.ws = self.arena[ws_off:ws_off + ws_bytes] if ws_bytes else None
+        self.device_bytes = int(self.arena.nbytes)
+
+        def alloc(name):
+            info = net.tensors[name]
+            return cp.empty(tuple(info.shape), np.dtype(info.dtype))
+
+        bufs: Dict[str, Any] = dict(engine.weights)
+        self.in_bufs = []
+        for name in net.inputs:
+            bufs[name] = alloc(name)
+            self.in_bufs.append(bufs[name])
+        for name, off in mem.offsets.items():
+            info = net.tensors[name]
+            nbytes = info.nbytes()
+            view = self.arena[off:off + nbytes].view(np.dtype(info.dtype))
+            bufs[name] = view.reshape(tuple(info.shape))
+        self.steps = []
+        for layer, impl in zip(net.layers, self.impls):
+            for o in layer.outputs:
+                if o and o not in bufs:
+                    bufs[o] = alloc(o)
+            ins = [bufs[i] if i else None for i in layer.inputs]
+            outs = [bufs[o] for o in layer.outputs]
+            self.steps.append((layer, impl, ins, outs))
+        self.out_bufs = [bufs[o] for o in net.outputs]
+        self._pools = []
+
+    # --- running ---------------------------------------------------------------------------
+    def _run_steps(self, steps) -> None:
+        for layer, impl, ins, outs in steps:
+            try:
+                impl.run(ins, outs, self.ws)
+            except Exception as err:
+                raise RuntimeError(f"layer {layer.name} ({layer.kind}, tactic {layer.tactic}) "
+                                   f"failed: {type(err).__name__}: {err}") from err
+
+    def _capture(self) -> None:
+        """Splits the layers into capturable runs, captures each into a CUDA graph."""
+        groups: List[Tuple[str, list]] = []
+        for st in self.steps:
+            kind = "graph" if st[1].capturable else "eager"
+            if groups and groups[-1][0] == kind == "graph":
+                groups[-1][1].append(st)
+            else:
+                groups.append((kind, [st]))
+        segments = []
+        for kind, steps in groups:
+            if kind == "graph":
+                pool = cp.cuda.MemoryPool()
+                graph = None
+                try:
+                    with cp.cuda.using_allocator(pool.malloc):
+                        self.stream.begin_capture(mode=_CAPTURE_MODE)
+                        try:
+                            self._run_steps(steps)
+                        finally:
+                            graph = self.stream.end_capture()
+                    graph.upload(self.stream)
+                    self._pools.append(pool)
+                    segments.append(("graph", graph))
+                    continue
+                except Exception as e:
+                    key = (self.net.name, steps[0][0].name)
+                    if key not in self._warned:
+                        self._warned.add(key)
+                        log.warning("CUDA graph capture failed for %d layers from %s of %s "
+                                    "(%s: %s); they run eagerly", len(steps), steps[0][0].name,
+                                    self.net.name, type(e).__name__, e)
+            segments.append(("eager", steps))
+        self.segments = segments
+
+    def _run(self) -> None:
+        if self.segments is None and self.use_graphs and self.runs >= 1:
+            self._capture()
+        if self.segments is None or not self.use_graphs:
+            self._run_steps(self.steps)
+        else:
+            for kind, item in self.segments:
+                if kind == "graph":
+                    item.launch(self.stream)
+                else:
+                    self._run_steps(item)
+        self.runs += 1
+
+    def execute(self, inputs: List[Any]) -> List[Any]:
+        """Runs the engine on ``inputs`` (device arrays in input order, right shapes/dtypes).
+
+        Work is ordered after the caller's current stream and the caller's stream waits for
+        it, so no host synchronization happens. Returns fresh arrays (copies of the context's
+        output buffers, made on the caller's stream)."""
+        caller = cp.cuda.get_current_stream()
+        self.stream.wait_event(caller.record())
+        with self.stream:
+            for buf, x in zip(self.in_bufs, inputs):
+                if not isinstance(x, cp.ndarray):
+                    x = cp.asarray(x)
+                if x.data.ptr != buf.data.ptr:
+                    cp.copyto(buf, x, casting="unsafe")
+            self._run()
+            done = self.stream.record()
+        caller.wait_event(done)
+        with caller:
+            return [b.copy() for b in self.out_bufs]
+
+    def profile(self, inputs: List[Any], repeats: int = 20) -> List[Tuple[str, float]]:
+        """GPU seconds per layer: each layer replayed alone from a CUDA graph (host launch
+        cost excluded, as in a replayed engine); non-capturable layers timed eagerly."""
+        from tftrt.engine.backends.cupy_dnn import gpu_time
+        self.execute(inputs)
+        self.stream.synchronize()
+        res = []
+        for layer, impl, ins, outs in self.steps:
+            if impl.capturable:
+                pool = cp.cuda.MemoryPool()
+                with cp.cuda.using_allocator(pool.malloc):
+                    t = gpu_time(lambda: impl.run(ins, outs, self.ws), self.stream, repeats)
+            else:
+                t0 = time.perf_counter()
+                with self.stream:
+                    impl.run(ins, outs, self.ws)
+                self.stream.synchronize()
+                t = time.perf_counter() - t0
+            res.append((layer.name, t))
+        self.profile_result = res
+        return res

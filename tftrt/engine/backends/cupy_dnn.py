@@ -1,0 +1,511 @@
+"""The CuPy backend's library paths: cuDNN-frontend convolution graphs with fused epilogues,
+cuBLASLt GEMMs with epilogues (through nvmath-python's raw bindings), and GPU timing.
+
+Both libraries take raw device pointers and run on the caller's stream, and both capture into
+CUDA graphs (CuPy's own cuBLAS path does not: "calling cuBLAS API during stream capture is
+currently unsupported"). Each heavy object here is built once per layer signature and shared by
+every execution context of every engine in the process; execution is serialized per object
+with a lock (cheap: after the first run engines replay CUDA graphs).
+
+Tuning: candidates are timed on the GPU by replaying a CUDA graph of ``reps`` launches (host
+launch cost excluded, which is what graph replay gives at run time); the choice is a small JSON
+record (cuDNN engine id + knobs, or the cuBLASLt heuristic index) that a plan stores, so that a
+loaded plan rebuilds exactly the chosen kernel without timing again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+import cupy as cp
+
+log = logging.getLogger("tftrt.engine.cupy")
+
+# Largest scratch one cuDNN plan / cuBLASLt algorithm may use (plans asking more are skipped).
+WORKSPACE_LIMIT = 256 << 20
+LT_WORKSPACE = 32 << 20
+# cuDNN plans built and timed per conv graph variant (runtime-fusion plans compile with NVRTC,
+# ~0.3-1 s each, so this bounds the engine build time).
+CUDNN_CANDIDATES = int(os.environ.get("TFTRT_CUDNN_CANDIDATES", "4"))
+
+_CAPTURE_MODE = getattr(cp.cuda.runtime, "streamCaptureModeThreadLocal", 1)
+
+
+# --- timing --------------------------------------------------------------------------------------
+def gpu_time(fn: Callable[[], None], stream: cp.cuda.Stream, reps: int = 10) -> float:
+    """Seconds per call of ``fn`` on the GPU: a CUDA graph of ``reps`` calls replayed, so that
+    Python launch overhead is excluded; falls back to events around eager calls when ``fn``
+    cannot be captured."""
+    with stream:
+        fn()
+        graph = None
+        try:
+            stream.begin_capture(mode=_CAPTURE_MODE)
+            try:
+                for _ in range(reps):
+                    fn()
+            finally:
+                graph = stream.end_capture()
+        except Exception:
+            graph = None
+        e0, e1 = cp.cuda.Event(), cp.cuda.Event()
+        if graph is not None:
+            graph.launch(stream)
+            e0.record(stream)
+            for _ in range(3):
+                graph.launch(stream)
+            e1.record(stream)
+            e1.synchronize()
+            return cp.cuda.get_elapsed_time(e0, e1) * 1e-3 / (3 * reps)
+        e0.record(stream)
+        for _ in range(reps):
+            fn()
+        e1.record(stream)
+        e1.synchronize()
+        return cp.cuda.get_elapsed_time(e0, e1) * 1e-3 / reps
+
+
+# --- cuDNN frontend ------------------------------------------------------------------------------
+_cudnn = None
+_cudnn_error: Optional[str] = None
+
+
+def cudnn_module():
+    """The ``cudnn`` frontend module, or None (reason in :func:`cudnn_unavailable_reason`)."""
+    global _cudnn, _cudnn_error
+    if _cudnn is None and _cudnn_error is None:
+        try:
+            import cudnn  # noqa: F401
+            cudnn.backend_version()
+            _cudnn = cudnn
+        except Exception as e:  # not installed, or libcudnn missing
+            _cudnn_error = f"{type(e).__name__}: {e}"
+    return _cudnn
+
+
+def cudnn_unavailable_reason() -> Optional[str]:
+    cudnn_module()
+    return _cudnn_error
+
+
+_tls = threading.local()
+
+
+def cudnn_handle():
+    """A cuDNN handle for the calling thread (handles are not shared between threads)."""
+    h = getattr(_tls, "cudnn", None)
+    if h is None:
+        h = _tls.cudnn = cudnn_module().create_handle()
+    return h
+
+
+def _cdt(dtype):
+    c = cudnn_module()
+    return {"float16": c.data_type.HALF, "float32": c.data_type.FLOAT,
+            "float64": c.data_type.DOUBLE, "bfloat16": c.data_type.BFLOAT16,
+            "int8": c.data_type.INT8, "int32": c.data_type.INT32}[np.dtype(dtype).name]
+
+
+def _nc_dims(shape_nsc):
+    """[N, *S, C] (channels last) -> cuDNN dims [N, C, *S] and NHWC strides."""
+    n, sp, c = shape_nsc[0], list(shape_nsc[1:-1]), shape_nsc[-1]
+    dims = [n, c] + sp
+    strides = [0] * len(dims)
+    acc = c
+    strides[1] = 1
+    for k in range(len(sp) - 1, -1, -1):
+        strides[2 + k] = acc
+        acc *= sp[k]
+    strides[0] = acc
+    return dims, strides
+
+
+# Activations cuDNN pointwise nodes implement exactly as the reference does.
+def _cudnn_act(g, y, e):
+    fn = e["fn"]
+    if fn == "relu":
+        return g.relu(input=y)
+    if fn == "leaky_relu":
+        return g.relu(input=y, negative_slope=float(e["alpha"]))
+    if fn == "clip" and e.get("min") is not None and e.get("max") is not None:
+        return g.relu(input=y, lower_clip=float(e["min"]), upper_clip=float(e["max"]))
+    if fn in ("sigmoid", "tanh"):
+        return getattr(g, fn)(input=y)
+    if fn == "gelu" and e.get("approximate", "none") == "none":
+        return g.gelu(input=y)
+    return None
+
+
+class ConvSpec:
+    """What a cuDNN convolution graph needs to know (all static)."""
+
+    def __init__(self, x_shape, w_shape, y_shape, strides, dilations, pads, group: int,
+                 dtype: str, y_dtype: str, epilogue: Sequence[dict],
+                 operands: Dict[int, Tuple[Tuple[int, ...], str]], tf32: bool,
+                 transpose: bool = False):
+        nsp = len(x_shape) - 2
+        self.nsp = nsp
+        self.pads_b, self.pads_e = list(pads[:nsp]), list(pads[nsp:])
+        self.strides, self.dilations = list(strides), list(dilations)
+        self.x_shape, self.w_shape, self.y_shape = tuple(x_shape), tuple(w_shape), tuple(y_shape)
+        if nsp == 1:  # cuDNN wants >= 2 spatial dims: add H = 1
+            self.x_shape = (x_shape[0], 1) + tuple(x_shape[1:])
+            self.w_shape = (w_shape[0], 1) + tuple(w_shape[1:])
+            self.y_shape = (y_shape[0], 1) + tuple(y_shape[1:])
+            self.pads_b, self.pads_e = [0] + self.pads_b, [0] + self.pads_e
+            self.strides, self.dilations = [1] + self.strides, [1] + self.dilations
+        self.group, self.dtype, self.y_dtype = group, dtype, y_dtype
+        self.epilogue, self.operands, self.tf32 = list(epilogue), dict(operands), tf32
+        self.transpose = transpose
+
+    def fusable_prefix(self) -> int:
+        """How many leading epilogue ops a cuDNN pointwise chain can express."""
+        k, cout = 0, self.y_shape[-1]
+        for e in self.epilogue:
+            if e["op"] in ("bias", "scale"):
+                pass
+            elif e["op"] == "add":
+                shp = self.operands[e["input"]][0]
+                if tuple(shp) not in (self.y_shape, (cout,)):
+                    break
+            elif e["op"] == "act":
+                if _cudnn_act_supported(e) is False:
+                    break
+            else:
+                break
+            k += 1
+        return k
+
+
+def _cudnn_act_supported(e) -> bool:
+    fn = e["fn"]
+    return fn in ("relu", "leaky_relu", "sigmoid", "tanh") or \
+        (fn == "clip" and e.get("min") is not None and e.get("max") is not None) or \
+        (fn == "gelu" and e.get("approximate", "none") == "none")
+
+
+class CudnnConv:
+    """One convolution (fprop, or dgrad for conv_transpose) plus ``n_fused`` epilogue ops as a
+    cuDNN graph with one chosen execution plan."""
+
+    def __init__(self, spec: ConvSpec, n_fused: int, choice: Optional[dict] = None,
+                 candidates: Optional[int] = None):
+        c = cudnn_module()
+        self.spec, self.n_fused = spec, n_fused
+        self.lock = threading.Lock()
+        self.g, self.tensors = self._graph(c)
+        g = self.g
+        self.index = None
+        if choice is not None:
+            try:
+                knobs = {c.knob_type(int(k)): int(v) for k, v in choice["knobs"].items()}
+                g.create_execution_plan(int(choice["engine"]), knobs)
+                idx = g.get_execution_plan_count() - 1
+                g.build_plan_at_index(idx)
+                self.index, self.times = idx, {}
+            except Exception as e:
+                log.info("recorded cuDNN plan %s could not be rebuilt (%s); re-planning",
+                         choice, e)
+                self.g, self.tensors = self._graph(c)
+                g = self.g
+        if self.index is None:
+            g.create_execution_plans([c.heur_mode.A, c.heur_mode.FALLBACK])
+            if spec.dtype == "float32" and not spec.tf32:
+                g.deselect_numeric_notes([c.numerical_note.TENSOR_CORE])
+            g.deselect_workspace_greater_than(WORKSPACE_LIMIT)
+            try:
+                g.check_support()
+            except Exception:
+                pass
+            self.built: List[int] = []
+            candidates = candidates or CUDNN_CANDIDATES
+            for i in range(g.get_execution_plan_count()):
+                if len(self.built) >= candidates:
+                    break
+                try:
+                    g.build_plan_at_index(i)
+                    self.built.append(i)
+                except Exception:
+                    continue
+            if not self.built:
+                raise RuntimeError("cuDNN built no execution plan for this graph")
+            self.index = self.built[0]
+            self.times = {}
+        self.workspace = int(g.get_workspace_size_plan_at_index(self.index))
+
+    def _graph(self, c):
+        s = self.spec
+        io = _cdt(s.dtype)
+        g = c.pygraph(io_data_type=io, intermediate_data_type=c.data_type.FLOAT,
+                      compute_data_type=c.data_type.FLOAT, handle=cudnn_handle())
+        xd, xs = _nc_dims(s.x_shape)
+        wd, ws = _nc_dims(s.w_shape)
+        yd, ys = _nc_dims(s.y_shape)
+        X = g.tensor(name="X", dim=xd, stride=xs, data_type=io)
+        W = g.tensor(name="W", dim=wd, stride=ws, data_type=io)
+        kw = dict(pre_padding=s.pads_b, post_padding=s.pads_e, stride=s.strides,
+                  dilation=s.dilations, compute_data_type=c.data_type.FLOAT)
+        if s.transpose:
+            Y = g.conv_dgrad(loss=X, filter=W, **kw)
+            Y.set_dim(yd).set_stride(ys)
+        else:
+            Y = g.conv_fprop(image=X, weight=W, **kw)
+        tensors = {"X": X, "W": W}
+        cout = s.y_shape[-1]
+        for e in s.epilogue[:self.n_fused]:
+            Y.set_data_type(c.data_type.FLOAT)
+            if e["op"] in ("bias", "scale", "add"):
+                i = e["input"]
+                shp, dt = s.operands[i]
+                if tuple(shp) == (cout,):
+                    dims = [1, cout] + [1] * (len(yd) - 2)
+                    T = g.tensor(name=f"E{i}", dim=dims, stride=[cout, 1] + [cout] *
+                                 (len(yd) - 2), data_type=_cdt(dt))
+                else:
+                    T = g.tensor(name=f"E{i}", dim=yd, stride=ys, data_type=_cdt(dt))
+                tensors[i] = T
+                if e["op"] == "bias":
+                    Y = g.bias(input=Y, bias=T)
+                elif e["op"] == "scale":
+                    Y = g.scale(input=Y, scale=T)
+                else:
+                    Y = g.add(a=Y, b=T)
+            else:
+                Y = _cudnn_act(g, Y, e)
+        Y.set_output(True).set_data_type(_cdt(s.y_dtype)).set_dim(yd).set_stride(ys)
+        tensors["Y"] = Y
+        g.validate()
+        g.build_operation_graph()
+        return g, tensors
+
+    def choice(self) -> dict:
+        eid, knobs = self.g.get_engine_and_knobs_at_index(self.index)
+        return {"engine": int(eid), "knobs": {str(int(k)): int(v) for k, v in knobs.items()}}
+
+    def plan_name(self) -> str:
+        try:
+            return self.g.get_plan_name_at_index(self.index)
+        except Exception:
+            return "?"
+
+    def _pack(self, x, w, y, operands: Dict[int, Any]):
+        t = self.tensors
+        pack = {t["X"]: x.data.ptr, t["W"]: w.data.ptr, t["Y"]: y.data.ptr}
+        for i, T in t.items():
+            if isinstance(i, int):
+                pack[T] = operands[i].data.ptr
+        return pack
+
+    def run(self, x, w, y, operands: Dict[int, Any], ws_ptr: int, stream_ptr: int,
+            index: Optional[int] = None) -> None:
+        c = cudnn_module()
+        h = cudnn_handle()
+        with self.lock:
+            c.set_stream(h, stream_ptr)
+            self.g.execute_plan_at_index(self._pack(x, w, y, operands), ws_ptr,
+                                         self.index if index is None else index, handle=h)
+
+    def tune(self, x, w, y, operands, stream: cp.cuda.Stream) -> float:
+        """Times the built candidate plans, keeps the fastest; returns its seconds."""
+        built = getattr(self, "built", [self.index])
+        size = max(int(self.g.get_workspace_size_plan_at_index(i)) for i in built)
+        ws = cp.empty(max(size, 1), cp.uint8)
+        for i in built:
+            try:
+                self.times[i] = gpu_time(lambda: self.run(x, w, y, operands, ws.data.ptr,
+                                                          stream.ptr, i), stream)
+            except Exception as e:
+                log.debug("cuDNN plan %d failed: %s", i, e)
+        if self.times:
+            self.index = min(self.times, key=self.times.get)
+        self.workspace = int(self.g.get_workspace_size_plan_at_index(self.index))
+        return self.times.get(self.index, float("inf"))
+
+
+# --- cuBLASLt ------------------------------------------------------------------------------------
+_lt = None
+_lt_error: Optional[str] = None
+
+
+def lt_module():
+    """(cublasLt bindings, cublas bindings, CudaDataType) from nvmath, or None."""
+    global _lt, _lt_error
+    if _lt is None and _lt_error is None:
+        try:
+            from nvmath import CudaDataType
+            from nvmath.bindings import cublas, cublasLt
+            cublasLt.get_version()
+            _lt = (cublasLt, cublas, CudaDataType)
+        except Exception as e:
+            _lt_error = f"{type(e).__name__}: {e}"
+    return _lt
+
+
+def lt_unavailable_reason() -> Optional[str]:
+    lt_module()
+    return _lt_error
+
+
+def lt_handle():
+    h = getattr(_tls, "lt", None)
+    if h is None:
+        h = _tls.lt = lt_module()[0].create()
+    return h
+
+
+def _set_attr(set_fn, dtype_fn, obj, attr, value) -> None:
+    buf = np.array(value, dtype=dtype_fn(attr))
+    set_fn(obj, attr, buf.ctypes.data, buf.itemsize)
+
+
+def _lt_dtype(dtype):
+    DT = lt_module()[2]
+    return {"float16": DT.CUDA_R_16F, "float32": DT.CUDA_R_32F, "float64": DT.CUDA_R_64F,
+            "bfloat16": DT.CUDA_R_16BF}[np.dtype(dtype).name]
+
+
+class GemmSpec:
+    """Row-major batched Y[b, M, N] = alpha * op(A)[b, M, K] @ op(B)[b, K, N] (+ beta C) with a
+    cuBLASLt epilogue. Batch strides are in elements; 0 broadcasts an operand."""
+
+    def __init__(self, m, n, k, batch, ta, tb, a_stride, b_stride, d_stride, ab_dtype, d_dtype,
+                 alpha: float, has_c: bool, epilogue: str, bias_dtype: Optional[str],
+                 tf32: bool):
+        self.m, self.n, self.k, self.batch = int(m), int(n), int(k), int(batch)
+        self.ta, self.tb = bool(ta), bool(tb)
+        self.a_stride, self.b_stride, self.d_stride = int(a_stride), int(b_stride), int(d_stride)
+        self.ab_dtype, self.d_dtype = np.dtype(ab_dtype).name, np.dtype(d_dtype).name
+        self.alpha, self.has_c, self.epilogue = float(alpha), bool(has_c), epilogue
+        self.bias_dtype = bias_dtype and np.dtype(bias_dtype).name
+        self.tf32 = bool(tf32)
+
+    def key(self) -> tuple:
+        return tuple(sorted(self.__dict__.items()))
+
+
+class LtGemm:
+    """A cuBLASLt matmul for one :class:`GemmSpec` (descriptors, heuristic candidates, choice).
+
+    In cuBLASLt's column-major terms Y^T[N, M] = op(B)^T @ op(A)^T: the row-major B buffer is
+    the left operand and the row-major A buffer the right one, so no data is transposed, and
+    the bias runs along N (the rows of the column-major result), as a per-channel bias must.
+    """
+
+    def __init__(self, spec: GemmSpec, choice: Optional[dict] = None, candidates: int = 8):
+        lt, cublas, DT = lt_module()
+        self.spec = s = spec
+        self.lock = threading.Lock()
+        self.lt = lt
+        ct = cublas.ComputeType
+        if s.ab_dtype == "float32":
+            compute = ct.COMPUTE_32F_FAST_TF32 if s.tf32 else ct.COMPUTE_32F
+        elif s.ab_dtype == "float64":
+            compute = ct.COMPUTE_64F
+        else:
+            compute = ct.COMPUTE_32F
+        scale_t = DT.CUDA_R_64F if s.ab_dtype == "float64" else DT.CUDA_R_32F
+        self.desc = lt.matmul_desc_create(compute, scale_t)
+        da = lambda attr, v: _set_attr(lt.matmul_desc_set_attribute,  # noqa: E731
+                                       lt.get_matmul_desc_attribute_dtype, self.desc, attr, v)
+        A = lt.MatmulDescAttribute
+        da(A.TRANSA, cublas.Operation.T if s.tb else cublas.Operation.N)
+        da(A.TRANSB, cublas.Operation.T if s.ta else cublas.Operation.N)
+        ep = {"": lt.Epilogue.DEFAULT, "bias": lt.Epilogue.BIAS, "relu": lt.Epilogue.RELU,
+              "bias_relu": lt.Epilogue.RELU_BIAS, "gelu": lt.Epilogue.GELU,
+              "bias_gelu": lt.Epilogue.GELU_BIAS}[s.epilogue]
+        da(A.EPILOGUE, ep)
+        if s.bias_dtype:
+            da(A.BIAS_DATA_TYPE, _lt_dtype(s.bias_dtype))
+        self._da = da
+        abt, dt = _lt_dtype(s.ab_dtype), _lt_dtype(s.d_dtype)
+        # left operand: row-major B; right operand: row-major A (see class doc)
+        la = lt.matrix_layout_create(abt, *((s.k, s.n, s.k) if s.tb else (s.n, s.k, s.n)))
+        lb = lt.matrix_layout_create(abt, *((s.m, s.k, s.m) if s.ta else (s.k, s.m, s.k)))
+        ld = lt.matrix_layout_create(dt, s.n, s.m, s.n)
+        self.layouts = (la, lb, ld)
+        if s.batch > 1:
+            for lay, stride in ((la, s.b_stride), (lb, s.a_stride), (ld, s.d_stride)):
+                _set_attr(lt.matrix_layout_set_attribute, lt.get_matrix_layout_attribute_dtype,
+                          lay, lt.MatrixLayoutAttribute.BATCH_COUNT, s.batch)
+                _set_attr(lt.matrix_layout_set_attribute, lt.get_matrix_layout_attribute_dtype,
+                          lay, lt.MatrixLayoutAttribute.STRIDED_BATCH_OFFSET, stride)
+        self.alpha = np.array(s.alpha, np.float64 if s.ab_dtype == "float64" else np.float32)
+        self.beta = np.array(1.0 if s.has_c else 0.0, self.alpha.dtype)
+        pref = lt.matmul_preference_create()
+        P = lt.MatmulPreferenceAttribute
+        _set_attr(lt.matmul_preference_set_attribute, lt.get_matmul_preference_attribute_dtype,
+                  pref, P.MAX_WORKSPACE_BYTES, LT_WORKSPACE)
+        # In-place split-K reductions accumulate into D and need it zeroed: never use them.
+        R = lt.ReductionScheme
+        _set_attr(lt.matmul_preference_set_attribute, lt.get_matmul_preference_attribute_dtype,
+                  pref, P.REDUCTION_SCHEME_MASK, int(R.COMPUTE_TYPE) | int(R.OUTPUT_TYPE))
+        self.results = lt.MatmulHeuristicResult(candidates)
+        count = np.zeros(1, np.int32)
+        lt.matmul_algo_get_heuristic(lt_handle(), self.desc, la, lb, ld, ld, pref, candidates,
+                                     self.results.ptr, count.ctypes.data)
+        lt.matmul_preference_destroy(pref)
+        self.count = int(count[0])
+        if self.count == 0:
+            raise RuntimeError("cuBLASLt found no algorithm for this GEMM")
+        # Each candidate's cublasLtMatmulAlgo_t (passed by pointer) and workspace bytes.
+        self.algos = [self.results[i]["algo"] for i in range(self.count)]
+        ws_all = np.asarray(self.results["workspace_size"]).reshape(-1)
+        self.wss = [int(ws_all[i]) for i in range(self.count)]
+        self.index = 0
+        if choice is not None and "algo" in choice and int(choice["algo"]) < self.count:
+            self.index = int(choice["algo"])
+        self.times: Dict[int, float] = {}
+        self._bias_ptr = None
+
+    @property
+    def workspace(self) -> int:
+        return self.wss[self.index] + (16 if self.spec.epilogue else 0)
+
+    def choice(self) -> dict:
+        return {"algo": int(self.index)}
+
+    def run(self, a_ptr, b_ptr, c_ptr, d_ptr, bias_ptr, ws_ptr, ws_size, stream_ptr,
+            index: Optional[int] = None) -> None:
+        i = self.index if index is None else index
+        with self.lock:
+            if bias_ptr is not None and bias_ptr != self._bias_ptr:
+                self._da(self.lt.MatmulDescAttribute.BIAS_POINTER, bias_ptr)
+                self._bias_ptr = bias_ptr
+            la, lb, ld = self.layouts
+            self.lt.matmul(lt_handle(), self.desc, self.alpha.ctypes.data, b_ptr, la, a_ptr, lb,
+                           self.beta.ctypes.data, c_ptr or d_ptr, ld, d_ptr, ld,
+                           self.algos[i].ctypes.data, ws_ptr, ws_size, stream_ptr)
+
+    def tune(self, a, b, c, d, bias, stream: cp.cuda.Stream) -> float:
+        """Times every heuristic candidate (rejecting any that leaves NaN in a poisoned
+        output), keeps the fastest; returns its seconds."""
+        ws = cp.empty(LT_WORKSPACE + 64, cp.uint8)
+        bp = bias.data.ptr if bias is not None else None
+        cp_ = c.data.ptr if c is not None else 0
+        for i in range(self.count):
+            if self.wss[i] > LT_WORKSPACE:
+                continue
+            try:
+                with stream:
+                    d.fill(np.nan) if d.dtype.kind == "f" else None
+                    self.run(a.data.ptr, b.data.ptr, cp_, d.data.ptr, bp, ws.data.ptr,
+                             ws.nbytes, stream.ptr, i)
+                    bad = d.dtype.kind == "f" and bool(cp.isnan(d).any()) and \
+                        not any(bool(cp.isnan(t).any()) for t in (a, b) if t is not None)
+                if bad:
+                    log.debug("cuBLASLt algo %d left NaN in the output; skipped", i)
+                    continue
+                self.times[i] = gpu_time(lambda: self.run(
+                    a.data.ptr, b.data.ptr, cp_, d.data.ptr, bp, ws.data.ptr, ws.nbytes,
+                    stream.ptr, i), stream)
+            except Exception as e:
+                log.debug("cuBLASLt algo %d failed: %s", i, e)
+        if not self.times:
+            raise RuntimeError("no cuBLASLt algorithm ran correctly")
+        self.index = min(self.times, key=self.times.get)
+        return self.times[self.index]

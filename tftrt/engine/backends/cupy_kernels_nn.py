@@ -1,0 +1,384 @@
+"""Generated CUDA kernels of the CuPy backend for pooling, padding and reductions over NHWC /
+row-major tensors: max/avg pooling, pad (constant / reflect / edge), row-wise softmax and layer
+normalization, and reductions over one contiguous block of axes. Same conventions as
+``cupy_kernels`` (shapes baked in, fp16 as ``unsigned short``, fp32 math)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from tftrt.engine.backends.cupy_kernels import (PRELUDE, _lit, _raw_kernel, comptype, ctype,
+                                                launch, load_expr, store_expr)
+
+
+# --- pooling (NHWC, any number of spatial dims) --------------------------------------------------
+class PoolKernel:
+    """Max / average pooling over [N, *S, C] with pads, dilations and ceil-mode windows; the
+    average never counts the region beyond the explicit end pad (as the reference does).
+    Float tensors with C a multiple of the 16-byte vector width move 16 bytes per access."""
+
+    def __init__(self, x_shape, out_shape, mode, kernel, strides, dilations, pads,
+                 count_include_pad, dtype: str, out_dtype: str):
+        nsp = len(x_shape) - 2
+        sp, osp, c = x_shape[1:-1], out_shape[1:-1], x_shape[-1]
+        fl = np.dtype(dtype).kind == "f"
+        V = 16 // np.dtype(dtype).itemsize
+        if not (fl and dtype == out_dtype and c % V == 0 and V > 1):
+            V = 1
+        cv = c // V
+        self.work = int(np.prod(out_shape, dtype=np.int64)) // V
+        it = "long long" if max(self.work * V, int(np.prod(x_shape, dtype=np.int64))) >= \
+            2 ** 31 - 64 else "int"
+        lines = [f"{it} r = t / {cv};", f"const int ch = (int)(t % {cv}) * {V};"]
+        for d in range(nsp - 1, -1, -1):
+            lines.append(f"const int o{d} = r % {osp[d]}; r /= {osp[d]};")
+        lines.append("const int nb = r;")
+        is_max = mode == "max"
+        init = "-(1.f/0.f)" if is_max else "0.f"
+        if not fl:
+            init = str(np.iinfo(np.dtype(dtype)).min) if is_max else "0"
+        acc_t = "float" if fl else "long long"
+        ct = ctype(dtype)
+        lines.append(f"{acc_t} acc[{V}]; int cnt = 0;")
+        lines.append(f"#pragma unroll\nfor (int v = 0; v < {V}; ++v) acc[v] = {init};")
+        loops = []
+        for d in range(nsp):
+            lines.append(f"for (int k{d} = 0; k{d} < {kernel[d]}; ++k{d}) {{")
+            lines.append(f"  const int i{d} = o{d} * {strides[d]} - {pads[d]} + k{d} * "
+                         f"{dilations[d]};")
+            if count_include_pad:
+                lines.append(f"  if (i{d} >= {sp[d] + pads[nsp + d]}) continue;")
+            else:
+                lines.append(f"  if (i{d} < 0 || i{d} >= {sp[d]}) continue;")
+            loops.append("}")
+        inside = " && ".join(f"i{d} >= 0 && i{d} < {sp[d]}" for d in range(nsp)) or "true"
+        pos = "nb"
+        for d in range(nsp):
+            pos = f"({pos}) * {sp[d]} + i{d}"
+        lines.append("  cnt += 1;")
+        lines.append(f"  if ({inside}) {{")
+        lines.append(f"    const {it} base = (({it})({pos})) * {c} + ch;")
+        if V > 1:
+            lines.append(f"    union {{ uint4 u; {ct} e[{V}]; }} b;")
+            lines.append("    b.u = *reinterpret_cast<const uint4*>(x + base);")
+            val = load_expr(dtype, "b.e[v]")
+        else:
+            val = load_expr(dtype, "x[base]")
+        lines.append(f"    #pragma unroll\n    for (int v = 0; v < {V}; ++v) {{")
+        lines.append(f"      {acc_t} w = ({acc_t}){val};")
+        lines.append("      acc[v] = (w != w || w > acc[v]) ? w : acc[v];" if is_max else
+                     "      acc[v] += w;")
+        lines.append("    }\n  }")
+        lines += loops
+        res = "acc[v]" if is_max else "acc[v] / (float)(cnt > 0 ? cnt : 1)"
+        if V > 1:
+            lines.append(f"union {{ uint4 u; {ctype(out_dtype)} e[{V}]; }} o;")
+            lines.append(f"#pragma unroll\nfor (int v = 0; v < {V}; ++v) o.e[v] = "
+                         f"{store_expr(out_dtype, res)};")
+            lines.append(f"*reinterpret_cast<uint4*>(y + t * {V}) = o.u;")
+        else:
+            lines.append(f"{{ const int v = 0; y[t] = {store_expr(out_dtype, res)}; }}")
+        body = "\n    ".join(lines)
+        self.source = PRELUDE + f"""
+extern "C" __global__ void pool(const {ct}* __restrict__ x, {ctype(out_dtype)}* y) {{
+  for ({it} t = ({it})blockIdx.x * blockDim.x + threadIdx.x; t < {self.work};
+       t += ({it})gridDim.x * blockDim.x) {{
+    {body}
+  }}
+}}
+"""
+        self.vec = V
+        self._kernel = None
+
+    def __call__(self, x, y) -> None:
+        if self._kernel is None:
+            self._kernel = _raw_kernel(self.source, "pool")
+        if self.vec > 1 and (x.data.ptr % 16 or y.data.ptr % 16):
+            raise RuntimeError("pool: vectorized kernel needs 16-byte aligned buffers")
+        if self.work:
+            launch(self._kernel, self.work, [x, y])
+
+
+# --- row-wise kernels: softmax and layer normalization over the trailing axes ------------------
+_ROW_REDUCE = r"""
+__device__ __forceinline__ float block_reduce(float v, bool is_max, float* sh) {
+  #pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    float u = __shfl_xor_sync(0xffffffff, v, o);
+    v = is_max ? fmaxf(v, u) : v + u;
+  }
+  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+  __syncthreads();
+  if (lane == 0) sh[wid] = v;
+  __syncthreads();
+  const int nw = blockDim.x >> 5;
+  v = (threadIdx.x < nw) ? sh[threadIdx.x] : (is_max ? -(1.f/0.f) : 0.f);
+  if (wid == 0) {
+    #pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      float u = __shfl_xor_sync(0xffffffff, v, o);
+      v = is_max ? fmaxf(v, u) : v + u;
+    }
+    if (lane == 0) sh[32] = v;
+  }
+  __syncthreads();
+  return sh[32];
+}
+"""
+
+
+def _row_threads(cols: int) -> int:
+    t = 32
+    while t < cols and t < 1024:
+        t *= 2
+    return max(t, 64) if cols > 32 else 32
+
+
+class SoftmaxKernel:
+    """Softmax / LogSoftmax over the last axis of a [rows, cols] view (fp32 math)."""
+
+    def __init__(self, rows: int, cols: int, in_dtype: str, out_dtype: str, log: bool):
+        self.rows, self.cols = rows, cols
+        self.threads = _row_threads(cols)
+        ld = lambda e: load_expr(in_dtype, e)  # noqa: E731
+        out = ("(v - m) - logf(s)" if log else "expf(v - m) / s")
+        self.source = PRELUDE + _ROW_REDUCE + f"""
+extern "C" __global__ void softmax(const {ctype(in_dtype)}* __restrict__ x,
+                                   {ctype(out_dtype)}* __restrict__ y) {{
+  __shared__ float sh[33];
+  for (long long row = blockIdx.x; row < {rows}; row += gridDim.x) {{
+    const {ctype(in_dtype)}* xr = x + row * {cols};
+    {ctype(out_dtype)}* yr = y + row * {cols};
+    float m = -(1.f/0.f);
+    for (int j = threadIdx.x; j < {cols}; j += blockDim.x) m = fmaxf(m, {ld("xr[j]")});
+    m = block_reduce(m, true, sh);
+    if (isinf(m)) m = (m > 0) ? m : 0.f;
+    float s = 0.f;
+    for (int j = threadIdx.x; j < {cols}; j += blockDim.x) s += expf({ld("xr[j]")} - m);
+    s = block_reduce(s, false, sh);
+    for (int j = threadIdx.x; j < {cols}; j += blockDim.x) {{
+      const float v = {ld("xr[j]")};
+      yr[j] = {store_expr(out_dtype, out)};
+    }}
+  }}
+}}
+"""
+        self._kernel = None
+
+    def __call__(self, x, y) -> None:
+        if self._kernel is None:
+            self._kernel = _raw_kernel(self.source, "softmax")
+        if self.rows and self.cols:
+            blocks = min(self.rows, 65535)
+            self._kernel((blocks,), (self.threads,), (x, y))
+
+
+class LayerNormKernel:
+    """(x - mean) * rsqrt(var + eps) * scale + bias over the trailing ``cols`` elements of each
+    row; scale/bias are per-column vectors (or absent); optional mean / inv_std outputs."""
+
+    def __init__(self, rows: int, cols: int, in_dtype: str, out_dtype: str, eps: float,
+                 scale_dtype: Optional[str], bias_dtype: Optional[str], stats: bool):
+        self.rows, self.cols = rows, cols
+        self.threads = _row_threads(cols)
+        ld = lambda e: load_expr(in_dtype, e)  # noqa: E731
+        params = [f"const {ctype(in_dtype)}* __restrict__ x"]
+        if scale_dtype:
+            params.append(f"const {ctype(scale_dtype)}* __restrict__ sc")
+        if bias_dtype:
+            params.append(f"const {ctype(bias_dtype)}* __restrict__ bi")
+        params.append(f"{ctype(out_dtype)}* __restrict__ y")
+        if stats:
+            params += ["float* __restrict__ mean_out", "float* __restrict__ inv_out"]
+        val = "(v - mean) * inv"
+        if scale_dtype:
+            val = f"({val}) * {load_expr(scale_dtype, 'sc[j]')}"
+        if bias_dtype:
+            val = f"({val}) + {load_expr(bias_dtype, 'bi[j]')}"
+        stat_src = "if (threadIdx.x == 0) { mean_out[row] = mean; inv_out[row] = inv; }" \
+            if stats else ""
+        self.scale, self.bias, self.stats = bool(scale_dtype), bool(bias_dtype), stats
+        self.source = PRELUDE + _ROW_REDUCE + f"""
+extern "C" __global__ void layernorm({", ".join(params)}) {{
+  __shared__ float sh[33];
+  for (long long row = blockIdx.x; row < {rows}; row += gridDim.x) {{
+    const {ctype(in_dtype)}* xr = x + row * {cols};
+    {ctype(out_dtype)}* yr = y + row * {cols};
+    float s = 0.f;
+    for (int j = threadIdx.x; j < {cols}; j += blockDim.x) s += {ld("xr[j]")};
+    const float mean = block_reduce(s, false, sh) / {cols}.f;
+    float q = 0.f;
+    for (int j = threadIdx.x; j < {cols}; j += blockDim.x) {{
+      const float d = {ld("xr[j]")} - mean; q += d * d; }}
+    const float inv = 1.f / sqrtf(block_reduce(q, false, sh) / {cols}.f + {_lit(eps, "float")});
+    for (int j = threadIdx.x; j < {cols}; j += blockDim.x) {{
+      const float v = {ld("xr[j]")};
+      yr[j] = {store_expr(out_dtype, val)};
+    }}
+    {stat_src}
+  }}
+}}
+"""
+        self._kernel = None
+
+    def __call__(self, x, scale, bias, y, mean=None, inv=None) -> None:
+        if self._kernel is None:
+            self._kernel = _raw_kernel(self.source, "layernorm")
+        args = [x] + ([scale] if self.scale else []) + ([bias] if self.bias else []) + [y]
+        if self.stats:
+            args += [mean, inv]
+        if self.rows and self.cols:
+            self._kernel((min(self.rows, 65535),), (self.threads,), tuple(args))
+
+
+# --- pad (constant / reflect / edge; negative pads crop) -----------------------------------------
+class PadKernel:
+    """One pass over the output: each element reads its source element or the pad value."""
+
+    def __init__(self, x_shape, out_shape, pads, mode: str, value, dtype: str,
+                 out_dtype: Optional[str] = None):
+        r = len(x_shape)
+        out_dtype = np.dtype(out_dtype or dtype).name
+        isz = np.dtype(dtype).itemsize
+        # Channels-last tensors padded only spatially move 16 bytes per element access.
+        self.vec = 1
+        if out_dtype == np.dtype(dtype).name and r >= 2 and pads[r - 1] == 0 and \
+                pads[2 * r - 1] == 0 and \
+                (x_shape[-1] * isz) % 16 == 0 and 16 // isz > 1 and \
+                (mode != "constant" or float(value or 0) == 0.0):
+            self.vec = 16 // isz
+            x_shape = tuple(x_shape[:-1]) + (x_shape[-1] // self.vec,)
+            out_shape = tuple(out_shape[:-1]) + (out_shape[-1] // self.vec,)
+            dtype, out_dtype, value = "uint4", "uint4", 0
+        self.work = int(np.prod(out_shape, dtype=np.int64))
+        it = "long long" if max(self.work, int(np.prod(x_shape, dtype=np.int64))) >= \
+            2 ** 31 - 64 else "int"
+        lines, src, inside = [f"{it} r = t;"], "0", []
+        for d in range(r - 1, -1, -1):
+            lines.append(f"int c{d} = (int)(r % {out_shape[d]}) - {pads[d]}; r /= {out_shape[d]};")
+            if mode == "edge":
+                lines.append(f"c{d} = c{d} < 0 ? 0 : (c{d} >= {x_shape[d]} ? {x_shape[d] - 1} : "
+                             f"c{d});")
+            elif mode == "reflect":
+                lines.append(f"if (c{d} < 0) c{d} = -c{d}; if (c{d} >= {x_shape[d]}) c{d} = "
+                             f"{2 * (x_shape[d] - 1)} - c{d};")
+            else:
+                inside.append(f"c{d} >= 0 && c{d} < {x_shape[d]}")
+        for d in range(r):
+            src = f"({src}) * {x_shape[d]} + c{d}" if d else f"({it})c0"
+        cond = " && ".join(inside) or "true"
+        if dtype == "uint4":
+            ct = oct_ = "uint4"
+            lines.append(f"y[t] = ({cond}) ? x[{src if r else 0}] : make_uint4(0, 0, 0, 0);")
+        else:  # the output may be stored in another dtype (an fp16 layer on an fp32 input)
+            ct, oct_ = ctype(dtype), ctype(out_dtype)
+            oc = comptype(out_dtype)
+            val = ("true" if value else "false") if np.dtype(out_dtype).kind == "b" else \
+                _lit(value, oc)
+            xv = load_expr(dtype, f"x[{src if r else 0}]")
+            lines.append(f"y[t] = ({cond}) ? {store_expr(out_dtype, xv)} : "
+                         f"{store_expr(out_dtype, val)};")
+        body = "\n    ".join(lines)
+        self.source = PRELUDE + f"""
+extern "C" __global__ void pad(const {ct}* __restrict__ x, {oct_}* __restrict__ y) {{
+  for ({it} t = ({it})blockIdx.x * blockDim.x + threadIdx.x; t < {self.work};
+       t += ({it})gridDim.x * blockDim.x) {{
+    {body}
+  }}
+}}
+"""
+        self._kernel = None
+
+    def __call__(self, x, y) -> None:
+        if self._kernel is None:
+            self._kernel = _raw_kernel(self.source, "pad")
+        if self.vec > 1 and (x.data.ptr % 16 or y.data.ptr % 16):
+            raise RuntimeError("pad: vectorized kernel needs 16-byte aligned buffers")
+        if self.work:
+            launch(self._kernel, self.work, [x, y])
+
+
+# --- reductions over one contiguous block of axes ------------------------------------------------
+_REDUCE = {  # op -> (map x, combine, init, finish(acc, R))
+    "sum": ("v", "a + b", "0.f", "acc"),
+    "mean": ("v", "a + b", "0.f", "acc / {R}.f"),
+    "sum_square": ("v * v", "a + b", "0.f", "acc"),
+    "l1": ("fabsf(v)", "a + b", "0.f", "acc"),
+    "l2": ("v * v", "a + b", "0.f", "sqrtf(acc)"),
+    "log_sum": ("v", "a + b", "0.f", "logf(acc)"),
+    "prod": ("v", "a * b", "1.f", "acc"),
+    "max": ("v", "fmaxnan(a, b)", "-(1.f/0.f)", "acc"),
+    "min": ("v", "fminnan(a, b)", "(1.f/0.f)", "acc"),
+}
+
+
+class ReduceKernel:
+    """Reduction of x viewed as [O, R, I] over R (the reduced axes are contiguous), fp32
+    accumulation: one thread per (o, i) walking R (coalesced along I), or one block per o
+    when I == 1. log_sum_exp takes two passes (max, then sum of exp)."""
+
+    def __init__(self, O: int, R: int, I: int, op: str, in_dtype: str, out_dtype: str):
+        self.O, self.R, self.I = O, R, I
+        ld = load_expr(in_dtype, "x[base + (long long)r * {I}]".replace("{I}", str(I)))
+        ct, oct_ = ctype(in_dtype), ctype(out_dtype)
+        if op == "log_sum_exp":
+            body = f"""
+    float m = -(1.f/0.f);
+    for (int r = 0; r < {R}; ++r) {{ float v = {ld}; m = fmaxnan(m, v); }}
+    if (isinf(m)) m = 0.f;
+    float acc = 0.f;
+    for (int r = 0; r < {R}; ++r) {{ float v = {ld}; acc += expf(v - m); }}
+    y[t] = {store_expr(out_dtype, "logf(acc) + m")};"""
+            self.mode = "col"
+        else:
+            f, comb, init, fin = _REDUCE[op]
+            fin = fin.replace("{R}", str(R))
+            self.mode = "col" if I > 1 or op in ("prod",) else "row"
+            if self.mode == "col":
+                body = f"""
+    float acc = {init};
+    for (int r = 0; r < {R}; ++r) {{ float v = {ld}; float a = acc, b = {f}; acc = {comb}; }}
+    y[t] = {store_expr(out_dtype, fin)};"""
+            else:
+                red = ("block_reduce(acc, true, sh)" if op == "max" else
+                       "-block_reduce(-acc, true, sh)" if op == "min" else
+                       "block_reduce(acc, false, sh)")
+                self.threads = _row_threads(R)
+                self.source = PRELUDE + _ROW_REDUCE + f"""
+extern "C" __global__ void reduce(const {ct}* __restrict__ x, {oct_}* __restrict__ y) {{
+  __shared__ float sh[33];
+  for (long long o = blockIdx.x; o < {O}; o += gridDim.x) {{
+    const long long base = o * {R};
+    float acc = {init};
+    for (int j = threadIdx.x; j < {R}; j += blockDim.x) {{
+      float v = {load_expr(in_dtype, "x[base + j]")}; float a = acc, b = {f}; acc = {comb}; }}
+    acc = {red};
+    if (threadIdx.x == 0) y[o] = {store_expr(out_dtype, fin)};
+  }}
+}}
+"""
+                self._kernel = None
+                return
+        work = O * I
+        it = "long long"
+        self.work = work
+        self.source = PRELUDE + f"""
+extern "C" __global__ void reduce(const {ct}* __restrict__ x, {oct_}* __restrict__ y) {{
+  for ({it} t = ({it})blockIdx.x * blockDim.x + threadIdx.x; t < {work};
+       t += ({it})gridDim.x * blockDim.x) {{
+    const long long base = (t / {I}) * {R} * (long long){I} + (t % {I});{body}
+  }}
+}}
+"""
+        self._kernel = None
+
+    def __call__(self, x, y) -> None:
+        if self._kernel is None:
+            self._kernel = _raw_kernel(self.source, "reduce")
+        if self.mode == "row":
+            if self.O:
+                self._kernel((min(self.O, 65535),), (self.threads,), (x, y))
+        elif self.work:
+            launch(self._kernel, self.work, [x, y])

@@ -1,0 +1,542 @@
+"""Layer implementations of the CuPy backend: one object per layer that writes its outputs into
+buffers it is given (arena views in an execution context, fresh arrays in ``prepare_layer``).
+
+Protocol of an implementation ``impl``:
+
+* ``impl.run(ins, outs, ws)``: ``ins`` are CuPy arrays in ``layer.inputs`` order (None for
+  absent optional inputs), ``outs`` C-contiguous arrays of the output shapes/dtypes, ``ws`` a
+  uint8 scratch array of at least ``impl.workspace`` bytes (or None). Runs on CuPy's current
+  stream.
+* ``impl.capturable``: False when the implementation synchronizes with the host or calls
+  CuPy's cuBLAS path (then the execution context runs it eagerly between graph segments).
+* ``impl.record()``: the tuned sub-choice (JSON) stored in ``layer.attrs["_cupy"][tactic]`` so
+  a plan rebuilds the same kernel without timing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Dict, Optional, Sequence
+
+import numpy as np
+
+import cupy as cp
+
+from tftrt.engine.backends import cupy_kernels as K
+from tftrt.engine.backends import cupy_kernels_nn as KN
+from tftrt.engine.backends.cupy_dnn import (ConvSpec, CudnnConv, GemmSpec, LtGemm, gpu_time)
+from tftrt.engine.network import Layer, Network
+
+log = logging.getLogger("tftrt.engine.cupy")
+
+CHOICE_ATTR = "_cupy"
+
+# Heavy objects (cuDNN graphs, tuned choices) shared by layers of the same signature.
+_SHARED: Dict[str, Any] = {}
+
+
+def signature(net: Network, layer: Layer, extra=()) -> str:
+    attrs = {k: v for k, v in layer.to_json()["attrs"].items() if k != CHOICE_ATTR}
+    sig = {"kind": layer.kind, "attrs": attrs, "epi": layer.to_json()["epilogue"],
+           "tactic": layer.tactic, "in": [(net.tensors[i].dtype, net.tensors[i].shape)
+                                          if i else None for i in layer.inputs],
+           "out": [(net.tensors[o].dtype, net.tensors[o].shape) for o in layer.outputs],
+           "extra": list(extra)}
+    return json.dumps(sig, sort_keys=True, default=str)
+
+
+def get_record(layer: Layer) -> Optional[dict]:
+    """The tuned choice recorded for ``layer.tactic`` (``attrs["_cupy"][tactic]``)."""
+    recs = layer.attrs.get(CHOICE_ATTR)
+    return recs.get(layer.tactic or "default") if isinstance(recs, dict) else None
+
+
+def set_record(layer: Layer, rec: dict) -> None:
+    recs = layer.attrs.get(CHOICE_ATTR)
+    if not isinstance(recs, dict):
+        recs = layer.attrs[CHOICE_ATTR] = {}
+    recs[layer.tactic or "default"] = rec
+
+
+def _shape(net, name):
+    return tuple(net.tensors[name].shape)
+
+
+def _dtype(net, name) -> str:
+    return np.dtype(net.tensors[name].dtype).name
+
+
+def _stream_ptr() -> int:
+    return cp.cuda.get_current_stream().ptr
+
+
+def _random(shape, dtype):
+    dt = np.dtype(dtype)
+    if dt.kind == "f":
+        return cp.random.standard_normal(shape, dtype=np.float32).astype(dt)
+    return cp.zeros(shape, dt)
+
+
+class Impl:
+    capturable = True
+    workspace = 0
+
+    def __init__(self, net: Network, layer: Layer, weights: Dict[str, Any], opts: dict):
+        self.net, self.layer, self.weights, self.opts = net, layer, weights, opts
+
+    def run(self, ins, outs, ws) -> None:
+        raise NotImplementedError
+
+    def record(self) -> Optional[dict]:
+        return None
+
+
+class Epilogue:
+    """The epilogue ops a library call could not fuse, as one in-place pointwise kernel over
+    [y, operands...]."""
+
+    def __init__(self, net, layer, ops: Sequence[dict]):
+        self.ops = list(ops)
+        self.kernel = None
+        if not self.ops:
+            return
+        y = layer.outputs[0]
+        idx = sorted({e["input"] for e in self.ops if "input" in e})
+        self.inputs = idx
+        operand_index = {i: k + 1 for k, i in enumerate(idx)}
+        cdt = "float64" if _dtype(net, y) == "float64" else "float32"
+        prog = K.epilogue_program(self.ops, operand_index, cdt)
+        self.kernel = K.PointwiseKernel(
+            prog, [_shape(net, y)] + [_shape(net, layer.inputs[i]) for i in idx],
+            [_dtype(net, y)] + [_dtype(net, layer.inputs[i]) for i in idx],
+            _shape(net, y), _dtype(net, y))
+
+    def __call__(self, y, ins) -> None:
+        if self.kernel is not None:
+            self.kernel([y] + [ins[i] for i in self.inputs], y)
+
+
+def _epilogue_operands(net, layer) -> Dict[int, tuple]:
+    return {e["input"]: (_shape(net, layer.inputs[e["input"]]),
+                         _dtype(net, layer.inputs[e["input"]]))
+            for e in layer.epilogue if "input" in e}
+
+
+# --- convolution ---------------------------------------------------------------------------------
+class ConvCudnn(Impl):
+    """conv (fprop) / conv_transpose (dgrad) through a cuDNN graph; tuning also weighs the fully
+    fused graph against conv-only + one epilogue kernel (cuDNN's fused depthwise engines, for
+    one, are far slower than its plain ones)."""
+
+    def __init__(self, net, layer, weights, opts):
+        super().__init__(net, layer, weights, opts)
+        a = layer.attrs
+        transpose = layer.kind == "conv_transpose"
+        x, w, y = layer.inputs[0], layer.inputs[1], layer.outputs[0]
+        self.dtype = _dtype(net, w)
+        self.cast_x = _dtype(net, x) != self.dtype
+        # conv_transpose: IR w [Cin, *K, Cout/g] is the dgrad filter of the forward conv
+        # (K_fwd = Cin, C_fwd / g = Cout / g), already channels last.
+        wshape = _shape(net, w)
+        spec = ConvSpec(_shape(net, x), wshape, _shape(net, y), a["strides"], a["dilations"],
+                        a["pads"], a["group"], self.dtype, _dtype(net, y), layer.epilogue,
+                        _epilogue_operands(net, layer), opts.get("tf32", True), transpose)
+        key = signature(net, layer, ("tf32", spec.tf32))
+        rec = get_record(layer)
+        shared = _SHARED.get(key)
+        if shared is None:
+            shared = _SHARED[key] = self._build(net, layer, spec, rec)
+        self.conv, nf = shared
+        self.post = Epilogue(net, layer, layer.epilogue[nf:])
+        self.workspace = self.conv.workspace
+        self._rec = dict(self.conv.choice(), fused=nf)
+        set_record(layer, self._rec)
+
+    def _build(self, net, layer, spec, rec):
+        if rec is not None and "fused" in rec:
+            try:
+                return CudnnConv(spec, int(rec["fused"]), rec), int(rec["fused"])
+            except Exception as e:
+                log.info("%s: recorded choice failed (%s); tuning again", layer.name, e)
+        variants = sorted({spec.fusable_prefix(), 0}, reverse=True)
+        built, errors = [], []
+        for nf in variants:
+            try:
+                built.append((CudnnConv(spec, nf), nf))
+            except Exception as e:
+                errors.append(f"{nf} fused ops: {type(e).__name__}: {str(e)[:200]}")
+        if not built:
+            raise RuntimeError(f"cuDNN cannot run {layer.name}: " + "; ".join(errors))
+        if len(built) == 1 and len(getattr(built[0][0], "built", [])) <= 1:
+            return built[0]
+        # time every candidate on random data of the real shapes
+        stream = cp.cuda.Stream(non_blocking=True)
+        with stream:
+            x = _random(_shape(net, layer.inputs[0]), spec.dtype)
+            w = self.weights.get(layer.inputs[1])
+            if w is None or w.dtype != np.dtype(spec.dtype):
+                w = _random(_shape(net, layer.inputs[1]), spec.dtype)
+            y = cp.empty(_shape(net, layer.outputs[0]), spec.y_dtype)
+            ops = {i: _random(s, d) for i, (s, d) in spec.operands.items()}
+            best, best_t = None, float("inf")
+            for conv, nf in built:
+                t = conv.tune(x, w, y, ops, stream)
+                post = Epilogue(net, layer, layer.epilogue[nf:])
+                if post.kernel is not None:
+                    ins = [None] * len(layer.inputs)
+                    for i, v in ops.items():
+                        ins[i] = v
+                    t += gpu_time(lambda: post(y, ins), stream)
+                log.debug("%s: %d fused ops -> %.1f us (%s)", layer.name, nf, t * 1e6,
+                          conv.plan_name())
+                if t < best_t:
+                    best, best_t = (conv, nf), t
+            stream.synchronize()
+        return best
+
+    def run(self, ins, outs, ws):
+        x, w, y = ins[0], ins[1], outs[0]
+        if self.cast_x:
+            x = x.astype(self.dtype)
+        ops = {i: ins[i] for i in self.conv.tensors if isinstance(i, int)}
+        ws_ptr = ws.data.ptr if ws is not None and self.conv.workspace else 0
+        if ws_ptr == 0 and self.conv.workspace:
+            tmp = cp.empty(self.conv.workspace, cp.uint8)
+            ws_ptr = tmp.data.ptr
+        self.conv.run(x, w, y, ops, ws_ptr, _stream_ptr())
+        self.post(y, ins)
+
+    def record(self):
+        return self._rec
+
+
+def _lt_epilogue(net, layer, y_shape, n_dim: int):
+    """Splits the epilogue into what cuBLASLt fuses (bias along N, residual C, relu / tanh-gelu
+    last) and the rest. Returns (epilogue name, bias input, residual input, n fused)."""
+    bias = res = None
+    act = ""
+    k = 0
+    for e in layer.epilogue:
+        if e["op"] == "bias" and bias is None and not act:
+            if _shape(net, layer.inputs[e["input"]]) != (n_dim,):
+                break
+            bias = e["input"]
+        elif e["op"] == "add" and res is None and not act and \
+                _shape(net, layer.inputs[e["input"]]) == tuple(y_shape) and \
+                _dtype(net, layer.inputs[e["input"]]) == _dtype(net, layer.outputs[0]):
+            res = e["input"]
+        elif e["op"] == "act" and not act and (
+                e["fn"] == "relu" or (e["fn"] == "gelu" and e.get("approximate") == "tanh")):
+            act = e["fn"]
+        else:
+            break
+        k += 1
+    name = "_".join(p for p in ("bias" if bias is not None else "", act) if p)
+    return name, bias, res, k
+
+
+class GemmImpl(Impl):
+    """matmul (and 1x1 stride-1 conv) as one cuBLASLt call with its epilogue."""
+
+    def __init__(self, net, layer, weights, opts, dims, a_name, b_name):
+        super().__init__(net, layer, weights, opts)
+        m, n, k, batch, ta, tb, sa, sb, sd = dims
+        y = layer.outputs[0]
+        ab = _dtype(net, b_name)
+        if _dtype(net, a_name) != ab:  # fp32 network input into an fp16 layer
+            ab = "float16" if "float16" in (ab, _dtype(net, a_name)) else ab
+        self.ab = ab
+        self.cast = [_dtype(net, a_name) != ab, _dtype(net, b_name) != ab]
+        epi, self.bias_i, self.res_i, nf = _lt_epilogue(net, layer, _shape(net, y), n)
+        alpha = float(layer.attrs.get("alpha", 1.0)) if layer.kind == "matmul" else 1.0
+        rec = get_record(layer) or {}
+        self.gemm = None
+        bias_dtypes = [None] if self.bias_i is None else \
+            [_dtype(net, layer.inputs[self.bias_i]), _dtype(net, y)]
+        last = None
+        for bdt in bias_dtypes:
+            spec = GemmSpec(m, n, k, batch, ta, tb, sa, sb, sd, ab, _dtype(net, y), alpha,
+                            self.res_i is not None, epi, bdt, opts.get("tf32", True))
+            try:
+                self.gemm = self._build(net, layer, spec, rec, a_name, b_name)
+                self.bias_dtype = bdt
+                break
+            except Exception as e:
+                last = e
+        if self.gemm is None:
+            raise RuntimeError(f"cuBLASLt cannot run {layer.name}: {last}")
+        self.bias_const = None
+        if self.bias_i is not None:
+            bname = layer.inputs[self.bias_i]
+            if bname in weights:
+                self.bias_const = weights[bname].astype(self.bias_dtype)
+        self.post = Epilogue(net, layer, layer.epilogue[nf:])
+        self.workspace = self.gemm.workspace
+        self.a_name, self.b_name = a_name, b_name
+        set_record(layer, self.gemm.choice())
+
+    def _build(self, net, layer, spec, rec, a_name, b_name):
+        key = "lt|" + json.dumps(spec.key(), default=str)
+        if key in _SHARED:
+            return LtGemm(spec, _SHARED[key])
+        g = LtGemm(spec, rec if rec else None)
+        if not rec and g.count > 1:
+            stream = cp.cuda.Stream(non_blocking=True)
+            with stream:
+                a = _random(_shape(net, a_name), spec.ab_dtype)
+                b = self.weights.get(b_name)
+                if b is None or b.dtype != np.dtype(spec.ab_dtype):
+                    b = _random(_shape(net, b_name), spec.ab_dtype)
+                d = cp.empty(_shape(net, layer.outputs[0]), spec.d_dtype)
+                c = _random(d.shape, spec.d_dtype) if spec.has_c else None
+                bias = _random((spec.n,), spec.bias_dtype) if spec.bias_dtype else None
+                g.tune(a, b, c, d, bias, stream)
+            stream.synchronize()
+        _SHARED[key] = g.choice()
+        return g
+
+    def run(self, ins, outs, ws):
+        a, b, y = ins[0], ins[1], outs[0]
+        if self.cast[0]:
+            a = a.astype(self.ab)
+        if self.cast[1]:
+            b = b.astype(self.ab)
+        bias = None
+        if self.bias_i is not None:
+            bias = self.bias_const if self.bias_const is not None else \
+                ins[self.bias_i].astype(self.bias_dtype, copy=False)
+        c = ins[self.res_i] if self.res_i is not None else None
+        wsz = self.gemm.workspace
+        if ws is None or ws.nbytes < wsz:
+            ws = cp.empty(max(wsz, 1), cp.uint8)
+        self.gemm.run(a.data.ptr, b.data.ptr, c.data.ptr if c is not None else 0, y.data.ptr,
+                      bias.data.ptr if bias is not None else None, ws.data.ptr, wsz,
+                      _stream_ptr())
+        self.post(y, ins)
+
+    def record(self):
+        return self.gemm.choice()
+
+
+def conv_as_gemm_dims(net, layer):
+    """(m, n, k, ...) of a 1x1 / stride-1 / unpadded / group-1 conv as one GEMM, or None."""
+    a = layer.attrs
+    w = _shape(net, layer.inputs[1])
+    if a["group"] != 1 or any(d != 1 for d in w[1:-1]) or any(s != 1 for s in a["strides"]) \
+            or any(a["pads"]):
+        return None
+    x = _shape(net, layer.inputs[0])
+    m = int(np.prod(x[:-1]))
+    return (m, w[0], w[-1], 1, False, True, 0, 0, 0)
+
+
+def matmul_dims(net, layer):
+    """GEMM dims of a matmul layer for cuBLASLt, or None when batch broadcasting is not a plain
+    stride (then the cupy tactic runs it)."""
+    a = layer.attrs
+    sa, sb = list(_shape(net, layer.inputs[0])), list(_shape(net, layer.inputs[1]))
+    ta, tb = bool(a.get("transpose_a")), bool(a.get("transpose_b"))
+    if np.dtype(_dtype(net, layer.inputs[0])).kind != "f" or \
+            np.dtype(_dtype(net, layer.inputs[1])).kind != "f":
+        return None
+    if len(sa) == 1:
+        m, k, ba, ta = 1, sa[0], [], False
+    else:
+        m, k = (sa[-1], sa[-2]) if ta else (sa[-2], sa[-1])
+        ba = sa[:-2]
+    if len(sb) == 1:
+        kb, n, bb, tb = sb[0], 1, [], False
+    else:
+        kb, n = (sb[-1], sb[-2]) if tb else (sb[-2], sb[-1])
+        bb = sb[:-2]
+    if kb != k:
+        return None
+    pa, pb = int(np.prod(ba, dtype=np.int64)), int(np.prod(bb, dtype=np.int64))
+    if pb == 1 and not ta:
+        return (pa * m, n, k, 1, False, tb, 0, 0, 0)
+    r = max(len(ba), len(bb))
+    fa, fb = [1] * (r - len(ba)) + list(ba), [1] * (r - len(bb)) + list(bb)
+    if fa == fb:
+        return (m, n, k, pa, ta, tb, m * k, k * n, m * n)
+    if pa == 1:
+        return (m, n, k, pb, ta, tb, 0, k * n, m * n)
+    if pb == 1:
+        return (m, n, k, pa, ta, tb, m * k, 0, m * n)
+    return None
+
+
+class ConvGemm(GemmImpl):
+    def __init__(self, net, layer, weights, opts):
+        dims = conv_as_gemm_dims(net, layer)
+        if dims is None:
+            raise ValueError("not a 1x1 stride-1 conv")
+        super().__init__(net, layer, weights, opts, dims, layer.inputs[0], layer.inputs[1])
+
+
+class MatmulLt(GemmImpl):
+    def __init__(self, net, layer, weights, opts):
+        dims = matmul_dims(net, layer)
+        if dims is None:
+            raise ValueError("matmul batch broadcast is not a plain stride")
+        super().__init__(net, layer, weights, opts, dims, layer.inputs[0], layer.inputs[1])
+
+
+class MatmulCupy(Impl):
+    """cupy.matmul (cuBLAS): any broadcast, but it cannot be captured into a CUDA graph."""
+
+    capturable = False
+
+    def __init__(self, net, layer, weights, opts):
+        super().__init__(net, layer, weights, opts)
+        self.post = Epilogue(net, layer, layer.epilogue)
+        self.ct = np.float64 if _dtype(net, layer.outputs[0]) == "float64" else np.float32
+
+    def run(self, ins, outs, ws):
+        a, b = ins[0].astype(self.ct), ins[1].astype(self.ct)
+        if self.layer.attrs.get("transpose_a"):
+            a = cp.swapaxes(a, -1, -2)
+        if self.layer.attrs.get("transpose_b"):
+            b = cp.swapaxes(b, -1, -2)
+        r = cp.matmul(a, b)
+        alpha = self.layer.attrs.get("alpha", 1.0)
+        if alpha != 1.0:
+            r *= alpha
+        cp.copyto(outs[0], r.reshape(outs[0].shape), casting="unsafe")
+        self.post(outs[0], ins)
+
+
+class DepthwiseConv(Impl):
+    """2-D depthwise conv (group == C_in) as one generated kernel with the epilogue fused."""
+
+    def __init__(self, net, layer, weights, opts):
+        super().__init__(net, layer, weights, opts)
+        a = layer.attrs
+        x, w, y = layer.inputs[0], layer.inputs[1], layer.outputs[0]
+        xs, ws_, ys = _shape(net, x), _shape(net, w), _shape(net, y)
+        if len(xs) != 4 or a["group"] != xs[-1] or ws_[-1] != 1:
+            raise ValueError("not a 2-D depthwise conv")
+        mult = ws_[0] // xs[-1]
+        ops = {}
+        for e in layer.epilogue:
+            if "input" in e:
+                s = _shape(net, layer.inputs[e["input"]])
+                mode = "vec" if s == (ys[-1],) else "full" if s == ys else None
+                if mode is None:
+                    raise ValueError("epilogue operand broadcast not supported")
+                ops[e["input"]] = (mode, _dtype(net, layer.inputs[e["input"]]))
+        self.kernel = K.DepthwiseConvKernel(xs, ws_[1:3], a["strides"], a["dilations"],
+                                            a["pads"], ys, mult, _dtype(net, x), _dtype(net, y),
+                                            layer.epilogue, ops)
+        self.wt = None
+        if w in weights:
+            self.wt = self._prep(weights[w])
+
+    @staticmethod
+    def _prep(w):  # [K, kh, kw, 1] -> [kh*kw, K] float32
+        k = w.shape[0]
+        return cp.ascontiguousarray(w.reshape(k, -1).T.astype(cp.float32))
+
+    def run(self, ins, outs, ws):
+        wt = self.wt if self.wt is not None else self._prep(ins[1])
+        self.kernel(ins[0], wt, {i: ins[i] for i in self.kernel.operands}, outs[0])
+
+
+# --- pointwise, pooling, normalization -----------------------------------------------------------
+class Pointwise(Impl):
+    def __init__(self, net, layer, weights, opts):
+        super().__init__(net, layer, weights, opts)
+        self.kernel = K.PointwiseKernel(
+            layer.attrs["program"], [_shape(net, i) for i in layer.inputs],
+            [_dtype(net, i) for i in layer.inputs], _shape(net, layer.outputs[0]),
+            _dtype(net, layer.outputs[0]))
+
+    def run(self, ins, outs, ws):
+        self.kernel(ins, outs[0])
+
+
+class Pool(Impl):
+    def __init__(self, net, layer, weights, opts):
+        super().__init__(net, layer, weights, opts)
+        a = layer.attrs
+        self.kernel = KN.PoolKernel(_shape(net, layer.inputs[0]), _shape(net, layer.outputs[0]),
+                                   a["mode"], a["kernel"], a["strides"], a["dilations"],
+                                   a["pads"], a["count_include_pad"],
+                                   _dtype(net, layer.inputs[0]), _dtype(net, layer.outputs[0]))
+
+    def run(self, ins, outs, ws):
+        self.kernel(ins[0], outs[0])
+
+
+class Softmax(Impl):
+    def __init__(self, net, layer, weights, opts):
+        super().__init__(net, layer, weights, opts)
+        xs = _shape(net, layer.inputs[0])
+        self.axis = layer.attrs["axis"]
+        cols = xs[self.axis]
+        rows = int(np.prod(xs, dtype=np.int64)) // max(cols, 1)
+        self.kernel = KN.SoftmaxKernel(rows, cols, _dtype(net, layer.inputs[0]),
+                                      _dtype(net, layer.outputs[0]),
+                                      bool(layer.attrs.get("log")))
+        self.last = self.axis == len(xs) - 1
+
+    def run(self, ins, outs, ws):
+        if self.last:
+            self.kernel(ins[0], outs[0])
+            return
+        x = cp.ascontiguousarray(cp.moveaxis(ins[0], self.axis, -1))
+        y = cp.empty(x.shape, outs[0].dtype)
+        self.kernel(x, y)
+        cp.copyto(outs[0], cp.moveaxis(y, -1, self.axis))
+
+
+class Normalization(Impl):
+    def __init__(self, net, layer, weights, opts):
+        super().__init__(net, layer, weights, opts)
+        a = layer.attrs
+        xs = _shape(net, layer.inputs[0])
+        axes = list(a["axes"])
+        r = len(xs)
+        self.fast = axes == list(range(r - len(axes), r))
+        cols = int(np.prod([xs[i] for i in axes], dtype=np.int64))
+        sc = layer.inputs[1] if len(layer.inputs) > 1 and layer.inputs[1] else None
+        bi = layer.inputs[2] if len(layer.inputs) > 2 and layer.inputs[2] else None
+        for t in (sc, bi):
+            if t is not None:
+                s = tuple(d for d in _shape(net, t))
+                while s and s[0] == 1 and len(s) > len(axes):
+                    s = s[1:]
+                if int(np.prod(s, dtype=np.int64)) != cols or \
+                        tuple(s) != tuple(xs[r - len(s):]) or len(s) > len(axes):
+                    self.fast = False
+        self.sc, self.bi = sc, bi
+        self.eps = float(a["epsilon"])
+        self.stats = len(layer.outputs) > 1
+        self.axes = tuple(axes)
+        if self.fast:
+            self.kernel = KN.LayerNormKernel(
+                int(np.prod(xs, dtype=np.int64)) // max(cols, 1), cols,
+                _dtype(net, layer.inputs[0]), _dtype(net, layer.outputs[0]), self.eps,
+                sc and _dtype(net, sc), bi and _dtype(net, bi), self.stats)
+
+    def run(self, ins, outs, ws):
+        if self.fast:
+            sc = ins[1] if self.sc else None
+            bi = ins[2] if self.bi else None
+            m = outs[1] if self.stats else None
+            iv = outs[2] if self.stats and len(outs) > 2 else (
+                cp.empty_like(m) if self.stats else None)
+            self.kernel(ins[0], sc, bi, outs[0], m, iv)
+            return
+        x = ins[0].astype(cp.float32)
+        mean = x.mean(axis=self.axes, keepdims=True)
+        d = x - mean
+        inv = 1.0 / cp.sqrt((d * d).mean(axis=self.axes, keepdims=True) + np.float32(self.eps))
+        y = d * inv
+        if self.sc:
+            y = y * ins[1]
+        if self.bi:
+            y = y + ins[2]
+        cp.copyto(outs[0], y, casting="unsafe")
+        for o, v in zip(outs[1:], (mean, inv)):
+            cp.copyto(o, v, casting="unsafe")

@@ -1,0 +1,426 @@
+"""CuPy implementations of the data-movement and less frequent layer kinds (reductions,
+shuffles, indexing, resize, quantization, ...), plus the host fallback that runs any layer
+through the numpy reference (correct everywhere, never captured into a CUDA graph).
+
+These use CuPy's array library (its element-wise / reduction kernels, CUB), which runs on the
+current stream and captures into CUDA graphs as long as nothing synchronizes with the host.
+Temporaries come from CuPy's pool; an execution context captures with a private pool so they
+stay valid for the graph's lifetime.
+"""
+
+from __future__ import annotations
+
+from typing import Dict
+
+import numpy as np
+
+import cupy as cp
+
+from tftrt.engine.backends.cupy_layers import Impl, _dtype, _shape
+
+IMPLS: Dict[str, type] = {}
+
+
+def impl(*kinds):
+    def deco(cls):
+        for k in kinds:
+            IMPLS[k] = cls
+        return cls
+    return deco
+
+
+def _f32(x):
+    return x.astype(cp.float32) if x.dtype == cp.float16 else x
+
+
+def _put(out, value):
+    value = cp.asarray(value)
+    cp.copyto(out, value.reshape(out.shape) if value.size == out.size else value,
+              casting="unsafe")
+
+
+@impl("reduce")
+class Reduce(Impl):
+    """A generated kernel when the reduced axes are one contiguous block of a float tensor;
+    CuPy's reductions otherwise."""
+
+    def __init__(self, net, layer, weights, opts):
+        super().__init__(net, layer, weights, opts)
+        from tftrt.engine.backends.cupy_kernels_nn import ReduceKernel
+        a = layer.attrs
+        xs, axes = _shape(net, layer.inputs[0]), sorted(a["axes"])
+        self.kernel = None
+        fl = np.dtype(_dtype(net, layer.inputs[0])).kind == "f" and \
+            np.dtype(_dtype(net, layer.outputs[0])).kind == "f"
+        if axes and fl and axes == list(range(axes[0], axes[-1] + 1)):
+            o = int(np.prod(xs[:axes[0]], dtype=np.int64))
+            r = int(np.prod(xs[axes[0]:axes[-1] + 1], dtype=np.int64))
+            i = int(np.prod(xs[axes[-1] + 1:], dtype=np.int64))
+            if r > 0:
+                self.kernel = ReduceKernel(o, r, i, a["op"], _dtype(net, layer.inputs[0]),
+                                           _dtype(net, layer.outputs[0]))
+
+    def run(self, ins, outs, ws):
+        if self.kernel is not None:
+            self.kernel(ins[0], outs[0])
+            return
+        a = self.layer.attrs
+        x, op, ax, kd = _f32(ins[0]), a["op"], tuple(a["axes"]), bool(a["keepdims"])
+        if not ax:
+            _put(outs[0], x)
+            return
+        if op == "sum":
+            r = x.sum(axis=ax, keepdims=kd)
+        elif op == "mean":
+            r = x.mean(axis=ax, keepdims=kd)
+        elif op == "max":
+            r = x.max(axis=ax, keepdims=kd)
+        elif op == "min":
+            r = x.min(axis=ax, keepdims=kd)
+        elif op == "prod":
+            r = x.prod(axis=ax, keepdims=kd)
+        elif op == "l1":
+            r = cp.abs(x).sum(axis=ax, keepdims=kd)
+        elif op == "l2":
+            r = cp.sqrt(cp.square(x).sum(axis=ax, keepdims=kd))
+        elif op == "sum_square":
+            r = cp.square(x).sum(axis=ax, keepdims=kd)
+        elif op == "log_sum":
+            r = cp.log(x.sum(axis=ax, keepdims=kd))
+        elif op == "log_sum_exp":
+            m = x.max(axis=ax, keepdims=True)
+            m = cp.where(cp.isfinite(m), m, 0)
+            r = cp.log(cp.exp(x - m).sum(axis=ax, keepdims=True)) + m
+            if not kd:
+                r = cp.squeeze(r, axis=ax)
+        else:
+            raise NotImplementedError(f"reduce op {op}")
+        _put(outs[0], r)
+
+
+@impl("arg_reduce")
+class ArgReduce(Impl):
+    def run(self, ins, outs, ws):
+        a = self.layer.attrs
+        x, ax = ins[0], a["axis"]
+        f = cp.argmax if a["op"] == "max" else cp.argmin
+        if a["select_last_index"]:
+            idx = x.shape[ax] - 1 - f(cp.flip(x, ax), axis=ax)
+        else:
+            idx = f(x, axis=ax)
+        _put(outs[0], idx.astype(cp.int64).reshape(outs[0].shape))
+
+
+@impl("topk")
+class TopK(Impl):
+    def run(self, ins, outs, ws):
+        a = self.layer.attrs
+        x, ax, k = ins[0], a["axis"], a["k"]
+        key = x.astype(cp.int64) if x.dtype.kind == "u" else _f32(x)
+        order = cp.argsort(-key if a["largest"] else key, axis=ax)
+        idx = cp.take(order, cp.arange(k), axis=ax)
+        _put(outs[0], cp.take_along_axis(x, idx, axis=ax))
+        _put(outs[1], idx.astype(cp.int64))
+
+
+@impl("cumsum")
+class CumSum(Impl):
+    def run(self, ins, outs, ws):
+        a = self.layer.attrs
+        x, ax = ins[0], a["axis"]
+        if a["reverse"]:
+            x = cp.flip(x, ax)
+        y = cp.cumsum(x, axis=ax, dtype=x.dtype)
+        if a["exclusive"]:
+            y = cp.concatenate([cp.zeros_like(cp.take(y, [0], axis=ax)),
+                                cp.take(y, cp.arange(x.shape[ax] - 1), axis=ax)], axis=ax)
+        _put(outs[0], cp.flip(y, ax) if a["reverse"] else y)
+
+
+@impl("transpose")
+class Transpose(Impl):
+    def run(self, ins, outs, ws):
+        cp.copyto(outs[0], ins[0].transpose(self.layer.attrs["perm"]))
+
+
+@impl("reshape")
+class Reshape(Impl):
+    def run(self, ins, outs, ws):
+        if outs[0].data.ptr != ins[0].data.ptr:
+            cp.copyto(outs[0], ins[0].reshape(outs[0].shape))
+
+
+@impl("concat")
+class Concat(Impl):
+    def run(self, ins, outs, ws):
+        ax, y, off = self.layer.attrs["axis"], outs[0], 0
+        for x in ins:
+            sl = (slice(None),) * ax + (slice(off, off + x.shape[ax]),)
+            cp.copyto(y[sl], x, casting="unsafe")
+            off += x.shape[ax]
+
+
+@impl("split")
+class Split(Impl):
+    def run(self, ins, outs, ws):
+        ax, off = self.layer.attrs["axis"], 0
+        for o, s in zip(outs, self.layer.attrs["sizes"]):
+            cp.copyto(o, ins[0][(slice(None),) * ax + (slice(off, off + s),)])
+            off += s
+
+
+@impl("slice")
+class Slice(Impl):
+    def run(self, ins, outs, ws):
+        cp.copyto(outs[0], ins[0][tuple(slice(*s) for s in self.layer.attrs["slices"])])
+
+
+@impl("pad")
+class Pad(Impl):
+    def __init__(self, net, layer, weights, opts):
+        super().__init__(net, layer, weights, opts)
+        from tftrt.engine.backends.cupy_kernels_nn import PadKernel
+        a = layer.attrs
+        self.kernel = PadKernel(_shape(net, layer.inputs[0]), _shape(net, layer.outputs[0]),
+                                a["pads"], a["mode"], a.get("value", 0),
+                                _dtype(net, layer.inputs[0]), _dtype(net, layer.outputs[0]))
+
+    def run(self, ins, outs, ws):
+        self.kernel(ins[0], outs[0])
+
+
+def _wrap(idx, dim):
+    idx = idx.astype(cp.int64)
+    return cp.where(idx < 0, idx + dim, idx)
+
+
+@impl("gather")
+class Gather(Impl):
+    def __init__(self, net, layer, weights, opts):
+        super().__init__(net, layer, weights, opts)
+        ax = layer.attrs["axis"]
+        self.idx = None
+        if layer.inputs[1] in weights:
+            self.idx = _wrap(weights[layer.inputs[1]], _shape(net, layer.inputs[0])[ax])
+
+    def run(self, ins, outs, ws):
+        ax = self.layer.attrs["axis"]
+        idx = self.idx if self.idx is not None else _wrap(ins[1], ins[0].shape[ax])
+        cp.copyto(outs[0], cp.take(ins[0], idx, axis=ax).reshape(outs[0].shape))
+
+
+@impl("gather_elements")
+class GatherElements(Impl):
+    def run(self, ins, outs, ws):
+        ax = self.layer.attrs["axis"]
+        cp.copyto(outs[0], cp.take_along_axis(ins[0], _wrap(ins[1], ins[0].shape[ax]), axis=ax))
+
+
+@impl("gather_nd")
+class GatherND(Impl):
+    def run(self, ins, outs, ws):
+        x, idx, b = ins[0], ins[1].astype(cp.int64), self.layer.attrs["batch_dims"]
+        m = idx.shape[-1]
+        nb = int(np.prod(x.shape[:b], dtype=np.int64))
+        xb = x.reshape((nb,) + x.shape[b:])
+        ib = idx.reshape((nb, -1, m))
+        dims = cp.asarray(np.array(x.shape[b:b + m], np.int64))
+        ib = cp.where(ib < 0, ib + dims, ib)
+        sel = (cp.arange(nb)[:, None],) + tuple(ib[..., j] for j in range(m))
+        cp.copyto(outs[0], xb[sel].reshape(outs[0].shape))
+
+
+@impl("expand")
+class Expand(Impl):
+    def run(self, ins, outs, ws):
+        cp.copyto(outs[0], cp.broadcast_to(ins[0], outs[0].shape))
+
+
+@impl("tile")
+class Tile(Impl):
+    def run(self, ins, outs, ws):
+        cp.copyto(outs[0], cp.tile(ins[0], self.layer.attrs["repeats"]))
+
+
+@impl("shape", "size")
+class ShapeOf(Impl):
+    def __init__(self, net, layer, weights, opts):
+        super().__init__(net, layer, weights, opts)
+        x = _shape(net, layer.inputs[0])
+        if layer.kind == "size":
+            v = np.array(int(np.prod(x, dtype=np.int64)), np.int64)
+        else:
+            from tftrt.engine.shapes import shape_slice
+            v = np.array(x[shape_slice(layer, len(x))], np.int64)
+        self.value = cp.asarray(v)
+
+    def run(self, ins, outs, ws):
+        cp.copyto(outs[0], self.value.reshape(outs[0].shape))
+
+
+@impl("constant_of_shape")
+class ConstantOfShape(Impl):
+    def run(self, ins, outs, ws):
+        outs[0].fill(np.asarray(self.layer.attrs["value"]).astype(outs[0].dtype))
+
+
+@impl("depth_to_space")
+class DepthToSpace(Impl):
+    def run(self, ins, outs, ws):
+        b, x = self.layer.attrs["blocksize"], ins[0]
+        n, h, w, c = x.shape
+        cc = c // (b * b)
+        if self.layer.attrs["mode"] == "DCR":
+            y = x.reshape(n, h, w, b, b, cc).transpose(0, 1, 3, 2, 4, 5)
+        else:
+            y = x.reshape(n, h, w, cc, b, b).transpose(0, 1, 4, 2, 5, 3)
+        cp.copyto(outs[0], y.reshape(outs[0].shape))
+
+
+@impl("space_to_depth")
+class SpaceToDepth(Impl):
+    def run(self, ins, outs, ws):
+        b, x = self.layer.attrs["blocksize"], ins[0]
+        n, h, w, c = x.shape
+        y = x.reshape(n, h // b, b, w // b, b, c).transpose(0, 1, 3, 2, 4, 5)
+        cp.copyto(outs[0], y.reshape(outs[0].shape))
+
+
+@impl("resize")
+class Resize(Impl):
+    """Per-axis gathers with host-precomputed indices and weights (same math as the numpy
+    reference, so results match it)."""
+
+    def __init__(self, net, layer, weights, opts):
+        super().__init__(net, layer, weights, opts)
+        from tftrt.engine.backends import numpy_ops as ops
+        a = layer.attrs
+        if "sizes" not in a:
+            raise NotImplementedError("Resize with runtime scales")
+        x = _shape(net, layer.inputs[0])
+        r = len(x)
+        self.steps = []
+        for ax in range(r):
+            in_len, out_len, scale = x[ax], a["sizes"][ax], a["scales"][ax]
+            ctm = a["coordinate_transformation_mode"]
+            if in_len == out_len and scale == 1.0 and ctm != "tf_crop_and_resize":
+                continue
+            xo = ops._resize_coords(np.arange(out_len), in_len, out_len, scale, ctm,
+                                    a["roi"][ax], a["roi"][r + ax])
+            outside = ((xo < 0) | (xo > in_len - 1)) if ctm == "tf_crop_and_resize" else None
+            bshape = [1] * r
+            bshape[ax] = out_len
+            taps = []
+            if a["mode"] == "nearest":
+                nm = a["nearest_mode"]
+                i = {"round_prefer_floor": np.ceil(xo - 0.5), "round_prefer_ceil":
+                     np.floor(xo + 0.5), "floor": np.floor(xo)}.get(nm, np.ceil(xo))
+                taps.append((np.clip(i, 0, in_len - 1).astype(np.int64), None))
+            elif a["mode"] == "linear":
+                xc = xo if ctm == "tf_crop_and_resize" else np.clip(xo, 0, in_len - 1)
+                i0 = np.floor(xc)
+                t = (xc - i0).reshape(bshape).astype(np.float32)
+                i0 = np.clip(i0, 0, in_len - 1).astype(np.int64)
+                taps += [(i0, 1 - t), (np.clip(i0 + 1, 0, in_len - 1), t)]
+            else:
+                i0 = np.floor(xo)
+                ws_ = ops._cubic_weights(xo - i0, a["cubic_coeff_a"])
+                idx = [i0.astype(np.int64) + d for d in (-1, 0, 1, 2)]
+                if a["exclude_outside"]:
+                    ws_ = [np.where((i < 0) | (i > in_len - 1), 0.0, w) for i, w in zip(idx, ws_)]
+                    tot = sum(ws_)
+                    ws_ = [w / tot for w in ws_]
+                taps += [(np.clip(i, 0, in_len - 1), w.reshape(bshape).astype(np.float32))
+                         for i, w in zip(idx, ws_)]
+            self.steps.append((ax, [(cp.asarray(i), None if w is None else cp.asarray(w))
+                                    for i, w in taps],
+                               None if outside is None or not outside.any() else
+                               cp.asarray(outside.reshape(bshape)), a["extrapolation_value"]))
+
+    def run(self, ins, outs, ws):
+        y = ins[0].astype(cp.float32) if ins[0].dtype.kind == "f" else ins[0]
+        for ax, taps, outside, ext in self.steps:
+            if taps[0][1] is None:
+                y = cp.take(y, taps[0][0], axis=ax)
+            else:
+                acc = 0
+                for i, w in taps:
+                    acc = acc + cp.take(y, i, axis=ax) * w
+                y = acc
+            if outside is not None:
+                y = cp.where(outside, np.float32(ext), y)
+        cp.copyto(outs[0], y, casting="unsafe")
+
+
+def _per_axis(v, axis, rank):
+    if v.ndim == 1 and v.size > 1:
+        shape = [1] * rank
+        shape[axis] = v.size
+        return v.reshape(shape)
+    return v
+
+
+@impl("quantize")
+class Quantize(Impl):
+    def run(self, ins, outs, ws):
+        a = self.layer.attrs
+        x = ins[0]
+        info = np.iinfo(np.dtype(a["dtype"]))
+        s = _per_axis(ins[1], a["axis"], x.ndim).astype(cp.float32)
+        z = 0 if len(ins) < 3 or ins[2] is None else \
+            _per_axis(ins[2], a["axis"], x.ndim).astype(cp.float32)
+        q = cp.rint(x.astype(cp.float32) / s) + z
+        cp.copyto(outs[0], cp.clip(q, info.min, info.max), casting="unsafe")
+
+
+@impl("dequantize")
+class Dequantize(Impl):
+    def run(self, ins, outs, ws):
+        ax = self.layer.attrs["axis"]
+        x = ins[0]
+        s = _per_axis(ins[1], ax, x.ndim)
+        z = 0 if len(ins) < 3 or ins[2] is None else \
+            _per_axis(ins[2], ax, x.ndim).astype(cp.int32)
+        cp.copyto(outs[0], (x.astype(cp.int32) - z).astype(cp.float32) * s, casting="unsafe")
+
+
+@impl("einsum")
+class Einsum(Impl):
+    capturable = False  # cupy.einsum contracts through cuBLAS
+
+    def run(self, ins, outs, ws):
+        r = cp.einsum(self.layer.attrs["equation"], *[_f32(x) for x in ins])
+        cp.copyto(outs[0], r.reshape(outs[0].shape), casting="unsafe")
+
+
+@impl("onehot")
+class OneHot(Impl):
+    capturable = False  # depth is read on the host
+
+    def run(self, ins, outs, ws):
+        depth = int(cp.asnumpy(ins[1]).reshape(-1)[0])
+        idx = _wrap(ins[0], depth)
+        vals = ins[2]
+        y = cp.where(idx[..., None] == cp.arange(depth), vals[1], vals[0])
+        cp.copyto(outs[0], cp.moveaxis(y, -1, self.layer.attrs["axis"]), casting="unsafe")
+
+
+class HostFallback(Impl):
+    """Runs the layer through the numpy reference: inputs to the host, outputs back."""
+
+    capturable = False
+
+    def __init__(self, net, layer, weights, opts):
+        super().__init__(net, layer, weights, opts)
+        from tftrt.engine.backends.numpy_backend import NumpyBackend
+        self.runner = NumpyBackend().prepare_layer(net, layer, net.weights)
+
+    def run(self, ins, outs, ws):
+        res = self.runner([None if x is None else cp.asnumpy(x) for x in ins])
+        for o, r in zip(outs, res):
+            cp.copyto(o, cp.asarray(np.asarray(r).reshape(o.shape)), casting="unsafe")
+
+
+# range / scatter_nd / nms and anything else without a GPU kernel run on the host.
+for _k in ("range", "scatter_nd", "nms"):
+    IMPLS[_k] = HostFallback
