@@ -66,15 +66,17 @@ def part_tf(args):
     import tensorflow as tf
     import tftrt
     from tftrt import trt_convert as trt, zoo
-    os.environ["TFTRT_BACKEND"] = "cupy"
+    os.environ["TFTRT_BACKEND"] = args.backend
     work = tempfile.mkdtemp(prefix="bench-e2e-")
-    device = tf.config.experimental.get_device_details(
-        tf.config.list_physical_devices("GPU")[0]).get("device_name", "GPU")
+    gpus = tf.config.list_physical_devices("GPU")
+    device = (tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU")
+              if gpus else "CPU")
     _save_results(args.out, "device", device)
+    dev = "/GPU:0" if gpus else "/CPU:0"
     for name in args.models:
         make, _ = zoo.MODELS[name]
         keras.mixed_precision.set_global_policy("float32")
-        model = make()
+        model = make() if args.size is None or name == "encoder" else make(args.size)
         src = os.path.join(work, name)
         model.export(src, verbose=False)
         native = tf.saved_model.load(src).signatures["serving_default"]
@@ -82,16 +84,17 @@ def part_tf(args):
         rows = {}
 
         def inputs(b):
-            with tf.device("/GPU:0"):
+            size = None if name == "encoder" else args.size
+            with tf.device(dev):
                 return {arg_name: tf.constant(np.random.RandomState(b).rand(
-                    *zoo.input_shape(name, b)).astype(np.float32))}
+                    *zoo.input_shape(name, b, size)).astype(np.float32))}
 
         for b in args.batches:
             rows[f"tf_native_fp32/{b}"] = _stats(_time_tf(native, inputs(b), args.warmup,
                                                           args.iters), b)
         # TF XLA, mixed FP16: the same architecture and seed under the mixed_float16 policy.
         keras.mixed_precision.set_global_policy("mixed_float16")
-        xla_model = make()
+        xla_model = make() if args.size is None or name == "encoder" else make(args.size)
         keras.mixed_precision.set_global_policy("float32")
         xla = tf.function(lambda x: xla_model(x, training=False), jit_compile=True)
         for b in args.batches:
@@ -186,7 +189,8 @@ def part_table(args):
         rows = data.get(name)
         if not rows:
             continue
-        for b in BATCHES:
+        batches = sorted({int(k.split("/")[1]) for k in rows})
+        for b in batches:
             for cfg in ("tftrt_fp32", "tftrt_fp16") + PEERS:
                 r = rows.get(f"{cfg}/{b}")
                 if r is None:
@@ -211,6 +215,8 @@ def main(argv=None):
     ap.add_argument("--batches", nargs="+", type=int, default=list(BATCHES))
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--iters", type=int, default=50)
+    ap.add_argument("--backend", default="cupy", help="engine backend (numpy for a CPU check)")
+    ap.add_argument("--size", type=int, default=None, help="image size (default 224)")
     args = ap.parse_args(argv)
     {"tf": part_tf, "torch": part_torch, "table": part_table}[args.part](args)
 

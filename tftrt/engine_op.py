@@ -217,8 +217,12 @@ class TRTEngineOp:
 
     def _execute(self, engine, inputs, backend: str):
         from tftrt import tensor_bridge
+        if backend == "cupy":
+            tensor_bridge.wait_for_tensorflow(inputs)
         arrays = [tensor_bridge.to_backend(t, backend) for t in inputs]
         outs = engine.execute(arrays)
+        if backend == "cupy":
+            tensor_bridge.wait_for_engine()
         return [tensor_bridge.from_backend(o, backend, np.dtype(dt))
                 for o, dt in zip(outs, self.spec.output_dtypes)]
 

@@ -5,11 +5,38 @@ GPU tensors cross zero-copy through DLPack in both directions:
   out: ``tf.experimental.dlpack.from_dlpack(arr.__dlpack__())`` (TF 2.21 rejects the versioned
        capsule that CuPy 14's ``toDlpack()`` makes, so we ask for the legacy one).
 CPU tensors go through numpy (``t.numpy()`` shares memory where TensorFlow allows).
+
+Stream order. TensorFlow computes on its own (non-blocking) CUDA streams, CuPy engines on
+theirs, and DLPack carries no stream: nothing orders the engine's reads after TF's writes of
+its inputs, or TF's reads after the engine's writes of its outputs. ``wait_for_tensorflow``
+(before an engine runs on GPU inputs) waits until TF's queued GPU work is done, and
+``wait_for_engine`` (before outputs go back) until the engine's is. Both are on by default;
+``TFTRT_STREAM_SYNC=0`` turns them off for callers that order streams themselves.
 """
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
+
+
+def _stream_sync() -> bool:
+    return os.environ.get("TFTRT_STREAM_SYNC", "1") != "0"
+
+
+def wait_for_tensorflow(inputs) -> None:
+    """Blocks until TensorFlow's queued GPU work (which may still write ``inputs``) is done."""
+    if _stream_sync() and any(_on_gpu(t) for t in inputs):
+        import tensorflow as tf
+        tf.test.experimental.sync_devices()
+
+
+def wait_for_engine() -> None:
+    """Blocks until the engine's GPU work (writing its outputs) is done."""
+    if _stream_sync():
+        import cupy as cp
+        cp.cuda.get_current_stream().synchronize()
 
 
 def _on_gpu(t) -> bool:

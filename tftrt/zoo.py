@@ -1,6 +1,8 @@
 """Reference Keras models (seeded, weights=None) used by the GPU tests and the benchmarks.
 
-    resnet50(input_size=224), mobilenet_v2(input_size=224): Keras applications.
+    resnet50(input_size=224), mobilenet_v2(input_size=224): Keras applications returning
+      logits, with random batch-norm statistics (freshly initialised, MobileNetV2's softmax
+      output is exactly uniform and ResNet50's nearly so: comparing those checks nothing).
     encoder(layers=12, hidden=768, heads=12, seq=128): a BERT-base-sized transformer encoder
       built from Keras layers (MultiHeadAttention, LayerNormalization, Dense with GELU), taking
       float embeddings [batch, seq, hidden].
@@ -11,16 +13,49 @@ from __future__ import annotations
 from typing import Tuple
 
 
-def resnet50(input_size: int = 224, seed: int = 0):
+def randomize_batchnorm(model, seed: int = 0):
+    """Gives every BatchNormalization layer random (plausible) gamma, beta and statistics."""
+    import keras
+    import numpy as np
+    rng = np.random.RandomState(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            c = layer.moving_mean.shape[0]
+            layer.moving_mean.assign(rng.normal(0, 0.1, c).astype("float32"))
+            layer.moving_variance.assign(rng.uniform(0.5, 1.5, c).astype("float32"))
+            if layer.gamma is not None:
+                layer.gamma.assign(rng.uniform(0.5, 1.5, c).astype("float32"))
+            if layer.beta is not None:
+                layer.beta.assign(rng.normal(0, 0.1, c).astype("float32"))
+    return model
+
+
+def _application(cls, input_size: int, seed: int):
     import keras
     keras.utils.set_random_seed(seed)
-    return keras.applications.ResNet50(weights=None, input_shape=(input_size, input_size, 3))
+    model = cls(weights=None, input_shape=(input_size, input_size, 3),
+                classifier_activation=None)
+    return randomize_batchnorm(model, seed)
+
+
+def resnet50(input_size: int = 224, seed: int = 0):
+    import keras
+    return _application(keras.applications.ResNet50, input_size, seed)
 
 
 def mobilenet_v2(input_size: int = 224, seed: int = 0):
     import keras
-    keras.utils.set_random_seed(seed)
-    return keras.applications.MobileNetV2(weights=None, input_shape=(input_size, input_size, 3))
+    return _application(keras.applications.MobileNetV2, input_size, seed)
+
+
+def inception_v3(input_size: int = 299, seed: int = 0):
+    import keras
+    return _application(keras.applications.InceptionV3, input_size, seed)
+
+
+def vgg16(input_size: int = 224, seed: int = 0):
+    import keras
+    return _application(keras.applications.VGG16, input_size, seed)
 
 
 def encoder(layers: int = 12, hidden: int = 768, heads: int = 12, seq: int = 128,

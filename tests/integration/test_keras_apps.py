@@ -8,17 +8,12 @@ from tftrt import trt_convert as trt, zoo
 from tests.integration import models
 
 APPS = {
-    # name: (constructor, input shape); weights=None, seeded, small inputs where allowed.
-    "ResNet50": (lambda: tf.keras.applications.ResNet50(weights=None, input_shape=(32, 32, 3)),
-                 (2, 32, 32, 3)),
-    "MobileNetV2": (lambda: tf.keras.applications.MobileNetV2(weights=None,
-                                                              input_shape=(32, 32, 3)),
-                    (2, 32, 32, 3)),
-    "InceptionV3": (lambda: tf.keras.applications.InceptionV3(weights=None,
-                                                              input_shape=(75, 75, 3)),
-                    (2, 75, 75, 3)),
-    "VGG16": (lambda: tf.keras.applications.VGG16(weights=None, input_shape=(32, 32, 3)),
-              (2, 32, 32, 3)),
+    # name: (constructor, input shape); weights=None, seeded, logits, random batch-norm
+    # statistics (zoo), small inputs where the architecture allows.
+    "ResNet50": (lambda: zoo.resnet50(32), (2, 32, 32, 3)),
+    "MobileNetV2": (lambda: zoo.mobilenet_v2(32), (2, 32, 32, 3)),
+    "InceptionV3": (lambda: zoo.inception_v3(75), (2, 75, 75, 3)),
+    "VGG16": (lambda: zoo.vgg16(32), (2, 32, 32, 3)),
     # A small transformer encoder (attention, layer norm, Dense+gelu on sequences).
     "Encoder": (lambda: zoo.encoder(layers=2, hidden=64, heads=4, seq=16, ffn=128),
                 (2, 16, 64)),
@@ -48,6 +43,8 @@ def test_keras_application_converts_and_matches(name, tmp_path):
     ref = tf.saved_model.load(path).signatures["serving_default"](**arg)
     got = fn(**arg)
     for k in ref:
-        np.testing.assert_allclose(got[k].numpy(), ref[k].numpy(), rtol=1e-3, atol=1e-5)
+        r = ref[k].numpy()
+        assert r.std() > 1e-3 * np.abs(r).max(), "degenerate model output: checks nothing"
+        np.testing.assert_allclose(got[k].numpy(), r, rtol=1e-3, atol=1e-4 * np.abs(r).max())
     assert all(op.stats["engine"] == 1 and op.stats["native"] == 0
                for op in conv.engine_ops.values())
