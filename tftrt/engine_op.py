@@ -53,6 +53,15 @@ def resolve_backend(name: Optional[str] = None) -> str:
     return got
 
 
+def _tf32_enabled() -> bool:
+    """TF-TRT followed TensorFlow's TF32 switch for FP32 engines; so do we."""
+    import sys
+    tf = sys.modules.get("tensorflow")
+    if tf is None:
+        return True
+    return bool(tf.config.experimental.tensor_float_32_execution_enabled())
+
+
 def native_fallback_allowed() -> bool:
     return os.environ.get("TF_TRT_ALLOW_ENGINE_NATIVE_SEGMENT_EXECUTION", "1") != "0"
 
@@ -206,7 +215,8 @@ class TRTEngineOp:
         model = onnx.load_from_string(self.spec.onnx_bytes)
         shapes = {f"TensorRTInputPH_{i}": s for i, s in enumerate(key)}
         config = BuilderConfig(precision=self.spec.precision_mode, backend=backend,
-                               max_workspace_size_bytes=self.spec.max_workspace_size_bytes)
+                               max_workspace_size_bytes=self.spec.max_workspace_size_bytes,
+                               allow_tf32=_tf32_enabled())
         t0 = time.perf_counter()
         engine = build_engine(model, shapes, config)
         self.build_seconds[key] = time.perf_counter() - t0

@@ -21,6 +21,16 @@ if not tf.config.list_physical_devices("GPU"):
 import tftrt  # noqa: E402
 from tftrt import trt_convert as trt, zoo  # noqa: E402
 
+@pytest.fixture()
+def exact_fp32():
+    """TF32 off in TensorFlow (and so in the engines, which follow TF's switch): FP32 results
+    are then compared at FP32 tolerances, not at TF32's ~1e-3."""
+    before = tf.config.experimental.tensor_float_32_execution_enabled()
+    tf.config.experimental.enable_tensor_float_32_execution(False)
+    yield
+    tf.config.experimental.enable_tensor_float_32_execution(before)
+
+
 # Small inputs keep the test quick; the benchmark uses the full sizes.
 CASES = {"resnet50": 64, "mobilenet_v2": 64, "encoder": None}
 
@@ -43,7 +53,7 @@ def _convert(tmp_path, name, precision):
 
 @pytest.mark.parametrize("precision", ["FP32", "FP16"])
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_converted_model_on_gpu(tmp_path, name, precision):
+def test_converted_model_on_gpu(tmp_path, name, precision, exact_fp32):
     os.environ["TFTRT_BACKEND"] = "cupy"
     src, dst, shapes = _convert(tmp_path, name, precision)
     native = tf.saved_model.load(src).signatures["serving_default"]
@@ -94,7 +104,7 @@ def test_stream_order_engine_sees_finished_tf_values(tmp_path):
                                        err_msg=f"trial {trial}")
 
 
-def test_four_threads_share_one_loaded_model(tmp_path):
+def test_four_threads_share_one_loaded_model(tmp_path, exact_fp32):
     os.environ["TFTRT_BACKEND"] = "cupy"
     src, dst, shapes = _convert(tmp_path, "mobilenet_v2", "FP32")
     native = tf.saved_model.load(src).signatures["serving_default"]
