@@ -46,4 +46,13 @@ def test_workspace_limit_error_has_the_numbers():
     assert mem.output_bytes == 256  # the [1, 10] softmax output, aligned
     with pytest.raises(EngineBuildError, match=rf"needs {need} bytes.*is 1000;"):
         build_engine(model, {k: v.shape for k, v in feeds.items()},
-                     BuilderConfig(max_workspace_size_bytes=1000))
+                     BuilderConfig(max_device_memory_bytes=1000))
+    # max_workspace_size_bytes bounds tactic scratch only, as TensorRT's workspace did:
+    # exactly the scratch builds although the whole engine needs more.
+    scratch = mem.workspace_bytes
+    assert 0 < scratch < need
+    build_engine(model, {k: v.shape for k, v in feeds.items()},
+                 BuilderConfig(max_workspace_size_bytes=scratch))
+    with pytest.raises(EngineBuildError, match=rf"need {scratch} bytes of scratch"):
+        build_engine(model, {k: v.shape for k, v in feeds.items()},
+                     BuilderConfig(max_workspace_size_bytes=scratch - 1))

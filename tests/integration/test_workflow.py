@@ -125,8 +125,12 @@ def test_no_build_at_runtime_falls_back_to_native(mlp_dir, caplog):
 
 
 def test_failed_build_falls_back_and_env_turns_it_into_error(mlp_dir, monkeypatch):
-    conv = trt.TrtGraphConverterV2(input_saved_model_dir=mlp_dir, minimum_segment_size=2,
-                                   max_workspace_size_bytes=16)  # far too small: build fails
+    import tftrt.engine
+
+    def failing_build(*args, **kwargs):
+        raise tftrt.engine.EngineBuildError("no tactic fits (simulated)")
+    monkeypatch.setattr(tftrt.engine, "build_engine", failing_build)
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=mlp_dir, minimum_segment_size=2)
     fn = conv.convert()
     x = models.batch((2, 8))
     assert_outputs_close(fn(x=tf.constant(x)), native(mlp_dir)(x=tf.constant(x)))

@@ -34,7 +34,10 @@ class BuilderConfig:
     Attributes:
       precision: "FP32", "FP16" or "INT8" (INT8 needs Q/DQ ops in the network).
       backend: "numpy", "cupy", or "auto" ($TFTRT_BACKEND, else cupy when available).
-      max_workspace_size_bytes: limit on activation arena + tactic scratch.
+      max_workspace_size_bytes: limit on tactic scratch (TensorRT's workspace: activation
+        memory is not part of it).
+      max_device_memory_bytes: limit on all device memory of an execution context
+        (activation arena + scratch + outputs); None for no limit.
       allow_tf32: let fp32 GEMM/conv use TF32 tensor cores (GPU backends).
       timing_cache: a TimingCache to reuse tactic choices across builds (optional).
       optimize: run the optimization passes (False: the network as imported).
@@ -44,6 +47,7 @@ class BuilderConfig:
     precision: str = "FP32"
     backend: str = "numpy"
     max_workspace_size_bytes: int = 1 << 40
+    max_device_memory_bytes: Optional[int] = None
     allow_tf32: bool = True
     timing_cache: Optional[TimingCache] = None
     optimize: bool = True
@@ -110,7 +114,8 @@ def build_engine(model_or_network: Union[onnx.ModelProto, Network],
             c = candidates(backend.name, net, layer)
             layer.tactic = c[0].name if c else "default"
     scratch = max([workspace_bytes(backend.name, net, l) for l in net.layers] or [0])
-    memory = plan_memory(net, scratch, config.max_workspace_size_bytes)
+    memory = plan_memory(net, scratch, config.max_workspace_size_bytes,
+                         config.max_device_memory_bytes)
     engine = Engine(net, backend, precision, memory, config.to_json(), weights=weights,
                     device=backend.device_name())
     engine.build_info = {"seconds": time.perf_counter() - t0, "tactic_timings": timings}

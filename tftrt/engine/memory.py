@@ -70,15 +70,18 @@ def tensor_lifetimes(net: Network) -> Dict[str, Tuple[int, int]]:
 
 
 def plan_memory(net: Network, workspace_bytes: int = 0,
-                max_workspace_size_bytes: Optional[int] = None) -> MemoryPlan:
+                max_workspace_size_bytes: Optional[int] = None,
+                max_device_memory_bytes: Optional[int] = None) -> MemoryPlan:
     """Places the network's intermediate tensors in one arena.
 
     Args:
       net: a network with inferred shapes (after passes and precision).
       workspace_bytes: scratch the chosen tactics need (the largest one; layers run in turn).
-      max_workspace_size_bytes: limit on arena + scratch + outputs; None for no limit.
+      max_workspace_size_bytes: limit on tactic scratch (TensorRT's meaning of the TF-TRT
+        parameter: activations are not part of the workspace); None for no limit.
+      max_device_memory_bytes: limit on arena + scratch + outputs; None for no limit.
     Raises:
-      EngineBuildError: the plan needs more than ``max_workspace_size_bytes``.
+      EngineBuildError: the plan needs more than a limit allows.
     """
     life = tensor_lifetimes(net)
     outputs = set(net.outputs)
@@ -112,11 +115,16 @@ def plan_memory(net: Network, workspace_bytes: int = 0,
                     if net.tensors[o].is_static and o not in net.inputs)
     plan = MemoryPlan(offsets, sizes, {k: life[k] for k in sizes}, top, int(workspace_bytes),
                       dynamic, out_bytes)
-    if max_workspace_size_bytes is not None and plan.total_bytes > max_workspace_size_bytes:
+    if max_workspace_size_bytes is not None and plan.workspace_bytes > max_workspace_size_bytes:
+        raise EngineBuildError(
+            f"the chosen tactics need {plan.workspace_bytes} bytes of scratch but "
+            f"max_workspace_size_bytes is {max_workspace_size_bytes}; raise "
+            f"max_workspace_size_bytes")
+    if max_device_memory_bytes is not None and plan.total_bytes > max_device_memory_bytes:
         raise EngineBuildError(
             f"the engine needs {plan.total_bytes} bytes of device memory ({plan.arena_bytes} for "
             f"activations + {plan.workspace_bytes} tactic scratch + {plan.output_bytes} for "
-            f"outputs) but max_workspace_size_bytes "
-            f"is {max_workspace_size_bytes}; raise max_workspace_size_bytes or build for smaller "
+            f"outputs) but max_device_memory_bytes "
+            f"is {max_device_memory_bytes}; raise max_device_memory_bytes or build for smaller "
             f"input shapes (batch size)")
     return plan
