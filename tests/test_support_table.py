@@ -16,7 +16,8 @@ QuantizeAndDequantizeV3 RealDiv Reciprocal Relu Relu6 Reshape Rsqrt Selu Sigmoid
 Snapshot Softmax Softplus Softsign SpaceToDepth Split Sqrt Square SquaredDifference Squeeze
 StopGradient StridedSlice Sub Sum Tan Tanh TopKV2 Transpose Unpack
 Erf Cast Fill ZerosLike OnesLike Shape Tile SplitV Select SelectV2 Einsum GreaterEqual Greater
-Less LessEqual Equal NotEqual LogicalAnd LogicalOr LogicalNot Round Sign Rank Size""".split()
+Less LessEqual Equal NotEqual LogicalAnd LogicalOr LogicalNot Round Sign Rank Size
+CombinedNonMaxSuppression""".split()
 
 
 def test_checked_in_table_is_current():
