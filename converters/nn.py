@@ -644,8 +644,13 @@ class BatchMatMulV3:
 
 @converter("Einsum", dtypes=FLOATS, inputs=(ANY,))
 class Einsum:
-    """Einstein summation with one or two operands and an explicit output ('->'), ellipsis
-    allowed; subscripts are renamed to lowercase letters for ONNX Einsum.
+    """Einstein summation with one or two operands and an explicit output ('->'). A
+    two-operand equation without ellipsis, without repeated labels in an operand and whose
+    every label appears in the output or in both operands (e.g. Keras EinsumDense and
+    MultiHeadAttention: 'abc,cde->abde', 'aecd,abcd->acbe') lowers to Transpose/Reshape/MatMul,
+    a constant operand transposed and reshaped at conversion time; other equations (ellipsis,
+    one operand, labels summed within one operand, a reshape needing two unknown dims) lower to
+    ONNX Einsum with subscripts renamed to lowercase letters.
 
     Rejects: more than two operands, equations without '->', more than 26 distinct labels.
     """
@@ -664,9 +669,127 @@ class Einsum:
 
     @staticmethod
     def convert(node, ctx):
+        if _einsum_as_matmul(node, ctx):
+            return
         eq = ctx.attr(node, "equation").replace(" ", "")
         labels = sorted({c for c in eq if c.isalpha()})
         rename = {c: chr(ord("a") + k) for k, c in enumerate(labels)}
         eq = "".join(rename.get(c, c) for c in eq)
         ins = [ctx.input(node, i) for i in range(ctx.num_inputs(node))]
         ctx.set_output(node, 0, ctx.emit("Einsum", ins, equation=eq))
+
+
+def _einsum_plan(node, ctx):
+    """The MatMul plan of a two-operand Einsum, or None when it must stay an ONNX Einsum.
+
+    Returns (a_sub, b_sub, out_sub, batch, left, contracted, right, size) where the label
+    groups are lists in operand order and ``size`` maps a label to its dim (None: unknown).
+    """
+    if ctx.num_inputs(node) != 2:
+        return None
+    eq = ctx.attr(node, "equation", "").replace(" ", "")
+    if "." in eq or "->" not in eq:
+        return None
+    lhs, out = eq.split("->")
+    subs = lhs.split(",")
+    if len(subs) != 2:
+        return None
+    a, b = subs
+    if not all(c.isalpha() for c in a + b + out):
+        return None
+    if any(len(set(s)) != len(s) for s in (a, b, out)):
+        return None
+    if any(c not in a and c not in b for c in out):
+        return None
+    if any((c in a) != (c in b) and c not in out for c in a + b):
+        return None  # summed within one operand: left to ONNX Einsum
+    shapes = []
+    for i, s in enumerate((a, b)):
+        shp = (tuple(ctx.const_value(node, i).shape) if ctx.is_const(node, i)
+               else ctx.input_shape(node, i))
+        if shp is None or len(shp) != len(s):
+            return None
+        shapes.append(shp)
+    size = {}
+    for s, shp in zip((a, b), shapes):
+        for c, d in zip(s, shp):
+            d = None if d is None or d < 0 else int(d)
+            if size.get(c) is None:
+                size[c] = d
+            elif d is not None and d != size[c]:
+                return None  # broadcasting a label of size 1: left to ONNX Einsum
+    batch = [c for c in a if c in b and c in out]
+    contracted = [c for c in a if c in b and c not in out]
+    left = [c for c in a if c not in b]
+    right = [c for c in b if c not in a]
+    # Batch labels in output order, so that the final transpose is often an identity.
+    batch.sort(key=out.index)
+    left.sort(key=out.index)
+    right.sort(key=out.index)
+    return a, b, out, batch, left, contracted, right, size
+
+
+def _group_dim(labels, size):
+    dims = [size[c] for c in labels]
+    return None if any(d is None for d in dims) else int(np.prod(dims, dtype=np.int64))
+
+
+def _einsum_operand(node, ctx, i, sub, groups, size):
+    """Operand i transposed to its groups' label order and reshaped to one dim per group.
+
+    Returns the ONNX value, or None when the reshape would need two unknown dims.
+    """
+    order = [c for g in groups for c in g]
+    perm = [sub.index(c) for c in order]
+    target = [_group_dim(g, size) for g in groups]
+    needs_reshape = any(len(g) != 1 for g in groups)
+    if ctx.is_const(node, i):
+        v = np.transpose(ctx.const_value(node, i), perm)
+        if needs_reshape:
+            v = v.reshape(target)
+        return ctx.const(np.ascontiguousarray(v), node.name + f"/matmul_operand_{i}")
+    if needs_reshape and sum(d is None for d in target) > 1:
+        return None
+    x = ctx.input(node, i)
+    if perm != list(range(len(perm))):
+        x = ctx.emit("Transpose", [x], perm=perm)
+    if needs_reshape:
+        shape = np.array([-1 if d is None else d for d in target], np.int64)
+        x = ctx.emit("Reshape", [x, ctx.const(shape, node.name + "/shape")])
+    return x
+
+
+def _einsum_as_matmul(node, ctx) -> bool:
+    """Lowers a two-operand Einsum to Transpose/Reshape/MatMul; False when it cannot."""
+    plan = _einsum_plan(node, ctx)
+    if plan is None:
+        return False
+    a, b, out, batch, left, contracted, right, size = plan
+    ia, ib = 0, 1
+    if left and right and out.index(right[0]) < out.index(left[0]):
+        # The output puts B's free labels first: B @ A spares the final transpose.
+        ia, ib, a, b, left, right = 1, 0, b, a, right, left
+    lead = [batch] if batch else []
+    a_groups = lead + [left, contracted]
+    b_groups = lead + [contracted, right]
+    out_groups = lead + [left, right]
+    out_labels = batch + left + right
+    out_reshape = any(len(g) != 1 for g in out_groups)
+    if out_reshape and sum(size[c] is None for c in out_labels) > 1:
+        return False
+    # Check both operands before emitting anything, so a fallback leaves no dead nodes.
+    for i, sub, groups in ((ia, a, a_groups), (ib, b, b_groups)):
+        if not ctx.is_const(node, i) and any(len(g) != 1 for g in groups) \
+                and sum(_group_dim(g, size) is None for g in groups) > 1:
+            return False
+    xa = _einsum_operand(node, ctx, ia, a, a_groups, size)
+    xb = _einsum_operand(node, ctx, ib, b, b_groups, size)
+    y = ctx.emit("MatMul", [xa, xb])
+    if out_reshape:
+        shape = np.array([-1 if size[c] is None else size[c] for c in out_labels], np.int64)
+        y = ctx.emit("Reshape", [y, ctx.const(shape, node.name + "/out_shape")])
+    perm = [out_labels.index(c) for c in out]
+    if perm != list(range(len(perm))):
+        y = ctx.emit("Transpose", [y], perm=perm)
+    ctx.set_output(node, 0, y)
+    return True

@@ -374,6 +374,76 @@ def test_einsum(eq, shapes):
     check_op(lambda *xs: tf.einsum(eq, *xs), inputs, expect_tf_ops=["Einsum"])
 
 
+# ONNX op types of the Einsum lowering, named once here so that the generated support table
+# does not list the Einsum tests under the TF ops of the same name.
+ONNX_MATMUL, ONNX_EINSUM = "MatMul", "Einsum"
+
+# Two-operand einsums lower to Transpose/Reshape/MatMul; ``fallback`` says when they stay an
+# ONNX Einsum instead: "never", "always", or "dynamic tensors" (dynamic batch with B a tensor,
+# where a reshape would need two unknown dims; a constant B has all its dims known).
+EINSUM_MATMUL_CASES = [  # equation, shapes, fallback
+    ("abc,cde->abde", [(2, 5, 6), (6, 3, 4)], "never"),          # Keras MHA projection
+    ("aecd,abcd->acbe", [(2, 7, 3, 4), (2, 5, 3, 4)], "never"),  # attention scores
+    ("acbe,aecd->abcd", [(2, 3, 5, 7), (2, 7, 3, 4)], "never"),  # attention x values
+    ("abcd,cde->abe", [(2, 5, 3, 4), (3, 4, 6)], "never"),       # output projection
+    ("bij,bjk->bik", [(2, 3, 4), (2, 4, 5)], "never"),           # batched matmul
+    ("i,j->ij", [(3,), (4,)], "never"),                          # outer product
+    ("ab,cd->abcd", [(3, 2), (4, 5)], "dynamic tensors"),  # out reshape [a?, b, c?, d]
+    ("bij,bjk->bk", [(2, 3, 4), (2, 4, 5)], "always"),     # i summed within one operand
+]
+
+
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+@pytest.mark.parametrize("const_b", [False, True], ids=["tensor_b", "const_b"])
+@pytest.mark.parametrize("eq,shapes,fallback", EINSUM_MATMUL_CASES,
+                         ids=[c[0] for c in EINSUM_MATMUL_CASES])
+def test_einsum_two_operands_as_matmul(eq, shapes, fallback, const_b, dynamic):
+    a, b = rand(*shapes[0]), rand(*shapes[1], seed=1)
+    if const_b:
+        low = check_op(lambda x: tf.einsum(eq, x, b), [a], dynamic_batch=dynamic,
+                       expect_tf_ops=["Einsum"])
+    else:
+        low = check_op(lambda x, y: tf.einsum(eq, x, y), [a, b], dynamic_batch=dynamic,
+                       expect_tf_ops=["Einsum"])
+    rewritten = fallback == "never" or (fallback == "dynamic tensors"
+                                        and not (dynamic and not const_b))
+    if rewritten:
+        assert ONNX_EINSUM not in low.onnx_ops and ONNX_MATMUL in low.onnx_ops, low.onnx_ops
+    else:
+        assert ONNX_EINSUM in low.onnx_ops, low.onnx_ops
+    if const_b and rewritten:  # the weight is folded: no Transpose/Reshape of the constant
+        graph = low.net.model.graph
+        inits = {i.name: i for i in graph.initializer}
+        mm = [n for n in graph.node if n.op_type == ONNX_MATMUL]
+        assert any(x in inits for n in mm for x in n.input), "weight not a constant MatMul input"
+
+
+def test_einsum_projection_is_a_2d_gemm():
+    """EinsumDense 'abc,cde->abde' with a weight: [a*b, c] @ constant [c, d*e]."""
+    w = rand(6, 3, 4, seed=1)
+    low = check_op(lambda x: tf.einsum("abc,cde->abde", x, w), [rand(2, 5, 6)],
+                   dynamic_batch=True, expect_tf_ops=["Einsum"])
+    graph = low.net.model.graph
+    inits = {i.name: i for i in graph.initializer}
+    (mm,) = [n for n in graph.node if n.op_type == ONNX_MATMUL]
+    assert list(inits[mm.input[1]].dims) == [6, 12]
+    # Reshape [a, b, c] -> [-1, c], the GEMM, Reshape -> [-1, b, d, e], the output Identity
+    assert len(low.onnx_ops) == 4, low.onnx_ops
+
+
+def test_keras_multi_head_attention_lowers_without_einsum():
+    import keras
+    keras.utils.set_random_seed(0)
+    mha = keras.layers.MultiHeadAttention(num_heads=2, key_dim=4)
+    x = rand(2, 5, 8)
+    mha(x, x)  # build
+    fn = lambda q: mha(q, q)  # noqa: E731
+    rtol, atol = MODEL_TOLERANCES["FP32"]
+    low = check_op(fn, [x], dynamic_batch=True, rtol=rtol, atol=atol, expect_tf_ops=["Einsum"])
+    assert ONNX_EINSUM not in low.onnx_ops, low.onnx_ops
+    assert low.onnx_ops.count(ONNX_MATMUL) >= 6, low.onnx_ops
+
+
 # --- a small Keras CNN ------------------------------------------------------------------------
 
 def test_keras_cnn_lowers_entirely():
