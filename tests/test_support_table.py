@@ -1,7 +1,5 @@
 """The generated supported-op table is current, and covers TF-TRT's published op list."""
 
-import os
-
 from tftrt import support_table
 from tftrt.converters.registry import registered_ops
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from typing import Dict, List
+from typing import List
 
 import numpy as np
 

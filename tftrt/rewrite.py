@@ -15,7 +15,7 @@ import copy
 import hashlib
 import inspect
 import logging
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, Sequence, Tuple
 
 import numpy as np
 

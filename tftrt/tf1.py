@@ -14,9 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Callable, List, Optional, Sequence
-
-import numpy as np
+from typing import Callable, Optional, Sequence
 
 from tftrt import activation, conversion, graph_io, rewrite
 from tftrt.trt_convert import (DEFAULT_TRT_MAX_WORKSPACE_SIZE_BYTES, TrtConversionParams,

@@ -18,11 +18,9 @@ import logging
 import os
 from typing import Callable, Dict, List, Optional
 
-import numpy as np
-
 from tftrt import graph_io
-from tftrt.engine_op import EngineSpec, TRTEngineOp, resolve_backend
-from tftrt.segment import SegmentationResult, segment_graph
+from tftrt.engine_op import TRTEngineOp
+from tftrt.segment import SegmentationResult
 
 log = logging.getLogger("tftrt.convert")
 
@@ -60,9 +58,6 @@ TrtConversionParams = collections.namedtuple(
 TrtConversionParams.__new__.__defaults__ = (DEFAULT_TRT_MAX_WORKSPACE_SIZE_BYTES,
                                             TrtPrecisionMode.FP32, 3, 1, True, True)
 DEFAULT_TRT_CONVERSION_PARAMS = TrtConversionParams()
-
-_TRT_ENGINE_OP_NAME = "TRTEngineOp"
-
 
 def __getattr__(name):
     # The TF1 converter lives in tftrt.tf1 (it imports this module).

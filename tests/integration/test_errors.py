@@ -1,7 +1,5 @@
 """Bad input gets a clear error that says what was wrong and what to do."""
 
-import os
-
 import numpy as np
 import pytest
 import tensorflow as tf

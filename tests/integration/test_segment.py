@@ -1,7 +1,6 @@
 """Segmenter rules: candidates, cycle avoidance, minimum size, denylists, engine limit."""
 
 import numpy as np
-import pytest
 import tensorflow as tf
 
 from tftrt import graph_io

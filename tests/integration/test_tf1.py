@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import tftrt
+import tftrt  # noqa: F401  (activates engine binding in import_graph_def)
 from tftrt import rewrite, trt_convert as trt
 from tftrt.activation import PLANS_ATTR
 
@@ -89,7 +89,7 @@ def test_static_mode_warns_when_shapes_are_not_fully_defined(caplog):
     conv = trt.TrtGraphConverter(input_graph_def=gd, nodes_denylist=["out"],
                                  minimum_segment_size=2, is_dynamic_op=False)
     with caplog.at_level(logging.WARNING, logger="tftrt.convert"):
-        converted = conv.convert()
+        conv.convert()
     assert "Input shapes must be fully defined when in static mode. Please try " \
            "is_dynamic_op=True." in caplog.text
 

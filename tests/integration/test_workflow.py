@@ -52,8 +52,6 @@ def test_convert_build_summary_save_load(mlp_dir, tmp_path):
     # The string round trip in the middle splits the graph: two engines.
     assert sorted(ops) == ["TRTEngineOp_000_000", "TRTEngineOp_000_001"]
     assert all(op.stats["engine"] >= 1 and op.stats["native"] == 0 for op in ops.values())
-    node_names = [n.name for n in fn.graph.as_graph_def().library.function[0].node_def] if \
-        fn.graph.as_graph_def().library.function else []
     conv.build(input_fn=lambda: iter([(x,), (models.batch((1, 8)),)]))
     assert all(len(op.cache) == 2 for op in ops.values())
 
