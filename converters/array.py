@@ -74,8 +74,10 @@ def _reshape_plan(node, ctx):
 
 
 def _shape_operand(ctx, node, x, plan):
-    """Reshape's int64 shape: one constant, or per-entry constants and dims gathered from
-    Shape(x) concatenated (the engine folds them once the input shapes are known)."""
+    """Reshape's int64 shape: one constant, or per-entry constants, dims gathered from the
+    Shape of x or of another tensor of the segment, and run-time scalars, concatenated (the
+    engine folds them once the input shapes are known). Raises ConversionError when a needed
+    tensor is not computed inside the segment."""
     if all(isinstance(e, int) for e in plan):
         return int64s(ctx, plan, "shape")
     shapes = {}
