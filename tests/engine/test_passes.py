@@ -10,6 +10,7 @@ from tftrt.engine.passes import PASSES, run_passes
 from tftrt.engine.passes.constant_folding import constant_folding
 from tftrt.engine.passes.dead_layers import remove_dead_layers
 from tftrt.engine.passes.elementwise_fusion import elementwise_fusion
+from tftrt.engine.passes.pad_folding import pad_folding
 from tftrt.engine.passes.shuffle_folding import shuffle_folding
 from tftrt.engine.passes.vertical_fusion import vertical_fusion
 from tftrt.engine.shapes import bind_inputs
@@ -166,3 +167,73 @@ def test_every_pass_is_pure_and_the_list_is_ordered():
     assert [p.__name__ for p in PASSES][:3] == ["constant_folding", "remove_dead_layers",
                                                 "shuffle_folding"]
     assert _kinds(run_passes(net)) == ["conv"]
+
+
+def _pad_conv_model(pads, value=None, group=1, strides=(1, 1), cin=4, extra_relu=False):
+    """Keras ZeroPadding2D(NHWC) -> VALID Conv2D as the TF converters emit it."""
+    cout = cin if group == cin else 6
+    nodes = [N("Pad", ["x", "pads"] + (["value"] if value is not None else []), ["xp"],
+               mode="constant"),
+             N("Transpose", ["xp"], ["xp_nchw"], perm=[0, 3, 1, 2]),
+             N("Conv", ["xp_nchw", "w", "b"], ["c"], strides=list(strides), group=group),
+             N("Transpose", ["c"], ["y"], perm=[0, 2, 3, 1])]
+    consts = {"pads": np.array(pads, np.int64), "w": rand(cout, cin // group, 3, 3, seed=1),
+              "b": rand(cout, seed=2)}
+    outputs = ["y"]
+    if value is not None:
+        consts["value"] = np.array(value, np.float32)
+    if extra_relu:
+        nodes.append(N("Relu", ["xp"], ["r"]))
+        outputs.append("r")
+    feeds = {"x": rand(2, 7, 8, cin)}
+    return make_model(nodes, feeds, consts, outputs=outputs), feeds
+
+
+@pytest.mark.parametrize("pads,group,strides", [
+    ([0, 1, 1, 0, 0, 1, 1, 0], 1, (1, 1)),
+    ([0, 0, 1, 0, 0, 2, 0, 0], 1, (2, 1)),
+    ([0, 1, 0, 0, 0, 1, 1, 0], 4, (2, 2)),  # MobileNetV2: depthwise, stride 2, asymmetric
+    ([0, 3, 3, 0, 0, 3, 3, 0], 1, (2, 2)),  # ResNet50 stem
+])
+def test_pad_folding_zero_spatial_pad_into_conv(pads, group, strides):
+    model, feeds = _pad_conv_model(pads, group=group, strides=strides)
+    net = shuffle_folding(_bound(model, feeds))
+    assert _kinds(net) == ["pad", "conv"]
+    out = pad_folding(net)
+    assert _kinds(out) == ["conv"]
+    assert _kinds(net) == ["pad", "conv"]  # the pass is pure
+    assert net.layers[1].attrs["pads"] == [0, 0, 0, 0]
+    assert out.layers[0].attrs["pads"] == [pads[1], pads[2], pads[5], pads[6]]
+    assert out.layers[0].inputs[0] == "x"
+    engine = build_engine(model, {"x": feeds["x"].shape}, BuilderConfig(backend="numpy"))
+    assert "pad" not in [k for _, k, _, _ in engine.layers_summary()]
+    check_model(model, feeds, rtol=1e-4)
+
+
+@pytest.mark.parametrize("case", ["nonzero_value", "channel_pad", "batch_pad", "second_user"])
+def test_pad_folding_leaves_other_pads_alone(case):
+    pads, value, extra, cin = [0, 1, 1, 0, 0, 1, 1, 0], None, False, 4
+    if case == "nonzero_value":
+        value = 0.5
+    elif case == "channel_pad":
+        pads, cin = [0, 1, 1, 1, 0, 1, 1, 1], 6  # the conv sees 6 + 2 = 8 channels
+    elif case == "batch_pad":
+        pads = [1, 1, 1, 0, 0, 1, 1, 0]
+    else:
+        extra = True
+    if case == "channel_pad":
+        nodes = [N("Pad", ["x", "pads"], ["xp"], mode="constant"),
+                 N("Transpose", ["xp"], ["xp_nchw"], perm=[0, 3, 1, 2]),
+                 N("Conv", ["xp_nchw", "w"], ["c"]),
+                 N("Transpose", ["c"], ["y"], perm=[0, 2, 3, 1])]
+        feeds = {"x": rand(2, 7, 8, cin)}
+        model = make_model(nodes, feeds, {"pads": np.array(pads, np.int64),
+                                          "w": rand(5, cin + 2, 3, 3, seed=1)})
+    else:
+        model, feeds = _pad_conv_model(pads, value=value, cin=cin, extra_relu=extra)
+    net = shuffle_folding(_bound(model, feeds))
+    assert "pad" in _kinds(net)
+    assert pad_folding(net).summary() == net.summary()
+    engine = build_engine(model, {"x": feeds["x"].shape}, BuilderConfig(backend="numpy"))
+    assert "pad" in [k for _, k, _, _ in engine.layers_summary()]
+    check_model(model, feeds, rtol=1e-4)

@@ -19,6 +19,7 @@ Pass = Callable[[Network], Network]
 from tftrt.engine.passes.constant_folding import constant_folding  # noqa: E402
 from tftrt.engine.passes.dead_layers import remove_dead_layers  # noqa: E402
 from tftrt.engine.passes.shuffle_folding import shuffle_folding  # noqa: E402
+from tftrt.engine.passes.pad_folding import pad_folding  # noqa: E402
 from tftrt.engine.passes.vertical_fusion import vertical_fusion  # noqa: E402
 from tftrt.engine.passes.elementwise_fusion import elementwise_fusion  # noqa: E402
 
@@ -26,6 +27,7 @@ PASSES: List[Pass] = [
     constant_folding,
     remove_dead_layers,
     shuffle_folding,
+    pad_folding,  # after shuffle folding has made ONNX convs NHWC `conv` layers
     vertical_fusion,
     elementwise_fusion,
     vertical_fusion,  # again: fused programs such as x * sigmoid(x) are epilogue activations
