@@ -15,9 +15,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from typing import List
-
-import numpy as np
 
 log = logging.getLogger("tftrt.activation")
 
@@ -33,8 +30,8 @@ def engine_ops_from_graph_def(graph_def):
 
     Returns {node name: TRTEngineOp}.
     """
-    from tftrt import rewrite
-    from tftrt.engine_op import EngineSpec, TRTEngineOp
+    from tftrt import conversion, rewrite
+    from tftrt.engine_op import EngineSpec
     fdefs = {f.signature.name: f for f in graph_def.library.function}
     ops = {}
     for node in graph_def.node:
@@ -42,57 +39,23 @@ def engine_ops_from_graph_def(graph_def):
             continue
         spec = EngineSpec.from_json(json.loads(node.attr[SPEC_ATTR].s.decode()),
                                     node.attr[ONNX_ATTR].s)
-        fdef = fdefs[node.attr["f"].func.name]
-        native = rewrite.function_def_caller(
-            fdef, [(np.dtype(d), s) for d, s in zip(spec.input_dtypes, spec.input_shapes)],
-            [np.dtype(d) for d in spec.output_dtypes])
-        op = TRTEngineOp(spec, native)
-        if PLANS_ATTR in node.attr:
-            _restore_plans(op, node.attr[PLANS_ATTR].list.s)
+        op = conversion.engine_op_from_spec(spec, fdefs[node.attr["f"].func.name])
+        blobs = node.attr[PLANS_ATTR].list.s if PLANS_ATTR in node.attr else []
+        # blobs alternate: JSON meta, plan bytes
+        conversion.restore_plans(op, [(json.loads(blobs[k].decode()),
+                                       lambda data=blobs[k + 1]: data)
+                                      for k in range(0, len(blobs), 2)])
         ops[node.name] = op
     return ops
 
 
-def _restore_plans(op, blobs: List[bytes]) -> None:
-    if not blobs:
-        return
-    from tftrt.engine import PlanError, deserialize_engine
-    from tftrt.engine_op import resolve_backend
-    backend = resolve_backend()
-    if backend == "native":
-        return
-    for k in range(0, len(blobs), 2):
-        meta = json.loads(blobs[k].decode())
-        if meta.get("backend") != backend:
-            continue
-        try:
-            engine = deserialize_engine(blobs[k + 1], backend=backend)
-        except PlanError as e:
-            log.warning("%s: serialized engine cannot be used here (%s); it will rebuild",
-                        op.name, e)
-            continue
-        op.add_engine(tuple(tuple(s) for s in meta["input_shapes"]), engine)
-
-
 def bind_engines(graph_def):
     """Returns (graph_def with engine nodes as EagerPyFunc, objects to keep alive)."""
-    from tftrt import conversion, rewrite
+    from tftrt import conversion
     ops = engine_ops_from_graph_def(graph_def)
     if not ops:
         return graph_def, []
-    out = type(graph_def)()
-    out.CopyFrom(graph_def)
-    keep = []
-    for i, node in enumerate(out.node):
-        op = ops.get(node.name)
-        if op is None:
-            continue
-        token, wrapper = conversion.register_engine_op(op, op.spec.output_dtypes)
-        new = rewrite.engine_node(node.name, token, op.spec.input_dtypes, op.spec.output_dtypes)
-        new.input.extend(node.input)
-        out.node[i].CopyFrom(new)
-        keep += [op, wrapper]
-    return out, keep
+    return conversion.bind_engine_nodes(graph_def, ops)
 
 
 def activate() -> None:

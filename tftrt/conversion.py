@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from tftrt import rewrite
-from tftrt.engine_op import EngineSpec, TRTEngineOp
+from tftrt.engine_op import EngineSpec, TRTEngineOp, resolve_backend
 from tftrt.graph_io import GraphInfo
 from tftrt.lowering import ConversionError, lower_segment
 from tftrt.segment import Segment, SegmentationResult, segment_graph
@@ -30,6 +30,74 @@ class ConversionResult:
     keepalive: list
     graph_def: object = None        # engine form
     outputs: Optional[List[str]] = None
+
+
+def engine_op_from_spec(spec: EngineSpec, fdef) -> TRTEngineOp:
+    """An engine op whose native fallback calls the native segment function ``fdef``."""
+    native = rewrite.function_def_caller(
+        fdef, [(np.dtype(d), s) for d, s in zip(spec.input_dtypes, spec.input_shapes)],
+        [np.dtype(d) for d in spec.output_dtypes])
+    return TRTEngineOp(spec, native)
+
+
+def restore_plans(op: TRTEngineOp, plans: Iterable[Tuple[dict, Callable[[], bytes]]]) -> None:
+    """Puts saved engines into ``op``'s cache without rebuilding.
+
+    Args:
+      plans: (meta, read) pairs: meta holds "input_shapes" and "backend"; read() returns the
+        plan bytes (called only for plans this process can use).
+    A plan for another backend, or one the engine refuses (PlanError: other GPU or version),
+    is skipped with a log line; the op then builds at run time.
+    """
+    from tftrt.engine import PlanError, deserialize_engine
+    try:
+        backend = resolve_backend()
+    except ValueError:
+        return  # a bad TFTRT_BACKEND is reported clearly by the first call
+    if backend == "native":
+        return
+    for meta, read in plans:
+        if meta.get("backend") and meta["backend"] != backend:
+            log.info("%s: a saved engine is for backend %s, running on %s; it will rebuild",
+                     op.name, meta["backend"], backend)
+            continue
+        try:
+            engine = deserialize_engine(read(), backend=backend)
+        except PlanError as err:
+            log.warning("%s: a saved engine cannot be used here (%s); it will rebuild",
+                        op.name, err)
+            continue
+        op.add_engine(tuple(tuple(s) for s in meta["input_shapes"]), engine)
+
+
+def register_engine_ops(ops: Dict[str, TRTEngineOp]):
+    """Registers every op as an EagerPyFunc callable: ({name: token}, objects to keep alive)."""
+    tokens, keepalive = {}, []
+    for name, op in ops.items():
+        token, wrapper = register_engine_op(op, op.spec.output_dtypes)
+        tokens[name] = token
+        keepalive += [op, wrapper]
+    return tokens, keepalive
+
+
+def engine_call_node(name: str, op: TRTEngineOp, token: str):
+    return rewrite.engine_node(name, token, op.spec.input_dtypes, op.spec.output_dtypes)
+
+
+def bind_engine_nodes(graph_def, ops: Dict[str, TRTEngineOp]):
+    """A copy of ``graph_def`` whose native-segment calls named in ``ops`` are engine ops.
+
+    Returns (graph_def, objects to keep alive while the graph is used).
+    """
+    tokens, keepalive = register_engine_ops(ops)
+    out = type(graph_def)()
+    out.CopyFrom(graph_def)
+    for i, node in enumerate(out.node):
+        if node.name in ops and rewrite.ENGINE_ATTR in node.attr:
+            new = engine_call_node(node.name, ops[node.name], tokens[node.name])
+            new.input.extend(node.input)
+            out.node[i].CopyFrom(new)
+    return out, keepalive
 
 
 def register_engine_op(op: TRTEngineOp, out_dtypes) -> tuple:
@@ -87,8 +155,6 @@ def convert_graph(info: GraphInfo, params, nodes_denylist: Sequence[str] = ()) -
         fdef = rewrite.native_segment_function_def(info, s)
         in_dtypes = [info.dtypes[t] for t in s.inputs]
         out_dtypes = [info.dtypes[t] for t in s.outputs]
-        native_fn = rewrite.function_def_caller(
-            fdef, [(d, info.shapes.get(t)) for d, t in zip(in_dtypes, s.inputs)], out_dtypes)
         spec = EngineSpec(
             name=s.name, onnx_bytes=net.model.SerializeToString(),
             input_tensors=list(s.inputs), output_tensors=list(s.outputs),
@@ -101,7 +167,7 @@ def convert_graph(info: GraphInfo, params, nodes_denylist: Sequence[str] = ()) -
             max_workspace_size_bytes=params.max_workspace_size_bytes,
             allow_build_at_runtime=params.allow_build_at_runtime,
             member_nodes=list(s.nodes) + list(s.consts))
-        engine_ops[s.name] = TRTEngineOp(spec, native_fn)
+        engine_ops[s.name] = engine_op_from_spec(spec, fdef)
         fdefs[s.name] = fdef
         kept.append(s)
     seg.segments = kept
@@ -111,17 +177,10 @@ def convert_graph(info: GraphInfo, params, nodes_denylist: Sequence[str] = ()) -
 
 def engine_form_function(info: GraphInfo, segments: Sequence[Segment],
                          engine_ops: Dict[str, TRTEngineOp]):
-    keepalive: list = []
-    tokens = {}
-    for s in segments:
-        op = engine_ops[s.name]
-        token, wrapper = register_engine_op(op, op.spec.output_dtypes)
-        tokens[s.name] = token
-        keepalive += [op, wrapper]
+    tokens, keepalive = register_engine_ops({s.name: engine_ops[s.name] for s in segments})
 
     def make(s: Segment):
-        spec = engine_ops[s.name].spec
-        return rewrite.engine_node(s.name, tokens[s.name], spec.input_dtypes, spec.output_dtypes)
+        return engine_call_node(s.name, engine_ops[s.name], tokens[s.name])
 
     gd, outputs = rewrite.replace_segments(info, segments, make)
     flat_fn = rewrite.flat_function(gd, info.inputs, outputs)

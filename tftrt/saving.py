@@ -14,16 +14,15 @@ The signature itself calls ``<engine>_native_segment`` functions (PartitionedCal
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import shutil
-from typing import Dict, List
-
-import numpy as np
+from typing import Dict
 
 from tftrt import conversion, rewrite
-from tftrt.engine_op import EngineSpec, TRTEngineOp, resolve_backend
+from tftrt.engine_op import EngineSpec, TRTEngineOp
 
 log = logging.getLogger("tftrt.saving")
 
@@ -132,31 +131,16 @@ def load(path, tags=None, options=None):
         gd.ParseFromString(f.read())
     fdefs = {f.signature.name: f for f in gd.library.function}
     calls = {n.name: n.attr["f"].func.name for n in gd.node if rewrite.ENGINE_ATTR in n.attr}
+    adir = os.path.join(path, ASSET_DIR)
     ops: Dict[str, TRTEngineOp] = {}
     for e in manifest["engines"]:
-        with open(os.path.join(path, ASSET_DIR, e["onnx"]), "rb") as f:
+        with open(os.path.join(adir, e["onnx"]), "rb") as f:
             spec = EngineSpec.from_json(e["spec"], f.read())
-        fdef = fdefs[calls[spec.name]]
-        native_fn = rewrite.function_def_caller(
-            fdef, [(np.dtype(d), s) for d, s in zip(spec.input_dtypes, spec.input_shapes)],
-            [np.dtype(d) for d in spec.output_dtypes])
-        op = TRTEngineOp(spec, native_fn)
-        _restore_plans(op, path, e["plans"])
+        op = conversion.engine_op_from_spec(spec, fdefs[calls[spec.name]])
+        conversion.restore_plans(op, [(p, functools.partial(_read, os.path.join(adir, p["file"])))
+                                      for p in e["plans"]])
         ops[spec.name] = op
-
-    keepalive: List[object] = []
-    tokens = {}
-    for name, op in ops.items():
-        token, wrapper = conversion.register_engine_op(op, op.spec.output_dtypes)
-        tokens[name] = token
-        keepalive += [op, wrapper]
-    for i, node in enumerate(gd.node):
-        if rewrite.ENGINE_ATTR in node.attr:
-            spec = ops[node.name].spec
-            new = rewrite.engine_node(node.name, tokens[node.name], spec.input_dtypes,
-                                      spec.output_dtypes)
-            new.input.extend(node.input)
-            gd.node[i].CopyFrom(new)
+    gd, keepalive = conversion.bind_engine_nodes(gd, ops)
     flat = rewrite.flat_function(gd, manifest["inputs"], manifest["outputs"])
     key = manifest["signature_key"]
     original = loaded.signatures[key]
@@ -176,25 +160,6 @@ def load(path, tags=None, options=None):
     return LoadedModel(loaded, signatures, ops)
 
 
-def _restore_plans(op: TRTEngineOp, path: str, plans) -> None:
-    if not plans:
-        return
-    from tftrt.engine import PlanError, deserialize_engine
-    try:
-        backend = resolve_backend()
-    except ValueError:
-        return
-    for p in plans:
-        if backend == "native" or (p.get("backend") and p["backend"] != backend):
-            log.info("%s: plan %s is for backend %s, running on %s; it will rebuild",
-                     op.name, p["file"], p.get("backend"), backend)
-            continue
-        with open(os.path.join(path, ASSET_DIR, p["file"]), "rb") as f:
-            data = f.read()
-        try:
-            engine = deserialize_engine(data, backend=backend)
-        except PlanError as err:
-            log.warning("%s: plan %s cannot be used here (%s); the engine will rebuild",
-                        op.name, p["file"], err)
-            continue
-        op.add_engine(tuple(tuple(s) for s in p["input_shapes"]), engine)
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
