@@ -531,17 +531,25 @@ _REDUCE = {"ReduceMean": "mean", "ReduceSum": "sum", "ReduceMax": "max", "Reduce
            "ReduceLogSumExp": "log_sum_exp"}
 
 
-@importer(*_REDUCE)
-def _reduce(node, ctx):
-    a = _attrs(node)
-    axes = a.get("axes")
+def _attr_or_input(node, ctx, value):
+    """Inputs [x, (operand 1)] and the value of an operand that moved from an attribute (older
+    opsets) to input 1 (newer ones): a constant input 1 overrides ``value`` and is not a layer
+    input; a computed one stays an input (resolved when the engine is built)."""
     ins = [ctx.inp(node, 0)]
     if len(node.input) > 1 and node.input[1]:
         v = ctx.const(node, 1)
         if v is None:
             ins.append(ctx.inp(node, 1))
         else:
-            axes = v.tolist()
+            value = v.tolist()
+    return ins, value
+
+
+@importer(*_REDUCE)
+def _reduce(node, ctx):
+    a = _attrs(node)
+    axes = a.get("axes")
+    ins, axes = _attr_or_input(node, ctx, axes)
     attrs = {"op": _REDUCE[node.op_type], "axes": list(axes) if axes else None,
              "keepdims": int(a.get("keepdims", 1)),
              "noop_with_empty_axes": int(a.get("noop_with_empty_axes", 0))}
@@ -601,13 +609,7 @@ def _flatten(node, ctx):
 def _squeeze(node, ctx):
     mode = node.op_type.lower()
     axes = _attrs(node).get("axes")
-    ins = [ctx.inp(node, 0)]
-    if len(node.input) > 1 and node.input[1]:
-        v = ctx.const(node, 1)
-        if v is None:
-            ins.append(ctx.inp(node, 1))
-        else:
-            axes = v.tolist()
+    ins, axes = _attr_or_input(node, ctx, axes)
     ctx.layer("reshape", ins, [node.output[0]],
               {"mode": mode, "axes": None if axes is None else list(axes)},
               name=node.name or None)
@@ -630,13 +632,7 @@ def _concat(node, ctx):
 def _split(node, ctx):
     a = _attrs(node)
     sizes = a.get("split")
-    ins = [ctx.inp(node, 0)]
-    if len(node.input) > 1 and node.input[1]:
-        v = ctx.const(node, 1)
-        if v is None:
-            ins.append(ctx.inp(node, 1))
-        else:
-            sizes = v.tolist()
+    ins, sizes = _attr_or_input(node, ctx, sizes)
     outs = [o or ctx.tmp("unused") for o in node.output]
     ctx.layer("split", ins, outs, {"axis": int(a.get("axis", 0)),
                                    "sizes": None if sizes is None else list(sizes)},
