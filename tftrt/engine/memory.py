@@ -5,6 +5,11 @@ so allocated per execution), gets a byte range in one arena. Two tensors may sha
 when their lifetimes [producer, last consumer] do not overlap. Placement is greedy best-fit:
 tensors in decreasing size, each into the smallest free gap among the tensors live at the same
 time, else on top. Offsets are aligned to 256 bytes (cuDNN/cuBLASLt alignment).
+
+Reshapes are views: the output of a ``reshape`` layer whose input and output both live in the
+arena takes its input's bytes (``MemoryPlan.aliases``: output -> the tensor whose bytes it
+shares), the input's lifetime is extended over the output's, and an execution context that
+lays tensors out by this plan skips the layer (its output already holds the values).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ class MemoryPlan:
     workspace_bytes: int = 0
     dynamic: List[str] = dataclasses.field(default_factory=list)
     output_bytes: int = 0
+    aliases: Dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def total_bytes(self) -> int:
@@ -43,14 +49,15 @@ class MemoryPlan:
         return {"offsets": self.offsets, "sizes": self.sizes,
                 "lifetimes": {k: list(v) for k, v in self.lifetimes.items()},
                 "arena_bytes": self.arena_bytes, "workspace_bytes": self.workspace_bytes,
-                "dynamic": self.dynamic, "output_bytes": self.output_bytes}
+                "dynamic": self.dynamic, "output_bytes": self.output_bytes,
+                "aliases": self.aliases}
 
     @staticmethod
     def from_json(d: dict) -> "MemoryPlan":
         return MemoryPlan(dict(d["offsets"]), dict(d["sizes"]),
                           {k: tuple(v) for k, v in d["lifetimes"].items()}, d["arena_bytes"],
                           d.get("workspace_bytes", 0), list(d.get("dynamic", [])),
-                          d.get("output_bytes", 0))
+                          d.get("output_bytes", 0), dict(d.get("aliases", {})))
 
 
 def tensor_lifetimes(net: Network) -> Dict[str, Tuple[int, int]]:
@@ -67,6 +74,20 @@ def tensor_lifetimes(net: Network) -> Dict[str, Tuple[int, int]]:
         if o in life:
             life[o][1] = end
     return {k: (v[0], v[1]) for k, v in life.items()}
+
+
+def reshape_aliases(net: Network, sizes: Dict[str, int]) -> Dict[str, str]:
+    """reshape output -> the arena tensor whose bytes it views (chains resolve to the first
+    tensor). Only tensors that both have arena bytes (``sizes``) alias."""
+    aliases: Dict[str, str] = {}
+    for layer in net.layers:
+        if layer.kind != "reshape" or len(layer.outputs) != 1 or not layer.inputs:
+            continue
+        x, y = layer.inputs[0], layer.outputs[0]
+        if x in sizes and y in sizes and sizes[x] == sizes[y] and \
+                net.tensors[x].dtype == net.tensors[y].dtype:
+            aliases[y] = aliases.get(x, x)
+    return aliases
 
 
 def plan_memory(net: Network, workspace_bytes: int = 0,
@@ -94,6 +115,11 @@ def plan_memory(net: Network, workspace_bytes: int = 0,
             dynamic.append(name)
             continue
         sizes[name] = _align(max(info.nbytes(), 1))
+    aliases = reshape_aliases(net, sizes)
+    for out, root in aliases.items():  # the root's bytes stay live while any view is used
+        first, last = life[root]
+        life[root] = (first, max(last, life[out][1]))
+        del sizes[out]
     order = sorted(sizes, key=lambda n: (-sizes[n], life[n][0], n))
     placed: List[Tuple[int, int, int, int]] = []  # (offset, end, first, last)
     offsets: Dict[str, int] = {}
@@ -113,8 +139,10 @@ def plan_memory(net: Network, workspace_bytes: int = 0,
         top = max(top, off + size)
     out_bytes = sum(_align(net.tensors[o].nbytes()) for o in set(net.outputs)
                     if net.tensors[o].is_static and o not in net.inputs)
+    for out, root in aliases.items():
+        offsets[out], sizes[out] = offsets[root], sizes[root]
     plan = MemoryPlan(offsets, sizes, {k: life[k] for k in sizes}, top, int(workspace_bytes),
-                      dynamic, out_bytes)
+                      dynamic, out_bytes, aliases)
     if max_workspace_size_bytes is not None and plan.workspace_bytes > max_workspace_size_bytes:
         raise EngineBuildError(
             f"the chosen tactics need {plan.workspace_bytes} bytes of scratch but "

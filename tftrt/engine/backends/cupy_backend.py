@@ -18,9 +18,10 @@ cores unless the build says ``allow_tf32=False``.
 
 Execution (:class:`CupyExecutionContext`): one device arena per context laid out by the
 engine's memory plan (plus the largest tactic workspace), its own stream and library handles;
-the first run is eager, the second captures the whole engine into CUDA graphs (layers that
-cannot be captured run eagerly between graph segments; a failed capture is logged once and
-that segment stays eager), later runs replay them.
+reshapes the plan made views of their input run nothing. The first run is eager, the second
+captures the whole engine into CUDA graphs (layers that cannot be captured run eagerly between
+graph segments; a failed capture is logged once and that segment stays eager), later runs
+replay them.
 """
 
 from __future__ import annotations
@@ -286,7 +287,10 @@ class CupyExecutionContext:
             view = self.arena[off:off + nbytes].view(np.dtype(info.dtype))
             bufs[name] = view.reshape(tuple(info.shape))
         self.steps = []
+        views = getattr(mem, "aliases", {})
         for layer, impl in zip(net.layers, self.impls):
+            if layer.kind == "reshape" and layer.outputs[0] in views:
+                continue  # its output views its input's arena bytes: nothing to run
             for o in layer.outputs:
                 if o and o not in bufs:
                     bufs[o] = alloc(o)
