@@ -237,3 +237,93 @@ def test_pad_folding_leaves_other_pads_alone(case):
     engine = build_engine(model, {"x": feeds["x"].shape}, BuilderConfig(backend="numpy"))
     assert "pad" in [k for _, k, _, _ in engine.layers_summary()]
     check_model(model, feeds, rtol=1e-4)
+
+
+def _i64(*v):
+    return np.array(v, np.int64)
+
+
+def test_einsum_dense_bias_through_reshape_reaches_the_matmul_epilogue():
+    """Keras EinsumDense (attention's q/k/v projections): matmul -> reshape [.., heads, dim]
+    -> add bias [heads, dim] becomes one matmul with a [heads * dim] bias epilogue."""
+    nodes = [N("MatMul", ["x", "w"], ["m"]), N("Reshape", ["m", "s"], ["r"]),
+             N("Add", ["r", "b"], ["y"])]
+    consts = {"w": rand(12, 8, seed=1), "s": _i64(2, 5, 2, 4), "b": rand(2, 4, seed=2)}
+    feeds = {"x": rand(2, 5, 12)}
+    model = make_model(nodes, feeds, consts)
+    net = run_passes(_bound(model, feeds))
+    assert _kinds(net) == ["matmul", "reshape"]
+    mm = net.layers[0]
+    assert mm.epilogue_summary() == "bias"
+    np.testing.assert_array_equal(net.weights[mm.inputs[2]], consts["b"].reshape(8))
+    check_model(model, feeds)
+
+
+@pytest.mark.parametrize("bias_shape,cap", [((4,), None), ((1, 1, 1, 4), None),
+                                            ((5, 1, 1), None), ((5, 1, 1), 16)])
+def test_constants_broadcasting_over_a_reshape_are_materialized_or_left(bias_shape, cap,
+                                                                        monkeypatch):
+    """A constant that broadcasts across dims the reshape splits is materialized over them
+    (a bias [4] over [.., 2, 4] from [.., 8] becomes [8]), unless that is too big."""
+    import importlib
+    sf = importlib.import_module("tftrt.engine.passes.shuffle_folding")
+    if cap:
+        monkeypatch.setattr(sf, "_MAX_MATERIALIZED", cap)
+    nodes = [N("MatMul", ["x", "w"], ["m"]), N("Reshape", ["m", "s"], ["r"]),
+             N("Add", ["r", "b"], ["y"])]
+    consts = {"w": rand(12, 8, seed=1), "s": _i64(2, 5, 2, 4), "b": rand(*bias_shape, seed=3)}
+    feeds = {"x": rand(2, 5, 12)}
+    model = make_model(nodes, feeds, consts)
+    net = run_passes(_bound(model, feeds))
+    if cap:  # [5, 2, 4] = 40 elements > 16: the add stays below the reshape
+        assert _kinds(net) == ["matmul", "reshape", "pointwise"]
+    elif bias_shape == (5, 1, 1):  # moved above as a [5, 8] constant: not a bias along N
+        assert _kinds(net) == ["matmul", "pointwise", "reshape"]
+        assert net.tensors[net.layers[1].outputs[0]].shape == (2, 5, 8)
+    else:
+        assert _kinds(net) == ["matmul", "reshape"]
+        mm = net.layers[0]
+        assert mm.epilogue_summary() == "bias"
+        want = np.broadcast_to(consts["b"].reshape(-1), (2, 4)).reshape(8)
+        np.testing.assert_array_equal(net.weights[mm.inputs[mm.epilogue[0]["input"]]], want)
+    check_model(model, feeds)
+
+
+def test_dense_on_a_sequence_loses_its_reshapes_and_fuses_bias_gelu_residual():
+    """Keras Dense on [b, s, K]: reshape -> matmul -> reshape, then bias, an activation and a
+    residual add: one matmul reading the 3-D input, everything in its epilogue, no reshape."""
+    nodes = [N("Reshape", ["x", "s2"], ["x2"]), N("MatMul", ["x2", "w"], ["m"]),
+             N("Reshape", ["m", "s3"], ["m3"]), N("Add", ["m3", "b"], ["mb"]),
+             N("Relu", ["mb"], ["a"]), N("Add", ["a", "x"], ["y"])]
+    consts = {"w": rand(6, 6, seed=1), "b": rand(6, seed=2), "s2": _i64(-1, 6),
+              "s3": _i64(2, 3, 6)}
+    feeds = {"x": rand(2, 3, 6)}
+    model = make_model(nodes, feeds, consts)
+    net = run_passes(_bound(model, feeds))
+    assert _kinds(net) == ["matmul"]
+    assert net.layers[0].epilogue_summary() == "bias+relu+add"
+    assert net.tensors[net.layers[0].inputs[0]].shape == (2, 3, 6)
+    check_model(model, feeds)
+
+
+def test_attention_scale_of_two_activations_becomes_the_matmul_alpha():
+    nodes = [N("MatMul", ["q", "k"], ["s"]), N("Mul", ["s", "c"], ["t"]),
+             N("Softmax", ["t"], ["y"], axis=-1)]
+    feeds = {"q": rand(3, 4, 8), "k": rand(3, 8, 4, seed=1)}
+    model = make_model(nodes, feeds, {"c": np.array(0.125, np.float32)})
+    net = run_passes(_bound(model, feeds))
+    assert _kinds(net) == ["matmul", "softmax"]
+    assert net.layers[0].attrs["alpha"] == 0.125 and not net.layers[0].epilogue
+    check_model(model, feeds)
+
+
+def test_fp16_softmax_stores_half_and_computes_in_float():
+    from tftrt.engine.precision import apply_precision
+    nodes = [N("MatMul", ["q", "k"], ["s"]), N("Softmax", ["s"], ["p"], axis=-1),
+             N("MatMul", ["p", "v"], ["y"])]
+    feeds = {"q": rand(2, 4, 8), "k": rand(2, 8, 4, seed=1), "v": rand(2, 4, 8, seed=2)}
+    model = make_model(nodes, feeds)
+    net = apply_precision(run_passes(_bound(model, feeds)), "FP16")
+    sm = [l for l in net.layers if l.kind == "softmax"][0]
+    assert sm.precision == "FP32" and net.tensors[sm.outputs[0]].dtype == "float16"
+    check_model(model, feeds, precision="FP16")

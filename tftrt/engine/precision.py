@@ -2,9 +2,10 @@
 
 FP16: conv / conv_transpose / matmul store their weights in float16 and every layer stores its
 float32 activations in float16, except the layers in ``FP32_KINDS`` (softmax, reductions,
-normalization statistics, top-k, ...), whose outputs stay float32 because fp16 loses too much
-there. Network inputs and outputs keep their declared dtypes (as in TF-TRT). Epilogue vectors
-(bias/scale) stay float32: they are applied to the fp32 accumulator.
+normalization, top-k, ...), which compute in float32 and keep float32 outputs because fp16
+loses too much there; softmax and normalization store their main output in float16 all the
+same (``HALF_OUTPUT_KINDS``). Network inputs and outputs keep their declared dtypes (as in
+TF-TRT). Epilogue vectors (bias/scale) stay float32: they are applied to the fp32 accumulator.
 
 INT8: only explicit quantization is supported: the network must carry QuantizeLinear /
 DequantizeLinear (quantize / dequantize layers); calibration is not implemented.
@@ -20,6 +21,9 @@ from tftrt.engine.network import Layer, Network
 PRECISIONS = ("FP32", "FP16", "INT8")
 FP32_KINDS = frozenset({"softmax", "reduce", "normalization", "topk", "arg_reduce", "cumsum",
                         "nms", "range", "shape", "size", "quantize", "dequantize", "einsum"})
+# Computed in fp32, main output stored fp16 (a probability / a normalized value loses nothing
+# that matters; TensorRT's FP16 softmax and layer norm do the same). Statistics stay fp32.
+HALF_OUTPUT_KINDS = frozenset({"softmax", "normalization"})
 _WEIGHTED = ("conv", "conv_transpose", "matmul")
 
 
@@ -59,6 +63,9 @@ def apply_precision(net: Network, precision: str) -> Network:
             uses[i] = uses.get(i, 0) + 1
     for l in net.layers:
         l.precision = "FP32" if l.kind in FP32_KINDS else "FP16"
+        if l.kind in HALF_OUTPUT_KINDS and l.outputs[0] not in keep and \
+                net.tensors[l.outputs[0]].dtype == "float32":
+            net.tensors[l.outputs[0]].dtype = "float16"
         if l.precision != "FP16":
             continue
         for o in l.outputs:

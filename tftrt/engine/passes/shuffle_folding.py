@@ -12,6 +12,15 @@ Rules, applied to a fixpoint:
   transpose of other tensors) is sunk below it, the constants permuted to match: in an NCHW
   ONNX model, ``conv -> transpose -> BN(mul, add) -> relu -> transpose -> conv`` becomes
   ``conv -> mul -> add -> relu -> conv`` with NHWC constants, ready for vertical fusion.
+* a reshape feeding a pointwise layer whose other operands are constants is sunk below it, the
+  constants reshaped to match (materialized when they broadcast): Keras' EinsumDense emits
+  ``matmul -> reshape [.., heads, dim] -> add bias [heads, dim]``, which becomes
+  ``matmul -> add bias [heads * dim] -> reshape``, ready for vertical fusion.
+* a matmul whose left operand is a reshape that only merges leading dims (``[.., K] ->
+  [M, K]``) and whose right operand has no batch dims reads the unmerged tensor instead (a
+  matmul broadcasts over leading dims) and is followed by the reshape of its output: Keras'
+  Dense on a sequence (``reshape -> matmul -> reshape``) loses both reshapes, so its bias,
+  activation and residual add reach the matmul's epilogue.
 """
 
 from __future__ import annotations
@@ -116,11 +125,110 @@ def _sink_transpose(net: Network) -> bool:
     return False
 
 
+_MAX_MATERIALIZED = 1 << 16  # elements: a broadcast constant reshaped for a sunk reshape
+
+
+def _const_for_sunk_reshape(w: np.ndarray, x_shape, y_shape):
+    """``w`` (broadcasting against y_shape) as a constant broadcasting against x_shape, where
+    x -> y is a reshape: w broadcast over the shortest suffix of y whose size is that of a
+    suffix of x, reshaped to that suffix of x. None when that is too big to materialize."""
+    if w.size == 1:
+        return w.reshape(())
+    if w.ndim > len(y_shape):
+        return None
+    ws = (1,) * (len(y_shape) - w.ndim) + tuple(w.shape)
+    q = 0
+    while q < len(ws) and ws[q] == 1:
+        q += 1
+    for q in range(q, -1, -1):
+        tail = int(np.prod(y_shape[q:], dtype=np.int64))
+        if tail > _MAX_MATERIALIZED:
+            return None
+        r, acc = len(x_shape), 1
+        while r > 0 and acc < tail:
+            r -= 1
+            acc *= x_shape[r]
+        if acc == tail:
+            full = np.broadcast_to(w.reshape(ws[q:]), tuple(y_shape[q:]))
+            return np.ascontiguousarray(full).reshape(tuple(x_shape[r:]))
+    return None
+
+
+def _sink_reshape(net: Network) -> bool:
+    from tftrt.engine.network import Layer
+    prod, cons = net.producers(), net.consumers()
+    for idx, layer in enumerate(net.layers):
+        if layer.kind != "pointwise":
+            continue
+        acts = [i for i in layer.inputs if i not in net.weights]
+        if len(set(acts)) != 1:
+            continue
+        r = prod.get(acts[0])
+        out = layer.outputs[0]
+        if r is None or r.kind != "reshape" or "shape" not in r.attrs or \
+                _sole_consumer(cons, net, acts[0]) is not layer:
+            continue
+        x_shape, y_shape = net.tensors[r.inputs[0]].shape, net.tensors[acts[0]].shape
+        if x_shape is None or y_shape is None or net.tensors[out].shape != y_shape:
+            continue
+        new_inputs = []
+        for i in layer.inputs:
+            if i not in net.weights:
+                new_inputs.append(r.inputs[0])
+                continue
+            w = net.weights[i]
+            v = _const_for_sunk_reshape(w, x_shape, y_shape)
+            if v is None:
+                break
+            new_inputs.append(i if v.shape == w.shape and v.size == w.size and w.ndim == v.ndim
+                              else net.add_weight(v.astype(w.dtype), i + "_reshaped"))
+        else:
+            inner = net.add_tensor(net.unique_name(out + "_pre"), net.tensors[out].dtype,
+                                   tuple(x_shape))
+            layer.inputs, layer.outputs = new_inputs, [inner]
+            net.layers.remove(r)
+            net.layers.insert(net.layers.index(layer) + 1,
+                              Layer(out + "_sunk_reshape", "reshape", [inner], [out],
+                                    {"shape": list(y_shape)}))
+            return True
+    return False
+
+
+def _matmul_through_reshape(net: Network) -> bool:
+    from tftrt.engine.network import Layer
+    prod = net.producers()
+    for layer in net.layers:
+        if layer.kind != "matmul" or layer.epilogue or layer.attrs.get("transpose_a") or \
+                len(layer.outputs) != 1:
+            continue
+        r = prod.get(layer.inputs[0])
+        if r is None or r.kind != "reshape" or "shape" not in r.attrs:
+            continue
+        x_shape, y_shape = net.tensors[r.inputs[0]].shape, net.tensors[layer.inputs[0]].shape
+        b_shape = net.tensors[layer.inputs[1]].shape
+        out = layer.outputs[0]
+        o_shape = net.tensors[out].shape
+        if None in (x_shape, y_shape, b_shape, o_shape) or len(y_shape) != 2 or \
+                len(x_shape) < 2 or len(b_shape) != 2 or x_shape[-1] != y_shape[-1]:
+            continue
+        inner = net.add_tensor(net.unique_name(out + "_pre"), net.tensors[out].dtype,
+                               tuple(x_shape[:-1]) + (o_shape[-1],))
+        layer.inputs = [r.inputs[0]] + layer.inputs[1:]
+        layer.outputs = [inner]
+        net.layers.insert(net.layers.index(layer) + 1,
+                          Layer(out + "_sunk_reshape", "reshape", [inner], [out],
+                                {"shape": list(o_shape)}))
+        return True
+    return False
+
+
 def shuffle_folding(net: Network) -> Network:
-    """Composes/cancels transposes and reshapes and sinks transposes below pointwise layers."""
+    """Composes/cancels transposes and reshapes, sinks them below pointwise layers and lets
+    matmuls read through leading-dim reshapes (see module doc)."""
     net = net.copy()
     for _ in range(10 * len(net.layers) + 10):
-        if not (_compose_transposes(net) or _compose_reshapes(net) or _sink_transpose(net)):
+        if not (_compose_transposes(net) or _compose_reshapes(net) or _sink_transpose(net)
+                or _sink_reshape(net) or _matmul_through_reshape(net)):
             break
     net.prune_tensors()
     from tftrt.engine.passes.dead_layers import remove_dead_layers

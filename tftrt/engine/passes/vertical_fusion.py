@@ -5,8 +5,8 @@ is a pointwise layer whose program is a chain of steps on the main output (all o
 each of the form:
 
 * ``y * s`` / ``y / s`` with ``s`` a constant per-output-channel vector (or scalar): folded into
-  the weights (``w[o] *= s[o]``, bias too) while no activation was absorbed yet; a ``scale``
-  epilogue when the weights are not constant;
+  the weights (``w[o] *= s[o]``, bias too) while no activation was absorbed yet; for a matmul of
+  two activations a uniform ``s`` goes into its ``alpha``; else a ``scale`` epilogue;
 * ``y + c`` / ``y - c`` with ``c`` a constant per-channel vector: folded into the ``bias``;
 * an activation (relu, clip/relu6, leaky_relu, sigmoid, tanh, elu, selu, hard_sigmoid,
   softplus, softsign, gelu, silu = x*sigmoid(x)): an ``act`` epilogue (one per layer);
@@ -138,6 +138,21 @@ def _scale_weights(net: Network, layer: Layer, s: np.ndarray) -> bool:
     return True
 
 
+def _scale_alpha(net: Network, layer: Layer, s: np.ndarray) -> bool:
+    """Folds a uniform scale of a matmul of two activations (attention's q.k / sqrt(d)) into
+    its alpha (and its bias), which the GEMM applies for free."""
+    if layer.kind != "matmul" or s.size == 0 or not np.all(s == s[0]):
+        return False
+    layer.attrs = dict(layer.attrs, alpha=float(layer.attrs.get("alpha", 1.0)) * float(s[0]))
+    for e in layer.epilogue:
+        if e["op"] == "bias":
+            b = layer.inputs[e["input"]]
+            layer.inputs[e["input"]] = net.add_weight(
+                (net.weights[b].astype(np.float64) * float(s[0])).astype(net.weights[b].dtype),
+                b + "_scaled")
+    return True
+
+
 def _add_bias(net: Network, layer: Layer, c: np.ndarray, dtype) -> None:
     if layer.epilogue and layer.epilogue[-1]["op"] == "bias":  # the last op: fold into it
         e = layer.epilogue[-1]
@@ -181,14 +196,14 @@ def _try_absorb(net: Network, layer: Layer, consumer: Layer, index: dict) -> boo
                 return False  # a scale/shift after the activation cannot fold into weights
             if op in ("mul", "div") and (y_first or op == "mul"):
                 sc = vec if op == "mul" else 1.0 / vec
-                if not _scale_weights(net, trial, sc):
+                if not _scale_weights(net, trial, sc) and not _scale_alpha(net, trial, sc):
                     trial.inputs.append(net.add_weight(sc.astype(wdt), layer.name + "_scale"))
                     trial.epilogue.append({"op": "scale", "input": len(trial.inputs) - 1})
             elif op == "add" or (op == "sub" and y_first):
                 _add_bias(net, trial, vec if op == "add" else -vec, wdt)
             else:
                 return False
-    layer.inputs, layer.epilogue = trial.inputs, trial.epilogue
+    layer.inputs, layer.epilogue, layer.attrs = trial.inputs, trial.epilogue, trial.attrs
     return True
 
 
