@@ -327,3 +327,30 @@ def test_fp16_softmax_stores_half_and_computes_in_float():
     sm = [l for l in net.layers if l.kind == "softmax"][0]
     assert sm.precision == "FP32" and net.tensors[sm.outputs[0]].dtype == "float16"
     check_model(model, feeds, precision="FP16")
+
+
+def test_attention_key_transpose_becomes_the_matmul_transpose_flag():
+    """q [b, s, h, d] -> (0, 2, 1, 3); k -> (0, 2, 3, 1) (moves d, a real transpose): the key
+    transpose becomes (0, 2, 1, 3) (contiguous rows of d) and the matmul's transpose_b."""
+    nodes = [N("Transpose", ["q"], ["qt"], perm=[0, 2, 1, 3]),
+             N("Reshape", ["qt", "s3"], ["q3"]),
+             N("Transpose", ["k"], ["kt"], perm=[0, 2, 3, 1]),
+             N("Reshape", ["kt", "s3k"], ["k3"]),
+             N("MatMul", ["q3", "k3"], ["s"]), N("Softmax", ["s"], ["y"], axis=-1)]
+    feeds = {"q": rand(2, 5, 3, 4), "k": rand(2, 5, 3, 4, seed=1)}
+    model = make_model(nodes, feeds, {"s3": _i64(6, 5, 4), "s3k": _i64(6, 4, 5)})
+    net = run_passes(_bound(model, feeds))
+    perms = [l.attrs["perm"] for l in net.layers if l.kind == "transpose"]
+    assert perms == [[0, 2, 1, 3], [0, 2, 1, 3]]
+    mm = [l for l in net.layers if l.kind == "matmul"][0]
+    assert mm.attrs["transpose_b"] and not mm.attrs["transpose_a"]
+    check_model(model, feeds)
+
+
+def test_a_transpose_of_the_last_two_axes_disappears_into_the_matmul():
+    nodes = [N("Transpose", ["a"], ["at"], perm=[0, 2, 1]), N("MatMul", ["at", "b"], ["y"])]
+    feeds = {"a": rand(2, 4, 3), "b": rand(2, 4, 5, seed=1)}
+    model = make_model(nodes, feeds)
+    net = run_passes(_bound(model, feeds))
+    assert _kinds(net) == ["matmul"] and net.layers[0].attrs["transpose_a"]
+    check_model(model, feeds)

@@ -510,3 +510,35 @@ def test_engine_reports_device_and_memory(small_resnet):
     assert ctx._impl.device_bytes >= gpu.memory.arena_bytes
     prof = ctx._impl.profile(list(feeds.values()), repeats=3)
     assert len(prof) == gpu.num_layers and all(t >= 0 for _, t in prof)
+
+
+@pytest.mark.parametrize("precision", ["FP32", "FP16"])
+@pytest.mark.parametrize("d", [64, 6, 3])
+def test_attention_block_transposes_and_reshape_views(precision, d):
+    """Keras-style attention: [b, s, h, d] q/k/v, transposes, reshapes to [b*h, s, d], q.k^T
+    scaled, softmax, .v, back to [b, s, h*d]. Transposes run the generated kernel (vectorized
+    when d allows), reshapes between arena tensors run nothing, and graph replay matches."""
+    from tftrt.engine.backends.cupy_kernels_nn import TransposeKernel
+    b, s, h = 2, 16, 3
+    nodes = [N("Transpose", ["q"], ["qt"], perm=[0, 2, 1, 3]), N("Reshape", ["qt", "s3"], ["q3"]),
+             N("Transpose", ["k"], ["kt"], perm=[0, 2, 3, 1]), N("Reshape", ["kt", "s3k"], ["k3"]),
+             N("Transpose", ["v"], ["vt"], perm=[0, 2, 1, 3]), N("Reshape", ["vt", "s3"], ["v3"]),
+             N("MatMul", ["q3", "k3"], ["sc"]), N("Mul", ["sc", "c"], ["scs"]),
+             N("Softmax", ["scs"], ["p"], axis=-1), N("MatMul", ["p", "v3"], ["o3"]),
+             N("Reshape", ["o3", "s4"], ["o4"]), N("Transpose", ["o4"], ["ot"], perm=[0, 2, 1, 3]),
+             N("Reshape", ["ot", "sy"], ["y"])]
+    feeds = {n: rand(b, s, h, d, seed=i) for i, n in enumerate("qkv")}
+    consts = {"s3": np.array([b * h, s, d], I64), "s3k": np.array([b * h, d, s], I64),
+              "s4": np.array([b, h, s, d], I64), "sy": np.array([b, s, h * d], I64),
+              "c": np.array(d ** -0.5, np.float32)}
+    gpu = check(make_model(nodes, feeds, consts), feeds, precision, tactics=False)
+    ctx = gpu.create_execution_context()._impl
+    kernels = [i.kernel for l, i, _, _ in ctx.steps if l.kind == "transpose"]
+    assert len(kernels) == 4 and all(isinstance(k, TransposeKernel) for k in kernels)
+    isz = 2 if precision == "FP16" else 4
+    want_vec = max([vb for vb in (16, 8, 4) if vb > isz and (d * isz) % vb == 0] or [isz])
+    assert {k.vec_bytes for k in kernels} == {want_vec}
+    reshapes = [l for l in gpu.network.layers if l.kind == "reshape"]
+    assert reshapes and len(ctx.steps) == len(gpu.network.layers) - len(
+        [l for l in reshapes if l.outputs[0] in gpu.memory.aliases])
+    assert gpu.memory.aliases  # the [b*h, s, d] <-> [b, h, s, d] reshapes are views

@@ -286,7 +286,7 @@ class PointwiseKernel:
             return "0"
         if m[0] == "last":
             return f"({idx} % {m[1]})"
-        terms, rem = [], idx
+        terms = []
         dims = self.out_shape
         for k in range(len(dims)):
             inner = int(np.prod(dims[k + 1:], dtype=np.int64))

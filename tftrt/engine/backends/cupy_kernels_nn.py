@@ -1,6 +1,6 @@
 """Generated CUDA kernels of the CuPy backend for pooling, padding and reductions over NHWC /
 row-major tensors: max/avg pooling, pad (constant / reflect / edge), row-wise softmax and layer
-normalization, and reductions over one contiguous block of axes. Same conventions as
+normalization, reductions over one contiguous block of axes, and transposes. Same conventions as
 ``cupy_kernels`` (shapes baked in, fp16 as ``unsigned short``, fp32 math)."""
 
 from __future__ import annotations
@@ -8,6 +8,8 @@ from __future__ import annotations
 from typing import Optional
 
 import numpy as np
+
+import cupy as cp
 
 from tftrt.engine.backends.cupy_kernels import (PRELUDE, _lit, _raw_kernel, comptype, ctype,
                                                 launch, load_expr, store_expr)
@@ -381,4 +383,56 @@ extern "C" __global__ void reduce(const {ct}* __restrict__ x, {oct_}* __restrict
             if self.O:
                 self._kernel((min(self.O, 65535),), (self.threads,), (x, y))
         elif self.work:
+            launch(self._kernel, self.work, [x, y])
+
+
+# --- transpose -----------------------------------------------------------------------------------
+class TransposeKernel:
+    """y = x.transpose(perm), one pass over y with the index map baked in. When the innermost
+    axis stays innermost (attention's [b, s, h, d] <-> [b, h, s, d]) each thread moves the
+    widest vector (16/8/4 bytes) the contiguous run allows; else one element per thread."""
+
+    def __init__(self, x_shape, perm, dtype: str):
+        r = len(x_shape)
+        isz = np.dtype(dtype).itemsize
+        x_shape = tuple(int(d) for d in x_shape)
+        self.vec_bytes, self.perm = isz, tuple(perm)
+        if r and perm[-1] == r - 1:
+            for vb in (16, 8, 4):
+                if vb > isz and (x_shape[-1] * isz) % vb == 0:
+                    self.vec_bytes = vb
+                    break
+        V = self.vec_bytes // isz
+        ct = {16: "uint4", 8: "uint2", 4: "unsigned int"}.get(self.vec_bytes) if V > 1 \
+            else ctype(dtype)
+        xs = x_shape[:-1] + (x_shape[-1] // V,) if V > 1 else x_shape
+        strides = [1] * r
+        for d in range(r - 2, -1, -1):
+            strides[d] = strides[d + 1] * xs[d + 1]
+        ys = [xs[p] for p in perm]
+        self.work = int(np.prod(ys, dtype=np.int64))
+        it = "long long" if self.work >= 2 ** 31 - 64 else "int"
+        lines, src = [f"{it} r = t;"], []
+        for d in range(r - 1, -1, -1):
+            lines.append(f"const {it} c{d} = r % {ys[d]}; r /= {ys[d]};")
+            src.append(f"c{d} * {strides[perm[d]]}")
+        lines.append(f"y[t] = x[{' + '.join(src) or '0'}];")
+        body = "\n    ".join(lines)
+        self.source = PRELUDE + f"""
+extern "C" __global__ void transpose(const {ct}* __restrict__ x, {ct}* __restrict__ y) {{
+  for ({it} t = ({it})blockIdx.x * blockDim.x + threadIdx.x; t < {self.work};
+       t += ({it})gridDim.x * blockDim.x) {{
+    {body}
+  }}
+}}
+"""
+        self._kernel = None
+
+    def __call__(self, x, y) -> None:
+        if self._kernel is None:
+            self._kernel = _raw_kernel(self.source, "transpose")
+        if self.vec_bytes > 1 and (x.data.ptr % self.vec_bytes or y.data.ptr % self.vec_bytes):
+            cp.copyto(y, x.transpose(self.perm))
+            return
+        if self.work:
             launch(self._kernel, self.work, [x, y])

@@ -139,8 +139,21 @@ class CumSum(Impl):
 
 @impl("transpose")
 class Transpose(Impl):
+    """A generated kernel (vectorized when the innermost axis stays innermost)."""
+
+    def __init__(self, net, layer, weights, opts):
+        super().__init__(net, layer, weights, opts)
+        from tftrt.engine.backends.cupy_kernels_nn import TransposeKernel
+        self.kernel = None
+        if _dtype(net, layer.inputs[0]) == _dtype(net, layer.outputs[0]):
+            self.kernel = TransposeKernel(_shape(net, layer.inputs[0]), layer.attrs["perm"],
+                                          _dtype(net, layer.inputs[0]))
+
     def run(self, ins, outs, ws):
-        cp.copyto(outs[0], ins[0].transpose(self.layer.attrs["perm"]))
+        if self.kernel is None:
+            cp.copyto(outs[0], ins[0].transpose(self.layer.attrs["perm"]), casting="unsafe")
+        else:
+            self.kernel(ins[0], outs[0])
 
 
 @impl("reshape")

@@ -21,6 +21,9 @@ Rules, applied to a fixpoint:
   matmul broadcasts over leading dims) and is followed by the reshape of its output: Keras'
   Dense on a sequence (``reshape -> matmul -> reshape``) loses both reshapes, so its bias,
   activation and residual add reach the matmul's epilogue.
+* a transpose (possibly followed by a reshape of leading dims) that swaps the last two axes of
+  a matmul operand becomes the matmul's transpose_a / transpose_b flag: attention's
+  ``k.transpose(0, 2, 3, 1)`` becomes ``k.transpose(0, 2, 1, 3)`` and ``q @ k^T``.
 """
 
 from __future__ import annotations
@@ -222,13 +225,71 @@ def _matmul_through_reshape(net: Network) -> bool:
     return False
 
 
+def _matmul_absorbs_transpose(net: Network) -> bool:
+    """matmul(.., [reshape of leading dims](transpose(x, p))) where p moves the innermost axis
+    and p' (p with its last two entries swapped) does not: the transpose becomes p' (nothing
+    when p' is the identity), which keeps contiguous rows, and the matmul's transpose_a /
+    transpose_b flag flips, which the GEMM does for free."""
+    from tftrt.engine.network import Layer
+    prod, cons = net.producers(), net.consumers()
+    for layer in net.layers:
+        if layer.kind != "matmul":
+            continue
+        for k in (0, 1):
+            name = layer.inputs[k]
+            r, t = None, prod.get(name)
+            if t is not None and t.kind == "reshape" and "shape" in t.attrs and \
+                    _sole_consumer(cons, net, name) is layer:
+                ins, outs = net.tensors[t.inputs[0]].shape, net.tensors[name].shape
+                if ins is None or outs is None or len(ins) < 2 or len(outs) < 2 or \
+                        tuple(ins[-2:]) != tuple(outs[-2:]):
+                    continue
+                r, t = t, prod.get(t.inputs[0])
+            if t is None or t.kind != "transpose" or len(t.attrs["perm"]) < 2 or \
+                    _sole_consumer(cons, net, t.outputs[0]) is not (r or layer):
+                continue
+            perm = list(t.attrs["perm"])
+            p2 = perm[:-2] + [perm[-1], perm[-2]]
+            if perm[-1] == len(perm) - 1 or p2[-1] != len(p2) - 1:
+                continue  # only a transpose that moves the innermost axis is worth removing
+            src = t.inputs[0]
+            x_shape = net.tensors[src].shape
+            if x_shape is None:
+                continue
+            pos = net.layers.index(t)
+            new_layers = []
+            if p2 != list(range(len(p2))):
+                tn = net.add_tensor(net.unique_name(t.outputs[0] + "_t"),
+                                    net.tensors[src].dtype, tuple(x_shape[i] for i in p2))
+                new_layers.append(Layer(t.name + "_swapped", "transpose", [src], [tn],
+                                        {"perm": p2}))
+                src = tn
+            if r is not None:
+                o = list(net.tensors[name].shape)
+                o[-2], o[-1] = o[-1], o[-2]
+                rn = net.add_tensor(net.unique_name(name + "_t"), net.tensors[name].dtype,
+                                    tuple(o))
+                new_layers.append(Layer(r.name + "_swapped", "reshape", [src], [rn],
+                                        {"shape": o}))
+                src = rn
+                net.layers.remove(r)
+            net.layers.remove(t)
+            net.layers[pos:pos] = new_layers
+            flag = "transpose_a" if k == 0 else "transpose_b"
+            layer.attrs = dict(layer.attrs, **{flag: not layer.attrs.get(flag, False)})
+            layer.inputs[k] = src
+            return True
+    return False
+
+
 def shuffle_folding(net: Network) -> Network:
     """Composes/cancels transposes and reshapes, sinks them below pointwise layers and lets
     matmuls read through leading-dim reshapes (see module doc)."""
     net = net.copy()
     for _ in range(10 * len(net.layers) + 10):
         if not (_compose_transposes(net) or _compose_reshapes(net) or _sink_transpose(net)
-                or _sink_reshape(net) or _matmul_through_reshape(net)):
+                or _sink_reshape(net) or _matmul_through_reshape(net)
+                or _matmul_absorbs_transpose(net)):
             break
     net.prune_tensors()
     from tftrt.engine.passes.dead_layers import remove_dead_layers
