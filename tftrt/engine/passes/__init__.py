@@ -22,6 +22,7 @@ from tftrt.engine.passes.shuffle_folding import shuffle_folding  # noqa: E402
 from tftrt.engine.passes.pad_folding import pad_folding  # noqa: E402
 from tftrt.engine.passes.vertical_fusion import vertical_fusion  # noqa: E402
 from tftrt.engine.passes.elementwise_fusion import elementwise_fusion  # noqa: E402
+from tftrt.engine.passes.norm_fusion import layernorm_fusion  # noqa: E402
 
 PASSES: List[Pass] = [
     constant_folding,
@@ -30,6 +31,7 @@ PASSES: List[Pass] = [
     pad_folding,  # after shuffle folding has made ONNX convs NHWC `conv` layers
     vertical_fusion,
     elementwise_fusion,
+    layernorm_fusion,  # after elementwise fusion has merged the decomposition's pointwise steps
     vertical_fusion,  # again: fused programs such as x * sigmoid(x) are epilogue activations
     remove_dead_layers,
 ]
