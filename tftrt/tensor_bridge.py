@@ -26,10 +26,23 @@ def _stream_sync() -> bool:
 
 
 def wait_for_tensorflow(inputs) -> None:
-    """Blocks until TensorFlow's queued GPU work (which may still write ``inputs``) is done."""
-    if _stream_sync() and any(_on_gpu(t) for t in inputs):
-        import tensorflow as tf
-        tf.test.experimental.sync_devices()
+    """Blocks until TensorFlow's queued GPU work (which may still write ``inputs``) is done.
+
+    One ``SyncDevice`` op per GPU the inputs live on, then the eager executor's queue (what
+    ``tf.test.experimental.sync_devices()`` does for every device, CPU included, after
+    listing the devices on each call)."""
+    if not _stream_sync():
+        return
+    devices = {t.device for t in inputs if _on_gpu(t)}
+    if not devices:
+        return
+    from tensorflow.python.eager import context
+    from tensorflow.python.framework import ops
+    from tensorflow.python.ops import gen_sync_ops
+    for dev in devices:
+        with ops.device(dev):
+            gen_sync_ops.sync_device()
+    context.async_wait()
 
 
 def wait_for_engine() -> None:
