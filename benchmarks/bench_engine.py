@@ -193,7 +193,9 @@ def print_profile(engine, ctx, x, model_name, precision, batch):
     net = engine.network
     total = sum(t for _, t in prof)
     rows = []
-    for (name, t), layer in zip(prof, net.layers):
+    by_name = {l.name: l for l in net.layers}
+    for name, t in prof:  # reshapes that are views run nothing and are not in the profile
+        layer = by_name[name]
         flops, nbytes = _layer_cost(net, layer)
         floor = max(flops / (FP16_TFLOPS * 1e12 if precision == "FP16" else 400e12),
                     nbytes / (HBM_TBS * 1e12))
@@ -201,7 +203,8 @@ def print_profile(engine, ctx, x, model_name, precision, batch):
                      floor, get_record(layer) or {}))
     floor_total = sum(r[7] for r in rows)
     print(f"\n## per-layer profile {model_name} {precision} batch {batch}: sum {total * 1e3:.3f} "
-          f"ms over {len(rows)} layers (each replayed alone from a CUDA graph); sum of floors "
+          f"ms over {len(rows)} layers that run (of {len(net.layers)}; each replayed alone from "
+          f"a CUDA graph); sum of floors "
           f"{floor_total * 1e3:.3f} ms")
     by_kind = {}
     for r in rows:
@@ -231,16 +234,22 @@ def bench_torch(model_name, precision, batches, modes):
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     dt = torch.float16 if precision == "FP16" else torch.float32
+    from torch_encoder import TorchEncoder
     ctor = {"resnet50": torchvision.models.resnet50,
-            "mobilenet_v2": torchvision.models.mobilenet_v2}[model_name]
+            "mobilenet_v2": torchvision.models.mobilenet_v2}.get(model_name)
     torch.manual_seed(0)
-    base = ctor(weights=None).cuda().eval().to(dtype=dt, memory_format=torch.channels_last)
+    if ctor is None:  # the encoder: [batch, 128, 768] sequences
+        base = TorchEncoder().cuda().eval().to(dtype=dt)
+        in_shape, fmt = (128, 768), torch.contiguous_format
+    else:
+        base = ctor(weights=None).cuda().eval().to(dtype=dt, memory_format=torch.channels_last)
+        in_shape, fmt = (3, 224, 224), torch.channels_last
     rows = []
     for mode in modes:
         m = base if mode == "eager" else torch.compile(base)
         for batch in batches:
-            x = torch.randn(batch, 3, 224, 224, device="cuda", dtype=dt).to(
-                memory_format=torch.channels_last)
+            x = torch.randn((batch,) + in_shape, device="cuda", dtype=dt).to(
+                memory_format=fmt)
             t0 = time.perf_counter()
             with torch.inference_mode():
                 m(x)
@@ -348,8 +357,6 @@ def main(argv=None):
         [p for p in args.peer_precisions.split(",") if p]
     if modes:
         for m in models:
-            if m not in ("resnet50", "mobilenet_v2"):
-                continue
             for p in peer_prec:
                 rows += run_peer_process(m, p, batches, modes)
     print_table(rows, device)

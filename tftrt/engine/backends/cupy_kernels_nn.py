@@ -1,6 +1,7 @@
 """Generated CUDA kernels of the CuPy backend for pooling, padding and reductions over NHWC /
 row-major tensors: max/avg pooling, pad (constant / reflect / edge), row-wise softmax and layer
-normalization, reductions over one contiguous block of axes, and transposes. Same conventions as
+normalization (one warp per row, values in registers, for rows of up to 2048), reductions over
+one contiguous block of axes, and transposes. Same conventions as
 ``cupy_kernels`` (shapes baked in, fp16 as ``unsigned short``, fp32 math)."""
 
 from __future__ import annotations
@@ -138,12 +139,132 @@ def _row_threads(cols: int) -> int:
     return max(t, 64) if cols > 32 else 32
 
 
+_WARP_REDUCE = r"""
+__device__ __forceinline__ float warp_sum(float v) {
+  #pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+  #pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, o));
+  return v;
+}
+"""
+
+_WARP_ROW_MAX_PER_LANE = 64  # floats held in registers per lane (cols <= 2048)
+
+
+def _warp_row_vec(cols: int, dtypes) -> int:
+    """Elements per vector access of a warp-per-row kernel over ``cols`` (0: not applicable).
+    Each lane holds cols / 32 values in registers, loaded V at a time (16 bytes at most)."""
+    if cols % 32 or cols // 32 > _WARP_ROW_MAX_PER_LANE or \
+            any(np.dtype(d).name not in ("float16", "float32") for d in dtypes):
+        return 0
+    isz = max(np.dtype(d).itemsize for d in dtypes)
+    v = 16 // isz
+    while v > 1 and cols % (32 * v):
+        v //= 2
+    return v
+
+
+def _warp_row_io(name: str, dtype: str, V: int) -> tuple:
+    """(C declaration of the V-element vector struct ``<name>_v``, C element type) for a
+    warp-per-row kernel: chunk c of a lane holds columns (c * 32 + lane) * V + [0, V)."""
+    ct = ctype(dtype)
+    st = f"struct __align__({np.dtype(dtype).itemsize * V}) {name}_v {{ {ct} e[{V}]; }};"
+    return st, ct
+
+
+class _WarpRows:
+    """Shared code of the warp-per-row kernels: one warp per row, values in registers."""
+
+    def __init__(self, rows: int, cols: int, V: int, in_dtype: str, out_dtype: str):
+        self.rows, self.cols, self.V = rows, cols, V
+        self.chunks = cols // (32 * V)
+        self.E = cols // 32
+        sx, self.ict = _warp_row_io("in", in_dtype, V)
+        sy, self.oct = _warp_row_io("out", out_dtype, V)
+        self.structs = sx + "\n" + sy
+        self.in_dtype, self.out_dtype = in_dtype, out_dtype
+        self._kernel = None
+
+    def head(self) -> str:
+        return f"""
+  const int lane = threadIdx.x & 31;
+  const long long wstride = (long long)gridDim.x * (blockDim.x >> 5);
+  for (long long row = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+       row < {self.rows}; row += wstride) {{
+    float v[{self.E}];
+    const in_v* xr = reinterpret_cast<const in_v*>(x + row * {self.cols});
+    #pragma unroll
+    for (int c = 0; c < {self.chunks}; ++c) {{
+      const in_v t = xr[c * 32 + lane];
+      #pragma unroll
+      for (int k = 0; k < {self.V}; ++k) v[c * {self.V} + k] = {load_expr(self.in_dtype, "t.e[k]")};
+    }}"""
+
+    def store(self, value: str) -> str:
+        """Stores ``value`` (an expression of ``v[i]`` and column ``j``) for every element."""
+        return f"""
+    out_v* yr = reinterpret_cast<out_v*>(y + row * {self.cols});
+    #pragma unroll
+    for (int c = 0; c < {self.chunks}; ++c) {{
+      out_v t;
+      #pragma unroll
+      for (int k = 0; k < {self.V}; ++k) {{
+        const int i = c * {self.V} + k;
+        const int j = (c * 32 + lane) * {self.V} + k;
+        (void)j;
+        t.e[k] = {store_expr(self.out_dtype, value)};
+      }}
+      yr[c * 32 + lane] = t;
+    }}"""
+
+    def launch(self, args) -> None:
+        threads = 256
+        blocks = max(1, min((self.rows + 7) // 8, _sm_count() * 32))
+        self._kernel((blocks,), (threads,), tuple(args))
+
+
+def _sm_count() -> int:
+    from tftrt.engine.backends.cupy_kernels import _device_sms
+    return _device_sms()
+
+
 class SoftmaxKernel:
     """Softmax / LogSoftmax over the last axis of a [rows, cols] view (fp32 math)."""
 
     def __init__(self, rows: int, cols: int, in_dtype: str, out_dtype: str, log: bool):
         self.rows, self.cols = rows, cols
         self.threads = _row_threads(cols)
+        V = _warp_row_vec(cols, (in_dtype, out_dtype))
+        self.warp = _WarpRows(rows, cols, V, in_dtype, out_dtype) if V else None
+        if self.warp is not None:  # rows of up to 2048: one warp per row, no shared memory
+            w = self.warp
+            out = "(x0 - m) - logf(s)" if log else "v[i] * inv"
+            keep = f"float x0v[{w.E}];" if log else ""
+            save = "x0v[i] = v[i];" if log else ""
+            self.source = PRELUDE + _WARP_REDUCE + w.structs + f"""
+extern "C" __global__ void softmax(const {w.ict}* __restrict__ x, {w.oct}* __restrict__ y) {{
+  {w.head()}
+    float m = -(1.f/0.f);
+    #pragma unroll
+    for (int i = 0; i < {w.E}; ++i) m = fmaxf(m, v[i]);
+    m = warp_max(m);
+    if (isinf(m)) m = (m > 0) ? m : 0.f;
+    {keep}
+    float s = 0.f;
+    #pragma unroll
+    for (int i = 0; i < {w.E}; ++i) {{ {save} v[i] = expf(v[i] - m); s += v[i]; }}
+    s = warp_sum(s);
+    const float inv = 1.f / s;
+    (void)inv;
+    {w.store(out.replace("x0", "x0v[i]"))}
+  }}
+}}
+"""
+            return
         ld = lambda e: load_expr(in_dtype, e)  # noqa: E731
         out = ("(v - m) - logf(s)" if log else "expf(v - m) / s")
         self.source = PRELUDE + _ROW_REDUCE + f"""
@@ -173,6 +294,10 @@ extern "C" __global__ void softmax(const {ctype(in_dtype)}* __restrict__ x,
         if self._kernel is None:
             self._kernel = _raw_kernel(self.source, "softmax")
         if self.rows and self.cols:
+            if self.warp is not None:
+                self.warp._kernel = self._kernel
+                self.warp.launch((x, y))
+                return
             blocks = min(self.rows, 65535)
             self._kernel((blocks,), (self.threads,), (x, y))
 
@@ -202,6 +327,30 @@ class LayerNormKernel:
         stat_src = "if (threadIdx.x == 0) { mean_out[row] = mean; inv_out[row] = inv; }" \
             if stats else ""
         self.scale, self.bias, self.stats = bool(scale_dtype), bool(bias_dtype), stats
+        V = _warp_row_vec(cols, (in_dtype, out_dtype))
+        self.warp = _WarpRows(rows, cols, V, in_dtype, out_dtype) if V else None
+        if self.warp is not None:  # rows of up to 2048: one warp per row, values in registers
+            w = self.warp
+            wstat = "if (lane == 0) { mean_out[row] = mean; inv_out[row] = inv; }" \
+                if stats else ""
+            self.source = PRELUDE + _WARP_REDUCE + w.structs + f"""
+extern "C" __global__ void layernorm({", ".join(params)}) {{
+  {w.head()}
+    float sum = 0.f;
+    #pragma unroll
+    for (int i = 0; i < {w.E}; ++i) sum += v[i];
+    const float mean = warp_sum(sum) / {cols}.f;
+    float q = 0.f;
+    #pragma unroll
+    for (int i = 0; i < {w.E}; ++i) {{ const float d = v[i] - mean; q += d * d; }}
+    const float inv = 1.f / sqrtf(warp_sum(q) / {cols}.f + {_lit(eps, "float")});
+    {w.store(val.replace("(v - mean)", "(v[i] - mean)"))}
+    {wstat}
+  }}
+}}
+"""
+            self._kernel = None
+            return
         self.source = PRELUDE + _ROW_REDUCE + f"""
 extern "C" __global__ void layernorm({", ".join(params)}) {{
   __shared__ float sh[33];
@@ -232,6 +381,10 @@ extern "C" __global__ void layernorm({", ".join(params)}) {{
         if self.stats:
             args += [mean, inv]
         if self.rows and self.cols:
+            if self.warp is not None:
+                self.warp._kernel = self._kernel
+                self.warp.launch(args)
+                return
             self._kernel((min(self.rows, 65535),), (self.threads,), tuple(args))
 
 
@@ -388,16 +541,19 @@ extern "C" __global__ void reduce(const {ct}* __restrict__ x, {oct_}* __restrict
 
 # --- transpose -----------------------------------------------------------------------------------
 class TransposeKernel:
-    """y = x.transpose(perm), one pass over y with the index map baked in. When the innermost
-    axis stays innermost (attention's [b, s, h, d] <-> [b, h, s, d]) each thread moves the
-    widest vector (16/8/4 bytes) the contiguous run allows; else one element per thread."""
+    """y = x.transpose(perm) (converted to ``out_dtype``), one pass over y with the index map
+    baked in. When the innermost axis stays innermost (attention's [b, s, h, d] <->
+    [b, h, s, d]) and the dtype stays, each thread moves the widest vector (16/8/4 bytes) the
+    contiguous run allows; else one element per thread."""
 
-    def __init__(self, x_shape, perm, dtype: str):
+    def __init__(self, x_shape, perm, dtype: str, out_dtype: Optional[str] = None):
         r = len(x_shape)
         isz = np.dtype(dtype).itemsize
         x_shape = tuple(int(d) for d in x_shape)
         self.vec_bytes, self.perm = isz, tuple(perm)
-        if r and perm[-1] == r - 1:
+        out_dtype = np.dtype(out_dtype or dtype).name
+        convert = out_dtype != np.dtype(dtype).name  # e.g. an fp16 layer on an fp32 input
+        if r and perm[-1] == r - 1 and not convert:
             for vb in (16, 8, 4):
                 if vb > isz and (x_shape[-1] * isz) % vb == 0:
                     self.vec_bytes = vb
@@ -416,10 +572,15 @@ class TransposeKernel:
         for d in range(r - 1, -1, -1):
             lines.append(f"const {it} c{d} = r % {ys[d]}; r /= {ys[d]};")
             src.append(f"c{d} * {strides[perm[d]]}")
-        lines.append(f"y[t] = x[{' + '.join(src) or '0'}];")
+        xv = f"x[{' + '.join(src) or '0'}]"
+        oct_ = ct
+        if convert:
+            oct_ = ctype(out_dtype)
+            xv = store_expr(out_dtype, load_expr(dtype, xv))
+        lines.append(f"y[t] = {xv};")
         body = "\n    ".join(lines)
         self.source = PRELUDE + f"""
-extern "C" __global__ void transpose(const {ct}* __restrict__ x, {ct}* __restrict__ y) {{
+extern "C" __global__ void transpose(const {ct}* __restrict__ x, {oct_}* __restrict__ y) {{
   for ({it} t = ({it})blockIdx.x * blockDim.x + threadIdx.x; t < {self.work};
        t += ({it})gridDim.x * blockDim.x) {{
     {body}

@@ -16,6 +16,7 @@ import numpy as np
 
 import cupy as cp
 
+from tftrt.engine.backends.cupy_kernels import CTYPES
 from tftrt.engine.backends.cupy_layers import Impl, _dtype, _shape
 
 IMPLS: Dict[str, type] = {}
@@ -145,9 +146,10 @@ class Transpose(Impl):
         super().__init__(net, layer, weights, opts)
         from tftrt.engine.backends.cupy_kernels_nn import TransposeKernel
         self.kernel = None
-        if _dtype(net, layer.inputs[0]) == _dtype(net, layer.outputs[0]):
+        if _dtype(net, layer.inputs[0]) in CTYPES and _dtype(net, layer.outputs[0]) in CTYPES:
             self.kernel = TransposeKernel(_shape(net, layer.inputs[0]), layer.attrs["perm"],
-                                          _dtype(net, layer.inputs[0]))
+                                          _dtype(net, layer.inputs[0]),
+                                          _dtype(net, layer.outputs[0]))
 
     def run(self, ins, outs, ws):
         if self.kernel is None:
