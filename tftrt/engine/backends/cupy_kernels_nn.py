@@ -264,6 +264,7 @@ extern "C" __global__ void softmax(const {w.ict}* __restrict__ x, {w.oct}* __res
   }}
 }}
 """
+            self._kernel = None
             return
         ld = lambda e: load_expr(in_dtype, e)  # noqa: E731
         out = ("(v - m) - logf(s)" if log else "expf(v - m) / s")
