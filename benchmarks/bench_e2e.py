@@ -11,7 +11,8 @@ hidden 768, seq 128) built from Keras layers, seeded weights; PyTorch peers: tor
 resnet50 / mobilenet_v2 and a torch encoder of the same size (channels_last, FP16).
 Latency = wall time of one call until its outputs are ready (synchronised each call: what a
 user sees through TensorFlow); throughput = batch / median latency. Medians and p99 over
---iters calls after --warmup calls.
+--iters calls after --warmup calls. "boundary ms" = tftrt's median through TensorFlow minus
+the same engine called directly from Python on a CuPy array (what the call boundary adds).
 """
 
 from __future__ import annotations
@@ -52,6 +53,49 @@ def _time_tf(fn, arg, warmup, iters):
         once()
         times.append(time.perf_counter() - t0)
     return times
+
+
+def _engine_ms(loaded, arg, warmup, iters):
+    """Median wall ms of the engine alone (CuPy input already on the GPU, output copied to the
+    host, as _time_tf does): what a call through TensorFlow adds is the difference."""
+    import cupy as cp
+    import tensorflow as tf
+    ops = list(loaded.engine_ops.values())
+    if len(ops) != 1 or len(arg) != 1:
+        return None
+    t = next(iter(arg.values()))
+    engine = ops[0].cache.get((tuple(int(d) for d in t.shape),))
+    if engine is None or engine.backend != "cupy":
+        return None
+    x = cp.from_dlpack(tf.experimental.dlpack.to_dlpack(t)).copy()
+
+    def once():
+        for o in engine.execute([x]):
+            cp.asnumpy(o)
+
+    for _ in range(warmup):
+        once()
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        once()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1e3)
+
+
+def _profile_calls(fn, arg, n, title):
+    """cProfile of n calls through TensorFlow: where the host time of the boundary goes."""
+    import cProfile
+    import pstats
+    import tensorflow as tf
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(n):
+        for v in tf.nest.flatten(fn(**arg)):
+            v.numpy()
+    prof.disable()
+    print(f"## host profile, {n} calls, {title}")
+    pstats.Stats(prof).sort_stats("tottime").print_stats(22)
 
 
 def _save_results(path, key, value):
@@ -124,6 +168,12 @@ def part_tf(args):
                 st["on_gpu"] = all("GPU" in got[k].device for k in got)
                 st["native_fallbacks"] = sum(op.stats["native"]
                                              for op in loaded.engine_ops.values())
+                eng = _engine_ms(loaded, arg, args.warmup, args.iters)
+                if eng is not None:  # the engine alone, called from Python the same way
+                    st["engine_ms"] = eng
+                    st["boundary_ms"] = st["median_ms"] - eng
+                if args.profile_calls and b == min(args.batches) and precision == "FP16":
+                    _profile_calls(sig, arg, args.profile_calls, f"{name} FP16 batch {b}")
                 rows[f"tftrt_{precision.lower()}/{b}"] = st
         _save_results(args.out, name, {**json.load(open(args.out)).get(name, {}), **rows})
         print(f"{name}: done", flush=True)
@@ -182,7 +232,7 @@ def part_table(args):
     print(f"device: {data.get('device', '?')}")
     hdr = (f"{'model':<13}{'batch':>6}  {'config':<19}{'median ms':>10}{'p99 ms':>9}"
            f"{'items/s':>10}  " + "  ".join(f"{'x ' + p:>20}" for p in PEERS) +
-           f"{'build s':>9}{'rel err':>9}")
+           f"{'build s':>9}{'rel err':>9}{'boundary ms':>13}")
     print(hdr)
     print("-" * len(hdr))
     for name in MODELS:
@@ -201,6 +251,7 @@ def part_table(args):
                     ratios.append(f"{r['throughput'] / pr['throughput']:>20.2f}" if pr and
                                   cfg.startswith("tftrt") else f"{'':>20}")
                 extra = (f"{r.get('build_s', 0):>9.1f}{r.get('rel_err', 0):>9.1e}"
+                         f"{r.get('boundary_ms', float('nan')):>13.3f}"
                          if cfg.startswith("tftrt") else "")
                 print(f"{name:<13}{b:>6}  {cfg:<19}{r['median_ms']:>10.3f}{r['p99_ms']:>9.3f}"
                       f"{r['throughput']:>10.0f}  " + "  ".join(ratios) + extra)
@@ -217,6 +268,8 @@ def main(argv=None):
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--backend", default="cupy", help="engine backend (numpy for a CPU check)")
     ap.add_argument("--size", type=int, default=None, help="image size (default 224)")
+    ap.add_argument("--profile-calls", type=int, default=0,
+                    help="cProfile this many FP16 calls at the smallest batch")
     args = ap.parse_args(argv)
     {"tf": part_tf, "torch": part_torch, "table": part_table}[args.part](args)
 
