@@ -127,6 +127,12 @@ def part_tf(args):
         arg_name = next(iter(native.structured_input_signature[1]))
         rows = {}
 
+        t_model = time.perf_counter()
+
+        def save(stage):  # after every configuration: a run cut short keeps what it measured
+            _save_results(args.out, name, {**json.load(open(args.out)).get(name, {}), **rows})
+            print(f"{name}: {stage} done at {time.perf_counter() - t_model:.0f} s", flush=True)
+
         def inputs(b):
             size = None if name == "encoder" else args.size
             with tf.device(dev):
@@ -136,6 +142,7 @@ def part_tf(args):
         for b in args.batches:
             rows[f"tf_native_fp32/{b}"] = _stats(_time_tf(native, inputs(b), args.warmup,
                                                           args.iters), b)
+        save("TF native")
         # TF XLA, mixed FP16: the same architecture and seed under the mixed_float16 policy.
         keras.mixed_precision.set_global_policy("mixed_float16")
         xla_model = make() if args.size is None or name == "encoder" else make(args.size)
@@ -145,10 +152,13 @@ def part_tf(args):
             x = inputs(b)[arg_name]
             rows[f"tf_xla_fp16/{b}"] = _stats(_time_tf(lambda **k: xla(k["x"]), {"x": x},
                                                        args.warmup, args.iters), b)
-        for precision in ("FP32", "FP16"):
+        save("TF XLA")
+        for precision in args.precisions:
             conv = trt.TrtGraphConverterV2(input_saved_model_dir=src, precision_mode=precision,
                                            maximum_cached_engines=len(args.batches))
             conv.convert()
+            print(f"{name}: {precision} converted at {time.perf_counter() - t_model:.0f} s",
+                  flush=True)
             t0 = time.perf_counter()
             conv.build(lambda: iter([tuple(inputs(b).values()) for b in args.batches]))
             build_s = time.perf_counter() - t0
@@ -175,8 +185,7 @@ def part_tf(args):
                 if args.profile_calls and b == min(args.batches) and precision == "FP16":
                     _profile_calls(sig, arg, args.profile_calls, f"{name} FP16 batch {b}")
                 rows[f"tftrt_{precision.lower()}/{b}"] = st
-        _save_results(args.out, name, {**json.load(open(args.out)).get(name, {}), **rows})
-        print(f"{name}: done", flush=True)
+            save(f"tftrt {precision} (built in {build_s:.0f} s)")
 
 
 def part_torch(args):
@@ -264,6 +273,8 @@ def main(argv=None):
     ap.add_argument("--out", default="bench_e2e.json")
     ap.add_argument("--models", nargs="+", default=list(MODELS))
     ap.add_argument("--batches", nargs="+", type=int, default=list(BATCHES))
+    ap.add_argument("--precisions", nargs="+", default=["FP16", "FP32"],
+                    help="tftrt precisions (FP16 first: the headline, kept if a run is cut)")
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--backend", default="cupy", help="engine backend (numpy for a CPU check)")
