@@ -318,27 +318,54 @@ class DirectSignature:
         self._out_map = list(out_map)
         self._arg_names = list(arg_names)
         self._specs = list(input_specs)
+        # (dtype, rank, dims with None for unknown) per input: checked without TensorShape
+        self._checks = [(s.dtype, None if s.shape.rank is None else
+                         [d if d is None else int(d) for d in s.shape.as_list()])
+                        for s in self._specs]
         self.structured_outputs = structured_outputs
+        # A flat dict of outputs (the usual signature) is rebuilt directly: tf.nest orders a
+        # dict's values by sorted key.
+        self._out_keys = (sorted(structured_outputs) if isinstance(structured_outputs, dict) and
+                          all(not isinstance(v, (dict, list, tuple))
+                              for v in structured_outputs.values()) else None)
         self.native = native
         self.structured_input_signature = native.structured_input_signature
+
+    def _tensor(self, tf, v, k):
+        dtype, dims = self._checks[k]
+        # Arrays and tensors keep their dtype (a mismatch is an error, as for a
+        # ConcreteFunction); python lists and scalars take the signature's dtype.
+        if isinstance(v, tf.Tensor):
+            t = v
+        elif isinstance(v, np.ndarray) or tf.is_tensor(v):
+            t = tf.convert_to_tensor(v)
+        else:
+            t = tf.convert_to_tensor(v, dtype=dtype)
+        ok = t.dtype == dtype
+        if ok and dims is not None:
+            shape = t.shape.as_list() if t.shape.rank is not None else None
+            ok = shape is not None and len(shape) == len(dims) and all(
+                d is None or d == s for d, s in zip(dims, shape))
+        if not ok:
+            spec = self._specs[k]
+            raise ValueError(f"input {self._arg_names[k]!r} has dtype {t.dtype.name} and shape "
+                             f"{t.shape}; the signature expects {spec.dtype.name} {spec.shape}")
+        return t
 
     def __call__(self, *args, **kwargs):
         tf = _tf()
         if len(args) + len(kwargs) != len(self._arg_names):
             raise TypeError(f"expected inputs {self._arg_names}; got {len(args)} positional "
                             f"and {sorted(kwargs)}")
-        flat = list(args) + [kwargs[n] for n in self._arg_names[len(args):]]
-        tensors = []
-        for v, spec, n in zip(flat, self._specs, self._arg_names):
-            # Arrays and tensors keep their dtype (a mismatch is an error, as for a
-            # ConcreteFunction); python lists and scalars take the signature's dtype.
-            t = (tf.convert_to_tensor(v) if tf.is_tensor(v) or isinstance(v, np.ndarray)
-                 else tf.convert_to_tensor(v, dtype=spec.dtype))
-            if t.dtype != spec.dtype or not spec.shape.is_compatible_with(t.shape):
-                raise ValueError(f"input {n!r} has dtype {t.dtype.name} and shape {t.shape}; "
-                                 f"the signature expects {spec.dtype.name} {spec.shape}")
-            tensors.append(t)
+        try:
+            flat = list(args) + [kwargs[n] for n in self._arg_names[len(args):]]
+        except KeyError:
+            raise TypeError(f"expected inputs {self._arg_names}; got {len(args)} positional "
+                            f"and {sorted(kwargs)}") from None
+        tensors = [self._tensor(tf, v, k) for k, v in enumerate(flat)]
         outs = self._op(*[tensors[k] for k in self._in_map])
-        flat_out = [outs[j] if tf.is_tensor(outs[j]) else tf.convert_to_tensor(outs[j])
-                    for j in self._out_map]
+        flat_out = [o if isinstance(o, tf.Tensor) else tf.convert_to_tensor(o)
+                    for o in (outs[j] for j in self._out_map)]
+        if self._out_keys is not None:
+            return dict(zip(self._out_keys, flat_out))
         return tf.nest.pack_sequence_as(self.structured_outputs, flat_out)

@@ -189,3 +189,38 @@ def test_single_engine_signature_is_called_directly(tmp_path, monkeypatch):
     monkeypatch.setenv("TFTRT_DIRECT_CALL", "0")
     assert not isinstance(tftrt.load(str(tmp_path / "out")).signatures["serving_default"],
                           DirectSignature)
+
+
+def test_direct_signature_outputs_in_key_order_and_input_errors(tmp_path):
+    """Several outputs come back under their own names (the engine's outputs are in the
+    signature's sorted-key order); a wrong shape, a missing or an unknown input is an error
+    that names the input."""
+    from tftrt.rewrite import DirectSignature
+
+    class ThreeOut(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+        def __call__(self, x):
+            h = tf.nn.relu(x * 3.0 - 1.0)
+            return {"zeta": h + 1.0, "alpha": h * 2.0, "mid": tf.tanh(h)}
+
+    path = models.save_module(ThreeOut(), str(tmp_path / "three"))
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=path, minimum_segment_size=2)
+    conv.convert()
+    x = models.batch((2, 4), 1)
+    conv.build(lambda: iter([(x,)]))
+    conv.save(str(tmp_path / "out"))
+    sig = tftrt.load(str(tmp_path / "out")).signatures["serving_default"]
+    assert isinstance(sig, DirectSignature)
+    got, ref = sig(x=tf.constant(x)), native(path)(x=tf.constant(x))
+    assert sorted(got) == ["alpha", "mid", "zeta"]
+    for k in ref:
+        np.testing.assert_allclose(got[k].numpy(), ref[k].numpy(), rtol=1e-5, atol=1e-6)
+    assert_outputs_close(sig(x.tolist()), ref)  # a python list takes the signature's dtype
+    with pytest.raises(ValueError, match=r"input 'x' has dtype float32 and shape \(2, 5\)"):
+        sig(x=np.ones((2, 5), np.float32))
+    with pytest.raises(ValueError, match="input 'x'"):
+        sig(x=np.ones((2, 4, 1), np.float32))
+    with pytest.raises(TypeError, match=r"expected inputs \['x'\]"):
+        sig(y=x)
+    with pytest.raises(TypeError, match=r"expected inputs \['x'\]"):
+        sig()
