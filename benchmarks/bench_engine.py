@@ -4,11 +4,13 @@ Runs on the GPU machine (no TensorFlow needed). The networks are the segment ONN
 tftrt's converter made from seeded Keras models (``benchmarks/make_networks.py``, run on the
 CPU side, writes them to ``.whl/networks``); outputs are checked against the golden outputs
 native TensorFlow computed there. Peers run in a separate process, one after the other:
-torchvision resnet50 / mobilenet_v2, channels_last, same batch and precision (FP16: half
-weights and inputs; FP32: TF32 allowed, as the engines allow it by default).
+torchvision resnet50 / mobilenet_v2 (channels_last) and torch_encoder.TorchEncoder for the
+encoder, same batch and precision (FP16: half weights and inputs; FP32: TF32 allowed, as the
+engines allow it by default).
 
-    python benchmarks/bench_engine.py --models resnet50,mobilenet_v2 --precisions FP16,FP32 \
-        --batches 1,8,128 [--peers eager,compile] [--profile resnet50:FP16:128]
+    python benchmarks/bench_engine.py --models resnet50,mobilenet_v2,encoder \
+        --precisions FP16,FP32 --batches 1,8,128 [--peers eager,compile] \
+        [--profile resnet50:FP16:128]
 
 Timing: CUDA events around each call on the caller's stream (input already on the GPU, output
 handed back on the GPU), after warm-up (the engine captures its CUDA graph on the second run;
