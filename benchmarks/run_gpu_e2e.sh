@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # One command on the GPU host: end-to-end GPU tests, then the end-to-end benchmark table.
-#   [MODELS="resnet50 mobilenet_v2 encoder"] bash benchmarks/run_gpu_e2e.sh [tests|tf|torch|table|all] [seconds]
+#   [MODELS="resnet50 mobilenet_v2 encoder"] [PRECISIONS="FP16 FP32"] \
+#     bash benchmarks/run_gpu_e2e.sh [tests|tf|torch|table|all] [seconds]
+# The encoder through TF needs most of a 10-minute call on its own (two conversions of a
+# 340 MB frozen graph, XLA compiles): MODELS=encoder PRECISIONS=FP16 ... tf 580.
 # Needs TensorFlow's GPU build unpacked by gpu-host/pack-tensorflow.sh's install.sh
 # (/tmp/tfsite/env.sh). PyTorch peers run in a separate process without that environment.
 set -uo pipefail
@@ -9,6 +12,7 @@ start=$(date +%s); left() { echo $(( budget - ($(date +%s) - start) )); }
 out=${OUT:-/tmp/tftrt-bench}; mkdir -p "$out"
 json="$out/bench_e2e.json"
 models=${MODELS:-resnet50 mobilenet_v2 encoder}
+precisions=${PRECISIONS:-FP16 FP32}
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 repo=$(cd "$(dirname "$0")/.." && pwd)
 if [ "$stage" = torch ] || [ "$stage" = all ]; then
@@ -35,6 +39,7 @@ if [ "$stage" = tests ] || [ "$stage" = all ]; then
 fi
 if [ "$stage" = tf ] || [ "$stage" = all ]; then
   ( cd "$repo" && timeout $(( $(left) - 15 )) python3 benchmarks/bench_e2e.py --part tf \
-      --out "$json" --iters 30 --models $models ) 2>&1 | grep -v "^W0000\|^I0000\|^WARNING: All" | tail -15
+      --out "$json" --iters 30 --models $models --precisions $precisions ) 2>&1 \
+      | grep -v "^W0000\|^I0000\|^WARNING: All" | tail -15
 fi
 ( cd "$repo" && python3 benchmarks/bench_e2e.py --part table --out "$json" ) 2>&1 | tee "$out/table.txt"
