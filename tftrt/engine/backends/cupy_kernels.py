@@ -378,6 +378,19 @@ def _sm_count(dev: int) -> int:
     return cp.cuda.runtime.getDeviceProperties(dev)["multiProcessorCount"]
 
 
+def grid_stride_source(name: str, params: str, it: str, work: int, body: str) -> str:
+    """CUDA source of kernel ``name(params)`` running ``body`` for every index ``t`` in
+    [0, work) in a grid-stride loop (``it``: the index type); launch it with :func:`launch`."""
+    return PRELUDE + f"""
+extern "C" __global__ void {name}({params}) {{
+  for ({it} t = ({it})blockIdx.x * blockDim.x + threadIdx.x; t < {work};
+       t += ({it})gridDim.x * blockDim.x) {{
+    {body}
+  }}
+}}
+"""
+
+
 def launch(kernel: cp.RawKernel, work: int, args: Sequence, threads: int = THREADS,
            grid_stride: bool = True) -> None:
     """Launches ``kernel`` over ``work`` items on the current stream (grid-stride loop)."""

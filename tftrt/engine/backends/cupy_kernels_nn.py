@@ -12,7 +12,8 @@ import numpy as np
 
 import cupy as cp
 
-from tftrt.engine.backends.cupy_kernels import (PRELUDE, _lit, _raw_kernel, comptype, ctype,
+from tftrt.engine.backends.cupy_kernels import (PRELUDE, _device_sms, _lit, _raw_kernel,
+                                                comptype, ctype, grid_stride_source,
                                                 launch, load_expr, store_expr)
 
 
@@ -83,15 +84,9 @@ class PoolKernel:
             lines.append(f"*reinterpret_cast<uint4*>(y + t * {V}) = o.u;")
         else:
             lines.append(f"{{ const int v = 0; y[t] = {store_expr(out_dtype, res)}; }}")
-        body = "\n    ".join(lines)
-        self.source = PRELUDE + f"""
-extern "C" __global__ void pool(const {ct}* __restrict__ x, {ctype(out_dtype)}* y) {{
-  for ({it} t = ({it})blockIdx.x * blockDim.x + threadIdx.x; t < {self.work};
-       t += ({it})gridDim.x * blockDim.x) {{
-    {body}
-  }}
-}}
-"""
+        self.source = grid_stride_source(
+            "pool", f"const {ct}* __restrict__ x, {ctype(out_dtype)}* y", it, self.work,
+            "\n    ".join(lines))
         self.vec = V
         self._kernel = None
 
@@ -187,7 +182,6 @@ class _WarpRows:
         sy, self.oct = _warp_row_io("out", out_dtype, V)
         self.structs = sx + "\n" + sy
         self.in_dtype, self.out_dtype = in_dtype, out_dtype
-        self._kernel = None
 
     def head(self) -> str:
         return f"""
@@ -221,15 +215,11 @@ class _WarpRows:
       yr[c * 32 + lane] = t;
     }}"""
 
-    def launch(self, args) -> None:
-        threads = 256
-        blocks = max(1, min((self.rows + 7) // 8, _sm_count() * 32))
-        self._kernel((blocks,), (threads,), tuple(args))
-
-
-def _sm_count() -> int:
-    from tftrt.engine.backends.cupy_kernels import _device_sms
-    return _device_sms()
+    def launch(self, kernel, args) -> None:
+        """Launches ``kernel`` (compiled from a source built with :meth:`head`): 8 rows per
+        256-thread block."""
+        blocks = max(1, min((self.rows + 7) // 8, _device_sms() * 32))
+        kernel((blocks,), (256,), tuple(args))
 
 
 class SoftmaxKernel:
@@ -296,8 +286,7 @@ extern "C" __global__ void softmax(const {ctype(in_dtype)}* __restrict__ x,
             self._kernel = _raw_kernel(self.source, "softmax")
         if self.rows and self.cols:
             if self.warp is not None:
-                self.warp._kernel = self._kernel
-                self.warp.launch((x, y))
+                self.warp.launch(self._kernel, (x, y))
                 return
             blocks = min(self.rows, 65535)
             self._kernel((blocks,), (self.threads,), (x, y))
@@ -383,8 +372,7 @@ extern "C" __global__ void layernorm({", ".join(params)}) {{
             args += [mean, inv]
         if self.rows and self.cols:
             if self.warp is not None:
-                self.warp._kernel = self._kernel
-                self.warp.launch(args)
+                self.warp.launch(self._kernel, args)
                 return
             self._kernel((min(self.rows, 65535),), (self.threads,), tuple(args))
 
@@ -436,15 +424,9 @@ class PadKernel:
             xv = load_expr(dtype, f"x[{src if r else 0}]")
             lines.append(f"y[t] = ({cond}) ? {store_expr(out_dtype, xv)} : "
                          f"{store_expr(out_dtype, val)};")
-        body = "\n    ".join(lines)
-        self.source = PRELUDE + f"""
-extern "C" __global__ void pad(const {ct}* __restrict__ x, {oct_}* __restrict__ y) {{
-  for ({it} t = ({it})blockIdx.x * blockDim.x + threadIdx.x; t < {self.work};
-       t += ({it})gridDim.x * blockDim.x) {{
-    {body}
-  }}
-}}
-"""
+        self.source = grid_stride_source(
+            "pad", f"const {ct}* __restrict__ x, {oct_}* __restrict__ y", it, self.work,
+            "\n    ".join(lines))
         self._kernel = None
 
     def __call__(self, x, y) -> None:
@@ -520,14 +502,9 @@ extern "C" __global__ void reduce(const {ct}* __restrict__ x, {oct_}* __restrict
         work = O * I
         it = "long long"
         self.work = work
-        self.source = PRELUDE + f"""
-extern "C" __global__ void reduce(const {ct}* __restrict__ x, {oct_}* __restrict__ y) {{
-  for ({it} t = ({it})blockIdx.x * blockDim.x + threadIdx.x; t < {work};
-       t += ({it})gridDim.x * blockDim.x) {{
-    const long long base = (t / {I}) * {R} * (long long){I} + (t % {I});{body}
-  }}
-}}
-"""
+        self.source = grid_stride_source(
+            "reduce", f"const {ct}* __restrict__ x, {oct_}* __restrict__ y", it, work,
+            f"const long long base = (t / {I}) * {R} * (long long){I} + (t % {I});{body}")
         self._kernel = None
 
     def __call__(self, x, y) -> None:
@@ -579,15 +556,9 @@ class TransposeKernel:
             oct_ = ctype(out_dtype)
             xv = store_expr(out_dtype, load_expr(dtype, xv))
         lines.append(f"y[t] = {xv};")
-        body = "\n    ".join(lines)
-        self.source = PRELUDE + f"""
-extern "C" __global__ void transpose(const {ct}* __restrict__ x, {oct_}* __restrict__ y) {{
-  for ({it} t = ({it})blockIdx.x * blockDim.x + threadIdx.x; t < {self.work};
-       t += ({it})gridDim.x * blockDim.x) {{
-    {body}
-  }}
-}}
-"""
+        self.source = grid_stride_source(
+            "transpose", f"const {ct}* __restrict__ x, {oct_}* __restrict__ y", it, self.work,
+            "\n    ".join(lines))
         self._kernel = None
 
     def __call__(self, x, y) -> None:
