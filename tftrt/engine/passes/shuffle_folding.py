@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tftrt.engine.network import Network
+from tftrt.engine.network import Layer, Network
 
 
 def _sole_consumer(consumers, net, name):
@@ -75,9 +75,21 @@ def _remove_passthrough(net: Network, layer) -> None:
     net.substitute(layer.outputs[0], layer.inputs[0])
 
 
+def _follow_with(net: Network, layer: Layer, inner_shape, kind: str, attrs: dict,
+                 suffix: str) -> None:
+    """``layer`` writes a new tensor of ``inner_shape`` instead of its output, and a ``kind``
+    layer inserted right after it turns that tensor into the output (a sunk shuffle)."""
+    out = layer.outputs[0]
+    inner = net.add_tensor(net.unique_name(out + "_pre"), net.tensors[out].dtype,
+                           tuple(inner_shape))
+    layer.outputs = [inner]
+    net.layers.insert(net.layers.index(layer) + 1,
+                      Layer(out + suffix, kind, [inner], [out], attrs))
+
+
 def _sink_transpose(net: Network) -> bool:
     prod, cons = net.producers(), net.consumers()
-    for idx, layer in enumerate(net.layers):
+    for layer in net.layers:
         if layer.kind != "pointwise":
             continue
         out_shape = net.tensors[layer.outputs[0]].shape
@@ -113,14 +125,9 @@ def _sink_transpose(net: Network) -> bool:
                                                  i + "_perm"))
             else:
                 new_inputs.append(prod[i].inputs[0])
-        inner = net.add_tensor(net.unique_name(layer.outputs[0] + "_pre"),
-                               net.tensors[layer.outputs[0]].dtype,
-                               tuple(out_shape[k] for k in inv))
-        out = layer.outputs[0]
-        layer.inputs, layer.outputs = new_inputs, [inner]
-        from tftrt.engine.network import Layer
-        net.layers.insert(idx + 1, Layer(out + "_sunk_transpose", "transpose", [inner], [out],
-                                         {"perm": list(perm)}))
+        layer.inputs = new_inputs
+        _follow_with(net, layer, [out_shape[k] for k in inv], "transpose",
+                     {"perm": list(perm)}, "_sunk_transpose")
         for t in moved:
             if t in net.layers:
                 net.layers.remove(t)
@@ -158,9 +165,8 @@ def _const_for_sunk_reshape(w: np.ndarray, x_shape, y_shape):
 
 
 def _sink_reshape(net: Network) -> bool:
-    from tftrt.engine.network import Layer
     prod, cons = net.producers(), net.consumers()
-    for idx, layer in enumerate(net.layers):
+    for layer in net.layers:
         if layer.kind != "pointwise":
             continue
         acts = [i for i in layer.inputs if i not in net.weights]
@@ -186,19 +192,15 @@ def _sink_reshape(net: Network) -> bool:
             new_inputs.append(i if v.shape == w.shape and v.size == w.size and w.ndim == v.ndim
                               else net.add_weight(v.astype(w.dtype), i + "_reshaped"))
         else:
-            inner = net.add_tensor(net.unique_name(out + "_pre"), net.tensors[out].dtype,
-                                   tuple(x_shape))
-            layer.inputs, layer.outputs = new_inputs, [inner]
+            layer.inputs = new_inputs
             net.layers.remove(r)
-            net.layers.insert(net.layers.index(layer) + 1,
-                              Layer(out + "_sunk_reshape", "reshape", [inner], [out],
-                                    {"shape": list(y_shape)}))
+            _follow_with(net, layer, x_shape, "reshape", {"shape": list(y_shape)},
+                         "_sunk_reshape")
             return True
     return False
 
 
 def _matmul_through_reshape(net: Network) -> bool:
-    from tftrt.engine.network import Layer
     prod = net.producers()
     for layer in net.layers:
         if layer.kind != "matmul" or layer.epilogue or layer.attrs.get("transpose_a") or \
@@ -209,18 +211,13 @@ def _matmul_through_reshape(net: Network) -> bool:
             continue
         x_shape, y_shape = net.tensors[r.inputs[0]].shape, net.tensors[layer.inputs[0]].shape
         b_shape = net.tensors[layer.inputs[1]].shape
-        out = layer.outputs[0]
-        o_shape = net.tensors[out].shape
+        o_shape = net.tensors[layer.outputs[0]].shape
         if None in (x_shape, y_shape, b_shape, o_shape) or len(y_shape) != 2 or \
                 len(x_shape) < 2 or len(b_shape) != 2 or x_shape[-1] != y_shape[-1]:
             continue
-        inner = net.add_tensor(net.unique_name(out + "_pre"), net.tensors[out].dtype,
-                               tuple(x_shape[:-1]) + (o_shape[-1],))
         layer.inputs = [r.inputs[0]] + layer.inputs[1:]
-        layer.outputs = [inner]
-        net.layers.insert(net.layers.index(layer) + 1,
-                          Layer(out + "_sunk_reshape", "reshape", [inner], [out],
-                                {"shape": list(o_shape)}))
+        _follow_with(net, layer, tuple(x_shape[:-1]) + (o_shape[-1],), "reshape",
+                     {"shape": list(o_shape)}, "_sunk_reshape")
         return True
     return False
 
@@ -230,7 +227,6 @@ def _matmul_absorbs_transpose(net: Network) -> bool:
     and p' (p with its last two entries swapped) does not: the transpose becomes p' (nothing
     when p' is the identity), which keeps contiguous rows, and the matmul's transpose_a /
     transpose_b flag flips, which the GEMM does for free."""
-    from tftrt.engine.network import Layer
     prod, cons = net.producers(), net.consumers()
     for layer in net.layers:
         if layer.kind != "matmul":
