@@ -45,6 +45,11 @@ def _time_tf(fn, arg, warmup, iters):
         for v in tf.nest.flatten(out):
             v.numpy()  # waits for the GPU, copies a small output to the host
 
+    return _wall_times(once, warmup, iters)
+
+
+def _wall_times(once, warmup, iters):
+    """Seconds of each of ``iters`` calls of ``once`` after ``warmup`` untimed ones."""
     for _ in range(warmup):
         once()
     times = []
@@ -73,14 +78,7 @@ def _engine_ms(loaded, arg, warmup, iters):
         for o in engine.execute([x]):
             cp.asnumpy(o)
 
-    for _ in range(warmup):
-        once()
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        once()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times) * 1e3)
+    return float(np.median(_wall_times(once, warmup, iters)) * 1e3)
 
 
 def _profile_calls(fn, arg, n, title):
