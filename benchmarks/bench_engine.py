@@ -186,6 +186,10 @@ def _layer_cost(net, layer):
     elif layer.kind == "matmul":
         a, y = t[layer.inputs[0]].shape, t[layer.outputs[0]].shape
         flops = 2 * int(np.prod(y)) * a[-1]
+    elif layer.kind == "attention":  # q @ k^T and p @ v
+        q, k, v = (t[n].shape for n in layer.inputs[:3])
+        sk = k[1] if layer.attrs["layout"] == "bshd" else k[2]
+        flops = 2 * (int(np.prod(q)) * sk + int(np.prod(q[:-1])) * sk * v[-1])
     return flops, nbytes
 
 

@@ -60,7 +60,7 @@ def _assert_on_gpu(layers, impls):
     from tftrt.engine.backends import cupy_layers as L
     from tftrt.engine.backends.cupy_ops import HostFallback
     want = {"cudnn": L.ConvCudnn, "lt_1x1": L.ConvGemm, "dw_direct": L.DepthwiseConv,
-            "lt": L.MatmulLt, "cupy_matmul": L.MatmulCupy}
+            "lt": L.MatmulLt, "cupy_matmul": L.MatmulCupy, "sdpa": L.AttentionCudnn}
     bad = [(l.name, l.kind, l.tactic, type(i).__name__) for l, i in zip(layers, impls)
            if (isinstance(i, HostFallback) and l.kind not in HOST_KINDS) or
            (l.tactic in want and not isinstance(i, want[l.tactic]))]
@@ -545,7 +545,59 @@ def test_attention_block_transposes_and_reshape_views(precision, d):
     # FP16: the q/k/v transposes also cast the fp32 network inputs (one element at a time)
     assert sorted(k.vec_bytes for k in kernels) == sorted(
         [4, 4, 4, want_vec] if precision == "FP16" else [want_vec] * 4)
+    # FP16 with d = 64: the scores, softmax and .v are one cuDNN attention layer (reading the
+    # transposed copies, [b*h, s, d] viewed as [1, b*h, s, d]); d = 6, 3: cuDNN's SDPA needs
+    # head dims that are multiples of 8, so the backend keeps them unfused.
+    att = [l for l in gpu.network.layers if l.kind == "attention"]
+    assert len(att) == (1 if precision == "FP16" and d == 64 else 0)
+    assert all(l.attrs["layout"] == "bhsd" for l in att)
     reshapes = [l for l in gpu.network.layers if l.kind == "reshape"]
     assert reshapes and len(ctx.steps) == len(gpu.network.layers) - len(
         [l for l in reshapes if l.outputs[0] in gpu.memory.aliases])
     assert gpu.memory.aliases  # the [b*h, s, d] <-> [b, h, s, d] reshapes are views
+
+
+# --- fused attention (passes/attention_fusion + cuDNN SDPA) -----------------------------------
+@pytest.mark.parametrize("b,s,sk,h,d", [(2, 128, 128, 12, 64), (3, 77, 50, 4, 32),
+                                        (1, 16, 16, 2, 128), (2, 8, 8, 1, 8)])
+def test_keras_attention_runs_as_one_cudnn_layer(b, s, sk, h, d):
+    """Keras MultiHeadAttention (projections, head transposes, scores, softmax, .v, merge)
+    in FP16: one attention layer reading q, k, v in [b, s, h, d] and writing y in place, no
+    transposes left, equal to the numpy engine and to CUDA-graph replay."""
+    from tests.engine.test_attention_fusion import _mha
+    from tftrt.engine.backends import cupy_layers as L
+    model, feeds = _mha(b, s, h, d, sk)
+    gpu = check(model, feeds, "FP16", tactics=False)
+    kinds = [l.kind for l in gpu.network.layers]
+    assert kinds.count("attention") == 1 and "transpose" not in kinds and \
+        "softmax" not in kinds, kinds
+    (impl,) = [i for l, i in zip(gpu.network.layers, gpu._cupy_impls) if l.kind == "attention"]
+    assert isinstance(impl, L.AttentionCudnn) and impl.sdpa.spec.layout == "bshd"
+
+
+@pytest.mark.parametrize("layout", ["bshd", "bhsd"])
+@pytest.mark.parametrize("b,h,s,sk,d,dv", [(2, 4, 64, 64, 64, 64), (1, 3, 33, 70, 32, 16),
+                                           (4, 2, 128, 128, 128, 128)])
+def test_sdpa_and_cupy_fallback_match_the_reference(layout, b, h, s, sk, d, dv):
+    """Both attention implementations (cuDNN SDPA and the eager CuPy fallback) against
+    numpy_ops.attention on the same random fp16 inputs."""
+    from tftrt.engine.backends import cupy_layers as L
+    from tftrt.engine.backends.numpy_ops import attention
+    from tftrt.engine.network import Layer, Network
+    shp = (lambda s_, d_: (b, s_, h, d_)) if layout == "bshd" else \
+        (lambda s_, d_: (b, h, s_, d_))
+    net = Network("att")
+    for n, sh in (("q", shp(s, d)), ("k", shp(sk, d)), ("v", shp(sk, dv)), ("y", shp(s, dv))):
+        net.add_tensor(n, "float16", sh)
+    layer = Layer("att", "attention", ["q", "k", "v"], ["y"],
+                  {"scale": d ** -0.5, "layout": layout}, precision="FP16")
+    net.layers = [layer]
+    rng = np.random.default_rng(1)
+    xs = [rng.standard_normal(net.shape(n)).astype(np.float16) for n in "qkv"]
+    want = attention(*xs, d ** -0.5, layout, np.float16)
+    for cls in (L.AttentionCudnn, L.AttentionCupy):
+        impl = cls(net, layer, {}, {})
+        y = cp.full(net.shape("y"), np.nan, np.float16)
+        ws = cp.empty(max(int(impl.workspace), 1), cp.uint8)
+        impl.run([cp.asarray(x) for x in xs], [y], ws)
+        _compare([y], [want.astype(np.float16)], TOL["FP16"], cls.__name__)

@@ -1,12 +1,13 @@
 """Builder: ONNX model or Network + concrete input shapes + config -> :class:`Engine`.
 
 Steps: import -> bind input shapes (shape inference) -> optimization passes (passes/__init__)
--> precision -> upload weights -> tactic selection (timed on the backend) -> memory plan.
+-> precision -> precision-dependent passes (``LATE_PASSES``) -> upload weights -> tactic selection (timed on the backend) -> memory plan.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from typing import Dict, Optional, Sequence, Union
@@ -18,7 +19,7 @@ from tftrt.engine.errors import EngineBuildError
 from tftrt.engine.memory import plan_memory
 from tftrt.engine.network import Network
 from tftrt.engine.onnx_import import network_from_onnx
-from tftrt.engine.passes import PASSES, run_passes
+from tftrt.engine.passes import LATE_PASSES, PASSES, run_passes
 from tftrt.engine.precision import apply_precision, normalize_precision
 from tftrt.engine.runtime import Engine
 from tftrt.engine.shapes import bind_inputs, infer_shapes
@@ -97,6 +98,10 @@ def build_engine(model_or_network: Union[onnx.ModelProto, Network],
         net = optimize_network(net)
     net = infer_shapes(net)
     net = apply_precision(net, precision)
+    if config.optimize:
+        accept = getattr(backend, "accepts_layer", None)
+        net = run_passes(net, [functools.partial(p, accept=accept) for p in LATE_PASSES],
+                         infer=False)
     if backend.name != "numpy":
         dyn = [t for t in net.tensors.values() if not t.is_static]
         if dyn:

@@ -43,6 +43,10 @@ reduce              [x] -> [y]. attrs: op (sum|mean|max|min|prod|l1|l2|sum_squar
                     log_sum_exp), axes (sorted; [] = identity), keepdims (0|1).
 arg_reduce          [x] -> [y int64]. attrs: op (max|min), axis, keepdims, select_last_index.
 softmax             [x] -> [y]. attrs: axis, log (bool: LogSoftmax).
+attention           [q, k, v] -> [y]. attrs: scale, layout ("bhsd": q [B,H,Sq,D], k [B,H,Sk,D],
+                    v [B,H,Sk,Dv], y [B,H,Sq,Dv]; "bshd": the same with S and H swapped).
+                    y = softmax(scale * q @ k^T over Sk) @ v; fp32 softmax, probabilities
+                    rounded to y's dtype before @ v. Made by passes/attention_fusion.
 normalization       [x, scale, bias] -> [y] or [y, mean, inv_std]. attrs: axes, epsilon.
                     (x - mean) * rsqrt(var + eps) * scale + bias, statistics over ``axes``;
                     scale / bias broadcast to x (LayerNorm, InstanceNorm). Stats in fp32.
@@ -112,8 +116,8 @@ Dim = Union[int, str, None]
 
 LAYER_KINDS = (
     "conv", "conv_transpose", "matmul", "pointwise", "einsum", "pool", "reduce", "arg_reduce",
-    "softmax", "normalization", "topk", "cumsum", "transpose", "reshape", "concat", "split",
-    "slice", "pad", "gather", "gather_elements", "gather_nd", "scatter_nd", "expand", "tile",
+    "softmax", "attention", "normalization", "topk", "cumsum", "transpose", "reshape", "concat",
+    "split", "slice", "pad", "gather", "gather_elements", "gather_nd", "scatter_nd", "expand", "tile",
     "shape", "size", "constant_of_shape", "range", "onehot", "depth_to_space", "space_to_depth",
     "resize", "nms", "quantize", "dequantize",
 )

@@ -382,6 +382,23 @@ def _softmax(net, layer):
     return [(_dt(net, layer.inputs[0]), x)]
 
 
+@shape_fn("attention")
+def _attention(net, layer):
+    q, k, v = (_s(net, n) for n in layer.inputs[:3])
+    lay = layer.attrs["layout"]
+    if lay not in ("bhsd", "bshd") or any(len(t) != 4 for t in (q, k, v)):
+        raise EngineBuildError(f"attention {layer.name}: q, k, v must be 4-D ({lay}), got {q}, {k}, "
+                         f"{v}")
+    seq = 1 if lay == "bshd" else 2
+    head = 2 if lay == "bshd" else 1
+    if q[0] != k[0] or k[0] != v[0] or q[head] != k[head] or k[head] != v[head] or \
+            q[3] != k[3] or k[seq] != v[seq]:
+        raise EngineBuildError(f"attention {layer.name}: q {q}, k {k}, v {v} do not agree ({lay})")
+    y = list(q)
+    y[3] = v[3]
+    return [(_dt(net, layer.inputs[0]), tuple(y))]
+
+
 @shape_fn("normalization")
 def _normalization(net, layer):
     x = _s(net, layer.inputs[0])

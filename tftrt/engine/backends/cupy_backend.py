@@ -98,6 +98,7 @@ register_tactic("cupy", "conv", "dw_direct", applies=_depthwise)
 register_tactic("cupy", "conv_transpose", "cudnn", applies=_cudnn_ok, workspace=_workspace)
 register_tactic("cupy", "matmul", "lt", applies=_matmul_lt, workspace=_workspace)
 register_tactic("cupy", "matmul", "cupy_matmul")
+register_tactic("cupy", "attention", "sdpa", workspace=_workspace)
 
 
 def make_impl(net: Network, layer: Layer, weights: Dict[str, Any], opts: dict,
@@ -118,6 +119,8 @@ def make_impl(net: Network, layer: Layer, weights: Dict[str, Any], opts: dict,
         chain = [L.ConvCudnn]
     elif kind == "matmul":
         chain = [L.MatmulCupy] if tactic == "cupy_matmul" else [L.MatmulLt, L.MatmulCupy]
+    elif kind == "attention":
+        chain = [L.AttentionCudnn, L.AttentionCupy]
     else:
         cls = {"pointwise": L.Pointwise, "pool": L.Pool, "softmax": L.Softmax,
                "normalization": L.Normalization}.get(kind) or O.IMPLS.get(kind)
@@ -168,6 +171,22 @@ class CupyBackend(Backend):
     def set_build_options(self, allow_tf32: bool = True, **_) -> None:
         """Options of the engine being built (the builder's config): allow_tf32."""
         self.options["tf32"] = bool(allow_tf32)
+
+    def accepts_layer(self, net: Network, layer: Layer) -> bool:
+        """Whether a fused layer a late pass proposes runs well here (passes/__init__.py):
+        ``attention`` when cuDNN's SDPA builds for it."""
+        if layer.kind != "attention":
+            return True
+        from tftrt.engine.backends import cupy_layers as L
+        if _lazy()[0].cudnn_module() is None or not L.sdpa_supported(net, layer):
+            return False
+        try:
+            L.AttentionCudnn(net, layer, {}, dict(self.options))
+            return True
+        except Exception as e:
+            log.info("attention %s stays unfused: cuDNN SDPA: %s: %s", layer.name,
+                     type(e).__name__, str(e)[:300])
+            return False
 
     def device_name(self) -> str:
         dev = cp.cuda.runtime.getDevice()

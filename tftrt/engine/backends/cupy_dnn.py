@@ -189,40 +189,39 @@ def _cudnn_act_supported(e) -> bool:
         (fn == "gelu" and e.get("approximate", "none") == "none")
 
 
-class CudnnConv:
-    """One convolution (fprop, or dgrad for conv_transpose) plus ``n_fused`` epilogue ops as a
-    cuDNN graph with one chosen execution plan."""
+class _CudnnPlans:
+    """Execution-plan handling shared by the cuDNN graphs below: build the recorded plan (an
+    engine id + knobs) or the first ``candidates`` heuristic plans, time them, keep one."""
 
-    def __init__(self, spec: ConvSpec, n_fused: int, choice: Optional[dict] = None,
-                 candidates: Optional[int] = None):
-        c = cudnn_module()
-        self.spec, self.n_fused = spec, n_fused
-        self.lock = threading.Lock()
-        self.g, self.tensors = self._graph(c)
+    g: Any
+
+    def _plans(self, c, choice: Optional[dict], candidates: Optional[int],
+               no_tensor_cores: bool = False) -> bool:
+        """Creates the execution plans of ``self.g``; False when the recorded ``choice``
+        could not be rebuilt (the caller makes a fresh graph and calls again without it)."""
         g = self.g
-        self.index = None
+        self.index, self.times = None, {}
         if choice is not None:
             try:
                 knobs = {c.knob_type(int(k)): int(v) for k, v in choice["knobs"].items()}
                 g.create_execution_plan(int(choice["engine"]), knobs)
                 idx = g.get_execution_plan_count() - 1
                 g.build_plan_at_index(idx)
-                self.index, self.times = idx, {}
+                self.index, self.built = idx, [idx]
             except Exception as e:
                 log.info("recorded cuDNN plan %s could not be rebuilt (%s); re-planning",
                          choice, e)
-                self.g, self.tensors = self._graph(c)
-                g = self.g
-        if self.index is None:
+                return False
+        else:
             g.create_execution_plans([c.heur_mode.A, c.heur_mode.FALLBACK])
-            if spec.dtype == "float32" and not spec.tf32:
+            if no_tensor_cores:
                 g.deselect_numeric_notes([c.numerical_note.TENSOR_CORE])
             g.deselect_workspace_greater_than(WORKSPACE_LIMIT)
             try:
                 g.check_support()
             except Exception:
                 pass
-            self.built: List[int] = []
+            self.built = []
             candidates = candidates or CUDNN_CANDIDATES
             for i in range(g.get_execution_plan_count()):
                 if len(self.built) >= candidates:
@@ -235,8 +234,56 @@ class CudnnConv:
             if not self.built:
                 raise RuntimeError("cuDNN built no execution plan for this graph")
             self.index = self.built[0]
-            self.times = {}
         self.workspace = int(g.get_workspace_size_plan_at_index(self.index))
+        return True
+
+    def choice(self) -> dict:
+        eid, knobs = self.g.get_engine_and_knobs_at_index(self.index)
+        return {"engine": int(eid), "knobs": {str(int(k)): int(v) for k, v in knobs.items()}}
+
+    def plan_name(self) -> str:
+        try:
+            return self.g.get_plan_name_at_index(self.index)
+        except Exception:
+            return "?"
+
+    def _execute(self, pack: dict, ws_ptr: int, stream_ptr: int, index: Optional[int]) -> None:
+        c = cudnn_module()
+        h = cudnn_handle()
+        with self.lock:
+            c.set_stream(h, stream_ptr)
+            self.g.execute_plan_at_index(pack, ws_ptr, self.index if index is None else index,
+                                         handle=h)
+
+    def _tune(self, run: Callable[[int, int], None], stream: cp.cuda.Stream) -> float:
+        """Times the built plans (``run(ws_ptr, index)``), keeps the fastest; its seconds."""
+        size = max(int(self.g.get_workspace_size_plan_at_index(i)) for i in self.built)
+        ws = cp.empty(max(size, 1), cp.uint8)
+        for i in self.built:
+            try:
+                self.times[i] = gpu_time(lambda: run(ws.data.ptr, i), stream)
+            except Exception as e:
+                log.debug("cuDNN plan %d failed: %s", i, e)
+        if self.times:
+            self.index = min(self.times, key=self.times.get)
+        self.workspace = int(self.g.get_workspace_size_plan_at_index(self.index))
+        return self.times.get(self.index, float("inf"))
+
+
+class CudnnConv(_CudnnPlans):
+    """One convolution (fprop, or dgrad for conv_transpose) plus ``n_fused`` epilogue ops as a
+    cuDNN graph with one chosen execution plan."""
+
+    def __init__(self, spec: ConvSpec, n_fused: int, choice: Optional[dict] = None,
+                 candidates: Optional[int] = None):
+        c = cudnn_module()
+        self.spec, self.n_fused = spec, n_fused
+        self.lock = threading.Lock()
+        no_tc = spec.dtype == "float32" and not spec.tf32
+        self.g, self.tensors = self._graph(c)
+        if not self._plans(c, choice, candidates, no_tc):
+            self.g, self.tensors = self._graph(c)
+            self._plans(c, None, candidates, no_tc)
 
     def _graph(self, c):
         s = self.spec
@@ -283,16 +330,6 @@ class CudnnConv:
         g.build_operation_graph()
         return g, tensors
 
-    def choice(self) -> dict:
-        eid, knobs = self.g.get_engine_and_knobs_at_index(self.index)
-        return {"engine": int(eid), "knobs": {str(int(k)): int(v) for k, v in knobs.items()}}
-
-    def plan_name(self) -> str:
-        try:
-            return self.g.get_plan_name_at_index(self.index)
-        except Exception:
-            return "?"
-
     def _pack(self, x, w, y, operands: Dict[int, Any]):
         t = self.tensors
         pack = {t["X"]: x.data.ptr, t["W"]: w.data.ptr, t["Y"]: y.data.ptr}
@@ -303,28 +340,77 @@ class CudnnConv:
 
     def run(self, x, w, y, operands: Dict[int, Any], ws_ptr: int, stream_ptr: int,
             index: Optional[int] = None) -> None:
-        c = cudnn_module()
-        h = cudnn_handle()
-        with self.lock:
-            c.set_stream(h, stream_ptr)
-            self.g.execute_plan_at_index(self._pack(x, w, y, operands), ws_ptr,
-                                         self.index if index is None else index, handle=h)
+        self._execute(self._pack(x, w, y, operands), ws_ptr, stream_ptr, index)
 
     def tune(self, x, w, y, operands, stream: cp.cuda.Stream) -> float:
         """Times the built candidate plans, keeps the fastest; returns its seconds."""
-        built = getattr(self, "built", [self.index])
-        size = max(int(self.g.get_workspace_size_plan_at_index(i)) for i in built)
-        ws = cp.empty(max(size, 1), cp.uint8)
-        for i in built:
-            try:
-                self.times[i] = gpu_time(lambda: self.run(x, w, y, operands, ws.data.ptr,
-                                                          stream.ptr, i), stream)
-            except Exception as e:
-                log.debug("cuDNN plan %d failed: %s", i, e)
-        if self.times:
-            self.index = min(self.times, key=self.times.get)
-        self.workspace = int(self.g.get_workspace_size_plan_at_index(self.index))
-        return self.times.get(self.index, float("inf"))
+        return self._tune(lambda ws, i: self.run(x, w, y, operands, ws, stream.ptr, i), stream)
+
+
+class SdpaSpec:
+    """Scaled dot-product attention y = softmax(scale * q @ k^T) @ v for cuDNN: q [B,H,Sq,D],
+    k [B,H,Sk,D], v [B,H,Sk,Dv], y [B,H,Sq,Dv], read and written in ``layout`` ("bhsd", or
+    "bshd": the tensors are stored [B,S,H,D] and cuDNN reads them through strides)."""
+
+    def __init__(self, b, h, sq, sk, d, dv, layout: str, dtype: str, scale: float):
+        self.b, self.h, self.sq, self.sk, self.d, self.dv = (int(t) for t in (b, h, sq, sk, d,
+                                                                              dv))
+        self.layout, self.dtype, self.scale = layout, np.dtype(dtype).name, float(scale)
+
+    def key(self) -> tuple:
+        return ("sdpa",) + tuple(sorted(self.__dict__.items()))
+
+    def strides(self, s: int, d: int) -> List[int]:
+        h = self.h
+        if self.layout == "bshd":
+            return [s * h * d, d, h * d, 1]
+        return [h * s * d, s * d, d, 1]
+
+
+class CudnnSdpa(_CudnnPlans):
+    """One cuDNN SDPA (flash-attention) forward graph, inference only (no softmax stats)."""
+
+    def __init__(self, spec: SdpaSpec, choice: Optional[dict] = None,
+                 candidates: Optional[int] = None):
+        c = cudnn_module()
+        self.spec = spec
+        self.lock = threading.Lock()
+        self.g, self.tensors = self._graph(c)
+        if not self._plans(c, choice, candidates):
+            self.g, self.tensors = self._graph(c)
+            self._plans(c, None, candidates)
+
+    def _graph(self, c):
+        s = self.spec
+        io = _cdt(s.dtype)
+        g = c.pygraph(io_data_type=io, intermediate_data_type=c.data_type.FLOAT,
+                      compute_data_type=c.data_type.FLOAT, handle=cudnn_handle())
+        Q = g.tensor(name="Q", dim=[s.b, s.h, s.sq, s.d], stride=s.strides(s.sq, s.d),
+                     data_type=io)
+        K = g.tensor(name="K", dim=[s.b, s.h, s.sk, s.d], stride=s.strides(s.sk, s.d),
+                     data_type=io)
+        V = g.tensor(name="V", dim=[s.b, s.h, s.sk, s.dv], stride=s.strides(s.sk, s.dv),
+                     data_type=io)
+        try:
+            res = g.sdpa(name="sdpa", q=Q, k=K, v=V, generate_stats=False, attn_scale=s.scale)
+        except TypeError:  # frontends before generate_stats
+            res = g.sdpa(name="sdpa", q=Q, k=K, v=V, is_inference=True, attn_scale=s.scale)
+        O = res[0] if isinstance(res, (list, tuple)) else res
+        O.set_output(True).set_dim([s.b, s.h, s.sq, s.dv]).set_stride(
+            s.strides(s.sq, s.dv)).set_data_type(io)
+        g.validate()
+        g.build_operation_graph()
+        return g, {"Q": Q, "K": K, "V": V, "O": O}
+
+    def run(self, q_ptr: int, k_ptr: int, v_ptr: int, o_ptr: int, ws_ptr: int,
+            stream_ptr: int, index: Optional[int] = None) -> None:
+        t = self.tensors
+        self._execute({t["Q"]: q_ptr, t["K"]: k_ptr, t["V"]: v_ptr, t["O"]: o_ptr}, ws_ptr,
+                      stream_ptr, index)
+
+    def tune(self, q, k, v, o, stream: cp.cuda.Stream) -> float:
+        p = (q.data.ptr, k.data.ptr, v.data.ptr, o.data.ptr)
+        return self._tune(lambda ws, i: self.run(*p, ws, stream.ptr, i), stream)
 
 
 # --- cuBLASLt ------------------------------------------------------------------------------------

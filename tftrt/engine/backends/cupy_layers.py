@@ -25,7 +25,8 @@ import cupy as cp
 
 from tftrt.engine.backends import cupy_kernels as K
 from tftrt.engine.backends import cupy_kernels_nn as KN
-from tftrt.engine.backends.cupy_dnn import (ConvSpec, CudnnConv, GemmSpec, LtGemm, gpu_time)
+from tftrt.engine.backends.cupy_dnn import (ConvSpec, CudnnConv, CudnnSdpa, GemmSpec, LtGemm,
+                                            SdpaSpec, gpu_time)
 from tftrt.engine.network import Layer, Network
 
 log = logging.getLogger("tftrt.engine.cupy")
@@ -488,6 +489,106 @@ class Softmax(Impl):
         y = cp.empty(x.shape, outs[0].dtype)
         self.kernel(x, y)
         cp.copyto(outs[0], cp.moveaxis(y, -1, self.axis))
+
+
+# --- attention -----------------------------------------------------------------------------------
+def sdpa_spec(net, layer) -> SdpaSpec:
+    """The cuDNN SDPA problem of an ``attention`` layer."""
+    q, k, v = (_shape(net, n) for n in layer.inputs[:3])
+    lay = layer.attrs["layout"]
+    if lay == "bshd":
+        (b, sq, h, d), sk = q, k[1]
+    else:
+        (b, h, sq, d), sk = q, k[2]
+    return SdpaSpec(b, h, sq, sk, d, v[3], lay, _dtype(net, layer.inputs[0]),
+                    layer.attrs["scale"])
+
+
+def sdpa_supported(net, layer) -> bool:
+    """What cuDNN's fused attention takes: fp16 / bf16 q, k, v and y of one dtype, head dims
+    a multiple of 8 and at most 256."""
+    dts = {_dtype(net, n) for n in list(layer.inputs[:3]) + layer.outputs}
+    s = sdpa_spec(net, layer)
+    return len(dts) == 1 and dts.pop() in ("float16", "bfloat16") and \
+        all(x % 8 == 0 and 0 < x <= 256 for x in (s.d, s.dv))
+
+
+class AttentionCudnn(Impl):
+    """``attention`` as one cuDNN SDPA (flash attention) graph reading q, k, v in place."""
+
+    def __init__(self, net, layer, weights, opts):
+        super().__init__(net, layer, weights, opts)
+        if not sdpa_supported(net, layer):
+            raise ValueError("cuDNN SDPA needs fp16/bf16 operands and head dims a multiple "
+                             "of 8 up to 256")
+        spec = sdpa_spec(net, layer)
+        key = json.dumps(spec.key())
+        shared = _SHARED.get(key)
+        if shared is None:
+            shared = _SHARED[key] = self._build(spec, get_record(layer))
+        self.sdpa = shared
+        self.workspace = self.sdpa.workspace
+        self._rec = self.sdpa.choice()
+        set_record(layer, self._rec)
+
+    @staticmethod
+    def _build(spec: SdpaSpec, rec):
+        if rec is not None:
+            return CudnnSdpa(spec, rec)
+        sdpa = CudnnSdpa(spec)
+        if len(sdpa.built) > 1:
+            stream = cp.cuda.Stream(non_blocking=True)
+            with stream:
+                q, k, v, o = (_random(_sdpa_shape(spec, s, d), spec.dtype) for s, d in (
+                    (spec.sq, spec.d), (spec.sk, spec.d), (spec.sk, spec.dv),
+                    (spec.sq, spec.dv)))
+                sdpa.tune(q, k, v, o, stream)
+            stream.synchronize()
+        return sdpa
+
+    def run(self, ins, outs, ws):
+        ws_ptr = ws.data.ptr if ws is not None and self.workspace else 0
+        tmp = None
+        if ws_ptr == 0 and self.workspace:
+            tmp = cp.empty(self.workspace, cp.uint8)
+            ws_ptr = tmp.data.ptr
+        self.sdpa.run(ins[0].data.ptr, ins[1].data.ptr, ins[2].data.ptr, outs[0].data.ptr,
+                      ws_ptr, _stream_ptr())
+
+    def record(self):
+        return self._rec
+
+
+def _sdpa_shape(spec: SdpaSpec, s: int, d: int):
+    return (spec.b, s, spec.h, d) if spec.layout == "bshd" else (spec.b, spec.h, s, d)
+
+
+class AttentionCupy(Impl):
+    """``attention`` in fp32 with CuPy's matmul (the reference algorithm; cuBLAS through CuPy
+    cannot be captured, so this runs eagerly): for what cuDNN's SDPA does not take."""
+
+    capturable = False
+
+    def __init__(self, net, layer, weights, opts):
+        super().__init__(net, layer, weights, opts)
+        self.scale = np.float32(layer.attrs["scale"])
+        self.bshd = layer.attrs["layout"] == "bshd"
+        dt = np.dtype(_dtype(net, layer.outputs[0]))
+        self.p_dtype = dt if dt.itemsize < 4 else None
+
+    def run(self, ins, outs, ws):
+        q, k, v = (t.astype(cp.float32) for t in ins[:3])
+        if self.bshd:
+            q, k, v = (t.transpose(0, 2, 1, 3) for t in (q, k, v))
+        s = cp.matmul(q, k.swapaxes(-1, -2))
+        s *= self.scale
+        s -= s.max(axis=-1, keepdims=True)
+        cp.exp(s, out=s)
+        s /= s.sum(axis=-1, keepdims=True)
+        if self.p_dtype is not None:
+            s = s.astype(self.p_dtype).astype(cp.float32)
+        y = cp.matmul(s, v)
+        cp.copyto(outs[0], y.transpose(0, 2, 1, 3) if self.bshd else y, casting="unsafe")
 
 
 class Normalization(Impl):

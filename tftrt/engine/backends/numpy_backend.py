@@ -216,6 +216,14 @@ def _softmax(net, layer, weights):
     return lambda ins: [ops.softmax(ins[0], a["axis"], a["log"])]
 
 
+@kernel("attention")
+def _attention(net, layer, weights):
+    a = layer.attrs
+    dt = np.dtype(net.tensors[layer.outputs[0]].dtype)
+    p_dtype = dt if dt.itemsize < 4 else None
+    return lambda ins: [ops.attention(ins[0], ins[1], ins[2], a["scale"], a["layout"], p_dtype)]
+
+
 @kernel("normalization")
 def _normalization(net, layer, weights):
     a = layer.attrs

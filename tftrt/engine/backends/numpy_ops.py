@@ -323,6 +323,20 @@ def softmax(x, axis, log):
     return e - np.log(s) if log else np.exp(e) / s
 
 
+def attention(q, k, v, scale, layout, p_dtype=None):
+    """softmax(scale * q @ k^T) @ v over [B, H, S, D] ("bhsd") or [B, S, H, D] ("bshd")
+    operands, in float32; the probabilities are rounded to ``p_dtype`` before they meet v (a
+    flash-attention kernel feeds its tensor cores fp16 probabilities)."""
+    q, k, v = (np.asarray(t, np.float32) for t in (q, k, v))
+    if layout == "bshd":
+        q, k, v = (t.transpose(0, 2, 1, 3) for t in (q, k, v))
+    p = softmax(np.matmul(q, np.swapaxes(k, -1, -2)) * np.float32(scale), -1, False)
+    if p_dtype is not None:
+        p = p.astype(p_dtype).astype(np.float32)
+    y = np.matmul(p, v)
+    return y.transpose(0, 2, 1, 3) if layout == "bshd" else y
+
+
 def normalization(x, scale, bias, axes, eps):
     ax = tuple(axes)
     mean = np.mean(x, axis=ax, keepdims=True)

@@ -23,6 +23,7 @@ from tftrt.engine.passes.pad_folding import pad_folding  # noqa: E402
 from tftrt.engine.passes.vertical_fusion import vertical_fusion  # noqa: E402
 from tftrt.engine.passes.elementwise_fusion import elementwise_fusion  # noqa: E402
 from tftrt.engine.passes.norm_fusion import layernorm_fusion  # noqa: E402
+from tftrt.engine.passes.attention_fusion import attention_fusion  # noqa: E402
 
 PASSES: List[Pass] = [
     constant_folding,
@@ -36,15 +37,23 @@ PASSES: List[Pass] = [
     remove_dead_layers,
 ]
 
+# Passes that depend on the precision (the builder runs them after apply_precision, gives them
+# the backend's ``accepts_layer`` and does not re-infer dtypes): attention is fused in FP16 /
+# BF16 engines only.
+LATE_PASSES: List[Callable] = [attention_fusion]
 
-def run_passes(net: Network, passes: Sequence[Pass] = None) -> Network:
-    """Runs ``passes`` (default ``PASSES``) in order; a failing pass is skipped with a warning."""
+
+def run_passes(net: Network, passes: Sequence[Pass] = None, infer: bool = True) -> Network:
+    """Runs ``passes`` (default ``PASSES``) in order; a failing pass is skipped with a warning.
+    ``infer``: re-infer shapes and dtypes after each pass (False for LATE_PASSES: inference
+    would undo the float16 storage apply_precision chose; those passes type what they add)."""
     from tftrt.engine.shapes import infer_shapes
     for p in PASSES if passes is None else passes:
         try:
-            out = infer_shapes(p(net))
+            out = infer_shapes(p(net)) if infer else p(net)
         except Exception as e:  # never lose an engine to an optimization bug
-            log.warning("pass %s failed on %s and was skipped: %s: %s", p.__name__, net.name,
+            log.warning("pass %s failed on %s and was skipped: %s: %s",
+                        getattr(p, "__name__", None) or getattr(p, "func", p).__name__, net.name,
                         type(e).__name__, e)
             continue
         net = out
