@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One command on the GPU host: end-to-end GPU tests, then the end-to-end benchmark table.
-#   [MODELS="resnet50 mobilenet_v2 encoder"] [PRECISIONS="FP16 FP32"] \
+#   [MODELS="resnet50 mobilenet_v2 encoder"] [PRECISIONS="FP16 FP32"] [E2E_ARGS=...] \
 #     bash benchmarks/run_gpu_e2e.sh [tests|tf|torch|table|all] [seconds]
 # The encoder through TF needs most of a 10-minute call on its own (two conversions of a
 # 340 MB frozen graph, XLA compiles): MODELS=encoder PRECISIONS=FP16 ... tf 580.
@@ -28,18 +28,22 @@ if [ "$stage" = tests ] || [ "$stage" = all ]; then
   # Engine-level GPU tests, then end to end through TensorFlow (one cuDNN plan per conv keeps
   # the builds short), then the stream-order test without tftrt's synchronisation (reported,
   # not required: it shows whether the synchronisation is needed on this host).
+  # ENGINE_TESTS / E2E_TESTS: pytest -k expressions selecting a part of each file.
   ( cd "$repo" && TFTRT_CUDNN_CANDIDATES=1 timeout 200 python3 -m pytest \
-      tests/gpu/test_cupy_backend.py -q -x -p no:cacheprovider ) > "$out/gpu_engine_tests.log" 2>&1
+      tests/gpu/test_cupy_backend.py -q -x -p no:cacheprovider ${ENGINE_TESTS:+-k "$ENGINE_TESTS"} ) \
+      > "$out/gpu_engine_tests.log" 2>&1
   tail -3 "$out/gpu_engine_tests.log"
   ( cd "$repo" && TFTRT_CUDNN_CANDIDATES=1 timeout $(( $(left) - 70 )) python3 -m pytest \
-      tests/gpu/test_tf_e2e.py -q -rfEs -p no:cacheprovider --durations=5 ) > "$out/gpu_e2e_tests.log" 2>&1
+      tests/gpu/test_tf_e2e.py -q -rfEs -p no:cacheprovider --durations=8 ${E2E_TESTS:+-k "$E2E_TESTS"} ) \
+      > "$out/gpu_e2e_tests.log" 2>&1
   grep -v "^\s*$" "$out/gpu_e2e_tests.log" | grep -v "^W0000\|^I0000" | tail -25
-  ( cd "$repo" && TFTRT_STREAM_SYNC=0 timeout 60 python3 -m pytest tests/gpu/test_tf_e2e.py \
-      -q -p no:cacheprovider -k stream_order ) 2>&1 | tail -1 | sed 's/^/without stream sync: /'
+  [ -n "${SKIP_NOSYNC:-}" ] || ( cd "$repo" && TFTRT_STREAM_SYNC=0 timeout 60 python3 -m pytest \
+      tests/gpu/test_tf_e2e.py -q -p no:cacheprovider -k stream_order ) 2>&1 | tail -1 \
+      | sed 's/^/without stream sync: /'
 fi
 if [ "$stage" = tf ] || [ "$stage" = all ]; then
   ( cd "$repo" && timeout $(( $(left) - 15 )) python3 benchmarks/bench_e2e.py --part tf \
-      --out "$json" --iters 30 --models $models --precisions $precisions ) 2>&1 \
+      --out "$json" --iters 30 --models $models --precisions $precisions ${E2E_ARGS:-} ) 2>&1 \
       | grep -v "^W0000\|^I0000\|^WARNING: All" | tail -15
 fi
 ( cd "$repo" && python3 benchmarks/bench_e2e.py --part table --out "$json" ) 2>&1 | tee "$out/table.txt"

@@ -47,7 +47,8 @@ def _mha(b=2, s=16, h=4, d=8, sk=None, k_perm=(0, 2, 3, 1), scale_node="Mul",
     if sk != s:
         feeds["m"] = rand(b, sk, e, seed=5)
         kv = "m"
-    consts = {f"w{n}": rand(e, e, seed=i + 1, low=-0.3, high=0.3) for i, n in enumerate("qkvo")}
+    lim = (3.0 / e) ** 0.5  # unit-variance projections: outputs of order one
+    consts = {f"w{n}": rand(e, e, seed=i + 1, low=-lim, high=lim) for i, n in enumerate("qkvo")}
     consts.update({f"b{n}": rand(e, seed=i + 11) for i, n in enumerate("qkv")})
     consts.update({"s4q": np.array([b, s, h, d], I64), "s4k": np.array([b, sk, h, d], I64),
                    "s3q": np.array([b * h, s, d], I64), "s3v": np.array([b * h, sk, d], I64),

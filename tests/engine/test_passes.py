@@ -354,3 +354,43 @@ def test_a_transpose_of_the_last_two_axes_disappears_into_the_matmul():
     net = run_passes(_bound(model, feeds))
     assert _kinds(net) == ["matmul"] and net.layers[0].attrs["transpose_a"]
     check_model(model, feeds)
+
+
+def _gelu_nodes(form):
+    """GELU of "m" written out as exporters write it: Keras' exact form (it traces to Erfc,
+    which the converter writes 1 - erf(-x/sqrt2)), the textbook erf form, the tanh form, and a
+    look-alike with a wrong constant."""
+    if form == "keras":
+        return [N("Mul", ["m", "half"], ["h"]), N("Neg", ["m"], ["n"]),
+                N("Mul", ["r2", "n"], ["nr"]), N("Erf", ["nr"], ["e"]),
+                N("Sub", ["one", "e"], ["c"]), N("Mul", ["c", "h"], ["y"])]
+    if form in ("erf", "wrong"):
+        return [N("Mul", ["m", "r2" if form == "erf" else "r3"], ["d"]), N("Erf", ["d"], ["e"]),
+                N("Add", ["e", "one"], ["c"]), N("Mul", ["m", "c"], ["mc"]),
+                N("Mul", ["mc", "half"], ["y"])]
+    return [N("Mul", ["m", "m"], ["m2"]), N("Mul", ["m2", "m"], ["m3"]),
+            N("Mul", ["m3", "k"], ["m3k"]), N("Add", ["m", "m3k"], ["in"]),
+            N("Mul", ["in", "s2p"], ["ins"]), N("Tanh", ["ins"], ["t"]),
+            N("Add", ["t", "one"], ["c"]), N("Mul", ["m", "c"], ["mc"]),
+            N("Mul", ["mc", "half"], ["y"])]
+
+
+@pytest.mark.parametrize("form,fn", [("keras", "none"), ("erf", "none"), ("tanh", "tanh"),
+                                     ("wrong", None)])
+def test_gelu_written_out_becomes_the_matmul_activation(form, fn):
+    """A GELU spelled as several pointwise ops (checked numerically, so any algebraically
+    equal spelling counts) becomes the matmul's gelu epilogue; a look-alike stays."""
+    f32 = lambda v: np.array(v, np.float32)  # noqa: E731
+    consts = {"w": rand(8, 16, seed=1), "half": f32(0.5), "one": f32(1.0),
+              "r2": f32(2 ** -0.5), "r3": f32(0.6), "k": f32(0.044715),
+              "s2p": f32((2 / np.pi) ** 0.5)}
+    nodes = [N("MatMul", ["x", "w"], ["m"])] + _gelu_nodes(form)
+    feeds = {"x": rand(3, 8, low=-2, high=2)}
+    model = make_model(nodes, feeds, consts)
+    net = run_passes(_bound(model, feeds))
+    if fn is None:
+        assert _kinds(net) == ["matmul", "pointwise"]
+    else:
+        assert _kinds(net) == ["matmul"]
+        assert net.layers[0].epilogue == [{"op": "act", "fn": "gelu", "approximate": fn}]
+    check_model(model, feeds)

@@ -50,6 +50,41 @@ def _channel_vector(net: Network, name: str, cout: int, out_rank: int) -> Option
     return None
 
 
+_PROBE = np.linspace(-8.0, 8.0, 641)
+
+
+def _gelu_exact(x):
+    from math import erf, sqrt
+    return 0.5 * x * (1.0 + np.vectorize(erf)(x / sqrt(2.0)))
+
+
+def _gelu_tanh(x):
+    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)))
+
+
+def _whole_program_activation(consumer: Layer, y: str) -> Optional[dict]:
+    """The activation a multi-step program of ``y`` alone computes, checked numerically in
+    float64 on probe values: GELU written out with erf (Keras' exact gelu traces to
+    ``0.5 * x * (1 - erf(-x / sqrt 2))``) or with tanh. None for anything else."""
+    prog = consumer.attrs["program"]
+    if len(prog) < 3 or any(i != y for i in consumer.inputs) or \
+            any(st["op"] in ("cast",) for st in prog):
+        return None
+    from tftrt.engine.backends.numpy_ops import run_program
+    f64 = [dict(st, dtype="float64") if st.get("dtype") else st for st in prog]
+    try:
+        with np.errstate(all="ignore"):
+            got = np.asarray(run_program(f64, [_PROBE] * len(consumer.inputs)), np.float64)
+    except Exception:
+        return None
+    if got.shape != _PROBE.shape:
+        return None
+    for approx, ref in (("none", _gelu_exact), ("tanh", _gelu_tanh)):
+        if np.allclose(got, ref(_PROBE), rtol=1e-6, atol=1e-6):  # float32 constants
+            return {"op": "act", "fn": "gelu", "approximate": approx}
+    return None
+
+
 def _chain_ops(net: Network, consumer: Layer, y: str, cout: int, out_rank: int):
     """The consumer's program as a list of epilogue-able ops on y, or None.
 
@@ -65,6 +100,9 @@ def _chain_ops(net: Network, consumer: Layer, y: str, cout: int, out_rank: int):
             return ("s", int(a[1:]))
         return ("lit", a)
 
+    act = _whole_program_activation(consumer, y)
+    if act is not None:
+        return [("act", act)]
     cur, ops, k = ("t", y), [], 0
     while k < len(prog):
         st = prog[k]
