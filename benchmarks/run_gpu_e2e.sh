@@ -33,9 +33,13 @@ if [ "$stage" = tests ] || [ "$stage" = all ]; then
       tests/gpu/test_cupy_backend.py -q -x -p no:cacheprovider ${ENGINE_TESTS:+-k "$ENGINE_TESTS"} ) \
       > "$out/gpu_engine_tests.log" 2>&1
   tail -3 "$out/gpu_engine_tests.log"
+  # A test past TEST_TIMEOUT seconds fails with every thread's stack (pytest-timeout) instead
+  # of the whole run being killed silently by the outer timeout.
+  per_test=(); python3 -c "import pytest_timeout" 2>/dev/null && \
+    per_test=(--timeout="${TEST_TIMEOUT:-240}" --timeout-method=thread)
   ( cd "$repo" && TFTRT_CUDNN_CANDIDATES=1 timeout $(( $(left) - 70 )) python3 -m pytest \
-      tests/gpu/test_tf_e2e.py -q -rfEs -p no:cacheprovider --durations=8 ${E2E_TESTS:+-k "$E2E_TESTS"} ) \
-      > "$out/gpu_e2e_tests.log" 2>&1
+      tests/gpu/test_tf_e2e.py -v -rfEs -p no:cacheprovider --durations=8 "${per_test[@]}" \
+      ${E2E_TESTS:+-k "$E2E_TESTS"} ) > "$out/gpu_e2e_tests.log" 2>&1
   grep -v "^\s*$" "$out/gpu_e2e_tests.log" | grep -v "^W0000\|^I0000" | tail -25
   [ -n "${SKIP_NOSYNC:-}" ] || ( cd "$repo" && TFTRT_STREAM_SYNC=0 timeout 60 python3 -m pytest \
       tests/gpu/test_tf_e2e.py -q -p no:cacheprovider -k stream_order ) 2>&1 | tail -1 \
