@@ -548,20 +548,28 @@ def _shape_of(ctx, node, i):
     return ctx.emit("Shape", [ctx.input(node, i)])
 
 
-@converter("Fill", dtypes=ARRAY, inputs=(WEIGHT, ANY))
+@converter("Fill", dtypes=ARRAY, inputs=(ANY, ANY))
 class Fill:
-    """tf.fill with constant dims and a scalar value (tensor or constant), as Expand.
-    Rejects: dims computed at run time; a non-scalar value."""
+    """tf.fill with a scalar value (tensor or constant), as Expand: dims constant, or the
+    Shape of a tensor (what ones_like / zeros_like of a dynamic-batch tensor trace to, e.g.
+    in Keras' masked attention), which stays dynamic.
+    Rejects: dims computed at run time otherwise; a non-scalar value."""
 
     @staticmethod
     def validate(node, ctx):
+        if not ctx.is_const(node, 0) and ctx.input_node(node, 0).op != "Shape":
+            return ("input 0 of Fill must be a constant (weights) or the Shape of a tensor; it "
+                    "is computed at run time")
         if ctx.input_rank(node, 1) not in (0, None):
             return "Fill value must be a scalar"
         return None
 
     @staticmethod
     def convert(node, ctx):
-        dims = int64s(ctx, const_ints(ctx, node, 0), "shape")
+        if ctx.is_const(node, 0):
+            dims = int64s(ctx, const_ints(ctx, node, 0), "shape")
+        else:
+            dims = ctx.emit("Cast", [ctx.input(node, 0)], to=onnx.TensorProto.INT64)
         ctx.set_output(node, 0, ctx.emit("Expand", [ctx.input(node, 1), dims]))
 
 

@@ -247,6 +247,20 @@ def test_fill(dtype):
     check_op(lambda t: tf.fill([2, 3], t), [v], expect_tf_ops=["Fill"])
 
 
+@pytest.mark.parametrize("out_type", [tf.int32, tf.int64], ids=str)
+def test_fill_with_the_shape_of_a_dynamic_batch_tensor(out_type):
+    """tf.fill(tf.shape(x), 1) (how ones_like of a dynamic-batch tensor traces, e.g. in
+    Keras' masked attention) converts, and the batch stays dynamic."""
+    check_dynamic(lambda x: tf.fill(tf.shape(x, out_type=out_type), 1.5) * x, [x234()],
+                  expect_tf_ops=["Fill", "Shape"])
+
+
+def test_fill_with_dims_computed_from_values_is_rejected():
+    reason = check_rejected(lambda d: tf.fill(d * 2, 1.0), [np.array([2, 3], np.int32)],
+                            "Fill", "Shape of a tensor")
+    assert "computed at run time" in reason
+
+
 @pytest.mark.parametrize("dtype", [F32, I32, BOOL], ids=lambda d: np.dtype(d).name)
 def test_zeros_ones_like(dtype):
     check_dynamic(lambda x: (tf.zeros_like(x), tf.ones_like(x)), [x234(dtype)],

@@ -444,6 +444,23 @@ def test_keras_multi_head_attention_lowers_without_einsum():
     assert low.onnx_ops.count(ONNX_MATMUL) >= 6, low.onnx_ops
 
 
+def test_keras_masked_attention_with_a_dynamic_batch_lowers_entirely():
+    """Keras' masked softmax builds ones_like(scores) = Fill(Shape(scores), 1): with a
+    dynamic batch the whole block (mask included) is still one segment network."""
+    import keras
+    keras.utils.set_random_seed(0)
+    mha = keras.layers.MultiHeadAttention(num_heads=2, key_dim=4)
+    x = rand(2, 5, 8)
+    mask = np.random.default_rng(0).random((2, 5, 5)) > 0.3
+    mask[:, :, 0] = True  # every query attends somewhere
+    mha(x, x, attention_mask=mask)
+    fn = lambda q, m: mha(q, q, attention_mask=m)  # noqa: E731
+    rtol, atol = MODEL_TOLERANCES["FP32"]
+    low = check_op(fn, [x, mask], dynamic_batch=True, rtol=rtol, atol=atol,
+                   expect_tf_ops=["Fill", "Softmax"])
+    assert "Expand" in low.onnx_ops and "Where" in low.onnx_ops, low.onnx_ops
+
+
 # --- a small Keras CNN ------------------------------------------------------------------------
 
 def test_keras_cnn_lowers_entirely():
