@@ -218,3 +218,25 @@ def test_keras_encoder_block_fuses_and_matches_tensorflow():
     want = low.tf_outputs[0]
     rtol, atol = TOLERANCES["FP16"]
     np.testing.assert_allclose(got.astype(np.float64), want, rtol=rtol, atol=atol)
+
+
+def test_keras_masked_attention_fp16_with_fully_masked_queries_matches_tensorflow():
+    """Keras masks scores with where(mask, s, -2.4e38): finite in TF's fp32, -inf once an FP16
+    engine stores it. A query whose keys are all masked (padding, with query and key masks)
+    must still give TF's answer (uniform attention), not NaN."""
+    pytest.importorskip("tensorflow")
+    import keras
+    from tests.converters.harness import lower, run_engine
+    keras.utils.set_random_seed(0)
+    mha = keras.layers.MultiHeadAttention(num_heads=2, key_dim=8)
+    x = rand(2, 6, 16, seed=1)
+    valid = np.array([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]], bool)
+    mask = valid[:, :, None] & valid[:, None, :]  # padded queries see no key at all
+    mha(x, x, attention_mask=mask)
+    low = lower(lambda q, m: mha(q, q, attention_mask=m), [x, mask], dynamic_batch=True)
+    want = low.tf_outputs[0]
+    got = run_engine(low.net.model, [x, mask], "FP16")[0]
+    assert np.isfinite(got).all()
+    rtol, atol = TOLERANCES["FP16"]
+    np.testing.assert_allclose(got.astype(np.float64), want, rtol=rtol,
+                               atol=atol * float(np.max(np.abs(want))))

@@ -211,6 +211,24 @@ def test_softmax_fp16():
     check_node("Softmax", {"x": rand(4, 10, low=-5, high=5)}, precision="FP16")
 
 
+@pytest.mark.parametrize("op", ["Softmax", "LogSoftmax"])
+def test_softmax_rows_of_minus_inf_are_uniform(op):
+    """Masked scores stored in fp16 become -inf; a row with every key masked is uniform (as
+    the all-equal finite values it stood for are), a partly masked row is 0 where masked."""
+    from onnx import helper
+    from tests.engine.harness import make_model, run_engine
+    x = rand(3, 6, low=-5, high=5)
+    x[0, :] = -np.inf
+    x[1, 2:] = -np.inf
+    y = run_engine(make_model([helper.make_node(op, ["x"], ["y"], axis=-1)], {"x": x}),
+                   {"x": x})[0]
+    e = np.exp(x[1:] - x[1:].max(-1, keepdims=True))
+    want = np.concatenate([np.full((1, 6), 1 / 6), e / e.sum(-1, keepdims=True)])
+    if op == "LogSoftmax":
+        want = np.log(want)
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("op", ["ArgMax", "ArgMin"])
 @pytest.mark.parametrize("attrs", [{}, {"axis": -1, "keepdims": 0}, {"axis": 1,
                                                                      "select_last_index": 1}])

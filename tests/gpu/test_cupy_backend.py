@@ -319,6 +319,18 @@ def test_softmax(op, shape, axis, precision):
     check(make_model([N(op, ["x"], ["y"], axis=axis)], {"x": x}), {"x": x}, precision)
 
 
+@pytest.mark.parametrize("op", ["Softmax", "LogSoftmax"])
+@pytest.mark.parametrize("cols", [128, 4096])  # warp-per-row and block-per-row kernels
+def test_softmax_masked_rows(op, cols):
+    """Rows of -inf (every key masked) are uniform as in the numpy reference; partly masked
+    rows are 0 (LogSoftmax: -inf) where masked."""
+    x = rand(4, cols, low=-5, high=5)
+    x[0] = -np.inf
+    x[2, cols // 3:] = -np.inf
+    check(make_model([N(op, ["x"], ["y"], axis=-1)], {"x": x}), {"x": x}, "FP32",
+          tactics=False)
+
+
 @pytest.mark.parametrize("shape,axis", [((2, 5, 768), -1), ((2, 3, 4, 5), 2), ((3, 6), 1),
                                         ((40000, 64), -1), ((3, 4096), -1), ((2, 4, 8, 12), 2)])
 @pytest.mark.parametrize("precision", ["FP32", "FP16"])

@@ -242,6 +242,12 @@ extern "C" __global__ void softmax(const {w.ict}* __restrict__ x, {w.oct}* __res
     #pragma unroll
     for (int i = 0; i < {w.E}; ++i) m = fmaxf(m, v[i]);
     m = warp_max(m);
+    // a row of -inf (fp16-stored "very negative" masks: every key masked) is uniform, as
+    // the all-equal finite values it stands for are (numpy_ops.softmax does the same)
+    if (m == -(1.f/0.f)) {{
+      #pragma unroll
+      for (int i = 0; i < {w.E}; ++i) v[i] = 0.f;
+    }}
     if (isinf(m)) m = (m > 0) ? m : 0.f;
     {keep}
     float s = 0.f;
@@ -268,12 +274,14 @@ extern "C" __global__ void softmax(const {ctype(in_dtype)}* __restrict__ x,
     float m = -(1.f/0.f);
     for (int j = threadIdx.x; j < {cols}; j += blockDim.x) m = fmaxf(m, {ld("xr[j]")});
     m = block_reduce(m, true, sh);
+    const bool dead = m == -(1.f/0.f);  // all -inf: uniform (see the warp kernel)
     if (isinf(m)) m = (m > 0) ? m : 0.f;
     float s = 0.f;
-    for (int j = threadIdx.x; j < {cols}; j += blockDim.x) s += expf({ld("xr[j]")} - m);
+    for (int j = threadIdx.x; j < {cols}; j += blockDim.x)
+      s += expf((dead ? 0.f : {ld("xr[j]")}) - m);
     s = block_reduce(s, false, sh);
     for (int j = threadIdx.x; j < {cols}; j += blockDim.x) {{
-      const float v = {ld("xr[j]")};
+      const float v = dead ? 0.f : {ld("xr[j]")};
       yr[j] = {store_expr(out_dtype, out)};
     }}
   }}

@@ -317,7 +317,15 @@ def arg_reduce(x, op, axis, keepdims, select_last_index):
 
 
 def softmax(x, axis, log):
+    """Softmax / LogSoftmax; a row whose values are all -inf comes out uniform. Such rows
+    come from masks: Keras writes masked scores as -2.4e38 (where(mask, s, -2.4e38)), which
+    is finite in fp32 (uniform rows where every key is masked) but -inf once an FP16 engine
+    stores it; without this those rows would be NaN and spread through later layers."""
     m = np.max(x, axis=axis, keepdims=True)
+    dead = np.isneginf(m)
+    if dead.any():
+        x = np.where(dead, np.zeros((), x.dtype), x)
+        m = np.where(dead, np.zeros((), m.dtype), m)
     e = x - m
     s = np.sum(np.exp(e), axis=axis, keepdims=True)
     return e - np.log(s) if log else np.exp(e) / s
