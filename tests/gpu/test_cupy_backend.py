@@ -613,3 +613,39 @@ def test_sdpa_and_cupy_fallback_match_the_reference(layout, b, h, s, sk, d, dv):
         ws = cp.empty(max(int(impl.workspace), 1), cp.uint8)
         impl.run([cp.asarray(x) for x in xs], [y], ws)
         _compare([y], [want.astype(np.float16)], TOL["FP16"], cls.__name__)
+
+
+def test_attention_plan_round_trip_and_four_threads(monkeypatch):
+    """An FP16 engine with fused attention: its saved plan rebuilds the recorded cuDNN SDPA
+    plan without timing again, and four threads with their own contexts get the reference."""
+    from tests.engine.test_attention_fusion import _mha
+    from tftrt.engine.backends import cupy_dnn, cupy_layers
+    model, feeds = _mha(2, 64, 4, 64)
+    ref, gpu = _engines(model, feeds, "FP16")
+    assert "attention" in [l.kind for l in gpu.network.layers]
+    xs = [rand(*feeds["x"].shape, seed=s) for s in range(4)]
+    want = [np.asarray(ref.execute([x])[0]) for x in xs]
+    data = gpu.serialize()
+    cupy_layers._SHARED.clear()
+
+    def boom(*a, **k):
+        raise AssertionError("a loaded plan must not re-tune")
+    monkeypatch.setattr(cupy_dnn.CudnnSdpa, "tune", boom)
+    monkeypatch.setattr(cupy_dnn.LtGemm, "tune", boom)
+    loaded = deserialize_engine(data)
+    assert loaded.layers_summary() == gpu.layers_summary()
+    errors = []
+
+    def worker(t):
+        try:
+            ctx = loaded.create_execution_context()
+            for _ in range(3):  # eager, capture, replay
+                _compare(ctx.execute([xs[t]]), [want[t]], TOL["FP16"], f"thread {t}")
+        except Exception as e:  # collected and reported below
+            errors.append((t, e))
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
