@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -32,9 +33,35 @@ class ConversionResult:
     outputs: Optional[List[str]] = None
 
 
+class NativeSegmentCaller:
+    """Calls the native segment function ``fdef`` (an engine op's fallback).
+
+    The ConcreteFunction is made on the first call: making it imports the whole segment,
+    weights included (about 10 s for a BERT-base-sized encoder, whose frozen segment is
+    340 MB), which every convert() and tftrt.load() paid for every engine although most
+    engines never fall back."""
+
+    def __init__(self, fdef, input_specs, output_dtypes):
+        self.fdef, self.input_specs, self.output_dtypes = fdef, input_specs, output_dtypes
+        self._fn = None
+        self._lock = threading.Lock()
+
+    @property
+    def function(self):
+        if self._fn is None:
+            with self._lock:
+                if self._fn is None:
+                    self._fn = rewrite.function_def_caller(self.fdef, self.input_specs,
+                                                           self.output_dtypes)
+        return self._fn
+
+    def __call__(self, *inputs):
+        return self.function(*inputs)
+
+
 def engine_op_from_spec(spec: EngineSpec, fdef) -> TRTEngineOp:
     """An engine op whose native fallback calls the native segment function ``fdef``."""
-    native = rewrite.function_def_caller(
+    native = NativeSegmentCaller(
         fdef, [(np.dtype(d), s) for d, s in zip(spec.input_dtypes, spec.input_shapes)],
         [np.dtype(d) for d in spec.output_dtypes])
     return TRTEngineOp(spec, native)
@@ -91,12 +118,22 @@ def bind_engine_nodes(graph_def, ops: Dict[str, TRTEngineOp]):
     """
     tokens, keepalive = register_engine_ops(ops)
     out = type(graph_def)()
-    out.CopyFrom(graph_def)
-    for i, node in enumerate(out.node):
+    out.versions.CopyFrom(graph_def.versions)
+    for node in graph_def.node:
         if node.name in ops and rewrite.ENGINE_ATTR in node.attr:
             new = engine_call_node(node.name, ops[node.name], tokens[node.name])
             new.input.extend(node.input)
-            out.node[i].CopyFrom(new)
+            out.node.add().CopyFrom(new)
+        else:
+            out.node.add().CopyFrom(node)
+    # Only the library functions the engine-form graph still calls: the native segments hold
+    # every weight (340 MB for a BERT-base-sized encoder) and importing them again cost most
+    # of tftrt.load(); the engine ops keep their own references for the fallback.
+    used = rewrite.called_functions(out.node, graph_def.library)
+    out.library.gradient.extend(graph_def.library.gradient)
+    for f in graph_def.library.function:
+        if f.signature.name in used:
+            out.library.function.add().CopyFrom(f)
     return out, keepalive
 
 

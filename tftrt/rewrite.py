@@ -11,7 +11,6 @@ Two forms of the converted graph share one layout:
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import inspect
 import logging
@@ -86,18 +85,47 @@ def segment_graph_def(info: GraphInfo, seg: Segment):
 
 def native_segment_function_def(info: GraphInfo, seg: Segment):
     """The FunctionDef ``<engine>_native_segment_<digest>`` computing the segment natively."""
-    from tensorflow.python.eager import wrap_function
+    from tensorflow.python.framework import graph_to_function_def, importer
     gd = segment_graph_def(info, seg)
-    fn = wrap_function.function_from_graph_def(
-        gd, [f"TensorRTInputPH_{i}:0" for i in range(len(seg.inputs))],
-        [f"TensorRTOutputPH_{j}:0" for j in range(len(seg.outputs))])
-    fdef = copy.deepcopy(fn.function_def)
+    # Straight from a graph: wrap_function would also prune it and make ConcreteFunctions,
+    # each of which fetches the whole FunctionDef (weights included) back from the runtime.
+    graph = _tf().Graph()
+    with graph.as_default():
+        importer.import_graph_def(gd, name="")
+    fdef = graph_to_function_def.graph_to_function_def(
+        graph, graph.get_operations(),
+        [graph.get_tensor_by_name(f"TensorRTInputPH_{i}:0") for i in range(len(seg.inputs))],
+        [graph.get_tensor_by_name(f"TensorRTOutputPH_{j}:0") for j in range(len(seg.outputs))])
     # TF-TRT's name plus a digest of the body: TensorFlow keeps one function per name per
     # process, and two conversions in one process give different bodies the same engine name.
     fdef.signature.name = ""
     digest = hashlib.sha1(fdef.SerializeToString(deterministic=True)).hexdigest()[:10]
     fdef.signature.name = f"{seg.name}_native_segment_{digest}"
     return fdef
+
+
+def called_functions(nodes, library) -> set:
+    """Names of the ``library`` functions that ``nodes`` call, directly or through the
+    functions they call (any func-valued attr: PartitionedCall, If / While branches, ...)."""
+    by_name = {f.signature.name: f for f in library.function}
+
+    def funcs(node_list):
+        for n in node_list:
+            for a in n.attr.values():
+                if a.HasField("func"):
+                    yield a.func.name
+                elif a.HasField("list"):
+                    for f in a.list.func:
+                        yield f.name
+
+    used, todo = set(), list(funcs(nodes))
+    while todo:
+        name = todo.pop()
+        if name in used or name not in by_name:
+            continue
+        used.add(name)
+        todo.extend(funcs(by_name[name].node_def))
+    return used
 
 
 def function_def_caller(fdef, input_specs: Sequence[Tuple[np.dtype, object]],

@@ -224,3 +224,36 @@ def test_direct_signature_outputs_in_key_order_and_input_errors(tmp_path):
         sig(y=x)
     with pytest.raises(TypeError, match=r"expected inputs \['x'\]"):
         sig()
+
+
+def test_loaded_model_without_engines_falls_back_to_its_native_segment(mlp_dir, tmp_path):
+    """tftrt.load leaves the native segment functions (all the weights) out of the graph it
+    runs; an engine that cannot run still falls back to its own copy and answers right."""
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=mlp_dir, minimum_segment_size=2,
+                                   allow_build_at_runtime=False)
+    conv.convert()
+    conv.save(str(tmp_path / "o"))
+    loaded = tftrt.load(str(tmp_path / "o"))
+    x = models.batch((2, 8))
+    assert_outputs_close(loaded.signatures["serving_default"](x=tf.constant(x)),
+                         native(mlp_dir)(x=tf.constant(x)))
+    ops = loaded.engine_ops.values()
+    assert ops and all(op.stats["native"] == 1 and op.stats["engine"] == 0 for op in ops)
+
+
+def test_called_functions_follows_nested_calls_and_drops_the_rest():
+    from tensorflow.core.framework import function_pb2, graph_pb2
+    from tftrt.rewrite import called_functions
+    lib = function_pb2.FunctionDefLibrary()
+    for name, calls in (("f1", ["f2"]), ("f2", []), ("f3", ["f2"]), ("f4", [])):
+        f = lib.function.add()
+        f.signature.name = name
+        for c in calls:
+            n = f.node_def.add(name=f"call_{c}", op="PartitionedCall")
+            n.attr["f"].func.name = c
+    gd = graph_pb2.GraphDef()
+    a = gd.node.add(name="a", op="PartitionedCall")
+    a.attr["f"].func.name = "f1"
+    b = gd.node.add(name="b", op="Case")
+    b.attr["branches"].list.func.add().name = "f4"
+    assert called_functions(gd.node, lib) == {"f1", "f2", "f4"}
