@@ -195,10 +195,21 @@ class _CudnnPlans:
 
     g: Any
 
+    def _setup(self, choice: Optional[dict], candidates: Optional[int],
+               no_tensor_cores: bool = False) -> None:
+        """Builds the graph (``self._graph``) and its plans; when the recorded ``choice``
+        cannot be rebuilt, builds a fresh graph and plans without it."""
+        c = cudnn_module()
+        self.lock = threading.Lock()
+        self.g, self.tensors = self._graph(c)
+        if not self._plans(c, choice, candidates, no_tensor_cores):
+            self.g, self.tensors = self._graph(c)
+            self._plans(c, None, candidates, no_tensor_cores)
+
     def _plans(self, c, choice: Optional[dict], candidates: Optional[int],
                no_tensor_cores: bool = False) -> bool:
         """Creates the execution plans of ``self.g``; False when the recorded ``choice``
-        could not be rebuilt (the caller makes a fresh graph and calls again without it)."""
+        could not be rebuilt (``_setup`` then makes a fresh graph and plans without it)."""
         g = self.g
         self.index, self.times = None, {}
         if choice is not None:
@@ -276,14 +287,8 @@ class CudnnConv(_CudnnPlans):
 
     def __init__(self, spec: ConvSpec, n_fused: int, choice: Optional[dict] = None,
                  candidates: Optional[int] = None):
-        c = cudnn_module()
         self.spec, self.n_fused = spec, n_fused
-        self.lock = threading.Lock()
-        no_tc = spec.dtype == "float32" and not spec.tf32
-        self.g, self.tensors = self._graph(c)
-        if not self._plans(c, choice, candidates, no_tc):
-            self.g, self.tensors = self._graph(c)
-            self._plans(c, None, candidates, no_tc)
+        self._setup(choice, candidates, spec.dtype == "float32" and not spec.tf32)
 
     def _graph(self, c):
         s = self.spec
@@ -372,13 +377,8 @@ class CudnnSdpa(_CudnnPlans):
 
     def __init__(self, spec: SdpaSpec, choice: Optional[dict] = None,
                  candidates: Optional[int] = None):
-        c = cudnn_module()
         self.spec = spec
-        self.lock = threading.Lock()
-        self.g, self.tensors = self._graph(c)
-        if not self._plans(c, choice, candidates):
-            self.g, self.tensors = self._graph(c)
-            self._plans(c, None, candidates)
+        self._setup(choice, candidates)
 
     def _graph(self, c):
         s = self.spec

@@ -27,6 +27,7 @@ from tftrt.engine.backends import cupy_kernels as K
 from tftrt.engine.backends import cupy_kernels_nn as KN
 from tftrt.engine.backends.cupy_dnn import (ConvSpec, CudnnConv, CudnnSdpa, GemmSpec, LtGemm,
                                             SdpaSpec, gpu_time)
+from tftrt.engine.backends.numpy_ops import attention_p_dtype
 from tftrt.engine.network import Layer, Network
 
 log = logging.getLogger("tftrt.engine.cupy")
@@ -77,6 +78,14 @@ def _random(shape, dtype):
     if dt.kind == "f":
         return cp.random.standard_normal(shape, dtype=np.float32).astype(dt)
     return cp.zeros(shape, dt)
+
+
+def _scratch(ws, nbytes: int):
+    """``nbytes`` of scratch: the context's workspace when it is large enough, else a fresh
+    buffer (layers run alone in prepare_layer / tactic timing get no workspace); None for 0."""
+    if not nbytes:
+        return None
+    return ws if ws is not None and ws.nbytes >= nbytes else cp.empty(nbytes, cp.uint8)
 
 
 class Impl:
@@ -201,11 +210,8 @@ class ConvCudnn(Impl):
         if self.cast_x:
             x = x.astype(self.dtype)
         ops = {i: ins[i] for i in self.conv.tensors if isinstance(i, int)}
-        ws_ptr = ws.data.ptr if ws is not None and self.conv.workspace else 0
-        if ws_ptr == 0 and self.conv.workspace:
-            tmp = cp.empty(self.conv.workspace, cp.uint8)
-            ws_ptr = tmp.data.ptr
-        self.conv.run(x, w, y, ops, ws_ptr, _stream_ptr())
+        ws = _scratch(ws, self.conv.workspace)
+        self.conv.run(x, w, y, ops, ws.data.ptr if ws is not None else 0, _stream_ptr())
         self.post(y, ins)
 
     def record(self):
@@ -318,8 +324,7 @@ class GemmImpl(Impl):
                 ins[self.bias_i].astype(self.bias_dtype, copy=False)
         c = ins[self.res_i] if self.res_i is not None else None
         wsz = self.gemm.workspace
-        if ws is None or ws.nbytes < wsz:
-            ws = cp.empty(max(wsz, 1), cp.uint8)
+        ws = _scratch(ws, max(wsz, 1))
         self.gemm.run(a.data.ptr, b.data.ptr, c.data.ptr if c is not None else 0, y.data.ptr,
                       bias.data.ptr if bias is not None else None, ws.data.ptr, wsz,
                       _stream_ptr())
@@ -556,13 +561,9 @@ class AttentionCudnn(Impl):
         return sdpa
 
     def run(self, ins, outs, ws):
-        ws_ptr = ws.data.ptr if ws is not None and self.workspace else 0
-        tmp = None
-        if ws_ptr == 0 and self.workspace:
-            tmp = cp.empty(self.workspace, cp.uint8)
-            ws_ptr = tmp.data.ptr
+        ws = _scratch(ws, self.workspace)
         self.sdpa.run(ins[0].data.ptr, ins[1].data.ptr, ins[2].data.ptr, outs[0].data.ptr,
-                      ws_ptr, _stream_ptr())
+                      ws.data.ptr if ws is not None else 0, _stream_ptr())
 
     def record(self):
         return self._rec
@@ -582,8 +583,7 @@ class AttentionCupy(Impl):
         super().__init__(net, layer, weights, opts)
         self.scale = np.float32(layer.attrs["scale"])
         self.bshd = layer.attrs["layout"] == "bshd"
-        dt = np.dtype(_dtype(net, layer.outputs[0]))
-        self.p_dtype = dt if dt.itemsize < 4 else None
+        self.p_dtype = attention_p_dtype(_dtype(net, layer.outputs[0]))
 
     def run(self, ins, outs, ws):
         q, k, v = (t.astype(cp.float32) for t in ins[:3])

@@ -219,8 +219,7 @@ def _softmax(net, layer, weights):
 @kernel("attention")
 def _attention(net, layer, weights):
     a = layer.attrs
-    dt = np.dtype(net.tensors[layer.outputs[0]].dtype)
-    p_dtype = dt if dt.itemsize < 4 else None
+    p_dtype = ops.attention_p_dtype(net.tensors[layer.outputs[0]].dtype)
     return lambda ins: [ops.attention(ins[0], ins[1], ins[2], a["scale"], a["layout"], p_dtype)]
 
 

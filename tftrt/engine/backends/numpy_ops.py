@@ -331,6 +331,13 @@ def softmax(x, axis, log):
     return e - np.log(s) if log else np.exp(e) / s
 
 
+def attention_p_dtype(out_dtype):
+    """The dtype attention probabilities are rounded to before they meet v: the output's when
+    it is narrower than fp32 (what a flash-attention kernel feeds its tensor cores)."""
+    dt = np.dtype(out_dtype)
+    return dt if dt.itemsize < 4 else None
+
+
 def attention(q, k, v, scale, layout, p_dtype=None):
     """softmax(scale * q @ k^T) @ v over [B, H, S, D] ("bhsd") or [B, S, H, D] ("bshd")
     operands, in float32; the probabilities are rounded to ``p_dtype`` before they meet v (a
