@@ -1,7 +1,8 @@
 """Builder: ONNX model or Network + concrete input shapes + config -> :class:`Engine`.
 
 Steps: import -> bind input shapes (shape inference) -> optimization passes (passes/__init__)
--> precision -> precision-dependent passes (``LATE_PASSES``) -> upload weights -> tactic selection (timed on the backend) -> memory plan.
+-> precision -> precision-dependent passes (``LATE_PASSES``) -> upload weights -> tactic
+selection (timed on the backend) -> memory plan.
 """
 
 from __future__ import annotations

@@ -117,9 +117,9 @@ Dim = Union[int, str, None]
 LAYER_KINDS = (
     "conv", "conv_transpose", "matmul", "pointwise", "einsum", "pool", "reduce", "arg_reduce",
     "softmax", "attention", "normalization", "topk", "cumsum", "transpose", "reshape", "concat",
-    "split", "slice", "pad", "gather", "gather_elements", "gather_nd", "scatter_nd", "expand", "tile",
-    "shape", "size", "constant_of_shape", "range", "onehot", "depth_to_space", "space_to_depth",
-    "resize", "nms", "quantize", "dequantize",
+    "split", "slice", "pad", "gather", "gather_elements", "gather_nd", "scatter_nd", "expand",
+    "tile", "shape", "size", "constant_of_shape", "range", "onehot", "depth_to_space",
+    "space_to_depth", "resize", "nms", "quantize", "dequantize",
 )
 
 # Kinds whose main op can carry an epilogue.

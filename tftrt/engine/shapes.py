@@ -387,13 +387,14 @@ def _attention(net, layer):
     q, k, v = (_s(net, n) for n in layer.inputs[:3])
     lay = layer.attrs["layout"]
     if lay not in ("bhsd", "bshd") or any(len(t) != 4 for t in (q, k, v)):
-        raise EngineBuildError(f"attention {layer.name}: q, k, v must be 4-D ({lay}), got {q}, {k}, "
-                         f"{v}")
+        raise EngineBuildError(f"attention {layer.name}: q, k, v must be 4-D ({lay}), got {q}, "
+                               f"{k}, {v}")
     seq = 1 if lay == "bshd" else 2
     head = 2 if lay == "bshd" else 1
     if q[0] != k[0] or k[0] != v[0] or q[head] != k[head] or k[head] != v[head] or \
             q[3] != k[3] or k[seq] != v[seq]:
-        raise EngineBuildError(f"attention {layer.name}: q {q}, k {k}, v {v} do not agree ({lay})")
+        raise EngineBuildError(f"attention {layer.name}: q {q}, k {k}, v {v} do not agree "
+                               f"({lay})")
     y = list(q)
     y[3] = v[3]
     return [(_dt(net, layer.inputs[0]), tuple(y))]
