@@ -113,6 +113,40 @@ def _check_tactics(gpu, ref, xs, tol):
         env.update(zip(layer.outputs, outs))
 
 
+def _reload_without_retuning(engine, monkeypatch, *tuned):
+    """``engine``'s plan deserialized with the shared kernels dropped and ``tune`` of each of
+    ``tuned`` (cuDNN / cuBLASLt classes) failing: a loaded plan must rebuild its recorded
+    choices without timing again."""
+    from tftrt.engine.backends import cupy_layers
+    data = engine.serialize()
+    cupy_layers._SHARED.clear()
+
+    def boom(*a, **k):
+        raise AssertionError("a loaded plan must not re-tune")
+    for cls in tuned:
+        monkeypatch.setattr(cls, "tune", boom)
+    loaded = deserialize_engine(data)
+    assert loaded.layers_summary() == engine.layers_summary()
+    return loaded
+
+
+def _in_four_threads(body):
+    """Runs ``body(t)`` in threads t = 0..3 at once; fails with every thread's error."""
+    errors = []
+
+    def worker(t):
+        try:
+            body(t)
+        except Exception as e:  # reported below
+            errors.append(f"thread {t}: {type(e).__name__}: {e}")
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors
+
+
 # --- cases ---------------------------------------------------------------------------------------
 def _conv_model(xs, ws, attrs, epi=(), bias=True):
     """NHWC input, NCHW ONNX conv between transposes (as the converters emit), epilogue ops."""
@@ -477,20 +511,12 @@ def test_graph_replay_equals_eager(small_resnet):
 
 
 def test_plan_round_trip_without_retuning(small_resnet, monkeypatch):
-    from tftrt.engine.backends import cupy_dnn, cupy_layers
+    from tftrt.engine.backends import cupy_dnn
     model, feeds = small_resnet
     _, gpu = _engines(model, feeds, "FP16")
     x = list(feeds.values())
     want = cp.asnumpy(gpu.execute(x)[0])
-    data = gpu.serialize()
-    cupy_layers._SHARED.clear()
-
-    def boom(*a, **k):
-        raise AssertionError("a loaded plan must not re-tune")
-    monkeypatch.setattr(cupy_dnn.CudnnConv, "tune", boom)
-    monkeypatch.setattr(cupy_dnn.LtGemm, "tune", boom)
-    loaded = deserialize_engine(data)
-    assert loaded.layers_summary() == gpu.layers_summary()
+    loaded = _reload_without_retuning(gpu, monkeypatch, cupy_dnn.CudnnConv, cupy_dnn.LtGemm)
     np.testing.assert_allclose(cp.asnumpy(loaded.execute(x)[0]), want, rtol=1e-3, atol=1e-4)
 
 
@@ -500,22 +526,13 @@ def test_four_threads_with_own_contexts(small_resnet):
     shape = feeds["TensorRTInputPH_0"].shape
     inputs = [[rand(*shape, seed=10 * t + i) for i in range(4)] for t in range(4)]
     want = [[ref.execute([x])[0] for x in row] for row in inputs]
-    errors = []
 
-    def worker(t):
-        try:
-            ctx = gpu.create_execution_context()
-            for _ in range(2):
-                for x, w in zip(inputs[t], want[t]):
-                    _compare(ctx.execute([x]), [w], TOLERANCES["FP16"], f"thread {t}")
-        except Exception as e:  # reported below
-            errors.append(f"thread {t}: {type(e).__name__}: {e}")
-    threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    assert not errors, errors
+    def body(t):
+        ctx = gpu.create_execution_context()
+        for _ in range(2):
+            for x, w in zip(inputs[t], want[t]):
+                _compare(ctx.execute([x]), [w], TOLERANCES["FP16"], f"thread {t}")
+    _in_four_threads(body)
 
 
 def test_engine_reports_device_and_memory(small_resnet):
@@ -619,33 +636,16 @@ def test_attention_plan_round_trip_and_four_threads(monkeypatch):
     """An FP16 engine with fused attention: its saved plan rebuilds the recorded cuDNN SDPA
     plan without timing again, and four threads with their own contexts get the reference."""
     from tests.engine.test_attention_fusion import _mha
-    from tftrt.engine.backends import cupy_dnn, cupy_layers
+    from tftrt.engine.backends import cupy_dnn
     model, feeds = _mha(2, 64, 4, 64)
     ref, gpu = _engines(model, feeds, "FP16")
     assert "attention" in [l.kind for l in gpu.network.layers]
     xs = [rand(*feeds["x"].shape, seed=s) for s in range(4)]
     want = [np.asarray(ref.execute([x])[0]) for x in xs]
-    data = gpu.serialize()
-    cupy_layers._SHARED.clear()
+    loaded = _reload_without_retuning(gpu, monkeypatch, cupy_dnn.CudnnSdpa, cupy_dnn.LtGemm)
 
-    def boom(*a, **k):
-        raise AssertionError("a loaded plan must not re-tune")
-    monkeypatch.setattr(cupy_dnn.CudnnSdpa, "tune", boom)
-    monkeypatch.setattr(cupy_dnn.LtGemm, "tune", boom)
-    loaded = deserialize_engine(data)
-    assert loaded.layers_summary() == gpu.layers_summary()
-    errors = []
-
-    def worker(t):
-        try:
-            ctx = loaded.create_execution_context()
-            for _ in range(3):  # eager, capture, replay
-                _compare(ctx.execute([xs[t]]), [want[t]], TOL["FP16"], f"thread {t}")
-        except Exception as e:  # collected and reported below
-            errors.append((t, e))
-    threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
+    def body(t):
+        ctx = loaded.create_execution_context()
+        for _ in range(3):  # eager, capture, replay
+            _compare(ctx.execute([xs[t]]), [want[t]], TOL["FP16"], f"thread {t}")
+    _in_four_threads(body)
