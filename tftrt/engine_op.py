@@ -227,9 +227,9 @@ class TRTEngineOp:
 
     def _execute(self, engine, inputs, backend: str):
         from tftrt import tensor_bridge
-        if backend == "cupy":
-            tensor_bridge.wait_for_tensorflow(inputs)
         arrays = [tensor_bridge.to_backend(t, backend) for t in inputs]
+        if backend == "cupy":
+            tensor_bridge.wait_for_tensorflow(inputs, arrays)
         outs = engine.execute(arrays)
         if backend == "cupy":
             tensor_bridge.wait_for_engine()
