@@ -1,6 +1,7 @@
 """Tactic registry, timed selection and the timing cache."""
 
 import numpy as np
+import pytest
 from onnx import helper
 
 from tests.engine.harness import make_model, rand, run_ort
@@ -52,3 +53,32 @@ def test_depthwise_tactic_applies():
     conv = [l for l in engine.network.layers if l.kind == "conv"][0]
     assert [t.name for t in candidates("numpy", engine.network, conv)] == \
         ["im2col_gemm", "depthwise_direct"]
+
+
+def _timing_that_fails_for(monkeypatch, tactic, error):
+    import tftrt.engine.tactics as tactics
+    real = tactics._time_runner
+
+    def fake(backend, runner, inputs, repeats, what="a layer"):
+        if repr(tactic) in what:
+            raise error
+        return real(backend, runner, inputs, repeats, what)
+    monkeypatch.setattr(tactics, "_time_runner", fake)
+
+
+def test_a_failing_candidate_is_skipped(monkeypatch):
+    _timing_that_fails_for(monkeypatch, "gemm_1x1", ValueError("no"))
+    engine = build_engine(_pointwise_conv_model(), {"x": (2, 6, 6, 8)}, BuilderConfig())
+    layer = engine.network.layers[0]
+    assert layer.tactic == "im2col_gemm"
+    assert set(engine.build_info["tactic_timings"][layer.name]) == {"im2col_gemm"}
+
+
+def test_a_gpu_timeout_stops_the_build_with_its_message(monkeypatch):
+    """A timing run that never finishes means a stuck GPU: the build fails with the message
+    instead of trying the next candidate (which would wait on the same GPU)."""
+    from tftrt.engine.errors import EngineBuildError, GpuTimeout
+    _timing_that_fails_for(monkeypatch, "im2col_gemm",
+                           GpuTimeout("GPU work did not finish within 120 s while timing x"))
+    with pytest.raises(EngineBuildError, match="did not finish within 120 s"):
+        build_engine(_pointwise_conv_model(), {"x": (2, 6, 6, 8)}, BuilderConfig())

@@ -649,3 +649,25 @@ def test_attention_plan_round_trip_and_four_threads(monkeypatch):
         for _ in range(3):  # eager, capture, replay
             _compare(ctx.execute([xs[t]]), [want[t]], TOL["FP16"], f"thread {t}")
     _in_four_threads(body)
+
+
+def test_timing_wait_gives_up_on_a_kernel_that_does_not_finish():
+    """A build-time timing wait has a limit: a kernel still running past it raises GpuTimeout
+    naming what was being timed (the build then fails with that message, never hangs)."""
+    from tftrt.engine.backends.cupy_dnn import wait_event
+    from tftrt.engine.errors import GpuTimeout
+    spin = cp.RawKernel(r'''
+    extern "C" __global__ void spin(long long cycles) {
+        long long t0 = clock64();
+        while (clock64() - t0 < cycles) {}
+    }''', "spin")
+    stream = cp.cuda.Stream(non_blocking=True)
+    done = cp.cuda.Event()
+    rate = cp.cuda.Device().attributes["ClockRate"] * 1e3  # cycles per second
+    with stream:
+        spin((1,), (1,), (np.int64(2.0 * rate),))  # ~2 s
+        done.record(stream)
+    with pytest.raises(GpuTimeout, match=r"within 0 s while timing layer X"):
+        wait_event(done, "layer X", timeout=0.2)
+    wait_event(done, "layer X", timeout=30)  # it does finish: the wait returns
+    assert done.done

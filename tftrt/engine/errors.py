@@ -13,3 +13,8 @@ class PlanError(Exception):
 
     The caller rebuilds the engine from the segment network.
     """
+
+
+class GpuTimeout(EngineBuildError):
+    """GPU work launched while building an engine did not finish in time (a kernel that never
+    ends). Timing loops re-raise it instead of trying the next candidate on a stuck GPU."""

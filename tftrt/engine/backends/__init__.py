@@ -16,8 +16,9 @@ The backend interface is the set of layer kinds and epilogue ops documented in
   to run the whole engine its own way (one arena of ``engine.memory`` offsets, streams,
   CUDA-graph replay); None means the generic layer-by-layer loop in runtime.py;
 * optionally ``set_build_options(allow_tf32=..., precision=...)`` (called by ``build_engine``
-  before anything else) and ``time_runner(runner, inputs) -> seconds`` (tactic timing; default:
-  best of a few wall-clock runs around ``synchronize()``).
+  before anything else) and ``time_runner(runner, inputs, what=...) -> seconds`` (tactic
+  timing; ``what`` names it in errors; default: best of a few wall-clock runs around
+  ``synchronize()``).
 
 What an engine gives a backend context: ``engine.network`` (layers with ``tactic``,
 ``precision``, canonical attrs, static shapes), ``engine.weights`` (uploaded),

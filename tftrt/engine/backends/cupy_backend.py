@@ -234,17 +234,17 @@ class CupyBackend(Backend):
         run.impl = impl
         return run
 
-    def time_runner(self, runner, inputs, repeats: int = 10) -> float:
+    def time_runner(self, runner, inputs, repeats: int = 10, what: str = "a layer") -> float:
         """GPU seconds per call of a prepared runner (CUDA-graph replay when it captures):
         what the layer will cost inside a replayed engine, without Python launch overhead."""
         from tftrt.engine.backends.cupy_dnn import gpu_time
         impl = getattr(runner, "impl", None)
         stream = cp.cuda.Stream(non_blocking=True)
         if impl is None:
-            return gpu_time(lambda: runner(inputs), stream, repeats)
+            return gpu_time(lambda: runner(inputs), stream, repeats, what)
         outs = runner(inputs)
         ws = cp.empty(max(int(impl.workspace), 1), cp.uint8)
-        t = gpu_time(lambda: impl.run(inputs, outs, ws), stream, repeats)
+        t = gpu_time(lambda: impl.run(inputs, outs, ws), stream, repeats, what)
         stream.synchronize()
         return t
 

@@ -24,6 +24,8 @@ import numpy as np
 
 import cupy as cp
 
+from tftrt.engine.errors import GpuTimeout
+
 log = logging.getLogger("tftrt.engine.cupy")
 
 # Largest scratch one cuDNN plan / cuBLASLt algorithm may use (plans asking more are skipped).
@@ -37,10 +39,33 @@ _CAPTURE_MODE = getattr(cp.cuda.runtime, "streamCaptureModeThreadLocal", 1)
 
 
 # --- timing --------------------------------------------------------------------------------------
-def gpu_time(fn: Callable[[], None], stream: cp.cuda.Stream, reps: int = 10) -> float:
+# Seconds a build-time timing run may take before the build gives up on it (a kernel that
+# never finishes must fail the build with a message, not hang the caller's process).
+TIMING_TIMEOUT = float(os.environ.get("TFTRT_TIMING_TIMEOUT", "120"))
+
+
+def wait_event(event: cp.cuda.Event, what: str, timeout: Optional[float] = None) -> None:
+    """Waits for ``event`` like ``event.synchronize()``, but raises after ``timeout`` seconds
+    (default :data:`TIMING_TIMEOUT`) instead of blocking forever."""
+    import time
+    limit = TIMING_TIMEOUT if timeout is None else timeout
+    deadline = time.monotonic() + limit
+    pause = 20e-6
+    while not event.done:
+        if time.monotonic() > deadline:
+            raise GpuTimeout(
+                f"GPU work did not finish within {limit:.0f} s while timing {what}; the GPU may "
+                f"be stuck in a kernel that never ends. Please report it with this message; "
+                f"TFTRT_TIMING_TIMEOUT sets the limit")
+        time.sleep(pause)
+        pause = min(pause * 2, 5e-3)
+
+
+def gpu_time(fn: Callable[[], None], stream: cp.cuda.Stream, reps: int = 10,
+             what: str = "a layer") -> float:
     """Seconds per call of ``fn`` on the GPU: a CUDA graph of ``reps`` calls replayed, so that
     Python launch overhead is excluded; falls back to events around eager calls when ``fn``
-    cannot be captured."""
+    cannot be captured. Raises if the GPU has not finished after :data:`TIMING_TIMEOUT`."""
     with stream:
         fn()
         graph = None
@@ -60,13 +85,13 @@ def gpu_time(fn: Callable[[], None], stream: cp.cuda.Stream, reps: int = 10) -> 
             for _ in range(3):
                 graph.launch(stream)
             e1.record(stream)
-            e1.synchronize()
+            wait_event(e1, what)
             return cp.cuda.get_elapsed_time(e0, e1) * 1e-3 / (3 * reps)
         e0.record(stream)
         for _ in range(reps):
             fn()
         e1.record(stream)
-        e1.synchronize()
+        wait_event(e1, what)
         return cp.cuda.get_elapsed_time(e0, e1) * 1e-3 / reps
 
 
@@ -272,7 +297,10 @@ class _CudnnPlans:
         ws = cp.empty(max(size, 1), cp.uint8)
         for i in self.built:
             try:
-                self.times[i] = gpu_time(lambda: run(ws.data.ptr, i), stream)
+                self.times[i] = gpu_time(lambda: run(ws.data.ptr, i), stream,
+                                         what=f"cuDNN plan {i}")
+            except GpuTimeout:
+                raise
             except Exception as e:
                 log.debug("cuDNN plan %d failed: %s", i, e)
         if self.times:
@@ -588,7 +616,9 @@ class LtGemm:
                     continue
                 self.times[i] = gpu_time(lambda: self.run(
                     a.data.ptr, b.data.ptr, cp_, d.data.ptr, bp, ws.data.ptr, ws.nbytes,
-                    stream.ptr, i), stream)
+                    stream.ptr, i), stream, what=f"cuBLASLt algorithm {i}")
+            except GpuTimeout:
+                raise
             except Exception as e:
                 log.debug("cuBLASLt algo %d failed: %s", i, e)
         if not self.times:

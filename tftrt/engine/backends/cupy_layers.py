@@ -28,6 +28,7 @@ from tftrt.engine.backends import cupy_kernels_nn as KN
 from tftrt.engine.backends.cupy_dnn import (ConvSpec, CudnnConv, CudnnSdpa, GemmSpec, LtGemm,
                                             SdpaSpec, gpu_time)
 from tftrt.engine.backends.numpy_ops import attention_p_dtype
+from tftrt.engine.errors import GpuTimeout
 from tftrt.engine.network import Layer, Network
 
 log = logging.getLogger("tftrt.engine.cupy")
@@ -278,6 +279,8 @@ class GemmImpl(Impl):
                 self.gemm = self._build(net, layer, spec, rec, a_name, b_name)
                 self.bias_dtype = bdt
                 break
+            except GpuTimeout:
+                raise
             except Exception as e:
                 last = e
         if self.gemm is None:

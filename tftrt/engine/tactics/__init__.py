@@ -17,6 +17,7 @@ import os
 import time
 from typing import Callable, Dict, List, Optional
 
+from tftrt.engine.errors import GpuTimeout
 from tftrt.engine.network import Layer, Network
 
 log = logging.getLogger("tftrt.engine.tactics")
@@ -98,9 +99,9 @@ class TimingCache:
             f.write(self.to_bytes())
 
 
-def _time_runner(backend, runner, inputs, repeats: int) -> float:
+def _time_runner(backend, runner, inputs, repeats: int, what: str = "a layer") -> float:
     if hasattr(backend, "time_runner"):  # optional backend hook (e.g. CUDA events)
-        return float(backend.time_runner(runner, inputs))
+        return float(backend.time_runner(runner, inputs, what=what))
     runner(inputs)  # warm-up
     backend.synchronize()
     best = float("inf")
@@ -141,9 +142,13 @@ def choose_tactics(net: Network, backend, weights: Dict[str, object],
         times = {}
         for c in cands:
             layer.tactic = c.name
+            what = f"tactic {c.name!r} of layer {layer.name!r} ({layer.kind})"
+            log.debug("timing %s", what)
             try:
                 times[c.name] = _time_runner(backend, backend.prepare_layer(net, layer, weights),
-                                             inputs, repeats)
+                                             inputs, repeats, what)
+            except GpuTimeout:
+                raise
             except Exception as e:  # a failing candidate is skipped, never fatal
                 log.debug("tactic %s failed on %s: %s", c.name, layer.name, e)
         if not times:
