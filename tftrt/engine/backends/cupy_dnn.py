@@ -624,4 +624,7 @@ class LtGemm:
         if not self.times:
             raise RuntimeError("no cuBLASLt algorithm ran correctly")
         self.index = min(self.times, key=self.times.get)
+        log.debug("cuBLASLt %s: algorithm %d of %d (%.1f us, workspace %d bytes)",
+                  self.spec.key(), self.index, self.count, self.times[self.index] * 1e6,
+                  self.wss[self.index])
         return self.times[self.index]
