@@ -651,23 +651,45 @@ def test_attention_plan_round_trip_and_four_threads(monkeypatch):
     _in_four_threads(body)
 
 
+def _spin(seconds: float, stream=None):
+    """Queues one GPU thread busy for about ``seconds``; returns an event recorded after it."""
+    kernel = cp.RawKernel(r'''
+    extern "C" __global__ void spin(long long cycles) {
+        long long t0 = clock64();
+        while (clock64() - t0 < cycles) {}
+    }''', "spin")
+    rate = cp.cuda.Device().attributes["ClockRate"] * 1e3  # cycles per second
+    stream = stream or cp.cuda.get_current_stream()
+    done = cp.cuda.Event()
+    with stream:
+        kernel((1,), (1,), (np.int64(seconds * rate),))
+        done.record(stream)
+    return done
+
+
 def test_timing_wait_gives_up_on_a_kernel_that_does_not_finish():
     """A build-time timing wait has a limit: a kernel still running past it raises GpuTimeout
     naming what was being timed (the build then fails with that message, never hangs)."""
     from tftrt.engine.backends.cupy_dnn import wait_event
     from tftrt.engine.errors import GpuTimeout
-    spin = cp.RawKernel(r'''
-    extern "C" __global__ void spin(long long cycles) {
-        long long t0 = clock64();
-        while (clock64() - t0 < cycles) {}
-    }''', "spin")
-    stream = cp.cuda.Stream(non_blocking=True)
-    done = cp.cuda.Event()
-    rate = cp.cuda.Device().attributes["ClockRate"] * 1e3  # cycles per second
-    with stream:
-        spin((1,), (1,), (np.int64(2.0 * rate),))  # ~2 s
-        done.record(stream)
+    done = _spin(2.0, cp.cuda.Stream(non_blocking=True))
     with pytest.raises(GpuTimeout, match=r"within 0 s while timing layer X"):
         wait_event(done, "layer X", timeout=0.2)
     wait_event(done, "layer X", timeout=30)  # it does finish: the wait returns
     assert done.done
+
+
+def test_tactic_timing_starts_after_the_callers_stream():
+    """Tactic timing runs on its own stream only once the caller's stream is idle: work
+    queued there (the inputs, a first call whose scratch memory the timed calls reuse) must
+    not overlap the timed calls. Two cuBLASLt split-K GEMMs sharing one workspace that way
+    never finished (the encoder-FP32 hang inside TensorFlow)."""
+    from tftrt.engine.backends import get_backend
+    done = _spin(0.3)  # on the caller's (current) stream
+    seen = []
+
+    def runner(inputs):
+        seen.append(done.done)
+        return [inputs[0] * 2]
+    get_backend("cupy").time_runner(runner, [cp.ones(4, cp.float32)], repeats=2)
+    assert seen and seen[0], "timing started while the caller's stream was still busy"

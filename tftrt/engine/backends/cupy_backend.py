@@ -236,14 +236,23 @@ class CupyBackend(Backend):
 
     def time_runner(self, runner, inputs, repeats: int = 10, what: str = "a layer") -> float:
         """GPU seconds per call of a prepared runner (CUDA-graph replay when it captures):
-        what the layer will cost inside a replayed engine, without Python launch overhead."""
+        what the layer will cost inside a replayed engine, without Python launch overhead.
+
+        Everything runs on one private stream, after the caller's stream has finished (it
+        made ``inputs``). The first call's scratch goes back to CuPy's pool when the call
+        returns, while its kernels may still run: from the same stream, the timed calls that
+        reuse that memory start only after them. (The first call on the caller's stream and
+        the timed ones on this stream once shared a workspace concurrently; cuBLASLt's
+        split-K GEMMs keep counters there, and two of them at once never finished.)"""
         from tftrt.engine.backends.cupy_dnn import gpu_time
         impl = getattr(runner, "impl", None)
+        cp.cuda.get_current_stream().synchronize()
         stream = cp.cuda.Stream(non_blocking=True)
         if impl is None:
             return gpu_time(lambda: runner(inputs), stream, repeats, what)
-        outs = runner(inputs)
-        ws = cp.empty(max(int(impl.workspace), 1), cp.uint8)
+        with stream:
+            outs = runner(inputs)
+            ws = cp.empty(max(int(impl.workspace), 1), cp.uint8)
         t = gpu_time(lambda: impl.run(inputs, outs, ws), stream, repeats, what)
         stream.synchronize()
         return t
