@@ -136,3 +136,52 @@ def test_four_threads_share_one_loaded_model(tmp_path, exact_fp32):
     for t in threads:
         t.join()
     assert not errors, errors
+
+
+def _python_without_growth_setting(code: str):
+    """Runs ``code`` in a fresh interpreter whose environment does not set memory growth
+    (the GPU host's env.sh sets TF_FORCE_GPU_ALLOW_GROWTH=true; users usually do not)."""
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "TF_FORCE_GPU_ALLOW_GROWTH"}
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=240)
+
+
+def test_tensorflow_and_engines_share_the_gpu_with_no_settings():
+    """`import tensorflow; import tftrt` with nothing else set: TF grows its memory instead
+    of reserving the GPU, so an engine-sized CuPy allocation succeeds after TF has run."""
+    code = """
+import tensorflow as tf
+import tftrt
+import cupy as cp
+gpu = tf.config.list_physical_devices("GPU")[0]
+x = tf.random.normal([2048, 2048])
+tf.matmul(x, x).numpy()
+assert tf.config.experimental.get_memory_growth(gpu), "memory growth is off"
+free, total = cp.cuda.runtime.memGetInfo()
+block = cp.empty(int(total * 0.5), cp.uint8)
+block[:1] = 1
+cp.cuda.runtime.deviceSynchronize()
+print("shared", round(free / total, 2))
+"""
+    r = _python_without_growth_setting(code)
+    assert r.returncode == 0 and "shared" in r.stdout, r.stderr[-3000:]
+
+
+def test_tensorflow_that_took_the_gpu_first_gets_advice():
+    """TF initialised its GPU (and reserved the memory) before tftrt was imported: tftrt says
+    what to set instead of letting engines fail later with a bare out-of-memory."""
+    code = """
+import logging
+logging.basicConfig()
+import tensorflow as tf
+tf.matmul(tf.ones([2, 2]), tf.ones([2, 2])).numpy()
+import tftrt
+"""
+    r = _python_without_growth_setting(code)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "TensorFlow initialised its GPUs before tftrt" in r.stderr
+    assert "TF_FORCE_GPU_ALLOW_GROWTH=true" in r.stderr
