@@ -2,8 +2,9 @@
 # One command on the GPU host: end-to-end GPU tests, then the end-to-end benchmark table.
 #   [MODELS="resnet50 mobilenet_v2 encoder"] [PRECISIONS="FP16 FP32"] [E2E_ARGS=...] \
 #     bash benchmarks/run_gpu_e2e.sh [tests|tf|torch|table|all] [seconds]
-# The encoder through TF needs most of a 10-minute call on its own (two conversions of a
-# 340 MB frozen graph, XLA compiles): MODELS=encoder PRECISIONS=FP16 ... tf 580.
+# One call per group keeps each under 10 minutes (2026-11-25, H100): ResNet50 + MobileNetV2
+# through TF ~290 s, the encoder ~140 s (two conversions of a 340 MB frozen graph, XLA
+# compiles), the torch peers ~70 s.
 # Needs TensorFlow's GPU build unpacked by gpu-host/pack-tensorflow.sh's install.sh
 # (/tmp/tfsite/env.sh). PyTorch peers run in a separate process without that environment.
 set -uo pipefail
