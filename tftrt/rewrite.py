@@ -246,6 +246,34 @@ def flat_function(graph_def, inputs: Sequence[str], outputs: Sequence[str]):
     return wrap_function.function_from_graph_def(graph_def, list(inputs), list(outputs))
 
 
+def graph_signature_function(graph_def, inputs: Sequence[str], outputs: Sequence[str],
+                             arg_names: Sequence[str], input_specs, structured_outputs,
+                             structured_input_signature=None):
+    """Like ``signature_function(flat_function(graph_def, ...), ...)``, in one trace: the
+    GraphDef is imported straight into the signature's graph, its inputs mapped to the
+    arguments. For saving: it registers the GraphDef's functions (the native segments with
+    every weight) once, where wrapping then pruning a flat function registered them twice."""
+    tf = _tf()
+    from tensorflow.python.framework import importer
+    specs = [tf.TensorSpec(s.shape, s.dtype, name=n) for s, n in zip(input_specs, arg_names)]
+    import_graph_def = getattr(importer.import_graph_def, "_tftrt_original",
+                               importer.import_graph_def)
+
+    def call(*args, **kwargs):
+        flat = list(args) + [kwargs[n] for n in arg_names[len(args):]]
+        outs = import_graph_def(graph_def, input_map=dict(zip(inputs, flat)),
+                                return_elements=list(outputs), name="tftrt")
+        return tf.nest.pack_sequence_as(structured_outputs, [tf.identity(o) for o in outs])
+
+    call.__signature__ = inspect.Signature(
+        [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in arg_names])
+    call.__name__ = "tftrt_converted"
+    fn = tf.function(call, input_signature=specs, autograph=False).get_concrete_function()
+    if structured_input_signature is not None:
+        fn.graph.structured_input_signature = structured_input_signature
+    return fn
+
+
 # ------------------------------------------------------------------------------------------------
 # The user-facing signature function
 

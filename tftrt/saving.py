@@ -52,10 +52,15 @@ def save(converter, path: str, save_gpu_specific_engines: bool = True, options=N
     fdefs = converter._native_fdefs  # pylint: disable=protected-access
 
     gd, outputs = conversion.native_form_graph_def(info, seg.segments, ops, fdefs)
-    flat = rewrite.flat_function(gd, info.inputs, outputs)
-    sig_fn = conversion.make_signature_function(sig, flat, [])
+    sig_fn = rewrite.graph_signature_function(
+        gd, info.inputs, outputs, sig.input_names, sig.frozen_func.inputs,
+        sig.func.structured_outputs, sig.func.structured_input_signature)
     module = tf.Module()
     key = converter._input_saved_model_signature_key  # pylint: disable=protected-access
+    if options is None:
+        # A converted model is for inference: tracing every op type's gradient function
+        # (TF's default) cost seconds for a BERT-sized graph and saves nothing it uses.
+        options = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
     tf.saved_model.save(module, path, signatures={key: sig_fn}, options=options)
 
     adir = os.path.join(path, ASSET_DIR)
