@@ -246,34 +246,6 @@ def flat_function(graph_def, inputs: Sequence[str], outputs: Sequence[str]):
     return wrap_function.function_from_graph_def(graph_def, list(inputs), list(outputs))
 
 
-def graph_signature_function(graph_def, inputs: Sequence[str], outputs: Sequence[str],
-                             arg_names: Sequence[str], input_specs, structured_outputs,
-                             structured_input_signature=None):
-    """Like ``signature_function(flat_function(graph_def, ...), ...)``, in one trace: the
-    GraphDef is imported straight into the signature's graph, its inputs mapped to the
-    arguments. For saving: it registers the GraphDef's functions (the native segments with
-    every weight) once, where wrapping then pruning a flat function registered them twice."""
-    tf = _tf()
-    from tensorflow.python.framework import importer
-    specs = [tf.TensorSpec(s.shape, s.dtype, name=n) for s, n in zip(input_specs, arg_names)]
-    import_graph_def = getattr(importer.import_graph_def, "_tftrt_original",
-                               importer.import_graph_def)
-
-    def call(*args, **kwargs):
-        flat = list(args) + [kwargs[n] for n in arg_names[len(args):]]
-        outs = import_graph_def(graph_def, input_map=dict(zip(inputs, flat)),
-                                return_elements=list(outputs), name="tftrt")
-        return tf.nest.pack_sequence_as(structured_outputs, [tf.identity(o) for o in outs])
-
-    call.__signature__ = inspect.Signature(
-        [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in arg_names])
-    call.__name__ = "tftrt_converted"
-    fn = tf.function(call, input_signature=specs, autograph=False).get_concrete_function()
-    if structured_input_signature is not None:
-        fn.graph.structured_input_signature = structured_input_signature
-    return fn
-
-
 # ------------------------------------------------------------------------------------------------
 # The user-facing signature function
 
@@ -293,6 +265,38 @@ def signature_function(flat_fn, arg_names: Sequence[str], input_specs, structure
     Returns:
       A ConcreteFunction taking the original keyword arguments.
     """
+    fn = _keyword_function(flat_fn, arg_names, input_specs, structured_outputs,
+                           structured_input_signature)
+    fn._tftrt_keepalive = list(keepalive) + [flat_fn]  # pylint: disable=protected-access
+    return fn
+
+
+def graph_signature_function(graph_def, inputs: Sequence[str], outputs: Sequence[str],
+                             arg_names: Sequence[str], input_specs, structured_outputs,
+                             structured_input_signature=None):
+    """Like ``signature_function(flat_function(graph_def, inputs, outputs), ...)`` in one
+    trace: the GraphDef is imported straight into the signature's graph with its inputs
+    mapped to the arguments. For saving: the GraphDef's functions (the native segments, with
+    every weight) are registered once, where wrapping then pruning a flat function registered
+    them twice (seconds for a BERT-sized model)."""
+    tf = _tf()
+    from tensorflow.python.framework import importer
+    # The unpatched import (tftrt.activate() binds engines on import; saving must not).
+    import_graph_def = getattr(importer.import_graph_def, "_tftrt_original",
+                               importer.import_graph_def)
+
+    def imported(*flat):
+        outs = import_graph_def(graph_def, input_map=dict(zip(inputs, flat)),
+                                return_elements=list(outputs), name="tftrt")
+        return [tf.identity(o) for o in outs]
+    return _keyword_function(imported, arg_names, input_specs, structured_outputs,
+                             structured_input_signature)
+
+
+def _keyword_function(flat_fn, arg_names, input_specs, structured_outputs,
+                      structured_input_signature):
+    """A ConcreteFunction called with the original keyword arguments, computing ``flat_fn``
+    (positional tensors in, list out) and packing its outputs like the original's."""
     tf = _tf()
     specs = [tf.TensorSpec(s.shape, s.dtype, name=n) for s, n in zip(input_specs, arg_names)]
 
@@ -308,7 +312,6 @@ def signature_function(flat_fn, arg_names: Sequence[str], input_specs, structure
     if structured_input_signature is not None:
         # Report the original signature's keyword inputs, as TF-TRT did.
         fn.graph.structured_input_signature = structured_input_signature
-    fn._tftrt_keepalive = list(keepalive) + [flat_fn]  # pylint: disable=protected-access
     return fn
 
 
