@@ -10,8 +10,8 @@ Stream order. TensorFlow computes on its own (non-blocking) CUDA streams, CuPy e
 theirs, and DLPack carries no stream: nothing orders the engine's reads after TF's writes of
 its inputs, or TF's reads after the engine's writes of its outputs. ``wait_for_tensorflow``
 (before an engine runs on GPU inputs) waits until the GPU's queued work, TF's included, is
-done, and ``wait_for_engine`` (before outputs go back) until the engine's is. Both are on by default;
-``TFTRT_STREAM_SYNC=0`` turns them off for callers that order streams themselves.
+done, and ``wait_for_engine`` (before outputs go back) until the engine's is. Both are on by
+default; ``TFTRT_STREAM_SYNC=0`` turns them off for callers that order streams themselves.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ def wait_for_tensorflow(inputs, arrays) -> None:
     """Blocks until TensorFlow's queued GPU work (which may still write ``inputs``) is done.
 
     ``arrays`` are the TF tensors ``inputs`` as CuPy arrays, already taken through DLPack:
-    taking a tensor's DLPack capsule waits until TF has run (enqueued) the op that
-    produces it, also under the async eager executor, so what is left is GPU work on TF's
-    streams. ``cudaDeviceSynchronize`` on each device the inputs live on waits for it: a few
+    a tensor's DLPack capsule holds its device pointer, which TF gives out only once the
+    handle is ready, that is once the producing op has run (its kernels enqueued), so what
+    is left is GPU work on TF's streams. ``cudaDeviceSynchronize`` on each device the inputs live on waits for it: a few
     microseconds when the GPU is idle, where a ``SyncDevice`` op through TF's eager dispatch
     cost ~0.2 ms per call. It also waits for other threads' queued work on that GPU (as
     ``SyncDevice`` waited for all of TF's)."""
