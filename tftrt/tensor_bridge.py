@@ -31,10 +31,10 @@ def wait_for_tensorflow(inputs, arrays) -> None:
     ``arrays`` are the TF tensors ``inputs`` as CuPy arrays, already taken through DLPack:
     a tensor's DLPack capsule holds its device pointer, which TF gives out only once the
     handle is ready, that is once the producing op has run (its kernels enqueued), so what
-    is left is GPU work on TF's streams. ``cudaDeviceSynchronize`` on each device the inputs live on waits for it: a few
-    microseconds when the GPU is idle, where a ``SyncDevice`` op through TF's eager dispatch
-    cost ~0.2 ms per call. It also waits for other threads' queued work on that GPU (as
-    ``SyncDevice`` waited for all of TF's)."""
+    is left is GPU work on TF's streams. ``cudaDeviceSynchronize`` on each device the inputs
+    live on waits for it: a few microseconds when the GPU is idle, where a ``SyncDevice`` op
+    through TF's eager dispatch cost ~0.2 ms per call. It also waits for other threads'
+    queued work on that GPU (as ``SyncDevice`` waited for all of TF's)."""
     if not _stream_sync():
         return
     devices = {a.device.id for t, a in zip(inputs, arrays) if _on_gpu(t)}
