@@ -253,7 +253,8 @@ class TRTEngineOp:
         return self._native(inputs)
 
     def describe(self) -> dict:
-        return {"name": self.name, "cached_engines": [list(map(list, k)) for k in self.cache.keys()],
+        return {"name": self.name,
+                "cached_engines": [list(map(list, k)) for k in self.cache.keys()],
                 "stats": dict(self.stats)}
 
 

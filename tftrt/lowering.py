@@ -81,7 +81,8 @@ class ValidationContext:
 
     # --- types and shapes ------------------------------------------------------------------
     def input_shape(self, node, i: int) -> Optional[Tuple[Optional[int], ...]]:
-        """Static shape of data input i: a tuple (None for an unknown dim) or None (unknown rank)."""
+        """Static shape of data input i: a tuple (None for an unknown dim), or None when the
+        rank is unknown."""
         return self.info.shapes.get(self.input_tensor(node, i))
 
     def input_dtype(self, node, i: int) -> Optional[np.dtype]:
