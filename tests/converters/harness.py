@@ -53,8 +53,13 @@ def trace(fn: Callable, inputs: Sequence[np.ndarray], dynamic_batch: bool = Fals
 
 
 def lower(fn: Callable, inputs: Sequence[np.ndarray], dynamic_batch: bool = False,
-          grappler: bool = True) -> Lowered:
-    """Lowers the whole traced function into one segment network; every node must validate."""
+          grappler: bool = True, reference: Optional[Callable] = None) -> Lowered:
+    """Lowers the whole traced function into one segment network; every node must validate.
+
+    ``reference`` computes TensorFlow's answer instead of running ``fn`` itself: for ops TF has
+    no CPU kernel for (NCHW convolutions and pools, dilated depthwise and transposed
+    convolutions without oneDNN), it runs the same op through TF's NHWC / undilated kernels.
+    """
     concrete, info = trace(fn, inputs, dynamic_batch, grappler)
     ctx = lowering.ValidationContext(info)
     order = [n for n in info.topological_order() if info.nodes[n].op not in BOUNDARY_OPS]
@@ -62,7 +67,7 @@ def lower(fn: Callable, inputs: Sequence[np.ndarray], dynamic_batch: bool = Fals
     rejected = {n: r for n, r in rejected.items() if r}
     assert not rejected, f"nodes rejected by their validators: {rejected}"
     net = lowering.lower_segment(info, "segment", order, info.inputs, info.outputs)
-    tf_out = concrete(*[tf.constant(x) for x in inputs])
+    tf_out = (concrete if reference is None else reference)(*[tf.constant(x) for x in inputs])
     tf_out = [np.asarray(t) for t in tf.nest.flatten(tf_out)]
 
     class Sig:
@@ -92,6 +97,7 @@ def assert_close(actual, expected, rtol, atol, what):
         a = np.asarray(a)
         e = np.asarray(e)
         assert a.shape == e.shape, f"{what} output {k}: shape {a.shape} != TF {e.shape}"
+        assert a.dtype == e.dtype, f"{what} output {k}: dtype {a.dtype} != TF {e.dtype}"
         if e.dtype.kind in "biu":
             np.testing.assert_array_equal(a, e, err_msg=f"{what} output {k}")
         else:
@@ -102,26 +108,31 @@ def assert_close(actual, expected, rtol, atol, what):
 def check_op(fn: Callable, inputs: Sequence[np.ndarray], *, precision: str = "FP32",
              rtol: Optional[float] = None, atol: Optional[float] = None,
              dynamic_batch: bool = False, engine: bool = True, grappler: bool = True,
-             expect_tf_ops: Sequence[str] = ()) -> Lowered:
+             expect_tf_ops: Sequence[str] = (), reference: Optional[Callable] = None) -> Lowered:
     """Lowers ``fn`` and checks onnxruntime and the engine against TensorFlow.
 
+    Outputs must match TF's in shape and dtype, and in value within ``rtol`` / ``atol``: a
+    tolerance the test gives is used as given for both runtimes; without one, onnxruntime is held
+    to FP32's and the engine to its precision's (tests/tolerances.py).
+
     Args:
+      reference: computes TF's outputs from the inputs in place of ``fn`` (see lower()).
       expect_tf_ops: op types that must appear in the cleaned TF graph (guards against a test
         whose op was folded away by Grappler and so tests nothing).
     """
     inputs = [np.asarray(x) for x in inputs]
-    low = lower(fn, inputs, dynamic_batch, grappler)
+    low = lower(fn, inputs, dynamic_batch, grappler, reference)
     for op in expect_tf_ops:
         assert op in low.tf_ops, f"{op} not in the traced graph {sorted(set(low.tf_ops))}"
     d_rtol, d_atol = TOLERANCES["FP32"]
-    rtol = d_rtol if rtol is None else rtol
-    atol = d_atol if atol is None else atol
-    assert_close(run_onnxruntime(low.net.model, inputs), low.tf_outputs, rtol, atol,
+    assert_close(run_onnxruntime(low.net.model, inputs), low.tf_outputs,
+                 d_rtol if rtol is None else rtol, d_atol if atol is None else atol,
                  "onnxruntime")
     if engine:
         p_rtol, p_atol = TOLERANCES[precision]
         assert_close(run_engine(low.net.model, inputs, precision), low.tf_outputs,
-                     max(rtol, p_rtol), max(atol, p_atol), f"engine[{precision}]")
+                     p_rtol if rtol is None else rtol, p_atol if atol is None else atol,
+                     f"engine[{precision}]")
     return low
 
 

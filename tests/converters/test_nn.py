@@ -21,6 +21,17 @@ def tol(dtype):
     return dict(zip(("rtol", "atol"), FP16)) if dtype == np.float16 else {}
 
 
+# TF's CPU kernels (oneDNN off, as on CPUs without AVX-512) run Conv2D, DepthwiseConv2dNative,
+# Conv2DBackpropInput and the 2-D pools only in NHWC, and dilated depthwise / transposed
+# convolutions not at all. The reference then runs the same op through a kernel TF has.
+
+def via_nhwc(fn, fmt):
+    """``fn`` written for NHWC, run on ``fmt`` input: NCHW goes through two transposes."""
+    if fmt == "NHWC":
+        return fn
+    return lambda x: tf.transpose(fn(tf.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
+
+
 # --- Conv2D -----------------------------------------------------------------------------------
 
 CONV2D_CASES = [  # input shape, filter shape, strides, padding, dilations, data_format
@@ -40,7 +51,9 @@ CONV2D_CASES = [  # input shape, filter shape, strides, padding, dilations, data
 def test_conv2d(xs, ws, strides, padding, dil, fmt):
     w = rand(*ws, seed=1)
     check_op(lambda x: tf.nn.conv2d(x, w, strides, padding, data_format=fmt, dilations=dil),
-             [rand(*xs)], expect_tf_ops=["Conv2D"])
+             [rand(*xs)], expect_tf_ops=["Conv2D"],
+             reference=via_nhwc(lambda x: tf.nn.conv2d(x, w, strides, padding, dilations=dil),
+                                fmt))
 
 
 @pytest.mark.parametrize("dtype", [np.float16])
@@ -87,10 +100,18 @@ def test_depthwise_conv2d(xs, mult, strides, padding, dil, fmt):
     else:
         kw = dict(padding=padding)
     d = [1, dil, dil, 1] if fmt == "NHWC" else [1, 1, dil, dil]
-    # The raw op: tf.nn.depthwise_conv2d turns dilations into SpaceToBatchND.
+
+    def nhwc(x):
+        # tf.nn.depthwise_conv2d runs dilations as SpaceToBatchND around an undilated kernel.
+        if dil > 1:
+            return tf.nn.depthwise_conv2d(x, w, [1, strides, strides, 1], padding,
+                                          dilations=(dil, dil))
+        return tf.raw_ops.DepthwiseConv2dNative(input=x, filter=w,
+                                                strides=[1, strides, strides, 1], **kw)
+    # The raw op itself, dilations and all: tf.nn.depthwise_conv2d would not emit it.
     check_op(lambda x: tf.raw_ops.DepthwiseConv2dNative(input=x, filter=w, strides=s,
                                                          data_format=fmt, dilations=d, **kw),
-             [rand(*xs)], expect_tf_ops=["DepthwiseConv2dNative"])
+             [rand(*xs)], expect_tf_ops=["DepthwiseConv2dNative"], reference=via_nhwc(nhwc, fmt))
 
 
 @pytest.mark.parametrize("xs,out,strides,padding,dil,fmt", [
@@ -102,9 +123,19 @@ def test_depthwise_conv2d(xs, mult, strides, padding, dil, fmt):
 ])
 def test_conv2d_transpose(xs, out, strides, padding, dil, fmt):
     w = rand(3, 3, 2, 4, seed=3)
+    out_nhwc = out if fmt == "NHWC" else (out[0], out[2], out[3], out[1])
+
+    def nhwc(x):
+        if dil > 1:
+            # Stride 1, SAME: the transposed convolution is the convolution with the filter
+            # flipped in space and its channels swapped, padded the same.
+            assert strides == 1 and padding == "SAME"
+            return tf.nn.conv2d(x, np.ascontiguousarray(w[::-1, ::-1].transpose(0, 1, 3, 2)),
+                                1, "SAME", dilations=dil)
+        return tf.nn.conv2d_transpose(x, w, out_nhwc, strides, padding)
     check_op(lambda x: tf.nn.conv2d_transpose(x, w, out, strides, padding, data_format=fmt,
                                               dilations=dil),
-             [rand(*xs)], expect_tf_ops=["Conv2DBackpropInput"])
+             [rand(*xs)], expect_tf_ops=["Conv2DBackpropInput"], reference=via_nhwc(nhwc, fmt))
 
 
 @pytest.mark.parametrize("strides,padding", [(1, "SAME"), (2, "SAME"), (2, "VALID")])
@@ -253,10 +284,12 @@ def test_fused_batch_norm_rejects_training():
     ((1, 3, 7, 7), 3, 2, "SAME", "NCHW"),
 ])
 def test_pool2d(pool, xs, k, s, padding, fmt):
-    check_op(lambda x: tf.nn.pool(x, k if isinstance(k, tuple) else (k, k), pool,
-                                  padding=padding, data_format=fmt,
-                                  strides=s if isinstance(s, tuple) else (s, s)),
-             [rand(*xs)], expect_tf_ops=["MaxPool" if pool == "MAX" else "AvgPool"])
+    k = k if isinstance(k, tuple) else (k, k)
+    s = s if isinstance(s, tuple) else (s, s)
+    check_op(lambda x: tf.nn.pool(x, k, pool, padding=padding, data_format=fmt, strides=s),
+             [rand(*xs)], expect_tf_ops=["MaxPool" if pool == "MAX" else "AvgPool"],
+             reference=via_nhwc(lambda x: tf.nn.pool(x, k, pool, padding=padding, strides=s),
+                                fmt))
 
 
 def test_max_pool_explicit_and_v2():
