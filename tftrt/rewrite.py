@@ -61,7 +61,13 @@ def segment_graph_def(info: GraphInfo, seg: Segment):
             if src not in members and info.const_value(t) is not None:
                 needed_consts.add(src)
     for n in list(seg.consts) + sorted(needed_consts):
-        gd.node.add().CopyFrom(info.nodes[n])
+        node = gd.node.add()
+        node.CopyFrom(info.nodes[n])
+        # Grappler may give a Const a control input from a node of another segment or of the
+        # native graph; a constant's value does not depend on it, so the copy drops it.
+        kept = [i for i in node.input if i.startswith("^") and i[1:] in members]
+        del node.input[:]
+        node.input.extend(kept)
     for n in seg.nodes:
         node = gd.node.add()
         node.CopyFrom(info.nodes[n])

@@ -3,12 +3,17 @@
 TF-TRT's rules (see TFTRT-REFERENCE.md, "Segmenter"):
   * a node is a candidate when its converter's validator accepts it, it is not a graph input or
     output node, not in the node denylist, and its op type is not in env TF_TRT_OP_DENYLIST;
-  * candidates are clustered with union-find along data edges, in topological order, and two
-    clusters merge only if no other path links them (a merge must never create a cycle through
-    a native node);
-  * Const nodes are weights: a Const used only inside one segment moves into it, one used
+  * candidates are clustered with union-find as TF-TRT does: nodes are visited in reverse
+    topological order (TF-TRT's DFS post-order) and each contracts its data edges to candidate
+    consumers, so a node joins the segment of its consumers; two clusters merge only if no
+    other path links them (a merge must never create a cycle through a native node);
+  * Const nodes are weights: they take no part in clustering (a Const has no data inputs, and
+    the control inputs Grappler gives some Consts are dropped from a segment's copy, so they
+    never link two clusters); a Const used only inside one segment moves into it, one used
     elsewhere too is copied (the segment network gets its own initializer);
-  * Identity, Snapshot, StopGradient and Const do not count toward minimum_segment_size;
+  * the size compared with minimum_segment_size counts a segment's nodes and the Const nodes
+    it reads (moved or copied), as TF-TRT's segmenter counts Consts that it clusters;
+    Identity, Snapshot and StopGradient do not count;
   * minimum_segment_size=-1 converts nothing; env TF_TRT_MAX_ALLOWED_ENGINES (default 20)
     keeps the largest segments.
 """
@@ -26,7 +31,8 @@ from tftrt.lowering import ValidationContext
 
 log = logging.getLogger("tftrt.segment")
 
-UNCOUNTED_OPS = frozenset({"Const", "Identity", "Snapshot", "StopGradient"})
+# Bookkeeping ops TF-TRT leaves out of a segment's size (Const counts: see _counted_size).
+UNCOUNTED_OPS = frozenset({"Identity", "Snapshot", "StopGradient"})
 BOUNDARY_OPS = frozenset({"Placeholder", "PlaceholderWithDefault", "NoOp", "_Arg", "_Retval"})
 DEFAULT_MAX_ENGINES = 20
 
@@ -40,10 +46,7 @@ class Segment:
     outputs: List[str]  # TF tensors used outside the segment or returned by the graph
     consts: List[str]   # Const nodes moved into the segment (used by nothing else)
     name: str = ""
-
-    @property
-    def counted_size(self) -> int:
-        return len(self.nodes)
+    counted_size: int = 0  # what minimum_segment_size and TF_TRT_MAX_ALLOWED_ENGINES compare
 
     def op_histogram(self, info: GraphInfo) -> Dict[str, int]:
         c = collections.Counter(info.nodes[n].op for n in self.nodes + self.consts)
@@ -192,23 +195,29 @@ def segment_graph(info: GraphInfo, minimum_segment_size: int = 3,
 
     order = info.topological_order()
     position = {n: k for k, n in enumerate(order)}
-    # Node-level graph (data and control edges); Const nodes stay out of clustering.
+    # Node-level graph (data and control edges) for the cycle check. Const nodes stay out of
+    # it: they are copied into every segment that reads them, without their control inputs.
     edges: Dict[str, Set[str]] = {n: set() for n in order}
     for n in order:
+        if info.nodes[n].op == "Const":
+            continue
         for i in info.nodes[n].input:
             src = split_tensor_name(i)[0]
-            if src in edges:
+            if src in edges and info.nodes[src].op != "Const":
                 edges[src].add(n)
     clusters = _Clusters(order, edges)
     is_cand = {n for n, r in cand.items() if r is None and info.nodes[n].op != "Const"}
-    for n in order:
+    consumers = info.consumers()
+    # TF-TRT contracts each candidate's out-edges, visiting nodes in DFS post-order (consumers
+    # before producers): a producer joins its consumers' segment, not the other way round.
+    for n in reversed(order):
         if n not in is_cand:
             continue
-        for i in info.data_inputs(info.nodes[n]):
-            src = split_tensor_name(i)[0]
-            if src not in is_cand:
-                continue
-            a, b = clusters.find(src), clusters.find(n)
+        users = sorted({u for k in range(info.num_outputs(n))
+                        for u, _ in consumers.get(tensor_name(n, k), []) if u in is_cand},
+                       key=position.__getitem__)
+        for u in users:
+            a, b = clusters.find(n), clusters.find(u)
             if a != b and clusters.can_merge(a, b):
                 clusters.merge(a, b)
 
@@ -217,18 +226,18 @@ def segment_graph(info: GraphInfo, minimum_segment_size: int = 3,
         if n in is_cand:
             groups[clusters.find(n)].append(n)
 
-    consumers = info.consumers()
     output_tensors = set(info.outputs)
     segments: List[Segment] = []
     dropped: Dict[str, str] = {}
     for members in groups.values():
-        counted = sum(1 for n in members if info.nodes[n].op not in UNCOUNTED_OPS)
+        counted = _counted_size(info, members)
         if counted < max(minimum_segment_size, 1) or counted == 0:
             for n in members:
                 dropped[n] = (f"segment of {counted} node(s) is smaller than "
                               f"minimum_segment_size={minimum_segment_size}")
             continue
         seg = _make_segment(info, members, consumers, output_tensors, position)
+        seg.counted_size = counted
         if not seg.inputs:
             for n in members:
                 dropped[n] = ("segment has no inputs (a constant subgraph that constant "
@@ -248,6 +257,13 @@ def segment_graph(info: GraphInfo, minimum_segment_size: int = 3,
         s.name = f"TRTEngineOp_000_{k:03d}"
     _assign_consts(info, segments, consumers)
     return SegmentationResult(segments, rejected, dropped)
+
+
+def _counted_size(info: GraphInfo, members: Sequence[str]) -> int:
+    """Nodes other than Identity-like bookkeeping, plus the distinct Consts they read."""
+    consts = {split_tensor_name(t)[0] for n in members for t in info.data_inputs(info.nodes[n])
+              if info.nodes[split_tensor_name(t)[0]].op == "Const"}
+    return sum(1 for n in members if info.nodes[n].op not in UNCOUNTED_OPS) + len(consts)
 
 
 def _make_segment(info: GraphInfo, members: List[str], consumers, output_tensors,

@@ -69,12 +69,40 @@ def test_minimum_segment_size_drops_small_segments_with_reason():
     assert "smaller than minimum_segment_size=3" in res.dropped[relu]
 
 
-def test_identity_and_const_do_not_count():
+def test_identity_does_not_count_but_consts_do():
+    # Relu, Mul and the Const 2.0 count (as in TF-TRT's segmenter); the two Identity do not.
     def f(x):
         return tf.identity(tf.identity(tf.nn.relu(x) * 2.0))
     info = graph_of(f, SPEC)
+    assert segment_graph(info, minimum_segment_size=4).segments == []
+    (seg,) = segment_graph(info, minimum_segment_size=3).segments
+    assert seg.counted_size == 3
+
+
+def test_const_operands_reach_minimum_segment_size_two():
+    # One converted op with a constant operand is a segment of two (TF-TRT's TopK, BatchMatMul
+    # with a weight, CombinedNonMaxSuppression tests); a Const shared by two ops counts once.
+    def f(x):
+        return tf.matmul(x, tf.constant(np.ones((4, 3), np.float32)))
+    info = graph_of(f, SPEC)
+    (seg,) = segment_graph(info, minimum_segment_size=2).segments
+    assert ops_of(info, seg) == ["MatMul"] and seg.counted_size == 2
     assert segment_graph(info, minimum_segment_size=3).segments == []
-    assert len(segment_graph(info, minimum_segment_size=2).segments) == 1
+
+
+def test_producer_joins_its_consumers_segment_as_in_tf_trt():
+    # TF-TRT's SimpleMultiEnginesTest: conv feeds mul (-> sub, after the native op) and div
+    # (-> native op). Contracting out-edges in post-order puts mul with its consumers.
+    def f(x):
+        conv = x * 3.0
+        p = tf.multiply(conv, 2.0, name="p")
+        q = tf.divide(conv, 5.0, name="q")
+        edge = native_op(q)
+        return tf.subtract(p, edge, name="s") * 7.0
+    info = graph_of(f, SPEC)
+    res = segment_graph(info, minimum_segment_size=2)
+    names = sorted(sorted(n.split("/")[-1] for n in s.nodes) for s in res.segments)
+    assert ["mul", "q"] in names and any("p" in n and "s" in n for n in names)
 
 
 def test_op_denylist_env(monkeypatch):
@@ -146,3 +174,31 @@ def test_node_that_fails_to_lower_stays_native_and_the_rest_converts(monkeypatch
         ["AddV2", "Mul", "Relu"], ["Mul", "Sub", "Tanh"],
         ["Pack", "StridedSlice", "StridedSlice"]]  # the shape arithmetic converts on its own
     assert sorted(nets) == sorted(s.name for s in seg.segments)
+
+
+def test_const_with_control_input_from_another_segment_converts():
+    # Grappler's arithmetic optimizer turns edge + edge into Mul(Const 2, edge) and gives the
+    # Const a control input from edge's producer; a segment reading that Const copies it without
+    # the control input (it crashed with "Unknown input node '^...'").
+    from tftrt import trt_convert as trt
+
+    class M(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+        def __call__(self, x):
+            a = tf.nn.relu(x * 2.0 + 1.0)
+            edge = native_op(a) / 3.0
+            return {"y": tf.tanh((edge + edge) * a)}
+
+    import tempfile
+    path = tempfile.mkdtemp()
+    tf.saved_model.save(M(), path)
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=path, minimum_segment_size=2)
+    fn = conv.convert()
+    info = conv.graph_info
+    assert any(info.nodes[n].op == "Const" and any(i.startswith("^") for i in info.nodes[n].input)
+               for n in info.nodes), "the graph no longer has the Const with a control input"
+    x = np.random.RandomState(0).rand(3, 4).astype(np.float32)
+    ref = tf.saved_model.load(path).signatures["serving_default"](x=tf.constant(x))["y"]
+    np.testing.assert_allclose(fn(x=tf.constant(x))["y"].numpy(), ref.numpy(), rtol=1e-4,
+                               atol=1e-5)
+    assert all(op.stats["engine"] >= 1 for op in conv.engine_ops.values())
