@@ -1,0 +1,281 @@
+"""The GPU backend's CUDA source generator (backends/cuda_source), checked without a GPU.
+
+Every pointwise op of the IR (``network.POINTWISE_OPS``) and every epilogue activation
+(``network.ACTIVATIONS``) lowers to CUDA C; with nvcc on PATH the generated kernels compile
+for the device; with a host C++ compiler they are built for the CPU (small shims for the CUDA
+built-ins and the half conversions), run through ctypes, and must compute what the numpy
+reference backend computes: both kernel variants (one element per thread, 16-byte vectors),
+broadcast operands, float16 storage, integer and bool steps, NaN and infinities.
+"""
+
+import ctypes
+import os
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from tftrt.engine.backends import cuda_source as C
+from tftrt.engine.backends.numpy_ops import apply_activation, run_program
+from tftrt.engine.network import ACTIVATIONS, COMPARISONS, LOGICAL, POINTWISE_OPS
+from tftrt.engine.shapes import program_dtypes
+
+# Params of the ops that take some (network.POINTWISE_OPS' doc); an op added to the IR with
+# params of its own fails test_every_op_has_a_case until it gets them here.
+PARAMS = {"leaky_relu": {"alpha": 0.1}, "elu": {"alpha": 0.7},
+          "selu": {"alpha": 1.6732632423543772, "gamma": 1.0507009873554805},
+          "hard_sigmoid": {"alpha": 1 / 6, "beta": 0.5}, "mod": {"fmod": 0},
+          "cast": {"to": "int32"}}
+# Domains where numpy and C agree on a finite value (log of a negative is NaN in both, but the
+# test then compares NaNs only); None: the generic sweep with NaN and infinities.
+DOMAIN = {"log": (0.05, 6), "sqrt": (0, 6), "asin": (-0.99, 0.99), "acos": (-0.99, 0.99),
+          "atanh": (-0.99, 0.99), "acosh": (1, 6), "pow": (0.25, 3), "reciprocal": (0.25, 4),
+          "mod": (0.5, 5), "div": (0.5, 5)}
+BOOL_OPS = set(LOGICAL) - {"isnan", "isinf"}
+INT_OPS = {"identity", "neg", "abs", "relu", "sign", "add", "sub", "mul", "max", "min", "mod",
+           "pow", "div", "cast", "where", "clip", "prelu"} | set(COMPARISONS)
+SHAPE = (4, 18)  # 72 elements: every vector width divides it
+
+
+def _values(op, dtype, seed):
+    rng = np.random.default_rng(seed)
+    n = int(np.prod(SHAPE))
+    if dtype == "bool":
+        return rng.integers(0, 2, SHAPE).astype(bool)
+    if np.dtype(dtype).kind in "iu":
+        v = rng.integers(-9, 10, SHAPE)
+        if op in ("div", "mod", "pow"):
+            v = np.where(v == 0, 3, np.abs(v) if op == "pow" else v)
+        return v.astype(dtype)
+    lo, hi = DOMAIN.get(op, (-5, 5))
+    v = np.linspace(lo, hi, n) if seed == 0 else rng.uniform(lo, hi, n)
+    if op not in DOMAIN:
+        v[:6] = [0.0, -0.0, np.nan, np.inf, -np.inf, 40.0]
+        v[6:9] = [-40.0, 1e-7, -1e-7]
+        rng.shuffle(v)
+    return v.reshape(SHAPE).astype(dtype)
+
+
+def _case(op, dtype, layout="full"):
+    """(program, inputs, output dtype) of one op on ``dtype`` operands."""
+    arity = POINTWISE_OPS[op]
+    params = dict(PARAMS.get(op, {}))
+    if op in ("where", "clip"):
+        dts = ["bool", dtype, dtype] if op == "where" else [dtype] * 3
+    else:
+        dts = [dtype] * arity
+    xs = [_values(op, d, k) for k, d in enumerate(dts)]
+    if op == "clip":  # bounds below / above each other on some elements
+        xs[1], xs[2] = np.minimum(xs[1], xs[2]) - 1, np.maximum(xs[1], xs[2])
+    if layout == "last" and arity >= 2:
+        xs[1] = xs[1][0]
+    elif layout == "general" and arity >= 2:
+        xs[1] = xs[1][:, :1]
+    prog = [dict(params, op=op, args=[f"${k}" for k in range(arity)], dtype=None)]
+    out = program_dtypes(prog, dts)[-1]
+    return prog, xs, out
+
+
+def _cases():
+    cases = []
+    for op in sorted(POINTWISE_OPS):
+        if op in BOOL_OPS:
+            dtypes = ["bool"]
+        else:
+            dtypes = ["float32", "float16", "float64"] + (["int32"] if op in INT_OPS else [])
+        for dt in dtypes:
+            cases.append((op, dt, "full"))
+        if POINTWISE_OPS[op] >= 2 and op not in BOOL_OPS:
+            cases += [(op, "float32", "last"), (op, "float32", "general")]
+    return cases
+
+
+def _reference(prog, xs, out_dtype):
+    with np.errstate(all="ignore"):
+        ins = [x.astype(np.float32) if x.dtype == np.float16 else x for x in xs]
+        return np.asarray(run_program(prog, ins)).astype(out_dtype)
+
+
+def test_every_op_and_activation_lowers():
+    """The registry, not a list here, says what must lower: every pointwise op in the dtypes
+    it takes, and every activation as an epilogue step and as a conv epilogue expression."""
+    for op, dt, layout in _cases():
+        prog, xs, out = _case(op, dt, layout)
+        src = C.PointwiseSource(prog, [x.shape for x in xs], [x.dtype.name for x in xs],
+                                SHAPE, out)
+        assert 'extern "C" __global__ void pw(' in src.sources[False], (op, dt)
+    for fn in ACTIVATIONS:
+        e = dict(PARAMS.get(fn, {}), op="act", fn=fn)
+        if fn == "clip":
+            e.update(min=0.0, max=6.0)
+        assert "acc" in C.activation_expr(e, "acc")
+        C.PointwiseSource(C.epilogue_program([e], {}), [SHAPE], ["float32"], SHAPE, "float16")
+
+
+def test_every_op_has_a_case():
+    ops = {op for op, _, _ in _cases()}
+    assert ops == set(POINTWISE_OPS)
+    assert set(ACTIVATIONS) - {"clip"} <= set(POINTWISE_OPS)
+
+
+def test_unknown_op_fails_when_the_kernel_is_made():
+    with pytest.raises(NotImplementedError, match="'nosuch' has no CUDA lowering"):
+        C.PointwiseSource([{"op": "nosuch", "args": ["$0"], "dtype": "float32"}], [SHAPE],
+                          ["float32"], SHAPE, "float32")
+
+
+def test_literals_take_the_type_they_meet():
+    """A literal in a comparison has the other operand's type (0.5, not 0, next to a float
+    in a bool step); a fraction met by an int stays a double."""
+    src = C.PointwiseSource([{"op": "greater", "args": ["$0", 0.5], "dtype": "bool"}],
+                            [SHAPE], ["float32"], SHAPE, "bool").sources[False]
+    assert "(x0 > 0.5f)" in src
+    src = C.PointwiseSource([{"op": "mul", "args": ["$0", 0.5], "dtype": "int32"}],
+                            [SHAPE], ["int32"], SHAPE, "int32").sources[False]
+    assert "(x0 * 0.5)" in src
+
+
+# --- compiling and running the generated sources ---------------------------------------------
+HOST_SHIMS = r"""
+#include <cmath>
+#include <cstring>
+using namespace std;
+#define __device__
+#define __forceinline__ inline
+#define __global__
+struct uint4 { unsigned int x, y, z, w; };
+struct host_dim3 { unsigned int x; };
+static const host_dim3 blockIdx = {0}, threadIdx = {0}, blockDim = {1}, gridDim = {1};
+static inline float h2f(unsigned short h) { _Float16 f; memcpy(&f, &h, 2); return (float)f; }
+static inline unsigned short f2h(float f) {
+  _Float16 h = (_Float16)f; unsigned short u; memcpy(&u, &h, 2); return u; }
+"""
+
+
+def _rename(src: str, k: int) -> str:
+    """A kernel source without its prelude, its kernels renamed ``<name>_<k>``."""
+    body = src.replace(C.PRELUDE, "")
+    return re.sub(r'extern "C" __global__ void (\w+)\(', rf'extern "C" __global__ void \1_{k}(',
+                  body)
+
+
+def _kernels():
+    """[(name, PointwiseSource-ish kernel description, inputs, reference)] of every case
+    and of an epilogue per activation."""
+    out = []
+    for op, dt, layout in _cases():
+        prog, xs, out_dt = _case(op, dt, layout)
+        src = C.PointwiseSource(prog, [x.shape for x in xs], [x.dtype.name for x in xs],
+                                SHAPE, out_dt)
+        out.append((f"{op}/{dt}/{layout}", src, xs, _reference(prog, xs, out_dt)))
+    rng = np.random.default_rng(7)
+    y = np.linspace(-6, 6, int(np.prod(SHAPE)), dtype=np.float32).reshape(SHAPE)
+    bias = rng.standard_normal(SHAPE[-1]).astype(np.float32)
+    for fn in ACTIVATIONS:
+        e = dict(PARAMS.get(fn, {}), op="act", fn=fn)
+        if fn == "clip":
+            e.update(min=0.0, max=6.0)
+        for approx in (("none", "tanh") if fn == "gelu" else (None,)):
+            if approx:
+                e["approximate"] = approx
+            epi = [{"op": "bias", "input": 2}, dict(e)]
+            prog = C.epilogue_program(epi, {2: 1})
+            src = C.PointwiseSource(prog, [SHAPE, bias.shape], ["float32", "float32"], SHAPE,
+                                    "float16")
+            want = apply_activation(y + bias, e).astype(np.float16)
+            out.append((f"epilogue bias+{fn}{'/' + approx if approx else ''}", src, [y, bias],
+                        want))
+    return out
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    return _kernels()
+
+
+def _source_file(kernels, host: bool) -> str:
+    parts = [HOST_SHIMS + C.MATH_HELPERS if host else C.PRELUDE]
+    for k, (_, src, _, _) in enumerate(kernels):
+        for vec, text in src.sources.items():
+            parts.append(_rename(text, k))
+    return "\n".join(parts)
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH")
+def test_generated_kernels_compile_with_nvcc(kernels, tmp_path):
+    """Every kernel (both variants) of every op and epilogue is valid CUDA C++ for nvcc, plus
+    depthwise convolutions with each activation fused."""
+    text = _source_file(kernels, host=False)
+    for k, fn in enumerate(ACTIVATIONS):
+        e = dict(PARAMS.get(fn, {}), op="act", fn=fn)
+        if fn == "clip":
+            e.update(min=0.0, max=6.0)
+        dw = C.DepthwiseConvSource((2, 9, 9, 8), (3, 3), (1, 1), (1, 1), (1, 1, 1, 1),
+                                   (2, 9, 9, 8), 1, "float16", "float16",
+                                   [{"op": "bias", "input": 2}, e], {2: ("vec", "float32")})
+        text += "\n" + _rename(dw.source, 10000 + k)
+    cu = tmp_path / "kernels.cu"
+    cu.write_text(text)
+    r = subprocess.run(["nvcc", "-c", "-x", "cu", "-std=c++14", "-o", str(tmp_path / "k.o"),
+                        str(cu)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-4000:]
+
+
+def _host_compiler():
+    for cc in (os.environ.get("CXX"), "g++", "clang++"):
+        if cc and shutil.which(cc):
+            return cc
+    return None
+
+
+@pytest.mark.skipif(_host_compiler() is None, reason="no host C++ compiler")
+def test_generated_kernels_match_numpy_on_the_host(kernels, tmp_path):
+    """The generated sources, built for the CPU, against numpy_ops.run_program: float32 / 64
+    to a few ulps, float16 to one half ulp of rounding, ints and bools exactly, NaN where
+    numpy has NaN."""
+    cpp = tmp_path / "kernels.cpp"
+    cpp.write_text(_source_file(kernels, host=True))
+    lib = tmp_path / "kernels.so"
+    r = subprocess.run([_host_compiler(), "-O1", "-std=c++17", "-shared", "-fPIC",
+                        "-Wno-unknown-pragmas", "-o", str(lib), str(cpp)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-4000:]
+    so = ctypes.CDLL(str(lib))
+    bad = []
+    for k, (what, src, xs, want) in enumerate(kernels):
+        ins = [np.ascontiguousarray(xs[i]).view(np.uint16) if xs[i].dtype == np.float16 else
+               np.ascontiguousarray(xs[i]) for i in src.used]
+        for vec in src.sources:
+            out = np.full(SHAPE, 0, want.dtype)
+            fn = getattr(so, f"{src.kernel_name(vec)}_{k}")
+            fn.restype = None
+            fn(*[ctypes.c_void_p(a.ctypes.data) for a in ins + [out]])
+            err = _mismatch(out, want, what.split("/")[0])
+            if err:
+                bad.append(f"{what} ({'vector' if vec else 'scalar'} kernel): {err}")
+    assert not bad, "\n".join(bad)
+
+
+# numpy_ops.erf (the reference's, without scipy) is good to 1.2e-7 relative: float64 results
+# that go through it are compared at that accuracy.
+ERF_OPS = ("erf", "gelu")
+
+
+def _mismatch(got, want, op):
+    if want.dtype.kind in "biu":
+        diff = np.flatnonzero(got != want)
+    else:
+        g, w = got.astype(np.float64).ravel(), want.astype(np.float64).ravel()
+        tol = {np.float16: (2e-3, 1e-3), np.float32: (1e-5, 1e-6),
+               np.float64: (3e-7, 1e-9) if op in ERF_OPS else (1e-12, 1e-13)}[want.dtype.type]
+        with np.errstate(invalid="ignore"):
+            same = (np.isnan(g) & np.isnan(w)) | (g == w) | \
+                (np.abs(g - w) <= tol[1] + tol[0] * np.abs(w))
+        diff = np.flatnonzero(~same)
+    if not len(diff):
+        return None
+    i = diff[:3]
+    return f"{len(diff)} of {got.size} differ, e.g. at {list(i)}: got " \
+           f"{got.ravel()[i].tolist()}, want {want.ravel()[i].tolist()}"

@@ -1,0 +1,538 @@
+"""CUDA C source of the CuPy backend's pointwise kernels and epilogues, built as strings only.
+
+This module imports neither CuPy nor a CUDA library, so what the GPU backend will compile can
+be generated, checked and compiled (nvcc, or a host C++ compiler with the small shims the
+tests define) on a machine without a GPU. ``cupy_kernels`` compiles these sources with NVRTC.
+
+* :func:`op_expr` lowers one pointwise op of the IR (``network.POINTWISE_OPS``) to a C
+  expression; activations of conv / matmul epilogues (``network.ACTIVATIONS``) are the
+  same ops (:func:`activation_step`, :func:`activation_expr`).
+* :func:`epilogue_program` turns an epilogue list into a pointwise program.
+* :class:`PointwiseSource` is the kernel of a whole pointwise program for fixed shapes and
+  dtypes: numpy broadcasting baked into the indexing, and a 16-byte vector variant when the
+  operands allow it.
+
+Numerics follow ``numpy_ops`` (the reference backend): float16 is stored as ``unsigned short``
+and computed in float32; a step's value is kept in its compute type (a cast to float16 rounds
+to half precision, as ``astype`` does); NaN propagates through relu / clip / min / max /
+hard_sigmoid / elu as it does in numpy; integer steps that call a float function compute it
+in double and truncate, as numpy's float64 result cast back does. Number literals take the
+type of what they meet: the step's compute type, or, in a comparison, the other operand's
+type; a fraction met by an integer stays a double (numpy promotes it too).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from tftrt.engine.network import COMPARISONS, LOGICAL
+
+# numpy dtype name -> (C storage type, C compute type)
+CTYPES = {
+    "float16": ("unsigned short", "float"), "float32": ("float", "float"),
+    "float64": ("double", "double"), "bool": ("bool", "bool"),
+    "int8": ("signed char", "int"), "uint8": ("unsigned char", "int"),
+    "int16": ("short", "int"), "uint16": ("unsigned short", "int"),
+    "int32": ("int", "int"), "uint32": ("unsigned int", "unsigned int"),
+    "int64": ("long long", "long long"), "uint64": ("unsigned long long", "unsigned long long"),
+}
+
+# float16 <-> float32 through PTX (no CUDA headers needed). Device only: host builds of these
+# sources (tests) swap this block for host conversions.
+HALF_HELPERS = r"""
+__device__ __forceinline__ float h2f(unsigned short h) {
+  float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h)); return f; }
+__device__ __forceinline__ unsigned short f2h(float f) {
+  unsigned short h; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f)); return h; }"""
+
+# Math helpers the expressions use: NaN-propagating max / min (numpy's maximum / minimum),
+# Python's sign-of-divisor modulo, a softplus that does not overflow.
+MATH_HELPERS = r"""
+__device__ __forceinline__ float fmaxnan(float a, float b) { return (a != a || a > b) ? a : b; }
+__device__ __forceinline__ float fminnan(float a, float b) { return (a != a || a < b) ? a : b; }
+__device__ __forceinline__ double fmaxnan(double a, double b) { return (a != a || a > b) ? a : b; }
+__device__ __forceinline__ double fminnan(double a, double b) { return (a != a || a < b) ? a : b; }
+template <typename T> __device__ __forceinline__ T fmaxnan(T a, T b) { return a > b ? a : b; }
+template <typename T> __device__ __forceinline__ T fminnan(T a, T b) { return a < b ? a : b; }
+template <typename T> __device__ __forceinline__ T pymod(T a, T b) {
+  T r = a % b; if (r != 0 && ((r < 0) != (b < 0))) r += b; return r; }
+__device__ __forceinline__ float pymod(float a, float b) {
+  float r = fmodf(a, b); if (r != 0.f && ((r < 0.f) != (b < 0.f))) r += b; return r; }
+__device__ __forceinline__ double pymod(double a, double b) {
+  double r = fmod(a, b); if (r != 0. && ((r < 0.) != (b < 0.))) r += b; return r; }
+__device__ __forceinline__ float softplusf(float x) {
+  return fmaxf(x, 0.f) + log1pf(expf(-fabsf(x))); }
+"""
+
+PRELUDE = HALF_HELPERS + MATH_HELPERS
+
+_FLOAT_CTS = ("float", "double")
+
+
+def ctype(dtype) -> str:
+    return CTYPES[np.dtype(dtype).name][0]
+
+
+def comptype(dtype) -> str:
+    return CTYPES[np.dtype(dtype).name][1]
+
+
+def load_expr(dtype, ptr_expr: str) -> str:
+    """C expression reading one element as its compute type."""
+    return f"h2f({ptr_expr})" if np.dtype(dtype) == np.float16 else f"({ptr_expr})"
+
+
+def store_expr(dtype, value: str) -> str:
+    """C expression converting a compute value to the storage type."""
+    if np.dtype(dtype) == np.float16:
+        return f"f2h((float)({value}))"
+    return f"({ctype(dtype)})({value})"
+
+
+def _lit(v, ct: str) -> str:
+    """A number literal of C type ``ct``; a fraction (or inf / NaN) met by an integer or bool
+    type stays a double, so that ``x * 0.5`` on ints is computed as numpy computes it."""
+    if v is None:
+        return "0"
+    if isinstance(v, (bool, np.bool_)):
+        return "true" if v else "false"
+    f = float(v)
+    if ct not in _FLOAT_CTS and (not math.isfinite(f) or f != int(f)):
+        ct = "double"
+    if ct in _FLOAT_CTS:
+        if math.isnan(f):
+            return "(0.0/0.0)" if ct == "double" else "(0.f/0.f)"
+        if math.isinf(f):
+            return ("-" if f < 0 else "") + ("(1.0/0.0)" if ct == "double" else "(1.f/0.f)")
+        return repr(f) + ("" if ct == "double" else "f")
+    return str(int(v)) + ("LL" if "long" in ct else "")
+
+
+def _fn(ct: str, name: str, *args: str) -> str:
+    """A C math function call in the compute type: ``expf`` for float, ``exp`` for double;
+    integer / bool operands are computed in double (numpy's float64 result of an int op)."""
+    if ct == "float":
+        return f"{name}f({', '.join(args)})"
+    if ct == "double":
+        return f"{name}({', '.join(args)})"
+    return f"{name}({', '.join(f'(double)({a})' for a in args)})"
+
+
+def op_expr(op: str, args: List[Optional[str]], ct: str, p: dict,
+            arg_types: Optional[Sequence[Optional[str]]] = None) -> str:
+    """C expression of one pointwise op (see network.POINTWISE_OPS).
+
+    Args:
+      op: the op name.
+      args: C expressions of the operands (None for an absent clip bound).
+      ct: the step's C compute type (the result is converted to it by the caller).
+      p: the step's params (alpha, beta, gamma, approximate, to, fmod).
+      arg_types: C types of ``args`` where known (None for literals); decides NaN tests on
+        integer operands.
+    Raises:
+      NotImplementedError: ``op`` has no lowering.
+    """
+    x = args[0] if args else None
+    xt = (arg_types[0] if arg_types else None) or ct
+    fl = ct in _FLOAT_CTS
+    F = lambda n, *a: _fn(ct, n, *(a or (x,)))  # noqa: E731
+    L = lambda v: _lit(v, ct)  # noqa: E731
+    unary = {
+        "identity": lambda: x, "neg": lambda: f"(-{x})",
+        "reciprocal": lambda: f"({L(1)}/{x})" if fl else f"({_lit(1.0, 'double')}/{x})",
+        "abs": lambda: F("fabs") if fl else f"({x} < 0 ? -{x} : {x})",
+        "exp": lambda: F("exp"), "log": lambda: F("log"), "sqrt": lambda: F("sqrt"),
+        "floor": lambda: F("floor") if fl else x, "ceil": lambda: F("ceil") if fl else x,
+        "round": lambda: F("rint") if fl else x,  # half to even, as numpy / ONNX
+        "sign": lambda: f"(({x} > 0) - ({x} < 0))" if not fl else
+        f"({x} > 0 ? {L(1)} : ({x} < 0 ? {L(-1)} : {x}))",
+        **{n: (lambda n=n: F(n)) for n in (
+            "sin", "cos", "tan", "asin", "acos", "atan", "sinh", "cosh", "asinh", "acosh",
+            "atanh", "erf", "tanh")},
+        "relu": lambda: f"({x} < 0 ? {L(0)} : {x})",
+        "sigmoid": lambda: f"({L(1)} / ({L(1)} + {F('exp', f'-{x}')}))",
+        # x * sigmoid(x), written as numpy_ops does (x / (1 + e^-x) differs in the last ulp)
+        "silu": lambda: f"({x} * ({L(1)} / ({L(1)} + {F('exp', f'-{x}')})))",
+        "softsign": lambda: f"({x} / ({L(1)} + {F('fabs')}))",
+        "not": lambda: f"(!{x})",
+        "isnan": lambda: f"isnan({x})" if xt in _FLOAT_CTS else "false",
+        "isinf": lambda: f"isinf({x})" if xt in _FLOAT_CTS else "false",
+    }
+    if op in unary:
+        return unary[op]()
+    if op == "leaky_relu":
+        return f"({x} >= 0 ? {x} : {x} * {L(p['alpha'])})"
+    if op in ("elu", "selu"):
+        e = f"({x} > 0 ? {x} : {L(p['alpha'])} * {F('expm1', f'fminnan({x}, {L(0)})')})"
+        return e if op == "elu" else f"({L(p['gamma'])} * {e})"
+    if op == "hard_sigmoid":  # numpy's clip: NaN stays NaN
+        lin = f"({ct})({L(p['alpha'])} * {x} + {L(p['beta'])})"
+        return f"fminnan(fmaxnan({lin}, ({ct}){L(0)}), ({ct}){L(1)})"
+    if op == "softplus":
+        if ct == "float":
+            return f"softplusf({x})"
+        xd = x if ct == "double" else f"(double)({x})"
+        return f"(fmax({xd}, 0.0) + log1p(exp(-fabs({xd}))))"
+    if op == "gelu":
+        if p.get("approximate", "none") == "tanh":
+            inner = f"{L(0.7978845608028654)} * ({x} + {L(0.044715)} * {x} * {x} * {x})"
+            return f"({L(0.5)} * {x} * ({L(1)} + {F('tanh', inner)}))"
+        return f"({L(0.5)} * {x} * ({L(1)} + {F('erf', f'{x} * {L(0.7071067811865476)}')}))"
+    if op == "cast":
+        to = np.dtype(p["to"])
+        if to == np.bool_:
+            return f"({x} != 0)"
+        if to == np.float16:  # rounded to half precision, kept as float (numpy's astype)
+            return f"h2f(f2h((float)({x})))"
+        if comptype(to) != ctype(to):  # int8 / uint8 / int16 / uint16: wrap as astype does
+            return f"(({comptype(to)})({ctype(to)})({x}))"
+        return f"(({comptype(to)})({x}))"
+    if op == "clip":
+        lo, hi = args[1], args[2]
+        y = x
+        if lo is not None:
+            y = f"fmaxnan(({ct})({y}), ({ct})({lo}))"
+        if hi is not None:
+            y = f"fminnan(({ct})({y}), ({ct})({hi}))"
+        return y
+    a, b = args[0], args[1] if len(args) > 1 else None
+    binary = {
+        "add": f"({a} + {b})", "sub": f"({a} - {b})", "mul": f"({a} * {b})",
+        "div": f"({a} / {b})",
+        "max": f"fmaxnan(({ct})({a}), ({ct})({b}))", "min": f"fminnan(({ct})({a}), ({ct})({b}))",
+        "equal": f"({a} == {b})", "less": f"({a} < {b})", "less_equal": f"({a} <= {b})",
+        "greater": f"({a} > {b})", "greater_equal": f"({a} >= {b})",
+        "and": f"((bool)({a}) && (bool)({b}))", "or": f"((bool)({a}) || (bool)({b}))",
+        "xor": f"((bool)({a}) != (bool)({b}))",
+        "prelu": f"({a} < 0 ? {a} * {b} : {a})",
+    }
+    if op in binary:
+        return binary[op]
+    if op == "pow":
+        if fl:
+            return f"{_fn(ct, 'pow', f'({ct})({a})', f'({ct})({b})')}"
+        return f"(({ct})pow((double)({a}), (double)({b})))"
+    if op == "mod":
+        if p.get("fmod"):
+            return _fn(ct, "fmod", a, b) if fl else f"({a} % {b})"
+        return f"pymod(({ct})({a}), ({ct})({b}))"
+    if op == "where":
+        return f"({args[0]} ? {args[1]} : {args[2]})"
+    raise NotImplementedError(f"pointwise op {op!r} has no CUDA lowering")
+
+
+def activation_step(e: dict) -> dict:
+    """An epilogue {"op": "act", "fn": f, ...} as a pointwise step on %prev."""
+    fn = e["fn"]
+    if fn == "clip":
+        return {"op": "clip", "args": [None, e.get("min"), e.get("max")]}
+    step = {k: v for k, v in e.items() if k not in ("op", "fn")}
+    step.update(op=fn, args=[None])
+    return step
+
+
+def activation_expr(e: dict, x: str, ct: str = "float") -> str:
+    """C expression of epilogue activation ``e`` applied to ``x`` (compute type ``ct``)."""
+    st = activation_step(e)
+    args = [x] + [None if a is None else _lit(a, ct) for a in st["args"][1:]]
+    return op_expr(st["op"], args, ct, st, [ct])
+
+
+def epilogue_program(epilogue: Sequence[dict], operand_index: Dict[int, int],
+                     dtype: str = "float32") -> List[dict]:
+    """Epilogue ops as a pointwise program over [y, operands...].
+
+    Args:
+      epilogue: the layer's epilogue list.
+      operand_index: layer input index -> program input index ($k) for bias/scale/add operands.
+      dtype: compute dtype of the chain (float32 for float16 storage).
+    """
+    prog: List[dict] = [{"op": "identity", "args": ["$0"], "dtype": dtype}]
+    for e in epilogue:
+        prev = f"%{len(prog) - 1}"
+        if e["op"] in ("bias", "add"):
+            prog.append({"op": "add", "args": [prev, f"${operand_index[e['input']]}"],
+                         "dtype": dtype})
+        elif e["op"] == "scale":
+            prog.append({"op": "mul", "args": [prev, f"${operand_index[e['input']]}"],
+                         "dtype": dtype})
+        elif e["op"] == "act":
+            st = activation_step(e)
+            st["args"][0] = prev
+            st["dtype"] = dtype
+            prog.append(st)
+        else:
+            raise NotImplementedError(f"epilogue op {e['op']!r}")
+    return prog
+
+
+def grid_stride_source(name: str, params: str, it: str, work: int, body: str) -> str:
+    """CUDA source of kernel ``name(params)`` running ``body`` for every index ``t`` in
+    [0, work) in a grid-stride loop (``it``: the index type)."""
+    return PRELUDE + f"""
+extern "C" __global__ void {name}({params}) {{
+  for ({it} t = ({it})blockIdx.x * blockDim.x + threadIdx.x; t < {work};
+       t += ({it})gridDim.x * blockDim.x) {{
+    {body}
+  }}
+}}
+"""
+
+
+# --- pointwise programs --------------------------------------------------------------------------
+def bcast_mode(in_shape: Tuple[int, ...], out_shape: Tuple[int, ...]):
+    """How input elements map to output elements: full, scalar, last (per last-axis vector),
+    or general (strides aligned to the output, 0 on broadcast axes)."""
+    size = int(np.prod(in_shape, dtype=np.int64))
+    if tuple(in_shape) == tuple(out_shape):
+        return ("full",)
+    if size == 1:
+        return ("scalar",)
+    r = len(out_shape)
+    shp = (1,) * (r - len(in_shape)) + tuple(in_shape)
+    if out_shape and all(d == 1 for d in shp[:-1]) and shp[-1] == out_shape[-1]:
+        return ("last", out_shape[-1])
+    strides, acc = [0] * r, 1
+    for k in range(r - 1, -1, -1):
+        strides[k] = acc if shp[k] != 1 else 0
+        acc *= shp[k]
+    return ("general", tuple(strides))
+
+
+def _literal_type(op: str, k: int, ct: str, typed: Sequence[Optional[str]]) -> str:
+    """C type a literal argument ``k`` of a step takes: the step's compute type, except in
+    comparisons / logical ops (bool steps), where it meets the other operand's type."""
+    if op in COMPARISONS or op in LOGICAL:
+        return next((t for t in typed if t is not None), "double")
+    if op == "where" and k == 0:
+        return "bool"
+    return ct
+
+
+class PointwiseSource:
+    """CUDA source of a pointwise program for fixed input / output shapes and dtypes.
+
+    Kernels ``pw`` (one element per thread, grid-stride) and ``pw_vec`` (``vec`` elements per
+    thread with 16-byte loads of full-size operands; only when :attr:`vectorizable`). Both
+    take the used inputs (:attr:`used`, in order) then the output pointer. The sources are
+    generated when the object is made, so an op without a lowering fails then.
+    """
+
+    def __init__(self, program: List[dict], in_shapes: Sequence[Tuple[int, ...]],
+                 in_dtypes: Sequence[str], out_shape: Tuple[int, ...], out_dtype: str):
+        self.out_shape = tuple(int(d) for d in out_shape)
+        self.out_dtype = np.dtype(out_dtype).name
+        self.in_dtypes = [np.dtype(d).name for d in in_dtypes]
+        self.modes = [bcast_mode(tuple(s), self.out_shape) for s in in_shapes]
+        self.n = int(np.prod(self.out_shape, dtype=np.int64))
+        self.program = program
+        used = set()
+        for st in program:
+            for a in st["args"]:
+                if isinstance(a, str) and a[:1] == "$":
+                    used.add(int(a[1:]))
+        self.used = sorted(used)
+        sizes = [np.dtype(self.in_dtypes[i]).itemsize for i in self.used
+                 if self.modes[i][0] == "full"] + [np.dtype(self.out_dtype).itemsize]
+        self.vec = max(1, 16 // min(sizes))
+        self.vectorizable = self.n % self.vec == 0 and self.n >= self.vec and all(
+            self.modes[i][0] in ("full", "scalar", "last") for i in self.used)
+        self.sources = {False: self.source(False)}
+        if self.vectorizable:
+            self.sources[True] = self.source(True)
+
+    @staticmethod
+    def kernel_name(vec: bool) -> str:
+        return "pw_vec" if vec else "pw"
+
+    def _body(self, idx: str, loads: Dict[int, str]) -> str:
+        lines = []
+        types: List[str] = []
+        for k, st in enumerate(self.program):
+            ct = comptype(st.get("dtype") or "float32")
+            args: List[Optional[str]] = []
+            typed: List[Optional[str]] = []
+            for a in st["args"]:
+                if isinstance(a, str) and a[:1] == "$":
+                    args.append(loads[int(a[1:])])
+                    typed.append(comptype(self.in_dtypes[int(a[1:])]))
+                elif isinstance(a, str) and a[:1] == "%":
+                    args.append(f"v{int(a[1:])}")
+                    typed.append(types[int(a[1:])])
+                else:
+                    args.append(None)
+                    typed.append(None)
+            for j, a in enumerate(st["args"]):
+                if a is not None and not isinstance(a, str):
+                    args[j] = _lit(a, _literal_type(st["op"], j, ct, typed))
+            lines.append(f"    {ct} v{k} = ({ct})({op_expr(st['op'], args, ct, st, typed)});")
+            types.append(ct)
+        last = len(self.program) - 1
+        lines.append(f"    out[{idx}] = {store_expr(self.out_dtype, f'v{last}')};")
+        return "\n".join(lines)
+
+    def _index(self, i: int, idx: str) -> str:
+        m = self.modes[i]
+        if m[0] == "full":
+            return idx
+        if m[0] == "scalar":
+            return "0"
+        if m[0] == "last":
+            return f"({idx} % {m[1]})"
+        terms = []
+        dims = self.out_shape
+        for k in range(len(dims)):
+            inner = int(np.prod(dims[k + 1:], dtype=np.int64))
+            if m[1][k]:
+                terms.append(f"(({idx} / {inner}) % {dims[k]}) * {m[1][k]}")
+        return "(" + (" + ".join(terms) or "0") + ")"
+
+    def source(self, vec: bool) -> str:
+        """CUDA source of kernel :meth:`kernel_name` (``vec``: the vector variant)."""
+        it = "long long" if self.n >= 2 ** 31 - 64 else "int"
+        params = [f"const {ctype(self.in_dtypes[i])}* __restrict__ in{i}" for i in self.used]
+        params.append(f"{ctype(self.out_dtype)}* out")
+        name = self.kernel_name(vec)
+        src = [PRELUDE, f'extern "C" __global__ void {name}({", ".join(params)}) {{']
+        if not vec:
+            src.append(f"  for ({it} i = ({it})blockIdx.x * blockDim.x + threadIdx.x; "
+                       f"i < {self.n}; i += ({it})gridDim.x * blockDim.x) {{")
+            loads = {}
+            for i in self.used:
+                ptr = "in%d[%s]" % (i, self._index(i, "i"))
+                src.append(f"    {comptype(self.in_dtypes[i])} x{i} = "
+                           f"{load_expr(self.in_dtypes[i], ptr)};")
+                loads[i] = f"x{i}"
+            src.append(self._body("i", loads))
+            src.append("  }\n}")
+            return "\n".join(src)
+        V = self.vec
+        nv = self.n // V
+        src.append(f"  for ({it} j = ({it})blockIdx.x * blockDim.x + threadIdx.x; j < {nv}; "
+                   f"j += ({it})gridDim.x * blockDim.x) {{")
+        src.append(f"    const {it} base = j * {V};")
+        for i in self.used:
+            if self.modes[i][0] != "full":
+                continue
+            t, isz = ctype(self.in_dtypes[i]), np.dtype(self.in_dtypes[i]).itemsize
+            chunks = V * isz // 16
+            src.append(f"    union {{ uint4 u[{chunks}]; {t} e[{V}]; }} b{i};")
+            src.append(f"    #pragma unroll\n    for (int c = 0; c < {chunks}; ++c) "
+                       f"b{i}.u[c] = reinterpret_cast<const uint4*>(in{i} + base)[c];")
+        to, osz = ctype(self.out_dtype), np.dtype(self.out_dtype).itemsize
+        ochunks = V * osz // 16
+        src.append(f"    union {{ uint4 u[{ochunks}]; {to} e[{V}]; }} bo;")
+        src.append(f"    #pragma unroll\n    for (int v = 0; v < {V}; ++v) {{")
+        loads = {}
+        for i in self.used:
+            m = self.modes[i]
+            if m[0] == "full":
+                e = f"b{i}.e[v]"
+            elif m[0] == "scalar":
+                e = f"in{i}[0]"
+            else:
+                e = f"in{i}[(base + v) % {m[1]}]"
+            src.append(f"      {comptype(self.in_dtypes[i])} x{i} = "
+                       f"{load_expr(self.in_dtypes[i], e)};")
+            loads[i] = f"x{i}"
+        body = self._body("__IDX__", loads).replace("out[__IDX__]", "bo.e[v]")
+        src.append(body.replace("\n    ", "\n      "))
+        src.append("    }")
+        src.append(f"    #pragma unroll\n    for (int c = 0; c < {ochunks}; ++c) "
+                   f"reinterpret_cast<uint4*>(out + base)[c] = bo.u[c];")
+        src.append("  }\n}")
+        return "\n".join(src)
+
+
+# --- depthwise convolution (NHWC, group == C_in) -------------------------------------------------
+class DepthwiseConvSource:
+    """CUDA source of kernel ``dwconv(x, wt, *operands, y)``: 2-D depthwise convolution, NHWC,
+    output channel k reads input channel k // mult, with the layer's epilogue fused. ``wt`` is
+    the filter as float32 [kh * kw, K]; :attr:`operands` lists the epilogue operands' layer
+    input indices in parameter order; :attr:`work` threads in a grid-stride loop. Each thread
+    computes TW consecutive output columns of one channel, keeping the input row segment in
+    registers."""
+
+    TW = 4
+
+    def __init__(self, x_shape, k_hw, strides, dilations, pads, out_shape, mult: int,
+                 in_dtype: str, out_dtype: str, epilogue: Sequence[dict],
+                 operand_modes: Dict[int, Tuple[str, str]]):
+        n, h, w, c = x_shape
+        _, ho, wo, kout = out_shape
+        kh, kw = k_hw
+        sh, sw = strides
+        dh, dw = dilations
+        ph, pw = pads[0], pads[1]
+        tw = self.TW
+        wtiles = (wo + tw - 1) // tw
+        self.work = n * ho * wtiles * kout
+        span = (tw - 1) * sw + (kw - 1) * dw + 1
+        ict, oct_ = ctype(in_dtype), ctype(out_dtype)
+        it = "long long" if n * h * w * c >= 2 ** 31 - 64 or n * ho * wo * kout >= 2 ** 31 - 64 \
+            else "int"
+        # epilogue operands: layer input index -> ("vec"|"full", dtype)
+        ops = sorted(operand_modes)
+        params = [f"const {ict}* __restrict__ x", "const float* __restrict__ wt"]
+        params += [f"const {ctype(operand_modes[i][1])}* __restrict__ e{i}" for i in ops]
+        params.append(f"{oct_}* __restrict__ y")
+        epi = []
+        for e in epilogue:
+            if e["op"] in ("bias", "scale", "add"):
+                i = e["input"]
+                mode, dt = operand_modes[i]
+                src = load_expr(dt, f"e{i}[k]" if mode == "vec" else f"e{i}[oidx]")
+                epi.append(f"acc = acc {'*' if e['op'] == 'scale' else '+'} {src};")
+            else:
+                epi.append(f"acc = {activation_expr(e, 'acc')};")
+        epi_src = "\n        ".join(epi)
+        self.source = PRELUDE + f"""
+extern "C" __global__ void dwconv({", ".join(params)}) {{
+  for ({it} t = ({it})blockIdx.x * blockDim.x + threadIdx.x; t < {self.work};
+       t += ({it})gridDim.x * blockDim.x) {{
+    const int k = t % {kout};
+    {it} r = t / {kout};
+    const int wt_i = r % {wtiles}; r /= {wtiles};
+    const int oh = r % {ho};
+    const int nb = r / {ho};
+    const int c = k / {mult};
+    const int ow0 = wt_i * {tw};
+    float acc_v[{tw}];
+    #pragma unroll
+    for (int j = 0; j < {tw}; ++j) acc_v[j] = 0.f;
+    #pragma unroll
+    for (int a = 0; a < {kh}; ++a) {{
+      const int ih = oh * {sh} - {ph} + a * {dh};
+      if (ih < 0 || ih >= {h}) continue;
+      const {ict}* xrow = x + ((({it})nb * {h} + ih) * {w}) * {c} + c;
+      float seg[{span}];
+      const int iw0 = ow0 * {sw} - {pw};
+      #pragma unroll
+      for (int s = 0; s < {span}; ++s) {{
+        const int iw = iw0 + s;
+        seg[s] = (iw >= 0 && iw < {w}) ? {load_expr(in_dtype, f"xrow[({it})iw * {c}]")} : 0.f;
+      }}
+      #pragma unroll
+      for (int b = 0; b < {kw}; ++b) {{
+        const float wv = wt[(a * {kw} + b) * {kout} + k];
+        #pragma unroll
+        for (int j = 0; j < {tw}; ++j) acc_v[j] += seg[j * {sw} + b * {dw}] * wv;
+      }}
+    }}
+    #pragma unroll
+    for (int j = 0; j < {tw}; ++j) {{
+      const int ow = ow0 + j;
+      if (ow < {wo}) {{
+        const {it} oidx = ((({it})nb * {ho} + oh) * {wo} + ow) * {kout} + k;
+        float acc = acc_v[j];
+        {epi_src}
+        y[oidx] = {store_expr(out_dtype, "acc")};
+      }}
+    }}
+  }}
+}}
+"""
+        self.operands = ops
