@@ -1,4 +1,4 @@
-"""Image ops: DepthToSpace, SpaceToDepth, CombinedNonMaxSuppression."""
+"""Image ops: DepthToSpace, SpaceToDepth, the resize family, CombinedNonMaxSuppression."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from onnx import numpy_helper
 
 from . import layout
 from .layout import onnx_type
-from .registry import FLOATS, TENSOR, WEIGHT, converter
+from .registry import ANY, FLOATS, TENSOR, WEIGHT, converter
+from .shape_values import resolve
 
 
 @converter("DepthToSpace", "SpaceToDepth", dtypes=FLOATS, inputs=(TENSOR,))
@@ -55,6 +56,189 @@ class DepthToSpace:
         if fmt == "NHWC":
             y = layout.to_channels_last(ctx, y, 4)
         ctx.set_output(node, 0, y)
+
+
+# --- resize -------------------------------------------------------------------------------------
+# TF's resize kernels (core/kernels/image/resize_*_op.cc) map output pixel x to the input
+# coordinate, in float32:
+#   legacy (neither flag)     c = x * in/out
+#   align_corners             c = x * (in-1)/(out-1)            (in/out when out == 1)
+#   half_pixel_centers        c = (x + 0.5) * in/out - 0.5      (bilinear)
+#                             c = (x + 0.5) * in/out            (nearest: no -0.5)
+# Bilinear interpolates between floor(c) and ceil(c), both clamped to the image: ONNX Resize
+# "linear" with coordinate_transformation_mode asymmetric / align_corners / half_pixel, which
+# clamp the same way. Nearest takes floor(c) (roundf(c) with align_corners), clamped: ONNX
+# asymmetric + floor, align_corners + round_prefer_ceil, and half_pixel + round_prefer_ceil
+# (round((x + 0.5) / s - 0.5) = floor((x + 0.5) * in/out); the same as the deprecated
+# tf_half_pixel_for_nn + floor without onnxruntime's deprecation warning).
+# TF's float32 products and ONNX's quotients round differently, and nearest is not continuous:
+# for some sizes (e.g. 14 -> 9 with half_pixel_centers) a pixel lands one input pixel apart.
+# With static sizes the converter computes TF's indices and checks ONNX's (in float32, as
+# onnxruntime computes, and float64, as the engine does); where one differs it emits Gathers of
+# TF's own indices instead of Resize, exact everywhere.
+
+_RESIZE_OPS = {"ResizeBilinear": "linear", "ResizeNearestNeighbor": "nearest"}
+
+
+def _resize_flags(node, ctx):
+    return bool(ctx.attr(node, "align_corners", False)), \
+        bool(ctx.attr(node, "half_pixel_centers", False))
+
+
+def _resize_out_size(node, ctx):
+    """(out_h, out_w) as ints, or a reason string. ``size`` is a constant, or computed from
+    static dims (Keras UpSampling2D: tf.shape(x)[1:3] * factor); TF's static output shape
+    serves when it knows both."""
+    elems = resolve(ctx.info, ctx.input_tensor(node, 1))
+    if not (isinstance(elems, list) and len(elems) == 2
+            and all(isinstance(e, int) for e in elems)):
+        out = ctx.output_shape(node, 0)
+        if out is None or len(out) != 4 or out[1] is None or out[2] is None:
+            return ("size must be known at conversion time (a constant, or computed from "
+                    "static dimensions); it is computed at run time")
+        elems = [int(out[1]), int(out[2])]
+    if min(elems) <= 0:
+        return f"size={elems} must be positive"
+    return elems
+
+
+def _validate_resize(node, ctx):
+    shape = ctx.input_shape(node, 0)
+    if len(shape) != 4:
+        return f"{node.op} needs a rank-4 NHWC input, got shape {shape}"
+    align_corners, half_pixel = _resize_flags(node, ctx)
+    if align_corners and half_pixel:
+        return "align_corners and half_pixel_centers cannot both be true (TF rejects it too)"
+    size = _resize_out_size(node, ctx)
+    return size if isinstance(size, str) else None
+
+
+def tf_nearest_indices(in_len: int, out_len: int, align_corners: bool,
+                       half_pixel: bool) -> np.ndarray:
+    """The input index of each output pixel, as TF's ResizeNearestNeighbor computes it."""
+    f = np.float32
+    scale = f(in_len - 1) / f(out_len - 1) if align_corners and out_len > 1 \
+        else f(in_len) / f(out_len)
+    x = np.arange(out_len, dtype=f)
+    c = ((x + f(0.5)) * scale if half_pixel else x * scale).astype(f)
+    if align_corners:  # roundf: half away from zero (c >= 0)
+        lo = np.floor(c)
+        c = np.where(c - lo >= 0.5, lo + 1, lo)
+    return np.clip(np.floor(c), 0, in_len - 1).astype(np.int64)
+
+
+def _onnx_nearest_indices(in_len, out_len, ctm, dtype) -> np.ndarray:
+    """ONNX Resize nearest indices for our modes, computed in ``dtype`` (float32 as
+    onnxruntime does: scale = float(out) / float(in); float64 as the engine does)."""
+    d = np.dtype(dtype).type
+    x = np.arange(out_len).astype(d)
+    scale = d(out_len) / d(in_len)
+    if ctm == "asymmetric":
+        return np.clip(np.floor(x / scale), 0, in_len - 1).astype(np.int64)
+    if ctm == "half_pixel":
+        c = (x + d(0.5)) / scale - d(0.5)
+    else:  # align_corners
+        c = x * d(in_len - 1) / d(out_len - 1) if out_len > 1 else np.zeros_like(x)
+    lo = np.floor(c)  # round_prefer_ceil
+    return np.clip(np.where(c - lo >= 0.5, lo + 1, lo), 0, in_len - 1).astype(np.int64)
+
+
+def _resize_mode(node, ctx):
+    """(onnx mode, coordinate_transformation_mode, nearest_mode) of a TF resize node."""
+    align_corners, half_pixel = _resize_flags(node, ctx)
+    ctm = "align_corners" if align_corners else "half_pixel" if half_pixel else "asymmetric"
+    if _RESIZE_OPS[node.op] == "linear":
+        return "linear", ctm, None
+    return "nearest", ctm, "floor" if ctm == "asymmetric" else "round_prefer_ceil"
+
+
+def _nearest_gathers(node, ctx, x, in_hw, out_hw):
+    """TF's nearest indices as Gathers on H and W, or None when ONNX Resize gives the same."""
+    if None in in_hw:
+        return None  # unknown at conversion: Resize (docs/differences.md)
+    align_corners, half_pixel = _resize_flags(node, ctx)
+    _, ctm, _ = _resize_mode(node, ctx)
+    tables = [tf_nearest_indices(i, o, align_corners, half_pixel) for i, o in zip(in_hw, out_hw)]
+    if all(np.array_equal(t, _onnx_nearest_indices(i, o, ctm, d)) for t, i, o in
+           zip(tables, in_hw, out_hw) for d in (np.float32, np.float64)):
+        return None
+    for axis, (t, i) in enumerate(zip(tables, in_hw), start=1):
+        if not np.array_equal(t, np.arange(i)):
+            x = ctx.emit("Gather", [x, ctx.const(t, f"{node.name}/indices")], axis=axis)
+    return x
+
+
+def _resize_sizes(node, ctx, x, shape, out_hw) -> str:
+    """ONNX Resize's int64 ``sizes`` [N, H', W', C]: N and C copied from the input (a
+    Shape slice where they are unknown, e.g. the dynamic batch)."""
+    n, c = shape[0], shape[3]
+    if n is not None and c is not None:
+        return ctx.const(np.array([n, *out_hw, c], np.int64), f"{node.name}/sizes")
+    i64 = lambda v, hint: ctx.const(np.array(v, np.int64), f"{node.name}/{hint}")  # noqa: E731
+    parts = [ctx.emit("Shape", [x], start=0, end=1) if n is None else i64([n], "batch"),
+             i64(out_hw, "size"),
+             ctx.emit("Shape", [x], start=3, end=4) if c is None else i64([c], "channels")]
+    return ctx.emit("Concat", parts, axis=0)
+
+
+@converter(*_RESIZE_OPS, dtypes=FLOATS, inputs=(TENSOR, ANY))
+class Resize:
+    """ResizeBilinear and ResizeNearestNeighbor (tf.image.resize, Keras Resizing and
+    UpSampling2D) with align_corners or half_pixel_centers or neither, float32/float16, NHWC,
+    up or down by any ratio, lowered to ONNX Resize on H and W. ``size`` constant or computed
+    from static dims; the batch and channels may be dynamic. Bilinear outputs float32 (a
+    float16 input is cast first, as TF computes in float); nearest keeps the input's type and
+    uses TF's exact pixel indices (Gathers where ONNX's rounding would pick another pixel).
+
+    Rejects: a size computed at run time, align_corners together with half_pixel_centers
+    (TF rejects it), other dtypes.
+    """
+
+    @staticmethod
+    def validate(node, ctx):
+        return _validate_resize(node, ctx)
+
+    @staticmethod
+    def convert(node, ctx):
+        x = ctx.input(node, 0)
+        shape = list(ctx.input_shape(node, 0))
+        out_hw = _resize_out_size(node, ctx)
+        mode, ctm, nearest_mode = _resize_mode(node, ctx)
+        if mode == "linear" and ctx.input_dtype(node, 0) != np.dtype(np.float32):
+            x = ctx.emit("Cast", [x], to=onnx_type(np.float32))
+        if mode == "nearest":
+            y = _nearest_gathers(node, ctx, x, shape[1:3], out_hw)
+            if y is not None:
+                ctx.set_output(node, 0, y)
+                return
+        sizes = _resize_sizes(node, ctx, x, shape, out_hw)
+        y = ctx.emit("Resize", [x, "", "", sizes], mode=mode,
+                     coordinate_transformation_mode=ctm, nearest_mode=nearest_mode)
+        ctx.set_output(node, 0, y)
+
+
+@converter("ResizeBicubic", "ResizeArea", dtypes=FLOATS, inputs=(TENSOR, ANY))
+class ResizeUnsupported:
+    """ResizeBicubic and ResizeArea are recognized so that the reason they stay native is
+    precise; no attribute combination converts.
+
+    Rejects always: ResizeBicubic weighs its taps from a table quantized to 1/1024 pixel, which
+    ONNX cubic (exact weights) misses by up to ~1e-3 of the pixel range; ResizeArea averages
+    fractional pixel footprints, which ONNX Resize has no mode for.
+    """
+
+    @staticmethod
+    def validate(node, ctx):
+        if node.op == "ResizeBicubic":
+            return ("ResizeBicubic is not supported: TF weighs the taps from a table quantized "
+                    "to 1/1024 pixel that ONNX Resize cubic does not reproduce (differences "
+                    "up to ~1e-3); use bilinear or keep it native")
+        return ("ResizeArea is not supported: its fractional-footprint averaging has no ONNX "
+                "Resize mode; use bilinear (or an average pool for integer factors)")
+
+    @staticmethod
+    def convert(node, ctx):
+        raise NotImplementedError(ResizeUnsupported.validate(node, ctx))
 
 
 @converter("CombinedNonMaxSuppression", dtype_attr=None,

@@ -15,6 +15,7 @@ import numpy as np
 from . import layout
 from .layout import onnx_type
 from .registry import ANY, FLOATS, TENSOR, WEIGHT, converter
+from .shape_values import resolve
 
 # TF's SELU constants (tensorflow/core/kernels/relu_op_functor.h), written out in full so the
 # float32 rounding matches TF's.
@@ -168,15 +169,43 @@ class DepthwiseConv2dNative:
         _convert_conv(node, ctx, 2, depthwise=True)
 
 
-@converter("Conv2DBackpropInput", "Conv3DBackpropInputV2", dtypes=FLOATS,
-           inputs=(WEIGHT, ANY, TENSOR))
-class ConvBackpropInput:
-    """Transposed convolution (tf.nn.conv2d_transpose / conv3d_transpose): the gradient of a
-    convolution with respect to its input, lowered to ONNX ConvTranspose with explicit pads
-    and output_padding so the output has exactly the spatial size of ``input_sizes``.
-    NHWC/NCHW (NDHWC/NCDHW), strides, dilations, padding SAME, VALID or EXPLICIT (2-D).
+def _backprop_input_sizes(node, ctx, nd: int):
+    """The output spatial sizes of a transposed convolution (ints), or a reason string.
 
-    Rejects: ``input_sizes`` that is not a constant (static output shape needed), grouped
+    ``input_sizes`` is a constant, or (Keras Conv2DTranspose on a dynamic batch) built at run
+    time as ``stack([shape(x)[0], H, W, C])``: the batch entry may be anything (ConvTranspose
+    keeps out_backprop's batch, and TF checks the two agree), the spatial entries must resolve
+    to static ints, the channel entry to the filter's or to a run-time value TF checks.
+    """
+    elems = resolve(ctx.info, ctx.input_tensor(node, 0))
+    if not isinstance(elems, list):
+        return ("input_sizes must be a constant or built from constants and tensor shapes "
+                "(Const, Shape, StridedSlice, Pack, ConcatV2)")
+    if len(elems) not in (nd, nd + 2):
+        return f"input_sizes={elems} must have {nd + 2} (or {nd}) entries"
+    fmt = layout.data_format(node, ctx)
+    spatial = elems if len(elems) == nd else layout.spatial_of(elems, fmt)
+    if not all(isinstance(e, int) for e in spatial):
+        return (f"the spatial entries of input_sizes={elems} must be known at conversion time "
+                f"(the engine needs static output sizes); only the batch may be dynamic")
+    if len(elems) == nd + 2:
+        c = elems[layout.channel_axis(fmt)]
+        cin = ctx.input_shape(node, 1)[-2]
+        if isinstance(c, int) and c != cin:
+            return f"input_sizes channels {c} differ from the filter's input channels {cin}"
+    return [int(e) for e in spatial]
+
+
+@converter("Conv2DBackpropInput", "Conv3DBackpropInputV2", dtypes=FLOATS,
+           inputs=(ANY, ANY, TENSOR))
+class ConvBackpropInput:
+    """Transposed convolution (tf.nn.conv2d_transpose / conv3d_transpose, Keras
+    Conv2DTranspose): the gradient of a convolution with respect to its input, lowered to ONNX
+    ConvTranspose with explicit pads and output_padding so the output has exactly the spatial
+    size of ``input_sizes``. NHWC/NCHW (NDHWC/NCDHW), strides, dilations, padding SAME, VALID
+    or EXPLICIT (2-D); ``input_sizes`` constant or built from the dynamic batch.
+
+    Rejects: ``input_sizes`` whose spatial entries are not known at conversion time, grouped
     filters, strides/dilations on batch or channel, filters of unknown shape.
     """
 
@@ -188,9 +217,9 @@ class ConvBackpropInput:
                                 else ("SAME", "VALID"))
         if reason:
             return reason
-        sizes = np.asarray(ctx.const_value(node, 0)).reshape(-1)
-        if len(sizes) not in (nd, nd + 2):
-            return f"input_sizes={sizes.tolist()} must have {nd + 2} (or {nd}) entries"
+        sizes = _backprop_input_sizes(node, ctx, nd)
+        if isinstance(sizes, str):
+            return sizes
         fmt = layout.data_format(node, ctx)
         cout = ctx.input_shape(node, 2)[layout.channel_axis(fmt)]
         ws = ctx.input_shape(node, 1)
@@ -204,8 +233,7 @@ class ConvBackpropInput:
         nd = 3 if node.op == "Conv3DBackpropInputV2" else 2
         rank = nd + 2
         fmt = layout.data_format(node, ctx)
-        sizes = [int(v) for v in np.asarray(ctx.const_value(node, 0)).reshape(-1)]
-        out_spatial = sizes if len(sizes) == nd else layout.spatial_of(sizes, fmt)
+        out_spatial = _backprop_input_sizes(node, ctx, nd)
         ws = ctx.input_shape(node, 1)
         kernel = [int(k) for k in ws[:nd]]
         strides = _spatial_attr(node, ctx, "strides", fmt, nd)

@@ -127,6 +127,14 @@ def _resolve_node(info, node, ins, depth) -> Optional[Resolved]:
         a, b = resolve(info, ins[0], depth), resolve(info, ins[1], depth)
         if isinstance(a, int) and isinstance(b, int):
             return int(_ARITH[op](a, b))
+        # Static vectors, elementwise with numpy broadcasting (Keras UpSampling2D's
+        # tf.shape(x)[1:3] * factor when H and W are known).
+        va, vb = (v if isinstance(v, list) else [v] for v in (a, b))
+        if all(isinstance(e, int) for e in va + vb) and \
+                (len(va) == len(vb) or 1 in (len(va), len(vb))):
+            n = max(len(va), len(vb))
+            va, vb = (v * n if len(v) == 1 else v for v in (va, vb))
+            return [int(_ARITH[op](x, y)) for x, y in zip(va, vb)]
         return None
     return None
 

@@ -1,4 +1,4 @@
-"""Converters of converters/image.py: DepthToSpace, SpaceToDepth, CombinedNonMaxSuppression."""
+"""Converters of converters/image.py: DepthToSpace, SpaceToDepth, resize, CombinedNonMaxSuppression."""
 
 import numpy as np
 import pytest
@@ -6,8 +6,9 @@ import tensorflow as tf
 
 from tests.converters import harness
 from tests.converters.harness import check_op, check_rejected
-from tftrt import lowering
+from tftrt import graph_io, lowering
 from tftrt.converters import registry
+from tftrt.converters.image import tf_nearest_indices
 
 
 def rand(*shape, dtype=np.float32, seed=0):
@@ -73,3 +74,136 @@ def test_combined_nms_rejects_per_class_boxes():
     check_rejected(lambda b, s: tf.image.combined_non_max_suppression(b, s, 3, 6),
                    [np.tile(_boxes(1, 5), (1, 1, 2, 1)), rand(1, 5, 2)],
                    "CombinedNonMaxSuppression", "per-class boxes")
+
+
+# --- resize -------------------------------------------------------------------------------------
+RESIZE_FLAGS = [(False, False), (True, False), (False, True)]  # (align_corners, half_pixel)
+RESIZE_SIZES = [((4, 6), (8, 12)),   # up x2
+                ((9, 7), (4, 3)),    # down, non-integer ratios
+                ((5, 6), (7, 11)),   # up, non-integer ratios
+                ((6, 5), (1, 5))]    # a single output row; width kept
+
+
+def _resize(op, size, align_corners, half_pixel):
+    fn = tf.raw_ops.ResizeBilinear if op == "ResizeBilinear" else tf.raw_ops.ResizeNearestNeighbor
+    return lambda x: fn(images=x, size=size, align_corners=align_corners,
+                        half_pixel_centers=half_pixel)
+
+
+@pytest.mark.parametrize("op", ["ResizeBilinear", "ResizeNearestNeighbor"])
+@pytest.mark.parametrize("align_corners,half_pixel", RESIZE_FLAGS)
+@pytest.mark.parametrize("in_hw,out_hw", RESIZE_SIZES)
+def test_resize(op, align_corners, half_pixel, in_hw, out_hw):
+    x = rand(2, *in_hw, 3)
+    low = check_op(_resize(op, out_hw, align_corners, half_pixel), [x], dynamic_batch=True,
+                   expect_tf_ops=[op])
+    if op == "ResizeNearestNeighbor":  # picking pixels: exact
+        harness.assert_close(harness.run_engine(low.net.model, [x]), low.tf_outputs, 0, 0,
+                             "engine")
+
+
+@pytest.mark.parametrize("op", ["ResizeBilinear", "ResizeNearestNeighbor"])
+@pytest.mark.parametrize("align_corners,half_pixel", RESIZE_FLAGS)
+@pytest.mark.parametrize("precision", ["FP32", "FP16"])
+def test_resize_fp16(op, align_corners, half_pixel, precision):
+    """float16 images: bilinear casts to float32 first (TF's output is float32), nearest keeps
+    float16; under FP16 precision too."""
+    x = rand(2, 5, 7, 4, dtype=np.float16)
+    low = check_op(_resize(op, (8, 4), align_corners, half_pixel), [x], precision=precision,
+                   dynamic_batch=True, expect_tf_ops=[op])
+    want = np.float32 if op == "ResizeBilinear" else np.float16
+    assert low.tf_outputs[0].dtype == want
+
+
+@pytest.mark.parametrize("op,align_corners,half_pixel", [
+    ("ResizeNearestNeighbor", False, True), ("ResizeBilinear", False, True),
+    ("ResizeNearestNeighbor", False, False)])
+def test_resize_size_from_the_input_shape(op, align_corners, half_pixel):
+    """tf.shape(x)[1:3] * 2 on a dynamic batch (as Keras UpSampling2D builds it) converts."""
+    fn = tf.raw_ops.ResizeBilinear if op == "ResizeBilinear" else tf.raw_ops.ResizeNearestNeighbor
+    low = check_op(lambda x: fn(images=x, size=tf.shape(x)[1:3] * 2, align_corners=align_corners,
+                                half_pixel_centers=half_pixel),
+                   [rand(3, 4, 5, 2)], dynamic_batch=True, expect_tf_ops=[op, "Shape", "Mul"])
+    assert "Resize" in low.onnx_ops
+
+
+def test_resize_nearest_uses_tf_indices_where_onnx_rounds_differently():
+    """14 -> 9 with half_pixel_centers: TF's float32 (x + 0.5) * 14/9 and ONNX's quotient
+    pick different pixels at x = 4; the converter gathers TF's indices instead."""
+    x = rand(2, 14, 9, 3)
+    fn = _resize("ResizeNearestNeighbor", (9, 14), False, True)
+    low = check_op(fn, [x], dynamic_batch=True, rtol=0, atol=0)
+    assert "Resize" not in low.onnx_ops and "Gather" in low.onnx_ops
+    # Where ONNX agrees, it stays one Resize.
+    low = check_op(_resize("ResizeNearestNeighbor", (7, 18), False, True), [x], rtol=0, atol=0)
+    assert low.onnx_ops.count("Resize") == 1 and "Gather" not in low.onnx_ops
+
+
+@pytest.mark.parametrize("align_corners,half_pixel", RESIZE_FLAGS)
+def test_tf_nearest_indices_match_tf(align_corners, half_pixel):
+    """The converter's model of TF's nearest-neighbour indexing, against TF, for every pair of
+    sizes up to 24."""
+    for n_in in range(1, 25):
+        img = np.arange(n_in, dtype=np.float32).reshape(1, n_in, 1, 1)
+        for n_out in range(1, 25):
+            got = tf.raw_ops.ResizeNearestNeighbor(
+                images=img, size=[n_out, 1], align_corners=align_corners,
+                half_pixel_centers=half_pixel).numpy().reshape(-1)
+            np.testing.assert_array_equal(
+                tf_nearest_indices(n_in, n_out, align_corners, half_pixel), got,
+                err_msg=f"{n_in} -> {n_out}")
+
+
+def test_resize_rejects():
+    x = rand(1, 4, 4, 2)
+    check_rejected(_resize("ResizeBilinear", (8, 8), True, True), [x], "ResizeBilinear",
+                   "cannot both be true")
+    check_rejected(lambda x: tf.raw_ops.ResizeBicubic(images=x, size=(8, 8),
+                                                      half_pixel_centers=True),
+                   [x], "ResizeBicubic", "1/1024")
+    check_rejected(lambda x: tf.raw_ops.ResizeArea(images=x, size=(2, 2)), [x], "ResizeArea",
+                   "not supported")
+
+
+def test_resize_rejects_size_computed_at_run_time():
+    """tf.shape(x)[1:3] * 2 with H and W unknown: the engine needs the size at conversion."""
+    concrete = tf.function(lambda x: tf.image.resize(x, tf.shape(x)[1:3] * 2)) \
+        .get_concrete_function(tf.TensorSpec([None, None, None, 2], tf.float32))
+    frozen, graph_def = graph_io.freeze_and_clean(concrete)
+    info = graph_io.GraphInfo(graph_def, [t.name for t in frozen.inputs],
+                              [t.name for t in frozen.outputs])
+    node = next(n for n in graph_def.node if n.op == "ResizeBilinear")
+    reason = registry.validate_node(node, lowering.ValidationContext(info))
+    assert reason and "known at conversion time" in reason
+
+
+def test_keras_upsampling_and_resizing_one_engine(tmp_path):
+    """Keras UpSampling2D (bilinear: ResizeBilinear; nearest: tf.repeat) and Resizing (bilinear
+    and nearest) on a dynamic batch: one engine, which runs, and matches Keras."""
+    keras = pytest.importorskip("keras")
+    from tests.integration import models
+    from tests.tolerances import MODEL_TOLERANCES
+    from tftrt import trt_convert as trt
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6, 8, 3))
+    h = keras.layers.Conv2D(4, 3, padding="same")(inp)
+    h = keras.layers.UpSampling2D(2, interpolation="bilinear")(h)
+    h = keras.layers.UpSampling2D((1, 2), interpolation="nearest")(h)
+    h = keras.layers.Resizing(9, 20, interpolation="nearest")(h)
+    h = keras.layers.Resizing(5, 7)(h)
+    path = models.save_keras(keras.Model(inp, keras.layers.Conv2D(2, 1)(h)), str(tmp_path / "m"))
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=path)
+    fn = conv.convert()
+    x = models.batch((3, 6, 8, 3))
+    arg = {next(iter(fn.structured_input_signature[1])): tf.constant(x)}
+    ref = tf.saved_model.load(path).signatures["serving_default"](**arg)
+    got = fn(**arg)
+    rtol, atol = MODEL_TOLERANCES["FP32"]
+    for k in ref:
+        np.testing.assert_allclose(got[k].numpy(), ref[k].numpy(), rtol=rtol, atol=atol)
+    ops = conv.engine_ops
+    assert len(ops) == 1, sorted(ops)
+    op = next(iter(ops.values()))
+    assert op.stats["engine"] == 1 and op.stats["native"] == 0
+    kinds = [l.kind for _, e in op.cache.items() for l in e.network.layers]
+    assert kinds.count("resize") >= 2, kinds

@@ -518,3 +518,54 @@ def test_keras_cnn_lowers_entirely():
     low = check_op(fn, [rand(2, 8, 8, 3)], dynamic_batch=True,
                    rtol=rtol, atol=atol, expect_tf_ops=["Conv2D", "MaxPool", "Softmax"])
     assert "Conv" in low.onnx_ops and "Softmax" in low.onnx_ops
+
+
+# --- transposed convolution on a dynamic batch ---------------------------------------------------
+@pytest.mark.parametrize("strides,padding,out_hw", [(2, "SAME", (8, 10)), (2, "VALID", (9, 11)),
+                                                    (1, "SAME", (4, 5))])
+def test_conv2d_transpose_input_sizes_from_the_dynamic_batch(strides, padding, out_hw):
+    """input_sizes = stack([shape(x)[0], H, W, C]), what Keras Conv2DTranspose traces to."""
+    w = rand(3, 3, 2, 4, seed=3)
+    fn = lambda x: tf.nn.conv2d_transpose(  # noqa: E731
+        x, w, tf.stack([tf.shape(x)[0], *out_hw, 2]), strides, padding)
+    low = check_op(fn, [rand(3, 4, 5, 4)], dynamic_batch=True,
+                   expect_tf_ops=["Conv2DBackpropInput", "Pack", "Shape"])
+    assert low.onnx_ops.count("ConvTranspose") == 1
+
+
+def test_conv2d_transpose_rejects_run_time_spatial_sizes():
+    w = rand(3, 3, 2, 4, seed=3)
+    check_rejected(lambda x, y: tf.nn.conv2d_transpose(
+        x, w, tf.stack([1, tf.cast(tf.reduce_max(y), tf.int32), 8, 2]), 2, "SAME"),
+        [rand(1, 4, 4, 4), rand(8)], "Conv2DBackpropInput", "known at conversion time")
+
+
+def test_keras_conv2d_transpose_unet_one_engine(tmp_path):
+    """A small U-Net (Conv2DTranspose on a dynamic batch, skip concat) converts into one
+    engine, which runs, and matches Keras."""
+    keras = pytest.importorskip("keras")
+    from tests.integration import models
+    from tftrt import trt_convert as trt
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 3))
+    d = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inp)
+    h = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(d)
+    h = keras.layers.Conv2DTranspose(4, 3, strides=2, padding="same")(h)
+    h = keras.layers.Concatenate()([h, d])
+    h = keras.layers.Conv2DTranspose(2, 2, strides=1, padding="valid")(h)
+    path = models.save_keras(keras.Model(inp, h), str(tmp_path / "unet"))
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=path)
+    fn = conv.convert()
+    x = models.batch((3, 8, 8, 3))
+    arg = {next(iter(fn.structured_input_signature[1])): tf.constant(x)}
+    ref = tf.saved_model.load(path).signatures["serving_default"](**arg)
+    got = fn(**arg)
+    rtol, atol = MODEL_TOLERANCES["FP32"]
+    for k in ref:
+        np.testing.assert_allclose(got[k].numpy(), ref[k].numpy(), rtol=rtol, atol=atol)
+    ops = conv.engine_ops
+    assert len(ops) == 1, sorted(ops)
+    op = next(iter(ops.values()))
+    assert op.stats["engine"] == 1 and op.stats["native"] == 0
+    kinds = [l.kind for _, e in op.cache.items() for l in e.network.layers]
+    assert kinds.count("conv_transpose") == 2, kinds
