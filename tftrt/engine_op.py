@@ -63,7 +63,8 @@ def _tf32_enabled() -> bool:
 
 
 def native_fallback_allowed() -> bool:
-    return os.environ.get("TF_TRT_ALLOW_ENGINE_NATIVE_SEGMENT_EXECUTION", "1") != "0"
+    from tftrt.env import env_bool
+    return env_bool("TF_TRT_ALLOW_ENGINE_NATIVE_SEGMENT_EXECUTION", True)
 
 
 @dataclasses.dataclass
@@ -149,26 +150,45 @@ class TRTEngineOp:
 
     # --- public ------------------------------------------------------------------------------
     def __call__(self, *inputs):
+        """The segment's outputs for ``inputs``: the engine's, or the native segment's.
+
+        For callers outside a TensorFlow graph (the direct single-engine signature): the
+        native segment runs here as an ordinary top-level function call. Inside a converted
+        graph the engine node calls :meth:`try_engine` and the graph itself runs the native
+        segment when that returns None (never a TF call nested in the engine callback).
+        """
+        outs = self.try_engine(inputs)
+        return self._native(inputs) if outs is None else outs
+
+    def try_engine(self, inputs) -> Optional[list]:
+        """Runs the engine for ``inputs`` (building it when allowed); None means "run the
+        native segment instead", decided here for every reason: the native backend, a batch
+        over max_batch_size, no engine and no runtime build, a failed build or a failed run.
+
+        Never calls TensorFlow: this runs inside an EagerPyFunc on one of TensorFlow's
+        inter-op threads, and a nested TF call there deadlocks when those threads are few.
+        Raises when native segment execution is disabled (TF-TRT's environment variable).
+        """
         backend = resolve_backend()
         if backend == "native":
-            self.stats["native"] += 1
-            return self._native(inputs)
+            return self._fallback("the native backend is selected (TFTRT_BACKEND resolved to "
+                                  "native)", log_it=False)
         key = tuple(tuple(int(d) for d in t.shape) for t in inputs)
         limit = self.spec.max_batch_size
         if limit and key and key[0] and key[0][0] > limit:
-            return self._fallback(inputs, f"batch {key[0][0]} is larger than max_batch_size="
-                                          f"{limit}")
+            return self._fallback(f"batch {key[0][0]} is larger than max_batch_size={limit}")
         engine, why = self._engine_for(key, backend)
         if engine is None:
-            return self._fallback(inputs, why)
+            return self._fallback(why)
         try:
             outs = self._execute(engine, inputs, backend)
         except Exception as e:  # a failing engine must not break the user's model
             from tftrt.gpu_memory import explain_out_of_memory
             e = explain_out_of_memory(e)
-            return self._fallback(inputs, f"engine execution failed for input shapes {key}: "
-                                          f"{type(e).__name__}: {e}")
-        self.stats["engine"] += 1
+            return self._fallback(f"engine execution failed for input shapes {key}: "
+                                  f"{type(e).__name__}: {e}")
+        with self._lock:
+            self.stats["engine"] += 1
         return outs
 
     def add_engine(self, key: ShapeKey, engine) -> None:
@@ -242,15 +262,18 @@ class TRTEngineOp:
             outs = [outs[k] for k in sorted(outs)]
         return list(outs) if isinstance(outs, (list, tuple)) else [outs]
 
-    def _fallback(self, inputs, why: str):
+    def _fallback(self, why: str, log_it: bool = True) -> None:
+        """Counts (and logs once per reason) a native run; returns None for try_engine."""
         if not native_fallback_allowed():
             raise RuntimeError(f"{self.name}: {why}; native segment execution is disabled by "
                                f"TF_TRT_ALLOW_ENGINE_NATIVE_SEGMENT_EXECUTION=0")
-        if why not in self._logged:
+        with self._lock:
+            first = why not in self._logged
             self._logged.add(why)
+            self.stats["native"] += 1
+        if first and log_it:
             log.warning("%s runs its native segment: %s", self.name, why)
-        self.stats["native"] += 1
-        return self._native(inputs)
+        return None
 
     def describe(self) -> dict:
         return {"name": self.name,

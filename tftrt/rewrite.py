@@ -161,15 +161,127 @@ def function_def_caller(fdef, input_specs: Sequence[Tuple[np.dtype, object]],
 # Replacing segments
 
 
+# The engine node's output 0: True when the engine ran, False when the native segment must
+# run. A bool: TF's lowering of If into Switch/Merge takes no other predicate type.
+STATUS_DTYPE = np.dtype(np.bool_)
+
+
 def engine_node(name: str, token: str, in_dtypes, out_dtypes):
-    """An EagerPyFunc NodeDef bound to the registered Python callable ``token``."""
+    """An EagerPyFunc NodeDef bound to the registered Python callable ``token``.
+
+    Its outputs are the status (STATUS_DTYPE) then the segment outputs; see
+    :func:`with_native_fallback` for the node that reads them.
+    """
     from tensorflow.core.framework import node_def_pb2
     node = node_def_pb2.NodeDef(name=name, op="EagerPyFunc")
     node.attr["token"].s = token.encode()
     node.attr["is_async"].b = False
     node.attr["Tin"].list.type.extend([_dtype_enum(d) for d in in_dtypes])
-    node.attr["Tout"].list.type.extend([_dtype_enum(d) for d in out_dtypes])
+    node.attr["Tout"].list.type.extend([_dtype_enum(d) for d in [STATUS_DTYPE, *out_dtypes]])
     return node
+
+
+def engine_call_name(engine_name: str) -> str:
+    """The EagerPyFunc node that tries an engine. The node named ``engine_name`` itself is
+    the select node after it, so ``TRTEngineOp_000_000:j`` is the segment's output j
+    whichever ran (as with TF-TRT), and code that counts engines by node name finds each
+    once."""
+    return "tftrt_engine_call_" + engine_name.replace("TRTEngineOp_", "")
+
+
+def _take_engine_outputs_fdef(in_dtypes, out_dtypes):
+    """The select node's then-branch: returns the engine's outputs (its first arguments)."""
+    from tensorflow.core.framework import function_pb2
+    fdef = function_pb2.FunctionDef()
+    _branch_signature(fdef, in_dtypes, out_dtypes)
+    for j, d in enumerate(out_dtypes):
+        ident = fdef.node_def.add(name=f"engine_{j}", op="Identity", input=[f"e_{j}"])
+        ident.attr["T"].type = _dtype_enum(d)
+        fdef.ret[f"r_{j}"] = f"engine_{j}:output:0"
+    key = (",".join(np.dtype(d).name for d in out_dtypes) + "|" +
+           ",".join(np.dtype(d).name for d in in_dtypes))
+    fdef.signature.name = "tftrt_engine_outputs_" + hashlib.sha1(key.encode()).hexdigest()[:10]
+    return fdef
+
+
+def _run_native_fdef(native_name: str, in_dtypes, out_dtypes):
+    """The select node's else-branch: calls the native segment function on the segment
+    inputs (its last arguments)."""
+    from tensorflow.core.framework import function_pb2
+    fdef = function_pb2.FunctionDef()
+    _branch_signature(fdef, in_dtypes, out_dtypes)
+    call = fdef.node_def.add(name="native", op="PartitionedCall")
+    call.input.extend([f"i_{i}" for i in range(len(in_dtypes))])
+    call.attr["Tin"].list.type.extend([_dtype_enum(d) for d in in_dtypes])
+    call.attr["Tout"].list.type.extend([_dtype_enum(d) for d in out_dtypes])
+    call.attr["f"].func.name = native_name
+    for j in range(len(out_dtypes)):
+        fdef.ret[f"r_{j}"] = f"native:output:{j}"
+    fdef.signature.name = f"{native_name}_fallback"
+    return fdef
+
+
+def _branch_signature(fdef, in_dtypes, out_dtypes) -> None:
+    sig = fdef.signature
+    for j, d in enumerate(out_dtypes):
+        sig.input_arg.add(name=f"e_{j}", type=_dtype_enum(d))
+    for i, d in enumerate(in_dtypes):
+        sig.input_arg.add(name=f"i_{i}", type=_dtype_enum(d))
+    for j, d in enumerate(out_dtypes):
+        sig.output_arg.add(name=f"r_{j}", type=_dtype_enum(d))
+
+
+def with_native_fallback(graph_def, native_fdefs: Dict[str, object]):
+    """Gives every engine node of ``graph_def`` its native fallback as a node of the graph.
+
+    An engine node ``E`` (an EagerPyFunc, see :func:`engine_node`) becomes two nodes: the
+    EagerPyFunc, renamed :func:`engine_call_name`, which tries the engine, and an ``If``
+    named ``E`` on its status: the then-branch passes the engine's outputs through, the
+    else-branch calls the native segment function on the segment inputs. So the native
+    segment runs as an ordinary function call of the graph, never nested inside the
+    engine's Python callback (which held an inter-op thread while TF waited for another: a
+    deadlock with one inter-op thread, or with two engines and two callers). TF lowers the
+    ``If`` to Switch/Merge, so the branch not taken costs nothing.
+
+    Args:
+      graph_def: engine form, each engine an EagerPyFunc node named as a key of
+        ``native_fdefs``.
+      native_fdefs: {engine node name: native segment FunctionDef}.
+    Returns:
+      A new GraphDef; its library gains the native segments and the branch functions.
+    """
+    from tensorflow.core.framework import graph_pb2, node_def_pb2
+    out = graph_pb2.GraphDef()
+    out.CopyFrom(graph_def)
+    have = {f.signature.name for f in out.library.function}
+    selects = []
+    for node in out.node:
+        if node.name not in native_fdefs:
+            continue
+        tf = _tf()
+        in_dtypes = [tf.as_dtype(t).as_numpy_dtype for t in node.attr["Tin"].list.type]
+        out_dtypes = [tf.as_dtype(t).as_numpy_dtype for t in node.attr["Tout"].list.type[1:]]
+        native = native_fdefs[node.name]
+        then_f = _take_engine_outputs_fdef(in_dtypes, out_dtypes)
+        else_f = _run_native_fdef(native.signature.name, in_dtypes, out_dtypes)
+        for f in (native, then_f, else_f):
+            if f.signature.name not in have:
+                out.library.function.add().CopyFrom(f)
+                have.add(f.signature.name)
+        sel = node_def_pb2.NodeDef(name=node.name, op="If")
+        node.name = engine_call_name(node.name)
+        sel.input.extend(f"{node.name}:{j}" for j in range(len(out_dtypes) + 1))
+        sel.input.extend(i for i in node.input if not i.startswith("^"))
+        sel.attr["Tcond"].type = _dtype_enum(STATUS_DTYPE)
+        sel.attr["Tin"].list.type.extend([_dtype_enum(d) for d in [*out_dtypes, *in_dtypes]])
+        sel.attr["Tout"].list.type.extend([_dtype_enum(d) for d in out_dtypes])
+        sel.attr["then_branch"].func.name = then_f.signature.name
+        sel.attr["else_branch"].func.name = else_f.signature.name
+        sel.attr["output_shapes"].list.SetInParent()
+        sel.attr["_lower_using_switch_merge"].b = True
+        selects.append(sel)
+    out.node.extend(selects)
+    return out
 
 
 def native_call_node(name: str, fdef_name: str, in_dtypes, out_dtypes):
@@ -246,57 +358,50 @@ def replace_segments(info: GraphInfo, segments: Sequence[Segment],
     return gd, outputs
 
 
-def flat_function(graph_def, inputs: Sequence[str], outputs: Sequence[str]):
-    """A ConcreteFunction (positional tensors in, list out) of a GraphDef."""
-    from tensorflow.python.eager import wrap_function
-    return wrap_function.function_from_graph_def(graph_def, list(inputs), list(outputs))
+def graph_signature_function(graph_def, inputs: Sequence[str], outputs: Sequence[str],
+                             arg_names: Sequence[str], input_specs, structured_outputs,
+                             structured_input_signature=None, keepalive=None):
+    """A GraphDef as a function called like the original signature, in one trace.
 
-
-# ------------------------------------------------------------------------------------------------
-# The user-facing signature function
-
-
-def signature_function(flat_fn, arg_names: Sequence[str], input_specs, structured_outputs,
-                       keepalive=(), structured_input_signature=None):
-    """Wraps a flat function so it is called like the original signature.
+    The GraphDef is imported straight into the signature's graph (node names kept, so
+    ``TRTEngineOp_000_000`` is found under that name) with its inputs mapped to the
+    arguments; its functions (the native segments, with every weight) are registered once.
 
     Args:
-      flat_fn: positional tensors -> list of tensors.
-      arg_names: keyword names of the inputs, in flat order.
+      graph_def, inputs, outputs: the graph and its input / output tensor names.
+      arg_names: keyword names of the inputs, in ``inputs`` order.
       input_specs: tf.TensorSpec per input (shape and dtype of the original signature).
-      structured_outputs: the original signature's structured outputs (a dict for SavedModel
-        signatures); the flat outputs are packed into the same structure.
-      keepalive: objects the function must keep alive (engine ops bound by token).
+      structured_outputs: the original signature's structured outputs; the flat outputs are
+        packed into the same structure.
       structured_input_signature: the original's, reported by the returned function.
+      keepalive: for a graph with engine nodes, what their tokens refer to: the function
+        keeps it alive, and the graph's library functions (the select nodes' branches and
+        the native segments) are registered with the eager context, where TF looks up the
+        branches it lowers an ``If`` into (importing into a function's graph does not).
     Returns:
       A ConcreteFunction taking the original keyword arguments.
     """
-    fn = _keyword_function(flat_fn, arg_names, input_specs, structured_outputs,
-                           structured_input_signature)
-    fn._tftrt_keepalive = list(keepalive) + [flat_fn]  # pylint: disable=protected-access
-    return fn
-
-
-def graph_signature_function(graph_def, inputs: Sequence[str], outputs: Sequence[str],
-                             arg_names: Sequence[str], input_specs, structured_outputs,
-                             structured_input_signature=None):
-    """Like ``signature_function(flat_function(graph_def, inputs, outputs), ...)`` in one
-    trace: the GraphDef is imported straight into the signature's graph with its inputs
-    mapped to the arguments. For saving: the GraphDef's functions (the native segments, with
-    every weight) are registered once, where wrapping then pruning a flat function registered
-    them twice (seconds for a BERT-sized model)."""
     tf = _tf()
+    from tensorflow.python.eager import context
     from tensorflow.python.framework import importer
     # The unpatched import (tftrt.activate() binds engines on import; saving must not).
     import_graph_def = getattr(importer.import_graph_def, "_tftrt_original",
                                importer.import_graph_def)
+    if keepalive is not None:
+        ctx = context.context()
+        for f in graph_def.library.function:
+            if not ctx.has_function(f.signature.name):
+                ctx.add_function_def(f)
 
     def imported(*flat):
         outs = import_graph_def(graph_def, input_map=dict(zip(inputs, flat)),
-                                return_elements=list(outputs), name="tftrt")
+                                return_elements=list(outputs), name="")
         return [tf.identity(o) for o in outs]
-    return _keyword_function(imported, arg_names, input_specs, structured_outputs,
-                             structured_input_signature)
+    fn = _keyword_function(imported, arg_names, input_specs, structured_outputs,
+                           structured_input_signature)
+    if keepalive is not None:
+        fn._tftrt_keepalive = list(keepalive)  # pylint: disable=protected-access
+    return fn
 
 
 def _keyword_function(flat_fn, arg_names, input_specs, structured_outputs,

@@ -8,6 +8,7 @@ import logging
 import os
 from typing import Callable, Dict
 
+from tftrt.env import parse_bool
 from tftrt.segment import BOUNDARY_OPS, SegmentationResult
 
 log = logging.getLogger("tftrt.segment")
@@ -92,11 +93,13 @@ def log_unconverted(info, seg: SegmentationResult) -> None:
     count = sum(sum(v.values()) for v in reasons.values())
     log.warning("There are %d ops of %d different types in the graph that are not converted "
                 "to TensorRT: %s", count, len(reasons), ", ".join(sorted(reasons)))
-    detail = os.environ.get("TF_TRT_SHOW_DETAILED_REPORT", "")
-    if not detail:
+    # TF-TRT's variable: a boolean (0/1/true/false, any case) or the path of a CSV file.
+    detail = os.environ.get("TF_TRT_SHOW_DETAILED_REPORT", "").strip()
+    flag = parse_bool(detail)
+    if not detail or flag is False:
         return
     rows = [(op, n, r) for op, rs in reasons.items() for r, n in rs.items()]
-    if detail in ("1", "true", "True"):
+    if flag:
         for op, n, r in rows:
             log.warning("  %s (%dx): %s", op, n, r)
     else:

@@ -16,13 +16,12 @@ default; ``TFTRT_STREAM_SYNC=0`` turns them off for callers that order streams t
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 
 def _stream_sync() -> bool:
-    return os.environ.get("TFTRT_STREAM_SYNC", "1") != "0"
+    from tftrt.env import env_bool
+    return env_bool("TFTRT_STREAM_SYNC", True)
 
 
 def wait_for_tensorflow(inputs, arrays) -> None:

@@ -176,7 +176,7 @@ class TrtGraphConverterV2:
         self._engine_ops = result.engine_ops
         self._native_fdefs = result.native_fdefs
         self._keepalive = result.keepalive
-        return conversion.make_signature_function(sig, result.flat_fn, self._keepalive)
+        return conversion.make_signature_function(sig, result)
 
     def _calibrate(self, calibration_input_fn):
         # INT8 runs FP16 engines unless the graph carries quantization ops (TF-TRT's fallback).

@@ -56,7 +56,10 @@ def test_frozen_graph_converts_and_runs_in_session(dynamic):
     got, g = run_session(converted, x)
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
     ops = {op.name: op.type for op in g.get_operations()}
-    assert ops["TRTEngineOp_000_000"] == "EagerPyFunc"  # engines are active after import tftrt
+    # engines are active after import tftrt: the engine call, then the node named as the
+    # engine that picks its outputs or the native segment's
+    assert ops["tftrt_engine_call_000_000"] == "EagerPyFunc"
+    assert ops["TRTEngineOp_000_000"] == "If"
 
 
 def test_plain_tensorflow_runs_the_converted_graph_natively():
