@@ -2,49 +2,125 @@
 
 Layout of a saved directory (besides TensorFlow's own files):
 
-    assets/tftrt/manifest.json      format version, signature, engines (spec + files)
+    assets/tftrt/manifest.json      format version, signature, engines (spec + files), the
+                                    sha256 of converted.pb and of each segment network
     assets/tftrt/converted.pb       the converted GraphDef, segments as native calls
     assets/tftrt/<engine>.onnx      each segment network
-    assets/tftrt/<engine>_<k>.plan  built engines (plans: JSON header + raw weights, no code)
+    assets/tftrt/<engine>_<k>.plan  built engines (plans: JSON header + raw weights, no code;
+                                    the header names the engine and its network's sha256)
 
 The signature itself calls ``<engine>_native_segment`` functions (PartitionedCall nodes marked
 ``_tftrt_engine``), so ``tf.saved_model.load`` runs everything natively with correct results.
 ``tftrt.load`` reads the manifest, swaps those calls for engine ops and restores the plans.
+
+A saved model serves only itself. saved_model.pb holds the sha256 of the manifest (a function
+``_tftrt_assets_sha256`` of the saved object returns it), and the manifest holds the digests
+of the files it names; tftrt.load checks the chain and, when a link is broken (assets copied
+from another model, edited, truncated) or the format is not this tftrt's, warns and returns
+the plain SavedModel, which still computes this model's results natively. Manifest file names
+must stay inside assets/tftrt. Readers ignore manifest keys they do not know: a new optional
+field needs no new FORMAT_VERSION, a change old readers would misread does.
+
+save() writes into a sibling directory and swaps it in at the end, so a save that fails or is
+killed leaves the model that was there loadable.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import os
 import shutil
-from typing import Dict
+import uuid
+from typing import Dict, Optional
 
 from tftrt import conversion, rewrite
+from tftrt.engine.plan import serialize_engine
 from tftrt.engine_op import EngineSpec, TRTEngineOp
 
 log = logging.getLogger("tftrt.saving")
 
-FORMAT_VERSION = 1
+# 2: plans name their engine and network digest, manifest digests, saved_model.pb ties them.
+FORMAT_VERSION = 2
 ASSET_DIR = os.path.join("assets", "tftrt")
 MANIFEST = "manifest.json"
+CONVERTED = "converted.pb"
+ASSETS_DIGEST_ATTR = "_tftrt_assets_sha256"
 
 
-def _check_output_dir(path: str) -> None:
+class SavedAssetsError(ValueError):
+    """The tftrt assets of a SavedModel cannot be trusted or read (tftrt.load warns and
+    returns the plain SavedModel)."""
+
+
+def _check_output_dir(path: str) -> str:
+    """Checks ``path`` may receive a SavedModel; returns the real path to write it at."""
     if os.path.isfile(path):
         raise ValueError(f"output_saved_model_dir {path!r} is a file; give a directory path")
     if os.path.isdir(path) and os.listdir(path):
         if not os.path.isfile(os.path.join(path, "saved_model.pb")):
             raise ValueError(f"output_saved_model_dir {path!r} exists, is not empty and is not "
                              f"a SavedModel; choose a new directory or empty it first")
-        # Overwriting an earlier SavedModel: start clean so stale plans don't linger.
-        shutil.rmtree(os.path.join(path, ASSET_DIR), ignore_errors=True)
+    # A symlink to a directory: replace the directory it points to, keep the link.
+    return os.path.realpath(os.path.abspath(path))
+
+
+def _sibling(path: str, what: str) -> str:
+    """A new name beside ``path`` (same file system, so renames are atomic), hidden."""
+    head, tail = os.path.split(path)
+    return os.path.join(head, f".{tail}.tftrt-{what}-{uuid.uuid4().hex[:12]}")
 
 
 def save(converter, path: str, save_gpu_specific_engines: bool = True, options=None) -> None:
+    """Saves a converted model as a SavedModel at ``path``, replacing one already there.
+
+    Everything is written into a hidden sibling directory first; at the end the old
+    directory is renamed away, the new one renamed in, and the old one deleted. A save that
+    raises (or is killed) before the swap leaves the previous model as it was.
+    """
+    path = _check_output_dir(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    staging = _sibling(path, "saving")
+    os.mkdir(staging)
+    try:
+        _write_saved_model(converter, staging, save_gpu_specific_engines, options)
+        _swap_in(staging, path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log.info("saved the converted model to %s", path)
+
+
+def _swap_in(staging: str, path: str) -> None:
+    if not os.path.isdir(path):
+        os.rename(staging, path)
+        return
+    shutil.copymode(path, staging)
+    if not os.listdir(path):
+        os.rmdir(path)
+        os.rename(staging, path)
+        return
+    old = _sibling(path, "old")
+    os.rename(path, old)
+    try:
+        os.rename(staging, path)
+    except BaseException:
+        os.rename(old, path)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_file(path: str, data: bytes) -> str:
+    """Writes ``data``; returns its sha256 (hex)."""
+    with open(path, "wb") as f:
+        f.write(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def _write_saved_model(converter, path: str, save_gpu_specific_engines: bool, options) -> None:
     import tensorflow as tf
-    _check_output_dir(path)
     sig = converter._sig  # pylint: disable=protected-access
     info = sig.info
     seg = converter._segmentation  # pylint: disable=protected-access
@@ -52,35 +128,25 @@ def save(converter, path: str, save_gpu_specific_engines: bool = True, options=N
     fdefs = converter._native_fdefs  # pylint: disable=protected-access
 
     gd, outputs = conversion.native_form_graph_def(info, seg.segments, ops, fdefs)
-    sig_fn = rewrite.graph_signature_function(
-        gd, info.inputs, outputs, sig.input_names, sig.frozen_func.inputs,
-        sig.func.structured_outputs, sig.func.structured_input_signature)
-    module = tf.Module()
-    key = converter._input_saved_model_signature_key  # pylint: disable=protected-access
-    if options is None:
-        # A converted model is for inference: tracing every op type's gradient function
-        # (TF's default) cost seconds for a BERT-sized graph and saves nothing it uses.
-        options = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
-    tf.saved_model.save(module, path, signatures={key: sig_fn}, options=options)
-
     adir = os.path.join(path, ASSET_DIR)
-    os.makedirs(adir, exist_ok=True)
-    with open(os.path.join(adir, "converted.pb"), "wb") as f:
-        f.write(gd.SerializeToString())
+    os.makedirs(adir)
+    converted_sha = _write_file(os.path.join(adir, CONVERTED), gd.SerializeToString())
     engines = []
     for name, op in ops.items():
         onnx_file = f"{name}.onnx"
-        with open(os.path.join(adir, onnx_file), "wb") as f:
-            f.write(op.spec.onnx_bytes)
+        onnx_sha = _write_file(os.path.join(adir, onnx_file), op.spec.onnx_bytes)
         plans = []
         if save_gpu_specific_engines:
             for k, (shape_key, engine) in enumerate(op.cache.items()):
                 plan_file = f"{name}_{k}.plan"
-                with open(os.path.join(adir, plan_file), "wb") as f:
-                    f.write(engine.serialize())
+                # The plan names its engine and network, so a loader can refuse a plan file
+                # that belongs to another engine (onnx_sha is network_sha256 of the same bytes).
+                _write_file(os.path.join(adir, plan_file), serialize_engine(engine, name, onnx_sha))
                 plans.append({"input_shapes": [list(s) for s in shape_key], "file": plan_file,
                               "backend": getattr(engine, "backend", None)})
-        engines.append({"spec": op.spec.to_json(), "onnx": onnx_file, "plans": plans})
+        engines.append({"spec": op.spec.to_json(), "onnx": onnx_file, "onnx_sha256": onnx_sha,
+                        "plans": plans})
+    key = converter._input_saved_model_signature_key  # pylint: disable=protected-access
     manifest = {
         "format_version": FORMAT_VERSION,
         "signature_key": key,
@@ -90,11 +156,26 @@ def save(converter, path: str, save_gpu_specific_engines: bool = True, options=N
         "input_specs": [{"dtype": t.dtype.name, "shape": t.shape.as_list()
                          if t.shape.rank is not None else None}
                         for t in sig.frozen_func.inputs],
+        "converted": {"file": CONVERTED, "sha256": converted_sha},
         "engines": engines,
     }
-    with open(os.path.join(adir, MANIFEST), "w") as f:
-        json.dump(manifest, f, indent=1)
-    log.info("saved %d engine op(s) (%d plan(s)) to %s", len(engines),
+    manifest_sha = _write_file(os.path.join(adir, MANIFEST),
+                               json.dumps(manifest, indent=1).encode())
+
+    sig_fn = rewrite.graph_signature_function(
+        gd, info.inputs, outputs, sig.input_names, sig.frozen_func.inputs,
+        sig.func.structured_outputs, sig.func.structured_input_signature)
+    module = tf.Module()
+    # The manifest's digest lives in saved_model.pb (a constant of a saved function), which
+    # a copy of another model's assets/tftrt does not bring along.
+    setattr(module, ASSETS_DIGEST_ATTR,
+            tf.function(lambda: tf.constant(manifest_sha), input_signature=[]))
+    if options is None:
+        # A converted model is for inference: tracing every op type's gradient function
+        # (TF's default) cost seconds for a BERT-sized graph and saves nothing it uses.
+        options = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
+    tf.saved_model.save(module, path, signatures={key: sig_fn}, options=options)
+    log.info("wrote %d engine op(s) (%d plan(s)) to %s", len(engines),
              sum(len(e["plans"]) for e in engines), path)
 
 
@@ -120,31 +201,17 @@ def load(path, tags=None, options=None):
     activate()
     path = check_saved_model_dir(path)
     loaded = tf.saved_model.load(path, tags=tags, options=options)
-    mpath = os.path.join(path, ASSET_DIR, MANIFEST)
-    if not os.path.isfile(mpath):
+    try:
+        manifest, gd, ops = _read_saved(path, loaded)
+    except _NoEngines:
         log.info("%s has no tftrt engines; returning the plain SavedModel", path)
         return loaded
-    with open(mpath) as f:
-        manifest = json.load(f)
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path!r} was written by a tftrt with format version "
-                         f"{manifest.get('format_version')}; this tftrt reads version "
-                         f"{FORMAT_VERSION}. Convert the original model again.")
-    from tensorflow.core.framework import graph_pb2
-    gd = graph_pb2.GraphDef()
-    with open(os.path.join(path, ASSET_DIR, "converted.pb"), "rb") as f:
-        gd.ParseFromString(f.read())
-    fdefs = {f.signature.name: f for f in gd.library.function}
-    calls = {n.name: n.attr["f"].func.name for n in gd.node if rewrite.ENGINE_ATTR in n.attr}
-    adir = os.path.join(path, ASSET_DIR)
-    ops: Dict[str, TRTEngineOp] = {}
-    for e in manifest["engines"]:
-        with open(os.path.join(adir, e["onnx"]), "rb") as f:
-            spec = EngineSpec.from_json(e["spec"], f.read())
-        op = conversion.engine_op_from_spec(spec, fdefs[calls[spec.name]])
-        conversion.restore_plans(op, [(p, functools.partial(_read, os.path.join(adir, p["file"])))
-                                      for p in e["plans"]])
-        ops[spec.name] = op
+    except SavedAssetsError as err:
+        log.warning("tftrt.load(%r) does not use the saved engines: %s. It returns the plain "
+                    "SavedModel, whose engine nodes run natively (correct results, no speed-up); "
+                    "convert the original model again and save it to get engines back.",
+                    path, err)
+        return loaded
     gd, keepalive = conversion.bind_engine_nodes(gd, ops)
     flat = rewrite.flat_function(gd, manifest["inputs"], manifest["outputs"])
     key = manifest["signature_key"]
@@ -163,6 +230,188 @@ def load(path, tags=None, options=None):
     signatures = dict(loaded.signatures)
     signatures[key] = fn
     return LoadedModel(loaded, signatures, ops)
+
+
+class _NoEngines(Exception):
+    """The SavedModel was not saved by tftrt."""
+
+
+def _read_saved(path: str, loaded):
+    """Reads and checks the tftrt assets of the SavedModel at ``path``.
+
+    Returns (manifest, converted GraphDef, {engine name: TRTEngineOp} with plans restored).
+    Raises _NoEngines (not a tftrt model) or SavedAssetsError (saying what is wrong).
+    """
+    adir = os.path.join(path, ASSET_DIR)
+    expected = _saved_assets_digest(loaded)
+    mpath = os.path.join(adir, MANIFEST)
+    if not os.path.isfile(mpath):
+        if expected is None and not os.path.isdir(adir):
+            raise _NoEngines()
+        raise SavedAssetsError(f"{os.path.join(ASSET_DIR, MANIFEST)} is missing")
+    manifest, raw = _read_manifest(mpath)
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        why = (" (version 1 carries no digests tying its engines to its saved_model.pb, so they "
+               "cannot be checked)" if version == 1 else "")
+        raise SavedAssetsError(f"it was saved by a tftrt with saved format version {version!r}; "
+                               f"this tftrt reads version {FORMAT_VERSION}{why}")
+    if expected is None:
+        raise SavedAssetsError(f"saved_model.pb carries no digest of its tftrt assets "
+                               f"({ASSETS_DIGEST_ATTR}): it was not written by tftrt's save() "
+                               f"together with {ASSET_DIR}")
+    got = hashlib.sha256(raw).hexdigest()
+    if got != expected:
+        raise SavedAssetsError(f"{ASSET_DIR} does not belong to this saved_model.pb (manifest "
+                               f"sha256 {got[:16]}..., saved_model.pb expects "
+                               f"{expected[:16]}...): it was copied from another model or "
+                               f"changed after saving")
+    try:
+        return _engines_from_manifest(path, adir, manifest, loaded)
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        if isinstance(err, SavedAssetsError):
+            raise
+        what = f"lacks {err}" if isinstance(err, KeyError) else f"is malformed ({err})"
+        raise SavedAssetsError(f"{os.path.join(ASSET_DIR, MANIFEST)} {what}") from None
+
+
+def _saved_assets_digest(loaded) -> Optional[str]:
+    fn = getattr(loaded, ASSETS_DIGEST_ATTR, None)
+    if fn is None:
+        return None
+    try:
+        return fn().numpy().decode()
+    except Exception:  # pylint: disable=broad-except
+        return None
+
+
+def _read_manifest(mpath: str):
+    try:
+        with open(mpath, "rb") as f:
+            raw = f.read()
+        manifest = json.loads(raw.decode())
+    except OSError as err:
+        raise SavedAssetsError(f"{MANIFEST} cannot be read ({err})") from None
+    except ValueError as err:
+        raise SavedAssetsError(f"{MANIFEST} is not valid JSON ({err}): it is corrupt") from None
+    if not isinstance(manifest, dict):
+        raise SavedAssetsError(f"{MANIFEST} is not a JSON object: it is corrupt")
+    return manifest, raw
+
+
+def _engines_from_manifest(path: str, adir: str, manifest: dict, loaded):
+    import tensorflow as tf
+    from google.protobuf.message import DecodeError
+    from tensorflow.core.framework import graph_pb2
+    if manifest["signature_key"] not in loaded.signatures:
+        raise SavedAssetsError(f"the manifest's signature {manifest['signature_key']!r} is not "
+                               f"one of the SavedModel's ({sorted(loaded.signatures)})")
+    for s in manifest["input_specs"]:
+        tf.TensorSpec(s["shape"], tf.as_dtype(s["dtype"]))
+    for k in ("inputs", "outputs", "input_names"):
+        if not all(isinstance(n, str) for n in manifest[k]):
+            raise SavedAssetsError(f"the manifest's {k!r} are not all tensor names")
+    conv = manifest["converted"]
+    data = _read_checked(_asset_path(path, adir, conv["file"]), conv["sha256"])
+    gd = graph_pb2.GraphDef()
+    try:
+        gd.ParseFromString(data)
+    except DecodeError as err:
+        raise SavedAssetsError(f"{conv['file']} is not a GraphDef ({err})") from None
+    fdefs = {f.signature.name: f for f in gd.library.function}
+    calls = {n.name: n.attr["f"].func.name for n in gd.node if rewrite.ENGINE_ATTR in n.attr}
+    # Check every name before reading any plan.
+    plan_paths = [[_asset_path(path, adir, p["file"]) for p in e["plans"]]
+                  for e in manifest["engines"]]
+    ops: Dict[str, TRTEngineOp] = {}
+    for e, paths in zip(manifest["engines"], plan_paths):
+        onnx_bytes = _read_checked(_asset_path(path, adir, e["onnx"]), e["onnx_sha256"])
+        _check_no_external_data(onnx_bytes, e["onnx"])
+        spec = EngineSpec.from_json(e["spec"], onnx_bytes)
+        if calls.get(spec.name) not in fdefs:
+            raise SavedAssetsError(f"{conv['file']} has no engine node {spec.name!r} calling a "
+                                   f"native segment function")
+        op = conversion.engine_op_from_spec(spec, fdefs[calls[spec.name]])
+        conversion.restore_plans(op, [(p, functools.partial(_read, f))
+                                      for p, f in zip(e["plans"], paths)])
+        ops[spec.name] = op
+    return manifest, gd, ops
+
+
+def _asset_path(path: str, adir: str, name) -> str:
+    """``adir``/``name`` for a file name read from the manifest, refused unless it stays
+    inside the SavedModel's assets/tftrt, symlinks resolved."""
+    if not isinstance(name, str) or not name or os.path.isabs(name) or \
+            ".." in name.replace("\\", "/").split("/"):
+        raise SavedAssetsError(f"the manifest names the file {name!r}, which is not a plain "
+                               f"name inside {ASSET_DIR}")
+    root = os.path.realpath(path)
+    real_adir = os.path.realpath(adir)
+    real = os.path.realpath(os.path.join(adir, name))
+    if os.path.commonpath([root, real_adir]) != root or \
+            os.path.commonpath([real_adir, real]) != real_adir:
+        raise SavedAssetsError(f"the manifest's file {name!r} leads outside the model "
+                               f"directory (to {real!r}, through a symbolic link)")
+    return os.path.join(adir, name)
+
+
+def _read_checked(fpath: str, sha256) -> bytes:
+    try:
+        data = _read(fpath)
+    except OSError as err:
+        raise SavedAssetsError(f"{os.path.basename(fpath)} cannot be read ({err})") from None
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise SavedAssetsError(f"{os.path.basename(fpath)} does not match the digest the "
+                               f"manifest holds: it was changed or truncated after saving")
+    return data
+
+
+def _check_no_external_data(onnx_bytes: bytes, name: str) -> None:
+    """Refuses a segment network whose tensors live in external files (tftrt never writes
+    them; reading one would open a path the model chose)."""
+    import onnx
+    from google.protobuf.message import DecodeError
+    try:
+        model = onnx.load_from_string(onnx_bytes)  # never follows external data
+    except DecodeError as err:
+        raise SavedAssetsError(f"{name} is not an ONNX model ({err})") from None
+    graphs = [model.graph] + [f for f in model.functions]
+    for g in _subgraphs(graphs):
+        for t in _graph_tensors(g):
+            if t.data_location == onnx.TensorProto.EXTERNAL or len(t.external_data):
+                raise SavedAssetsError(f"{name} refers to external tensor data ({t.name!r}); "
+                                       f"segment networks keep their weights inside")
+
+
+def _subgraphs(graphs):
+    stack = list(graphs)
+    while stack:
+        g = stack.pop()
+        yield g
+        for node in g.node:
+            for a in node.attribute:
+                if a.HasField("g"):
+                    stack.append(a.g)
+                stack.extend(a.graphs)
+
+
+def _graph_tensors(g):
+    for t in getattr(g, "initializer", ()):
+        yield t
+    for sp in getattr(g, "sparse_initializer", ()):
+        yield sp.values
+        yield sp.indices
+    for node in g.node:
+        for a in node.attribute:
+            if a.HasField("t"):
+                yield a.t
+            yield from a.tensors
+            if a.HasField("sparse_tensor"):
+                yield a.sparse_tensor.values
+                yield a.sparse_tensor.indices
+            for sp in a.sparse_tensors:
+                yield sp.values
+                yield sp.indices
 
 
 def _read(path: str) -> bytes:

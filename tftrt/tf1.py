@@ -126,6 +126,7 @@ class TrtGraphConverter:
                             "build at run time", op.name, e)
 
     def _graph_def_with_engines(self):
+        from tftrt.engine.plan import network_sha256, serialize_engine
         res = self._result
         gd, _ = conversion.native_form_graph_def(self._info, res.segmentation.segments,
                                                  res.engine_ops, res.native_fdefs)
@@ -139,7 +140,8 @@ class TrtGraphConverter:
             for key, engine in op.cache.items():
                 blobs.append(json.dumps({"input_shapes": [list(s) for s in key],
                                          "backend": getattr(engine, "backend", None)}).encode())
-                blobs.append(engine.serialize())
+                blobs.append(serialize_engine(engine, op.name,
+                                              network_sha256(op.spec.onnx_bytes)))
         return gd
 
     # --- calibrate / save ------------------------------------------------------------------------

@@ -8,10 +8,16 @@ A plan is data, never a pickle::
 The header holds the format version, precision, backend kind, device name, the layers (kind,
 attrs, epilogue, chosen tactic, precision), tensor dtypes/shapes, the memory plan, and for each
 weight its dtype, shape, offset and size, plus the crc32 of the weight bytes.
+
+It also names what the engine was built from (``"segment"``: the engine op's name and the
+sha256 of its segment network's ONNX bytes), so an engine op loading a plan can refuse one
+built from another network: two plan files swapped, or copied from another model, would
+otherwise run the wrong weights with no message. The crc32s only catch accidents.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 import zlib
@@ -34,8 +40,20 @@ def _pad(n: int) -> int:
     return (-n) % _ALIGN
 
 
-def serialize_engine(engine: Engine) -> bytes:
-    """Serializes ``engine`` (see module doc for the format)."""
+def network_sha256(onnx_bytes: bytes) -> str:
+    """The digest a plan records of the segment network it was built from (hex sha256)."""
+    return hashlib.sha256(onnx_bytes).hexdigest()
+
+
+def serialize_engine(engine: Engine, engine_name: Optional[str] = None,
+                     network_digest: Optional[str] = None) -> bytes:
+    """Serializes ``engine`` (see module doc for the format).
+
+    Args:
+      engine_name: the engine op the engine serves (e.g. ``TRTEngineOp_000_001``).
+      network_digest: :func:`network_sha256` of the segment network it was built from.
+        A plan without both is refused by a loader that names what it expects.
+    """
     net = engine.network
     blobs, index, offset = [], {}, 0
     for name, w in net.weights.items():
@@ -54,6 +72,7 @@ def serialize_engine(engine: Engine) -> bytes:
         "precision": engine.precision,
         "backend": engine.backend,
         "device": engine.device,
+        "segment": {"engine": engine_name, "network_sha256": network_digest},
         "config": engine.config,
         "inputs": net.inputs,
         "outputs": net.outputs,
@@ -93,21 +112,64 @@ def read_plan_header(data: bytes) -> dict:
         raise PlanError(f"plan header is not valid JSON ({e}); rebuild the engine") from None
 
 
-def deserialize_engine(data: bytes, backend: Optional[str] = None) -> Engine:
+def check_plan_identity(header: dict, engine_name: Optional[str],
+                        network_digest: Optional[str]) -> None:
+    """Raises PlanError unless the plan ``header`` says it was built for ``engine_name`` from
+    the segment network whose digest is ``network_digest`` (None: not checked)."""
+    seg = header.get("segment")
+    seg = seg if isinstance(seg, dict) else {}
+    got_name, got_digest = seg.get("engine"), seg.get("network_sha256")
+    if (engine_name is None or got_name == engine_name) and \
+            (network_digest is None or got_digest == network_digest):
+        return
+    if got_name is None and got_digest is None:
+        raise PlanError(f"plan does not say which engine and segment network it was built "
+                        f"from, so it cannot be checked against engine {engine_name!r}; "
+                        f"rebuild the engine")
+    raise PlanError(f"plan was built for engine {got_name!r} from segment network sha256 "
+                    f"{_short(got_digest)} but is loaded by engine {engine_name!r} whose "
+                    f"network has sha256 {_short(network_digest)}: it belongs to another "
+                    f"engine or model; rebuild the engine")
+
+
+def _short(digest) -> str:
+    return repr(digest[:16] + "...") if isinstance(digest, str) else repr(digest)
+
+
+def deserialize_engine(data: bytes, backend: Optional[str] = None,
+                       engine_name: Optional[str] = None,
+                       network_digest: Optional[str] = None) -> Engine:
     """Loads a plan as an engine, without rebuilding or re-tuning.
 
     Args:
       data: bytes from :func:`serialize_engine`.
       backend: backend name to load on (default: the one the plan was built for).
+      engine_name, network_digest: when given, the plan must have been serialized with these
+        (see :func:`serialize_engine`); a plan from another engine or network is refused.
     Raises:
-      PlanError: corrupt data, another format version, an unavailable backend, or a plan
-        built for another device (the caller rebuilds).
+      PlanError: corrupt data, another format version, a plan for another engine or segment
+        network, an unavailable backend, a plan built for another device, or a header that
+        lacks fields (the caller rebuilds).
     """
+    data = bytes(data)
+    header = read_plan_header(data)
+    if not isinstance(header, dict):
+        raise PlanError("plan header is not a JSON object; rebuild the engine")
+    check_plan_identity(header, engine_name, network_digest)
+    try:
+        return _engine_from_header(data, header, backend)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        # Checksums hold but the header was written by something else (or crafted): a
+        # field is missing or has the wrong type.
+        what = f"lacks field {e}" if isinstance(e, KeyError) else \
+            f"has a malformed field ({type(e).__name__}: {e})"
+        raise PlanError(f"plan header {what}; rebuild the engine") from None
+
+
+def _engine_from_header(data: bytes, header: dict, backend: Optional[str]) -> Engine:
     from tftrt.engine.backends import get_backend
     from tftrt.engine.errors import EngineBuildError
 
-    data = bytes(data)
-    header = read_plan_header(data)
     try:
         be = get_backend(backend or header["backend"])
     except EngineBuildError as e:
