@@ -27,10 +27,9 @@ class ConversionResult:
     segmentation: SegmentationResult
     engine_ops: Dict[str, TRTEngineOp]
     native_fdefs: Dict[str, object]
-    flat_fn: object
     keepalive: list
-    graph_def: object = None        # engine form
-    outputs: Optional[List[str]] = None
+    graph_def: object               # engine form (engine nodes with their native fallbacks)
+    outputs: List[str]
 
 
 class NativeSegmentCaller:
@@ -118,7 +117,7 @@ def register_engine_ops(ops: Dict[str, TRTEngineOp]):
     """Registers every op as an EagerPyFunc callable: ({name: token}, objects to keep alive)."""
     tokens, keepalive = {}, []
     for name, op in ops.items():
-        token, wrapper = register_engine_op(op, op.spec.output_dtypes)
+        token, wrapper = register_engine_op(op)
         tokens[name] = token
         keepalive += [op, wrapper]
     return tokens, keepalive
@@ -129,11 +128,14 @@ def engine_call_node(name: str, op: TRTEngineOp, token: str):
 
 
 def bind_engine_nodes(graph_def, ops: Dict[str, TRTEngineOp]):
-    """A copy of ``graph_def`` whose native-segment calls named in ``ops`` are engine ops.
+    """A copy of ``graph_def`` (native form) whose native-segment calls named in ``ops`` are
+    engine nodes, each followed by its native fallback (:func:`rewrite.with_native_fallback`).
 
     Returns (graph_def, objects to keep alive while the graph is used).
     """
     tokens, keepalive = register_engine_ops(ops)
+    fdefs = {f.signature.name: f for f in graph_def.library.function}
+    natives = {}
     out = type(graph_def)()
     out.versions.CopyFrom(graph_def.versions)
     for node in graph_def.node:
@@ -141,25 +143,55 @@ def bind_engine_nodes(graph_def, ops: Dict[str, TRTEngineOp]):
             new = engine_call_node(node.name, ops[node.name], tokens[node.name])
             new.input.extend(node.input)
             out.node.add().CopyFrom(new)
+            natives[node.name] = fdefs[node.attr["f"].func.name]
         else:
             out.node.add().CopyFrom(node)
-    # Only the library functions the engine-form graph still calls: the native segments hold
-    # every weight (340 MB for a BERT-base-sized encoder) and importing them again cost most
-    # of tftrt.load(); the engine ops keep their own references for the fallback.
+    # Only the library functions the graph still calls (the native segments are called by
+    # the fallback branches that with_native_fallback adds).
     used = rewrite.called_functions(out.node, graph_def.library)
     out.library.gradient.extend(graph_def.library.gradient)
     for f in graph_def.library.function:
         if f.signature.name in used:
             out.library.function.add().CopyFrom(f)
-    return out, keepalive
+    return rewrite.with_native_fallback(out, natives), keepalive
 
 
-def register_engine_op(op: TRTEngineOp, out_dtypes) -> tuple:
-    """Registers ``op`` as an EagerPyFunc callable; returns (token, wrapper to keep alive)."""
+class EngineCallback:
+    """What an engine node's EagerPyFunc calls: [status, *outputs].
+
+    Status 1: the engine ran and the outputs are its own. Status 0: the native segment must
+    run (the select node after the engine node runs it); the outputs are empty placeholders
+    of the right dtypes.
+    """
+
+    def __init__(self, op: TRTEngineOp):
+        self.op = op
+        self._ran = np.bool_(True)
+        self._fallback = [np.bool_(False)] + [np.zeros((0,), np.dtype(d))
+                                          for d in op.spec.output_dtypes]
+
+    def __call__(self, *inputs):
+        outs = self.op.try_engine(inputs)
+        if outs is None:
+            return self._fallback
+        return [self._ran] + list(outs)
+
+
+def register_engine_op(op: TRTEngineOp) -> tuple:
+    """Registers ``op`` as an EagerPyFunc callable; returns (token, wrapper to keep alive).
+
+    The token is tftrt's own (``tftrt_<op name>_<random>``), never TensorFlow's
+    ``pyfunc_<N>``: a model's own ``tf.py_function`` nodes keep ``pyfunc_<N>`` tokens in
+    their saved graph, and one of ours under the same token would answer their calls.
+    """
+    import uuid
     import tensorflow as tf
     from tensorflow.python.ops import script_ops
-    wrapper = script_ops.EagerFunc(op, [tf.as_dtype(np.dtype(d)) for d in out_dtypes], False)
-    token = script_ops._py_funcs.insert(wrapper)  # pylint: disable=protected-access
+    dtypes = [rewrite.STATUS_DTYPE] + [np.dtype(d) for d in op.spec.output_dtypes]
+    wrapper = script_ops.EagerFunc(EngineCallback(op), [tf.as_dtype(d) for d in dtypes], False)
+    token = f"tftrt_{op.name}_{uuid.uuid4().hex}"
+    registry = script_ops._py_funcs  # pylint: disable=protected-access
+    registry._funcs[token] = wrapper  # pylint: disable=protected-access
     return token, wrapper
 
 
@@ -225,21 +257,17 @@ def convert_graph(info: GraphInfo, params, nodes_denylist: Sequence[str] = ()) -
         fdefs[s.name] = fdef
         kept.append(s)
     seg.segments = kept
-    flat_fn, keepalive, gd, outputs = engine_form_function(info, kept, engine_ops)
-    return ConversionResult(seg, engine_ops, fdefs, flat_fn, keepalive, gd, outputs)
+    gd, outputs, keepalive = engine_form_graph_def(info, kept, engine_ops, fdefs)
+    return ConversionResult(seg, engine_ops, fdefs, keepalive, gd, outputs)
 
 
-def engine_form_function(info: GraphInfo, segments: Sequence[Segment],
-                         engine_ops: Dict[str, TRTEngineOp]):
-    tokens, keepalive = register_engine_ops({s.name: engine_ops[s.name] for s in segments})
-
-    def make(s: Segment):
-        return engine_call_node(s.name, engine_ops[s.name], tokens[s.name])
-
-    gd, outputs = rewrite.replace_segments(info, segments, make)
-    flat_fn = rewrite.flat_function(gd, info.inputs, outputs)
-    flat_fn._tftrt_keepalive = keepalive  # pylint: disable=protected-access
-    return flat_fn, keepalive, gd, outputs
+def engine_form_graph_def(info: GraphInfo, segments: Sequence[Segment],
+                          engine_ops: Dict[str, TRTEngineOp], fdefs: Dict[str, object]):
+    """The converted graph with engine nodes and their native fallbacks (what convert()
+    runs): (graph_def, outputs, objects to keep alive)."""
+    gd, outputs = native_form_graph_def(info, segments, engine_ops, fdefs)
+    gd, keepalive = bind_engine_nodes(gd, {s.name: engine_ops[s.name] for s in segments})
+    return gd, outputs, keepalive
 
 
 def native_form_graph_def(info: GraphInfo, segments: Sequence[Segment],
@@ -253,11 +281,16 @@ def native_form_graph_def(info: GraphInfo, segments: Sequence[Segment],
                                     library=[fdefs[s.name] for s in segments])
 
 
-def make_signature_function(sig, flat_fn, keepalive):
-    """Wraps a flat function so it is called (and saved) like the original signature."""
-    structured = sig.func.structured_outputs
-    return rewrite.signature_function(flat_fn, sig.input_names, sig.frozen_func.inputs,
-                                      structured, keepalive, sig.func.structured_input_signature)
+def make_signature_function(sig, result: ConversionResult):
+    """The engine-form graph as a function called (and saved) like the original signature.
+
+    Its own graph holds the engine nodes under TF-TRT's names (``TRTEngineOp_000_000``), so
+    code that walks ``fn.graph.as_graph_def().node`` finds them as it did with TF-TRT."""
+    info = sig.info
+    fn = rewrite.graph_signature_function(
+        result.graph_def, info.inputs, result.outputs, sig.input_names, sig.frozen_func.inputs,
+        sig.func.structured_outputs, sig.func.structured_input_signature, result.keepalive)
+    return fn
 
 
 def _engine_precision(mode: str) -> str:
