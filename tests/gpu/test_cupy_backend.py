@@ -470,6 +470,32 @@ def test_resize(mode):
     check(model, {"x": x})
 
 
+# The resize modes the TF converters emit (converters/image.py), NHWC as they run and NCHW,
+# float32 and float16: the generated kernel (cupy_kernels_nn.ResizeKernel) against numpy.
+TF_RESIZE_MODES = [("linear", "asymmetric", None), ("linear", "align_corners", None),
+                   ("linear", "half_pixel", None), ("nearest", "asymmetric", "floor"),
+                   ("nearest", "align_corners", "round_prefer_ceil"),
+                   ("nearest", "half_pixel", "round_prefer_ceil")]
+
+
+@pytest.mark.parametrize("mode,ctm,nearest", TF_RESIZE_MODES)
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+@pytest.mark.parametrize("precision", ["FP32", "FP16"])
+def test_resize_kernel(mode, ctm, nearest, layout, precision):
+    from tftrt.engine.backends.cupy_kernels_nn import ResizeKernel
+    x = rand(2, 5, 7, 8) if layout == "NHWC" else rand(2, 8, 5, 7)
+    sizes = [2, 9, 4, 8] if layout == "NHWC" else [2, 8, 9, 4]
+    attrs = {"mode": mode, "coordinate_transformation_mode": ctm}
+    if nearest:
+        attrs["nearest_mode"] = nearest
+    model = make_model([N("Resize", ["x", "", "", "z"], ["r"], **attrs),
+                        N("Relu", ["r"], ["y"])], {"x": x}, {"z": np.array(sizes, I64)})
+    check(model, {"x": x}, precision)
+    _, gpu = _engines(model, {"x": x}, precision)
+    impls = [i for l, i in zip(gpu.network.layers, gpu._cupy_impls) if l.kind == "resize"]
+    assert impls and all(isinstance(i.kernel, ResizeKernel) for i in impls)
+
+
 def test_quantize_dequantize():
     x = rand(2, 3, 4)
     consts = {"s": np.array([0.02, 0.05, 0.1], np.float32), "z": np.array([3, -2, 0], np.int8)}

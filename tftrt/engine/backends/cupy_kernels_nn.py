@@ -1,7 +1,7 @@
 """Generated CUDA kernels of the CuPy backend for pooling, padding and reductions over NHWC /
 row-major tensors: max/avg pooling, pad (constant / reflect / edge), row-wise softmax and layer
 normalization (one warp per row, values in registers, for rows of up to 2048), reductions over
-one contiguous block of axes, and transposes. Same conventions as
+one contiguous block of axes, resize (nearest / linear), and transposes. Same conventions as
 ``cupy_kernels`` (shapes baked in, fp16 as ``unsigned short``, fp32 math)."""
 
 from __future__ import annotations
@@ -549,6 +549,30 @@ extern "C" __global__ void reduce(const {ct}* __restrict__ x, {oct_}* __restrict
                 self._kernel((min(self.O, 65535),), (self.threads,), (x, y))
         elif self.work:
             launch(self._kernel, self.work, [x, y])
+
+
+# --- resize --------------------------------------------------------------------------------------
+class ResizeKernel:
+    """ONNX Resize (nearest / linear on one axis or two adjacent ones, float16 / float32) in one
+    pass over the output: :class:`cuda_source.ResizeSource` compiled, its host tables uploaded
+    once. :meth:`make` returns None where the source does not fit (the caller falls back)."""
+
+    def __init__(self, src):
+        self.src = src
+        self.tables = [cp.asarray(t) for t in src.tables]
+        self._kernel = None
+
+    @classmethod
+    def make(cls, x_shape, attrs, in_dtype: str, out_dtype: str) -> Optional["ResizeKernel"]:
+        from tftrt.engine.backends.cuda_source import ResizeSource
+        src = ResizeSource.plan(x_shape, attrs, in_dtype, out_dtype)
+        return None if src is None else cls(src)
+
+    def __call__(self, x, y) -> None:
+        if self._kernel is None:
+            self._kernel = _raw_kernel(self.src.source, "resize")
+        if self.src.work:
+            launch(self._kernel, self.src.work, [x, *self.tables, y])
 
 
 # --- transpose -----------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """CuPy implementations of the data-movement and less frequent layer kinds (reductions,
-shuffles, indexing, resize, quantization, ...), plus the host fallback that runs any layer
-through the numpy reference (correct everywhere, never captured into a CUDA graph).
+shuffles, indexing, scatter, range, resize, quantization, non-max suppression, ...). Every one
+runs on the GPU; nothing here goes back to the host reference.
 
 These use CuPy's array library (its element-wise / reduction kernels, CUB), which runs on the
 current stream and captures into CUDA graphs as long as nothing synchronizes with the host.
@@ -303,18 +303,25 @@ class SpaceToDepth(Impl):
 
 @impl("resize")
 class Resize(Impl):
-    """Per-axis gathers with host-precomputed indices and weights (same math as the numpy
-    reference, so results match it)."""
+    """Nearest / linear on float tensors whose resized axes are one or two adjacent ones (NHWC
+    and NCHW images): one generated kernel (cupy_kernels_nn.ResizeKernel). Otherwise per-axis
+    gathers. Both use host-precomputed indices and weights (the numpy reference's math, so
+    results match it)."""
 
     def __init__(self, net, layer, weights, opts):
         super().__init__(net, layer, weights, opts)
         from tftrt.engine.backends import numpy_ops as ops
+        from tftrt.engine.backends.cupy_kernels_nn import ResizeKernel
         a = layer.attrs
         if "sizes" not in a:
             raise NotImplementedError("Resize with runtime scales")
         x = _shape(net, layer.inputs[0])
         r = len(x)
         self.steps = []
+        self.kernel = ResizeKernel.make(x, a, _dtype(net, layer.inputs[0]),
+                                        _dtype(net, layer.outputs[0]))
+        if self.kernel is not None:
+            return
         for ax in range(r):
             in_len, out_len, scale = x[ax], a["sizes"][ax], a["scales"][ax]
             ctm = a["coordinate_transformation_mode"]
@@ -353,6 +360,9 @@ class Resize(Impl):
                                cp.asarray(outside.reshape(bshape)), a["extrapolation_value"]))
 
     def run(self, ins, outs, ws):
+        if self.kernel is not None:
+            self.kernel(ins[0], outs[0])
+            return
         y = ins[0].astype(cp.float32) if ins[0].dtype.kind == "f" else ins[0]
         for ax, taps, outside, ext in self.steps:
             if taps[0][1] is None:
@@ -420,22 +430,130 @@ class OneHot(Impl):
         cp.copyto(outs[0], cp.moveaxis(y, -1, self.layer.attrs["axis"]), casting="unsafe")
 
 
-class HostFallback(Impl):
-    """Runs the layer through the numpy reference: inputs to the host, outputs back."""
+@impl("range")
+class Range(Impl):
+    """start + arange(n) * delta with n from the output shape; start and delta stay on the
+    device (numpy_ops.range_'s math, in the output dtype)."""
+
+    def run(self, ins, outs, ws):
+        y = outs[0]
+        if y.size:
+            start, delta = (x.reshape(()).astype(y.dtype) for x in (ins[0], ins[2]))
+            cp.copyto(y, start + cp.arange(y.size).astype(y.dtype) * delta, casting="unsafe")
+
+
+@impl("scatter_nd")
+class ScatterND(Impl):
+    """ONNX ScatterND: the output is a copy of data with updates written (or combined) at the
+    indexed slices. ``none`` and ``add`` / ``max`` / ``min`` (cupyx' atomic scatters, float16
+    through float32) never leave the device; ``mul`` combines duplicate indices in rounds,
+    which reads how many there are on the host (that layer runs eagerly)."""
+
+    def __init__(self, net, layer, weights, opts):
+        super().__init__(net, layer, weights, opts)
+        self.reduction = layer.attrs.get("reduction", "none")
+        if self.reduction not in ("none", "add", "mul", "max", "min"):
+            raise NotImplementedError(f"ScatterND reduction {self.reduction!r}")
+        self.capturable = self.reduction != "mul"
+
+    def run(self, ins, outs, ws):
+        data, idx, upd, y = ins[0], ins[1].astype(cp.int64), ins[2], outs[0]
+        k = idx.shape[-1]
+        lead = data.shape[:k]
+        rows = int(np.prod(lead, dtype=np.int64))
+        flat = idx.reshape(-1, k)
+        lin = cp.zeros(flat.shape[0], cp.int64)
+        for j, d in enumerate(lead):  # row-major linear index over the indexed axes
+            col = flat[:, j]
+            lin = lin * d + cp.where(col < 0, col + d, col)
+        work = y if y.dtype != cp.float16 else cp.empty(y.shape, cp.float32)
+        cp.copyto(work, data, casting="unsafe")
+        view = work.reshape((rows,) + data.shape[k:])
+        u = upd.reshape((-1,) + data.shape[k:]).astype(work.dtype, copy=False)
+        if self.reduction == "none":
+            view[lin] = u
+        elif self.reduction == "mul":
+            self._mul(view, lin, u)
+        else:
+            import cupyx
+            getattr(cupyx, f"scatter_{self.reduction}")(view, lin, u)
+        if work is not y:
+            cp.copyto(y, work, casting="unsafe")
+
+    @staticmethod
+    def _mul(view, lin, u):
+        """view[lin[i]] *= u[i] for every i, duplicates included: the i-th update of an index
+        goes in round i, whose indices are then distinct."""
+        if not lin.size:
+            return
+        order = cp.argsort(lin)
+        s = lin[order]
+        rank = cp.arange(s.size) - cp.searchsorted(s, s, side="left")
+        for r in range(int(rank.max()) + 1):
+            sel = order[rank == r]
+            view[lin[sel]] *= u[sel]
+
+
+def nms_select(boxes, scores, max_out: int, iou_thr: float, score_thr, center_point_box: bool,
+               threads: int = 256):
+    """ONNX NonMaxSuppression on the GPU, numpy_ops.nms's semantics: [M, 3] int64 rows
+    (batch, class, box), by batch, class, then descending score.
+
+    Candidates (score > score_thr) are sorted per (batch, class) row with one stable argsort
+    on the device; the greedy pass is one block per row (cuda_source_nms); two host reads per
+    call: how many boxes survived, to size the result.
+    """
+    from tftrt.engine.backends.cuda_source_nms import nms_source
+    from tftrt.engine.backends.cupy_kernels import _raw_kernel
+    b, c, n = scores.shape
+    max_out = int(min(max(max_out, 0), n))
+    if max_out == 0 or b * c * n == 0:
+        return cp.zeros((0, 3), cp.int64)
+    s = scores.astype(cp.float32).reshape(b * c, n)
+    cand = s > np.float32(score_thr) if score_thr is not None else cp.ones(s.shape, bool)
+    # stable argsort of -score puts ties in index order, as the reference's stable sort does;
+    # non-candidates go last
+    key = cp.where(cand, -s, cp.float32(np.inf))
+    order = cp.argsort(key, axis=-1).astype(cp.int32)
+    ncand = cand.sum(axis=-1).astype(cp.int32)
+    removed = cp.empty((b * c, n), cp.uint8)
+    keep = cp.empty((b * c, max_out), cp.int64)
+    count = cp.empty(b * c, cp.int32)
+    kernel = _raw_kernel(nms_source(n, c, max_out, bool(center_point_box)), "nms")
+    kernel((b * c,), (threads,), (cp.ascontiguousarray(boxes, cp.float32), order, ncand,
+                                  np.float32(iou_thr), removed, keep, count))
+    rows, slot = cp.nonzero(cp.arange(max_out)[None, :] < count[:, None])
+    return cp.stack([rows // c, rows % c, keep[rows, slot]], axis=1).astype(cp.int64)
+
+
+@impl("nms")
+class NonMaxSuppression(Impl):
+    """ONNX NonMaxSuppression (:func:`nms_select`). Its output has a data-dependent row count:
+    when the context gives no buffer (``outs[0]`` None) the result array is put there, else
+    copied into the buffer (which must have its shape). Not capturable: it reads the count
+    on the host."""
 
     capturable = False
 
     def __init__(self, net, layer, weights, opts):
         super().__init__(net, layer, weights, opts)
-        from tftrt.engine.backends.numpy_backend import NumpyBackend
-        self.runner = NumpyBackend().prepare_layer(net, layer, net.weights)
+        # constant max_out / thresholds are read once here; others on each run
+        self.consts = [None if i >= len(layer.inputs) or not layer.inputs[i] else
+                       net.weights.get(layer.inputs[i]) for i in range(5)]
+
+    def _scalar(self, ins, i, default):
+        v = self.consts[i]
+        if v is None:
+            if i >= len(ins) or ins[i] is None:
+                return default
+            v = cp.asnumpy(ins[i])
+        return np.asarray(v).reshape(-1)[0].item()
 
     def run(self, ins, outs, ws):
-        res = self.runner([None if x is None else cp.asnumpy(x) for x in ins])
-        for o, r in zip(outs, res):
-            cp.copyto(o, cp.asarray(np.asarray(r).reshape(o.shape)), casting="unsafe")
-
-
-# range / scatter_nd / nms and anything else without a GPU kernel run on the host.
-for _k in ("range", "scatter_nd", "nms"):
-    IMPLS[_k] = HostFallback
+        sel = nms_select(ins[0], ins[1], int(self._scalar(ins, 2, 0)),
+                         float(self._scalar(ins, 3, 0.0)), self._scalar(ins, 4, None),
+                         self.layer.attrs.get("center_point_box", 0))
+        if outs[0] is None:
+            outs[0] = sel
+        else:
+            cp.copyto(outs[0], sel.reshape(outs[0].shape))
