@@ -10,8 +10,14 @@
 * MatMul: cuBLASLt with bias / relu / tanh-gelu / residual epilogues (cupy.matmul as the
   tactic for batch broadcasts cuBLASLt's strides cannot express).
 * Everything else: kernels generated from the IR (``cupy_kernels``, ``cupy_kernels_nn``) or
-  CuPy's array library (``cupy_ops``); a layer no GPU path can run goes through the numpy
-  reference on the host.
+  CuPy's array library (``cupy_ops``).
+
+Nothing runs on the host. :func:`impl_table` lists, per layer kind and tactic, the GPU
+implementations to try in order; what a fused tactic cannot take is split on the GPU (the main
+op on cuDNN / cuBLASLt, the rest of the epilogue as a generated kernel) or taken by the next
+implementation, and an engine's layers on such a fallback are logged once, in one line. A
+layer that no GPU implementation runs fails the engine build (EngineBuildError naming it),
+and the engine op runs its native segment instead.
 
 Precision: FP16 layers store fp16 and accumulate in fp32; FP32 layers may use TF32 tensor
 cores unless the build says ``allow_tf32=False``.
@@ -26,6 +32,7 @@ replay them.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -34,8 +41,9 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from tftrt.engine.backends import Backend
+from tftrt.engine.errors import EngineBuildError, GpuTimeout
 from tftrt.engine.network import Layer, Network
-from tftrt.engine.tactics import register_tactic
+from tftrt.engine.tactics import ANY_KIND, register_tactic
 
 try:
     import cupy as cp
@@ -78,14 +86,14 @@ def _matmul_lt(net, layer) -> bool:
 
 def _workspace(net, layer) -> int:
     """Scratch bytes of the layer's chosen tactic. The builder asks this for every layer after
-    tactic selection, so this is also where a layer that was not timed (one candidate) gets
-    its library choice tuned and recorded in its attrs, before the plan is written."""
+    tactic selection (layers without a tactic of their own through the ``ANY_KIND``
+    "default"), so this is where every layer is prepared once at build time: a layer no GPU
+    implementation runs fails the build here (EngineBuildError naming it), and a layer that
+    was not timed (one candidate) gets its library choice tuned and recorded in its attrs,
+    before the plan is written."""
     key = _lazy()[1].signature(net, layer)
     if key not in _WORKSPACE:
-        try:
-            make_impl(net, layer, {}, dict(_OPTIONS))
-        except Exception as e:  # the context will report it when it prepares the layer
-            log.debug("preparing %s for its workspace size failed: %s", layer.name, e)
+        make_impl(net, layer, {}, dict(_OPTIONS))
     return _WORKSPACE.get(key, 0)
 
 
@@ -94,56 +102,97 @@ _OPTIONS = {"tf32": True}
 
 register_tactic("cupy", "conv", "cudnn", applies=_cudnn_ok, workspace=_workspace)
 register_tactic("cupy", "conv", "lt_1x1", applies=_conv_1x1, workspace=_workspace)
-register_tactic("cupy", "conv", "dw_direct", applies=_depthwise)
+register_tactic("cupy", "conv", "dw_direct", applies=_depthwise, workspace=_workspace)
 register_tactic("cupy", "conv_transpose", "cudnn", applies=_cudnn_ok, workspace=_workspace)
 register_tactic("cupy", "matmul", "lt", applies=_matmul_lt, workspace=_workspace)
-register_tactic("cupy", "matmul", "cupy_matmul")
+register_tactic("cupy", "matmul", "cupy_matmul", workspace=_workspace)
 register_tactic("cupy", "attention", "sdpa", workspace=_workspace)
+register_tactic("cupy", ANY_KIND, "default", workspace=_workspace)
+
+
+@functools.lru_cache(maxsize=None)
+def impl_table() -> Dict[str, Dict[str, Tuple[type, ...]]]:
+    """Layer kind -> tactic -> the implementations that run it, tried in order.
+
+    The first implementation is the tactic's own; a later one is a slower path on the GPU
+    that takes what the first cannot (a "fallback tactic", named in the engine's summary
+    line). Kinds without tactics of their own run as "default". Nothing here runs on the
+    host: a kind or tactic missing from the table has no GPU implementation, and building an
+    engine with such a layer fails (:func:`make_impl`).
+    """
+    from tftrt.engine.backends import cupy_layers as L
+    from tftrt.engine.backends import cupy_ops as O
+    table = {
+        "conv": {"cudnn": (L.ConvCudnn,),
+                 "lt_1x1": (L.ConvGemm, L.ConvCudnn),
+                 "dw_direct": (L.DepthwiseConv, L.ConvCudnn)},
+        "conv_transpose": {"cudnn": (L.ConvCudnn,)},
+        "matmul": {"lt": (L.MatmulLt, L.MatmulCupy),
+                   "cupy_matmul": (L.MatmulCupy,)},
+        "attention": {"sdpa": (L.AttentionCudnn, L.AttentionCupy)},
+        "pointwise": {"default": (L.Pointwise,)},
+        "pool": {"default": (L.Pool,)},
+        "softmax": {"default": (L.Softmax,)},
+        "normalization": {"default": (L.Normalization,)},
+    }
+    for kind, cls in O.IMPLS.items():  # the data-movement kinds, registered with @impl
+        table.setdefault(kind, {"default": (cls,)})
+    return table
 
 
 def make_impl(net: Network, layer: Layer, weights: Dict[str, Any], opts: dict,
               strict: bool = False):
-    """The implementation object for ``layer.tactic`` (see cupy_layers' protocol); falls back
-    to a slower GPU path, then to the host, with a warning, when a path cannot run it.
-    ``strict``: raise instead when the tactic's own implementation fails (tactic timing: a
-    candidate that cannot run must not be timed as its fallback)."""
-    from tftrt.engine.backends import cupy_layers as L
-    from tftrt.engine.backends import cupy_ops as O
-    kind, tactic = layer.kind, layer.tactic
-    chain = []
-    if kind == "conv":
-        chain = {"lt_1x1": [L.ConvGemm, L.ConvCudnn], "dw_direct": [L.DepthwiseConv,
-                                                                    L.ConvCudnn]}.get(
-            tactic, [L.ConvCudnn])
-    elif kind == "conv_transpose":
-        chain = [L.ConvCudnn]
-    elif kind == "matmul":
-        chain = [L.MatmulCupy] if tactic == "cupy_matmul" else [L.MatmulLt, L.MatmulCupy]
-    elif kind == "attention":
-        chain = [L.AttentionCudnn, L.AttentionCupy]
-    else:
-        cls = {"pointwise": L.Pointwise, "pool": L.Pool, "softmax": L.Softmax,
-               "normalization": L.Normalization}.get(kind) or O.IMPLS.get(kind)
-        if cls is not None:
-            chain = [cls]
+    """The implementation object of ``layer.tactic`` (see cupy_layers' protocol), from
+    :func:`impl_table`: the tactic's own, else the next GPU path that takes the layer (the
+    object's ``fallback`` then says why the earlier ones did not).
+
+    Args:
+      strict: raise when the tactic's own implementation fails (tactic timing: a candidate
+        that cannot run must not be timed as its fallback).
+    Raises:
+      EngineBuildError: no GPU implementation runs the layer (its kind or tactic has none, or
+        each one failed); the message names the layer, its kind and why.
+    """
+    tactics = impl_table().get(layer.kind)
+    tactic = layer.tactic or "default"
+    if tactics is None:
+        raise EngineBuildError(
+            f"layer {layer.name} of kind {layer.kind!r} has no GPU implementation in the cupy "
+            f"backend; the engine cannot be built on the GPU (the op runs its native segment)")
+    chain = tactics.get(tactic)
+    if chain is None:
+        raise EngineBuildError(
+            f"layer {layer.name} ({layer.kind}) has no cupy implementation for tactic "
+            f"{tactic!r} (its tactics: {sorted(tactics)}); for conv layers this means no "
+            f"tactic applied (cuDNN: {_lazy()[0].cudnn_unavailable_reason() or 'available'})")
+    from tftrt.engine.backends.cupy_layers import signature
     errors = []
     for cls in chain:
         try:
             impl = cls(net, layer, weights, opts)
+        except GpuTimeout:
+            raise
         except Exception as e:
             if strict:
                 raise
             errors.append(f"{cls.__name__}: {type(e).__name__}: {str(e)[:300]}")
             continue
-        if errors:
-            log.warning("layer %s (%s, tactic %s) runs as %s: %s", layer.name, kind, tactic,
-                        cls.__name__, "; ".join(errors))
-        _WORKSPACE[L.signature(net, layer)] = int(impl.workspace)
+        impl.fallback = "; ".join(errors) or None
+        _WORKSPACE[signature(net, layer)] = int(impl.workspace)
         return impl
-    if errors:
-        log.warning("layer %s (%s, tactic %s) runs on the host: %s", layer.name, kind, tactic,
-                    "; ".join(errors))
-    return O.HostFallback(net, layer, weights, opts)
+    raise EngineBuildError(f"layer {layer.name} ({layer.kind}, tactic {tactic}) cannot run on "
+                           f"the GPU: " + "; ".join(errors))
+
+
+def log_fallbacks(name: str, layers: List[Layer], impls: List[Any]) -> List[str]:
+    """Logs once, as one warning line, the layers of engine ``name`` that run on a fallback
+    tactic (still on the GPU); returns the entries ("layer (kind tactic -> Impl: why)")."""
+    entries = [f"{l.name} ({l.kind} {l.tactic} -> {type(i).__name__}: {i.fallback[:200]})"
+               for l, i in zip(layers, impls) if getattr(i, "fallback", None)]
+    if entries:
+        log.warning("engine %s: %d layers on a fallback tactic: %s", name, len(entries),
+                    "; ".join(entries))
+    return entries
 
 
 # --- backend -------------------------------------------------------------------------------------
@@ -265,6 +314,7 @@ class CupyBackend(Backend):
                 opts = {"tf32": bool(engine.config.get("allow_tf32", True))}
                 impls = [make_impl(engine.network, l, engine.weights, opts)
                          for l in engine.network.layers]
+                log_fallbacks(engine.network.name, engine.network.layers, impls)
                 engine._cupy_impls = impls
             return impls
 

@@ -11,6 +11,8 @@ Protocol of an implementation ``impl``:
   CuPy's cuBLAS path (then the execution context runs it eagerly between graph segments).
 * ``impl.record()``: the tuned sub-choice (JSON) stored in ``layer.attrs["_cupy"][tactic]`` so
   a plan rebuilds the same kernel without timing.
+* ``impl.fallback``: None, or why the tactic's own implementation did not take the layer
+  (this object is the next GPU path; see cupy_backend.impl_table).
 """
 
 from __future__ import annotations
@@ -92,6 +94,9 @@ def _scratch(ws, nbytes: int):
 class Impl:
     capturable = True
     workspace = 0
+    # Why the layer's tactic's own implementation(s) did not take it (set by
+    # cupy_backend.make_impl when this one is a fallback); None for the tactic's own.
+    fallback: Optional[str] = None
 
     def __init__(self, net: Network, layer: Layer, weights: Dict[str, Any], opts: dict):
         self.net, self.layer, self.weights, self.opts = net, layer, weights, opts

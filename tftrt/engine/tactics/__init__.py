@@ -6,6 +6,11 @@ builder (:func:`choose_tactics`) times every applicable candidate on the backend
 inputs of the layer's real shapes and records the fastest name in ``layer.tactic``; a
 :class:`TimingCache` keyed by (backend, device, layer signature) skips re-timing. Kinds without
 registered tactics get "default".
+
+A tactic registered for :data:`ANY_KIND` is never a timed candidate: it stands for every layer
+that gets "default" (its kind has no tactic, or none applies) and gives that layer's workspace.
+The builder asks the workspace of every layer once tactics are chosen, so a backend that
+prepares its layers there (the CuPy backend) fails the build on a layer it cannot run.
 """
 
 from __future__ import annotations
@@ -36,6 +41,9 @@ class Tactic:
 
 _REGISTRY: Dict[tuple, List[Tactic]] = {}
 
+# The kind of a backend's catch-all tactic "default" (see module doc).
+ANY_KIND = "*"
+
 
 def register_tactic(backend: str, kind: str, name: str,
                     applies: Optional[Callable[[Network, Layer], bool]] = None,
@@ -53,7 +61,9 @@ def candidates(backend: str, net: Network, layer: Layer) -> List[Tactic]:
 
 
 def workspace_bytes(backend: str, net: Network, layer: Layer) -> int:
-    for t in _REGISTRY.get((backend, layer.kind), []):
+    """Scratch bytes of ``layer.tactic`` (its kind's tactic, else the backend's
+    :data:`ANY_KIND` tactic of that name); may raise EngineBuildError (see module doc)."""
+    for t in _REGISTRY.get((backend, layer.kind), []) + _REGISTRY.get((backend, ANY_KIND), []):
         if t.name == layer.tactic:
             return int(t.workspace(net, layer))
     return 0
