@@ -146,8 +146,10 @@ using namespace std;
 #define __forceinline__ inline
 #define __global__
 struct uint4 { unsigned int x, y, z, w; };
+#define __syncthreads()
 struct host_dim3 { unsigned int x; };
-static const host_dim3 blockIdx = {0}, threadIdx = {0}, blockDim = {1}, gridDim = {1};
+static host_dim3 blockIdx = {0};  // a host driver sets it to run block after block
+static const host_dim3 threadIdx = {0}, blockDim = {1}, gridDim = {1};
 static inline float h2f(unsigned short h) { _Float16 f; memcpy(&f, &h, 2); return (float)f; }
 static inline unsigned short f2h(float f) {
   _Float16 h = (_Float16)f; unsigned short u; memcpy(&u, &h, 2); return u; }
@@ -206,7 +208,7 @@ def _source_file(kernels, host: bool) -> str:
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH")
 def test_generated_kernels_compile_with_nvcc(kernels, tmp_path):
     """Every kernel (both variants) of every op and epilogue is valid CUDA C++ for nvcc, plus
-    depthwise convolutions with each activation fused."""
+    depthwise convolutions with each activation fused and the NMS kernels."""
     text = _source_file(kernels, host=False)
     for k, fn in enumerate(ACTIVATIONS):
         e = dict(PARAMS.get(fn, {}), op="act", fn=fn)
@@ -216,11 +218,25 @@ def test_generated_kernels_compile_with_nvcc(kernels, tmp_path):
                                    (2, 9, 9, 8), 1, "float16", "float16",
                                    [{"op": "bias", "input": 2}, e], {2: ("vec", "float32")})
         text += "\n" + _rename(dw.source, 10000 + k)
+    from tftrt.engine.backends.cuda_source_nms import nms_source
+    for k, (center, max_out, _, _) in enumerate(NMS_CASES):
+        text += "\n" + _rename(nms_source(1000, 80, max_out, bool(center)), 20000 + k)
     cu = tmp_path / "kernels.cu"
     cu.write_text(text)
     r = subprocess.run(["nvcc", "-c", "-x", "cu", "-std=c++14", "-o", str(tmp_path / "k.o"),
                         str(cu)], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-4000:]
+
+
+def _host_library(text: str, tmp_path, name: str):
+    cpp = tmp_path / f"{name}.cpp"
+    cpp.write_text(text)
+    lib = tmp_path / f"{name}.so"
+    r = subprocess.run([_host_compiler(), "-O1", "-std=c++17", "-shared", "-fPIC",
+                        "-Wno-unknown-pragmas", "-o", str(lib), str(cpp)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-4000:]
+    return ctypes.CDLL(str(lib))
 
 
 def _host_compiler():
@@ -235,14 +251,7 @@ def test_generated_kernels_match_numpy_on_the_host(kernels, tmp_path):
     """The generated sources, built for the CPU, against numpy_ops.run_program: float32 / 64
     to a few ulps, float16 to one half ulp of rounding, ints and bools exactly, NaN where
     numpy has NaN."""
-    cpp = tmp_path / "kernels.cpp"
-    cpp.write_text(_source_file(kernels, host=True))
-    lib = tmp_path / "kernels.so"
-    r = subprocess.run([_host_compiler(), "-O1", "-std=c++17", "-shared", "-fPIC",
-                        "-Wno-unknown-pragmas", "-o", str(lib), str(cpp)],
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-4000:]
-    so = ctypes.CDLL(str(lib))
+    so = _host_library(_source_file(kernels, host=True), tmp_path, "kernels")
     bad = []
     for k, (what, src, xs, want) in enumerate(kernels):
         ins = [np.ascontiguousarray(xs[i]).view(np.uint16) if xs[i].dtype == np.float16 else
@@ -279,3 +288,66 @@ def _mismatch(got, want, op):
     i = diff[:3]
     return f"{len(diff)} of {got.size} differ, e.g. at {list(i)}: got " \
            f"{got.ravel()[i].tolist()}, want {want.ravel()[i].tolist()}"
+
+
+# --- non-max suppression -----------------------------------------------------------------------
+NMS_CASES = [  # (center_point_box, max_out, iou_thr, score_thr)
+    (0, 5, 0.5, 0.3), (0, 100, 0.3, None), (1, 7, 0.6, 0.1), (1, 100, 0.0, 0.5)]
+
+
+def _nms_inputs(center, seed=0, b=2, n=40, c=3):
+    rng = np.random.default_rng(seed)
+    if center:
+        boxes = np.concatenate([rng.uniform(0, 1, (b, n, 2)), rng.uniform(0.05, 0.5, (b, n, 2))],
+                               -1)
+    else:  # either corner first, as ONNX allows
+        boxes = rng.uniform(0, 1, (b, n, 4))
+    scores = np.round(rng.uniform(0, 1, (b, c, n)), 1)  # ties: the index order decides
+    return boxes.astype(np.float32), scores.astype(np.float32)
+
+
+def _nms_order(scores, score_thr):
+    """What nms_select computes on the device before the kernel (numpy's stable argsort)."""
+    b, c, n = scores.shape
+    s = scores.reshape(b * c, n)
+    cand = s > np.float32(score_thr) if score_thr is not None else np.ones(s.shape, bool)
+    order = np.argsort(np.where(cand, -s, np.float32(np.inf)), axis=-1, kind="stable")
+    return order.astype(np.int32), cand.sum(-1).astype(np.int32)
+
+
+@pytest.mark.skipif(_host_compiler() is None, reason="no host C++ compiler")
+def test_nms_kernel_keeps_what_numpy_keeps(tmp_path):
+    """The NMS kernel's greedy pass (cuda_source_nms), built for the host, selects exactly the
+    boxes numpy_ops.nms selects, in its order: corner and center boxes, a score threshold
+    or none, max_out cutting a row short or not, IoU threshold 0."""
+    from tftrt.engine.backends.cuda_source_nms import nms_source
+    from tftrt.engine.backends.numpy_ops import nms
+    parts, b, c, n = [HOST_SHIMS + C.MATH_HELPERS], 2, 3, 40
+    for k, (center, max_out, _, _) in enumerate(NMS_CASES):
+        parts.append(_rename(nms_source(n, c, min(max_out, n), bool(center)), k))
+        parts.append(f"""
+extern "C" void drive_{k}(const float* bx, const int* order, const int* ncand, float thr,
+                          unsigned char* removed, long long* keep, int* count, int rows) {{
+  for (int r = 0; r < rows; ++r) {{ blockIdx.x = r; nms_{k}(bx, order, ncand, thr, removed,
+                                                           keep, count); }}
+}}""")
+    so = _host_library("\n".join(parts), tmp_path, "nms")
+    for k, (center, max_out, iou, score_thr) in enumerate(NMS_CASES):
+        boxes, scores = _nms_inputs(center, seed=k)
+        order, ncand = _nms_order(scores, score_thr)
+        m = min(max_out, n)
+        removed = np.zeros((b * c, n), np.uint8)
+        keep = np.full((b * c, m), -1, np.int64)
+        count = np.zeros(b * c, np.int32)
+        args = [boxes, order, ncand]
+        fn = getattr(so, f"drive_{k}")
+        fn.restype = None
+        fn(*[ctypes.c_void_p(a.ctypes.data) for a in args], ctypes.c_float(iou),
+           *[ctypes.c_void_p(a.ctypes.data) for a in (removed, keep, count)],
+           ctypes.c_int(b * c))
+        rows, slot = np.nonzero(np.arange(m)[None, :] < count[:, None])
+        got = np.stack([rows // c, rows % c, keep[rows, slot]], axis=1)
+        want = nms(boxes, scores, np.array([max_out]), np.array([iou], np.float32),
+                   None if score_thr is None else np.array([score_thr], np.float32), center)
+        assert len(want) > b * c, "the case should keep several boxes per row"
+        np.testing.assert_array_equal(got, want, err_msg=f"case {k}")

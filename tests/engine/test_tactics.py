@@ -82,3 +82,33 @@ def test_a_gpu_timeout_stops_the_build_with_its_message(monkeypatch):
                            GpuTimeout("GPU work did not finish within 120 s while timing x"))
     with pytest.raises(EngineBuildError, match="did not finish within 120 s"):
         build_engine(_pointwise_conv_model(), {"x": (2, 6, 6, 8)}, BuilderConfig())
+
+
+def test_an_any_kind_tactic_prepares_every_default_layer(monkeypatch):
+    """A backend's ANY_KIND "default" tactic is never timed; the builder asks its workspace
+    for each layer without a tactic of its own, so a backend that cannot run such a layer
+    fails the build there, naming it (how the CuPy backend refuses what it has no GPU path
+    for)."""
+    from tftrt.engine import tactics
+    from tftrt.engine.errors import EngineBuildError
+    monkeypatch.setattr(tactics, "_REGISTRY", dict(tactics._REGISTRY))
+    seen = []
+
+    def workspace(net, layer):
+        seen.append(layer.name)
+        if layer.kind == "pointwise":
+            raise EngineBuildError(f"layer {layer.name} (pointwise) cannot run here")
+        return 4096
+    tactics.register_tactic("numpy", tactics.ANY_KIND, "default", workspace=workspace)
+    model = _pointwise_conv_model()
+    engine = build_engine(model, {"x": (2, 6, 6, 8)}, BuilderConfig())
+    layer = engine.network.layers[0]
+    assert "default" not in [t.name for t in candidates("numpy", engine.network, layer)]
+    assert seen == [] and engine.memory.workspace_bytes == 0  # the conv has tactics of its own
+    shuffle = make_model([helper.make_node("Transpose", ["x"], ["y"], perm=[1, 0])],
+                         {"x": rand(2, 3)})
+    assert build_engine(shuffle, {"x": (2, 3)}, BuilderConfig()).memory.workspace_bytes == 4096
+    relu = make_model([helper.make_node("Relu", ["x"], ["y"])], {"x": rand(2, 3)})
+    with pytest.raises(EngineBuildError, match=r"layer \S+ \(pointwise\) cannot run here"):
+        build_engine(relu, {"x": (2, 3)}, BuilderConfig())
+    assert len(seen) == 2
