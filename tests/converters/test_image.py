@@ -1,4 +1,5 @@
-"""Converters of converters/image.py: DepthToSpace, SpaceToDepth, resize, CombinedNonMaxSuppression."""
+"""Converters of converters/image.py: DepthToSpace, SpaceToDepth, the resize family,
+CombinedNonMaxSuppression."""
 
 import numpy as np
 import pytest

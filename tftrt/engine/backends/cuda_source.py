@@ -538,7 +538,7 @@ extern "C" __global__ void dwconv({", ".join(params)}) {{
         self.operands = ops
 
 
-# --- resize (nearest / linear on one or two adjacent axes) -----------------------------------------
+# --- resize (nearest / linear on one or two adjacent axes) ---------------------------------------
 def resize_axis_table(in_len: int, out_len: int, scale: float, attrs: dict, roi_s: float,
                       roi_e: float):
     """Host table of one resized axis, the numpy reference's math (numpy_ops.resize):
