@@ -25,9 +25,32 @@ def activate():
     _activate()
 
 
+class _ActivateWithTensorFlow:
+    """A meta-path finder that activates tftrt right after ``import tensorflow`` finishes,
+    for programs that import tftrt first: TF1 users import a converted GraphDef after
+    ``import tftrt``, whatever the order, and engines must be active then."""
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != "tensorflow":
+            return None
+        import importlib.util
+        import sys
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
+            exec_module = spec.loader.exec_module
+
+            def exec_then_activate(module):
+                exec_module(module)
+                activate()
+            spec.loader.exec_module = exec_then_activate
+        return spec
+
+
 if "tensorflow" in __import__("sys").modules:
-    # TF1 users import a converted GraphDef after `import tftrt`: engines must be active then.
     activate()
+else:
+    __import__("sys").meta_path.insert(0, _ActivateWithTensorFlow())
 
 
 def load(export_dir, tags=None, options=None):

@@ -59,22 +59,31 @@ def bind_engines(graph_def):
 
 
 def activate() -> None:
-    """Makes ``import_graph_def`` bind tftrt engines (idempotent)."""
+    """Makes ``import_graph_def`` bind tftrt engines (idempotent).
+
+    The patch sits on ``importer._import_graph_def_internal``, which every public name
+    (``tf.import_graph_def``, ``tf.graph_util.import_graph_def``,
+    ``tf.compat.v1.import_graph_def``, and any reference to them taken before tftrt was
+    imported) calls through the module, so the order of ``import tensorflow`` and
+    ``import tftrt`` does not matter. ``import tftrt`` before TensorFlow activates when
+    TensorFlow is imported (see tftrt/__init__.py).
+    """
     global _ACTIVE
     if _ACTIVE:
         return
     _ACTIVE = True
     from tftrt.gpu_memory import share_gpu_with_tensorflow
     share_gpu_with_tensorflow()
-    import tensorflow as tf
+    from tensorflow.core.framework import graph_pb2
     from tensorflow.python.framework import importer, ops as tf_ops
 
-    original = importer.import_graph_def
+    original = importer._import_graph_def_internal  # pylint: disable=protected-access
 
     @functools.wraps(original)
-    def import_graph_def(graph_def, *args, **kwargs):
+    def import_graph_def_internal(graph_def, *args, **kwargs):
         from tftrt import rewrite
-        if any(rewrite.ENGINE_ATTR in n.attr and SPEC_ATTR in n.attr for n in graph_def.node):
+        if isinstance(graph_def, graph_pb2.GraphDef) and any(
+                rewrite.ENGINE_ATTR in n.attr and SPEC_ATTR in n.attr for n in graph_def.node):
             graph_def, keep = bind_engines(graph_def)
             graph = tf_ops.get_default_graph()
             if not hasattr(graph, "_py_funcs_used_in_graph"):
@@ -82,8 +91,4 @@ def activate() -> None:
             graph._py_funcs_used_in_graph.extend(keep)  # pylint: disable=protected-access
         return original(graph_def, *args, **kwargs)
 
-    import_graph_def._tftrt_original = original  # pylint: disable=protected-access
-    importer.import_graph_def = import_graph_def
-    for mod in (tf.graph_util, tf.compat.v1, getattr(tf.compat.v1, "graph_util", None)):
-        if mod is not None and getattr(mod, "import_graph_def", None) is original:
-            setattr(mod, "import_graph_def", import_graph_def)
+    importer._import_graph_def_internal = import_graph_def_internal  # pylint: disable=W0212

@@ -143,6 +143,9 @@ class TRTEngineOp:
         self._failed_keys: Dict[ShapeKey, str] = {}
         self.stats = collections.Counter()
         self.build_seconds: Dict[ShapeKey, float] = {}
+        # True during converter.build(): engines are built for its shapes even with
+        # allow_build_at_runtime=False, which governs only the calls after it (TF-TRT).
+        self.building = False
 
     @property
     def name(self) -> str:
@@ -177,7 +180,7 @@ class TRTEngineOp:
         limit = self.spec.max_batch_size
         if limit and key and key[0] and key[0][0] > limit:
             return self._fallback(f"batch {key[0][0]} is larger than max_batch_size={limit}")
-        engine, why = self._engine_for(key, backend)
+        engine, why = self._engine_for(key, backend, force=self.building)
         if engine is None:
             return self._fallback(why)
         try:

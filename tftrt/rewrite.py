@@ -218,6 +218,12 @@ def _run_native_fdef(native_name: str, in_dtypes, out_dtypes):
     for j in range(len(out_dtypes)):
         fdef.ret[f"r_{j}"] = f"native:output:{j}"
     fdef.signature.name = f"{native_name}_fallback"
+    # Not inlined into the caller when TF lowers the If: an inlined native segment would
+    # create its kernels (and its Const tensors, a second copy of every weight, on the GPU)
+    # with the graph, although most engines never fall back; as a call it is instantiated
+    # at its first run. (And a CPU without oneDNN has no kernel for an NCHW native segment
+    # that never runs.)
+    fdef.attr["_noinline"].b = True
     return fdef
 
 
@@ -384,9 +390,7 @@ def graph_signature_function(graph_def, inputs: Sequence[str], outputs: Sequence
     tf = _tf()
     from tensorflow.python.eager import context
     from tensorflow.python.framework import importer
-    # The unpatched import (tftrt.activate() binds engines on import; saving must not).
-    import_graph_def = getattr(importer.import_graph_def, "_tftrt_original",
-                               importer.import_graph_def)
+    # (Engine binding on import, tftrt.activate(), needs TF1 engine attributes: never here.)
     if keepalive is not None:
         ctx = context.context()
         for f in graph_def.library.function:
@@ -394,8 +398,8 @@ def graph_signature_function(graph_def, inputs: Sequence[str], outputs: Sequence
                 ctx.add_function_def(f)
 
     def imported(*flat):
-        outs = import_graph_def(graph_def, input_map=dict(zip(inputs, flat)),
-                                return_elements=list(outputs), name="")
+        outs = importer.import_graph_def(graph_def, input_map=dict(zip(inputs, flat)),
+                                         return_elements=list(outputs), name="")
         return [tf.identity(o) for o in outs]
     fn = _keyword_function(imported, arg_names, input_specs, structured_outputs,
                            structured_input_signature)

@@ -37,6 +37,7 @@ import uuid
 from typing import Dict, Optional
 
 from tftrt import conversion, rewrite
+from tftrt.env import env_bool
 from tftrt.engine.plan import serialize_engine
 from tftrt.engine_op import EngineSpec, TRTEngineOp
 
@@ -212,17 +213,17 @@ def load(path, tags=None, options=None):
                     "convert the original model again and save it to get engines back.",
                     path, err)
         return loaded
-    gd, keepalive = conversion.bind_engine_nodes(gd, ops)
-    flat = rewrite.flat_function(gd, manifest["inputs"], manifest["outputs"])
+    engine_gd, keepalive = conversion.bind_engine_nodes(gd, ops)
     key = manifest["signature_key"]
     original = loaded.signatures[key]
     specs = [tf.TensorSpec(s["shape"], tf.as_dtype(s["dtype"])) for s in manifest["input_specs"]]
-    fn = rewrite.signature_function(flat, manifest["input_names"], specs,
-                                    original.structured_outputs, keepalive,
-                                    original.structured_input_signature)
+    fn = rewrite.graph_signature_function(engine_gd, manifest["inputs"], manifest["outputs"],
+                                          manifest["input_names"], specs,
+                                          original.structured_outputs,
+                                          original.structured_input_signature, keepalive)
     direct = rewrite.single_engine_mapping(gd, manifest["inputs"], manifest["outputs"],
                                            list(ops))
-    if direct is not None and os.environ.get("TFTRT_DIRECT_CALL", "1") != "0":
+    if direct is not None and env_bool("TFTRT_DIRECT_CALL", True):
         # The whole signature is one engine: skip TensorFlow's function call machinery.
         name, in_map, out_map = direct
         fn = rewrite.DirectSignature(ops[name], in_map, out_map, manifest["input_names"],

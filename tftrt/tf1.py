@@ -41,10 +41,11 @@ class TrtGraphConverter:
 
     def __init__(self, input_saved_model_dir=None, input_saved_model_tags=None,
                  input_saved_model_signature_key=None, input_graph_def=None,
-                 nodes_denylist=None, nodes_blacklist=None, max_batch_size=1,
+                 nodes_denylist=None, max_batch_size=1,
                  max_workspace_size_bytes=DEFAULT_TRT_MAX_WORKSPACE_SIZE_BYTES,
                  precision_mode=TrtPrecisionMode.FP32, minimum_segment_size=3,
-                 is_dynamic_op=False, maximum_cached_engines=1, use_calibration=True):
+                 is_dynamic_op=False, maximum_cached_engines=1, use_calibration=True, *,
+                 nodes_blacklist=None, session_config=None, use_function_backup=None):
         if input_graph_def is not None and input_saved_model_dir is not None:
             raise ValueError("Can only specify one of input_graph_def and input_saved_model_dir")
         if input_graph_def is None and input_saved_model_dir is None:
@@ -58,10 +59,21 @@ class TrtGraphConverter:
         self._signature_key = input_saved_model_signature_key or graph_io.DEFAULT_SIGNATURE_KEY
         self._nodes_denylist = [graph_io.split_tensor_name(n)[0]
                                 for n in (nodes_denylist or nodes_blacklist or [])]
-        if max_batch_size is None or int(max_batch_size) < 1:
-            raise ValueError(f"max_batch_size should be a positive integer; got {max_batch_size}")
-        self._max_batch_size = int(max_batch_size)
+        for name, value in (("session_config", session_config),
+                            ("use_function_backup", use_function_backup)):
+            if value is not None:
+                log.warning("TrtGraphConverter(%s=...) is deprecated and has no effect (as in "
+                            "TF-TRT's last versions)", name)
         self._is_dynamic_op = bool(is_dynamic_op)
+        if max_batch_size is None:
+            if not self._is_dynamic_op:
+                raise ValueError("max_batch_size has to be an integer for is_dynamic_op==False.")
+            self._max_batch_size = None  # dynamic engines: no batch limit (TF-TRT)
+        else:
+            if isinstance(max_batch_size, bool) or int(max_batch_size) < 1:
+                raise ValueError(f"max_batch_size should be a positive integer; got "
+                                 f"{max_batch_size!r}")
+            self._max_batch_size = int(max_batch_size)
         self._params = _check_conversion_params(TrtConversionParams(
             max_workspace_size_bytes=max_workspace_size_bytes, precision_mode=precision_mode,
             minimum_segment_size=minimum_segment_size,

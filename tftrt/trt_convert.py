@@ -204,9 +204,15 @@ class TrtGraphConverterV2:
                                       "build() more than once.")
         self._build_called_once = True
         seen = 0
-        for inp in input_fn():
-            self._call_with(inp)
-            seen += 1
+        for op in self._engine_ops.values():
+            op.building = True
+        try:
+            for inp in input_fn():
+                self._call_with(inp)
+                seen += 1
+        finally:
+            for op in self._engine_ops.values():
+                op.building = False
         if seen == 0:
             raise ValueError("input_fn yielded no inputs: it must yield at least one batch")
 

@@ -62,21 +62,6 @@ def test_frozen_graph_converts_and_runs_in_session(dynamic):
     assert ops["TRTEngineOp_000_000"] == "If"
 
 
-def test_plain_tensorflow_runs_the_converted_graph_natively():
-    gd = frozen_graph()
-    converted = trt.TrtGraphConverter(input_graph_def=gd, nodes_denylist=["out"],
-                                      minimum_segment_size=2, is_dynamic_op=True).convert()
-    x = np.random.RandomState(2).randn(2, 8).astype(np.float32)
-    from tensorflow.python.framework import importer
-    g = tf.Graph()
-    with g.as_default():
-        importer.import_graph_def._tftrt_original(converted, name="")  # TF without tftrt
-        with tf.compat.v1.Session(graph=g) as sess:
-            got = sess.run("out:0", feed_dict={"x:0": x})
-    assert g.get_operation_by_name("TRTEngineOp_000_000").type == "PartitionedCall"
-    np.testing.assert_allclose(got, run_session(gd, x)[0], rtol=1e-4, atol=1e-5)
-
-
 def test_nodes_denylist_nodes_are_never_in_an_engine():
     gd = frozen_graph()
     conv = trt.TrtGraphConverter(input_graph_def=gd, nodes_blacklist=["out", "pre_out"],

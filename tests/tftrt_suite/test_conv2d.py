@@ -2,7 +2,6 @@
 conv2d_transpose (Conv2DBackpropInput) with a constant output shape."""
 
 import functools
-import os
 
 import numpy as np
 import pytest
@@ -69,13 +68,6 @@ CASES = {
 }
 
 
-XFAIL = {"Transpose": "the converted graph instantiates the native segment's NCHW "
-                       "Conv2DBackpropInput kernel, which TF's CPU build lacks without oneDNN, "
-                       "even though the engine runs (native-fallback wiring, engine_op/rewrite)"}
-ONEDNN_OFF = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "0") != "1"
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(
-    ONEDNN_OFF, strict=True, reason=XFAIL[n])) if n in XFAIL else n for n in sorted(CASES)])
+@pytest.mark.parametrize("name", sorted(CASES))
 def test_case(name, tmp_path_factory):
     base.run_v2(CASES[name], base.saved(tmp_path_factory, CASES[name], name))
