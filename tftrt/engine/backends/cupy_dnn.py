@@ -161,8 +161,11 @@ def _cudnn_act(g, y, e):
         return g.relu(input=y, lower_clip=float(e["min"]), upper_clip=float(e["max"]))
     if fn in ("sigmoid", "tanh"):
         return getattr(g, fn)(input=y)
-    if fn == "gelu" and e.get("approximate", "none") == "none":
-        return g.gelu(input=y)
+    if fn == "gelu":
+        return g.gelu(input=y) if e.get("approximate", "none") == "none" else \
+            g.gelu_approx_tanh(input=y)
+    if fn == "silu":  # EfficientNet's swish: x * sigmoid(beta * x) with beta 1
+        return g.swish(input=y, swish_beta=1.0)
     return None
 
 
@@ -208,10 +211,11 @@ class ConvSpec:
 
 
 def _cudnn_act_supported(e) -> bool:
+    """Whether :func:`_cudnn_act` has a cuDNN pointwise node for activation ``e`` (a graph
+    cuDNN then cannot build is tried unfused too: ConvCudnn keeps the faster that builds)."""
     fn = e["fn"]
-    return fn in ("relu", "leaky_relu", "sigmoid", "tanh") or \
-        (fn == "clip" and e.get("min") is not None and e.get("max") is not None) or \
-        (fn == "gelu" and e.get("approximate", "none") == "none")
+    return fn in ("relu", "leaky_relu", "sigmoid", "tanh", "gelu", "silu") or \
+        (fn == "clip" and e.get("min") is not None and e.get("max") is not None)
 
 
 class _CudnnPlans:
