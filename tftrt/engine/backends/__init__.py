@@ -10,7 +10,10 @@ The backend interface is the set of layer kinds and epilogue ops documented in
   backend arrays in ``layer.inputs`` order (weights resolved from ``weights``, absent optional
   inputs as None); ``outputs`` must have the dtypes/shapes of ``net.tensors[layer.outputs]``.
   It implements ``layer.tactic`` (a name the backend registered in ``tftrt.engine.tactics``),
-  ``layer.epilogue`` and ``layer.precision`` ("FP16": fp16 storage, fp32 accumulation);
+  ``layer.epilogue`` and ``layer.precision`` ("FP16": fp16 storage, fp32 accumulation). A
+  layer the backend cannot run raises EngineBuildError naming it; a backend never hands a
+  layer to another device behind the caller's back (the CuPy backend checks every layer at
+  build time through its ``tactics.ANY_KIND`` tactic, so the build fails, not the run);
 * ``synchronize()`` (timing and profiling), ``random_array(shape, dtype)`` (tactic timing);
 * optionally ``create_context(engine)`` returning an object with ``execute(inputs) -> outputs``
   to run the whole engine its own way (one arena of ``engine.memory`` offsets, streams,
