@@ -136,11 +136,13 @@ def bind_engine_nodes(graph_def, ops: Dict[str, TRTEngineOp]):
     tokens, keepalive = register_engine_ops(ops)
     fdefs = {f.signature.name: f for f in graph_def.library.function}
     natives = {}
+    device = engine_device()
     out = type(graph_def)()
     out.versions.CopyFrom(graph_def.versions)
     for node in graph_def.node:
         if node.name in ops and rewrite.ENGINE_ATTR in node.attr:
             new = engine_call_node(node.name, ops[node.name], tokens[node.name])
+            new.device = device
             new.input.extend(node.input)
             out.node.add().CopyFrom(new)
             natives[node.name] = fdefs[node.attr["f"].func.name]
@@ -154,6 +156,28 @@ def bind_engine_nodes(graph_def, ops: Dict[str, TRTEngineOp]):
         if f.signature.name in used:
             out.library.function.add().CopyFrom(f)
     return rewrite.with_native_fallback(out, natives), keepalive
+
+
+def engine_device() -> str:
+    """Where engine nodes are placed: the GPU when engines run on CuPy and TensorFlow has a
+    GPU, so TF hands them its GPU tensors (zero-copy through DLPack) and runs the native ops
+    between engines on its GPU kernels; else no device (TF's placer decides). Unplaced,
+    TF put the EagerPyFunc on the CPU and every float tensor crossed GPU -> host -> GPU.
+    Env TFTRT_ENGINE_DEVICE overrides: a TF device name, or "none" (the placer decides)."""
+    import os
+    forced = os.environ.get("TFTRT_ENGINE_DEVICE", "auto").strip()
+    if forced.lower() == "none":
+        return ""
+    if forced and forced.lower() != "auto":
+        return forced
+    try:
+        backend = resolve_backend()
+    except ValueError:
+        return ""
+    if backend != "cupy":
+        return ""
+    from tftrt.tensor_bridge import _tf_has_gpu
+    return "/device:GPU:0" if _tf_has_gpu() else ""
 
 
 class EngineCallback:

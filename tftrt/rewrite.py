@@ -274,7 +274,7 @@ def with_native_fallback(graph_def, native_fdefs: Dict[str, object]):
             if f.signature.name not in have:
                 out.library.function.add().CopyFrom(f)
                 have.add(f.signature.name)
-        sel = node_def_pb2.NodeDef(name=node.name, op="If")
+        sel = node_def_pb2.NodeDef(name=node.name, op="If", device=node.device)
         node.name = engine_call_name(node.name)
         sel.input.extend(f"{node.name}:{j}" for j in range(len(out_dtypes) + 1))
         sel.input.extend(i for i in node.input if not i.startswith("^"))

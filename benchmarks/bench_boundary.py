@@ -1,0 +1,96 @@
+"""What an engine boundary costs inside a converted graph, on the GPU through TensorFlow.
+
+A model of three engines with a native TF op (Cos, kept native by TF_TRT_OP_DENYLIST) between
+each pair, called at batch 1 with a GPU tensor. Per boundary =
+    (signature call - each engine's execute alone - the native ops alone) / engines,
+the time the engine-op machinery adds around each engine (TF's EagerPyFunc dispatch, DLPack
+in and out, stream syncs, the select node). Medians of timed calls, each call ended by a
+device synchronize; engines alone timed with CUDA events.
+
+    python benchmarks/bench_boundary.py [--calls 300] [--batch 1]
+Run it twice for the placement baseline: TFTRT_ENGINE_DEVICE=none lets TF's placer put the
+engine nodes (where the CPU got them, and with them host copies of every tensor).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+import numpy as np
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--calls", type=int, default=300)
+    ap.add_argument("--batch", type=int, default=1)
+    args = ap.parse_args(argv)
+    import tensorflow as tf
+    import cupy as cp
+    from tftrt import trt_convert as trt
+    from tests.gpu.test_engine_boundaries import ThreeEngines, SEPARATOR
+
+    d = tempfile.mkdtemp()
+    m = ThreeEngines()
+    tf.saved_model.save(m, d + "/src", signatures=m.__call__)
+    os.environ["TF_TRT_OP_DENYLIST"] = SEPARATOR
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=d + "/src", minimum_segment_size=2,
+                                   precision_mode="FP16")
+    fn = conv.convert()
+    del os.environ["TF_TRT_OP_DENYLIST"]
+    with tf.device("/GPU:0"):
+        x = tf.constant(np.random.RandomState(0).standard_normal((args.batch, 64))
+                        .astype(np.float32))
+    conv.build(lambda: iter([(x.numpy(),)]))
+
+    def median_ms(call):
+        for _ in range(30):
+            call()
+        cp.cuda.runtime.deviceSynchronize()
+        times = []
+        for _ in range(args.calls):
+            t0 = time.perf_counter()
+            call()
+            cp.cuda.runtime.deviceSynchronize()
+            times.append(time.perf_counter() - t0)
+        return float(np.median(times)) * 1e3
+
+    def engine_ms(engine, xs):
+        start, end = cp.cuda.Event(), cp.cuda.Event()
+        for _ in range(30):
+            engine.execute(xs)
+        times = []
+        for _ in range(args.calls):
+            start.record()
+            engine.execute(xs)
+            end.record()
+            end.synchronize()
+            times.append(cp.cuda.get_elapsed_time(start, end))
+        return float(np.median(times))
+
+    sig_ms = median_ms(lambda: fn(x=x))
+    ops = [conv.engine_ops[k] for k in sorted(conv.engine_ops)]
+    engines = []
+    for op in ops:
+        (key, engine), = op.cache.items()
+        xs = [cp.random.standard_normal(s, dtype=cp.float32) for s in key]
+        engines.append(engine_ms(engine, xs))
+    with tf.device("/GPU:0"):
+        h = tf.identity(x)
+    cos = tf.function(lambda t: tf.cos(tf.cos(t)))
+    native_ms = median_ms(lambda: cos(h))
+    per_boundary = (sig_ms - sum(engines) - native_ms) / len(ops)
+    placed = fn.graph.as_graph_def()
+    device = [n.device for n in placed.node if n.name == "TRTEngineOp_000_000"][0] or "(placer)"
+    print(f"engine node device: {device}; engines {len(ops)}; batch {args.batch}")
+    print(f"{'signature call':<34}{sig_ms:>9.3f} ms")
+    for op, t in zip(ops, engines):
+        print(f"{op.name + ' alone':<34}{t:>9.3f} ms")
+    print(f"{'2 native Cos alone':<34}{native_ms:>9.3f} ms")
+    print(f"{'per boundary':<34}{per_boundary:>9.3f} ms")
+
+
+if __name__ == "__main__":
+    main()

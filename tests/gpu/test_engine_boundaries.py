@@ -1,0 +1,124 @@
+"""Engine boundaries stay on the GPU (issue 13, item 0).
+
+A model with three engines and native TF ops between them (ops kept native through
+TF_TRT_OP_DENYLIST, as a user's unsupported op would be): engine nodes are placed on the GPU,
+the native ops run on TF's GPU kernels, and a call moves no float tensor from device to host
+(counted with TF's profiler, not read off `.device` strings).
+"""
+
+import glob
+import os
+import re
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+pytestmark = pytest.mark.gpu
+
+if not tf.config.list_physical_devices("GPU"):
+    pytest.skip("TensorFlow sees no GPU", allow_module_level=True)
+
+from tftrt import trt_convert as trt  # noqa: E402
+from tftrt.engine_op import resolve_backend  # noqa: E402
+
+SEPARATOR = "Cos"   # a native op with a GPU kernel between engines
+
+
+class ThreeEngines(tf.Module):
+    def __init__(self):
+        rng = np.random.RandomState(0)
+        self.w = [tf.Variable(rng.standard_normal((64, 64)).astype(np.float32) * 0.1)
+                  for _ in range(3)]
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 64], tf.float32, name="x")])
+    def __call__(self, x):
+        h = x
+        for k, w in enumerate(self.w):
+            h = tf.nn.relu(tf.matmul(h, w) + 0.5) * 1.5
+            if k < 2:
+                h = tf.cos(h)
+        return {"y": h}
+
+
+def d2h_copies(logdir):
+    """(bytes or None) of every device-to-host memcpy in the profile written to ``logdir``."""
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+    found = []
+    for path in glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True):
+        space = xplane_pb2.XSpace()
+        with open(path, "rb") as f:
+            space.ParseFromString(f.read())
+        for plane in space.planes:
+            names = {k: m.name for k, m in plane.event_metadata.items()}
+            stat_names = {k: m.name for k, m in plane.stat_metadata.items()}
+            for line in plane.lines:
+                for ev in line.events:
+                    name = names.get(ev.metadata_id, "")
+                    if not re.search(r"d2h|dtoh|devicetohost", name.replace(" ", "").lower()):
+                        continue
+                    size = None
+                    for st in ev.stats:
+                        sname = stat_names.get(st.metadata_id, "")
+                        text = st.str_value or (plane.stat_metadata[st.ref_value].name
+                                                if st.ref_value else "")
+                        m = re.search(r"size:(\d+)", text)
+                        if m:
+                            size = int(m.group(1))
+                        elif sname in ("bytes", "size", "num_bytes") and st.uint64_value:
+                            size = int(st.uint64_value)
+                    found.append((plane.name, name, size))
+    return found
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    assert resolve_backend() == "cupy"
+    src = str(tmp_path_factory.mktemp("b") / "three")
+    m = ThreeEngines()
+    tf.saved_model.save(m, src, signatures=m.__call__)
+    os.environ["TF_TRT_OP_DENYLIST"] = SEPARATOR
+    try:
+        conv = trt.TrtGraphConverterV2(input_saved_model_dir=src, minimum_segment_size=2,
+                                       precision_mode="FP32")
+        fn = conv.convert()
+    finally:
+        del os.environ["TF_TRT_OP_DENYLIST"]
+    assert sorted(conv.engine_ops) == ["TRTEngineOp_000_000", "TRTEngineOp_000_001",
+                                       "TRTEngineOp_000_002"]
+    native = tf.saved_model.load(src).signatures["serving_default"]
+    return conv, fn, native
+
+
+def test_engine_nodes_are_placed_on_the_gpu(converted):
+    conv, fn, _ = converted
+    nodes = {n.name: n for n in fn.graph.as_graph_def().node}
+    for name in conv.engine_ops:
+        assert "GPU" in nodes[name].device.upper(), nodes[name]
+        call = nodes["tftrt_engine_call_" + name.replace("TRTEngineOp_", "")]
+        assert "GPU" in call.device.upper(), call
+
+
+def test_three_engines_move_no_float_tensor_to_the_host(converted, tmp_path):
+    conv, fn, native = converted
+    with tf.device("/GPU:0"):
+        x = tf.constant(np.random.RandomState(1).standard_normal((8, 64)).astype(np.float32))
+    want = native(x=x)["y"].numpy()
+    for _ in range(3):  # build, then warm
+        got = fn(x=x)["y"]
+    assert "GPU" in got.device
+    np.testing.assert_allclose(got.numpy(), want, rtol=2e-3, atol=2e-3)
+    logdir = str(tmp_path / "prof")
+    tf.profiler.experimental.start(logdir)
+    for _ in range(5):
+        out = fn(x=x)["y"]
+    _ = out._copy_to_device("/GPU:0") if hasattr(out, "_copy_to_device") else out
+    tf.profiler.experimental.stop()
+    copies = d2h_copies(logdir)
+    print("D2H copies during 5 calls:", copies)
+    # The engines' status flags (one bool each) may cross; no float tensor does: a float
+    # tensor here is at least 8 x 64 x 4 bytes.
+    big = [c for c in copies if c[2] is None or c[2] > 64]
+    assert not big, big
+    stats = [dict(op.stats) for op in conv.engine_ops.values()]
+    assert all(s["engine"] >= 8 and s.get("native", 0) == 0 for s in stats), stats
