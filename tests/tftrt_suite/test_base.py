@@ -1,4 +1,5 @@
-"""Port of TF-TRT's base_test.py: single and multiple engines, constant inputs, control edges."""
+"""Port of TF-TRT's base_test.py: single and multiple engines (its constant-input and
+control-edge cases are test_const_inputs.py and test_control_deps.py, as upstream)."""
 
 import numpy as np
 import pytest
@@ -54,72 +55,3 @@ def test_case(name, tmp_path_factory):
     case = CASES[name]
     base.run_v2(case, base.saved(tmp_path_factory, case, name))
 
-
-def _chain(n, c, names):
-    n = tf.add(n, c, name=names[0])
-    n = tf.multiply(n, n, name=names[1])
-    return tf.add(n, n, name=names[2])
-
-
-def const_input(inp):
-    """TF-TRT's ConstInputTest: a Const feeding a native op and two engines."""
-    c = tf.constant(1.0, name="c")
-    n = base.incompatible_binary(inp, c + 0.0 * inp, name="incompatible") if False else \
-        base.incompatible_binary(tf.broadcast_to(c, tf.shape(inp)), inp, name="incompatible")
-    n = _chain(n, c, ["add", "mul", "add1"])
-    n = base.incompatible(n, name="incompatible1")
-    n = _chain(n, c, ["add2", "mul1", "add3"])
-    return tf.squeeze(n, name="output_0")
-
-
-def const_data_input_single(inp):
-    c = tf.constant(1.0, name="c")
-    return tf.squeeze(_chain(inp, c, ["add", "mul", "add1"]), name="output_0")
-
-
-def const_data_input_multiple(inp):
-    c = tf.constant(1.0, name="c")
-    n = _chain(inp, c, ["add", "mul", "add1"])
-    n = base.incompatible(n, name="incompatible1")
-    n = _chain(n, c, ["add2", "mul1", "add3"])
-    return tf.squeeze(n, name="output_0")
-
-
-def control_dependency(inp):
-    """TF-TRT's control_deps_test: control edges from native ops into both engines."""
-    c1 = tf.constant(1.0, name="c1")
-    c2 = tf.constant(2.0, name="c2")
-    d1 = base.incompatible(inp, name="d1")
-    d2 = base.incompatible_binary(inp, inp, name="d2")
-    with tf.control_dependencies([d1]):
-        add = tf.add(inp, c1, name="add")
-    mul = tf.multiply(add, add, name="mul")
-    add1 = tf.add(mul, mul, name="add1")
-    edge = base.incompatible(add1, name="incompatible")
-    with tf.control_dependencies([d1, d2, add1]):
-        add2 = tf.add(edge, c2, name="add2")
-    mul1 = tf.multiply(add2, add2, name="mul1")
-    add3 = tf.add(mul1, mul1, name="add3")
-    inc1 = base.incompatible_binary(d1, add3, name="incompatible1")
-    inc2 = base.incompatible_binary(d2, inc1, name="incompatible2")
-    return tf.squeeze(inc2, name="output_0")
-
-
-SHAPE = [[2, 8, 8, 3]]
-CASES.update({
-    "ConstInput": base.Case(
-        const_input, SHAPE, output_shapes=SHAPE, grappler=False,
-        expected={"TRTEngineOp_000": ["add", "add1", "mul"],
-                  "TRTEngineOp_001": ["add2", "add3", "mul1"]}),
-    "ConstDataInputSingleEngine": base.Case(
-        const_data_input_single, SHAPE, output_shapes=SHAPE,
-        expected={"TRTEngineOp_000": ["c", "add", "add1", "mul"]}),
-    "ConstDataInputMultipleEngines": base.Case(
-        const_data_input_multiple, SHAPE, output_shapes=SHAPE,
-        expected={"TRTEngineOp_000": ["add2", "add3", "mul1"],
-                  "TRTEngineOp_001": ["add", "add1", "mul"]}),
-    "ControlDependency": base.Case(
-        control_dependency, SHAPE, output_shapes=SHAPE, grappler=False,
-        expected={"TRTEngineOp_000": ["c1", "add", "add1", "mul"],
-                  "TRTEngineOp_001": ["c2", "add2", "add3", "mul1"]}),
-})
