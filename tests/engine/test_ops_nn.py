@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from tests.engine.harness import check_node, rand
+from tests.tolerances import TOLERANCES
 
 CONV_CASES = [
     # (x shape NCHW, w shape, attrs)
@@ -211,22 +212,28 @@ def test_softmax_fp16():
     check_node("Softmax", {"x": rand(4, 10, low=-5, high=5)}, precision="FP16")
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
 @pytest.mark.parametrize("op", ["Softmax", "LogSoftmax"])
-def test_softmax_rows_of_minus_inf_are_uniform(op):
-    """Masked scores stored in fp16 become -inf; a row with every key masked is uniform (as
-    the all-equal finite values it stood for are), a partly masked row is 0 where masked."""
+def test_softmax_rows_of_minus_inf(op, dtype):
+    """A row of -inf is NaN in float32, as in TF. Stored in fp16 it is uniform: masked scores
+    (-2.4e38 in Keras) become -inf in fp16, and a row with every key masked stands for
+    all-equal finite values. A partly masked row is 0 where masked either way."""
     from onnx import helper
     from tests.engine.harness import make_model, run_engine
-    x = rand(3, 6, low=-5, high=5)
+    x = rand(3, 6, low=-5, high=5).astype(dtype)
     x[0, :] = -np.inf
     x[1, 2:] = -np.inf
     y = run_engine(make_model([helper.make_node(op, ["x"], ["y"], axis=-1)], {"x": x}),
                    {"x": x})[0]
-    e = np.exp(x[1:] - x[1:].max(-1, keepdims=True))
-    want = np.concatenate([np.full((1, 6), 1 / 6), e / e.sum(-1, keepdims=True)])
+    x32 = x[1:].astype(np.float32)
+    e = np.exp(x32 - x32.max(-1, keepdims=True))
+    dead = np.full((1, 6), 1 / 6 if dtype == np.float16 else np.nan)
+    want = np.concatenate([dead, e / e.sum(-1, keepdims=True)])
     if op == "LogSoftmax":
         want = np.log(want)
-    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-6)
+    assert y.dtype == dtype
+    rtol, atol = (1e-5, 1e-6) if dtype == np.float32 else TOLERANCES["FP16"]
+    np.testing.assert_allclose(y.astype(np.float32), want, rtol=rtol, atol=atol)
 
 
 @pytest.mark.parametrize("op", ["ArgMax", "ArgMin"])

@@ -192,9 +192,11 @@ def _einsum(net, layer, weights):
 @kernel("pool")
 def _pool(net, layer, weights):
     a = layer.attrs
-    out_sp = list(net.tensors[layer.outputs[0]].shape[1:-1])
+    y = net.tensors[layer.outputs[0]]
+    out_sp = list(y.shape[1:-1])
     return lambda ins: [ops.pool(ins[0], a["mode"], a["kernel"], a["strides"], a["dilations"],
-                                 a["pads"], a["ceil_mode"], a["count_include_pad"], out_sp)]
+                                 a["pads"], a["ceil_mode"], a["count_include_pad"], out_sp,
+                                 y.dtype)]
 
 
 @kernel("reduce")
@@ -213,7 +215,10 @@ def _arg_reduce(net, layer, weights):
 @kernel("softmax")
 def _softmax(net, layer, weights):
     a = layer.attrs
-    return lambda ins: [ops.softmax(ins[0], a["axis"], a["log"])]
+    # All -inf rows are NaN in TF; uniform only where fp16 storage may have turned a finite
+    # mask value (-2.4e38) into -inf (see ops.softmax).
+    uniform = net.tensors[layer.inputs[0]].dtype == "float16"
+    return lambda ins: [ops.softmax(ins[0], a["axis"], a["log"], uniform)]
 
 
 @kernel("attention")

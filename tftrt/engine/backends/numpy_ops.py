@@ -244,7 +244,22 @@ def conv_transpose(x, w, strides, dil, pads, out_pad, group):
 
 
 # --- pooling ------------------------------------------------------------------------------------
-def pool(x, mode, kernel, strides, dil, pads, ceil_mode, count_include_pad, out_sp):
+def pool(x, mode, kernel, strides, dil, pads, ceil_mode, count_include_pad, out_sp,
+         out_dtype=None):
+    """Max or average pooling of an N...C tensor.
+
+    Max pooling of floats gives what TF's CPU kernels give (measured on TF 2.21; ``out_dtype``,
+    the stored dtype, names the ``lowest`` below):
+      * 1-D / 2-D (MaxPool, MaxPoolV2, with or without oneDNN): the largest value of the window
+        that is not NaN, and never less than ``lowest`` (the dtype's most negative finite
+        value): a window of NaN or -inf gives ``lowest``.
+      * 3-D (MaxPool3D, Eigen's kernel, oneDNN off): a scan of the window in order from -inf
+        with ``acc = acc if acc > v else v``, padding counted as ``lowest``: a NaN is kept
+        only until the next value, so the result is the largest value after the window's last
+        NaN (NaN when the NaN is last). oneDNN's MaxPool3D instead does what the 2-D kernel
+        does (docs/differences.md).
+    Average pooling propagates NaN and inf as a sum does.
+    """
     nsp = x.ndim - 2
     sp = x.shape[1:-1]
     # ceil_mode can make the last window run past the explicit end pad: pad that extra
@@ -252,12 +267,26 @@ def pool(x, mode, kernel, strides, dil, pads, ceil_mode, count_include_pad, out_
     extra = [max(0, (out_sp[i] - 1) * strides[i] + (kernel[i] - 1) * dil[i] + 1
                  - (sp[i] + pads[i] + pads[nsp + i])) for i in range(nsp)]
     if mode == "max":
-        fill = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
-        xp = _pad_spatial(x, pads, fill, extra)
-        acc = None
-        for kpos in itertools.product(*[range(kk) for kk in kernel]):
-            v = xp[_window_slices(kpos, dil, strides, out_sp)]
-            acc = v.copy() if acc is None else np.maximum(acc, v, out=acc)
+        windows = itertools.product(*[range(kk) for kk in kernel])
+        if x.dtype.kind != "f":
+            xp = _pad_spatial(x, pads, np.iinfo(x.dtype).min, extra)
+            acc = None
+            for kpos in windows:
+                v = xp[_window_slices(kpos, dil, strides, out_sp)]
+                acc = v.copy() if acc is None else np.maximum(acc, v, out=acc)
+            return acc
+        lowest = np.finfo(np.dtype(out_dtype or x.dtype)).min.astype(x.dtype)
+        xp = _pad_spatial(x, pads, lowest, extra)
+        shape = (x.shape[0], *out_sp, x.shape[-1])
+        if nsp == 3:
+            acc = np.full(shape, -np.inf, x.dtype)
+            for kpos in windows:
+                v = xp[_window_slices(kpos, dil, strides, out_sp)]
+                acc = np.where(acc > v, acc, v)
+            return acc
+        acc = np.full(shape, lowest, x.dtype)
+        for kpos in windows:
+            np.fmax(acc, xp[_window_slices(kpos, dil, strides, out_sp)], out=acc)
         return acc
     xp = _pad_spatial(x.astype(np.float32, copy=False), pads, 0.0, extra)
     if count_include_pad:
@@ -307,7 +336,11 @@ def reduce(x, op, axes, keepdims):
 
 
 def arg_reduce(x, op, axis, keepdims, select_last_index):
+    """ArgMax / ArgMin as TF's CPU kernel: NaN is never chosen (the first extreme among the
+    other values; index 0 when all are NaN)."""
     f = np.argmax if op == "max" else np.argmin
+    if x.dtype.kind == "f":
+        x = np.where(np.isnan(x), -np.inf if op == "max" else np.inf, x)
     if select_last_index:
         idx = x.shape[axis] - 1 - f(np.flip(x, axis), axis=axis)
     else:
@@ -316,14 +349,15 @@ def arg_reduce(x, op, axis, keepdims, select_last_index):
     return np.expand_dims(idx, axis) if keepdims else idx
 
 
-def softmax(x, axis, log):
-    """Softmax / LogSoftmax; a row whose values are all -inf comes out uniform. Such rows
-    come from masks: Keras writes masked scores as -2.4e38 (where(mask, s, -2.4e38)), which
-    is finite in fp32 (uniform rows where every key is masked) but -inf once an FP16 engine
-    stores it; without this those rows would be NaN and spread through later layers."""
+def softmax(x, axis, log, dead_rows_uniform=True):
+    """Softmax / LogSoftmax. A row whose values are all -inf is NaN in TF; with
+    ``dead_rows_uniform`` it comes out uniform instead. Such rows come from masks: Keras writes
+    masked scores as -2.4e38 (where(mask, s, -2.4e38)), which is finite in fp32 (uniform rows
+    where every key is masked) but -inf once an FP16 engine stores it; without this those rows
+    would be NaN and spread through later layers."""
     m = np.max(x, axis=axis, keepdims=True)
     dead = np.isneginf(m)
-    if dead.any():
+    if dead_rows_uniform and dead.any():
         x = np.where(dead, np.zeros((), x.dtype), x)
         m = np.where(dead, np.zeros((), m.dtype), m)
     e = x - m
