@@ -382,14 +382,41 @@ def test_softmax(op, shape, axis, precision):
 
 @pytest.mark.parametrize("op", ["Softmax", "LogSoftmax"])
 @pytest.mark.parametrize("cols", [128, 4096])  # warp-per-row and block-per-row kernels
-def test_softmax_masked_rows(op, cols):
-    """Rows of -inf (every key masked) are uniform as in the numpy reference; partly masked
-    rows are 0 (LogSoftmax: -inf) where masked."""
-    x = rand(4, cols, low=-5, high=5)
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_softmax_masked_rows(op, cols, dtype):
+    """Rows of -inf (every key masked) are NaN in float32, as TF's GPU softmax gives them, and
+    uniform in fp16 storage (numpy_ops.softmax); partly masked rows are 0 (LogSoftmax: -inf)
+    where masked."""
+    x = rand(4, cols, low=-5, high=5).astype(dtype)
     x[0] = -np.inf
     x[2, cols // 3:] = -np.inf
-    check(make_model([N(op, ["x"], ["y"], axis=-1)], {"x": x}), {"x": x}, "FP32",
-          tactics=False)
+    gpu = check(make_model([N(op, ["x"], ["y"], axis=-1)], {"x": x}), {"x": x}, "FP32",
+                tactics=False)
+    y = cp.asnumpy(gpu.execute([x])[0]).astype(np.float32)
+    if dtype == np.float32:
+        assert np.isnan(y[0]).all()
+    else:
+        want = np.float32(1 / cols)
+        np.testing.assert_allclose(np.exp(y[0]) if op == "LogSoftmax" else y[0], want,
+                                   rtol=1e-2)
+    assert np.isfinite(y[1]).all()
+
+
+@pytest.mark.parametrize("channels", [3, 16])  # 16: the 16-byte vector kernel
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_max_pool_propagates_nan_as_tf_gpu(channels, dtype):
+    """TF's GPU MaxPool (cuDNN, NaN propagation on) gives NaN for a window holding one and
+    -inf for a window of -inf; the CPU kernels skip NaN instead (the numpy reference)."""
+    x = rand(1, channels, 4, 4).astype(dtype)
+    x[0, :, 0, 1] = np.nan
+    x[0, :, 2:, 2:] = -np.inf
+    model = make_model([N("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], strides=[2, 2])],
+                       {"x": x})
+    _, gpu = _engines(model, {"x": x})
+    y = cp.asnumpy(gpu.execute([x])[0])
+    want = x.reshape(1, channels, 2, 2, 2, 2).max(axis=(3, 5))  # np.max propagates NaN
+    assert y.dtype == dtype
+    np.testing.assert_array_equal(y, want)
 
 
 @pytest.mark.parametrize("shape,axis", [((2, 5, 768), -1), ((2, 3, 4, 5), 2), ((3, 6), 1),

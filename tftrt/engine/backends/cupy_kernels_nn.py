@@ -230,11 +230,19 @@ class SoftmaxKernel:
         self.threads = _row_threads(cols)
         V = _warp_row_vec(cols, (in_dtype, out_dtype))
         self.warp = _WarpRows(rows, cols, V, in_dtype, out_dtype) if V else None
+        uniform = in_dtype == "float16"
         if self.warp is not None:  # rows of up to 2048: one warp per row, no shared memory
             w = self.warp
             out = "(x0 - m) - logf(s)" if log else "v[i] * inv"
             keep = f"float x0v[{w.E}];" if log else ""
             save = "x0v[i] = v[i];" if log else ""
+            # A row of -inf is NaN, as in TF, except in fp16 storage: there it is uniform, as
+            # the all-equal "very negative" mask values (-2.4e38, every key masked) it stands
+            # for are (numpy_ops.softmax does the same).
+            dead_uniform = "" if not uniform else f"""if (m == -(1.f/0.f)) {{
+      #pragma unroll
+      for (int i = 0; i < {w.E}; ++i) v[i] = 0.f;
+    }}"""
             self.source = PRELUDE + _WARP_REDUCE + w.structs + f"""
 extern "C" __global__ void softmax(const {w.ict}* __restrict__ x, {w.oct}* __restrict__ y) {{
   {w.head()}
@@ -242,12 +250,7 @@ extern "C" __global__ void softmax(const {w.ict}* __restrict__ x, {w.oct}* __res
     #pragma unroll
     for (int i = 0; i < {w.E}; ++i) m = fmaxf(m, v[i]);
     m = warp_max(m);
-    // a row of -inf (fp16-stored "very negative" masks: every key masked) is uniform, as
-    // the all-equal finite values it stands for are (numpy_ops.softmax does the same)
-    if (m == -(1.f/0.f)) {{
-      #pragma unroll
-      for (int i = 0; i < {w.E}; ++i) v[i] = 0.f;
-    }}
+    {dead_uniform}
     if (isinf(m)) m = (m > 0) ? m : 0.f;
     {keep}
     float s = 0.f;
@@ -274,7 +277,7 @@ extern "C" __global__ void softmax(const {ctype(in_dtype)}* __restrict__ x,
     float m = -(1.f/0.f);
     for (int j = threadIdx.x; j < {cols}; j += blockDim.x) m = fmaxf(m, {ld("xr[j]")});
     m = block_reduce(m, true, sh);
-    const bool dead = m == -(1.f/0.f);  // all -inf: uniform (see the warp kernel)
+    const bool dead = {"m == -(1.f/0.f)" if uniform else "false"};  // see the warp kernel
     if (isinf(m)) m = (m > 0) ? m : 0.f;
     float s = 0.f;
     for (int j = threadIdx.x; j < {cols}; j += blockDim.x)
