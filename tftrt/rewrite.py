@@ -506,24 +506,36 @@ class DirectSignature:
         self.structured_input_signature = native.structured_input_signature
 
     def _tensor(self, tf, v, k):
+        # What the signature ConcreteFunction of tf.saved_model.load accepts (TF 2.21): numpy
+        # arrays of any numeric or bool dtype are cast to the signature's dtype (float64 to
+        # float32, 1.5 to int32 1), python lists and scalars are converted to it (TypeError
+        # when they cannot be), a tensor of another dtype is an InvalidArgumentError, and a
+        # shape the signature does not allow is a TypeError.
         dtype, dims = self._checks[k]
-        # Arrays and tensors keep their dtype (a mismatch is an error, as for a
-        # ConcreteFunction); python lists and scalars take the signature's dtype.
-        if isinstance(v, tf.Tensor):
+        spec = self._specs[k]
+        name = self._arg_names[k]
+        if tf.is_tensor(v):
             t = v
-        elif isinstance(v, np.ndarray) or tf.is_tensor(v):
-            t = tf.convert_to_tensor(v)
+            if t.dtype != dtype:
+                raise tf.errors.InvalidArgumentError(
+                    None, None, f"input {name!r} is a {t.dtype.name} tensor; the signature "
+                    f"expects {spec.dtype.name} {spec.shape} (cast it, or pass a numpy array)")
         else:
-            t = tf.convert_to_tensor(v, dtype=dtype)
-        ok = t.dtype == dtype
-        if ok and dims is not None:
+            if isinstance(v, (np.ndarray, np.generic)) and v.dtype.kind in "biuf":
+                v = np.asarray(v).astype(dtype.as_numpy_dtype, copy=False)
+            try:
+                t = tf.convert_to_tensor(v, dtype=dtype)
+            except (TypeError, ValueError) as e:
+                raise TypeError(f"input {name!r} cannot be converted to the signature's "
+                                f"{spec.dtype.name} {spec.shape}: {e}") from None
+        ok = dims is None
+        if not ok:
             shape = t.shape.as_list() if t.shape.rank is not None else None
             ok = shape is not None and len(shape) == len(dims) and all(
                 d is None or d == s for d, s in zip(dims, shape))
         if not ok:
-            spec = self._specs[k]
-            raise ValueError(f"input {self._arg_names[k]!r} has dtype {t.dtype.name} and shape "
-                             f"{t.shape}; the signature expects {spec.dtype.name} {spec.shape}")
+            raise TypeError(f"input {name!r} has dtype {t.dtype.name} and shape {t.shape}; "
+                            f"the signature expects {spec.dtype.name} {spec.shape}")
         return t
 
     def __call__(self, *args, **kwargs):
