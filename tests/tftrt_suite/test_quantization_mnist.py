@@ -1,0 +1,68 @@
+"""Port of TF-TRT's quantization_mnist_test.py: the quantization-aware MNIST network
+(QuantizeAndDequantizeV2 ranges around convs and dense layers), frozen, converted by the TF1
+converter in INT8 without calibration: one engine.
+
+TF-TRT compared MNIST accuracy from a trained checkpoint; the port has neither the dataset nor
+the checkpoint, so it uses seeded weights and compares with TF's simulated quantization."""
+
+import numpy as np
+import tensorflow as tf
+
+from tftrt import rewrite, trt_convert as trt
+from tftrt.engine_op import TRTEngineOp
+
+
+def build(x, rng):
+    def quantize(t, r):
+        return tf.quantization.quantize_and_dequantize_v2(t, -r, r)
+
+    def conv(t, cin, cout):
+        w = tf.constant(rng.uniform(-0.3, 0.3, (3, 3, cin, cout)), tf.float32)
+        t = tf.nn.conv2d(t, w, 1, "VALID")
+        return tf.nn.relu6(tf.nn.bias_add(t, tf.constant(rng.randn(cout) * 0.1, tf.float32)))
+
+    def dense(t, cin, cout, r):
+        t = quantize(tf.matmul(t, tf.constant(rng.uniform(-0.3, 0.3, (cin, cout)),
+                                              tf.float32)), r)
+        return quantize(tf.nn.bias_add(t, tf.constant(rng.randn(cout) * 0.1, tf.float32)), r)
+
+    x = quantize(x, 1)
+    x = conv(conv(x, 1, 32), 32, 64)
+    x = quantize(tf.reduce_mean(x, [1, 2]), 6)
+    x = tf.nn.relu6(dense(x, 64, 512, 6))
+    return tf.identity(dense(x, 512, 10, 25), name="output")
+
+
+def frozen_graph():
+    g = tf.Graph()
+    with g.as_default():
+        build(tf.compat.v1.placeholder(tf.float32, (None, 28, 28, 1), name="input"),
+              np.random.RandomState(0))
+    return g.as_graph_def()
+
+
+def run(graph_def, x):
+    g = tf.Graph()
+    with g.as_default():
+        tf.graph_util.import_graph_def(graph_def, name="")
+        with tf.compat.v1.Session(graph=g) as sess:
+            return sess.run("output:0", {"input:0": x}), g
+
+
+def test_int8_without_calibration():
+    """INT8 without calibration takes its ranges from the graph (tftrt runs it in FP16)."""
+    gd = frozen_graph()
+    conv = trt.TrtGraphConverter(input_graph_def=gd, nodes_denylist=["output"],
+                                 max_batch_size=8, precision_mode="INT8",
+                                 max_workspace_size_bytes=1 << 28, minimum_segment_size=2,
+                                 use_calibration=False)
+    converted = conv.convert()
+    assert len([n for n in converted.node if rewrite.ENGINE_ATTR in n.attr]) == 1
+    x = np.random.RandomState(1).uniform(-1, 1, (8, 28, 28, 1)).astype(np.float32)
+    got, g = run(converted, x)
+    want, _ = run(gd, x)
+    # the same class for every image (TF-TRT compared accuracy)
+    np.testing.assert_array_equal(got.argmax(1), want.argmax(1))
+    # the op bound when the GraphDef was imported (the graph keeps it alive)
+    (op,) = [o for o in g._py_funcs_used_in_graph if isinstance(o, TRTEngineOp)]
+    assert op.stats["engine"] >= 1 and op.stats["native"] == 0
