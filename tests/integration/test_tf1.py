@@ -38,6 +38,12 @@ def engine_nodes(graph_def):
     return [n for n in graph_def.node if rewrite.ENGINE_ATTR in n.attr]
 
 
+def bound_engine_ops(g):
+    """The TRTEngineOp objects import_graph_def bound into ``g`` (kept alive with the graph)."""
+    from tftrt.engine_op import TRTEngineOp
+    return [o for o in getattr(g, "_py_funcs_used_in_graph", []) if isinstance(o, TRTEngineOp)]
+
+
 @pytest.mark.parametrize("dynamic", [True, False])
 def test_frozen_graph_converts_and_runs_in_session(dynamic):
     gd = frozen_graph()
@@ -55,6 +61,9 @@ def test_frozen_graph_converts_and_runs_in_session(dynamic):
     ref, _ = run_session(gd, x)
     got, g = run_session(converted, x)
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
+    ops = bound_engine_ops(g)
+    assert len(ops) == 2
+    assert [(op.stats["engine"], op.stats["native"]) for op in ops] == [(1, 0), (1, 0)]
     ops = {op.name: op.type for op in g.get_operations()}
     # engines are active after import tftrt: the engine call, then the node named as the
     # engine that picks its outputs or the native segment's
@@ -87,8 +96,10 @@ def test_batch_larger_than_max_batch_size_runs_natively():
     converted = trt.TrtGraphConverter(input_graph_def=gd, nodes_denylist=["out"],
                                       max_batch_size=2, minimum_segment_size=2).convert()
     x = np.random.RandomState(3).randn(5, 8).astype(np.float32)
-    got, _ = run_session(converted, x)
+    got, g = run_session(converted, x)
     np.testing.assert_allclose(got, run_session(gd, x)[0], rtol=1e-4, atol=1e-5)
+    assert [(op.stats["engine"], op.stats["native"]) for op in bound_engine_ops(g)] == \
+        [(0, 1), (0, 1)]
 
 
 def test_tf1_errors(tmp_path):
