@@ -219,13 +219,16 @@ def test_direct_signature_outputs_in_key_order_and_input_errors(tmp_path):
     x = models.batch((2, 4), 1)
     conv.build(lambda: iter([(x,)]))
     conv.save(str(tmp_path / "out"))
-    sig = tftrt.load(str(tmp_path / "out")).signatures["serving_default"]
+    loaded = tftrt.load(str(tmp_path / "out"))
+    sig = loaded.signatures["serving_default"]
     assert isinstance(sig, DirectSignature)
     got, ref = sig(x=tf.constant(x)), native(path)(x=tf.constant(x))
     assert sorted(got) == ["alpha", "mid", "zeta"]
     for k in ref:
         np.testing.assert_allclose(got[k].numpy(), ref[k].numpy(), rtol=1e-5, atol=1e-6)
     assert_outputs_close(sig(x.tolist()), ref)  # a python list takes the signature's dtype
+    (op,) = loaded.engine_ops.values()
+    assert (op.stats["engine"], op.stats["native"]) == (2, 0)
     with pytest.raises(TypeError, match=r"input 'x' has dtype float32 and shape \(2, 5\)"):
         sig(x=np.ones((2, 5), np.float32))
     with pytest.raises(TypeError, match="input 'x'"):
