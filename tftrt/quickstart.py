@@ -116,8 +116,10 @@ def main(argv=None) -> int:
     same = all(np.allclose(again[k].numpy(), got[k].numpy(), rtol=1e-5, atol=1e-6) for k in got)
     ok &= same
     builds = sum(op.stats["builds"] for op in loaded.engine_ops.values())
+    runs = {k: sum(op.stats[k] for op in loaded.engine_ops.values()) for k in ("engine", "native")}
     print(f"saved to {dst}; tftrt.load gives the same outputs: {same}; "
-          f"engines rebuilt on load: {builds}")
+          f"engines rebuilt on load: {builds}; engine runs: {runs['engine']}, "
+          f"native segment runs: {runs['native']}")
 
     t_native = _median_ms(native, arg, args.runs)
     t_conv = _median_ms(fn, arg, args.runs)

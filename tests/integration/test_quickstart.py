@@ -1,5 +1,6 @@
 """`python -m tftrt.quickstart` (the README's main job) passes."""
 
+import re
 import subprocess
 import sys
 
@@ -12,3 +13,7 @@ def test_quickstart_main_job(tmp_path):
     assert "PASS" in proc.stdout
     assert "[*] Total number of TensorRT engines:" in proc.stdout
     assert "engines rebuilt on load: 0" in proc.stdout
+    # the loaded model's call ran its engines, not the native segments
+    runs = re.search(r"engine runs: (\d+), native segment runs: (\d+)", proc.stdout)
+    assert runs, proc.stdout[-3000:]
+    assert int(runs.group(1)) >= 1 and int(runs.group(2)) == 0, runs.group(0)
