@@ -97,7 +97,8 @@ def test_stream_order_engine_sees_finished_tf_values(tmp_path):
     conv = trt.TrtGraphConverterV2(input_saved_model_dir=src)
     conv.convert()
     conv.save(str(tmp_path / "scale_trt"))
-    sig = tftrt.load(str(tmp_path / "scale_trt")).signatures["serving_default"]
+    loaded = tftrt.load(str(tmp_path / "scale_trt"))
+    sig = loaded.signatures["serving_default"]
     with tf.device("/GPU:0"):
         a = tf.random.normal([2048, 2048], seed=1) / 45.0
         for trial in range(20):
@@ -108,13 +109,17 @@ def test_stream_order_engine_sees_finished_tf_values(tmp_path):
             expect = tf.nn.relu(h * 2.0 + 1.0) - tf.tanh(h)
             np.testing.assert_allclose(got.numpy(), expect.numpy(), rtol=1e-5, atol=1e-6,
                                        err_msg=f"trial {trial}")
+    # the engine, not the native segment, read h every time
+    assert [(op.stats["engine"], op.stats["native"]) for op in loaded.engine_ops.values()] == \
+        [(20, 0)]
 
 
 def test_four_threads_share_one_loaded_model(tmp_path, exact_fp32):
     os.environ["TFTRT_BACKEND"] = "cupy"
     src, dst, shapes = _convert(tmp_path, "mobilenet_v2", "FP32")
     native = tf.saved_model.load(src).signatures["serving_default"]
-    sig = tftrt.load(dst).signatures["serving_default"]
+    loaded = tftrt.load(dst)
+    sig = loaded.signatures["serving_default"]
     arg_name = next(iter(native.structured_input_signature[1]))
     inputs = [np.random.RandomState(s).rand(*shapes[1]).astype(np.float32) for s in range(4)]
     refs = [native(**{arg_name: tf.constant(x)}) for x in inputs]
@@ -136,6 +141,9 @@ def test_four_threads_share_one_loaded_model(tmp_path, exact_fp32):
     for t in threads:
         t.join()
     assert not errors, errors
+    ops = list(loaded.engine_ops.values())
+    assert ops and all(op.stats["engine"] > 0 and op.stats["native"] == 0 for op in ops), \
+        [dict(op.stats) for op in ops]
 
 
 def _python_without_growth_setting(code: str):
