@@ -1,40 +1,88 @@
-"""Reference Keras models (seeded, weights=None) used by the GPU tests and the benchmarks.
+"""Reference Keras models (seeded, weights=None, logits) for tests and benchmarks: the zoo.
 
-    resnet50(input_size=224), mobilenet_v2(input_size=224): Keras applications returning
-      logits, with random batch-norm statistics (freshly initialised, MobileNetV2's softmax
-      output is exactly uniform and ResNet50's nearly so: comparing those checks nothing).
+    ZOO: every architecture of ``keras.applications`` (ResNet50 ... ConvNeXtSmall), the encoder
+      and a ViT-style model built from Keras layers, by name -> ZooModel(builder, family,
+      default input size, smallest input size for CPU tests, torchvision twin or None).
+      ``build(name, size)`` makes one; ``zoo_input_shape(name, batch, size)`` its input shape.
+    resnet50(input_size=224), mobilenet_v2(input_size=224), inception_v3, vgg16: Keras
+      applications returning logits (the older names, used by tests/gpu and benchmarks).
     encoder(layers=12, hidden=768, heads=12, seq=128): a BERT-base-sized transformer encoder
       built from Keras layers (MultiHeadAttention, LayerNormalization, Dense with GELU), taking
       float embeddings [batch, seq, hidden].
+    vit(input_size=224, patch=16, ...): a ViT-S/16-style image classifier from Keras layers.
+    MODELS: the older registry (name -> (builder, input shape fn)) of resnet50, mobilenet_v2
+      and encoder.
+
+Every model is seeded and freshly initialised, then ``randomize_batchnorm`` gives its
+normalisation layers random statistics: freshly initialised, MobileNetV2's softmax output is
+exactly uniform and ResNet50's nearly so, and ConvNeXt's layer scales (1e-6) hide every
+block: comparing those checks nothing. Applications keep ``include_preprocessing`` on where
+they have it (users have it): EfficientNet's and ConvNeXt's Rescaling / Normalization layers
+are part of the converted graph.
 """
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Callable, Dict, NamedTuple, Optional, Tuple
+
+
+def _all_layers(model):
+    """Every layer of ``model``, nested ones included."""
+    flatten = getattr(model, "_flatten_layers", None)
+    if flatten is not None:
+        return list(flatten(include_self=False, recursive=True))
+    return list(model.layers)
 
 
 def randomize_batchnorm(model, seed: int = 0):
-    """Gives every BatchNormalization layer random (plausible) gamma, beta and statistics."""
+    """Gives every normalisation layer random (plausible) parameters and statistics.
+
+    BatchNormalization: gamma, beta, moving mean and variance. LayerNormalization: gamma and
+    beta. Normalization (EfficientNet's preprocessing, not adapted with weights=None): mean and
+    variance. ConvNeXt's LayerScale: its per-channel gamma (1e-6 when fresh).
+    """
     import keras
     import numpy as np
     rng = np.random.RandomState(seed)
-    for layer in model.layers:
+
+    def assign(var, values):
+        var.assign(values.astype("float32").reshape(tuple(var.shape)))
+
+    for layer in _all_layers(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             c = layer.moving_mean.shape[0]
-            layer.moving_mean.assign(rng.normal(0, 0.1, c).astype("float32"))
-            layer.moving_variance.assign(rng.uniform(0.5, 1.5, c).astype("float32"))
+            assign(layer.moving_mean, rng.normal(0, 0.1, c))
+            assign(layer.moving_variance, rng.uniform(0.5, 1.5, c))
             if layer.gamma is not None:
-                layer.gamma.assign(rng.uniform(0.5, 1.5, c).astype("float32"))
+                assign(layer.gamma, rng.uniform(0.5, 1.5, c))
             if layer.beta is not None:
-                layer.beta.assign(rng.normal(0, 0.1, c).astype("float32"))
+                assign(layer.beta, rng.normal(0, 0.1, c))
+        elif isinstance(layer, keras.layers.LayerNormalization):
+            if getattr(layer, "gamma", None) is not None:
+                assign(layer.gamma, rng.uniform(0.5, 1.5, layer.gamma.shape))
+            if getattr(layer, "beta", None) is not None:
+                assign(layer.beta, rng.normal(0, 0.1, layer.beta.shape))
+        elif isinstance(layer, keras.layers.Normalization):
+            mean = getattr(layer, "adapt_mean", None)
+            var = getattr(layer, "adapt_variance", None)
+            if mean is not None and var is not None:  # not fixed at construction
+                assign(mean, rng.normal(0.4, 0.1, mean.shape))
+                assign(var, rng.uniform(0.04, 0.09, var.shape))
+                layer.finalize_state()
+        elif type(layer).__name__ == "LayerScale" and hasattr(layer, "gamma"):
+            assign(layer.gamma, rng.uniform(0.5, 1.5, layer.gamma.shape))
     return model
 
 
 def _application(cls, input_size: int, seed: int):
+    import inspect
     import keras
     keras.utils.set_random_seed(seed)
-    model = cls(weights=None, input_shape=(input_size, input_size, 3),
-                classifier_activation=None)
+    kwargs = dict(weights=None, input_shape=(input_size, input_size, 3),
+                  classifier_activation=None)
+    if "include_preprocessing" in inspect.signature(cls).parameters:
+        kwargs["include_preprocessing"] = True
+    model = cls(**kwargs)
     return randomize_batchnorm(model, seed)
 
 
@@ -74,6 +122,52 @@ def encoder(layers: int = 12, hidden: int = 768, heads: int = 12, seq: int = 128
     return keras.Model(inp, x, name="encoder")
 
 
+def vit(input_size: int = 224, patch: int = 16, layers: int = 12, hidden: int = 384,
+        heads: int = 6, mlp: int = 1536, classes: int = 1000, pool: str = "token",
+        seed: int = 0):
+    """A ViT from Keras layers: patch convolution, a class token (``pool="token"``) or mean
+    pooling (``pool="mean"``), learned position embeddings, pre-norm blocks (LayerNorm ->
+    MultiHeadAttention, LayerNorm -> MLP with GELU), final LayerNorm and a logits head.
+    Defaults are ViT-S/16's."""
+    import keras
+    from keras import ops
+    keras.utils.set_random_seed(seed)
+    L = keras.layers
+    tokens = (input_size // patch) ** 2
+
+    class ClassTokenPosition(L.Layer):
+        """Prepends a learned class token (token pooling) and adds position embeddings."""
+
+        def build(self, _):
+            init = keras.initializers.RandomNormal(stddev=0.02)
+            self.cls = (self.add_weight(shape=(1, 1, hidden), initializer=init, name="cls")
+                        if pool == "token" else None)
+            n = tokens + (1 if pool == "token" else 0)
+            self.pos = self.add_weight(shape=(1, n, hidden), initializer=init, name="pos")
+
+        def call(self, x):
+            if self.cls is not None:
+                cls = ops.broadcast_to(ops.cast(self.cls, x.dtype),
+                                       (ops.shape(x)[0], 1, hidden))
+                x = ops.concatenate([cls, x], axis=1)
+            return x + ops.cast(self.pos, x.dtype)
+
+    inp = keras.Input((input_size, input_size, 3), name="image")
+    x = L.Conv2D(hidden, patch, strides=patch, name="patch_embed")(inp)
+    x = L.Reshape((tokens, hidden))(x)
+    x = ClassTokenPosition(name="cls_pos")(x)
+    for i in range(layers):
+        h = L.LayerNormalization(epsilon=1e-6, name=f"ln_att{i}")(x)
+        x = x + L.MultiHeadAttention(heads, hidden // heads, name=f"att{i}")(h, h)
+        h = L.LayerNormalization(epsilon=1e-6, name=f"ln_mlp{i}")(x)
+        h = L.Dense(mlp, activation="gelu", name=f"mlp_in{i}")(h)
+        x = x + L.Dense(hidden, name=f"mlp_out{i}")(h)
+    x = L.LayerNormalization(epsilon=1e-6, name="ln_final")(x)
+    x = x[:, 0] if pool == "token" else L.GlobalAveragePooling1D()(x)
+    out = L.Dense(classes, name="head")(x)
+    return randomize_batchnorm(keras.Model(inp, out, name="vit"), seed)
+
+
 MODELS = {
     "resnet50": (resnet50, lambda b, s=224: (b, s, s, 3)),
     "mobilenet_v2": (mobilenet_v2, lambda b, s=224: (b, s, s, 3)),
@@ -84,3 +178,131 @@ MODELS = {
 def input_shape(name: str, batch: int, size: int = None) -> Tuple[int, ...]:
     shape_fn = MODELS[name][1]
     return shape_fn(batch) if size is None else shape_fn(batch, size)
+
+
+class ZooModel(NamedTuple):
+    """One zoo entry. ``builder(size, seed=0, **small)`` returns a keras.Model; ``size`` is the
+    image side (the sequence length for the encoder). ``min_size`` is the smallest size the
+    architecture allows, used by the CPU tests together with ``small`` (builder keyword
+    arguments shrinking a model whose width is free: the encoder's and the ViT's)."""
+    builder: Callable
+    family: str
+    size: int
+    min_size: int
+    torch_twin: Optional[str]
+    small: Dict = {}
+
+    def input_shape(self, batch: int, size: Optional[int] = None,
+                    small: bool = False) -> Tuple[int, ...]:
+        s = self.size if size is None else size
+        if self.family == "transformer":
+            hidden = (self.small if small else {}).get("hidden", 768)
+            return (batch, s, hidden)
+        return (batch, s, s, 3)
+
+
+def _app(name: str):
+    def make(size: int, seed: int = 0):
+        import keras
+        return _application(getattr(keras.applications, name), size, seed)
+    make.__name__ = name
+    return make
+
+
+def _zoo() -> Dict[str, ZooModel]:
+    z: Dict[str, ZooModel] = {}
+
+    def add(name, family, size, min_size, twin=None):
+        z[name] = ZooModel(_app(name), family, size, min_size, twin)
+
+    add("Xception", "xception", 299, 71)
+    add("VGG16", "vgg", 224, 32, "vgg16")
+    add("VGG19", "vgg", 224, 32, "vgg19")
+    for depth in (50, 101, 152):
+        add(f"ResNet{depth}", "resnet", 224, 32, f"resnet{depth}")
+    for depth in (50, 101, 152):
+        add(f"ResNet{depth}V2", "resnet_v2", 224, 32)
+    add("InceptionV3", "inception", 299, 75, "inception_v3")
+    add("InceptionResNetV2", "inception", 299, 75)
+    add("MobileNet", "mobilenet", 224, 32)
+    add("MobileNetV2", "mobilenet", 224, 32, "mobilenet_v2")
+    add("MobileNetV3Small", "mobilenet_v3", 224, 32, "mobilenet_v3_small")
+    add("MobileNetV3Large", "mobilenet_v3", 224, 32, "mobilenet_v3_large")
+    for depth in (121, 169, 201):
+        add(f"DenseNet{depth}", "densenet", 224, 32, f"densenet{depth}")
+    add("NASNetMobile", "nasnet", 224, 32)
+    for i, size in enumerate((224, 240, 260, 300, 380, 456, 528, 600)):
+        add(f"EfficientNetB{i}", "efficientnet", size, 32, f"efficientnet_b{i}")
+    for i, size in enumerate((224, 240, 260, 300)):
+        add(f"EfficientNetV2B{i}", "efficientnet_v2", size, 32)
+    add("EfficientNetV2S", "efficientnet_v2", 384, 32, "efficientnet_v2_s")
+    add("ConvNeXtTiny", "convnext", 224, 32, "convnext_tiny")
+    add("ConvNeXtSmall", "convnext", 224, 32, "convnext_small")
+    z["Encoder"] = ZooModel(lambda size, seed=0, **kw: encoder(seq=size, seed=seed, **kw),
+                            "transformer", 128, 16, None,
+                            dict(layers=2, hidden=64, heads=4, ffn=128))
+    z["ViT"] = ZooModel(lambda size, seed=0, **kw: vit(size, seed=seed, **kw),
+                        "vit", 224, 32, None,
+                        dict(patch=8, layers=2, hidden=64, heads=4, mlp=128, classes=10))
+    return z
+
+
+ZOO: Dict[str, ZooModel] = _zoo()
+
+
+def build(name: str, size: Optional[int] = None, seed: int = 0, small: bool = False):
+    """The zoo model ``name`` at input ``size`` (default: its own); ``small`` shrinks the
+    encoder's and the ViT's widths for CPU tests."""
+    entry = ZOO[name]
+    kwargs = entry.small if small else {}
+    return entry.builder(entry.size if size is None else size, seed=seed, **kwargs)
+
+
+def zoo_input_shape(name: str, batch: int, size: Optional[int] = None,
+                    small: bool = False) -> Tuple[int, ...]:
+    return ZOO[name].input_shape(batch, size, small)
+
+
+def families() -> Dict[str, list]:
+    """family -> model names, in registry order."""
+    out: Dict[str, list] = {}
+    for name, entry in ZOO.items():
+        out.setdefault(entry.family, []).append(name)
+    return out
+
+
+# Families whose models rescale [0, 255] images themselves (include_preprocessing).
+_PIXEL_INPUTS = ("efficientnet", "efficientnet_v2", "mobilenet_v3", "convnext")
+
+
+def sample_input(name: str, batch: int, size: Optional[int] = None, small: bool = False,
+                 seed: int = 1):
+    """A seeded float32 batch for zoo model ``name``: pixels in [0, 255] for models that
+    preprocess their input, [0, 1) images otherwise, normal embeddings for the encoder."""
+    import numpy as np
+    rng = np.random.RandomState(seed)
+    shape = zoo_input_shape(name, batch, size, small)
+    family = ZOO[name].family
+    if family == "transformer":
+        return rng.standard_normal(shape).astype(np.float32)
+    scale = 255.0 if family in _PIXEL_INPUTS else 1.0
+    return (rng.uniform(0, 1, shape) * scale).astype(np.float32)
+
+
+def converted_fraction(converter) -> float:
+    """Share of the converted signature's non-Const nodes that are inside engines."""
+    info = converter.graph_info
+    non_const = [n for n, node in info.nodes.items() if node.op != "Const"]
+    inside = {n for op in converter.engine_ops.values() for n in op.spec.member_nodes}
+    return sum(1 for n in non_const if n in inside) / max(len(non_const), 1)
+
+
+def unconverted_ops(converter) -> Dict[str, int]:
+    """op type -> count of the non-Const nodes left outside engines (for failure messages)."""
+    info = converter.graph_info
+    inside = {n for op in converter.engine_ops.values() for n in op.spec.member_nodes}
+    out: Dict[str, int] = {}
+    for n, node in info.nodes.items():
+        if node.op != "Const" and n not in inside:
+            out[node.op] = out.get(node.op, 0) + 1
+    return out

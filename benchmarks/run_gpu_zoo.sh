@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# One command on the GPU host: a part of the zoo sweep (tftrt vs TF XLA vs native TF, then
+# torch.compile in its own process), rows appended to one results file, then the tables.
+#   [MODELS="ResNet50 DenseNet121"] [ZOO_ARGS=...] [TORCH_ARGS=...] \
+#     bash benchmarks/run_gpu_zoo.sh [tf|torch|table|all] [seconds]
+# Run the zoo in parts (MODELS) so that each call fits its time: a large model (EfficientNetB7
+# at 600 px, ConvNeXtSmall) converts and builds three batch sizes in two precisions.
+# Results: $OUT/zoo.jsonl (ZOO_JSON to append to another file), tables in $OUT/zoo_table.md.
+# Needs TensorFlow's GPU build unpacked by gpu-host/pack-tensorflow.sh's install.sh
+# (/tmp/tfsite/env.sh). The torch peers run in a separate process without that environment.
+set -uo pipefail
+stage=${1:-all}; budget=${2:-580}
+start=$(date +%s); left() { echo $(( budget - ($(date +%s) - start) )); }
+out=${OUT:-/tmp/tftrt-bench}; mkdir -p "$out"
+json=${ZOO_JSON:-$out/zoo.jsonl}
+models=${MODELS:-ResNet50 MobileNetV2}
+export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
+repo=$(cd "$(dirname "$0")/.." && pwd)
+if [ "$stage" = tf ] || [ "$stage" = all ]; then
+  # The torch peers need ~1 minute per model (compile + CUDA graph capture): leave them that.
+  reserve=0; [ "$stage" = all ] && reserve=$(( 60 * $(echo $models | wc -w) ))
+  tf_budget=$(( $(left) - 20 - reserve ))
+  ( # shellcheck disable=SC1091
+    source /tmp/tfsite/env.sh >/dev/null
+    export PYTHONPATH="$repo:${PYTHONPATH:-}"
+    cd "$repo" && timeout "$tf_budget" python3 benchmarks/zoo.py --out "$json" --iters 30 \
+      --models $models ${ZOO_ARGS:-} ) 2>&1 | grep -v "^W0000\|^I0000\|^WARNING: All" \
+      | tee -a "$out/zoo_tf.log" | grep "^ROW\|^    \|Error\|done at\| at [0-9]* s$" | tail -40
+fi
+if [ "$stage" = torch ] || [ "$stage" = all ]; then
+  ( cd "$repo" && PYTHONPATH="$repo:${PYTHONPATH:-}" timeout $(( $(left) - 10 )) \
+      python3 benchmarks/torch_zoo.py --out "$json" --iters 30 --models $models \
+      ${TORCH_ARGS:-} ) 2>&1 | tee -a "$out/zoo_torch.log" | grep "^ROW\|skipped\|Error" | tail -20
+fi
+( cd "$repo" && python3 benchmarks/zoo.py --table --out "$json" ) 2>&1 | tee "$out/zoo_table.md"

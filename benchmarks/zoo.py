@@ -1,0 +1,294 @@
+"""The zoo sweep: every tftrt.zoo model through TrtGraphConverterV2 next to TF XLA and native TF.
+
+On the GPU host (TensorFlow's GPU build from gpu-host/pack-tensorflow.sh, CuPy):
+
+    source /tmp/tfsite/env.sh && python benchmarks/zoo.py --models ResNet50 DenseNet121 \
+        --out zoo.jsonl
+    python benchmarks/torch_zoo.py --models ResNet50 DenseNet121 --out zoo.jsonl   # no env.sh
+    python benchmarks/zoo.py --table --out zoo.jsonl
+
+The sweep runs in parts (``--models``), each appending JSON rows (one line each) to ``--out``;
+every row keeps its own same-run peers. Per model and configuration one row: runtime
+("tftrt", "tf_xla", "tf_native", "torch_compile"), precision and per batch the median / p99
+latency (ms) and throughput (items/s). Latency = wall time of one call through TensorFlow until
+its outputs are ready (the GPU synchronized after each call; GPU tensors in); throughput =
+batch / median. tftrt rows add: % of non-Const ops inside engines, engines, host layers (must
+be 0: layers whose implementation is not one of the CuPy backend's GPU implementations,
+``cupy_backend.impl_table``), layers on a fallback tactic with the backend's reason, build
+seconds, relative error max|diff| / max|native FP32| per batch, and native segment calls
+(op.stats["native"], must be 0). tftrt converts every model in FP16 and the first model of
+each family (registry order) also in FP32. TF XLA: the same Keras model under the
+mixed_float16 policy, ``jit_compile=True``. ``--dry-run`` checks the code paths on a CPU:
+numpy backend, the smallest input size and widths, two timed calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from typing import Dict, List, Optional
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_e2e import _stats, _time_tf  # noqa: E402  (shared timing: synchronize, medians)
+
+BATCHES = (1, 8, 128)
+# Done-when bars (issue 13): max|diff| <= tol x max|native FP32 output|.
+REL_TOL = {"FP16": 2e-2, "FP32": 1e-3}
+
+
+def append_row(path: str, row: dict) -> None:
+    """Appends one JSON row (one line) to ``path``: parts of a sweep share one file."""
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def read_rows(path: str) -> List[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def fp32_models(names) -> set:
+    """The first model of each family (registry order): the ones also converted in FP32."""
+    from tftrt import zoo
+    return {members[0] for members in zoo.families().values()} & set(names)
+
+
+def engine_report(ops) -> dict:
+    """What the engines say about themselves: engine ops (segments), engines built (one per
+    op and batch size), layers, host layers and fallbacks.
+
+    Host layers: for CuPy engines, layers whose implementation (what the backend prepared for
+    them, ``engine_impls``) is not one of the GPU implementations of ``impl_table``; every
+    layer of a numpy-backend engine runs on the host. Fallbacks: layers whose implementation
+    reports ``fallback`` (a GPU path taken because the tactic's own could not), with why.
+    """
+    engines, layers, host, fallbacks = 0, 0, [], []
+    for op in ops:
+        for _key, engine in op.cache.items():
+            engines += 1
+            net_layers = engine.network.layers
+            layers += len(net_layers)
+            if engine.backend != "cupy":
+                host += [f"{op.name}/{l.name} ({l.kind}, {engine.backend} backend)"
+                         for l in net_layers]
+                continue
+            from tftrt.engine.backends.cupy_backend import impl_table
+            gpu = {cls for tactics in impl_table().values() for chain in tactics.values()
+                   for cls in chain}
+            impls = engine.backend_impl.engine_impls(engine)
+            for l, impl in zip(net_layers, impls):
+                if type(impl) not in gpu or getattr(impl, "on_host", False):
+                    host.append(f"{op.name}/{l.name} ({l.kind} {l.tactic} -> "
+                                f"{type(impl).__name__})")
+                if getattr(impl, "fallback", None):
+                    fallbacks.append(f"{op.name}/{l.name} ({l.kind} {l.tactic} -> "
+                                     f"{type(impl).__name__}: {impl.fallback[:200]})")
+    return {"engine_ops": len(ops), "engines": engines, "layers": layers,
+            "host_layers": len(host), "host_layer_names": host[:20],
+            "fallback_layers": len(fallbacks), "fallbacks": fallbacks}
+
+
+def run_model(name: str, args, work: str, dev: str, device: str) -> None:
+    import keras
+    import tensorflow as tf
+    import tftrt
+    from tftrt import trt_convert as trt, zoo
+    entry = zoo.ZOO[name]
+    small = args.dry_run
+    size = args.size or (entry.min_size if small else entry.size)
+    t_model = time.perf_counter()
+    base = {"model": name, "family": entry.family, "size": size, "device": device,
+            "backend": args.backend, "dry_run": bool(args.dry_run),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+    def log(stage):
+        print(f"{name}: {stage} at {time.perf_counter() - t_model:.0f} s", flush=True)
+
+    keras.mixed_precision.set_global_policy("float32")
+    src = os.path.join(work, name)
+    zoo.build(name, size, small=small).export(src, verbose=False)
+    native = tf.saved_model.load(src).signatures["serving_default"]
+    arg_name = next(iter(native.structured_input_signature[1]))
+
+    def inputs(b):
+        with tf.device(dev):
+            return {arg_name: tf.constant(zoo.sample_input(name, b, size, small, seed=b))}
+
+    def timed(fn, b):
+        return _stats(_time_tf(fn, inputs(b), args.warmup, args.iters), b)
+
+    row = {**base, "runtime": "tf_native", "precision": "FP32",
+           "batches": {b: timed(native, b) for b in args.batches}}
+    append_row(args.out, row)
+    log("TF native")
+
+    if not args.skip_xla:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+        xla_model = zoo.build(name, size, small=small)
+        keras.mixed_precision.set_global_policy("float32")
+        xla = tf.function(lambda x: xla_model(x, training=False), jit_compile=True)
+        row = {**base, "runtime": "tf_xla", "precision": "FP16",
+               "batches": {b: timed(lambda **k: xla(k[arg_name]), b) for b in args.batches}}
+        append_row(args.out, row)
+        log("TF XLA")
+
+    precisions = ["FP16"] + (["FP32"] if name in args.fp32 else [])
+    for precision in precisions:
+        row = {**base, "runtime": "tftrt", "precision": precision}
+        try:
+            conv = trt.TrtGraphConverterV2(input_saved_model_dir=src, precision_mode=precision,
+                                           maximum_cached_engines=len(args.batches))
+            conv.convert()
+            row["converted"] = zoo.converted_fraction(conv)
+            row["unconverted_ops"] = zoo.unconverted_ops(conv)
+            log(f"tftrt {precision} converted ({row['converted']:.1%})")
+            t0 = time.perf_counter()
+            conv.build(lambda: iter([tuple(inputs(b).values()) for b in args.batches]))
+            row["build_s"] = time.perf_counter() - t0
+            dst = os.path.join(work, f"{name}_{precision}")
+            conv.save(dst)
+            loaded = tftrt.load(dst)
+            sig = loaded.signatures["serving_default"]
+            ops = list(loaded.engine_ops.values())
+            row["batches"] = {}
+            for b in args.batches:
+                arg = inputs(b)
+                ref, got = native(**arg), sig(**arg)
+                err = max(float(np.max(np.abs(got[k].numpy() - ref[k].numpy())))
+                          / (float(np.max(np.abs(ref[k].numpy()))) or 1.0) for k in ref)
+                st = timed(sig, b)
+                st["rel_err"] = err
+                st["on_gpu"] = all("GPU" in got[k].device for k in got)
+                row["batches"][b] = st
+            row.update(engine_report(ops))
+            row["native_calls"] = sum(op.stats["native"] for op in ops)
+            row["engine_calls"] = sum(op.stats["engine"] for op in ops)
+            row["rel_err"] = max(st["rel_err"] for st in row["batches"].values())
+            row["rel_err_ok"] = row["rel_err"] <= REL_TOL[precision]
+        except Exception as e:  # one model's failure must not end a sweep part
+            row["error"] = f"{type(e).__name__}: {str(e)[:2000]}"
+        append_row(args.out, row)
+        print_row(row)
+        log(f"tftrt {precision}")
+
+
+def _fmt(v, spec):
+    return format(v, spec) if isinstance(v, (int, float)) else "-"
+
+
+def print_row(row: dict) -> None:
+    """One line per tftrt configuration (the sweep's console output)."""
+    if "error" in row:
+        print(f"ROW {row['model']:<18} {row['precision']}  ERROR {row['error'][:300]}",
+              flush=True)
+        return
+    lat = "  ".join(f"b{b}: {_fmt(st['median_ms'], '.3f')} ms {_fmt(st['throughput'], '.0f')}/s"
+                    for b, st in row["batches"].items())
+    print(f"ROW {row['model']:<18} {row['precision']}  converted {row['converted']:.1%}  "
+          f"engine ops {row['engine_ops']} ({row['engines']} engines)  host layers "
+          f"{row['host_layers']}  fallback layers {row['fallback_layers']}  build "
+          f"{row['build_s']:.1f} s  rel err {row['rel_err']:.1e}  native calls "
+          f"{row['native_calls']}  {lat}", flush=True)
+    for f in row["fallbacks"][:10]:
+        print(f"    fallback: {f}")
+    for h in row["host_layer_names"][:10]:
+        print(f"    host: {h}")
+
+
+# --- table ---------------------------------------------------------------------------------
+COLUMNS = (("tftrt", "FP16"), ("tftrt", "FP32"), ("tf_xla", "FP16"), ("tf_native", "FP32"),
+           ("torch_compile", "FP16"))
+
+
+def table(path: str, print_fn=print) -> None:
+    """One markdown table per model from the rows of ``path`` (the latest row of each
+    runtime / precision wins): latency and throughput per batch, tftrt FP16's speedup over
+    XLA and torch.compile, and the tftrt conversion facts."""
+    latest: Dict[str, Dict[tuple, dict]] = {}
+    for r in read_rows(path):
+        latest.setdefault(r["model"], {})[(r["runtime"], r["precision"])] = r
+    for model, rows in latest.items():
+        any_row = next(iter(rows.values()))
+        print_fn(f"### {model} ({any_row.get('family', '?')}, {any_row.get('size', '?')} px, "
+                 f"{any_row.get('device', '?')})\n")
+        for (runtime, prec), r in rows.items():
+            if runtime == "tftrt":
+                if "error" in r:
+                    print_fn(f"- tftrt {prec}: **error** {r['error'][:300]}")
+                    continue
+                print_fn(f"- tftrt {prec}: converted {r['converted']:.1%}, "
+                         f"{r.get('engine_ops', '?')} engine ops ({r['engines']} engines), "
+                         f"{r['host_layers']} host layers, {r['fallback_layers']} fallback "
+                         f"layers, build {r['build_s']:.1f} s, rel err {r['rel_err']:.1e}"
+                         f"{'' if r['rel_err_ok'] else ' (over the bar)'}, "
+                         f"{r['native_calls']} native calls")
+        cols = [c for c in COLUMNS if c in rows and "batches" in rows[c]]
+        batches = sorted({int(b) for c in cols for b in rows[c]["batches"]})
+        head = ["batch"] + [f"{rt} {p} ms (items/s)" for rt, p in cols]
+        peers = [c for c in (("tf_xla", "FP16"), ("torch_compile", "FP16")) if c in cols]
+        head += [f"tftrt FP16 x {rt}" for rt, _ in peers]
+        print_fn("\n| " + " | ".join(head) + " |")
+        print_fn("|" + "---|" * len(head))
+        for b in batches:
+            cells = [str(b)]
+            for c in cols:
+                st = rows[c]["batches"].get(str(b)) or rows[c]["batches"].get(b)
+                cells.append(f"{st['median_ms']:.3f} ({st['throughput']:.0f})" if st else "-")
+            mine = rows.get(("tftrt", "FP16"), {}).get("batches", {}).get(str(b))
+            for c in peers:
+                st = rows[c]["batches"].get(str(b))
+                cells.append(f"{mine['throughput'] / st['throughput']:.2f}x"
+                             if mine and st else "-")
+            print_fn("| " + " | ".join(cells) + " |")
+        print_fn("")
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    from tftrt import zoo
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="zoo.jsonl", help="JSON rows, appended")
+    ap.add_argument("--models", nargs="+", default=list(zoo.ZOO), choices=list(zoo.ZOO),
+                    metavar="MODEL")
+    ap.add_argument("--batches", nargs="+", type=int, default=list(BATCHES))
+    ap.add_argument("--fp32", nargs="*", default=None,
+                    help="models also converted in FP32 (default: the first of each family)")
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--iters", type=int, default=50)
+    ap.add_argument("--size", type=int, default=None, help="input size (default: the model's)")
+    ap.add_argument("--backend", default="cupy", help="engine backend (numpy for a CPU check)")
+    ap.add_argument("--skip-xla", action="store_true")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="CPU check: numpy backend, smallest sizes and widths, 2 timed calls")
+    ap.add_argument("--table", action="store_true", help="print the markdown tables of --out")
+    args = ap.parse_args(argv)
+    if args.table:
+        table(args.out)
+        return
+    if args.dry_run:
+        args.backend, args.warmup, args.iters = "numpy", 1, 2
+    args.fp32 = fp32_models(args.models) if args.fp32 is None else set(args.fp32)
+    os.environ["TFTRT_BACKEND"] = args.backend
+    os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
+    import tensorflow as tf
+    gpus = tf.config.list_physical_devices("GPU")
+    device = (tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU")
+              if gpus else "CPU")
+    dev = "/GPU:0" if gpus else "/CPU:0"
+    work = tempfile.mkdtemp(prefix="bench-zoo-")
+    for name in args.models:
+        try:
+            run_model(name, args, work, dev, device)
+        except Exception as e:  # a model that breaks before tftrt (export, XLA) is a row too
+            append_row(args.out, {"model": name, "runtime": "tftrt", "precision": "FP16",
+                                  "device": device, "error": f"{type(e).__name__}: {e}"[:2000]})
+            print(f"ROW {name:<18} ERROR {type(e).__name__}: {str(e)[:300]}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
