@@ -1,7 +1,5 @@
 """Whole networks: Keras ResNet50's structure at 32x32, batch 2, FP32 and FP16."""
 
-import time
-
 import pytest
 
 from tests.engine.harness import assert_close, run_ort
@@ -16,13 +14,12 @@ def model():
 
 
 @pytest.mark.parametrize("precision", ["FP32", "FP16"])
-def test_resnet50_matches_onnxruntime_in_seconds(model, precision):
+def test_resnet50_matches_onnxruntime(model, precision):
+    # its build + first run time (once asserted < 10 s here) is benchmarks/bench_build_time.py
     m, feeds = model
-    t0 = time.perf_counter()
     engine = build_engine(m, {k: v.shape for k, v in feeds.items()},
                           BuilderConfig(precision=precision))
     out = engine.execute(list(feeds.values()))
-    assert time.perf_counter() - t0 < 10.0
     assert_close(out, run_ort(m, feeds), *MODEL_TOLERANCES[precision], f"resnet50[{precision}]")
     kinds = [k for _, k, _, _ in engine.layers_summary()]
     # 53 convs with BN/bias/ReLU/residual fused, no transposes left, one of each head layer;
