@@ -43,3 +43,12 @@ def save_keras(model, path: str) -> str:
 
 def batch(shape, seed: int = 1, dtype=np.float32):
     return np.random.RandomState(seed).standard_normal(shape).astype(dtype)
+
+
+def session_run(gd, x, import_graph_def=None):
+    """TF1: imports ``gd`` into a new graph and runs out:0 on x:0; returns (value, graph)."""
+    g = tf.Graph()
+    with g.as_default():
+        (import_graph_def or tf.graph_util.import_graph_def)(gd, name="")
+        with tf.compat.v1.Session(graph=g) as sess:
+            return sess.run("out:0", feed_dict={"x:0": x}), g

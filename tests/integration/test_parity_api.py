@@ -14,6 +14,7 @@ from tftrt import trt_convert as trt
 from tftrt.engine_op import TRTEngineOp
 from tftrt.env import env_bool, parse_bool
 from tests.integration import models
+from tests.integration.models import session_run
 from tests.tolerances import MODEL_TOLERANCES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -147,16 +148,8 @@ def test_tf1_dynamic_op_takes_max_batch_size_none_and_deprecated_args(caplog):
     assert "use_function_backup=...) is deprecated" in caplog.text
     converted = conv.convert()
     x = models.batch((7, 8))
-    g = tf.Graph()
-    with g.as_default():
-        tf.graph_util.import_graph_def(converted, name="")
-        with tf.compat.v1.Session(graph=g) as sess:
-            got = sess.run("out:0", feed_dict={"x:0": x})
-    g2 = tf.Graph()
-    with g2.as_default():
-        tf.graph_util.import_graph_def(frozen_mlp(), name="")
-        with tf.compat.v1.Session(graph=g2) as sess:
-            want = sess.run("out:0", feed_dict={"x:0": x})
+    got, g = session_run(converted, x)
+    want, _ = session_run(frozen_mlp(), x)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     # the ops bound at import (kept alive by the graph), not the converter's own
     bound = [o for o in g._py_funcs_used_in_graph if isinstance(o, TRTEngineOp)]
@@ -170,54 +163,53 @@ def test_tf1_static_mode_needs_an_integer_max_batch_size():
         trt.TrtGraphConverter(input_graph_def=frozen_mlp(), max_batch_size=None)
 
 
-def test_public_import_graph_def_binds_engines_whatever_the_import_order(tmp_path):
+@pytest.fixture(scope="module")
+def converted_pb(tmp_path_factory):
+    """A TF1-converted GraphDef (dynamic engines) written to a file for fresh processes."""
     conv = trt.TrtGraphConverter(input_graph_def=frozen_mlp(), nodes_denylist=["out"],
                                  is_dynamic_op=True, minimum_segment_size=2)
-    path = tmp_path / "converted.pb"
+    path = tmp_path_factory.mktemp("tf1") / "converted.pb"
     path.write_bytes(conv.convert().SerializeToString())
-    out = run_python(f"""
+    return str(path)
+
+
+# Runs in a fresh process, after `import tensorflow as tf`.
+_READ_PB = """
         import numpy as np
+        gd = tf.compat.v1.GraphDef()
+        gd.ParseFromString(open({path!r}, "rb").read())
+        x = np.ones((2, 8), np.float32)
+"""
+
+
+def test_public_import_graph_def_binds_engines_whatever_the_import_order(converted_pb):
+    out = run_python("""
         import tftrt                       # before TensorFlow
         import tensorflow as tf
         from tensorflow import import_graph_def as early_reference
-        gd = tf.compat.v1.GraphDef()
-        gd.ParseFromString(open({str(path)!r}, "rb").read())
+        from tests.integration.models import session_run
+    """ + _READ_PB.format(path=converted_pb) + """
         for imp in (tf.import_graph_def, tf.graph_util.import_graph_def,
                     tf.compat.v1.import_graph_def, early_reference):
-            g = tf.Graph()
-            with g.as_default():
-                imp(gd, name="")
-                with tf.compat.v1.Session(graph=g) as sess:
-                    sess.run("out:0", {{"x:0": np.ones((2, 8), np.float32)}})
+            _, g = session_run(gd, x, imp)
             print(g.get_operation_by_name("TRTEngineOp_000_000").type)
     """)
     assert out.split() == ["If"] * 4
 
 
-def test_plain_tensorflow_runs_a_converted_graph_def_natively(tmp_path):
-    conv = trt.TrtGraphConverter(input_graph_def=frozen_mlp(), nodes_denylist=["out"],
-                                 is_dynamic_op=True, minimum_segment_size=2)
-    path = tmp_path / "converted.pb"
-    path.write_bytes(conv.convert().SerializeToString())
-    out = run_python(f"""
-        import numpy as np
-        import tensorflow as tf            # no tftrt in this process
-        gd = tf.compat.v1.GraphDef()
-        gd.ParseFromString(open({str(path)!r}, "rb").read())
-        g = tf.Graph()
-        with g.as_default():
-            tf.import_graph_def(gd, name="")
-            with tf.compat.v1.Session(graph=g) as sess:
-                y = sess.run("out:0", {{"x:0": np.ones((2, 8), np.float32)}})
+def test_plain_tensorflow_runs_a_converted_graph_def_natively(converted_pb):
+    out = run_python("""
+        import sys
+        import tensorflow as tf
+        from tests.integration.models import session_run
+    """ + _READ_PB.format(path=converted_pb) + """
+        assert "tftrt" not in sys.modules
+        y, g = session_run(gd, x, tf.import_graph_def)
         print(g.get_operation_by_name("TRTEngineOp_000_000").type, float(y.sum()))
     """)
     op_type, total = out.split()
     assert op_type == "PartitionedCall"
-    g = tf.Graph()
-    with g.as_default():
-        tf.graph_util.import_graph_def(frozen_mlp(), name="")
-        with tf.compat.v1.Session(graph=g) as sess:
-            want = sess.run("out:0", {"x:0": np.ones((2, 8), np.float32)})
+    want, _ = session_run(frozen_mlp(), np.ones((2, 8), np.float32))
     np.testing.assert_allclose(float(total), float(want.sum()), rtol=1e-5)
 
 
