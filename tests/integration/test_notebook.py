@@ -20,6 +20,10 @@ def test_quickstart_notebook_executes(tmp_path):
     assert "Total number of TensorRT engines" in outputs
     assert "engines rebuilt on load: 0" in outputs
     assert "same outputs: True" in outputs
+    # the engines ran (a native run gives the same outputs and proves nothing)
+    import re
+    runs = re.search(r"engine runs: (\d+) native segment runs: (\d+)", outputs)
+    assert runs and int(runs.group(1)) > 0 and int(runs.group(2)) == 0, outputs
     images = [o for c in nb.cells for o in c.get("outputs", [])
               if "image/png" in o.get("data", {})]
     assert images, "the latency plot was not produced"
