@@ -546,7 +546,8 @@ def test_resize_kernel(mode, ctm, nearest, layout, precision):
                         N("Relu", ["r"], ["y"])], {"x": x}, {"z": np.array(sizes, I64)})
     check(model, {"x": x}, precision)
     _, gpu = _engines(model, {"x": x}, precision)
-    impls = [i for l, i in zip(gpu.network.layers, gpu._cupy_impls) if l.kind == "resize"]
+    impls = [i for l, i in zip(gpu.network.layers, gpu.backend_impl.engine_impls(gpu))
+             if l.kind == "resize"]
     assert impls and all(isinstance(i.kernel, ResizeKernel) for i in impls)
 
 
