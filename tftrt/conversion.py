@@ -142,7 +142,9 @@ def bind_engine_nodes(graph_def, ops: Dict[str, TRTEngineOp]):
     for node in graph_def.node:
         if node.name in ops and rewrite.ENGINE_ATTR in node.attr:
             new = engine_call_node(node.name, ops[node.name], tokens[node.name])
-            new.device = device
+            spec = ops[node.name].spec
+            if all(d in EAGER_PYFUNC_GPU_DTYPES for d in spec.input_dtypes + spec.output_dtypes):
+                new.device = device
             new.input.extend(node.input)
             out.node.add().CopyFrom(new)
             natives[node.name] = fdefs[node.attr["f"].func.name]
@@ -156,6 +158,14 @@ def bind_engine_nodes(graph_def, ops: Dict[str, TRTEngineOp]):
         if f.signature.name in used:
             out.library.function.add().CopyFrom(f)
     return rewrite.with_native_fallback(out, natives), keepalive
+
+
+# The dtypes TF's GPU kernel of EagerPyFunc takes (tensorflow/python/lib/core/py_func.cc): no
+# int32 (TF keeps int32 in host memory on GPUs) and no strings. An engine with an int32 input
+# or output stays where TF's placer puts it (the CPU), its int32 tensors being on the host.
+EAGER_PYFUNC_GPU_DTYPES = frozenset({
+    "float16", "bfloat16", "float32", "float64", "complex64", "complex128", "bool", "int8",
+    "uint8", "int16", "uint16", "uint32", "int64", "uint64"})
 
 
 def engine_device() -> str:
