@@ -1,0 +1,65 @@
+"""NaN and +-inf through CuPy engines against TensorFlow's own GPU kernels (issue 12, item 5).
+
+The reference for the CuPy backend is TF on the same device: each reduction / pool / softmax
+op alone in a tiny model, converted (minimum_segment_size=1) and run on inputs holding NaN,
++inf and -inf, must give what native TF gives on the GPU, NaN for NaN.
+"""
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+pytestmark = pytest.mark.gpu
+
+if not tf.config.list_physical_devices("GPU"):
+    pytest.skip("TensorFlow sees no GPU", allow_module_level=True)
+
+from tftrt import trt_convert as trt  # noqa: E402
+
+OPS = {
+    "max_pool": lambda x: tf.nn.max_pool2d(x, 2, 2, "VALID"),
+    "max_pool_same": lambda x: tf.nn.max_pool2d(x, 3, 2, "SAME"),
+    "avg_pool": lambda x: tf.nn.avg_pool2d(x, 2, 2, "VALID"),
+    "reduce_max": lambda x: tf.reduce_max(x, axis=[1, 2]),
+    "reduce_min": lambda x: tf.reduce_min(x, axis=[1, 2]),
+    "reduce_sum": lambda x: tf.reduce_sum(x, axis=[1, 2]),
+    "reduce_mean": lambda x: tf.reduce_mean(x, axis=[1, 2]),
+    "argmax": lambda x: tf.math.argmax(x, axis=-1, output_type=tf.int64),
+    "softmax": lambda x: tf.nn.softmax(x, axis=-1),
+    "log_softmax": lambda x: tf.nn.log_softmax(x, axis=-1),
+}
+
+
+def nonfinite_input():
+    x = np.random.RandomState(0).standard_normal((2, 6, 6, 4)).astype(np.float32)
+    x[0, 0, 0, 0] = np.nan                 # one NaN in a window / row
+    x[0, 2:4, 2:4, 1] = np.nan             # a whole pooling window of NaN
+    x[1, 1, 1, 2] = np.inf
+    x[1, 4, 4, 3] = -np.inf
+    x[1, 5, 5, :] = -np.inf                # a softmax row of -inf
+    x[0, 5, 0, :] = [np.nan, np.inf, -np.inf, 1.0]
+    return x
+
+
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_cupy_engine_matches_tf_gpu_on_nonfinite_inputs(name, tmp_path):
+    op = OPS[name]
+
+    class M(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 6, 6, 4], tf.float32, name="x")])
+        def __call__(self, x):
+            return {"y": op(x * 1.0)}
+
+    src = str(tmp_path / name)
+    m = M()
+    tf.saved_model.save(m, src, signatures=m.__call__)
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=src, minimum_segment_size=1)
+    fn = conv.convert()
+    with tf.device("/GPU:0"):
+        x = tf.constant(nonfinite_input())
+        want = tf.saved_model.load(src).signatures["serving_default"](x=x)["y"].numpy()
+    got = fn(x=x)["y"].numpy()
+    assert conv.engine_ops and all(o.stats["engine"] == 1 and o.stats["native"] == 0
+                                   for o in conv.engine_ops.values())
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg="NaN positions")
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, equal_nan=True)
