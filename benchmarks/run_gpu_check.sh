@@ -20,9 +20,8 @@ case "$stage" in
     grep -E "^(FAILED|ERROR)|passed|failed" "$out/engine_tests.log" | tail -40 ;;
   tf)
     TFTRT_CUDNN_CANDIDATES=1 timeout "${TF_BUDGET:-330}" python3 -m pytest \
-      tests/gpu/test_engine_boundaries.py tests/gpu/test_nonfinite_tf_gpu.py tests/gpu/test_tf_e2e.py \
-      -q -rfs -p no:cacheprovider \
-      ${TESTS:+-k "$TESTS"} > "$out/tf_tests.log" 2>&1
+      tests/gpu/test_engine_boundaries.py tests/gpu/test_nonfinite_tf_gpu.py \
+      tests/gpu/test_tf_e2e.py -q -rfs -p no:cacheprovider ${TESTS:+-k "$TESTS"} > "$out/tf_tests.log" 2>&1
     grep -E "^(FAILED|ERROR|SKIPPED)|passed|failed|D2H copies" "$out/tf_tests.log" | tail -30
     for dev in auto none; do
       TFTRT_ENGINE_DEVICE=$dev timeout 90 python3 benchmarks/bench_boundary.py --calls 300 \
