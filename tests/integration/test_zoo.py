@@ -65,13 +65,15 @@ def test_zoo_model_converts_and_matches(name, tmp_path):
 
     x = zoo.sample_input(name, BATCH, size, small=True)
     arg = {next(iter(fn.structured_input_signature[1])): tf.constant(x)}
-    ref = tf.saved_model.load(path).signatures["serving_default"](**arg)
     got = fn(**arg)
+    # Native FP32: the Keras model itself on TensorFlow's kernels (loading the SavedModel
+    # again for its signature costs as much as the conversion's own load).
+    r = np.asarray(model(tf.constant(x), training=False))
+    assert r.std() > 1e-3 * np.abs(r).max(), "degenerate model output: checks nothing"
+    assert len(got) == 1
     rtol, atol = MODEL_TOLERANCES["FP32"]
-    for k in ref:
-        r = ref[k].numpy()
-        assert r.std() > 1e-3 * np.abs(r).max(), "degenerate model output: checks nothing"
-        np.testing.assert_allclose(got[k].numpy(), r, rtol=rtol, atol=atol * np.abs(r).max())
+    np.testing.assert_allclose(next(iter(got.values())).numpy(), r, rtol=rtol,
+                               atol=atol * np.abs(r).max())
     ops = conv.engine_ops.values()
     assert ops
     assert all(op.stats["engine"] > 0 and op.stats["native"] == 0 for op in ops), {
