@@ -266,13 +266,203 @@ def freeze_and_clean(func, run_grappler: bool = True) -> Tuple[object, "object"]
     """
     from tensorflow.python.framework import convert_to_constants
     frozen = convert_to_constants.convert_variables_to_constants_v2(func)
-    graph_def = frozen.graph.as_graph_def()
+    # Freezing inlined the ordinary function calls; the ones it kept (``_noinline``) are
+    # inlined here, so that segmentation sees their nodes (TF-TRT converted inside them).
+    graph_def = inline_function_calls(frozen.graph.as_graph_def(),
+                                      [t.name for t in frozen.outputs])
     for node in graph_def.node:
         node.device = ""
     if run_grappler:
         graph_def = run_grappler_passes(graph_def, frozen.graph,
                                         [t.name for t in frozen.inputs + frozen.outputs])
     return frozen, graph_def
+
+
+CALL_OPS = ("PartitionedCall", "StatefulPartitionedCall")
+_MAX_INLINE_ROUNDS = 64  # nesting depth; TF functions cannot recurse
+
+
+def inline_function_calls(graph_def, fetches: Sequence[str] = ()):
+    """Inlines every PartitionedCall / StatefulPartitionedCall of a library function.
+
+    Nested calls are inlined too; If / While / Case branches stay functions. A call node ``c``
+    becomes its body's nodes named ``c/<node>``: argument ``i`` reads the call's ``i``-th input,
+    consumers of ``c:k`` read the tensor the body returns for output ``k``, and the call's
+    control inputs become control inputs of the body nodes that have no input inside the body.
+    Where ``c:k`` is in ``fetches`` or a node waits on ``^c``, a node named ``c`` stays, so the
+    graph's outputs and control edges keep their names: an IdentityN of the returned tensors
+    where an output is fetched, else a NoOp; it waits on the body's control outputs (the
+    stateful ops ``^c`` orders, as TF's own inliner does for tf.functions).
+
+    Args:
+      graph_def: a GraphDef with its function library.
+      fetches: tensor names that must keep their names (the graph's outputs).
+
+    Returns:
+      A new GraphDef without call nodes; library functions no longer called are dropped.
+    """
+    from tensorflow.core.framework import graph_pb2
+
+    library = {f.signature.name: f for f in graph_def.library.function}
+
+    def inlinable(node):
+        return node.op in CALL_OPS and node.attr["f"].func.name in library
+
+    if not any(inlinable(n) for n in graph_def.node):
+        return graph_def
+    fetches = {_canonical(t) for t in fetches}
+    out = graph_pb2.GraphDef()
+    out.CopyFrom(graph_def)
+    # function_def_to_graph_def looks functions up in the default graph (nested calls,
+    # function-named ops): one graph holding the library serves every call.
+    with _library_graph(library).as_default():
+        for _ in range(_MAX_INLINE_ROUNDS + 1):
+            calls = [n for n in out.node if inlinable(n)]
+            if not calls:
+                break
+            for call in calls:
+                out = _inline_call(out, call.name, library, fetches)
+    if calls:
+        raise ValueError(f"function calls nested deeper than {_MAX_INLINE_ROUNDS} levels "
+                         f"(a recursive function?); tftrt cannot inline them")
+    used = _called_functions(out.node, library)
+    kept = [f for f in out.library.function if f.signature.name in used]
+    del out.library.function[:]
+    out.library.function.extend(kept)
+    return out
+
+
+def _called_functions(nodes, library) -> set:
+    """Library functions ``nodes`` call, directly (func attrs, function-named ops) or nested."""
+    def funcs(node_list):
+        for n in node_list:
+            if n.op in library:
+                yield n.op
+            for a in n.attr.values():
+                if a.HasField("func"):
+                    yield a.func.name
+                elif a.HasField("list"):
+                    yield from (f.name for f in a.list.func)
+
+    used, todo = set(), list(funcs(nodes))
+    while todo:
+        name = todo.pop()
+        if name not in used and name in library:
+            used.add(name)
+            todo.extend(funcs(library[name].node_def))
+    return used
+
+
+def _library_graph(library):
+    import tensorflow as tf
+    from tensorflow.core.framework import graph_pb2
+    lib = graph_pb2.GraphDef()
+    lib.library.function.extend(library.values())
+    g = tf.Graph()
+    with g.as_default():
+        tf.graph_util.import_graph_def(lib, name="")
+    return g
+
+
+def _inline_call(graph_def, call_name: str, library, fetches):
+    from tensorflow.core.framework import graph_pb2, node_def_pb2
+    from tensorflow.python.framework.function_def_to_graph import function_def_to_graph_def
+
+    nodes = {n.name: n for n in graph_def.node}
+    call = nodes[call_name]
+    fdef = library[call.attr["f"].func.name]
+    # A Placeholder per argument; ``flat`` maps 'node:out_arg:i' names to 'node:k'.
+    body, flat = function_def_to_graph_def(fdef)
+    args = [a.name for a in fdef.signature.input_arg]
+    call_data = [i for i in call.input if not i.startswith("^")]
+    call_control = [i for i in call.input if i.startswith("^")]
+    if len(call_data) != len(args):
+        raise ValueError(f"call {call_name!r} passes {len(call_data)} inputs to function "
+                         f"{fdef.signature.name!r}, which takes {len(args)}")
+    arg_source = dict(zip(args, call_data))
+
+    taken = set(nodes)
+    renamed = {}
+    for n in body.node:
+        if n.name in arg_source:
+            continue
+        new = f"{call_name}/{n.name}"
+        k = 1
+        while new in taken:
+            new, k = f"{call_name}/{n.name}_{k}", k + 1
+        taken.add(new)
+        renamed[n.name] = new
+
+    def outer(tensor: str) -> str:
+        """A body tensor name ('n:1', '^n') as the outer graph names it."""
+        control = tensor.startswith("^")
+        node, idx = split_tensor_name(tensor)
+        if node in arg_source:
+            src = arg_source[node]
+            return "^" + split_tensor_name(src)[0] if control else src
+        return "^" + renamed[node] if control else tensor_name(renamed[node], idx)
+
+    inlined = []
+    for n in body.node:
+        if n.name in arg_source:
+            continue
+        new = node_def_pb2.NodeDef()
+        new.CopyFrom(n)
+        new.name = renamed[n.name]
+        new.device = ""
+        if "_class" in new.attr:  # colocation with body nodes under their old names
+            del new.attr["_class"]
+        inner = any(split_tensor_name(i)[0] in renamed for i in n.input)
+        del new.input[:]
+        new.input.extend(outer(i) for i in n.input)
+        if not inner:  # the call's control inputs hold for the whole body
+            new.input.extend(c for c in call_control if c not in new.input)
+        inlined.append(new)
+
+    returned = [outer(flat[fdef.ret[a.name]]) for a in fdef.signature.output_arg]
+    control_rets = ["^" + renamed[fdef.control_ret[a]] for a in fdef.signature.control_output
+                    if fdef.control_ret.get(a) in renamed]
+
+    def rewire(i: str) -> str:
+        node, idx = split_tensor_name(i)
+        if node != call_name or idx < 0:
+            return i
+        return returned[idx]
+
+    fetched = any(tensor_name(call_name, k) in fetches for k in range(len(returned)))
+    keep_caller = fetched or any(i == "^" + call_name for n in graph_def.node for i in n.input)
+    out = graph_pb2.GraphDef()
+    out.versions.CopyFrom(graph_def.versions)
+    out.library.CopyFrom(graph_def.library)
+    for n in graph_def.node:
+        if n.name == call_name:
+            out.node.extend(inlined)
+            if keep_caller:
+                out.node.append(_caller_stand_in(call, fdef, returned if fetched else [],
+                                                 control_rets + call_control))
+            continue
+        new = out.node.add()
+        new.CopyFrom(n)
+        if any(split_tensor_name(i)[0] == call_name and not i.startswith("^") for i in n.input):
+            del new.input[:]
+            new.input.extend(rewire(i) for i in n.input)
+    return out
+
+
+def _caller_stand_in(call, fdef, returned: Sequence[str], control: Sequence[str]):
+    """The node that keeps a call's name after inlining: IdentityN of the ``returned`` tensors
+    (a NoOp where there are none), after the ``control`` inputs."""
+    from tensorflow.core.framework import node_def_pb2
+    node = node_def_pb2.NodeDef()
+    node.name = call.name
+    if returned:
+        node.op = "IdentityN"
+        node.input.extend(returned)
+        node.attr["T"].list.type.extend(a.type for a in fdef.signature.output_arg)
+    else:
+        node.op = "NoOp"
+    node.input.extend(c for c in dict.fromkeys(control))
+    return node
 
 
 def run_grappler_passes(graph_def, graph, fetches: Sequence[str],

@@ -4,7 +4,6 @@ engine must still hold the function's nodes."""
 
 import os
 
-import pytest
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
@@ -64,8 +63,5 @@ def test_nested_function_inlined(tmp_path_factory):
     check_engine(tmp_path_factory, "inlined", noinline=False)
 
 
-@pytest.mark.xfail(strict=True, reason="tftrt converts no function marked _noinline: graph_io "
-                   "keeps its call a PartitionedCall and the segmenter never sees its nodes "
-                   "(TF-TRT converted inside it, _tftrt_convert_function)")
 def test_noinline_function(tmp_path_factory):
     check_engine(tmp_path_factory, "noinline", noinline=True)
