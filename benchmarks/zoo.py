@@ -229,6 +229,8 @@ def table(path: str, print_fn=print) -> None:
                          f"{'' if r['rel_err_ok'] else ' (over the bar)'}, "
                          f"{r['native_calls']} native calls")
         cols = [c for c in COLUMNS if c in rows and "batches" in rows[c]]
+        if not cols:
+            continue
         batches = sorted({int(b) for c in cols for b in rows[c]["batches"]})
         head = ["batch"] + [f"{rt} {p} ms (items/s)" for rt, p in cols]
         peers = [c for c in (("tf_xla", "FP16"), ("torch_compile", "FP16")) if c in cols]

@@ -238,7 +238,8 @@ def _zoo() -> Dict[str, ZooModel]:
     add("EfficientNetV2S", "efficientnet_v2", 384, 32, "efficientnet_v2_s")
     add("ConvNeXtTiny", "convnext", 224, 32, "convnext_tiny")
     add("ConvNeXtSmall", "convnext", 224, 32, "convnext_small")
-    z["Encoder"] = ZooModel(lambda size, seed=0, **kw: encoder(seq=size, seed=seed, **kw),
+    z["Encoder"] = ZooModel(lambda size, seed=0, **kw: randomize_batchnorm(
+                                encoder(seq=size, seed=seed, **kw), seed),
                             "transformer", 128, 16, None,
                             dict(layers=2, hidden=64, heads=4, ffn=128))
     z["ViT"] = ZooModel(lambda size, seed=0, **kw: vit(size, seed=seed, **kw),
