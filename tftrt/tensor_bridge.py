@@ -40,9 +40,11 @@ def wait_for_tensorflow(inputs, arrays) -> None:
     if not devices:
         return
     import cupy as cp
-    for dev in sorted(devices):
-        with cp.cuda.Device(dev):
-            cp.cuda.runtime.deviceSynchronize()
+    from tftrt.engine.backends.cupy_backend import DEVICE_WIDE
+    with DEVICE_WIDE:  # never inside another thread's CUDA-graph capture
+        for dev in sorted(devices):
+            with cp.cuda.Device(dev):
+                cp.cuda.runtime.deviceSynchronize()
 
 
 def wait_for_engine() -> None:

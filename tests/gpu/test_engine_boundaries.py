@@ -72,7 +72,19 @@ def d2h_copies(logdir):
 
 
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory):
+def cupy_backend():
+    """Engines on CuPy for this module (tests/conftest.py makes numpy the default)."""
+    before = os.environ.get("TFTRT_BACKEND")
+    os.environ["TFTRT_BACKEND"] = "cupy"
+    yield
+    if before is None:
+        del os.environ["TFTRT_BACKEND"]
+    else:
+        os.environ["TFTRT_BACKEND"] = before
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory, cupy_backend):
     assert resolve_backend() == "cupy"
     src = str(tmp_path_factory.mktemp("b") / "three")
     m = ThreeEngines()

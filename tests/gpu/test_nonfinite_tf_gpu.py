@@ -15,6 +15,7 @@ if not tf.config.list_physical_devices("GPU"):
     pytest.skip("TensorFlow sees no GPU", allow_module_level=True)
 
 from tftrt import trt_convert as trt  # noqa: E402
+from tftrt.engine_op import resolve_backend  # noqa: E402
 
 OPS = {
     "max_pool": lambda x: tf.nn.max_pool2d(x, 2, 2, "VALID"),
@@ -41,8 +42,15 @@ def nonfinite_input():
     return x
 
 
+@pytest.fixture()
+def cupy_backend(monkeypatch):
+    """Engines on CuPy (tests/conftest.py makes numpy the default)."""
+    monkeypatch.setenv("TFTRT_BACKEND", "cupy")
+    assert resolve_backend() == "cupy"
+
+
 @pytest.mark.parametrize("name", sorted(OPS))
-def test_cupy_engine_matches_tf_gpu_on_nonfinite_inputs(name, tmp_path):
+def test_cupy_engine_matches_tf_gpu_on_nonfinite_inputs(name, tmp_path, cupy_backend):
     op = OPS[name]
 
     class M(tf.Module):

@@ -54,6 +54,13 @@ log = logging.getLogger("tftrt.engine.cupy")
 
 _CAPTURE_MODE = None if cp is None else getattr(cp.cuda.runtime, "streamCaptureModeRelaxed", 2)
 
+# cudaDeviceSynchronize fails (cudaErrorStreamCaptureUnsupported) while any stream of the
+# device captures a CUDA graph, in every capture mode, and invalidates that capture: seen with
+# four threads calling one loaded model (2 of 40 calls fell back to native). Graph captures
+# and the process's device-wide waits (tensor_bridge.wait_for_tensorflow, synchronize) take
+# this lock, so one never runs inside the other. A capture happens once per context.
+DEVICE_WIDE = threading.RLock()
+
 
 # --- tactics -------------------------------------------------------------------------------------
 def _lazy():
@@ -260,7 +267,8 @@ class CupyBackend(Backend):
         return cp.asarray(np.asarray(x))
 
     def synchronize(self) -> None:
-        cp.cuda.Device().synchronize()
+        with DEVICE_WIDE:
+            cp.cuda.Device().synchronize()
 
     def random_array(self, shape, dtype):
         dt = np.dtype(dtype)
@@ -402,7 +410,7 @@ class CupyExecutionContext:
                 pool = cp.cuda.MemoryPool()
                 graph = None
                 try:
-                    with cp.cuda.using_allocator(pool.malloc):
+                    with DEVICE_WIDE, cp.cuda.using_allocator(pool.malloc):
                         self.stream.begin_capture(mode=_CAPTURE_MODE)
                         try:
                             self._run_steps(steps)
