@@ -198,14 +198,32 @@ class Transpose:
         ctx.set_output(node, 0, ctx.emit("Transpose", [ctx.input(node, 0)], perm=perm))
 
 
-@converter("BroadcastTo", dtypes=ARRAY, inputs=(TENSOR, WEIGHT))
+@converter("BroadcastTo", dtypes=ARRAY, inputs=(TENSOR, ANY))
 class BroadcastTo:
-    """Broadcast to a constant shape (ONNX Expand). Rejects: a shape computed at run time."""
+    """Broadcast (ONNX Expand) to a constant shape, or to one built at run time from
+    constants and tensor dims (a ViT's class token: broadcast_to(cls, [tf.shape(x)[0], 1,
+    d])), gathered as Reshape gathers them. Rejects: shapes computed from other values."""
+
+    @staticmethod
+    def validate(node, ctx):
+        if ctx.is_const(node, 1):
+            return None
+        elems = resolve(ctx.info, ctx.input_tensor(node, 1))
+        if not isinstance(elems, list):
+            return ("shape is computed at run time from more than constants and tensor shapes "
+                    "(supported: Const, Shape, StridedSlice, Pack, ConcatV2 of those)")
+        if any(isinstance(e, int) and e < 0 for e in elems):
+            return f"shape {elems} has a negative dimension"
+        return None
 
     @staticmethod
     def convert(node, ctx):
-        shape = int64s(ctx, const_ints(ctx, node, 1), "shape")
-        ctx.set_output(node, 0, ctx.emit("Expand", [ctx.input(node, 0), shape]))
+        x = ctx.input(node, 0)
+        if ctx.is_const(node, 1):
+            shape = int64s(ctx, const_ints(ctx, node, 1), "shape")
+        else:
+            shape = _shape_operand(ctx, node, x, resolve(ctx.info, ctx.input_tensor(node, 1)))
+        ctx.set_output(node, 0, ctx.emit("Expand", [x, shape]))
 
 
 # --- concat / split ------------------------------------------------------------------------------

@@ -108,6 +108,14 @@ def test_broadcast_to_and_reverse():
                   expect_tf_ops=["ReverseV2"])
 
 
+def test_broadcast_to_a_shape_from_the_dynamic_batch():
+    # A ViT's class token: broadcast_to(cls, [tf.shape(x)[0], 1, d]) before the tokens.
+    cls = tf.constant(rand((1, 1, 4), seed=1))
+    check_dynamic(lambda t: tf.concat([tf.broadcast_to(
+        cls, tf.stack([tf.shape(t)[0], 1, 4])), t], axis=1), [x234()],
+        expect_tf_ops=["BroadcastTo"])
+
+
 # --- concat / split ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("axis", [0, 1, -1])
