@@ -67,8 +67,10 @@ def engine_report(ops) -> dict:
     them, ``engine_impls``) is not one of the GPU implementations of ``impl_table``; every
     layer of a numpy-backend engine runs on the host. Fallbacks: layers whose implementation
     reports ``fallback`` (a GPU path taken because the tactic's own could not), with why.
+    Eager layers: CuPy layers that are not captured into the engine's CUDA graphs
+    (``capturable`` False: they read a value on the host), a cost at small batch.
     """
-    engines, layers, host, fallbacks = 0, 0, [], []
+    engines, layers, host, fallbacks, eager = 0, 0, [], [], []
     for op in ops:
         for _key, engine in op.cache.items():
             engines += 1
@@ -86,12 +88,15 @@ def engine_report(ops) -> dict:
                 if type(impl) not in gpu or getattr(impl, "on_host", False):
                     host.append(f"{op.name}/{l.name} ({l.kind} {l.tactic} -> "
                                 f"{type(impl).__name__})")
+                if not getattr(impl, "capturable", True):
+                    eager.append(f"{op.name}/{l.name} ({l.kind})")
                 if getattr(impl, "fallback", None):
                     fallbacks.append(f"{op.name}/{l.name} ({l.kind} {l.tactic} -> "
                                      f"{type(impl).__name__}: {impl.fallback[:200]})")
     return {"engine_ops": len(ops), "engines": engines, "layers": layers,
             "host_layers": len(host), "host_layer_names": host[:20],
-            "fallback_layers": len(fallbacks), "fallbacks": fallbacks}
+            "fallback_layers": len(fallbacks), "fallbacks": fallbacks,
+            "eager_layers": eager}
 
 
 def run_model(name: str, args, work: str, dev: str, device: str) -> None:
@@ -199,6 +204,9 @@ def print_row(row: dict) -> None:
         print(f"    fallback: {f}")
     for h in row["host_layer_names"][:10]:
         print(f"    host: {h}")
+    if row["eager_layers"]:
+        print(f"    {len(row['eager_layers'])} layers outside CUDA graphs: "
+              f"{', '.join(row['eager_layers'][:10])}")
 
 
 # --- table ---------------------------------------------------------------------------------

@@ -78,3 +78,32 @@ def test_zoo_model_converts_and_matches(name, tmp_path):
     assert ops
     assert all(op.stats["engine"] > 0 and op.stats["native"] == 0 for op in ops), {
         n: dict(op.stats) for n, op in conv.engine_ops.items()}
+
+
+@pytest.mark.slow
+def test_zoo_benchmark_dry_run(tmp_path, capsys):
+    """benchmarks/zoo.py's CPU path (numpy backend, small ViT): rows, engine report, table."""
+    import importlib.util
+    import json
+    import os
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "zoo.py")
+    spec = importlib.util.spec_from_file_location("bench_zoo", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = str(tmp_path / "zoo.jsonl")
+    bench.main(["--models", "ViT", "--batches", "1", "2", "--dry-run", "--fp32", "--out", out])
+    rows = [json.loads(line) for line in open(out)]
+    assert [(r["runtime"], r["precision"]) for r in rows] == [
+        ("tf_native", "FP32"), ("tf_xla", "FP16"), ("tftrt", "FP16")]
+    row = rows[-1]
+    assert "error" not in row, row["error"]
+    assert row["converted"] >= MIN_CONVERTED
+    assert row["engine_ops"] == 1 and row["engines"] == 2  # one engine per batch size
+    assert row["native_calls"] == 0 and row["engine_calls"] > 0
+    assert row["rel_err_ok"], row["rel_err"]
+    assert row["host_layers"] == row["layers"] > 0  # the numpy backend runs on the host
+    assert set(row["batches"]) == {"1", "2"}
+    capsys.readouterr()
+    bench.table(out)
+    text = capsys.readouterr().out
+    assert "### ViT" in text and "| 2 |" in text
