@@ -32,4 +32,5 @@ if [ "$stage" = torch ] || [ "$stage" = all ]; then
       python3 benchmarks/torch_zoo.py --out "$json" --iters 30 --models $models \
       ${TORCH_ARGS:-} ) 2>&1 | tee -a "$out/zoo_torch.log" | grep "^ROW\|skipped\|Error" | tail -20
 fi
-( cd "$repo" && python3 benchmarks/zoo.py --table --out "$json" ) 2>&1 | tee "$out/zoo_table.md"
+( cd "$repo" && PYTHONPATH="$repo:${PYTHONPATH:-}" python3 benchmarks/zoo.py --table \
+    --out "$json" ) 2>&1 | tee "$out/zoo_table.md"
