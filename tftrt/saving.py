@@ -77,10 +77,14 @@ def _sibling(path: str, what: str) -> str:
 def save(converter, path: str, save_gpu_specific_engines: bool = True, options=None) -> None:
     """Saves a converted model as a SavedModel at ``path``, replacing one already there.
 
-    Everything is written into a hidden sibling directory first; at the end the old
-    directory is renamed away, the new one renamed in, and the old one deleted. A save that
-    raises (or is killed) before the swap leaves the previous model as it was.
+    Everything is written into a hidden sibling directory first; at the end the two
+    directories are exchanged in one atomic rename (Linux renameat2) and the old one is
+    deleted. A save that raises or is killed leaves the previous model as it was; where the
+    atomic exchange is missing, the old directory is renamed away then the new one in, and a
+    save killed between the two is undone by the next save() or tftrt.load of ``path``
+    (:func:`recover_interrupted_save`).
     """
+    recover_interrupted_save(os.fspath(path))
     path = _check_output_dir(path)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     staging = _sibling(path, "saving")
@@ -94,6 +98,24 @@ def save(converter, path: str, save_gpu_specific_engines: bool = True, options=N
     log.info("saved the converted model to %s", path)
 
 
+def _exchange(a: str, b: str) -> bool:
+    """Swaps directories ``a`` and ``b`` in one atomic step (Linux renameat2 with
+    RENAME_EXCHANGE); False where the system or file system does not offer it."""
+    import ctypes
+    import sys
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                          ctypes.c_uint]
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
 def _swap_in(staging: str, path: str) -> None:
     if not os.path.isdir(path):
         os.rename(staging, path)
@@ -103,6 +125,10 @@ def _swap_in(staging: str, path: str) -> None:
         os.rmdir(path)
         os.rename(staging, path)
         return
+    if _exchange(staging, path):
+        # At every instant ``path`` is the old model or the new one, never missing.
+        shutil.rmtree(staging, ignore_errors=True)
+        return
     old = _sibling(path, "old")
     os.rename(path, old)
     try:
@@ -111,6 +137,22 @@ def _swap_in(staging: str, path: str) -> None:
         os.rename(old, path)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_interrupted_save(path: str) -> None:
+    """Puts back the previous model when a save was killed between its two renames (where
+    the atomic exchange was not available): ``path`` is missing and exactly one hidden
+    ``.<name>.tftrt-old-*`` sibling holds the model that was there."""
+    if os.path.exists(path):
+        return
+    head, tail = os.path.split(os.path.abspath(path))
+    try:
+        olds = [n for n in os.listdir(head or ".") if n.startswith(f".{tail}.tftrt-old-")]
+    except OSError:
+        return
+    if len(olds) == 1 and os.path.isfile(os.path.join(head, olds[0], "saved_model.pb")):
+        os.rename(os.path.join(head, olds[0]), path)
+        log.warning("%s: a save was interrupted; the model that was there is back", path)
 
 
 def _write_file(path: str, data: bytes) -> str:
@@ -200,6 +242,8 @@ def load(path, tags=None, options=None):
     from tftrt.graph_io import check_saved_model_dir
     from tftrt.activation import activate
     activate()
+    if path is not None:
+        recover_interrupted_save(os.fspath(path))
     path = check_saved_model_dir(path)
     loaded = tf.saved_model.load(path, tags=tags, options=options)
     try:

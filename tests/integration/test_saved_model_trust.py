@@ -7,6 +7,8 @@ import logging
 import os
 import shutil
 import struct
+import subprocess
+import sys
 import zlib
 
 import numpy as np
@@ -24,6 +26,7 @@ from tests.tolerances import MODEL_TOLERANCES
 
 E0, E1 = "TRTEngineOp_000_000", "TRTEngineOp_000_001"
 X = models.batch((4, 8))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def convert_and_save(src, out):
@@ -305,6 +308,51 @@ def test_failed_save_leaves_the_previous_model_loadable(dirs, model, monkeypatch
     assert sorted(os.listdir(os.path.dirname(model))) == ["model"]
     loaded, _ = load(model, caplog)
     assert_serves_with_engines(loaded, native(dirs["b"]), {E0: 0, E1: 0})
+
+
+def test_save_over_a_model_exchanges_the_directories_atomically(dirs, model, monkeypatch):
+    """Where renameat2(RENAME_EXCHANGE) exists (Linux), the new model takes the old one's
+    place in one step: no instant without a model at the path, nothing left beside it."""
+    calls = []
+    real = saving._exchange
+    monkeypatch.setattr(saving, "_exchange", lambda a, b: calls.append(real(a, b)) or calls[-1])
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=dirs["b"], minimum_segment_size=2)
+    conv.convert()
+    conv.save(model)
+    assert calls and (calls == [True] or not sys.platform.startswith("linux"))
+    assert sorted(os.listdir(os.path.dirname(model))) == ["model"]
+    assert read_manifest(model)["engines"][0]["spec"]["name"] == E0
+
+
+def test_save_killed_between_renames_is_undone_by_the_next_load(dirs, model, caplog):
+    """Without the atomic exchange the old model is renamed away, then the new one in: a
+    process killed between the two leaves no model at the path; tftrt.load (or the next
+    save) puts the old one back."""
+    code = f"""
+import os, numpy as np
+os.environ["TFTRT_BACKEND"] = "numpy"
+from tftrt import saving, trt_convert as trt
+saving._exchange = lambda a, b: False
+real_rename = os.rename
+def rename_then_die(src, dst):
+    real_rename(src, dst)
+    if ".tftrt-old-" in dst:
+        os._exit(9)          # killed right after the old model was moved away
+os.rename = rename_then_die
+conv = trt.TrtGraphConverterV2(input_saved_model_dir={dirs["b"]!r}, minimum_segment_size=2)
+conv.convert()
+conv.save({model!r})
+"""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=240)
+    assert proc.returncode == 9, proc.stderr[-3000:]
+    assert not os.path.exists(model)                      # the killed save's state
+    loaded, warnings = load(model, caplog)
+    assert any("a save was interrupted" in w for w in warnings), warnings
+    assert_serves_with_engines(loaded, native(dirs["a"]), {E0: 0, E1: 0})  # the old model
+    leftovers = [n for n in os.listdir(os.path.dirname(model)) if ".tftrt-old-" in n]
+    assert leftovers == []
 
 
 def test_save_replaces_stale_files_and_keeps_the_output_dir_rules(dirs, model, tmp_path):
