@@ -52,3 +52,23 @@ def session_run(gd, x, import_graph_def=None):
         (import_graph_def or tf.graph_util.import_graph_def)(gd, name="")
         with tf.compat.v1.Session(graph=g) as sess:
             return sess.run("out:0", feed_dict={"x:0": x}), g
+
+
+def one_engine_layer_kinds(path: str, x) -> list:
+    """Converts the SavedModel at ``path`` (FP32, default parameters), checks it is one engine
+    that ran and matches native TF on ``x``; returns the engine's layer kinds."""
+    from tftrt import trt_convert as trt
+    from tests.tolerances import MODEL_TOLERANCES
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=path)
+    fn = conv.convert()
+    arg = {next(iter(fn.structured_input_signature[1])): tf.constant(x)}
+    ref = tf.saved_model.load(path).signatures["serving_default"](**arg)
+    got = fn(**arg)
+    rtol, atol = MODEL_TOLERANCES["FP32"]
+    for k in ref:
+        np.testing.assert_allclose(got[k].numpy(), ref[k].numpy(), rtol=rtol, atol=atol)
+    ops = conv.engine_ops
+    assert len(ops) == 1, sorted(ops)
+    op = next(iter(ops.values()))
+    assert op.stats["engine"] == 1 and op.stats["native"] == 0
+    return [l.kind for _, e in op.cache.items() for l in e.network.layers]
