@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import tftrt
 from tftrt import trt_convert as trt
 from tftrt.engine_op import TRTEngineOp
 from tftrt.env import env_bool, parse_bool

@@ -2,7 +2,6 @@
 2 to 5 in NHWC and NCHW, all in one engine between native ops."""
 
 import numpy as np
-import pytest
 import tensorflow as tf
 
 from tests.tftrt_suite import base
