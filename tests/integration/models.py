@@ -45,13 +45,14 @@ def batch(shape, seed: int = 1, dtype=np.float32):
     return np.random.RandomState(seed).standard_normal(shape).astype(dtype)
 
 
-def session_run(gd, x, import_graph_def=None):
-    """TF1: imports ``gd`` into a new graph and runs out:0 on x:0; returns (value, graph)."""
+def session_run(gd, x, import_graph_def=None, fetch: str = "out:0", feed: str = "x:0"):
+    """TF1: imports ``gd`` into a new graph and runs ``fetch`` with ``x`` fed to ``feed``;
+    returns (value, graph)."""
     g = tf.Graph()
     with g.as_default():
         (import_graph_def or tf.graph_util.import_graph_def)(gd, name="")
         with tf.compat.v1.Session(graph=g) as sess:
-            return sess.run("out:0", feed_dict={"x:0": x}), g
+            return sess.run(fetch, feed_dict={feed: x}), g
 
 
 def one_engine_layer_kinds(path: str, x) -> list:

@@ -21,7 +21,8 @@ from tftrt import activation, saving, trt_convert as trt
 from tftrt.engine import PlanError, deserialize_engine
 from tftrt.engine.plan import network_sha256
 from tests.integration import models
-from tests.integration.test_tf1 import frozen_graph, run_session
+from tests.integration.models import session_run
+from tests.integration.test_tf1 import frozen_graph
 from tests.tolerances import MODEL_TOLERANCES
 
 E0, E1 = "TRTEngineOp_000_000", "TRTEngineOp_000_001"
@@ -418,5 +419,5 @@ def test_tf1_static_plans_are_restored_and_swapped_ones_refused(caplog):
     assert {n: len(op.cache) for n, op in ops.items()} == {E0: 0, E1: 0}
     assert any(f"built for engine '{E1}'" in r.getMessage() for r in caplog.records)
     x = models.batch((3, 8))
-    got, _ = run_session(converted, x)
-    np.testing.assert_allclose(got, run_session(gd, x)[0], rtol=1e-4, atol=1e-5)
+    got, _ = session_run(converted, x)
+    np.testing.assert_allclose(got, session_run(gd, x)[0], rtol=1e-4, atol=1e-5)

@@ -9,6 +9,7 @@ import tensorflow as tf
 import tftrt  # noqa: F401  (activates engine binding in import_graph_def)
 from tftrt import rewrite, trt_convert as trt
 from tftrt.activation import PLANS_ATTR
+from tests.integration.models import session_run
 
 
 def frozen_graph(shape=(None, 8)):
@@ -23,15 +24,6 @@ def frozen_graph(shape=(None, 8)):
         y = tf.tanh(h * 0.5 + 1.0, name="pre_out")
         tf.identity(y * 2.0, name="out")
     return g.as_graph_def()
-
-
-def run_session(graph_def, x):
-    g = tf.Graph()
-    with g.as_default():
-        tf.graph_util.import_graph_def(graph_def, name="")
-        with tf.compat.v1.Session(graph=g) as sess:
-            out = sess.run("out:0", feed_dict={"x:0": x})
-    return out, g
 
 
 def engine_nodes(graph_def):
@@ -58,8 +50,8 @@ def test_frozen_graph_converts_and_runs_in_session(dynamic):
     assert static_plans == ([0, 0] if dynamic else [2, 2])  # (meta, plan) per built engine
 
     x = np.random.RandomState(1).randn(3, 8).astype(np.float32)
-    ref, _ = run_session(gd, x)
-    got, g = run_session(converted, x)
+    ref, _ = session_run(gd, x)
+    got, g = session_run(converted, x)
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
     ops = bound_engine_ops(g)
     assert len(ops) == 2
@@ -96,8 +88,8 @@ def test_batch_larger_than_max_batch_size_runs_natively():
     converted = trt.TrtGraphConverter(input_graph_def=gd, nodes_denylist=["out"],
                                       max_batch_size=2, minimum_segment_size=2).convert()
     x = np.random.RandomState(3).randn(5, 8).astype(np.float32)
-    got, g = run_session(converted, x)
-    np.testing.assert_allclose(got, run_session(gd, x)[0], rtol=1e-4, atol=1e-5)
+    got, g = session_run(converted, x)
+    np.testing.assert_allclose(got, session_run(gd, x)[0], rtol=1e-4, atol=1e-5)
     assert [(op.stats["engine"], op.stats["native"]) for op in bound_engine_ops(g)] == \
         [(0, 1), (0, 1)]
 

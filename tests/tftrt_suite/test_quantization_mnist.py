@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from tftrt import rewrite, trt_convert as trt
 from tftrt.engine_op import TRTEngineOp
+from tests.integration.models import session_run
 
 
 def build(x, rng):
@@ -41,14 +42,6 @@ def frozen_graph():
     return g.as_graph_def()
 
 
-def run(graph_def, x):
-    g = tf.Graph()
-    with g.as_default():
-        tf.graph_util.import_graph_def(graph_def, name="")
-        with tf.compat.v1.Session(graph=g) as sess:
-            return sess.run("output:0", {"input:0": x}), g
-
-
 def test_int8_without_calibration():
     """INT8 without calibration takes its ranges from the graph (tftrt runs it in FP16)."""
     gd = frozen_graph()
@@ -59,8 +52,8 @@ def test_int8_without_calibration():
     converted = conv.convert()
     assert len([n for n in converted.node if rewrite.ENGINE_ATTR in n.attr]) == 1
     x = np.random.RandomState(1).uniform(-1, 1, (8, 28, 28, 1)).astype(np.float32)
-    got, g = run(converted, x)
-    want, _ = run(gd, x)
+    got, g = session_run(converted, x, fetch="output:0", feed="input:0")
+    want, _ = session_run(gd, x, fetch="output:0", feed="input:0")
     # the same class for every image (TF-TRT compared accuracy)
     np.testing.assert_array_equal(got.argmax(1), want.argmax(1))
     # the op bound when the GraphDef was imported (the graph keeps it alive)
