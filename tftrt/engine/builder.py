@@ -3,6 +3,11 @@
 Steps: import -> bind input shapes (shape inference) -> optimization passes (passes/__init__)
 -> precision -> precision-dependent passes (``LATE_PASSES``) -> upload weights -> tactic
 selection (timed on the backend) -> memory plan.
+
+Engines for several shapes of one optimization profile (``tftrt/profiles.py``) are built with
+the tactics chosen at the profile's opt shape (``BuilderConfig.tactic_choices``: nothing is
+timed) and share their uploaded weights (``BuilderConfig.weight_cache``: a weight with the same
+name and values is uploaded once, and its host copy is kept once).
 """
 
 from __future__ import annotations
@@ -10,9 +15,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import threading
 import time
-from typing import Dict, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import onnx
 
 from tftrt.engine.backends import get_backend
@@ -41,9 +48,14 @@ class BuilderConfig:
       max_device_memory_bytes: limit on all device memory of an execution context
         (activation arena + scratch + outputs); None for no limit.
       allow_tf32: let fp32 GEMM/conv use TF32 tensor cores (GPU backends).
-      timing_cache: a TimingCache to reuse tactic choices across builds (optional).
+      timing_cache: a TimingCache to reuse tactic choices across builds (optional;
+        ``tactics.persistent_timing_cache(backend)`` is the process's, kept on disk).
       optimize: run the optimization passes (False: the network as imported).
       tactic_timing: time candidate tactics (False: take the first applicable one).
+      tactic_choices: layer name -> tactic, chosen for this network at another shape (an
+        optimization profile's opt shape): reused, and no layer is timed.
+      weight_cache: a :class:`WeightCache` shared by the engines of one optimization profile
+        set: equal weights are uploaded once.
     """
 
     precision: str = "FP32"
@@ -54,11 +66,63 @@ class BuilderConfig:
     timing_cache: Optional[TimingCache] = None
     optimize: bool = True
     tactic_timing: bool = True
+    tactic_choices: Optional[Dict[str, str]] = None
+    weight_cache: Optional["WeightCache"] = None
 
     def to_json(self) -> dict:
         return {"precision": self.precision, "backend": self.backend,
                 "max_workspace_size_bytes": int(self.max_workspace_size_bytes),
                 "allow_tf32": bool(self.allow_tf32), "optimize": bool(self.optimize)}
+
+
+class WeightCache:
+    """Uploaded weights shared by engines built for several shapes of one network.
+
+    The optimization passes run again for every shape, so a weight (a folded batch norm, an
+    FP16 copy) comes out of them as a new array each time; :meth:`share` finds the one already
+    uploaded under the same name with the same dtype, shape and values and hands it (and its
+    host copy) back, so each distinct weight exists once on the device and once on the host.
+    A weight whose values depend on the shape (e.g. a folded ``Shape``) is kept per value.
+    """
+
+    def __init__(self):
+        self._items: Dict[str, List[Tuple[np.ndarray, Any]]] = {}
+        self._backend: Optional[str] = None
+        self._lock = threading.Lock()
+        self.stats = {"shared": 0, "uploaded": 0}
+
+    def share(self, backend, name: str, host: np.ndarray) -> Tuple[np.ndarray, Any]:
+        """(host array, backend array) for weight ``name`` with value ``host``: the ones
+        already held when equal, else ``host`` uploaded now."""
+        host = np.asarray(host)
+        with self._lock:
+            if self._backend is None:
+                self._backend = backend.name
+            elif self._backend != backend.name:
+                raise EngineBuildError(f"a WeightCache holds {self._backend} weights; it cannot "
+                                       f"serve a {backend.name} build")
+            for h, d in self._items.get(name, ()):
+                if h.dtype == host.dtype and h.shape == host.shape and \
+                        (h is host or np.array_equal(h, host)):
+                    self.stats["shared"] += 1
+                    return h, d
+            dev = backend.upload(host)
+            self._items.setdefault(name, []).append((host, dev))
+            self.stats["uploaded"] += 1
+            return host, dev
+
+    def add(self, backend_name: str, host: Dict[str, np.ndarray], device: Dict[str, Any]) -> None:
+        """Holds the weights of an engine built or loaded elsewhere (e.g. from a plan)."""
+        with self._lock:
+            if self._backend is None:
+                self._backend = backend_name
+            for name, h in host.items():
+                if name in device and not any(x is h for x, _ in self._items.get(name, ())):
+                    self._items.setdefault(name, []).append((np.asarray(h), device[name]))
+
+    def __len__(self) -> int:
+        with self._lock:
+            return sum(len(v) for v in self._items.values())
 
 
 def optimize_network(net: Network, passes=None) -> Network:
@@ -110,9 +174,15 @@ def build_engine(model_or_network: Union[onnx.ModelProto, Network],
                 f"tensors {[t.name for t in dyn][:5]} have data-dependent shapes, which the "
                 f"{backend.name} backend cannot run; keep such ops (e.g. NonMaxSuppression) out "
                 f"of the segment")
-    weights = {k: backend.upload(v) for k, v in net.weights.items()}
+    if config.weight_cache is not None:
+        weights = {}
+        for k, v in net.weights.items():
+            net.weights[k], weights[k] = config.weight_cache.share(backend, k, v)
+    else:
+        weights = {k: backend.upload(v) for k, v in net.weights.items()}
     if config.tactic_timing:
-        timings = choose_tactics(net, backend, weights, config.timing_cache)
+        timings = choose_tactics(net, backend, weights, config.timing_cache,
+                                 choices=config.tactic_choices)
     else:
         from tftrt.engine.tactics import candidates
         timings = {}
@@ -124,7 +194,9 @@ def build_engine(model_or_network: Union[onnx.ModelProto, Network],
                          config.max_device_memory_bytes)
     engine = Engine(net, backend, precision, memory, config.to_json(), weights=weights,
                     device=backend.device_name())
-    engine.build_info = {"seconds": time.perf_counter() - t0, "tactic_timings": timings}
+    engine.build_info = {"seconds": time.perf_counter() - t0, "tactic_timings": timings,
+                         "timed_layers": len(timings),
+                         "reused_tactics": config.tactic_choices is not None}
     log.info("built engine %s: %d layers, %s, %d arena bytes in %.2fs", net.name,
              len(net.layers), precision, memory.arena_bytes, engine.build_info["seconds"])
     return engine

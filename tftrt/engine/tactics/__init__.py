@@ -4,8 +4,12 @@ A backend registers its tactics with :func:`register_tactic` (name, the layer ki
 saying whether it applies to a given layer, and optionally the scratch bytes it needs). The
 builder (:func:`choose_tactics`) times every applicable candidate on the backend with random
 inputs of the layer's real shapes and records the fastest name in ``layer.tactic``; a
-:class:`TimingCache` keyed by (backend, device, layer signature) skips re-timing. Kinds without
-registered tactics get "default".
+:class:`TimingCache` keyed by (backend, device, layer signature) skips re-timing, in the process
+and, backed by the on-disk build cache (``engine/build_cache.py``, :func:`persistent_timing_cache`),
+across processes. Kinds without registered tactics get "default".
+
+An engine built for another shape of an optimization profile takes the tactics chosen at the
+profile's opt shape (``choices``: layer name -> tactic) and times nothing.
 
 A tactic registered for :data:`ANY_KIND` is never a timed candidate: it stands for every layer
 that gets "default" (its kind has no tactic, or none applies) and gives that layer's workspace.
@@ -19,6 +23,7 @@ import dataclasses
 import json
 import logging
 import os
+import threading
 import time
 from typing import Callable, Dict, List, Optional
 
@@ -71,11 +76,20 @@ def workspace_bytes(backend: str, net: Network, layer: Layer) -> int:
 
 class TimingCache:
     """Chosen tactic per layer signature; serializable as JSON (``to_bytes``/``from_bytes``)
-    or kept in a file (``TimingCache(path)`` loads it, ``save()`` writes it)."""
+    or kept in a file (``TimingCache(path)`` loads it, ``save()`` writes it).
 
-    def __init__(self, path: Optional[str] = None):
+    With ``store`` (a :class:`tftrt.engine.build_cache.BuildCache`) every choice is also
+    written to the on-disk build cache, and a signature missing here is looked up there: a
+    layer configuration timed by any process of this environment is not timed again.
+    """
+
+    NAMESPACE = "tactics"
+
+    def __init__(self, path: Optional[str] = None, store=None):
         self.path = path
+        self.store = store
         self.entries: Dict[str, dict] = {}
+        self._lock = threading.Lock()
         if path and os.path.exists(path):
             with open(path, "rb") as f:
                 self.entries = json.loads(f.read().decode())
@@ -89,14 +103,26 @@ class TimingCache:
         return f"{backend}|{device}|" + json.dumps(sig, sort_keys=True, default=str)
 
     def get(self, key: str) -> Optional[str]:
-        e = self.entries.get(key)
+        with self._lock:
+            e = self.entries.get(key)
+        if e is None and self.store is not None:
+            e = self.store.get_json(self.NAMESPACE, key)
+            if not (isinstance(e, dict) and isinstance(e.get("tactic"), str)):
+                return None
+            with self._lock:
+                self.entries[key] = e
         return e["tactic"] if e else None
 
     def put(self, key: str, tactic: str, seconds: float) -> None:
-        self.entries[key] = {"tactic": tactic, "seconds": seconds}
+        entry = {"tactic": tactic, "seconds": seconds}
+        with self._lock:
+            self.entries[key] = entry
+        if self.store is not None:
+            self.store.put_json(self.NAMESPACE, key, entry)
 
     def to_bytes(self) -> bytes:
-        return json.dumps(self.entries).encode()
+        with self._lock:
+            return json.dumps(self.entries).encode()
 
     @staticmethod
     def from_bytes(data: bytes) -> "TimingCache":
@@ -107,6 +133,24 @@ class TimingCache:
     def save(self, path: Optional[str] = None) -> None:
         with open(path or self.path, "wb") as f:
             f.write(self.to_bytes())
+
+
+_PERSISTENT: Dict[tuple, TimingCache] = {}
+_PERSISTENT_LOCK = threading.Lock()
+
+
+def persistent_timing_cache(backend) -> TimingCache:
+    """The process's timing cache for ``backend`` (an object), backed by the on-disk build
+    cache when that is on (``TFTRT_BUILD_CACHE``, ``TFTRT_CACHE_DIR``): every engine op of the
+    process shares it, so each distinct layer configuration is timed once per environment."""
+    from tftrt.engine.build_cache import build_cache_for
+    store = build_cache_for(backend)
+    token = (backend.name, id(backend), store.directory if store is not None else None)
+    with _PERSISTENT_LOCK:
+        cache = _PERSISTENT.get(token)
+        if cache is None:
+            cache = _PERSISTENT[token] = TimingCache(store=store)
+        return cache
 
 
 def _time_runner(backend, runner, inputs, repeats: int, what: str = "a layer") -> float:
@@ -124,9 +168,17 @@ def _time_runner(backend, runner, inputs, repeats: int, what: str = "a layer") -
 
 
 def choose_tactics(net: Network, backend, weights: Dict[str, object],
-                   cache: Optional[TimingCache] = None, repeats: int = 2) -> Dict[str, dict]:
+                   cache: Optional[TimingCache] = None, repeats: int = 2,
+                   choices: Optional[Dict[str, str]] = None) -> Dict[str, dict]:
     """Sets ``layer.tactic`` for every layer of ``net`` (in place; ``net`` is the builder's
-    own copy). Returns {layer name: {tactic: seconds}} for the layers that were timed."""
+    own copy). Returns {layer name: {tactic: seconds}} for the layers that were timed.
+
+    Args:
+      cache: a :class:`TimingCache`: a signature found there is not timed; new choices go in.
+      choices: layer name -> tactic chosen for this network at another shape (an optimization
+        profile's opt shape). When given, nothing is timed: a layer takes its choice when that
+        tactic applies here, else a cached choice for its signature, else its first candidate.
+    """
     timings: Dict[str, dict] = {}
     device = backend.device_name()
     for layer in net.layers:
@@ -137,13 +189,17 @@ def choose_tactics(net: Network, backend, weights: Dict[str, object],
         if len(cands) == 1:
             layer.tactic = cands[0].name
             continue
+        names = [c.name for c in cands]
+        if choices is not None and choices.get(layer.name) in names:
+            layer.tactic = choices[layer.name]
+            continue
         key = TimingCache.key(backend.name, device, net, layer) if cache is not None else None
         hit = cache.get(key) if cache is not None else None
-        if hit and any(c.name == hit for c in cands):
+        if hit and hit in names:
             layer.tactic = hit
             continue
         static = all(not i or net.tensors[i].is_static for i in layer.inputs)
-        if not static:
+        if choices is not None or not static:
             layer.tactic = cands[0].name
             continue
         inputs = [None if not i else weights[i] if i in weights else

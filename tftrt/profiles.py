@@ -1,0 +1,420 @@
+"""Optimization profiles: one engine serving a range of input shapes, as TF-TRT built them.
+
+A :class:`Profile` gives, per engine input, a min, an opt and a max shape; it contains a set of
+input shapes when every dimension lies between min and max. :func:`make_profiles` forms them
+from the shapes ``converter.build()`` collected, with TF-TRT's strategies
+(tensorflow/compiler/tf2tensorrt/utils/trt_shape_optimization_profiles.cc):
+
+  * ``Range`` (TF-TRT's default): one profile, min = the element-wise minimum of the shapes,
+    opt = max = the element-wise maximum;
+  * ``Optimal``: one profile per distinct shape, min = opt = max = that shape;
+  * ``Range+Optimal``: the Optimal profiles, then the Range profile;
+  * ``ImplicitBatchModeCompatible``: one profile per distinct shape, opt = max = the shape,
+    min = the shape with batch (dimension 0) 1: an engine built for batch N serves every
+    batch up to N, as TF-TRT's implicit batch engines did (and TF1 static engines here).
+
+Shapes are deduplicated in the order seen; a dimension the network declares static is forced
+to its declared size (TF-TRT's ``EnforceCompatibility``). A call uses the first profile, in
+order, that contains its shapes (TF-TRT's ``GetProfileNumber``).
+
+A :class:`ProfileEngine` is one engine with all the profiles of an engine op: per profile, the
+engine built (and tuned) at its opt shape, and engines for the other shapes calls bring, built
+with the opt shape's tactics (no timing) and sharing the uploaded weights. It counts as one
+engine in the op's cache (``maximum_cached_engines``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+log = logging.getLogger("tftrt.profiles")
+
+ShapeKey = Tuple[Tuple[int, ...], ...]
+
+RANGE = "Range"
+OPTIMAL = "Optimal"
+RANGE_OPTIMAL = "Range+Optimal"
+IMPLICIT_BATCH_MODE_COMPATIBLE = "ImplicitBatchModeCompatible"
+STRATEGIES = (RANGE, OPTIMAL, RANGE_OPTIMAL, IMPLICIT_BATCH_MODE_COMPATIBLE)
+
+
+def check_strategy(name) -> str:
+    """TF-TRT's strategy name for ``name`` (any case); ValueError listing the valid ones."""
+    if isinstance(name, str):
+        for s in STRATEGIES:
+            if s.lower() == name.strip().lower():
+                return s
+    raise ValueError(f"profile strategy {name!r} is not supported; use one of "
+                     f"{list(STRATEGIES)} (TF-TRT's names, in any case)")
+
+
+def _key(shapes) -> ShapeKey:
+    return tuple(tuple(int(d) for d in s) for s in shapes)
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    """min / opt / max shape of every engine input (each a tuple of shapes)."""
+
+    min: ShapeKey
+    opt: ShapeKey
+    max: ShapeKey
+
+    def __post_init__(self):
+        for what in ("min", "opt", "max"):
+            object.__setattr__(self, what, _key(getattr(self, what)))
+        if not len(self.min) == len(self.opt) == len(self.max):
+            raise ValueError(f"profile has {len(self.min)}/{len(self.opt)}/{len(self.max)} "
+                             f"min/opt/max shapes: one per input each")
+        for i, (lo, op, hi) in enumerate(zip(self.min, self.opt, self.max)):
+            if not len(lo) == len(op) == len(hi):
+                raise ValueError(f"profile input {i}: min {lo}, opt {op}, max {hi} have "
+                                 f"different ranks")
+            if any(not 0 <= a <= b <= c for a, b, c in zip(lo, op, hi)):
+                raise ValueError(f"profile input {i}: min {lo} <= opt {op} <= max {hi} does "
+                                 f"not hold (with non-negative sizes)")
+
+    def contains(self, shapes) -> bool:
+        """Whether every input's shape lies between this profile's min and max."""
+        if len(shapes) != len(self.min):
+            return False
+        for s, lo, hi in zip(shapes, self.min, self.max):
+            if len(s) != len(lo) or any(not a <= int(d) <= b for d, a, b in zip(s, lo, hi)):
+                return False
+        return True
+
+    @property
+    def size(self) -> int:
+        """Elements of all inputs at max (what "the smallest engine" compares)."""
+        total = 0
+        for s in self.max:
+            n = 1
+            for d in s:
+                n *= d
+            total += n
+        return total
+
+    def to_json(self) -> dict:
+        return {"min": [list(s) for s in self.min], "opt": [list(s) for s in self.opt],
+                "max": [list(s) for s in self.max]}
+
+    @staticmethod
+    def from_json(d) -> "Profile":
+        """Raises ValueError (or TypeError / KeyError) for anything but a valid profile."""
+        if not isinstance(d, dict):
+            raise ValueError(f"a profile is a JSON object, not {type(d).__name__}")
+        return Profile(*(_key(d[k]) for k in ("min", "opt", "max")))
+
+    def __str__(self) -> str:
+        def one(lo, hi):
+            return "(" + ", ".join(str(a) if a == b else f"{a}..{b}"
+                                   for a, b in zip(lo, hi)) + ")"
+        return "[" + ", ".join(one(lo, hi) for lo, hi in zip(self.min, self.max)) + \
+            f"] opt {[list(s) for s in self.opt]}"
+
+
+def _dedupe(shapes: Iterable[Sequence[Sequence[int]]]) -> List[ShapeKey]:
+    seen, out = set(), []
+    for s in shapes:
+        k = _key(s)
+        if k not in seen:
+            seen.add(k)
+            out.append(k)
+    return out
+
+
+def implicit_batch_profile(shapes) -> Profile:
+    """opt = max = ``shapes``, min = the same with batch (dimension 0) 1 for every input of
+    rank >= 1: an engine built for batch N serving batches 1..N."""
+    k = _key(shapes)
+    lo = tuple(((1,) + s[1:]) if s and s[0] >= 1 else s for s in k)
+    return Profile(lo, k, k)
+
+
+def _range_profiles(shapes: List[ShapeKey]) -> List[Profile]:
+    """TF-TRT's RangeStrategy; shapes of different ranks (which TF-TRT refused) get one range
+    profile per rank signature, in the order first seen."""
+    groups: Dict[tuple, List[ShapeKey]] = {}
+    for s in shapes:
+        groups.setdefault(tuple(len(d) for d in s), []).append(s)
+    out = []
+    for group in groups.values():
+        lo = tuple(tuple(min(dims) for dims in zip(*inp)) for inp in zip(*group))
+        hi = tuple(tuple(max(dims) for dims in zip(*inp)) for inp in zip(*group))
+        out.append(Profile(lo, hi, hi))
+    return out
+
+
+def _enforce_declared(p: Profile, declared) -> Profile:
+    """Dimensions the network declares static are fixed to their declared size."""
+    if not declared:
+        return p
+
+    def fix(shapes):
+        out = []
+        for i, s in enumerate(shapes):
+            d = declared[i] if i < len(declared) else None
+            if d is None or len(d) != len(s):
+                out.append(s)
+            else:
+                out.append(tuple(s[k] if d[k] is None or int(d[k]) < 0 else int(d[k])
+                                 for k in range(len(s))))
+        return tuple(out)
+    return Profile(fix(p.min), fix(p.opt), fix(p.max))
+
+
+def make_profiles(shapes: Iterable[Sequence[Sequence[int]]], strategy: str,
+                  declared: Optional[Sequence[Optional[Sequence[Optional[int]]]]] = None
+                  ) -> List[Profile]:
+    """The optimization profiles TF-TRT formed from collected input shapes.
+
+    Args:
+      shapes: one entry per call: the shapes of the engine's inputs.
+      strategy: one of :data:`STRATEGIES` (any case).
+      declared: the engine inputs' declared shapes (None or None dims: unknown).
+    Returns:
+      The profiles, in TF-TRT's order (empty when ``shapes`` is).
+    """
+    strategy = check_strategy(strategy)
+    unique = _dedupe(shapes)
+    if not unique:
+        return []
+    if strategy == RANGE:
+        profiles = _range_profiles(unique)
+    elif strategy == OPTIMAL:
+        profiles = [Profile(s, s, s) for s in unique]
+    elif strategy == RANGE_OPTIMAL:
+        profiles = [Profile(s, s, s) for s in unique] + _range_profiles(unique)
+    else:
+        profiles = [implicit_batch_profile(s) for s in unique]
+    return [_enforce_declared(p, declared) for p in profiles]
+
+
+def choose_profile(profiles: Sequence[Profile], shapes) -> Optional[int]:
+    """Index of the first profile containing ``shapes`` (TF-TRT's rule), or None."""
+    for i, p in enumerate(profiles):
+        if p.contains(shapes):
+            return i
+    return None
+
+
+# --- an engine with profiles ---------------------------------------------------------------
+
+# build(shapes, tactic_choices or None, weight_cache) -> a runtime Engine for exactly `shapes`
+BuildFn = Callable[[ShapeKey, Optional[Dict[str, str]], object], object]
+
+
+def tactic_choices(engine) -> Dict[str, str]:
+    """layer name -> tactic of a built or loaded engine (what its profile's shapes reuse)."""
+    return {l.name: l.tactic for l in engine.network.layers if l.tactic}
+
+
+class ProfileEngine:
+    """One engine holding optimization profiles (see the module doc).
+
+    Args:
+      profiles: the profiles, in routing order.
+      build: builds a runtime engine for exact shapes (see :data:`BuildFn`); tactic choices
+        None means "time the tactics" (a profile's opt shape).
+      backend: the backend name every engine of it runs on.
+    """
+
+    def __init__(self, profiles: Sequence[Profile], build: BuildFn, backend: str):
+        from tftrt.engine.builder import WeightCache
+        self.profiles: List[Profile] = list(profiles)
+        self.backend = backend
+        self.weight_cache = WeightCache()
+        self._build = build
+        self._opt: List[Optional[object]] = [None] * len(self.profiles)
+        self._engines: Dict[ShapeKey, object] = {}
+        self._failed: Dict[ShapeKey, str] = {}
+        self._lock = threading.RLock()
+        # tuned: engines built with tactic timing (one per distinct opt shape);
+        # shapes: engines for other shapes of a profile (no timing)
+        self.stats = {"tuned": 0, "shapes": 0, "timed_layers": 0}
+
+    # --- building ----------------------------------------------------------------------------
+    def build_profiles(self) -> "ProfileEngine":
+        """Builds (and tunes) the engine at every profile's opt shape."""
+        for i in range(len(self.profiles)):
+            self._opt_engine(i)
+        return self
+
+    def _opt_engine(self, i: int):
+        with self._lock:
+            if self._opt[i] is not None:
+                return self._opt[i]
+            opt = self.profiles[i].opt
+            engine = self._engines.get(opt)
+            if engine is None:
+                engine = self._build(opt, None, self.weight_cache)
+                self.stats["tuned"] += 1
+                self.stats["timed_layers"] += int(engine.build_info.get("timed_layers", 0))
+                self._engines[opt] = engine
+            self._set_opt(i, engine)
+            return engine
+
+    def _set_opt(self, i: int, engine) -> None:
+        self._opt[i] = engine
+        # A plan of this engine carries every profile and says which ones it is the opt-shape
+        # engine of: one plan restores the whole profile set (engine_op.add_engine).
+        engine.config["profiles"] = {
+            "all": [p.to_json() for p in self.profiles],
+            "opt_of": [k for k in range(len(self.profiles)) if self._opt[k] is engine]}
+
+    def add_opt_engine(self, index: int, engine) -> None:
+        """Takes ``engine`` (loaded from a plan) as profile ``index``'s opt-shape engine."""
+        with self._lock:
+            if engine.input_shapes != [tuple(s) for s in self.profiles[index].opt]:
+                raise ValueError(f"engine for shapes {engine.input_shapes} is not profile "
+                                 f"{index}'s opt shape {list(self.profiles[index].opt)}")
+            self.weight_cache.add(engine.backend, engine.network.weights, engine.weights)
+            self._engines[self.profiles[index].opt] = engine
+            self._set_opt(index, engine)
+
+    def profile_index(self, shapes) -> Optional[int]:
+        return choose_profile(self.profiles, shapes)
+
+    def contains(self, shapes) -> bool:
+        return self.profile_index(shapes) is not None
+
+    def engine_for(self, shapes):
+        """The runtime engine for exactly ``shapes`` (built now without tuning when new).
+
+        Raises:
+          KeyError: no profile contains ``shapes``.
+          Exception: the build for these shapes failed (again, with the first reason).
+        """
+        key = _key(shapes)
+        engine = self._engines.get(key)
+        if engine is not None:
+            return engine
+        i = self.profile_index(key)
+        if i is None:
+            raise KeyError(f"no optimization profile contains input shapes {key}")
+        with self._lock:
+            engine = self._engines.get(key)
+            if engine is not None:
+                return engine
+            if key in self._failed:
+                raise RuntimeError(self._failed[key])
+            opt = self._opt_engine(i)
+            try:
+                engine = self._build(key, tactic_choices(opt), self.weight_cache)
+            except Exception as e:
+                self._failed[key] = f"{type(e).__name__}: {e}"
+                raise
+            self.stats["shapes"] += 1
+            self.stats["timed_layers"] += int(engine.build_info.get("timed_layers", 0))
+            self._engines[key] = engine
+            return engine
+
+    # --- what the op, saving and summary read ---------------------------------------------
+    def opt_engines(self) -> List[Tuple[List[int], object]]:
+        """(profile indices, engine) per distinct opt-shape engine built or loaded."""
+        out: List[Tuple[List[int], object]] = []
+        for i, e in enumerate(self._opt):
+            if e is None:
+                continue
+            for idx, known in out:
+                if known is e:
+                    idx.append(i)
+                    break
+            else:
+                out.append(([i], e))
+        return out
+
+    @property
+    def shapes(self) -> List[ShapeKey]:
+        """Every exact shape an engine was built or loaded for."""
+        return list(self._engines)
+
+    def _first(self):
+        for e in self._opt:
+            if e is not None:
+                return e
+        raise RuntimeError("this ProfileEngine has no engine built yet")
+
+    # Engine-like surface (summary, tests and benchmarks read engines through op.cache).
+    @property
+    def network(self):
+        return self._first().network
+
+    @property
+    def backend_impl(self):
+        return self._first().backend_impl
+
+    @property
+    def precision(self) -> str:
+        return self._first().precision
+
+    @property
+    def device(self) -> str:
+        return self._first().device
+
+    @property
+    def weights(self):
+        return self._first().weights
+
+    @property
+    def build_info(self) -> dict:
+        return self._first().build_info
+
+    @property
+    def input_names(self) -> List[str]:
+        return self._first().input_names
+
+    @property
+    def device_memory_bytes(self) -> int:
+        """The largest activation memory of its engines (one runs at a time per context)."""
+        return max((e.device_memory_bytes for e in self._engines.values()), default=0)
+
+    @property
+    def weight_bytes(self) -> int:
+        return self._first().weight_bytes
+
+    @property
+    def num_layers(self) -> int:
+        return self._first().num_layers
+
+    def layers_summary(self):
+        return self._first().layers_summary()
+
+    def execute(self, inputs):
+        """Runs the engine for the inputs' shapes (see :meth:`engine_for`)."""
+        if isinstance(inputs, dict):
+            names = self.input_names
+            inputs = [inputs[n] for n in names]
+        return self.engine_for([tuple(x.shape) for x in inputs]).execute(inputs)
+
+    def describe(self) -> dict:
+        return {"profiles": [p.to_json() for p in self.profiles],
+                "shapes": [list(map(list, k)) for k in self._engines], "stats": dict(self.stats)}
+
+    def __repr__(self) -> str:
+        return (f"<ProfileEngine {len(self.profiles)} profile(s) "
+                f"{'; '.join(str(p) for p in self.profiles)}: {len(self._engines)} shape(s) "
+                f"built, {self.backend}>")
+
+
+def profiles_from_config(config) -> Optional[Tuple[List[Profile], List[int]]]:
+    """(every profile, the indices whose opt-shape engine this is) from a plan's engine config;
+    None when it names no profiles.
+
+    Raises ValueError (or TypeError / KeyError) for a malformed entry (the caller ignores the
+    plan and the op rebuilds)."""
+    raw = (config or {}).get("profiles")
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ValueError("'profiles' is not a JSON object")
+    profiles = [Profile.from_json(d) for d in raw["all"]]
+    opt_of = raw["opt_of"]
+    if not profiles or not isinstance(opt_of, list) or not opt_of or any(
+            not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < len(profiles)
+            for i in opt_of):
+        raise ValueError(f"'profiles' names no profile or bad indices ({opt_of!r})")
+    return profiles, list(opt_of)
