@@ -4,22 +4,33 @@ Layout of a saved directory (besides TensorFlow's own files):
 
     assets/tftrt/manifest.json      format version, signature, engines (spec + files), the
                                     sha256 of converted.pb and of each segment network
-    assets/tftrt/converted.pb       the converted GraphDef, segments as native calls
-    assets/tftrt/<engine>.onnx      each segment network
+    assets/tftrt/converted.pb       the converted GraphDef, segments as native calls; its
+                                    function library is left out (``converted.functions``
+                                    names the functions, which saved_model.pb holds)
+    assets/tftrt/<engine>.onnx      each segment network; the initializers that are constants
+                                    of the native segment are stored without their bytes
+                                    (``weights`` in the manifest, see tftrt/shared_weights.py)
     assets/tftrt/<engine>_<k>.plan  built engines (plans: JSON header + raw weights, no code;
                                     the header names the engine and its network's sha256)
 
 The signature itself calls ``<engine>_native_segment`` functions (PartitionedCall nodes marked
 ``_tftrt_engine``), so ``tf.saved_model.load`` runs everything natively with correct results.
-``tftrt.load`` reads the manifest, swaps those calls for engine ops and restores the plans.
+``tftrt.load`` reads the manifest, takes the functions from saved_model.pb, puts the segment
+networks' weights back from their constants, swaps the native calls for engine ops and
+restores the plans. So each weight is stored once natively (saved_model.pb) and once per
+built engine (its plan, in the engine's precision), not also in converted.pb and the ONNX.
 
 A saved model serves only itself. saved_model.pb holds the sha256 of the manifest (a function
 ``_tftrt_assets_sha256`` of the saved object returns it), and the manifest holds the digests
-of the files it names; tftrt.load checks the chain and, when a link is broken (assets copied
-from another model, edited, truncated) or the format is not this tftrt's, warns and returns
-the plain SavedModel, which still computes this model's results natively. Manifest file names
-must stay inside assets/tftrt. Readers ignore manifest keys they do not know: a new optional
-field needs no new FORMAT_VERSION, a change old readers would misread does.
+of the files it names and of each rebuilt segment network (``network_sha256``, which plans
+name too); tftrt.load checks the chain and, when a link is broken (assets copied from another
+model, edited, truncated) or the format is not this tftrt's, warns and returns the plain
+SavedModel, which still computes this model's results natively. Manifest file names must stay
+inside assets/tftrt. Readers ignore manifest keys they do not know: a new optional field
+needs no new FORMAT_VERSION, a change old readers would misread does. Models saved before
+weights were shared (full converted.pb and ONNX, no ``functions`` / ``weights`` keys) load as
+before; a tftrt from before that change refuses the new layout (converted.pb has no native
+segment function: a warning and the plain SavedModel), it never misreads it.
 
 save() writes into a sibling directory and swaps it in at the end, so a save that fails or is
 killed leaves the model that was there loadable.
@@ -36,7 +47,7 @@ import shutil
 import uuid
 from typing import Dict, Optional
 
-from tftrt import conversion, rewrite
+from tftrt import conversion, rewrite, shared_weights
 from tftrt.env import env_bool
 from tftrt.engine.plan import serialize_engine
 from tftrt.engine_op import EngineSpec, TRTEngineOp
@@ -171,55 +182,118 @@ def _write_saved_model(converter, path: str, save_gpu_specific_engines: bool, op
     fdefs = converter._native_fdefs  # pylint: disable=protected-access
 
     gd, outputs = conversion.native_form_graph_def(info, seg.segments, ops, fdefs)
+    sig_fn = rewrite.graph_signature_function(
+        gd, info.inputs, outputs, sig.input_names, sig.frozen_func.inputs,
+        sig.func.structured_outputs, sig.func.structured_input_signature)
+    key = converter._input_saved_model_signature_key  # pylint: disable=protected-access
+    if options is None:
+        # A converted model is for inference: tracing every op type's gradient function
+        # (TF's default) cost seconds for a BERT-sized graph and saves nothing it uses.
+        options = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
     adir = os.path.join(path, ASSET_DIR)
+    for share in (True, False):
+        manifest = _write_assets(adir, converter, gd, outputs, save_gpu_specific_engines, share)
+        manifest_sha = _write_file(os.path.join(adir, MANIFEST),
+                                   json.dumps(manifest, indent=1).encode())
+        module = tf.Module()
+        # The manifest's digest lives in saved_model.pb (a constant of a saved function), which
+        # a copy of another model's assets/tftrt does not bring along.
+        setattr(module, ASSETS_DIGEST_ATTR,
+                tf.function(lambda: tf.constant(manifest_sha), input_signature=[]))
+        tf.saved_model.save(module, path, signatures={key: sig_fn}, options=options)
+        if not share:
+            break
+        try:
+            # Read back what tftrt.load will: the functions from saved_model.pb and the
+            # segment networks rebuilt from their constants, byte for byte.
+            _engines_from_manifest(path, adir, manifest, None)
+            break
+        except SavedAssetsError as err:
+            log.warning("the saved model cannot share its weights with saved_model.pb (%s); "
+                        "writing full copies of the graph and the segment networks", err)
+            shutil.rmtree(adir)
+    log.info("wrote %d engine op(s) (%d plan(s)) to %s", len(manifest["engines"]),
+             sum(len(e["plans"]) for e in manifest["engines"]), path)
+
+
+def _write_assets(adir: str, converter, gd, outputs, save_gpu_specific_engines: bool,
+                  share: bool) -> dict:
+    """Writes converted.pb, the segment networks and the plans into ``adir``; returns the
+    manifest. With ``share``, converted.pb leaves out its function library (saved_model.pb
+    holds it) and the networks leave out the weights their native segment holds."""
+    from tensorflow.core.framework import graph_pb2
+    from tftrt.engine.plan import network_sha256
+    sig = converter._sig  # pylint: disable=protected-access
+    info = sig.info
+    ops: Dict[str, TRTEngineOp] = converter._engine_ops  # pylint: disable=protected-access
+    fdefs = converter._native_fdefs  # pylint: disable=protected-access
     os.makedirs(adir)
-    converted_sha = _write_file(os.path.join(adir, CONVERTED), gd.SerializeToString())
+    stored_gd, functions = gd, []
+    if share:
+        stored_gd = graph_pb2.GraphDef()
+        stored_gd.versions.CopyFrom(gd.versions)
+        stored_gd.node.extend(gd.node)
+        stored_gd.library.gradient.extend(gd.library.gradient)
+        functions = [f.signature.name for f in gd.library.function]
+    converted = {"file": CONVERTED,
+                 "sha256": _write_file(os.path.join(adir, CONVERTED),
+                                       stored_gd.SerializeToString())}
+    if functions:
+        converted["functions"] = functions
     engines = []
     for name, op in ops.items():
         onnx_file = f"{name}.onnx"
-        onnx_sha = _write_file(os.path.join(adir, onnx_file), op.spec.onnx_bytes)
+        network_sha = network_sha256(op.spec.onnx_bytes)
+        stored, refs = op.spec.onnx_bytes, []
+        if share and name in fdefs:
+            stored, refs = shared_weights.share(op.spec.onnx_bytes, fdefs[name])
+        onnx_sha = _write_file(os.path.join(adir, onnx_file), stored)
         plans = []
         if save_gpu_specific_engines:
-            for k, (shape_key, engine) in enumerate(op.cache.items()):
+            # An engine with optimization profiles saves one plan per opt-shape engine, all
+            # under its cache key; each plan's config holds the profiles (what restores them).
+            for k, (shape_key, engine, profiles) in enumerate(op.plan_items()):
                 plan_file = f"{name}_{k}.plan"
                 # The plan names its engine and network, so a loader can refuse a plan file
-                # that belongs to another engine (onnx_sha is network_sha256 of the same bytes).
-                _write_file(os.path.join(adir, plan_file), serialize_engine(engine, name, onnx_sha))
+                # that belongs to another engine.
+                _write_file(os.path.join(adir, plan_file),
+                            serialize_engine(engine, name, network_sha))
                 plans.append({"input_shapes": [list(s) for s in shape_key], "file": plan_file,
                               "backend": getattr(engine, "backend", None)})
-        engines.append({"spec": op.spec.to_json(), "onnx": onnx_file, "onnx_sha256": onnx_sha,
-                        "plans": plans})
-    key = converter._input_saved_model_signature_key  # pylint: disable=protected-access
-    manifest = {
+                if profiles:
+                    plans[-1]["profiles"] = profiles
+        entry = {"spec": op.spec.to_json(), "onnx": onnx_file, "onnx_sha256": onnx_sha,
+                 "plans": plans}
+        if refs:
+            entry["network_sha256"] = network_sha
+            entry["weights"] = refs
+        engines.append(entry)
+    return {
         "format_version": FORMAT_VERSION,
-        "signature_key": key,
+        "signature_key": converter._input_saved_model_signature_key,  # pylint: disable=W0212
         "inputs": list(info.inputs),
         "outputs": list(outputs),
         "input_names": list(sig.input_names),
         "input_specs": [{"dtype": t.dtype.name, "shape": t.shape.as_list()
                          if t.shape.rank is not None else None}
                         for t in sig.frozen_func.inputs],
-        "converted": {"file": CONVERTED, "sha256": converted_sha},
+        "converted": converted,
         "engines": engines,
+        "conversion": _conversion_report(info, converter._segmentation, ops),  # noqa: W0212
     }
-    manifest_sha = _write_file(os.path.join(adir, MANIFEST),
-                               json.dumps(manifest, indent=1).encode())
 
-    sig_fn = rewrite.graph_signature_function(
-        gd, info.inputs, outputs, sig.input_names, sig.frozen_func.inputs,
-        sig.func.structured_outputs, sig.func.structured_input_signature)
-    module = tf.Module()
-    # The manifest's digest lives in saved_model.pb (a constant of a saved function), which
-    # a copy of another model's assets/tftrt does not bring along.
-    setattr(module, ASSETS_DIGEST_ATTR,
-            tf.function(lambda: tf.constant(manifest_sha), input_signature=[]))
-    if options is None:
-        # A converted model is for inference: tracing every op type's gradient function
-        # (TF's default) cost seconds for a BERT-sized graph and saves nothing it uses.
-        options = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
-    tf.saved_model.save(module, path, signatures={key: sig_fn}, options=options)
-    log.info("wrote %d engine op(s) (%d plan(s)) to %s", len(engines),
-             sum(len(e["plans"]) for e in engines), path)
+
+def _conversion_report(info, seg, ops: Dict[str, TRTEngineOp]) -> dict:
+    """What summary() reports about the whole graph, for `tftrt inspect` (optional key)."""
+    import collections
+    from tftrt.segment import BOUNDARY_OPS
+    native_ops = [n for n, node in info.nodes.items() if node.op not in BOUNDARY_OPS]
+    in_engine = {n for op in ops.values() for n in op.spec.member_nodes}
+    left = collections.Counter(info.nodes[n].op for n in native_ops
+                               if n not in in_engine and info.nodes[n].op != "Const")
+    return {"ops_total": len(native_ops), "ops_converted": len(in_engine),
+            "left_native": dict(left.most_common()),
+            "reasons": seg.unconverted_reasons(info) if seg is not None else {}}
 
 
 class LoadedModel:
@@ -345,10 +419,11 @@ def _read_manifest(mpath: str):
 
 
 def _engines_from_manifest(path: str, adir: str, manifest: dict, loaded):
+    """(manifest, converted GraphDef with its functions, {engine name: TRTEngineOp} with
+    plans restored). ``loaded`` None: only check that the graph and every segment network
+    can be rebuilt (what save() does before it keeps a model that shares its weights)."""
     import tensorflow as tf
-    from google.protobuf.message import DecodeError
-    from tensorflow.core.framework import graph_pb2
-    if manifest["signature_key"] not in loaded.signatures:
+    if loaded is not None and manifest["signature_key"] not in loaded.signatures:
         raise SavedAssetsError(f"the manifest's signature {manifest['signature_key']!r} is not "
                                f"one of the SavedModel's ({sorted(loaded.signatures)})")
     for s in manifest["input_specs"]:
@@ -356,31 +431,99 @@ def _engines_from_manifest(path: str, adir: str, manifest: dict, loaded):
     for k in ("inputs", "outputs", "input_names"):
         if not all(isinstance(n, str) for n in manifest[k]):
             raise SavedAssetsError(f"the manifest's {k!r} are not all tensor names")
-    conv = manifest["converted"]
+    gd = _restore_graph(path, adir, manifest["converted"])
+    # Check every name before reading any plan.
+    plan_paths = [[_asset_path(path, adir, p["file"]) for p in e["plans"]]
+                  for e in manifest["engines"]]
+    ops: Dict[str, TRTEngineOp] = {}
+    for e, paths in zip(manifest["engines"], plan_paths):
+        spec, fdef = _restore_network(path, adir, e, gd, manifest["converted"]["file"])
+        if loaded is None:
+            continue
+        op = conversion.engine_op_from_spec(spec, fdef)
+        conversion.restore_plans(op, [(p, functools.partial(_read, f))
+                                      for p, f in zip(e["plans"], paths)])
+        ops[spec.name] = op
+    return manifest, gd, ops
+
+
+def _restore_graph(path: str, adir: str, conv: dict):
+    """converted.pb (digest checked), with the functions it leaves to saved_model.pb."""
+    from google.protobuf.message import DecodeError
+    from tensorflow.core.framework import graph_pb2
     data = _read_checked(_asset_path(path, adir, conv["file"]), conv["sha256"])
     gd = graph_pb2.GraphDef()
     try:
         gd.ParseFromString(data)
     except DecodeError as err:
         raise SavedAssetsError(f"{conv['file']} is not a GraphDef ({err})") from None
+    names = conv.get("functions")
+    if names is not None:
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise SavedAssetsError("the manifest's converted 'functions' are not all names")
+        library = _saved_model_functions(path)
+        missing = [n for n in names if n not in library]
+        if missing:
+            raise SavedAssetsError(f"saved_model.pb lacks the function(s) {missing[:3]} that "
+                                   f"{conv['file']} calls")
+        have = {f.signature.name for f in gd.library.function}
+        for n in names:
+            if n not in have:
+                gd.library.function.add().CopyFrom(_with_default_attrs(library[n]))
+    return gd
+
+
+def _with_default_attrs(fdef):
+    """``fdef`` with the attributes TensorFlow's save dropped for having their default value
+    put back: the function as conversion made it. (The same name with another definition is
+    refused when this process already registered the converted one.)"""
+    from tensorflow.python.framework import op_def_registry
+    for node in fdef.node_def:
+        op_def = op_def_registry.get(node.op)
+        if op_def is None:  # a call of a library function
+            continue
+        for a in op_def.attr:
+            if a.name not in node.attr and a.HasField("default_value"):
+                node.attr[a.name].CopyFrom(a.default_value)
+    return fdef
+
+
+def _saved_model_functions(path: str) -> dict:
+    """Function name -> FunctionDef of every meta graph in ``path``/saved_model.pb (the root
+    of trust: it holds the manifest's digest). TensorFlow drops attributes that have their
+    default value when it saves; the functions are the same to TensorFlow."""
+    from google.protobuf.message import DecodeError
+    from tensorflow.core.protobuf import saved_model_pb2
+    sm = saved_model_pb2.SavedModel()
+    try:
+        sm.ParseFromString(_read(os.path.join(path, "saved_model.pb")))
+    except (OSError, DecodeError) as err:
+        raise SavedAssetsError(f"saved_model.pb cannot be read for the native segment "
+                               f"functions ({err})") from None
+    return {f.signature.name: f for mg in sm.meta_graphs for f in mg.graph_def.library.function}
+
+
+def _restore_network(path: str, adir: str, e: dict, gd, converted_file: str):
+    """(EngineSpec with its whole segment network, native segment FunctionDef) of manifest
+    engine entry ``e``; the network's shared weights come from the function's constants."""
+    stored = _read_checked(_asset_path(path, adir, e["onnx"]), e["onnx_sha256"])
+    _check_no_external_data(stored, e["onnx"])
+    spec = EngineSpec.from_json(e["spec"], stored)
     fdefs = {f.signature.name: f for f in gd.library.function}
     calls = {n.name: n.attr["f"].func.name for n in gd.node if rewrite.ENGINE_ATTR in n.attr}
-    # Check every name before reading any plan.
-    plan_paths = [[_asset_path(path, adir, p["file"]) for p in e["plans"]]
-                  for e in manifest["engines"]]
-    ops: Dict[str, TRTEngineOp] = {}
-    for e, paths in zip(manifest["engines"], plan_paths):
-        onnx_bytes = _read_checked(_asset_path(path, adir, e["onnx"]), e["onnx_sha256"])
-        _check_no_external_data(onnx_bytes, e["onnx"])
-        spec = EngineSpec.from_json(e["spec"], onnx_bytes)
-        if calls.get(spec.name) not in fdefs:
-            raise SavedAssetsError(f"{conv['file']} has no engine node {spec.name!r} calling a "
-                                   f"native segment function")
-        op = conversion.engine_op_from_spec(spec, fdefs[calls[spec.name]])
-        conversion.restore_plans(op, [(p, functools.partial(_read, f))
-                                      for p, f in zip(e["plans"], paths)])
-        ops[spec.name] = op
-    return manifest, gd, ops
+    if calls.get(spec.name) not in fdefs:
+        raise SavedAssetsError(f"{converted_file} has no engine node {spec.name!r} calling a "
+                               f"native segment function")
+    fdef = fdefs[calls[spec.name]]
+    refs = e.get("weights")
+    if refs is not None:
+        if not isinstance(refs, list) or not isinstance(e.get("network_sha256"), str):
+            raise SavedAssetsError(f"the manifest's weights of {e['onnx']} are malformed")
+        try:
+            spec.onnx_bytes = shared_weights.restore(stored, refs, fdef, e["network_sha256"])
+        except shared_weights.SharedWeightsError as err:
+            raise SavedAssetsError(f"{e['onnx']} cannot be rebuilt: {err}") from None
+    return spec, fdef
 
 
 def _asset_path(path: str, adir: str, name) -> str:
