@@ -404,18 +404,22 @@ def test_softmax_masked_rows(op, cols, dtype):
 
 @pytest.mark.parametrize("channels", [3, 16])  # 16: the 16-byte vector kernel
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
-def test_max_pool_propagates_nan_as_tf_gpu(channels, dtype):
-    """TF's GPU MaxPool (cuDNN, NaN propagation on) gives NaN for a window holding one and
-    -inf for a window of -inf; the CPU kernels skip NaN instead (the numpy reference)."""
+def test_max_pool_skips_nan_as_tf_gpu(channels, dtype):
+    """TF's GPU MaxPool skips NaN: a window holding one gives the max of the others, a window
+    of NaN or of -inf gives -inf (tests/gpu/test_nonfinite_tf_gpu.py checks it against TF)."""
     x = rand(1, channels, 4, 4).astype(dtype)
     x[0, :, 0, 1] = np.nan
+    x[0, :, 0:2, 2:4] = np.nan
     x[0, :, 2:, 2:] = -np.inf
     model = make_model([N("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], strides=[2, 2])],
                        {"x": x})
     _, gpu = _engines(model, {"x": x})
     y = cp.asnumpy(gpu.execute([x])[0])
-    want = x.reshape(1, channels, 2, 2, 2, 2).max(axis=(3, 5))  # np.max propagates NaN
+    windows = np.where(np.isnan(x), -np.inf, x).reshape(1, channels, 2, 2, 2, 2)
+    want = windows.max(axis=(3, 5))
     assert y.dtype == dtype
+    assert not np.isnan(y).any()
+    assert np.isneginf(y[0, :, 0, 1]).all() and np.isneginf(y[0, :, 1, 1]).all()
     np.testing.assert_array_equal(y, want)
 
 

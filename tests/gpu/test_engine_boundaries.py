@@ -123,8 +123,8 @@ def test_three_engines_move_no_float_tensor_to_the_host(converted, tmp_path):
     logdir = str(tmp_path / "prof")
     tf.profiler.experimental.start(logdir)
     for _ in range(5):
-        out = fn(x=x)["y"]
-    _ = out._copy_to_device("/GPU:0") if hasattr(out, "_copy_to_device") else out
+        fn(x=x)
+    tf.test.experimental.sync_devices()  # the calls' GPU work inside the trace, no copy
     tf.profiler.experimental.stop()
     copies = d2h_copies(logdir)
     print("D2H copies during 5 calls:", copies)

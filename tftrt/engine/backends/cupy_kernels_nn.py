@@ -72,7 +72,8 @@ class PoolKernel:
             val = load_expr(dtype, "x[base]")
         lines.append(f"    #pragma unroll\n    for (int v = 0; v < {V}; ++v) {{")
         lines.append(f"      {acc_t} w = ({acc_t}){val};")
-        lines.append("      acc[v] = (w != w || w > acc[v]) ? w : acc[v];" if is_max else
+        # TF's GPU MaxPool skips NaN (an all-NaN window is -inf), measured on an H200.
+        lines.append("      acc[v] = (w > acc[v]) ? w : acc[v];" if is_max else
                      "      acc[v] += w;")
         lines.append("    }\n  }")
         lines += loops

@@ -105,6 +105,9 @@ class ArgReduce(Impl):
         a = self.layer.attrs
         x, ax = ins[0], a["axis"]
         f = cp.argmax if a["op"] == "max" else cp.argmin
+        if x.dtype.kind == "f":
+            # TF's ArgMax / ArgMin (GPU and CPU kernels) never pick NaN; all NaN is index 0.
+            x = cp.where(cp.isnan(x), -cp.inf if a["op"] == "max" else cp.inf, x)
         if a["select_last_index"]:
             idx = x.shape[ax] - 1 - f(cp.flip(x, ax), axis=ax)
         else:

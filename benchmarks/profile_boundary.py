@@ -1,0 +1,170 @@
+"""Where an engine boundary's time goes, on the GPU through TensorFlow (issue 13, item 0).
+
+The model of bench_boundary.py (three engines, a native Cos between each pair), batch 1. Prints
+medians (each call ended by a device synchronize) of:
+  * the engine-form signature call, and the time spent inside the engine callbacks, split into
+    DLPack in, the wait for TensorFlow, engine.execute, the wait for the engine, DLPack out;
+  * TF's own floor: a tf.function of three identity EagerPyFuncs with Cos between;
+  * a Python-level pipeline: engine ops called directly with a Cos between each pair, the Cos
+    as an eager op, as a ConcreteFunction call, and with the stream waits off;
+  * the pieces alone: eager Cos, a ConcreteFunction Cos, cudaDeviceSynchronize, DLPack.
+
+    python benchmarks/profile_boundary.py [--calls 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import tempfile
+import time
+
+import numpy as np
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--calls", type=int, default=300)
+    ap.add_argument("--batch", type=int, default=1)
+    args = ap.parse_args(argv)
+    import tensorflow as tf
+    import cupy as cp
+    from tftrt import trt_convert as trt, tensor_bridge, engine_op
+    from tests.gpu.test_engine_boundaries import ThreeEngines, SEPARATOR
+
+    d = tempfile.mkdtemp()
+    m = ThreeEngines()
+    tf.saved_model.save(m, d + "/src", signatures=m.__call__)
+    os.environ["TF_TRT_OP_DENYLIST"] = SEPARATOR
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=d + "/src", minimum_segment_size=2,
+                                   precision_mode="FP16")
+    fn = conv.convert()
+    del os.environ["TF_TRT_OP_DENYLIST"]
+    with tf.device("/GPU:0"):
+        x = tf.constant(np.random.RandomState(0).standard_normal((args.batch, 64))
+                        .astype(np.float32))
+    conv.build(lambda: iter([(x.numpy(),)]))
+    ops = [conv.engine_ops[k] for k in sorted(conv.engine_ops)]
+    rows = []
+
+    def median_ms(call, n=None):
+        for _ in range(30):
+            call()
+        cp.cuda.runtime.deviceSynchronize()
+        times = []
+        for _ in range(n or args.calls):
+            t0 = time.perf_counter()
+            call()
+            cp.cuda.runtime.deviceSynchronize()
+            times.append(time.perf_counter() - t0)
+        return float(np.median(times)) * 1e3
+
+    def row(name, ms):
+        rows.append((name, ms))
+        print(f"{name:<58}{ms:>9.4f} ms", flush=True)
+
+    # 1. the signature, and the callback's pieces
+    row("signature call (engine form, 3 engines)", median_ms(lambda: fn(x=x)))
+    spent = collections.defaultdict(list)
+
+    def timed(owner, attr, label):
+        orig = getattr(owner, attr)
+
+        def wrapper(*a, **k):
+            t0 = time.perf_counter()
+            try:
+                return orig(*a, **k)
+            finally:
+                spent[label].append(time.perf_counter() - t0)
+        setattr(owner, attr, wrapper)
+        return orig
+
+    saved = [(engine_op.TRTEngineOp, "try_engine",
+              timed(engine_op.TRTEngineOp, "try_engine", "callback: try_engine total")),
+             (tensor_bridge, "to_backend",
+              timed(tensor_bridge, "to_backend", "callback: DLPack in (per input)")),
+             (tensor_bridge, "wait_for_tensorflow",
+              timed(tensor_bridge, "wait_for_tensorflow", "callback: wait for TF")),
+             (tensor_bridge, "wait_for_engine",
+              timed(tensor_bridge, "wait_for_engine", "callback: wait for engine")),
+             (tensor_bridge, "from_backend",
+              timed(tensor_bridge, "from_backend", "callback: DLPack out (per output)"))]
+    engines = [e for op in ops for _, e in op.cache.items()]
+    for e in engines:
+        saved.append((e, "execute", timed(e, "execute", "callback: engine.execute (host)")))
+    median_ms(lambda: fn(x=x), 200)
+    for owner, attr, orig in saved:
+        if owner in engines:
+            del owner.execute  # back to the class's method
+        else:
+            setattr(owner, attr, orig)
+    for label, ts in spent.items():
+        row(label, float(np.median(ts)) * 1e3)
+
+    # 2. TF's floor: EagerPyFunc identities with Cos between, on the GPU
+    def ident(t):
+        return t
+
+    @tf.function
+    def three_pyfuncs(t):
+        with tf.device("/GPU:0"):
+            for i in range(3):
+                t = tf.py_function(ident, [t], tf.float32)
+                if i < 2:
+                    t = tf.cos(t)
+        return t
+    row("tf.function: 3 identity EagerPyFuncs + 2 Cos (GPU)", median_ms(lambda: three_pyfuncs(x)))
+
+    @tf.function
+    def two_cos(t):
+        return tf.cos(tf.cos(t))
+    row("tf.function: 2 Cos", median_ms(lambda: two_cos(x)))
+
+    # 3. a Python-level pipeline
+    cos_fn = tf.function(lambda t: tf.cos(t)).get_concrete_function(
+        tf.TensorSpec(x.shape, tf.float32))
+
+    def pipeline_eager():
+        t = ops[0](x)[0]
+        t = ops[1](tf.cos(t))[0]
+        return ops[2](tf.cos(t))[0]
+
+    def pipeline_fn():
+        t = ops[0](x)[0]
+        t = ops[1](cos_fn(t))[0]
+        return ops[2](cos_fn(t))[0]
+    got = pipeline_eager().numpy()
+    want = fn(x=x)
+    want = (list(want.values())[0] if isinstance(want, dict) else want).numpy()
+    print("pipeline max |diff| vs signature:", float(np.max(np.abs(got - want))))
+    row("pipeline: 3 engine calls + 2 eager Cos", median_ms(pipeline_eager))
+    row("pipeline: 3 engine calls + 2 ConcreteFunction Cos", median_ms(pipeline_fn))
+    os.environ["TFTRT_STREAM_SYNC"] = "0"
+    row("pipeline, stream waits off: 3 engines + 2 eager Cos", median_ms(pipeline_eager))
+    del os.environ["TFTRT_STREAM_SYNC"]
+
+    # 4. pieces
+    row("eager Cos", median_ms(lambda: tf.cos(x)))
+    row("ConcreteFunction Cos", median_ms(lambda: cos_fn(x)))
+    row("ConcreteFunction Cos via _call_flat",
+        median_ms(lambda: cos_fn._call_flat([x], cos_fn.captured_inputs)))  # noqa
+    row("cudaDeviceSynchronize (idle GPU)", median_ms(lambda: None))
+    arr = tensor_bridge.to_backend(x, "cupy")
+    row("DLPack TF -> CuPy", median_ms(lambda: tensor_bridge.to_backend(x, "cupy")))
+    row("DLPack CuPy -> TF", median_ms(lambda: tensor_bridge.from_backend(arr, "cupy",
+                                                                          np.dtype("float32"))))
+    for op, e in zip(ops, engines):
+        xs = [tensor_bridge.to_backend(x, "cupy")]
+        row(f"{op.name}: engine.execute + stream sync",
+            median_ms(lambda: e.execute(xs)))
+        row(f"{op.name}: op(x) direct (DLPack, waits, execute)",
+            median_ms(lambda: op(x)))
+    per = (rows[0][1] - sum(r[1] for r in rows if r[0].endswith("op(x) direct (DLPack, waits, "
+                                                                   "execute)"))
+           - rows[[r[0] for r in rows].index("tf.function: 2 Cos")][1])
+    print(f"signature minus direct engine calls minus 2 Cos: {per:.4f} ms")
+
+
+if __name__ == "__main__":
+    main()
