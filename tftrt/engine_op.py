@@ -8,6 +8,16 @@ function (bound through an ``EagerPyFunc`` node). A call:
   4. runs it; when the build or the run fails, or nothing may be built, it runs the native
      segment function instead and logs why once (env
      ``TF_TRT_ALLOW_ENGINE_NATIVE_SEGMENT_EXECUTION=0`` turns that into an error).
+
+With optimization profiles (``use_dynamic_shape=True``, and TF1 static engines, which serve
+every batch up to theirs) the cache holds :class:`tftrt.profiles.ProfileEngine` objects: one
+engine for a range of shapes, routed to by the profile that contains the call's shapes
+(TF-TRT's rule: the first one). A shape no profile contains builds a new one (one profile by
+the op's strategy) when runtime builds are allowed, else runs natively with one log line.
+``converter.build()`` first collects the shapes of all its inputs (running natively, as
+TF-TRT did), then builds one engine holding every profile they form. When calls keep evicting
+engines (the shapes in use need more than ``maximum_cached_engines``) one warning says which
+setting to change.
 """
 
 from __future__ import annotations
@@ -23,7 +33,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from tftrt import profiles as P
+
 log = logging.getLogger("tftrt.engine_op")
+
+# Rebuilds of shapes an evicted engine served, before the one warning that the cache is too
+# small for the shapes in use.
+THRASH_WARN_AFTER = 3
 
 BACKENDS = ("auto", "cupy", "numpy", "native")
 
@@ -87,6 +103,8 @@ class EngineSpec:
     allow_build_at_runtime: bool = True
     member_nodes: List[str] = dataclasses.field(default_factory=list)  # TF nodes inside
     max_batch_size: Optional[int] = None  # TF1 static mode: larger batches run natively
+    use_dynamic_shape: bool = False  # engines hold optimization profiles (TF-TRT's option)
+    profile_strategy: str = P.RANGE  # how build() forms them (profiles.STRATEGIES)
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -100,7 +118,8 @@ class EngineSpec:
 
 
 class EngineCache:
-    """LRU of engines keyed by the tuple of input shapes."""
+    """LRU of engines keyed by the tuple of input shapes (a ProfileEngine: the shapes it was
+    first built or loaded for)."""
 
     def __init__(self, capacity: int):
         self.capacity = max(int(capacity), 1)
@@ -114,9 +133,14 @@ class EngineCache:
 
     def put(self, key: ShapeKey, engine) -> Optional[ShapeKey]:
         """Inserts; returns the evicted key when the cache was full."""
+        evicted = self.put_evicting(key, engine)
+        return None if evicted is None else evicted[0]
+
+    def put_evicting(self, key: ShapeKey, engine) -> Optional[Tuple[ShapeKey, object]]:
+        """Inserts; returns the evicted (key, engine) when the cache was full."""
         evicted = None
         if key not in self._items and len(self._items) >= self.capacity:
-            evicted, _ = self._items.popitem(last=False)
+            evicted = self._items.popitem(last=False)
         self._items[key] = engine
         self._items.move_to_end(key)
         return evicted
@@ -138,7 +162,7 @@ class TRTEngineOp:
         self.spec = spec
         self.native_fn = native_fn
         self.cache = EngineCache(spec.maximum_cached_engines)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._logged: set = set()
         self._failed_keys: Dict[ShapeKey, str] = {}
         self.stats = collections.Counter()
@@ -146,10 +170,28 @@ class TRTEngineOp:
         # True during converter.build(): engines are built for its shapes even with
         # allow_build_at_runtime=False, which governs only the calls after it (TF-TRT).
         self.building = False
+        # True during converter.build() with use_dynamic_shape: calls record their shapes and
+        # run natively; build_profiles() then builds one engine for all of them (TF-TRT).
+        self.collecting = False
+        self.collected: List[ShapeKey] = []
+        self._network = None  # the segment network, imported once
+        self._evicted: "collections.deque" = collections.deque(maxlen=256)
+        self._thrash_warned = False
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def profile_strategy(self) -> Optional[str]:
+        """How this op's engines serve shapes: a TF-TRT profile strategy (engines with
+        optimization profiles), or None (an engine per exact input shape). TF1 static engines
+        serve every batch up to theirs: ImplicitBatchModeCompatible."""
+        if self.spec.use_dynamic_shape:
+            return P.check_strategy(self.spec.profile_strategy or P.RANGE)
+        if self.spec.max_batch_size:
+            return P.IMPLICIT_BATCH_MODE_COMPATIBLE
+        return None
 
     # --- public ------------------------------------------------------------------------------
     def __call__(self, *inputs):
@@ -180,6 +222,13 @@ class TRTEngineOp:
         limit = self.spec.max_batch_size
         if limit and key and key[0] and key[0][0] > limit:
             return self._fallback(f"batch {key[0][0]} is larger than max_batch_size={limit}")
+        if self.collecting:
+            # TF-TRT's profile generation mode: the native segment runs while build()
+            # collects shapes (even with native segment execution disabled).
+            with self._lock:
+                self.collected.append(key)
+                self.stats["collected"] += 1
+            return None
         engine, why = self._engine_for(key, backend, force=self.building)
         if engine is None:
             return self._fallback(why)
@@ -195,9 +244,42 @@ class TRTEngineOp:
         return outs
 
     def add_engine(self, key: ShapeKey, engine) -> None:
-        """Puts an already built (e.g. deserialized) engine into the cache."""
+        """Puts an already built (e.g. deserialized) engine into the cache.
+
+        An engine whose plan names optimization profiles joins the ProfileEngine cached under
+        ``key`` (or starts one); a plan without profiles on an op that uses them (TF1 static
+        engines, earlier tftrt) gets the profile its mode gives: batch 1..N for TF1 static and
+        ImplicitBatchModeCompatible, exactly its shapes otherwise.
+        """
+        key = tuple(tuple(int(d) for d in s) for s in key)
+        try:
+            info = P.profiles_from_config(getattr(engine, "config", None))
+        except (KeyError, TypeError, ValueError) as err:
+            log.warning("%s: a saved engine names malformed optimization profiles (%s: %s); "
+                        "it is not used and will rebuild", self.name, type(err).__name__, err)
+            return
+        strategy = self.profile_strategy
+        if info is None and strategy is not None:
+            prof = (P.implicit_batch_profile(key) if strategy == P.IMPLICIT_BATCH_MODE_COMPATIBLE
+                    else P.Profile(key, key, key))
+            info = ([prof], [0])
         with self._lock:
-            self.cache.put(key, engine)
+            if info is None:
+                self.cache.put(key, engine)
+                return
+            profiles, opt_of = info
+            pe = self.cache.get(key)
+            if not (isinstance(pe, P.ProfileEngine) and pe.profiles == profiles and
+                    pe.backend == engine.backend):
+                pe = P.ProfileEngine(profiles, self._builder(engine.backend), engine.backend)
+            for i in opt_of:
+                try:
+                    pe.add_opt_engine(i, engine)
+                except ValueError as err:
+                    log.warning("%s: a saved engine does not match its optimization profile "
+                                "(%s); it is not used and will rebuild", self.name, err)
+                    return
+            self.cache.put(key, pe)
 
     def build_for(self, key: ShapeKey, backend: Optional[str] = None):
         """Builds (or returns the cached) engine for input shapes ``key``."""
@@ -207,44 +289,194 @@ class TRTEngineOp:
             raise RuntimeError(why)
         return engine
 
+    def build_profiles(self, backend: Optional[str] = None) -> Optional["P.ProfileEngine"]:
+        """converter.build() with use_dynamic_shape, after collecting: builds one engine
+        holding every profile the collected shapes form (TF-TRT's strategy), tuned at each
+        profile's opt shape. A failed build is logged; its shapes then run natively.
+
+        Returns the ProfileEngine, or None (nothing collected, native backend, failure).
+        """
+        with self._lock:
+            shapes, self.collected = list(self.collected), []
+        backend = backend or resolve_backend()
+        if not shapes or backend == "native":
+            return None
+        strategy = self.profile_strategy or P.RANGE
+        profiles = P.make_profiles(shapes, strategy, self.spec.input_shapes)
+        with self._lock:
+            try:
+                pe = self._new_profile_engine(profiles, backend)
+            except Exception as e:
+                from tftrt.gpu_memory import explain_out_of_memory
+                e = explain_out_of_memory(e)
+                why = (f"engine build failed for the optimization profiles "
+                       f"{[str(p) for p in profiles]}: {type(e).__name__}: {e}")
+                log.warning("%s: %s; these shapes run the native segment", self.name, why)
+                for s in shapes:
+                    self._failed_keys[s] = why
+                return None
+            self._insert(shapes[0], pe)
+        log.info("%s: built one engine with %d optimization profile(s) (%s): %s", self.name,
+                 len(profiles), strategy, "; ".join(str(p) for p in profiles))
+        return pe
+
+    def plan_items(self) -> List[Tuple[ShapeKey, object, Optional[dict]]]:
+        """(cache key, engine, its profiles or None) for every engine to save: each exact
+        engine, and each opt-shape engine of a ProfileEngine (all under its key; their plans
+        carry the profiles, see :meth:`add_engine`)."""
+        out = []
+        with self._lock:
+            for key, entry in self.cache.items():
+                if isinstance(entry, P.ProfileEngine):
+                    for _, engine in entry.opt_engines():
+                        out.append((key, engine, engine.config.get("profiles")))
+                else:
+                    out.append((key, entry, None))
+        return out
+
     # --- internals ---------------------------------------------------------------------------
+    def _find(self, key: ShapeKey, backend: str):
+        """(cache key, entry) serving ``key`` on ``backend``, or None: the engine for exactly
+        ``key``, else the ProfileEngine with a profile containing it. Across engines the one
+        whose chosen profile is smallest wins (TF-TRT's implicit batch: the smallest engine
+        that fits); inside one, the first profile that contains it (TF-TRT's rule)."""
+        entry = self.cache.get(key)
+        if entry is not None and getattr(entry, "backend", backend) == backend and (
+                not isinstance(entry, P.ProfileEngine) or entry.contains(key)):
+            return key, entry
+        best = None
+        for k, e in self.cache.items():
+            if not isinstance(e, P.ProfileEngine) or e.backend != backend:
+                continue
+            i = e.profile_index(key)
+            if i is not None:
+                size = e.profiles[i].size
+                if best is None or size <= best[0]:
+                    best = (size, k, e)
+        if best is None:
+            return None
+        self.cache.get(best[1])  # most recently used
+        return best[1], best[2]
+
     def _engine_for(self, key: ShapeKey, backend: str, force: bool = False):
         with self._lock:
-            engine = self.cache.get(key)
-            if engine is not None and getattr(engine, "backend", backend) == backend:
+            hit = self._find(key, backend)
+            if hit is not None:
+                entry = hit[1]
+                if not isinstance(entry, P.ProfileEngine):
+                    return entry, None
+                try:
+                    engine = entry.engine_for(key)
+                except Exception as e:
+                    from tftrt.gpu_memory import explain_out_of_memory
+                    e = explain_out_of_memory(e)
+                    return None, (f"engine build failed for input shapes {key} (inside an "
+                                  f"optimization profile): {type(e).__name__}: {e}")
                 return engine, None
+            strategy = self.profile_strategy
             if not (self.spec.allow_build_at_runtime or force):
-                return None, (f"no engine for input shapes {key} and allow_build_at_runtime="
-                              f"False (call converter.build() with these shapes before save())")
+                what = ("no optimization profile of the engine contains input shapes"
+                        if strategy else "no engine for input shapes")
+                return None, (f"{what} {key} and allow_build_at_runtime=False (call "
+                              f"converter.build() with these shapes before save())")
             if key in self._failed_keys:
                 return None, self._failed_keys[key]
             try:
-                engine = self._build(key, backend)
+                if strategy is None:
+                    engine = entry = self._build(key, backend)
+                else:
+                    profiles = P.make_profiles([key], strategy, self.spec.input_shapes)
+                    entry = self._new_profile_engine(profiles, backend)
+                    engine = entry.engine_for(key)
             except Exception as e:
                 from tftrt.gpu_memory import explain_out_of_memory
                 e = explain_out_of_memory(e)
                 why = f"engine build failed for input shapes {key}: {type(e).__name__}: {e}"
                 self._failed_keys[key] = why
                 return None, why
-            evicted = self.cache.put(key, engine)
-            if evicted is not None:
-                log.info("%s: engine cache full (maximum_cached_engines=%d); evicted the "
-                         "engine for %s", self.name, self.cache.capacity, evicted)
+            self._insert(key, entry)
             return engine, None
 
-    def _build(self, key: ShapeKey, backend: str):
+    def _insert(self, key: ShapeKey, entry) -> None:
+        """Caches a newly built engine; tracks evictions (see :meth:`_note_rebuild`)."""
+        self._note_rebuild(key)
+        evicted = self.cache.put_evicting(key, entry)
+        if evicted is not None:
+            self.stats["evictions"] += 1
+            old_key, old = evicted
+            self._evicted.append(old.profiles if isinstance(old, P.ProfileEngine) else old_key)
+            log.info("%s: engine cache full (maximum_cached_engines=%d); evicted the engine for "
+                     "%s", self.name, self.cache.capacity, old_key)
+
+    def _note_rebuild(self, key: ShapeKey) -> None:
+        """Counts builds for shapes an evicted engine served; warns once when they keep coming:
+        the cache is smaller than the set of shapes in use, and every call may pay a build."""
+        def served(ev):
+            if isinstance(ev, list):
+                return P.choose_profile(ev, key) is not None
+            return ev == key
+        if not any(served(ev) for ev in self._evicted):
+            return
+        self.stats["rebuilds_after_eviction"] += 1
+        if self.stats["rebuilds_after_eviction"] >= THRASH_WARN_AFTER and not self._thrash_warned:
+            self._thrash_warned = True
+            if self.profile_strategy is None:
+                advice = ("raise maximum_cached_engines (TrtGraphConverterV2 / "
+                          "TrtConversionParams), or convert with use_dynamic_shape=True and "
+                          "call converter.build() with inputs spanning the shapes in use, so "
+                          "one engine serves a range of shapes")
+            else:
+                advice = ("call converter.build() with inputs spanning the shapes in use, so "
+                          "the engine's optimization profiles contain them, or raise "
+                          "maximum_cached_engines")
+            log.warning("%s: calls keep evicting engines: %d engines were built again for "
+                        "input shapes an evicted engine served, because the shapes in use need "
+                        "more engines than maximum_cached_engines=%d; every such call waits for "
+                        "a build. To fix it, %s.", self.name,
+                        self.stats["rebuilds_after_eviction"], self.cache.capacity, advice)
+
+    def _new_profile_engine(self, profiles, backend: str) -> "P.ProfileEngine":
+        pe = P.ProfileEngine(profiles, self._builder(backend), backend).build_profiles()
+        self.stats["builds"] += 1
+        return pe
+
+    def _builder(self, backend: str):
+        """The build function a ProfileEngine calls (see profiles.BuildFn). Counts
+        ``stats["tuned_builds"]`` (a profile's opt shape, tactics timed) and
+        ``stats["shape_builds"]`` (another shape of a profile: its tactics, no timing)."""
+        def build(key, tactic_choices, weight_cache):
+            engine = self._build(key, backend, tactic_choices, weight_cache, count=False)
+            with self._lock:
+                self.stats["tuned_builds" if tactic_choices is None else "shape_builds"] += 1
+            return engine
+        return build
+
+    def _imported_network(self):
+        """The segment network, parsed once (every build binds its own copy)."""
+        if self._network is None:
+            import onnx
+            from tftrt.engine import network_from_onnx
+            self._network = network_from_onnx(onnx.load_from_string(self.spec.onnx_bytes))
+        return self._network
+
+    def _build(self, key: ShapeKey, backend: str, tactic_choices=None, weight_cache=None,
+               count: bool = True):
         from tftrt.engine import BuilderConfig, build_engine
-        import onnx
-        model = onnx.load_from_string(self.spec.onnx_bytes)
+        from tftrt.engine.backends import get_backend
+        from tftrt.engine.tactics import persistent_timing_cache
         shapes = {f"TensorRTInputPH_{i}": s for i, s in enumerate(key)}
         config = BuilderConfig(precision=self.spec.precision_mode, backend=backend,
                                max_workspace_size_bytes=self.spec.max_workspace_size_bytes,
-                               allow_tf32=_tf32_enabled())
+                               allow_tf32=_tf32_enabled(),
+                               timing_cache=persistent_timing_cache(get_backend(backend)),
+                               tactic_choices=tactic_choices, weight_cache=weight_cache)
         t0 = time.perf_counter()
-        engine = build_engine(model, shapes, config)
+        engine = build_engine(self._imported_network(), shapes, config)
         self.build_seconds[key] = time.perf_counter() - t0
-        self.stats["builds"] += 1
-        log.info("%s: built a %s engine for input shapes %s in %.2f s", self.name, backend,
+        if count:
+            self.stats["builds"] += 1
+        what = "built" if tactic_choices is None else "built (profile's tactics, no timing)"
+        log.info("%s: %s a %s engine for input shapes %s in %.2f s", self.name, what, backend,
                  key, self.build_seconds[key])
         return engine
 
@@ -279,9 +511,14 @@ class TRTEngineOp:
         return None
 
     def describe(self) -> dict:
-        return {"name": self.name,
-                "cached_engines": [list(map(list, k)) for k in self.cache.keys()],
-                "stats": dict(self.stats)}
+        d = {"name": self.name,
+             "cached_engines": [list(map(list, k)) for k in self.cache.keys()],
+             "stats": dict(self.stats)}
+        profiles = {str(list(map(list, k))): e.describe() for k, e in self.cache.items()
+                    if isinstance(e, P.ProfileEngine)}
+        if profiles:
+            d["profiles"] = profiles
+        return d
 
 
 def spec_to_json(specs: Sequence[EngineSpec]) -> str:

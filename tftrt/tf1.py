@@ -35,7 +35,9 @@ class TrtGraphConverter:
       input_graph_def: a frozen GraphDef to convert.
       nodes_denylist: node names that must stay native (the outputs you will fetch);
         ``nodes_blacklist`` is accepted as the old name.
-      max_batch_size: static mode builds engines for this batch; a larger batch runs natively.
+      max_batch_size: static mode builds engines for this batch, and each serves every batch
+        up to it (TF-TRT's implicit batch: one engine, its tactics, no rebuild); a larger
+        batch runs natively.
       is_dynamic_op: False (static mode) builds engines in convert() for fully defined shapes.
     """
 
@@ -149,9 +151,12 @@ class TrtGraphConverter:
             node.attr[activation.SPEC_ATTR].s = json.dumps(op.spec.to_json()).encode()
             node.attr[activation.ONNX_ATTR].s = op.spec.onnx_bytes
             blobs = node.attr[activation.PLANS_ATTR].list.s
-            for key, engine in op.cache.items():
-                blobs.append(json.dumps({"input_shapes": [list(s) for s in key],
-                                         "backend": getattr(engine, "backend", None)}).encode())
+            for key, engine, profiles in op.plan_items():
+                meta = {"input_shapes": [list(s) for s in key],
+                        "backend": getattr(engine, "backend", None)}
+                if profiles:
+                    meta["profiles"] = profiles  # also in the plan's config, which restores them
+                blobs.append(json.dumps(meta).encode())
                 blobs.append(serialize_engine(engine, op.name,
                                               network_sha256(op.spec.onnx_bytes)))
         return gd

@@ -51,6 +51,18 @@ def supported_profile_strategies() -> List[str]:
             TrtProfileStrategy.RANGE_OPTIMAL, TrtProfileStrategy.IMPLICIT_BATCH_MODE_COMPATIBLE]
 
 
+def _check_profile_strategy(strategy, use_dynamic_shape: bool) -> str:
+    """TF-TRT's strategy name (any case accepted, as TF-TRT did); ValueError otherwise."""
+    from tftrt import profiles
+    if strategy is None:
+        return TrtProfileStrategy.RANGE
+    strategy = profiles.check_strategy(strategy)
+    if not use_dynamic_shape:
+        log.warning("dynamic_shape_profile_strategy=%r has no effect without "
+                    "use_dynamic_shape=True: engines are built per input shape", strategy)
+    return strategy
+
+
 TrtConversionParams = collections.namedtuple(
     "TrtConversionParams",
     ["max_workspace_size_bytes", "precision_mode", "minimum_segment_size",
@@ -91,8 +103,12 @@ class TrtGraphConverterV2:
       input_saved_model_dir: the SavedModel to convert.
       input_saved_model_tags: MetaGraph tags, default ["serve"].
       input_saved_model_signature_key: signature to convert, default "serving_default".
-      use_dynamic_shape: accepted for compatibility; engines are built per input shape.
-      dynamic_shape_profile_strategy: one of supported_profile_strategies().
+      use_dynamic_shape: True: each engine holds optimization profiles and serves every
+        input shape inside them (build() collects the shapes that form them); False
+        (default): an engine per input shape.
+      dynamic_shape_profile_strategy: how build() forms the profiles, one of
+        supported_profile_strategies() (default "Range": one profile from the smallest to
+        the largest shape seen); see tftrt/profiles.py.
       max_workspace_size_bytes, precision_mode, minimum_segment_size, maximum_cached_engines,
       use_calibration, allow_build_at_runtime: the TrtConversionParams fields.
       conversion_params: a TrtConversionParams (deprecated in TF-TRT, still honoured).
@@ -126,11 +142,8 @@ class TrtGraphConverterV2:
         self._input_saved_model_signature_key = (input_saved_model_signature_key
                                                  or graph_io.DEFAULT_SIGNATURE_KEY)
         self._use_dynamic_shape = bool(use_dynamic_shape)
-        strategy = dynamic_shape_profile_strategy or TrtProfileStrategy.RANGE
-        if strategy not in supported_profile_strategies():
-            raise ValueError(f"profile strategy {strategy!r} is not supported; use one of "
-                             f"{supported_profile_strategies()}")
-        self._profile_strategy = strategy
+        self._profile_strategy = _check_profile_strategy(dynamic_shape_profile_strategy,
+                                                         self._use_dynamic_shape)
         self._need_calibration = (self._conversion_params.precision_mode == "INT8"
                                   and self._conversion_params.use_calibration)
         self._converted = False
@@ -172,6 +185,9 @@ class TrtGraphConverterV2:
     def _convert_graph(self, sig):
         from tftrt import conversion
         result = conversion.convert_graph(sig.info, self._conversion_params)
+        for op in result.engine_ops.values():
+            op.spec.use_dynamic_shape = self._use_dynamic_shape
+            op.spec.profile_strategy = self._profile_strategy
         self._segmentation = result.segmentation
         self._engine_ops = result.engine_ops
         self._native_fdefs = result.native_fdefs
@@ -190,6 +206,12 @@ class TrtGraphConverterV2:
     def build(self, input_fn: Callable):
         """Builds engines for the input shapes ``input_fn`` yields.
 
+        Without use_dynamic_shape, one engine per distinct input shape. With it, as TF-TRT:
+        every input first runs natively while each engine op collects its input shapes, then
+        each op builds one engine holding the optimization profiles those shapes form (the
+        converter's dynamic_shape_profile_strategy), and the first input runs once more
+        through the engines.
+
         Args:
           input_fn: a generator yielding one input each step: an array, a tuple/list in the
             signature's input order, or a dict keyed by input name.
@@ -203,16 +225,30 @@ class TrtGraphConverterV2:
             raise NotImplementedError("build() is already called. It is not supported to call "
                                       "build() more than once.")
         self._build_called_once = True
-        seen = 0
-        for op in self._engine_ops.values():
+        ops = list(self._engine_ops.values())
+        seen, first = 0, None
+        for op in ops:
             op.building = True
+            op.collecting = self._use_dynamic_shape
         try:
             for inp in input_fn():
-                self._call_with(inp)
+                args = self._normalize_inputs(inp)
+                if first is None:
+                    first = args
+                self._converted_func(**args)
                 seen += 1
+            if self._use_dynamic_shape:
+                for op in ops:
+                    op.collecting = False
+                for op in ops:
+                    op.build_profiles()
+                if first is not None:
+                    self._converted_func(**first)
         finally:
-            for op in self._engine_ops.values():
+            for op in ops:
                 op.building = False
+                op.collecting = False
+                op.collected = []
         if seen == 0:
             raise ValueError("input_fn yielded no inputs: it must yield at least one batch")
 

@@ -1,0 +1,322 @@
+"""Optimization profiles (use_dynamic_shape, TF-TRT's strategies), implicit batch, routing,
+out-of-range shapes, the eviction warning and saved profiles, through TensorFlow on the numpy
+backend, against native TensorFlow; and profile construction against hand-computed ranges."""
+
+import logging
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tftrt
+from tests.integration import models
+from tests.tolerances import MODEL_TOLERANCES
+from tftrt import profiles as P
+from tftrt import trt_convert as trt
+from tftrt.engine import tactics
+from tftrt.engine_op import TRTEngineOp
+from tftrt.profiles import Profile
+
+S = (8, 8, 3)  # H, W, C of the conv model
+
+
+@pytest.fixture(autouse=True)
+def build_cache_in_tmp(tmp_path, monkeypatch):
+    monkeypatch.setenv("TFTRT_CACHE_DIR", str(tmp_path / "build_cache"))
+
+
+# --- profile construction (TF-TRT's strategies), routing ---------------------------------------
+
+SEEN = [[(4, 8, 8, 3)], [(1, 8, 8, 3)], [(2, 16, 8, 3)], [(4, 8, 8, 3)]]  # one input
+
+
+@pytest.mark.parametrize("strategy,expected", [
+    ("Range", [Profile([(1, 8, 8, 3)], [(4, 16, 8, 3)], [(4, 16, 8, 3)])]),
+    ("Optimal", [Profile([s], [s], [s]) for s in [(4, 8, 8, 3), (1, 8, 8, 3), (2, 16, 8, 3)]]),
+    ("Range+Optimal", [Profile([s], [s], [s]) for s in [(4, 8, 8, 3), (1, 8, 8, 3),
+                                                        (2, 16, 8, 3)]] +
+     [Profile([(1, 8, 8, 3)], [(4, 16, 8, 3)], [(4, 16, 8, 3)])]),
+    ("ImplicitBatchModeCompatible", [Profile([(1, 8, 8, 3)], [(4, 8, 8, 3)], [(4, 8, 8, 3)]),
+                                     Profile([(1, 8, 8, 3)], [(1, 8, 8, 3)], [(1, 8, 8, 3)]),
+                                     Profile([(1, 16, 8, 3)], [(2, 16, 8, 3)],
+                                             [(2, 16, 8, 3)])]),
+])
+def test_profiles_of_each_strategy(strategy, expected):
+    assert P.make_profiles(SEEN, strategy) == expected
+    assert P.make_profiles(SEEN, strategy.upper()) == expected  # any case, as TF-TRT
+    assert P.make_profiles([], strategy) == []
+
+
+def test_profiles_of_two_inputs_and_declared_dims():
+    seen = [[(2, 5), (2, 7, 1)], [(6, 3), (6, 9, 1)]]
+    (r,) = P.make_profiles(seen, "Range")
+    assert r == Profile([(2, 3), (2, 7, 1)], [(6, 5), (6, 9, 1)], [(6, 5), (6, 9, 1)])
+    # TF-TRT's EnforceCompatibility: a dimension the network declares stays at its size
+    (p,) = P.make_profiles([[(2, 6)]], "ImplicitBatchModeCompatible", declared=[[2, None]])
+    assert p == Profile([(2, 6)], [(2, 6)], [(2, 6)])
+    (p,) = P.make_profiles([[(2, 6)]], "ImplicitBatchModeCompatible", declared=[[None, 6]])
+    assert p == Profile([(1, 6)], [(2, 6)], [(2, 6)])
+
+
+def test_routing_takes_the_first_profile_that_contains_the_shapes():
+    profiles = P.make_profiles(SEEN, "Range+Optimal")
+    assert P.choose_profile(profiles, [(1, 8, 8, 3)]) == 1   # its own Optimal profile
+    assert P.choose_profile(profiles, [(3, 12, 8, 3)]) == 3  # only the Range profile
+    assert P.choose_profile(profiles, [(5, 8, 8, 3)]) is None
+    assert P.choose_profile(profiles, [(2, 8, 8, 4)]) is None
+    assert P.choose_profile(profiles, [(2, 8, 8)]) is None   # another rank
+    implicit = P.make_profiles(SEEN, "ImplicitBatchModeCompatible")
+    assert P.choose_profile(implicit, [(1, 8, 8, 3)]) == 0   # first, not the tightest (TF-TRT)
+
+
+def test_bad_profiles_and_strategies_are_refused():
+    with pytest.raises(ValueError, match="min .* <= opt .* <= max"):
+        Profile([(4, 3)], [(2, 3)], [(8, 3)])
+    with pytest.raises(ValueError, match="different ranks"):
+        Profile([(4, 3)], [(4, 3, 1)], [(4, 3)])
+    with pytest.raises(ValueError, match=r"profile strategy 'Fastest' is not supported; use one "
+                       r"of \['Range', 'Optimal', 'Range\+Optimal', 'ImplicitBatchModeCompat"):
+        P.make_profiles(SEEN, "Fastest")
+
+
+# --- through TensorFlow -------------------------------------------------------------------------
+
+def conv_weights():
+    rng = np.random.RandomState(0)
+    return (rng.randn(3, 3, 3, 8).astype(np.float32) * 0.3, rng.randn(8).astype(np.float32),
+            rng.randn(1, 1, 8, 4).astype(np.float32) * 0.3)
+
+
+def conv_net(x, w1, b1, w2):
+    h = tf.nn.relu(tf.nn.bias_add(tf.nn.conv2d(x, w1, 1, "SAME"), b1))
+    return tf.nn.conv2d(h, w2, 1, "SAME")
+
+
+class ConvNet(tf.Module):
+    """conv3x3 + bias + relu, conv1x1 (two numpy tactics: timed), batch, H and W unknown."""
+
+    def __init__(self):
+        self.w = [tf.constant(w) for w in conv_weights()]
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="x")])
+    def __call__(self, x):
+        return {"y": conv_net(x, *self.w)}
+
+
+@pytest.fixture(scope="module")
+def conv_dir(tmp_path_factory):
+    return models.save_module(ConvNet(), str(tmp_path_factory.mktemp("dyn") / "conv"))
+
+
+@pytest.fixture(scope="module")
+def native(conv_dir):
+    return tf.saved_model.load(conv_dir).signatures["serving_default"]
+
+
+def image(b, h=8, w=8, seed=None):
+    return models.batch((b, h, w, 3), seed=b * 100 + h + w if seed is None else seed)
+
+
+def check(fn, native, x):
+    got = fn(x=tf.constant(x))["y"].numpy()
+    rtol, atol = MODEL_TOLERANCES["FP32"]
+    np.testing.assert_allclose(got, native(x=tf.constant(x))["y"].numpy(), rtol=rtol, atol=atol)
+
+
+def convert(conv_dir, **kw):
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=conv_dir, **kw)
+    fn = conv.convert()
+    (op,) = conv.engine_ops.values()
+    return conv, fn, op
+
+
+def profile_engine(op):
+    (entry,) = [e for _, e in op.cache.items()]
+    assert isinstance(entry, P.ProfileEngine)
+    return entry
+
+
+@pytest.fixture()
+def timed(monkeypatch):
+    """Names of the tactics timed from now on."""
+    calls = []
+    real = tactics._time_runner
+
+    def counting(backend, runner, inputs, repeats, what="a layer"):
+        calls.append(what)
+        return real(backend, runner, inputs, repeats, what)
+    monkeypatch.setattr(tactics, "_time_runner", counting)
+    monkeypatch.setenv("TFTRT_BUILD_CACHE", "0")  # every choice is timed, none comes from disk
+    return calls
+
+
+def test_range_profile_serves_every_batch_without_tuning(conv_dir, native, timed):
+    conv, fn, op = convert(conv_dir, use_dynamic_shape=True)
+    conv.build(lambda: iter([(image(1),), (image(8),)]))
+    pe = profile_engine(op)
+    assert pe.profiles == [Profile([(1, *S)], [(8, *S)], [(8, *S)])]
+    assert op.stats["builds"] == 1 and op.stats["tuned_builds"] == 1
+    assert len(timed) == 2  # the 1x1 conv's two tactics, at the opt shape only
+    del timed[:]
+    for b in range(1, 9):
+        check(fn, native, image(b))
+    assert timed == []
+    assert op.stats["native"] == 0 and op.stats["engine"] == 9  # build()'s run and 8 calls
+    assert op.stats["builds"] == 1 and op.stats["shape_builds"] == 7 and len(op.cache) == 1
+    assert sorted(pe.shapes) == [((b, *S),) for b in range(1, 9)]
+
+
+@pytest.mark.parametrize("strategy,n_profiles,tuned,untuned,batch3", [
+    ("Range", 1, 1, 2, "served"), ("Optimal", 3, 3, 0, "new engine"),
+    ("Range+Optimal", 4, 3, 0, "served"), ("ImplicitBatchModeCompatible", 3, 3, 0, "served")])
+def test_strategies_one_engine_with_its_profiles(conv_dir, native, strategy, n_profiles, tuned,
+                                                 untuned, batch3):
+    conv, fn, op = convert(conv_dir, use_dynamic_shape=True, maximum_cached_engines=2,
+                           dynamic_shape_profile_strategy=strategy)
+    conv.build(lambda: iter([(image(b),) for b in (4, 1, 2)]))
+    pe = profile_engine(op)
+    assert pe.profiles == P.make_profiles([[(b, *S)] for b in (4, 1, 2)], strategy)
+    assert len(pe.profiles) == n_profiles
+    # one engine (maximum_cached_engines counts engines, not profiles), tuned once per
+    # distinct opt shape (Range+Optimal's range profile shares batch 4's)
+    assert len(op.cache) == 1 and op.stats["builds"] == 1 and op.stats["tuned_builds"] == tuned
+    for b in (4, 1, 2):
+        check(fn, native, image(b))
+    # Range's batches 1 and 2 get engines with batch 4's tactics; every other strategy made
+    # a profile whose opt shape is each of them
+    assert op.stats["builds"] == 1 and op.stats["shape_builds"] == untuned
+    check(fn, native, image(3))
+    if batch3 == "served":  # a profile contains batch 3: its tactics, no new engine
+        assert op.stats["builds"] == 1 and op.stats["shape_builds"] == untuned + 1
+    else:                   # Optimal's profiles are single shapes: a new engine at run time
+        assert op.stats["builds"] == 2 and len(op.cache) == 2
+    assert op.stats["native"] == 0
+
+
+def test_implicit_batch_engine_serves_smaller_batches(conv_dir, native):
+    """An engine built for batch 4 serves 1 and 2 (it was rebuilt for each and evicted)."""
+    conv, fn, op = convert(conv_dir, use_dynamic_shape=True,
+                           dynamic_shape_profile_strategy="ImplicitBatchModeCompatible")
+    conv.build(lambda: iter([(image(4),)]))
+    for b in (1, 2, 4, 1, 3):
+        check(fn, native, image(b))
+    assert op.stats["builds"] == 1 and op.stats.get("evictions", 0) == 0
+    assert op.stats["shape_builds"] == 3 and op.stats["native"] == 0
+    check(fn, native, image(5))  # past the profile: a new engine (runtime builds allowed)
+    assert op.stats["builds"] == 2
+
+
+def test_shapes_outside_every_profile(conv_dir, native, caplog):
+    conv, fn, op = convert(conv_dir, use_dynamic_shape=True, allow_build_at_runtime=False)
+    conv.build(lambda: iter([(image(2),), (image(4),)]))
+    with caplog.at_level(logging.WARNING, logger="tftrt.engine_op"):
+        for _ in range(3):
+            check(fn, native, image(8))        # batch 8 > the profile's 4: native
+        check(fn, native, image(3, 12, 8))     # H 12 > 8: native
+        check(fn, native, image(3))            # inside: the engine
+    assert op.stats["native"] == 4 and op.stats["builds"] == 1
+    msgs = [r.getMessage() for r in caplog.records if r.name == "tftrt.engine_op"]
+    assert len(msgs) == 2, msgs  # one line per shape, not per call
+    assert all("no optimization profile of the engine contains input shapes" in m and
+               "allow_build_at_runtime=False" in m for m in msgs)
+    # allowed (the default): a shape outside builds an engine for it at run time
+    conv, fn, op = convert(conv_dir, use_dynamic_shape=True, maximum_cached_engines=2)
+    conv.build(lambda: iter([(image(2),), (image(4),)]))
+    check(fn, native, image(8))
+    assert op.stats["builds"] == 2 and op.stats["native"] == 0 and len(op.cache) == 2
+
+
+def test_without_build_the_first_call_makes_the_profile(conv_dir, native):
+    conv, fn, op = convert(conv_dir, use_dynamic_shape=True,
+                           dynamic_shape_profile_strategy="ImplicitBatchModeCompatible")
+    check(fn, native, image(6))
+    check(fn, native, image(2))
+    assert op.stats["builds"] == 1 and op.stats["shape_builds"] == 1
+    assert profile_engine(op).profiles == [Profile([(1, *S)], [(6, *S)], [(6, *S)])]
+
+
+def test_eviction_warning_once_naming_the_setting(conv_dir, native, caplog):
+    conv, fn, op = convert(conv_dir)  # an engine per shape, maximum_cached_engines=1
+    with caplog.at_level(logging.WARNING, logger="tftrt.engine_op"):
+        for b in (1, 2) * 4:
+            check(fn, native, image(b))
+    assert op.stats["builds"] == 8 and op.stats["evictions"] == 7
+    msgs = [r.getMessage() for r in caplog.records if "keep evicting" in r.getMessage()]
+    assert len(msgs) == 1
+    assert "maximum_cached_engines=1" in msgs[0] and "use_dynamic_shape=True" in msgs[0]
+    caplog.clear()
+    conv, fn, op = convert(conv_dir, maximum_cached_engines=2)  # enough: no warning
+    with caplog.at_level(logging.WARNING, logger="tftrt.engine_op"):
+        for b in (1, 2) * 4:
+            check(fn, native, image(b))
+    assert op.stats["builds"] == 2 and "keep evicting" not in caplog.text
+
+
+def test_saved_profiles_round_trip(conv_dir, native, tmp_path, timed):
+    conv, fn, op = convert(conv_dir, use_dynamic_shape=True,
+                           dynamic_shape_profile_strategy="Range+Optimal")
+    conv.build(lambda: iter([(image(b, h, 8),) for b, h in ((1, 8), (4, 8), (2, 16))]))
+    before = profile_engine(op)
+    conv.save(str(tmp_path / "saved"))
+    del timed[:]
+    loaded = tftrt.load(str(tmp_path / "saved"))
+    (lop,) = loaded.engine_ops.values()
+    after = profile_engine(lop)
+    assert after.profiles == before.profiles and len(after.profiles) == 4
+    sig = loaded.signatures["serving_default"]
+    for b, h in ((1, 8), (4, 8), (2, 16), (3, 8), (1, 12), (4, 16), (2, 9)):
+        check(sig, native, image(b, h, 8))
+    assert timed == []  # every shape in the saved ranges: no tuning
+    assert lop.stats["builds"] == 0 and lop.stats["native"] == 0
+    # saved: the opt-shape engines of the three Optimal profiles and of the Range profile
+    # (4, 16, 8, 3); new: (3, 8), (1, 12), (2, 9)
+    assert len(lop.plan_items()) == 4
+    assert lop.stats["tuned_builds"] == 0 and lop.stats["shape_builds"] == 3
+    # the plain SavedModel still runs natively
+    plain = tf.saved_model.load(str(tmp_path / "saved")).signatures["serving_default"]
+    check(plain, native, image(3))
+
+
+def test_unknown_strategy_and_strategy_without_dynamic_shape(conv_dir, caplog):
+    with pytest.raises(ValueError, match="profile strategy 'fastest' is not supported; use one "
+                       r"of \['Range', 'Optimal', 'Range\+Optimal'"):
+        trt.TrtGraphConverterV2(input_saved_model_dir=conv_dir, use_dynamic_shape=True,
+                                dynamic_shape_profile_strategy="fastest")
+    with caplog.at_level(logging.WARNING, logger="tftrt.convert"):
+        conv, _, op = convert(conv_dir, dynamic_shape_profile_strategy="range+optimal")
+    assert "has no effect without use_dynamic_shape=True" in caplog.text
+    assert op.profile_strategy is None
+    conv, _, op = convert(conv_dir, use_dynamic_shape=True,
+                          dynamic_shape_profile_strategy="range+optimal")
+    assert op.profile_strategy == "Range+Optimal"
+
+
+# --- TF1 static engines: implicit batch ---------------------------------------------------------
+
+def frozen_conv():
+    g = tf.Graph()
+    with g.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [None, *S], name="x")
+        tf.identity(conv_net(x, *[tf.constant(w) for w in conv_weights()]), name="out")
+    return g.as_graph_def()
+
+
+def test_tf1_static_engine_serves_every_batch_up_to_max_batch_size(native):
+    gd = frozen_conv()
+    conv = trt.TrtGraphConverter(input_graph_def=gd, nodes_denylist=["out"], max_batch_size=4)
+    converted = conv.convert()
+    batches = (1, 2, 4, 3, 5)
+    g = tf.Graph()
+    with g.as_default():
+        tf.graph_util.import_graph_def(converted, name="")
+        with tf.compat.v1.Session(graph=g) as sess:
+            got = [sess.run("out:0", {"x:0": image(b)}) for b in batches]
+            (op,) = [o for o in g._py_funcs_used_in_graph if isinstance(o, TRTEngineOp)]
+    rtol, atol = MODEL_TOLERANCES["FP32"]
+    for b, y in zip(batches, got):
+        np.testing.assert_allclose(y, native(x=tf.constant(image(b)))["y"].numpy(),
+                                   rtol=rtol, atol=atol)
+    # the engine built in convert() (batch 4) serves 1..4; 5 > max_batch_size runs natively
+    assert op.stats["builds"] == 0 and op.stats["engine"] == 4 and op.stats["native"] == 1
+    assert op.stats["shape_builds"] == 3 and len(op.cache) == 1
+    assert profile_engine(op).profiles == [Profile([(1, *S)], [(4, *S)], [(4, *S)])]
