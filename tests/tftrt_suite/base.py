@@ -17,6 +17,11 @@ What is asserted, beyond the numerics:
     docs/differences.md, "TF-TRT's own tests: where results differ");
   * that every engine ran (``op.stats["engine"]``) and none fell back to its native segment.
 
+``run_v2_dynamic`` is TF-TRT's dynamic-shape run (``use_dynamic_shape=True``): build() with
+every input of the case, so each engine op builds ONE engine holding the optimization profiles
+the strategy forms (TF-TRT's base class used ImplicitBatchModeCompatible), then save, load and
+run every input: each op holds that one engine, builds nothing more, never runs natively.
+
 TF-TRT's ``trt_incompatible_op`` was ``erfc`` and ``trt_incompatible_binary_op`` ``igamma``;
 tftrt converts Erfc, so ``incompatible`` here is ``lgamma`` (no converter, a TF CPU kernel).
 """
@@ -39,7 +44,6 @@ Shapes = List[List[int]]
 Expected = Union[Sequence[str], Dict[str, Sequence[str]]]
 
 NEEDS_INT8 = "needs INT8 calibration (issue 15)"
-NEEDS_PROFILES = "needs dynamic-shape profiles (issue 14)"
 
 
 def incompatible(x, name=None):
@@ -237,15 +241,7 @@ def run_v2(case: Case, saved_dir: str, check_engines_ran: bool = True):
 
     Returns the converter (for further assertions).
     """
-    if case.reference_fn is None:
-        native = tf.saved_model.load(saved_dir).signatures["serving_default"]
-    else:
-        ref_fn = tf.function(case.reference_fn, input_signature=case.input_specs())
-
-        def native(**feed):
-            out = ref_fn(*[feed[f"input_{i}"] for i in range(len(feed))])
-            out = out if isinstance(out, (list, tuple)) else [out]
-            return {f"output_{k}": t for k, t in enumerate(out)}
+    native = native_fn(case, saved_dir)
     conv, fn = convert_v2(case, saved_dir)
     assert_engines(conv, case.expected)
     shapes = case.all_output_shapes()
@@ -260,6 +256,58 @@ def run_v2(case: Case, saved_dir: str, check_engines_ran: bool = True):
             assert op.stats["engine"] >= 1, f"{name} never ran its engine: {dict(op.stats)}"
             assert op.stats["native"] == 0, f"{name} fell back: {dict(op.stats)}"
     return conv
+
+
+def native_fn(case: Case, saved_dir: str):
+    if case.reference_fn is None:
+        return tf.saved_model.load(saved_dir).signatures["serving_default"]
+    ref_fn = tf.function(case.reference_fn, input_signature=case.input_specs())
+
+    def native(**feed):
+        out = ref_fn(*[feed[f"input_{i}"] for i in range(len(feed))])
+        out = out if isinstance(out, (list, tuple)) else [out]
+        return {f"output_{k}": t for k, t in enumerate(out)}
+    return native
+
+
+def run_v2_dynamic(case: Case, saved_dir: str, out_dir: str,
+                   strategy: str = "ImplicitBatchModeCompatible",
+                   profiles: Optional[Dict[str, int]] = None):
+    """TF-TRT's dynamic-shape run (see the module doc). ``profiles``: engine name -> the
+    number of optimization profiles TF-TRT's strategy gives it. Returns (converter, the
+    engine ops of the loaded model)."""
+    import tftrt
+    native = native_fn(case, saved_dir)
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=saved_dir, use_dynamic_shape=True,
+                                   dynamic_shape_profile_strategy=strategy,
+                                   **conversion_params(case))
+    with grappler_optimizers(case.grappler):
+        conv.convert()
+    assert_engines(conv, case.expected)
+    runs = make_inputs(case)
+    conv.build(lambda: iter([list(run) for run in runs]))
+    for name, op in conv.engine_ops.items():
+        assert len(op.cache) == 1 and op.stats["builds"] == 1, f"{name}: {op.describe()}"
+        assert op.stats["native"] == 0, f"{name} fell back: {dict(op.stats)}"
+    if profiles is not None:
+        got = {name: len(next(iter(op.cache.items()))[1].profiles)
+               for name, op in conv.engine_ops.items()}
+        assert got == {engine_name(k): v for k, v in profiles.items()}
+    conv.save(out_dir)
+    loaded = tftrt.load(out_dir)
+    fn = loaded.signatures["serving_default"]
+    shapes = case.all_output_shapes()
+    for k, inputs in enumerate(runs):
+        ref = run_signature(native, case, inputs)
+        for _ in range(2):
+            got = run_signature(fn, case, inputs)
+            check_outputs(case, got, ref, shapes[k] if shapes else None,
+                          case.conversion.get("precision_mode", "FP32"))
+    ops = loaded.engine_ops
+    for name, op in ops.items():
+        assert op.stats["builds"] == 0 and op.stats["native"] == 0, f"{name}: {op.describe()}"
+        assert op.stats["engine"] >= 1 and len(op.cache) == 1, f"{name}: {op.describe()}"
+    return conv, ops
 
 
 def saved(tmp_path_factory, case: Case, name: str) -> str:

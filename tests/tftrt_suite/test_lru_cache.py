@@ -22,3 +22,17 @@ def test_lru_cache(tmp_path_factory):
     # but the cache never holds more than maximum_cached_engines.
     assert len(op.cache) == 2
     assert op.stats["builds"] == 3
+
+
+def test_lru_cache_dynamic_shape(tmp_path_factory):
+    """TF-TRT's dynamic-shape run: one engine, a profile per batch size (1, 2, 4), every
+    batch served by it, nothing evicted."""
+    shapes = [[1, 10, 10, 2]], [[2, 10, 10, 2]], [[4, 10, 10, 2]], [[2, 10, 10, 2]]
+    case = base.Case(graph, shapes[0], ["TRTEngineOp_000"], output_shapes=shapes[0],
+                     extra_inputs=list(shapes[1:]), extra_outputs=list(shapes[1:]),
+                     conversion=dict(maximum_cached_engines=2))
+    conv, ops = base.run_v2_dynamic(case, base.saved(tmp_path_factory, case, "lru_dyn"),
+                                    str(tmp_path_factory.mktemp("tftrt_suite") / "lru_dyn_out"),
+                                    profiles={"TRTEngineOp_000": 3})
+    (op,) = conv.engine_ops.values()
+    assert op.stats.get("evictions", 0) == 0

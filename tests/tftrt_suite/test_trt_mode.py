@@ -3,7 +3,7 @@ the batch known, unknown, or every dimension unknown.
 
 TF-TRT's implicit batch mode could not squeeze the batch dimension and built two engines;
 tftrt has explicit batch only, so ImplicitBatch builds TF-TRT's explicit-batch single engine
-(docs/differences.md)."""
+(docs/differences.md). The dynamic-shape runs use TF-TRT's optimization profiles."""
 
 import pytest
 import tensorflow as tf
@@ -32,3 +32,14 @@ CASES = {
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_case(name, tmp_path_factory):
     base.run_v2(CASES[name], base.saved(tmp_path_factory, CASES[name], name))
+
+
+# TF-TRT's ExplicitBatchTest and DynamicShapesTest set the ImplicitBatchModeCompatible
+# strategy: one engine; for DynamicShapes "a single engine with three optimization profiles
+# can handle the three different input shapes".
+@pytest.mark.parametrize("name,profiles", [("ExplicitBatch", 1), ("DynamicShapes", 3)])
+def test_dynamic_shape(name, profiles, tmp_path_factory):
+    case = CASES[name]
+    base.run_v2_dynamic(case, base.saved(tmp_path_factory, case, name),
+                        str(tmp_path_factory.mktemp("tftrt_suite") / f"{name}_dynamic"),
+                        profiles={"TRTEngineOp_000": profiles})
