@@ -203,13 +203,15 @@ def choose_profile(profiles: Sequence[Profile], shapes) -> Optional[int]:
 
 # --- an engine with profiles ---------------------------------------------------------------
 
-# build(shapes, tactic_choices or None, weight_cache) -> a runtime Engine for exactly `shapes`
-BuildFn = Callable[[ShapeKey, Optional[Dict[str, str]], object], object]
+# build(shapes, tactic choices or None, weight_cache) -> a runtime Engine for exactly `shapes`
+BuildFn = Callable[[ShapeKey, Optional[Dict[str, dict]], object], object]
 
 
-def tactic_choices(engine) -> Dict[str, str]:
-    """layer name -> tactic of a built or loaded engine (what its profile's shapes reuse)."""
-    return {l.name: l.tactic for l in engine.network.layers if l.tactic}
+def tactic_choices(engine) -> Dict[str, dict]:
+    """layer name -> what the layer chose in a built or loaded engine: tactic and the backend's
+    tuned sub-choices (what the other shapes of its profile reuse, see tactics.layer_choice)."""
+    from tftrt.engine.tactics import layer_choice
+    return {l.name: layer_choice(l) for l in engine.network.layers}
 
 
 class ProfileEngine:

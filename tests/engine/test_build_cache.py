@@ -304,3 +304,23 @@ def test_a_weight_that_depends_on_the_shape_is_kept_per_value():
         x = rand(b, 3, seed=b)
         (got,) = pe.execute([x])
         np.testing.assert_allclose(got, run_ort(model, {"x": x})[0], rtol=1e-5)
+
+
+def test_a_profiles_backend_records_reach_its_other_shapes():
+    """A backend keeps its tuned sub-choices (the CuPy backend's cuDNN plan, cuBLASLt
+    algorithm) in a layer's private attributes; the other shapes of a profile get them with
+    the tactic, so the backend rebuilds that choice instead of tuning again."""
+    model = _pointwise_conv_model()
+    pe = _profile_engine(model, Profile([(1, 6, 6, 8)], [(4, 6, 6, 8)], [(4, 6, 6, 8)]))
+    opt = pe.build_profiles().engine_for([(4, 6, 6, 8)])
+    convs = [l for l in opt.network.layers if l.kind == "conv"]
+    for k, layer in enumerate(convs):
+        layer.attrs["_probe"] = {"gemm_1x1": {"algo": k}}  # as a backend records it
+        layer.tactic = "im2col_gemm" if k == 0 else "gemm_1x1"
+    other = pe.engine_for([(2, 6, 6, 8)])
+    got = {l.name: (l.tactic, l.attrs.get("_probe")) for l in other.network.layers
+           if l.kind == "conv"}
+    assert got == {l.name: (l.tactic, l.attrs["_probe"]) for l in convs}
+    x = rand(2, 6, 6, 8, seed=7)
+    np.testing.assert_allclose(pe.execute([x])[0], run_ort(model, {"x": x})[0], rtol=1e-4,
+                               atol=1e-5)

@@ -52,8 +52,9 @@ class BuilderConfig:
         ``tactics.persistent_timing_cache(backend)`` is the process's, kept on disk).
       optimize: run the optimization passes (False: the network as imported).
       tactic_timing: time candidate tactics (False: take the first applicable one).
-      tactic_choices: layer name -> tactic, chosen for this network at another shape (an
-        optimization profile's opt shape): reused, and no layer is timed.
+      tactic_choices: layer name -> ``tactics.layer_choice`` (tactic and the backend's tuned
+        sub-choices) made for this network at another shape (an optimization profile's opt
+        shape): reused, and no layer is timed.
       weight_cache: a :class:`WeightCache` shared by the engines of one optimization profile
         set: equal weights are uploaded once.
     """
@@ -66,7 +67,7 @@ class BuilderConfig:
     timing_cache: Optional[TimingCache] = None
     optimize: bool = True
     tactic_timing: bool = True
-    tactic_choices: Optional[Dict[str, str]] = None
+    tactic_choices: Optional[Dict[str, dict]] = None
     weight_cache: Optional["WeightCache"] = None
 
     def to_json(self) -> dict:

@@ -8,8 +8,10 @@ inputs of the layer's real shapes and records the fastest name in ``layer.tactic
 and, backed by the on-disk build cache (``engine/build_cache.py``, :func:`persistent_timing_cache`),
 across processes. Kinds without registered tactics get "default".
 
-An engine built for another shape of an optimization profile takes the tactics chosen at the
-profile's opt shape (``choices``: layer name -> tactic) and times nothing.
+An engine built for another shape of an optimization profile takes the choices made at the
+profile's opt shape (``choices``: layer name -> :func:`layer_choice`, the tactic and the
+backend's own tuned sub-choices, kept in the layer's private attributes, those whose name
+starts with "_", e.g. the CuPy backend's cuDNN plan) and times nothing.
 
 A tactic registered for :data:`ANY_KIND` is never a timed candidate: it stands for every layer
 that gets "default" (its kind has no tactic, or none applies) and gives that layer's workspace.
@@ -19,6 +21,7 @@ prepares its layers there (the CuPy backend) fails the build on a layer it canno
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -167,21 +170,35 @@ def _time_runner(backend, runner, inputs, repeats: int, what: str = "a layer") -
     return best
 
 
+def layer_choice(layer: Layer) -> dict:
+    """What a built layer chose: its kind, tactic and private attributes (the backend's tuned
+    sub-choices, e.g. ``_cupy``), for :func:`choose_tactics`'s ``choices``."""
+    return {"kind": layer.kind, "tactic": layer.tactic,
+            "records": {k: v for k, v in layer.attrs.items() if k.startswith("_")}}
+
+
 def choose_tactics(net: Network, backend, weights: Dict[str, object],
                    cache: Optional[TimingCache] = None, repeats: int = 2,
-                   choices: Optional[Dict[str, str]] = None) -> Dict[str, dict]:
+                   choices: Optional[Dict[str, dict]] = None) -> Dict[str, dict]:
     """Sets ``layer.tactic`` for every layer of ``net`` (in place; ``net`` is the builder's
     own copy). Returns {layer name: {tactic: seconds}} for the layers that were timed.
 
     Args:
       cache: a :class:`TimingCache`: a signature found there is not timed; new choices go in.
-      choices: layer name -> tactic chosen for this network at another shape (an optimization
-        profile's opt shape). When given, nothing is timed: a layer takes its choice when that
-        tactic applies here, else a cached choice for its signature, else its first candidate.
+      choices: layer name -> :func:`layer_choice` made for this network at another shape (an
+        optimization profile's opt shape). When given, nothing is timed: a layer of the same
+        name and kind takes its private attributes (the backend's sub-choices) and its tactic
+        when that applies here, else a cached choice for its signature, else its first
+        candidate.
     """
     timings: Dict[str, dict] = {}
     device = backend.device_name()
     for layer in net.layers:
+        chosen = choices.get(layer.name) if choices is not None else None
+        if chosen is not None and chosen.get("kind") == layer.kind:
+            layer.attrs.update(copy.deepcopy(chosen.get("records") or {}))
+        else:
+            chosen = None
         cands = candidates(backend.name, net, layer)
         if not cands:
             layer.tactic = "default"
@@ -190,8 +207,8 @@ def choose_tactics(net: Network, backend, weights: Dict[str, object],
             layer.tactic = cands[0].name
             continue
         names = [c.name for c in cands]
-        if choices is not None and choices.get(layer.name) in names:
-            layer.tactic = choices[layer.name]
+        if chosen is not None and chosen.get("tactic") in names:
+            layer.tactic = chosen["tactic"]
             continue
         key = TimingCache.key(backend.name, device, net, layer) if cache is not None else None
         hit = cache.get(key) if cache is not None else None
