@@ -1,0 +1,130 @@
+"""Optimization profiles on the GPU (CuPy backend, through TensorFlow).
+
+A small conv model (conv3x3 + bias + relu, depthwise 3x3, conv1x1, mean, dense) converted with
+``use_dynamic_shape=True``; build() with batches 1 and 16 forms the Range profile 1..16 (tuned
+at 16). Every batch 1..16 then runs on the engine, matches TF, and tunes nothing: no tactic is
+timed, no cuDNN plan or cuBLASLt algorithm either (the profile's choices are reused). Saved and
+loaded with tftrt.load, every batch runs again with no build and no tuning. The first-call
+latency of each new batch is printed (run with -s to see it).
+
+    TFTRT_BACKEND=cupy python -m pytest -q -s tests/gpu/test_dynamic_profiles.py
+"""
+
+import time
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+pytestmark = pytest.mark.gpu
+
+if not tf.config.list_physical_devices("GPU"):
+    pytest.skip("TensorFlow sees no GPU", allow_module_level=True)
+
+import tftrt  # noqa: E402
+from tftrt import profiles as P, trt_convert as trt  # noqa: E402
+
+HWC = (16, 16, 8)
+
+
+@pytest.fixture(autouse=True)
+def cupy_engines(monkeypatch, tmp_path):
+    monkeypatch.setenv("TFTRT_BACKEND", "cupy")
+    monkeypatch.setenv("TFTRT_CACHE_DIR", str(tmp_path / "build_cache"))  # cold, this test's
+    before = tf.config.experimental.tensor_float_32_execution_enabled()
+    tf.config.experimental.enable_tensor_float_32_execution(False)  # FP32 at FP32 tolerance
+    yield
+    tf.config.experimental.enable_tensor_float_32_execution(before)
+
+
+class SmallConvNet(tf.Module):
+    def __init__(self):
+        rng = np.random.RandomState(0)
+        c = lambda *s: tf.constant(rng.randn(*s).astype(np.float32) * 0.2)  # noqa: E731
+        self.w1, self.b1 = c(3, 3, 8, 32), c(32)
+        self.dw = c(3, 3, 32, 1)
+        self.w2, self.b2 = c(1, 1, 32, 16), c(16)
+        self.wd, self.bd = c(16, 10), c(10)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, *HWC], tf.float32, name="x")])
+    def __call__(self, x):
+        h = tf.nn.relu(tf.nn.bias_add(tf.nn.conv2d(x, self.w1, 1, "SAME"), self.b1))
+        h = tf.nn.relu(tf.nn.depthwise_conv2d(h, self.dw, [1, 1, 1, 1], "SAME"))
+        h = tf.nn.relu(tf.nn.bias_add(tf.nn.conv2d(h, self.w2, 1, "SAME"), self.b2))
+        return {"y": tf.matmul(tf.reduce_mean(h, axis=[1, 2]), self.wd) + self.bd}
+
+
+@pytest.fixture()
+def tuning(monkeypatch):
+    """Every timing a build makes: tactic candidates (tactics._time_runner) and the CuPy
+    backend's own tuning of cuDNN plans and cuBLASLt algorithms (cupy_dnn.gpu_time)."""
+    from tftrt.engine import tactics
+    from tftrt.engine.backends import cupy_dnn, cupy_layers
+    calls = []
+
+    def counted(module, name):
+        real = getattr(module, name)
+
+        def wrapper(*args, **kwargs):
+            calls.append((name, kwargs.get("what") or (args[-1] if args else "")))
+            return real(*args, **kwargs)
+        monkeypatch.setattr(module, name, wrapper)
+    counted(tactics, "_time_runner")
+    counted(cupy_dnn, "gpu_time")
+    counted(cupy_layers, "gpu_time")
+    return calls
+
+
+def batch(b):
+    return np.random.RandomState(b).standard_normal((b, *HWC)).astype(np.float32)
+
+
+def run_all(fn, native, label):
+    first_call_ms = {}
+    for b in range(1, 17):
+        x = tf.constant(batch(b))
+        t0 = time.perf_counter()
+        got = fn(x=x)["y"].numpy()
+        first_call_ms[b] = (time.perf_counter() - t0) * 1e3
+        np.testing.assert_allclose(got, native(x=x)["y"].numpy(), rtol=1e-4, atol=1e-4,
+                                   err_msg=f"{label}: batch {b}")
+    print(f"\n{label}: first call per batch (ms): " +
+          ", ".join(f"{b}: {t:.1f}" for b, t in first_call_ms.items()))
+    return first_call_ms
+
+
+def test_profile_1_to_16_serves_every_batch_with_no_new_tuning(tmp_path, tuning):
+    src = str(tmp_path / "src")
+    model = SmallConvNet()
+    tf.saved_model.save(model, src, signatures=model.__call__)
+    native = tf.saved_model.load(src).signatures["serving_default"]
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=src, use_dynamic_shape=True)
+    fn = conv.convert()
+    t0 = time.perf_counter()
+    conv.build(lambda: iter([(batch(1),), (batch(16),)]))
+    print(f"\nbuild (cold build cache): {time.perf_counter() - t0:.2f} s, "
+          f"{len(tuning)} timings")
+    ops = conv.engine_ops
+    assert ops
+    for name, op in ops.items():
+        (entry,) = [e for _, e in op.cache.items()]
+        assert isinstance(entry, P.ProfileEngine), name
+        assert entry.backend == "cupy"
+        assert [p.min[0][0] for p in entry.profiles] == [1]
+        assert [p.max[0][0] for p in entry.profiles] == [16]
+        assert op.stats["builds"] == 1 and op.stats["tuned_builds"] == 1, op.describe()
+    del tuning[:]
+    run_all(fn, native, "converted")
+    assert tuning == [], f"batches inside the profile were tuned: {tuning[:10]}"
+    for name, op in ops.items():
+        assert op.stats["native"] == 0 and op.stats["builds"] == 1, op.describe()
+        assert len(op.cache) == 1
+
+    out = str(tmp_path / "converted")
+    conv.save(out)
+    loaded = tftrt.load(out)
+    run_all(loaded.signatures["serving_default"], native, "tftrt.load")
+    assert tuning == [], f"the loaded model tuned: {tuning[:10]}"
+    for name, op in loaded.engine_ops.items():
+        assert op.stats["builds"] == 0 and op.stats["native"] == 0, op.describe()
+        assert op.stats["engine"] == 16, op.describe()
