@@ -1,10 +1,11 @@
 """What an engine boundary costs inside a converted graph, on the GPU through TensorFlow.
 
 A model of three engines with a native TF op (Cos, kept native by TF_TRT_OP_DENYLIST) between
-each pair, called at batch 1 with a GPU tensor. Per boundary =
+each pair, called at batch 1 with a GPU tensor, through the function convert() returns (engine
+nodes in a TF graph) and through tftrt.load (the pipeline of tftrt/pipeline.py). Per boundary =
     (signature call - each engine's execute alone - the native ops alone) / engines,
-the time the engine-op machinery adds around each engine (TF's EagerPyFunc dispatch, DLPack
-in and out, stream syncs, the select node). Medians of timed calls, each call ended by a
+the time the engine-op machinery adds around each engine (TF's EagerPyFunc dispatch or the
+pipeline's Python, DLPack in and out, stream syncs). Medians of timed calls, each call ended by a
 device synchronize; engines alone timed with CUDA events.
 
     python benchmarks/bench_boundary.py [--calls 300] [--batch 1]
@@ -71,6 +72,11 @@ def main(argv=None):
         return float(np.median(times))
 
     sig_ms = median_ms(lambda: fn(x=x))
+    import tftrt
+    conv.save(d + "/out")
+    loaded = tftrt.load(d + "/out").signatures["serving_default"]
+    loaded(x=x)
+    load_ms = median_ms(lambda: loaded(x=x))
     ops = [conv.engine_ops[k] for k in sorted(conv.engine_ops)]
     engines = []
     for op in ops:
@@ -82,14 +88,17 @@ def main(argv=None):
     cos = tf.function(lambda t: tf.cos(tf.cos(t)))
     native_ms = median_ms(lambda: cos(h))
     per_boundary = (sig_ms - sum(engines) - native_ms) / len(ops)
+    per_boundary_loaded = (load_ms - sum(engines) - native_ms) / len(ops)
     placed = fn.graph.as_graph_def()
     device = [n.device for n in placed.node if n.name == "TRTEngineOp_000_000"][0] or "(placer)"
     print(f"engine node device: {device}; engines {len(ops)}; batch {args.batch}")
-    print(f"{'signature call':<34}{sig_ms:>9.3f} ms")
+    print(f"{'convert() function call':<34}{sig_ms:>9.3f} ms")
+    print(f"{'tftrt.load signature call':<34}{load_ms:>9.3f} ms  ({type(loaded).__name__})")
     for op, t in zip(ops, engines):
         print(f"{op.name + ' alone':<34}{t:>9.3f} ms")
     print(f"{'2 native Cos alone':<34}{native_ms:>9.3f} ms")
-    print(f"{'per boundary':<34}{per_boundary:>9.3f} ms")
+    print(f"{'per boundary, convert() function':<34}{per_boundary:>9.3f} ms")
+    print(f"{'per boundary, tftrt.load':<34}{per_boundary_loaded:>9.3f} ms")
 
 
 if __name__ == "__main__":

@@ -266,6 +266,13 @@ def freeze_and_clean(func, run_grappler: bool = True) -> Tuple[object, "object"]
     """
     from tensorflow.python.framework import convert_to_constants
     frozen = convert_to_constants.convert_variables_to_constants_v2(func)
+    if any(n.op == "NextIteration" for n in frozen.graph.as_graph_def().node):
+        # Freezing lowered a tf.while_loop into a TF1 loop frame, a cycle the segmenter cannot
+        # order: freeze again keeping loops (and conds) as functional While / If nodes, which
+        # stay native, one node each. (Conds alone stay lowered, as before: their branches'
+        # ops can join engines.)
+        frozen = convert_to_constants.convert_variables_to_constants_v2(
+            func, lower_control_flow=False)
     # Freezing inlined the ordinary function calls; the ones it kept (``_noinline``) are
     # inlined here, so that segmentation sees their nodes (TF-TRT converted inside them).
     graph_def = inline_function_calls(frozen.graph.as_graph_def(),

@@ -443,62 +443,18 @@ def _keyword_function(flat_fn, arg_names, input_specs, structured_outputs,
 # Whole-signature engines
 
 
-def single_engine_mapping(graph_def, inputs: Sequence[str], outputs: Sequence[str],
-                          engine_names: Sequence[str]):
-    """When the graph is inputs -> one engine -> outputs, how to call the engine directly.
-
-    Returns (engine name, [graph input index per engine input], [engine output index per graph
-    output]) or None when anything else computes in the graph.
-    """
-    nodes = {n.name: n for n in graph_def.node}
-    engines = [n for n in engine_names if n in nodes]
-    if len(engines) != 1:
-        return None
-    engine = nodes[engines[0]]
-    input_nodes = {split_tensor_name(t)[0] for t in inputs}
-    for n in graph_def.node:
-        if n.name == engine.name or n.name in input_nodes or n.op in ("NoOp", "Identity"):
-            continue
-        return None
-
-    def resolve(t: str) -> str:
-        # Follows Identity chains back to their source tensor.
-        name, idx = split_tensor_name(t)
-        while nodes.get(name) is not None and nodes[name].op == "Identity":
-            name, idx = split_tensor_name(
-                [i for i in nodes[name].input if not i.startswith("^")][0])
-        return tensor_name(name, idx)
-
-    canon_inputs = [tensor_name(*split_tensor_name(t)) for t in inputs]
-    in_map = []
-    for i in engine.input:
-        if i.startswith("^"):
-            continue
-        src = resolve(i)
-        if src not in canon_inputs:
-            return None
-        in_map.append(canon_inputs.index(src))
-    out_map = []
-    for t in outputs:
-        name, idx = split_tensor_name(resolve(t))
-        if name != engine.name:
-            return None
-        out_map.append(idx)
-    return engine.name, in_map, out_map
-
-
 class DirectSignature:
-    """A signature whose whole graph is one engine, called without a TensorFlow function.
+    """A signature called as a Python-level pipeline (tftrt/pipeline.py): engines straight
+    from Python, the native ops between them as eager ops or small functions, without the
+    engine nodes' EagerPyFunc dispatch.
 
     Behaves like the signature ConcreteFunction for calls (keyword or positional tensors in,
-    the original structured outputs back); ``native`` is the TensorFlow function of the same
-    signature, used when the engine op falls back.
+    the original structured outputs back); ``native`` is the graph function of the same
+    signature (engine nodes and their native fallbacks), used inside a ``tf.function``.
     """
 
-    def __init__(self, op, in_map, out_map, arg_names, input_specs, structured_outputs, native):
-        self._op = op
-        self._in_map = list(in_map)
-        self._out_map = list(out_map)
+    def __init__(self, plan, arg_names, input_specs, structured_outputs, native):
+        self._plan = plan
         self._arg_names = list(arg_names)
         self._specs = list(input_specs)
         # (dtype, rank, dims with None for unknown) per input: checked without TensorShape
@@ -513,6 +469,11 @@ class DirectSignature:
                               for v in structured_outputs.values()) else None)
         self.native = native
         self.structured_input_signature = native.structured_input_signature
+
+    @property
+    def graph(self):
+        """The graph function's graph (engine nodes under TF-TRT's names)."""
+        return self.native.graph
 
     def _tensor(self, tf, v, k):
         # What the signature ConcreteFunction of tf.saved_model.load accepts (TF 2.21): numpy
@@ -557,10 +518,11 @@ class DirectSignature:
         except KeyError:
             raise TypeError(f"expected inputs {self._arg_names}; got {len(args)} positional "
                             f"and {sorted(kwargs)}") from None
+        if not tf.executing_eagerly():  # inside a tf.function: the graph function
+            return self.native(*args, **kwargs)
         tensors = [self._tensor(tf, v, k) for k, v in enumerate(flat)]
-        outs = self._op(*[tensors[k] for k in self._in_map])
         flat_out = [o if isinstance(o, tf.Tensor) else tf.convert_to_tensor(o)
-                    for o in (outs[j] for j in self._out_map)]
+                    for o in self._plan.run(tensors)]
         if self._out_keys is not None:
             return dict(zip(self._out_keys, flat_out))
         return tf.nest.pack_sequence_as(self.structured_outputs, flat_out)

@@ -339,13 +339,15 @@ def load(path, tags=None, options=None):
                                           manifest["input_names"], specs,
                                           original.structured_outputs,
                                           original.structured_input_signature, keepalive)
-    direct = rewrite.single_engine_mapping(gd, manifest["inputs"], manifest["outputs"],
-                                           list(ops))
-    if direct is not None and env_bool("TFTRT_DIRECT_CALL", True):
-        # The whole signature is one engine: skip TensorFlow's function call machinery.
-        name, in_map, out_map = direct
-        fn = rewrite.DirectSignature(ops[name], in_map, out_map, manifest["input_names"],
-                                     specs, original.structured_outputs, fn)
+    if env_bool("TFTRT_DIRECT_CALL", True):
+        # Engines called from Python, the native ops between them eagerly (pipeline.py):
+        # no EagerPyFunc dispatch per engine.
+        from tftrt import pipeline
+        plan = pipeline.plan_signature(gd, manifest["inputs"], manifest["outputs"], ops,
+                                       [s.dtype for s in specs])
+        if plan is not None:
+            fn = rewrite.DirectSignature(plan, manifest["input_names"], specs,
+                                         original.structured_outputs, fn)
     signatures = dict(loaded.signatures)
     signatures[key] = fn
     return LoadedModel(loaded, signatures, ops)

@@ -134,3 +134,36 @@ def test_three_engines_move_no_float_tensor_to_the_host(converted, tmp_path):
     assert not big, big
     stats = [dict(op.stats) for op in conv.engine_ops.values()]
     assert all(s["engine"] >= 8 and s.get("native", 0) == 0 for s in stats), stats
+
+
+def test_loaded_pipeline_moves_no_float_tensor_to_the_host(converted, tmp_path):
+    """tftrt.load runs the three engines as a pipeline (tftrt/pipeline.py): engines called
+    from Python, the Cos between them as eager GPU ops; still no float tensor crosses."""
+    import tftrt
+    from tftrt.rewrite import DirectSignature
+    conv, _, native = converted
+    with tf.device("/GPU:0"):
+        x = tf.constant(np.random.RandomState(2).standard_normal((8, 64)).astype(np.float32))
+    conv.build(lambda: iter([(x.numpy(),)]))
+    conv.save(str(tmp_path / "out"))
+    loaded = tftrt.load(str(tmp_path / "out"))
+    sig = loaded.signatures["serving_default"]
+    assert isinstance(sig, DirectSignature)
+    want = native(x=x)["y"].numpy()
+    for _ in range(3):
+        got = sig(x=x)["y"]
+    assert "GPU" in got.device
+    np.testing.assert_allclose(got.numpy(), want, rtol=2e-3, atol=2e-3)
+    logdir = str(tmp_path / "prof")
+    tf.profiler.experimental.start(logdir)
+    for _ in range(5):
+        sig(x=x)
+    tf.test.experimental.sync_devices()
+    tf.profiler.experimental.stop()
+    copies = d2h_copies(logdir)
+    print("D2H copies during 5 pipeline calls:", copies)
+    big = [c for c in copies if c[2] is None or c[2] > 64]
+    assert not big, big
+    stats = [dict(op.stats) for op in loaded.engine_ops.values()]
+    assert all(s["engine"] >= 8 and s.get("native", 0) == 0 and s.get("builds", 0) == 0
+               for s in stats), stats

@@ -1,0 +1,212 @@
+"""tftrt.load runs a multi-engine signature as a Python-level pipeline (tftrt/pipeline.py):
+engines called from Python, the native ops between them as eager ops or small functions. CPU,
+engines on the numpy backend; every case against the SavedModel run by plain TensorFlow."""
+
+import os
+import threading
+
+import numpy as np
+import tensorflow as tf
+
+import tftrt
+from tftrt import pipeline, trt_convert as trt
+from tftrt.rewrite import DirectSignature
+from tests.integration import models
+
+DENY = "Cos,Sin"  # native ops between engines, as a user's unsupported op would be
+
+
+class Chain(tf.Module):
+    """x -> E0 -> Cos -> E1 -> Sin -> E2, with a native pre-step read by E0 and E2, a native
+    node reading two engines' outputs, and an output that is the input passed through."""
+
+    def __init__(self, widths=(16, 16, 16)):
+        rng = np.random.RandomState(0)
+        self.w = [tf.constant(rng.standard_normal((16, w)).astype(np.float32) * 0.3)
+                  for w in widths]
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 16], tf.float32, name="x")])
+    def __call__(self, x):
+        pre = tf.cos(x)                                     # native, read by E0 and E2
+        a = tf.nn.relu(tf.matmul(pre, self.w[0]) + 0.5) * 1.5
+        b = tf.nn.relu(tf.matmul(tf.cos(a), self.w[1]) - 0.1) * 0.7
+        mix = tf.sin(a) + tf.sin(b)                         # native, reads E0 and E1
+        c = tf.tanh(tf.matmul(mix, self.w[2]) + pre * 2.0) * 3.0
+        return {"c": c, "b": b, "same": tf.identity(x)}
+
+
+def _convert_save_load(tmp_path, module, xs, deny=DENY, **kw):
+    src = models.save_module(module, str(tmp_path / "src"))
+    os.environ["TF_TRT_OP_DENYLIST"] = deny
+    try:
+        conv = trt.TrtGraphConverterV2(input_saved_model_dir=src, minimum_segment_size=2, **kw)
+        conv.convert()
+    finally:
+        del os.environ["TF_TRT_OP_DENYLIST"]
+    conv.build(lambda: iter([(x,) for x in xs]))
+    conv.save(str(tmp_path / "out"))
+    return src, tftrt.load(str(tmp_path / "out"))
+
+
+def _close(got, want):
+    assert sorted(got) == sorted(want)
+    for k in want:
+        np.testing.assert_allclose(got[k].numpy(), want[k].numpy(), rtol=1e-5, atol=1e-5,
+                                   err_msg=k)
+
+
+def test_three_engines_run_as_a_pipeline_and_match_tf(tmp_path):
+    x = models.batch((4, 16), 1)
+    src, loaded = _convert_save_load(tmp_path, Chain(), [x])
+    sig = loaded.signatures["serving_default"]
+    assert isinstance(sig, DirectSignature)
+    kinds = [k for k, *_ in sig._plan.steps]  # pylint: disable=protected-access
+    assert kinds.count("engine") == len(loaded.engine_ops) == 3
+    assert kinds[0] == "stage" and "stage" in kinds[1:]
+    want = tf.saved_model.load(src).signatures["serving_default"](x=tf.constant(x))
+    _close(sig(x=tf.constant(x)), want)
+    _close(sig(x=x), want)  # numpy in
+    stats = [dict(op.stats) for op in loaded.engine_ops.values()]
+    assert all(s["engine"] == 2 and s.get("native", 0) == 0 and s.get("builds", 0) == 0
+               for s in stats), stats
+
+
+def test_every_native_node_runs_once(tmp_path, monkeypatch):
+    """Native nodes are partitioned into stages: the plan's eager ops cover each native node
+    of the converted graph exactly once (a shared pre-step is not recomputed per engine)."""
+    x = models.batch((2, 16), 2)
+    _, loaded = _convert_save_load(tmp_path, Chain(), [x])
+    plan = loaded.signatures["serving_default"]._plan  # pylint: disable=protected-access
+    ops = []
+    for kind, what, _, _ in plan.steps:
+        if kind == "stage":
+            assert isinstance(what, pipeline._EagerStage)  # pylint: disable=protected-access
+            ops += [op_type for op_type, *_ in what.ops]
+    assert sorted(ops) == ["Cos", "Cos", "Sin", "Sin"], ops  # the denied ops, each once
+
+
+def test_large_native_stage_runs_as_one_function(tmp_path, monkeypatch):
+    monkeypatch.setattr(pipeline, "EAGER_STAGE_MAX_OPS", 0)
+    x = models.batch((3, 16), 3)
+    src, loaded = _convert_save_load(tmp_path, Chain(), [x])
+    sig = loaded.signatures["serving_default"]
+    stages = [w for k, w, *_ in sig._plan.steps if k == "stage"]  # pylint: disable=W0212
+    assert stages and all(isinstance(w, pipeline._FunctionStage)  # pylint: disable=W0212
+                          for w in stages)
+    _close(sig(x=x), tf.saved_model.load(src).signatures["serving_default"](x=tf.constant(x)))
+
+
+def test_engine_fallback_inside_the_pipeline_runs_the_native_segment(tmp_path):
+    """A shape with no engine and no runtime build: each engine runs its native segment, at
+    top level, and the answers stay TF's."""
+    x = models.batch((2, 16), 4)
+    src, loaded = _convert_save_load(tmp_path, Chain(), [x], allow_build_at_runtime=False)
+    sig = loaded.signatures["serving_default"]
+    x5 = models.batch((5, 16), 5)
+    _close(sig(x=x5), tf.saved_model.load(src).signatures["serving_default"](x=tf.constant(x5)))
+    assert all(op.stats["native"] == 1 for op in loaded.engine_ops.values())
+
+
+def test_pipeline_inside_tf_function_and_switched_off(tmp_path, monkeypatch):
+    x = models.batch((2, 16), 6)
+    src, loaded = _convert_save_load(tmp_path, Chain(), [x])
+    sig = loaded.signatures["serving_default"]
+    want = tf.saved_model.load(src).signatures["serving_default"](x=tf.constant(x))
+
+    @tf.function
+    def wrapped(t):
+        return sig(x=t)
+    _close(wrapped(tf.constant(x)), want)
+    monkeypatch.setenv("TFTRT_DIRECT_CALL", "0")
+    plain = tftrt.load(str(tmp_path / "out")).signatures["serving_default"]
+    assert not isinstance(plain, DirectSignature)
+    _close(plain(x=tf.constant(x)), want)
+
+
+def test_threads_share_one_pipeline(tmp_path):
+    xs = [models.batch((b, 16), 10 + b) for b in (1, 2, 3)]
+    src, loaded = _convert_save_load(tmp_path, Chain(), xs, maximum_cached_engines=3)
+    sig = loaded.signatures["serving_default"]
+    ref = tf.saved_model.load(src).signatures["serving_default"]
+    wants = [ref(x=tf.constant(x)) for x in xs]
+    errors = []
+
+    def worker(k):
+        try:
+            for i in range(12):
+                j = (k + i) % 3
+                _close(sig(x=xs[j]), wants[j])
+        except Exception as e:  # reported below
+            errors.append(e)
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    assert all(op.stats.get("native", 0) == 0 for op in loaded.engine_ops.values())
+
+
+class WithCond(tf.Module):
+    """A tf.cond between engines: Grappler lowers it to Switch / Merge, a frame the pipeline
+    must not cut, so the signature stays one graph function."""
+
+    def __init__(self):
+        rng = np.random.RandomState(1)
+        self.w = tf.constant(rng.standard_normal((8, 8)).astype(np.float32) * 0.3)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 8], tf.float32, name="x")])
+    def __call__(self, x):
+        a = tf.nn.relu(tf.matmul(x, self.w) + 0.2) * 1.1
+        a = tf.cond(tf.reduce_sum(x) > 0, lambda: tf.cos(a), lambda: tf.sin(a))
+        return {"y": tf.nn.relu(tf.matmul(a, self.w) - 0.1) * 0.9}
+
+
+def test_cond_between_engines_keeps_the_graph_function(tmp_path):
+    x = models.batch((3, 8), 7)
+    src, loaded = _convert_save_load(tmp_path, WithCond(), [x])
+    sig = loaded.signatures["serving_default"]
+    ref = tf.saved_model.load(src).signatures["serving_default"]
+    for v in (x, -np.abs(x) - 1.0, np.abs(x) + 1.0):
+        _close(sig(x=tf.constant(v)), ref(x=tf.constant(v)))
+    assert {"Switch", "Merge"} <= {n.op for n in sig.graph.as_graph_def().node}
+    assert not isinstance(sig, DirectSignature)
+
+
+def test_tf1_frames_are_not_cut():
+    from tensorflow.core.framework import graph_pb2
+    gd = graph_pb2.GraphDef()
+    gd.node.add(name="x", op="Placeholder")
+    gd.node.add(name="s", op="Switch", input=["x", "x"])
+    assert pipeline.plan_signature(gd, ["x:0"], ["s:0"], {}, [tf.float32]) is None
+
+
+class WithWhile(tf.Module):
+    """A tf.while_loop between engines (reading a variable in its body): frozen as one
+    functional While node, which stays native and runs as one function stage."""
+
+    def __init__(self):
+        rng = np.random.RandomState(1)
+        self.w = tf.Variable(rng.standard_normal((8, 8)).astype(np.float32) * 0.3)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 8], tf.float32, name="x")])
+    def __call__(self, x):
+        a = tf.nn.relu(tf.matmul(x, self.w) + 0.2) * 1.1
+        _, a = tf.while_loop(lambda i, v: i < 3,
+                             lambda i, v: (i + 1, tf.cos(tf.matmul(v, self.w))),
+                             [tf.constant(0), a])
+        return {"y": tf.nn.relu(tf.matmul(a, self.w) - 0.1) * 0.9}
+
+
+def test_while_loop_between_engines_converts_and_runs(tmp_path):
+    """Freezing once lowered the loop into a TF1 frame, a cycle: convert() raised."""
+    x = models.batch((3, 8), 8)
+    src, loaded = _convert_save_load(tmp_path, WithWhile(), [x], deny="")
+    sig = loaded.signatures["serving_default"]
+    assert len(loaded.engine_ops) == 2 and isinstance(sig, DirectSignature)
+    stages = [w for k, w, *_ in sig._plan.steps if k == "stage"]  # pylint: disable=W0212
+    assert [type(w) for w in stages] == [pipeline._FunctionStage]  # pylint: disable=W0212
+    ref = tf.saved_model.load(src).signatures["serving_default"]
+    for b in (3, 5):
+        v = models.batch((b, 8), b)
+        _close(sig(x=v), ref(x=tf.constant(v)))
