@@ -225,11 +225,29 @@ class SignatureGraph:
         self.saved_model = saved_model
 
 
+KERAS_FILE_SUFFIXES = (".keras", ".h5", ".hdf5")
+
+
 def check_saved_model_dir(path) -> str:
     if path is None:
         raise ValueError("input_saved_model_dir is None: give the directory of a SavedModel "
                          "(tf.saved_model.save or model.export wrote it)")
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        what = type(path).__name__
+        if hasattr(path, "export") and hasattr(path, "layers"):  # a Keras model
+            raise ValueError(f"input_saved_model_dir is a Keras model object ({what}), not a "
+                             f"SavedModel directory: export one first with "
+                             f"model.export('model_dir') (Keras 3; tf.saved_model.save(model, "
+                             f"'model_dir') also works) and pass 'model_dir'")
+        raise ValueError(f"input_saved_model_dir must be the path of a SavedModel directory, "
+                         f"not a {what}; save the model with tf.saved_model.save(obj, "
+                         f"'model_dir') and pass 'model_dir'")
     path = os.fspath(path)
+    if isinstance(path, str) and path.lower().endswith(KERAS_FILE_SUFFIXES) and \
+            not os.path.isdir(path):
+        raise ValueError(f"{path!r} is a Keras model file, not a SavedModel directory: "
+                         f"export a SavedModel first with keras.models.load_model({path!r})"
+                         f".export('model_dir') and convert 'model_dir'")
     if not os.path.isdir(path):
         raise ValueError(f"SavedModel directory {path!r} does not exist")
     if not (os.path.isfile(os.path.join(path, "saved_model.pb"))

@@ -38,6 +38,7 @@ killed leaves the model that was there loadable.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -45,7 +46,7 @@ import logging
 import os
 import shutil
 import uuid
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Tuple
 
 from tftrt import conversion, rewrite, shared_weights
 from tftrt.env import env_bool
@@ -357,7 +358,50 @@ class _NoEngines(Exception):
     """The SavedModel was not saved by tftrt."""
 
 
-def _read_saved(path: str, loaded):
+class NotConvertedError(ValueError):
+    """The SavedModel has no tftrt engines: tftrt did not convert it."""
+
+
+@dataclasses.dataclass
+class SavedEngines:
+    """A converted SavedModel as tftrt.load reads it, engines neither built nor restored."""
+
+    path: str
+    loaded: object                    # what tf.saved_model.load returned
+    manifest: dict
+    graph_def: object                 # converted graph (native form), functions included
+    specs: Dict[str, EngineSpec]      # by engine name; whole segment networks
+    native_fdefs: Dict[str, object]   # by engine name
+    plan_files: Dict[str, List[Tuple[dict, str]]]  # by engine name: (manifest entry, path)
+
+
+def read_saved_engines(path, tags=None, loaded=None) -> SavedEngines:
+    """Reads the tftrt assets of the SavedModel at ``path`` with every check tftrt.load
+    makes, for tools (`tftrt inspect`, `tftrt compare`).
+
+    Raises:
+      NotConvertedError: the SavedModel has no tftrt assets.
+      SavedAssetsError: they are refused (the message says why); tftrt.load would warn and
+        run the model natively.
+    """
+    import tensorflow as tf
+    from tftrt.graph_io import check_saved_model_dir
+    path = check_saved_model_dir(path)
+    if loaded is None:
+        loaded = tf.saved_model.load(path, tags=tags)
+    try:
+        manifest, gd, entries = _read_saved(path, loaded, make_ops=False)
+    except _NoEngines:
+        raise NotConvertedError(f"{path} has no tftrt engines: it is not a SavedModel "
+                                f"converted and saved by tftrt") from None
+    return SavedEngines(path, loaded, manifest, gd,
+                        {spec.name: spec for _, spec, _, _ in entries},
+                        {spec.name: fdef for _, spec, fdef, _ in entries},
+                        {spec.name: list(zip(e["plans"], paths))
+                         for e, spec, _, paths in entries})
+
+
+def _read_saved(path: str, loaded, make_ops: bool = True):
     """Reads and checks the tftrt assets of the SavedModel at ``path``.
 
     Returns (manifest, converted GraphDef, {engine name: TRTEngineOp} with plans restored).
@@ -388,7 +432,7 @@ def _read_saved(path: str, loaded):
                                f"{expected[:16]}...): it was copied from another model or "
                                f"changed after saving")
     try:
-        return _engines_from_manifest(path, adir, manifest, loaded)
+        return _engines_from_manifest(path, adir, manifest, loaded, make_ops)
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         if isinstance(err, SavedAssetsError):
             raise
@@ -420,10 +464,11 @@ def _read_manifest(mpath: str):
     return manifest, raw
 
 
-def _engines_from_manifest(path: str, adir: str, manifest: dict, loaded):
+def _engines_from_manifest(path: str, adir: str, manifest: dict, loaded, make_ops=True):
     """(manifest, converted GraphDef with its functions, {engine name: TRTEngineOp} with
-    plans restored). ``loaded`` None: only check that the graph and every segment network
-    can be rebuilt (what save() does before it keeps a model that shares its weights)."""
+    plans restored). ``loaded`` None (save() checking that the graph and every segment
+    network can be rebuilt) or ``make_ops`` False: no engine ops; the third item is then
+    [(manifest entry, EngineSpec, native segment FunctionDef, plan paths)] per engine."""
     import tensorflow as tf
     if loaded is not None and manifest["signature_key"] not in loaded.signatures:
         raise SavedAssetsError(f"the manifest's signature {manifest['signature_key']!r} is not "
@@ -437,11 +482,13 @@ def _engines_from_manifest(path: str, adir: str, manifest: dict, loaded):
     # Check every name before reading any plan.
     plan_paths = [[_asset_path(path, adir, p["file"]) for p in e["plans"]]
                   for e in manifest["engines"]]
+    make_ops = make_ops and loaded is not None
+    entries = [(e, *_restore_network(path, adir, e, gd, manifest["converted"]["file"]), paths)
+               for e, paths in zip(manifest["engines"], plan_paths)]
+    if not make_ops:
+        return manifest, gd, entries
     ops: Dict[str, TRTEngineOp] = {}
-    for e, paths in zip(manifest["engines"], plan_paths):
-        spec, fdef = _restore_network(path, adir, e, gd, manifest["converted"]["file"])
-        if loaded is None:
-            continue
+    for e, spec, fdef, paths in entries:
         op = conversion.engine_op_from_spec(spec, fdef)
         conversion.restore_plans(op, [(p, functools.partial(_read, f))
                                       for p, f in zip(e["plans"], paths)])

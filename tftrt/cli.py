@@ -1,0 +1,559 @@
+"""The ``tftrt`` command (also ``python -m tftrt``): convert, bench, compare, inspect.
+
+    tftrt convert SRC DST --precision FP16 --batch-sizes 1,8      # convert, build, save
+    tftrt bench DST --batch-sizes 1,8 --compare native,xla         # trtexec-like timings
+    tftrt compare DST --batch-sizes 8 --per-engine                 # converted vs native
+    tftrt inspect DST --onnx networks/                             # engines, layers, tactics
+
+``tftrt convert`` also takes ``saved_model_cli convert``'s spelling:
+``tftrt convert --dir SRC --output_dir DST --tag_set serve tensorrt --precision_mode FP16``.
+Exit status: 0 done (compare: every tensor within tolerance), 1 the work failed (compare:
+something differs), 2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+from typing import List, Optional, Sequence
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+BACKENDS = ("auto", "cupy", "numpy", "native")
+
+
+class CommandError(Exception):
+    """The command cannot do its work; the message says why and what to do (exit 1)."""
+
+
+# ------------------------------------------------------------------------------------------
+# Arguments
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    return v
+
+
+def _segment_size(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v <= 0 and v != -1:
+        raise argparse.ArgumentTypeError(f"{v} must be positive or -1 (to disable main graph "
+                                         f"conversion)")
+    return v
+
+
+def _int_list(text: str) -> List[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of "
+                                         f"integers (e.g. 1,8,32)") from None
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: batch sizes must be positive integers")
+    return values
+
+
+def _precision(text: str) -> str:
+    value = text.upper()
+    if value not in ("FP32", "FP16", "INT8"):
+        raise argparse.ArgumentTypeError(f"precision mode {text!r} is not supported. It should "
+                                         f"be one of FP32, FP16, INT8")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
+    return v
+
+
+def _add_model_options(p: argparse.ArgumentParser, backend_help: str) -> None:
+    p.add_argument("--signature-key", "--signature_def_key", dest="signature_key",
+                   default=None, help="signature to use (default: serving_default)")
+    p.add_argument("--tags", "--tag_set", dest="tags", default="serve",
+                   help="MetaGraph tags, comma separated (default: serve)")
+    p.add_argument("--backend", choices=BACKENDS, default=None, help=backend_help)
+
+
+def _add_input_options(p: argparse.ArgumentParser, what: str) -> None:
+    g = p.add_argument_group(f"inputs ({what}; default: --batch-sizes 1)")
+    g.add_argument("--batch-sizes", type=_int_list, default=None, metavar="N,N,...",
+                   help="fill the batch dimension of every input (its other dimensions "
+                        "must be known)")
+    g.add_argument("--shapes", action="append", default=None, metavar="NAME:DxDx...",
+                   help="input shapes, trtexec-style (x:8x224x224x3,y:8x4; the name may be "
+                        "left out for one input); repeat for several shapes")
+    g.add_argument("--inputs", default=None, metavar="FILE.npz",
+                   help="input data: one array per input name (first axis: batch)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the generated inputs")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from tftrt import __version__
+    parser = argparse.ArgumentParser(
+        prog="tftrt", description="TF-TRT's conversion workflow for current TensorFlow: "
+        "convert SavedModels, time them, compare them with native TensorFlow, inspect their "
+        "engines.",
+        epilog="Logs: TFTRT_LOG_LEVEL=INFO (or DEBUG) shows tftrt's log lines; see "
+               "docs/cli.md.")
+    parser.add_argument("--version", action="version", version=f"tftrt {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="{convert,bench,compare,inspect}")
+    sub.required = True
+
+    # --- convert ---------------------------------------------------------------------------
+    p = sub.add_parser("convert", help="convert a SavedModel, build engines, save it",
+                       description="Converts a SavedModel with TrtGraphConverterV2, builds "
+                       "engines for the given shapes, prints the summary and saves it. Also "
+                       "takes saved_model_cli's form: --dir SRC --output_dir DST [--tag_set "
+                       "serve] tensorrt [--precision_mode FP16] [--minimum_segment_size N] "
+                       "[--max_workspace_size_bytes N] [--convert_tf1_model].")
+    p.add_argument("src", nargs="?", help="the SavedModel directory to convert")
+    p.add_argument("dst", nargs="?", help="where to save the converted SavedModel")
+    p.add_argument("--dir", dest="dir", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--output_dir", "--output-dir", dest="output_dir", default=None,
+                   help=argparse.SUPPRESS)
+    p.add_argument("--precision", "--precision_mode", "--precision-mode", dest="precision",
+                   type=_precision, default="FP32", help="FP32 (default), FP16 or INT8")
+    p.add_argument("--minimum-segment-size", "--minimum_segment_size",
+                   dest="minimum_segment_size", type=_segment_size, default=3,
+                   help="smallest subgraph to turn into an engine (default 3; -1: none)")
+    p.add_argument("--max-cached-engines", "--maximum-cached-engines",
+                   "--maximum_cached_engines", dest="max_cached_engines", type=_positive_int,
+                   default=1, help="engines each engine op keeps, one per input shape "
+                                   "(default 1)")
+    p.add_argument("--max-workspace-size-bytes", "--max_workspace_size_bytes",
+                   dest="max_workspace_size_bytes", type=_positive_int, default=None,
+                   help="tactic scratch memory limit per engine (default 1 GiB)")
+    p.add_argument("--dynamic-shape", action="store_true",
+                   help="engines with optimization profiles covering the build shapes "
+                        "(use_dynamic_shape=True)")
+    p.add_argument("--profile-strategy", default=None,
+                   help="with --dynamic-shape: Range (default), Optimal, Range+Optimal or "
+                        "ImplicitBatchModeCompatible")
+    p.add_argument("--calibration-data", default=None, metavar="FILE.npz",
+                   help="INT8 calibration inputs (one array per input name, first axis: "
+                        "samples)")
+    p.add_argument("--calibration-batch-size", type=_positive_int, default=None,
+                   help="split the calibration data into batches of this size (default: one)")
+    p.add_argument("--no-build-at-runtime", action="store_true",
+                   help="allow_build_at_runtime=False: shapes not built now run natively")
+    p.add_argument("--no-save-engines", action="store_true",
+                   help="save_gpu_specific_engines=False: save the networks only, engines "
+                        "rebuild where the model runs")
+    p.add_argument("--convert_tf1_model", "--convert-tf1-model", dest="tf1",
+                   action="store_true", help="use the TF1 converter (TrtGraphConverter)")
+    p.add_argument("--no-summary", action="store_true", help="do not print the summary")
+    _add_model_options(p, "engine backend for building (default: TFTRT_BACKEND, else auto: "
+                          "cupy with a GPU; without one engines are not built, use numpy to "
+                          "build CPU reference engines)")
+    g = p.add_argument_group("engines to build (none given: engines build at first use)")
+    g.add_argument("--batch-sizes", type=_int_list, default=None, metavar="N,N,...",
+                   help="build for the signature's shapes with these batch sizes")
+    g.add_argument("--shapes", action="append", default=None, metavar="NAME:DxDx...",
+                   help="build for these input shapes (repeat for several)")
+    g.add_argument("--inputs", default=None, metavar="FILE.npz",
+                   help="build on this data (one array per input name)")
+    g.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+
+    # --- bench ------------------------------------------------------------------------------
+    p = sub.add_parser("bench", help="latency and throughput (trtexec-like)",
+                       description="Times the signature of a (converted) SavedModel: "
+                       "latency percentiles, throughput, engine memory, host/device copies. "
+                       "Every timed call is synchronized on the device before and after.")
+    p.add_argument("model", help="SavedModel directory (converted by tftrt, or not)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed calls first (default 5)")
+    p.add_argument("--iterations", type=_positive_int, default=50,
+                   help="timed calls per runner and shape (default 50)")
+    p.add_argument("--compare", default="", metavar="native,xla",
+                   help="also time the SavedModel natively and/or under XLA "
+                        "(jit_compile=True) in the same process")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_model_options(p, "engine backend (default: TFTRT_BACKEND, else cupy with a GPU, "
+                          "numpy without)")
+    _add_input_options(p, "generated, seeded")
+
+    # --- compare ----------------------------------------------------------------------------
+    p = sub.add_parser("compare", help="converted vs native, per output (Polygraphy-like)",
+                       description="Runs a converted SavedModel with its engines and natively "
+                       "on the same inputs and compares every output (|converted - native| "
+                       "<= atol + rtol * |native|); exit status 1 when something differs.")
+    p.add_argument("model", help="a SavedModel converted and saved by tftrt")
+    p.add_argument("--rtol", type=_non_negative_float, default=None,
+                   help="relative tolerance (default by precision: FP32 1e-3, FP16 2e-2)")
+    p.add_argument("--atol", type=_non_negative_float, default=None,
+                   help="absolute tolerance (default by precision: FP32 1e-4, FP16 2e-2)")
+    p.add_argument("--per-engine", action="store_true",
+                   help="also compare each engine alone on its native inputs")
+    p.add_argument("--per-layer", action="store_true",
+                   help="also compare every layer output of each engine with the numpy FP32 "
+                        "reference")
+    p.add_argument("--top", type=int, default=3, help="worst elements shown per tensor")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_model_options(p, "engine backend (default: TFTRT_BACKEND, else cupy with a GPU, "
+                          "numpy without)")
+    _add_input_options(p, "given or generated")
+
+    # --- inspect ----------------------------------------------------------------------------
+    p = sub.add_parser("inspect", help="engines, layers, tactics, memory, unconverted ops",
+                       description="Describes the engines of a converted SavedModel: their "
+                       "TF ops, saved engines with their layers after fusion, tactics, "
+                       "precisions and memory, and the ops left native with the reasons.")
+    p.add_argument("model", help="a SavedModel converted and saved by tftrt")
+    p.add_argument("--onnx", default=None, metavar="OUTDIR",
+                   help="write each segment network as OUTDIR/<engine>.onnx (for Netron)")
+    p.add_argument("--no-layers", action="store_true", help="leave out the layer tables")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--tags", "--tag_set", dest="tags", default="serve",
+                   help="MetaGraph tags, comma separated (default: serve)")
+    return parser
+
+
+def _normalize_argv(argv: List[str]) -> List[str]:
+    """saved_model_cli's ``convert --dir A --output_dir B tensorrt ...``: the method word
+    ``tensorrt`` goes (tftrt has no other method)."""
+    if argv and argv[0] == "convert" and any(a.split("=")[0] in ("--dir", "--output_dir")
+                                             for a in argv):
+        return [a for a in argv if a != "tensorrt"]
+    return argv
+
+
+# ------------------------------------------------------------------------------------------
+# Shared steps
+
+
+def _select_backend(name: Optional[str], default_engines: bool) -> str:
+    """Sets TFTRT_BACKEND for this process; returns a note on where engines run.
+
+    ``default_engines``: without --backend and TFTRT_BACKEND, run engines on numpy when
+    there is no GPU (bench / compare), rather than auto's native.
+    """
+    from tftrt.engine.backends import available_backends
+    if name:
+        os.environ["TFTRT_BACKEND"] = name
+    elif not os.environ.get("TFTRT_BACKEND", "").strip() and default_engines:
+        os.environ["TFTRT_BACKEND"] = "cupy" if "cupy" in available_backends() else "numpy"
+    from tftrt.engine_op import resolve_backend
+    try:
+        backend = resolve_backend()
+    except ValueError as err:
+        raise CommandError(str(err)) from None
+    gpu = "cupy" in available_backends()
+    if backend == "numpy":
+        why = "" if gpu else " (no CUDA GPU with CuPy here)"
+        return (f"engines run on the numpy reference backend on the CPU{why}: timings are "
+                f"not those of GPU engines")
+    if backend == "native":
+        return ("engines do not run: TFTRT_BACKEND resolved to native, every segment runs "
+                "its TensorFlow ops")
+    return "engines run on the GPU (CuPy backend)"
+
+
+def _signature_inputs(path: str, signature_key: str, tags):
+    """(loaded object, signature, input specs) of the SavedModel at ``path``."""
+    import tensorflow as tf
+    from tftrt import inputs as inp
+    from tftrt.graph_io import check_saved_model_dir
+    try:
+        path = check_saved_model_dir(path)
+        loaded = tf.saved_model.load(path, tags=tags)
+    except ValueError as err:
+        raise CommandError(str(err)) from None
+    except Exception as err:
+        raise CommandError(f"cannot load the SavedModel {path!r} with tags {tags}: "
+                           f"{type(err).__name__}: {str(err).splitlines()[0]}") from None
+    if signature_key not in loaded.signatures:
+        raise CommandError(f"signature {signature_key!r} not found in {path}; available: "
+                           f"{sorted(loaded.signatures) or 'none'} (--signature-key)")
+    sig = loaded.signatures[signature_key]
+    return loaded, sig, inp.signature_specs(sig)
+
+
+def _input_batches(args, specs, default_batch: Optional[int] = 1):
+    """([input dict per run], [batch size or None per run]) from --batch-sizes / --shapes /
+    --inputs; with none of them, ``default_batch`` (None: no inputs)."""
+    from tftrt import inputs as inp
+    given = [x for x in (args.batch_sizes, args.shapes, args.inputs) if x]
+    if len(given) > 1:
+        raise inp.InputError("give one of --batch-sizes, --shapes and --inputs")
+    if args.inputs:
+        data = inp.load_npz(args.inputs, specs)
+        first = next(iter(data.values()), None)
+        batch = int(first.shape[0]) if first is not None and first.ndim else None
+        return [data], [batch]
+    if args.shapes:
+        runs = [inp.check_shapes(inp.parse_shapes(s, list(specs)), specs) for s in args.shapes]
+        batches = [None] * len(runs)
+    else:
+        sizes = args.batch_sizes or ([default_batch] if default_batch else [])
+        runs = [inp.batch_shapes(specs, b) for b in sizes]
+        batches = list(sizes)
+    return [inp.generate(specs, s, args.seed + k) for k, s in enumerate(runs)], batches
+
+
+def _tags(text: str) -> List[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+# ------------------------------------------------------------------------------------------
+# convert
+
+
+def cmd_convert(args, out, err) -> int:
+    src = args.src or args.dir
+    dst = args.dst or args.output_dir
+    if args.src and args.dir or args.dst and args.output_dir:
+        raise CommandError("give the directories either as SRC DST or as --dir/--output_dir")
+    if not src or not dst:
+        raise _Usage("convert needs the SavedModel to convert and where to save it: "
+                     "tftrt convert SRC DST (or --dir SRC --output_dir DST)")
+    if args.calibration_data and args.precision != "INT8":
+        raise _Usage("--calibration-data is for --precision INT8")
+    if args.profile_strategy and not args.dynamic_shape:
+        raise _Usage("--profile-strategy needs --dynamic-shape")
+    note = _select_backend(args.backend, default_engines=False)
+    from tftrt import inputs as inp
+    from tftrt import trt_convert as trt
+    from tftrt.engine_op import resolve_backend
+    tags = _tags(args.tags)
+    if args.tf1:
+        return _convert_tf1(args, src, dst, tags, out)
+    kwargs = dict(input_saved_model_dir=src, input_saved_model_tags=tags,
+                  input_saved_model_signature_key=args.signature_key,
+                  precision_mode=args.precision, minimum_segment_size=args.minimum_segment_size,
+                  maximum_cached_engines=args.max_cached_engines,
+                  allow_build_at_runtime=not args.no_build_at_runtime)
+    if args.max_workspace_size_bytes:
+        kwargs["max_workspace_size_bytes"] = args.max_workspace_size_bytes
+    if args.dynamic_shape:
+        kwargs.update(use_dynamic_shape=True,
+                      dynamic_shape_profile_strategy=args.profile_strategy)
+    if args.precision == "INT8" and not args.calibration_data:
+        kwargs["use_calibration"] = False
+    try:
+        converter = trt.TrtGraphConverterV2(**kwargs)
+    except (ValueError, RuntimeError) as e:
+        raise CommandError(str(e)) from None
+    specs = None
+    calibration = None
+    if args.calibration_data or args.batch_sizes or args.shapes or args.inputs:
+        _, _, specs = _signature_inputs(src, args.signature_key or "serving_default", tags)
+    if args.calibration_data:
+        data = inp.load_npz(args.calibration_data, specs)
+        cal = inp.split_batches(data, args.calibration_batch_size)
+        calibration = lambda: iter(cal)  # noqa: E731
+    try:
+        converter.convert(calibration_input_fn=calibration)
+    except (ValueError, RuntimeError) as e:
+        raise CommandError(f"conversion failed: {e}") from None
+    built = 0
+    if specs is not None and (args.batch_sizes or args.shapes or args.inputs):
+        runs, _ = _input_batches(args, specs, None)
+        if resolve_backend() == "native":
+            print(f"engines not built: {note}; they build where the model runs (a GPU "
+                  f"machine), or use --backend numpy for CPU reference engines", file=out)
+        else:
+            converter.build(input_fn=lambda: iter(runs))
+            built = sum(len(op.cache) for op in converter.engine_ops.values())
+    if not args.no_summary:
+        converter.summary(print_fn=lambda s: print(s, file=out))
+    try:
+        converter.save(dst, save_gpu_specific_engines=not args.no_save_engines)
+    except (ValueError, RuntimeError, OSError) as e:
+        raise CommandError(f"saving to {dst!r} failed: {e}") from None
+    engines = len(converter.engine_ops)
+    print(f"saved {dst}: {engines} engine op(s), {built if not args.no_save_engines else 0} "
+          f"built engine(s) saved ({note})", file=out)
+    return EXIT_OK
+
+
+def _convert_tf1(args, src, dst, tags, out) -> int:
+    from tftrt import trt_convert as trt
+    if args.batch_sizes or args.shapes or args.inputs or args.dynamic_shape:
+        raise _Usage("--convert_tf1_model builds engines at run time (is_dynamic_op=True); "
+                     "leave out --batch-sizes / --shapes / --inputs / --dynamic-shape")
+    kwargs = dict(input_saved_model_dir=src, input_saved_model_tags=tags,
+                  input_saved_model_signature_key=args.signature_key,
+                  precision_mode=args.precision, minimum_segment_size=args.minimum_segment_size,
+                  maximum_cached_engines=args.max_cached_engines, is_dynamic_op=True,
+                  use_calibration=False)
+    if args.max_workspace_size_bytes:
+        kwargs["max_workspace_size_bytes"] = args.max_workspace_size_bytes
+    try:
+        converter = trt.TrtGraphConverter(**kwargs)
+        converter.convert()
+        converter.save(dst)
+    except (ValueError, RuntimeError, OSError) as e:
+        raise CommandError(f"TF1 conversion failed: {e}") from None
+    print(f"saved {dst} (TF1 converter, engines build at run time)", file=out)
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------------
+# bench
+
+
+def cmd_bench(args, out, err) -> int:
+    from tftrt import bench as B
+    runners = ["tftrt"] + [r.strip() for r in args.compare.split(",") if r.strip()]
+    unknown = [r for r in runners[1:] if r not in ("native", "xla")]
+    if unknown:
+        raise _Usage(f"--compare takes native and/or xla, not {', '.join(unknown)}")
+    if args.warmup < 0:
+        raise _Usage("--warmup must be >= 0")
+    runners = list(dict.fromkeys(runners))
+    note = _select_backend(args.backend, default_engines=True)
+    key = args.signature_key or "serving_default"
+    tags = _tags(args.tags)
+    _, _, specs = _signature_inputs(args.model, key, tags)
+    runs, batches = _input_batches(args, specs)
+    log = (lambda s: None) if args.json else (lambda s: print(f"timing {s}", file=err))
+    try:
+        results = B.bench(args.model, runners, runs, batches, args.warmup, args.iterations,
+                          key, tags, log)
+    except ValueError as e:
+        raise CommandError(str(e)) from None
+    if args.json:
+        print(json.dumps({"model": args.model, "signature": key, "device": B.device(),
+                          "backend": os.environ.get("TFTRT_BACKEND"), "note": note,
+                          "warmup": args.warmup, "iterations": args.iterations,
+                          "results": [r.to_json() for r in results]}, indent=1), file=out)
+    else:
+        print(f"{args.model} (signature {key!r}) on {B.device()}: {note}", file=out)
+        if B.device() == "/CPU:0":
+            print("host/device copies: none (no GPU: TensorFlow's tensors stay in host "
+                  "memory)", file=out)
+        B.format_results(results, lambda s: print(s, file=out))
+    fell_back = [r for r in results if r.engine_runs and r.engine_runs["native"]]
+    for r in fell_back:
+        print(f"warning: {r.runner} batch {B._batch(r)}: {r.engine_runs['native']} engine "
+              f"call(s) ran the native segment (see the tftrt.engine_op warning)", file=err)
+    return EXIT_FAILED if any(r.error for r in results) else EXIT_OK
+
+
+# ------------------------------------------------------------------------------------------
+# compare
+
+
+def cmd_compare(args, out, err) -> int:
+    from tftrt import compare as C
+    from tftrt import saving
+    from tftrt.inputs import signature_specs
+    note = _select_backend(args.backend, default_engines=True)
+    tags = _tags(args.tags)
+    try:
+        saved = saving.read_saved_engines(args.model, tags=tags)
+    except (saving.NotConvertedError, saving.SavedAssetsError) as e:
+        raise CommandError(f"{e}" if isinstance(e, saving.NotConvertedError) else
+                           f"tftrt.load would not use the engines of {args.model}: {e}") \
+            from None
+    except ValueError as e:
+        raise CommandError(str(e)) from None
+    key = args.signature_key or saved.manifest["signature_key"]
+    if key not in saved.loaded.signatures:
+        raise CommandError(f"signature {key!r} not found in {args.model}; available: "
+                           f"{sorted(saved.loaded.signatures)}")
+    specs = signature_specs(saved.loaded.signatures[key])
+    runs, _ = _input_batches(args, specs)
+    precisions = {s.precision_mode for s in saved.specs.values()} or {"FP32"}
+    loosest = max((C.DEFAULT_TOLERANCES.get(p, C.DEFAULT_TOLERANCES["FP32"])
+                   for p in precisions), key=lambda t: t[0])
+    rtol = loosest[0] if args.rtol is None else args.rtol
+    atol = loosest[1] if args.atol is None else args.atol
+    try:
+        report = C.compare_saved_model(args.model, runs, rtol, atol, key, tags,
+                                       args.per_engine, args.per_layer, args.top)
+    except ValueError as e:
+        raise CommandError(str(e)) from None
+    if args.json:
+        print(json.dumps(dict(report.to_json(), model=args.model, note=note), indent=1),
+              file=out)
+    else:
+        print(f"{args.model}: {len(saved.specs)} engine(s), {'/'.join(sorted(precisions))}; "
+              f"{note}", file=out)
+        C.format_report(report, lambda s: print(s, file=out))
+    return EXIT_OK if report.passed else EXIT_FAILED
+
+
+# ------------------------------------------------------------------------------------------
+# inspect
+
+
+def cmd_inspect(args, out, err) -> int:
+    from tftrt import inspect_model
+    tags = _tags(args.tags)
+    try:
+        info = inspect_model.describe(args.model, tags=tags)
+    except ValueError as e:
+        raise CommandError(str(e)) from None
+    if args.onnx:
+        written = inspect_model.write_networks(info, args.onnx)
+        info["onnx_written"] = written
+    if args.json:
+        print(json.dumps(info["json"], indent=1), file=out)
+    else:
+        inspect_model.format_description(info, lambda s: print(s, file=out),
+                                         layers=not args.no_layers)
+        for path in info.get("onnx_written", []):
+            print(f"wrote {path}", file=out)
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------------
+
+
+class _Usage(Exception):
+    """A bad combination of arguments (exit 2, argparse style)."""
+
+
+COMMANDS = {"convert": cmd_convert, "bench": cmd_bench, "compare": cmd_compare,
+            "inspect": cmd_inspect}
+
+
+def main(argv: Optional[Sequence[str]] = None, out=None, err=None) -> int:
+    """Runs the ``tftrt`` command; returns its exit status."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    argv = _normalize_argv(list(sys.argv[1:] if argv is None else argv))
+    parser = build_parser()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, or argparse's usage error (2)
+        return int(e.code or 0)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from tftrt.inputs import InputError
+    try:
+        return COMMANDS[args.command](args, out, err)
+    except _Usage as e:
+        sub = parser._subparsers._group_actions[0].choices[args.command]  # noqa: W0212
+        sub.print_usage(err)
+        print(f"tftrt {args.command}: error: {e}", file=err)
+        return EXIT_USAGE
+    except CommandError as e:
+        print(f"tftrt {args.command}: error: {e}", file=err)
+        return EXIT_FAILED
+    except InputError as e:  # inputs that do not fit the signature: an argument error
+        print(f"tftrt {args.command}: error: {e}", file=err)
+        return EXIT_USAGE
+    except ValueError as e:  # bad inputs (shapes, .npz) and the converter's own checks
+        print(f"tftrt {args.command}: error: {e}", file=err)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

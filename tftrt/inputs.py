@@ -1,0 +1,170 @@
+"""Inputs for the ``tftrt`` commands: shapes given on the command line, generated data, .npz.
+
+Shapes follow trtexec: ``--shapes image:8x224x224x3`` (several inputs comma separated,
+``a:1x4,b:1x4``; a signature with one input may leave out its name: ``--shapes 8x224x224x3``).
+``--batch-sizes 1,8`` fills the first dimension of every input whose other dimensions are
+known. Generated data is seeded: floats standard normal, integers in [0, 4), booleans
+random; a .npz holds one array per input name (one array under any name for a signature
+with one input), the first axis being the batch.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+Shape = Tuple[int, ...]
+Specs = Dict[str, Tuple[np.dtype, Optional[List[Optional[int]]]]]  # name -> (dtype, shape)
+
+_DIMS = re.compile(r"^\d+(x\d+)*$")
+
+
+class InputError(ValueError):
+    """The inputs asked for do not fit the signature (the message says what to give)."""
+
+
+def parse_dims(text: str) -> Shape:
+    """'8x224x224x3' -> (8, 224, 224, 3); '' or 'scalar' -> () (a scalar input)."""
+    text = text.strip().lower()
+    if text in ("", "scalar"):
+        return ()
+    if not _DIMS.match(text):
+        raise InputError(f"shape {text!r} is not dimensions joined by 'x' (e.g. 8x224x224x3)")
+    return tuple(int(d) for d in text.split("x"))
+
+
+def parse_shapes(text: str, names: Sequence[str]) -> Dict[str, Shape]:
+    """``--shapes`` text -> {input name: shape} for a signature taking ``names``."""
+    out: Dict[str, Shape] = {}
+    for part in [p for p in text.split(",") if p.strip()]:
+        name, sep, dims = part.rpartition(":")
+        if not sep:
+            if len(names) != 1:
+                raise InputError(f"--shapes {text!r}: the signature takes {len(names)} inputs "
+                                 f"({', '.join(names)}); name each one, e.g. "
+                                 f"{names[0]}:1x8" if names else "the signature takes no inputs")
+            name = names[0]
+        name = name.strip()
+        if name not in names:
+            raise InputError(f"--shapes names input {name!r}; the signature's inputs are "
+                             f"{', '.join(names) or 'none'}")
+        if name in out:
+            raise InputError(f"--shapes gives input {name!r} twice")
+        out[name] = parse_dims(dims)
+    missing = [n for n in names if n not in out]
+    if missing:
+        raise InputError(f"--shapes {text!r} gives no shape for input(s) {', '.join(missing)}")
+    return out
+
+
+def fits(shape: Sequence[int], spec_shape) -> bool:
+    if spec_shape is None:
+        return True
+    return len(shape) == len(spec_shape) and all(s is None or s == d
+                                                 for s, d in zip(spec_shape, shape))
+
+
+def check_shapes(shapes: Dict[str, Shape], specs: Specs) -> Dict[str, Shape]:
+    for name, shape in shapes.items():
+        spec_shape = specs[name][1]
+        if not fits(shape, spec_shape):
+            raise InputError(f"shape {'x'.join(map(str, shape)) or 'scalar'} does not fit input "
+                             f"{name!r} of shape {_fmt(spec_shape)}")
+    return shapes
+
+
+def batch_shapes(specs: Specs, batch: int) -> Dict[str, Shape]:
+    """Each input's signature shape with its first dimension set to ``batch``."""
+    out = {}
+    for name, (_, shape) in specs.items():
+        if shape is None or not shape:
+            raise InputError(f"input {name!r} has shape {_fmt(shape)}, which has no batch "
+                             f"dimension to set; give its shape with --shapes")
+        rest = shape[1:]
+        if any(d is None for d in rest):
+            raise InputError(f"input {name!r} has shape {_fmt(shape)}: only the batch "
+                             f"dimension can come from --batch-sizes; give the others with "
+                             f"--shapes {name}:{batch}x" + "x".join(
+                                 "?" if d is None else str(d) for d in rest))
+        if shape[0] is not None and shape[0] != batch:
+            raise InputError(f"input {name!r} has a fixed batch of {shape[0]} (shape "
+                             f"{_fmt(shape)}); batch {batch} does not fit")
+        out[name] = (batch,) + tuple(rest)
+    return out
+
+
+def generate(specs: Specs, shapes: Dict[str, Shape], seed: int = 0) -> Dict[str, np.ndarray]:
+    """Seeded data of ``shapes`` with the signature's dtypes."""
+    rng = np.random.RandomState(seed)
+    out = {}
+    for name, (dtype, _) in specs.items():
+        dt, shape = np.dtype(dtype), shapes[name]
+        if dt.kind == "f":
+            out[name] = rng.standard_normal(shape).astype(dt)
+        elif dt.kind in "iu":
+            out[name] = rng.randint(0, 4, size=shape).astype(dt)
+        elif dt.kind == "b":
+            out[name] = rng.randint(0, 2, size=shape).astype(dt)
+        else:
+            raise InputError(f"input {name!r} has dtype {dt}; data for it cannot be generated: "
+                             f"give it in an .npz file (--inputs)")
+    return out
+
+
+def load_npz(path: str, specs: Specs) -> Dict[str, np.ndarray]:
+    """The arrays of .npz ``path`` for the signature's inputs, checked and cast."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError) as err:
+        raise InputError(f"cannot read {path!r} as an .npz file of arrays: {err}") from None
+    names = list(specs)
+    if len(names) == 1 and len(arrays) == 1:
+        arrays = {names[0]: next(iter(arrays.values()))}
+    missing = [n for n in names if n not in arrays]
+    extra = [k for k in arrays if k not in specs]
+    if missing or extra:
+        raise InputError(f"{path} holds arrays {sorted(arrays)}; the signature's inputs are "
+                         f"{names} (one array per input name)")
+    out = {}
+    for name in names:
+        dtype, shape = specs[name]
+        a = arrays[name]
+        if not fits(a.shape, shape):
+            raise InputError(f"{path}: array {name!r} has shape {list(a.shape)}, which does not "
+                             f"fit the input's shape {_fmt(shape)}")
+        if a.dtype != np.dtype(dtype):
+            if not np.can_cast(a.dtype, np.dtype(dtype), casting="same_kind"):
+                raise InputError(f"{path}: array {name!r} is {a.dtype}; the input is "
+                                 f"{np.dtype(dtype)}")
+            a = a.astype(dtype)
+        out[name] = a
+    return out
+
+
+def split_batches(arrays: Dict[str, np.ndarray], batch: Optional[int]) -> List[Dict[str, np.ndarray]]:
+    """Splits arrays along their first axis into batches of ``batch`` (None: one batch)."""
+    if batch is None:
+        return [arrays]
+    n = min(a.shape[0] for a in arrays.values()) if arrays else 0
+    return [{k: a[i:i + batch] for k, a in arrays.items()} for i in range(0, n, batch)]
+
+
+def signature_specs(signature) -> Specs:
+    """name -> (dtype, shape list or None) of a signature ConcreteFunction's keyword inputs."""
+    spec = signature.structured_input_signature[1]
+    return {name: (np.dtype(s.dtype.as_numpy_dtype),
+                   None if s.shape.rank is None else s.shape.as_list())
+            for name, s in sorted(spec.items())}
+
+
+def _fmt(shape) -> str:
+    if shape is None:
+        return "<unknown rank>"
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def fmt_shape(shape) -> str:
+    return _fmt(shape)

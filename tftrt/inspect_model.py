@@ -1,0 +1,209 @@
+"""What a converted SavedModel holds, for ``tftrt inspect``: engines, their TF ops, saved
+engines (plans) with their layers after fusion, tactics, precisions and memory, fallback
+tactics (on the GPU), and the ops left native with the reasons conversion gave.
+
+Plans are read from their JSON headers only (no weights are loaded), so a model built on a
+GPU can be inspected anywhere; fallback tactics are decided when a plan's layers get their
+GPU implementations, so they are listed on a machine where the CuPy backend works.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Dict, List, Optional
+
+from tftrt import saving
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _plan_description(name: str, spec, meta: dict, path: str) -> dict:
+    from tftrt.engine import PlanError
+    from tftrt.engine.network import Layer
+    from tftrt.engine.plan import check_plan_identity, network_sha256, read_plan_header
+    d = {"file": os.path.basename(path), "input_shapes": meta.get("input_shapes"),
+         "backend": meta.get("backend")}
+    try:
+        data = _read(path)
+        header = read_plan_header(data)
+        check_plan_identity(header, name, network_sha256(spec.onnx_bytes))
+    except (OSError, PlanError) as err:
+        d["error"] = f"{err}; the engine rebuilds at run time"
+        return d
+    memory = header.get("memory") or {}
+    layers = []
+    for item in header.get("layers", []):
+        layer = Layer.from_json(item)
+        layers.append({"name": layer.name, "kind": layer.kind,
+                       "epilogue": layer.epilogue_summary(), "tactic": layer.tactic or "default",
+                       "precision": layer.precision or header.get("precision")})
+    d.update(device=header.get("device"), precision=header.get("precision"), layers=layers,
+             activation_bytes=int(memory.get("arena_bytes", 0)) +
+             int(memory.get("workspace_bytes", 0)) + int(memory.get("output_bytes", 0)),
+             weight_bytes=int(header.get("weights_bytes", 0)),
+             fallback_tactics=_fallback_tactics(name, spec, header, data))
+    return d
+
+
+def _fallback_tactics(name: str, spec, header: dict, data: bytes) -> Optional[List[dict]]:
+    """Layers whose GPU implementation is a fallback tactic (why the first failed); None
+    when that cannot be known here (not a CuPy plan, or no working CuPy)."""
+    from tftrt.engine.backends import available_backends
+    from tftrt.engine.plan import network_sha256
+    if header.get("backend") != "cupy" or "cupy" not in available_backends():
+        return None
+    from tftrt.engine import deserialize_engine
+    engine = deserialize_engine(data, backend="cupy", engine_name=name,
+                                network_digest=network_sha256(spec.onnx_bytes))
+    impls = engine.backend_impl.engine_impls(engine)
+    return [{"layer": l.name, "kind": l.kind, "tactic": l.tactic,
+             "implementation": type(i).__name__, "why": i.fallback}
+            for l, i in zip(engine.network.layers, impls) if getattr(i, "fallback", None)]
+
+
+def describe(path: str, tags=None) -> dict:
+    """A JSON-able description of the converted SavedModel at ``path`` (key "json") plus the
+    objects :func:`write_networks` needs.
+
+    Raises:
+      ValueError (saving.NotConvertedError / SavedAssetsError): no usable tftrt assets.
+    """
+    from tftrt.inputs import signature_specs
+    try:
+        saved = saving.read_saved_engines(path, tags=tags)
+    except saving.SavedAssetsError as err:
+        raise saving.SavedAssetsError(f"the tftrt assets of {path} are refused ({err}); "
+                                      f"tftrt.load runs this model natively") from None
+    m = saved.manifest
+    sig = saved.loaded.signatures[m["signature_key"]]
+    outputs = sig.structured_outputs
+    outs = outputs.items() if isinstance(outputs, dict) else enumerate(outputs)
+    engines = []
+    for e in m["engines"]:
+        name = e["spec"]["name"]
+        spec = saved.specs[name]
+        engines.append({
+            "name": name, "precision": spec.precision_mode, "tf_nodes": spec.num_nodes,
+            "ops": dict(spec.op_histogram),
+            "inputs": [{"name": f"TensorRTInputPH_{i}", "from": t, "dtype": dt, "shape": s}
+                       for i, (t, dt, s) in enumerate(zip(spec.input_tensors, spec.input_dtypes,
+                                                          spec.input_shapes))],
+            "outputs": [{"name": f"TensorRTOutputPH_{i}", "dtype": dt, "shape": s}
+                        for i, (dt, s) in enumerate(zip(spec.output_dtypes,
+                                                        spec.output_shapes))],
+            "maximum_cached_engines": spec.maximum_cached_engines,
+            "allow_build_at_runtime": spec.allow_build_at_runtime,
+            "weights_shared_with_saved_model": len(e.get("weights", [])),
+            "plans": [_plan_description(name, spec, meta, p)
+                      for meta, p in saved.plan_files[name]],
+        })
+    info = {
+        "model": saved.path, "signature": m["signature_key"],
+        "inputs": {k: {"dtype": str(dt), "shape": s}
+                   for k, (dt, s) in signature_specs(sig).items()},
+        "outputs": {str(k): {"dtype": v.dtype.name,
+                             "shape": v.shape.as_list() if v.shape.rank is not None else None}
+                    for k, v in outs},
+        "format_version": m.get("format_version"),
+        "conversion": m.get("conversion"),
+        "engines": engines,
+    }
+    return {"json": info, "saved": saved}
+
+
+def write_networks(info: dict, outdir: str) -> List[str]:
+    """Writes each engine's whole segment network as ``outdir``/<engine>.onnx."""
+    os.makedirs(outdir, exist_ok=True)
+    paths = []
+    for name, spec in info["saved"].specs.items():
+        p = os.path.join(outdir, f"{name}.onnx")
+        with open(p, "wb") as f:
+            f.write(spec.onnx_bytes)
+        paths.append(p)
+    return paths
+
+
+def _shape(s) -> str:
+    if s is None:
+        return "[<unknown rank>]"
+    return "[" + ", ".join("?" if d is None else str(d) for d in s) + "]"
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.2f} MiB"
+
+
+def format_description(info: dict, print_fn: Callable[[str], None], layers: bool = True) -> None:
+    d = info["json"]
+    ins = ", ".join(f"{k} {v['dtype']} {_shape(v['shape'])}" for k, v in d["inputs"].items())
+    outs = ", ".join(f"{k} {v['dtype']} {_shape(v['shape'])}" for k, v in d["outputs"].items())
+    print_fn(f"model {d['model']}, signature {d['signature']!r}: {ins} -> {outs}")
+    conv = d.get("conversion")
+    engines = d["engines"]
+    if conv:
+        total, done = conv["ops_total"], conv["ops_converted"]
+        pct = 100.0 * done / total if total else 0.0
+        print_fn(f"converted: {done} of {total} ops ({pct:.2f}%) in {len(engines)} engine(s)")
+        left = conv.get("left_native") or {}
+        if left:
+            print_fn("left native: " + ", ".join(f"{op} {n}x" for op, n in left.items()))
+            for op in left:
+                for why, n in (conv.get("reasons", {}).get(op) or {}).items():
+                    print_fn(f"  - {op} ({n}x): {why}")
+    else:
+        print_fn(f"{len(engines)} engine(s) (the ops left native were not recorded by the tftrt "
+                 f"that saved this model)")
+    for e in engines:
+        print_fn("")
+        print_fn(f"{e['name']}: {e['precision']}, {e['tf_nodes']} TF nodes, up to "
+                 f"{e['maximum_cached_engines']} cached engine(s), build at run time: "
+                 f"{'yes' if e['allow_build_at_runtime'] else 'no'}")
+        for i in e["inputs"]:
+            print_fn(f"  input  {i['name']} {i['dtype']} {_shape(i['shape'])} <- {i['from']}")
+        for o in e["outputs"]:
+            print_fn(f"  output {o['name']} {o['dtype']} {_shape(o['shape'])}")
+        print_fn("  TF ops: " + ", ".join(f"{op} {n}x" for op, n in e["ops"].items()))
+        if e["weights_shared_with_saved_model"]:
+            print_fn(f"  segment network: {e['weights_shared_with_saved_model']} weight(s) "
+                     f"stored once, in saved_model.pb's native segment")
+        if not e["plans"]:
+            print_fn("  no saved engine: engines build when the model first runs each shape")
+        for k, p in enumerate(e["plans"]):
+            shapes = p.get("input_shapes")
+            if "error" in p:
+                print_fn(f"  saved engine {k} for input shapes {shapes}: unusable: {p['error']}")
+                continue
+            print_fn(f"  saved engine {k} for input shapes {shapes}: {p['backend']} on "
+                     f"{p['device']}, {p['precision']}, {len(p['layers'])} layers after "
+                     f"fusion, {_mib(p['activation_bytes'])} activation memory, "
+                     f"{_mib(p['weight_bytes'])} weights")
+            if layers:
+                _layer_table(p["layers"], print_fn)
+            fb = p.get("fallback_tactics")
+            if fb is None:
+                print_fn("    fallback tactics: known where the CuPy backend runs the plan "
+                         "(a GPU machine)")
+            elif not fb:
+                print_fn("    fallback tactics: none")
+            else:
+                print_fn(f"    fallback tactics: {len(fb)} layer(s)")
+                for f in fb:
+                    print_fn(f"      {f['layer']} ({f['kind']} {f['tactic']} -> "
+                             f"{f['implementation']}): {f['why']}")
+
+
+def _layer_table(rows: List[Dict[str, str]], print_fn) -> None:
+    cols = ["#", "layer", "kind", "epilogue", "tactic", "precision"]
+    table = [[str(i), r["name"], r["kind"], r["epilogue"] or "-", str(r["tactic"]),
+              str(r["precision"] or "-")] for i, r in enumerate(rows)]
+    widths = [min(max([len(c)] + [len(t[i]) for t in table]), 60) for i, c in enumerate(cols)]
+
+    def fmt(vals):
+        return "    " + "  ".join((v if len(v) <= w else v[:w - 3] + "...").ljust(w)
+                                  for v, w in zip(vals, widths)).rstrip()
+    print_fn(fmt(cols))
+    for t in table:
+        print_fn(fmt(t))
