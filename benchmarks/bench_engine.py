@@ -11,6 +11,7 @@ engines allow it by default).
     python benchmarks/bench_engine.py --models resnet50,mobilenet_v2,encoder \
         --precisions FP16,FP32 --batches 1,8,128 [--peers eager,compile] \
         [--profile resnet50:FP16:128]
+    BENCH_BUILD_PROFILE=1 adds a cProfile of each engine build (where build time goes).
 
 Timing: CUDA events around each call on the caller's stream (input already on the GPU, output
 handed back on the GPU), after warm-up (the engine captures its CUDA graph on the second run;
@@ -111,8 +112,19 @@ def bench_engine(model_name, precision, batches, net_dir, profile_batches=()):
     for batch in batches:
         shape = [batch] + list(info["input_shape"][1:])
         t0 = time.perf_counter()
-        engine = build_engine(model, {in_name: shape},
-                              BuilderConfig(precision=precision, backend="cupy"))
+        config = BuilderConfig(precision=precision, backend="cupy")
+        if os.environ.get("BENCH_BUILD_PROFILE"):
+            # Where build time goes (NVRTC compiles, cuDNN plan finalisation, tactic timing).
+            import cProfile
+            import pstats
+            prof_ = cProfile.Profile()
+            engine = prof_.runcall(build_engine, model, {in_name: shape}, config)
+            print(f"# build profile {model_name} {precision} batch {batch}", flush=True)
+            st = pstats.Stats(prof_)
+            st.sort_stats("cumulative").print_stats(35)
+            st.sort_stats("tottime").print_stats(20)
+        else:
+            engine = build_engine(model, {in_name: shape}, config)
         build_s = time.perf_counter() - t0
         ctx = engine.create_execution_context()
         row = {"model": model_name, "precision": precision, "batch": batch, "impl": "tftrt",

@@ -3,6 +3,7 @@ Keras models, with golden outputs computed by native TensorFlow. Runs on the CPU
 TensorFlow); bench_engine.py runs them on the GPU machine, which has no TensorFlow.
 
     python benchmarks/make_networks.py --out .whl/networks [--models resnet50,mobilenet_v2,encoder]
+    (--models also takes any tftrt.zoo.ZOO name: DenseNet121, EfficientNetB0, ...)
 
 Per model it writes ``<name>.onnx.xz`` (every segment network, largest first, in one
 xz-compressed ONNX list; see ``load_networks``) and ``<name>.golden.npz`` (native TF's output
@@ -70,10 +71,15 @@ def build(name: str, out: str, input_size: int = None) -> dict:
     from tftrt import trt_convert as trt
     from tftrt import zoo
 
-    fn, shape_fn = zoo.MODELS[name]
-    model = fn() if input_size is None else fn(input_size=input_size)
+    if name in zoo.MODELS:
+        fn, shape_fn = zoo.MODELS[name]
+        model = fn() if input_size is None else fn(input_size=input_size)
+        shape = shape_fn(GOLDEN_BATCH)
+    else:  # any zoo model by its name (DenseNet121, EfficientNetB0, ...)
+        entry = zoo.ZOO[name]
+        model = entry.builder(input_size or entry.size, seed=0)
+        shape = entry.input_shape(GOLDEN_BATCH, input_size)
     _low_entropy(model, seed=1, share_prefix="encoder" if name == "encoder" else None)
-    shape = shape_fn(GOLDEN_BATCH)
     x = golden_input(shape)
     golden = np.asarray(model(x, training=False))
     t0 = time.perf_counter()
