@@ -10,6 +10,10 @@ import os as _os
 
 __version__ = "0.1.0"
 
+from tftrt import logs as _logs  # noqa: E402
+
+_logs.configure_from_env()  # TFTRT_LOG_LEVEL: verbosity of the tftrt.* loggers
+
 # In the repository the converters live in the top-level folder converters/ (installed as
 # tftrt.converters through setup.cfg's package_dir). When tftrt is imported straight from a
 # checkout, let the package find them there too.

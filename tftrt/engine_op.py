@@ -66,7 +66,27 @@ def resolve_backend(name: Optional[str] = None) -> str:
         from tftrt.engine.backends import available_backends
         got = "cupy" if "cupy" in available_backends() else "native"
     _RESOLVED[raw] = got
+    if got == "native":  # once per value: users who never call summary() learn it here
+        why = "TFTRT_BACKEND=native selects them" if raw == "native" else \
+            f"TFTRT_BACKEND={raw} found no GPU engine backend: {_why_no_gpu()}"
+        log.warning("tftrt engines will not run: every segment runs its native TensorFlow ops "
+                    "(correct results, no speed-up), because %s. On a CPU-only machine "
+                    "TFTRT_BACKEND=numpy runs the reference engines.", why)
     return got
+
+
+def _why_no_gpu() -> str:
+    """Why the CuPy backend is not available, for the native-backend warning."""
+    try:
+        import cupy
+    except Exception as e:  # ImportError, or a broken CUDA installation
+        return (f"CuPy cannot be imported ({type(e).__name__}); install tftrt[cuda] on a "
+                f"machine with an NVIDIA GPU")
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:
+        return f"CuPy finds no usable CUDA GPU ({type(e).__name__}: {str(e)[:200]})"
+    return "CuPy sees no CUDA GPU" if not count else "the CuPy backend failed its start-up check"
 
 
 def _tf32_enabled() -> bool:

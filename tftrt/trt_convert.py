@@ -18,7 +18,7 @@ import logging
 import os
 from typing import Callable, Dict, List, Optional
 
-from tftrt import graph_io
+from tftrt import graph_io, progress
 from tftrt.engine_op import TRTEngineOp
 from tftrt.segment import SegmentationResult
 
@@ -172,10 +172,13 @@ class TrtGraphConverterV2:
         if not self._need_calibration and calibration_input_fn is not None:
             raise ValueError("Should not specify calibration_input_fn because INT8 calibration "
                              "is not needed")
-        self._sig = graph_io.signature_graph(self._input_saved_model_dir,
-                                             self._input_saved_model_tags,
-                                             self._input_saved_model_signature_key)
-        self._converted_func = self._convert_graph(self._sig)
+        with progress.task("converting") as shown:
+            shown.set("loading and freezing the signature")
+            self._sig = graph_io.signature_graph(self._input_saved_model_dir,
+                                                 self._input_saved_model_tags,
+                                                 self._input_saved_model_signature_key)
+            shown.set("segmenting, lowering, rewriting")
+            self._converted_func = self._convert_graph(self._sig)
         self._converted = True
         if calibration_input_fn is not None:
             self._calibrate(calibration_input_fn)
@@ -230,21 +233,25 @@ class TrtGraphConverterV2:
         for op in ops:
             op.building = True
             op.collecting = self._use_dynamic_shape
+        shown = progress.task("building engines", poll=progress.engines_built(ops)).start()
         try:
             for inp in input_fn():
                 args = self._normalize_inputs(inp)
                 if first is None:
                     first = args
+                shown.set(f"input {seen + 1}")
                 self._converted_func(**args)
                 seen += 1
             if self._use_dynamic_shape:
                 for op in ops:
                     op.collecting = False
                 for op in ops:
+                    shown.set(f"optimization profiles of {op.name}")
                     op.build_profiles()
                 if first is not None:
                     self._converted_func(**first)
         finally:
+            shown.close()
             for op in ops:
                 op.building = False
                 op.collecting = False

@@ -1,0 +1,160 @@
+"""Progress of long conversions and builds, TFTRT_LOG_LEVEL, and the one warning that
+engines do not run when the backend resolves to native."""
+
+import io
+import logging
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tftrt import engine_op, logs, progress, trt_convert as trt
+from tests.integration import models
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_line_is_drawn_on_a_terminal_and_erased():
+    stream = Terminal()
+    with progress.task("building engines", poll=lambda: "engine 1 of 2 built", stream=stream,
+                       delay=0, interval=0.01) as shown:
+        shown.set("input 3")
+        time.sleep(0.15)
+    text = stream.getvalue()
+    assert "\rtftrt: building engines | input 3 | engine 1 of 2 built | " in text
+    assert text.endswith("\r") and text.rstrip("\r").split("\r")[-1].strip() == ""
+
+
+@pytest.mark.parametrize("stream, env, delay, shown", [
+    (io.StringIO(), None, 0, False),      # not a terminal: quiet
+    (Terminal(), "0", 0, False),          # switched off
+    (io.StringIO(), "1", 0, True),        # forced on
+    (Terminal(), None, 5, False),         # over before the delay
+])
+def test_progress_shows_only_on_terminals_and_after_the_delay(monkeypatch, stream, env, delay,
+                                                              shown):
+    if env is None:
+        monkeypatch.delenv("TFTRT_PROGRESS", raising=False)
+    else:
+        monkeypatch.setenv("TFTRT_PROGRESS", env)
+    with progress.task("converting", stream=stream, delay=delay, interval=0.01):
+        time.sleep(0.1)
+    assert ("tftrt: converting" in stream.getvalue()) is shown
+
+
+def test_note_sets_the_innermost_task_and_a_failing_poll_is_ignored():
+    stream = Terminal()
+    progress.note("nobody listens")  # no task: nothing happens
+    with progress.task("outer", stream=io.StringIO()):
+        with progress.task("building", poll=lambda: 1 / 0, stream=stream, delay=0,
+                           interval=0.01):
+            progress.note("tuning layer 7 of 120")
+            time.sleep(0.1)
+    assert "tftrt: building | tuning layer 7 of 120 | " in stream.getvalue()
+
+
+@pytest.fixture
+def mlp_dir(tmp_path):
+    return models.save_module(models.MLP(), str(tmp_path / "mlp"))
+
+
+def test_build_shows_engine_k_of_n(mlp_dir, monkeypatch, capsys):
+    monkeypatch.setenv("TFTRT_PROGRESS", "1")
+    monkeypatch.setenv("TFTRT_PROGRESS_DELAY", "0")
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=mlp_dir, minimum_segment_size=2,
+                                   maximum_cached_engines=2)
+    conv.convert()
+
+    def slow_inputs():
+        yield models.batch((2, 8))
+        time.sleep(0.6)  # the display redraws while the next input is being made
+        yield models.batch((3, 8))
+    conv.build(slow_inputs)
+    err = capsys.readouterr().err
+    assert "tftrt: converting" in err
+    assert "tftrt: building engines | input 1 | engine 2 of 2 built | " in err
+    assert err.endswith("\r")  # the line is erased, what follows starts clean
+    assert sum(op.stats["builds"] for op in conv.engine_ops.values()) == 4
+
+
+def test_build_is_quiet_when_stderr_is_not_a_terminal(mlp_dir, monkeypatch, capsys):
+    monkeypatch.delenv("TFTRT_PROGRESS", raising=False)
+    monkeypatch.setenv("TFTRT_PROGRESS_DELAY", "0")
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=mlp_dir, minimum_segment_size=2)
+    conv.convert()
+    conv.build(lambda: iter([models.batch((2, 8))]))
+    assert "tftrt:" not in capsys.readouterr().err
+
+
+# --- TFTRT_LOG_LEVEL ---------------------------------------------------------------------------
+@pytest.mark.parametrize("raw, level", [("INFO", logging.INFO), ("debug", logging.DEBUG),
+                                        (" warn ", logging.WARNING), ("40", logging.ERROR),
+                                        ("verbose", None), ("99", None)])
+def test_parse_level(raw, level):
+    assert logs.parse_level(raw) == level
+
+
+SCRIPT = f"""
+import numpy as np, tensorflow as tf
+from tests.integration import models
+from tftrt import trt_convert as trt
+path = models.save_module(models.MLP(), {{path!r}})
+conv = trt.TrtGraphConverterV2(input_saved_model_dir=path, minimum_segment_size=2)
+fn = conv.convert()
+fn(x=tf.constant(models.batch((2, 8))))
+"""
+
+
+def run_script(tmp_path, **env):
+    full = {k: v for k, v in os.environ.items() if k not in ("TFTRT_LOG_LEVEL", "TFTRT_BACKEND")}
+    full.update(TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT, **env)
+    proc = subprocess.run([sys.executable, "-c", SCRIPT.format(path=str(tmp_path / "m"))],
+                          env=full, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stderr
+
+
+def test_log_level_env_shows_info_lines(tmp_path):
+    err = run_script(tmp_path, TFTRT_LOG_LEVEL="info", TFTRT_BACKEND="numpy")
+    assert "tftrt INFO tftrt.engine_op: TRTEngineOp_000_000: " in err
+    assert "tftrt WARNING tftrt.segment: There are " in err
+    assert " DEBUG " not in err
+
+
+def test_without_log_level_only_warnings_show(tmp_path):
+    err = run_script(tmp_path, TFTRT_BACKEND="numpy")
+    assert "There are " in err and "tftrt.engine_op" not in err and " INFO " not in err
+
+
+def test_bad_log_level_is_named(tmp_path):
+    err = run_script(tmp_path, TFTRT_LOG_LEVEL="chatty", TFTRT_BACKEND="numpy")
+    assert "TFTRT_LOG_LEVEL='chatty' is not a log level; use one of DEBUG, INFO" in err
+
+
+# --- the native backend is announced once ------------------------------------------------------
+def test_auto_without_gpu_warns_once_that_engines_do_not_run(tmp_path):
+    pytest.importorskip("tensorflow")
+    from tftrt.engine.backends import available_backends
+    if "cupy" in available_backends():
+        pytest.skip("a GPU is here: auto resolves to cupy")
+    err = run_script(tmp_path)
+    assert err.count("tftrt engines will not run") == 1, err
+    assert "because TFTRT_BACKEND=auto found no GPU engine backend: CuPy" in err
+    assert "TFTRT_BACKEND=numpy runs the reference engines" in err
+
+
+def test_explicit_native_warns_once(monkeypatch, caplog):
+    monkeypatch.setattr(engine_op, "_RESOLVED", {})
+    with caplog.at_level(logging.WARNING, logger="tftrt.engine_op"):
+        assert engine_op.resolve_backend("native") == "native"
+        assert engine_op.resolve_backend("native") == "native"
+        assert engine_op.resolve_backend("numpy") == "numpy"
+    msgs = [r.getMessage() for r in caplog.records]
+    assert len(msgs) == 1 and "because TFTRT_BACKEND=native selects them" in msgs[0]
