@@ -352,3 +352,37 @@ extern "C" void drive_{k}(const float* bx, const int* order, const int* ncand, f
                    None if score_thr is None else np.array([score_thr], np.float32), center)
         assert len(want) > b * c, "the case should keep several boxes per row"
         np.testing.assert_array_equal(got, want, err_msg=f"case {k}")
+
+
+CONCAT_CASES = [  # (input shapes, axis, dtype): the vector width each gets is checked too
+    ([(2, 3, 3, 24), (2, 3, 3, 8)], -1, "float16", 16),     # DenseNet-like channel concat
+    ([(2, 3, 3, 24), (2, 3, 3, 8), (2, 3, 3, 16)], 3, "float32", 16),
+    ([(2, 5, 3), (2, 5, 1)], -1, "float32", 4),            # odd rows: one element a thread
+    ([(2, 5, 3), (2, 5, 1)], -1, "float16", 2),
+    ([(4, 6), (1, 6), (0, 6)], 0, "int64", 16),              # axis 0, an empty input
+    ([(3, 2, 4), (3, 1, 4)], 1, "bool", 4),
+    ([(7,), (9,)], 0, "int32", 4),
+]
+
+
+@pytest.mark.skipif(_host_compiler() is None, reason="no host C++ compiler")
+def test_concat_kernel_matches_numpy_on_the_host(tmp_path):
+    """The one-pass concat kernel (cuda_source.ConcatSource), built for the host, gives
+    np.concatenate byte for byte, with the vector width its rows allow."""
+    parts = [HOST_SHIMS + "struct uint2 { unsigned int x, y; };\n" + C.MATH_HELPERS]
+    srcs = []
+    for k, (shapes, axis, dt, vb) in enumerate(CONCAT_CASES):
+        src = C.ConcatSource(shapes, axis, dt)
+        assert src.vec_bytes == vb, (shapes, dt)
+        srcs.append(src)
+        parts.append(_rename(src.source, k))
+    so = _host_library("\n".join(parts), tmp_path, "concat")
+    rng = np.random.default_rng(0)
+    for k, ((shapes, axis, dt, _), src) in enumerate(zip(CONCAT_CASES, srcs)):
+        xs = [(rng.standard_normal(s) * 100).astype(dt) for s in shapes]
+        want = np.concatenate(xs, axis=axis)
+        out = np.zeros_like(want)
+        fn = getattr(so, f"concat_{k}")
+        fn.restype = None
+        fn(*[ctypes.c_void_p(np.ascontiguousarray(a).ctypes.data) for a in xs + [out]])
+        np.testing.assert_array_equal(out, want, err_msg=str((shapes, axis, dt)))

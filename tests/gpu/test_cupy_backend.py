@@ -967,3 +967,31 @@ def test_nms_on_the_gpu(center, max_out, iou, score_thr):
     impl.run([cp.asarray(boxes), cp.asarray(scores)] + [cp.asarray(consts[n]) for n in ins
                                                          if n in consts], outs, None)
     np.testing.assert_array_equal(cp.asnumpy(outs[0]), want)
+
+
+@pytest.mark.parametrize("shapes,axis", [
+    ([(2, 7, 7, 64), (2, 7, 7, 32)], 3),                 # DenseNet: 16-byte vectors
+    ([(2, 7, 7, 24), (2, 7, 7, 8), (2, 7, 7, 40)], -1),  # Inception-like, three inputs
+    ([(2, 5, 3), (2, 5, 1)], 2),                         # odd rows: element by element
+    ([(3, 4), (1, 4)], 0)])
+@pytest.mark.parametrize("precision", ["FP32", "FP16"])
+def test_concat_kernel(shapes, axis, precision):
+    """Concat of activations (each a Relu output, so both are engine tensors) through the
+    one-pass kernel, against the numpy engine; the unaligned fallback too."""
+    from tftrt.engine.backends.cupy_kernels_nn import ConcatKernel
+    feeds = {f"x{k}": rand(*s) for k, s in enumerate(shapes)}
+    nodes = [N("Relu", [f"x{k}"], [f"r{k}"]) for k in range(len(shapes))]
+    nodes.append(N("Concat", [f"r{k}" for k in range(len(shapes))], ["y"], axis=axis))
+    gpu = check(make_model(nodes, feeds), feeds, precision, tactics=False)
+    (layer, impl), = [(l, i) for l, i in zip(gpu.network.layers, gpu._cupy_impls)
+                      if l.kind == "concat"]
+    assert isinstance(impl.kernel, ConcatKernel)
+    # An output buffer off the vector alignment takes the copy-per-input path, same values.
+    dt = np.dtype(gpu.network.tensors[layer.outputs[0]].dtype)
+    xs = [cp.asarray(feeds[f"x{k}"].astype(dt)) for k in range(len(shapes))]
+    want = np.concatenate([cp.asnumpy(a) for a in xs], axis=axis)
+    out = cp.zeros(want.size + 1, dt)[1:].reshape(want.shape)
+    if impl.kernel.vec_bytes > dt.itemsize:
+        assert not impl.kernel.aligned(xs, out)
+    impl.run(xs, [out], None)
+    np.testing.assert_array_equal(cp.asnumpy(out), want)

@@ -632,3 +632,47 @@ class ResizeSource:
         return cls(tuple(x_shape), tuple(attrs["sizes"]), axes, tables, mode, in_dtype,
                    out_dtype)
 
+
+
+# --- concatenation -------------------------------------------------------------------------------
+_VEC_CT = {16: "uint4", 8: "uint2", 4: "unsigned int", 2: "unsigned short", 1: "unsigned char"}
+
+
+class ConcatSource:
+    """y = concat(x_0, ..., x_{m-1}, axis) of one dtype in one pass over y.
+
+    Viewed as rows: ``outer`` = the product of the dims before ``axis``, input k a row of
+    ``L_k`` = its dims from ``axis`` on, y a row of sum(L_k). Each thread moves one vector of
+    ``vec_bytes`` (the widest of 16 / 8 / 4 / 2 / 1 bytes dividing every L_k's bytes): for
+    NHWC channel concats of fp16 with channels a multiple of 8, 16-byte vectors. The input a
+    vector comes from is found by comparing its column with the baked-in offsets."""
+
+    def __init__(self, in_shapes, axis: int, dtype: str):
+        in_shapes = [tuple(int(d) for d in s) for s in in_shapes]
+        r = len(in_shapes[0])
+        axis = axis % r if r else 0
+        isz = np.dtype(dtype).itemsize
+        outer = int(np.prod(in_shapes[0][:axis], dtype=np.int64))
+        rows = [int(np.prod(s[axis:], dtype=np.int64)) * isz for s in in_shapes]  # bytes
+        self.vec_bytes = next(vb for vb in (16, 8, 4, 2, 1)
+                              if vb >= isz and all(b % vb == 0 for b in rows))
+        vb = self.vec_bytes
+        cols = [b // vb for b in rows]
+        total = sum(cols)
+        self.work = outer * total
+        self.num_inputs = len(in_shapes)
+        it = "long long" if outer * sum(rows) >= 2 ** 31 - 64 else "int"
+        ct = _VEC_CT[vb]
+        lines = [f"const {it} row = t / {max(total, 1)};",
+                 f"const {it} col = t % {max(total, 1)};"]
+        off = 0
+        for k, c in enumerate(cols):
+            if c == 0:
+                continue
+            cond = "" if off + c == total else f"if (col < {off + c}) "
+            prefix = "" if off == 0 else "else "
+            lines.append(f"{prefix}{cond}{{ y[t] = x{k}[row * {c} + (col - {off})]; }}")
+            off += c
+        params = ", ".join([f"const {ct}* __restrict__ x{k}" for k in range(len(in_shapes))] +
+                           [f"{ct}* __restrict__ y"])
+        self.source = grid_stride_source("concat", params, it, self.work, "\n    ".join(lines))

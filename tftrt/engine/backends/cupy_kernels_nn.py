@@ -1,7 +1,7 @@
 """Generated CUDA kernels of the CuPy backend for pooling, padding and reductions over NHWC /
 row-major tensors: max/avg pooling, pad (constant / reflect / edge), row-wise softmax and layer
 normalization (one warp per row, values in registers, for rows of up to 2048), reductions over
-one contiguous block of axes, resize (nearest / linear), and transposes. Same conventions as
+one contiguous block of axes, resize (nearest / linear), transposes and concatenation. Same conventions as
 ``cupy_kernels`` (shapes baked in, fp16 as ``unsigned short``, fp32 math)."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import cupy as cp
 from tftrt.engine.backends.cupy_kernels import (PRELUDE, _device_sms, _lit, _raw_kernel,
                                                 comptype, ctype, grid_stride_source,
                                                 launch, load_expr, store_expr)
+from tftrt.engine.backends.cuda_source import ConcatSource
 
 
 # --- pooling (NHWC, any number of spatial dims) --------------------------------------------------
@@ -631,3 +632,23 @@ class TransposeKernel:
             return
         if self.work:
             launch(self._kernel, self.work, [x, y])
+
+
+class ConcatKernel(ConcatSource):
+    """concat of same-dtype inputs in one launch (source: :class:`cuda_source.ConcatSource`).
+    Inputs and output must be C-contiguous and aligned to the vector width; ``aligned`` says
+    whether they are (else the caller copies input by input)."""
+
+    def __init__(self, in_shapes, axis: int, dtype: str):
+        super().__init__(in_shapes, axis, dtype)
+        self._kernel = None
+
+    def aligned(self, xs, y) -> bool:
+        vb = self.vec_bytes
+        return all(a.data.ptr % vb == 0 and a.flags.c_contiguous for a in list(xs) + [y])
+
+    def __call__(self, xs, y) -> None:
+        if self._kernel is None:
+            self._kernel = _raw_kernel(self.source, "concat")
+        if self.work:
+            launch(self._kernel, self.work, list(xs) + [y])

@@ -170,7 +170,23 @@ class Reshape(Impl):
 
 @impl("concat")
 class Concat(Impl):
+    """One generated kernel moving 16-byte vectors when every input has the output's dtype
+    (DenseNet's channel concats ran at 830 GB/s as one CuPy copy per input, a third of the
+    H200's bandwidth); else, or for unaligned buffers, one copy per input."""
+
+    def __init__(self, net, layer, weights, opts):
+        super().__init__(net, layer, weights, opts)
+        from tftrt.engine.backends.cupy_kernels_nn import ConcatKernel
+        dts = {_dtype(net, n) for n in list(layer.inputs) + layer.outputs}
+        self.kernel = None
+        if len(dts) == 1 and layer.inputs:
+            self.kernel = ConcatKernel([_shape(net, n) for n in layer.inputs],
+                                       layer.attrs["axis"], dts.pop())
+
     def run(self, ins, outs, ws):
+        if self.kernel is not None and self.kernel.aligned(ins, outs[0]):
+            self.kernel(ins, outs[0])
+            return
         ax, y, off = self.layer.attrs["axis"], outs[0], 0
         for x in ins:
             sl = (slice(None),) * ax + (slice(off, off + x.shape[ax]),)
