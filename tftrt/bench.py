@@ -121,14 +121,15 @@ def copy_times(inputs: Dict[str, np.ndarray], outputs, repeats: int = 5):
 
 
 def engine_memory(engine_ops) -> Dict[str, int]:
-    """Device memory of the engines the ops hold: activations (arena, scratch, outputs of
-    one run) and weights, in bytes."""
-    act = wts = 0
+    """Device memory of every engine the ops hold (all shapes cached so far): activations
+    (arena, scratch, outputs of one run) and weights in bytes, and the engine count."""
+    act = wts = count = 0
     for op in engine_ops.values():
         for _, engine in op.cache.items():
             act += int(getattr(engine, "device_memory_bytes", 0) or 0)
             wts += int(getattr(engine, "weight_bytes", 0) or 0)
-    return {"activations": act, "weights": wts}
+            count += 1
+    return {"activations": act, "weights": wts, "engines": count}
 
 
 def make_runners(path: str, names: Sequence[str], signature_key: str, tags=None):
@@ -214,8 +215,8 @@ def format_results(results: List[Result], print_fn) -> None:
     for r in results:
         if r.engine_memory is not None:
             mem, runs = r.engine_memory, r.engine_runs or {}
-            print_fn(f"{r.runner} batch {_batch(r)}: engine memory "
-                     f"{mem['activations'] / 2**20:.2f} MiB activations + "
+            print_fn(f"{r.runner} batch {_batch(r)}: memory of the {mem['engines']} cached "
+                     f"engine(s) {mem['activations'] / 2**20:.2f} MiB activations + "
                      f"{mem['weights'] / 2**20:.2f} MiB weights; engine calls "
                      f"{runs.get('engine', 0)}, native segment calls {runs.get('native', 0)}, "
                      f"engine builds {runs.get('builds', 0)}")

@@ -223,7 +223,7 @@ def test_bench_times_every_runner_and_batch(dst):
         assert 0 < lo <= p50 <= p90 <= p95 <= p99 <= hi and lo <= mean <= hi
     # The engines ran from the saved plans: first call + 1 warm-up + 3 timed, no build.
     for b in (1, 2):
-        assert f"tftrt batch {b}: engine memory" in out
+        assert f"tftrt batch {b}: memory of the 2 cached engine(s) " in out
         assert re.search(rf"tftrt batch {b}: .* engine calls 5, native segment calls 0, "
                          rf"engine builds 0", out), out
 
@@ -244,6 +244,7 @@ def test_bench_json_and_given_shapes(dst, tmp_path):
     tftrt_row = report["results"][0]
     assert tftrt_row["engine_runs"] == {"engine": 5, "native": 0, "builds": 0}
     assert tftrt_row["engine_memory_bytes"]["weights"] > 0
+    assert tftrt_row["engine_memory_bytes"]["engines"] == 2
     assert report["results"][1]["engine_runs"] is None
 
 
