@@ -101,11 +101,11 @@ def test_parse_level(raw, level):
     assert logs.parse_level(raw) == level
 
 
-SCRIPT = f"""
+SCRIPT = """
 import numpy as np, tensorflow as tf
 from tests.integration import models
 from tftrt import trt_convert as trt
-path = models.save_module(models.MLP(), {{path!r}})
+path = models.save_module(models.MLP(), {path!r})
 conv = trt.TrtGraphConverterV2(input_saved_model_dir=path, minimum_segment_size=2)
 fn = conv.convert()
 fn(x=tf.constant(models.batch((2, 8))))
