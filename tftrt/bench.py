@@ -47,11 +47,15 @@ class Result:
         return out
 
     def throughput(self) -> Optional[float]:
-        """Samples (batch items) per second at the mean latency."""
+        """Samples (batch items) per second at the mean latency; without a batch size, the
+        inputs' common first dimension (or 1: calls per second)."""
         s = self.stats()
         if not s or not s["mean"]:
             return None
-        return (self.batch or 1) * 1e3 / s["mean"]
+        firsts = {tuple(v[:1]) for v in self.shapes.values()}
+        samples = self.batch or (firsts.pop()[0] if len(firsts) == 1 and () not in firsts
+                                 else 1)
+        return samples * 1e3 / s["mean"]
 
     def to_json(self) -> dict:
         return {"runner": self.runner, "batch": self.batch, "shapes": self.shapes,

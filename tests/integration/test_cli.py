@@ -239,7 +239,7 @@ def test_bench_json_and_given_shapes(dst, tmp_path):
         assert r["iterations"] == 4 and r["shapes"] == {"image": [2, 32, 32, 3]}
         lat = r["latency_ms"]
         assert lat["min"] <= lat["p50"] <= lat["p99"] <= lat["max"]
-        assert r["throughput_per_s"] == pytest.approx(1e3 / lat["mean"])  # batch unknown: 1
+        assert r["throughput_per_s"] == pytest.approx(2e3 / lat["mean"])  # 2 per call
         assert r["h2d_ms"] is None and r["error"] is None
     tftrt_row = report["results"][0]
     assert tftrt_row["engine_runs"] == {"engine": 5, "native": 0, "builds": 0}
