@@ -976,12 +976,13 @@ def test_nms_on_the_gpu(center, max_out, iou, score_thr):
     ([(3, 4), (1, 4)], 0)])
 @pytest.mark.parametrize("precision", ["FP32", "FP16"])
 def test_concat_kernel(shapes, axis, precision):
-    """Concat of activations (each a Relu output, so both are engine tensors) through the
-    one-pass kernel, against the numpy engine; the unaligned fallback too."""
+    """Concat of activations (Relu outputs, engine tensors of the engine's precision) through
+    the one-pass kernel, against the numpy engine; the unaligned fallback too."""
     from tftrt.engine.backends.cupy_kernels_nn import ConcatKernel
     feeds = {f"x{k}": rand(*s) for k, s in enumerate(shapes)}
     nodes = [N("Relu", [f"x{k}"], [f"r{k}"]) for k in range(len(shapes))]
-    nodes.append(N("Concat", [f"r{k}" for k in range(len(shapes))], ["y"], axis=axis))
+    nodes.append(N("Concat", [f"r{k}" for k in range(len(shapes))], ["cc"], axis=axis))
+    nodes.append(N("Relu", ["cc"], ["y"]))  # the concat inside the engine (FP16: fp16 in/out)
     gpu = check(make_model(nodes, feeds), feeds, precision, tactics=False)
     (layer, impl), = [(l, i) for l, i in zip(gpu.network.layers, gpu._cupy_impls)
                       if l.kind == "concat"]
