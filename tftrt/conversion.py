@@ -14,6 +14,7 @@ from typing import Callable, Dict, Iterable, List, Sequence, Tuple
 import numpy as np
 
 from tftrt import rewrite
+from tftrt.env import env_bool
 from tftrt.engine_op import EngineSpec, TRTEngineOp, resolve_backend
 from tftrt.graph_io import GraphInfo
 from tftrt.lowering import ConversionError, lower_segment
@@ -30,6 +31,7 @@ class ConversionResult:
     keepalive: list
     graph_def: object               # engine form (engine nodes with their native fallbacks)
     outputs: List[str]
+    native_graph_def: object = None  # native form (what save() writes; the pipeline's plan)
 
 
 class NativeSegmentCaller:
@@ -291,17 +293,9 @@ def convert_graph(info: GraphInfo, params, nodes_denylist: Sequence[str] = ()) -
         fdefs[s.name] = fdef
         kept.append(s)
     seg.segments = kept
-    gd, outputs, keepalive = engine_form_graph_def(info, kept, engine_ops, fdefs)
-    return ConversionResult(seg, engine_ops, fdefs, keepalive, gd, outputs)
-
-
-def engine_form_graph_def(info: GraphInfo, segments: Sequence[Segment],
-                          engine_ops: Dict[str, TRTEngineOp], fdefs: Dict[str, object]):
-    """The converted graph with engine nodes and their native fallbacks (what convert()
-    runs): (graph_def, outputs, objects to keep alive)."""
-    gd, outputs = native_form_graph_def(info, segments, engine_ops, fdefs)
-    gd, keepalive = bind_engine_nodes(gd, {s.name: engine_ops[s.name] for s in segments})
-    return gd, outputs, keepalive
+    native_gd, outputs = native_form_graph_def(info, kept, engine_ops, fdefs)
+    gd, keepalive = bind_engine_nodes(native_gd, {s.name: engine_ops[s.name] for s in kept})
+    return ConversionResult(seg, engine_ops, fdefs, keepalive, gd, outputs, native_gd)
 
 
 def native_form_graph_def(info: GraphInfo, segments: Sequence[Segment],
@@ -324,7 +318,20 @@ def make_signature_function(sig, result: ConversionResult):
     fn = rewrite.graph_signature_function(
         result.graph_def, info.inputs, result.outputs, sig.input_names, sig.frozen_func.inputs,
         sig.func.structured_outputs, sig.func.structured_input_signature, result.keepalive)
-    return fn
+    if result.native_graph_def is None or not result.engine_ops or \
+            not env_bool("TFTRT_DIRECT_CALL", True):
+        return fn
+    # Eager calls run as a pipeline (pipeline.py), as tftrt.load's signatures do: an engine
+    # node costs ~1.2 ms of EagerPyFunc dispatch; fn still serves graph-mode calls and .graph.
+    from tftrt import pipeline
+    tf = rewrite._tf()  # pylint: disable=protected-access
+    specs = [tf.TensorSpec(t.shape, t.dtype) for t in sig.frozen_func.inputs]
+    plan = pipeline.plan_signature(result.native_graph_def, info.inputs, result.outputs,
+                                   result.engine_ops, [s.dtype for s in specs])
+    if plan is None:
+        return fn
+    return rewrite.DirectSignature(plan, sig.input_names, specs, sig.func.structured_outputs,
+                                   fn)
 
 
 def _engine_precision(mode: str) -> str:

@@ -475,6 +475,13 @@ class DirectSignature:
         """The graph function's graph (engine nodes under TF-TRT's names)."""
         return self.native.graph
 
+    def __getattr__(self, name):
+        # Everything else a ConcreteFunction offers (inputs, outputs, function_def, ...) is
+        # the graph function's.
+        if name.startswith("__") or name in ("native", "_plan"):
+            raise AttributeError(name)
+        return getattr(self.native, name)
+
     def _tensor(self, tf, v, k):
         # What the signature ConcreteFunction of tf.saved_model.load accepts (TF 2.21): numpy
         # arrays of any numeric or bool dtype are cast to the signature's dtype (float64 to

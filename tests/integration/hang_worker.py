@@ -29,6 +29,8 @@ def main(mode: str, backend: str, model_dir: str) -> None:
                                    maximum_cached_engines=2)
     fn = conv.convert()
     assert len(conv.engine_ops) >= 2, conv.engine_ops
+    from tftrt.rewrite import DirectSignature
+    assert isinstance(fn, DirectSignature) == (os.environ.get("TFTRT_DIRECT_CALL") != "0")
     rng = np.random.RandomState(0)
 
     def batch(n):

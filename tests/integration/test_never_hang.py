@@ -22,8 +22,12 @@ def mlp_dir(tmp_path_factory):
     return models.save_module(models.MLP(), str(tmp_path_factory.mktemp("hang") / "mlp"))
 
 
-def run_worker(mode, backend, model_dir):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+PATHS = {"graph": "0", "pipeline": "1"}  # TFTRT_DIRECT_CALL: engine nodes in a TF graph, or
+# the Python-level pipeline convert()'s function runs eager calls through (tftrt/pipeline.py)
+
+
+def run_worker(mode, backend, model_dir, path="graph"):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TFTRT_DIRECT_CALL=PATHS[path])
     try:
         proc = subprocess.run([sys.executable, "-m", "tests.integration.hang_worker", mode,
                                backend, model_dir], cwd=ROOT, env=env, capture_output=True,
@@ -37,9 +41,10 @@ def run_worker(mode, backend, model_dir):
     return engine_calls, native_calls
 
 
+@pytest.mark.parametrize("path", sorted(PATHS))
 @pytest.mark.parametrize("backend", ["native", "numpy"])
-def test_one_inter_op_thread_converts_builds_and_calls(mlp_dir, backend):
-    engine_calls, native_calls = run_worker("one-thread", backend, mlp_dir)
+def test_one_inter_op_thread_converts_builds_and_calls(mlp_dir, backend, path):
+    engine_calls, native_calls = run_worker("one-thread", backend, mlp_dir, path)
     if backend == "native":
         assert engine_calls == 0 and native_calls > 0
     else:
@@ -47,9 +52,10 @@ def test_one_inter_op_thread_converts_builds_and_calls(mlp_dir, backend):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("path", sorted(PATHS))
 @pytest.mark.parametrize("backend", ["native", "numpy"])
-def test_eight_threads_random_batches_small_cache_failing_builds(mlp_dir, backend):
-    engine_calls, native_calls = run_worker("stress", backend, mlp_dir)
+def test_eight_threads_random_batches_small_cache_failing_builds(mlp_dir, backend, path):
+    engine_calls, native_calls = run_worker("stress", backend, mlp_dir, path)
     assert engine_calls + native_calls == 8 * 200 * 2  # two engines per call
     if backend == "numpy":
         # batch 3's builds fail (native), every other batch runs an engine
