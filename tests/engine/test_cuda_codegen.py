@@ -147,6 +147,7 @@ using namespace std;
 #define __forceinline__ inline
 #define __global__
 struct uint4 { unsigned int x, y, z, w; };
+struct uint2 { unsigned int x, y; };
 #define __syncthreads()
 struct host_dim3 { unsigned int x; };
 static host_dim3 blockIdx = {0};  // a host driver sets it to run block after block
@@ -369,7 +370,7 @@ CONCAT_CASES = [  # (input shapes, axis, dtype): the vector width each gets is c
 def test_concat_kernel_matches_numpy_on_the_host(tmp_path):
     """The one-pass concat kernel (cuda_source.ConcatSource), built for the host, gives
     np.concatenate byte for byte, with the vector width its rows allow."""
-    parts = [HOST_SHIMS + "struct uint2 { unsigned int x, y; };\n" + C.MATH_HELPERS]
+    parts = [HOST_SHIMS + C.MATH_HELPERS]
     srcs = []
     for k, (shapes, axis, dt, vb) in enumerate(CONCAT_CASES):
         src = C.ConcatSource(shapes, axis, dt)
@@ -386,3 +387,42 @@ def test_concat_kernel_matches_numpy_on_the_host(tmp_path):
         fn.restype = None
         fn(*[ctypes.c_void_p(np.ascontiguousarray(a).ctypes.data) for a in xs + [out]])
         np.testing.assert_array_equal(out, want, err_msg=str((shapes, axis, dt)))
+
+
+CHANNEL_CASES = [  # (data dtype, per-channel operand dtype, channels): BN-style x * s + b, relu
+    ("float16", "float16", 32), ("float16", "float32", 16), ("float32", "float16", 8),
+    ("float32", "float32", 12), ("float16", "float16", 12),  # 12: no vector per-channel load
+]
+
+
+@pytest.mark.skipif(_host_compiler() is None, reason="no host C++ compiler")
+def test_per_channel_operands_load_as_vectors_on_the_host(tmp_path):
+    """relu(x * s + b) with per-channel s, b: when the vector width divides the channels, the
+    vector kernel loads s and b as vectors at the thread's first channel (PointwiseSource's
+    ``vec_last``); both kernels give numpy's answer."""
+    prog = [{"op": "mul", "args": ["$0", "$1"], "dtype": "float32"},
+            {"op": "add", "args": ["%0", "$2"], "dtype": "float32"},
+            {"op": "relu", "args": ["%1"], "dtype": "float32"}]
+    parts, srcs, rng = [HOST_SHIMS + C.MATH_HELPERS], [], np.random.default_rng(3)
+    for k, (dt, pdt, ch) in enumerate(CHANNEL_CASES):
+        shape = (4, 6, ch)
+        src = C.PointwiseSource(prog, [shape, (ch,), (ch,)], [dt, pdt, pdt], shape, dt)
+        assert src.vectorizable
+        assert src.vec_last == ({1, 2} if ch % src.vec == 0 else set()), (dt, pdt, ch)
+        srcs.append((src, shape))
+        for text in src.sources.values():
+            parts.append(_rename(text, k))
+    so = _host_library("\n".join(parts), tmp_path, "channels")
+    for k, ((dt, pdt, ch), (src, shape)) in enumerate(zip(CHANNEL_CASES, srcs)):
+        x = rng.standard_normal(shape).astype(dt)
+        s, b = rng.uniform(0.5, 1.5, ch).astype(pdt), rng.normal(0, 0.5, ch).astype(pdt)
+        want = np.maximum(x.astype(np.float32) * s.astype(np.float32) + b.astype(np.float32),
+                          0).astype(dt)
+        ins = [a.view(np.uint16) if a.dtype == np.float16 else a for a in (x, s, b)]
+        for vec in src.sources:
+            out = np.zeros(shape, dt)
+            fn = getattr(so, f"{src.kernel_name(vec)}_{k}")
+            fn.restype = None
+            fn(*[ctypes.c_void_p(a.ctypes.data) for a in ins + [out.view(np.uint16)
+                                                                if dt == "float16" else out]])
+            np.testing.assert_array_equal(out, want, err_msg=f"{dt}/{pdt}/{ch} vec={vec}")

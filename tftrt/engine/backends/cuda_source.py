@@ -340,6 +340,12 @@ class PointwiseSource:
         self.vec = max(1, 16 // min(sizes))
         self.vectorizable = self.n % self.vec == 0 and self.n >= self.vec and all(
             self.modes[i][0] in ("full", "scalar", "last") for i in self.used)
+        # Per-channel operands ("last", e.g. a batch norm's scale and shift) whose channel count
+        # the vector width divides are loaded as vectors too, at the first element's channel:
+        # one load and one modulo per thread instead of one per element.
+        self.vec_last = {i for i in self.used if self.modes[i][0] == "last" and
+                         self.modes[i][1] % self.vec == 0 and
+                         _vec_type(self.vec * np.dtype(self.in_dtypes[i]).itemsize)}
         self.sources = {False: self.source(False)}
         if self.vectorizable:
             self.sources[True] = self.source(True)
@@ -415,13 +421,14 @@ class PointwiseSource:
                    f"j += ({it})gridDim.x * blockDim.x) {{")
         src.append(f"    const {it} base = j * {V};")
         for i in self.used:
-            if self.modes[i][0] != "full":
+            if self.modes[i][0] != "full" and i not in self.vec_last:
                 continue
             t, isz = ctype(self.in_dtypes[i]), np.dtype(self.in_dtypes[i]).itemsize
-            chunks = V * isz // 16
-            src.append(f"    union {{ uint4 u[{chunks}]; {t} e[{V}]; }} b{i};")
+            vt, chunks = _vec_type(V * isz)
+            at = "base" if self.modes[i][0] == "full" else f"(base % {self.modes[i][1]})"
+            src.append(f"    union {{ {vt} u[{chunks}]; {t} e[{V}]; }} b{i};")
             src.append(f"    #pragma unroll\n    for (int c = 0; c < {chunks}; ++c) "
-                       f"b{i}.u[c] = reinterpret_cast<const uint4*>(in{i} + base)[c];")
+                       f"b{i}.u[c] = reinterpret_cast<const {vt}*>(in{i} + {at})[c];")
         to, osz = ctype(self.out_dtype), np.dtype(self.out_dtype).itemsize
         ochunks = V * osz // 16
         src.append(f"    union {{ uint4 u[{ochunks}]; {to} e[{V}]; }} bo;")
@@ -429,7 +436,7 @@ class PointwiseSource:
         loads = {}
         for i in self.used:
             m = self.modes[i]
-            if m[0] == "full":
+            if m[0] == "full" or i in self.vec_last:
                 e = f"b{i}.e[v]"
             elif m[0] == "scalar":
                 e = f"in{i}[0]"
@@ -445,6 +452,14 @@ class PointwiseSource:
                    f"reinterpret_cast<uint4*>(out + base)[c] = bo.u[c];")
         src.append("  }\n}")
         return "\n".join(src)
+
+
+def _vec_type(nbytes: int):
+    """(C type, count) moving ``nbytes`` in 16 / 8 / 4-byte words, or None."""
+    for size, t in ((16, "uint4"), (8, "uint2"), (4, "unsigned int")):
+        if nbytes % size == 0:
+            return t, nbytes // size
+    return None
 
 
 # --- depthwise convolution (NHWC, group == C_in) -------------------------------------------------

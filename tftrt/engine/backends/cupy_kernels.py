@@ -47,7 +47,8 @@ class PointwiseKernel(PointwiseSource):
     def __call__(self, inputs: Sequence[Optional[cp.ndarray]], out: cp.ndarray) -> None:
         args = [inputs[i] for i in self.used]
         vec = self.vectorizable and all(
-            a.data.ptr % 16 == 0 for a in args if a.size == self.n) and out.data.ptr % 16 == 0
+            a.data.ptr % 16 == 0 for i, a in zip(self.used, args)
+            if a.size == self.n or i in self.vec_last) and out.data.ptr % 16 == 0
         work = self.n // self.vec if vec else self.n
         if work == 0:
             return
