@@ -134,8 +134,10 @@ def test_convert_tf1_model_option(src, tmp_path):
 
 
 def test_convert_int8_with_calibration_data_and_shapes(src, tmp_path):
+    from tftrt import trt_convert as trt
     data = str(tmp_path / "cal.npz")
-    np.savez(data, image=models.batch((4, 32, 32, 3)))
+    cal = models.batch((4, 32, 32, 3))
+    np.savez(data, image=cal)
     out = str(tmp_path / "int8")
     code, stdout, stderr = run_cli("convert", src, out, "--precision", "int8",
                                    "--calibration-data", data, "--calibration-batch-size", "2",
@@ -144,7 +146,10 @@ def test_convert_int8_with_calibration_data_and_shapes(src, tmp_path):
     assert "Total number" not in stdout
     (engine,) = manifest(out)["engines"]
     assert [p["input_shapes"] for p in engine["plans"]] == [[[3, 32, 32, 3]]]
-    assert engine["spec"]["precision_mode"] == "FP16"  # INT8 runs FP16 engines (issue 15)
+    # The engines are what the Python API makes of the same options and calibration batches.
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=src, precision_mode="INT8")
+    conv.convert(calibration_input_fn=lambda: iter([{"image": cal[:2]}, {"image": cal[2:]}]))
+    assert engine["spec"]["precision_mode"] == conv.engine_ops[E0].spec.precision_mode
 
 
 def test_convert_without_engines_to_build_on_native_says_so(src, tmp_path):
