@@ -148,6 +148,7 @@ using namespace std;
 #define __global__
 struct uint4 { unsigned int x, y, z, w; };
 struct uint2 { unsigned int x, y; };
+struct float4 { float x, y, z, w; };
 #define __syncthreads()
 struct host_dim3 { unsigned int x; };
 static host_dim3 blockIdx = {0};  // a host driver sets it to run block after block
@@ -219,7 +220,7 @@ def test_generated_kernels_compile_with_nvcc(kernels, tmp_path):
         dw = C.DepthwiseConvSource((2, 9, 9, 8), (3, 3), (1, 1), (1, 1), (1, 1, 1, 1),
                                    (2, 9, 9, 8), 1, "float16", "float16",
                                    [{"op": "bias", "input": 2}, e], {2: ("vec", "float32")})
-        text += "\n" + _rename(dw.source, 10000 + k)
+        text += "\n" + _rename(dw.source, 10000 + k) + "\n" + _rename(dw.vec_source, 10000 + k)
     from tftrt.engine.backends.cuda_source_nms import nms_source
     for k, (center, max_out, _, _) in enumerate(NMS_CASES):
         text += "\n" + _rename(nms_source(1000, 80, max_out, bool(center)), 20000 + k)
@@ -426,3 +427,80 @@ def test_per_channel_operands_load_as_vectors_on_the_host(tmp_path):
             fn(*[ctypes.c_void_p(a.ctypes.data) for a in ins + [out.view(np.uint16)
                                                                 if dt == "float16" else out]])
             np.testing.assert_array_equal(out, want, err_msg=f"{dt}/{pdt}/{ch} vec={vec}")
+
+
+DW_CASES = [  # (x shape, kernel, strides, dilations, pad, dtype, epilogue)
+    ((2, 9, 9, 16), (3, 3), (1, 1), (1, 1), 1, "float16", "bias+relu"),
+    ((1, 11, 10, 8), (7, 7), (1, 1), (1, 1), 3, "float16", "bias"),      # ConvNeXt's 7x7
+    ((2, 12, 12, 8), (5, 5), (2, 2), (1, 1), 2, "float32", "bias+relu"),  # MBConv's 5x5 s2
+    ((1, 10, 10, 4), (3, 3), (1, 1), (2, 2), 2, "float32", "residual"),   # dilated
+    ((1, 6, 7, 12), (3, 3), (1, 1), (1, 1), 1, "float16", "none"),       # 12 % 8: scalar only
+]
+
+
+def _dw_reference(x, w, strides, dil, pad, ho, wo):
+    """Depthwise conv NHWC in float64: w [kh, kw, C]."""
+    xp = np.pad(x.astype(np.float64), [(0, 0), (pad, pad), (pad, pad), (0, 0)])
+    kh, kw, _ = w.shape
+    y = np.zeros((x.shape[0], ho, wo, x.shape[3]))
+    for a in range(kh):
+        for b in range(kw):
+            sl = xp[:, a * dil[0]: a * dil[0] + (ho - 1) * strides[0] + 1: strides[0],
+                    b * dil[1]: b * dil[1] + (wo - 1) * strides[1] + 1: strides[1], :]
+            y += sl * w[a, b]
+    return y
+
+
+@pytest.mark.skipif(_host_compiler() is None, reason="no host C++ compiler")
+def test_depthwise_kernels_match_numpy_on_the_host(tmp_path):
+    """Both depthwise kernels (one channel per thread; V channels per thread with 16-byte
+    loads, DepthwiseConvSource.vec_source), built for the host, against a float64 reference:
+    3x3, ConvNeXt's 7x7, a 5x5 stride 2, dilation 2, with bias / ReLU / residual epilogues."""
+    from tftrt.engine.backends.numpy_ops import apply_activation
+    parts, built, rng = [HOST_SHIMS + C.MATH_HELPERS], [], np.random.default_rng(5)
+    for k, (xs, kk, st, dl, pad, dt, epi) in enumerate(DW_CASES):
+        n, h, w, c = xs
+        ho = (h + 2 * pad - dl[0] * (kk[0] - 1) - 1) // st[0] + 1
+        wo = (w + 2 * pad - dl[1] * (kk[1] - 1) - 1) // st[1] + 1
+        ys = (n, ho, wo, c)
+        epilogue, modes = [], {}
+        if epi.startswith("bias"):
+            epilogue.append({"op": "bias", "input": 2})
+            modes[2] = ("vec", "float32")
+        if epi == "residual":
+            epilogue.append({"op": "add", "input": 3})
+            modes[3] = ("full", dt)
+        if epi.endswith("relu"):
+            epilogue.append({"op": "act", "fn": "relu"})
+        src = C.DepthwiseConvSource(xs, kk, st, dl, (pad, pad, pad, pad), ys, 1, dt, dt,
+                                    epilogue, modes)
+        assert (src.vec_source is not None) == (c % (16 // np.dtype(dt).itemsize) == 0)
+        built.append((src, ys, epilogue))
+        parts.append(_rename(src.source, k))
+        if src.vec_source:
+            parts.append(_rename(src.vec_source, k))
+    so = _host_library("\n".join(parts), tmp_path, "dwconv")
+    for k, ((xs, kk, st, dl, pad, dt, epi), (src, ys, epilogue)) in enumerate(
+            zip(DW_CASES, built)):
+        x = rng.standard_normal(xs).astype(dt)
+        w = (rng.standard_normal(kk + (xs[3],)) * 0.3).astype(np.float32)
+        bias = rng.standard_normal(xs[3]).astype(np.float32)
+        res = rng.standard_normal(ys).astype(dt)
+        want = _dw_reference(x.astype(np.float32), w, st, dl, pad, ys[1], ys[2])
+        if "bias" in epi:
+            want = want + bias
+        if epi == "residual":
+            want = want + res.astype(np.float64)
+        if epi.endswith("relu"):
+            want = apply_activation(want, {"fn": "relu"})
+        wt = np.ascontiguousarray(w.reshape(-1, xs[3]))  # [kh*kw, K] float32
+        operands = [bias if i == 2 else res for i in src.operands]
+        raw = lambda a: a.view(np.uint16) if a.dtype == np.float16 else a  # noqa: E731
+        for name in ["dwconv"] + (["dwconv_vec"] if src.vec_source else []):
+            out = np.zeros(ys, dt)
+            fn = getattr(so, f"{name}_{k}")
+            fn.restype = None
+            fn(*[ctypes.c_void_p(raw(a).ctypes.data) for a in [x, wt] + operands + [out]])
+            tol = 2e-3 if dt == "float16" else 1e-5
+            np.testing.assert_allclose(out.astype(np.float64), want, rtol=tol, atol=tol,
+                                       err_msg=f"{name} case {k} {xs} {kk} {dt} {epi}")

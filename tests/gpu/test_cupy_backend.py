@@ -236,6 +236,19 @@ def test_conv_epilogues_fp16(ws, epi):
     check(*_conv_model((2, 8, 8, 16), ws, attrs, epi=epi), precision="FP16")
 
 
+@pytest.mark.parametrize("k,stride,c", [(7, 1, 96), (5, 2, 32), (3, 1, 24)])
+@pytest.mark.parametrize("precision", ["FP32", "FP16"])
+def test_depthwise_large_kernels(k, stride, c, precision):
+    """ConvNeXt's 7x7, MBConv's 5x5 stride 2 and a 3x3 depthwise conv, every tactic (the
+    generated kernel's channel-vector variant where the channels allow) against numpy."""
+    attrs = {"pads": [k // 2] * 4, "group": c, "strides": [stride] * 2}
+    gpu = check(*_conv_model((2, 15, 15, c), (c, 1, k, k), attrs, epi=("relu",)),
+                precision=precision)
+    (conv,) = [l for l in gpu.network.layers if l.kind == "conv"]
+    from tftrt.engine.tactics import candidates
+    assert "dw_direct" in [t.name for t in candidates("cupy", gpu.network, conv)]
+
+
 def test_conv_tf32_switch():
     model, feeds = _conv_model((4, 16, 16, 32), (64, 32, 3, 3), {"pads": [1, 1, 1, 1]})
     check(model, feeds, "FP32", tf32=True, tactics=False)

@@ -551,6 +551,127 @@ extern "C" __global__ void dwconv({", ".join(params)}) {{
 }}
 """
         self.operands = ops
+        self.vec, self.vec_source, self.vec_work = 1, None, 0
+        V = 16 // np.dtype(in_dtype).itemsize
+        if mult == 1 and V > 1 and c % V == 0:
+            self.vec = V
+            self.vec_source = self._vector_source(
+                x_shape, k_hw, strides, dilations, pads, out_shape, in_dtype, out_dtype,
+                epilogue, operand_modes, params, it)
+
+    def _vector_source(self, x_shape, k_hw, strides, dilations, pads, out_shape, in_dtype,
+                       out_dtype, epilogue, operand_modes, params, it) -> str:
+        """Kernel ``dwconv_vec``: each thread computes V consecutive channels (one 16-byte
+        load of the input per tap column, float4 loads of the filter) of TW output columns;
+        for inputs whose channels V divides (mult 1). Buffers must be 16-byte aligned."""
+        n, h, w, c = x_shape
+        _, ho, wo, kout = out_shape
+        kh, kw = k_hw
+        sh, sw = strides
+        dh, dw = dilations
+        ph, pw = pads[0], pads[1]
+        V = self.vec
+        tw = self.TW
+        span = (tw - 1) * sw + (kw - 1) * dw + 1
+        if span * V > 96:  # registers: the input segment is span x V floats
+            tw = 2
+            span = (tw - 1) * sw + (kw - 1) * dw + 1
+        wtiles = (wo + tw - 1) // tw
+        cv = kout // V
+        self.vec_work = n * ho * wtiles * cv
+        ict = ctype(in_dtype)
+        ich = V * np.dtype(in_dtype).itemsize // 16
+        oct_, osz = ctype(out_dtype), np.dtype(out_dtype).itemsize
+        och = V * osz // 16 if (V * osz) % 16 == 0 else 0
+        epi = []
+        for e in epilogue:
+            if e["op"] in ("bias", "scale", "add"):
+                i = e["input"]
+                mode, dt = operand_modes[i]
+                src = load_expr(dt, f"e{i}[k + v]" if mode == "vec" else f"e{i}[oidx + v]")
+                epi.append(f"a_ = a_ {'*' if e['op'] == 'scale' else '+'} {src};")
+            else:
+                epi.append(f"a_ = {activation_expr(e, 'a_')};")
+        epi_src = "\n          ".join(epi)
+        taps = []
+        for bb in range(kw):
+            taps.append(f"""      {{
+        float4 wv[{V // 4}];
+        #pragma unroll
+        for (int q = 0; q < {V // 4}; ++q)
+          wv[q] = reinterpret_cast<const float4*>(wt + (a * {kw} + {bb}) * {kout} + k)[q];
+        const float* wf = reinterpret_cast<const float*>(wv);
+        #pragma unroll
+        for (int j = 0; j < {tw}; ++j) {{
+          #pragma unroll
+          for (int v = 0; v < {V}; ++v) acc[j][v] += seg[j * {sw} + {bb * dw}][v] * wf[v];
+        }}
+      }}""")
+        taps_src = "\n".join(taps)
+        if och:
+            store = (f"union {{ uint4 u[{och}]; {oct_} e[{V}]; }} o;\n"
+                     f"        #pragma unroll\n"
+                     f"        for (int v = 0; v < {V}; ++v) {{\n"
+                     f"          float a_ = acc[j][v];\n          {epi_src}\n"
+                     f"          o.e[v] = {store_expr(out_dtype, 'a_')};\n        }}\n"
+                     f"        #pragma unroll\n        for (int q = 0; q < {och}; ++q) "
+                     f"reinterpret_cast<uint4*>(y + oidx)[q] = o.u[q];")
+        else:
+            store = (f"#pragma unroll\n        for (int v = 0; v < {V}; ++v) {{\n"
+                     f"          float a_ = acc[j][v];\n          {epi_src}\n"
+                     f"          y[oidx + v] = {store_expr(out_dtype, 'a_')};\n        }}")
+        vparams = ", ".join(params)
+        return PRELUDE + f"""
+extern "C" __global__ void dwconv_vec({vparams}) {{
+  for ({it} t = ({it})blockIdx.x * blockDim.x + threadIdx.x; t < {self.vec_work};
+       t += ({it})gridDim.x * blockDim.x) {{
+    const int k = (int)(t % {cv}) * {V};
+    {it} r = t / {cv};
+    const int wt_i = r % {wtiles}; r /= {wtiles};
+    const int oh = r % {ho};
+    const int nb = r / {ho};
+    const int ow0 = wt_i * {tw};
+    float acc[{tw}][{V}];
+    #pragma unroll
+    for (int j = 0; j < {tw}; ++j) {{
+      #pragma unroll
+      for (int v = 0; v < {V}; ++v) acc[j][v] = 0.f;
+    }}
+    #pragma unroll
+    for (int a = 0; a < {kh}; ++a) {{
+      const int ih = oh * {sh} - {ph} + a * {dh};
+      if (ih < 0 || ih >= {h}) continue;
+      const {ict}* xrow = x + ((({it})nb * {h} + ih) * {w}) * {c} + k;
+      float seg[{span}][{V}];
+      const int iw0 = ow0 * {sw} - {pw};
+      #pragma unroll
+      for (int s = 0; s < {span}; ++s) {{
+        const int iw = iw0 + s;
+        if (iw >= 0 && iw < {w}) {{
+          union {{ uint4 u[{ich}]; {ict} e[{V}]; }} b;
+          #pragma unroll
+          for (int q = 0; q < {ich}; ++q)
+            b.u[q] = reinterpret_cast<const uint4*>(xrow + ({it})iw * {c})[q];
+          #pragma unroll
+          for (int v = 0; v < {V}; ++v) seg[s][v] = {load_expr(in_dtype, "b.e[v]")};
+        }} else {{
+          #pragma unroll
+          for (int v = 0; v < {V}; ++v) seg[s][v] = 0.f;
+        }}
+      }}
+{taps_src}
+    }}
+    #pragma unroll
+    for (int j = 0; j < {tw}; ++j) {{
+      const int ow = ow0 + j;
+      if (ow < {wo}) {{
+        const {it} oidx = ((({it})nb * {ho} + oh) * {wo} + ow) * {kout} + k;
+        {store}
+      }}
+    }}
+  }}
+}}
+"""
 
 
 # --- resize (nearest / linear on one or two adjacent axes) ---------------------------------------

@@ -85,8 +85,15 @@ class DepthwiseConvKernel(DepthwiseConvSource):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._kernel = None
+        self._vec_kernel = None
 
     def __call__(self, x, wt, operands: Dict[int, cp.ndarray], y) -> None:
+        args = [x, wt] + [operands[i] for i in self.operands] + [y]
+        if self.vec_source is not None and all(a.data.ptr % 16 == 0 for a in args):
+            if self._vec_kernel is None:
+                self._vec_kernel = _raw_kernel(self.vec_source, "dwconv_vec")
+            launch(self._vec_kernel, self.vec_work, args)
+            return
         if self._kernel is None:
             self._kernel = _raw_kernel(self.source, "dwconv")
-        launch(self._kernel, self.work, [x, wt] + [operands[i] for i in self.operands] + [y])
+        launch(self._kernel, self.work, args)
