@@ -189,9 +189,33 @@ class Layer:
                      dict(d.get("attrs", {})), list(d.get("epilogue", [])), d.get("tactic"),
                      d.get("precision"))
 
+    def clone(self) -> "Layer":
+        """A deep copy (attrs and epilogue included), what ``copy.deepcopy`` gives, without
+        its memo bookkeeping: passes copy every layer of a network several times per build."""
+        return Layer(self.name, self.kind, list(self.inputs), list(self.outputs),
+                     _clone(self.attrs), _clone(self.epilogue), self.tactic, self.precision)
+
     def epilogue_summary(self) -> str:
         """Compact text of the epilogue, e.g. "bias+add+relu"."""
         return "+".join(e["fn"] if e["op"] == "act" else e["op"] for e in self.epilogue)
+
+
+_IMMUTABLE = (int, float, str, bool, type(None), np.generic)
+
+
+def _clone(v):
+    """Deep copy of layer attrs: dicts, lists and tuples rebuilt, immutable scalars shared,
+    anything else (numpy arrays, objects) through ``copy.deepcopy``."""
+    t = type(v)
+    if t is dict:
+        return {k: _clone(x) for k, x in v.items()}
+    if t is list:
+        return [_clone(x) for x in v]
+    if t is tuple:
+        return tuple(_clone(x) for x in v)
+    if isinstance(v, _IMMUTABLE):
+        return v
+    return copy.deepcopy(v)
 
 
 def _jsonable(v):
@@ -225,7 +249,7 @@ class Network:
         n = Network(self.name)
         n.inputs, n.outputs = list(self.inputs), list(self.outputs)
         n.tensors = {k: dataclasses.replace(v) for k, v in self.tensors.items()}
-        n.layers = [copy.deepcopy(l) for l in self.layers]
+        n.layers = [l.clone() for l in self.layers]
         n.weights = dict(self.weights)
         n._counter = self._counter
         return n
