@@ -291,7 +291,8 @@ class TRTEngineOp:
             pe = self.cache.get(key)
             if not (isinstance(pe, P.ProfileEngine) and pe.profiles == profiles and
                     pe.backend == engine.backend):
-                pe = P.ProfileEngine(profiles, self._builder(engine.backend), engine.backend)
+                pe = P.ProfileEngine(profiles, self._builder(engine.backend), engine.backend,
+                                     self._specializer(engine.backend))
             for i in opt_of:
                 try:
                     pe.add_opt_engine(i, engine)
@@ -456,7 +457,8 @@ class TRTEngineOp:
                         self.stats["rebuilds_after_eviction"], self.cache.capacity, advice)
 
     def _new_profile_engine(self, profiles, backend: str) -> "P.ProfileEngine":
-        pe = P.ProfileEngine(profiles, self._builder(backend), backend).build_profiles()
+        pe = P.ProfileEngine(profiles, self._builder(backend), backend,
+                             self._specializer(backend)).build_profiles()
         self.stats["builds"] += 1
         return pe
 
@@ -471,6 +473,38 @@ class TRTEngineOp:
             return engine
         return build
 
+    def _specializer(self, backend: str):
+        """The ProfileEngine's ``specialize`` (see profiles.SpecializeFn): a profile's other
+        shapes from its opt engine's optimized network (engine/shape_template.py), checked
+        against the builder's network at probe shapes; those engines count as
+        ``stats["shape_builds"]`` too."""
+        def specialize(opt_engine, profile):
+            from tftrt.engine.shape_template import specializer
+            template, build = specializer(self._imported_network, self._config(backend))(
+                opt_engine, profile)
+
+            def counted(key):
+                t0 = time.perf_counter()
+                engine = build(key)
+                with self._lock:
+                    self.build_seconds[key] = time.perf_counter() - t0
+                    self.stats["shape_builds"] += 1
+                log.info("%s: a %s engine for input shapes %s from its profile's optimized "
+                         "network in %.3f s", self.name, backend, key, self.build_seconds[key])
+                return engine
+            return template, counted
+        return specialize
+
+    def _config(self, backend: str, tactic_choices=None, weight_cache=None):
+        from tftrt.engine import BuilderConfig
+        from tftrt.engine.backends import get_backend
+        from tftrt.engine.tactics import persistent_timing_cache
+        return BuilderConfig(precision=self.spec.precision_mode, backend=backend,
+                             max_workspace_size_bytes=self.spec.max_workspace_size_bytes,
+                             allow_tf32=_tf32_enabled(),
+                             timing_cache=persistent_timing_cache(get_backend(backend)),
+                             tactic_choices=tactic_choices, weight_cache=weight_cache)
+
     def _imported_network(self):
         """The segment network, parsed once (every build binds its own copy)."""
         if self._network is None:
@@ -481,15 +515,9 @@ class TRTEngineOp:
 
     def _build(self, key: ShapeKey, backend: str, tactic_choices=None, weight_cache=None,
                count: bool = True):
-        from tftrt.engine import BuilderConfig, build_engine
-        from tftrt.engine.backends import get_backend
-        from tftrt.engine.tactics import persistent_timing_cache
+        from tftrt.engine import build_engine
         shapes = {f"TensorRTInputPH_{i}": s for i, s in enumerate(key)}
-        config = BuilderConfig(precision=self.spec.precision_mode, backend=backend,
-                               max_workspace_size_bytes=self.spec.max_workspace_size_bytes,
-                               allow_tf32=_tf32_enabled(),
-                               timing_cache=persistent_timing_cache(get_backend(backend)),
-                               tactic_choices=tactic_choices, weight_cache=weight_cache)
+        config = self._config(backend, tactic_choices, weight_cache)
         t0 = time.perf_counter()
         engine = build_engine(self._imported_network(), shapes, config)
         self.build_seconds[key] = time.perf_counter() - t0

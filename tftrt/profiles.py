@@ -18,9 +18,13 @@ to its declared size (TF-TRT's ``EnforceCompatibility``). A call uses the first 
 order, that contains its shapes (TF-TRT's ``GetProfileNumber``).
 
 A :class:`ProfileEngine` is one engine with all the profiles of an engine op: per profile, the
-engine built (and tuned) at its opt shape, and engines for the other shapes calls bring, built
-with the opt shape's tactics (no timing) and sharing the uploaded weights. It counts as one
-engine in the op's cache (``maximum_cached_engines``).
+engine built (and tuned) at its opt shape, and engines for the other shapes calls bring. Those
+come from the opt engine's optimized network re-derived for the new shapes
+(``engine/shape_template.py``: no pass runs again, the opt engine's tactics and uploaded
+weights), or, where that network was found to depend on the shapes in ways re-derivation does
+not cover, from a full build with the opt shape's tactics (no timing) and shared weights. The
+engines of a ProfileEngine share one activation arena per execution thread
+(``memory.ArenaPool``). It counts as one engine in the op's cache (``maximum_cached_engines``).
 """
 
 from __future__ import annotations
@@ -205,6 +209,10 @@ def choose_profile(profiles: Sequence[Profile], shapes) -> Optional[int]:
 
 # build(shapes, tactic choices or None, weight_cache) -> a runtime Engine for exactly `shapes`
 BuildFn = Callable[[ShapeKey, Optional[Dict[str, dict]], object], object]
+# specialize(opt engine, profile) -> (template with .serves(shapes) -> None or why,
+#   build(shapes) -> Engine from the template); raises when the profile's other shapes need
+#   full builds (the reason is logged once)
+SpecializeFn = Callable[[object, "Profile"], Tuple[object, Callable[[ShapeKey], object]]]
 
 
 def tactic_choices(engine) -> Dict[str, dict]:
@@ -222,28 +230,67 @@ class ProfileEngine:
       build: builds a runtime engine for exact shapes (see :data:`BuildFn`); tactic choices
         None means "time the tactics" (a profile's opt shape).
       backend: the backend name every engine of it runs on.
+      specialize: makes a profile's other-shape engines from its opt engine's network (see
+        :data:`SpecializeFn`); None: every other shape is a full build.
     """
 
-    def __init__(self, profiles: Sequence[Profile], build: BuildFn, backend: str):
+    def __init__(self, profiles: Sequence[Profile], build: BuildFn, backend: str,
+                 specialize: Optional[SpecializeFn] = None):
         from tftrt.engine.builder import WeightCache
+        from tftrt.engine.memory import ArenaPool
         self.profiles: List[Profile] = list(profiles)
         self.backend = backend
         self.weight_cache = WeightCache()
+        self.arena_pool = ArenaPool()
         self._build = build
+        self._specialize = specialize
         self._opt: List[Optional[object]] = [None] * len(self.profiles)
+        self._templates: Dict[int, Optional[tuple]] = {}
+        self.template_errors: Dict[int, str] = {}
         self._engines: Dict[ShapeKey, object] = {}
         self._failed: Dict[ShapeKey, str] = {}
         self._lock = threading.RLock()
         # tuned: engines built with tactic timing (one per distinct opt shape);
-        # shapes: engines for other shapes of a profile (no timing)
+        # shapes: engines for other shapes of a profile (no timing), from_template: those
+        # made from the opt engine's network (no pass ran; counted with a specializer)
         self.stats = {"tuned": 0, "shapes": 0, "timed_layers": 0}
+        if specialize is not None:
+            self.stats["from_template"] = 0
 
     # --- building ----------------------------------------------------------------------------
     def build_profiles(self) -> "ProfileEngine":
-        """Builds (and tunes) the engine at every profile's opt shape."""
+        """Builds (and tunes) the engine at every profile's opt shape, and checks whether its
+        network serves the profile's other shapes (see the module doc)."""
         for i in range(len(self.profiles)):
             self._opt_engine(i)
+            self._template(i)
         return self
+
+    def _adopt(self, engine) -> None:
+        """The engines of this ProfileEngine share its arenas (see memory.ArenaPool)."""
+        engine.arena_pool = self.arena_pool
+        memory = getattr(engine, "memory", None)
+        if memory is not None:
+            self.arena_pool.plan(memory.context_bytes)
+
+    def _template(self, i: int) -> Optional[tuple]:
+        """(template, build) for profile ``i``'s other shapes, or None (full builds)."""
+        if self._specialize is None or self._opt[i] is None:
+            return None
+        with self._lock:
+            if i in self._templates:
+                return self._templates[i]
+            made = None
+            try:
+                made = self._specialize(self._opt[i], self.profiles[i])
+            except Exception as e:
+                if self.profiles[i].min != self.profiles[i].max:
+                    self.template_errors[i] = f"{type(e).__name__}: {e}"
+                    log.info("optimization profile %s: other shapes are built from the network "
+                             "(passes run per shape): %s", self.profiles[i],
+                             self.template_errors[i])
+            self._templates[i] = made
+            return made
 
     def _opt_engine(self, i: int):
         with self._lock:
@@ -255,6 +302,7 @@ class ProfileEngine:
                 engine = self._build(opt, None, self.weight_cache)
                 self.stats["tuned"] += 1
                 self.stats["timed_layers"] += int(engine.build_info.get("timed_layers", 0))
+                self._adopt(engine)
                 self._engines[opt] = engine
             self._set_opt(i, engine)
             return engine
@@ -274,8 +322,11 @@ class ProfileEngine:
                 raise ValueError(f"engine for shapes {engine.input_shapes} is not profile "
                                  f"{index}'s opt shape {list(self.profiles[index].opt)}")
             self.weight_cache.add(engine.backend, engine.network.weights, engine.weights)
+            self._adopt(engine)
             self._engines[self.profiles[index].opt] = engine
             self._set_opt(index, engine)
+            self._templates.pop(index, None)
+            self._template(index)
 
     def profile_index(self, shapes) -> Optional[int]:
         return choose_profile(self.profiles, shapes)
@@ -304,13 +355,24 @@ class ProfileEngine:
             if key in self._failed:
                 raise RuntimeError(self._failed[key])
             opt = self._opt_engine(i)
-            try:
-                engine = self._build(key, tactic_choices(opt), self.weight_cache)
-            except Exception as e:
-                self._failed[key] = f"{type(e).__name__}: {e}"
-                raise
+            engine = None
+            made = self._template(i)
+            if made is not None and made[0].serves(key) is None:
+                try:
+                    engine = made[1](key)
+                    self.stats["from_template"] += 1
+                except Exception as e:  # the full build below says what is really wrong
+                    log.info("optimization profile %s: shapes %s are built from the network: "
+                             "%s: %s", self.profiles[i], key, type(e).__name__, e)
+            if engine is None:
+                try:
+                    engine = self._build(key, tactic_choices(opt), self.weight_cache)
+                except Exception as e:
+                    self._failed[key] = f"{type(e).__name__}: {e}"
+                    raise
             self.stats["shapes"] += 1
             self.stats["timed_layers"] += int(engine.build_info.get("timed_layers", 0))
+            self._adopt(engine)
             self._engines[key] = engine
             return engine
 
@@ -393,8 +455,13 @@ class ProfileEngine:
         return self.engine_for([tuple(x.shape) for x in inputs]).execute(inputs)
 
     def describe(self) -> dict:
-        return {"profiles": [p.to_json() for p in self.profiles],
-                "shapes": [list(map(list, k)) for k in self._engines], "stats": dict(self.stats)}
+        d = {"profiles": [p.to_json() for p in self.profiles],
+             "shapes": [list(map(list, k)) for k in self._engines], "stats": dict(self.stats),
+             "arenas": dict(self.arena_pool.stats, planned_bytes=self.arena_pool.planned_bytes)}
+        if self.template_errors:
+            d["full_builds_because"] = {str(self.profiles[i]): why
+                                        for i, why in self.template_errors.items()}
+        return d
 
     def __repr__(self) -> str:
         return (f"<ProfileEngine {len(self.profiles)} profile(s) "

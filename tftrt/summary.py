@@ -58,11 +58,9 @@ def print_summary(info, seg: SegmentationResult, engine_ops: Dict[str, object],
             print_fn("")
             for op_type, count in spec.op_histogram.items():
                 print_fn(f"\t- {op_type}: {count}x")
-            for key in op.cache.keys():
-                eng = op.cache.get(key)
-                mem = getattr(eng, "device_memory_bytes", None)
-                extra = f", {mem / 2**20:.1f} MiB device memory" if mem is not None else ""
-                print_fn(f"\t* engine for input shapes {list(map(list, key))}{extra}")
+            for key, eng in op.cache.items():
+                for line in engine_lines(key, eng, op.profile_strategy):
+                    print_fn(line)
         if k < len(engine_ops) - 1:
             print_fn("-" * line_length)
     print_fn("=" * line_length)
@@ -82,6 +80,31 @@ def print_summary(info, seg: SegmentationResult, engine_ops: Dict[str, object],
         for op, c in unconverted.most_common():
             why = "; ".join(f"{r} ({n}x)" for r, n in reasons.get(op, {}).items())
             print_fn(f"\t- {op}: {why}")
+
+
+def engine_lines(key, engine, strategy=None):
+    """summary()'s lines for one cached engine: its input shapes, or, for an engine with
+    optimization profiles, each profile's min / opt / max shape per input."""
+    from tftrt.profiles import ProfileEngine
+    mem = getattr(engine, "device_memory_bytes", None)
+    extra = f", {mem / 2**20:.1f} MiB device memory" if mem is not None else ""
+    if not isinstance(engine, ProfileEngine):
+        return [f"\t* engine for input shapes {list(map(list, key))}{extra}"]
+    n = len(engine.profiles)
+    how = f" ({strategy})" if strategy else ""
+    k = len(engine.shapes)
+    lines = [f"\t* engine with {n} optimization profile{'s' if n != 1 else ''}{how}, built "
+             f"for {k} input shape{'s' if k != 1 else ''} so far{extra}"]
+    try:
+        names = engine.input_names
+    except RuntimeError:  # nothing built yet
+        names = []
+    for i, p in enumerate(engine.profiles):
+        for j, (lo, opt, hi) in enumerate(zip(p.min, p.opt, p.max)):
+            name = names[j] if j < len(names) else f"input {j}"
+            lines.append(f"\t  profile {i}, {name}: min {list(lo)}, opt {list(opt)}, "
+                         f"max {list(hi)}")
+    return lines
 
 
 def log_unconverted(info, seg: SegmentationResult) -> None:

@@ -128,3 +128,55 @@ def test_profile_1_to_16_serves_every_batch_with_no_new_tuning(tmp_path, tuning)
     for name, op in loaded.engine_ops.items():
         assert op.stats["builds"] == 0 and op.stats["native"] == 0, op.describe()
         assert op.stats["engine"] == 16, op.describe()
+
+
+def test_engines_of_a_profile_share_one_arena_and_stream_per_thread(tmp_path):
+    """The engines of a profile (batch 1..16) made from its opt engine's network share one
+    activation arena per execution thread, sized for the largest (batch 16), and that thread's
+    stream: calls of different batch sizes queued back to back without a sync give TF's
+    numbers; another thread gets its own arena."""
+    import threading
+
+    import cupy as cp
+    src = str(tmp_path / "src")
+    model = SmallConvNet()
+    tf.saved_model.save(model, src, signatures=model.__call__)
+    native = tf.saved_model.load(src).signatures["serving_default"]
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=src, use_dynamic_shape=True)
+    conv.convert()
+    conv.build(lambda: iter([(batch(1),), (batch(16),)]))
+    (op,) = conv.engine_ops.values()
+    (pe,) = [e for _, e in op.cache.items()]
+    assert isinstance(pe, P.ProfileEngine) and pe.template_errors == {}, pe.describe()
+    sizes = (16, 3, 9, 1, 5)
+    before = pe.arena_pool.stats["allocations"]  # build() ran batch 1 and 16, in some thread
+    t0 = time.perf_counter()
+    engines = {b: pe.engine_for([(b, *HWC)]) for b in sizes}
+    print(f"\nengines for {len(sizes) - 1} new batch sizes: "
+          f"{(time.perf_counter() - t0) * 1e3:.1f} ms")
+    assert all(engines[b].build_info.get("from_template") for b in sizes if b != 16)
+    xs = {b: cp.asarray(batch(b)) for b in sizes}
+    outs = {b: engines[b].execute([xs[b]])[0] for b in sizes}  # queued, no sync between
+    for _ in range(2):  # the second run captures CUDA graphs, the third replays them
+        outs = {b: engines[b].execute([xs[b]])[0] for b in sizes}
+    for b in sizes:
+        np.testing.assert_allclose(cp.asnumpy(outs[b]), native(x=tf.constant(batch(b)))["y"]
+                                   .numpy(), rtol=1e-4, atol=1e-4, err_msg=f"batch {b}")
+    ctxs = [engines[b]._local.ctx._impl for b in sizes]
+    assert len({c.arena.data.ptr for c in ctxs}) == 1, "one arena in this thread"
+    assert len({id(c.stream) for c in ctxs}) == 1, "one stream in this thread"
+    assert pe.arena_pool.stats["allocations"] - before <= 1, pe.arena_pool.stats
+    assert max(c.arena.nbytes for c in ctxs) <= pe.arena_pool.planned_bytes
+    assert ctxs[0].arena.nbytes == max(c.arena.nbytes for c in ctxs)  # batch 16 needs most
+
+    other = {}
+
+    def run():
+        other["ptr"] = engines[9].create_execution_context()._impl.arena.data.ptr
+        other["ptr2"] = engines[3].create_execution_context()._impl.arena.data.ptr
+    mid = pe.arena_pool.stats["allocations"]
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    assert other["ptr"] == other["ptr2"] != ctxs[0].arena.data.ptr
+    assert pe.arena_pool.stats["allocations"] == mid + 1, pe.arena_pool.stats

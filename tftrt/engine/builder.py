@@ -148,6 +148,81 @@ def build_engine(model_or_network: Union[onnx.ModelProto, Network],
     """
     config = config or BuilderConfig()
     t0 = time.perf_counter()
+    net, backend, precision = optimized_network(model_or_network, input_shapes, config)
+    if config.weight_cache is not None:
+        weights = {}
+        for k, v in net.weights.items():
+            net.weights[k], weights[k] = config.weight_cache.share(backend, k, v)
+    else:
+        weights = {k: backend.upload(v) for k, v in net.weights.items()}
+    if config.tactic_timing:
+        timings = choose_tactics(net, backend, weights, config.timing_cache,
+                                 choices=config.tactic_choices)
+    else:
+        from tftrt.engine.tactics import candidates
+        timings = {}
+        for layer in net.layers:
+            c = candidates(backend.name, net, layer)
+            layer.tactic = c[0].name if c else "default"
+    engine = _finish(net, backend, precision, weights, config.to_json(), config)
+    engine.build_info = {"seconds": time.perf_counter() - t0, "tactic_timings": timings,
+                         "timed_layers": len(timings),
+                         "reused_tactics": config.tactic_choices is not None}
+    log.info("built engine %s: %d layers, %s, %d arena bytes in %.2fs", net.name,
+             len(net.layers), precision, engine.memory.arena_bytes, engine.build_info["seconds"])
+    return engine
+
+
+def _finish(net: Network, backend, precision: str, weights: Dict[str, Any], config_json: dict,
+            config: BuilderConfig) -> Engine:
+    """Memory plan (with the chosen tactics' scratch) and the Engine."""
+    scratch = max([workspace_bytes(backend.name, net, l) for l in net.layers] or [0])
+    memory = plan_memory(net, scratch, config.max_workspace_size_bytes,
+                         config.max_device_memory_bytes)
+    return Engine(net, backend, precision, memory, config_json, weights=weights,
+                  device=backend.device_name())
+
+
+def build_engine_from_template(template, input_shapes: Dict[str, Sequence[int]],
+                               opt_engine: Engine,
+                               config: Optional[BuilderConfig] = None) -> Engine:
+    """An engine for other input shapes of an optimization profile, from the network the
+    profile's opt-shape engine was optimized into (``template``, a
+    :class:`tftrt.engine.shape_template.ShapeTemplate`): no pass runs again, shapes are
+    inferred once, layers keep the opt engine's tactics and backend sub-choices, and the
+    engine shares its uploaded weights. Only the memory plan and the backend's preparation
+    are per shape.
+
+    Raises:
+      EngineBuildError: the shapes are outside what the template serves (the caller builds
+        the full way), or the memory plan exceeds a limit.
+    """
+    from tftrt.engine.tactics import layer_choice
+    config = config or BuilderConfig()
+    t0 = time.perf_counter()
+    backend = opt_engine.backend_impl
+    if hasattr(backend, "set_build_options"):
+        backend.set_build_options(allow_tf32=config.allow_tf32, precision=opt_engine.precision)
+    net = template.network_for(input_shapes)
+    choices = {l.name: layer_choice(l) for l in opt_engine.network.layers}
+    choose_tactics(net, backend, opt_engine.weights, None, choices=choices)
+    cfg = {k: v for k, v in opt_engine.config.items() if k != "profiles"}
+    engine = _finish(net, backend, opt_engine.precision, opt_engine.weights, cfg, config)
+    engine.build_info = {"seconds": time.perf_counter() - t0, "tactic_timings": {},
+                         "timed_layers": 0, "reused_tactics": True, "from_template": True}
+    log.info("engine %s for %s from its profile's optimized network in %.3fs", net.name,
+             {k: tuple(v) for k, v in input_shapes.items()}, engine.build_info["seconds"])
+    return engine
+
+
+def optimized_network(model_or_network: Union[onnx.ModelProto, Network],
+                      input_shapes: Dict[str, Sequence[int]],
+                      config: Optional[BuilderConfig] = None) -> Tuple[Network, Any, str]:
+    """The first half of :func:`build_engine`: the network bound to ``input_shapes``,
+    optimized, in its precision (weights on the host, no tactics). Returns (network, backend,
+    precision); the engines of a profile compare these at several shapes
+    (``shape_template.py``)."""
+    config = config or BuilderConfig()
     precision = normalize_precision(config.precision)
     backend = get_backend(config.backend)
     if hasattr(backend, "set_build_options"):  # optional backend hook (TF32, precision)
@@ -175,29 +250,4 @@ def build_engine(model_or_network: Union[onnx.ModelProto, Network],
                 f"tensors {[t.name for t in dyn][:5]} have data-dependent shapes, which the "
                 f"{backend.name} backend cannot run; keep such ops (e.g. NonMaxSuppression) out "
                 f"of the segment")
-    if config.weight_cache is not None:
-        weights = {}
-        for k, v in net.weights.items():
-            net.weights[k], weights[k] = config.weight_cache.share(backend, k, v)
-    else:
-        weights = {k: backend.upload(v) for k, v in net.weights.items()}
-    if config.tactic_timing:
-        timings = choose_tactics(net, backend, weights, config.timing_cache,
-                                 choices=config.tactic_choices)
-    else:
-        from tftrt.engine.tactics import candidates
-        timings = {}
-        for layer in net.layers:
-            c = candidates(backend.name, net, layer)
-            layer.tactic = c[0].name if c else "default"
-    scratch = max([workspace_bytes(backend.name, net, l) for l in net.layers] or [0])
-    memory = plan_memory(net, scratch, config.max_workspace_size_bytes,
-                         config.max_device_memory_bytes)
-    engine = Engine(net, backend, precision, memory, config.to_json(), weights=weights,
-                    device=backend.device_name())
-    engine.build_info = {"seconds": time.perf_counter() - t0, "tactic_timings": timings,
-                         "timed_layers": len(timings),
-                         "reused_tactics": config.tactic_choices is not None}
-    log.info("built engine %s: %d layers, %s, %d arena bytes in %.2fs", net.name,
-             len(net.layers), precision, memory.arena_bytes, engine.build_info["seconds"])
-    return engine
+    return net, backend, precision

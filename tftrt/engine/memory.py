@@ -10,12 +10,18 @@ Reshapes are views: the output of a ``reshape`` layer whose input and output bot
 arena takes its input's bytes (``MemoryPlan.aliases``: output -> the tensor whose bytes it
 shares), the input's lifetime is extended over the output's, and an execution context that
 lays tensors out by this plan skips the layer (its output already holds the values).
+
+Engines for several shapes of one optimization profile run one at a time in a thread, so they
+share one arena per thread (:class:`ArenaPool`): sized for the largest of them (the opt shape
+of a Range profile), allocated once per profile and execution thread; each engine's plan lays
+its tensors out from offset 0 of it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, List, Optional, Tuple
+import threading
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from tftrt.engine.errors import EngineBuildError
 from tftrt.engine.network import Network
@@ -44,6 +50,11 @@ class MemoryPlan:
     def total_bytes(self) -> int:
         """Arena + tactic scratch + the (static) network outputs of one execution."""
         return self.arena_bytes + self.workspace_bytes + self.output_bytes
+
+    @property
+    def context_bytes(self) -> int:
+        """Bytes of an execution context's arena: activations, then (aligned) the scratch."""
+        return _align(self.arena_bytes) + self.workspace_bytes
 
     def to_json(self) -> dict:
         return {"offsets": self.offsets, "sizes": self.sizes,
@@ -156,3 +167,56 @@ def plan_memory(net: Network, workspace_bytes: int = 0,
             f"is {max_device_memory_bytes}; raise max_device_memory_bytes or build for smaller "
             f"input shapes (batch size)")
     return plan
+
+
+class ArenaSlot:
+    """One execution thread's arena in an :class:`ArenaPool`: ``buffer`` (``nbytes`` long)
+    and ``state``, where a backend keeps what must go with it (the CuPy backend: the stream
+    that orders the engines using this buffer)."""
+
+    def __init__(self):
+        self.buffer: Any = None
+        self.nbytes = 0
+        self.state: Dict[str, Any] = {}
+
+
+class ArenaPool:
+    """Activation arenas shared by the engines of one optimization profile set: one buffer
+    per execution thread, at least :attr:`planned_bytes` long (the largest plan noted).
+
+    ``stats``: ``allocations`` (buffers allocated) and ``bytes`` (their total size), so that
+    tests see what a profile costs whatever the backend.
+    """
+
+    def __init__(self):
+        self.planned_bytes = 0
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self.stats = {"allocations": 0, "bytes": 0}
+
+    def plan(self, nbytes: int) -> None:
+        """Notes an engine's need (``MemoryPlan.context_bytes`` or more): buffers allocated
+        from now on are at least this large."""
+        with self._lock:
+            self.planned_bytes = max(self.planned_bytes, int(nbytes))
+
+    def slot(self) -> ArenaSlot:
+        """The calling thread's slot."""
+        slot = getattr(self._local, "slot", None)
+        if slot is None:
+            slot = self._local.slot = ArenaSlot()
+        return slot
+
+    def reserve(self, nbytes: int, allocate: Callable[[int], Any]) -> Any:
+        """The calling thread's buffer, at least ``nbytes`` long: allocated (``allocate(n)``,
+        n = the larger of ``nbytes`` and the planned size) when it has none or a smaller one.
+        A context that holds a smaller buffer keeps using it (it holds a reference)."""
+        self.plan(nbytes)
+        slot = self.slot()
+        if slot.buffer is None or slot.nbytes < nbytes:
+            n = max(int(nbytes), self.planned_bytes, 1)
+            slot.buffer, slot.nbytes = allocate(n), n
+            with self._lock:
+                self.stats["allocations"] += 1
+                self.stats["bytes"] += n
+        return slot.buffer

@@ -23,7 +23,9 @@ Precision: FP16 layers store fp16 and accumulate in fp32; FP32 layers may use TF
 cores unless the build says ``allow_tf32=False``.
 
 Execution (:class:`CupyExecutionContext`): one device arena per context laid out by the
-engine's memory plan (plus the largest tactic workspace), its own stream and library handles;
+engine's memory plan (plus the largest tactic workspace), its own stream and library handles
+(the engines of one optimization profile take the arena and stream of their thread's slot in
+the profile's ``memory.ArenaPool`` instead);
 reshapes the plan made views of their input run nothing. The first run is eager, the second
 captures the whole engine into CUDA graphs (layers that cannot be captured run eagerly between
 graph segments; a failed capture is logged once and that segment stays eager), later runs
@@ -345,7 +347,14 @@ class CupyExecutionContext:
         self.engine = engine
         net = self.net = engine.network
         self.impls = backend.engine_impls(engine)
-        self.stream = cp.cuda.Stream(non_blocking=True)
+        # The engines of one optimization profile share an arena per thread (memory.ArenaPool)
+        # and, so that they never overlap on it, that thread's stream.
+        pool = getattr(engine, "arena_pool", None)
+        slot = pool.slot() if pool is not None else None
+        if slot is not None and "cupy_stream" not in slot.state:
+            slot.state["cupy_stream"] = cp.cuda.Stream(non_blocking=True)
+        self.stream = slot.state["cupy_stream"] if slot is not None else \
+            cp.cuda.Stream(non_blocking=True)
         self.use_graphs = True
         self.runs = 0
         self.segments: Optional[List[Tuple[str, Any]]] = None
@@ -354,7 +363,9 @@ class CupyExecutionContext:
         ws_bytes = max([int(i.workspace) for i in self.impls] + [int(mem.workspace_bytes), 0])
         arena_bytes = int(mem.arena_bytes)
         ws_off = (arena_bytes + 255) // 256 * 256
-        self.arena = cp.empty(max(ws_off + ws_bytes, 1), cp.uint8)
+        need = max(ws_off + ws_bytes, 1)
+        self.arena = (pool.reserve(need, lambda n: cp.empty(n, cp.uint8))[:need]
+                      if pool is not None else cp.empty(need, cp.uint8))
         self.ws = self.arena[ws_off:ws_off + ws_bytes] if ws_bytes else None
         self.device_bytes = int(self.arena.nbytes)
 

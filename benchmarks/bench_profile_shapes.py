@@ -1,0 +1,161 @@
+"""First call at each new batch size inside an optimization profile (issue 14).
+
+One profile (batch 1..--max-batch, opt = max, TF-TRT's Range strategy) of a ResNet50-structured
+network: the profile is built (tuned at the opt shape, then checked for re-derivation at the
+probe shapes), then each batch size of --batches is called once. Per batch: the engine for it
+("make": from the opt engine's optimized network, or a full build when the profile needs one),
+its first execution (context, backend preparation, first run), and a later execution.
+"first call" = make + first execution: what a request with a new batch size waits beyond a
+steady call. With --compare-full, the same shapes are also built the old way (passes, precision
+and memory plan per shape, with the opt shape's tactics): "full make ms", to compare with
+"make ms".
+
+    python benchmarks/bench_profile_shapes.py                       # numpy, 64x64, small
+    python benchmarks/bench_profile_shapes.py --backend cupy --precision FP16 --size 224 \\
+        --max-batch 128 --batches 1,2,3,5,8,13,21,34,55,89,127       # the GPU host
+    python benchmarks/bench_profile_shapes.py --network .whl/networks/resnet50.onnx.xz ...
+
+A warm build cache (tactic timings, on disk: TFTRT_CACHE_DIR) makes the profile build fast;
+the per-shape numbers do not time tactics either way. --json FILE writes the rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+
+def _network(args):
+    """(ONNX model, input name, input shape without batch)."""
+    if args.network:
+        from make_networks import load_networks
+        model = max(load_networks(args.network), key=lambda m: len(m.graph.node))
+        inp = model.graph.input[0]
+        dims = [d.dim_value for d in inp.type.tensor_type.shape.dim][1:]
+        if not all(dims):
+            raise SystemExit(f"{args.network}: input {inp.name} has unknown non-batch dims "
+                             f"{dims}")
+        return model, inp.name, tuple(dims)
+    from tests.engine.models import resnet50
+    model, feeds = resnet50(batch=2, size=args.size, width=args.width)
+    (name, x), = feeds.items()
+    return model, name, tuple(x.shape[1:])
+
+
+def _sync(backend):
+    if backend == "cupy":
+        import cupy as cp
+        cp.cuda.get_current_stream().synchronize()
+
+
+def _input(backend, shape, seed):
+    x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    if backend == "cupy":
+        import cupy as cp
+        return cp.asarray(x)
+    return x
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--backend", default="numpy", choices=("numpy", "cupy"))
+    ap.add_argument("--precision", default="FP32")
+    ap.add_argument("--size", type=int, default=64, help="image size (built-in network)")
+    ap.add_argument("--width", type=int, default=64, help="first stage's channels (built-in)")
+    ap.add_argument("--network", help="a .onnx.xz from make_networks.py instead")
+    ap.add_argument("--max-batch", type=int, default=16)
+    ap.add_argument("--batches", default="1,2,3,5,7,9,12,15",
+                    help="batch sizes called in this order (new ones inside the profile)")
+    ap.add_argument("--compare-full", action="store_true",
+                    help="also time a full per-shape build of each batch size (the old path)")
+    ap.add_argument("--json", help="write the rows here")
+    args = ap.parse_args(argv)
+
+    from tftrt.engine import BuilderConfig, build_engine
+    from tftrt.engine.backends import get_backend
+    from tftrt.engine.onnx_import import network_from_onnx
+    from tftrt.engine.shape_template import specializer
+    from tftrt.engine.tactics import persistent_timing_cache
+    from tftrt.profiles import Profile, ProfileEngine, tactic_choices
+
+    model, name, rest = _network(args)
+    net = network_from_onnx(model)
+    cache = persistent_timing_cache(get_backend(args.backend))
+
+    def config(choices=None, weights=None):
+        return BuilderConfig(precision=args.precision, backend=args.backend,
+                             timing_cache=cache, tactic_choices=choices, weight_cache=weights)
+
+    def build(key, choices, weights):
+        return build_engine(net, {name: key[0]}, config(choices, weights))
+
+    top = args.max_batch
+    profile = Profile([(1, *rest)], [(top, *rest)], [(top, *rest)])
+    t0 = time.perf_counter()
+    pe = ProfileEngine([profile], build, args.backend, specializer(net, config()))
+    pe.build_profiles()
+    build_s = time.perf_counter() - t0
+    opt = pe.engine_for([(top, *rest)])
+    opt.execute([_input(args.backend, (top, *rest), 0)])
+    _sync(args.backend)
+    print(f"# {net.name} {args.precision} on {args.backend}: profile batch 1..{top} at "
+          f"{rest}, built in {build_s:.2f} s (opt engine {opt.build_info['seconds']:.2f} s, "
+          f"{opt.build_info['timed_layers']} layers timed); other shapes from the template: "
+          f"{'no: ' + pe.template_errors[0] if pe.template_errors else 'yes'}", flush=True)
+    rows = []
+    print(f"{'batch':>5} {'make ms':>9} {'1st run ms':>10} {'first call ms':>13} "
+          f"{'later run ms':>12} {'how':>9}" + (f" {'full make ms':>13}"
+                                                 if args.compare_full else ""), flush=True)
+    for b in [int(v) for v in args.batches.split(",") if v.strip()]:
+        if not 1 <= b <= top or b == top:
+            print(f"# batch {b} skipped: not a new shape inside 1..{top}")
+            continue
+        x = _input(args.backend, (b, *rest), b)
+        t0 = time.perf_counter()
+        engine = pe.engine_for([(b, *rest)])
+        t1 = time.perf_counter()
+        engine.execute([x])
+        _sync(args.backend)
+        t2 = time.perf_counter()
+        engine.execute([x])
+        _sync(args.backend)
+        t3 = time.perf_counter()
+        engine.execute([x])
+        _sync(args.backend)
+        t4 = time.perf_counter()
+        row = {"batch": b, "make_ms": (t1 - t0) * 1e3, "first_run_ms": (t2 - t1) * 1e3,
+               "first_call_ms": (t2 - t0) * 1e3, "later_run_ms": (t4 - t3) * 1e3,
+               "from_template": bool(engine.build_info.get("from_template"))}
+        extra = ""
+        if args.compare_full:
+            t5 = time.perf_counter()
+            build(((b, *rest),), tactic_choices(opt), None)
+            row["full_make_ms"] = (time.perf_counter() - t5) * 1e3
+            extra = f" {row['full_make_ms']:13.1f}"
+        rows.append(row)
+        print(f"{b:5d} {row['make_ms']:9.1f} {row['first_run_ms']:10.1f} "
+              f"{row['first_call_ms']:13.1f} {row['later_run_ms']:12.1f} "
+              f"{'template' if row['from_template'] else 'full':>9}{extra}", flush=True)
+    if rows:
+        fc = [r["first_call_ms"] for r in rows]
+        print(f"# first call: median {np.median(fc):.1f} ms, max {max(fc):.1f} ms over "
+              f"{len(rows)} new batch sizes; arena pool {pe.arena_pool.stats}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"network": net.name, "backend": args.backend,
+                       "precision": args.precision, "profile_build_s": build_s,
+                       "rows": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,257 @@
+"""Other shapes of an optimization profile from the opt engine's optimized network
+(engine/shape_template.py), the arenas a profile's engines share (memory.ArenaPool), and the
+layer copies the passes make (Network.copy). Engines against onnxruntime, numpy backend."""
+
+import copy
+import threading
+
+import numpy as np
+import pytest
+from onnx import helper
+
+from tests.engine.harness import assert_close, make_model, run_ort
+from tests.engine.models import resnet50
+from tests.tolerances import TOLERANCES
+from tftrt.engine import BuilderConfig, build_engine, builder
+from tftrt.engine.memory import ArenaPool
+from tftrt.engine.onnx_import import network_from_onnx
+from tftrt.engine.shape_template import probe_values, specializer
+from tftrt.profiles import Profile, ProfileEngine
+
+N = helper.make_node
+X = "TensorRTInputPH_0"
+INT_MAX = np.iinfo(np.int64).max
+
+
+@pytest.fixture()
+def passes_runs(monkeypatch):
+    """How many times the builder ran the optimization passes."""
+    calls = []
+    real = builder.optimize_network
+
+    def counting(net, passes=None):
+        calls.append(net.name)
+        return real(net, passes)
+    monkeypatch.setattr(builder, "optimize_network", counting)
+    return calls
+
+
+def profile_engine(model, profile, precision="FP32"):
+    net = network_from_onnx(model)
+    config = BuilderConfig(precision=precision, backend="numpy")
+
+    def build(key, choices, weight_cache):
+        return build_engine(net, {X: key[0]}, BuilderConfig(
+            precision=precision, backend="numpy", tactic_choices=choices,
+            weight_cache=weight_cache))
+    return ProfileEngine([profile], build, "numpy", specializer(net, config)).build_profiles()
+
+
+def batch_profile(lo, hi, rest):
+    return Profile([(lo, *rest)], [(hi, *rest)], [(hi, *rest)])
+
+
+def check(pe, model, shape, precision="FP32", seed=0):
+    x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    engine = pe.engine_for([shape])
+    got = [np.asarray(o) for o in engine.execute([x])]
+    assert_close(got, run_ort(model, {X: x}), *TOLERANCES[precision], what=f"shape {shape}")
+    return engine
+
+
+@pytest.mark.parametrize("precision", ["FP32", "FP16"])
+def test_profile_shapes_run_no_pass_again(passes_runs, precision):
+    model, _ = resnet50(batch=2, size=16, width=8)
+    pe = profile_engine(model, batch_profile(1, 8, (16, 16, 3)), precision)
+    # the opt shape (8), the probe (5: other parity) and the size-1 probe
+    assert len(passes_runs) == 3
+    assert pe.template_errors == {}
+    (template, _), = pe._templates.values()
+    assert template.ones_ok and probe_values(pe.profiles[0], template.variables) == (5,)
+    opt = pe.engine_for([(8, 16, 16, 3)])
+    for b in range(1, 8):
+        engine = check(pe, model, (b, 16, 16, 3), precision, seed=b)
+        assert engine.build_info["from_template"] and engine.build_info["timed_layers"] == 0
+        assert engine.weights is opt.weights  # the opt engine's uploaded weights
+        assert [l.tactic for l in engine.network.layers] == \
+            [l.tactic for l in opt.network.layers]
+    assert len(passes_runs) == 3  # no pass ran for the 7 other shapes
+    assert pe.stats["shapes"] == 7 and pe.stats["from_template"] == 7
+    assert pe.stats["tuned"] == 1
+
+
+def test_full_builds_match_template_engines_exactly():
+    """Same layers, tactics and weights: the same numbers as a full build at that shape."""
+    model, _ = resnet50(batch=2, size=16, width=8)
+    pe = profile_engine(model, batch_profile(1, 8, (16, 16, 3)))
+    x = np.random.default_rng(3).standard_normal((3, 16, 16, 3)).astype(np.float32)
+    templ = pe.engine_for([x.shape])
+    full = pe._build(((3, 16, 16, 3),), {l.name: {"kind": l.kind, "tactic": l.tactic}
+                                         for l in templ.network.layers}, None)
+    assert [(l.name, l.kind, l.tactic) for l in templ.network.layers] == \
+        [(l.name, l.kind, l.tactic) for l in full.network.layers]
+    assert {k: v.shape for k, v in templ.network.tensors.items()} == \
+        {k: v.shape for k, v in full.network.tensors.items()}
+    np.testing.assert_array_equal(templ.execute([x])[0], full.execute([x])[0])
+    assert templ.memory.arena_bytes == full.memory.arena_bytes
+
+
+def shape_values_model():
+    """Shapes computed from the input: a flatten through Shape -> Gather -> Concat, an Expand
+    of per-sample means to the input's shape, and a slice with a negative start on the batch
+    axis (x[-2:])."""
+    c = {"idx0": np.array([0], np.int64), "minus1": np.array([-1], np.int64),
+         "w": np.random.default_rng(0).standard_normal((24, 5)).astype(np.float32),
+         "st": np.array([-2], np.int64), "en": np.array([INT_MAX], np.int64),
+         "ax": np.array([0], np.int64)}
+    nodes = [N("Shape", [X], ["s"]), N("Gather", ["s", "idx0"], ["b"], axis=0),
+             N("Concat", ["b", "minus1"], ["flat_shape"], axis=0),
+             N("ReduceMean", [X], ["m"], axes=[1, 2, 3], keepdims=1),
+             N("Expand", ["m", "s"], ["m_full"]),
+             N("Mul", [X, "m_full"], ["xm"]),
+             N("Reshape", ["xm", "flat_shape"], ["flat"]),
+             N("MatMul", ["flat", "w"], ["TensorRTOutputPH_0"]),
+             N("Slice", ["flat", "st", "en", "ax"], ["TensorRTOutputPH_1"])]
+    feeds = {X: np.zeros((4, 2, 3, 4), np.float32)}
+    return make_model(nodes, feeds, c, outputs=["TensorRTOutputPH_0", "TensorRTOutputPH_1"],
+                      symbolic=[0])
+
+
+def test_shape_values_are_rederived_per_shape(passes_runs):
+    model = shape_values_model()
+    pe = profile_engine(model, batch_profile(1, 8, (2, 3, 4)))
+    assert pe.template_errors == {}
+    (template, _), = pe._templates.values()
+    ruled = {template.network.layers[k].kind: sorted(v) for k, v in template.rules.items()}
+    assert ruled == {"reshape": ["shape"], "expand": ["shape"], "slice": ["slices"]}
+    # x[-2:] at batch 1 is x[0:1] (the start clamps to 0), not batch - 2 = -1: the size-1
+    # probe sees it, and batch 1 is built the full way
+    assert not template.ones_ok
+    runs = len(passes_runs)
+    for b in range(2, 8):
+        assert check(pe, model, (b, 2, 3, 4), seed=b).build_info.get("from_template")
+    assert len(passes_runs) == runs
+    assert not check(pe, model, (1, 2, 3, 4)).build_info.get("from_template")
+    assert len(passes_runs) == runs + 1
+    assert pe.stats["shapes"] == 7 and pe.stats["from_template"] == 6
+
+
+def test_shapes_folded_into_values_build_each_shape():
+    """y = x * batch: the constant folded from Shape differs per shape, so each shape is built
+    the full way (with the profile's tactics), and right."""
+    nodes = [N("Shape", [X], ["s"]), N("Gather", ["s", "idx0"], ["b"], axis=0),
+             N("Cast", ["b"], ["bf"], to=1), N("Mul", [X, "bf"], ["TensorRTOutputPH_0"])]
+    model = make_model(nodes, {X: np.zeros((4, 3), np.float32)},
+                       {"idx0": np.array(0, np.int64)}, outputs=["TensorRTOutputPH_0"],
+                       symbolic=[0])
+    pe = profile_engine(model, batch_profile(1, 8, (3,)))
+    (why,) = pe.template_errors.values()
+    assert "'args': ['$0', 8.0]" in why and "'args': ['$0', 5.0]" in why  # the batch, folded
+    for b in (1, 3, 6):
+        assert not check(pe, model, (b, 3), seed=b).build_info.get("from_template")
+    assert pe.stats["from_template"] == 0 and pe.stats["shapes"] == 3
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_varying_spatial_size(stride):
+    """SAME padding of a strided conv depends on the input size (modulo the stride): a profile
+    whose H varies is built per shape; unstrided, its padding is the same at every size."""
+    w = np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32)
+    nodes = [N("Transpose", [X], ["t"], perm=[0, 3, 1, 2]),
+             N("Conv", ["t", "w"], ["c"], strides=[stride, stride], auto_pad="SAME_UPPER"),
+             N("Transpose", ["c"], ["TensorRTOutputPH_0"], perm=[0, 2, 3, 1])]
+    model = make_model(nodes, {X: np.zeros((1, 8, 8, 3), np.float32)}, {"w": w},
+                       outputs=["TensorRTOutputPH_0"], symbolic=[0, 1])
+    pe = profile_engine(model, Profile([(1, 5, 8, 3)], [(2, 10, 8, 3)], [(2, 10, 8, 3)]))
+    if stride == 2:
+        (why,) = pe.template_errors.values()
+        assert "(conv): pads is [0, 0, 1, 1] at the opt shape, [1, 0, 1, 1] at the probe" in why
+    else:
+        assert pe.template_errors == {}
+    for h in (5, 6, 7, 9):
+        engine = check(pe, model, (1, h, 8, 3), seed=h)
+        assert bool(engine.build_info.get("from_template")) == (stride == 1)
+
+
+def test_size_one_semantics_are_checked():
+    """Squeeze without axes drops every size-1 dimension: at batch 1 the network is another
+    one, which the size-1 probe sees; batches 2.. still come from the template."""
+    nodes = [N("Squeeze", [X], ["sq"]), N("Relu", ["sq"], ["TensorRTOutputPH_0"])]
+    model = make_model(nodes, {X: np.zeros((4, 1, 6), np.float32)},
+                       outputs=["TensorRTOutputPH_0"], symbolic=[0])
+    pe = profile_engine(model, batch_profile(1, 6, (1, 6)))
+    (template, _), = pe._templates.values()
+    assert not template.ones_ok and template.serves([(1, 1, 6)]) is not None
+    assert check(pe, model, (3, 1, 6)).build_info.get("from_template")
+    one = check(pe, model, (1, 1, 6))  # (6,), as onnxruntime
+    assert not one.build_info.get("from_template") and one.output_shapes == [(6,)]
+
+
+def test_template_refuses_shapes_outside_what_it_serves():
+    model, _ = resnet50(batch=2, size=16, width=8)
+    pe = profile_engine(model, batch_profile(2, 8, (16, 16, 3)))
+    (template, _), = pe._templates.values()
+    assert "dimension 1 is 17, fixed at 16" in template.serves([(4, 17, 16, 3)])
+    assert "rank" in template.serves([(4, 16, 16)])
+    with pytest.raises(Exception, match="does not serve shapes"):
+        template.network_for({X: (0, 16, 16, 3)})
+
+
+def test_probe_values():
+    p = Profile([(1, 4), (1, 7)], [(16, 4), (16, 9)], [(16, 4), (16, 9)])
+    # near the middle (8), of the other parity than the opt value, and neither another
+    # dimension's opt value (9) nor a value already taken (7)
+    assert probe_values(p, [(0, 0), (1, 0), (1, 1)]) == (7, 11, 8)
+    assert probe_values(Profile([(1,)], [(2,)], [(2,)]), [(0, 0)]) == (1,)
+
+
+# --- arenas ---------------------------------------------------------------------------------
+
+def test_arena_pool_allocates_once_per_thread_for_the_largest_plan():
+    pool, made = ArenaPool(), []
+
+    def alloc(n):
+        made.append(n)
+        return np.empty(n, np.uint8)
+    pool.plan(1000)
+    a = pool.reserve(300, alloc)
+    assert made == [1000] and a.nbytes == 1000           # planned size, not the request
+    assert pool.reserve(1000, alloc) is a and made == [1000]
+    b = pool.reserve(1500, alloc)                         # a larger plan: a larger buffer
+    assert made == [1000, 1500] and b.nbytes == 1500 and pool.planned_bytes == 1500
+    got = []
+    t = threading.Thread(target=lambda: got.append(pool.reserve(10, alloc)))
+    t.start()
+    t.join()
+    assert got[0] is not b and made == [1000, 1500, 1500]  # another thread: its own
+    assert pool.stats == {"allocations": 3, "bytes": 4000}
+    pool.slot().state["stream"] = "s"
+    assert pool.slot().state == {"stream": "s"}
+
+
+def test_profile_engines_share_one_arena_pool_sized_for_the_largest():
+    model, _ = resnet50(batch=2, size=16, width=8)
+    pe = profile_engine(model, batch_profile(1, 8, (16, 16, 3)))
+    engines = [pe.engine_for([(b, 16, 16, 3)]) for b in (8, 2, 5, 1)]
+    assert all(e.arena_pool is pe.arena_pool for e in engines)
+    need = [e.memory.context_bytes for e in engines]
+    assert need[0] == max(need) > need[1]  # batch 8, the opt shape, needs the most
+    assert pe.arena_pool.planned_bytes == max(need)
+    assert pe.device_memory_bytes == max(e.device_memory_bytes for e in engines)
+    assert pe.describe()["arenas"]["planned_bytes"] == max(need)
+
+
+# --- copies ---------------------------------------------------------------------------------
+
+def test_layer_clone_is_a_deep_copy():
+    model, _ = resnet50(batch=2, size=16, width=8)
+    net = build_engine(model, {X: (2, 16, 16, 3)}, BuilderConfig(precision="FP16")).network
+    for layer in net.layers:
+        c = layer.clone()
+        assert c == copy.deepcopy(layer)
+        assert c.attrs is not layer.attrs and c.epilogue is not layer.epilogue
+        for k, v in layer.attrs.items():
+            if isinstance(v, (list, dict)):
+                assert c.attrs[k] is not v
+        for e, f in zip(layer.epilogue, c.epilogue):
+            assert e is not f

@@ -1,0 +1,128 @@
+"""A profile's other batch sizes through TensorFlow run no optimization pass again (engines from
+the opt engine's optimized network), against native TensorFlow; summary() shows the profiles."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.integration import models
+from tests.tolerances import MODEL_TOLERANCES
+from tftrt import profiles as P
+from tftrt import trt_convert as trt
+from tftrt.engine import builder
+
+HWC = (8, 8, 3)
+
+
+@pytest.fixture(autouse=True)
+def build_cache_in_tmp(tmp_path, monkeypatch):
+    monkeypatch.setenv("TFTRT_CACHE_DIR", str(tmp_path / "build_cache"))
+
+
+class FlattenNet(tf.Module):
+    """conv (stride 2) + bias + relu, a flatten whose batch comes from tf.shape (Shape ->
+    StridedSlice -> Pack -> Reshape in the graph), dense, softmax: batch unknown."""
+
+    def __init__(self):
+        rng = np.random.RandomState(0)
+        self.w = tf.constant(rng.randn(3, 3, 3, 8).astype(np.float32) * 0.3)
+        self.b = tf.constant(rng.randn(8).astype(np.float32))
+        self.d = tf.constant(rng.randn(4 * 4 * 8, 5).astype(np.float32) * 0.1)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, *HWC], tf.float32, name="x")])
+    def __call__(self, x):
+        h = tf.nn.relu(tf.nn.bias_add(tf.nn.conv2d(x, self.w, 2, "SAME"), self.b))
+        flat = tf.reshape(h, tf.stack([tf.shape(h)[0], -1]))
+        return {"y": tf.nn.softmax(tf.matmul(flat, self.d))}
+
+
+@pytest.fixture(scope="module")
+def flatten_dir(tmp_path_factory):
+    return models.save_module(FlattenNet(), str(tmp_path_factory.mktemp("prof") / "flatten"))
+
+
+@pytest.fixture()
+def passes_runs(monkeypatch):
+    calls = []
+    real = builder.optimize_network
+
+    def counting(net, passes=None):
+        calls.append(net.name)
+        return real(net, passes)
+    monkeypatch.setattr(builder, "optimize_network", counting)
+    return calls
+
+
+def check(fn, native, b):
+    x = tf.constant(models.batch((b, *HWC), seed=b))
+    rtol, atol = MODEL_TOLERANCES["FP32"]
+    np.testing.assert_allclose(fn(x=x)["y"].numpy(), native(x=x)["y"].numpy(), rtol=rtol,
+                               atol=atol)
+
+
+def converted(path, **kw):
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=path, use_dynamic_shape=True, **kw)
+    fn = conv.convert()
+    (op,) = conv.engine_ops.values()
+    return conv, fn, op
+
+
+def test_other_batch_sizes_run_no_pass(flatten_dir, passes_runs):
+    native = tf.saved_model.load(flatten_dir).signatures["serving_default"]
+    conv, fn, op = converted(flatten_dir)
+    conv.build(lambda: iter([(models.batch((b, *HWC)),) for b in (1, 16)]))
+    (pe,) = [e for _, e in op.cache.items()]
+    assert isinstance(pe, P.ProfileEngine) and pe.template_errors == {}
+    # the opt shape (16), the probe shape (9) and the size-1 probe: the passes ran 3 times
+    assert len(passes_runs) == 3
+    batches = (2, 3, 5, 7, 11, 16, 1, 4)
+    for b in batches:
+        check(fn, native, b)
+    assert len(passes_runs) == 3  # and never again
+    assert op.stats["native"] == 0 and op.stats["builds"] == 1 and op.stats["tuned_builds"] == 1
+    assert op.stats["shape_builds"] == len(batches) - 1 == pe.stats["from_template"]
+    reshapes = [l for l in pe.engine_for([(5, *HWC)]).network.layers if l.kind == "reshape"]
+    assert [l.attrs["shape"] for l in reshapes] == [[5, 128]]  # the flatten, re-derived
+
+
+def test_loaded_profiles_serve_other_sizes_without_passes(flatten_dir, passes_runs, tmp_path):
+    import tftrt
+    native = tf.saved_model.load(flatten_dir).signatures["serving_default"]
+    conv, fn, op = converted(flatten_dir)
+    conv.build(lambda: iter([(models.batch((b, *HWC)),) for b in (1, 16)]))
+    conv.save(str(tmp_path / "saved"))
+    del passes_runs[:]
+    loaded = tftrt.load(str(tmp_path / "saved"))
+    (lop,) = loaded.engine_ops.values()
+    (pe,) = [e for _, e in lop.cache.items()]
+    # the plan holds the opt engine; loading checks its network at the two probe shapes
+    assert len(passes_runs) == 2 and pe.template_errors == {}
+    sig = loaded.signatures["serving_default"]
+    for b in (3, 16, 1, 10):
+        check(sig, native, b)
+    assert len(passes_runs) == 2
+    assert lop.stats["builds"] == 0 and lop.stats["native"] == 0
+    assert lop.stats["shape_builds"] == 3 == pe.stats["from_template"]
+
+
+def test_summary_shows_the_profiles(flatten_dir):
+    conv, fn, op = converted(flatten_dir, dynamic_shape_profile_strategy="Range+Optimal")
+    conv.build(lambda: iter([(models.batch((b, *HWC)),) for b in (2, 6)]))
+    fn(x=tf.constant(models.batch((4, *HWC))))
+    lines = []
+    conv.summary(print_fn=lines.append)
+    text = "\n".join(lines)
+    assert "engine for input shapes" not in text
+    assert "\t* engine with 3 optimization profiles (Range+Optimal), built for 3 input shapes " \
+           "so far" in text
+    for i, (lo, opt, hi) in enumerate([(2, 2, 2), (6, 6, 6), (2, 6, 6)]):
+        assert (f"\t  profile {i}, TensorRTInputPH_0: min [{lo}, 8, 8, 3], opt [{opt}, 8, 8, 3], "
+                f"max [{hi}, 8, 8, 3]") in lines
+    # without dynamic shapes: one engine per input shape, as before
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=flatten_dir)
+    conv.convert()
+    conv.build(lambda: iter([(models.batch((3, *HWC)),)]))
+    lines = []
+    conv.summary(print_fn=lines.append)
+    assert any(line.startswith("\t* engine for input shapes [[3, 8, 8, 3]]") for line in lines)
+

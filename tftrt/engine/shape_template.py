@@ -1,0 +1,424 @@
+"""Engines for other shapes of an optimization profile without optimizing the network again.
+
+The engine built at a profile's opt shape went through the whole builder: binding, the
+optimization passes, precision, the late passes, tactics. For another shape of the same
+profile the passes would make the same decisions on the same layers; only tensor shapes and
+the few attributes that hold shape values differ. A :class:`ShapeTemplate` is the opt engine's
+network plus a rule per such attribute value; :meth:`ShapeTemplate.network_for` re-derives
+those values and infers the shapes once (no copy per pass, no pass, no weight folding), so a
+new batch size costs a shape inference and a memory plan.
+
+Whether that is right is not assumed, it is checked when the template is made
+(:func:`make_template`), against the builder's own result at a probe shape (every varying
+dimension moved, to a value of another parity when the range allows):
+
+* the optimized networks at the opt and probe shapes have the same layers (names, kinds,
+  inputs, outputs, epilogues, precisions), tensors (dtypes) and weights (values): nothing the
+  passes decided or folded depends on the shapes;
+* an attribute that differs is a shape vector of a layer whose semantics do not otherwise
+  depend on it (``reshape`` / ``expand`` shape, ``resize`` sizes, ``slice`` slices); each
+  differing element is affine in one varying input dimension (``a * dim + c``, integers), or,
+  once per reshape / expand, the size that makes the element count match (ONNX's -1);
+* no layer sees a varying dimension where its result depends on the value in a way no
+  attribute shows: a strided spatial axis of ``conv`` / ``conv_transpose`` / ``pool`` (SAME
+  padding depends on the size modulo the stride), the axis of a ``split``; and no ``shape`` / ``size`` / ``range`` /
+  ``constant_of_shape`` / ``nms`` layer is left;
+* the template re-derived at the probe shape gives exactly the probe network's shapes.
+
+Size 1 is special (squeezes, broadcasting): when a varying dimension's range holds 1, a second
+probe with those dimensions at 1 is compared the same way; if it differs, shapes with a
+varying dimension of 1 (and 0) are built the full way. Anything the checks refuse makes no
+template, and every other shape of that profile is built the full way (``builder.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from tftrt.engine.errors import EngineBuildError
+from tftrt.engine.network import Layer, Network, TensorInfo, _clone, _jsonable
+from tftrt.engine.shapes import infer_layer
+
+log = logging.getLogger("tftrt.engine.shape_template")
+
+Var = Tuple[int, int]  # (input index, axis): a dimension the profile lets vary
+
+# (kind, attr) holding shape values, re-derived per shape; "unknown": how many elements may be
+# left to the element count (reshape) or the broadcast input (expand).
+SHAPE_ATTRS = {("reshape", "shape"): 1, ("expand", "shape"): 1, ("resize", "sizes"): 0,
+               ("slice", "slices"): 0}
+# Layers whose output (shape or values) depends on input shapes through no attribute.
+SHAPE_DEPENDENT_KINDS = ("shape", "size", "range", "constant_of_shape", "nms")
+WINDOW_KINDS = ("conv", "conv_transpose", "pool")
+
+
+class TemplateError(Exception):
+    """Why the opt engine's network cannot serve other shapes by re-derivation."""
+
+
+class ShapeTemplate:
+    """The opt engine's network and the rules that re-derive it for other shapes.
+
+    Attributes:
+      network: the opt-shape engine's network (shared, never modified).
+      variables: the varying dimensions, (input index, axis).
+      opt: their values at the opt shape.
+      ones_ok: whether a varying dimension of size 1 was checked (see module doc).
+    """
+
+    def __init__(self, network: Network, variables: List[Var], opt: Tuple[int, ...],
+                 rules: Dict[int, Dict[str, list]], ones_ok: bool):
+        self.network = network
+        self.variables = variables
+        self.opt = opt
+        self.rules = rules  # layer index -> attr -> flat list of element rules (see _learn)
+        self.ones_ok = ones_ok
+
+    def serves(self, input_shapes: Sequence[Sequence[int]]) -> Optional[str]:
+        """None when ``input_shapes`` (in network input order) can be served, else why not."""
+        net = self.network
+        if len(input_shapes) != len(net.inputs):
+            return f"{len(input_shapes)} input shapes for {len(net.inputs)} inputs"
+        var = set(self.variables)
+        for i, (name, s) in enumerate(zip(net.inputs, input_shapes)):
+            ref = net.tensors[name].shape
+            if len(s) != len(ref):
+                return f"input {name} has rank {len(s)}, the template {len(ref)}"
+            for ax, (d, r) in enumerate(zip(s, ref)):
+                d = int(d)
+                if (i, ax) not in var:
+                    if d != r:
+                        return f"input {name} dimension {ax} is {d}, fixed at {r}"
+                elif d < 1 or (d == 1 and not self.ones_ok):
+                    return (f"input {name} dimension {ax} is {d}: sizes below 2 were not "
+                            f"checked for this network")
+        return None
+
+    def network_for(self, input_shapes: Dict[str, Sequence[int]]) -> Network:
+        """The network for ``input_shapes``: the template's layers with their shape values
+        re-derived, every tensor's shape inferred, dtypes and weights as in the template.
+
+        Raises:
+          EngineBuildError: shapes the template does not serve, or that do not fit the
+            network (a reshape whose element count does not match).
+        """
+        net = self.network
+        shapes = [tuple(int(d) for d in input_shapes[n]) for n in net.inputs]
+        why = self.serves(shapes)
+        if why is not None:
+            raise EngineBuildError(f"network {net.name}: the profile's optimized network does "
+                                   f"not serve shapes {shapes}: {why}")
+        values = tuple(shapes[i][ax] for i, ax in self.variables)
+        out = Network(net.name)
+        out.inputs, out.outputs = list(net.inputs), list(net.outputs)
+        out.weights = dict(net.weights)
+        if hasattr(net, "quantization"):
+            out.quantization = net.quantization
+        out._counter = net._counter
+        tensors = out.tensors
+        for name, info in net.tensors.items():
+            tensors[name] = TensorInfo(name, info.dtype, info.shape if name in net.weights
+                                       else None)
+        for name, s in zip(net.inputs, shapes):
+            tensors[name].shape = s
+        layers = []
+        for k, layer in enumerate(net.layers):
+            attrs = dict(layer.attrs)
+            for key, rule in self.rules.get(k, {}).items():
+                attrs[key] = _apply(layer, key, rule, values, [tensors[i].shape for i in
+                                                               layer.inputs if i])
+            new = Layer(layer.name, layer.kind, list(layer.inputs), list(layer.outputs), attrs,
+                        list(layer.epilogue), layer.tactic, layer.precision)
+            # shape functions canonicalize attrs in place: they run on a scratch copy
+            scratch = Layer(layer.name, layer.kind, list(layer.inputs), list(layer.outputs),
+                            _clone(attrs), [], None, None)
+            infer_layer(out, scratch)
+            for o in layer.outputs:
+                if o:
+                    tensors[o].dtype = net.tensors[o].dtype  # precision's storage dtypes
+            if layer.kind == "reshape":
+                a, b = tensors[layer.inputs[0]].shape, tensors[layer.outputs[0]].shape
+                if int(np.prod(a, dtype=np.int64)) != int(np.prod(b, dtype=np.int64)):
+                    raise EngineBuildError(f"reshape {layer.name}: cannot reshape {a} to {b}")
+            layers.append(new)
+        out.layers = layers
+        return out
+
+
+# --- rules ------------------------------------------------------------------------------------
+
+def _flat(v) -> Tuple[list, object]:
+    """Leaves of a nested list (ints / None / floats) and the nesting, to rebuild it."""
+    if isinstance(v, (list, tuple)):
+        leaves, shape = [], []
+        for x in v:
+            lv, sh = _flat(x)
+            leaves += lv
+            shape.append(sh)
+        return leaves, shape
+    return [v], None
+
+
+def _unflat(leaves, shape):
+    it = iter(leaves)
+
+    def build(sh):
+        if sh is None:
+            return next(it)
+        return [build(s) for s in sh]
+    return build(shape)
+
+
+def _learn(layer: Layer, key: str, a, b, opt: Tuple[int, ...], probe: Tuple[int, ...]) -> list:
+    """Per element of attr ``key`` (``a`` at the opt shape, ``b`` at the probe): ("c", v)
+    constant, ("x", var, slope, offset) affine in one varying dimension, or ("?",) left to
+    the element count. Raises TemplateError when no rule explains the change."""
+    la, sa = _flat(a)
+    lb, sb = _flat(b)
+    if sa != sb or len(la) != len(lb):
+        raise TemplateError(f"layer {layer.name} ({layer.kind}): {key} changes form between "
+                            f"shapes ({a} vs {b})")
+    rules, unknown = [], 0
+    for x, y in zip(la, lb):
+        if x == y and (x is None) == (y is None):
+            rules.append(("c", x))
+            continue
+        if not (isinstance(x, (int, np.integer)) and isinstance(y, (int, np.integer))):
+            raise TemplateError(f"layer {layer.name} ({layer.kind}): {key} element {x!r} vs "
+                                f"{y!r} is not an integer that follows the shapes")
+        fits = []
+        for v, (o, p) in enumerate(zip(opt, probe)):
+            if o == p or (x - y) % (o - p):
+                continue
+            slope = (x - y) // (o - p)
+            if slope:
+                fits.append(("x", v, slope, int(x) - slope * o))
+        if len(fits) == 1:
+            rules.append(fits[0])
+        else:
+            rules.append(("?",))
+            unknown += 1
+    allowed = SHAPE_ATTRS[(layer.kind, key)]
+    if unknown > allowed:
+        raise TemplateError(f"layer {layer.name} ({layer.kind}): {key} {a} at the opt shape, "
+                            f"{b} at the probe: {unknown} element(s) follow no single input "
+                            f"dimension")
+    return [rules, sa]
+
+
+def _apply(layer: Layer, key: str, rule, values: Tuple[int, ...], in_shapes) -> object:
+    rules, nesting = rule
+    leaves = []
+    for r in rules:
+        if r[0] == "c":
+            leaves.append(r[1])
+        elif r[0] == "x":
+            leaves.append(int(r[2] * values[r[1]] + r[3]))
+        else:
+            leaves.append(None)
+    if any(r[0] == "?" for r in rules):
+        x = in_shapes[0]
+        if layer.kind == "reshape":
+            known = int(np.prod([d for d in leaves if d is not None], dtype=np.int64))
+            size = int(np.prod(x, dtype=np.int64))
+            if not known or size % known:
+                raise EngineBuildError(f"reshape {layer.name}: input {x} does not reshape to "
+                                       f"{leaves}")
+            leaves = [size // known if d is None else d for d in leaves]
+        else:  # expand: the broadcast result takes the input's dimension
+            off = len(leaves) - len(x)
+            leaves = [x[i - off] if d is None and i >= off else d for i, d in enumerate(leaves)]
+            if None in leaves:
+                raise EngineBuildError(f"expand {layer.name}: no size for {leaves} from {x}")
+    return _unflat(leaves, nesting)
+
+
+# --- making and checking a template --------------------------------------------------------
+
+def _public(attrs: dict) -> dict:
+    return {k: v for k, v in attrs.items() if not k.startswith("_")}
+
+
+def _same(a, b) -> bool:
+    """Equal as a plan stores them (tuples and lists alike, arrays as lists): an engine
+    loaded from a plan is compared with networks the builder made."""
+    return _jsonable(a) == _jsonable(b)
+
+
+def _compare(ref: Network, other: Network, what: str, opt, probe,
+             learn: bool) -> Dict[int, Dict[str, list]]:
+    """Structural comparison (see module doc). Shape vectors may differ; with ``learn`` their
+    rules are returned (else :func:`_check_shapes` checks their values)."""
+    if ref.inputs != other.inputs or ref.outputs != other.outputs:
+        raise TemplateError(f"inputs / outputs differ at the {what} shape")
+    if len(ref.layers) != len(other.layers):
+        raise TemplateError(f"{len(ref.layers)} layers at the opt shape, {len(other.layers)} "
+                            f"at the {what} shape: the passes decided differently")
+    rules: Dict[int, Dict[str, list]] = {}
+    for k, (a, b) in enumerate(zip(ref.layers, other.layers)):
+        if (a.name, a.kind, a.inputs, a.outputs, a.precision) != \
+                (b.name, b.kind, b.inputs, b.outputs, b.precision) or \
+                not _same(a.epilogue, b.epilogue):
+            raise TemplateError(f"layer {k} is {a.name} ({a.kind}) at the opt shape, {b.name} "
+                                f"({b.kind}) at the {what} shape: the passes decided "
+                                f"differently")
+        pa, pb = _public(a.attrs), _public(b.attrs)
+        if pa.keys() != pb.keys():
+            raise TemplateError(f"layer {a.name} ({a.kind}) has attributes {sorted(pa)} at the "
+                                f"opt shape, {sorted(pb)} at the {what} shape")
+        for key in pa:
+            if _same(pa[key], pb[key]):
+                continue
+            pa[key], pb[key] = _jsonable(pa[key]), _jsonable(pb[key])
+            if (a.kind, key) not in SHAPE_ATTRS:
+                raise TemplateError(f"layer {a.name} ({a.kind}): {key} is {pa[key]!r} at the "
+                                    f"opt shape, {pb[key]!r} at the {what} shape")
+            if learn:
+                rules.setdefault(k, {})[key] = _learn(a, key, pa[key], pb[key], opt, probe)
+    if ref.tensors.keys() != other.tensors.keys():
+        extra = sorted(set(ref.tensors) ^ set(other.tensors))[:5]
+        raise TemplateError(f"tensors {extra} exist at one shape only")
+    for name, info in ref.tensors.items():
+        if info.dtype != other.tensors[name].dtype:
+            raise TemplateError(f"tensor {name} is {info.dtype} at the opt shape, "
+                                f"{other.tensors[name].dtype} at the {what} shape")
+    if ref.weights.keys() != other.weights.keys():
+        extra = sorted(set(ref.weights) ^ set(other.weights))[:5]
+        raise TemplateError(f"weights {extra} exist at one shape only")
+    for name, w in ref.weights.items():
+        v = other.weights[name]
+        if w is not v and (w.dtype != v.dtype or w.shape != v.shape or
+                           not np.array_equal(w, v)):
+            raise TemplateError(f"weight {name} has other values at the {what} shape (folded "
+                                f"from shapes)")
+    return rules
+
+
+def _check_kinds(net: Network, probe_net: Network) -> None:
+    """Layers that see a varying dimension where no attribute shows its effect."""
+    varying = {}
+    for name, info in net.tensors.items():
+        other = probe_net.tensors[name].shape
+        if info.shape is None or other is None or len(info.shape) != len(other):
+            raise TemplateError(f"tensor {name} has no static shape of one rank")
+        varying[name] = {ax for ax, (x, y) in enumerate(zip(info.shape, other)) if x != y}
+    for layer in net.layers:
+        if layer.kind in SHAPE_DEPENDENT_KINDS:
+            raise TemplateError(f"layer {layer.name} ({layer.kind}) depends on input shapes")
+        x = layer.inputs[0] if layer.inputs else ""
+        moved = varying.get(x, set())
+        strides = layer.attrs.get("strides") or ()
+        if layer.kind in WINDOW_KINDS and any(strides[ax - 1] != 1 for ax in moved
+                                              if 0 < ax <= len(strides)):
+            raise TemplateError(f"layer {layer.name} ({layer.kind}): a strided spatial size "
+                                f"varies (padding and output size depend on it)")
+        if layer.kind == "split" and layer.attrs.get("axis") in moved:
+            raise TemplateError(f"layer {layer.name} (split) splits a varying axis")
+
+
+def _check_shapes(template: ShapeTemplate, probe_net: Network, shapes, what: str) -> None:
+    got = template.network_for(dict(zip(probe_net.inputs, shapes)))
+    for name, info in probe_net.tensors.items():
+        if got.tensors[name].shape != info.shape:
+            raise TemplateError(f"tensor {name}: {got.tensors[name].shape} re-derived, "
+                                f"{info.shape} built at the {what} shape")
+    for a, b in zip(got.layers, probe_net.layers):
+        if not _same(_public(a.attrs), _public(b.attrs)):
+            raise TemplateError(f"layer {a.name} ({a.kind}): re-derived attributes differ from "
+                                f"those built at the {what} shape")
+
+
+def probe_values(profile, variables: List[Var]) -> Tuple[int, ...]:
+    """A value per varying dimension inside its range, other than the opt one: near the
+    middle, of the other parity, at least 2 and distinct from the other dimensions' values
+    when the range allows."""
+    taken = {profile.opt[i][ax] for i, ax in variables}
+    out = []
+    for i, ax in variables:
+        lo, hi, o = profile.min[i][ax], profile.max[i][ax], profile.opt[i][ax]
+        mid = (lo + hi) // 2
+        tries = [mid + d for s in range(0, 66) for d in ((s,) if s == 0 else (s, -s))]
+        ok = [v for v in tries if max(lo, 2) <= v <= hi and v != o]
+        pick = (next((v for v in ok if (v - o) % 2 and v not in taken), None) or
+                next((v for v in ok if v not in taken), None) or
+                next(iter(ok), None) or (lo if lo != o else hi))
+        out.append(pick)
+        taken.add(pick)
+    return tuple(out)
+
+
+def make_template(network: Network, front: Callable[[Dict[str, Tuple[int, ...]]], Network],
+                  profile) -> ShapeTemplate:
+    """Checks that the opt engine's ``network`` can serve the other shapes of ``profile``
+    (see the module doc) and returns its :class:`ShapeTemplate`.
+
+    Args:
+      network: the network of the engine built (or loaded) at ``profile.opt``.
+      front: input name -> shape -> the builder's optimized network at those shapes
+        (``builder.optimized_network``).
+      profile: a :class:`tftrt.profiles.Profile` (shapes in network input order).
+    Raises:
+      TemplateError: the network cannot (why); other shapes are then built the full way.
+    """
+    names = list(network.inputs)
+    opt_shapes = [tuple(s) for s in profile.opt]
+    if [network.tensors[n].shape for n in names] != opt_shapes:
+        raise TemplateError("the engine was not built at the profile's opt shape")
+    variables = [(i, ax) for i, (lo, hi) in enumerate(zip(profile.min, profile.max))
+                 for ax in range(len(lo)) if lo[ax] != hi[ax]]
+    if not variables:
+        raise TemplateError("the profile holds one shape")
+    bad = [t.name for t in network.tensors.values() if not t.is_static]
+    if bad:
+        raise TemplateError(f"tensors {bad[:3]} have data-dependent shapes")
+    opt = tuple(opt_shapes[i][ax] for i, ax in variables)
+    probe = probe_values(profile, variables)
+
+    def shapes_at(values):
+        s = [list(x) for x in opt_shapes]
+        for (i, ax), v in zip(variables, values):
+            s[i][ax] = v
+        return [tuple(x) for x in s]
+
+    probe_shapes = shapes_at(probe)
+    probe_net = front(dict(zip(names, probe_shapes)))
+    rules = _compare(network, probe_net, "probe", opt, probe, learn=True)
+    _check_kinds(network, probe_net)
+    template = ShapeTemplate(network, variables, opt, rules, ones_ok=True)
+    _check_shapes(template, probe_net, probe_shapes, "probe")
+    ones = tuple(1 if profile.min[i][ax] <= 1 <= profile.max[i][ax] else v
+                 for (i, ax), v in zip(variables, probe))
+    if ones != probe and ones != opt:
+        ones_shapes = shapes_at(ones)
+        try:
+            ones_net = front(dict(zip(names, ones_shapes)))
+            _compare(network, ones_net, "size-1", opt, ones, learn=False)
+            _check_shapes(template, ones_net, ones_shapes, "size-1")
+        except (TemplateError, EngineBuildError) as e:
+            template.ones_ok = False
+            log.debug("%s: varying dimensions of size 1 are built the full way: %s",
+                      network.name, e)
+    return template
+
+
+def specializer(source, config):
+    """A :data:`tftrt.profiles.SpecializeFn` for engines built from ``source`` (a Network, an
+    ONNX model, or a callable returning one) with ``config`` (a ``BuilderConfig``): the
+    template of the opt engine's network, and a build function for other shapes."""
+    def specialize(opt_engine, profile):
+        from tftrt.engine.builder import build_engine_from_template, optimized_network
+        names = list(opt_engine.input_names)
+
+        def front(shapes):
+            return optimized_network(source() if callable(source) else source, shapes,
+                                     config)[0]
+        template = make_template(opt_engine.network, front, profile)
+
+        def build(key):
+            return build_engine_from_template(template, dict(zip(names, key)), opt_engine,
+                                              config)
+        return template, build
+    return specialize
