@@ -1,5 +1,8 @@
 """A profile's other batch sizes through TensorFlow run no optimization pass again (engines from
-the opt engine's optimized network), against native TensorFlow; summary() shows the profiles."""
+the opt engine's optimized network), against native TensorFlow; summary() shows the profiles;
+benchmarks/serving_trace.py runs with small numbers on the numpy backend."""
+
+import json
 
 import numpy as np
 import pytest
@@ -126,3 +129,36 @@ def test_summary_shows_the_profiles(flatten_dir):
     conv.summary(print_fn=lines.append)
     assert any(line.startswith("\t* engine for input shapes [[3, 8, 8, 3]]") for line in lines)
 
+
+def test_serving_trace_runs_small_on_cpu(tmp_path, monkeypatch):
+    import importlib.util
+    import os
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "serving_trace.py")
+    spec = importlib.util.spec_from_file_location("serving_trace", path)
+    trace_mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(trace_mod)
+    monkeypatch.setenv("TFTRT_BACKEND", "numpy")  # restored after the test (main sets it)
+    monkeypatch.setenv("TF_FORCE_GPU_ALLOW_GROWTH", "true")
+    out = tmp_path / "trace.json"
+    res = trace_mod.main(["--model", "tiny", "--requests", "50", "--backend", "numpy",
+                          "--max-batch", "8", "--json", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(res))
+    trace = res["trace"]
+    assert len(trace) == 50 and set(trace) <= set(range(1, 9)) and res["backend"] == "numpy"
+    assert set(res["runners"]) == {"tftrt", "xla", "native"}
+    for name, row in res["runners"].items():
+        assert row["p50_ms"] <= row["p99_ms"] <= row["max_ms"], name
+        assert row["new_sizes"] == len(set(trace)), name
+        samples_per_s = sum(trace) / row["wall_s"]
+        assert row["throughput"] == pytest.approx(samples_per_s), name
+    t = res["runners"]["tftrt"]
+    assert t["native_fallbacks"] == 0 and t["engine_calls"] >= 50
+    assert t["rel_err_vs_native"] < 2e-2                        # FP16 engines
+    assert res["runners"]["xla"]["rel_err_vs_native"] < 5e-2     # mixed_float16
+    # build() ran batches 1 and 8 (the opt shape); every other size got an engine from the
+    # profile's optimized network on its first request
+    assert t["shape_builds"] == len((set(trace) | {1}) - {8})
+    (engine,) = t["engines"]
+    (pe,) = engine["profiles"].values()
+    assert pe["stats"]["from_template"] == t["shape_builds"]
+    assert res["tftrt_build_s"] > 0 and res["tftrt_vs_xla"]["throughput_ratio"] > 0
