@@ -25,6 +25,7 @@ import onnx
 from tftrt.engine.backends import get_backend
 from tftrt.engine.errors import EngineBuildError
 from tftrt.engine.memory import plan_memory
+from tftrt.engine import quantization
 from tftrt.engine.network import Network
 from tftrt.engine.onnx_import import network_from_onnx
 from tftrt.engine.passes import LATE_PASSES, PASSES, run_passes
@@ -41,7 +42,8 @@ class BuilderConfig:
     """How to build an engine.
 
     Attributes:
-      precision: "FP32", "FP16" or "INT8" (INT8 needs Q/DQ ops in the network).
+      precision: "FP32", "FP16", "INT8" or "FP8" (INT8 / FP8 need the network's quantization
+        table, see quantization.py, or Q/DQ layers).
       backend: "numpy", "cupy", or "auto" ($TFTRT_BACKEND, else cupy when available).
       max_workspace_size_bytes: limit on tactic scratch (TensorRT's workspace: activation
         memory is not part of it).
@@ -124,6 +126,28 @@ class WeightCache:
     def __len__(self) -> int:
         with self._lock:
             return sum(len(v) for v in self._items.values())
+
+
+_WARNED_PRECISIONS: set = set()
+
+
+def _backend_precision(backend, precision: str) -> str:
+    """The precision a build runs in on ``backend``: INT8 / FP8 layers need the backend's
+    quantized kernels (``Backend.quantized_precisions``); a backend without them runs the engine
+    in FP16 (one warning per backend and precision), after ``check_precision`` refused what the
+    device cannot do at all (FP8 on a GPU without it)."""
+    if precision not in quantization.QUANTIZED_PRECISIONS:
+        return precision
+    check = getattr(backend, "check_precision", None)
+    if check is not None:
+        check(precision)
+    if precision in getattr(backend, "quantized_precisions", ()):
+        return precision
+    if (backend.name, precision) not in _WARNED_PRECISIONS:
+        _WARNED_PRECISIONS.add((backend.name, precision))
+        log.warning("the %s backend has no %s kernels yet: %s engines run their layers in FP16 "
+                    "(FP16 answers and speed; issue 15)", backend.name, precision, precision)
+    return "FP16"
 
 
 def optimize_network(net: Network, passes=None) -> Network:
@@ -234,11 +258,16 @@ def optimized_network(model_or_network: Union[onnx.ModelProto, Network],
     else:
         raise EngineBuildError(f"build_engine takes an onnx.ModelProto or a Network, not "
                                f"{type(model_or_network).__name__}")
+    try:
+        table = quantization.table_of(model_or_network)
+    except ValueError as e:
+        raise EngineBuildError(f"network {net.name}: {e}") from e
+    precision = _backend_precision(backend, precision)
     net = bind_inputs(net, input_shapes)
     if config.optimize:
         net = optimize_network(net)
     net = infer_shapes(net)
-    net = apply_precision(net, precision)
+    net = apply_precision(net, precision, table)
     if config.optimize:
         accept = getattr(backend, "accepts_layer", None)
         net = run_passes(net, [functools.partial(p, accept=accept) for p in LATE_PASSES],

@@ -91,6 +91,22 @@ cuBLASLt epilogue (bias, relu/gelu, beta*C residual):
   (leaky_relu: alpha; elu: alpha; selu: alpha, gamma; hard_sigmoid: alpha, beta;
   clip: min, max).
 
+Quantized layers (``precision`` "INT8" or "FP8"; ``conv`` and ``matmul`` with a constant 2-D
+weight only, made by ``precision.py`` from the network's quantization table, see
+``quantization.py``) carry ``attrs["quant"]``:
+
+* ``format``: "int8" or "fp8_e4m3"; input 1 is the weight stored quantized per output channel
+  (int8 values, or E4M3 bit patterns in uint8), ``weight_axis`` its output-channel axis;
+* ``input_scale``: input 0 is quantized on entry as saturate(round_half_even(x / input_scale))
+  unless its dtype is already int8;
+* ``output_scale`` (INT8, optional): the epilogue's result is requantized with it and the
+  output tensor is int8;
+* ``folded`` (optional): input 0 is the input of a fake-quant op that was folded away.
+
+The products accumulate in int32 / fp32; the first epilogue step is a ``scale`` by the
+dequantization vector input_scale * weight_scale[c]. A GEMM layer left unquantized in such an
+engine says why in ``attrs["quant_fallback"]``.
+
 Per-layer ``precision`` ("FP32" or "FP16") says how the layer stores its outputs and weights;
 ``tactic`` names the implementation the builder chose. Under FP16 (precision.py): conv /
 conv_transpose / matmul weights are float16, their float activation operands (residual
@@ -241,6 +257,8 @@ class Network:
         self.tensors: Dict[str, TensorInfo] = {}
         self.layers: List[Layer] = []
         self.weights: Dict[str, np.ndarray] = {}
+        # The quantization table (quantization.py) an INT8 / FP8 build uses, or None.
+        self.quantization: Optional[dict] = None
         self._counter = 0
 
     # --- construction --------------------------------------------------------------------
@@ -251,6 +269,7 @@ class Network:
         n.tensors = {k: dataclasses.replace(v) for k, v in self.tensors.items()}
         n.layers = [l.clone() for l in self.layers]
         n.weights = dict(self.weights)
+        n.quantization = self.quantization
         n._counter = self._counter
         return n
 

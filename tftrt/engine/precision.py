@@ -1,4 +1,4 @@
-"""Precision assignment: FP32, FP16 (fp16 storage, fp32 accumulation), INT8 (Q/DQ only).
+"""Precision assignment: FP32, FP16 (fp16 storage, fp32 accumulation), INT8 and FP8.
 
 FP16: conv / conv_transpose / matmul store their weights in float16 and every layer stores its
 float32 activations in float16, except the layers in ``FP32_KINDS`` (softmax, reductions,
@@ -7,18 +7,27 @@ loses too much there; softmax and normalization store their main output in float
 same (``HALF_OUTPUT_KINDS``). Network inputs and outputs keep their declared dtypes (as in
 TF-TRT). Epilogue vectors (bias/scale) stay float32: they are applied to the fp32 accumulator.
 
-INT8: only explicit quantization is supported: the network must carry QuantizeLinear /
-DequantizeLinear (quantize / dequantize layers); calibration is not implemented.
+INT8 / FP8 (E4M3; tftrt's extension, Hopper-class GPUs): the conv and GEMM layers the network's
+quantization table gives ranges for become quantized layers (``quantization.py``: int8 / fp8
+operands, int32 / fp32 accumulation, per-channel weight scales, a dequantizing and, for INT8,
+requantizing epilogue); everything else is assigned as in FP16. The table comes from
+calibration or from the fake-quantization ops of the TF graph. A network with neither a table
+nor explicit QuantizeLinear / DequantizeLinear layers cannot be built in INT8 / FP8 (the
+converter runs such segments in FP16, TF-TRT's fallback). Explicit Q/DQ layers without a table
+run as written, in fp32.
 """
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 
+from tftrt.engine import quantization as Q
 from tftrt.engine.errors import EngineBuildError
 from tftrt.engine.network import Layer, Network
 
-PRECISIONS = ("FP32", "FP16", "INT8")
+PRECISIONS = ("FP32", "FP16", "INT8", "FP8")
 FP32_KINDS = frozenset({"softmax", "reduce", "normalization", "topk", "arg_reduce", "cumsum",
                         "nms", "range", "shape", "size", "quantize", "dequantize", "einsum"})
 # Computed in fp32, main output stored fp16 (a probability / a normalized value loses nothing
@@ -35,33 +44,52 @@ def normalize_precision(precision: str) -> str:
     return p
 
 
-def apply_precision(net: Network, precision: str) -> Network:
+def apply_precision(net: Network, precision: str, table: Optional[dict] = None) -> Network:
     """A copy of ``net`` with ``layer.precision`` set and tensors/weights stored accordingly.
 
+    Args:
+      table: the quantization table (INT8 / FP8; see quantization.py).
     Raises:
-      EngineBuildError: INT8 without Q/DQ layers, or an unknown precision.
+      EngineBuildError: INT8 / FP8 without a table or Q/DQ layers, or an unknown precision.
     """
     p = normalize_precision(precision)
     net = net.copy()
-    if p == "INT8":
-        if not any(l.kind in ("quantize", "dequantize") for l in net.layers):
+    if p in Q.QUANTIZED_PRECISIONS:
+        if table is None:
+            if p == "INT8" and any(l.kind in ("quantize", "dequantize") for l in net.layers):
+                for l in net.layers:
+                    l.precision = "FP32"  # explicit Q/DQ layers run as written, in fp32
+                return net
             raise EngineBuildError(
-                "INT8 precision needs a quantized network (QuantizeLinear/DequantizeLinear "
-                "nodes, e.g. from quantization-aware training); calibration of float networks "
-                "is not implemented. Use precision_mode FP16 or FP32, or quantize the model")
-        for l in net.layers:
-            l.precision = "FP32"  # Q/DQ layers run explicitly; compute stays fp32 on numpy
+                f"{p} precision needs quantization ranges: calibrate the model (use_calibration"
+                f"=True with a calibration_input_fn), give it quantization ops (FakeQuant*, "
+                f"QuantizeAndDequantize*; in an ONNX network QuantizeLinear/DequantizeLinear), or "
+                f"use precision FP16")
+        try:
+            Q.check_table(table)
+        except ValueError as e:
+            raise EngineBuildError(str(e)) from e
+        quantized = set(Q.quantize_network(net, p, table))
+        _assign_half(net, skip=quantized)
         return net
     if p == "FP32":
         for l in net.layers:
             l.precision = "FP32"
         return net
+    _assign_half(net)
+    return net
+
+
+def _assign_half(net: Network, skip=frozenset()) -> None:
+    """FP16 assignment (module doc) of every layer not in ``skip``, in place."""
     keep = set(net.inputs) | set(net.outputs)
     uses = {}
     for l in net.layers:
         for i in l.inputs:
             uses[i] = uses.get(i, 0) + 1
     for l in net.layers:
+        if l.name in skip:
+            continue
         l.precision = "FP32" if l.kind in FP32_KINDS else "FP16"
         if l.kind in HALF_OUTPUT_KINDS and l.outputs[0] not in keep and \
                 net.tensors[l.outputs[0]].dtype == "float32":
@@ -82,7 +110,6 @@ def apply_precision(net: Network, precision: str) -> Network:
                     else:
                         l.inputs[k] = net.add_weight(half, w + "_fp16")
     _cast_gemm_inputs_to_fp16(net)
-    return net
 
 
 def _cast_gemm_inputs_to_fp16(net: Network) -> None:

@@ -226,6 +226,23 @@ class CupyBackend(Backend):
         self.options = _OPTIONS
         self._lock = threading.Lock()
 
+    # INT8 / FP8 (issue 15): no int8 / fp8 kernels here yet, so the builder runs such engines'
+    # layers in FP16 (answers as FP16 gives them, one warning); FP8 still needs a GPU that has
+    # it, so an FP8 engine on an older one fails by name (its op runs natively).
+    quantized_precisions: Tuple[str, ...] = ()
+
+    def check_precision(self, precision: str) -> None:
+        """EngineBuildError for a precision this GPU cannot run: FP8 below sm_89."""
+        if precision != "FP8":
+            return
+        dev = cp.cuda.runtime.getDevice()
+        p = cp.cuda.runtime.getDeviceProperties(dev)
+        if (p["major"], p["minor"]) < (8, 9):
+            raise EngineBuildError(
+                f"precision FP8 needs an NVIDIA GPU with FP8 tensor cores (compute capability "
+                f"8.9 or newer: Ada, Hopper, Blackwell); {self.device_name()} has none. Use "
+                f"precision_mode INT8 or FP16")
+
     def set_build_options(self, allow_tf32: bool = True, **_) -> None:
         """Options of the engine being built (the builder's config): allow_tf32."""
         self.options["tf32"] = bool(allow_tf32)

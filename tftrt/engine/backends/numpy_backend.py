@@ -4,6 +4,12 @@ Numerics: float16 tensors (FP16 engines) are upcast to float32 on entry to each 
 result rounded to the output tensor's dtype on exit, which is what the GPU kernels do (fp16
 storage, fp32 compute/accumulation). Conv is NHWC im2col + one sgemm per group, with a direct
 1x1 GEMM and a depthwise multiply-accumulate as alternative tactics.
+
+INT8 / FP8 layers (``attrs["quant"]``, quantization.py) are simulated with the GPU kernels'
+arithmetic: the input quantized with their rounding and saturation, the products summed exactly
+in float64 (an int32 accumulator holds the same integers: |sum| < 2**31 for any K < 133,000;
+FP8 products of two E4M3 values are exact too) and rounded once to float32, then the fp32
+epilogue (dequantization scale first) and, when the output is int8, the requantization.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from typing import Any, Callable, Dict, List
 import numpy as np
 
 from tftrt.engine.backends import Backend
+from tftrt.engine import quantization as Q
 from tftrt.engine.backends import numpy_ops as ops
 from tftrt.engine.errors import EngineBuildError
 from tftrt.engine.network import Layer, Network
@@ -54,6 +61,7 @@ class NumpyBackend(Backend):
     """Runs engines on the CPU with numpy (the reference for every other backend)."""
 
     name = "numpy"
+    quantized_precisions = ("INT8", "FP8")  # simulated exactly (module doc)
 
     def device_name(self) -> str:
         return "cpu"
@@ -121,8 +129,47 @@ def _const_or_runtime(weights, name, prep):
     return prep
 
 
+def _quantized_gemm(net, layer, weights):
+    """An INT8 / FP8 conv or matmul (module doc): quantize input 0 unless it is int8 already,
+    exact float64 accumulation over the quantized weight, float32 epilogue, optional int8
+    requantization of the result."""
+    q = layer.attrs["quant"]
+    precision = "INT8" if q["format"] == Q.FORMAT["INT8"] else "FP8"
+    inv_x = Q.inv_scale(q["input_scale"])
+    out_scale = q.get("output_scale")
+    inv_out = None if out_scale is None else Q.inv_scale(out_scale)
+    epi = _epilogue(layer)
+    w = Q.dequantized_weight(layer, np.asarray(weights[layer.inputs[1]]))
+    a = layer.attrs
+    if layer.kind == "conv":
+        k = list(w.shape[1:-1])
+        st, dil, pads, g = a["strides"], a["dilations"], a["pads"], a["group"]
+        cout, cg = w.shape[0], w.shape[-1]
+        if g == 1 and all(d == 1 for d in k):
+            wmat = np.ascontiguousarray(w.reshape(cout, cg).T)
+            gemm = lambda x: ops.conv_1x1(x, wmat, st, pads)  # noqa: E731
+        else:
+            wmat = np.ascontiguousarray(
+                w.reshape(g, cout // g, -1, cg).transpose(0, 2, 3, 1).reshape(g, -1, cout // g))
+            gemm = lambda x: ops.conv_im2col(x, wmat, k, st, dil, pads, g, cout)  # noqa: E731
+    else:
+        wmat = w.T if a.get("transpose_b") else w
+        ta = a.get("transpose_a")
+        gemm = lambda x: np.matmul(np.swapaxes(x, -1, -2) if ta else x, wmat)  # noqa: E731
+
+    def body(ins):
+        x = ins[0]
+        xq = x.astype(np.float64) if x.dtype == np.int8 else Q.quantize_values(x, inv_x,
+                                                                               precision)
+        y = epi(gemm(xq).astype(np.float32), ins)
+        return [y if inv_out is None else Q.quantize_int8(y, inv_out)]
+    return body
+
+
 @kernel("conv")
 def _conv(net, layer, weights):
+    if "quant" in layer.attrs:
+        return _quantized_gemm(net, layer, weights)
     a = layer.attrs
     k = list(net.tensors[layer.inputs[1]].shape[1:-1])
     st, dil, pads, g = a["strides"], a["dilations"], a["pads"], a["group"]
@@ -160,6 +207,8 @@ def _conv_transpose(net, layer, weights):
 
 @kernel("matmul")
 def _matmul(net, layer, weights):
+    if "quant" in layer.attrs:
+        return _quantized_gemm(net, layer, weights)
     a = layer.attrs
     epi = _epilogue(layer)
     ta, tb, alpha = a.get("transpose_a"), a.get("transpose_b"), a.get("alpha", 1.0)

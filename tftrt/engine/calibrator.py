@@ -1,0 +1,375 @@
+"""Calibration on an engine's own network: the range of every layer input and output.
+
+Fused layers have no TF tensor of their own, so calibration runs the segment network as the
+engine will (after the optimization passes), in FP32 on the numpy backend, layer by layer, and
+records every float tensor it computes in a :class:`TensorHistogram`. From those histograms a
+*method* picks the symmetric range (amax) of each tensor:
+
+* ``"entropy"`` (default; TensorRT's entropy calibrator, after Migacz, "8-bit Inference with
+  TensorRT", GTC 2017): over a 2048-bin histogram of |x|, for every candidate cut i from 128 to
+  2048 bins, P = the first i bins with everything above folded into bin i-1, Q = P's bins
+  merged into 128 quantization levels and expanded back over P's non-empty bins; the cut with
+  the smallest KL(P || Q) wins and amax = (i + 0.5) * bin width. Exact zeros stay out of the
+  histogram (they quantize exactly), and a tensor with fewer than 2 non-zero values per bin
+  takes its max instead (a sparse histogram's divergence is noise);
+* ``"max"``: amax = max |x| (what FP8 uses by default: E4M3 keeps relative precision, so
+  clipping buys little);
+* ``"percentile"`` (``"percentile:99.99"``): amax = the upper edge of the bin where the
+  cumulative share of |x| reaches the percentile (default 99.99).
+
+Then, on the calibration batches kept for it (:data:`KEEP_BYTES`), each layer the table would
+quantize runs quantized on the FP32 inputs recorded for it (its input and weight quantized, its output
+not requantized: that error belongs to the consumer's input) and its output is compared with
+the FP32 one; the relative L2 error goes into the table (``layer_errors``) and a layer over
+``quantization.MAX_LAYER_ERROR`` stays FP16 in every build.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from tftrt.engine import quantization as Q
+from tftrt.engine.network import Network
+
+log = logging.getLogger("tftrt.calibration")
+
+NBINS = 2048
+LEVELS = 128        # int8: 127 positive levels and zero
+START_BIN = 128
+DEFAULT_PERCENTILE = 99.99
+METHODS = ("entropy", "max", "percentile")
+# Engine inputs kept in memory for the per-layer error check (at least one batch).
+KEEP_BYTES = 128 << 20
+
+ShapeKey = Tuple[Tuple[int, ...], ...]
+
+
+def parse_method(method: Optional[str], precision: str = "INT8") -> Tuple[str, float]:
+    """(method, percentile) of a method string: "entropy", "max" (also "minmax"), "percentile"
+    or "percentile:<p>". None: "entropy" for INT8, "max" for FP8."""
+    if method is None:
+        return ("max" if precision == "FP8" else "entropy"), DEFAULT_PERCENTILE
+    text = str(method).strip().lower()
+    name, _, arg = text.partition(":")
+    name = {"minmax": "max", "min-max": "max", "min_max": "max"}.get(name, name)
+    if name not in METHODS or (arg and name != "percentile"):
+        raise ValueError(f"calibration method {method!r} is not supported; use one of entropy, "
+                         f"max, percentile or percentile:<p> (e.g. percentile:99.9)")
+    pct = DEFAULT_PERCENTILE
+    if arg:
+        try:
+            pct = float(arg)
+        except ValueError:
+            pct = float("nan")
+        if not 0 < pct <= 100:
+            raise ValueError(f"calibration method {method!r}: the percentile must be a number "
+                             f"in (0, 100]")
+    return name, pct
+
+
+class TensorHistogram:
+    """Histogram of the non-zero |x| over (0, top] in ``nbins`` equal bins, accumulated over
+    batches; exact zeros are counted apart (``zeros``: they quantize without error, and the
+    spike a ReLU output has there would otherwise drive the entropy method to clip hard).
+
+    The first batch with a non-zero value sets ``top`` to its max |x|; a later, larger max
+    doubles ``top`` as many times as needed and merges bins pairwise, so counts stay exact
+    (only coarser). NaN / Inf values are counted apart (``nonfinite``) and left out.
+    """
+
+    def __init__(self, nbins: int = NBINS):
+        if nbins & (nbins - 1):
+            raise ValueError("nbins must be a power of two")
+        self.nbins = nbins
+        self.counts = np.zeros(nbins, np.int64)
+        self.top = 0.0
+        self.amax = 0.0
+        self.nonfinite = 0
+        self.zeros = 0
+        self.values = 0
+
+    def add(self, x) -> None:
+        a = np.abs(np.asarray(x, np.float64).ravel())
+        finite = np.isfinite(a)
+        if not finite.all():
+            self.nonfinite += int(a.size - finite.sum())
+            a = a[finite]
+        self.values += a.size
+        nz = a[a > 0]
+        self.zeros += a.size - nz.size
+        if not nz.size:
+            return
+        a = nz
+        m = float(a.max())
+        self.amax = max(self.amax, m)
+        if self.top == 0.0:
+            self.top = m
+        elif m > self.top:
+            k = max(1, math.ceil(math.log2(m / self.top)))
+            while self.top * 2.0 ** k < m:  # log2 rounding
+                k += 1
+            self._grow(k)
+        idx = np.minimum((a * (self.nbins / self.top)).astype(np.int64), self.nbins - 1)
+        self.counts += np.bincount(idx, minlength=self.nbins)
+
+    def _grow(self, k: int) -> None:
+        f = 1 << min(k, int(math.log2(self.nbins)))
+        merged = self.counts.reshape(-1, f).sum(axis=1)
+        self.counts = np.zeros(self.nbins, np.int64)
+        self.counts[:merged.size] = merged
+        if f < (1 << k):  # more than nbins-fold growth: everything falls into bin 0
+            self.counts[:] = 0
+            self.counts[0] = merged.sum()
+        self.top *= 2.0 ** k
+
+    @property
+    def bin_width(self) -> float:
+        return self.top / self.nbins
+
+
+def amax_max(h: TensorHistogram) -> float:
+    return h.amax
+
+
+def amax_percentile(h: TensorHistogram, percentile: float = DEFAULT_PERCENTILE) -> float:
+    """Upper edge of the first bin where the cumulative share reaches ``percentile``, capped
+    at max |x|."""
+    total = h.counts.sum() + h.zeros
+    if h.top == 0:
+        return h.amax
+    cum = h.zeros + np.cumsum(h.counts)
+    i = int(np.searchsorted(cum, percentile / 100.0 * total - 1e-9 * total))
+    return min((i + 1) * h.bin_width, h.amax)
+
+
+def entropy_divergences(counts: np.ndarray, levels: int = LEVELS,
+                        start: int = START_BIN) -> List[Tuple[int, float]]:
+    """(i, KL(P_i || Q_i)) for every candidate cut i in [start, len(counts)] (module doc)."""
+    counts = np.asarray(counts, np.float64)
+    out = []
+    for i in range(start, len(counts) + 1):
+        p = counts[:i].copy()
+        p[i - 1] += counts[i:].sum()
+        nonzero = p > 0
+        if not nonzero.any():
+            continue
+        # Merge the i bins into `levels` groups of i // levels bins (the last takes the rest),
+        # then spread each group's total evenly over its non-empty bins of P.
+        per = i // levels
+        group = np.minimum(np.arange(i) // per, levels - 1)
+        sums = np.bincount(group, weights=counts[:i], minlength=levels)
+        filled = np.bincount(group, weights=nonzero.astype(np.float64), minlength=levels)
+        q = np.where(nonzero, sums[group] / np.maximum(filled[group], 1), 0.0)
+        ps, qs = p / p.sum(), q.sum()
+        if qs == 0:
+            continue
+        q = q / qs
+        with np.errstate(divide="ignore"):
+            kl = float(np.sum(ps[nonzero] * np.log(ps[nonzero] / q[nonzero])))
+        out.append((i, kl))
+    return out
+
+
+def amax_entropy(h: TensorHistogram, levels: int = LEVELS, start: int = START_BIN,
+                 min_values: int = None) -> float:
+    """The entropy calibrator's amax (module doc); max |x| for a histogram of fewer than
+    ``min_values`` non-zero values (default 2 per bin: a sparse histogram's KL divergence
+    follows its sampling noise, and picks cuts that clip real values)."""
+    min_values = 2 * len(h.counts) if min_values is None else min_values
+    if h.top == 0 or h.counts.sum() < max(min_values, 1):
+        return h.amax
+    divs = entropy_divergences(h.counts, levels, start)
+    finite = [(kl, i) for i, kl in divs if math.isfinite(kl)]
+    if not finite:
+        return h.amax
+    best = min(kl for kl, _ in finite)
+    i = min(i for kl, i in finite if kl == best)
+    return min((i + 0.5) * h.bin_width, h.amax)
+
+
+def pick_amax(h: TensorHistogram, method: str, percentile: float = DEFAULT_PERCENTILE) -> float:
+    if method == "max":
+        return amax_max(h)
+    if method == "percentile":
+        return amax_percentile(h, percentile)
+    return amax_entropy(h)
+
+
+class EngineCalibrator:
+    """Calibrates one segment network (module doc).
+
+    Args:
+      network: the imported (float) segment network.
+      name: for messages (the engine op's name).
+      build: ``build(network, shapes) -> Engine`` (default: an FP32 numpy engine, no tactic
+        timing); the engine's layers must run through ``engine.runners()``.
+    """
+
+    def __init__(self, network: Network, name: str = "", build: Optional[Callable] = None):
+        self.network = network
+        self.name = name or network.name
+        self._build = build or _fp32_numpy_engine
+        self.engines: Dict[ShapeKey, Any] = {}
+        self.stats: Dict[str, TensorHistogram] = {}
+        self.kept: List[Tuple[ShapeKey, List[np.ndarray]]] = []
+        self._kept_bytes = 0
+        self.batches = 0
+
+    # --- recording -------------------------------------------------------------------------
+    def engine_for(self, key: ShapeKey):
+        eng = self.engines.get(key)
+        if eng is None:
+            shapes = {n: s for n, s in zip(self.network.inputs, key)}
+            eng = self.engines[key] = self._build(self.network, shapes)
+        return eng
+
+    def observe(self, inputs: Sequence[np.ndarray]) -> None:
+        """Runs one batch of engine inputs and adds every float tensor to its histogram."""
+        inputs = [np.asarray(x) for x in inputs]
+        if len(inputs) != len(self.network.inputs):
+            raise ValueError(f"{self.name} takes {len(self.network.inputs)} inputs, got "
+                             f"{len(inputs)}")
+        key = tuple(tuple(int(d) for d in x.shape) for x in inputs)
+        engine = self.engine_for(key)
+
+        def record(name, value):
+            if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+                self.stats.setdefault(name, TensorHistogram()).add(value)
+        run_layers(engine, inputs, record)
+        self.batches += 1
+        size = sum(x.nbytes for x in inputs)
+        if not self.kept or self._kept_bytes + size <= KEEP_BYTES:
+            self.kept.append((key, inputs))
+            self._kept_bytes += size
+
+    # --- results ---------------------------------------------------------------------------
+    def ranges(self, method: str, percentile: float, wanted=None) -> Dict[str, float]:
+        """amax of every recorded tensor with finite, non-zero values (``wanted``: only those
+        names)."""
+        out = {}
+        for name, h in self.stats.items():
+            if wanted is not None and name not in wanted:
+                continue
+            if h.nonfinite or h.amax <= 0:
+                continue
+            amax = pick_amax(h, method, percentile)
+            if amax > 0 and math.isfinite(amax):
+                out[name] = float(amax)
+        return out
+
+    def nonfinite(self) -> List[str]:
+        return sorted(n for n, h in self.stats.items() if h.nonfinite)
+
+    def needed_tensors(self) -> set:
+        """Tensors a quantized build could need a range for: the activation input and the
+        output of every conv / matmul of the calibration networks."""
+        names = set()
+        for eng in self.engines.values():
+            for l in eng.network.layers:
+                if l.kind in Q.GEMM_KINDS:
+                    names.add(l.inputs[0])
+                    names.update(l.outputs)
+        return names
+
+    def table(self, precision: str, method: Optional[str] = None,
+              graph_table: Optional[dict] = None) -> dict:
+        """The quantization table: ranges (the graph's fake-quant ranges win over calibrated
+        ones), per-layer errors on the kept batches, the planned precisions."""
+        if not self.batches:
+            raise ValueError(f"{self.name}: no calibration batch was observed")
+        method, pct = parse_method(method, precision)
+        graph_table = graph_table or {}
+        fake = dict(graph_table.get("fake_quant", {}))
+        wanted = self.needed_tensors() | set(fake)
+        tensors = self.ranges(method, pct, wanted)
+        tensors.update(graph_table.get("tensors", {}))
+        table = Q.new_table(source="calibration+graph" if graph_table.get("tensors") else
+                            "calibration", precision=precision, method=method,
+                            batches=self.batches, tensors=tensors, fake_quant=fake,
+                            nonfinite=self.nonfinite())
+        if method == "percentile":
+            table["percentile"] = pct
+        table["layer_errors"] = self.layer_errors(precision, table)
+        key = self.kept[0][0]
+        table["plan"] = self.plan(precision, table, key)
+        return table
+
+    def layer_errors(self, precision: str, table: dict) -> Dict[str, float]:
+        """Relative L2 error of each quantizable layer's output on the kept batches: the layer
+        quantized with ``table`` (no error limit) against its FP32 output."""
+        from tftrt.engine.backends.numpy_backend import NumpyBackend
+        backend = NumpyBackend()
+        err: Dict[str, float] = {}
+        ref: Dict[str, float] = {}
+        prepared: Dict[ShapeKey, list] = {}
+        for key, inputs in self.kept:
+            if key not in prepared:
+                net = self.engines[key].network.copy()
+                names = set(Q.quantize_network(net, precision, table, max_error=math.inf))
+                layers = [l for l in net.layers if l.name in names]
+                for l in layers:  # the output's requantization is its consumers' input error
+                    if l.attrs["quant"].pop("output_scale", None) is not None:
+                        net.tensors[l.outputs[0]].dtype = "float32"
+                prepared[key] = [(l, backend.prepare_layer(net, l, net.weights), net.weights)
+                                 for l in layers]
+            env: Dict[str, np.ndarray] = {}
+
+            def keep(name, value):
+                env[name] = value
+            run_layers(self.engines[key], inputs, keep, free=False)
+            for layer, run, weights in prepared[key]:
+                ins = [env[i] if i in env else weights.get(i) for i in layer.inputs]
+                y = np.asarray(run(ins)[0], np.float64)
+                want = np.asarray(env[layer.outputs[0]], np.float64)
+                o = layer.outputs[0]
+                err[o] = err.get(o, 0.0) + float(np.sum((y - want) ** 2))
+                ref[o] = ref.get(o, 0.0) + float(np.sum(want ** 2))
+        return {o: (math.sqrt(err[o] / ref[o]) if ref[o] > 0 else
+                    (0.0 if err[o] == 0 else math.inf)) for o in err}
+
+    def plan(self, precision: str, table: dict, key: ShapeKey) -> dict:
+        """precision_report of the network built for ``key`` with ``table``."""
+        from tftrt.engine.precision import apply_precision
+        net = apply_precision(self.engines[key].network, precision, table)
+        report = Q.precision_report(net)
+        report["input_shapes"] = [list(s) for s in key]
+        return report
+
+
+def _fp32_numpy_engine(network: Network, shapes):
+    from tftrt.engine.builder import BuilderConfig, build_engine
+    net = network.copy()
+    net.quantization = None
+    return build_engine(net, shapes, BuilderConfig(precision="FP32", backend="numpy",
+                                                   tactic_timing=False))
+
+
+def run_layers(engine, inputs: Sequence[Any], visit: Callable[[str, Any], None],
+               free: bool = True) -> List[Any]:
+    """Runs ``engine`` layer by layer through its runners, calling ``visit(name, value)`` for
+    each network input and each layer output; returns the outputs. ``free``: drop each tensor
+    after its last use (as the runtime does)."""
+    net = engine.network
+    env: Dict[str, Any] = dict(engine.weights)
+    for name, x in zip(net.inputs, inputs):
+        env[name] = x
+        visit(name, x)
+    last: Dict[str, int] = {}
+    for k, layer in enumerate(net.layers):
+        for i in layer.inputs:
+            last[i] = k
+    keep = set(net.outputs) | set(net.weights)
+    for k, (layer, run) in enumerate(zip(net.layers, engine.runners())):
+        outs = run([env[i] if i else None for i in layer.inputs])
+        for o, v in zip(layer.outputs, outs):
+            env[o] = v
+            visit(o, v)
+        if free:
+            for i in set(layer.inputs):
+                if i and last.get(i) == k and i not in keep:
+                    env.pop(i, None)
+    return [env[o] for o in net.outputs]

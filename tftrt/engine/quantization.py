@@ -1,0 +1,414 @@
+"""INT8 and FP8 layers: number formats, the quantization table, and the network pass.
+
+Which layers are quantized
+--------------------------
+``conv`` layers and ``matmul`` layers whose second operand is a constant 2-D weight (GEMMs)
+run in INT8 (or FP8 E4M3 under ``precision="FP8"``) when the *quantization table* gives a range
+for their activation input and, where the table holds a per-layer error measured on the
+calibration data, that error is at most :data:`MAX_LAYER_ERROR` of the format. Every other layer
+runs as in an FP16 engine. ``conv_transpose`` and matmuls of two activations (attention) stay
+FP16.
+
+A quantized layer (``layer.precision`` "INT8" / "FP8", ``layer.attrs["quant"]``):
+
+* input 0 is quantized on entry with the per-tensor scale ``s_x = amax / QMAX`` (symmetric,
+  zero point 0) -- unless the tensor is already int8 (its producer requantized it, below);
+* input 1 (the weight) is stored quantized, per output channel: ``s_w[c] = max|w_c| / QMAX``;
+  INT8 as int8 values, FP8 as E4M3 bit patterns (uint8, the layout cuBLASLt / cuDNN read);
+* the products accumulate in int32 (INT8) or fp32 (FP8);
+* the epilogue starts with a ``scale`` step by ``s_x * s_w[c]`` (and the matmul's alpha): the
+  dequantization, applied to the fp32 accumulator; bias, activation and residual follow as in
+  any fused layer;
+* INT8 only: when every consumer of the output is an INT8 layer reading it as its input 0,
+  the output is *requantized* in the epilogue (``quant["output_scale"]``) and stored as int8;
+  otherwise it is stored as float16 (the declared dtype for network outputs).
+
+Rounding and saturation (what the numpy backend simulates, bit for bit, and what the GPU
+kernels must do): ``q = saturate(round_half_even(x * inv_scale))`` with ``inv_scale`` the
+float32 reciprocal of the scale. INT8 saturates to [-127, 127] and maps NaN to 0 (PTX
+``cvt.rni.sat.s8.f32``); FP8 E4M3 rounds to nearest even on the E4M3 grid, saturates to +-448
+and keeps NaN (``cvt.rn.satfinite.e4m3x2.f32``). The int32 accumulator converts to float32
+with round-to-nearest-even.
+
+The quantization table
+----------------------
+A JSON object stored in the segment ONNX model's ``metadata_props`` under
+:data:`METADATA_KEY` (so a saved segment network carries its ranges, and a plan built from
+other ranges does not match the network digest)::
+
+    {"version": 1, "source": "calibration" | "graph" | "calibration+graph",
+     "precision": "INT8", "method": "entropy", "batches": 16,
+     "tensors": {tensor name: amax},            # symmetric range [-amax, amax]
+     "fake_quant": {output: input},             # FakeQuant / QDQ ops of the TF graph
+     "layer_errors": {layer output: error},     # relative L2 error on the calibration data
+     "nonfinite": [tensor names],               # NaN / Inf seen while calibrating
+     "plan": {...}}                              # precision_report of the calibration network
+
+Tensor names are those of the engine network after the optimization passes (fused layers have
+no TF tensor); ``fake_quant`` maps the output of a fake-quantization op to its input: an INT8
+layer that reads the output reads the input instead, quantized with the op's range -- the
+quantize / dequantize pair folds into the layer (TF-TRT made such ops identities with a range).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from tftrt.engine.network import Layer, Network
+
+log = logging.getLogger("tftrt.engine")
+
+METADATA_KEY = "tftrt.quantization"
+TABLE_VERSION = 1
+QUANTIZED_PRECISIONS = ("INT8", "FP8")
+INT8_QMAX = 127
+FP8_E4M3_MAX = 448.0
+QMAX = {"INT8": float(INT8_QMAX), "FP8": FP8_E4M3_MAX}
+FORMAT = {"INT8": "int8", "FP8": "fp8_e4m3"}
+
+# A layer stays FP16 when its quantized output differs from its higher-precision output on the
+# calibration data by more than this relative L2 error, ||y_q - y|| / ||y||, summed over the
+# calibration batches kept for the check. Typical calibrated layers measure 0.5-3 % (INT8) and
+# 2-5 % (FP8 E4M3, 3 mantissa bits); a range spoiled by outliers or a layer that amplifies its
+# input's rounding goes far beyond. Env TFTRT_QUANTIZATION_MAX_ERROR overrides both.
+MAX_LAYER_ERROR = {"INT8": 0.10, "FP8": 0.15}
+
+GEMM_KINDS = ("conv", "conv_transpose", "matmul")
+
+
+def max_layer_error(precision: str) -> float:
+    env = os.environ.get("TFTRT_QUANTIZATION_MAX_ERROR", "").strip()
+    if env:
+        try:
+            value = float(env)
+        except ValueError:
+            raise ValueError(f"TFTRT_QUANTIZATION_MAX_ERROR={env!r} is not a number; give the "
+                             f"largest relative error a quantized layer may have, e.g. 0.1")
+        if not value > 0:
+            raise ValueError(f"TFTRT_QUANTIZATION_MAX_ERROR={env!r} must be positive")
+        return value
+    return MAX_LAYER_ERROR[precision]
+
+
+# --- number formats --------------------------------------------------------------------------
+
+def inv_scale(scale) -> np.ndarray:
+    """float32 reciprocal of a scale (what the kernels multiply by)."""
+    return np.float32(1.0) / np.asarray(scale, np.float32)
+
+
+def quantize_int8(x, inv) -> np.ndarray:
+    """int8 values of ``x * inv``: round half to even, saturate to [-127, 127], NaN -> 0."""
+    y = np.asarray(x, np.float32) * np.asarray(inv, np.float32)
+    y = np.rint(y)
+    y = np.where(np.isnan(y), np.float32(0), y)
+    return np.clip(y, -INT8_QMAX, INT8_QMAX).astype(np.int8)
+
+
+def round_e4m3(x) -> np.ndarray:
+    """``x`` (float32) rounded to the nearest FP8 E4M3 value (ties to even), saturated to
+    +-448; NaN stays NaN. Returned as float32 (every E4M3 value is exact in float32)."""
+    x = np.asarray(x, np.float32)
+    a = np.minimum(np.abs(x), np.float32(FP8_E4M3_MAX))
+    _, e = np.frexp(a)  # a = m * 2**e, m in [0.5, 1): the binade's exponent is e - 1
+    # 3 mantissa bits: the step is 2**(e - 1 - 3); below 2**-6 (subnormals) it stays 2**-9.
+    step = np.ldexp(np.float32(1), (np.maximum(e - 1, -6) - 3).astype(np.int32))
+    r = (np.rint(a / step) * step).astype(np.float32)  # both operations are exact
+    return np.where(np.isnan(x), x, np.copysign(r, x)).astype(np.float32)
+
+
+def _e4m3_table() -> np.ndarray:
+    """float32 value of every E4M3 bit pattern (0x7F / 0xFF are NaN; there is no infinity)."""
+    codes = np.arange(256)
+    sign = np.where(codes & 0x80, -1.0, 1.0)
+    exp = (codes >> 3) & 0xF
+    man = codes & 0x7
+    mag = np.where(exp == 0, man / 8.0 * 2.0 ** -6, (1 + man / 8.0) * 2.0 ** (exp - 7))
+    vals = (sign * mag).astype(np.float32)
+    vals[(codes & 0x7F) == 0x7F] = np.nan
+    return vals
+
+
+E4M3_VALUES = _e4m3_table()
+
+
+def e4m3_decode(codes) -> np.ndarray:
+    """float32 values of E4M3 bit patterns (uint8)."""
+    return E4M3_VALUES[np.asarray(codes, np.uint8)]
+
+
+def e4m3_encode(x) -> np.ndarray:
+    """E4M3 bit patterns (uint8) of ``x`` rounded as :func:`round_e4m3`."""
+    r = round_e4m3(x)
+    a = np.abs(r)
+    normal = a >= 2.0 ** -6
+    _, e = np.frexp(np.where(normal, a, 1))
+    exp = np.where(normal, e - 1 + 7, 0)
+    man = np.where(normal, np.rint((a / np.ldexp(1.0, e - 1) - 1) * 8), np.rint(a / 2.0 ** -9))
+    man = np.where(np.isnan(man), 0, man)
+    code = (exp << 3) | man.astype(np.int64)
+    code = np.where(np.signbit(r), code | 0x80, code)
+    code = np.where(np.isnan(r), 0x7F, code)
+    return code.astype(np.uint8)
+
+
+def quantize_values(x, inv, precision: str) -> np.ndarray:
+    """Quantized ``x * inv`` as float64 values (exact): int8 integers, or E4M3 values."""
+    if precision == "INT8":
+        return quantize_int8(x, inv).astype(np.float64)
+    return round_e4m3(np.asarray(x, np.float32) * np.asarray(inv, np.float32)).astype(np.float64)
+
+
+def dequantized_weight(layer: Layer, w: np.ndarray) -> np.ndarray:
+    """Values (float64) of a quantized layer's stored weight: int8, or E4M3 codes."""
+    if layer.attrs["quant"]["format"] == FORMAT["FP8"]:
+        return e4m3_decode(w).astype(np.float64)
+    return np.asarray(w, np.float64)
+
+
+def weight_axis(layer: Layer) -> int:
+    """The output-channel axis of a GEMM layer's weight (input 1)."""
+    if layer.kind == "conv":
+        return 0  # KRSC: [Cout, *K, Cin / group]
+    return 0 if layer.attrs.get("transpose_b") else 1  # [K, N], or [N, K] transposed
+
+
+def quantize_weight(w: np.ndarray, axis: int, precision: str) -> Tuple[np.ndarray, np.ndarray]:
+    """(stored weight, per-channel scales float32) of float weight ``w``, symmetric per
+    output channel: scale = max|w_c| / QMAX (1 for an all-zero channel)."""
+    w = np.asarray(w, np.float32)
+    other = tuple(a for a in range(w.ndim) if a != axis)
+    wmax = np.max(np.abs(w), axis=other) if other else np.abs(w)
+    scale = np.where(wmax > 0, wmax / np.float32(QMAX[precision]), 1).astype(np.float32)
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    inv = inv_scale(scale).reshape(shape)
+    if precision == "INT8":
+        return quantize_int8(w, inv), scale
+    return e4m3_encode(w * inv), scale
+
+
+# --- the table -----------------------------------------------------------------------------
+
+def new_table(**fields) -> dict:
+    t = {"version": TABLE_VERSION, "tensors": {}, "fake_quant": {}, "layer_errors": {}}
+    t.update(fields)
+    return t
+
+
+def check_table(table: Any, where: str = "the quantization table") -> dict:
+    """``table`` checked for the fields the builder reads; ValueError saying what is wrong."""
+    if not isinstance(table, dict):
+        raise ValueError(f"{where} is not a JSON object")
+    if table.get("version") != TABLE_VERSION:
+        raise ValueError(f"{where} has version {table.get('version')!r}; this tftrt reads "
+                         f"version {TABLE_VERSION}: convert and calibrate the model again")
+    for key in ("tensors", "fake_quant", "layer_errors"):
+        if not isinstance(table.get(key, {}), dict):
+            raise ValueError(f"{where}: {key!r} must be an object")
+    for name, amax in table.get("tensors", {}).items():
+        if not isinstance(amax, (int, float)) or not math.isfinite(amax) or amax < 0:
+            raise ValueError(f"{where}: the range of tensor {name!r} is {amax!r}; it must be "
+                             f"a finite non-negative number")
+    return table
+
+
+def table_from_model(model) -> Optional[dict]:
+    """The quantization table in an ONNX model's metadata, or None."""
+    for p in model.metadata_props:
+        if p.key == METADATA_KEY:
+            try:
+                return check_table(json.loads(p.value), f"{METADATA_KEY} of {model.graph.name}")
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{METADATA_KEY} of {model.graph.name} is not JSON: {e}")
+    return None
+
+
+def set_table(model, table: Optional[dict]) -> None:
+    """Stores ``table`` in the model's metadata (None removes it), in place."""
+    keep = [(p.key, p.value) for p in model.metadata_props if p.key != METADATA_KEY]
+    del model.metadata_props[:]
+    for k, v in keep:
+        model.metadata_props.add(key=k, value=v)
+    if table is not None:
+        model.metadata_props.add(key=METADATA_KEY,
+                                 value=json.dumps(check_table(table), sort_keys=True))
+
+
+def table_of(model_or_network) -> Optional[dict]:
+    """The table a build uses: an ONNX model's metadata, or ``Network.quantization``."""
+    if isinstance(model_or_network, Network):
+        return model_or_network.quantization
+    return table_from_model(model_or_network)
+
+
+# --- the pass --------------------------------------------------------------------------------
+
+def layer_flops(net: Network, layer: Layer) -> int:
+    """Multiply-add FLOPs (2 per MAC) of a conv / conv_transpose / matmul layer, 0 when a
+    shape is unknown."""
+    try:
+        y = net.tensors[layer.outputs[0]].shape
+        w = net.tensors[layer.inputs[1]].shape
+        if layer.kind == "conv":
+            return 2 * int(np.prod(y)) * int(np.prod(w[1:]))
+        if layer.kind == "conv_transpose":
+            x = net.tensors[layer.inputs[0]].shape
+            return 2 * int(np.prod(x)) * int(np.prod(w[1:]))
+        a = net.tensors[layer.inputs[0]].shape
+        k = a[-2] if layer.attrs.get("transpose_a") and len(a) > 1 else a[-1]
+        return 2 * int(np.prod(y)) * int(k)
+    except (TypeError, ValueError, KeyError, IndexError):
+        return 0
+
+
+def _candidate_reason(net: Network, layer: Layer) -> Optional[str]:
+    """Why a GEMM layer cannot be quantized at all (None: it can, given a range)."""
+    if layer.kind == "conv_transpose":
+        return "conv_transpose has no INT8 / FP8 implementation"
+    x, w = layer.inputs[0], layer.inputs[1]
+    if w not in net.weights:
+        return "its second operand is not a constant weight"
+    if layer.kind == "matmul" and net.weights[w].ndim != 2:
+        return f"its weight has rank {net.weights[w].ndim} (2 needed)"
+    if np.dtype(net.weights[w].dtype).kind != "f":
+        return f"its weight is {net.weights[w].dtype}"
+    if x in net.weights or net.tensors[x].dtype not in ("float32", "float16"):
+        return "its input is not a float activation"
+    if not (net.tensors[x].is_static and net.tensors[layer.outputs[0]].is_static):
+        return "its shapes are data dependent"
+    return None
+
+
+def _amax(table: dict, name: str) -> Optional[float]:
+    v = table.get("tensors", {}).get(name)
+    return float(v) if v is not None and v > 0 else None
+
+
+def quantize_network(net: Network, precision: str, table: dict,
+                     max_error: Optional[float] = None) -> List[str]:
+    """Quantizes the GEMM layers of ``net`` (in place) that the table allows; see the module
+    doc. Layers it does not quantize keep no precision (the caller assigns FP16 to them); each
+    GEMM layer among them gets ``attrs["quant_fallback"]``: why it is not quantized.
+
+    Returns the names of the quantized layers.
+    """
+    precision = precision.upper()
+    qmax = QMAX[precision]
+    limit = max_layer_error(precision) if max_error is None else max_error
+    errors = table.get("layer_errors", {})
+    fake = table.get("fake_quant", {})
+    produced = set(net.inputs) | {o for l in net.layers for o in l.outputs}
+    for layer in net.layers:
+        if layer.kind not in GEMM_KINDS:
+            continue
+        reason = _candidate_reason(net, layer)
+        x = layer.inputs[0]
+        amax = _amax(table, x)
+        src = fake.get(x)  # the input of a fake-quant op this layer reads: fold the pair
+        if src is not None and (src not in produced or src in net.weights or
+                                net.tensors[src].dtype not in ("float32", "float16") or
+                                net.tensors[src].shape != net.tensors[x].shape):
+            src = None
+        if reason is None and amax is None:
+            reason = f"no range for tensor {x}"
+        err = errors.get(layer.outputs[0])
+        if reason is None and err is not None and err > limit:
+            reason = (f"its {precision} output differs from the FP16 one by {err:.3f} "
+                      f"(relative L2 error on the calibration data; limit {limit:g})")
+        if reason is not None:
+            layer.attrs["quant_fallback"] = reason
+            continue
+        _quantize_layer(net, layer, precision, amax / qmax, src)
+    if precision == "INT8":
+        _requantize_outputs(net, table)
+    _remove_unused_layers(net)
+    net.prune_tensors()
+    return [l.name for l in net.layers if l.precision == precision and "quant" in l.attrs]
+
+
+def _quantize_layer(net: Network, layer: Layer, precision: str, s_x: float,
+                    src: Optional[str]) -> None:
+    axis = weight_axis(layer)
+    wname = layer.inputs[1]
+    stored, s_w = quantize_weight(net.weights[wname], axis, precision)
+    alpha = float(layer.attrs.get("alpha", 1.0)) if layer.kind == "matmul" else 1.0
+    dequant = (np.float64(np.float32(s_x)) * s_w.astype(np.float64) * alpha).astype(np.float32)
+    if src is not None:
+        layer.inputs[0] = src
+    layer.inputs[1] = net.add_weight(stored, f"{wname}_{FORMAT[precision]}")
+    layer.inputs.append(net.add_weight(dequant, f"{layer.name}_dequant_scale"))
+    layer.epilogue.insert(0, {"op": "scale", "input": len(layer.inputs) - 1})
+    if layer.kind == "matmul":
+        layer.attrs["alpha"] = 1.0
+    layer.attrs["quant"] = {"format": FORMAT[precision], "input_scale": float(np.float32(s_x)),
+                            "weight_axis": axis}
+    if src is not None:
+        layer.attrs["quant"]["folded"] = True
+    layer.precision = precision
+    keep = set(net.outputs)
+    for o in layer.outputs:
+        if o not in keep and net.tensors[o].dtype == "float32":
+            net.tensors[o].dtype = "float16"
+
+
+def _requantize_outputs(net: Network, table: dict) -> None:
+    """INT8 outputs read only by INT8 layers (as their input 0) are stored as int8."""
+    consumers = net.consumers()
+    keep = set(net.outputs)
+    for layer in net.layers:
+        if layer.precision != "INT8" or "quant" not in layer.attrs:
+            continue
+        out = layer.outputs[0]
+        amax = _amax(table, out)
+        users = consumers.get(out, [])
+        if out in keep or amax is None or not users:
+            continue
+        if all(u.precision == "INT8" and "quant" in u.attrs and u.inputs[0] == out and
+               out not in u.inputs[1:] for u in users):
+            s = float(np.float32(amax / INT8_QMAX))
+            if all(u.attrs["quant"]["input_scale"] == s for u in users):
+                layer.attrs["quant"]["output_scale"] = s
+                net.tensors[out].dtype = "int8"
+
+
+def _remove_unused_layers(net: Network) -> None:
+    """Drops layers whose outputs nothing reads (fake-quant ops folded away)."""
+    while True:
+        used = set(net.outputs)
+        for l in net.layers:
+            used.update(l.inputs)
+        dead = [l for l in net.layers if not any(o in used for o in l.outputs)]
+        if not dead:
+            return
+        net.layers = [l for l in net.layers if l not in dead]
+
+
+def precision_report(net: Network) -> Dict[str, Any]:
+    """Per GEMM layer (conv / conv_transpose / matmul): name, kind, precision, FLOPs and why it
+    is not quantized; the share of their FLOPs that runs quantized."""
+    layers, total, quantized = [], 0, 0
+    for l in net.layers:
+        if l.kind not in GEMM_KINDS:
+            continue
+        flops = layer_flops(net, l)
+        total += flops
+        if l.precision in QUANTIZED_PRECISIONS:
+            quantized += flops
+        layers.append({"name": l.name, "kind": l.kind, "precision": l.precision,
+                       "flops": flops, "reason": l.attrs.get("quant_fallback")})
+    return {"layers": layers, "flops": total, "quantized_flops": quantized,
+            "quantized_share": (quantized / total) if total else 0.0}
+
+
+def without_range(report: Dict[str, Any]) -> List[str]:
+    """Tensors a report's FP16 layers lack a range for."""
+    prefix = "no range for tensor "
+    return sorted({r["reason"][len(prefix):] for r in report["layers"]
+                   if (r.get("reason") or "").startswith(prefix)})
