@@ -6,16 +6,32 @@ quantize_and_dequantize_op.h), step by step and in the same order, with the rang
 ("nudged" min/max, scales) computed here in the op's own float type exactly as TF computes
 them. ONNX QuantizeLinear/DequantizeLinear would not be bit-exact: they divide by the scale
 where TF multiplies by its inverse, and cannot express narrow ranges or 16-bit saturation.
+
+For INT8 / FP8 conversion the op's range matters too: the last node of each lowering carries
+it in its ``doc_string`` (:func:`mark_range`, read by ``tftrt.calibration.graph_table``), and
+an INT8 layer that reads the op's output folds the fake quantization into its own (TF-TRT made
+such ops identities and gave their range to TensorRT). Per-channel ranges, and QDQ ops whose
+min / max are not constants, carry none.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Tuple
 
 import numpy as np
 
 from .registry import ANY, TENSOR, WEIGHT, converter
+
+
+RANGE_TAG = "tftrt_fake_quant"
+
+
+def mark_range(ctx, source: str, lo: float, hi: float) -> None:
+    """Tags the node just emitted (the op's output) with the op's input and float range."""
+    ctx.nodes[-1].doc_string = json.dumps(
+        {RANGE_TAG: {"input": source, "min": float(lo), "max": float(hi)}})
 
 
 # --- FakeQuantWithMinMax* ---------------------------------------------------------------------
@@ -114,6 +130,8 @@ class FakeQuant:
         x = ctx.emit("Sub", [x, c(qzero, "quant_zero")])
         x = ctx.emit("Floor", [ctx.emit("Add", [x, c(np.float32(0.5), "half")])])
         ctx.set_output(node, 0, ctx.emit("Mul", [x, c(scale, "scale")]))
+        if nmin.ndim == 0 and (float(nmin), float(nmax)) != (0.0, 0.0):
+            mark_range(ctx, ctx.input(node, 0), nmin, nmax)
 
 
 # --- QuantizeAndDequantizeV2 / V3 / V4 --------------------------------------------------------
@@ -211,12 +229,28 @@ class QuantizeAndDequantize:
             scale, inv = ctx.const(scale, "scale"), ctx.const(inv, "inverse_scale")
         else:
             scale, inv = _dynamic_scale(ctx, x, rank, axis, qmin, qmax, dtype)
+        source = ctx.input(node, 0)
         x = ctx.emit("Mul", [x, scale])
         if round_mode == "HALF_UP":
             x = ctx.emit("Floor", [ctx.emit("Add", [x, ctx.const(np.array(0.5, dtype), "half")])])
         else:
             x = ctx.emit("Round", [x])
         ctx.set_output(node, 0, ctx.emit("Mul", [x, inv]))
+        given = _given_range(node, ctx, range_given, axis)
+        if given is not None:
+            mark_range(ctx, source, *given)
+
+
+def _given_range(node, ctx, range_given: bool, axis: int):
+    """The (min, max) an INT8 engine uses for a QDQ op: its constant scalar input_min /
+    input_max, as TF-TRT took them (also without range_given, where TF itself computes the
+    range from the data); None for per-axis or non-constant ranges."""
+    if axis != -1 or not (ctx.is_const(node, 1) and ctx.is_const(node, 2)):
+        return None
+    mn, mx = np.asarray(ctx.const_value(node, 1)), np.asarray(ctx.const_value(node, 2))
+    if mn.size != 1 or mx.size != 1:
+        return None
+    return float(mn.reshape(())), float(mx.reshape(()))
 
 
 def _dynamic_scale(ctx, x: str, rank: int, axis: int, qmin: int, qmax: int,

@@ -13,7 +13,7 @@ from typing import Callable, Dict, Iterable, List, Sequence, Tuple
 
 import numpy as np
 
-from tftrt import rewrite
+from tftrt import calibration, rewrite
 from tftrt.env import env_bool
 from tftrt.engine_op import EngineSpec, TRTEngineOp, resolve_backend
 from tftrt.graph_io import GraphInfo
@@ -61,11 +61,13 @@ class NativeSegmentCaller:
 
 
 def engine_op_from_spec(spec: EngineSpec, fdef) -> TRTEngineOp:
-    """An engine op whose native fallback calls the native segment function ``fdef``."""
+    """An engine op whose native fallback calls the native segment function ``fdef`` (INT8 /
+    FP8: a calibration.QuantizedEngineOp, which builds with its network's ranges)."""
+    from tftrt.calibration import engine_op_class
     native = NativeSegmentCaller(
         fdef, [(np.dtype(d), s) for d, s in zip(spec.input_dtypes, spec.input_shapes)],
         [np.dtype(d) for d in spec.output_dtypes])
-    return TRTEngineOp(spec, native)
+    return engine_op_class(spec)(spec, native)
 
 
 def restore_plans(op: TRTEngineOp, plans: Iterable[Tuple[dict, Callable[[], bytes]]]) -> None:
@@ -277,14 +279,16 @@ def convert_graph(info: GraphInfo, params, nodes_denylist: Sequence[str] = ()) -
         fdef = rewrite.native_segment_function_def(info, s)
         in_dtypes = [info.dtypes[t] for t in s.inputs]
         out_dtypes = [info.dtypes[t] for t in s.outputs]
+        # INT8 / FP8: the graph's quantization ranges go into the network (or it runs FP16)
+        onnx_bytes, precision = calibration.segment_network(net.model, params, s.name)
         spec = EngineSpec(
-            name=s.name, onnx_bytes=net.model.SerializeToString(),
+            name=s.name, onnx_bytes=onnx_bytes,
             input_tensors=list(s.inputs), output_tensors=list(s.outputs),
             input_dtypes=[d.name for d in in_dtypes], output_dtypes=[d.name for d in out_dtypes],
             input_shapes=[_shape_json(info.shapes.get(t)) for t in s.inputs],
             output_shapes=[_shape_json(info.shapes.get(t)) for t in s.outputs],
             op_histogram=s.op_histogram(info), num_nodes=len(s.nodes) + len(s.consts),
-            precision_mode=_engine_precision(params.precision_mode),
+            precision_mode=precision,
             maximum_cached_engines=params.maximum_cached_engines,
             max_workspace_size_bytes=params.max_workspace_size_bytes,
             allow_build_at_runtime=params.allow_build_at_runtime,
@@ -332,16 +336,6 @@ def make_signature_function(sig, result: ConversionResult):
         return fn
     return rewrite.DirectSignature(plan, sig.input_names, specs, sig.func.structured_outputs,
                                    fn)
-
-
-def _engine_precision(mode: str) -> str:
-    mode = mode.upper()
-    if mode == "INT8":
-        # INT8 kernels and calibration are not implemented: engines run in FP16, as TF-TRT
-        # fell back when it had no calibration data or quantization ops.
-        log.warning("INT8 precision: tftrt has no INT8 engines yet; engines run in FP16")
-        return "FP16"
-    return mode
 
 
 def _shape_json(shape):

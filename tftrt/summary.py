@@ -61,6 +61,9 @@ def print_summary(info, seg: SegmentationResult, engine_ops: Dict[str, object],
             for key, eng in op.cache.items():
                 for line in engine_lines(key, eng, op.profile_strategy):
                     print_fn(line)
+        if spec.precision_mode in ("INT8", "FP8"):
+            for line in quantization_lines(op, detailed):
+                print_fn(line)
         if k < len(engine_ops) - 1:
             print_fn("-" * line_length)
     print_fn("=" * line_length)
@@ -104,6 +107,49 @@ def engine_lines(key, engine, strategy=None):
             name = names[j] if j < len(names) else f"input {j}"
             lines.append(f"\t  profile {i}, {name}: min {list(lo)}, opt {list(opt)}, "
                          f"max {list(hi)}")
+    return lines
+
+
+def _quantization_report(op):
+    """(precision report, where it comes from) of an INT8 / FP8 engine op: its first built
+    engine, else the plan its calibration made; (None, why) without either."""
+    from tftrt.engine import quantization as Q
+    from tftrt.profiles import ProfileEngine
+    for key, entry in op.cache.items():
+        engine = entry
+        if isinstance(entry, ProfileEngine):
+            engine = next((e for _, e in entry.opt_engines()), None)
+        net = getattr(engine, "network", None)
+        if net is not None:
+            return Q.precision_report(net), f"engine for input shapes {list(map(list, key))}"
+    table = getattr(op, "quantization", None)
+    if table and table.get("plan"):
+        shapes = table["plan"].get("input_shapes")
+        return table["plan"], f"calibration network for input shapes {shapes}"
+    return None, "per-layer precisions are known once an engine is built (build())"
+
+
+def quantization_lines(op, detailed: bool):
+    """summary()'s lines for an INT8 / FP8 engine op: its conv / GEMM layers' precisions and
+    the share of their FLOPs that runs quantized; tensors without a range, once."""
+    from tftrt.engine import quantization as Q
+    mode = op.spec.precision_mode
+    report, where = _quantization_report(op)
+    if report is None:
+        return [f"\t[{mode}] {where}"]
+    layers = report["layers"]
+    count = collections.Counter(r["precision"] for r in layers)
+    lines = [f"\t[{mode}] conv/GEMM layers: " +
+             (", ".join(f"{n} {p}" for p, n in sorted(count.items())) or "none") +
+             f"; {100 * report['quantized_share']:.1f}% of their FLOPs in {mode} ({where})"]
+    missing = Q.without_range(report)
+    if missing:
+        lines.append(f"\t[{mode}] no range, so their readers stay FP16: {', '.join(missing)}")
+    if detailed:
+        for r in layers:
+            why = r.get("reason")
+            why = "" if not why or why.startswith("no range for tensor") else f" ({why})"
+            lines.append(f"\t  {r['name']} ({r['kind']}): {r['precision']}{why}")
     return lines
 
 

@@ -81,7 +81,8 @@ class TrtGraphConverter:
             minimum_segment_size=minimum_segment_size,
             maximum_cached_engines=maximum_cached_engines, use_calibration=use_calibration,
             allow_build_at_runtime=True))
-        self._need_calibration = (self._params.precision_mode == "INT8" and use_calibration)
+        self._need_calibration = (self._params.precision_mode in ("INT8", "FP8") and
+                                  use_calibration)
         self._converted_graph_def = None
         self._calibrated = False
         self._result = None
@@ -102,8 +103,8 @@ class TrtGraphConverter:
             self._info = self._sig.info
         result = conversion.convert_graph(self._info, self._params, self._nodes_denylist)
         self._result = result
-        if not self._is_dynamic_op:
-            self._build_static_engines()
+        if not self._is_dynamic_op and not self._need_calibration:
+            self._build_static_engines()  # calibrated ones: in calibrate(), with their ranges
         from tftrt import summary as summary_mod
         summary_mod.log_unconverted(self._info, result.segmentation)
         self._converted_graph_def = self._graph_def_with_engines()
@@ -164,32 +165,36 @@ class TrtGraphConverter:
     # --- calibrate / save ------------------------------------------------------------------------
     def calibrate(self, fetch_names: Sequence[str], num_runs: int,
                   feed_dict_fn: Optional[Callable] = None,
-                  input_map_fn: Optional[Callable] = None):
-        """Runs the converted graph ``num_runs`` times (TF-TRT's INT8 calibration entry point).
+                  input_map_fn: Optional[Callable] = None, *,
+                  calibration_method: Optional[str] = None):
+        """INT8 / FP8 calibration (TF-TRT's entry point): runs the graph ``num_runs`` times on
+        ``feed_dict_fn()`` feeds (or ``input_map_fn()`` tensors mapped onto its inputs),
+        records the ranges inside every engine's network, and returns the converted GraphDef
+        carrying them (static mode: with engines built from them).
 
-        tftrt has no INT8 engines yet: INT8 runs FP16 engines, so calibration only checks the
-        graph runs and marks the converter calibrated. Returns the converted GraphDef.
+        Args:
+          fetch_names: what TF-TRT ran; here the engines' inputs are computed instead (each
+            name must exist in the graph).
+          calibration_method: tftrt's option, as TrtGraphConverterV2.convert()'s.
         """
-        import tensorflow as tf
+        from tftrt import calibration
         if self._converted_graph_def is None:
             raise RuntimeError("Need to call convert() before calibrate()")
         if (feed_dict_fn is None) == (input_map_fn is None):
             raise ValueError("Should specify one and only one of feed_dict_fn and input_map_fn.")
         if not self._need_calibration:
-            raise RuntimeError("calibrate() is only needed for INT8 with use_calibration=True")
-        g = tf.Graph()
-        with g.as_default():
-            if input_map_fn is not None:
-                tf.graph_util.import_graph_def(self._converted_graph_def, name="",
-                                               input_map=input_map_fn())
-            else:
-                tf.graph_util.import_graph_def(self._converted_graph_def, name="")
-            fetches = [g.as_graph_element(n) for n in fetch_names]
-            with tf.compat.v1.Session(graph=g) as sess:
-                for _ in range(num_runs):
-                    sess.run(fetches, feed_dict=feed_dict_fn() if feed_dict_fn else None)
+            raise RuntimeError("calibrate() is only needed for INT8 / FP8 with "
+                               "use_calibration=True")
+        nodes = {n.name for n in self._converted_graph_def.node}
+        missing = [n for n in fetch_names if graph_io.split_tensor_name(n)[0] not in nodes]
+        if missing:
+            raise ValueError(f"fetch_names {missing} name no node of the converted graph")
+        calibration.calibrate_tf1(self, num_runs, feed_dict_fn, input_map_fn,
+                                  calibration_method)
+        if not self._is_dynamic_op:
+            self._build_static_engines()
+        self._converted_graph_def = self._graph_def_with_engines()
         self._calibrated = True
-        log.warning("INT8 calibration is not implemented by tftrt yet: engines run in FP16")
         return self._converted_graph_def
 
     def save(self, output_saved_model_dir):

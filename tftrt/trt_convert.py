@@ -32,10 +32,12 @@ class TrtPrecisionMode:
     FP32 = "FP32"
     FP16 = "FP16"
     INT8 = "INT8"
+    FP8 = "FP8"  # tftrt's extension: FP8 E4M3 conv / GEMM (Hopper-class GPUs), calibrated as INT8
 
     @staticmethod
     def supported_precision_modes() -> List[str]:
-        precisions = [TrtPrecisionMode.FP32, TrtPrecisionMode.FP16, TrtPrecisionMode.INT8]
+        precisions = [TrtPrecisionMode.FP32, TrtPrecisionMode.FP16, TrtPrecisionMode.INT8,
+                      TrtPrecisionMode.FP8]
         return precisions + [p.lower() for p in precisions]
 
 
@@ -83,7 +85,7 @@ def _check_conversion_params(params: TrtConversionParams) -> TrtConversionParams
     supported = TrtPrecisionMode.supported_precision_modes()
     if params.precision_mode not in supported:
         raise ValueError(f"precision mode '{params.precision_mode}' is not supported. It should "
-                         f"be one of {', '.join(supported[:3])}")
+                         f"be one of {', '.join(supported[:4])}")
     if params.minimum_segment_size <= 0 and params.minimum_segment_size != -1:
         raise ValueError("minimum segment size should be positive or -1 (to disable main graph "
                          f"conversion); got {params.minimum_segment_size}")
@@ -144,7 +146,7 @@ class TrtGraphConverterV2:
         self._use_dynamic_shape = bool(use_dynamic_shape)
         self._profile_strategy = _check_profile_strategy(dynamic_shape_profile_strategy,
                                                          self._use_dynamic_shape)
-        self._need_calibration = (self._conversion_params.precision_mode == "INT8"
+        self._need_calibration = (self._conversion_params.precision_mode in ("INT8", "FP8")
                                   and self._conversion_params.use_calibration)
         self._converted = False
         self._build_called_once = False
@@ -157,21 +159,28 @@ class TrtGraphConverterV2:
         self._keepalive: list = []
 
     # --- convert -----------------------------------------------------------------------------
-    def convert(self, calibration_input_fn: Optional[Callable] = None):
+    def convert(self, calibration_input_fn: Optional[Callable] = None, *,
+                calibration_method: Optional[str] = None):
         """Converts the signature; returns the converted ConcreteFunction, callable at once.
 
         Args:
-          calibration_input_fn: a generator of inputs for INT8 calibration (INT8 with
-            use_calibration=True only).
+          calibration_input_fn: a generator of inputs for INT8 / FP8 calibration (with
+            use_calibration=True only), yielding what build()'s input_fn yields.
+          calibration_method: tftrt's option: "entropy" (TensorRT's default for INT8),
+            "max" (the default for FP8) or "percentile[:p]" (default 99.99); env
+            TFTRT_CALIBRATION_METHOD sets it too. See tftrt/calibration.py.
         """
         if self._converted:
             raise RuntimeError("convert() was already called on this converter")
+        mode = self._conversion_params.precision_mode
         if self._need_calibration and calibration_input_fn is None:
-            raise ValueError("Should specify calibration_input_fn because INT8 calibration is "
-                             "needed")
+            raise ValueError(f"Should specify calibration_input_fn because {mode} calibration "
+                             f"is needed")
         if not self._need_calibration and calibration_input_fn is not None:
             raise ValueError("Should not specify calibration_input_fn because INT8 calibration "
                              "is not needed")
+        from tftrt import calibration
+        calibration.check_device(mode)
         with progress.task("converting") as shown:
             shown.set("loading and freezing the signature")
             self._sig = graph_io.signature_graph(self._input_saved_model_dir,
@@ -181,7 +190,9 @@ class TrtGraphConverterV2:
             self._converted_func = self._convert_graph(self._sig)
         self._converted = True
         if calibration_input_fn is not None:
-            self._calibrate(calibration_input_fn)
+            with progress.task("calibrating"):
+                calibration.calibrate_v2(self, calibration_input_fn, calibration_method)
+            self._calibrated = True
         self._log_unconverted()
         return self._converted_func
 
@@ -196,14 +207,6 @@ class TrtGraphConverterV2:
         self._native_fdefs = result.native_fdefs
         self._keepalive = result.keepalive
         return conversion.make_signature_function(sig, result)
-
-    def _calibrate(self, calibration_input_fn):
-        # INT8 runs FP16 engines unless the graph carries quantization ops (TF-TRT's fallback).
-        log.warning("INT8 calibration is not implemented by tftrt yet: engines run in FP16 "
-                    "(quantization ops in the graph are honoured)")
-        for inp in calibration_input_fn():
-            self._call_with(inp)
-        self._calibrated = True
 
     # --- build -------------------------------------------------------------------------------
     def build(self, input_fn: Callable):

@@ -43,8 +43,6 @@ from tftrt import graph_io, trt_convert as trt
 Shapes = List[List[int]]
 Expected = Union[Sequence[str], Dict[str, Sequence[str]]]
 
-NEEDS_INT8 = "needs INT8 calibration (issue 15)"
-
 
 def incompatible(x, name=None):
     """A unary op no converter accepts: splits segments as TF-TRT's ``erfc`` did."""
@@ -160,11 +158,22 @@ def grappler_optimizers(enabled: bool):
         graph_io.run_grappler_passes = saved
 
 
+def needs_calibration(case: Case) -> bool:
+    params = conversion_params(case)
+    return str(params["precision_mode"]).upper() in ("INT8", "FP8") and \
+        params.get("use_calibration", True)
+
+
 def convert_v2(case: Case, saved_dir: str):
-    """Returns (converter, converted function)."""
+    """Returns (converter, converted function). INT8 with calibration calibrates on the case's
+    own inputs, as TF-TRT's base class did."""
     conv = trt.TrtGraphConverterV2(input_saved_model_dir=saved_dir, **conversion_params(case))
+    calibration = None
+    if needs_calibration(case):
+        runs = make_inputs(case)
+        calibration = lambda: iter([list(r) for r in runs])  # noqa: E731
     with grappler_optimizers(case.grappler):
-        fn = conv.convert()
+        fn = conv.convert(calibration_input_fn=calibration)
     return conv, fn
 
 

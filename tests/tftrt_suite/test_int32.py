@@ -1,7 +1,6 @@
 """Port of TF-TRT's int32_test.py: int32 MatMul + BiasAdd, and a calibration case."""
 
 import numpy as np
-import pytest
 import tensorflow as tf
 
 from tests.tftrt_suite import base
@@ -21,7 +20,6 @@ def test_exclude_unsupported_int32(tmp_path_factory):
     base.run_v2(case, base.saved(tmp_path_factory, case, "int32"))
 
 
-@pytest.mark.skip(reason=base.NEEDS_INT8)
 def test_calibration_int32_support(tmp_path_factory):
     case = base.Case(lambda x: tf.identity(tf.transpose(x, [0, 3, 2, 1]), name="output_0"),
                      [[3, 4, 5, 6]], ["TRTEngineOp_000"], dtype=tf.int32,

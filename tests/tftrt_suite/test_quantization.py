@@ -2,7 +2,6 @@
 FakeQuantWithMinMaxVars ranges."""
 
 import numpy as np
-import pytest
 import tensorflow as tf
 
 from tests.tftrt_suite import base
@@ -31,19 +30,23 @@ def with_ranges(x):
 INT8 = dict(precision_mode="INT8", use_calibration=False)
 
 
-@pytest.mark.skip(reason=base.NEEDS_INT8)
 def test_missing_all_ranges(tmp_path_factory):
     """TF-TRT: INT8 static engine; without ranges it falls back to non-quantized layers."""
     case = base.Case(without_ranges, [[8, 8]], ["TRTEngineOp_000"], output_shapes=[[8, 1]],
                      conversion=INT8)
-    base.run_v2(case, base.saved(tmp_path_factory, case, "missing_ranges"))
+    conv = base.run_v2(case, base.saved(tmp_path_factory, case, "missing_ranges"))
+    (op,) = conv.engine_ops.values()
+    assert op.spec.precision_mode == "FP16"  # TF-TRT's fallback, with a warning
 
 
-@pytest.mark.skip(reason=base.NEEDS_INT8)
 def test_with_ranges(tmp_path_factory):
     case = base.Case(with_ranges, [[8, 8]], ["TRTEngineOp_000"], output_shapes=[[8, 1]],
                      conversion=INT8, rtol=1e-1, atol=1e-1)
-    base.run_v2(case, base.saved(tmp_path_factory, case, "with_ranges"))
+    conv = base.run_v2(case, base.saved(tmp_path_factory, case, "with_ranges"))
+    (op,) = conv.engine_ops.values()
+    ((_, engine),) = op.cache.items()
+    # the MatMul reads the last fake-quant before it (range 1): INT8, as in TF-TRT
+    assert [l.precision for l in engine.network.layers if l.kind == "matmul"] == ["INT8"]
 
 
 def test_non_quantized_precisions_with_ranges(tmp_path_factory):

@@ -3,7 +3,8 @@
 converter in INT8 without calibration: one engine.
 
 TF-TRT compared MNIST accuracy from a trained checkpoint; the port has neither the dataset nor
-the checkpoint, so it uses seeded weights and compares with TF's simulated quantization."""
+the checkpoint, so it uses seeded weights and compares with TF's simulated quantization
+(tests/integration/test_int8.py measures accuracy on trained models)."""
 
 import numpy as np
 import tensorflow as tf
@@ -43,7 +44,8 @@ def frozen_graph():
 
 
 def test_int8_without_calibration():
-    """INT8 without calibration takes its ranges from the graph (tftrt runs it in FP16)."""
+    """INT8 without calibration takes its ranges from the graph's QDQ ops: the layers reading
+    a fake-quantized tensor run INT8, the ones reading an unquantized ReLU6 stay FP16."""
     gd = frozen_graph()
     conv = trt.TrtGraphConverter(input_graph_def=gd, nodes_denylist=["output"],
                                  max_batch_size=8, precision_mode="INT8",
@@ -59,3 +61,7 @@ def test_int8_without_calibration():
     # the op bound when the GraphDef was imported (the graph keeps it alive)
     (op,) = [o for o in g._py_funcs_used_in_graph if isinstance(o, TRTEngineOp)]
     assert op.stats["engine"] >= 1 and op.stats["native"] == 0
+    ((_, entry),) = op.cache.items()  # a static engine: its batch-8 engine serves 1..8
+    ((_, engine),) = entry.opt_engines()
+    gemms = [(l.kind, l.precision) for l in engine.network.layers if l.kind in ("conv", "matmul")]
+    assert gemms == [("conv", "INT8"), ("conv", "FP16"), ("matmul", "INT8"), ("matmul", "FP16")]

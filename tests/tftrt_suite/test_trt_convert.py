@@ -13,7 +13,6 @@ import tensorflow as tf
 import tftrt
 from tftrt import rewrite, trt_convert as trt
 from tftrt.engine_op import TRTEngineOp
-from tests.tftrt_suite import base
 
 KEY = "mypredict"
 SPEC = tf.TensorSpec([None, 1, 1], tf.float32)
@@ -237,7 +236,6 @@ def test_shape_op_int32_input_output(shape_model_dir, tmp_path):
     np.testing.assert_array_equal(value.numpy(), [10, 16])  # cumsum([5, 3]) * 2
 
 
-@pytest.mark.skip(reason=base.NEEDS_INT8)
 def test_int8_conversion(model_dir, tmp_path):
     x1, x2 = random_input([4, 1, 1])
     conv = converter_v2(model_dir, precision_mode="INT8", maximum_cached_engines=3)

@@ -1,0 +1,487 @@
+"""INT8 / FP8 through TensorFlow on the numpy backend: calibration with TF-TRT's API (V2 and
+TF1), the range methods, ranges stored and restored, quantization-aware (FakeQuant / QDQ)
+models folded into INT8 layers, FP16 fallback, summary(), errors on bad calibration input, and
+accuracy of trained models (a CNN, a transformer encoder) against FP32."""
+
+import logging
+
+import numpy as np
+import onnx
+import pytest
+import tensorflow as tf
+
+import tftrt
+from tests.integration import models
+from tftrt import trt_convert as trt
+from tftrt.calibration import QuantizedEngineOp
+from tftrt.engine import quantization as Q
+
+L = tf.keras.layers
+
+
+@pytest.fixture(autouse=True)
+def numpy_backend(monkeypatch):
+    monkeypatch.setenv("TFTRT_BACKEND", "numpy")
+
+
+def _engines(op):
+    return [e for _, e in op.cache.items()]
+
+
+def _gemm_precisions(engine):
+    return [l.precision for l in engine.network.layers if l.kind in Q.GEMM_KINDS]
+
+
+def _out(fn, x):
+    (v,) = fn(tf.constant(x)).values()
+    return v.numpy()
+
+
+def _rel(a, b):
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+# --- a small CNN (random weights: workflow tests) --------------------------------------------
+
+@pytest.fixture(scope="module")
+def cnn(tmp_path_factory):
+    tf.keras.utils.set_random_seed(0)
+    inp = tf.keras.Input((12, 12, 3), name="image")
+    x = L.Conv2D(8, 3, padding="same", activation="relu")(inp)
+    y = L.Conv2D(8, 3, padding="same", bias_initializer="random_normal")(x)
+    y = L.ReLU()(L.BatchNormalization()(y) + x)
+    y = L.GlobalAveragePooling2D()(L.MaxPool2D()(y))
+    model = tf.keras.Model(inp, L.Dense(5, bias_initializer="random_normal")(y))
+    return models.save_keras(model, str(tmp_path_factory.mktemp("int8") / "cnn")), model
+
+
+def batches(n, seed=0, shape=(8, 12, 12, 3)):
+    rng = np.random.RandomState(seed)
+    return [rng.rand(*shape).astype(np.float32) for _ in range(n)]
+
+
+def calibrated(path, precision="INT8", data=None, **kw):
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=path, precision_mode=precision)
+    data = batches(4) if data is None else data
+    fn = conv.convert(calibration_input_fn=lambda: iter([(b,) for b in data]), **kw)
+    return conv, fn
+
+
+def test_calibrated_cnn_runs_int8_saves_and_loads(cnn, tmp_path):
+    path, model = cnn
+    conv, fn = calibrated(path)
+    (op,) = conv.engine_ops.values()
+    assert isinstance(op, QuantizedEngineOp) and op.spec.precision_mode == "INT8"
+    table = op.quantization
+    assert table["source"] == "calibration" and table["method"] == "entropy"
+    assert table["batches"] == 4 and table["plan"]["quantized_share"] == 1.0
+    assert max(table["layer_errors"].values()) < Q.MAX_LAYER_ERROR["INT8"]
+    x = batches(1, seed=9)[0]
+    got = _out(fn, x)
+    (engine,) = _engines(op)
+    assert _gemm_precisions(engine) == ["INT8", "INT8", "INT8"]
+    assert _rel(got, model(x).numpy()) < 0.03
+    lines = []
+    conv.summary(print_fn=lines.append)
+    text = "\n".join(lines)
+    assert "[INT8] conv/GEMM layers: 3 INT8; 100.0% of their FLOPs in INT8" in text
+    assert "INT8 / 1" in text
+
+    conv.save(str(tmp_path / "with_plans"))
+    conv.save(str(tmp_path / "no_plans"), save_gpu_specific_engines=False)
+    loaded = tftrt.load(str(tmp_path / "with_plans"))
+    (lop,) = loaded.engine_ops.values()
+    assert lop.quantization == table
+    np.testing.assert_array_equal(_out(loaded.signatures["serving_default"], x), got)
+    assert lop.stats["builds"] == 0 and lop.stats["engine"] == 1
+    # without plans the engine rebuilds at run time from the saved ranges: the same engine
+    rebuilt = tftrt.load(str(tmp_path / "no_plans"))
+    (rop,) = rebuilt.engine_ops.values()
+    np.testing.assert_array_equal(_out(rebuilt.signatures["serving_default"], x), got)
+    assert rop.stats["builds"] == 1 and _gemm_precisions(_engines(rop)[0]) == ["INT8"] * 3
+    # plain TensorFlow still serves the saved model (native segments)
+    native = tf.saved_model.load(str(tmp_path / "no_plans")).signatures["serving_default"]
+    np.testing.assert_allclose(_out(native, x), model(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_ranges_live_in_the_segment_network(cnn):
+    conv, _ = calibrated(cnn[0])
+    (op,) = conv.engine_ops.values()
+    lines = []
+    conv.summary(print_fn=lines.append, detailed=False)  # before any engine: the plan
+    assert "[INT8] conv/GEMM layers: 3 INT8; 100.0% of their FLOPs in INT8 (calibration " \
+           "network for input shapes [[8, 12, 12, 3]])" in "\n".join(lines)
+    model = onnx.load_from_string(op.spec.onnx_bytes)
+    assert Q.table_from_model(model) == op.quantization
+    # the network alone builds the same INT8 engine (e.g. `tftrt compare`, plans' digests)
+    from tftrt.engine import BuilderConfig, build_engine
+    engine = build_engine(model, {"TensorRTInputPH_0": (8, 12, 12, 3)},
+                          BuilderConfig(precision="INT8"))
+    x = batches(1, seed=3)[0]
+    conv.build(lambda: iter([(x,)]))
+    (built,) = _engines(op)
+    np.testing.assert_array_equal(engine.execute([x])[0], built.execute([x])[0])
+
+
+def test_calibration_methods(cnn, monkeypatch):
+    data = batches(3)
+    first_input = lambda op: [l for l in _engines(op)[0].network.layers  # noqa: E731
+                              if l.kind == "conv"][0].inputs[0]
+    x = data[0]
+    conv, fn = calibrated(cnn[0], data=data, calibration_method="max")
+    fn(tf.constant(x))
+    (op,) = conv.engine_ops.values()
+    name = first_input(op)
+    assert op.quantization["method"] == "max"
+    assert op.quantization["tensors"][name] == pytest.approx(max(float(b.max()) for b in data))
+    monkeypatch.setenv("TFTRT_CALIBRATION_METHOD", "percentile:50")
+    conv, fn = calibrated(cnn[0], data=data)
+    (op,) = conv.engine_ops.values()
+    assert op.quantization["method"] == "percentile" and op.quantization["percentile"] == 50
+    # inputs are uniform in [0, 1): the median of |x| is near 0.5
+    assert op.quantization["tensors"][name] == pytest.approx(0.5, abs=0.02)
+    monkeypatch.delenv("TFTRT_CALIBRATION_METHOD")
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=cnn[0], precision_mode="INT8")
+    with pytest.raises(ValueError, match="calibration method 'kl' is not supported"):
+        conv.convert(calibration_input_fn=lambda: iter([(x,)]), calibration_method="kl")
+
+
+@pytest.mark.parametrize("data, message", [
+    ([np.zeros((8, 12, 12), np.float32)], r"calibration_input_fn: batch 0: input 'image' from "
+                                          r"calibration_input_fn has shape \(8, 12, 12\)"),
+    ([np.zeros((8, 12, 12, 3), np.float64)], "has dtype float64"),
+    ([np.ones((8, 12, 12, 3), np.float32), np.full((8, 12, 12, 3), np.nan, np.float32)],
+     r"batch 1, input 'image' has 3456 NaN / Inf value\(s\)"),
+    ([], r"calibration_input_fn yielded 0 batch\(es\); INT8 / FP8 calibration needs at least 1"),
+    ([(np.ones((8, 12, 12, 3), np.float32), np.ones(3, np.float32))],
+     r"yielded 2 input\(s\); the signature takes 1"),
+])
+def test_bad_calibration_input_is_a_clear_error(cnn, data, message):
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=cnn[0], precision_mode="INT8")
+    with pytest.raises(ValueError, match=message):
+        conv.convert(calibration_input_fn=lambda: iter([d if isinstance(d, tuple) else (d,)
+                                                         for d in data]))
+    with pytest.raises(RuntimeError, match="has to be built before saving"):
+        conv.save("/tmp/never_written")
+
+
+def test_calibration_input_fn_only_with_calibration(cnn):
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=cnn[0], precision_mode="INT8",
+                                   use_calibration=False)
+    with pytest.raises(ValueError, match="Should not specify calibration_input_fn because INT8 "
+                                         "calibration is not needed"):
+        conv.convert(calibration_input_fn=lambda: iter(batches(1)))
+    for precision in ("INT8", "FP8"):
+        conv = trt.TrtGraphConverterV2(input_saved_model_dir=cnn[0], precision_mode=precision)
+        with pytest.raises(ValueError, match=f"Should specify calibration_input_fn because "
+                                             f"{precision} calibration is needed"):
+            conv.convert()
+
+
+def test_int8_without_ranges_runs_fp16_with_a_warning(cnn, caplog):
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=cnn[0], precision_mode="INT8",
+                                   use_calibration=False)
+    with caplog.at_level(logging.WARNING, logger="tftrt.calibration"):
+        fn = conv.convert()
+    assert any("INT8 precision without calibration needs quantization ranges" in r.getMessage()
+               and "runs in FP16" in r.getMessage() for r in caplog.records)
+    (op,) = conv.engine_ops.values()
+    assert op.spec.precision_mode == "FP16" and not isinstance(op, QuantizedEngineOp)
+    x = batches(1)[0]
+    np.testing.assert_allclose(_out(fn, x), cnn[1](x).numpy(), rtol=2e-2, atol=2e-2)
+
+
+def test_fp8_calibrated_cnn(cnn):
+    assert "FP8" in trt.TrtPrecisionMode.supported_precision_modes()
+    assert trt.TrtPrecisionMode.supported_precision_modes()[:3] == ["FP32", "FP16", "INT8"]
+    conv, fn = calibrated(cnn[0], precision="FP8")
+    (op,) = conv.engine_ops.values()
+    assert op.quantization["method"] == "max" and op.quantization["precision"] == "FP8"
+    x = batches(1, seed=5)[0]
+    got = _out(fn, x)
+    (engine,) = _engines(op)
+    assert _gemm_precisions(engine) == ["FP8"] * 3
+    assert _rel(got, cnn[1](x).numpy()) < 0.06
+    with pytest.raises(ValueError, match="It should be one of FP32, FP16, INT8, FP8"):
+        trt.TrtGraphConverterV2(input_saved_model_dir=cnn[0], precision_mode="FP4")
+
+
+def test_a_layer_over_the_error_limit_stays_fp16(cnn, monkeypatch):
+    monkeypatch.setenv("TFTRT_QUANTIZATION_MAX_ERROR", "1e-9")
+    conv, fn = calibrated(cnn[0])
+    fn(tf.constant(batches(1)[0]))
+    (op,) = conv.engine_ops.values()
+    (engine,) = _engines(op)
+    assert _gemm_precisions(engine) == ["FP16"] * 3
+    lines = []
+    conv.summary(print_fn=lines.append)
+    text = "\n".join(lines)
+    assert "[INT8] conv/GEMM layers: 3 FP16; 0.0% of their FLOPs in INT8" in text
+    assert "differs from the FP16 one by" in text and "limit 1e-09" in text
+
+
+# --- quantization-aware models: FakeQuant / QDQ ranges, folding ------------------------------
+
+class QatModel(tf.Module):
+    """conv -> relu -> FakeQuant(0, 6) -> conv -> FakeQuant(-8, 8) -> dense; the input is
+    fake-quantized to [-1, 1] by QuantizeAndDequantizeV2 (range_given). One tensor (the pooled
+    features) has no range."""
+
+    def __init__(self):
+        rng = np.random.RandomState(0)
+        self.w1 = tf.constant(rng.randn(3, 3, 3, 8).astype(np.float32) * 0.4)
+        self.w2 = tf.constant(rng.randn(3, 3, 8, 8).astype(np.float32) * 0.3)
+        self.wd = tf.constant(rng.randn(8, 4).astype(np.float32))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 10, 10, 3], tf.float32, name="x")])
+    def __call__(self, x):
+        fq = tf.quantization.fake_quant_with_min_max_vars
+        x = tf.quantization.quantize_and_dequantize_v2(x, -1.0, 1.0, range_given=True,
+                                                       narrow_range=True)
+        x = fq(tf.nn.relu(tf.nn.conv2d(x, self.w1, 1, "SAME")), 0.0, 6.0)
+        x = fq(tf.nn.conv2d(x, self.w2, 1, "SAME"), -8.0, 8.0)
+        x = tf.reduce_mean(tf.nn.relu(x), [1, 2])
+        return tf.identity(tf.matmul(x, self.wd), name="output")
+
+
+@pytest.fixture(scope="module")
+def qat_dir(tmp_path_factory):
+    return models.save_module(QatModel(), str(tmp_path_factory.mktemp("int8") / "qat"))
+
+
+def test_fake_quant_ranges_fold_into_int8_layers(qat_dir):
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=qat_dir, precision_mode="INT8",
+                                   use_calibration=False)
+    fn = conv.convert()
+    (op,) = conv.engine_ops.values()
+    table = op.quantization
+    assert table["source"] == "graph" and len(table["fake_quant"]) == 3
+    # max(|min|, |max|) of each op's range, on its output and its input; FakeQuant(-8, 8)
+    # nudges its zero point to 128 of 255 levels: min -128 * 16 / 255
+    assert sorted(table["tensors"].values()) == pytest.approx(
+        [1.0, 1.0, 6.0, 6.0, 128 * 16 / 255, 128 * 16 / 255])
+    x = np.random.RandomState(1).uniform(-1.2, 1.2, (4, 10, 10, 3)).astype(np.float32)
+    got = _out(fn, x)
+    (engine,) = _engines(op)
+    layers = engine.network.layers
+    convs = [l for l in layers if l.kind == "conv"]
+    assert [l.precision for l in convs] == ["INT8", "INT8"]
+    assert all(l.attrs["quant"].get("folded") for l in convs)
+    # the two fake-quant ops before the convs are gone (the convs read their inputs); the one
+    # before the ReLU stays, as TF computes it (no INT8 layer reads it)
+    folded = {f for f, src in table["fake_quant"].items()
+              if src in [c.inputs[0] for c in convs]}
+    assert len(folded) == 2
+    assert not folded & {o for l in layers for o in l.outputs}
+    assert convs[0].attrs["quant"]["input_scale"] == pytest.approx(1 / 127)
+    assert convs[1].attrs["quant"]["input_scale"] == pytest.approx(6 / 127)
+    (mm,) = [l for l in layers if l.kind == "matmul"]
+    assert mm.precision == "FP16" and "no range" in mm.attrs["quant_fallback"]
+    want = QatModel()(tf.constant(x)).numpy()  # TF runs the fake quantization itself
+    assert _rel(got, want) < 0.05
+    lines = []
+    conv.summary(print_fn=lines.append)
+    text = "\n".join(lines)
+    assert "conv/GEMM layers: 1 FP16, 2 INT8" in text
+    assert text.count("no range, so their readers stay FP16: ReduceMean_out") == 1
+
+
+def test_calibration_keeps_the_graph_ranges(qat_dir):
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=qat_dir, precision_mode="INT8")
+    data = [np.random.RandomState(k).uniform(-3, 3, (4, 10, 10, 3)).astype(np.float32)
+            for k in range(3)]
+    fn = conv.convert(calibration_input_fn=lambda: iter([(d,) for d in data]))
+    (op,) = conv.engine_ops.values()
+    table = op.quantization
+    assert table["source"] == "calibration+graph"
+    fn(tf.constant(data[0]))
+    (engine,) = _engines(op)
+    convs = [l for l in engine.network.layers if l.kind == "conv"]
+    # the graph's ranges win over calibration (inputs reach 3, the QDQ op says 1)
+    assert convs[0].attrs["quant"]["input_scale"] == pytest.approx(1 / 127)
+    # calibration gave the pooled features a range: the dense layer is INT8 too
+    assert _gemm_precisions(engine) == ["INT8"] * 3
+
+
+# --- TF1 -------------------------------------------------------------------------------------
+
+def tf1_graph():
+    g = tf.Graph()
+    rng = np.random.RandomState(2)
+    with g.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, (None, 8, 8, 2), name="x")
+        y = tf.nn.relu(tf.nn.conv2d(x, tf.constant(rng.randn(3, 3, 2, 6), tf.float32), 1,
+                                    "SAME"))
+        y = tf.reduce_mean(y, [1, 2])
+        tf.identity(tf.matmul(y, tf.constant(rng.randn(6, 3), tf.float32)), name="out")
+    return g.as_graph_def()
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_tf1_calibrate(dynamic):
+    gd = tf1_graph()
+    conv = trt.TrtGraphConverter(input_graph_def=gd, nodes_denylist=["out"],
+                                 precision_mode="INT8", is_dynamic_op=dynamic, max_batch_size=4,
+                                 minimum_segment_size=2)
+    first = conv.convert()
+    from tftrt import activation
+    (node,) = [n for n in first.node if activation.SPEC_ATTR in n.attr]
+    assert not node.attr[activation.PLANS_ATTR].list.s  # static engines wait for calibration
+    data = [np.random.RandomState(k).randn(4, 8, 8, 2).astype(np.float32) for k in range(3)]
+    feeds = iter(data)
+    out = conv.calibrate(["out:0"], num_runs=3, feed_dict_fn=lambda: {"x:0": next(feeds)})
+    (node,) = [n for n in out.node if activation.SPEC_ATTR in n.attr]
+    table = Q.table_from_model(onnx.load_from_string(node.attr[activation.ONNX_ATTR].s))
+    assert table["batches"] == 3 and table["plan"]["quantized_share"] == 1.0
+    assert bool(node.attr[activation.PLANS_ATTR].list.s) == (not dynamic)
+    x = np.random.RandomState(7).randn(4, 8, 8, 2).astype(np.float32)
+    got, g = models.session_run(out, x, fetch="out:0", feed="x:0")
+    want, _ = models.session_run(gd, x, fetch="out:0", feed="x:0")
+    assert _rel(got, want) < 0.03
+    (op,) = [o for o in g._py_funcs_used_in_graph if isinstance(o, QuantizedEngineOp)]
+    assert op.stats["engine"] == 1 and op.stats["builds"] == (1 if dynamic else 0)
+    assert _gemm_precisions(_engines(op)[0]) == ["INT8", "INT8"]
+
+
+def test_tf1_calibrate_errors():
+    conv = trt.TrtGraphConverter(input_graph_def=tf1_graph(), nodes_denylist=["out"],
+                                 precision_mode="INT8", is_dynamic_op=True,
+                                 minimum_segment_size=2)
+    conv.convert()
+    nan = np.full((2, 8, 8, 2), np.nan, np.float32)
+    with pytest.raises(ValueError, match=r"calibrate\(\): batch 0, input 'x:0' has 256 NaN"):
+        conv.calibrate(["out:0"], 1, feed_dict_fn=lambda: {"x:0": nan})
+    with pytest.raises(ValueError, match="num_runs should be a positive integer; got 0"):
+        conv.calibrate(["out:0"], 0, feed_dict_fn=lambda: {})
+    with pytest.raises(ValueError, match=r"fetch_names \['nope:0'\] name no node"):
+        conv.calibrate(["nope:0"], 1, feed_dict_fn=lambda: {})
+    with pytest.raises(ValueError, match="run 0 failed"):
+        conv.calibrate(["out:0"], 1, feed_dict_fn=lambda: {"x:0": np.zeros((2, 3), np.float32)})
+    # input_map_fn: the data comes from tensors of the calibration graph
+    x = np.random.RandomState(3).randn(2, 8, 8, 2).astype(np.float32)
+    out = conv.calibrate(["out:0"], 2, input_map_fn=lambda: {"x:0": tf.constant(x)})
+    assert out is not None
+
+
+# --- accuracy of trained models ----------------------------------------------------------------
+
+def pattern_data(n, seed, size=12, classes=10, noise=0.35):
+    """Images of ``classes`` fixed smooth random patterns (seeded), each sample shifted by up
+    to 4 pixels, scaled by 0.6-1.4 and with Gaussian noise: learnable, not trivial (the small
+    CNN below reaches ~99 %, as a digits classifier does; at noise 0.7, 85 %)."""
+    protos = np.random.RandomState(1234).randn(classes, size + 4, size + 4)
+    k = np.outer([1, 4, 6, 4, 1.0], [1, 4, 6, 4, 1.0])
+    k /= k.sum()
+    smooth = np.zeros_like(protos)
+    for c in range(classes):
+        p = np.pad(protos[c], 2, mode="wrap")
+        smooth[c] = sum(k[i, j] * p[i:i + size + 4, j:j + size + 4]
+                        for i in range(5) for j in range(5))
+    smooth = (smooth - smooth.mean((1, 2), keepdims=True)) / smooth.std((1, 2), keepdims=True)
+    rng = np.random.RandomState(seed)
+    y = rng.randint(0, classes, n)
+    dx, dy = rng.randint(0, 5, n), rng.randint(0, 5, n)
+    x = np.stack([smooth[c, a:a + size, b:b + size] for c, a, b in zip(y, dx, dy)])
+    x = x * rng.uniform(0.6, 1.4, (n, 1, 1)) + noise * rng.randn(n, size, size)
+    return x[..., None].astype(np.float32), y
+
+
+def sequence_data(n, seed, length=16, dim=12, classes=4, noise=1.3):
+    """Sequences of Gaussian vectors in which 3 to 5 positions carry the direction of the
+    class plus a class-specific follow-up at the next position; the class is learnable only
+    by finding those positions (seeded; the encoder below reaches ~96 %)."""
+    dirs = np.random.RandomState(99).randn(2, classes, dim)
+    rng = np.random.RandomState(seed)
+    y = rng.randint(0, classes, n)
+    x = noise * rng.randn(n, length, dim)
+    for i in range(n):
+        for p in rng.choice(length - 1, rng.randint(3, 6), replace=False):
+            x[i, p] += dirs[0, y[i]]
+            x[i, p + 1] += 0.5 * dirs[1, y[i]]
+    return x.astype(np.float32), y
+
+
+def train(model, x, y, epochs):
+    model.compile(tf.keras.optimizers.Adam(3e-3),
+                  tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, batch_size=64, epochs=epochs, verbose=0)
+    return model
+
+
+def small_cnn():
+    inp = tf.keras.Input((12, 12, 1), name="image")
+    x = L.Conv2D(16, 3, padding="same", activation="relu")(inp)
+    x = L.ReLU()(L.BatchNormalization()(L.Conv2D(16, 3, padding="same")(x)))
+    x = L.Conv2D(32, 3, padding="same", activation="relu")(L.MaxPool2D()(x))
+    return tf.keras.Model(inp, L.Dense(10)(L.GlobalAveragePooling2D()(x)))
+
+
+def small_encoder():
+    inp = tf.keras.Input((16, 12), name="sequence")
+    x = L.Dense(32)(inp)
+    x = L.LayerNormalization()(x + L.MultiHeadAttention(2, 16)(x, x))
+    h = L.Dense(64, activation="gelu")(x)
+    x = L.LayerNormalization()(x + L.Dense(32)(h))
+    return tf.keras.Model(inp, L.Dense(4)(L.GlobalAveragePooling1D()(x)))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """name -> (saved model, test inputs, test labels, FP32 predictions)."""
+    out = {}
+    for name, make, data in (("cnn", small_cnn, pattern_data),
+                             ("encoder", small_encoder, sequence_data)):
+        tf.keras.utils.set_random_seed(0)
+        xtr, ytr = data(6000, seed=1)
+        xte, yte = data(2000, seed=2)
+        model = train(make(), xtr, ytr, epochs=4)
+        path = models.save_keras(model, str(tmp_path_factory.mktemp("trained") / name))
+        native = tf.saved_model.load(path).signatures["serving_default"]
+        fp32 = np.concatenate([_out(native, xte[k:k + 500]) for k in range(0, 2000, 500)])
+        out[name] = (path, xtr[:512], xte, yte, fp32)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["cnn", "encoder"])
+@pytest.mark.parametrize("precision", ["INT8", "FP8"])
+def test_trained_model_accuracy(trained, name, precision):
+    """2000 test samples: top-1 agrees with FP32 on >= 99 % of them, accuracy drops by at most
+    0.5 points; (nearly) every conv / GEMM FLOP runs quantized."""
+    path, cal, xte, yte, fp32 = trained[name]
+    conv, fn = calibrated(path, precision=precision,
+                          data=[cal[k:k + 64] for k in range(0, 512, 64)])
+    got = np.concatenate([_out(fn, xte[k:k + 500]) for k in range(0, 2000, 500)])
+    agree = float(np.mean(got.argmax(1) == fp32.argmax(1)))
+    acc32 = float(np.mean(fp32.argmax(1) == yte))
+    acc = float(np.mean(got.argmax(1) == yte))
+    assert acc32 > 0.8, f"{name} trained to {acc32:.3f} only"
+    assert agree >= 0.99, f"{name} {precision}: top-1 agrees on {agree:.4f}"
+    assert acc32 - acc <= 0.005, f"{name} {precision}: accuracy {acc:.4f} vs FP32 {acc32:.4f}"
+    (op,) = conv.engine_ops.values()
+    (engine,) = _engines(op)
+    assert Q.precision_report(engine.network)["quantized_share"] >= 0.9
+
+
+def test_dynamic_shape_profile_serves_other_batches_int8(cnn, tmp_path):
+    """use_dynamic_shape: one engine per profile; the profile's other shapes are INT8 too
+    (made from the opt engine's network, with its quantized layers), before and after load."""
+    path, model = cnn
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=path, precision_mode="INT8",
+                                   use_dynamic_shape=True)
+    fn = conv.convert(calibration_input_fn=lambda: iter([(b,) for b in batches(3)]))
+    conv.build(lambda: iter([(b,) for b in batches(1, shape=(2, 12, 12, 3)) +
+                             batches(1, shape=(8, 12, 12, 3))]))
+    (op,) = conv.engine_ops.values()
+    x = batches(1, seed=4, shape=(5, 12, 12, 3))[0]
+    got = _out(fn, x)
+    assert op.stats["native"] == 0 and op.stats["builds"] == 1
+    assert _rel(got, model(x).numpy()) < 0.03
+    ((_, pe),) = op.cache.items()
+    engine = pe.engine_for(((5, 12, 12, 3),))
+    assert _gemm_precisions(engine) == ["INT8"] * 3
+    conv.save(str(tmp_path / "dyn"))
+    loaded = tftrt.load(str(tmp_path / "dyn"))
+    np.testing.assert_array_equal(_out(loaded.signatures["serving_default"], x), got)
+    (lop,) = loaded.engine_ops.values()
+    assert lop.stats["builds"] == 0 and lop.stats["native"] == 0

@@ -1,0 +1,339 @@
+"""INT8 / FP8 on the TensorFlow side: quantization ranges for each engine, and engine ops that
+carry them.
+
+Where the ranges come from
+--------------------------
+* ``use_calibration=True``: ``convert(calibration_input_fn=...)`` (TF1: ``calibrate()``) runs
+  each calibration batch through the *native* graph up to every engine's inputs, then each
+  engine's own network in FP32, layer by layer (``engine/calibrator.py``), and records the range
+  of every layer input and output there (fused layers have no TF tensor of their own). The
+  method is entropy (TensorRT's default), ``max`` or ``percentile[:p]``: tftrt's option
+  ``calibration_method=`` of ``convert()`` / ``calibrate()``, or env
+  ``TFTRT_CALIBRATION_METHOD``. Ranges the graph's own fake-quantization ops give win.
+* ``use_calibration=False``: the FakeQuantWithMinMax* / QuantizeAndDequantize* ops of the
+  segment (quantization-aware-trained models) give their tensors' ranges
+  (:func:`graph_table`). A segment with none of them runs in FP16, with a warning (TF-TRT's
+  fallback).
+
+The table lives in the segment ONNX model's metadata (``engine/quantization.py``), so it is
+saved with the model (the segment network asset, TF1's ``_tftrt_segment_onnx``) and restored
+by ``tftrt.load`` and TF1 imports; :class:`QuantizedEngineOp` hands it to every build.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from tftrt.engine import quantization as Q
+from tftrt.engine_op import EngineCache, TRTEngineOp
+
+log = logging.getLogger("tftrt.calibration")
+
+QUANTIZED = Q.QUANTIZED_PRECISIONS
+# TensorRT's calibrators fail without a batch; more is better (it suggests ~500 images).
+MIN_CALIBRATION_BATCHES = 1
+
+
+class QuantizedEngineOp(TRTEngineOp):
+    """A TRTEngineOp of an INT8 / FP8 engine: every build gets the quantization table stored in
+    its segment network (``Network.quantization``)."""
+
+    def __init__(self, spec, native_fn):
+        super().__init__(spec, native_fn)
+        self._table: Optional[dict] = None
+        self._table_read = False
+
+    def _imported_network(self):
+        if self._network is None:
+            import onnx
+            from tftrt.engine import network_from_onnx
+            model = onnx.load_from_string(self.spec.onnx_bytes)
+            net = network_from_onnx(model)
+            net.quantization = Q.table_from_model(model)
+            self._table, self._table_read = net.quantization, True
+            self._network = net
+        return self._network
+
+    @property
+    def quantization(self) -> Optional[dict]:
+        """The quantization table of the segment network (None: none)."""
+        if not self._table_read:
+            import onnx
+            try:
+                self._table = Q.table_from_model(onnx.load_from_string(self.spec.onnx_bytes))
+            except ValueError as e:
+                log.warning("%s: %s", self.name, e)
+                self._table = None
+            self._table_read = True
+        return self._table
+
+    def set_quantization(self, table: Optional[dict]) -> None:
+        """Stores ``table`` in the segment network; engines built before are dropped."""
+        import onnx
+        model = onnx.load_from_string(self.spec.onnx_bytes)
+        Q.set_table(model, table)
+        with self._lock:
+            self.spec.onnx_bytes = model.SerializeToString()
+            self._network = None
+            self._table, self._table_read = table, True
+            self.cache = EngineCache(self.spec.maximum_cached_engines)
+            self._failed_keys.clear()
+
+
+def engine_op_class(spec) -> type:
+    """The engine op class for ``spec``: QuantizedEngineOp for INT8 / FP8 engines."""
+    return QuantizedEngineOp if str(spec.precision_mode).upper() in QUANTIZED else TRTEngineOp
+
+
+def graph_table(model) -> Optional[dict]:
+    """The ranges the segment's fake-quantization ops give (the nodes converters/quantize.py
+    tagged): both the op's output and its input get max(|min|, |max|), and the output is
+    recorded as foldable into an INT8 layer reading it. None when there are none."""
+    from tftrt.converters.quantize import RANGE_TAG
+    tensors: Dict[str, float] = {}
+    fake: Dict[str, str] = {}
+    for node in model.graph.node:
+        if RANGE_TAG not in node.doc_string:
+            continue
+        try:
+            info = json.loads(node.doc_string)[RANGE_TAG]
+            amax = max(abs(float(info["min"])), abs(float(info["max"])))
+            source = str(info["input"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        if not (amax > 0 and math.isfinite(amax)):
+            continue
+        out = node.output[0]
+        tensors[out] = amax
+        fake[out] = source
+    for out, source in fake.items():
+        tensors.setdefault(source, tensors[out])
+    if not tensors:
+        return None
+    return Q.new_table(source="graph", tensors=tensors, fake_quant=fake)
+
+
+def segment_network(model, params, name: str) -> Tuple[bytes, str]:
+    """(ONNX bytes, engine precision) of a segment at conversion.
+
+    INT8 / FP8 without calibration: the ranges of the graph's quantization ops go into the
+    network; a segment with none runs FP16 (warning). With calibration they are kept for the
+    calibration to complete.
+    """
+    mode = str(params.precision_mode).upper()
+    if mode not in QUANTIZED:
+        return model.SerializeToString(), mode
+    table = graph_table(model)
+    if table is None and not params.use_calibration:
+        log.warning("%s: %s precision without calibration needs quantization ranges, and the "
+                    "segment has no FakeQuantWithMinMax* / QuantizeAndDequantize* op with a "
+                    "constant range: it runs in FP16 (calibrate with use_calibration=True and a "
+                    "calibration_input_fn to quantize it)", name, mode)
+        return model.SerializeToString(), "FP16"
+    if table is not None:
+        table["precision"] = mode
+        Q.set_table(model, table)
+    return model.SerializeToString(), mode
+
+
+def check_device(precision: str) -> None:
+    """A clear error when the engines' device cannot run ``precision`` at all (FP8 on a GPU
+    without it). ValueError."""
+    from tftrt.engine.errors import EngineBuildError
+    from tftrt.engine_op import resolve_backend
+    if str(precision).upper() not in QUANTIZED:
+        return
+    try:
+        backend = resolve_backend()
+    except ValueError:
+        return
+    if backend in ("native", "numpy"):
+        return
+    from tftrt.engine.backends import get_backend
+    check = getattr(get_backend(backend), "check_precision", None)
+    if check is not None:
+        try:
+            check(str(precision).upper())
+        except EngineBuildError as e:
+            raise ValueError(str(e)) from None
+
+
+def method_from_env(method: Optional[str]) -> Optional[str]:
+    if method is not None:
+        return method
+    return os.environ.get("TFTRT_CALIBRATION_METHOD", "").strip() or None
+
+
+# --- calibration -----------------------------------------------------------------------------
+
+class _Calibration:
+    """Feeds engine inputs to one EngineCalibrator per quantized engine op, then stores the
+    tables."""
+
+    def __init__(self, ops: Sequence[TRTEngineOp], method: Optional[str]):
+        from tftrt.engine.calibrator import EngineCalibrator, parse_method
+        self.ops = [op for op in ops if isinstance(op, QuantizedEngineOp)]
+        self.method = method_from_env(method)
+        for op in self.ops:  # a bad method fails before any batch runs
+            parse_method(self.method, op.spec.precision_mode.upper())
+        self.calibrators = {op.name: EngineCalibrator(_float_network(op), op.name)
+                            for op in self.ops}
+        self.batches = 0
+
+    @property
+    def tensors(self) -> List[str]:
+        """The TF tensors the engines read, each once."""
+        seen = []
+        for op in self.ops:
+            for t in op.spec.input_tensors:
+                if t not in seen:
+                    seen.append(t)
+        return seen
+
+    def add(self, values: Dict[str, np.ndarray]) -> None:
+        for op in self.ops:
+            self.calibrators[op.name].observe([values[t] for t in op.spec.input_tensors])
+        self.batches += 1
+
+    def finish(self, what: str) -> None:
+        if self.batches < MIN_CALIBRATION_BATCHES:
+            raise ValueError(f"{what} yielded {self.batches} batch(es); INT8 / FP8 calibration "
+                             f"needs at least {MIN_CALIBRATION_BATCHES} (TensorRT suggests "
+                             f"about 500 samples in all)")
+        for op in self.ops:
+            precision = op.spec.precision_mode.upper()
+            table = self.calibrators[op.name].table(precision, self.method, op.quantization)
+            if table["nonfinite"]:
+                log.warning("%s: tensors %s held NaN or Inf during calibration; they get no "
+                            "range and the layers reading them run in FP16", op.name,
+                            table["nonfinite"][:8])
+            op.set_quantization(table)
+            plan = table["plan"]
+            log.info("%s calibrated (%s, %d batches): %d of %d conv/GEMM layers %s, %.1f%% "
+                     "of their FLOPs", op.name, table["method"], self.batches,
+                     sum(r["precision"] == precision for r in plan["layers"]),
+                     len(plan["layers"]), precision, 100 * plan["quantized_share"])
+
+
+def _float_network(op: QuantizedEngineOp):
+    """The segment network without its table (calibration builds FP32 engines)."""
+    net = op._imported_network().copy()  # pylint: disable=protected-access
+    net.quantization = None
+    return net
+
+
+def _check_finite(values: Sequence[np.ndarray], names: Sequence[str], batch: int,
+                  what: str) -> None:
+    for name, v in zip(names, values):
+        if v.dtype.kind in "fc" and not np.all(np.isfinite(v)):
+            bad = int(v.size - np.isfinite(v).sum())
+            raise ValueError(f"{what}: batch {batch}, input {name!r} has {bad} NaN / Inf "
+                             f"value(s) of {v.size}; calibration data must be finite (ranges "
+                             f"computed from it would be meaningless)")
+
+
+def _boundary_fn(info, fetches: Sequence[str]):
+    """A function of the graph's inputs returning the tensors ``fetches`` as the native
+    (cleaned, frozen) graph computes them."""
+    from tensorflow.python.eager import wrap_function
+    computed = [t for t in fetches if t not in info.inputs]
+    fn = wrap_function.function_from_graph_def(info.graph_def, list(info.inputs), computed) \
+        if computed else None
+
+    def run(args: Sequence) -> Dict[str, np.ndarray]:
+        out = {t: np.asarray(a) for t, a in zip(info.inputs, args) if t in fetches}
+        if fn is not None:
+            values = fn(*args)
+            values = values if isinstance(values, (list, tuple)) else [values]
+            out.update({t: v.numpy() for t, v in zip(computed, values)})
+        return out
+    return run
+
+
+def calibrate_v2(converter, calibration_input_fn: Callable, method: Optional[str] = None):
+    """TrtGraphConverterV2.convert()'s calibration (module doc)."""
+    cal = _Calibration(converter._engine_ops.values(), method)  # pylint: disable=protected-access
+    if not cal.ops:
+        log.info("no engine to calibrate")
+    info = converter._sig.info  # pylint: disable=protected-access
+    run = _boundary_fn(info, cal.tensors)
+    what = "calibration_input_fn"
+    for inp in calibration_input_fn():
+        try:
+            args = converter._normalize_inputs(inp)  # pylint: disable=protected-access
+        except ValueError as e:
+            raise ValueError(f"{what}: batch {cal.batches}: "
+                             f"{str(e).replace('input_fn', what)}") from None
+        names = converter._sig.input_names  # pylint: disable=protected-access
+        values = [args[n].numpy() for n in names]
+        _check_finite(values, names, cal.batches, what)
+        if cal.ops:
+            cal.add(run(values))
+        else:
+            cal.batches += 1
+    cal.finish(what)
+
+
+def calibrate_tf1(converter, num_runs: int, feed_dict_fn=None, input_map_fn=None,
+                  method: Optional[str] = None) -> None:
+    """TF1 TrtGraphConverter.calibrate(): runs the original graph ``num_runs`` times with
+    ``feed_dict_fn()`` feeds (or with ``input_map_fn()`` tensors mapped onto its inputs) up to
+    every engine's inputs; see the module doc."""
+    import tensorflow as tf
+    from tftrt import graph_io
+    if isinstance(num_runs, bool) or not isinstance(num_runs, (int, np.integer)) or \
+            num_runs < 1:
+        raise ValueError(f"num_runs should be a positive integer; got {num_runs!r}")
+    res = converter._result  # pylint: disable=protected-access
+    info = converter._info  # pylint: disable=protected-access
+    cal = _Calibration(res.engine_ops.values(), method)
+    fetches = cal.tensors
+    what = "calibrate()"
+    g = tf.Graph()
+    with g.as_default():
+        input_map = None
+        if input_map_fn is not None:
+            input_map = input_map_fn()
+            if not isinstance(input_map, dict):
+                raise ValueError(f"input_map_fn returned {type(input_map).__name__}; it must "
+                                 f"return a dict of input tensor name -> tensor")
+        tf.graph_util.import_graph_def(info.graph_def, name="", input_map=input_map)
+        mapped = {}
+        for name, tensor in (input_map or {}).items():
+            node, index = graph_io.split_tensor_name(name)
+            mapped[graph_io.tensor_name(node, index)] = tensor
+        targets = [mapped.get(t) if t in mapped else g.as_graph_element(t) for t in fetches]
+        placeholders = [g.as_graph_element(t) for t in info.inputs] if input_map is None \
+            else []
+        with tf.compat.v1.Session(graph=g) as sess:
+            for k in range(int(num_runs)):
+                feed = None
+                if feed_dict_fn is not None:
+                    feed = feed_dict_fn()
+                    if not isinstance(feed, dict):
+                        raise ValueError(f"feed_dict_fn returned {type(feed).__name__}; it "
+                                         f"must return a dict")
+                    names = [str(getattr(t, "name", t)) for t in feed]
+                    _check_finite([np.asarray(v) for v in feed.values()], names, k, what)
+                try:
+                    values = sess.run(targets, feed_dict=feed)
+                except (tf.errors.InvalidArgumentError, ValueError) as e:
+                    fed = sorted(str(getattr(t, "name", t)) for t in (feed or {}))
+                    raise ValueError(f"{what}: run {k} failed: {str(e).splitlines()[0]} (fed "
+                                     f"{fed}; the graph's inputs are "
+                                     f"{[p.name for p in placeholders] or list(info.inputs)})"
+                                     ) from None
+                got = dict(zip(fetches, values))
+                _check_finite([got[t] for t in info.inputs if t in got],
+                              [t for t in info.inputs if t in got], k, what)
+                if cal.ops:
+                    cal.add(got)
+                else:
+                    cal.batches += 1
+    cal.finish(what)
