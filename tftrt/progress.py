@@ -56,6 +56,7 @@ class Task:
         self.delay = _delay() if delay is None else delay
         self.interval = interval
         self.detail = ""
+        self.activity = ""  # transient, e.g. the layer being tuned (set by :func:`activity`)
         self.shown = False  # the line was written at least once
         self._t0 = time.perf_counter()
         self._stop = threading.Event()
@@ -78,6 +79,8 @@ class Task:
                 polled = ""
             if polled:
                 parts.append(polled)
+        if self.activity:
+            parts.append(self.activity)
         parts.append(f"{time.perf_counter() - self._t0:.1f} s")
         return " | ".join(parts)
 
@@ -144,6 +147,15 @@ def note(detail: str) -> None:
         current = _tasks[-1] if _tasks else None
     if current is not None:
         current.set(detail)
+
+
+def activity(text: str) -> None:
+    """Sets (``""`` clears) the transient activity of the innermost running task, shown after
+    its detail: the engine builder reports the layer it is choosing tactics for."""
+    with _tasks_lock:
+        current = _tasks[-1] if _tasks else None
+    if current is not None:
+        current.activity = text
 
 
 def engines_built(ops) -> Callable[[], str]:

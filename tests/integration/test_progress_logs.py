@@ -158,3 +158,29 @@ def test_explicit_native_warns_once(monkeypatch, caplog):
         assert engine_op.resolve_backend("numpy") == "numpy"
     msgs = [r.getMessage() for r in caplog.records]
     assert len(msgs) == 1 and "because TFTRT_BACKEND=native selects them" in msgs[0]
+
+
+def test_engine_build_shows_the_layer_being_tuned():
+    """The builder reports the layer it chooses tactics for as the running task's activity,
+    and clears it when it is done."""
+    from tftrt import progress
+    from tftrt.engine import BuilderConfig, build_engine
+    from tests.engine.models import resnet50
+    m, feeds = resnet50(batch=1, size=32)
+    seen = []
+    real = progress.activity
+
+    def spy(text):
+        seen.append(text)
+        real(text)
+    progress.activity = spy
+    try:
+        with progress.task("building engines", stream=io.StringIO()) as shown:
+            build_engine(m, {k: v.shape for k, v in feeds.items()},
+                         BuilderConfig(precision="FP32", backend="numpy"))
+            assert shown.activity == ""
+    finally:
+        progress.activity = real
+    tuned = [t for t in seen if t]
+    assert tuned and all(": tactics for layer " in t for t in tuned)
+    assert tuned[0].endswith(")") and " of " in tuned[-1] and seen[-1] == ""

@@ -191,9 +191,12 @@ def choose_tactics(net: Network, backend, weights: Dict[str, object],
         when that applies here, else a cached choice for its signature, else its first
         candidate.
     """
+    from tftrt import progress  # standard library only: the engine stays TensorFlow-free
     timings: Dict[str, dict] = {}
     device = backend.device_name()
-    for layer in net.layers:
+    for k, layer in enumerate(net.layers):
+        progress.activity(f"{net.name}: tactics for layer {k + 1} of {len(net.layers)} "
+                          f"({layer.kind})")
         chosen = choices.get(layer.name) if choices is not None else None
         if chosen is not None and chosen.get("kind") == layer.kind:
             layer.attrs.update(copy.deepcopy(chosen.get("records") or {}))
@@ -241,4 +244,5 @@ def choose_tactics(net: Network, backend, weights: Dict[str, object],
         timings[layer.name] = times
         if cache is not None:
             cache.put(key, layer.tactic, times[layer.tactic])
+    progress.activity("")
     return timings
