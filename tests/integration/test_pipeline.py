@@ -210,3 +210,49 @@ def test_while_loop_between_engines_converts_and_runs(tmp_path):
     for b in (3, 5):
         v = models.batch((b, 8), b)
         _close(sig(x=v), ref(x=tf.constant(v)))
+
+
+class Odd(tf.Module):
+    """Edges of the plan: a string input read by a native op, int32 shape arithmetic between
+    engines, an engine output returned twice, a constant output, an output that is an input."""
+
+    def __init__(self):
+        rng = np.random.RandomState(2)
+        self.w = tf.constant(rng.standard_normal((6, 6)).astype(np.float32) * 0.4)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 6], tf.float32, name="x"),
+                                  tf.TensorSpec([None], tf.string, name="s")])
+    def __call__(self, x, s):
+        a = tf.nn.relu(tf.matmul(x, self.w) + 0.3) * 1.2
+        n = tf.shape(a)[0] * 2                          # int32 arithmetic between engines
+        b = tf.reshape(tf.cos(a), [n, 3])
+        c = tf.tanh(tf.matmul(tf.reshape(b, [-1, 6]), self.w) - 0.2) * 2.0
+        return {"c": c, "c_again": tf.identity(c), "k": tf.constant([1.5, 2.5]),
+                "x": x, "len": tf.strings.length(s)}
+
+
+def test_odd_signatures_run_as_a_pipeline(tmp_path):
+    x = models.batch((3, 6), 9)
+    s = np.array([b"a", b"bcd", b""])
+    src = models.save_module(Odd(), str(tmp_path / "src"))
+    os.environ["TF_TRT_OP_DENYLIST"] = "Cos"
+    try:
+        conv = trt.TrtGraphConverterV2(input_saved_model_dir=src, minimum_segment_size=2)
+        fn = conv.convert()
+    finally:
+        del os.environ["TF_TRT_OP_DENYLIST"]
+    conv.build(lambda: iter([{"x": x, "s": s}]))  # positional order is the sorted names
+    conv.save(str(tmp_path / "out"))
+    ref = tf.saved_model.load(src).signatures["serving_default"]
+    for sig in (fn, tftrt.load(str(tmp_path / "out")).signatures["serving_default"]):
+        assert isinstance(sig, DirectSignature)
+        for b in (3, 5):
+            xb, sb = models.batch((b, 6), b), np.array([b"xy"] * b)
+            got, want = sig(x=xb, s=sb), ref(x=tf.constant(xb), s=tf.constant(sb))
+            assert sorted(got) == sorted(want)
+            for k in want:
+                if want[k].dtype == tf.string:
+                    continue
+                np.testing.assert_allclose(got[k].numpy(), want[k].numpy(), rtol=1e-5,
+                                           atol=1e-5, err_msg=k)
+                assert got[k].dtype == want[k].dtype, k
