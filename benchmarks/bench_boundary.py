@@ -24,6 +24,44 @@ import time
 import numpy as np
 
 
+def three_engines(batch: int):
+    """(converter, convert()'s function, a GPU input of ``batch`` rows, temp dir): the model of
+    tests/gpu/test_engine_boundaries.py converted (FP16) and built for ``batch``."""
+    import tensorflow as tf
+    from tftrt import trt_convert as trt
+    from tests.gpu.test_engine_boundaries import ThreeEngines, SEPARATOR
+    d = tempfile.mkdtemp()
+    m = ThreeEngines()
+    tf.saved_model.save(m, d + "/src", signatures=m.__call__)
+    os.environ["TF_TRT_OP_DENYLIST"] = SEPARATOR
+    try:
+        conv = trt.TrtGraphConverterV2(input_saved_model_dir=d + "/src",
+                                       minimum_segment_size=2, precision_mode="FP16")
+        fn = conv.convert()
+    finally:
+        del os.environ["TF_TRT_OP_DENYLIST"]
+    with tf.device("/GPU:0"):
+        x = tf.constant(np.random.RandomState(0).standard_normal((batch, 64))
+                        .astype(np.float32))
+    conv.build(lambda: iter([(x.numpy(),)]))
+    return conv, fn, x, d
+
+
+def median_ms(call, calls: int, warmup: int = 30) -> float:
+    """Median wall milliseconds of ``call()``, each ended by a device synchronize."""
+    import cupy as cp
+    for _ in range(warmup):
+        call()
+    cp.cuda.runtime.deviceSynchronize()
+    times = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        call()
+        cp.cuda.runtime.deviceSynchronize()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)) * 1e3
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--calls", type=int, default=300)
@@ -31,33 +69,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     import tensorflow as tf
     import cupy as cp
-    from tftrt import trt_convert as trt
-    from tests.gpu.test_engine_boundaries import ThreeEngines, SEPARATOR
-
-    d = tempfile.mkdtemp()
-    m = ThreeEngines()
-    tf.saved_model.save(m, d + "/src", signatures=m.__call__)
-    os.environ["TF_TRT_OP_DENYLIST"] = SEPARATOR
-    conv = trt.TrtGraphConverterV2(input_saved_model_dir=d + "/src", minimum_segment_size=2,
-                                   precision_mode="FP16")
-    fn = conv.convert()
-    del os.environ["TF_TRT_OP_DENYLIST"]
-    with tf.device("/GPU:0"):
-        x = tf.constant(np.random.RandomState(0).standard_normal((args.batch, 64))
-                        .astype(np.float32))
-    conv.build(lambda: iter([(x.numpy(),)]))
-
-    def median_ms(call):
-        for _ in range(30):
-            call()
-        cp.cuda.runtime.deviceSynchronize()
-        times = []
-        for _ in range(args.calls):
-            t0 = time.perf_counter()
-            call()
-            cp.cuda.runtime.deviceSynchronize()
-            times.append(time.perf_counter() - t0)
-        return float(np.median(times)) * 1e3
+    conv, fn, x, d = three_engines(args.batch)
 
     def engine_ms(engine, xs):
         start, end = cp.cuda.Event(), cp.cuda.Event()
@@ -73,13 +85,13 @@ def main(argv=None):
         return float(np.median(times))
 
     graph_fn = getattr(fn, "native", fn)  # the engine nodes in a TF graph
-    graph_ms = median_ms(lambda: graph_fn(x=x))
-    sig_ms = median_ms(lambda: fn(x=x))
+    graph_ms = median_ms(lambda: graph_fn(x=x), args.calls)
+    sig_ms = median_ms(lambda: fn(x=x), args.calls)
     import tftrt
     conv.save(d + "/out")
     loaded = tftrt.load(d + "/out").signatures["serving_default"]
     loaded(x=x)
-    load_ms = median_ms(lambda: loaded(x=x))
+    load_ms = median_ms(lambda: loaded(x=x), args.calls)
     ops = [conv.engine_ops[k] for k in sorted(conv.engine_ops)]
     engines = []
     for op in ops:
@@ -89,7 +101,7 @@ def main(argv=None):
     with tf.device("/GPU:0"):
         h = tf.identity(x)
     cos = tf.function(lambda t: tf.cos(tf.cos(t)))
-    native_ms = median_ms(lambda: cos(h))
+    native_ms = median_ms(lambda: cos(h), args.calls)
     per_boundary = (sig_ms - sum(engines) - native_ms) / len(ops)
     per_boundary_graph = (graph_ms - sum(engines) - native_ms) / len(ops)
     per_boundary_loaded = (load_ms - sum(engines) - native_ms) / len(ops)

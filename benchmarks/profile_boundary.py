@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import collections
 import os
-import tempfile
 import time
 
 import numpy as np
@@ -29,36 +28,16 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=1)
     args = ap.parse_args(argv)
     import tensorflow as tf
-    import cupy as cp
-    from tftrt import trt_convert as trt, tensor_bridge, engine_op
-    from tests.gpu.test_engine_boundaries import ThreeEngines, SEPARATOR
+    from tftrt import tensor_bridge, engine_op
+    from benchmarks.bench_boundary import median_ms as _median, three_engines
 
-    d = tempfile.mkdtemp()
-    m = ThreeEngines()
-    tf.saved_model.save(m, d + "/src", signatures=m.__call__)
-    os.environ["TF_TRT_OP_DENYLIST"] = SEPARATOR
-    conv = trt.TrtGraphConverterV2(input_saved_model_dir=d + "/src", minimum_segment_size=2,
-                                   precision_mode="FP16")
-    fn = conv.convert()
-    del os.environ["TF_TRT_OP_DENYLIST"]
-    with tf.device("/GPU:0"):
-        x = tf.constant(np.random.RandomState(0).standard_normal((args.batch, 64))
-                        .astype(np.float32))
-    conv.build(lambda: iter([(x.numpy(),)]))
+    conv, fn, x, _ = three_engines(args.batch)
+    fn = getattr(fn, "native", fn)  # the engine nodes in a TF graph: the path profiled here
     ops = [conv.engine_ops[k] for k in sorted(conv.engine_ops)]
     rows = []
 
     def median_ms(call, n=None):
-        for _ in range(30):
-            call()
-        cp.cuda.runtime.deviceSynchronize()
-        times = []
-        for _ in range(n or args.calls):
-            t0 = time.perf_counter()
-            call()
-            cp.cuda.runtime.deviceSynchronize()
-            times.append(time.perf_counter() - t0)
-        return float(np.median(times)) * 1e3
+        return _median(call, n or args.calls)
 
     def row(name, ms):
         rows.append((name, ms))

@@ -111,6 +111,30 @@ def test_engine_nodes_are_placed_on_the_gpu(converted):
         assert "GPU" in call.device.upper(), call
 
 
+def _float_copies_in_five_calls(call, want, logdir, what):
+    """Three warm-up calls checked against ``want``, then five profiled calls: the
+    device-to-host copies larger than a status flag (a float tensor here is at least
+    8 x 64 x 4 bytes; the engines' one-byte status flags may cross)."""
+    for _ in range(3):  # build, then warm
+        got = call()["y"]
+    assert "GPU" in got.device
+    np.testing.assert_allclose(got.numpy(), want, rtol=2e-3, atol=2e-3)
+    tf.profiler.experimental.start(logdir)
+    for _ in range(5):
+        call()
+    tf.test.experimental.sync_devices()  # the calls' GPU work inside the trace, no copy
+    tf.profiler.experimental.stop()
+    copies = d2h_copies(logdir)
+    print(f"D2H copies during 5 {what} calls:", copies)
+    return [c for c in copies if c[2] is None or c[2] > 64]
+
+
+def _x(seed):
+    with tf.device("/GPU:0"):
+        return tf.constant(np.random.RandomState(seed).standard_normal((8, 64))
+                           .astype(np.float32))
+
+
 @pytest.mark.xfail(strict=True, reason=(
     "graph function only: each engine's float input crosses to the host once per call "
     "(2048 bytes here; H200, 2026-11-30). The lowered If's else branch, a call of the "
@@ -122,24 +146,9 @@ def test_three_engines_move_no_float_tensor_to_the_host(converted, tmp_path):
     the model runs); the pipeline has its own test below."""
     conv, fn, native = converted
     fn = getattr(fn, "native", fn)
-    with tf.device("/GPU:0"):
-        x = tf.constant(np.random.RandomState(1).standard_normal((8, 64)).astype(np.float32))
-    want = native(x=x)["y"].numpy()
-    for _ in range(3):  # build, then warm
-        got = fn(x=x)["y"]
-    assert "GPU" in got.device
-    np.testing.assert_allclose(got.numpy(), want, rtol=2e-3, atol=2e-3)
-    logdir = str(tmp_path / "prof")
-    tf.profiler.experimental.start(logdir)
-    for _ in range(5):
-        fn(x=x)
-    tf.test.experimental.sync_devices()  # the calls' GPU work inside the trace, no copy
-    tf.profiler.experimental.stop()
-    copies = d2h_copies(logdir)
-    print("D2H copies during 5 calls:", copies)
-    # The engines' status flags (one bool each) may cross; no float tensor does: a float
-    # tensor here is at least 8 x 64 x 4 bytes.
-    big = [c for c in copies if c[2] is None or c[2] > 64]
+    x = _x(1)
+    big = _float_copies_in_five_calls(lambda: fn(x=x), native(x=x)["y"].numpy(),
+                                      str(tmp_path / "prof"), "graph function")
     assert not big, big
     stats = [dict(op.stats) for op in conv.engine_ops.values()]
     assert all(s["engine"] >= 8 and s.get("native", 0) == 0 for s in stats), stats
@@ -151,27 +160,14 @@ def test_loaded_pipeline_moves_no_float_tensor_to_the_host(converted, tmp_path):
     import tftrt
     from tftrt.rewrite import DirectSignature
     conv, _, native = converted
-    with tf.device("/GPU:0"):
-        x = tf.constant(np.random.RandomState(2).standard_normal((8, 64)).astype(np.float32))
+    x = _x(2)
     conv.build(lambda: iter([(x.numpy(),)]))
     conv.save(str(tmp_path / "out"))
     loaded = tftrt.load(str(tmp_path / "out"))
     sig = loaded.signatures["serving_default"]
     assert isinstance(sig, DirectSignature)
-    want = native(x=x)["y"].numpy()
-    for _ in range(3):
-        got = sig(x=x)["y"]
-    assert "GPU" in got.device
-    np.testing.assert_allclose(got.numpy(), want, rtol=2e-3, atol=2e-3)
-    logdir = str(tmp_path / "prof")
-    tf.profiler.experimental.start(logdir)
-    for _ in range(5):
-        sig(x=x)
-    tf.test.experimental.sync_devices()
-    tf.profiler.experimental.stop()
-    copies = d2h_copies(logdir)
-    print("D2H copies during 5 pipeline calls:", copies)
-    big = [c for c in copies if c[2] is None or c[2] > 64]
+    big = _float_copies_in_five_calls(lambda: sig(x=x), native(x=x)["y"].numpy(),
+                                      str(tmp_path / "prof"), "pipeline")
     assert not big, big
     stats = [dict(op.stats) for op in loaded.engine_ops.values()]
     assert all(s["engine"] >= 8 and s.get("native", 0) == 0 and s.get("builds", 0) == 0

@@ -463,6 +463,22 @@ def _vec_type(nbytes: int):
 
 
 # --- depthwise convolution (NHWC, group == C_in) -------------------------------------------------
+def _dw_epilogue(epilogue, operand_modes, acc: str, lane: str) -> List[str]:
+    """C statements applying ``epilogue`` to the float ``acc`` of output channel ``k`` at
+    ``oidx`` (``lane``: the offset of a vector lane, "" or " + v"); operand ``i`` is ``e<i>``,
+    per channel ("vec") or of the output's shape ("full")."""
+    out = []
+    for e in epilogue:
+        if e["op"] in ("bias", "scale", "add"):
+            i = e["input"]
+            mode, dt = operand_modes[i]
+            src = load_expr(dt, f"e{i}[k{lane}]" if mode == "vec" else f"e{i}[oidx{lane}]")
+            out.append(f"{acc} = {acc} {'*' if e['op'] == 'scale' else '+'} {src};")
+        else:
+            out.append(f"{acc} = {activation_expr(e, acc)};")
+    return out
+
+
 class DepthwiseConvSource:
     """CUDA source of kernel ``dwconv(x, wt, *operands, y)``: 2-D depthwise convolution, NHWC,
     output channel k reads input channel k // mult, with the layer's epilogue fused. ``wt`` is
@@ -494,16 +510,7 @@ class DepthwiseConvSource:
         params = [f"const {ict}* __restrict__ x", "const float* __restrict__ wt"]
         params += [f"const {ctype(operand_modes[i][1])}* __restrict__ e{i}" for i in ops]
         params.append(f"{oct_}* __restrict__ y")
-        epi = []
-        for e in epilogue:
-            if e["op"] in ("bias", "scale", "add"):
-                i = e["input"]
-                mode, dt = operand_modes[i]
-                src = load_expr(dt, f"e{i}[k]" if mode == "vec" else f"e{i}[oidx]")
-                epi.append(f"acc = acc {'*' if e['op'] == 'scale' else '+'} {src};")
-            else:
-                epi.append(f"acc = {activation_expr(e, 'acc')};")
-        epi_src = "\n        ".join(epi)
+        epi_src = "\n        ".join(_dw_epilogue(epilogue, operand_modes, "acc", ""))
         self.source = PRELUDE + f"""
 extern "C" __global__ void dwconv({", ".join(params)}) {{
   for ({it} t = ({it})blockIdx.x * blockDim.x + threadIdx.x; t < {self.work};
@@ -583,16 +590,7 @@ extern "C" __global__ void dwconv({", ".join(params)}) {{
         ich = V * np.dtype(in_dtype).itemsize // 16
         oct_, osz = ctype(out_dtype), np.dtype(out_dtype).itemsize
         och = V * osz // 16 if (V * osz) % 16 == 0 else 0
-        epi = []
-        for e in epilogue:
-            if e["op"] in ("bias", "scale", "add"):
-                i = e["input"]
-                mode, dt = operand_modes[i]
-                src = load_expr(dt, f"e{i}[k + v]" if mode == "vec" else f"e{i}[oidx + v]")
-                epi.append(f"a_ = a_ {'*' if e['op'] == 'scale' else '+'} {src};")
-            else:
-                epi.append(f"a_ = {activation_expr(e, 'a_')};")
-        epi_src = "\n          ".join(epi)
+        epi_src = "\n          ".join(_dw_epilogue(epilogue, operand_modes, "a_", " + v"))
         taps = []
         for bb in range(kw):
             taps.append(f"""      {{
