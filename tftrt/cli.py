@@ -66,9 +66,9 @@ def _int_list(text: str) -> List[int]:
 
 def _precision(text: str) -> str:
     value = text.upper()
-    if value not in ("FP32", "FP16", "INT8"):
+    if value not in ("FP32", "FP16", "INT8", "FP8"):
         raise argparse.ArgumentTypeError(f"precision mode {text!r} is not supported. It should "
-                                         f"be one of FP32, FP16, INT8")
+                                         f"be one of FP32, FP16, INT8, FP8")
     return value
 
 
@@ -128,7 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output_dir", "--output-dir", dest="output_dir", default=None,
                    help=argparse.SUPPRESS)
     p.add_argument("--precision", "--precision_mode", "--precision-mode", dest="precision",
-                   type=_precision, default="FP32", help="FP32 (default), FP16 or INT8")
+                   type=_precision, default="FP32",
+                   help="FP32 (default), FP16, INT8 or FP8 (tftrt's extension, Hopper-class "
+                        "GPUs)")
     p.add_argument("--minimum-segment-size", "--minimum_segment_size",
                    dest="minimum_segment_size", type=_segment_size, default=3,
                    help="smallest subgraph to turn into an engine (default 3; -1: none)")
@@ -148,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration-data", default=None, metavar="FILE.npz",
                    help="INT8 calibration inputs (one array per input name, first axis: "
                         "samples)")
+    p.add_argument("--calibration-method", default=None,
+                   help="entropy (INT8's default), max (FP8's default) or percentile[:p]")
     p.add_argument("--calibration-batch-size", type=_positive_int, default=None,
                    help="split the calibration data into batches of this size (default: one)")
     p.add_argument("--no-build-at-runtime", action="store_true",
@@ -321,8 +325,10 @@ def cmd_convert(args, out, err) -> int:
     if not src or not dst:
         raise _Usage("convert needs the SavedModel to convert and where to save it: "
                      "tftrt convert SRC DST (or --dir SRC --output_dir DST)")
-    if args.calibration_data and args.precision != "INT8":
-        raise _Usage("--calibration-data is for --precision INT8")
+    if args.calibration_data and args.precision not in ("INT8", "FP8"):
+        raise _Usage("--calibration-data is for --precision INT8 or FP8")
+    if args.calibration_method and not args.calibration_data:
+        raise _Usage("--calibration-method needs --calibration-data")
     if args.profile_strategy and not args.dynamic_shape:
         raise _Usage("--profile-strategy needs --dynamic-shape")
     note = _select_backend(args.backend, default_engines=False)
@@ -342,7 +348,7 @@ def cmd_convert(args, out, err) -> int:
     if args.dynamic_shape:
         kwargs.update(use_dynamic_shape=True,
                       dynamic_shape_profile_strategy=args.profile_strategy)
-    if args.precision == "INT8" and not args.calibration_data:
+    if args.precision in ("INT8", "FP8") and not args.calibration_data:
         kwargs["use_calibration"] = False
     try:
         converter = trt.TrtGraphConverterV2(**kwargs)
@@ -357,7 +363,8 @@ def cmd_convert(args, out, err) -> int:
         cal = inp.split_batches(data, args.calibration_batch_size)
         calibration = lambda: iter(cal)  # noqa: E731
     try:
-        converter.convert(calibration_input_fn=calibration)
+        converter.convert(calibration_input_fn=calibration,
+                          calibration_method=args.calibration_method)
     except (ValueError, RuntimeError) as e:
         raise CommandError(f"conversion failed: {e}") from None
     built = 0

@@ -141,6 +141,7 @@ def test_convert_int8_with_calibration_data_and_shapes(src, tmp_path):
     out = str(tmp_path / "int8")
     code, stdout, stderr = run_cli("convert", src, out, "--precision", "int8",
                                    "--calibration-data", data, "--calibration-batch-size", "2",
+                                   "--calibration-method", "percentile:99.9",
                                    "--shapes", "image:3x32x32x3", "--no-summary")
     assert code == 0, stderr
     assert "Total number" not in stdout
@@ -148,7 +149,8 @@ def test_convert_int8_with_calibration_data_and_shapes(src, tmp_path):
     assert [p["input_shapes"] for p in engine["plans"]] == [[[3, 32, 32, 3]]]
     # The engines are what the Python API makes of the same options and calibration batches.
     conv = trt.TrtGraphConverterV2(input_saved_model_dir=src, precision_mode="INT8")
-    conv.convert(calibration_input_fn=lambda: iter([{"image": cal[:2]}, {"image": cal[2:]}]))
+    conv.convert(calibration_input_fn=lambda: iter([{"image": cal[:2]}, {"image": cal[2:]}]),
+                 calibration_method="percentile:99.9")
     assert engine["spec"]["precision_mode"] == conv.engine_ops[E0].spec.precision_mode
 
 
@@ -171,7 +173,9 @@ def test_convert_without_engines_to_build_on_native_says_so(src, tmp_path):
     (["convert", "{src}", "{out}", "--profile-strategy", "Optimal"], 2,
      "--profile-strategy needs --dynamic-shape"),
     (["convert", "{src}", "{out}", "--calibration-data", "x.npz"], 2,
-     "--calibration-data is for --precision INT8"),
+     "--calibration-data is for --precision INT8 or FP8"),
+    (["convert", "{src}", "{out}", "--precision", "fp8", "--calibration-method", "max"], 2,
+     "--calibration-method needs --calibration-data"),
     (["convert", "{src}", "{out}", "--shapes", "pixels:1x32x32x3"], 2,
      "--shapes names input 'pixels'; the signature's inputs are image"),
     (["convert", "{src}", "{out}", "--shapes", "1x32x32"], 2,
