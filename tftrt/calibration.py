@@ -31,7 +31,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from tftrt.engine import quantization as Q
-from tftrt.engine_op import EngineCache, TRTEngineOp
+from tftrt.engine_op import TRTEngineOp
 
 log = logging.getLogger("tftrt.calibration")
 
@@ -49,16 +49,11 @@ class QuantizedEngineOp(TRTEngineOp):
         self._table: Optional[dict] = None
         self._table_read = False
 
-    def _imported_network(self):
-        if self._network is None:
-            import onnx
-            from tftrt.engine import network_from_onnx
-            model = onnx.load_from_string(self.spec.onnx_bytes)
-            net = network_from_onnx(model)
-            net.quantization = Q.table_from_model(model)
-            self._table, self._table_read = net.quantization, True
-            self._network = net
-        return self._network
+    def network_from_model(self, model):
+        net = super().network_from_model(model)
+        net.quantization = Q.table_from_model(model)
+        self._table, self._table_read = net.quantization, True
+        return net
 
     @property
     def quantization(self) -> Optional[dict]:
@@ -78,12 +73,8 @@ class QuantizedEngineOp(TRTEngineOp):
         import onnx
         model = onnx.load_from_string(self.spec.onnx_bytes)
         Q.set_table(model, table)
-        with self._lock:
-            self.spec.onnx_bytes = model.SerializeToString()
-            self._network = None
-            self._table, self._table_read = table, True
-            self.cache = EngineCache(self.spec.maximum_cached_engines)
-            self._failed_keys.clear()
+        self.replace_segment_network(model.SerializeToString())
+        self._table, self._table_read = table, True
 
 
 def engine_op_class(spec) -> type:

@@ -509,9 +509,23 @@ class TRTEngineOp:
         """The segment network, parsed once (every build binds its own copy)."""
         if self._network is None:
             import onnx
-            from tftrt.engine import network_from_onnx
-            self._network = network_from_onnx(onnx.load_from_string(self.spec.onnx_bytes))
+            self._network = self.network_from_model(onnx.load_from_string(self.spec.onnx_bytes))
         return self._network
+
+    def network_from_model(self, model):
+        """The engine Network of segment ONNX ``model``: the hook a subclass extends (the
+        INT8 / FP8 op attaches the model's quantization table)."""
+        from tftrt.engine import network_from_onnx
+        return network_from_onnx(model)
+
+    def replace_segment_network(self, onnx_bytes: bytes) -> None:
+        """Makes ``onnx_bytes`` the segment network: engines built from the old one, its
+        parsed network and its failed builds are dropped."""
+        with self._lock:
+            self.spec.onnx_bytes = onnx_bytes
+            self._network = None
+            self.cache = EngineCache(self.spec.maximum_cached_engines)
+            self._failed_keys.clear()
 
     def _build(self, key: ShapeKey, backend: str, tactic_choices=None, weight_cache=None,
                count: bool = True):
