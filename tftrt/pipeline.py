@@ -73,10 +73,6 @@ class _Graph:
                 raise PlanError("Identity cycle")
         return tensor_name(name, idx)
 
-    def resolve_node(self, name: str) -> str:
-        """A control input's node, through Identity / NoOp forwarding its own inputs."""
-        return split_tensor_name(self.resolve(tensor_name(name, 0)))[0]
-
     def _topological(self) -> List[str]:
         pending = {}
         users: Dict[str, List[str]] = {}
@@ -103,8 +99,7 @@ class _Graph:
 class Plan:
     """Steps over numbered slots: slots 0..k-1 are the signature's inputs."""
 
-    def __init__(self, num_inputs: int):
-        self.num_inputs = num_inputs
+    def __init__(self):
         self.slots: Dict[str, int] = {}
         self.constants: Dict[int, object] = {}
         self.steps: List[Tuple[str, object, List[int], List[int]]] = []
@@ -175,26 +170,25 @@ def _plan(graph_def, inputs, outputs, engine_ops, input_dtypes) -> Plan:
         else:
             stage[name] = s
     engines = sorted(engine_index, key=engine_index.get)
-    # What each consumer reads, resolved through aliases.
-    consumers: List[Tuple[object, List[str]]] = []  # (engine name | stage k | "out", tensors)
-    for name in engines:
-        consumers.append((name, [g.resolve(i) for i in g.nodes[name].input
-                                 if not i.startswith("^")]))
+    # What each engine reads, resolved through aliases.
+    engine_reads = [[g.resolve(i) for i in g.nodes[name].input if not i.startswith("^")]
+                    for name in engines]
     out_tensors = [g.resolve(_canon(t)) for t in outputs]
     members: Dict[int, List[str]] = {}
     for name in g.order:
         if name in stage and name not in g.input_nodes and \
                 g.nodes[name].op not in ALIAS_OPS | SKIP_OPS:
             members.setdefault(stage[name], []).append(name)
-    # Tensors each stage must hand out: read by an engine, another stage or the outputs.
-    fetches: Dict[int, List[str]] = {k: [] for k in members}
+    # Tensors each stage must hand out (an insertion-ordered set per stage): read by an
+    # engine, another stage or the outputs.
+    fetches: Dict[int, Dict[str, None]] = {k: {} for k in members}
 
     def need(t: str, reader_stage: Optional[int]):
         src = split_tensor_name(t)[0]
         if src in stage and src not in g.input_nodes and stage[src] != reader_stage and \
-                stage[src] in fetches and t not in fetches[stage[src]]:
-            fetches[stage[src]].append(t)
-    for _, ts in consumers:
+                stage[src] in fetches:
+            fetches[stage[src]][t] = None
+    for ts in engine_reads:
         for t in ts:
             need(t, None)
     for t in out_tensors:
@@ -205,7 +199,7 @@ def _plan(graph_def, inputs, outputs, engine_ops, input_dtypes) -> Plan:
                 if not i.startswith("^"):
                     need(g.resolve(i), k)
 
-    plan = Plan(len(g.inputs))
+    plan = Plan()
     for t in g.inputs:
         plan.slot(t)
     dtypes = _Dtypes(g, graph_def, dict(zip(g.inputs, input_dtypes)))
@@ -215,10 +209,10 @@ def _plan(graph_def, inputs, outputs, engine_ops, input_dtypes) -> Plan:
             dtypes.known[tensor_name(name, j)] = tf.as_dtype(dt)
     for k in range(len(engines) + 1):
         if fetches.get(k):
-            _add_stage(plan, g, graph_def, members[k], fetches[k], dtypes)
+            _add_stage(plan, g, graph_def, members[k], list(fetches[k]), dtypes)
         if k < len(engines):
             name = engines[k]
-            ins = [plan.slot(t) for t in consumers[k][1]]
+            ins = [plan.slot(t) for t in engine_reads[k]]
             n_out = len(engine_ops[name].spec.output_dtypes)
             plan.steps.append(("engine", engine_ops[name], ins,
                                [plan.slot(tensor_name(name, j)) for j in range(n_out)]))
@@ -234,7 +228,7 @@ def _add_stage(plan: Plan, g: _Graph, graph_def, names: List[str], fetch: List[s
     """Adds stage ``names`` (topological order) to ``plan``: Consts become constant slots,
     the rest one step (eager ops or a ConcreteFunction) reading slots, filling ``fetch``."""
     inside = set(names)
-    feeds: List[str] = []
+    reads: Dict[str, None] = {}  # what the body reads from outside it, in order
     body = []
     for name in names:
         node = g.nodes[name]
@@ -247,12 +241,13 @@ def _add_stage(plan: Plan, g: _Graph, graph_def, names: List[str], fetch: List[s
                 continue
             t = g.resolve(i)
             src = split_tensor_name(t)[0]
-            if (src not in inside or g.nodes[src].op == "Const") and t not in feeds:
-                feeds.append(t)
-    wanted = [t for t in fetch if split_tensor_name(t)[0] in set(body)]
+            if src not in inside or g.nodes[src].op == "Const":  # Consts: constant slots
+                reads[t] = None
+    in_body = set(body)
+    wanted = [t for t in fetch if split_tensor_name(t)[0] in in_body]
     if not wanted:
         return
-    # Consts of this stage read by its body are feeds too (constant slots).
+    feeds = list(reads)
     step = _eager_stage(g, body, feeds, wanted) if len(body) <= EAGER_STAGE_MAX_OPS else None
     if step is None:
         step = _function_stage(g, graph_def, body, feeds, wanted, dtypes)
