@@ -110,10 +110,6 @@ class Plan:
             self.slots[t] = len(self.slots)
         return self.slots[t]
 
-    def describe(self) -> List[str]:
-        return [f"{kind} {getattr(what, 'name', '')} {len(ins)} in {len(outs)} out"
-                for kind, what, ins, outs in self.steps]
-
     def run(self, flat_inputs: Sequence[object]) -> list:
         import tensorflow as tf
         env: List[object] = [None] * len(self.slots)
@@ -352,7 +348,6 @@ class _EagerStage:
         self.ops = ops            # (op type, attrs tuple, input refs, number of outputs)
         self.n_feeds = n_feeds    # refs < n_feeds are feeds; then each op's outputs in turn
         self.out_refs = out_refs
-        self.name = f"eager stage of {len(ops)} op(s)"
 
     def __call__(self, args):
         from tensorflow.python.eager import context, execute
@@ -398,7 +393,6 @@ class _FunctionStage:
 
     def __init__(self, fn):
         self.fn = fn
-        self.name = "function stage"
         self._flat = getattr(fn, "_call_flat", None)
 
     def __call__(self, args):

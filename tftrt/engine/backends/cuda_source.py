@@ -498,6 +498,7 @@ class DepthwiseConvSource:
         sh, sw = strides
         dh, dw = dilations
         ph, pw = pads[0], pads[1]
+        geometry = (n, h, w, c, ho, wo, kout, kh, kw, sh, sw, dh, dw, ph, pw)
         tw = self.TW
         wtiles = (wo + tw - 1) // tw
         self.work = n * ho * wtiles * kout
@@ -562,21 +563,16 @@ extern "C" __global__ void dwconv({", ".join(params)}) {{
         V = 16 // np.dtype(in_dtype).itemsize
         if mult == 1 and V > 1 and c % V == 0:
             self.vec = V
-            self.vec_source = self._vector_source(
-                x_shape, k_hw, strides, dilations, pads, out_shape, in_dtype, out_dtype,
-                epilogue, operand_modes, params, it)
+            self.vec_source = self._vector_source(geometry, in_dtype, out_dtype, epilogue,
+                                                  operand_modes, params, it)
 
-    def _vector_source(self, x_shape, k_hw, strides, dilations, pads, out_shape, in_dtype,
-                       out_dtype, epilogue, operand_modes, params, it) -> str:
+    def _vector_source(self, geometry, in_dtype, out_dtype, epilogue, operand_modes, params,
+                       it) -> str:
         """Kernel ``dwconv_vec``: each thread computes V consecutive channels (one 16-byte
         load of the input per tap column, float4 loads of the filter) of TW output columns;
-        for inputs whose channels V divides (mult 1). Buffers must be 16-byte aligned."""
-        n, h, w, c = x_shape
-        _, ho, wo, kout = out_shape
-        kh, kw = k_hw
-        sh, sw = strides
-        dh, dw = dilations
-        ph, pw = pads[0], pads[1]
+        for inputs whose channels V divides (mult 1). Buffers must be 16-byte aligned.
+        ``geometry``: the sizes __init__ unpacked, same names."""
+        n, h, w, c, ho, wo, kout, kh, kw, sh, sw, dh, dw, ph, pw = geometry
         V = self.vec
         tw = self.TW
         span = (tw - 1) * sw + (kw - 1) * dw + 1
