@@ -1,0 +1,320 @@
+"""CUDA C source and host-side planning of the CuPy backend's INT8 / FP8 layers, as strings and
+numpy arrays only (no CuPy), so CPU tests check them (``tests/engine/test_quant_codegen.py``).
+
+The arithmetic is the one ``quantization.py``'s module doc fixes and the numpy backend
+simulates; the GPU layers (``cupy_quant``) split it in three steps:
+
+1. :class:`QuantizeSource`: the activation (fp16 / fp32) quantized on entry,
+   ``q = saturate(round_half_even(x * inv_scale))`` -- INT8 as ``__float2int_rn`` clamped
+   to [-127, 127] with NaN -> 0, FP8 with PTX ``cvt.rn.satfinite.e4m3x2.f32`` (sm_89+) -- and
+   written channels-last with the channel (GEMM K) axis padded with zeros to what the
+   library needs (:data:`CHANNEL_MULTIPLE`); an int8 input (a requantizing producer) is only
+   copied / padded. The "values" modes write the quantized values as float16 (every int8
+   and E4M3 value is exact there): the emulated fallback's operand.
+2. The main op on cuDNN / cuBLASLt: int8 x int8 -> int32 (exact), E4M3 x E4M3 -> fp32.
+3. :class:`QuantEpilogueSource`: the accumulator converted to float32 (round to nearest
+   even, ``__int2float_rn``), then the layer's epilogue in order -- the dequantization
+   ``scale`` first, bias, residual, activation -- each multiply / add rounded on its own
+   (``__fmul_rn`` / ``__fadd_rn``: NVRTC would otherwise contract ``a * b + c`` into one
+   FMA, and numpy rounds twice), then the store: float16 / float32, or int8 requantized
+   with the output scale exactly as step 1.
+
+So an INT8 layer's output equals the numpy backend's bit for bit except where an activation
+calls a transcendental function (sigmoid, tanh, GELU: a few float32 ulps); an FP8 layer's
+fp32 accumulation order is the library's (relative 1e-6 of the sum of |products|).
+
+Planning: :func:`padded_channels`, :func:`conv_weight`, :func:`gemm_weight` (cuBLASLt's
+int8 / fp8 kernels want the "TN" layout: the weight [N, K] and the activation [M, K], both
+K-contiguous, with K and N multiples of :data:`CHANNEL_MULTIPLE`), :func:`gemm_dims`.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+
+from tftrt.engine import quantization as Q
+from tftrt.engine.backends.cuda_source import PRELUDE, activation_expr, ctype, load_expr
+
+INT8, FP8 = Q.FORMAT["INT8"], Q.FORMAT["FP8"]
+
+# Channel (conv C) and GEMM K / N multiple the int8 / fp8 kernels need: cuBLASLt's IMMA
+# kernels with the regular (non-COL32) order want K, N and the leading dimensions multiples
+# of 4, its FP8 kernels multiples of 16; cuDNN's int8 NHWC convolutions want C a multiple of 4
+# (its fp8 ones 16). Layers whose channels are not are padded with zero channels (weights and
+# activations), e.g. an RGB first conv (C = 3 -> 4).
+CHANNEL_MULTIPLE = {INT8: 4, FP8: 16}
+
+
+def padded_channels(c: int, fmt: str) -> int:
+    m = CHANNEL_MULTIPLE[fmt]
+    return (int(c) + m - 1) // m * m
+
+
+def float_literal(v: float) -> str:
+    """The float32 value ``v`` as an exact C expression (its bit pattern)."""
+    bits = struct.unpack("<I", struct.pack("<f", float(np.float32(v))))[0]
+    return f"__int_as_float(0x{bits:08x})"
+
+
+# Device helpers. q_int8: saturate(round_half_even(v)) to [-127, 127], NaN -> 0
+# (__float2int_rn rounds half to even and clamps to the int range). q_e4m3: PTX cvt with
+# satfinite (round to nearest even on the E4M3 grid, +-448, NaN stays NaN); the result of the
+# second source lands in the low byte. e4m3_value: the float32 value of an E4M3 code.
+INT8_HELPERS = r"""
+__device__ __forceinline__ signed char q_int8(float v) {
+  if (v != v) return 0;
+  int q = __float2int_rn(v);
+  return (signed char)(q < -127 ? -127 : (q > 127 ? 127 : q));
+}"""
+
+FP8_HELPERS = r"""
+__device__ __forceinline__ unsigned char q_e4m3(float v) {
+  unsigned short r;
+  asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(r) : "f"(0.f), "f"(v));
+  return (unsigned char)(r & 0xff);
+}"""
+
+E4M3_VALUE = r"""
+__device__ __forceinline__ float e4m3_value(unsigned char c) {
+  const int e = (c >> 3) & 15, m = c & 7;
+  float v = e == 0 ? (float)m * 0.001953125f : ldexpf(1.f + (float)m * 0.125f, e - 7);
+  if ((c & 0x7f) == 0x7f) v = __int_as_float(0x7fc00000);
+  return (c & 0x80) ? -v : v;
+}"""
+
+QUANTIZE_MODES = ("int8", "e4m3", "int8_values", "e4m3_values")
+
+
+def _index_type(*sizes: int) -> str:
+    return "long long" if max(sizes) >= 2 ** 31 - 64 else "int"
+
+
+class QuantizeSource:
+    """CUDA source of kernel ``quantize(x, y)``: ``x`` [rows, c] (float16 / float32, or int8
+    already quantized), ``y`` [rows, cp] with ``y[r, k] = q(x[r, k])`` for ``k < c`` and 0
+    for the padding channels ``c <= k < cp``.
+
+    Modes: "int8" (y int8), "e4m3" (y uint8 E4M3 codes), "int8_values" / "e4m3_values" (y
+    float16 holding the quantized values, for the emulated fallback). ``inv_scale`` is the
+    float32 reciprocal of the input scale (unused for an int8 input: its values are copied).
+    :attr:`work` items (one output element each) in a grid-stride loop.
+    """
+
+    def __init__(self, rows: int, c: int, cp: int, in_dtype: str, mode: str,
+                 inv_scale: float):
+        if mode not in QUANTIZE_MODES:
+            raise ValueError(f"quantize mode {mode!r}; one of {QUANTIZE_MODES}")
+        in_dtype = np.dtype(in_dtype).name
+        if in_dtype not in ("float16", "float32", "int8"):
+            raise ValueError(f"cannot quantize a {in_dtype} tensor")
+        if in_dtype == "int8" and not mode.startswith("int8"):
+            raise ValueError("an int8 input feeds only an INT8 layer")
+        if cp < c:
+            raise ValueError(f"padded channels {cp} < channels {c}")
+        self.rows, self.c, self.cp, self.mode = int(rows), int(c), int(cp), mode
+        self.in_dtype = in_dtype
+        self.out_dtype = {"int8": "int8", "e4m3": "uint8"}.get(mode, "float16")
+        self.work = self.rows * self.cp
+        it = _index_type(self.work, self.rows * self.c)
+        if in_dtype == "int8":
+            val = "(float)x[src]" if mode == "int8_values" else "x[src]"
+            conv = val
+        else:
+            v = f"__fmul_rn({load_expr(in_dtype, 'x[src]')}, {float_literal(inv_scale)})"
+            conv = {"int8": f"q_int8({v})", "e4m3": f"q_e4m3({v})",
+                    "int8_values": f"(float)q_int8({v})",
+                    "e4m3_values": f"e4m3_value(q_e4m3({v}))"}[mode]
+        zero = "0"
+        if self.out_dtype == "float16":
+            conv, zero = f"f2h({conv})", "(unsigned short)0"
+        helpers = ""
+        if mode.startswith("int8") and in_dtype != "int8":
+            helpers += INT8_HELPERS
+        if mode.startswith("e4m3"):
+            helpers += FP8_HELPERS + (E4M3_VALUE if mode == "e4m3_values" else "")
+        oct_ = ctype(self.out_dtype)
+        if self.c == self.cp:
+            body = f"const {it} src = t;\n    y[t] = {conv};"
+        else:
+            body = (f"const {it} r = t / {self.cp}; const int k = (int)(t - r * {self.cp});\n"
+                    f"    const {it} src = r * {self.c} + k;\n"
+                    f"    y[t] = k < {self.c} ? ({oct_})({conv}) : ({oct_}){zero};")
+        self.source = PRELUDE + helpers + f"""
+extern "C" __global__ void quantize(const {ctype(in_dtype)}* __restrict__ x,
+                                    {oct_}* __restrict__ y) {{
+  for ({it} t = ({it})blockIdx.x * blockDim.x + threadIdx.x; t < {self.work};
+       t += ({it})gridDim.x * blockDim.x) {{
+    {body}
+  }}
+}}
+"""
+
+
+def epilogue_statements(epilogue: Sequence[dict], loads: Dict[int, str], acc: str = "y"):
+    """C statements applying a layer's epilogue to float ``acc`` with the numpy backend's
+    rounding (module doc); ``loads``: layer input index -> C expression of the operand's
+    element (a float)."""
+    out = []
+    for e in epilogue:
+        op = e["op"]
+        if op == "scale":
+            out.append(f"{acc} = __fmul_rn({acc}, {loads[e['input']]});")
+        elif op in ("bias", "add"):
+            out.append(f"{acc} = __fadd_rn({acc}, {loads[e['input']]});")
+        elif op == "act":
+            out.append(f"{acc} = {activation_expr(e, acc)};")
+        else:
+            raise NotImplementedError(f"epilogue op {op!r}")
+    return out
+
+
+class QuantEpilogueSource:
+    """CUDA source of kernel ``qepi(acc, *operands, y)``: for ``r < rows``, ``k < n``,
+    ``y[r * n + k] = store(epilogue(float(acc[r * ld + k])))``.
+
+    Args:
+      acc_dtype: "int32" (INT8: ``__int2float_rn``) or "float32" (FP8 / the emulated path).
+      ld: the accumulator's row stride (>= n: a GEMM whose N was padded).
+      epilogue: the layer's epilogue (its first step the dequantization ``scale``).
+      operand_modes: layer input index -> ("vec" [n] | "full" [rows, n], dtype) of every
+        epilogue operand; the kernel takes them in sorted index order (:attr:`operands`).
+      out_dtype: "float16", "float32", or "int8" with ``out_scale`` (requantization).
+    """
+
+    def __init__(self, rows: int, n: int, ld: int, acc_dtype: str, epilogue: Sequence[dict],
+                 operand_modes: Dict[int, Tuple[str, str]], out_dtype: str,
+                 out_scale: Optional[float] = None):
+        acc_dtype, out_dtype = np.dtype(acc_dtype).name, np.dtype(out_dtype).name
+        if acc_dtype not in ("int32", "float32"):
+            raise ValueError(f"accumulator dtype {acc_dtype}")
+        if out_dtype not in ("float16", "float32", "int8"):
+            raise ValueError(f"a quantized layer's output is float16, float32 or int8, not "
+                             f"{out_dtype}")
+        if (out_dtype == "int8") != (out_scale is not None):
+            raise ValueError("an int8 output needs its output scale (and only it)")
+        if ld < n:
+            raise ValueError(f"row stride {ld} < columns {n}")
+        for i, (mode, _) in operand_modes.items():
+            if mode not in ("vec", "full"):
+                raise ValueError(f"epilogue operand {i}: broadcast {mode!r} not supported")
+        self.rows, self.n, self.ld = int(rows), int(n), int(ld)
+        self.acc_dtype, self.out_dtype = acc_dtype, out_dtype
+        self.operands = sorted(operand_modes)
+        self.work = self.rows * self.n
+        it = _index_type(self.work, self.rows * self.ld)
+        loads = {}
+        for i in self.operands:
+            mode, dt = operand_modes[i]
+            loads[i] = load_expr(dt, f"e{i}[{'k' if mode == 'vec' else 't'}]")
+            if np.dtype(dt) != np.float32 and np.dtype(dt) != np.float16:
+                loads[i] = f"(float){loads[i]}"
+        params = [f"const {ctype(acc_dtype)}* __restrict__ acc"]
+        params += [f"const {ctype(operand_modes[i][1])}* __restrict__ e{i}"
+                   for i in self.operands]
+        params.append(f"{ctype(out_dtype)}* __restrict__ out")
+        conv = "__int2float_rn" if acc_dtype == "int32" else ""
+        stmts = "\n    ".join(epilogue_statements(epilogue, loads))
+        if out_dtype == "int8":
+            inv = float_literal(output_scale_inverse(out_scale))
+            store = f"out[t] = q_int8(__fmul_rn(y, {inv}));"
+        elif out_dtype == "float16":
+            store = "out[t] = f2h(y);"
+        else:
+            store = "out[t] = y;"
+        src_index = "t" if self.ld == self.n else "r * " + str(self.ld) + " + k"
+        self.source = PRELUDE + (INT8_HELPERS if out_dtype == "int8" else "") + f"""
+extern "C" __global__ void qepi({", ".join(params)}) {{
+  for ({it} t = ({it})blockIdx.x * blockDim.x + threadIdx.x; t < {self.work};
+       t += ({it})gridDim.x * blockDim.x) {{
+    const {it} r = t / {self.n}; const int k = (int)(t - r * {self.n});
+    float y = {conv}(acc[{src_index}]);
+    {stmts}
+    {store}
+  }}
+}}
+"""
+        # r is unused when ld == n and no operand is per channel; keep the compilers quiet
+        self.source = self.source.replace("const int k", "(void)r; const int k")
+
+
+def output_scale_inverse(out_scale: float) -> np.float32:
+    """The float32 reciprocal the requantization multiplies by (quantization.inv_scale)."""
+    return np.float32(Q.inv_scale(out_scale))
+
+
+# --- host-side planning ----------------------------------------------------------------------
+def layer_format(layer) -> str:
+    """"int8" or "fp8_e4m3" of a quantized layer."""
+    return layer.attrs["quant"]["format"]
+
+
+def conv_weight(w: np.ndarray, cp: int) -> np.ndarray:
+    """A quantized conv weight (KRSC [K, *R, C]) with its channel axis zero-padded to ``cp``."""
+    w = np.asarray(w)
+    c = w.shape[-1]
+    if cp == c:
+        return np.ascontiguousarray(w)
+    pad = [(0, 0)] * (w.ndim - 1) + [(0, cp - c)]
+    return np.pad(w, pad)  # zero: int8 0 and E4M3 code 0x00 are both +0
+
+
+def gemm_weight(w: np.ndarray, kind: str, transpose_b: bool, kp: int, np_: int) -> np.ndarray:
+    """The weight of a quantized GEMM (matmul [K, N] / [N, K] transposed, or a 1x1 conv
+    [N, 1.., K]) as [np_, kp], K-contiguous (cuBLASLt's "TN" operand), zero-padded."""
+    w = np.asarray(w)
+    if kind == "conv":
+        nk = w.reshape(w.shape[0], w.shape[-1])
+    else:
+        nk = w if transpose_b else w.T
+    n, k = nk.shape
+    out = np.zeros((np_, kp), w.dtype)
+    out[:n, :k] = nk
+    return out
+
+
+def weight_values(w: np.ndarray, fmt: str) -> np.ndarray:
+    """float16 values of a stored quantized weight (int8, or E4M3 codes): exact."""
+    if fmt == FP8:
+        return Q.e4m3_decode(w).astype(np.float16)
+    return np.asarray(w).astype(np.float16)
+
+
+def gemm_dims(kind: str, x_shape, w_shape, attrs) -> Optional[Tuple[int, int, int]]:
+    """(M, K, N) of a quantized layer that is one GEMM over channels-last rows of its input
+    (a matmul without transpose_a, or a 1x1 / stride-1 / unpadded / group-1 conv), else None."""
+    x_shape = tuple(x_shape)
+    if kind == "conv":
+        if attrs["group"] != 1 or any(d != 1 for d in w_shape[1:-1]) or \
+                any(s != 1 for s in attrs["strides"]) or any(attrs["pads"]):
+            return None
+        return int(np.prod(x_shape[:-1])), int(w_shape[-1]), int(w_shape[0])
+    if kind != "matmul" or attrs.get("transpose_a") or len(w_shape) != 2:
+        return None
+    k, n = (w_shape[1], w_shape[0]) if attrs.get("transpose_b") else tuple(w_shape)
+    if not x_shape or x_shape[-1] != k:
+        return None
+    return int(np.prod(x_shape[:-1])), int(k), int(n)
+
+
+def epilogue_operand_modes(epilogue, shapes: Dict[int, tuple], dtypes: Dict[int, str],
+                           y_shape: tuple) -> Dict[int, Tuple[str, str]]:
+    """Layer input index -> ("vec" | "full", dtype) of each epilogue operand; ValueError for
+    a broadcast the quantized epilogue kernel does not take."""
+    modes = {}
+    for e in epilogue:
+        if "input" not in e:
+            continue
+        i = e["input"]
+        s = tuple(shapes[i])
+        if s == (y_shape[-1],) or (len(s) == len(y_shape) and all(d == 1 for d in s[:-1]) and
+                                   s[-1] == y_shape[-1]):
+            modes[i] = ("vec", dtypes[i])
+        elif s == tuple(y_shape):
+            modes[i] = ("full", dtypes[i])
+        else:
+            raise ValueError(f"epilogue operand {i} of shape {s} does not broadcast per "
+                             f"channel or elementwise to {tuple(y_shape)}")
+    return modes
