@@ -1,9 +1,10 @@
-"""The ``tftrt`` command (also ``python -m tftrt``): convert, bench, compare, inspect.
+"""The ``tftrt`` command (also ``python -m tftrt``): convert, bench, compare, inspect, serve.
 
     tftrt convert SRC DST --precision FP16 --batch-sizes 1,8      # convert, build, save
     tftrt bench DST --batch-sizes 1,8 --compare native,xla         # trtexec-like timings
     tftrt compare DST --batch-sizes 8 --per-engine                 # converted vs native
     tftrt inspect DST --onnx networks/                             # engines, layers, tactics
+    tftrt serve DST --gpus all --max-batch 128                     # Triton (docs/serving.md)
 
 ``tftrt convert`` also takes ``saved_model_cli convert``'s spelling:
 ``tftrt convert --dir SRC --output_dir DST --tag_set serve tensorrt --precision_mode FP16``.
@@ -112,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Logs: TFTRT_LOG_LEVEL=INFO (or DEBUG) shows tftrt's log lines; see "
                "docs/cli.md.")
     parser.add_argument("--version", action="version", version=f"tftrt {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{convert,bench,compare,inspect}")
+    sub = parser.add_subparsers(dest="command",
+                                metavar="{convert,bench,compare,inspect,serve}")
     sub.required = True
 
     # --- convert ---------------------------------------------------------------------------
@@ -222,6 +224,36 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write each segment network as OUTDIR/<engine>.onnx (for Netron)")
     p.add_argument("--no-layers", action="store_true", help="leave out the layer tables")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--tags", "--tag_set", dest="tags", default="serve",
+                   help="MetaGraph tags, comma separated (default: serve)")
+
+    # --- serve ------------------------------------------------------------------------------
+    p = sub.add_parser("serve", help="serve a signature through NVIDIA Triton (PyTriton)",
+                       description="Serves a (converted) SavedModel's signature with Triton: "
+                       "dynamic batching, one model instance per GPU, health and metrics "
+                       "from Triton. Needs the serving extra (docs/serving.md).")
+    p.add_argument("model", help="SavedModel directory (converted by tftrt, or not)")
+    p.add_argument("--signature", "--signature-key", dest="signature",
+                   default="serving_default", help="signature to serve (default: "
+                                                   "serving_default)")
+    p.add_argument("--model-name", default=None,
+                   help="Triton model name (default: the directory's name)")
+    p.add_argument("--gpus", default="all", metavar="all|none|0,1",
+                   help="one model instance per GPU (default all; none or no GPU: one CPU "
+                        "instance)")
+    p.add_argument("--max-batch", type=_positive_int, default=128,
+                   help="Triton's max_batch_size (default 128)")
+    p.add_argument("--max-queue-delay-us", type=int, default=100,
+                   help="how long Triton's dynamic batcher waits to fill a batch (default 100)")
+    p.add_argument("--preferred-batch-sizes", type=_int_list, default=None, metavar="N,N",
+                   help="default: each optimization profile's opt batch, and --max-batch")
+    p.add_argument("--http-port", type=int, default=8000)
+    p.add_argument("--grpc-port", type=int, default=8001)
+    p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument("--address", default="0.0.0.0",
+                   help="address the three endpoints listen on (default 0.0.0.0)")
+    p.add_argument("--backend", choices=BACKENDS, default=None,
+                   help="engine backend (default: TFTRT_BACKEND, else cupy with a GPU)")
     p.add_argument("--tags", "--tag_set", dest="tags", default="serve",
                    help="MetaGraph tags, comma separated (default: serve)")
     return parser
@@ -521,6 +553,31 @@ def cmd_inspect(args, out, err) -> int:
 
 
 # ------------------------------------------------------------------------------------------
+# serve
+
+
+def cmd_serve(args, out, err) -> int:
+    if args.max_queue_delay_us < 0:
+        raise _Usage("--max-queue-delay-us must be >= 0")
+    if args.backend:
+        os.environ["TFTRT_BACKEND"] = args.backend
+    from tftrt import serving
+    config = serving.ServeConfig(
+        signature=args.signature, model_name=args.model_name, gpus=args.gpus,
+        max_batch=args.max_batch, max_queue_delay_us=args.max_queue_delay_us,
+        preferred_batch_sizes=args.preferred_batch_sizes, http_port=args.http_port,
+        grpc_port=args.grpc_port, metrics_port=args.metrics_port, address=args.address,
+        tags=_tags(args.tags))
+    try:
+        serving.serve_forever(args.model, config,
+                              announce=lambda s: print(s, file=out, flush=True))
+    except serving.ServingError as e:
+        raise CommandError(str(e)) from None
+    print("stopped", file=out, flush=True)
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------------
 
 
 class _Usage(Exception):
@@ -528,7 +585,7 @@ class _Usage(Exception):
 
 
 COMMANDS = {"convert": cmd_convert, "bench": cmd_bench, "compare": cmd_compare,
-            "inspect": cmd_inspect}
+            "inspect": cmd_inspect, "serve": cmd_serve}
 
 
 def main(argv: Optional[Sequence[str]] = None, out=None, err=None) -> int:

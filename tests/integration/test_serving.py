@@ -1,0 +1,355 @@
+"""``tftrt serve``: a converted Keras model served by Triton (PyTriton) on localhost, queried
+with tritonclient over HTTP and gRPC from several threads (CPU, numpy backend: the engines
+really run). Answers equal native TensorFlow; Triton's own statistics show the dynamic
+batcher merging requests; bad requests get Triton errors while the server keeps serving;
+the server stops cleanly on SIGTERM, leaving no process and no port behind.
+
+One server for the module (Triton's start-up is ~5 s here); requests are bounded in count.
+"""
+
+import concurrent.futures
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+pytest.importorskip("pytriton", reason="the serving extra is not installed: "
+                    'pip install "tftrt[serving]" && pip install --no-deps '
+                    "nvidia-pytriton==0.7.0")
+httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient[http] is not "
+                                 "installed (the serving extra)")
+grpcclient = pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] is not "
+                                 "installed (the serving extra)")
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+from tftrt import serving  # noqa: E402
+from tftrt import trt_convert as trt  # noqa: E402
+from tests.integration import models  # noqa: E402
+from tests.tolerances import MODEL_TOLERANCES  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MAX_BATCH = 8
+FEATURES = 16
+START_TIMEOUT_S = 120
+
+
+def keras_model():
+    tf.keras.utils.set_random_seed(3)
+    inp = tf.keras.Input((FEATURES,), name="features")
+    h = tf.keras.layers.Dense(32, activation="relu")(inp)
+    h = tf.keras.layers.Dense(24, activation="tanh")(h)
+    out = tf.keras.layers.Dense(5, activation="softmax", name="probs")(h)
+    return tf.keras.Model(inp, out)
+
+
+def _free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _port_free(port):
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def _descendants(pid):
+    """Live descendant pids of ``pid`` (from /proc), zombies left out."""
+    children = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(d))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+class Served:
+    def __init__(self, proc, ports, model_name, reference, input_name, output_name, log):
+        self.proc, self.ports, self.model_name = proc, ports, model_name
+        self.reference, self.input_name, self.output_name = reference, input_name, output_name
+        self.log = log
+
+    @property
+    def http_url(self):
+        return f"127.0.0.1:{self.ports[0]}"
+
+    @property
+    def grpc_url(self):
+        return f"127.0.0.1:{self.ports[1]}"
+
+    def output(self):
+        with open(self.log) as f:
+            return f.read()[-4000:]
+
+    def stats(self):
+        with httpclient.InferenceServerClient(self.http_url) as c:
+            s = c.get_inference_statistics(self.model_name)["model_stats"][0]
+        return int(s["inference_count"]), int(s["execution_count"])
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """The Keras model converted (FP32, one optimization profile over batches 1..8, numpy
+    engines), saved, and served by ``python -m tftrt serve`` on free localhost ports."""
+    tmp = tmp_path_factory.mktemp("serving")
+    src = models.save_keras(keras_model(), str(tmp / "mlp"))
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=src, use_dynamic_shape=True)
+    conv.convert()
+    conv.build(lambda: iter([(models.batch((1, FEATURES)),),
+                             (models.batch((MAX_BATCH, FEATURES)),)]))
+    dst = str(tmp / "mlp_trt")
+    conv.save(dst)
+    native = tf.saved_model.load(src).signatures["serving_default"]
+    input_name = next(iter(native.structured_input_signature[1]))
+    output_name = next(iter(native.structured_outputs))
+
+    def reference(x):
+        return native(**{input_name: tf.constant(x)})[output_name].numpy()
+
+    ports = _free_ports(3)
+    log = str(tmp / "serve.log")
+    env = dict(os.environ, TFTRT_BACKEND="numpy", TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
+    with open(log, "w") as logf:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tftrt", "serve", dst, "--gpus", "none",
+             "--max-batch", str(MAX_BATCH), "--max-queue-delay-us", "20000",
+             "--address", "127.0.0.1", "--http-port", str(ports[0]),
+             "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2])],
+            stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    s = Served(proc, ports, "mlp_trt", reference, input_name, output_name, log)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    ready = False
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with httpclient.InferenceServerClient(s.http_url) as c:
+                if c.is_server_ready() and c.is_model_ready(s.model_name):
+                    ready = True
+                    break
+        except Exception:
+            pass
+        time.sleep(0.5)
+    if not ready:
+        proc.kill()
+        proc.wait(30)
+        pytest.fail(f"tftrt serve did not become ready (exit {proc.poll()}):\n{s.output()}")
+    s.before_stop_children = _descendants(proc.pid)
+    yield s
+    if proc.poll() is None:  # a test failed before test_stops_cleanly
+        proc.kill()
+        proc.wait(30)
+        for pid in s.before_stop_children:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _infer(kind, url, s, x):
+    lib = httpclient if kind == "http" else grpcclient
+    inp = lib.InferInput(s.input_name, list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    with lib.InferenceServerClient(url) as c:
+        return c.infer(s.model_name, [inp],
+                       outputs=[lib.InferRequestedOutput(s.output_name)]).as_numpy(
+                           s.output_name)
+
+
+def test_model_config_from_signature_and_profiles(served):
+    with httpclient.InferenceServerClient(served.http_url) as c:
+        cfg = c.get_model_config(served.model_name)
+    assert cfg["max_batch_size"] == MAX_BATCH
+    [inp] = cfg["input"]
+    assert (inp["name"], inp["data_type"], inp["dims"]) == (served.input_name, "TYPE_FP32",
+                                                            [FEATURES])
+    [out] = cfg["output"]
+    assert (out["name"], out["data_type"], out["dims"]) == (served.output_name, "TYPE_FP32",
+                                                            [5])
+    # The profile built for batches 1 and 8 has its opt batch in the preferred sizes.
+    assert cfg["dynamic_batching"]["preferred_batch_size"] == [MAX_BATCH]
+    assert int(cfg["dynamic_batching"]["max_queue_delay_microseconds"]) == 20000
+    assert sum(int(g["count"]) for g in cfg["instance_group"]) == 1  # --gpus none: one CPU
+
+
+def test_concurrent_http_and_grpc_match_native(served):
+    rng = np.random.RandomState(0)
+    jobs = []
+    for t in range(6):  # 3 HTTP and 3 gRPC client threads, 6 requests each
+        kind = "http" if t % 2 == 0 else "grpc"
+        for _ in range(6):
+            b = int(rng.choice([1, 2, 3, 5, 8]))
+            jobs.append((t, kind, rng.standard_normal((b, FEATURES)).astype(np.float32)))
+    expected = [served.reference(x) for _, _, x in jobs]
+    before = served.stats()
+
+    def thread(t):
+        got = []
+        for i, (tt, kind, x) in enumerate(jobs):
+            if tt == t:
+                url = served.http_url if kind == "http" else served.grpc_url
+                got.append((i, _infer(kind, url, served, x)))
+        return got
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        results = [r for f in [pool.submit(thread, t) for t in range(6)] for r in f.result()]
+    assert len(results) == len(jobs)
+    rtol, atol = MODEL_TOLERANCES["FP32"]
+    for i, got in results:
+        assert got.shape == expected[i].shape
+        np.testing.assert_allclose(got, expected[i], rtol=rtol, atol=atol)
+    inferences, executions = served.stats()
+    assert inferences - before[0] == sum(x.shape[0] for _, _, x in jobs)
+    assert 1 <= executions - before[1] <= len(jobs)
+
+
+def test_dynamic_batching_merges_requests(served):
+    """16 concurrent batch-1 requests within the 20 ms queue delay: Triton runs fewer
+    executions than inferences (its server-side statistics)."""
+    xs = [models.batch((1, FEATURES), seed=100 + i) for i in range(16)]
+    before = served.stats()
+    with httpclient.InferenceServerClient(served.http_url, concurrency=16) as c:
+        pending = []
+        for x in xs:
+            inp = httpclient.InferInput(served.input_name, [1, FEATURES], "FP32")
+            inp.set_data_from_numpy(x)
+            pending.append(c.async_infer(served.model_name, [inp]))
+        got = [p.get_result().as_numpy(served.output_name) for p in pending]
+    rtol, atol = MODEL_TOLERANCES["FP32"]
+    for x, g in zip(xs, got):
+        np.testing.assert_allclose(g, served.reference(x), rtol=rtol, atol=atol)
+    inferences, executions = served.stats()
+    assert inferences - before[0] == 16
+    assert executions - before[1] < 16, "the dynamic batcher merged no requests"
+
+
+@pytest.mark.parametrize("kind", ["http", "grpc"])
+def test_bad_requests_get_triton_errors_and_serving_goes_on(served, kind):
+    lib = httpclient if kind == "http" else grpcclient
+    url = served.http_url if kind == "http" else served.grpc_url
+    x = models.batch((2, FEATURES))
+
+    def request(name, shape, dtype, data):
+        inp = lib.InferInput(name, shape, dtype)
+        inp.set_data_from_numpy(data)
+        with lib.InferenceServerClient(url) as c:
+            return c.infer(served.model_name, [inp])
+
+    bad = {
+        "name": (("nope", [2, FEATURES], "FP32", x), "nope"),
+        "dtype": ((served.input_name, [2, FEATURES], "FP64", x.astype(np.float64)), "FP64"),
+        "shape": ((served.input_name, [2, FEATURES - 1], "FP32", x[:, 1:]), "shape"),
+        "batch": ((served.input_name, [MAX_BATCH + 1, FEATURES], "FP32",
+                   models.batch((MAX_BATCH + 1, FEATURES))), "batch"),
+    }
+    for what, (args, word) in bad.items():
+        with pytest.raises(InferenceServerException) as e:
+            request(*args)
+        assert word.lower() in str(e.value).lower(), (what, str(e.value))
+    with pytest.raises(InferenceServerException, match="unknown_model|not found|unknown"):
+        inp = lib.InferInput(served.input_name, [2, FEATURES], "FP32")
+        inp.set_data_from_numpy(x)
+        with lib.InferenceServerClient(url) as c:
+            c.infer("no_such_model", [inp])
+    assert served.proc.poll() is None, served.output()
+    rtol, atol = MODEL_TOLERANCES["FP32"]
+    np.testing.assert_allclose(_infer(kind, url, served, x), served.reference(x), rtol=rtol,
+                               atol=atol)
+
+
+def test_health_and_metrics_from_triton(served):
+    base = f"http://{served.http_url}"
+    with urllib.request.urlopen(f"{base}/v2/health/live", timeout=10) as r:
+        assert r.status == 200
+    with urllib.request.urlopen(f"{base}/v2/health/ready", timeout=10) as r:
+        assert r.status == 200
+    with urllib.request.urlopen(f"http://127.0.0.1:{served.ports[2]}/metrics",
+                                timeout=10) as r:
+        text = r.read().decode()
+    counts = [line for line in text.splitlines()
+              if line.startswith("nv_inference_count{") and f'model="{served.model_name}"'
+              in line]
+    assert counts, text[:2000]
+    assert float(counts[0].rsplit(" ", 1)[1]) == served.stats()[0]
+
+
+def test_stops_cleanly_on_sigterm(served):
+    proc = served.proc
+    children = _descendants(proc.pid)
+    assert children, "Triton runs as a child process of tftrt serve"
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=60)
+    out = served.output()
+    assert code == 0, out
+    assert "stopped" in out
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(p) for p in children):
+        time.sleep(0.2)
+    assert not [p for p in children if _alive(p)], out
+    assert all(_port_free(p) for p in served.ports), served.ports
+
+
+# --- without a server -----------------------------------------------------------------------
+
+
+def test_signature_without_batch_dimension_is_refused(tmp_path):
+    class Fixed(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([4, 3], tf.float32, name="x")])
+        def __call__(self, x):
+            return {"y": x * 2.0}
+
+    path = models.save_module(Fixed(), str(tmp_path / "fixed"))
+    fn = tf.saved_model.load(path).signatures["serving_default"]
+    with pytest.raises(serving.ServingError, match=r"input 'x' has shape \[4, 3\].*None"):
+        serving.signature_tensors(fn)
+
+
+def test_gpu_choice_without_gpu():
+    assert serving.resolve_gpus("all") == []   # this machine: one CPU instance
+    assert serving.resolve_gpus("none") == []
+    with pytest.raises(serving.ServingError, match="TensorFlow sees 0 GPU.*--gpus none"):
+        serving.resolve_gpus("0,1")
+    with pytest.raises(serving.ServingError, match="all, none or GPU numbers"):
+        serving.resolve_gpus("first")
+
+
+def test_serve_command_bad_arguments():
+    from tests.integration.test_cli import run_cli
+    code, _, err = run_cli("serve", "x", "--max-batch", "0")
+    assert code == 2 and "--max-batch" in err
+    code, _, err = run_cli("serve", "x", "--max-queue-delay-us", "-5")
+    assert code == 2 and "--max-queue-delay-us must be >= 0" in err
+    code, _, err = run_cli("serve", "/nonexistent/model", "--gpus", "none")
+    assert code == 1 and "/nonexistent/model" in err

@@ -1,0 +1,520 @@
+"""Serving a converted SavedModel through NVIDIA Triton, with PyTriton (``tftrt serve``).
+
+    from tftrt import serving
+    with serving.Server("model_trt", serving.ServeConfig(gpus="all", max_batch=128)) as s:
+        s.wait()                     # Triton serves HTTP :8000, gRPC :8001, metrics :8002
+
+One Triton model (named after the directory unless told) serves one signature: its inputs and
+outputs are Triton tensors with the signature's names, dtypes and shapes, the first dimension
+being Triton's batch dimension. Triton's dynamic batcher merges requests (preferred batch
+sizes: the opt batch of each optimization profile of the model's engines, else the maximum;
+max queue delay configurable). One model instance per GPU served: each instance's calls run
+under ``tf.device('/GPU:i')`` (and CuPy's device i); without a GPU, one CPU instance. Triton
+itself checks requests (input names, dtypes, shapes, batch size) and answers health
+(``/v2/health/ready``) and Prometheus metrics (``:8002/metrics``).
+
+PyTriton's Triton runs its Python side in a prebuilt "stub" process that embeds libpython and
+converts tensors with a pybind11 compiled against numpy 1.x. Two things follow, both handled
+here (docs/serving.md says why):
+
+* the stub links ``libpython3.X.so.1.0`` by name; unless the running interpreter's library
+  directory comes first on ``LD_LIBRARY_PATH`` the loader takes the system's (Debian 12:
+  3.11.2 under a pyenv 3.11.7 venv), whose C modules do not match the stdlib the stub then
+  imports (``'_thread.RLock' object has no attribute '_recursion_count'``);
+* with numpy 2 the stub's outputs arrive empty (numpy 2 changed the array-descriptor layout
+  the old pybind11 reads). tftrt keeps numpy 2; the stub runs in a small environment of its
+  own, numpy<2 plus a path to this environment's packages (:func:`stub_environment`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import sysconfig
+import threading
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+log = logging.getLogger("tftrt.serving")
+
+INSTALL_HINT = ('pip install "tftrt[serving]" && pip install --no-deps nvidia-pytriton==0.7.0 '
+                '(see docs/serving.md)')
+STUB_PYTHONS = ((3, 8), (3, 9), (3, 10), (3, 11), (3, 12), (3, 13))  # PyTriton 0.7.0's stubs
+MIN_GLIBC = (2, 35)  # the wheel is manylinux_2_35
+NUMPY_FOR_STUB = "numpy>=1.21,<2"
+
+
+class ServingError(RuntimeError):
+    """Serving cannot start; the message says why and what to do."""
+
+
+# ------------------------------------------------------------------------------------------
+# Where PyTriton can run
+
+
+def import_pytriton():
+    """PyTriton's modules (Triton, TritonConfig, ModelConfig, Tensor, DynamicBatcher, batch)."""
+    try:
+        from pytriton.decorators import batch
+        from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+        from pytriton.triton import Triton, TritonConfig
+    except ImportError as e:
+        raise ServingError(f"serving needs NVIDIA PyTriton ({e}): {INSTALL_HINT}") from None
+    return dict(batch=batch, DynamicBatcher=DynamicBatcher, ModelConfig=ModelConfig,
+                Tensor=Tensor, Triton=Triton, TritonConfig=TritonConfig)
+
+
+def platform_problems() -> List[str]:
+    """Why PyTriton's Triton cannot run in this process (empty when it can)."""
+    problems = []
+    if sys.platform != "linux" or os.uname().machine not in ("x86_64", "aarch64"):
+        problems.append(f"PyTriton runs on Linux x86_64 / aarch64, not {sys.platform} "
+                        f"{os.uname().machine}")
+        return problems
+    libc = os.confstr("CS_GNU_LIBC_VERSION") or ""
+    parts = libc.split()
+    if len(parts) == 2 and parts[0] == "glibc":
+        version = tuple(int(p) for p in parts[1].split(".")[:2] if p.isdigit())
+        if version < MIN_GLIBC:
+            problems.append(f"{libc}: PyTriton's Triton needs glibc >= "
+                            f"{'.'.join(map(str, MIN_GLIBC))} (manylinux_2_35)")
+    if sys.version_info[:2] not in STUB_PYTHONS:
+        problems.append(f"Python {sys.version_info[0]}.{sys.version_info[1]}: PyTriton 0.7.0 "
+                        f"has Triton Python-backend stubs for 3.8-3.13 only")
+    return problems
+
+
+def libpython_dir() -> Optional[str]:
+    """The directory of the running interpreter's ``libpython3.X.so.1.0``, or None when the
+    interpreter is linked statically (the stub then loads the system's libpython)."""
+    if not sysconfig.get_config_var("Py_ENABLE_SHARED"):
+        return None
+    libdir = sysconfig.get_config_var("LIBDIR")
+    name = f"libpython{sys.version_info[0]}.{sys.version_info[1]}.so.1.0"
+    if libdir and os.path.exists(os.path.join(libdir, name)):
+        return libdir
+    return None
+
+
+def _site_dirs() -> List[str]:
+    import site
+    dirs = [d for d in site.getsitepackages() if os.path.isdir(d)]
+    user = site.getusersitepackages() if site.ENABLE_USER_SITE else None
+    if user and os.path.isdir(user):
+        dirs.append(user)
+    return dirs
+
+
+def stub_environment(create: bool = True) -> Optional[pathlib.Path]:
+    """The Python environment Triton's Python-backend stub runs in, or None for this one.
+
+    With numpy 1.x here, this environment. With numpy 2: ``TFTRT_TRITON_STUB_ENV`` when set,
+    else a venv under the tftrt cache (made once, on first use, with ``pip install
+    "numpy<2"``; ``create=False`` only looks). Its own site-packages hold numpy<2 and a
+    ``.pth`` line that adds this environment's site directories after it, so the stub imports
+    PyTriton's proxy and pyzmq from here and numpy 1.x from there.
+    """
+    if int(np.__version__.split(".")[0]) < 2:
+        return None
+    given = os.environ.get("TFTRT_TRITON_STUB_ENV", "").strip()
+    if given:
+        path = pathlib.Path(given)
+        if not (path / "bin" / "python").exists():
+            raise ServingError(f"TFTRT_TRITON_STUB_ENV={given!r} is not a Python environment "
+                               f"(no bin/python); unset it to let tftrt make one")
+        return path
+    import hashlib
+    # Beside the build cache's default place, not in TFTRT_CACHE_DIR (tests point that at a
+    # temporary directory per session): one stub environment per Python environment.
+    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+    base = pathlib.Path(xdg) if xdg else pathlib.Path.home() / ".cache"
+    tag = hashlib.sha256("\n".join([sys.prefix] + _site_dirs()).encode()).hexdigest()[:12]
+    path = base / "tftrt" / "triton-stub" / f"py{sys.version_info[0]}{sys.version_info[1]}-{tag}"
+    if (path / "READY").exists():
+        return path
+    if not create:
+        return None
+    _make_stub_environment(path)
+    return path
+
+
+def _make_stub_environment(path: pathlib.Path) -> None:
+    import shutil
+    import tempfile
+    import venv
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=path.name + ".", dir=path.parent))
+    log.warning("numpy %s here: making the numpy<2 environment Triton's Python stub runs in, "
+                "once, at %s (pip install %r)", np.__version__, path, NUMPY_FOR_STUB)
+    try:
+        venv.EnvBuilder(with_pip=False, symlinks=True).create(tmp)
+        site = tmp / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / \
+            "site-packages"
+        run = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet",
+                              "--disable-pip-version-check", "--no-warn-script-location",
+                              "--target", str(site), NUMPY_FOR_STUB],
+                             capture_output=True, text=True)
+        if run.returncode != 0:
+            raise ServingError(f"could not install {NUMPY_FOR_STUB} for Triton's Python stub "
+                               f"(pip said: {run.stderr.strip()[-800:]}); make such an "
+                               f"environment yourself and point TFTRT_TRITON_STUB_ENV at it "
+                               f"(docs/serving.md)")
+        # `import` lines of a .pth run at start-up: addsitedir also runs this environment's
+        # own .pth files (editable installs), after numpy<2 in the stub's site-packages.
+        lines = "".join(f"import site; site.addsitedir({d!r})\n" for d in _site_dirs())
+        (site / "zz_tftrt_main_env.pth").write_text(lines)
+        (tmp / "READY").write_text(f"{NUMPY_FOR_STUB}\n")
+        try:
+            os.rename(tmp, path)
+        except OSError:  # another process made it first
+            if not (path / "READY").exists():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------
+# The model: signature -> Triton tensors
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    dtype: np.dtype        # numpy dtype (object for strings: Triton's BYTES)
+    shape: Tuple[int, ...]  # without the batch dimension; -1 where unknown
+
+
+def _numpy_dtype(tf_dtype, what: str) -> np.dtype:
+    import tensorflow as tf
+    if tf_dtype == tf.string:
+        return np.dtype(object)
+    if tf_dtype == tf.bfloat16 or not (tf_dtype.is_floating or tf_dtype.is_integer or
+                                       tf_dtype.is_bool):
+        raise ServingError(f"{what} has dtype {tf_dtype.name}, which Triton's Python backend "
+                           f"does not carry; serve a signature with float, int, bool or string "
+                           f"tensors")
+    return np.dtype(tf_dtype.as_numpy_dtype)
+
+
+def _batched(spec, what: str) -> Tuple[int, ...]:
+    if spec.shape.rank is None:
+        raise ServingError(f"{what} has an unknown rank; Triton needs each tensor's rank "
+                           f"(export the model with a shaped input_signature)")
+    dims = spec.shape.as_list()
+    if not dims or dims[0] is not None:
+        raise ServingError(f"{what} has shape {dims}: Triton's dynamic batching needs a "
+                           f"first dimension of any size (None) in every input and output")
+    return tuple(-1 if d is None else int(d) for d in dims[1:])
+
+
+def signature_tensors(fn) -> Tuple[List[TensorInfo], List[TensorInfo]]:
+    """(inputs, outputs) of a signature ConcreteFunction as Triton tensors."""
+    import tensorflow as tf
+    specs = fn.structured_input_signature[1]
+    if not specs or fn.structured_input_signature[0]:
+        raise ServingError("the signature must take keyword tensors (a SavedModel signature)")
+    inputs = [TensorInfo(n, _numpy_dtype(s.dtype, f"input {n!r}"),
+                         _batched(s, f"input {n!r}")) for n, s in sorted(specs.items())]
+    outs = fn.structured_outputs
+    if not isinstance(outs, dict) or not all(isinstance(v, tf.TensorSpec) or
+                                             hasattr(v, "dtype") for v in outs.values()):
+        raise ServingError("the signature must return a flat dict of tensors")
+    outputs = [TensorInfo(n, _numpy_dtype(s.dtype, f"output {n!r}"),
+                          _batched(s, f"output {n!r}")) for n, s in sorted(outs.items())]
+    return inputs, outputs
+
+
+def preferred_batch_sizes(model, max_batch: int) -> Tuple[List[int], bool]:
+    """Triton's preferred batch sizes: the batch (first dimension of the first input) of each
+    optimization profile's opt shape, up to ``max_batch``, plus ``max_batch``; without
+    profiles ``[max_batch]``. Returns (sizes, whether the engines have profiles)."""
+    sizes = set()
+    has_profiles = False
+    for op in getattr(model, "engine_ops", {}).values():
+        for _, engine in op.cache.items():
+            for p in getattr(engine, "profiles", ()):
+                has_profiles = True
+                if p.opt and p.opt[0] and 0 < p.opt[0][0] <= max_batch:
+                    sizes.add(int(p.opt[0][0]))
+    sizes.add(max_batch)
+    return sorted(sizes), has_profiles
+
+
+def resolve_gpus(spec: Union[str, Sequence[int], None]) -> List[int]:
+    """``all`` (every GPU TensorFlow sees; none: []), ``none`` / None, ``0,1`` or a list."""
+    import tensorflow as tf
+    visible = len(tf.config.list_physical_devices("GPU"))
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("none", "")):
+        return []
+    if isinstance(spec, str) and spec.strip().lower() == "all":
+        return list(range(visible))
+    if isinstance(spec, str):
+        try:
+            ids = [int(v) for v in spec.split(",") if v.strip()]
+        except ValueError:
+            raise ServingError(f"--gpus {spec!r}: give all, none or GPU numbers like 0,1") \
+                from None
+    else:
+        ids = [int(v) for v in spec]
+    if len(set(ids)) != len(ids) or any(i < 0 for i in ids):
+        raise ServingError(f"GPUs {ids}: each GPU number once, >= 0")
+    bad = [i for i in ids if i >= visible]
+    if bad:
+        raise ServingError(f"GPU(s) {bad} requested, but TensorFlow sees {visible} GPU(s)"
+                           f"{' (no GPU: serve with --gpus none)' if not visible else ''}")
+    return ids
+
+
+def make_infer_func(fn, inputs: List[TensorInfo], outputs: List[TensorInfo],
+                    gpu: Optional[int]) -> Callable[..., Dict[str, np.ndarray]]:
+    """One model instance: a batched callable running ``fn`` on GPU ``gpu`` (None: the CPU)."""
+    import tensorflow as tf
+    device = "/CPU:0" if gpu is None else f"/GPU:{gpu}"
+    cupy_device = None
+    if gpu is not None:
+        try:
+            import cupy
+            cupy_device = cupy.cuda.Device(gpu)
+        except ImportError:
+            pass
+    dtypes = {t.name: t.dtype for t in outputs}
+
+    def infer(**arrays: np.ndarray) -> Dict[str, np.ndarray]:
+        with tf.device(device):
+            if cupy_device is not None:
+                with cupy_device:
+                    result = fn(**{k: tf.constant(v) for k, v in arrays.items()})
+            else:
+                result = fn(**{k: tf.constant(v) for k, v in arrays.items()})
+        return {k: np.asarray(v.numpy(), dtype=dtypes[k]) for k, v in result.items()}
+
+    infer.device = device  # type: ignore[attr-defined]
+    return infer
+
+
+# ------------------------------------------------------------------------------------------
+# The server
+
+
+@dataclasses.dataclass
+class ServeConfig:
+    """What ``tftrt serve`` takes (see docs/serving.md)."""
+
+    signature: str = "serving_default"
+    model_name: Optional[str] = None        # default: the directory's name
+    gpus: Union[str, Sequence[int], None] = "all"
+    max_batch: int = 128
+    max_queue_delay_us: int = 100
+    preferred_batch_sizes: Optional[Sequence[int]] = None  # default: from the profiles
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    address: str = "0.0.0.0"
+    tags: Optional[Sequence[str]] = None
+    exit_timeout_s: int = 10
+    log_verbose: int = 0
+
+
+class Server:
+    """A converted SavedModel served by Triton; a context manager (``start`` / ``stop``)."""
+
+    def __init__(self, model_dir: str, config: Optional[ServeConfig] = None,
+                 model=None):
+        self.model_dir = os.fspath(model_dir)
+        self.config = config or ServeConfig()
+        self._model = model
+        self._triton = None
+        self.model_name = self.config.model_name or _model_name(self.model_dir)
+        self.instances: List[str] = []
+        self.preferred: List[int] = []
+
+    def start(self) -> "Server":
+        """Loads the model, starts Triton, loads the model into it; returns when it serves."""
+        cfg = self.config
+        if cfg.max_batch <= 0:
+            raise ServingError(f"max batch {cfg.max_batch}: give a positive batch size")
+        if cfg.max_queue_delay_us < 0:
+            raise ServingError(f"max queue delay {cfg.max_queue_delay_us} us must be >= 0")
+        problems = platform_problems()
+        if problems:
+            raise ServingError("PyTriton cannot run here: " + "; ".join(problems) +
+                               " (docs/serving.md)")
+        pt = import_pytriton()
+        model = self._model
+        if model is None:
+            import tftrt
+            model = tftrt.load(self.model_dir, tags=list(cfg.tags) if cfg.tags else None)
+        if cfg.signature not in model.signatures:
+            raise ServingError(f"signature {cfg.signature!r} not found in {self.model_dir}; "
+                               f"available: {sorted(model.signatures)}")
+        fn = model.signatures[cfg.signature]
+        inputs, outputs = signature_tensors(fn)
+        gpus = resolve_gpus(cfg.gpus)
+        if cfg.preferred_batch_sizes:
+            self.preferred = sorted({int(b) for b in cfg.preferred_batch_sizes
+                                     if 0 < int(b) <= cfg.max_batch}) or [cfg.max_batch]
+        else:
+            self.preferred, has_profiles = preferred_batch_sizes(model, cfg.max_batch)
+            if getattr(model, "engine_ops", None) and not has_profiles:
+                log.warning("%s: its engines serve exact shapes (no optimization profiles), "
+                            "and dynamic batching makes batches of 1..%d: each new batch size "
+                            "builds an engine at run time. Convert with --dynamic-shape and "
+                            "--batch-sizes 1,%d (docs/serving.md)", self.model_dir,
+                            cfg.max_batch, cfg.max_batch)
+        funcs = [make_infer_func(fn, inputs, outputs, g) for g in (gpus or [None])]
+        self.instances = [f.device for f in funcs]
+        batched = [pt["batch"](f) for f in funcs]
+
+        stub = stub_environment()
+        try:
+            self._triton = _start_triton(pt, cfg, stub)
+        except Exception as e:
+            raise ServingError(f"Triton did not start ({type(e).__name__}: {e}); are ports "
+                               f"{cfg.http_port}, {cfg.grpc_port}, {cfg.metrics_port} free?") \
+                from e
+        try:
+            self._triton.bind(
+                model_name=self.model_name,
+                infer_func=batched if len(batched) > 1 else batched[0],
+                inputs=[pt["Tensor"](name=t.name, dtype=_pt_dtype(t.dtype), shape=t.shape)
+                        for t in inputs],
+                outputs=[pt["Tensor"](name=t.name, dtype=_pt_dtype(t.dtype), shape=t.shape)
+                         for t in outputs],
+                config=pt["ModelConfig"](
+                    max_batch_size=cfg.max_batch,
+                    batcher=pt["DynamicBatcher"](
+                        max_queue_delay_microseconds=cfg.max_queue_delay_us,
+                        preferred_batch_size=self.preferred)),
+                strict=True)
+            self._triton.run()
+        except BaseException as e:
+            self.stop()
+            if isinstance(e, Exception) and not isinstance(e, ServingError):
+                raise ServingError(f"Triton did not load the model ({type(e).__name__}: "
+                                   f"{e})") from e
+            raise
+        log.info("serving %s (signature %s) as Triton model %r on %s: HTTP %d, gRPC %d, "
+                 "metrics %d; max batch %d, preferred %s, queue delay %d us",
+                 self.model_dir, cfg.signature, self.model_name, ", ".join(self.instances),
+                 cfg.http_port, cfg.grpc_port, cfg.metrics_port, cfg.max_batch,
+                 self.preferred, cfg.max_queue_delay_us)
+        return self
+
+    def wait(self, stop: Optional[threading.Event] = None, poll_s: float = 1.0) -> None:
+        """Blocks until ``stop`` is set or Triton (or a model instance) is no longer alive.
+
+        (PyTriton's own ``serve()`` starts Triton again when it was stopped meanwhile.)"""
+        stop = stop or threading.Event()
+        while not stop.wait(poll_s):
+            triton = self._triton
+            if triton is None or not triton.is_alive():
+                return
+
+    def stop(self) -> None:
+        """Stops Triton and its stub processes; frees the ports."""
+        triton, self._triton = self._triton, None
+        if triton is not None:
+            triton.stop()
+
+    def __enter__(self) -> "Server":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _model_name(model_dir: str) -> str:
+    name = os.path.basename(os.path.normpath(os.path.abspath(model_dir)))
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "model"
+
+
+def _pt_dtype(dtype: np.dtype):
+    return np.bytes_ if dtype == np.dtype(object) else dtype.type
+
+
+_ENV_LOCK = threading.Lock()
+
+
+def _start_triton(pt, cfg: ServeConfig, stub: Optional[pathlib.Path]):
+    """Starts Triton (PyTriton starts it on entering its context) with the stub fixes."""
+    import pytriton.server.triton_server as ts
+    tconf = pt["TritonConfig"](
+        http_address=cfg.address, http_port=cfg.http_port,
+        grpc_address=cfg.address, grpc_port=cfg.grpc_port,
+        metrics_address=cfg.address, metrics_port=cfg.metrics_port,
+        exit_timeout_secs=cfg.exit_timeout_s, log_verbose=cfg.log_verbose,
+        allow_gpu_metrics=None)
+    libdir = libpython_dir()
+    if libdir is None:
+        log.warning("this Python is linked statically: Triton's stub loads the system's "
+                    "libpython%d.%d, which must be the same release as this interpreter",
+                    *sys.version_info[:2])
+    with _ENV_LOCK:
+        # Triton (and its stub) inherit the environment at start; put it back afterwards.
+        before = os.environ.get("LD_LIBRARY_PATH")
+        saved_env_fn = ts.get_triton_python_backend_python_env
+        if libdir:
+            os.environ["LD_LIBRARY_PATH"] = libdir + (":" + before if before else "")
+        if stub is not None:
+            # PyTriton puts <env>/bin first on the stub's PATH; the stub takes its Python
+            # (and so its site-packages) from there.
+            ts.get_triton_python_backend_python_env = lambda: stub
+        try:
+            triton = pt["Triton"](config=tconf, security_config=_security_config())
+            triton.__enter__()
+        finally:
+            ts.get_triton_python_backend_python_env = saved_env_fn
+            if before is None:
+                os.environ.pop("LD_LIBRARY_PATH", None)
+            else:
+                os.environ["LD_LIBRARY_PATH"] = before
+    return triton
+
+
+def _security_config():
+    """PyTriton's token-protected endpoints, less ``statistics``: operators and load
+    balancers read per-model counts and queue times from it (Triton's default is open).
+    Model loading, shared memory, tracing and logging stay behind PyTriton's random
+    per-run token."""
+    from pytriton import triton as pt_triton
+    return pt_triton.TritonSecurityConfig(
+        restricted_endpoints=[e for e in pt_triton.DEFAULT_PROTECTED_ENDPOINTS
+                              if e != "statistics"])
+
+
+def serve_forever(model_dir: str, config: ServeConfig, announce=print) -> None:
+    """``tftrt serve``: serves until SIGINT or SIGTERM (Kubernetes' stop), then stops
+    Triton cleanly."""
+    server = Server(model_dir, config)
+    server.start()
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        stop.set()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    stopped_by_itself = False
+    cfg = config
+    announce(f"serving {model_dir} as Triton model {server.model_name!r} "
+             f"(signature {cfg.signature}) on {', '.join(server.instances)}: "
+             f"HTTP {cfg.address}:{cfg.http_port}, gRPC {cfg.address}:{cfg.grpc_port}, "
+             f"metrics {cfg.address}:{cfg.metrics_port}/metrics; max batch {cfg.max_batch}, "
+             f"preferred batch sizes {server.preferred}, max queue delay "
+             f"{cfg.max_queue_delay_us} us. Ctrl-C or SIGTERM stops it.")
+    try:
+        server.wait(stop)
+        stopped_by_itself = not stop.is_set()
+    finally:
+        server.stop()
+        for s, h in old.items():
+            signal.signal(s, h)
+    if stopped_by_itself:
+        raise ServingError("Triton or a model instance stopped by itself (its log above says "
+                           "why)")
