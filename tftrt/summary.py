@@ -149,7 +149,8 @@ def quantization_lines(op, detailed: bool):
         for r in layers:
             why = r.get("reason")
             why = "" if not why or why.startswith("no range for tensor") else f" ({why})"
-            lines.append(f"\t  {r['name']} ({r['kind']}): {r['precision']}{why}")
+            kernel = f" [{r['kernel']}]" if r.get("kernel") else ""
+            lines.append(f"\t  {r['name']} ({r['kind']}): {r['precision']}{why}{kernel}")
     return lines
 
 

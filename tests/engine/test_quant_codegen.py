@@ -5,6 +5,7 @@ numpy backend simulates), bit for bit; with nvcc on PATH every source compiles f
 (the FP8 PTX conversion included); the weight layouts and padding the GPU layers plan.
 """
 
+import importlib
 import shutil
 import subprocess
 
@@ -76,15 +77,16 @@ def _activation_input(rng, shape, dtype):
     return x.astype(dtype)
 
 
-QUANT_CASES = [  # (rows, c, cp, in dtype, mode)
-    (6, 3, 4, "float32", "int8"), (6, 8, 8, "float16", "int8"), (5, 5, 16, "float32", "e4m3"),
-    (4, 32, 32, "float16", "e4m3"), (6, 3, 4, "float16", "int8_values"),
-    (6, 7, 16, "float32", "e4m3_values"), (6, 3, 4, "int8", "int8"),
-    (6, 6, 8, "int8", "int8_values"),
+QUANT_CASES = [  # (rows, c, cp, in dtype, mode, values dtype)
+    (6, 3, 4, "float32", "int8", None), (6, 8, 8, "float16", "int8", None),
+    (5, 5, 16, "float32", "e4m3", None), (4, 32, 32, "float16", "e4m3", None),
+    (6, 3, 4, "float16", "int8_values", "float16"),
+    (6, 7, 16, "float32", "e4m3_values", "float16"), (6, 3, 4, "int8", "int8", None),
+    (6, 6, 8, "int8", "int8_values", "float32"), (5, 9, 9, "float16", "e4m3_values", "float32"),
 ]
 
 
-def _quant_want(x, cp, mode, inv):
+def _quant_want(x, cp, mode, inv, values_dtype):
     c = x.shape[-1]
     if x.dtype == np.int8:
         q = x.astype(np.float64)
@@ -94,7 +96,7 @@ def _quant_want(x, cp, mode, inv):
         q = Q.round_e4m3(x.astype(np.float32) * inv).astype(np.float64)
     if mode == "e4m3":
         q = Q.e4m3_encode(x.astype(np.float32) * inv)
-    out_dt = {"int8": np.int8, "e4m3": np.uint8}.get(mode, np.float16)
+    out_dt = {"int8": np.int8, "e4m3": np.uint8}.get(mode, values_dtype)
     want = np.zeros(x.shape[:-1] + (cp,), out_dt)
     want[..., :c] = q.astype(out_dt) if mode != "e4m3" else q
     return want
@@ -108,18 +110,19 @@ def test_quantize_kernels_match_numpy_on_the_host(tmp_path):
     rng = np.random.default_rng(0)
     inv = Q.inv_scale(0.5)
     srcs, inputs = [], []
-    for rows, c, cp, dt, mode in QUANT_CASES:
+    for rows, c, cp, dt, mode, vdt in QUANT_CASES:
         if dt == "int8":
             x = rng.integers(-127, 128, (rows, c)).astype(np.int8)
         else:
             x = _activation_input(rng, (rows, c), dt)
-        src = S.QuantizeSource(rows, c, cp, dt, mode, float(inv))
+        src = S.QuantizeSource(rows, c, cp, dt, mode, float(inv), vdt or "float16")
+        assert src.out_dtype == {"int8": "int8", "e4m3": "uint8"}.get(mode, vdt)
         assert src.work == rows * cp
         srcs.append((src.source, "quantize"))
         inputs.append((x, src))
     so = _host_library(_host_source(srcs), tmp_path, "quant")
     for k, ((x, src), case) in enumerate(zip(inputs, QUANT_CASES)):
-        want = _quant_want(x, src.cp, src.mode, inv)
+        want = _quant_want(x, src.cp, src.mode, inv, src.out_dtype)
         out = np.full(want.shape, 77, want.dtype)
         xin = x.view(np.uint16) if x.dtype == np.float16 else x
         _run(so, "quantize", k, np.ascontiguousarray(xin),
@@ -228,8 +231,8 @@ def test_sources_compile_for_sm90_with_nvcc(tmp_path):
     conversion assembles for sm_90 (ptxas runs: -c builds the object)."""
     parts = [C.PRELUDE, S.INT8_HELPERS, S.FP8_HELPERS, S.E4M3_VALUE]
     k = 0
-    for rows, c, cp, dt, mode in QUANT_CASES:
-        src = S.QuantizeSource(rows, c, cp, dt, mode, 2.0).source
+    for rows, c, cp, dt, mode, vdt in QUANT_CASES:
+        src = S.QuantizeSource(rows, c, cp, dt, mode, 2.0, vdt or "float16").source
         parts.append(_strip(src).replace("void quantize(", f"void quantize_{k}("))
         k += 1
     for acc_dt, ld, out_dt, out_scale, act, _ in EPI_CASES:
@@ -295,3 +298,56 @@ def test_operand_modes():
         {2: (8,), 3: (1, 1, 1, 8), 4: (2, 5, 5, 8)},
         {2: "float32", 3: "float32", 4: "float16"}, (2, 5, 5, 8))
     assert modes == {2: ("vec", "float32"), 3: ("vec", "float32"), 4: ("full", "float16")}
+
+
+# --- the backend's tactics and the report ----------------------------------------------------
+def _quantized_net(kind):
+    from tftrt.engine.network import Network
+    from tftrt.engine.precision import apply_precision
+    rng = np.random.RandomState(0)
+    net = Network(kind)
+    net.inputs, net.outputs = ["x"], ["y"]
+    if kind == "depthwise":
+        net.add_tensor("x", "float32", (1, 6, 6, 8))
+        w = net.add_weight(rng.randn(8, 3, 3, 1).astype(np.float32), "w")
+        net.add_layer("conv", ["x", w], ["y"], {"strides": [1, 1], "dilations": [1, 1],
+                                                "pads": [1, 1, 1, 1], "group": 8})
+        net.tensors["y"].dtype, net.tensors["y"].shape = "float32", (1, 6, 6, 8)
+    else:
+        net.add_tensor("x", "float32", (4, 16))
+        w = net.add_weight(rng.randn(16, 8).astype(np.float32), "w")
+        net.add_layer("matmul", ["x", w], ["y"], {})
+        net.tensors["y"].dtype, net.tensors["y"].shape = "float32", (4, 8)
+    return apply_precision(net, "INT8", Q.new_table(tensors={"x": 2.0}))
+
+
+@pytest.mark.parametrize("kind", ["depthwise", "matmul"])
+def test_float_tactics_never_take_a_quantized_layer(kind):
+    """The CuPy backend's fp16 / fp32 tactics (the direct depthwise kernel, cupy.matmul,
+    cuDNN / cuBLASLt float paths) refuse a layer whose weight is int8 / E4M3 codes: only the
+    q_* tactics (cupy_quant) may run it. Checked without CuPy: the float predicates only."""
+    importlib.import_module("tftrt.engine.backends.cupy_backend")  # registers the tactics
+    from tftrt.engine.tactics import _REGISTRY
+    net = _quantized_net(kind)
+    (layer,) = net.layers
+    assert layer.precision == "INT8" and "quant" in layer.attrs
+    layer_kind = "conv" if kind == "depthwise" else "matmul"
+    tactics = {t.name: t for t in _REGISTRY[("cupy", layer_kind)]}
+    assert {"q_cudnn", "q_lt_1x1", "q_emulated"} <= set(tactics) if layer_kind == "conv" \
+        else {"q_lt", "q_emulated"} <= set(tactics)
+    float_tactics = [n for n in tactics if not n.startswith("q_")]
+    assert float_tactics
+    for name in float_tactics:
+        if name in ("cudnn", "lt_1x1", "lt"):
+            continue  # these import cupy_dnn; their dtype checks are the float-weight tests
+        assert not tactics[name].applies(net, layer), name
+
+
+def test_precision_report_names_the_kernel():
+    net = _quantized_net("matmul")
+    (layer,) = net.layers
+    assert Q.precision_report(net)["layers"][0]["kernel"] is None
+    layer.tactic = "q_lt"
+    layer.attrs["_cupy"] = {"q_lt": {"algo": 0, "kernel": "cuBLASLt INT8 GEMM"}}
+    assert Q.layer_kernel(layer) == "cuBLASLt INT8 GEMM"
+    assert Q.precision_report(net)["layers"][0]["kernel"] == "cuBLASLt INT8 GEMM"

@@ -390,9 +390,22 @@ def _remove_unused_layers(net: Network) -> None:
         net.layers = [l for l in net.layers if l not in dead]
 
 
+def layer_kernel(layer: Layer) -> Optional[str]:
+    """What a backend recorded as running a layer, in words (a private record of its tactic
+    with a "kernel" entry, e.g. the CuPy backend's "cuDNN INT8 conv (int32 accumulator;
+    channels padded 3->4) + epilogue kernel"), or None."""
+    for key, recs in layer.attrs.items():
+        if key.startswith("_") and isinstance(recs, dict):
+            rec = recs.get(layer.tactic or "default")
+            if isinstance(rec, dict) and isinstance(rec.get("kernel"), str):
+                return rec["kernel"]
+    return None
+
+
 def precision_report(net: Network) -> Dict[str, Any]:
-    """Per GEMM layer (conv / conv_transpose / matmul): name, kind, precision, FLOPs and why it
-    is not quantized; the share of their FLOPs that runs quantized."""
+    """Per GEMM layer (conv / conv_transpose / matmul): name, kind, precision, FLOPs, why it
+    is not quantized, and the kernel a backend runs it on (:func:`layer_kernel`, when
+    recorded); the share of their FLOPs that runs quantized."""
     layers, total, quantized = [], 0, 0
     for l in net.layers:
         if l.kind not in GEMM_KINDS:
@@ -402,7 +415,8 @@ def precision_report(net: Network) -> Dict[str, Any]:
         if l.precision in QUANTIZED_PRECISIONS:
             quantized += flops
         layers.append({"name": l.name, "kind": l.kind, "precision": l.precision,
-                       "flops": flops, "reason": l.attrs.get("quant_fallback")})
+                       "flops": flops, "reason": l.attrs.get("quant_fallback"),
+                       "kernel": layer_kernel(l)})
     return {"layers": layers, "flops": total, "quantized_flops": quantized,
             "quantized_share": (quantized / total) if total else 0.0}
 

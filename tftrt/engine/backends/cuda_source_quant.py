@@ -98,13 +98,14 @@ class QuantizeSource:
     for the padding channels ``c <= k < cp``.
 
     Modes: "int8" (y int8), "e4m3" (y uint8 E4M3 codes), "int8_values" / "e4m3_values" (y
-    float16 holding the quantized values, for the emulated fallback). ``inv_scale`` is the
+    ``values_dtype``, float16 or float32, holding the quantized values: the emulated
+    fallback's operand; both hold every int8 and E4M3 value exactly). ``inv_scale`` is the
     float32 reciprocal of the input scale (unused for an int8 input: its values are copied).
     :attr:`work` items (one output element each) in a grid-stride loop.
     """
 
     def __init__(self, rows: int, c: int, cp: int, in_dtype: str, mode: str,
-                 inv_scale: float):
+                 inv_scale: float, values_dtype: str = "float16"):
         if mode not in QUANTIZE_MODES:
             raise ValueError(f"quantize mode {mode!r}; one of {QUANTIZE_MODES}")
         in_dtype = np.dtype(in_dtype).name
@@ -116,7 +117,11 @@ class QuantizeSource:
             raise ValueError(f"padded channels {cp} < channels {c}")
         self.rows, self.c, self.cp, self.mode = int(rows), int(c), int(cp), mode
         self.in_dtype = in_dtype
-        self.out_dtype = {"int8": "int8", "e4m3": "uint8"}.get(mode, "float16")
+        values_dtype = np.dtype(values_dtype).name
+        if values_dtype not in ("float16", "float32"):
+            raise ValueError(f"quantized values are stored as float16 or float32, not "
+                             f"{values_dtype}")
+        self.out_dtype = {"int8": "int8", "e4m3": "uint8"}.get(mode, values_dtype)
         self.work = self.rows * self.cp
         it = _index_type(self.work, self.rows * self.c)
         if in_dtype == "int8":

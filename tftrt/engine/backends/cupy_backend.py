@@ -86,7 +86,8 @@ def _conv_1x1(net, layer) -> bool:
 
 def _depthwise(net, layer) -> bool:
     x, w = net.tensors[layer.inputs[0]].shape, net.tensors[layer.inputs[1]].shape
-    return len(x) == 4 and layer.attrs["group"] == x[-1] > 1 and w[-1] == 1
+    return "quant" not in layer.attrs and len(x) == 4 and \
+        layer.attrs["group"] == x[-1] > 1 and w[-1] == 1
 
 
 def _matmul_lt(net, layer) -> bool:
@@ -114,7 +115,27 @@ register_tactic("cupy", "conv", "lt_1x1", applies=_conv_1x1, workspace=_workspac
 register_tactic("cupy", "conv", "dw_direct", applies=_depthwise, workspace=_workspace)
 register_tactic("cupy", "conv_transpose", "cudnn", applies=_cudnn_ok, workspace=_workspace)
 register_tactic("cupy", "matmul", "lt", applies=_matmul_lt, workspace=_workspace)
-register_tactic("cupy", "matmul", "cupy_matmul", workspace=_workspace)
+register_tactic("cupy", "matmul", "cupy_matmul", applies=lambda n, l: "quant" not in l.attrs,
+                workspace=_workspace)
+
+
+def _quant(predicate: str):
+    """Applies-predicate of an INT8 / FP8 tactic: ``cupy_quant.<predicate>`` (imported only
+    for quantized layers). The float tactics above never take a quantized layer."""
+    def applies(net, layer) -> bool:
+        if "quant" not in layer.attrs:
+            return False
+        from tftrt.engine.backends import cupy_quant
+        return getattr(cupy_quant, predicate)(net, layer)
+    return applies
+
+
+for _kind, _name, _pred in (("conv", "q_cudnn", "cudnn_applies"),
+                            ("conv", "q_lt_1x1", "gemm_applies"),
+                            ("conv", "q_emulated", "emulated_applies"),
+                            ("matmul", "q_lt", "gemm_applies"),
+                            ("matmul", "q_emulated", "emulated_applies")):
+    register_tactic("cupy", _kind, _name, applies=_quant(_pred), workspace=_workspace)
 register_tactic("cupy", "attention", "sdpa", workspace=_workspace)
 register_tactic("cupy", ANY_KIND, "default", workspace=_workspace)
 
@@ -131,13 +152,20 @@ def impl_table() -> Dict[str, Dict[str, Tuple[type, ...]]]:
     """
     from tftrt.engine.backends import cupy_layers as L
     from tftrt.engine.backends import cupy_ops as O
+    from tftrt.engine.backends import cupy_quant as QK
     table = {
         "conv": {"cudnn": (L.ConvCudnn,),
                  "lt_1x1": (L.ConvGemm, L.ConvCudnn),
-                 "dw_direct": (L.DepthwiseConv, L.ConvCudnn)},
+                 "dw_direct": (L.DepthwiseConv, L.ConvCudnn),
+                 # INT8 / FP8 (cupy_quant): int8 / fp8 tensor cores, else emulated in TF32
+                 "q_cudnn": (QK.QuantConvCudnn, QK.QuantEmulated),
+                 "q_lt_1x1": (QK.QuantGemmLt, QK.QuantConvCudnn, QK.QuantEmulated),
+                 "q_emulated": (QK.QuantEmulated,)},
         "conv_transpose": {"cudnn": (L.ConvCudnn,)},
         "matmul": {"lt": (L.MatmulLt, L.MatmulCupy),
-                   "cupy_matmul": (L.MatmulCupy,)},
+                   "cupy_matmul": (L.MatmulCupy,),
+                   "q_lt": (QK.QuantGemmLt, QK.QuantEmulated),
+                   "q_emulated": (QK.QuantEmulated,)},
         "attention": {"sdpa": (L.AttentionCudnn, L.AttentionCupy)},
         "pointwise": {"default": (L.Pointwise,)},
         "pool": {"default": (L.Pool,)},
@@ -226,10 +254,10 @@ class CupyBackend(Backend):
         self.options = _OPTIONS
         self._lock = threading.Lock()
 
-    # INT8 / FP8 (issue 15): no int8 / fp8 kernels here yet, so the builder runs such engines'
-    # layers in FP16 (answers as FP16 gives them, one warning); FP8 still needs a GPU that has
-    # it, so an FP8 engine on an older one fails by name (its op runs natively).
-    quantized_precisions: Tuple[str, ...] = ()
+    # INT8 / FP8 (issue 15): quantized conv / matmul layers run on int8 / fp8 kernels
+    # (cupy_quant: tactics q_cudnn, q_lt_1x1, q_lt; q_emulated where none applies); FP8 needs
+    # a GPU that has it, so an FP8 engine on an older one fails by name (check_precision).
+    quantized_precisions: Tuple[str, ...] = ("INT8", "FP8")
 
     def check_precision(self, precision: str) -> None:
         """EngineBuildError for a precision this GPU cannot run: FP8 below sm_89."""

@@ -1,0 +1,608 @@
+"""INT8 / FP8 layers of the CuPy backend (issue 15): quantized ``conv`` / ``matmul`` layers
+(``layer.attrs["quant"]``, made by ``quantization.py``) on int8 / E4M3 tensor cores.
+
+Every layer runs three GPU steps (sources in ``cuda_source_quant``, which says the
+arithmetic): quantize the activation on entry (skipped for an int8 input whose channels
+need no padding), the main op on a library, the epilogue kernel (dequantization, bias,
+residual, activation, then fp16 / fp32 or int8 requantization). Implementations, in the
+order ``cupy_backend.impl_table`` tries them:
+
+* :class:`QuantGemmLt` (tactics ``q_lt`` for matmul, ``q_lt_1x1`` for 1x1 convs):
+  cuBLASLt, int8 x int8 -> int32 (``CUBLAS_COMPUTE_32I``) or E4M3 x E4M3 -> fp32
+  (``CUBLAS_COMPUTE_32F``), "TN" layout (weight [N, K] and activation [M, K], both
+  K-contiguous; K and N padded to 4 / 16 with zeros), then the epilogue kernel reading the
+  accumulator with its padded row stride. The per-channel weight scales are in the
+  epilogue's dequantization vector, so no A/B scale pointer is set (the accumulator is the
+  exact integer / fp32 sum the numpy backend rounds once).
+* :class:`QuantConvCudnn` (tactic ``q_cudnn``, and 1x1 convs cuBLASLt does not take): a
+  cuDNN-frontend graph, NHWC, int8 / E4M3 x and w (channels padded to 4 / 16), conv_fprop
+  with INT32 (INT8) / FLOAT (FP8) compute. Variants, each built at build time and the
+  fastest kept (recorded in the plan): ``fused`` (the epilogue as cuDNN pointwise nodes,
+  fp16 / fp32 output; only for layers whose output is not requantized and whose epilogue
+  cuDNN can express), ``acc`` / ``acc_identity`` (the accumulator as the graph output,
+  int32 / fp32, with or without an identity node; then the epilogue kernel).
+* :class:`QuantEmulated` (tactic ``q_emulated`` for what neither takes -- grouped /
+  depthwise convs, transpose_a matmuls -- and the fallback of the two above): the quantized
+  values as float32 through a TF32 cuDNN conv / cuBLASLt GEMM (int8 and E4M3 values and
+  their products are exact in TF32 / fp32), then the same epilogue kernel: the layer's
+  answers, without int8 / fp8 tensor cores. Its layers say so in the engine's fallback
+  line and in ``precision_report`` ("kernel").
+
+What a layer runs on is recorded in its plan record (``attrs["_cupy"][tactic]["kernel"]``),
+which ``quantization.precision_report`` and summary() show. Anything a library cannot do
+fails when the layer is built (the next implementation takes it); nothing is decided at run
+time and nothing runs on the host.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+import cupy as cp
+
+from tftrt.engine import quantization as Q
+from tftrt.engine.backends import cuda_source_quant as S
+from tftrt.engine.backends.cupy_dnn import (LT_WORKSPACE, ConvSpec, CudnnConv, GemmSpec, LtGemm,
+                                            _cdt, _cudnn_act, _CudnnPlans, _nc_dims, _set_attr,
+                                            cudnn_handle, cudnn_module, gpu_time, lt_handle,
+                                            lt_module)
+from tftrt.engine.backends.cupy_kernels import _raw_kernel, launch
+from tftrt.engine.backends.cupy_layers import (_SHARED, Impl, _dtype, _shape, _stream_ptr,
+                                               get_record, set_record)
+from tftrt.engine.errors import GpuTimeout
+
+log = logging.getLogger("tftrt.engine.cupy")
+
+ALIGN = 256  # scratch sub-buffers start 256-byte aligned (cuBLASLt / cuDNN assume it)
+
+
+def _align(n: int) -> int:
+    return (int(n) + ALIGN - 1) // ALIGN * ALIGN
+
+
+def fp8_supported() -> bool:
+    p = cp.cuda.runtime.getDeviceProperties(cp.cuda.runtime.getDevice())
+    return (p["major"], p["minor"]) >= (8, 9)
+
+
+# --- kernels -------------------------------------------------------------------------------------
+class QuantizeKernel(S.QuantizeSource):
+    def __call__(self, x, y) -> None:
+        launch(_raw_kernel(self.source, "quantize"), self.work, [x, y])
+
+
+class QuantEpilogueKernel(S.QuantEpilogueSource):
+    def __call__(self, acc, operands: Dict[int, cp.ndarray], y) -> None:
+        launch(_raw_kernel(self.source, "qepi"), self.work,
+               [acc] + [operands[i] for i in self.operands] + [y])
+
+
+class Scratch:
+    """Named sub-buffers of one workspace, each 256-byte aligned."""
+
+    def __init__(self, sizes: List[Tuple[str, int]]):
+        self.offsets: Dict[str, Tuple[int, int]] = {}
+        off = 0
+        for name, nbytes in sizes:
+            if nbytes:
+                self.offsets[name] = (off, int(nbytes))
+                off = _align(off + nbytes)
+        self.nbytes = off
+
+    def view(self, ws, name: str, dtype, shape):
+        off, n = self.offsets[name]
+        return ws[off:off + n].view(dtype).reshape(shape)
+
+
+# --- cuBLASLt int8 / fp8 GEMM ---------------------------------------------------------------------
+class QLtGemm:
+    """D[M, N] (row-major; int32 for INT8, fp32 for FP8) = X[M, K] @ W[N, K]^T on cuBLASLt's
+    int8 (IMMA) / FP8 kernels: in its column-major terms D^T = W^T(op T) @ X^T(op N), the
+    "TN" layout both kernel families require; K, N multiples of 4 (INT8) / 16 (FP8)."""
+
+    def __init__(self, m: int, n: int, k: int, fmt: str, choice: Optional[dict] = None,
+                 candidates: int = 8):
+        lt, cublas, DT = lt_module()
+        mult = S.CHANNEL_MULTIPLE[fmt]
+        if n % mult or k % mult:
+            raise ValueError(f"cuBLASLt {fmt} GEMM needs K and N multiples of {mult} "
+                             f"(K={k}, N={n})")
+        self.m, self.n, self.k, self.fmt = int(m), int(n), int(k), fmt
+        self.lock = threading.Lock()
+        self.lt = lt
+        ct = cublas.ComputeType
+        if fmt == S.INT8:
+            compute, scale_t, abt, dt = ct.COMPUTE_32I, DT.CUDA_R_32I, DT.CUDA_R_8I, \
+                DT.CUDA_R_32I
+            self.alpha, self.beta = np.array(1, np.int32), np.array(0, np.int32)
+        else:
+            compute, scale_t, abt, dt = ct.COMPUTE_32F, DT.CUDA_R_32F, DT.CUDA_R_8F_E4M3, \
+                DT.CUDA_R_32F
+            self.alpha, self.beta = np.array(1, np.float32), np.array(0, np.float32)
+        self.desc = lt.matmul_desc_create(compute, scale_t)
+        A = lt.MatmulDescAttribute
+        for attr, v in ((A.TRANSA, cublas.Operation.T), (A.TRANSB, cublas.Operation.N)):
+            _set_attr(lt.matmul_desc_set_attribute, lt.get_matmul_desc_attribute_dtype,
+                      self.desc, attr, v)
+        la = lt.matrix_layout_create(abt, self.k, self.n, self.k)  # W [N, K] row-major
+        lb = lt.matrix_layout_create(abt, self.k, self.m, self.k)  # X [M, K] row-major
+        ld = lt.matrix_layout_create(dt, self.n, self.m, self.n)   # D [M, N] row-major
+        self.layouts = (la, lb, ld)
+        pref = lt.matmul_preference_create()
+        P = lt.MatmulPreferenceAttribute
+        _set_attr(lt.matmul_preference_set_attribute, lt.get_matmul_preference_attribute_dtype,
+                  pref, P.MAX_WORKSPACE_BYTES, LT_WORKSPACE)
+        R = lt.ReductionScheme  # no in-place split-K (it accumulates into D): see LtGemm
+        _set_attr(lt.matmul_preference_set_attribute, lt.get_matmul_preference_attribute_dtype,
+                  pref, P.REDUCTION_SCHEME_MASK, int(R.COMPUTE_TYPE) | int(R.OUTPUT_TYPE))
+        self.results = lt.MatmulHeuristicResult(candidates)
+        count = np.zeros(1, np.int32)
+        try:
+            lt.matmul_algo_get_heuristic(lt_handle(), self.desc, la, lb, ld, ld, pref,
+                                         candidates, self.results.ptr, count.ctypes.data)
+        finally:
+            lt.matmul_preference_destroy(pref)
+        self.count = int(count[0])
+        if self.count == 0:
+            raise RuntimeError(f"cuBLASLt has no {fmt} algorithm for M={m} N={n} K={k}")
+        self.algos = [self.results[i]["algo"] for i in range(self.count)]
+        ws_all = np.asarray(self.results["workspace_size"]).reshape(-1)
+        self.wss = [int(ws_all[i]) for i in range(self.count)]
+        self.index = 0
+        if choice is not None and int(choice.get("algo", -1)) in range(self.count):
+            self.index = int(choice["algo"])
+        self.times: Dict[int, float] = {}
+
+    @property
+    def workspace(self) -> int:
+        return self.wss[self.index]
+
+    def choice(self) -> dict:
+        return {"algo": int(self.index)}
+
+    def run(self, w_ptr: int, x_ptr: int, d_ptr: int, ws_ptr: int, ws_size: int,
+            stream_ptr: int, index: Optional[int] = None) -> None:
+        i = self.index if index is None else index
+        la, lb, ld = self.layouts
+        with self.lock:
+            self.lt.matmul(lt_handle(), self.desc, self.alpha.ctypes.data, w_ptr, la, x_ptr, lb,
+                           self.beta.ctypes.data, d_ptr, ld, d_ptr, ld,
+                           self.algos[i].ctypes.data, ws_ptr, ws_size, stream_ptr)
+
+    def tune(self, w, x, d, stream: cp.cuda.Stream) -> float:
+        """Times every candidate (a failing one is skipped), keeps the fastest."""
+        ws = cp.empty(LT_WORKSPACE + 64, cp.uint8)
+        for i in range(self.count):
+            if self.wss[i] > LT_WORKSPACE:
+                continue
+            try:
+                self.times[i] = gpu_time(lambda: self.run(
+                    w.data.ptr, x.data.ptr, d.data.ptr, ws.data.ptr, ws.nbytes, stream.ptr, i),
+                    stream, what=f"cuBLASLt {self.fmt} algorithm {i}")
+            except GpuTimeout:
+                raise
+            except Exception as e:
+                log.debug("cuBLASLt %s algo %d failed: %s", self.fmt, i, e)
+        if not self.times:
+            raise RuntimeError(f"no cuBLASLt {self.fmt} algorithm ran")
+        self.index = min(self.times, key=self.times.get)
+        return self.times[self.index]
+
+
+# --- cuDNN int8 / fp8 convolution -----------------------------------------------------------------
+CONV_VARIANTS = ("fused", "acc", "acc_identity")
+
+
+class QCudnnConv(_CudnnPlans):
+    """One int8 / E4M3 convolution as a cuDNN graph (see the module doc for the variants).
+    ``spec`` is a :class:`cupy_dnn.ConvSpec` of the padded shapes (its dtype fields unused)."""
+
+    def __init__(self, spec: ConvSpec, fmt: str, variant: str, y_dtype: str,
+                 choice: Optional[dict] = None, candidates: Optional[int] = None):
+        if variant not in CONV_VARIANTS:
+            raise ValueError(f"variant {variant!r}")
+        self.spec, self.fmt, self.variant, self.y_dtype = spec, fmt, variant, y_dtype
+        self._setup(choice, candidates)
+
+    def _graph(self, c):
+        s = self.spec
+        io = c.data_type.INT8 if self.fmt == S.INT8 else c.data_type.FP8_E4M3
+        acc = c.data_type.INT32 if self.fmt == S.INT8 else c.data_type.FLOAT
+        g = c.pygraph(io_data_type=io, intermediate_data_type=c.data_type.FLOAT,
+                      compute_data_type=c.data_type.FLOAT, handle=cudnn_handle())
+        xd, xs = _nc_dims(s.x_shape)
+        wd, ws = _nc_dims(s.w_shape)
+        yd, ys = _nc_dims(s.y_shape)
+        X = g.tensor(name="X", dim=xd, stride=xs, data_type=io)
+        W = g.tensor(name="W", dim=wd, stride=ws, data_type=io)
+        Y = g.conv_fprop(image=X, weight=W, pre_padding=s.pads_b, post_padding=s.pads_e,
+                         stride=s.strides, dilation=s.dilations, compute_data_type=acc)
+        tensors = {"X": X, "W": W}
+        if self.variant == "fused":
+            cout = s.y_shape[-1]
+            Y.set_data_type(c.data_type.FLOAT)
+            for e in s.epilogue:
+                if e["op"] in ("bias", "scale", "add"):
+                    i = e["input"]
+                    shp, dt = s.operands[i]
+                    if tuple(shp)[-1:] == (cout,) and int(np.prod(shp)) == cout:
+                        dims = [1, cout] + [1] * (len(yd) - 2)
+                        T = g.tensor(name=f"E{i}", dim=dims,
+                                     stride=[cout, 1] + [cout] * (len(yd) - 2),
+                                     data_type=_cdt(dt))
+                    else:
+                        T = g.tensor(name=f"E{i}", dim=yd, stride=ys, data_type=_cdt(dt))
+                    tensors[i] = T
+                    if e["op"] == "bias":
+                        Y = g.bias(input=Y, bias=T, compute_data_type=c.data_type.FLOAT)
+                    elif e["op"] == "scale":
+                        Y = g.scale(input=Y, scale=T, compute_data_type=c.data_type.FLOAT)
+                    else:
+                        Y = g.add(a=Y, b=T, compute_data_type=c.data_type.FLOAT)
+                else:
+                    Y = _cudnn_act(g, Y, e)
+                    if Y is None:
+                        raise ValueError(f"activation {e['fn']} has no cuDNN node")
+            Y.set_output(True).set_data_type(_cdt(self.y_dtype))
+        else:
+            if self.variant == "acc_identity":
+                Y.set_data_type(acc)
+                Y = g.identity(input=Y, compute_data_type=acc)
+            Y.set_output(True).set_data_type(acc)
+        Y.set_dim(yd).set_stride(ys)
+        tensors["Y"] = Y
+        g.validate()
+        g.build_operation_graph()
+        return g, tensors
+
+    def run(self, x_ptr: int, w_ptr: int, y_ptr: int, operands: Dict[int, int], ws_ptr: int,
+            stream_ptr: int, index: Optional[int] = None) -> None:
+        t = self.tensors
+        pack = {t["X"]: x_ptr, t["W"]: w_ptr, t["Y"]: y_ptr}
+        for i, T in t.items():
+            if isinstance(i, int):
+                pack[T] = operands[i]
+        self._execute(pack, ws_ptr, stream_ptr, index)
+
+    def choice(self) -> dict:
+        return dict(super().choice(), variant=self.variant)
+
+
+# --- layers --------------------------------------------------------------------------------------
+class _QuantLayer(Impl):
+    """What every quantized layer implementation shares: its format, input quantization,
+    epilogue operands and kernel, scratch, and what it records."""
+
+    kernel = "?"
+
+    def _common(self, net, layer) -> None:
+        q = layer.attrs.get("quant")
+        if q is None:
+            raise ValueError("not a quantized layer")
+        self.fmt = q["format"]
+        self.precision = "INT8" if self.fmt == S.INT8 else "FP8"
+        if self.fmt == S.FP8 and not fp8_supported():
+            raise ValueError("FP8 needs a GPU of compute capability 8.9 or newer")
+        self.x_name, self.w_name = layer.inputs[0], layer.inputs[1]
+        self.y_name = layer.outputs[0]
+        self.x_shape, self.y_shape = _shape(net, self.x_name), _shape(net, self.y_name)
+        self.x_dtype, self.y_dtype = _dtype(net, self.x_name), _dtype(net, self.y_name)
+        self.inv_x = float(Q.inv_scale(q["input_scale"]))
+        self.out_scale = q.get("output_scale")
+        idx = sorted({e["input"] for e in layer.epilogue if "input" in e})
+        self.modes = S.epilogue_operand_modes(
+            layer.epilogue, {i: _shape(net, layer.inputs[i]) for i in idx},
+            {i: _dtype(net, layer.inputs[i]) for i in idx}, self.y_shape)
+
+    def _host(self, name: str) -> np.ndarray:
+        h = self.net.weights.get(name)
+        return np.asarray(h) if h is not None else cp.asnumpy(self.weights[name])
+
+    def _epilogue(self, rows: int, n: int, ld: int, acc_dtype: str) -> QuantEpilogueKernel:
+        return QuantEpilogueKernel(rows, n, ld, acc_dtype, self.layer.epilogue, self.modes,
+                                   self.y_dtype, self.out_scale)
+
+    def _operands(self, ins) -> Dict[int, cp.ndarray]:
+        return {i: ins[i] for i in self.modes}
+
+    def _record(self, rec: dict) -> None:
+        self._rec = dict(rec, kernel=self.kernel)
+        set_record(self.layer, self._rec)
+
+    def record(self):
+        return self._rec
+
+
+def _rows(shape) -> int:
+    return int(np.prod(shape[:-1], dtype=np.int64))
+
+
+class QuantGemmLt(_QuantLayer):
+    """matmul / 1x1 conv on cuBLASLt's int8 / fp8 kernels (module doc)."""
+
+    def __init__(self, net, layer, weights, opts):
+        super().__init__(net, layer, weights, opts)
+        self._common(net, layer)
+        dims = S.gemm_dims(layer.kind, self.x_shape, _shape(net, self.w_name), layer.attrs)
+        if dims is None:
+            raise ValueError("not one GEMM over the input's rows (transpose_a, or a conv that "
+                             "is not 1x1 / stride 1 / unpadded / group 1)")
+        m, k, n = dims
+        kp, np_ = S.padded_channels(k, self.fmt), S.padded_channels(n, self.fmt)
+        self.m, self.k, self.n, self.kp, self.np = m, k, n, kp, np_
+        w = S.gemm_weight(self._host(self.w_name), layer.kind,
+                          bool(layer.attrs.get("transpose_b")), kp, np_)
+        self.w = cp.asarray(w)
+        self.quant = None
+        if self.x_dtype != "int8" or kp != k:
+            self.quant = QuantizeKernel(m, k, kp, self.x_dtype,
+                                        "int8" if self.fmt == S.INT8 else "e4m3", self.inv_x)
+        acc = "int32" if self.fmt == S.INT8 else "float32"
+        self.epi = self._epilogue(m, n, np_, acc)
+        key = json.dumps(["qlt", m, np_, kp, self.fmt])
+        rec = get_record(layer)
+        self.gemm = QLtGemm(m, np_, kp, self.fmt, rec if rec and "algo" in rec else
+                            _SHARED.get(key))
+        if not (rec and "algo" in rec) and key not in _SHARED and self.gemm.count > 1:
+            stream = cp.cuda.Stream(non_blocking=True)
+            with stream:
+                x = cp.zeros((m, kp), self.w.dtype)
+                d = cp.empty((m, np_), acc)
+                self.gemm.tune(self.w, x, d, stream)
+            stream.synchronize()
+        _SHARED[key] = self.gemm.choice()
+        self.scratch = Scratch([("xq", m * kp if self.quant else 0), ("acc", m * np_ * 4),
+                                ("lib", self.gemm.workspace)])
+        self.workspace = self.scratch.nbytes
+        pads = [] if (kp, np_) == (k, n) else [f"K {k}->{kp}"] * (kp != k) + \
+            [f"N {n}->{np_}"] * (np_ != n)
+        self.kernel = (f"cuBLASLt {self.precision} GEMM ({'int32' if acc == 'int32' else 'fp32'}"
+                       f" accumulator{'; padded ' + ', '.join(pads) if pads else ''}) + "
+                       f"epilogue kernel")
+        self._record(self.gemm.choice())
+
+    def run(self, ins, outs, ws):
+        if ws is None or ws.nbytes < self.workspace:
+            ws = cp.empty(max(self.workspace, 1), cp.uint8)
+        x = ins[0]
+        if self.quant is not None:
+            xq = self.scratch.view(ws, "xq", self.w.dtype, (self.m, self.kp))
+            self.quant(x, xq)
+            x = xq
+        acc = self.scratch.view(ws, "acc", np.int32 if self.fmt == S.INT8 else np.float32,
+                                (self.m, self.np))
+        lib_off, lib_n = self.scratch.offsets.get("lib", (0, 0))
+        self.gemm.run(self.w.data.ptr, x.data.ptr, acc.data.ptr,
+                      ws.data.ptr + lib_off if lib_n else 0, lib_n, _stream_ptr())
+        self.epi(acc, self._operands(ins), outs[0])
+
+
+class QuantConvCudnn(_QuantLayer):
+    """conv on cuDNN's int8 / fp8 convolutions (module doc)."""
+
+    def __init__(self, net, layer, weights, opts):
+        super().__init__(net, layer, weights, opts)
+        if layer.kind != "conv":
+            raise ValueError("not a conv")
+        self._common(net, layer)
+        if cudnn_module() is None:
+            raise ValueError("cuDNN frontend unavailable")
+        a = layer.attrs
+        if a["group"] != 1:
+            raise ValueError(f"a grouped conv (group {a['group']}) has no int8 / fp8 cuDNN "
+                             f"kernel here")
+        c = self.x_shape[-1]
+        cp_ = S.padded_channels(c, self.fmt)
+        self.c, self.cp = c, cp_
+        w = S.conv_weight(self._host(self.w_name), cp_)
+        self.w = cp.asarray(w)
+        xs = self.x_shape[:-1] + (cp_,)
+        self.xq_shape = xs
+        operands = {i: (_shape(net, layer.inputs[i]), _dtype(net, layer.inputs[i]))
+                    for i in self.modes}
+        spec = ConvSpec(xs, w.shape, self.y_shape, a["strides"], a["dilations"], a["pads"], 1,
+                        "float16", self.y_dtype, layer.epilogue, operands, False)
+        self.quant = None
+        if self.x_dtype != "int8" or cp_ != c:
+            self.quant = QuantizeKernel(_rows(self.x_shape), c, cp_, self.x_dtype,
+                                        "int8" if self.fmt == S.INT8 else "e4m3", self.inv_x)
+        self.acc_dtype = "int32" if self.fmt == S.INT8 else "float32"
+        rows, n = _rows(self.y_shape), self.y_shape[-1]
+        self.epi = self._epilogue(rows, n, n, self.acc_dtype)
+        key = json.dumps(["qconv", xs, list(w.shape), self.y_shape, a["strides"],
+                          a["dilations"], a["pads"], self.fmt, self.y_dtype,
+                          layer.to_json()["epilogue"], sorted(operands.items())], default=str)
+        rec = get_record(layer)
+        if key not in _SHARED:
+            _SHARED[key] = self._build(spec, rec)
+        self.conv = _SHARED[key]
+        self.fused = self.conv.variant == "fused"
+        self.scratch = Scratch([("xq", int(np.prod(xs)) if self.quant else 0),
+                                ("acc", 0 if self.fused else rows * n * 4),
+                                ("lib", self.conv.workspace)])
+        self.workspace = self.scratch.nbytes
+        acc_name = "int32" if self.fmt == S.INT8 else "fp32"
+        self.kernel = (f"cuDNN {self.precision} conv ({acc_name} accumulator"
+                       f"{f'; channels padded {c}->{cp_}' if cp_ != c else ''}) + "
+                       f"{'fused cuDNN epilogue' if self.fused else 'epilogue kernel'}")
+        self._record(self.conv.choice())
+
+    def _fusable(self, spec) -> bool:
+        return self.out_scale is None and self.y_dtype in ("float16", "float32") and \
+            spec.fusable_prefix() == len(spec.epilogue)
+
+    def _build(self, spec, rec):
+        if rec is not None and rec.get("variant") in CONV_VARIANTS:
+            try:
+                return QCudnnConv(spec, self.fmt, rec["variant"], self.y_dtype, rec)
+            except Exception as e:
+                log.info("%s: recorded choice failed (%s); tuning again", self.layer.name, e)
+        variants = (["fused"] if self._fusable(spec) else []) + ["acc", "acc_identity"]
+        built, errors = [], []
+        for v in variants:
+            if v == "acc_identity" and any(b.variant == "acc" for b in built):
+                continue
+            try:
+                built.append(QCudnnConv(spec, self.fmt, v, self.y_dtype))
+            except Exception as e:
+                errors.append(f"{v}: {type(e).__name__}: {str(e)[:200]}")
+        if not built:
+            raise RuntimeError(f"cuDNN builds no {self.precision} convolution for "
+                               f"{self.layer.name}: " + "; ".join(errors))
+        if errors:
+            log.debug("%s: cuDNN %s variants not built: %s", self.layer.name, self.precision,
+                      "; ".join(errors))
+        if len(built) == 1 and len(getattr(built[0], "built", [])) <= 1:
+            return built[0]
+        stream = cp.cuda.Stream(non_blocking=True)
+        best, best_t = None, float("inf")
+        with stream:
+            x = cp.zeros(self.xq_shape, self.w.dtype)
+            y = cp.empty(self.y_shape, self.y_dtype)
+            acc = cp.zeros(self.y_shape, self.acc_dtype)
+            ops = {i: cp.zeros(s, d) for i, (s, d) in spec.operands.items()}
+            ptrs = {i: v.data.ptr for i, v in ops.items()}
+            ins = [None] * len(self.layer.inputs)
+            for i, v in ops.items():
+                ins[i] = v
+            for conv in built:
+                out = y if conv.variant == "fused" else acc
+                try:
+                    t = conv._tune(lambda wsp, i: conv.run(x.data.ptr, self.w.data.ptr,
+                                                           out.data.ptr, ptrs, wsp, stream.ptr,
+                                                           i), stream)
+                    if conv.variant != "fused":
+                        t += gpu_time(lambda: self.epi(acc, self._operands(ins), y), stream)
+                except GpuTimeout:
+                    raise
+                except Exception as e:
+                    log.debug("%s: variant %s failed to run: %s", self.layer.name,
+                              conv.variant, e)
+                    continue
+                if t < best_t:
+                    best, best_t = conv, t
+        stream.synchronize()
+        if best is None:
+            raise RuntimeError(f"no cuDNN {self.precision} convolution plan ran for "
+                               f"{self.layer.name}")
+        return best
+
+    def run(self, ins, outs, ws):
+        if ws is None or ws.nbytes < self.workspace:
+            ws = cp.empty(max(self.workspace, 1), cp.uint8)
+        x = ins[0]
+        if self.quant is not None:
+            xq = self.scratch.view(ws, "xq", self.w.dtype, self.xq_shape)
+            self.quant(x, xq)
+            x = xq
+        lib_off, lib_n = self.scratch.offsets.get("lib", (0, 0))
+        ws_ptr = ws.data.ptr + lib_off if lib_n else 0
+        ops = {i: ins[i].data.ptr for i in self.modes}
+        if self.fused:
+            self.conv.run(x.data.ptr, self.w.data.ptr, outs[0].data.ptr, ops, ws_ptr,
+                          _stream_ptr())
+            return
+        acc = self.scratch.view(ws, "acc", self.acc_dtype, self.y_shape)
+        self.conv.run(x.data.ptr, self.w.data.ptr, acc.data.ptr, ops, ws_ptr, _stream_ptr())
+        self.epi(acc, self._operands(ins), outs[0])
+
+
+class QuantEmulated(_QuantLayer):
+    """The quantized layer's arithmetic without int8 / fp8 tensor cores (module doc): the
+    quantized values in float32 through a TF32 cuDNN conv or cuBLASLt GEMM, then the epilogue
+    kernel. The fallback of the real kernels, and the tactic of quantized layers they cannot
+    take (grouped / depthwise convs, transpose_a matmuls)."""
+
+    def __init__(self, net, layer, weights, opts):
+        super().__init__(net, layer, weights, opts)
+        self._common(net, layer)
+        a = layer.attrs
+        wv = S.weight_values(self._host(self.w_name), self.fmt).astype(np.float32)
+        mode = "int8_values" if self.fmt == S.INT8 else "e4m3_values"
+        c = self.x_shape[-1]
+        self.quant = QuantizeKernel(_rows(self.x_shape), c, c, self.x_dtype, mode, self.inv_x,
+                                    "float32")
+        rows, n = _rows(self.y_shape), self.y_shape[-1]
+        self.epi = self._epilogue(rows, n, n, "float32")
+        self.gemm = self.conv = self.matmul = None
+        dims = S.gemm_dims(layer.kind, self.x_shape, wv.shape, a)
+        if layer.kind == "conv" and dims is None:
+            self.w = cp.asarray(wv)
+            spec = ConvSpec(self.x_shape, wv.shape, self.y_shape, a["strides"], a["dilations"],
+                            a["pads"], a["group"], "float32", "float32", [], {}, True)
+            key = json.dumps(["qemu_conv", self.x_shape, list(wv.shape), self.y_shape,
+                              a["strides"], a["dilations"], a["pads"], a["group"]])
+            if key not in _SHARED:
+                _SHARED[key] = CudnnConv(spec, 0)
+            self.conv = _SHARED[key]
+            lib = self.conv.workspace
+            what = "cuDNN TF32 conv"
+        elif dims is not None:
+            m, k, n_ = dims
+            self.w = cp.asarray(S.gemm_weight(wv, layer.kind, bool(a.get("transpose_b")), k,
+                                              n_))
+            spec = GemmSpec(m, n_, k, 1, False, True, 0, 0, 0, "float32", "float32", 1.0,
+                            False, "", None, True)
+            key = "qemu_lt|" + json.dumps(spec.key(), default=str)
+            self.gemm = LtGemm(spec, _SHARED.get(key))
+            _SHARED[key] = self.gemm.choice()
+            lib = self.gemm.workspace
+            what = "cuBLASLt TF32 GEMM"
+        else:  # transpose_a matmul: CuPy's matmul (cuBLAS; not capturable)
+            self.capturable = False
+            self.w = cp.asarray(wv.T if a.get("transpose_b") else wv)
+            lib = 0
+            self.matmul = True
+            what = "CuPy fp32 matmul"
+        self.scratch = Scratch([("xv", int(np.prod(self.x_shape)) * 4),
+                                ("acc", rows * n * 4), ("lib", lib)])
+        self.workspace = self.scratch.nbytes
+        self.kernel = (f"emulated: {self.precision} values in fp32 through {what} + epilogue "
+                       f"kernel (no {self.precision} tensor cores)")
+        self._record(self.conv.choice() if self.conv is not None else
+                     self.gemm.choice() if self.gemm is not None else {})
+
+    def run(self, ins, outs, ws):
+        if ws is None or ws.nbytes < self.workspace:
+            ws = cp.empty(max(self.workspace, 1), cp.uint8)
+        xv = self.scratch.view(ws, "xv", np.float32, self.x_shape)
+        self.quant(ins[0], xv)
+        acc = self.scratch.view(ws, "acc", np.float32, self.y_shape)
+        lib_off, lib_n = self.scratch.offsets.get("lib", (0, 0))
+        ws_ptr = ws.data.ptr + lib_off if lib_n else 0
+        if self.conv is not None:
+            self.conv.run(xv, self.w, acc, {}, ws_ptr, _stream_ptr())
+        elif self.gemm is not None:
+            self.gemm.run(xv.data.ptr, self.w.data.ptr, 0, acc.data.ptr, None, ws_ptr, lib_n,
+                          _stream_ptr())
+        else:
+            x = cp.swapaxes(xv, -1, -2)
+            cp.copyto(acc, cp.matmul(x, self.w).reshape(acc.shape))
+        self.epi(acc, self._operands(ins), outs[0])
+
+
+# --- tactic predicates (cupy_backend registers them) ----------------------------------------------
+def is_quantized(layer) -> bool:
+    return "quant" in layer.attrs
+
+
+def gemm_applies(net, layer) -> bool:
+    return is_quantized(layer) and lt_module() is not None and S.gemm_dims(
+        layer.kind, _shape(net, layer.inputs[0]), _shape(net, layer.inputs[1]),
+        layer.attrs) is not None
+
+
+def cudnn_applies(net, layer) -> bool:
+    return is_quantized(layer) and layer.kind == "conv" and cudnn_module() is not None and \
+        layer.attrs["group"] == 1
+
+
+def emulated_applies(net, layer) -> bool:
+    """Quantized layers no real int8 / fp8 tactic takes."""
+    return is_quantized(layer) and not gemm_applies(net, layer) and \
+        not cudnn_applies(net, layer)
