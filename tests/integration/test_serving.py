@@ -305,6 +305,24 @@ def test_health_and_metrics_from_triton(served):
     assert float(counts[0].rsplit(" ", 1)[1]) == served.stats()[0]
 
 
+def test_load_generator(served, tmp_path):
+    """benchmarks/serve_load.py (the GPU host's measurement) against this server."""
+    out = tmp_path / "load.json"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "serve_load.py"),
+         "--model", served.model_name, "--http-port", str(served.ports[0]),
+         "--grpc-port", str(served.ports[1]), "--concurrency", "4", "--processes", "2",
+         "--requests", "40", "--warmup", "1", "--start-delay-s", "5", "--json", str(out)],
+        capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    import json
+    r = json.loads(out.read_text())
+    assert r["requests"] == 40 and r["errors"] == 0
+    assert r["server"]["inferences"] == 40 + 4  # the timed requests and one warm-up a client
+    assert 0 < r["latency_ms"]["p50"] <= r["latency_ms"]["p99"] <= r["latency_ms"]["max"]
+    assert r["throughput_rps"] > 0 and r["server"]["mean_batch"] >= 1
+
+
 def test_stops_cleanly_on_sigterm(served):
     proc = served.proc
     children = _descendants(proc.pid)

@@ -1,0 +1,209 @@
+"""Load generator for ``tftrt serve`` (issue 17): many concurrent batch-1 clients through
+tritonclient, measured at the client (not in-process).
+
+Each client is a thread with its own tritonclient connection sending batch-1 requests one
+after the other (closed loop); clients are spread over --processes processes so the load
+generator's GIL is not the bottleneck. The input is read from the model's metadata (names,
+dtypes, shapes; -1 dimensions need --shape). Reported: throughput (requests/s, samples/s),
+latency p50 / p90 / p99 / mean / max (ms) over the timed requests, and Triton's own counts
+over the run (inference count / execution count = the mean batch the dynamic batcher formed;
+queue and compute time per execution).
+
+    # on the GPU host, one server per configuration (the model converted with --dynamic-shape):
+    tftrt convert resnet50 resnet50_trt --precision FP16 --dynamic-shape --batch-sizes 1,128
+    tftrt serve resnet50_trt --gpus 0 --max-batch 128 &           # then --gpus 0,1
+    python benchmarks/serve_load.py --model resnet50_trt --concurrency 256 --processes 8 \\
+        --requests 40000 --protocol grpc --json load_1gpu.json
+
+    # a small run on this machine (CPU, numpy engines):
+    python benchmarks/serve_load.py --model mlp_trt --concurrency 8 --requests 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import sys
+import time
+from typing import Dict, List
+
+import numpy as np
+
+TRITON_TO_NUMPY = {"FP32": np.float32, "FP16": np.float16, "FP64": np.float64,
+                   "INT32": np.int32, "INT64": np.int64, "INT8": np.int8, "UINT8": np.uint8,
+                   "INT16": np.int16, "BOOL": np.bool_}
+
+
+def _client_lib(protocol: str):
+    if protocol == "grpc":
+        import tritonclient.grpc as lib
+    else:
+        import tritonclient.http as lib
+    return lib
+
+
+def _url(args) -> str:
+    return f"{args.host}:{args.grpc_port if args.protocol == 'grpc' else args.http_port}"
+
+
+def _inputs_spec(args) -> List[dict]:
+    import tritonclient.http as http
+    with http.InferenceServerClient(f"{args.host}:{args.http_port}") as c:
+        meta = c.get_model_metadata(args.model)
+    given = {}
+    for s in args.shape or []:
+        name, dims = s.split(":")
+        given[name] = [int(d) for d in dims.split("x")]
+    specs = []
+    for inp in meta["inputs"]:
+        dims = [int(d) for d in inp["shape"]][1:]  # first: the batch dimension
+        dims = given.get(inp["name"], dims)
+        if any(d < 0 for d in dims):
+            raise SystemExit(f"input {inp['name']} has shape {inp['shape']}: give its "
+                             f"dimensions without the batch, --shape {inp['name']}:DxD")
+        if inp["datatype"] not in TRITON_TO_NUMPY:
+            raise SystemExit(f"input {inp['name']}: datatype {inp['datatype']} not generated")
+        specs.append({"name": inp["name"], "datatype": inp["datatype"], "dims": dims})
+    return specs
+
+
+def _worker(args, specs, threads: int, requests: int, warmup: int, start_at: float, out):
+    """One process: ``threads`` closed-loop clients, ``requests`` timed requests in all."""
+    import threading
+    lib = _client_lib(args.protocol)
+    rng = np.random.RandomState(args.seed)
+    data = []
+    for s in specs:
+        shape = [1] + s["dims"]
+        arr = rng.standard_normal(shape).astype(TRITON_TO_NUMPY[s["datatype"]])
+        data.append((s, arr))
+    lat: List[float] = []
+    errors: List[str] = []
+    lock = threading.Lock()
+    left = [requests]
+
+    def one(client):
+        ins = []
+        for s, arr in data:
+            i = lib.InferInput(s["name"], list(arr.shape), s["datatype"])
+            i.set_data_from_numpy(arr)
+            ins.append(i)
+        return client.infer(args.model, ins)
+
+    def client_loop():
+        client = lib.InferenceServerClient(_url(args))
+        try:
+            for _ in range(warmup):
+                one(client)
+            while time.time() < start_at:
+                time.sleep(0.001)
+            while True:
+                with lock:
+                    if left[0] <= 0:
+                        return
+                    left[0] -= 1
+                t0 = time.perf_counter()
+                try:
+                    one(client)
+                except Exception as e:  # counted and reported, the run goes on
+                    with lock:
+                        errors.append(str(e)[:200])
+                    continue
+                dt = time.perf_counter() - t0
+                with lock:
+                    lat.append(dt)
+        finally:
+            client.close()
+
+    ts = [threading.Thread(target=client_loop) for _ in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    out.put({"latencies": lat, "errors": errors, "end": time.time()})
+
+
+def _stats(args) -> Dict[str, float]:
+    import tritonclient.http as http
+    with http.InferenceServerClient(f"{args.host}:{args.http_port}") as c:
+        s = c.get_inference_statistics(args.model)["model_stats"][0]
+    inf = s["inference_stats"]
+    return {"inferences": int(s["inference_count"]), "executions": int(s["execution_count"]),
+            "queue_ns": int(inf["queue"]["ns"]), "compute_ns": int(inf["compute_infer"]["ns"])}
+
+
+def run(args) -> dict:
+    specs = _inputs_spec(args)
+    procs = max(1, min(args.processes, args.concurrency))
+    threads = [args.concurrency // procs + (i < args.concurrency % procs) for i in range(procs)]
+    reqs = [args.requests // procs + (i < args.requests % procs) for i in range(procs)]
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    before = _stats(args)
+    # Every client warms up first; the timed part starts for all at start_at.
+    start_at = time.time() + args.start_delay_s
+    ps = [ctx.Process(target=_worker, args=(args, specs, threads[i], reqs[i],
+                                            args.warmup, start_at, q)) for i in range(procs)]
+    for p in ps:
+        p.start()
+    parts = [q.get() for _ in ps]
+    for p in ps:
+        p.join()
+    after = _stats(args)
+    wall = max(p["end"] for p in parts) - start_at
+    lat = np.array(sorted(x for p in parts for x in p["latencies"])) * 1e3
+    errors = [e for p in parts for e in p["errors"]]
+    if wall <= 0 or not len(lat):
+        raise SystemExit(f"no timed request finished (start delay {args.start_delay_s}s too "
+                         f"short for the warm-up?); errors: {errors[:3]}")
+    d = {k: after[k] - before[k] for k in after}
+    execs = max(d["executions"], 1)
+    return {
+        "model": args.model, "protocol": args.protocol, "concurrency": args.concurrency,
+        "processes": procs, "requests": int(len(lat)), "errors": len(errors),
+        "error_examples": errors[:3], "wall_s": round(wall, 3),
+        "throughput_rps": round(len(lat) / wall, 1),
+        "latency_ms": {k: round(float(v), 3) for k, v in (
+            ("p50", np.percentile(lat, 50)), ("p90", np.percentile(lat, 90)),
+            ("p99", np.percentile(lat, 99)), ("mean", lat.mean()), ("max", lat.max()))},
+        "server": {"inferences": d["inferences"], "executions": d["executions"],
+                   "mean_batch": round(d["inferences"] / execs, 2),
+                   "queue_ms_per_request": round(d["queue_ns"] / 1e6 / max(d["inferences"], 1),
+                                                 3),
+                   "compute_ms_per_execution": round(d["compute_ns"] / 1e6 / execs, 3)},
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="Triton model name (tftrt serve: the "
+                                                  "directory's name)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--http-port", type=int, default=8000)
+    p.add_argument("--grpc-port", type=int, default=8001)
+    p.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
+    p.add_argument("--concurrency", type=int, default=64, help="concurrent batch-1 clients")
+    p.add_argument("--processes", type=int, default=4, help="load-generator processes")
+    p.add_argument("--requests", type=int, default=5000, help="timed requests in all")
+    p.add_argument("--warmup", type=int, default=5, help="untimed requests per client")
+    p.add_argument("--start-delay-s", type=float, default=10.0,
+                   help="time given to start the clients and warm up before timing")
+    p.add_argument("--shape", action="append", help="NAME:DxD for inputs with -1 dims "
+                                                    "(without the batch dimension)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="also write the result here")
+    args = p.parse_args(argv)
+    if args.concurrency <= 0 or args.requests <= 0:
+        p.error("--concurrency and --requests must be positive")
+    result = run(args)
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(text + "\n")
+    return 1 if result["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
