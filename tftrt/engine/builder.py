@@ -203,8 +203,12 @@ def _finish(net: Network, backend, precision: str, weights: Dict[str, Any], conf
     scratch = max([workspace_bytes(backend.name, net, l) for l in net.layers] or [0])
     memory = plan_memory(net, scratch, config.max_workspace_size_bytes,
                          config.max_device_memory_bytes)
-    return Engine(net, backend, precision, memory, config_json, weights=weights,
-                  device=backend.device_name())
+    engine = Engine(net, backend, precision, memory, config_json, weights=weights,
+                    device=backend.device_name())
+    persist = getattr(backend, "persist_compiled", None)  # optional hook: compiled code to disk
+    if callable(persist):
+        persist()
+    return engine
 
 
 def build_engine_from_template(template, input_shapes: Dict[str, Sequence[int]],

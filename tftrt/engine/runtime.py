@@ -108,6 +108,9 @@ class Engine:
             if self._runners is None:
                 self._runners = [self.backend_impl.prepare_layer(self.network, l, self.weights)
                                  for l in self.network.layers]
+                persist = getattr(self.backend_impl, "persist_compiled", None)
+                if callable(persist):  # optional backend hook: what preparing compiled, to disk
+                    persist()
             return self._runners
 
     def create_execution_context(self) -> "ExecutionContext":

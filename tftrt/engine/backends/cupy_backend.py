@@ -232,6 +232,38 @@ def log_fallbacks(name: str, layers: List[Layer], impls: List[Any]) -> List[str]
     return entries
 
 
+def _cupy_kernel_dir(store) -> None:
+    """CuPy keeps the NVRTC output of the generated kernels on disk, by default in
+    ``~/.cupy/kernel_cache``. Unless the user chose a place (``CUPY_CACHE_DIR``), it goes
+    beside the rest of the build cache (``<build cache>/cupy``), so that one directory (and
+    one variable, ``TFTRT_CACHE_DIR``) holds every compiled artefact of tftrt's builds.
+    CuPy 14 reads its directory once, at import, into a cache backend object: that object is
+    replaced (CuPy's own tests do the same); a CuPy without one keeps its default."""
+    import os
+    if store is None or os.environ.get("CUPY_CACHE_DIR"):
+        return
+    path = os.path.join(store.root, "cupy")
+    if _cupy_kernel_dir.set == path:
+        return
+    try:
+        from cupy.cuda import compiler
+        from cupy.cuda._compiler_cache import DiskKernelCacheBackend
+        if not hasattr(compiler, "_kernel_cache_backend"):
+            return
+        backend = DiskKernelCacheBackend(path)
+        setter = getattr(compiler, "_set_kernel_cache_backend", None)
+        if callable(setter):
+            setter(backend)
+        else:
+            compiler._kernel_cache_backend = backend
+        _cupy_kernel_dir.set = path
+    except Exception as e:  # another CuPy: its kernels stay where it keeps them
+        log.debug("CuPy's kernel cache stays in its default place: %s", e)
+
+
+_cupy_kernel_dir.set = None
+
+
 # --- backend -------------------------------------------------------------------------------------
 class CupyBackend(Backend):
     """Runs engines on an NVIDIA GPU (see module doc)."""
@@ -272,8 +304,23 @@ class CupyBackend(Backend):
                 f"precision_mode INT8 or FP16")
 
     def set_build_options(self, allow_tf32: bool = True, **_) -> None:
-        """Options of the engine being built (the builder's config): allow_tf32."""
+        """Options of the engine being built (the builder's config): allow_tf32. Also points
+        the compiled-code caches at the on-disk build cache (:meth:`persist_compiled` saves
+        them)."""
         self.options["tf32"] = bool(allow_tf32)
+        from tftrt.engine.build_cache import build_cache_for
+        store = build_cache_for(self)
+        _lazy()[0].use_build_cache(store)
+        _cupy_kernel_dir(store)
+
+    def persist_compiled(self) -> None:
+        """After an engine build and after an engine prepared its layers: kernels cuDNN
+        compiled meanwhile go to the build cache (CuPy writes its own NVRTC output to disk as
+        it compiles)."""
+        try:
+            _lazy()[0].save_kernel_cache()
+        except Exception as e:  # a cache is never worth failing a build over
+            log.warning("could not save the cuDNN kernel cache: %s", e)
 
     def accepts_layer(self, net: Network, layer: Layer) -> bool:
         """Whether a fused layer a late pass proposes runs well here (passes/__init__.py):

@@ -64,6 +64,33 @@ def set_record(layer: Layer, rec: dict) -> None:
     recs[layer.tactic or "default"] = rec
 
 
+# Tuned sub-choices (a cuDNN plan's engine + knobs, a cuBLASLt algorithm) also go to the
+# on-disk build cache, keyed by the layer signature: a fresh process building a layer of the
+# same configuration, in this model or another, builds only the chosen plan and times nothing.
+CHOICE_NAMESPACE = "cupy-choices"
+
+
+def stored_choice(key: str) -> Optional[dict]:
+    """The sub-choice the build cache holds for signature ``key``, or None."""
+    from tftrt.engine.backends.cupy_dnn import build_store
+    store = build_store()
+    rec = store.get_json(CHOICE_NAMESPACE, key) if store is not None else None
+    return rec if isinstance(rec, dict) else None
+
+
+_stored: set = set()
+
+
+def store_choice(key: str, rec: dict) -> None:
+    """Puts a tuned sub-choice in the build cache (once per signature and process)."""
+    from tftrt.engine.backends.cupy_dnn import build_store
+    store = build_store()
+    if store is None or (store.directory, key) in _stored:
+        return
+    _stored.add((store.directory, key))
+    store.put_json(CHOICE_NAMESPACE, key, rec)
+
+
 def _shape(net, name):
     return tuple(net.tensors[name].shape)
 
@@ -159,15 +186,16 @@ class ConvCudnn(Impl):
                         a["pads"], a["group"], self.dtype, _dtype(net, y), layer.epilogue,
                         _epilogue_operands(net, layer), opts.get("tf32", True), transpose)
         key = signature(net, layer, ("tf32", spec.tf32))
-        rec = get_record(layer)
         shared = _SHARED.get(key)
         if shared is None:
+            rec = get_record(layer) or stored_choice(key)
             shared = _SHARED[key] = self._build(net, layer, spec, rec)
         self.conv, nf = shared
         self.post = Epilogue(net, layer, layer.epilogue[nf:])
         self.workspace = self.conv.workspace
         self._rec = dict(self.conv.choice(), fused=nf)
         set_record(layer, self._rec)
+        store_choice(key, self._rec)
 
     def _build(self, net, layer, spec, rec):
         if rec is not None and "fused" in rec:
@@ -304,6 +332,7 @@ class GemmImpl(Impl):
         key = "lt|" + json.dumps(spec.key(), default=str)
         if key in _SHARED:
             return LtGemm(spec, _SHARED[key])
+        rec = rec or stored_choice(key)
         g = LtGemm(spec, rec if rec else None)
         if not rec and g.count > 1:
             stream = cp.cuda.Stream(non_blocking=True)
@@ -318,6 +347,7 @@ class GemmImpl(Impl):
                 g.tune(a, b, c, d, bias, stream)
             stream.synchronize()
         _SHARED[key] = g.choice()
+        store_choice(key, _SHARED[key])
         return g
 
     def run(self, ins, outs, ws):
@@ -547,11 +577,12 @@ class AttentionCudnn(Impl):
         key = json.dumps(spec.key())
         shared = _SHARED.get(key)
         if shared is None:
-            shared = _SHARED[key] = self._build(spec, get_record(layer))
+            shared = _SHARED[key] = self._build(spec, get_record(layer) or stored_choice(key))
         self.sdpa = shared
         self.workspace = self.sdpa.workspace
         self._rec = self.sdpa.choice()
         set_record(layer, self._rec)
+        store_choice(key, self._rec)
 
     @staticmethod
     def _build(spec: SdpaSpec, rec):

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Cold and warm engine builds with the persistent build caches (issue 14, items 3 and 4), on the
+# GPU host, engine alone (no TensorFlow). One fresh process per mode and model set:
+#   static       static-shape cuDNN graphs (the default), an empty build cache
+#   static-warm  the same, the build cache "static" left behind (a rebuild in a new process)
+#   kc           TFTRT_CUDNN_KERNEL_CACHE=1 (dynamic-shape graphs, cuDNN's kernel cache),
+#                an empty build cache
+#   kc-warm      the same, the build cache "kc" left behind
+# then the GPU tests of the caches. Build seconds, engine speed and golden errors per row.
+#   [MODELS=ResNet50,DenseNet121] [BATCHES=128] [MODES="static static-warm"] \
+#     bash benchmarks/run_gpu_build_cache.sh [seconds]
+# Needs the cuDNN-frontend / nvmath wheels and the networks in .whl (carry them); rows and
+# logs in $OUT.
+set -uo pipefail
+budget=${1:-580}
+start=$(date +%s); left() { echo $(( budget - ($(date +%s) - start) )); }
+repo=$(cd "$(dirname "$0")/.." && pwd)
+out=${OUT:-/tmp/tftrt-bench}; mkdir -p "$out"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+  --target /tmp/site "$repo"/.whl/*.whl 2>&1 | tail -2
+export PYTHONPATH="$repo:/tmp/site" CUDA_VISIBLE_DEVICES=0 PYTHONUNBUFFERED=1
+unset CUPY_CACHE_DIR
+cd "$repo"
+models=${MODELS:-resnet50,DenseNet121,MobileNetV3Large}
+batches=${BATCHES:-128}
+modes=${MODES:-static static-warm kc kc-warm}
+for mode in $modes; do
+  kc=0; dir=/tmp/tftrt-cache-static
+  case $mode in kc*) kc=1; dir=/tmp/tftrt-cache-kc;; esac
+  case $mode in *-warm) ;; *) rm -rf "$dir";; esac
+  echo "== $mode (TFTRT_CUDNN_KERNEL_CACHE=$kc, TFTRT_CACHE_DIR=$dir) at $(( $(date +%s) - start )) s"
+  TFTRT_CUDNN_KERNEL_CACHE=$kc TFTRT_CACHE_DIR=$dir BENCH_ROWS="$out/build_$mode.jsonl" \
+    timeout $(( $(left) - 60 )) python3 benchmarks/bench_engine.py --models "$models" \
+    --precisions FP16 --batches "$batches" --peers= 2>&1 | tee "$out/build_$mode.txt" \
+    | grep -v "^# {" | grep -v "^ \{3,\}" | tail -12
+  du -sh "$dir"/v1/*/* "$dir"/cupy 2>/dev/null
+done
+timeout $(( $(left) - 5 )) python3 -m pytest tests/gpu/test_build_cache_gpu.py -q \
+  -p no:cacheprovider -rf 2>&1 | tee "$out/gpu_tests.log" | tail -8
+MODES="$modes" python3 - "$out" <<'PY'
+import json, sys, os
+rows = {}
+modes = os.environ.get("MODES", "static static-warm kc kc-warm").split()
+for mode in modes:
+    p = os.path.join(sys.argv[1], f"build_{mode}.jsonl")
+    if os.path.exists(p):
+        for line in open(p):
+            r = json.loads(line)
+            if r.get("impl") == "tftrt":
+                rows.setdefault((r["model"], r["batch"]), {})[mode] = r
+print(f"{'model':18s} {'batch':>5s} | build s, ms per mode: {' / '.join(modes)} | relerr")
+for (m, b), d in rows.items():
+    cell = lambda mode: (f"{d[mode]['build_s']:.1f} s {d[mode]['median_ms']:.3f} ms"
+                         if mode in d else "-")
+    print(f"{m:18s} {b:5d} | {' / '.join(cell(x) for x in modes)} | "
+          f"{max((d[x].get('golden_relerr') or 0) for x in d):.1e}")
+PY
