@@ -145,10 +145,13 @@ def run_model(name: str, args, work: str, dev: str, device: str) -> None:
 
     precisions = ["FP16"] + (["FP32"] if name in args.fp32 else [])
     for precision in precisions:
-        row = {**base, "runtime": "tftrt", "precision": precision}
+        row = {**base, "runtime": "tftrt", "precision": precision,
+               "profile": args.profile or "static"}
         try:
+            dyn = ({"use_dynamic_shape": True, "dynamic_shape_profile_strategy": args.profile}
+                   if args.profile else {})
             conv = trt.TrtGraphConverterV2(input_saved_model_dir=src, precision_mode=precision,
-                                           maximum_cached_engines=len(args.batches))
+                                           maximum_cached_engines=len(args.batches), **dyn)
             conv.convert()
             row["converted"] = zoo.converted_fraction(conv)
             row["unconverted_ops"] = zoo.unconverted_ops(conv)
@@ -198,7 +201,7 @@ def print_row(row: dict) -> None:
     print(f"ROW {row['model']:<18} {row['precision']}  converted {row['converted']:.1%}  "
           f"engine ops {row['engine_ops']} ({row['engines']} engines)  host layers "
           f"{row['host_layers']}  fallback layers {row['fallback_layers']}  build "
-          f"{row['build_s']:.1f} s  rel err {row['rel_err']:.1e}  native calls "
+          f"{row['build_s']:.1f} s ({row.get('profile', 'static')})  rel err {row['rel_err']:.1e}  native calls "
           f"{row['native_calls']}  {lat}", flush=True)
     for f in row["fallbacks"][:10]:
         print(f"    fallback: {f}")
@@ -233,7 +236,8 @@ def table(path: str, print_fn=print) -> None:
                 print_fn(f"- tftrt {prec}: converted {r['converted']:.1%}, "
                          f"{r.get('engine_ops', '?')} engine ops ({r['engines']} engines), "
                          f"{r['host_layers']} host layers, {r['fallback_layers']} fallback "
-                         f"layers, build {r['build_s']:.1f} s, rel err {r['rel_err']:.1e}"
+                         f"layers, build {r['build_s']:.1f} s ({r.get('profile', 'static')} "
+                         f"engines), rel err {r['rel_err']:.1e}"
                          f"{'' if r['rel_err_ok'] else ' (over the bar)'}, "
                          f"{r['native_calls']} native calls")
         cols = [c for c in COLUMNS if c in rows and "batches" in rows[c]]
@@ -273,6 +277,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     ap.add_argument("--size", type=int, default=None, help="input size (default: the model's)")
     ap.add_argument("--backend", default="cupy", help="engine backend (numpy for a CPU check)")
     ap.add_argument("--skip-xla", action="store_true")
+    ap.add_argument("--profile", default="", metavar="STRATEGY",
+                    help="use_dynamic_shape=True with this profile strategy (e.g. Range: one "
+                         "profile for every batch size, tuned once at the largest); default: "
+                         "one static engine per batch size")
     ap.add_argument("--dry-run", action="store_true",
                     help="CPU check: numpy backend, smallest sizes and widths, 2 timed calls")
     ap.add_argument("--table", action="store_true", help="print the markdown tables of --out")
