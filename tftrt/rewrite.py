@@ -204,44 +204,27 @@ def _take_engine_outputs_fdef(in_dtypes, out_dtypes):
     return fdef
 
 
-def _run_native_fdefs(native_name: str, in_dtypes, out_dtypes):
+def _run_native_fdef(native_name: str, in_dtypes, out_dtypes):
     """The select node's else-branch: calls the native segment function on the segment
-    inputs (its last arguments). Two functions: the branch, ``<native>_else``, inlined when
-    TF lowers the If, which holds one PartitionedCall of ``<native>_fallback``, which is not
-    inlined (``_noinline``) and calls the native segment.
-
-    Not inlined: an inlined native segment would create its kernels (and its Const tensors, a
-    second copy of every weight, on the GPU) with the graph, although most engines never fall
-    back; as a call it is instantiated at its first run. (And a CPU without oneDNN has no
-    kernel for an NCHW native segment that never runs.) Through a PartitionedCall node: a
-    non-inlined branch becomes a call node whose op is the function's name, which has no GPU
-    kernel registration, so the placer put it on the CPU and TF copied every (dead) segment
-    input to the host on each call; PartitionedCall has kernels for every device and is
-    placed with the If. Returns (branch, fallback) FunctionDefs.
-    """
+    inputs (its last arguments)."""
     from tensorflow.core.framework import function_pb2
-
-    def calling(name: str, callee: str):
-        fdef = function_pb2.FunctionDef()
-        _branch_signature(fdef, in_dtypes, out_dtypes)
-        call = fdef.node_def.add(name="native", op="PartitionedCall")
-        call.input.extend([f"i_{i}" for i in range(len(in_dtypes))])
-        call.attr["Tin"].list.type.extend([_dtype_enum(d) for d in in_dtypes])
-        call.attr["Tout"].list.type.extend([_dtype_enum(d) for d in out_dtypes])
-        call.attr["f"].func.name = callee
-        for j in range(len(out_dtypes)):
-            fdef.ret[f"r_{j}"] = f"native:output:{j}"
-        fdef.signature.name = name
-        return fdef
-
-    fallback = calling(f"{native_name}_fallback", native_name)
-    fallback.attr["_noinline"].b = True
-    # The branch receives the engine outputs too (unused): the fallback takes only the
-    # segment inputs.
-    branch = calling(f"{native_name}_else", fallback.signature.name)
-    sig = fallback.signature
-    del sig.input_arg[:len(out_dtypes)]
-    return branch, fallback
+    fdef = function_pb2.FunctionDef()
+    _branch_signature(fdef, in_dtypes, out_dtypes)
+    call = fdef.node_def.add(name="native", op="PartitionedCall")
+    call.input.extend([f"i_{i}" for i in range(len(in_dtypes))])
+    call.attr["Tin"].list.type.extend([_dtype_enum(d) for d in in_dtypes])
+    call.attr["Tout"].list.type.extend([_dtype_enum(d) for d in out_dtypes])
+    call.attr["f"].func.name = native_name
+    for j in range(len(out_dtypes)):
+        fdef.ret[f"r_{j}"] = f"native:output:{j}"
+    fdef.signature.name = f"{native_name}_fallback"
+    # Not inlined into the caller when TF lowers the If: an inlined native segment would
+    # create its kernels (and its Const tensors, a second copy of every weight, on the GPU)
+    # with the graph, although most engines never fall back; as a call it is instantiated
+    # at its first run. (And a CPU without oneDNN has no kernel for an NCHW native segment
+    # that never runs.)
+    fdef.attr["_noinline"].b = True
+    return fdef
 
 
 def _branch_signature(fdef, in_dtypes, out_dtypes) -> None:
@@ -286,8 +269,8 @@ def with_native_fallback(graph_def, native_fdefs: Dict[str, object]):
         out_dtypes = [tf.as_dtype(t).as_numpy_dtype for t in node.attr["Tout"].list.type[1:]]
         native = native_fdefs[node.name]
         then_f = _take_engine_outputs_fdef(in_dtypes, out_dtypes)
-        else_f, fallback_f = _run_native_fdefs(native.signature.name, in_dtypes, out_dtypes)
-        for f in (native, then_f, else_f, fallback_f):
+        else_f = _run_native_fdef(native.signature.name, in_dtypes, out_dtypes)
+        for f in (native, then_f, else_f):
             if f.signature.name not in have:
                 out.library.function.add().CopyFrom(f)
                 have.add(f.signature.name)

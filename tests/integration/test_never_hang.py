@@ -62,33 +62,3 @@ def test_eight_threads_random_batches_small_cache_failing_builds(mlp_dir, backen
         assert engine_calls > 0 and native_calls > 0
     else:
         assert engine_calls == 0
-
-
-def test_fallback_branch_calls_the_native_segment_through_a_partitioned_call(mlp_dir):
-    """The If's else branch is inlined when TF lowers it and holds one PartitionedCall (a
-    kernel for every device, so it is placed with the If, on the GPU when engines are) of a
-    ``_noinline`` function that calls the native segment. A ``_noinline`` branch would
-    become a call node named after its function, which has no GPU kernel: placed on the CPU,
-    it had TF copy every segment input to the host on each call (tests/gpu/
-    test_engine_boundaries.py measures that on a GPU)."""
-    from tftrt import trt_convert as trt
-    conv = trt.TrtGraphConverterV2(input_saved_model_dir=mlp_dir)
-    from tftrt import conversion
-    conv.convert()
-    result = conversion.convert_graph(conv._sig.info, conv._conversion_params)
-    gd, _ = conversion.bind_engine_nodes(result.native_graph_def, result.engine_ops)
-    lib = {f.signature.name: f for f in gd.library.function}
-    ifs = [n for n in gd.node if n.op == "If" and n.name.startswith("TRTEngineOp_")]
-    assert len(ifs) == len(result.engine_ops) >= 1
-    for node in ifs:
-        branch = lib[node.attr["else_branch"].func.name]
-        assert not branch.attr["_noinline"].b
-        (call,) = branch.node_def
-        assert call.op == "PartitionedCall"
-        fallback = lib[call.attr["f"].func.name]
-        assert fallback.attr["_noinline"].b
-        n_in = len(node.attr["Tin"].list.type) - len(node.attr["Tout"].list.type)
-        assert len(fallback.signature.input_arg) == len(call.input) == n_in
-        (inner,) = fallback.node_def
-        assert "native_segment" in inner.attr["f"].func.name
-        assert inner.attr["f"].func.name in lib
