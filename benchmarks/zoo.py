@@ -61,7 +61,7 @@ def fp32_models(names) -> set:
 
 def engine_report(ops) -> dict:
     """What the engines say about themselves: engine ops (segments), engines built (one per
-    op and batch size), layers, host layers and fallbacks.
+    op and batch size, profiles included), layers, host layers and fallbacks.
 
     Host layers: for CuPy engines, layers whose implementation (what the backend prepared for
     them, ``engine_impls``) is not one of the GPU implementations of ``impl_table``; every
@@ -72,7 +72,11 @@ def engine_report(ops) -> dict:
     """
     engines, layers, host, fallbacks, eager = 0, 0, [], [], []
     for op in ops:
-        for _key, engine in op.cache.items():
+        # A dynamic-shape op caches one ProfileEngine, which holds a runtime engine per
+        # exact shape it served.
+        runtime = [e for _k, pe in op.cache.items()
+                   for e in ([x for _s, x in pe.engines()] if hasattr(pe, "engines") else [pe])]
+        for engine in runtime:
             engines += 1
             net_layers = engine.network.layers
             layers += len(net_layers)

@@ -396,6 +396,11 @@ class ProfileEngine:
         """Every exact shape an engine was built or loaded for."""
         return list(self._engines)
 
+    def engines(self) -> List[Tuple[ShapeKey, object]]:
+        """(shapes, runtime engine) for every exact shape built or loaded so far."""
+        with self._lock:
+            return list(self._engines.items())
+
     def _first(self):
         for e in self._opt:
             if e is not None:
