@@ -286,10 +286,20 @@ class CupyBackend(Backend):
         self.options = _OPTIONS
         self._lock = threading.Lock()
 
-    # INT8 / FP8 (issue 15): quantized conv / matmul layers run on int8 / fp8 kernels
+    # INT8 / FP8 (issue 15): quantized conv / matmul layers can run on int8 / fp8 kernels
     # (cupy_quant: tactics q_cudnn, q_lt_1x1, q_lt; q_emulated where none applies); FP8 needs
     # a GPU that has it, so an FP8 engine on an older one fails by name (check_precision).
-    quantized_precisions: Tuple[str, ...] = ("INT8", "FP8")
+    # Opt-in (TFTRT_CUPY_QUANTIZED=1) until they are validated: their first run on an H200
+    # (2026-11-30, benchmarks/probe_quant_kernels.py) gave wrong answers for cuDNN INT8
+    # convolutions with an int32 output (a 1x1 conv, the channel-padded RGB stem, a
+    # requantized chain), and a calibrated INT8 engine differed from the numpy simulation by
+    # 0.8 of its output range. Without the switch, INT8 / FP8 engines build FP16 layers with
+    # one warning (answers as FP16 gives them), as before.
+    @property
+    def quantized_precisions(self) -> Tuple[str, ...]:
+        import os
+        raw = os.environ.get("TFTRT_CUPY_QUANTIZED", "").strip().lower()
+        return ("INT8", "FP8") if raw in ("1", "true") else ()
 
     def check_precision(self, precision: str) -> None:
         """EngineBuildError for a precision this GPU cannot run: FP8 below sm_89."""
