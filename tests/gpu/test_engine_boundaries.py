@@ -57,7 +57,7 @@ def d2h_copies(logdir):
                     name = names.get(ev.metadata_id, "")
                     if not re.search(r"d2h|dtoh|devicetohost", name.replace(" ", "").lower()):
                         continue
-                    size = None
+                    size, op = None, ""
                     for st in ev.stats:
                         sname = stat_names.get(st.metadata_id, "")
                         text = st.str_value or (plane.stat_metadata[st.ref_value].name
@@ -67,7 +67,11 @@ def d2h_copies(logdir):
                             size = int(m.group(1))
                         elif sname in ("bytes", "size", "num_bytes") and st.uint64_value:
                             size = int(st.uint64_value)
-                    found.append((plane.name, name, size))
+                        if sname in ("tf_op", "long_name", "kernel_details", "tf_op_name"):
+                            op = f"{op} {sname}={text[:120]}".strip()
+                    # which TF op asked for the copy (the profiler's tf_op stat), so that a
+                    # failure names the node to fix
+                    found.append((plane.name, name, size, op))
     return found
 
 
@@ -129,6 +133,28 @@ def _float_copies_in_five_calls(call, want, logdir, what):
     return [c for c in copies if c[2] is None or c[2] > 64]
 
 
+def _placed_nodes(call):
+    """The nodes of the partition graphs TF ran for ``call`` that sit on the CPU or move
+    tensors between devices (run metadata of the eager context): where a copy comes from."""
+    from tensorflow.python.eager import context
+    ctx = context.context()
+    ctx.enable_run_metadata()
+    try:
+        call()
+        meta = ctx.export_run_metadata()
+    finally:
+        ctx.disable_run_metadata()
+    graphs = list(meta.partition_graphs) + [g for fg in meta.function_graphs
+                                            for g in fg.partition_graphs]
+    out = []
+    for g in graphs:
+        for n in g.node:
+            if "CPU" in n.device.upper() or n.op in ("_Send", "_Recv", "_HostSend",
+                                                      "_HostRecv"):
+                out.append(f"{n.op:22s} {n.name} @ {n.device} <- {list(n.input)[:4]}")
+    return out
+
+
 def _x(seed):
     with tf.device("/GPU:0"):
         return tf.constant(np.random.RandomState(seed).standard_normal((8, 64))
@@ -149,6 +175,10 @@ def test_three_engines_move_no_float_tensor_to_the_host(converted, tmp_path):
     x = _x(1)
     big = _float_copies_in_five_calls(lambda: fn(x=x), native(x=x)["y"].numpy(),
                                       str(tmp_path / "prof"), "graph function")
+    if big:
+        print("placement of the graph function's nodes (CPU ones, and Send/Recv):")
+        for line in _placed_nodes(lambda: fn(x=x)):
+            print("   ", line)
     assert not big, big
     stats = [dict(op.stats) for op in conv.engine_ops.values()]
     assert all(s["engine"] >= 8 and s.get("native", 0) == 0 for s in stats), stats
