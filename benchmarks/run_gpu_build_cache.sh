@@ -29,6 +29,7 @@ for mode in $modes; do
   case $mode in kc*) kc=1; dir=/tmp/tftrt-cache-kc;; esac
   case $mode in *-warm) ;; *) rm -rf "$dir";; esac
   echo "== $mode (TFTRT_CUDNN_KERNEL_CACHE=$kc, TFTRT_CACHE_DIR=$dir) at $(( $(date +%s) - start )) s"
+  TFTRT_CUDNN_TRACE="$out/cudnn_trace_$mode.jsonl" \
   TFTRT_CUDNN_KERNEL_CACHE=$kc TFTRT_CACHE_DIR=$dir BENCH_ROWS="$out/build_$mode.jsonl" \
     timeout $(( $(left) - 60 )) python3 benchmarks/bench_engine.py --models "$models" \
     --precisions FP16 --batches "$batches" --peers= 2>&1 | tee "$out/build_$mode.txt" \
@@ -37,6 +38,33 @@ for mode in $modes; do
 done
 timeout $(( $(left) - 5 )) python3 -m pytest tests/gpu/test_build_cache_gpu.py -q \
   -p no:cacheprovider -rf 2>&1 | tee "$out/gpu_tests.log" | tail -8
+# Where cold cuDNN build time went: the kept plan vs the losing candidates (TFTRT_CUDNN_TRACE).
+python3 - "$out" <<'PY'
+import glob, json, sys
+for path in sorted(glob.glob(sys.argv[1] + "/cudnn_trace_*.jsonl")):
+    graphs = [json.loads(l) for l in open(path)]
+    if not graphs:
+        continue
+    kept_s = lost_s = 0.0
+    first_won = 0
+    slow_lost = []
+    for g in graphs:
+        for c in g["candidates"]:
+            if c["index"] == g["kept"]:
+                kept_s += c["build_s"]
+            else:
+                lost_s += c["build_s"]
+        first_won += g["kept"] == min(c["index"] for c in g["candidates"])
+        kept = next((c for c in g["candidates"] if c["index"] == g["kept"]), None)
+        for c in g["candidates"]:
+            if c is not kept and c["us"] and kept and kept["us"] and c["build_s"] > 0.2:
+                slow_lost.append(c["us"] / kept["us"])
+    print(f"{path.rsplit('/', 1)[-1]}: {len(graphs)} tuned graphs; build s of kept plans "
+          f"{kept_s:.1f}, of losing candidates {lost_s:.1f}; heuristic #1 kept in "
+          f"{first_won}; losing candidates that took > 0.2 s to build ran "
+          f"{(sum(slow_lost) / len(slow_lost)) if slow_lost else float('nan'):.2f}x the kept "
+          f"plan's time on average ({len(slow_lost)})")
+PY
 MODES="$modes" python3 - "$out" <<'PY'
 import json, sys, os
 rows = {}

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -47,7 +48,6 @@ TIMING_TIMEOUT = float(os.environ.get("TFTRT_TIMING_TIMEOUT", "120"))
 def wait_event(event: cp.cuda.Event, what: str, timeout: Optional[float] = None) -> None:
     """Waits for ``event`` like ``event.synchronize()``, but raises after ``timeout`` seconds
     (default :data:`TIMING_TIMEOUT`) instead of blocking forever."""
-    import time
     limit = TIMING_TIMEOUT if timeout is None else timeout
     deadline = time.monotonic() + limit
     pause = 20e-6
@@ -322,6 +322,34 @@ def _cudnn_act_supported(e) -> bool:
         (fn == "clip" and e.get("min") is not None and e.get("max") is not None)
 
 
+# TFTRT_CUDNN_TRACE=FILE appends one JSON line per tuned cuDNN graph: every candidate plan's
+# name, build seconds and time, and the one kept (where a cold build's time goes, and whether
+# the losing candidates were worth building: benchmarks/run_gpu_build_cache.sh).
+_TRACE_LOCK = threading.Lock()
+
+
+def _trace_candidates(plans) -> None:
+    path = os.environ.get("TFTRT_CUDNN_TRACE")
+    if not path:
+        return
+    import json
+    rows = []
+    for i in sorted(set(getattr(plans, "build_seconds", {})) | set(plans.times)):
+        try:
+            name = plans.g.get_plan_name_at_index(i) if i in plans.built else ""
+        except Exception:
+            name = "?"
+        rows.append({"index": i, "plan": name, "built": i in plans.built,
+                     "build_s": round(plans.build_seconds.get(i, 0.0), 4),
+                     "us": round(plans.times[i] * 1e6, 2) if i in plans.times else None})
+    spec = getattr(plans, "spec", None)
+    what = {"graph": type(plans).__name__, "kept": plans.index, "candidates": rows,
+            "fused": getattr(plans, "n_fused", None),
+            "shapes": [list(getattr(spec, a, ())) for a in ("x_shape", "w_shape", "y_shape")]}
+    with _TRACE_LOCK, open(path, "a") as f:
+        f.write(json.dumps(what) + "\n")
+
+
 class _CudnnPlans:
     """Execution-plan handling shared by the cuDNN graphs below: build the recorded plan (an
     engine id + knobs) or the first ``candidates`` heuristic plans, time them, keep one."""
@@ -378,16 +406,19 @@ class _CudnnPlans:
                 g.check_support()
             except Exception:
                 pass
-            self.built = []
+            self.built, self.build_seconds = [], {}
             candidates = candidates or CUDNN_CANDIDATES
             for i in range(g.get_execution_plan_count()):
                 if len(self.built) >= candidates:
                     break
+                t0 = time.perf_counter()
                 try:
                     g.build_plan_at_index(i)
                     self.built.append(i)
                 except Exception:
                     continue
+                finally:
+                    self.build_seconds[i] = time.perf_counter() - t0
             if not self.built:
                 raise RuntimeError("cuDNN built no execution plan for this graph")
             self.index = self.built[0]
@@ -427,6 +458,7 @@ class _CudnnPlans:
         if self.times:
             self.index = min(self.times, key=self.times.get)
         self.workspace = int(self.g.get_workspace_size_plan_at_index(self.index))
+        _trace_candidates(self)
         return self.times.get(self.index, float("inf"))
 
 
