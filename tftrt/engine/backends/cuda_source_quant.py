@@ -323,3 +323,136 @@ def epilogue_operand_modes(epilogue, shapes: Dict[int, tuple], dtypes: Dict[int,
             raise ValueError(f"epilogue operand {i} of shape {s} does not broadcast per "
                              f"channel or elementwise to {tuple(y_shape)}")
     return modes
+
+
+# --- build-time validation of the quantized implementations ----------------------------------
+# A quantized layer's library implementation (a cuDNN graph variant and plan, a cuBLASLt
+# algorithm) is run once when it is built, on seeded random inputs of the layer's real shapes
+# (:func:`validation_inputs`), and its output compared with the emulated path's
+# (``cupy_quant.QuantEmulated``: the same quantized values through a TF32 conv / GEMM, whose
+# products and sums of int8 values are exact, then the same epilogue kernel) by
+# :func:`compare_quantized`. One that disagrees is never used: the next variant / plan /
+# implementation takes the layer, finally the emulated one. Bump VALIDATION_VERSION when the
+# check changes: records carrying an older verdict are validated again.
+VALIDATION_VERSION = 1
+
+# What |got - want| may be, per element, beyond one rounding of the output format
+# (OUTPUT_ULP * |want|), as a share of max|want| (the layer's output scale):
+# * INT8: the int32 accumulator is exact in both paths and converts to float32 once, so the
+#   only differences are the float epilogue's rounding order (a cuDNN-fused epilogue rounds
+#   its own way; every step is one float32 rounding, 2**-24 of its operands, a
+#   transcendental activation a few ulps): 2**-16 is 256 such roundings of the largest
+#   value. The H200 measured <= 1.2e-7 for the fused epilogues that were right.
+# * FP8: the library's fp32 accumulation order, and Hopper's FP8 tensor cores keep fewer
+#   mantissa bits between promotions to fp32 (about 14): 2**-8. The H200 measured <= 1.2e-3
+#   (cuBLASLt and cuDNN alike, K = 256); the failures it must catch (an unwritten or
+#   misread output, a wrong layout, lost taps / channels) are of the order of max|want|.
+# * An INT8 reference whose accumulator is not integral (a TF32 conv that rounds: Winograd
+#   transforms) is itself off by up to ~2**-11 of the transformed sums: 2**-7 then.
+ACC_TOLERANCE = {INT8: 2.0 ** -16, FP8: 2.0 ** -8}
+INEXACT_REFERENCE_TOLERANCE = 2.0 ** -7
+OUTPUT_ULP = {"float32": 2.0 ** -23, "float16": 2.0 ** -10}
+# int8 (requantized) outputs: a float epilogue value on a rounding boundary may land one step
+# away; never further, and on at most this share of the elements (plus one).
+INT8_STEP_SHARE = {True: 0.005, False: 0.05}  # by "reference exact"
+# Poison the outputs / scratch are filled with before a validation run, so that an output a
+# library did not write cannot pass: int8 -128 (never produced: q_int8 saturates to +-127),
+# NaN for floats, 0x7f bytes (int32 2139062143, float32 3.4e38) for accumulators.
+INT8_POISON = -128
+SCRATCH_POISON_BYTE = 0x7F
+
+
+def validation_tolerance(fmt: str, out_dtype: str, ref_exact: bool = True) -> dict:
+    """The bounds :func:`compare_quantized` applies (see ACC_TOLERANCE)."""
+    out_dtype = np.dtype(out_dtype).name
+    if fmt not in ACC_TOLERANCE:
+        raise ValueError(f"quantized format {fmt!r}; one of {sorted(ACC_TOLERANCE)}")
+    if out_dtype == "int8":
+        return {"kind": "int8", "max_steps": 1, "step_share": INT8_STEP_SHARE[bool(ref_exact)]}
+    if out_dtype not in OUTPUT_ULP:
+        raise ValueError(f"a quantized layer's output is float16, float32 or int8, not "
+                         f"{out_dtype}")
+    rel = ACC_TOLERANCE[fmt] if ref_exact else max(ACC_TOLERANCE[fmt],
+                                                   INEXACT_REFERENCE_TOLERANCE)
+    return {"kind": "float", "rel": rel, "ulp": OUTPUT_ULP[out_dtype]}
+
+
+def compare_quantized(got, want, fmt: str, out_dtype: str, ref_exact: bool = True,
+                      xp=np) -> Tuple[bool, str, dict]:
+    """Whether a quantized implementation's output ``got`` is the reference ``want`` within
+    :func:`validation_tolerance` (arrays of one shape; ``xp`` their array module, numpy or
+    CuPy, so the comparison runs where the arrays are). Returns (ok, what was measured --
+    the reason when not ok --, stats)."""
+    tol = validation_tolerance(fmt, out_dtype, ref_exact)
+    if tuple(got.shape) != tuple(want.shape):
+        return False, f"shape {tuple(got.shape)} is not {tuple(want.shape)}", {}
+    n = int(np.prod(want.shape, dtype=np.int64))
+    if n == 0:
+        return True, "empty output", {"n": 0}
+    if tol["kind"] == "int8":
+        g, w = got.astype(xp.int32), want.astype(xp.int32)
+        unwritten = int(xp.count_nonzero(g == INT8_POISON))
+        d = xp.abs(g - w)
+        worst = int(d.max())
+        steps = int(xp.count_nonzero(d == 1))
+        far = int(xp.count_nonzero(d > 1))
+        allowed = int(tol["step_share"] * n) + 1
+        stats = {"n": n, "max_steps": worst, "one_step": steps, "further": far,
+                 "unwritten": unwritten}
+        how = (f"int8 out: {steps} of {n} one step off (allowed {allowed}), {far} further "
+               f"(max {worst} steps)")
+        if unwritten and far:
+            how += f"; {unwritten} hold the poison value {INT8_POISON} (not written?)"
+        return far == 0 and steps <= allowed, how, stats
+    g, w = got.astype(xp.float64), want.astype(xp.float64)
+    fin_w, fin_g = xp.isfinite(w), xp.isfinite(g)
+    nan_w, nan_g = xp.isnan(w), xp.isnan(g)
+    bad_nan = int(xp.count_nonzero(nan_w != nan_g))
+    bad_inf = int(xp.count_nonzero((xp.isinf(w) | xp.isinf(g)) & (g != w)))
+    if bad_nan or bad_inf:
+        unwritten = int(xp.count_nonzero(nan_g & ~nan_w))
+        how = (f"non-finite values differ: {bad_nan} NaN mismatches ({unwritten} NaN where "
+               f"the reference is a number: the poison, not written?), {bad_inf} Inf "
+               f"mismatches, of {n}")
+        return False, how, {"n": n, "nan_mismatch": bad_nan, "inf_mismatch": bad_inf}
+    both = fin_w & fin_g
+    if not bool(both.any()):
+        return True, "no finite values", {"n": n}
+    wf, gf = xp.where(both, w, 0.0), xp.where(both, g, 0.0)
+    scale = max(float(xp.abs(wf).max()), 1e-30)
+    d = xp.abs(gf - wf)
+    limit = tol["ulp"] * xp.abs(wf) + tol["rel"] * scale
+    over = int(xp.count_nonzero(d > limit))
+    err = float(d.max()) / scale
+    exact = int(xp.count_nonzero(d == 0))
+    stats = {"n": n, "max_rel": err, "over": over, "exact": exact, "scale": scale,
+             "tol_rel": tol["rel"], "tol_ulp": tol["ulp"]}
+    how = (f"max|d| {err:.2e} of max|ref| (limit {tol['rel']:.1e} + {tol['ulp']:.0e} "
+           f"relative), {over} of {n} over, {100.0 * exact / n:.1f}% exact")
+    return over == 0, how, stats
+
+
+def validation_inputs(shapes: Dict[int, tuple], dtypes: Dict[int, str], fmt: str,
+                      inv_scale: float, seed: int = 0) -> Dict[int, np.ndarray]:
+    """Seeded random host inputs of a quantized layer's non-weight inputs (index -> shape /
+    dtype): input 0 spans the whole quantized range (INT8: uniform in +-1.05 * 127 /
+    inv_scale, so that the codes cover [-127, 127] and some saturate; FP8: +-448 /
+    inv_scale * 2**-u, u uniform in [0, 18]: E4M3's binades from 448 down to its
+    subnormals, some saturating); an int8 input 0 random codes in [-127, 127]; epilogue
+    operands (residuals) standard normal."""
+    rng = np.random.RandomState(seed)
+    out = {}
+    for i in sorted(shapes):
+        shape, dt = tuple(shapes[i]), np.dtype(dtypes[i])
+        if dt == np.int8:
+            out[i] = rng.randint(-127, 128, shape).astype(np.int8)
+        elif i != 0:
+            out[i] = rng.standard_normal(shape).astype(dt)
+        else:
+            if fmt == INT8:
+                v = rng.uniform(-1.05, 1.05, shape) * (Q.INT8_QMAX / float(inv_scale))
+            else:
+                mag = Q.FP8_E4M3_MAX / float(inv_scale) * np.exp2(-rng.uniform(0, 18, shape))
+                v = mag * rng.choice([-1.0, 1.0], shape) * rng.uniform(0.97, 1.03, shape)
+            out[i] = v.astype(dt)
+    return out
