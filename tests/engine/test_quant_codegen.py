@@ -211,6 +211,25 @@ def test_epilogue_kernels_match_numpy_on_the_host(tmp_path):
         np.testing.assert_array_equal(out, want, err_msg=str(EPI_CASES[k]))
 
 
+@pytest.mark.skipif(_host_compiler() is None, reason="no host C++ compiler")
+def test_requantize_kernel_of_the_fused_cudnn_variant_on_the_host(tmp_path):
+    """cupy_quant's "fused_requant" cuDNN variant writes the fused epilogue's fp32 output and
+    an epilogue source with no ops requantizes it to int8: numpy's q(y * inv_scale), ties to
+    even, +-127 saturation, NaN -> 0."""
+    rng = np.random.default_rng(2)
+    rows, n, scale = 9, 8, 0.05
+    y = (rng.standard_normal((rows, n)) * 4).astype(np.float32)
+    y.reshape(-1)[:6] = [np.nan, np.inf, -np.inf, 0.025, 0.075, -0.125]  # ties at scale 0.05
+    src = S.QuantEpilogueSource(rows, n, n, "float32", [], {}, "int8", scale)
+    assert src.operands == []
+    so = _host_library(_host_source([(src.source, "qepi")]), tmp_path, "requant")
+    out = np.full((rows, n), 77, np.int8)
+    _run(so, "qepi", 0, np.ascontiguousarray(y), out)
+    want = Q.quantize_int8(y, Q.inv_scale(scale))
+    np.testing.assert_array_equal(out, want)
+    assert list(out.reshape(-1)[:3]) == [0, 127, -127]
+
+
 def test_sources_refuse_what_they_cannot_do():
     with pytest.raises(ValueError, match="an int8 input feeds only an INT8 layer"):
         S.QuantizeSource(2, 4, 4, "int8", "e4m3", 1.0)

@@ -16,17 +16,34 @@ order ``cupy_backend.impl_table`` tries them:
   exact integer / fp32 sum the numpy backend rounds once).
 * :class:`QuantConvCudnn` (tactic ``q_cudnn``, and 1x1 convs cuBLASLt does not take): a
   cuDNN-frontend graph, NHWC, int8 / E4M3 x and w (channels padded to 4 / 16), conv_fprop
-  with INT32 (INT8) / FLOAT (FP8) compute. Variants, each built at build time and the
-  fastest kept (recorded in the plan): ``fused`` (the epilogue as cuDNN pointwise nodes,
-  fp16 / fp32 output; only for layers whose output is not requantized and whose epilogue
-  cuDNN can express), ``acc`` / ``acc_identity`` (the accumulator as the graph output,
-  int32 / fp32, with or without an identity node; then the epilogue kernel).
+  with INT32 (INT8) / FLOAT (FP8) compute. Variants (:data:`CONV_VARIANTS`): ``fused``
+  (the epilogue as cuDNN pointwise nodes, fp16 / fp32 output; for layers whose output is
+  not requantized and whose epilogue cuDNN can express), ``fused_requant`` (the same graph
+  with an fp32 output that a kernel requantizes to int8: requantized layers), ``acc_float``
+  / ``acc_identity`` / ``acc`` (the accumulator as the graph output -- through an identity
+  node to fp32 or int32, or with no node after the conv -- then the epilogue kernel).
+* :class:`QuantEmulated` (tactic ``q_emulated`` for what neither takes -- grouped /
 * :class:`QuantEmulated` (tactic ``q_emulated`` for what neither takes -- grouped /
   depthwise convs, transpose_a matmuls -- and the fallback of the two above): the quantized
   values as float32 through a TF32 cuDNN conv / cuBLASLt GEMM (int8 and E4M3 values and
   their products are exact in TF32 / fp32), then the same epilogue kernel: the layer's
   answers, without int8 / fp8 tensor cores. Its layers say so in the engine's fallback
   line and in ``precision_report`` ("kernel").
+
+Build-time validation (:class:`Validator`): the first GPU run (H200, 2026-11-30) gave wrong
+INT8 answers from cuDNN graphs whose output was the int32 accumulator, so no library
+implementation is trusted untested. Each candidate (a cuDNN variant's plan, a cuBLASLt
+algorithm) runs once, when it is built, on seeded random inputs of the layer's real shapes
+and its real weights, into outputs and scratch filled with poison, and its output is
+compared with :class:`QuantEmulated`'s at the format's tolerance
+(``cuda_source_quant.compare_quantized``). Candidates are validated in the order of
+preference -- cuDNN: variant tier (what was right on the H200 first), then speed; cuBLASLt:
+speed -- and the first that passes is kept; one that fails is never used, and the reasons
+are recorded. When none passes, the implementation refuses the layer and the next one takes
+it, finally QuantEmulated (the engine's fallback line says why). The cost is one run per
+candidate tried and one emulated run, once per layer signature and process; the verdict
+goes into the record (``validated``, ``rejected``) with the tuned choice, and a record whose
+verdict is of this validation version and library version is not checked again.
 
 What a layer runs on is recorded in its plan record (``attrs["_cupy"][tactic]["kernel"]``),
 which ``quantization.precision_report`` and summary() show. Anything a library cannot do
@@ -195,26 +212,47 @@ class QLtGemm:
 
 
 # --- cuDNN int8 / fp8 convolution -----------------------------------------------------------------
-CONV_VARIANTS = ("fused", "acc", "acc_identity")
+# Graph variants (module doc), in the order of preference: what was right on the H200 first.
+# "fused" / "fused_requant" (the epilogue as cuDNN pointwise nodes; float output, which
+# requant's kernel then requantizes to int8) were right in every case; "acc_float" (the int32
+# accumulator through an identity node to a FLOAT output: the legacy INT8_EXT_CONFIG's
+# output type; exact while |acc| < 2**24, and rounded once, as the epilogue kernel's
+# __int2float_rn would) and "acc_identity" (the cudnn-frontend's own int8 sample,
+# test/python/conv/graph/test_conv_bias.py::test_conv_int8: INT32 intermediates, conv ->
+# identity -> INT32 output) next; "acc" (the conv's INT32 output as the graph output with no
+# node after it) last: it is what gave the H200's wrong INT8 answers.
+CONV_VARIANTS = ("fused", "fused_requant", "acc_float", "acc_identity", "acc")
+VARIANT_TIER = {"fused": 0, "fused_requant": 0, "acc_float": 1, "acc_identity": 1, "acc": 2}
+MAX_VALIDATIONS = 16  # candidate plans validated at most per layer signature
 
 
 class QCudnnConv(_CudnnPlans):
     """One int8 / E4M3 convolution as a cuDNN graph (see the module doc for the variants).
-    ``spec`` is a :class:`cupy_dnn.ConvSpec` of the padded shapes (its dtype fields unused)."""
+    ``spec`` is a :class:`cupy_dnn.ConvSpec` of the padded shapes (its dtype fields unused).
+    :attr:`out_dtype` is what the graph writes: the layer's output (fused), float32
+    (fused_requant, acc_float, FP8's accumulators) or int32 (INT8 acc / acc_identity)."""
 
     def __init__(self, spec: ConvSpec, fmt: str, variant: str, y_dtype: str,
                  choice: Optional[dict] = None, candidates: Optional[int] = None):
         if variant not in CONV_VARIANTS:
             raise ValueError(f"variant {variant!r}")
         self.spec, self.fmt, self.variant, self.y_dtype = spec, fmt, variant, y_dtype
+        acc = "int32" if fmt == S.INT8 else "float32"
+        self.out_dtype = {"fused": y_dtype, "fused_requant": "float32",
+                          "acc_float": "float32"}.get(variant, acc)
+        self.verdict: Optional[dict] = None
+        self.rejected: List[str] = []
         self._setup(choice, candidates)
 
     def _graph(self, c):
         s = self.spec
         io = c.data_type.INT8 if self.fmt == S.INT8 else c.data_type.FP8_E4M3
         acc = c.data_type.INT32 if self.fmt == S.INT8 else c.data_type.FLOAT
-        g = c.pygraph(io_data_type=io, intermediate_data_type=c.data_type.FLOAT,
-                      compute_data_type=c.data_type.FLOAT, handle=cudnn_handle())
+        inter = c.data_type.FLOAT
+        if self.fmt == S.INT8 and self.variant in ("acc_identity", "acc_float"):
+            inter = c.data_type.INT32  # as the frontend's int8 sample builds it
+        g = c.pygraph(io_data_type=io, intermediate_data_type=inter,
+                      compute_data_type=inter, handle=cudnn_handle())
         xd, xs = _nc_dims(s.x_shape)
         wd, ws = _nc_dims(s.w_shape)
         yd, ys = _nc_dims(s.y_shape)
@@ -223,7 +261,7 @@ class QCudnnConv(_CudnnPlans):
         Y = g.conv_fprop(image=X, weight=W, pre_padding=s.pads_b, post_padding=s.pads_e,
                          stride=s.strides, dilation=s.dilations, compute_data_type=acc)
         tensors = {"X": X, "W": W}
-        if self.variant == "fused":
+        if self.variant in ("fused", "fused_requant"):
             cout = s.y_shape[-1]
             Y.set_data_type(c.data_type.FLOAT)
             for e in s.epilogue:
@@ -248,17 +286,24 @@ class QCudnnConv(_CudnnPlans):
                     Y = _cudnn_act(g, Y, e)
                     if Y is None:
                         raise ValueError(f"activation {e['fn']} has no cuDNN node")
-            Y.set_output(True).set_data_type(_cdt(self.y_dtype))
-        else:
-            if self.variant == "acc_identity":
-                Y.set_data_type(acc)
-                Y = g.identity(input=Y, compute_data_type=acc)
+            Y.set_output(True).set_data_type(_cdt(self.out_dtype))
+        elif self.variant == "acc":
             Y.set_output(True).set_data_type(acc)
+        else:
+            Y.set_data_type(acc)
+            out = acc if self.variant == "acc_identity" else c.data_type.FLOAT
+            Y = g.identity(input=Y, compute_data_type=out)
+            Y.set_output(True).set_data_type(out)
         Y.set_dim(yd).set_stride(ys)
         tensors["Y"] = Y
         g.validate()
         g.build_operation_graph()
         return g, tensors
+
+    def select(self, index: int) -> None:
+        """Makes plan ``index`` (one of :attr:`built`) the one :meth:`run` executes."""
+        self.index = index
+        self.workspace = int(self.g.get_workspace_size_plan_at_index(index))
 
     def run(self, x_ptr: int, w_ptr: int, y_ptr: int, operands: Dict[int, int], ws_ptr: int,
             stream_ptr: int, index: Optional[int] = None) -> None:
@@ -270,7 +315,113 @@ class QCudnnConv(_CudnnPlans):
         self._execute(pack, ws_ptr, stream_ptr, index)
 
     def choice(self) -> dict:
-        return dict(super().choice(), variant=self.variant)
+        rec = dict(super().choice(), variant=self.variant)
+        if self.verdict is not None:
+            rec["validated"] = self.verdict
+        if self.rejected:
+            rec["rejected"] = list(self.rejected)
+        return rec
+
+
+# --- build-time validation ------------------------------------------------------------------------
+def library_version(which: str) -> Optional[int]:
+    """cuDNN's / cuBLASLt's version (a recorded verdict is trusted only under the same one)."""
+    try:
+        if which == "cudnn":
+            return int(cudnn_module().backend_version())
+        return int(lt_module()[0].get_version())
+    except Exception:
+        return None
+
+
+def trusted_verdict(rec: Optional[dict], lib: str) -> bool:
+    """Whether record ``rec`` carries a passing verdict of this validation and library
+    version (then the recorded choice is used without running the check again)."""
+    v = rec.get("validated") if isinstance(rec, dict) else None
+    ver = library_version(lib)
+    return isinstance(v, dict) and v.get("v") == S.VALIDATION_VERSION and ver is not None \
+        and v.get("lib") == ver
+
+
+def _verdict(lib: str, how: str) -> dict:
+    return {"v": S.VALIDATION_VERSION, "lib": library_version(lib), "how": how[:200]}
+
+
+class Validator:
+    """Runs a quantized layer's implementation once on seeded random inputs of the layer's real
+    shapes (``cuda_source_quant.validation_inputs``; its real weights) and compares the
+    output with the emulated path's (:class:`QuantEmulated`, run once per validator) by
+    ``cuda_source_quant.compare_quantized``. The output and the scratch are filled with
+    poison first, so that an output a library does not write cannot pass."""
+
+    def __init__(self, impl: "_QuantLayer"):
+        self.impl = impl
+        net, layer = impl.net, impl.layer
+        acts = {i: n for i, n in enumerate(layer.inputs)
+                if n and n not in net.weights and n not in impl.weights}
+        host = S.validation_inputs({i: _shape(net, n) for i, n in acts.items()},
+                                   {i: _dtype(net, n) for i, n in acts.items()}, impl.fmt,
+                                   impl.inv_x, seed=0)
+        # the layer's weights were uploaded on the current stream: done before ours reads them
+        cp.cuda.get_current_stream().synchronize()
+        self.stream = cp.cuda.Stream(non_blocking=True)
+        self.ins: List[Optional[cp.ndarray]] = []
+        with self.stream:
+            for i, n in enumerate(layer.inputs):
+                if not n:
+                    self.ins.append(None)
+                elif i in host:
+                    self.ins.append(cp.asarray(host[i]))
+                else:
+                    w = impl.weights.get(n)
+                    self.ins.append(w if w is not None else
+                                    cp.asarray(np.asarray(net.weights[n])))
+        self.stream.synchronize()
+        self.want = None
+        self.ref_exact = True
+
+    def _reference(self, stream) -> None:
+        impl = self.impl
+        ref = _Reference(impl.net, impl.layer, impl.weights, impl.opts)
+        cp.cuda.get_current_stream().synchronize()  # its weights' upload
+        with stream:
+            y = cp.empty(impl.y_shape, impl.y_dtype)
+            ws = cp.empty(max(ref.workspace, 1), cp.uint8)
+            acc = ref.accumulate(self.ins, ws)
+            if impl.fmt == S.INT8:  # exact only if every sum is an integer below 2**24
+                self.ref_exact = bool(cp.all(acc == cp.rint(acc))) and \
+                    float(cp.abs(acc).max()) < 2.0 ** 24
+            ref.epilogue(acc, self.ins, y)
+        stream.synchronize()
+        self.want = y
+        if not self.ref_exact:
+            log.info("%s: the emulated reference's accumulator is not exact (a TF32 conv that "
+                     "rounds); validating at the looser tolerance", impl.layer.name)
+
+    def check(self, run) -> Tuple[bool, str]:
+        """(ok, what was measured / why not) of ``run(ins, outs, ws)`` (the implementation as
+        it is bound now)."""
+        impl, stream = self.impl, self.stream
+        if self.want is None:
+            self._reference(stream)
+        poison = S.INT8_POISON if impl.y_dtype == "int8" else np.nan
+        try:
+            with stream:  # the poison, the run and the comparison in one stream's order
+                y = cp.full(impl.y_shape, poison, impl.y_dtype)
+                ws = cp.full(max(int(impl.workspace), 1), S.SCRATCH_POISON_BYTE, cp.uint8)
+                run(self.ins, [y], ws)
+            stream.synchronize()
+        except GpuTimeout:
+            raise
+        except Exception as e:
+            return False, f"raised {type(e).__name__}: {str(e)[:200]}"
+        with stream:
+            ok, how, _ = S.compare_quantized(y, self.want, impl.fmt, impl.y_dtype,
+                                             self.ref_exact, xp=cp)
+        stream.synchronize()
+        if not self.ref_exact:
+            how += " (reference inexact: looser tolerance)"
+        return ok, how
 
 
 # --- layers --------------------------------------------------------------------------------------
@@ -323,7 +474,9 @@ def _rows(shape) -> int:
 
 
 class QuantGemmLt(_QuantLayer):
-    """matmul / 1x1 conv on cuBLASLt's int8 / fp8 kernels (module doc)."""
+    """matmul / 1x1 conv on cuBLASLt's int8 / fp8 kernels (module doc). The algorithm kept is
+    the fastest that passes the build-time validation (:class:`Validator`); when none does,
+    the layer goes to the next implementation, the reasons in its ``fallback``."""
 
     def __init__(self, net, layer, weights, opts):
         super().__init__(net, layer, weights, opts)
@@ -346,25 +499,63 @@ class QuantGemmLt(_QuantLayer):
         self.epi = self._epilogue(m, n, np_, acc)
         key = json.dumps(["qlt", m, np_, kp, self.fmt])
         rec = get_record(layer)
-        self.gemm = QLtGemm(m, np_, kp, self.fmt, rec if rec and "algo" in rec else
-                            _SHARED.get(key))
-        if not (rec and "algo" in rec) and key not in _SHARED and self.gemm.count > 1:
+        recorded = rec is not None and "algo" in rec
+        self.gemm = QLtGemm(m, np_, kp, self.fmt, rec if recorded else _SHARED.get(key))
+        if not recorded and key not in _SHARED and self.gemm.count > 1:
             stream = cp.cuda.Stream(non_blocking=True)
             with stream:
                 x = cp.zeros((m, kp), self.w.dtype)
                 d = cp.empty((m, np_), acc)
                 self.gemm.tune(self.w, x, d, stream)
             stream.synchronize()
-        _SHARED[key] = self.gemm.choice()
-        self.scratch = Scratch([("xq", m * kp if self.quant else 0), ("acc", m * np_ * 4),
-                                ("lib", self.gemm.workspace)])
-        self.workspace = self.scratch.nbytes
         pads = [] if (kp, np_) == (k, n) else [f"K {k}->{kp}"] * (kp != k) + \
             [f"N {n}->{np_}"] * (np_ != n)
         self.kernel = (f"cuBLASLt {self.precision} GEMM ({'int32' if acc == 'int32' else 'fp32'}"
                        f" accumulator{'; padded ' + ', '.join(pads) if pads else ''}) + "
                        f"epilogue kernel")
-        self._record(self.gemm.choice())
+        self.verdict, self.rejected = self._validate(key, rec if recorded else None)
+        _SHARED[key] = {"algo": int(self.gemm.index)}
+        self._record(self._choice())
+
+    def _bind(self, index: int) -> None:
+        self.gemm.index = index
+        self.scratch = Scratch([("xq", self.m * self.kp if self.quant else 0),
+                                ("acc", self.m * self.np * 4), ("lib", self.gemm.workspace)])
+        self.workspace = self.scratch.nbytes
+
+    def _validate(self, key: str, rec: Optional[dict]) -> Tuple[dict, List[str]]:
+        """The verdict on the algorithm kept, and the rejected ones (module doc); raises
+        ValueError when no algorithm passes."""
+        g = self.gemm
+        if trusted_verdict(rec, "cublaslt"):
+            self._bind(g.index)
+            return rec["validated"], list(rec.get("rejected", []))
+        order = sorted(g.times, key=g.times.get) if g.times else \
+            [g.index] + [i for i in range(g.count) if i != g.index]
+        order = [i for i in order if g.wss[i] <= LT_WORKSPACE][:MAX_VALIDATIONS]
+        vkey = json.dumps([key, self.layer.to_json()["epilogue"], self.y_dtype,
+                           sorted(self.modes.items())], default=str)
+        validator, rejected = None, []
+        for i in order:
+            self._bind(i)
+            cached = _VERDICTS.get((vkey, i))
+            if cached is None:
+                validator = validator or Validator(self)
+                cached = _VERDICTS[(vkey, i)] = validator.check(self.run)
+            ok, how = cached
+            if ok:
+                return _verdict("cublaslt", how), rejected
+            rejected.append(f"algo {i}: {how}"[:300])
+            log.info("%s: cuBLASLt %s algorithm %d rejected by validation: %s",
+                     self.layer.name, self.precision, i, how)
+        raise ValueError(f"cuBLASLt {self.precision} GEMM: no algorithm passed the build-time "
+                         f"validation ({'; '.join(rejected)[:600]})")
+
+    def _choice(self) -> dict:
+        rec = {"algo": int(self.gemm.index), "validated": self.verdict}
+        if self.rejected:
+            rec["rejected"] = self.rejected
+        return rec
 
     def run(self, ins, outs, ws):
         if ws is None or ws.nbytes < self.workspace:
@@ -382,8 +573,15 @@ class QuantGemmLt(_QuantLayer):
         self.epi(acc, self._operands(ins), outs[0])
 
 
+# (GEMM signature and epilogue, algorithm) -> (ok, how): each validated once per process.
+_VERDICTS: Dict[Tuple[str, int], Tuple[bool, str]] = {}
+
+
 class QuantConvCudnn(_QuantLayer):
-    """conv on cuDNN's int8 / fp8 convolutions (module doc)."""
+    """conv on cuDNN's int8 / fp8 convolutions (module doc). Every graph variant that builds
+    is timed plan by plan; the plans are then validated (:class:`Validator`) in the order
+    (variant tier, time) and the first that passes is kept; when none does, the layer goes
+    to the next implementation, the reasons in its ``fallback``."""
 
     def __init__(self, net, layer, weights, opts):
         super().__init__(net, layer, weights, opts)
@@ -412,59 +610,124 @@ class QuantConvCudnn(_QuantLayer):
             self.quant = QuantizeKernel(_rows(self.x_shape), c, cp_, self.x_dtype,
                                         "int8" if self.fmt == S.INT8 else "e4m3", self.inv_x)
         self.acc_dtype = "int32" if self.fmt == S.INT8 else "float32"
-        rows, n = _rows(self.y_shape), self.y_shape[-1]
-        self.epi = self._epilogue(rows, n, n, self.acc_dtype)
         key = json.dumps(["qconv", xs, list(w.shape), self.y_shape, a["strides"],
                           a["dilations"], a["pads"], self.fmt, self.y_dtype,
                           layer.to_json()["epilogue"], sorted(operands.items())], default=str)
         rec = get_record(layer)
         if key not in _SHARED:
             _SHARED[key] = self._build(spec, rec)
-        self.conv = _SHARED[key]
-        self.fused = self.conv.variant == "fused"
-        self.scratch = Scratch([("xq", int(np.prod(xs)) if self.quant else 0),
-                                ("acc", 0 if self.fused else rows * n * 4),
-                                ("lib", self.conv.workspace)])
-        self.workspace = self.scratch.nbytes
-        acc_name = "int32" if self.fmt == S.INT8 else "fp32"
-        self.kernel = (f"cuDNN {self.precision} conv ({acc_name} accumulator"
-                       f"{f'; channels padded {c}->{cp_}' if cp_ != c else ''}) + "
-                       f"{'fused cuDNN epilogue' if self.fused else 'epilogue kernel'}")
+        self._bind(_SHARED[key])
         self._record(self.conv.choice())
 
-    def _fusable(self, spec) -> bool:
-        return self.out_scale is None and self.y_dtype in ("float16", "float32") and \
-            spec.fusable_prefix() == len(spec.epilogue)
+    def _bind(self, conv: QCudnnConv) -> None:
+        """Runs ``conv`` (its selected plan) from now on: scratch, the kernel after it."""
+        self.conv = conv
+        v = conv.variant
+        rows, n = _rows(self.y_shape), self.y_shape[-1]
+        self.fused = v == "fused"
+        if self.fused:
+            self.epi = None
+        elif v == "fused_requant":  # the fused epilogue's fp32 output, requantized to int8
+            self.epi = QuantEpilogueKernel(rows, n, n, "float32", [], {}, "int8",
+                                           self.out_scale)
+        else:
+            self.epi = self._epilogue(rows, n, n, conv.out_dtype)
+        self.scratch = Scratch([("xq", int(np.prod(self.xq_shape)) if self.quant else 0),
+                                ("acc", 0 if self.fused else rows * n * 4),
+                                ("lib", conv.workspace)])
+        self.workspace = self.scratch.nbytes
+        acc_name = "int32" if self.fmt == S.INT8 else "fp32"
+        c, cp_ = self.c, self.cp
+        after = {"fused": "fused cuDNN epilogue",
+                 "fused_requant": "fused cuDNN epilogue + requantize kernel",
+                 "acc_float": "epilogue kernel (accumulator as fp32 output)",
+                 "acc_identity": "epilogue kernel (accumulator through an identity node)",
+                 "acc": "epilogue kernel"}[v]
+        self.kernel = (f"cuDNN {self.precision} conv ({acc_name} accumulator"
+                       f"{f'; channels padded {c}->{cp_}' if cp_ != c else ''}) + {after}")
 
-    def _build(self, spec, rec):
-        if rec is not None and rec.get("variant") in CONV_VARIANTS:
+    def _variants(self, spec) -> List[str]:
+        fusable = spec.fusable_prefix() == len(spec.epilogue)
+        out = []
+        if fusable and self.out_scale is None and self.y_dtype in ("float16", "float32"):
+            out.append("fused")
+        if fusable and self.out_scale is not None and self.y_dtype == "int8":
+            out.append("fused_requant")
+        if self.fmt == S.INT8:
+            out.append("acc_float")
+        return out + ["acc_identity", "acc"]
+
+    def _build(self, spec, rec) -> QCudnnConv:
+        validator = None
+        rejected: List[str] = []
+        if rec is not None and rec.get("variant") in self._variants(spec):
             try:
-                return QCudnnConv(spec, self.fmt, rec["variant"], self.y_dtype, rec)
+                conv = QCudnnConv(spec, self.fmt, rec["variant"], self.y_dtype, rec)
             except Exception as e:
+                conv = None
                 log.info("%s: recorded choice failed (%s); tuning again", self.layer.name, e)
-        variants = (["fused"] if self._fusable(spec) else []) + ["acc", "acc_identity"]
-        built, errors = [], []
-        for v in variants:
-            if v == "acc_identity" and any(b.variant == "acc" for b in built):
-                continue
-            try:
-                built.append(QCudnnConv(spec, self.fmt, v, self.y_dtype))
-            except Exception as e:
-                errors.append(f"{v}: {type(e).__name__}: {str(e)[:200]}")
-        if not built:
-            raise RuntimeError(f"cuDNN builds no {self.precision} convolution for "
-                               f"{self.layer.name}: " + "; ".join(errors))
+            if conv is not None:
+                if trusted_verdict(rec, "cudnn"):
+                    conv.verdict, conv.rejected = rec["validated"], list(rec.get("rejected",
+                                                                                 []))
+                    return conv
+                validator = Validator(self)
+                self._bind(conv)
+                ok, how = validator.check(self.run)
+                if ok:
+                    conv.verdict = _verdict("cudnn", how)
+                    return conv
+                rejected.append(f"recorded {conv.variant} plan {conv.plan_name()}: {how}"[:300])
+        # tier by tier (module doc): the int32-output variants are built only when nothing
+        # of a preferred tier passes
+        variants = self._variants(spec)
+        errors, tried = [], 0
+        validator = validator or Validator(self)
+        for tier in sorted({VARIANT_TIER[v] for v in variants}):
+            built = []
+            for v in (v for v in variants if VARIANT_TIER[v] == tier):
+                try:
+                    built.append(QCudnnConv(spec, self.fmt, v, self.y_dtype))
+                except Exception as e:
+                    errors.append(f"{v}: {type(e).__name__}: {str(e)[:200]}")
+            for _, _, conv, i in self._timed(spec, built, errors):
+                if tried >= MAX_VALIDATIONS:
+                    break
+                tried += 1
+                conv.select(i)
+                self._bind(conv)
+                ok, how = validator.check(self.run)
+                if ok:
+                    conv.verdict, conv.rejected = _verdict("cudnn", how), rejected
+                    log.debug("%s: cuDNN %s %s plan %s validated: %s", self.layer.name,
+                              self.precision, conv.variant, conv.plan_name(), how)
+                    return conv
+                rejected.append(f"{conv.variant} plan {conv.plan_name()}: {how}"[:300])
+                log.info("%s: cuDNN %s %s plan %s rejected by validation: %s",
+                         self.layer.name, self.precision, conv.variant, conv.plan_name(), how)
         if errors:
             log.debug("%s: cuDNN %s variants not built: %s", self.layer.name, self.precision,
                       "; ".join(errors))
+        if not tried:
+            raise RuntimeError(f"cuDNN builds / runs no {self.precision} convolution for "
+                               f"{self.layer.name}: " + "; ".join(errors + rejected))
+        raise RuntimeError(f"no cuDNN {self.precision} convolution plan of {self.layer.name} "
+                           f"passed the build-time validation: " + "; ".join(rejected)[:900])
+
+    def _timed(self, spec, built: List[QCudnnConv], errors: List[str]) -> List[tuple]:
+        """(tier, seconds, conv, plan index) of every plan of every built variant, sorted;
+        with one plan in all, nothing is timed. A variant that fails to run goes to
+        ``errors``."""
+        if not built:
+            return []
         if len(built) == 1 and len(getattr(built[0], "built", [])) <= 1:
-            return built[0]
+            return [(VARIANT_TIER[built[0].variant], 0.0, built[0], built[0].index)]
         stream = cp.cuda.Stream(non_blocking=True)
-        best, best_t = None, float("inf")
+        cands = []
         with stream:
             x = cp.zeros(self.xq_shape, self.w.dtype)
             y = cp.empty(self.y_shape, self.y_dtype)
-            acc = cp.zeros(self.y_shape, self.acc_dtype)
+            acc = cp.zeros(self.y_shape, np.float32)  # 4 bytes: int32 or fp32 accumulator
             ops = {i: cp.zeros(s, d) for i, (s, d) in spec.operands.items()}
             ptrs = {i: v.data.ptr for i, v in ops.items()}
             ins = [None] * len(self.layer.inputs)
@@ -473,24 +736,27 @@ class QuantConvCudnn(_QuantLayer):
             for conv in built:
                 out = y if conv.variant == "fused" else acc
                 try:
-                    t = conv._tune(lambda wsp, i: conv.run(x.data.ptr, self.w.data.ptr,
-                                                           out.data.ptr, ptrs, wsp, stream.ptr,
-                                                           i), stream)
+                    conv._tune(lambda wsp, i: conv.run(x.data.ptr, self.w.data.ptr,
+                                                       out.data.ptr, ptrs, wsp, stream.ptr, i),
+                               stream)
+                    extra = 0.0
                     if conv.variant != "fused":
-                        t += gpu_time(lambda: self.epi(acc, self._operands(ins), y), stream)
+                        self._bind(conv)
+                        src = acc.view(np.int32) if conv.out_dtype == "int32" else acc
+                        extra = gpu_time(lambda: self.epi(src, self._operands(ins), y), stream) \
+                            if conv.variant != "fused_requant" else \
+                            gpu_time(lambda: self.epi(acc, {}, y), stream)
                 except GpuTimeout:
                     raise
                 except Exception as e:
-                    log.debug("%s: variant %s failed to run: %s", self.layer.name,
-                              conv.variant, e)
+                    errors.append(f"{conv.variant} failed to run: {type(e).__name__}: "
+                                  f"{str(e)[:200]}")
                     continue
-                if t < best_t:
-                    best, best_t = conv, t
+                for i, t in conv.times.items():
+                    cands.append((VARIANT_TIER[conv.variant], t + extra, conv, i))
         stream.synchronize()
-        if best is None:
-            raise RuntimeError(f"no cuDNN {self.precision} convolution plan ran for "
-                               f"{self.layer.name}")
-        return best
+        cands.sort(key=lambda c: (c[0], c[1]))
+        return cands
 
     def run(self, ins, outs, ws):
         if ws is None or ws.nbytes < self.workspace:
@@ -507,9 +773,12 @@ class QuantConvCudnn(_QuantLayer):
             self.conv.run(x.data.ptr, self.w.data.ptr, outs[0].data.ptr, ops, ws_ptr,
                           _stream_ptr())
             return
-        acc = self.scratch.view(ws, "acc", self.acc_dtype, self.y_shape)
+        acc = self.scratch.view(ws, "acc", self.conv.out_dtype, self.y_shape)
         self.conv.run(x.data.ptr, self.w.data.ptr, acc.data.ptr, ops, ws_ptr, _stream_ptr())
-        self.epi(acc, self._operands(ins), outs[0])
+        if self.conv.variant == "fused_requant":
+            self.epi(acc, {}, outs[0])
+        else:
+            self.epi(acc, self._operands(ins), outs[0])
 
 
 class QuantEmulated(_QuantLayer):
@@ -567,9 +836,8 @@ class QuantEmulated(_QuantLayer):
         self._record(self.conv.choice() if self.conv is not None else
                      self.gemm.choice() if self.gemm is not None else {})
 
-    def run(self, ins, outs, ws):
-        if ws is None or ws.nbytes < self.workspace:
-            ws = cp.empty(max(self.workspace, 1), cp.uint8)
+    def accumulate(self, ins, ws):
+        """Steps 1-2: the accumulator (float32, the layer's output shape, in ``ws``)."""
         xv = self.scratch.view(ws, "xv", np.float32, self.x_shape)
         self.quant(ins[0], xv)
         acc = self.scratch.view(ws, "acc", np.float32, self.y_shape)
@@ -583,7 +851,22 @@ class QuantEmulated(_QuantLayer):
         else:
             x = cp.swapaxes(xv, -1, -2)
             cp.copyto(acc, cp.matmul(x, self.w).reshape(acc.shape))
-        self.epi(acc, self._operands(ins), outs[0])
+        return acc
+
+    def epilogue(self, acc, ins, y) -> None:
+        self.epi(acc, self._operands(ins), y)
+
+    def run(self, ins, outs, ws):
+        if ws is None or ws.nbytes < self.workspace:
+            ws = cp.empty(max(self.workspace, 1), cp.uint8)
+        self.epilogue(self.accumulate(ins, ws), ins, outs[0])
+
+
+class _Reference(QuantEmulated):
+    """The emulated path as the validation reference: records nothing on the layer."""
+
+    def _record(self, rec: dict) -> None:
+        self._rec = dict(rec, kernel=self.kernel)
 
 
 # --- tactic predicates (cupy_backend registers them) ----------------------------------------------
