@@ -11,11 +11,18 @@ sm_89+ only) it makes the quantized network as an engine build does
 * FAIL (why): it ran but its output is not the numpy backend's simulation of the same layer
   (``numpy_backend._quantized_gemm``: exact int32 sums, the same rounding) within the
   tolerance, or it raised while running;
-* OK: within the tolerance -- INT8 int32 accumulation is exact, so a float output may differ
-  only by the epilogue's rounding order (a fused cuDNN epilogue), |d| <= 2e-3 * max|ref|;
-  FP8's fp32 accumulation order is the library's (same bound); an int8 (requantized) output
-  may differ by one step on at most 0.5 % of its elements (a float epilogue value on a
-  rounding boundary).
+* OK: within the tolerance, the one the build-time validation applies
+  (``cuda_source_quant.compare_quantized``): INT8 int32 accumulation is exact, so a float
+  output may differ only by the epilogue's rounding order (a fused cuDNN epilogue), 2**-16
+  of max|ref| plus an output ulp; FP8's accumulation is the library's (Hopper's FP8 tensor
+  cores keep fewer mantissa bits), 2**-8; an int8 (requantized) output may differ by one
+  step on at most 0.5 % of its elements. The output is filled with poison (NaN / -128)
+  before the run, so an output an implementation does not write cannot pass.
+
+Each implementation has already validated itself when it was made (``cupy_quant.Validator``:
+its candidates -- cuDNN variants' plans, cuBLASLt algorithms -- against the emulated path);
+the line says which candidate it kept ("chose") and which it rejected and why; an
+implementation whose every candidate failed is UNSUPPORTED with the reasons.
 
 Each line also gives the median GPU time (CUDA events around replays of a CUDA graph, five
 measurements) against the FP16 implementation of the same layer, and what the kernel is
@@ -25,6 +32,8 @@ watchdog ends the process if the GPU hangs.
     pip install --no-deps --target /tmp/site .whl/*.whl
     PYTHONPATH=$PWD:/tmp/site python benchmarks/probe_quant_kernels.py [--json out.json]
         [--quick] [--case NAME]
+
+(The probe sets ``TFTRT_CUPY_QUANTIZED=1`` for itself: the kernels are opt-in.)
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import json
+import os
 import statistics
 import sys
 import time
@@ -155,21 +165,28 @@ def _inputs(cp, net, layer, rng):
     return host, dev
 
 
-def _compare(got, want, int_out: bool):
-    if int_out:
-        d = np.abs(got.astype(np.int32) - want.astype(np.int32))
-        bad = int((d > 1).sum())
-        off = float((d == 1).mean())
-        ok = bad == 0 and off <= 0.005
-        return ok, f"int8 out: {100 * off:.3f}% one step off, {bad} further"
-    g, w = got.astype(np.float64), want.astype(np.float64)
-    fin = np.isfinite(w)
-    if not np.array_equal(np.isfinite(g), fin):
-        return False, "non-finite values differ"
-    scale = max(float(np.abs(w[fin]).max()) if fin.any() else 0.0, 1e-6)
-    err = float(np.abs(g[fin] - w[fin]).max()) if fin.any() else 0.0
-    exact = float((g == w).mean())
-    return err <= 2e-3 * scale, f"max|d| {err / scale:.2e} of max|ref|, {100 * exact:.1f}% exact"
+def _compare(got, want, fmt: str):
+    """The build-time validation's comparison, against the numpy simulation (exact)."""
+    from tftrt.engine.backends import cuda_source_quant as S
+    ok, how, _ = S.compare_quantized(got, want, fmt, np.dtype(got.dtype).name)
+    return ok, how
+
+
+def _choice(impl) -> str:
+    """What the implementation's build-time validation kept and rejected (its record)."""
+    rec = impl.record() or {}
+    kept = []
+    if "variant" in rec:
+        kept.append(f"variant {rec['variant']} engine {rec.get('engine')}")
+    if "algo" in rec:
+        kept.append(f"algo {rec['algo']}")
+    v = rec.get("validated")
+    out = "chose " + (", ".join(kept) or "-")
+    if isinstance(v, dict):
+        out += f" (validated: {v.get('how', '')})"
+    if rec.get("rejected"):
+        out += f"; rejected {len(rec['rejected'])}: " + " | ".join(rec["rejected"])
+    return out
 
 
 def _time(cp, fn, stream, reps=5):
@@ -217,28 +234,35 @@ def probe_case(case, precision, out):
                           for o in l16.outputs]
                 ws16 = cp.empty(max(int(impl16.workspace), 1), cp.uint8)
                 t16 = _time(cp, lambda: impl16.run(ins16, outs16, ws16), stream)
-            except Exception as e:
+            except Exception as e:  # the whole message: every graph variant's reason
                 out.append(_line(name, precision, layer.name, "FP16", "FAIL (fp16 baseline)",
-                                 f"{type(e).__name__}: {str(e)[:200]}"))
+                                 f"{type(e).__name__}: {str(e)[:1200]}; x "
+                                 f"{net16.tensors[l16.inputs[0]].dtype} "
+                                 f"{net16.tensors[l16.inputs[0]].shape}, w "
+                                 f"{net16.tensors[l16.inputs[1]].dtype}, epilogue "
+                                 f"{[op.get('fn', op['op']) for op in l16.epilogue]}"))
         for cls in (QK.QuantGemmLt, QK.QuantConvCudnn, QK.QuantEmulated):
             what = cls.__name__
             t0 = time.perf_counter()
             try:
                 impl = cls(net, layer, weights, {"tf32": True})
-            except Exception as e:
-                msg = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+            except Exception as e:  # validation rejections included: the whole reason
+                msg = " ".join(str(e).splitlines())[:1500] if str(e) else type(e).__name__
                 out.append(_line(name, precision, layer.name, what, "UNSUPPORTED",
                                  f"{type(e).__name__}: {msg}"))
                 continue
             build_s = time.perf_counter() - t0
             try:
-                y = cp.empty(net.tensors[layer.outputs[0]].shape,
-                             net.tensors[layer.outputs[0]].dtype)
-                ws = cp.empty(max(int(impl.workspace), 1), cp.uint8)
-                with stream:
+                info = net.tensors[layer.outputs[0]]
+                from tftrt.engine.backends import cuda_source_quant as S
+                poison = S.INT8_POISON if np.dtype(info.dtype) == np.int8 else np.nan
+                cp.cuda.get_current_stream().synchronize()
+                with stream:  # poison: an output that is not written cannot pass
+                    y = cp.full(info.shape, poison, info.dtype)
+                    ws = cp.full(max(int(impl.workspace), 1), S.SCRATCH_POISON_BYTE, cp.uint8)
                     impl.run(dev, [y], ws)
                 stream.synchronize()
-                ok, how = _compare(cp.asnumpy(y), want, y.dtype == np.int8)
+                ok, how = _compare(cp.asnumpy(y), want, layer.attrs["quant"]["format"])
                 wdt = getattr(impl, "w", None)
                 wdt = np.dtype(wdt.dtype).name if wdt is not None else "?"
                 t = _time(cp, lambda: impl.run(dev, [y], ws), stream) if impl.capturable \
@@ -247,7 +271,8 @@ def probe_case(case, precision, out):
                                                  f"({t16 / t:4.2f}x)" if t16 else "")
                 out.append(_line(name, precision, layer.name, what,
                                  "OK" if ok else "FAIL", f"{how}; {speed}; weight {wdt}; "
-                                 f"built in {build_s:.2f} s; {impl.kernel}"))
+                                 f"built in {build_s:.2f} s; {impl.kernel}; "
+                                 f"{_choice(impl)}"))
             except Exception as e:
                 out.append(_line(name, precision, layer.name, what, "FAIL",
                                  f"{type(e).__name__}: {str(e)[:300]}"))
@@ -283,6 +308,7 @@ def main(argv=None) -> int:
                     help="seconds after which a stuck process dumps its stacks and exits")
     args = ap.parse_args(argv)
     faulthandler.dump_traceback_later(args.watchdog, exit=True)
+    os.environ["TFTRT_CUPY_QUANTIZED"] = "1"  # the kernels under test are opt-in
     import cupy as cp
     from tftrt.engine.backends import cupy_dnn
     dev = cp.cuda.runtime.getDeviceProperties(cp.cuda.runtime.getDevice())

@@ -5,9 +5,15 @@ the same arithmetic answers (int32 sums are exact; float epilogue order and FP8'
 accumulation order make the only differences). FP8 on a GPU below sm_89 fails by name. A
 calibrated Keras CNN through TensorFlow runs its INT8 engine on the GPU (no native fallback).
 
+Every library implementation validates itself when it is built (cupy_quant.Validator: one
+run against the emulated path; a candidate that disagrees is rejected, the reason recorded):
+the tests print each layer's kept choice and rejections, check that the verdicts are
+recorded, and break the preferred variants on purpose to see them rejected and the layer
+still answer right.
+
 Skipped without a GPU (tests/conftest.py). On the GPU machine:
-``CUDA_VISIBLE_DEVICES=0 python -m pytest tests/gpu/test_int8_gpu.py -q``; the kernels one
-by one: ``python benchmarks/probe_quant_kernels.py``.
+``CUDA_VISIBLE_DEVICES=0 python -m pytest tests/gpu/test_int8_gpu.py -q -rA -s``; the kernels
+one by one: ``python benchmarks/probe_quant_kernels.py``.
 """
 
 import logging
@@ -79,6 +85,23 @@ def _impls(engine):
                                       engine.backend_impl.engine_impls(engine))}
 
 
+def _choices(engine) -> str:
+    """Each quantized layer's implementation, kept choice, verdict and rejections (printed:
+    the GPU run's log shows what validation did)."""
+    lines = []
+    for layer, impl in zip(engine.network.layers, engine.backend_impl.engine_impls(engine)):
+        if "quant" not in layer.attrs:
+            continue
+        rec = impl.record() or {}
+        lines.append(f"{layer.name}: {type(impl).__name__} {rec.get('kernel')}; variant "
+                     f"{rec.get('variant')} engine {rec.get('engine')} algo {rec.get('algo')};"
+                     f" validated {rec.get('validated')}; rejected {rec.get('rejected')}; "
+                     f"fallback {impl.fallback}")
+    text = "\n".join(lines)
+    print(text)
+    return text
+
+
 def _close(got, want, what, rel=2e-3):
     """Within ``rel`` of the largest reference value (the float epilogue order / FP8 fp32
     accumulation order are the only differences from the simulation)."""
@@ -103,21 +126,24 @@ def test_quantized_engine_runs_int8_fp8_kernels_and_matches_numpy(precision, cap
                                                                 backend="cupy"))
     assert not [r for r in caplog.records if "has no" in r.getMessage()]
     assert gpu.precision == precision
+    choices = _choices(gpu)
     report = Q.precision_report(gpu.network)
     assert report["quantized_share"] == 1.0, report
     impls = _impls(gpu)
     stored = np.int8 if precision == "INT8" else np.uint8
+    from tftrt.engine.backends import cuda_source_quant as S
     for r in report["layers"]:
         impl = impls[r["name"]]
-        assert isinstance(impl, (QK.QuantConvCudnn, QK.QuantGemmLt)), (r, type(impl))
-        assert impl.w.dtype == stored and impl.fallback is None, r
+        assert isinstance(impl, (QK.QuantConvCudnn, QK.QuantGemmLt)), (r, choices)
+        assert impl.w.dtype == stored and impl.fallback is None, (r, choices)
         assert r["kernel"] and "emulated" not in r["kernel"], r
+        assert impl.record()["validated"]["v"] == S.VALIDATION_VERSION, choices
     first = report["layers"][0]
     assert f"padded 3->{4 if precision == 'INT8' else 16}" in first["kernel"], first
     ref = build_engine(model, {"x": x.shape}, BuilderConfig(precision=precision,
                                                             backend="numpy"))
     got = cp.asnumpy(gpu.execute([cp.asarray(x)])[0])
-    _close(got, ref.execute([x])[0], precision)
+    _close(got, ref.execute([x])[0], f"{precision} ({choices})")
     again = cp.asnumpy(gpu.execute([cp.asarray(x)])[0])  # CUDA-graph replay: same answer
     np.testing.assert_array_equal(again, got)
 
@@ -164,6 +190,78 @@ def test_int8_chain_requantizes_on_the_gpu():
     ref = build_engine(model, {"x": x.shape}, BuilderConfig(precision="INT8", backend="numpy"))
     _close(cp.asnumpy(gpu.execute([cp.asarray(x)])[0]), ref.execute([x])[0], "INT8 chain",
            rel=2e-2)
+
+
+def _fresh_caches(monkeypatch, QK):
+    """No layer signature validated / built before in this process: the build runs the
+    validation again."""
+    monkeypatch.setattr(QK, "_SHARED", {})
+    monkeypatch.setattr(QK, "_VERDICTS", {})
+
+
+@pytest.mark.parametrize("precision", ["INT8", "FP8"])
+def test_validation_rejects_a_cudnn_variant_that_writes_nothing(precision, monkeypatch):
+    """The preferred cuDNN variants (fused epilogue) broken on purpose -- their graphs write
+    no output -- are rejected by the build-time validation with the reason recorded; the
+    convs then run another variant (or, if none passes, emulated, said in the fallback),
+    and the engine still answers what the numpy simulation answers."""
+    from tftrt.engine.backends import cupy_quant as QK
+    if precision == "FP8" and _sm() < (8, 9):
+        pytest.skip("FP8 needs sm_89+")
+    _fresh_caches(monkeypatch, QK)
+    real = QK.QCudnnConv.run
+
+    def broken(self, *args, **kw):
+        if self.variant in ("fused", "fused_requant"):
+            return None  # nothing written
+        return real(self, *args, **kw)
+    monkeypatch.setattr(QK.QCudnnConv, "run", broken)
+    rng = np.random.RandomState(5)
+    model = _calibrated_model(rng, precision)
+    x = rng.randn(8, 3, 16, 16).astype(F32)
+    gpu = build_engine(model, {"x": x.shape}, BuilderConfig(precision=precision,
+                                                            backend="cupy"))
+    choices = _choices(gpu)
+    convs = [(l, i) for l, i in _impls_pairs(gpu) if l.kind == "conv"]
+    assert len(convs) == 2, choices
+    for layer, impl in convs:
+        if isinstance(impl, QK.QuantConvCudnn):
+            rec = impl.record()
+            assert rec["variant"] not in ("fused", "fused_requant"), choices
+            rejected = rec.get("rejected", [])
+            assert any(r.startswith("fused") and ("not written" in r or "further" in r)
+                       for r in rejected), choices
+        else:  # every variant rejected: emulated, the reasons (cut short) in the fallback
+            assert isinstance(impl, QK.QuantEmulated), choices
+            assert "passed the build-time validation: fused" in impl.fallback, choices
+    ref = build_engine(model, {"x": x.shape}, BuilderConfig(precision=precision,
+                                                            backend="numpy"))
+    _close(cp.asnumpy(gpu.execute([cp.asarray(x)])[0]), ref.execute([x])[0],
+           f"{precision} ({choices})")
+
+
+def test_validation_rejects_a_cublaslt_gemm_that_writes_nothing(monkeypatch):
+    """Every cuBLASLt algorithm broken on purpose (no accumulator written): the INT8 matmul
+    refuses the layer at build time ("no algorithm passed the build-time validation"), the
+    emulated path takes it (its fallback says why), and the answers stay right."""
+    from tftrt.engine.backends import cupy_quant as QK
+    _fresh_caches(monkeypatch, QK)
+    monkeypatch.setattr(QK.QLtGemm, "run", lambda self, *a, **k: None)
+    rng = np.random.RandomState(6)
+    model = _calibrated_model(rng, "INT8")
+    x = rng.randn(8, 3, 16, 16).astype(F32)
+    gpu = build_engine(model, {"x": x.shape}, BuilderConfig(precision="INT8", backend="cupy"))
+    choices = _choices(gpu)
+    (mm,) = [i for l, i in _impls_pairs(gpu) if l.kind == "matmul"]
+    assert isinstance(mm, QK.QuantEmulated), choices
+    assert "no algorithm passed the build-time validation" in mm.fallback, choices
+    ref = build_engine(model, {"x": x.shape}, BuilderConfig(precision="INT8", backend="numpy"))
+    _close(cp.asnumpy(gpu.execute([cp.asarray(x)])[0]), ref.execute([x])[0],
+           f"INT8 ({choices})")
+
+
+def _impls_pairs(engine):
+    return list(zip(engine.network.layers, engine.backend_impl.engine_impls(engine)))
 
 
 def test_fp8_needs_a_gpu_with_fp8():
