@@ -47,6 +47,13 @@ attention           [q, k, v] -> [y]. attrs: scale, layout ("bhsd": q [B,H,Sq,D]
                     v [B,H,Sk,Dv], y [B,H,Sq,Dv]; "bshd": the same with S and H swapped).
                     y = softmax(scale * q @ k^T over Sk) @ v; fp32 softmax, probabilities
                     rounded to y's dtype before @ v. Made by passes/attention_fusion.
+se                  [x, w1, b1, w2, b2] -> [y] (squeeze-and-excitation). x [N,*S,C]; w1 [Cse,C],
+                    w2 [C,Cse] (rows are outputs); b1 [Cse] / b2 [C] or "" (absent). attrs:
+                    axes (every spatial axis), act1 / act2 (epilogue act dicts or None), and
+                    stages pool / hidden / gate, each a list of {"round": dtype} (stored in
+                    that dtype) or {"program": steps over $0}. p = pool(mean of x over axes);
+                    h = hidden(act1(p @ w1^T + b1)); g = gate(act2(h @ w2^T + b2)) [N,C];
+                    y = x * g[n, c] in fp32. Made by passes/se_fusion.
 normalization       [x, scale, bias] -> [y] or [y, mean, inv_std]. attrs: axes, epsilon.
                     (x - mean) * rsqrt(var + eps) * scale + bias, statistics over ``axes``;
                     scale / bias broadcast to x (LayerNorm, InstanceNorm). Stats in fp32.
@@ -132,9 +139,9 @@ Dim = Union[int, str, None]
 
 LAYER_KINDS = (
     "conv", "conv_transpose", "matmul", "pointwise", "einsum", "pool", "reduce", "arg_reduce",
-    "softmax", "attention", "normalization", "topk", "cumsum", "transpose", "reshape", "concat",
-    "split", "slice", "pad", "gather", "gather_elements", "gather_nd", "scatter_nd", "expand",
-    "tile", "shape", "size", "constant_of_shape", "range", "onehot", "depth_to_space",
+    "softmax", "attention", "se", "normalization", "topk", "cumsum", "transpose", "reshape",
+    "concat", "split", "slice", "pad", "gather", "gather_elements", "gather_nd", "scatter_nd",
+    "expand", "tile", "shape", "size", "constant_of_shape", "range", "onehot", "depth_to_space",
     "space_to_depth", "resize", "nms", "quantize", "dequantize",
 )
 

@@ -400,6 +400,19 @@ def _attention(net, layer):
     return [(_dt(net, layer.inputs[0]), tuple(y))]
 
 
+@shape_fn("se")
+def _se(net, layer):
+    x = _s(net, layer.inputs[0])
+    c = x[-1]
+    cse = _s(net, layer.inputs[1])[0]
+    want = {1: (cse, c), 3: (c, cse), 2: (cse,), 4: (c,)}
+    for i, shape in want.items():
+        if layer.inputs[i] and tuple(_s(net, layer.inputs[i])) != shape:
+            raise EngineBuildError(f"se {layer.name}: input {i} has shape "
+                                   f"{_s(net, layer.inputs[i])}, expected {shape} for x {x}")
+    return [(_dt(net, layer.inputs[0]), x)]
+
+
 @shape_fn("normalization")
 def _normalization(net, layer):
     x = _s(net, layer.inputs[0])

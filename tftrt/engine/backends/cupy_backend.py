@@ -334,7 +334,9 @@ class CupyBackend(Backend):
 
     def accepts_layer(self, net: Network, layer: Layer) -> bool:
         """Whether a fused layer a late pass proposes runs well here (passes/__init__.py):
-        ``attention`` when cuDNN's SDPA builds for it."""
+        ``attention`` when cuDNN's SDPA builds for it; ``se`` not yet (no GPU kernel)."""
+        if layer.kind == "se":
+            return False
         if layer.kind != "attention":
             return True
         from tftrt.engine.backends import cupy_layers as L

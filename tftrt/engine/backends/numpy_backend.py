@@ -72,6 +72,10 @@ class NumpyBackend(Backend):
     def to_numpy(self, array) -> np.ndarray:
         return np.asarray(array)
 
+    def accepts_layer(self, net: Network, layer: Layer) -> bool:
+        """Every fused layer a late pass proposes (``attention``, ``se``) runs here."""
+        return True
+
     def prepare_layer(self, net: Network, layer: Layer, weights: Dict[str, Any]):
         fn = _KERNELS.get(layer.kind)
         if fn is None:
@@ -275,6 +279,15 @@ def _attention(net, layer, weights):
     a = layer.attrs
     p_dtype = ops.attention_p_dtype(net.tensors[layer.outputs[0]].dtype)
     return lambda ins: [ops.attention(ins[0], ins[1], ins[2], a["scale"], a["layout"], p_dtype)]
+
+
+@kernel("se")
+def _se(net, layer, weights):
+    a = layer.attrs
+    ins = layer.inputs
+    prep = lambda w: np.ascontiguousarray(w.T)  # noqa: E731  [Cout, Cin] -> [Cin, Cout]
+    w1, w2 = (_const_or_runtime(weights, ins[k], prep) for k in (1, 3))
+    return lambda v: [ops.se(v[0], w1(v[1]), v[2], w2(v[3]), v[4], a)[0]]
 
 
 @kernel("normalization")

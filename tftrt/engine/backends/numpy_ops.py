@@ -386,6 +386,38 @@ def attention(q, k, v, scale, layout, p_dtype=None):
     return y.transpose(0, 2, 1, 3) if layout == "bshd" else y
 
 
+def se_stages(v, stages):
+    """A squeeze-and-excitation vector through its stages (network.py, ``se``): rounding to a
+    storage dtype, or a pointwise program over it; float32 between them."""
+    for st in stages:
+        if "round" in st:
+            v = v.astype(st["round"]).astype(np.float32)
+        else:
+            v = run_program(st["program"], [v]).astype(np.float32)
+    return v
+
+
+def se_fc(v, wt, bias, act):
+    """One fully connected step of ``se``, as the unfused 1x1 conv / matmul computes it:
+    [N, Cin] @ wt [Cin, Cout] in float32, then bias and activation (the epilogue)."""
+    y = v @ wt
+    if bias is not None:
+        y = y + bias
+    return y if act is None else apply_activation(y, act)
+
+
+def se(x, w1t, b1, w2t, b2, attrs):
+    """``se`` (squeeze-and-excitation) in float32: the gate [N, C] from the spatial mean of x,
+    then x scaled by it per sample and channel. ``w1t`` / ``w2t``: the weights transposed to
+    [Cin, Cout] float32. Returns (y, gate)."""
+    a = attrs
+    p = se_stages(reduce(x, "mean", a["axes"], 0), a["pool"])
+    h = se_stages(se_fc(p, w1t, b1, a["act1"]), a["hidden"])
+    g = se_stages(se_fc(h, w2t, b2, a["act2"]), a["gate"])
+    n, c = g.shape
+    return x * g.reshape((n,) + (1,) * (x.ndim - 2) + (c,)), g
+
+
 def normalization(x, scale, bias, axes, eps):
     ax = tuple(axes)
     mean = np.mean(x, axis=ax, keepdims=True)

@@ -24,6 +24,7 @@ from tftrt.engine.passes.vertical_fusion import vertical_fusion  # noqa: E402
 from tftrt.engine.passes.elementwise_fusion import elementwise_fusion  # noqa: E402
 from tftrt.engine.passes.norm_fusion import layernorm_fusion  # noqa: E402
 from tftrt.engine.passes.attention_fusion import attention_fusion  # noqa: E402
+from tftrt.engine.passes.se_fusion import se_fusion  # noqa: E402
 
 PASSES: List[Pass] = [
     constant_folding,
@@ -39,8 +40,9 @@ PASSES: List[Pass] = [
 
 # Passes that depend on the precision (the builder runs them after apply_precision, gives them
 # the backend's ``accepts_layer`` and does not re-infer dtypes): attention is fused in FP16 /
-# BF16 engines only.
-LATE_PASSES: List[Callable] = [attention_fusion]
+# BF16 engines only; squeeze-and-excitation blocks in every precision, with the storage dtypes
+# precision chose for their intermediates.
+LATE_PASSES: List[Callable] = [attention_fusion, se_fusion]
 
 
 def run_passes(net: Network, passes: Sequence[Pass] = None, infer: bool = True) -> Network:
