@@ -1,0 +1,235 @@
+"""CUDA C source of the ``se`` layer (squeeze-and-excitation, network.py), strings only.
+
+No CuPy here (tests compile it with nvcc and run it on the host); ``cupy_layers.SeLayer``
+compiles and launches it. Three kernels, x [N, HW, C] read twice:
+
+* ``se_pool``: one thread per (sample, HW slice, group of V channels): the float32 sum of its
+  slice with V-wide vector loads (16 bytes where C allows), written to the partial sums
+  ``part`` [N, S, C] (no atomics: the same sums in the same order every run).
+* ``se_fc``: one block per sample: the mean (partials summed in slice order, then divided
+  by HW, as numpy's mean divides its sum), the ``pool`` stages, FC1 (each output's dot
+  product split over KP threads, the parts summed in order), bias, act1, ``hidden`` stages,
+  FC2 (a thread per channel), bias, act2, ``gate`` stages -> the float32 gate [N, C].
+* ``se_scale``: y = x * gate[n, c] in float32, V elements per thread, stored in y's dtype.
+
+Weights come as float32 [Cin, Cout] (w1t [C, Cse], w2t [Cse, C]): consecutive threads read
+consecutive outputs. Numerics are numpy_ops.se's: float16 values computed in float32, stages
+round where the unfused layers stored. Where the ``se`` output feeds a 1x1 conv, the gate
+could instead scale that conv's input channels (its weights per sample): not done.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import List
+
+import numpy as np
+
+from tftrt.engine.backends.cuda_source import (PRELUDE, _lit, _literal_type, _vec_type,
+                                               activation_expr, comptype, ctype, load_expr,
+                                               op_expr, store_expr)
+
+THREADS = 256
+# Enough threads in se_pool to fill a large GPU (H200: 132 SMs x 2048); a thread sums at
+# least MIN_ROWS positions when the tensor is large enough.
+THREADS_PER_SM = 2048
+MIN_ROWS = 16
+SMEM_LIMIT = 48 * 1024
+
+
+def _stage_lines(stages: list, var: str, tag: str) -> List[str]:
+    """C statements applying ``stages`` (numpy_ops.se_stages) to the float ``var``."""
+    out = []
+    for k, st in enumerate(stages):
+        if "round" in st:
+            dt = np.dtype(st["round"]).name
+            if dt == "float16":
+                out.append(f"{var} = h2f(f2h({var}));")
+            elif dt != "float32":
+                raise NotImplementedError(f"se stage rounds to {dt}: only float16 / float32")
+            continue
+        types: List[str] = []
+        for i, s in enumerate(st["program"]):
+            ct = comptype(s.get("dtype") or "float32")
+            args, typed = [], []
+            for a in s["args"]:
+                if a == "$0":
+                    args.append(var)
+                    typed.append("float")
+                elif isinstance(a, str) and a[:1] == "%":
+                    args.append(f"{tag}{k}_{int(a[1:])}")
+                    typed.append(types[int(a[1:])])
+                elif isinstance(a, str):
+                    raise NotImplementedError(f"se stage program reads {a}: only $0")
+                else:
+                    args.append(None)
+                    typed.append(None)
+            for j, a in enumerate(s["args"]):
+                if a is not None and not isinstance(a, str):
+                    args[j] = _lit(a, _literal_type(s["op"], j, ct, typed))
+            out.append(f"{ct} {tag}{k}_{i} = ({ct})({op_expr(s['op'], args, ct, s, typed)});")
+            types.append(ct)
+        out.append(f"{var} = (float)({tag}{k}_{len(st['program']) - 1});")
+    return out
+
+
+def _act(e, x: str) -> str:
+    return x if e is None else activation_expr(e, x, "float")
+
+
+class SeSource:
+    """The three kernels of one ``se`` layer for fixed shapes, dtypes and attrs.
+
+    Args:
+      n, hw, c, cse: batch, spatial positions (product of the spatial dims), channels, the
+        squeezed width.
+      x_dtype, y_dtype: storage dtypes of x and y (float16 / float32).
+      attrs: the layer's attrs (act1, act2, pool, hidden, gate).
+      has_b1, has_b2: whether the FC steps add a bias.
+      vec: elements per x load (a divisor of C; 1: scalar loads for unaligned pointers);
+        None: the widest of 16 / 8 / 4 / 2 bytes that divides C.
+      sms: the GPU's multiprocessor count (sizes the pool split).
+    Raises:
+      ValueError: shapes the kernels do not take (shared memory of se_fc).
+    """
+
+    def __init__(self, n: int, hw: int, c: int, cse: int, x_dtype: str, y_dtype: str,
+                 attrs: dict, has_b1: bool, has_b2: bool, vec=None, sms: int = 132):
+        self.n, self.hw, self.c, self.cse = int(n), int(hw), int(c), int(cse)
+        self.x_dtype, self.y_dtype = np.dtype(x_dtype).name, np.dtype(y_dtype).name
+        isz = max(np.dtype(x_dtype).itemsize, np.dtype(y_dtype).itemsize)
+        if vec is None:
+            vec = next(v for v in (16 // isz, 8 // isz, 4 // isz, 2 // isz, 1)
+                       if v >= 1 and c % v == 0)
+        if c % vec:
+            raise ValueError(f"vector width {vec} does not divide C={c}")
+        self.vec = int(vec)
+        self.cv = c // self.vec
+        items = self.n * self.cv * self.hw
+        rows = math.ceil(items / (sms * THREADS_PER_SM))
+        self.rows = min(self.hw, max(rows, min(MIN_ROWS, self.hw)))
+        self.splits = math.ceil(self.hw / self.rows)
+        # FC1: each of the Cse dot products over C split into kp parts (one thread each)
+        self.kp = max(1, min(THREADS // max(cse, 1), c // 16 or 1))
+        self.smem = 4 * (c + self.kp * cse + cse)
+        if self.smem > SMEM_LIMIT:
+            raise ValueError(f"se of C={c}, Cse={cse} needs {self.smem} bytes of shared "
+                             f"memory in se_fc, more than {SMEM_LIMIT}")
+        self.attrs, self.has_b1, self.has_b2 = attrs, bool(has_b1), bool(has_b2)
+        self.it = "long long" if self.n * self.hw * c >= 2 ** 31 - 64 else "int"
+        self.pool_work = self.n * self.splits * self.cv
+        self.scale_work = self.n * self.hw * self.cv
+        self.part_bytes = 4 * self.n * self.splits * c
+        self.gate_bytes = 4 * self.n * c
+        self.pool_source = self._pool()
+        self.fc_source = self._fc()
+        self.scale_source = self._scale()
+
+    @property
+    def source(self) -> str:
+        """All three kernels in one translation unit."""
+        return PRELUDE + "\n".join(s.replace(PRELUDE, "") for s in (
+            self.pool_source, self.fc_source, self.scale_source))
+
+    def _vload(self, name: str, ptr: str, dtype: str, at: str) -> List[str]:
+        """Statements loading ``self.vec`` elements of ``ptr`` at ``at`` into ``name.e``."""
+        V, t = self.vec, ctype(dtype)
+        vt = _vec_type(V * np.dtype(dtype).itemsize)
+        if V == 1 or vt is None:
+            return [f"{t} {name}_e[{V}];",
+                    f"for (int v = 0; v < {V}; ++v) {name}_e[v] = {ptr}[{at} + v];"]
+        vt, chunks = vt
+        return [f"union {{ {vt} u[{chunks}]; {t} e[{V}]; }} {name};",
+                f"#pragma unroll\nfor (int q = 0; q < {chunks}; ++q) "
+                f"{name}.u[q] = reinterpret_cast<const {vt}*>({ptr} + {at})[q];",
+                f"{t}* {name}_e = {name}.e;"]
+
+    def _pool(self) -> str:
+        it, V, C, S, R = self.it, self.vec, self.c, self.splits, self.rows
+        lines = [f"const {it} cv = t % {self.cv}, s = (t / {self.cv}) % {S}, "
+                 f"b = t / ({self.cv * S});",
+                 f"float acc[{V}];",
+                 f"for (int v = 0; v < {V}; ++v) acc[v] = 0.f;",
+                 f"const {it} end = s * {R} + {R} < {self.hw} ? s * {R} + {R} : {self.hw};",
+                 f"for ({it} r = s * {R}; r < end; ++r) {{"]
+        lines += ["  " + ln for ln in self._vload("xv", "x", self.x_dtype,
+                                                    f"(b * {self.hw} + r) * {C} + cv * {V}")]
+        lines += [f"  #pragma unroll\n  for (int v = 0; v < {V}; ++v) "
+                  f"acc[v] += {load_expr(self.x_dtype, 'xv_e[v]')};", "}",
+                  f"for (int v = 0; v < {V}; ++v) part[(b * {S} + s) * {C} + cv * {V} + v] "
+                  f"= acc[v];"]
+        return _grid_stride("se_pool", f"const {ctype(self.x_dtype)}* __restrict__ x, "
+                            f"float* __restrict__ part", it, self.pool_work, lines)
+
+    def _fc(self) -> str:
+        a, C, K, KP, S = self.attrs, self.c, self.cse, self.kp, self.splits
+        b1 = " + b1[j]" if self.has_b1 else ""
+        b2 = " + b2[c]" if self.has_b2 else ""
+        body = [
+            f"__shared__ float sp[{C}];", f"__shared__ float sk[{KP * K}];",
+            f"__shared__ float sh[{K}];",
+            f"for (int b = blockIdx.x; b < {self.n}; b += gridDim.x) {{",
+            f"  for (int c = threadIdx.x; c < {C}; c += blockDim.x) {{",
+            "    float s = 0.f;",
+            f"    for (int k = 0; k < {S}; ++k) s += part[((long long)b * {S} + k) * {C} + c];",
+            f"    float v = s / {_lit(float(self.hw), 'float')};",
+            *["    " + ln for ln in _stage_lines(a["pool"], "v", "p")],
+            "    sp[c] = v;", "  }", "  __syncthreads();",
+            f"  for (int t = threadIdx.x; t < {KP * K}; t += blockDim.x) {{",
+            f"    const int j = t % {K}, kp = t / {K};",
+            "    float acc = 0.f;",
+            f"    for (int c = kp; c < {C}; c += {KP}) acc += sp[c] * w1t[c * {K} + j];",
+            "    sk[t] = acc;", "  }", "  __syncthreads();",
+            f"  for (int j = threadIdx.x; j < {K}; j += blockDim.x) {{",
+            "    float acc = 0.f;",
+            f"    for (int kp = 0; kp < {KP}; ++kp) acc += sk[kp * {K} + j];",
+            f"    float v = {_act(a['act1'], f'(acc{b1})')};",
+            *["    " + ln for ln in _stage_lines(a["hidden"], "v", "h")],
+            "    sh[j] = v;", "  }", "  __syncthreads();",
+            f"  for (int c = threadIdx.x; c < {C}; c += blockDim.x) {{",
+            "    float acc = 0.f;",
+            f"    for (int j = 0; j < {K}; ++j) acc += sh[j] * w2t[j * {C} + c];",
+            f"    float v = {_act(a['act2'], f'(acc{b2})')};",
+            *["    " + ln for ln in _stage_lines(a["gate"], "v", "g")],
+            f"    gate[(long long)b * {C} + c] = v;", "  }", "  __syncthreads();", "}"]
+        params = ("const float* __restrict__ part, const float* __restrict__ w1t, "
+                  "const float* __restrict__ b1, const float* __restrict__ w2t, "
+                  "const float* __restrict__ b2, float* __restrict__ gate")
+        return PRELUDE + f'\nextern "C" __global__ void se_fc({params}) {{\n  ' + \
+            "\n  ".join(body) + "\n}\n"
+
+    def _scale(self) -> str:
+        it, V, C = self.it, self.vec, self.c
+        lines = [f"const {it} cv = t % {self.cv}, b = t / ({self.hw * self.cv});",
+                 f"const {it} at = t * {V};"]
+        lines += self._vload("xv", "x", self.x_dtype, "at")
+        lines += self._vload("gv", "gate", "float32", f"b * {C} + cv * {V}")
+        to = ctype(self.y_dtype)
+        ov = _vec_type(V * np.dtype(self.y_dtype).itemsize)
+        if V > 1 and ov is not None:
+            vt, chunks = ov
+            lines += [f"union {{ {vt} u[{chunks}]; {to} e[{V}]; }} yo;",
+                      f"#pragma unroll\nfor (int v = 0; v < {V}; ++v) yo.e[v] = " +
+                      store_expr(self.y_dtype,
+                                 f"{load_expr(self.x_dtype, 'xv_e[v]')} * gv_e[v]") + ";",
+                      f"#pragma unroll\nfor (int q = 0; q < {chunks}; ++q) "
+                      f"reinterpret_cast<{vt}*>(y + at)[q] = yo.u[q];"]
+        else:
+            lines += [f"for (int v = 0; v < {V}; ++v) y[at + v] = " +
+                      store_expr(self.y_dtype,
+                                 f"{load_expr(self.x_dtype, 'xv_e[v]')} * gv_e[v]") + ";"]
+        return _grid_stride("se_scale", f"const {ctype(self.x_dtype)}* __restrict__ x, "
+                            f"const float* __restrict__ gate, {to}* __restrict__ y", it,
+                            self.scale_work, lines)
+
+
+def _grid_stride(name: str, params: str, it: str, work: int, lines: List[str]) -> str:
+    body = "\n    ".join("\n".join(lines).split("\n"))
+    return PRELUDE + f"""
+extern "C" __global__ void {name}({params}) {{
+  for ({it} t = ({it})blockIdx.x * blockDim.x + threadIdx.x; t < {work};
+       t += ({it})gridDim.x * blockDim.x) {{
+    {body}
+  }}
+}}
+"""
