@@ -153,6 +153,7 @@ def impl_table() -> Dict[str, Dict[str, Tuple[type, ...]]]:
     from tftrt.engine.backends import cupy_layers as L
     from tftrt.engine.backends import cupy_ops as O
     from tftrt.engine.backends import cupy_quant as QK
+    from tftrt.engine.backends import cupy_se as SE
     table = {
         "conv": {"cudnn": (L.ConvCudnn,),
                  "lt_1x1": (L.ConvGemm, L.ConvCudnn),
@@ -167,6 +168,7 @@ def impl_table() -> Dict[str, Dict[str, Tuple[type, ...]]]:
                    "q_lt": (QK.QuantGemmLt, QK.QuantEmulated),
                    "q_emulated": (QK.QuantEmulated,)},
         "attention": {"sdpa": (L.AttentionCudnn, L.AttentionCupy)},
+        "se": {"default": (SE.SeLayer,)},  # opt-in: TFTRT_FUSE_SE=1 (accepts_layer)
         "pointwise": {"default": (L.Pointwise,)},
         "pool": {"default": (L.Pool,)},
         "softmax": {"default": (L.Softmax,)},
@@ -334,9 +336,15 @@ class CupyBackend(Backend):
 
     def accepts_layer(self, net: Network, layer: Layer) -> bool:
         """Whether a fused layer a late pass proposes runs well here (passes/__init__.py):
-        ``attention`` when cuDNN's SDPA builds for it; ``se`` not yet (no GPU kernel)."""
+        ``attention`` when cuDNN's SDPA builds for it; ``se`` only with ``TFTRT_FUSE_SE=1``
+        (its kernels are not yet validated on a GPU) and when they take the layer."""
         if layer.kind == "se":
-            return False
+            from tftrt.engine.backends import cupy_se
+            why = cupy_se.se_unsupported(net, layer) if cupy_se.fuse_se() else \
+                "TFTRT_FUSE_SE is not 1"
+            if why:
+                log.debug("se %s stays unfused: %s", layer.name, why)
+            return why is None
         if layer.kind != "attention":
             return True
         from tftrt.engine.backends import cupy_layers as L

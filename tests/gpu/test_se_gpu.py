@@ -1,0 +1,93 @@
+"""The ``se`` layer on CuPy (TFTRT_FUSE_SE=1) against the numpy engine: EfficientNet /
+MobileNetV3 / GEMM blocks in FP32 and FP16, eager and CUDA-graph replay, the vector and the
+scalar (unaligned) kernels, several pool slices at EfficientNetB0's first block's size; and
+without the switch the blocks stay unfused on CuPy.
+
+On the GPU machine (the tests set TFTRT_BACKEND=cupy and TFTRT_FUSE_SE=1 themselves):
+``TFTRT_BACKEND=cupy TFTRT_FUSE_SE=1 python -m pytest tests/gpu/test_se_gpu.py -q``.
+"""
+
+import numpy as np
+import pytest
+
+from tests.engine.test_se_fusion import _se_net
+from tests.tolerances import TOLERANCES
+from tftrt.engine import BuilderConfig, build_engine
+
+cp = pytest.importorskip("cupy")
+pytestmark = pytest.mark.gpu
+
+TOL = {"FP32": (1e-4, 1e-4), "FP16": TOLERANCES["FP16"]}
+
+
+@pytest.fixture(autouse=True)
+def _fuse_se(monkeypatch):
+    monkeypatch.setenv("TFTRT_BACKEND", "cupy")
+    monkeypatch.setenv("TFTRT_FUSE_SE", "1")
+
+
+def _engines(net, x, precision):
+    shapes = {"in": x.shape}
+    ref = build_engine(net, shapes, BuilderConfig(precision=precision, backend="numpy"))
+    gpu = build_engine(net, shapes, BuilderConfig(precision=precision, backend="cupy"))
+    return ref, gpu
+
+
+def _compare(got, want, precision, what):
+    g = cp.asnumpy(got) if isinstance(got, cp.ndarray) else np.asarray(got)
+    w = np.asarray(want)
+    assert g.shape == w.shape and g.dtype == w.dtype, (what, g.shape, w.shape, g.dtype)
+    rtol, atol = TOL[precision]
+    np.testing.assert_allclose(g.astype(np.float64), w.astype(np.float64), rtol=rtol,
+                               atol=atol * max(1.0, float(np.abs(w).max())), err_msg=what)
+
+
+@pytest.mark.parametrize("precision", ["FP32", "FP16"])
+@pytest.mark.parametrize("style,shape", [
+    ("efficientnet", (2, 5, 6, 16, 4)), ("mobilenet_v3", (2, 7, 7, 72, 24)),
+    ("gemm", (3, 4, 4, 40, 10)), ("efficientnet", (8, 112, 112, 32, 8)),
+    ("mobilenet_v3", (1, 7, 7, 12, 3))])
+def test_se_layer_matches_numpy(style, shape, precision):
+    from tftrt.engine.backends.cupy_se import SeLayer
+    n, h, w, c, cse = shape
+    net, x = _se_net(n, h, w, c, cse, style=style)
+    ref, gpu = _engines(net, x, precision)
+    kinds = [l.kind for l in gpu.network.layers]
+    assert kinds.count("se") == 1 and "reduce" not in kinds, kinds
+    want = ref.execute([x])[0]
+    for k in range(3):  # eager, capture, replay
+        _compare(gpu.execute([x])[0], want, precision, f"{style} {shape} run {k}")
+    (impl,) = [i for l, i in zip(gpu.network.layers, gpu._cupy_impls) if l.kind == "se"]
+    assert isinstance(impl, SeLayer) and impl.fallback is None
+
+
+def test_unaligned_operands_take_the_scalar_kernels():
+    """x and y at 2-byte offsets (fp16): the scalar build of the kernels, same answer."""
+    from tftrt.engine.backends.cupy_se import SeLayer
+    from tftrt.engine.backends.numpy_backend import NumpyBackend
+    net, x = _se_net(2, 6, 6, 32, 8, style="mobilenet_v3")
+    ref, gpu = _engines(net, x, "FP16")
+    (layer,) = [l for l in gpu.network.layers if l.kind == "se"]
+    impl = SeLayer(gpu.network, layer, gpu.weights, {})
+    assert impl.srcs[True].vec == 8 and impl.srcs[False].vec == 1
+    xin = np.random.default_rng(2).standard_normal(net.shape("x")).astype(np.float16)
+    (rl,) = [l for l in ref.network.layers if l.kind == "se"]
+    run = NumpyBackend().prepare_layer(ref.network, rl, ref.weights)
+    want = run([xin] + [ref.weights[i] if i else None for i in rl.inputs[1:]])[0]
+    size = xin.size
+    xbuf = cp.zeros(size + 1, cp.float16)
+    ybuf = cp.full(size + 1, np.nan, cp.float16)
+    xd, yd = xbuf[1:].reshape(xin.shape), ybuf[1:].reshape(xin.shape)
+    xd[...] = cp.asarray(xin)
+    ws = cp.empty(impl.workspace, cp.uint8)
+    impl.run([xd] + [None] * 4, [yd], ws)
+    _compare(yd, want, "FP16", "unaligned")
+
+
+def test_without_the_switch_blocks_stay_unfused(monkeypatch):
+    monkeypatch.delenv("TFTRT_FUSE_SE")
+    net, x = _se_net(style="efficientnet")
+    ref, gpu = _engines(net, x, "FP16")
+    assert "se" not in [l.kind for l in gpu.network.layers]
+    assert "se" in [l.kind for l in ref.network.layers]
+    _compare(gpu.execute([x])[0], ref.execute([x])[0], "FP16", "unfused on CuPy")
