@@ -11,16 +11,9 @@
 #     bash benchmarks/run_gpu_build_cache.sh [seconds]
 # Needs the cuDNN-frontend / nvmath wheels and the networks in .whl (carry them); rows and
 # logs in $OUT.
-set -uo pipefail
-budget=${1:-580}
-start=$(date +%s); left() { echo $(( budget - ($(date +%s) - start) )); }
-repo=$(cd "$(dirname "$0")/.." && pwd)
-out=${OUT:-/tmp/tftrt-bench}; mkdir -p "$out"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-  --target /tmp/site "$repo"/.whl/*.whl 2>&1 | tail -2
-export PYTHONPATH="$repo:/tmp/site" CUDA_VISIBLE_DEVICES=0 PYTHONUNBUFFERED=1
+# shellcheck source=benchmarks/gpu_engine_env.sh
+source "$(dirname "$0")/gpu_engine_env.sh" "${1:-580}"
 unset CUPY_CACHE_DIR
-cd "$repo"
 models=${MODELS:-resnet50,DenseNet121,MobileNetV3Large}
 batches=${BATCHES:-128}
 modes=${MODES:-static static-warm kc kc-warm}

@@ -4,15 +4,8 @@
 #   [TESTS="attention or sdpa" (a pytest -k expression; "all" for every test)] [BENCH="--models encoder --precisions FP16 --batches 1,8,128"] \
 #     [TEST_BUDGET=seconds (default a third of the budget)] bash benchmarks/run_gpu_engine.sh [seconds]
 # Needs .whl/*.whl and .whl/networks (carry ".whl"); rows land in $OUT (or /tmp/tftrt-bench).
-set -uo pipefail
-budget=${1:-580}
-start=$(date +%s); left() { echo $(( budget - ($(date +%s) - start) )); }
-repo=$(cd "$(dirname "$0")/.." && pwd)
-out=${OUT:-/tmp/tftrt-bench}; mkdir -p "$out"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-  --target /tmp/site "$repo"/.whl/*.whl 2>&1 | tail -2
-export PYTHONPATH="$repo:/tmp/site" CUDA_VISIBLE_DEVICES=0 PYTHONUNBUFFERED=1
-cd "$repo"
+# shellcheck source=benchmarks/gpu_engine_env.sh
+source "$(dirname "$0")/gpu_engine_env.sh" "${1:-580}"
 if [ -n "${TESTS:-}" ]; then
   sel=(); [ "$TESTS" != all ] && sel=(-k "$TESTS")
   TFTRT_CUDNN_CANDIDATES=2 timeout ${TEST_BUDGET:-$(( $(left) / 3 ))} python3 -m pytest \
