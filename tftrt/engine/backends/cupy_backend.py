@@ -244,8 +244,9 @@ def _cupy_kernel_dir(store) -> None:
     import os
     if store is None or os.environ.get("CUPY_CACHE_DIR"):
         return
+    global _CUPY_KERNEL_DIR
     path = os.path.join(store.root, "cupy")
-    if _cupy_kernel_dir.set == path:
+    if _CUPY_KERNEL_DIR == path:
         return
     try:
         from cupy.cuda import compiler
@@ -258,12 +259,12 @@ def _cupy_kernel_dir(store) -> None:
             setter(backend)
         else:
             compiler._kernel_cache_backend = backend
-        _cupy_kernel_dir.set = path
+        _CUPY_KERNEL_DIR = path
     except Exception as e:  # another CuPy: its kernels stay where it keeps them
         log.debug("CuPy's kernel cache stays in its default place: %s", e)
 
 
-_cupy_kernel_dir.set = None
+_CUPY_KERNEL_DIR: Optional[str] = None  # where _cupy_kernel_dir last pointed CuPy
 
 
 # --- backend -------------------------------------------------------------------------------------
