@@ -24,7 +24,7 @@ type; a fraction met by an integer stays a double (numpy promotes it too).
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -312,6 +312,40 @@ def _literal_type(op: str, k: int, ct: str, typed: Sequence[Optional[str]]) -> s
     return ct
 
 
+def program_lines(program: Sequence[dict], operand: Callable[[int], Tuple[str, str]],
+                  name: Callable[[int], str], strict: bool = False) -> List[str]:
+    """C declarations computing a pointwise ``program`` (PointwiseSource's statements): step
+    k is stored in the variable ``name(k)`` of its compute type. ``operand(i)`` gives the
+    (C expression, compute type) of program input ``$i``; ``%k`` reads step k; numbers are
+    literals of the type the step takes. ``strict``: any other string argument is an error
+    (else it is left out, as for a step's unused slot)."""
+    lines: List[str] = []
+    types: List[str] = []
+    for k, st in enumerate(program):
+        ct = comptype(st.get("dtype") or "float32")
+        args: List[Optional[str]] = []
+        typed: List[Optional[str]] = []
+        for a in st["args"]:
+            if isinstance(a, str) and a[:1] == "$":
+                expr, t = operand(int(a[1:]))
+                args.append(expr)
+                typed.append(t)
+            elif isinstance(a, str) and a[:1] == "%":
+                args.append(name(int(a[1:])))
+                typed.append(types[int(a[1:])])
+            elif isinstance(a, str) and strict:
+                raise NotImplementedError(f"pointwise program reads {a!r}")
+            else:
+                args.append(None)
+                typed.append(None)
+        for j, a in enumerate(st["args"]):
+            if a is not None and not isinstance(a, str):
+                args[j] = _lit(a, _literal_type(st["op"], j, ct, typed))
+        lines.append(f"{ct} {name(k)} = ({ct})({op_expr(st['op'], args, ct, st, typed)});")
+        types.append(ct)
+    return lines
+
+
 class PointwiseSource:
     """CUDA source of a pointwise program for fixed input / output shapes and dtypes.
 
@@ -355,27 +389,8 @@ class PointwiseSource:
         return "pw_vec" if vec else "pw"
 
     def _body(self, idx: str, loads: Dict[int, str]) -> str:
-        lines = []
-        types: List[str] = []
-        for k, st in enumerate(self.program):
-            ct = comptype(st.get("dtype") or "float32")
-            args: List[Optional[str]] = []
-            typed: List[Optional[str]] = []
-            for a in st["args"]:
-                if isinstance(a, str) and a[:1] == "$":
-                    args.append(loads[int(a[1:])])
-                    typed.append(comptype(self.in_dtypes[int(a[1:])]))
-                elif isinstance(a, str) and a[:1] == "%":
-                    args.append(f"v{int(a[1:])}")
-                    typed.append(types[int(a[1:])])
-                else:
-                    args.append(None)
-                    typed.append(None)
-            for j, a in enumerate(st["args"]):
-                if a is not None and not isinstance(a, str):
-                    args[j] = _lit(a, _literal_type(st["op"], j, ct, typed))
-            lines.append(f"    {ct} v{k} = ({ct})({op_expr(st['op'], args, ct, st, typed)});")
-            types.append(ct)
+        lines = ["    " + line for line in program_lines(
+            self.program, lambda i: (loads[i], comptype(self.in_dtypes[i])), lambda k: f"v{k}")]
         last = len(self.program) - 1
         lines.append(f"    out[{idx}] = {store_expr(self.out_dtype, f'v{last}')};")
         return "\n".join(lines)

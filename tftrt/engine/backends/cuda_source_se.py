@@ -25,9 +25,8 @@ from typing import List
 
 import numpy as np
 
-from tftrt.engine.backends.cuda_source import (PRELUDE, _lit, _literal_type, _vec_type,
-                                               activation_expr, comptype, ctype, load_expr,
-                                               op_expr, store_expr)
+from tftrt.engine.backends.cuda_source import (PRELUDE, _lit, _vec_type, activation_expr, ctype,
+                                               load_expr, program_lines, store_expr)
 
 THREADS = 256
 # Enough threads in se_pool to fill a large GPU (H200: 132 SMs x 2048); a thread sums at
@@ -48,27 +47,13 @@ def _stage_lines(stages: list, var: str, tag: str) -> List[str]:
             elif dt != "float32":
                 raise NotImplementedError(f"se stage rounds to {dt}: only float16 / float32")
             continue
-        types: List[str] = []
-        for i, s in enumerate(st["program"]):
-            ct = comptype(s.get("dtype") or "float32")
-            args, typed = [], []
-            for a in s["args"]:
-                if a == "$0":
-                    args.append(var)
-                    typed.append("float")
-                elif isinstance(a, str) and a[:1] == "%":
-                    args.append(f"{tag}{k}_{int(a[1:])}")
-                    typed.append(types[int(a[1:])])
-                elif isinstance(a, str):
-                    raise NotImplementedError(f"se stage program reads {a}: only $0")
-                else:
-                    args.append(None)
-                    typed.append(None)
-            for j, a in enumerate(s["args"]):
-                if a is not None and not isinstance(a, str):
-                    args[j] = _lit(a, _literal_type(s["op"], j, ct, typed))
-            out.append(f"{ct} {tag}{k}_{i} = ({ct})({op_expr(s['op'], args, ct, s, typed)});")
-            types.append(ct)
+        def operand(i: int):
+            if i != 0:
+                raise NotImplementedError(f"se stage program reads ${i}: only $0")
+            return var, "float"
+
+        out += program_lines(st["program"], operand, lambda i, k=k: f"{tag}{k}_{i}",
+                             strict=True)
         out.append(f"{var} = (float)({tag}{k}_{len(st['program']) - 1});")
     return out
 
