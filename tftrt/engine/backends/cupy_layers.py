@@ -332,8 +332,21 @@ class GemmImpl(Impl):
         key = "lt|" + json.dumps(spec.key(), default=str)
         if key in _SHARED:
             return LtGemm(spec, _SHARED[key])
-        rec = rec or stored_choice(key)
-        g = LtGemm(spec, rec if rec else None)
+        stored = None if rec else stored_choice(key)
+        try:
+            g = LtGemm(spec, rec or stored)
+        except GpuTimeout:
+            raise
+        except Exception as e:
+            if not stored:
+                raise
+            # the build cache's choice does not rebuild here (another cuBLASLt's algorithms,
+            # a stale entry): tune as if it had none
+            log.info("%s: cached cuBLASLt choice %s failed (%s); tuning again", layer.name,
+                     stored, e)
+            stored = None
+            g = LtGemm(spec, None)
+        rec = rec or stored  # a choice to keep as it is, or None: tune below
         if not rec and g.count > 1:
             stream = cp.cuda.Stream(non_blocking=True)
             with stream:
