@@ -119,3 +119,28 @@ def test_kernel_cache_is_off_by_default(tmp_path):
     off = _run(tmp_path / "off")
     assert not off["kernel_cache"] and not _entries(tmp_path / "off", "cudnn-kernels")
     np.testing.assert_allclose(np.array(off["y"]), np.array(on["y"]), rtol=2e-2, atol=2e-2)
+
+
+def test_malformed_cached_gemm_choice_is_tuned_again(tmp_path):
+    """A cuBLASLt choice in the build cache that cannot be used (here a malformed one written
+    with a valid envelope, as a stale tftrt would) is tuned again, with the same answers."""
+    import json as _json
+    import struct
+    import numpy as np
+    from tftrt.engine.build_cache import MAGIC, BuildCache
+    cold = _run(tmp_path)
+    rewritten = 0
+    for path in _entries(tmp_path, "cupy-choices"):
+        with open(path, "rb") as f:
+            data = f.read()
+        assert data.startswith(MAGIC)
+        (n,) = struct.unpack("<I", data[len(MAGIC):len(MAGIC) + 4])
+        header = _json.loads(data[len(MAGIC) + 4:len(MAGIC) + 4 + n])
+        if header["key"].startswith("lt|"):
+            root = str(tmp_path)
+            BuildCache(root, header["environment"]).put_json("cupy-choices", header["key"],
+                                                             {"algo": "not an index"})
+            rewritten += 1
+    assert rewritten >= 1, "the network's GEMM left no cuBLASLt choice in the cache"
+    again = _run(tmp_path)
+    np.testing.assert_allclose(np.array(again["y"]), np.array(cold["y"]), rtol=1e-3, atol=1e-3)
