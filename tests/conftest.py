@@ -20,6 +20,21 @@ def build_cache_in_tmp(tmp_path_factory):
         os.environ.pop("TFTRT_CACHE_DIR", None)
 
 
+@pytest.fixture()
+def passes_runs(monkeypatch):
+    """The names of the networks the engine builder ran the optimization passes on, in order
+    (tests that a shape of a profile reuses its opt shape's optimized network)."""
+    from tftrt.engine import builder
+    calls = []
+    real = builder.optimize_network
+
+    def counting(net, passes=None):
+        calls.append(net.name)
+        return real(net, passes)
+    monkeypatch.setattr(builder, "optimize_network", counting)
+    return calls
+
+
 def _gpu_available() -> bool:
     try:
         import cupy

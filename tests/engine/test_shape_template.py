@@ -12,7 +12,7 @@ from onnx import helper
 from tests.engine.harness import assert_close, make_model, run_ort
 from tests.engine.models import resnet50
 from tests.tolerances import TOLERANCES
-from tftrt.engine import BuilderConfig, build_engine, builder
+from tftrt.engine import BuilderConfig, build_engine
 from tftrt.engine.memory import ArenaPool
 from tftrt.engine.onnx_import import network_from_onnx
 from tftrt.engine.shape_template import probe_values, specializer
@@ -21,19 +21,6 @@ from tftrt.profiles import Profile, ProfileEngine
 N = helper.make_node
 X = "TensorRTInputPH_0"
 INT_MAX = np.iinfo(np.int64).max
-
-
-@pytest.fixture()
-def passes_runs(monkeypatch):
-    """How many times the builder ran the optimization passes."""
-    calls = []
-    real = builder.optimize_network
-
-    def counting(net, passes=None):
-        calls.append(net.name)
-        return real(net, passes)
-    monkeypatch.setattr(builder, "optimize_network", counting)
-    return calls
 
 
 def profile_engine(model, profile, precision="FP32"):

@@ -12,7 +12,6 @@ from tests.integration import models
 from tests.tolerances import MODEL_TOLERANCES
 from tftrt import profiles as P
 from tftrt import trt_convert as trt
-from tftrt.engine import builder
 
 HWC = (8, 8, 3)
 
@@ -42,18 +41,6 @@ class FlattenNet(tf.Module):
 @pytest.fixture(scope="module")
 def flatten_dir(tmp_path_factory):
     return models.save_module(FlattenNet(), str(tmp_path_factory.mktemp("prof") / "flatten"))
-
-
-@pytest.fixture()
-def passes_runs(monkeypatch):
-    calls = []
-    real = builder.optimize_network
-
-    def counting(net, passes=None):
-        calls.append(net.name)
-        return real(net, passes)
-    monkeypatch.setattr(builder, "optimize_network", counting)
-    return calls
 
 
 def check(fn, native, b):
