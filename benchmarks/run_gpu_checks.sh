@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# One command on the GPU host, engine alone (no TensorFlow), for the checks that the CPU cannot
+# make; run in two calls of the device tool back to back (each fits its 600 s):
+#   bash benchmarks/run_gpu_checks.sh build [seconds]   cold static builds with the cuDNN
+#        candidate trace (ResNet50, DenseNet121, MobileNetV3Large: does a losing candidate
+#        ever win by enough to pay for its build?), then the squeeze-and-excitation GPU tests
+#        and engine timings with and without TFTRT_FUSE_SE (EfficientNetB0, MobileNetV3Large)
+#   bash benchmarks/run_gpu_checks.sh quant [seconds]   the build-cache GPU tests, the INT8 /
+#        FP8 kernel probe and the INT8 GPU tests (build-time validation of each quantized layer)
+# Needs the cuDNN-frontend / nvmath wheels and the networks in .whl (carry them); logs, rows
+# and traces in $OUT.
+# shellcheck source=benchmarks/gpu_engine_env.sh
+source "$(dirname "$0")/gpu_engine_env.sh" "${2:-580}"
+unset CUPY_CACHE_DIR
+export TFTRT_BACKEND=cupy
+stage=${1:-build}
+if [ "$stage" = build ]; then
+  echo "== cold static builds with the candidate trace at $(( $(date +%s) - start )) s"
+  rm -rf /tmp/tftrt-cache-trace
+  TFTRT_CUDNN_TRACE="$out/cudnn_trace_static.jsonl" TFTRT_CACHE_DIR=/tmp/tftrt-cache-trace \
+    BENCH_ROWS="$out/bench_trace.jsonl" timeout $(( $(left) / 2 )) python3 \
+    benchmarks/bench_engine.py --models ResNet50,DenseNet121,MobileNetV3Large \
+    --precisions FP16 --batches 128 --peers= 2>&1 | tee "$out/bench_trace.txt" \
+    | grep -v "^# {" | grep -v "^ \{3,\}" | tail -12
+  echo "== se GPU tests at $(( $(date +%s) - start )) s"
+  timeout 120 python3 -m pytest tests/gpu/test_se_gpu.py -q -p no:cacheprovider -rf \
+    > "$out/se_tests.log" 2>&1; tail -5 "$out/se_tests.log"
+  echo "== se timings at $(( $(date +%s) - start )) s"
+  for fuse in 0 1; do
+    echo "-- TFTRT_FUSE_SE=$fuse"
+    env TFTRT_FUSE_SE=$fuse TFTRT_CACHE_DIR=/tmp/tftrt-cache-trace \
+      BENCH_ROWS="$out/bench_se$fuse.jsonl" timeout $(( $(left) - 20 )) python3 \
+      benchmarks/bench_engine.py --models EfficientNetB0,MobileNetV3Large --precisions FP16 \
+      --batches 1,128 --peers= 2>&1 | tee "$out/bench_se$fuse.txt" \
+      | grep -v "^# {" | grep -v "^ \{3,\}" | tail -8
+  done
+fi
+if [ "$stage" = quant ]; then
+  echo "== build-cache GPU tests at $(( $(date +%s) - start )) s"
+  timeout 200 python3 -m pytest tests/gpu/test_build_cache_gpu.py -q -p no:cacheprovider -rf \
+    > "$out/build_cache_tests.log" 2>&1; tail -5 "$out/build_cache_tests.log"
+  echo "== INT8 / FP8 probe at $(( $(date +%s) - start )) s"
+  timeout 150 python3 benchmarks/probe_quant_kernels.py --json "$out/probe.json" \
+    > "$out/probe.log" 2>&1; tail -30 "$out/probe.log"
+  echo "== INT8 GPU tests at $(( $(date +%s) - start )) s"
+  timeout $(( $(left) - 10 )) python3 -m pytest tests/gpu/test_int8_gpu.py -q -rA -s \
+    -p no:cacheprovider --log-cli-level=INFO > "$out/int8_tests.log" 2>&1
+  grep -E "passed|failed|FAILED|Error|kept|reject" "$out/int8_tests.log" | tail -40
+fi
+echo "== done at $(( $(date +%s) - start )) s"
