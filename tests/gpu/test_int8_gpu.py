@@ -102,9 +102,16 @@ def _choices(engine) -> str:
     return text
 
 
+# FP8: an fp32 accumulation order other than the simulation's can move an intermediate value
+# across an E4M3 rounding boundary (3 mantissa bits: one step is 1/8 to 1/16 of the value),
+# and the next layers carry that step; measured on an H200, 3.4e-3 of max |ref| through two
+# convs and a GEMM (acc_identity variant). INT8's int32 sums are exact.
+REL = {"INT8": 2e-3, "FP8": 1e-2}
+
+
 def _close(got, want, what, rel=2e-3):
     """Within ``rel`` of the largest reference value (the float epilogue order / FP8 fp32
-    accumulation order are the only differences from the simulation)."""
+    accumulation order are the only differences from the simulation; see ``REL``)."""
     got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
     err = np.abs(got - want).max() / max(np.abs(want).max(), 1e-6)
     assert err <= rel, f"{what}: max |gpu - numpy| is {err:.2e} of max |ref| (limit {rel})"
@@ -237,7 +244,7 @@ def test_validation_rejects_a_cudnn_variant_that_writes_nothing(precision, monke
     ref = build_engine(model, {"x": x.shape}, BuilderConfig(precision=precision,
                                                             backend="numpy"))
     _close(cp.asnumpy(gpu.execute([cp.asarray(x)])[0]), ref.execute([x])[0],
-           f"{precision} ({choices})")
+           f"{precision} ({choices})", rel=REL[precision])
 
 
 def test_validation_rejects_a_cublaslt_gemm_that_writes_nothing(monkeypatch):
