@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The GPU checks that need TensorFlow's GPU build (gpu-host/pack-tensorflow.sh's install.sh ran:
+# /tmp/tfsite/env.sh), in one call before the zoo parts (run_gpu_zoo.sh):
+#   1. the squeeze-and-excitation kernels against the numpy engine (tests/gpu/test_se_gpu.py);
+#   2. the engine-boundary tests through TensorFlow (tests/gpu/test_engine_boundaries.py:
+#      which op copies device -> host, with the profiler's op names printed);
+#   3. the first call at each new batch size inside one profile 1..128 (bench_profile_shapes.py,
+#      ResNet50 network from .whl/networks, FP16), with an empty build cache and again in a
+#      fresh process with the cache it left (issue 14).
+#   bash benchmarks/run_gpu_tf_checks.sh [seconds]
+# Everything goes to $OUT/checks.log (one file: the device tool returns few files) and
+# $OUT/profile_shapes_{cold,warm}.json.
+set -uo pipefail
+budget=${1:-400}
+start=$(date +%s); left() { echo $(( budget - ($(date +%s) - start) )); }
+repo=$(cd "$(dirname "$0")/.." && pwd)
+out=${OUT:-/tmp/tftrt-bench}; mkdir -p "$out"
+log="$out/checks.log"
+# shellcheck disable=SC1091
+source /tmp/tfsite/env.sh >/dev/null
+export PYTHONPATH="$repo:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
+export TFTRT_BACKEND=cupy
+cd "$repo"
+say() { echo "== $* at $(( $(date +%s) - start )) s" | tee -a "$log"; }
+say "se GPU tests"
+timeout 120 python3 -m pytest tests/gpu/test_se_gpu.py -q -p no:cacheprovider --tb=short \
+  -rf >> "$log" 2>&1; grep -E "passed|failed" "$log" | tail -1
+say "engine-boundary tests"
+timeout 150 python3 -m pytest tests/gpu/test_engine_boundaries.py -q -p no:cacheprovider \
+  --tb=short -rA -s >> "$log" 2>&1; grep -E "passed|failed" "$log" | tail -1
+net=.whl/networks/ResNet50.onnx.xz
+if [ -f "$net" ]; then
+  for mode in cold warm; do
+    say "first calls at new batch sizes, $mode build cache"
+    [ $mode = cold ] && rm -rf /tmp/tftrt-cache-shapes
+    TFTRT_CACHE_DIR=/tmp/tftrt-cache-shapes timeout $(( $(left) - 10 )) python3 \
+      benchmarks/bench_profile_shapes.py --backend cupy --precision FP16 --network "$net" \
+      --max-batch 128 --batches 1,2,3,5,8,13,21,34,55,89,127 \
+      --json "$out/profile_shapes_$mode.json" 2>&1 | grep -v "^W0000\|^I0000" \
+      | tee -a "$log" | tail -16
+  done
+fi
+say "done"
