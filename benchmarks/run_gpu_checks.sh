@@ -7,6 +7,8 @@
 #        and engine timings with and without TFTRT_FUSE_SE (EfficientNetB0, MobileNetV3Large)
 #   bash benchmarks/run_gpu_checks.sh quant [seconds]   the build-cache GPU tests, the INT8 /
 #        FP8 kernel probe and the INT8 GPU tests (build-time validation of each quantized layer)
+#   bash benchmarks/run_gpu_checks.sh verify [seconds]  the se / INT8 tests again and a cold
+#        ResNet50 build with the candidate trace (runtime-compiled plans capped)
 # Needs the cuDNN-frontend / nvmath wheels and the networks in .whl (carry them); logs, rows
 # and traces in $OUT.
 # shellcheck source=benchmarks/gpu_engine_env.sh
@@ -46,5 +48,14 @@ if [ "$stage" = quant ]; then
   timeout $(( $(left) - 10 )) python3 -m pytest tests/gpu/test_int8_gpu.py -q -rA -s \
     -p no:cacheprovider --log-cli-level=INFO > "$out/int8_tests.log" 2>&1
   grep -E "passed|failed|FAILED|Error|kept|reject" "$out/int8_tests.log" | tail -40
+fi
+if [ "$stage" = verify ]; then  # the fixes of the two stages above, in one short call
+  timeout 90 python3 -m pytest tests/gpu/test_se_gpu.py tests/gpu/test_int8_gpu.py -q \
+    -p no:cacheprovider --tb=short -rf -k "se_ or unaligned or writes_nothing" \
+    > "$out/verify_tests.log" 2>&1; tail -4 "$out/verify_tests.log"
+  rm -rf /tmp/tftrt-cache-verify
+  TFTRT_CUDNN_TRACE="$out/cudnn_trace_verify.jsonl" TFTRT_CACHE_DIR=/tmp/tftrt-cache-verify \
+    timeout $(( $(left) - 5 )) python3 benchmarks/bench_engine.py --models ResNet50 \
+    --precisions FP16 --batches 128 --peers= 2>&1 | grep -v "^# {" | tail -3
 fi
 echo "== done at $(( $(date +%s) - start )) s"
