@@ -79,7 +79,8 @@ def test_unaligned_operands_take_the_scalar_kernels():
     assert impl.srcs[True].vec > 1 and impl.srcs[False].vec == 1
     x_dt, y_dt = (np.dtype(gpu.network.tensors[t].dtype)
                   for t in (layer.inputs[0], layer.outputs[0]))
-    xin = np.random.default_rng(2).standard_normal(net.shape("x")).astype(x_dt)
+    shape = tuple(gpu.network.tensors[layer.inputs[0]].shape)
+    xin = np.random.default_rng(2).standard_normal(shape).astype(x_dt)
     (rl,) = [l for l in ref.network.layers if l.kind == "se"]
     run = NumpyBackend().prepare_layer(ref.network, rl, ref.weights)
     want = run([xin] + [ref.weights[i] if i else None for i in rl.inputs[1:]])[0]
