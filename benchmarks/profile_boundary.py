@@ -10,6 +10,13 @@ medians (each call ended by a device synchronize) of:
   * the pieces alone: eager Cos, a ConcreteFunction Cos, cudaDeviceSynchronize, DLPack.
 
     python benchmarks/profile_boundary.py [--calls 300]
+
+``--copies DIR``: instead of timing, which variant of an engine boundary in a tf.function copies
+device -> host (the graph-function path copies each engine's float input once per call; the
+pipeline does not): TF's identity EagerPyFuncs; the same returning a bool status first, as
+engine nodes do; an EagerPyFunc that takes its input to CuPy and back through DLPack
+(tensor_bridge, no engine); the same plus an engine-sized device-to-device copy; the converted
+function. Prints each variant's D2H copies (bytes, the TF op that asked) over five calls.
 """
 
 from __future__ import annotations
@@ -26,7 +33,10 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--calls", type=int, default=300)
     ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--copies", metavar="DIR", help="profile D2H copies per variant into DIR")
     args = ap.parse_args(argv)
+    if args.copies:
+        return copies(args)
     import tensorflow as tf
     from tftrt import tensor_bridge, engine_op
     from benchmarks.bench_boundary import median_ms as _median, three_engines
@@ -143,6 +153,70 @@ def main(argv=None):
                                                                    "execute)"))
            - rows[[r[0] for r in rows].index("tf.function: 2 Cos")][1])
     print(f"signature minus direct engine calls minus 2 Cos: {per:.4f} ms")
+
+
+def copies(args) -> None:
+    """The ``--copies`` mode (see the module doc)."""
+    import tensorflow as tf
+    from tftrt import tensor_bridge
+    from benchmarks.bench_boundary import three_engines
+    from benchmarks.tf_profile import d2h_copies
+    conv, fn, x, _ = three_engines(args.batch)
+    fn = getattr(fn, "native", fn)
+
+    def ident(t):
+        return t
+
+    def with_status(t):
+        return [np.bool_(True), t]
+
+    def dlpack_round_trip(t):
+        arr = tensor_bridge.to_backend(t, "cupy")
+        return [np.bool_(True), tensor_bridge.from_backend(arr, "cupy", np.dtype("float32"))]
+
+    def dlpack_and_copy(t):
+        import cupy as cp
+        arr = tensor_bridge.to_backend(t, "cupy")
+        tensor_bridge.wait_for_tensorflow([t], [arr])
+        out = cp.empty_like(arr)
+        out[...] = arr
+        tensor_bridge.wait_for_engine()
+        return [np.bool_(True), tensor_bridge.from_backend(out, "cupy", np.dtype("float32"))]
+
+    def chain(body, with_flag):
+        @tf.function
+        def f(t):
+            with tf.device("/GPU:0"):
+                for i in range(3):
+                    if with_flag:
+                        ok, t = tf.py_function(body, [t], [tf.bool, tf.float32])
+                        t = tf.cond(ok, lambda t=t: t, lambda t=t: -t)
+                    else:
+                        t = tf.py_function(body, [t], tf.float32)
+                    if i < 2:
+                        t = tf.cos(t)
+            return t
+        return lambda: f(x)
+
+    variants = [("identity EagerPyFuncs", chain(ident, False)),
+                ("EagerPyFuncs returning [status, t], tf.cond on it", chain(with_status, True)),
+                ("EagerPyFuncs: DLPack to CuPy and back", chain(dlpack_round_trip, True)),
+                ("EagerPyFuncs: DLPack, a D2D copy, waits", chain(dlpack_and_copy, True)),
+                ("the converted function (3 engines)", lambda: fn(x=x))]
+    for k, (name, call) in enumerate(variants):
+        for _ in range(3):
+            call()
+        logdir = os.path.join(args.copies, f"v{k}")
+        tf.profiler.experimental.start(logdir)
+        for _ in range(5):
+            call()
+        tf.test.experimental.sync_devices()
+        tf.profiler.experimental.stop()
+        found = collections.Counter((size, op) for plane, _n, size, op in d2h_copies(logdir)
+                                    if "GPU" in plane)
+        print(f"{name}: {sum(found.values())} D2H copies in 5 calls", flush=True)
+        for (size, op), n in sorted(found.items(), key=lambda kv: -kv[1]):
+            print(f"    {n:3d} x {size} B  {op}", flush=True)
 
 
 if __name__ == "__main__":

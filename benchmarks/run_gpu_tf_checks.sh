@@ -3,7 +3,9 @@
 # /tmp/tfsite/env.sh), in one call before the zoo parts (run_gpu_zoo.sh):
 #   1. the squeeze-and-excitation kernels against the numpy engine (tests/gpu/test_se_gpu.py);
 #   2. the engine-boundary tests through TensorFlow (tests/gpu/test_engine_boundaries.py:
-#      which op copies device -> host, with the profiler's op names printed);
+#      which op copies device -> host, with the profiler's op names printed), and
+#      profile_boundary.py --copies (which variant of a boundary copies: TF's own EagerPyFunc,
+#      the status output, DLPack through tensor_bridge, the engine);
 #   3. the first call at each new batch size inside one profile 1..128 (bench_profile_shapes.py,
 #      ResNet50 network from .whl/networks, FP16), with an empty build cache and again in a
 #      fresh process with the cache it left (issue 14).
@@ -28,6 +30,9 @@ timeout 120 python3 -m pytest tests/gpu/test_se_gpu.py -q -p no:cacheprovider --
 say "engine-boundary tests"
 timeout 150 python3 -m pytest tests/gpu/test_engine_boundaries.py -q -p no:cacheprovider \
   --tb=short -rA -s >> "$log" 2>&1; grep -E "passed|failed" "$log" | tail -1
+say "which boundary variant copies device -> host (profile_boundary.py --copies)"
+timeout 120 python3 benchmarks/profile_boundary.py --copies /tmp/tftrt-copies 2>&1 \
+  | grep -v "^W0000\|^I0000" | tee -a "$log" | grep -A3 "D2H copies" | tail -30
 net=.whl/networks/ResNet50.onnx.xz
 if [ -f "$net" ]; then
   for mode in cold warm; do
