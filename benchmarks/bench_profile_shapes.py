@@ -17,6 +17,9 @@ and memory plan per shape, with the opt shape's tactics): "full make ms", to com
 
 A warm build cache (tactic timings, on disk: TFTRT_CACHE_DIR) makes the profile build fast;
 the per-shape numbers do not time tactics either way. --json FILE writes the rows.
+--profile-calls N: the first N first calls under cProfile, printed as time per library (CuPy's
+NVRTC compiles, cuDNN plan and graph builds, CUDA-graph capture) and the functions with the
+most own time: where a first call's time goes.
 """
 
 from __future__ import annotations
@@ -65,6 +68,42 @@ def _input(backend, shape, seed):
     return x
 
 
+# Functions whose own time (and what they call outside Python) says which library a first
+# call waits for: NVRTC compiles of generated kernels (CuPy), cuDNN plan builds (runtime
+# compilation included), graph building, CUDA-graph capture, cuBLASLt planning.
+_BUCKETS = (
+    ("cupy NVRTC compile", ("compile_with_cache", "_compile_with_cache", "compile_using_nvrtc",
+                            "_compile_module_with_cache")),
+    ("cuDNN plan build", ("build_plan_at_index",)),
+    ("cuDNN graph build", ("build_operation_graph", "create_execution_plan",
+                           "create_execution_plans", "validate", "check_support")),
+    ("cuDNN execute", ("execute_plan_at_index",)),
+    ("CUDA graph capture", ("begin_capture", "end_capture", "_capture", "upload")),
+    ("cuBLASLt plan", ("plan", "autotune")),
+)
+
+
+def where_time_went(prof, total_s: float) -> str:
+    """Seconds per bucket of :data:`_BUCKETS` (cumulative time of the outermost matching
+    frames, so nested matches are not counted twice), and the rest."""
+    import pstats
+    st = pstats.Stats(prof)
+    got = {}
+    for label, names in _BUCKETS:
+        frames = {f: v for f, v in st.stats.items() if f[2] in names}
+        # drop frames called by another matching frame (their time is in the caller's)
+        outer = [v for f, v in frames.items()
+                 if not any(c in frames for c in v[4])]
+        got[label] = sum(v[3] for v in outer)
+    rest = total_s - sum(got.values())
+    parts = [f"{k} {v * 1e3:.0f} ms" for k, v in got.items() if v > 0.0005]
+    top = sorted(st.stats.items(), key=lambda kv: -kv[1][2])[:6]
+    own = "; ".join(f"{f[2]} ({f[0].rsplit('/', 1)[-1]}:{f[1]}) {v[2] * 1e3:.0f} ms x{v[1]}"
+                    for f, v in top)
+    return ", ".join(parts + [f"other {rest * 1e3:.0f} ms (of {total_s * 1e3:.0f})"]) + \
+        f"\n#   most own time: {own}"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backend", default="numpy", choices=("numpy", "cupy"))
@@ -78,6 +117,9 @@ def main(argv=None) -> int:
     ap.add_argument("--compare-full", action="store_true",
                     help="also time a full per-shape build of each batch size (the old path)")
     ap.add_argument("--json", help="write the rows here")
+    ap.add_argument("--profile-calls", type=int, default=0, metavar="N",
+                    help="cProfile the first call (make + first run) of the first N new batch "
+                         "sizes and print where the time went, by library")
     args = ap.parse_args(argv)
 
     from tftrt.engine import BuilderConfig, build_engine
@@ -120,12 +162,21 @@ def main(argv=None) -> int:
             print(f"# batch {b} skipped: not a new shape inside 1..{top}")
             continue
         x = _input(args.backend, (b, *rest), b)
+        prof = None
+        if len(rows) < args.profile_calls:
+            import cProfile
+            prof = cProfile.Profile()
+            prof.enable()
         t0 = time.perf_counter()
         engine = pe.engine_for([(b, *rest)])
         t1 = time.perf_counter()
         engine.execute([x])
         _sync(args.backend)
         t2 = time.perf_counter()
+        if prof is not None:
+            prof.disable()
+            print(f"# batch {b}: first call by where the time went: "
+                  f"{where_time_went(prof, t2 - t0)}", flush=True)
         engine.execute([x])
         _sync(args.backend)
         t3 = time.perf_counter()

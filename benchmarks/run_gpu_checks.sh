@@ -7,6 +7,8 @@
 #        and engine timings with and without TFTRT_FUSE_SE (EfficientNetB0, MobileNetV3Large)
 #   bash benchmarks/run_gpu_checks.sh quant [seconds]   the build-cache GPU tests, the INT8 /
 #        FP8 kernel probe and the INT8 GPU tests (build-time validation of each quantized layer)
+#   bash benchmarks/run_gpu_checks.sh shapes [seconds]  first calls at new batch sizes of a
+#        ResNet50 profile 1..128, cold and warm build cache, the first three profiled by library
 #   bash benchmarks/run_gpu_checks.sh verify [seconds]  the se / INT8 tests again and a cold
 #        ResNet50 build with the candidate trace (runtime-compiled plans capped)
 # Needs the cuDNN-frontend / nvmath wheels and the networks in .whl (carry them); logs, rows
@@ -48,6 +50,17 @@ if [ "$stage" = quant ]; then
   timeout $(( $(left) - 10 )) python3 -m pytest tests/gpu/test_int8_gpu.py -q -rA -s \
     -p no:cacheprovider --log-cli-level=INFO > "$out/int8_tests.log" 2>&1
   grep -E "passed|failed|FAILED|Error|kept|reject" "$out/int8_tests.log" | tail -40
+fi
+if [ "$stage" = shapes ]; then  # first calls at new batch sizes, cold then warm, profiled
+  for mode in cold warm; do
+    [ $mode = cold ] && rm -rf /tmp/tftrt-cache-shapes
+    echo "== first calls at new batch sizes, $mode build cache at $(( $(date +%s) - start )) s"
+    TFTRT_CACHE_DIR=/tmp/tftrt-cache-shapes timeout $(( $(left) - 10 )) python3 \
+      benchmarks/bench_profile_shapes.py --backend cupy --precision FP16 \
+      --network .whl/networks/ResNet50.onnx.xz --max-batch 128 \
+      --batches 1,2,3,5,8,13,21,34,55,89,127 --profile-calls 3 \
+      --json "$out/profile_shapes_$mode.json" 2>&1 | tee "$out/shapes_$mode.log" | tail -22
+  done
 fi
 if [ "$stage" = verify ]; then  # the fixes of the two stages above, in one short call
   timeout 90 python3 -m pytest tests/gpu/test_se_gpu.py tests/gpu/test_int8_gpu.py -q \

@@ -40,7 +40,7 @@ if [ -f "$net" ]; then
     [ $mode = cold ] && rm -rf /tmp/tftrt-cache-shapes
     TFTRT_CACHE_DIR=/tmp/tftrt-cache-shapes timeout $(( $(left) - 10 )) python3 \
       benchmarks/bench_profile_shapes.py --backend cupy --precision FP16 --network "$net" \
-      --max-batch 128 --batches 1,2,3,5,8,13,21,34,55,89,127 \
+      --max-batch 128 --batches 1,2,3,5,8,13,21,34,55,89,127 --profile-calls 3 \
       --json "$out/profile_shapes_$mode.json" 2>&1 | grep -v "^W0000\|^I0000" \
       | tee -a "$log" | tail -16
   done
