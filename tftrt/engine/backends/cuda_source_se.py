@@ -1,7 +1,7 @@
 """CUDA C source of the ``se`` layer (squeeze-and-excitation, network.py), strings only.
 
-No CuPy here (tests compile it with nvcc and run it on the host); ``cupy_layers.SeLayer``
-compiles and launches it. Three kernels, x [N, HW, C] read twice:
+No CuPy here (tests compile it with nvcc and run it on the host); ``cupy_se.SeLayer``
+compiles and launches it. Three kernels (four on the split path), x [N, HW, C] read twice:
 
 * ``se_pool``: one thread per (sample, HW slice, group of V channels): the float32 sum of its
   slice with V-wide vector loads (16 bytes where C allows), written to the partial sums
@@ -10,12 +10,23 @@ compiles and launches it. Three kernels, x [N, HW, C] read twice:
   by HW, as numpy's mean divides its sum), the ``pool`` stages, FC1 (each output's dot
   product split over KP threads, the parts summed in order), bias, act1, ``hidden`` stages,
   FC2 (a thread per channel), bias, act2, ``gate`` stages -> the float32 gate [N, C].
+* split path, for a few samples (``split_default``): se_fc's block per sample would read both
+  weight matrices through one SM (MobileNetV3Large's C=960, Cse=240: 1.8 MB), so two kernels
+  spread the outputs over blocks instead. ``se_fc1``: a block per (sample, J1 hidden outputs)
+  computes the same mean and ``pool`` stages as se_fc (every block the whole vector), FC1 of
+  its outputs (each dot product split over KP1 threads reading a row of w1 [Cse, C], the
+  parts added in a fixed tree), bias, act1, ``hidden`` stages -> the float32 hidden vector
+  [N, Cse] in scratch; ``se_fc2``: a block per (sample, J2 channels): FC2 the same way over
+  w2 [C, Cse], bias, act2, ``gate`` stages -> the gate [N, C]. Same stages, same rounding, same
+  pooled vector as se_fc; only the FC sums are split differently (deterministic both ways).
 * ``se_scale``: y = x * gate[n, c] in float32, V elements per thread, stored in y's dtype.
 
-Weights come as float32 [Cin, Cout] (w1t [C, Cse], w2t [Cse, C]): consecutive threads read
-consecutive outputs. Numerics are numpy_ops.se's: float16 values computed in float32, stages
-round where the unfused layers stored. Where the ``se`` output feeds a 1x1 conv, the gate
-could instead scale that conv's input channels (its weights per sample): not done.
+se_fc takes the weights as float32 [Cin, Cout] (w1t [C, Cse], w2t [Cse, C]): consecutive
+threads read consecutive outputs; se_fc1 / se_fc2 take them as [Cout, Cin] (w1 [Cse, C], w2
+[C, Cse]): consecutive threads read consecutive inputs of one output. Numerics are
+numpy_ops.se's: float16 values computed in float32, stages round where the unfused layers
+stored. Where the ``se`` output feeds a 1x1 conv, the gate could instead scale that conv's
+input channels (its weights per sample): not done.
 """
 
 from __future__ import annotations
@@ -34,6 +45,29 @@ THREADS = 256
 THREADS_PER_SM = 2048
 MIN_ROWS = 16
 SMEM_LIMIT = 48 * 1024
+# The split path: taken when the batch leaves at least half the SMs without a se_fc block and
+# an FC matrix has at least SPLIT_MIN_WEIGHTS entries (below that one block does both FCs in
+# about the time of the extra launch). Measured only at batch 1 and 128 (H200).
+SPLIT_MIN_WEIGHTS = 16384
+# Each thread of a split dot product sums at least MIN_PART products (KP is a power of two).
+MIN_PART = 8
+
+
+def split_default(n: int, c: int, cse: int, sms: int) -> bool:
+    """Whether the gate of ``n`` samples goes through se_fc1 / se_fc2 rather than se_fc."""
+    return 2 * n <= sms and c * cse >= SPLIT_MIN_WEIGHTS
+
+
+def _parts(length: int) -> int:
+    """Threads per dot product of ``length`` terms: a power of two, at most THREADS."""
+    kp = 1
+    while kp * 2 <= min(THREADS, length // MIN_PART):
+        kp *= 2
+    return kp
+
+
+def _align(n: int) -> int:
+    return (n + 255) // 256 * 256
 
 
 def _stage_lines(stages: list, var: str, tag: str) -> List[str]:
@@ -63,7 +97,7 @@ def _act(e, x: str) -> str:
 
 
 class SeSource:
-    """The three kernels of one ``se`` layer for fixed shapes, dtypes and attrs.
+    """The kernels of one ``se`` layer (``kernel_names``) for fixed shapes, dtypes and attrs.
 
     Args:
       n, hw, c, cse: batch, spatial positions (product of the spatial dims), channels, the
@@ -73,13 +107,17 @@ class SeSource:
       has_b1, has_b2: whether the FC steps add a bias.
       vec: elements per x load (a divisor of C; 1: scalar loads for unaligned pointers);
         None: the widest of 16 / 8 / 4 / 2 bytes that divides C.
-      sms: the GPU's multiprocessor count (sizes the pool split).
+      sms: the GPU's multiprocessor count (sizes the pool split, picks the FC path).
+      split: True: se_fc1 / se_fc2 (outputs spread over blocks), False: se_fc (a block per
+        sample), None: ``split_default``.
     Raises:
-      ValueError: shapes the kernels do not take (shared memory of se_fc).
+      ValueError: shapes the kernels do not take (shared memory of either FC path, checked
+        whichever is taken, so what is supported does not depend on the batch).
     """
 
     def __init__(self, n: int, hw: int, c: int, cse: int, x_dtype: str, y_dtype: str,
-                 attrs: dict, has_b1: bool, has_b2: bool, vec=None, sms: int = 132):
+                 attrs: dict, has_b1: bool, has_b2: bool, vec=None, sms: int = 132,
+                 split=None):
         self.n, self.hw, self.c, self.cse = int(n), int(hw), int(c), int(cse)
         self.x_dtype, self.y_dtype = np.dtype(x_dtype).name, np.dtype(y_dtype).name
         isz = max(np.dtype(x_dtype).itemsize, np.dtype(y_dtype).itemsize)
@@ -96,25 +134,44 @@ class SeSource:
         self.splits = math.ceil(self.hw / self.rows)
         # FC1: each of the Cse dot products over C split into kp parts (one thread each)
         self.kp = max(1, min(THREADS // max(cse, 1), c // 16 or 1))
-        self.smem = 4 * (c + self.kp * cse + cse)
+        # The split path: KP threads per dot product, J = THREADS / KP outputs per block
+        self.kp1, self.kp2 = _parts(c), _parts(cse)
+        self.j1, self.j2 = THREADS // self.kp1, THREADS // self.kp2
+        self.fc1_tasks = self.n * math.ceil(cse / self.j1)
+        self.fc2_tasks = self.n * math.ceil(c / self.j2)
+        self.smem = max(4 * (c + self.kp * cse + cse), 4 * (c + THREADS),
+                        4 * (cse + THREADS))
         if self.smem > SMEM_LIMIT:
             raise ValueError(f"se of C={c}, Cse={cse} needs {self.smem} bytes of shared "
-                             f"memory in se_fc, more than {SMEM_LIMIT}")
+                             f"memory in its FC kernels, more than {SMEM_LIMIT}")
+        self.split = split_default(self.n, c, cse, sms) if split is None else bool(split)
         self.attrs, self.has_b1, self.has_b2 = attrs, bool(has_b1), bool(has_b2)
         self.it = "long long" if self.n * self.hw * c >= 2 ** 31 - 64 else "int"
         self.pool_work = self.n * self.splits * self.cv
         self.scale_work = self.n * self.hw * self.cv
+        # Scratch: the pool partial sums, the gate, the hidden vector (split path), each at a
+        # 256-byte offset
         self.part_bytes = 4 * self.n * self.splits * c
         self.gate_bytes = 4 * self.n * c
+        self.hidden_bytes = 4 * self.n * cse if self.split else 0
+        self.gate_offset = _align(self.part_bytes)
+        self.hidden_offset = self.gate_offset + _align(self.gate_bytes)
+        self.workspace = self.hidden_offset + self.hidden_bytes if self.split else \
+            self.gate_offset + self.gate_bytes
         self.pool_source = self._pool()
-        self.fc_source = self._fc()
+        if self.split:
+            self.fc_sources = (self._fc1(), self._fc2())
+            self.kernel_names = ("se_pool", "se_fc1", "se_fc2", "se_scale")
+        else:
+            self.fc_sources = (self._fc(),)
+            self.kernel_names = ("se_pool", "se_fc", "se_scale")
         self.scale_source = self._scale()
 
     @property
     def source(self) -> str:
-        """All three kernels in one translation unit."""
+        """All the path's kernels (``kernel_names``) in one translation unit."""
         return PRELUDE + "\n".join(s.replace(PRELUDE, "") for s in (
-            self.pool_source, self.fc_source, self.scale_source))
+            self.pool_source, *self.fc_sources, self.scale_source))
 
     def _vload(self, name: str, ptr: str, dtype: str, at: str) -> List[str]:
         """Statements loading ``self.vec`` elements of ``ptr`` at ``at`` into ``name.e``."""
@@ -146,20 +203,91 @@ class SeSource:
         return _grid_stride("se_pool", f"const {ctype(self.x_dtype)}* __restrict__ x, "
                             f"float* __restrict__ part", it, self.pool_work, lines)
 
+    def _mean_lines(self) -> List[str]:
+        """The pooled vector of sample ``b`` into the shared ``sp`` (se_fc and se_fc1 alike):
+        the partial sums in slice order, divided by HW, the ``pool`` stages."""
+        C, S = self.c, self.splits
+        return [
+            f"for (int c = threadIdx.x; c < {C}; c += blockDim.x) {{",
+            "  float s = 0.f;",
+            f"  for (int k = 0; k < {S}; ++k) s += part[((long long)b * {S} + k) * {C} + c];",
+            f"  float v = s / {_lit(float(self.hw), 'float')};",
+            *["  " + ln for ln in _stage_lines(self.attrs["pool"], "v", "p")],
+            "  sp[c] = v;", "}", "__syncthreads();"]
+
+    def _split_dot(self, kp: int, j: int, outs: int, length: int, vec: str, w: str,
+                   out: str) -> List[str]:
+        """se_fc1 / se_fc2's FC step: outputs ``out`` = o0 + t / kp (t < THREADS) of the
+        block's ``j``, each the dot product of the shared ``vec`` with row ``out`` of ``w``
+        [outs, length] split over kp threads (thread kp reads terms kp, kp + KP, ...:
+        consecutive threads, consecutive weights), the parts added in a fixed tree in ``sk``;
+        output t's sum ends in sk[t * kp]."""
+        return [
+            f"for (int t = threadIdx.x; t < {THREADS}; t += blockDim.x) {{",
+            f"  const int p = t % {kp}, {out} = o0 + t / {kp};",
+            "  float acc = 0.f;",
+            f"  if ({out} < {outs})",
+            f"    for (int i = p; i < {length}; i += {kp}) "
+            f"acc += {vec}[i] * {w}[{out} * {length} + i];",
+            "  sk[t] = acc;", "}", "__syncthreads();",
+            "#pragma unroll", f"for (int h = {kp // 2}; h > 0; h >>= 1) {{",
+            f"  for (int t = threadIdx.x; t < {j} * h; t += blockDim.x) {{",
+            f"    const int i = (t / h) * {kp} + t % h;",
+            "    sk[i] += sk[i + h];", "  }", "  __syncthreads();", "}"]
+
+    def _fc1(self) -> str:
+        a, C, K, KP, J = self.attrs, self.c, self.cse, self.kp1, self.j1
+        b1 = " + b1[j]" if self.has_b1 else ""
+        blocks = math.ceil(K / J)
+        body = [
+            f"__shared__ float sp[{C}];", f"__shared__ float sk[{THREADS}];",
+            f"for (int task = blockIdx.x; task < {self.fc1_tasks}; task += gridDim.x) {{",
+            f"  const int b = task / {blocks}, o0 = (task % {blocks}) * {J};",
+            *["  " + ln for ln in self._mean_lines()],
+            *["  " + ln for ln in self._split_dot(KP, J, K, C, "sp", "w1", "j")],
+            f"  for (int t = threadIdx.x; t < {J}; t += blockDim.x) {{",
+            "    const int j = o0 + t;",
+            f"    if (j >= {K}) continue;",
+            f"    float acc = sk[t * {KP}];",
+            f"    float v = {_act(a['act1'], f'(acc{b1})')};",
+            *["    " + ln for ln in _stage_lines(a["hidden"], "v", "h")],
+            f"    hidden[(long long)b * {K} + j] = v;", "  }", "  __syncthreads();", "}"]
+        params = ("const float* __restrict__ part, const float* __restrict__ w1, "
+                  "const float* __restrict__ b1, float* __restrict__ hidden")
+        return _kernel("se_fc1", params, body)
+
+    def _fc2(self) -> str:
+        a, C, K, KP, J = self.attrs, self.c, self.cse, self.kp2, self.j2
+        b2 = " + b2[c]" if self.has_b2 else ""
+        blocks = math.ceil(C / J)
+        body = [
+            f"__shared__ float sh[{K}];", f"__shared__ float sk[{THREADS}];",
+            f"for (int task = blockIdx.x; task < {self.fc2_tasks}; task += gridDim.x) {{",
+            f"  const int b = task / {blocks}, o0 = (task % {blocks}) * {J};",
+            f"  for (int j = threadIdx.x; j < {K}; j += blockDim.x) "
+            f"sh[j] = hidden[(long long)b * {K} + j];",
+            "  __syncthreads();",
+            *["  " + ln for ln in self._split_dot(KP, J, C, K, "sh", "w2", "c")],
+            f"  for (int t = threadIdx.x; t < {J}; t += blockDim.x) {{",
+            "    const int c = o0 + t;",
+            f"    if (c >= {C}) continue;",
+            f"    float acc = sk[t * {KP}];",
+            f"    float v = {_act(a['act2'], f'(acc{b2})')};",
+            *["    " + ln for ln in _stage_lines(a["gate"], "v", "g")],
+            f"    gate[(long long)b * {C} + c] = v;", "  }", "  __syncthreads();", "}"]
+        params = ("const float* __restrict__ hidden, const float* __restrict__ w2, "
+                  "const float* __restrict__ b2, float* __restrict__ gate")
+        return _kernel("se_fc2", params, body)
+
     def _fc(self) -> str:
-        a, C, K, KP, S = self.attrs, self.c, self.cse, self.kp, self.splits
+        a, C, K, KP = self.attrs, self.c, self.cse, self.kp
         b1 = " + b1[j]" if self.has_b1 else ""
         b2 = " + b2[c]" if self.has_b2 else ""
         body = [
             f"__shared__ float sp[{C}];", f"__shared__ float sk[{KP * K}];",
             f"__shared__ float sh[{K}];",
             f"for (int b = blockIdx.x; b < {self.n}; b += gridDim.x) {{",
-            f"  for (int c = threadIdx.x; c < {C}; c += blockDim.x) {{",
-            "    float s = 0.f;",
-            f"    for (int k = 0; k < {S}; ++k) s += part[((long long)b * {S} + k) * {C} + c];",
-            f"    float v = s / {_lit(float(self.hw), 'float')};",
-            *["    " + ln for ln in _stage_lines(a["pool"], "v", "p")],
-            "    sp[c] = v;", "  }", "  __syncthreads();",
+            *["  " + ln for ln in self._mean_lines()],
             f"  for (int t = threadIdx.x; t < {KP * K}; t += blockDim.x) {{",
             f"    const int j = t % {K}, kp = t / {K};",
             "    float acc = 0.f;",
@@ -180,8 +308,7 @@ class SeSource:
         params = ("const float* __restrict__ part, const float* __restrict__ w1t, "
                   "const float* __restrict__ b1, const float* __restrict__ w2t, "
                   "const float* __restrict__ b2, float* __restrict__ gate")
-        return PRELUDE + f'\nextern "C" __global__ void se_fc({params}) {{\n  ' + \
-            "\n  ".join(body) + "\n}\n"
+        return _kernel("se_fc", params, body)
 
     def _scale(self) -> str:
         it, V, C = self.it, self.vec, self.c
@@ -206,6 +333,11 @@ class SeSource:
         return _grid_stride("se_scale", f"const {ctype(self.x_dtype)}* __restrict__ x, "
                             f"const float* __restrict__ gate, {to}* __restrict__ y", it,
                             self.scale_work, lines)
+
+
+def _kernel(name: str, params: str, body: List[str]) -> str:
+    text = "\n  ".join("\n".join(body).split("\n"))
+    return PRELUDE + f'\nextern "C" __global__ void {name}({params}) {{\n  {text}\n}}\n'
 
 
 def _grid_stride(name: str, params: str, it: str, work: int, lines: List[str]) -> str:
