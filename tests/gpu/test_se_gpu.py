@@ -1,7 +1,9 @@
 """The ``se`` layer on CuPy (TFTRT_FUSE_SE=1) against the numpy engine: EfficientNet /
 MobileNetV3 / GEMM blocks in FP32 and FP16, eager and CUDA-graph replay, the vector and the
-scalar (unaligned) kernels, several pool slices at EfficientNetB0's first block's size; and
-without the switch the blocks stay unfused on CuPy.
+scalar (unaligned) kernels, several pool slices at EfficientNetB0's first block's size, both
+gate paths (a block per sample; at batch 1 with large FC matrices the split path, se_fc1 +
+se_fc2, and the path each case takes asserted); and without the switch the blocks stay
+unfused on CuPy.
 
 On the GPU machine (the tests set TFTRT_BACKEND=cupy and TFTRT_FUSE_SE=1 themselves):
 ``TFTRT_BACKEND=cupy TFTRT_FUSE_SE=1 python -m pytest tests/gpu/test_se_gpu.py -q``.
@@ -48,14 +50,24 @@ def _compare(got, want, precision, what):
                                atol=atol * max(1.0, float(np.abs(w).max())), err_msg=what)
 
 
+# (style, (N, H, W, C, Cse), split): split is the path the H200 (132 SMs) takes
 @pytest.mark.parametrize("precision", ["FP32", "FP16"])
-@pytest.mark.parametrize("style,shape", [
-    ("efficientnet", (2, 5, 6, 16, 4)), ("mobilenet_v3", (2, 7, 7, 72, 24)),
-    ("gemm", (3, 4, 4, 40, 10)), ("efficientnet", (8, 112, 112, 32, 8)),
-    ("mobilenet_v3", (1, 7, 7, 12, 3))])
-def test_se_layer_matches_numpy(style, shape, precision):
+@pytest.mark.parametrize("style,shape,split", [
+    ("efficientnet", (2, 5, 6, 16, 4), False), ("mobilenet_v3", (2, 7, 7, 72, 24), False),
+    ("gemm", (3, 4, 4, 40, 10), False), ("efficientnet", (8, 112, 112, 32, 8), False),
+    ("mobilenet_v3", (1, 7, 7, 12, 3), False),
+    # batch 1 with MobileNetV3Large's / EfficientNetB0's largest blocks: the split path
+    ("mobilenet_v3", (1, 7, 7, 960, 240), True), ("efficientnet", (1, 7, 7, 1152, 48), True),
+    ("gemm", (4, 14, 14, 480, 120), True),
+    # the same block at batch 128: a block per sample
+    ("mobilenet_v3", (128, 7, 7, 960, 240), False)])
+def test_se_layer_matches_numpy(style, shape, split, precision):
+    from tftrt.engine.backends.cupy_kernels import _device_sms
     from tftrt.engine.backends.cupy_se import SeLayer
+    from tftrt.engine.backends.cuda_source_se import split_default
     n, h, w, c, cse = shape
+    if split_default(n, c, cse, _device_sms()) != split:
+        pytest.skip(f"this GPU's {_device_sms()} SMs pick the other path for {shape}")
     net, x = _se_net(n, h, w, c, cse, style=style)
     ref, gpu = _engines(net, x, precision)
     kinds = [l.kind for l in gpu.network.layers]
@@ -65,16 +77,20 @@ def test_se_layer_matches_numpy(style, shape, precision):
         _compare(gpu.execute([x])[0], want, precision, f"{style} {shape} run {k}")
     (impl,) = [i for l, i in zip(gpu.network.layers, gpu._cupy_impls) if l.kind == "se"]
     assert isinstance(impl, SeLayer) and impl.fallback is None
+    assert impl.split == split and len(impl.kernels[True]) == (4 if split else 3), shape
 
 
-def test_unaligned_operands_take_the_scalar_kernels():
-    """x and y at 2-byte offsets (fp16): the scalar build of the kernels, same answer."""
+@pytest.mark.parametrize("split", [False, True])
+def test_unaligned_operands_take_the_scalar_kernels(split):
+    """x and y at 2-byte offsets (fp16): the scalar build of the kernels, same answer, on
+    either gate path (forced)."""
     from tftrt.engine.backends.cupy_se import SeLayer
     from tftrt.engine.backends.numpy_backend import NumpyBackend
     net, x = _se_net(2, 6, 6, 32, 8, style="mobilenet_v3")
     ref, gpu = _engines(net, x, "FP16")
     (layer,) = [l for l in gpu.network.layers if l.kind == "se"]
-    impl = SeLayer(gpu.network, layer, gpu.weights, {})
+    impl = SeLayer(gpu.network, layer, gpu.weights, {}, split=split)
+    assert impl.split == split and impl.srcs[False].split == split
     # 16-byte loads of the wider of x's and y's dtypes (y may be the float32 engine output)
     assert impl.srcs[True].vec > 1 and impl.srcs[False].vec == 1
     x_dt, y_dt = (np.dtype(gpu.network.tensors[t].dtype)
@@ -91,7 +107,40 @@ def test_unaligned_operands_take_the_scalar_kernels():
     xd[...] = cp.asarray(xin)
     ws = cp.empty(impl.workspace, cp.uint8)
     impl.run([xd] + [None] * 4, [yd], ws)
-    _compare(yd, want, "FP16", "unaligned")
+    _compare(yd, want, "FP16", f"unaligned, split={split}")
+
+
+@pytest.mark.parametrize("precision", ["FP32", "FP16"])
+def test_both_paths_agree_on_a_batch_one_block(precision):
+    """MobileNetV3Large's largest block at batch 1 through either gate path, forced, on one
+    input: each matches the numpy backend's layer, and the two gates agree to a few ulps
+    (the same pooled vector and stages; only the FC sums are split differently)."""
+    from tftrt.engine.backends.cupy_se import SeLayer
+    from tftrt.engine.backends.numpy_backend import NumpyBackend
+    net, x = _se_net(1, 7, 7, 960, 240, style="mobilenet_v3")
+    ref, gpu = _engines(net, x, precision)
+    (layer,) = [l for l in gpu.network.layers if l.kind == "se"]
+    (rl,) = [l for l in ref.network.layers if l.kind == "se"]
+    x_dt, y_dt = (np.dtype(gpu.network.tensors[t].dtype)
+                  for t in (layer.inputs[0], layer.outputs[0]))
+    shape = tuple(gpu.network.tensors[layer.inputs[0]].shape)
+    xin = np.random.default_rng(5).standard_normal(shape).astype(x_dt)
+    run = NumpyBackend().prepare_layer(ref.network, rl, ref.weights)
+    want = run([xin] + [ref.weights[i] if i else None for i in rl.inputs[1:]])[0]
+    gates = {}
+    for split in (False, True):
+        impl = SeLayer(gpu.network, layer, gpu.weights, {}, split=split)
+        assert impl.split == split
+        ws = cp.full(impl.workspace, 255, cp.uint8)  # NaN floats: every gate entry written
+        y = cp.full(shape, np.nan, y_dt)
+        impl.run([cp.asarray(xin)] + [None] * 4, [y], ws)
+        _compare(y, want, precision, f"split={split}")
+        s = impl.srcs[True]
+        gates[split] = cp.asnumpy(ws[s.gate_offset:s.gate_offset + s.gate_bytes].view(
+            cp.float32))
+    assert np.isfinite(gates[True]).all()
+    np.testing.assert_allclose(gates[True], gates[False], rtol=2e-3 if precision == "FP16"
+                               else 1e-5, atol=1e-6)
 
 
 def test_without_the_switch_blocks_stay_unfused(monkeypatch):
