@@ -90,6 +90,13 @@ def _depthwise(net, layer) -> bool:
         layer.attrs["group"] == x[-1] > 1 and w[-1] == 1
 
 
+def _dw_tiled(net, layer) -> bool:
+    """The shared-memory tiled depthwise kernel (cupy_dw), opt-in with TFTRT_DW_TILED=1 until
+    it has run on a GPU, for the layers it takes (multiplier 1, dilation 1, stride 1 / 2)."""
+    from tftrt.engine.backends import cuda_source_dw as DW
+    return DW.enabled() and _depthwise(net, layer) and DW.tiled_unsupported(net, layer) is None
+
+
 def _matmul_lt(net, layer) -> bool:
     return _lt_ok() and _lazy()[1].matmul_dims(net, layer) is not None
 
@@ -113,6 +120,7 @@ _OPTIONS = {"tf32": True}
 register_tactic("cupy", "conv", "cudnn", applies=_cudnn_ok, workspace=_workspace)
 register_tactic("cupy", "conv", "lt_1x1", applies=_conv_1x1, workspace=_workspace)
 register_tactic("cupy", "conv", "dw_direct", applies=_depthwise, workspace=_workspace)
+register_tactic("cupy", "conv", "dw_tiled", applies=_dw_tiled, workspace=_workspace)
 register_tactic("cupy", "conv_transpose", "cudnn", applies=_cudnn_ok, workspace=_workspace)
 register_tactic("cupy", "matmul", "lt", applies=_matmul_lt, workspace=_workspace)
 register_tactic("cupy", "matmul", "cupy_matmul", applies=lambda n, l: "quant" not in l.attrs,
@@ -150,6 +158,7 @@ def impl_table() -> Dict[str, Dict[str, Tuple[type, ...]]]:
     host: a kind or tactic missing from the table has no GPU implementation, and building an
     engine with such a layer fails (:func:`make_impl`).
     """
+    from tftrt.engine.backends import cupy_dw as DW
     from tftrt.engine.backends import cupy_layers as L
     from tftrt.engine.backends import cupy_ops as O
     from tftrt.engine.backends import cupy_quant as QK
@@ -158,6 +167,7 @@ def impl_table() -> Dict[str, Dict[str, Tuple[type, ...]]]:
         "conv": {"cudnn": (L.ConvCudnn,),
                  "lt_1x1": (L.ConvGemm, L.ConvCudnn),
                  "dw_direct": (L.DepthwiseConv, L.ConvCudnn),
+                 "dw_tiled": (DW.DepthwiseTiled, L.DepthwiseConv, L.ConvCudnn),
                  # INT8 / FP8 (cupy_quant): int8 / fp8 tensor cores, else emulated in TF32
                  "q_cudnn": (QK.QuantConvCudnn, QK.QuantEmulated),
                  "q_lt_1x1": (QK.QuantGemmLt, QK.QuantConvCudnn, QK.QuantEmulated),
