@@ -245,16 +245,26 @@ class SeSource:
             f"  const int b = task / {blocks}, o0 = (task % {blocks}) * {J};",
             *["  " + ln for ln in self._mean_lines()],
             *["  " + ln for ln in self._split_dot(KP, J, K, C, "sp", "w1", "j")],
-            f"  for (int t = threadIdx.x; t < {J}; t += blockDim.x) {{",
-            "    const int j = o0 + t;",
-            f"    if (j >= {K}) continue;",
-            f"    float acc = sk[t * {KP}];",
-            f"    float v = {_act(a['act1'], f'(acc{b1})')};",
-            *["    " + ln for ln in _stage_lines(a["hidden"], "v", "h")],
-            f"    hidden[(long long)b * {K} + j] = v;", "  }", "  __syncthreads();", "}"]
+            *self._split_store(J, KP, K, "j", _act(a["act1"], f"(acc{b1})"), a["hidden"], "h",
+                               "hidden")]
         params = ("const float* __restrict__ part, const float* __restrict__ w1, "
                   "const float* __restrict__ b1, float* __restrict__ hidden")
         return _kernel("se_fc1", params, body)
+
+    @staticmethod
+    def _split_store(J: int, KP: int, n_out: int, var: str, act: str, stages: list, tag: str,
+                     out: str) -> List[str]:
+        """The tail of a split FC task: each of its ``J`` outputs ``var`` (sum in ``sk``,
+        bias and activation ``act``, then ``stages``) stored to ``out[b, var]``; then the
+        barrier before the next task reuses the shared memory."""
+        return [f"  for (int t = threadIdx.x; t < {J}; t += blockDim.x) {{",
+                f"    const int {var} = o0 + t;",
+                f"    if ({var} >= {n_out}) continue;",
+                f"    float acc = sk[t * {KP}];",
+                f"    float v = {act};",
+                *["    " + ln for ln in _stage_lines(stages, "v", tag)],
+                f"    {out}[(long long)b * {n_out} + {var}] = v;", "  }", "  __syncthreads();",
+                "}"]
 
     def _fc2(self) -> str:
         a, C, K, KP, J = self.attrs, self.c, self.cse, self.kp2, self.j2
@@ -268,13 +278,8 @@ class SeSource:
             f"sh[j] = hidden[(long long)b * {K} + j];",
             "  __syncthreads();",
             *["  " + ln for ln in self._split_dot(KP, J, C, K, "sh", "w2", "c")],
-            f"  for (int t = threadIdx.x; t < {J}; t += blockDim.x) {{",
-            "    const int c = o0 + t;",
-            f"    if (c >= {C}) continue;",
-            f"    float acc = sk[t * {KP}];",
-            f"    float v = {_act(a['act2'], f'(acc{b2})')};",
-            *["    " + ln for ln in _stage_lines(a["gate"], "v", "g")],
-            f"    gate[(long long)b * {C} + c] = v;", "  }", "  __syncthreads();", "}"]
+            *self._split_store(J, KP, C, "c", _act(a["act2"], f"(acc{b2})"), a["gate"], "g",
+                               "gate")]
         params = ("const float* __restrict__ hidden, const float* __restrict__ w2, "
                   "const float* __restrict__ b2, float* __restrict__ gate")
         return _kernel("se_fc2", params, body)
