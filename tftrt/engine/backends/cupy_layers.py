@@ -17,6 +17,7 @@ Protocol of an implementation ``impl``:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from typing import Any, Dict, Optional, Sequence
@@ -326,10 +327,16 @@ class GemmImpl(Impl):
         self.post = Epilogue(net, layer, layer.epilogue[nf:])
         self.workspace = self.gemm.workspace
         self.a_name, self.b_name = a_name, b_name
-        set_record(layer, self.gemm.choice())
+        set_record(layer, dict(self.gemm.choice(), **{"for": self._for}))
 
     def _build(self, net, layer, spec, rec, a_name, b_name):
         key = "lt|" + json.dumps(spec.key(), default=str)
+        self._for = hashlib.sha1(key.encode()).hexdigest()[:16]
+        if rec and rec.get("for", self._for) != self._for:
+            # A choice recorded for another shape (a profile's opt engine, for this shape of
+            # its range): its index names another algorithm here, one never checked for this
+            # shape. Take cuBLASLt's own first pick, untimed (a new shape is not tuned).
+            rec = {"algo": 0}
         if key in _SHARED:
             return LtGemm(spec, _SHARED[key])
         stored = None if rec else stored_choice(key)
