@@ -263,7 +263,8 @@ def test_generated_kernels_match_numpy_on_the_host(kernels, tmp_path):
             out = np.full(SHAPE, 0, want.dtype)
             fn = getattr(so, f"{src.kernel_name(vec)}_{k}")
             fn.restype = None
-            fn(*[ctypes.c_void_p(a.ctypes.data) for a in ins + [out]])
+            fn(*[ctypes.c_void_p(a.ctypes.data) for a in ins + [out]],
+               ctypes.c_longlong(src.work(vec)))
             err = _mismatch(out, want, what.split("/")[0])
             if err:
                 bad.append(f"{what} ({'vector' if vec else 'scalar'} kernel): {err}")
@@ -386,7 +387,8 @@ def test_concat_kernel_matches_numpy_on_the_host(tmp_path):
         out = np.zeros_like(want)
         fn = getattr(so, f"concat_{k}")
         fn.restype = None
-        fn(*[ctypes.c_void_p(np.ascontiguousarray(a).ctypes.data) for a in xs + [out]])
+        fn(*[ctypes.c_void_p(np.ascontiguousarray(a).ctypes.data) for a in xs + [out]],
+           ctypes.c_longlong(src.work))
         np.testing.assert_array_equal(out, want, err_msg=str((shapes, axis, dt)))
 
 
@@ -425,7 +427,8 @@ def test_per_channel_operands_load_as_vectors_on_the_host(tmp_path):
             fn = getattr(so, f"{src.kernel_name(vec)}_{k}")
             fn.restype = None
             fn(*[ctypes.c_void_p(a.ctypes.data) for a in ins + [out.view(np.uint16)
-                                                                if dt == "float16" else out]])
+                                                                if dt == "float16" else out]],
+               ctypes.c_longlong(src.work(vec)))
             np.testing.assert_array_equal(out, want, err_msg=f"{dt}/{pdt}/{ch} vec={vec}")
 
 
@@ -504,3 +507,32 @@ def test_depthwise_kernels_match_numpy_on_the_host(tmp_path):
             tol = 2e-3 if dt == "float16" else 1e-5
             np.testing.assert_allclose(out.astype(np.float64), want, rtol=tol, atol=tol,
                                        err_msg=f"{name} case {k} {xs} {kk} {dt} {epi}")
+
+
+def test_sources_do_not_depend_on_the_batch_size():
+    """The grid-stride kernels take their work count as an argument (cuda_source.WORK_PARAM),
+    so the engines of one profile's batch sizes compile each kernel once (CuPy caches modules
+    by source): a pointwise epilogue (bias, residual, ReLU; scalar and vector kernels), a
+    channel concat and a bilinear resize generate the same source at batch 1, 8 and 128, and
+    their work counts follow the batch."""
+    from tests.engine.test_cuda_resize import _attrs
+    prog = C.epilogue_program([{"op": "bias", "input": 2}, {"op": "add", "input": 3},
+                               {"op": "act", "fn": "relu"}], {2: 1, 3: 2})
+
+    def made(batch):
+        y = (batch, 7, 7, 64)
+        pw = C.PointwiseSource(prog, [y, (64,), y], ["float32", "float16", "float16"], y,
+                               "float16")
+        cat = C.ConcatSource([(batch, 14, 14, 96), (batch, 14, 14, 32)], 3, "float16")
+        rs = C.ResizeSource.plan((batch, 8, 8, 16),
+                                 _attrs((batch, 8, 8, 16), (batch, 16, 16, 16), "linear",
+                                        "half_pixel", None), "float16", "float16")
+        return pw, cat, rs
+
+    (pw1, cat1, rs1), *rest = [made(b) for b in (1, 8, 128)]
+    assert set(pw1.sources) == {False, True}
+    for b, (pw, cat, rs) in zip((8, 128), rest):
+        assert pw.sources == pw1.sources and cat.source == cat1.source and \
+            rs.source == rs1.source, f"a source changed with the batch size ({b})"
+        assert pw.work(False) == b * pw1.work(False) and pw.work(True) == b * pw1.work(True)
+        assert cat.work == b * cat1.work and rs.work == b * rs1.work

@@ -80,7 +80,8 @@ def test_resize_kernel_matches_numpy_on_the_host(tmp_path):
                 out.view(np.uint16) if odt == "float16" else out]
         fn = getattr(so, f"resize_{k}")
         fn.restype = None
-        fn(*[ctypes.c_void_p(np.ascontiguousarray(v).ctypes.data) for v in args])
+        fn(*[ctypes.c_void_p(np.ascontiguousarray(v).ctypes.data) for v in args],
+           ctypes.c_longlong(src.work))
         if a["mode"] == "nearest":
             np.testing.assert_array_equal(out, want, err_msg=str(CASES[k]))
         else:

@@ -269,12 +269,20 @@ def epilogue_program(epilogue: Sequence[dict], operand_index: Dict[int, int],
     return prog
 
 
+# Kernels launched with ``cupy_kernels.launch(..., pass_work=True)`` take their work count as
+# the last parameter, ``const long long work``, instead of baking it into the source: the work
+# count is the one thing most kernels' sources take from the batch size, so the engines of a
+# profile's batch sizes share their compiled kernels (CuPy caches modules by source).
+WORK_PARAM = "const long long work"
+
+
 def grid_stride_source(name: str, params: str, it: str, work: int, body: str) -> str:
-    """CUDA source of kernel ``name(params)`` running ``body`` for every index ``t`` in
-    [0, work) in a grid-stride loop (``it``: the index type)."""
+    """CUDA source of kernel ``name(params, work)`` running ``body`` for every index ``t`` in
+    [0, work) in a grid-stride loop (``it``: the index type, wide enough for ``work``; the
+    count itself is the last argument, :data:`WORK_PARAM`)."""
     return PRELUDE + f"""
-extern "C" __global__ void {name}({params}) {{
-  for ({it} t = ({it})blockIdx.x * blockDim.x + threadIdx.x; t < {work};
+extern "C" __global__ void {name}({params}, {WORK_PARAM}) {{
+  for ({it} t = ({it})blockIdx.x * blockDim.x + threadIdx.x; t < work;
        t += ({it})gridDim.x * blockDim.x) {{
     {body}
   }}
@@ -351,7 +359,8 @@ class PointwiseSource:
 
     Kernels ``pw`` (one element per thread, grid-stride) and ``pw_vec`` (``vec`` elements per
     thread with 16-byte loads of full-size operands; only when :attr:`vectorizable`). Both
-    take the used inputs (:attr:`used`, in order) then the output pointer. The sources are
+    take the used inputs (:attr:`used`, in order), the output pointer, then their work count
+    (:meth:`work`: elements, or vectors for ``pw_vec``; :data:`WORK_PARAM`). The sources are
     generated when the object is made, so an op without a lowering fails then.
     """
 
@@ -388,6 +397,10 @@ class PointwiseSource:
     def kernel_name(vec: bool) -> str:
         return "pw_vec" if vec else "pw"
 
+    def work(self, vec: bool) -> int:
+        """The work count kernel :meth:`kernel_name` takes (its grid-stride loop's bound)."""
+        return self.n // self.vec if vec else self.n
+
     def _body(self, idx: str, loads: Dict[int, str]) -> str:
         lines = ["    " + line for line in program_lines(
             self.program, lambda i: (loads[i], comptype(self.in_dtypes[i])), lambda k: f"v{k}")]
@@ -416,11 +429,12 @@ class PointwiseSource:
         it = "long long" if self.n >= 2 ** 31 - 64 else "int"
         params = [f"const {ctype(self.in_dtypes[i])}* __restrict__ in{i}" for i in self.used]
         params.append(f"{ctype(self.out_dtype)}* out")
+        params.append(WORK_PARAM)
         name = self.kernel_name(vec)
         src = [PRELUDE, f'extern "C" __global__ void {name}({", ".join(params)}) {{']
         if not vec:
             src.append(f"  for ({it} i = ({it})blockIdx.x * blockDim.x + threadIdx.x; "
-                       f"i < {self.n}; i += ({it})gridDim.x * blockDim.x) {{")
+                       f"i < work; i += ({it})gridDim.x * blockDim.x) {{")
             loads = {}
             for i in self.used:
                 ptr = "in%d[%s]" % (i, self._index(i, "i"))
@@ -431,8 +445,7 @@ class PointwiseSource:
             src.append("  }\n}")
             return "\n".join(src)
         V = self.vec
-        nv = self.n // V
-        src.append(f"  for ({it} j = ({it})blockIdx.x * blockDim.x + threadIdx.x; j < {nv}; "
+        src.append(f"  for ({it} j = ({it})blockIdx.x * blockDim.x + threadIdx.x; j < work; "
                    f"j += ({it})gridDim.x * blockDim.x) {{")
         src.append(f"    const {it} base = j * {V};")
         for i in self.used:

@@ -5,6 +5,8 @@ and epilogue sources come from ``cuda_source`` (strings only, testable without a
 
 Every kernel is CUDA C compiled by NVRTC through ``cupy.RawKernel`` with the layer's shapes baked
 in as constants, so one layer gets one specialised kernel; CuPy caches compiled kernels on disk.
+The grid-stride kernels take their work count as an argument instead (``launch(...,
+pass_work=True)``), so the engines of a profile's batch sizes mostly share their kernels.
 float16 is stored as ``unsigned short`` and converted with PTX ``cvt`` (no CUDA headers needed);
 all float16 arithmetic runs in float32, as the numpy reference does.
 """
@@ -13,6 +15,8 @@ from __future__ import annotations
 
 import functools
 from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
 
 import cupy as cp
 
@@ -49,10 +53,10 @@ class PointwiseKernel(PointwiseSource):
         vec = self.vectorizable and all(
             a.data.ptr % 16 == 0 for i, a in zip(self.used, args)
             if a.size == self.n or i in self.vec_last) and out.data.ptr % 16 == 0
-        work = self.n // self.vec if vec else self.n
+        work = self.work(vec)
         if work == 0:
             return
-        launch(self.kernel(vec), work, args + [out])
+        launch(self.kernel(vec), work, args + [out], pass_work=True)
 
 
 @functools.lru_cache(maxsize=None)
@@ -70,11 +74,15 @@ def _sm_count(dev: int) -> int:
 
 
 def launch(kernel: cp.RawKernel, work: int, args: Sequence, threads: int = THREADS,
-           grid_stride: bool = True) -> None:
-    """Launches ``kernel`` over ``work`` items on the current stream (grid-stride loop)."""
+           grid_stride: bool = True, pass_work: bool = False) -> None:
+    """Launches ``kernel`` over ``work`` items on the current stream (grid-stride loop);
+    ``pass_work``: the kernel takes ``work`` as its last parameter
+    (``cuda_source.WORK_PARAM``), after ``args``."""
     blocks = (work + threads - 1) // threads
     if grid_stride:
         blocks = max(1, min(blocks, _device_sms() * 16))
+    if pass_work:
+        args = list(args) + [np.int64(work)]
     kernel((blocks,), (threads,), tuple(args))
 
 
