@@ -503,7 +503,8 @@ def test_depthwise_kernels_match_numpy_on_the_host(tmp_path):
             out = np.zeros(ys, dt)
             fn = getattr(so, f"{name}_{k}")
             fn.restype = None
-            fn(*[ctypes.c_void_p(raw(a).ctypes.data) for a in [x, wt] + operands + [out]])
+            fn(*[ctypes.c_void_p(raw(a).ctypes.data) for a in [x, wt] + operands + [out]],
+               ctypes.c_longlong(src.vec_work if name == "dwconv_vec" else src.work))
             tol = 2e-3 if dt == "float16" else 1e-5
             np.testing.assert_allclose(out.astype(np.float64), want, rtol=tol, atol=tol,
                                        err_msg=f"{name} case {k} {xs} {kk} {dt} {epi}")
@@ -513,26 +514,31 @@ def test_sources_do_not_depend_on_the_batch_size():
     """The grid-stride kernels take their work count as an argument (cuda_source.WORK_PARAM),
     so the engines of one profile's batch sizes compile each kernel once (CuPy caches modules
     by source): a pointwise epilogue (bias, residual, ReLU; scalar and vector kernels), a
-    channel concat and a bilinear resize generate the same source at batch 1, 8 and 128, and
-    their work counts follow the batch."""
+    channel concat, a bilinear resize and a depthwise conv (scalar and vector kernels)
+    generate the same source at batch 1, 8 and 128, and their work counts follow the batch."""
     from tests.engine.test_cuda_resize import _attrs
     prog = C.epilogue_program([{"op": "bias", "input": 2}, {"op": "add", "input": 3},
                                {"op": "act", "fn": "relu"}], {2: 1, 3: 2})
 
     def made(batch):
         y = (batch, 7, 7, 64)
+        dw = C.DepthwiseConvSource((batch, 14, 14, 64), (3, 3), (2, 2), (1, 1), [1, 1, 1, 1],
+                                   y, 1, "float16", "float16", [{"op": "act", "fn": "relu"}],
+                                   {})
         pw = C.PointwiseSource(prog, [y, (64,), y], ["float32", "float16", "float16"], y,
                                "float16")
         cat = C.ConcatSource([(batch, 14, 14, 96), (batch, 14, 14, 32)], 3, "float16")
         rs = C.ResizeSource.plan((batch, 8, 8, 16),
                                  _attrs((batch, 8, 8, 16), (batch, 16, 16, 16), "linear",
                                         "half_pixel", None), "float16", "float16")
-        return pw, cat, rs
+        return pw, cat, rs, dw
 
-    (pw1, cat1, rs1), *rest = [made(b) for b in (1, 8, 128)]
-    assert set(pw1.sources) == {False, True}
-    for b, (pw, cat, rs) in zip((8, 128), rest):
+    (pw1, cat1, rs1, dw1), *rest = [made(b) for b in (1, 8, 128)]
+    assert set(pw1.sources) == {False, True} and dw1.vec_source
+    for b, (pw, cat, rs, dw) in zip((8, 128), rest):
         assert pw.sources == pw1.sources and cat.source == cat1.source and \
-            rs.source == rs1.source, f"a source changed with the batch size ({b})"
+            rs.source == rs1.source and (dw.source, dw.vec_source) == \
+            (dw1.source, dw1.vec_source), f"a source changed with the batch size ({b})"
         assert pw.work(False) == b * pw1.work(False) and pw.work(True) == b * pw1.work(True)
         assert cat.work == b * cat1.work and rs.work == b * rs1.work
+        assert dw.work == b * dw1.work and dw.vec_work == b * dw1.vec_work

@@ -511,7 +511,8 @@ class DepthwiseConvSource:
     """CUDA source of kernel ``dwconv(x, wt, *operands, y)``: 2-D depthwise convolution, NHWC,
     output channel k reads input channel k // mult, with the layer's epilogue fused. ``wt`` is
     the filter as float32 [kh * kw, K]; :attr:`operands` lists the epilogue operands' layer
-    input indices in parameter order; :attr:`work` threads in a grid-stride loop. Each thread
+    input indices in parameter order, then the work count (:data:`WORK_PARAM`: :attr:`work`
+    threads in a grid-stride loop, :attr:`vec_work` for ``dwconv_vec``). Each thread
     computes TW consecutive output columns of one channel, keeping the input row segment in
     registers."""
 
@@ -539,10 +540,11 @@ class DepthwiseConvSource:
         params = [f"const {ict}* __restrict__ x", "const float* __restrict__ wt"]
         params += [f"const {ctype(operand_modes[i][1])}* __restrict__ e{i}" for i in ops]
         params.append(f"{oct_}* __restrict__ y")
+        params.append(WORK_PARAM)
         epi_src = "\n        ".join(_dw_epilogue(epilogue, operand_modes, "acc", ""))
         self.source = PRELUDE + f"""
 extern "C" __global__ void dwconv({", ".join(params)}) {{
-  for ({it} t = ({it})blockIdx.x * blockDim.x + threadIdx.x; t < {self.work};
+  for ({it} t = ({it})blockIdx.x * blockDim.x + threadIdx.x; t < work;
        t += ({it})gridDim.x * blockDim.x) {{
     const int k = t % {kout};
     {it} r = t / {kout};
@@ -645,7 +647,7 @@ extern "C" __global__ void dwconv({", ".join(params)}) {{
         vparams = ", ".join(params)
         return PRELUDE + f"""
 extern "C" __global__ void dwconv_vec({vparams}) {{
-  for ({it} t = ({it})blockIdx.x * blockDim.x + threadIdx.x; t < {self.vec_work};
+  for ({it} t = ({it})blockIdx.x * blockDim.x + threadIdx.x; t < work;
        t += ({it})gridDim.x * blockDim.x) {{
     const int k = (int)(t % {cv}) * {V};
     {it} r = t / {cv};

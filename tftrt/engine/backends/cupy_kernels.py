@@ -100,8 +100,8 @@ class DepthwiseConvKernel(DepthwiseConvSource):
         if self.vec_source is not None and all(a.data.ptr % 16 == 0 for a in args):
             if self._vec_kernel is None:
                 self._vec_kernel = _raw_kernel(self.vec_source, "dwconv_vec")
-            launch(self._vec_kernel, self.vec_work, args)
+            launch(self._vec_kernel, self.vec_work, args, pass_work=True)
             return
         if self._kernel is None:
             self._kernel = _raw_kernel(self.source, "dwconv")
-        launch(self._kernel, self.work, args)
+        launch(self._kernel, self.work, args, pass_work=True)
