@@ -491,6 +491,24 @@ def _vec_type(nbytes: int):
 
 
 # --- depthwise convolution (NHWC, group == C_in) -------------------------------------------------
+def dw_operand_modes(net, layer) -> Dict[int, Tuple[str, str]]:
+    """The depthwise kernels' epilogue operands of conv ``layer`` of ``net``: layer input
+    index -> ("vec" (per output channel) | "full" (the output's shape), dtype name). Raises
+    ValueError for any other broadcast."""
+    ys = tuple(net.tensors[layer.outputs[0]].shape)
+    modes = {}
+    for e in layer.epilogue:
+        if "input" in e:
+            t = net.tensors[layer.inputs[e["input"]]]
+            s = tuple(t.shape)
+            mode = "vec" if s == (ys[-1],) else "full" if s == ys else None
+            if mode is None:
+                raise ValueError(f"epilogue operand of shape {s} for y {ys}: only per channel "
+                                 f"or full")
+            modes[e["input"]] = (mode, np.dtype(t.dtype).name)
+    return modes
+
+
 def _dw_epilogue(epilogue, operand_modes, acc: str, lane: str) -> List[str]:
     """C statements applying ``epilogue`` to the float ``acc`` of output channel ``k`` at
     ``oidx`` (``lane``: the offset of a vector lane, "" or " + v"); operand ``i`` is ``e<i>``,

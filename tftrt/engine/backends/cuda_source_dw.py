@@ -35,7 +35,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from tftrt.engine.backends.cuda_source import (PRELUDE, _dw_epilogue, _vec_type, ctype,
-                                               load_expr, store_expr)
+                                               dw_operand_modes, load_expr, store_expr)
 
 KERNEL = "dw_tiled"
 SMEM_LIMIT = 48 * 1024       # static shared memory of one block
@@ -404,15 +404,7 @@ def layer_params(net, layer) -> dict:
     if any(int(d) != 1 for d in a.get("dilations", (1, 1))):
         raise ValueError(f"the tiled depthwise kernel takes dilation 1, not "
                          f"{list(a['dilations'])}")
-    modes = {}
-    for e in layer.epilogue:
-        if "input" in e:
-            s = tuple(net.tensors[layer.inputs[e["input"]]].shape)
-            mode = "vec" if s == (ys[-1],) else "full" if s == ys else None
-            if mode is None:
-                raise ValueError(f"epilogue operand of shape {s} for y {ys}: only per channel "
-                                 f"or full")
-            modes[e["input"]] = (mode, np.dtype(net.tensors[layer.inputs[e["input"]]].dtype).name)
+    modes = dw_operand_modes(net, layer)
     return dict(x_shape=xs, k_hw=ws[1:3], strides=a.get("strides", (1, 1)),
                 pads=a.get("pads", (0, 0, 0, 0)), out_shape=ys,
                 in_dtype=np.dtype(net.tensors[x].dtype).name,

@@ -28,6 +28,7 @@ import cupy as cp
 
 from tftrt.engine.backends import cupy_kernels as K
 from tftrt.engine.backends import cupy_kernels_nn as KN
+from tftrt.engine.backends.cuda_source import dw_operand_modes
 from tftrt.engine.backends.cupy_dnn import (ConvSpec, CudnnConv, CudnnSdpa, GemmSpec, LtGemm,
                                             SdpaSpec, gpu_time)
 from tftrt.engine.backends.numpy_ops import attention_p_dtype
@@ -287,6 +288,16 @@ def _lt_epilogue(net, layer, y_shape, n_dim: int):
     return name, bias, res, k
 
 
+def _gemm_key(spec: GemmSpec) -> str:
+    """A cuBLASLt GEMM's key in ``_SHARED`` and the build cache."""
+    return "lt|" + json.dumps(spec.key(), default=str)
+
+
+def _gemm_id(spec: GemmSpec) -> str:
+    """The short name of a GEMM that a recorded algorithm index belongs to (``"for"``)."""
+    return hashlib.sha1(_gemm_key(spec).encode()).hexdigest()[:16]
+
+
 class GemmImpl(Impl):
     """matmul (and 1x1 stride-1 conv) as one cuBLASLt call with its epilogue."""
 
@@ -327,12 +338,11 @@ class GemmImpl(Impl):
         self.post = Epilogue(net, layer, layer.epilogue[nf:])
         self.workspace = self.gemm.workspace
         self.a_name, self.b_name = a_name, b_name
-        set_record(layer, dict(self.gemm.choice(), **{"for": self._for}))
+        set_record(layer, dict(self.gemm.choice(), **{"for": _gemm_id(self.gemm.spec)}))
 
     def _build(self, net, layer, spec, rec, a_name, b_name):
-        key = "lt|" + json.dumps(spec.key(), default=str)
-        self._for = hashlib.sha1(key.encode()).hexdigest()[:16]
-        if rec and rec.get("for", self._for) != self._for:
+        key = _gemm_key(spec)
+        if rec and rec.get("for", _gemm_id(spec)) != _gemm_id(spec):
             # A choice recorded for another shape (a profile's opt engine, for this shape of
             # its range): its index names another algorithm here, one never checked for this
             # shape. Take cuBLASLt's own first pick, untimed (a new shape is not tuned).
@@ -490,17 +500,9 @@ class DepthwiseConv(Impl):
         if len(xs) != 4 or a["group"] != xs[-1] or ws_[-1] != 1:
             raise ValueError("not a 2-D depthwise conv")
         mult = ws_[0] // xs[-1]
-        ops = {}
-        for e in layer.epilogue:
-            if "input" in e:
-                s = _shape(net, layer.inputs[e["input"]])
-                mode = "vec" if s == (ys[-1],) else "full" if s == ys else None
-                if mode is None:
-                    raise ValueError("epilogue operand broadcast not supported")
-                ops[e["input"]] = (mode, _dtype(net, layer.inputs[e["input"]]))
         self.kernel = K.DepthwiseConvKernel(xs, ws_[1:3], a["strides"], a["dilations"],
                                             a["pads"], ys, mult, _dtype(net, x), _dtype(net, y),
-                                            layer.epilogue, ops)
+                                            layer.epilogue, dw_operand_modes(net, layer))
         self.wt = None
         if w in weights:
             self.wt = self._prep(weights[w])
