@@ -68,29 +68,41 @@ def _input(backend, shape, seed):
     return x
 
 
-# Functions whose own time (and what they call outside Python) says which library a first
-# call waits for: NVRTC compiles of generated kernels (CuPy), cuDNN plan builds (runtime
-# compilation included), graph building, CUDA-graph capture, cuBLASLt planning.
+# Where a first call waits, by library: (label, module hint, function names). cProfile names a
+# Python function by its own name and file, and a C / Cython / pybind method by its repr
+# ("<method 'build_plan_at_index' of 'cudnn._compiled_module.pygraph' objects>"): a frame
+# counts when the hint is in its file or repr (so our own ``plan`` functions are not taken for
+# cuBLASLt's) and the name is its name or the quoted / dotted name in the repr.
 _BUCKETS = (
-    ("cupy NVRTC compile", ("compile_with_cache", "_compile_with_cache", "compile_using_nvrtc",
-                            "_compile_module_with_cache")),
-    ("cuDNN plan build", ("build_plan_at_index",)),
-    ("cuDNN graph build", ("build_operation_graph", "create_execution_plan",
-                           "create_execution_plans", "validate", "check_support")),
-    ("cuDNN execute", ("execute_plan_at_index",)),
-    ("CUDA graph capture", ("begin_capture", "end_capture", "_capture", "upload")),
-    ("cuBLASLt plan", ("plan", "autotune")),
+    ("cupy NVRTC compile", "cupy", ("compile_with_cache", "_compile_with_cache",
+                                    "compile_using_nvrtc", "_compile_module_with_cache",
+                                    "compileProgram")),
+    ("cuDNN plan build", "cudnn", ("build_plan_at_index",)),
+    ("cuDNN graph build", "cudnn", ("build_operation_graph", "create_execution_plan",
+                                    "create_execution_plans", "validate", "check_support")),
+    ("cuDNN execute", "cudnn", ("execute_plan_at_index",)),
+    ("CUDA graph capture", "cupy", ("begin_capture", "end_capture", "upload")),
+    ("cuBLASLt heuristics", "nvmath", ("matmul_algo_get_heuristic",)),
 )
+
+
+def _matches(frame, hint: str, names) -> bool:
+    path, _line, label = frame
+    if hint not in path and hint not in label:
+        return False
+    return label in names or any(f"'{n}'" in label or f".{n}>" in label or f" {n}>" in label
+                                 for n in names)
 
 
 def where_time_went(prof, total_s: float) -> str:
     """Seconds per bucket of :data:`_BUCKETS` (cumulative time of the outermost matching
-    frames, so nested matches are not counted twice), and the rest."""
+    frames, so nested matches are not counted twice), the rest, and the functions with the
+    most own time."""
     import pstats
     st = pstats.Stats(prof)
     got = {}
-    for label, names in _BUCKETS:
-        frames = {f: v for f, v in st.stats.items() if f[2] in names}
+    for label, hint, names in _BUCKETS:
+        frames = {f: v for f, v in st.stats.items() if _matches(f, hint, names)}
         # drop frames called by another matching frame (their time is in the caller's)
         outer = [v for f, v in frames.items()
                  if not any(c in frames for c in v[4])]
