@@ -310,9 +310,8 @@ class CupyBackend(Backend):
     # one warning (answers as FP16 gives them), as before.
     @property
     def quantized_precisions(self) -> Tuple[str, ...]:
-        import os
-        raw = os.environ.get("TFTRT_CUPY_QUANTIZED", "").strip().lower()
-        return ("INT8", "FP8") if raw in ("1", "true") else ()
+        from tftrt.env import env_bool
+        return ("INT8", "FP8") if env_bool("TFTRT_CUPY_QUANTIZED", False) else ()
 
     def check_precision(self, precision: str) -> None:
         """EngineBuildError for a precision this GPU cannot run: FP8 below sm_89."""

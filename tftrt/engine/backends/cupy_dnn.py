@@ -26,6 +26,7 @@ import numpy as np
 import cupy as cp
 
 from tftrt.engine.errors import GpuTimeout
+from tftrt.env import env_bool
 
 log = logging.getLogger("tftrt.engine.cupy")
 
@@ -155,8 +156,7 @@ _kc: Dict[str, Any] = {"cache": None, "failed": False, "store": None, "saved": N
 
 
 def kernel_cache_enabled() -> bool:
-    raw = os.environ.get("TFTRT_CUDNN_KERNEL_CACHE", "0").strip().lower()
-    return raw in ("1", "true") and not _kc["failed"]
+    return env_bool("TFTRT_CUDNN_KERNEL_CACHE", False) and not _kc["failed"]
 
 
 def use_build_cache(store) -> None:

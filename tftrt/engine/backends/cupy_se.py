@@ -10,7 +10,6 @@ until these kernels have been checked on a GPU; otherwise the blocks stay unfuse
 from __future__ import annotations
 
 import functools
-import os
 from typing import Optional
 
 import numpy as np
@@ -21,13 +20,14 @@ from tftrt.engine.backends import cupy_kernels as K
 from tftrt.engine.backends.cuda_source_se import THREADS, SeSource
 from tftrt.engine.backends.cupy_layers import Impl, _scratch
 from tftrt.engine.network import Layer, Network
+from tftrt.env import env_bool
 
 _FLOATS = ("float16", "float32")
 
 
 def fuse_se() -> bool:
-    """``TFTRT_FUSE_SE`` is 1 / true."""
-    return os.environ.get("TFTRT_FUSE_SE", "").strip().lower() in ("1", "true")
+    """``TFTRT_FUSE_SE`` is 1 / true (TensorFlow's spellings, tftrt.env; default off)."""
+    return env_bool("TFTRT_FUSE_SE", False)
 
 
 def _sources(net: Network, layer: Layer, vec=None, sms: int = 132, split=None) -> SeSource:
