@@ -142,10 +142,12 @@ def host_library(tmp_path_factory):
     return _host_library(text, tmp_path_factory.mktemp("se"), "se"), srcs
 
 
-def _call(so, name, k, args):
+def _call(so, name, k, args, work=None):
+    """Kernel ``name`` of case ``k`` on ``args`` (and its work count, for the grid-stride
+    kernels that take one)."""
     fn = getattr(so, f"{name}_{k}")
     fn.restype = None
-    fn(*[_raw(a) for a in args])
+    fn(*[_raw(a) for a in args], *([] if work is None else [ctypes.c_longlong(work)]))
 
 
 @pytest.mark.parametrize("path", list(PATHS))
@@ -174,13 +176,13 @@ def test_se_kernels_match_numpy_on_the_host(host_library, path):
         y = np.zeros((n, h, w, c), dt)
         zero = np.zeros(max(c, cse), np.float32)
         b1, b2 = (b1, b2) if bias else (zero, zero)
-        _call(so, "se_pool", k, [x, part])
+        _call(so, "se_pool", k, [x, part], src.pool_work)
         if split:  # the weights [Cout, Cin], the hidden vector through memory
             _call(so, "se_fc1", k, [part, w1.astype(np.float32), b1, hidden])
             _call(so, "se_fc2", k, [hidden, w2.astype(np.float32), b2, gate])
         else:
             _call(so, "se_fc", k, [part, w1t, b1, w2t, b2, gate])
-        _call(so, "se_scale", k, [x, gate, y])
+        _call(so, "se_scale", k, [x, gate, y], src.scale_work)
         what = f"{path}: case {case}"
         assert src.split == split, what
         np.testing.assert_allclose(part.sum(axis=1), x.astype(np.float64).sum(axis=(1, 2)),

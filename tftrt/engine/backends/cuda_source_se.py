@@ -37,7 +37,8 @@ from typing import List
 import numpy as np
 
 from tftrt.engine.backends.cuda_source import (PRELUDE, _lit, _vec_type, activation_expr, ctype,
-                                               load_expr, program_lines, store_expr)
+                                               grid_stride_source, load_expr, program_lines,
+                                               store_expr)
 
 THREADS = 256
 # Enough threads in se_pool to fill a large GPU (H200: 132 SMs x 2048); a thread sums at
@@ -346,12 +347,5 @@ def _kernel(name: str, params: str, body: List[str]) -> str:
 
 
 def _grid_stride(name: str, params: str, it: str, work: int, lines: List[str]) -> str:
-    body = "\n    ".join("\n".join(lines).split("\n"))
-    return PRELUDE + f"""
-extern "C" __global__ void {name}({params}) {{
-  for ({it} t = ({it})blockIdx.x * blockDim.x + threadIdx.x; t < {work};
-       t += ({it})gridDim.x * blockDim.x) {{
-    {body}
-  }}
-}}
-"""
+    """cuda_source.grid_stride_source with ``lines`` as the body (work count argument last)."""
+    return grid_stride_source(name, params, it, work, "\n    ".join("\n".join(lines).split("\n")))
