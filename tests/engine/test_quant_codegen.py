@@ -59,11 +59,13 @@ def _host_source(sources) -> str:
     return head + "\n".join(body)
 
 
-def _run(so, name, k, *arrays):
+def _run(so, name, k, work, *arrays):
+    """Kernel ``name`` of source ``k`` on ``arrays``, then its work count (the last argument
+    of the grid-stride kernels)."""
     fn = getattr(so, f"{name}_{k}")
     fn.restype = None
     import ctypes
-    fn(*[ctypes.c_void_p(a.ctypes.data) for a in arrays])
+    fn(*[ctypes.c_void_p(a.ctypes.data) for a in arrays], ctypes.c_longlong(work))
 
 
 def _activation_input(rng, shape, dtype):
@@ -125,7 +127,7 @@ def test_quantize_kernels_match_numpy_on_the_host(tmp_path):
         want = _quant_want(x, src.cp, src.mode, inv, src.out_dtype)
         out = np.full(want.shape, 77, want.dtype)
         xin = x.view(np.uint16) if x.dtype == np.float16 else x
-        _run(so, "quantize", k, np.ascontiguousarray(xin),
+        _run(so, "quantize", k, src.work, np.ascontiguousarray(xin),
              out.view(np.uint16) if out.dtype == np.float16 else out)
         if src.mode == "e4m3":
             np.testing.assert_array_equal(out, want, err_msg=str(case))
@@ -199,15 +201,15 @@ def test_epilogue_kernels_match_numpy_on_the_host(tmp_path):
         src = S.QuantEpilogueSource(rows, n, ld, acc_dt, epi, modes, out_dt, out_scale)
         assert src.operands == sorted(ops)
         srcs.append((src.source, "qepi"))
-        cases.append((acc, ld, epi, ops, out_dt, out_scale))
+        cases.append((acc, ld, epi, ops, out_dt, out_scale, src.work))
     so = _host_library(_host_source(srcs), tmp_path, "qepi")
-    for k, (acc, ld, epi, ops, out_dt, out_scale) in enumerate(cases):
+    for k, (acc, ld, epi, ops, out_dt, out_scale, work) in enumerate(cases):
         want = _epilogue_reference(acc, ld, n, epi, ops, out_dt, out_scale)
         out = np.zeros((rows, n), out_dt)
         args = [acc] + [ops[i].view(np.uint16) if ops[i].dtype == np.float16 else ops[i]
                         for i in sorted(ops)]
         args.append(out.view(np.uint16) if out.dtype == np.float16 else out)
-        _run(so, "qepi", k, *[np.ascontiguousarray(a) for a in args])
+        _run(so, "qepi", k, work, *[np.ascontiguousarray(a) for a in args])
         np.testing.assert_array_equal(out, want, err_msg=str(EPI_CASES[k]))
 
 
@@ -224,7 +226,7 @@ def test_requantize_kernel_of_the_fused_cudnn_variant_on_the_host(tmp_path):
     assert src.operands == []
     so = _host_library(_host_source([(src.source, "qepi")]), tmp_path, "requant")
     out = np.full((rows, n), 77, np.int8)
-    _run(so, "qepi", 0, np.ascontiguousarray(y), out)
+    _run(so, "qepi", 0, src.work, np.ascontiguousarray(y), out)
     want = Q.quantize_int8(y, Q.inv_scale(scale))
     np.testing.assert_array_equal(out, want)
     assert list(out.reshape(-1)[:3]) == [0, 127, -127]

@@ -808,8 +808,7 @@ def test_every_pointwise_op_and_activation_kernel_matches_numpy():
         ins = [cp.asarray(x) for x in xs]
         for vec in k.sources:
             out = cp.zeros(SHAPE, want.dtype)
-            K.launch(k.kernel(vec), k.work(vec), [ins[i] for i in k.used] + [out],
-                     pass_work=True)
+            K.launch(k.kernel(vec), k.work(vec), [ins[i] for i in k.used] + [out])
             err = _mismatch(cp.asnumpy(out), want, what.split("/")[0])
             if err:
                 bad.append(f"{what} ({'vector' if vec else 'scalar'} kernel): {err}")

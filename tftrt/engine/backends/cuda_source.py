@@ -269,18 +269,20 @@ def epilogue_program(epilogue: Sequence[dict], operand_index: Dict[int, int],
     return prog
 
 
-# Kernels launched with ``cupy_kernels.launch(..., pass_work=True)`` take their work count as
-# the last parameter, ``const long long work``, instead of baking it into the source: the work
-# count is the one thing most kernels' sources take from the batch size, so the engines of a
-# profile's batch sizes share their compiled kernels (CuPy caches modules by source).
+# Kernels launched with ``cupy_kernels.launch`` take their work count as the last parameter,
+# ``const long long work``, instead of baking it into the source: the work count is the one
+# thing most kernels' sources take from the batch size, so the engines of a profile's batch
+# sizes share their compiled kernels (CuPy caches modules by source).
 WORK_PARAM = "const long long work"
 
 
-def grid_stride_source(name: str, params: str, it: str, work: int, body: str) -> str:
+def grid_stride_source(name: str, params: str, it: str, work: int, body: str,
+                       helpers: str = "") -> str:
     """CUDA source of kernel ``name(params, work)`` running ``body`` for every index ``t`` in
     [0, work) in a grid-stride loop (``it``: the index type, wide enough for ``work``; the
-    count itself is the last argument, :data:`WORK_PARAM`)."""
-    return PRELUDE + f"""
+    count itself is the last argument, :data:`WORK_PARAM`); ``helpers``: device functions
+    placed before the kernel."""
+    return PRELUDE + helpers + f"""
 extern "C" __global__ void {name}({params}, {WORK_PARAM}) {{
   for ({it} t = ({it})blockIdx.x * blockDim.x + threadIdx.x; t < work;
        t += ({it})gridDim.x * blockDim.x) {{

@@ -36,7 +36,8 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from tftrt.engine import quantization as Q
-from tftrt.engine.backends.cuda_source import PRELUDE, activation_expr, ctype, load_expr
+from tftrt.engine.backends.cuda_source import (activation_expr, ctype,
+                                               grid_stride_source, load_expr)
 
 INT8, FP8 = Q.FORMAT["INT8"], Q.FORMAT["FP8"]
 
@@ -147,15 +148,9 @@ class QuantizeSource:
             body = (f"const {it} r = t / {self.cp}; const int k = (int)(t - r * {self.cp});\n"
                     f"    const {it} src = r * {self.c} + k;\n"
                     f"    y[t] = k < {self.c} ? ({oct_})({conv}) : ({oct_}){zero};")
-        self.source = PRELUDE + helpers + f"""
-extern "C" __global__ void quantize(const {ctype(in_dtype)}* __restrict__ x,
-                                    {oct_}* __restrict__ y) {{
-  for ({it} t = ({it})blockIdx.x * blockDim.x + threadIdx.x; t < {self.work};
-       t += ({it})gridDim.x * blockDim.x) {{
-    {body}
-  }}
-}}
-"""
+        self.source = grid_stride_source(
+            "quantize", f"const {ctype(in_dtype)}* __restrict__ x, {oct_}* __restrict__ y", it,
+            self.work, body, helpers)
 
 
 def epilogue_statements(epilogue: Sequence[dict], loads: Dict[int, str], acc: str = "y"):
@@ -230,17 +225,11 @@ class QuantEpilogueSource:
         else:
             store = "out[t] = y;"
         src_index = "t" if self.ld == self.n else "r * " + str(self.ld) + " + k"
-        self.source = PRELUDE + (INT8_HELPERS if out_dtype == "int8" else "") + f"""
-extern "C" __global__ void qepi({", ".join(params)}) {{
-  for ({it} t = ({it})blockIdx.x * blockDim.x + threadIdx.x; t < {self.work};
-       t += ({it})gridDim.x * blockDim.x) {{
-    const {it} r = t / {self.n}; const int k = (int)(t - r * {self.n});
-    float y = {conv}(acc[{src_index}]);
-    {stmts}
-    {store}
-  }}
-}}
-"""
+        self.source = grid_stride_source(
+            "qepi", ", ".join(params), it, self.work,
+            f"const {it} r = t / {self.n}; const int k = (int)(t - r * {self.n});\n"
+            f"    float y = {conv}(acc[{src_index}]);\n    {stmts}\n    {store}",
+            INT8_HELPERS if out_dtype == "int8" else "")
         # r is unused when ld == n and no operand is per channel; keep the compilers quiet
         self.source = self.source.replace("const int k", "(void)r; const int k")
 

@@ -5,8 +5,8 @@ and epilogue sources come from ``cuda_source`` (strings only, testable without a
 
 Every kernel is CUDA C compiled by NVRTC through ``cupy.RawKernel`` with the layer's shapes baked
 in as constants, so one layer gets one specialised kernel; CuPy caches compiled kernels on disk.
-The grid-stride kernels take their work count as an argument instead (``launch(...,
-pass_work=True)``), so the engines of a profile's batch sizes mostly share their kernels.
+The grid-stride kernels take their work count as an argument instead (``launch`` passes it),
+so the engines of a profile's batch sizes mostly share their kernels.
 float16 is stored as ``unsigned short`` and converted with PTX ``cvt`` (no CUDA headers needed);
 all float16 arithmetic runs in float32, as the numpy reference does.
 """
@@ -56,7 +56,7 @@ class PointwiseKernel(PointwiseSource):
         work = self.work(vec)
         if work == 0:
             return
-        launch(self.kernel(vec), work, args + [out], pass_work=True)
+        launch(self.kernel(vec), work, args + [out])
 
 
 @functools.lru_cache(maxsize=None)
@@ -74,16 +74,14 @@ def _sm_count(dev: int) -> int:
 
 
 def launch(kernel: cp.RawKernel, work: int, args: Sequence, threads: int = THREADS,
-           grid_stride: bool = True, pass_work: bool = False) -> None:
-    """Launches ``kernel`` over ``work`` items on the current stream (grid-stride loop);
-    ``pass_work``: the kernel takes ``work`` as its last parameter
-    (``cuda_source.WORK_PARAM``), after ``args``."""
+           grid_stride: bool = True) -> None:
+    """Launches ``kernel`` over ``work`` items on the current stream (grid-stride loop). The
+    kernel takes ``work`` as its last parameter, after ``args`` (``cuda_source.WORK_PARAM``:
+    every kernel launched here is a grid-stride kernel whose source does not bake it in)."""
     blocks = (work + threads - 1) // threads
     if grid_stride:
         blocks = max(1, min(blocks, _device_sms() * 16))
-    if pass_work:
-        args = list(args) + [np.int64(work)]
-    kernel((blocks,), (threads,), tuple(args))
+    kernel((blocks,), (threads,), tuple(args) + (np.int64(work),))
 
 
 # --- depthwise convolution (NHWC, group == C_in) -------------------------------------------------
@@ -100,8 +98,8 @@ class DepthwiseConvKernel(DepthwiseConvSource):
         if self.vec_source is not None and all(a.data.ptr % 16 == 0 for a in args):
             if self._vec_kernel is None:
                 self._vec_kernel = _raw_kernel(self.vec_source, "dwconv_vec")
-            launch(self._vec_kernel, self.vec_work, args, pass_work=True)
+            launch(self._vec_kernel, self.vec_work, args)
             return
         if self._kernel is None:
             self._kernel = _raw_kernel(self.source, "dwconv")
-        launch(self._kernel, self.work, args, pass_work=True)
+        launch(self._kernel, self.work, args)

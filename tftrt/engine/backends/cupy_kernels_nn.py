@@ -98,7 +98,7 @@ class PoolKernel:
         if self.vec > 1 and (x.data.ptr % 16 or y.data.ptr % 16):
             raise RuntimeError("pool: vectorized kernel needs 16-byte aligned buffers")
         if self.work:
-            launch(self._kernel, self.work, [x, y], pass_work=True)
+            launch(self._kernel, self.work, [x, y])
 
 
 # --- row-wise kernels: softmax and layer normalization over the trailing axes ------------------
@@ -474,7 +474,7 @@ class PadKernel:
         if self.vec > 1 and (x.data.ptr % 16 or y.data.ptr % 16):
             raise RuntimeError("pad: vectorized kernel needs 16-byte aligned buffers")
         if self.work:
-            launch(self._kernel, self.work, [x, y], pass_work=True)
+            launch(self._kernel, self.work, [x, y])
 
 
 # --- reductions over one contiguous block of axes ------------------------------------------------
@@ -553,7 +553,7 @@ extern "C" __global__ void reduce(const {ct}* __restrict__ x, {oct_}* __restrict
             if self.O:
                 self._kernel((min(self.O, 65535),), (self.threads,), (x, y))
         elif self.work:
-            launch(self._kernel, self.work, [x, y], pass_work=True)
+            launch(self._kernel, self.work, [x, y])
 
 
 # --- resize --------------------------------------------------------------------------------------
@@ -577,7 +577,7 @@ class ResizeKernel:
         if self._kernel is None:
             self._kernel = _raw_kernel(self.src.source, "resize")
         if self.src.work:
-            launch(self._kernel, self.src.work, [x, *self.tables, y], pass_work=True)
+            launch(self._kernel, self.src.work, [x, *self.tables, y])
 
 
 # --- transpose -----------------------------------------------------------------------------------
@@ -631,7 +631,7 @@ class TransposeKernel:
             cp.copyto(y, x.transpose(self.perm))
             return
         if self.work:
-            launch(self._kernel, self.work, [x, y], pass_work=True)
+            launch(self._kernel, self.work, [x, y])
 
 
 class ConcatKernel(ConcatSource):
@@ -651,4 +651,4 @@ class ConcatKernel(ConcatSource):
         if self._kernel is None:
             self._kernel = _raw_kernel(self.source, "concat")
         if self.work:
-            launch(self._kernel, self.work, list(xs) + [y], pass_work=True)
+            launch(self._kernel, self.work, list(xs) + [y])

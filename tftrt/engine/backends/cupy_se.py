@@ -102,7 +102,7 @@ class SeLayer(Impl):
         part = ws[:s.part_bytes].view(cp.float32)
         gate = ws[s.gate_offset:s.gate_offset + s.gate_bytes].view(cp.float32)
         pool, *fcs, scale = self.kernels[vec]
-        K.launch(pool, s.pool_work, [x, part], pass_work=True)
+        K.launch(pool, s.pool_work, [x, part])
         if self.split:
             hidden = ws[s.hidden_offset:s.hidden_offset + s.hidden_bytes].view(cp.float32)
             fc1, fc2 = fcs
@@ -111,4 +111,4 @@ class SeLayer(Impl):
         else:
             fcs[0]((self.fc_blocks[0],), (THREADS,),
                    (part, self.w1, self.b1, self.w2, self.b2, gate))
-        K.launch(scale, s.scale_work, [x, gate, y], pass_work=True)
+        K.launch(scale, s.scale_work, [x, gate, y])
