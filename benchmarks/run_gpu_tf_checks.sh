@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The GPU checks that need TensorFlow's GPU build (gpu-host/pack-tensorflow.sh's install.sh ran:
 # /tmp/tfsite/env.sh), in one call before the zoo parts (run_gpu_zoo.sh):
-#   1. the squeeze-and-excitation kernels against the numpy engine (tests/gpu/test_se_gpu.py);
+#   1. the engine's GPU tests: every generated kernel against numpy (tests/gpu/test_cupy_backend.py),
+#      the tiled depthwise kernel and the squeeze-and-excitation kernels, split path included
+#      (tests/gpu/test_dw_gpu.py, tests/gpu/test_se_gpu.py with TFTRT_FUSE_SE=1);
 #   2. the engine-boundary tests through TensorFlow (tests/gpu/test_engine_boundaries.py:
 #      which op copies device -> host, with the profiler's op names printed), and
 #      profile_boundary.py --copies (which variant of a boundary copies: TF's own EagerPyFunc,
@@ -24,9 +26,13 @@ export PYTHONPATH="$repo:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVE
 export TFTRT_BACKEND=cupy
 cd "$repo"
 say() { echo "== $* at $(( $(date +%s) - start )) s" | tee -a "$log"; }
-say "se GPU tests"
-timeout 120 python3 -m pytest tests/gpu/test_se_gpu.py -q -p no:cacheprovider --tb=short \
-  -rf >> "$log" 2>&1; grep -E "passed|failed" "$log" | tail -1
+say "engine GPU tests (generated kernels)"
+TFTRT_CUDNN_CANDIDATES=2 timeout 240 python3 -m pytest tests/gpu/test_cupy_backend.py -q \
+  -p no:cacheprovider --tb=short -rf >> "$log" 2>&1; grep -E "passed|failed" "$log" | tail -1
+say "depthwise tiled and se GPU tests"
+TFTRT_FUSE_SE=1 timeout 150 python3 -m pytest tests/gpu/test_dw_gpu.py tests/gpu/test_se_gpu.py \
+  -q -s -p no:cacheprovider --tb=short -rf >> "$log" 2>&1
+grep -E "passed|failed|DIVERGES" "$log" | tail -4
 say "engine-boundary tests"
 timeout 150 python3 -m pytest tests/gpu/test_engine_boundaries.py -q -p no:cacheprovider \
   --tb=short -rA -s >> "$log" 2>&1; grep -E "passed|failed" "$log" | tail -1
