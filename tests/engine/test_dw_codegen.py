@@ -207,19 +207,21 @@ def _depthwise_layer(attrs, c=16, ws=None):
 
 
 def test_the_tactic_applies_only_when_switched_on(monkeypatch):
-    """``dw_tiled`` is registered for conv layers on CuPy; without TFTRT_DW_TILED=1 it
-    never applies, with it only to the depthwise convs the kernel takes."""
+    """``dw_tiled`` is registered for conv layers on CuPy; it applies by default to the
+    depthwise convs the kernel takes, and never with TFTRT_DW_TILED=0."""
     from tftrt.engine import tactics
     from tftrt.engine.backends import cupy_backend
     assert "dw_tiled" in [t.name for t in tactics._REGISTRY[("cupy", "conv")]]
     net, conv = _depthwise_layer({"group": 16, "pads": [1, 1, 1, 1]})
     assert conv.epilogue and DW.tiled_unsupported(net, conv) is None
     monkeypatch.delenv("TFTRT_DW_TILED", raising=False)
+    assert cupy_backend._dw_tiled(net, conv)
+    monkeypatch.setenv("TFTRT_DW_TILED", "0")
     assert not cupy_backend._dw_tiled(net, conv)
     monkeypatch.setenv("TFTRT_DW_TILED", "yes")  # not a boolean: the default, with a warning
-    assert not cupy_backend._dw_tiled(net, conv)
-    monkeypatch.setenv("TFTRT_DW_TILED", "True")
     assert cupy_backend._dw_tiled(net, conv)
+    monkeypatch.setenv("TFTRT_DW_TILED", "False")
+    assert not cupy_backend._dw_tiled(net, conv)
     monkeypatch.setenv("TFTRT_DW_TILED", "1")
     assert cupy_backend._dw_tiled(net, conv)
     p = DW.layer_params(net, conv)

@@ -608,6 +608,38 @@ def test_graph_replay_equals_eager(small_resnet):
         any(kind == "graph" for kind, _ in graph._impl.segments)
 
 
+def test_capture_never_frees_graphs_inside_it(small_resnet, monkeypatch):
+    """Contexts that captured CUDA graphs, dropped in reference cycles (garbage only Python's
+    cyclic collector frees), while new contexts capture with the collector running at every
+    allocation: no graph is destroyed inside a capture (CuPy would report
+    cudaErrorStreamCaptureUnsupported from Graph.__dealloc__ and leak it), every replay is
+    right."""
+    import gc
+    import sys
+    model, feeds = small_resnet
+    _, gpu = _engines(model, feeds, "FP16")
+    x = rand(*feeds["TensorRTInputPH_0"].shape, seed=0)
+    want = cp.asnumpy(gpu.create_execution_context().execute([x])[0])
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", seen.append)
+    threshold = gc.get_threshold()
+    try:
+        gc.set_threshold(1, 1, 1)
+        for _ in range(4):
+            ctx = gpu.create_execution_context()
+            for _ in range(2):  # the second call captures
+                np.testing.assert_allclose(cp.asnumpy(ctx.execute([x])[0]), want, rtol=1e-3,
+                                           atol=1e-4)
+            assert any(kind == "graph" for kind, _ in ctx._impl.segments)
+            cycle = [ctx]
+            cycle.append(cycle)
+            del ctx, cycle
+    finally:
+        gc.set_threshold(*threshold)
+    gc.collect()
+    assert not seen, [f"{u.exc_type.__name__}: {u.exc_value} in {u.object!r}" for u in seen]
+
+
 def test_plan_round_trip_without_retuning(small_resnet, monkeypatch):
     from tftrt.engine.backends import cupy_dnn
     model, feeds = small_resnet

@@ -1,8 +1,8 @@
-"""The ``se`` layer on CuPy (TFTRT_FUSE_SE=1) against the numpy engine: EfficientNet /
+"""The ``se`` layer on CuPy (on unless TFTRT_FUSE_SE=0) against the numpy engine: EfficientNet /
 MobileNetV3 / GEMM blocks in FP32 and FP16, eager and CUDA-graph replay, the vector and the
 scalar (unaligned) kernels, several pool slices at EfficientNetB0's first block's size, both
 gate paths (a block per sample; at batch 1 with large FC matrices the split path, se_fc1 +
-se_fc2, and the path each case takes asserted); and without the switch the blocks stay
+se_fc2, and the path each case takes asserted); and with TFTRT_FUSE_SE=0 the blocks stay
 unfused on CuPy.
 
 On the GPU machine (the tests set TFTRT_BACKEND=cupy and TFTRT_FUSE_SE=1 themselves):
@@ -143,8 +143,8 @@ def test_both_paths_agree_on_a_batch_one_block(precision):
                                else 1e-5, atol=1e-6)
 
 
-def test_without_the_switch_blocks_stay_unfused(monkeypatch):
-    monkeypatch.delenv("TFTRT_FUSE_SE")
+def test_switched_off_blocks_stay_unfused(monkeypatch):
+    monkeypatch.setenv("TFTRT_FUSE_SE", "0")
     net, x = _se_net(style="efficientnet")
     ref, gpu = _engines(net, x, "FP16")
     assert "se" not in [l.kind for l in gpu.network.layers]

@@ -91,8 +91,8 @@ def _depthwise(net, layer) -> bool:
 
 
 def _dw_tiled(net, layer) -> bool:
-    """The shared-memory tiled depthwise kernel (cupy_dw), opt-in with TFTRT_DW_TILED=1 until
-    it has run on a GPU, for the layers it takes (multiplier 1, dilation 1, stride 1 / 2)."""
+    """The shared-memory tiled depthwise kernel (cupy_dw), unless TFTRT_DW_TILED=0, for the
+    layers it takes (multiplier 1, dilation 1, stride 1 / 2)."""
     from tftrt.engine.backends import cuda_source_dw as DW
     return DW.enabled() and _depthwise(net, layer) and DW.tiled_unsupported(net, layer) is None
 
@@ -164,7 +164,8 @@ def impl_table() -> Dict[str, Dict[str, Tuple[type, ...]]]:
     from tftrt.engine.backends import cupy_quant as QK
     from tftrt.engine.backends import cupy_se as SE
     table = {
-        "conv": {"cudnn": (L.ConvCudnn,),
+        # a depthwise conv that cuDNN cannot run (some FP16 shapes) takes the direct kernel
+        "conv": {"cudnn": (L.ConvCudnn, L.DepthwiseConv),
                  "lt_1x1": (L.ConvGemm, L.ConvCudnn),
                  "dw_direct": (L.DepthwiseConv, L.ConvCudnn),
                  "dw_tiled": (DW.DepthwiseTiled, L.DepthwiseConv, L.ConvCudnn),
@@ -178,7 +179,7 @@ def impl_table() -> Dict[str, Dict[str, Tuple[type, ...]]]:
                    "q_lt": (QK.QuantGemmLt, QK.QuantEmulated),
                    "q_emulated": (QK.QuantEmulated,)},
         "attention": {"sdpa": (L.AttentionCudnn, L.AttentionCupy)},
-        "se": {"default": (SE.SeLayer,)},  # opt-in: TFTRT_FUSE_SE=1 (accepts_layer)
+        "se": {"default": (SE.SeLayer,)},  # TFTRT_FUSE_SE=0 turns it off (accepts_layer)
         "pointwise": {"default": (L.Pointwise,)},
         "pool": {"default": (L.Pool,)},
         "softmax": {"default": (L.Softmax,)},
@@ -346,12 +347,12 @@ class CupyBackend(Backend):
 
     def accepts_layer(self, net: Network, layer: Layer) -> bool:
         """Whether a fused layer a late pass proposes runs well here (passes/__init__.py):
-        ``attention`` when cuDNN's SDPA builds for it; ``se`` only with ``TFTRT_FUSE_SE=1``
-        (its kernels are not yet validated on a GPU) and when they take the layer."""
+        ``attention`` when cuDNN's SDPA builds for it; ``se`` when its kernels take the layer
+        (and ``TFTRT_FUSE_SE`` is not 0)."""
         if layer.kind == "se":
             from tftrt.engine.backends import cupy_se
             why = cupy_se.se_unsupported(net, layer) if cupy_se.fuse_se() else \
-                "TFTRT_FUSE_SE is not 1"
+                "TFTRT_FUSE_SE=0"
             if why:
                 log.debug("se %s stays unfused: %s", layer.name, why)
             return why is None
@@ -543,7 +544,8 @@ class CupyExecutionContext:
                 pool = cp.cuda.MemoryPool()
                 graph = None
                 try:
-                    with DEVICE_WIDE, cp.cuda.using_allocator(pool.malloc):
+                    with DEVICE_WIDE, _lazy()[0].gc_paused(), \
+                            cp.cuda.using_allocator(pool.malloc):
                         self.stream.begin_capture(mode=_CAPTURE_MODE)
                         try:
                             self._run_steps(steps)

@@ -15,6 +15,8 @@ loaded plan rebuilds exactly the chosen kernel without timing again.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import os
 import threading
@@ -49,6 +51,23 @@ _RTC_BUILD_S = 0.05
 _CAPTURE_MODE = getattr(cp.cuda.runtime, "streamCaptureModeThreadLocal", 1)
 
 
+@contextlib.contextmanager
+def gc_paused():
+    """Python's cyclic garbage collector off for the block (a CUDA-graph capture): a collection
+    inside it may free an unreachable engine whose CUDA graphs CuPy then destroys, and
+    cudaGraphExecDestroy is not permitted while a stream captures (seen on an H200: "Exception
+    ignored in Graph.__dealloc__: cudaErrorStreamCaptureUnsupported", the graph leaked and, in
+    the thread-local mode, the capture invalidated). Objects that become garbage meanwhile are
+    collected after the block."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 # --- timing --------------------------------------------------------------------------------------
 # Seconds a build-time timing run may take before the build gives up on it (a kernel that
 # never finishes must fail the build with a message, not hang the caller's process).
@@ -80,12 +99,13 @@ def gpu_time(fn: Callable[[], None], stream: cp.cuda.Stream, reps: int = 10,
         fn()
         graph = None
         try:
-            stream.begin_capture(mode=_CAPTURE_MODE)
-            try:
-                for _ in range(reps):
-                    fn()
-            finally:
-                graph = stream.end_capture()
+            with gc_paused():
+                stream.begin_capture(mode=_CAPTURE_MODE)
+                try:
+                    for _ in range(reps):
+                        fn()
+                finally:
+                    graph = stream.end_capture()
         except Exception:
             graph = None
         e0, e1 = cp.cuda.Event(), cp.cuda.Event()

@@ -2,9 +2,8 @@
 ``cuda_source_dw`` (a block stages an input tile with its halo, each thread computes several
 outputs of one channel from it), the layer's epilogue fused.
 
-Opt-in: the CuPy backend offers the tactic only with ``TFTRT_DW_TILED=1``
-(``cuda_source_dw.enabled``) until the kernel has been checked on a GPU; then the builder
-times it against ``dw_direct`` and cuDNN like any other candidate.
+The CuPy backend offers the tactic unless ``TFTRT_DW_TILED=0`` (``cuda_source_dw.enabled``);
+the builder times it against ``dw_direct`` and cuDNN like any other candidate.
 """
 
 from __future__ import annotations

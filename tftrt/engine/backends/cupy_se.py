@@ -3,8 +3,9 @@ of ``cuda_source_se`` -- pool partial sums, the gate (a block per sample, or for
 FC1 and FC2 spread over blocks: the split path), the scale -- with the partial sums, the gate
 and the split path's hidden vector in the layer's scratch.
 
-Opt-in: the CuPy backend accepts ``se`` layers only with ``TFTRT_FUSE_SE=1`` (``fuse_se``)
-until these kernels have been checked on a GPU; otherwise the blocks stay unfused.
+On by default since an H200 checked them (tests/gpu/test_se_gpu.py) and timed them
+(EfficientNetB0 batch 1 0.735 -> 0.401 ms with the tiled depthwise kernel, benchmarks/README.md);
+``TFTRT_FUSE_SE=0`` (``fuse_se``) keeps the blocks unfused.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ _FLOATS = ("float16", "float32")
 
 
 def fuse_se() -> bool:
-    """``TFTRT_FUSE_SE`` is 1 / true (TensorFlow's spellings, tftrt.env; default off)."""
-    return env_bool("TFTRT_FUSE_SE", False)
+    """``TFTRT_FUSE_SE`` is not 0 / false (TensorFlow's spellings, tftrt.env; default on)."""
+    return env_bool("TFTRT_FUSE_SE", True)
 
 
 def _sources(net: Network, layer: Layer, vec=None, sms: int = 132, split=None) -> SeSource:

@@ -30,8 +30,8 @@ What is matched, from a ``reduce`` mean over every spatial axis of x [N, *S, C]:
 
 Weights are stored [Cout, Cin] (``w1`` [Cse, C], ``w2`` [C, Cse]) in the FC layers' dtype.
 The pass runs after precision assignment (``LATE_PASSES``), in every precision; the backend's
-``accept(net, layer)`` may veto each fused layer (the CuPy backend takes it only with
-``TFTRT_FUSE_SE=1`` until its kernels have been validated on a GPU).
+``accept(net, layer)`` may veto each fused layer (the CuPy backend takes it unless
+``TFTRT_FUSE_SE=0``).
 """
 
 from __future__ import annotations
