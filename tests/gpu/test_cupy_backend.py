@@ -640,40 +640,6 @@ def test_capture_never_frees_graphs_inside_it(small_resnet, monkeypatch):
     assert not seen, [f"{u.exc_type.__name__}: {u.exc_value} in {u.object!r}" for u in seen]
 
 
-def test_cudnn_graphs_build_in_parallel_with_the_same_answers(small_resnet, monkeypatch):
-    """TFTRT_BUILD_THREADS=4: the builder's prebuild makes the conv layers' cuDNN graphs on
-    threads, every one is taken by its layer (nothing left in _PREBUILT), no graph is built
-    again one at a time, and the engine's answers equal a one-thread build's; the same for an
-    engine built from the recorded choices (what a profile's other shapes do)."""
-    from tftrt.engine.backends import cupy_dnn, cupy_layers
-    model, feeds = small_resnet
-    x = [feeds["TensorRTInputPH_0"]]
-    monkeypatch.setenv("TFTRT_BUILD_THREADS", "1")
-    cupy_layers._SHARED.clear()
-    _, one = _engines(model, feeds, "FP16")
-    want = cp.asnumpy(one.execute(x)[0])
-    real, counts = cupy_dnn.CudnnConv.__init__, {"main": 0, "worker": 0}
-
-    def counted(self, *a, **k):
-        import threading
-        counts["worker" if threading.current_thread().name.startswith("tftrt-cudnn")
-               else "main"] += 1
-        real(self, *a, **k)
-    monkeypatch.setattr(cupy_dnn.CudnnConv, "__init__", counted)
-    for record in (False, True):
-        monkeypatch.setenv("TFTRT_BUILD_THREADS", "4")
-        cupy_layers._SHARED.clear()
-        counts.update(main=0, worker=0)
-        if record:  # the tuned choices recorded in the plan: one plan per graph
-            got_engine = deserialize_engine(one.serialize())
-        else:
-            _, got_engine = _engines(model, feeds, "FP16")
-        assert counts["worker"] >= 2 and counts["main"] == 0, (record, counts)
-        assert not cupy_layers._PREBUILT, list(cupy_layers._PREBUILT)
-        np.testing.assert_allclose(cp.asnumpy(got_engine.execute(x)[0]), want, rtol=2e-2,
-                                   atol=2e-2 * max(1.0, float(np.abs(want).max())))
-
-
 def test_plan_round_trip_without_retuning(small_resnet, monkeypatch):
     from tftrt.engine.backends import cupy_dnn
     model, feeds = small_resnet

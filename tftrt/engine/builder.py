@@ -179,7 +179,6 @@ def build_engine(model_or_network: Union[onnx.ModelProto, Network],
             net.weights[k], weights[k] = config.weight_cache.share(backend, k, v)
     else:
         weights = {k: backend.upload(v) for k, v in net.weights.items()}
-    prebuild(backend, net)
     if config.tactic_timing:
         timings = choose_tactics(net, backend, weights, config.timing_cache,
                                  choices=config.tactic_choices)
@@ -212,14 +211,6 @@ def _finish(net: Network, backend, precision: str, weights: Dict[str, Any], conf
     return engine
 
 
-def prebuild(backend, net: Network) -> None:
-    """Optional backend hook: work on the whole network before its layers are prepared one by
-    one (the CuPy backend builds its cuDNN graphs on several threads)."""
-    hook = getattr(backend, "prebuild", None)
-    if callable(hook):
-        hook(net)
-
-
 def build_engine_from_template(template, input_shapes: Dict[str, Sequence[int]],
                                opt_engine: Engine,
                                config: Optional[BuilderConfig] = None) -> Engine:
@@ -243,7 +234,6 @@ def build_engine_from_template(template, input_shapes: Dict[str, Sequence[int]],
     net = template.network_for(input_shapes)
     choices = {l.name: layer_choice(l) for l in opt_engine.network.layers}
     choose_tactics(net, backend, opt_engine.weights, None, choices=choices)
-    prebuild(backend, net)
     cfg = {k: v for k, v in opt_engine.config.items() if k != "profiles"}
     engine = _finish(net, backend, opt_engine.precision, opt_engine.weights, cfg, config)
     engine.build_info = {"seconds": time.perf_counter() - t0, "tactic_timings": {},

@@ -195,7 +195,5 @@ def _engine_from_header(data: bytes, header: dict, backend: Optional[str]) -> En
                             count=int(np.prod(w["shape"], dtype=np.int64)), offset=w["offset"])
         net.weights[k] = arr.astype(np.dtype(w["dtype"]), copy=True).reshape(w["shape"])
     net.layers = [Layer.from_json(l) for l in header["layers"]]
-    from tftrt.engine.builder import prebuild
-    prebuild(be, net)  # the recorded cuDNN plans, on several threads
     return Engine(net, be, header["precision"], MemoryPlan.from_json(header["memory"]),
                   header.get("config"), device=device)

@@ -403,17 +403,6 @@ class CupyBackend(Backend):
             return cp.random.randint(0, 2, shape).astype(dt)
         return cp.zeros(shape, dt)
 
-    def prebuild(self, net: Network) -> None:
-        """Builder hook, before the layers are prepared (and timed) one by one: the cuDNN
-        graphs of the conv layers, on several threads (cupy_layers.prebuild_convs)."""
-        try:
-            _lazy()[1].prebuild_convs(net, dict(self.options))
-        except GpuTimeout:
-            raise
-        except Exception as e:  # only a head start: the layers build what is missing
-            log.warning("building cuDNN graphs in parallel failed (%s: %s); they build one "
-                        "at a time", type(e).__name__, e)
-
     def prepare_layer(self, net: Network, layer: Layer, weights: Dict[str, Any]):
         impl = make_impl(net, layer, weights, dict(self.options),
                          strict=layer.kind in ("conv", "conv_transpose", "matmul"))

@@ -17,13 +17,10 @@ Protocol of an implementation ``impl``:
 
 from __future__ import annotations
 
-import concurrent.futures
 import hashlib
 import json
 import logging
-import os
-import threading
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
@@ -179,14 +176,22 @@ class ConvCudnn(Impl):
 
     def __init__(self, net, layer, weights, opts):
         super().__init__(net, layer, weights, opts)
-        x, w = layer.inputs[0], layer.inputs[1]
+        a = layer.attrs
+        transpose = layer.kind == "conv_transpose"
+        x, w, y = layer.inputs[0], layer.inputs[1], layer.outputs[0]
         self.dtype = _dtype(net, w)
         self.cast_x = _dtype(net, x) != self.dtype
-        spec, key = conv_spec(net, layer, opts)
+        # conv_transpose: IR w [Cin, *K, Cout/g] is the dgrad filter of the forward conv
+        # (K_fwd = Cin, C_fwd / g = Cout / g), already channels last.
+        wshape = _shape(net, w)
+        spec = ConvSpec(_shape(net, x), wshape, _shape(net, y), a["strides"], a["dilations"],
+                        a["pads"], a["group"], self.dtype, _dtype(net, y), layer.epilogue,
+                        _epilogue_operands(net, layer), opts.get("tf32", True), transpose)
+        key = signature(net, layer, ("tf32", spec.tf32))
         shared = _SHARED.get(key)
         if shared is None:
             rec = get_record(layer) or stored_choice(key)
-            shared = _SHARED[key] = self._build(net, layer, spec, rec, _take_prebuilt(key))
+            shared = _SHARED[key] = self._build(net, layer, spec, rec)
         self.conv, nf = shared
         self.post = Epilogue(net, layer, layer.epilogue[nf:])
         self.workspace = self.conv.workspace
@@ -194,27 +199,17 @@ class ConvCudnn(Impl):
         set_record(layer, self._rec)
         store_choice(key, self._rec)
 
-    def _build(self, net, layer, spec, rec, pre: Dict[Any, Any]):
-        """The cuDNN graph for ``spec`` and its number of fused epilogue ops: the recorded
-        choice ``rec`` when it builds, else every variant tuned. ``pre``: the graphs
-        :func:`prebuild_convs` built for this signature ("rec" / a variant -> CudnnConv, or
-        the exception its build raised)."""
-        def conv(nf, choice=None):
-            got = pre.get("rec" if choice is not None else nf)
-            if isinstance(got, Exception):
-                raise got
-            return got if got is not None else CudnnConv(spec, nf, choice)
-
+    def _build(self, net, layer, spec, rec):
         if rec is not None and "fused" in rec:
             try:
-                return conv(int(rec["fused"]), rec), int(rec["fused"])
+                return CudnnConv(spec, int(rec["fused"]), rec), int(rec["fused"])
             except Exception as e:
                 log.info("%s: recorded choice failed (%s); tuning again", layer.name, e)
-        variants = conv_variants(spec)
+        variants = sorted({spec.fusable_prefix(), 0}, reverse=True)
         built, errors = [], []
         for nf in variants:
             try:
-                built.append((conv(nf), nf))
+                built.append((CudnnConv(spec, nf), nf))
             except Exception as e:
                 errors.append(f"{nf} fused ops: {type(e).__name__}: {str(e)[:200]}")
         if not built:
@@ -257,112 +252,6 @@ class ConvCudnn(Impl):
 
     def record(self):
         return self._rec
-
-
-def conv_spec(net, layer, opts) -> Tuple[ConvSpec, str]:
-    """The :class:`ConvSpec` of a conv / conv_transpose layer on its tactic, and its key in
-    ``_SHARED`` and the build cache."""
-    a = layer.attrs
-    x, w, y = layer.inputs[0], layer.inputs[1], layer.outputs[0]
-    # conv_transpose: IR w [Cin, *K, Cout/g] is the dgrad filter of the forward conv
-    # (K_fwd = Cin, C_fwd / g = Cout / g), already channels last.
-    spec = ConvSpec(_shape(net, x), _shape(net, w), _shape(net, y), a["strides"],
-                    a["dilations"], a["pads"], a["group"], _dtype(net, w), _dtype(net, y),
-                    layer.epilogue, _epilogue_operands(net, layer), opts.get("tf32", True),
-                    layer.kind == "conv_transpose")
-    return spec, signature(net, layer, ("tf32", spec.tf32))
-
-
-def conv_variants(spec: ConvSpec) -> list:
-    """Numbers of fused epilogue ops tuned for a conv: all cuDNN can fuse, and none."""
-    return sorted({spec.fusable_prefix(), 0}, reverse=True)
-
-
-# --- cuDNN graphs built in parallel ------------------------------------------------------------
-# Building a plan of one of cuDNN's runtime-fusion engines compiles its kernel with NVRTC:
-# 30-250 ms per plan on an H200, most of a cold build (77 of 101 s for three models) and of a
-# first call at a new shape inside a profile (2.2 of 2.4 s for ResNet50: 11 plans). The
-# graphs of different layers are independent, so prebuild_convs builds those the layers will
-# ask for on a few threads (cuDNN handles are per thread) before the layers are prepared one
-# by one; ConvCudnn takes them from _PREBUILT. Timing stays sequential (on the GPU, alone).
-_PREBUILT: Dict[str, Dict[Any, Any]] = {}
-_PREBUILT_LOCK = threading.Lock()
-
-
-def build_threads() -> int:
-    """Threads building cuDNN graphs (``TFTRT_BUILD_THREADS``; default the host's cores, at
-    most 8; 1: one at a time, as layers are prepared)."""
-    raw = os.environ.get("TFTRT_BUILD_THREADS", "").strip()
-    if raw:
-        try:
-            return max(1, int(raw))
-        except ValueError:
-            log.warning("TFTRT_BUILD_THREADS=%r is not a number; using the default", raw)
-    return max(1, min(8, os.cpu_count() or 1))
-
-
-def _take_prebuilt(key: str) -> Dict[Any, Any]:
-    with _PREBUILT_LOCK:
-        return _PREBUILT.pop(key, {})
-
-
-def prebuild_convs(net: Network, opts: dict, threads: Optional[int] = None) -> int:
-    """Builds, on ``threads`` threads, the cuDNN graphs that preparing ``net``'s conv layers
-    on tactic ``cudnn`` will ask for: the recorded plan of a layer that has one (its
-    ``_cupy`` attribute, or the build cache), else each variant's candidate plans. Layers on
-    another tactic, signatures already built, and failures are left to the layer (which
-    raises the same error itself). Returns the number of graphs built."""
-    threads = build_threads() if threads is None else threads
-    if threads <= 1:
-        return 0
-    jobs: Dict[Tuple[str, Any], Tuple[ConvSpec, int, Optional[dict]]] = {}
-    for layer in net.layers:
-        if layer.kind not in ("conv", "conv_transpose") or layer.tactic not in (None, "cudnn"):
-            continue
-        if "quant" in layer.attrs or np.dtype(_dtype(net, layer.inputs[1])).kind != "f":
-            continue
-        saved, layer.tactic = layer.tactic, "cudnn"
-        try:
-            spec, key = conv_spec(net, layer, opts)
-            if key in _SHARED or any(k == key for k, _ in jobs):
-                continue
-            rec = get_record(layer) or stored_choice(key)
-        except Exception as e:  # the layer itself will say what is wrong
-            log.debug("prebuild of %s skipped: %s", layer.name, e)
-            continue
-        finally:
-            layer.tactic = saved
-        if rec is not None and "fused" in rec:
-            jobs[(key, "rec")] = (spec, int(rec["fused"]), rec)
-        else:
-            for nf in conv_variants(spec):
-                jobs[(key, nf)] = (spec, nf, None)
-    with _PREBUILT_LOCK:  # graphs an earlier build made and no layer took
-        _PREBUILT.clear()
-    if len(jobs) < 2:
-        return 0
-    from tftrt.engine.backends.cupy_dnn import cudnn_module
-    if cudnn_module() is None:
-        return 0
-    device = cp.cuda.Device().id
-
-    def build(job):
-        spec, nf, rec = job
-        with cp.cuda.Device(device):
-            try:
-                return CudnnConv(spec, nf, rec)
-            except Exception as e:
-                return e
-
-    with concurrent.futures.ThreadPoolExecutor(min(threads, len(jobs)),
-                                               thread_name_prefix="tftrt-cudnn") as pool:
-        results = dict(zip(jobs, pool.map(build, jobs.values())))
-    with _PREBUILT_LOCK:
-        for (key, variant), got in results.items():
-            _PREBUILT.setdefault(key, {})[variant] = got
-    built = sum(not isinstance(g, Exception) for g in results.values())
-    log.debug("prebuilt %d cuDNN graphs of %s on %d threads", built, net.name, threads)
-    return built
 
 
 # cuBLASLt's GELU epilogue is the tanh form. It differs from erf-GELU by at most 4.7e-4 (at
