@@ -13,6 +13,10 @@
 #        split path: their GPU tests, then ConvNeXtTiny / EfficientNetB0 / MobileNetV3Large
 #        with both off and both on (TFTRT_DW_TILED, TFTRT_FUSE_SE), fresh build caches;
 #        KERNEL_TESTS=0 skips the tests, BATCHES (default 1,8,128) picks the batch sizes
+#   bash benchmarks/run_gpu_checks.sh final [seconds]   the GPU tests of the depthwise / se
+#        defaults (the dw_tiled margin) and graph capture with the GC paused; first calls at
+#        new batch sizes of a ResNet50 profile (cold); MODELS (MobileNetV2,EfficientNetV2B0)
+#        with the tiled depthwise kernel and se fusion on (the defaults) and off
 #   bash benchmarks/run_gpu_checks.sh verify [seconds]  the se / INT8 tests again and a cold
 #        ResNet50 build with the candidate trace (runtime-compiled plans capped)
 # Needs the cuDNN-frontend / nvmath wheels and the networks in .whl (carry them); logs, rows
@@ -89,5 +93,29 @@ if [ "$stage" = verify ]; then  # the fixes of the two stages above, in one shor
   TFTRT_CUDNN_TRACE="$out/cudnn_trace_verify.jsonl" TFTRT_CACHE_DIR=/tmp/tftrt-cache-verify \
     timeout $(( $(left) - 5 )) python3 benchmarks/bench_engine.py --models ResNet50 \
     --precisions FP16 --batches 128 --peers= 2>&1 | grep -v "^# {" | tail -3
+fi
+if [ "$stage" = final ]; then  # the defaults turned on, in one call
+  echo "== GPU tests at $(( $(date +%s) - start )) s"
+  { timeout 100 python3 -m pytest tests/gpu/test_cupy_backend.py -q -p no:cacheprovider \
+      --tb=short -rf -k "capture_never or small_resnet"
+    timeout 120 python3 -m pytest tests/gpu/test_dw_gpu.py tests/gpu/test_se_gpu.py -q -s \
+      -p no:cacheprovider --tb=short -rf; } > "$out/final_tests.log" 2>&1
+  grep -E "passed|failed|FAILED|did not apply|^\(" "$out/final_tests.log" | tail -14
+  echo "== first calls at new batch sizes, cold, cuDNN graphs on threads at $(( $(date +%s) - start )) s"
+  rm -rf /tmp/tftrt-cache-final
+  TFTRT_CACHE_DIR=/tmp/tftrt-cache-final timeout 110 python3 \
+    benchmarks/bench_profile_shapes.py --backend cupy --precision FP16 \
+    --network .whl/networks/ResNet50.onnx.xz --max-batch 128 \
+    --batches 1,2,3,5,8,13,21,34,55,89,127 --profile-calls 2 \
+    --json "$out/profile_shapes_cold.json" 2>&1 | tee "$out/shapes_cold.log" | tail -16
+  for on in 1 0; do  # the new defaults, then both off; a fresh build cache each
+    echo "-- TFTRT_DW_TILED=$on TFTRT_FUSE_SE=$on at $(( $(date +%s) - start )) s"
+    rm -rf /tmp/tftrt-cache-f$on
+    TFTRT_DW_TILED=$on TFTRT_FUSE_SE=$on TFTRT_CACHE_DIR=/tmp/tftrt-cache-f$on \
+      BENCH_ROWS="$out/bench_final$on.jsonl" timeout $(( $(left) / (1 + on) - 5 )) python3 \
+      benchmarks/bench_engine.py --models ${MODELS:-MobileNetV2,EfficientNetV2B0} \
+      --precisions FP16 --batches 1,128 --peers= 2>&1 | tee "$out/bench_final$on.txt" \
+      | grep -v "^# {" | grep -v "^ \{3,\}" | tail -8
+  done
 fi
 echo "== done at $(( $(date +%s) - start )) s"

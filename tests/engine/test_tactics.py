@@ -112,3 +112,47 @@ def test_an_any_kind_tactic_prepares_every_default_layer(monkeypatch):
     with pytest.raises(EngineBuildError, match=r"layer \S+ \(pointwise\) cannot run here"):
         build_engine(relu, {"x": (2, 3)}, BuilderConfig())
     assert len(seen) == 2
+
+
+def test_a_tactic_with_a_margin_must_win_by_it():
+    from tftrt.engine.tactics import fastest
+    margins = {"tiled": 0.03}
+    assert fastest({"direct": 1.00, "tiled": 0.98, "cudnn": 1.20}, margins) == "direct"
+    assert fastest({"direct": 1.00, "tiled": 0.96, "cudnn": 1.20}, margins) == "tiled"
+    assert fastest({"direct": 1.00, "tiled": 0.98}, {}) == "tiled"
+    assert fastest({"tiled": 0.5}, margins) == "tiled"  # nothing else ran
+    # the fallback is the fastest of the others, whichever order they come in
+    assert fastest({"cudnn": 0.99, "tiled": 0.985, "direct": 1.0}, margins) == "cudnn"
+
+
+def test_timing_honours_a_registered_margin(monkeypatch):
+    import tftrt.engine.tactics as tactics
+    times = {"im2col_gemm": 1.0e-3, "gemm_1x1": 0.99e-3}
+    monkeypatch.setattr(tactics, "_time_runner",
+                        lambda backend, runner, inputs, repeats, what="": next(
+                            t for n, t in times.items() if repr(n) in what))
+    reg = tactics._REGISTRY[("numpy", "conv")]
+    gemm = next(t for t in reg if t.name == "gemm_1x1")
+    model = _pointwise_conv_model()
+    assert build_engine(model, {"x": (2, 6, 6, 8)}, BuilderConfig()).network.layers[0] \
+        .tactic == "gemm_1x1"
+    monkeypatch.setattr(gemm, "margin", 0.03)
+    assert build_engine(model, {"x": (2, 6, 6, 8)}, BuilderConfig()).network.layers[0] \
+        .tactic == "im2col_gemm"
+
+
+def test_forced_choices_apply_without_timing():
+    """BuilderConfig.tactic_choices is honoured with tactic_timing=False too (nothing is timed
+    either way); a choice that does not apply to the layer falls back to its first candidate."""
+    model = _pointwise_conv_model()
+    plain = build_engine(model, {"x": (2, 6, 6, 8)}, BuilderConfig(tactic_timing=False))
+    layer = plain.network.layers[0]
+    assert layer.tactic == "im2col_gemm"
+    for forced, want in (("gemm_1x1", "gemm_1x1"), ("depthwise_direct", "im2col_gemm")):
+        eng = build_engine(model, {"x": (2, 6, 6, 8)}, BuilderConfig(
+            tactic_timing=False, tactic_choices={layer.name: {"kind": "conv",
+                                                              "tactic": forced}}))
+        assert eng.network.layers[0].tactic == want and not eng.build_info["tactic_timings"]
+        x = rand(2, 6, 6, 8)
+        np.testing.assert_allclose(eng.execute([x])[0], run_ort(model, {"x": x})[0],
+                                   rtol=1e-4, atol=1e-5)

@@ -179,7 +179,7 @@ def build_engine(model_or_network: Union[onnx.ModelProto, Network],
             net.weights[k], weights[k] = config.weight_cache.share(backend, k, v)
     else:
         weights = {k: backend.upload(v) for k, v in net.weights.items()}
-    if config.tactic_timing:
+    if config.tactic_timing or config.tactic_choices is not None:  # choices: nothing timed
         timings = choose_tactics(net, backend, weights, config.timing_cache,
                                  choices=config.tactic_choices)
     else:

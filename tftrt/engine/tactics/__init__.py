@@ -45,6 +45,9 @@ class Tactic:
     name: str
     applies: Callable[[Network, Layer], bool]
     workspace: Callable[[Network, Layer], int]
+    # Timing picks this tactic only when it beats the fastest other candidate by this fraction
+    # (0: any win): for a tactic whose small wins may be timing noise (see choose_tactics).
+    margin: float = 0.0
 
 
 _REGISTRY: Dict[tuple, List[Tactic]] = {}
@@ -55,12 +58,26 @@ ANY_KIND = "*"
 
 def register_tactic(backend: str, kind: str, name: str,
                     applies: Optional[Callable[[Network, Layer], bool]] = None,
-                    workspace: Optional[Callable[[Network, Layer], int]] = None) -> None:
-    """Registers tactic ``name`` for layers of ``kind`` on ``backend`` (idempotent by name)."""
+                    workspace: Optional[Callable[[Network, Layer], int]] = None,
+                    margin: float = 0.0) -> None:
+    """Registers tactic ``name`` for layers of ``kind`` on ``backend`` (idempotent by name);
+    ``margin``: see :class:`Tactic`."""
     lst = _REGISTRY.setdefault((backend, kind), [])
     lst[:] = [t for t in lst if t.name != name]
     lst.append(Tactic(backend, kind, name, applies or (lambda n, l: True),
-                      workspace or (lambda n, l: 0)))
+                      workspace or (lambda n, l: 0), float(margin)))
+
+
+def fastest(times: Dict[str, float], margins: Dict[str, float]) -> str:
+    """The tactic timing picks from ``times`` (name -> seconds): the fastest, except that a
+    tactic with a margin must beat every other timed candidate by that fraction, else the
+    fastest of the others is taken."""
+    best = min(times, key=times.get)
+    m = margins.get(best, 0.0)
+    others = {k: v for k, v in times.items() if k != best}
+    if m > 0 and others and times[best] > (1.0 - m) * min(others.values()):
+        return fastest(others, margins)
+    return best
 
 
 def candidates(backend: str, net: Network, layer: Layer) -> List[Tactic]:
@@ -240,7 +257,7 @@ def choose_tactics(net: Network, backend, weights: Dict[str, object],
         if not times:
             layer.tactic = cands[0].name
             continue
-        layer.tactic = min(times, key=times.get)
+        layer.tactic = fastest(times, {c.name: c.margin for c in cands})
         timings[layer.name] = times
         if cache is not None:
             cache.put(key, layer.tactic, times[layer.tactic])
