@@ -17,6 +17,16 @@ pipeline does not): TF's identity EagerPyFuncs; the same returning a bool status
 engine nodes do; an EagerPyFunc that takes its input to CuPy and back through DLPack
 (tensor_bridge, no engine); the same plus an engine-sized device-to-device copy; the converted
 function. Prints each variant's D2H copies (bytes, the TF op that asked) over five calls.
+
+The H200 run of 2026-11-30 found the copy only where a tensor crossed DLPack (256 B per
+EagerPyFunc at batch 1: the whole (1, 64) float32 tensor), not in TF's own EagerPyFunc. The
+variants after it split that crossing: DLPack in only (the EagerPyFunc returns its input);
+DLPack out only (a fresh CuPy array returned); a DLPack output re-made by TensorFlow
+(tf.identity inside the function); the output written into a tensor TensorFlow allocated
+(tf.zeros on the GPU, taken to CuPy through DLPack, the TF tensor returned). Each variant also
+counts how often TF's script_ops copied an output to the op's device (its
+_maybe_copy_to_context_device, when the tensor's backing_device differs from the op's device
+name), with both names.
 """
 
 from __future__ import annotations
@@ -183,6 +193,40 @@ def copies(args) -> None:
         tensor_bridge.wait_for_engine()
         return [np.bool_(True), tensor_bridge.from_backend(out, "cupy", np.dtype("float32"))]
 
+    def dlpack_in_only(t):
+        arr = tensor_bridge.to_backend(t, "cupy")
+        tensor_bridge.wait_for_tensorflow([t], [arr])
+        return [np.bool_(True), t]
+
+    def dlpack_out_only(t):
+        import cupy as cp
+        out = cp.ones(tuple(t.shape), cp.float32)
+        tensor_bridge.wait_for_engine()
+        return [np.bool_(True), tensor_bridge.from_backend(out, "cupy", np.dtype("float32"))]
+
+    def dlpack_out_identity(t):
+        return [np.bool_(True), tf.identity(dlpack_round_trip(t)[1])]
+
+    def into_tf_allocated(t):
+        import cupy as cp
+        arr = tensor_bridge.to_backend(t, "cupy")
+        out_tf = tf.zeros(tuple(t.shape), tf.float32)
+        out = tensor_bridge.to_backend(out_tf, "cupy")
+        tensor_bridge.wait_for_tensorflow([t, out_tf], [arr, out])
+        cp.copyto(out, arr)
+        tensor_bridge.wait_for_engine()
+        return [np.bool_(True), out_tf]
+
+    from tensorflow.python.ops import script_ops
+    real_copy = script_ops._maybe_copy_to_context_device
+    copied = collections.Counter()
+
+    def counting_copy(tensor, device_name):
+        if tensor.backing_device != device_name:
+            copied[(tensor.backing_device, device_name)] += 1
+        return real_copy(tensor, device_name)
+    script_ops._maybe_copy_to_context_device = counting_copy
+
     def chain(body, with_flag):
         @tf.function
         def f(t):
@@ -202,11 +246,18 @@ def copies(args) -> None:
                 ("EagerPyFuncs returning [status, t], tf.cond on it", chain(with_status, True)),
                 ("EagerPyFuncs: DLPack to CuPy and back", chain(dlpack_round_trip, True)),
                 ("EagerPyFuncs: DLPack, a D2D copy, waits", chain(dlpack_and_copy, True)),
+                ("EagerPyFuncs: DLPack in only", chain(dlpack_in_only, True)),
+                ("EagerPyFuncs: DLPack out only (fresh CuPy array)",
+                 chain(dlpack_out_only, True)),
+                ("EagerPyFuncs: DLPack out, then tf.identity", chain(dlpack_out_identity, True)),
+                ("EagerPyFuncs: written into a TF-allocated output", chain(into_tf_allocated,
+                                                                           True)),
                 ("the converted function (3 engines)", lambda: fn(x=x))]
     for k, (name, call) in enumerate(variants):
         for _ in range(3):
             call()
         logdir = os.path.join(args.copies, f"v{k}")
+        copied.clear()
         tf.profiler.experimental.start(logdir)
         for _ in range(5):
             call()
@@ -215,6 +266,9 @@ def copies(args) -> None:
         found = collections.Counter((size, op) for plane, _n, size, op in d2h_copies(logdir)
                                     if "GPU" in plane)
         print(f"{name}: {sum(found.values())} D2H copies in 5 calls", flush=True)
+        for (backing, device), n in copied.items():
+            print(f"    script_ops copied {n} outputs to the op's device: backing_device "
+                  f"{backing!r}, op device {device!r}", flush=True)
         for (size, op), n in sorted(found.items(), key=lambda kv: -kv[1]):
             print(f"    {n:3d} x {size} B  {op}", flush=True)
 

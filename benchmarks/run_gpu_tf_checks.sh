@@ -38,7 +38,7 @@ timeout 150 python3 -m pytest tests/gpu/test_engine_boundaries.py -q -p no:cache
   --tb=short -rA -s >> "$log" 2>&1; grep -E "passed|failed" "$log" | tail -1
 say "which boundary variant copies device -> host (profile_boundary.py --copies)"
 timeout 120 python3 benchmarks/profile_boundary.py --copies /tmp/tftrt-copies 2>&1 \
-  | grep -v "^W0000\|^I0000" | tee -a "$log" | grep -A3 "D2H copies" | tail -30
+  | grep -v "^W0000\|^I0000" | tee -a "$log" | grep -A6 "D2H copies" | tail -60
 net=.whl/networks/ResNet50.onnx.xz
 if [ -f "$net" ]; then
   for mode in cold warm; do
