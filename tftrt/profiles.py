@@ -25,11 +25,21 @@ weights), or, where that network was found to depend on the shapes in ways re-de
 not cover, from a full build with the opt shape's tactics (no timing) and shared weights. The
 engines of a ProfileEngine share one activation arena per execution thread
 (``memory.ArenaPool``). It counts as one engine in the op's cache (``maximum_cached_engines``).
+
+Quick engines (``TFTRT_QUICK_SHAPES``, on by default): the first call at a new shape of a
+profile must not wait for a full build (on a GPU its convolutions' cuDNN plans compile at run
+time: seconds). Where the backend can make one (its ``mark_quick`` hook), that call gets a
+provisional engine from the template built in milliseconds (same answers; the CuPy backend's
+convolutions take plans that need no runtime compile, untimed), and the real engine builds on
+a background thread; it replaces the quick one for the calls after it is done (a failed
+background build keeps the quick engine, with one warning). :meth:`ProfileEngine.wait_pending`
+waits for those builds.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import threading
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -215,6 +225,19 @@ BuildFn = Callable[[ShapeKey, Optional[Dict[str, dict]], object], object]
 SpecializeFn = Callable[[object, "Profile"], Tuple[object, Callable[[ShapeKey], object]]]
 
 
+def quick_shapes() -> bool:
+    """``TFTRT_QUICK_SHAPES`` is not 0 / false: quick engines for new shapes (module doc)."""
+    from tftrt.env import env_bool
+    return env_bool("TFTRT_QUICK_SHAPES", True)
+
+
+def _takes_quick(build) -> bool:
+    try:
+        return "quick" in inspect.signature(build).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def tactic_choices(engine) -> Dict[str, dict]:
     """layer name -> what the layer chose in a built or loaded engine: tactic and the backend's
     tuned sub-choices (what the other shapes of its profile reuse, see tactics.layer_choice)."""
@@ -249,6 +272,7 @@ class ProfileEngine:
         self.template_errors: Dict[int, str] = {}
         self._engines: Dict[ShapeKey, object] = {}
         self._failed: Dict[ShapeKey, str] = {}
+        self._pending: Dict[ShapeKey, threading.Thread] = {}  # real engines building
         self._lock = threading.RLock()
         # tuned: engines built with tactic timing (one per distinct opt shape);
         # shapes: engines for other shapes of a profile (no timing), from_template: those
@@ -334,8 +358,9 @@ class ProfileEngine:
     def contains(self, shapes) -> bool:
         return self.profile_index(shapes) is not None
 
-    def engine_for(self, shapes):
-        """The runtime engine for exactly ``shapes`` (built now without tuning when new).
+    def engine_for(self, shapes, quick: bool = True):
+        """The runtime engine for exactly ``shapes`` (built now without tuning when new; with
+        ``quick``, a quick engine while the real one builds, where there can be one).
 
         Raises:
           KeyError: no profile contains ``shapes``.
@@ -358,6 +383,12 @@ class ProfileEngine:
             engine = None
             made = self._template(i)
             if made is not None and made[0].serves(key) is None:
+                engine = self._quick(i, key, opt, made[1]) if quick else None
+                if engine is not None:
+                    self.stats["shapes"] += 1
+                    self._adopt(engine)
+                    self._engines[key] = engine
+                    return engine
                 try:
                     engine = made[1](key)
                     self.stats["from_template"] += 1
@@ -375,6 +406,62 @@ class ProfileEngine:
             self._adopt(engine)
             self._engines[key] = engine
             return engine
+
+    def _quick(self, i: int, key: ShapeKey, opt, build):
+        """A quick engine for ``key`` (module doc) with its real engine started on a thread,
+        or None (quick engines off, the backend makes none, or it failed: build the usual
+        way)."""
+        if not (quick_shapes() and _takes_quick(build) and
+                callable(getattr(getattr(opt, "backend_impl", None), "mark_quick", None))):
+            return None
+        try:
+            engine = build(key, quick=True)
+        except Exception as e:
+            log.info("optimization profile %s: no quick engine for shapes %s (%s: %s); "
+                     "building the real one now", self.profiles[i], key, type(e).__name__, e)
+            return None
+        self.stats["quick"] = self.stats.get("quick", 0) + 1
+        t = threading.Thread(target=self._build_real, args=(i, key, build, engine),
+                             name=f"tftrt-shape-{'x'.join(map(str, key[0]))}")
+        self._pending[key] = t
+        t.start()
+        return engine
+
+    def _build_real(self, i: int, key: ShapeKey, build, quick_engine) -> None:
+        """The background half of :meth:`_quick`: the real engine replaces the quick one."""
+        try:
+            engine = build(key)
+        except Exception as e:
+            log.warning("optimization profile %s: the engine for shapes %s failed to build in "
+                        "the background (%s: %s); its quick engine keeps serving them (same "
+                        "answers, possibly slower)", self.profiles[i], key, type(e).__name__, e)
+            with self._lock:
+                self._pending.pop(key, None)
+            return
+        with self._lock:
+            self._pending.pop(key, None)
+            if self._engines.get(key) is quick_engine:
+                self._adopt(engine)
+                self._engines[key] = engine
+                self.stats["from_template"] += 1
+                self.stats["swapped"] = self.stats.get("swapped", 0) + 1
+
+    def wait_pending(self, timeout: Optional[float] = None) -> bool:
+        """Waits for the real engines building in the background (quick engines); True when
+        none is left."""
+        with self._lock:
+            threads = list(self._pending.values())
+        for t in threads:
+            t.join(timeout)
+        with self._lock:
+            return not self._pending
+
+    def is_quick(self, shapes) -> bool:
+        """Whether ``shapes`` are served by a quick engine now (its real one still building,
+        or failed)."""
+        engine = self._engines.get(_key(shapes))
+        return bool(engine is not None and
+                    (getattr(engine, "build_info", None) or {}).get("quick"))
 
     # --- what the op, saving and summary read ---------------------------------------------
     def opt_engines(self) -> List[Tuple[List[int], object]]:

@@ -242,3 +242,104 @@ def test_layer_clone_is_a_deep_copy():
                 assert c.attrs[k] is not v
         for e, f in zip(layer.epilogue, c.epilogue):
             assert e is not f
+
+
+# --- quick engines: a new shape served at once, its real engine built in the background --------
+@pytest.fixture
+def quick_backend(monkeypatch):
+    """The numpy backend with a ``mark_quick`` hook (the CuPy backend's marks its cuDNN
+    convolutions; here each layer gets the attribute, which numpy ignores): the quick path
+    runs, with the numpy engine's exact answers."""
+    from tftrt.engine.backends.numpy_backend import NumpyBackend
+    marked = []
+
+    def mark_quick(self, net):
+        marked.append(net.name)
+        for layer in net.layers:
+            layer.attrs["_quick"] = True
+    monkeypatch.setattr(NumpyBackend, "mark_quick", mark_quick, raising=False)
+    monkeypatch.delenv("TFTRT_QUICK_SHAPES", raising=False)
+    return marked
+
+
+def test_a_new_shape_gets_a_quick_engine_then_the_real_one(quick_backend, monkeypatch):
+    import tftrt.engine.builder as B
+    real_build, gate = B.build_engine_from_template, threading.Event()
+
+    def gated(*a, quick=False, **k):  # the real engine waits until the test lets it go
+        if not quick:
+            assert gate.wait(60)
+        return real_build(*a, quick=quick, **k)
+    monkeypatch.setattr(B, "build_engine_from_template", gated)
+    model, _ = resnet50(batch=2, size=16, width=8)
+    pe = profile_engine(model, batch_profile(1, 8, (16, 16, 3)))
+    quick = check(pe, model, (3, 16, 16, 3), seed=3)
+    assert quick.build_info["quick"] and quick_backend and pe.is_quick([(3, 16, 16, 3)])
+    assert all(l.attrs.get("_quick") for l in quick.network.layers)
+    assert check(pe, model, (3, 16, 16, 3), seed=2) is quick  # still building
+    assert not pe.wait_pending(timeout=0.05)
+    gate.set()
+    assert pe.wait_pending(timeout=60)
+    real = check(pe, model, (3, 16, 16, 3), seed=4)
+    assert real is not quick and not real.build_info["quick"]
+    assert not any(l.attrs.get("_quick") for l in real.network.layers)
+    assert not pe.is_quick([(3, 16, 16, 3)])
+    x = np.random.default_rng(5).standard_normal((3, 16, 16, 3)).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(quick.execute([x])[0]),
+                                  np.asarray(real.execute([x])[0]))
+    assert pe.stats["quick"] == 1 and pe.stats["swapped"] == 1
+    assert pe.stats["shapes"] == 1 and pe.stats["from_template"] == 1
+    assert real.weights is quick.weights is pe.engine_for([(8, 16, 16, 3)]).weights
+
+
+def test_quick_engines_off(quick_backend, monkeypatch):
+    monkeypatch.setenv("TFTRT_QUICK_SHAPES", "0")
+    model, _ = resnet50(batch=2, size=16, width=8)
+    pe = profile_engine(model, batch_profile(1, 8, (16, 16, 3)))
+    engine = check(pe, model, (2, 16, 16, 3))
+    assert not engine.build_info["quick"] and "quick" not in pe.stats and not quick_backend
+
+
+def test_a_failed_background_build_keeps_the_quick_engine(quick_backend, monkeypatch, caplog):
+    import tftrt.engine.builder as B
+    real_build = B.build_engine_from_template
+
+    def failing(*a, quick=False, **k):
+        if not quick:
+            raise RuntimeError("out of luck")
+        return real_build(*a, quick=quick, **k)
+    monkeypatch.setattr(B, "build_engine_from_template", failing)
+    model, _ = resnet50(batch=2, size=16, width=8)
+    pe = profile_engine(model, batch_profile(1, 8, (16, 16, 3)))
+    with caplog.at_level("WARNING", logger="tftrt.profiles"):
+        quick = check(pe, model, (5, 16, 16, 3))
+        assert pe.wait_pending(timeout=60)
+    assert "failed to build in the background" in caplog.text and "out of luck" in caplog.text
+    assert check(pe, model, (5, 16, 16, 3), seed=1) is quick and pe.is_quick([(5, 16, 16, 3)])
+    assert pe.stats.get("swapped", 0) == 0
+
+
+def test_quick_engines_under_concurrent_calls(quick_backend):
+    """Four threads call every batch of the profile at once, again and again, while real
+    engines replace quick ones: every answer is right, and in the end every shape has its
+    real engine."""
+    model, _ = resnet50(batch=2, size=16, width=8)
+    pe = profile_engine(model, batch_profile(1, 8, (16, 16, 3)))
+    errors = []
+
+    def worker(t):
+        try:
+            for rep in range(3):
+                for b in range(1, 8):
+                    check(pe, model, (b, 16, 16, 3), seed=10 * t + rep)
+        except Exception as e:  # reported below
+            errors.append(f"thread {t}: {type(e).__name__}: {e}")
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert not errors, errors
+    assert pe.wait_pending(timeout=120)
+    assert not any(pe.is_quick([(b, 16, 16, 3)]) for b in range(1, 9))
+    assert pe.stats["quick"] == 7 == pe.stats["swapped"] == pe.stats["shapes"]

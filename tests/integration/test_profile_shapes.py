@@ -75,6 +75,30 @@ def test_other_batch_sizes_run_no_pass(flatten_dir, passes_runs):
     assert [l.attrs["shape"] for l in reshapes] == [[5, 128]]  # the flatten, re-derived
 
 
+def test_new_batch_sizes_get_quick_engines_then_real_ones(flatten_dir, monkeypatch):
+    """Through TensorFlow with a backend that makes quick engines (the numpy backend given a
+    mark_quick hook): each new batch size's first call runs on a quick engine, the real one
+    replaces it in the background; every answer matches native TensorFlow; the op counts
+    quick builds apart from shape builds."""
+    from tftrt.engine.backends.numpy_backend import NumpyBackend
+    monkeypatch.setattr(NumpyBackend, "mark_quick", lambda self, net: None, raising=False)
+    monkeypatch.delenv("TFTRT_QUICK_SHAPES", raising=False)
+    native = tf.saved_model.load(flatten_dir).signatures["serving_default"]
+    conv, fn, op = converted(flatten_dir)
+    conv.build(lambda: iter([(models.batch((b, *HWC)),) for b in (1, 16)]))
+    (pe,) = [e for _, e in op.cache.items()]
+    for b in (3, 5, 3, 9, 5):
+        check(fn, native, b)
+    assert pe.wait_pending(timeout=120)
+    for b in (3, 5, 9):
+        check(fn, native, b)
+        assert not pe.is_quick([(b, *HWC)])
+    assert pe.stats["quick"] == 3 == pe.stats["swapped"]
+    # build() made batch 1's real engine itself (it waits for real engines); then 3 quick
+    assert op.stats["quick_builds"] == 3 and op.stats["shape_builds"] == 1 + 3
+    assert op.stats["native"] == 0
+
+
 def test_loaded_profiles_serve_other_sizes_without_passes(flatten_dir, passes_runs, tmp_path):
     import tftrt
     native = tf.saved_model.load(flatten_dir).signatures["serving_default"]

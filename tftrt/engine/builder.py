@@ -213,13 +213,19 @@ def _finish(net: Network, backend, precision: str, weights: Dict[str, Any], conf
 
 def build_engine_from_template(template, input_shapes: Dict[str, Sequence[int]],
                                opt_engine: Engine,
-                               config: Optional[BuilderConfig] = None) -> Engine:
+                               config: Optional[BuilderConfig] = None,
+                               quick: bool = False) -> Engine:
     """An engine for other input shapes of an optimization profile, from the network the
     profile's opt-shape engine was optimized into (``template``, a
     :class:`tftrt.engine.shape_template.ShapeTemplate`): no pass runs again, shapes are
     inferred once, layers keep the opt engine's tactics and backend sub-choices, and the
     engine shares its uploaded weights. Only the memory plan and the backend's preparation
     are per shape.
+
+    ``quick``: a provisional engine that builds in milliseconds where the backend can make
+    one (its ``mark_quick`` hook: the CuPy backend's convolutions then take cuDNN plans that
+    need no runtime compile, untimed), the same answers, possibly slower; profiles.py serves
+    it while the real engine builds in the background.
 
     Raises:
       EngineBuildError: the shapes are outside what the template serves (the caller builds
@@ -234,10 +240,14 @@ def build_engine_from_template(template, input_shapes: Dict[str, Sequence[int]],
     net = template.network_for(input_shapes)
     choices = {l.name: layer_choice(l) for l in opt_engine.network.layers}
     choose_tactics(net, backend, opt_engine.weights, None, choices=choices)
+    mark = getattr(backend, "mark_quick", None) if quick else None
+    if callable(mark):
+        mark(net)
     cfg = {k: v for k, v in opt_engine.config.items() if k != "profiles"}
     engine = _finish(net, backend, opt_engine.precision, opt_engine.weights, cfg, config)
     engine.build_info = {"seconds": time.perf_counter() - t0, "tactic_timings": {},
-                         "timed_layers": 0, "reused_tactics": True, "from_template": True}
+                         "timed_layers": 0, "reused_tactics": True, "from_template": True,
+                         "quick": quick}
     log.info("engine %s for %s from its profile's optimized network in %.3fs", net.name,
              {k: tuple(v) for k, v in input_shapes.items()}, engine.build_info["seconds"])
     return engine

@@ -417,8 +417,8 @@ def specializer(source, config):
                                      config)[0]
         template = make_template(opt_engine.network, front, profile)
 
-        def build(key):
+        def build(key, quick=False):
             return build_engine_from_template(template, dict(zip(names, key)), opt_engine,
-                                              config)
+                                              config, quick=quick)
         return template, build
     return specialize

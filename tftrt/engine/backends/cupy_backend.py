@@ -407,6 +407,18 @@ class CupyBackend(Backend):
             return cp.random.randint(0, 2, shape).astype(dt)
         return cp.zeros(shape, dt)
 
+    def mark_quick(self, net: Network) -> None:
+        """Builder hook for a quick engine (builder.build_engine_from_template(quick=True)):
+        its convolutions on cuDNN take a plan that needs no runtime compile
+        (cupy_layers.QUICK_ATTR), and its tiled depthwise layers the direct kernel, whose
+        compiled code does not depend on the shape (the tiled kernel's does)."""
+        from tftrt.engine.backends.cupy_layers import QUICK_ATTR
+        for layer in net.layers:
+            if layer.kind in ("conv", "conv_transpose") and layer.tactic == "cudnn":
+                layer.attrs[QUICK_ATTR] = True
+            elif layer.kind == "conv" and layer.tactic == "dw_tiled":
+                layer.tactic = "dw_direct"
+
     def prepare_layer(self, net: Network, layer: Layer, weights: Dict[str, Any]):
         impl = make_impl(net, layer, weights, dict(self.options),
                          strict=layer.kind in ("conv", "conv_transpose", "matmul"))

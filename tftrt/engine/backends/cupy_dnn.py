@@ -98,8 +98,9 @@ def gpu_time(fn: Callable[[], None], stream: cp.cuda.Stream, reps: int = 10,
     with stream:
         fn()
         graph = None
-        try:
-            with gc_paused():
+        from tftrt.engine.backends.cupy_backend import DEVICE_WIDE
+        try:  # DEVICE_WIDE: another thread's device-wide wait would fail inside the capture
+            with DEVICE_WIDE, gc_paused():
                 stream.begin_capture(mode=_CAPTURE_MODE)
                 try:
                     for _ in range(reps):
@@ -398,6 +399,8 @@ class _CudnnPlans:
 
     g: Any
 
+    precompiled_only = False  # only plans that build without a runtime compile (quick engines)
+
     def _setup(self, choice: Optional[dict], candidates: Optional[int],
                no_tensor_cores: bool = False) -> None:
         """Builds the graph (``self._graph``) and its plans; when the recorded ``choice``
@@ -455,6 +458,8 @@ class _CudnnPlans:
                 if len(self.built) >= candidates:
                     break
                 rtc = self.rtc[i] = _runtime_compiled(c, g, i)
+                if rtc is not False and self.precompiled_only:
+                    continue  # compiles at run time, or cuDNN does not say
                 if rtc and compiled >= max(1, CUDNN_RTC_CANDIDATES):
                     continue
                 t0 = time.perf_counter()
@@ -468,7 +473,8 @@ class _CudnnPlans:
                 if rtc or (rtc is None and self.build_seconds[i] > _RTC_BUILD_S):
                     compiled += 1
             if not self.built:
-                raise RuntimeError("cuDNN built no execution plan for this graph")
+                raise RuntimeError("cuDNN built no execution plan for this graph" + (
+                    " without a runtime compile" if self.precompiled_only else ""))
             self.index = self.built[0]
         self.workspace = int(g.get_workspace_size_plan_at_index(self.index))
         return True
@@ -515,9 +521,13 @@ class CudnnConv(_CudnnPlans):
     cuDNN graph with one chosen execution plan."""
 
     def __init__(self, spec: ConvSpec, n_fused: int, choice: Optional[dict] = None,
-                 candidates: Optional[int] = None):
+                 candidates: Optional[int] = None, precompiled_only: bool = False):
+        """``precompiled_only``: the first heuristic plan that cuDNN does not compile at run
+        time (no ``choice``; RuntimeError when there is none): builds in milliseconds."""
         self.spec, self.n_fused = spec, n_fused
-        self._setup(choice, candidates, spec.dtype == "float32" and not spec.tf32)
+        self.precompiled_only = precompiled_only
+        self._setup(None if precompiled_only else choice, 1 if precompiled_only else candidates,
+                    spec.dtype == "float32" and not spec.tf32)
 
     def _graph(self, c):
         s = self.spec

@@ -38,6 +38,12 @@ from tftrt.engine.network import Layer, Network
 log = logging.getLogger("tftrt.engine.cupy")
 
 CHOICE_ATTR = "_cupy"
+# Set on the layers of a quick engine (cupy_backend.CupyBackend.mark_quick): a provisional
+# engine for a new shape of an optimization profile, served while the real one builds in the
+# background (profiles.ProfileEngine). Its convolutions take the first cuDNN plan that builds
+# without a runtime compile, untimed and not recorded; being an attribute, it keeps them apart
+# from the real engine's in _SHARED and the build cache (both are keyed by the signature).
+QUICK_ATTR = "_quick"
 
 # Heavy objects (cuDNN graphs, tuned choices) shared by layers of the same signature.
 _SHARED: Dict[str, Any] = {}
@@ -188,16 +194,34 @@ class ConvCudnn(Impl):
                         a["pads"], a["group"], self.dtype, _dtype(net, y), layer.epilogue,
                         _epilogue_operands(net, layer), opts.get("tf32", True), transpose)
         key = signature(net, layer, ("tf32", spec.tf32))
+        quick = bool(a.get(QUICK_ATTR))
         shared = _SHARED.get(key)
         if shared is None:
-            rec = get_record(layer) or stored_choice(key)
-            shared = _SHARED[key] = self._build(net, layer, spec, rec)
+            shared = self._quick(layer, spec) if quick else None
+            if shared is None:
+                rec = get_record(layer) or stored_choice(key)
+                shared = self._build(net, layer, spec, rec)
+            _SHARED[key] = shared
         self.conv, nf = shared
         self.post = Epilogue(net, layer, layer.epilogue[nf:])
         self.workspace = self.conv.workspace
         self._rec = dict(self.conv.choice(), fused=nf)
-        set_record(layer, self._rec)
-        store_choice(key, self._rec)
+        if not quick:
+            set_record(layer, self._rec)
+            store_choice(key, self._rec)
+
+    @staticmethod
+    def _quick(layer, spec):
+        """(graph, fused ops) from the first plan that builds without a runtime compile, the
+        fully fused graph first; None when neither variant has one (the layer then builds the
+        usual way)."""
+        for nf in sorted({spec.fusable_prefix(), 0}, reverse=True):
+            try:
+                return CudnnConv(spec, nf, precompiled_only=True), nf
+            except Exception as e:
+                log.debug("%s: no precompiled cuDNN plan with %d fused ops: %s", layer.name,
+                          nf, e)
+        return None
 
     def _build(self, net, layer, spec, rec):
         if rec is not None and "fused" in rec:
