@@ -14,7 +14,7 @@
 #        with both off and both on (TFTRT_DW_TILED, TFTRT_FUSE_SE), fresh build caches;
 #        KERNEL_TESTS=0 skips the tests, BATCHES (default 1,8,128) picks the batch sizes
 #   bash benchmarks/run_gpu_checks.sh final [seconds]   the GPU tests of the depthwise / se
-#        defaults (the dw_tiled margin) and graph capture with the GC paused; first calls at
+#        defaults (the dw_tiled margin), graph capture with the GC paused, quick engines; first calls at
 #        new batch sizes of a ResNet50 profile (cold); MODELS (MobileNetV2,EfficientNetV2B0)
 #        with the tiled depthwise kernel and se fusion on (the defaults) and off
 #   bash benchmarks/run_gpu_checks.sh verify [seconds]  the se / INT8 tests again and a cold
@@ -97,7 +97,7 @@ fi
 if [ "$stage" = final ]; then  # the defaults turned on, in one call
   echo "== GPU tests at $(( $(date +%s) - start )) s"
   { timeout 100 python3 -m pytest tests/gpu/test_cupy_backend.py -q -p no:cacheprovider \
-      --tb=short -rf -k "capture_never or small_resnet"
+      --tb=short -rf -k "capture_never or small_resnet or quick_engines"
     timeout 120 python3 -m pytest tests/gpu/test_dw_gpu.py tests/gpu/test_se_gpu.py -q -s \
       -p no:cacheprovider --tb=short -rf; } > "$out/final_tests.log" 2>&1
   grep -E "passed|failed|FAILED|did not apply|^\(" "$out/final_tests.log" | tail -14
