@@ -11,6 +11,7 @@ from onnx import helper
 
 from tests.engine.harness import assert_close, make_model, run_ort
 from tests.engine.models import resnet50
+from tests.threads import in_threads
 from tests.tolerances import TOLERANCES
 from tftrt.engine import BuilderConfig, build_engine
 from tftrt.engine.memory import ArenaPool
@@ -325,21 +326,12 @@ def test_quick_engines_under_concurrent_calls(quick_backend):
     real engine."""
     model, _ = resnet50(batch=2, size=16, width=8)
     pe = profile_engine(model, batch_profile(1, 8, (16, 16, 3)))
-    errors = []
 
-    def worker(t):
-        try:
-            for rep in range(3):
-                for b in range(1, 8):
-                    check(pe, model, (b, 16, 16, 3), seed=10 * t + rep)
-        except Exception as e:  # reported below
-            errors.append(f"thread {t}: {type(e).__name__}: {e}")
-    threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(300)
-    assert not errors, errors
+    def body(t):
+        for rep in range(3):
+            for b in range(1, 8):
+                check(pe, model, (b, 16, 16, 3), seed=10 * t + rep)
+    in_threads(body)
     assert pe.wait_pending(timeout=120)
     assert not any(pe.is_quick([(b, 16, 16, 3)]) for b in range(1, 9))
     assert pe.stats["quick"] == 7 == pe.stats["swapped"] == pe.stats["shapes"]

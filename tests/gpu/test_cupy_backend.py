@@ -7,7 +7,6 @@ Skipped without a GPU (tests/conftest.py). On the GPU machine run with the GPU v
 """
 
 import os
-import threading
 
 os.environ.setdefault("TFTRT_CUDNN_CANDIDATES", "2")  # fewer cuDNN plans to compile per conv
 
@@ -17,6 +16,7 @@ from onnx import helper  # noqa: E402
 
 from tests.engine.harness import make_model, rand  # noqa: E402
 from tests.tolerances import TOLERANCES  # noqa: E402
+from tests.threads import in_threads  # noqa: E402
 from tftrt.engine import BuilderConfig, build_engine, deserialize_engine  # noqa: E402
 
 cp = pytest.importorskip("cupy")
@@ -122,23 +122,6 @@ def _reload_without_retuning(engine, monkeypatch, *tuned):
     loaded = deserialize_engine(data)
     assert loaded.layers_summary() == engine.layers_summary()
     return loaded
-
-
-def _in_four_threads(body):
-    """Runs ``body(t)`` in threads t = 0..3 at once; fails with every thread's error."""
-    errors = []
-
-    def worker(t):
-        try:
-            body(t)
-        except Exception as e:  # reported below
-            errors.append(f"thread {t}: {type(e).__name__}: {e}")
-    threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    assert not errors, errors
 
 
 # --- cases ---------------------------------------------------------------------------------------
@@ -715,7 +698,7 @@ def test_four_threads_with_own_contexts(small_resnet):
         for _ in range(2):
             for x, w in zip(inputs[t], want[t]):
                 _compare(ctx.execute([x]), [w], TOLERANCES["FP16"], f"thread {t}")
-    _in_four_threads(body)
+    in_threads(body)
 
 
 def test_engine_reports_device_and_memory(small_resnet):
@@ -831,7 +814,7 @@ def test_attention_plan_round_trip_and_four_threads(monkeypatch):
         ctx = loaded.create_execution_context()
         for _ in range(3):  # eager, capture, replay
             _compare(ctx.execute([xs[t]]), [want[t]], TOL["FP16"], f"thread {t}")
-    _in_four_threads(body)
+    in_threads(body)
 
 
 def _spin(seconds: float, stream=None):

@@ -3,7 +3,6 @@ engines called from Python, the native ops between them as eager ops or small fu
 engines on the numpy backend; every case against the SavedModel run by plain TensorFlow."""
 
 import os
-import threading
 
 import numpy as np
 import tensorflow as tf
@@ -12,6 +11,7 @@ import tftrt
 from tftrt import pipeline, trt_convert as trt
 from tftrt.rewrite import DirectSignature
 from tests.integration import models
+from tests.threads import in_threads
 
 DENY = "Cos,Sin"  # native ops between engines, as a user's unsupported op would be
 
@@ -129,21 +129,12 @@ def test_threads_share_one_pipeline(tmp_path):
     sig = loaded.signatures["serving_default"]
     ref = tf.saved_model.load(src).signatures["serving_default"]
     wants = [ref(x=tf.constant(x)) for x in xs]
-    errors = []
 
-    def worker(k):
-        try:
-            for i in range(12):
-                j = (k + i) % 3
-                _close(sig(x=xs[j]), wants[j])
-        except Exception as e:  # reported below
-            errors.append(e)
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not errors, errors
+    def body(k):
+        for i in range(12):
+            j = (k + i) % 3
+            _close(sig(x=xs[j]), wants[j])
+    in_threads(body, timeout=120)
     assert all(op.stats.get("native", 0) == 0 for op in loaded.engine_ops.values())
 
 
