@@ -6,7 +6,7 @@ probe shapes), then each batch size of --batches is called once. Per batch: the 
 ("make": from the opt engine's optimized network, or a full build when the profile needs one),
 its first execution (context, backend preparation, first run), and a later execution.
 "first call" = make + first execution: what a request with a new batch size waits beyond a
-steady call. With quick engines (TFTRT_QUICK_SHAPES, on by default: profiles.py) a first call
+steady call. With quick engines (TFTRT_QUICK_SHAPES=1, profiles.py) a first call
 gets a quick engine ("how" = quick) while the real one builds in the background; after the
 first calls the script waits for those and prints each batch's run time on the quick and on
 the real engine. With --compare-full, the same shapes are also built the old way (passes, precision

@@ -26,7 +26,8 @@ not cover, from a full build with the opt shape's tactics (no timing) and shared
 engines of a ProfileEngine share one activation arena per execution thread
 (``memory.ArenaPool``). It counts as one engine in the op's cache (``maximum_cached_engines``).
 
-Quick engines (``TFTRT_QUICK_SHAPES``, on by default): the first call at a new shape of a
+Quick engines (``TFTRT_QUICK_SHAPES=1``; off by default until a GPU has run them, as every new
+GPU path here starts): the first call at a new shape of a
 profile must not wait for a full build (on a GPU its convolutions' cuDNN plans compile at run
 time: seconds). Where the backend can make one (its ``mark_quick`` hook), that call gets a
 provisional engine from the template built in milliseconds (same answers; the CuPy backend's
@@ -226,9 +227,9 @@ SpecializeFn = Callable[[object, "Profile"], Tuple[object, Callable[[ShapeKey], 
 
 
 def quick_shapes() -> bool:
-    """``TFTRT_QUICK_SHAPES`` is not 0 / false: quick engines for new shapes (module doc)."""
+    """``TFTRT_QUICK_SHAPES`` is 1 / true: quick engines for new shapes (module doc)."""
     from tftrt.env import env_bool
-    return env_bool("TFTRT_QUICK_SHAPES", True)
+    return env_bool("TFTRT_QUICK_SHAPES", False)
 
 
 def _takes_quick(build) -> bool:

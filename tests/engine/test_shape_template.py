@@ -259,7 +259,7 @@ def quick_backend(monkeypatch):
         for layer in net.layers:
             layer.attrs["_quick"] = True
     monkeypatch.setattr(NumpyBackend, "mark_quick", mark_quick, raising=False)
-    monkeypatch.delenv("TFTRT_QUICK_SHAPES", raising=False)
+    monkeypatch.setenv("TFTRT_QUICK_SHAPES", "1")
     return marked
 
 
@@ -293,8 +293,14 @@ def test_a_new_shape_gets_a_quick_engine_then_the_real_one(quick_backend, monkey
     assert real.weights is quick.weights is pe.engine_for([(8, 16, 16, 3)]).weights
 
 
-def test_quick_engines_off(quick_backend, monkeypatch):
-    monkeypatch.setenv("TFTRT_QUICK_SHAPES", "0")
+@pytest.mark.parametrize("value", ["0", None])
+def test_quick_engines_off(quick_backend, monkeypatch, value):
+    """TFTRT_QUICK_SHAPES=0, and unset (the default until a GPU has run them): no quick
+    engine, the real one is built for the call."""
+    if value is None:
+        monkeypatch.delenv("TFTRT_QUICK_SHAPES")
+    else:
+        monkeypatch.setenv("TFTRT_QUICK_SHAPES", value)
     model, _ = resnet50(batch=2, size=16, width=8)
     pe = profile_engine(model, batch_profile(1, 8, (16, 16, 3)))
     engine = check(pe, model, (2, 16, 16, 3))

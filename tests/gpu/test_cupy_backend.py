@@ -635,7 +635,7 @@ def test_quick_engines_for_new_shapes_of_a_profile(small_resnet, monkeypatch):
     from tftrt.engine.onnx_import import network_from_onnx
     from tftrt.engine.shape_template import specializer
     from tftrt.profiles import Profile, ProfileEngine
-    monkeypatch.delenv("TFTRT_QUICK_SHAPES", raising=False)
+    monkeypatch.setenv("TFTRT_QUICK_SHAPES", "1")
     model, feeds = small_resnet
     name = "TensorRTInputPH_0"
     rest = tuple(feeds[name].shape[1:])

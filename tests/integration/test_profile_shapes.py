@@ -82,7 +82,7 @@ def test_new_batch_sizes_get_quick_engines_then_real_ones(flatten_dir, monkeypat
     quick builds apart from shape builds."""
     from tftrt.engine.backends.numpy_backend import NumpyBackend
     monkeypatch.setattr(NumpyBackend, "mark_quick", lambda self, net: None, raising=False)
-    monkeypatch.delenv("TFTRT_QUICK_SHAPES", raising=False)
+    monkeypatch.setenv("TFTRT_QUICK_SHAPES", "1")
     native = tf.saved_model.load(flatten_dir).signatures["serving_default"]
     conv, fn, op = converted(flatten_dir)
     conv.build(lambda: iter([(models.batch((b, *HWC)),) for b in (1, 16)]))
