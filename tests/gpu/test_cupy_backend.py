@@ -15,7 +15,7 @@ import pytest  # noqa: E402
 from onnx import helper  # noqa: E402
 
 from tests.engine.harness import make_model, rand  # noqa: E402
-from tests.tolerances import TOLERANCES  # noqa: E402
+from tests.tolerances import GPU_VS_NUMPY, TOLERANCES  # noqa: E402
 from tests.threads import in_threads  # noqa: E402
 from tftrt.engine import BuilderConfig, build_engine, deserialize_engine  # noqa: E402
 
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.gpu
 N = helper.make_node
 I64 = np.int64
 # GPU vs numpy at the same precision: accumulation order differs (and TF32 rounds inputs).
-TOL = {"FP32": (1e-4, 1e-4), "TF32": (1e-2, 1e-2), "FP16": TOLERANCES["FP16"]}
+TOL = GPU_VS_NUMPY
 
 
 def _engines(model, feeds, precision="FP32", tf32=False, **kw):

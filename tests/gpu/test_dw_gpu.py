@@ -16,7 +16,7 @@ os.environ.setdefault("TFTRT_CUDNN_CANDIDATES", "2")  # fewer cuDNN plans to com
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from tests.tolerances import TOLERANCES  # noqa: E402
+from tests.tolerances import GPU_VS_NUMPY  # noqa: E402
 from tftrt.engine import BuilderConfig, build_engine  # noqa: E402
 
 cp = pytest.importorskip("cupy")
@@ -26,7 +26,7 @@ from tests.gpu.test_cupy_backend import _conv_model  # noqa: E402
 
 # FP32 engines are built with TF32 off: the transposes around the conv are exact, so the
 # numpy engine differs only by the accumulation's rounding (FMA).
-TOL = {"FP32": (1e-4, 1e-4), "FP16": TOLERANCES["FP16"]}
+TOL = GPU_VS_NUMPY
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tests.engine.test_se_fusion import _se_net
-from tests.tolerances import TOLERANCES
+from tests.tolerances import GPU_VS_NUMPY
 from tftrt.engine import BuilderConfig, build_engine
 
 cp = pytest.importorskip("cupy")
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.gpu
 # FP32 engines are built with TF32 off (as in tests/gpu/test_cupy_backend.py): with it, the
 # convolutions around the block differed from the float32 reference by up to 2e-3 of max |ref|
 # on an H200, which would hide an error of the se kernels themselves.
-TOL = {"FP32": (1e-4, 1e-4), "FP16": TOLERANCES["FP16"]}
+TOL = GPU_VS_NUMPY
 
 
 @pytest.fixture(autouse=True)
