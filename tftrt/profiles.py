@@ -40,7 +40,6 @@ waits for those builds.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import logging
 import threading
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -221,22 +220,15 @@ def choose_profile(profiles: Sequence[Profile], shapes) -> Optional[int]:
 # build(shapes, tactic choices or None, weight_cache) -> a runtime Engine for exactly `shapes`
 BuildFn = Callable[[ShapeKey, Optional[Dict[str, dict]], object], object]
 # specialize(opt engine, profile) -> (template with .serves(shapes) -> None or why,
-#   build(shapes) -> Engine from the template); raises when the profile's other shapes need
-#   full builds (the reason is logged once)
-SpecializeFn = Callable[[object, "Profile"], Tuple[object, Callable[[ShapeKey], object]]]
+#   build(shapes, quick=False) -> Engine from the template, a quick one with quick=True);
+#   raises when the profile's other shapes need full builds (the reason is logged once)
+SpecializeFn = Callable[[object, "Profile"], Tuple[object, Callable[..., object]]]
 
 
 def quick_shapes() -> bool:
     """``TFTRT_QUICK_SHAPES`` is 1 / true: quick engines for new shapes (module doc)."""
     from tftrt.env import env_bool
     return env_bool("TFTRT_QUICK_SHAPES", False)
-
-
-def _takes_quick(build) -> bool:
-    try:
-        return "quick" in inspect.signature(build).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def tactic_choices(engine) -> Dict[str, dict]:
@@ -412,7 +404,7 @@ class ProfileEngine:
         """A quick engine for ``key`` (module doc) with its real engine started on a thread,
         or None (quick engines off, the backend makes none, or it failed: build the usual
         way)."""
-        if not (quick_shapes() and _takes_quick(build) and
+        if not (quick_shapes() and
                 callable(getattr(getattr(opt, "backend_impl", None), "mark_quick", None))):
             return None
         try:
@@ -430,18 +422,16 @@ class ProfileEngine:
 
     def _build_real(self, i: int, key: ShapeKey, build, quick_engine) -> None:
         """The background half of :meth:`_quick`: the real engine replaces the quick one."""
+        engine = None
         try:
             engine = build(key)
         except Exception as e:
             log.warning("optimization profile %s: the engine for shapes %s failed to build in "
                         "the background (%s: %s); its quick engine keeps serving them (same "
                         "answers, possibly slower)", self.profiles[i], key, type(e).__name__, e)
-            with self._lock:
-                self._pending.pop(key, None)
-            return
         with self._lock:
             self._pending.pop(key, None)
-            if self._engines.get(key) is quick_engine:
+            if engine is not None and self._engines.get(key) is quick_engine:
                 self._adopt(engine)
                 self._engines[key] = engine
                 self.stats["from_template"] += 1

@@ -168,6 +168,11 @@ class Epilogue:
             self.kernel([y] + [ins[i] for i in self.inputs], y)
 
 
+def _conv_variants(spec) -> list:
+    """Fused epilogue ops a cuDNN conv graph is built with: all cuDNN can fuse, then none."""
+    return sorted({spec.fusable_prefix(), 0}, reverse=True)
+
+
 def _epilogue_operands(net, layer) -> Dict[int, tuple]:
     return {e["input"]: (_shape(net, layer.inputs[e["input"]]),
                          _dtype(net, layer.inputs[e["input"]]))
@@ -215,7 +220,7 @@ class ConvCudnn(Impl):
         """(graph, fused ops) from the first plan that builds without a runtime compile, the
         fully fused graph first; None when neither variant has one (the layer then builds the
         usual way)."""
-        for nf in sorted({spec.fusable_prefix(), 0}, reverse=True):
+        for nf in _conv_variants(spec):
             try:
                 return CudnnConv(spec, nf, precompiled_only=True), nf
             except Exception as e:
@@ -229,9 +234,8 @@ class ConvCudnn(Impl):
                 return CudnnConv(spec, int(rec["fused"]), rec), int(rec["fused"])
             except Exception as e:
                 log.info("%s: recorded choice failed (%s); tuning again", layer.name, e)
-        variants = sorted({spec.fusable_prefix(), 0}, reverse=True)
         built, errors = [], []
-        for nf in variants:
+        for nf in _conv_variants(spec):
             try:
                 built.append((CudnnConv(spec, nf), nf))
             except Exception as e:
