@@ -26,7 +26,8 @@ DLPack out only (a fresh CuPy array returned); a DLPack output re-made by Tensor
 (tf.zeros on the GPU, taken to CuPy through DLPack, the TF tensor returned). Each variant also
 counts how often TF's script_ops copied an output to the op's device (its
 _maybe_copy_to_context_device, when the tensor's backing_device differs from the op's device
-name), with both names.
+name), with both names. The last variant is the converted function with
+TFTRT_TF_OUTPUTS=1 (tensor_bridge: outputs written into TF-allocated tensors).
 """
 
 from __future__ import annotations
@@ -217,6 +218,15 @@ def copies(args) -> None:
         tensor_bridge.wait_for_engine()
         return [np.bool_(True), out_tf]
 
+    def tf_outputs(call):
+        def run():
+            os.environ["TFTRT_TF_OUTPUTS"] = "1"
+            try:
+                return call()
+            finally:
+                del os.environ["TFTRT_TF_OUTPUTS"]
+        return run
+
     from tensorflow.python.ops import script_ops
     real_copy = script_ops._maybe_copy_to_context_device
     copied = collections.Counter()
@@ -252,7 +262,8 @@ def copies(args) -> None:
                 ("EagerPyFuncs: DLPack out, then tf.identity", chain(dlpack_out_identity, True)),
                 ("EagerPyFuncs: written into a TF-allocated output", chain(into_tf_allocated,
                                                                            True)),
-                ("the converted function (3 engines)", lambda: fn(x=x))]
+                ("the converted function (3 engines)", lambda: fn(x=x)),
+                ("the converted function, TFTRT_TF_OUTPUTS=1", tf_outputs(lambda: fn(x=x)))]
     for k, (name, call) in enumerate(variants):
         for _ in range(3):
             call()

@@ -204,7 +204,13 @@ def main(argv=None) -> dict:
             row["shape_builds"] = sum(op.stats.get("shape_builds", 0) for op in ops)
             row["engines"] = [op.describe() for op in ops]
         result["runners"][name] = row
-        print(f"{name}: done in {wall:.1f} s", flush=True)
+        print(f"{name}: done in {wall:.1f} s: p50 {row['p50_ms']:.2f} ms, p99 "
+              f"{row['p99_ms']:.2f} ms, {row['throughput']:.1f} samples/s, first calls at "
+              f"new sizes median {row.get('first_call_median_ms', 0):.2f} ms, max "
+              f"{row.get('first_call_max_ms', 0):.2f} ms", flush=True)
+        if args.json:  # after each runner: a call cut short still returns the ones done
+            with open(args.json, "w") as f:
+                json.dump(result, f, indent=1)
 
     print(f"{'runner':>7} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8} {'max ms':>8} "
           f"{'samples/s':>10} {'new sizes':>9} {'1st call med':>12} {'1st call max':>12}")

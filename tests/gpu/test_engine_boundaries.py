@@ -153,6 +153,20 @@ def test_three_engines_move_no_float_tensor_to_the_host(converted, tmp_path):
     assert all(s["engine"] >= 8 and s.get("native", 0) == 0 for s in stats), stats
 
 
+def test_tf_allocated_outputs_move_no_float_tensor_to_the_host(converted, tmp_path,
+                                                               monkeypatch):
+    """The candidate fix for the copy above (TFTRT_TF_OUTPUTS=1, tensor_bridge): each engine
+    output written into a tensor TensorFlow allocated on the GPU, not handed over through
+    DLPack; same graph function, same count, same answers."""
+    monkeypatch.setenv("TFTRT_TF_OUTPUTS", "1")
+    conv, fn, native = converted
+    fn = getattr(fn, "native", fn)
+    x = _x(3)
+    big = _float_copies_in_five_calls(lambda: fn(x=x), native(x=x)["y"].numpy(),
+                                      str(tmp_path / "prof"), "graph function, TF outputs")
+    assert not big, big
+
+
 def test_loaded_pipeline_moves_no_float_tensor_to_the_host(converted, tmp_path):
     """tftrt.load runs the three engines as a pipeline (tftrt/pipeline.py): engines called
     from Python, the Cos between them as eager GPU ops; still no float tensor crosses."""
