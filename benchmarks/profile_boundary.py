@@ -26,8 +26,14 @@ DLPack out only (a fresh CuPy array returned); a DLPack output re-made by Tensor
 (tf.zeros on the GPU, taken to CuPy through DLPack, the TF tensor returned). Each variant also
 counts how often TF's script_ops copied an output to the op's device (its
 _maybe_copy_to_context_device, when the tensor's backing_device differs from the op's device
-name), with both names. The last variant is the converted function with
-TFTRT_TF_OUTPUTS=1 (tensor_bridge: outputs written into TF-allocated tensors).
+name), with both names.
+
+The H200 run of 2026-11-30 (second) answered it: DLPack in copied, DLPack out did not, and
+writing into a TF-allocated output did not help. An EagerPyFunc's inputs have GPU memory but
+no op device, so ``t.device`` says CPU:0 (``t.backing_device`` says GPU:0), and
+tensor_bridge.to_backend took the numpy path. It now reads the backing device; the variant
+"deciding by t.device" keeps the old behaviour for comparison, and the variants before it
+should now copy nothing.
 """
 
 from __future__ import annotations
@@ -218,14 +224,16 @@ def copies(args) -> None:
         tensor_bridge.wait_for_engine()
         return [np.bool_(True), out_tf]
 
-    def tf_outputs(call):
-        def run():
-            os.environ["TFTRT_TF_OUTPUTS"] = "1"
-            try:
-                return call()
-            finally:
-                del os.environ["TFTRT_TF_OUTPUTS"]
-        return run
+    def dlpack_in_by_device(t):
+        """What to_backend did before: the numpy path when ``t.device`` (the op device,
+        CPU:0 for an EagerPyFunc's inputs) names no GPU."""
+        import cupy as cp
+        if "GPU" in t.device.upper():
+            arr = cp.from_dlpack(tf.experimental.dlpack.to_dlpack(t))
+        else:
+            arr = cp.asarray(np.asarray(t))
+        tensor_bridge.wait_for_tensorflow([t], [arr])
+        return [np.bool_(True), t]
 
     from tensorflow.python.ops import script_ops
     real_copy = script_ops._maybe_copy_to_context_device
@@ -262,8 +270,9 @@ def copies(args) -> None:
                 ("EagerPyFuncs: DLPack out, then tf.identity", chain(dlpack_out_identity, True)),
                 ("EagerPyFuncs: written into a TF-allocated output", chain(into_tf_allocated,
                                                                            True)),
-                ("the converted function (3 engines)", lambda: fn(x=x)),
-                ("the converted function, TFTRT_TF_OUTPUTS=1", tf_outputs(lambda: fn(x=x)))]
+                ("EagerPyFuncs: DLPack in, deciding by t.device (before 2026-11-30)",
+                 chain(dlpack_in_by_device, True)),
+                ("the converted function (3 engines)", lambda: fn(x=x))]
     for k, (name, call) in enumerate(variants):
         for _ in range(3):
             call()

@@ -552,11 +552,11 @@ class TRTEngineOp:
         arrays = [tensor_bridge.to_backend(t, backend) for t in inputs]
         if backend == "cupy":
             tensor_bridge.wait_for_tensorflow(inputs, arrays)
-        outs = [tensor_bridge.from_backend(o, backend, np.dtype(dt))
-                for o, dt in zip(engine.execute(arrays), self.spec.output_dtypes)]
-        if backend == "cupy":  # after from_backend, which may queue the copies out
+        outs = engine.execute(arrays)
+        if backend == "cupy":
             tensor_bridge.wait_for_engine()
-        return outs
+        return [tensor_bridge.from_backend(o, backend, np.dtype(dt))
+                for o, dt in zip(outs, self.spec.output_dtypes)]
 
     def _native(self, inputs):
         outs = self.native_fn(*inputs)

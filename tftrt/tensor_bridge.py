@@ -6,13 +6,6 @@ GPU tensors cross zero-copy through DLPack in both directions:
        capsule that CuPy 14's ``toDlpack()`` makes, so we ask for the legacy one).
 CPU tensors go through numpy (``t.numpy()`` shares memory where TensorFlow allows).
 
-``TFTRT_TF_OUTPUTS=1`` changes the way out: each output is written (one device-to-device copy
-on the engine's stream) into a tensor TensorFlow allocated on that GPU (``Empty``, no fill),
-and that tensor goes back. The H200 run of 2026-11-30 found every DLPack crossing inside an
-EagerPyFunc costing one device-to-host copy of the whole tensor, where TF's own tensors cost
-none; this mode is the candidate fix, off until a GPU run has counted its copies
-(``benchmarks/profile_boundary.py --copies``).
-
 Stream order. TensorFlow computes on its own (non-blocking) CUDA streams, CuPy engines on
 theirs, and DLPack carries no stream: nothing orders the engine's reads after TF's writes of
 its inputs, or TF's reads after the engine's writes of its outputs. ``wait_for_tensorflow``
@@ -62,7 +55,16 @@ def wait_for_engine() -> None:
 
 
 def _on_gpu(t) -> bool:
-    dev = getattr(t, "device", "") or ""
+    """Whether TF tensor ``t``'s memory is on a GPU: its backing device, not ``t.device``.
+
+    ``t.device`` names the device of the op that made the tensor. Inside an EagerPyFunc
+    (every engine node in a TF graph) TensorFlow hands the inputs over as handles with GPU
+    memory and no op device (py_func.cc: ``CreateLocalHandleFromTFTensor``, op device null),
+    so ``t.device`` says CPU:0 while ``t.backing_device`` says GPU:0. Reading ``t.device``
+    sent every such input through numpy: one device-to-host copy of the whole tensor per
+    engine call (the H200 runs of 2026-11-30: 2,048 B per engine at batch 8; DLPack out and
+    TF's own EagerPyFunc copied nothing)."""
+    dev = getattr(t, "backing_device", None) or getattr(t, "device", "") or ""
     return "GPU" in dev.upper()
 
 
@@ -89,33 +91,8 @@ def _tf_has_gpu() -> bool:
     return _TF_HAS_GPU[0]
 
 
-def _tf_outputs() -> bool:
-    from tftrt.env import env_bool
-    return env_bool("TFTRT_TF_OUTPUTS", False)
-
-
-def _into_tensorflow(arr):
-    """``arr`` (a CuPy array, dtype already right) copied into a tensor TensorFlow allocated
-    on the same GPU; the copy is queued on the current CuPy stream (the caller waits for it
-    with :func:`wait_for_engine`)."""
-    import cupy as cp
-    import tensorflow as tf
-    with tf.device(f"/GPU:{arr.device.id}"):
-        out = tf.raw_ops.Empty(shape=list(arr.shape), dtype=tf.as_dtype(arr.dtype), init=False)
-    if arr.size:
-        # to_dlpack waits for TF's streams on that GPU (the device pointer is handed out
-        # after a device Sync), so whatever TF queued on the memory Empty reused is done
-        # before the copy, which runs on CuPy's stream, not TF's
-        view = cp.from_dlpack(tf.experimental.dlpack.to_dlpack(out))
-        cp.copyto(view, arr)
-    return out
-
-
 def from_backend(arr, backend: str, dtype: np.dtype):
-    """A backend array as something TensorFlow accepts as an op output (same device).
-
-    On CuPy the result may alias ``arr`` or be filled from it by queued GPU work: call
-    :func:`wait_for_engine` before TensorFlow reads it."""
+    """A backend array as something TensorFlow accepts as an op output (same device)."""
     if backend == "numpy":
         return np.asarray(arr, dtype=dtype)
     if backend == "cupy":
@@ -123,8 +100,6 @@ def from_backend(arr, backend: str, dtype: np.dtype):
         if _tf_has_gpu():
             if arr.dtype != dtype:
                 arr = arr.astype(dtype)
-            if _tf_outputs():
-                return _into_tensorflow(arr)
             try:
                 capsule = arr.__dlpack__(max_version=None)
             except TypeError:

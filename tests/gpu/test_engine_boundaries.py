@@ -126,19 +126,15 @@ def _x(seed):
                            .astype(np.float32))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "graph function only: each engine's float input crosses to the host once per call "
-    "(2048 bytes here; H200, 2026-11-30). Not the placement of the lowered If's else branch "
-    "alone: with that branch inlined into a PartitionedCall (GPU kernels) of the _noinline "
-    "fallback, the same copy remained (H200, second run of 2026-11-30; change reverted). "
-    "Third run: the profiler names the engine node's EagerPyFunc itself "
-    "(tf_op=tftrt_engine_call_000_000:EagerPyFunc, 2048 B, plus the 1-byte status through "
-    "_HostRecv), and no partition-graph node sits on the CPU or sends/receives: "
-    "benchmarks/profile_boundary.py --copies bisects it. "
-    "Eager calls go through the pipeline (test below: no copy)."))
 def test_three_engines_move_no_float_tensor_to_the_host(converted, tmp_path):
     """Through the graph function (engine nodes in a TF graph, what a tf.function calling
-    the model runs); the pipeline has its own test below."""
+    the model runs); the pipeline has its own test below.
+
+    Until 2026-11-30 each engine's float input crossed to the host once per call (2,048 B
+    here, the profiler naming the engine node's EagerPyFunc): tensor_bridge read the input's
+    ``.device``, which inside an EagerPyFunc names no op device (CPU:0) while its memory is
+    on the GPU, and took the numpy path. profile_boundary.py --copies pinned it: DLPack in
+    copied, DLPack out did not. It now reads ``backing_device``."""
     conv, fn, native = converted
     fn = getattr(fn, "native", fn)
     x = _x(1)
@@ -151,20 +147,6 @@ def test_three_engines_move_no_float_tensor_to_the_host(converted, tmp_path):
     assert not big, big
     stats = [dict(op.stats) for op in conv.engine_ops.values()]
     assert all(s["engine"] >= 8 and s.get("native", 0) == 0 for s in stats), stats
-
-
-def test_tf_allocated_outputs_move_no_float_tensor_to_the_host(converted, tmp_path,
-                                                               monkeypatch):
-    """The candidate fix for the copy above (TFTRT_TF_OUTPUTS=1, tensor_bridge): each engine
-    output written into a tensor TensorFlow allocated on the GPU, not handed over through
-    DLPack; same graph function, same count, same answers."""
-    monkeypatch.setenv("TFTRT_TF_OUTPUTS", "1")
-    conv, fn, native = converted
-    fn = getattr(fn, "native", fn)
-    x = _x(3)
-    big = _float_copies_in_five_calls(lambda: fn(x=x), native(x=x)["y"].numpy(),
-                                      str(tmp_path / "prof"), "graph function, TF outputs")
-    assert not big, big
 
 
 def test_loaded_pipeline_moves_no_float_tensor_to_the_host(converted, tmp_path):
