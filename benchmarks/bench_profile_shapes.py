@@ -6,10 +6,11 @@ probe shapes), then each batch size of --batches is called once. Per batch: the 
 ("make": from the opt engine's optimized network, or a full build when the profile needs one),
 its first execution (context, backend preparation, first run), and a later execution.
 "first call" = make + first execution: what a request with a new batch size waits beyond a
-steady call. With quick engines (TFTRT_QUICK_SHAPES=1, profiles.py) a first call
-gets a quick engine ("how" = quick) while the real one builds in the background; after the
-first calls the script waits for those and prints each batch's run time on the quick and on
-the real engine. With --compare-full, the same shapes are also built the old way (passes, precision
+steady call. With split batches (TFTRT_SPLIT_BATCH=1, profiles.py) a first call runs as
+slices through engines built for smaller batches ("how" = split 8+2+1) and with quick engines
+(TFTRT_QUICK_SHAPES=1) on a quick engine ("how" = quick), while the real one builds in the
+background; after the first calls the script waits for those and prints each batch's run
+time on the stand-in and on the real engine. With --compare-full, the same shapes are also built the old way (passes, precision
 and memory plan per shape, with the opt shape's tactics): "full make ms", to compare with
 "make ms".
 
@@ -119,6 +120,14 @@ def where_time_went(prof, total_s: float) -> str:
         f"\n#   most own time: {own}"
 
 
+def how(row) -> str:
+    """How a first call was served: split batches (their sizes), a quick engine, an engine
+    from the profile's template, or a full build."""
+    if row["split"]:
+        return "split " + "+".join(map(str, row["split"]))
+    return "quick" if row["quick"] else "template" if row["from_template"] else "full"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backend", default="numpy", choices=("numpy", "cupy"))
@@ -201,7 +210,8 @@ def main(argv=None) -> int:
         row = {"batch": b, "make_ms": (t1 - t0) * 1e3, "first_run_ms": (t2 - t1) * 1e3,
                "first_call_ms": (t2 - t0) * 1e3, "later_run_ms": (t4 - t3) * 1e3,
                "from_template": bool(engine.build_info.get("from_template")),
-               "quick": bool(engine.build_info.get("quick"))}
+               "quick": bool(engine.build_info.get("quick")),
+               "split": list(engine.build_info.get("split") or [])}
         extra = ""
         if args.compare_full:
             t5 = time.perf_counter()
@@ -211,18 +221,17 @@ def main(argv=None) -> int:
         rows.append(row)
         print(f"{b:5d} {row['make_ms']:9.1f} {row['first_run_ms']:10.1f} "
               f"{row['first_call_ms']:13.1f} {row['later_run_ms']:12.1f} "
-              f"{'quick' if row['quick'] else 'template' if row['from_template'] else 'full':>9}"
-              f"{extra}", flush=True)
+              f"{how(row):>9}{extra}", flush=True)
     if rows:
         fc = [r["first_call_ms"] for r in rows]
         print(f"# first call: median {np.median(fc):.1f} ms, max {max(fc):.1f} ms over "
               f"{len(rows)} new batch sizes; arena pool {pe.arena_pool.stats}")
-    if any(r["quick"] for r in rows):  # the real engines built in the background
+    if any(r["quick"] or r["split"] for r in rows):  # real engines built in the background
         t0 = time.perf_counter()
         done = pe.wait_pending(timeout=600)
         print(f"# real engines: {'all' if done else 'not all'} built {time.perf_counter() - t0:.1f}"
               f" s after the last first call; {pe.stats}", flush=True)
-        print(f"{'batch':>5} {'quick run ms':>12} {'real run ms':>11}", flush=True)
+        print(f"{'batch':>5} {'stand-in run ms':>15} {'real run ms':>11}", flush=True)
         for r in rows:
             shape = (r["batch"], *rest)
             engine = pe.engine_for([shape])
@@ -233,11 +242,13 @@ def main(argv=None) -> int:
                 _sync(args.backend)
             r["real_run_ms"] = (time.perf_counter() - t0) * 1e3
             r["real_is_quick"] = bool(engine.build_info.get("quick"))
-            print(f"{r['batch']:5d} {r['later_run_ms']:12.1f} {r['real_run_ms']:11.1f}"
-                  + (" (still quick)" if r["real_is_quick"] else ""), flush=True)
+            r["real_is_split"] = bool(engine.build_info.get("split"))
+            print(f"{r['batch']:5d} {r['later_run_ms']:15.1f} {r['real_run_ms']:11.1f}"
+                  + (" (still quick)" if r["real_is_quick"] else "")
+                  + (" (still split)" if r["real_is_split"] else ""), flush=True)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"network": net.name, "backend": args.backend,
+            json.dump({"network": net.name, "stats": dict(pe.stats), "backend": args.backend,
                        "precision": args.precision, "profile_build_s": build_s,
                        "rows": rows}, f, indent=1)
     return 0

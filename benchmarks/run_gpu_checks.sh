@@ -97,13 +97,13 @@ fi
 if [ "$stage" = final ]; then  # the defaults turned on, in one call
   echo "== GPU tests at $(( $(date +%s) - start )) s"
   { timeout 100 python3 -m pytest tests/gpu/test_cupy_backend.py -q -p no:cacheprovider \
-      --tb=short -rf -k "capture_never or small_resnet or quick_engines"
+      --tb=short -rf -k "capture_never or small_resnet or quick_engines or split_batches"
     timeout 120 python3 -m pytest tests/gpu/test_dw_gpu.py tests/gpu/test_se_gpu.py -q -s \
       -p no:cacheprovider --tb=short -rf; } > "$out/final_tests.log" 2>&1
   grep -E "passed|failed|FAILED|did not apply|^\(" "$out/final_tests.log" | tail -14
-  echo "== first calls at new batch sizes, cold, quick engines at $(( $(date +%s) - start )) s"
+  echo "== first calls at new batch sizes, cold, split batches at $(( $(date +%s) - start )) s"
   rm -rf /tmp/tftrt-cache-final
-  TFTRT_QUICK_SHAPES=1 TFTRT_CACHE_DIR=/tmp/tftrt-cache-final timeout 110 python3 \
+  TFTRT_SPLIT_BATCH=1 TFTRT_CACHE_DIR=/tmp/tftrt-cache-final timeout 110 python3 \
     benchmarks/bench_profile_shapes.py --backend cupy --precision FP16 \
     --network .whl/networks/ResNet50.onnx.xz --max-batch 128 \
     --batches 1,2,3,5,8,13,21,34,55,89,127 --profile-calls 2 \

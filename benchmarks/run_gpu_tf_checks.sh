@@ -10,8 +10,8 @@
 #      the status output, DLPack through tensor_bridge, the engine);
 #   3. the first call at each new batch size inside one profile 1..128 (bench_profile_shapes.py,
 #      ResNet50 network from .whl/networks, FP16), with an empty build cache and again in a
-#      fresh process with the cache it left (issue 14), quick engines on (TFTRT_QUICK_SHAPES=0
-#      for the real engine at every first call).
+#      fresh process with the cache it left (issue 14), split batches on (TFTRT_SPLIT_BATCH=0
+#      for the real engine at every first call; TFTRT_QUICK_SHAPES=1 for quick engines).
 #   bash benchmarks/run_gpu_tf_checks.sh [seconds]
 # Everything goes to $OUT/checks.log (one file: the device tool returns few files) and
 # $OUT/profile_shapes_{cold,warm}.json.
@@ -30,7 +30,7 @@ say() { echo "== $* at $(( $(date +%s) - start )) s" | tee -a "$log"; }
 # KERNEL_TESTS=0: only the engine tests of graph capture, a small ResNet and quick engines
 # (the whole file, every generated kernel against numpy, takes ~2 minutes)
 say "engine GPU tests (KERNEL_TESTS=${KERNEL_TESTS:-1})"
-sel=(); [ "${KERNEL_TESTS:-1}" = 0 ] && sel=(-k "capture_never or small_resnet or quick_engines")
+sel=(); [ "${KERNEL_TESTS:-1}" = 0 ] && sel=(-k "capture_never or small_resnet or quick_engines or split_batches")
 TFTRT_QUICK_SHAPES=1 TFTRT_CUDNN_CANDIDATES=2 timeout 240 python3 -m pytest \
   tests/gpu/test_cupy_backend.py "${sel[@]}" -q -p no:cacheprovider --tb=short -rf >> "$log" 2>&1
 grep -E "passed|failed" "$log" | tail -1
@@ -49,7 +49,8 @@ if [ -f "$net" ]; then
   for mode in cold warm; do
     say "first calls at new batch sizes, $mode build cache"
     [ $mode = cold ] && rm -rf /tmp/tftrt-cache-shapes
-    TFTRT_QUICK_SHAPES=${TFTRT_QUICK_SHAPES:-1} TFTRT_CACHE_DIR=/tmp/tftrt-cache-shapes timeout $(( $(left) - 10 )) python3 \
+    TFTRT_SPLIT_BATCH=${TFTRT_SPLIT_BATCH:-1} TFTRT_QUICK_SHAPES=${TFTRT_QUICK_SHAPES:-0} \
+      TFTRT_CACHE_DIR=/tmp/tftrt-cache-shapes timeout $(( $(left) - 10 )) python3 \
       benchmarks/bench_profile_shapes.py --backend cupy --precision FP16 --network "$net" \
       --max-batch 128 --batches 1,2,3,5,8,13,21,34,55,89,127 --profile-calls 3 \
       --json "$out/profile_shapes_$mode.json" 2>&1 | grep -v "^W0000\|^I0000" \

@@ -26,15 +26,30 @@ not cover, from a full build with the opt shape's tactics (no timing) and shared
 engines of a ProfileEngine share one activation arena per execution thread
 (``memory.ArenaPool``). It counts as one engine in the op's cache (``maximum_cached_engines``).
 
-Quick engines (``TFTRT_QUICK_SHAPES=1``; off by default until a GPU has run them, as every new
-GPU path here starts): the first call at a new shape of a
+Quick engines (``TFTRT_QUICK_SHAPES=1``; off by default): the first call at a new shape of a
 profile must not wait for a full build (on a GPU its convolutions' cuDNN plans compile at run
 time: seconds). Where the backend can make one (its ``mark_quick`` hook), that call gets a
 provisional engine from the template built in milliseconds (same answers; the CuPy backend's
-convolutions take plans that need no runtime compile, untimed), and the real engine builds on
-a background thread; it replaces the quick one for the calls after it is done (a failed
+convolutions take plans that need no runtime compile, untimed), and the real engine is queued
+for the background thread (below); it replaces the quick one for the calls after it is done (a failed
 background build keeps the quick engine, with one warning). :meth:`ProfileEngine.wait_pending`
-waits for those builds.
+waits for those builds. On the H200 (2026-11-30) quick engines made first calls slower, not
+faster (ResNet50, profile 1..128: median 4.6 s cold and 1.0 s warm, against 3.7 s and 0.54 s
+without): the real engine's build ran at the same time, on the same interpreter lock.
+
+Split batches (``TFTRT_SPLIT_BATCH=1``; off until a GPU has run them): the first call at a
+new batch size b builds nothing. It runs as consecutive slices of the inputs along dimension
+0, each through an engine already built for that many samples (largest first: 13 = 8 + 4 + 1),
+the outputs concatenated (:class:`SplitEngine`): no padding, every sample computed by a real
+engine of the profile. Only where the profile's network keeps samples apart, which is
+checked, not assumed (``shape_template.batch_split_check``: the batch is dimension 0 of every
+tensor, at two batch sizes, and no layer works along it; a softmax over the batch, a
+transpose moving it or a layer kind not known to be per sample refuses). When nothing
+smaller is built yet, the profile's smallest batch is built for that call, once. The real
+engine for b is queued, after the powers of two of the profile's batch range (so later new
+batches split into few parts); one background thread builds the queue in order and each
+engine replaces its stand-in when done. A failed background build leaves the stand-in
+serving, with one warning. At interpreter exit the queued builds are dropped.
 """
 
 from __future__ import annotations
@@ -42,6 +57,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import weakref
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 log = logging.getLogger("tftrt.profiles")
@@ -231,6 +247,71 @@ def quick_shapes() -> bool:
     return env_bool("TFTRT_QUICK_SHAPES", False)
 
 
+def split_batches() -> bool:
+    """``TFTRT_SPLIT_BATCH`` is 1 / true: new batch sizes served by split batches (module
+    doc)."""
+    from tftrt.env import env_bool
+    return env_bool("TFTRT_SPLIT_BATCH", False)
+
+
+class SplitEngine:
+    """Serves one batch as consecutive slices of the inputs along dimension 0, each run by an
+    engine already built for that many samples, the outputs concatenated (module doc).
+
+    Args:
+      shapes: the input shapes it serves.
+      parts: (samples, engine) in order; the samples add up to the batch.
+      backend: the engines' backend name (how outputs are concatenated).
+    """
+
+    def __init__(self, shapes: ShapeKey, parts: List[Tuple[int, object]], backend: str):
+        self.input_shapes = [tuple(s) for s in shapes]
+        self.parts = list(parts)
+        self.backend = backend
+        self.build_info = {"split": [n for n, _ in self.parts], "quick": False,
+                           "from_template": False, "timed_layers": 0}
+
+    @property
+    def input_names(self) -> List[str]:
+        return self.parts[0][1].input_names
+
+    @property
+    def weights(self):
+        return self.parts[0][1].weights
+
+    def execute(self, inputs):
+        if isinstance(inputs, dict):
+            inputs = [inputs[n] for n in self.input_names]
+        outs, start = [], 0
+        for n, engine in self.parts:
+            outs.append(engine.execute([x[start:start + n] for x in inputs]))
+            start += n
+        if len(outs) == 1:
+            return outs[0]
+        if self.backend == "cupy":
+            import cupy as xp
+        else:
+            import numpy as xp
+        return [xp.concatenate([o[k] for o in outs], axis=0) for k in range(len(outs[0]))]
+
+    def __repr__(self) -> str:
+        return f"<SplitEngine {self.input_shapes} as batches {self.build_info['split']}>"
+
+
+_LIVE: "weakref.WeakSet" = weakref.WeakSet()  # ProfileEngines that may build in the background
+
+
+def _stop_background_builds() -> None:
+    """At interpreter exit: queued background builds are dropped (the one running ends),
+    so that exiting waits for one build at most."""
+    for pe in list(_LIVE):
+        pe.stop_background_builds()
+
+
+if hasattr(threading, "_register_atexit"):  # runs before non-daemon threads are joined
+    threading._register_atexit(_stop_background_builds)
+
+
 def tactic_choices(engine) -> Dict[str, dict]:
     """layer name -> what the layer chose in a built or loaded engine: tactic and the backend's
     tuned sub-choices (what the other shapes of its profile reuse, see tactics.layer_choice)."""
@@ -265,8 +346,16 @@ class ProfileEngine:
         self.template_errors: Dict[int, str] = {}
         self._engines: Dict[ShapeKey, object] = {}
         self._failed: Dict[ShapeKey, str] = {}
-        self._pending: Dict[ShapeKey, threading.Thread] = {}  # real engines building
+        # shapes whose real engine is queued or building -> what serves them meanwhile
+        # (a quick engine, a SplitEngine, or None for a rung of the split ladder)
+        self._pending: Dict[ShapeKey, object] = {}
+        self._stand_ins: Dict[ShapeKey, SplitEngine] = {}  # split batches serving a shape
+        self._queue: List[Tuple[int, ShapeKey, object]] = []
+        self._worker: Optional[threading.Thread] = None
+        self._stopped = False
+        self._split_why: Dict[int, Optional[str]] = {}
         self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
         # tuned: engines built with tactic timing (one per distinct opt shape);
         # shapes: engines for other shapes of a profile (no timing), from_template: those
         # made from the opt engine's network (no pass ran; counted with a specializer)
@@ -353,57 +442,72 @@ class ProfileEngine:
 
     def engine_for(self, shapes, quick: bool = True):
         """The runtime engine for exactly ``shapes`` (built now without tuning when new; with
-        ``quick``, a quick engine while the real one builds, where there can be one).
+        ``quick``, a stand-in while the real one builds, where there can be one: split
+        batches, else a quick engine).
 
         Raises:
           KeyError: no profile contains ``shapes``.
           Exception: the build for these shapes failed (again, with the first reason).
         """
         key = _key(shapes)
-        engine = self._engines.get(key)
+        engine = self._engines.get(key) or self._stand_ins.get(key)
         if engine is not None:
             return engine
         i = self.profile_index(key)
         if i is None:
             raise KeyError(f"no optimization profile contains input shapes {key}")
         with self._lock:
-            engine = self._engines.get(key)
+            engine = self._engines.get(key) or self._stand_ins.get(key)
             if engine is not None:
                 return engine
             if key in self._failed:
                 raise RuntimeError(self._failed[key])
             opt = self._opt_engine(i)
-            engine = None
             made = self._template(i)
-            if made is not None and made[0].serves(key) is None:
-                engine = self._quick(i, key, opt, made[1]) if quick else None
+            if quick and made is not None and made[0].serves(key) is None:
+                engine = self._split(i, key, made[0])
                 if engine is not None:
-                    self.stats["shapes"] += 1
-                    self._adopt(engine)
-                    self._engines[key] = engine
                     return engine
-                try:
-                    engine = made[1](key)
-                    self.stats["from_template"] += 1
-                except Exception as e:  # the full build below says what is really wrong
-                    log.info("optimization profile %s: shapes %s are built from the network: "
-                             "%s: %s", self.profiles[i], key, type(e).__name__, e)
-            if engine is None:
-                try:
-                    engine = self._build(key, tactic_choices(opt), self.weight_cache)
-                except Exception as e:
-                    self._failed[key] = f"{type(e).__name__}: {e}"
-                    raise
-            self.stats["shapes"] += 1
-            self.stats["timed_layers"] += int(engine.build_info.get("timed_layers", 0))
-            self._adopt(engine)
-            self._engines[key] = engine
+                engine = self._quick(i, key, opt, made[1])
+                if engine is not None:
+                    self._register(key, engine, from_template=False)
+                    return engine
+            try:
+                engine, from_template = self._make(i, key)
+            except Exception as e:
+                self._failed[key] = f"{type(e).__name__}: {e}"
+                raise
+            self._register(key, engine, from_template)
             return engine
 
+    def _make(self, i: int, key: ShapeKey):
+        """(a real engine for ``key`` of profile ``i``, whether it came from the template):
+        from the opt engine's network where the template serves the shapes, else a full
+        build with the opt engine's tactics. Nothing is registered."""
+        opt = self._opt_engine(i)
+        made = self._template(i)
+        if made is not None and made[0].serves(key) is None:
+            try:
+                return made[1](key), True
+            except Exception as e:  # the full build below says what is really wrong
+                log.info("optimization profile %s: shapes %s are built from the network: "
+                         "%s: %s", self.profiles[i], key, type(e).__name__, e)
+        return self._build(key, tactic_choices(opt), self.weight_cache), False
+
+    def _register(self, key: ShapeKey, engine, from_template: bool,
+                  new_shape: bool = True) -> None:
+        if new_shape:
+            self.stats["shapes"] += 1
+        if from_template:
+            self.stats["from_template"] += 1
+        self.stats["timed_layers"] += int(engine.build_info.get("timed_layers", 0))
+        self._adopt(engine)
+        self._engines[key] = engine
+
+    # --- stand-ins while a real engine builds ----------------------------------------------
     def _quick(self, i: int, key: ShapeKey, opt, build):
-        """A quick engine for ``key`` (module doc) with its real engine started on a thread,
-        or None (quick engines off, the backend makes none, or it failed: build the usual
-        way)."""
+        """A quick engine for ``key`` (module doc) with its real engine queued, or None
+        (quick engines off, the backend makes none, or it failed: build the usual way)."""
         if not (quick_shapes() and
                 callable(getattr(getattr(opt, "backend_impl", None), "mark_quick", None))):
             return None
@@ -414,38 +518,150 @@ class ProfileEngine:
                      "building the real one now", self.profiles[i], key, type(e).__name__, e)
             return None
         self.stats["quick"] = self.stats.get("quick", 0) + 1
-        t = threading.Thread(target=self._build_real, args=(i, key, build, engine),
-                             name=f"tftrt-shape-{'x'.join(map(str, key[0]))}")
-        self._pending[key] = t
-        t.start()
+        self._enqueue(i, key, engine)
         return engine
 
-    def _build_real(self, i: int, key: ShapeKey, build, quick_engine) -> None:
-        """The background half of :meth:`_quick`: the real engine replaces the quick one."""
+    def split_check(self, i: int) -> Optional[str]:
+        """None when profile ``i``'s batches may be split (module doc), else why not."""
+        if i not in self._split_why:
+            made = self._template(i)
+            check = getattr(made[0], "batch_split", None) if made is not None else None
+            self._split_why[i] = (check() if callable(check) else
+                                  "the profile's other shapes are not made from a template")
+            if self._split_why[i]:
+                log.info("optimization profile %s: new batch sizes wait for their engine (no "
+                         "split batches): %s", self.profiles[i], self._split_why[i])
+        return self._split_why[i]
+
+    def _parts(self, key: ShapeKey) -> Optional[List[Tuple[int, object]]]:
+        """Engines already built for smaller batches of ``key``'s other dimensions whose
+        batches add up to ``key``'s (largest first), or None."""
+        b = key[0][0]
+        rest = [s[1:] for s in key]
+        sizes: Dict[int, object] = {}
+        for k, e in self._engines.items():
+            n = k[0][0]
+            if (0 < n < b and len(k) == len(key) and all(s[0] == n for s in k) and
+                    all(s[1:] == r for s, r in zip(k, rest))):
+                sizes[n] = e
+        parts, left = [], b
+        for n in sorted(sizes, reverse=True):
+            while n <= left:
+                parts.append((n, sizes[n]))
+                left -= n
+        return parts if parts and left == 0 else None
+
+    def _rung(self, key: ShapeKey, n: int) -> ShapeKey:
+        return tuple((n, *s[1:]) for s in key)
+
+    def _split(self, i: int, key: ShapeKey, template) -> Optional[SplitEngine]:
+        """Split batches for ``key`` (module doc) with its real engine queued, or None."""
+        if not split_batches() or self.split_check(i) is not None:
+            return None
+        b = key[0][0]
+        if any(s[0] != b for s in key):
+            return None
+        parts = self._parts(key)
+        if parts is None:  # nothing smaller built yet: the profile's smallest batch, now
+            lo = max(s[0] for s in self.profiles[i].min)
+            rung = self._rung(key, max(lo, 1))
+            if rung[0][0] >= b or self.profile_index(rung) != i:
+                return None
+            try:
+                self.engine_for(rung, quick=False)
+            except Exception as e:
+                log.info("optimization profile %s: no engine for batch %d to split batches "
+                         "with (%s: %s)", self.profiles[i], rung[0][0], type(e).__name__, e)
+                return None
+            parts = self._parts(key)
+            if parts is None:
+                return None
+        engine = SplitEngine(key, parts, self.backend)
+        self._stand_ins[key] = engine
+        self.stats["split"] = self.stats.get("split", 0) + 1
+        self.stats["shapes"] += 1
+        # the powers of two in the profile's batch range, so that later batches split into
+        # few parts, then this batch's own engine
+        lo = max(max(s[0] for s in self.profiles[i].min), 1)
+        hi = min(s[0] for s in self.profiles[i].max)
+        n = 1
+        while n < hi:
+            rung = self._rung(key, n)
+            if n >= lo and n != b and self.profile_index(rung) == i:
+                self._enqueue(i, rung, None)
+            n *= 2
+        self._enqueue(i, key, engine)
+        return engine
+
+    # --- the background builds ---------------------------------------------------------------
+    def _enqueue(self, i: int, key: ShapeKey, stand_in) -> None:
+        """Queues the real engine for ``key`` (one background thread builds them in order)."""
+        with self._cond:
+            if self._stopped or key in self._pending or (
+                    key in self._engines and self._engines[key] is not stand_in):
+                return
+            self._pending[key] = stand_in
+            self._queue.append((i, key, stand_in))
+            _LIVE.add(self)
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._drain, name="tftrt-shapes")
+                self._worker.start()
+
+    def _drain(self) -> None:
+        while True:
+            with self._cond:
+                if not self._queue:
+                    self._worker = None
+                    self._cond.notify_all()
+                    return
+                i, key, stand_in = self._queue.pop(0)
+            self._build_real(i, key, stand_in)
+
+    def _build_real(self, i: int, key: ShapeKey, stand_in) -> None:
+        """Builds ``key``'s real engine; it replaces the stand-in (a quick engine or split
+        batches) or, for a rung of the split ladder, joins the engines."""
         engine = None
         try:
-            engine = build(key)
+            engine, from_template = self._make(i, key)
         except Exception as e:
+            if stand_in is None:
+                what = "batches are split without it"
+            elif isinstance(stand_in, SplitEngine):
+                what = "split batches keep serving them"
+            else:
+                what = "its quick engine keeps serving them"
             log.warning("optimization profile %s: the engine for shapes %s failed to build in "
-                        "the background (%s: %s); its quick engine keeps serving them (same "
-                        "answers, possibly slower)", self.profiles[i], key, type(e).__name__, e)
-        with self._lock:
+                        "the background (%s: %s); %s (same answers, possibly slower)",
+                        self.profiles[i], key, type(e).__name__, e, what)
+        with self._cond:
             self._pending.pop(key, None)
-            if engine is not None and self._engines.get(key) is quick_engine:
-                self._adopt(engine)
-                self._engines[key] = engine
-                self.stats["from_template"] += 1
-                self.stats["swapped"] = self.stats.get("swapped", 0) + 1
+            current = self._engines.get(key)
+            if engine is not None and (current is None or current is stand_in):
+                self._register(key, engine, from_template, new_shape=stand_in is None)
+                self._stand_ins.pop(key, None)
+                if stand_in is not None:
+                    self.stats["swapped"] = self.stats.get("swapped", 0) + 1
+            self._cond.notify_all()
+
+    def stop_background_builds(self) -> None:
+        """Drops the queued background builds (the one running ends); stand-ins keep
+        serving. Called at interpreter exit."""
+        with self._cond:
+            self._stopped = True
+            for _, key, _ in self._queue:
+                self._pending.pop(key, None)
+            self._queue.clear()
+            self._cond.notify_all()
 
     def wait_pending(self, timeout: Optional[float] = None) -> bool:
-        """Waits for the real engines building in the background (quick engines); True when
-        none is left."""
-        with self._lock:
-            threads = list(self._pending.values())
-        for t in threads:
-            t.join(timeout)
-        with self._lock:
-            return not self._pending
+        """Waits for the real engines building in the background (for quick engines and
+        split batches); True when none is left."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._pending, timeout)
+
+    def is_split(self, shapes) -> bool:
+        """Whether ``shapes`` are served by split batches now (module doc)."""
+        return _key(shapes) in self._stand_ins
 
     def is_quick(self, shapes) -> bool:
         """Whether ``shapes`` are served by a quick engine now (its real one still building,

@@ -318,6 +318,10 @@ def test_a_failed_background_build_keeps_the_quick_engine(quick_backend, monkeyp
     monkeypatch.setattr(B, "build_engine_from_template", failing)
     model, _ = resnet50(batch=2, size=16, width=8)
     pe = profile_engine(model, batch_profile(1, 8, (16, 16, 3)))
+
+    def no_full_build(*a, **k):  # where the template fails, the full build is tried next
+        raise RuntimeError("out of luck")
+    pe._build = no_full_build
     with caplog.at_level("WARNING", logger="tftrt.profiles"):
         quick = check(pe, model, (5, 16, 16, 3))
         assert pe.wait_pending(timeout=60)
@@ -341,3 +345,154 @@ def test_quick_engines_under_concurrent_calls(quick_backend):
     assert pe.wait_pending(timeout=120)
     assert not any(pe.is_quick([(b, 16, 16, 3)]) for b in range(1, 9))
     assert pe.stats["quick"] == 7 == pe.stats["swapped"] == pe.stats["shapes"]
+
+
+# --- split batches: a new batch size served at once by engines for smaller batches -------------
+@pytest.fixture
+def split_on(monkeypatch):
+    monkeypatch.setenv("TFTRT_SPLIT_BATCH", "1")
+
+
+def gate_background(monkeypatch):
+    """Background builds (the tftrt-shapes thread) wait until the returned event is set;
+    builds on the calling thread go through."""
+    import tftrt.engine.builder as B
+    real_build, gate = B.build_engine_from_template, threading.Event()
+
+    def gated(*a, **k):
+        if threading.current_thread().name == "tftrt-shapes":
+            assert gate.wait(60)
+        return real_build(*a, **k)
+    monkeypatch.setattr(B, "build_engine_from_template", gated)
+    return gate
+
+
+def softmax_over_batch_model():
+    """y = softmax(x @ w, axis=0): every sample's answer depends on the others."""
+    w = np.random.default_rng(0).standard_normal((6, 4)).astype(np.float32)
+    nodes = [N("MatMul", [X, "w"], ["h"]), N("Softmax", ["h"], ["TensorRTOutputPH_0"], axis=0)]
+    return make_model(nodes, {X: np.zeros((4, 6), np.float32)}, {"w": w},
+                      outputs=["TensorRTOutputPH_0"], symbolic=[0])
+
+
+def test_which_networks_may_split_their_batches():
+    model, _ = resnet50(batch=2, size=16, width=8)
+    pe = profile_engine(model, batch_profile(1, 8, (16, 16, 3)))
+    assert pe.split_check(0) is None
+    pe = profile_engine(softmax_over_batch_model(), batch_profile(1, 8, (6,)))
+    assert "(softmax) works along dimension 0" in pe.split_check(0)
+    # x[-2:] on the batch axis, a flatten through Shape: tensors whose dimension 0 is not
+    # the batch, or a slice of it
+    pe = profile_engine(shape_values_model(), batch_profile(1, 8, (2, 3, 4)))
+    assert pe.split_check(0) is not None
+    # a profile that varies more than the batch (an unstrided conv: one template for all H)
+    w = np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32)
+    nodes = [N("Transpose", [X], ["t"], perm=[0, 3, 1, 2]),
+             N("Conv", ["t", "w"], ["c"], auto_pad="SAME_UPPER"),
+             N("Transpose", ["c"], ["TensorRTOutputPH_0"], perm=[0, 2, 3, 1])]
+    conv = make_model(nodes, {X: np.zeros((1, 8, 8, 3), np.float32)}, {"w": w},
+                      outputs=["TensorRTOutputPH_0"], symbolic=[0, 1])
+    pe = profile_engine(conv, Profile([(1, 5, 8, 3)], [(4, 10, 8, 3)], [(4, 10, 8, 3)]))
+    assert pe.template_errors == {}
+    assert "not dimension 0 of every input alone" in pe.split_check(0)
+    pe = profile_engine(conv, Profile([(1, 10, 8, 3)], [(4, 10, 8, 3)], [(4, 10, 8, 3)]))
+    assert pe.split_check(0) is None  # the layout transposes keep dimension 0 in place
+
+
+def test_a_new_batch_is_split_then_gets_its_engine(split_on, monkeypatch):
+    gate = gate_background(monkeypatch)
+    model, _ = resnet50(batch=2, size=16, width=8)
+    pe = profile_engine(model, batch_profile(1, 8, (16, 16, 3)))
+    split = check(pe, model, (5, 16, 16, 3), seed=5)
+    # nothing smaller than 8 was built: batch 1 was built for the call, the rest is queued
+    assert split.build_info["split"] == [1] * 5 and pe.is_split([(5, 16, 16, 3)])
+    assert sorted(k[0][0] for k in pe.shapes) == [1, 8]
+    assert not pe.wait_pending(timeout=0.05)
+    assert check(pe, model, (5, 16, 16, 3), seed=6) is split  # still building
+    gate.set()
+    assert pe.wait_pending(timeout=120)
+    # the ladder (2, 4) and batch 5's own engine, from the template
+    assert sorted(k[0][0] for k in pe.shapes) == [1, 2, 4, 5, 8]
+    real = check(pe, model, (5, 16, 16, 3), seed=7)
+    assert real is not split and real.build_info["from_template"] and \
+        not pe.is_split([(5, 16, 16, 3)])
+    x = np.random.default_rng(8).standard_normal((5, 16, 16, 3)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(split.execute([x])[0]),
+                               np.asarray(real.execute([x])[0]), rtol=1e-5, atol=1e-5)
+    # a later new batch splits over what is built now: 7 = 5 + 2
+    seven = check(pe, model, (7, 16, 16, 3), seed=9)
+    assert seven.build_info["split"] == [5, 2]
+    assert pe.wait_pending(timeout=120) and not pe.is_split([(7, 16, 16, 3)])
+    assert pe.stats["split"] == 2 == pe.stats["swapped"]
+    assert pe.stats["shapes"] == 5 == pe.stats["from_template"]  # batches 1, 2, 4, 5, 7
+    assert pe.stats["tuned"] == 1 and pe.stats["timed_layers"] > 0
+
+
+@pytest.mark.parametrize("value", ["0", None])
+def test_split_batches_off(monkeypatch, value):
+    """TFTRT_SPLIT_BATCH=0, and unset (the default until a GPU has run them): the call
+    waits for its engine."""
+    if value is None:
+        monkeypatch.delenv("TFTRT_SPLIT_BATCH", raising=False)
+    else:
+        monkeypatch.setenv("TFTRT_SPLIT_BATCH", value)
+    model, _ = resnet50(batch=2, size=16, width=8)
+    pe = profile_engine(model, batch_profile(1, 8, (16, 16, 3)))
+    engine = check(pe, model, (3, 16, 16, 3))
+    assert "split" not in engine.build_info and "split" not in pe.stats
+    assert pe.shapes == [((8, 16, 16, 3),), ((3, 16, 16, 3),)]
+
+
+def test_a_network_that_mixes_samples_is_never_split(split_on):
+    model = softmax_over_batch_model()
+    pe = profile_engine(model, batch_profile(1, 8, (6,)))
+    pe.engine_for([(1, 6)])  # a smaller engine to split with, were it allowed
+    for b in (2, 5, 7):
+        engine = check(pe, model, (b, 6), seed=b)
+        assert "split" not in engine.build_info
+    assert "split" not in pe.stats and pe.wait_pending(timeout=1)
+
+
+def test_a_failed_background_build_keeps_the_split_batches(split_on, monkeypatch, caplog):
+    import tftrt.engine.builder as B
+    real_build = B.build_engine_from_template
+
+    def failing(*a, **k):
+        if threading.current_thread().name == "tftrt-shapes":
+            raise RuntimeError("out of luck")
+        return real_build(*a, **k)
+    monkeypatch.setattr(B, "build_engine_from_template", failing)
+    model, _ = resnet50(batch=2, size=16, width=8)
+    pe = profile_engine(model, batch_profile(1, 8, (16, 16, 3)))
+    real_full = pe._build
+
+    def no_background_full_build(*a, **k):
+        if threading.current_thread().name == "tftrt-shapes":
+            raise RuntimeError("out of luck")
+        return real_full(*a, **k)
+    pe._build = no_background_full_build
+    with caplog.at_level("WARNING", logger="tftrt.profiles"):
+        split = check(pe, model, (3, 16, 16, 3))
+        assert pe.wait_pending(timeout=60)
+    assert "split batches keep serving them" in caplog.text and "out of luck" in caplog.text
+    assert "batches are split without it" in caplog.text  # the ladder's rung 2, 4
+    assert check(pe, model, (3, 16, 16, 3), seed=1) is split and pe.is_split([(3, 16, 16, 3)])
+    assert pe.stats.get("swapped", 0) == 0
+
+
+def test_split_batches_under_concurrent_calls(split_on):
+    """Four threads call every batch of the profile at once, again and again, while the
+    real engines replace split batches: every answer is right, and in the end every batch
+    has its own engine."""
+    model, _ = resnet50(batch=2, size=16, width=8)
+    pe = profile_engine(model, batch_profile(1, 8, (16, 16, 3)))
+
+    def body(t):
+        for rep in range(3):
+            for b in range(1, 8):
+                check(pe, model, (b, 16, 16, 3), seed=10 * t + rep)
+    in_threads(body)
+    assert pe.wait_pending(timeout=120)
+    assert not any(pe.is_split([(b, 16, 16, 3)]) for b in range(1, 9))
+    assert sorted(k[0][0] for k in pe.shapes) == list(range(1, 9))
+    assert pe.stats["split"] == pe.stats["swapped"] >= 1

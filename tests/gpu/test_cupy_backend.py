@@ -676,6 +676,57 @@ def test_quick_engines_for_new_shapes_of_a_profile(small_resnet, monkeypatch):
     assert pe.stats["quick"] == 3 == pe.stats["swapped"], pe.stats
 
 
+def test_split_batches_for_new_shapes_of_a_profile(small_resnet, monkeypatch):
+    """A profile batch 1..8 of a small ResNet on CuPy (FP16), TFTRT_SPLIT_BATCH=1: the first
+    call at a new batch runs as slices through engines built for smaller batches (CuPy
+    slices in, outputs concatenated on the GPU) with the real engine's answers (FP16
+    tolerance against numpy) and no build on the call; the real engines replace them. The
+    first calls' times are printed (run with -s)."""
+    import time
+    from tftrt.engine.backends import get_backend
+    from tftrt.engine.onnx_import import network_from_onnx
+    from tftrt.engine.shape_template import specializer
+    from tftrt.profiles import Profile, ProfileEngine, SplitEngine
+    monkeypatch.setenv("TFTRT_SPLIT_BATCH", "1")
+    model, feeds = small_resnet
+    name = "TensorRTInputPH_0"
+    rest = tuple(feeds[name].shape[1:])
+    net = network_from_onnx(model)
+    get_backend("cupy").set_build_options(allow_tf32=False)
+
+    def config(choices=None, weights=None, backend="cupy"):
+        return BuilderConfig(precision="FP16", backend=backend, tactic_choices=choices,
+                             weight_cache=weights)
+
+    def build(key, choices, weights):
+        return build_engine(net, {name: key[0]}, config(choices, weights))
+    pe = ProfileEngine([Profile([(1, *rest)], [(8, *rest)], [(8, *rest)])], build, "cupy",
+                       specializer(net, config())).build_profiles()
+    assert pe.split_check(0) is None, pe.split_check(0)
+    pe.engine_for([(1, *rest)], quick=False)  # what build() makes when it sees batch 1
+    first_ms = {}
+    for b in (3, 5, 7):
+        x = rand(b, *rest, seed=b)
+        t0 = time.perf_counter()
+        eng = pe.engine_for([(b, *rest)])
+        assert isinstance(eng, SplitEngine), b
+        got = eng.execute([x])
+        cp.cuda.get_current_stream().synchronize()
+        first_ms[b] = (time.perf_counter() - t0) * 1e3
+        assert isinstance(got[0], cp.ndarray)
+        ref = build_engine(net, {name: (b, *rest)}, config(backend="numpy"))
+        _compare(got, ref.execute([x]), TOLERANCES["FP16"], f"split batch {b}")
+    print(f"\nfirst calls on split batches (ms): {first_ms}")
+    assert pe.wait_pending(timeout=300)
+    for b in (3, 5, 7):
+        eng = pe.engine_for([(b, *rest)])
+        assert not isinstance(eng, SplitEngine) and not pe.is_split([(b, *rest)])
+        x = rand(b, *rest, seed=b)
+        ref = build_engine(net, {name: (b, *rest)}, config(backend="numpy"))
+        _compare(eng.execute([x]), ref.execute([x]), TOLERANCES["FP16"], f"real batch {b}")
+    assert pe.stats["split"] == 3 == pe.stats["swapped"], pe.stats
+
+
 def test_plan_round_trip_without_retuning(small_resnet, monkeypatch):
     from tftrt.engine.backends import cupy_dnn
     model, feeds = small_resnet

@@ -99,6 +99,36 @@ def test_new_batch_sizes_get_quick_engines_then_real_ones(flatten_dir, monkeypat
     assert op.stats["native"] == 0
 
 
+def test_new_batch_sizes_are_split_through_tensorflow(flatten_dir, monkeypatch, tmp_path):
+    """TFTRT_SPLIT_BATCH=1: each new batch size's first call runs as slices through engines
+    already built for smaller batches (no build on the call), its own engine replaces them in
+    the background; every answer matches native TensorFlow, before and after a save / load."""
+    import tftrt
+    monkeypatch.setenv("TFTRT_SPLIT_BATCH", "1")
+    native = tf.saved_model.load(flatten_dir).signatures["serving_default"]
+    conv, fn, op = converted(flatten_dir)
+    conv.build(lambda: iter([(models.batch((b, *HWC)),) for b in (1, 16)]))
+    (pe,) = [e for _, e in op.cache.items()]
+    assert pe.split_check(0) is None  # the flatten's batch comes from tf.shape: re-derived
+    for b in (3, 5, 3, 9, 5):
+        check(fn, native, b)
+    assert pe.stats["split"] == 3  # 3, 5 and 9, each once
+    assert pe.wait_pending(timeout=120)
+    for b in (3, 5, 9, 12):
+        check(fn, native, b)
+    assert not any(pe.is_split([(b, *HWC)]) for b in (3, 5, 9))
+    assert pe.wait_pending(timeout=120) and op.stats["native"] == 0
+    conv.save(str(tmp_path / "saved"))
+    loaded = tftrt.load(str(tmp_path / "saved"))
+    (lop,) = loaded.engine_ops.values()
+    (lpe,) = [e for _, e in lop.cache.items()]
+    sig = loaded.signatures["serving_default"]
+    for b in (6, 11, 6):
+        check(sig, native, b)
+    assert lpe.stats["split"] == 2 and lop.stats["native"] == 0
+    assert lpe.wait_pending(timeout=120)
+
+
 def test_loaded_profiles_serve_other_sizes_without_passes(flatten_dir, passes_runs, tmp_path):
     import tftrt
     native = tf.saved_model.load(flatten_dir).signatures["serving_default"]

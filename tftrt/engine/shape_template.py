@@ -147,6 +147,107 @@ class ShapeTemplate:
         out.layers = layers
         return out
 
+    def batch_split(self) -> Optional[str]:
+        """None when a batch may be run as consecutive slices, each through the engine for
+        its own batch size, and the answers concatenated (every sample computed apart from
+        the others); else why not. See :func:`batch_split_check`."""
+        if not hasattr(self, "_batch_split"):
+            self._batch_split = batch_split_check(self)
+        return self._batch_split
+
+
+# --- may a batch be split? -----------------------------------------------------------------------
+# Kinds that compute each position of dimension 0 from that position alone, whatever their
+# attributes (the tensor check below sees a kind that changes dimension 0).
+_PER_SAMPLE_KINDS = ("pointwise", "conv", "conv_transpose", "pool", "se", "attention", "matmul",
+                     "depth_to_space", "space_to_depth", "resize", "expand", "tile", "reshape",
+                     "onehot")
+# Kinds that work along their ``axis`` (on their first input): per sample unless it is 0.
+_AXIS_KINDS = ("softmax", "arg_reduce", "topk", "cumsum", "concat", "split", "gather",
+               "gather_elements", "quantize", "dequantize")
+# Kinds that work along their ``axes``: per sample unless they hold 0.
+_AXES_KINDS = ("reduce", "normalization")
+
+
+def _batch_axis_use(net: Network, layer: Layer) -> Optional[str]:
+    """Why ``layer`` mixes samples (works along dimension 0), or None."""
+    kind, a = layer.kind, layer.attrs
+    first = layer.inputs[0] if layer.inputs else None
+    shape = net.tensors[first].shape if first else None
+    rank = len(shape) if shape else 1
+    if kind in _PER_SAMPLE_KINDS:
+        return None
+    if kind in _AXIS_KINDS:
+        if first in net.weights:  # a weight indexed or cut per sample (an embedding table)
+            return None
+        if kind in ("quantize", "dequantize"):
+            scale = layer.inputs[1] if len(layer.inputs) > 1 else None
+            if scale in net.weights and np.asarray(net.weights[scale]).size == 1:
+                return None  # one scale for the tensor: its axis means nothing
+        axis = int(a.get("axis", 0))
+        return "works along dimension 0" if axis % rank == 0 else None
+    if kind in _AXES_KINDS:
+        axes = a.get("axes")
+        if axes is None or any(int(ax) % rank == 0 for ax in axes):
+            return "reduces over dimension 0"
+        return None
+    if kind == "transpose":
+        perm = a.get("perm")
+        return None if perm is not None and int(perm[0]) % rank == 0 else \
+            "moves dimension 0"
+    if kind == "slice":
+        sl = a.get("slices")
+        ok = sl is not None and int(sl[0][0] or 0) == 0 and int(sl[0][2]) == 1
+        return None if ok else "slices dimension 0"
+    if kind == "pad":
+        pads = a.get("pads")
+        ok = pads is not None and int(pads[0]) == 0 and int(pads[rank]) == 0
+        return None if ok else "pads dimension 0"
+    return f"kind {kind!r} is not known to keep samples apart"
+
+
+def batch_split_check(template: "ShapeTemplate") -> Optional[str]:
+    """Whether a profile's batches may be split (None) or why not.
+
+    Splitting serves batch b as consecutive slices of the inputs along dimension 0, each run
+    by the engine of its own (smaller) batch size, the outputs concatenated: right only when
+    dimension 0 of every input is one batch dimension and no layer mixes samples. Checked on
+    the opt engine's network, not assumed:
+
+    * the profile varies dimension 0 of every input and nothing else, at one value;
+    * every tensor of the network (weights aside) has dimension 0 equal to the batch, at the
+      opt batch and at another one (the template re-derived there), its other dimensions
+      unchanged: no layer moves samples into other dimensions or back (a reshape of the batch
+      into features, a transpose, a batch-sized constant);
+    * no layer works along dimension 0 (softmax, concat or reductions over it, a transpose
+      moving it, a slice or pad of it); a layer kind not listed as per sample refuses.
+    """
+    net = template.network
+    want = [(i, 0) for i in range(len(net.inputs))]
+    if sorted(template.variables) != want:
+        return (f"the profile varies dimensions {sorted(template.variables)}, not dimension 0 "
+                f"of every input alone")
+    if len(set(template.opt)) != 1:
+        return f"the inputs' batch sizes differ at the opt shape ({list(template.opt)})"
+    b0 = template.opt[0]
+    b1 = b0 // 2 + 1 if b0 >= 3 else b0 + 1
+    try:
+        other = template.network_for({n: (b1, *net.tensors[n].shape[1:]) for n in net.inputs})
+    except (EngineBuildError, TemplateError, ValueError) as e:
+        return f"the network at batch {b1}: {e}"
+    for name, info in net.tensors.items():
+        if name in net.weights:
+            continue
+        s0, s1 = info.shape, other.tensors[name].shape
+        if not s0 or not s1 or s0[0] != b0 or s1[0] != b1 or tuple(s0[1:]) != tuple(s1[1:]):
+            return (f"tensor {name} has shape {s0} at batch {b0} and {s1} at batch {b1}: "
+                    f"its dimension 0 is not the batch")
+    for layer in net.layers:
+        why = _batch_axis_use(net, layer)
+        if why:
+            return f"layer {layer.name} ({layer.kind}) {why}"
+    return None
+
 
 # --- rules ------------------------------------------------------------------------------------
 
