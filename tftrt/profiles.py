@@ -44,8 +44,9 @@ the outputs concatenated (:class:`SplitEngine`): no padding, every sample comput
 engine of the profile. Only where the profile's network keeps samples apart, which is
 checked, not assumed (``shape_template.batch_split_check``: the batch is dimension 0 of every
 tensor, at two batch sizes, and no layer works along it; a softmax over the batch, a
-transpose moving it or a layer kind not known to be per sample refuses). When nothing
-smaller is built yet, the profile's smallest batch is built for that call, once. The real
+transpose moving it or a layer kind not known to be per sample refuses). The profile's
+smallest batch is built with the profile (``build_profiles``: converter.build()), or for the
+first such call where nothing smaller is built (a loaded model). The real
 engine for b is queued, after the powers of two of the profile's batch range (so later new
 batches split into few parts); one background thread builds the queue in order and each
 engine replaces its stand-in when done. A failed background build leaves the stand-in
@@ -370,7 +371,23 @@ class ProfileEngine:
         for i in range(len(self.profiles)):
             self._opt_engine(i)
             self._template(i)
+            self._smallest_batch(i)
         return self
+
+    def _smallest_batch(self, i: int) -> None:
+        """With split batches on and allowed for profile ``i``, its smallest batch's engine
+        (at the opt shape's other dimensions): what every first call at a new batch size
+        can be split into, so that none waits for a build."""
+        if not split_batches() or self.split_check(i) is not None:
+            return
+        opt = self.profiles[i].opt
+        lo = max(max(s[0] for s in self.profiles[i].min), 1)
+        if lo < opt[0][0]:
+            try:
+                self.engine_for(self._rung(opt, lo), quick=False)
+            except Exception as e:  # a first call will say it again, with its fallback
+                log.info("optimization profile %s: no engine for batch %d to split batches "
+                         "with (%s: %s)", self.profiles[i], lo, type(e).__name__, e)
 
     def _adopt(self, engine) -> None:
         """The engines of this ProfileEngine share its arenas (see memory.ArenaPool)."""

@@ -403,10 +403,11 @@ def test_a_new_batch_is_split_then_gets_its_engine(split_on, monkeypatch):
     gate = gate_background(monkeypatch)
     model, _ = resnet50(batch=2, size=16, width=8)
     pe = profile_engine(model, batch_profile(1, 8, (16, 16, 3)))
-    split = check(pe, model, (5, 16, 16, 3), seed=5)
-    # nothing smaller than 8 was built: batch 1 was built for the call, the rest is queued
-    assert split.build_info["split"] == [1] * 5 and pe.is_split([(5, 16, 16, 3)])
+    # build_profiles() built the smallest batch, what a new batch splits into at first
     assert sorted(k[0][0] for k in pe.shapes) == [1, 8]
+    split = check(pe, model, (5, 16, 16, 3), seed=5)
+    assert split.build_info["split"] == [1] * 5 and pe.is_split([(5, 16, 16, 3)])
+    assert sorted(k[0][0] for k in pe.shapes) == [1, 8]  # the rest is queued
     assert not pe.wait_pending(timeout=0.05)
     assert check(pe, model, (5, 16, 16, 3), seed=6) is split  # still building
     gate.set()
@@ -496,3 +497,17 @@ def test_split_batches_under_concurrent_calls(split_on):
     assert not any(pe.is_split([(b, 16, 16, 3)]) for b in range(1, 9))
     assert sorted(k[0][0] for k in pe.shapes) == list(range(1, 9))
     assert pe.stats["split"] == pe.stats["swapped"] >= 1
+
+
+def test_a_loaded_profile_builds_its_smallest_batch_at_the_first_split(split_on):
+    """A ProfileEngine given its opt engine (a loaded plan) has nothing smaller: the first new
+    batch builds the smallest one for that call, then splits."""
+    model, _ = resnet50(batch=2, size=16, width=8)
+    built = profile_engine(model, batch_profile(1, 8, (16, 16, 3)))
+    opt = built.engine_for([(8, 16, 16, 3)])
+    pe = ProfileEngine(built.profiles, built._build, "numpy", built._specialize)
+    pe.add_opt_engine(0, opt)
+    assert pe.shapes == [((8, 16, 16, 3),)]
+    split = check(pe, model, (3, 16, 16, 3))
+    assert split.build_info["split"] == [1, 1, 1]
+    assert pe.wait_pending(timeout=120) and not pe.is_split([(3, 16, 16, 3)])
