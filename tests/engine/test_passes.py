@@ -157,6 +157,27 @@ def test_constant_folding():
     check_model(make_model(nodes, feeds, consts), feeds)
 
 
+def test_constant_folding_keeps_broadcasts_that_grow_a_weight():
+    """ViT's class token: Expand(cls (1, 1, 4), [batch, 1, 4]) with the batch read off the
+    input stays an expand layer (its shape re-derivable per batch), not a batch-sized weight;
+    a broadcast that does not grow its weight (expand to its own shape) still folds."""
+    idx0 = np.array([0], np.int64)
+    nodes = [N("Shape", ["x"], ["s"]), N("Gather", ["s", "idx0"], ["b"], axis=0),
+             N("Concat", ["b", "one_four"], ["to"], axis=0),
+             N("Expand", ["cls", "to"], ["cls_b"]),
+             N("Expand", ["pos", "pos_shape"], ["pos_same"]),
+             N("Concat", ["cls_b", "x"], ["tok"], axis=1),
+             N("Add", ["tok", "pos_same"], ["y"])]
+    feeds = {"x": rand(3, 2, 4)}
+    consts = {"idx0": idx0, "one_four": np.array([1, 4], np.int64),
+              "cls": rand(1, 1, 4, seed=1), "pos": rand(1, 3, 4, seed=2),
+              "pos_shape": np.array([1, 3, 4], np.int64)}
+    net = constant_folding(_bound(make_model(nodes, feeds, consts), feeds))
+    assert _kinds(net) == ["expand", "concat", "pointwise"]
+    assert "cls_b" not in net.weights and net.weights["pos_same"].shape == (1, 3, 4)
+    check_model(make_model(nodes, feeds, consts), feeds)
+
+
 def test_every_pass_is_pure_and_the_list_is_ordered():
     model, feeds = _keras_conv_bn_relu()
     net = _bound(model, feeds)

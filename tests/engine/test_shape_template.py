@@ -511,3 +511,28 @@ def test_a_loaded_profile_builds_its_smallest_batch_at_the_first_split(split_on)
     split = check(pe, model, (3, 16, 16, 3))
     assert split.build_info["split"] == [1, 1, 1]
     assert pe.wait_pending(timeout=120) and not pe.is_split([(3, 16, 16, 3)])
+
+
+def test_a_class_token_broadcast_to_the_batch_serves_every_batch(split_on):
+    """ViT's class token, Expand(cls, [batch, 1, 4]) with the batch read off the input, then
+    concatenated before the tokens: the expand stays a layer (constant folding keeps
+    broadcasts that grow a weight), so the profile has a template and splits batches."""
+    nodes = [N("Shape", [X], ["s"]), N("Gather", ["s", "idx0"], ["b"], axis=0),
+             N("Concat", ["b", "one_four"], ["to"], axis=0),
+             N("Expand", ["cls", "to"], ["cls_b"]),
+             N("Concat", ["cls_b", X], ["tok"], axis=1),
+             N("MatMul", ["tok", "w"], ["TensorRTOutputPH_0"])]
+    rng = np.random.default_rng(0)
+    consts = {"idx0": np.array([0], np.int64), "one_four": np.array([1, 4], np.int64),
+              "cls": rng.standard_normal((1, 1, 4)).astype(np.float32),
+              "w": rng.standard_normal((4, 5)).astype(np.float32)}
+    model = make_model(nodes, {X: np.zeros((2, 3, 4), np.float32)}, consts,
+                       outputs=["TensorRTOutputPH_0"], symbolic=[0])
+    pe = profile_engine(model, batch_profile(1, 8, (3, 4)))
+    assert pe.template_errors == {} and pe.split_check(0) is None
+    for b in (3, 6, 5):
+        check(pe, model, (b, 3, 4), seed=b)
+    assert pe.stats["split"] == 3
+    assert pe.wait_pending(timeout=120)
+    for b in (3, 6, 5):
+        assert "split" not in check(pe, model, (b, 3, 4), seed=b + 1).build_info

@@ -3,7 +3,8 @@
 ``shape`` / ``size`` of a tensor whose shape is static fold too, so shape arithmetic that the
 TF converters emit (Shape -> Gather -> Concat -> Reshape) collapses into constant attrs once
 the engine is built for concrete input shapes. Layers are evaluated with the numpy reference
-backend. Layers that produce network outputs are kept (the engine must produce them).
+backend. Layers that produce network outputs are kept (the engine must produce them), and so
+are broadcasts (expand, tile) that would make a weight larger.
 """
 
 from __future__ import annotations
@@ -17,6 +18,20 @@ from tftrt.engine.shapes import infer_layer
 MAX_FOLDED_BYTES = 64 << 20
 
 
+# A broadcast of a weight stays a layer when it makes the weight larger: a class token expanded
+# to the batch (ViT: Expand(cls, [batch, 1, hidden]) with the batch folded from Shape) would
+# otherwise become a batch-sized weight, different at every batch size, which keeps the
+# engine's network from serving the other shapes of its profile (shape_template) and from
+# splitting batches, and stores the copies.
+BROADCASTS = ("expand", "tile")
+
+
+def _grows(net: Network, layer) -> bool:
+    src, out = net.tensors.get(layer.inputs[0]), net.tensors.get(layer.outputs[0])
+    return (src is not None and out is not None and src.is_static and out.is_static and
+            int(np.prod(out.shape, dtype=np.int64)) > int(np.prod(src.shape, dtype=np.int64)))
+
+
 def _foldable(net: Network, layer) -> bool:
     if any(o in net.outputs for o in layer.outputs):
         return False
@@ -25,6 +40,8 @@ def _foldable(net: Network, layer) -> bool:
         return info is not None and info.is_static
     present = [i for i in layer.inputs if i]
     if not present or not all(i in net.weights for i in present):
+        return False
+    if layer.kind in BROADCASTS and _grows(net, layer):
         return False
     for o in layer.outputs:
         info = net.tensors[o]
