@@ -623,19 +623,13 @@ def test_capture_never_frees_graphs_inside_it(small_resnet, monkeypatch):
     assert not seen, [f"{u.exc_type.__name__}: {u.exc_value} in {u.object!r}" for u in seen]
 
 
-def test_quick_engines_for_new_shapes_of_a_profile(small_resnet, monkeypatch):
-    """A profile batch 1..8 of a small ResNet on CuPy (FP16): the first call at each new batch
-    gets a quick engine whose cuDNN convolutions run plans cuDNN did not compile at run time
-    (untimed), with the real engine's answers (FP16 tolerance against numpy); the real
-    engines replace them in the background, their convolutions on the opt engine's recorded
-    plans. The time of each quick build is printed (run with -s)."""
-    import time
+def _small_resnet_profile(small_resnet):
+    """(a ProfileEngine batch 1..8 of the small ResNet on CuPy, FP16, the
+    per-sample input shape, batch -> the numpy engine for that batch)."""
     from tftrt.engine.backends import get_backend
-    from tftrt.engine.backends.cupy_layers import ConvCudnn
     from tftrt.engine.onnx_import import network_from_onnx
     from tftrt.engine.shape_template import specializer
     from tftrt.profiles import Profile, ProfileEngine
-    monkeypatch.setenv("TFTRT_QUICK_SHAPES", "1")
     model, feeds = small_resnet
     name = "TensorRTInputPH_0"
     rest = tuple(feeds[name].shape[1:])
@@ -648,8 +642,24 @@ def test_quick_engines_for_new_shapes_of_a_profile(small_resnet, monkeypatch):
 
     def build(key, choices, weights):
         return build_engine(net, {name: key[0]}, config(choices, weights))
+
+    def reference(b):
+        return build_engine(net, {name: (b, *rest)}, config(backend="numpy"))
     pe = ProfileEngine([Profile([(1, *rest)], [(8, *rest)], [(8, *rest)])], build, "cupy",
                        specializer(net, config())).build_profiles()
+    return pe, rest, reference
+
+
+def test_quick_engines_for_new_shapes_of_a_profile(small_resnet, monkeypatch):
+    """A profile batch 1..8 of a small ResNet on CuPy (FP16): the first call at each new batch
+    gets a quick engine whose cuDNN convolutions run plans cuDNN did not compile at run time
+    (untimed), with the real engine's answers (FP16 tolerance against numpy); the real
+    engines replace them in the background, their convolutions on the opt engine's recorded
+    plans. The time of each quick build is printed (run with -s)."""
+    import time
+    from tftrt.engine.backends.cupy_layers import ConvCudnn
+    monkeypatch.setenv("TFTRT_QUICK_SHAPES", "1")
+    pe, rest, reference = _small_resnet_profile(small_resnet)
     assert pe.template_errors == {}
     quick_ms = {}
     for b in (3, 5, 1):
@@ -661,7 +671,7 @@ def test_quick_engines_for_new_shapes_of_a_profile(small_resnet, monkeypatch):
         convs = [i for i in eng.backend_impl.engine_impls(eng) if isinstance(i, ConvCudnn)]
         assert convs and all(c.conv.precompiled_only and c.conv.rtc.get(c.conv.index) is False
                              for c in convs), b
-        ref = build_engine(net, {name: (b, *rest)}, config(backend="numpy"))
+        ref = reference(b)
         want = ref.execute([x])
         for _ in range(3):  # eager, capture, replay
             _compare(eng.execute([x]), want, TOLERANCES["FP16"], f"quick batch {b}")
@@ -671,7 +681,7 @@ def test_quick_engines_for_new_shapes_of_a_profile(small_resnet, monkeypatch):
         eng = pe.engine_for([(b, *rest)])
         assert not eng.build_info["quick"]
         x = rand(b, *rest, seed=b)
-        ref = build_engine(net, {name: (b, *rest)}, config(backend="numpy"))
+        ref = reference(b)
         _compare(eng.execute([x]), ref.execute([x]), TOLERANCES["FP16"], f"real batch {b}")
     assert pe.stats["quick"] == 3 == pe.stats["swapped"], pe.stats
 
@@ -683,25 +693,9 @@ def test_split_batches_for_new_shapes_of_a_profile(small_resnet, monkeypatch):
     tolerance against numpy) and no build on the call; the real engines replace them. The
     first calls' times are printed (run with -s)."""
     import time
-    from tftrt.engine.backends import get_backend
-    from tftrt.engine.onnx_import import network_from_onnx
-    from tftrt.engine.shape_template import specializer
-    from tftrt.profiles import Profile, ProfileEngine, SplitEngine
+    from tftrt.profiles import SplitEngine
     monkeypatch.setenv("TFTRT_SPLIT_BATCH", "1")
-    model, feeds = small_resnet
-    name = "TensorRTInputPH_0"
-    rest = tuple(feeds[name].shape[1:])
-    net = network_from_onnx(model)
-    get_backend("cupy").set_build_options(allow_tf32=False)
-
-    def config(choices=None, weights=None, backend="cupy"):
-        return BuilderConfig(precision="FP16", backend=backend, tactic_choices=choices,
-                             weight_cache=weights)
-
-    def build(key, choices, weights):
-        return build_engine(net, {name: key[0]}, config(choices, weights))
-    pe = ProfileEngine([Profile([(1, *rest)], [(8, *rest)], [(8, *rest)])], build, "cupy",
-                       specializer(net, config())).build_profiles()
+    pe, rest, reference = _small_resnet_profile(small_resnet)
     assert pe.split_check(0) is None, pe.split_check(0)
     assert ((1, *rest),) in pe.shapes  # build_profiles() built the smallest batch
     first_ms = {}
@@ -714,7 +708,7 @@ def test_split_batches_for_new_shapes_of_a_profile(small_resnet, monkeypatch):
         cp.cuda.get_current_stream().synchronize()
         first_ms[b] = (time.perf_counter() - t0) * 1e3
         assert isinstance(got[0], cp.ndarray)
-        ref = build_engine(net, {name: (b, *rest)}, config(backend="numpy"))
+        ref = reference(b)
         _compare(got, ref.execute([x]), TOLERANCES["FP16"], f"split batch {b}")
     print(f"\nfirst calls on split batches (ms): {first_ms}")
     assert pe.wait_pending(timeout=300)
@@ -722,7 +716,7 @@ def test_split_batches_for_new_shapes_of_a_profile(small_resnet, monkeypatch):
         eng = pe.engine_for([(b, *rest)])
         assert not isinstance(eng, SplitEngine) and not pe.is_split([(b, *rest)])
         x = rand(b, *rest, seed=b)
-        ref = build_engine(net, {name: (b, *rest)}, config(backend="numpy"))
+        ref = reference(b)
         _compare(eng.execute([x]), ref.execute([x]), TOLERANCES["FP16"], f"real batch {b}")
     assert pe.stats["split"] == 3 == pe.stats["swapped"], pe.stats
 
