@@ -178,6 +178,9 @@ def run_model(name: str, args, work: str, dev: str, device: str) -> None:
                 st["rel_err"] = err
                 st["on_gpu"] = all("GPU" in got[k].device for k in got)
                 row["batches"][b] = st
+            if name in args.layer_profile and precision == "FP16" and \
+                    args.backend == "cupy":
+                layer_profile(ops, name, max(args.batches))
             row.update(engine_report(ops))
             row["native_calls"] = sum(op.stats["native"] for op in ops)
             row["engine_calls"] = sum(op.stats["engine"] for op in ops)
@@ -188,6 +191,27 @@ def run_model(name: str, args, work: str, dev: str, device: str) -> None:
         append_row(args.out, row)
         print_row(row)
         log(f"tftrt {precision}")
+
+
+def layer_profile(ops, name: str, batch: int) -> None:
+    """Prints each engine's per-layer profile at ``batch`` (bench_engine.print_profile): where
+    a model's time goes, without a network file (the model is built here)."""
+    import cupy as cp
+    from bench_engine import print_profile
+    for op in ops:
+        for _, entry in op.cache.items():
+            shapes = getattr(entry, "shapes", None) or [tuple(entry.input_shapes)]
+            for key in shapes:
+                if key[0][0] != batch:
+                    continue
+                engine = entry.engine_for(key) if hasattr(entry, "engine_for") else entry
+                x = cp.asarray(np.random.default_rng(0).standard_normal(key[0]).astype(
+                    engine.input_dtypes[0]))
+                try:
+                    print_profile(engine, engine.create_execution_context(), x, name,
+                                  engine.precision, batch)
+                except Exception as e:  # a profile must not end the sweep
+                    print(f"# {name}: no layer profile ({type(e).__name__}: {e})", flush=True)
 
 
 def _fmt(v, spec):
@@ -285,6 +309,10 @@ def main(argv: Optional[List[str]] = None) -> None:
                     help="use_dynamic_shape=True with this profile strategy (e.g. Range: one "
                          "profile for every batch size, tuned once at the largest); default: "
                          "one static engine per batch size")
+    ap.add_argument("--layer-profile", nargs="*", default=(), metavar="MODEL",
+                    help="these models' tftrt FP16 engines: a per-layer profile at the largest "
+                         "batch (each layer replayed alone, bench_engine.print_profile), after "
+                         "the timings (cupy backend)")
     ap.add_argument("--dry-run", action="store_true",
                     help="CPU check: numpy backend, smallest sizes and widths, 2 timed calls")
     ap.add_argument("--table", action="store_true", help="print the markdown tables of --out")
