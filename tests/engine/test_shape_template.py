@@ -528,3 +528,46 @@ def test_a_class_token_broadcast_to_the_batch_serves_every_batch(split_on):
     assert pe.wait_pending(timeout=120)
     for b in (3, 6, 5):
         assert "split" not in check(pe, model, (b, 3, 4), seed=b + 1).build_info
+
+
+_EXIT_SCRIPT = """
+import sys, time
+import numpy as np
+sys.path.insert(0, {root!r})
+import tftrt.engine.builder as B
+from tests.engine.models import resnet50
+from tests.engine.test_shape_template import batch_profile, profile_engine
+real = B.build_engine_from_template
+def slow(*a, **k):  # every background build takes 3 s
+    time.sleep(3.0)
+    return real(*a, **k)
+B.build_engine_from_template = slow
+model, _ = resnet50(batch=2, size=16, width=8)
+pe = profile_engine(model, batch_profile(1, 64, (16, 16, 3)))
+for b in (3, 5, 7, 9, 11, 13):  # 6 batches and the ladder 2..32: 11 builds queued
+    pe.engine_for([(b, 16, 16, 3)])
+print("QUEUED", len(pe._queue), flush=True)
+"""
+
+
+def test_exit_does_not_wait_for_queued_background_builds(tmp_path):
+    """A process that exits with background builds queued waits for the one running, not for
+    the queue (seconds each on a GPU): threading's exit hook drops the rest."""
+    import os
+    import subprocess
+    import sys
+    import time
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    script = tmp_path / "exit.py"
+    script.write_text(_EXIT_SCRIPT.format(root=root))
+    env = dict(os.environ, TFTRT_SPLIT_BATCH="1", TFTRT_BACKEND="numpy")
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+                          text=True, timeout=120, cwd=root)
+    took = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    queued = int(proc.stdout.split("QUEUED")[1].split()[0])
+    assert queued >= 8, proc.stdout
+    # the interpreter and the model take a few seconds, the running build 3 s at most; the
+    # whole queue would take over 30 s more
+    assert took < 20, took
