@@ -1,7 +1,7 @@
 """Reference Keras models (seeded, weights=None, logits) for tests and benchmarks: the zoo.
 
-    ZOO: every architecture of ``keras.applications`` (ResNet50 ... ConvNeXtSmall), the encoder
-      and a ViT-style model built from Keras layers, by name -> ZooModel(builder, family,
+    ZOO: every architecture of ``keras.applications`` (ResNet50 ... ConvNeXtSmall), the encoder,
+      a ViT-style model and a U-Net built from Keras layers, by name -> ZooModel(builder, family,
       default input size, smallest input size for CPU tests, torchvision twin or None).
       ``build(name, size)`` makes one; ``zoo_input_shape(name, batch, size)`` its input shape.
     resnet50(input_size=224), mobilenet_v2(input_size=224), inception_v3, vgg16: Keras
@@ -10,6 +10,8 @@
       built from Keras layers (MultiHeadAttention, LayerNormalization, Dense with GELU), taking
       float embeddings [batch, seq, hidden].
     vit(input_size=224, patch=16, ...): a ViT-S/16-style image classifier from Keras layers.
+    unet(input_size=256, width=32, depth=4): a U-Net (Conv2DTranspose and bilinear
+      UpSampling2D on the way up, skip concatenations), per-pixel logits.
     MODELS: the older registry (name -> (builder, input shape fn)) of resnet50, mobilenet_v2
       and encoder.
 
@@ -168,6 +170,43 @@ def vit(input_size: int = 224, patch: int = 16, layers: int = 12, hidden: int = 
     return randomize_batchnorm(keras.Model(inp, out, name="vit"), seed)
 
 
+def unet(input_size: int = 256, width: int = 32, depth: int = 4, classes: int = 3,
+         seed: int = 0):
+    """A U-Net from Keras layers (the segmentation models users bring): per level two 3x3
+    conv + BatchNorm + ReLU, 2x2 max pooling down; up the way back alternating a
+    Conv2DTranspose (stride 2, traced to a Conv2DBackpropInput whose output size comes from
+    the dynamic batch) and a bilinear UpSampling2D + 3x3 conv, each concatenated with its skip;
+    a 1x1 conv to per-pixel class logits."""
+    import keras
+    keras.utils.set_random_seed(seed)
+    L = keras.layers
+
+    def block(x, filters, name):
+        for k in range(2):
+            x = L.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv{k}")(x)
+            x = L.BatchNormalization(name=f"{name}_bn{k}")(x)
+            x = L.ReLU(name=f"{name}_relu{k}")(x)
+        return x
+
+    inp = keras.Input((input_size, input_size, 3), name="image")
+    x, skips = inp, []
+    for d in range(depth):
+        x = block(x, width << d, f"down{d}")
+        skips.append(x)
+        x = L.MaxPooling2D(2, name=f"pool{d}")(x)
+    x = block(x, width << depth, "bottom")
+    for d in reversed(range(depth)):
+        if d % 2:
+            x = L.Conv2DTranspose(width << d, 2, strides=2, name=f"up{d}")(x)
+        else:
+            x = L.UpSampling2D(2, interpolation="bilinear", name=f"resize{d}")(x)
+            x = L.Conv2D(width << d, 3, padding="same", name=f"up{d}")(x)
+        x = L.Concatenate(name=f"skip{d}")([x, skips[d]])
+        x = block(x, width << d, f"up{d}")
+    out = L.Conv2D(classes, 1, name="logits")(x)
+    return randomize_batchnorm(keras.Model(inp, out, name="unet"), seed)
+
+
 MODELS = {
     "resnet50": (resnet50, lambda b, s=224: (b, s, s, 3)),
     "mobilenet_v2": (mobilenet_v2, lambda b, s=224: (b, s, s, 3)),
@@ -184,7 +223,8 @@ class ZooModel(NamedTuple):
     """One zoo entry. ``builder(size, seed=0, **small)`` returns a keras.Model; ``size`` is the
     image side (the sequence length for the encoder). ``min_size`` is the smallest size the
     architecture allows, used by the CPU tests together with ``small`` (builder keyword
-    arguments shrinking a model whose width is free: the encoder's and the ViT's)."""
+    arguments shrinking a model whose width is free: the encoder's, the ViT's and the
+    U-Net's)."""
     builder: Callable
     family: str
     size: int
@@ -245,6 +285,8 @@ def _zoo() -> Dict[str, ZooModel]:
     z["ViT"] = ZooModel(lambda size, seed=0, **kw: vit(size, seed=seed, **kw),
                         "vit", 224, 32, None,
                         dict(patch=8, layers=2, hidden=64, heads=4, mlp=128, classes=10))
+    z["UNet"] = ZooModel(lambda size, seed=0, **kw: unet(size, seed=seed, **kw),
+                         "unet", 256, 32, None, dict(width=8, depth=3))
     return z
 
 
@@ -253,7 +295,7 @@ ZOO: Dict[str, ZooModel] = _zoo()
 
 def build(name: str, size: Optional[int] = None, seed: int = 0, small: bool = False):
     """The zoo model ``name`` at input ``size`` (default: its own); ``small`` shrinks the
-    encoder's and the ViT's widths for CPU tests."""
+    encoder's, the ViT's and the U-Net's widths for CPU tests."""
     entry = ZOO[name]
     kwargs = entry.small if small else {}
     return entry.builder(entry.size if size is None else size, seed=seed, **kwargs)
