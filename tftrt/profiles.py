@@ -381,7 +381,7 @@ class ProfileEngine:
         if not split_batches() or self.split_check(i) is not None:
             return
         opt = self.profiles[i].opt
-        lo = max(max(s[0] for s in self.profiles[i].min), 1)
+        lo = self._batch_range(i)[0]
         if lo < opt[0][0]:
             try:
                 self.engine_for(self._rung(opt, lo), quick=False)
@@ -482,7 +482,7 @@ class ProfileEngine:
             opt = self._opt_engine(i)
             made = self._template(i)
             if quick and made is not None and made[0].serves(key) is None:
-                engine = self._split(i, key, made[0])
+                engine = self._split(i, key)
                 if engine is not None:
                     return engine
                 engine = self._quick(i, key, opt, made[1])
@@ -571,7 +571,12 @@ class ProfileEngine:
     def _rung(self, key: ShapeKey, n: int) -> ShapeKey:
         return tuple((n, *s[1:]) for s in key)
 
-    def _split(self, i: int, key: ShapeKey, template) -> Optional[SplitEngine]:
+    def _batch_range(self, i: int) -> Tuple[int, int]:
+        """(smallest, largest) batch every input of profile ``i`` allows (smallest >= 1)."""
+        p = self.profiles[i]
+        return max(max(s[0] for s in p.min), 1), min(s[0] for s in p.max)
+
+    def _split(self, i: int, key: ShapeKey) -> Optional[SplitEngine]:
         """Split batches for ``key`` (module doc) with its real engine queued, or None."""
         if not split_batches() or self.split_check(i) is not None:
             return None
@@ -579,9 +584,9 @@ class ProfileEngine:
         if any(s[0] != b for s in key):
             return None
         parts = self._parts(key)
+        lo, hi = self._batch_range(i)
         if parts is None:  # nothing smaller built yet: the profile's smallest batch, now
-            lo = max(s[0] for s in self.profiles[i].min)
-            rung = self._rung(key, max(lo, 1))
+            rung = self._rung(key, lo)
             if rung[0][0] >= b or self.profile_index(rung) != i:
                 return None
             try:
@@ -599,8 +604,6 @@ class ProfileEngine:
         self.stats["shapes"] += 1
         # the powers of two in the profile's batch range, so that later batches split into
         # few parts, then this batch's own engine
-        lo = max(max(s[0] for s in self.profiles[i].min), 1)
-        hi = min(s[0] for s in self.profiles[i].max)
         n = 1
         while n < hi:
             rung = self._rung(key, n)
