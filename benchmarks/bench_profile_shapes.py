@@ -10,9 +10,9 @@ steady call. With split batches (TFTRT_SPLIT_BATCH=1, profiles.py) a first call 
 slices through engines built for smaller batches ("how" = split 8+2+1) and with quick engines
 (TFTRT_QUICK_SHAPES=1) on a quick engine ("how" = quick), while the real one builds in the
 background; after the first calls the script waits for those and prints each batch's run
-time on the stand-in and on the real engine. With --compare-full, the same shapes are also built the old way (passes, precision
-and memory plan per shape, with the opt shape's tactics): "full make ms", to compare with
-"make ms".
+time on the stand-in and on the real engine. With --compare-full, the same shapes are also
+built the old way (passes, precision and memory plan per shape, with the opt shape's
+tactics): "full make ms", to compare with "make ms".
 
     python benchmarks/bench_profile_shapes.py                       # numpy, 64x64, small
     python benchmarks/bench_profile_shapes.py --backend cupy --precision FP16 --size 224 \\

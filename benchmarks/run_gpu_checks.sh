@@ -14,8 +14,9 @@
 #        with both off and both on (TFTRT_DW_TILED, TFTRT_FUSE_SE), fresh build caches;
 #        KERNEL_TESTS=0 skips the tests, BATCHES (default 1,8,128) picks the batch sizes
 #   bash benchmarks/run_gpu_checks.sh final [seconds]   the GPU tests of the depthwise / se
-#        defaults (the dw_tiled margin), graph capture with the GC paused, quick engines; first calls at
-#        new batch sizes of a ResNet50 profile (cold); MODELS (MobileNetV2,EfficientNetV2B0)
+#        defaults (the dw_tiled margin), graph capture with the GC paused, quick engines,
+#        split batches; first calls at new batch sizes of a ResNet50 profile (cold, split
+#        batches); MODELS (MobileNetV2,EfficientNetV2B0)
 #        with the tiled depthwise kernel and se fusion on (the defaults) and off
 #   bash benchmarks/run_gpu_checks.sh verify [seconds]  the se / INT8 tests again and a cold
 #        ResNet50 build with the candidate trace (runtime-compiled plans capped)

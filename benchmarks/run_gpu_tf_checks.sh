@@ -27,11 +27,11 @@ export PYTHONPATH="$repo:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVE
 export TFTRT_BACKEND=cupy
 cd "$repo"
 say() { echo "== $* at $(( $(date +%s) - start )) s" | tee -a "$log"; }
-# KERNEL_TESTS=0: only the engine tests of graph capture, a small ResNet and quick engines
-# (the whole file, every generated kernel against numpy, takes ~2 minutes)
+# KERNEL_TESTS=0: only the engine tests of graph capture, a small ResNet, quick engines and
+# split batches (the whole file, every generated kernel against numpy, takes ~2 minutes)
 say "engine GPU tests (KERNEL_TESTS=${KERNEL_TESTS:-1})"
 sel=(); [ "${KERNEL_TESTS:-1}" = 0 ] && sel=(-k "capture_never or small_resnet or quick_engines or split_batches")
-TFTRT_QUICK_SHAPES=1 TFTRT_CUDNN_CANDIDATES=2 timeout 240 python3 -m pytest \
+TFTRT_CUDNN_CANDIDATES=2 timeout 240 python3 -m pytest \
   tests/gpu/test_cupy_backend.py "${sel[@]}" -q -p no:cacheprovider --tb=short -rf >> "$log" 2>&1
 grep -E "passed|failed" "$log" | tail -1
 say "depthwise tiled and se GPU tests"

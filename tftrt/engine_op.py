@@ -386,7 +386,7 @@ class TRTEngineOp:
                 entry = hit[1]
                 if not isinstance(entry, P.ProfileEngine):
                     return entry, None
-                try:  # converter.build() wants real engines; calls get quick ones first
+                try:  # converter.build() wants real engines; calls may get stand-ins first
                     engine = entry.engine_for(key, quick=not self.building)
                 except Exception as e:
                     from tftrt.gpu_memory import explain_out_of_memory

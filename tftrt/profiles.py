@@ -31,9 +31,9 @@ profile must not wait for a full build (on a GPU its convolutions' cuDNN plans c
 time: seconds). Where the backend can make one (its ``mark_quick`` hook), that call gets a
 provisional engine from the template built in milliseconds (same answers; the CuPy backend's
 convolutions take plans that need no runtime compile, untimed), and the real engine is queued
-for the background thread (below); it replaces the quick one for the calls after it is done (a failed
-background build keeps the quick engine, with one warning). :meth:`ProfileEngine.wait_pending`
-waits for those builds. On the H200 (2026-11-30) quick engines made first calls slower, not
+for the background thread (below); it replaces the quick one for the calls after it is done
+(a failed background build keeps the quick engine, with one warning).
+:meth:`ProfileEngine.wait_pending` waits for those builds. On the H200 (2026-11-30) quick engines made first calls slower, not
 faster (ResNet50, profile 1..128: median 4.6 s cold and 1.0 s warm, against 3.7 s and 0.54 s
 without): the real engine's build ran at the same time, on the same interpreter lock.
 
@@ -347,9 +347,7 @@ class ProfileEngine:
         self.template_errors: Dict[int, str] = {}
         self._engines: Dict[ShapeKey, object] = {}
         self._failed: Dict[ShapeKey, str] = {}
-        # shapes whose real engine is queued or building -> what serves them meanwhile
-        # (a quick engine, a SplitEngine, or None for a rung of the split ladder)
-        self._pending: Dict[ShapeKey, object] = {}
+        self._pending: set = set()  # shapes whose real engine is queued or building
         self._stand_ins: Dict[ShapeKey, SplitEngine] = {}  # split batches serving a shape
         self._queue: List[Tuple[int, ShapeKey, object]] = []
         self._worker: Optional[threading.Thread] = None
@@ -378,16 +376,23 @@ class ProfileEngine:
         """With split batches on and allowed for profile ``i``, its smallest batch's engine
         (at the opt shape's other dimensions): what every first call at a new batch size
         can be split into, so that none waits for a build."""
-        if not split_batches() or self.split_check(i) is not None:
-            return
-        opt = self.profiles[i].opt
+        if split_batches() and self.split_check(i) is None:
+            self._build_smallest(i, self.profiles[i].opt)
+
+    def _build_smallest(self, i: int, key: ShapeKey) -> bool:
+        """Builds profile ``i``'s smallest batch at ``key``'s other dimensions; False when
+        that batch is not below ``key``'s, falls in another profile, or failed (logged)."""
         lo = self._batch_range(i)[0]
-        if lo < opt[0][0]:
-            try:
-                self.engine_for(self._rung(opt, lo), quick=False)
-            except Exception as e:  # a first call will say it again, with its fallback
-                log.info("optimization profile %s: no engine for batch %d to split batches "
-                         "with (%s: %s)", self.profiles[i], lo, type(e).__name__, e)
+        rung = self._rung(key, lo)
+        if lo >= key[0][0] or self.profile_index(rung) != i:
+            return False
+        try:
+            self.engine_for(rung, quick=False)
+        except Exception as e:  # a first call will say it again, with its fallback
+            log.info("optimization profile %s: no engine for batch %d to split batches "
+                     "with (%s: %s)", self.profiles[i], lo, type(e).__name__, e)
+            return False
+        return True
 
     def _adopt(self, engine) -> None:
         """The engines of this ProfileEngine share its arenas (see memory.ArenaPool)."""
@@ -584,18 +589,8 @@ class ProfileEngine:
         if any(s[0] != b for s in key):
             return None
         parts = self._parts(key)
-        lo, hi = self._batch_range(i)
         if parts is None:  # nothing smaller built yet: the profile's smallest batch, now
-            rung = self._rung(key, lo)
-            if rung[0][0] >= b or self.profile_index(rung) != i:
-                return None
-            try:
-                self.engine_for(rung, quick=False)
-            except Exception as e:
-                log.info("optimization profile %s: no engine for batch %d to split batches "
-                         "with (%s: %s)", self.profiles[i], rung[0][0], type(e).__name__, e)
-                return None
-            parts = self._parts(key)
+            parts = self._parts(key) if self._build_smallest(i, key) else None
             if parts is None:
                 return None
         engine = SplitEngine(key, parts, self.backend)
@@ -604,6 +599,7 @@ class ProfileEngine:
         self.stats["shapes"] += 1
         # the powers of two in the profile's batch range, so that later batches split into
         # few parts, then this batch's own engine
+        lo, hi = self._batch_range(i)
         n = 1
         while n < hi:
             rung = self._rung(key, n)
@@ -620,7 +616,7 @@ class ProfileEngine:
             if self._stopped or key in self._pending or (
                     key in self._engines and self._engines[key] is not stand_in):
                 return
-            self._pending[key] = stand_in
+            self._pending.add(key)
             self._queue.append((i, key, stand_in))
             _LIVE.add(self)
             if self._worker is None:
@@ -654,7 +650,7 @@ class ProfileEngine:
                         "the background (%s: %s); %s (same answers, possibly slower)",
                         self.profiles[i], key, type(e).__name__, e, what)
         with self._cond:
-            self._pending.pop(key, None)
+            self._pending.discard(key)
             current = self._engines.get(key)
             if engine is not None and (current is None or current is stand_in):
                 self._register(key, engine, from_template, new_shape=stand_in is None)
@@ -669,7 +665,7 @@ class ProfileEngine:
         with self._cond:
             self._stopped = True
             for _, key, _ in self._queue:
-                self._pending.pop(key, None)
+                self._pending.discard(key)
             self._queue.clear()
             self._cond.notify_all()
 
