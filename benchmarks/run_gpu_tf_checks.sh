@@ -5,14 +5,16 @@
 #      the tiled depthwise kernel and the squeeze-and-excitation kernels, split path included
 #      (tests/gpu/test_dw_gpu.py, tests/gpu/test_se_gpu.py with TFTRT_FUSE_SE=1);
 #   2. the engine-boundary tests through TensorFlow (tests/gpu/test_engine_boundaries.py:
-#      which op copies device -> host, with the profiler's op names printed), and
+#      which op copies device -> host, with the profiler's op names printed),
 #      profile_boundary.py --copies (which variant of a boundary copies: TF's own EagerPyFunc,
-#      the status output, DLPack through tensor_bridge, the engine);
+#      the status output, DLPack through tensor_bridge, the engine) and bench_boundary.py
+#      (what each boundary costs at batch 1);
 #   3. the first call at each new batch size inside one profile 1..128 (bench_profile_shapes.py,
 #      ResNet50 network from .whl/networks, FP16), with an empty build cache and again in a
 #      fresh process with the cache it left (issue 14), split batches on (TFTRT_SPLIT_BATCH=0
 #      for the real engine at every first call; TFTRT_QUICK_SHAPES=1 for quick engines).
 #   bash benchmarks/run_gpu_tf_checks.sh [seconds]
+# DW_SE_TESTS=0, COPIES=0, BOUNDARY_BENCH=0 skip those stages.
 # Everything goes to $OUT/checks.log (one file: the device tool returns few files) and
 # $OUT/profile_shapes_{cold,warm}.json.
 set -uo pipefail
@@ -34,16 +36,25 @@ sel=(); [ "${KERNEL_TESTS:-1}" = 0 ] && sel=(-k "capture_never or small_resnet o
 TFTRT_CUDNN_CANDIDATES=2 timeout 240 python3 -m pytest \
   tests/gpu/test_cupy_backend.py "${sel[@]}" -q -p no:cacheprovider --tb=short -rf >> "$log" 2>&1
 grep -E "passed|failed" "$log" | tail -1
-say "depthwise tiled and se GPU tests"
-TFTRT_FUSE_SE=1 timeout 150 python3 -m pytest tests/gpu/test_dw_gpu.py tests/gpu/test_se_gpu.py \
-  -q -s -p no:cacheprovider --tb=short -rf >> "$log" 2>&1
-grep -E "passed|failed|DIVERGES" "$log" | tail -4
+if [ "${DW_SE_TESTS:-1}" = 1 ]; then
+  say "depthwise tiled and se GPU tests"
+  TFTRT_FUSE_SE=1 timeout 150 python3 -m pytest tests/gpu/test_dw_gpu.py tests/gpu/test_se_gpu.py \
+    -q -s -p no:cacheprovider --tb=short -rf >> "$log" 2>&1
+  grep -E "passed|failed|DIVERGES" "$log" | tail -4
+fi
 say "engine-boundary tests"
 timeout 150 python3 -m pytest tests/gpu/test_engine_boundaries.py -q -p no:cacheprovider \
   --tb=short -rA -s >> "$log" 2>&1; grep -E "passed|failed" "$log" | tail -1
-say "which boundary variant copies device -> host (profile_boundary.py --copies)"
-timeout 120 python3 benchmarks/profile_boundary.py --copies /tmp/tftrt-copies 2>&1 \
-  | grep -v "^W0000\|^I0000" | tee -a "$log" | grep -A6 "D2H copies" | tail -60
+if [ "${COPIES:-1}" = 1 ]; then
+  say "which boundary variant copies device -> host (profile_boundary.py --copies)"
+  timeout 120 python3 benchmarks/profile_boundary.py --copies /tmp/tftrt-copies 2>&1 \
+    | grep -v "^W0000\|^I0000" | tee -a "$log" | grep -A6 "D2H copies" | tail -60
+fi
+if [ "${BOUNDARY_BENCH:-1}" = 1 ]; then
+  say "what an engine boundary costs at batch 1 (bench_boundary.py)"
+  timeout 120 python3 benchmarks/bench_boundary.py --calls 300 2>&1 \
+    | grep -v "^W0000\|^I0000" | tee -a "$log" | tail -12
+fi
 net=.whl/networks/ResNet50.onnx.xz
 if [ -f "$net" ]; then
   for mode in cold warm; do

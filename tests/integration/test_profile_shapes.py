@@ -3,6 +3,7 @@ the opt engine's optimized network), against native TensorFlow; summary() shows 
 benchmarks/serving_trace.py runs with small numbers on the numpy backend."""
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -203,3 +204,35 @@ def test_serving_trace_runs_small_on_cpu(tmp_path, monkeypatch):
     (pe,) = engine["profiles"].values()
     assert pe["stats"]["from_template"] == t["shape_builds"]
     assert res["tftrt_build_s"] > 0 and res["tftrt_vs_xla"]["throughput_ratio"] > 0
+
+
+def test_serving_trace_bounds_a_replay_cut_by_its_deadline():
+    """A runner cut short (XLA compiling 64 shapes may not fit a call) is reported over the
+    requests it served, with bounds that hold for the whole trace."""
+    import importlib.util
+    import os
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "serving_trace.py")
+    spec = importlib.util.spec_from_file_location("serving_trace", path)
+    trace_mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(trace_mod)
+    trace = [4] * 200
+    slow = {"n": 0}
+
+    def fn(x):                       # the first 5 requests are slow (compiles), then fast
+        slow["n"] += 1
+        time.sleep(0.02 if slow["n"] <= 5 else 0.0)
+        return x
+    lat, new, wall = trace_mod.replay(fn, trace, {4: 0}, lambda out: None, deadline_s=0.1)
+    assert 5 <= len(lat) < 200 and new[0] and not any(new[1:])
+    row = trace_mod.summarize(trace, lat, new, wall)
+    assert row["truncated"] and row["served"] == len(lat)
+    assert row["throughput"] == pytest.approx(4 * len(lat) / wall)
+    assert row["throughput_upper_bound"] == pytest.approx(800 / wall)
+    # 200 requests: p99 is at least the 3rd largest latency (np.percentile interpolates
+    # between the 2nd and 3rd largest); the served part has 5 slow ones
+    assert row["p99_lower_bound_ms"] == pytest.approx(sorted(lat)[-3])
+    assert row["p99_lower_bound_ms"] >= 15
+    whole = lat + [0.001] * (200 - len(lat))   # however fast the rest would have been
+    assert np.percentile(whole, 99) >= row["p99_lower_bound_ms"]
+    full = trace_mod.summarize(trace[:len(lat)], lat, new, wall)
+    assert "truncated" not in full and full["served"] == len(lat)
