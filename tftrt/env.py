@@ -42,3 +42,22 @@ def env_bool(name: str, default: bool) -> bool:
                         "the default, %s", name, raw, int(default))
         return default
     return value
+
+
+def env_float(name: str, default: float, minimum: float = 0.0) -> float:
+    """The number in the environment variable ``name`` (unset or empty: ``default``); a value
+    that is not a number, or below ``minimum``, keeps the default with one warning."""
+    raw = os.environ.get(name, "")
+    if not raw.strip():
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = None
+    if value is None or not value >= minimum:
+        if (name, raw) not in _warned:
+            _warned.add((name, raw))
+            log.warning("%s=%r is not a number >= %g; using the default, %g", name, raw,
+                        minimum, default)
+        return default
+    return value

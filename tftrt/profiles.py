@@ -37,20 +37,26 @@ for the background thread (below); it replaces the quick one for the calls after
 faster (ResNet50, profile 1..128: median 4.6 s cold and 1.0 s warm, against 3.7 s and 0.54 s
 without): the real engine's build ran at the same time, on the same interpreter lock.
 
-Split batches (``TFTRT_SPLIT_BATCH=1``; off until a GPU has run them): the first call at a
-new batch size b builds nothing. It runs as consecutive slices of the inputs along dimension
-0, each through an engine already built for that many samples (largest first: 13 = 8 + 4 + 1),
-the outputs concatenated (:class:`SplitEngine`): no padding, every sample computed by a real
-engine of the profile. Only where the profile's network keeps samples apart, which is
-checked, not assumed (``shape_template.batch_split_check``: the batch is dimension 0 of every
-tensor, at two batch sizes, and no layer works along it; a softmax over the batch, a
-transpose moving it or a layer kind not known to be per sample refuses). The profile's
-smallest batch is built with the profile (``build_profiles``: converter.build()), or for the
-first such call where nothing smaller is built (a loaded model). The real
-engine for b is queued, after the powers of two of the profile's batch range (so later new
-batches split into few parts); one background thread builds the queue in order and each
-engine replaces its stand-in when done. A failed background build leaves the stand-in
-serving, with one warning. At interpreter exit the queued builds are dropped.
+Split batches (``TFTRT_SPLIT_BATCH=1``; off until a GPU has run this form of them): the
+first call at a new batch size b builds nothing. It runs as consecutive slices of the inputs
+along dimension 0, each through an engine already built for that many samples (largest first:
+13 = 8 + 4 + 1), the outputs concatenated (:class:`SplitEngine`): no padding, every sample
+computed by a real engine of the profile. Only where the profile's network keeps samples
+apart, which is checked, not assumed (``shape_template.batch_split_check``: the batch is
+dimension 0 of every tensor, at two batch sizes, and no layer works along it; a softmax over
+the batch, a transpose moving it or a layer kind not known to be per sample refuses). The
+profile's split ladder, its smallest batch and the powers of two below its largest, is built
+with the profile (``build_profiles``: converter.build()), each engine run twice, so that every
+batch splits at once into at most one part per bit of its size. A loaded model builds its
+smallest batch for the first such call and queues the rest of the ladder. The real engine for
+b is queued too, but one background thread starts it only once the engine has had no call for
+``TFTRT_BUILD_IDLE_MS`` (default 1000): a build holds the interpreter lock for long stretches
+(cuDNN frontend's plan building does not release it), and on the H200 (2026-11-30) calls
+served by split batches waited 0.5-13 s behind the background builds of the first form of
+this (ladder and real engines built as soon as queued; ResNet50, profile 1..128: first calls
+median 5.5 s cold, 0.8 s warm). Under steady load b stays split; each engine replaces its
+stand-in when done. A failed background build leaves the stand-in serving, with one warning.
+At interpreter exit the queued builds are dropped.
 """
 
 from __future__ import annotations
@@ -58,6 +64,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 import weakref
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -255,6 +262,14 @@ def split_batches() -> bool:
     return env_bool("TFTRT_SPLIT_BATCH", False)
 
 
+def build_idle_s() -> float:
+    """``TFTRT_BUILD_IDLE_MS`` in seconds (default 1000 ms): how long a ProfileEngine must go
+    without calls before its background thread starts an engine that a stand-in serves
+    meanwhile (module doc)."""
+    from tftrt.env import env_float
+    return env_float("TFTRT_BUILD_IDLE_MS", 1000.0) / 1e3
+
+
 class SplitEngine:
     """Serves one batch as consecutive slices of the inputs along dimension 0, each run by an
     engine already built for that many samples, the outputs concatenated (module doc).
@@ -349,7 +364,9 @@ class ProfileEngine:
         self._failed: Dict[ShapeKey, str] = {}
         self._pending: set = set()  # shapes whose real engine is queued or building
         self._stand_ins: Dict[ShapeKey, SplitEngine] = {}  # split batches serving a shape
-        self._queue: List[Tuple[int, ShapeKey, object]] = []
+        # (profile, shapes, stand-in, waits for idle): see _drain
+        self._queue: List[Tuple[int, ShapeKey, object, bool]] = []
+        self._last_call = 0.0  # time.monotonic() of the last engine_for
         self._worker: Optional[threading.Thread] = None
         self._stopped = False
         self._split_why: Dict[int, Optional[str]] = {}
@@ -369,15 +386,51 @@ class ProfileEngine:
         for i in range(len(self.profiles)):
             self._opt_engine(i)
             self._template(i)
-            self._smallest_batch(i)
+            self._ladder(i)
         return self
 
-    def _smallest_batch(self, i: int) -> None:
-        """With split batches on and allowed for profile ``i``, its smallest batch's engine
-        (at the opt shape's other dimensions): what every first call at a new batch size
-        can be split into, so that none waits for a build."""
-        if split_batches() and self.split_check(i) is None:
-            self._build_smallest(i, self.profiles[i].opt)
+    def _ladder(self, i: int) -> None:
+        """With split batches on and allowed for profile ``i``: engines for its smallest batch
+        and the powers of two below its largest (at the opt shape's other dimensions), each
+        run twice (an engine's first runs load kernels and capture its CUDA graph), so that
+        every new batch size splits at once into few parts (at most one per bit of the batch
+        size) and no call waits for a build (module doc)."""
+        if not (split_batches() and self.split_check(i) is None):
+            return
+        for rung in self._rungs(i, self.profiles[i].opt):
+            if rung in self._engines:
+                continue
+            try:
+                self._warm(self.engine_for(rung, quick=False))
+            except Exception as e:  # a first call will say it again, with its fallback
+                log.info("optimization profile %s: no engine for batch %d to split batches "
+                         "with (%s: %s)", self.profiles[i], rung[0][0], type(e).__name__, e)
+
+    def _rungs(self, i: int, key: ShapeKey) -> List[ShapeKey]:
+        """The split ladder of profile ``i`` at ``key``'s other dimensions: its smallest
+        batch, then the powers of two up to (not including) its largest batch, those that
+        fall in this profile."""
+        lo, hi = self._batch_range(i)
+        sizes, n = [lo], 1
+        while n < hi:
+            if n > lo:
+                sizes.append(n)
+            n *= 2
+        return [r for r in (self._rung(key, n) for n in sizes)
+                if r[0][0] < hi and self.profile_index(r) == i]
+
+    def _warm(self, engine) -> None:
+        """Runs ``engine`` twice on zeros (what its first call would pay otherwise)."""
+        dtypes = getattr(engine, "input_dtypes", None)
+        if dtypes is None:
+            return
+        if self.backend == "cupy":
+            import cupy as xp
+        else:
+            import numpy as xp
+        xs = [xp.zeros(s, dt) for s, dt in zip(engine.input_shapes, dtypes)]
+        for _ in range(2):
+            engine.execute(xs)
 
     def _build_smallest(self, i: int, key: ShapeKey) -> bool:
         """Builds profile ``i``'s smallest batch at ``key``'s other dimensions; False when
@@ -472,6 +525,7 @@ class ProfileEngine:
           Exception: the build for these shapes failed (again, with the first reason).
         """
         key = _key(shapes)
+        self._last_call = time.monotonic()
         engine = self._engines.get(key) or self._stand_ins.get(key)
         if engine is not None:
             return engine
@@ -540,7 +594,7 @@ class ProfileEngine:
                      "building the real one now", self.profiles[i], key, type(e).__name__, e)
             return None
         self.stats["quick"] = self.stats.get("quick", 0) + 1
-        self._enqueue(i, key, engine)
+        self._enqueue(i, key, engine, idle=False)
         return engine
 
     def split_check(self, i: int) -> Optional[str]:
@@ -597,40 +651,53 @@ class ProfileEngine:
         self._stand_ins[key] = engine
         self.stats["split"] = self.stats.get("split", 0) + 1
         self.stats["shapes"] += 1
-        # the powers of two in the profile's batch range, so that later batches split into
-        # few parts, then this batch's own engine
-        lo, hi = self._batch_range(i)
-        n = 1
-        while n < hi:
-            rung = self._rung(key, n)
-            if n >= lo and n != b and self.profile_index(rung) == i:
-                self._enqueue(i, rung, None)
-            n *= 2
-        self._enqueue(i, key, engine)
+        # the rungs of the ladder not built yet (a loaded profile: build_profiles() did not
+        # run), so that later batches split into few parts; then this batch's own engine,
+        # when the engine is idle
+        for rung in self._rungs(i, key):
+            if rung[0][0] != b:
+                self._enqueue(i, rung, None, idle=False)
+        self._enqueue(i, key, engine, idle=True)
         return engine
 
     # --- the background builds ---------------------------------------------------------------
-    def _enqueue(self, i: int, key: ShapeKey, stand_in) -> None:
-        """Queues the real engine for ``key`` (one background thread builds them in order)."""
+    def _enqueue(self, i: int, key: ShapeKey, stand_in, idle: bool) -> None:
+        """Queues the real engine for ``key`` (one background thread builds them, see
+        :meth:`_drain`); ``idle``: only once calls pause."""
         with self._cond:
             if self._stopped or key in self._pending or (
                     key in self._engines and self._engines[key] is not stand_in):
                 return
             self._pending.add(key)
-            self._queue.append((i, key, stand_in))
+            self._queue.append((i, key, stand_in, idle))
             _LIVE.add(self)
             if self._worker is None:
                 self._worker = threading.Thread(target=self._drain, name="tftrt-shapes")
                 self._worker.start()
 
     def _drain(self) -> None:
+        """The background thread: builds the queue in order, except that an entry queued to
+        wait for idle (a split batch's own engine) starts only when no call came for
+        ``TFTRT_BUILD_IDLE_MS``; the others (the split ladder of a loaded profile, quick
+        engines' real ones) go first. A build holds the interpreter lock for long stretches
+        (cuDNN plan building does not release it), so that calls running alongside stall:
+        on the H200, split batches waited 0.5-13 s behind background builds (2026-11-30)."""
         while True:
             with self._cond:
                 if not self._queue:
                     self._worker = None
                     self._cond.notify_all()
                     return
-                i, key, stand_in = self._queue.pop(0)
+                now_ok = [n for n, item in enumerate(self._queue) if not item[3]]
+                if now_ok:
+                    n = now_ok[0]
+                else:
+                    wait = build_idle_s() - (time.monotonic() - self._last_call)
+                    if wait > 0:
+                        self._cond.wait(wait)
+                        continue
+                    n = 0
+                i, key, stand_in, _ = self._queue.pop(n)
             self._build_real(i, key, stand_in)
 
     def _build_real(self, i: int, key: ShapeKey, stand_in) -> None:
@@ -664,7 +731,7 @@ class ProfileEngine:
         serving. Called at interpreter exit."""
         with self._cond:
             self._stopped = True
-            for _, key, _ in self._queue:
+            for _, key, _, _ in self._queue:
                 self._pending.discard(key)
             self._queue.clear()
             self._cond.notify_all()

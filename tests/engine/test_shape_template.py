@@ -339,6 +339,7 @@ def test_stand_ins_under_concurrent_calls(request, monkeypatch, stand_in):
         request.getfixturevalue("quick_backend")
     else:
         monkeypatch.setenv("TFTRT_SPLIT_BATCH", "1")
+        monkeypatch.setenv("TFTRT_BUILD_IDLE_MS", "0")
     model, _ = resnet50(batch=2, size=16, width=8)
     pe = profile_engine(model, batch_profile(1, 8, (16, 16, 3)))
 
@@ -353,14 +354,17 @@ def test_stand_ins_under_concurrent_calls(request, monkeypatch, stand_in):
     assert sorted(k[0][0] for k in pe.shapes) == list(range(1, 9))
     if stand_in == "quick":
         assert pe.stats["quick"] == 7 == pe.stats["swapped"] == pe.stats["shapes"]
-    else:  # batch 1 came with the profile; some batches split, the ladder built others
-        assert pe.stats["split"] == pe.stats["swapped"] >= 1
+    else:  # the ladder 1, 2, 4 came with the profile; the other batches split
+        assert pe.stats["split"] == pe.stats["swapped"] == 4  # 3, 5, 6, 7
 
 
 # --- split batches: a new batch size served at once by engines for smaller batches -------------
 @pytest.fixture
 def split_on(monkeypatch):
+    """Split batches on; a split batch's own engine builds as soon as queued (the wait for
+    idle has its own test)."""
     monkeypatch.setenv("TFTRT_SPLIT_BATCH", "1")
+    monkeypatch.setenv("TFTRT_BUILD_IDLE_MS", "0")
 
 
 def gate_background(monkeypatch):
@@ -413,16 +417,16 @@ def test_a_new_batch_is_split_then_gets_its_engine(split_on, monkeypatch):
     gate = gate_background(monkeypatch)
     model, _ = resnet50(batch=2, size=16, width=8)
     pe = profile_engine(model, batch_profile(1, 8, (16, 16, 3)))
-    # build_profiles() built the smallest batch, what a new batch splits into at first
-    assert sorted(k[0][0] for k in pe.shapes) == [1, 8]
+    # build_profiles() built the split ladder: the smallest batch and the powers of two
+    assert sorted(k[0][0] for k in pe.shapes) == [1, 2, 4, 8]
     split = check(pe, model, (5, 16, 16, 3), seed=5)
-    assert split.build_info["split"] == [1] * 5 and pe.is_split([(5, 16, 16, 3)])
-    assert sorted(k[0][0] for k in pe.shapes) == [1, 8]  # the rest is queued
+    assert split.build_info["split"] == [4, 1] and pe.is_split([(5, 16, 16, 3)])
+    assert sorted(k[0][0] for k in pe.shapes) == [1, 2, 4, 8]  # its own engine is queued
     assert not pe.wait_pending(timeout=0.05)
     assert check(pe, model, (5, 16, 16, 3), seed=6) is split  # still building
     gate.set()
     assert pe.wait_pending(timeout=120)
-    # the ladder (2, 4) and batch 5's own engine, from the template
+    # batch 5's own engine, from the template
     assert sorted(k[0][0] for k in pe.shapes) == [1, 2, 4, 5, 8]
     real = check(pe, model, (5, 16, 16, 3), seed=7)
     assert real is not split and real.build_info["from_template"] and \
@@ -437,6 +441,54 @@ def test_a_new_batch_is_split_then_gets_its_engine(split_on, monkeypatch):
     assert pe.stats["split"] == 2 == pe.stats["swapped"]
     assert pe.stats["shapes"] == 5 == pe.stats["from_template"]  # batches 1, 2, 4, 5, 7
     assert pe.stats["tuned"] == 1 and pe.stats["timed_layers"] > 0
+
+
+def test_the_ladder_splits_every_batch_into_one_part_per_bit(split_on, monkeypatch):
+    """A profile 1..64: build_profiles() builds batches 1, 2, 4, ..., 32 (and the opt 64) and
+    runs each; every batch of the range then splits into its binary digits, none waits."""
+    model, _ = resnet50(batch=2, size=8, width=4)
+    pe = profile_engine(model, batch_profile(1, 64, (8, 8, 3)))
+    assert sorted(k[0][0] for k in pe.shapes) == [1, 2, 4, 8, 16, 32, 64]
+    gate, real_make = threading.Event(), pe._make
+
+    def gated(*a):  # no real engine may build meanwhile
+        if threading.current_thread().name == "tftrt-shapes":
+            assert gate.wait(60)
+        return real_make(*a)
+    pe._make = gated
+    for b in (3, 63, 37, 50):
+        engine = pe.engine_for([(b, 8, 8, 3)])
+        parts = engine.build_info["split"]
+        assert parts == [1 << k for k in reversed(range(7)) if b >> k & 1], (b, parts)
+    assert check(pe, model, (63, 8, 8, 3), seed=63) is pe.engine_for([(63, 8, 8, 3)])
+    gate.set()
+    assert pe.wait_pending(timeout=120)
+    # a profile whose smallest batch is not a power of two: 3, then 4, 8 below 12
+    pe = profile_engine(model, batch_profile(3, 12, (8, 8, 3)))
+    assert sorted(k[0][0] for k in pe.shapes) == [3, 4, 8, 12]
+    assert pe.engine_for([(11, 8, 8, 3)]).build_info["split"] == [8, 3]
+
+
+def test_a_split_batch_gets_its_engine_only_when_calls_pause(monkeypatch):
+    """Background builds hold the interpreter lock for long stretches on a GPU: a split
+    batch's own engine starts only once the engine had no call for TFTRT_BUILD_IDLE_MS."""
+    import time
+    monkeypatch.setenv("TFTRT_SPLIT_BATCH", "1")
+    monkeypatch.setenv("TFTRT_BUILD_IDLE_MS", "300")
+    model, _ = resnet50(batch=2, size=16, width=8)
+    pe = profile_engine(model, batch_profile(1, 8, (16, 16, 3)))
+    split = check(pe, model, (3, 16, 16, 3), seed=1)
+    assert pe.is_split([(3, 16, 16, 3)])
+    t_end = time.monotonic() + 1.2
+    while time.monotonic() < t_end:  # a call every 50 ms: never idle for 300 ms
+        last = time.monotonic()
+        assert pe.engine_for([(3, 16, 16, 3)]) is split
+        time.sleep(0.05)
+    assert pe.is_split([(3, 16, 16, 3)]) and not pe.wait_pending(timeout=0)
+    assert pe.wait_pending(timeout=60)
+    assert time.monotonic() - last >= 0.3
+    assert not pe.is_split([(3, 16, 16, 3)]) and pe.stats["swapped"] == 1
+    assert check(pe, model, (3, 16, 16, 3), seed=2) is not split
 
 
 @pytest.mark.parametrize("value", ["0", None])
@@ -486,14 +538,17 @@ def test_a_failed_background_build_keeps_the_split_batches(split_on, monkeypatch
         split = check(pe, model, (3, 16, 16, 3))
         assert pe.wait_pending(timeout=60)
     assert "split batches keep serving them" in caplog.text and "out of luck" in caplog.text
-    assert "batches are split without it" in caplog.text  # the ladder's rung 2, 4
     assert check(pe, model, (3, 16, 16, 3), seed=1) is split and pe.is_split([(3, 16, 16, 3)])
     assert pe.stats.get("swapped", 0) == 0
 
 
-def test_a_loaded_profile_builds_its_smallest_batch_at_the_first_split(split_on):
+def test_a_loaded_profile_builds_its_smallest_batch_at_the_first_split(monkeypatch):
     """A ProfileEngine given its opt engine (a loaded plan) has nothing smaller: the first new
-    batch builds the smallest one for that call, then splits."""
+    batch builds the smallest one for that call, then splits; the rest of the ladder builds
+    in the background at once, the batch's own engine only when calls pause."""
+    import time
+    monkeypatch.setenv("TFTRT_SPLIT_BATCH", "1")
+    monkeypatch.setenv("TFTRT_BUILD_IDLE_MS", "300")
     model, _ = resnet50(batch=2, size=16, width=8)
     built = profile_engine(model, batch_profile(1, 8, (16, 16, 3)))
     opt = built.engine_for([(8, 16, 16, 3)])
@@ -502,7 +557,13 @@ def test_a_loaded_profile_builds_its_smallest_batch_at_the_first_split(split_on)
     assert pe.shapes == [((8, 16, 16, 3),)]
     split = check(pe, model, (3, 16, 16, 3))
     assert split.build_info["split"] == [1, 1, 1]
+    t_end = time.monotonic() + 60
+    while sorted(k[0][0] for k in pe.shapes) != [1, 2, 4, 8]:  # calls keep coming
+        assert time.monotonic() < t_end and pe.engine_for([(3, 16, 16, 3)]) is split
+        time.sleep(0.02)
+    assert pe.is_split([(3, 16, 16, 3)])
     assert pe.wait_pending(timeout=120) and not pe.is_split([(3, 16, 16, 3)])
+    assert check(pe, model, (5, 16, 16, 3), seed=5).build_info["split"] == [4, 1]
 
 
 def test_a_class_token_broadcast_to_the_batch_serves_every_batch(split_on):
@@ -541,10 +602,10 @@ real = B.build_engine_from_template
 def slow(*a, **k):  # every background build takes 3 s
     time.sleep(3.0)
     return real(*a, **k)
-B.build_engine_from_template = slow
 model, _ = resnet50(batch=2, size=16, width=8)
-pe = profile_engine(model, batch_profile(1, 64, (16, 16, 3)))
-for b in (3, 5, 7, 9, 11, 13):  # 6 batches and the ladder 2..32: 11 builds queued
+pe = profile_engine(model, batch_profile(1, 64, (16, 16, 3)))  # builds the ladder 1..32
+B.build_engine_from_template = slow
+for b in range(3, 25, 2):  # 11 batches split, their own engines queued
     pe.engine_for([(b, 16, 16, 3)])
 print("QUEUED", len(pe._queue), flush=True)
 """
@@ -560,7 +621,8 @@ def test_exit_does_not_wait_for_queued_background_builds(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     script = tmp_path / "exit.py"
     script.write_text(_EXIT_SCRIPT.format(root=root))
-    env = dict(os.environ, TFTRT_SPLIT_BATCH="1", TFTRT_BACKEND="numpy")
+    env = dict(os.environ, TFTRT_SPLIT_BATCH="1", TFTRT_BACKEND="numpy",
+               TFTRT_BUILD_IDLE_MS="0")
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
                           text=True, timeout=120, cwd=root)

@@ -697,13 +697,15 @@ def test_split_batches_for_new_shapes_of_a_profile(small_resnet, monkeypatch):
     monkeypatch.setenv("TFTRT_SPLIT_BATCH", "1")
     pe, rest, reference = _small_resnet_profile(small_resnet)
     assert pe.split_check(0) is None, pe.split_check(0)
-    assert ((1, *rest),) in pe.shapes  # build_profiles() built the smallest batch
+    # build_profiles() built the split ladder: the smallest batch and the powers of two
+    assert sorted(k[0][0] for k in pe.shapes) == [1, 2, 4, 8]
     first_ms = {}
     for b in (3, 5, 7):
         x = rand(b, *rest, seed=b)
         t0 = time.perf_counter()
         eng = pe.engine_for([(b, *rest)])
         assert isinstance(eng, SplitEngine), b
+        assert eng.build_info["split"] == [n for n in (4, 2, 1) if b & n], b
         got = eng.execute([x])
         cp.cuda.get_current_stream().synchronize()
         first_ms[b] = (time.perf_counter() - t0) * 1e3

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from tftrt import trt_convert as trt
 from tftrt.engine_op import TRTEngineOp
-from tftrt.env import env_bool, parse_bool
+from tftrt.env import env_bool, env_float, parse_bool
 from tests.integration import models
 from tests.integration.models import session_run
 from tests.tolerances import MODEL_TOLERANCES
@@ -55,6 +55,16 @@ def test_unknown_boolean_keeps_the_default_with_a_warning(monkeypatch, caplog):
     with caplog.at_level("WARNING", logger="tftrt.env"):
         assert env_bool("TFTRT_STREAM_SYNC", True) is True
     assert "TFTRT_STREAM_SYNC='maybe' is not a boolean" in caplog.text
+
+
+@pytest.mark.parametrize("raw,want,warns", [("250", 250.0, False), (" 0.5 ", 0.5, False),
+                                            ("", 1000.0, False), ("soon", 1000.0, True),
+                                            ("-1", 1000.0, True), ("nan", 1000.0, True)])
+def test_numbers_from_the_environment(monkeypatch, caplog, raw, want, warns):
+    monkeypatch.setenv("TFTRT_BUILD_IDLE_MS", raw)
+    with caplog.at_level("WARNING", logger="tftrt.env"):
+        assert env_float("TFTRT_BUILD_IDLE_MS", 1000.0) == want
+    assert ("is not a number >= 0" in caplog.text) is warns
 
 
 @pytest.mark.parametrize("spelling", ["False", "false", "0"])
