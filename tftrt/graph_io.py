@@ -212,7 +212,7 @@ class SignatureGraph:
     Attributes:
       info: GraphInfo of the cleaned graph.
       func: the original signature ConcreteFunction (for structured inputs / outputs).
-      frozen_func: the frozen ConcreteFunction.
+      frozen_func: the frozen signature's input and output tensors (FrozenSignature).
       input_names: signature argument names, in the order of ``info.inputs``.
       saved_model: the loaded SavedModel object (kept alive; saved again with the conversion).
     """
@@ -277,30 +277,117 @@ def load_signature(path, tags: Optional[Iterable[str]] = None,
     return saved, sigs[signature_key]
 
 
-def freeze_and_clean(func, run_grappler: bool = True) -> Tuple[object, "object"]:
+class FrozenSignature:
+    """A frozen signature's input and output tensors (what callers read of TF's frozen
+    ConcreteFunction): the original function's tensors, whose names the frozen GraphDef keeps."""
+
+    def __init__(self, inputs, outputs):
+        self.inputs = list(inputs)
+        self.outputs = list(outputs)
+
+
+def _private_freeze_api():
+    """(TF's converter-data class, its variables-to-constants function), or None where this
+    TF has them no more (see :func:`freeze`)."""
+    from tensorflow.python.framework import convert_to_constants as c2c
+    data = getattr(c2c, "_FunctionConverterDataInEager", None)
+    replace = getattr(c2c, "_replace_variables_by_constants", None)
+    return (data, replace) if data is not None and replace is not None else None
+
+
+def freeze(func, lower_control_flow: bool = True):
+    """(frozen GraphDef, FrozenSignature): ``func`` with its variables as constants.
+
+    TF's ``convert_variables_to_constants_v2`` also wraps the frozen GraphDef into a new
+    ConcreteFunction, which imports and prunes the whole graph, weights included (25 of its
+    27 s for VGG16); here the GraphDef is taken as TF's freezing makes it, pruned to what the
+    outputs need by :func:`freeze_and_clean`. Where TF's private freezing API is not what it
+    was (another TF version), the public function does it all."""
+    from tensorflow.python.eager import context
+    from tensorflow.python.framework import convert_to_constants as c2c
+    from tensorflow.python.util import object_identity
+    api = _private_freeze_api()
+    try:
+        if api is None:
+            raise AttributeError("convert_to_constants has no _FunctionConverterDataInEager "
+                                 "or _replace_variables_by_constants")
+        data = api[0](func=func, lower_control_flow=lower_control_flow,
+                      aggressive_inlining=False)
+        graph_def, converted = api[1](converter_data=data)
+        captures = func.graph.internal_captures
+        converted_inputs = object_identity.ObjectIdentitySet(
+            [captures[i] for i in converted])
+    except (AttributeError, TypeError, IndexError) as e:
+        log.info("TF's freezing API changed (%s: %s); freezing through "
+                 "convert_variables_to_constants_v2", type(e).__name__, e)
+        frozen = c2c.convert_variables_to_constants_v2(
+            func, lower_control_flow=lower_control_flow)
+        return frozen.graph.as_graph_def(), FrozenSignature(frozen.inputs, frozen.outputs)
+    # As TF's freezing does before it registers the frozen functions: library functions it
+    # rewrote (variables read inside them) replace the context's functions of those names.
+    ctx = context.context()
+    for f in graph_def.library.function:
+        if ctx.has_function(f.signature.name):
+            ctx.remove_function(f.signature.name)
+    inputs = [t for t in func.inputs if t not in converted_inputs]
+    # The input placeholders as TF's wrap makes them (without the signature's argument name,
+    # which the converted signature takes from the original function).
+    names = {t.name.split(":")[0] for t in inputs}
+    for n in graph_def.node:
+        if n.name in names and "_user_specified_name" in n.attr:
+            del n.attr["_user_specified_name"]
+    return graph_def, FrozenSignature(inputs, func.outputs)
+
+
+def freeze_and_clean(func, run_grappler: bool = True) -> Tuple[FrozenSignature, "object"]:
     """Freezes variables of a ConcreteFunction and runs the Grappler clean-up passes.
 
-    Returns (frozen ConcreteFunction, cleaned GraphDef).
+    Returns (FrozenSignature, cleaned GraphDef).
     """
-    from tensorflow.python.framework import convert_to_constants
-    frozen = convert_to_constants.convert_variables_to_constants_v2(func)
-    if any(n.op == "NextIteration" for n in frozen.graph.as_graph_def().node):
+    import tensorflow as tf
+    graph_def, frozen = freeze(func)
+    if any(n.op == "NextIteration" for n in graph_def.node):
         # Freezing lowered a tf.while_loop into a TF1 loop frame, a cycle the segmenter cannot
         # order: freeze again keeping loops (and conds) as functional While / If nodes, which
         # stay native, one node each. (Conds alone stay lowered, as before: their branches'
         # ops can join engines.)
-        frozen = convert_to_constants.convert_variables_to_constants_v2(
-            func, lower_control_flow=False)
+        graph_def, frozen = freeze(func, lower_control_flow=False)
+    fetches = [t.name for t in frozen.inputs + frozen.outputs]
+    # What the outputs need (and the inputs), as wrapping the frozen graph into a function
+    # pruned it.
+    pruned = prune_graph(graph_def, [name.split(":")[0] for name in fetches])
     # Freezing inlined the ordinary function calls; the ones it kept (``_noinline``) are
     # inlined here, so that segmentation sees their nodes (TF-TRT converted inside them).
-    graph_def = inline_function_calls(frozen.graph.as_graph_def(),
-                                      [t.name for t in frozen.outputs])
+    graph_def = inline_function_calls(pruned, [t.name for t in frozen.outputs])
     for node in graph_def.node:
         node.device = ""
     if run_grappler:
-        graph_def = run_grappler_passes(graph_def, frozen.graph,
-                                        [t.name for t in frozen.inputs + frozen.outputs])
+        graph_def = run_grappler_passes(graph_def, tf.Graph(), fetches)
     return frozen, graph_def
+
+
+def prune_graph(graph_def, keep: Sequence[str]):
+    """A copy of ``graph_def`` with the nodes ``keep`` names and those they need (data and
+    control inputs), in the original order; library and versions as they are."""
+    from tensorflow.core.framework import graph_pb2
+    by_name = {n.name: n for n in graph_def.node}
+    needed, stack = set(), [k for k in keep if k in by_name]
+    while stack:
+        name = stack.pop()
+        if name in needed:
+            continue
+        needed.add(name)
+        for i in by_name[name].input:
+            src = i.lstrip("^").split(":")[0]
+            if src in by_name and src not in needed:
+                stack.append(src)
+    out = graph_pb2.GraphDef()
+    out.versions.CopyFrom(graph_def.versions)
+    out.library.CopyFrom(graph_def.library)
+    for n in graph_def.node:
+        if n.name in needed:
+            out.node.add().CopyFrom(n)
+    return out
 
 
 CALL_OPS = ("PartitionedCall", "StatefulPartitionedCall")
@@ -490,9 +577,117 @@ def _caller_stand_in(call, fdef, returned: Sequence[str], control: Sequence[str]
     return node
 
 
+# Weights Grappler sees as shapes only (see stub_weights): constants at least this large...
+STUB_MIN_BYTES = 1 << 16
+# ...whose every consumer (through Identity nodes) takes them as an operand that Grappler's
+# passes fold into nothing: matrix products, and convolutions that no constant multiplies
+# (constant folding's MulConvPushDown and the arithmetic optimizer's FoldMultiplyIntoConv fold
+# a Mul by a constant before or after a convolution into its filter: a batch norm's scale).
+STUB_MATMULS = frozenset({"MatMul", "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3", "Einsum"})
+STUB_CONVS = frozenset({"Conv2D", "Conv3D", "DepthwiseConv2dNative", "Conv2DBackpropInput",
+                        "Conv3DBackpropInputV2"})
+# What may read an unscaled convolution's output (through Identity and BiasAdd nodes): ops
+# no pass folds a constant through into the filter. Anything else (a batch norm's Mul, an
+# Add, a Cast) keeps the filter a constant for Grappler.
+_SAFE_AFTER_CONV = frozenset({
+    "Relu", "Relu6", "Elu", "Selu", "LeakyRelu", "Sigmoid", "Tanh", "Softplus", "MaxPool",
+    "MaxPool3D", "AvgPool", "AvgPool3D", "ConcatV2", "Pad", "MirrorPad", "Conv2D", "Conv3D",
+    "DepthwiseConv2dNative", "Softmax", "Reshape", "Squeeze"})
+# Its data input must not be one of these (FoldMultiplyIntoConv looks through them).
+_SCALED_INPUT = frozenset({"Mul", "RealDiv", "Div", "Cast", "Transpose"})
+STUB_ATTR = "_tftrt_weight_stub"
+
+
+def stub_weights(graph_def) -> Tuple[object, Dict[str, object]]:
+    """(``graph_def`` with its large weights as Placeholders of their dtype and shape, the
+    Const NodeDefs they replace by name).
+
+    Grappler copies and scans the whole graph in every pass: with the weights in it, its
+    passes took 35 s of VGG16's conversion (0.5 GB of weights; 0.5 s without). A weight is
+    stubbed only where no pass would fold it into another constant (its consumers, through
+    Identity nodes, are matrix products or unscaled convolutions; see
+    :data:`STUB_MIN_BYTES`), so that the cleaned graph is the one Grappler makes with the
+    weights in it, up to the names of constants; the rest of the graph keeps its
+    constants (control edges from a weight read no value and do not count). Each stub carries
+    its own name in an attribute, so that no pass merges two.
+    :func:`restore_weights` puts the constants back."""
+    from tensorflow.core.framework import graph_pb2
+    consumers: Dict[str, List[str]] = {}
+    ops: Dict[str, str] = {}
+    for n in graph_def.node:
+        ops[n.name] = n.op
+        for i in n.input:
+            src = i.lstrip("^").split(":")[0]
+            consumers.setdefault(src, []).append(n.name if not i.startswith("^") else "^")
+
+    inputs = {n.name: [i.split(":")[0] for i in n.input if not i.startswith("^")]
+              for n in graph_def.node}
+
+    def unscaled_after(name: str, depth: int = 0) -> bool:
+        for u in consumers.get(name, []):
+            if u == "^":
+                continue
+            op = ops.get(u)
+            if op in ("Identity", "BiasAdd"):
+                if depth > 8 or not unscaled_after(u, depth + 1):
+                    return False
+            elif op not in _SAFE_AFTER_CONV:
+                return False
+        return True
+
+    def unscaled_conv(conv: str) -> bool:
+        data = inputs[conv][2 if ops[conv].endswith("BackpropInput") or
+                            ops[conv].endswith("BackpropInputV2") else 0]
+        return ops.get(data) not in _SCALED_INPUT and unscaled_after(conv)
+
+    def only_weight_uses(name: str, depth: int = 0) -> bool:
+        users = [u for u in consumers.get(name, []) if u != "^"]  # control edges read nothing
+        if not users or depth > 8:
+            return False
+        for u in users:
+            op = ops.get(u)
+            if op == "Identity":
+                if not only_weight_uses(u, depth + 1):
+                    return False
+            elif not (op in STUB_MATMULS or (op in STUB_CONVS and unscaled_conv(u))):
+                return False
+        return True
+
+    stubs: Dict[str, object] = {}
+    out = graph_pb2.GraphDef()
+    out.versions.CopyFrom(graph_def.versions)
+    out.library.CopyFrom(graph_def.library)
+    for n in graph_def.node:
+        if (n.op == "Const" and "value" in n.attr and
+                n.attr["value"].tensor.ByteSize() >= STUB_MIN_BYTES and
+                only_weight_uses(n.name)):
+            stubs[n.name] = n
+            stub = out.node.add(name=n.name, op="Placeholder", device=n.device)
+            stub.attr["dtype"].type = n.attr["dtype"].type
+            stub.attr["shape"].shape.CopyFrom(n.attr["value"].tensor.tensor_shape)
+            stub.attr[STUB_ATTR].s = n.name.encode()
+        else:
+            out.node.add().CopyFrom(n)
+    return out, stubs
+
+
+def restore_weights(graph_def, stubs: Dict[str, object]):
+    """Puts the constants :func:`stub_weights` took out back into ``graph_def`` (in place)."""
+    for n in graph_def.node:
+        if n.op == "Placeholder" and STUB_ATTR in n.attr:
+            n.CopyFrom(stubs[n.attr[STUB_ATTR].s.decode()])
+    return graph_def
+
+
 def run_grappler_passes(graph_def, graph, fetches: Sequence[str],
                         optimizers: Sequence[str] = GRAPPLER_OPTIMIZERS):
-    """Runs Grappler's clean-up optimizers on ``graph_def``, keeping ``fetches`` alive."""
+    """Runs Grappler's clean-up optimizers on ``graph_def``, keeping ``fetches`` alive; large
+    weights pass through as shapes (:func:`stub_weights`)."""
+    graph_def, stubs = stub_weights(graph_def)
+    return restore_weights(_run_grappler(graph_def, graph, fetches, optimizers), stubs)
+
+
+def _run_grappler(graph_def, graph, fetches: Sequence[str], optimizers: Sequence[str]):
     from tensorflow.core.protobuf import config_pb2, meta_graph_pb2, rewriter_config_pb2
     from tensorflow.python.grappler import tf_optimizer
     from tensorflow.python.training import saver
