@@ -3,6 +3,7 @@ tf.saved_model.load() of a zoo model, wall seconds (any machine; the engine back
 matters for build()).
 
     python benchmarks/bench_convert.py --model encoder --layers 12 [--backend numpy]
+    python benchmarks/bench_convert.py --model VGG16 --convert-only   # any tftrt.zoo name
 
 The BERT-base-sized encoder's frozen segment holds every weight (340 MB): what the converter
 does with that graph dominates these times.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -23,28 +25,39 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="encoder", choices=("encoder", "resnet50",
-                                                            "mobilenet_v2"))
+    from tftrt import zoo
+    ap.add_argument("--model", default="encoder",
+                    choices=("encoder", "resnet50", "mobilenet_v2") + tuple(zoo.ZOO))
     ap.add_argument("--layers", type=int, default=12, help="encoder blocks")
     ap.add_argument("--precision", default="FP16")
     ap.add_argument("--backend", default="numpy")
+    ap.add_argument("--convert-only", action="store_true", help="time convert() alone")
     args = ap.parse_args(argv)
     os.environ["TFTRT_BACKEND"] = args.backend
     import tensorflow as tf
     import tftrt
     from tftrt import trt_convert as trt, zoo
-    make, _ = zoo.MODELS[args.model]
-    model = make(layers=args.layers) if args.model == "encoder" else make()
+    if args.model in zoo.MODELS:
+        make, _ = zoo.MODELS[args.model]
+        model = make(layers=args.layers) if args.model == "encoder" else make()
+        shape = zoo.input_shape(args.model, 1)
+    else:  # a zoo sweep model at its own input size
+        model = zoo.build(args.model)
+        shape = (1, *model.inputs[0].shape[1:])
     work = tempfile.mkdtemp(prefix="bench-convert-")
     src, dst = os.path.join(work, "src"), os.path.join(work, "trt")
     model.export(src, verbose=False)
-    x = np.random.RandomState(0).rand(*zoo.input_shape(args.model, 1)).astype(np.float32)
+    x = np.random.RandomState(0).rand(*shape).astype(np.float32)
     times = {}
     t = time.perf_counter()
     conv = trt.TrtGraphConverterV2(input_saved_model_dir=src, precision_mode=args.precision,
                                    maximum_cached_engines=1)
     conv.convert()
     times["convert"] = time.perf_counter() - t
+    if args.convert_only:
+        print(f"{args.model} {args.precision}: convert() {times['convert']:.1f} s")
+        shutil.rmtree(work, ignore_errors=True)
+        return
     t = time.perf_counter()
     conv.build(lambda: iter([(x,)]))
     times["build (batch 1)"] = time.perf_counter() - t
