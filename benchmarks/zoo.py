@@ -154,9 +154,11 @@ def run_model(name: str, args, work: str, dev: str, device: str) -> None:
         try:
             dyn = ({"use_dynamic_shape": True, "dynamic_shape_profile_strategy": args.profile}
                    if args.profile else {})
+            t0 = time.perf_counter()
             conv = trt.TrtGraphConverterV2(input_saved_model_dir=src, precision_mode=precision,
                                            maximum_cached_engines=len(args.batches), **dyn)
             conv.convert()
+            row["convert_s"] = time.perf_counter() - t0
             row["converted"] = zoo.converted_fraction(conv)
             row["unconverted_ops"] = zoo.unconverted_ops(conv)
             log(f"tftrt {precision} converted ({row['converted']:.1%})")
@@ -228,7 +230,8 @@ def print_row(row: dict) -> None:
                     for b, st in row["batches"].items())
     print(f"ROW {row['model']:<18} {row['precision']}  converted {row['converted']:.1%}  "
           f"engine ops {row['engine_ops']} ({row['engines']} engines)  host layers "
-          f"{row['host_layers']}  fallback layers {row['fallback_layers']}  build "
+          f"{row['host_layers']}  fallback layers {row['fallback_layers']}  convert "
+          f"{row.get('convert_s', float('nan')):.1f} s  build "
           f"{row['build_s']:.1f} s ({row.get('profile', 'static')})  rel err {row['rel_err']:.1e}  native calls "
           f"{row['native_calls']}  {lat}", flush=True)
     for f in row["fallbacks"][:10]:
@@ -264,7 +267,9 @@ def table(path: str, print_fn=print) -> None:
                 print_fn(f"- tftrt {prec}: converted {r['converted']:.1%}, "
                          f"{r.get('engine_ops', '?')} engine ops ({r['engines']} engines), "
                          f"{r['host_layers']} host layers, {r['fallback_layers']} fallback "
-                         f"layers, build {r['build_s']:.1f} s ({r.get('profile', 'static')} "
+                         f"layers, "
+                         f"{'convert %.1f s, ' % r['convert_s'] if 'convert_s' in r else ''}"
+                         f"build {r['build_s']:.1f} s ({r.get('profile', 'static')} "
                          f"engines), rel err {r['rel_err']:.1e}"
                          f"{'' if r['rel_err_ok'] else ' (over the bar)'}, "
                          f"{r['native_calls']} native calls")

@@ -101,6 +101,7 @@ def test_zoo_benchmark_dry_run(tmp_path, capsys):
     assert row["engine_ops"] == 1 and row["engines"] == 2  # one engine per batch size
     assert row["native_calls"] == 0 and row["engine_calls"] > 0
     assert row["rel_err_ok"], row["rel_err"]
+    assert 0 < row["convert_s"] < 600
     assert row["host_layers"] == row["layers"] > 0  # the numpy backend runs on the host
     assert set(row["batches"]) == {"1", "2"}
     capsys.readouterr()
