@@ -89,10 +89,28 @@ def segment_graph_def(info: GraphInfo, seg: Segment):
     return gd
 
 
+# Constants at least this large cross TensorFlow's importer without their values when a native
+# segment's FunctionDef is made (native_segment_function_def).
+LIGHT_CONST_BYTES = 1 << 16
+
+
 def native_segment_function_def(info: GraphInfo, seg: Segment):
     """The FunctionDef ``<engine>_native_segment_<digest>`` computing the segment natively."""
+    from tensorflow.core.framework import attr_value_pb2, tensor_pb2
     from tensorflow.python.framework import graph_to_function_def, importer
     gd = segment_graph_def(info, seg)
+    # The graph goes through TensorFlow's importer and back out as NodeDefs: large constants
+    # make that trip as their dtype and shape only (a TensorProto without content; shape
+    # inference reads no large constant's values) and get their values back in the
+    # FunctionDef, which is the same byte for byte (VGG16's segment: 0.5 GB twice less).
+    values = {}
+    for n in gd.node:
+        if n.op == "Const" and len(n.attr["value"].tensor.tensor_content) >= LIGHT_CONST_BYTES:
+            t = n.attr["value"].tensor
+            values[n.name] = attr_value_pb2.AttrValue()
+            values[n.name].CopyFrom(n.attr["value"])
+            n.attr["value"].tensor.CopyFrom(
+                tensor_pb2.TensorProto(dtype=t.dtype, tensor_shape=t.tensor_shape))
     # Straight from a graph: wrap_function would also prune it and make ConcreteFunctions,
     # each of which fetches the whole FunctionDef (weights included) back from the runtime.
     graph = _tf().Graph()
@@ -102,6 +120,9 @@ def native_segment_function_def(info: GraphInfo, seg: Segment):
         graph, graph.get_operations(),
         [graph.get_tensor_by_name(f"TensorRTInputPH_{i}:0") for i in range(len(seg.inputs))],
         [graph.get_tensor_by_name(f"TensorRTOutputPH_{j}:0") for j in range(len(seg.outputs))])
+    for n in fdef.node_def:
+        if n.name in values:
+            n.attr["value"].CopyFrom(values[n.name])
     # TF-TRT's name plus a digest of the body: TensorFlow keeps one function per name per
     # process, and two conversions in one process give different bodies the same engine name.
     fdef.signature.name = ""

@@ -150,3 +150,24 @@ def test_conversion_answers_as_before(saved_dir, monkeypatch):
         assert len(conv.engine_ops) == 1
     np.testing.assert_array_equal(outs[True], outs[False])
     np.testing.assert_allclose(outs[True], ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+def test_native_segment_function_is_the_same_byte_for_byte(saved_dir, monkeypatch):
+    """Large constants cross TF's importer as dtype and shape only when the native segment's
+    FunctionDef is made, and get their values back: the same FunctionDef, name included."""
+    from tftrt import rewrite
+    from tftrt.segment import segment_graph
+    saved, func = graph_io.load_signature(saved_dir)  # saved keeps the variables alive
+    sig = graph_io.function_graph(func, saved)
+    seg = segment_graph(sig.info, 2)
+    assert seg.segments
+    for s in seg.segments:
+        light = rewrite.native_segment_function_def(sig.info, s)
+        monkeypatch.setattr(rewrite, "LIGHT_CONST_BYTES", 1 << 62)  # every value crosses
+        heavy = rewrite.native_segment_function_def(sig.info, s)
+        monkeypatch.undo()
+        assert light.SerializeToString(deterministic=True) == \
+            heavy.SerializeToString(deterministic=True)
+        big = [n for n in light.node_def if n.op == "Const" and
+               n.attr["value"].tensor.ByteSize() >= rewrite.LIGHT_CONST_BYTES]
+        assert big and all(n.attr["value"].tensor.tensor_content for n in big)
