@@ -378,7 +378,7 @@ def prune_graph(graph_def, keep: Sequence[str]):
             continue
         needed.add(name)
         for i in by_name[name].input:
-            src = i.lstrip("^").split(":")[0]
+            src = split_tensor_name(i)[0]
             if src in by_name and src not in needed:
                 stack.append(src)
     out = graph_pb2.GraphDef()
@@ -612,16 +612,17 @@ def stub_weights(graph_def) -> Tuple[object, Dict[str, object]]:
     its own name in an attribute, so that no pass merges two.
     :func:`restore_weights` puts the constants back."""
     from tensorflow.core.framework import graph_pb2
-    consumers: Dict[str, List[str]] = {}
+    consumers: Dict[str, List[str]] = {}  # node -> its readers ("^" for a control edge)
     ops: Dict[str, str] = {}
+    inputs: Dict[str, List[str]] = {}  # node -> the nodes of its data inputs
     for n in graph_def.node:
         ops[n.name] = n.op
+        inputs[n.name] = []
         for i in n.input:
-            src = i.lstrip("^").split(":")[0]
-            consumers.setdefault(src, []).append(n.name if not i.startswith("^") else "^")
-
-    inputs = {n.name: [i.split(":")[0] for i in n.input if not i.startswith("^")]
-              for n in graph_def.node}
+            src, index = split_tensor_name(i)
+            consumers.setdefault(src, []).append("^" if index < 0 else n.name)
+            if index >= 0:
+                inputs[n.name].append(src)
 
     def unscaled_after(name: str, depth: int = 0) -> bool:
         for u in consumers.get(name, []):

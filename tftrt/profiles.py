@@ -398,13 +398,20 @@ class ProfileEngine:
         if not (split_batches() and self.split_check(i) is None):
             return
         for rung in self._rungs(i, self.profiles[i].opt):
-            if rung in self._engines:
-                continue
-            try:
-                self._warm(self.engine_for(rung, quick=False))
-            except Exception as e:  # a first call will say it again, with its fallback
-                log.info("optimization profile %s: no engine for batch %d to split batches "
-                         "with (%s: %s)", self.profiles[i], rung[0][0], type(e).__name__, e)
+            if rung not in self._engines:
+                engine = self._build_rung(i, rung)
+                if engine is not None:
+                    self._warm(engine)
+
+    def _build_rung(self, i: int, rung: ShapeKey):
+        """The engine for ``rung`` of profile ``i``'s split ladder, built now; None when the
+        build failed (logged)."""
+        try:
+            return self.engine_for(rung, quick=False)
+        except Exception as e:  # a first call will say it again, with its fallback
+            log.info("optimization profile %s: no engine for batch %d to split batches "
+                     "with (%s: %s)", self.profiles[i], rung[0][0], type(e).__name__, e)
+            return None
 
     def _rungs(self, i: int, key: ShapeKey) -> List[ShapeKey]:
         """The split ladder of profile ``i`` at ``key``'s other dimensions: its smallest
@@ -439,13 +446,7 @@ class ProfileEngine:
         rung = self._rung(key, lo)
         if lo >= key[0][0] or self.profile_index(rung) != i:
             return False
-        try:
-            self.engine_for(rung, quick=False)
-        except Exception as e:  # a first call will say it again, with its fallback
-            log.info("optimization profile %s: no engine for batch %d to split batches "
-                     "with (%s: %s)", self.profiles[i], lo, type(e).__name__, e)
-            return False
-        return True
+        return self._build_rung(i, rung) is not None
 
     def _adopt(self, engine) -> None:
         """The engines of this ProfileEngine share its arenas (see memory.ArenaPool)."""
@@ -688,10 +689,8 @@ class ProfileEngine:
                     self._worker = None
                     self._cond.notify_all()
                     return
-                now_ok = [n for n, item in enumerate(self._queue) if not item[3]]
-                if now_ok:
-                    n = now_ok[0]
-                else:
+                n = next((n for n, item in enumerate(self._queue) if not item[3]), None)
+                if n is None:
                     wait = build_idle_s() - (time.monotonic() - self._last_call)
                     if wait > 0:
                         self._cond.wait(wait)
