@@ -450,7 +450,7 @@ class ProfileEngine:
 
     def _adopt(self, engine) -> None:
         """The engines of this ProfileEngine share its arenas (see memory.ArenaPool)."""
-        engine.arena_pool = self.arena_pool
+        engine.share_arenas(self.arena_pool)
         memory = getattr(engine, "memory", None)
         if memory is not None:
             self.arena_pool.plan(memory.context_bytes)

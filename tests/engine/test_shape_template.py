@@ -195,26 +195,65 @@ def test_probe_values():
 
 # --- arenas ---------------------------------------------------------------------------------
 
-def test_arena_pool_allocates_once_per_thread_for_the_largest_plan():
+def test_arena_pool_allocates_once_per_slot_for_the_largest_plan():
     pool, made = ArenaPool(), []
 
     def alloc(n):
         made.append(n)
         return np.empty(n, np.uint8)
     pool.plan(1000)
-    a = pool.reserve(300, alloc)
+    slot = pool.acquire()
+    a = pool.reserve(slot, 300, alloc)
     assert made == [1000] and a.nbytes == 1000           # planned size, not the request
-    assert pool.reserve(1000, alloc) is a and made == [1000]
-    b = pool.reserve(1500, alloc)                         # a larger plan: a larger buffer
+    assert pool.reserve(slot, 1000, alloc) is a and made == [1000]
+    b = pool.reserve(slot, 1500, alloc)                   # a larger plan: a larger buffer
     assert made == [1000, 1500] and b.nbytes == 1500 and pool.planned_bytes == 1500
-    got = []
-    t = threading.Thread(target=lambda: got.append(pool.reserve(10, alloc)))
-    t.start()
-    t.join()
-    assert got[0] is not b and made == [1000, 1500, 1500]  # another thread: its own
-    assert pool.stats == {"allocations": 3, "bytes": 4000}
-    pool.slot().state["stream"] = "s"
-    assert pool.slot().state == {"stream": "s"}
+    other = pool.acquire()                                # slot is held: another one
+    assert other is not slot and pool.reserve(other, 10, alloc) is not b
+    assert made == [1000, 1500, 1500]
+    pool.release(other)
+    pool.release(slot)
+    assert pool.stats == {"allocations": 3, "bytes": 4000, "slots": 2}
+    assert pool.acquire() is slot                         # the one released last
+
+
+def test_arena_pool_sequential_callers_share_one_slot_whatever_their_thread():
+    pool, got = ArenaPool(), []
+
+    def call():
+        s = pool.acquire()
+        got.append(s)
+        pool.release(s)
+    for _ in range(3):
+        t = threading.Thread(target=call)
+        t.start()
+        t.join()
+    call()
+    assert len(set(map(id, got))) == 1 and pool.stats["slots"] == 1
+    held = [pool.acquire() for _ in range(3)]             # three calls at once: three slots
+    assert len(set(map(id, held))) == 3 and pool.stats["slots"] == 3
+
+
+def test_engine_keeps_one_context_for_sequential_calls_from_any_thread():
+    """An engine node in a TF graph runs on TF's inter-op threads, each call with a fresh
+    Python thread state: per-thread contexts were rebuilt on every call."""
+    model = make_model([helper.make_node("Relu", ["x"], ["y"])],
+                       {"x": np.zeros((2, 3), np.float32)})
+    engine = build_engine(model, {"x": (2, 3)})
+    x = np.array([[-1.0, 2.0, 3.0], [4.0, -5.0, 6.0]], np.float32)
+    outs = []
+    for _ in range(3):
+        t = threading.Thread(target=lambda: outs.append(engine.execute([x])[0]))
+        t.start()
+        t.join()
+    outs.append(engine.execute([x])[0])
+    for y in outs:
+        np.testing.assert_array_equal(y, np.maximum(x, 0))
+    assert len(engine._contexts) == 1 and engine.arena_pool.stats["slots"] == 1
+    slot = engine.arena_pool.acquire()                    # a call in flight elsewhere
+    np.testing.assert_array_equal(engine.execute([x])[0], np.maximum(x, 0))
+    engine.arena_pool.release(slot)
+    assert len(engine._contexts) == 2 and engine.arena_pool.stats["slots"] == 2
 
 
 def test_profile_engines_share_one_arena_pool_sized_for_the_largest():

@@ -130,11 +130,12 @@ def test_profile_1_to_16_serves_every_batch_with_no_new_tuning(tmp_path, tuning)
         assert op.stats["engine"] == 16, op.describe()
 
 
-def test_engines_of_a_profile_share_one_arena_and_stream_per_thread(tmp_path):
-    """The engines of a profile (batch 1..16) made from its opt engine's network share one
-    activation arena per execution thread, sized for the largest (batch 16), and that thread's
+def test_engines_of_a_profile_share_one_arena_and_stream_per_concurrent_call(tmp_path):
+    """The engines of a profile (batch 1..16) made from its opt engine's network share
+    activation arenas (memory.ArenaPool), sized for the largest (batch 16), and each arena's
     stream: calls of different batch sizes queued back to back without a sync give TF's
-    numbers; another thread gets its own arena."""
+    numbers in one arena; a call made while another holds that arena (another thread) gets a
+    second one, which the engines share again."""
     import threading
 
     import cupy as cp
@@ -162,21 +163,28 @@ def test_engines_of_a_profile_share_one_arena_and_stream_per_thread(tmp_path):
     for b in sizes:
         np.testing.assert_allclose(cp.asnumpy(outs[b]), native(x=tf.constant(batch(b)))["y"]
                                    .numpy(), rtol=1e-4, atol=1e-4, err_msg=f"batch {b}")
-    ctxs = [engines[b]._local.ctx._impl for b in sizes]
-    assert len({c.arena.data.ptr for c in ctxs}) == 1, "one arena in this thread"
-    assert len({id(c.stream) for c in ctxs}) == 1, "one stream in this thread"
+    assert all(len(engines[b]._contexts) == 1 for b in sizes)
+    ctxs = [next(iter(engines[b]._contexts.values()))._impl for b in sizes]
+    assert len({c.arena.data.ptr for c in ctxs}) == 1, "one arena for sequential calls"
+    assert len({id(c.stream) for c in ctxs}) == 1, "one stream for sequential calls"
     assert pe.arena_pool.stats["allocations"] - before <= 1, pe.arena_pool.stats
     assert max(c.arena.nbytes for c in ctxs) <= pe.arena_pool.planned_bytes
     assert ctxs[0].arena.nbytes == max(c.arena.nbytes for c in ctxs)  # batch 16 needs most
 
+    held = pe.arena_pool.acquire()  # the slot of the calls above, as if a call were in flight
     other = {}
 
     def run():
-        other["ptr"] = engines[9].create_execution_context()._impl.arena.data.ptr
-        other["ptr2"] = engines[3].create_execution_context()._impl.arena.data.ptr
+        other[9] = cp.asnumpy(engines[9].execute([xs[9]])[0])
+        other[3] = cp.asnumpy(engines[3].execute([xs[3]])[0])
     mid = pe.arena_pool.stats["allocations"]
     t = threading.Thread(target=run)
     t.start()
     t.join()
-    assert other["ptr"] == other["ptr2"] != ctxs[0].arena.data.ptr
+    pe.arena_pool.release(held)
+    for b in (9, 3):
+        np.testing.assert_allclose(other[b], cp.asnumpy(outs[b]), rtol=1e-5, atol=1e-5)
+    new = {c._impl.arena.data.ptr for b in (9, 3) for s, c in engines[b]._contexts.items()
+           if s is not held}
+    assert len(new) == 1 and new != {ctxs[0].arena.data.ptr}, "one more arena, shared"
     assert pe.arena_pool.stats["allocations"] == mid + 1, pe.arena_pool.stats

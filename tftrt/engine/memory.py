@@ -11,10 +11,18 @@ arena takes its input's bytes (``MemoryPlan.aliases``: output -> the tensor whos
 shares), the input's lifetime is extended over the output's, and an execution context that
 lays tensors out by this plan skips the layer (its output already holds the values).
 
-Engines for several shapes of one optimization profile run one at a time in a thread, so they
-share one arena per thread (:class:`ArenaPool`): sized for the largest of them (the opt shape
-of a Range profile), allocated once per profile and execution thread; each engine's plan lays
-its tensors out from offset 0 of it.
+Engines for several shapes of one optimization profile share arenas (:class:`ArenaPool`): a
+call leases a slot (an arena and the stream that orders its users) for the time it runs, so
+calls that never overlap (sequential calls, from any threads) all use one slot, and the pool
+holds as many slots as calls ever ran at once, not one per thread that ever called. Each arena
+is sized for the largest plan (the opt shape of a Range profile), each engine's plan lays its
+tensors out from offset 0 of it.
+
+Not per thread: an engine node inside a TF graph (an EagerPyFunc) runs on one of TF's
+inter-op threads with a Python thread state made for that call and dropped after it, so
+per-thread state (``threading.local``) lived for one call: every graph-function call built a
+new execution context (arena, stream, buffers) and ran its layers eagerly, never replaying the
+CUDA graph a context captures on its second run.
 """
 
 from __future__ import annotations
@@ -170,9 +178,10 @@ def plan_memory(net: Network, workspace_bytes: int = 0,
 
 
 class ArenaSlot:
-    """One execution thread's arena in an :class:`ArenaPool`: ``buffer`` (``nbytes`` long)
-    and ``state``, where a backend keeps what must go with it (the CuPy backend: the stream
-    that orders the engines using this buffer)."""
+    """One arena of an :class:`ArenaPool`, held by one call at a time: ``buffer`` (``nbytes``
+    long) and ``state``, where a backend keeps what must go with it (the CuPy backend: the
+    stream that orders the engines using this buffer and the event its last caller's reads
+    of the outputs recorded)."""
 
     def __init__(self):
         self.buffer: Any = None
@@ -181,18 +190,21 @@ class ArenaSlot:
 
 
 class ArenaPool:
-    """Activation arenas shared by the engines of one optimization profile set: one buffer
-    per execution thread, at least :attr:`planned_bytes` long (the largest plan noted).
+    """Arenas shared by the engines of one optimization profile set (or of one engine): a
+    caller takes a slot no other caller holds (:meth:`acquire`), runs, and gives it back
+    (:meth:`release`).
+    Each buffer is at least :attr:`planned_bytes` long (the largest plan noted).
 
-    ``stats``: ``allocations`` (buffers allocated) and ``bytes`` (their total size), so that
-    tests see what a profile costs whatever the backend.
+    ``stats``: ``allocations`` (buffers allocated), ``bytes`` (their total size) and
+    ``slots`` (slots made: the most calls that ever ran at once), so that tests see what a
+    profile costs whatever the backend.
     """
 
     def __init__(self):
         self.planned_bytes = 0
-        self._local = threading.local()
+        self._free: List[ArenaSlot] = []
         self._lock = threading.Lock()
-        self.stats = {"allocations": 0, "bytes": 0}
+        self.stats = {"allocations": 0, "bytes": 0, "slots": 0}
 
     def plan(self, nbytes: int) -> None:
         """Notes an engine's need (``MemoryPlan.context_bytes`` or more): buffers allocated
@@ -200,19 +212,24 @@ class ArenaPool:
         with self._lock:
             self.planned_bytes = max(self.planned_bytes, int(nbytes))
 
-    def slot(self) -> ArenaSlot:
-        """The calling thread's slot."""
-        slot = getattr(self._local, "slot", None)
-        if slot is None:
-            slot = self._local.slot = ArenaSlot()
-        return slot
+    def acquire(self) -> ArenaSlot:
+        """A slot for the caller alone until :meth:`release`: the one released last (so
+        sequential callers share one), a new one when every slot is held."""
+        with self._lock:
+            if self._free:
+                return self._free.pop()
+            self.stats["slots"] += 1
+        return ArenaSlot()
 
-    def reserve(self, nbytes: int, allocate: Callable[[int], Any]) -> Any:
-        """The calling thread's buffer, at least ``nbytes`` long: allocated (``allocate(n)``,
-        n = the larger of ``nbytes`` and the planned size) when it has none or a smaller one.
-        A context that holds a smaller buffer keeps using it (it holds a reference)."""
+    def release(self, slot: ArenaSlot) -> None:
+        with self._lock:
+            self._free.append(slot)
+
+    def reserve(self, slot: ArenaSlot, nbytes: int, allocate: Callable[[int], Any]) -> Any:
+        """``slot``'s buffer, at least ``nbytes`` long: allocated (``allocate(n)``, n = the
+        larger of ``nbytes`` and the planned size) when it has none or a smaller one. A
+        context that holds a smaller buffer keeps using it (it holds a reference)."""
         self.plan(nbytes)
-        slot = self.slot()
         if slot.buffer is None or slot.nbytes < nbytes:
             n = max(int(nbytes), self.planned_bytes, 1)
             slot.buffer, slot.nbytes = allocate(n), n

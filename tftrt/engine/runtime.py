@@ -1,9 +1,11 @@
-"""Runtime: :class:`Engine` (immutable, shareable) and :class:`ExecutionContext` (per thread).
+"""Runtime: :class:`Engine` (immutable, shareable) and :class:`ExecutionContext` (per arena).
 
 An engine holds the optimized network, the uploaded weights, the chosen tactics and the memory
 plan. A context runs it: layer by layer through the runners the backend prepared (prepared
 once per engine and shared), or through the backend's own context when it provides one
-(``Backend.create_context``: arena, streams, CUDA graphs).
+(``Backend.create_context``: arena, streams, CUDA graphs). :meth:`Engine.execute` keeps one
+context per slot of its arena pool (memory.ArenaPool) and leases a slot per call: calls that
+never overlap reuse one context (its captured CUDA graphs), whichever thread makes them.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from tftrt.engine.memory import MemoryPlan
+from tftrt.engine.memory import ArenaPool, ArenaSlot, MemoryPlan
 from tftrt.engine.network import Network
 
 
@@ -35,7 +37,10 @@ class Engine:
         self.build_info: Dict[str, Any] = {}
         self._runners: Optional[List] = None
         self._lock = threading.Lock()
-        self._local = threading.local()
+        # Arenas this engine runs in (a profile's engines share one pool: share_arenas) and
+        # one execution context per slot of it.
+        self.arena_pool = ArenaPool()
+        self._contexts: Dict[ArenaSlot, "ExecutionContext"] = {}
         last: Dict[str, int] = {}
         for k, layer in enumerate(network.layers):
             for i in layer.inputs:
@@ -113,15 +118,29 @@ class Engine:
                     persist()
             return self._runners
 
-    def create_execution_context(self) -> "ExecutionContext":
-        return ExecutionContext(self)
+    def create_execution_context(self, slot: Optional[ArenaSlot] = None) -> "ExecutionContext":
+        """A context that runs in ``slot`` of :attr:`arena_pool` (its caller holds the slot
+        whenever the context runs), or in an arena of its own."""
+        return ExecutionContext(self, slot)
+
+    def share_arenas(self, pool: ArenaPool) -> None:
+        """Runs this engine in ``pool``'s arenas from now on (the engines of one optimization
+        profile share them); contexts made in the old pool are dropped."""
+        with self._lock:
+            self.arena_pool = pool
+            self._contexts = {}
 
     def execute(self, inputs: Union[Sequence[Any], Dict[str, Any]]) -> List[Any]:
-        """Runs the engine (thread-safe: one context per calling thread)."""
-        ctx = getattr(self._local, "ctx", None)
-        if ctx is None:
-            ctx = self._local.ctx = self.create_execution_context()
-        return ctx.execute(inputs)
+        """Runs the engine (thread-safe: concurrent calls run in different arena slots)."""
+        pool = self.arena_pool
+        slot = pool.acquire()
+        try:
+            ctx = self._contexts.get(slot)
+            if ctx is None:
+                ctx = self._contexts[slot] = self.create_execution_context(slot)
+            return ctx.execute(inputs)
+        finally:
+            pool.release(slot)
 
     def serialize(self) -> bytes:
         """The engine as a plan (see plan.py)."""
@@ -130,17 +149,17 @@ class Engine:
 
 
 class ExecutionContext:
-    """Runs an engine; holds per-run state (profiling). Use one per thread / stream.
+    """Runs an engine; holds per-run state (profiling). Used by one caller at a time.
 
     Set ``profile = True`` to record ``profile_result`` = [(layer name, seconds), ...] for
     the last run.
     """
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, slot: Optional[ArenaSlot] = None):
         self.engine = engine
         self.profile = False
         self.profile_result: List[Tuple[str, float]] = []
-        self._impl = engine.backend_impl.create_context(engine)
+        self._impl = engine.backend_impl.create_context(engine, slot)
         if self._impl is None:
             engine.runners()
 

@@ -92,7 +92,9 @@ class Backend:
             a = np.zeros(shape, dt)
         return self.upload(a)
 
-    def create_context(self, engine) -> Optional[Any]:
+    def create_context(self, engine, slot=None) -> Optional[Any]:
+        """The backend's own execution context for ``engine`` in arena ``slot`` (of
+        ``engine.arena_pool``; None: an arena of its own), or None: layer by layer."""
         return None
 
 

@@ -24,8 +24,8 @@ cores unless the build says ``allow_tf32=False``.
 
 Execution (:class:`CupyExecutionContext`): one device arena per context laid out by the
 engine's memory plan (plus the largest tactic workspace), its own stream and library handles
-(the engines of one optimization profile take the arena and stream of their thread's slot in
-the profile's ``memory.ArenaPool`` instead);
+(an engine's contexts are per slot of its ``memory.ArenaPool``, which the engines of one
+optimization profile share: the contexts of a slot share its arena and stream);
 reshapes the plan made views of their input run nothing. The first run is eager, the second
 captures the whole engine into CUDA graphs (layers that cannot be captured run eagerly between
 graph segments; a failed capture is logged once and that segment stays eager), later runs
@@ -467,13 +467,13 @@ class CupyBackend(Backend):
                 engine._cupy_impls = impls
             return impls
 
-    def create_context(self, engine):
-        return CupyExecutionContext(self, engine)
+    def create_context(self, engine, slot=None):
+        return CupyExecutionContext(self, engine, slot)
 
 
 # --- execution context ---------------------------------------------------------------------------
 class CupyExecutionContext:
-    """Arena, stream, CUDA graphs for one engine in one thread (see module doc).
+    """Arena, stream, CUDA graphs for one engine in one arena slot (see module doc).
 
     Attributes:
       use_graphs: capture and replay CUDA graphs after the first run (default True).
@@ -482,18 +482,18 @@ class CupyExecutionContext:
 
     _warned = set()
 
-    def __init__(self, backend: CupyBackend, engine):
+    def __init__(self, backend: CupyBackend, engine, slot=None):
         self.engine = engine
         net = self.net = engine.network
         self.impls = backend.engine_impls(engine)
-        # The engines of one optimization profile share an arena per thread (memory.ArenaPool)
-        # and, so that they never overlap on it, that thread's stream.
-        pool = getattr(engine, "arena_pool", None)
-        slot = pool.slot() if pool is not None else None
-        if slot is not None and "cupy_stream" not in slot.state:
-            slot.state["cupy_stream"] = cp.cuda.Stream(non_blocking=True)
-        self.stream = slot.state["cupy_stream"] if slot is not None else \
-            cp.cuda.Stream(non_blocking=True)
+        # The contexts of one arena slot (memory.ArenaPool: the engines of an optimization
+        # profile, one caller at a time) share its arena and, so that they never overlap on
+        # it, its stream; ``slot_state`` also holds the event after the last caller's reads.
+        pool = getattr(engine, "arena_pool", None) if slot is not None else None
+        self.slot_state = slot.state if slot is not None else {}
+        if "cupy_stream" not in self.slot_state:
+            self.slot_state["cupy_stream"] = cp.cuda.Stream(non_blocking=True)
+        self.stream = self.slot_state["cupy_stream"]
         self.use_graphs = True
         self.runs = 0
         self.segments: Optional[List[Tuple[str, Any]]] = None
@@ -503,7 +503,7 @@ class CupyExecutionContext:
         arena_bytes = int(mem.arena_bytes)
         ws_off = (arena_bytes + 255) // 256 * 256
         need = max(ws_off + ws_bytes, 1)
-        self.arena = (pool.reserve(need, lambda n: cp.empty(n, cp.uint8))[:need]
+        self.arena = (pool.reserve(slot, need, lambda n: cp.empty(n, cp.uint8))[:need]
                       if pool is not None else cp.empty(need, cp.uint8))
         self.ws = self.arena[ws_off:ws_off + ws_bytes] if ws_bytes else None
         self.device_bytes = int(self.arena.nbytes)
@@ -599,8 +599,14 @@ class CupyExecutionContext:
 
         Work is ordered after the caller's current stream and the caller's stream waits for
         it, so no host synchronization happens. Returns fresh arrays (copies of the context's
-        output buffers, made on the caller's stream)."""
+        output buffers, made on the caller's stream). The slot's previous caller may have
+        been another thread on another stream: the work also waits for that caller's copies
+        (the slot's ``released`` event), which read buffers this run writes."""
         caller = cp.cuda.get_current_stream()
+        state = self.slot_state
+        released = state.get("released")
+        if released is not None:
+            self.stream.wait_event(released)
         self.stream.wait_event(caller.record())
         with self.stream:
             for buf, x in zip(self.in_bufs, inputs):
@@ -612,7 +618,9 @@ class CupyExecutionContext:
             done = self.stream.record()
         caller.wait_event(done)
         with caller:
-            return [b.copy() for b in self.out_bufs]
+            outs = [b.copy() for b in self.out_bufs]
+            state["released"] = caller.record()
+        return outs
 
     def profile(self, inputs: List[Any], repeats: int = 20) -> List[Tuple[str, float]]:
         """GPU seconds per layer: each layer replayed alone from a CUDA graph (host launch
