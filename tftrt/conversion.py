@@ -194,6 +194,28 @@ def engine_device() -> str:
     return "/device:GPU:0" if _tf_has_gpu() else ""
 
 
+_KEPT_THREADS: set = set()
+
+
+def keep_thread_state() -> None:
+    """Keeps the calling thread's Python thread state alive after the current call.
+
+    TensorFlow runs an EagerPyFunc on one of its own threads and takes the interpreter with
+    ``PyGILState_Ensure``, which makes a thread state for the call and deletes it at the
+    matching ``PyGILState_Release``: everything thread-local (CuPy's current device, stream
+    and library handles, the backend's cuDNN handle, TF's eager thread data) was made again
+    on every engine call. One more ``PyGILState_Ensure``, never released, per such thread
+    keeps its state for the life of the process: one per TF thread that ever ran an engine.
+    Threads Python started keep theirs anyway and are left alone."""
+    ident = threading.get_ident()
+    if ident in _KEPT_THREADS:
+        return
+    _KEPT_THREADS.add(ident)
+    if isinstance(threading.current_thread(), threading._DummyThread):  # pylint: disable=protected-access
+        import ctypes
+        ctypes.pythonapi.PyGILState_Ensure()
+
+
 class EngineCallback:
     """What an engine node's EagerPyFunc calls: [status, *outputs].
 
@@ -209,6 +231,7 @@ class EngineCallback:
                                           for d in op.spec.output_dtypes]
 
     def __call__(self, *inputs):
+        keep_thread_state()
         outs = self.op.try_engine(inputs)
         if outs is None:
             return self._fallback

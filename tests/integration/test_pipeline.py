@@ -123,6 +123,58 @@ def test_pipeline_inside_tf_function_and_switched_off(tmp_path, monkeypatch):
     _close(plain(x=tf.constant(x)), want)
 
 
+def test_graph_function_calls_reuse_one_context_per_engine(tmp_path):
+    """Inside a tf.function the engines run in EagerPyFuncs on TF's inter-op threads, each
+    call with a Python thread state TF makes for it: an engine keeps one execution context
+    (on CuPy: its arena, stream and captured CUDA graphs) for all such calls."""
+    x = models.batch((2, 16), 7)
+    src, loaded = _convert_save_load(tmp_path, Chain(), [x])
+    sig = loaded.signatures["serving_default"]
+    want = tf.saved_model.load(src).signatures["serving_default"](x=tf.constant(x))
+
+    @tf.function
+    def wrapped(t):
+        return sig(x=t)
+    for _ in range(6):
+        _close(wrapped(tf.constant(x)), want)
+    engines = [e for op in loaded.engine_ops.values() for _, e in op.cache.items()]
+    assert len(engines) == 3
+    for e in engines:
+        assert len(e._contexts) == 1 and e.arena_pool.stats["slots"] == 1, e
+
+
+def test_engine_callbacks_keep_tf_threads_python_state():
+    """conversion.keep_thread_state: thread-local state set in one EagerPyFunc call on a TF
+    thread is still there in the next call on that thread (without it, never)."""
+    import threading
+
+    from tftrt.conversion import _KEPT_THREADS, keep_thread_state
+    local = threading.local()
+    seen = {True: 0, False: 0}
+    unkept = []  # without keep_thread_state, on threads no earlier test kept: always fresh
+
+    def body(keep, t):
+        if keep:
+            keep_thread_state()
+        elif threading.get_ident() not in _KEPT_THREADS:
+            unkept.append(getattr(local, "mark", False))
+        seen[getattr(local, "mark", False)] += 1
+        local.mark = True
+        return t
+
+    for keep in (False, True):
+        seen.update({True: 0, False: 0})
+
+        @tf.function
+        def f(t):
+            return tf.py_function(lambda u: body(keep, u), [t], tf.float32)
+        for _ in range(20):
+            f(tf.constant([1.0]))
+        if keep:   # at most one fresh state per TF thread that ran it
+            assert seen[True] >= 20 - os.cpu_count() - 2 and seen[True] > 0, seen
+    assert not any(unkept), unkept
+
+
 def test_threads_share_one_pipeline(tmp_path):
     xs = [models.batch((b, 16), 10 + b) for b in (1, 2, 3)]
     src, loaded = _convert_save_load(tmp_path, Chain(), xs, maximum_cached_engines=3)
