@@ -5,7 +5,8 @@
 #      the tiled depthwise kernel and the squeeze-and-excitation kernels, split path included
 #      (tests/gpu/test_dw_gpu.py, tests/gpu/test_se_gpu.py with TFTRT_FUSE_SE=1);
 #   2. the engine-boundary tests through TensorFlow (tests/gpu/test_engine_boundaries.py:
-#      which op copies device -> host, with the profiler's op names printed),
+#      which op copies device -> host, with the profiler's op names printed) and the arena
+#      slots a profile's engines share (tests/gpu/test_dynamic_profiles.py),
 #      profile_boundary.py --copies (which variant of a boundary copies: TF's own EagerPyFunc,
 #      the status output, DLPack through tensor_bridge, the engine) and bench_boundary.py
 #      (what each boundary costs at batch 1);
@@ -43,7 +44,8 @@ if [ "${DW_SE_TESTS:-1}" = 1 ]; then
   grep -E "passed|failed|DIVERGES" "$log" | tail -4
 fi
 say "engine-boundary tests"
-timeout 150 python3 -m pytest tests/gpu/test_engine_boundaries.py -q -p no:cacheprovider \
+timeout 200 python3 -m pytest tests/gpu/test_engine_boundaries.py -q -p no:cacheprovider \
+  "tests/gpu/test_dynamic_profiles.py::test_engines_of_a_profile_share_one_arena_and_stream_per_concurrent_call" \
   --tb=short -rA -s >> "$log" 2>&1; grep -E "passed|failed" "$log" | tail -1
 if [ "${COPIES:-1}" = 1 ]; then
   say "which boundary variant copies device -> host (profile_boundary.py --copies)"

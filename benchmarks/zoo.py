@@ -177,6 +177,13 @@ def run_model(name: str, args, work: str, dev: str, device: str) -> None:
                 err = max(float(np.max(np.abs(got[k].numpy() - ref[k].numpy())))
                           / (float(np.max(np.abs(ref[k].numpy()))) or 1.0) for k in ref)
                 st = timed(sig, b)
+                if args.graph_fn:  # the loaded signature inside a user's tf.function
+                    graph = tf.function(lambda **k: sig(**k))
+                    gf = graph(**arg)
+                    st["graph_fn_rel_err"] = max(
+                        float(np.max(np.abs(gf[k].numpy() - ref[k].numpy())))
+                        / (float(np.max(np.abs(ref[k].numpy()))) or 1.0) for k in ref)
+                    st["graph_fn_median_ms"] = timed(graph, b)["median_ms"]
                 st["rel_err"] = err
                 st["on_gpu"] = all("GPU" in got[k].device for k in got)
                 row["batches"][b] = st
@@ -227,6 +234,8 @@ def print_row(row: dict) -> None:
               flush=True)
         return
     lat = "  ".join(f"b{b}: {_fmt(st['median_ms'], '.3f')} ms {_fmt(st['throughput'], '.0f')}/s"
+                    + (f" (tf.function {_fmt(st['graph_fn_median_ms'], '.3f')} ms)"
+                       if "graph_fn_median_ms" in st else "")
                     for b, st in row["batches"].items())
     print(f"ROW {row['model']:<18} {row['precision']}  converted {row['converted']:.1%}  "
           f"engine ops {row['engine_ops']} ({row['engines']} engines)  host layers "
@@ -310,6 +319,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     ap.add_argument("--size", type=int, default=None, help="input size (default: the model's)")
     ap.add_argument("--backend", default="cupy", help="engine backend (numpy for a CPU check)")
     ap.add_argument("--skip-xla", action="store_true")
+    ap.add_argument("--graph-fn", action="store_true",
+                    help="also time the loaded signature called inside a tf.function (its "
+                         "engines as EagerPyFunc nodes), row key graph_fn_median_ms")
     ap.add_argument("--profile", default="", metavar="STRATEGY",
                     help="use_dynamic_shape=True with this profile strategy (e.g. Range: one "
                          "profile for every batch size, tuned once at the largest); default: "

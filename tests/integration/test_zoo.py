@@ -91,7 +91,8 @@ def test_zoo_benchmark_dry_run(tmp_path, capsys):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out = str(tmp_path / "zoo.jsonl")
-    bench.main(["--models", "ViT", "--batches", "1", "2", "--dry-run", "--fp32", "--out", out])
+    bench.main(["--models", "ViT", "--batches", "1", "2", "--dry-run", "--fp32", "--graph-fn",
+                "--out", out])
     rows = [json.loads(line) for line in open(out)]
     assert [(r["runtime"], r["precision"]) for r in rows] == [
         ("tf_native", "FP32"), ("tf_xla", "FP16"), ("tftrt", "FP16")]
@@ -104,6 +105,8 @@ def test_zoo_benchmark_dry_run(tmp_path, capsys):
     assert 0 < row["convert_s"] < 600
     assert row["host_layers"] == row["layers"] > 0  # the numpy backend runs on the host
     assert set(row["batches"]) == {"1", "2"}
+    for st in row["batches"].values():  # the same model inside a user's tf.function
+        assert st["graph_fn_median_ms"] > 0 and st["graph_fn_rel_err"] <= bench.REL_TOL["FP16"], st
     capsys.readouterr()
     bench.table(out)
     text = capsys.readouterr().out
