@@ -256,6 +256,37 @@ def test_engine_keeps_one_context_for_sequential_calls_from_any_thread():
     assert len(engine._contexts) == 2 and engine.arena_pool.stats["slots"] == 2
 
 
+def test_engine_context_is_made_again_when_its_slot_gets_a_larger_arena(monkeypatch):
+    """A context lays its tensors out in its slot's arena; once a larger plan replaced that
+    arena (another engine of the profile ran in the slot), the context is made again in the
+    new one: the slot's engines share one arena and the old one is freed."""
+    model = make_model([helper.make_node("Relu", ["x"], ["y"])],
+                       {"x": np.zeros((2, 3), np.float32)})
+    small, large = build_engine(model, {"x": (2, 3)}), build_engine(model, {"x": (2, 3)})
+    small.need, large.need = 100, 1000
+    pool = ArenaPool()
+    for e in (small, large):
+        e.share_arenas(pool)
+    made = []
+
+    class Ctx:  # what a backend context does with its slot (cupy_backend: the arena)
+        def __init__(self, engine, slot):
+            self.slot_buffer = pool.reserve(slot, engine.need, lambda n: np.empty(n, np.uint8))
+            made.append((engine.need, self.slot_buffer.nbytes))
+
+        def execute(self, xs):
+            return [np.maximum(x, 0) for x in xs]
+    for e in (small, large):
+        monkeypatch.setattr(e.backend_impl, "create_context", lambda e, slot=None: Ctx(e, slot))
+    x = np.array([[-1.0, 2.0, 3.0], [4.0, -5.0, 6.0]], np.float32)
+    for e in (small, large, small, small, large):
+        np.testing.assert_array_equal(e.execute([x])[0], np.maximum(x, 0))
+    assert made == [(100, 100), (1000, 1000), (100, 1000)]
+    (ctx,) = small._contexts.values()
+    assert ctx._impl.slot_buffer is next(iter(large._contexts.values()))._impl.slot_buffer
+    assert pool.stats["allocations"] == 2 and pool.stats["slots"] == 1
+
+
 def test_profile_engines_share_one_arena_pool_sized_for_the_largest():
     model, _ = resnet50(batch=2, size=16, width=8)
     pe = profile_engine(model, batch_profile(1, 8, (16, 16, 3)))

@@ -228,7 +228,8 @@ class ArenaPool:
     def reserve(self, slot: ArenaSlot, nbytes: int, allocate: Callable[[int], Any]) -> Any:
         """``slot``'s buffer, at least ``nbytes`` long: allocated (``allocate(n)``, n = the
         larger of ``nbytes`` and the planned size) when it has none or a smaller one. A
-        context that holds a smaller buffer keeps using it (it holds a reference)."""
+        context laid out in the slot's old buffer is made again at its next call
+        (runtime.ExecutionContext.outgrown), which frees the old buffer."""
         self.plan(nbytes)
         if slot.buffer is None or slot.nbytes < nbytes:
             n = max(int(nbytes), self.planned_bytes, 1)

@@ -136,7 +136,7 @@ class Engine:
         slot = pool.acquire()
         try:
             ctx = self._contexts.get(slot)
-            if ctx is None:
+            if ctx is None or ctx.outgrown(slot):
                 ctx = self._contexts[slot] = self.create_execution_context(slot)
             return ctx.execute(inputs)
         finally:
@@ -162,6 +162,13 @@ class ExecutionContext:
         self._impl = engine.backend_impl.create_context(engine, slot)
         if self._impl is None:
             engine.runners()
+
+    def outgrown(self, slot: ArenaSlot) -> bool:
+        """Whether ``slot``'s arena was replaced by a larger one (an engine with a larger plan
+        ran in it) since this context laid its tensors out in the old one: the context is
+        then made again, so that the old arena is freed and the slot's engines share one."""
+        arena = getattr(self._impl, "slot_buffer", None)
+        return arena is not None and arena is not slot.buffer
 
     def _check_inputs(self, inputs) -> List[Any]:
         e = self.engine

@@ -503,8 +503,13 @@ class CupyExecutionContext:
         arena_bytes = int(mem.arena_bytes)
         ws_off = (arena_bytes + 255) // 256 * 256
         need = max(ws_off + ws_bytes, 1)
-        self.arena = (pool.reserve(slot, need, lambda n: cp.empty(n, cp.uint8))[:need]
-                      if pool is not None else cp.empty(need, cp.uint8))
+        # slot_buffer: the slot's arena this context's views and CUDA graphs point into
+        # (runtime.ExecutionContext.outgrown makes the context again once the slot has a
+        # larger one)
+        self.slot_buffer = (pool.reserve(slot, need, lambda n: cp.empty(n, cp.uint8))
+                            if pool is not None else None)
+        self.arena = (self.slot_buffer[:need] if pool is not None else
+                      cp.empty(need, cp.uint8))
         self.ws = self.arena[ws_off:ws_off + ws_bytes] if ws_bytes else None
         self.device_bytes = int(self.arena.nbytes)
 
