@@ -3,7 +3,7 @@
 # install.sh ran: /tmp/tfsite/env.sh): 2,000 requests of batch sizes drawn from 1..64 through
 # TensorFlow, tftrt (one dynamic-shape profile, FP16) vs TF XLA (compiling each new batch size as
 # it arrives) vs native TF, in one process (benchmarks/serving_trace.py).
-#   [RUNNERS=tftrt,xla,native] [TFTRT_SPLIT_BATCH=1] [REQUESTS=2000] [MODEL=ResNet50] \
+#   [RUNNERS=tftrt,xla,native] [TFTRT_SPLIT_BATCH=0] [REQUESTS=2000] [MODEL=ResNet50] \
 #     [TRACE_ARGS="--runner-deadline 400"] bash benchmarks/run_gpu_serving_trace.sh [seconds]
 # XLA compiles up to 64 shapes (minutes for ResNet50): give it a call of its own (RUNNERS=xla),
 # with --runner-deadline when even that is short (bounds for the whole trace are reported). Output: $OUT/serving_trace.log and $OUT/serving_trace_<runners>.json.

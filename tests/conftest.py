@@ -3,6 +3,12 @@ import os
 # The engine runs on its numpy backend in CPU tests so lowering and engine are both exercised.
 os.environ.setdefault("TFTRT_BACKEND", "numpy")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Most dynamic-shape tests count the engines built per batch size, which split batches (the
+# default for users: profiles.py) replace by a ladder built with the profile. Those tests run
+# without them; the split-batch tests turn them on, and
+# test_profile_shapes.py::test_new_batch_sizes_are_split_through_tensorflow and
+# test_shape_template.py::test_split_batches_are_the_default run with the default itself.
+os.environ.setdefault("TFTRT_SPLIT_BATCH", "0")
 
 import pytest  # noqa: E402
 

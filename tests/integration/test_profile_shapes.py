@@ -101,11 +101,12 @@ def test_new_batch_sizes_get_quick_engines_then_real_ones(flatten_dir, monkeypat
 
 
 def test_new_batch_sizes_are_split_through_tensorflow(flatten_dir, monkeypatch, tmp_path):
-    """TFTRT_SPLIT_BATCH=1: each new batch size's first call runs as slices through engines
-    already built for smaller batches (no build on the call), its own engine replaces them in
-    the background; every answer matches native TensorFlow, before and after a save / load."""
+    """By default (TFTRT_SPLIT_BATCH unset) each new batch size's first call runs as slices
+    through engines already built for smaller batches (no build on the call), its own engine
+    replaces them in the background; every answer matches native TensorFlow, before and
+    after a save / load."""
     import tftrt
-    monkeypatch.setenv("TFTRT_SPLIT_BATCH", "1")
+    monkeypatch.delenv("TFTRT_SPLIT_BATCH", raising=False)
     native = tf.saved_model.load(flatten_dir).signatures["serving_default"]
     conv, fn, op = converted(flatten_dir)
     conv.build(lambda: iter([(models.batch((b, *HWC)),) for b in (1, 16)]))
