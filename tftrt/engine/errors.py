@@ -18,3 +18,8 @@ class PlanError(Exception):
 class GpuTimeout(EngineBuildError):
     """GPU work launched while building an engine did not finish in time (a kernel that never
     ends). Timing loops re-raise it instead of trying the next candidate on a stuck GPU."""
+
+
+class WrongDevice(RuntimeError):
+    """An engine was called with inputs on another GPU than the one holding its weights and
+    buffers. Raised before any work is queued; the engine op runs the native segment."""

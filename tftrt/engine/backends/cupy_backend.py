@@ -43,7 +43,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from tftrt.engine.backends import Backend
-from tftrt.engine.errors import EngineBuildError, GpuTimeout
+from tftrt.engine.errors import EngineBuildError, GpuTimeout, WrongDevice
 from tftrt.engine.network import Layer, Network
 from tftrt.engine.tactics import ANY_KIND, register_tactic
 
@@ -486,6 +486,10 @@ class CupyExecutionContext:
         self.engine = engine
         net = self.net = engine.network
         self.impls = backend.engine_impls(engine)
+        # The GPU holding the engine's weights (where it was built or loaded); this context's
+        # arena, stream and CUDA graphs are made there too.
+        weights = [w for w in engine.weights.values() if isinstance(w, cp.ndarray)]
+        self.device_id = weights[0].device.id if weights else cp.cuda.runtime.getDevice()
         # The contexts of one arena slot (memory.ArenaPool: the engines of an optimization
         # profile, one caller at a time) share its arena and, so that they never overlap on
         # it, its stream; ``slot_state`` also holds the event after the last caller's reads.
@@ -607,6 +611,13 @@ class CupyExecutionContext:
         output buffers, made on the caller's stream). The slot's previous caller may have
         been another thread on another stream: the work also waits for that caller's copies
         (the slot's ``released`` event), which read buffers this run writes."""
+        for i, x in enumerate(inputs):
+            if isinstance(x, cp.ndarray) and x.device.id != self.device_id:
+                raise WrongDevice(
+                    f"input {i} of engine {self.net.name} is on GPU {x.device.id}, but the "
+                    f"engine's weights and buffers are on GPU {self.device_id}: tftrt does "
+                    f"not place engines per GPU yet; serve one GPU per process "
+                    f"(CUDA_VISIBLE_DEVICES or `tftrt serve --gpus N`)")
         caller = cp.cuda.get_current_stream()
         state = self.slot_state
         released = state.get("released")
