@@ -122,38 +122,27 @@ def main(argv=None):
         return t
     row("tf.function: 3 identity EagerPyFuncs + 2 Cos (GPU)", median_ms(lambda: three_pyfuncs(x)))
 
-    def with_status(t):
-        return [np.bool_(True), t]
-
-    @tf.function
-    def three_status(t):  # what an engine node adds: a status output and an If on it
-        with tf.device("/GPU:0"):
-            for i in range(3):
-                ok, u = tf.py_function(with_status, [t], [tf.bool, tf.float32])
-                t = tf.cond(ok, lambda: tf.identity(u), lambda: tf.identity(t))
-                if i < 2:
-                    t = tf.cos(t)
-        return t
-    row("tf.function: 3 EagerPyFuncs [status, t] + If + 2 Cos (GPU)",
-        median_ms(lambda: three_status(x)))
+    def status_chain(body):
+        """What an engine node adds around ``body``: a status output and an If on it."""
+        @tf.function
+        def chain(t):
+            with tf.device("/GPU:0"):
+                for i in range(3):
+                    ok, u = tf.py_function(body, [t], [tf.bool, tf.float32])
+                    t = tf.cond(ok, lambda: tf.identity(u), lambda: tf.identity(t))
+                    if i < 2:
+                        t = tf.cos(t)
+            return t
+        return lambda: chain(x)
 
     def bridged(t):  # DLPack in, the waits, DLPack out: an engine node without its engine
         a = tensor_bridge.to_backend(t, "cupy")
         tensor_bridge.wait_for_tensorflow([t], [a])
         tensor_bridge.wait_for_engine()
         return [np.bool_(True), tensor_bridge.from_backend(a, "cupy", np.dtype("float32"))]
-
-    @tf.function
-    def three_bridged(t):
-        with tf.device("/GPU:0"):
-            for i in range(3):
-                ok, u = tf.py_function(bridged, [t], [tf.bool, tf.float32])
-                t = tf.cond(ok, lambda: tf.identity(u), lambda: tf.identity(t))
-                if i < 2:
-                    t = tf.cos(t)
-        return t
-    row("tf.function: the same through DLPack and the waits",
-        median_ms(lambda: three_bridged(x)))
+    row("tf.function: 3 EagerPyFuncs [status, t] + If + 2 Cos (GPU)",
+        median_ms(status_chain(lambda t: [np.bool_(True), t])))
+    row("tf.function: the same through DLPack and the waits", median_ms(status_chain(bridged)))
 
     @tf.function
     def two_cos(t):

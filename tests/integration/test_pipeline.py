@@ -107,15 +107,17 @@ def test_engine_fallback_inside_the_pipeline_runs_the_native_segment(tmp_path):
     assert all(op.stats["native"] == 1 for op in loaded.engine_ops.values())
 
 
-def test_pipeline_inside_tf_function_and_switched_off(tmp_path, monkeypatch):
-    x = models.batch((2, 16), 6)
+def _inside_tf_function(tmp_path, seed):
+    """(x, TF's answer, the loaded signature called inside a tf.function, the loaded model)."""
+    x = models.batch((2, 16), seed)
     src, loaded = _convert_save_load(tmp_path, Chain(), [x])
     sig = loaded.signatures["serving_default"]
     want = tf.saved_model.load(src).signatures["serving_default"](x=tf.constant(x))
+    return x, want, tf.function(lambda t: sig(x=t)), loaded
 
-    @tf.function
-    def wrapped(t):
-        return sig(x=t)
+
+def test_pipeline_inside_tf_function_and_switched_off(tmp_path, monkeypatch):
+    x, want, wrapped, _ = _inside_tf_function(tmp_path, 6)
     _close(wrapped(tf.constant(x)), want)
     monkeypatch.setenv("TFTRT_DIRECT_CALL", "0")
     plain = tftrt.load(str(tmp_path / "out")).signatures["serving_default"]
@@ -127,14 +129,7 @@ def test_graph_function_calls_reuse_one_context_per_engine(tmp_path):
     """Inside a tf.function the engines run in EagerPyFuncs on TF's inter-op threads, each
     call with a Python thread state TF makes for it: an engine keeps one execution context
     (on CuPy: its arena, stream and captured CUDA graphs) for all such calls."""
-    x = models.batch((2, 16), 7)
-    src, loaded = _convert_save_load(tmp_path, Chain(), [x])
-    sig = loaded.signatures["serving_default"]
-    want = tf.saved_model.load(src).signatures["serving_default"](x=tf.constant(x))
-
-    @tf.function
-    def wrapped(t):
-        return sig(x=t)
+    x, want, wrapped, loaded = _inside_tf_function(tmp_path, 7)
     for _ in range(6):
         _close(wrapped(tf.constant(x)), want)
     engines = [e for op in loaded.engine_ops.values() for _, e in op.cache.items()]
