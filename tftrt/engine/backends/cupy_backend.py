@@ -484,12 +484,17 @@ class CupyExecutionContext:
 
     def __init__(self, backend: CupyBackend, engine, slot=None):
         self.engine = engine
-        net = self.net = engine.network
+        self.net = engine.network
         self.impls = backend.engine_impls(engine)
         # The GPU holding the engine's weights (where it was built or loaded); this context's
         # arena, stream and CUDA graphs are made there too.
         weights = [w for w in engine.weights.values() if isinstance(w, cp.ndarray)]
         self.device_id = weights[0].device.id if weights else cp.cuda.runtime.getDevice()
+        with cp.cuda.Device(self.device_id):
+            self._allocate(engine, slot)
+
+    def _allocate(self, engine, slot) -> None:
+        net = self.net
         # The contexts of one arena slot (memory.ArenaPool: the engines of an optimization
         # profile, one caller at a time) share its arena and, so that they never overlap on
         # it, its stream; ``slot_state`` also holds the event after the last caller's reads.
@@ -618,6 +623,10 @@ class CupyExecutionContext:
                     f"engine's weights and buffers are on GPU {self.device_id}: tftrt does "
                     f"not place engines per GPU yet; serve one GPU per process "
                     f"(CUDA_VISIBLE_DEVICES or `tftrt serve --gpus N`)")
+        with cp.cuda.Device(self.device_id):  # whatever device the calling thread had
+            return self._execute(inputs)
+
+    def _execute(self, inputs: List[Any]) -> List[Any]:
         caller = cp.cuda.get_current_stream()
         state = self.slot_state
         released = state.get("released")
