@@ -15,7 +15,9 @@
 #      fresh process with the cache it left (issue 14), split batches on (TFTRT_SPLIT_BATCH=0
 #      for the real engine at every first call; TFTRT_QUICK_SHAPES=1 for quick engines).
 #   bash benchmarks/run_gpu_tf_checks.sh [seconds]
-# DW_SE_TESTS=0, COPIES=0, BOUNDARY_BENCH=0 skip those stages.
+#   profile_boundary.py (where a graph-function boundary's time goes: TF's floors, the
+#   callback's pieces) runs after bench_boundary.py.
+# DW_SE_TESTS=0, COPIES=0, BOUNDARY_BENCH=0, PROFILE_BOUNDARY=0, SHAPES=0 skip those stages.
 # Everything goes to $OUT/checks.log (one file: the device tool returns few files) and
 # $OUT/profile_shapes_{cold,warm}.json.
 set -uo pipefail
@@ -57,8 +59,13 @@ if [ "${BOUNDARY_BENCH:-1}" = 1 ]; then
   timeout 120 python3 benchmarks/bench_boundary.py --calls 300 2>&1 \
     | grep -v "^W0000\|^I0000" | tee -a "$log" | tail -12
 fi
+if [ "${PROFILE_BOUNDARY:-1}" = 1 ]; then
+  say "where a graph-function boundary's time goes (profile_boundary.py)"
+  timeout 150 python3 benchmarks/profile_boundary.py --calls 150 2>&1 \
+    | grep -v "^W0000\|^I0000" | tee -a "$log" | tail -30
+fi
 net=.whl/networks/ResNet50.onnx.xz
-if [ -f "$net" ]; then
+if [ "${SHAPES:-1}" = 1 ] && [ -f "$net" ]; then
   for mode in cold warm; do
     say "first calls at new batch sizes, $mode build cache"
     [ $mode = cold ] && rm -rf /tmp/tftrt-cache-shapes
