@@ -256,6 +256,38 @@ def test_engine_keeps_one_context_for_sequential_calls_from_any_thread():
     assert len(engine._contexts) == 2 and engine.arena_pool.stats["slots"] == 2
 
 
+def test_concurrent_calls_get_slots_of_their_own_and_right_answers(monkeypatch):
+    """Eight threads calling one engine at once: each call holds its slot's arena alone (a
+    backend context that computes in the arena would mix calls up otherwise), and slots, and
+    contexts, number at most the calls in flight."""
+    import time
+    model = make_model([helper.make_node("Relu", ["x"], ["y"])],
+                       {"x": np.zeros((64, 32), np.float32)})
+    engine = build_engine(model, {"x": (64, 32)})
+    pool = engine.arena_pool
+
+    class Ctx:  # computes in its slot's arena, as cupy_backend's contexts do
+        def __init__(self, slot):
+            self.slot_buffer = pool.reserve(slot, 64 * 32 * 4, lambda n: np.empty(n, np.uint8))
+
+        def execute(self, xs):
+            arena = self.slot_buffer.view(np.float32).reshape(64, 32)
+            arena[...] = xs[0]
+            time.sleep(0.001)  # another call on this arena now would overwrite it
+            return [np.maximum(arena, 0)]
+    monkeypatch.setattr(engine.backend_impl, "create_context",
+                        lambda e, slot=None: Ctx(slot))
+
+    def body(t):
+        rng = np.random.default_rng(t)
+        for _ in range(25):
+            x = rng.standard_normal((64, 32)).astype(np.float32)
+            np.testing.assert_array_equal(engine.execute([x])[0], np.maximum(x, 0))
+    in_threads(body, n=8)
+    slots = pool.stats["slots"]
+    assert 1 < slots <= 8 and len(engine._contexts) == slots, pool.stats
+
+
 def test_engine_context_is_made_again_when_its_slot_gets_a_larger_arena(monkeypatch):
     """A context lays its tensors out in its slot's arena; once a larger plan replaced that
     arena (another engine of the profile ran in the slot), the context is made again in the
