@@ -24,8 +24,8 @@ if [ "$stage" = tf ] || [ "$stage" = all ]; then
     source /tmp/tfsite/env.sh >/dev/null
     export PYTHONPATH="$repo:${PYTHONPATH:-}"
     cd "$repo" && timeout "$tf_budget" python3 benchmarks/zoo.py --out "$json" --iters 30 \
-      --models $models ${ZOO_ARGS:-} ) 2>&1 | grep -v "^W0000\|^I0000\|^WARNING: All" \
-      | tee -a "$out/zoo_tf.log" | grep "^ROW\|^    \|Error\|done at\| at [0-9]* s$" | tail -40
+      --time-budget $(( tf_budget - 10 )) --models $models ${ZOO_ARGS:-} ) 2>&1 | grep -v "^W0000\|^I0000\|^WARNING: All" \
+      | tee -a "$out/zoo_tf.log" | grep "^ROW\|^SKIP\|^    \|Error\|done at\| at [0-9]* s$" | tail -40
 fi
 if [ "$stage" = torch ] || [ "$stage" = all ]; then
   ( cd "$repo" && PYTHONPATH="$repo:${PYTHONPATH:-}" timeout $(( $(left) - 10 )) \

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -330,6 +331,12 @@ def main(argv: Optional[List[str]] = None) -> None:
                     help="these models' tftrt FP16 engines: a per-layer profile at the largest "
                          "batch (each layer replayed alone, bench_engine.print_profile), after "
                          "the timings (cupy backend)")
+    ap.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                    help="start a model only while its --model-seconds still fit in this "
+                         "many seconds from the start (a model cut off by the caller's "
+                         "timeout leaves no row and costs its time for nothing)")
+    ap.add_argument("--model-seconds", type=float, default=180.0,
+                    help="what one model is expected to take, for --time-budget")
     ap.add_argument("--dry-run", action="store_true",
                     help="CPU check: numpy backend, smallest sizes and widths, 2 timed calls")
     ap.add_argument("--table", action="store_true", help="print the markdown tables of --out")
@@ -348,13 +355,23 @@ def main(argv: Optional[List[str]] = None) -> None:
               if gpus else "CPU")
     dev = "/GPU:0" if gpus else "/CPU:0"
     work = tempfile.mkdtemp(prefix="bench-zoo-")
-    for name in args.models:
+    t0 = time.perf_counter()
+    for k, name in enumerate(args.models):
+        left = None if args.time_budget is None else \
+            args.time_budget - (time.perf_counter() - t0)
+        if left is not None and left < args.model_seconds:
+            print(f"SKIP {' '.join(args.models[k:])}: {left:.0f} s left of --time-budget, "
+                  f"a model takes about {args.model_seconds:.0f} s (--model-seconds)",
+                  flush=True)
+            break
         try:
             run_model(name, args, work, dev, device)
         except Exception as e:  # a model that breaks before tftrt (export, XLA) is a row too
             append_row(args.out, {"model": name, "runtime": "tftrt", "precision": "FP16",
                                   "device": device, "error": f"{type(e).__name__}: {e}"[:2000]})
             print(f"ROW {name:<18} ERROR {type(e).__name__}: {str(e)[:300]}", flush=True)
+        for sub in (name, f"{name}_FP16", f"{name}_FP32"):  # exports: ~1 GB for a VGG
+            shutil.rmtree(os.path.join(work, sub), ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -81,6 +81,22 @@ def test_zoo_model_converts_and_matches(name, tmp_path):
 
 
 @pytest.mark.slow
+def test_zoo_benchmark_skips_models_that_no_longer_fit(tmp_path, capsys):
+    """--time-budget: a model starts only while --model-seconds still fit (a model cut off
+    by the GPU call's timeout leaves no row)."""
+    import importlib.util
+    import os
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "zoo.py")
+    spec = importlib.util.spec_from_file_location("bench_zoo_budget", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = str(tmp_path / "zoo.jsonl")
+    bench.main(["--models", "ViT", "UNet", "--dry-run", "--time-budget", "100",
+                "--model-seconds", "150", "--out", out])
+    assert "SKIP ViT UNet: 100 s left of --time-budget" in capsys.readouterr().out
+    assert not os.path.exists(out)
+
+
 def test_zoo_benchmark_dry_run(tmp_path, capsys):
     """benchmarks/zoo.py's CPU path (numpy backend, small ViT): rows, engine report, table."""
     import importlib.util
