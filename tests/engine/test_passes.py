@@ -415,3 +415,50 @@ def test_gelu_written_out_becomes_the_matmul_activation(form, fn):
         assert _kinds(net) == ["matmul"]
         assert net.layers[0].epilogue == [{"op": "act", "fn": "gelu", "approximate": fn}]
     check_model(model, feeds)
+
+
+def _conv_pool_act_model(act="Relu", pool="MaxPool", second_user=False, act_attrs=None,
+                         conv_act=False):
+    """What Grappler leaves of Keras Conv2D(activation) -> MaxPooling2D: conv -> pool -> act
+    (its arithmetic optimizer moves a monotonic activation after a max pool)."""
+    c = 4
+    nodes = _tf_conv("x", "w", "conv", b="b")
+    src = "conv"
+    if conv_act:
+        nodes.append(N("Relu", ["conv"], ["conv_r"]))
+        src = "conv_r"
+    nodes += [N("Transpose", [src], ["c_nchw"], perm=[0, 3, 1, 2]),
+              N(pool, ["c_nchw"], ["p_nchw"], kernel_shape=[2, 2], strides=[2, 2]),
+              N("Transpose", ["p_nchw"], ["p"], perm=[0, 2, 3, 1]),
+              N(act, ["p"], ["y"], **(act_attrs or {}))]
+    outputs = ["y"]
+    if second_user:
+        nodes.append(N("Neg", [src], ["z"]))
+        outputs.append("z")
+    consts = {"w": rand(c, 3, 3, 3, seed=1), "b": rand(c, seed=2)}
+    feeds = {"x": rand(2, 8, 8, 3)}
+    return make_model(nodes, feeds, consts, outputs=outputs), feeds
+
+
+@pytest.mark.parametrize("act,attrs,fn", [("Relu", None, "bias+relu"),
+                                          ("Sigmoid", None, "bias+sigmoid"),
+                                          ("LeakyRelu", {"alpha": 0.2}, "bias+leaky_relu"),
+                                          ("Tanh", None, "bias+tanh")])
+def test_activation_after_a_max_pool_moves_into_the_conv(act, attrs, fn):
+    model, feeds = _conv_pool_act_model(act, act_attrs=attrs)
+    engine = build_engine(model, {"x": feeds["x"].shape}, BuilderConfig())
+    assert [(k, e) for _, k, e, _ in engine.layers_summary()] == [("conv", fn), ("pool", "")]
+    check_model(model, feeds)
+    check_model(model, feeds, "FP16")
+
+
+@pytest.mark.parametrize("case", ["average_pool", "second_user", "conv_has_an_activation",
+                                  "not_monotonic"])
+def test_activation_after_a_pool_stays_where_it_cannot_move(case):
+    kw = {"average_pool": {"pool": "AveragePool"}, "second_user": {"second_user": True},
+          "conv_has_an_activation": {"conv_act": True}, "not_monotonic": {"act": "Sin"}}[case]
+    model, feeds = _conv_pool_act_model(**kw)
+    engine = build_engine(model, {"x": feeds["x"].shape}, BuilderConfig())
+    kinds = [k for _, k, _, _ in engine.layers_summary()]
+    assert kinds.index("pool") < max(i for i, k in enumerate(kinds) if k == "pointwise"), kinds
+    check_model(model, feeds)

@@ -270,3 +270,31 @@ def test_called_functions_follows_nested_calls_and_drops_the_rest():
     b = gd.node.add(name="b", op="Case")
     b.attr["branches"].list.func.add().name = "f4"
     assert called_functions(gd.node, lib) == {"f1", "f2", "f4"}
+
+
+def test_conv_relu_before_a_max_pool_stays_one_fused_conv(tmp_path):
+    """Grappler moves Keras Conv2D(activation="relu") -> MaxPooling2D's ReLU after the pool;
+    the engine moves it back into the conv's epilogue (no pointwise layer of its own), with
+    TensorFlow's answers."""
+    import keras
+    inp = keras.Input((16, 16, 3))
+    h = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inp)
+    h = keras.layers.MaxPooling2D()(h)
+    h = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(h)
+    h = keras.layers.MaxPooling2D()(h)
+    model = keras.Model(inp, keras.layers.Flatten()(h))
+    src = str(tmp_path / "src")
+    model.export(src, verbose=False)
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=src)
+    fn = conv.convert()
+    x = np.random.RandomState(0).standard_normal((2, 16, 16, 3)).astype(np.float32)
+    conv.build(lambda: iter([(x,)]))
+    (op,) = conv.engine_ops.values()
+    ((_, engine),) = op.cache.items()
+    layers = [(k, e) for _, k, e, _ in engine.layers_summary() if k != "reshape"]
+    # (Keras' zero biases are dropped)
+    assert layers == [("conv", "relu"), ("pool", ""), ("conv", "relu"), ("pool", "")], layers
+    want = tf.saved_model.load(src).signatures["serving_default"](tf.constant(x))
+    got = fn(tf.constant(x))
+    for k in want:
+        np.testing.assert_allclose(got[k].numpy(), want[k].numpy(), rtol=1e-5, atol=1e-5)
