@@ -462,3 +462,41 @@ def test_activation_after_a_pool_stays_where_it_cannot_move(case):
     kinds = [k for _, k, _, _ in engine.layers_summary()]
     assert kinds.index("pool") < max(i for i, k in enumerate(kinds) if k == "pointwise"), kinds
     check_model(model, feeds)
+
+
+def _concat_act_model(pool_branch=False, act="Relu"):
+    """What Grappler leaves of an Inception block (branches of Conv2D -> BN -> ReLU, then a
+    concat): the convs, the concat, then one ReLU (its arithmetic optimizer hoists an
+    activation every concat input ends with)."""
+    nodes = _tf_conv("x", "w1", "a", b="b1") + _tf_conv("x", "w2", "b", b="b2")
+    third = "c"
+    if pool_branch:  # a branch that is no conv: nothing to fuse the activation into
+        nodes += [N("Transpose", ["x"], ["x_nchw"], perm=[0, 3, 1, 2]),
+                  N("MaxPool", ["x_nchw"], ["m"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+                  N("Transpose", ["m"], ["c"], perm=[0, 2, 3, 1])]
+    else:
+        nodes += _tf_conv("x", "w3", "c", b="b3")
+    nodes += [N("Concat", ["a", "b", third], ["cat"], axis=3), N(act, ["cat"], ["y"])]
+    consts = {"w1": rand(4, 3, 3, 3, seed=1), "b1": rand(4, seed=2),
+              "w2": rand(6, 3, 3, 3, seed=3), "b2": rand(6, seed=4),
+              "w3": rand(5, 3, 3, 3, seed=5), "b3": rand(5, seed=6)}
+    feeds = {"x": rand(2, 8, 8, 3)}
+    return make_model(nodes, feeds, consts), feeds
+
+
+@pytest.mark.parametrize("act,fn", [("Relu", "bias+relu"), ("Sigmoid", "bias+sigmoid")])
+def test_activation_after_a_concat_moves_into_each_input_conv(act, fn):
+    model, feeds = _concat_act_model(act=act)
+    engine = build_engine(model, {"x": feeds["x"].shape}, BuilderConfig())
+    assert [(k, e) for _, k, e, _ in engine.layers_summary()] == [
+        ("conv", fn), ("conv", fn), ("conv", fn), ("concat", "")]
+    check_model(model, feeds)
+    check_model(model, feeds, "FP16")
+
+
+def test_activation_after_a_concat_stays_when_an_input_is_no_conv():
+    model, feeds = _concat_act_model(pool_branch=True)
+    engine = build_engine(model, {"x": feeds["x"].shape}, BuilderConfig())
+    kinds = [k for _, k, _, _ in engine.layers_summary()]
+    assert kinds[-2:] == ["concat", "pointwise"], kinds
+    check_model(model, feeds)

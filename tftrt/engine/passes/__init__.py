@@ -21,7 +21,8 @@ from tftrt.engine.passes.dead_layers import remove_dead_layers  # noqa: E402
 from tftrt.engine.passes.shuffle_folding import shuffle_folding  # noqa: E402
 from tftrt.engine.passes.pad_folding import pad_folding  # noqa: E402
 from tftrt.engine.passes.vertical_fusion import vertical_fusion  # noqa: E402
-from tftrt.engine.passes.pool_activation import activation_before_max_pool  # noqa: E402
+from tftrt.engine.passes.activation_motion import (  # noqa: E402
+    activation_before_max_pool, activation_into_concat_inputs)
 from tftrt.engine.passes.elementwise_fusion import elementwise_fusion  # noqa: E402
 from tftrt.engine.passes.norm_fusion import layernorm_fusion  # noqa: E402
 from tftrt.engine.passes.attention_fusion import attention_fusion  # noqa: E402
@@ -33,7 +34,9 @@ PASSES: List[Pass] = [
     shuffle_folding,
     pad_folding,  # after shuffle folding has made ONNX convs NHWC `conv` layers
     vertical_fusion,
-    activation_before_max_pool,  # once vertical fusion made the conv the pool's producer
+    # once vertical fusion made the convs the producers of pools and concats:
+    activation_before_max_pool,
+    activation_into_concat_inputs,
     elementwise_fusion,
     layernorm_fusion,  # after elementwise fusion has merged the decomposition's pointwise steps
     vertical_fusion,  # again: fused programs such as x * sigmoid(x) are epilogue activations
