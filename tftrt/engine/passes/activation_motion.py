@@ -96,35 +96,6 @@ def _fuses(x: str, reader: Layer, producers, consumers) -> bool:
             not any(e["op"] == "act" for e in main.epilogue))
 
 
-def activation_before_max_pool(net: Network) -> Network:
-    producers, consumers, outputs = net.producers(), net.consumers(), set(net.outputs)
-    moves = [(pool, act) for pool in net.layers
-             if (act := _movable(pool, producers, consumers, outputs)) is not None]
-    if not moves:
-        return net
-    out = net.copy()
-    index = {l.name: k for k, l in enumerate(out.layers)}
-    before = {}  # id(pool) -> the activation that now runs just before it
-    for pool, act in moves:
-        pool, act = out.layers[index[pool.name]], out.layers[index[act.name]]
-        x, p = pool.inputs[0], pool.outputs[0]
-        t = out.unique_name(x + "_act")
-        out.add_tensor(t, out.tensors[x].dtype, out.tensors[x].shape)
-        act.inputs, act.outputs, pool.inputs, pool.outputs = [x], [t], [t], act.outputs
-        del out.tensors[p]
-        before[id(pool)] = act
-    moved = {id(a) for a in before.values()}
-    layers = []
-    for l in out.layers:
-        if id(l) in moved:
-            continue
-        if id(l) in before:
-            layers.append(before[id(l)])
-        layers.append(l)
-    out.layers = layers
-    return out
-
-
 def _concat_activation(cat: Layer, producers, consumers, outputs) -> Optional[Layer]:
     """The activation after ``cat`` that may move onto its inputs, or None."""
     if cat.kind != "concat" or len(cat.outputs) != 1 or len(cat.inputs) < 2:
@@ -140,35 +111,43 @@ def _concat_activation(cat: Layer, producers, consumers, outputs) -> Optional[La
     return act
 
 
-def activation_into_concat_inputs(net: Network) -> Network:
+def _move_onto_inputs(net: Network, find) -> Network:
+    """For each layer ``find(layer, producers, consumers, outputs)`` pairs with the activation
+    reading its output: a copy of the activation on each of the layer's inputs, placed just
+    before it, and the layer writes what the activation wrote."""
     producers, consumers, outputs = net.producers(), net.consumers(), set(net.outputs)
-    moves = [(cat, act) for cat in net.layers
-             if (act := _concat_activation(cat, producers, consumers, outputs)) is not None]
+    moves = [(layer, act) for layer in net.layers
+             if (act := find(layer, producers, consumers, outputs)) is not None]
     if not moves:
         return net
     out = net.copy()
     index = {l.name: k for k, l in enumerate(out.layers)}
-    before = {}  # id(concat) -> the activations that now run just before it, one per input
-    drop = set()
-    for cat, act in moves:
-        cat, act = out.layers[index[cat.name]], out.layers[index[act.name]]
-        acts, inputs = [], []
-        for x in cat.inputs:
-            t = out.unique_name(x + "_act")
-            out.add_tensor(t, out.tensors[x].dtype, out.tensors[x].shape)
+    before, drop = {}, set()  # id(layer) -> the activations now just before it
+    for layer, act in moves:
+        layer, act = out.layers[index[layer.name]], out.layers[index[act.name]]
+        acts = []
+        for x in layer.inputs:
             a = act.clone()
-            a.name, a.inputs, a.outputs = out.unique_name(act.name), [x], [t]
+            a.name, a.inputs, a.outputs = out.unique_name(act.name), [x], \
+                [out.add_tensor(out.unique_name(x + "_act"), out.tensors[x].dtype,
+                                out.tensors[x].shape)]
             acts.append(a)
-            inputs.append(t)
-        del out.tensors[cat.outputs[0]]
-        cat.inputs, cat.outputs = inputs, list(act.outputs)
-        before[id(cat)] = acts
+        del out.tensors[layer.outputs[0]]
+        layer.inputs, layer.outputs = [a.outputs[0] for a in acts], list(act.outputs)
+        before[id(layer)] = acts
         drop.add(id(act))
     layers = []
     for l in out.layers:
-        if id(l) in drop:
-            continue
-        layers.extend(before.get(id(l), ()))
-        layers.append(l)
+        if id(l) not in drop:
+            layers.extend(before.get(id(l), ()))
+            layers.append(l)
     out.layers = layers
     return out
+
+
+def activation_before_max_pool(net: Network) -> Network:
+    return _move_onto_inputs(net, _movable)
+
+
+def activation_into_concat_inputs(net: Network) -> Network:
+    return _move_onto_inputs(net, _concat_activation)
