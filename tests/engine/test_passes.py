@@ -500,3 +500,22 @@ def test_activation_after_a_concat_stays_when_an_input_is_no_conv():
     kinds = [k for _, k, _, _ in engine.layers_summary()]
     assert kinds[-2:] == ["concat", "pointwise"], kinds
     check_model(model, feeds)
+
+
+def test_residual_computed_after_the_conv_still_fuses_into_it():
+    """Xception's downsampling blocks add a strided 1x1 conv (the shortcut) to a max pool that
+    the graph computes after it: the add still becomes the conv's residual epilogue, the conv
+    moving to where the add was."""
+    nodes = _tf_conv("x", "w", "sc", b="b")
+    nodes += [N("Transpose", ["x"], ["x_nchw"], perm=[0, 3, 1, 2]),
+              N("MaxPool", ["x_nchw"], ["m"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+              N("Transpose", ["m"], ["p"], perm=[0, 2, 3, 1]),
+              N("Add", ["sc", "p"], ["y"])]
+    consts = {"w": rand(3, 3, 3, 3, seed=1), "b": rand(3, seed=2)}
+    feeds = {"x": rand(2, 8, 8, 3)}
+    model = make_model(nodes, feeds, consts)
+    engine = build_engine(model, {"x": feeds["x"].shape}, BuilderConfig())
+    assert [(k, e) for _, k, e, _ in engine.layers_summary()] == [("pool", ""),
+                                                                  ("conv", "bias+add")]
+    check_model(model, feeds)
+    check_model(model, feeds, "FP16")

@@ -10,8 +10,8 @@ each of the form:
 * ``y + c`` / ``y - c`` with ``c`` a constant per-channel vector: folded into the ``bias``;
 * an activation (relu, clip/relu6, leaky_relu, sigmoid, tanh, elu, selu, hard_sigmoid,
   softplus, softsign, gelu, silu = x*sigmoid(x)): an ``act`` epilogue (one per layer);
-* ``y + r`` with ``r`` another tensor of y's shape computed before the main layer: a residual
-  ``add`` epilogue (one per layer).
+* ``y + r`` with ``r`` another tensor of y's shape (not computed from y): a residual ``add``
+  epilogue (one per layer). The fused layer runs where the consumer ran.
 
 Keras 3 lowers BatchNormalization after a Conv2D to Mul/Add (or Sub) by constant vectors, so
 Conv2D + BatchNorm + ReLU becomes one conv with scaled weights and a [bias, relu] epilogue.
@@ -224,8 +224,10 @@ def _try_absorb(net: Network, layer: Layer, consumer: Layer, index: dict) -> boo
             trial.epilogue.append(entry[1])
         elif entry[0] == "residual":
             other = entry[1]
+            # r may come after the main layer: the fused layer takes the consumer's place,
+            # where r (which the consumer reads) is defined
             if has_add or net.tensors[other].shape != out_shape or not (
-                    other in net.inputs or index.get(other, 1 << 30) < index[layer.name]):
+                    other in net.inputs or index.get(other, 1 << 30) < index[consumer.name]):
                 return False
             trial.inputs.append(other)
             trial.epilogue.append({"op": "add", "input": len(trial.inputs) - 1})
@@ -270,10 +272,12 @@ def vertical_fusion(net: Network) -> Network:
                 continue
             if not _try_absorb(net, layer, consumer, index):
                 continue
-            # The main layer now produces the consumer's output, at the consumer's position
-            # (every operand it reads is defined before the main layer).
+            # The main layer now produces the consumer's output, at the consumer's position:
+            # every operand it reads is defined before that (its own inputs before its old
+            # position, a residual before the consumer), and y had no other reader.
             out = consumer.outputs[0]
-            net.layers.remove(consumer)
+            net.layers.remove(layer)
+            net.layers[net.layers.index(consumer)] = layer
             layer.outputs = [out]
             net.tensors.pop(y, None)
             changed = True
