@@ -519,3 +519,22 @@ def test_residual_computed_after_the_conv_still_fuses_into_it():
                                                                   ("conv", "bias+add")]
     check_model(model, feeds)
     check_model(model, feeds, "FP16")
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_batchnorm_shift_after_the_shortcut_folds_into_the_bias(with_bias):
+    """MobileNetV3's projection: Grappler adds the batch norm's shift after the shortcut,
+    (conv * s + r) + c; the shift still ends in the conv's bias, ahead of the residual."""
+    nodes = _tf_conv("x", "w", "conv", b="b" if with_bias else None)
+    nodes += [N("Mul", ["conv", "s"], ["scaled"]), N("Add", ["scaled", "x"], ["sum"]),
+              N("Add", ["sum", "c"], ["y"])]
+    consts = {"w": rand(3, 3, 3, 3, seed=1), "s": rand(3, low=0.5, high=2, seed=2),
+              "c": rand(3, seed=3)}
+    if with_bias:
+        consts["b"] = rand(3, seed=4)
+    feeds = {"x": rand(2, 8, 8, 3)}
+    model = make_model(nodes, feeds, consts)
+    engine = build_engine(model, {"x": feeds["x"].shape}, BuilderConfig())
+    assert [(k, e) for _, k, e, _ in engine.layers_summary()] == [("conv", "bias+add")]
+    check_model(model, feeds)
+    check_model(model, feeds, "FP16")

@@ -7,7 +7,8 @@ each of the form:
 * ``y * s`` / ``y / s`` with ``s`` a constant per-output-channel vector (or scalar): folded into
   the weights (``w[o] *= s[o]``, bias too) while no activation was absorbed yet; for a matmul of
   two activations a uniform ``s`` goes into its ``alpha``; else a ``scale`` epilogue;
-* ``y + c`` / ``y - c`` with ``c`` a constant per-channel vector: folded into the ``bias``;
+* ``y + c`` / ``y - c`` with ``c`` a constant per-channel vector: folded into the ``bias``
+  (also after a residual add: addition commutes);
 * an activation (relu, clip/relu6, leaky_relu, sigmoid, tanh, elu, selu, hard_sigmoid,
   softplus, softsign, gelu, silu = x*sigmoid(x)): an ``act`` epilogue (one per layer);
 * ``y + r`` with ``r`` another tensor of y's shape (not computed from y): a residual ``add``
@@ -203,6 +204,23 @@ def _add_bias(net: Network, layer: Layer, c: np.ndarray, dtype) -> None:
     layer.epilogue.append({"op": "bias", "input": len(layer.inputs) - 1})
 
 
+def _shift_before_residual(net: Network, layer: Layer, c: np.ndarray, dtype) -> bool:
+    """A per-channel shift after a residual add, ``(y + r) + c = (y + c) + r``, into the bias
+    (MobileNetV3: Grappler adds the projection's batch-norm shift after the shortcut). Only
+    over an epilogue of bias and add ops: a scale in it would scale c."""
+    if any(e["op"] not in ("bias", "add") for e in layer.epilogue):
+        return False
+    for e in layer.epilogue:
+        if e["op"] == "bias":
+            b = layer.inputs[e["input"]]
+            layer.inputs[e["input"]] = net.add_weight(
+                (net.weights[b].astype(np.float64) + c).astype(dtype), b + "_folded")
+            return True
+    layer.inputs.append(net.add_weight(c.astype(dtype), layer.name + "_bias"))
+    layer.epilogue.insert(0, {"op": "bias", "input": len(layer.inputs) - 1})
+    return True
+
+
 def _try_absorb(net: Network, layer: Layer, consumer: Layer, index: dict) -> bool:
     """Absorbs the whole consumer program into ``layer``'s epilogue (all or nothing)."""
     y = layer.outputs[0]
@@ -233,14 +251,18 @@ def _try_absorb(net: Network, layer: Layer, consumer: Layer, index: dict) -> boo
             trial.epilogue.append({"op": "add", "input": len(trial.inputs) - 1})
         else:
             _, op, vec, y_first = entry
-            if has_act or has_add:
+            shift = op == "add" or (op == "sub" and y_first)
+            if has_act or (has_add and not shift):
                 return False  # a scale/shift after the activation cannot fold into weights
             if op in ("mul", "div") and (y_first or op == "mul"):
                 sc = vec if op == "mul" else 1.0 / vec
                 if not _scale_weights(net, trial, sc) and not _scale_alpha(net, trial, sc):
                     trial.inputs.append(net.add_weight(sc.astype(wdt), layer.name + "_scale"))
                     trial.epilogue.append({"op": "scale", "input": len(trial.inputs) - 1})
-            elif op == "add" or (op == "sub" and y_first):
+            elif shift and has_add:
+                if not _shift_before_residual(net, trial, vec if op == "add" else -vec, wdt):
+                    return False
+            elif shift:
                 _add_bias(net, trial, vec if op == "add" else -vec, wdt)
             else:
                 return False
