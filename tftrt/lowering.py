@@ -211,8 +211,12 @@ class ConversionContext(ValidationContext):
             self.nodes.append(helper.make_node("Identity", [src], [onnx_name],
                                                name=self.unique_name(onnx_name)))
             out_infos.append(self._value_info(onnx_name, t))
+        # a converter may read a constant it then does not use (FusedBatchNorm's running mean
+        # and variance, passed through to outputs nothing reads): no dead initializers
+        used = {i for n in self.nodes for i in n.input}
         graph = helper.make_graph(self.nodes, self.name, self.inputs, out_infos,
-                                  initializer=list(self.initializers.values()))
+                                  initializer=[t for n, t in self.initializers.items()
+                                               if n in used])
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                                   producer_name="tftrt")
         model.ir_version = 8

@@ -254,9 +254,12 @@ def test_fused_batch_norm(op, xs, fmt, dtype):
     c = xs[-1] if fmt.endswith("C") else xs[1]
     s, o, m, v = _bn_params(c)
     fn = getattr(tf.raw_ops, op)
-    check_op(lambda x: fn(x=x, scale=s, offset=o, mean=m, variance=v, epsilon=1e-3,
-                          data_format=fmt, is_training=False)[0],
-             [rand(*xs, dtype=dtype)], expect_tf_ops=[op], **tol(dtype))
+    low = check_op(lambda x: fn(x=x, scale=s, offset=o, mean=m, variance=v, epsilon=1e-3,
+                                data_format=fmt, is_training=False)[0],
+                   [rand(*xs, dtype=dtype)], expect_tf_ops=[op], **tol(dtype))
+    # one folded scale and shift; the running mean and variance are not kept in the segment
+    graph = low.net.model.graph
+    assert sorted(np.prod(t.dims) for t in graph.initializer) == [c, c]
 
 
 def test_fused_batch_norm_tensor_params():
