@@ -238,9 +238,11 @@ def _boundary_fn(info, fetches: Sequence[str]):
         if computed else None
 
     def run(args: Sequence) -> Dict[str, np.ndarray]:
+        import tensorflow as tf
         out = {t: np.asarray(a) for t, a in zip(info.inputs, args) if t in fetches}
         if fn is not None:
-            values = fn(*args)
+            # A pruned (wrapped) function takes tensors only: numpy arrays fail to bind.
+            values = fn(*[tf.convert_to_tensor(a) for a in args])
             values = values if isinstance(values, (list, tuple)) else [values]
             out.update({t: v.numpy() for t, v in zip(computed, values)})
         return out
@@ -255,7 +257,8 @@ def calibrate_v2(converter, calibration_input_fn: Callable, method: Optional[str
     info = converter._sig.info  # pylint: disable=protected-access
     run = _boundary_fn(info, cal.tensors)
     what = "calibration_input_fn"
-    for inp in calibration_input_fn():
+    from tftrt.trt_convert import iter_inputs
+    for inp in iter_inputs(calibration_input_fn, what):
         try:
             args = converter._normalize_inputs(inp)  # pylint: disable=protected-access
         except ValueError as e:
@@ -278,6 +281,7 @@ def calibrate_tf1(converter, num_runs: int, feed_dict_fn=None, input_map_fn=None
     every engine's inputs; see the module doc."""
     import tensorflow as tf
     from tftrt import graph_io
+    from tftrt.logs import first_error_line
     if isinstance(num_runs, bool) or not isinstance(num_runs, (int, np.integer)) or \
             num_runs < 1:
         raise ValueError(f"num_runs should be a positive integer; got {num_runs!r}")
@@ -314,9 +318,9 @@ def calibrate_tf1(converter, num_runs: int, feed_dict_fn=None, input_map_fn=None
                     _check_finite([np.asarray(v) for v in feed.values()], names, k, what)
                 try:
                     values = sess.run(targets, feed_dict=feed)
-                except (tf.errors.InvalidArgumentError, ValueError) as e:
+                except (tf.errors.InvalidArgumentError, ValueError, TypeError) as e:
                     fed = sorted(str(getattr(t, "name", t)) for t in (feed or {}))
-                    raise ValueError(f"{what}: run {k} failed: {str(e).splitlines()[0]} (fed "
+                    raise ValueError(f"{what}: run {k} failed: {first_error_line(e)} (fed "
                                      f"{fed}; the graph's inputs are "
                                      f"{[p.name for p in placeholders] or list(info.inputs)})"
                                      ) from None

@@ -73,6 +73,16 @@ def _precision(text: str) -> str:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
+    return v
+
+
 def _non_negative_float(text: str) -> float:
     try:
         v = float(text)
@@ -101,7 +111,8 @@ def _add_input_options(p: argparse.ArgumentParser, what: str) -> None:
                         "left out for one input); repeat for several shapes")
     g.add_argument("--inputs", default=None, metavar="FILE.npz",
                    help="input data: one array per input name (first axis: batch)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the generated inputs")
+    g.add_argument("--seed", type=_non_negative_int, default=0,
+                   help="seed of the generated inputs")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -174,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="build for these input shapes (repeat for several)")
     g.add_argument("--inputs", default=None, metavar="FILE.npz",
                    help="build on this data (one array per input name)")
-    g.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    g.add_argument("--seed", type=_non_negative_int, default=0, help=argparse.SUPPRESS)
 
     # --- bench ------------------------------------------------------------------------------
     p = sub.add_parser("bench", help="latency and throughput (trtexec-like)",
@@ -208,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-layer", action="store_true",
                    help="also compare every layer output of each engine with the numpy FP32 "
                         "reference")
-    p.add_argument("--top", type=int, default=3, help="worst elements shown per tensor")
+    p.add_argument("--top", type=_non_negative_int, default=3,
+                   help="worst elements shown per tensor")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _add_model_options(p, "engine backend (default: TFTRT_BACKEND, else cupy with a GPU, "
                           "numpy without)")
@@ -361,6 +373,8 @@ def cmd_convert(args, out, err) -> int:
         raise _Usage("--calibration-data is for --precision INT8 or FP8")
     if args.calibration_method and not args.calibration_data:
         raise _Usage("--calibration-method needs --calibration-data")
+    if args.calibration_batch_size and not args.calibration_data:
+        raise _Usage("--calibration-batch-size needs --calibration-data")
     if args.profile_strategy and not args.dynamic_shape:
         raise _Usage("--profile-strategy needs --dynamic-shape")
     note = _select_backend(args.backend, default_engines=False)
@@ -406,7 +420,14 @@ def cmd_convert(args, out, err) -> int:
             print(f"engines not built: {note}; they build where the model runs (a GPU "
                   f"machine), or use --backend numpy for CPU reference engines", file=out)
         else:
-            converter.build(input_fn=lambda: iter(runs))
+            import tensorflow as tf
+            from tftrt.logs import first_error_line
+            try:
+                converter.build(input_fn=lambda: iter(runs))
+            except tf.errors.OpError as e:  # inputs the model itself rejects
+                raise CommandError(f"building engines failed: the model cannot run the given "
+                                   f"inputs ({type(e).__name__}: "
+                                   f"{first_error_line(e)}); check their shapes") from None
             built = sum(len(op.cache) for op in converter.engine_ops.values())
     if not args.no_summary:
         converter.summary(print_fn=lambda s: print(s, file=out))
@@ -425,6 +446,10 @@ def _convert_tf1(args, src, dst, tags, out) -> int:
     if args.batch_sizes or args.shapes or args.inputs or args.dynamic_shape:
         raise _Usage("--convert_tf1_model builds engines at run time (is_dynamic_op=True); "
                      "leave out --batch-sizes / --shapes / --inputs / --dynamic-shape")
+    if args.calibration_data:
+        raise _Usage("--convert_tf1_model does not calibrate (INT8 / FP8 engines without the "
+                     "graph's quantization ranges run in FP16); leave out --calibration-data, "
+                     "or convert with TrtGraphConverterV2 (without --convert_tf1_model)")
     kwargs = dict(input_saved_model_dir=src, input_saved_model_tags=tags,
                   input_saved_model_signature_key=args.signature_key,
                   precision_mode=args.precision, minimum_segment_size=args.minimum_segment_size,
@@ -540,7 +565,11 @@ def cmd_inspect(args, out, err) -> int:
     except ValueError as e:
         raise CommandError(str(e)) from None
     if args.onnx:
-        written = inspect_model.write_networks(info, args.onnx)
+        try:
+            written = inspect_model.write_networks(info, args.onnx)
+        except OSError as e:
+            raise CommandError(f"cannot write the networks to --onnx {args.onnx!r}: {e}") \
+                from None
         info["onnx_written"] = written
     if args.json:
         print(json.dumps(info["json"], indent=1), file=out)

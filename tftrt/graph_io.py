@@ -242,8 +242,8 @@ def check_saved_model_dir(path) -> str:
         raise ValueError(f"input_saved_model_dir must be the path of a SavedModel directory, "
                          f"not a {what}; save the model with tf.saved_model.save(obj, "
                          f"'model_dir') and pass 'model_dir'")
-    path = os.fspath(path)
-    if isinstance(path, str) and path.lower().endswith(KERAS_FILE_SUFFIXES) and \
+    path = os.fsdecode(path)  # bytes too, as TensorFlow takes them
+    if path.lower().endswith(KERAS_FILE_SUFFIXES) and \
             not os.path.isdir(path):
         raise ValueError(f"{path!r} is a Keras model file, not a SavedModel directory: "
                          f"export a SavedModel first with keras.models.load_model({path!r})"
@@ -257,12 +257,25 @@ def check_saved_model_dir(path) -> str:
     return path
 
 
+def saved_model_tags(tags) -> List[str]:
+    """MetaGraph tags as a list: None -> ["serve"]; one string is one tag (as
+    tf.saved_model.load takes it), not a list of its characters."""
+    if tags is None:
+        return list(DEFAULT_TAGS)
+    if isinstance(tags, (str, bytes)):
+        tags = [tags]
+    tags = [t.decode() if isinstance(t, bytes) else t for t in tags]
+    if not all(isinstance(t, str) for t in tags):
+        raise ValueError(f"input_saved_model_tags should be a list of strings; got {tags!r}")
+    return tags or list(DEFAULT_TAGS)
+
+
 def load_signature(path, tags: Optional[Iterable[str]] = None,
                    signature_key: Optional[str] = None):
     """Loads a SavedModel and returns (saved_model_object, signature ConcreteFunction)."""
     import tensorflow as tf
     path = check_saved_model_dir(path)
-    tags = list(tags) if tags else list(DEFAULT_TAGS)
+    tags = saved_model_tags(tags)
     signature_key = signature_key or DEFAULT_SIGNATURE_KEY
     try:
         saved = tf.saved_model.load(path, tags=tags)

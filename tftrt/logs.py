@@ -70,3 +70,12 @@ def configure_from_env() -> Optional[int]:
         _handler.setFormatter(logging.Formatter("tftrt %(levelname)s %(name)s: %(message)s"))
         logger.addHandler(_handler)
     return level
+
+
+def first_error_line(err: BaseException) -> str:
+    """The line of an error message that says what failed, for one-line reports: TensorFlow's
+    "Graph execution error:", "Detected at node", "Node:" and stack lines are skipped."""
+    lines = [l.strip() for l in str(err).splitlines() if l.strip()]
+    useful = [l for l in lines if not l.startswith(("Graph execution error", "Detected at",
+                                                    "<stack traces", "File ", "[[", "Node:"))]
+    return (useful or lines or [""])[0]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import numbers
 import os
 from typing import Callable, Optional, Sequence
 
@@ -54,13 +55,20 @@ class TrtGraphConverter:
             raise ValueError("Must specify one of input_graph_def and input_saved_model_dir")
         if nodes_denylist is not None and nodes_blacklist is not None:
             raise ValueError("Specify nodes_denylist only (nodes_blacklist is its old name)")
+        if input_graph_def is not None and not _is_graph_def(input_graph_def):
+            raise TypeError(f"input_graph_def must be a GraphDef (tf.compat.v1.GraphDef), not "
+                            f"a {type(input_graph_def).__name__}; read a .pb file with "
+                            f"tf.compat.v1.GraphDef.FromString(open(path, 'rb').read()), or "
+                            f"use graph.as_graph_def() of a tf.Graph")
         self._input_graph_def = input_graph_def
         self._input_saved_model_dir = (graph_io.check_saved_model_dir(input_saved_model_dir)
                                        if input_saved_model_dir is not None else None)
-        self._tags = list(input_saved_model_tags or graph_io.DEFAULT_TAGS)
+        self._tags = graph_io.saved_model_tags(input_saved_model_tags)
         self._signature_key = input_saved_model_signature_key or graph_io.DEFAULT_SIGNATURE_KEY
-        self._nodes_denylist = [graph_io.split_tensor_name(n)[0]
-                                for n in (nodes_denylist or nodes_blacklist or [])]
+        denylist = nodes_denylist or nodes_blacklist or []
+        if isinstance(denylist, str):  # one node name, not a list of its characters
+            denylist = [denylist]
+        self._nodes_denylist = [graph_io.split_tensor_name(n)[0] for n in denylist]
         for name, value in (("session_config", session_config),
                             ("use_function_backup", use_function_backup)):
             if value is not None:
@@ -72,7 +80,8 @@ class TrtGraphConverter:
                 raise ValueError("max_batch_size has to be an integer for is_dynamic_op==False.")
             self._max_batch_size = None  # dynamic engines: no batch limit (TF-TRT)
         else:
-            if isinstance(max_batch_size, bool) or int(max_batch_size) < 1:
+            if isinstance(max_batch_size, bool) or \
+                    not isinstance(max_batch_size, numbers.Integral) or max_batch_size < 1:
                 raise ValueError(f"max_batch_size should be a positive integer; got "
                                  f"{max_batch_size!r}")
             self._max_batch_size = int(max_batch_size)
@@ -112,6 +121,15 @@ class TrtGraphConverter:
 
     def _graph_def_info(self, graph_def) -> graph_io.GraphInfo:
         import tensorflow as tf
+        if not graph_def.node:
+            raise ValueError("input_graph_def has no nodes: give the frozen GraphDef of the "
+                             "model to convert")
+        names = {n.name for n in graph_def.node}
+        missing = [n for n in self._nodes_denylist if n not in names]
+        if missing:
+            raise ValueError(f"nodes_denylist names node(s) {missing} that are not in "
+                             f"input_graph_def; give the names of the output nodes you will "
+                             f"fetch (e.g. {sorted(names)[:3]})")
         placeholders = [n.name for n in graph_def.node if n.op == "Placeholder"]
         consumed = {graph_io.split_tensor_name(i)[0] for n in graph_def.node for i in n.input}
         kept = self._nodes_denylist or [n.name for n in graph_def.node
@@ -185,6 +203,8 @@ class TrtGraphConverter:
         if not self._need_calibration:
             raise RuntimeError("calibrate() is only needed for INT8 / FP8 with "
                                "use_calibration=True")
+        if isinstance(fetch_names, str):  # one name, not a list of its characters
+            fetch_names = [fetch_names]
         nodes = {n.name for n in self._converted_graph_def.node}
         missing = [n for n in fetch_names if graph_io.split_tensor_name(n)[0] not in nodes]
         if missing:
@@ -203,8 +223,17 @@ class TrtGraphConverter:
             raise ValueError("Not able to save to a SavedModel since input is a GraphDef")
         if self._converted_graph_def is None:
             raise RuntimeError("Need to call convert() before save()")
+        if self._need_calibration and not self._calibrated:
+            raise RuntimeError(f"A model that requires {self._params.precision_mode} "
+                               f"calibration has to be calibrated before saving it. Call "
+                               f"calibrate() after convert().")
         from tftrt import saving
         saving.save(_SaveView(self), os.fspath(output_saved_model_dir), True, None)
+
+
+def _is_graph_def(value) -> bool:
+    from tensorflow.core.framework import graph_pb2
+    return isinstance(value, graph_pb2.GraphDef)
 
 
 class _SaveView:

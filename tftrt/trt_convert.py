@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import numbers
 import os
 from typing import Callable, Dict, List, Optional
 
@@ -81,7 +82,21 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def _check_conversion_params(params: TrtConversionParams) -> TrtConversionParams:
+    if not isinstance(params, tuple) or not hasattr(params, "_replace") or \
+            set(getattr(params, "_fields", ())) != set(TrtConversionParams._fields):
+        raise TypeError(f"conversion_params must be a TrtConversionParams, not a "
+                        f"{type(params).__name__}; build one with trt.TrtConversionParams("
+                        f"precision_mode=..., ...) or DEFAULT_TRT_CONVERSION_PARAMS._replace(...)")
+    for field in ("minimum_segment_size", "maximum_cached_engines", "max_workspace_size_bytes"):
+        value = getattr(params, field)
+        if not _is_int(value):
+            raise ValueError(f"{field} should be an integer; got {value!r} "
+                             f"({type(value).__name__})")
     supported = TrtPrecisionMode.supported_precision_modes()
     if params.precision_mode not in supported:
         raise ValueError(f"precision mode '{params.precision_mode}' is not supported. It should "
@@ -95,7 +110,29 @@ def _check_conversion_params(params: TrtConversionParams) -> TrtConversionParams
     if params.max_workspace_size_bytes <= 0:
         raise ValueError("max_workspace_size_bytes should be positive; got "
                          f"{params.max_workspace_size_bytes}")
-    return params._replace(precision_mode=params.precision_mode.upper())
+    return params._replace(precision_mode=params.precision_mode.upper(),
+                           minimum_segment_size=int(params.minimum_segment_size),
+                           maximum_cached_engines=int(params.maximum_cached_engines),
+                           max_workspace_size_bytes=int(params.max_workspace_size_bytes))
+
+
+def _check_input_fn(input_fn, what: str) -> None:
+    if not callable(input_fn):
+        raise TypeError(f"{what} must be a callable returning an iterable of inputs (a "
+                        f"generator function); got a {type(input_fn).__name__}: pass e.g. "
+                        f"{what}=lambda: iter(batches)")
+
+
+def iter_inputs(input_fn: Callable, what: str):
+    """An iterator over what ``input_fn()`` returns; TypeError naming ``what`` when that is
+    not iterable."""
+    batches = input_fn()
+    try:
+        return iter(batches)
+    except TypeError:
+        raise TypeError(f"{what}() returned a {type(batches).__name__}, which is not iterable; "
+                        f"it must return (or be a generator function yielding) the inputs, "
+                        f"one batch each") from None
 
 
 class TrtGraphConverterV2:
@@ -140,7 +177,7 @@ class TrtGraphConverterV2:
             raise ValueError("input_saved_model_dir is None: give the directory of the "
                              "SavedModel to convert")
         self._input_saved_model_dir = graph_io.check_saved_model_dir(input_saved_model_dir)
-        self._input_saved_model_tags = list(input_saved_model_tags or graph_io.DEFAULT_TAGS)
+        self._input_saved_model_tags = graph_io.saved_model_tags(input_saved_model_tags)
         self._input_saved_model_signature_key = (input_saved_model_signature_key
                                                  or graph_io.DEFAULT_SIGNATURE_KEY)
         self._use_dynamic_shape = bool(use_dynamic_shape)
@@ -179,6 +216,12 @@ class TrtGraphConverterV2:
         if not self._need_calibration and calibration_input_fn is not None:
             raise ValueError("Should not specify calibration_input_fn because INT8 calibration "
                              "is not needed")
+        if not self._need_calibration and calibration_method is not None:
+            raise ValueError(f"calibration_method={calibration_method!r} is for INT8 / FP8 "
+                             f"calibration (precision_mode INT8 or FP8 with "
+                             f"use_calibration=True); leave it out for {mode}")
+        if calibration_input_fn is not None:
+            _check_input_fn(calibration_input_fn, "calibration_input_fn")
         from tftrt import calibration
         calibration.check_device(mode)
         with progress.task("converting") as shown:
@@ -188,11 +231,13 @@ class TrtGraphConverterV2:
                                                  self._input_saved_model_signature_key)
             shown.set("segmenting, lowering, rewriting")
             self._converted_func = self._convert_graph(self._sig)
-        self._converted = True
         if calibration_input_fn is not None:
+            # As TF-TRT: the converter counts as converted only once calibration succeeded,
+            # so after bad calibration data convert() can be called again with good data.
             with progress.task("calibrating"):
                 calibration.calibrate_v2(self, calibration_input_fn, calibration_method)
             self._calibrated = True
+        self._converted = True
         self._log_unconverted()
         return self._converted_func
 
@@ -227,10 +272,20 @@ class TrtGraphConverterV2:
         if input_fn is None:
             raise RuntimeError("input_fn is None. Method build() needs input_fn to be "
                                "specified in order to build TensorRT engines")
+        _check_input_fn(input_fn, "input_fn")
         if self._build_called_once:
             raise NotImplementedError("build() is already called. It is not supported to call "
                                       "build() more than once.")
         self._build_called_once = True
+        try:
+            self._build_impl(input_fn)
+        except BaseException:
+            # build() that raised (bad input, input_fn failing) may be called again: engines
+            # built so far stay in the caches.
+            self._build_called_once = False
+            raise
+
+    def _build_impl(self, input_fn: Callable) -> None:
         ops = list(self._engine_ops.values())
         seen, first = 0, None
         for op in ops:
@@ -238,7 +293,7 @@ class TrtGraphConverterV2:
             op.collecting = self._use_dynamic_shape
         shown = progress.task("building engines", poll=progress.engines_built(ops)).start()
         try:
-            for inp in input_fn():
+            for inp in iter_inputs(input_fn, "input_fn"):
                 args = self._normalize_inputs(inp)
                 if first is None:
                     first = args
@@ -280,11 +335,18 @@ class TrtGraphConverterV2:
         else:
             values = list(inp) if isinstance(inp, (list, tuple)) else [inp]
             if len(values) != len(names):
+                hint = (" (a list or tuple gives one item per input: yield a numpy array or "
+                        "a tf.Tensor, or a 1-tuple holding it)" if len(names) == 1 else "")
                 raise ValueError(f"input_fn yielded {len(values)} input(s); the signature "
-                                 f"takes {len(names)}: {names}")
+                                 f"takes {len(names)}: {names}{hint}")
         out = {}
         for n, v, spec in zip(names, values, specs):
-            t = tf.convert_to_tensor(v)
+            try:
+                t = tf.convert_to_tensor(v)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"input {n!r} from input_fn is a {type(v).__name__} that "
+                                 f"cannot be made a tensor ({str(e).splitlines()[0]}); the "
+                                 f"signature expects {spec.dtype.name} {spec.shape}") from None
             if t.dtype != spec.dtype:
                 raise ValueError(f"input {n!r} from input_fn has dtype {t.dtype.name}; the "
                                  f"signature expects {spec.dtype.name}")
@@ -304,12 +366,21 @@ class TrtGraphConverterV2:
         """
         if not self._converted:
             raise RuntimeError("Need to call convert() before save()")
+        if output_saved_model_dir is None or \
+                not isinstance(output_saved_model_dir, (str, bytes, os.PathLike)):
+            raise ValueError(f"output_saved_model_dir must be the path of the directory to "
+                             f"save to, not {output_saved_model_dir!r}")
+        if options is not None:
+            import tensorflow as tf
+            if not isinstance(options, tf.saved_model.SaveOptions):
+                raise TypeError(f"options must be a tf.saved_model.SaveOptions, not a "
+                                f"{type(options).__name__}")
         if self._need_calibration and not self._calibrated:
             raise RuntimeError("A model that requires INT8 calibration has to be built before "
                                "saving it. Call build() to build and calibrate the TensorRT "
                                "engines.")
         from tftrt import saving
-        saving.save(self, os.fspath(output_saved_model_dir), save_gpu_specific_engines,
+        saving.save(self, os.fsdecode(output_saved_model_dir), save_gpu_specific_engines,
                     options)
 
     # --- summary -----------------------------------------------------------------------------
@@ -318,9 +389,12 @@ class TrtGraphConverterV2:
         if not self._converted:
             raise RuntimeError("An instance of TrtGraphConverterV2 needs to be converted before "
                                "calling summary(). Call convert() first")
-        if line_length < 160:
-            raise ValueError(f"Invalid `line_length` value has been received: {line_length}. "
+        if not _is_int(line_length) or line_length < 160:
+            raise ValueError(f"Invalid `line_length` value has been received: {line_length!r}. "
                              f"Minimum: 160.")
+        if print_fn is not None and not callable(print_fn):
+            raise TypeError(f"print_fn must be a callable taking a string (e.g. print), not "
+                            f"a {type(print_fn).__name__}")
         from tftrt import summary as summary_mod
         summary_mod.print_summary(self._sig.info, self._segmentation, self._engine_ops,
                                   line_length, detailed, print_fn or print)

@@ -161,7 +161,8 @@ def test_bad_calibration_input_is_a_clear_error(cnn, data, message):
     with pytest.raises(ValueError, match=message):
         conv.convert(calibration_input_fn=lambda: iter([d if isinstance(d, tuple) else (d,)
                                                          for d in data]))
-    with pytest.raises(RuntimeError, match="has to be built before saving"):
+    # As in TF-TRT, convert() counts as done only once calibration succeeded.
+    with pytest.raises(RuntimeError, match=r"Need to call convert\(\) before save\(\)"):
         conv.save("/tmp/never_written")
 
 

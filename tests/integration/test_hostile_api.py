@@ -1,0 +1,314 @@
+"""The public API under wrong use: a clear error that says what to do (never an internal
+AttributeError / KeyError / TypeError from tftrt's code), or the right numbers."""
+
+import io
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tftrt
+from tftrt import cli, trt_convert as trt
+from tests.integration import models
+from tests.integration.test_tf1 import frozen_graph
+from tests.tolerances import MODEL_TOLERANCES, TOLERANCES
+
+
+@pytest.fixture(scope="module")
+def mlp_dir(tmp_path_factory):
+    return models.save_module(models.MLP(), str(tmp_path_factory.mktemp("hostile") / "mlp"))
+
+
+@pytest.fixture(scope="module")
+def two_dir(tmp_path_factory):
+    return models.save_module(models.TwoInputs(),
+                              str(tmp_path_factory.mktemp("hostile") / "two"))
+
+
+def native(path, **kw):
+    return tf.saved_model.load(path).signatures["serving_default"](**kw)
+
+
+def assert_close(got, ref, precision="FP32"):
+    rtol, atol = (MODEL_TOLERANCES.get(precision) or TOLERANCES[precision])
+    for k in ref:
+        np.testing.assert_allclose(np.asarray(got[k]), ref[k].numpy(), rtol=rtol, atol=atol)
+
+
+def batches(*items):
+    return lambda: iter(items)
+
+
+X = models.batch((3, 8))
+
+
+# --- TrtGraphConverterV2 arguments ----------------------------------------------------------
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(minimum_segment_size="3"), "minimum_segment_size should be an integer; got '3' (str)"),
+    (dict(maximum_cached_engines=1.5), "maximum_cached_engines should be an integer; got 1.5"),
+    (dict(maximum_cached_engines=True), "maximum_cached_engines should be an integer; got True"),
+    (dict(max_workspace_size_bytes=None), "max_workspace_size_bytes should be an integer; "
+                                          "got None"),
+    (dict(max_workspace_size_bytes=1e9), "max_workspace_size_bytes should be an integer; got "
+                                         "1000000000.0 (float)"),
+])
+def test_numeric_parameters_must_be_integers(mlp_dir, kw, message):
+    with pytest.raises(ValueError) as e:
+        trt.TrtGraphConverterV2(input_saved_model_dir=mlp_dir, **kw)
+    assert message in str(e.value)
+
+
+def test_numpy_integers_are_integers(mlp_dir):
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=mlp_dir,
+                                   minimum_segment_size=np.int64(2),
+                                   maximum_cached_engines=np.int32(2),
+                                   max_workspace_size_bytes=np.int64(1 << 20))
+    assert type(conv._conversion_params.maximum_cached_engines) is int
+    fn = conv.convert()
+    assert_close(fn(x=X), native(mlp_dir, x=X))
+
+
+@pytest.mark.parametrize("params", [{"precision_mode": "FP16"}, ("FP16",)])
+def test_conversion_params_of_another_type(mlp_dir, params):
+    with pytest.raises(TypeError, match=r"conversion_params must be a TrtConversionParams, not "
+                                        r"a (dict|tuple); build one with "
+                                        r"trt.TrtConversionParams\("):
+        trt.TrtGraphConverterV2(input_saved_model_dir=mlp_dir, conversion_params=params)
+
+
+def test_one_tag_as_a_string_and_a_bytes_path(mlp_dir):
+    # tf.saved_model.load takes both; "serve" was read as the tags s, e, r, v, e.
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=mlp_dir.encode(),
+                                   input_saved_model_tags="serve")
+    assert conv._input_saved_model_tags == ["serve"]
+    assert_close(conv.convert()(x=X), native(mlp_dir, x=X))
+    assert "serving_default" in tftrt.load(mlp_dir.encode()).signatures
+
+
+# --- input functions -------------------------------------------------------------------------
+
+@pytest.fixture()
+def converted(mlp_dir):
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=mlp_dir, minimum_segment_size=2)
+    conv.convert()
+    return conv
+
+
+@pytest.mark.parametrize("input_fn, message", [
+    ([X], "input_fn must be a callable returning an iterable of inputs (a generator "
+          "function); got a list: pass e.g. input_fn=lambda: iter(batches)"),
+    ((x for x in [X]), "input_fn must be a callable returning an iterable of inputs (a "
+                       "generator function); got a generator"),
+    (lambda: 5, "input_fn() returned a int, which is not iterable"),
+])
+def test_input_fn_that_is_not_a_generator_function(converted, input_fn, message):
+    with pytest.raises(TypeError) as e:
+        converted.build(input_fn)
+    assert message in str(e.value)
+
+
+@pytest.mark.parametrize("item, message", [
+    (None, "input 'x' from input_fn is a NoneType that cannot be made a tensor"),
+    ([[1.0] * 8] * 2, "input_fn yielded 2 input(s); the signature takes 1: ['x'] (a list or "
+                      "tuple gives one item per input: yield a numpy array or a tf.Tensor, or "
+                      "a 1-tuple holding it)"),
+])
+def test_input_fn_items_that_are_not_one_tensor(converted, item, message):
+    with pytest.raises(ValueError) as e:
+        converted.build(batches(item))
+    assert message in str(e.value)
+
+
+def test_build_can_be_called_again_after_it_failed(converted, mlp_dir):
+    with pytest.raises(ValueError, match=r"has shape \(3, 7\)"):
+        converted.build(batches(X, np.ones((3, 7), np.float32)))
+    with pytest.raises(ValueError, match="yielded no inputs"):
+        converted.build(batches())
+    converted.build(batches(X))  # TF-TRT: build() is "called" once it succeeded
+    assert all(len(op.cache) == 1 for op in converted.engine_ops.values())
+    assert_close(converted._converted_func(x=X), native(mlp_dir, x=X))
+    with pytest.raises(NotImplementedError, match=r"build\(\) is already called"):
+        converted.build(batches(X))
+
+
+# --- INT8 calibration -------------------------------------------------------------------------
+
+def test_int8_calibrates_an_engine_fed_by_native_ops(mlp_dir, tmp_path):
+    # The MLP's second engine reads the output of native string ops: calibration computes it
+    # with a pruned function of the native graph, which takes tensors, not numpy arrays.
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=mlp_dir, precision_mode="INT8",
+                                   minimum_segment_size=2)
+    data = [models.batch((16, 8), seed=s) for s in range(4)]
+    fn = conv.convert(calibration_input_fn=batches(*data))
+    assert len(conv.engine_ops) == 2
+    assert all(op.quantization for op in conv.engine_ops.values())
+    x = models.batch((8, 8), seed=9)
+    ref = native(mlp_dir, x=x)
+    got = fn(x=x)
+    for k in ref:  # INT8 against FP32 TensorFlow, relative to the output's scale
+        err = np.max(np.abs(got[k].numpy() - ref[k].numpy()))
+        assert err <= TOLERANCES["INT8"][0] * np.max(np.abs(ref[k].numpy())), (k, err)
+    conv.save(str(tmp_path / "int8"))
+    loaded = tftrt.load(str(tmp_path / "int8")).signatures["serving_default"]
+    np.testing.assert_allclose(loaded(x=x)["y"].numpy(), got["y"].numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_convert_can_be_called_again_after_calibration_failed(mlp_dir):
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=mlp_dir, precision_mode="INT8",
+                                   minimum_segment_size=2)
+    with pytest.raises(ValueError, match=r"calibration_input_fn yielded 0 batch\(es\)"):
+        conv.convert(calibration_input_fn=batches())
+    with pytest.raises(RuntimeError, match=r"Need to call convert\(\) before save\(\)"):
+        conv.save("unused")
+    conv.convert(calibration_input_fn=batches(models.batch((16, 8))))
+    assert all(op.quantization for op in conv.engine_ops.values())
+    with pytest.raises(RuntimeError, match=r"convert\(\) was already called"):
+        conv.convert(calibration_input_fn=batches(models.batch((16, 8))))
+
+
+def test_calibration_arguments(mlp_dir):
+    with pytest.raises(TypeError, match="calibration_input_fn must be a callable"):
+        trt.TrtGraphConverterV2(input_saved_model_dir=mlp_dir, precision_mode="INT8"
+                                ).convert(calibration_input_fn=[X])
+    with pytest.raises(ValueError, match="calibration_method='max' is for INT8 / FP8 "
+                                         "calibration .*leave it out for FP16"):
+        trt.TrtGraphConverterV2(input_saved_model_dir=mlp_dir, precision_mode="FP16"
+                                ).convert(calibration_method="max")
+
+
+# --- save and summary ------------------------------------------------------------------------
+
+def test_save_and_summary_arguments(converted, mlp_dir, tmp_path):
+    with pytest.raises(ValueError, match="output_saved_model_dir must be the path of the "
+                                         "directory to save to, not None"):
+        converted.save(None)
+    with pytest.raises(TypeError, match="options must be a tf.saved_model.SaveOptions, not a "
+                                        "dict"):
+        converted.save(str(tmp_path / "a"), options={"experimental_custom_gradients": False})
+    assert not os.path.exists(tmp_path / "a")
+    converted.save(str(tmp_path / "b").encode())
+    assert_close(tftrt.load(str(tmp_path / "b")).signatures["serving_default"](x=X),
+                 native(mlp_dir, x=X))
+    with pytest.raises(ValueError, match=r"Invalid `line_length` value has been received: "
+                                         r"'200'\. Minimum: 160\."):
+        converted.summary(line_length="200")
+    with pytest.raises(TypeError, match="print_fn must be a callable taking a string"):
+        converted.summary(print_fn=5)
+
+
+# --- TF1 TrtGraphConverter ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("graph_def", ["/tmp/model.pb", b"\x0a\x01x", "graph"])
+def test_tf1_input_graph_def_of_another_type(graph_def):
+    if graph_def == "graph":
+        graph_def = tf.Graph()
+    with pytest.raises(TypeError, match=r"input_graph_def must be a GraphDef "
+                                        r"\(tf.compat.v1.GraphDef\), not a (str|bytes|Graph); "
+                                        r"read a .pb file with"):
+        trt.TrtGraphConverter(input_graph_def=graph_def)
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(max_batch_size=2.5), "max_batch_size should be a positive integer; got 2.5"),
+    (dict(max_batch_size="8"), "max_batch_size should be a positive integer; got '8'"),
+])
+def test_tf1_max_batch_size_must_be_an_integer(kw, message):
+    with pytest.raises(ValueError) as e:
+        trt.TrtGraphConverter(input_graph_def=frozen_graph(), **kw)
+    assert message in str(e.value)
+
+
+def test_tf1_nodes_denylist_and_empty_graph():
+    with pytest.raises(ValueError, match=r"nodes_denylist names node\(s\) \['logits'\] that are "
+                                         r"not in input_graph_def"):
+        trt.TrtGraphConverter(input_graph_def=frozen_graph(), nodes_denylist=["out", "logits"],
+                              is_dynamic_op=True).convert()
+    with pytest.raises(ValueError, match="input_graph_def has no nodes"):
+        trt.TrtGraphConverter(input_graph_def=tf.compat.v1.GraphDef()).convert()
+    # One name given as a string is that node, not its characters.
+    gd = frozen_graph()
+    conv = trt.TrtGraphConverter(input_graph_def=gd, nodes_denylist="out",
+                                 minimum_segment_size=2, is_dynamic_op=True)
+    converted = conv.convert()
+    x = models.batch((3, 8))
+    ref, _ = models.session_run(gd, x)
+    got, _ = models.session_run(converted, x)
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_tf1_int8_save_needs_calibrate_and_bad_feeds_are_clear(mlp_dir, tmp_path):
+    conv = trt.TrtGraphConverter(input_saved_model_dir=mlp_dir, precision_mode="INT8",
+                                 minimum_segment_size=2, is_dynamic_op=True)
+    conv.convert()
+    with pytest.raises(RuntimeError, match=r"A model that requires INT8 calibration has to be "
+                                           r"calibrated before saving it. Call calibrate\(\)"):
+        conv.save(str(tmp_path / "out"))
+    assert not os.path.exists(tmp_path / "out")
+    x = models.batch((4, 8))
+    with pytest.raises(ValueError, match=r"calibrate\(\): run 0 failed: Cannot interpret "
+                                         r"feed_dict key.*the graph's inputs are \['x:0'\]"):
+        conv.calibrate(["Identity"], 1, feed_dict_fn=lambda: {"y:0": x})
+    with pytest.raises(ValueError, match=r"calibrate\(\): run 0 failed: You must feed a value "
+                                         r"for placeholder tensor 'x'"):
+        conv.calibrate(["Identity"], 1, feed_dict_fn=lambda: {})
+    fetch = conv._info.outputs[0].split(":")[0]
+    conv.calibrate(fetch, 2, feed_dict_fn=lambda: {"x:0": x})  # one name as a string
+    conv.save(str(tmp_path / "out"))
+    loaded = tftrt.load(str(tmp_path / "out")).signatures["serving_default"]
+    ref = native(mlp_dir, x=x)
+    got = loaded(x=x)
+    for k in ref:
+        err = np.max(np.abs(got[k].numpy() - ref[k].numpy()))
+        assert err <= TOLERANCES["INT8"][0] * np.max(np.abs(ref[k].numpy())), (k, err)
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+def run_cli(*argv):
+    out, err = io.StringIO(), io.StringIO()
+    code = cli.main([str(a) for a in argv], out=out, err=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture()
+def cli_env(monkeypatch):
+    """The commands set TFTRT_BACKEND for their process; each test gets it back."""
+    monkeypatch.setenv("TFTRT_BACKEND", "numpy")
+
+
+@pytest.mark.parametrize("argv, code, message", [
+    (["convert", "{two}", "{out}", "--shapes", "a:2x4,b:3x4"], 1,
+     "building engines failed: the model cannot run the given inputs (InvalidArgumentError: "
+     "Incompatible shapes: [2,4] vs. [3,4]); check their shapes"),
+    (["convert", "{two}", "{out}", "--calibration-batch-size", "4"], 2,
+     "--calibration-batch-size needs --calibration-data"),
+    (["convert", "{two}", "{out}", "--convert_tf1_model", "--precision", "INT8",
+      "--calibration-data", "{npz}"], 2, "--convert_tf1_model does not calibrate"),
+    (["convert", "{two}", "{out}", "--batch-sizes", "2", "--seed", "-1"], 2,
+     "argument --seed: '-1' must be >= 0"),
+    (["compare", "{two}", "--top", "-2"], 2, "argument --top: '-2' must be >= 0"),
+])
+def test_cli_bad_arguments(cli_env, two_dir, tmp_path, argv, code, message):
+    np.savez(str(tmp_path / "cal.npz"), a=np.ones((4, 4), np.float32),
+             b=np.ones((4, 4), np.float32))
+    fill = {"two": two_dir, "out": str(tmp_path / "out"), "npz": str(tmp_path / "cal.npz")}
+    got, _, err = run_cli(*[a.format(**fill) for a in argv])
+    assert got == code, err
+    assert message in err, err
+    assert "Traceback" not in err
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_cli_int8_calibration_and_inspect_onnx_to_a_file(cli_env, mlp_dir, tmp_path):
+    np.savez(str(tmp_path / "cal.npz"), x=models.batch((32, 8)))
+    out = str(tmp_path / "int8")
+    code, _, err = run_cli("convert", mlp_dir, out, "--precision", "INT8", "--calibration-data",
+                           tmp_path / "cal.npz", "--calibration-batch-size", "16",
+                           "--minimum-segment-size", "2", "--no-summary")
+    assert code == 0, err
+    (tmp_path / "file").write_text("")
+    code, _, err = run_cli("inspect", out, "--onnx", tmp_path / "file", "--no-layers")
+    assert code == 1, err
+    assert f"cannot write the networks to --onnx '{tmp_path / 'file'}'" in err
