@@ -258,6 +258,7 @@ def calibrate_v2(converter, calibration_input_fn: Callable, method: Optional[str
     run = _boundary_fn(info, cal.tensors)
     what = "calibration_input_fn"
     from tftrt.trt_convert import iter_inputs
+    empty, constant = 0, True
     for inp in iter_inputs(calibration_input_fn, what):
         try:
             args = converter._normalize_inputs(inp)  # pylint: disable=protected-access
@@ -267,10 +268,21 @@ def calibrate_v2(converter, calibration_input_fn: Callable, method: Optional[str
         names = converter._sig.input_names  # pylint: disable=protected-access
         values = [args[n].numpy() for n in names]
         _check_finite(values, names, cal.batches, what)
+        if any(v.size == 0 for v in values):
+            empty += 1  # no sample to take a range from: not a batch
+            continue
+        constant &= all(v.size == 0 or v.dtype.kind not in "fc" or np.ptp(v) == 0
+                        for v in values)
         if cal.ops:
             cal.add(run(values))
         else:
             cal.batches += 1
+    if empty:
+        log.warning("%s yielded %d empty batch(es) (0 samples); they were skipped", what, empty)
+    if constant and cal.batches:
+        log.warning("%s yielded only constant data (every float input one value in every "
+                    "batch); the ranges it gives do not describe real inputs: calibrate with "
+                    "samples of what the model will serve", what)
     cal.finish(what)
 
 

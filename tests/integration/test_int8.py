@@ -166,6 +166,23 @@ def test_bad_calibration_input_is_a_clear_error(cnn, data, message):
         conv.save("/tmp/never_written")
 
 
+def test_empty_and_constant_calibration_batches_are_said(cnn, caplog):
+    empty = np.zeros((0, 12, 12, 3), np.float32)
+    with caplog.at_level(logging.WARNING, logger="tftrt.calibration"):
+        conv, fn = calibrated(cnn[0], data=[empty] + batches(2))
+    said = [r.getMessage() for r in caplog.records]
+    assert any("yielded 1 empty batch(es) (0 samples); they were skipped" in m for m in said)
+    assert not any("only constant data" in m for m in said)
+    x = batches(1, seed=5)[0]
+    np.testing.assert_allclose(_out(fn, x), cnn[1](x).numpy(), rtol=0.1, atol=0.1)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tftrt.calibration"):
+        calibrated(cnn[0], data=[np.zeros((8, 12, 12, 3), np.float32)] * 2)
+    assert any("yielded only constant data" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ValueError, match=r"yielded 0 batch\(es\)"):  # only empty batches
+        calibrated(cnn[0], data=[empty])
+
+
 def test_calibration_input_fn_only_with_calibration(cnn):
     conv = trt.TrtGraphConverterV2(input_saved_model_dir=cnn[0], precision_mode="INT8",
                                    use_calibration=False)
