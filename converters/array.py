@@ -655,9 +655,18 @@ class Range:
 
     @staticmethod
     def convert(node, ctx):
-        start, limit, delta = (ctx.const_value(node, i).item() for i in range(3))
         dt = ctx.attr_dtype(node, "Tidx")
-        ctx.set_output(node, 0, ctx.const(np.arange(start, limit, delta).astype(dt), "range"))
+        start, limit, delta = (np.asarray(ctx.const_value(node, i)).astype(dt).reshape(())
+                               for i in range(3))
+        if dt.kind == "f":
+            # TF's kernel works in T: size ceil(|(limit - start) / delta|), values
+            # start + T(i) * delta. np.arange works in float64 and can make one element more:
+            # range(0., .3, .1) in float32 has 3 elements in TF, 4 in numpy.
+            size = int(np.ceil(np.abs((limit - start) / delta)))
+            values = start + np.arange(size).astype(dt) * delta
+        else:
+            values = np.arange(start, limit, delta)
+        ctx.set_output(node, 0, ctx.const(np.asarray(values).astype(dt), "range"))
 
 
 @converter("Where", dtype_attr=None)

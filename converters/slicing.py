@@ -108,8 +108,8 @@ def strided_slice_plan(shape: Sequence[Optional[int]], begin: Sequence[int],
         if shrink_axis_mask & bit:
             if s < 0:
                 return f"shrink_axis_mask={shrink_axis_mask} with a negative stride at index {i}"
-            if begin_mask & bit:
-                b = 0
+            # TF ignores begin_mask and end_mask on a shrunk index: strided_slice(x, [-1],
+            # [0], [1], begin_mask=1, shrink_axis_mask=1) is x[-1], not x[0].
             dims[full] = (b, INT64_MAX if b == -1 else b + 1, 1)
             shrink.append(full)
         else:

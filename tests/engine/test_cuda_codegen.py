@@ -175,6 +175,15 @@ def _kernels():
         src = C.PointwiseSource(prog, [x.shape for x in xs], [x.dtype.name for x in xs],
                                 SHAPE, out_dt)
         out.append((f"{op}/{dt}/{layout}", src, xs, _reference(prog, xs, out_dt)))
+    # a float16 program rounds each step to half precision, as TF does: erf(2.9) is 1.0 in
+    # float16 (0.99996 kept in float32), and the floor after it tells the two apart
+    xh = np.linspace(2.9, 3.5, int(np.prod(SHAPE))).astype(np.float16).reshape(SHAPE)
+    prog = [{"op": "erf", "args": ["$0"], "dtype": "float16"},
+            {"op": "floor", "args": ["%0"], "dtype": "float16"}]
+    src = C.PointwiseSource(prog, [SHAPE], ["float16"], SHAPE, "float16")
+    want = _reference(prog, [xh], "float16")
+    assert want.min() == 1  # the rounding is what this case is about
+    out.append(("floor(erf) float16 steps", src, [xh], want))
     rng = np.random.default_rng(7)
     y = np.linspace(-6, 6, int(np.prod(SHAPE)), dtype=np.float32).reshape(SHAPE)
     bias = rng.standard_normal(SHAPE[-1]).astype(np.float32)

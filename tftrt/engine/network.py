@@ -120,7 +120,8 @@ conv_transpose / matmul weights are float16, their float activation operands (re
 included) are float16 (casts are inserted where needed), epilogue bias/scale vectors stay
 float32 and are applied to the fp32 accumulator; output tensors of FP16 layers are float16
 except network outputs (I/O dtypes never change). Pointwise steps compute in the step dtype,
-with float16 computed as float32, and the result is stored in the output tensor's dtype.
+with float16 computed as float32 and each float16 step's result rounded to float16 (as TF
+rounds every float16 op's), and the result is stored in the output tensor's dtype.
 
 Dynamic layers (a non-static input shape, only after a data-dependent op) may keep ONNX-form
 shape operands (e.g. ``reshape`` with ``mode`` and a shape input, ``slice`` with starts/ends

@@ -13,8 +13,9 @@ tests define) on a machine without a GPU. ``cupy_kernels`` compiles these source
   operands allow it.
 
 Numerics follow ``numpy_ops`` (the reference backend): float16 is stored as ``unsigned short``
-and computed in float32; a step's value is kept in its compute type (a cast to float16 rounds
-to half precision, as ``astype`` does); NaN propagates through relu / clip / min / max /
+and computed in float32; a step's value is kept in its compute type, rounded to half precision
+first when the step's dtype is float16 (TF rounds every float16 op's result; a cast to float16
+rounds too, as ``astype`` does); NaN propagates through relu / clip / min / max /
 hard_sigmoid / elu as it does in numpy; integer steps that call a float function compute it
 in double and truncate, as numpy's float64 result cast back does. Number literals take the
 type of what they meet: the step's compute type, or, in a comparison, the other operand's
@@ -351,7 +352,10 @@ def program_lines(program: Sequence[dict], operand: Callable[[int], Tuple[str, s
         for j, a in enumerate(st["args"]):
             if a is not None and not isinstance(a, str):
                 args[j] = _lit(a, _literal_type(st["op"], j, ct, typed))
-        lines.append(f"{ct} {name(k)} = ({ct})({op_expr(st['op'], args, ct, st, typed)});")
+        expr = f"({ct})({op_expr(st['op'], args, ct, st, typed)})"
+        if st.get("dtype") == "float16":  # TF rounds each float16 op's result (numpy_ops too)
+            expr = f"h2f(f2h({expr}))"
+        lines.append(f"{ct} {name(k)} = {expr};")
         types.append(ct)
     return lines
 

@@ -142,6 +142,11 @@ def run_program(program: List[dict], inputs: Sequence[np.ndarray]) -> np.ndarray
             else:
                 args.append(a)
         r = np.asarray(PW[st["op"]](st, *args))
+        if st.get("dtype") == "float16":
+            # TF rounds each float16 op's result to float16; an fp32 value kept between fused
+            # steps can fall on the other side of what follows: erf(2.9) is 0.99996 in fp32,
+            # 1.0 in fp16, and a Cast to int, Floor or Equal after it then disagrees.
+            r = r.astype(np.float16)
         cd = compute_dtype(st["dtype"]) if st.get("dtype") else r.dtype
         vals.append(r.astype(cd, copy=False))
     return vals[-1]
