@@ -144,11 +144,15 @@ _LOADED = False
 
 
 def _ensure_loaded():
-    """Imports every family module once so their decorators run."""
+    """Imports every family module once so their decorators run.
+
+    Loaded is set only once every import is done: set first, a convert() in another thread
+    found a half-filled registry and kept MatMul, Conv2D, ... native ("no converter for op
+    type"). A thread arriving meanwhile imports too; Python's per-module import locks make it
+    wait for the modules being imported, so it returns with the whole registry as well."""
     global _LOADED
     if _LOADED:
         return
-    _LOADED = True
     import importlib
     import pkgutil
     import sys
@@ -158,6 +162,7 @@ def _ensure_loaded():
         if mod.name in ("registry",) or mod.name.startswith("_"):
             continue
         importlib.import_module(f"{pkg_name}.{mod.name}")
+    _LOADED = True
 
 
 Converter = Callable  # documentation alias

@@ -425,6 +425,10 @@ class TRTEngineOp:
         if evicted is not None:
             self.stats["evictions"] += 1
             old_key, old = evicted
+            if isinstance(old, P.ProfileEngine):
+                # its queued background builds would make engines no call can reach (a GPU
+                # build holds the interpreter lock for seconds); the one running ends
+                old.stop_background_builds()
             self._evicted.append(old.profiles if isinstance(old, P.ProfileEngine) else old_key)
             log.info("%s: engine cache full (maximum_cached_engines=%d); evicted the engine for "
                      "%s", self.name, self.cache.capacity, old_key)
@@ -527,6 +531,9 @@ class TRTEngineOp:
         """Makes ``onnx_bytes`` the segment network: engines built from the old one, its
         parsed network and its failed builds are dropped."""
         with self._lock:
+            for _, old in self.cache.items():
+                if isinstance(old, P.ProfileEngine):
+                    old.stop_background_builds()
             self.spec.onnx_bytes = onnx_bytes
             self._network = None
             self.cache = EngineCache(self.spec.maximum_cached_engines)

@@ -33,9 +33,10 @@ provisional engine from the template built in milliseconds (same answers; the Cu
 convolutions take plans that need no runtime compile, untimed), and the real engine is queued
 for the background thread (below); it replaces the quick one for the calls after it is done
 (a failed background build keeps the quick engine, with one warning).
-:meth:`ProfileEngine.wait_pending` waits for those builds. On the H200 (2026-11-30) quick engines made first calls slower, not
-faster (ResNet50, profile 1..128: median 4.6 s cold and 1.0 s warm, against 3.7 s and 0.54 s
-without): the real engine's build ran at the same time, on the same interpreter lock.
+:meth:`ProfileEngine.wait_pending` waits for those builds. On the H200 (2026-11-30) quick
+engines made first calls slower, not faster (ResNet50, profile 1..128: median 4.6 s cold and
+1.0 s warm, against 3.7 s and 0.54 s without): the real engine's build ran at the same time,
+on the same interpreter lock.
 
 Split batches (on unless ``TFTRT_SPLIT_BATCH=0``): the first call at a new batch size b
 builds nothing. It runs as consecutive slices of the inputs
@@ -57,8 +58,9 @@ this (ladder and real engines built as soon as queued; ResNet50, profile 1..128:
 median 5.5 s cold, 0.8 s warm). Under steady load b stays split; each engine replaces its
 stand-in when done. On the H200 (2026-11-30, ResNet50 FP16, profile 1..128) this form served
 the first calls at 11 new batch sizes in 2.1 ms median (6.8 ms max; 0.54 s warm and 3.7 s
-cold without), at the price of a longer build() (57 s cold, 6.6 s warm, for the ladder). A failed background build leaves the stand-in serving, with one warning.
-At interpreter exit the queued builds are dropped.
+cold without), at the price of a longer build() (57 s cold, 6.6 s warm, for the ladder). A
+failed background build leaves the stand-in serving, with one warning. At interpreter exit,
+and when its op evicts the ProfileEngine, the queued builds are dropped.
 """
 
 from __future__ import annotations
@@ -317,11 +319,16 @@ class SplitEngine:
 
 
 _LIVE: "weakref.WeakSet" = weakref.WeakSet()  # ProfileEngines that may build in the background
+_EXITING = False  # set at interpreter exit: nothing is queued from then on
 
 
 def _stop_background_builds() -> None:
     """At interpreter exit: queued background builds are dropped (the one running ends),
-    so that exiting waits for one build at most."""
+    so that exiting waits for one build at most. A thread still calling after this (exit
+    joins such threads) queues nothing more: a ProfileEngine made then would otherwise
+    start a background thread that exit waits for, through its whole queue."""
+    global _EXITING
+    _EXITING = True
     for pe in list(_LIVE):
         pe.stop_background_builds()
 
@@ -668,7 +675,7 @@ class ProfileEngine:
         """Queues the real engine for ``key`` (one background thread builds them, see
         :meth:`_drain`); ``idle``: only once calls pause."""
         with self._cond:
-            if self._stopped or key in self._pending or (
+            if self._stopped or _EXITING or key in self._pending or (
                     key in self._engines and self._engines[key] is not stand_in):
                 return
             self._pending.add(key)
@@ -677,6 +684,8 @@ class ProfileEngine:
             if self._worker is None:
                 self._worker = threading.Thread(target=self._drain, name="tftrt-shapes")
                 self._worker.start()
+            else:  # it may be waiting for idle: an entry that need not wait goes first
+                self._cond.notify_all()
 
     def _drain(self) -> None:
         """The background thread: builds the queue in order, except that an entry queued to
@@ -684,22 +693,31 @@ class ProfileEngine:
         ``TFTRT_BUILD_IDLE_MS``; the others (the split ladder of a loaded profile, quick
         engines' real ones) go first. A build holds the interpreter lock for long stretches
         (cuDNN plan building does not release it), so that calls running alongside stall:
-        on the H200, split batches waited 0.5-13 s behind background builds (2026-11-30)."""
-        while True:
+        on the H200, split batches waited 0.5-13 s behind background builds (2026-11-30).
+
+        The thread never dies with entries queued: had it, ``_worker`` would still name it,
+        so nothing queued later would build and :meth:`wait_pending` would wait forever."""
+        try:
+            while True:
+                with self._cond:
+                    if not self._queue:
+                        self._worker = None  # with the check: _enqueue then starts another
+                        self._cond.notify_all()
+                        return
+                    n = next((n for n, item in enumerate(self._queue) if not item[3]), None)
+                    if n is None:
+                        wait = build_idle_s() - (time.monotonic() - self._last_call)
+                        if wait > 0:  # at most an hour at a time (Condition.wait overflows)
+                            self._cond.wait(min(wait, 3600.0))
+                            continue
+                        n = 0
+                    i, key, stand_in, _ = self._queue.pop(n)
+                self._build_real(i, key, stand_in)
+        finally:  # an unexpected error: the next _enqueue starts a new thread
             with self._cond:
-                if not self._queue:
+                if self._worker is threading.current_thread():
                     self._worker = None
                     self._cond.notify_all()
-                    return
-                n = next((n for n, item in enumerate(self._queue) if not item[3]), None)
-                if n is None:
-                    wait = build_idle_s() - (time.monotonic() - self._last_call)
-                    if wait > 0:
-                        self._cond.wait(wait)
-                        continue
-                    n = 0
-                i, key, stand_in, _ = self._queue.pop(n)
-            self._build_real(i, key, stand_in)
 
     def _build_real(self, i: int, key: ShapeKey, stand_in) -> None:
         """Builds ``key``'s real engine; it replaces the stand-in (a quick engine or split
@@ -729,7 +747,8 @@ class ProfileEngine:
 
     def stop_background_builds(self) -> None:
         """Drops the queued background builds (the one running ends); stand-ins keep
-        serving. Called at interpreter exit."""
+        serving. Called at interpreter exit, and by the engine op when it evicts this
+        engine from its cache (nothing could call the engines built then)."""
         with self._cond:
             self._stopped = True
             for _, key, _, _ in self._queue:
@@ -817,7 +836,8 @@ class ProfileEngine:
     @property
     def device_memory_bytes(self) -> int:
         """The largest activation memory of its engines (one runs at a time per context)."""
-        return max((e.device_memory_bytes for e in self._engines.values()), default=0)
+        engines = list(self._engines.values())  # a copy: background builds add engines
+        return max((e.device_memory_bytes for e in engines), default=0)
 
     @property
     def weight_bytes(self) -> int:
@@ -839,7 +859,7 @@ class ProfileEngine:
 
     def describe(self) -> dict:
         d = {"profiles": [p.to_json() for p in self.profiles],
-             "shapes": [list(map(list, k)) for k in self._engines], "stats": dict(self.stats),
+             "shapes": [list(map(list, k)) for k in self.shapes], "stats": dict(self.stats),
              "arenas": dict(self.arena_pool.stats, planned_bytes=self.arena_pool.planned_bytes)}
         if self.template_errors:
             d["full_builds_because"] = {str(self.profiles[i]): why

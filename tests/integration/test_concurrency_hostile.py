@@ -1,0 +1,338 @@
+"""Converted models under concurrent and hostile use, numpy backend: many threads calling one
+function (convert()'s, tftrt.load's, inside a tf.function) with their own inputs, engines
+evicted while others run, split batches' background builds racing calls and summary(),
+converters working in parallel, interpreter exit with a caller still running.
+
+Every answer is checked against native TensorFlow for that thread's own input; every thread
+is joined with a timeout and every subprocess has one, so a hang fails the test.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tftrt
+from tests.integration import models
+from tests.integration.test_dynamic_shapes import ConvNet
+from tests.threads import in_threads
+from tests.tolerances import MODEL_TOLERANCES
+from tftrt import trt_convert as trt
+from tftrt.engine import runtime
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+RTOL, ATOL = MODEL_TOLERANCES["FP32"]
+
+
+@pytest.fixture(autouse=True)
+def build_cache_in_tmp(tmp_path, monkeypatch):
+    monkeypatch.setenv("TFTRT_CACHE_DIR", str(tmp_path / "build_cache"))
+
+
+@pytest.fixture(scope="module")
+def conv_dir(tmp_path_factory):
+    return models.save_module(ConvNet(), str(tmp_path_factory.mktemp("conc") / "conv"))
+
+
+@pytest.fixture(scope="module")
+def native(conv_dir):
+    return tf.saved_model.load(conv_dir).signatures["serving_default"]
+
+
+def image(b, h=8):
+    return models.batch((b, h, 8, 3), seed=1000 + 37 * b + h)
+
+
+def close(got, want, what):
+    assert got.shape == want.shape, f"{what}: shape {got.shape}, want {want.shape}"
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL, err_msg=what)
+
+
+def dynamic(conv_dir, build_batches=(1, 8), **kw):
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=conv_dir, use_dynamic_shape=True, **kw)
+    fn = conv.convert()
+    conv.build(lambda: iter([(image(b),) for b in build_batches]))
+    (op,) = conv.engine_ops.values()
+    (pe,) = [e for _, e in op.cache.items()]
+    return conv, fn, op, pe
+
+
+def gate_background(monkeypatch):
+    """Engines made from a profile's template in the background thread (tftrt-shapes) wait
+    for the returned event; those made on a calling thread go through. Set it up before
+    converter.build(): the template's build function is taken then."""
+    import tftrt.engine.builder as B
+    real, gate = B.build_engine_from_template, threading.Event()
+
+    def gated(*a, **k):
+        if threading.current_thread().name == "tftrt-shapes":
+            assert gate.wait(60), "background build gate never opened"
+        return real(*a, **k)
+    monkeypatch.setattr(B, "build_engine_from_template", gated)
+    return gate
+
+
+def run_script(script: str, timeout: float = 150, **env):
+    """Runs ``script`` in a fresh interpreter (numpy backend, split batches on); returns
+    (stdout, seconds from start to exit). A hang fails the test."""
+    full = dict(os.environ, TFTRT_BACKEND="numpy", TFTRT_SPLIT_BATCH="1",
+                TF_CPP_MIN_LOG_LEVEL="2", **env)
+    t0 = time.time()
+    try:
+        proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=ROOT,
+                              env=full, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"the process hung (no exit in {timeout} s); stderr tail: "
+                    f"{(e.stderr or b'')[-2000:]!r}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout, t0
+
+
+# --- many threads, one function -----------------------------------------------------------------
+
+@pytest.mark.parametrize("how", ["direct", "tf.function"])
+def test_threads_evicting_each_others_profiles_get_their_own_answers(conv_dir, native,
+                                                                     monkeypatch, how):
+    """Eight threads call shapes inside the built profile (split batches, their engines
+    built in the background meanwhile), outside it (each a new ProfileEngine, which evicts
+    the other: maximum_cached_engines=1) and one thread a bad input that raises; every
+    answer is the native model's for that thread's own input, of that input's batch."""
+    monkeypatch.setenv("TFTRT_SPLIT_BATCH", "1")
+    monkeypatch.setenv("TFTRT_BUILD_IDLE_MS", "0")
+    conv, fn, op, _ = dynamic(conv_dir, maximum_cached_engines=1)
+    # (no input_signature: TF 2.21's tf.function keeps its lock when an input does not
+    # match one, and every other thread calling it then waits forever)
+    call = (lambda x: fn(x=x)) if how == "direct" else tf.function(
+        lambda x: fn(x=x), reduce_retracing=True)
+    shapes = [(b, h) for b in (1, 3, 5, 6, 8, 9) for h in (8, 12)]
+    xs = [image(b, h) for b, h in shapes]
+    wants = [native(x=tf.constant(x))["y"].numpy() for x in xs]
+    calls = []
+
+    def body(t):
+        rng = np.random.RandomState(t)
+        for n in range(12):
+            if t == 7 and n % 4 == 0:  # wrong rank: refused, never reaches an engine
+                with pytest.raises((TypeError, ValueError, tf.errors.InvalidArgumentError)):
+                    call(tf.zeros((2, 8, 3)))
+                continue
+            k = rng.randint(len(xs))
+            close(call(tf.constant(xs[k]))["y"].numpy(), wants[k], f"thread {t} shape {shapes[k]}")
+            calls.append(k)
+    in_threads(body, n=8, timeout=60)
+    # an engine run per good call (+ build()'s last call); engines were evicted. Inside the
+    # tf.function (retraced with relaxed shapes) the 3 bad inputs reach the engine op, whose
+    # build fails, and raise in the native segment
+    assert op.stats["engine"] == len(calls) + 1, dict(op.stats)
+    assert op.stats["native"] == (0 if how == "direct" else 3), dict(op.stats)
+    assert op.stats["evictions"] > 0, dict(op.stats)
+    assert len(op.cache) == 1
+
+
+def test_two_loads_of_one_model_serve_threads_while_it_is_saved_again(conv_dir, native,
+                                                                      tmp_path):
+    """tftrt.load of one saved model twice at once, eight threads calling both loads while
+    the converter saves the model again: every answer right, every call on an engine."""
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=conv_dir, maximum_cached_engines=3)
+    conv.convert()
+    conv.build(lambda: iter([(image(b),) for b in (1, 2, 4)]))
+    conv.save(str(tmp_path / "saved"))
+    loaded = [None, None]
+
+    def load(t):
+        loaded[t] = tftrt.load(str(tmp_path / "saved"))
+    in_threads(load, n=2, timeout=60)
+    xs = {b: image(b) for b in (1, 2, 4)}
+    wants = {b: native(x=tf.constant(x))["y"].numpy() for b, x in xs.items()}
+
+    def body(t):
+        if t == 8:
+            for k in range(2):
+                conv.save(str(tmp_path / f"again{k}"))
+            return
+        sig = loaded[t % 2].signatures["serving_default"]
+        for n in range(10):
+            b = (1, 2, 4)[(t + n) % 3]
+            close(sig(x=tf.constant(xs[b]))["y"].numpy(), wants[b], f"thread {t} batch {b}")
+    in_threads(body, n=9, timeout=60)
+    for m in loaded:
+        (op,) = m.engine_ops.values()
+        assert op.stats["engine"] == 40 and op.stats["native"] == 0 and \
+            op.stats["builds"] == 0, dict(op.stats)
+    again = tftrt.load(str(tmp_path / "again1")).signatures["serving_default"]
+    close(again(x=tf.constant(xs[4]))["y"].numpy(), wants[4], "saved while called")
+
+
+# --- background builds of split batches -----------------------------------------------------------
+
+def test_an_evicted_profile_engine_builds_nothing_more(conv_dir, native, monkeypatch):
+    """Batches 3, 5, 6, 7 split and queue their own engines; a shape outside the profile then
+    evicts the ProfileEngine (maximum_cached_engines=1). Its queue is dropped: only the build
+    already running finishes (before: all four were built, for an engine no call reaches,
+    each holding the interpreter lock for seconds on a GPU)."""
+    monkeypatch.setenv("TFTRT_SPLIT_BATCH", "1")
+    monkeypatch.setenv("TFTRT_BUILD_IDLE_MS", "0")
+    gate = gate_background(monkeypatch)
+    conv, fn, op, pe = dynamic(conv_dir, maximum_cached_engines=1)
+    for b in (3, 5, 6, 7):
+        close(fn(x=tf.constant(image(b)))["y"].numpy(),
+              native(x=tf.constant(image(b)))["y"].numpy(), f"batch {b}")
+    assert pe.stats["split"] == 4
+    worker = pe._worker
+    x = image(2, 12)
+    close(fn(x=tf.constant(x))["y"].numpy(), native(x=tf.constant(x))["y"].numpy(), "evicting")
+    assert op.stats["evictions"] == 1 and pe not in [e for _, e in op.cache.items()]
+    shape_builds = op.stats["shape_builds"]
+    gate.set()
+    if worker is not None:
+        worker.join(60)
+        assert not worker.is_alive()
+    assert pe.stats.get("swapped", 0) <= 1, pe.stats  # at most the one already running
+    assert op.stats["shape_builds"] <= shape_builds + 1
+    assert not pe._queue and not pe._pending
+
+
+def test_summary_while_a_background_engine_lands(conv_dir, monkeypatch):
+    """summary() reads every engine of a ProfileEngine while its background thread adds one
+    (forced here at the point a thread switch can fall): before, "dictionary changed size
+    during iteration" escaped from summary()."""
+    monkeypatch.setenv("TFTRT_SPLIT_BATCH", "1")
+    monkeypatch.setenv("TFTRT_BUILD_IDLE_MS", "0")
+    gate = gate_background(monkeypatch)
+    conv, fn, op, pe = dynamic(conv_dir)
+    fn(x=tf.constant(image(3)))  # split; its own engine waits at the gate
+    assert pe.is_split([(3, 8, 8, 3)])
+    real = runtime.Engine.device_memory_bytes
+    landed = []
+
+    def reading(engine):
+        if not landed:  # the first engine read: the background engine lands now
+            gate.set()
+            landed.append(pe.wait_pending(timeout=60))
+        return real.fget(engine)
+    monkeypatch.setattr(runtime.Engine, "device_memory_bytes", property(reading))
+    lines = []
+    conv.summary(print_fn=lines.append)
+    assert landed == [True] and not pe.is_split([(3, 8, 8, 3)])
+    assert any("optimization profile" in ln for ln in lines)
+    assert pe.describe()["shapes"]
+
+
+def test_background_thread_outlives_an_idle_wait_too_long_to_wait(conv_dir, native,
+                                                                  monkeypatch):
+    """TFTRT_BUILD_IDLE_MS=1e13 (build a split batch's own engine only once calls stop for
+    good): before, the background thread died on it (Condition.wait overflows) while still
+    named the ProfileEngine's worker, so nothing queued later was ever built. Now it waits
+    (an hour at a time) and wakes for what is queued next."""
+    monkeypatch.setenv("TFTRT_SPLIT_BATCH", "1")
+    monkeypatch.setenv("TFTRT_BUILD_IDLE_MS", "1e13")
+    conv, fn, op, pe = dynamic(conv_dir)  # profile 1..8, its ladder 1, 2, 4 built
+
+    def call(b):
+        x = image(b)
+        close(fn(x=tf.constant(x))["y"].numpy(), native(x=tf.constant(x))["y"].numpy(),
+              f"batch {b}")
+    call(3)
+    assert pe.is_split([(3, 8, 8, 3)])
+    time.sleep(0.3)
+    assert pe._worker is not None and pe._worker.is_alive()  # waiting for idle
+    monkeypatch.setenv("TFTRT_BUILD_IDLE_MS", "0")
+    call(5)  # queues batch 5's engine, which wakes the thread
+    assert pe.wait_pending(timeout=30), pe._pending
+    assert not pe.is_split([(3, 8, 8, 3)]) and not pe.is_split([(5, 8, 8, 3)])
+    assert pe.stats["swapped"] == 2
+    call(3)
+    assert op.stats["native"] == 0
+
+
+# --- fresh processes: parallel converters, exit ---------------------------------------------------
+
+def test_converters_in_parallel_threads_convert_every_model(tmp_path, conv_dir):
+    """Four converters convert, build and save four models at once, in a fresh process (the
+    converter registry not loaded yet): before, all but one found a half-loaded registry
+    and silently converted nothing ("no converter for op type MatMul")."""
+    paths = [models.save_module(models.MLP(seed=s), str(tmp_path / f"mlp{s}")) for s in range(3)]
+    paths.append(conv_dir)
+    out, _ = run_script(f"""
+        import sys, threading
+        import numpy as np, tensorflow as tf
+        from tftrt import trt_convert as trt
+        paths = {paths!r}
+        found, errors = {{}}, []
+        start = threading.Barrier(len(paths))
+
+        def one(k):
+            try:
+                x = np.random.RandomState(k).standard_normal(
+                    (3, 8, 8, 3) if k == 3 else (3, 8)).astype(np.float32)
+                start.wait(60)
+                conv = trt.TrtGraphConverterV2(input_saved_model_dir=paths[k],
+                                               minimum_segment_size=2)
+                fn = conv.convert()
+                conv.build(lambda: iter([(x,)]))
+                conv.save(paths[k] + "_trt")
+                want = tf.saved_model.load(paths[k]).signatures["serving_default"](
+                    x=tf.constant(x))
+                got = fn(x=tf.constant(x))
+                for name in want:
+                    np.testing.assert_allclose(got[name].numpy(), want[name].numpy(),
+                                               rtol=1e-4, atol=1e-4)
+                found[k] = sum(op.stats["engine"] for op in conv.engine_ops.values())
+            except Exception as e:
+                errors.append(f"{{k}}: {{type(e).__name__}}: {{e}}")
+        threads = [threading.Thread(target=one, args=(k,), daemon=True) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(100)
+        assert not any(t.is_alive() for t in threads), "a converter hung"
+        assert not errors, errors
+        print("ENGINE_CALLS", [found[k] for k in range(4)])
+        """)
+    calls = eval(out.split("ENGINE_CALLS")[1].strip().splitlines()[0])
+    # MLP: two engines, each run by build() and by the check; the conv model: one engine
+    assert calls == [4, 4, 4, 2], out
+
+
+_LATE_CALLER = """
+    import sys, threading, time
+    import tftrt.engine.builder as B
+    from tests.engine.models import resnet50
+    from tests.engine.test_shape_template import batch_profile, profile_engine
+    real = B.build_engine_from_template
+
+    def slow(*a, **k):  # background builds take 2 s each
+        if threading.current_thread().name == "tftrt-shapes":
+            time.sleep(2.0)
+        return real(*a, **k)
+    B.build_engine_from_template = slow
+    model, _ = resnet50(batch=2, size=16, width=8)
+
+    def late():  # still serving after the main thread returned (exit joins this thread)
+        time.sleep(0.5)
+        pe = profile_engine(model, batch_profile(1, 16, (16, 16, 3)))  # ladder 1, 2, 4, 8
+        for b in (3, 5, 6, 7, 9, 11):
+            pe.engine_for([(b, 16, 16, 3)])
+        print("SPLIT", sum(pe.is_split([(b, 16, 16, 3)]) for b in (3, 5, 6, 7, 9, 11)),
+              "QUEUED", len(pe._queue), "DONE", time.time(), flush=True)
+    threading.Thread(target=late).start()
+"""
+
+
+def test_exit_does_not_build_what_a_late_caller_queues(tmp_path):
+    """The main thread returns while another thread still serves and queues background
+    builds (a new ProfileEngine's split batches) after threading's exit hook dropped the
+    queues: before, exit waited for that queue (six builds, 12 s here, seconds each on a
+    GPU); now nothing is queued once exit began, and split batches answer meanwhile."""
+    out, _ = run_script(_LATE_CALLER, timeout=120, TFTRT_BUILD_IDLE_MS="0")
+    exited = time.time()
+    line = out.split("SPLIT")[1].split()
+    assert int(line[0]) == 6, out  # the late calls were served (split batches)
+    assert int(line[2]) == 0, out  # and queued nothing
+    assert exited - float(line[4]) < 1.5, (exited - float(line[4]), out)
