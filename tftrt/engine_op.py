@@ -182,7 +182,12 @@ class TRTEngineOp:
         self.spec = spec
         self.native_fn = native_fn
         self.cache = EngineCache(spec.maximum_cached_engines)
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # the cache, counters, logs: never held for a build
+        # One new cache entry is built at a time per op, under this lock alone, so that calls
+        # whose engine exists go on meanwhile; _generation tells a build that the segment
+        # network was replaced while it ran (its engine then serves its call only).
+        self._build_lock = threading.Lock()
+        self._generation = 0
         self._logged: set = set()
         self._failed_keys: Dict[ShapeKey, str] = {}
         self.stats = collections.Counter()
@@ -324,7 +329,7 @@ class TRTEngineOp:
             return None
         strategy = self.profile_strategy or P.RANGE
         profiles = P.make_profiles(shapes, strategy, self.spec.input_shapes)
-        with self._lock:
+        with self._build_lock:  # calls with an engine go on meanwhile
             try:
                 pe = self._new_profile_engine(profiles, backend)
             except Exception as e:
@@ -333,10 +338,12 @@ class TRTEngineOp:
                 why = (f"engine build failed for the optimization profiles "
                        f"{[str(p) for p in profiles]}: {type(e).__name__}: {e}")
                 log.warning("%s: %s; these shapes run the native segment", self.name, why)
-                for s in shapes:
-                    self._failed_keys[s] = why
+                with self._lock:
+                    for s in shapes:
+                        self._failed_keys[s] = why
                 return None
-            self._insert(shapes[0], pe)
+            with self._lock:
+                self._insert(shapes[0], pe)
         log.info("%s: built one engine with %d optimization profile(s) (%s): %s", self.name,
                  len(profiles), strategy, "; ".join(str(p) for p in profiles))
         return pe
@@ -380,43 +387,68 @@ class TRTEngineOp:
         return best[1], best[2]
 
     def _engine_for(self, key: ShapeKey, backend: str, force: bool = False):
+        """(engine, None) for input shapes ``key``, or (None, why the call runs natively).
+        A call whose engine is cached never waits for another call's build (seconds to
+        minutes on a GPU): builds of new entries run one at a time under the build lock, and
+        a ProfileEngine makes its new shapes under its own lock."""
         with self._lock:
             hit = self._find(key, backend)
-            if hit is not None:
-                entry = hit[1]
-                if not isinstance(entry, P.ProfileEngine):
-                    return entry, None
-                try:  # converter.build() wants real engines; calls may get stand-ins first
-                    engine = entry.engine_for(key, quick=not self.building)
-                except Exception as e:
-                    from tftrt.gpu_memory import explain_out_of_memory
-                    e = explain_out_of_memory(e)
-                    return None, (f"engine build failed for input shapes {key} (inside an "
-                                  f"optimization profile): {type(e).__name__}: {e}")
-                return engine, None
-            strategy = self.profile_strategy
-            if not (self.spec.allow_build_at_runtime or force):
-                what = ("no optimization profile of the engine contains input shapes"
-                        if strategy else "no engine for input shapes")
-                return None, (f"{what} {key} and allow_build_at_runtime=False (call "
-                              f"converter.build() with these shapes before save())")
-            if key in self._failed_keys:
-                return None, self._failed_keys[key]
-            try:
-                if strategy is None:
-                    engine = entry = self._build(key, backend)
-                else:
-                    profiles = P.make_profiles([key], strategy, self.spec.input_shapes)
-                    entry = self._new_profile_engine(profiles, backend)
-                    engine = entry.engine_for(key, quick=not self.building)
-            except Exception as e:
-                from tftrt.gpu_memory import explain_out_of_memory
-                e = explain_out_of_memory(e)
-                why = f"engine build failed for input shapes {key}: {type(e).__name__}: {e}"
-                self._failed_keys[key] = why
-                return None, why
-            self._insert(key, entry)
-            return engine, None
+        if hit is None:
+            with self._build_lock:
+                with self._lock:
+                    hit = self._find(key, backend)  # another call may have built it meanwhile
+                    if hit is None:
+                        refused = self._build_refused(key, force)
+                        if refused:
+                            return None, refused
+                        generation = self._generation
+                if hit is None:
+                    return self._build_entry(key, backend, generation)
+        entry = hit[1]
+        if not isinstance(entry, P.ProfileEngine):
+            return entry, None
+        try:  # converter.build() wants real engines; calls may get stand-ins first
+            engine = entry.engine_for(key, quick=not self.building)
+        except Exception as e:
+            from tftrt.gpu_memory import explain_out_of_memory
+            e = explain_out_of_memory(e)
+            return None, (f"engine build failed for input shapes {key} (inside an "
+                          f"optimization profile): {type(e).__name__}: {e}")
+        return engine, None
+
+    def _build_refused(self, key: ShapeKey, force: bool) -> Optional[str]:
+        """Why no engine may be built for ``key`` now, or None (under the lock)."""
+        if not (self.spec.allow_build_at_runtime or force):
+            what = ("no optimization profile of the engine contains input shapes"
+                    if self.profile_strategy else "no engine for input shapes")
+            return (f"{what} {key} and allow_build_at_runtime=False (call "
+                    f"converter.build() with these shapes before save())")
+        return self._failed_keys.get(key)
+
+    def _build_entry(self, key: ShapeKey, backend: str, generation: int):
+        """Builds and caches the entry for ``key`` (under the build lock, not the cache
+        lock): an exact engine, or a ProfileEngine with profiles from ``key`` alone."""
+        try:
+            if self.profile_strategy is None:
+                engine = entry = self._build(key, backend)
+            else:
+                profiles = P.make_profiles([key], self.profile_strategy, self.spec.input_shapes)
+                entry = self._new_profile_engine(profiles, backend)
+                engine = entry.engine_for(key, quick=not self.building)
+        except Exception as e:
+            from tftrt.gpu_memory import explain_out_of_memory
+            e = explain_out_of_memory(e)
+            why = f"engine build failed for input shapes {key}: {type(e).__name__}: {e}"
+            with self._lock:
+                if self._generation == generation:
+                    self._failed_keys[key] = why
+            return None, why
+        with self._lock:
+            if self._generation == generation:
+                self._insert(key, entry)
+            elif isinstance(entry, P.ProfileEngine):
+                entry.stop_background_builds()
+        return engine, None
 
     def _insert(self, key: ShapeKey, entry) -> None:
         """Caches a newly built engine; tracks evictions (see :meth:`_note_rebuild`)."""
@@ -535,6 +567,7 @@ class TRTEngineOp:
                 if isinstance(old, P.ProfileEngine):
                     old.stop_background_builds()
             self.spec.onnx_bytes = onnx_bytes
+            self._generation += 1  # a build running now keeps its engine out of the cache
             self._network = None
             self.cache = EngineCache(self.spec.maximum_cached_engines)
             self._failed_keys.clear()

@@ -336,3 +336,44 @@ def test_exit_does_not_build_what_a_late_caller_queues(tmp_path):
     assert int(line[0]) == 6, out  # the late calls were served (split batches)
     assert int(line[2]) == 0, out  # and queued nothing
     assert exited - float(line[4]) < 1.5, (exited - float(line[4]), out)
+
+
+def test_calls_with_an_engine_do_not_wait_for_another_shapes_build(conv_dir, native,
+                                                                    monkeypatch):
+    """Static engines: a call at a new batch size builds (seconds to minutes on a GPU) while
+    calls at a built size go on, and a second call at the new size waits for that build
+    instead of building again (before: the op's lock was held through every build, so every
+    caller of the op stalled behind it)."""
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=conv_dir)
+    fn = conv.convert()
+    conv.build(lambda: iter([(image(1),)]))
+    (op,) = conv.engine_ops.values()
+    import tftrt.engine as E
+    real, gate, entered = E.build_engine, threading.Event(), threading.Event()
+
+    def gated(*a, **k):
+        entered.set()
+        assert gate.wait(60), "build gate never opened"
+        return real(*a, **k)
+    monkeypatch.setattr(E, "build_engine", gated)
+    answers = {}
+
+    def new_size(t):
+        answers[t] = fn(x=tf.constant(image(4)))["y"].numpy()
+    builders = [threading.Thread(target=new_size, args=(t,), daemon=True) for t in range(2)]
+    for th in builders:
+        th.start()
+    assert entered.wait(30), "no build started"
+    t0 = time.monotonic()
+    for _ in range(5):  # batch 1 has its engine: served while batch 4 builds
+        close(fn(x=tf.constant(image(1)))["y"].numpy(),
+              native(x=tf.constant(image(1)))["y"].numpy(), "batch 1 during a build")
+    assert time.monotonic() - t0 < 20 and not gate.is_set()
+    gate.set()
+    for th in builders:
+        th.join(60)
+        assert not th.is_alive()
+    want = native(x=tf.constant(image(4)))["y"].numpy()
+    for t in range(2):
+        close(answers[t], want, f"batch 4, caller {t}")
+    assert op.stats["builds"] == 2 and op.stats["native"] == 0, op.stats  # batch 1, batch 4
