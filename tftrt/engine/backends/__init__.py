@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import threading
 from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
@@ -52,6 +53,7 @@ _CANDIDATES = {
     "cupy": ("tftrt.engine.backends.cupy_backend", "CupyBackend"),
 }
 _INSTANCES: Dict[str, "Backend"] = {}
+_INSTANCES_LOCK = threading.RLock()  # one instance per backend, also when threads race
 
 
 class Backend:
@@ -133,11 +135,12 @@ def get_backend(name: Optional[str] = None) -> Backend:
     """
     if name in (None, "auto"):
         name = default_backend()
-    if name not in _INSTANCES:
-        klass = _load(name)
-        if klass is None:
-            raise EngineBuildError(
-                f"engine backend {name!r} is not available here (available: "
-                f"{available_backends()}); use backend='numpy' or install CuPy with a GPU")
-        _INSTANCES[name] = klass()
-    return _INSTANCES[name]
+    with _INSTANCES_LOCK:
+        if name not in _INSTANCES:
+            klass = _load(name)
+            if klass is None:
+                raise EngineBuildError(
+                    f"engine backend {name!r} is not available here (available: "
+                    f"{available_backends()}); use backend='numpy' or install CuPy with a GPU")
+            _INSTANCES[name] = klass()
+        return _INSTANCES[name]
