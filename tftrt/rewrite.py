@@ -427,8 +427,17 @@ def graph_signature_function(graph_def, inputs: Sequence[str], outputs: Sequence
         stripped.node.extend(graph_def.node)
         graph_def = stripped
 
+    # Control inputs from an input node (Grappler gives the constants it folds out of an
+    # input's shape or AddN one, "^x") are mapped too: input_map maps tensors only, and the
+    # imported copy of the input's Placeholder, which nothing feeds, failed every call.
+    input_nodes = {split_tensor_name(t)[0]: k for k, t in enumerate(inputs)}
+    ctrl_from_inputs = sorted({i[1:] for n in graph_def.node for i in n.input
+                               if i.startswith("^") and i[1:] in input_nodes})
+
     def imported(*flat):
-        outs = importer.import_graph_def(graph_def, input_map=dict(zip(inputs, flat)),
+        input_map = dict(zip(inputs, flat))
+        input_map.update({"^" + c: flat[input_nodes[c]] for c in ctrl_from_inputs})
+        outs = importer.import_graph_def(graph_def, input_map=input_map,
                                          return_elements=list(outputs), name="")
         return [tf.identity(o) for o in outs]
     fn = _keyword_function(imported, arg_names, input_specs, structured_outputs,
@@ -453,7 +462,13 @@ def _keyword_function(flat_fn, arg_names, input_specs, structured_outputs,
     call.__signature__ = inspect.Signature(
         [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in arg_names])
     call.__name__ = "tftrt_converted"
-    fn = tf.function(call, input_signature=specs, autograph=False).get_concrete_function()
+    # No automatic control dependencies: the GraphDef is imported as it is. TF would chain
+    # its stateful ops (engine nodes, their If selects) in import order and make the outputs
+    # wait for all of them, across the Switch / Merge of a lowered tf.cond too: an engine in
+    # the branch not taken is dead, and a control edge from it made the other branch's
+    # engines and the outputs dead (an empty tensor returned).
+    fn = tf.function(call, input_signature=specs, autograph=False,
+                     experimental_attributes={"_disable_acd": True}).get_concrete_function()
     if structured_input_signature is not None:
         # Report the original signature's keyword inputs, as TF-TRT did.
         fn.graph.structured_input_signature = structured_input_signature

@@ -8,8 +8,9 @@ TF-TRT's rules (see TFTRT-REFERENCE.md, "Segmenter"):
     consumers, so a node joins the segment of its consumers; two clusters merge only if no
     other path links them (a merge must never create a cycle through a native node);
   * Const nodes are weights: they take no part in clustering (a Const has no data inputs, and
-    the control inputs Grappler gives some Consts are dropped from a segment's copy, so they
-    never link two clusters); a Const used only inside one segment moves into it, one used
+    the control inputs Grappler gives some Consts are dropped from a segment's copy), but the
+    cycle check links a Const's control input ^a to its readers (a native reader keeps the
+    Const and its ^a); a Const used only inside one segment moves into it, one used
     elsewhere too is copied (the segment network gets its own initializer);
   * the size compared with minimum_segment_size counts a segment's nodes and the Const nodes
     it reads (moved or copied), as TF-TRT's segmenter counts Consts that it clusters;
@@ -197,17 +198,25 @@ def segment_graph(info: GraphInfo, minimum_segment_size: int = 3,
     position = {n: k for k, n in enumerate(order)}
     # Node-level graph (data and control edges) for the cycle check. Const nodes stay out of
     # it: they are copied into every segment that reads them, without their control inputs.
+    # But a Const read by a native node keeps its control inputs there ("^a" from
+    # tf.control_dependencies, Grappler's folded shapes): a -> Const -> native -> b is a path,
+    # and a and b in one segment would be a cycle, so it counts as edges a -> each reader.
+    consumers = info.consumers()
     edges: Dict[str, Set[str]] = {n: set() for n in order}
     for n in order:
-        if info.nodes[n].op == "Const":
+        node = info.nodes[n]
+        if node.op == "Const":
+            readers = [u for u, _ in consumers.get(tensor_name(n, 0), [])]
+            for c in info.control_inputs(node):
+                if c in edges and info.nodes[c].op != "Const":
+                    edges[c].update(readers)
             continue
-        for i in info.nodes[n].input:
+        for i in node.input:
             src = split_tensor_name(i)[0]
             if src in edges and info.nodes[src].op != "Const":
                 edges[src].add(n)
     clusters = _Clusters(order, edges)
     is_cand = {n for n, r in cand.items() if r is None and info.nodes[n].op != "Const"}
-    consumers = info.consumers()
     # TF-TRT contracts each candidate's out-edges, visiting nodes in DFS post-order (consumers
     # before producers): a producer joins its consumers' segment, not the other way round.
     for n in reversed(order):
