@@ -83,3 +83,18 @@ def test_plan_for_another_device_is_refused(monkeypatch):
         deserialize_engine(engine.serialize())
     with pytest.raises(PlanError, match="backend 'cupy'|device"):
         deserialize_engine(engine.serialize(), backend="cupy")
+
+
+
+def test_round_trip_keeps_scalar_weights_scalar(built):
+    """A 0-d weight stays 0-d through a plan. It was stored as shape [1] (np.ascontiguousarray
+    makes 0-d arrays 1-d): a loaded engine whose output came from one (a predicate compared
+    with a scalar threshold) answered [1] where TF has a scalar, which a tf.cond refused."""
+    engine = built[0]
+    engine.network.weights["threshold"] = np.asarray(6.0, np.float32)
+    try:
+        loaded = deserialize_engine(engine.serialize())
+    finally:
+        del engine.network.weights["threshold"]
+    w = loaded.network.weights["threshold"]
+    assert w.shape == () and w.dtype == np.float32 and float(w) == 6.0

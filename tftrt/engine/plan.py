@@ -57,11 +57,12 @@ def serialize_engine(engine: Engine, engine_name: Optional[str] = None,
     net = engine.network
     blobs, index, offset = [], {}, 0
     for name, w in net.weights.items():
+        shape = list(np.shape(w))  # np.ascontiguousarray makes a 0-d weight 1-d
         arr = np.ascontiguousarray(np.asarray(w))
         if arr.dtype.byteorder == ">":
             arr = arr.astype(arr.dtype.newbyteorder("<"))
         raw = arr.tobytes()
-        index[name] = {"dtype": arr.dtype.name, "shape": list(arr.shape), "offset": offset,
+        index[name] = {"dtype": arr.dtype.name, "shape": shape, "offset": offset,
                        "nbytes": len(raw)}
         blobs.append(raw + b"\0" * _pad(len(raw)))
         offset += len(raw) + _pad(len(raw))
