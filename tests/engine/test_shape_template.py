@@ -51,8 +51,8 @@ def check(pe, model, shape, precision="FP32", seed=0):
 def test_profile_shapes_run_no_pass_again(passes_runs, precision):
     model, _ = resnet50(batch=2, size=16, width=8)
     pe = profile_engine(model, batch_profile(1, 8, (16, 16, 3)), precision)
-    # the opt shape (8), the probe (5: other parity) and the size-1 probe
-    assert len(passes_runs) == 3
+    # the opt shape (8), the probe (5: other parity), the low end (2) and the size-1 probe
+    assert len(passes_runs) == 4
     assert pe.template_errors == {}
     (template, _), = pe._templates.values()
     assert template.ones_ok and probe_values(pe.profiles[0], template.variables) == (5,)
@@ -63,7 +63,7 @@ def test_profile_shapes_run_no_pass_again(passes_runs, precision):
         assert engine.weights is opt.weights  # the opt engine's uploaded weights
         assert [l.tactic for l in engine.network.layers] == \
             [l.tactic for l in opt.network.layers]
-    assert len(passes_runs) == 3  # no pass ran for the 7 other shapes
+    assert len(passes_runs) == 4  # no pass ran for the 7 other shapes
     assert pe.stats["shapes"] == 7 and pe.stats["from_template"] == 7
     assert pe.stats["tuned"] == 1
 

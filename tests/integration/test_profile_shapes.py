@@ -64,12 +64,13 @@ def test_other_batch_sizes_run_no_pass(flatten_dir, passes_runs):
     conv.build(lambda: iter([(models.batch((b, *HWC)),) for b in (1, 16)]))
     (pe,) = [e for _, e in op.cache.items()]
     assert isinstance(pe, P.ProfileEngine) and pe.template_errors == {}
-    # the opt shape (16), the probe shape (9) and the size-1 probe: the passes ran 3 times
-    assert len(passes_runs) == 3
+    # the opt shape (16), the probe shape (9), the low end (2) and the size-1 probe: the
+    # passes ran 4 times
+    assert len(passes_runs) == 4
     batches = (2, 3, 5, 7, 11, 16, 1, 4)
     for b in batches:
         check(fn, native, b)
-    assert len(passes_runs) == 3  # and never again
+    assert len(passes_runs) == 4  # and never again
     assert op.stats["native"] == 0 and op.stats["builds"] == 1 and op.stats["tuned_builds"] == 1
     assert op.stats["shape_builds"] == len(batches) - 1 == pe.stats["from_template"]
     reshapes = [l for l in pe.engine_for([(5, *HWC)]).network.layers if l.kind == "reshape"]
@@ -141,12 +142,12 @@ def test_loaded_profiles_serve_other_sizes_without_passes(flatten_dir, passes_ru
     loaded = tftrt.load(str(tmp_path / "saved"))
     (lop,) = loaded.engine_ops.values()
     (pe,) = [e for _, e in lop.cache.items()]
-    # the plan holds the opt engine; loading checks its network at the two probe shapes
-    assert len(passes_runs) == 2 and pe.template_errors == {}
+    # the plan holds the opt engine; loading checks its network at the three probe shapes
+    assert len(passes_runs) == 3 and pe.template_errors == {}
     sig = loaded.signatures["serving_default"]
     for b in (3, 16, 1, 10):
         check(sig, native, b)
-    assert len(passes_runs) == 2
+    assert len(passes_runs) == 3
     assert lop.stats["builds"] == 0 and lop.stats["native"] == 0
     assert lop.stats["shape_builds"] == 3 == pe.stats["from_template"]
 
