@@ -271,8 +271,7 @@ def calibrate_v2(converter, calibration_input_fn: Callable, method: Optional[str
         if any(v.size == 0 for v in values):
             empty += 1  # no sample to take a range from: not a batch
             continue
-        constant &= all(v.size == 0 or v.dtype.kind not in "fc" or np.ptp(v) == 0
-                        for v in values)
+        constant &= all(v.dtype.kind not in "fc" or np.ptp(v) == 0 for v in values)
         if cal.ops:
             cal.add(run(values))
         else:
@@ -294,8 +293,8 @@ def calibrate_tf1(converter, num_runs: int, feed_dict_fn=None, input_map_fn=None
     import tensorflow as tf
     from tftrt import graph_io
     from tftrt.logs import first_error_line
-    if isinstance(num_runs, bool) or not isinstance(num_runs, (int, np.integer)) or \
-            num_runs < 1:
+    from tftrt.trt_convert import is_int
+    if not is_int(num_runs) or num_runs < 1:
         raise ValueError(f"num_runs should be a positive integer; got {num_runs!r}")
     res = converter._result  # pylint: disable=protected-access
     info = converter._info  # pylint: disable=protected-access

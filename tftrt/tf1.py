@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import json
 import logging
-import numbers
 import os
 from typing import Callable, Optional, Sequence
 
 from tftrt import activation, conversion, graph_io, rewrite
 from tftrt.trt_convert import (DEFAULT_TRT_MAX_WORKSPACE_SIZE_BYTES, TrtConversionParams,
-                               TrtPrecisionMode, _check_conversion_params)
+                               TrtPrecisionMode, _check_conversion_params, is_int)
 
 log = logging.getLogger("tftrt.convert")
 
@@ -80,8 +79,7 @@ class TrtGraphConverter:
                 raise ValueError("max_batch_size has to be an integer for is_dynamic_op==False.")
             self._max_batch_size = None  # dynamic engines: no batch limit (TF-TRT)
         else:
-            if isinstance(max_batch_size, bool) or \
-                    not isinstance(max_batch_size, numbers.Integral) or max_batch_size < 1:
+            if not is_int(max_batch_size) or max_batch_size < 1:
                 raise ValueError(f"max_batch_size should be a positive integer; got "
                                  f"{max_batch_size!r}")
             self._max_batch_size = int(max_batch_size)

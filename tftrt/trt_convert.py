@@ -21,6 +21,7 @@ from typing import Callable, Dict, List, Optional
 
 from tftrt import graph_io, progress
 from tftrt.engine_op import TRTEngineOp
+from tftrt.logs import first_error_line
 from tftrt.segment import SegmentationResult
 
 log = logging.getLogger("tftrt.convert")
@@ -82,7 +83,8 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _is_int(value) -> bool:
+def is_int(value) -> bool:
+    """An integer (numpy's too), not a bool."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
@@ -94,7 +96,7 @@ def _check_conversion_params(params: TrtConversionParams) -> TrtConversionParams
                         f"precision_mode=..., ...) or DEFAULT_TRT_CONVERSION_PARAMS._replace(...)")
     for field in ("minimum_segment_size", "maximum_cached_engines", "max_workspace_size_bytes"):
         value = getattr(params, field)
-        if not _is_int(value):
+        if not is_int(value):
             raise ValueError(f"{field} should be an integer; got {value!r} "
                              f"({type(value).__name__})")
     supported = TrtPrecisionMode.supported_precision_modes()
@@ -345,7 +347,7 @@ class TrtGraphConverterV2:
                 t = tf.convert_to_tensor(v)
             except (TypeError, ValueError) as e:
                 raise ValueError(f"input {n!r} from input_fn is a {type(v).__name__} that "
-                                 f"cannot be made a tensor ({str(e).splitlines()[0]}); the "
+                                 f"cannot be made a tensor ({first_error_line(e)}); the "
                                  f"signature expects {spec.dtype.name} {spec.shape}") from None
             if t.dtype != spec.dtype:
                 raise ValueError(f"input {n!r} from input_fn has dtype {t.dtype.name}; the "
@@ -389,7 +391,7 @@ class TrtGraphConverterV2:
         if not self._converted:
             raise RuntimeError("An instance of TrtGraphConverterV2 needs to be converted before "
                                "calling summary(). Call convert() first")
-        if not _is_int(line_length) or line_length < 160:
+        if not is_int(line_length) or line_length < 160:
             raise ValueError(f"Invalid `line_length` value has been received: {line_length!r}. "
                              f"Minimum: 160.")
         if print_fn is not None and not callable(print_fn):
