@@ -49,18 +49,23 @@ the batch, a transpose moving it or a layer kind not known to be per sample refu
 profile's split ladder, its smallest batch and the powers of two below its largest, is built
 with the profile (``build_profiles``: converter.build()), each engine run twice, so that every
 batch splits at once into at most one part per bit of its size. A loaded model builds its
-smallest batch for the first such call and queues the rest of the ladder. The real engine for
-b is queued too, but one background thread starts it only once the engine has had no call for
-``TFTRT_BUILD_IDLE_MS`` (default 1000): a build holds the interpreter lock for long stretches
-(cuDNN frontend's plan building does not release it), and on the H200 (2026-11-30) calls
-served by split batches waited 0.5-13 s behind the background builds of the first form of
-this (ladder and real engines built as soon as queued; ResNet50, profile 1..128: first calls
-median 5.5 s cold, 0.8 s warm). Under steady load b stays split; each engine replaces its
-stand-in when done. On the H200 (2026-11-30, ResNet50 FP16, profile 1..128) this form served
-the first calls at 11 new batch sizes in 2.1 ms median (6.8 ms max; 0.54 s warm and 3.7 s
-cold without), at the price of a longer build() (57 s cold, 6.6 s warm, for the ladder). A
-failed background build leaves the stand-in serving, with one warning. At interpreter exit,
-and when its op evicts the ProfileEngine, the queued builds are dropped.
+smallest batch for the first such call and queues the rest of the ladder, built at once in
+the background; each rung built makes the split batches it shortens again (a loaded model's
+batch 8 first runs as 8 x 1, then as its own engine: its rung). The real engine for an
+off-ladder b is queued too, but one background thread starts it only once the engine has had
+no call for ``TFTRT_BUILD_IDLE_MS`` (default 1000) or b's split batches have served
+``TFTRT_SPLIT_CALLS`` calls (default 256): a build holds the interpreter lock for long
+stretches (cuDNN frontend's plan building does not release it), and on the H200 (2026-11-30)
+calls served by split batches waited 0.5-13 s behind the background builds of the first form
+of this (ladder and real engines built as soon as queued; ResNet50, profile 1..128: first
+calls median 5.5 s cold, 0.8 s warm). Before the rung rule and the call count, steady load
+kept a loaded model's batch 8 as 8 x 1 for good (the H200, ResNet101V2 and DenseNet201:
+6.3-6.9x their batch 1). Each engine built in the background runs twice there (its first
+runs) and replaces its stand-in. On the H200 (2026-11-30, ResNet50 FP16, profile 1..128) this
+form served the first calls at 11 new batch sizes in 2.1 ms median (6.8 ms max; 0.54 s warm
+and 3.7 s cold without), at the price of a longer build() (57 s cold, 6.6 s warm, for the
+ladder). A failed background build leaves the stand-in serving, with one warning. At
+interpreter exit, and when its op evicts the ProfileEngine, the queued builds are dropped.
 """
 
 from __future__ import annotations
@@ -266,6 +271,13 @@ def split_batches() -> bool:
     return env_bool("TFTRT_SPLIT_BATCH", True)
 
 
+def split_calls() -> int:
+    """``TFTRT_SPLIT_CALLS`` (default 256; 0: never): after this many calls served by split
+    batches, a batch's own engine builds without waiting for calls to pause (module doc)."""
+    from tftrt.env import env_float
+    return int(env_float("TFTRT_SPLIT_CALLS", 256.0))
+
+
 def build_idle_s() -> float:
     """``TFTRT_BUILD_IDLE_MS`` in seconds (default 1000 ms): how long a ProfileEngine must go
     without calls before its background thread starts an engine that a stand-in serves
@@ -373,6 +385,7 @@ class ProfileEngine:
         self._failed: Dict[ShapeKey, str] = {}
         self._pending: set = set()  # shapes whose real engine is queued or building
         self._stand_ins: Dict[ShapeKey, SplitEngine] = {}  # split batches serving a shape
+        self._split_calls: Dict[ShapeKey, int] = {}  # calls each stand-in served
         # (profile, shapes, stand-in, waits for idle): see _drain
         self._queue: List[Tuple[int, ShapeKey, object, bool]] = []
         self._last_call = 0.0  # time.monotonic() of the last engine_for
@@ -536,8 +549,12 @@ class ProfileEngine:
         """
         key = _key(shapes)
         self._last_call = time.monotonic()
-        engine = self._engines.get(key) or self._stand_ins.get(key)
+        engine = self._engines.get(key)
         if engine is not None:
+            return engine
+        engine = self._stand_ins.get(key)
+        if engine is not None:
+            self._count_split_call(key)
             return engine
         i = self.profile_index(key)
         if i is None:
@@ -659,16 +676,45 @@ class ProfileEngine:
                 return None
         engine = SplitEngine(key, parts, self.backend)
         self._stand_ins[key] = engine
+        self._split_calls[key] = 1
         self.stats["split"] = self.stats.get("split", 0) + 1
         self.stats["shapes"] += 1
         # the rungs of the ladder not built yet (a loaded profile: build_profiles() did not
-        # run), so that later batches split into few parts; then this batch's own engine,
-        # when the engine is idle
-        for rung in self._rungs(i, key):
+        # run), so that later batches split into few parts; then this batch's own engine:
+        # at once when it is a rung itself, else when calls pause (or after split_calls())
+        rungs = self._rungs(i, key)
+        for rung in rungs:
             if rung[0][0] != b:
                 self._enqueue(i, rung, None, idle=False)
-        self._enqueue(i, key, engine, idle=True)
+        self._enqueue(i, key, engine, idle=key not in rungs)
         return engine
+
+    def _count_split_call(self, key: ShapeKey) -> None:
+        """Counts a call served by ``key``'s split batches; at split_calls() the background
+        thread is woken: that batch's own engine no longer waits for calls to pause."""
+        n = self._split_calls.get(key, 0) + 1
+        self._split_calls[key] = n
+        if n == split_calls():
+            with self._cond:
+                self._cond.notify_all()
+
+    def _may_start(self, item) -> bool:
+        """Whether a queued build may start although calls have not paused: it need not
+        wait (a rung of the ladder, a quick engine's real one), or its split batches have
+        served split_calls() calls (steady load would keep them split for good: on the
+        H200, a loaded ResNet101V2's batch 8 ran as 8 batches of 1, 6.3x its own engine)."""
+        limit = split_calls()
+        return not item[3] or (limit > 0 and self._split_calls.get(item[1], 0) >= limit)
+
+    def _resplit(self, built: ShapeKey) -> None:
+        """An engine built in the background: the split batches above it that it shortens
+        are made again with it (a loaded profile's first splits had only its smallest
+        batch)."""
+        for key, old in list(self._stand_ins.items()):
+            if key[0][0] > built[0][0]:
+                parts = self._parts(key)
+                if parts is not None and len(parts) < len(old.parts):
+                    self._stand_ins[key] = SplitEngine(key, parts, self.backend)
 
     # --- the background builds ---------------------------------------------------------------
     def _enqueue(self, i: int, key: ShapeKey, stand_in, idle: bool) -> None:
@@ -704,7 +750,8 @@ class ProfileEngine:
                         self._worker = None  # with the check: _enqueue then starts another
                         self._cond.notify_all()
                         return
-                    n = next((n for n, item in enumerate(self._queue) if not item[3]), None)
+                    n = next((n for n, item in enumerate(self._queue)
+                              if self._may_start(item)), None)
                     if n is None:
                         wait = build_idle_s() - (time.monotonic() - self._last_call)
                         if wait > 0:  # at most an hour at a time (Condition.wait overflows)
@@ -725,6 +772,7 @@ class ProfileEngine:
         engine = None
         try:
             engine, from_template = self._make(i, key)
+            self._warm(engine)  # its first runs here, not in a call (or a split batch's)
         except Exception as e:
             if stand_in is None:
                 what = "batches are split without it"
@@ -741,8 +789,10 @@ class ProfileEngine:
             if engine is not None and (current is None or current is stand_in):
                 self._register(key, engine, from_template, new_shape=stand_in is None)
                 self._stand_ins.pop(key, None)
+                self._split_calls.pop(key, None)
                 if stand_in is not None:
                     self.stats["swapped"] = self.stats.get("swapped", 0) + 1
+                self._resplit(key)
             self._cond.notify_all()
 
     def stop_background_builds(self) -> None:

@@ -169,7 +169,9 @@ def test_engines_of_a_profile_share_one_arena_and_stream_per_concurrent_call(tmp
     assert len({id(c.stream) for c in ctxs}) == 1, "one stream for sequential calls"
     assert pe.arena_pool.stats["allocations"] - before <= 1, pe.arena_pool.stats
     assert max(c.arena.nbytes for c in ctxs) <= pe.arena_pool.planned_bytes
-    assert ctxs[0].arena.nbytes == max(c.arena.nbytes for c in ctxs)  # batch 16 needs most
+    # batch 16's activations need the most; a context's whole need adds its cuDNN plans'
+    # workspace, which another batch size's plans may want more of (H200, 2026-11-30)
+    assert engines[16].memory.arena_bytes == max(engines[b].memory.arena_bytes for b in sizes)
 
     held = pe.arena_pool.acquire()  # the slot of the calls above, as if a call were in flight
     other = {}
