@@ -772,7 +772,8 @@ class ProfileEngine:
         engine = None
         try:
             engine, from_template = self._make(i, key)
-            self._warm(engine)  # its first runs here, not in a call (or a split batch's)
+            if self.arena_pool.has_idle_slot():  # no call running: no arena more for it
+                self._warm(engine)  # its first runs here, not in a call (or a split batch)
         except Exception as e:
             if stand_in is None:
                 what = "batches are split without it"

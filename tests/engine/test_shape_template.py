@@ -234,6 +234,15 @@ def test_arena_pool_sequential_callers_share_one_slot_whatever_their_thread():
     assert len(set(map(id, held))) == 3 and pool.stats["slots"] == 3
 
 
+def test_arena_pool_says_when_a_background_warm_up_would_cost_another_slot():
+    pool = ArenaPool()
+    assert pool.has_idle_slot()                           # none made yet: the first is free
+    slot = pool.acquire()
+    assert not pool.has_idle_slot()                       # a call holds the only slot
+    pool.release(slot)
+    assert pool.has_idle_slot()
+
+
 def test_engine_keeps_one_context_for_sequential_calls_from_any_thread():
     """An engine node in a TF graph runs on TF's inter-op threads, each call with a fresh
     Python thread state: per-thread contexts were rebuilt on every call."""

@@ -221,6 +221,13 @@ class ArenaPool:
             self.stats["slots"] += 1
         return ArenaSlot()
 
+    def has_idle_slot(self) -> bool:
+        """Whether :meth:`acquire` would now allocate no new slot's buffer (a slot is free,
+        or none was made yet): work that may wait (a background warm-up) need not cost the
+        memory of another arena."""
+        with self._lock:
+            return bool(self._free) or self.stats["slots"] == 0
+
     def release(self, slot: ArenaSlot) -> None:
         with self._lock:
             self._free.append(slot)
