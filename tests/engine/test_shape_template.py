@@ -805,3 +805,47 @@ def test_exit_does_not_wait_for_queued_background_builds(tmp_path):
     # the interpreter and the model take a few seconds, the running build 3 s at most; the
     # whole queue would take over 30 s more
     assert took < 20, took
+
+
+def folded_batch_model(op):
+    """x * f(batch), f folded from Shape: batch % 3 agrees at every shape the probes compare
+    in 1..8 (8, 5, 2: 2, 2, 2), min(batch, 6) at 8 and 6 ... and below only at 2."""
+    c = {"idx0": np.array([0], np.int64), "k": np.array([3 if op == "Mod" else 6], np.int64)}
+    nodes = [N("Shape", [X], ["s"]), N("Gather", ["s", "idx0"], ["b"], axis=0),
+             N(op, ["b", "k"], ["f"], **({"fmod": 0} if op == "Mod" else {})),
+             N("Cast", ["f"], ["ff"], to=1),
+             N("Mul", [X, "ff"], ["TensorRTOutputPH_0"])]
+    return make_model(nodes, {X: np.zeros((4, 5), np.float32)}, c,
+                      outputs=["TensorRTOutputPH_0"], symbolic=[0])
+
+
+@pytest.mark.parametrize("op", ["Mod", "Min"])
+def test_a_value_folded_from_the_batch_that_the_probes_cannot_tell_refuses_the_template(op):
+    """The hole the probes leave (module doc): x * (batch % 3) over 1..8 agrees at 8, 5 and
+    2, so batch 3 was served with the factor 2 instead of 0. Now the values folded from
+    shapes are evaluated at many batch sizes and must be affine in it: here they are not,
+    the template is refused and every batch is a full build with its own factor."""
+    model = folded_batch_model(op)
+    pe = profile_engine(model, batch_profile(1, 8, (5,)))
+    assert "not affine in input 0 dimension 0" in pe.template_errors.get(0, ""), \
+        pe.template_errors
+    for b in range(1, 9):
+        engine = check(pe, model, (b, 5), seed=b)
+        assert not engine.build_info.get("from_template")
+
+
+def test_shape_values_and_the_affine_check():
+    """shape_values evaluates the shape arithmetic alone (per output name, at any shapes);
+    the samples cover the start of a range densely and the rest by powers of two; a line
+    passes the affine check, batch % 3 does not."""
+    from tftrt.engine.passes.constant_folding import shape_values
+    from tftrt.engine.shape_template import _affine, sample_values
+    assert sample_values(1, 8, 8) == [2, 3, 4, 5, 6, 7, 8]
+    assert sample_values(1, 1000, 1000)[:3] == [2, 3, 4] and 512 in sample_values(1, 1000, 1000)
+    assert _affine([2, 3, 5], [np.array([5]), np.array([7]), np.array([11])])
+    assert not _affine([2, 3, 5], [np.array([2]), np.array([0]), np.array([2])])
+    model = folded_batch_model("Mod")
+    net = network_from_onnx(model)
+    vals = {b: shape_values(net, {X: (b, 5)}) for b in (2, 3, 4)}
+    assert [int(np.asarray(vals[b]["f"]).reshape(-1)[0]) for b in (2, 3, 4)] == [2, 0, 1]
+    assert [int(np.asarray(vals[b]["b"]).reshape(-1)[0]) for b in (2, 3, 4)] == [2, 3, 4]

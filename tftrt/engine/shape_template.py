@@ -27,9 +27,14 @@ dimension moved, to a value of another parity when the range allows):
 * the same two checks (no learning) at the low end of the range (each varying dimension at its
   minimum, at least 2): a value folded from a shape may agree at the opt and probe shapes
   and not below them (``min(batch, 4)`` at 8 and 5; ``batch >= 3``); a difference refuses.
-  Known hole: a folded value that agrees at every compared shape (``batch % 3`` over 1..8
-  compares 8, 5, 2 and 1: 2, 2, 2, 1) still passes; closing it needs the passes to say which
-  weights they folded from a shape.
+* before the probes, the values constant folding computes from the input shapes (``shape``
+  / ``size`` layers and what folds from them, ``constant_folding.shape_values``: the shape
+  arithmetic alone, no weight folded) are evaluated at many values of each varying
+  dimension (:func:`sample_values`) and must each be affine in it
+  (:func:`check_shape_values`): a value that agrees at every shape the probes compare
+  (``batch % 3`` over 1..8: 2 at 8, 5 and 2) refuses the template; one that is not affine
+  only at size 1 makes size 1 a full build. A value folded from a shape and a large
+  constant is not followed and refuses.
 
 Size 1 is special (squeezes, broadcasting): when a varying dimension's range holds 1, a second
 probe with those dimensions at 1 is compared the same way; if it differs, shapes with a
@@ -457,8 +462,103 @@ def probe_values(profile, variables: List[Var]) -> Tuple[int, ...]:
     return tuple(out)
 
 
+def sample_values(lo: int, hi: int, opt: int) -> List[int]:
+    """Where a varying dimension's shape arithmetic is evaluated (:func:`check_shape_values`):
+    every value of the first 24 of its range (from 2), the powers of two in it, its two
+    largest and the opt value. A folded value that is not affine over the range shows
+    there: a period of up to 24 (``batch % 3``; a longer one is a kink), a kink anywhere
+    (``min(batch, T)``: a value on each side of it). ~0.45 s for the encoder's segment on
+    the CPU here (2026-12-01), ~30 evaluations."""
+    start = max(lo, 2)
+    vals = set(range(start, min(hi, start + 23) + 1)) | {hi, max(hi - 1, start), opt}
+    p = 1
+    while p <= hi:
+        if p >= start:
+            vals.add(p)
+        p *= 2
+    return sorted(v for v in vals if start <= v <= hi)
+
+
+def _affine(ds: Sequence[int], vs: List[np.ndarray]) -> bool:
+    """Whether every element of the values ``vs`` (one per dimension value in ``ds``, sorted,
+    distinct) is affine in the dimension: exactly for integers, to float32 rounding for
+    floats; a value that is not finite must be the same everywhere."""
+    if len({np.shape(x) for x in vs}) != 1:
+        return False
+    v = np.stack([np.asarray(x, np.float64).reshape(-1) for x in vs])
+    if not np.all(np.isfinite(v)):
+        return bool(np.all((v == v[0]) | (np.isnan(v) & np.isnan(v[0]))))
+    if len(ds) < 3 or v.shape[1] == 0:
+        return True
+    d = np.asarray(ds, np.float64)
+    line = v[0] + np.outer(d - d[0], (v[1] - v[0]) / (d[1] - d[0]))
+    floats = any(np.asarray(x).dtype.kind == "f" for x in vs)
+    scale = float(np.max(np.abs(v))) or 1.0
+    return bool(np.allclose(v, line, rtol=1e-5 if floats else 0.0,
+                            atol=(1e-6 * scale) if floats else 1e-6))
+
+
+def check_shape_values(values_at: Callable[[List[Tuple[int, ...]]], Dict[str, object]],
+                       variables: List[Var], opt: Tuple[int, ...], shapes_at,
+                       profile) -> bool:
+    """Checks the values the passes fold from input shapes (``constant_folding.shape_values``)
+    over many shapes of the profile, one varying dimension at a time: each must be affine in
+    it (what a rule can re-derive, or a constant). The probes compare the optimized networks
+    at a few shapes only, and a value such as ``batch % 3`` agrees at all of them.
+
+    Returns whether the values at size 1 lie on the same lines (else shapes with a varying
+    dimension of 1 are built the full way).
+
+    Raises:
+      TemplateError: a value that is not affine, or one folded from a shape and a large
+        constant (not followed).
+    """
+    try:
+        base = values_at(shapes_at(opt))
+    except Exception as e:  # the full builds will say what is wrong, if anything
+        raise TemplateError(f"the shape arithmetic could not be evaluated: "
+                            f"{type(e).__name__}: {e}") from e
+    untracked = [n for n, v in base.items() if v is None]
+    if untracked:
+        raise TemplateError(f"{untracked[0]} is folded from input shapes and a large constant")
+    if not base:
+        return True
+    ones_ok = True
+    for k, (i, ax) in enumerate(variables):
+        lo, hi = profile.min[i][ax], profile.max[i][ax]
+        ds = sample_values(lo, hi, opt[k])
+        series = {}
+        for d in ds:
+            at = list(opt)
+            at[k] = d
+            try:
+                series[d] = base if d == opt[k] else values_at(shapes_at(tuple(at)))
+            except Exception as e:
+                raise TemplateError(f"the shape arithmetic failed at input {i} dimension {ax} "
+                                    f"= {d}: {type(e).__name__}: {e}") from e
+        for name in base:
+            vs = [series[d].get(name) for d in ds]
+            if any(v is None for v in vs) or not _affine(ds, vs):
+                shown = ", ".join(f"{d}: {np.asarray(v).reshape(-1)[:4].tolist()}"
+                                  for d, v in list(zip(ds, vs))[:4] if v is not None)
+                raise TemplateError(f"{name}, a value folded from input shapes, is not affine "
+                                    f"in input {i} dimension {ax} over {ds[0]}..{ds[-1]} "
+                                    f"({shown}, ...)")
+        if lo <= 1 <= hi and ones_ok and len(ds) >= 2:
+            at = list(opt)
+            at[k] = 1
+            try:
+                one = values_at(shapes_at(tuple(at)))
+                ones_ok = all(one.get(n) is not None and
+                              _affine([1] + ds, [one[n]] + [series[d][n] for d in ds])
+                              for n in base)
+            except Exception:
+                ones_ok = False
+    return ones_ok
+
+
 def make_template(network: Network, front: Callable[[Dict[str, Tuple[int, ...]]], Network],
-                  profile) -> ShapeTemplate:
+                  profile, shape_values: Optional[Callable] = None) -> ShapeTemplate:
     """Checks that the opt engine's ``network`` can serve the other shapes of ``profile``
     (see the module doc) and returns its :class:`ShapeTemplate`.
 
@@ -467,6 +567,9 @@ def make_template(network: Network, front: Callable[[Dict[str, Tuple[int, ...]]]
       front: input name -> shape -> the builder's optimized network at those shapes
         (``builder.optimized_network``).
       profile: a :class:`tftrt.profiles.Profile` (shapes in network input order).
+      shape_values: input name -> shape -> the values constant folding computes from the
+        shapes (``constant_folding.shape_values`` of the builder's network), checked at many
+        shapes (:func:`check_shape_values`); None: not checked.
     Raises:
       TemplateError: the network cannot (why); other shapes are then built the full way.
     """
@@ -490,6 +593,11 @@ def make_template(network: Network, front: Callable[[Dict[str, Tuple[int, ...]]]
             s[i][ax] = v
         return [tuple(x) for x in s]
 
+    ones_values_ok = True
+    if shape_values is not None:  # before the probes: it is cheaper and refuses more
+        ones_values_ok = check_shape_values(
+            lambda shapes: shape_values(dict(zip(names, shapes))), variables, opt, shapes_at,
+            profile)
     probe_shapes = shapes_at(probe)
     probe_net = front(dict(zip(names, probe_shapes)))
     rules = _compare(network, probe_net, "probe", opt, probe, learn=True)
@@ -507,7 +615,11 @@ def make_template(network: Network, front: Callable[[Dict[str, Tuple[int, ...]]]
         _check_shapes(template, low_net, low_shapes, "low")
     ones = tuple(1 if profile.min[i][ax] <= 1 <= profile.max[i][ax] else v
                  for (i, ax), v in zip(variables, probe))
-    if ones != probe and ones != opt:
+    if not ones_values_ok:
+        template.ones_ok = False
+        log.debug("%s: varying dimensions of size 1 are built the full way: the shape "
+                  "arithmetic is not affine down to 1", network.name)
+    elif ones != probe and ones != opt:
         ones_shapes = shapes_at(ones)
         try:
             ones_net = front(dict(zip(names, ones_shapes)))
@@ -526,12 +638,21 @@ def specializer(source, config):
     template of the opt engine's network, and a build function for other shapes."""
     def specialize(opt_engine, profile):
         from tftrt.engine.builder import build_engine_from_template, optimized_network
+        from tftrt.engine.onnx_import import network_from_onnx
+        from tftrt.engine.passes.constant_folding import shape_values
         names = list(opt_engine.input_names)
 
         def front(shapes):
             return optimized_network(source() if callable(source) else source, shapes,
                                      config)[0]
-        template = make_template(opt_engine.network, front, profile)
+        unbound = []  # the builder's network before binding, made once
+
+        def values(shapes):
+            if not unbound:
+                src = source() if callable(source) else source
+                unbound.append(src if isinstance(src, Network) else network_from_onnx(src))
+            return shape_values(unbound[0], shapes)
+        template = make_template(opt_engine.network, front, profile, values)
 
         def build(key, quick=False):
             return build_engine_from_template(template, dict(zip(names, key)), opt_engine,

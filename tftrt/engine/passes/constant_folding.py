@@ -9,6 +9,8 @@ are broadcasts (expand, tile) that would make a weight larger.
 
 from __future__ import annotations
 
+from typing import Dict, Optional
+
 import numpy as np
 
 from tftrt.engine.network import Network
@@ -50,10 +52,26 @@ def _foldable(net: Network, layer) -> bool:
     return True
 
 
+def _fold(net: Network, layer, backend) -> None:
+    """Evaluates a foldable layer; its outputs become weights."""
+    if layer.kind in ("shape", "size"):
+        # Only the shape is read: a zero-stride view of the right shape costs no memory.
+        ins = [np.broadcast_to(np.zeros((), np.uint8), net.tensors[layer.inputs[0]].shape)]
+    else:
+        ins = [net.weights[i] if i else None for i in layer.inputs]
+    outs = backend.prepare_layer(net, layer, net.weights)(ins)
+    for name, value in zip(layer.outputs, outs):
+        net.set_weight(name, np.array(value, order="C"))  # (ascontiguousarray makes 0-d 1-d)
+
+
+def _numpy_backend():
+    from tftrt.engine.backends import get_backend
+    return get_backend("numpy")
+
+
 def constant_folding(net: Network) -> Network:
     """Replaces constant layers by weights (see module doc)."""
-    from tftrt.engine.backends import get_backend
-    backend = get_backend("numpy")
+    backend = _numpy_backend()
     net = net.copy()
     kept = []
     for layer in net.layers:
@@ -61,14 +79,55 @@ def constant_folding(net: Network) -> Network:
         if not _foldable(net, layer):
             kept.append(layer)
             continue
-        if layer.kind in ("shape", "size"):
-            # Only the shape is read: a zero-stride view of the right shape costs no memory.
-            ins = [np.broadcast_to(np.zeros((), np.uint8), net.tensors[layer.inputs[0]].shape)]
-        else:
-            ins = [net.weights[i] if i else None for i in layer.inputs]
-        outs = backend.prepare_layer(net, layer, net.weights)(ins)
-        for name, value in zip(layer.outputs, outs):
-            net.set_weight(name, np.array(value, order="C"))  # (ascontiguousarray makes 0-d 1-d)
+        _fold(net, layer, backend)
     net.layers = kept
     net.prune_tensors()
     return net
+
+
+# Constants up to this many elements are evaluated by shape_values: shape arithmetic, not weights.
+SMALL = 4096
+
+
+def shape_values(net: Network, input_shapes) -> Dict[str, Optional[np.ndarray]]:
+    """The values constant folding computes from the input shapes when ``net`` (unbound, as
+    the builder gets it) is bound to ``input_shapes``: ``shape`` / ``size`` layers and every
+    layer folded from them, by output name. Other constants are evaluated only when small
+    (the rest of the shape arithmetic); a value folded from a shape and a larger constant is
+    not evaluated and maps to None. What shape_template checks at many shapes: the passes
+    fold these into weights and attributes, which its probes compare at only a few."""
+    backend = _numpy_backend()
+    net = net.copy()
+    for name in net.inputs:
+        net.tensors[name].shape = tuple(int(d) for d in input_shapes[name])
+    derived: Dict[str, Optional[np.ndarray]] = {}
+    skipped = set()  # large constants left unevaluated
+    for layer in net.layers:
+        infer_layer(net, layer)
+        if any(o in net.outputs for o in layer.outputs):
+            continue
+        present = [i for i in layer.inputs if i]
+        shape_kind = layer.kind in ("shape", "size")
+        if not shape_kind and not (present and all(
+                i in net.weights or i in skipped or i in derived for i in present)):
+            continue  # not a constant
+        from_shape = shape_kind or any(i in derived for i in present)
+        if not shape_kind and any(i in skipped or derived.get(i, 0) is None for i in present):
+            if from_shape:  # a shape value mixed with a large constant: not followed
+                derived.update((o, None) for o in layer.outputs)
+            else:
+                skipped.update(layer.outputs)
+            continue
+        if not _foldable(net, layer):
+            continue
+        small = all(net.tensors[o].is_static and
+                    int(np.prod(net.tensors[o].shape, dtype=np.int64)) <= SMALL
+                    for o in layer.outputs)
+        if not (from_shape or small):
+            skipped.update(layer.outputs)
+            continue
+        _fold(net, layer, backend)
+        if from_shape:
+            derived.update((o, net.weights[o] if net.weights[o].size <= SMALL else None)
+                           for o in layer.outputs)
+    return derived
