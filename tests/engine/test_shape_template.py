@@ -849,3 +849,45 @@ def test_shape_values_and_the_affine_check():
     vals = {b: shape_values(net, {X: (b, 5)}) for b in (2, 3, 4)}
     assert [int(np.asarray(vals[b]["f"]).reshape(-1)[0]) for b in (2, 3, 4)] == [2, 0, 1]
     assert [int(np.asarray(vals[b]["b"]).reshape(-1)[0]) for b in (2, 3, 4)] == [2, 3, 4]
+
+
+def test_threads_on_a_loaded_profile_while_rungs_land_and_splits_are_remade(monkeypatch):
+    """Four threads call batch sizes 2..8 of a loaded profile while its ladder builds in the
+    background, split batches are made again with each rung and batches reach
+    TFTRT_SPLIT_CALLS: every answer is the reference's for its own input."""
+    import time
+    monkeypatch.setenv("TFTRT_SPLIT_BATCH", "1")
+    monkeypatch.setenv("TFTRT_BUILD_IDLE_MS", "600000")
+    monkeypatch.setenv("TFTRT_SPLIT_CALLS", "6")
+    model, _ = resnet50(batch=2, size=16, width=8)
+    pe = _loaded_profile(model)
+    ref = network_from_onnx(model)
+    reference = build_engine(ref, {X: (8, 16, 16, 3)}, BuilderConfig(backend="numpy"))
+    xs = np.random.default_rng(0).standard_normal((8, 16, 16, 3)).astype(np.float32)
+    want = reference.execute([xs])[0]
+    errors, parts_seen = [], set()
+
+    def worker(seed):
+        rng = np.random.default_rng(seed)
+        t_end = time.monotonic() + 3.0
+        while time.monotonic() < t_end and not errors:
+            b = int(rng.integers(2, 9))
+            try:
+                engine = pe.engine_for([(b, 16, 16, 3)])
+                parts_seen.add(tuple(engine.build_info.get("split") or (b,)))
+                got = engine.execute([xs[:b]])[0]
+                np.testing.assert_allclose(got, want[:b], rtol=1e-4, atol=1e-4)
+            except Exception as e:  # reported below with the batch size
+                errors.append(f"batch {b}: {type(e).__name__}: {e}")
+    threads = [threading.Thread(target=worker, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    assert pe.wait_pending(timeout=120)
+    assert any(len(p) > 1 for p in parts_seen)  # some calls really ran split
+    for b in range(2, 9):
+        assert not pe.is_split([(b, 16, 16, 3)]), b  # 256 -> 6 calls: every size got its own
+        np.testing.assert_allclose(pe.engine_for([(b, 16, 16, 3)]).execute([xs[:b]])[0],
+                                   want[:b], rtol=1e-4, atol=1e-4)
