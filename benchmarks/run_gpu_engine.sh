@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One command on the GPU host for the engine alone (no TensorFlow): installs the carried
 # cuDNN-frontend / nvmath wheels, runs GPU tests, then bench_engine.py.
-#   [TESTS="attention or sdpa" (a pytest -k expression; "all" for every test)] [BENCH="--models encoder --precisions FP16 --batches 1,8,128"] \
+#   [TESTS="attention or sdpa" (a pytest -k expression; "all" for every test)] [STEMS=1 (bench_stems.py)] [BENCH="--models encoder --precisions FP16 --batches 1,8,128"] \
 #     [TEST_BUDGET=seconds (default a third of the budget)] bash benchmarks/run_gpu_engine.sh [seconds]
 # Needs .whl/*.whl and .whl/networks (carry ".whl"); rows land in $OUT (or /tmp/tftrt-bench).
 # shellcheck source=benchmarks/gpu_engine_env.sh
@@ -11,6 +11,10 @@ if [ -n "${TESTS:-}" ]; then
   TFTRT_CUDNN_CANDIDATES=2 timeout ${TEST_BUDGET:-$(( $(left) / 3 ))} python3 -m pytest \
     tests/gpu/test_cupy_backend.py -q -p no:cacheprovider -rf "${sel[@]}" > "$out/gpu_tests.log" 2>&1
   grep -E "passed|failed|Error|FAILED" "$out/gpu_tests.log" | tail -15
+fi
+if [ -n "${STEMS:-}" ]; then  # the zoo's image stems with and without channel padding
+  timeout $(( $(left) / 2 )) python3 benchmarks/bench_stems.py 2>&1 | tee "$out/stems.txt" \
+    | grep -v "^W0000\|^I0000" | tail -20
 fi
 if [ -n "${BENCH:-}" ]; then
   # shellcheck disable=SC2086
