@@ -13,6 +13,8 @@ if [ -n "${TESTS:-}" ]; then
   grep -E "passed|failed|Error|FAILED" "$out/gpu_tests.log" | tail -15
 fi
 if [ -n "${STEMS:-}" ]; then  # the zoo's image stems with and without channel padding
+  timeout 120 python3 -m pytest tests/gpu/test_channel_padding_gpu.py -q -p no:cacheprovider \
+    -rf 2>&1 | tail -3 | tee "$out/stems_tests.txt"
   timeout $(( $(left) / 2 )) python3 benchmarks/bench_stems.py 2>&1 | tee "$out/stems.txt" \
     | grep -v "^W0000\|^I0000" | tail -20
 fi
