@@ -891,3 +891,39 @@ def test_threads_on_a_loaded_profile_while_rungs_land_and_splits_are_remade(monk
         assert not pe.is_split([(b, 16, 16, 3)]), b  # 256 -> 6 calls: every size got its own
         np.testing.assert_allclose(pe.engine_for([(b, 16, 16, 3)]).execute([xs[:b]])[0],
                                    want[:b], rtol=1e-4, atol=1e-4)
+
+
+def test_a_large_value_folded_from_a_static_dimension_keeps_the_template():
+    """A mask of ones as large as a static sequence length squared (ConstantOfShape of
+    Shape(x)[1] twice, 80 x 80 > SMALL elements) is followed by its digest: the same at every
+    batch size, so the template stays; one as large as the batch refuses it."""
+    from tftrt.engine.passes.constant_folding import Digest, shape_values
+
+    def model(per_batch):
+        c = {"idx": np.array([0 if per_batch else 1], np.int64),
+             "idx1": np.array([1], np.int64)}
+        nodes = [N("Shape", [X], ["s"]), N("Gather", ["s", "idx"], ["a"], axis=0),
+                 N("Gather", ["s", "idx1"], ["n"], axis=0),
+                 N("Concat", ["a", "n"], ["mask_shape"], axis=0),
+                 N("ConstantOfShape", ["mask_shape"], ["mask"],
+                   value=helper.make_tensor("v", 1, [1], [0.5])),
+                 N("MatMul", [X, "mask"], ["TensorRTOutputPH_0"]) if not per_batch else
+                 N("ReduceSum", ["mask"], ["tot"], keepdims=0),
+                 ]
+        outs = ["TensorRTOutputPH_0"]
+        if per_batch:
+            nodes.append(N("Mul", [X, "tot"], ["TensorRTOutputPH_0"]))
+        return make_model(nodes, {X: np.zeros((4, 80), np.float32)}, c, outputs=outs,
+                          symbolic=[0])
+    static = model(False)
+    vals = shape_values(network_from_onnx(static), {X: (3, 80)})
+    assert isinstance(vals["mask"], Digest) and vals["mask"][0] == (80, 80)
+    pe = profile_engine(static, batch_profile(1, 8, (80,)))
+    assert pe.template_errors == {}, pe.template_errors
+    for b in (2, 3, 7):
+        assert check(pe, static, (b, 80), seed=b).build_info.get("from_template")
+    per_batch = model(True)
+    pe = profile_engine(per_batch, batch_profile(1, 80, (80,)))
+    assert 0 in pe.template_errors, pe.template_errors
+    for b in (3, 59):
+        check(pe, per_batch, (b, 80), seed=b)

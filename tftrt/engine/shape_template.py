@@ -538,7 +538,12 @@ def check_shape_values(values_at: Callable[[List[Tuple[int, ...]]], Dict[str, ob
                                     f"= {d}: {type(e).__name__}: {e}") from e
         for name in base:
             vs = [series[d].get(name) for d in ds]
-            if any(v is None for v in vs) or not _affine(ds, vs):
+            if isinstance(base[name], tuple):  # a large value's digest: the same everywhere
+                if any(not isinstance(v, tuple) or v != base[name] for v in vs):
+                    raise TemplateError(f"{name}, a large value folded from input shapes, "
+                                        f"changes with input {i} dimension {ax}")
+                continue
+            if any(v is None or isinstance(v, tuple) for v in vs) or not _affine(ds, vs):
                 shown = ", ".join(f"{d}: {np.asarray(v).reshape(-1)[:4].tolist()}"
                                   for d, v in list(zip(ds, vs))[:4] if v is not None)
                 raise TemplateError(f"{name}, a value folded from input shapes, is not affine "
@@ -549,8 +554,10 @@ def check_shape_values(values_at: Callable[[List[Tuple[int, ...]]], Dict[str, ob
             at[k] = 1
             try:
                 one = values_at(shapes_at(tuple(at)))
-                ones_ok = all(one.get(n) is not None and
-                              _affine([1] + ds, [one[n]] + [series[d][n] for d in ds])
+                ones_ok = all((isinstance(one.get(n), tuple) and one[n] == base[n])
+                              if isinstance(base[n], tuple) else
+                              (one.get(n) is not None and not isinstance(one[n], tuple) and
+                               _affine([1] + ds, [one[n]] + [series[d][n] for d in ds]))
                               for n in base)
             except Exception:
                 ones_ok = False

@@ -92,9 +92,10 @@ SMALL = 4096
 def shape_values(net: Network, input_shapes) -> Dict[str, Optional[np.ndarray]]:
     """The values constant folding computes from the input shapes when ``net`` (unbound, as
     the builder gets it) is bound to ``input_shapes``: ``shape`` / ``size`` layers and every
-    layer folded from them, by output name. Other constants are evaluated only when small
-    (the rest of the shape arithmetic); a value folded from a shape and a larger constant is
-    not evaluated and maps to None. What shape_template checks at many shapes: the passes
+    layer folded from them, by output name; a large one (over ``SMALL`` elements) as a
+    :class:`Digest`. Other constants are evaluated only when small (the rest of the shape
+    arithmetic); a value folded from a shape and a larger constant is not evaluated and maps
+    to None. What shape_template checks at many shapes: the passes
     fold these into weights and attributes, which its probes compare at only a few."""
     backend = _numpy_backend()
     net = net.copy()
@@ -128,6 +129,23 @@ def shape_values(net: Network, input_shapes) -> Dict[str, Optional[np.ndarray]]:
             continue
         _fold(net, layer, backend)
         if from_shape:
-            derived.update((o, net.weights[o] if net.weights[o].size <= SMALL else None)
-                           for o in layer.outputs)
+            derived.update((o, _small_or_digest(net.weights[o])) for o in layer.outputs)
     return derived
+
+
+def _small_or_digest(value: np.ndarray):
+    """A derived value as shape_values reports it: itself when small, else a :class:`Digest`
+    (a mask of ones built from a static sequence length is large and the same at every
+    batch size)."""
+    if value.size <= SMALL:
+        return value
+    import hashlib
+    return Digest(value.shape, value.dtype.name,
+                  hashlib.sha1(np.ascontiguousarray(value).tobytes()).hexdigest())
+
+
+class Digest(tuple):
+    """(shape, dtype, sha1 of the bytes) of a large derived value: compared for equality."""
+
+    def __new__(cls, shape, dtype, sha1):
+        return super().__new__(cls, (tuple(int(d) for d in shape), dtype, sha1))
