@@ -277,6 +277,12 @@ class TRTEngineOp:
         ImplicitBatchModeCompatible, exactly its shapes otherwise.
         """
         key = tuple(tuple(int(d) for d in s) for s in key)
+        mismatch = self._saved_engine_mismatch(key, engine)
+        if mismatch:
+            log.warning("%s: a saved engine %s: it belongs to another conversion of this model "
+                        "(a plan file copied from another save?); it is not used and will "
+                        "rebuild", self.name, mismatch)
+            return
         try:
             info = P.profiles_from_config(getattr(engine, "config", None))
         except (KeyError, TypeError, ValueError) as err:
@@ -306,6 +312,32 @@ class TRTEngineOp:
                                 "(%s); it is not used and will rebuild", self.name, err)
                     return
             self.cache.put(key, pe)
+
+    def _saved_engine_mismatch(self, key: ShapeKey, engine) -> Optional[str]:
+        """Why a deserialized ``engine`` listed under ``key`` cannot serve this op, or None.
+
+        A plan names its engine and segment network (engine/plan.py), but another save of the
+        same model has the same ones: its plan may have been built in another precision (an
+        FP16 engine in an FP32 model: answers off by 1e-3) or for other shapes (every call
+        of those shapes would fail and run natively, never rebuilding)."""
+        from tftrt.engine.errors import EngineBuildError
+        from tftrt.engine.precision import normalize_precision
+        config = getattr(engine, "config", None)
+        config = config if isinstance(config, dict) else {}
+        built = config.get("precision", getattr(engine, "precision", None))
+        try:
+            same = normalize_precision(built) == normalize_precision(self.spec.precision_mode)
+        except EngineBuildError:
+            same = False
+        if not same:
+            return (f"was built in precision {built!r} but this engine op converts in "
+                    f"{self.spec.precision_mode!r}")
+        if config.get("profiles") is None and self.profile_strategy is None:
+            shapes = [tuple(s) for s in engine.input_shapes]
+            if shapes != list(key):
+                return (f"was built for input shapes {[list(s) for s in shapes]} but the "
+                        f"manifest lists it for {[list(s) for s in key]}")
+        return None
 
     def build_for(self, key: ShapeKey, backend: Optional[str] = None):
         """Builds (or returns the cached) engine for input shapes ``key``."""

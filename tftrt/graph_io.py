@@ -189,7 +189,7 @@ class GraphInfo:
                 name = tensor_name(op.name, k)
                 try:
                     self.dtypes[name] = np.dtype(t.dtype.as_numpy_dtype)
-                except TypeError:
+                except (TypeError, KeyError):  # resource, variant: no numpy dtype (KeyError)
                     self.dtypes[name] = np.dtype(object)
                 if t.shape.rank is None:
                     self.shapes[name] = None
@@ -228,18 +228,19 @@ class SignatureGraph:
 KERAS_FILE_SUFFIXES = (".keras", ".h5", ".hdf5")
 
 
-def check_saved_model_dir(path) -> str:
+def check_saved_model_dir(path, arg: str = "input_saved_model_dir") -> str:
+    """``path`` as a str, checked to be a SavedModel directory (``arg`` names it in errors)."""
     if path is None:
-        raise ValueError("input_saved_model_dir is None: give the directory of a SavedModel "
-                         "(tf.saved_model.save or model.export wrote it)")
+        raise ValueError(f"{arg} is None: give the directory of a SavedModel "
+                         f"(tf.saved_model.save or model.export wrote it)")
     if not isinstance(path, (str, bytes, os.PathLike)):
         what = type(path).__name__
         if hasattr(path, "export") and hasattr(path, "layers"):  # a Keras model
-            raise ValueError(f"input_saved_model_dir is a Keras model object ({what}), not a "
+            raise ValueError(f"{arg} is a Keras model object ({what}), not a "
                              f"SavedModel directory: export one first with "
                              f"model.export('model_dir') (Keras 3; tf.saved_model.save(model, "
                              f"'model_dir') also works) and pass 'model_dir'")
-        raise ValueError(f"input_saved_model_dir must be the path of a SavedModel directory, "
+        raise ValueError(f"{arg} must be the path of a SavedModel directory, "
                          f"not a {what}; save the model with tf.saved_model.save(obj, "
                          f"'model_dir') and pass 'model_dir'")
     path = os.fsdecode(path)  # bytes too, as TensorFlow takes them
@@ -343,6 +344,7 @@ def freeze(func, lower_control_flow: bool = True):
         if ctx.has_function(f.signature.name):
             ctx.remove_function(f.signature.name)
     inputs = [t for t in func.inputs if t not in converted_inputs]
+    _check_no_captured_state(func, inputs)
     # The input placeholders as TF's wrap makes them (without the signature's argument name,
     # which the converted signature takes from the original function).
     names = {t.name.split(":")[0] for t in inputs}
@@ -350,6 +352,22 @@ def freeze(func, lower_control_flow: bool = True):
         if n.name in names and "_user_specified_name" in n.attr:
             del n.attr["_user_specified_name"]
     return graph_def, FrozenSignature(inputs, func.outputs)
+
+
+def _check_no_captured_state(func, inputs) -> None:
+    """Raises a clear ValueError when freezing left captured state as inputs (a lookup table's
+    resource handle: not a variable, so not made a constant), which the converted signature
+    would take as extra inputs nobody can feed."""
+    from tensorflow.python.util import object_identity
+    captured = object_identity.ObjectIdentitySet(func.graph.internal_captures)
+    left = [t for t in inputs if t in captured]
+    if left:
+        what = ", ".join(sorted({t.dtype.name for t in left}))
+        raise ValueError(f"the signature captures {len(left)} stateful object(s) that are not "
+                         f"variables ({what} tensors, e.g. a tf.lookup table); tftrt can only "
+                         f"freeze variables into constants. Do the lookup outside the "
+                         f"converted signature (as pre-processing) and convert the part "
+                         f"that computes on its results")
 
 
 def freeze_and_clean(func, run_grappler: bool = True) -> Tuple[FrozenSignature, "object"]:
@@ -740,6 +758,17 @@ def _input_arg_names(func, n: int) -> List[str]:
     """Keyword names of a signature's inputs, in the order of func.inputs."""
     import tensorflow as tf
     try:
+        args, kwargs = func.structured_input_signature
+        if not args and isinstance(kwargs, dict) and len(kwargs) == n and \
+                all(isinstance(s, tf.TensorSpec) for s in kwargs.values()):
+            # A signature is called with its keys: TensorFlow sanitizes a TF2 spec name that
+            # is not an identifier ("in/put" -> key "in_put") and keeps the spec's name. A TF1
+            # signature's key may be no identifier ("in-put/0", spec name "in_put_0"): the
+            # converted function cannot take it as a keyword, so the spec name stays. tf.nest
+            # flattens a dict in sorted key order, the order of func.inputs.
+            names = [k if k.isidentifier() else kwargs[k].name for k in sorted(kwargs)]
+            if all(names) and len(set(names)) == n:
+                return names
         specs = tf.nest.flatten(func.structured_input_signature)
         names = [s.name for s in specs if isinstance(s, tf.TensorSpec)]
         if len(names) == n and all(names):

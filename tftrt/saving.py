@@ -77,7 +77,15 @@ def _check_output_dir(path: str) -> str:
             raise ValueError(f"output_saved_model_dir {path!r} exists, is not empty and is not "
                              f"a SavedModel; choose a new directory or empty it first")
     # A symlink to a directory: replace the directory it points to, keep the link.
-    return os.path.realpath(os.path.abspath(path))
+    real = os.path.realpath(os.path.abspath(path))
+    # "afile/" or "afile/sub": checked here, not found by a rename after the whole save.
+    ancestor = real
+    while not os.path.exists(ancestor) and os.path.dirname(ancestor) != ancestor:
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        what = "is a file" if ancestor == real else f"is inside {ancestor!r}, which is a file"
+        raise ValueError(f"output_saved_model_dir {path!r} {what}; give a directory path")
+    return real
 
 
 def _sibling(path: str, what: str) -> str:
@@ -155,6 +163,7 @@ def recover_interrupted_save(path: str) -> None:
     """Puts back the previous model when a save was killed between its two renames (where
     the atomic exchange was not available): ``path`` is missing and exactly one hidden
     ``.<name>.tftrt-old-*`` sibling holds the model that was there."""
+    path = os.fsdecode(path)  # a bytes path lists bytes names
     if os.path.exists(path):
         return
     head, tail = os.path.split(os.path.abspath(path))
@@ -317,9 +326,9 @@ def load(path, tags=None, options=None):
     from tftrt.graph_io import check_saved_model_dir
     from tftrt.activation import activate
     activate()
-    if path is not None:
-        recover_interrupted_save(os.fspath(path))
-    path = check_saved_model_dir(path)
+    if isinstance(path, (str, bytes, os.PathLike)):  # else check_saved_model_dir says why
+        recover_interrupted_save(path)
+    path = check_saved_model_dir(path, "tftrt.load's path")
     loaded = tf.saved_model.load(path, tags=tags, options=options)
     try:
         manifest, gd, ops = _read_saved(path, loaded)

@@ -160,8 +160,12 @@ class BuildCache:
             self._count("misses")
             return None
         except OSError as err:
-            _warn_once(("read", path), "tftrt build cache: cannot read %s (%s); building "
-                       "without it", path, err)
+            # Once per directory and kind of error, not per entry: a cache root that is a
+            # file or unreadable fails every layer's lookup the same way.
+            _warn_once(("read", self.directory, type(err).__name__),
+                       "tftrt build cache: cannot read %s (%s); building without it (set "
+                       "TFTRT_CACHE_DIR to a readable directory, or TFTRT_BUILD_CACHE=0 to "
+                       "turn the cache off)", path, err)
             self._count("misses")
             return None
         payload, why = self._decode(data, namespace, key)

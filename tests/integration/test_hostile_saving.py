@@ -1,0 +1,235 @@
+"""Saved models and the build cache under hostile use: files copied between saves of one model,
+a build cache that cannot be read. Every answer is checked against native TensorFlow on the
+original model (FP32: rtol 1e-4)."""
+
+import logging
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tftrt
+from tftrt import saving, trt_convert as trt
+from tftrt.engine import build_cache
+from tests.integration import models
+
+E0 = "TRTEngineOp_000_000"
+RTOL, ATOL = 1e-4, 1e-5
+
+
+class ConvNet(tf.Module):
+    """conv3x3 + bias + relu, conv1x1: one engine; batch, H and W unknown."""
+
+    def __init__(self):
+        rng = np.random.RandomState(0)
+        self.w1 = tf.Variable(rng.randn(3, 3, 3, 8).astype(np.float32) * 0.3)
+        self.b1 = tf.Variable(rng.randn(8).astype(np.float32))
+        self.w2 = tf.Variable(rng.randn(1, 1, 8, 4).astype(np.float32) * 0.3)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="x")])
+    def __call__(self, x):
+        h = tf.nn.relu(tf.nn.bias_add(tf.nn.conv2d(x, self.w1, 1, "SAME"), self.b1))
+        return {"y": tf.nn.conv2d(h, self.w2, 1, "SAME")}
+
+
+def image(b, h=8, w=8):
+    return models.batch((b, h, w, 3), seed=100 * b + h)
+
+
+def convert_and_save(src, out, batch, **kw):
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=src, **kw)
+    conv.convert()
+    conv.build(lambda: iter([(image(batch),)]))
+    conv.save(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def saves(tmp_path_factory):
+    """One model converted three ways: FP32 batch 8, FP32 batch 4, FP16 batch 8."""
+    root = tmp_path_factory.mktemp("hostile_saving")
+    src = models.save_module(ConvNet(), str(root / "src"))
+    return {"src": src,
+            "fp32_b8": convert_and_save(src, str(root / "fp32_b8"), 8),
+            "fp32_b4": convert_and_save(src, str(root / "fp32_b4"), 4),
+            "fp16_b8": convert_and_save(src, str(root / "fp16_b8"), 8, precision_mode="FP16")}
+
+
+def plan_path(model, k=0):
+    return os.path.join(model, saving.ASSET_DIR, f"{E0}_{k}.plan")
+
+
+def load(path, caplog):
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        loaded = tftrt.load(path)
+    return loaded, [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def assert_native_answers(src, fn, x):
+    ref = tf.saved_model.load(src).signatures["serving_default"](x=tf.constant(x))["y"]
+    np.testing.assert_allclose(fn(x=tf.constant(x))["y"].numpy(), ref.numpy(), rtol=RTOL,
+                               atol=ATOL)
+
+
+# --- plans copied from another save of the same model ------------------------------------------
+@pytest.mark.parametrize("other, message", [
+    ("fp16_b8", "was built in precision 'FP16' but this engine op converts in 'FP32'"),
+    ("fp32_b4", "was built for input shapes [[4, 8, 8, 3]] but the manifest lists it for "
+                "[[8, 8, 8, 3]]"),
+])
+def test_plan_of_another_save_of_the_model_is_refused_and_rebuilt(saves, tmp_path, caplog,
+                                                                  other, message):
+    """A plan names its engine and segment network, which another save of the same model
+    shares: an FP16 plan in an FP32 model gave FP16 answers with no message, and a plan of
+    another batch size made every call of the listed shapes run natively for good."""
+    model = shutil.copytree(saves["fp32_b8"], str(tmp_path / "model"))
+    shutil.copy(plan_path(saves[other]), plan_path(model))
+    loaded, warnings = load(model, caplog)
+    assert any(w.startswith(E0) and message in w and "will rebuild" in w
+               for w in warnings), warnings
+    fn = loaded.signatures["serving_default"]
+    assert_native_answers(saves["src"], fn, image(8))
+    op = loaded.engine_ops[E0]
+    assert (op.stats["builds"], op.stats["engine"], op.stats["native"]) == (1, 1, 0)
+
+
+def test_untouched_saves_load_their_plans(saves, caplog):
+    for name, batch in (("fp32_b8", 8), ("fp32_b4", 4)):
+        loaded, warnings = load(saves[name], caplog)
+        assert warnings == []
+        assert_native_answers(saves["src"], loaded.signatures["serving_default"], image(batch))
+        assert loaded.engine_ops[E0].stats["builds"] == 0
+
+
+# --- the build cache ---------------------------------------------------------------------------
+def test_unreadable_build_cache_warns_once_not_once_per_layer(tmp_path, caplog):
+    """A cache root that is a file fails every lookup the same way: one warning saying what
+    to do, not one per layer configuration (hundreds on a ResNet)."""
+    afile = tmp_path / "not_a_dir"
+    afile.write_text("x")
+    cache = build_cache.BuildCache(str(afile), {"backend": "numpy", "test": str(tmp_path)})
+    with caplog.at_level(logging.WARNING, logger="tftrt.engine.build_cache"):
+        assert [cache.get("tactics", f"layer {i}") for i in range(5)] == [None] * 5
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1, warnings
+    assert "cannot read" in warnings[0] and "TFTRT_CACHE_DIR" in warnings[0]
+    assert cache.stats["misses"] == 5
+
+
+# --- tftrt.load's path -------------------------------------------------------------------------
+def test_load_paths_of_every_type_give_clear_errors(saves, tmp_path, caplog):
+    missing = str(tmp_path / "missing")
+    (tmp_path / "sibling").mkdir()
+    for path in (missing, missing.encode()):  # bytes listed bytes names: TypeError
+        with pytest.raises(ValueError, match="SavedModel directory .*missing' does not exist"):
+            tftrt.load(path)
+    with pytest.raises(ValueError, match="tftrt.load's path is None: give the directory"):
+        tftrt.load(None)
+    with pytest.raises(ValueError, match="tftrt.load's path must be the path of a SavedModel "
+                                         "directory, not a int"):
+        tftrt.load(3)
+    loaded, warnings = load(saves["fp32_b8"].encode(), caplog)
+    assert warnings == [] and loaded.engine_ops[E0].stats["builds"] == 0
+    assert_native_answers(saves["src"], loaded.signatures["serving_default"], image(8))
+
+
+# --- save()'s path ------------------------------------------------------------------------------
+def test_save_under_a_file_is_refused_before_writing(saves, tmp_path):
+    """"afile/" and "afile/sub" failed after the whole save, at a rename, with an OSError
+    naming a hidden staging directory."""
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=saves["src"])
+    conv.convert()
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(ValueError, match="afile/' is a file; give a directory path"):
+        conv.save(str(afile) + "/")
+    with pytest.raises(ValueError, match=r"afile/sub' is inside '.*afile', which is a file; "
+                                         r"give a directory path"):
+        conv.save(str(afile / "sub"))
+    assert sorted(os.listdir(tmp_path)) == ["afile"]  # no staging directory left behind
+
+
+# --- signature keywords that are not the TensorSpec names ---------------------------------------
+class SanitizedNames(tf.Module):
+    """TensorFlow calls this signature with in_put= and b_1= (names that are not identifiers
+    are sanitized) while the TensorSpecs keep 'in/put' and 'b-1'."""
+
+    def __init__(self):
+        self.w = tf.Variable(np.random.RandomState(0).randn(4, 4).astype(np.float32))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="in/put"),
+                                  tf.TensorSpec([None, 4], tf.float32, name="b-1")])
+    def __call__(self, a, b):
+        return {"o": tf.tanh(tf.nn.relu(tf.matmul(a, self.w) - b) * 2.0)}
+
+
+def test_signature_keywords_sanitized_by_tensorflow(tmp_path, caplog):
+    """convert() raised "'in/put' is not a valid parameter name" (the spec names were taken
+    as the keywords)."""
+    src = models.save_module(SanitizedNames(), str(tmp_path / "src"))
+    feed = {"in_put": tf.constant(models.batch((3, 4), seed=1)),
+            "b_1": tf.constant(models.batch((3, 4), seed=2))}
+    ref = tf.saved_model.load(src).signatures["serving_default"](**feed)["o"].numpy()
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=src, minimum_segment_size=2)
+    fn = conv.convert()
+    conv.build(lambda: iter([feed]))
+    conv.save(str(tmp_path / "out"))
+    loaded, warnings = load(str(tmp_path / "out"), caplog)
+    assert warnings == []
+    plain = tf.saved_model.load(str(tmp_path / "out"))
+    for f in (fn, loaded.signatures["serving_default"], plain.signatures["serving_default"]):
+        np.testing.assert_allclose(f(**feed)["o"].numpy(), ref, rtol=RTOL, atol=ATOL)
+    assert loaded.engine_ops[E0].stats["engine"] == 1
+
+
+# --- loading a model whose signature captures state that is not a variable ----------------------
+class WithTable(tf.Module):
+    def __init__(self):
+        self.table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(["a", "b", "c"], [0, 1, 2], tf.string,
+                                                tf.int64), -1)
+        self.emb = tf.Variable(np.random.RandomState(0).randn(4, 8).astype(np.float32))
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="tok")])
+    def __call__(self, tok):
+        h = tf.gather(self.emb, self.table.lookup(tok) + 1)
+        return {"y": tf.tanh(tf.nn.relu(h) * 2.0 + 1.0)}
+
+
+def test_lookup_table_in_the_signature_is_a_clear_error(tmp_path):
+    """The table's resource handle stayed a capture: convert() raised "KeyError: 20" from the
+    dtype of a resource tensor (with that mended, a signature with an extra input)."""
+    src = models.save_module(WithTable(), str(tmp_path / "src"))
+    with pytest.raises(ValueError, match=r"captures 1 stateful object\(s\) that are not "
+                                         r"variables \(resource tensors, e\.g\. a tf\.lookup "
+                                         r"table\).*Do the lookup outside the converted"):
+        trt.TrtGraphConverterV2(input_saved_model_dir=src).convert()
+
+
+def test_tf1_signature_key_that_is_no_identifier_keeps_its_spec_name(tmp_path):
+    """A TF1 signature key may be "in-put/0" (its spec name "in_put_0"): no Python keyword,
+    so the converted signature takes the spec name, as before."""
+    w = np.random.RandomState(0).randn(8, 16).astype(np.float32)
+    g = tf.Graph()
+    with g.as_default(), tf.compat.v1.Session(graph=g) as sess:
+        x = tf.compat.v1.placeholder(tf.float32, [None, 8], name="x")
+        v = tf.compat.v1.get_variable("w", initializer=w)
+        y = tf.tanh(tf.nn.relu(tf.matmul(x, v)) * 0.5 + 1.0)
+        sess.run(tf.compat.v1.global_variables_initializer())
+        builder = tf.compat.v1.saved_model.Builder(str(tmp_path / "src"))
+        builder.add_meta_graph_and_variables(sess, ["serve"], signature_def_map={
+            "serving_default": tf.compat.v1.saved_model.predict_signature_def(
+                {"in-put/0": x}, {"y": y})})
+        builder.save()
+    x = models.batch((4, 8))
+    ref = np.tanh(np.maximum(x @ w, 0) * 0.5 + 1.0)
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=str(tmp_path / "src"),
+                                   minimum_segment_size=2)
+    fn = conv.convert()
+    conv.save(str(tmp_path / "out"))
+    for f in (fn, tftrt.load(str(tmp_path / "out")).signatures["serving_default"]):
+        np.testing.assert_allclose(f(in_put_0=tf.constant(x))["y"].numpy(), ref, rtol=RTOL,
+                                   atol=ATOL)
