@@ -26,7 +26,7 @@ import json
 import logging
 import math
 import os
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -38,6 +38,11 @@ log = logging.getLogger("tftrt.calibration")
 QUANTIZED = Q.QUANTIZED_PRECISIONS
 # TensorRT's calibrators fail without a batch; more is better (it suggests ~500 images).
 MIN_CALIBRATION_BATCHES = 1
+# A fake-quantization op folds into the INT8 layer reading it when its grid over the
+# symmetric range [-amax, amax] has at least INT8's steps (2 * 127, a little less for float
+# rounding): an 8-bit op, whose values the layer's own quantization then reproduces within
+# one INT8 step. A coarser op (num_bits < 8) stays, as TF computes it.
+MIN_FOLD_LEVELS = 2 * Q.INT8_QMAX - 1
 
 
 class QuantizedEngineOp(TRTEngineOp):
@@ -85,10 +90,15 @@ def engine_op_class(spec) -> type:
 def graph_table(model) -> Optional[dict]:
     """The ranges the segment's fake-quantization ops give (the nodes converters/quantize.py
     tagged): both the op's output and its input get max(|min|, |max|), and the output is
-    recorded as foldable into an INT8 layer reading it. None when there are none."""
+    recorded as foldable into an INT8 layer reading it -- unless the op quantizes more
+    coarsely than INT8 (num_bits < 8: :data:`MIN_FOLD_LEVELS`), whose values a folded layer
+    would not reproduce; the op then stays in the network and the layer reads its output.
+    None when there are none."""
     from tftrt.converters.quantize import RANGE_TAG
     tensors: Dict[str, float] = {}
     fake: Dict[str, str] = {}
+    inputs: Dict[str, float] = {}
+    steps = _constant_values(model)
     for node in model.graph.node:
         if RANGE_TAG not in node.doc_string:
             continue
@@ -102,12 +112,55 @@ def graph_table(model) -> Optional[dict]:
             continue
         out = node.output[0]
         tensors[out] = amax
-        fake[out] = source
-    for out, source in fake.items():
-        tensors.setdefault(source, tensors[out])
+        inputs.setdefault(source, amax)
+        step = _fake_quant_step(node, info, steps)
+        levels = None if step is None else 2 * amax / step
+        if levels is None or levels >= MIN_FOLD_LEVELS:
+            fake[out] = source
+        else:
+            # A signed QDQ op without narrow_range reaches one step past its given range on
+            # the negative side (4 bits over [-2, 2]: -8 * 2/7): the output's range has it.
+            tensors[out] = amax + step
+            log.info("%s: fake quantization to %.0f levels over [-%g, %g] is coarser than "
+                     "INT8's %d; it is computed as TF does, not folded into the layer reading "
+                     "it", out, levels, amax, amax, MIN_FOLD_LEVELS)
+    for source, amax in inputs.items():
+        tensors.setdefault(source, amax)
     if not tensors:
         return None
     return Q.new_table(source="graph", tensors=tensors, fake_quant=fake)
+
+
+def _constant_values(model) -> Dict[str, np.ndarray]:
+    """Scalar constants of an ONNX model (initializers and Constant nodes) by name."""
+    from onnx import numpy_helper
+    out = {}
+    for init in model.graph.initializer:
+        if not init.dims or int(np.prod(init.dims)) == 1:
+            out[init.name] = numpy_helper.to_array(init)
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            value = numpy_helper.to_array(node.attribute[0].t)
+            if value.size == 1:
+                out[node.output[0]] = value
+    return out
+
+
+def _fake_quant_step(node, info: dict, constants: Dict[str, np.ndarray]) -> Optional[float]:
+    """The quantization step of the tagged fake-quantization op (8 bits over [-2, 2]: 4/255
+    or, narrow, 2/127; 4 bits: 4/15 or 2/7), or None when unknown. A tag that names
+    ``num_bits`` says it; else the tagged node is the op's last Mul, by its step."""
+    bits = info.get("num_bits")
+    if isinstance(bits, int) and not isinstance(bits, bool) and bits > 0:
+        span = float(info["max"]) - float(info["min"])
+        return span / ((1 << bits) - 1) if span > 0 else None
+    if node.op_type != "Mul" or len(node.input) != 2:
+        return None
+    step = constants.get(node.input[1])
+    if step is None:
+        return None
+    step = abs(float(np.asarray(step).reshape(())))
+    return step if step > 0 and math.isfinite(step) else None
 
 
 def segment_network(model, params, name: str) -> Tuple[bytes, str]:
@@ -188,8 +241,13 @@ class _Calibration:
         return seen
 
     def add(self, values: Dict[str, np.ndarray]) -> None:
+        """One batch. An engine in a branch of TF1 control flow (Switch / Merge) that the
+        batch did not take observes nothing: its inputs are missing from ``values`` (TF1
+        calibrate()) or empty (what a pruned function returns for a dead tensor)."""
         for op in self.ops:
-            self.calibrators[op.name].observe([values[t] for t in op.spec.input_tensors])
+            inputs = [values.get(t) for t in op.spec.input_tensors]
+            if all(v is not None and np.asarray(v).size for v in inputs):
+                self.calibrators[op.name].observe(inputs)
         self.batches += 1
 
     def finish(self, what: str) -> None:
@@ -199,7 +257,20 @@ class _Calibration:
                              f"about 500 samples in all)")
         for op in self.ops:
             precision = op.spec.precision_mode.upper()
-            table = self.calibrators[op.name].table(precision, self.method, op.quantization)
+            if not self.calibrators[op.name].batches:
+                log.warning("%s: no calibration batch reached it (it lies in a branch of the "
+                            "graph's control flow that the calibration data never took), so "
+                            "it has no ranges and its layers run in FP16: calibrate with data "
+                            "that takes that branch too", op.name)
+                graph = _graph_ranges(op) or {}
+                op.set_quantization(Q.new_table(
+                    source="graph" if graph.get("tensors") else "calibration",
+                    precision=precision, batches=0, tensors=graph.get("tensors", {}),
+                    fake_quant=graph.get("fake_quant", {}), nonfinite=[]))
+                continue
+            # The graph's own ranges, not op.quantization: after an earlier calibrate() that
+            # is the earlier calibration, whose ranges would win over this one's.
+            table = self.calibrators[op.name].table(precision, self.method, _graph_ranges(op))
             if table["nonfinite"]:
                 log.warning("%s: tensors %s held NaN or Inf during calibration; they get no "
                             "range and the layers reading them run in FP16", op.name,
@@ -210,6 +281,12 @@ class _Calibration:
                      "of their FLOPs", op.name, table["method"], self.batches,
                      sum(r["precision"] == precision for r in plan["layers"]),
                      len(plan["layers"]), precision, 100 * plan["quantized_share"])
+
+
+def _graph_ranges(op: QuantizedEngineOp) -> Optional[dict]:
+    """The ranges the segment's fake-quantization ops give (:func:`graph_table`)."""
+    import onnx
+    return graph_table(onnx.load_from_string(op.spec.onnx_bytes))
 
 
 def _float_network(op: QuantizedEngineOp):
@@ -271,18 +348,51 @@ def calibrate_v2(converter, calibration_input_fn: Callable, method: Optional[str
         if any(v.size == 0 for v in values):
             empty += 1  # no sample to take a range from: not a batch
             continue
-        constant &= all(v.dtype.kind not in "fc" or np.ptp(v) == 0 for v in values)
+        constant &= _is_constant(values)
         if cal.ops:
             cal.add(run(values))
         else:
             cal.batches += 1
+    _warn_unusual_data(what, empty, constant and cal.batches > 0)
+    cal.finish(what)
+
+
+def _warn_unusual_data(what: str, empty: int, constant: bool) -> None:
     if empty:
         log.warning("%s yielded %d empty batch(es) (0 samples); they were skipped", what, empty)
-    if constant and cal.batches:
+    if constant:
         log.warning("%s yielded only constant data (every float input one value in every "
                     "batch); the ranges it gives do not describe real inputs: calibrate with "
                     "samples of what the model will serve", what)
-    cal.finish(what)
+
+
+def _is_constant(values: Sequence[np.ndarray]) -> bool:
+    return all(v.dtype.kind not in "fc" or np.ptp(v) == 0 for v in values)
+
+
+def _run_live(sess, targets: Dict[str, Any], ops: Sequence[TRTEngineOp], feed) -> dict:
+    """The values of ``targets`` (tensor name -> graph tensor) in one run. In a graph with TF1
+    control flow (Switch / Merge) an engine inside the branch not taken reads dead tensors,
+    which no run can fetch: then each engine's inputs are fetched apart, and those of the
+    engines the data did not reach are left out."""
+    import tensorflow as tf
+    try:
+        return dict(zip(targets, sess.run(list(targets.values()), feed_dict=feed)))
+    except tf.errors.InvalidArgumentError as e:
+        if "does not have value" not in str(e):
+            raise
+        first = e
+    got: dict = {}
+    for op in ops or [None]:
+        names = [t for t in (op.spec.input_tensors if op else targets) if t not in got]
+        try:
+            got.update(zip(names, sess.run([targets[t] for t in names], feed_dict=feed)))
+        except tf.errors.InvalidArgumentError as e:
+            if "does not have value" not in str(e):
+                raise
+    if not got and targets:
+        raise first
+    return got
 
 
 def calibrate_tf1(converter, num_runs: int, feed_dict_fn=None, input_map_fn=None,
@@ -309,7 +419,17 @@ def calibrate_tf1(converter, num_runs: int, feed_dict_fn=None, input_map_fn=None
             if not isinstance(input_map, dict):
                 raise ValueError(f"input_map_fn returned {type(input_map).__name__}; it must "
                                  f"return a dict of input tensor name -> tensor")
-        tf.graph_util.import_graph_def(info.graph_def, name="", input_map=input_map)
+            # numpy values as constants (TF's importer takes tensors only)
+            input_map = {k: v if tf.is_tensor(v) else tf.convert_to_tensor(v)
+                         for k, v in input_map.items()}
+        try:
+            tf.graph_util.import_graph_def(info.graph_def, name="", input_map=input_map)
+        except ValueError as e:
+            if input_map is None:
+                raise
+            raise ValueError(f"{what}: input_map_fn's tensors do not fit the graph: "
+                             f"{first_error_line(e)} (mapped {sorted(input_map)}; the graph's "
+                             f"inputs are {list(info.inputs)})") from None
         mapped = {}
         for name, tensor in (input_map or {}).items():
             node, index = graph_io.split_tensor_name(name)
@@ -317,29 +437,52 @@ def calibrate_tf1(converter, num_runs: int, feed_dict_fn=None, input_map_fn=None
         targets = [mapped.get(t) if t in mapped else g.as_graph_element(t) for t in fetches]
         placeholders = [g.as_graph_element(t) for t in info.inputs] if input_map is None \
             else []
+        empty, constant = 0, True
         with tf.compat.v1.Session(graph=g) as sess:
             for k in range(int(num_runs)):
-                feed = None
+                feed, fed = None, None
                 if feed_dict_fn is not None:
-                    feed = feed_dict_fn()
+                    try:
+                        feed = feed_dict_fn()
+                    except StopIteration:  # e.g. next() on data that ran out
+                        raise ValueError(
+                            f"{what}: feed_dict_fn raised StopIteration at run {k} of "
+                            f"num_runs={num_runs}: its data ran out; give num_runs={k} or "
+                            f"more data") from None
                     if not isinstance(feed, dict):
                         raise ValueError(f"feed_dict_fn returned {type(feed).__name__}; it "
-                                         f"must return a dict")
+                                         f"must return a dict of input tensor name -> value "
+                                         f"(one run's feed; calibrate() calls it num_runs "
+                                         f"times)")
+                    # Tensors of the user's own graph (calibration runs in a graph of its
+                    # own): fed by name
+                    feed = {key.name if tf.is_tensor(key) and getattr(key, "graph", g) is not g
+                            else key: v for key, v in feed.items()}
                     names = [str(getattr(t, "name", t)) for t in feed]
-                    _check_finite([np.asarray(v) for v in feed.values()], names, k, what)
+                    fed = [np.asarray(v) for v in feed.values()]
+                    _check_finite(fed, names, k, what)
                 try:
-                    values = sess.run(targets, feed_dict=feed)
+                    got = _run_live(sess, dict(zip(fetches, targets)), cal.ops, feed)
                 except (tf.errors.InvalidArgumentError, ValueError, TypeError) as e:
-                    fed = sorted(str(getattr(t, "name", t)) for t in (feed or {}))
+                    names = sorted(str(getattr(t, "name", t)) for t in (feed or {}))
                     raise ValueError(f"{what}: run {k} failed: {first_error_line(e)} (fed "
-                                     f"{fed}; the graph's inputs are "
+                                     f"{names}; the graph's inputs are "
                                      f"{[p.name for p in placeholders] or list(info.inputs)})"
                                      ) from None
-                got = dict(zip(fetches, values))
+                values = list(got.values())
                 _check_finite([got[t] for t in info.inputs if t in got],
                               [t for t in info.inputs if t in got], k, what)
+                # The data fed, else what the engines read (input_map_fn's tensors are not
+                # fetched)
+                data = fed if fed is not None else [np.asarray(v) for v in values]
+                if any(v.size == 0 for v in data):
+                    empty += 1  # no sample to take a range from: not a batch
+                    continue
+                constant &= _is_constant(data)
                 if cal.ops:
                     cal.add(got)
                 else:
                     cal.batches += 1
+    _warn_unusual_data(f"{what} (feed_dict_fn / input_map_fn)", empty,
+                       constant and cal.batches > 0)
     cal.finish(what)

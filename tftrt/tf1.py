@@ -108,6 +108,12 @@ class TrtGraphConverter:
             self._sig = graph_io.signature_graph(self._input_saved_model_dir, self._tags,
                                                  self._signature_key)
             self._info = self._sig.info
+            names = {n.name for n in self._info.graph_def.node}
+            missing = [n for n in self._nodes_denylist if n not in names]
+            if missing:
+                log.warning("nodes_denylist names node(s) %s that are not in the SavedModel "
+                            "signature's graph (frozen, after Grappler's clean-ups); they are "
+                            "ignored. Its nodes are e.g. %s", missing, sorted(names)[:5])
         result = conversion.convert_graph(self._info, self._params, self._nodes_denylist)
         self._result = result
         if not self._is_dynamic_op and not self._need_calibration:
@@ -130,9 +136,19 @@ class TrtGraphConverter:
                              f"fetch (e.g. {sorted(names)[:3]})")
         placeholders = [n.name for n in graph_def.node if n.op == "Placeholder"]
         consumed = {graph_io.split_tensor_name(i)[0] for n in graph_def.node for i in n.input}
-        kept = self._nodes_denylist or [n.name for n in graph_def.node
-                                        if n.name not in consumed and n.op not in
-                                        ("NoOp", "Placeholder", "Const")]
+        sinks = [n.name for n in graph_def.node
+                 if n.name not in consumed and n.op not in ("NoOp", "Placeholder", "Const")]
+        kept = list(self._nodes_denylist) or sinks
+        if self._nodes_denylist:
+            # The graph keeps what its outputs need: a denylisted node that is not an output
+            # (e.g. one the user wants left native) must not cut away the outputs after it.
+            after = _downstream(graph_def, self._nodes_denylist)
+            extra = [n for n in sinks if n in after and n not in kept]
+            if extra:
+                log.info("the graph's outputs %s come after nodes_denylist's nodes: kept as "
+                         "outputs too (TF-TRT keeps the whole graph)", extra[:5])
+            kept += extra
+        _check_frozen(graph_def, kept)
         g = tf.Graph()
         with g.as_default():
             tf.graph_util.import_graph_def(graph_def, name="")
@@ -150,6 +166,13 @@ class TrtGraphConverter:
                 continue
             key = tuple(tuple(self._max_batch_size if (k == 0 and d is None) else d
                               for k, d in enumerate(s)) for s in shapes)
+            batch = key[0][0] if key and key[0] else 0  # what TRTEngineOp checks
+            if batch > self._max_batch_size:
+                log.warning("%s: its inputs have the static batch size %d, larger than "
+                            "max_batch_size=%d, so an engine could never run: none is built "
+                            "and the segment runs natively (give max_batch_size=%d to build "
+                            "it)", op.name, batch, self._max_batch_size, batch)
+                continue
             try:
                 op.build_for(key)
             except Exception as e:  # keep converting; the op builds or falls back at run time
@@ -227,6 +250,50 @@ class TrtGraphConverter:
                                f"calibrate() after convert().")
         from tftrt import saving
         saving.save(_SaveView(self), os.fspath(output_saved_model_dir), True, None)
+
+
+def _downstream(graph_def, names: Sequence[str]) -> set:
+    """The nodes that depend on any of ``names`` (data or control), ``names`` included."""
+    consumers: dict = {}
+    for n in graph_def.node:
+        for i in n.input:
+            consumers.setdefault(graph_io.split_tensor_name(i)[0], []).append(n.name)
+    seen, todo = set(), list(names)
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo.extend(consumers.get(name, ()))
+    return seen
+
+
+VARIABLE_OPS = ("VarHandleOp", "VariableV2", "Variable", "TemporaryVariable")
+
+
+def _check_frozen(graph_def, outputs: Sequence[str]) -> None:
+    """ValueError naming the variables the ``outputs`` nodes depend on in a GraphDef that is
+    not frozen: their values are not in it (a resource handle has no tensor value to convert),
+    and their initializers are pruned away with everything the outputs do not need."""
+    from tensorflow.core.framework import types_pb2
+    nodes = {n.name: n for n in graph_def.node}
+    seen, todo = set(), [o for o in outputs if o in nodes]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        todo.extend(i for i in (graph_io.split_tensor_name(t)[0] for t in nodes[name].input)
+                    if i in nodes)
+    found = [(n.name, n.op) for n in graph_def.node if n.name in seen and (
+        n.op in VARIABLE_OPS or (n.op == "Placeholder" and
+                                 n.attr["dtype"].type == types_pb2.DT_RESOURCE))]
+    if found:
+        raise ValueError(f"input_graph_def holds variable(s) {[n for n, _ in found][:5]} "
+                         f"(ops {sorted({op for _, op in found})}); TrtGraphConverter takes a "
+                         f"frozen GraphDef: freeze it first with tf.compat.v1.graph_util."
+                         f"convert_variables_to_constants(sess, graph_def, [output node names]) "
+                         f"in the session holding the variables' values, or convert the "
+                         f"SavedModel (input_saved_model_dir=...)")
 
 
 def _is_graph_def(value) -> bool:
