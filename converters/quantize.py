@@ -28,10 +28,13 @@ from .registry import ANY, TENSOR, WEIGHT, converter
 RANGE_TAG = "tftrt_fake_quant"
 
 
-def mark_range(ctx, source: str, lo: float, hi: float) -> None:
-    """Tags the node just emitted (the op's output) with the op's input and float range."""
+def mark_range(ctx, source: str, lo: float, hi: float, bits: int) -> None:
+    """Tags the node just emitted (the op's output) with the op's input, float range and
+    ``num_bits`` (calibration.graph_table folds only ops as fine as INT8: a QDQ whose scale
+    is computed from the data has no constant step to tell it by)."""
     ctx.nodes[-1].doc_string = json.dumps(
-        {RANGE_TAG: {"input": source, "min": float(lo), "max": float(hi)}})
+        {RANGE_TAG: {"input": source, "min": float(lo), "max": float(hi),
+                     "num_bits": int(bits)}})
 
 
 # --- FakeQuantWithMinMax* ---------------------------------------------------------------------
@@ -131,7 +134,8 @@ class FakeQuant:
         x = ctx.emit("Floor", [ctx.emit("Add", [x, c(np.float32(0.5), "half")])])
         ctx.set_output(node, 0, ctx.emit("Mul", [x, c(scale, "scale")]))
         if nmin.ndim == 0 and (float(nmin), float(nmax)) != (0.0, 0.0):
-            mark_range(ctx, ctx.input(node, 0), nmin, nmax)
+            mark_range(ctx, ctx.input(node, 0), nmin, nmax,
+                       int(ctx.attr(node, "num_bits", 8)))
 
 
 # --- QuantizeAndDequantizeV2 / V3 / V4 --------------------------------------------------------
@@ -238,7 +242,7 @@ class QuantizeAndDequantize:
         ctx.set_output(node, 0, ctx.emit("Mul", [x, inv]))
         given = _given_range(node, ctx, range_given, axis)
         if given is not None:
-            mark_range(ctx, source, *given)
+            mark_range(ctx, source, *given, bits)
 
 
 def _given_range(node, ctx, range_given: bool, axis: int):
