@@ -245,8 +245,9 @@ class TRTEngineOp:
                                   "native)", log_it=False)
         key = tuple(tuple(int(d) for d in t.shape) for t in inputs)
         limit = self.spec.max_batch_size
-        if limit and key and key[0] and key[0][0] > limit:
-            return self._fallback(f"batch {key[0][0]} is larger than max_batch_size={limit}")
+        batch = max((s[0] for s in key if s), default=0)  # every input's, not only the first
+        if limit and batch > limit:
+            return self._fallback(f"batch {batch} is larger than max_batch_size={limit}")
         if self.collecting:
             # TF-TRT's profile generation mode: the native segment runs while build()
             # collects shapes (even with native segment execution disabled).

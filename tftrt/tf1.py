@@ -166,7 +166,7 @@ class TrtGraphConverter:
                 continue
             key = tuple(tuple(self._max_batch_size if (k == 0 and d is None) else d
                               for k, d in enumerate(s)) for s in shapes)
-            batch = key[0][0] if key and key[0] else 0  # what TRTEngineOp checks
+            batch = max((s[0] for s in key if s), default=0)  # what TRTEngineOp checks
             if batch > self._max_batch_size:
                 log.warning("%s: its inputs have the static batch size %d, larger than "
                             "max_batch_size=%d, so an engine could never run: none is built "

@@ -390,3 +390,38 @@ def test_tf1_static_int8_engine_of_a_trained_cnn_keeps_its_predictions():
     assert fp32_acc > 0.9
     assert (got.argmax(1) == fp32.argmax(1)).mean() >= 0.98
     assert (got.argmax(1) == yte).mean() >= fp32_acc - 0.01
+
+
+@pytest.mark.parametrize("batches", [(2, 6), (6, 2)])
+def test_max_batch_size_applies_to_every_input_not_only_the_first(caplog, batches):
+    """Two inputs of batches 2 and 6 under max_batch_size=4 (static mode): the call's batch
+    is 6, so the segment runs natively (TF-TRT's rule), not a runtime build for a batch over
+    the limit (only the first input's batch was checked)."""
+    g = tf.Graph()
+    with g.as_default():
+        a = tf.compat.v1.placeholder(tf.float32, [None, 4], name="a")
+        b = tf.compat.v1.placeholder(tf.float32, [None, 4], name="b")
+        w = tf.constant(np.random.RandomState(0).randn(4, 4).astype(np.float32))
+        s = tf.reduce_sum(tf.nn.relu(tf.matmul(a, w)), 0) + \
+            tf.reduce_sum(tf.nn.relu(tf.matmul(b, w)), 0)
+        tf.identity(s, name="out")
+    gd = g.as_graph_def()
+    conv = trt.TrtGraphConverter(input_graph_def=gd, nodes_denylist=["out"], max_batch_size=4,
+                                 minimum_segment_size=2, is_dynamic_op=False)
+    converted = conv.convert()
+    rng = np.random.RandomState(1)
+    feeds = {"a:0": rng.randn(batches[0], 4).astype(np.float32),
+             "b:0": rng.randn(batches[1], 4).astype(np.float32)}
+    outs = []
+    for graph_def in (converted, gd):
+        g2 = tf.Graph()
+        with g2.as_default(), caplog.at_level(logging.INFO, logger="tftrt"):
+            tf.graph_util.import_graph_def(graph_def, name="")
+            with tf.compat.v1.Session(graph=g2) as sess:
+                outs.append(sess.run("out:0", feed_dict=feeds))
+        if graph_def is converted:
+            ops = bound_engine_ops(g2)
+    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+    assert ops and [(op.stats["native"], op.stats["builds"]) for op in ops] == \
+        [(1, 0)] * len(ops)
+    assert "batch 6 is larger than max_batch_size=4" in caplog.text, caplog.text[-2000:]
