@@ -62,7 +62,8 @@ def apply_precision(net: Network, precision: str, table: Optional[dict] = None) 
                 return net
             raise EngineBuildError(
                 f"{p} precision needs quantization ranges: calibrate the model (use_calibration"
-                f"=True with a calibration_input_fn), give it quantization ops (FakeQuant*, "
+                f"=True with a calibration_input_fn; TF1's TrtGraphConverter: calibrate()), "
+                f"give it quantization ops (FakeQuant*, "
                 f"QuantizeAndDequantize*; in an ONNX network QuantizeLinear/DequantizeLinear), or "
                 f"use precision FP16")
         try:
