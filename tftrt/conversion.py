@@ -79,7 +79,8 @@ def restore_plans(op: TRTEngineOp, plans: Iterable[Tuple[dict, Callable[[], byte
     A plan for another backend is skipped with a log line. One that cannot be used (PlanError:
     corrupt, other GPU or version, fields missing, or built for another engine or segment
     network than ``op``'s), a malformed meta or an unreadable file is skipped with a warning;
-    the op then builds at run time.
+    the op then builds at run time, with the profiles the meta names
+    (``TRTEngineOp.remember_profiles``) for shapes inside them.
     """
     from tftrt.engine import PlanError, deserialize_engine
     from tftrt.engine.plan import network_sha256
@@ -98,6 +99,8 @@ def restore_plans(op: TRTEngineOp, plans: Iterable[Tuple[dict, Callable[[], byte
             log.warning("%s: a saved engine's description is malformed (%s: %s); it will "
                         "rebuild", op.name, type(err).__name__, err)
             continue
+        if isinstance(meta, dict) and meta.get("profiles") is not None:
+            op.remember_profiles(meta["profiles"])
         if built_for and built_for != backend:
             log.info("%s: a saved engine is for backend %s, running on %s; it will rebuild",
                      op.name, built_for, backend)

@@ -190,6 +190,9 @@ class TRTEngineOp:
         self._generation = 0
         self._logged: set = set()
         self._failed_keys: Dict[ShapeKey, str] = {}
+        # The optimization profiles a saved model's plans named (remember_profiles): a
+        # rebuild inside them uses them, when their plan was refused or evicted.
+        self._saved_profiles: Optional[list] = None
         self.stats = collections.Counter()
         self.build_seconds: Dict[ShapeKey, float] = {}
         # True during converter.build(): engines are built for its shapes even with
@@ -449,6 +452,19 @@ class TRTEngineOp:
                           f"optimization profile): {type(e).__name__}: {e}")
         return engine, None
 
+    def remember_profiles(self, raw) -> None:
+        """Keeps the profiles a saved plan's manifest entry names (``restore_plans``, before
+        the plan is read): if the plan cannot be used, or its engine is evicted later, a
+        shape inside them builds an engine with all of them, as saved, instead of a profile
+        of that one shape (whose neighbours would each build and evict again). A malformed
+        entry is ignored (the plan's own check says why)."""
+        try:
+            found = P.profiles_from_config({"profiles": raw})
+        except (KeyError, TypeError, ValueError):
+            return
+        if found:
+            self._saved_profiles = found[0]
+
     def _build_refused(self, key: ShapeKey, force: bool) -> Optional[str]:
         """Why no engine may be built for ``key`` now, or None (under the lock)."""
         if not (self.spec.allow_build_at_runtime or force):
@@ -465,7 +481,12 @@ class TRTEngineOp:
             if self.profile_strategy is None:
                 engine = entry = self._build(key, backend)
             else:
-                profiles = P.make_profiles([key], self.profile_strategy, self.spec.input_shapes)
+                saved = self._saved_profiles
+                if saved and P.choose_profile(saved, key) is not None:
+                    profiles = saved
+                else:
+                    profiles = P.make_profiles([key], self.profile_strategy,
+                                               self.spec.input_shapes)
                 entry = self._new_profile_engine(profiles, backend)
                 engine = entry.engine_for(key, quick=not self.building)
         except Exception as e:

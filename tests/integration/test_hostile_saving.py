@@ -233,3 +233,28 @@ def test_tf1_signature_key_that_is_no_identifier_keeps_its_spec_name(tmp_path):
     for f in (fn, tftrt.load(str(tmp_path / "out")).signatures["serving_default"]):
         np.testing.assert_allclose(f(in_put_0=tf.constant(x))["y"].numpy(), ref, rtol=RTOL,
                                    atol=ATOL)
+
+
+def test_a_refused_profile_plan_rebuilds_with_the_saved_profiles(saves, tmp_path, caplog):
+    """A dynamic-shape model (profile: batch 1..8) whose plan is corrupt: the manifest still
+    names the profiles, and the first call inside them rebuilds one engine holding them all.
+    It used to form a profile of that call's shape alone, so each other batch size built
+    (tuned) again and evicted the last."""
+    from tftrt import profiles as P
+    model = str(tmp_path / "dyn")
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=saves["src"], use_dynamic_shape=True)
+    conv.convert()
+    conv.build(lambda: iter([(image(1),), (image(8),)]))
+    conv.save(model)
+    with open(plan_path(model), "r+b") as f:
+        f.truncate(100)
+    loaded, warnings = load(model, caplog)
+    assert any("will rebuild" in w for w in warnings), warnings
+    fn = loaded.signatures["serving_default"]
+    op = loaded.engine_ops[E0]
+    for b in (3, 5, 8, 2):
+        assert_native_answers(saves["src"], fn, image(b))
+    ((_, entry),) = op.cache.items()
+    assert isinstance(entry, P.ProfileEngine)
+    assert [(p.min[0][0], p.max[0][0]) for p in entry.profiles] == [(1, 8)]
+    assert op.stats["builds"] == 1 and op.stats["native"] == 0
