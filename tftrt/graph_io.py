@@ -397,10 +397,8 @@ def freeze_and_clean(func, run_grappler: bool = True) -> Tuple[FrozenSignature, 
     return frozen, graph_def
 
 
-def prune_graph(graph_def, keep: Sequence[str]):
-    """A copy of ``graph_def`` with the nodes ``keep`` names and those they need (data and
-    control inputs), in the original order; library and versions as they are."""
-    from tensorflow.core.framework import graph_pb2
+def needed_nodes(graph_def, keep: Sequence[str]) -> set:
+    """Names of the nodes ``keep`` names and of those they need (data and control inputs)."""
     by_name = {n.name: n for n in graph_def.node}
     needed, stack = set(), [k for k in keep if k in by_name]
     while stack:
@@ -412,6 +410,14 @@ def prune_graph(graph_def, keep: Sequence[str]):
             src = split_tensor_name(i)[0]
             if src in by_name and src not in needed:
                 stack.append(src)
+    return needed
+
+
+def prune_graph(graph_def, keep: Sequence[str]):
+    """A copy of ``graph_def`` with the nodes ``keep`` names and those they need (data and
+    control inputs), in the original order; library and versions as they are."""
+    from tensorflow.core.framework import graph_pb2
+    needed = needed_nodes(graph_def, keep)
     out = graph_pb2.GraphDef()
     out.versions.CopyFrom(graph_def.versions)
     out.library.CopyFrom(graph_def.library)

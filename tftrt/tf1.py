@@ -275,15 +275,7 @@ def _check_frozen(graph_def, outputs: Sequence[str]) -> None:
     not frozen: their values are not in it (a resource handle has no tensor value to convert),
     and their initializers are pruned away with everything the outputs do not need."""
     from tensorflow.core.framework import types_pb2
-    nodes = {n.name: n for n in graph_def.node}
-    seen, todo = set(), [o for o in outputs if o in nodes]
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        todo.extend(i for i in (graph_io.split_tensor_name(t)[0] for t in nodes[name].input)
-                    if i in nodes)
+    seen = graph_io.needed_nodes(graph_def, outputs)
     found = [(n.name, n.op) for n in graph_def.node if n.name in seen and (
         n.op in VARIABLE_OPS or (n.op == "Placeholder" and
                                  n.attr["dtype"].type == types_pb2.DT_RESOURCE))]
