@@ -1,10 +1,13 @@
-"""The zoo's image stems alone (a 3-channel convolution + ReLU, FP16, CuPy backend), with the
-input channels padded to 8 (passes/channel_padding.py) and without, in one process:
+"""The zoo's image stems alone (a 3-channel convolution + ReLU, FP16, CuPy backend) on each
+way to run them, in one process: cuDNN (tactic ``cudnn``), cuDNN with the input channels
+padded to 8 (passes/channel_padding.py), and tactic ``im2col`` (copy + cuBLASLt per chunk of
+rows) with chunks of 8, 16 and 32 MB:
 
     PYTHONPATH=$PWD python benchmarks/bench_stems.py [--batch 128]
 
-Prints a table: median ms (CUDA events, after warm-up) per stem and setting, and the largest
-difference between the two outputs relative to their scale.
+Prints a table: median ms (CUDA events, after warm-up) per stem and way, the floor (reading
+the image and writing the output at 4.8 TB/s), and the largest difference from cuDNN's output
+relative to its scale.
 """
 
 from __future__ import annotations
@@ -48,6 +51,16 @@ def stem_model(k, s, p, cout, size):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
+WAYS = {  # name: (tactic, environment)
+    "cudnn": ("cudnn", {"TFTRT_PAD_CONV_CHANNELS": "0"}),
+    "cudnn padded": ("cudnn", {"TFTRT_PAD_CONV_CHANNELS": "1"}),
+    "im2col 8MB": ("im2col", {"TFTRT_IM2COL_CHUNK_MB": "8"}),
+    "im2col 16MB": ("im2col", {"TFTRT_IM2COL_CHUNK_MB": "16"}),
+    "im2col 32MB": ("im2col", {"TFTRT_IM2COL_CHUNK_MB": "32"}),
+}
+BANDWIDTH = 4.8e12  # H200 HBM3e, bytes/s
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--batch", type=int, default=128)
@@ -56,37 +69,51 @@ def main(argv=None):
 
     from bench_engine import _cupy_timer, time_calls
     from tftrt.engine import BuilderConfig, build_engine
-    rows = []
+    print(f"\n| stem (batch {args.batch}, FP16) | floor ms | " +
+          " | ".join(f"{w} ms" for w in WAYS) + " | max diff / scale |")
+    print("|---|---|" + "---|" * len(WAYS) + "---|")
     for name, (k, s, p, cout, size) in STEMS.items():
         model = stem_model(k, s, p, cout, size)
         x = cp.asarray(np.random.default_rng(1).standard_normal(
             (args.batch, size, size, 3)).astype(np.float32))
-        got = {}
-        for pad in ("0", "1"):
-            os.environ["TFTRT_PAD_CONV_CHANNELS"] = pad
-            engine = build_engine(model, {"x": (args.batch, size, size, 3)},
-                                  BuilderConfig(precision="FP16", backend="cupy"))
-            ctx = engine.create_execution_context()
-            got[pad] = cp.asnumpy(ctx.execute([x])[0]).astype(np.float64)
-            ts = time_calls(functools.partial(ctx.execute, [x]), _cupy_timer(), 100, warmup=10)
-            kinds = [kd for _, kd, _, _ in engine.layers_summary()]
-            rows.append((name, pad, float(np.median(ts)), "+".join(kinds)))
-            del ctx, engine
-        scale = float(np.max(np.abs(got["0"]))) or 1.0
-        err = float(np.max(np.abs(got["1"] - got["0"]))) / scale
-        rows.append((name, "diff", err, ""))
-    print(f"\n| stem (batch {args.batch}, FP16) | channels 3 ms | padded to 8 ms | speed-up | "
-          f"max diff / scale |")
-    print("|---|---|---|---|---|")
-    by = {}
-    for name, pad, v, _ in rows:
-        by.setdefault(name, {})[pad] = v
-    for name, d in by.items():
-        print(f"| {name} | {d['0']:.3f} | {d['1']:.3f} | {d['0'] / d['1']:.2f}x | "
-              f"{d['diff']:.1e} |")
-    for name, pad, v, kinds in rows:
-        if pad != "diff":
-            print(f"# {name} pad={pad}: {kinds}")
+        shapes = {"x": (args.batch, size, size, 3)}
+        ref = build_engine(model, shapes, BuilderConfig(precision="FP16", backend="numpy",
+                                                        tactic_timing=False))
+        convs = [l.name for l in ref.network.layers if l.kind == "conv"]
+        oh = (size + 2 * p - k) // s + 1
+        floor = (args.batch * size * size * 3 * 4 + args.batch * oh * oh * cout * 2) / BANDWIDTH
+        times, outs, kinds = {}, {}, []
+        for way, (tactic, env) in WAYS.items():
+            os.environ.update(env)
+            try:
+                engine = build_engine(model, shapes, BuilderConfig(
+                    precision="FP16", backend="cupy", tactic_timing=False,
+                    tactic_choices={c: {"kind": "conv", "tactic": tactic, "records": {}}
+                                    for c in convs}))
+                ctx = engine.create_execution_context()
+                outs[way] = cp.asnumpy(ctx.execute([x])[0]).astype(np.float64)
+                ts = time_calls(functools.partial(ctx.execute, [x]), _cupy_timer(), 100,
+                                warmup=10)
+                times[way] = float(np.median(ts))
+                impls = engine.backend_impl.engine_impls(engine)
+                kinds.append(f"# {name} {way}: " + " + ".join(
+                    f"{kd}/{t}/{type(i).__name__}"
+                    for (_, kd, _, t), i in zip(engine.layers_summary(), impls)))
+                del ctx, engine
+            except Exception as e:  # a way that cannot run this stem: said, and go on
+                kinds.append(f"# {name} {way}: failed: {type(e).__name__}: {str(e)[:200]}")
+            finally:
+                for v in env:
+                    os.environ.pop(v, None)
+        base = outs.get("cudnn")
+        err = max((float(np.max(np.abs(o - base))) / (float(np.max(np.abs(base))) or 1.0)
+                   for o in outs.values()), default=float("nan")) if base is not None else \
+            float("nan")
+        print(f"| {name} | {floor * 1e3:.3f} | " +
+              " | ".join(f"{times[w]:.3f}" if w in times else "-" for w in WAYS) +
+              f" | {err:.1e} |")
+        for line in kinds:
+            print(line)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One command on the GPU host for the engine alone (no TensorFlow): installs the carried
 # cuDNN-frontend / nvmath wheels, runs GPU tests, then bench_engine.py.
-#   [TESTS="attention or sdpa" (a pytest -k expression; "all" for every test)] [STEMS=1 (bench_stems.py)] [BENCH="--models encoder --precisions FP16 --batches 1,8,128"] \
+#   [TESTS="attention or sdpa" (a pytest -k expression; "all" for every test)] [STEMS=1 (stem tests, bench_stems.py)] [BENCH="--models encoder --precisions FP16 --batches 1,8,128"] \
 #     [TEST_BUDGET=seconds (default a third of the budget)] bash benchmarks/run_gpu_engine.sh [seconds]
 # Needs .whl/*.whl and .whl/networks (carry ".whl"); rows land in $OUT (or /tmp/tftrt-bench).
 # shellcheck source=benchmarks/gpu_engine_env.sh
@@ -12,11 +12,12 @@ if [ -n "${TESTS:-}" ]; then
     tests/gpu/test_cupy_backend.py -q -p no:cacheprovider -rf "${sel[@]}" > "$out/gpu_tests.log" 2>&1
   grep -E "passed|failed|Error|FAILED" "$out/gpu_tests.log" | tail -15
 fi
-if [ -n "${STEMS:-}" ]; then  # the zoo's image stems with and without channel padding
-  timeout 120 python3 -m pytest tests/gpu/test_channel_padding_gpu.py -q -p no:cacheprovider \
-    -rf 2>&1 | tail -3 | tee "$out/stems_tests.txt"
+if [ -n "${STEMS:-}" ]; then  # the zoo's image stems: cuDNN, padded channels, im2col
+  timeout 240 python3 -m pytest tests/gpu/test_channel_padding_gpu.py tests/gpu/test_im2col_gpu.py \
+    -q -s -p no:cacheprovider -rf 2>&1 | grep -v "^W0000\|^I0000" > "$out/stems_tests.txt"
+  grep -E "passed|failed|FAILED|Error|\[im2col\]" "$out/stems_tests.txt" | cut -c1-400 | tail -20
   timeout $(( $(left) / 2 )) python3 benchmarks/bench_stems.py 2>&1 | tee "$out/stems.txt" \
-    | grep -v "^W0000\|^I0000" | tail -20
+    | grep -v "^W0000\|^I0000" | cut -c1-300 | tail -40
 fi
 if [ -n "${BENCH:-}" ]; then
   # shellcheck disable=SC2086

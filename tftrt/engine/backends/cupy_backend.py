@@ -97,6 +97,12 @@ def _dw_tiled(net, layer) -> bool:
     return DW.enabled() and _depthwise(net, layer) and DW.tiled_unsupported(net, layer) is None
 
 
+def _im2col(net, layer) -> bool:
+    """Tactic ``im2col`` (cupy_im2col): unaligned few-channel float16 convs, with cuBLASLt."""
+    from tftrt.engine.backends import cuda_source_im2col
+    return cuda_source_im2col.applies(net, layer) and _lt_ok()
+
+
 def _matmul_lt(net, layer) -> bool:
     return _lt_ok() and _lazy()[1].matmul_dims(net, layer) is not None
 
@@ -120,6 +126,7 @@ _OPTIONS = {"tf32": True}
 register_tactic("cupy", "conv", "cudnn", applies=_cudnn_ok, workspace=_workspace)
 register_tactic("cupy", "conv", "lt_1x1", applies=_conv_1x1, workspace=_workspace)
 register_tactic("cupy", "conv", "dw_direct", applies=_depthwise, workspace=_workspace)
+register_tactic("cupy", "conv", "im2col", applies=_im2col, workspace=_workspace)
 # dw_tiled must win by 3%: with it on by default, MobileNetV2 and MobileNetV3Large at batch 128
 # were 0.7-0.9% slower on an H200 (build-time wins of a few percent that did not hold in the
 # whole engine), while its real wins are larger (ConvNeXtTiny's 7x7 convs, batch 1).
@@ -163,13 +170,16 @@ def impl_table() -> Dict[str, Dict[str, Tuple[type, ...]]]:
     engine with such a layer fails (:func:`make_impl`).
     """
     from tftrt.engine.backends import cupy_dw as DW
+    from tftrt.engine.backends import cupy_im2col as IC
     from tftrt.engine.backends import cupy_layers as L
     from tftrt.engine.backends import cupy_ops as O
     from tftrt.engine.backends import cupy_quant as QK
     from tftrt.engine.backends import cupy_se as SE
     table = {
-        # a depthwise conv that cuDNN cannot run (some FP16 shapes) takes the direct kernel
-        "conv": {"cudnn": (L.ConvCudnn, L.DepthwiseConv),
+        # a depthwise conv that cuDNN cannot run (some FP16 shapes) takes the direct kernel,
+        # a few-channel one (3 -> 16 channels at 32 x 32 in FP16) im2col + cuBLASLt
+        "conv": {"cudnn": (L.ConvCudnn, L.DepthwiseConv, IC.ConvIm2col),
+                 "im2col": (IC.ConvIm2col, L.ConvCudnn),
                  "lt_1x1": (L.ConvGemm, L.ConvCudnn),
                  "dw_direct": (L.DepthwiseConv, L.ConvCudnn),
                  "dw_tiled": (DW.DepthwiseTiled, L.DepthwiseConv, L.ConvCudnn),

@@ -395,11 +395,7 @@ class GemmImpl(Impl):
         if not rec and g.count > 1:
             stream = cp.cuda.Stream(non_blocking=True)
             with stream:
-                a = _random(_shape(net, a_name), spec.ab_dtype)
-                b = self.weights.get(b_name)
-                if b is None or b.dtype != np.dtype(spec.ab_dtype):
-                    b = _random(_shape(net, b_name), spec.ab_dtype)
-                d = cp.empty(_shape(net, layer.outputs[0]), spec.d_dtype)
+                a, b, d = self._tune_operands(net, spec, a_name, b_name, layer.outputs[0])
                 c = _random(d.shape, spec.d_dtype) if spec.has_c else None
                 bias = _random((spec.n,), spec.bias_dtype) if spec.bias_dtype else None
                 g.tune(a, b, c, d, bias, stream)
@@ -407,6 +403,16 @@ class GemmImpl(Impl):
         _SHARED[key] = g.choice()
         store_choice(key, _SHARED[key])
         return g
+
+    def _tune_operands(self, net, spec, a_name, b_name, y_name):
+        """A, B and D to time cuBLASLt's algorithms on (tune rejects an algorithm that leaves
+        NaN in D: D is exactly what the GEMM writes): here the tensors ``a_name`` (random),
+        ``b_name`` (the constant weight when it has the GEMM's dtype) and ``y_name``."""
+        a = _random(_shape(net, a_name), spec.ab_dtype)
+        b = self.weights.get(b_name)
+        if b is None or b.dtype != np.dtype(spec.ab_dtype):
+            b = _random(_shape(net, b_name), spec.ab_dtype)
+        return a, b, cp.empty(_shape(net, y_name), spec.d_dtype)
 
     def run(self, ins, outs, ws):
         a, b, y = ins[0], ins[1], outs[0]
