@@ -142,7 +142,7 @@ def _stem(cin, ws=None, group=1, precision="FP16"):
     return eng.network, conv
 
 
-def test_the_tactic_is_offered_for_unaligned_half_precision_convs():
+def test_the_tactic_is_offered_for_unaligned_half_precision_convs(monkeypatch):
     from tftrt.engine import tactics
     from tftrt.engine.backends import cupy_backend  # noqa: F401 (registers the cupy tactics)
     assert "im2col" in [t.name for t in tactics._REGISTRY[("cupy", "conv")]]
@@ -152,6 +152,8 @@ def test_the_tactic_is_offered_for_unaligned_half_precision_convs():
     assert not I2C.applies(*_stem(3, precision="FP32"))   # float32 filter
     assert not I2C.applies(*_stem(6, group=3))      # grouped
     assert not I2C.applies(*_stem(117, ws=(16, 117, 3, 3)))  # K 1053 > MAX_K
+    monkeypatch.setenv("TFTRT_IM2COL", "0")
+    assert not I2C.applies(*_stem(3))
 
 
 def test_the_copy_refuses_what_it_cannot_read():

@@ -6,7 +6,7 @@ the copy kernel's CUDA source and plans the chunks; it imports neither CuPy nor 
 Why: a network's stem reads an image of 3 channels. On the H200 (2026-12-01, VGG16 FP16,
 batch 128) cuDNN ran the 3 -> 64 3x3 convolution in 1.27-1.32 ms, 16.8 TFLOP/s, against
 ~650 TFLOP/s for every other convolution, whose floor (reading the image, writing the output)
-is ~0.3 ms; padding the channels to 8 (``passes/channel_padding``) did not make it faster.
+is ~0.3 ms; padding the channels to 8 for cuDNN made it slower (1.27 ms, and the pass was removed).
 Every zoo stem ran at 3.5-4.6x its floor. As a GEMM the convolution is
 [N*OH*OW, K] x [K, Cout] with K = KH*KW*Cin small (27 for VGG, 147 for ResNet's 7x7): the
 copy writes each output row's K inputs (K padded with zeros to a multiple of 8, the tensor
@@ -37,6 +37,9 @@ def applies(net, layer) -> bool:
     """Whether tactic ``im2col`` is a candidate for ``layer``: a group-1 2-D convolution with
     a constant float16 filter, a float16 / float32 input whose channels are not a multiple of
     8, and KH*KW*Cin <= :data:`MAX_K`."""
+    from tftrt.env import env_bool
+    if not env_bool("TFTRT_IM2COL", True):
+        return False
     if layer.kind != "conv" or "quant" in layer.attrs or int(layer.attrs.get("group", 1)) != 1:
         return False
     if len(layer.inputs) < 2 or layer.inputs[1] not in net.weights:

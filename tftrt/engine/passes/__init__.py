@@ -27,7 +27,6 @@ from tftrt.engine.passes.elementwise_fusion import elementwise_fusion  # noqa: E
 from tftrt.engine.passes.norm_fusion import layernorm_fusion  # noqa: E402
 from tftrt.engine.passes.attention_fusion import attention_fusion  # noqa: E402
 from tftrt.engine.passes.se_fusion import se_fusion  # noqa: E402
-from tftrt.engine.passes.channel_padding import channel_padding  # noqa: E402
 
 PASSES: List[Pass] = [
     constant_folding,
@@ -49,7 +48,7 @@ PASSES: List[Pass] = [
 # BF16 engines only; squeeze-and-excitation blocks in every precision, with the storage dtypes
 # precision chose for their intermediates; half-precision convolutions with few input
 # channels (an image stem) read them padded to 8.
-LATE_PASSES: List[Callable] = [attention_fusion, se_fusion, channel_padding]
+LATE_PASSES: List[Callable] = [attention_fusion, se_fusion]
 
 
 def run_passes(net: Network, passes: Sequence[Pass] = None, infer: bool = True) -> Network:
