@@ -43,6 +43,21 @@ BATCHES = (1, 8, 128)
 REL_TOL = {"FP16": 2e-2, "FP32": 1e-3}
 
 
+def rel_bar(precision: str, xla_err: float = 0.0) -> float:
+    """The largest error a tftrt row may have against native TF: REL_TOL, or in FP16 no more
+    than Keras' own mixed_float16 model (run by XLA) has on the same inputs, when that is
+    larger: a seeded model of random weights may lose that much to float16 anywhere
+    (ResNet50's FP16 logits are 3.1% off in Keras' mixed precision, 2026-12-01)."""
+    return max(REL_TOL[precision], xla_err if precision == "FP16" else 0.0)
+
+
+def rel_err(got, ref) -> float:
+    """max |got - ref| / max |ref| over the outputs of ``ref`` (dicts of tensors)."""
+    return max(float(np.max(np.abs(np.asarray(got[k], np.float64) -
+                                   np.asarray(ref[k], np.float64))))
+               / (float(np.max(np.abs(np.asarray(ref[k], np.float64)))) or 1.0) for k in ref)
+
+
 def append_row(path: str, row: dict) -> None:
     """Appends one JSON row (one line) to ``path``: parts of a sweep share one file."""
     with open(path, "a") as f:
@@ -138,13 +153,21 @@ def run_model(name: str, args, work: str, dev: str, device: str) -> None:
     append_row(args.out, row)
     log("TF native")
 
+    xla_err = 0.0  # Keras' own mixed_float16 model's error: what FP16 costs this model
     if not args.skip_xla:
         keras.mixed_precision.set_global_policy("mixed_float16")
         xla_model = zoo.build(name, size, small=small)
         keras.mixed_precision.set_global_policy("float32")
         xla = tf.function(lambda x: xla_model(x, training=False), jit_compile=True)
-        row = {**base, "runtime": "tf_xla", "precision": "FP16",
-               "batches": {b: timed(lambda **k: xla(k[arg_name]), b) for b in args.batches}}
+        row = {**base, "runtime": "tf_xla", "precision": "FP16", "batches": {}}
+        for b in args.batches:
+            arg = inputs(b)
+            ref, got = native(**arg), xla(arg[arg_name])
+            st = timed(lambda **k: xla(k[arg_name]), b)
+            st["rel_err"] = rel_err({k: got for k in ref} if not isinstance(got, dict) else
+                                    got, ref)
+            row["batches"][b] = st
+        xla_err = row["rel_err"] = max(st["rel_err"] for st in row["batches"].values())
         append_row(args.out, row)
         log("TF XLA")
 
@@ -176,15 +199,12 @@ def run_model(name: str, args, work: str, dev: str, device: str) -> None:
                 arg = inputs(b)
                 ref, got = native(**arg), sig(**arg)
                 settle(ops)
-                err = max(float(np.max(np.abs(got[k].numpy() - ref[k].numpy())))
-                          / (float(np.max(np.abs(ref[k].numpy()))) or 1.0) for k in ref)
+                err = rel_err(got, ref)
                 st = timed(sig, b)
                 if args.graph_fn:  # the loaded signature inside a user's tf.function
                     graph = tf.function(lambda **k: sig(**k))
                     gf = graph(**arg)
-                    st["graph_fn_rel_err"] = max(
-                        float(np.max(np.abs(gf[k].numpy() - ref[k].numpy())))
-                        / (float(np.max(np.abs(ref[k].numpy()))) or 1.0) for k in ref)
+                    st["graph_fn_rel_err"] = rel_err(gf, ref)
                     st["graph_fn_median_ms"] = timed(graph, b)["median_ms"]
                 st["rel_err"] = err
                 st["on_gpu"] = all("GPU" in got[k].device for k in got)
@@ -196,12 +216,19 @@ def run_model(name: str, args, work: str, dev: str, device: str) -> None:
             row["native_calls"] = sum(op.stats["native"] for op in ops)
             row["engine_calls"] = sum(op.stats["engine"] for op in ops)
             row["rel_err"] = max(st["rel_err"] for st in row["batches"].values())
-            row["rel_err_ok"] = row["rel_err"] <= REL_TOL[precision]
+            row["rel_err_ok"] = row["rel_err"] <= rel_bar(precision, xla_err)
         except Exception as e:  # one model's failure must not end a sweep part
             row["error"] = f"{type(e).__name__}: {str(e)[:2000]}"
         append_row(args.out, row)
         print_row(row)
         log(f"tftrt {precision}")
+
+
+def xla_note(rows, precision: str) -> str:
+    """" (XLA FP16: <its error>)" for an FP16 row when XLA ran, else ""."""
+    xla = rows.get(("tf_xla", "FP16"), {})
+    return f" (XLA FP16: {xla['rel_err']:.1e})" if precision == "FP16" and "rel_err" in xla \
+        else ""
 
 
 def settle(ops, timeout: float = 300.0) -> None:
@@ -294,7 +321,8 @@ def table(path: str, print_fn=print) -> None:
                          f"{'convert %.1f s, ' % r['convert_s'] if 'convert_s' in r else ''}"
                          f"build {r['build_s']:.1f} s ({r.get('profile', 'static')} "
                          f"engines), rel err {r['rel_err']:.1e}"
-                         f"{'' if r['rel_err_ok'] else ' (over the bar)'}, "
+                         f"{'' if r['rel_err_ok'] else ' (over the bar)'}"
+                         f"{xla_note(rows, prec)}, "
                          f"{r['native_calls']} native calls")
         cols = [c for c in COLUMNS if c in rows and "batches" in rows[c]]
         if not cols:

@@ -29,7 +29,9 @@ from tftrt.engine.backends.cuda_source import ctype, grid_stride_source
 
 KERNEL = "im2col"
 ALIGN = 8            # columns per thread and the padding of K: 16 bytes of float16
-CHUNK_BYTES = 16 << 20   # a chunk of the copy; H200's L2 is 50 MB (TFTRT_IM2COL_CHUNK_MB)
+# A chunk of the copy (TFTRT_IM2COL_CHUNK_MB); H200's L2 is 50 MB. On the H200 (2026-12-01)
+# stems ran 2-6% faster with 32 MB chunks than with 16, and 16 faster than 8.
+CHUNK_BYTES = 32 << 20
 MAX_K = 1024         # the tactic takes convolutions with KH*KW*Cin up to this
 
 

@@ -24,7 +24,7 @@ _ALIGN_WS = 256  # the GEMM's scratch starts this aligned after the column chunk
 
 
 def chunk_cap() -> int:
-    """Bytes of one chunk of the column matrix (``TFTRT_IM2COL_CHUNK_MB``, default 16)."""
+    """Bytes of one chunk of the column matrix (``TFTRT_IM2COL_CHUNK_MB``, default 32)."""
     return max(1 << 16, int(env_float("TFTRT_IM2COL_CHUNK_MB", I2C.CHUNK_BYTES / 2 ** 20,
                                       minimum=0.0625) * 2 ** 20))
 
