@@ -95,7 +95,8 @@ def _sibling(path: str, what: str) -> str:
 
 
 def save(converter, path: str, save_gpu_specific_engines: bool = True, options=None) -> None:
-    """Saves a converted model as a SavedModel at ``path``, replacing one already there.
+    """Saves a converted model as a SavedModel at ``path``, replacing one already there (its
+    ``assets.extra``, TF Serving's directory for user files, is kept).
 
     Everything is written into a hidden sibling directory first; at the end the two
     directories are exchanged in one atomic rename (Linux renameat2) and the old one is
@@ -111,11 +112,22 @@ def save(converter, path: str, save_gpu_specific_engines: bool = True, options=N
     os.mkdir(staging)
     try:
         _write_saved_model(converter, staging, save_gpu_specific_engines, options)
+        _keep_assets_extra(path, staging)
         _swap_in(staging, path)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     log.info("saved the converted model to %s", path)
+
+
+def _keep_assets_extra(path: str, staging: str) -> None:
+    """Copies ``assets.extra`` (files a user adds for TF Serving, e.g. warmup requests) of the
+    model being replaced into the new one: TF's own save into an existing directory leaves
+    it there, as TF-TRT's did; the swap would delete it."""
+    extra = os.path.join(path, "assets.extra")
+    if os.path.isdir(extra) and not os.path.exists(os.path.join(staging, "assets.extra")):
+        shutil.copytree(extra, os.path.join(staging, "assets.extra"), symlinks=True)
+        log.info("%s: kept assets.extra of the model it replaces", path)
 
 
 def _exchange(a: str, b: str) -> bool:

@@ -6,7 +6,7 @@ import collections
 import csv
 import logging
 import os
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 from tftrt.env import parse_bool
 from tftrt.segment import BOUNDARY_OPS, SegmentationResult
@@ -21,7 +21,10 @@ def _fmt_shapes(shapes) -> str:
 
 
 def print_summary(info, seg: SegmentationResult, engine_ops: Dict[str, object],
-                  line_length: int, detailed: bool, print_fn: Callable[[str], None]) -> None:
+                  line_length: int, detailed: bool, print_fn: Callable[[str], None],
+                  build_check: Optional[dict] = None) -> None:
+    """TF-TRT's summary table and totals; ``build_check`` (build()'s engines-vs-native check,
+    TrtGraphConverterV2._check_build) adds a line after the totals."""
     cols = [("TRTEngineOP Name", 0.16), ("Device", 0.06), ("# Nodes", 0.05),
             ("# Inputs", 0.05), ("# Outputs", 0.05), ("Input DTypes", 0.1),
             ("Output Dtypes", 0.1), ("Input Shapes", 0.17), ("Output Shapes", 0.17),
@@ -83,6 +86,20 @@ def print_summary(info, seg: SegmentationResult, engine_ops: Dict[str, object],
         for op, c in unconverted.most_common():
             why = "; ".join(f"{r} ({n}x)" for r, n in reasons.get(op, {}).items())
             print_fn(f"\t- {op}: {why}")
+    if build_check is not None and engine_ops:
+        print_fn(build_check_line(build_check))
+
+
+def build_check_line(check: dict) -> str:
+    """summary()'s line for build()'s check of the engines against native TF."""
+    line = (f"[*] Engines vs native TF on the first build input: largest error "
+            f"{check['worst']:.1e} of an output's largest value ({check['precision']})")
+    if not check.get("engine_calls"):
+        return line + " -- no engine ran (every segment ran natively): this checked nothing"
+    if check["worst"] > check["bar"]:
+        return line + (f" -- over {check['bar']:.0e}: check whether these answers are "
+                       f"acceptable (tftrt compare)")
+    return line
 
 
 def engine_lines(key, engine, strategy=None):

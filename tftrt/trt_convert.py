@@ -20,6 +20,7 @@ import os
 from typing import Callable, Dict, List, Optional
 
 from tftrt import graph_io, progress
+from tftrt.env import env_bool
 from tftrt.engine_op import TRTEngineOp
 from tftrt.logs import first_error_line
 from tftrt.segment import SegmentationResult
@@ -196,6 +197,7 @@ class TrtGraphConverterV2:
         self._native_fdefs = {}
         self._converted_func = None
         self._keepalive: list = []
+        self._build_check: Optional[dict] = None  # build()'s engines-vs-native check
 
     # --- convert -----------------------------------------------------------------------------
     def convert(self, calibration_input_fn: Optional[Callable] = None, *,
@@ -290,6 +292,11 @@ class TrtGraphConverterV2:
     def _build_impl(self, input_fn: Callable) -> None:
         ops = list(self._engine_ops.values())
         seen, first = 0, None
+        first_out = None  # (outputs of the first input through the engines, engine calls)
+
+        def engine_calls():
+            return sum(op.stats["engine"] for op in ops)
+
         for op in ops:
             op.building = True
             op.collecting = self._use_dynamic_shape
@@ -297,10 +304,11 @@ class TrtGraphConverterV2:
         try:
             for inp in iter_inputs(input_fn, "input_fn"):
                 args = self._normalize_inputs(inp)
-                if first is None:
-                    first = args
                 shown.set(f"input {seen + 1}")
-                self._converted_func(**args)
+                before = engine_calls()
+                out = self._converted_func(**args)
+                if first is None:
+                    first, first_out = args, (out, engine_calls() - before)
                 seen += 1
             if self._use_dynamic_shape:
                 for op in ops:
@@ -309,7 +317,8 @@ class TrtGraphConverterV2:
                     shown.set(f"optimization profiles of {op.name}")
                     op.build_profiles()
                 if first is not None:
-                    self._converted_func(**first)
+                    before = engine_calls()
+                    first_out = (self._converted_func(**first), engine_calls() - before)
         finally:
             shown.close()
             for op in ops:
@@ -318,6 +327,33 @@ class TrtGraphConverterV2:
                 op.collected = []
         if seen == 0:
             raise ValueError("input_fn yielded no inputs: it must yield at least one batch")
+        if env_bool("TFTRT_BUILD_CHECK", True):
+            self._check_build(first, *first_out)
+
+    def _check_build(self, args, outputs, engine_calls: int) -> None:
+        """Compares ``outputs`` (the first build input through the engines, ``engine_calls``
+        engine runs) with the input model's own signature on that input (native TF, FP32)
+        and keeps the largest relative error per output for summary(); warns once when it is
+        past compare.BUILD_CHECK_WARN for the precision (TFTRT_BUILD_CHECK=0 skips the native
+        call)."""
+        from tftrt import compare
+        ops = list(self._engine_ops.values())
+        got = compare._flatten(outputs)
+        ref = compare._flatten(self._sig.func(**args))
+        errors = compare.output_errors(got, ref)
+        precision = self._conversion_params.precision_mode
+        bar = compare.BUILD_CHECK_WARN.get(precision, compare.BUILD_CHECK_WARN["FP16"])
+        worst = max(errors.values(), default=0.0)
+        self._build_check = {"precision": precision, "errors": errors, "worst": worst,
+                             "bar": bar, "engine_calls": engine_calls}
+        if ops and worst > bar:
+            name = max(errors, key=errors.get)
+            log.warning(
+                "the %s engines change output %r by %.1e of its largest value on the first "
+                "build input (native TF in FP32 against the engines; the bar for %s is %.0e). "
+                "If that matters, convert with precision_mode='FP32' (or 'FP16' for INT8); "
+                "`tftrt compare DIR --per-layer` on the saved model shows where it starts",
+                precision, name, worst, precision, bar)
 
     def _call_with(self, inp):
         args = self._normalize_inputs(inp)
@@ -399,7 +435,7 @@ class TrtGraphConverterV2:
                             f"a {type(print_fn).__name__}")
         from tftrt import summary as summary_mod
         summary_mod.print_summary(self._sig.info, self._segmentation, self._engine_ops,
-                                  line_length, detailed, print_fn or print)
+                                  line_length, detailed, print_fn or print, self._build_check)
 
     # --- helpers -----------------------------------------------------------------------------
     def _log_unconverted(self):

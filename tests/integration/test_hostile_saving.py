@@ -258,3 +258,31 @@ def test_a_refused_profile_plan_rebuilds_with_the_saved_profiles(saves, tmp_path
     assert isinstance(entry, P.ProfileEngine)
     assert [(p.min[0][0], p.max[0][0]) for p in entry.profiles] == [(1, 8)]
     assert op.stats["builds"] == 1 and op.stats["native"] == 0
+
+
+def test_saving_again_keeps_the_users_assets_extra(saves, tmp_path, caplog):
+    """TF Serving's warmup requests live in assets.extra, which users add to the saved model;
+    TF's save into an existing directory (TF-TRT's) leaves it, and so does tftrt's atomic
+    replace, byte for byte, links included. A fresh save has none, and an assets.extra of the
+    input model is not copied (TF-TRT did not either)."""
+    out = str(tmp_path / "served")
+    shutil.copytree(saves["fp32_b8"], out)
+    extra = os.path.join(out, "assets.extra")
+    os.makedirs(os.path.join(extra, "sub"))
+    warmup = os.urandom(4096)
+    with open(os.path.join(extra, "tf_serving_warmup_requests"), "wb") as f:
+        f.write(warmup)
+    with open(os.path.join(extra, "sub", "notes.txt"), "w") as f:
+        f.write("kept")
+    os.symlink("tf_serving_warmup_requests", os.path.join(extra, "link"))
+    os.makedirs(os.path.join(saves["src"], "assets.extra"), exist_ok=True)
+    convert_and_save(saves["src"], out, 4)  # replaces the model there
+    with open(os.path.join(extra, "tf_serving_warmup_requests"), "rb") as f:
+        assert f.read() == warmup
+    assert open(os.path.join(extra, "sub", "notes.txt")).read() == "kept"
+    assert os.readlink(os.path.join(extra, "link")) == "tf_serving_warmup_requests"
+    loaded, warnings = load(out, caplog)
+    assert not warnings, warnings
+    assert_native_answers(saves["src"], loaded.signatures["serving_default"], image(4))
+    fresh = convert_and_save(saves["src"], str(tmp_path / "fresh"), 4)
+    assert not os.path.exists(os.path.join(fresh, "assets.extra"))
