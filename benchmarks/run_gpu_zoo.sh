@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One command on the GPU host: a part of the zoo sweep (tftrt vs TF XLA vs native TF, then
 # torch.compile in its own process), rows appended to one results file, then the tables.
-#   [MODELS="ResNet50 DenseNet121"] [ZOO_ARGS=...] [TORCH_ARGS=...] \
+#   [MODELS="ResNet50 DenseNet121"] [ZOO_ARGS=...] [TORCH_ARGS=...] [BUILD_CACHE=0] \
 #     bash benchmarks/run_gpu_zoo.sh [tf|torch|table|all] [seconds]
 # Run the zoo in parts (MODELS) so that each call fits its time: a large model (EfficientNetB7
 # at 600 px, ConvNeXtSmall) converts and builds three batch sizes in two precisions.
@@ -16,6 +16,21 @@ json=${ZOO_JSON:-$out/zoo.jsonl}
 models=${MODELS:-ResNet50 MobileNetV2}
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 repo=$(cd "$(dirname "$0")/.." && pwd)
+# A GPU machine starts bare: tftrt's build cache (tactic and cuDNN / cuBLASLt choices) and
+# CuPy's kernel cache come from .buildcache/cache.tgz when the call carries it, and go back
+# to $OUT/buildcache.tgz for the next session (copy it to .buildcache/ and carry that).
+# Rows record build_cache=warm / cold. BUILD_CACHE=0: a cold build, nothing written back.
+carry=/tmp/tftrt-carry
+if [ "${BUILD_CACHE:-1}" != 0 ]; then
+  mkdir -p "$carry/tftrt" "$carry/cupy"
+  export ZOO_BUILD_CACHE=cold
+  if [ -f "$repo/.buildcache/cache.tgz" ] && tar xzf "$repo/.buildcache/cache.tgz" -C "$carry"
+  then
+    export ZOO_BUILD_CACHE=warm
+    echo "build cache carried in: $(du -sh "$carry" | cut -f1)"
+  fi
+  export TFTRT_CACHE_DIR="$carry/tftrt" CUPY_CACHE_DIR="$carry/cupy"
+fi
 if [ "$stage" = tf ] || [ "$stage" = all ]; then
   # The torch peers need ~1 minute per model (compile + CUDA graph capture): leave them that.
   reserve=0; [ "$stage" = all ] && reserve=$(( 60 * $(echo $models | wc -w) ))
@@ -34,3 +49,7 @@ if [ "$stage" = torch ] || [ "$stage" = all ]; then
 fi
 ( cd "$repo" && PYTHONPATH="$repo:${PYTHONPATH:-}" python3 benchmarks/zoo.py --table \
     --out "$json" ) 2>&1 | tee "$out/zoo_table.md"
+if [ "${BUILD_CACHE:-1}" != 0 ]; then  # for the next session (the carry limit is 64 MiB)
+  tar czf "$out/buildcache.tgz" -C "$carry" tftrt cupy && \
+    echo "build cache out: $(du -h "$out/buildcache.tgz" | cut -f1) in \$OUT/buildcache.tgz"
+fi

@@ -130,6 +130,8 @@ def run_model(name: str, args, work: str, dev: str, device: str) -> None:
     t_model = time.perf_counter()
     base = {"model": name, "family": entry.family, "size": size, "device": device,
             "backend": args.backend, "dry_run": bool(args.dry_run),
+            # run_gpu_zoo.sh: "warm" when a carried build cache was unpacked, else "cold"
+            "build_cache": os.environ.get("ZOO_BUILD_CACHE", ""),
             "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
     def log(stage):
