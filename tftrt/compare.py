@@ -285,7 +285,7 @@ def output_errors(got: Dict[str, object], expected: Dict[str, object]) -> Dict[s
             continue
         if e.size == 0:
             out[name] = 0.0
-        elif e.dtype.kind in "fc":
+        elif e.dtype.kind in "fc" or _ml_float(e.dtype):
             fin = np.isfinite(e)
             e64, g64 = e[fin].astype(np.float64), g[fin].astype(np.float64)
             if not np.all(np.isfinite(g64)):
@@ -297,6 +297,48 @@ def output_errors(got: Dict[str, object], expected: Dict[str, object]) -> Dict[s
         else:
             out[name] = float(np.mean(g != e))
     return out
+
+
+def _ml_float(dtype) -> bool:
+    """bfloat16 / float8 arrays (ml_dtypes) have numpy kind "V": without this their error
+    would be the fraction of elements whose last bit flipped, not how far they moved."""
+    return dtype.kind == "V" and dtype.name.startswith(("bfloat", "float"))
+
+
+def is_float_output(value) -> bool:
+    """Whether :func:`output_errors` measures ``value``'s output as floats (a relative error)
+    rather than as the fraction of its elements that differ."""
+    dtype = _to_numpy(value).dtype
+    return dtype.kind in "fc" or _ml_float(dtype)
+
+
+# Stateful ops that only raise on bad values, or call functions whose bodies
+# :func:`nondeterministic_ops` reads itself: calling the signature once more is harmless.
+_HARMLESS_STATEFUL = {"Assert", "CheckNumerics", "CheckNumericsV2", "While", "If", "Case",
+                      "StatefulPartitionedCall"}
+
+
+def nondeterministic_ops(graph_def) -> Tuple[List[str], List[str]]:
+    """(random op types, other stateful op types) in ``graph_def`` and the library functions
+    it calls, sorted. Random ops draw new numbers on each call (a fixed op seed too: a second
+    call of the same kernel goes on with its sequence), so engines and native TF cannot give
+    the same answers; other stateful ops (a py_function, a print) act on each call, so build()
+    does not call the native signature once more for its check."""
+    from tensorflow.python.framework import op_def_registry
+    from tftrt.graph_io import _called_functions
+    library = {f.signature.name: f for f in graph_def.library.function}
+    nodes = list(graph_def.node)
+    for name in _called_functions(graph_def.node, library):
+        nodes.extend(library[name].node_def)
+    random, stateful = set(), set()
+    for n in nodes:
+        op_def = op_def_registry.get(n.op)
+        if op_def is None or not op_def.is_stateful or n.op in _HARMLESS_STATEFUL:
+            continue
+        is_random = "Random" in n.op or n.op in ("Multinomial", "TruncatedNormal",
+                                                  "ParameterizedTruncatedNormal")
+        (random if is_random else stateful).add(n.op)
+    return sorted(random), sorted(stateful)
 
 
 def _flatten(outputs) -> Dict[str, object]:

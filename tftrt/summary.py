@@ -92,10 +92,17 @@ def print_summary(info, seg: SegmentationResult, engine_ops: Dict[str, object],
 
 def build_check_line(check: dict) -> str:
     """summary()'s line for build()'s check of the engines against native TF."""
+    if "skipped" in check:
+        return (f"[*] Engines vs native TF on the first build input: not compared -- "
+                f"{check['skipped']} ({check['precision']})")
+    of = (f"of the elements of output {check['worst_output']!r} differ" if check.get("exact")
+          else "of an output's largest value")
     line = (f"[*] Engines vs native TF on the first build input: largest error "
-            f"{check['worst']:.1e} of an output's largest value ({check['precision']})")
+            f"{check['worst']:.1e} {of} ({check['precision']})")
     if not check.get("engine_calls"):
         return line + " -- no engine ran (every segment ran natively): this checked nothing"
+    if check.get("empty"):
+        return line + " -- the first build input has no elements: this checked nothing"
     if check["worst"] > check["bar"]:
         return line + (f" -- over {check['bar']:.0e}: check whether these answers are "
                        f"acceptable (tftrt compare)")
