@@ -16,8 +16,7 @@ import cupy as cp
 
 from tftrt.engine.backends import cuda_source_im2col as I2C
 from tftrt.engine.backends import cupy_kernels as K
-from tftrt.engine.backends.cupy_layers import (CHOICE_ATTR, GemmImpl, _dtype, _random,
-                                               _scratch, _shape)
+from tftrt.engine.backends.cupy_layers import GemmImpl, _dtype, _random, _scratch, _shape
 from tftrt.env import env_float
 
 _ALIGN_WS = 256  # the GEMM's scratch starts this aligned after the column chunk
@@ -72,9 +71,11 @@ class ConvIm2col(GemmImpl):
         self.tail = None  # the GEMM of a shorter last chunk
         last = self.rows % self.per
         if last:
-            tail = layer.clone()
-            tail.attrs.pop(CHOICE_ATTR, None)  # the full chunk's algorithm: tuned apart
-            self.tail = _ChunkGemm(net, tail, weights, opts,
+            # The shorter last chunk (rare: no divisor of the rows fit) keeps the layer's
+            # record, made for the full chunk's GEMM: a record for another GEMM gives
+            # cuBLASLt's first algorithm, untimed, so the engines a profile makes for other
+            # shapes time nothing here either.
+            self.tail = _ChunkGemm(net, layer.clone(), weights, opts,
                                    (last, self.cout, kp, 1, False, True, 0, 0, 0), x, w)
         self.workspace = self.col_bytes + max(self.gemm.workspace,
                                               self.tail.gemm.workspace if self.tail else 0)
