@@ -19,17 +19,16 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 # A GPU machine starts bare: tftrt's build cache (tactic and cuDNN / cuBLASLt choices) and
 # CuPy's kernel cache come from .buildcache/cache.tgz when the call carries it, and go back
 # to $OUT/buildcache.tgz for the next session (copy it to .buildcache/ and carry that).
-# Rows record build_cache=warm / cold. BUILD_CACHE=0: a cold build, nothing written back.
+# Rows record build_cache=warm / cold. Both caches always start empty in /tmp/tftrt-carry;
+# BUILD_CACHE=0: nothing carried in or written back (a cold build).
 carry=/tmp/tftrt-carry
-if [ "${BUILD_CACHE:-1}" != 0 ]; then
-  mkdir -p "$carry/tftrt" "$carry/cupy"
-  export ZOO_BUILD_CACHE=cold
-  if [ -f "$repo/.buildcache/cache.tgz" ] && tar xzf "$repo/.buildcache/cache.tgz" -C "$carry"
-  then
-    export ZOO_BUILD_CACHE=warm
-    echo "build cache carried in: $(du -sh "$carry" | cut -f1)"
-  fi
-  export TFTRT_CACHE_DIR="$carry/tftrt" CUPY_CACHE_DIR="$carry/cupy"
+rm -rf "$carry"  # a warm machine keeps /tmp: an earlier call's caches would make "cold" warm
+mkdir -p "$carry/tftrt" "$carry/cupy"
+export TFTRT_CACHE_DIR="$carry/tftrt" CUPY_CACHE_DIR="$carry/cupy" ZOO_BUILD_CACHE=cold
+if [ "${BUILD_CACHE:-1}" != 0 ] && [ -f "$repo/.buildcache/cache.tgz" ] && \
+    tar xzf "$repo/.buildcache/cache.tgz" -C "$carry"; then
+  export ZOO_BUILD_CACHE=warm
+  echo "build cache carried in: $(du -sh "$carry" | cut -f1)"
 fi
 if [ "$stage" = tf ] || [ "$stage" = all ]; then
   # The torch peers need ~1 minute per model (compile + CUDA graph capture): leave them that.
@@ -50,6 +49,11 @@ fi
 ( cd "$repo" && PYTHONPATH="$repo:${PYTHONPATH:-}" python3 benchmarks/zoo.py --table \
     --out "$json" ) 2>&1 | tee "$out/zoo_table.md"
 if [ "${BUILD_CACHE:-1}" != 0 ]; then  # for the next session (the carry limit is 64 MiB)
-  tar czf "$out/buildcache.tgz" -C "$carry" tftrt cupy && \
-    echo "build cache out: $(du -h "$out/buildcache.tgz" | cut -f1) in \$OUT/buildcache.tgz"
+  tar czf "$out/buildcache.tgz" -C "$carry" tftrt cupy
+  size=$(stat -c %s "$out/buildcache.tgz")
+  if [ "$size" -gt $(( 56 << 20 )) ]; then  # with a ~4 MB checkout it would not travel
+    echo "build cache out: $(( size >> 20 )) MB, too large to carry; CuPy's kernels dropped"
+    tar czf "$out/buildcache.tgz" -C "$carry" tftrt
+  fi
+  echo "build cache out: $(du -h "$out/buildcache.tgz" | cut -f1) in \$OUT/buildcache.tgz"
 fi

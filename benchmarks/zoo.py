@@ -139,7 +139,8 @@ def run_model(name: str, args, work: str, dev: str, device: str) -> None:
 
     keras.mixed_precision.set_global_policy("float32")
     src = os.path.join(work, name)
-    zoo.build(name, size, small=small).export(src, verbose=False)
+    model = zoo.build(name, size, small=small)
+    model.export(src, verbose=False)
     native = tf.saved_model.load(src).signatures["serving_default"]
     arg_name = next(iter(native.structured_input_signature[1]))
 
@@ -160,6 +161,10 @@ def run_model(name: str, args, work: str, dev: str, device: str) -> None:
         keras.mixed_precision.set_global_policy("mixed_float16")
         xla_model = zoo.build(name, size, small=small)
         keras.mixed_precision.set_global_policy("float32")
+        # The same weights and statistics as the native model: built under mixed_float16,
+        # the zoo's batch-norm matching pass ran in float16 and gave other statistics, so
+        # XLA's error would count a different model, not float16 inference.
+        xla_model.set_weights(model.get_weights())
         xla = tf.function(lambda x: xla_model(x, training=False), jit_compile=True)
         row = {**base, "runtime": "tf_xla", "precision": "FP16", "batches": {}}
         for b in args.batches:

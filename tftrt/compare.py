@@ -268,7 +268,7 @@ def compare_saved_model(path: str, batches: Sequence[Dict[str, np.ndarray]], rto
 # FP32 engines differ by TF32 and summation order (~1e-3); half precision by its rounding,
 # which a deep network of random weights amplifies to a few percent (the zoo's ResNet50: 2.4%
 # for tftrt, 3.1% for Keras' own mixed_float16).
-BUILD_CHECK_WARN = {"FP32": 1e-2, "FP16": 5e-2, "BF16": 1e-1, "INT8": 2e-1, "FP8": 2e-1}
+BUILD_CHECK_WARN = {"FP32": 1e-2, "FP16": 5e-2, "INT8": 2e-1, "FP8": 2e-1}
 
 
 def output_errors(got: Dict[str, object], expected: Dict[str, object]) -> Dict[str, float]:
@@ -335,8 +335,10 @@ def nondeterministic_ops(graph_def) -> Tuple[List[str], List[str]]:
         op_def = op_def_registry.get(n.op)
         if op_def is None or not op_def.is_stateful or n.op in _HARMLESS_STATEFUL:
             continue
-        is_random = "Random" in n.op or n.op in ("Multinomial", "TruncatedNormal",
-                                                  "ParameterizedTruncatedNormal")
+        # tf.random.Generator's ops: StatefulUniform*, StatefulStandardNormalV2,
+        # StatefulTruncatedNormal, RngReadAndSkip / RngSkip
+        is_random = "Random" in n.op or n.op.startswith(("Stateful", "Rng")) or \
+            n.op in ("Multinomial", "TruncatedNormal", "ParameterizedTruncatedNormal")
         (random if is_random else stateful).add(n.op)
     return sorted(random), sorted(stateful)
 

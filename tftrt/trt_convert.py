@@ -332,7 +332,7 @@ class TrtGraphConverterV2:
 
     def _check_build(self, args, outputs, engine_calls: int) -> None:
         """Compares ``outputs`` (the first build input through the engines, ``engine_calls``
-        engine runs) with the input model's own signature on that input (native TF, FP32)
+        engine runs) with the input model's own signature on that input (run natively by TF)
         and keeps the largest relative error per output for summary(); warns once when it is
         past compare.BUILD_CHECK_WARN for the precision (TFTRT_BUILD_CHECK=0 skips the native
         call).
@@ -363,8 +363,11 @@ class TrtGraphConverterV2:
             errors = compare.output_errors(got, ref)
             bar = compare.BUILD_CHECK_WARN.get(precision, compare.BUILD_CHECK_WARN["FP16"])
             worst = max(errors.values(), default=0.0)
-            # An empty batch runs the engines on nothing: a zero error then proves nothing.
-            empty = any(int(v.shape.num_elements() or 0) == 0 for v in args.values())
+            # An empty batch (every input, or every output, without elements) compares
+            # nothing: a zero error then proves nothing. One empty side input next to a full
+            # one still compares.
+            empty = all(int(v.shape.num_elements() or 0) == 0 for v in args.values()) or \
+                all(compare._to_numpy(v).size == 0 for v in ref.values())
             name = max(errors, key=errors.get) if errors else None
             # A string / integer / bool output's error is the fraction of its elements that
             # differ (a float's rounding changes most of a float-formatting string's).
@@ -380,12 +383,17 @@ class TrtGraphConverterV2:
             return
         if ops and worst > bar:
             how = ("in %.1e of its elements" if exact else "by %.1e of its largest value") % worst
+            fix = {"FP32": "FP32 engines use TF32 tensor cores while TensorFlow allows them: "
+                           "tf.config.experimental.enable_tensor_float_32_execution(False) "
+                           "before convert() keeps them in full FP32",
+                   "FP16": "convert with precision_mode='FP32' if that matters"}.get(
+                       precision, "convert with precision_mode='FP16' or 'FP32' if that "
+                                  "matters")
             log.warning(
-                "the %s engines change output %r %s on the first build input (native TF in "
-                "FP32 against the engines; the bar for %s is %.0e). "
-                "If that matters, convert with precision_mode='FP32' (or 'FP16' for INT8); "
+                "the %s engines change output %r %s on the first build input (against the "
+                "model's own signature run natively by TF; the bar for %s is %.0e). %s; "
                 "`tftrt compare DIR --per-layer` on the saved model shows where it starts",
-                precision, name, how, precision, bar)
+                precision, name, how, precision, bar, fix)
 
     def _native_call(self, args):
         """The input model's own signature on ``args`` (native TF). The signature function

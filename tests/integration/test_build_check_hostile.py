@@ -213,3 +213,33 @@ def test_a_signature_that_no_longer_runs_after_convert_is_loaded_again(tmp_path,
     assert check is not None and "skipped" not in check, check
     assert check["engine_calls"] >= 1 and check["worst"] < 1e-2
     assert not [w for w in _warnings(caplog) if "first build input" in w]
+
+
+class SideInput(tf.Module):
+    """y = 2 x + sum(m): ``m`` may be empty (an optional mask) while ``x`` is not."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 8], tf.float32),
+                                  tf.TensorSpec([None, 4], tf.float32)])
+    def __call__(self, x, m):
+        return {"y": tf.nn.relu(x * 2.0 + 1.0) * 3.0 + tf.reduce_sum(m)}
+
+
+def test_an_empty_side_input_still_compares(tmp_path, monkeypatch):
+    """Only outputs with no elements make the check compare nothing: an empty side input
+    next to a full image used to say "the first build input has no elements"."""
+    empty_m = np.zeros((0, 4), np.float32)
+    conv, line = _build(SideInput(), tmp_path, monkeypatch, [{"x": _x(), "m": empty_m}],
+                        "FP32")
+    assert not conv._build_check["empty"] and "checked nothing" not in line
+    assert conv._build_check["engine_calls"] >= 1
+
+
+def test_an_fp32_warning_points_at_tf32_not_at_fp32(tmp_path, monkeypatch, caplog):
+    """Past its bar an FP32 build was told to "convert with precision_mode='FP32'"."""
+    monkeypatch.setitem(compare.BUILD_CHECK_WARN, "FP32", -1.0)  # any error is past it
+    with caplog.at_level(logging.WARNING, logger="tftrt.convert"):
+        _build(SideInput(), tmp_path, monkeypatch,
+               [{"x": _x(), "m": np.ones((2, 4), np.float32)}], "FP32")
+    (w,) = [w for w in _warnings(caplog) if "first build input" in w]
+    assert "enable_tensor_float_32_execution(False)" in w and "precision_mode=" not in w
+    assert "run natively by TF" in w and "FP32 against" not in w

@@ -370,10 +370,13 @@ class GemmImpl(Impl):
 
     def _build(self, net, layer, spec, rec, a_name, b_name):
         key = _gemm_key(spec)
-        if rec and rec.get("for", _gemm_id(spec)) != _gemm_id(spec):
+        untimed = bool(rec) and rec.get("for", _gemm_id(spec)) != _gemm_id(spec)
+        if untimed:
             # A choice recorded for another shape (a profile's opt engine, for this shape of
-            # its range): its index names another algorithm here, one never checked for this
-            # shape. Take cuBLASLt's own first pick, untimed (a new shape is not tuned).
+            # its range; im2col's full chunk, for its shorter last one): its index names
+            # another algorithm here, one never checked for this shape. Take cuBLASLt's own
+            # first pick, untimed (a new shape is not tuned) and kept out of _SHARED and the
+            # build cache, where a later build of this GEMM would take it as tuned.
             rec = {"algo": 0}
         if key in _SHARED:
             return LtGemm(spec, _SHARED[key])
@@ -400,8 +403,9 @@ class GemmImpl(Impl):
                 bias = _random((spec.n,), spec.bias_dtype) if spec.bias_dtype else None
                 g.tune(a, b, c, d, bias, stream)
             stream.synchronize()
-        _SHARED[key] = g.choice()
-        store_choice(key, _SHARED[key])
+        if not untimed:
+            _SHARED[key] = g.choice()
+            store_choice(key, _SHARED[key])
         return g
 
     def _tune_operands(self, net, spec, a_name, b_name, y_name):

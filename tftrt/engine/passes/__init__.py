@@ -46,8 +46,7 @@ PASSES: List[Pass] = [
 # Passes that depend on the precision (the builder runs them after apply_precision, gives them
 # the backend's ``accepts_layer`` and does not re-infer dtypes): attention is fused in FP16 /
 # BF16 engines only; squeeze-and-excitation blocks in every precision, with the storage dtypes
-# precision chose for their intermediates; half-precision convolutions with few input
-# channels (an image stem) read them padded to 8.
+# precision chose for their intermediates.
 LATE_PASSES: List[Callable] = [attention_fusion, se_fusion]
 
 
