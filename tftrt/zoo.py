@@ -16,12 +16,9 @@
       and encoder.
 
 Every model is seeded and freshly initialised, then ``randomize_batchnorm`` gives its
-normalisation layers random parameters and statistics: freshly initialised, MobileNetV2's
-softmax output is exactly uniform and ResNet50's nearly so, and ConvNeXt's layer scales
-(1e-6) hide every block: comparing those checks nothing. The applications' batch norms then
-get the statistics of their inputs on random images (``match_batchnorm_statistics``): random
-statistics let deep models' activations grow near float16's limit, where no FP16 result is
-checkable. Applications keep ``include_preprocessing`` on where
+normalisation layers random statistics: freshly initialised, MobileNetV2's softmax output is
+exactly uniform and ResNet50's nearly so, and ConvNeXt's layer scales (1e-6) hide every
+block: comparing those checks nothing. Applications keep ``include_preprocessing`` on where
 they have it (users have it): EfficientNet's and ConvNeXt's Rescaling / Normalization layers
 are part of the converted graph.
 """
@@ -79,59 +76,16 @@ def randomize_batchnorm(model, seed: int = 0):
     return model
 
 
-def match_batchnorm_statistics(model, x) -> None:
-    """Sets every BatchNormalization's moving mean and variance to the statistics its input
-    has when ``model`` runs on ``x`` (each layer's input normalised by the layers before it,
-    as in inference afterwards): one forward pass in training mode with momentum 0 and
-    dropout off, both restored after. A variance below 1% of its layer's median is raised to
-    that (a channel constant on ``x`` would otherwise divide by ~0 on other inputs).
-
-    Random statistics independent of the real activations let them grow with depth: in
-    EfficientNetV2B1 (240 px) they reached 4.4e4, near float16's limit, and Keras' own
-    mixed_float16 model differed from float32 by 33% of the largest logit (V2B0: 0.34%), so
-    FP16 answers could not be checked. Matched statistics keep each normalised tensor near
-    N(beta, gamma^2) at any depth."""
-    import keras
-    import numpy as np
-    layers = _all_layers(model)
-    bns = [(l, l.momentum) for l in layers if isinstance(l, keras.layers.BatchNormalization)]
-    drops = [(l, l.rate) for l in layers if isinstance(l, keras.layers.Dropout)]
-    if not bns:
-        return
-    try:
-        for l, _ in bns:
-            l.momentum = 0.0
-        for l, _ in drops:
-            l.rate = 0.0
-        model(x, training=True)
-    finally:
-        for l, m in bns:
-            l.momentum = m
-        for l, r in drops:
-            l.rate = r
-    for l, _ in bns:  # a channel (nearly) constant on x must not divide by ~0 on other inputs
-        var = l.moving_variance.numpy()
-        l.moving_variance.assign(np.maximum(var, 0.01 * float(np.median(var))))
-
-
-def _application(cls, input_size: int, seed: int, pixels: bool = False):
-    """``cls`` (a keras.applications model) with random weights, normalisation parameters
-    (:func:`randomize_batchnorm`) and batch-norm statistics matched to random images
-    (:func:`match_batchnorm_statistics`; ``pixels``: the model reads [0, 255], else [0, 1))."""
+def _application(cls, input_size: int, seed: int):
     import inspect
     import keras
-    import numpy as np
     keras.utils.set_random_seed(seed)
     kwargs = dict(weights=None, input_shape=(input_size, input_size, 3),
                   classifier_activation=None)
     if "include_preprocessing" in inspect.signature(cls).parameters:
         kwargs["include_preprocessing"] = True
-    model = randomize_batchnorm(cls(**kwargs), seed)
-    # at least ~64 values per channel in the last stage (1/32 of the input size)
-    batch = int(min(64, max(4, np.ceil(64 / max(1.0, input_size / 32) ** 2))))
-    x = np.random.RandomState(seed + 7).uniform(0, 1, (batch, input_size, input_size, 3))
-    match_batchnorm_statistics(model, (x * (255.0 if pixels else 1.0)).astype(np.float32))
-    return model
+    model = cls(**kwargs)
+    return randomize_batchnorm(model, seed)
 
 
 def resnet50(input_size: int = 224, seed: int = 0):
@@ -287,11 +241,10 @@ class ZooModel(NamedTuple):
         return (batch, s, s, 3)
 
 
-def _app(name: str, family: str):
+def _app(name: str):
     def make(size: int, seed: int = 0):
         import keras
-        return _application(getattr(keras.applications, name), size, seed,
-                            pixels=family in _PIXEL_INPUTS)
+        return _application(getattr(keras.applications, name), size, seed)
     make.__name__ = name
     return make
 
@@ -300,7 +253,7 @@ def _zoo() -> Dict[str, ZooModel]:
     z: Dict[str, ZooModel] = {}
 
     def add(name, family, size, min_size, twin=None):
-        z[name] = ZooModel(_app(name, family), family, size, min_size, twin)
+        z[name] = ZooModel(_app(name), family, size, min_size, twin)
 
     add("Xception", "xception", 299, 71)
     add("VGG16", "vgg", 224, 32, "vgg16")

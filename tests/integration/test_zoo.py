@@ -1,7 +1,6 @@
 """The zoo (tftrt.zoo.ZOO) converts almost entirely and matches native TensorFlow (numpy backend).
 
-Each model: weights=None, seeded, logits, random normalisation parameters (batch-norm
-statistics matched to random images for keras.applications), at the smallest input
+Each model: weights=None, seeded, logits, random normalisation statistics, at the smallest input
 size its architecture allows (the encoder and the ViT also at small widths), converted with
 TrtGraphConverterV2's defaults (FP32). Every model carries the ``zoo`` marker; the smallest of
 each family runs in the default suite, the rest also carry ``zoo_extra``, which the default
@@ -135,34 +134,3 @@ def test_zoo_benchmark_dry_run(tmp_path, capsys):
     bench.table(out)
     text = capsys.readouterr().out
     assert "### ViT" in text and "| 2 |" in text and "(XLA FP16: " in text
-
-
-def test_batchnorm_statistics_match_their_inputs():
-    """match_batchnorm_statistics: each batch norm's moving mean / variance become its input's
-    statistics on the given batch (the input normalised by the layers before it), so the
-    normalised tensor has per-channel mean beta and std gamma; momentum and dropout come back."""
-    import keras
-    L = keras.layers
-    keras.utils.set_random_seed(0)
-    inp = keras.Input((8, 8, 3))
-    h = L.Conv2D(6, 3, padding="same")(inp)
-    h = L.BatchNormalization(name="bn1")(h)
-    h = L.Dropout(0.5, name="drop")(h)
-    h = L.Conv2D(5, 3, padding="same")(L.ReLU()(h))
-    h = L.BatchNormalization(name="bn2")(h)
-    model = zoo.randomize_batchnorm(keras.Model(inp, h), seed=3)
-    x = np.random.RandomState(1).uniform(0, 255, (16, 8, 8, 3)).astype(np.float32)
-    momenta = [model.get_layer(n).momentum for n in ("bn1", "bn2")]
-    zoo.match_batchnorm_statistics(model, x)
-    assert [model.get_layer(n).momentum for n in ("bn1", "bn2")] == momenta
-    assert model.get_layer("drop").rate == 0.5
-    for name in ("bn1", "bn2"):
-        bn = model.get_layer(name)
-        pre = keras.Model(model.inputs, bn.input)(x, training=False).numpy()
-        np.testing.assert_allclose(bn.moving_mean.numpy(), pre.mean(axis=(0, 1, 2)),
-                                   rtol=1e-3, atol=1e-3 * np.abs(pre).max())
-        np.testing.assert_allclose(bn.moving_variance.numpy(), pre.var(axis=(0, 1, 2)),
-                                   rtol=1e-2)
-        out = keras.Model(model.inputs, bn.output)(x, training=False).numpy()
-        np.testing.assert_allclose(out.mean(axis=(0, 1, 2)), bn.beta.numpy(), atol=1e-2)
-        np.testing.assert_allclose(out.std(axis=(0, 1, 2)), bn.gamma.numpy(), rtol=2e-2)
