@@ -386,8 +386,8 @@ class TrtGraphConverterV2:
             fix = {"FP32": "FP32 engines use TF32 tensor cores while TensorFlow allows them: "
                            "tf.config.experimental.enable_tensor_float_32_execution(False) "
                            "before convert() keeps them in full FP32",
-                   "FP16": "convert with precision_mode='FP32' if that matters"}.get(
-                       precision, "convert with precision_mode='FP16' or 'FP32' if that "
+                   "FP16": "Convert with precision_mode='FP32' if that matters"}.get(
+                       precision, "Convert with precision_mode='FP16' or 'FP32' if that "
                                   "matters")
             log.warning(
                 "the %s engines change output %r %s on the first build input (against the "
