@@ -233,11 +233,20 @@ def test_generated_kernels_compile_with_nvcc(kernels, tmp_path):
     from tftrt.engine.backends.cuda_source_nms import nms_source
     for k, (center, max_out, _, _) in enumerate(NMS_CASES):
         text += "\n" + _rename(nms_source(1000, 80, max_out, bool(center)), 20000 + k)
-    cu = tmp_path / "kernels.cu"
+    nvcc_compile(text, tmp_path, "kernels")
+
+
+def nvcc_compile(text: str, tmp_path, name: str, *flags: str):
+    """Compiles CUDA source ``text`` with nvcc for sm_90 (an H200), ``flags`` added (e.g.
+    ``-Xptxas -v``, whose report is in the result's stderr); fails the test with nvcc's
+    messages when it does not compile."""
+    cu = tmp_path / f"{name}.cu"
     cu.write_text(text)
-    r = subprocess.run(["nvcc", "-c", "-x", "cu", "-std=c++14", "-o", str(tmp_path / "k.o"),
-                        str(cu)], capture_output=True, text=True, timeout=600)
+    r = subprocess.run(["nvcc", "-c", "-x", "cu", "-std=c++14", "-arch=sm_90", *flags, "-o",
+                        str(tmp_path / f"{name}.o"), str(cu)], capture_output=True, text=True,
+                       timeout=900)
     assert r.returncode == 0, r.stderr[-4000:]
+    return r
 
 
 def _host_library(text: str, tmp_path, name: str):

@@ -22,7 +22,7 @@ import types
 import numpy as np
 import pytest
 
-from tests.engine.test_cuda_codegen import HOST_SHIMS, _host_compiler
+from tests.engine.test_cuda_codegen import HOST_SHIMS, _host_compiler, nvcc_compile
 from tftrt.engine.backends import cuda_source as C
 from tftrt.engine.backends import cuda_source_dw as DW
 from tftrt.engine.backends import numpy_ops
@@ -251,12 +251,7 @@ def test_kernels_compile_for_sm90_without_spills(tmp_path):
     for dt in ("float16", "float32"):
         srcs += list(_zoo_sources(dt)) + list(_zoo_sources(dt, vec=1))
     text = C.PRELUDE + "\n".join(_rename(s.source, k) for k, s in enumerate(srcs))
-    cu = tmp_path / "dw.cu"
-    cu.write_text(text)
-    r = subprocess.run(["nvcc", "-c", "-arch=sm_90", "-std=c++14", "-Xptxas", "-v", "-o",
-                        str(tmp_path / "dw.o"), str(cu)], capture_output=True, text=True,
-                       timeout=900)
-    assert r.returncode == 0, r.stderr[-4000:]
+    r = nvcc_compile(text, tmp_path, "dw", "-Xptxas", "-v")
     spills = [int(b) for b in re.findall(r"(\d+) bytes spill stores", r.stderr)]
     assert len(spills) == len(srcs) and not any(spills), r.stderr[-4000:]
 

@@ -8,15 +8,16 @@ tactic is offered for.
 """
 
 import ctypes
+import re
 import shutil
-import subprocess
 
 import numpy as np
 import pytest
 from onnx import helper
 
 from tests.engine.harness import make_model, rand
-from tests.engine.test_cuda_codegen import HOST_SHIMS, _host_compiler, _host_library, _rename
+from tests.engine.test_cuda_codegen import (HOST_SHIMS, _host_compiler, _host_library,
+                                             _rename, nvcc_compile)
 from tftrt.engine import BuilderConfig, build_engine
 from tftrt.engine.backends import cuda_source as C
 from tftrt.engine.backends import cuda_source_im2col as I2C
@@ -79,14 +80,12 @@ def test_the_copy_writes_numpys_patches_on_the_host(tmp_path, chunk):
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH")
-def test_the_copy_compiles_with_nvcc(tmp_path):
-    text = "\n".join([C.PRELUDE] + [_rename(s.source, k) for k, s in enumerate(_sources())])
-    cu = tmp_path / "im2col.cu"
-    cu.write_text(text)
-    r = subprocess.run(["nvcc", "-c", "-x", "cu", "-std=c++14", "-arch=sm_90", "-o",
-                        str(tmp_path / "k.o"), str(cu)], capture_output=True, text=True,
-                       timeout=600)
-    assert r.returncode == 0, r.stderr[-4000:]
+def test_the_copy_compiles_with_nvcc_without_spills(tmp_path):
+    srcs = _sources()
+    text = "\n".join([C.PRELUDE] + [_rename(s.source, k) for k, s in enumerate(srcs)])
+    r = nvcc_compile(text, tmp_path, "im2col", "-Xptxas", "-v")
+    spills = [int(b) for b in re.findall(r"(\d+) bytes spill stores", r.stderr)]
+    assert len(spills) == len(srcs) and not any(spills), r.stderr[-4000:]
 
 
 def test_patches_times_the_padded_filter_is_the_convolution():
