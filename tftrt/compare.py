@@ -285,7 +285,7 @@ def output_errors(got: Dict[str, object], expected: Dict[str, object]) -> Dict[s
             continue
         if e.size == 0:
             out[name] = 0.0
-        elif e.dtype.kind in "fc" or _ml_float(e.dtype):
+        elif _is_float(e.dtype):
             fin = np.isfinite(e)
             e64, g64 = e[fin].astype(np.float64), g[fin].astype(np.float64)
             if not np.all(np.isfinite(g64)):
@@ -299,17 +299,18 @@ def output_errors(got: Dict[str, object], expected: Dict[str, object]) -> Dict[s
     return out
 
 
-def _ml_float(dtype) -> bool:
-    """bfloat16 / float8 arrays (ml_dtypes) have numpy kind "V": without this their error
-    would be the fraction of elements whose last bit flipped, not how far they moved."""
-    return dtype.kind == "V" and dtype.name.startswith(("bfloat", "float"))
+def _is_float(dtype) -> bool:
+    """A float or complex dtype, bfloat16 / float8 (ml_dtypes, numpy kind "V") included:
+    without them their error would be the fraction of elements whose last bit flipped, not
+    how far they moved."""
+    return dtype.kind in "fc" or (dtype.kind == "V" and
+                                  dtype.name.startswith(("bfloat", "float")))
 
 
 def is_float_output(value) -> bool:
     """Whether :func:`output_errors` measures ``value``'s output as floats (a relative error)
     rather than as the fraction of its elements that differ."""
-    dtype = _to_numpy(value).dtype
-    return dtype.kind in "fc" or _ml_float(dtype)
+    return _is_float(_to_numpy(value).dtype)
 
 
 # Stateful ops that only raise on bad values, or call functions whose bodies
