@@ -20,7 +20,9 @@ normalisation layers random statistics: freshly initialised, MobileNetV2's softm
 exactly uniform and ResNet50's nearly so, and ConvNeXt's layer scales (1e-6) hide every
 block: comparing those checks nothing. Applications keep ``include_preprocessing`` on where
 they have it (users have it): EfficientNet's and ConvNeXt's Rescaling / Normalization layers
-are part of the converted graph.
+are part of the converted graph. The EfficientNetV2 family's random statistics overflow
+float16, so its batch norms get the statistics of their inputs on a seeded batch instead
+(``match_batchnorm_statistics``, ``MATCHED_STATISTICS``).
 """
 
 from __future__ import annotations
@@ -73,6 +75,51 @@ def randomize_batchnorm(model, seed: int = 0):
                 layer.finalize_state()
         elif type(layer).__name__ == "LayerScale" and hasattr(layer, "gamma"):
             assign(layer.gamma, rng.uniform(0.5, 1.5, layer.gamma.shape))
+    return model
+
+
+# The families whose seeded random statistics overflow float16: EfficientNetV2B3's and
+# EfficientNetV2S's logits reached 3.7e4 and 5.4e5 in float32 at 128 px and were NaN in Keras'
+# own mixed_float16 model; B1 and B2 lost 35-45% to it. Their batch norms get the statistics
+# of their inputs instead (:func:`match_batchnorm_statistics`): V2S's logits 33, the B3's 12.7,
+# Keras' float16 error 0.8-5% (CPU, 2026-12-01). Not every family: with matched statistics the
+# deep ResNets became chaotic (their float32 engines' summation order alone moved the logits
+# past 1e-3, H200, 2026-12-01), so they keep random ones.
+MATCHED_STATISTICS = ("efficientnet_v2",)
+# The seed of the batch the statistics are matched on (not one the tests and benchmarks use).
+CALIBRATION_SEED = 1000
+
+
+def calibration_batch(size: int) -> int:
+    """Images in the batch the statistics are matched on: at least 4, and enough that the
+    last stage's feature map (size / 32 a side) has 256 positions per channel. From 4 images
+    of 32 px (one position each), the variances were near 0 and EfficientNetV2B0's logits
+    1.6e7."""
+    side = max(size // 32, 1)
+    return max(4, -(-256 // (side * side)))
+
+
+def match_batchnorm_statistics(model, x):
+    """Sets every BatchNormalization's moving mean and variance to the mean and variance of
+    its input on batch ``x``, as training leaves them: one forward pass in training mode with
+    each batch norm's momentum at 0 (its moving statistics become the batch's) and dropout
+    off (stochastic depth would skip blocks). Gamma and beta stay as they are."""
+    import keras
+    layers = _all_layers(model)
+    norms = [l for l in layers if isinstance(l, keras.layers.BatchNormalization)]
+    drops = [l for l in layers if isinstance(l, keras.layers.Dropout)]
+    momenta, rates = [l.momentum for l in norms], [l.rate for l in drops]
+    try:
+        for l in norms:
+            l.momentum = 0.0
+        for l in drops:
+            l.rate = 0.0
+        model(x, training=True)
+    finally:
+        for l, m in zip(norms, momenta):
+            l.momentum = m
+        for l, r in zip(drops, rates):
+            l.rate = r
     return model
 
 
@@ -241,10 +288,14 @@ class ZooModel(NamedTuple):
         return (batch, s, s, 3)
 
 
-def _app(name: str):
+def _app(name: str, family: str):
     def make(size: int, seed: int = 0):
         import keras
-        return _application(getattr(keras.applications, name), size, seed)
+        model = _application(getattr(keras.applications, name), size, seed)
+        if family in MATCHED_STATISTICS:
+            match_batchnorm_statistics(model, sample_input(
+                name, calibration_batch(size), size, seed=CALIBRATION_SEED + seed))
+        return model
     make.__name__ = name
     return make
 
@@ -253,7 +304,7 @@ def _zoo() -> Dict[str, ZooModel]:
     z: Dict[str, ZooModel] = {}
 
     def add(name, family, size, min_size, twin=None):
-        z[name] = ZooModel(_app(name), family, size, min_size, twin)
+        z[name] = ZooModel(_app(name, family), family, size, min_size, twin)
 
     add("Xception", "xception", 299, 71)
     add("VGG16", "vgg", 224, 32, "vgg16")

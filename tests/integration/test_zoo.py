@@ -50,6 +50,48 @@ def test_every_family_has_a_ci_member():
     assert not missing, f"families without a model in the default suite: {missing}"
 
 
+def test_efficientnet_v2_batch_norms_carry_their_inputs_statistics():
+    """The EfficientNetV2 family's batch norms hold the mean and variance of their inputs on
+    the seeded calibration batch (random statistics overflowed float16), its dropout and
+    momenta are as Keras made them, and Keras' own mixed_float16 model stays finite and
+    within the zoo's FP16 bar. Other families keep random statistics."""
+    import keras
+    size = 64
+    model = zoo.build("EfficientNetV2B0", size)
+    norms = [l for l in zoo._all_layers(model)
+             if isinstance(l, keras.layers.BatchNormalization)]
+    assert len(norms) > 50 and {l.momentum for l in norms} == {0.9}  # as Keras made them
+    drops = [l for l in zoo._all_layers(model) if isinstance(l, keras.layers.Dropout)]
+    assert drops and all(l.rate > 0 for l in drops)
+    x = zoo.sample_input("EfficientNetV2B0", zoo.calibration_batch(size), size,
+                         seed=zoo.CALIBRATION_SEED)
+    assert x.shape[0] == 64  # 2 x 2 positions a side at the last stage: 64 images
+    for bn in (norms[0], norms[len(norms) // 2], norms[-1]):
+        seen = keras.Model(model.inputs, bn.input)(x, training=False).numpy()
+        axes = tuple(range(seen.ndim - 1))
+        np.testing.assert_allclose(bn.moving_mean.numpy(), seen.mean(axes), rtol=1e-3,
+                                   atol=1e-4 * np.abs(seen).max())
+        np.testing.assert_allclose(bn.moving_variance.numpy(), seen.var(axes), rtol=1e-3,
+                                   atol=1e-6 * (seen ** 2).max())
+    y = model(zoo.sample_input("EfficientNetV2B0", 2, size), training=False).numpy()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        half = zoo.build("EfficientNetV2B0", size)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    half.set_weights(model.get_weights())
+    y16 = np.asarray(half(zoo.sample_input("EfficientNetV2B0", 2, size), training=False),
+                     np.float32)
+    assert np.isfinite(y16).all()
+    assert np.abs(y16 - y).max() <= 2e-2 * np.abs(y).max()
+    # a family with random statistics: the first batch norm's mean is not its input's
+    other = zoo.build("MobileNetV2", 32)
+    bn = next(l for l in zoo._all_layers(other)
+              if isinstance(l, keras.layers.BatchNormalization))
+    seen = keras.Model(other.inputs, bn.input)(zoo.sample_input("MobileNetV2", 4, 32)).numpy()
+    assert not np.allclose(bn.moving_mean.numpy(), seen.mean((0, 1, 2)), rtol=1e-2)
+
+
 @pytest.mark.parametrize("name", _params())
 def test_zoo_model_converts_and_matches(name, tmp_path):
     entry = zoo.ZOO[name]
@@ -81,15 +123,57 @@ def test_zoo_model_converts_and_matches(name, tmp_path):
 
 
 @pytest.mark.slow
-def test_zoo_benchmark_skips_models_that_no_longer_fit(tmp_path, capsys):
-    """--time-budget: a model starts only while --model-seconds still fit (a model cut off
-    by the GPU call's timeout leaves no row)."""
+def _bench_zoo(name: str):
+    """benchmarks/zoo.py as a module."""
     import importlib.util
     import os
     path = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "zoo.py")
-    spec = importlib.util.spec_from_file_location("bench_zoo_budget", path)
+    spec = importlib.util.spec_from_file_location(name, path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_zoo_summary_takes_the_latest_gpu_rows(tmp_path, capsys):
+    """--summary over several result files: the latest tftrt FP16 / XLA pair per model and
+    batch, the geometric mean of the speed-ups, the models below 1x, the models with no pair;
+    dry-run and CPU rows do not count."""
+    import json
+    bench = _bench_zoo("bench_zoo_summary")
+
+    def row(model, runtime, tput, **kw):
+        return {"model": model, "runtime": runtime, "precision": "FP16", "device": "H200",
+                "batches": {str(b): {"throughput": t} for b, t in tput.items()}, **kw}
+    old, new = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    old.write_text("\n".join(json.dumps(r) for r in [
+        row("VGG16", "tf_xla", {1: 100, 128: 1000}),
+        row("VGG16", "tftrt", {1: 300, 128: 900}),          # superseded below
+        row("ResNet50", "tf_xla", {1: 100, 128: 1000}),
+        row("ResNet50", "tftrt", {1: 400, 128: 4000}),
+        row("ViT", "tf_xla", {1: 1, 128: 1}, dry_run=True),  # not a measurement
+        row("ViT", "tftrt", {1: 9, 128: 9}, dry_run=True),
+        row("UNet", "tf_xla", {1: 1, 128: 1}, device="CPU"),
+        row("UNet", "tftrt", {1: 9, 128: 9}, device="CPU")]) + "\n")
+    new.write_text(json.dumps(row("VGG16", "tftrt", {1: 200, 128: 1100})) + "\n")
+    got = bench.summary([str(old), str(new)])
+    text = capsys.readouterr().out
+    assert got["measured"] == ["VGG16", "ResNet50"]  # zoo order
+    assert set(got["missing"]) == set(zoo.ZOO) - {"VGG16", "ResNet50"}
+    assert got["batches"][1]["geomean"] == pytest.approx((2.0 * 4.0) ** 0.5)
+    assert got["batches"][128]["geomean"] == pytest.approx((1.1 * 4.0) ** 0.5)
+    assert got["batches"][128]["below_1x"] == {}
+    assert "2 of %d zoo models measured" % len(zoo.ZOO) in text
+    # the older VGG16 row alone would have been below 1x at 128
+    got = bench.summary([str(old)])
+    assert got["batches"][128]["below_1x"] == {"VGG16": pytest.approx(0.9)}
+    assert "below 1x: VGG16 0.90x" in capsys.readouterr().out
+
+
+def test_zoo_benchmark_skips_models_that_no_longer_fit(tmp_path, capsys):
+    """--time-budget: a model starts only while --model-seconds still fit (a model cut off
+    by the GPU call's timeout leaves no row)."""
+    import os
+    bench = _bench_zoo("bench_zoo_budget")
     out = str(tmp_path / "zoo.jsonl")
     bench.main(["--models", "ViT", "UNet", "--dry-run", "--time-budget", "100",
                 "--model-seconds", "150", "--out", out])
@@ -99,13 +183,8 @@ def test_zoo_benchmark_skips_models_that_no_longer_fit(tmp_path, capsys):
 
 def test_zoo_benchmark_dry_run(tmp_path, capsys):
     """benchmarks/zoo.py's CPU path (numpy backend, small ViT): rows, engine report, table."""
-    import importlib.util
     import json
-    import os
-    path = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "zoo.py")
-    spec = importlib.util.spec_from_file_location("bench_zoo", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _bench_zoo("bench_zoo")
     out = str(tmp_path / "zoo.jsonl")
     bench.main(["--models", "ViT", "--batches", "1", "2", "--dry-run", "--fp32", "--graph-fn",
                 "--out", out])
@@ -125,6 +204,10 @@ def test_zoo_benchmark_dry_run(tmp_path, capsys):
     assert bench.rel_bar("FP16", xla["rel_err"]) == max(bench.REL_TOL["FP16"], xla["rel_err"])
     assert bench.rel_bar("FP16", 0.05) == 0.05
     assert bench.rel_bar("FP32", 0.05) == bench.REL_TOL["FP32"]
+    # an FP32 row where TF32 is on (a GPU, TF's default) may differ by TF32's rounding; the
+    # CPU here has no TF32, so this row was held to the strict bar
+    assert bench.rel_bar("FP32", 0.05, tf32=True) == bench.REL_TOL["TF32"] > bench.REL_TOL["FP32"]
+    assert row["tf32"] is False and not bench.tf32_on("/CPU:0")
     assert 0 < row["convert_s"] < 600
     assert row["host_layers"] == row["layers"] > 0  # the numpy backend runs on the host
     assert set(row["batches"]) == {"1", "2"}
