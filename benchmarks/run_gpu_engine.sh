@@ -12,10 +12,10 @@ if [ -n "${TESTS:-}" ]; then
     tests/gpu/test_cupy_backend.py -q -p no:cacheprovider -rf "${sel[@]}" > "$out/gpu_tests.log" 2>&1
   grep -E "passed|failed|Error|FAILED" "$out/gpu_tests.log" | tail -15
 fi
-if [ -n "${STEMS:-}" ]; then  # the zoo's image stems: cuDNN against im2col
-  timeout 240 python3 -m pytest tests/gpu/test_im2col_gpu.py -q -s -p no:cacheprovider -rf \
-    2>&1 | grep -v "^W0000\|^I0000" > "$out/stems_tests.txt"
-  grep -E "passed|failed|FAILED|Error|\[im2col\]" "$out/stems_tests.txt" | cut -c1-400 | tail -20
+if [ -n "${STEMS:-}" ]; then  # the zoo's image stems: cuDNN against im2col and stem_direct
+  timeout 300 python3 -m pytest tests/gpu/test_im2col_gpu.py tests/gpu/test_stem_gpu.py -q -s \
+    -p no:cacheprovider -rf 2>&1 | grep -v "^W0000\|^I0000" > "$out/stems_tests.txt"
+  grep -E "passed|failed|FAILED|Error|\[im2col\]|\[stem\]" "$out/stems_tests.txt" | cut -c1-400 | tail -24
   timeout $(( $(left) / 2 )) python3 benchmarks/bench_stems.py 2>&1 | tee "$out/stems.txt" \
     | grep -v "^W0000\|^I0000" | cut -c1-300 | tail -40
 fi

@@ -304,8 +304,8 @@ def print_row(row: dict) -> None:
           f"engine ops {row['engine_ops']} ({row['engines']} engines)  host layers "
           f"{row['host_layers']}  fallback layers {row['fallback_layers']}  convert "
           f"{row.get('convert_s', float('nan')):.1f} s  build "
-          f"{row['build_s']:.1f} s ({row.get('profile', 'static')})  rel err {row['rel_err']:.1e}  native calls "
-          f"{row['native_calls']}  {lat}", flush=True)
+          f"{row['build_s']:.1f} s ({row.get('profile', 'static')})  rel err "
+          f"{row['rel_err']:.1e}  native calls {row['native_calls']}  {lat}", flush=True)
     for f in row["fallbacks"][:10]:
         print(f"    fallback: {f}")
     for h in row["host_layer_names"][:10]:
