@@ -209,7 +209,11 @@ def run_model(name: str, args, work: str, dev: str, device: str) -> None:
             row["unconverted_ops"] = zoo.unconverted_ops(conv)
             log(f"tftrt {precision} converted ({row['converted']:.1%})")
             t0 = time.perf_counter()
-            conv.build(lambda: iter([tuple(inputs(b).values()) for b in args.batches]))
+            build_input = lambda: iter([tuple(inputs(b).values()) for b in args.batches])
+            if name in args.build_profile and precision == "FP16":
+                row["build_profile"] = profiled(lambda: conv.build(build_input), name)
+            else:
+                conv.build(build_input)
             row["build_s"] = time.perf_counter() - t0
             dst = os.path.join(work, f"{name}_{precision}")
             conv.save(dst)
@@ -263,6 +267,44 @@ def settle(ops, timeout: float = 300.0) -> None:
             wait = getattr(engine, "wait_pending", None)
             if wait is not None and not wait(timeout):
                 print(f"# background builds still pending after {timeout:.0f} s", flush=True)
+
+
+# Where a build's time goes, by function (cumulative seconds, not nested in one another):
+# cuDNN plan building with its runtime compiles, CuPy's kernel compiles that missed its cache
+# (NVRTC), tactic timing on the GPU.
+BUILD_STAGES = {
+    "cudnn plans": ("build_plan_at_index", "create_execution_plan", "create_execution_plans"),
+    "nvrtc (cupy kernels)": ("compile_using_nvrtc",),
+    "gpu timing": ("gpu_time",),
+}
+
+
+def profiled(fn, name: str, top: int = 25) -> dict:
+    """Runs ``fn`` under cProfile (every thread: Python 3.12's sys.monitoring); prints the
+    ``top`` functions by cumulative time and returns {stage: seconds} of BUILD_STAGES (a
+    function's cumulative time, the largest over its callers' entries) plus "total"."""
+    import cProfile
+    import pstats
+    prof = cProfile.Profile()
+    t0 = time.perf_counter()
+    prof.enable()
+    try:
+        fn()
+    finally:
+        prof.disable()
+    total = time.perf_counter() - t0
+    st = pstats.Stats(prof)
+    out = {"total": total}
+    for stage, names in BUILD_STAGES.items():
+        out[stage] = sum(max((v[3] for (_, _, fname), v in st.stats.items()
+                              if fname == n), default=0.0) for n in names)
+    print(f"# {name}: build {total:.1f} s: " + ", ".join(
+        f"{k} {v:.1f} s" for k, v in out.items() if k != "total"), flush=True)
+    rows = sorted(st.stats.items(), key=lambda kv: -kv[1][3])[:top]
+    for (file, line, fname), v in rows:
+        print(f"#   {v[3]:8.2f} s cum {v[2]:8.2f} s own {v[1]:7d} calls  "
+              f"{os.path.basename(file)}:{line} {fname}", flush=True)
+    return out
 
 
 def layer_profile(ops, name: str, batch: int) -> None:
@@ -437,6 +479,10 @@ def main(argv: Optional[List[str]] = None) -> None:
                     help="these models' tftrt FP16 engines: a per-layer profile at the largest "
                          "batch (each layer replayed alone, bench_engine.print_profile), after "
                          "the timings (cupy backend)")
+    ap.add_argument("--build-profile", nargs="*", default=(), metavar="MODEL",
+                    help="these models' tftrt FP16 build under cProfile: the top functions "
+                         "and the seconds per stage (cuDNN plans, NVRTC, GPU timing), row "
+                         "key build_profile")
     ap.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                     help="start a model only while its --model-seconds still fit in this "
                          "many seconds from the start (a model cut off by the caller's "

@@ -187,7 +187,7 @@ def test_zoo_benchmark_dry_run(tmp_path, capsys):
     bench = _bench_zoo("bench_zoo")
     out = str(tmp_path / "zoo.jsonl")
     bench.main(["--models", "ViT", "--batches", "1", "2", "--dry-run", "--fp32", "--graph-fn",
-                "--out", out])
+                "--build-profile", "ViT", "--out", out])
     rows = [json.loads(line) for line in open(out)]
     assert [(r["runtime"], r["precision"]) for r in rows] == [
         ("tf_native", "FP32"), ("tf_xla", "FP16"), ("tftrt", "FP16")]
@@ -197,6 +197,11 @@ def test_zoo_benchmark_dry_run(tmp_path, capsys):
     assert row["engine_ops"] == 1 and row["engines"] == 2  # one engine per batch size
     assert row["native_calls"] == 0 and row["engine_calls"] > 0
     assert row["rel_err_ok"], row["rel_err"]
+    # --build-profile: the FP16 build under cProfile, its stages (no GPU work here)
+    prof = row["build_profile"]
+    assert 0 < prof["total"] <= row["build_s"] and prof["gpu timing"] == 0.0, prof
+    assert set(prof) == {"total", *bench.BUILD_STAGES}
+    assert "ViT: build " in capsys.readouterr().out
     # XLA's row carries what Keras' own mixed_float16 model loses on the same inputs; the
     # FP16 bar is REL_TOL or that, whichever is larger, and never more in FP32
     xla = rows[1]
