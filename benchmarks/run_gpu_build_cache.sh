@@ -6,6 +6,9 @@
 #   kc           TFTRT_CUDNN_KERNEL_CACHE=1 (dynamic-shape graphs, cuDNN's kernel cache),
 #                an empty build cache
 #   kc-warm      the same, the build cache "kc" left behind
+#   plans        TFTRT_CUDNN_PLAN_CACHE=1 (static graphs; chosen plans serialized into the
+#                build cache), an empty build cache
+#   plans-warm   the same, the build cache "plans" left behind (plans deserialized, no NVRTC)
 # then the GPU tests of the caches. Build seconds, engine speed and golden errors per row.
 #   [MODELS=ResNet50,DenseNet121] [BATCHES=128] [MODES="static static-warm"] \
 #     bash benchmarks/run_gpu_build_cache.sh [seconds]
@@ -18,11 +21,12 @@ models=${MODELS:-resnet50,DenseNet121,MobileNetV3Large}
 batches=${BATCHES:-128}
 modes=${MODES:-static static-warm kc kc-warm}
 for mode in $modes; do
-  kc=0; dir=/tmp/tftrt-cache-static
+  kc=0; plans=0; dir=/tmp/tftrt-cache-static
   case $mode in kc*) kc=1; dir=/tmp/tftrt-cache-kc;; esac
+  case $mode in plans*) plans=1; dir=/tmp/tftrt-cache-plans;; esac
   case $mode in *-warm) ;; *) rm -rf "$dir";; esac
-  echo "== $mode (TFTRT_CUDNN_KERNEL_CACHE=$kc, TFTRT_CACHE_DIR=$dir) at $(( $(date +%s) - start )) s"
-  TFTRT_CUDNN_TRACE="$out/cudnn_trace_$mode.jsonl" \
+  echo "== $mode (TFTRT_CUDNN_KERNEL_CACHE=$kc TFTRT_CUDNN_PLAN_CACHE=$plans, TFTRT_CACHE_DIR=$dir) at $(( $(date +%s) - start )) s"
+  TFTRT_CUDNN_TRACE="$out/cudnn_trace_$mode.jsonl" TFTRT_CUDNN_PLAN_CACHE=$plans \
   TFTRT_CUDNN_KERNEL_CACHE=$kc TFTRT_CACHE_DIR=$dir BENCH_ROWS="$out/build_$mode.jsonl" \
     timeout $(( $(left) - 60 )) python3 benchmarks/bench_engine.py --models "$models" \
     --precisions FP16 --batches "$batches" --peers= 2>&1 | tee "$out/build_$mode.txt" \

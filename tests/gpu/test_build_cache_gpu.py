@@ -53,7 +53,7 @@ SCRIPT = textwrap.dedent("""
     print(json.dumps({"seconds": seconds, "timed": eng.build_info["timed_layers"],
                       "loaded": kc["loaded"] is not None,
                       "kernel_cache": kc["cache"] is not None, "failed": kc["failed"],
-                      "cupy_dir": cupy_dir,
+                      "cupy_dir": cupy_dir, "plans": cupy_dnn.plan_cache_stats(),
                       "y": np.asarray(y.get() if hasattr(y, "get") else y).tolist()}))
 """)
 
@@ -143,4 +143,31 @@ def test_malformed_cached_gemm_choice_is_tuned_again(tmp_path):
             rewritten += 1
     assert rewritten >= 1, "the network's GEMM left no cuBLASLt choice in the cache"
     again = _run(tmp_path)
+    np.testing.assert_allclose(np.array(again["y"]), np.array(cold["y"]), rtol=1e-3, atol=1e-3)
+
+
+def test_serialized_cudnn_plans_load_in_a_later_process(tmp_path):
+    """TFTRT_CUDNN_PLAN_CACHE=1: the chosen cuDNN plans go to the build cache serialized (a
+    tuned graph's too) and a later process loads them instead of compiling, with the same
+    answers; off, nothing is stored. Build seconds printed (run with -s)."""
+    import numpy as np
+    off = _run(tmp_path / "off")
+    assert off["plans"] == {"stored": 0, "loaded": 0, "failed": 0}
+    assert not _entries(tmp_path / "off", "cudnn-plans")
+    cold = _run(tmp_path / "on", TFTRT_CUDNN_PLAN_CACHE="1")
+    print(f"\n[plans] cold {cold['seconds']:.2f} s {cold['plans']}")
+    assert cold["plans"]["stored"] >= 1 and not cold["plans"]["failed"], cold["plans"]
+    assert len(_entries(tmp_path / "on", "cudnn-plans")) == cold["plans"]["stored"]
+    warm = _run(tmp_path / "on", TFTRT_CUDNN_PLAN_CACHE="1")
+    print(f"[plans] warm {warm['seconds']:.2f} s {warm['plans']} (off: {off['seconds']:.2f} s)")
+    assert warm["plans"]["loaded"] == cold["plans"]["stored"] and warm["timed"] == 0
+    assert not warm["plans"]["failed"] and not warm["plans"]["stored"]
+    np.testing.assert_array_equal(np.array(warm["y"]), np.array(cold["y"]))  # the same plans
+    # a corrupt plan entry: ignored (a warning), built again, the same answers
+    for path in _entries(tmp_path / "on", "cudnn-plans"):
+        with open(path, "r+b") as f:
+            f.seek(-16, os.SEEK_END)
+            f.write(b"\xff" * 16)
+    again = _run(tmp_path / "on", TFTRT_CUDNN_PLAN_CACHE="1")
+    assert not again["plans"]["loaded"], again["plans"]
     np.testing.assert_allclose(np.array(again["y"]), np.array(cold["y"]), rtol=1e-3, atol=1e-3)

@@ -248,6 +248,39 @@ def save_kernel_cache() -> bool:
     return store.put(KERNEL_NAMESPACE, "kernels", blob)
 
 
+# --- serialized execution plans ----------------------------------------------------------
+# A convolution graph built from a recorded choice (a warm rebuild, a profile's engine for
+# another shape) builds one plan, and a runtime-fused plan compiles with NVRTC: 0.1-0.6 s per
+# graph on the H200, most of a warm build. cuDNN serializes a built plan with its compiled
+# code (cudnn-frontend's graph.serialize, supported for the runtime fusion engines); with
+# TFTRT_CUDNN_PLAN_CACHE=1 such plans go to the build cache (namespace PLAN_NAMESPACE, keyed
+# by the graph and the choice; the environment fingerprint has the GPU and cuDNN versions) and
+# a later build of the same graph deserializes instead of compiling. Off by default until a GPU
+# run has measured it; anything that fails on the way (an older frontend, a plan cuDNN will
+# not serialize, a blob it will not read) builds the plan the usual way.
+PLAN_NAMESPACE = "cudnn-plans"
+# The uids of a cached conv graph's tensors (E + i: epilogue operand i).
+_UIDS = {"X": 1, "W": 2, "Y": 3, "E": 100}
+_plan_stats = {"stored": 0, "loaded": 0, "failed": 0}
+
+
+def plan_cache_enabled() -> bool:
+    return env_bool("TFTRT_CUDNN_PLAN_CACHE", False) and build_store() is not None
+
+
+def plan_cache_stats() -> Dict[str, int]:
+    """Plans this process stored in / loaded from the build cache, and the failed attempts."""
+    return dict(_plan_stats)
+
+
+def _plan_key(kind: str, spec, n_fused: int, choice: dict) -> str:
+    import hashlib
+    import json
+    desc = json.dumps({"kind": kind, "spec": vars(spec), "fused": n_fused, "choice": choice,
+                       "uids": _UIDS}, sort_keys=True, default=str)
+    return hashlib.sha256(desc.encode()).hexdigest()
+
+
 def new_graph(c, io, dynamic: bool):
     """A cuDNN graph of ``io`` data type with float intermediates and compute, on this
     thread's handle; with ``dynamic`` (and the kernel cache on) a dynamic-shape graph with the
@@ -420,10 +453,76 @@ class _CudnnPlans:
             self._make(c, choice, candidates, no_tensor_cores)
 
     def _make(self, c, choice, candidates, no_tensor_cores) -> None:
+        key = self._cache_key(choice)
+        if key is not None and self._load_plan(c, key, choice):
+            return
         self.g, self.tensors = self._graph(c)
         if not self._plans(c, choice, candidates, no_tensor_cores):
             self.g, self.tensors = self._graph(c)
             self._plans(c, None, candidates, no_tensor_cores)
+        elif key is not None:
+            self._store_plan(key)
+
+    loaded = False  # the plan came serialized from the build cache
+
+    def _cache_key(self, choice: Optional[dict]) -> Optional[str]:
+        """The build-cache key of this graph's plan for recorded ``choice`` (None: the graph
+        keeps no serialized plan: no choice, a dynamic-shape graph, the cache off)."""
+        return None
+
+    def _uid_tensors(self) -> dict:
+        """``self.tensors`` of a deserialized graph: the same keys, with uids for tensors."""
+        raise NotImplementedError
+
+    def _load_plan(self, c, key: str, choice: dict) -> bool:
+        blob = build_store().get(PLAN_NAMESPACE, key)
+        if not blob:
+            return False
+        try:
+            h = cudnn_handle()
+            g = c.pygraph(handle=h)
+            g.deserialize(h, blob)
+            workspace = int(g.get_workspace_size_plan_at_index(0))
+            eid, _ = g.get_engine_and_knobs_at_index(0)
+            if int(eid) != int(choice["engine"]):  # not the plan the key names
+                raise ValueError(f"the blob holds engine {int(eid)}, not {choice['engine']}")
+        except Exception as e:  # a blob this cuDNN will not read: build it, replace the entry
+            _plan_stats["failed"] += 1
+            log.info("serialized cuDNN plan not loaded (%s: %s); building it",
+                     type(e).__name__, str(e)[:200])
+            return False
+        self.g, self.tensors = g, self._uid_tensors()
+        self.index, self.built, self.times = 0, [0], {}
+        self.workspace, self.loaded, self._loaded_choice = workspace, True, dict(choice)
+        _plan_stats["loaded"] += 1
+        return True
+
+    def keep_plan(self) -> None:
+        """Puts the chosen plan (of a tuned graph too) in the build cache, serialized, when
+        the plan cache is on: a later build of this graph with this choice loads it."""
+        if self.loaded or getattr(self, "_kept", False):
+            return
+        key = self._cache_key(self.choice())
+        if key is None:
+            return
+        self._kept = True
+        try:
+            self.g.build_plan_at_index(self.index)  # selects it: serialize() takes that one
+        except Exception as e:
+            log.debug("cuDNN plan %s not selected: %s", self.index, e)
+            return
+        self._store_plan(key)
+
+    def _store_plan(self, key: str) -> None:
+        self._kept = True
+        try:
+            blob = self.g.serialize(as_bytes=True)
+        except Exception as e:  # a plan cuDNN does not serialize: nothing is kept
+            _plan_stats["failed"] += 1
+            log.debug("cuDNN plan not serialized: %s", e)
+            return
+        if build_store().put(PLAN_NAMESPACE, key, bytes(blob)):
+            _plan_stats["stored"] += 1
 
     def _plans(self, c, choice: Optional[dict], candidates: Optional[int],
                no_tensor_cores: bool = False) -> bool:
@@ -480,6 +579,8 @@ class _CudnnPlans:
         return True
 
     def choice(self) -> dict:
+        if self.loaded:
+            return dict(self._loaded_choice)
         eid, knobs = self.g.get_engine_and_knobs_at_index(self.index)
         return {"engine": int(eid), "knobs": {str(int(k)): int(v) for k, v in knobs.items()}}
 
@@ -529,6 +630,19 @@ class CudnnConv(_CudnnPlans):
         self._setup(None if precompiled_only else choice, 1 if precompiled_only else candidates,
                     spec.dtype == "float32" and not spec.tf32)
 
+    def _cache_key(self, choice):
+        if choice is None or self.dynamic or self.precompiled_only or \
+                not plan_cache_enabled():
+            return None
+        return _plan_key("conv", self.spec, self.n_fused, choice)
+
+    def _uid_tensors(self) -> dict:
+        t = {"X": _UIDS["X"], "W": _UIDS["W"], "Y": _UIDS["Y"]}
+        for e in self.spec.epilogue[:self.n_fused]:
+            if "input" in e:
+                t[e["input"]] = _UIDS["E"] + e["input"]
+        return t
+
     def _graph(self, c):
         s = self.spec
         io = _cdt(s.dtype)
@@ -536,8 +650,11 @@ class CudnnConv(_CudnnPlans):
         xd, xs = _nc_dims(s.x_shape)
         wd, ws = _nc_dims(s.w_shape)
         yd, ys = _nc_dims(s.y_shape)
-        X = g.tensor(name="X", dim=xd, stride=xs, data_type=io)
-        W = g.tensor(name="W", dim=wd, stride=ws, data_type=io)
+        # fixed uids: a plan stored serialized is executed by them (_uid_tensors)
+        uid = {"uid": _UIDS["X"]} if plan_cache_enabled() else {}
+        X = g.tensor(name="X", dim=xd, stride=xs, data_type=io, **uid)
+        uid = {"uid": _UIDS["W"]} if uid else {}
+        W = g.tensor(name="W", dim=wd, stride=ws, data_type=io, **uid)
         kw = dict(pre_padding=s.pads_b, post_padding=s.pads_e, stride=s.strides,
                   dilation=s.dilations, compute_data_type=c.data_type.FLOAT)
         if s.transpose:
@@ -552,12 +669,13 @@ class CudnnConv(_CudnnPlans):
             if e["op"] in ("bias", "scale", "add"):
                 i = e["input"]
                 shp, dt = s.operands[i]
+                euid = {"uid": _UIDS["E"] + i} if uid else {}
                 if tuple(shp) == (cout,):
                     dims = [1, cout] + [1] * (len(yd) - 2)
                     T = g.tensor(name=f"E{i}", dim=dims, stride=[cout, 1] + [cout] *
-                                 (len(yd) - 2), data_type=_cdt(dt))
+                                 (len(yd) - 2), data_type=_cdt(dt), **euid)
                 else:
-                    T = g.tensor(name=f"E{i}", dim=yd, stride=ys, data_type=_cdt(dt))
+                    T = g.tensor(name=f"E{i}", dim=yd, stride=ys, data_type=_cdt(dt), **euid)
                 tensors[i] = T
                 if e["op"] == "bias":
                     Y = g.bias(input=Y, bias=T)
@@ -568,6 +686,8 @@ class CudnnConv(_CudnnPlans):
             else:
                 Y = _cudnn_act(g, Y, e)
         Y.set_output(True).set_data_type(_cdt(s.y_dtype)).set_dim(yd).set_stride(ys)
+        if uid:
+            Y.set_uid(_UIDS["Y"])
         tensors["Y"] = Y
         g.validate()
         g.build_operation_graph()
