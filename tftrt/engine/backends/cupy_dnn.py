@@ -500,7 +500,7 @@ class _CudnnPlans:
     def keep_plan(self) -> None:
         """Puts the chosen plan (of a tuned graph too) in the build cache, serialized, when
         the plan cache is on: a later build of this graph with this choice loads it."""
-        if self.loaded or getattr(self, "_kept", False):
+        if self.loaded or getattr(self, "_kept", False) or not plan_cache_enabled():
             return
         key = self._cache_key(self.choice())
         if key is None:
