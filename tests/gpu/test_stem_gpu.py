@@ -1,8 +1,9 @@
 """Tactic ``stem_direct`` (cupy_stem: the direct few-channel convolution kernel) on the GPU:
 the zoo's stem shapes with the tactic forced, FP16 and FP32, against the numpy engine, eager
-and CUDA-graph replay; bias / ReLU / ReLU6 / SiLU / residual epilogues fused; an output the
-engine places unaligned; the timed builder's pick matches numpy; and the stems timed against
-cuDNN and im2col (printed; run with ``-s``).
+and CUDA-graph replay; bias / ReLU / ReLU6 / SiLU / residual epilogues fused (the
+unaligned-output store path is covered by tests/engine/test_stem_codegen's host runs); the
+timed builder's pick matches numpy; switched off, the tactic is not offered. The stems are
+timed against cuDNN and im2col by benchmarks/bench_stems.py.
 
 On the GPU machine: ``python -m pytest tests/gpu/test_stem_gpu.py -q -s``.
 """

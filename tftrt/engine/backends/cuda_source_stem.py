@@ -274,7 +274,8 @@ def layer_params(net, layer) -> dict:
         raise ValueError("not a group-1 conv")
     x, w, y = layer.inputs[0], layer.inputs[1], layer.outputs[0]
     xs, ws, ys = (tuple(net.tensors[t].shape) for t in (x, w, y))
-    if len(xs) != 4 or len(ws) != 4 or ws[-1] != xs[-1] or any(d is None for d in xs + ys):
+    if len(xs) != 4 or len(ws) != 4 or ws[-1] != xs[-1] or \
+            any(d is None for d in xs + ys + ws):
         raise ValueError("not a 2-D conv of static shape")
     if any(int(d) != 1 for d in a.get("dilations", (1, 1))):
         raise ValueError(f"the direct stem kernel takes dilation 1, not "
@@ -296,6 +297,6 @@ def unsupported(net, layer):
         if np.dtype(net.tensors[layer.inputs[1]].dtype).kind != "f":
             return "not a float filter"
         StemSource(**params)
-    except (ValueError, NotImplementedError) as e:
+    except (ValueError, NotImplementedError, TypeError) as e:
         return str(e)
     return None

@@ -276,7 +276,9 @@ def plan_cache_stats() -> Dict[str, int]:
 def _plan_key(kind: str, spec, n_fused: int, choice: dict) -> str:
     import hashlib
     import json
-    desc = json.dumps({"kind": kind, "spec": vars(spec), "fused": n_fused, "choice": choice,
+    plan = {"engine": int(choice["engine"]),
+            "knobs": {str(k): int(v) for k, v in dict(choice.get("knobs", {})).items()}}
+    desc = json.dumps({"kind": kind, "spec": vars(spec), "fused": n_fused, "plan": plan,
                        "uids": _UIDS}, sort_keys=True, default=str)
     return hashlib.sha256(desc.encode()).hexdigest()
 
@@ -475,54 +477,53 @@ class _CudnnPlans:
         raise NotImplementedError
 
     def _load_plan(self, c, key: str, choice: dict) -> bool:
+        """The plan the build cache holds for ``key``, deserialized into ``self.g``; False
+        (counted as failed when there was an entry) to build it instead. Entries are only
+        written from a graph of one plan, the recorded choice, with the fixed uids
+        (:meth:`_store_plan`): the key names that plan, and the uids are known."""
         blob = build_store().get(PLAN_NAMESPACE, key)
         if not blob:
             return False
+        from tftrt.engine.backends.cupy_backend import DEVICE_WIDE
+        stream = cp.cuda.Stream(non_blocking=True)
         try:
             h = cudnn_handle()
             g = c.pygraph(handle=h)
-            g.deserialize(h, blob)
+            # deserializing may run a warm-up capture on the handle's stream: a private
+            # stream, and no device-wide wait of another thread inside it
+            with DEVICE_WIDE, gc_paused():
+                c.set_stream(h, stream.ptr)
+                g.deserialize(h, blob)
+            stream.synchronize()
             workspace = int(g.get_workspace_size_plan_at_index(0))
-            eid, _ = g.get_engine_and_knobs_at_index(0)
-            if int(eid) != int(choice["engine"]):  # not the plan the key names
-                raise ValueError(f"the blob holds engine {int(eid)}, not {choice['engine']}")
         except Exception as e:  # a blob this cuDNN will not read: build it, replace the entry
-            _plan_stats["failed"] += 1
+            with _kc_lock:
+                _plan_stats["failed"] += 1
             log.info("serialized cuDNN plan not loaded (%s: %s); building it",
                      type(e).__name__, str(e)[:200])
             return False
         self.g, self.tensors = g, self._uid_tensors()
         self.index, self.built, self.times = 0, [0], {}
         self.workspace, self.loaded, self._loaded_choice = workspace, True, dict(choice)
-        _plan_stats["loaded"] += 1
+        with _kc_lock:
+            _plan_stats["loaded"] += 1
         return True
 
-    def keep_plan(self) -> None:
-        """Puts the chosen plan (of a tuned graph too) in the build cache, serialized, when
-        the plan cache is on: a later build of this graph with this choice loads it."""
-        if self.loaded or getattr(self, "_kept", False) or not plan_cache_enabled():
-            return
-        key = self._cache_key(self.choice())
-        if key is None:
-            return
-        self._kept = True
-        try:
-            self.g.build_plan_at_index(self.index)  # selects it: serialize() takes that one
-        except Exception as e:
-            log.debug("cuDNN plan %s not selected: %s", self.index, e)
-            return
-        self._store_plan(key)
-
     def _store_plan(self, key: str) -> None:
-        self._kept = True
+        """Puts the graph's one plan (built from the recorded choice) in the build cache,
+        serialized; only from a graph with the fixed uids. A tuned graph, of several plans,
+        is not stored: which one cuDNN would serialize is not ours to say (its choice is
+        recorded, and the next build of the graph, from that choice, stores it)."""
+        if not getattr(self, "fixed_uids", False) or self.built != [self.index]:
+            return
         try:
             blob = self.g.serialize(as_bytes=True)
-        except Exception as e:  # a plan cuDNN does not serialize: nothing is kept
-            _plan_stats["failed"] += 1
+        except Exception as e:  # a plan cuDNN does not serialize (a precompiled engine)
             log.debug("cuDNN plan not serialized: %s", e)
             return
         if build_store().put(PLAN_NAMESPACE, key, bytes(blob)):
-            _plan_stats["stored"] += 1
+            with _kc_lock:
+                _plan_stats["stored"] += 1
 
     def _plans(self, c, choice: Optional[dict], candidates: Optional[int],
                no_tensor_cores: bool = False) -> bool:
@@ -652,6 +653,7 @@ class CudnnConv(_CudnnPlans):
         yd, ys = _nc_dims(s.y_shape)
         # fixed uids: a plan stored serialized is executed by them (_uid_tensors)
         uid = {"uid": _UIDS["X"]} if plan_cache_enabled() else {}
+        self.fixed_uids = bool(uid)
         X = g.tensor(name="X", dim=xd, stride=xs, data_type=io, **uid)
         uid = {"uid": _UIDS["W"]} if uid else {}
         W = g.tensor(name="W", dim=wd, stride=ws, data_type=io, **uid)

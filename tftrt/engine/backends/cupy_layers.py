@@ -208,8 +208,6 @@ class ConvCudnn(Impl):
                 shared = self._build(net, layer, spec, rec)
             _SHARED[key] = shared
         self.conv, nf = shared
-        if not quick:
-            self.conv.keep_plan()  # TFTRT_CUDNN_PLAN_CACHE=1: serialized in the build cache
         self.post = Epilogue(net, layer, layer.epilogue[nf:])
         self.workspace = self.conv.workspace
         self._rec = dict(self.conv.choice(), fused=nf)
