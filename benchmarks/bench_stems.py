@@ -86,6 +86,13 @@ def main(argv=None):
         floor = (args.batch * size * size * 3 * 4 + args.batch * oh * oh * cout * 2) / BANDWIDTH
         times, outs, kinds = {}, {}, []
         for way, (tactic, env) in WAYS.items():
+            if tactic == "stem_direct":
+                from tftrt.engine.backends.cuda_source_stem import unsupported
+                why = unsupported(ref.network, next(
+                    l for l in ref.network.layers if l.kind == "conv"))
+                if why:  # forced anyway, the layer would run its fallback (cuDNN)
+                    kinds.append(f"# {name} {way}: not offered: {why}")
+                    continue
             os.environ.update(env)
             try:
                 engine = build_engine(model, shapes, BuilderConfig(
