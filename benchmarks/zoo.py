@@ -429,15 +429,21 @@ def summary(paths: List[str], print_fn=print) -> dict:
     models without such a pair. Returns what it prints, as a dict."""
     from tftrt import zoo
     latest = latest_rows(paths)
-    ratios: Dict[int, Dict[str, float]] = {}
-    for model, rows in latest.items():
-        mine, xla = rows.get(("tftrt", "FP16"), {}), rows.get(("tf_xla", "FP16"), {})
-        for b, st in mine.get("batches", {}).items():
-            peer = xla.get("batches", {}).get(b)
-            if peer and st.get("throughput") and peer.get("throughput"):
-                ratios.setdefault(int(b), {})[model] = st["throughput"] / peer["throughput"]
-    measured = sorted(set().union(*ratios.values()) if ratios else set(),
-                      key=list(zoo.ZOO).index)
+
+    def speedups(peer_key):
+        ratios: Dict[int, Dict[str, float]] = {}
+        for model, rows in latest.items():
+            mine, peer = rows.get(("tftrt", "FP16"), {}), rows.get(peer_key, {})
+            for b, st in mine.get("batches", {}).items():
+                other = peer.get("batches", {}).get(b)
+                if other and st.get("throughput") and other.get("throughput"):
+                    ratios.setdefault(int(b), {})[model] = \
+                        st["throughput"] / other["throughput"]
+        return ratios
+
+    order = list(zoo.ZOO).index
+    ratios = speedups(("tf_xla", "FP16"))
+    measured = sorted(set().union(*ratios.values()) if ratios else set(), key=order)
     out = {"measured": measured, "missing": [m for m in zoo.ZOO if m not in measured],
            "batches": {}}
     print_fn(f"{len(measured)} of {len(zoo.ZOO)} zoo models measured (tftrt FP16 and TF XLA "
@@ -451,6 +457,17 @@ def summary(paths: List[str], print_fn=print) -> dict:
         print_fn(f"- batch {b}: geometric mean {gm:.2f}x XLA over {len(r)} models; below 1x: "
                  + (", ".join(f"{m} {r[m]:.2f}x" for m in below) or "none"))
     print_fn("- not measured: " + (", ".join(out["missing"]) or "none"))
+    torch = speedups(("torch_compile", "FP16"))
+    twins = [m for m in zoo.ZOO if zoo.ZOO[m].torch_twin]
+    with_torch = set().union(*torch.values()) if torch else set()
+    out["torch"] = {b: float(np.exp(np.mean(np.log(list(r.values()))))) for b, r in
+                    torch.items()}
+    out["torch_missing"] = [m for m in twins if m not in with_torch]
+    for b in sorted(torch):
+        print_fn(f"- batch {b}: geometric mean {out['torch'][b]:.2f}x torch.compile over "
+                 f"{len(torch[b])} models")
+    print_fn("- torchvision twins without a torch.compile row: "
+             + (", ".join(out["torch_missing"]) or "none"))
     return out
 
 

@@ -154,7 +154,8 @@ def test_zoo_summary_takes_the_latest_gpu_rows(tmp_path, capsys):
         row("ViT", "tftrt", {1: 9, 128: 9}, dry_run=True),
         row("UNet", "tf_xla", {1: 1, 128: 1}, device="CPU"),
         row("UNet", "tftrt", {1: 9, 128: 9}, device="CPU")]) + "\n")
-    new.write_text(json.dumps(row("VGG16", "tftrt", {1: 200, 128: 1100})) + "\n")
+    new.write_text(json.dumps(row("VGG16", "tftrt", {1: 200, 128: 1100})) + "\n" +
+                   json.dumps(row("ResNet50", "torch_compile", {1: 200, 128: 2000})) + "\n")
     got = bench.summary([str(old), str(new)])
     text = capsys.readouterr().out
     assert got["measured"] == ["VGG16", "ResNet50"]  # zoo order
@@ -163,6 +164,11 @@ def test_zoo_summary_takes_the_latest_gpu_rows(tmp_path, capsys):
     assert got["batches"][128]["geomean"] == pytest.approx((1.1 * 4.0) ** 0.5)
     assert got["batches"][128]["below_1x"] == {}
     assert "2 of %d zoo models measured" % len(zoo.ZOO) in text
+    # torch.compile: ResNet50 only (VGG16's twin has no row)
+    assert got["torch"] == {1: pytest.approx(2.0), 128: pytest.approx(2.0)}
+    assert "VGG16" in got["torch_missing"] and "ResNet50" not in got["torch_missing"]
+    assert "ViT" not in got["torch_missing"]  # no torchvision twin
+    assert "2.00x torch.compile over 1 models" in text
     # the older VGG16 row alone would have been below 1x at 128
     got = bench.summary([str(old)])
     assert got["batches"][128]["below_1x"] == {"VGG16": pytest.approx(0.9)}
