@@ -292,9 +292,10 @@ static void mt_barrier() {
 """
 
 
-def _driver(src: DW.DwTiledSource, k: int) -> str:
-    """``run_<k>(args, blocks, threads)``: every block of the grid, one host thread per block
-    thread; returns 1 when a barrier timed out."""
+def _driver(src: DW.DwTiledSource, k: int, kernel: str = DW.KERNEL) -> str:
+    """``run_<k>(args, blocks, threads)``: every block of the grid of ``kernel``'s renamed
+    case ``k`` (``src.params`` its parameters), one host thread per block thread; returns 1
+    when a barrier timed out."""
     call = ", ".join(f"({ty})a[{j}]" for j, (ty, _) in enumerate(src.params))
     return f"""
 extern "C" int run_{k}(void** a, int blocks, int threads) {{
@@ -304,7 +305,7 @@ extern "C" int run_{k}(void** a, int blocks, int threads) {{
     mt_threadIdx.x = t;
     for (int b = 0; b < blocks; ++b) {{
       mt_blockIdx.x = b;
-      {DW.KERNEL}_{k}({call});
+      {kernel}_{k}({call});
       mt_barrier();  // the block's end: its shared memory is free for the next
     }}
   }});

@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 
 from tests.engine.test_cuda_codegen import HOST_SHIMS, _host_compiler, nvcc_compile
-from tests.engine.test_dw_codegen import THREAD_SHIMS, _build, _raw
+from tests.engine.test_dw_codegen import (THREAD_SHIMS, _build, _driver, _epilogue_spec,
+                                          _out_hw, _raw)
 from tftrt.engine.backends import cuda_source as C
 from tftrt.engine.backends import cuda_source_stem as ST
 from tftrt.engine.backends import numpy_ops
@@ -41,31 +42,6 @@ CASES = [
     ((1, 10, 35, 3), (3, 3), (1, 1), (1, 1, 1, 1), 20, "float16", "float16", "bias+relu", 0),
 ]
 INEXACT = ("silu", "gelu")
-
-
-def _out_hw(xs, k, s, pads):
-    return tuple((xs[1 + d] + pads[d] + pads[2 + d] - k[d]) // s[d] + 1 for d in (0, 1))
-
-
-def _epilogue_spec(epi: str, dt_out: str):
-    """(epilogue list, operand modes); operands are layer inputs 2 (bias), 3 (scale), 4
-    (residual)."""
-    epilogue, modes = [], {}
-    for part in filter(None, epi.split("+")):
-        if part in ("bias", "scale"):
-            i = 2 if part == "bias" else 3
-            epilogue.append({"op": part, "input": i})
-            modes[i] = ("vec", "float32")
-        elif part == "add":
-            epilogue.append({"op": "add", "input": 4})
-            modes[4] = ("full", dt_out)
-        elif part == "relu6":
-            epilogue.append({"op": "act", "fn": "clip", "min": 0.0, "max": 6.0})
-        elif part == "gelu":
-            epilogue.append({"op": "act", "fn": "gelu", "approximate": "tanh"})
-        else:
-            epilogue.append({"op": "act", "fn": part})
-    return epilogue, modes
 
 
 def _source(case) -> ST.StemSource:
@@ -227,34 +203,13 @@ def test_kernels_compile_for_sm90_without_spills(tmp_path):
 
 
 # --- running on the host ---------------------------------------------------------------------
-def _driver(src: ST.StemSource, k: int) -> str:
-    """``run_<k>(args, blocks, threads)``: every block of the grid, one host thread per block
-    thread; returns 1 when a barrier timed out."""
-    call = ", ".join(f"({ty})a[{j}]" for j, (ty, _) in enumerate(src.params))
-    return f"""
-extern "C" int run_{k}(void** a, int blocks, int threads) {{
-  mt_blockDim.x = threads; mt_size = threads; mt_count = 0; mt_broken = false;
-  std::vector<std::thread> ts;
-  for (int t = 0; t < threads; ++t) ts.emplace_back([=] {{
-    mt_threadIdx.x = t;
-    for (int b = 0; b < blocks; ++b) {{
-      mt_blockIdx.x = b;
-      {ST.KERNEL}_{k}({call});
-      mt_barrier();  // the block's end: its shared memory is free for the next
-    }}
-  }});
-  for (auto& t : ts) t.join();
-  return mt_broken ? 1 : 0;
-}}"""
-
-
 @pytest.fixture(scope="module")
 def host_kernels(tmp_path_factory):
     if _host_compiler() is None:
         pytest.skip("no host C++ compiler")
     srcs = [_source(case) for case in CASES]
     text = HOST_SHIMS + THREAD_SHIMS + C.MATH_HELPERS + "\n".join(
-        _rename(s.source, k) + _driver(s, k) for k, s in enumerate(srcs))
+        _rename(s.source, k) + _driver(s, k, ST.KERNEL) for k, s in enumerate(srcs))
     return srcs, _build(text, tmp_path_factory.mktemp("stem"), "stem")
 
 

@@ -515,6 +515,18 @@ def dw_operand_modes(net, layer) -> Dict[int, Tuple[str, str]]:
     return modes
 
 
+def conv_kernel_params(in_dtype: str, out_dtype: str,
+                       operand_modes: Dict[int, Tuple[str, str]]) -> Tuple[List[int], List]:
+    """The parameters of a direct conv kernel with a fused epilogue (``dw_tiled``,
+    ``stem_conv``): (operand layer-input indices in parameter order, [(C type, name)] of x,
+    the float32 filter ``wt``, the operands ``e<i>``, y)."""
+    operands = sorted(operand_modes)
+    params = ([(f"const {ctype(in_dtype)}*", "x"), ("const float*", "wt")] +
+              [(f"const {ctype(operand_modes[i][1])}*", f"e{i}") for i in operands] +
+              [(f"{ctype(out_dtype)}*", "y")])
+    return operands, params
+
+
 def _dw_epilogue(epilogue, operand_modes, acc: str, lane: str) -> List[str]:
     """C statements applying ``epilogue`` to the float ``acc`` of output channel ``k`` at
     ``oidx`` (``lane``: the offset of a vector lane, "" or " + v"); operand ``i`` is ``e<i>``,

@@ -30,12 +30,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from tftrt.engine.backends.cuda_source import (PRELUDE, _dw_epilogue, _vec_type, ctype,
-                                               dw_operand_modes, load_expr, store_expr)
+from tftrt.engine.backends.cuda_source import (PRELUDE, _dw_epilogue, _vec_type,
+                                               conv_kernel_params, ctype, dw_operand_modes,
+                                               load_expr, store_expr)
 
 KERNEL = "dw_tiled"
 SMEM_LIMIT = 48 * 1024       # static shared memory of one block
@@ -266,11 +267,8 @@ class DwTiledSource:
         if self.blocks >= 2 ** 31:
             raise ValueError(f"{self.blocks} blocks: more than a grid holds")
         self.smem_bytes = g.smem_bytes(tile)
-        self.operands = sorted(operand_modes)
-        self.params: List[Tuple[str, str]] = (
-            [(f"const {ctype(self.in_dtype)}*", "x"), ("const float*", "wt")] +
-            [(f"const {ctype(operand_modes[i][1])}*", f"e{i}") for i in self.operands] +
-            [(f"{ctype(self.out_dtype)}*", "y")])
+        self.operands, self.params = conv_kernel_params(self.in_dtype, self.out_dtype,
+                                                        operand_modes)
         self.source = self._source(epilogue, operand_modes)
 
     def _fill(self, it: str) -> str:

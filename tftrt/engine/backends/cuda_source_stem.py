@@ -28,12 +28,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, Sequence, Tuple
 
 import numpy as np
 
-from tftrt.engine.backends.cuda_source import (PRELUDE, _dw_epilogue, ctype,
-                                               dw_operand_modes, load_expr, store_expr)
+from tftrt.engine.backends.cuda_source import (PRELUDE, _dw_epilogue, conv_kernel_params,
+                                               ctype, dw_operand_modes, load_expr,
+                                               store_expr)
 
 KERNEL = "stem_conv"
 MAX_K = 64               # taps: 3x3 over up to 7 channels, ConvNeXt's 4x4 patches of 3
@@ -143,11 +144,8 @@ class StemSource:
         self.smem_bytes = smem_bytes(cin, self.k, cout, kh, kw, sh, sw, p.th)
         self.dims = dict(n=n, h=h, w=w, cin=cin, ho=ho, wo=wo, cout=cout, kh=kh, kw=kw, sh=sh,
                          sw=sw, ph=ph, pw=pw)
-        self.operands = sorted(operand_modes)
-        self.params: List[Tuple[str, str]] = (
-            [(f"const {ctype(self.in_dtype)}*", "x"), ("const float*", "wt")] +
-            [(f"const {ctype(operand_modes[i][1])}*", f"e{i}") for i in self.operands] +
-            [(f"{ctype(self.out_dtype)}*", "y")])
+        self.operands, self.params = conv_kernel_params(self.in_dtype, self.out_dtype,
+                                                        operand_modes)
         self.source = self._source(epilogue, operand_modes)
 
     def _store(self) -> str:
