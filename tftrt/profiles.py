@@ -356,6 +356,27 @@ def tactic_choices(engine) -> Dict[str, dict]:
     return {l.name: layer_choice(l) for l in engine.network.layers}
 
 
+def fewest_parts(b: int, sizes) -> Optional[List[int]]:
+    """Batch sizes from ``sizes`` (each as often as needed) adding up to ``b`` in the fewest
+    parts, largest first; None when none do. (Taking the largest first alone misses sums: 6
+    from {5, 4, 2} is 4 + 2.)"""
+    avail = sorted({int(n) for n in sizes if 0 < int(n) <= b}, reverse=True)
+    best: List[Optional[int]] = [0] + [None] * b   # parts for each sum
+    pick = [0] * (b + 1)
+    for v in range(1, b + 1):
+        for n in avail:  # largest first: ties keep the larger part
+            if n <= v and best[v - n] is not None and (
+                    best[v] is None or best[v - n] + 1 < best[v]):
+                best[v], pick[v] = best[v - n] + 1, n
+    if b < 1 or best[b] is None:
+        return None
+    out, v = [], b
+    while v:
+        out.append(pick[v])
+        v -= pick[v]
+    return sorted(out, reverse=True)
+
+
 class ProfileEngine:
     """One engine holding optimization profiles (see the module doc).
 
@@ -439,7 +460,7 @@ class ProfileEngine:
         """The split ladder of profile ``i`` at ``key``'s other dimensions: its smallest
         batch, then the powers of two up to (not including) its largest batch, those that
         fall in this profile."""
-        lo, hi = self._batch_range(i)
+        lo, hi = self._split_range(i)
         sizes, n = [lo], 1
         while n < hi:
             if n > lo:
@@ -464,7 +485,7 @@ class ProfileEngine:
     def _build_smallest(self, i: int, key: ShapeKey) -> bool:
         """Builds profile ``i``'s smallest batch at ``key``'s other dimensions; False when
         that batch is not below ``key``'s, falls in another profile, or failed (logged)."""
-        lo = self._batch_range(i)[0]
+        lo = self._split_range(i)[0]
         rung = self._rung(key, lo)
         if lo >= key[0][0] or self.profile_index(rung) != i:
             return False
@@ -636,23 +657,36 @@ class ProfileEngine:
                          "split batches): %s", self.profiles[i], self._split_why[i])
         return self._split_why[i]
 
+    def _ones_apart(self, i: int) -> bool:
+        """Whether profile ``i``'s batch 1 may compute otherwise than its other batches: its
+        template could not show the network at batch 1 to be the same (``ones_ok`` False, e.g.
+        a value folded from ``batch == 1``), so batch 1 is built the full way and is no part
+        of a split batch (an engine for batch 1 answers for a batch of 1, not for one row of
+        a larger batch)."""
+        made = self._template(i)
+        return made is not None and not getattr(made[0], "ones_ok", True)
+
+    def _split_range(self, i: int) -> Tuple[int, int]:
+        """(smallest, largest) batch of profile ``i`` a split batch may be made of."""
+        lo, hi = self._batch_range(i)
+        return (max(lo, 2) if self._ones_apart(i) else lo), hi
+
     def _parts(self, key: ShapeKey) -> Optional[List[Tuple[int, object]]]:
         """Engines already built for smaller batches of ``key``'s other dimensions whose
-        batches add up to ``key``'s (largest first), or None."""
+        batches add up to ``key``'s (largest first), or None. No batch-1 engine where the
+        profile's batch 1 stands apart (:meth:`_ones_apart`)."""
         b = key[0][0]
         rest = [s[1:] for s in key]
+        i = self.profile_index(key)
+        least = 2 if i is not None and self._ones_apart(i) else 1
         sizes: Dict[int, object] = {}
         for k, e in self._engines.items():
             n = k[0][0]
-            if (0 < n < b and len(k) == len(key) and all(s[0] == n for s in k) and
+            if (least <= n < b and len(k) == len(key) and all(s[0] == n for s in k) and
                     all(s[1:] == r for s, r in zip(k, rest))):
                 sizes[n] = e
-        parts, left = [], b
-        for n in sorted(sizes, reverse=True):
-            while n <= left:
-                parts.append((n, sizes[n]))
-                left -= n
-        return parts if parts and left == 0 else None
+        counts = fewest_parts(b, sizes)
+        return [(n, sizes[n]) for n in counts] if counts else None
 
     def _rung(self, key: ShapeKey, n: int) -> ShapeKey:
         return tuple((n, *s[1:]) for s in key)

@@ -132,6 +132,45 @@ def test_new_batch_sizes_are_split_through_tensorflow(flatten_dir, monkeypatch, 
     assert lpe.wait_pending(timeout=120)
 
 
+class BatchOfOne(tf.Module):
+    """y = x * (batch == 1) + 1: a batch of one computes otherwise than one row of a larger
+    batch (the value folds from tf.shape)."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+    def __call__(self, x):
+        return {"y": x * tf.cast(tf.equal(tf.shape(x)[0], 1), tf.float32) + 1.0}
+
+
+def test_batch_one_that_computes_otherwise_is_no_part_of_a_split(tmp_path, monkeypatch):
+    """The template finds batch 1 apart (ones_ok False: built the full way); split batches
+    then never take a batch-1 engine for a row of a larger batch (it answered x + 1 there,
+    native 1): odd batches wait for their own engine, even ones split into rungs of 2 and
+    more; every answer matches native TensorFlow."""
+    monkeypatch.delenv("TFTRT_SPLIT_BATCH", raising=False)
+    path = models.save_module(BatchOfOne(), str(tmp_path / "one"))
+    native = tf.saved_model.load(path).signatures["serving_default"]
+    conv, fn, op = converted(path)
+    conv.build(lambda: iter([(np.ones((b, 4), np.float32),) for b in (1, 8)]))
+    (pe,) = [e for _, e in op.cache.items()]
+    assert not pe._template(0)[0].ones_ok and pe.split_check(0) is None
+    for b in (5, 6, 3, 1, 7, 2):
+        x = tf.constant(np.arange(b * 4, dtype=np.float32).reshape(b, 4) + 2.0)
+        np.testing.assert_array_equal(fn(x=x)["y"].numpy(), native(x=x)["y"].numpy(),
+                                      err_msg=f"batch {b}")
+        split = pe._stand_ins.get(((b, 4),))
+        assert split is None or 1 not in [n for n, _ in split.parts], (b, split.parts)
+    assert pe.stats.get("split", 0) >= 1  # 6 = 4 + 2 still splits
+    assert pe.wait_pending(timeout=120) and op.stats["native"] == 0
+
+
+def test_split_parts_are_the_fewest_that_add_up():
+    assert P.fewest_parts(6, [5, 4, 2]) == [4, 2]          # largest first alone found none
+    assert P.fewest_parts(13, [1, 2, 4, 8]) == [8, 4, 1]   # the ladder: one part per bit
+    assert P.fewest_parts(16, [8, 1]) == [8, 8]
+    assert P.fewest_parts(7, [4, 2]) is None and P.fewest_parts(0, [1]) is None
+    assert P.fewest_parts(3, [3, 1, 2]) == [3]
+
+
 def test_loaded_profiles_serve_other_sizes_without_passes(flatten_dir, passes_runs, tmp_path):
     import tftrt
     native = tf.saved_model.load(flatten_dir).signatures["serving_default"]
