@@ -304,17 +304,20 @@ class TRTEngineOp:
                 return
             profiles, opt_of = info
             pe = self.cache.get(key)
-            if not (isinstance(pe, P.ProfileEngine) and pe.profiles == profiles and
-                    pe.backend == engine.backend):
-                pe = P.ProfileEngine(profiles, self._builder(engine.backend), engine.backend,
-                                     self._specializer(engine.backend))
-            for i in opt_of:
-                try:
-                    pe.add_opt_engine(i, engine)
-                except ValueError as err:
-                    log.warning("%s: a saved engine does not match its optimization profile "
-                                "(%s); it is not used and will rebuild", self.name, err)
-                    return
+        if not (isinstance(pe, P.ProfileEngine) and pe.profiles == profiles and
+                pe.backend == engine.backend):
+            pe = P.ProfileEngine(profiles, self._builder(engine.backend), engine.backend,
+                                 self._specializer(engine.backend))
+        # the ProfileEngine's lock is never taken with the op's held: its builds take the
+        # op's lock inside its own (see _stop_background_builds)
+        for i in opt_of:
+            try:
+                pe.add_opt_engine(i, engine)
+            except ValueError as err:
+                log.warning("%s: a saved engine does not match its optimization profile "
+                            "(%s); it is not used and will rebuild", self.name, err)
+                return
+        with self._lock:
             self.cache.put(key, pe)
 
     def _saved_engine_mismatch(self, key: ShapeKey, engine) -> Optional[str]:
@@ -379,7 +382,8 @@ class TRTEngineOp:
                         self._failed_keys[s] = why
                 return None
             with self._lock:
-                self._insert(shapes[0], pe)
+                stop = self._insert(shapes[0], pe)
+            _stop_background_builds(stop)
         log.info("%s: built one engine with %d optimization profile(s) (%s): %s", self.name,
                  len(profiles), strategy, "; ".join(str(p) for p in profiles))
         return pe
@@ -499,25 +503,28 @@ class TRTEngineOp:
             return None, why
         with self._lock:
             if self._generation == generation:
-                self._insert(key, entry)
-            elif isinstance(entry, P.ProfileEngine):
-                entry.stop_background_builds()
+                stop = self._insert(key, entry)
+            else:
+                stop = [entry] if isinstance(entry, P.ProfileEngine) else []
+        _stop_background_builds(stop)  # outside the op's lock (see _stop_background_builds)
         return engine, None
 
-    def _insert(self, key: ShapeKey, entry) -> None:
-        """Caches a newly built engine; tracks evictions (see :meth:`_note_rebuild`)."""
+    def _insert(self, key: ShapeKey, entry) -> list:
+        """Caches a newly built engine; tracks evictions (see :meth:`_note_rebuild`). Called
+        with the op's lock held; returns the evicted ProfileEngines, whose background builds
+        the caller stops after releasing it (:func:`_stop_background_builds`)."""
         self._note_rebuild(key)
         evicted = self.cache.put_evicting(key, entry)
-        if evicted is not None:
-            self.stats["evictions"] += 1
-            old_key, old = evicted
-            if isinstance(old, P.ProfileEngine):
-                # its queued background builds would make engines no call can reach (a GPU
-                # build holds the interpreter lock for seconds); the one running ends
-                old.stop_background_builds()
-            self._evicted.append(old.profiles if isinstance(old, P.ProfileEngine) else old_key)
-            log.info("%s: engine cache full (maximum_cached_engines=%d); evicted the engine for "
-                     "%s", self.name, self.cache.capacity, old_key)
+        if evicted is None:
+            return []
+        self.stats["evictions"] += 1
+        old_key, old = evicted
+        self._evicted.append(old.profiles if isinstance(old, P.ProfileEngine) else old_key)
+        log.info("%s: engine cache full (maximum_cached_engines=%d); evicted the engine for "
+                 "%s", self.name, self.cache.capacity, old_key)
+        # its queued background builds would make engines no call can reach (a GPU build
+        # holds the interpreter lock for seconds); the one running ends
+        return [old] if isinstance(old, P.ProfileEngine) else []
 
     def _note_rebuild(self, key: ShapeKey) -> None:
         """Counts builds for shapes an evicted engine served; warns once when they keep coming:
@@ -617,14 +624,13 @@ class TRTEngineOp:
         """Makes ``onnx_bytes`` the segment network: engines built from the old one, its
         parsed network and its failed builds are dropped."""
         with self._lock:
-            for _, old in self.cache.items():
-                if isinstance(old, P.ProfileEngine):
-                    old.stop_background_builds()
+            stop = [old for _, old in self.cache.items() if isinstance(old, P.ProfileEngine)]
             self.spec.onnx_bytes = onnx_bytes
             self._generation += 1  # a build running now keeps its engine out of the cache
             self._network = None
             self.cache = EngineCache(self.spec.maximum_cached_engines)
             self._failed_keys.clear()
+        _stop_background_builds(stop)
 
     def _build(self, key: ShapeKey, backend: str, tactic_choices=None, weight_cache=None,
                count: bool = True):
@@ -680,6 +686,16 @@ class TRTEngineOp:
         if profiles:
             d["profiles"] = profiles
         return d
+
+
+def _stop_background_builds(engines) -> None:
+    """Stops the queued background builds of ProfileEngines an op no longer caches. Never
+    called with the op's lock held: a ProfileEngine builds under its own lock and its build
+    callbacks take the op's lock (counting builds), so stopping one (which takes its lock)
+    under the op's lock deadlocked against a build in it (helper hunt, 2026-12-01: a loaded
+    model, maximum_cached_engines=1, shapes in and out of the saved profile from 3 threads)."""
+    for engine in engines:
+        engine.stop_background_builds()
 
 
 def spec_to_json(specs: Sequence[EngineSpec]) -> str:

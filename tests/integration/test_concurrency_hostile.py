@@ -198,6 +198,50 @@ def test_an_evicted_profile_engine_builds_nothing_more(conv_dir, native, monkeyp
     assert not pe._queue and not pe._pending
 
 
+def test_no_profile_engine_lock_is_taken_under_the_op_lock(conv_dir, native, monkeypatch,
+                                                         tmp_path):
+    """Lock order: a ProfileEngine builds under its own lock and its build callbacks take the
+    op's lock, so nothing may take a ProfileEngine's lock while holding the op's. Evicting a
+    ProfileEngine stopped its background builds under the op's lock: three threads of a
+    loaded model (maximum_cached_engines=1, shapes in and out of the saved profile)
+    deadlocked within 1-22 s (helper hunt, 2026-12-01). Checked directly: every call of
+    stop_background_builds / add_opt_engine, on eviction, on a segment swap and on load, finds
+    the op's lock free."""
+    from tftrt import profiles as P
+    monkeypatch.setenv("TFTRT_SPLIT_BATCH", "1")
+    calls = []
+
+    def checked(name):
+        real = getattr(P.ProfileEngine, name)
+
+        def wrapper(self, *a, **k):
+            for o in ops:
+                assert not o._lock._is_owned(), f"{name} under {o.name}'s lock"
+            calls.append(name)
+            return real(self, *a, **k)
+        return wrapper
+    ops = []
+    for name in ("stop_background_builds", "add_opt_engine"):
+        monkeypatch.setattr(P.ProfileEngine, name, checked(name))
+    conv, fn, op, pe = dynamic(conv_dir, maximum_cached_engines=1)
+    ops.append(op)
+    x = image(2, 12)  # outside the profile: evicts it
+    close(fn(x=tf.constant(x))["y"].numpy(), native(x=tf.constant(x))["y"].numpy(), "evicting")
+    assert op.stats["evictions"] == 1 and "stop_background_builds" in calls
+    conv.save(str(tmp_path / "saved"))
+    loaded = tftrt.load(str(tmp_path / "saved"))
+    ops[:] = list(loaded.engine_ops.values())
+    assert "add_opt_engine" in calls  # the saved profile's engine, on load
+    sig = loaded.signatures["serving_default"]
+    for b, h in ((3, 8), (2, 12), (5, 8)):
+        close(sig(x=tf.constant(image(b, h)))["y"].numpy(),
+              native(x=tf.constant(image(b, h)))["y"].numpy(), f"loaded {b}x{h}")
+    calls.clear()
+    for lop in ops:
+        lop.replace_segment_network(lop.spec.onnx_bytes)
+    assert "stop_background_builds" in calls
+
+
 def test_summary_while_a_background_engine_lands(conv_dir, monkeypatch):
     """summary() reads every engine of a ProfileEngine while its background thread adds one
     (forced here at the point a thread switch can fall): before, "dictionary changed size
