@@ -9,6 +9,7 @@ with one warning naming the variable and the spellings it takes.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from typing import Optional
 
@@ -46,7 +47,8 @@ def env_bool(name: str, default: bool) -> bool:
 
 def env_float(name: str, default: float, minimum: float = 0.0) -> float:
     """The number in the environment variable ``name`` (unset or empty: ``default``); a value
-    that is not a number, or below ``minimum``, keeps the default with one warning."""
+    that is not a finite number, or below ``minimum``, keeps the default with one warning
+    (``TFTRT_SPLIT_CALLS=inf`` killed the background build thread at ``int(inf)``)."""
     raw = os.environ.get(name, "")
     if not raw.strip():
         return default
@@ -54,10 +56,10 @@ def env_float(name: str, default: float, minimum: float = 0.0) -> float:
         value = float(raw)
     except ValueError:
         value = None
-    if value is None or not value >= minimum:
+    if value is None or not (value >= minimum and math.isfinite(value)):
         if (name, raw) not in _warned:
             _warned.add((name, raw))
-            log.warning("%s=%r is not a number >= %g; using the default, %g", name, raw,
-                        minimum, default)
+            log.warning("%s=%r is not a finite number >= %g; using the default, %g", name,
+                        raw, minimum, default)
         return default
     return value

@@ -59,12 +59,13 @@ def test_unknown_boolean_keeps_the_default_with_a_warning(monkeypatch, caplog):
 
 @pytest.mark.parametrize("raw,want,warns", [("250", 250.0, False), (" 0.5 ", 0.5, False),
                                             ("", 1000.0, False), ("soon", 1000.0, True),
-                                            ("-1", 1000.0, True), ("nan", 1000.0, True)])
+                                            ("-1", 1000.0, True), ("nan", 1000.0, True),
+                                            ("inf", 1000.0, True)])
 def test_numbers_from_the_environment(monkeypatch, caplog, raw, want, warns):
     monkeypatch.setenv("TFTRT_BUILD_IDLE_MS", raw)
     with caplog.at_level("WARNING", logger="tftrt.env"):
         assert env_float("TFTRT_BUILD_IDLE_MS", 1000.0) == want
-    assert ("is not a number >= 0" in caplog.text) is warns
+    assert ("is not a finite number >= 0" in caplog.text) is warns
 
 
 @pytest.mark.parametrize("spelling", ["False", "false", "0"])
