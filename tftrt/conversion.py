@@ -164,7 +164,8 @@ def bind_engine_nodes(graph_def, ops: Dict[str, TRTEngineOp]):
     for f in graph_def.library.function:
         if f.signature.name in used:
             out.library.function.add().CopyFrom(f)
-    return rewrite.with_native_fallback(out, natives), keepalive
+    shapes = {name: ops[name].spec.output_shapes for name in natives}
+    return rewrite.with_native_fallback(out, natives, shapes), keepalive
 
 
 # The dtypes TF's GPU kernel of EagerPyFunc takes (tensorflow/python/lib/core/py_func.cc): no

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
-from typing import Callable, Dict, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -258,7 +258,8 @@ def _branch_signature(fdef, in_dtypes, out_dtypes) -> None:
         sig.output_arg.add(name=f"r_{j}", type=_dtype_enum(d))
 
 
-def with_native_fallback(graph_def, native_fdefs: Dict[str, object]):
+def with_native_fallback(graph_def, native_fdefs: Dict[str, object],
+                         output_shapes: Optional[Dict[str, list]] = None):
     """Gives every engine node of ``graph_def`` its native fallback as a node of the graph.
 
     An engine node ``E`` (an EagerPyFunc, see :func:`engine_node`) becomes two nodes: the
@@ -274,6 +275,11 @@ def with_native_fallback(graph_def, native_fdefs: Dict[str, object]):
       graph_def: engine form, each engine an EagerPyFunc node named as a key of
         ``native_fdefs``.
       native_fdefs: {engine node name: native segment FunctionDef}.
+      output_shapes: {engine node name: the segment outputs' shapes (lists, None for an
+        unknown dimension; None for an unknown rank)}: the ``If``'s ``output_shapes``, so
+        that graph code after it sees the static shapes native TF gave (TF-TRT's
+        TRTEngineOp set them from its own attribute); without them every output's shape
+        was unknown (a Keras Dense on an output failed in a user's tf.function).
     Returns:
       A new GraphDef; its library gains the native segments and the branch functions.
     """
@@ -305,6 +311,15 @@ def with_native_fallback(graph_def, native_fdefs: Dict[str, object]):
         sel.attr["then_branch"].func.name = then_f.signature.name
         sel.attr["else_branch"].func.name = else_f.signature.name
         sel.attr["output_shapes"].list.SetInParent()
+        shapes = (output_shapes or {}).get(sel.name)
+        if shapes is not None and len(shapes) == len(out_dtypes):
+            for shape in shapes:
+                proto = sel.attr["output_shapes"].list.shape.add()
+                if shape is None:
+                    proto.unknown_rank = True
+                    continue
+                for d in shape:
+                    proto.dim.add().size = -1 if d is None else int(d)
         sel.attr["_lower_using_switch_merge"].b = True
         selects.append(sel)
     out.node.extend(selects)

@@ -254,3 +254,24 @@ def test_engine_tokens_never_answer_a_models_own_py_function(tmp_path):
             print("RAISED", "pyfunc_0" in str(e))
     """)
     assert out.split() == ["RAISED", "True"]
+
+
+def test_engine_outputs_keep_their_static_shapes_in_graph_code(mlp_dir, tmp_path):
+    """As TF-TRT's TRTEngineOp (its output_shapes attribute), the engine outputs keep the
+    static shapes native TF gave them: convert()'s function and tftrt.load's signature
+    report them, and a Keras layer that needs its last dimension works on an output inside
+    a user's tf.function (before: every shape was unknown and Dense raised)."""
+    import tftrt
+    ref = native(mlp_dir)
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=mlp_dir)
+    fn = conv.convert()
+    conv.save(str(tmp_path / "saved"))
+    loaded = tftrt.load(str(tmp_path / "saved")).signatures["serving_default"]
+    x = tf.constant(np.ones((3, 8), np.float32))
+    for f in (fn, loaded):
+        assert {k: s.as_list() for k, s in f.output_shapes.items()} == \
+            {k: s.as_list() for k, s in ref.output_shapes.items()}
+        assert all(s.rank == 2 and s[0] is None for s in f.output_shapes.values())
+        dense = tf.keras.layers.Dense(2)
+        user = tf.function(lambda v, f=f, dense=dense: dense(f(x=v)["y"]))
+        assert user(x).shape == (3, 2)
