@@ -79,11 +79,14 @@ def rsqrt(ctx, x, dtype=None):
 def log1p(ctx, x, dtype=None):
     """log(1 + x) without the cancellation of a plain Log(1 + x) for small x (Kahan's trick):
     u = 1 + x;  x where u == 1, else x * log(u) / (u - 1). The rounding error of u cancels
-    between log(u) and u - 1, so the result keeps full relative precision."""
+    between log(u) and u - 1, so the result keeps full relative precision; +inf stays +inf."""
     one = scalar_like(ctx, 1, dtype, "one")
+    inf = scalar_like(ctx, np.inf, dtype, "inf")
     u = ctx.emit("Add", [x, one])
     ratio = ctx.emit("Div", [ctx.emit("Log", [u]), ctx.emit("Sub", [u, one])])
-    return ctx.emit("Where", [ctx.emit("Equal", [u, one]), x, ctx.emit("Mul", [x, ratio])])
+    y = ctx.emit("Where", [ctx.emit("Equal", [u, one]), x, ctx.emit("Mul", [x, ratio])])
+    # log1p(+inf) is +inf; the ratio is inf / inf there (NaN)
+    return ctx.emit("Where", [ctx.emit("Equal", [x, inf]), x, y])
 
 
 def expm1(ctx, x, dtype=None):

@@ -175,6 +175,19 @@ def _kernels():
         src = C.PointwiseSource(prog, [x.shape for x in xs], [x.dtype.name for x in xs],
                                 SHAPE, out_dt)
         out.append((f"{op}/{dt}/{layout}", src, xs, _reference(prog, xs, out_dt)))
+    # integer pow is exact and wraps on overflow (as TF's): 3**39 in int64 has more digits
+    # than a double holds, 7**30 wraps in int32; negative exponents take the float path
+    rng = np.random.default_rng(11)
+    for dt in ("int64", "int32"):
+        a = rng.integers(-9, 10, SHAPE).astype(dt)
+        e = rng.integers(-2, 41, SHAPE).astype(dt)
+        a.flat[:3], e.flat[:3] = (3, 7, -2), (39, 30, 63)
+        prog = [{"op": "pow", "args": ["$0", "$1"], "dtype": dt}]
+        src = C.PointwiseSource(prog, [SHAPE, SHAPE], [dt, dt], SHAPE, dt)
+        want = _reference(prog, [a, e], dt)
+        if dt == "int64":
+            assert want.flat[0] == 3 ** 39  # the exact value, not float64's
+        out.append((f"pow/{dt}/exact", src, [a, e], want))
     # a float16 program rounds each step to half precision, as TF does: erf(2.9) is 1.0 in
     # float16 (0.99996 kept in float32), and the floor after it tells the two apart
     xh = np.linspace(2.9, 3.5, int(np.prod(SHAPE))).astype(np.float16).reshape(SHAPE)

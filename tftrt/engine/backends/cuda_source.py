@@ -58,6 +58,13 @@ __device__ __forceinline__ double fmaxnan(double a, double b) { return (a != a |
 __device__ __forceinline__ double fminnan(double a, double b) { return (a != a || a < b) ? a : b; }
 template <typename T> __device__ __forceinline__ T fmaxnan(T a, T b) { return a > b ? a : b; }
 template <typename T> __device__ __forceinline__ T fminnan(T a, T b) { return a < b ? a : b; }
+// integer pow, exact and wrapping on overflow as TF's (double lost int64 digits past 2**53);
+// a negative exponent takes the float path, as the numpy backend does
+__device__ __forceinline__ long long ipow(long long a, long long e) {
+  if (e < 0) return (long long)pow((double)a, (double)e);
+  unsigned long long r = 1ull, b = (unsigned long long)a;
+  while (e) { if (e & 1) r *= b; b *= b; e >>= 1; }
+  return (long long)r; }
 template <typename T> __device__ __forceinline__ T pymod(T a, T b) {
   T r = a % b; if (r != 0 && ((r < 0) != (b < 0))) r += b; return r; }
 __device__ __forceinline__ float pymod(float a, float b) {
@@ -215,7 +222,7 @@ def op_expr(op: str, args: List[Optional[str]], ct: str, p: dict,
     if op == "pow":
         if fl:
             return f"{_fn(ct, 'pow', f'({ct})({a})', f'({ct})({b})')}"
-        return f"(({ct})pow((double)({a}), (double)({b})))"
+        return f"(({ct})ipow((long long)({a}), (long long)({b})))"
     if op == "mod":
         if p.get("fmod"):
             return _fn(ct, "fmod", a, b) if fl else f"({a} % {b})"

@@ -18,6 +18,7 @@ import cupy as cp
 
 from tftrt.engine.backends.cupy_kernels import CTYPES
 from tftrt.engine.backends.cupy_layers import Impl, _dtype, _shape
+from tftrt.engine.backends.numpy_ops import descending_order
 
 IMPLS: Dict[str, type] = {}
 
@@ -120,8 +121,10 @@ class TopK(Impl):
     def run(self, ins, outs, ws):
         a = self.layer.attrs
         x, ax, k = ins[0], a["axis"], a["k"]
-        key = x.astype(cp.int64) if x.dtype.kind == "u" else _f32(x)
-        order = cp.argsort(-key if a["largest"] else key, axis=ax)
+        # integers keep their dtype (float32 tied int32s past 2**24); descending without a
+        # negation, which overflowed INT_MIN and put NaN last (numpy_ops.descending_order)
+        key = x if x.dtype.kind in "iu" else _f32(x)
+        order = descending_order(cp, key, ax) if a["largest"] else cp.argsort(key, axis=ax)
         idx = cp.take(order, cp.arange(k), axis=ax)
         _put(outs[0], cp.take_along_axis(x, idx, axis=ax))
         _put(outs[1], idx.astype(cp.int64))

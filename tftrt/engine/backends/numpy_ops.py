@@ -43,7 +43,17 @@ def _int_div(a, b):
 def _pow(a, b):
     a_arr = np.asarray(a)
     if a_arr.dtype.kind in "iu":
-        return np.power(a_arr.astype(np.float64), np.asarray(b, np.float64)).astype(a_arr.dtype)
+        b_arr = np.asarray(b)
+        as_float = np.power(a_arr.astype(np.float64), b_arr.astype(np.float64))
+        if b_arr.dtype.kind not in "iu":
+            return as_float.astype(a_arr.dtype)
+        # exact, wrapping on overflow as TF's integer Pow does (float64 lost the low digits
+        # of int64 results past 2**53: 3**39); a negative exponent keeps the float path
+        # (the CUDA lowering's ipow does the same per element)
+        with np.errstate(over="ignore"):
+            exact = np.power(a_arr.astype(np.int64), np.maximum(b_arr, 0).astype(np.int64))
+        small = np.where(b_arr < 0, as_float, 0.0).astype(np.int64)  # |a ** -n| <= 1
+        return np.where(b_arr < 0, small, exact).astype(a_arr.dtype)
     return np.power(a_arr, np.asarray(b).astype(a_arr.dtype, copy=False))
 
 
@@ -436,9 +446,18 @@ def normalization(x, scale, bias, axes, eps):
     return y, mean, inv
 
 
+def descending_order(xp, key, axis: int, **sort_kw):
+    """Indices sorting ``key`` largest first along ``axis``, ties in index order and NaN
+    first (TF's TopK): a stable ascending sort of the reversed axis, reversed. Negating the
+    key instead overflowed int32's INT_MIN (-INT_MIN is itself) and put NaN last."""
+    n = key.shape[axis]
+    order = xp.argsort(xp.flip(key, axis), axis=axis, **sort_kw)
+    return (n - 1) - xp.flip(order, axis)
+
+
 def topk(x, k, axis, largest, sorted_):
-    key = x.astype(np.int64) if x.dtype.kind == "u" else x
-    order = np.argsort(-key if largest else key, axis=axis, kind="stable")
+    order = (descending_order(np, x, axis, kind="stable") if largest else
+             np.argsort(x, axis=axis, kind="stable"))
     idx = np.take(order, np.arange(k), axis=axis)
     return np.take_along_axis(x, idx, axis=axis), idx.astype(np.int64)
 

@@ -1,0 +1,57 @@
+"""Edge values through converted models (numpy backend: the engines run), against native TF
+to the bit: found by a hunt on 2026-12-01, each silently wrong before.
+
+* top_k of an int32 row holding INT_MIN: the descending sort negated the key and -INT_MIN
+  is INT_MIN, so it came first; top_k with a NaN: TF ranks NaN first, the engine last;
+* int64 Pow was computed in float64 (3**39 lost its low digits); int32 Pow overflow wraps;
+* log1p(+inf) was NaN (Kahan's ratio is inf / inf there).
+"""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.integration import models
+from tftrt import trt_convert as trt
+
+CASES = {
+    "top_k int32 with INT_MIN": (
+        tf.int32, lambda x: {"v": tf.math.top_k(x * 1, 3).values,
+                             "i": tf.math.top_k(x * 1, 3).indices},
+        np.array([[5, -2 ** 31, 7, 3, 0, -1], [-2 ** 31, -2 ** 31, 1, 1, 0, 2]], np.int32)),
+    "descending sort int32 with INT_MIN": (
+        tf.int32, lambda x: {"s": tf.sort(x * 1, direction="DESCENDING")},
+        np.array([[5, -2 ** 31, 7, 3, 0, -1]], np.int32)),
+    "top_k with NaN": (
+        tf.float32, lambda x: {"v": tf.math.top_k(x * 1.0, 2).values,
+                               "i": tf.math.top_k(x * 1.0, 2).indices},
+        np.array([[1.0, np.nan, 3.0, 2.0, 0.0, -1.0]], np.float32)),
+    "int64 pow": (
+        tf.int64, lambda x: {"y": tf.pow(x * 1, tf.constant([39, 22, 0, 1, 5, 2], tf.int64))},
+        np.array([[3, 7, 5, -4, -3, 9]], np.int64)),
+    "int32 pow wraps": (
+        tf.int32, lambda x: {"y": tf.pow(x * 1, tf.constant([2, 30, 3, 0, 1, 31], tf.int32))},
+        np.array([[2 ** 31 - 1, 7, -1290, 4, 9, 2]], np.int32)),
+    "log1p of infinities": (
+        tf.float32, lambda x: {"y": tf.math.log1p(x * 1.0)},
+        np.array([[np.inf, 1.0, 0.0, -1.0, 1e-8, np.nan]], np.float32)),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_edge_values_match_native_tensorflow(name, tmp_path):
+    dtype, f, x = CASES[name]
+
+    class M(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 6], dtype, name="x")])
+        def __call__(self, x):
+            return f(x)
+    path = models.save_module(M(), str(tmp_path / "m"))
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=path, minimum_segment_size=1)
+    fn = conv.convert()
+    conv.build(lambda: iter([(x,)]))
+    want = tf.saved_model.load(path).signatures["serving_default"](x=tf.constant(x))
+    got = fn(x=tf.constant(x))
+    assert sum(op.stats["engine"] for op in conv.engine_ops.values()) >= 1  # engines ran
+    for k in want:
+        np.testing.assert_array_equal(got[k].numpy(), want[k].numpy(), err_msg=f"{name} [{k}]")
