@@ -494,6 +494,38 @@ def _keyword_function(flat_fn, arg_names, input_specs, structured_outputs,
 # Whole-signature engines
 
 
+def ambiguous_positional(arg_names, args) -> bool:
+    """Whether a loaded signature's positional ``args`` could bind otherwise than the caller
+    meant: any, unless the signature has one input (then there is one way)."""
+    return bool(args) and len(arg_names) > 1
+
+
+def keyword_only_message(arg_names, n_positional: int) -> str:
+    return (f"a signature of a loaded model with several inputs takes keyword arguments "
+            f"only, as tf.saved_model.load's signatures do: call it as "
+            f"fn({', '.join(f'{n}=...' for n in arg_names)}); got {n_positional} positional "
+            f"argument(s)")
+
+
+class KeywordOnlySignature:
+    """A loaded graph signature (ConcreteFunction) that refuses positional arguments where it
+    has several inputs, as a signature of ``tf.saved_model.load`` does: bound in sorted-name
+    order, ``sig(b, a)`` of a signature declared ``(b, a)`` fed a to b silently. A single
+    input may still come positionally (one way to bind it; tftrt.load always took it).
+    Everything else is the function's."""
+
+    def __init__(self, fn, arg_names):
+        self._fn, self._arg_names = fn, list(arg_names)
+
+    def __call__(self, *args, **kwargs):
+        if ambiguous_positional(self._arg_names, args):
+            raise TypeError(keyword_only_message(self._arg_names, len(args)))
+        return self._fn(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._fn, name)
+
+
 class DirectSignature:
     """A signature called as a Python-level pipeline (tftrt/pipeline.py): engines straight
     from Python, the native ops between them as eager ops or small functions, without the
@@ -504,7 +536,12 @@ class DirectSignature:
     signature (engine nodes and their native fallbacks), used inside a ``tf.function``.
     """
 
-    def __init__(self, plan, arg_names, input_specs, structured_outputs, native):
+    def __init__(self, plan, arg_names, input_specs, structured_outputs, native,
+                 keyword_only: bool = False):
+        """``keyword_only``: positional arguments raise TypeError where there are several
+        inputs, as a signature of ``tf.saved_model.load`` does (tftrt.load's signatures);
+        convert()'s function takes them in ``arg_names`` order, as TF-TRT's did."""
+        self._keyword_only = keyword_only
         self._plan = plan
         self._arg_names = list(arg_names)
         self._specs = list(input_specs)
@@ -568,6 +605,8 @@ class DirectSignature:
 
     def __call__(self, *args, **kwargs):
         tf = _tf()
+        if self._keyword_only and ambiguous_positional(self._arg_names, args):
+            raise TypeError(keyword_only_message(self._arg_names, len(args)))
         if len(args) + len(kwargs) != len(self._arg_names):
             raise TypeError(f"expected inputs {self._arg_names}; got {len(args)} positional "
                             f"and {sorted(kwargs)}")

@@ -369,7 +369,9 @@ def load(path, tags=None, options=None):
                                        [s.dtype for s in specs])
         if plan is not None:
             fn = rewrite.DirectSignature(plan, manifest["input_names"], specs,
-                                         original.structured_outputs, fn)
+                                         original.structured_outputs, fn, keyword_only=True)
+    if not isinstance(fn, rewrite.DirectSignature):
+        fn = rewrite.KeywordOnlySignature(fn, manifest["input_names"])
     signatures = dict(loaded.signatures)
     signatures[key] = fn
     return LoadedModel(loaded, signatures, ops)
