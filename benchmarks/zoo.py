@@ -423,6 +423,10 @@ def latest_rows(paths: List[str]) -> Dict[str, Dict[tuple, dict]]:
     return latest
 
 
+def geomean(values) -> float:
+    return float(np.exp(np.mean(np.log(list(values)))))
+
+
 def summary(paths: List[str], print_fn=print) -> dict:
     """The zoo's standing over result files: per batch size, tftrt FP16's speed-up over XLA
     for every model with both rows (geometric mean, the models below 1x), and the zoo
@@ -450,7 +454,7 @@ def summary(paths: List[str], print_fn=print) -> dict:
              f"FP16 rows, GPU)")
     for b in sorted(ratios):
         r = ratios[b]
-        gm = float(np.exp(np.mean(np.log(list(r.values())))))
+        gm = geomean(r.values())
         below = sorted((m for m in r if r[m] < 1.0), key=r.get)
         out["batches"][b] = {"models": len(r), "geomean": gm,
                              "below_1x": {m: r[m] for m in below}}
@@ -460,8 +464,7 @@ def summary(paths: List[str], print_fn=print) -> dict:
     torch = speedups(("torch_compile", "FP16"))
     twins = [m for m in zoo.ZOO if zoo.ZOO[m].torch_twin]
     with_torch = set().union(*torch.values()) if torch else set()
-    out["torch"] = {b: float(np.exp(np.mean(np.log(list(r.values()))))) for b, r in
-                    torch.items()}
+    out["torch"] = {b: geomean(r.values()) for b, r in torch.items()}
     out["torch_missing"] = [m for m in twins if m not in with_torch]
     for b in sorted(torch):
         print_fn(f"- batch {b}: geometric mean {out['torch'][b]:.2f}x torch.compile over "

@@ -81,10 +81,10 @@ def randomize_batchnorm(model, seed: int = 0):
 # The families whose seeded random statistics overflow float16: EfficientNetV2B3's and
 # EfficientNetV2S's logits reached 3.7e4 and 5.4e5 in float32 at 128 px and were NaN in Keras'
 # own mixed_float16 model; B1 and B2 lost 35-45% to it. Their batch norms get the statistics
-# of their inputs instead (:func:`match_batchnorm_statistics`): V2S's logits 33, the B3's 12.7,
-# Keras' float16 error 0.8-5% (CPU, 2026-12-01). Not every family: with matched statistics the
-# deep ResNets became chaotic (their float32 engines' summation order alone moved the logits
-# past 1e-3, H200, 2026-12-01), so they keep random ones.
+# of their inputs instead (:func:`match_batchnorm_statistics`): at full size Keras' float16
+# error is then 0.47-0.82% (V2B0, V2B2, V2B3, V2S; CPU, 2026-12-01). Not every family: with
+# matched statistics the deep ResNets became chaotic (their float32 engines' summation order
+# alone moved the logits past 1e-3, H200, 2026-12-01), so they keep random ones.
 MATCHED_STATISTICS = ("efficientnet_v2",)
 # The seed of the batch the statistics are matched on (not one the tests and benchmarks use).
 CALIBRATION_SEED = 1000

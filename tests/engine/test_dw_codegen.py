@@ -329,6 +329,16 @@ def _raw(a):
     return a.view(np.uint16) if a.dtype == np.float16 else a
 
 
+def _run_host(so, k: int, args, blocks: int, threads: int) -> None:
+    """Runs case ``k`` of a host build (``run_<k>`` of :func:`_driver`) on ``args`` (numpy
+    arrays, the kernel's parameters in order): ``blocks`` blocks of ``threads`` host threads;
+    fails when a barrier timed out."""
+    ptrs = (ctypes.c_void_p * len(args))(*[_raw(a).ctypes.data for a in args])
+    fn = getattr(so, f"run_{k}")
+    fn.restype = ctypes.c_int
+    assert fn(ptrs, blocks, threads) == 0, "a barrier timed out: threads diverged"
+
+
 @pytest.fixture(scope="module")
 def host_kernels(tmp_path_factory):
     if _host_compiler() is None:
@@ -353,11 +363,8 @@ def test_host_build_matches_numpy(host_kernels, k, threads):
     operands = {2: ins[2], 3: ins[3], 4: ins[4]}
     y = np.full(want.shape, np.nan, dt_out)  # every output must be written
     args = [ins[0], wt] + [operands[i] for i in src.operands] + [y]
-    ptrs = (ctypes.c_void_p * len(args))(*[_raw(a).ctypes.data for a in args])
-    fn = getattr(so, f"run_{k}")
-    fn.restype = ctypes.c_int
     n_threads = src.threads if threads == "block" else 1
-    assert fn(ptrs, src.blocks, n_threads) == 0, "a barrier timed out: threads diverged"
+    _run_host(so, k, args, src.blocks, n_threads)
     what = f"case {k} {case} tile {src.tile} vec {src.vec}, {n_threads} threads"
     assert not np.isnan(y.astype(np.float32)).any(), f"{what}: outputs not written"
     if any(f in epi for f in INEXACT):

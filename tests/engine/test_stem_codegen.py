@@ -12,7 +12,6 @@ order, numpy's GEMM in its own: answers agree within float32 rounding (float32 o
 one float16 rounding (float16 outputs).
 """
 
-import ctypes
 import re
 import shutil
 import types
@@ -22,7 +21,7 @@ import pytest
 
 from tests.engine.test_cuda_codegen import HOST_SHIMS, _host_compiler, nvcc_compile
 from tests.engine.test_dw_codegen import (THREAD_SHIMS, _build, _driver, _epilogue_spec,
-                                          _out_hw, _raw)
+                                          _out_hw, _run_host)
 from tftrt.engine.backends import cuda_source as C
 from tftrt.engine.backends import cuda_source_stem as ST
 from tftrt.engine.backends import numpy_ops
@@ -228,11 +227,8 @@ def test_host_build_matches_numpy(host_kernels, k, threads):
     buf = np.full(want.size + offset, np.nan, dt_out)  # every output must be written
     y = buf[offset:].reshape(want.shape)
     args = [ins[0], wt] + [operands[i] for i in src.operands] + [y]
-    ptrs = (ctypes.c_void_p * len(args))(*[_raw(a).ctypes.data for a in args])
-    fn = getattr(so, f"run_{k}")
-    fn.restype = ctypes.c_int
     n_threads = src.threads if threads == "block" else 1
-    assert fn(ptrs, src.blocks, n_threads) == 0, "a barrier timed out: threads diverged"
+    _run_host(so, k, args, src.blocks, n_threads)
     what = f"case {k} {case} plan {src.plan}, {n_threads} threads"
     got = y.astype(np.float64)
     assert not np.isnan(got).any(), f"{what}: outputs not written"

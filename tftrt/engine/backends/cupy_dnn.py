@@ -652,11 +652,12 @@ class CudnnConv(_CudnnPlans):
         wd, ws = _nc_dims(s.w_shape)
         yd, ys = _nc_dims(s.y_shape)
         # fixed uids: a plan stored serialized is executed by them (_uid_tensors)
-        uid = {"uid": _UIDS["X"]} if plan_cache_enabled() else {}
-        self.fixed_uids = bool(uid)
-        X = g.tensor(name="X", dim=xd, stride=xs, data_type=io, **uid)
-        uid = {"uid": _UIDS["W"]} if uid else {}
-        W = g.tensor(name="W", dim=wd, stride=ws, data_type=io, **uid)
+        self.fixed_uids = fixed = plan_cache_enabled()
+
+        def uid(u: int) -> dict:
+            return {"uid": u} if fixed else {}
+        X = g.tensor(name="X", dim=xd, stride=xs, data_type=io, **uid(_UIDS["X"]))
+        W = g.tensor(name="W", dim=wd, stride=ws, data_type=io, **uid(_UIDS["W"]))
         kw = dict(pre_padding=s.pads_b, post_padding=s.pads_e, stride=s.strides,
                   dilation=s.dilations, compute_data_type=c.data_type.FLOAT)
         if s.transpose:
@@ -671,7 +672,7 @@ class CudnnConv(_CudnnPlans):
             if e["op"] in ("bias", "scale", "add"):
                 i = e["input"]
                 shp, dt = s.operands[i]
-                euid = {"uid": _UIDS["E"] + i} if uid else {}
+                euid = uid(_UIDS["E"] + i)
                 if tuple(shp) == (cout,):
                     dims = [1, cout] + [1] * (len(yd) - 2)
                     T = g.tensor(name=f"E{i}", dim=dims, stride=[cout, 1] + [cout] *
@@ -688,7 +689,7 @@ class CudnnConv(_CudnnPlans):
             else:
                 Y = _cudnn_act(g, Y, e)
         Y.set_output(True).set_data_type(_cdt(s.y_dtype)).set_dim(yd).set_stride(ys)
-        if uid:
+        if fixed:
             Y.set_uid(_UIDS["Y"])
         tensors["Y"] = Y
         g.validate()

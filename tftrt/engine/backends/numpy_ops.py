@@ -44,16 +44,20 @@ def _pow(a, b):
     a_arr = np.asarray(a)
     if a_arr.dtype.kind in "iu":
         b_arr = np.asarray(b)
-        as_float = np.power(a_arr.astype(np.float64), b_arr.astype(np.float64))
         if b_arr.dtype.kind not in "iu":
-            return as_float.astype(a_arr.dtype)
+            return np.power(a_arr.astype(np.float64), b_arr.astype(np.float64)).astype(
+                a_arr.dtype)
         # exact, wrapping on overflow as TF's integer Pow does (float64 lost the low digits
         # of int64 results past 2**53: 3**39); a negative exponent keeps the float path
         # (the CUDA lowering's ipow does the same per element)
         with np.errstate(over="ignore"):
             exact = np.power(a_arr.astype(np.int64), np.maximum(b_arr, 0).astype(np.int64))
-        small = np.where(b_arr < 0, as_float, 0.0).astype(np.int64)  # |a ** -n| <= 1
-        return np.where(b_arr < 0, small, exact).astype(a_arr.dtype)
+        neg = b_arr < 0
+        if neg.any():
+            small = np.power(a_arr.astype(np.float64), np.where(neg, b_arr, 0).astype(
+                np.float64))  # |a ** -n| <= 1 where neg
+            exact = np.where(neg, small.astype(np.int64), exact)
+        return exact.astype(a_arr.dtype)
     return np.power(a_arr, np.asarray(b).astype(a_arr.dtype, copy=False))
 
 
