@@ -39,6 +39,7 @@ from tftrt.engine.backends.cuda_source import (PRELUDE, _dw_epilogue, conv_kerne
 KERNEL = "stem_conv"
 MAX_K = 64               # taps: 3x3 over up to 7 channels, ConvNeXt's 4x4 patches of 3
 MAX_COUT = 256
+STAGE = 8                # loads in flight a thread while a block stages its tile
 SMEM_LIMIT = 48 * 1024   # static shared memory of one block
 LANES = 32               # output columns of a block: one per lane
 _FLOATS = ("float16", "float32")
@@ -78,8 +79,16 @@ def channels_per_warp(cout: int) -> int:
 def smem_bytes(cin: int, k: int, cout: int, kh: int, kw: int, sh: int, sw: int,
                th: int) -> int:
     """Shared memory of a block: the filter and the input tile with its halo, float32."""
-    ih, iw = (th - 1) * sh + kh, (LANES - 1) * sw + kw
-    return 4 * (k * cout + cin * ih * iw)
+    ih = (th - 1) * sh + kh
+    return 4 * (k * cout + cin * ih * tile_row(kw, sw))
+
+
+def tile_row(kw: int, sw: int) -> int:
+    """Words of one tile row: its (LANES - 1) * sw + kw input columns, stored column ``lx`` at
+    ``(lx % sw) * ceil(row / sw) + lx // sw`` so that the 32 lanes of a warp, which read
+    columns ``lane * sw + kx``, read 32 consecutive words at any stride (no bank conflicts)."""
+    iw = (LANES - 1) * sw + kw
+    return sw * -(-iw // sw)
 
 
 def plan(cin: int, cout: int, kh: int, kw: int, sh: int, sw: int) -> Plan:
@@ -88,7 +97,10 @@ def plan(cin: int, cout: int, kh: int, kw: int, sh: int, sw: int) -> Plan:
     cc = channels_per_warp(cout)
     ncg = cout // cc
     k = kh * kw * cin
-    for px, rw in [(4, max(1, 8 // ncg)), (4, 1), (2, 1), (1, 1)]:
+    r = max(1, 8 // ncg)   # row warps that make ~8 warps a block
+    # fewer rows a lane before fewer warps: a one-warp block stages its tile alone
+    for px, rw in [(4, r), (2, r), (4, max(1, r // 2)), (2, max(1, r // 2)), (1, r),
+                   (4, 1), (2, 1), (1, 1)]:
         if smem_bytes(cin, k, cout, kh, kw, sh, sw, px * rw) <= SMEM_LIMIT and \
                 LANES * ncg * rw <= 1024:
             return Plan(cc, ncg, px, rw)
@@ -169,6 +181,8 @@ class StemSource:
     def _source(self, epilogue, operand_modes) -> str:
         d, p = self.dims, self.plan
         ih, iw = (p.th - 1) * d["sh"] + d["kh"], (LANES - 1) * d["sw"] + d["kw"]
+        sw, row = d["sw"], tile_row(d["kw"], d["sw"])
+        iwq = row // sw
         cin, cout, cc = d["cin"], d["cout"], p.cc
         it = "long long" if max(d["n"] * d["h"] * d["w"] * cin,
                                 d["n"] * d["ho"] * d["wo"] * cout) >= 2 ** 31 - 64 else "int"
@@ -177,29 +191,52 @@ class StemSource:
         epi = "\n            ".join(_dw_epilogue(epilogue, operand_modes, "a_", ""))
         params = ", ".join(f"{ty} __restrict__ {nm}" for ty, nm in self.params)
         load = load_expr(self.in_dtype, f"xs[({it})(hh * {d['w']} + ww) * {cin} + c]")
-        wsm = (self.k * cout + 3) // 4
+        wsm = self.k * cout // 4   # Cout is a multiple of 4
+        nt = ih * iw * cin
         align = "alignas(16) " if cc * np.dtype(self.out_dtype).itemsize % 16 == 0 else ""
         return PRELUDE + f"""
 extern "C" __global__ void __launch_bounds__({p.threads}) {KERNEL}({params}) {{
   __shared__ float4 wsm4[{wsm}];
-  __shared__ float tile[{cin * ih * iw}];
+  __shared__ float tile[{cin * ih * row}];
   const float* wsm = reinterpret_cast<const float*>(wsm4);
   int r = blockIdx.x;
   const int ow0 = (r % {ntw}) * {LANES}; r /= {ntw};
   const int oh0 = (r % {nth}) * {p.th};
   const int nb = r / {nth};
   const int ih0 = oh0 * {d['sh']} - {d['ph']}, iw0 = ow0 * {d['sw']} - {d['pw']};
-  for (int i = threadIdx.x; i < {self.k * cout}; i += blockDim.x)
-    reinterpret_cast<float*>(wsm4)[i] = wt[i];
+  // staging: {STAGE} loads in flight a thread before their stores (one at a time, a block
+  // waited out a global load's latency per element: the mobilenet stem ran at 18x its floor)
+  for (int i0 = threadIdx.x; i0 < {wsm}; i0 += {STAGE} * blockDim.x) {{
+    float4 v[{STAGE}];
+    #pragma unroll
+    for (int u = 0; u < {STAGE}; ++u) {{
+      const int i = i0 + u * blockDim.x;
+      if (i < {wsm}) v[u] = reinterpret_cast<const float4*>(wt)[i];
+    }}
+    #pragma unroll
+    for (int u = 0; u < {STAGE}; ++u) {{
+      const int i = i0 + u * blockDim.x;
+      if (i < {wsm}) wsm4[i] = v[u];
+    }}
+  }}
   {{
     const {ict}* xs = x + ({it})nb * {d['h'] * d['w'] * cin};
-    for (int i = threadIdx.x; i < {ih * iw * cin}; i += blockDim.x) {{
-      const int c = i % {cin}, q = i / {cin};
-      const int lx = q % {iw}, ly = q / {iw};
-      const int hh = ih0 + ly, ww = iw0 + lx;
-      float v = 0.f;
-      if (hh >= 0 && hh < {d['h']} && ww >= 0 && ww < {d['w']}) v = {load};
-      tile[(c * {ih} + ly) * {iw} + lx] = v;
+    for (int i0 = threadIdx.x; i0 < {nt}; i0 += {STAGE} * blockDim.x) {{
+      float v[{STAGE}];
+      int at[{STAGE}];
+      #pragma unroll
+      for (int u = 0; u < {STAGE}; ++u) {{
+        const int i = i0 + u * blockDim.x;
+        const int c = i % {cin}, q = i / {cin};
+        const int lx = q % {iw}, ly = q / {iw};
+        const int hh = ih0 + ly, ww = iw0 + lx;
+        at[u] = i < {nt} ? (c * {ih} + ly) * {row} + (lx % {sw}) * {iwq} + lx / {sw} : -1;
+        v[u] = 0.f;
+        if (at[u] >= 0 && hh >= 0 && hh < {d['h']} && ww >= 0 && ww < {d['w']}) v[u] = {load};
+      }}
+      #pragma unroll
+      for (int u = 0; u < {STAGE}; ++u)
+        if (at[u] >= 0) tile[at[u]] = v[u];
     }}
   }}
   __syncthreads();
@@ -213,7 +250,7 @@ extern "C" __global__ void __launch_bounds__({p.threads}) {KERNEL}({params}) {{
       #pragma unroll
       for (int m = 0; m < {cc}; ++m) acc[j][m] = 0.f;
     }}
-    const float* tb = tile + (row * {d['sh']}) * {iw} + lane * {d['sw']};
+    const float* tb = tile + (row * {d['sh']}) * {tile_row(d["kw"], d["sw"])} + lane;
     // one kernel row at a time: unrolled whole, ptxas hoisted every tap's weights into
     // registers where they have constant addresses (one warp of channels) and spilled
     #pragma unroll 1
@@ -232,7 +269,8 @@ extern "C" __global__ void __launch_bounds__({p.threads}) {KERNEL}({params}) {{
           }}
           #pragma unroll
           for (int j = 0; j < {p.px}; ++j) {{
-            const float xv = tb[(c * {ih} + j * {d['sh']} + ky) * {iw} + kx];
+            const float xv = tb[(c * {ih} + j * {d['sh']} + ky) * {row} +
+                                (kx % {sw}) * {iwq} + kx / {sw}];
             #pragma unroll
             for (int m = 0; m < {cc}; ++m) acc[j][m] += xv * wv[m];
           }}
