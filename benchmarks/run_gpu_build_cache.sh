@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
 # Cold and warm engine builds with the persistent build caches (issue 14, items 3 and 4), on the
 # GPU host, engine alone (no TensorFlow). One fresh process per mode and model set:
-#   static       static-shape cuDNN graphs (the default), an empty build cache
-#   static-warm  the same, the build cache "static" left behind (a rebuild in a new process)
+#   static       static-shape cuDNN graphs, no plan cache (TFTRT_CUDNN_PLAN_CACHE=0), an
+#                empty build cache
+#   static-again the same in a new process, the build cache emptied again: what the machine
+#                kept between processes (the CUDA driver's JIT cache, the page cache) alone
+#   static-nojit the same with CUDA_CACHE_DISABLE=1 (no driver JIT cache): with static-again,
+#                says which of the two made a second cold build faster
+#   static-warm  the build cache "static" left behind (a rebuild in a new process)
 #   kc           TFTRT_CUDNN_KERNEL_CACHE=1 (dynamic-shape graphs, cuDNN's kernel cache),
 #                an empty build cache
 #   kc-warm      the same, the build cache "kc" left behind
-#   plans        TFTRT_CUDNN_PLAN_CACHE=1 (static graphs; chosen plans serialized into the
-#                build cache), an empty build cache
-#   plans-warm   the same, the build cache "plans" left behind (plans deserialized, no NVRTC)
+#   plans        the plan cache on (the default: chosen plans serialized into the build
+#                cache), an empty build cache: tuned graphs are not stored
+#   plans-warm   the build cache "plans" left behind: built from the recorded choices, whose
+#                plans are stored
+#   plans-load   the same again: the stored plans deserialized, no runtime compile
 # then the GPU tests of the caches. Build seconds, engine speed and golden errors per row.
 #   [MODELS=ResNet50,DenseNet121] [BATCHES=128] [MODES="static static-warm"] \
 #     bash benchmarks/run_gpu_build_cache.sh [seconds]
@@ -24,8 +31,10 @@ for mode in $modes; do
   kc=0; plans=0; dir=/tmp/tftrt-cache-static
   case $mode in kc*) kc=1; dir=/tmp/tftrt-cache-kc;; esac
   case $mode in plans*) plans=1; dir=/tmp/tftrt-cache-plans;; esac
-  case $mode in *-warm) ;; *) rm -rf "$dir";; esac
-  echo "== $mode (TFTRT_CUDNN_KERNEL_CACHE=$kc TFTRT_CUDNN_PLAN_CACHE=$plans, TFTRT_CACHE_DIR=$dir) at $(( $(date +%s) - start )) s"
+  case $mode in *-warm|*-load) ;; *) rm -rf "$dir";; esac
+  nojit=0; [ "$mode" = static-nojit ] && nojit=1
+  echo "== $mode (TFTRT_CUDNN_KERNEL_CACHE=$kc TFTRT_CUDNN_PLAN_CACHE=$plans, CUDA_CACHE_DISABLE=$nojit, TFTRT_CACHE_DIR=$dir) at $(( $(date +%s) - start )) s"
+  CUDA_CACHE_DISABLE=$nojit \
   TFTRT_CUDNN_TRACE="$out/cudnn_trace_$mode.jsonl" TFTRT_CUDNN_PLAN_CACHE=$plans \
   TFTRT_CUDNN_KERNEL_CACHE=$kc TFTRT_CACHE_DIR=$dir BENCH_ROWS="$out/build_$mode.jsonl" \
     timeout $(( $(left) - 60 )) python3 benchmarks/bench_engine.py --models "$models" \

@@ -164,16 +164,16 @@ def _rewrite_entries(cache_dir, namespace, payload: bytes) -> int:
 
 
 def test_serialized_cudnn_plans_load_in_a_later_process(tmp_path):
-    """TFTRT_CUDNN_PLAN_CACHE=1: a cuDNN graph built from a recorded choice (the second
+    """The plan cache (on by default): a cuDNN graph built from a recorded choice (the second
     build here: the first tunes) goes to the build cache serialized, and the third process
-    loads it instead of compiling, with the same answers; off, nothing is stored; an entry
-    cuDNN cannot read is built again. Build seconds printed (run with -s)."""
+    loads it instead of compiling, with the same answers; TFTRT_CUDNN_PLAN_CACHE=0, nothing
+    is stored; an entry cuDNN cannot read is built again. Build seconds printed (-s)."""
     import numpy as np
-    off = _run(tmp_path / "off")
+    off = _run(tmp_path / "off", TFTRT_CUDNN_PLAN_CACHE="0")
     assert off["plans"] == {"stored": 0, "loaded": 0, "failed": 0}
     assert not _entries(tmp_path / "off", "cudnn-plans")
     on = tmp_path / "on"
-    cold = _run(on, TFTRT_CUDNN_PLAN_CACHE="1")
+    cold = _run(on)  # the default
     assert cold["plans"]["stored"] == 0  # tuned graphs of several plans are not stored
     second = _run(on, TFTRT_CUDNN_PLAN_CACHE="1")
     assert second["timed"] == 0 and second["plans"]["stored"] >= 1, second["plans"]

@@ -252,11 +252,12 @@ def save_kernel_cache() -> bool:
 # A convolution graph built from a recorded choice (a warm rebuild, a profile's engine for
 # another shape) builds one plan, and a runtime-fused plan compiles with NVRTC: 0.1-0.6 s per
 # graph on the H200, most of a warm build. cuDNN serializes a built plan with its compiled
-# code (cudnn-frontend's graph.serialize, supported for the runtime fusion engines); with
-# TFTRT_CUDNN_PLAN_CACHE=1 such plans go to the build cache (namespace PLAN_NAMESPACE, keyed
-# by the graph and the choice; the environment fingerprint has the GPU and cuDNN versions) and
-# a later build of the same graph deserializes instead of compiling. Off by default until a GPU
-# run has measured it; anything that fails on the way (an older frontend, a plan cuDNN will
+# code (cudnn-frontend's graph.serialize, supported for the runtime fusion engines); such
+# plans go to the build cache (namespace PLAN_NAMESPACE, keyed by the graph and the choice;
+# the environment fingerprint has the GPU and cuDNN versions) and a later build of the same
+# graph deserializes instead of compiling. On by default (TFTRT_CUDNN_PLAN_CACHE=0 turns it
+# off; on the H200 its three-process GPU test passed: stored, loaded, same answers, a corrupt
+# entry built again); anything that fails on the way (an older frontend, a plan cuDNN will
 # not serialize, a blob it will not read) builds the plan the usual way.
 PLAN_NAMESPACE = "cudnn-plans"
 # The uids of a cached conv graph's tensors (E + i: epilogue operand i).
@@ -265,7 +266,7 @@ _plan_stats = {"stored": 0, "loaded": 0, "failed": 0}
 
 
 def plan_cache_enabled() -> bool:
-    return env_bool("TFTRT_CUDNN_PLAN_CACHE", False) and build_store() is not None
+    return env_bool("TFTRT_CUDNN_PLAN_CACHE", True) and build_store() is not None
 
 
 def plan_cache_stats() -> Dict[str, int]:
