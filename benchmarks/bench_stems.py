@@ -1,15 +1,17 @@
 """The zoo's image stems alone (a 3-channel convolution + ReLU, FP16, CuPy backend) on each
 way to run them, in one process: cuDNN (tactic ``cudnn``), tactic ``im2col`` (copy +
 cuBLASLt per chunk of rows) with chunks of 16 and 32 MB, and tactic ``stem_direct`` (the
-direct kernel of cuda_source_stem; "-" where it does not take the stem: ResNet's 147 taps). (Padding the input channels to 8
-for cuDNN was timed here too, on 2026-12-01, slower on every stem, and removed.) The engines
-read float32 images and write float32 outputs, as the stem models do: their casts are in the
-times.
+direct kernel of cuda_source_stem; "-" where it does not take the stem: ResNet's 147 taps).
+(Padding the input channels to 8 for cuDNN was timed here too, on 2026-12-01, slower on
+every stem, and removed.) The engines read float32 images and write float32 outputs, as the
+stem models do: their casts are in the engine times.
 
-    PYTHONPATH=$PWD python benchmarks/bench_stems.py [--batch 128]
+    PYTHONPATH=$PWD python benchmarks/bench_stems.py [--batch 128] [--stems ...] [--ways ...]
 
-Prints a table: median ms (CUDA events, after warm-up) per stem and way, the floor (reading
-the image and writing the output at 4.8 TB/s), and the largest difference from cuDNN's output
+Prints a table: per stem and way, the engine call's median ms (CUDA events, after warm-up)
+and, in parentheses, the conv layer's own microseconds (replayed alone from a CUDA graph:
+the kernel's time without the cast and the call); the floor (reading the image and writing
+the output at 4.8 TB/s); the largest difference from cuDNN's output (or the first way's)
 relative to its scale.
 """
 
@@ -78,7 +80,7 @@ def main(argv=None):
     from bench_engine import _cupy_timer, time_calls
     from tftrt.engine import BuilderConfig, build_engine
     print(f"\n| stem (batch {args.batch}, FP16) | floor ms | " +
-          " | ".join(f"{w} ms" for w in ways) + " | max diff / scale |")
+          " | ".join(f"{w} ms (conv us)" for w in ways) + " | max diff / scale |")
     print("|---|---|" + "---|" * len(ways) + "---|")
     for name in args.stems:
         k, s, p, cout, size = STEMS[name]
@@ -91,7 +93,7 @@ def main(argv=None):
         convs = [l.name for l in ref.network.layers if l.kind == "conv"]
         oh = (size + 2 * p - k) // s + 1
         floor = (args.batch * size * size * 3 * 4 + args.batch * oh * oh * cout * 2) / BANDWIDTH
-        times, outs, kinds = {}, {}, []
+        times, conv_us, outs, kinds = {}, {}, {}, []
         for way, (tactic, env) in ways.items():
             if tactic == "stem_direct":
                 from tftrt.engine.backends.cuda_source_stem import unsupported
@@ -111,6 +113,10 @@ def main(argv=None):
                 ts = time_calls(functools.partial(ctx.execute, [x]), _cupy_timer(), 100,
                                 warmup=10)
                 times[way] = float(np.median(ts))
+                # the conv alone, replayed from a CUDA graph (the engine call above also pays
+                # the input cast and the call's own overhead, ~0.3 ms on the H200)
+                prof = dict(ctx._impl.profile([x], repeats=10))
+                conv_us[way] = 1e6 * sum(prof.get(c, 0.0) for c in convs)
                 impls = engine.backend_impl.engine_impls(engine)
                 kinds.append(f"# {name} {way}: " + " + ".join(
                     f"{kd}/{t}/{type(i).__name__}"
@@ -126,7 +132,8 @@ def main(argv=None):
                    for o in outs.values()), default=float("nan")) if base is not None else \
             float("nan")
         print(f"| {name} | {floor * 1e3:.3f} | " +
-              " | ".join(f"{times[w]:.3f}" if w in times else "-" for w in ways) +
+              " | ".join(f"{times[w]:.3f} ({conv_us[w]:.0f})" if w in times else "-"
+                         for w in ways) +
               f" | {err:.1e} |")
         for line in kinds:
             print(line)
