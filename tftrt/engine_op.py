@@ -247,6 +247,9 @@ class TRTEngineOp:
             return self._fallback("the native backend is selected (TFTRT_BACKEND resolved to "
                                   "native)", log_it=False)
         key = tuple(tuple(int(d) for d in t.shape) for t in inputs)
+        if any(0 in s for s in key):  # TF computes empty outputs; no engine to build for them
+            return self._fallback(f"an input has no elements (input shapes {key})",
+                                  log_it=False)
         limit = self.spec.max_batch_size
         batch = max((s[0] for s in key if s), default=0)  # every input's, not only the first
         if limit and batch > limit:
@@ -659,6 +662,13 @@ class TRTEngineOp:
                 for o, dt in zip(outs, self.spec.output_dtypes)]
 
     def _native(self, inputs):
+        """The native segment's outputs. An upstream engine hands its outputs over as backend
+        arrays where TF takes no DLPack (numpy: the numpy backend, or CuPy without a TF GPU),
+        and the native segment is a ConcreteFunction, which takes tensors only: a second
+        engine falling back in an eager call raised TypeError (helper hunt, 2026-12-01)."""
+        import tensorflow as tf
+        inputs = [t if tf.is_tensor(t) else tf.convert_to_tensor(np.asarray(t))
+                  for t in inputs]
         outs = self.native_fn(*inputs)
         if isinstance(outs, dict):
             outs = [outs[k] for k in sorted(outs)]

@@ -255,7 +255,10 @@ def segment_graph(info: GraphInfo, minimum_segment_size: int = 3,
         segments.append(seg)
 
     limit = max_engines_from_env() if max_engines is None else max_engines
-    if len(segments) > limit:
+    if limit <= 0:  # TF-TRT's segmenter: no limit, with a warning (a slice [:0] kept none)
+        log.warning("TF_TRT_MAX_ALLOWED_ENGINES=%d is <= 0: the number of engines is not "
+                    "limited", limit)
+    elif len(segments) > limit:
         ranked = sorted(segments, key=lambda s: -s.counted_size)
         for s in ranked[limit:]:
             for n in s.nodes:

@@ -1,6 +1,7 @@
 """Segmenter rules: candidates, cycle avoidance, minimum size, denylists, engine limit."""
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from tftrt import graph_io
@@ -137,6 +138,23 @@ def test_max_allowed_engines_keeps_largest(monkeypatch):
     res = segment_graph(info, minimum_segment_size=1)
     assert len(res.segments) == 1
     assert ops_of(info, res.segments[0]) == ["AddV2", "Mul", "Relu", "Tanh"]
+
+
+@pytest.mark.parametrize("limit", ["0", "-1"])
+def test_max_allowed_engines_at_or_below_zero_is_no_limit(monkeypatch, caplog, limit):
+    """TF-TRT's segmenter: a limit <= 0 limits nothing, with a warning (tftrt sliced the
+    segments by it: 0 converted nothing, -1 dropped the smallest silently)."""
+    def f(x):
+        a = tf.nn.relu(x * 2.0)
+        b = native_op(a)
+        c = tf.tanh(tf.nn.relu(b * 3.0 + 1.0))
+        return tf.nn.relu(native_op(c) * 0.5)
+    info = graph_of(f, SPEC)
+    monkeypatch.setenv("TF_TRT_MAX_ALLOWED_ENGINES", limit)
+    with caplog.at_level("WARNING", logger="tftrt.segment"):
+        res = segment_graph(info, minimum_segment_size=1)
+    assert len(res.segments) == 3
+    assert f"TF_TRT_MAX_ALLOWED_ENGINES={limit} is <= 0" in caplog.text
 
 
 def test_const_shared_with_native_is_copied_not_moved():
