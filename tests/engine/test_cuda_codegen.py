@@ -188,6 +188,38 @@ def _kernels():
         if dt == "int64":
             assert want.flat[0] == 3 ** 39  # the exact value, not float64's
         out.append((f"pow/{dt}/exact", src, [a, e], want))
+    # integers wrap at every step as numpy's and TF's do (helper hunt, 2026-12-01): narrow
+    # ints were computed in int and narrowed only on the store, int32 overflow was undefined
+    # (the compilers folded x * x < 0 to false), an int base met a float exponent as an int
+    from tftrt.engine.shapes import program_dtypes
+    n = int(np.prod(SHAPE))
+    wraps = [
+        ("uint8 x-128 to float", [0, 10, 200, 255, 127, 128], "uint8",
+         [{"op": "sub", "args": ["$0", 128]}, {"op": "cast", "args": ["%0"], "to": "float32"}]),
+        ("int8 x+x > 0", [100, -100, 127, -128, 1, 0], "int8",
+         [{"op": "add", "args": ["$0", "$0"]}, {"op": "greater", "args": ["%0", 0]}]),
+        ("int16 x+x to int32", [30000, -30000, 1, 32767, -32768, 0], "int16",
+         [{"op": "add", "args": ["$0", "$0"]}, {"op": "cast", "args": ["%0"], "to": "int32"}]),
+        ("uint8 -x to int32", [10, 0, 255, 1, 128, 200], "uint8",
+         [{"op": "neg", "args": ["$0"]}, {"op": "cast", "args": ["%0"], "to": "int32"}]),
+        ("int32 x*x < 0", [46341, 65536, -65536, 3, 2 ** 31 - 1, -2 ** 31], "int32",
+         [{"op": "mul", "args": ["$0", "$0"]}, {"op": "less", "args": ["%0", 0]}]),
+        ("int32 x+1, -x, |x|", [2 ** 31 - 1, -2 ** 31, 5, -7, 0, 1], "int32",
+         [{"op": "add", "args": ["$0", 1]}, {"op": "neg", "args": ["$0"]},
+          {"op": "abs", "args": ["$0"]}, {"op": "sub", "args": ["%0", "%1"]},
+          {"op": "add", "args": ["%3", "%2"]}]),
+        ("int64 x*3 - x", [2 ** 62, -2 ** 62, 2 ** 63 - 1, 1, -1, 0], "int64",
+         [{"op": "mul", "args": ["$0", 3]}, {"op": "sub", "args": ["%0", "$0"]}]),
+        ("int32 x ** 0.5", [4, 9, 16, 10, 0, 1], "int32",
+         [{"op": "pow", "args": ["$0", 0.5]}]),
+        ("int32 2.5 ** x", [4, 3, 0, 1, 2, 5], "int32",
+         [{"op": "pow", "args": [2.5, "$0"]}]),
+    ]
+    for what, vals, dt, prog in wraps:
+        x = np.resize(np.array(vals, dtype=np.int64), n).astype(dt).reshape(SHAPE)
+        out_dt = program_dtypes(prog, [dt])[-1]
+        src = C.PointwiseSource(prog, [SHAPE], [dt], SHAPE, out_dt)
+        out.append((f"{what}/{dt}/wrap", src, [x], _reference(prog, [x], out_dt)))
     # a float16 program rounds each step to half precision, as TF does: erf(2.9) is 1.0 in
     # float16 (0.99996 kept in float32), and the floor after it tells the two apart
     xh = np.linspace(2.9, 3.5, int(np.prod(SHAPE))).astype(np.float16).reshape(SHAPE)

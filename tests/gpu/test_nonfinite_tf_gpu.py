@@ -23,6 +23,12 @@ OPS = {
     "avg_pool": lambda x: tf.nn.avg_pool2d(x, 2, 2, "VALID"),
     "reduce_max": lambda x: tf.reduce_max(x, axis=[1, 2]),
     "reduce_min": lambda x: tf.reduce_min(x, axis=[1, 2]),
+    # over the trailing axes: ReduceKernel's row mode (one block a row), whose block-wide max
+    # skipped NaN (helper hunt, 2026-12-01); axes [1, 2] take the column mode
+    "reduce_max_rows": lambda x: tf.reduce_max(x, axis=[2, 3]),
+    "reduce_min_rows": lambda x: tf.reduce_min(x, axis=[2, 3]),
+    # TF's GPU MaxPool3D propagates NaN where its 2-D MaxPool skips it (docs/differences.md)
+    "max_pool3d": lambda x: tf.nn.max_pool3d(tf.reshape(x, [-1, 6, 6, 2, 2]), 2, 2, "VALID"),
     "reduce_sum": lambda x: tf.reduce_sum(x, axis=[1, 2]),
     "reduce_mean": lambda x: tf.reduce_mean(x, axis=[1, 2]),
     "argmax": lambda x: tf.math.argmax(x, axis=-1, output_type=tf.int64),

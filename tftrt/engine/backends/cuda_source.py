@@ -25,6 +25,7 @@ type; a fraction met by an integer stays a double (numpy promotes it too).
 from __future__ import annotations
 
 import math
+import re
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -71,6 +72,20 @@ __device__ __forceinline__ float pymod(float a, float b) {
   float r = fmodf(a, b); if (r != 0.f && ((r < 0.f) != (b < 0.f))) r += b; return r; }
 __device__ __forceinline__ double pymod(double a, double b) {
   double r = fmod(a, b); if (r != 0. && ((r < 0.) != (b < 0.))) r += b; return r; }
+// two's-complement add / sub / mul / neg of int and long long, wrapping as TF's and numpy's:
+// signed overflow is undefined in C++, and nvcc folded `x * x < 0` to false (helper hunt)
+__device__ __forceinline__ int wadd(int a, int b) { return (int)((unsigned)a + (unsigned)b); }
+__device__ __forceinline__ int wsub(int a, int b) { return (int)((unsigned)a - (unsigned)b); }
+__device__ __forceinline__ int wmul(int a, int b) { return (int)((unsigned)a * (unsigned)b); }
+__device__ __forceinline__ int wneg(int a) { return (int)(0u - (unsigned)a); }
+__device__ __forceinline__ long long wadd(long long a, long long b) {
+  return (long long)((unsigned long long)a + (unsigned long long)b); }
+__device__ __forceinline__ long long wsub(long long a, long long b) {
+  return (long long)((unsigned long long)a - (unsigned long long)b); }
+__device__ __forceinline__ long long wmul(long long a, long long b) {
+  return (long long)((unsigned long long)a * (unsigned long long)b); }
+__device__ __forceinline__ long long wneg(long long a) {
+  return (long long)(0ull - (unsigned long long)a); }
 __device__ __forceinline__ float softplusf(float x) {
   return fmaxf(x, 0.f) + log1pf(expf(-fabsf(x))); }
 """
@@ -119,6 +134,14 @@ def _lit(v, ct: str) -> str:
     return str(int(v)) + ("LL" if "long" in ct else "")
 
 
+def _float_operand(expr: str, ctype_: Optional[str]) -> bool:
+    """Whether an operand is of a float type: its compute type, or for a literal (no type)
+    its spelling (:func:`_lit` writes a fraction, inf or NaN met by an integer as a double)."""
+    if ctype_ is not None:
+        return ctype_ in _FLOAT_CTS
+    return not re.fullmatch(r"-?\d+(LL)?|true|false", expr.strip())
+
+
 def _fn(ct: str, name: str, *args: str) -> str:
     """A C math function call in the compute type: ``expf`` for float, ``exp`` for double;
     integer / bool operands are computed in double (numpy's float64 result of an int op)."""
@@ -146,12 +169,16 @@ def op_expr(op: str, args: List[Optional[str]], ct: str, p: dict,
     x = args[0] if args else None
     xt = (arg_types[0] if arg_types else None) or ct
     fl = ct in _FLOAT_CTS
+    types = list(arg_types or [None] * len(args))
+    floats = [a is not None and _float_operand(a, t) for a, t in zip(args, types)]
+    wrap = ct in ("int", "long long") and not any(floats)  # signed: wrapping helpers
     F = lambda n, *a: _fn(ct, n, *(a or (x,)))  # noqa: E731
     L = lambda v: _lit(v, ct)  # noqa: E731
     unary = {
-        "identity": lambda: x, "neg": lambda: f"(-{x})",
+        "identity": lambda: x, "neg": lambda: f"wneg(({ct})({x}))" if wrap else f"(-{x})",
         "reciprocal": lambda: f"({L(1)}/{x})" if fl else f"({_lit(1.0, 'double')}/{x})",
-        "abs": lambda: F("fabs") if fl else f"({x} < 0 ? -{x} : {x})",
+        "abs": lambda: F("fabs") if fl else
+        f"({x} < 0 ? wneg(({ct})({x})) : {x})" if wrap else f"({x} < 0 ? -{x} : {x})",
         "exp": lambda: F("exp"), "log": lambda: F("log"), "sqrt": lambda: F("sqrt"),
         "floor": lambda: F("floor") if fl else x, "ceil": lambda: F("ceil") if fl else x,
         "round": lambda: F("rint") if fl else x,  # half to even, as numpy / ONNX
@@ -217,11 +244,15 @@ def op_expr(op: str, args: List[Optional[str]], ct: str, p: dict,
         "xor": f"((bool)({a}) != (bool)({b}))",
         "prelu": f"({a} < 0 ? {a} * {b} : {a})",
     }
+    if wrap and op in ("add", "sub", "mul"):
+        return f"w{op}(({ct})({a}), ({ct})({b}))"
     if op in binary:
         return binary[op]
     if op == "pow":
         if fl:
             return f"{_fn(ct, 'pow', f'({ct})({a})', f'({ct})({b})')}"
+        if any(floats):  # an integer step with a float operand (ONNX): numpy's float64 power
+            return f"(({ct})pow((double)({a}), (double)({b})))"
         return f"(({ct})ipow((long long)({a}), (long long)({b})))"
     if op == "mod":
         if p.get("fmod"):
@@ -360,8 +391,13 @@ def program_lines(program: Sequence[dict], operand: Callable[[int], Tuple[str, s
             if a is not None and not isinstance(a, str):
                 args[j] = _lit(a, _literal_type(st["op"], j, ct, typed))
         expr = f"({ct})({op_expr(st['op'], args, ct, st, typed)})"
-        if st.get("dtype") == "float16":  # TF rounds each float16 op's result (numpy_ops too)
+        dt = st.get("dtype")
+        if dt == "float16":  # TF rounds each float16 op's result (numpy_ops too)
             expr = f"h2f(f2h({expr}))"
+        elif dt and np.dtype(dt).kind in "iu" and comptype(dt) != ctype(dt):
+            # int8 / uint8 / int16 / uint16 computed in int wrap at every step, as numpy's
+            # and TF's do: only the final store narrowed them (uint8 x - 128 stayed negative)
+            expr = f"({ct})({ctype(dt)})({expr})"
         lines.append(f"{ct} {name(k)} = {expr};")
         types.append(ct)
     return lines

@@ -1,8 +1,8 @@
 """Generated CUDA kernels of the CuPy backend for pooling, padding and reductions over NHWC /
 row-major tensors: max/avg pooling, pad (constant / reflect / edge), row-wise softmax and layer
 normalization (one warp per row, values in registers, for rows of up to 2048), reductions over
-one contiguous block of axes, resize (nearest / linear), transposes and concatenation. Same conventions as
-``cupy_kernels`` (shapes baked in, fp16 as ``unsigned short``, fp32 math)."""
+one contiguous block of axes, resize (nearest / linear), transposes and concatenation. Same
+conventions as ``cupy_kernels`` (shapes baked in, fp16 as ``unsigned short``, fp32 math)."""
 
 from __future__ import annotations
 
@@ -73,8 +73,11 @@ class PoolKernel:
             val = load_expr(dtype, "x[base]")
         lines.append(f"    #pragma unroll\n    for (int v = 0; v < {V}; ++v) {{")
         lines.append(f"      {acc_t} w = ({acc_t}){val};")
-        # TF's GPU MaxPool skips NaN (an all-NaN window is -inf), measured on an H200.
-        lines.append("      acc[v] = (w > acc[v]) ? w : acc[v];" if is_max else
+        # TF's GPU MaxPool skips NaN (an all-NaN window is -inf), measured on an H200; its
+        # MaxPool3D propagates NaN (docs/differences.md), which this kernel skipped too
+        skip = "(w > acc[v]) ? w : acc[v]"
+        keep = "(w != w || w > acc[v]) ? w : acc[v]" if fl else skip
+        lines.append(f"      acc[v] = {keep if nsp == 3 else skip};" if is_max else
                      "      acc[v] += w;")
         lines.append("    }\n  }")
         lines += loops
@@ -102,12 +105,14 @@ class PoolKernel:
 
 
 # --- row-wise kernels: softmax and layer normalization over the trailing axes ------------------
+# is_max combines with fmaxnan: fmaxf skipped a NaN, so ReduceMax / ReduceMin over trailing
+# axes (the row mode) dropped it where TF returns NaN (helper hunt, 2026-12-01)
 _ROW_REDUCE = r"""
 __device__ __forceinline__ float block_reduce(float v, bool is_max, float* sh) {
   #pragma unroll
   for (int o = 16; o > 0; o >>= 1) {
     float u = __shfl_xor_sync(0xffffffff, v, o);
-    v = is_max ? fmaxf(v, u) : v + u;
+    v = is_max ? fmaxnan(v, u) : v + u;
   }
   const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
   __syncthreads();
@@ -119,7 +124,7 @@ __device__ __forceinline__ float block_reduce(float v, bool is_max, float* sh) {
     #pragma unroll
     for (int o = 16; o > 0; o >>= 1) {
       float u = __shfl_xor_sync(0xffffffff, v, o);
-      v = is_max ? fmaxf(v, u) : v + u;
+      v = is_max ? fmaxnan(v, u) : v + u;
     }
     if (lane == 0) sh[32] = v;
   }
