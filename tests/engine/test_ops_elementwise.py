@@ -49,6 +49,27 @@ def test_binary_int(op):
     check_node(op, {"a": a, "b": b})
 
 
+def test_int32_div_truncates_at_int_min():
+    """C truncation as onnxruntime (and TF's TruncateDiv): INT_MIN / 2 is -2**30, 1 / INT_MIN
+    is 0 (the reference divided absolute values, and abs(INT_MIN) stays negative)."""
+    lo = np.iinfo(np.int32).min
+    a = np.array([[lo, lo, 1, -7, 7, lo + 1]], np.int32)
+    b = np.array([[2, 3, lo, 2, -2, lo]], np.int32)
+    check_node("Div", {"a": a, "b": b})
+
+
+def test_float64_to_float16_cast_rounds_through_float32():
+    """As TF's cast (and the CUDA lowering): 65519.99999999 is inf in float16 through float32,
+    65504 rounded once."""
+    tf = pytest.importorskip("tensorflow")
+    from tftrt.engine.backends import numpy_ops
+    d = np.array([65519.99999999, 1 + 2.0 ** -11 + 2.0 ** -40, 3.0, -65519.99999999, 1e-8])
+    got = numpy_ops.PW["cast"]({"to": "float16"}, d)
+    want = tf.cast(tf.constant(d, tf.float64), tf.float16).numpy()
+    np.testing.assert_array_equal(got, want)
+    assert np.isinf(got[0])
+
+
 def test_pow():
     check_node("Pow", {"a": rand(3, 4, low=0.5, high=2.0)}, {"b": np.array(2.5, np.float32)})
     check_node("Pow", {"a": rand(3, 4), "b": np.array([2.0, 3.0, 1.0, 0.0], np.float32)})

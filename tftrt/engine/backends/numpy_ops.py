@@ -35,9 +35,25 @@ def erf(x: np.ndarray) -> np.ndarray:
 
 
 def _int_div(a, b):
-    # ONNX integer Div truncates toward zero (C semantics); numpy floor-divides.
-    q = np.abs(a) // np.where(b == 0, 1, np.abs(b))
-    return np.where((a < 0) != (b < 0), -q, q).astype(np.result_type(a, b))
+    # ONNX integer Div truncates toward zero (C semantics); numpy floor-divides: one more
+    # where an inexact quotient is negative. (Through abs, INT_MIN stayed negative: INT_MIN / 2
+    # came out positive, 1 / INT_MIN 1.)
+    b1 = np.where(b == 0, 1, b)
+    with np.errstate(over="ignore"):
+        q = np.floor_divide(a, b1)
+        r = a - q * b1
+    q = np.where((r != 0) & ((a < 0) != (b1 < 0)), q + 1, q)
+    return q.astype(np.result_type(a, b))
+
+
+def _cast(to, x):
+    """astype, except float64 to float16 rounds through float32 as TF's (Eigen's) cast and
+    the CUDA lowering do: numpy's single rounding gave 65504 where TF gives inf for
+    65519.99999999."""
+    x = np.asarray(x)
+    if np.dtype(to) == np.float16 and x.dtype == np.float64:
+        x = x.astype(np.float32)
+    return x.astype(to)
 
 
 def _pow(a, b):
@@ -115,7 +131,7 @@ PW = {
     "not": lambda s, x: np.logical_not(x),
     "isnan": lambda s, x: np.isnan(x),
     "isinf": lambda s, x: np.isinf(x),
-    "cast": lambda s, x: np.asarray(x).astype(s["to"]),
+    "cast": lambda s, x: _cast(s["to"], x),
     "add": lambda s, a, b: a + b,
     "sub": lambda s, a, b: a - b,
     "mul": lambda s, a, b: a * b,
