@@ -116,6 +116,7 @@ def test_what_the_kernel_refuses():
             (dict(k_hw=(7, 7), pads=(3, 3, 3, 3)), "147 taps"),
             (dict(out_shape=(1, 8, 8, 18)), "multiple of 4"),
             (dict(out_shape=(1, 8, 8, 260)), "multiple of 4 up to 256"),
+            (dict(out_shape=(1, 8, 8, 132)), "33 warps of 4\\) would pass 1024 threads"),
             (dict(in_dtype="int8"), "float16 / float32"),
             (dict(out_shape=(2, 8, 8, 16)), "not a conv"),
             (dict(k_hw=(4, 4), strides=(16, 16), pads=(0, 0, 0, 0), out_shape=(1, 1, 1, 256)),

@@ -96,6 +96,9 @@ def plan(cin: int, cout: int, kh: int, kw: int, sh: int, sw: int) -> Plan:
     tile would pass :data:`SMEM_LIMIT`; ValueError when even one row does not fit."""
     cc = channels_per_warp(cout)
     ncg = cout // cc
+    if LANES * ncg > 1024:  # 4 x an odd number over 128: warps of 4 channels
+        raise ValueError(f"the direct stem kernel's block for {cout} output channels ({ncg} "
+                         f"warps of {cc}) would pass 1024 threads")
     k = kh * kw * cin
     r = max(1, 8 // ncg)   # row warps that make ~8 warps a block
     # fewer rows a lane before fewer warps: a one-warp block stages its tile alone
