@@ -39,6 +39,9 @@ CASES = [
      8),
     ((1, 5, 6, 1), (5, 5), (1, 2), (2, 2, 2, 2), 8, "float32", "float32", "", 4),
     ((1, 10, 35, 3), (3, 3), (1, 1), (1, 1, 1, 1), 20, "float16", "float16", "bias+relu", 0),
+    # stride 3 (tile slots stored stride-permuted), and a 1x7 over 9 channels at stride (1, 3)
+    ((1, 11, 40, 3), (3, 3), (3, 3), (1, 1, 1, 1), 8, "float16", "float16", "bias+relu", 0),
+    ((2, 6, 50, 9), (1, 7), (1, 3), (0, 3, 0, 3), 12, "float32", "float32", "bias", 0),
 ]
 INEXACT = ("silu", "gelu")
 

@@ -193,9 +193,10 @@ class StemSource:
         nth, ntw = self.grid
         epi = "\n            ".join(_dw_epilogue(epilogue, operand_modes, "a_", ""))
         params = ", ".join(f"{ty} __restrict__ {nm}" for ty, nm in self.params)
-        load = load_expr(self.in_dtype, f"xs[({it})(hh * {d['w']} + ww) * {cin} + c]")
+        load = load_expr(self.in_dtype, "px_[c]")
         wsm = self.k * cout // 4   # Cout is a multiple of 4
-        nt = ih * iw * cin
+        nslots = ih * row
+        stage = max(1, min(STAGE, 24 // cin))  # pixels in flight: STAGE x Cin registers
         align = "alignas(16) " if cc * np.dtype(self.out_dtype).itemsize % 16 == 0 else ""
         return PRELUDE + f"""
 extern "C" __global__ void __launch_bounds__({p.threads}) {KERNEL}({params}) {{
@@ -207,8 +208,8 @@ extern "C" __global__ void __launch_bounds__({p.threads}) {KERNEL}({params}) {{
   const int oh0 = (r % {nth}) * {p.th};
   const int nb = r / {nth};
   const int ih0 = oh0 * {d['sh']} - {d['ph']}, iw0 = ow0 * {d['sw']} - {d['pw']};
-  // staging: {STAGE} loads in flight a thread before their stores (one at a time, a block
-  // waited out a global load's latency per element: the mobilenet stem ran at 18x its floor)
+  // staging: loads in flight a thread before their stores (one at a time, a block waited
+  // out a global load's latency per element: the mobilenet stem ran at 18x its floor)
   for (int i0 = threadIdx.x; i0 < {wsm}; i0 += {STAGE} * blockDim.x) {{
     float4 v[{STAGE}];
     #pragma unroll
@@ -223,23 +224,33 @@ extern "C" __global__ void __launch_bounds__({p.threads}) {KERNEL}({params}) {{
     }}
   }}
   {{
+    // a thread stages whole pixels (their Cin channels), walking the tile's slots in their
+    // stored order: slot s of a row holds column (s % iwq) * sw + s / iwq, so consecutive
+    // threads store consecutive words (no bank conflicts at any stride) and do the index
+    // arithmetic once per pixel, not per element; slots past the last column stay unwritten
+    // (no lane reads them)
     const {ict}* xs = x + ({it})nb * {d['h'] * d['w'] * cin};
-    for (int i0 = threadIdx.x; i0 < {nt}; i0 += {STAGE} * blockDim.x) {{
-      float v[{STAGE}];
-      int at[{STAGE}];
+    for (int i0 = threadIdx.x; i0 < {nslots}; i0 += {stage} * blockDim.x) {{
+      float v[{stage}][{cin}];
+      int at[{stage}];
       #pragma unroll
-      for (int u = 0; u < {STAGE}; ++u) {{
+      for (int u = 0; u < {stage}; ++u) {{
         const int i = i0 + u * blockDim.x;
-        const int c = i % {cin}, q = i / {cin};
-        const int lx = q % {iw}, ly = q / {iw};
+        const int ly = i / {row}, sl = i % {row};
+        const int lx = (sl % {iwq}) * {sw} + sl / {iwq};
         const int hh = ih0 + ly, ww = iw0 + lx;
-        at[u] = i < {nt} ? (c * {ih} + ly) * {row} + (lx % {sw}) * {iwq} + lx / {sw} : -1;
-        v[u] = 0.f;
-        if (at[u] >= 0 && hh >= 0 && hh < {d['h']} && ww >= 0 && ww < {d['w']}) v[u] = {load};
+        at[u] = (i < {nslots} && lx < {iw}) ? ly * {row} + sl : -1;
+        const bool in = at[u] >= 0 && hh >= 0 && hh < {d['h']} && ww >= 0 && ww < {d['w']};
+        const {ict}* px_ = xs + ({it})(in ? hh * {d['w']} + ww : 0) * {cin};
+        #pragma unroll
+        for (int c = 0; c < {cin}; ++c) v[u][c] = in ? {load} : 0.f;
       }}
       #pragma unroll
-      for (int u = 0; u < {STAGE}; ++u)
-        if (at[u] >= 0) tile[at[u]] = v[u];
+      for (int u = 0; u < {stage}; ++u)
+        if (at[u] >= 0) {{
+          #pragma unroll
+          for (int c = 0; c < {cin}; ++c) tile[c * {ih * row} + at[u]] = v[u][c];
+        }}
     }}
   }}
   __syncthreads();
