@@ -19,11 +19,14 @@
 # then the GPU tests of the caches. Build seconds, engine speed and golden errors per row.
 #   [MODELS=ResNet50,DenseNet121] [BATCHES=128] [MODES="static static-warm"] \
 #     bash benchmarks/run_gpu_build_cache.sh [seconds]
-# Needs the cuDNN-frontend / nvmath wheels and the networks in .whl (carry them); rows and
-# logs in $OUT.
+# Needs the cuDNN-frontend / nvmath wheels and the networks in .whl (carry them). Rows, logs
+# and traces go to /tmp/tftrt-build-cache-files, packed after every mode into
+# $OUT/build_cache_files.tgz: a call brings back only a few files from $OUT (three a mode
+# were too many), and a timeout still leaves the modes done.
 # shellcheck source=benchmarks/gpu_engine_env.sh
 source "$(dirname "$0")/gpu_engine_env.sh" "${1:-580}"
 unset CUPY_CACHE_DIR
+bc=/tmp/tftrt-build-cache-files; rm -rf "$bc"; mkdir -p "$bc"  # outside $OUT: packed
 models=${MODELS:-resnet50,DenseNet121,MobileNetV3Large}
 batches=${BATCHES:-128}
 modes=${MODES:-static static-warm kc kc-warm}
@@ -35,17 +38,19 @@ for mode in $modes; do
   nojit=0; [ "$mode" = static-nojit ] && nojit=1
   echo "== $mode (TFTRT_CUDNN_KERNEL_CACHE=$kc TFTRT_CUDNN_PLAN_CACHE=$plans, CUDA_CACHE_DISABLE=$nojit, TFTRT_CACHE_DIR=$dir) at $(( $(date +%s) - start )) s"
   CUDA_CACHE_DISABLE=$nojit \
-  TFTRT_CUDNN_TRACE="$out/cudnn_trace_$mode.jsonl" TFTRT_CUDNN_PLAN_CACHE=$plans \
-  TFTRT_CUDNN_KERNEL_CACHE=$kc TFTRT_CACHE_DIR=$dir BENCH_ROWS="$out/build_$mode.jsonl" \
+  TFTRT_CUDNN_TRACE="$bc/cudnn_trace_$mode.jsonl" TFTRT_CUDNN_PLAN_CACHE=$plans \
+  TFTRT_CUDNN_KERNEL_CACHE=$kc TFTRT_CACHE_DIR=$dir BENCH_ROWS="$bc/build_$mode.jsonl" \
     timeout $(( $(left) - 60 )) python3 benchmarks/bench_engine.py --models "$models" \
-    --precisions FP16 --batches "$batches" --peers= 2>&1 | tee "$out/build_$mode.txt" \
+    --precisions FP16 --batches "$batches" --peers= 2>&1 | tee "$bc/build_$mode.txt" \
     | grep -v "^# {" | grep -v "^ \{3,\}" | tail -12
   du -sh "$dir"/v1/*/* "$dir"/cupy 2>/dev/null
+  tar czf "$out/build_cache_files.tgz" -C "$bc" .
 done
 timeout $(( $(left) - 5 )) python3 -m pytest tests/gpu/test_build_cache_gpu.py -q \
-  -p no:cacheprovider -rf 2>&1 | tee "$out/gpu_tests.log" | tail -8
+  -p no:cacheprovider -rf 2>&1 | tee "$bc/gpu_tests.log" | tail -8
+tar czf "$out/build_cache_files.tgz" -C "$bc" .
 # Where cold cuDNN build time went: the kept plan vs the losing candidates (TFTRT_CUDNN_TRACE).
-python3 - "$out" <<'PY'
+python3 - "$bc" <<'PY'
 import glob, json, sys
 for path in sorted(glob.glob(sys.argv[1] + "/cudnn_trace_*.jsonl")):
     graphs = [json.loads(l) for l in open(path)]
@@ -71,7 +76,7 @@ for path in sorted(glob.glob(sys.argv[1] + "/cudnn_trace_*.jsonl")):
           f"{(sum(slow_lost) / len(slow_lost)) if slow_lost else float('nan'):.2f}x the kept "
           f"plan's time on average ({len(slow_lost)})")
 PY
-MODES="$modes" python3 - "$out" <<'PY'
+MODES="$modes" python3 - "$bc" <<'PY'
 import json, sys, os
 rows = {}
 modes = os.environ.get("MODES", "static static-warm kc kc-warm").split()
