@@ -385,6 +385,11 @@ class TRTEngineOp:
                         self._failed_keys[s] = why
                 return None
             with self._lock:
+                # remembered as a loaded model remembers its saved ones (remember_profiles):
+                # after an eviction a shape inside them builds all of them again, not a
+                # profile of its one shape (one call outside evicted build()'s engine, and
+                # every size inside then built and evicted its own: helper hunt, 2026-12-01)
+                self._saved_profiles = profiles
                 stop = self._insert(shapes[0], pe)
             _stop_background_builds(stop)
         log.info("%s: built one engine with %d optimization profile(s) (%s): %s", self.name,

@@ -225,6 +225,26 @@ def test_shapes_outside_every_profile(conv_dir, native, caplog):
     assert op.stats["builds"] == 2 and op.stats["native"] == 0 and len(op.cache) == 2
 
 
+def test_an_evicted_build_profile_is_built_again_whole(conv_dir, native, tmp_path):
+    """One call outside build()'s profile (runtime builds on, one cached engine) evicts its
+    engine; the next call inside builds the whole profile again (as a loaded model rebuilds
+    its saved ones), and the rest of the range is served with no build. Before, each size
+    inside built and evicted an engine of its own shape, and save() kept only the last
+    (helper hunt, 2026-12-01)."""
+    conv, fn, op = convert(conv_dir, use_dynamic_shape=True)
+    conv.build(lambda: iter([(image(1),), (image(6),)]))
+    check(fn, native, image(8))                 # outside 1..6: its own engine, evicting
+    assert op.stats["evictions"] == 1 and op.stats["tuned_builds"] == 2
+    for b in (4, 5, 2, 4, 3):
+        check(fn, native, image(b))
+    assert op.stats["tuned_builds"] == 3 and op.stats["evictions"] == 2
+    assert profile_engine(op).profiles == [Profile([(1, *S)], [(6, *S)], [(6, *S)])]
+    conv.save(str(tmp_path / "saved"))
+    loaded = tftrt.load(str(tmp_path / "saved"))
+    (lop,) = loaded.engine_ops.values()
+    assert profile_engine(lop).profiles == [Profile([(1, *S)], [(6, *S)], [(6, *S)])]
+
+
 def test_without_build_the_first_call_makes_the_profile(conv_dir, native):
     conv, fn, op = convert(conv_dir, use_dynamic_shape=True,
                            dynamic_shape_profile_strategy="ImplicitBatchModeCompatible")
