@@ -247,9 +247,10 @@ class TRTEngineOp:
             return self._fallback("the native backend is selected (TFTRT_BACKEND resolved to "
                                   "native)", log_it=False)
         key = tuple(tuple(int(d) for d in t.shape) for t in inputs)
-        if any(0 in s for s in key):  # TF computes empty outputs; no engine to build for them
-            return self._fallback(f"an input has no elements (input shapes {key})",
-                                  log_it=False)
+        if key and all(0 in s for s in key):  # batch 0: TF computes the empty outputs, and
+            # no engine is built for them (an empty side input, an optional mask next to a
+            # full image, still runs the engine)
+            return self._fallback(f"no input has elements (input shapes {key})", log_it=False)
         limit = self.spec.max_batch_size
         batch = max((s[0] for s in key if s), default=0)  # every input's, not only the first
         if limit and batch > limit:

@@ -99,10 +99,10 @@ def build_check_line(check: dict) -> str:
           else "of an output's largest value")
     line = (f"[*] Engines vs native TF on the first build input: largest error "
             f"{check['worst']:.1e} {of} ({check['precision']})")
+    if check.get("empty"):  # its segments run natively too: the more telling reason first
+        return line + " -- the first build input has no elements: this checked nothing"
     if not check.get("engine_calls"):
         return line + " -- no engine ran (every segment ran natively): this checked nothing"
-    if check.get("empty"):
-        return line + " -- the first build input has no elements: this checked nothing"
     if check["worst"] > check["bar"]:
         return line + (f" -- over {check['bar']:.0e}: check whether these answers are "
                        f"acceptable (tftrt compare)")
