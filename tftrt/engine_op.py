@@ -247,20 +247,25 @@ class TRTEngineOp:
             return self._fallback("the native backend is selected (TFTRT_BACKEND resolved to "
                                   "native)", log_it=False)
         key = tuple(tuple(int(d) for d in t.shape) for t in inputs)
-        if key and all(0 in s for s in key):  # batch 0: TF computes the empty outputs, and
-            # no engine is built for them (an empty side input, an optional mask next to a
-            # full image, still runs the engine)
-            return self._fallback(f"no input has elements (input shapes {key})", log_it=False)
         limit = self.spec.max_batch_size
         batch = max((s[0] for s in key if s), default=0)  # every input's, not only the first
         if limit and batch > limit:
             return self._fallback(f"batch {batch} is larger than max_batch_size={limit}")
+        empty = bool(key) and all(0 in s for s in key)
         if self.collecting:
             # TF-TRT's profile generation mode: the native segment runs while build()
-            # collects shapes (even with native segment execution disabled).
+            # collects shapes (even with native segment execution disabled); an empty batch
+            # is no shape to build a profile for
             with self._lock:
-                self.collected.append(key)
+                if not empty:
+                    self.collected.append(key)
                 self.stats["collected"] += 1
+            return None
+        if empty:  # batch 0: TF computes the empty outputs (nothing to compute: even with
+            # native execution disabled), and no engine is built for them; an empty side
+            # input (an optional mask next to a full image) still runs the engine
+            with self._lock:
+                self.stats["native"] += 1
             return None
         engine, why = self._engine_for(key, backend, force=self.building)
         if engine is None:
@@ -490,6 +495,7 @@ class TRTEngineOp:
     def _build_entry(self, key: ShapeKey, backend: str, generation: int):
         """Builds and caches the entry for ``key`` (under the build lock, not the cache
         lock): an exact engine, or a ProfileEngine with profiles from ``key`` alone."""
+        saved = None
         try:
             if self.profile_strategy is None:
                 engine = entry = self._build(key, backend)
@@ -498,6 +504,7 @@ class TRTEngineOp:
                 if saved and P.choose_profile(saved, key) is not None:
                     profiles = saved
                 else:
+                    saved = None
                     profiles = P.make_profiles([key], self.profile_strategy,
                                                self.spec.input_shapes)
                 entry = self._new_profile_engine(profiles, backend)
@@ -509,6 +516,10 @@ class TRTEngineOp:
             with self._lock:
                 if self._generation == generation:
                     self._failed_keys[key] = why
+                if saved is not None and self._saved_profiles is saved:
+                    # the whole remembered set failed (out of memory at its largest?): other
+                    # shapes inside it build a profile of their own instead of retrying it
+                    self._saved_profiles = None
             return None, why
         with self._lock:
             if self._generation == generation:
@@ -668,10 +679,10 @@ class TRTEngineOp:
                 for o, dt in zip(outs, self.spec.output_dtypes)]
 
     def _native(self, inputs):
-        """The native segment's outputs. An upstream engine hands its outputs over as backend
-        arrays where TF takes no DLPack (numpy: the numpy backend, or CuPy without a TF GPU),
-        and the native segment is a ConcreteFunction, which takes tensors only: a second
-        engine falling back in an eager call raised TypeError (helper hunt, 2026-12-01)."""
+        """The native segment's outputs. An upstream engine hands its outputs over as numpy
+        arrays where they do not cross by DLPack (the numpy backend, or CuPy without a TF
+        GPU), and the native segment is a ConcreteFunction, which takes tensors only: a
+        second engine falling back in an eager call raised TypeError (helper hunt)."""
         import tensorflow as tf
         inputs = [t if tf.is_tensor(t) else tf.convert_to_tensor(np.asarray(t))
                   for t in inputs]

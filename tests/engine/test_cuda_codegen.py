@@ -191,7 +191,6 @@ def _kernels():
     # integers wrap at every step as numpy's and TF's do (helper hunt, 2026-12-01): narrow
     # ints were computed in int and narrowed only on the store, int32 overflow was undefined
     # (the compilers folded x * x < 0 to false), an int base met a float exponent as an int
-    from tftrt.engine.shapes import program_dtypes
     n = int(np.prod(SHAPE))
     wraps = [
         ("uint8 x-128 to float", [0, 10, 200, 255, 127, 128], "uint8",
@@ -214,6 +213,12 @@ def _kernels():
          [{"op": "pow", "args": ["$0", 0.5]}]),
         ("int32 2.5 ** x", [4, 3, 0, 1, 2, 5], "int32",
          [{"op": "pow", "args": [2.5, "$0"]}]),
+        # a whole float (a float32 constant inlined as 2.0) is spelled 2 but is still a float:
+        # numpy's float64 power, not the exact integer one (94906267**2 differs past 2**53)
+        ("int64 x ** 2.0", [94906267, 3, -5, 0, 7, 1], "int64",
+         [{"op": "pow", "args": ["$0", 2.0]}]),
+        ("int32 prelu", [-2 ** 31, -5, 7, 0, -1, 2 ** 30], "int32",
+         [{"op": "prelu", "args": ["$0", 3]}]),
     ]
     for what, vals, dt, prog in wraps:
         x = np.resize(np.array(vals, dtype=np.int64), n).astype(dt).reshape(SHAPE)

@@ -245,6 +245,39 @@ def test_an_evicted_build_profile_is_built_again_whole(conv_dir, native, tmp_pat
     assert profile_engine(lop).profiles == [Profile([(1, *S)], [(6, *S)], [(6, *S)])]
 
 
+def test_a_remembered_profile_set_that_fails_to_build_is_dropped(conv_dir, native):
+    """When rebuilding the remembered set fails (out of memory at its largest shape, say),
+    the shape that asked runs natively and later shapes inside build a profile of their own,
+    not the failing set again (review, 2026-12-01)."""
+    conv, fn, op = convert(conv_dir, use_dynamic_shape=True)
+    conv.build(lambda: iter([(image(1),), (image(6),)]))
+    check(fn, native, image(8))                 # evicts build()'s engine
+    whole = op._saved_profiles
+    real = op._new_profile_engine
+
+    def failing(profiles, backend):
+        if profiles == whole:
+            raise MemoryError("out of memory building the remembered profiles")
+        return real(profiles, backend)
+    op._new_profile_engine = failing
+    check(fn, native, image(4))                 # the set fails: native, set dropped
+    assert op.stats["native"] == 1 and op._saved_profiles is None
+    check(fn, native, image(3))                 # its own profile now
+    assert profile_engine(op).profiles == [Profile([(3, *S)], [(3, *S)], [(3, *S)])]
+
+
+def test_an_empty_batch_in_build_with_native_execution_disabled(conv_dir, native,
+                                                                 monkeypatch):
+    """An empty batch is nothing to compute: it runs natively even with native execution
+    disabled (it raised), and build() forms no profile from it."""
+    monkeypatch.setenv("TF_TRT_ALLOW_ENGINE_NATIVE_SEGMENT_EXECUTION", "0")
+    conv, fn, op = convert(conv_dir, use_dynamic_shape=True)
+    conv.build(lambda: iter([(image(0),), (image(2),), (image(5),)]))
+    assert profile_engine(op).profiles == [Profile([(2, *S)], [(5, *S)], [(5, *S)])]
+    for b in (0, 3):
+        check(fn, native, image(b))
+
+
 def test_without_build_the_first_call_makes_the_profile(conv_dir, native):
     conv, fn, op = convert(conv_dir, use_dynamic_shape=True,
                            dynamic_shape_profile_strategy="ImplicitBatchModeCompatible")

@@ -242,7 +242,8 @@ def op_expr(op: str, args: List[Optional[str]], ct: str, p: dict,
         "greater": f"({a} > {b})", "greater_equal": f"({a} >= {b})",
         "and": f"((bool)({a}) && (bool)({b}))", "or": f"((bool)({a}) || (bool)({b}))",
         "xor": f"((bool)({a}) != (bool)({b}))",
-        "prelu": f"({a} < 0 ? {a} * {b} : {a})",
+        "prelu": (f"({a} < 0 ? wmul(({ct})({a}), ({ct})({b})) : {a})" if wrap else
+                  f"({a} < 0 ? {a} * {b} : {a})"),
     }
     if wrap and op in ("add", "sub", "mul"):
         return f"w{op}(({ct})({a}), ({ct})({b}))"
@@ -390,6 +391,8 @@ def program_lines(program: Sequence[dict], operand: Callable[[int], Tuple[str, s
         for j, a in enumerate(st["args"]):
             if a is not None and not isinstance(a, str):
                 args[j] = _lit(a, _literal_type(st["op"], j, ct, typed))
+                if isinstance(a, (float, np.floating)) and ct not in _FLOAT_CTS:
+                    typed[j] = "double"  # 2.0 met by an int step is spelled 2: still a float
         expr = f"({ct})({op_expr(st['op'], args, ct, st, typed)})"
         dt = st.get("dtype")
         if dt == "float16":  # TF rounds each float16 op's result (numpy_ops too)

@@ -93,7 +93,8 @@ def tile_row(kw: int, sw: int) -> int:
 
 def plan(cin: int, cout: int, kh: int, kw: int, sh: int, sw: int) -> Plan:
     """The block shape: 4 output rows a lane and ~8 warps a block, fewer rows where the
-    tile would pass :data:`SMEM_LIMIT`; ValueError when even one row does not fit."""
+    tile would pass :data:`SMEM_LIMIT`; ValueError when even one row does not fit, or when
+    the channel warps alone would pass 1024 threads."""
     cc = channels_per_warp(cout)
     ncg = cout // cc
     if LANES * ncg > 1024:  # 4 x an odd number over 128: warps of 4 channels
@@ -127,7 +128,8 @@ class StemSource:
     also computes every output, as the host tests run it).
     Raises:
       ValueError: what the kernel does not take (dtypes, K over :data:`MAX_K`, Cout not a
-        multiple of 4 or over :data:`MAX_COUT`, a tile over the shared memory).
+        multiple of 4 or over :data:`MAX_COUT`, a tile over the shared memory, a block over
+        1024 threads).
     """
 
     def __init__(self, x_shape, k_hw, strides, pads, out_shape, in_dtype: str, out_dtype: str,
