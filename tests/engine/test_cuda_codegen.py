@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from tftrt.engine.backends import cuda_source as C
+from tftrt.engine.backends import cuda_source_move as M
 from tftrt.engine.backends.numpy_ops import apply_activation, run_program
 from tftrt.engine.network import ACTIVATIONS, COMPARISONS, LOGICAL, POINTWISE_OPS
 from tftrt.engine.shapes import program_dtypes
@@ -438,12 +439,12 @@ CONCAT_CASES = [  # (input shapes, axis, dtype): the vector width each gets is c
 
 @pytest.mark.skipif(_host_compiler() is None, reason="no host C++ compiler")
 def test_concat_kernel_matches_numpy_on_the_host(tmp_path):
-    """The one-pass concat kernel (cuda_source.ConcatSource), built for the host, gives
+    """The one-pass concat kernel (cuda_source_move.ConcatSource), built for the host, gives
     np.concatenate byte for byte, with the vector width its rows allow."""
     parts = [HOST_SHIMS + C.MATH_HELPERS]
     srcs = []
     for k, (shapes, axis, dt, vb) in enumerate(CONCAT_CASES):
-        src = C.ConcatSource(shapes, axis, dt)
+        src = M.ConcatSource(shapes, axis, dt)
         assert src.vec_bytes == vb, (shapes, dt)
         srcs.append(src)
         parts.append(_rename(src.source, k))
@@ -595,8 +596,8 @@ def test_sources_do_not_depend_on_the_batch_size():
                                    {})
         pw = C.PointwiseSource(prog, [y, (64,), y], ["float32", "float16", "float16"], y,
                                "float16")
-        cat = C.ConcatSource([(batch, 14, 14, 96), (batch, 14, 14, 32)], 3, "float16")
-        rs = C.ResizeSource.plan((batch, 8, 8, 16),
+        cat = M.ConcatSource([(batch, 14, 14, 96), (batch, 14, 14, 32)], 3, "float16")
+        rs = M.ResizeSource.plan((batch, 8, 8, 16),
                                  _attrs((batch, 8, 8, 16), (batch, 16, 16, 16), "linear",
                                         "half_pixel", None), "float16", "float16")
         return pw, cat, rs, dw

@@ -1,4 +1,4 @@
-"""The CuPy backend's resize kernel source (cuda_source.ResizeSource), checked without a GPU:
+"""The CuPy backend's resize kernel source (cuda_source_move.ResizeSource), checked without a GPU:
 built for the CPU with test_cuda_codegen's shims and run against the numpy reference
 (numpy_ops.resize), and compiled with nvcc where it is on PATH."""
 
@@ -11,6 +11,7 @@ import pytest
 
 from tests.engine.test_cuda_codegen import HOST_SHIMS, _host_compiler, _rename
 from tftrt.engine.backends import cuda_source as C
+from tftrt.engine.backends import cuda_source_move as M
 from tftrt.engine.backends import numpy_ops
 
 # (x shape, output sizes, mode, coordinate_transformation_mode, nearest_mode, in, out dtype)
@@ -41,7 +42,7 @@ def _sources():
     out = []
     for xs, sizes, mode, ctm, nearest, dt, odt in CASES:
         a = _attrs(xs, sizes, mode, ctm, nearest)
-        src = C.ResizeSource.plan(xs, a, dt, odt)
+        src = M.ResizeSource.plan(xs, a, dt, odt)
         assert src is not None, (xs, sizes, mode, ctm)
         out.append((src, xs, a, dt, odt))
     return out
@@ -49,13 +50,13 @@ def _sources():
 
 def test_plan_declines_what_the_kernel_does_not_do():
     xs = (1, 4, 4, 4)
-    assert C.ResizeSource.plan(xs, _attrs(xs, (1, 8, 8, 4), "cubic", "half_pixel", None),
+    assert M.ResizeSource.plan(xs, _attrs(xs, (1, 8, 8, 4), "cubic", "half_pixel", None),
                                "float32", "float32") is None
-    assert C.ResizeSource.plan(xs, _attrs(xs, (1, 8, 8, 4), "linear", "tf_crop_and_resize",
+    assert M.ResizeSource.plan(xs, _attrs(xs, (1, 8, 8, 4), "linear", "tf_crop_and_resize",
                                           None), "float32", "float32") is None
-    assert C.ResizeSource.plan(xs, _attrs(xs, (1, 8, 4, 8), "linear", "half_pixel", None),
+    assert M.ResizeSource.plan(xs, _attrs(xs, (1, 8, 4, 8), "linear", "half_pixel", None),
                                "float32", "float32") is None  # axes 1 and 3: not adjacent
-    assert C.ResizeSource.plan(xs, _attrs(xs, (1, 8, 8, 4), "nearest", "asymmetric", "floor"),
+    assert M.ResizeSource.plan(xs, _attrs(xs, (1, 8, 8, 4), "nearest", "asymmetric", "floor"),
                                "int32", "int32") is None
 
 

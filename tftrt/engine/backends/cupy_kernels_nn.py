@@ -15,7 +15,7 @@ import cupy as cp
 from tftrt.engine.backends.cupy_kernels import (PRELUDE, _device_sms, _lit, _raw_kernel,
                                                 comptype, ctype, grid_stride_source,
                                                 launch, load_expr, store_expr)
-from tftrt.engine.backends.cuda_source import ConcatSource
+from tftrt.engine.backends.cuda_source_move import ConcatSource
 
 
 # --- pooling (NHWC, any number of spatial dims) --------------------------------------------------
@@ -564,7 +564,7 @@ extern "C" __global__ void reduce(const {ct}* __restrict__ x, {oct_}* __restrict
 # --- resize --------------------------------------------------------------------------------------
 class ResizeKernel:
     """ONNX Resize (nearest / linear on one axis or two adjacent ones, float16 / float32) in one
-    pass over the output: :class:`cuda_source.ResizeSource` compiled, its host tables uploaded
+    pass over the output: :class:`cuda_source_move.ResizeSource` compiled, its host tables uploaded
     once. :meth:`make` returns None where the source does not fit (the caller falls back)."""
 
     def __init__(self, src):
@@ -574,7 +574,7 @@ class ResizeKernel:
 
     @classmethod
     def make(cls, x_shape, attrs, in_dtype: str, out_dtype: str) -> Optional["ResizeKernel"]:
-        from tftrt.engine.backends.cuda_source import ResizeSource
+        from tftrt.engine.backends.cuda_source_move import ResizeSource
         src = ResizeSource.plan(x_shape, attrs, in_dtype, out_dtype)
         return None if src is None else cls(src)
 
@@ -640,7 +640,7 @@ class TransposeKernel:
 
 
 class ConcatKernel(ConcatSource):
-    """concat of same-dtype inputs in one launch (source: :class:`cuda_source.ConcatSource`).
+    """concat of same-dtype inputs in one launch (source: :class:`cuda_source_move.ConcatSource`).
     Inputs and output must be C-contiguous and aligned to the vector width; ``aligned`` says
     whether they are (else the caller copies input by input)."""
 

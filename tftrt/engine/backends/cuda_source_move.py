@@ -1,0 +1,154 @@
+"""CUDA C sources of the data-movement kernels, strings only (no CuPy; tests build them for the
+host): resize (nearest / linear on one or two adjacent axes, the numpy reference's
+coordinate math in host tables) and concatenation in one pass over the output. Split from
+``cuda_source`` (the pointwise programs, the depthwise convolution and the shared helpers
+they use); ``cupy_kernels_nn`` compiles them."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from tftrt.engine.backends.cuda_source import (ctype, grid_stride_source, load_expr,
+                                               store_expr)
+
+
+# --- resize (nearest / linear on one or two adjacent axes) ---------------------------------------
+def resize_axis_table(in_len: int, out_len: int, scale: float, attrs: dict, roi_s: float,
+                      roi_e: float):
+    """Host table of one resized axis, the numpy reference's math (numpy_ops.resize):
+    nearest -> (idx int32 [out],); linear -> (idx int32 [2 * out]: lower then upper,
+    t float32 [out]: the upper tap's weight)."""
+    from tftrt.engine.backends import numpy_ops as ops
+    xo = ops._resize_coords(np.arange(out_len), in_len, out_len, scale,
+                            attrs["coordinate_transformation_mode"], roi_s, roi_e)
+    if attrs["mode"] == "nearest":
+        nm = attrs["nearest_mode"]
+        i = {"round_prefer_floor": np.ceil(xo - 0.5), "round_prefer_ceil": np.floor(xo + 0.5),
+             "floor": np.floor(xo)}.get(nm, np.ceil(xo))
+        return (np.clip(i, 0, in_len - 1).astype(np.int32),)
+    xc = np.clip(xo, 0, in_len - 1)
+    i0 = np.floor(xc)
+    t = (xc - i0).astype(np.float32)
+    i0 = np.clip(i0, 0, in_len - 1).astype(np.int32)
+    i1 = np.clip(i0 + 1, 0, in_len - 1).astype(np.int32)
+    return np.concatenate([i0, i1]), t
+
+
+class ResizeSource:
+    """CUDA source of kernel ``resize(x, hi, ht, wi, wt, y)``: ONNX Resize, mode nearest or
+    linear (any coordinate_transformation_mode but tf_crop_and_resize), when the resized axes
+    are one axis or two adjacent ones: x is viewed as [O, H, W, I] -> y [O, H2, W2, I] (NHWC:
+    O = N, I = C; NCHW: O = N * C, I = 1; one resized axis: W = W2 = 1). The per-axis index and
+    weight tables (:attr:`tables`: hi, ht, wi, wt) are computed on the host with the numpy
+    reference's math, so only the blend runs on the device: linear blends H first, then W, in
+    float32, as the reference takes the axes in order. ``ht`` / ``wt`` are unused (one zero)
+    for nearest. One output element per thread, :attr:`work` in a grid-stride loop.
+
+    :meth:`plan` says whether a layer fits (None otherwise: the caller uses its fallback).
+    """
+
+    def __init__(self, x_shape, out_shape, axes: Sequence[int], tables, mode: str,
+                 in_dtype: str, out_dtype: str):
+        a = axes[0]
+        O = int(np.prod(x_shape[:a], dtype=np.int64))
+        I = int(np.prod(x_shape[axes[-1] + 1:], dtype=np.int64))
+        H, H2 = x_shape[a], out_shape[a]
+        W, W2 = (x_shape[a + 1], out_shape[a + 1]) if len(axes) == 2 else (1, 1)
+        self.tables = tables
+        self.work = O * H2 * W2 * I
+        ct, oct_ = ctype(in_dtype), ctype(out_dtype)
+
+        def ld(h, w):
+            return load_expr(in_dtype, f"xo[((long long){h} * {W} + {w}) * {I}]")
+        if mode == "nearest":
+            blend = f"y[t] = {store_expr(out_dtype, ld('hi[h]', 'wi[w]'))};"
+        else:
+            blend = f"""const int h0 = hi[h], h1 = hi[{H2} + h], w0 = wi[w], w1 = wi[{W2} + w];
+    const float ty = ht[h], tx = wt[w];
+    const float l = {ld('h0', 'w0')} * (1.f - ty) + {ld('h1', 'w0')} * ty;
+    const float r = {ld('h0', 'w1')} * (1.f - ty) + {ld('h1', 'w1')} * ty;
+    y[t] = {store_expr(out_dtype, "l * (1.f - tx) + r * tx")};"""
+        body = f"""const long long i = t % {I};
+    long long q = t / {I};
+    const int w = (int)(q % {W2}); q /= {W2};
+    const int h = (int)(q % {H2});
+    const {ct}* xo = x + (q / {H2}) * {H * W * I}LL + i;
+    {blend}"""
+        self.source = grid_stride_source(
+            "resize", f"const {ct}* __restrict__ x, const int* __restrict__ hi, "
+            f"const float* __restrict__ ht, const int* __restrict__ wi, "
+            f"const float* __restrict__ wt, {oct_}* __restrict__ y", "long long", self.work,
+            body)
+
+    @classmethod
+    def plan(cls, x_shape, attrs: dict, in_dtype: str, out_dtype: str):
+        """A ResizeSource for a canonical resize layer (attrs sizes / scales / roi), or None
+        when it does not fit: cubic, tf_crop_and_resize, non-float dtypes, resized axes that
+        are not adjacent, or nothing resized."""
+        mode, ctm = attrs["mode"], attrs["coordinate_transformation_mode"]
+        floats = ("float16", "float32")
+        if mode not in ("nearest", "linear") or ctm == "tf_crop_and_resize" or \
+                np.dtype(in_dtype).name not in floats or np.dtype(out_dtype).name not in floats:
+            return None
+        r = len(x_shape)
+        axes = [ax for ax in range(r) if not (x_shape[ax] == attrs["sizes"][ax]
+                                              and attrs["scales"][ax] == 1.0)]
+        if not axes or len(axes) > 2 or axes[-1] - axes[0] != len(axes) - 1:
+            return None
+        tabs = [resize_axis_table(x_shape[ax], attrs["sizes"][ax], attrs["scales"][ax], attrs,
+                                  attrs["roi"][ax], attrs["roi"][r + ax]) for ax in axes]
+        if len(axes) == 1:  # W = W2 = 1: index 0, weight 0
+            tabs.append((np.zeros(1 if mode == "nearest" else 2, np.int32),
+                         np.zeros(1, np.float32)))
+        zero = np.zeros(1, np.float32)
+        (hi, *ht), (wi, *wt) = tabs
+        tables = (hi, ht[0] if ht else zero, wi, wt[0] if wt else zero)
+        return cls(tuple(x_shape), tuple(attrs["sizes"]), axes, tables, mode, in_dtype,
+                   out_dtype)
+
+
+
+# --- concatenation -------------------------------------------------------------------------------
+_VEC_CT = {16: "uint4", 8: "uint2", 4: "unsigned int", 2: "unsigned short", 1: "unsigned char"}
+
+
+class ConcatSource:
+    """y = concat(x_0, ..., x_{m-1}, axis) of one dtype in one pass over y.
+
+    Viewed as rows: ``outer`` = the product of the dims before ``axis``, input k a row of
+    ``L_k`` = its dims from ``axis`` on, y a row of sum(L_k). Each thread moves one vector of
+    ``vec_bytes`` (the widest of 16 / 8 / 4 / 2 / 1 bytes dividing every L_k's bytes): for
+    NHWC channel concats of fp16 with channels a multiple of 8, 16-byte vectors. The input a
+    vector comes from is found by comparing its column with the baked-in offsets."""
+
+    def __init__(self, in_shapes, axis: int, dtype: str):
+        in_shapes = [tuple(int(d) for d in s) for s in in_shapes]
+        r = len(in_shapes[0])
+        axis = axis % r if r else 0
+        isz = np.dtype(dtype).itemsize
+        outer = int(np.prod(in_shapes[0][:axis], dtype=np.int64))
+        rows = [int(np.prod(s[axis:], dtype=np.int64)) * isz for s in in_shapes]  # bytes
+        self.vec_bytes = next(vb for vb in (16, 8, 4, 2, 1)
+                              if vb >= isz and all(b % vb == 0 for b in rows))
+        vb = self.vec_bytes
+        cols = [b // vb for b in rows]
+        total = sum(cols)
+        self.work = outer * total
+        self.num_inputs = len(in_shapes)
+        it = "long long" if outer * sum(rows) >= 2 ** 31 - 64 else "int"
+        ct = _VEC_CT[vb]
+        lines = [f"const {it} row = t / {max(total, 1)};",
+                 f"const {it} col = t % {max(total, 1)};"]
+        off = 0
+        for k, c in enumerate(cols):
+            if c == 0:
+                continue
+            cond = "" if off + c == total else f"if (col < {off + c}) "
+            prefix = "" if off == 0 else "else "
+            lines.append(f"{prefix}{cond}{{ y[t] = x{k}[row * {c} + (col - {off})]; }}")
+            off += c
+        params = ", ".join([f"const {ct}* __restrict__ x{k}" for k in range(len(in_shapes))] +
+                           [f"{ct}* __restrict__ y"])
+        self.source = grid_stride_source("concat", params, it, self.work, "\n    ".join(lines))
