@@ -25,7 +25,6 @@ type; a fraction met by an integer stays a double (numpy promotes it too).
 from __future__ import annotations
 
 import math
-import re
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -134,14 +133,6 @@ def _lit(v, ct: str) -> str:
     return str(int(v)) + ("LL" if "long" in ct else "")
 
 
-def _float_operand(expr: str, ctype_: Optional[str]) -> bool:
-    """Whether an operand is of a float type: its compute type, or for a literal (no type)
-    its spelling (:func:`_lit` writes a fraction, inf or NaN met by an integer as a double)."""
-    if ctype_ is not None:
-        return ctype_ in _FLOAT_CTS
-    return not re.fullmatch(r"-?\d+(LL)?|true|false", expr.strip())
-
-
 def _fn(ct: str, name: str, *args: str) -> str:
     """A C math function call in the compute type: ``expf`` for float, ``exp`` for double;
     integer / bool operands are computed in double (numpy's float64 result of an int op)."""
@@ -161,16 +152,17 @@ def op_expr(op: str, args: List[Optional[str]], ct: str, p: dict,
       args: C expressions of the operands (None for an absent clip bound).
       ct: the step's C compute type (the result is converted to it by the caller).
       p: the step's params (alpha, beta, gamma, approximate, to, fmod).
-      arg_types: C types of ``args`` where known (None for literals); decides NaN tests on
-        integer operands.
+      arg_types: C types of ``args`` where known (None for an integer literal, "double"
+        for a float one met by an integer step); decides NaN tests on integer operands, and
+        for integer steps the wrapping helpers or numpy's float64 power.
     Raises:
       NotImplementedError: ``op`` has no lowering.
     """
     x = args[0] if args else None
     xt = (arg_types[0] if arg_types else None) or ct
     fl = ct in _FLOAT_CTS
-    types = list(arg_types or [None] * len(args))
-    floats = [a is not None and _float_operand(a, t) for a, t in zip(args, types)]
+    # a float operand of an integer step (program_lines types float literals "double")
+    floats = [t in _FLOAT_CTS for t in (arg_types or ())]
     wrap = ct in ("int", "long long") and not any(floats)  # signed: wrapping helpers
     F = lambda n, *a: _fn(ct, n, *(a or (x,)))  # noqa: E731
     L = lambda v: _lit(v, ct)  # noqa: E731
@@ -392,7 +384,8 @@ def program_lines(program: Sequence[dict], operand: Callable[[int], Tuple[str, s
             if a is not None and not isinstance(a, str):
                 args[j] = _lit(a, _literal_type(st["op"], j, ct, typed))
                 if isinstance(a, (float, np.floating)) and ct not in _FLOAT_CTS:
-                    typed[j] = "double"  # 2.0 met by an int step is spelled 2: still a float
+                    # a float met by an int step (spelled 2 for 2.0): op_expr's float path
+                    typed[j] = "double"
         expr = f"({ct})({op_expr(st['op'], args, ct, st, typed)})"
         dt = st.get("dtype")
         if dt == "float16":  # TF rounds each float16 op's result (numpy_ops too)

@@ -85,7 +85,7 @@ def smem_bytes(cin: int, k: int, cout: int, kh: int, kw: int, sh: int, sw: int,
 
 def tile_row(kw: int, sw: int) -> int:
     """Words of one tile row: its (LANES - 1) * sw + kw input columns, stored column ``lx`` at
-    ``(lx % sw) * ceil(row / sw) + lx // sw`` so that the 32 lanes of a warp, which read
+    ``(lx % sw) * ceil(columns / sw) + lx // sw`` so that the 32 lanes of a warp, which read
     columns ``lane * sw + kx``, read 32 consecutive words at any stride (no bank conflicts)."""
     iw = (LANES - 1) * sw + kw
     return sw * -(-iw // sw)
@@ -186,8 +186,9 @@ class StemSource:
     def _source(self, epilogue, operand_modes) -> str:
         d, p = self.dims, self.plan
         ih, iw = (p.th - 1) * d["sh"] + d["kh"], (LANES - 1) * d["sw"] + d["kw"]
-        sw, row = d["sw"], tile_row(d["kw"], d["sw"])
-        iwq = row // sw
+        # words of a tile row (the kernel's own `row` is a warp's first output row)
+        sw, words = d["sw"], tile_row(d["kw"], d["sw"])
+        iwq = words // sw
         cin, cout, cc = d["cin"], d["cout"], p.cc
         it = "long long" if max(d["n"] * d["h"] * d["w"] * cin,
                                 d["n"] * d["ho"] * d["wo"] * cout) >= 2 ** 31 - 64 else "int"
@@ -197,13 +198,13 @@ class StemSource:
         params = ", ".join(f"{ty} __restrict__ {nm}" for ty, nm in self.params)
         load = load_expr(self.in_dtype, "px_[c]")
         wsm = self.k * cout // 4   # Cout is a multiple of 4
-        nslots = ih * row
+        nslots = ih * words
         stage = max(1, min(STAGE, 24 // cin))  # pixels in flight: STAGE x Cin registers
         align = "alignas(16) " if cc * np.dtype(self.out_dtype).itemsize % 16 == 0 else ""
         return PRELUDE + f"""
 extern "C" __global__ void __launch_bounds__({p.threads}) {KERNEL}({params}) {{
   __shared__ float4 wsm4[{wsm}];
-  __shared__ float tile[{cin * ih * row}];
+  __shared__ float tile[{cin * ih * words}];
   const float* wsm = reinterpret_cast<const float*>(wsm4);
   int r = blockIdx.x;
   const int ow0 = (r % {ntw}) * {LANES}; r /= {ntw};
@@ -238,10 +239,10 @@ extern "C" __global__ void __launch_bounds__({p.threads}) {KERNEL}({params}) {{
       #pragma unroll
       for (int u = 0; u < {stage}; ++u) {{
         const int i = i0 + u * blockDim.x;
-        const int ly = i / {row}, sl = i % {row};
+        const int ly = i / {words}, sl = i % {words};
         const int lx = (sl % {iwq}) * {sw} + sl / {iwq};
         const int hh = ih0 + ly, ww = iw0 + lx;
-        at[u] = (i < {nslots} && lx < {iw}) ? ly * {row} + sl : -1;
+        at[u] = (i < {nslots} && lx < {iw}) ? ly * {words} + sl : -1;
         const bool in = at[u] >= 0 && hh >= 0 && hh < {d['h']} && ww >= 0 && ww < {d['w']};
         const {ict}* px_ = xs + ({it})(in ? hh * {d['w']} + ww : 0) * {cin};
         #pragma unroll
@@ -251,7 +252,7 @@ extern "C" __global__ void __launch_bounds__({p.threads}) {KERNEL}({params}) {{
       for (int u = 0; u < {stage}; ++u)
         if (at[u] >= 0) {{
           #pragma unroll
-          for (int c = 0; c < {cin}; ++c) tile[c * {ih * row} + at[u]] = v[u][c];
+          for (int c = 0; c < {cin}; ++c) tile[c * {ih * words} + at[u]] = v[u][c];
         }}
     }}
   }}
@@ -266,7 +267,7 @@ extern "C" __global__ void __launch_bounds__({p.threads}) {KERNEL}({params}) {{
       #pragma unroll
       for (int m = 0; m < {cc}; ++m) acc[j][m] = 0.f;
     }}
-    const float* tb = tile + (row * {d['sh']}) * {tile_row(d["kw"], d["sw"])} + lane;
+    const float* tb = tile + (row * {d['sh']}) * {words} + lane;
     // one kernel row at a time: unrolled whole, ptxas hoisted every tap's weights into
     // registers where they have constant addresses (one warp of channels) and spilled
     #pragma unroll 1
@@ -285,7 +286,7 @@ extern "C" __global__ void __launch_bounds__({p.threads}) {KERNEL}({params}) {{
           }}
           #pragma unroll
           for (int j = 0; j < {p.px}; ++j) {{
-            const float xv = tb[(c * {ih} + j * {d['sh']} + ky) * {row} +
+            const float xv = tb[(c * {ih} + j * {d['sh']} + ky) * {words} +
                                 (kx % {sw}) * {iwq} + kx / {sw}];
             #pragma unroll
             for (int m = 0; m < {cc}; ++m) acc[j][m] += xv * wv[m];
