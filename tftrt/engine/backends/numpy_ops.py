@@ -38,12 +38,13 @@ def _int_div(a, b):
     # ONNX integer Div truncates toward zero (C semantics); numpy floor-divides: one more
     # where an inexact quotient is negative. (Through abs, INT_MIN stayed negative: INT_MIN / 2
     # came out positive, 1 / INT_MIN 1.)
-    b1 = np.where(b == 0, 1, b).astype(np.result_type(a, b))  # uint64 / 3 stays integer
+    dt = np.result_type(a, b)
+    b1 = np.where(b == 0, 1, b).astype(dt)  # in the result's type: uint64 / 3 stays integer
     with np.errstate(over="ignore"):
         q = np.floor_divide(a, b1)
         r = a - q * b1
     q = np.where((r != 0) & ((a < 0) != (b1 < 0)), q + 1, q)
-    return q.astype(np.result_type(a, b))
+    return q.astype(dt)
 
 
 def _cast(to, x):
