@@ -367,6 +367,9 @@ def table(path: str, print_fn=print) -> None:
     runtime / precision wins): latency and throughput per batch, tftrt FP16's speedup over
     XLA and torch.compile, and the tftrt conversion facts."""
     latest: Dict[str, Dict[tuple, dict]] = {}
+    if not os.path.exists(path):  # every model skipped (--time-budget): say so, no traceback
+        print_fn(f"no rows: {path} was not written")
+        return
     for r in read_rows(path):
         latest.setdefault(r["model"], {})[(r["runtime"], r["precision"])] = r
     for model, rows in latest.items():

@@ -27,7 +27,8 @@ OPS = {
     # skipped NaN (helper hunt, 2026-12-01); axes [1, 2] take the column mode
     "reduce_max_rows": lambda x: tf.reduce_max(x, axis=[2, 3]),
     "reduce_min_rows": lambda x: tf.reduce_min(x, axis=[2, 3]),
-    # TF's GPU MaxPool3D propagates NaN where its 2-D MaxPool skips it (docs/differences.md)
+    # TF's GPU MaxPool3D skips NaN as its 2-D MaxPool does (H200, 2026-12-01); x[0, 2:4, 2:4]
+    # channels 1 and 3 make one of its windows all NaN
     "max_pool3d": lambda x: tf.nn.max_pool3d(tf.reshape(x, [-1, 6, 6, 2, 2]), 2, 2, "VALID"),
     "reduce_sum": lambda x: tf.reduce_sum(x, axis=[1, 2]),
     "reduce_mean": lambda x: tf.reduce_mean(x, axis=[1, 2]),
@@ -41,6 +42,7 @@ def nonfinite_input():
     x = np.random.RandomState(0).standard_normal((2, 6, 6, 4)).astype(np.float32)
     x[0, 0, 0, 0] = np.nan                 # one NaN in a window / row
     x[0, 2:4, 2:4, 1] = np.nan             # a whole pooling window of NaN
+    x[0, 2:4, 2:4, 3] = np.nan             # with channel 1: a whole MaxPool3D window
     x[1, 1, 1, 2] = np.inf
     x[1, 4, 4, 3] = -np.inf
     x[1, 5, 5, :] = -np.inf                # a softmax row of -inf

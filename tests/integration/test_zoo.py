@@ -185,6 +185,9 @@ def test_zoo_benchmark_skips_models_that_no_longer_fit(tmp_path, capsys):
                 "--model-seconds", "150", "--out", out])
     assert "SKIP ViT UNet: 100 s left of --time-budget" in capsys.readouterr().out
     assert not os.path.exists(out)
+    # run_gpu_zoo.sh prints the table after the run: no rows is a line, not a traceback
+    bench.main(["--table", "--out", out])
+    assert f"no rows: {out} was not written" in capsys.readouterr().out
 
 
 def test_zoo_benchmark_dry_run(tmp_path, capsys):

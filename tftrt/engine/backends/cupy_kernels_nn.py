@@ -73,11 +73,10 @@ class PoolKernel:
             val = load_expr(dtype, "x[base]")
         lines.append(f"    #pragma unroll\n    for (int v = 0; v < {V}; ++v) {{")
         lines.append(f"      {acc_t} w = ({acc_t}){val};")
-        # TF's GPU MaxPool skips NaN (an all-NaN window is -inf), measured on an H200; its
-        # MaxPool3D propagates NaN (docs/differences.md), which this kernel skipped too
-        skip = "(w > acc[v]) ? w : acc[v]"
-        keep = "(w != w || w > acc[v]) ? w : acc[v]" if fl else skip
-        lines.append(f"      acc[v] = {keep if nsp == 3 else skip};" if is_max else
+        # TF's GPU MaxPool and MaxPool3D skip NaN (an all-NaN 2-D window is -inf), measured
+        # on an H200 (docs/differences.md; a run of 2026-12-01 propagated it in 3-D, which
+        # TF did not)
+        lines.append("      acc[v] = (w > acc[v]) ? w : acc[v];" if is_max else
                      "      acc[v] += w;")
         lines.append("    }\n  }")
         lines += loops
