@@ -55,7 +55,7 @@ def main(argv=None):
     if args.copies:
         return copies(args)
     import tensorflow as tf
-    from tftrt import tensor_bridge, engine_op
+    from tftrt import tensor_bridge, engine_op, rewrite
     from benchmarks.bench_boundary import median_ms as _median, three_engines
 
     conv, fn, x, _ = three_engines(args.batch)
@@ -122,13 +122,19 @@ def main(argv=None):
         return t
     row("tf.function: 3 identity EagerPyFuncs + 2 Cos (GPU)", median_ms(lambda: three_pyfuncs(x)))
 
-    def status_chain(body):
-        """What an engine node adds around ``body``: a status output and an If on it."""
+    def status_chain(body, by_rank=False):
+        """What an engine node adds around ``body``: a status output and an If on it. The
+        status a bool value (engine nodes until 2026-12-01), or ``by_rank`` an empty float32
+        tensor whose rank says it (rewrite.STATUS_DTYPE, engine nodes since)."""
         @tf.function
         def chain(t):
             with tf.device("/GPU:0"):
                 for i in range(3):
-                    ok, u = tf.py_function(body, [t], [tf.bool, tf.float32])
+                    if by_rank:
+                        s, u = tf.py_function(body, [t], [tf.float32, tf.float32])
+                        ok = tf.equal(tf.rank(s), 1)
+                    else:
+                        ok, u = tf.py_function(body, [t], [tf.bool, tf.float32])
                     t = tf.cond(ok, lambda: tf.identity(u), lambda: tf.identity(t))
                     if i < 2:
                         t = tf.cos(t)
@@ -139,10 +145,14 @@ def main(argv=None):
         a = tensor_bridge.to_backend(t, "cupy")
         tensor_bridge.wait_for_tensorflow([t], [a])
         tensor_bridge.wait_for_engine()
-        return [np.bool_(True), tensor_bridge.from_backend(a, "cupy", np.dtype("float32"))]
+        return [rewrite.STATUS_RAN, tensor_bridge.from_backend(a, "cupy", np.dtype("float32"))]
     row("tf.function: 3 EagerPyFuncs [status, t] + If + 2 Cos (GPU)",
         median_ms(status_chain(lambda t: [np.bool_(True), t])))
-    row("tf.function: the same through DLPack and the waits", median_ms(status_chain(bridged)))
+    ran = rewrite.STATUS_RAN
+    row("tf.function: the same, the status read by its rank",
+        median_ms(status_chain(lambda t: [ran, t], by_rank=True)))
+    row("tf.function: the same through DLPack and the waits",
+        median_ms(status_chain(bridged, by_rank=True)))
 
     @tf.function
     def two_cos(t):

@@ -223,16 +223,17 @@ def keep_thread_state() -> None:
 class EngineCallback:
     """What an engine node's EagerPyFunc calls: [status, *outputs].
 
-    Status 1: the engine ran and the outputs are its own. Status 0: the native segment must
-    run (the select node after the engine node runs it); the outputs are empty placeholders
-    of the right dtypes.
+    Status rewrite.STATUS_RAN: the engine ran and the outputs are its own.
+    rewrite.STATUS_NATIVE: the native segment must run (the select node after the engine
+    node runs it); the outputs are empty placeholders of the right dtypes. Both are empty
+    tensors told apart by their rank (rewrite.STATUS_DTYPE says why).
     """
 
     def __init__(self, op: TRTEngineOp):
         self.op = op
-        self._ran = np.bool_(True)
-        self._fallback = [np.bool_(False)] + [np.zeros((0,), np.dtype(d))
-                                          for d in op.spec.output_dtypes]
+        self._ran = rewrite.STATUS_RAN
+        self._fallback = [rewrite.STATUS_NATIVE] + [np.zeros((0,), np.dtype(d))
+                                                    for d in op.spec.output_dtypes]
 
     def __call__(self, *inputs):
         keep_thread_state()

@@ -182,9 +182,18 @@ def function_def_caller(fdef, input_specs: Sequence[Tuple[np.dtype, object]],
 # Replacing segments
 
 
-# The engine node's output 0: True when the engine ran, False when the native segment must
-# run. A bool: TF's lowering of If into Switch/Merge takes no other predicate type.
-STATUS_DTYPE = np.dtype(np.bool_)
+# The engine node's output 0 says whether the engine ran by its rank alone: an empty tensor
+# of shape (0,) when it ran, (0, 0) when the native segment must run. The select node reads
+# it with Rank, whose GPU kernel for a float tensor writes its int32 output to host memory
+# without touching the tensor, so the If's predicate (a bool on the host, as the Switch it
+# lowers to needs) is made with no device -> host copy. A bool status value lived on the GPU
+# with the EagerPyFunc's other outputs and came back for every call's Switch: the bool
+# status and its If cost 0.31 ms per engine boundary (H200, 2026-12-01,
+# benchmarks/profile_boundary.py). Float32: TF's GPU Rank kernel for bool wants its input
+# in host memory.
+STATUS_DTYPE = np.dtype(np.float32)
+STATUS_RAN = np.zeros((0,), STATUS_DTYPE)
+STATUS_NATIVE = np.zeros((0, 0), STATUS_DTYPE)
 
 
 def engine_node(name: str, token: str, in_dtypes, out_dtypes):
@@ -303,9 +312,11 @@ def with_native_fallback(graph_def, native_fdefs: Dict[str, object],
                 have.add(f.signature.name)
         sel = node_def_pb2.NodeDef(name=node.name, op="If", device=node.device)
         node.name = engine_call_name(node.name)
-        sel.input.extend(f"{node.name}:{j}" for j in range(len(out_dtypes) + 1))
+        selects.extend(_ran_nodes(node.name, node.device))
+        sel.input.append(f"{node.name}/ran")
+        sel.input.extend(f"{node.name}:{j}" for j in range(1, len(out_dtypes) + 1))
         sel.input.extend(i for i in node.input if not i.startswith("^"))
-        sel.attr["Tcond"].type = _dtype_enum(STATUS_DTYPE)
+        sel.attr["Tcond"].type = _dtype_enum(np.bool_)
         sel.attr["Tin"].list.type.extend([_dtype_enum(d) for d in [*out_dtypes, *in_dtypes]])
         sel.attr["Tout"].list.type.extend([_dtype_enum(d) for d in out_dtypes])
         sel.attr["then_branch"].func.name = then_f.signature.name
@@ -324,6 +335,24 @@ def with_native_fallback(graph_def, native_fdefs: Dict[str, object],
         selects.append(sel)
     out.node.extend(selects)
     return out
+
+
+def _ran_nodes(call: str, device: str):
+    """``{call}/ran``: whether engine call node ``call`` ran its engine, Rank(status) == 1,
+    in host memory (see STATUS_DTYPE)."""
+    from tensorflow.core.framework import node_def_pb2
+    rank = node_def_pb2.NodeDef(name=f"{call}/status_rank", op="Rank", device=device,
+                                input=[f"{call}:0"])
+    rank.attr["T"].type = _dtype_enum(STATUS_DTYPE)
+    one = node_def_pb2.NodeDef(name=f"{call}/one", op="Const", device=device)
+    one.attr["dtype"].type = _dtype_enum(np.int32)
+    one.attr["value"].tensor.dtype = _dtype_enum(np.int32)
+    one.attr["value"].tensor.tensor_shape.SetInParent()
+    one.attr["value"].tensor.int_val.append(len(STATUS_RAN.shape))
+    ran = node_def_pb2.NodeDef(name=f"{call}/ran", op="Equal", device=device,
+                               input=[rank.name, one.name])
+    ran.attr["T"].type = _dtype_enum(np.int32)
+    return [rank, one, ran]
 
 
 def native_call_node(name: str, fdef_name: str, in_dtypes, out_dtypes):
