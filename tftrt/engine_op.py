@@ -40,6 +40,7 @@ log = logging.getLogger("tftrt.engine_op")
 # Rebuilds of shapes an evicted engine served, before the one warning that the cache is too
 # small for the shapes in use.
 THRASH_WARN_AFTER = 3
+REMEMBERED_SETS = 16  # profile sets an op remembers: each a few profiles of a few shapes
 
 BACKENDS = ("auto", "cupy", "numpy", "native")
 
@@ -190,9 +191,10 @@ class TRTEngineOp:
         self._generation = 0
         self._logged: set = set()
         self._failed_keys: Dict[ShapeKey, str] = {}
-        # The optimization profiles a saved model's plans named (remember_profiles): a
-        # rebuild inside them uses them, when their plan was refused or evicted.
-        self._saved_profiles: Optional[list] = None
+        # Profile sets to rebuild whole (most recent first): build()'s, and those a saved
+        # model named (remember_profiles). A shape inside one, whose engine was evicted or
+        # whose plan was refused, builds that set again, not a profile of its one shape.
+        self._remembered: List[list] = []
         self.stats = collections.Counter()
         self.build_seconds: Dict[ShapeKey, float] = {}
         # True during converter.build(): engines are built for its shapes even with
@@ -251,7 +253,7 @@ class TRTEngineOp:
         batch = max((s[0] for s in key if s), default=0)  # every input's, not only the first
         if limit and batch > limit:
             return self._fallback(f"batch {batch} is larger than max_batch_size={limit}")
-        empty = bool(key) and all(0 in s for s in key)
+        empty = self._nothing_to_compute(key)
         if self.collecting:
             # TF-TRT's profile generation mode: the native segment runs while build()
             # collects shapes (even with native segment execution disabled); an empty batch
@@ -280,6 +282,20 @@ class TRTEngineOp:
         with self._lock:
             self.stats["engine"] += 1
         return outs
+
+    def _nothing_to_compute(self, key: ShapeKey) -> bool:
+        """A batch of 0: every input has no elements, or every batch input (a leading
+        dimension unknown in the segment's signature) does while a fixed-shape side input
+        has some. An empty optional input beside a full one is not: the engine runs it.
+        (A batch of 0 beside a side input built and cached a tuned engine for batch 0,
+        evicting the one in use: helper hunt, 2026-12-01.)"""
+        if not key:
+            return False
+        if all(0 in s for s in key):
+            return True
+        batched = [s for s, spec in zip(key, self.spec.input_shapes)
+                   if spec is None or (len(spec) > 0 and spec[0] is None)]
+        return bool(batched) and len(batched) < len(key) and all(0 in s for s in batched)
 
     def add_engine(self, key: ShapeKey, engine) -> None:
         """Puts an already built (e.g. deserialized) engine into the cache.
@@ -395,7 +411,7 @@ class TRTEngineOp:
                 # after an eviction a shape inside them builds all of them again, not a
                 # profile of its one shape (one call outside evicted build()'s engine, and
                 # every size inside then built and evicted its own: helper hunt, 2026-12-01)
-                self._saved_profiles = profiles
+                self._remember(profiles)
                 stop = self._insert(shapes[0], pe)
             _stop_background_builds(stop)
         log.info("%s: built one engine with %d optimization profile(s) (%s): %s", self.name,
@@ -481,7 +497,35 @@ class TRTEngineOp:
         except (KeyError, TypeError, ValueError):
             return
         if found:
-            self._saved_profiles = found[0]
+            with self._lock:
+                self._remember(found[0])
+
+    def remembered_profile_sets(self) -> List[list]:
+        """Every remembered profile set as JSON (a list of profiles each), most recent first:
+        what save() keeps for sets whose engine is no longer cached, so a loaded model
+        rebuilds them whole as this op would (helper hunt, 2026-12-01)."""
+        with self._lock:
+            return [[p.to_json() for p in profiles] for profiles in self._remembered]
+
+    def remember_profile_sets(self, raw) -> None:
+        """Takes back :meth:`remembered_profile_sets`' JSON (a saved model's manifest): the
+        sets are remembered after any the plans named. A malformed set is skipped."""
+        if not isinstance(raw, list):
+            return
+        for item in reversed(raw):  # the first (most recent) ends first
+            try:
+                profiles = [P.Profile.from_json(d) for d in item]
+            except (KeyError, TypeError, ValueError, AttributeError):
+                continue
+            if profiles:
+                with self._lock:
+                    if profiles not in self._remembered:
+                        self._remembered.append(profiles)
+
+    def _remember(self, profiles: list) -> None:
+        """Puts profile set ``profiles`` first among the remembered ones (under the lock)."""
+        self._remembered = [profiles] + [r for r in self._remembered if r != profiles]
+        del self._remembered[REMEMBERED_SETS:]
 
     def _build_refused(self, key: ShapeKey, force: bool) -> Optional[str]:
         """Why no engine may be built for ``key`` now, or None (under the lock)."""
@@ -500,11 +544,13 @@ class TRTEngineOp:
             if self.profile_strategy is None:
                 engine = entry = self._build(key, backend)
             else:
-                saved = self._saved_profiles
-                if saved and P.choose_profile(saved, key) is not None:
+                with self._lock:
+                    remembered = list(self._remembered)
+                saved = next((r for r in remembered if P.choose_profile(r, key) is not None),
+                             None)
+                if saved is not None:
                     profiles = saved
                 else:
-                    saved = None
                     profiles = P.make_profiles([key], self.profile_strategy,
                                                self.spec.input_shapes)
                 entry = self._new_profile_engine(profiles, backend)
@@ -516,10 +562,10 @@ class TRTEngineOp:
             with self._lock:
                 if self._generation == generation:
                     self._failed_keys[key] = why
-                if saved is not None and self._saved_profiles is saved:
+                if saved is not None:
                     # the whole remembered set failed (out of memory at its largest?): other
                     # shapes inside it build a profile of their own instead of retrying it
-                    self._saved_profiles = None
+                    self._remembered = [r for r in self._remembered if r is not saved]
             return None, why
         with self._lock:
             if self._generation == generation:

@@ -286,6 +286,9 @@ def _write_assets(adir: str, converter, gd, outputs, save_gpu_specific_engines: 
                     plans[-1]["profiles"] = profiles
         entry = {"spec": op.spec.to_json(), "onnx": onnx_file, "onnx_sha256": onnx_sha,
                  "plans": plans}
+        remembered = op.remembered_profile_sets()
+        if remembered:  # build()'s profiles too when their engine was evicted
+            entry["remembered_profiles"] = remembered
         if refs:
             entry["network_sha256"] = network_sha
             entry["weights"] = refs
@@ -515,6 +518,7 @@ def _engines_from_manifest(path: str, adir: str, manifest: dict, loaded, make_op
         op = conversion.engine_op_from_spec(spec, fdef)
         conversion.restore_plans(op, [(p, functools.partial(_read, f))
                                       for p, f in zip(e["plans"], paths)])
+        op.remember_profile_sets(e.get("remembered_profiles"))
         ops[spec.name] = op
     return manifest, gd, ops
 

@@ -90,17 +90,24 @@ def print_summary(info, seg: SegmentationResult, engine_ops: Dict[str, object],
         print_fn(build_check_line(build_check))
 
 
+def checked_input(index: int) -> str:
+    """Which build input build()'s check compared: the first whose outputs have elements."""
+    return ("the first build input" if not index else
+            f"build input {index + 1} (the first with elements)")
+
+
 def build_check_line(check: dict) -> str:
     """summary()'s line for build()'s check of the engines against native TF."""
+    which = checked_input(check.get("input", 0))
     if "skipped" in check:
-        return (f"[*] Engines vs native TF on the first build input: not compared -- "
+        return (f"[*] Engines vs native TF on {which}: not compared -- "
                 f"{check['skipped']} ({check['precision']})")
     of = (f"of the elements of output {check['worst_output']!r} differ" if check.get("exact")
           else "of an output's largest value")
-    line = (f"[*] Engines vs native TF on the first build input: largest error "
+    line = (f"[*] Engines vs native TF on {which}: largest error "
             f"{check['worst']:.1e} {of} ({check['precision']})")
     if check.get("empty"):  # its segments run natively too: the more telling reason first
-        return line + " -- the first build input has no elements: this checked nothing"
+        return line + " -- no build input has elements: this checked nothing"
     if not check.get("engine_calls"):
         return line + " -- no engine ran (every segment ran natively): this checked nothing"
     if check["worst"] > check["bar"]:

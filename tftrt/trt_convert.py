@@ -126,6 +126,17 @@ def _check_input_fn(input_fn, what: str) -> None:
                         f"{what}=lambda: iter(batches)")
 
 
+def _has_elements(outputs) -> bool:
+    """Whether any of a signature call's inputs or outputs (a dict, list or tensor) has
+    elements."""
+    from tftrt.compare import _flatten, _to_numpy
+    for v in _flatten(outputs).values():
+        n = getattr(getattr(v, "shape", None), "num_elements", lambda: None)()
+        if (_to_numpy(v).size if n is None else n) > 0:
+            return True
+    return False
+
+
 def iter_inputs(input_fn: Callable, what: str):
     """An iterator over what ``input_fn()`` returns; TypeError naming ``what`` when that is
     not iterable."""
@@ -291,8 +302,12 @@ class TrtGraphConverterV2:
 
     def _build_impl(self, input_fn: Callable) -> None:
         ops = list(self._engine_ops.values())
-        seen, first = 0, None
-        first_out = None  # (outputs of the first input through the engines, engine calls)
+        seen, first, first_at = 0, None, 0
+        # (outputs of the checked input through the engines, engine calls): the first input
+        # whose outputs have elements, else the first (helper hunt, 2026-12-01: an empty
+        # first input made the check compare nothing although later ones had elements)
+        first_out = None
+        first_empty = True
 
         def engine_calls():
             return sum(op.stats["engine"] for op in ops)
@@ -307,8 +322,12 @@ class TrtGraphConverterV2:
                 shown.set(f"input {seen + 1}")
                 before = engine_calls()
                 out = self._converted_func(**args)
-                if first is None:
-                    first, first_out = args, (out, engine_calls() - before)
+                if first_empty:  # what _check_build calls empty: no input or no output has
+                    full = _has_elements(args) and _has_elements(out)  # elements
+                    if first is None or full:
+                        first, first_at = args, seen
+                        first_out = (out, engine_calls() - before)
+                    first_empty = not full
                 seen += 1
             if self._use_dynamic_shape:
                 for op in ops:
@@ -328,9 +347,9 @@ class TrtGraphConverterV2:
         if seen == 0:
             raise ValueError("input_fn yielded no inputs: it must yield at least one batch")
         if env_bool("TFTRT_BUILD_CHECK", True):
-            self._check_build(first, *first_out)
+            self._check_build(first, *first_out, index=first_at)
 
-    def _check_build(self, args, outputs, engine_calls: int) -> None:
+    def _check_build(self, args, outputs, engine_calls: int, index: int = 0) -> None:
         """Compares ``outputs`` (the first build input through the engines, ``engine_calls``
         engine runs) with the input model's own signature on that input (run natively by TF)
         and keeps the largest relative error per output for summary(); warns once when it is
@@ -344,7 +363,7 @@ class TrtGraphConverterV2:
         since that call would act where the user can see it."""
         from tftrt import compare
         precision = self._conversion_params.precision_mode
-        check = {"precision": precision, "engine_calls": engine_calls}
+        check = {"precision": precision, "engine_calls": engine_calls, "input": index}
         try:
             random, stateful = compare.nondeterministic_ops(self._sig.info.graph_def)
             if random:
@@ -389,11 +408,12 @@ class TrtGraphConverterV2:
                    "FP16": "Convert with precision_mode='FP32' if that matters"}.get(
                        precision, "Convert with precision_mode='FP16' or 'FP32' if that "
                                   "matters")
+            from tftrt.summary import checked_input
             log.warning(
-                "the %s engines change output %r %s on the first build input (against the "
-                "model's own signature run natively by TF; the bar for %s is %.0e). %s; "
-                "`tftrt compare DIR --per-layer` on the saved model shows where it starts",
-                precision, name, how, precision, bar, fix)
+                "the %s engines change output %r %s on %s (against the model's own signature "
+                "run natively by TF; the bar for %s is %.0e). %s; `tftrt compare DIR "
+                "--per-layer` on the saved model shows where it starts",
+                precision, name, how, checked_input(index), precision, bar, fix)
 
     def _native_call(self, args):
         """The input model's own signature on ``args`` (native TF). The signature function

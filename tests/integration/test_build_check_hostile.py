@@ -194,10 +194,24 @@ def test_outputs_of_every_dtype_are_compared(tmp_path, monkeypatch, caplog, prec
     assert f"change output 's' in {errors['s']:.1e} of its elements" in w
 
 
-def test_an_empty_first_input_says_it_compared_nothing(tmp_path, monkeypatch):
+def test_an_empty_first_input_checks_the_first_with_elements(tmp_path, monkeypatch):
+    """An empty first build input made the check compare nothing although the next one had
+    elements (helper hunt, 2026-12-01): the check takes the first input whose outputs have
+    elements, and says which."""
     conv, line = _build(Dtypes(), tmp_path, monkeypatch, [(_x(0),), (_x(),)], "FP16")
+    check = conv._build_check
+    assert not check["empty"] and check["input"] == 1 and check["engine_calls"] >= 1
+    assert check["errors"]["f"] < 5e-3
+    assert "on build input 2 (the first with elements): largest error" in line
+    assert "checked nothing" not in line
+
+
+def test_only_empty_inputs_say_the_check_compared_nothing(tmp_path, monkeypatch):
+    conv, line = _build(Dtypes(), tmp_path, monkeypatch, [(_x(0),), (_x(0),)], "FP16")
     assert conv._build_check["empty"] and conv._build_check["worst"] == 0.0
-    assert "the first build input has no elements: this checked nothing" in line
+    assert conv._build_check["input"] == 0
+    assert "on the first build input: largest error" in line
+    assert "no build input has elements: this checked nothing" in line
 
 
 def test_a_signature_that_no_longer_runs_after_convert_is_loaded_again(tmp_path, caplog):

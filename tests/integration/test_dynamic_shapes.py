@@ -245,6 +245,63 @@ def test_an_evicted_build_profile_is_built_again_whole(conv_dir, native, tmp_pat
     assert profile_engine(lop).profiles == [Profile([(1, *S)], [(6, *S)], [(6, *S)])]
 
 
+def test_a_saved_model_remembers_profile_sets_whose_engines_were_evicted(conv_dir, native,
+                                                                        tmp_path):
+    """save() wrote only the cached engines' profiles: after one call outside build()'s
+    profile evicted its engine, the loaded model built and evicted an engine per shape inside
+    it where the converter rebuilt the whole set once; and a loaded op remembered only its
+    last plan's set (helper hunt, 2026-12-01)."""
+    conv, fn, op = convert(conv_dir, use_dynamic_shape=True, maximum_cached_engines=2)
+    conv.build(lambda: iter([(image(1),), (image(4),)]))
+    check(fn, native, image(6))                 # outside 1..4: a second engine
+    check(fn, native, image(8))                 # outside again: evicts build()'s engine
+    assert op.stats["evictions"] == 1
+    conv.save(str(tmp_path / "saved"))
+    loaded = tftrt.load(str(tmp_path / "saved"))
+    (lop,) = loaded.engine_ops.values()
+    sig = loaded.signatures["serving_default"]
+    build_set = [Profile([(1, *S)], [(4, *S)], [(4, *S)]).to_json()]
+    assert build_set in lop.remembered_profile_sets()
+    for b in (2, 3, 4, 1, 3):                   # inside build()'s profile: one whole rebuild
+        check(sig, native, image(b))
+    assert lop.stats["tuned_builds"] == 1 and lop.stats["evictions"] == 1
+    assert build_set in [[p.to_json() for p in e.profiles] for _, e in lop.cache.items()]
+    check(sig, native, image(6))                # the runtime engine's set: remembered too
+    assert lop.stats["tuned_builds"] == 2
+
+
+def test_a_batch_of_0_beside_a_side_input_runs_natively_without_a_build(tmp_path):
+    """x: [None, 6], s: [6]. A call with x empty has nothing to compute, but its shapes were
+    not all empty, so it built (and cached, evicting build()'s) a tuned engine for batch 0
+    (helper hunt, 2026-12-01). An empty optional input beside a full one still runs the
+    engine (tests/integration/test_build_check_hostile.py)."""
+    class SideInput(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 6], tf.float32, name="x"),
+                                      tf.TensorSpec([6], tf.float32, name="s")])
+        def __call__(self, x, s):
+            return {"y": tf.nn.relu(x * 2.0 + s) - 0.5}
+
+    src = models.save_module(SideInput(), str(tmp_path / "side"))
+    native = tf.saved_model.load(src).signatures["serving_default"]
+    s = tf.constant(models.batch((6,), seed=3))
+    for dynamic in (True, False):
+        conv = trt.TrtGraphConverterV2(input_saved_model_dir=src, use_dynamic_shape=dynamic)
+        fn = conv.convert()
+        conv.build(lambda: iter([{"x": models.batch((1, 6)), "s": s},
+                                 {"x": models.batch((8, 6)), "s": s}]))
+        (op,) = conv.engine_ops.values()
+        before = dict(op.stats)
+        got = fn(x=tf.zeros((0, 6)), s=s)["y"]
+        assert got.shape == (0, 6)
+        assert op.stats["native"] == before.get("native", 0) + 1
+        assert op.stats["builds"] == before["builds"]
+        assert op.stats.get("evictions", 0) == before.get("evictions", 0)
+        x = models.batch((8, 6))
+        np.testing.assert_allclose(fn(x=tf.constant(x), s=s)["y"].numpy(),
+                                   native(x=tf.constant(x), s=s)["y"].numpy(), atol=1e-6)
+        assert op.stats["builds"] == before["builds"]
+
+
 def test_a_remembered_profile_set_that_fails_to_build_is_dropped(conv_dir, native):
     """When rebuilding the remembered set fails (out of memory at its largest shape, say),
     the shape that asked runs natively and later shapes inside build a profile of their own,
@@ -252,7 +309,7 @@ def test_a_remembered_profile_set_that_fails_to_build_is_dropped(conv_dir, nativ
     conv, fn, op = convert(conv_dir, use_dynamic_shape=True)
     conv.build(lambda: iter([(image(1),), (image(6),)]))
     check(fn, native, image(8))                 # evicts build()'s engine
-    whole = op._saved_profiles
+    (whole,) = op._remembered
     real = op._new_profile_engine
 
     def failing(profiles, backend):
@@ -261,7 +318,7 @@ def test_a_remembered_profile_set_that_fails_to_build_is_dropped(conv_dir, nativ
         return real(profiles, backend)
     op._new_profile_engine = failing
     check(fn, native, image(4))                 # the set fails: native, set dropped
-    assert op.stats["native"] == 1 and op._saved_profiles is None
+    assert op.stats["native"] == 1 and op._remembered == []
     check(fn, native, image(3))                 # its own profile now
     assert profile_engine(op).profiles == [Profile([(3, *S)], [(3, *S)], [(3, *S)])]
 
