@@ -19,7 +19,10 @@ tensors cross through DLPack, and a native fallback is a top-level call.
 
 Not used (``plan_signature`` returns None, the caller keeps the graph function) for graphs
 with TF1 control-flow frames (Switch / Merge / Enter / Exit / NextIteration), which must not be
-cut, and for any graph the planner cannot cut for another reason (logged at DEBUG).
+cut, for graphs where an engine, or a node of another stage, waits on a native node through a
+control edge (a stage runs for the tensors it hands out, so a side effect only a control edge
+keeps would not run), and for any graph the planner cannot cut for another reason (logged at
+DEBUG).
 """
 
 from __future__ import annotations
@@ -165,6 +168,7 @@ def _plan(graph_def, inputs, outputs, engine_ops, input_dtypes) -> Plan:
             engine_index[name] = len(engine_index)
         else:
             stage[name] = s
+    _check_control_edges(g, stage, engine_index)
     engines = sorted(engine_index, key=engine_index.get)
     # What each engine reads, resolved through aliases.
     engine_reads = [[g.resolve(i) for i in g.nodes[name].input if not i.startswith("^")]
@@ -217,6 +221,22 @@ def _plan(graph_def, inputs, outputs, engine_ops, input_dtypes) -> Plan:
             raise PlanError(f"output {t} is computed by nothing the plan runs")
     plan.outputs = [plan.slots[t] for t in out_tensors]
     return plan
+
+
+def _check_control_edges(g: _Graph, stage: Dict[str, int], engine_index: Dict[str, int]):
+    """Raises PlanError for a control edge from a native node to an engine or into another
+    stage: the plan runs a stage for the tensors it hands out, so a node that only a control
+    edge keeps (a py_func hook under tf.control_dependencies, helper hunt 2026-12-01) would
+    not run. Such a graph runs as one graph function, which keeps every edge."""
+    for name in g.order:
+        for i in g.nodes[name].input:
+            src = i[1:]
+            if not i.startswith("^") or src in g.input_nodes or src in engine_index or \
+                    src not in g.nodes or g.nodes[src].op == "Const":
+                continue
+            if name in engine_index or stage.get(name) != stage.get(src):
+                raise PlanError(f"{name} waits on the native node {src} through a control "
+                                f"edge")
 
 
 def _add_stage(plan: Plan, g: _Graph, graph_def, names: List[str], fetch: List[str],

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -366,6 +366,25 @@ def native_call_node(name: str, fdef_name: str, in_dtypes, out_dtypes):
     return node
 
 
+def _control_sources(info: GraphInfo, seg: Segment) -> List[str]:
+    """The nodes whose control inputs the engine node takes: the segment's nodes, the Consts
+    moved into it, and the Consts outside it that its nodes read (copied into the network).
+    ``with tf.control_dependencies([s]): y = tanh(h + 1.0)`` puts ``^s`` on the first ops
+    made in the block, the Const 1.0 among them; Grappler keeps it there, and the engine
+    must wait for ``s`` as its Consts' readers did, or ``s`` never runs (a py_func hook ran
+    natively and not once converted: helper hunt, 2026-12-01). The segmenter's cycle check
+    already links a Const's control inputs to its readers, so no cycle follows."""
+    out = list(seg.nodes) + list(seg.consts)
+    seen = set(out)
+    for n in seg.nodes:
+        for t in info.data_inputs(info.nodes[n]):
+            src = split_tensor_name(t)[0]
+            if src not in seen and src in info.nodes and info.nodes[src].op == "Const":
+                seen.add(src)
+                out.append(src)
+    return out
+
+
 def replace_segments(info: GraphInfo, segments: Sequence[Segment],
                      make_node: Callable[[Segment], object], library=()):
     """Returns (GraphDef, output tensor names) with each segment replaced by make_node(seg).
@@ -384,7 +403,7 @@ def replace_segments(info: GraphInfo, segments: Sequence[Segment],
         node = make_node(seg)
         node.input.extend(seg.inputs)
         ctrl = []
-        for n in seg.nodes:
+        for n in _control_sources(info, seg):
             for c in info.control_inputs(info.nodes[n]):
                 if c not in members and f"^{c}" not in ctrl:
                     ctrl.append(f"^{c}")

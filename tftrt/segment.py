@@ -8,10 +8,11 @@ TF-TRT's rules (see TFTRT-REFERENCE.md, "Segmenter"):
     consumers, so a node joins the segment of its consumers; two clusters merge only if no
     other path links them (a merge must never create a cycle through a native node);
   * Const nodes are weights: they take no part in clustering (a Const has no data inputs, and
-    the control inputs Grappler gives some Consts are dropped from a segment's copy), but the
-    cycle check links a Const's control input ^a to its readers (a native reader keeps the
-    Const and its ^a); a Const used only inside one segment moves into it, one used
-    elsewhere too is copied (the segment network gets its own initializer);
+    the control inputs Grappler gives some Consts are not part of a segment's network), but
+    the cycle check links a Const's control input ^a to its readers (a native reader keeps
+    the Const and its ^a; an engine node takes ^a, rewrite._control_sources); a Const used
+    only inside one segment moves into it, one used elsewhere too is copied (the segment
+    network gets its own initializer);
   * the size compared with minimum_segment_size counts a segment's nodes and the Const nodes
     it reads (moved or copied), as TF-TRT's segmenter counts Consts that it clusters;
     Identity, Snapshot and StopGradient do not count;

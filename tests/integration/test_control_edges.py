@@ -1,0 +1,108 @@
+"""Control edges into a segment survive conversion (helper hunt, 2026-12-01).
+
+``with tf.control_dependencies([s]): y = tanh(h + 1.0) * 2.0`` puts ``^s`` on the first ops
+made in the block, which are the Consts 1.0 and 2.0; Grappler keeps it there. The engine that
+took those Consts dropped their control inputs, so a side effect ``s`` that nothing else
+needed (a py_func hook) ran natively and never once converted, in TF1 and TF2 alike.
+"""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tftrt  # noqa: F401  (binds engine nodes on TF1 import_graph_def)
+from tftrt import rewrite, trt_convert as trt
+
+W = np.random.RandomState(0).standard_normal((8, 16)).astype(np.float32)
+
+
+def _hooked_graph(calls):
+    def side(v):
+        calls.append(v.shape)
+        return v
+    g = tf.Graph()
+    with g.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, (None, 8), name="x")
+        h = tf.nn.relu(tf.matmul(x, W) + 1.0, name="h")
+        s = tf.compat.v1.py_func(side, [h], tf.float32, name="side")
+        with tf.control_dependencies([s]):
+            y = tf.tanh(h + 1.0) * 2.0
+        tf.identity(y, name="out")
+    return g, g.as_graph_def()  # the graph keeps py_func's callback registered
+
+
+def _run(gd, x):
+    with tf.Graph().as_default() as g:
+        tf.graph_util.import_graph_def(gd, name="")
+        with tf.compat.v1.Session(graph=g) as sess:
+            return sess.run("out:0", {"x:0": x})
+
+
+def _strip_engines(gd):
+    """The converted GraphDef as plain TF runs it: engine nodes call their native segments."""
+    out = type(gd)()
+    out.CopyFrom(gd)
+    for n in out.node:
+        for k in [k for k in n.attr if k.startswith("_tftrt")]:
+            del n.attr[k]
+    return out
+
+
+@pytest.mark.parametrize("dynamic", [True, False])
+def test_tf1_hook_under_control_dependencies_still_runs(dynamic):
+    calls = []
+    keep, gd = _hooked_graph(calls)
+    x = np.random.RandomState(1).standard_normal((2, 8)).astype(np.float32)
+    want = _run(gd, x)
+    assert len(calls) == 1
+    conv = trt.TrtGraphConverter(input_graph_def=gd, nodes_denylist=["out"],
+                                 max_batch_size=2, minimum_segment_size=1,
+                                 is_dynamic_op=dynamic)
+    cg = conv.convert()
+    engines = [n for n in cg.node if n.name.startswith("TRTEngineOp_")]
+    assert engines and any("^side" in n.input for n in engines), [
+        (n.name, list(n.input)) for n in engines]
+    for graph in (cg, _strip_engines(cg)):
+        calls.clear()
+        np.testing.assert_allclose(_run(graph, x), want, rtol=1e-5, atol=1e-5)
+        assert len(calls) == 1
+    del keep
+
+
+class Hooked(tf.Module):
+    def __init__(self, calls):
+        super().__init__()
+        self.calls = calls
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 8], tf.float32, name="x")])
+    def __call__(self, x):
+        h = tf.nn.relu(tf.matmul(x, W) + 1.0)
+        s = tf.numpy_function(self.side, [h], tf.float32)
+        with tf.control_dependencies([s]):
+            y = tf.tanh(h + 1.0) * 2.0
+        return {"y": y}
+
+    def side(self, v):
+        self.calls.append(v.shape)
+        return v
+
+
+@pytest.mark.parametrize("direct", ["1", "0"])
+def test_tf2_hook_under_control_dependencies_still_runs(tmp_path, monkeypatch, direct):
+    """Eager calls run a pipeline (tftrt/pipeline.py), which runs a native stage for the
+    tensors it hands out: a graph whose engine waits on a native node through a control edge
+    runs as one graph function instead (TFTRT_DIRECT_CALL=0 is that graph function)."""
+    monkeypatch.setenv("TFTRT_DIRECT_CALL", direct)
+    calls = []
+    m = Hooked(calls)
+    tf.saved_model.save(m, str(tmp_path / "m"), signatures=m.__call__)
+    x = tf.constant(np.random.RandomState(2).standard_normal((3, 8)).astype(np.float32))
+    want = m(x)["y"].numpy()
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=str(tmp_path / "m"),
+                                   minimum_segment_size=1)
+    fn = conv.convert()
+    assert not isinstance(fn, rewrite.DirectSignature)
+    calls.clear()
+    np.testing.assert_allclose(fn(x=x)["y"].numpy(), want, rtol=1e-5, atol=1e-5)
+    assert len(calls) == 1
+    assert sum(op.stats["engine"] for op in conv.engine_ops.values()) >= 1
