@@ -266,10 +266,27 @@ def segment_graph(info: GraphInfo, minimum_segment_size: int = 3,
                 dropped[n] = f"more than TF_TRT_MAX_ALLOWED_ENGINES={limit} segments"
         segments = ranked[:limit]
     segments.sort(key=lambda s: position[s.nodes[0]])
-    for k, s in enumerate(segments):
-        s.name = f"TRTEngineOp_000_{k:03d}"
+    names = _engine_names(set(info.nodes))
+    for s in segments:
+        s.name = next(names)
     _assign_consts(info, segments, consumers)
     return SegmentationResult(segments, rejected, dropped)
+
+
+def _engine_names(taken: Set[str]):
+    """TF-TRT's engine names in order, TRTEngineOp_000_000 first, skipping any that the graph
+    already uses, for the engine node, its call node or the nodes under it (a model converted
+    before, or an output named so: two nodes of one name made a GraphDef no one could
+    import; helper hunt, 2026-12-01)."""
+    from tftrt.rewrite import engine_call_name
+    k = 0
+    while True:
+        name = f"TRTEngineOp_000_{k:03d}"
+        call = engine_call_name(name)
+        k += 1
+        if name not in taken and call not in taken and \
+                not any(t.startswith(call + "/") for t in taken):
+            yield name
 
 
 def _counted_size(info: GraphInfo, members: Sequence[str]) -> int:
