@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
@@ -86,6 +86,12 @@ def _shape_list(shape_proto) -> Optional[List[Optional[int]]]:
     return [d.size if d.size >= 0 else None for d in shape_proto.dim]
 
 
+# TF1 while loops: their frames' entry and exit ops, and the op whose edges go back.
+ENTER_OPS = frozenset({"Enter", "RefEnter"})
+EXIT_OPS = frozenset({"Exit", "RefExit"})
+BACK_EDGE_OPS = frozenset({"NextIteration", "RefNextIteration"})
+
+
 class GraphInfo:
     """A frozen GraphDef with static dtypes, shapes and constant values of every tensor.
 
@@ -136,14 +142,41 @@ class GraphInfo:
                     pos += 1
         return out
 
+    def is_back_edge(self, src: str) -> bool:
+        """Whether edges from node ``src`` go back: a TF1 while loop's NextIteration, which
+        feeds its frame's Merge (the one cycle a GraphDef may hold)."""
+        node = self.nodes.get(src)
+        return node is not None and node.op in BACK_EDGE_OPS
+
+    def while_loop_nodes(self) -> Set[str]:
+        """The nodes of TF1 while loops (tf.while_loop outside a function, as TF1 wrote
+        dynamic_rnn and map_fn): everything reachable from an Enter, through data and
+        control edges, up to and including its Exits."""
+        succ: Dict[str, List[str]] = {}
+        for n in self.graph_def.node:
+            for i in n.input:
+                succ.setdefault(split_tensor_name(i)[0], []).append(n.name)
+        todo = [n for n, node in self.nodes.items() if node.op in ENTER_OPS]
+        seen = set(todo)
+        while todo:
+            cur = todo.pop()
+            if self.nodes[cur].op in EXIT_OPS:
+                continue
+            for nxt in succ.get(cur, ()):
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return seen
+
     def topological_order(self) -> List[str]:
-        """Node names, producers before consumers (data and control edges)."""
+        """Node names, producers before consumers (data and control edges; a while loop's
+        back edges left out)."""
         indeg = {n: 0 for n in self.nodes}
         succ: Dict[str, List[str]] = {n: [] for n in self.nodes}
         for n in self.graph_def.node:
             for i in n.input:
                 src = split_tensor_name(i)[0]
-                if src in self.nodes:
+                if src in self.nodes and not self.is_back_edge(src):
                     succ[src].append(n.name)
                     indeg[n.name] += 1
         ready = [n.name for n in self.graph_def.node if indeg[n.name] == 0]
@@ -156,8 +189,8 @@ class GraphInfo:
                 if indeg[s] == 0:
                     ready.append(s)
         if len(order) != len(self.nodes):
-            raise ValueError("the graph has a cycle (control flow loops are not supported "
-                             "outside functions)")
+            raise ValueError("the graph has a cycle that is not a TF1 while loop's (no "
+                             "NextIteration closes it): it is not a valid TensorFlow graph")
         return order
 
     # --- constants ---------------------------------------------------------------------------

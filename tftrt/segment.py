@@ -96,10 +96,13 @@ def find_candidates(info: GraphInfo, nodes_denylist: Iterable[str] = (),
     node_deny = {split_tensor_name(n)[0] for n in nodes_denylist}
     kept = {split_tensor_name(t)[0] for t in info.inputs + info.outputs}
     ctx = ValidationContext(info)
+    loops = info.while_loop_nodes()
     result: Dict[str, Optional[str]] = {}
     for name, node in info.nodes.items():
         if node.op in BOUNDARY_OPS:
             result[name] = "graph input or boundary op"
+        elif name in loops:  # an engine would have to live in the loop's frame
+            result[name] = "inside a TF1 while loop (tf.while_loop outside a function)"
         elif name in node_deny:
             result[name] = "in nodes_denylist"
         elif name in kept:
@@ -214,7 +217,7 @@ def segment_graph(info: GraphInfo, minimum_segment_size: int = 3,
             continue
         for i in node.input:
             src = split_tensor_name(i)[0]
-            if src in edges and info.nodes[src].op != "Const":
+            if src in edges and info.nodes[src].op != "Const" and not info.is_back_edge(src):
                 edges[src].add(n)
     clusters = _Clusters(order, edges)
     is_cand = {n for n, r in cand.items() if r is None and info.nodes[n].op != "Const"}

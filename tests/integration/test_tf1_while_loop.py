@@ -1,0 +1,61 @@
+"""A TF1 GraphDef with a classic tf.while_loop (Enter / Exit / NextIteration, as TF1 wrote
+dynamic_rnn and map_fn) converts around the loop, which stays native, as in TF-TRT. convert()
+raised "the graph has a cycle" (helper hunt, 2026-12-01)."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tftrt  # noqa: F401  (binds engine nodes on TF1 import_graph_def)
+from tftrt import graph_io, trt_convert as trt
+
+W = np.random.RandomState(0).standard_normal((8, 8)).astype(np.float32)
+
+
+def _loop_graph():
+    g = tf.Graph()
+    with g.as_default():
+        v2 = tf.compat.v1.control_flow_v2_enabled()
+        tf.compat.v1.disable_control_flow_v2()  # what TF1 wrote
+        try:
+            x = tf.compat.v1.placeholder(tf.float32, (None, 8), name="x")
+            h = tf.nn.relu(tf.matmul(x, W) + 1.0) * 2.0 - 1.0
+            _, w = tf.while_loop(lambda i, v: i < 3, lambda i, v: (i + 1, v * 0.5 + 0.1),
+                                 [tf.constant(0), h])
+            tf.identity(tf.tanh(w * 3.0) + 1.0, name="out")
+        finally:
+            if v2:
+                tf.compat.v1.enable_control_flow_v2()
+    return g.as_graph_def()
+
+
+def _run(gd, x):
+    with tf.Graph().as_default() as g:
+        tf.graph_util.import_graph_def(gd, name="")
+        with tf.compat.v1.Session(graph=g) as sess:
+            return sess.run("out:0", {"x:0": x})
+
+
+def test_the_loop_is_found_and_its_back_edge_ordered():
+    gd = _loop_graph()
+    info = graph_io.GraphInfo(gd, ["x:0"], ["out:0"])
+    loop = info.while_loop_nodes()
+    ops = {info.nodes[n].op for n in loop}
+    assert {"Enter", "Merge", "Switch", "NextIteration", "Exit", "LoopCond"} <= ops
+    assert "x" not in loop and "out" not in loop
+    order = info.topological_order()
+    assert len(order) == len(info.nodes)
+
+
+@pytest.mark.parametrize("dynamic", [True, False])
+def test_a_tf1_while_loop_stays_native_and_the_rest_converts(dynamic):
+    gd = _loop_graph()
+    x = np.random.RandomState(1).standard_normal((2, 8)).astype(np.float32)
+    want = _run(gd, x)
+    conv = trt.TrtGraphConverter(input_graph_def=gd, nodes_denylist=["out"], max_batch_size=2,
+                                 minimum_segment_size=2, is_dynamic_op=dynamic)
+    cg = conv.convert()
+    engines = [n for n in cg.node if n.name.startswith("TRTEngineOp_")]
+    assert len(engines) >= 1
+    assert {"Enter", "Exit", "NextIteration"} <= {n.op for n in cg.node}
+    np.testing.assert_allclose(_run(cg, x), want, rtol=1e-5, atol=1e-5)
