@@ -22,6 +22,7 @@ by ``tftrt.load`` and TF1 imports; :class:`QuantizedEngineOp` hands it to every 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -370,6 +371,56 @@ def _is_constant(values: Sequence[np.ndarray]) -> bool:
     return all(v.dtype.kind not in "fc" or np.ptp(v) == 0 for v in values)
 
 
+def graph_element_name(item) -> Optional[str]:
+    """The name of a tf.Tensor or tf.Operation of a graph ("out:0", "out"); None for anything
+    else, an eager tensor included (it has a value, not a name)."""
+    import tensorflow as tf
+    if not (tf.is_tensor(item) or isinstance(item, tf.Operation)):
+        return None
+    try:
+        return str(item.name)
+    except AttributeError:  # eager: "Tensor.name is undefined when eager execution is enabled"
+        return None
+
+
+def _feed_value(key: str, value, run: int, what: str):
+    """A feed_dict_fn value as a Session feeds it: an eager tensor (tf.constant in eager mode)
+    as its numpy value. ValueError naming the key for a tensor of a graph, which has no value
+    to feed."""
+    import tensorflow as tf
+    if not tf.is_tensor(value):
+        return value
+    if hasattr(value, "numpy"):
+        return value.numpy()
+    name = graph_element_name(value)
+    shown = f"the tensor {name!r} of a graph" if name else f"a {type(value).__name__}"
+    raise ValueError(f"{what}: run {run}: feed_dict_fn's value for {key!r} is {shown}, which "
+                     f"has no value outside a Session; feed_dict_fn must return values: numpy "
+                     f"arrays, Python numbers or lists, or eager tensors (build the data in "
+                     f"eager mode, or sess.run() it in your own Session first)")
+
+
+def _feeds(feed_dict_fn: Callable, run: int, num_runs: int, what: str) -> Dict[Any, Any]:
+    """One run's feed from ``feed_dict_fn()``, keyed by tensor name: a key that is a tensor of
+    the user's graph gives its name (calibration runs in a graph of its own), and an eager
+    tensor value gives its numpy value."""
+    try:
+        feed = feed_dict_fn()
+    except StopIteration:  # e.g. next() on data that ran out
+        raise ValueError(f"{what}: feed_dict_fn raised StopIteration at run {run} of "
+                         f"num_runs={num_runs}: its data ran out; give num_runs={run} or more "
+                         f"data") from None
+    if not isinstance(feed, dict):
+        raise ValueError(f"feed_dict_fn returned {type(feed).__name__}; it must return a dict "
+                         f"of input tensor name -> value (one run's feed; calibrate() calls it "
+                         f"num_runs times)")
+    out = {}
+    for key, value in feed.items():
+        key = graph_element_name(key) or key
+        out[key] = _feed_value(str(key), value, run, what)
+    return out
+
+
 def _run_live(sess, targets: Dict[str, Any], ops: Sequence[TRTEngineOp], feed) -> dict:
     """The values of ``targets`` (tensor name -> graph tensor) in one run. In a graph with TF1
     control flow (Switch / Merge) an engine inside the branch not taken reads dead tensors,
@@ -395,22 +446,12 @@ def _run_live(sess, targets: Dict[str, Any], ops: Sequence[TRTEngineOp], feed) -
     return got
 
 
-def calibrate_tf1(converter, num_runs: int, feed_dict_fn=None, input_map_fn=None,
-                  method: Optional[str] = None) -> None:
-    """TF1 TrtGraphConverter.calibrate(): runs the original graph ``num_runs`` times with
-    ``feed_dict_fn()`` feeds (or with ``input_map_fn()`` tensors mapped onto its inputs) up to
-    every engine's inputs; see the module doc."""
+def _calibration_graph(info, input_map_fn, fetches: Sequence[str], what: str):
+    """The native graph in a graph of its own, with ``input_map_fn()``'s tensors mapped onto
+    its inputs: (graph, the tensors of ``fetches``, the placeholders fed: none when mapped)."""
     import tensorflow as tf
     from tftrt import graph_io
     from tftrt.logs import first_error_line
-    from tftrt.trt_convert import is_int
-    if not is_int(num_runs) or num_runs < 1:
-        raise ValueError(f"num_runs should be a positive integer; got {num_runs!r}")
-    res = converter._result  # pylint: disable=protected-access
-    info = converter._info  # pylint: disable=protected-access
-    cal = _Calibration(res.engine_ops.values(), method)
-    fetches = cal.tensors
-    what = "calibrate()"
     g = tf.Graph()
     with g.as_default():
         input_map = None
@@ -430,59 +471,62 @@ def calibrate_tf1(converter, num_runs: int, feed_dict_fn=None, input_map_fn=None
             raise ValueError(f"{what}: input_map_fn's tensors do not fit the graph: "
                              f"{first_error_line(e)} (mapped {sorted(input_map)}; the graph's "
                              f"inputs are {list(info.inputs)})") from None
-        mapped = {}
-        for name, tensor in (input_map or {}).items():
-            node, index = graph_io.split_tensor_name(name)
-            mapped[graph_io.tensor_name(node, index)] = tensor
-        targets = [mapped.get(t) if t in mapped else g.as_graph_element(t) for t in fetches]
-        placeholders = [g.as_graph_element(t) for t in info.inputs] if input_map is None \
-            else []
-        empty, constant = 0, True
-        with tf.compat.v1.Session(graph=g) as sess:
-            for k in range(int(num_runs)):
-                feed, fed = None, None
-                if feed_dict_fn is not None:
-                    try:
-                        feed = feed_dict_fn()
-                    except StopIteration:  # e.g. next() on data that ran out
-                        raise ValueError(
-                            f"{what}: feed_dict_fn raised StopIteration at run {k} of "
-                            f"num_runs={num_runs}: its data ran out; give num_runs={k} or "
-                            f"more data") from None
-                    if not isinstance(feed, dict):
-                        raise ValueError(f"feed_dict_fn returned {type(feed).__name__}; it "
-                                         f"must return a dict of input tensor name -> value "
-                                         f"(one run's feed; calibrate() calls it num_runs "
-                                         f"times)")
-                    # Tensors of the user's own graph (calibration runs in a graph of its
-                    # own): fed by name
-                    feed = {key.name if tf.is_tensor(key) and getattr(key, "graph", g) is not g
-                            else key: v for key, v in feed.items()}
-                    names = [str(getattr(t, "name", t)) for t in feed]
-                    fed = [np.asarray(v) for v in feed.values()]
-                    _check_finite(fed, names, k, what)
-                try:
-                    got = _run_live(sess, dict(zip(fetches, targets)), cal.ops, feed)
-                except (tf.errors.InvalidArgumentError, ValueError, TypeError) as e:
-                    names = sorted(str(getattr(t, "name", t)) for t in (feed or {}))
-                    raise ValueError(f"{what}: run {k} failed: {first_error_line(e)} (fed "
-                                     f"{names}; the graph's inputs are "
-                                     f"{[p.name for p in placeholders] or list(info.inputs)})"
-                                     ) from None
-                values = list(got.values())
-                _check_finite([got[t] for t in info.inputs if t in got],
-                              [t for t in info.inputs if t in got], k, what)
-                # The data fed, else what the engines read (input_map_fn's tensors are not
-                # fetched)
-                data = fed if fed is not None else [np.asarray(v) for v in values]
-                if any(v.size == 0 for v in data):
-                    empty += 1  # no sample to take a range from: not a batch
-                    continue
-                constant &= _is_constant(data)
-                if cal.ops:
-                    cal.add(got)
-                else:
-                    cal.batches += 1
+    mapped = {}
+    for name, tensor in (input_map or {}).items():
+        node, index = graph_io.split_tensor_name(name)
+        mapped[graph_io.tensor_name(node, index)] = tensor
+    targets = [mapped.get(t) if t in mapped else g.as_graph_element(t) for t in fetches]
+    placeholders = [g.as_graph_element(t) for t in info.inputs] if input_map is None else []
+    return g, targets, placeholders
+
+
+def calibrate_tf1(converter, num_runs: int, feed_dict_fn=None, input_map_fn=None,
+                  method: Optional[str] = None) -> None:
+    """TF1 TrtGraphConverter.calibrate(): runs the original graph ``num_runs`` times with
+    ``feed_dict_fn()`` feeds (or with ``input_map_fn()`` tensors mapped onto its inputs) up to
+    every engine's inputs; see the module doc."""
+    import tensorflow as tf
+    from tftrt.logs import first_error_line
+    from tftrt.trt_convert import is_int
+    if not is_int(num_runs) or num_runs < 1:
+        raise ValueError(f"num_runs should be a positive integer; got {num_runs!r}")
+    res = converter._result  # pylint: disable=protected-access
+    info = converter._info  # pylint: disable=protected-access
+    cal = _Calibration(res.engine_ops.values(), method)
+    fetches = cal.tensors
+    what = "calibrate()"
+    g, targets, placeholders = _calibration_graph(info, input_map_fn, fetches, what)
+    empty, constant = 0, True
+    # closing(), not the Session's own with: that makes g the default graph, and feed_dict_fn
+    # runs in the caller's context, where a tf.constant it makes is an eager value (TF-TRT
+    # called it there too), not a tensor of g
+    with contextlib.closing(tf.compat.v1.Session(graph=g)) as sess:
+        for k in range(int(num_runs)):
+            feed, fed = None, None
+            if feed_dict_fn is not None:
+                feed = _feeds(feed_dict_fn, k, num_runs, what)
+                fed = [np.asarray(v) for v in feed.values()]
+                _check_finite(fed, [str(t) for t in feed], k, what)
+            try:
+                got = _run_live(sess, dict(zip(fetches, targets)), cal.ops, feed)
+            except (tf.errors.InvalidArgumentError, ValueError, TypeError) as e:
+                raise ValueError(f"{what}: run {k} failed: {first_error_line(e)} (fed "
+                                 f"{sorted(str(t) for t in (feed or {}))}; the graph's inputs "
+                                 f"are {[p.name for p in placeholders] or list(info.inputs)})"
+                                 ) from None
+            _check_finite([got[t] for t in info.inputs if t in got],
+                          [t for t in info.inputs if t in got], k, what)
+            # The data fed, else what the engines read (input_map_fn's tensors are not
+            # fetched)
+            data = fed if fed is not None else [np.asarray(v) for v in got.values()]
+            if any(v.size == 0 for v in data):
+                empty += 1  # no sample to take a range from: not a batch
+                continue
+            constant &= _is_constant(data)
+            if cal.ops:
+                cal.add(got)
+            else:
+                cal.batches += 1
     _warn_unusual_data(f"{what} (feed_dict_fn / input_map_fn)", empty,
                        constant and cal.batches > 0)
     cal.finish(what)

@@ -154,7 +154,8 @@ class TrtGraphConverter:
             tf.graph_util.import_graph_def(graph_def, name="")
         outputs = [t.name for name in kept for t in g.get_operation_by_name(name).outputs]
         inputs = [f"{p}:0" for p in placeholders]
-        cleaned = graph_io.run_grappler_passes(graph_def, g, inputs + outputs)
+        targets = _output_less(g, self._nodes_denylist)
+        cleaned = graph_io.run_grappler_passes(graph_def, g, inputs + outputs + targets)
         return graph_io.GraphInfo(cleaned, inputs, outputs)
 
     def _build_static_engines(self) -> None:
@@ -213,7 +214,7 @@ class TrtGraphConverter:
 
         Args:
           fetch_names: what TF-TRT ran; here the engines' inputs are computed instead (each
-            name must exist in the graph).
+            name must exist in the graph). Names, or tensors / operations of the graph.
           calibration_method: tftrt's option, as TrtGraphConverterV2.convert()'s.
         """
         from tftrt import calibration
@@ -224,8 +225,7 @@ class TrtGraphConverter:
         if not self._need_calibration:
             raise RuntimeError("calibrate() is only needed for INT8 / FP8 with "
                                "use_calibration=True")
-        if isinstance(fetch_names, str):  # one name, not a list of its characters
-            fetch_names = [fetch_names]
+        fetch_names = _fetch_names(fetch_names)
         nodes = {n.name for n in self._converted_graph_def.node}
         missing = [n for n in fetch_names if graph_io.split_tensor_name(n)[0] not in nodes]
         if missing:
@@ -252,6 +252,32 @@ class TrtGraphConverter:
         saving.save(_SaveView(self), os.fspath(output_saved_model_dir), True, None)
 
 
+def _fetch_names(fetch_names) -> list:
+    """calibrate()'s fetch_names as names: a name or a tensor / operation of the user's graph
+    (its name: calibration runs in a graph of its own), or a list of them. TypeError else."""
+    import tensorflow as tf
+    from tftrt.calibration import graph_element_name
+    usage = ("fetch_names must be a list of the names (e.g. ['out:0']) or the tf.Tensor / "
+             "tf.Operation objects of the graph's outputs")
+    if isinstance(fetch_names, str) or graph_element_name(fetch_names):
+        fetch_names = [fetch_names]  # one name, not a list of its characters
+    # bytes and eager tensors iterate over their elements, a dict over its keys: none of them
+    # is a list of names
+    if fetch_names is None or isinstance(fetch_names, (bytes, dict)) or \
+            tf.is_tensor(fetch_names) or not hasattr(fetch_names, "__iter__"):
+        raise TypeError(f"{usage}; got {fetch_names!r}")
+    names = []
+    for k, item in enumerate(fetch_names):
+        name = item if isinstance(item, str) else graph_element_name(item)
+        if name is None:
+            if tf.is_tensor(item):
+                raise TypeError(f"{usage}; fetch_names[{k}] is an eager tensor (a value, not a "
+                                f"tensor of the graph): {item!r}")
+            raise TypeError(f"{usage}; fetch_names[{k}] is {item!r} ({type(item).__name__})")
+        names.append(name)
+    return names
+
+
 def _downstream(graph_def, names: Sequence[str]) -> set:
     """The nodes that depend on any of ``names`` (data or control), ``names`` included."""
     consumers: dict = {}
@@ -265,6 +291,14 @@ def _downstream(graph_def, names: Sequence[str]) -> set:
             seen.add(name)
             todo.extend(consumers.get(name, ()))
     return seen
+
+
+def _output_less(graph, names: Sequence[str]) -> list:
+    """The nodes among ``names`` that have no outputs (tf.group's NoOp, a PyFunc returning
+    nothing): TF1 code runs them as session targets. A node gives Grappler tensors to keep
+    through its outputs only, so these are kept by node name, with what they wait on, as
+    TF-TRT's fetch list of node names keeps them."""
+    return [n for n in names if not graph.get_operation_by_name(n).outputs]
 
 
 VARIABLE_OPS = ("VarHandleOp", "VariableV2", "Variable", "TemporaryVariable")
