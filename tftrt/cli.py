@@ -288,10 +288,13 @@ def _select_backend(name: Optional[str], default_engines: bool) -> str:
     """Sets TFTRT_BACKEND for this process; returns a note on where engines run.
 
     ``default_engines``: without --backend and TFTRT_BACKEND, run engines on numpy when
-    there is no GPU (bench / compare), rather than auto's native.
+    there is no GPU (bench / compare), rather than auto's native. A backend asked for that
+    does not work here is refused: _Usage for --backend, CommandError for TFTRT_BACKEND.
     """
     from tftrt.engine.backends import available_backends
     if name:
+        if not _backend_here(name):
+            raise _Usage(_unavailable(name, f"--backend {name}", "--backend numpy"))
         os.environ["TFTRT_BACKEND"] = name
     elif not os.environ.get("TFTRT_BACKEND", "").strip() and default_engines:
         os.environ["TFTRT_BACKEND"] = "cupy" if "cupy" in available_backends() else "numpy"
@@ -300,6 +303,9 @@ def _select_backend(name: Optional[str], default_engines: bool) -> str:
         backend = resolve_backend()
     except ValueError as err:
         raise CommandError(str(err)) from None
+    if not _backend_here(backend):  # TFTRT_BACKEND=cupy: a setting, not an argument (exit 1)
+        raise CommandError(_unavailable(backend, f"TFTRT_BACKEND={backend}",
+                                        "TFTRT_BACKEND=numpy"))
     gpu = "cupy" in available_backends()
     if backend == "numpy":
         why = "" if gpu else " (no CUDA GPU with CuPy here)"
@@ -309,6 +315,51 @@ def _select_backend(name: Optional[str], default_engines: bool) -> str:
         return ("engines do not run: TFTRT_BACKEND resolved to native, every segment runs "
                 "its TensorFlow ops")
     return "engines run on the GPU (CuPy backend)"
+
+
+def _backend_here(name: str) -> bool:
+    """Whether engines can run on backend ``name`` here. Without this check an unavailable
+    backend fails each engine build alone, and the command ends "successfully" with every
+    segment native."""
+    from tftrt.engine.backends import available_backends
+    return name in ("auto", "native") or name in available_backends()
+
+
+def _unavailable(name: str, asked: str, instead: str) -> str:
+    """The error for backend ``name``, asked for by ``asked``, that does not work here."""
+    from tftrt.engine.backends import available_backends
+    if name != "cupy":
+        return (f"{asked}: engine backend {name!r} is not available here (available: "
+                f"{', '.join(available_backends() + ['native'])})")
+    from tftrt.engine_op import _why_no_gpu  # the reason resolve_backend's warning gives
+    return (f"{asked}: engine backend 'cupy' is not available here ({_why_no_gpu()}); run "
+            f"where CuPy sees an NVIDIA GPU, or use {instead} for the CPU reference engines")
+
+
+def _check_destination(dst: str) -> None:
+    """Refuses a ``dst`` that ``converter.save`` could not write, before the conversion and
+    the builds, naming the user's path (save would fail at the end, naming its hidden
+    staging directory)."""
+    import tempfile
+    from tftrt import saving
+    try:
+        # save()'s own checks: dst is not a file, nor inside one, nor a non-empty directory
+        # that is not a SavedModel.
+        real = saving._check_output_dir(dst)  # pylint: disable=protected-access
+    except ValueError as e:
+        raise _Usage(str(e)) from None
+    # save() writes a hidden sibling of dst then renames it into place, creating missing
+    # parents: the nearest existing parent is what must take new entries. A real mkdir
+    # answers where permission bits do not (root, /proc, read-only mounts).
+    parent = os.path.dirname(real)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    try:
+        probe = tempfile.mkdtemp(prefix=f".{os.path.basename(real)}.tftrt-check-", dir=parent)
+    except OSError as e:
+        raise _Usage(f"cannot save to {dst!r}: nothing can be created in {parent!r} "
+                     f"({e.strerror}); give a DST in a directory you can write to") from None
+    os.rmdir(probe)
 
 
 def _signature_inputs(path: str, signature_key: str, tags):
@@ -378,6 +429,7 @@ def cmd_convert(args, out, err) -> int:
     if args.profile_strategy and not args.dynamic_shape:
         raise _Usage("--profile-strategy needs --dynamic-shape")
     note = _select_backend(args.backend, default_engines=False)
+    _check_destination(dst)
     from tftrt import inputs as inp
     from tftrt import trt_convert as trt
     from tftrt.engine_op import resolve_backend
@@ -588,8 +640,7 @@ def cmd_inspect(args, out, err) -> int:
 def cmd_serve(args, out, err) -> int:
     if args.max_queue_delay_us < 0:
         raise _Usage("--max-queue-delay-us must be >= 0")
-    if args.backend:
-        os.environ["TFTRT_BACKEND"] = args.backend
+    _select_backend(args.backend, default_engines=False)
     from tftrt import serving
     config = serving.ServeConfig(
         signature=args.signature, model_name=args.model_name, gpus=args.gpus,

@@ -282,6 +282,9 @@ def check_saved_model_dir(path, arg: str = "input_saved_model_dir") -> str:
         raise ValueError(f"{path!r} is a Keras model file, not a SavedModel directory: "
                          f"export a SavedModel first with keras.models.load_model({path!r})"
                          f".export('model_dir') and convert 'model_dir'")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{path!r} is a file, not a SavedModel directory; give the directory "
+                         f"that tf.saved_model.save or model.export wrote")
     if not os.path.isdir(path):
         raise ValueError(f"SavedModel directory {path!r} does not exist")
     if not (os.path.isfile(os.path.join(path, "saved_model.pb"))

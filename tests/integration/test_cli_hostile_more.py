@@ -1,0 +1,168 @@
+"""The ``tftrt`` command given what cannot work: an engine backend this machine does not have,
+a file where a SavedModel directory belongs, a destination that cannot be written. Each fails
+before any conversion, with the exit status for bad arguments and a message naming the
+user's own path or option."""
+
+import io
+import os
+
+import pytest
+
+from tftrt import cli
+from tftrt.engine.backends import available_backends
+from tftrt.graph_io import check_saved_model_dir
+from tests.integration import models
+
+# Every sub-command with --backend; bench and compare need no real model to be refused.
+BACKEND_COMMANDS = [["convert", "{src}", "{out}", "--batch-sizes", "2"],
+                    ["bench", "{src}", "--iterations", "1"],
+                    ["compare", "{src}"],
+                    ["serve", "{src}"]]
+no_cupy = pytest.mark.skipif("cupy" in available_backends(),
+                             reason="CuPy works here: --backend cupy is available")
+
+
+def run_cli(*argv):
+    """(exit status, stdout, stderr) of ``tftrt argv`` run in this process."""
+    out, err = io.StringIO(), io.StringIO()
+    code = cli.main([str(a) for a in argv], out=out, err=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(autouse=True)
+def numpy_backend(monkeypatch):
+    """The commands set TFTRT_BACKEND for their process; each test gets it back."""
+    monkeypatch.setenv("TFTRT_BACKEND", "numpy")
+
+
+@pytest.fixture(scope="module")
+def src(tmp_path_factory):
+    return models.save_module(models.TwoInputs(), str(tmp_path_factory.mktemp("cli") / "m"))
+
+
+@pytest.fixture
+def no_conversion(monkeypatch):
+    """Makes any conversion (or a Triton server start) fail the test: the checks must come
+    before it; a server started would also never return."""
+    from tftrt import serving
+    from tftrt import trt_convert as trt
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the command started its work before checking its arguments")
+    monkeypatch.setattr(trt, "TrtGraphConverterV2", refuse)
+    monkeypatch.setattr(trt, "TrtGraphConverter", refuse)
+    monkeypatch.setattr(serving, "serve_forever", refuse)
+
+
+def _hidden_leftovers(directory):
+    return [n for n in os.listdir(directory) if ".tftrt-" in n]
+
+
+# ------------------------------------------------------------------------------------------
+# An engine backend that is not available here
+
+
+@no_cupy
+@pytest.mark.parametrize("argv", BACKEND_COMMANDS, ids=lambda a: a[0])
+def test_backend_asked_for_but_unavailable_is_a_bad_argument(src, tmp_path, argv,
+                                                             no_conversion):
+    fill = {"src": src, "out": str(tmp_path / "out")}
+    code, out, err = run_cli(*[a.format(**fill) for a in argv], "--backend", "cupy")
+    assert code == 2, err
+    assert "--backend cupy: engine backend 'cupy' is not available here" in err, err
+    assert "CuPy cannot be imported" in err, err  # why
+    assert "--backend numpy" in err and "GPU" in err, err  # what to do
+    assert out == "" and not os.path.exists(tmp_path / "out")
+
+
+@no_cupy
+def test_backend_from_tftrt_backend_env_unavailable_fails_before_converting(
+        src, tmp_path, monkeypatch, no_conversion):
+    monkeypatch.setenv("TFTRT_BACKEND", "cupy")
+    code, out, err = run_cli("convert", src, tmp_path / "out", "--batch-sizes", "2")
+    assert code == 1, err
+    assert "TFTRT_BACKEND=cupy: engine backend 'cupy' is not available here" in err, err
+    assert "TFTRT_BACKEND=numpy" in err, err
+    assert out == "" and not os.path.exists(tmp_path / "out")
+
+
+def test_backends_always_here_still_run(src, tmp_path):
+    # numpy builds, native builds nothing: neither is refused, and no check leaves a trace.
+    code, out, err = run_cli("convert", src, tmp_path / "new" / "out", "--batch-sizes", "2",
+                             "--backend", "numpy", "--no-summary")
+    assert code == 0, err
+    assert "1 built engine(s) saved" in out, out
+    code, out, err = run_cli("convert", src, tmp_path / "out_native", "--backend", "native",
+                             "--batch-sizes", "2", "--no-summary")
+    assert code == 0, err
+    assert _hidden_leftovers(tmp_path) == [] and _hidden_leftovers(tmp_path / "new") == []
+
+
+# ------------------------------------------------------------------------------------------
+# A file where the SavedModel directory belongs
+
+
+@pytest.mark.parametrize("command", ["convert", "bench", "compare", "inspect"])
+def test_file_given_as_saved_model_says_it_is_a_file(tmp_path, command):
+    afile = tmp_path / "afile"
+    afile.write_text("hi")
+    argv = [command, afile] + ([tmp_path / "out"] if command == "convert" else [])
+    code, _, err = run_cli(*argv)
+    assert code == 1, err
+    assert f"'{afile}' is a file, not a SavedModel directory" in err, err
+    assert "does not exist" not in err, err
+
+
+def test_check_saved_model_dir_tells_file_from_missing(tmp_path):
+    (tmp_path / "afile").write_text("hi")
+    with pytest.raises(ValueError, match="is a file, not a SavedModel directory; give the "
+                                         "directory"):
+        check_saved_model_dir(str(tmp_path / "afile"))
+    with pytest.raises(ValueError, match="SavedModel directory .* does not exist"):
+        check_saved_model_dir(str(tmp_path / "missing"))
+
+
+# ------------------------------------------------------------------------------------------
+# A destination that cannot be written: refused before converting, naming DST
+
+
+def test_dst_under_proc_fails_fast_naming_dst(src, no_conversion):
+    # /proc takes no new directories, also for root (permission bits do not stop root).
+    dst = f"/proc/tftrt_out_{os.getpid()}"
+    code, out, err = run_cli("convert", src, dst, "--backend", "numpy", "--batch-sizes", "2")
+    assert code == 2, err
+    assert f"cannot save to {dst!r}" in err and "'/proc'" in err, err
+    assert ".tftrt-" not in err, err  # not tftrt's hidden staging directory
+    assert out == ""
+
+
+def test_dst_inside_a_file_fails_fast(src, tmp_path, no_conversion):
+    (tmp_path / "afile").write_text("hi")
+    dst = str(tmp_path / "afile" / "out")
+    code, out, err = run_cli("convert", src, dst, "--backend", "numpy", "--batch-sizes", "2")
+    assert code == 2, err
+    assert f"{dst!r} is inside" in err and "which is a file" in err, err
+    assert out == ""
+
+
+def test_dst_not_empty_and_not_a_saved_model_fails_fast(src, tmp_path, no_conversion):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    code, out, err = run_cli("convert", src, tmp_path / "out", "--convert_tf1_model")
+    assert code == 2, err
+    assert "is not empty and is not a SavedModel" in err, err
+    assert os.listdir(tmp_path / "out") == ["notes.txt"] and out == ""
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through permission bits")
+def test_dst_in_read_only_directory_fails_fast(src, tmp_path, no_conversion):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        code, out, err = run_cli("convert", src, ro / "out", "--batch-sizes", "2")
+    finally:
+        ro.chmod(0o755)
+    assert code == 2, err
+    assert f"cannot save to {str(ro / 'out')!r}" in err, err
+    assert out == "" and os.listdir(ro) == []
