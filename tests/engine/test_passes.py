@@ -417,6 +417,25 @@ def test_gelu_written_out_becomes_the_matmul_activation(form, fn):
     check_model(model, feeds)
 
 
+def test_a_clamp_after_gelu_is_not_taken_for_gelu():
+    """clip(gelu(m), -10, 10) equals GELU on [-8, 8], where the program was compared with it:
+    it became the matmul's plain gelu epilogue and the clamp vanished for larger m (helper
+    hunt, 2026-12-01). It is compared out to 1e30 now, and stays a pointwise layer."""
+    f32 = lambda v: np.array(v, np.float32)  # noqa: E731
+    consts = {"w": rand(8, 16, seed=1), "half": f32(0.5), "one": f32(1.0),
+              "r2": f32(2 ** -0.5), "ten": f32(10.0), "mten": f32(-10.0)}
+    gelu = [n for n in _gelu_nodes("erf")]
+    gelu[-1] = N("Mul", ["mc", "half"], ["g"])
+    nodes = [N("MatMul", ["x", "w"], ["m"])] + gelu + [N("Min", ["g", "ten"], ["gc"]),
+                                                       N("Max", ["gc", "mten"], ["y"])]
+    feeds = {"x": rand(3, 8, low=-20, high=20)}
+    model = make_model(nodes, feeds, consts)
+    net = run_passes(_bound(model, feeds))
+    assert not any(e.get("fn") == "gelu" for layer in net.layers
+                   for e in (layer.epilogue or []))
+    check_model(model, feeds)
+
+
 def _conv_pool_act_model(act="Relu", pool="MaxPool", second_user=False, act_attrs=None,
                          conv_act=False):
     """What Grappler leaves of Keras Conv2D(activation) -> MaxPooling2D: conv -> pool -> act

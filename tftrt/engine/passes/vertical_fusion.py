@@ -52,7 +52,12 @@ def _channel_vector(net: Network, name: str, cout: int, out_rank: int) -> Option
     return None
 
 
-_PROBE = np.linspace(-8.0, 8.0, 641)
+# Where a program is compared with GELU: densely on [-8, 8], and out to +-1e30 in steps of
+# ~3x, so that a program equal to GELU only on a bounded range (a clamp at 10 after it, the
+# "gelu_10" of some transformers) is not taken for it (it was, on [-8, 8] alone, and the
+# clamp vanished: helper hunt, 2026-12-01).
+_FAR = np.geomspace(8.5, 1e30, 60)
+_PROBE = np.concatenate([np.linspace(-8.0, 8.0, 641), _FAR, -_FAR])
 
 
 @functools.lru_cache(maxsize=None)
