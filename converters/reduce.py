@@ -88,7 +88,8 @@ class Mean:
 @converter("All", "Any", dtype_attr=None, inputs=(TENSOR, WEIGHT))
 class AllAny:
     """Logical reductions of bool tensors over constant axes: All as ReduceMin and Any as
-    ReduceMax of the input cast to int32, cast back to bool; keep_dims honoured.
+    ReduceMax of the input cast to int32, then > 0; keep_dims honoured. (A cast back to bool
+    made Any over an axis of length 0 True: the empty max is the int32 minimum, nonzero.)
 
     Rejects: non-bool inputs, non-constant axes, axes out of range or repeated.
     """
@@ -109,7 +110,8 @@ class AllAny:
         keep = bool(ctx.attr(node, "keep_dims", False))
         xi = ctx.emit("Cast", [x], to=onnx_type(np.int32))
         r = reduce(ctx, _ONNX_REDUCE[node.op], xi, axes, keep)
-        ctx.set_output(node, 0, ctx.emit("Cast", [r], to=onnx_type(np.bool_)))
+        zero = ctx.const(np.asarray(0, np.int32), "zero")
+        ctx.set_output(node, 0, ctx.emit("Greater", [r, zero]))
 
 
 @converter("ArgMax", "ArgMin", dtypes=FLOATS_AND_INT32, inputs=(TENSOR, WEIGHT))

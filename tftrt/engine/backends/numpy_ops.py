@@ -350,9 +350,9 @@ def reduce(x, op, axes, keepdims):
     if op == "mean":
         return np.mean(x, axis=ax, keepdims=kd)
     if op == "max":
-        return np.max(x, axis=ax, keepdims=kd)
+        return _extreme(np.max, x, ax, kd)
     if op == "min":
-        return np.min(x, axis=ax, keepdims=kd)
+        return _extreme(np.min, x, ax, kd)
     if op == "prod":
         return np.prod(x, axis=ax, keepdims=kd)
     if op == "l1":
@@ -364,11 +364,28 @@ def reduce(x, op, axes, keepdims):
     if op == "log_sum":
         return np.log(np.sum(x, axis=ax, keepdims=kd))
     if op == "log_sum_exp":
-        m = np.max(x, axis=ax, keepdims=True)
+        m = _extreme(np.max, x, ax, True)
         m = np.where(np.isfinite(m), m, 0)
         r = np.log(np.sum(np.exp(x - m), axis=ax, keepdims=True)) + m
         return r if kd else np.squeeze(r, axis=ax)
     raise ValueError(f"unknown reduce op {op}")
+
+
+def _extreme(f, x, ax, kd):
+    """np.max / np.min of ``x`` over ``ax``; over no elements, TF's identity: -inf / +inf for
+    floats, the type's lowest / highest for integers, False / True for bools (numpy raised,
+    and the engine fell back on every such call: helper hunt, 2026-12-01)."""
+    if x.size:
+        return f(x, axis=ax, keepdims=kd)
+    top = f is np.min
+    if x.dtype.kind == "f":
+        init = np.inf if top else -np.inf
+    elif x.dtype.kind == "b":
+        init = top
+    else:
+        info = np.iinfo(x.dtype)
+        init = info.max if top else info.min
+    return f(x, axis=ax, keepdims=kd, initial=init)
 
 
 def arg_reduce(x, op, axis, keepdims, select_last_index):
@@ -391,6 +408,8 @@ def softmax(x, axis, log, dead_rows_uniform=True):
     masked scores as -2.4e38 (where(mask, s, -2.4e38)), which is finite in fp32 (uniform rows
     where every key is masked) but -inf once an FP16 engine stores it; without this those rows
     would be NaN and spread through later layers."""
+    if x.shape[axis] == 0:  # nothing to normalize: TF returns the empty rows as they are
+        return x.copy()
     m = np.max(x, axis=axis, keepdims=True)
     dead = np.isneginf(m)
     if dead_rows_uniform and dead.any():
