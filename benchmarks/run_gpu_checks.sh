@@ -66,7 +66,7 @@ if [ "$stage" = shapes ]; then  # first calls at new batch sizes, cold then warm
     echo "== first calls at new batch sizes, $mode build cache at $(( $(date +%s) - start )) s"
     TFTRT_CACHE_DIR=/tmp/tftrt-cache-shapes timeout $(( $(left) - 10 )) python3 \
       benchmarks/bench_profile_shapes.py --backend cupy --precision FP16 \
-      --network .whl/networks/ResNet50.onnx.xz --max-batch 128 \
+      --network .whl/networks/resnet50.onnx.xz --max-batch 128 \
       --batches 1,2,3,5,8,13,21,34,55,89,127 --profile-calls 3 \
       --json "$out/profile_shapes_$mode.json" 2>&1 | tee "$out/shapes_$mode.log" | tail -22
   done
@@ -106,7 +106,7 @@ if [ "$stage" = final ]; then  # the defaults turned on, in one call
   rm -rf /tmp/tftrt-cache-final
   TFTRT_SPLIT_BATCH=1 TFTRT_CACHE_DIR=/tmp/tftrt-cache-final timeout 110 python3 \
     benchmarks/bench_profile_shapes.py --backend cupy --precision FP16 \
-    --network .whl/networks/ResNet50.onnx.xz --max-batch 128 \
+    --network .whl/networks/resnet50.onnx.xz --max-batch 128 \
     --batches 1,2,3,5,8,13,21,34,55,89,127 --profile-calls 2 \
     --json "$out/profile_shapes_cold.json" 2>&1 | tee "$out/shapes_cold.log" | tail -16
   for on in 1 0; do  # the new defaults, then both off; a fresh build cache each
