@@ -5,6 +5,9 @@
 #     bash benchmarks/run_gpu_zoo.sh [tf|torch|table|all] [seconds]
 # Run the zoo in parts (MODELS) so that each call fits its time: a large model (EfficientNetB7
 # at 600 px, ConvNeXtSmall) converts and builds three batch sizes in two precisions.
+# A model too large for one call (EfficientNetB6 took ~300 s without XLA, B7 more): two calls
+# on the same warm machine, ZOO_JSON on one file under /tmp, ZOO_ARGS="... --peers-only" then
+# ZOO_ARGS="... --skip-xla --skip-native-timing" (the FP16 bar keeps XLA's error).
 # Results: $OUT/zoo.jsonl (ZOO_JSON to append to another file), tables in $OUT/zoo_table.md.
 # Needs TensorFlow's GPU build unpacked by gpu-host/pack-tensorflow.sh's install.sh
 # (/tmp/tfsite/env.sh). The torch peers run in a separate process without that environment.

@@ -84,6 +84,18 @@ def read_rows(path: str) -> List[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def earlier_xla_err(path: str, model: str, size: int, device: str) -> float:
+    """The error of the latest TF XLA FP16 row in ``path`` for ``model`` at ``size`` on
+    ``device`` (0.0 if none): a model split over two calls (--peers-only, then --skip-xla)
+    keeps XLA's error as its FP16 bar."""
+    if not os.path.exists(path):
+        return 0.0
+    rows = [r for r in read_rows(path) if r.get("runtime") == "tf_xla" and
+            r.get("model") == model and r.get("size") == size and
+            r.get("device") == device and "rel_err" in r]
+    return float(rows[-1]["rel_err"]) if rows else 0.0
+
+
 def fp32_models(names) -> set:
     """The first model of each family (registry order): the ones also converted in FP32."""
     from tftrt import zoo
@@ -167,12 +179,15 @@ def run_model(name: str, args, work: str, dev: str, device: str) -> None:
     def timed(fn, b):
         return _stats(_time_tf(fn, inputs(b), args.warmup, args.iters), b)
 
-    row = {**base, "runtime": "tf_native", "precision": "FP32",
-           "batches": {b: timed(native, b) for b in args.batches}}
-    append_row(args.out, row)
-    log("TF native")
+    if not args.skip_native_timing:  # (native still gives every error's reference)
+        row = {**base, "runtime": "tf_native", "precision": "FP32",
+               "batches": {b: timed(native, b) for b in args.batches}}
+        append_row(args.out, row)
+        log("TF native")
 
-    xla_err = 0.0  # Keras' own mixed_float16 model's error: what FP16 costs this model
+    # Keras' own mixed_float16 model's error: what FP16 costs this model (with --skip-xla,
+    # from the XLA row an earlier call left in --out for this model, size and GPU)
+    xla_err = 0.0 if not args.skip_xla else earlier_xla_err(args.out, name, size, device)
     if not args.skip_xla:
         keras.mixed_precision.set_global_policy("mixed_float16")
         xla_model = zoo.build(name, size, small=small)
@@ -193,7 +208,7 @@ def run_model(name: str, args, work: str, dev: str, device: str) -> None:
         append_row(args.out, row)
         log("TF XLA")
 
-    precisions = ["FP16"] + (["FP32"] if name in args.fp32 else [])
+    precisions = [] if args.peers_only else ["FP16"] + (["FP32"] if name in args.fp32 else [])
     for precision in precisions:
         row = {**base, "runtime": "tftrt", "precision": precision,
                "profile": args.profile or "static"}
@@ -490,7 +505,15 @@ def main(argv: Optional[List[str]] = None) -> None:
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--size", type=int, default=None, help="input size (default: the model's)")
     ap.add_argument("--backend", default="cupy", help="engine backend (numpy for a CPU check)")
-    ap.add_argument("--skip-xla", action="store_true")
+    ap.add_argument("--skip-xla", action="store_true",
+                    help="no TF XLA row; the FP16 bar takes XLA's error from an earlier XLA "
+                         "row of --out for the same model, size and GPU")
+    ap.add_argument("--peers-only", action="store_true",
+                    help="native and XLA rows only, no tftrt: the first of two calls for a "
+                         "model too large for one (the second: --skip-xla "
+                         "--skip-native-timing)")
+    ap.add_argument("--skip-native-timing", action="store_true",
+                    help="no native TF row (native TF still computes the reference outputs)")
     ap.add_argument("--graph-fn", action="store_true",
                     help="also time the loaded signature called inside a tf.function (its "
                          "engines as EagerPyFunc nodes), row key graph_fn_median_ms")

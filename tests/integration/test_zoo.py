@@ -231,3 +231,32 @@ def test_zoo_benchmark_dry_run(tmp_path, capsys):
     bench.table(out)
     text = capsys.readouterr().out
     assert "### ViT" in text and "| 2 |" in text and "(XLA FP16: " in text
+
+
+def test_zoo_benchmark_splits_a_model_over_two_calls(tmp_path):
+    """A model too large for one GPU call: --peers-only (native and XLA rows), then
+    --skip-xla --skip-native-timing (the tftrt row alone), whose FP16 bar is the earlier XLA
+    row's error for the same model, size and device."""
+    import json
+    bench = _bench_zoo("bench_zoo_split")
+    out = str(tmp_path / "zoo.jsonl")
+    common = ["--models", "ViT", "--batches", "1", "--dry-run", "--fp32", "--out", out]
+    bench.main(common + ["--peers-only"])
+    rows = [json.loads(line) for line in open(out)]
+    assert [(r["runtime"], r["precision"]) for r in rows] == [("tf_native", "FP32"),
+                                                             ("tf_xla", "FP16")]
+    bench.main(common + ["--skip-xla", "--skip-native-timing"])
+    rows = [json.loads(line) for line in open(out)]
+    assert [r["runtime"] for r in rows] == ["tf_native", "tf_xla", "tftrt"]
+    assert "error" not in rows[2] and rows[2]["rel_err_ok"], rows[2]
+    xla = rows[1]
+    assert bench.earlier_xla_err(out, "ViT", xla["size"], xla["device"]) == xla["rel_err"] > 0
+    # only the same model, size and device count; the latest such row wins
+    with open(out, "a") as f:
+        for size, device, err in ((xla["size"], xla["device"], 0.7),
+                                  (xla["size"] + 1, xla["device"], 0.9),
+                                  (xla["size"], "another GPU", 0.8)):
+            f.write(json.dumps({**xla, "size": size, "device": device, "rel_err": err}) + "\n")
+    assert bench.earlier_xla_err(out, "ViT", xla["size"], xla["device"]) == 0.7
+    assert bench.earlier_xla_err(out, "UNet", xla["size"], xla["device"]) == 0.0
+    assert bench.earlier_xla_err(str(tmp_path / "none.jsonl"), "ViT", 1, "CPU") == 0.0
