@@ -252,7 +252,8 @@ def run_model(name: str, args, work: str, dev: str, device: str) -> None:
                 row["batches"][b] = st
             if name in args.layer_profile and precision == "FP16" and \
                     args.backend == "cupy":
-                layer_profile(ops, name, max(args.batches))
+                for b in args.layer_profile_batches or [max(args.batches)]:
+                    layer_profile(ops, name, b)
             row.update(engine_report(ops))
             row["native_calls"] = sum(op.stats["native"] for op in ops)
             row["engine_calls"] = sum(op.stats["engine"] for op in ops)
@@ -525,6 +526,9 @@ def main(argv: Optional[List[str]] = None) -> None:
                     help="these models' tftrt FP16 engines: a per-layer profile at the largest "
                          "batch (each layer replayed alone, bench_engine.print_profile), after "
                          "the timings (cupy backend)")
+    ap.add_argument("--layer-profile-batches", nargs="+", type=int, default=(),
+                    metavar="N", help="the batch sizes of --layer-profile (default: the "
+                                      "largest of --batches)")
     ap.add_argument("--build-profile", nargs="*", default=(), metavar="MODEL",
                     help="these models' tftrt FP16 build under cProfile: the top functions "
                          "and the seconds per stage (cuDNN plans, NVRTC, GPU timing), row "
