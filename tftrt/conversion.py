@@ -232,6 +232,7 @@ class EngineCallback:
     def __init__(self, op: TRTEngineOp):
         self.op = op
         self._ran = rewrite.STATUS_RAN
+        self._ran_on: Dict[str, object] = {}  # {device: STATUS_RAN as a tensor there}
         self._fallback = [rewrite.STATUS_NATIVE] + [np.zeros((0,), np.dtype(d))
                                                     for d in op.spec.output_dtypes]
 
@@ -240,7 +241,23 @@ class EngineCallback:
         outs = self.op.try_engine(inputs)
         if outs is None:
             return self._fallback
-        return [self._ran] + list(outs)
+        return [self._status_ran(inputs)] + list(outs)
+
+    def _status_ran(self, inputs):
+        """STATUS_RAN as a tensor on the engine node's device (its float inputs' device),
+        made once: returned as numpy, TF's EagerFunc made a tensor of it and copied it to
+        that device on every call. Without a float input: numpy, as before."""
+        device = next((t.backing_device for t in inputs
+                       if getattr(getattr(t, "dtype", None), "is_floating", False)), None)
+        if device is None:
+            return self._ran
+        status = self._ran_on.get(device)
+        if status is None:
+            import tensorflow as tf
+            with tf.device(device):
+                status = tf.identity(self._ran)
+            self._ran_on[device] = status
+        return status
 
 
 def register_engine_op(op: TRTEngineOp) -> tuple:

@@ -56,3 +56,23 @@ def test_engine_and_native_paths_both_answer_through_the_status(converted):
     for k in conv.engine_ops:
         assert final[k].get("native", 0) == after[k].get("native", 0) + 1, (after[k], final[k])
         assert final[k]["engine"] == after[k]["engine"]
+
+
+def test_the_ran_status_is_one_tensor_on_the_engine_nodes_device(converted):
+    """The callback hands TF the same status tensor on every call, already on the device of
+    the node's float inputs (a numpy status was made into a tensor and copied to the node's
+    device by TF's EagerFunc each call); it still reads as 'ran' (rank 1, empty)."""
+    from tftrt import conversion
+    conv, _, _ = converted
+    op = next(iter(conv.engine_ops.values()))
+    cb = conversion.EngineCallback(op)
+    x = tf.constant(models.batch((3, op.spec.input_shapes[0][-1])))
+    first, second = cb(x), cb(x)
+    status = first[0]
+    assert isinstance(status, tf.Tensor) and status is second[0]
+    assert status.backing_device == x.backing_device
+    assert status.dtype == tf.as_dtype(rewrite.STATUS_DTYPE) and status.shape.rank == 1
+    assert status.shape.num_elements() == 0
+    np.testing.assert_array_equal(first[1], second[1])
+    # no float input: numpy, which EagerFunc converts itself
+    assert cb._status_ran([tf.constant([1, 2])]) is rewrite.STATUS_RAN
