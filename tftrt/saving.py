@@ -70,14 +70,17 @@ class SavedAssetsError(ValueError):
 
 def _check_output_dir(path: str) -> str:
     """Checks ``path`` may receive a SavedModel; returns the real path to write it at."""
-    if os.path.isfile(path):
-        raise ValueError(f"output_saved_model_dir {path!r} is a file; give a directory path")
-    if os.path.isdir(path) and os.listdir(path):
-        if not os.path.isfile(os.path.join(path, "saved_model.pb")):
-            raise ValueError(f"output_saved_model_dir {path!r} exists, is not empty and is not "
-                             f"a SavedModel; choose a new directory or empty it first")
+    if not os.fsdecode(os.fspath(path)).strip():
+        # "" resolves to the working directory, which the save would then have replaced
+        raise ValueError(f"output_saved_model_dir is empty ({path!r}); give a directory path")
     # A symlink to a directory: replace the directory it points to, keep the link.
     real = os.path.realpath(os.path.abspath(path))
+    if os.path.isfile(real):
+        raise ValueError(f"output_saved_model_dir {path!r} is a file; give a directory path")
+    if os.path.isdir(real) and os.listdir(real):
+        if not os.path.isfile(os.path.join(real, "saved_model.pb")):
+            raise ValueError(f"output_saved_model_dir {path!r} exists, is not empty and is not "
+                             f"a SavedModel; choose a new directory or empty it first")
     # "afile/" or "afile/sub": checked here, not found by a rename after the whole save.
     ancestor = real
     while not os.path.exists(ancestor) and os.path.dirname(ancestor) != ancestor:
@@ -176,7 +179,7 @@ def recover_interrupted_save(path: str) -> None:
     the atomic exchange was not available): ``path`` is missing and exactly one hidden
     ``.<name>.tftrt-old-*`` sibling holds the model that was there."""
     path = os.fsdecode(path)  # a bytes path lists bytes names
-    if os.path.exists(path):
+    if not path.strip() or os.path.exists(path):  # "": refused by _check_output_dir
         return
     head, tail = os.path.split(os.path.abspath(path))
     try:

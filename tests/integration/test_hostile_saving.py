@@ -152,6 +152,28 @@ def test_save_under_a_file_is_refused_before_writing(saves, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["afile"]  # no staging directory left behind
 
 
+@pytest.mark.parametrize("empty", ["", "  ", b""])
+def test_save_to_an_empty_path_is_refused_and_the_working_directory_kept(saves, tmp_path,
+                                                                         monkeypatch, empty):
+    """save("") resolved to the working directory, passed the checks (os.path.isdir("") is
+    False) and replaced it with the SavedModel: the user's files there were deleted."""
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=saves["src"])
+    conv.convert()
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "precious.txt").write_text("keep me")
+    monkeypatch.chdir(work)
+    with pytest.raises(ValueError, match="output_saved_model_dir is empty"):
+        conv.save(empty)
+    assert sorted(os.listdir(work)) == ["precious.txt"]
+    assert sorted(os.listdir(tmp_path)) == ["work"]  # no staging directory either
+    tf1 = trt.TrtGraphConverter(input_saved_model_dir=saves["src"])
+    tf1.convert()
+    with pytest.raises(ValueError, match="output_saved_model_dir is empty"):
+        tf1.save(empty)
+    assert sorted(os.listdir(work)) == ["precious.txt"]
+
+
 # --- signature keywords that are not the TensorSpec names ---------------------------------------
 class SanitizedNames(tf.Module):
     """TensorFlow calls this signature with in_put= and b_1= (names that are not identifiers
