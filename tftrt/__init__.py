@@ -67,9 +67,21 @@ def load(export_dir, tags=None, options=None):
     return _load(export_dir, tags=tags, options=options)
 
 
+# trt_convert's public names, also importable from tftrt itself
+# (``from tftrt import TrtGraphConverterV2``).
+_CONVERT_NAMES = ("TrtGraphConverterV2", "TrtGraphConverter", "TrtConversionParams",
+                  "TrtPrecisionMode", "TrtProfileStrategy", "DEFAULT_TRT_CONVERSION_PARAMS",
+                  "DEFAULT_TRT_MAX_WORKSPACE_SIZE_BYTES", "supported_profile_strategies")
+
+
 def __getattr__(name):
     # Keep `import tftrt` light: trt_convert imports TensorFlow.
-    if name == "trt_convert":
+    if name == "trt_convert" or name in _CONVERT_NAMES:
         import importlib
-        return importlib.import_module("tftrt.trt_convert")
+        module = importlib.import_module("tftrt.trt_convert")
+        return module if name == "trt_convert" else getattr(module, name)
     raise AttributeError(f"module 'tftrt' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), "trt_convert", *_CONVERT_NAMES])

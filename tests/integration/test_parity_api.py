@@ -275,3 +275,27 @@ def test_engine_outputs_keep_their_static_shapes_in_graph_code(mlp_dir, tmp_path
         dense = tf.keras.layers.Dense(2)
         user = tf.function(lambda v, f=f, dense=dense: dense(f(x=v)["y"]))
         assert user(x).shape == (3, 2)
+
+
+def test_the_converters_import_from_tftrt_itself():
+    """`from tftrt import TrtGraphConverterV2` (the one-import change users write first)
+    raised ImportError: only tftrt.trt_convert was reachable."""
+    import subprocess
+    import sys
+    code = ("import tftrt\n"
+            "from tftrt import TrtGraphConverterV2, TrtGraphConverter, TrtConversionParams\n"
+            "from tftrt import TrtPrecisionMode, trt_convert\n"
+            "assert TrtGraphConverterV2 is trt_convert.TrtGraphConverterV2\n"
+            "assert TrtGraphConverter is trt_convert.TrtGraphConverter\n"
+            "assert TrtConversionParams()._replace(precision_mode='FP16').precision_mode "
+            "== TrtPrecisionMode.FP16\n"
+            "assert 'TrtGraphConverterV2' in dir(tftrt)\n"
+            "try:\n"
+            "    tftrt.NoSuchName\n"
+            "except AttributeError as e:\n"
+            "    assert \"no attribute 'NoSuchName'\" in str(e)\n"
+            "else:\n"
+            "    raise SystemExit('no AttributeError')\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
