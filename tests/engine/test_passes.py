@@ -377,6 +377,20 @@ def test_a_transpose_of_the_last_two_axes_disappears_into_the_matmul():
     check_model(model, feeds)
 
 
+def test_a_matmul_reading_one_transpose_twice_keeps_it():
+    """matmul(t, t), t = transpose(x) (an Einsum's lowering shares one Transpose node): the
+    pass moved one side into transpose_a and removed the transpose, leaving the other side
+    reading a tensor nothing produced; the engine failed on every call (KeyError)."""
+    nodes = [N("Transpose", ["x"], ["t"], perm=[0, 2, 1]), N("MatMul", ["t", "t"], ["y"])]
+    feeds = {"x": rand(2, 4, 4)}
+    model = make_model(nodes, feeds)
+    net = run_passes(_bound(model, feeds))
+    produced = {o for l in net.layers for o in l.outputs} | set(net.inputs)
+    assert all(i in produced or i in net.weights for l in net.layers for i in l.inputs), [
+        (l.name, l.inputs) for l in net.layers]
+    check_model(model, feeds)
+
+
 def _gelu_nodes(form):
     """GELU of "m" written out as exporters write it: Keras' exact form (it traces to Erfc,
     which the converter writes 1 - erf(-x/sqrt2)), the textbook erf form, the tanh form, and a

@@ -233,6 +233,10 @@ def _matmul_absorbs_transpose(net: Network) -> bool:
             continue
         for k in (0, 1):
             name = layer.inputs[k]
+            if layer.inputs.count(name) > 1:
+                # matmul(t, t): rewiring one side would leave the other reading the removed
+                # transpose's output (the engine then failed on every call)
+                continue
             r, t = None, prod.get(name)
             if t is not None and t.kind == "reshape" and "shape" in t.attrs and \
                     _sole_consumer(cons, net, name) is layer:
