@@ -448,6 +448,48 @@ def replace_segments(info: GraphInfo, segments: Sequence[Segment],
     return gd, outputs
 
 
+def rename_library_functions(graph_def, suffix: str) -> None:
+    """Renames every library function of ``graph_def`` to ``<name>_<suffix>``, in place, with
+    every reference to it (call ops, function attributes, gradients).
+
+    A SavedModel's functions keep the names they had in the process that traced them, and the
+    eager context holds one function per name: a second model whose functions have the same
+    names (the same code traced the same way, other constants) found the first model's
+    registered under them, and ran its bodies (wrong numbers, no error). TensorFlow's own
+    loader renames what it loads; tftrt.load renames the converted graph's library with a
+    digest of the saved model, so the same model loaded twice shares its functions."""
+    names = {f.signature.name: f"{f.signature.name}_{suffix}"
+             for f in graph_def.library.function}
+    if not names:
+        return
+
+    def rename_attr(value) -> None:
+        if value.HasField("func"):
+            value.func.name = names.get(value.func.name, value.func.name)
+            for v in value.func.attr.values():
+                rename_attr(v)
+        elif value.HasField("list"):
+            for f in value.list.func:
+                f.name = names.get(f.name, f.name)
+                for v in f.attr.values():
+                    rename_attr(v)
+
+    def rename_node(node) -> None:
+        node.op = names.get(node.op, node.op)
+        for value in node.attr.values():
+            rename_attr(value)
+
+    for node in graph_def.node:
+        rename_node(node)
+    for f in graph_def.library.function:
+        f.signature.name = names[f.signature.name]
+        for node in f.node_def:
+            rename_node(node)
+    for g in graph_def.library.gradient:
+        g.function_name = names.get(g.function_name, g.function_name)
+        g.gradient_func = names.get(g.gradient_func, g.gradient_func)
+
+
 def graph_signature_function(graph_def, inputs: Sequence[str], outputs: Sequence[str],
                              arg_names: Sequence[str], input_specs, structured_outputs,
                              structured_input_signature=None, keepalive=None):

@@ -549,7 +549,20 @@ def _restore_graph(path: str, adir: str, conv: dict):
         for n in names:
             if n not in have:
                 gd.library.function.add().CopyFrom(_with_default_attrs(library[n]))
+    rewrite.rename_library_functions(gd, _model_digest(path, conv["sha256"]))
     return gd
+
+
+def _model_digest(path: str, converted_sha256: str) -> str:
+    """12 hex digits naming this saved model's functions in the process: the converted
+    graph's digest with saved_model.pb's checksum from TF's fingerprint.pb (the functions
+    the graph leaves to saved_model.pb), or saved_model.pb's own sha256 without one."""
+    import tensorflow as tf
+    try:
+        checksum = str(tf.saved_model.experimental.read_fingerprint(path).saved_model_checksum)
+    except Exception:  # pylint: disable=broad-except  (no or an unreadable fingerprint.pb)
+        checksum = hashlib.sha256(_read(os.path.join(path, "saved_model.pb"))).hexdigest()
+    return hashlib.sha256(f"{converted_sha256}:{checksum}".encode()).hexdigest()[:12]
 
 
 def _with_default_attrs(fdef):
