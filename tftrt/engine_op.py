@@ -198,8 +198,10 @@ class TRTEngineOp:
         self.stats = collections.Counter()
         self.build_seconds: Dict[ShapeKey, float] = {}
         # True during converter.build(): engines are built for its shapes even with
-        # allow_build_at_runtime=False, which governs only the calls after it (TF-TRT).
+        # allow_build_at_runtime=False, which governs only the calls after it (TF-TRT);
+        # builder_thread is the thread build() runs in (see _build_call).
         self.building = False
+        self.builder_thread: Optional[int] = None
         # True during converter.build() with use_dynamic_shape: calls record their shapes and
         # run natively; build_profiles() then builds one engine for all of them (TF-TRT).
         self.collecting = False
@@ -269,7 +271,7 @@ class TRTEngineOp:
             with self._lock:
                 self.stats["native"] += 1
             return None
-        engine, why = self._engine_for(key, backend, force=self.building)
+        engine, why = self._engine_for(key, backend, force=self._build_call())
         if engine is None:
             return self._fallback(why)
         try:
@@ -282,6 +284,19 @@ class TRTEngineOp:
         with self._lock:
             self.stats["engine"] += 1
         return outs
+
+    def _build_call(self) -> bool:
+        """Whether this call is converter.build()'s own, which builds engines whatever
+        allow_build_at_runtime says: made during build() from build()'s thread (the eager
+        pipeline calls engines from the caller's thread) or from one of TensorFlow's (an
+        engine node in graph form: whose call it is cannot be told there). Another Python
+        thread serving the model meanwhile built engines for its shapes with runtime builds
+        off, and evicted build()'s (hunt, 2026-12-01)."""
+        if not self.building:
+            return False
+        thread = threading.current_thread()
+        return (self.builder_thread in (None, thread.ident) or
+                isinstance(thread, threading._DummyThread))  # pylint: disable=protected-access
 
     def _nothing_to_compute(self, key: ShapeKey) -> bool:
         """A batch of 0: every input has no elements, or every batch input (a leading
@@ -478,7 +493,7 @@ class TRTEngineOp:
         if not isinstance(entry, P.ProfileEngine):
             return entry, None
         try:  # converter.build() wants real engines; calls may get stand-ins first
-            engine = entry.engine_for(key, quick=not self.building)
+            engine = entry.engine_for(key, quick=not self._build_call())
         except Exception as e:
             from tftrt.gpu_memory import explain_out_of_memory
             e = explain_out_of_memory(e)
@@ -554,7 +569,7 @@ class TRTEngineOp:
                     profiles = P.make_profiles([key], self.profile_strategy,
                                                self.spec.input_shapes)
                 entry = self._new_profile_engine(profiles, backend)
-                engine = entry.engine_for(key, quick=not self.building)
+                engine = entry.engine_for(key, quick=not self._build_call())
         except Exception as e:
             from tftrt.gpu_memory import explain_out_of_memory
             e = explain_out_of_memory(e)

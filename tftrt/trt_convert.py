@@ -17,6 +17,7 @@ import collections
 import logging
 import numbers
 import os
+import threading
 from typing import Callable, Dict, List, Optional
 
 from tftrt import graph_io, progress
@@ -313,7 +314,7 @@ class TrtGraphConverterV2:
             return sum(op.stats["engine"] for op in ops)
 
         for op in ops:
-            op.building = True
+            op.building, op.builder_thread = True, threading.get_ident()
             op.collecting = self._use_dynamic_shape
         shown = progress.task("building engines", poll=progress.engines_built(ops)).start()
         try:
@@ -341,7 +342,7 @@ class TrtGraphConverterV2:
         finally:
             shown.close()
             for op in ops:
-                op.building = False
+                op.building, op.builder_thread = False, None
                 op.collecting = False
                 op.collected = []
         if seen == 0:

@@ -421,3 +421,45 @@ def test_calls_with_an_engine_do_not_wait_for_another_shapes_build(conv_dir, nat
     for t in range(2):
         close(answers[t], want, f"batch 4, caller {t}")
     assert op.stats["builds"] == 2 and op.stats["native"] == 0, op.stats  # batch 1, batch 4
+
+
+def test_a_caller_during_build_does_not_build_with_runtime_builds_off(conv_dir, native):
+    """allow_build_at_runtime=False: while build() runs, another thread serving the model
+    (the eager pipeline runs engines in the caller's thread) gets the native segment for its
+    shape; it built an engine for it and evicted build()'s (maximum_cached_engines=1), whose
+    shape then ran natively for good."""
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=conv_dir, maximum_cached_engines=1,
+                                   allow_build_at_runtime=False)
+    fn = conv.convert()
+    op = conv.engine_ops["TRTEngineOp_000_000"]
+    other, mine = image(3, 8), image(8, 16)
+    stop, served, errors = threading.Event(), [], []
+
+    def serve():
+        try:
+            while not stop.is_set():
+                served.append(fn(x=tf.constant(other))["y"].numpy())
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+    th = threading.Thread(target=serve, daemon=True)
+    th.start()
+    deadline = time.time() + 60
+    while not served and time.time() < deadline:
+        time.sleep(0.01)
+
+    def gen():
+        for _ in range(3):
+            time.sleep(0.1)
+            yield (mine,)
+    conv.build(gen)
+    stop.set()
+    th.join(60)
+    assert not th.is_alive() and not errors, errors
+    assert served
+    close(served[-1], native(x=tf.constant(other))["y"].numpy(), "the serving thread")
+    keys = [k for k, _ in op.cache.items()]
+    assert keys == [((8, 16, 8, 3),)], keys
+    before = op.stats["engine"]
+    close(fn(x=tf.constant(mine))["y"].numpy(), native(x=tf.constant(mine))["y"].numpy(),
+          "build()'s shape")
+    assert op.stats["engine"] == before + 1  # its engine runs, not the native segment
