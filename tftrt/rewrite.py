@@ -549,6 +549,13 @@ def graph_signature_function(graph_def, inputs: Sequence[str], outputs: Sequence
                            structured_input_signature)
     if keepalive is not None:
         fn._tftrt_keepalive = list(keepalive)  # pylint: disable=protected-access
+        # ... and with the function's graph, as TF's own py_func keeps its callables: a
+        # user's tf.function that called this one keeps that graph, so its engine nodes
+        # still find their callbacks after the converter or loaded model is gone.
+        graph = fn.graph
+        if not hasattr(graph, "_py_funcs_used_in_graph"):
+            graph._py_funcs_used_in_graph = []  # pylint: disable=protected-access
+        graph._py_funcs_used_in_graph.extend(keepalive)  # pylint: disable=protected-access
     return fn
 
 

@@ -312,3 +312,33 @@ def test_cli_int8_calibration_and_inspect_onnx_to_a_file(cli_env, mlp_dir, tmp_p
     code, _, err = run_cli("inspect", out, "--onnx", tmp_path / "file", "--no-layers")
     assert code == 1, err
     assert f"cannot write the networks to --onnx '{tmp_path / 'file'}'" in err
+
+
+@pytest.mark.parametrize("direct", ["1", "0"])
+def test_a_users_tf_function_outlives_the_converter_and_the_loaded_model(mlp_dir, tmp_path,
+                                                                       monkeypatch, direct):
+    """A tf.function traced over convert()'s function or tftrt.load's signature, kept after
+    the converter / loaded model is gone: its engine nodes' callbacks lived only as long as
+    those (TF's py_func registry is weak), and the next call raised 'Could not find callback
+    with key=tftrt_TRTEngineOp_...'. (TFTRT_DIRECT_CALL=0: convert() returns the graph
+    function itself.)"""
+    import gc
+    monkeypatch.setenv("TFTRT_DIRECT_CALL", direct)
+    x = models.batch((4, 8))
+    want = native(mlp_dir, x=tf.constant(x))
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=mlp_dir)
+    fn = conv.convert()
+    conv.build(lambda: iter([(x,)]))
+    conv.save(str(tmp_path / "saved"))
+    ops = list(conv.engine_ops.values())
+    h = tf.function(lambda t: fn(x=t))
+    assert_close(h(tf.constant(x)), want)
+    loaded = tftrt.load(str(tmp_path / "saved"))
+    sig = loaded.signatures["serving_default"]
+    k = tf.function(lambda t: sig(x=t))
+    assert_close(k(tf.constant(x)), want)
+    del fn, conv, loaded, sig
+    gc.collect()
+    for f in (h, k):
+        assert_close(f(tf.constant(x)), want)
+    assert all(op.stats["engine"] >= 2 for op in ops)
