@@ -331,13 +331,13 @@ def test_a_users_tf_function_outlives_the_converter_and_the_loaded_model(mlp_dir
     conv.build(lambda: iter([(x,)]))
     conv.save(str(tmp_path / "saved"))
     ops = list(conv.engine_ops.values())
-    h = tf.function(lambda t: fn(x=t))
-    assert_close(h(tf.constant(x)), want)
-    loaded = tftrt.load(str(tmp_path / "saved"))
-    sig = loaded.signatures["serving_default"]
-    k = tf.function(lambda t: sig(x=t))
-    assert_close(k(tf.constant(x)), want)
-    del fn, conv, loaded, sig
+    held = {"fn": fn, "sig": tftrt.load(str(tmp_path / "saved")).signatures["serving_default"]}
+    del fn, conv
+    h = tf.function(lambda t: held["fn"](x=t))
+    k = tf.function(lambda t: held["sig"](x=t))
+    for f in (h, k):
+        assert_close(f(tf.constant(x)), want)
+    held.clear()  # the traced functions hold no reference of their own to these
     gc.collect()
     for f in (h, k):
         assert_close(f(tf.constant(x)), want)
