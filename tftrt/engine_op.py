@@ -419,7 +419,7 @@ class TRTEngineOp:
                 log.warning("%s: %s; these shapes run the native segment", self.name, why)
                 with self._lock:
                     for s in shapes:
-                        self._failed_keys[s] = why
+                        _bounded_put(self._failed_keys, s, why)
                 return None
             with self._lock:
                 # remembered as a loaded model remembers its saved ones (remember_profiles):
@@ -576,7 +576,7 @@ class TRTEngineOp:
             why = f"engine build failed for input shapes {key}: {type(e).__name__}: {e}"
             with self._lock:
                 if self._generation == generation:
-                    self._failed_keys[key] = why
+                    _bounded_put(self._failed_keys, key, why)
                 if saved is not None:
                     # the whole remembered set failed (out of memory at its largest?): other
                     # shapes inside it build a profile of their own instead of retrying it
@@ -669,7 +669,7 @@ class TRTEngineOp:
                     if quick:
                         self.stats["quick_builds"] = self.stats.get("quick_builds", 0) + 1
                     else:
-                        self.build_seconds[key] = seconds
+                        _bounded_put(self.build_seconds, key, seconds)
                         self.stats["shape_builds"] += 1
                 log.info("%s: a %s%s engine for input shapes %s from its profile's optimized "
                          "network in %.3f s", self.name, "quick " if quick else "", backend,
@@ -720,7 +720,7 @@ class TRTEngineOp:
         config = self._config(backend, tactic_choices, weight_cache)
         t0 = time.perf_counter()
         engine = build_engine(self._imported_network(), shapes, config)
-        self.build_seconds[key] = time.perf_counter() - t0
+        _bounded_put(self.build_seconds, key, time.perf_counter() - t0)
         if count:
             self.stats["builds"] += 1
         what = "built" if tactic_choices is None else "built (profile's tactics, no timing)"
@@ -758,11 +758,17 @@ class TRTEngineOp:
             raise RuntimeError(f"{self.name}: {why}; native segment execution is disabled by "
                                f"TF_TRT_ALLOW_ENGINE_NATIVE_SEGMENT_EXECUTION=0")
         with self._lock:
-            first = why not in self._logged
-            self._logged.add(why)
+            first = why not in self._logged and len(self._logged) < _MAX_LOGGED_REASONS
+            if first:
+                self._logged.add(why)
+            last = first and len(self._logged) == _MAX_LOGGED_REASONS
             self.stats["native"] += 1
         if first and log_it:
             log.warning("%s runs its native segment: %s", self.name, why)
+            if last:  # a server seeing ever new shapes outside every engine
+                log.warning("%s: %d reasons to run natively logged; further ones are not "
+                            "(op.stats['native'] counts every native run)", self.name,
+                            _MAX_LOGGED_REASONS)
         return None
 
     def describe(self) -> dict:
@@ -774,6 +780,19 @@ class TRTEngineOp:
         if profiles:
             d["profiles"] = profiles
         return d
+
+
+_MAX_LOGGED_REASONS = 20  # distinct reasons to run natively an op logs, then it says so once
+_MAX_REMEMBERED = 1024  # shapes an op remembers a build time or a failed build for
+
+
+def _bounded_put(d: dict, key, value) -> None:
+    """``d[key] = value``, forgetting the oldest keys past _MAX_REMEMBERED (per-shape records
+    of a server seeing ever new shapes grew without limit)."""
+    d.pop(key, None)
+    d[key] = value
+    while len(d) > _MAX_REMEMBERED:
+        del d[next(iter(d))]
 
 
 def _stop_background_builds(engines) -> None:

@@ -66,11 +66,16 @@ form served the first calls at 11 new batch sizes in 2.1 ms median (6.8 ms max; 
 and 3.7 s cold without), at the price of a longer build() (57 s cold, 6.6 s warm, for the
 ladder). A failed background build leaves the stand-in serving, with one warning. At
 interpreter exit, and when its op evicts the ProfileEngine, the queued builds are dropped.
+
+A ProfileEngine keeps engines for at most ``TFTRT_PROFILE_MAX_SHAPES`` shapes (default 256):
+past it the least recently called shape's engine is dropped (never an opt-shape engine or its
+ladder) and made again when calls bring that shape back, with one warning the first time.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import threading
 import time
@@ -278,6 +283,17 @@ def split_calls() -> int:
     return int(env_float("TFTRT_SPLIT_CALLS", 256.0))
 
 
+def max_shapes() -> int:
+    """``TFTRT_PROFILE_MAX_SHAPES`` (default 256, at least 16): the most shapes a ProfileEngine
+    keeps an engine for; past it the least recently used shape's engine is dropped (never an
+    opt-shape engine or its split ladder) and is made again if calls bring it back."""
+    from tftrt.env import env_float
+    return max(int(env_float("TFTRT_PROFILE_MAX_SHAPES", 256.0)), 16)
+
+
+_MAX_FAILED = 1024  # failed shapes a ProfileEngine remembers (the oldest are forgotten)
+
+
 def build_idle_s() -> float:
     """``TFTRT_BUILD_IDLE_MS`` in seconds (default 1000 ms): how long a ProfileEngine must go
     without calls before its background thread starts an engine that a stand-in serves
@@ -403,6 +419,9 @@ class ProfileEngine:
         self._templates: Dict[int, Optional[tuple]] = {}
         self.template_errors: Dict[int, str] = {}
         self._engines: Dict[ShapeKey, object] = {}
+        self._used: Dict[ShapeKey, int] = {}  # shape -> tick of its engine's last call
+        self._ticks = itertools.count()
+        self._evict_warned = False
         self._failed: Dict[ShapeKey, str] = {}
         self._pending: set = set()  # shapes whose real engine is queued or building
         self._stand_ins: Dict[ShapeKey, SplitEngine] = {}  # split batches serving a shape
@@ -572,6 +591,7 @@ class ProfileEngine:
         self._last_call = time.monotonic()
         engine = self._engines.get(key)
         if engine is not None:
+            self._used[key] = next(self._ticks)
             return engine
         engine = self._stand_ins.get(key)
         if engine is not None:
@@ -600,6 +620,8 @@ class ProfileEngine:
                 engine, from_template = self._make(i, key)
             except Exception as e:
                 self._failed[key] = f"{type(e).__name__}: {e}"
+                while len(self._failed) > _MAX_FAILED:
+                    del self._failed[next(iter(self._failed))]
                 raise
             self._register(key, engine, from_template)
             return engine
@@ -627,6 +649,36 @@ class ProfileEngine:
         self.stats["timed_layers"] += int(engine.build_info.get("timed_layers", 0))
         self._adopt(engine)
         self._engines[key] = engine
+        self._used[key] = next(self._ticks)
+        self._trim()
+
+    def _trim(self) -> None:
+        """Drops the least recently used shapes' engines past max_shapes(), never an opt-shape
+        engine or a rung of its split ladder (a server seeing ever new shapes, e.g. sequence
+        lengths times batch sizes, kept an engine per shape without limit: the hunt of
+        2026-12-01 counted 513 for one op with maximum_cached_engines=1). Called under the
+        lock. A dropped shape's next call makes its engine again (split batches meanwhile)."""
+        limit = max_shapes()
+        if len(self._engines) <= limit:
+            return
+        kept = set()
+        for i, p in enumerate(self.profiles):
+            kept.add(p.opt)
+            if self._opt[i] is not None:
+                kept.update(self._rungs(i, p.opt))
+        lru = sorted((k for k in self._engines if k not in kept),
+                     key=lambda k: self._used.get(k, -1))
+        for key in lru[:len(self._engines) - limit]:
+            del self._engines[key]
+            self._used.pop(key, None)
+            self.stats["evicted_shapes"] = self.stats.get("evicted_shapes", 0) + 1
+        if not self._evict_warned and self.stats.get("evicted_shapes"):
+            self._evict_warned = True
+            log.warning("optimization profile engine %s keeps engines for at most %d shapes "
+                        "(TFTRT_PROFILE_MAX_SHAPES); calls at more distinct shapes make dropped "
+                        "ones again (split batches serve them meanwhile). Raise it if memory "
+                        "allows, or bucket the shapes the model is called with.",
+                        "; ".join(str(p) for p in self.profiles), limit)
 
     # --- stand-ins while a real engine builds ----------------------------------------------
     def _quick(self, i: int, key: ShapeKey, opt, build):

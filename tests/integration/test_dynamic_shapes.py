@@ -429,3 +429,43 @@ def test_tf1_static_engine_serves_every_batch_up_to_max_batch_size(native):
     assert op.stats["builds"] == 0 and op.stats["engine"] == 4 and op.stats["native"] == 1
     assert op.stats["shape_builds"] == 3 and len(op.cache) == 1
     assert profile_engine(op).profiles == [Profile([(1, *S)], [(4, *S)], [(4, *S)])]
+
+
+def test_a_profile_keeps_engines_for_a_bounded_number_of_shapes(conv_dir, native, monkeypatch,
+                                                               caplog):
+    """Calls at ever new shapes inside one profile (batch x height): the ProfileEngine kept an
+    engine per shape without limit (513 for one op with maximum_cached_engines=1 in the hunt
+    of 2026-12-01). Past TFTRT_PROFILE_MAX_SHAPES the least recently used go, never the opt
+    engine or its split ladder, with one warning; a dropped shape is made again, answers
+    unchanged."""
+    monkeypatch.setenv("TFTRT_PROFILE_MAX_SHAPES", "16")
+    conv, fn, op = convert(conv_dir, use_dynamic_shape=True, maximum_cached_engines=1)
+    conv.build(lambda: iter([(image(1, 4),), (image(8, 12),)]))
+    pe = profile_engine(op)
+    opt = pe.profiles[0].opt
+    with caplog.at_level(logging.WARNING, logger="tftrt.profiles"):
+        for h in range(4, 13):
+            for b in (1, 3, 5):
+                check(fn, native, image(b, h))
+                pe.wait_pending(60)
+                assert len(pe.shapes) <= 16, pe.shapes
+    assert opt in pe.shapes and pe.stats["evicted_shapes"] > 0, pe.stats
+    msgs = [r.getMessage() for r in caplog.records if "TFTRT_PROFILE_MAX_SHAPES" in
+            r.getMessage()]
+    assert len(msgs) == 1, msgs
+    check(fn, native, image(3, 4))  # long dropped: made again
+    assert op.stats["native"] == 0 and len(op.cache) == 1
+
+
+def test_native_runs_at_ever_new_shapes_log_a_bounded_number_of_lines(conv_dir, native,
+                                                                     caplog):
+    """allow_build_at_runtime=False and calls at 30 shapes outside the profile: one warning
+    per shape flooded a server's log; after 20 reasons the op says it stops, once."""
+    conv, fn, op = convert(conv_dir, use_dynamic_shape=True, allow_build_at_runtime=False)
+    conv.build(lambda: iter([(image(2),), (image(4),)]))
+    with caplog.at_level(logging.WARNING, logger="tftrt.engine_op"):
+        for h in range(9, 39):
+            check(fn, native, image(1, h))
+    msgs = [r.getMessage() for r in caplog.records if r.name == "tftrt.engine_op"]
+    assert len(msgs) == 21, len(msgs)
+    assert "further ones are not" in msgs[-1] and op.stats["native"] == 30
