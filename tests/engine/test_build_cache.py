@@ -76,6 +76,26 @@ def test_put_get_and_miss(cache_env):
         cache.put("Bad Namespace/..", "k", b"")
 
 
+def test_a_directory_in_an_entrys_place_spoils_that_entry_only(cache_env, caplog):
+    """A directory where one entry's file belongs: os.replace failed and the whole cache
+    turned read-only for the process, blaming the directory ("set TFTRT_CACHE_DIR to a
+    writable directory"), and corrupt entries said to be replaced were not (hunt)."""
+    cache = bc.BuildCache(str(cache_env), FP)
+    assert cache.put("kernels", "a", b"a1")
+    os.makedirs(cache.path("kernels", "b"))
+    with caplog.at_level(logging.WARNING, logger="tftrt.engine.build_cache"):
+        assert not cache.put("kernels", "b", b"b1")
+        assert not cache.put("kernels", "b", b"b2")
+    msgs = [r.getMessage() for r in caplog.records]
+    assert len(msgs) == 1 and "cannot replace the entry" in msgs[0], msgs
+    assert "TFTRT_CACHE_DIR" not in msgs[0]
+    assert cache.put("kernels", "a", b"a2") and cache.get("kernels", "a") == b"a2"
+    assert cache.put("kernels", "c", b"c1") and cache.get("kernels", "c") == b"c1"
+    leftovers = [n for n in os.listdir(os.path.dirname(cache.path("kernels", "a")))
+                 if n.endswith(".tmp")]
+    assert leftovers == []
+
+
 @pytest.mark.parametrize("damage", ["truncate", "flip_payload", "flip_header", "garbage"])
 def test_corrupt_entry_is_ignored_with_one_warning(cache_env, caplog, damage):
     cache = bc.BuildCache(str(cache_env), FP)

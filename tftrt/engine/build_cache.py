@@ -194,17 +194,20 @@ class BuildCache:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(tmp, "wb") as f:
                 f.write(blob)
-            os.replace(tmp, path)
         except OSError as err:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+            _unlink_quietly(tmp)
             self._writable = False
             _warn_once(("write", self.directory), "tftrt build cache: cannot write under %s "
                        "(%s); builds will not be cached (set TFTRT_CACHE_DIR to a writable "
                        "directory, or TFTRT_BUILD_CACHE=0 to turn the cache off)",
                        self.directory, err)
+            return False
+        try:
+            os.replace(tmp, path)
+        except OSError as err:  # this entry's path alone (a directory there, say): the
+            _unlink_quietly(tmp)  # cache stays writable for every other key
+            _warn_once(("replace", path), "tftrt build cache: cannot replace the entry %s "
+                       "(%s); remove it: that build is not cached meanwhile", path, err)
             return False
         self._count("writes")
         return True
@@ -253,6 +256,13 @@ class BuildCache:
                 header.get("sha256") != hashlib.sha256(payload).hexdigest():
             return None, "payload truncated or corrupt (size or sha256 mismatch)"
         return payload, None
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _check_namespace(namespace: str) -> None:
