@@ -403,9 +403,14 @@ class TrtGraphConverterV2:
             return
         if ops and worst > bar:
             how = ("in %.1e of its elements" if exact else "by %.1e of its largest value") % worst
-            fix = {"FP32": "FP32 engines use TF32 tensor cores while TensorFlow allows them: "
-                           "tf.config.experimental.enable_tensor_float_32_execution(False) "
-                           "before convert() keeps them in full FP32",
+            from tftrt.engine_op import resolve_backend
+            tf32 = ("FP32 engines use TF32 tensor cores while TensorFlow allows them: "
+                    "tf.config.experimental.enable_tensor_float_32_execution(False) before "
+                    "convert() keeps them in full FP32")
+            if resolve_backend() != "cupy":  # no tensor cores on the host
+                tf32 = ("FP32 engines on the host should agree with TF to float rounding: "
+                        "please report this with the model")
+            fix = {"FP32": tf32,
                    "FP16": "Convert with precision_mode='FP32' if that matters"}.get(
                        precision, "Convert with precision_mode='FP16' or 'FP32' if that "
                                   "matters")
