@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .broadcast import scalar_like
+from .layout import onnx_type
 
 
 def is_int(dtype) -> bool:
@@ -27,11 +28,20 @@ def onnx_op(op_type: str, **attrs):
 # --- binary --------------------------------------------------------------------------------------
 
 def floor_div(ctx, a, b, dtype=None):
-    """TF FloorDiv: floor(a / b). For ints ONNX Div truncates toward zero, so we subtract the
-    floor-modulus first (ONNX Mod with fmod=0 takes the divisor's sign, like TF's FloorMod):
-    (a - a mod b) is an exact multiple of b and the truncating division is then exact."""
+    """TF FloorDiv: floor(a / b). For ints ONNX Div truncates toward zero (numpy_ops._int_div,
+    C's / in the CUDA lowering), so q = a / b is one too large where the division was inexact
+    and the true quotient negative: the remainder r = a - q * b is nonzero and its sign differs
+    from b's. r cannot overflow (|r| < |b|); the former a - (a mod b) wrapped near the int32
+    limits (2**31 - 1 // -3 came out positive)."""
     if is_int(dtype):
-        return ctx.emit("Div", [ctx.emit("Sub", [a, ctx.emit("Mod", [a, b], fmod=0)]), b])
+        zero = scalar_like(ctx, 0, dtype, "zero")
+        q = ctx.emit("Div", [a, b])
+        r = ctx.emit("Sub", [a, ctx.emit("Mul", [q, b])])
+        signs_differ = ctx.emit("Xor", [ctx.emit("Less", [r, zero]),
+                                        ctx.emit("Less", [b, zero])])
+        fix = ctx.emit("And", [ctx.emit("Not", [ctx.emit("Equal", [r, zero])]), signs_differ])
+        return ctx.emit("Where", [fix, ctx.emit("Sub", [q, scalar_like(ctx, 1, dtype, "one")]),
+                                  q])
     return ctx.emit("Floor", [ctx.emit("Div", [a, b])])
 
 
@@ -65,11 +75,52 @@ def square(ctx, x, dtype=None):
     return ctx.emit("Mul", [x, x])
 
 
+# Numerical Recipes' erfcc (2nd ed., 6.2): erfc(z) = t exp(-z^2 + P(t)), t = 1 / (1 + z / 2),
+# z >= 0, fractional error < 1.2e-7 everywhere; P's coefficients from the constant term up.
+ERFC_POLY = (-1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806, 0.27886807,
+             -1.13520398, 1.48851587, -0.82215223, 0.17087277)
+
+
 def erfc(ctx, x, dtype=None):
-    """1 - erf(x): Keras' exact gelu traces to Erfc. Loses relative precision only where
-    erfc(x) is below float epsilon (x > ~4), where its absolute value is negligible."""
-    one = ctx.const(np.ones((), dtype=np.dtype(dtype or np.float32)), "one")
-    return ctx.emit("Sub", [one, ctx.emit("Erf", [x])])
+    """TF Erfc with full relative precision in the tail (Keras' exact gelu traces to Erfc).
+
+    x < 0.5: 1 - erf(x), exact enough there (erfc(x) > 0.47, so the subtraction cancels
+    nothing). x >= 0.5: the erfcc fit (ERFC_POLY), where 1 - erf(x) lost all relative precision
+    (4% at x = 3.5, 0 from x ~ 4 while erfc(5) = 1.5e-12). Its exp(-z^2) is evaluated as
+    exp(-h^2) exp(P(t) - (z - h)(z + h)) with h = floor(256 z) / 256: h^2 is exact in float32
+    for z < 16, whereas a rounded z * z put up to z^2 * 6e-8 into the exponent (8e-6 relative
+    error at z = 9; with the split it stays < 5e-7 in float32). z is clamped to [0.5, 12]:
+    erfc(12) is 0 in float32 already, and z - h is NaN for z = inf; the clamp's Where lets NaN
+    through. Every op is pointwise, so the whole sequence fuses into one elementwise kernel.
+
+    float16 runs it in float32 and rounds once, as TF's half Erfc does: the engine rounds each
+    float16 op to float16 (TF's rounding between ops), and some 40 roundings cost up to 6 ulps.
+    """
+    if np.dtype(dtype or np.float32) == np.float16:
+        y = _erfc_float32(ctx, ctx.emit("Cast", [x], to=onnx_type(np.float32)))
+        return ctx.emit("Cast", [y], to=onnx_type(np.float16))
+    return _erfc_float32(ctx, x)
+
+
+def _erfc_float32(ctx, x):
+    c = lambda v, name: scalar_like(ctx, v, np.float32, name)  # noqa: E731
+    half, one, two, top = c(0.5, "half"), c(1, "one"), c(2, "two"), c(12, "erfc_top")
+    low = ctx.emit("Less", [x, half])
+    near = ctx.emit("Sub", [one, ctx.emit("Erf", [x])])
+    z = ctx.emit("Where", [ctx.emit("Greater", [x, top]), top, x])
+    z = ctx.emit("Where", [low, half, z])
+    t = ctx.emit("Div", [two, ctx.emit("Add", [two, z])])  # 1 / (1 + z / 2), same rounding
+    p = c(ERFC_POLY[-1], "erfc_c")
+    for coef in reversed(ERFC_POLY[:-1]):
+        p = ctx.emit("Add", [ctx.emit("Mul", [t, p]), c(coef, "erfc_c")])
+    scale = c(256, "erfc_split")
+    h = ctx.emit("Div", [ctx.emit("Floor", [ctx.emit("Mul", [z, scale])]), scale])
+    lo_part = ctx.emit("Mul", [ctx.emit("Sub", [z, h]), ctx.emit("Add", [z, h])])
+    # t exp(P - lo_part) is in (0.04, 0.62): multiplied first, the product loses no bits before
+    # exp(-h^2) takes it into the subnormal range (z > 9.3)
+    head = ctx.emit("Mul", [t, ctx.emit("Exp", [ctx.emit("Sub", [p, lo_part])])])
+    far = ctx.emit("Mul", [head, ctx.emit("Exp", [ctx.emit("Neg", [ctx.emit("Mul", [h, h])])])])
+    return ctx.emit("Where", [low, near, far])
 
 
 def rsqrt(ctx, x, dtype=None):
