@@ -356,6 +356,7 @@ def freeze(func, lower_control_flow: bool = True):
     from tensorflow.python.eager import context
     from tensorflow.python.framework import convert_to_constants as c2c
     from tensorflow.python.util import object_identity
+    _check_no_tables(func)
     api = _private_freeze_api()
     try:
         if api is None:
@@ -404,6 +405,23 @@ def _check_no_captured_state(func, inputs) -> None:
                          f"freeze variables into constants. Do the lookup outside the "
                          f"converted signature (as pre-processing) and convert the part "
                          f"that computes on its results")
+
+
+def _check_no_tables(func) -> None:
+    """Raises a clear ValueError when the signature's graph itself creates a lookup table: a
+    TF1 SavedModel's (its initializer runs in the model's init op, main_op /
+    tables_initializer(), outside the signature), which TF's freezing cannot import (Grappler:
+    "Failed to import metagraph") and tftrt cannot make a constant. A TF2 model's tables are
+    captured instead (see :func:`_check_no_captured_state`)."""
+    tables = [op for op in func.graph.get_operations() if "HashTable" in op.type]
+    if tables:
+        raise ValueError(f"the signature holds {len(tables)} stateful object(s) that are not "
+                         f"variables (lookup table(s) {[op.name for op in tables][:5]}, ops "
+                         f"{sorted({op.type for op in tables})}, filled by the SavedModel's "
+                         f"init op / table initializers); tftrt can only freeze variables "
+                         f"into constants. Do the lookup outside the converted signature (as "
+                         f"pre-processing) and convert the part that computes on its results "
+                         f"(a SavedModel whose signature takes the looked-up values)")
 
 
 def freeze_and_clean(func, run_grappler: bool = True) -> Tuple[FrozenSignature, "object"]:

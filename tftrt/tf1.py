@@ -11,6 +11,7 @@ plain TensorFlow imports and runs it; after ``import tftrt`` (or ``tftrt.activat
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -105,8 +106,9 @@ class TrtGraphConverter:
         if self._input_graph_def is not None:
             self._info = self._graph_def_info(self._input_graph_def)
         else:
-            self._sig = graph_io.signature_graph(self._input_saved_model_dir, self._tags,
-                                                 self._signature_key)
+            with _eager_mode():
+                self._sig = graph_io.signature_graph(self._input_saved_model_dir, self._tags,
+                                                     self._signature_key)
             self._info = self._sig.info
             names = {n.name for n in self._info.graph_def.node}
             missing = [n for n in self._nodes_denylist if n not in names]
@@ -225,6 +227,21 @@ class TrtGraphConverter:
         if not self._need_calibration:
             raise RuntimeError("calibrate() is only needed for INT8 / FP8 with "
                                "use_calibration=True")
+        if self._calibrated:
+            # TF-TRT asserted that calibration data had not been collected yet
+            raise RuntimeError("calibrate() was already called on this converter: its "
+                               "engines hold the ranges of that calibration. To calibrate "
+                               "with other data, create a new TrtGraphConverter and call "
+                               "convert() then calibrate()")
+        for name, fn, returns in (("feed_dict_fn", feed_dict_fn,
+                                   "a feed dict of input tensor name -> value, e.g. "
+                                   "lambda: {'x:0': batch}"),
+                                  ("input_map_fn", input_map_fn,
+                                   "a dict of input tensor name -> tensor")):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"{name} must be a callable (calibrate() calls it once per "
+                                f"run, num_runs times) that returns {returns}; got a "
+                                f"{type(fn).__name__}")
         fetch_names = _fetch_names(fetch_names)
         nodes = {n.name for n in self._converted_graph_def.node}
         missing = [n for n in fetch_names if graph_io.split_tensor_name(n)[0] not in nodes]
@@ -239,7 +256,8 @@ class TrtGraphConverter:
         return self._converted_graph_def
 
     def save(self, output_saved_model_dir):
-        """Saves the converted model as a SavedModel (only when the input was a SavedModel)."""
+        """Saves the converted model as a SavedModel (only when the input was a SavedModel),
+        its MetaGraph tagged with ``input_saved_model_tags`` (and "serve")."""
         if self._input_graph_def is not None:
             raise ValueError("Not able to save to a SavedModel since input is a GraphDef")
         if self._converted_graph_def is None:
@@ -248,8 +266,42 @@ class TrtGraphConverter:
             raise RuntimeError(f"A model that requires {self._params.precision_mode} "
                                f"calibration has to be calibrated before saving it. Call "
                                f"calibrate() after convert().")
+        import tensorflow as tf
         from tftrt import saving
-        saving.save(_SaveView(self), os.fspath(output_saved_model_dir), True, None)
+        # TF's SavedModel writer tags the MetaGraph "serve" and adds extra_tags: the input
+        # model's tags, so that it loads with the tags it was converted with (TF-TRT's TF1
+        # save wrote them). Custom gradients off as saving.save's default: an inference model.
+        extra = [t for t in dict.fromkeys(self._tags) if t != "serve"]
+        tags = ["serve"] + extra
+        if "serve" not in self._tags:
+            log.warning("the input model's tags %s have no 'serve', which TensorFlow's "
+                        "SavedModel writer always adds: the converted model loads with "
+                        "tags=%s", self._tags, tags)
+        options = tf.saved_model.SaveOptions(experimental_custom_gradients=False,
+                                             extra_tags=extra or None)
+        path = os.fspath(output_saved_model_dir)
+        with _eager_mode():
+            saving.save(_SaveView(self), path, True, options)
+        # A TF1 user's natural loader runs none of the engines: say so once (docs/differences.md)
+        log.warning("saved %s: it runs its tftrt engines when loaded with tftrt.load(path%s) "
+                    "in eager mode; loaded in a TF1 Session (tf.compat.v1.saved_model.loader."
+                    "load), by tf.saved_model.load or by TF Serving it runs natively (correct "
+                    "results, no engines)", path, f", tags={tags}" if extra else "")
+
+
+@contextlib.contextmanager
+def _eager_mode():
+    """Runs the body in eager mode. TF1 programs run with eager execution off
+    (tf.compat.v1.disable_eager_execution(), disable_v2_behavior()) or inside a tf.Graph's
+    as_default(); loading and freezing a SavedModel (TF's freezing reads the variables'
+    values with .numpy()) and tf.saved_model.save need eager mode. TF-TRT froze in a Session;
+    TF lets these steps run in eager mode whatever the program's mode."""
+    from tensorflow.python.eager import context
+    if context.executing_eagerly():
+        yield
+        return
+    with context.eager_mode():
+        yield
 
 
 def _fetch_names(fetch_names) -> list:

@@ -48,18 +48,23 @@ def _data(seed, scale=1.0, batch=4):
 
 # --- TF1 calibrate() ---------------------------------------------------------------------------
 
-def test_calibrating_again_replaces_the_earlier_ranges():
+def test_calibrating_again_is_refused_and_keeps_the_first_ranges():
+    # TF-TRT asserted that calibration data had not been collected yet: a second calibrate()
+    # is an error, not a silent recalibration
     conv = _int8_tf1(is_dynamic_op=False, max_batch_size=4)
     tiny, real = _data(0, 0.01), _data(1)
-    first = _table(conv.calibrate(["out:0"], 1, feed_dict_fn=lambda: {"x:0": tiny}))
-    again = conv.calibrate(["out:0"], 1, feed_dict_fn=lambda: {"x:0": real})
-    fresh = _table(_int8_tf1(is_dynamic_op=True).calibrate(
-        ["out:0"], 1, feed_dict_fn=lambda: {"x:0": real}))
+    first = conv.calibrate(["out:0"], 1, feed_dict_fn=lambda: {"x:0": tiny})
+    assert _table(first)["tensors"]["TensorRTInputPH_0"] < 0.05
+    with pytest.raises(RuntimeError, match=r"calibrate\(\) was already called on this "
+                                           r"converter"):
+        conv.calibrate(["out:0"], 1, feed_dict_fn=lambda: {"x:0": real})
+    assert _table(conv._converted_graph_def)["tensors"] == \
+        pytest.approx(_table(first)["tensors"])
+    # a new converter calibrates with other data
+    again = _int8_tf1(is_dynamic_op=False, max_batch_size=4).calibrate(
+        ["out:0"], 1, feed_dict_fn=lambda: {"x:0": real})
     second = _table(again)
-    assert first["tensors"]["TensorRTInputPH_0"] < 0.05
-    # the second calibration's own ranges, not the first's kept as if the graph gave them
     assert second["source"] == "calibration"
-    assert second["tensors"] == pytest.approx(fresh["tensors"])
     assert second["tensors"]["TensorRTInputPH_0"] > 2.0
     x = _data(7)
     got, _ = models.session_run(again, x)
@@ -74,6 +79,7 @@ def test_tf1_calibration_data_that_cannot_give_ranges_is_said(caplog):
         conv.calibrate(["out:0"], 2, feed_dict_fn=lambda: {"x:0": zeros})
     assert "yielded only constant data" in caplog.text
     empty = np.zeros((0, 8, 8, 2), np.float32)
+    conv = _int8_tf1(is_dynamic_op=True)  # calibrate() runs once per converter
     with pytest.raises(ValueError, match=r"calibrate\(\) yielded 0 batch\(es\); INT8 / FP8 "
                                          r"calibration needs at least 1"):
         conv.calibrate(["out:0"], 2, feed_dict_fn=lambda: {"x:0": empty})

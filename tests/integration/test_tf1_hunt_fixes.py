@@ -1,0 +1,260 @@
+"""TF1 TrtGraphConverter as TF1 programs use it, compared with native TensorFlow: eager
+execution disabled (in a subprocess: disabling it is process-wide) or a tf.Graph as default,
+a SavedModel tagged other than ["serve"], a lookup table in the signature, calibrate()
+called twice or given a dict, and what save() says about loading the model."""
+
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tftrt
+from tests.integration.test_tf1 import engine_nodes
+from tftrt import trt_convert as trt
+
+tf1 = tf.compat.v1
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+def make_tf1_saved_model(path, tags=("serve",)):
+    """A TF1 SavedModel with variables: x [None, 8] -> dense(16) -> relu -> 'h'; h ->
+    dense(4) -> tanh -> 'y'; k (int32) + 1 -> 'z'."""
+    rng = np.random.RandomState(0)
+    with tf.Graph().as_default(), tf1.Session() as sess:
+        x = tf1.placeholder(tf.float32, [None, 8], name="x")
+        k = tf1.placeholder(tf.int32, [None], name="k")
+        w = tf1.get_variable("w", initializer=rng.randn(8, 16).astype(np.float32))
+        b = tf1.get_variable("b", initializer=rng.randn(16).astype(np.float32))
+        h = tf.nn.relu(tf.matmul(x, w) + b, name="h")
+        w2 = tf1.get_variable("w2", initializer=rng.randn(16, 4).astype(np.float32))
+        y = tf.tanh(tf.matmul(h, w2) * 0.5 + 0.25, name="y")
+        z = tf.add(k, 1, name="z")
+        sess.run(tf1.global_variables_initializer())
+        builder = tf1.saved_model.Builder(path)
+        builder.add_meta_graph_and_variables(sess, list(tags), signature_def_map={
+            "serving_default": tf1.saved_model.predict_signature_def(
+                {"x": x, "k": k}, {"y": y, "z": z, "h": h})})
+        builder.save()
+    return path
+
+
+def tf1_session_run(path, tags, x, k) -> dict:
+    """The signature's outputs for (x, k), loaded and run in a TF1 Session."""
+    with tf.Graph().as_default(), tf1.Session() as sess:
+        meta = tf1.saved_model.loader.load(sess, list(tags), path)
+        sig = meta.signature_def["serving_default"]
+        return sess.run({key: t.name for key, t in sig.outputs.items()},
+                        {sig.inputs["x"].name: x, sig.inputs["k"].name: k})
+
+
+@pytest.fixture(autouse=True)
+def numpy_backend(monkeypatch):
+    monkeypatch.setenv("TFTRT_BACKEND", "numpy")
+
+
+def _data():
+    return (np.random.RandomState(5).randn(3, 8).astype(np.float32),
+            np.arange(3, dtype=np.int32))
+
+
+def _run_script(script: str, timeout: float = 400) -> str:
+    """Runs ``script`` in a fresh interpreter (numpy backend); returns its stdout."""
+    env = dict(os.environ, TFTRT_BACKEND="numpy", TF_CPP_MIN_LOG_LEVEL="2")
+    try:
+        proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"no exit in {timeout} s; stderr tail: {(e.stderr or b'')[-2000:]!r}")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc.stdout
+
+
+# --- bug 1: eager execution disabled -------------------------------------------------------------
+
+def test_saved_model_converts_calibrates_and_saves_with_eager_disabled(tmp_path):
+    script = textwrap.dedent(f'''
+        import numpy as np
+        import tensorflow as tf
+        tf.compat.v1.disable_eager_execution()  # as TF1 programs run
+        from tests.integration.test_tf1_hunt_fixes import make_tf1_saved_model, tf1_session_run
+        from tftrt import trt_convert as trt
+        tf1 = tf.compat.v1
+        src = make_tf1_saved_model({str(tmp_path / "sm")!r})
+        x = np.random.RandomState(5).randn(3, 8).astype(np.float32)
+        k = np.arange(3, dtype=np.int32)
+        ref = tf1_session_run(src, ["serve"], x, k)
+        names = {{"y": "y:0", "z": "z:0", "h": "h:0"}}
+        for precision, dynamic in (("FP32", False), ("INT8", True)):
+            conv = trt.TrtGraphConverter(input_saved_model_dir=src, minimum_segment_size=2,
+                                         is_dynamic_op=dynamic, max_batch_size=4,
+                                         precision_mode=precision)
+            gd = conv.convert()
+            if precision == "INT8":
+                gd = conv.calibrate(["y:0"], 2, feed_dict_fn=lambda: {{"x:0": x, "k:0": k}})
+            assert [n.name for n in gd.node if "_tftrt_engine" in n.attr], precision
+            g = tf.Graph()
+            with g.as_default():
+                tf.graph_util.import_graph_def(gd, name="")
+                with tf1.Session(graph=g) as sess:
+                    got = sess.run(names, {{"x:0": x, "k:0": k}})
+            ran = [op.stats["engine"] for op in g._py_funcs_used_in_graph
+                   if hasattr(op, "stats")]
+            assert ran and all(ran), (precision, ran)
+            tol = 1e-4 if precision == "FP32" else 0.2
+            for key in names:
+                np.testing.assert_allclose(got[key], ref[key], rtol=tol, atol=tol)
+            out = {str(tmp_path)!r} + "/out_" + precision
+            conv.save(out)
+            saved = tf1_session_run(out, ["serve"], x, k)
+            for key in names:
+                np.testing.assert_allclose(saved[key], ref[key], rtol=1e-4, atol=1e-5)
+        print("OK")
+        ''')
+    assert _run_script(script).strip().endswith("OK")
+
+
+def test_saved_model_converts_inside_a_default_graph(tmp_path):
+    """TF1 code builds under ``with tf.Graph().as_default()`` (not eager there either)."""
+    src = make_tf1_saved_model(str(tmp_path / "sm"))
+    x, k = _data()
+    ref = tf1_session_run(src, ["serve"], x, k)
+    with tf.Graph().as_default():
+        conv = trt.TrtGraphConverter(input_saved_model_dir=src, minimum_segment_size=2,
+                                     max_batch_size=4)
+        gd = conv.convert()
+        conv.save(str(tmp_path / "out"))
+    assert engine_nodes(gd)
+    loaded = tftrt.load(str(tmp_path / "out"))
+    got = loaded.signatures["serving_default"](x=tf.constant(x), k=tf.constant(k))
+    assert loaded.engine_ops and all(op.stats["engine"] for op in loaded.engine_ops.values())
+    for key in ("y", "z", "h"):
+        np.testing.assert_allclose(got[key].numpy(), ref[key], rtol=1e-4, atol=1e-5)
+
+
+# --- bug 2: the input SavedModel's tags ----------------------------------------------------------
+
+def _meta_graph_tags(path):
+    from tensorflow.core.protobuf import saved_model_pb2
+    sm = saved_model_pb2.SavedModel()
+    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+        sm.ParseFromString(f.read())
+    return [sorted(m.meta_info_def.tags) for m in sm.meta_graphs]
+
+
+def test_save_keeps_the_input_saved_models_tags(tmp_path):
+    tags = ["serve", "gpu"]
+    src = make_tf1_saved_model(str(tmp_path / "sm"), tags)
+    x, k = _data()
+    ref = tf1_session_run(src, tags, x, k)
+    conv = trt.TrtGraphConverter(input_saved_model_dir=src, input_saved_model_tags=tags,
+                                 minimum_segment_size=2, max_batch_size=4)
+    conv.convert()
+    out = str(tmp_path / "out")
+    conv.save(out)
+    assert _meta_graph_tags(out) == [["gpu", "serve"]]
+    feed = dict(x=tf.constant(x), k=tf.constant(k))
+    plain = tf.saved_model.load(out, tags=tags).signatures["serving_default"](**feed)
+    loaded = tftrt.load(out, tags=tags)
+    assert loaded.engine_ops
+    got = loaded.signatures["serving_default"](**feed)
+    assert all(op.stats["engine"] for op in loaded.engine_ops.values())
+    session = tf1_session_run(out, tags, x, k)
+    for key in ("y", "z", "h"):
+        for value in (plain[key].numpy(), got[key].numpy(), session[key]):
+            np.testing.assert_allclose(value, ref[key], rtol=1e-4, atol=1e-5)
+
+
+def test_save_with_default_tags_writes_serve_only(tmp_path):
+    src = make_tf1_saved_model(str(tmp_path / "sm"))
+    conv = trt.TrtGraphConverter(input_saved_model_dir=src, minimum_segment_size=2)
+    conv.convert()
+    conv.save(str(tmp_path / "out"))
+    assert _meta_graph_tags(str(tmp_path / "out")) == [["serve"]]
+
+
+def test_save_without_serve_tag_adds_serve_and_says_so(tmp_path, caplog):
+    src = make_tf1_saved_model(str(tmp_path / "sm"), ["gpu"])
+    conv = trt.TrtGraphConverter(input_saved_model_dir=src, input_saved_model_tags="gpu",
+                                 minimum_segment_size=2, max_batch_size=4)
+    conv.convert()
+    with caplog.at_level(logging.WARNING, logger="tftrt.convert"):
+        conv.save(str(tmp_path / "out"))
+    assert _meta_graph_tags(str(tmp_path / "out")) == [["gpu", "serve"]]
+    assert "the converted model loads with tags=['serve', 'gpu']" in caplog.text
+    x, k = _data()
+    got = tftrt.load(str(tmp_path / "out"), tags=["serve", "gpu"]).signatures[
+        "serving_default"](x=tf.constant(x), k=tf.constant(k))
+    np.testing.assert_allclose(got["y"].numpy(), tf1_session_run(src, ["gpu"], x, k)["y"],
+                               rtol=1e-4, atol=1e-5)
+
+
+# --- bug 3: a lookup table in the signature -------------------------------------------------------
+
+def test_lookup_table_in_a_tf1_saved_model_is_a_clear_error(tmp_path):
+    path = str(tmp_path / "table")
+    with tf.Graph().as_default(), tf1.Session() as sess:
+        t = tf1.placeholder(tf.string, [None], name="t")
+        x = tf1.placeholder(tf.float32, [None, 4], name="x")
+        table = tf1.lookup.StaticHashTable(
+            tf1.lookup.KeyValueTensorInitializer(["a", "b"], [1.0, 2.0]), 0.0)
+        y = tf.tanh(tf.nn.relu(x * 2.0 + 1.0) * 3.0) * table.lookup(t)[:, None]
+        builder = tf1.saved_model.Builder(path)
+        builder.add_meta_graph_and_variables(
+            sess, ["serve"], main_op=tf1.tables_initializer(), signature_def_map={
+                "serving_default": tf1.saved_model.predict_signature_def({"x": x, "t": t},
+                                                                         {"y": y})})
+        builder.save()
+    conv = trt.TrtGraphConverter(input_saved_model_dir=path)
+    with pytest.raises(ValueError, match=r"holds 1 stateful object\(s\) that are not variables "
+                                         r"\(lookup table\(s\) \['hash_table'\].*Do the lookup "
+                                         r"outside the converted signature"):
+        conv.convert()
+
+
+# --- bug 4: calibrate() twice, feed_dict_fn not a callable ---------------------------------------
+
+def _int8_converter(tmp_path):
+    src = make_tf1_saved_model(str(tmp_path / "sm"))
+    conv = trt.TrtGraphConverter(input_saved_model_dir=src, minimum_segment_size=2,
+                                 precision_mode="INT8", is_dynamic_op=True)
+    conv.convert()
+    return conv
+
+
+def test_calibrate_twice_raises(tmp_path):
+    conv = _int8_converter(tmp_path)
+    x, k = _data()
+    conv.calibrate(["y:0"], 1, feed_dict_fn=lambda: {"x:0": x, "k:0": k})
+    with pytest.raises(RuntimeError, match="calibrate\\(\\) was already called on this "
+                                           "converter"):
+        conv.calibrate(["y:0"], 1, feed_dict_fn=lambda: {"x:0": x * 100, "k:0": k})
+
+
+def test_calibrate_feed_dict_fn_must_be_a_callable(tmp_path):
+    conv = _int8_converter(tmp_path)
+    x, k = _data()
+    with pytest.raises(TypeError, match="feed_dict_fn must be a callable .* returns a feed "
+                                        "dict.*got a dict"):
+        conv.calibrate(["y:0"], 1, feed_dict_fn={"x:0": x, "k:0": k})
+    with pytest.raises(TypeError, match="input_map_fn must be a callable"):
+        conv.calibrate(["y:0"], 1, input_map_fn={"x:0": tf.constant(x)})
+    # the refused calls left the converter ready to calibrate
+    conv.calibrate(["y:0"], 1, feed_dict_fn=lambda: {"x:0": x, "k:0": k})
+
+
+# --- bug 5: save() says how the saved model runs its engines ------------------------------------
+
+def test_save_says_engines_run_after_tftrt_load(tmp_path, caplog):
+    src = make_tf1_saved_model(str(tmp_path / "sm"))
+    conv = trt.TrtGraphConverter(input_saved_model_dir=src, minimum_segment_size=2)
+    conv.convert()
+    with caplog.at_level(logging.INFO, logger="tftrt"):
+        conv.save(str(tmp_path / "out"))
+    lines = [r.getMessage() for r in caplog.records
+             if "TF1 Session" in r.getMessage() and "tftrt.load" in r.getMessage()]
+    assert len(lines) == 1, caplog.text
+    assert "natively" in lines[0]
