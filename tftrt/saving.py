@@ -340,6 +340,23 @@ class LoadedModel:
 
 
 def load(path, tags=None, options=None):
+    from tensorflow.python.eager import context
+    if not context.executing_eagerly():
+        # A TF1 program (eager execution off, or inside a tf.Graph): its signatures would run
+        # in the program's graphs, where the engine nodes' branch functions (the eager
+        # context's) are not defined. Said plainly; it was "saved_model.pb carries no digest
+        # ... not written by tftrt's save()", the digest being unreadable without eager mode.
+        import tensorflow as tf
+        log.warning("tftrt.load(%r) with eager execution off (a TF1 program, or inside a "
+                    "tf.Graph): engines run only in eager mode, so this returns "
+                    "tf.saved_model.load's model, whose engine nodes run natively (correct "
+                    "results, no speed-up). Call tftrt.load in eager mode (TF2's default) "
+                    "to run the engines.", path)
+        return tf.saved_model.load(path, tags=tags, options=options)
+    return _load(path, tags, options)
+
+
+def _load(path, tags=None, options=None):
     import tensorflow as tf
     from tftrt.graph_io import check_saved_model_dir
     from tftrt.activation import activate

@@ -117,6 +117,43 @@ def test_saved_model_converts_calibrates_and_saves_with_eager_disabled(tmp_path)
     assert _run_script(script).strip().endswith("OK")
 
 
+def test_tftrt_load_with_eager_disabled_says_engines_need_eager_mode(tmp_path):
+    """tftrt.load in a program with eager execution off read its assets' digest with .numpy()
+    and refused every engine as 'not written by tftrt's save()'. Now it says engines need
+    eager mode and returns tf.saved_model.load's model, whose answers are native TF's."""
+    src = make_tf1_saved_model(str(tmp_path / "sm"))
+    conv = trt.TrtGraphConverter(input_saved_model_dir=src, minimum_segment_size=2,
+                                 max_batch_size=4)
+    conv.convert()
+    conv.save(str(tmp_path / "out"))
+    script = textwrap.dedent(f'''
+        import logging, io
+        import numpy as np
+        import tensorflow as tf
+        tf.compat.v1.disable_eager_execution()
+        import tftrt
+        log = io.StringIO()
+        logging.getLogger("tftrt").addHandler(logging.StreamHandler(log))
+        from tests.integration.test_tf1_hunt_fixes import tf1_session_run
+        m = tftrt.load({str(tmp_path / "out")!r})
+        text = log.getvalue()
+        assert "engines run only in eager mode" in text and "digest" not in text, text
+        x = np.random.RandomState(5).randn(3, 8).astype(np.float32)
+        k = np.arange(3, dtype=np.int32)
+        sig = m.signatures["serving_default"]
+        xs = tf.compat.v1.placeholder(tf.float32, [None, 8])
+        ks = tf.compat.v1.placeholder(tf.int32, [None])
+        out = sig(x=xs, k=ks)
+        with tf.compat.v1.Session() as sess:
+            got = sess.run(out, {{xs: x, ks: k}})
+        ref = tf1_session_run({src!r}, ["serve"], x, k)
+        for key in ("y", "z", "h"):
+            np.testing.assert_allclose(got[key], ref[key], rtol=1e-4, atol=1e-5)
+        print("OK")
+        ''')
+    assert _run_script(script).strip().endswith("OK")
+
+
 def test_saved_model_converts_inside_a_default_graph(tmp_path):
     """TF1 code builds under ``with tf.Graph().as_default()`` (not eager there either)."""
     src = make_tf1_saved_model(str(tmp_path / "sm"))
