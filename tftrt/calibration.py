@@ -100,12 +100,14 @@ def graph_table(model) -> Optional[dict]:
     fake: Dict[str, str] = {}
     inputs: Dict[str, float] = {}
     steps = _constant_values(model)
+    nonnegative = _nonnegative_tensors(model, steps)
     for node in model.graph.node:
         if RANGE_TAG not in node.doc_string:
             continue
         try:
             info = json.loads(node.doc_string)[RANGE_TAG]
-            amax = max(abs(float(info["min"])), abs(float(info["max"])))
+            lo, hi = float(info["min"]), float(info["max"])
+            amax = max(abs(lo), abs(hi))
             source = str(info["input"])
         except (ValueError, KeyError, TypeError):
             continue
@@ -116,7 +118,18 @@ def graph_table(model) -> Optional[dict]:
         inputs.setdefault(source, amax)
         step = _fake_quant_step(node, info, steps)
         levels = None if step is None else 2 * amax / step
-        if levels is None or levels >= MIN_FOLD_LEVELS:
+        # Folding makes the range symmetric, [-amax, amax]: an unsigned or lopsided range
+        # ([0, 1] on signed data) would lose its clamp (the hunt's relative error 1.05). Such
+        # an op stays and is computed as TF does; a range symmetric to within a step (TF's
+        # nudged [-8.03, 7.97] of FakeQuant(-8, 8)) folds.
+        # An unsigned range on what cannot be negative (FakeQuant(0, 6) after a ReLU, QAT's
+        # usual pattern) loses nothing.
+        lopsided = abs(lo + hi) > (1.5 * step if step is not None else 1e-6 * amax) and not (
+            lo >= 0 and source in nonnegative)
+        if lopsided:
+            log.info("%s: fake quantization over [%g, %g] is not symmetric; it is computed as "
+                     "TF does, not folded into the layer reading it", out, lo, hi)
+        elif levels is None or levels >= MIN_FOLD_LEVELS:
             fake[out] = source
         else:
             # A signed QDQ op without narrow_range reaches one step past its given range on
@@ -130,6 +143,23 @@ def graph_table(model) -> Optional[dict]:
     if not tensors:
         return None
     return Q.new_table(source="graph", tensors=tensors, fake_quant=fake)
+
+
+_NONNEGATIVE_OPS = ("Relu", "Sigmoid", "Softmax", "Abs", "Exp", "Softplus", "Sqrt")
+
+
+def _nonnegative_tensors(model, constants: Dict[str, np.ndarray]) -> set:
+    """Outputs of the ONNX model's ops that cannot be negative: ReLU and the like, and a Clip
+    whose lower bound is a constant >= 0 (ReLU6)."""
+    out = set()
+    for node in model.graph.node:
+        ok = node.op_type in _NONNEGATIVE_OPS
+        if node.op_type == "Clip" and len(node.input) > 1:
+            low = constants.get(node.input[1])
+            ok = low is not None and float(np.asarray(low).reshape(())) >= 0
+        if ok:
+            out.update(node.output)
+    return out
 
 
 def _constant_values(model) -> Dict[str, np.ndarray]:

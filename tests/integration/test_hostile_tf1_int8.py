@@ -239,6 +239,40 @@ def test_fake_quantization_coarser_than_int8_is_kept(tmp_path, kind, bits):
     assert _rel(got.numpy(), want) < 0.006
 
 
+@pytest.mark.parametrize("op", ["qdq_unsigned", "fake_quant_0_1", "lopsided"])
+def test_a_lopsided_fake_quant_range_keeps_its_clamp(tmp_path, op):
+    """An unsigned QDQ or a [0, 1] / [-1, 3] FakeQuant on signed data: folding made the range
+    symmetric ([-1, 1]), so negatives passed the op's clamp (relative error 1.05 in the hunt).
+    Such an op stays and is computed as TF does; the conv still runs INT8 on its output."""
+    w = tf.constant(np.random.RandomState(1).randn(3, 3, 3, 8).astype(np.float32))
+
+    class Qdq(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 3], tf.float32, name="x")])
+        def __call__(self, x):
+            if op == "qdq_unsigned":
+                x = tf.raw_ops.QuantizeAndDequantizeV4(input=x, input_min=0.0, input_max=1.0,
+                                                       range_given=True, signed_input=False)
+            elif op == "fake_quant_0_1":
+                x = tf.quantization.fake_quant_with_min_max_vars(x, 0.0, 1.0)
+            else:
+                x = tf.quantization.fake_quant_with_min_max_vars(x, -1.0, 3.0)
+            return tf.identity(tf.nn.conv2d(x, w, 1, "SAME"), name="output")
+    module = Qdq()
+    path = models.save_module(module, str(tmp_path / "qdq"))
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=path, precision_mode="INT8",
+                                   use_calibration=False, minimum_segment_size=1)
+    fn = conv.convert()
+    x = np.random.RandomState(0).uniform(-2, 4, (2, 8, 8, 3)).astype(np.float32)
+    (got,) = fn(tf.constant(x)).values()
+    want = module(tf.constant(x)).numpy()
+    (op_,) = conv.engine_ops.values()
+    assert op_.stats["engine"] == 1 and not op_.stats["native"]
+    ((_, engine),) = op_.cache.items()
+    (layer,) = [l for l in engine.network.layers if l.kind == "conv"]
+    assert layer.precision == "INT8" and not layer.attrs["quant"].get("folded")
+    assert _rel(got.numpy(), want) < 0.02
+
+
 def test_int8_gemm_by_hand_rounds_half_to_even_and_saturates_at_127(tmp_path):
     """A narrow-range QDQ over +-127/64 (scale 1/64, what TF's op and the INT8 layer both use)
     before a dense layer with int8-exact weights (max |w| of each column 127: weight scale 1):
