@@ -208,8 +208,9 @@ def segment_network(model, params, name: str) -> Tuple[bytes, str]:
     if table is None and not params.use_calibration:
         log.warning("%s: %s precision without calibration needs quantization ranges, and the "
                     "segment has no FakeQuantWithMinMax* / QuantizeAndDequantize* op with a "
-                    "constant range: it runs in FP16 (calibrate with use_calibration=True and a "
-                    "calibration_input_fn to quantize it)", name, mode)
+                    "constant per-tensor range (per-channel ones give none): it runs in FP16 "
+                    "(calibrate with use_calibration=True and a calibration_input_fn to "
+                    "quantize it)", name, mode)
         return model.SerializeToString(), "FP16"
     if table is not None:
         table["precision"] = mode

@@ -151,8 +151,9 @@ def _quantization_report(op):
         if isinstance(entry, ProfileEngine):
             engine = next((e for _, e in entry.opt_engines()), None)
         net = getattr(engine, "network", None)
-        if net is not None:
-            return Q.precision_report(net), f"engine for input shapes {list(map(list, key))}"
+        if net is not None:  # a profile's report is its opt engine's: named by its shapes
+            shapes = getattr(engine, "input_shapes", None) or key
+            return Q.precision_report(net), f"engine for input shapes {list(map(list, shapes))}"
     table = getattr(op, "quantization", None)
     if table and table.get("plan"):
         shapes = table["plan"].get("input_shapes")

@@ -235,7 +235,7 @@ def test_a_layer_over_the_error_limit_stays_fp16(cnn, monkeypatch):
     conv.summary(print_fn=lines.append)
     text = "\n".join(lines)
     assert "[INT8] conv/GEMM layers: 3 FP16; 0.0% of their FLOPs in INT8" in text
-    assert "differs from the FP16 one by" in text and "limit 1e-09" in text
+    assert "differs from the FP32 one by" in text and "limit 1e-09" in text
 
 
 # --- quantization-aware models: FakeQuant / QDQ ranges, folding ------------------------------
@@ -478,7 +478,13 @@ def test_trained_model_accuracy(trained, name, precision):
     assert acc32 - acc <= 0.005, f"{name} {precision}: accuracy {acc:.4f} vs FP32 {acc32:.4f}"
     (op,) = conv.engine_ops.values()
     (engine,) = _engines(op)
-    assert Q.precision_report(engine.network)["quantized_share"] >= 0.9
+    report = Q.precision_report(engine.network)
+    # the encoder's fused attention (its activation x activation GEMMs stay FP16) counts in
+    # the FLOPs since 2026-12-01: 89% of the encoder's run quantized, every conv/GEMM with a
+    # weight does
+    attention = [r for r in report["layers"] if r["kind"] == "attention"]
+    assert report["quantized_share"] >= (0.85 if attention else 0.9), report
+    assert all(r["precision"] == precision for r in report["layers"] if r["kind"] != "attention")
 
 
 def test_dynamic_shape_profile_serves_other_batches_int8(cnn, tmp_path):

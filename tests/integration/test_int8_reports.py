@@ -1,0 +1,90 @@
+"""What summary() and build()'s check say about INT8 engines matches what runs (numpy
+backend): a fused attention's GEMMs count in the FLOP share after build() as before it, a
+check names the engines' own precision when INT8 fell back to FP16, and a profile's report
+names the engine it comes from. (Hunt of 2026-12-01.)"""
+
+import re
+
+import numpy as np
+import tensorflow as tf
+
+from tftrt import trt_convert as trt
+from tests.integration import models
+
+
+def _lines(conv):
+    lines = []
+    conv.summary(print_fn=lines.append)
+    return "\n".join(lines)
+
+
+def _share(text):
+    (share,) = re.findall(r"([\d.]+)% of their FLOPs in INT8", text)
+    return float(share)
+
+
+class Attn(tf.Module):
+    def __init__(self):
+        tf.keras.utils.set_random_seed(0)
+        inp = tf.keras.Input((64, 8))
+        layers = tf.keras.layers
+        self.m = tf.keras.Model(inp, layers.Dense(6)(layers.Attention()([inp, inp])))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 64, 8], tf.float32, name="x")])
+    def __call__(self, x):
+        return {"out": self.m(x)}
+
+
+def test_a_fused_attention_counts_in_the_int8_flop_share_after_build(tmp_path):
+    path = models.save_module(Attn(), str(tmp_path / "attn"))
+    data = np.random.RandomState(0).rand(2, 64, 8).astype(np.float32)
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=path, precision_mode="INT8")
+    conv.convert(calibration_input_fn=lambda: iter([(data,)]))
+    before = _share(_lines(conv))
+    conv.build(lambda: iter([(data,)]))
+    text = _lines(conv)
+    after = _share(text)
+    assert before < 50 and abs(after - before) < 0.5, (before, after, text)
+    (op,) = conv.engine_ops.values()
+    ((_, engine),) = op.cache.items()
+    assert [l.kind for l in engine.network.layers if l.kind == "attention"] == ["attention"]
+
+
+class Cnn(tf.Module):
+    def __init__(self):
+        rng = np.random.RandomState(0)
+        self.w1 = tf.constant(rng.randn(3, 3, 3, 8).astype(np.float32) * 0.4)
+        self.w2 = tf.constant(rng.randn(3, 3, 8, 4).astype(np.float32) * 0.3)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 3], tf.float32, name="x")])
+    def __call__(self, x):
+        h = tf.nn.relu(tf.nn.conv2d(x, self.w1, 1, "SAME"))
+        return {"y": tf.nn.conv2d(h, self.w2, 1, "SAME")}
+
+
+def _x(b):
+    return np.random.RandomState(b).rand(b, 8, 8, 3).astype(np.float32)
+
+
+def test_the_build_check_names_fp16_when_int8_fell_back(tmp_path):
+    path = models.save_module(Cnn(), str(tmp_path / "cnn"))
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=path, precision_mode="INT8",
+                                   use_calibration=False)
+    conv.convert()  # no fake-quant ops: FP16 engines, with a warning
+    conv.build(lambda: iter([(_x(2),)]))
+    (op,) = conv.engine_ops.values()
+    assert op.spec.precision_mode == "FP16"
+    check = conv._build_check
+    assert check["precision"] == "FP16" and check["bar"] == 5e-2, check
+    assert "(INT8)" not in _lines(conv)
+
+
+def test_a_profiles_int8_report_names_its_opt_engine(tmp_path):
+    path = models.save_module(Cnn(), str(tmp_path / "cnn"))
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=path, precision_mode="INT8",
+                                   use_dynamic_shape=True)
+    conv.convert(calibration_input_fn=lambda: iter([(_x(b),) for b in (1, 2, 4, 8)]))
+    conv.build(lambda: iter([(_x(1),), (_x(8),)]))
+    text = _lines(conv)
+    assert "engine for input shapes [[8, 8, 8, 3]]" in text, text
+    assert "engine for input shapes [[1, 8, 8, 3]]" not in text
