@@ -189,6 +189,9 @@ class TensorInfo:
     name: str
     dtype: np.dtype        # numpy dtype (object for strings: Triton's BYTES)
     shape: Tuple[int, ...]  # without the batch dimension; -1 where unknown
+    # one value per sample (signature shape [None]): Triton needs dims, so it carries [1]
+    # (requests send [batch, 1]) and the infer function drops / adds that axis
+    scalar: bool = False
 
 
 def _numpy_dtype(tf_dtype, what: str) -> np.dtype:
@@ -220,15 +223,22 @@ def signature_tensors(fn) -> Tuple[List[TensorInfo], List[TensorInfo]]:
     specs = fn.structured_input_signature[1]
     if not specs or fn.structured_input_signature[0]:
         raise ServingError("the signature must take keyword tensors (a SavedModel signature)")
-    inputs = [TensorInfo(n, _numpy_dtype(s.dtype, f"input {n!r}"),
-                         _batched(s, f"input {n!r}")) for n, s in sorted(specs.items())]
+    inputs = [_tensor_info(n, s, f"input {n!r}") for n, s in sorted(specs.items())]
     outs = fn.structured_outputs
     if not isinstance(outs, dict) or not all(isinstance(v, tf.TensorSpec) or
                                              hasattr(v, "dtype") for v in outs.values()):
         raise ServingError("the signature must return a flat dict of tensors")
-    outputs = [TensorInfo(n, _numpy_dtype(s.dtype, f"output {n!r}"),
-                          _batched(s, f"output {n!r}")) for n, s in sorted(outs.items())]
+    outputs = [_tensor_info(n, s, f"output {n!r}") for n, s in sorted(outs.items())]
     return inputs, outputs
+
+
+def _tensor_info(name: str, spec, what: str) -> TensorInfo:
+    """A signature tensor as Triton's: a [None] one (a string per request, a class id) as
+    [1], which Triton accepts (it refused the model: "must specify 'dims'")."""
+    shape = _batched(spec, what)
+    dtype = _numpy_dtype(spec.dtype, what)
+    return TensorInfo(name, dtype, (1,), scalar=True) if not shape else \
+        TensorInfo(name, dtype, shape)
 
 
 def preferred_batch_sizes(model, max_batch: int) -> Tuple[List[int], bool]:
@@ -285,15 +295,20 @@ def make_infer_func(fn, inputs: List[TensorInfo], outputs: List[TensorInfo],
         except ImportError:
             pass
     dtypes = {t.name: t.dtype for t in outputs}
+    scalar_in = {t.name for t in inputs if t.scalar}
+    scalar_out = {t.name for t in outputs if t.scalar}
 
     def infer(**arrays: np.ndarray) -> Dict[str, np.ndarray]:
+        feeds = {k: tf.constant(v.reshape(v.shape[:1]) if k in scalar_in else v)
+                 for k, v in arrays.items()}
         with tf.device(device):
             if cupy_device is not None:
                 with cupy_device:
-                    result = fn(**{k: tf.constant(v) for k, v in arrays.items()})
+                    result = fn(**feeds)
             else:
-                result = fn(**{k: tf.constant(v) for k, v in arrays.items()})
-        return {k: np.asarray(v.numpy(), dtype=dtypes[k]) for k, v in result.items()}
+                result = fn(**feeds)
+        out = {k: np.asarray(v.numpy(), dtype=dtypes[k]) for k, v in result.items()}
+        return {k: v.reshape(-1, 1) if k in scalar_out else v for k, v in out.items()}
 
     infer.device = device  # type: ignore[attr-defined]
     return infer
@@ -360,6 +375,10 @@ class Server:
         if cfg.preferred_batch_sizes:
             self.preferred = sorted({int(b) for b in cfg.preferred_batch_sizes
                                      if 0 < int(b) <= cfg.max_batch}) or [cfg.max_batch]
+            dropped = sorted({int(b) for b in cfg.preferred_batch_sizes} - set(self.preferred))
+            if dropped:
+                log.warning("preferred batch sizes %s are outside 1..%d (the max batch): "
+                            "Triton gets %s", dropped, cfg.max_batch, self.preferred)
         else:
             self.preferred, has_profiles = preferred_batch_sizes(model, cfg.max_batch)
             if getattr(model, "engine_ops", None) and not has_profiles:

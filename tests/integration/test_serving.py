@@ -371,3 +371,23 @@ def test_serve_command_bad_arguments():
     assert code == 2 and "--max-queue-delay-us must be >= 0" in err
     code, _, err = run_cli("serve", "/nonexistent/model", "--gpus", "none")
     assert code == 1 and "/nonexistent/model" in err
+
+
+def test_one_value_per_sample_tensors_travel_as_dims_1(tmp_path):
+    """A signature with a [None] string input and a [None] int32 output (text in, a length
+    or class id out): Triton refused the model ("model input 's' must specify 'dims'"). They
+    are Triton tensors of dims [1] (requests send [batch, 1]); the infer function drops and
+    adds that axis."""
+    class Strings(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="s")])
+        def __call__(self, s):
+            return {"o": tf.strings.length(s)}
+
+    path = models.save_module(Strings(), str(tmp_path / "strs"))
+    fn = tf.saved_model.load(path).signatures["serving_default"]
+    inputs, outputs = serving.signature_tensors(fn)
+    assert [(t.name, t.shape, t.scalar) for t in inputs] == [("s", (1,), True)]
+    assert [(t.name, t.shape, t.scalar) for t in outputs] == [("o", (1,), True)]
+    infer = serving.make_infer_func(fn, inputs, outputs, None)
+    got = infer(s=np.array([[b"ab"], [b"abcde"], [b""]], dtype=object))
+    assert got["o"].shape == (3, 1) and got["o"].ravel().tolist() == [2, 5, 0]
