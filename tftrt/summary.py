@@ -205,7 +205,12 @@ def log_unconverted(info, seg: SegmentationResult) -> None:
         for op, n, r in rows:
             log.warning("  %s (%dx): %s", op, n, r)
     else:
-        with open(detail, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["op_type", "count", "reason"])
-            w.writerows(rows)
+        try:
+            with open(detail, "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["op_type", "count", "reason"])
+                w.writerows(rows)
+        except OSError as e:  # a report must not end the conversion
+            log.error("TF_TRT_SHOW_DETAILED_REPORT=%s: the detailed report cannot be written "
+                      "there (%s); give a writable file path, or 1 to log it instead", detail,
+                      e)

@@ -1,5 +1,6 @@
 """TF-TRT's API details users' code relies on (issue 12, item 1's list)."""
 
+import logging
 import os
 import subprocess
 import sys
@@ -102,6 +103,20 @@ def test_detailed_report_to_a_csv_path(mlp_dir, monkeypatch, tmp_path):
     lines = path.read_text().splitlines()
     assert lines[0] == "op_type,count,reason" and any(ln.startswith("AsString,1,")
                                                        for ln in lines)
+
+
+@pytest.mark.parametrize("where", ["missing_dir/report.csv", "."])
+def test_an_unwritable_detailed_report_path_does_not_stop_the_conversion(
+        mlp_dir, monkeypatch, tmp_path, caplog, where):
+    """A report path in a missing directory, or a directory: convert() raised
+    FileNotFoundError / IsADirectoryError and converted nothing."""
+    monkeypatch.setenv("TF_TRT_SHOW_DETAILED_REPORT", str(tmp_path / where))
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=mlp_dir, minimum_segment_size=2)
+    with caplog.at_level(logging.ERROR, logger="tftrt"):
+        conv.convert()
+    assert conv.engine_ops
+    assert any("the detailed report cannot be written there" in r.getMessage()
+               for r in caplog.records)
 
 
 def test_converted_function_graph_def_shows_the_engine_nodes(mlp_dir):
