@@ -66,10 +66,20 @@ def configure_from_env() -> Optional[int]:
         return None
     logger.setLevel(level)
     if _handler is None and not logger.handlers and not logging.getLogger().handlers:
-        _handler = logging.StreamHandler()
+        _handler = _UntilRootHandles()
         _handler.setFormatter(logging.Formatter("tftrt %(levelname)s %(name)s: %(message)s"))
         logger.addHandler(_handler)
     return level
+
+
+class _UntilRootHandles(logging.StreamHandler):
+    """tftrt's own stderr handler while the root logger has none: a root handler added later
+    (absl's first log line inside TensorFlow's checkpoint saver calls logging.basicConfig())
+    prints tftrt's records by propagation, and each line came out twice."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not logging.getLogger().handlers:
+            super().emit(record)
 
 
 def first_error_line(err: BaseException) -> str:
