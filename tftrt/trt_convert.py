@@ -85,6 +85,17 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def fp32_advice(backend: str) -> str:
+    """What build()'s check advises when FP32 engines differ from TF past the bar."""
+    if backend == "cupy":
+        return ("FP32 engines use TF32 tensor cores while TensorFlow allows them: "
+                "tf.config.experimental.enable_tensor_float_32_execution(False) before "
+                "convert() keeps them in full FP32")
+    # no tensor cores on the host: TF32 cannot explain it, nor can turning it off help
+    return ("FP32 engines on the host should agree with TF to float rounding: please report "
+            "this with the model")
+
+
 def is_int(value) -> bool:
     """An integer (numpy's too), not a bool."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
@@ -409,13 +420,7 @@ class TrtGraphConverterV2:
         if ops and worst > bar:
             how = ("in %.1e of its elements" if exact else "by %.1e of its largest value") % worst
             from tftrt.engine_op import resolve_backend
-            tf32 = ("FP32 engines use TF32 tensor cores while TensorFlow allows them: "
-                    "tf.config.experimental.enable_tensor_float_32_execution(False) before "
-                    "convert() keeps them in full FP32")
-            if resolve_backend() != "cupy":  # no tensor cores on the host
-                tf32 = ("FP32 engines on the host should agree with TF to float rounding: "
-                        "please report this with the model")
-            fix = {"FP32": tf32,
+            fix = {"FP32": fp32_advice(resolve_backend()),
                    "FP16": "Convert with precision_mode='FP32' if that matters"}.get(
                        precision, "Convert with precision_mode='FP16' or 'FP32' if that "
                                   "matters")

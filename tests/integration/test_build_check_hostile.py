@@ -255,5 +255,8 @@ def test_an_fp32_warning_points_at_tf32_not_at_fp32(tmp_path, monkeypatch, caplo
         _build(SideInput(), tmp_path, monkeypatch,
                [{"x": _x(), "m": np.ones((2, 4), np.float32)}], "FP32")
     (w,) = [w for w in _warnings(caplog) if "first build input" in w]
-    assert "enable_tensor_float_32_execution(False)" in w and "precision_mode=" not in w
+    # the numpy backend here: no tensor cores, so no TF32 advice; on CuPy it names TF32
+    assert trt.fp32_advice("numpy") in w and "precision_mode=" not in w
+    assert "enable_tensor_float_32_execution(False)" in trt.fp32_advice("cupy")
+    assert "TF32" not in trt.fp32_advice("numpy")
     assert "run natively by TF" in w and "FP32 against" not in w
