@@ -168,10 +168,16 @@ def make_runners(path: str, names: Sequence[str], signature_key: str, tags=None)
 
 def bench(path: str, runners: Sequence[str], batches: Sequence[Dict[str, np.ndarray]],
           batch_sizes: Sequence[Optional[int]], warmup: int, iterations: int,
-          signature_key: str, tags=None, log: Callable[[str], None] = lambda s: None
-          ) -> List[Result]:
-    """Times each runner on each input batch (``batch_sizes[i]`` labels ``batches[i]``)."""
+          signature_key: str, tags=None, log: Callable[[str], None] = lambda s: None,
+          notes: Optional[Dict[str, str]] = None) -> List[Result]:
+    """Times each runner on each input batch (``batch_sizes[i]`` labels ``batches[i]``).
+
+    ``notes``, when given, receives {runner name: note} for runners with something to say
+    (the tftrt runner on a model without engines: it runs natively).
+    """
     made = make_runners(path, runners, signature_key, tags)
+    if notes is not None:
+        notes.update({name: r[3] for name, r in made.items() if r[3]})
     results = []
     for inputs, batch in zip(batches, batch_sizes):
         shapes = {k: list(v.shape) for k, v in inputs.items()}

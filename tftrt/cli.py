@@ -22,6 +22,7 @@ import sys
 from typing import List, Optional, Sequence
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 BACKENDS = ("auto", "cupy", "numpy", "native")
 
 
@@ -90,6 +91,16 @@ def _non_negative_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not v >= 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
+    return v
+
+
+def _port(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 1 <= v <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1 to 65535)")
     return v
 
 
@@ -245,9 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "dynamic batching, one model instance per GPU, health and metrics "
                        "from Triton. Needs the serving extra (docs/serving.md).")
     p.add_argument("model", help="SavedModel directory (converted by tftrt, or not)")
-    p.add_argument("--signature", "--signature-key", dest="signature",
-                   default="serving_default", help="signature to serve (default: "
-                                                   "serving_default)")
+    p.add_argument("--signature", "--signature-key", dest="signature", default=None,
+                   help="signature to serve (default: the one the model was converted with, "
+                        "else serving_default)")
     p.add_argument("--model-name", default=None,
                    help="Triton model name (default: the directory's name)")
     p.add_argument("--gpus", default="all", metavar="all|none|0,1",
@@ -259,9 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how long Triton's dynamic batcher waits to fill a batch (default 100)")
     p.add_argument("--preferred-batch-sizes", type=_int_list, default=None, metavar="N,N",
                    help="default: each optimization profile's opt batch, and --max-batch")
-    p.add_argument("--http-port", type=int, default=8000)
-    p.add_argument("--grpc-port", type=int, default=8001)
-    p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument("--http-port", type=_port, default=8000)
+    p.add_argument("--grpc-port", type=_port, default=8001)
+    p.add_argument("--metrics-port", type=_port, default=8002)
     p.add_argument("--address", default="0.0.0.0",
                    help="address the three endpoints listen on (default 0.0.0.0)")
     p.add_argument("--backend", choices=BACKENDS, default=None,
@@ -282,6 +293,57 @@ def _normalize_argv(argv: List[str]) -> List[str]:
 
 # ------------------------------------------------------------------------------------------
 # Shared steps
+
+
+class _Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with what the user should know (default: nothing was saved)."""
+
+
+class _Interrupts:
+    """SIGINT handling around long work that must not lose an interrupt.
+
+    TensorFlow runs ``__del__`` methods (AtomicFunction's) that print and swallow a
+    KeyboardInterrupt raised inside them, and the command would go on to save. Here the
+    handler records the interrupt before raising it, and :meth:`check` raises it again at
+    the next safe point. Inside :meth:`deferred` it is only recorded (an atomic save runs to
+    its end). Outside the main thread (no signal handlers there) nothing changes.
+    """
+
+    def __init__(self):
+        self.seen = False
+        self._defer = False
+        self._previous = None
+
+    def _handler(self, signum, frame):
+        self.seen = True
+        if not self._defer:
+            raise _Interrupted("interrupted: nothing was saved")
+
+    def __enter__(self):
+        import signal
+        import threading
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+        return False
+
+    @contextlib.contextmanager
+    def deferred(self):
+        self._defer = True
+        try:
+            yield
+        finally:
+            self._defer = False
+
+    def check(self, message: str = "interrupted: nothing was saved") -> None:
+        if self.seen:
+            raise _Interrupted(message)
 
 
 def _select_backend(name: Optional[str], default_engines: bool) -> str:
@@ -382,6 +444,18 @@ def _signature_inputs(path: str, signature_key: str, tags):
     return loaded, sig, inp.signature_specs(sig)
 
 
+def _stored_signature_key(path: str) -> Optional[str]:
+    """The signature key a tftrt-converted SavedModel at ``path`` was converted with (None:
+    not converted by tftrt, or unreadable; the load that follows says what is wrong)."""
+    from tftrt import saving
+    try:
+        with open(os.path.join(path, "assets", "tftrt", saving.MANIFEST)) as f:
+            key = json.load(f).get("signature_key")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return key if isinstance(key, str) else None
+
+
 def _input_batches(args, specs, default_batch: Optional[int] = 1):
     """([input dict per run], [batch size or None per run]) from --batch-sizes / --shapes /
     --inputs; with none of them, ``default_batch`` (None: no inputs)."""
@@ -416,7 +490,7 @@ def cmd_convert(args, out, err) -> int:
     src = args.src or args.dir
     dst = args.dst or args.output_dir
     if args.src and args.dir or args.dst and args.output_dir:
-        raise CommandError("give the directories either as SRC DST or as --dir/--output_dir")
+        raise _Usage("give the directories either as SRC DST or as --dir/--output_dir")
     if not src or not dst:
         raise _Usage("convert needs the SavedModel to convert and where to save it: "
                      "tftrt convert SRC DST (or --dir SRC --output_dir DST)")
@@ -432,7 +506,6 @@ def cmd_convert(args, out, err) -> int:
     _check_destination(dst)
     from tftrt import inputs as inp
     from tftrt import trt_convert as trt
-    from tftrt.engine_op import resolve_backend
     tags = _tags(args.tags)
     if args.tf1:
         return _convert_tf1(args, src, dst, tags, out)
@@ -448,26 +521,40 @@ def cmd_convert(args, out, err) -> int:
                       dynamic_shape_profile_strategy=args.profile_strategy)
     if args.precision in ("INT8", "FP8") and not args.calibration_data:
         kwargs["use_calibration"] = False
-    try:
-        converter = trt.TrtGraphConverterV2(**kwargs)
-    except (ValueError, RuntimeError) as e:
-        raise CommandError(str(e)) from None
     specs = None
     calibration = None
+    runs = None
+    # The inputs are checked (and generated) before the conversion: a bad --shapes, or
+    # string inputs without --inputs, fail at once rather than after it.
     if args.calibration_data or args.batch_sizes or args.shapes or args.inputs:
         _, _, specs = _signature_inputs(src, args.signature_key or "serving_default", tags)
     if args.calibration_data:
         data = inp.load_npz(args.calibration_data, specs)
         cal = inp.split_batches(data, args.calibration_batch_size)
         calibration = lambda: iter(cal)  # noqa: E731
+    if specs is not None and (args.batch_sizes or args.shapes or args.inputs):
+        runs, _ = _input_batches(args, specs, None)
+    with _Interrupts() as interrupts:
+        try:
+            converter = trt.TrtGraphConverterV2(**kwargs)
+        except (ValueError, RuntimeError) as e:
+            raise CommandError(str(e)) from None
+        interrupts.check()
+        return _convert_build_save(args, converter, calibration, runs, dst, note, out,
+                                   interrupts)
+
+
+def _convert_build_save(args, converter, calibration, runs, dst, note, out,
+                        interrupts) -> int:
+    from tftrt.engine_op import resolve_backend
     try:
         converter.convert(calibration_input_fn=calibration,
                           calibration_method=args.calibration_method)
     except (ValueError, RuntimeError) as e:
         raise CommandError(f"conversion failed: {e}") from None
+    interrupts.check()
     built = 0
-    if specs is not None and (args.batch_sizes or args.shapes or args.inputs):
-        runs, _ = _input_batches(args, specs, None)
+    if runs is not None:
         if resolve_backend() == "native":
             print(f"engines not built: {note}; they build where the model runs (a GPU "
                   f"machine), or use --backend numpy for CPU reference engines", file=out)
@@ -481,12 +568,16 @@ def cmd_convert(args, out, err) -> int:
                                    f"inputs ({type(e).__name__}: "
                                    f"{first_error_line(e)}); check their shapes") from None
             built = sum(len(op.cache) for op in converter.engine_ops.values())
+    interrupts.check()
     if not args.no_summary:
         converter.summary(print_fn=lambda s: print(s, file=out))
+    interrupts.check()
     try:
-        converter.save(dst, save_gpu_specific_engines=not args.no_save_engines)
+        with interrupts.deferred():  # the save runs to its end, then the interrupt counts
+            converter.save(dst, save_gpu_specific_engines=not args.no_save_engines)
     except (ValueError, RuntimeError, OSError) as e:
         raise CommandError(f"saving to {dst!r} failed: {e}") from None
+    interrupts.check(f"interrupted after the save completed: {dst} is saved")
     engines = len(converter.engine_ops)
     print(f"saved {dst}: {engines} engine op(s), {built if not args.no_save_engines else 0} "
           f"built engine(s) saved ({note})", file=out)
@@ -533,16 +624,18 @@ def cmd_bench(args, out, err) -> int:
         raise _Usage("--warmup must be >= 0")
     runners = list(dict.fromkeys(runners))
     note = _select_backend(args.backend, default_engines=True)
-    key = args.signature_key or "serving_default"
+    key = args.signature_key or _stored_signature_key(args.model) or "serving_default"
     tags = _tags(args.tags)
     _, _, specs = _signature_inputs(args.model, key, tags)
     runs, batches = _input_batches(args, specs)
     log = (lambda s: None) if args.json else (lambda s: print(f"timing {s}", file=err))
+    notes = {}
     try:
         results = B.bench(args.model, runners, runs, batches, args.warmup, args.iterations,
-                          key, tags, log)
+                          key, tags, log, notes=notes)
     except ValueError as e:
         raise CommandError(str(e)) from None
+    note = notes.get("tftrt") or note  # no engines used: say so, not where they would run
     if args.json:
         print(json.dumps({"model": args.model, "signature": key, "device": B.device(),
                           "backend": os.environ.get("TFTRT_BACKEND"), "note": note,
@@ -590,11 +683,16 @@ def cmd_compare(args, out, err) -> int:
                    for p in precisions), key=lambda t: t[0])
     rtol = loosest[0] if args.rtol is None else args.rtol
     atol = loosest[1] if args.atol is None else args.atol
+    import tensorflow as tf
+    from tftrt.logs import first_error_line
     try:
         report = C.compare_saved_model(args.model, runs, rtol, atol, key, tags,
                                        args.per_engine, args.per_layer, args.top)
     except ValueError as e:
         raise CommandError(str(e)) from None
+    except (tf.errors.OpError, TypeError) as e:  # inputs the model itself rejects
+        raise CommandError(f"the model cannot run the given inputs ({type(e).__name__}: "
+                           f"{first_error_line(e)}); check their shapes") from None
     if args.json:
         print(json.dumps(dict(report.to_json(), model=args.model, note=note), indent=1),
               file=out)
@@ -642,8 +740,13 @@ def cmd_serve(args, out, err) -> int:
         raise _Usage("--max-queue-delay-us must be >= 0")
     _select_backend(args.backend, default_engines=False)
     from tftrt import serving
+    try:
+        serving.resolve_gpus(args.gpus)  # a bad --gpus is an argument error, not a failure
+    except serving.ServingError as e:
+        raise _Usage(str(e)) from None
+    signature = args.signature or _stored_signature_key(args.model) or "serving_default"
     config = serving.ServeConfig(
-        signature=args.signature, model_name=args.model_name, gpus=args.gpus,
+        signature=signature, model_name=args.model_name, gpus=args.gpus,
         max_batch=args.max_batch, max_queue_delay_us=args.max_queue_delay_us,
         preferred_batch_sizes=args.preferred_batch_sizes, http_port=args.http_port,
         grpc_port=args.grpc_port, metrics_port=args.metrics_port, address=args.address,
@@ -697,6 +800,12 @@ def main(argv: Optional[Sequence[str]] = None, out=None, err=None) -> int:
     except ValueError as e:  # bad inputs (shapes, .npz) and the converter's own checks
         print(f"tftrt {args.command}: error: {e}", file=err)
         return EXIT_FAILED
+    except KeyboardInterrupt as e:  # Ctrl-C: one line, the shell's status for SIGINT
+        message = str(e) if isinstance(e, _Interrupted) else "interrupted"
+        if args.command == "convert" and not isinstance(e, _Interrupted):
+            message = "interrupted: nothing was saved"
+        print(f"tftrt {args.command}: {message}", file=err)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

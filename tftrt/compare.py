@@ -223,6 +223,11 @@ def compare_saved_model(path: str, batches: Sequence[Dict[str, np.ndarray]], rto
                                "cupy")
         return report
     ops = converted.engine_ops
+    if not ops:  # converted with no segment (--minimum-segment-size -1, or none found)
+        report.problems.append(f"{path} has no engines (no segment was converted), so there "
+                               f"is nothing to compare: TensorFlow would be compared with "
+                               f"itself")
+        return report
     for b, inputs in enumerate(batches):
         label = ", ".join(f"{k} {list(v.shape)}" for k, v in sorted(inputs.items()))
         before = {n: op.stats["native"] for n, op in ops.items()}

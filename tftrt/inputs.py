@@ -87,7 +87,9 @@ def batch_shapes(specs: Specs, batch: int) -> Dict[str, Shape]:
             raise InputError(f"input {name!r} has shape {_fmt(shape)}: only the batch "
                              f"dimension can come from --batch-sizes; give the others with "
                              f"--shapes {name}:{batch}x" + "x".join(
-                                 "?" if d is None else str(d) for d in rest))
+                                 "16" if d is None else str(d) for d in rest)
+                             + (" (16 stands for each unknown dimension: give its real size)"
+                                if len(rest) else ""))
         if shape[0] is not None and shape[0] != batch:
             raise InputError(f"input {name!r} has a fixed batch of {shape[0]} (shape "
                              f"{_fmt(shape)}); batch {batch} does not fit")
@@ -115,6 +117,18 @@ def generate(specs: Specs, shapes: Dict[str, Shape], seed: int = 0) -> Dict[str,
 
 def load_npz(path: str, specs: Specs) -> Dict[str, np.ndarray]:
     """The arrays of .npz ``path`` for the signature's inputs, checked and cast."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+    except OSError as err:
+        raise InputError(f"cannot read {path!r}: {err.strerror or err}") from None
+    if magic == b"\x93NUMPY":
+        raise InputError(f"{path!r} is a .npy file (one array, np.save); --inputs needs an .npz "
+                         f"file with one array per input name, written by np.savez(path, "
+                         f"name=array, ...)")
+    if not magic.startswith(b"PK"):  # an .npz is a zip archive
+        raise InputError(f"{path!r} is not an .npz file (a zip archive of arrays written by "
+                         f"np.savez(path, name=array, ...))")
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}

@@ -185,7 +185,7 @@ def test_convert_without_engines_to_build_on_native_says_so(src, tmp_path):
     (["convert", "{src}", "{out}", "--dynamic-shape", "--profile-strategy", "Best"], 1,
      "Best"),
     (["convert", "{missing}", "{out}"], 1, "does not exist"),
-    (["convert", "{src}", "{out}", "--dir", "{src}"], 1, "either as SRC DST or as --dir"),
+    (["convert", "{src}", "{out}", "--dir", "{src}"], 2, "either as SRC DST or as --dir"),
     (["convert", "{src}", "{out}", "--signature-key", "predict"], 1,
      "signature 'predict' not found"),
 ])

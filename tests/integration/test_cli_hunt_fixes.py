@@ -1,0 +1,232 @@
+"""The ``tftrt`` command on what a bug hunt found: inputs the model cannot run, a .npy or a
+text file given as .npz, models without engines (bench's note, compare's refusal), Ctrl-C
+during convert, bad arguments that must exit 2, input checks before the conversion, a valid
+--shapes suggestion, and bench on a model converted with another signature key."""
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tftrt import cli
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def run_cli(*argv):
+    """(exit status, stdout, stderr) of ``tftrt argv`` run in this process."""
+    out, err = io.StringIO(), io.StringIO()
+    code = cli.main([str(a) for a in argv], out=out, err=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(autouse=True)
+def numpy_backend(monkeypatch):
+    """The commands set TFTRT_BACKEND for their process; each test gets it back."""
+    monkeypatch.setenv("TFTRT_BACKEND", "numpy")
+
+
+class _Models(tf.Module):
+    @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="a"),
+                                  tf.TensorSpec([None, 4], tf.float32, name="b")])
+    def two(self, a, b):
+        return {"s": tf.nn.relu(a * 2.0 + b) * 3.0 - 1.0}
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32, name="x")])
+    def dd(self, x):
+        return {"o": tf.nn.relu(x * 2.0 + 1.0) * 3.0}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="s")])
+    def strs(self, s):
+        return {"o": tf.strings.length(s)}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """SavedModels: ``two`` (inputs a, b; also under the signature key 'two' in ``keyed``),
+    ``dd`` ([None, None] input), ``strs`` (string input)."""
+    root = tmp_path_factory.mktemp("hunt")
+    m = _Models()
+    paths = {}
+    for name, sigs in [("two", {"serving_default": m.two}), ("keyed", {"two": m.two}),
+                       ("dd", {"serving_default": m.dd}),
+                       ("strs", {"serving_default": m.strs})]:
+        paths[name] = str(root / name)
+        tf.saved_model.save(m, paths[name], signatures=sigs)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def converted(models, tmp_path_factory):
+    """``two`` converted with engines, without engines (--minimum-segment-size -1), and
+    ``keyed`` converted with --signature-key two."""
+    root = tmp_path_factory.mktemp("hunt_trt")
+    out = {}
+    for name, src, extra in [("two", models["two"], []),
+                             ("none", models["two"], ["--minimum-segment-size", "-1"]),
+                             ("keyed", models["keyed"], ["--signature-key", "two"])]:
+        out[name] = str(root / name)
+        code, _, err = run_cli("convert", src, out[name], "--batch-sizes", "2", "--no-summary",
+                               "--backend", "numpy", *extra)
+        assert code == 0, err
+    return out
+
+
+def _one_error_line(err):
+    lines = [l for l in err.splitlines() if l.startswith("tftrt ")]
+    assert "Traceback" not in err, err
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+# 1 ----------------------------------------------------------------------------------------
+def test_compare_inputs_the_model_cannot_run_is_one_error_line(converted, tmp_path):
+    npz = str(tmp_path / "mis.npz")
+    np.savez(npz, a=np.zeros((2, 4), np.float32), b=np.zeros((3, 4), np.float32))
+    code, _, err = run_cli("compare", converted["two"], "--inputs", npz)
+    assert code == 1, err
+    line = _one_error_line(err)
+    assert "the model cannot run the given inputs" in line and "[2,4] vs. [3,4]" in line, err
+
+
+# 2 ----------------------------------------------------------------------------------------
+def test_npy_given_as_inputs_asks_for_an_npz(converted, tmp_path):
+    npy = str(tmp_path / "x.npy")
+    np.save(npy, np.zeros((2, 4), np.float32))
+    code, _, err = run_cli("compare", converted["two"], "--inputs", npy)
+    assert code == 2, err
+    assert "is a .npy file" in _one_error_line(err) and "np.savez" in err, err
+
+
+def test_text_file_given_as_inputs_is_not_an_npz(converted, tmp_path):
+    txt = tmp_path / "x.npz"
+    txt.write_text("a text file\n")
+    code, _, err = run_cli("compare", converted["two"], "--inputs", str(txt))
+    assert code == 2, err
+    assert "is not an .npz file" in _one_error_line(err) and "pickled" not in err, err
+
+
+# 3 ----------------------------------------------------------------------------------------
+def test_bench_of_a_model_never_converted_says_it_runs_natively(models):
+    code, out, err = run_cli("bench", models["two"], "--iterations", "1", "--warmup", "0")
+    assert code == 0, err
+    first = out.splitlines()[0]
+    assert "no tftrt engines are used" in first and "runs natively" in first, out
+    assert "numpy reference backend" not in first, out
+
+
+# 4 ----------------------------------------------------------------------------------------
+def test_compare_of_a_model_without_engines_fails(converted):
+    code, out, err = run_cli("compare", converted["none"])
+    assert code == 1, out + err
+    assert "has no engines" in out and "nothing to compare" in out, out
+    assert "PASSED" not in out, out
+
+
+# 5 ----------------------------------------------------------------------------------------
+def test_ctrl_c_during_convert_is_one_line_exit_130_nothing_left(tmp_path):
+    src, dst = str(tmp_path / "big"), str(tmp_path / "big_trt")
+    m = tf.Module()
+    m.ws = [tf.Variable(tf.random.normal([16, 16], seed=i) * 0.1) for i in range(200)]
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 16], tf.float32, name="x")])
+    def chain(x):  # one long segment: each engine build takes a second or more
+        for w in m.ws:
+            x = tf.nn.relu(tf.matmul(x, w) + 0.5)
+        return {"y": x}
+    m.chain = chain
+    tf.saved_model.save(m, src, signatures=chain)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT, PYTHONUNBUFFERED="1",
+               TFTRT_LOG_LEVEL="INFO")
+    proc = subprocess.Popen([sys.executable, "-m", "tftrt", "convert", src, dst,
+                             "--batch-sizes", "1,2,3,4", "--backend", "numpy"], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = []
+    for line in proc.stderr:  # the conversion is done, engines are building
+        seen.append(line)
+        if "tftrt.segment" in line or "tftrt.engine" in line:
+            break
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    out, rest = proc.communicate(timeout=120)
+    err = "".join(seen) + rest
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "Exception ignored" not in err, err[-3000:]
+    assert "tftrt convert: interrupted: nothing was saved" in err, err[-3000:]
+    assert "saved " not in out, out
+    assert not os.path.exists(dst)
+    assert [n for n in os.listdir(tmp_path) if ".tftrt-" in n] == []
+
+
+# 6 ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("argv", [
+    ["convert", "--dir", "{two}", "{out}", "--output_dir", "{out}"],
+    ["serve", "{two}", "--gpus", "abc"],
+    ["serve", "{two}", "--http-port", "99999"],
+    ["serve", "{two}", "--grpc-port", "0"],
+], ids=["convert-mixed-forms", "serve-gpus", "serve-http-port", "serve-grpc-port"])
+def test_bad_arguments_exit_2(models, tmp_path, argv, monkeypatch):
+    from tftrt import serving
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the server started before its arguments were checked")
+    monkeypatch.setattr(serving, "serve_forever", refuse)
+    fill = {"two": models["two"], "out": str(tmp_path / "out")}
+    code, _, err = run_cli(*[a.format(**fill) for a in argv])
+    assert code == 2, err
+    assert "error:" in err and "Traceback" not in err, err
+
+
+# 7 ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("model,extra,expect", [
+    ("two", ["--shapes", "a:2x5,b:2x4"], "does not fit input 'a'"),
+    ("two", ["--shapes", "a:2x4,b:2x4", "--batch-sizes", "2"], "give one of"),
+    ("strs", ["--batch-sizes", "2"], "cannot be generated"),
+], ids=["shapes", "shapes-and-batch-sizes", "strings"])
+def test_convert_checks_its_inputs_before_converting(models, tmp_path, monkeypatch, model,
+                                                     extra, expect):
+    from tftrt import trt_convert as trt
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the conversion ran before the inputs were checked")
+    monkeypatch.setattr(trt.TrtGraphConverterV2, "convert", refuse)
+    code, _, err = run_cli("convert", models[model], str(tmp_path / "out"), *extra)
+    assert code == 2, err
+    assert expect in err and "Traceback" not in err, err
+    assert not os.path.exists(tmp_path / "out")
+
+
+# 8 ----------------------------------------------------------------------------------------
+def test_batch_sizes_on_unknown_dims_suggests_shapes_that_parse(models, tmp_path):
+    from tftrt import inputs
+    code, _, err = run_cli("convert", models["dd"], str(tmp_path / "out"), "--batch-sizes", "2")
+    assert code == 2, err
+    suggestion = err.split("--shapes ")[1].split()[0]
+    name, _, dims = suggestion.partition(":")
+    assert name == "x" and inputs.parse_dims(dims) == (2, 16), err
+    code, _, err = run_cli("convert", models["dd"], str(tmp_path / "out"), "--shapes",
+                           suggestion, "--no-summary")
+    assert code == 0, err
+
+
+# 9 ----------------------------------------------------------------------------------------
+def test_bench_defaults_to_the_converted_signature_key(converted):
+    code, out, err = run_cli("bench", converted["keyed"], "--iterations", "1", "--warmup", "0")
+    assert code == 0, err
+    assert "(signature 'two')" in out, out
+
+
+def test_serve_defaults_to_the_converted_signature_key(converted, monkeypatch):
+    from tftrt import serving
+    served = []
+    monkeypatch.setattr(serving, "serve_forever",
+                        lambda path, config, announce: served.append(config.signature))
+    code, _, err = run_cli("serve", converted["keyed"], "--gpus", "none")
+    assert code == 0, err
+    assert served == ["two"], served
