@@ -3,12 +3,11 @@ a file where a SavedModel directory belongs, a destination that cannot be writte
 before any conversion, with the exit status for bad arguments and a message naming the
 user's own path or option."""
 
-import io
 import os
 
 import pytest
 
-from tftrt import cli
+from tests.integration.test_cli import numpy_backend, run_cli  # noqa: F401
 from tftrt.engine.backends import available_backends
 from tftrt.graph_io import check_saved_model_dir
 from tests.integration import models
@@ -20,19 +19,6 @@ BACKEND_COMMANDS = [["convert", "{src}", "{out}", "--batch-sizes", "2"],
                     ["serve", "{src}"]]
 no_cupy = pytest.mark.skipif("cupy" in available_backends(),
                              reason="CuPy works here: --backend cupy is available")
-
-
-def run_cli(*argv):
-    """(exit status, stdout, stderr) of ``tftrt argv`` run in this process."""
-    out, err = io.StringIO(), io.StringIO()
-    code = cli.main([str(a) for a in argv], out=out, err=err)
-    return code, out.getvalue(), err.getvalue()
-
-
-@pytest.fixture(autouse=True)
-def numpy_backend(monkeypatch):
-    """The commands set TFTRT_BACKEND for their process; each test gets it back."""
-    monkeypatch.setenv("TFTRT_BACKEND", "numpy")
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ text file given as .npz, models without engines (bench's note, compare's refusal
 during convert, bad arguments that must exit 2, input checks before the conversion, a valid
 --shapes suggestion, and bench on a model converted with another signature key."""
 
-import io
 import os
 import signal
 import subprocess
@@ -14,22 +13,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tftrt import cli
+from tests.integration.test_cli import numpy_backend, run_cli  # noqa: F401
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def run_cli(*argv):
-    """(exit status, stdout, stderr) of ``tftrt argv`` run in this process."""
-    out, err = io.StringIO(), io.StringIO()
-    code = cli.main([str(a) for a in argv], out=out, err=err)
-    return code, out.getvalue(), err.getvalue()
-
-
-@pytest.fixture(autouse=True)
-def numpy_backend(monkeypatch):
-    """The commands set TFTRT_BACKEND for their process; each test gets it back."""
-    monkeypatch.setenv("TFTRT_BACKEND", "numpy")
 
 
 class _Models(tf.Module):
