@@ -444,15 +444,23 @@ def _signature_inputs(path: str, signature_key: str, tags):
     return loaded, sig, inp.signature_specs(sig)
 
 
+def _cannot_run(e: Exception, what: str = "") -> "CommandError":
+    """The one-line error for inputs the model itself rejects (``e``, from TensorFlow)."""
+    from tftrt.logs import first_error_line
+    return CommandError(f"{what}the model cannot run the given inputs ({type(e).__name__}: "
+                        f"{first_error_line(e)}); check their shapes")
+
+
 def _stored_signature_key(path: str) -> Optional[str]:
     """The signature key a tftrt-converted SavedModel at ``path`` was converted with (None:
     not converted by tftrt, or unreadable; the load that follows says what is wrong)."""
     from tftrt import saving
     try:
-        with open(os.path.join(path, "assets", "tftrt", saving.MANIFEST)) as f:
-            key = json.load(f).get("signature_key")
-    except (OSError, ValueError, AttributeError):
+        manifest, _ = saving._read_manifest(  # pylint: disable=protected-access
+            os.path.join(path, saving.ASSET_DIR, saving.MANIFEST))
+    except saving.SavedAssetsError:
         return None
+    key = manifest.get("signature_key")
     return key if isinstance(key, str) else None
 
 
@@ -560,13 +568,10 @@ def _convert_build_save(args, converter, calibration, runs, dst, note, out,
                   f"machine), or use --backend numpy for CPU reference engines", file=out)
         else:
             import tensorflow as tf
-            from tftrt.logs import first_error_line
             try:
                 converter.build(input_fn=lambda: iter(runs))
             except tf.errors.OpError as e:  # inputs the model itself rejects
-                raise CommandError(f"building engines failed: the model cannot run the given "
-                                   f"inputs ({type(e).__name__}: "
-                                   f"{first_error_line(e)}); check their shapes") from None
+                raise _cannot_run(e, "building engines failed: ") from None
             built = sum(len(op.cache) for op in converter.engine_ops.values())
     interrupts.check()
     if not args.no_summary:
@@ -684,15 +689,13 @@ def cmd_compare(args, out, err) -> int:
     rtol = loosest[0] if args.rtol is None else args.rtol
     atol = loosest[1] if args.atol is None else args.atol
     import tensorflow as tf
-    from tftrt.logs import first_error_line
     try:
         report = C.compare_saved_model(args.model, runs, rtol, atol, key, tags,
                                        args.per_engine, args.per_layer, args.top)
     except ValueError as e:
         raise CommandError(str(e)) from None
     except (tf.errors.OpError, TypeError) as e:  # inputs the model itself rejects
-        raise CommandError(f"the model cannot run the given inputs ({type(e).__name__}: "
-                           f"{first_error_line(e)}); check their shapes") from None
+        raise _cannot_run(e) from None
     if args.json:
         print(json.dumps(dict(report.to_json(), model=args.model, note=note), indent=1),
               file=out)

@@ -11,7 +11,6 @@ plain TensorFlow imports and runs it; after ``import tftrt`` (or ``tftrt.activat
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -289,7 +288,6 @@ class TrtGraphConverter:
                     "results, no engines)", path, f", tags={tags}" if extra else "")
 
 
-@contextlib.contextmanager
 def _eager_mode():
     """Runs the body in eager mode. TF1 programs run with eager execution off
     (tf.compat.v1.disable_eager_execution(), disable_v2_behavior()) or inside a tf.Graph's
@@ -297,11 +295,7 @@ def _eager_mode():
     values with .numpy()) and tf.saved_model.save need eager mode. TF-TRT froze in a Session;
     TF lets these steps run in eager mode whatever the program's mode."""
     from tensorflow.python.eager import context
-    if context.executing_eagerly():
-        yield
-        return
-    with context.eager_mode():
-        yield
+    return context.eager_mode()  # (already eager: it changes nothing)
 
 
 def _fetch_names(fetch_names) -> list:

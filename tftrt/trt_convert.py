@@ -22,7 +22,7 @@ from typing import Callable, Dict, List, Optional
 
 from tftrt import graph_io, progress
 from tftrt.env import env_bool
-from tftrt.engine_op import TRTEngineOp
+from tftrt.engine_op import TRTEngineOp, resolve_backend
 from tftrt.logs import first_error_line
 from tftrt.segment import SegmentationResult
 
@@ -419,7 +419,6 @@ class TrtGraphConverterV2:
             return
         if ops and worst > bar:
             how = ("in %.1e of its elements" if exact else "by %.1e of its largest value") % worst
-            from tftrt.engine_op import resolve_backend
             fix = {"FP32": fp32_advice(resolve_backend()),
                    "FP16": "Convert with precision_mode='FP32' if that matters"}.get(
                        precision, "Convert with precision_mode='FP16' or 'FP32' if that "
