@@ -177,6 +177,13 @@ def main(argv=None) -> int:
           f"{rest}, built in {build_s:.2f} s (opt engine {opt.build_info['seconds']:.2f} s, "
           f"{opt.build_info['timed_layers']} layers timed); other shapes from the template: "
           f"{'no: ' + pe.template_errors[0] if pe.template_errors else 'yes'}", flush=True)
+    workers = {}
+    if args.backend == "cupy":
+        from tftrt.engine.backends import cupy_dnn, cupy_prefetch
+        from tftrt.engine.workers import worker_count
+        workers = dict(cupy_prefetch.stats(), processes=worker_count(),
+                       plans=cupy_dnn.plan_cache_stats())
+        print(f"# build workers: {workers}", flush=True)
     rows = []
     print(f"{'batch':>5} {'make ms':>9} {'1st run ms':>10} {'first call ms':>13} "
           f"{'later run ms':>12} {'how':>9}" + (f" {'full make ms':>13}"
@@ -250,6 +257,7 @@ def main(argv=None) -> int:
         with open(args.json, "w") as f:
             json.dump({"network": net.name, "stats": dict(pe.stats), "backend": args.backend,
                        "precision": args.precision, "profile_build_s": build_s,
+                       "opt_build_s": opt.build_info["seconds"], "build_workers": workers,
                        "rows": rows}, f, indent=1)
     return 0
 

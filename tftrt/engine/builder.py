@@ -179,6 +179,9 @@ def build_engine(model_or_network: Union[onnx.ModelProto, Network],
             net.weights[k], weights[k] = config.weight_cache.share(backend, k, v)
     else:
         weights = {k: backend.upload(v) for k, v in net.weights.items()}
+    tuning = config.tactic_timing and config.tactic_choices is None
+    if tuning:  # candidates' library plans made in parallel before they are timed here
+        _prefetch(backend, net)
     if config.tactic_timing or config.tactic_choices is not None:  # choices: nothing timed
         timings = choose_tactics(net, backend, weights, config.timing_cache,
                                  choices=config.tactic_choices)
@@ -188,6 +191,8 @@ def build_engine(model_or_network: Union[onnx.ModelProto, Network],
         for layer in net.layers:
             c = candidates(backend.name, net, layer)
             layer.tactic = c[0].name if c else "default"
+    if not tuning:  # the chosen tactics' library plans, before _finish prepares the layers
+        _prefetch(backend, net)
     engine = _finish(net, backend, precision, weights, config.to_json(), config)
     engine.build_info = {"seconds": time.perf_counter() - t0, "tactic_timings": timings,
                          "timed_layers": len(timings),
@@ -195,6 +200,20 @@ def build_engine(model_or_network: Union[onnx.ModelProto, Network],
     log.info("built engine %s: %d layers, %s, %d arena bytes in %.2fs", net.name,
              len(net.layers), precision, engine.memory.arena_bytes, engine.build_info["seconds"])
     return engine
+
+
+def _prefetch(backend, net: Network) -> None:
+    """The backend's optional ``prefetch(net)`` hook: work of the layer preparations to come
+    done ahead, in parallel (the CuPy backend compiles cuDNN graphs in worker processes). An
+    optimisation only: whatever it raises is logged and the build goes on."""
+    hook = getattr(backend, "prefetch", None)
+    if not callable(hook):
+        return
+    try:
+        hook(net)
+    except Exception as e:
+        log.warning("engine %s: parallel preparation failed (%s: %s); building in this "
+                    "process", net.name, type(e).__name__, str(e)[:300])
 
 
 def _finish(net: Network, backend, precision: str, weights: Dict[str, Any], config_json: dict,
@@ -243,6 +262,8 @@ def build_engine_from_template(template, input_shapes: Dict[str, Sequence[int]],
     mark = getattr(backend, "mark_quick", None) if quick else None
     if callable(mark):
         mark(net)
+    else:
+        _prefetch(backend, net)
     cfg = {k: v for k, v in opt_engine.config.items() if k != "profiles"}
     engine = _finish(net, backend, opt_engine.precision, opt_engine.weights, cfg, config)
     engine.build_info = {"seconds": time.perf_counter() - t0, "tactic_timings": {},

@@ -371,6 +371,12 @@ class CupyBackend(Backend):
         except Exception as e:  # a cache is never worth failing a build over
             log.warning("could not save the cuDNN kernel cache: %s", e)
 
+    def prefetch(self, net: Network) -> None:
+        """Builder hook before the layers are prepared: their cuDNN graphs compiled in worker
+        processes into the build cache (cupy_prefetch; TFTRT_BUILD_WORKERS=0 turns it off)."""
+        from tftrt.engine.backends import cupy_prefetch
+        cupy_prefetch.prefetch(net, dict(self.options))
+
     def accepts_layer(self, net: Network, layer: Layer) -> bool:
         """Whether a fused layer a late pass proposes runs well here (passes/__init__.py):
         ``attention`` when cuDNN's SDPA builds for it; ``se`` when its kernels take the layer

@@ -90,11 +90,27 @@ def wait_event(event: cp.cuda.Event, what: str, timeout: Optional[float] = None)
         pause = min(pause * 2, 5e-3)
 
 
+# What every timing run holds: nothing in a build's own process; in a build worker
+# (cupy_prefetch) a lock that the pool's processes share, so that candidates are timed on a GPU
+# that no other worker's timing shares (they compile in parallel, they time one at a time).
+_timing_guard: Callable[[], Any] = contextlib.nullcontext
+
+
+def set_timing_guard(factory: Callable[[], Any]) -> None:
+    global _timing_guard
+    _timing_guard = factory
+
+
 def gpu_time(fn: Callable[[], None], stream: cp.cuda.Stream, reps: int = 10,
              what: str = "a layer") -> float:
     """Seconds per call of ``fn`` on the GPU: a CUDA graph of ``reps`` calls replayed, so that
     Python launch overhead is excluded; falls back to events around eager calls when ``fn``
     cannot be captured. Raises if the GPU has not finished after :data:`TIMING_TIMEOUT`."""
+    with _timing_guard():
+        return _gpu_time(fn, stream, reps, what)
+
+
+def _gpu_time(fn, stream, reps: int, what: str) -> float:
     with stream:
         fn()
         graph = None

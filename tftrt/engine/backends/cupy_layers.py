@@ -180,6 +180,23 @@ def _epilogue_operands(net, layer) -> Dict[int, tuple]:
 
 
 # --- convolution ---------------------------------------------------------------------------------
+def conv_spec(net, layer, opts) -> ConvSpec:
+    """The cuDNN graph description of conv / conv_transpose ``layer`` (ConvCudnn's)."""
+    a = layer.attrs
+    x, w, y = layer.inputs[0], layer.inputs[1], layer.outputs[0]
+    # conv_transpose: IR w [Cin, *K, Cout/g] is the dgrad filter of the forward conv
+    # (K_fwd = Cin, C_fwd / g = Cout / g), already channels last.
+    return ConvSpec(_shape(net, x), _shape(net, w), _shape(net, y), a["strides"],
+                    a["dilations"], a["pads"], a["group"], _dtype(net, w), _dtype(net, y),
+                    layer.epilogue, _epilogue_operands(net, layer), opts.get("tf32", True),
+                    layer.kind == "conv_transpose")
+
+
+def conv_key(net, layer, spec: ConvSpec) -> str:
+    """ConvCudnn's key in _SHARED and the build cache's choices: the layer's signature."""
+    return signature(net, layer, ("tf32", spec.tf32))
+
+
 class ConvCudnn(Impl):
     """conv (fprop) / conv_transpose (dgrad) through a cuDNN graph; tuning also weighs the fully
     fused graph against conv-only + one epilogue kernel (cuDNN's fused depthwise engines, for
@@ -188,17 +205,10 @@ class ConvCudnn(Impl):
     def __init__(self, net, layer, weights, opts):
         super().__init__(net, layer, weights, opts)
         a = layer.attrs
-        transpose = layer.kind == "conv_transpose"
-        x, w, y = layer.inputs[0], layer.inputs[1], layer.outputs[0]
-        self.dtype = _dtype(net, w)
-        self.cast_x = _dtype(net, x) != self.dtype
-        # conv_transpose: IR w [Cin, *K, Cout/g] is the dgrad filter of the forward conv
-        # (K_fwd = Cin, C_fwd / g = Cout / g), already channels last.
-        wshape = _shape(net, w)
-        spec = ConvSpec(_shape(net, x), wshape, _shape(net, y), a["strides"], a["dilations"],
-                        a["pads"], a["group"], self.dtype, _dtype(net, y), layer.epilogue,
-                        _epilogue_operands(net, layer), opts.get("tf32", True), transpose)
-        key = signature(net, layer, ("tf32", spec.tf32))
+        self.dtype = _dtype(net, layer.inputs[1])
+        self.cast_x = _dtype(net, layer.inputs[0]) != self.dtype
+        spec = conv_spec(net, layer, opts)
+        key = conv_key(net, layer, spec)
         quick = bool(a.get(QUICK_ATTR))
         shared = _SHARED.get(key)
         if shared is None:

@@ -1,0 +1,116 @@
+"""The build's worker processes (tftrt/engine/workers.py): jobs run in other processes and come
+back in order; a job's error, a worker that dies and a worker that hangs each fail only their
+job; the pool closes its processes. CPU only (the jobs are standard-library functions)."""
+
+import os
+import time
+
+import pytest
+
+from tftrt.engine import workers
+
+
+@pytest.fixture
+def pool():
+    p = workers.WorkerPool(2)
+    yield p
+    p.close()
+
+
+def test_jobs_run_in_other_processes_in_order(pool):
+    res = pool.run([("math:sqrt", float(i * i)) for i in range(12)], timeout=60)
+    assert res == [(True, float(i)) for i in range(12)]
+    got = pool.run([("os:getpgid", 0)] * 6, timeout=60)
+    worker_pids = {w.proc.pid for w in pool.workers}
+    assert all(ok for ok, _ in got) and {v for _, v in got} <= worker_pids
+    assert len(worker_pids) == 2 and os.getpid() not in worker_pids
+
+
+def test_a_failing_job_fails_alone(pool):
+    res = pool.run([("math:sqrt", -1.0), ("math:sqrt", 4.0), ("nosuchmodule_x:f", 1),
+                    ("math:nosuchfunction", 1), ("math", 1)], timeout=60)
+    assert res[0] == (False, "ValueError: math domain error")
+    assert res[1] == (True, 2.0)
+    assert not res[2][0] and "ModuleNotFoundError" in res[2][1]
+    assert not res[3][0] and "AttributeError" in res[3][1]
+    assert not res[4][0] and "module:function" in res[4][1]
+    assert pool.alive == 2  # an error is an answer: both workers still serve
+    assert pool.run([("math:sqrt", 9.0)], timeout=60) == [(True, 3.0)]
+
+
+def test_a_worker_that_dies_loses_only_its_job(pool):
+    res = pool.run([("os:_exit", 3)] + [("math:sqrt", 16.0)] * 6, timeout=60)
+    assert not res[0][0] and "worker lost" in res[0][1] and "code 3" in res[0][1]
+    assert res[1:] == [(True, 4.0)] * 6
+    assert pool.alive == 1
+    # with every worker gone, what is left fails with that reason (nothing hangs)
+    res = pool.run([("os:_exit", 1), ("math:sqrt", 1.0)], timeout=60)
+    assert pool.alive == 0
+    assert not res[0][0]
+    assert res[1] == (False, "no worker process left to run it")
+
+
+def test_a_hung_worker_is_stopped_at_the_timeout(pool):
+    t0 = time.monotonic()
+    res = pool.run([("time:sleep", 60), ("math:sqrt", 1.0)], timeout=3)
+    assert time.monotonic() - t0 < 30
+    assert not res[0][0] and "TimeoutError" in res[0][1]
+    assert res[1] == (True, 1.0)
+    assert pool.alive == 1
+
+
+def test_init_job_runs_first_and_a_failed_init_fails_the_jobs():
+    p = workers.WorkerPool(1, init=("os:getpgid", 0))
+    try:
+        assert p.run([("math:sqrt", 4.0)], timeout=60) == [(True, 2.0)]
+    finally:
+        p.close()
+    p = workers.WorkerPool(1, init=("math:sqrt", -1.0))
+    try:
+        res = p.run([("math:sqrt", 4.0)], timeout=60)
+        assert not res[0][0] and "did not start" in res[0][1] and "math domain" in res[0][1]
+        assert p.alive == 0
+    finally:
+        p.close()
+
+
+def test_an_unpicklable_result_is_an_error_not_a_dead_worker(pool):
+    res = pool.run([("threading:Semaphore", 1), ("math:sqrt", 1.0)], timeout=60)
+    assert not res[0][0] and "not picklable" in res[0][1]
+    assert res[1] == (True, 1.0) and pool.alive == 2
+
+
+def test_close_ends_the_processes():
+    p = workers.WorkerPool(2)
+    procs = [w.proc for w in p.workers]
+    assert p.run([("math:sqrt", 1.0)] * 2, timeout=60) == [(True, 1.0)] * 2
+    p.close()
+    for proc in procs:
+        assert proc.poll() is not None
+
+
+def test_shared_pool_is_kept_and_replaced():
+    try:
+        a = workers.shared_pool(1, None)
+        assert workers.shared_pool(1, None) is a
+        b = workers.shared_pool(1, ("os:getpgid", 0))  # another init: a new pool
+        assert b is not a and a.alive == 0
+        assert workers.shared_pool(0, None) is None
+    finally:
+        workers.close_shared_pool()
+
+
+@pytest.mark.parametrize("raw,want", [("0", 0), ("3", 3), ("x", 0), ("-2", 0)])
+def test_worker_count_from_the_environment(monkeypatch, raw, want):
+    monkeypatch.setenv("TFTRT_BUILD_WORKERS", raw)
+    assert workers.worker_count() == want
+
+
+def test_worker_count_default_follows_the_cores(monkeypatch):
+    monkeypatch.delenv("TFTRT_BUILD_WORKERS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: set(range(2)), raising=False)
+    assert workers.worker_count() == 0
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: set(range(16)), raising=False)
+    assert workers.worker_count() == 8
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: set(range(5)), raising=False)
+    assert workers.worker_count() == 4

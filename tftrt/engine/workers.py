@@ -1,0 +1,313 @@
+"""Worker processes for the parts of an engine build that one process cannot run in parallel.
+
+cuDNN frontend's plan building holds the GIL for its whole runtime compile (NVRTC), so threads
+do not overlap it: a cold build of ResNet50's profile spent most of its 65 s there, one plan at
+a time (issue 14). A :class:`WorkerPool` runs such jobs in separate Python processes, each with
+its own GIL (and, for GPU jobs, its own CUDA context): the backend hands it jobs whose results
+land in the shared on-disk build cache (``build_cache.py`` is safe with several processes
+writing), and the build that follows finds them there. The pool never returns device objects,
+only small picklable values, and a job that fails, hangs or kills its worker only loses what
+it would have cached: the build in the main process makes it itself.
+
+A job is ``("module:function", argument)``; the worker imports the module, calls the function
+with the argument and sends back ``(True, value)`` or ``(False, "Type: message")``. Workers are
+``python -m tftrt.engine.workers`` with the parent's ``sys.path`` and environment
+(``TFTRT_BUILD_WORKERS=0`` inside, so they never start workers of their own), talk length-
+prefixed pickles over their stdin / stdout (the library's own prints go to stderr), run an
+``init`` job first (e.g. select the GPU, open the build cache), and exit when their stdin
+closes: a parent that dies takes its workers with it.
+
+This module never imports TensorFlow or CuPy (it is part of the engine).
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib
+import logging
+import os
+import pickle
+import queue
+import select
+import struct
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, List, Optional, Sequence, Tuple
+
+log = logging.getLogger("tftrt.engine.workers")
+
+_LEN = struct.Struct("<Q")
+_MAX_FRAME = 1 << 30
+Job = Tuple[str, Any]
+Result = Tuple[bool, Any]
+
+
+def worker_count() -> int:
+    """Worker processes a build may use: ``TFTRT_BUILD_WORKERS`` (0 turns them off), else one
+    fewer than the CPU cores this process may run on, at most 8, and none below 4 cores (a
+    worker's start, ~2 s with a CUDA context, is not won back on two or three)."""
+    raw = os.environ.get("TFTRT_BUILD_WORKERS", "").strip()
+    if raw:
+        try:
+            return max(0, int(raw))
+        except ValueError:
+            log.warning("TFTRT_BUILD_WORKERS=%r is not a number of processes; using none", raw)
+            return 0
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return 0 if cores < 4 else min(8, cores - 1)
+
+
+def call(path: str, arg: Any) -> Any:
+    """Runs job ``path`` ("module:function") on ``arg`` (in a worker, or here in tests)."""
+    mod, _, fn = path.partition(":")
+    if not mod or not fn:
+        raise ValueError(f"a job names 'module:function', not {path!r}")
+    return getattr(importlib.import_module(mod), fn)(arg)
+
+
+def _write_frame(fd: int, data: bytes) -> None:
+    view = memoryview(_LEN.pack(len(data)) + data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _read_exact(fd: int, n: int, deadline: Optional[float]) -> Optional[bytes]:
+    """``n`` bytes from ``fd``; None at end of file; TimeoutError past ``deadline``."""
+    chunks, got = [], 0
+    while got < n:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise TimeoutError
+        chunk = os.read(fd, min(n - got, 1 << 20))
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+def _read_frame(fd: int, deadline: Optional[float] = None) -> Optional[bytes]:
+    head = _read_exact(fd, _LEN.size, deadline)
+    if head is None:
+        return None
+    (size,) = _LEN.unpack(head)
+    if size > _MAX_FRAME:
+        raise ValueError(f"frame of {size} bytes: not a worker's")
+    return _read_exact(fd, size, deadline) if size else b""
+
+
+def _describe(e: BaseException) -> str:
+    return f"{type(e).__name__}: {str(e)[:500]}"
+
+
+class _Worker:
+    """One worker process; used by one dispatch thread at a time."""
+
+    def __init__(self, init: Optional[Job]):
+        env = dict(os.environ)
+        env["TFTRT_BUILD_WORKERS"] = "0"
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        quiet = os.environ.get("TFTRT_BUILD_WORKERS_STDERR", "") == ""
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL if quiet else None, env=env, bufsize=0, close_fds=True,
+            start_new_session=True)  # a Ctrl-C at the terminal reaches the parent only
+        self.init, self.ready, self.dead = init, init is None, False
+
+    def call(self, job: Job, timeout: Optional[float]) -> Result:
+        """The job's result; a worker that dies, hangs past ``timeout`` or answers garbage is
+        killed and the job fails."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            if not self.ready:
+                ok, what = self._exchange(self.init, deadline)
+                if not ok:
+                    self.kill()
+                    return False, f"worker did not start: {what}"
+                self.ready = True
+            return self._exchange(job, deadline)
+        except TimeoutError:
+            self.kill()
+            return False, f"TimeoutError: no answer within {timeout:.0f} s (worker stopped)"
+        except (OSError, EOFError, ValueError, pickle.UnpicklingError) as e:
+            self.kill()
+            return False, f"worker lost: {_describe(e)}"
+
+    def _exchange(self, job: Job, deadline: Optional[float]) -> Result:
+        _write_frame(self.proc.stdin.fileno(), pickle.dumps(job))
+        frame = _read_frame(self.proc.stdout.fileno(), deadline)
+        if frame is None:
+            try:
+                code = self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                code = None
+            raise EOFError(f"the worker exited (code {code})")
+        ok, value = pickle.loads(frame)
+        return bool(ok), value
+
+    def kill(self) -> None:
+        self.dead = True
+        try:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        except Exception:
+            pass
+        for f in (self.proc.stdin, self.proc.stdout):
+            try:
+                f.close()
+            except Exception:
+                pass
+
+    def close(self, wait: float = 5.0) -> None:
+        """Closes its stdin (the worker exits at end of file); kills it after ``wait`` s."""
+        if self.dead:
+            return
+        try:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=wait)
+        except Exception:
+            pass
+        self.kill()
+
+
+class WorkerPool:
+    """``n`` worker processes running jobs (see the module doc). Thread-safe: one
+    :meth:`run` at a time, the others wait."""
+
+    def __init__(self, n: int, init: Optional[Job] = None):
+        if n < 1:
+            raise ValueError(f"a worker pool needs at least one process, not {n}")
+        self.init = init
+        self.workers = [_Worker(init) for _ in range(n)]
+        self._lock = threading.Lock()
+        self.last_used = time.monotonic()
+
+    @property
+    def alive(self) -> int:
+        return sum(not w.dead for w in self.workers)
+
+    def run(self, jobs: Sequence[Job], timeout: Optional[float] = None) -> List[Result]:
+        """Runs ``jobs`` on the workers, each job at most ``timeout`` seconds (a worker's start
+        included); returns (ok, value or error text) per job, in order. Jobs left when every
+        worker has died fail with that reason."""
+        results: List[Optional[Result]] = [None] * len(jobs)
+        todo: "queue.Queue[int]" = queue.Queue()
+        for i in range(len(jobs)):
+            todo.put(i)
+
+        def serve(w: _Worker) -> None:
+            while not w.dead:
+                try:
+                    i = todo.get_nowait()
+                except queue.Empty:
+                    return
+                results[i] = w.call(jobs[i], timeout)
+
+        with self._lock:
+            threads = [threading.Thread(target=serve, args=(w,), daemon=True,
+                                        name=f"tftrt-worker-{k}")
+                       for k, w in enumerate(self.workers) if not w.dead]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            self.last_used = time.monotonic()
+        return [r if r is not None else (False, "no worker process left to run it")
+                for r in results]
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.close()
+
+
+# --- the process's pool --------------------------------------------------------------------------
+_POOL: Optional[WorkerPool] = None
+_POOL_LOCK = threading.Lock()
+IDLE_SECONDS = float(os.environ.get("TFTRT_BUILD_WORKERS_IDLE_S", "60"))
+
+
+def shared_pool(n: int, init: Optional[Job]) -> Optional[WorkerPool]:
+    """The process's pool of ``n`` workers started with ``init`` (kept between builds, closed
+    after :data:`IDLE_SECONDS` without jobs and at exit), or None for ``n`` < 1. A pool whose
+    workers all died, or started with another ``init``, is replaced."""
+    global _POOL
+    if n < 1:
+        return None
+    with _POOL_LOCK:
+        p = _POOL
+        if p is not None and (p.init != init or p.alive == 0 or len(p.workers) != n):
+            p.close()
+            p = None
+        if p is None:
+            p = _POOL = WorkerPool(n, init)
+            _start_reaper()
+        return p
+
+
+def close_shared_pool() -> None:
+    global _POOL
+    with _POOL_LOCK:
+        p, _POOL = _POOL, None
+    if p is not None:
+        p.close()
+
+
+_reaper: Optional[threading.Thread] = None
+
+
+def _start_reaper() -> None:
+    """A daemon thread that closes the shared pool once it has been idle long enough."""
+    global _reaper
+    if _reaper is not None and _reaper.is_alive():
+        return
+
+    def reap() -> None:
+        while True:
+            time.sleep(max(1.0, IDLE_SECONDS / 4))
+            with _POOL_LOCK:
+                p = _POOL
+            if p is None:
+                return
+            if not p._lock.locked() and time.monotonic() - p.last_used > IDLE_SECONDS:
+                close_shared_pool()
+                return
+
+    _reaper = threading.Thread(target=reap, daemon=True, name="tftrt-worker-reaper")
+    _reaper.start()
+
+
+atexit.register(close_shared_pool)
+
+
+# --- the worker side -----------------------------------------------------------------------------
+def serve(inp: int = 0, out: Optional[int] = None) -> None:
+    """A worker's loop: jobs from ``inp`` until end of file, results to ``out`` (default: the
+    process's stdout, which is then pointed at stderr so that a library's prints cannot
+    corrupt the frames)."""
+    if out is None:
+        out = os.dup(1)
+        os.dup2(2, 1)
+    while True:
+        frame = _read_frame(inp)
+        if frame is None:
+            return
+        try:
+            path, arg = pickle.loads(frame)
+            reply: Result = (True, call(path, arg))
+        except BaseException as e:  # the job's failure is the answer, the worker goes on
+            reply = (False, _describe(e))
+        try:
+            data = pickle.dumps(reply)
+        except Exception as e:
+            data = pickle.dumps((False, f"result not picklable: {_describe(e)}"))
+        _write_frame(out, data)
+
+
+if __name__ == "__main__":
+    serve()
