@@ -550,9 +550,15 @@ class _CudnnPlans:
         self.index, self.times = None, {}
         if choice is not None:
             try:
-                knobs = {c.knob_type(int(k)): int(v) for k, v in choice["knobs"].items()}
-                g.create_execution_plan(int(choice["engine"]), knobs)
-                idx = g.get_execution_plan_count() - 1
+                try:
+                    knobs = {c.knob_type(int(k)): int(v) for k, v in choice["knobs"].items()}
+                    g.create_execution_plan(int(choice["engine"]), knobs)
+                    idx = g.get_execution_plan_count() - 1
+                except Exception:
+                    # some knob types do not convert back (grouped convs on cuDNN 9, H200:
+                    # CUDNN_STATUS_INVALID_VALUE): the heuristics' own plan of that engine
+                    # and knobs, found among theirs
+                    idx = self._heuristic_index(c, choice)
                 g.build_plan_at_index(idx)
                 self.index, self.built = idx, [idx]
             except Exception as e:
@@ -595,6 +601,21 @@ class _CudnnPlans:
             self.index = self.built[0]
         self.workspace = int(g.get_workspace_size_plan_at_index(self.index))
         return True
+
+    def _heuristic_index(self, c, choice: dict) -> int:
+        """The index of the heuristics' plan with ``choice``'s engine and knobs in a fresh
+        ``self.g`` (no plan made yet); LookupError when they offer none."""
+        g = self.g
+        g.create_execution_plans([c.heur_mode.A, c.heur_mode.FALLBACK])
+        want = (int(choice["engine"]), {str(k): int(v) for k, v in choice["knobs"].items()})
+        for i in range(g.get_execution_plan_count()):
+            try:
+                eid, knobs = g.get_engine_and_knobs_at_index(i)
+            except Exception:
+                continue
+            if (int(eid), {str(int(k)): int(v) for k, v in knobs.items()}) == want:
+                return i
+        raise LookupError(f"no heuristic plan has engine {want[0]} with knobs {want[1]}")
 
     def choice(self) -> dict:
         if self.loaded:
