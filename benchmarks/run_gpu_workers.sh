@@ -5,17 +5,19 @@
 # network from .whl/networks, FP16, profile 1..128, 11 new batch sizes) with an empty build
 # cache and an empty driver JIT cache, with workers and without (TFTRT_BUILD_WORKERS=0), then
 # warm (the cache the workers' run left).
-#   bash benchmarks/run_gpu_workers.sh [seconds]   # TensorFlow session or carried wheels
+#   [MODES="workers noworkers warm"] [TESTS="tests/gpu/..."] \
+#     bash benchmarks/run_gpu_workers.sh [seconds]   # TensorFlow session or carried wheels
 # Logs and JSON in $OUT (or /tmp/tftrt-bench).
 # shellcheck disable=SC1091
 source "$(dirname "$0")/gpu_engine_env.sh" "${1:-420}"
 log=$out/workers.log
 say() { echo "== $* ($(( $(date +%s) - start )) s)" | tee -a "$log"; }
 say "GPU tests: build workers, build cache"
-timeout 240 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_build_workers_gpu.py \
-  tests/gpu/test_build_cache_gpu.py 2>&1 | tail -15 | tee -a "$log"
+tests=${TESTS:-tests/gpu/test_build_workers_gpu.py tests/gpu/test_build_cache_gpu.py}
+# shellcheck disable=SC2086
+timeout 240 python3 -m pytest -q -p no:cacheprovider $tests 2>&1 | tail -15 | tee -a "$log"
 net=.whl/networks/resnet50.onnx.xz
-for mode in workers noworkers warm; do
+for mode in ${MODES:-workers noworkers warm}; do
   [ "$(left)" -lt 40 ] && { say "out of time before $mode"; break; }
   say "profile build, $mode"
   nw=""; [ $mode = noworkers ] && nw=0

@@ -459,11 +459,29 @@ class ProfileEngine:
         size) and no call waits for a build (module doc)."""
         if not (split_batches() and self.split_check(i) is None):
             return
-        for rung in self._rungs(i, self.profiles[i].opt):
+        rungs = [r for r in self._rungs(i, self.profiles[i].opt) if r not in self._engines]
+        self._prefetch(i, rungs)
+        for rung in rungs:
             if rung not in self._engines:
                 engine = self._build_rung(i, rung)
                 if engine is not None:
                     self._warm(engine)
+
+    def _prefetch(self, i: int, keys: List[ShapeKey]) -> None:
+        """The backend work of building engines for ``keys`` of profile ``i`` from its
+        template, done at once ahead of the builds (the template build function's optional
+        ``prefetch``: the CuPy backend's cuDNN graphs on worker processes). Only an
+        optimisation: anything it raises is logged."""
+        made = self._template(i) if len(keys) > 1 else None
+        pre = getattr(made[1], "prefetch", None) if made is not None else None
+        if not callable(pre):
+            return
+        keys = [k for k in keys if made[0].serves(k) is None]
+        try:
+            pre(keys)
+        except Exception as e:
+            log.info("optimization profile %s: no prefetch for its ladder (%s: %s)",
+                     self.profiles[i], type(e).__name__, e)
 
     def _build_rung(self, i: int, rung: ShapeKey):
         """The engine for ``rung`` of profile ``i``'s split ladder, built now; None when the

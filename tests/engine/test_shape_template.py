@@ -933,3 +933,49 @@ def test_a_large_value_folded_from_a_static_dimension_keeps_the_template():
     assert 0 in pe.template_errors, pe.template_errors
     for b in (3, 59):
         check(pe, per_batch, (b, 80), seed=b)
+
+
+def test_the_ladder_is_prefetched_in_one_go(split_on, monkeypatch):
+    """build_profiles() hands the networks of every rung of the split ladder to the backend's
+    prefetch hook at once (the CuPy backend compiles their cuDNN graphs on worker processes,
+    one wait instead of one per engine), each with the opt engine's tactics, bound to the
+    rung's batch; each rung's own build then offers its network again (the hook finds it
+    done); the engines are the ones built without the hook. start_build sees each build's
+    network before its passes."""
+    from tftrt.engine.backends.numpy_backend import NumpyBackend
+    calls, starts = [], []
+
+    def prefetch(self, nets):
+        calls.append(nets)
+    monkeypatch.setattr(NumpyBackend, "prefetch", prefetch, raising=False)
+    monkeypatch.setattr(NumpyBackend, "start_build", lambda self, net: starts.append(net),
+                        raising=False)
+    model, _ = resnet50(batch=2, size=8, width=4)
+    pe = profile_engine(model, batch_profile(1, 16, (8, 8, 3)))
+    assert sorted(k[0][0] for k in pe.shapes) == [1, 2, 4, 8, 16]
+    ladder = [c for c in calls if isinstance(c, list)]
+    assert len(ladder) == 1, calls
+    assert sorted(n.tensors[n.inputs[0]].shape[0] for n in ladder[0]) == [1, 2, 4, 8]
+    opt = pe.engine_for([(16, 8, 8, 3)])
+    tactics = {l.name: l.tactic for l in opt.network.layers}
+    for net in ladder[0]:
+        assert {l.name: l.tactic for l in net.layers} == tactics
+        assert all(l.tactic for l in net.layers)
+    singles = [c for c in calls if not isinstance(c, list)]
+    assert len(singles) == 5  # the opt engine's build (before tactics) and each rung's
+    assert starts and all(not isinstance(s, list) for s in starts)
+    for b in (1, 3, 16):
+        check(pe, model, (b, 8, 8, 3), seed=b)
+
+
+def test_a_failing_prefetch_hook_never_fails_a_build(split_on, monkeypatch):
+    from tftrt.engine.backends.numpy_backend import NumpyBackend
+
+    def broken(self, nets):
+        raise RuntimeError("no workers here")
+    monkeypatch.setattr(NumpyBackend, "prefetch", broken, raising=False)
+    monkeypatch.setattr(NumpyBackend, "start_build", broken, raising=False)
+    model, _ = resnet50(batch=2, size=8, width=4)
+    pe = profile_engine(model, batch_profile(1, 8, (8, 8, 3)))
+    assert sorted(k[0][0] for k in pe.shapes) == [1, 2, 4, 8]
+    check(pe, model, (5, 8, 8, 3), seed=5)

@@ -202,18 +202,44 @@ def build_engine(model_or_network: Union[onnx.ModelProto, Network],
     return engine
 
 
-def _prefetch(backend, net: Network) -> None:
-    """The backend's optional ``prefetch(net)`` hook: work of the layer preparations to come
-    done ahead, in parallel (the CuPy backend compiles cuDNN graphs in worker processes). An
-    optimisation only: whatever it raises is logged and the build goes on."""
-    hook = getattr(backend, "prefetch", None)
+def _prefetch(backend, net) -> None:
+    """The backend's optional ``prefetch(net or [nets])`` hook: work of the layer
+    preparations to come done ahead, in parallel (the CuPy backend compiles cuDNN graphs in
+    worker processes)."""
+    _hook(backend, "prefetch", net)
+
+
+def _hook(backend, name: str, arg) -> None:
+    """Calls the backend's optional hook ``name`` (``start_build``: a build begins;
+    ``prefetch``). Hooks only make builds faster: whatever one raises is logged and the
+    build goes on."""
+    hook = getattr(backend, name, None)
     if not callable(hook):
         return
     try:
-        hook(net)
+        hook(arg)
     except Exception as e:
-        log.warning("engine %s: parallel preparation failed (%s: %s); building in this "
-                    "process", net.name, type(e).__name__, str(e)[:300])
+        log.warning("backend %s: %s failed (%s: %s); the build goes on without it",
+                    getattr(backend, "name", "?"), name, type(e).__name__, str(e)[:300])
+
+
+def prefetch_from_template(template, shapes: Sequence[Dict[str, Sequence[int]]],
+                           opt_engine: Engine) -> None:
+    """The backend's ``prefetch`` for the engines :func:`build_engine_from_template` is about
+    to build for several ``shapes`` (an optimization profile's split ladder), in one go: their
+    networks and tactics made as it makes them, the work of all of them at once (one wait
+    instead of one per engine)."""
+    from tftrt.engine.tactics import layer_choice
+    backend = opt_engine.backend_impl
+    if not callable(getattr(backend, "prefetch", None)):
+        return
+    choices = {l.name: layer_choice(l) for l in opt_engine.network.layers}
+    nets = []
+    for input_shapes in shapes:
+        net = template.network_for(input_shapes)
+        choose_tactics(net, backend, opt_engine.weights, None, choices=choices)
+        nets.append(net)
+    _prefetch(backend, nets)
 
 
 def _finish(net: Network, backend, precision: str, weights: Dict[str, Any], config_json: dict,
@@ -298,6 +324,7 @@ def optimized_network(model_or_network: Union[onnx.ModelProto, Network],
     except ValueError as e:
         raise EngineBuildError(f"network {net.name}: {e}") from e
     precision = _backend_precision(backend, precision)
+    _hook(backend, "start_build", net)
     net = bind_inputs(net, input_shapes)
     if config.optimize:
         net = optimize_network(net)

@@ -664,5 +664,13 @@ def specializer(source, config):
         def build(key, quick=False):
             return build_engine_from_template(template, dict(zip(names, key)), opt_engine,
                                               config, quick=quick)
+
+        def prefetch(keys):  # the work of several shapes' builds at once (profiles._ladder)
+            from tftrt.engine.builder import prefetch_from_template
+            if hasattr(opt_engine.backend_impl, "set_build_options"):
+                opt_engine.backend_impl.set_build_options(allow_tf32=config.allow_tf32,
+                                                          precision=opt_engine.precision)
+            prefetch_from_template(template, [dict(zip(names, k)) for k in keys], opt_engine)
+        build.prefetch = prefetch
         return template, build
     return specialize

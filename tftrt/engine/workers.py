@@ -119,14 +119,19 @@ class _Worker:
             stderr=subprocess.DEVNULL if quiet else None, env=env, bufsize=0, close_fds=True,
             start_new_session=True)  # a Ctrl-C at the terminal reaches the parent only
         self.init, self.ready, self.dead = init, init is None, False
+        if init is not None:  # the worker starts on it now (a CUDA context takes seconds)
+            try:
+                _write_frame(self.proc.stdin.fileno(), pickle.dumps(init))
+            except OSError:  # it died at once: its first call says so
+                pass
 
     def call(self, job: Job, timeout: Optional[float]) -> Result:
         """The job's result; a worker that dies, hangs past ``timeout`` or answers garbage is
         killed and the job fails."""
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            if not self.ready:
-                ok, what = self._exchange(self.init, deadline)
+            if not self.ready:  # the init job was sent when the worker started
+                ok, what = self._answer(deadline)
                 if not ok:
                     self.kill()
                     return False, f"worker did not start: {what}"
@@ -141,6 +146,9 @@ class _Worker:
 
     def _exchange(self, job: Job, deadline: Optional[float]) -> Result:
         _write_frame(self.proc.stdin.fileno(), pickle.dumps(job))
+        return self._answer(deadline)
+
+    def _answer(self, deadline: Optional[float]) -> Result:
         frame = _read_frame(self.proc.stdout.fileno(), deadline)
         if frame is None:
             try:

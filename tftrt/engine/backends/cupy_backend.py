@@ -371,11 +371,18 @@ class CupyBackend(Backend):
         except Exception as e:  # a cache is never worth failing a build over
             log.warning("could not save the cuDNN kernel cache: %s", e)
 
-    def prefetch(self, net: Network) -> None:
-        """Builder hook before the layers are prepared: their cuDNN graphs compiled in worker
-        processes into the build cache (cupy_prefetch; TFTRT_BUILD_WORKERS=0 turns it off)."""
+    def prefetch(self, nets) -> None:
+        """Builder hook before the layers of one network, or of several engines' networks, are
+        prepared: their cuDNN graphs compiled in worker processes into the build cache
+        (cupy_prefetch; TFTRT_BUILD_WORKERS=0 turns it off)."""
         from tftrt.engine.backends import cupy_prefetch
-        cupy_prefetch.prefetch(net, dict(self.options))
+        cupy_prefetch.prefetch(nets, dict(self.options))
+
+    def start_build(self, net: Network) -> None:
+        """Builder hook as a build starts (before its passes): the build workers start now,
+        for a network with enough convolutions to use them (cupy_prefetch.start_workers)."""
+        from tftrt.engine.backends import cupy_prefetch
+        cupy_prefetch.start_workers(net)
 
     def accepts_layer(self, net: Network, layer: Layer) -> bool:
         """Whether a fused layer a late pass proposes runs well here (passes/__init__.py):

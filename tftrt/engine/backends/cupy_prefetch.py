@@ -24,7 +24,7 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 from tftrt.engine import workers
 from tftrt.engine.network import Network
@@ -37,14 +37,16 @@ MIN_JOBS = int(os.environ.get("TFTRT_BUILD_WORKERS_MIN_JOBS", "4"))
 JOB_TIMEOUT = 600.0
 
 _unusable: Optional[str] = None  # why workers could not start in this process (then none)
-_stats = {"jobs": 0, "failed": 0, "seconds": 0.0, "runs": 0}
+_stats = {"jobs": 0, "failed": 0, "stored": 0, "seconds": 0.0, "runs": 0,
+          "per_run": []}  # [networks, jobs, seconds] per run
 _stats_lock = threading.Lock()
 
 
 def stats() -> Dict[str, Any]:
-    """This process's prefetch runs, jobs, failed jobs and seconds spent waiting for them."""
+    """This process's prefetch runs, jobs, failed jobs, jobs whose plan is stored (a recorded
+    choice cuDNN cannot rebuild is planned again and not stored) and seconds waited."""
     with _stats_lock:
-        return dict(_stats)
+        return dict(_stats, per_run=[list(r) for r in _stats["per_run"]])
 
 
 def _plan_stored(spec, rec: dict) -> bool:
@@ -54,15 +56,15 @@ def _plan_stored(spec, rec: dict) -> bool:
     return store is not None and os.path.exists(store.path(D.PLAN_NAMESPACE, key))
 
 
-def conv_jobs(net: Network, opts: dict) -> List[tuple]:
-    """One job per distinct convolution of ``net`` that will run as a cuDNN graph the build
+def conv_jobs(nets: Sequence[Network], opts: dict) -> List[tuple]:
+    """One job per distinct convolution of ``nets`` that will run as a cuDNN graph the build
     cache has no plan of: layers on tactic ``cudnn``, or, before tactics are chosen
     (``layer.tactic`` None), layers ``cudnn`` is a candidate for. A job carries a network of
     that one layer and its tensors."""
     from tftrt.engine.backends import cupy_layers as L
     from tftrt.engine.tactics import candidates
     jobs, seen = [], set()
-    for layer in net.layers:
+    for net, layer in ((n, l) for n in nets for l in n.layers):
         if layer.kind not in ("conv", "conv_transpose") or layer.attrs.get(L.QUICK_ATTR) or \
                 "quant" in layer.attrs:
             continue
@@ -106,23 +108,46 @@ def _init_job() -> Optional[tuple]:
              "fingerprint": dict(store.fingerprint), "lock": lock})
 
 
-def prefetch(net: Network, opts: dict) -> int:
-    """Builds the cuDNN graphs of ``net``'s convolutions in worker processes (see the module
-    doc); returns how many jobs ran (0: the build makes them all itself)."""
-    global _unusable
-    from tftrt import progress
+def _usable() -> int:
+    """Worker processes to use now (0: none; see the module doc)."""
     from tftrt.engine.backends import cupy_dnn as D
     n = workers.worker_count()
     if n < 1 or _unusable or not D.plan_cache_enabled() or D.kernel_cache_enabled():
         return 0
-    jobs = conv_jobs(net, opts)
+    return n
+
+
+def start_workers(net: Network) -> None:
+    """Starts the worker processes (if not running) for a build of ``net`` about to begin, when
+    it has at least MIN_JOBS convolutions: they set up their CUDA context while the build runs
+    its passes."""
+    n = _usable()
+    if n < 1 or sum(l.kind in ("conv", "conv_transpose") for l in net.layers) < MIN_JOBS:
+        return
+    init = _init_job()
+    if init is not None:
+        workers.shared_pool(n, init)
+
+
+def prefetch(nets: Union[Network, Sequence[Network]], opts: dict) -> int:
+    """Builds the cuDNN graphs of the convolutions of ``nets`` (one network, or the networks
+    of several engines about to be built) in worker processes (see the module doc); returns
+    how many jobs ran (0: the build makes them all itself)."""
+    global _unusable
+    from tftrt import progress
+    nets = [nets] if isinstance(nets, Network) else list(nets)
+    n = _usable()
+    if n < 1 or not nets:
+        return 0
+    jobs = conv_jobs(nets, opts)
     if len(jobs) < MIN_JOBS:
         return 0
     init = _init_job()
     if init is None:
         return 0
     t0 = time.perf_counter()
-    progress.activity(f"{net.name}: compiling {len(jobs)} cuDNN graphs on {n} worker processes")
+    name = nets[0].name + (f" and {len(nets) - 1} more" if len(nets) > 1 else "")
+    progress.activity(f"{name}: compiling {len(jobs)} cuDNN graphs on {n} worker processes")
     try:
         pool = workers.shared_pool(n, init)
         results = pool.run(jobs, timeout=JOB_TIMEOUT)
@@ -144,8 +169,11 @@ def prefetch(net: Network, opts: dict) -> int:
         _stats["runs"] += 1
         _stats["jobs"] += len(jobs)
         _stats["failed"] += len(failed)
+        _stats["stored"] += sum(bool(ok and isinstance(v, dict) and v.get("stored"))
+                                for ok, v in results)
         _stats["seconds"] += seconds
-    log.info("%s: %d cuDNN graphs built on %d worker processes in %.1fs%s", net.name,
+        _stats["per_run"].append([len(nets), len(jobs), round(seconds, 2)])
+    log.info("%s: %d cuDNN graphs built on %d worker processes in %.1fs%s", name,
              len(jobs), pool.alive, seconds,
              f" ({len(failed)} failed, first: {failed[0]})" if failed else "")
     return len(jobs)
