@@ -114,3 +114,65 @@ def test_worker_count_default_follows_the_cores(monkeypatch):
     assert workers.worker_count() == 8
     monkeypatch.setattr(os, "sched_getaffinity", lambda _: set(range(5)), raising=False)
     assert workers.worker_count() == 4
+
+
+def test_close_does_not_wait_long_for_busy_workers():
+    """A worker in the middle of a long job (a compile) at close: killed after the grace
+    period, all workers together, not one grace period each."""
+    import threading
+    p = workers.WorkerPool(3)
+    t = threading.Thread(target=p.run, args=([("time:sleep", 60)] * 3,), kwargs={"timeout": 90},
+                         daemon=True)
+    t.start()
+    time.sleep(3)  # the three are sleeping
+    t0 = time.monotonic()
+    p.close(wait=2)
+    assert time.monotonic() - t0 < 8
+    assert all(w.proc.poll() is not None for w in p.workers)
+    t.join(30)
+    assert not t.is_alive()
+
+
+def test_an_interrupted_run_stops_its_workers_and_the_next_build_gets_new_ones():
+    """Ctrl-C while the build waits for its workers: the interrupt goes through, the workers
+    of that run are stopped (none keeps half a job for the next run), and the shared pool is
+    replaced."""
+    import _thread
+    import threading
+    try:
+        p = workers.shared_pool(2, None)
+        threading.Timer(2.0, _thread.interrupt_main).start()
+        with pytest.raises(KeyboardInterrupt):
+            p.run([("time:sleep", 30)] * 2, timeout=60)
+        assert p.broken and p.alive == 0
+        q = workers.shared_pool(2, None)
+        assert q is not p
+        assert q.run([("math:sqrt", 25.0)], timeout=60) == [(True, 5.0)]
+    finally:
+        workers.close_shared_pool()
+
+
+def test_a_forked_child_does_not_hold_the_parents_workers():
+    """After os.fork (a user's multiprocessing), the child drops the parent's pool and closes
+    its copies of the pipes: the parent's workers still exit when the parent closes them,
+    even while the child lives on."""
+    try:
+        p = workers.shared_pool(1, None)
+        assert p.run([("math:sqrt", 4.0)], timeout=60) == [(True, 2.0)]
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report, then outlive the parent's close
+            ok = workers._POOL is None and p.workers[0].dead
+            os.write(w, b"1" if ok else b"0")
+            time.sleep(8)
+            os._exit(0)
+        os.close(w)
+        assert os.read(r, 1) == b"1"
+        proc = p.workers[0].proc
+        t0 = time.monotonic()
+        workers.close_shared_pool()
+        assert proc.poll() is not None and time.monotonic() - t0 < 4  # end of file, no kill
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    finally:
+        workers.close_shared_pool()

@@ -172,17 +172,6 @@ class _Worker:
             except Exception:
                 pass
 
-    def close(self, wait: float = 5.0) -> None:
-        """Closes its stdin (the worker exits at end of file); kills it after ``wait`` s."""
-        if self.dead:
-            return
-        try:
-            self.proc.stdin.close()
-            self.proc.wait(timeout=wait)
-        except Exception:
-            pass
-        self.kill()
-
 
 class WorkerPool:
     """``n`` worker processes running jobs (see the module doc). Thread-safe: one
@@ -223,15 +212,48 @@ class WorkerPool:
                        for k, w in enumerate(self.workers) if not w.dead]
             for t in threads:
                 t.start()
-            for t in threads:
-                t.join()
+            try:
+                for t in threads:
+                    t.join()
+            except BaseException:  # Ctrl-C in the build: no worker may keep half a job
+                self.broken = True
+                for w in self.workers:
+                    w.kill()
+                raise
             self.last_used = time.monotonic()
         return [r if r is not None else (False, "no worker process left to run it")
                 for r in results]
 
-    def close(self) -> None:
+    broken = False  # a run was interrupted: its workers were stopped
+
+    def close(self, wait: float = 5.0) -> None:
+        """Ends every worker: end of file on its stdin (it exits when idle), then, past
+        ``wait`` seconds in all (a worker in the middle of a compile), killed."""
         for w in self.workers:
-            w.close()
+            if not w.dead:
+                try:
+                    w.proc.stdin.close()
+                except Exception:
+                    pass
+        deadline = time.monotonic() + wait
+        for w in self.workers:
+            if not w.dead:
+                try:
+                    w.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+                except Exception:
+                    pass
+                w.kill()
+
+    def forget(self) -> None:
+        """In a forked child: the pipes to the parent's workers closed, nothing else (they are
+        the parent's; its threads did not come along)."""
+        for w in self.workers:
+            w.dead = True
+            for f in (w.proc.stdin, w.proc.stdout):
+                try:
+                    f.close()
+                except Exception:
+                    pass
 
 
 # --- the process's pool --------------------------------------------------------------------------
@@ -249,7 +271,8 @@ def shared_pool(n: int, init: Optional[Job]) -> Optional[WorkerPool]:
         return None
     with _POOL_LOCK:
         p = _POOL
-        if p is not None and (p.init != init or p.alive == 0 or len(p.workers) != n):
+        if p is not None and (p.init != init or p.alive == 0 or len(p.workers) != n or
+                              p.broken):
             p.close()
             p = None
         if p is None:
@@ -291,6 +314,21 @@ def _start_reaper() -> None:
 
 
 atexit.register(close_shared_pool)
+
+
+def _after_fork_in_child() -> None:
+    """A forked child (a user's multiprocessing) does not share the parent's pool: it closes
+    its copies of the pipes, so that the parent's workers still see end of file when the
+    parent closes them, and starts its own pool if it ever builds."""
+    global _POOL, _reaper, _POOL_LOCK
+    _POOL_LOCK = threading.Lock()  # another thread may have held it at the fork
+    p, _POOL, _reaper = _POOL, None, None
+    if p is not None:
+        p.forget()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 # --- the worker side -----------------------------------------------------------------------------
