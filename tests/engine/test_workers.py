@@ -89,15 +89,109 @@ def test_close_ends_the_processes():
         assert proc.poll() is not None
 
 
-def test_shared_pool_is_kept_and_replaced():
+def test_shared_pools_are_kept_per_init_and_refilled():
+    """One pool per init (a build for GPU 1 does not close GPU 0's under another thread);
+    a pool is kept between builds and its dead workers are replaced."""
     try:
-        a = workers.shared_pool(1, None)
-        assert workers.shared_pool(1, None) is a
-        b = workers.shared_pool(1, ("os:getpgid", 0))  # another init: a new pool
-        assert b is not a and a.alive == 0
+        a = workers.shared_pool(2, None)
+        assert workers.shared_pool(2, None) is a
+        b = workers.shared_pool(1, ("os:getpgid", 0))  # another init: its own pool
+        assert b is not a and a.alive == 2 and b.alive == 1
+        a.run([("os:_exit", 1)], timeout=60)
+        assert a.alive == 1
+        assert workers.shared_pool(2, None) is a and a.alive == 2  # refilled
+        assert a.run([("math:sqrt", 1.0)] * 2, timeout=60) == [(True, 1.0)] * 2
         assert workers.shared_pool(0, None) is None
     finally:
         workers.close_shared_pool()
+
+
+def test_an_init_that_hangs_or_dies_reads_did_not_start(monkeypatch):
+    """However a worker's init fails (an error, no answer, the process gone), its jobs fail
+    with NOT_STARTED, which makes callers give up on workers (cupy_prefetch)."""
+    monkeypatch.setattr(workers, "INIT_TIMEOUT", 2.0)
+    for init in (("time:sleep", 30), ("os:_exit", 4), ("math:sqrt", -1.0)):
+        p = workers.WorkerPool(1, init=init)
+        try:
+            t0 = time.monotonic()
+            (ok, what), = p.run([("math:sqrt", 4.0)], timeout=60)
+            assert not ok and what.startswith(workers.NOT_STARTED), (init, what)
+            assert time.monotonic() - t0 < 20 and p.alive == 0
+        finally:
+            p.close()
+
+
+def test_a_job_that_does_not_pickle_fails_alone(pool):
+    res = pool.run([("math:sqrt", lambda: 1), ("math:sqrt", 4.0)], timeout=60)
+    assert not res[0][0] and "not picklable" in res[0][1]
+    assert res[1] == (True, 2.0) and pool.alive == 2
+
+
+def test_workers_import_the_parents_package_not_one_in_the_cwd(tmp_path, monkeypatch):
+    """A copy of tftrt (or a module named like the standard library's) in the directory the
+    parent runs in is not what the workers import (either would fail the worker's start)."""
+    shadow = tmp_path / "tftrt"
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text("raise ImportError('the shadow copy')\n")
+    (tmp_path / "queue.py").write_text("raise ImportError('a shadowing queue')\n")
+    monkeypatch.chdir(tmp_path)
+    p = workers.WorkerPool(1)
+    try:
+        assert p.run([("math:sqrt", 9.0)], timeout=60) == [(True, 3.0)]
+    finally:
+        p.close()
+
+
+def test_a_worker_exits_when_its_parent_dies_mid_job(tmp_path):
+    """A worker busy in a job when its parent is killed does not live on (orphaned, holding a
+    CUDA context): it watches its parent."""
+    import subprocess
+    import sys
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import sys, threading\n"
+        "from tftrt.engine import workers\n"
+        "p = workers.WorkerPool(1)\n"
+        "print(p.workers[0].proc.pid, flush=True)\n"
+        "p.run([('time:sleep', 60)], timeout=90)\n")
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    time.sleep(2)
+    parent.kill()
+    parent.wait(10)
+    t_end = time.monotonic() + 10
+    while time.monotonic() < t_end:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        with open(f"/proc/{child}/stat") as f:
+            if f.read().split()[2] == "Z":
+                break
+        time.sleep(0.2)
+    else:
+        os.kill(child, 9)
+        raise AssertionError("the worker outlived its parent")
+
+
+def test_bad_numbers_in_the_environment_fall_back(monkeypatch):
+    monkeypatch.setenv("TFTRT_BUILD_WORKERS_IDLE_S", "soon")
+    assert workers.env_number("TFTRT_BUILD_WORKERS_IDLE_S", 60.0) == 60.0
+    monkeypatch.setenv("TFTRT_BUILD_WORKERS_IDLE_S", "2.5")
+    assert workers.env_number("TFTRT_BUILD_WORKERS_IDLE_S", 60.0) == 2.5
+
+
+def test_cgroup_quota_caps_the_default(tmp_path, monkeypatch):
+    f = tmp_path / "cpu.max"
+    f.write_text("200000 100000\n")
+    assert workers._cgroup_cpus(str(f)) == 2
+    f.write_text("max 100000\n")
+    assert workers._cgroup_cpus(str(f)) is None
+    assert workers._cgroup_cpus(str(tmp_path / "none")) is None
+    monkeypatch.delenv("TFTRT_BUILD_WORKERS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: set(range(64)), raising=False)
+    monkeypatch.setattr(workers, "_cgroup_cpus", lambda: 2)
+    assert workers.worker_count() == 0
 
 
 @pytest.mark.parametrize("raw,want", [("0", 0), ("3", 3), ("x", 0), ("-2", 0)])
@@ -162,7 +256,7 @@ def test_a_forked_child_does_not_hold_the_parents_workers():
         r, w = os.pipe()
         pid = os.fork()
         if pid == 0:  # the child: report, then outlive the parent's close
-            ok = workers._POOL is None and p.workers[0].dead
+            ok = not workers._POOLS and p.workers[0].dead
             os.write(w, b"1" if ok else b"0")
             time.sleep(8)
             os._exit(0)

@@ -236,10 +236,15 @@ def prefetch_from_template(template, shapes: Sequence[Dict[str, Sequence[int]]],
     choices = {l.name: layer_choice(l) for l in opt_engine.network.layers}
     nets = []
     for input_shapes in shapes:
-        net = template.network_for(input_shapes)
-        choose_tactics(net, backend, opt_engine.weights, None, choices=choices)
+        try:
+            net = template.network_for(input_shapes)
+            choose_tactics(net, backend, opt_engine.weights, None, choices=choices)
+        except Exception as e:  # that shape's own build will say why; the others go on
+            log.debug("no prefetch for shapes %s: %s", input_shapes, e)
+            continue
         nets.append(net)
-    _prefetch(backend, nets)
+    if nets:
+        _prefetch(backend, nets)
 
 
 def _finish(net: Network, backend, precision: str, weights: Dict[str, Any], config_json: dict,

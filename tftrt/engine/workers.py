@@ -34,7 +34,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 log = logging.getLogger("tftrt.engine.workers")
 
@@ -46,8 +46,12 @@ Result = Tuple[bool, Any]
 
 def worker_count() -> int:
     """Worker processes a build may use: ``TFTRT_BUILD_WORKERS`` (0 turns them off), else one
-    fewer than the CPU cores this process may run on, at most 8, and none below 4 cores (a
-    worker's start, ~2 s with a CUDA context, is not won back on two or three)."""
+    fewer than the CPU cores this process may run on (its affinity and its cgroup's CPU quota),
+    at most 8, and none below 4 cores (a worker's start, ~2 s with a CUDA context, is not won
+    back on two or three). None off POSIX (the workers talk through select()-ed pipes) and in
+    a frozen application (its executable is not a Python that can run ``-m``)."""
+    if os.name != "posix" or getattr(sys, "frozen", False):
+        return 0
     raw = os.environ.get("TFTRT_BUILD_WORKERS", "").strip()
     if raw:
         try:
@@ -59,7 +63,34 @@ def worker_count() -> int:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
+    quota = _cgroup_cpus()
+    if quota is not None:
+        cores = min(cores, quota)
     return 0 if cores < 4 else min(8, cores - 1)
+
+
+def _cgroup_cpus(path: str = "/sys/fs/cgroup/cpu.max") -> Optional[int]:
+    """The CPUs a cgroup v2 quota gives this process (a container's limit), or None."""
+    try:
+        with open(path) as f:
+            quota, period = f.read().split()[:2]
+        if quota == "max":
+            return None
+        return max(1, int(int(quota) // int(period)))
+    except (OSError, ValueError):
+        return None
+
+
+def env_number(name: str, default: float) -> float:
+    """A number from the environment; the default (with one warning) for anything else."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        log.warning("%s=%r is not a number; using %s", name, raw, default)
+        return default
 
 
 def call(path: str, arg: Any) -> Any:
@@ -102,6 +133,12 @@ def _read_frame(fd: int, deadline: Optional[float] = None) -> Optional[bytes]:
     return _read_exact(fd, size, deadline) if size else b""
 
 
+# A worker's init job (CUDA context, imports) gets this long at most; its failure, whatever
+# the cause, reads "worker did not start: ..." (callers give up on workers then).
+INIT_TIMEOUT = env_number("TFTRT_BUILD_WORKERS_INIT_S", 120.0)
+NOT_STARTED = "worker did not start"
+
+
 def _describe(e: BaseException) -> str:
     return f"{type(e).__name__}: {str(e)[:500]}"
 
@@ -112,11 +149,19 @@ class _Worker:
     def __init__(self, init: Optional[Job]):
         env = dict(os.environ)
         env["TFTRT_BUILD_WORKERS"] = "0"
-        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        # the parent's own import path, made absolute (a relative entry would resolve
+        # against the worker's directory); the worker starts in the directory this package
+        # was imported from and, where Python has -P, without the current directory on its
+        # path: it imports the parent's tftrt, never a copy (or a module shadowing the
+        # standard library) where the parent happens to run
+        env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) for p in sys.path if p)
+        flags = ["-P"] if sys.version_info >= (3, 11) else []
+        here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         quiet = os.environ.get("TFTRT_BUILD_WORKERS_STDERR", "") == ""
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL if quiet else None, env=env, bufsize=0, close_fds=True,
+            [sys.executable, *flags, "-m", __name__], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL if quiet else None, env=env,
+            cwd=here, bufsize=0, close_fds=True,
             start_new_session=True)  # a Ctrl-C at the terminal reaches the parent only
         self.init, self.ready, self.dead = init, init is None, False
         if init is not None:  # the worker starts on it now (a CUDA context takes seconds)
@@ -128,25 +173,32 @@ class _Worker:
     def call(self, job: Job, timeout: Optional[float]) -> Result:
         """The job's result; a worker that dies, hangs past ``timeout`` or answers garbage is
         killed and the job fails."""
+        if not self.ready:  # the init job was sent when the worker started
+            limit = INIT_TIMEOUT if timeout is None else min(timeout, INIT_TIMEOUT)
+            try:
+                ok, what = self._answer(time.monotonic() + limit)
+            except TimeoutError:
+                ok, what = False, f"no answer within {limit:.0f} s"
+            except Exception as e:  # it died, or answered garbage
+                ok, what = False, _describe(e)
+            if not ok:
+                self.kill()
+                return False, f"{NOT_STARTED}: {what}"
+            self.ready = True
+        try:
+            frame = pickle.dumps(job)
+        except Exception as e:  # nothing was sent: the worker is fine
+            return False, f"job not picklable: {_describe(e)}"
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            if not self.ready:  # the init job was sent when the worker started
-                ok, what = self._answer(deadline)
-                if not ok:
-                    self.kill()
-                    return False, f"worker did not start: {what}"
-                self.ready = True
-            return self._exchange(job, deadline)
+            _write_frame(self.proc.stdin.fileno(), frame)
+            return self._answer(deadline)
         except TimeoutError:
             self.kill()
             return False, f"TimeoutError: no answer within {timeout:.0f} s (worker stopped)"
-        except (OSError, EOFError, ValueError, pickle.UnpicklingError) as e:
+        except Exception as e:  # died, broken pipe, a result that does not unpickle here
             self.kill()
             return False, f"worker lost: {_describe(e)}"
-
-    def _exchange(self, job: Job, deadline: Optional[float]) -> Result:
-        _write_frame(self.proc.stdin.fileno(), pickle.dumps(job))
-        return self._answer(deadline)
 
     def _answer(self, deadline: Optional[float]) -> Result:
         frame = _read_frame(self.proc.stdout.fileno(), deadline)
@@ -181,7 +233,14 @@ class WorkerPool:
         if n < 1:
             raise ValueError(f"a worker pool needs at least one process, not {n}")
         self.init = init
-        self.workers = [_Worker(init) for _ in range(n)]
+        self.workers: List[_Worker] = []
+        try:
+            for _ in range(n):
+                self.workers.append(_Worker(init))
+        except BaseException:  # out of processes or files: none of them may linger
+            for w in self.workers:
+                w.kill()
+            raise
         self._lock = threading.Lock()
         self.last_used = time.monotonic()
 
@@ -226,6 +285,13 @@ class WorkerPool:
 
     broken = False  # a run was interrupted: its workers were stopped
 
+    def refill(self) -> None:
+        """Workers that died (a job that crashed or hung) replaced by new ones."""
+        with self._lock:
+            for k, w in enumerate(self.workers):
+                if w.dead:
+                    self.workers[k] = _Worker(self.init)
+
     def close(self, wait: float = 5.0) -> None:
         """Ends every worker: end of file on its stdin (it exits when idle), then, past
         ``wait`` seconds in all (a worker in the middle of a compile), killed."""
@@ -256,36 +322,40 @@ class WorkerPool:
                     pass
 
 
-# --- the process's pool --------------------------------------------------------------------------
-_POOL: Optional[WorkerPool] = None
+# --- the process's pools ------------------------------------------------------------------------
+# One pool per init job (a build on GPU 1 does not close GPU 0's workers under another thread).
+_POOLS: Dict[bytes, WorkerPool] = {}
 _POOL_LOCK = threading.Lock()
-IDLE_SECONDS = float(os.environ.get("TFTRT_BUILD_WORKERS_IDLE_S", "60"))
+IDLE_SECONDS = env_number("TFTRT_BUILD_WORKERS_IDLE_S", 60.0)
 
 
 def shared_pool(n: int, init: Optional[Job]) -> Optional[WorkerPool]:
     """The process's pool of ``n`` workers started with ``init`` (kept between builds, closed
-    after :data:`IDLE_SECONDS` without jobs and at exit), or None for ``n`` < 1. A pool whose
-    workers all died, or started with another ``init``, is replaced."""
-    global _POOL
+    after :data:`IDLE_SECONDS` without jobs and at exit), or None for ``n`` < 1. Dead workers
+    are replaced; a pool whose run was interrupted, or of another size, is replaced."""
     if n < 1:
         return None
+    key = pickle.dumps(init)
     with _POOL_LOCK:
-        p = _POOL
-        if p is not None and (p.init != init or p.alive == 0 or len(p.workers) != n or
-                              p.broken):
+        p = _POOLS.get(key)
+        if p is not None and (p.broken or len(p.workers) != n):
             p.close()
             p = None
         if p is None:
-            p = _POOL = WorkerPool(n, init)
+            p = _POOLS[key] = WorkerPool(n, init)
             _start_reaper()
+        elif p.alive < n:
+            p.refill()
+        p.last_used = time.monotonic()
         return p
 
 
 def close_shared_pool() -> None:
-    global _POOL
+    """Closes every pool of the process (at exit; tests)."""
     with _POOL_LOCK:
-        p, _POOL = _POOL, None
-    if p is not None:
+        pools = list(_POOLS.values())
+        _POOLS.clear()
+    for p in pools:
         p.close()
 
 
@@ -293,7 +363,7 @@ _reaper: Optional[threading.Thread] = None
 
 
 def _start_reaper() -> None:
-    """A daemon thread that closes the shared pool once it has been idle long enough."""
+    """A daemon thread that closes each shared pool once it has been idle long enough."""
     global _reaper
     if _reaper is not None and _reaper.is_alive():
         return
@@ -301,12 +371,15 @@ def _start_reaper() -> None:
     def reap() -> None:
         while True:
             time.sleep(max(1.0, IDLE_SECONDS / 4))
+            idle = []
             with _POOL_LOCK:
-                p = _POOL
-            if p is None:
-                return
-            if not p._lock.locked() and time.monotonic() - p.last_used > IDLE_SECONDS:
-                close_shared_pool()
+                for key, p in list(_POOLS.items()):
+                    if not p._lock.locked() and time.monotonic() - p.last_used > IDLE_SECONDS:
+                        idle.append(_POOLS.pop(key))
+                left = bool(_POOLS)
+            for p in idle:
+                p.close()
+            if not left:
                 return
 
     _reaper = threading.Thread(target=reap, daemon=True, name="tftrt-worker-reaper")
@@ -320,10 +393,12 @@ def _after_fork_in_child() -> None:
     """A forked child (a user's multiprocessing) does not share the parent's pool: it closes
     its copies of the pipes, so that the parent's workers still see end of file when the
     parent closes them, and starts its own pool if it ever builds."""
-    global _POOL, _reaper, _POOL_LOCK
+    global _reaper, _POOL_LOCK
     _POOL_LOCK = threading.Lock()  # another thread may have held it at the fork
-    p, _POOL, _reaper = _POOL, None, None
-    if p is not None:
+    pools = list(_POOLS.values())
+    _POOLS.clear()
+    _reaper = None
+    for p in pools:
         p.forget()
 
 
@@ -332,6 +407,19 @@ if hasattr(os, "register_at_fork"):
 
 
 # --- the worker side -----------------------------------------------------------------------------
+def _watch_parent(every: float = 1.0) -> None:
+    """Exits the worker when its parent dies, even in the middle of a job (end of file on
+    stdin is only read between jobs): a daemon thread that watches the parent pid."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(every)
+            if os.getppid() != parent:
+                os._exit(3)
+    threading.Thread(target=watch, daemon=True, name="tftrt-worker-watchdog").start()
+
+
 def serve(inp: int = 0, out: Optional[int] = None) -> None:
     """A worker's loop: jobs from ``inp`` until end of file, results to ``out`` (default: the
     process's stdout, which is then pointed at stderr so that a library's prints cannot
@@ -339,6 +427,7 @@ def serve(inp: int = 0, out: Optional[int] = None) -> None:
     if out is None:
         out = os.dup(1)
         os.dup2(2, 1)
+    _watch_parent()
     while True:
         frame = _read_frame(inp)
         if frame is None:

@@ -19,7 +19,6 @@ and with cuDNN's kernel cache on (its dynamic-shape plans are not serialized).
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import threading
@@ -32,7 +31,7 @@ from tftrt.engine.network import Network
 log = logging.getLogger("tftrt.engine.cupy")
 
 # Fewer cuDNN graphs than this to build are left to the build (a worker's start costs seconds).
-MIN_JOBS = int(os.environ.get("TFTRT_BUILD_WORKERS_MIN_JOBS", "4"))
+MIN_JOBS = int(workers.env_number("TFTRT_BUILD_WORKERS_MIN_JOBS", 4))
 # Seconds one job may take (a worker's start included) before its worker is stopped.
 JOB_TIMEOUT = 600.0
 
@@ -102,9 +101,10 @@ def _init_job() -> Optional[tuple]:
         return None
     # beside the cache's entries: workers of every process building with this cache time
     # one at a time
-    lock = os.path.join(store.directory, ".timing.lock")
+    device = int(cp.cuda.runtime.getDevice())
+    lock = os.path.join(store.directory, f".timing-gpu{device}.lock")
     return ("tftrt.engine.backends.cupy_prefetch:init_worker",
-            {"device": int(cp.cuda.runtime.getDevice()), "root": store.root,
+            {"device": device, "root": store.root,
              "fingerprint": dict(store.fingerprint), "lock": lock})
 
 
@@ -125,8 +125,21 @@ def start_workers(net: Network) -> None:
     if n < 1 or sum(l.kind in ("conv", "conv_transpose") for l in net.layers) < MIN_JOBS:
         return
     init = _init_job()
-    if init is not None:
-        workers.shared_pool(n, init)
+    if init is None or _has_plans():  # a cache with plans: most builds need no worker
+        return
+    workers.shared_pool(n, init)
+
+
+def _has_plans() -> bool:
+    """Whether the build cache holds serialized cuDNN plans at all (a machine that has
+    built before); builds then start workers only when they find work for them."""
+    from tftrt.engine.backends import cupy_dnn as D
+    store = D.build_store()
+    try:
+        return store is not None and any(os.scandir(
+            os.path.join(store.directory, D.PLAN_NAMESPACE)))
+    except OSError:
+        return False
 
 
 def prefetch(nets: Union[Network, Sequence[Network]], opts: dict) -> int:
@@ -160,7 +173,7 @@ def prefetch(nets: Union[Network, Sequence[Network]], opts: dict) -> int:
     failed = [v for ok, v in results if not ok]
     seconds = time.perf_counter() - t0
     if len(failed) == len(results) and \
-            any(str(v).startswith("worker did not start") for v in failed):
+            any(str(v).startswith(workers.NOT_STARTED) for v in failed):
         _unusable = f"{failed[0]}"  # e.g. no GPU memory for another CUDA context
         workers.close_shared_pool()
         log.warning("build workers cannot start here (%s); this process builds without "
@@ -191,10 +204,12 @@ class _FileLock:
         return self
 
     def __enter__(self):
+        import fcntl
         fcntl.flock(self.fd, fcntl.LOCK_EX)
         return self
 
     def __exit__(self, *exc):
+        import fcntl
         fcntl.flock(self.fd, fcntl.LOCK_UN)
         return False
 
