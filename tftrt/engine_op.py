@@ -191,6 +191,9 @@ class TRTEngineOp:
         self._generation = 0
         self._logged: set = set()
         self._failed_keys: Dict[ShapeKey, str] = {}
+        # profile sets whose build failed, with why: a shape inside one is refused with that
+        # reason (not "no profile contains it"); most recent first, a few kept
+        self._failed_sets: List[tuple] = []
         # Profile sets to rebuild whole (most recent first): build()'s, and those a saved
         # model named (remember_profiles). A shape inside one, whose engine was evicted or
         # whose plan was refused, builds that set again, not a profile of its one shape.
@@ -420,6 +423,7 @@ class TRTEngineOp:
                 with self._lock:
                     for s in shapes:
                         _bounded_put(self._failed_keys, s, why)
+                    self._failed_sets = [(profiles, why)] + self._failed_sets[:15]
                 return None
             with self._lock:
                 # remembered as a loaded model remembers its saved ones (remember_profiles):
@@ -543,13 +547,19 @@ class TRTEngineOp:
         del self._remembered[REMEMBERED_SETS:]
 
     def _build_refused(self, key: ShapeKey, force: bool) -> Optional[str]:
-        """Why no engine may be built for ``key`` now, or None (under the lock)."""
+        """Why no engine may be built for ``key`` now, or None (under the lock): its build,
+        or the build of profiles that contain it, failed; or runtime builds are off."""
+        failed = self._failed_keys.get(key) or next(
+            (why for profiles, why in self._failed_sets
+             if any(p.contains(key) for p in profiles)), None)
+        if failed:
+            return failed
         if not (self.spec.allow_build_at_runtime or force):
             what = ("no optimization profile of the engine contains input shapes"
                     if self.profile_strategy else "no engine for input shapes")
             return (f"{what} {key} and allow_build_at_runtime=False (call "
                     f"converter.build() with these shapes before save())")
-        return self._failed_keys.get(key)
+        return None
 
     def _build_entry(self, key: ShapeKey, backend: str, generation: int):
         """Builds and caches the entry for ``key`` (under the build lock, not the cache
@@ -711,6 +721,7 @@ class TRTEngineOp:
             self._network = None
             self.cache = EngineCache(self.spec.maximum_cached_engines)
             self._failed_keys.clear()
+            self._failed_sets = []
         _stop_background_builds(stop)
 
     def _build(self, key: ShapeKey, backend: str, tactic_choices=None, weight_cache=None,

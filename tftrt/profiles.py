@@ -372,11 +372,29 @@ def tactic_choices(engine) -> Dict[str, dict]:
     return {l.name: layer_choice(l) for l in engine.network.layers}
 
 
+# Above this batch size fewest_parts does not search (its search is O(b x sizes) in Python).
+_SEARCH_LIMIT = 1 << 14
+
+
 def fewest_parts(b: int, sizes) -> Optional[List[int]]:
     """Batch sizes from ``sizes`` (each as often as needed) adding up to ``b`` in the fewest
     parts, largest first; None when none do. (Taking the largest first alone misses sums: 6
     from {5, 4, 2} is 4 + 2.)"""
     avail = sorted({int(n) for n in sizes if 0 < int(n) <= b}, reverse=True)
+    if b >= 1:
+        # the split ladder's usual sizes (every power of two up to b's top bit): b's binary
+        # digits are the fewest parts, at once (the search below is O(b): 2 s at b = 10^6)
+        bits = [1 << k for k in range(b.bit_length()) if b >> k & 1]
+        if all(n & (n - 1) == 0 for n in avail) and \
+                set(1 << k for k in range(b.bit_length())) <= set(avail):
+            return sorted(bits, reverse=True)
+        if b > _SEARCH_LIMIT:  # largest first; None (no split) when that does not add up
+            out, v = [], b
+            for n in avail:
+                while n <= v:
+                    out.append(n)
+                    v -= n
+            return out if v == 0 else None
     best: List[Optional[int]] = [0] + [None] * b   # parts for each sum
     pick = [0] * (b + 1)
     for v in range(1, b + 1):

@@ -171,6 +171,59 @@ def test_split_parts_are_the_fewest_that_add_up():
     assert P.fewest_parts(3, [3, 1, 2]) == [3]
 
 
+def test_split_parts_of_a_huge_batch_come_at_once():
+    """A profile of batch 1..10^6: splitting a new size into the ladder's engines is its binary
+    digits, not an O(b) search (2 s per first call at b ~ 10^6: helper hunt, 2026-12-01);
+    sizes off the ladder above the search limit take the largest first."""
+    ladder = [1 << k for k in range(20)]
+    t0 = time.perf_counter()
+    for b in (999_999, 999_997, 524_289):
+        parts = P.fewest_parts(b, ladder)
+        assert sum(parts) == b and len(parts) == bin(b).count("1")
+    assert time.perf_counter() - t0 < 0.05
+    parts = P.fewest_parts(999_999, [3] + ladder[2:])
+    assert sum(parts) == 999_999 and parts == sorted(parts, reverse=True)
+    assert P.fewest_parts(1 << 20, [3]) is None
+
+
+class PairNet(tf.Module):
+    """y = tanh(relu(a @ w + b) * 2) + b / 2: two inputs whose batches broadcast."""
+
+    def __init__(self):
+        self.w = tf.constant(np.random.RandomState(0).randn(4, 4).astype(np.float32))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="a"),
+                                  tf.TensorSpec([None, 4], tf.float32, name="b")])
+    def __call__(self, a, b):
+        return {"y": tf.tanh(tf.nn.relu(tf.matmul(a, self.w) + b) * 2.0) + b * 0.5}
+
+
+def test_a_shape_inside_profiles_whose_build_failed_says_so(tmp_path, caplog):
+    """build() saw shapes that make a profile no engine can be built for (its opt shape pairs
+    batch 4 with batch 3, which do not broadcast). A later call inside that profile runs
+    natively with the build's failure as the reason, not "no profile contains it" with advice
+    to call build() (helper hunt, 2026-12-01)."""
+    path = str(tmp_path / "pair")
+    tf.saved_model.save(PairNet(), path)
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=path, use_dynamic_shape=True,
+                                   allow_build_at_runtime=False)
+    fn = conv.convert()
+    rng = np.random.RandomState(1)
+
+    def feed(na, nb):
+        return {"a": tf.constant(rng.randn(na, 4).astype(np.float32)),
+                "b": tf.constant(rng.randn(nb, 4).astype(np.float32))}
+    conv.build(lambda: iter([feed(1, 3), feed(4, 1)]))
+    args = feed(3, 3)
+    with caplog.at_level("WARNING", logger="tftrt"):
+        got = fn(**args)["y"].numpy()
+    want = tf.saved_model.load(path).signatures["serving_default"](**args)["y"].numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "engine build failed for the optimization profiles" in text, text
+    assert "no optimization profile of the engine contains" not in text, text
+
+
 def test_loaded_profiles_serve_other_sizes_without_passes(flatten_dir, passes_runs, tmp_path):
     import tftrt
     native = tf.saved_model.load(flatten_dir).signatures["serving_default"]
