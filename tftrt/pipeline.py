@@ -224,17 +224,19 @@ def _plan(graph_def, inputs, outputs, engine_ops, input_dtypes) -> Plan:
 
 
 def _check_control_edges(g: _Graph, stage: Dict[str, int], engine_index: Dict[str, int]):
-    """Raises PlanError for a control edge from a native node to an engine or into another
-    stage: the plan runs a stage for the tensors it hands out, so a node that only a control
-    edge keeps (a py_func hook under tf.control_dependencies, helper hunt 2026-12-01) would
-    not run. Such a graph runs as one graph function, which keeps every edge."""
+    """Raises PlanError for a control edge from a native node to an engine, into another
+    stage, or onto a Const: the plan runs a stage for the tensors it hands out and makes
+    Consts values once, so a node that only a control edge keeps (a py_func hook under
+    tf.control_dependencies, helper hunts 2026-12-01) would not run. Such a graph runs as one
+    graph function, which keeps every edge."""
     for name in g.order:
         for i in g.nodes[name].input:
             src = i[1:]
             if not i.startswith("^") or src in g.input_nodes or src in engine_index or \
                     src not in g.nodes or g.nodes[src].op == "Const":
                 continue
-            if name in engine_index or stage.get(name) != stage.get(src):
+            if name in engine_index or stage.get(name) != stage.get(src) or \
+                    g.nodes[name].op == "Const":
                 raise PlanError(f"{name} waits on the native node {src} through a control "
                                 f"edge")
 

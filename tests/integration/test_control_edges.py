@@ -106,3 +106,47 @@ def test_tf2_hook_under_control_dependencies_still_runs(tmp_path, monkeypatch, d
     np.testing.assert_allclose(fn(x=x)["y"].numpy(), want, rtol=1e-5, atol=1e-5)
     assert len(calls) == 1
     assert sum(op.stats["engine"] for op in conv.engine_ops.values()) >= 1
+
+
+class HookedConst(tf.Module):
+    """A hook kept only by a control edge onto a Const that a native op (Igamma) reads; the
+    rest of the math is an engine."""
+
+    def __init__(self, calls):
+        super().__init__()
+        self.calls = calls
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+    def __call__(self, x):
+        p = tf.py_function(self.side, [x], tf.float32)
+        with tf.control_dependencies([p]):
+            k = tf.constant([1.0, 2.0, 3.0, 4.0])
+        y = tf.tanh(x * 2.0 + 1.0) * 3.0 - 1.0
+        return {"n": tf.math.igamma(k, tf.abs(y) + 1.0)}
+
+    def side(self, v):
+        self.calls.append(1)
+        return v
+
+
+def test_a_hook_on_a_constant_a_native_op_reads_still_runs(tmp_path):
+    """The pipeline makes Consts values once, so a control edge onto one (the hook's only
+    tie to the graph) sends the call to the graph function: the hook runs once per call in
+    convert()'s function and in tftrt.load's signature (helper hunt, 2026-12-01: 0 calls)."""
+    calls = []
+    m = HookedConst(calls)
+    tf.saved_model.save(m, str(tmp_path / "m"), signatures=m.__call__)
+    x = tf.constant(np.random.RandomState(3).standard_normal((2, 4)).astype(np.float32))
+    calls.clear()
+    want = m(x)["n"].numpy()
+    assert len(calls) == 1
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=str(tmp_path / "m"),
+                                   minimum_segment_size=3)
+    fn = conv.convert()
+    assert conv.engine_ops
+    conv.save(str(tmp_path / "trt"))
+    loaded = tftrt.load(str(tmp_path / "trt")).signatures["serving_default"]
+    for f in (fn, loaded):
+        calls.clear()
+        np.testing.assert_allclose(f(x=x)["n"].numpy(), want, rtol=1e-5, atol=1e-6)
+        assert len(calls) == 1
