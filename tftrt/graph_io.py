@@ -215,7 +215,11 @@ class GraphInfo:
         import tensorflow as tf
         g = tf.Graph()
         with g.as_default():
-            tf.graph_util.import_graph_def(self.graph_def, name="")
+            try:
+                tf.graph_util.import_graph_def(self.graph_def, name="")
+            except Exception as e:  # a write to a frozen variable: say so
+                _check_no_variable_writes(self.graph_def, e)
+                raise
         for op in g.get_operations():
             self._num_outputs[op.name] = len(op.outputs)
             for k, t in enumerate(op.outputs):
@@ -376,10 +380,15 @@ def freeze(func, lower_control_flow: bool = True):
         return frozen.graph.as_graph_def(), FrozenSignature(frozen.inputs, frozen.outputs)
     # As TF's freezing does before it registers the frozen functions: library functions it
     # rewrote (variables read inside them) replace the context's functions of those names.
+    # They are registered again, rewritten (as TF's registers its frozen ones): the original
+    # function objects remove their names when collected, and a name gone already made
+    # "Exception ignored in AtomicFunction.__del__ ... Tried to remove non-existent
+    # function" at exit (a jit_compile or _noinline inner function, helper hunt 2026-12-01).
     ctx = context.context()
     for f in graph_def.library.function:
         if ctx.has_function(f.signature.name):
             ctx.remove_function(f.signature.name)
+            ctx.add_function_def(f)
     inputs = [t for t in func.inputs if t not in converted_inputs]
     _check_no_captured_state(func, inputs)
     # The input placeholders as TF's wrap makes them (without the signature's argument name,
@@ -405,6 +414,27 @@ def _check_no_captured_state(func, inputs) -> None:
                          f"freeze variables into constants. Do the lookup outside the "
                          f"converted signature (as pre-processing) and convert the part "
                          f"that computes on its results")
+
+
+_WRITES = ("AssignVariableOp", "AssignAddVariableOp", "AssignSubVariableOp",
+           "ResourceScatter", "ResourceApply", "ResourceSparseApply", "ResourceStridedSliceAssign")
+
+
+def _check_no_variable_writes(graph_def, error: Exception) -> None:
+    """After importing the frozen ``graph_def`` failed with ``error``: raises a clear
+    ValueError when the signature writes a variable (a counter, a running statistic).
+    Freezing makes variables constants, as TF-TRT's does, so such a signature cannot be
+    converted; TF's importer fails on the write's resource input ("passed float ...
+    incompatible with expected resource")."""
+    nodes = list(graph_def.node) + [n for f in graph_def.library.function for n in f.node_def]
+    writes = sorted({n.name for n in nodes if n.op.startswith(_WRITES)})
+    if writes:
+        ops = sorted({n.op for n in nodes if n.op.startswith(_WRITES)})
+        raise ValueError(f"the signature writes variables ({len(writes)} op(s) {ops}, e.g. "
+                         f"{writes[:3]}); tftrt, like TF-TRT, freezes variables into "
+                         f"constants, so a signature that updates state cannot be converted. "
+                         f"Convert a signature without the update (do it outside the "
+                         f"converted function). TensorFlow said: {str(error)[:300]}") from error
 
 
 def _check_no_tables(func) -> None:

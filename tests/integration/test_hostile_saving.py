@@ -231,6 +231,27 @@ def test_lookup_table_in_the_signature_is_a_clear_error(tmp_path):
         trt.TrtGraphConverterV2(input_saved_model_dir=src).convert()
 
 
+class Counting(tf.Module):
+    def __init__(self):
+        self.count = tf.Variable(0.0)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+    def __call__(self, x):
+        self.count.assign_add(1.0)
+        return {"y": tf.tanh(x * 2.0 + 1.0) * 3.0, "count": tf.identity(self.count)}
+
+
+def test_a_signature_that_writes_a_variable_is_a_clear_error(tmp_path):
+    """Freezing makes variables constants (as TF-TRT's does): convert() of a signature that
+    updates one raised TF's importer error "Input 0 of node .../AssignAddVariableOp was
+    passed float ... incompatible with expected resource" (helper hunt, 2026-12-01)."""
+    src = models.save_module(Counting(), str(tmp_path / "src"))
+    with pytest.raises(ValueError, match=r"the signature writes variables .*AssignAddVariableOp"
+                                         r".*freezes variables into constants.*outside the "
+                                         r"converted function"):
+        trt.TrtGraphConverterV2(input_saved_model_dir=src).convert()
+
+
 def test_tf1_signature_key_that_is_no_identifier_keeps_its_spec_name(tmp_path):
     """A TF1 signature key may be "in-put/0" (its spec name "in_put_0"): no Python keyword,
     so the converted signature takes the spec name, as before."""
@@ -308,3 +329,37 @@ def test_saving_again_keeps_the_users_assets_extra(saves, tmp_path, caplog):
     assert_native_answers(saves["src"], loaded.signatures["serving_default"], image(4))
     fresh = convert_and_save(saves["src"], str(tmp_path / "fresh"), 4)
     assert not os.path.exists(os.path.join(fresh, "assets.extra"))
+
+
+EXIT_SCRIPT = """
+import numpy as np, tensorflow as tf
+from tftrt import trt_convert as trt
+class M(tf.Module):
+    @tf.function(jit_compile=True)
+    def inner(self, v):
+        return tf.sigmoid(v * 3.0 + 1.0) - 0.5
+    @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32)])
+    def __call__(self, x):
+        return {"y": self.inner(tf.tanh(x * 2.0)) * 2.0}
+import sys
+tf.saved_model.save(M(), sys.argv[1])
+f = trt.TrtGraphConverterV2(input_saved_model_dir=sys.argv[1]).convert()
+print(float(f(x=np.ones((2, 4), np.float32))["y"].numpy()[0, 0]))
+"""
+
+
+def test_no_error_at_exit_after_converting_a_model_with_an_inner_function(tmp_path):
+    """Freezing replaced the context's inner (jit_compile / _noinline) functions without
+    registering them again: at exit Python printed "Exception ignored in
+    AtomicFunction.__del__ ... Tried to remove non-existent function" (helper hunt)."""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, TFTRT_BACKEND="numpy", TF_CPP_MIN_LOG_LEVEL="2")
+    p = subprocess.run([sys.executable, "-c", EXIT_SCRIPT, str(tmp_path / "m")], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert abs(float(p.stdout.split()[-1]) - 2 * (1 / (1 + np.exp(-(3 * np.tanh(2) + 1))) - 0.5)) \
+        < 1e-5
+    assert "Exception ignored" not in p.stderr and "non-existent function" not in p.stderr, \
+        p.stderr[-2000:]
