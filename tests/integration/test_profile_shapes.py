@@ -224,6 +224,50 @@ def test_a_shape_inside_profiles_whose_build_failed_says_so(tmp_path, caplog):
     assert "no optimization profile of the engine contains" not in text, text
 
 
+class MaskedPair(tf.Module):
+    """y = tanh(x @ w) * m + 1: two inputs sharing their batch (ids and mask, image and
+    mask), which must be equal."""
+
+    def __init__(self):
+        self.w = tf.constant(np.random.RandomState(0).randn(8, 8).astype(np.float32))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 8], tf.float32, name="x"),
+                                  tf.TensorSpec([None, 8], tf.float32, name="m")])
+    def __call__(self, x, m):
+        return {"y": tf.tanh(tf.matmul(x, self.w)) * m + 1.0}
+
+
+def test_inputs_sharing_a_batch_get_a_template_and_split_batches(tmp_path, monkeypatch):
+    """Probing the two batch dimensions at different sizes does not broadcast, which lost the
+    profile its template: every new batch size a full build and no split batches (helper
+    hunt, 2026-12-01). Dimensions of one range are now tried tied: the template serves them
+    equal (and refuses them unequal), batches split, answers as native TF's."""
+    monkeypatch.setenv("TFTRT_SPLIT_BATCH", "1")
+    path = str(tmp_path / "pair")
+    tf.saved_model.save(MaskedPair(), path)
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=path, use_dynamic_shape=True)
+    fn = conv.convert()
+    rng = np.random.RandomState(1)
+
+    def feed(b):
+        return {"x": tf.constant(rng.randn(b, 8).astype(np.float32)),
+                "m": tf.constant(rng.randn(b, 8).astype(np.float32))}
+    conv.build(lambda: iter([feed(1), feed(16)]))
+    native = tf.saved_model.load(path).signatures["serving_default"]
+    for b in (5, 7, 13, 16, 3):
+        args = feed(b)
+        np.testing.assert_allclose(fn(**args)["y"].numpy(), native(**args)["y"].numpy(),
+                                   rtol=1e-5, atol=1e-6)
+    (op,) = conv.engine_ops.values()
+    (pe,) = [e for e in op.cache._items.values() if isinstance(e, P.ProfileEngine)]
+    assert pe.template_errors == {} and pe.split_check(0) is None
+    assert pe.stats.get("split", 0) >= 3, pe.stats
+    template = pe._templates[0][0]
+    assert template.groups == [[(0, 0), (1, 0)]]
+    assert template.serves([(5, 8), (5, 8)]) is None
+    assert "differ" in template.serves([(5, 8), (3, 8)])
+
+
 def test_loaded_profiles_serve_other_sizes_without_passes(flatten_dir, passes_runs, tmp_path):
     import tftrt
     native = tf.saved_model.load(flatten_dir).signatures["serving_default"]

@@ -81,10 +81,14 @@ class ShapeTemplate:
     """
 
     def __init__(self, network: Network, variables: List[Var], opt: Tuple[int, ...],
-                 rules: Dict[int, Dict[str, list]], ones_ok: bool):
+                 rules: Dict[int, Dict[str, list]], ones_ok: bool,
+                 groups: Optional[List[List[Var]]] = None):
         self.network = network
         self.variables = variables
-        self.opt = opt
+        # the varying dimensions as the rules see them: one value per group, its dimensions
+        # equal (tied: inputs sharing a batch); one dimension per group unless tied
+        self.groups = groups if groups is not None else [[v] for v in variables]
+        self.opt = opt  # per group
         self.rules = rules  # layer index -> attr -> flat list of element rules (see _learn)
         self.ones_ok = ones_ok
 
@@ -106,6 +110,10 @@ class ShapeTemplate:
                 elif d < 1 or (d == 1 and not self.ones_ok):
                     return (f"input {name} dimension {ax} is {d}: sizes below 2 were not "
                             f"checked for this network")
+        for g in self.groups:
+            if len({int(input_shapes[i][ax]) for i, ax in g}) > 1:
+                return (f"dimensions {g} differ; the template was made with them equal "
+                        f"(tied: {[int(input_shapes[i][ax]) for i, ax in g]})")
         return None
 
     def network_for(self, input_shapes: Dict[str, Sequence[int]]) -> Network:
@@ -122,7 +130,7 @@ class ShapeTemplate:
         if why is not None:
             raise EngineBuildError(f"network {net.name}: the profile's optimized network does "
                                    f"not serve shapes {shapes}: {why}")
-        values = tuple(shapes[i][ax] for i, ax in self.variables)
+        values = tuple(shapes[g[0][0]][g[0][1]] for g in self.groups)
         out = Network(net.name)
         out.inputs, out.outputs = list(net.inputs), list(net.outputs)
         out.weights = dict(net.weights)
@@ -591,37 +599,66 @@ def make_template(network: Network, front: Callable[[Dict[str, Tuple[int, ...]]]
     bad = [t.name for t in network.tensors.values() if not t.is_static]
     if bad:
         raise TemplateError(f"tensors {bad[:3]} have data-dependent shapes")
-    opt = tuple(opt_shapes[i][ax] for i, ax in variables)
-    probe = probe_values(profile, variables)
+    try:
+        return _make_template(network, front, profile, shape_values, variables,
+                              [[v] for v in variables])
+    except (TemplateError, EngineBuildError) as untied:
+        # Dimensions varied apart may have to be equal (inputs sharing a batch: probing them
+        # at different sizes does not broadcast). Dimensions of one range (min, opt, max)
+        # are tried as one, the template then serving them equal (helper hunt, 2026-12-01).
+        by_range: Dict[tuple, List[Var]] = {}
+        for i, ax in variables:
+            key = (profile.min[i][ax], profile.opt[i][ax], profile.max[i][ax])
+            by_range.setdefault(key, []).append((i, ax))
+        groups = list(by_range.values())
+        if len(groups) == len(variables):
+            raise
+        try:
+            return _make_template(network, front, profile, shape_values, variables, groups)
+        except (TemplateError, EngineBuildError) as tied:
+            raise TemplateError(f"{untied}; with the dimensions of equal ranges tied: "
+                                f"{tied}") from untied
+
+
+def _make_template(network, front, profile, shape_values, variables: List[Var],
+                   groups: List[List[Var]]) -> ShapeTemplate:
+    """make_template's checks with the varying dimensions in ``groups`` (each group one
+    value: its dimensions set together)."""
+    names = list(network.inputs)
+    opt_shapes = [tuple(s) for s in profile.opt]
+    reps = [g[0] for g in groups]
+    opt = tuple(opt_shapes[i][ax] for i, ax in reps)
+    probe = probe_values(profile, reps)
 
     def shapes_at(values):
         s = [list(x) for x in opt_shapes]
-        for (i, ax), v in zip(variables, values):
-            s[i][ax] = v
+        for g, v in zip(groups, values):
+            for i, ax in g:
+                s[i][ax] = v
         return [tuple(x) for x in s]
 
     ones_values_ok = True
     if shape_values is not None:  # before the probes: it is cheaper and refuses more
         ones_values_ok = check_shape_values(
-            lambda shapes: shape_values(dict(zip(names, shapes))), variables, opt, shapes_at,
+            lambda shapes: shape_values(dict(zip(names, shapes))), reps, opt, shapes_at,
             profile)
     probe_shapes = shapes_at(probe)
     probe_net = front(dict(zip(names, probe_shapes)))
     rules = _compare(network, probe_net, "probe", opt, probe, learn=True)
     _check_kinds(network, probe_net)
-    template = ShapeTemplate(network, variables, opt, rules, ones_ok=True)
+    template = ShapeTemplate(network, variables, opt, rules, ones_ok=True, groups=groups)
     _check_shapes(template, probe_net, probe_shapes, "probe")
     # A value the passes folded from a shape can be equal at the opt and probe shapes and
     # differ below them (min(batch, 4), batch >= 3: same at 8 and 5, not at 2): the low end
     # of the range (at least 2) is compared too, and a difference refuses the template.
-    low = tuple(min(max(profile.min[i][ax], 2), profile.max[i][ax]) for i, ax in variables)
+    low = tuple(min(max(profile.min[i][ax], 2), profile.max[i][ax]) for i, ax in reps)
     if low != probe and low != opt:
         low_shapes = shapes_at(low)
         low_net = front(dict(zip(names, low_shapes)))
         _compare(network, low_net, "low", opt, low, learn=False)
         _check_shapes(template, low_net, low_shapes, "low")
     ones = tuple(1 if profile.min[i][ax] <= 1 <= profile.max[i][ax] else v
-                 for (i, ax), v in zip(variables, probe))
+                 for (i, ax), v in zip(reps, probe))
     if not ones_values_ok:
         template.ones_ok = False
         log.debug("%s: varying dimensions of size 1 are built the full way: the shape "
