@@ -55,3 +55,32 @@ def test_edge_values_match_native_tensorflow(name, tmp_path):
     assert sum(op.stats["engine"] for op in conv.engine_ops.values()) >= 1  # engines ran
     for k in want:
         np.testing.assert_array_equal(got[k].numpy(), want[k].numpy(), err_msg=f"{name} [{k}]")
+
+
+@pytest.mark.parametrize("layer", ["group", "layer_axis1", "squared_difference"])
+def test_fp16_variance_of_large_activations(tmp_path, layer):
+    """FP16 engines of GroupNormalization, of a LayerNormalization over a non-last axis and of
+    a hand-written variance, with activations ~200 from their mean: (x - mean)^2 was stored in
+    float16, overflowed past 256, the variance became inf and the output beta (relative error
+    1.0, helper hunt 2026-12-01; only the last-axis LayerNorm, which norm_fusion takes, was
+    right). The squaring layer that feeds a reduction stays float32."""
+    import keras
+    inp = keras.Input((8, 8, 8))
+    if layer == "group":
+        out = keras.layers.GroupNormalization(groups=2)(inp)
+    elif layer == "layer_axis1":
+        out = keras.layers.LayerNormalization(axis=1)(inp)
+    else:
+        mean = keras.ops.mean(inp, axis=(1, 2), keepdims=True)
+        var = keras.ops.mean(keras.ops.square(inp - mean), axis=(1, 2), keepdims=True)
+        out = (inp - mean) * keras.ops.rsqrt(var + 1e-3)
+    path = str(tmp_path / "m")
+    tf.saved_model.save(keras.Model(inp, out), path)
+    x = tf.constant((np.random.default_rng(0).standard_normal((2, 8, 8, 8)) * 200)
+                    .astype(np.float32))
+    ref = tf.saved_model.load(path).signatures["serving_default"](inputs=x)
+    key = list(ref)[0]
+    fn = trt.TrtGraphConverterV2(input_saved_model_dir=path, precision_mode="FP16").convert()
+    got, want = fn(inputs=x)[key].numpy(), ref[key].numpy()
+    assert np.isfinite(got).all()
+    assert np.abs(got - want).max() / np.abs(want).max() < 1e-2

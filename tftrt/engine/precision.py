@@ -2,8 +2,9 @@
 
 FP16: conv / conv_transpose / matmul store their weights in float16 and every layer stores its
 float32 activations in float16, except the layers in ``FP32_KINDS`` (softmax, reductions,
-normalization, top-k, ...), which compute in float32 and keep float32 outputs because fp16
-loses too much there; softmax and normalization store their main output in float16 all the
+normalization, top-k, ...) and pointwise layers that square values for a reduction (a
+variance's (x - mean)^2), which compute in float32 and keep float32 outputs because fp16
+loses too much (or overflows) there; softmax and normalization store their main output in float16 all the
 same (``HALF_OUTPUT_KINDS``). Network inputs and outputs keep their declared dtypes (as in
 TF-TRT). Epilogue vectors (bias/scale) stay float32: they are applied to the fp32 accumulator.
 
@@ -81,6 +82,32 @@ def apply_precision(net: Network, precision: str, table: Optional[dict] = None) 
     return net
 
 
+def _squares(layer: Layer) -> bool:
+    """Whether a pointwise layer's program squares a value (x * x, x ** 2)."""
+    for st in layer.attrs.get("program", ()):
+        a = st.get("args", ())
+        if st.get("op") == "mul" and len(a) == 2 and a[0] == a[1]:
+            return True
+        if st.get("op") == "pow" and len(a) == 2 and isinstance(a[1], (int, float)) and \
+                a[1] == 2:
+            return True
+    return False
+
+
+def _variance_terms(net: Network) -> set:
+    """Pointwise layers that square values for a reduction only ((x - mean)^2 of a variance
+    no norm_fusion pattern took: GroupNormalization, a LayerNormalization over another
+    axis): kept in FP32, since fp16 storage overflows once |x - mean| > 256 and the variance
+    became inf, the output beta (helper hunt, 2026-12-01: relative error 1.0)."""
+    readers: dict = {}
+    for l in net.layers:
+        for i in l.inputs:
+            readers.setdefault(i, []).append(l)
+    return {l.name for l in net.layers if l.kind == "pointwise" and _squares(l) and
+            readers.get(l.outputs[0]) and
+            all(r.kind == "reduce" for r in readers[l.outputs[0]])}
+
+
 def _assign_half(net: Network, skip=frozenset()) -> None:
     """FP16 assignment (module doc) of every layer not in ``skip``, in place."""
     keep = set(net.inputs) | set(net.outputs)
@@ -88,10 +115,11 @@ def _assign_half(net: Network, skip=frozenset()) -> None:
     for l in net.layers:
         for i in l.inputs:
             uses[i] = uses.get(i, 0) + 1
+    fp32 = _variance_terms(net)
     for l in net.layers:
         if l.name in skip:
             continue
-        l.precision = "FP32" if l.kind in FP32_KINDS else "FP16"
+        l.precision = "FP32" if l.kind in FP32_KINDS or l.name in fp32 else "FP16"
         if l.kind in HALF_OUTPUT_KINDS and l.outputs[0] not in keep and \
                 net.tensors[l.outputs[0]].dtype == "float32":
             net.tensors[l.outputs[0]].dtype = "float16"
