@@ -57,19 +57,24 @@ def test_edge_values_match_native_tensorflow(name, tmp_path):
         np.testing.assert_array_equal(got[k].numpy(), want[k].numpy(), err_msg=f"{name} [{k}]")
 
 
-@pytest.mark.parametrize("layer", ["group", "layer_axis1", "squared_difference"])
+@pytest.mark.parametrize("layer", ["group", "layer_axis1", "squared_difference",
+                                   "softmax_by_hand"])
 def test_fp16_variance_of_large_activations(tmp_path, layer):
     """FP16 engines of GroupNormalization, of a LayerNormalization over a non-last axis and of
     a hand-written variance, with activations ~200 from their mean: (x - mean)^2 was stored in
     float16, overflowed past 256, the variance became inf and the output beta (relative error
     1.0, helper hunt 2026-12-01; only the last-axis LayerNorm, which norm_fusion takes, was
-    right). The squaring layer that feeds a reduction stays float32."""
+    right); a hand-written softmax's exp(x) overflows the same way. The squaring or
+    exponentiating layer that feeds a sum or mean stays float32."""
     import keras
     inp = keras.Input((8, 8, 8))
     if layer == "group":
         out = keras.layers.GroupNormalization(groups=2)(inp)
     elif layer == "layer_axis1":
         out = keras.layers.LayerNormalization(axis=1)(inp)
+    elif layer == "softmax_by_hand":  # exp(x) / sum(exp(x)), logits up to ~30: exp > 65504
+        e = keras.ops.exp(inp * 0.05)
+        out = e / keras.ops.sum(e, axis=-1, keepdims=True)
     else:
         mean = keras.ops.mean(inp, axis=(1, 2), keepdims=True)
         var = keras.ops.mean(keras.ops.square(inp - mean), axis=(1, 2), keepdims=True)

@@ -82,30 +82,37 @@ def apply_precision(net: Network, precision: str, table: Optional[dict] = None) 
     return net
 
 
-def _squares(layer: Layer) -> bool:
-    """Whether a pointwise layer's program squares a value (x * x, x ** 2)."""
+def _grows(layer: Layer) -> bool:
+    """Whether a pointwise layer's program may make values far larger than its inputs: a
+    square (x * x), a power, an exponential (where float16, max 65504, overflows first)."""
     for st in layer.attrs.get("program", ()):
         a = st.get("args", ())
         if st.get("op") == "mul" and len(a) == 2 and a[0] == a[1]:
             return True
-        if st.get("op") == "pow" and len(a) == 2 and isinstance(a[1], (int, float)) and \
-                a[1] == 2:
+        if st.get("op") in ("pow", "exp"):
             return True
     return False
 
 
+# Reductions that add up (or multiply) their inputs: a float16 input that overflowed is inf in
+# the result. Max / min / argmax pass a value through and need no wider input.
+_ACCUMULATING = ("mean", "sum", "prod", "l1", "l2", "sum_square", "log_sum", "log_sum_exp")
+
+
 def _variance_terms(net: Network) -> set:
-    """Pointwise layers that square values for a reduction only ((x - mean)^2 of a variance
-    no norm_fusion pattern took: GroupNormalization, a LayerNormalization over another
-    axis): kept in FP32, since fp16 storage overflows once |x - mean| > 256 and the variance
-    became inf, the output beta (helper hunt, 2026-12-01: relative error 1.0)."""
+    """Pointwise layers that square, raise or exponentiate values an accumulating reduction
+    reads ((x - mean)^2 of a variance no norm_fusion pattern took:
+    GroupNormalization, a LayerNormalization over another axis; exp(x) of a hand-written
+    softmax or log-sum-exp): kept in FP32. Stored in fp16 the square overflowed once
+    |x - mean| > 256, the variance became inf and the output beta (helper hunt, 2026-12-01:
+    relative error 1.0)."""
     readers: dict = {}
     for l in net.layers:
         for i in l.inputs:
             readers.setdefault(i, []).append(l)
-    return {l.name for l in net.layers if l.kind == "pointwise" and _squares(l) and
-            readers.get(l.outputs[0]) and
-            all(r.kind == "reduce" for r in readers[l.outputs[0]])}
+    return {l.name for l in net.layers if l.kind == "pointwise" and _grows(l) and
+            any(r.kind == "reduce" and r.attrs.get("op") in _ACCUMULATING
+                for r in readers.get(l.outputs[0], ()))}
 
 
 def _assign_half(net: Network, skip=frozenset()) -> None:
