@@ -175,10 +175,11 @@ def test_a_worker_exits_when_its_parent_dies_mid_job(tmp_path):
 
 
 def test_bad_numbers_in_the_environment_fall_back(monkeypatch):
+    from tftrt.env import env_float  # what workers.py and cupy_prefetch.py read them with
     monkeypatch.setenv("TFTRT_BUILD_WORKERS_IDLE_S", "soon")
-    assert workers.env_number("TFTRT_BUILD_WORKERS_IDLE_S", 60.0) == 60.0
+    assert env_float("TFTRT_BUILD_WORKERS_IDLE_S", 60.0) == 60.0
     monkeypatch.setenv("TFTRT_BUILD_WORKERS_IDLE_S", "2.5")
-    assert workers.env_number("TFTRT_BUILD_WORKERS_IDLE_S", 60.0) == 2.5
+    assert env_float("TFTRT_BUILD_WORKERS_IDLE_S", 60.0) == 2.5
 
 
 def test_cgroup_quota_caps_the_default(tmp_path, monkeypatch):

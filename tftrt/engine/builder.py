@@ -181,7 +181,7 @@ def build_engine(model_or_network: Union[onnx.ModelProto, Network],
         weights = {k: backend.upload(v) for k, v in net.weights.items()}
     tuning = config.tactic_timing and config.tactic_choices is None
     if tuning:  # candidates' library plans made in parallel before they are timed here
-        _prefetch(backend, net)
+        _hook(backend, "prefetch", net)
     if config.tactic_timing or config.tactic_choices is not None:  # choices: nothing timed
         timings = choose_tactics(net, backend, weights, config.timing_cache,
                                  choices=config.tactic_choices)
@@ -192,7 +192,7 @@ def build_engine(model_or_network: Union[onnx.ModelProto, Network],
             c = candidates(backend.name, net, layer)
             layer.tactic = c[0].name if c else "default"
     if not tuning:  # the chosen tactics' library plans, before _finish prepares the layers
-        _prefetch(backend, net)
+        _hook(backend, "prefetch", net)
     engine = _finish(net, backend, precision, weights, config.to_json(), config)
     engine.build_info = {"seconds": time.perf_counter() - t0, "tactic_timings": timings,
                          "timed_layers": len(timings),
@@ -202,17 +202,11 @@ def build_engine(model_or_network: Union[onnx.ModelProto, Network],
     return engine
 
 
-def _prefetch(backend, net) -> None:
-    """The backend's optional ``prefetch(net or [nets])`` hook: work of the layer
-    preparations to come done ahead, in parallel (the CuPy backend compiles cuDNN graphs in
-    worker processes)."""
-    _hook(backend, "prefetch", net)
-
-
 def _hook(backend, name: str, arg) -> None:
-    """Calls the backend's optional hook ``name`` (``start_build``: a build begins;
-    ``prefetch``). Hooks only make builds faster: whatever one raises is logged and the
-    build goes on."""
+    """Calls the backend's optional hook ``name``: ``start_build(net)`` as a build begins,
+    ``prefetch(net or [nets])`` before layers are prepared (work of the preparations to come
+    done ahead, in parallel: the CuPy backend compiles cuDNN graphs in worker processes).
+    Hooks only make builds faster: whatever one raises is logged and the build goes on."""
     hook = getattr(backend, name, None)
     if not callable(hook):
         return
@@ -244,7 +238,7 @@ def prefetch_from_template(template, shapes: Sequence[Dict[str, Sequence[int]]],
             continue
         nets.append(net)
     if nets:
-        _prefetch(backend, nets)
+        _hook(backend, "prefetch", nets)
 
 
 def _finish(net: Network, backend, precision: str, weights: Dict[str, Any], config_json: dict,
@@ -294,7 +288,7 @@ def build_engine_from_template(template, input_shapes: Dict[str, Sequence[int]],
     if callable(mark):
         mark(net)
     else:
-        _prefetch(backend, net)
+        _hook(backend, "prefetch", net)
     cfg = {k: v for k, v in opt_engine.config.items() if k != "profiles"}
     engine = _finish(net, backend, opt_engine.precision, opt_engine.weights, cfg, config)
     engine.build_info = {"seconds": time.perf_counter() - t0, "tactic_timings": {},

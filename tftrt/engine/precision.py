@@ -2,11 +2,12 @@
 
 FP16: conv / conv_transpose / matmul store their weights in float16 and every layer stores its
 float32 activations in float16, except the layers in ``FP32_KINDS`` (softmax, reductions,
-normalization, top-k, ...) and pointwise layers that square values for a reduction (a
-variance's (x - mean)^2), which compute in float32 and keep float32 outputs because fp16
-loses too much (or overflows) there; softmax and normalization store their main output in float16 all the
-same (``HALF_OUTPUT_KINDS``). Network inputs and outputs keep their declared dtypes (as in
-TF-TRT). Epilogue vectors (bias/scale) stay float32: they are applied to the fp32 accumulator.
+normalization, top-k, ...) and pointwise layers that square, raise or exponentiate values a
+sum or mean reads (a variance's (x - mean)^2), which compute in float32 and keep float32
+outputs because fp16 loses too much (or overflows) there; softmax and normalization store
+their main output in float16 all the same (``HALF_OUTPUT_KINDS``). Network inputs and
+outputs keep their declared dtypes (as in TF-TRT). Epilogue vectors (bias/scale) stay float32:
+they are applied to the fp32 accumulator.
 
 INT8 / FP8 (E4M3; tftrt's extension, Hopper-class GPUs): the conv and GEMM layers the network's
 quantization table gives ranges for become quantized layers (``quantization.py``: int8 / fp8
@@ -106,10 +107,7 @@ def _variance_terms(net: Network) -> set:
     softmax or log-sum-exp): kept in FP32. Stored in fp16 the square overflowed once
     |x - mean| > 256, the variance became inf and the output beta (helper hunt, 2026-12-01:
     relative error 1.0)."""
-    readers: dict = {}
-    for l in net.layers:
-        for i in l.inputs:
-            readers.setdefault(i, []).append(l)
+    readers = net.consumers()
     return {l.name for l in net.layers if l.kind == "pointwise" and _grows(l) and
             any(r.kind == "reduce" and r.attrs.get("op") in _ACCUMULATING
                 for r in readers.get(l.outputs[0], ()))}

@@ -36,6 +36,8 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from tftrt.env import env_float
+
 log = logging.getLogger("tftrt.engine.workers")
 
 _LEN = struct.Struct("<Q")
@@ -81,18 +83,6 @@ def _cgroup_cpus(path: str = "/sys/fs/cgroup/cpu.max") -> Optional[int]:
         return None
 
 
-def env_number(name: str, default: float) -> float:
-    """A number from the environment; the default (with one warning) for anything else."""
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        log.warning("%s=%r is not a number; using %s", name, raw, default)
-        return default
-
-
 def call(path: str, arg: Any) -> Any:
     """Runs job ``path`` ("module:function") on ``arg`` (in a worker, or here in tests)."""
     mod, _, fn = path.partition(":")
@@ -135,7 +125,7 @@ def _read_frame(fd: int, deadline: Optional[float] = None) -> Optional[bytes]:
 
 # A worker's init job (CUDA context, imports) gets this long at most; its failure, whatever
 # the cause, reads "worker did not start: ..." (callers give up on workers then).
-INIT_TIMEOUT = env_number("TFTRT_BUILD_WORKERS_INIT_S", 120.0)
+INIT_TIMEOUT = env_float("TFTRT_BUILD_WORKERS_INIT_S", 120.0)
 NOT_STARTED = "worker did not start"
 
 
@@ -218,6 +208,9 @@ class _Worker:
             self.proc.wait(timeout=10)
         except Exception:
             pass
+        self.close_pipes()
+
+    def close_pipes(self) -> None:
         for f in (self.proc.stdin, self.proc.stdout):
             try:
                 f.close()
@@ -315,18 +308,14 @@ class WorkerPool:
         the parent's; its threads did not come along)."""
         for w in self.workers:
             w.dead = True
-            for f in (w.proc.stdin, w.proc.stdout):
-                try:
-                    f.close()
-                except Exception:
-                    pass
+            w.close_pipes()
 
 
 # --- the process's pools ------------------------------------------------------------------------
 # One pool per init job (a build on GPU 1 does not close GPU 0's workers under another thread).
 _POOLS: Dict[bytes, WorkerPool] = {}
 _POOL_LOCK = threading.Lock()
-IDLE_SECONDS = env_number("TFTRT_BUILD_WORKERS_IDLE_S", 60.0)
+IDLE_SECONDS = env_float("TFTRT_BUILD_WORKERS_IDLE_S", 60.0)
 
 
 def shared_pool(n: int, init: Optional[Job]) -> Optional[WorkerPool]:

@@ -27,11 +27,12 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 from tftrt.engine import workers
 from tftrt.engine.network import Network
+from tftrt.env import env_float
 
 log = logging.getLogger("tftrt.engine.cupy")
 
 # Fewer cuDNN graphs than this to build are left to the build (a worker's start costs seconds).
-MIN_JOBS = int(workers.env_number("TFTRT_BUILD_WORKERS_MIN_JOBS", 4))
+MIN_JOBS = int(env_float("TFTRT_BUILD_WORKERS_MIN_JOBS", 4))
 # Seconds one job may take (a worker's start included) before its worker is stopped.
 JOB_TIMEOUT = 600.0
 

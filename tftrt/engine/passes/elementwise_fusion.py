@@ -83,13 +83,9 @@ def elementwise_fusion(net: Network) -> Network:
     changed = True
     while changed:
         changed = False
-        cons: Dict[str, List[str]] = {}  # tensor -> names of the layers reading it
-        for l in net.layers:
-            for i in l.inputs:
-                if i:
-                    users = cons.setdefault(i, [])
-                    if l.name not in users:
-                        users.append(l.name)
+        # tensor -> names of the layers reading it
+        cons = {t: list(dict.fromkeys(l.name for l in ls))
+                for t, ls in net.consumers().items()}
         layers: List[Optional[Layer]] = list(net.layers)
         pos = {l.name: k for k, l in enumerate(layers)}
         groups: Dict[str, List[Layer]] = {}  # a layer -> the layers merged into it so far
