@@ -6,18 +6,17 @@ Skipped without a GPU (tests/conftest.py). On the GPU machine:
 ``CUDA_VISIBLE_DEVICES=0 python -m pytest tests/gpu/test_build_cache_gpu.py -q``.
 """
 
-import json
 import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 
 cp = pytest.importorskip("cupy")
+
+from tests.gpu.build_scripts import run_build_script  # noqa: E402
+
 pytestmark = pytest.mark.gpu
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # Two convolutions with fused epilogues of different topologies, FP16, then a GEMM.
 SCRIPT = textwrap.dedent("""
@@ -59,13 +58,7 @@ SCRIPT = textwrap.dedent("""
 
 
 def _run(cache_dir, **env):
-    e = dict(os.environ, TFTRT_CACHE_DIR=str(cache_dir), TFTRT_BACKEND="cupy",
-             PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), **env)
-    e.pop("CUPY_CACHE_DIR", None)
-    p = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=e, capture_output=True,
-                       text=True, timeout=300)
-    assert p.returncode == 0, p.stderr[-3000:]
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    return run_build_script(SCRIPT, cache_dir, **env)
 
 
 def _entries(cache_dir, namespace):

@@ -7,19 +7,17 @@ Skipped without a GPU (tests/conftest.py). On the GPU machine:
 ``CUDA_VISIBLE_DEVICES=0 python -m pytest tests/gpu/test_build_workers_gpu.py -q``.
 """
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import pytest
 
 cp = pytest.importorskip("cupy")
+
+from tests.gpu.build_scripts import run_build_script  # noqa: E402
+
 pytestmark = pytest.mark.gpu
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # Five convolutions of distinct configurations (3x3, 1x1, strided, grouped, with bias / ReLU /
 # residual add epilogues), FP16.
@@ -62,14 +60,8 @@ SCRIPT = textwrap.dedent("""
 
 
 def _run(cache_dir, workers: int):
-    e = dict(os.environ, TFTRT_CACHE_DIR=str(cache_dir), TFTRT_BACKEND="cupy",
-             TFTRT_BUILD_WORKERS=str(workers), TFTRT_BUILD_WORKERS_MIN_JOBS="2",
-             PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    e.pop("CUPY_CACHE_DIR", None)
-    p = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=e, capture_output=True,
-                       text=True, timeout=400)
-    assert p.returncode == 0, p.stderr[-3000:]
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    return run_build_script(SCRIPT, cache_dir, timeout=400, TFTRT_BUILD_WORKERS=str(workers),
+                            TFTRT_BUILD_WORKERS_MIN_JOBS="2")
 
 
 def _close(a, b, tol):
