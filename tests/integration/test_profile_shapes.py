@@ -374,3 +374,56 @@ def test_serving_trace_bounds_a_replay_cut_by_its_deadline():
     assert np.percentile(whole, 99) >= row["p99_lower_bound_ms"]
     full = trace_mod.summarize(trace[:len(lat)], lat, new, wall)
     assert "truncated" not in full and full["served"] == len(lat)
+
+
+def _bench(name):
+    import importlib.util
+    import os
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_dynamic_shapes_bars_read_the_right_stages():
+    dyn = _bench("dynamic_shapes")
+    stages = {
+        "static": {"steady": {"1": {"median_ms": 1.0}, "8": {"median_ms": 2.0}}},
+        "cold": {"build_s": 19.0, "first_call_ms": {"3": 900.0, "5": 1200.0},
+                 "steady": {"1": {"median_ms": 1.05}, "8": {"median_ms": 2.4}}},
+        "warm": {"build_s": 2.5, "first_call_ms": {"3": 4.0, "5": 40.0}},
+        "load": {"error": "exit status 1"}}
+    got = dyn.bars(stages)
+    assert got["cold_build_s"] == (19.0, 20.0, True)
+    assert got["first_call_cold_ms"] == (1200.0, 1000.0, False)   # the slowest first call
+    assert got["warm_build_s"] == (2.5, 3.0, True)
+    assert got["first_call_warm_ms"] == (40.0, 50.0, True)
+    assert got["steady_ratio"][0] == pytest.approx(1.2) and not got["steady_ratio"][2]
+    stages["cold"] = {"error": "exit status 9"}                     # a failed stage: no bar
+    assert set(dyn.bars(stages)) == {"warm_build_s", "first_call_warm_ms"}
+
+
+def test_dynamic_shapes_runs_small_on_cpu(tmp_path, monkeypatch):
+    """benchmarks/dynamic_shapes.py's four stages, each a fresh process, on the numpy
+    backend: every stage's engines serve every size with no native call and native TF's
+    answers."""
+    monkeypatch.setenv("TF_FORCE_GPU_ALLOW_GROWTH", "true")
+    dyn = _bench("dynamic_shapes")
+    out = tmp_path / "dyn.json"
+    res = dyn.main(["--model", "tiny", "--backend", "numpy", "--max-batch", "8",
+                    "--batches", "1", "8", "--trace", "3", "5", "--iters", "2", "--warmup",
+                    "1", "--work", str(tmp_path / "work"), "--json", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(res))
+    st = res["stages"]
+    assert set(st) == set(dyn.STAGES) and not any("error" in s for s in st.values()), st
+    tol = MODEL_TOLERANCES["FP16"][0]   # (a max|diff| / max|ref| measure)
+    for name, s in st.items():
+        assert s["native_calls"] == 0 and s["engine_ops"] == 1, name
+        if name != "static":
+            assert sorted(s["first_call_ms"]) == ["3", "5"], name
+        for b, row in s.get("steady", {}).items():
+            assert row["rel_err"] <= tol and row["median_ms"] <= row["p99_ms"], (name, b)
+    assert max(st["load"]["errors"].values()) <= tol
+    assert sorted(st["static"]["steady"]) == sorted(st["cold"]["steady"]) == ["1", "8"]
+    assert set(res["bars"]) == set(dyn.BARS)
