@@ -45,8 +45,8 @@ def _wait(out):
     import tensorflow as tf
     flat = tf.nest.flatten(out)
     if any("GPU" in getattr(v, "device", "") for v in flat):
-        import cupy as cp
-        cp.cuda.runtime.deviceSynchronize()
+        from tftrt.bench import device_synchronize  # never inside an engine's capture
+        device_synchronize()
     else:
         for v in flat:
             v.numpy()

@@ -75,13 +75,17 @@ def _waiter():
     if gpu:
         try:
             import cupy as cp
+            from tftrt.bench import device_synchronize
         except ImportError:
             cp = None
 
     def wait(out):
         flat = tf.nest.flatten(out)
         if gpu and cp is not None and any("GPU" in getattr(v, "device", "") for v in flat):
-            cp.cuda.runtime.deviceSynchronize()
+            # under tftrt's capture lock: engines built in the background between requests
+            # may capture on another thread (a bare cudaDeviceSynchronize failed inside one:
+            # cudaErrorStreamCaptureUnsupported, GPU run of 2026-12-02)
+            device_synchronize()
         else:
             for v in flat:
                 v.numpy()

@@ -66,16 +66,41 @@ class Result:
 
 
 def synchronize() -> None:
-    """Waits for every device TensorFlow and CuPy (when imported) have work on."""
+    """Waits for every device TensorFlow and CuPy (when imported) have work on, never inside
+    a CUDA-graph capture of tftrt's (:func:`device_wide`)."""
     import sys
     import tensorflow as tf
-    tf.test.experimental.sync_devices()
-    cp = sys.modules.get("cupy")
-    if cp is not None:
-        try:
-            cp.cuda.Device().synchronize()
-        except Exception:  # no usable GPU: nothing of CuPy's to wait for
-            pass
+    with device_wide():
+        tf.test.experimental.sync_devices()
+        cp = sys.modules.get("cupy")
+        if cp is not None:
+            try:
+                cp.cuda.Device().synchronize()
+            except Exception:  # no usable GPU: nothing of CuPy's to wait for
+                pass
+
+
+def device_synchronize() -> None:
+    """``cudaDeviceSynchronize`` on CuPy's current device (every stream: TensorFlow's and the
+    engines'), a few microseconds on an idle GPU, under :func:`device_wide`."""
+    import cupy as cp
+    with device_wide():
+        cp.cuda.runtime.deviceSynchronize()
+
+
+def device_wide():
+    """The lock tftrt's CUDA-graph captures hold (``cupy_backend.DEVICE_WIDE``): a
+    device-wide wait (``cudaDeviceSynchronize``, ``tf.test.experimental.sync_devices``) made
+    while another thread captures fails with cudaErrorStreamCaptureUnsupported, in every
+    capture mode, and spoils that capture. A program that waits for the whole device while
+    other threads call engines takes this lock around the wait; a null context where the
+    CuPy backend cannot load."""
+    import contextlib
+    try:
+        from tftrt.engine.backends.cupy_backend import DEVICE_WIDE
+    except Exception:  # noqa: BLE001 -- no CuPy backend: no captures to keep out of
+        return contextlib.nullcontext()
+    return DEVICE_WIDE
 
 
 def device() -> str:

@@ -524,8 +524,9 @@ class ProfileEngine:
         return [r for r in (self._rung(key, n) for n in sizes)
                 if r[0][0] < hi and self.profile_index(r) == i]
 
-    def _warm(self, engine) -> None:
-        """Runs ``engine`` twice on zeros (what its first call would pay otherwise)."""
+    def _warm(self, engine, runs: int = 2) -> None:
+        """Runs ``engine`` ``runs`` times on zeros (what its first calls would pay otherwise:
+        the first run prepares, the second captures the engine's CUDA graphs)."""
         dtypes = getattr(engine, "input_dtypes", None)
         if dtypes is None:
             return
@@ -534,7 +535,7 @@ class ProfileEngine:
         else:
             import numpy as xp
         xs = [xp.zeros(s, dt) for s, dt in zip(engine.input_shapes, dtypes)]
-        for _ in range(2):
+        for _ in range(runs):
             engine.execute(xs)
 
     def _build_smallest(self, i: int, key: ShapeKey) -> bool:
@@ -895,7 +896,13 @@ class ProfileEngine:
         try:
             engine, from_template = self._make(i, key)
             if self.arena_pool.has_idle_slot():  # no call running: no arena more for it
-                self._warm(engine)  # its first runs here, not in a call (or a split batch)
+                # its first run here, not in a call; its CUDA-graph capture in the first call
+                # that uses it: a capture on this thread made any device-wide wait the
+                # caller's threads make meanwhile fail (cudaDeviceSynchronize,
+                # tf.test.experimental.sync_devices: cudaErrorStreamCaptureUnsupported in
+                # every capture mode), and a program serving one request at a time has
+                # such waits between calls (GPU run of 2026-12-02, the serving trace)
+                self._warm(engine, runs=1)
         except Exception as e:
             if stand_in is None:
                 what = "batches are split without it"

@@ -554,6 +554,33 @@ def test_a_new_batch_is_split_then_gets_its_engine(split_on, monkeypatch):
     assert pe.stats["tuned"] == 1 and pe.stats["timed_layers"] > 0
 
 
+def test_a_background_build_runs_its_engine_once(split_on, monkeypatch):
+    """An engine built on the tftrt-shapes thread runs there once (its preparation), never a
+    second time: a second run captures the CUDA graphs, and a capture on a thread of ours
+    made a device-wide wait of the caller's fail (cudaErrorStreamCaptureUnsupported, every
+    capture mode: GPU run of 2026-12-02). The capture happens in the first call instead."""
+    from tftrt.engine import runtime
+    runs, real = [], runtime.Engine.execute
+
+    def counted(engine, inputs):
+        runs.append((threading.current_thread().name, id(engine)))
+        return real(engine, inputs)
+    monkeypatch.setattr(runtime.Engine, "execute", counted)
+    gate = gate_background(monkeypatch)  # the build once the call is over: no call running
+    model, _ = resnet50(batch=2, size=16, width=8)
+    pe = profile_engine(model, batch_profile(1, 8, (16, 16, 3)))
+    ladder = [r for r in runs if r[0] != "tftrt-shapes"]
+    assert len(ladder) == 2 * 3  # build_profiles ran rungs 1, 2 and 4 twice each
+    check(pe, model, (5, 16, 16, 3), seed=5)                  # split 4 + 1, queues batch 5
+    gate.set()
+    assert pe.wait_pending(timeout=120)
+    background = [r for r in runs if r[0] == "tftrt-shapes"]
+    assert len(background) == 1, background
+    before = len(runs)
+    check(pe, model, (5, 16, 16, 3), seed=6)                  # batch 5's own engine
+    assert runs[before:] == [(threading.current_thread().name, background[0][1])]
+
+
 def test_the_ladder_splits_every_batch_into_one_part_per_bit(split_on, monkeypatch):
     """A profile 1..64: build_profiles() builds batches 1, 2, 4, ..., 32 (and the opt 64) and
     runs each; every batch of the range then splits into its binary digits, none waits."""

@@ -190,3 +190,43 @@ def test_engines_of_a_profile_share_one_arena_and_stream_per_concurrent_call(tmp
            if s is not held}
     assert len(new) == 1 and new != {ctxs[0].arena.data.ptr}, "one more arena, shared"
     assert pe.arena_pool.stats["allocations"] == mid + 1, pe.arena_pool.stats
+
+
+def test_background_builds_leave_the_callers_device_waits_alone(tmp_path, monkeypatch, caplog):
+    """A program serving one request at a time waits for the whole device between calls
+    (``cudaDeviceSynchronize``, as benchmarks/serving_trace.py did) while batch sizes it
+    called build their engines on tftrt's background thread. A CUDA-graph capture there made
+    such a wait fail (cudaErrorStreamCaptureUnsupported) and spoiled the capture (GPU run of
+    2026-12-02): the background build must not capture. Every new batch is split at once;
+    the main thread spins on bare device waits until the batch's own engines are built, then
+    every batch matches native TF on its own engine."""
+    import cupy as cp
+    monkeypatch.setenv("TFTRT_SPLIT_BATCH", "1")
+    monkeypatch.setenv("TFTRT_BUILD_IDLE_MS", "0")   # background builds start at once
+    src = str(tmp_path / "src")
+    model = SmallConvNet()
+    tf.saved_model.save(model, src, signatures=model.__call__)
+    native = tf.saved_model.load(src).signatures["serving_default"]
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=src, use_dynamic_shape=True)
+    fn = conv.convert()
+    conv.build(lambda: iter([(batch(1),), (batch(16),)]))
+    (op,) = conv.engine_ops.values()
+    ((_, pe),) = list(op.cache.items())
+    waits = 0
+    with caplog.at_level("WARNING"):
+        for b in (3, 5, 7, 11, 13):
+            fn(x=tf.constant(batch(b)))
+            assert pe.is_split([(b, *HWC)])
+            deadline = time.monotonic() + 120
+            while not pe.wait_pending(timeout=0):
+                cp.cuda.runtime.deviceSynchronize()  # raises inside another thread's capture
+                waits += 1
+                assert time.monotonic() < deadline, "background builds still pending"
+    assert waits > 0
+    assert not [r.getMessage() for r in caplog.records if "capture failed" in r.getMessage()]
+    for b in (3, 5, 7, 11, 13):
+        assert not pe.is_split([(b, *HWC)])
+        x = tf.constant(batch(b))
+        np.testing.assert_allclose(fn(x=x)["y"].numpy(), native(x=x)["y"].numpy(), rtol=1e-4,
+                                   atol=1e-4, err_msg=f"batch {b}")
+    assert op.stats["native"] == 0, op.describe()
