@@ -116,6 +116,7 @@ def _stage(args) -> dict:
         t0 = time.perf_counter()
         conv.build(lambda: iter([tuple(inputs[b].values()) for b in builds]))
         out["build_s"] = time.perf_counter() - t0
+        out["build_parts_s"] = dict(getattr(conv, "_build_seconds", {}))
         ops = list(conv.engine_ops.values())
         if args.stage == "cold":
             conv.save(os.path.join(args.work, "converted"))
@@ -213,6 +214,10 @@ def print_table(result: dict) -> None:
             print(f"{b:>5} {s['median_ms']:9.3f} {p['median_ms']:10.3f} "
                   f"{p['median_ms'] / s['median_ms']:6.3f} {s['rel_err']:14.2e} "
                   f"{p['rel_err']:15.2e}")
+    for name, s in st.items():
+        if s.get("build_parts_s"):
+            print(f"build(), {name}: " + ", ".join(
+                f"{k} {v:.2f} s" for k, v in s["build_parts_s"].items()))
     for name, s in st.items():
         if "first_call_ms" in s:
             print(f"first calls, {name}: " + ", ".join(

@@ -18,6 +18,7 @@ import logging
 import numbers
 import os
 import threading
+import time
 from typing import Callable, Dict, List, Optional
 
 from tftrt import graph_io, progress
@@ -213,6 +214,7 @@ class TrtGraphConverterV2:
                                   and self._conversion_params.use_calibration)
         self._converted = False
         self._build_called_once = False
+        self._build_seconds: Dict[str, float] = {}  # where build() took its time
         self._calibrated = False
         self._sig = None
         self._segmentation: Optional[SegmentationResult] = None
@@ -328,6 +330,11 @@ class TrtGraphConverterV2:
             op.building, op.builder_thread = True, threading.get_ident()
             op.collecting = self._use_dynamic_shape
         shown = progress.task("building engines", poll=progress.engines_built(ops)).start()
+        # where build()'s time goes (seconds): running the inputs (natively while dynamic-
+        # shape ops collect their shapes, else through the engines they build), the
+        # optimization profiles' engines, the first input again, the check against native TF
+        times = self._build_seconds = {}
+        t0 = time.perf_counter()
         try:
             for inp in iter_inputs(input_fn, "input_fn"):
                 args = self._normalize_inputs(inp)
@@ -341,15 +348,20 @@ class TrtGraphConverterV2:
                         first_out = (out, engine_calls() - before)
                     first_empty = not full
                 seen += 1
+            times["inputs"] = time.perf_counter() - t0
             if self._use_dynamic_shape:
                 for op in ops:
                     op.collecting = False
+                t0 = time.perf_counter()
                 for op in ops:
                     shown.set(f"optimization profiles of {op.name}")
                     op.build_profiles()
+                times["profiles"] = time.perf_counter() - t0
                 if first is not None:
+                    t0 = time.perf_counter()
                     before = engine_calls()
                     first_out = (self._converted_func(**first), engine_calls() - before)
+                    times["first input again"] = time.perf_counter() - t0
         finally:
             shown.close()
             for op in ops:
@@ -359,7 +371,10 @@ class TrtGraphConverterV2:
         if seen == 0:
             raise ValueError("input_fn yielded no inputs: it must yield at least one batch")
         if env_bool("TFTRT_BUILD_CHECK", True):
+            t0 = time.perf_counter()
             self._check_build(first, *first_out, index=first_at)
+            times["check"] = time.perf_counter() - t0
+        log.info("build() took %s", ", ".join(f"{k} {v:.2f} s" for k, v in times.items()))
 
     def _check_build(self, args, outputs, engine_calls: int, index: int = 0) -> None:
         """Compares ``outputs`` (the first build input through the engines, ``engine_calls``

@@ -427,3 +427,7 @@ def test_dynamic_shapes_runs_small_on_cpu(tmp_path, monkeypatch):
     assert max(st["load"]["errors"].values()) <= tol
     assert sorted(st["static"]["steady"]) == sorted(st["cold"]["steady"]) == ["1", "8"]
     assert set(res["bars"]) == set(dyn.BARS)
+    parts = st["cold"]["build_parts_s"]   # where build() went: the parts sum to at most it
+    assert set(parts) == {"inputs", "profiles", "first input again", "check"}
+    assert 0 < sum(parts.values()) <= st["cold"]["build_s"]
+    assert set(st["static"]["build_parts_s"]) == {"inputs", "check"}
