@@ -1,12 +1,17 @@
 """The zoo's image stems alone (a 3-channel convolution + ReLU, FP16, CuPy backend) on each
 way to run them, in one process: cuDNN (tactic ``cudnn``), tactic ``im2col`` (copy +
-cuBLASLt per chunk of rows) with chunks of 16 and 32 MB, and tactic ``stem_direct`` (the
-direct kernel of cuda_source_stem; "-" where it does not take the stem: ResNet's 147 taps).
-(Padding the input channels to 8 for cuDNN was timed here too, on 2026-12-01, slower on
-every stem, and removed.) The engines read float32 images and write float32 outputs, as the
-stem models do: their casts are in the engine times.
+cuBLASLt per chunk of rows) with chunks of 16 and 32 MB, tactic ``stem_direct`` (the
+direct kernel of cuda_source_stem; "-" where it does not take the stem: ResNet's 147 taps)
+and tactic ``stem_mma`` (the tensor-core kernel of cuda_source_stem_mma; float16 outputs
+only). (Padding the input channels to 8 for cuDNN was timed here too, on 2026-12-01, slower
+on every stem, and removed.) The engines read float32 images, their cast in the engine
+times. ``--out float32`` (the default before 2026-12-02) writes the float32 output a stem
+model ends in: the conv then stores float32 itself; ``--out float16`` ends the model in a
+cast to float16, so that the conv stores float16 as the stems do inside the networks (VGG16's
+feeds a conv) and as the floor counts.
 
     PYTHONPATH=$PWD python benchmarks/bench_stems.py [--batch 128] [--stems ...] [--ways ...]
+        [--out float16|float32]
 
 Prints a table: per stem and way, the engine call's median ms (CUDA events, after warm-up)
 and, in parentheses, the conv layer's own microseconds (replayed alone from a CUDA graph:
@@ -39,7 +44,7 @@ STEMS = {
 }
 
 
-def stem_model(k, s, p, cout, size):
+def stem_model(k, s, p, cout, size, out="float32"):
     rng = np.random.default_rng(0)
     w = (rng.standard_normal((cout, 3, k, k)) / np.sqrt(3 * k * k)).astype(np.float32)
     b = rng.standard_normal(cout).astype(np.float32) * 0.1
@@ -47,11 +52,16 @@ def stem_model(k, s, p, cout, size):
              helper.make_node("Conv", ["xc", "w", "b"], ["c"], strides=[s, s],
                               pads=[p] * 4, kernel_shape=[k, k]),
              helper.make_node("Relu", ["c"], ["r"]),
-             helper.make_node("Transpose", ["r"], ["y"], perm=[0, 2, 3, 1])]
+             helper.make_node("Transpose", ["r"], ["y" if out == "float32" else "t"],
+                              perm=[0, 2, 3, 1])]
+    y_type = TensorProto.FLOAT
+    if out == "float16":  # the conv then stores float16 (the cast folds into it)
+        y_type = TensorProto.FLOAT16
+        nodes.append(helper.make_node("Cast", ["t"], ["y"], to=y_type))
     graph = helper.make_graph(
         nodes, "stem", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
                                                       [None, size, size, 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("y", y_type, None)],
         [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
@@ -61,6 +71,7 @@ WAYS = {  # name: (tactic, environment)
     "im2col 16MB": ("im2col", {"TFTRT_IM2COL_CHUNK_MB": "16"}),
     "im2col 32MB": ("im2col", {"TFTRT_IM2COL_CHUNK_MB": "32"}),
     "stem_direct": ("stem_direct", {}),
+    "stem_mma": ("stem_mma", {}),
 }
 BANDWIDTH = 4.8e12  # H200 HBM3e, bytes/s
 
@@ -73,18 +84,20 @@ def main(argv=None):
     ap.add_argument("--ways", nargs="+", default=list(WAYS), choices=list(WAYS),
                     metavar="WAY", help=f"of {list(WAYS)} (the error column compares "
                                         "against cudnn, or the first way)")
+    ap.add_argument("--out", default="float16", choices=["float16", "float32"],
+                    help="the stem's output dtype (stem_mma writes float16 only)")
     args = ap.parse_args(argv)
     ways = {w: WAYS[w] for w in args.ways}
     import cupy as cp
 
     from bench_engine import _cupy_timer, time_calls
     from tftrt.engine import BuilderConfig, build_engine
-    print(f"\n| stem (batch {args.batch}, FP16) | floor ms | " +
+    print(f"\n| stem (batch {args.batch}, FP16, {args.out} out) | floor ms | " +
           " | ".join(f"{w} ms (conv us)" for w in ways) + " | max diff / scale |")
     print("|---|---|" + "---|" * len(ways) + "---|")
     for name in args.stems:
         k, s, p, cout, size = STEMS[name]
-        model = stem_model(k, s, p, cout, size)
+        model = stem_model(k, s, p, cout, size, args.out)
         x = cp.asarray(np.random.default_rng(1).standard_normal(
             (args.batch, size, size, 3)).astype(np.float32))
         shapes = {"x": (args.batch, size, size, 3)}
@@ -92,11 +105,15 @@ def main(argv=None):
                                                         tactic_timing=False))
         convs = [l.name for l in ref.network.layers if l.kind == "conv"]
         oh = (size + 2 * p - k) // s + 1
-        floor = (args.batch * size * size * 3 * 4 + args.batch * oh * oh * cout * 2) / BANDWIDTH
+        osize = np.dtype(args.out).itemsize
+        floor = (args.batch * size * size * 3 * 4 + args.batch * oh * oh * cout * osize) / \
+            BANDWIDTH
         times, conv_us, outs, kinds = {}, {}, {}, []
         for way, (tactic, env) in ways.items():
-            if tactic == "stem_direct":
-                from tftrt.engine.backends.cuda_source_stem import unsupported
+            if tactic in ("stem_direct", "stem_mma"):
+                from tftrt.engine.backends import cuda_source_stem, cuda_source_stem_mma
+                unsupported = (cuda_source_stem if tactic == "stem_direct" else
+                               cuda_source_stem_mma).unsupported
                 why = unsupported(ref.network, next(
                     l for l in ref.network.layers if l.kind == "conv"))
                 if why:  # forced anyway, the layer would run its fallback (cuDNN)

@@ -112,6 +112,16 @@ def _stem_direct(net, layer) -> bool:
         ST.unsupported(net, layer) is None
 
 
+def _stem_mma(net, layer) -> bool:
+    """Tactic ``stem_mma`` (cupy_stem_mma): the tensor-core implicit-im2col kernel for the
+    same few-channel convs as ``stem_direct``, with a float16 output only, unless
+    TFTRT_STEM_MMA=0."""
+    from tftrt.engine.backends import cuda_source_stem_mma as SM
+    x = net.tensors[layer.inputs[0]].shape
+    return len(x) == 4 and x[-1] is not None and int(x[-1]) % 8 != 0 and \
+        SM.unsupported(net, layer) is None
+
+
 def _matmul_lt(net, layer) -> bool:
     return _lt_ok() and _lazy()[1].matmul_dims(net, layer) is not None
 
@@ -137,6 +147,7 @@ register_tactic("cupy", "conv", "lt_1x1", applies=_conv_1x1, workspace=_workspac
 register_tactic("cupy", "conv", "dw_direct", applies=_depthwise, workspace=_workspace)
 register_tactic("cupy", "conv", "im2col", applies=_im2col, workspace=_workspace)
 register_tactic("cupy", "conv", "stem_direct", applies=_stem_direct, workspace=_workspace)
+register_tactic("cupy", "conv", "stem_mma", applies=_stem_mma, workspace=_workspace)
 # dw_tiled must win by 3%: with it on by default, MobileNetV2 and MobileNetV3Large at batch 128
 # were 0.7-0.9% slower on an H200 (build-time wins of a few percent that did not hold in the
 # whole engine), while its real wins are larger (ConvNeXtTiny's 7x7 convs, batch 1).
@@ -186,12 +197,14 @@ def impl_table() -> Dict[str, Dict[str, Tuple[type, ...]]]:
     from tftrt.engine.backends import cupy_quant as QK
     from tftrt.engine.backends import cupy_se as SE
     from tftrt.engine.backends import cupy_stem as ST
+    from tftrt.engine.backends import cupy_stem_mma as SM
     table = {
         # a depthwise conv that cuDNN cannot run (some FP16 shapes) takes the direct kernel,
         # a few-channel one (3 -> 16 channels at 32 x 32 in FP16) im2col + cuBLASLt
         "conv": {"cudnn": (L.ConvCudnn, L.DepthwiseConv, IC.ConvIm2col),
                  "im2col": (IC.ConvIm2col, L.ConvCudnn),
                  "stem_direct": (ST.StemDirect, L.ConvCudnn, IC.ConvIm2col),
+                 "stem_mma": (SM.StemMma, L.ConvCudnn, IC.ConvIm2col),
                  "lt_1x1": (L.ConvGemm, L.ConvCudnn),
                  "dw_direct": (L.DepthwiseConv, L.ConvCudnn),
                  "dw_tiled": (DW.DepthwiseTiled, L.DepthwiseConv, L.ConvCudnn),

@@ -1,0 +1,383 @@
+"""The tensor-core few-channel convolution's CUDA source (backends/cuda_source_stem_mma, tactic
+``stem_mma``), checked without a GPU: it compiles for sm_90 with nvcc without register spills
+for the zoo's stems at batch 128, and built for the host it computes what the numpy backend
+computes (numpy_ops' im2col GEMM of the float16-rounded image and filter, then the layer's
+epilogue) for the zoo's stem geometries, SAME / VALID / asymmetric pads, pixel counts no
+tile divides, two chunks of channels, a capped grid, float16 and float32 x, bias / scale /
+residual / activation epilogues, and each store width (y aligned to 16, 4 and 2 bytes).
+
+Host builds run each block as its 128 threads (tests/engine/test_dw_codegen's thread shims)
+with ``mma_16816`` emulated by a warp exchange: the 32 lanes of a warp post their fragment
+registers, meet at a warp barrier, and each lane computes its accumulators from the whole
+A and B, which it assembles with the PTX ISA's per-element formulas for m16n8k16 (written
+here from the ISA, independently of the generator's tables). So the generator's use of the
+fragment layout (which lane gathers which pixel and tap, which register holds which output)
+is checked against the ISA; whether the ISA text matches the hardware is for the GPU tests.
+"""
+
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+from tests.engine.test_cuda_codegen import HOST_SHIMS, _host_compiler, nvcc_compile
+from tests.engine.test_dw_codegen import THREAD_SHIMS, _build, _epilogue_spec, _out_hw, \
+    _run_host
+from tests.engine.test_stem_codegen import _reference
+from tftrt.engine.backends import cuda_source as C
+from tftrt.engine.backends import cuda_source_stem_mma as SM
+
+# (x shape, (kh, kw), (sh, sw), pads (top, left, bottom, right), Cout, x dtype, y dtype,
+#  epilogue, y offset in elements (16-byte stores at 0 and 8, 4-byte at 2, 2-byte at 1),
+#  generator options)
+CASES = [
+    ((2, 9, 37, 3), (3, 3), (1, 1), (1, 1, 1, 1), 64, "float32", "float16", "bias+relu", 0,
+     {}),                                                         # VGG
+    ((1, 13, 10, 3), (3, 3), (2, 2), (0, 0, 1, 1), 32, "float16", "float16", "bias+silu", 0,
+     {}),                                                         # MobileNet, TF SAME
+    ((2, 8, 9, 3), (4, 4), (4, 4), (0, 0, 0, 0), 96, "float32", "float16", "bias", 8,
+     {}),                                                         # ConvNeXt patchify
+    ((1, 7, 33, 5), (3, 3), (1, 1), (0, 0, 0, 0), 16, "float16", "float16", "bias+add+relu", 0,
+     {}),                                                         # VALID, residual, Kp 48
+    ((1, 12, 11, 3), (7, 7), (2, 2), (3, 3, 3, 3), 64, "float16", "float16", "bias+relu6", 0,
+     {}),                                                         # ResNet: Kp 160
+    ((1, 5, 6, 3), (3, 3), (1, 1), (1, 1, 1, 1), 136, "float32", "float16", "bias+relu", 2,
+     {}),                                                         # chunks 128 + 8, 4 bytes
+    ((1, 6, 7, 3), (3, 3), (1, 1), (1, 1, 1, 1), 24, "float16", "float16", "scale+bias+gelu",
+     1, {}),                                                      # 2-byte stores
+    ((2, 17, 17, 3), (3, 3), (2, 2), (1, 1, 1, 1), 40, "float32", "float16", "bias+silu", 0,
+     dict(mt=1, max_blocks=2)),                                   # EfficientNet, grid loop
+    ((1, 3, 3, 1), (3, 3), (1, 1), (1, 1, 1, 1), 8, "float32", "float16", "", 0,
+     {}),                                                         # 9 pixels: one part tile
+    ((2, 6, 50, 9), (1, 7), (1, 3), (0, 3, 0, 3), 192, "float16", "float16", "bias+relu", 0,
+     dict(mt=2)),                                                 # 1x7 / (1, 3), chunks 128 + 64
+]
+
+
+def _source(case) -> SM.StemMmaSource:
+    xs, k, s, pads, cout, dt, dt_out, epi, _, opts = case
+    ho, wo = _out_hw(xs, k, s, pads)
+    epilogue, modes = _epilogue_spec(epi, dt_out)
+    return SM.StemMmaSource(xs, k, s, pads, (xs[0], ho, wo, cout), dt, dt_out, epilogue, modes,
+                            **opts)
+
+
+def _inputs(case, seed):
+    """Layer inputs [x, w, bias, scale, residual] of a case (w: [Cout, kh, kw, Cin],
+    float16 as an FP16 engine stores it)."""
+    xs, k, s, pads, cout, dt, dt_out, epi, _, _ = case
+    rng = np.random.default_rng(seed)
+    ho, wo = _out_hw(xs, k, s, pads)
+    return [rng.uniform(-1, 1, xs).astype(dt),
+            (rng.standard_normal((cout,) + tuple(k) + (xs[3],)) / 3).astype(np.float16),
+            rng.standard_normal(cout).astype(np.float32),
+            rng.uniform(0.5, 1.5, cout).astype(np.float32),
+            rng.standard_normal((xs[0], ho, wo, cout)).astype(dt_out)]
+
+
+def _wt(w, kp):
+    """The kernel's filter: [Cout, KH, KW, Cin] -> float16 [Cout, Kp], zero columns past K
+    (what cupy_stem_mma.StemMma._prep makes on the GPU)."""
+    cout = w.shape[0]
+    wt = np.zeros((cout, kp), np.float16)
+    wt[:, :w[0].size] = w.reshape(cout, -1)
+    return wt
+
+
+# --- the fragment layout -----------------------------------------------------------------------
+# PTX ISA, "Matrix Fragments for mma.m16n8k16 with floating point type": lane = 4 g + t; per
+# element i of a thread's fragment, its (row, column) of the matrix.
+def _isa_a(i, g, t):   # A, 16 x 16, .f16: a0..a7, two a register
+    return (g if i < 2 or 4 <= i < 6 else g + 8), 2 * t + (i & 1) + (8 if i >= 4 else 0)
+
+
+def _isa_b(i, g, t):   # B, 16 x 8 (k, n), .f16: b0..b3
+    return 2 * t + (i & 1) + (8 if i >= 2 else 0), g
+
+
+def _isa_c(i, g, t):   # C / D, 16 x 8, .f32: c0..c3
+    return (g if i < 2 else g + 8), 2 * t + (i & 1)
+
+
+def test_the_generators_fragment_tables_are_the_isas():
+    for lane in range(32):
+        g, t = lane >> 2, lane & 3
+        for r, (ro, ko) in enumerate(SM.A_FRAG):
+            assert [_isa_a(2 * r + h, g, t) for h in (0, 1)] == \
+                [(g + ro, 2 * t + ko + h) for h in (0, 1)]
+        for r, ko in enumerate(SM.B_FRAG):
+            assert [_isa_b(2 * r + h, g, t) for h in (0, 1)] == \
+                [(2 * t + ko + h, g) for h in (0, 1)]
+        for r, (ro, co) in enumerate(SM.C_FRAG):
+            assert _isa_c(r, g, t) == (g + ro, 2 * t + co)
+
+
+# the ISA formulas above, as C for the host build's MMA
+MMA_SHIMS = r"""
+struct int4 { int x, y, z, w; };
+static host_dim3 mt_gridDim = {1};
+#define gridDim mt_gridDim
+// a barrier of the 32 lanes of the calling thread's warp (blocks of whole warps)
+static std::mutex wp_mutex[32];
+static std::condition_variable wp_cv[32];
+static unsigned wp_count[32], wp_gen[32];
+static void wp_barrier() {
+  const unsigned w = threadIdx.x / 32;
+  std::unique_lock<std::mutex> lock(wp_mutex[w]);
+  if (mt_broken) return;
+  const unsigned gen = wp_gen[w];
+  if (++wp_count[w] == 32) { wp_count[w] = 0; ++wp_gen[w]; wp_cv[w].notify_all(); return; }
+  if (!wp_cv[w].wait_for(lock, std::chrono::seconds(20),
+                         [&] { return gen != wp_gen[w] || mt_broken; })) {
+    mt_broken = true;
+    wp_cv[w].notify_all();
+  }
+}
+#define __syncwarp() wp_barrier()
+static unsigned pack_h2(float lo, float hi) {
+  return (unsigned)f2h(lo) | ((unsigned)f2h(hi) << 16); }
+static float half_of(unsigned reg, int i) { return h2f((unsigned short)(reg >> (16 * (i & 1)))); }
+static unsigned wp_a[32][32][4], wp_b[32][32][2];
+static void mma_16816(float* c, const unsigned* a, unsigned b0, unsigned b1) {
+  const unsigned w = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int r = 0; r < 4; ++r) wp_a[w][lane][r] = a[r];
+  wp_b[w][lane][0] = b0; wp_b[w][lane][1] = b1;
+  wp_barrier();
+  float A[16][16], B[16][8];
+  for (int l = 0; l < 32; ++l) {
+    const int g = l >> 2, t = l & 3;
+    for (int i = 0; i < 8; ++i) {
+      const int row = (i < 2 || (i >= 4 && i < 6)) ? g : g + 8;
+      const int col = 2 * t + (i & 1) + (i >= 4 ? 8 : 0);
+      A[row][col] = half_of(wp_a[w][l][i / 2], i);
+    }
+    for (int i = 0; i < 4; ++i) B[2 * t + (i & 1) + (i >= 2 ? 8 : 0)][g] =
+        half_of(wp_b[w][l][i / 2], i);
+  }
+  const int g = lane >> 2, t = lane & 3;
+  for (int i = 0; i < 4; ++i) {
+    const int row = i < 2 ? g : g + 8, col = 2 * t + (i & 1);
+    float s = c[i];
+    for (int kk = 0; kk < 16; ++kk) s += A[row][kk] * B[kk][col];
+    c[i] = s;
+  }
+  wp_barrier();  // every lane has read the exchange before the next MMA writes it
+}
+"""
+
+
+def _rename(src: str, k) -> str:
+    body = src.replace(C.PRELUDE, "").replace(SM.MMA_HELPERS, "")
+    return re.sub(rf"\b{SM.KERNEL}\(", f"{SM.KERNEL}_{k}(", body)
+
+
+def _driver(src: SM.StemMmaSource, k: int) -> str:
+    """``run_<k>(args, blocks, threads)``: every block of case ``k``'s grid, one host thread
+    per block thread (``gridDim`` the block count); returns 1 when a barrier timed out."""
+    call = ", ".join(f"({ty})a[{j}]" for j, (ty, _) in enumerate(src.params))
+    return f"""
+extern "C" int run_{k}(void** a, int blocks, int threads) {{
+  mt_blockDim.x = threads; mt_size = threads; mt_count = 0; mt_broken = false;
+  mt_gridDim.x = blocks;
+  for (int w = 0; w < 32; ++w) wp_count[w] = 0;
+  std::vector<std::thread> ts;
+  for (int t = 0; t < threads; ++t) ts.emplace_back([=] {{
+    mt_threadIdx.x = t;
+    for (int b = 0; b < blocks; ++b) {{
+      mt_blockIdx.x = b;
+      {SM.KERNEL}_{k}({call});
+      mt_barrier();  // the block's end: its shared memory is free for the next
+    }}
+  }});
+  for (auto& t : ts) t.join();
+  return mt_broken ? 1 : 0;
+}}"""
+
+
+@pytest.fixture(scope="module")
+def host_kernels(tmp_path_factory):
+    if _host_compiler() is None:
+        pytest.skip("no host C++ compiler")
+    srcs = [_source(case) for case in CASES]
+    text = HOST_SHIMS + THREAD_SHIMS + MMA_SHIMS + C.MATH_HELPERS + "\n".join(
+        _rename(s.source, k) + _driver(s, k) for k, s in enumerate(srcs))
+    return srcs, _build(text, tmp_path_factory.mktemp("stem_mma"), "stem_mma")
+
+
+@pytest.mark.parametrize("k", range(len(CASES)))
+def test_host_build_matches_numpy(host_kernels, k):
+    """A case's kernel, its blocks of 128 threads with the emulated MMA, against the numpy
+    backend on the float16-rounded image and filter: every output written, within one
+    float16 rounding (the kernel sums in float32, numpy in float64)."""
+    srcs, so = host_kernels
+    case, src = CASES[k], srcs[k]
+    xs, kk, s, pads, cout, dt, dt_out, epi, offset, _ = case
+    ins = _inputs(case, seed=k)
+    ref_ins = [ins[0].astype(np.float16).astype(np.float32), ins[1].astype(np.float32)] + \
+        ins[2:]
+    want = _reference(case[:8] + (offset,), ref_ins)
+    operands = {2: ins[2], 3: ins[3], 4: ins[4]}
+    buf = np.full(want.size + offset, np.nan, dt_out)  # every output must be written
+    y = buf[offset:].reshape(want.shape)
+    args = [ins[0], _wt(ins[1], src.kp)] + [operands[i] for i in src.operands] + [y]
+    _run_host(so, k, args, src.blocks, src.threads)
+    what = f"case {k} {case}, {src.blocks} blocks"
+    got = y.astype(np.float64)
+    assert not np.isnan(got).any(), f"{what}: outputs not written"
+    assert np.isnan(buf[:offset]).all(), f"{what}: wrote before y"
+    tol = np.abs(want) * 2.0 ** -10 + 1e-4 * np.abs(want).max()
+    bad = np.flatnonzero(np.abs(got - want) > tol)
+    assert not len(bad), f"{what}: {len(bad)} of {y.size} differ, e.g. " \
+        f"{got.ravel()[bad[:3]].tolist()} vs {want.ravel()[bad[:3]].tolist()}"
+
+
+def test_cases_cover_what_the_kernel_takes():
+    """The host cases exercise both x dtypes, strides 1 to 4, Kp from 16 to 160, one and two
+    chunks, pixel counts no block tile divides (and one under a single m-tile), a capped grid
+    that loops, and each store width (guards edits of CASES)."""
+    srcs = [_source(case) for case in CASES]
+    assert {s.in_dtype for s in srcs} == {"float16", "float32"}
+    assert {s.dims["sh"] for s in srcs} >= {1, 2, 4} and any(s.dims["sw"] == 3 for s in srcs)
+    assert {s.kp for s in srcs} >= {16, 32, 48, 160}
+    assert {len(SM.chunks(s.dims["cout"])) for s in srcs} == {1, 2}
+    assert any(s.m % (SM.WARPS * s.mt * 16) for s in srcs) and any(s.m < 16 for s in srcs)
+    assert any(s.blocks < s.tiles for s in srcs)
+    assert {c[8] % 8 for c in CASES} == {0, 1, 2}
+
+
+# --- what the kernel refuses -----------------------------------------------------------------
+def test_what_the_kernel_refuses():
+    ok = dict(x_shape=(1, 8, 8, 3), k_hw=(3, 3), strides=(1, 1), pads=(1, 1, 1, 1),
+              out_shape=(1, 8, 8, 16), in_dtype="float32", out_dtype="float16", epilogue=[],
+              operand_modes={})
+    SM.StemMmaSource(**ok)
+    for change, match in [
+            (dict(out_dtype="float32"), "float16 y only, not float32"),
+            (dict(x_shape=(1, 8, 8, 4), k_hw=(7, 7), pads=(3, 3, 3, 3)),
+             "196 taps \\(padded to 208\\).*up to 160"),
+            (dict(out_shape=(1, 8, 8, 12)), "multiple of 8 up to 256, not 12"),
+            (dict(out_shape=(1, 8, 8, 264)), "multiple of 8 up to 256, not 264"),
+            (dict(in_dtype="int8"), "float16 / float32 x"),
+            (dict(out_shape=(2, 8, 8, 16)), "not a conv"),
+            (dict(x_shape=(1, 8, 8, 3), k_hw=(7, 7), pads=(3, 3, 3, 3),
+                  out_shape=(1, 8, 8, 256)), "shared memory")]:
+        with pytest.raises(ValueError, match=match):
+            SM.StemMmaSource(**dict(ok, **change))
+
+
+def _conv_layer(cin=3, cout=16, ks=3, attrs=None, precision="FP16"):
+    """A numpy engine's network with one conv (+ bias, ReLU) on NHWC x whose output is cast to
+    float16 (so that an FP16 build stores the conv's y as float16), and that layer."""
+    from onnx import TensorProto, helper
+
+    from tests.engine.harness import make_model, rand
+    from tftrt.engine import BuilderConfig, build_engine
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["t", "w", "b"], ["c"],
+                              **(attrs or {"pads": [1, 1, 1, 1]})),
+             helper.make_node("Transpose", ["c"], ["h"], perm=[0, 2, 3, 1]),
+             helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Cast", ["r"], ["y"], to=TensorProto.FLOAT16)]
+    feeds = {"x": rand(2, 9, 9, cin)}
+    model = make_model(nodes, feeds, {"w": rand(cout, cin, ks, ks, seed=1),
+                                      "b": rand(cout, seed=2)})
+    eng = build_engine(model, {"x": feeds["x"].shape},
+                       BuilderConfig(backend="numpy", precision=precision,
+                                     tactic_timing=False))
+    (conv,) = [l for l in eng.network.layers if l.kind == "conv"]
+    return eng.network, conv
+
+
+def test_the_tactic_applies_to_few_channel_float16_convs_unless_switched_off(monkeypatch):
+    """``stem_mma`` is registered for conv layers on CuPy and applies to group-1 convs of
+    unaligned few input channels with a float16 output; never with TFTRT_STEM_MMA=0, never to
+    aligned channels, a float32 output, too many taps or a dilated conv."""
+    from tftrt.engine import tactics
+    from tftrt.engine.backends import cupy_backend
+    assert "stem_mma" in [t.name for t in tactics._REGISTRY[("cupy", "conv")]]
+    monkeypatch.delenv("TFTRT_STEM_MMA", raising=False)
+    net, conv = _conv_layer()
+    assert net.tensors[conv.outputs[0]].dtype == "float16"
+    assert conv.epilogue and cupy_backend._stem_mma(net, conv), SM.unsupported(net, conv)
+    p = SM.layer_params(net, conv)
+    assert p["k_hw"] == (3, 3) and p["out_shape"] == (2, 9, 9, 16)
+    assert [m for m, _ in p["operand_modes"].values()] == ["vec"]
+    monkeypatch.setenv("TFTRT_STEM_MMA", "0")
+    assert not cupy_backend._stem_mma(net, conv)
+    assert SM.unsupported(net, conv) == "TFTRT_STEM_MMA=0"
+    monkeypatch.setenv("TFTRT_STEM_MMA", "1")
+    assert not cupy_backend._stem_mma(*_conv_layer(cin=8))          # aligned channels
+    net, conv = _conv_layer(precision="FP32")                         # float32 y
+    assert "float16 y only" in SM.unsupported(net, conv)
+    assert not cupy_backend._stem_mma(net, conv)
+    net, conv = _conv_layer(cin=3, ks=7, attrs={"pads": [3, 3, 3, 3]})   # ResNet's 147 taps
+    assert SM.unsupported(net, conv) is None and cupy_backend._stem_mma(net, conv)
+    net, conv = _conv_layer(cin=5, ks=7, attrs={"pads": [3, 3, 3, 3]})   # 245 taps
+    assert "245 taps" in SM.unsupported(net, conv)
+    net, conv = _conv_layer(attrs={"pads": [2, 2, 2, 2], "dilations": [2, 2]})
+    assert "dilation 1" in SM.unsupported(net, conv)
+    net, conv = _conv_layer(cout=12)
+    assert "multiple of 8" in SM.unsupported(net, conv)
+
+
+def test_the_impl_chain_falls_back_on_the_gpu():
+    """What runs tactic ``stem_mma``: the kernel, then cuDNN and im2col (both on the GPU)
+    when it cannot."""
+    pytest.importorskip("cupy")
+    from tftrt.engine.backends import cupy_backend
+    try:
+        chain = cupy_backend.impl_table()["conv"]["stem_mma"]
+    except Exception as e:  # a CuPy that cannot load its CUDA libraries here
+        pytest.skip(f"CuPy backend modules do not import here: {e}")
+    assert [c.__name__ for c in chain] == ["StemMma", "ConvCudnn", "ConvIm2col"]
+
+
+# --- compiling -------------------------------------------------------------------------------
+def _same(h, k, s):
+    ho = -(-h // s)
+    total = max((ho - 1) * s + k - h, 0)
+    return ho, (total // 2, total // 2, total - total // 2, total - total // 2)
+
+
+# (name, x shape, k, stride, pads (None: TF SAME), Cout): the zoo's stems at batch 128
+ZOO = [("vgg", (128, 224, 224, 3), 3, 1, 1, 64),
+       ("resnet", (128, 224, 224, 3), 7, 2, 3, 64),
+       ("mobilenet", (128, 224, 224, 3), 3, 2, None, 32),
+       ("inception", (128, 299, 299, 3), 3, 2, 0, 32),
+       ("convnext", (128, 224, 224, 3), 4, 4, 0, 96),
+       ("efficientnet", (128, 300, 300, 3), 3, 2, None, 40)]
+ZOO_EPILOGUES = ["bias+relu", "bias+silu", "bias+relu6", "bias+add+relu"]
+
+
+def _zoo_sources():
+    """Every zoo stem with float16 and float32 x: bias + ReLU, and one other epilogue each
+    (in turn), as (name, source)."""
+    for z, (name, xs, k, s, p, cout) in enumerate(ZOO):
+        if p is None:
+            ho, pads = _same(xs[1], k, s)
+        else:
+            ho, pads = (xs[1] + 2 * p - k) // s + 1, (p,) * 4
+        for dt in ("float16", "float32"):
+            for epi in dict.fromkeys(["bias+relu", ZOO_EPILOGUES[1 + z % 3]]):
+                epilogue, modes = _epilogue_spec(epi, "float16")
+                yield f"{name} {dt} {epi}", SM.StemMmaSource(
+                    xs, (k, k), (s, s), pads, (xs[0], ho, ho, cout), dt, "float16", epilogue,
+                    modes)
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH")
+def test_kernels_compile_for_sm90_without_spills(tmp_path):
+    """The zoo's stems (and the host cases) compile for sm_90; ptxas spills no registers (a
+    lane holds 4 accumulators per 8 channels of a chunk, up to 64). Prints the register
+    counts (pytest -s)."""
+    named = list(_zoo_sources()) + [(f"case {k}", _source(c)) for k, c in enumerate(CASES)]
+    text = C.PRELUDE + SM.MMA_HELPERS + "\n".join(
+        _rename(s.source, k) for k, (_, s) in enumerate(named))
+    r = nvcc_compile(text, tmp_path, "stem_mma", "-Xptxas", "-v")
+    found = re.findall(rf"Compiling entry function '{SM.KERNEL}_(\d+)'.*?"
+                       r"(\d+) bytes spill stores.*?Used (\d+) registers", r.stderr, re.S)
+    assert len(found) == len(named), r.stderr[-4000:]
+    for k, spills, regs in sorted(found, key=lambda f: int(f[0])):
+        print(f"[stem_mma] {named[int(k)][0]}: {regs} registers, {spills} bytes spilled")
+    assert not any(int(s) for _, s, _ in found), r.stderr[-4000:]

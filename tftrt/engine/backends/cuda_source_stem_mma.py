@@ -1,0 +1,385 @@
+"""CUDA C source of the tensor-core few-channel convolution (tactic ``stem_mma``), strings only.
+
+No CuPy here (tests compile it with nvcc and run it on the host with an emulated MMA);
+``cupy_stem_mma.StemMma`` compiles and launches it.
+
+Why: a network's stem (3 input channels) is a GEMM too thin in K for cuDNN and too large in M
+for CUDA cores. VGG16's 3 -> 64 3x3 stem at batch 128 (FP16, H200, 2026-12-01) took 923 us as
+tactic im2col (a column matrix in memory, then cuBLASLt) and 1,484 us as tactic
+``stem_direct`` (float32 CUDA cores), for a floor of ~190-290 us: it writes 822 MB of float16.
+This kernel runs the GEMM on tensor cores with the column matrix never in memory (implicit
+im2col: each lane gathers its A fragment from the image) and the epilogue fused, so that the
+output write is what it costs.
+
+One kernel, ``stem_mma(x, wt, *operands, y)``: 2-D convolution, NHWC, group 1, dilation 1,
+any stride and pads. The GEMM: M = N*Ho*Wo output pixels (flat, consecutive), N = Cout, K =
+KH*KW*Cin zero-padded to Kp, a multiple of 16, at most :data:`MAX_K`. ``mma.sync`` m16n8k16,
+float16 inputs (x is rounded to float16 if stored as float32), float32 accumulators.
+
+A block of :data:`WARPS` warps stages the filter (float16 [Cout][Kp + 8]: the pad makes the B
+fragment reads conflict-free) and a table of each k's input offset, ky and kx in shared
+memory, then each warp takes ``mt`` consecutive m-tiles of 16 pixels (blocks loop over the
+pixels when :attr:`StemMmaSource.blocks` is capped). Per m-tile, a lane decodes its two
+pixels (fragment rows g and g + 8) once; per 16-wide k step it gathers its 8 A elements from
+global memory (zero outside the image, for k >= K and for pixels past M), and for each 8
+channels reads B from shared memory and issues the MMA. The accumulators of a chunk of up to
+:data:`CHUNK` channels live in registers (Cout over :data:`CHUNK`: the gather is repeated per
+chunk). The epilogue (``cuda_source._dw_epilogue``: bias, scale, residual, activation) runs
+per accumulator; the float16 results go through a per-warp staging buffer in shared memory so
+that the warp stores its 16 pixels x chunk channels with 16-byte stores (the pixels are
+consecutive: the block is rows of contiguous memory).
+
+The fragment layouts are :data:`A_FRAG`, :data:`B_FRAG` and :data:`C_FRAG`, from the PTX ISA
+("Matrix Fragments for mma.m16n8k16 with floating point type"); the host tests emulate the
+MMA from the ISA's per-element formulas, not from these tables, and the GPU tests confirm
+them on an H200.
+
+Measured (H200, 2026-12-02, batch 128, float16 x, bias + ReLU, the kernel alone; floor:
+reading x and writing y at 4.8 TB/s): VGG 3x3/1 -> 64 320 us (floor 179), ResNet 7x7/2 ->
+64 256 us (51), MobileNet 3x3/2 -> 32 67 us (29), Inception 3x3/2 -> 32 112 us (52),
+ConvNeXt 4x4/4 -> 96 56 us (24), EfficientNet 3x3/2 -> 40 136 us (62). Nsight Compute on
+VGG's: L1/TEX at 90% of its throughput (hit rate 49%), DRAM at 54%: the scattered 2-byte
+gathers bound it, not the tensor cores or the output. Keeping B and the bias in registers
+for all m-tiles, capping registers (__launch_bounds__ min blocks 3-8), 2 or 8 m-tiles a
+warp and capped grids all measured within 5% or slower; the next step is staging each
+m-tile's input span in shared memory with wide loads.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+
+from tftrt.engine.backends import cuda_source_stem as ST
+from tftrt.engine.backends.cuda_source import (PRELUDE, _dw_epilogue, conv_kernel_params,
+                                               ctype)
+
+KERNEL = "stem_mma"
+MAX_K = 160              # Kp: ResNet's 7x7 over 3 channels (147 taps) padded to 160
+MAX_COUT = 256
+CHUNK = 128              # output channels whose accumulators a lane holds at once
+WARPS = 4                # a block: 128 threads
+LANES = 32
+MT = 4                   # m-tiles of 16 pixels a warp takes per block tile
+SMEM_LIMIT = 48 * 1024   # static shared memory of one block
+_FLOATS = ("float16", "float32")
+
+# m16n8k16 fragments; lane = 4 g + t (g = lane >> 2, t = lane & 3). A (16 x 16, row major):
+# register r holds rows g + A_FRAG[r][0], k = 2t + A_FRAG[r][1] + {0, 1} (low half: the lower
+# k). B (16 x 8, k x n): register r holds k = 2t + B_FRAG[r] + {0, 1} of column n = g. C / D
+# (16 x 8, float32): register r is row g + C_FRAG[r][0], column 2t + C_FRAG[r][1].
+A_FRAG = ((0, 0), (8, 0), (0, 8), (8, 8))
+B_FRAG = (0, 8)
+C_FRAG = ((0, 0), (0, 1), (8, 0), (8, 1))
+
+# The MMA and a float pair packed to float16x2, as PTX (no CUDA headers: CuPy's NVRTC may
+# not find <mma.h> or <cuda_fp16.h>). Device only: host builds swap this block for an
+# emulation (tests/engine/test_stem_mma_codegen).
+MMA_HELPERS = r"""
+__device__ __forceinline__ unsigned pack_h2(float lo, float hi) {
+  unsigned r; asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo)); return r; }
+__device__ __forceinline__ void mma_16816(float* c, const unsigned* a, unsigned b0,
+                                          unsigned b1) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+               "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+               : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1)); }
+"""
+
+
+def enabled() -> bool:
+    """``TFTRT_STEM_MMA`` is not 0 / false (default on): the CuPy backend offers tactic
+    ``stem_mma``, which the builder times against cuDNN, im2col and stem_direct."""
+    from tftrt.env import env_bool  # standard library only
+    return env_bool("TFTRT_STEM_MMA", True)
+
+
+def padded_k(k: int) -> int:
+    """Kp: K rounded up to the MMA's k of 16."""
+    return -(-k // 16) * 16
+
+
+def chunks(cout: int) -> List[Tuple[int, int]]:
+    """(first channel, width) of each chunk of output channels whose accumulators a lane
+    holds at once: Cout itself up to :data:`CHUNK`, else chunks of CHUNK and the rest."""
+    return [(c0, min(CHUNK, cout - c0)) for c0 in range(0, cout, CHUNK)]
+
+
+def row_words(width: int) -> int:
+    """32-bit words of a shared-memory row of ``width`` halves (a multiple of 8): at least
+    width / 2, and 4 mod 8, so that lanes (g, t) reading or writing word ``row(g) * words +
+    t`` (+ a multiple of 4) hit 32 different banks, and rows stay 16-byte aligned."""
+    w = width // 2
+    return w if w % 8 == 4 else w + 4
+
+
+def smem_bytes(cout: int, kp: int) -> int:
+    """Shared memory of a block: the float16 filter, the k table (4 ints a k), the warps'
+    float16 staging buffers of 16 pixels by the widest chunk."""
+    widest = max(w for _, w in chunks(cout))
+    return 4 * cout * row_words(kp) + 16 * kp + 4 * WARPS * 16 * row_words(widest)
+
+
+class StemMmaSource:
+    """The ``stem_mma`` kernel of one convolution layer for fixed shapes and dtypes.
+
+    Args:
+      x_shape, out_shape: NHWC shapes of x and y.
+      k_hw, strides, pads: the filter's (kh, kw), (sh, sw) and pads (top, left, ...).
+      in_dtype, out_dtype: float16 / float32 x; float16 y.
+      epilogue: the layer's epilogue; operand_modes: layer input index -> ("vec" | "full",
+        dtype) of each epilogue operand (per output channel, or of y's shape).
+      mt: m-tiles (16 pixels) a warp takes per block tile.
+      max_blocks: cap on the grid (blocks then loop over block tiles); None: one block per
+        block tile.
+
+    Kernel ``stem_mma(x, wt, *operands, y)``: ``wt`` the filter as float16 [Cout, Kp] (the
+    layer's [Cout, KH, KW, Cin] as ``w.reshape(Cout, -1)``, zero columns up to Kp), operands
+    in :attr:`operands` order; launch :attr:`blocks` blocks of :attr:`threads` threads (any
+    grid size computes every output).
+    Raises:
+      ValueError: what the kernel does not take (dtypes, Kp over :data:`MAX_K`, Cout not a
+        multiple of 8 or over :data:`MAX_COUT`, shared memory over :data:`SMEM_LIMIT`).
+    """
+
+    def __init__(self, x_shape, k_hw, strides, pads, out_shape, in_dtype: str, out_dtype: str,
+                 epilogue: Sequence[dict], operand_modes: Dict[int, Tuple[str, str]],
+                 mt: int = MT, max_blocks=None):
+        n, h, w, cin = (int(d) for d in x_shape)
+        n2, ho, wo, cout = (int(d) for d in out_shape)
+        kh, kw = (int(d) for d in k_hw)
+        sh, sw = (int(d) for d in strides)
+        ph, pw = int(pads[0]), int(pads[1])
+        self.in_dtype, self.out_dtype = np.dtype(in_dtype).name, np.dtype(out_dtype).name
+        if self.in_dtype not in _FLOATS:
+            raise ValueError(f"the tensor-core stem kernel takes float16 / float32 x, not "
+                             f"{self.in_dtype}")
+        if self.out_dtype != "float16":
+            raise ValueError(f"the tensor-core stem kernel writes float16 y only, not "
+                             f"{self.out_dtype} (its staging buffer and stores are float16)")
+        if n2 != n or min(n, h, w, cin, ho, wo, cout, kh, kw, sh, sw) < 1:
+            raise ValueError(f"not a conv of x {tuple(x_shape)} into y {tuple(out_shape)}")
+        self.k = kh * kw * cin
+        self.kp = padded_k(self.k)
+        if self.kp > MAX_K:
+            raise ValueError(f"KH*KW*Cin = {self.k} taps (padded to {self.kp}): the "
+                             f"tensor-core stem kernel takes up to {MAX_K}")
+        if cout % 8 or cout > MAX_COUT:
+            raise ValueError(f"the tensor-core stem kernel takes Cout a multiple of 8 up to "
+                             f"{MAX_COUT}, not {cout}")
+        self.smem_bytes = smem_bytes(cout, self.kp)
+        if self.smem_bytes > SMEM_LIMIT:
+            raise ValueError(f"the tensor-core stem kernel's filter ({cout} x {self.kp} "
+                             f"float16) and staging take {self.smem_bytes} bytes of shared "
+                             f"memory, over {SMEM_LIMIT}")
+        self.mt = int(mt)
+        self.m = n * ho * wo
+        self.tiles = math.ceil(self.m / (WARPS * self.mt * 16))  # block tiles
+        self.threads = WARPS * LANES
+        self.blocks = min(self.tiles, int(max_blocks or self.tiles), 2 ** 31 - 1)
+        self.dims = dict(n=n, h=h, w=w, cin=cin, ho=ho, wo=wo, cout=cout, kh=kh, kw=kw, sh=sh,
+                         sw=sw, ph=ph, pw=pw)
+        self.operands, params = conv_kernel_params(self.in_dtype, self.out_dtype,
+                                                   operand_modes)
+        # the filter is float16 here (conv_kernel_params declares the float32 filter of the
+        # CUDA-core kernels)
+        self.params = [("const unsigned short*" if nm == "wt" else ty, nm) for ty, nm in params]
+        self.source = self._source(epilogue, operand_modes)
+
+    # --- pieces of the source ----------------------------------------------------------------
+    def _pixels(self, it: str) -> str:
+        """Statements decoding the lane's two pixels (fragment rows g, g + 8 of m-tile
+        ``m0``): ``ih0_p``, ``iw0_p`` the window's corner, ``base_p`` its offset in x,
+        ``pix_p`` the pixel (the last one for a pixel past M, which stays unstored and whose
+        ``ih0_p`` puts every tap outside the image)."""
+        d, m = self.dims, self.m
+        hw_o = d["ho"] * d["wo"]
+        out = []
+        for p in (0, 1):
+            out.append(f"""const {it} pp_{p} = m0 + g + {8 * p};
+      const {it} pix_{p} = pp_{p} < {m} ? pp_{p} : {m - 1};
+      int ih0_{p}, iw0_{p};
+      {it} base_{p};
+      {{
+        const {it} nb = pix_{p} / {hw_o};
+        const int r = (int)(pix_{p} - nb * {hw_o});
+        const int oh = r / {d['wo']}, ow = r - oh * {d['wo']};
+        const int ih = oh * {d['sh']} - {d['ph']};
+        iw0_{p} = ow * {d['sw']} - {d['pw']};
+        ih0_{p} = pp_{p} < {m} ? ih : -(1 << 30);
+        base_{p} = ((nb * {d['h']} + ih) * {d['w']} + iw0_{p}) * {d['cin']};
+      }}""")
+        return "\n      ".join(out)
+
+    def _gather(self) -> str:
+        """Statements filling ``a[4]``, the A fragment of k step ``ks``: each element read
+        from x (zero where its tap leaves the image, for k >= K and pixels past M)."""
+        offs = sorted({ko + h for _, ko in A_FRAG for h in (0, 1)})
+        out = [f"const int4 kt{o} = ktab[ks + 2 * t + {o}];" for o in offs]
+        for r, (ro, ko) in enumerate(A_FRAG):
+            p = ro // 8   # the lane's pixel: row g (0) or g + 8 (1)
+            lo, hi = (f"tap(ih0_{p}, iw0_{p}, base_{p}, kt{ko + h})" for h in (0, 1))
+            if self.in_dtype == "float16":  # packed as stored (the low half: the lower k)
+                out.append(f"a[{r}] = (unsigned){lo} | ((unsigned){hi} << 16);")
+            else:
+                out.append(f"a[{r}] = pack_h2({lo}, {hi});")
+        return "\n          ".join(out)
+
+    def _mmas(self) -> str:
+        """Statements issuing the chunk's MMAs of k step ``ks``, B from shared memory."""
+        kw2 = row_words(self.kp)
+        return (f"const unsigned* bw = reinterpret_cast<const unsigned*>(bsm) +\n"
+                f"                               ((c0 + g) * {2 * kw2} + ks + 2 * t) / 2;\n"
+                "          #pragma unroll\n          for (int j = 0; j < NT; ++j)\n"
+                "            mma_16816(acc[j], a, " +
+                ", ".join(f"bw[j * {8 * kw2} + {bo // 2}]" for bo in B_FRAG) + ");")
+
+    def _epilogue(self, epilogue, operand_modes, it: str) -> str:
+        """Statements applying the epilogue to ``acc`` and staging the float16 results: per
+        n-tile, the two rows of C_FRAG, each a pair of adjacent channels in one word."""
+        cout = self.dims["cout"]
+        epi = "\n              ".join(_dw_epilogue(epilogue, operand_modes, "a_", ""))
+        rows: Dict[int, List[Tuple[int, int]]] = {}
+        for r, (ro, co) in enumerate(C_FRAG):
+            rows.setdefault(ro, []).append((r, co))
+        out = []
+        for ro, regs in sorted(rows.items()):
+            assert [co for _, co in regs] == [0, 1], "a C row's registers: adjacent channels"
+            vals = []
+            for r, co in regs:
+                vals.append(f"""{{
+              const int k = k0 + {co};
+              const {it} oidx = pix_{ro // 8} * {cout} + k;
+              float a_ = acc[j][{r}];
+              {epi}
+              o{co} = a_;
+              (void)k; (void)oidx;
+            }}""")
+            out.append(f"""{{
+            float o0, o1;
+            {vals[0]}
+            {vals[1]}
+            stg[(g + {ro}) * SW + 4 * j + t] = pack_h2(o0, o1);
+          }}""")
+        return "\n          ".join(out)
+
+    def _copy_out(self, it: str) -> str:
+        """Statements storing the warp's staged 16 x ``CW`` block at pixel ``m0``, channel
+        ``c0`` of y: 16-byte stores where y is aligned to them, else 4 or 2 bytes."""
+        cout = self.dims["cout"]
+        ways = []
+        for ty, per in (("uint4", 8), ("unsigned", 2), ("unsigned short", 1)):
+            ways.append(f"""{{
+          #pragma unroll 4
+          for (int v = lane; v < rows * (CW / {per}); v += {LANES}) {{
+            const int row = v / (CW / {per}), c = v - row * (CW / {per});
+            reinterpret_cast<{ty}*>(y + (m0 + row) * {cout} + c0)[c] =
+                reinterpret_cast<const {ty}*>(stg + row * SW)[c];
+          }}
+        }}""")
+        return (f"if ((ya & 15ull) == 0ull) {ways[0]} else if ((ya & 3ull) == 0ull) "
+                f"{ways[1]} else {ways[2]}")
+
+    def _source(self, epilogue, operand_modes) -> str:
+        d = self.dims
+        cin, cout, kp = d["cin"], d["cout"], self.kp
+        it = "long long" if max(d["n"] * d["h"] * d["w"] * cin,
+                                self.m * cout) >= 2 ** 31 - 64 else "int"
+        params = ", ".join(f"{ty} __restrict__ {nm}" for ty, nm in self.params)
+        kps, widest = 2 * row_words(kp), max(w for _, w in chunks(cout))
+        sw = row_words(widest)
+        chunk_src = []
+        for c0, cw in chunks(cout):
+            chunk_src.append(f"""{{
+        constexpr int c0 = {c0}, CW = {cw}, NT = {cw // 8};
+        float acc[NT][4];
+        #pragma unroll
+        for (int j = 0; j < NT; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+        #pragma unroll
+        for (int ks = 0; ks < {kp}; ks += 16) {{
+          unsigned a[4];
+          {self._gather()}
+          {self._mmas()}
+        }}
+        #pragma unroll
+        for (int j = 0; j < NT; ++j) {{
+          const int k0 = c0 + 8 * j + 2 * t;
+          {self._epilogue(epilogue, operand_modes, it)}
+        }}
+        __syncwarp();
+        const unsigned long long ya = reinterpret_cast<unsigned long long>(y);
+        {self._copy_out(it)}
+        __syncwarp();  // the staging buffer is free for the next chunk / m-tile
+      }}""")
+        chunks_src = "\n      ".join(chunk_src)
+        return PRELUDE + MMA_HELPERS + f"""
+extern "C" __global__ void __launch_bounds__({self.threads}) {KERNEL}({params}) {{
+  constexpr int SW = {sw};  // words of a staging row
+  __shared__ uint4 bsm4[{cout * kps // 8}];
+  __shared__ int4 ktab[{kp}];
+  __shared__ uint4 stage4[{WARPS * 16 * sw // 4}];
+  const unsigned short* bsm = reinterpret_cast<const unsigned short*>(bsm4);
+  // the filter, rows padded to {kps} halves
+  for (int i = threadIdx.x; i < {cout * kp // 8}; i += blockDim.x) {{
+    const int row = i / {kp // 8}, c = i - row * {kp // 8};
+    bsm4[row * {kps // 8} + c] = reinterpret_cast<const uint4*>(wt)[i];
+  }}
+  // per k: x's offset from the window's corner pixel, ky, kx; k >= K never inside the image
+  for (int q = threadIdx.x; q < {kp}; q += blockDim.x) {{
+    const int ky = q / {d['kw'] * cin}, kx = (q / {cin}) % {d['kw']}, ci = q % {cin};
+    int4 e;
+    e.x = q < {self.k} ? (ky * {d['w']} + kx) * {cin} + ci : 0;
+    e.y = q < {self.k} ? ky : (1 << 24);
+    e.z = kx; e.w = 0;
+    ktab[q] = e;
+  }}
+  __syncthreads();
+  const int warp = threadIdx.x / {LANES}, lane = threadIdx.x % {LANES};
+  const int g = lane >> 2, t = lane & 3;
+  unsigned* stg = reinterpret_cast<unsigned*>(stage4) + warp * 16 * SW;
+  // x at a tap of the window at (ih0, iw0), zero outside the image (and for k >= K)
+  const auto tap = [&](int ih0, int iw0, {it} base, const int4& e) -> {ctype(self.in_dtype)} {{
+    return (unsigned)(ih0 + e.y) < {d['h']}u && (unsigned)(iw0 + e.z) < {d['w']}u ?
+        x[base + e.x] : ({ctype(self.in_dtype)})0;
+  }};
+  for ({it} bt = blockIdx.x; bt < {self.tiles}; bt += gridDim.x) {{
+    for (int mi = 0; mi < {self.mt}; ++mi) {{
+      const {it} m0 = ((bt * {WARPS} + warp) * {self.mt} + mi) * 16;
+      if (m0 >= {self.m}) break;  // the same for the whole warp
+      const int rows = (int)({self.m} - m0 < 16 ? {self.m} - m0 : 16);
+      // the lane's pixels (fragment rows g, g + 8): the window's corner, its offset in x;
+      // a pixel past M is outside every window (its taps read nothing)
+      {self._pixels(it)}
+      {chunks_src}
+    }}
+  }}
+}}
+"""
+
+
+def layer_params(net, layer) -> dict:
+    """Keyword arguments of :class:`StemMmaSource` for a conv layer of ``net``
+    (``cuda_source_stem.layer_params``: the same layers). Raises ValueError for what the
+    kernel does not take."""
+    if any(int(d) != 1 for d in layer.attrs.get("dilations", (1, 1))):
+        raise ValueError(f"the tensor-core stem kernel takes dilation 1, not "
+                         f"{list(layer.attrs['dilations'])}")
+    return ST.layer_params(net, layer)
+
+
+def unsupported(net, layer):
+    """Why ``stem_mma`` cannot run ``layer``, or None. Generates the source only: no GPU
+    work. A filter of a float type only (rounded to float16 for the MMA)."""
+    if not enabled():
+        return "TFTRT_STEM_MMA=0"
+    try:
+        params = layer_params(net, layer)
+        if np.dtype(net.tensors[layer.inputs[1]].dtype).kind != "f":
+            return "not a float filter"
+        StemMmaSource(**params)
+    except (ValueError, NotImplementedError, TypeError) as e:
+        return str(e)
+    return None
+

@@ -1,0 +1,47 @@
+"""Tactic ``stem_mma`` on CuPy: a few-channel convolution (a network's stem) on tensor cores,
+as the implicit-im2col kernel of ``cuda_source_stem_mma`` (each warp gathers its float16 A
+fragments from the image, the filter waits in shared memory, float32 accumulators), the
+layer's epilogue fused, float16 output.
+
+The CuPy backend offers the tactic for the group-1 2-D convolutions with a float16 output the
+kernel takes (Kp = KH*KW*Cin rounded up to 16 at most ``cuda_source_stem_mma.MAX_K``, Cout a
+multiple of 8 up to 256), unless ``TFTRT_STEM_MMA=0``; the builder times it against cuDNN,
+im2col and stem_direct like any other candidate.
+"""
+
+from __future__ import annotations
+
+import cupy as cp
+
+from tftrt.engine.backends import cupy_kernels as K
+from tftrt.engine.backends.cuda_source_stem_mma import KERNEL, StemMmaSource, layer_params
+from tftrt.engine.backends.cupy_layers import Impl
+
+
+class StemMma(Impl):
+    """A convolution as ``stem_mma``. Raises ValueError for a layer the kernel does not take
+    (``layer_params``, ``StemMmaSource``)."""
+
+    def __init__(self, net, layer, weights, opts):
+        super().__init__(net, layer, weights, opts)
+        self.src = StemMmaSource(**layer_params(net, layer))
+        self.kernel = K._raw_kernel(self.src.source, KERNEL)
+        if self.kernel.max_threads_per_block < self.src.threads:  # compiles it: fails the build
+            raise ValueError(f"{KERNEL} compiled for at most {self.kernel.max_threads_per_block} "
+                             f"threads a block, its blocks have {self.src.threads}")
+        w = layer.inputs[1]
+        self.wt = self._prep(weights[w], self.src.kp) if w in weights else None
+
+    @staticmethod
+    def _prep(w, kp: int):
+        """[Cout, KH, KW, Cin] -> float16 [Cout, Kp], zero columns past K (their products
+        with the gathered zeros add nothing)."""
+        cout = w.shape[0]
+        wt = cp.zeros((cout, kp), cp.float16)
+        wt[:, :w[0].size] = w.reshape(cout, -1).astype(cp.float16)
+        return wt
+
+    def run(self, ins, outs, ws):
+        wt = self.wt if self.wt is not None else self._prep(ins[1], self.src.kp)
+        args = [ins[0], wt] + [ins[i] for i in self.src.operands] + [outs[0]]
+        self.kernel((self.src.blocks,), (self.src.threads,), tuple(args))
