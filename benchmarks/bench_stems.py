@@ -71,7 +71,7 @@ WAYS = {  # name: (tactic, environment)
     "im2col 16MB": ("im2col", {"TFTRT_IM2COL_CHUNK_MB": "16"}),
     "im2col 32MB": ("im2col", {"TFTRT_IM2COL_CHUNK_MB": "32"}),
     "stem_direct": ("stem_direct", {}),
-    "stem_mma": ("stem_mma", {}),
+    "stem_mma": ("stem_mma", {"TFTRT_STEM_MMA": "1"}),   # off by default
 }
 BANDWIDTH = 4.8e12  # H200 HBM3e, bytes/s
 
@@ -111,6 +111,7 @@ def main(argv=None):
         times, conv_us, outs, kinds = {}, {}, {}, []
         for way, (tactic, env) in ways.items():
             if tactic in ("stem_direct", "stem_mma"):
+                os.environ.update(env)  # the tactic's switch, before asking whether it applies
                 from tftrt.engine.backends import cuda_source_stem, cuda_source_stem_mma
                 unsupported = (cuda_source_stem if tactic == "stem_direct" else
                                cuda_source_stem_mma).unsupported

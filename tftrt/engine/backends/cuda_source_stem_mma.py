@@ -90,10 +90,17 @@ __device__ __forceinline__ void mma_16816(float* c, const unsigned* a, unsigned 
 
 
 def enabled() -> bool:
-    """``TFTRT_STEM_MMA`` is not 0 / false (default on): the CuPy backend offers tactic
-    ``stem_mma``, which the builder times against cuDNN, im2col and stem_direct."""
+    """``TFTRT_STEM_MMA`` is 1 / true (default off): the CuPy backend offers tactic
+    ``stem_mma``, which the builder times against cuDNN, im2col and stem_direct.
+
+    Off until a zoo run shows whole models faster with it: in VGG16 through TensorFlow (H200,
+    2026-12-02, run o, FP16, Range profile) the builder chose it for the stem (309 us against
+    923 us as im2col on 2026-12-01) and the engine's layers summed 7.39 ms against 7.60, yet
+    the call took 7.998 ms at batch 128 as before (7.996 ms, run m) and batches 1 and 8 were
+    slower (0.573 / 1.102 ms against 0.502 / 0.837), with other convolutions' cuDNN plans
+    slower than on 2026-12-01; which change slowed the small batches was not isolated."""
     from tftrt.env import env_bool  # standard library only
-    return env_bool("TFTRT_STEM_MMA", True)
+    return env_bool("TFTRT_STEM_MMA", False)
 
 
 def padded_k(k: int) -> int:
@@ -373,7 +380,7 @@ def unsupported(net, layer):
     """Why ``stem_mma`` cannot run ``layer``, or None. Generates the source only: no GPU
     work. A filter of a float type only (rounded to float16 for the MMA)."""
     if not enabled():
-        return "TFTRT_STEM_MMA=0"
+        return "off (TFTRT_STEM_MMA=1 turns it on)"
     try:
         params = layer_params(net, layer)
         if np.dtype(net.tensors[layer.inputs[1]].dtype).kind != "f":
