@@ -60,8 +60,11 @@ calls served by split batches waited 0.5-13 s behind the background builds of th
 of this (ladder and real engines built as soon as queued; ResNet50, profile 1..128: first
 calls median 5.5 s cold, 0.8 s warm). Before the rung rule and the call count, steady load
 kept a loaded model's batch 8 as 8 x 1 for good (the H200, ResNet101V2 and DenseNet201:
-6.3-6.9x their batch 1). Each engine built in the background runs twice there (its first
-runs) and replaces its stand-in. On the H200 (2026-11-30, ResNet50 FP16, profile 1..128) this
+6.3-6.9x their batch 1). Each engine built in the background runs once there (its first
+run: contexts, kernels, plans) and replaces its stand-in; it captures its CUDA graphs in the
+first call that uses it, since a capture on the background thread made the device-wide
+waits of the caller's threads fail (cudaErrorStreamCaptureUnsupported: the serving trace
+on the H200, 2026-12-02). On the H200 (2026-11-30, ResNet50 FP16, profile 1..128) this
 form served the first calls at 11 new batch sizes in 2.1 ms median (6.8 ms max; 0.54 s warm
 and 3.7 s cold without), at the price of a longer build() (57 s cold, 6.6 s warm, for the
 ladder). A failed background build leaves the stand-in serving, with one warning. At
