@@ -243,3 +243,43 @@ def test_background_builds_leave_the_callers_device_waits_alone(tmp_path, monkey
                                    atol=1e-4, err_msg=f"batch {b}")
     assert op.stats["native"] == 0, op.describe()
     print(f"\n{waits} device-wide waits while background builds ran")
+
+
+def test_borrowed_cudnn_choices_stay_out_of_the_build_cache(tmp_path):
+    """The profile's engines at batches other than 16 run the cuDNN plans chosen at batch 16,
+    untimed: their records name batch 16's signature as the shape they were tuned for, and
+    the build cache holds no choice under their own signatures (a later build at batch 3, a
+    static engine or another model with that layer, would take it as tuned and time nothing;
+    it did before 2026-12-02, tftrt/engine/backends/borrowed.py)."""
+    from tftrt.engine.backends import borrowed as BR
+    from tftrt.engine.backends import cupy_layers as L
+    src = str(tmp_path / "src")
+    model = SmallConvNet()
+    tf.saved_model.save(model, src, signatures=model.__call__)
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=src, use_dynamic_shape=True)
+    fn = conv.convert()
+    conv.build(lambda: iter([(batch(1),), (batch(16),)]))
+    for b in (3, 5, 16):
+        fn(x=tf.constant(batch(b)))
+    (op,) = conv.engine_ops.values()
+    ((_, pe),) = list(op.cache.items())
+    assert pe.wait_pending(timeout=120)
+    seen = {"own": 0, "borrowed": 0}
+    for shapes, engine in pe.engines():
+        if not hasattr(engine, "backend_impl"):  # a stand-in (split batches)
+            continue
+        impls = engine.backend_impl.engine_impls(engine)
+        for layer, impl in zip(engine.network.layers, impls):
+            if not isinstance(impl, L.ConvCudnn):
+                continue
+            key = L.conv_key(engine.network, layer, impl.conv.spec)
+            rec = L.get_record(layer)
+            if shapes[0][0] == 16:
+                assert rec[BR.FOR] == BR.shape_id(key), layer.name
+                assert L.stored_choice(key)[BR.FOR] == BR.shape_id(key), layer.name
+                seen["own"] += 1
+            else:
+                assert rec[BR.FOR] != BR.shape_id(key), (shapes, layer.name)
+                assert L.stored_choice(key) is None, (shapes, layer.name)
+                seen["borrowed"] += 1
+    assert seen["own"] and seen["borrowed"], seen

@@ -26,6 +26,7 @@ import numpy as np
 
 import cupy as cp
 
+from tftrt.engine.backends import borrowed as BR
 from tftrt.engine.backends import cupy_kernels as K
 from tftrt.engine.backends import cupy_kernels_nn as KN
 from tftrt.engine.backends.cuda_source import dw_operand_modes
@@ -210,20 +211,45 @@ class ConvCudnn(Impl):
         spec = conv_spec(net, layer, opts)
         key = conv_key(net, layer, spec)
         quick = bool(a.get(QUICK_ATTR))
+        borrowed = False
         shared = _SHARED.get(key)
         if shared is None:
             shared = self._quick(layer, spec) if quick else None
             if shared is None:
-                rec = get_record(layer) or stored_choice(key)
-                shared = self._build(net, layer, spec, rec)
-            _SHARED[key] = shared
+                rec, borrowed = BR.conv_choice(get_record(layer), key, stored_choice(key))
+                if borrowed:  # layers of one signature borrowing one choice share its graph
+                    bkey = key + "|borrowed " + json.dumps(rec, sort_keys=True)
+                    shared = _SHARED.get(bkey) or self._borrowed(layer, spec, rec)
+                    _SHARED[bkey] = shared
+                else:
+                    shared = self._build(net, layer, spec, rec)
+            if not borrowed:  # an untimed plan borrowed from another shape is no choice here
+                _SHARED[key] = shared
         self.conv, nf = shared
         self.post = Epilogue(net, layer, layer.epilogue[nf:])
         self.workspace = self.conv.workspace
-        self._rec = dict(self.conv.choice(), fused=nf)
+        # the shape the choice was tuned for: this one, or the opt shape it was borrowed from
+        tuned_for = get_record(layer)[BR.FOR] if borrowed else BR.shape_id(key)
+        self._rec = dict(self.conv.choice(), fused=nf, **{BR.FOR: tuned_for})
         if not quick:
             set_record(layer, self._rec)
-            store_choice(key, self._rec)
+            if not borrowed:  # never in the build cache as if tuned at this shape
+                store_choice(key, self._rec)
+
+    @staticmethod
+    def _borrowed(layer, spec, rec):
+        """(graph, fused ops) at a shape ``rec`` was not tuned for (borrowed.conv_choice):
+        its plan, or where ``rec`` names none (TFTRT_PROFILE_CONV_PLANS=heuristic) or it
+        does not build here, cuDNN's first heuristic plan; untimed either way (a new shape
+        of a profile is not tuned)."""
+        nf = int(rec["fused"]) if "fused" in rec else next(iter(_conv_variants(spec)))
+        if "engine" in rec:
+            try:
+                return CudnnConv(spec, nf, rec, candidates=1), nf
+            except Exception as e:
+                log.info("%s: the profile's cuDNN choice does not build at this shape (%s); "
+                         "cuDNN's first plan instead", layer.name, e)
+        return CudnnConv(spec, nf, None, candidates=1), nf
 
     @staticmethod
     def _quick(layer, spec):

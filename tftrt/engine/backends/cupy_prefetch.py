@@ -61,6 +61,7 @@ def conv_jobs(nets: Sequence[Network], opts: dict) -> List[tuple]:
     cache has no plan of: layers on tactic ``cudnn``, or, before tactics are chosen
     (``layer.tactic`` None), layers ``cudnn`` is a candidate for. A job carries a network of
     that one layer and its tensors."""
+    from tftrt.engine.backends import borrowed as BR
     from tftrt.engine.backends import cupy_layers as L
     from tftrt.engine.tactics import candidates
     jobs, seen = [], set()
@@ -85,8 +86,10 @@ def conv_jobs(nets: Sequence[Network], opts: dict) -> List[tuple]:
         if key in seen or key in L._SHARED:
             continue
         seen.add(key)
-        rec = L.get_record(one) or L.stored_choice(key)
-        if rec is not None and "fused" in rec and _plan_stored(spec, rec):
+        rec, borrowed = BR.conv_choice(L.get_record(one), key, L.stored_choice(key))
+        if borrowed and "engine" not in rec:
+            continue  # cuDNN's first plan, untimed and not stored: the build makes it
+        if rec is not None and "fused" in rec and "engine" in rec and _plan_stored(spec, rec):
             continue
         jobs.append(("tftrt.engine.backends.cupy_prefetch:conv_job",
                      (sub, bool(opts.get("tf32", True)))))

@@ -1,0 +1,62 @@
+"""The cuDNN choices a profile's engines borrow from its opt-shape engine
+(tftrt/engine/backends/borrowed.py): a record tuned for another shape is used untimed and never
+taken for this shape's tuned choice; a choice the build cache holds for this very shape wins;
+TFTRT_PROFILE_CONV_PLANS picks the opt engine's plan or cuDNN's first heuristic plan."""
+
+import logging
+
+import pytest
+
+from tftrt.engine.backends import borrowed as BR
+
+KEY_128 = '{"in": [["float16", [128, 56, 56, 64]]], "kind": "conv"}'
+KEY_1 = '{"in": [["float16", [1, 56, 56, 64]]], "kind": "conv"}'
+TUNED_128 = {"engine": 7, "knobs": {"1": 2}, "fused": 1, "for": BR.shape_id(KEY_128)}
+
+
+def test_shape_ids_name_the_signature():
+    assert BR.shape_id(KEY_128) == BR.shape_id(KEY_128) != BR.shape_id(KEY_1)
+    assert len(BR.shape_id(KEY_1)) == 16
+
+
+def test_a_record_for_its_own_shape_or_without_one_is_not_borrowed():
+    assert BR.conv_choice(TUNED_128, KEY_128, None) == (TUNED_128, False)
+    old = {"engine": 7, "knobs": {}, "fused": 1}            # caches written before "for"
+    assert BR.conv_choice(old, KEY_1, None) == (old, False)
+    stored = dict(TUNED_128, engine=9)
+    assert BR.conv_choice(None, KEY_128, stored) == (stored, False)   # the cache's choice
+    assert BR.conv_choice(None, KEY_128, None) == (None, False)       # nothing: tune
+
+
+def test_a_record_for_another_shape_is_borrowed(monkeypatch):
+    monkeypatch.delenv("TFTRT_PROFILE_CONV_PLANS", raising=False)
+    assert BR.conv_choice(TUNED_128, KEY_1, None) == (TUNED_128, True)
+    assert BR.conv_choice(TUNED_128, KEY_1, None, mode="opt") == (TUNED_128, True)
+
+
+def test_a_choice_tuned_at_this_very_shape_wins_over_the_borrowed_one():
+    tuned_1 = {"engine": 3, "knobs": {}, "fused": 0, "for": BR.shape_id(KEY_1)}
+    assert BR.conv_choice(TUNED_128, KEY_1, tuned_1) == (tuned_1, False)
+    assert BR.conv_choice(TUNED_128, KEY_1, tuned_1, mode="heuristic") == (tuned_1, False)
+
+
+def test_heuristic_mode_keeps_the_fused_ops_and_drops_the_plan(monkeypatch):
+    monkeypatch.setenv("TFTRT_PROFILE_CONV_PLANS", "Heuristic")
+    rec, borrowed = BR.conv_choice(TUNED_128, KEY_1, None)
+    assert borrowed and rec == {"fused": 1, "for": TUNED_128["for"]}
+    assert TUNED_128["engine"] == 7                          # the layer's record untouched
+
+
+def test_an_unknown_mode_is_warned_about_once_and_read_as_opt(monkeypatch, caplog):
+    monkeypatch.setenv("TFTRT_PROFILE_CONV_PLANS", "fastest")
+    BR._warned.discard("fastest")
+    with caplog.at_level(logging.WARNING, logger="tftrt.engine.cupy"):
+        assert BR.profile_conv_plans() == "opt" == BR.profile_conv_plans()
+    msgs = [r.getMessage() for r in caplog.records if "TFTRT_PROFILE_CONV_PLANS" in r.getMessage()]
+    assert len(msgs) == 1 and "'fastest'" in msgs[0] and "'heuristic'" in msgs[0]
+
+
+@pytest.mark.parametrize("value", ["", "  ", "OPT"])
+def test_blank_or_cased_values_read_as_opt(monkeypatch, value):
+    monkeypatch.setenv("TFTRT_PROFILE_CONV_PLANS", value)
+    assert BR.profile_conv_plans() == "opt"

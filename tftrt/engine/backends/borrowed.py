@@ -1,0 +1,68 @@
+"""The cuDNN choices an optimization profile's engines borrow from its opt-shape engine.
+
+An engine made from a profile's template (``builder.build_engine_from_template``: another
+batch size of the profile) keeps the opt engine's layers, and with them each convolution's
+recorded cuDNN choice (engine and knobs, tuned at the opt shape). At the new shape that
+choice is untimed: it must not go to the build cache under the new shape's key, where a
+later build at that shape (a static engine, another model with the same layer) would take it
+as tuned and time nothing. Before this rule it did (found reading the code after the H200 run
+of 2026-12-02, where a profile's batch-1 and batch-8 engines ran at 1.4x the per-batch
+engines). A record therefore names the shape it was tuned for (``"for"``: :func:`shape_id`
+of the layer's signature); a record for another shape is borrowed.
+
+What a borrowed layer builds with (:func:`conv_choice`): a choice the build cache holds for
+this very shape (tuned by an earlier build at it) first; else, per
+``TFTRT_PROFILE_CONV_PLANS``: ``opt`` (the default) the opt engine's choice, ``heuristic``
+cuDNN's first heuristic plan at the new shape, untimed (an experiment for the GPU host:
+plans tuned at batch 128 may be poor at batch 1). CuPy-free: the CPU tests check the rules.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Optional, Tuple
+
+log = logging.getLogger("tftrt.engine.cupy")
+
+MODES = ("opt", "heuristic")
+FOR = "for"   # a record's key: the shape_id it was tuned for
+_warned = set()
+
+
+def shape_id(key: str) -> str:
+    """A short id of a layer signature (its shapes included): what a record was tuned for."""
+    return hashlib.sha1(key.encode()).hexdigest()[:16]
+
+
+def profile_conv_plans() -> str:
+    """``TFTRT_PROFILE_CONV_PLANS``: ``opt`` (default) or ``heuristic``; another value is
+    warned about once and read as ``opt``."""
+    import os
+    v = os.environ.get("TFTRT_PROFILE_CONV_PLANS", "opt").strip().lower() or "opt"
+    if v not in MODES:
+        if v not in _warned:
+            _warned.add(v)
+            log.warning("TFTRT_PROFILE_CONV_PLANS=%r is not one of %s; using 'opt'", v,
+                        list(MODES))
+        return "opt"
+    return v
+
+
+def conv_choice(rec: Optional[dict], key: str, stored: Optional[dict],
+                mode: Optional[str] = None) -> Tuple[Optional[dict], bool]:
+    """(the choice to build layer signature ``key``'s convolution with, whether it is
+    borrowed). ``rec``: the layer's record (None: none); ``stored``: the build cache's choice
+    for ``key`` (None: none). Not borrowed: ``rec``, else ``stored``, else None (tune). A
+    record tuned for another shape: ``stored`` when there is one (tuned at this shape, no
+    longer borrowed), else per ``mode`` (default :func:`profile_conv_plans`) the record
+    itself or, for ``heuristic``, a record without engine and knobs (``{"fused": n, "for":
+    ...}``: cuDNN's first heuristic plan with the same fused ops)."""
+    sid = shape_id(key)
+    if not rec or rec.get(FOR, sid) == sid:
+        return (rec or stored), False
+    if stored:
+        return stored, False
+    if (mode or profile_conv_plans()) == "heuristic":
+        return {k: v for k, v in rec.items() if k in ("fused", FOR)}, True
+    return rec, True
