@@ -14,6 +14,10 @@ Four stages, each in a fresh process (what a user's next process sees), on one z
   load     ``tftrt.load`` of the model ``cold`` saved, in a fresh process: the first calls at
            --trace (saved profiles serve every shape in range with no tuning).
 
+The stages inherit the environment: ``TFTRT_PROFILE_CONV_PLANS=heuristic`` (the profile's
+small batches on cuDNN's first plan at their shape instead of batch 128's) is an A/B of the
+steady-state bar, ``--stages static cold`` its shortest run.
+
 Bars (issue 14, ResNet50 FP16): cold build <= 20 s, warm build <= 3 s, first call at an unseen
 size <= 1 s cold and <= 50 ms warm, steady latency within 10% of the per-shape engines.
 Latencies are wall times of one call through TensorFlow until its outputs are ready (every GPU
@@ -134,7 +138,9 @@ def _run_stages(args) -> dict:
     work = args.work or tempfile.mkdtemp(prefix="dynamic-shapes-")
     caches = {"static": "static", "cold": "profile", "warm": "profile", "load": "profile"}
     result = {"model": args.model, "max_batch": args.max_batch, "batches": args.batches,
-              "trace": args.trace, "stages": {}}
+              "trace": args.trace, "stages": {},
+              # the settings an A/B varies (TFTRT_PROFILE_CONV_PLANS, TFTRT_BUILD_WORKERS, ...)
+              "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("TFTRT_")}}
     for stage in args.stages:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         cache = os.path.join(work, "cache-" + caches[stage])
