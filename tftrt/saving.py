@@ -98,8 +98,9 @@ def _sibling(path: str, what: str) -> str:
 
 
 def save(converter, path: str, save_gpu_specific_engines: bool = True, options=None) -> None:
-    """Saves a converted model as a SavedModel at ``path``, replacing one already there (its
-    ``assets.extra``, TF Serving's directory for user files, is kept).
+    """Saves a converted model as a SavedModel at ``path``, replacing one already there (the
+    files of it that a save does not write, such as TF Serving's ``assets.extra`` or a
+    labels file, are kept, as TF's own save keeps them).
 
     Everything is written into a hidden sibling directory first; at the end the two
     directories are exchanged in one atomic rename (Linux renameat2) and the old one is
@@ -115,7 +116,7 @@ def save(converter, path: str, save_gpu_specific_engines: bool = True, options=N
     os.mkdir(staging)
     try:
         _write_saved_model(converter, staging, save_gpu_specific_engines, options)
-        _keep_assets_extra(path, staging)
+        _keep_user_files(path, staging)
         _swap_in(staging, path)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -123,14 +124,47 @@ def save(converter, path: str, save_gpu_specific_engines: bool = True, options=N
     log.info("saved the converted model to %s", path)
 
 
-def _keep_assets_extra(path: str, staging: str) -> None:
-    """Copies ``assets.extra`` (files a user adds for TF Serving, e.g. warmup requests) of the
-    model being replaced into the new one: TF's own save into an existing directory leaves
-    it there, as TF-TRT's did; the swap would delete it."""
-    extra = os.path.join(path, "assets.extra")
-    if os.path.isdir(extra) and not os.path.exists(os.path.join(staging, "assets.extra")):
-        shutil.copytree(extra, os.path.join(staging, "assets.extra"), symlinks=True)
-        log.info("%s: kept assets.extra of the model it replaces", path)
+# What a save writes and owns in a SavedModel directory: the model being replaced keeps
+# nothing of these in the new one (an old plan of tftrt's would sit beside the new engines).
+_OWNED = ("saved_model.pb", "saved_model.pbtxt", "fingerprint.pb", "variables", ASSET_DIR)
+
+
+def _keep_user_files(path: str, staging: str) -> None:
+    """Copies into the new model every file and directory of the model being replaced that
+    the save did not write and does not own (:data:`_OWNED`): ``assets.extra`` (TF Serving's
+    warmup requests), label files, a tokenizer directory, an asset of the user's. TF's own
+    save into an existing directory (TF-TRT's) leaves them; the atomic swap deleted them
+    (helper hunt, 2026-12-02: converting a model in place lost its labels.txt and
+    tokenizer/). Links stay links; files are hard-linked where the file system allows."""
+    if not os.path.isdir(path) or os.path.islink(path):
+        return
+    owned = {os.path.normpath(p) for p in _OWNED}
+    kept = []
+
+    def link_or_copy(src, dst):
+        try:
+            os.link(src, dst, follow_symlinks=False)
+        except OSError:
+            shutil.copy2(src, dst, follow_symlinks=False)
+
+    def walk(rel: str) -> None:
+        for name in sorted(os.listdir(os.path.join(path, rel))):
+            r = os.path.join(rel, name) if rel else name
+            if os.path.normpath(r) in owned:
+                continue
+            src, dst = os.path.join(path, r), os.path.join(staging, r)
+            if os.path.isdir(src) and not os.path.islink(src):
+                if os.path.isdir(dst) and not os.path.islink(dst):
+                    walk(r)  # a directory both have (assets/): its entries one by one
+                elif not os.path.lexists(dst):
+                    shutil.copytree(src, dst, symlinks=True, copy_function=link_or_copy)
+                    kept.append(r + "/")
+            elif not os.path.lexists(dst):
+                link_or_copy(src, dst)
+                kept.append(r)
+    walk("")
+    if kept:
+        log.info("%s: kept the replaced model's own files: %s", path, ", ".join(kept[:20]))
 
 
 def _exchange(a: str, b: str) -> bool:

@@ -331,6 +331,45 @@ def test_saving_again_keeps_the_users_assets_extra(saves, tmp_path, caplog):
     assert not os.path.exists(os.path.join(fresh, "assets.extra"))
 
 
+def test_converting_in_place_keeps_the_users_files_and_drops_tftrts_old_ones(saves, tmp_path,
+                                                                              caplog):
+    """Converting a model in place (output dir = input dir) or saving over a converted model
+    keeps the files the save does not write: a labels file, a tokenizer directory, an asset
+    of the user's (helper hunt, 2026-12-02: the atomic swap deleted them; TF's own save keeps
+    them). What a save owns is not kept from the old model: an old engine file of tftrt's
+    in assets/tftrt, a stray file in variables/."""
+    d = str(tmp_path / "model")
+    shutil.copytree(saves["src"], d)
+    with open(os.path.join(d, "labels.txt"), "w") as f:
+        f.write("cat\ndog\n")
+    os.makedirs(os.path.join(d, "tokenizer"))
+    with open(os.path.join(d, "tokenizer", "vocab.txt"), "w") as f:
+        f.write("a b c")
+    os.makedirs(os.path.join(d, "assets"), exist_ok=True)
+    with open(os.path.join(d, "assets", "user_asset.txt"), "w") as f:
+        f.write("mine")
+    convert_and_save(d, d, 4)                                 # in place
+    assert open(os.path.join(d, "labels.txt")).read() == "cat\ndog\n"
+    assert open(os.path.join(d, "tokenizer", "vocab.txt")).read() == "a b c"
+    assert open(os.path.join(d, "assets", "user_asset.txt")).read() == "mine"
+    loaded, warnings = load(d, caplog)
+    assert not warnings, warnings
+    assert_native_answers(saves["src"], loaded.signatures["serving_default"], image(4))
+    stale = os.path.join(d, saving.ASSET_DIR, "stale_from_an_old_save.plan")
+    with open(stale, "wb") as f:
+        f.write(b"old")
+    with open(os.path.join(d, "variables", "stray"), "w") as f:
+        f.write("x")
+    convert_and_save(saves["src"], d, 4)                      # over the converted model
+    assert not os.path.exists(stale)
+    assert not os.path.exists(os.path.join(d, "variables", "stray"))
+    assert open(os.path.join(d, "labels.txt")).read() == "cat\ndog\n"
+    assert open(os.path.join(d, "assets", "user_asset.txt")).read() == "mine"
+    loaded, warnings = load(d, caplog)
+    assert not warnings, warnings
+    assert_native_answers(saves["src"], loaded.signatures["serving_default"], image(4))
+
+
 EXIT_SCRIPT = """
 import numpy as np, tensorflow as tf
 from tftrt import trt_convert as trt
