@@ -65,7 +65,13 @@ ASSETS_DIGEST_ATTR = "_tftrt_assets_sha256"
 
 class SavedAssetsError(ValueError):
     """The tftrt assets of a SavedModel cannot be trusted or read (tftrt.load warns and
-    returns the plain SavedModel)."""
+    returns the plain SavedModel). ``fix``: what gets the engines back, for the warning."""
+
+    FIX = "convert the original model again and save it to get engines back"
+
+    def __init__(self, message: str, fix: str = FIX):
+        super().__init__(message)
+        self.fix = fix
 
 
 def _check_output_dir(path: str) -> str:
@@ -407,8 +413,7 @@ def _load(path, tags=None, options=None):
     except SavedAssetsError as err:
         log.warning("tftrt.load(%r) does not use the saved engines: %s. It returns the plain "
                     "SavedModel, whose engine nodes run natively (correct results, no speed-up); "
-                    "convert the original model again and save it to get engines back.",
-                    path, err)
+                    "%s.", path, err, getattr(err, "fix", SavedAssetsError.FIX))
         return loaded
     engine_gd, keepalive = conversion.bind_engine_nodes(gd, ops)
     key = manifest["signature_key"]
@@ -681,8 +686,12 @@ def _asset_path(path: str, adir: str, name) -> str:
     real = os.path.realpath(os.path.join(adir, name))
     if os.path.commonpath([root, real_adir]) != root or \
             os.path.commonpath([real_adir, real]) != real_adir:
-        raise SavedAssetsError(f"the manifest's file {name!r} leads outside the model "
-                               f"directory (to {real!r}, through a symbolic link)")
+        raise SavedAssetsError(
+            f"the manifest's file {name!r} leads outside the model directory (to {real!r}, "
+            f"through a symbolic link: tftrt reads a converted model's files only inside "
+            f"its directory)", fix="copy the model with its files rather than links to them "
+            "(cp -rL, or the download tool's option to copy files instead of linking them) "
+            "and load the copy")
     return os.path.join(adir, name)
 
 
