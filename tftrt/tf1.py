@@ -285,7 +285,10 @@ class TrtGraphConverter:
         log.warning("saved %s: it runs its tftrt engines when loaded with tftrt.load(path%s) "
                     "in eager mode; loaded in a TF1 Session (tf.compat.v1.saved_model.loader."
                     "load), by tf.saved_model.load or by TF Serving it runs natively (correct "
-                    "results, no engines)", path, f", tags={tags}" if extra else "")
+                    "results, no engines). It is a TF2 SavedModel: in a Session, feed and fetch "
+                    "the tensor names its signature_def lists (e.g. serving_default_<input>:0), "
+                    "not the input graph's own names, which it does not keep", path,
+                    f", tags={tags}" if extra else "")
 
 
 def _eager_mode():
