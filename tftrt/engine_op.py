@@ -250,10 +250,21 @@ class TRTEngineOp:
         Raises when native segment execution is disabled (TF-TRT's environment variable).
         """
         backend = resolve_backend()
+        key = tuple(tuple(int(d) for d in t.shape) for t in inputs)
         if backend == "native":
+            # build() on the native backend (a CPU-only machine converting for a GPU one)
+            # still collects the shapes: save() keeps the profiles they form, so the machine
+            # that loads the model builds them whole instead of one profile per new shape,
+            # evicting each other (helper hunt, 2026-12-02)
+            if self.collecting:  # the native segment runs, as while collecting below
+                empty = self._nothing_to_compute(key)
+                with self._lock:
+                    if not empty:
+                        self.collected.append(key)
+                    self.stats["collected"] += 1
+                return None
             return self._fallback("the native backend is selected (TFTRT_BACKEND resolved to "
                                   "native)", log_it=False)
-        key = tuple(tuple(int(d) for d in t.shape) for t in inputs)
         limit = self.spec.max_batch_size
         batch = max((s[0] for s in key if s), default=0)  # every input's, not only the first
         if limit and batch > limit:
@@ -407,10 +418,17 @@ class TRTEngineOp:
         with self._lock:
             shapes, self.collected = list(self.collected), []
         backend = backend or resolve_backend()
-        if not shapes or backend == "native":
+        if not shapes:
             return None
         strategy = self.profile_strategy or P.RANGE
         profiles = P.make_profiles(shapes, strategy, self.spec.input_shapes)
+        if backend == "native":  # no engine here; the profiles go with save() (try_engine)
+            with self._lock:
+                self._remember(profiles)
+            log.info("%s: the native backend builds no engine; the optimization profile(s) "
+                     "%s are saved with the model, built where it is loaded with engines",
+                     self.name, "; ".join(str(p) for p in profiles))
+            return None
         with self._build_lock:  # calls with an engine go on meanwhile
             try:
                 pe = self._new_profile_engine(profiles, backend)

@@ -370,6 +370,36 @@ def test_converting_in_place_keeps_the_users_files_and_drops_tftrts_old_ones(sav
     assert_native_answers(saves["src"], loaded.signatures["serving_default"], image(4))
 
 
+def test_a_profile_built_on_the_native_backend_is_saved_and_built_whole_where_loaded(
+        saves, tmp_path, monkeypatch, caplog):
+    """Converting on a machine without engines (TFTRT_BACKEND resolved to native: a CPU-only
+    build host) with use_dynamic_shape: build() still collects the shapes and save() keeps
+    the profile they form, so the machine that loads the model builds that one profile at
+    its first call and serves every batch inside it. Before (helper hunt, 2026-12-02) the
+    manifest held no profile and every new batch built a profile of its own shape, evicting
+    the last one, with advice to call build(), which the user had."""
+    monkeypatch.setenv("TFTRT_BACKEND", "native")
+    out = str(tmp_path / "native_built")
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=saves["src"], use_dynamic_shape=True)
+    conv.convert()
+    conv.build(lambda: iter([(image(1),), (image(8),)]))
+    conv.save(out)
+    monkeypatch.setenv("TFTRT_BACKEND", "numpy")
+    loaded, warnings = load(out, caplog)
+    assert not warnings, warnings
+    fn = loaded.signatures["serving_default"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        for b in (2, 3, 4, 5, 6, 8, 1):
+            assert_native_answers(saves["src"], fn, image(b))
+    op = loaded.engine_ops[E0]
+    assert op.stats["builds"] == 1 and op.stats["native"] == 0, op.describe()
+    assert op.stats.get("evictions", 0) == 0, op.describe()
+    ((_, entry),) = op.cache.items()
+    assert [(p.min[0][0], p.max[0][0]) for p in entry.profiles] == [(1, 8)]
+    assert not [r for r in caplog.records if "evict" in r.getMessage()], caplog.text
+
+
 EXIT_SCRIPT = """
 import numpy as np, tensorflow as tf
 from tftrt import trt_convert as trt
