@@ -118,6 +118,7 @@ def restore_plans(op: TRTEngineOp, plans: Iterable[Tuple[dict, Callable[[], byte
             log.warning("%s: a saved engine cannot be read (%s); it will rebuild", op.name, err)
             continue
         op.add_engine(key, engine)
+    op.build_loaded_ladders()
 
 
 def register_engine_ops(ops: Dict[str, TRTEngineOp]):

@@ -374,6 +374,22 @@ class TRTEngineOp:
         with self._lock:
             self.cache.put(key, pe)
 
+    def build_loaded_ladders(self) -> None:
+        """After the saved engines are in the cache (tftrt.load): each ProfileEngine builds its
+        split ladder now, as converter.build() did (profiles.load_ladder). Never fails the
+        load: a rung that does not build is logged and left to the first calls."""
+        if not (P.split_batches() and P.load_ladder()):
+            return
+        with self._lock:
+            entries = [e for _, e in self.cache.items() if isinstance(e, P.ProfileEngine)]
+        for pe in entries:
+            try:
+                pe.build_ladders()
+            except Exception as e:  # noqa: BLE001 -- the first calls build what is missing
+                log.warning("%s: the split ladder of a loaded optimization profile did not "
+                            "build (%s: %s); first calls at new batch sizes build it",
+                            self.name, type(e).__name__, e)
+
     def _saved_engine_mismatch(self, key: ShapeKey, engine) -> Optional[str]:
         """Why a deserialized ``engine`` listed under ``key`` cannot serve this op, or None.
 

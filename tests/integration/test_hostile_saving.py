@@ -400,6 +400,32 @@ def test_a_profile_built_on_the_native_backend_is_saved_and_built_whole_where_lo
     assert not [r for r in caplog.records if "evict" in r.getMessage()], caplog.text
 
 
+@pytest.mark.parametrize("ladder", ["1", "0"])
+def test_tftrt_load_builds_the_split_ladder_of_a_saved_profile(saves, tmp_path, monkeypatch,
+                                                                caplog, ladder):
+    """A profile 1..8 saved and loaded: tftrt.load builds its split ladder (batches 1, 2, 4
+    beside the opt 8) before it returns, as converter.build() did, so the first call at batch
+    3 splits at once into 2 + 1; TFTRT_LOAD_LADDER=0 leaves the ladder to the first calls
+    (the smallest batch built for that call: 1 + 1 + 1). On the H200 (2026-12-02) a loaded
+    ResNet50's first calls took up to 474 ms without it."""
+    monkeypatch.setenv("TFTRT_SPLIT_BATCH", "1")
+    monkeypatch.setenv("TFTRT_LOAD_LADDER", ladder)
+    monkeypatch.setenv("TFTRT_BUILD_IDLE_MS", "600000")   # no background build of batch 3's own
+    out = str(tmp_path / "profile")
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=saves["src"], use_dynamic_shape=True)
+    conv.convert()
+    conv.build(lambda: iter([(image(1),), (image(8),)]))
+    conv.save(out)
+    loaded, warnings = load(out, caplog)
+    assert not warnings, warnings
+    ((_, pe),) = loaded.engine_ops[E0].cache.items()
+    assert sorted(k[0][0] for k in pe.shapes) == ([1, 2, 4, 8] if ladder == "1" else [8])
+    split = pe.engine_for([(3, 8, 8, 3)])  # the first call's engine at batch 3
+    assert split.build_info["split"] == ([2, 1] if ladder == "1" else [1, 1, 1])
+    assert_native_answers(saves["src"], loaded.signatures["serving_default"], image(3))
+    assert loaded.engine_ops[E0].stats["native"] == 0
+
+
 EXIT_SCRIPT = """
 import numpy as np, tensorflow as tf
 from tftrt import trt_convert as trt
