@@ -89,3 +89,38 @@ def test_fp16_variance_of_large_activations(tmp_path, layer):
     got, want = fn(inputs=x)[key].numpy(), ref[key].numpy()
     assert np.isfinite(got).all()
     assert np.abs(got - want).max() / np.abs(want).max() < 1e-2
+
+
+POOL_ACTS = {
+    "relu": tf.nn.relu, "relu6": tf.nn.relu6, "sigmoid": tf.sigmoid, "tanh": tf.tanh,
+    "elu": tf.nn.elu, "softplus": tf.nn.softplus,
+    "leaky_relu 0.2": lambda v: tf.nn.leaky_relu(v, 0.2),
+}
+
+
+@pytest.mark.parametrize("act", list(POOL_ACTS))
+def test_an_activation_after_a_max_pool_of_nan_or_inf_windows(act, tmp_path):
+    """conv -> max pool -> activation, a pool window holding only NaN or -inf (one pixel is
+    enough: the conv spreads it): TF's CPU MaxPool gives float32's lowest there, then the
+    activation of it (0 for a ReLU). The engine moves the activation before the pool into
+    the conv (passes/activation_motion) and gave -3.4e38 (helper hunt, 2026-12-02): the pool's
+    floor now goes through the activation too. SAME padding puts pads in the last window."""
+    x = np.array([np.nan, np.nan, 1.0, 2.0, -np.inf, -np.inf, -3.0, np.nan, 5.0],
+                 np.float32).reshape(1, 1, 9, 1)
+    w = np.ones([1, 1, 1, 2], np.float32)
+    w[..., 1] = -1.0
+    f = POOL_ACTS[act]
+
+    class M(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 1, 9, 1], tf.float32, name="x")])
+        def __call__(self, x):
+            c = tf.nn.conv2d(x, w, 1, "VALID")
+            return {"y": f(tf.nn.max_pool2d(c, [1, 2], [1, 2], "SAME"))}
+    path = models.save_module(M(), str(tmp_path / "m"))
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=path, minimum_segment_size=1)
+    fn = conv.convert()
+    conv.build(lambda: iter([(x,)]))
+    want = tf.saved_model.load(path).signatures["serving_default"](x=tf.constant(x))["y"]
+    got = fn(x=tf.constant(x))["y"]
+    assert sum(op.stats["engine"] for op in conv.engine_ops.values()) >= 1  # engines ran
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6, atol=0, err_msg=act)

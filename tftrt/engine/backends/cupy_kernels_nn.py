@@ -25,7 +25,9 @@ class PoolKernel:
     Float tensors with C a multiple of the 16-byte vector width move 16 bytes per access."""
 
     def __init__(self, x_shape, out_shape, mode, kernel, strides, dilations, pads,
-                 count_include_pad, dtype: str, out_dtype: str):
+                 count_include_pad, dtype: str, out_dtype: str, floor=None):
+        """``floor``: a float max pool's value for a window with no number (default -inf,
+        TF's GPU kernels; an activation moved before the pool changes it)."""
         nsp = len(x_shape) - 2
         sp, osp, c = x_shape[1:-1], out_shape[1:-1], x_shape[-1]
         fl = np.dtype(dtype).kind == "f"
@@ -42,6 +44,9 @@ class PoolKernel:
         lines.append("const int nb = r;")
         is_max = mode == "max"
         init = "-(1.f/0.f)" if is_max else "0.f"
+        if is_max and floor is not None and float(floor) != float("-inf"):
+            init = f"{float(floor)!r}f" if np.isfinite(floor) else \
+                ("(1.f/0.f)" if floor > 0 else "(0.f/0.f)")
         if not fl:
             init = str(np.iinfo(np.dtype(dtype)).min) if is_max else "0"
         acc_t = "float" if fl else "long long"

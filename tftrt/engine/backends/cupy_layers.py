@@ -608,10 +608,16 @@ class Pool(Impl):
     def __init__(self, net, layer, weights, opts):
         super().__init__(net, layer, weights, opts)
         a = layer.attrs
+        floor = None
+        if a.get("floor_program") and np.dtype(_dtype(net, layer.inputs[0])).kind == "f":
+            # an activation moved before the pool: TF's GPU floor (-inf) through it
+            from tftrt.engine.backends.numpy_ops import pool_floor
+            floor = float(pool_floor(a["floor_program"], -np.inf, np.float32))
         self.kernel = KN.PoolKernel(_shape(net, layer.inputs[0]), _shape(net, layer.outputs[0]),
                                    a["mode"], a["kernel"], a["strides"], a["dilations"],
                                    a["pads"], a["count_include_pad"],
-                                   _dtype(net, layer.inputs[0]), _dtype(net, layer.outputs[0]))
+                                   _dtype(net, layer.inputs[0]), _dtype(net, layer.outputs[0]),
+                                   floor)
 
     def run(self, ins, outs, ws):
         self.kernel(ins[0], outs[0])

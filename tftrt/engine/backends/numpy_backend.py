@@ -249,7 +249,7 @@ def _pool(net, layer, weights):
     out_sp = list(y.shape[1:-1])
     return lambda ins: [ops.pool(ins[0], a["mode"], a["kernel"], a["strides"], a["dilations"],
                                  a["pads"], a["ceil_mode"], a["count_include_pad"], out_sp,
-                                 y.dtype)]
+                                 y.dtype, a.get("floor_program"))]
 
 
 @kernel("reduce")

@@ -183,6 +183,14 @@ def run_program(program: List[dict], inputs: Sequence[np.ndarray]) -> np.ndarray
     return vals[-1]
 
 
+def pool_floor(floor_program, floor, dtype):
+    """A max pool's floor (``floor``: the value of a window with no number) after the
+    activation ``floor_program`` moved before the pool: that activation of it, in ``dtype``."""
+    with np.errstate(all="ignore"):
+        v = run_program(floor_program, [np.asarray([floor], dtype)])
+    return np.asarray(v, dtype).reshape(-1)[0]
+
+
 def apply_activation(y: np.ndarray, e: dict) -> np.ndarray:
     fn = e["fn"]
     if fn == "clip":
@@ -281,7 +289,7 @@ def conv_transpose(x, w, strides, dil, pads, out_pad, group):
 
 # --- pooling ------------------------------------------------------------------------------------
 def pool(x, mode, kernel, strides, dil, pads, ceil_mode, count_include_pad, out_sp,
-         out_dtype=None):
+         out_dtype=None, floor_program=None):
     """Max or average pooling of an N...C tensor.
 
     Max pooling of floats gives what TF's CPU kernels give (measured on TF 2.21; ``out_dtype``,
@@ -294,7 +302,9 @@ def pool(x, mode, kernel, strides, dil, pads, ceil_mode, count_include_pad, out_
         only until the next value, so the result is the largest value after the window's last
         NaN (NaN when the NaN is last). oneDNN's MaxPool3D instead does what the 2-D kernel
         does (docs/differences.md).
-    Average pooling propagates NaN and inf as a sum does.
+    Average pooling propagates NaN and inf as a sum does. ``floor_program``: the program of an
+    activation moved before the pool (passes/activation_motion): ``lowest`` becomes that
+    activation of it, the 2-D kernels' floor after the activation.
     """
     nsp = x.ndim - 2
     sp = x.shape[1:-1]
@@ -312,6 +322,8 @@ def pool(x, mode, kernel, strides, dil, pads, ceil_mode, count_include_pad, out_
                 acc = v.copy() if acc is None else np.maximum(acc, v, out=acc)
             return acc
         lowest = np.finfo(np.dtype(out_dtype or x.dtype)).min.astype(x.dtype)
+        if floor_program:
+            lowest = pool_floor(floor_program, lowest, x.dtype)
         xp = _pad_spatial(x, pads, lowest, extra)
         shape = (x.shape[0], *out_sp, x.shape[-1])
         if nsp == 3:

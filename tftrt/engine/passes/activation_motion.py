@@ -7,8 +7,13 @@ nothing and one after the move is a kernel of its own that reads and writes a wh
 
 * ``activation_before_max_pool``: it rewrites ``MaxPool(act(x))`` into ``act(MaxPool(x))``
   for a monotonic ``act`` (VGG16: five ReLU kernels after its pools). A non-decreasing
-  activation and max commute exactly, ``act(max S) = max act(S)`` (max pooling pads count as
-  -inf, never as values), so the activation moves back before the pool.
+  activation and max commute, ``act(max S) = max act(S)``, so the activation moves back
+  before the pool, with one correction: a max pool has a floor, the value of a window with
+  no number (all NaN or -inf, and its pads): float32's lowest in TF's CPU kernel, -inf in its
+  GPU one. After the move that floor must be ``act(floor)`` (``act(lowest)`` is 0 for a
+  ReLU: the engine gave -3.4e38 where TF gave 0 for a window of NaN, helper hunt,
+  2026-12-02), so the pool keeps the activation's program (:data:`FLOOR_ATTR`) and each
+  backend applies it to its own floor.
 * ``activation_into_concat_inputs``: it hoists an activation that every input of a concat
   ends with out of them, ``concat(act(a), act(b))`` into ``act(concat(a, b))`` (InceptionV3:
   nine ReLU kernels after its concats). An elementwise function commutes with a concat
@@ -31,6 +36,10 @@ from __future__ import annotations
 from typing import Optional
 
 from tftrt.engine.network import EPILOGUE_KINDS, Layer, Network
+
+# a max pool's attribute: the program of the activation moved before it, which the backend
+# applies to its floor (the value of a window with no number) to get the pool's floor
+FLOOR_ATTR = "floor_program"
 
 _INCREASING = {"relu", "sigmoid", "tanh", "softplus", "softsign"}
 # what vertical fusion takes as an ``act`` epilogue from a one-step program
@@ -75,8 +84,8 @@ def _non_decreasing(layer: Layer, x: str) -> bool:
 def _movable(pool: Layer, producers, consumers, outputs) -> Optional[Layer]:
     """The activation after ``pool`` that may move before it, or None."""
     if pool.kind != "pool" or pool.attrs.get("mode") != "max" or len(pool.inputs) != 1 or \
-            len(pool.outputs) != 1:
-        return None
+            len(pool.outputs) != 1 or len(pool.attrs.get("kernel") or ()) > 2:
+        return None  # (3-D: TF's CPU MaxPool3D keeps a NaN until the next value, no floor)
     x, p = pool.inputs[0], pool.outputs[0]
     if p in outputs or x in outputs or len(consumers.get(p, [])) != 1:
         return None
@@ -134,6 +143,8 @@ def _move_onto_inputs(net: Network, find) -> Network:
             acts.append(a)
         del out.tensors[layer.outputs[0]]
         layer.inputs, layer.outputs = [a.outputs[0] for a in acts], list(act.outputs)
+        if layer.kind == "pool":  # the window's floor passes through the activation too
+            layer.attrs[FLOOR_ATTR] = [dict(st) for st in act.attrs["program"]]
         before[id(layer)] = acts
         drop.add(id(act))
     layers = []
