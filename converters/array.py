@@ -496,7 +496,13 @@ class Slice:
 class GatherV2:
     """tf.gather along a constant axis, batch_dims=0; params and indices may be tensors or
     constants (an embedding table as weights). Rejects: batch_dims != 0; an axis out of range;
-    indices that are not int32/int64."""
+    indices that are not int32/int64; constant indices outside [0, n).
+
+    An index outside [0, n) is an error in TF's CPU kernel and gives zeros in its GPU kernel;
+    ONNX's Gather counts a negative index from the end. A runtime index below 0 therefore
+    becomes the largest index (Where(i < 0, INT_MAX, i)), out of range for every engine: the
+    numpy engine then fails and the op runs natively (TF raises), and the CuPy Gather gives
+    zeros for it, as TF's GPU kernel (helper hunt, 2026-12-02: -1 took the last column)."""
 
     @staticmethod
     def validate(node, ctx):
@@ -505,12 +511,28 @@ class GatherV2:
         it = ctx.attr_dtype(node, "Tindices")
         if it is None or it.name not in INDEX:
             return f"GatherV2 indices of type {it} are not supported (int32, int64)"
-        return axis_error(const_ints(ctx, node, 2)[0], ctx.input_rank(node, 0))
+        bad = axis_error(const_ints(ctx, node, 2)[0], ctx.input_rank(node, 0))
+        if bad or not ctx.is_const(node, 1):
+            return bad
+        axis = normalize_axis(const_ints(ctx, node, 2)[0], ctx.input_rank(node, 0))
+        shape = ctx.input_shape(node, 0)
+        n = shape[axis] if shape is not None else None
+        idx = np.asarray(ctx.const_value(node, 1))
+        if idx.size and (idx.min() < 0 or (n is not None and idx.max() >= n)):
+            return (f"GatherV2 with constant indices outside [0, {n if n is not None else 'n'})"
+                    f" (TF raises on the CPU, gives zeros on a GPU): left to TensorFlow")
+        return None
 
     @staticmethod
     def convert(node, ctx):
         axis = normalize_axis(const_ints(ctx, node, 2)[0], ctx.input_rank(node, 0))
-        out = ctx.emit("Gather", [ctx.input(node, 0), ctx.input(node, 1)], axis=axis)
+        idx = ctx.input(node, 1)
+        if not ctx.is_const(node, 1):
+            it = np.dtype(ctx.attr_dtype(node, "Tindices"))
+            below = ctx.emit("Less", [idx, ctx.const(np.asarray(0, it), "zero")])
+            idx = ctx.emit("Where", [below, ctx.const(np.asarray(np.iinfo(it).max, it),
+                                                      "out_of_range"), idx])
+        out = ctx.emit("Gather", [ctx.input(node, 0), idx], axis=axis)
         ctx.set_output(node, 0, out)
 
 

@@ -335,6 +335,9 @@ def test_rejects_gather_batch_dims_and_where_and_mirror_pad():
     check_rejected(lambda t, i: tf.gather(t, i, batch_dims=1, axis=1), [x, idx], "GatherV2",
                    "batch_dims=1")
     check_rejected(lambda t: tf.where(t > 0), [x], "Where", "data-dependent")
+    # constant indices outside [0, n): TF's CPU kernel raises, ONNX would count -1 from the end
+    check_rejected(lambda t: tf.gather(t, [0, -1], axis=1), [x], "GatherV2", "outside [0, 3)")
+    check_rejected(lambda t: tf.gather(t, [3], axis=1), [x], "GatherV2", "outside [0, 3)")
     check_rejected(lambda t: tf.pad(t, [[0, 0], [3, 0]], mode="REFLECT"), [x], "MirrorPad",
                    "too large")
 

@@ -124,3 +124,31 @@ def test_an_activation_after_a_max_pool_of_nan_or_inf_windows(act, tmp_path):
     got = fn(x=tf.constant(x))["y"]
     assert sum(op.stats["engine"] for op in conv.engine_ops.values()) >= 1  # engines ran
     np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6, atol=0, err_msg=act)
+
+
+def test_a_negative_runtime_gather_index_is_an_error_as_in_tensorflow(tmp_path):
+    """tf.gather with a runtime index of -1: TF's CPU kernel raises (its GPU kernel gives
+    zeros); the engine counted it from the end and returned the last column (helper hunt,
+    2026-12-02). The converted gather sends it out of range: the numpy engine fails, the op
+    runs natively and TF raises; indices in range still run on the engine."""
+    class M(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([3, 4], tf.float32, name="x"),
+                                      tf.TensorSpec([3], tf.int32, name="i")])
+        def __call__(self, x, i):
+            return {"y": tf.gather(x * 2.0, i, axis=1) + 1.0}
+    path = models.save_module(M(), str(tmp_path / "m"))
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=path, minimum_segment_size=1)
+    fn = conv.convert()
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    good = np.array([0, 3, 2], np.int32)
+    conv.build(lambda: iter([{"x": x, "i": good}]))
+    native = tf.saved_model.load(path).signatures["serving_default"]
+    np.testing.assert_array_equal(fn(x=tf.constant(x), i=tf.constant(good))["y"].numpy(),
+                                  native(x=tf.constant(x), i=tf.constant(good))["y"].numpy())
+    engine_calls = sum(op.stats["engine"] for op in conv.engine_ops.values())
+    assert engine_calls >= 1
+    for bad in ([0, -1, 2], [0, 4, 2]):
+        with pytest.raises(tf.errors.InvalidArgumentError, match="not in"):
+            native(x=tf.constant(x), i=tf.constant(bad, tf.int32))
+        with pytest.raises(tf.errors.InvalidArgumentError, match="not in"):
+            fn(x=tf.constant(x), i=tf.constant(bad, tf.int32))

@@ -242,8 +242,22 @@ class Gather(Impl):
 
     def run(self, ins, outs, ws):
         ax = self.layer.attrs["axis"]
-        idx = self.idx if self.idx is not None else _wrap(ins[1], ins[0].shape[ax])
-        cp.copyto(outs[0], cp.take(ins[0], idx, axis=ax).reshape(outs[0].shape))
+        if self.idx is not None:
+            cp.copyto(outs[0], cp.take(ins[0], self.idx, axis=ax).reshape(outs[0].shape))
+            return
+        # runtime indices out of range give zeros, as TF's GPU kernel (cupy.take wrapped them
+        # around: index n read row 0; converters/array.py's GatherV2 sends TF's negative
+        # indices here as out of range)
+        n = ins[0].shape[ax]
+        if n == 0:
+            outs[0].fill(0)
+            return
+        idx = _wrap(ins[1], n)
+        bad = (idx < 0) | (idx >= n)
+        y = cp.take(ins[0], cp.where(bad, 0, idx), axis=ax)
+        mask = bad.reshape((1,) * ax + bad.shape + (1,) * (ins[0].ndim - ax - 1))
+        cp.copyto(outs[0], cp.where(mask, 0, y).astype(y.dtype, copy=False).reshape(
+            outs[0].shape))
 
 
 @impl("gather_elements")
