@@ -257,11 +257,7 @@ class TRTEngineOp:
             # that loads the model builds them whole instead of one profile per new shape,
             # evicting each other (helper hunt, 2026-12-02)
             if self.collecting:  # the native segment runs, as while collecting below
-                empty = self._nothing_to_compute(key)
-                with self._lock:
-                    if not empty:
-                        self.collected.append(key)
-                    self.stats["collected"] += 1
+                self.collect(key)
                 return None
             return self._fallback("the native backend is selected (TFTRT_BACKEND resolved to "
                                   "native)", log_it=False)
@@ -272,12 +268,8 @@ class TRTEngineOp:
         empty = self._nothing_to_compute(key)
         if self.collecting:
             # TF-TRT's profile generation mode: the native segment runs while build()
-            # collects shapes (even with native segment execution disabled); an empty batch
-            # is no shape to build a profile for
-            with self._lock:
-                if not empty:
-                    self.collected.append(key)
-                self.stats["collected"] += 1
+            # collects shapes (even with native segment execution disabled)
+            self.collect(key)
             return None
         if empty:  # batch 0: TF computes the empty outputs (nothing to compute: even with
             # native execution disabled), and no engine is built for them; an empty side
@@ -373,6 +365,15 @@ class TRTEngineOp:
                 return
         with self._lock:
             self.cache.put(key, pe)
+
+    def collect(self, key: ShapeKey) -> None:
+        """Records input shapes ``key`` for build_profiles() (converter.build() with
+        use_dynamic_shape); an empty batch is no shape to build a profile for."""
+        empty = self._nothing_to_compute(key)
+        with self._lock:
+            if not empty:
+                self.collected.append(key)
+            self.stats["collected"] += 1
 
     def build_loaded_ladders(self) -> None:
         """After the saved engines are in the cache (tftrt.load): each ProfileEngine builds its

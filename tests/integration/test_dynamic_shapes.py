@@ -469,3 +469,46 @@ def test_native_runs_at_ever_new_shapes_log_a_bounded_number_of_lines(conv_dir, 
     msgs = [r.getMessage() for r in caplog.records if r.name == "tftrt.engine_op"]
     assert len(msgs) == 21, len(msgs)
     assert "further ones are not" in msgs[-1] and op.stats["native"] == 30
+
+
+class NoisyNet(tf.Module):
+    """The conv model and a second output of random draws (a RandomUniform: each call moves
+    its state on)."""
+
+    def __init__(self):
+        self.w = ConvNet().w
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="x")])
+    def __call__(self, x):
+        return {"y": conv_net(x, *self.w), "noise": tf.random.uniform([2])}
+
+
+@pytest.mark.parametrize("model", ["stateless", "random"])
+def test_build_reads_profile_shapes_from_its_inputs_when_engines_read_them(
+        conv_dir, native, tmp_path, model):
+    """build() with use_dynamic_shape: where every engine input is a signature input and the
+    model is stateless, the shapes come from the inputs and the model does not run natively
+    (TF-TRT's collection ran it: TF's first calls at each shape were about half of a warm
+    profile build on the H200, 2026-12-02); the profiles are the same. A model with a
+    random op runs each input natively as TF-TRT did."""
+    src = conv_dir if model == "stateless" else models.save_module(
+        NoisyNet(), str(tmp_path / "noisy"))
+    conv, fn, op = convert(src, use_dynamic_shape=True)
+    calls, real = [], conv._converted_func
+
+    def counted(**kw):
+        calls.append({k: tuple(v.shape) for k, v in kw.items()})
+        return real(**kw)
+    conv._converted_func = counted
+    conv.build(lambda: iter([(image(1),), (image(8),), (image(3),)]))
+    assert profile_engine(op).profiles == [Profile([(1, *S)], [(8, *S)], [(8, *S)])]
+    assert op.stats["collected"] == 3
+    if model == "stateless":
+        assert calls == [{"x": (1, *S)}]  # only "the first input again", through the engine
+        assert conv._inputs_of_engines(list(conv.engine_ops.values())) is not None
+    else:
+        assert [c["x"][0] for c in calls] == [1, 8, 3, 1]  # natively, then the first again
+        assert conv._inputs_of_engines(list(conv.engine_ops.values())) is None
+    for b in (2, 5, 8):
+        check(fn, native, image(b))
+    assert op.stats["native"] == 0
