@@ -145,7 +145,7 @@ def _keep_user_files(path: str, staging: str) -> None:
     if not os.path.isdir(path) or os.path.islink(path):
         return
     owned = {os.path.normpath(p) for p in _OWNED}
-    kept = []
+    kept, dropped, seen = [], [], set()
 
     def link_or_copy(src, dst):
         try:
@@ -159,18 +159,28 @@ def _keep_user_files(path: str, staging: str) -> None:
             if os.path.normpath(r) in owned:
                 continue
             src, dst = os.path.join(path, r), os.path.join(staging, r)
-            if os.path.isdir(src) and not os.path.islink(src):
-                if os.path.isdir(dst) and not os.path.islink(dst):
-                    walk(r)  # a directory both have (assets/): its entries one by one
-                elif not os.path.lexists(dst):
+            if not os.path.lexists(dst):
+                if os.path.isdir(src) and not os.path.islink(src):
                     shutil.copytree(src, dst, symlinks=True, copy_function=link_or_copy)
                     kept.append(r + "/")
-            elif not os.path.lexists(dst):
-                link_or_copy(src, dst)
-                kept.append(r)
+                else:
+                    link_or_copy(src, dst)  # a file, or a link (kept a link)
+                    kept.append(r)
+            elif os.path.isdir(src) and os.path.isdir(dst) and not os.path.islink(dst):
+                # a directory both have (assets/, or a link to one in the old model: helper
+                # hunt, 2026-12-02): its entries one by one, each directory once
+                real = os.path.realpath(src)
+                if real not in seen:
+                    seen.add(real)
+                    walk(r)
+            elif not (os.path.isfile(src) and os.path.isfile(dst)):
+                dropped.append(r)  # a file where the save writes a directory, or the reverse
     walk("")
     if kept:
         log.info("%s: kept the replaced model's own files: %s", path, ", ".join(kept[:20]))
+    if dropped:
+        log.warning("%s: the replaced model's %s could not be kept: the save writes a %s of "
+                    "that name", path, ", ".join(dropped[:10]), "directory or file")
 
 
 def _exchange(a: str, b: str) -> bool:

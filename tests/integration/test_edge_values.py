@@ -152,3 +152,38 @@ def test_a_negative_runtime_gather_index_is_an_error_as_in_tensorflow(tmp_path):
             native(x=tf.constant(x), i=tf.constant(bad, tf.int32))
         with pytest.raises(tf.errors.InvalidArgumentError, match="not in"):
             fn(x=tf.constant(x), i=tf.constant(bad, tf.int32))
+
+
+def test_a_model_whose_zero_input_is_invalid_keeps_its_profile(tmp_path, monkeypatch):
+    """tf.gather(T, i - 1) with every real i >= 1: the split ladder's warm-up runs each rung on
+    zeros, where the index is -1, out of range for TF's gather. That failed the whole profile
+    build (and a loaded model's ladder) once negative indices stopped wrapping (helper hunt,
+    2026-12-02); a warm-up that fails now leaves the engine to its first call."""
+    monkeypatch.setenv("TFTRT_SPLIT_BATCH", "1")
+    table = tf.constant(np.arange(40, dtype=np.float32).reshape(10, 4))
+
+    class M(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x"),
+                                      tf.TensorSpec([None], tf.int32, name="i")])
+        def __call__(self, x, i):
+            return {"y": tf.gather(table, i - 1, axis=0) * x}
+
+    def feed(b):
+        return {"x": np.ones((b, 4), np.float32), "i": (np.arange(b) % 10 + 1).astype(np.int32)}
+    path = models.save_module(M(), str(tmp_path / "m"))
+    native = tf.saved_model.load(path).signatures["serving_default"]
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=path, use_dynamic_shape=True)
+    conv.convert()
+    conv.build(lambda: iter([feed(1), feed(8)]))
+    (op,) = conv.engine_ops.values()
+    assert op.stats.get("native", 0) == 0 and op.stats["tuned_builds"] == 1, op.describe()
+    conv.save(str(tmp_path / "out"))
+    import tftrt
+    loaded = tftrt.load(str(tmp_path / "out"))
+    fn = loaded.signatures["serving_default"]
+    for b in (3, 5, 8, 2):
+        args = {k: tf.constant(v) for k, v in feed(b).items()}
+        np.testing.assert_array_equal(fn(**args)["y"].numpy(), native(**args)["y"].numpy())
+    ops = list(loaded.engine_ops.values())
+    assert ops and sum(op.stats["engine"] for op in ops) >= 4
+    assert sum(op.stats["native"] for op in ops) == 0

@@ -370,6 +370,38 @@ def test_converting_in_place_keeps_the_users_files_and_drops_tftrts_old_ones(sav
     assert_native_answers(saves["src"], loaded.signatures["serving_default"], image(4))
 
 
+def test_saving_over_a_model_whose_assets_dir_is_a_link_keeps_its_files(saves, tmp_path,
+                                                                        caplog):
+    """The replaced model's assets/ is a link to a shared directory: its files are kept in the
+    new model's own assets/ (they were dropped without a word: helper hunt, 2026-12-02), the
+    shared directory is left as it was; a user file where the save writes a directory (a file
+    named assets) is named in a warning."""
+    shared = tmp_path / "shared_assets"
+    shared.mkdir()
+    (shared / "labels.txt").write_text("cat\ndog\n")
+    d = str(tmp_path / "model")
+    shutil.copytree(saves["src"], d)
+    shutil.rmtree(os.path.join(d, "assets"), ignore_errors=True)
+    os.symlink(str(shared), os.path.join(d, "assets"))
+    convert_and_save(d, d, 4)
+    assert not os.path.islink(os.path.join(d, "assets"))
+    assert open(os.path.join(d, "assets", "labels.txt")).read() == "cat\ndog\n"
+    assert sorted(os.listdir(shared)) == ["labels.txt"]
+    os.makedirs(os.path.join(d, "extra_dir"))
+    shutil.rmtree(os.path.join(d, "assets"))
+    with open(os.path.join(d, "assets"), "w") as f:  # a file where the save writes assets/
+        f.write("x")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tftrt"):
+        convert_and_save(saves["src"], d, 4)
+    assert any("assets could not be kept" in r.getMessage() for r in caplog.records), \
+        caplog.text
+    assert os.path.isdir(os.path.join(d, "extra_dir"))
+    loaded, warnings = load(d, caplog)
+    assert not warnings, warnings
+    assert_native_answers(saves["src"], loaded.signatures["serving_default"], image(4))
+
+
 def test_a_profile_built_on_the_native_backend_is_saved_and_built_whole_where_loaded(
         saves, tmp_path, monkeypatch, caplog):
     """Converting on a machine without engines (TFTRT_BACKEND resolved to native: a CPU-only

@@ -31,7 +31,10 @@ from tftrt.engine.network import Layer, Network, TensorInfo
 from tftrt.engine.runtime import Engine
 
 MAGIC = b"TFTRTPLN"
-FORMAT_VERSION = 1
+# 2 (2026-12-02): a max pool an activation was moved before keeps that activation's program
+# ("floor_program", passes/activation_motion); a version-1 plan of such a network has none,
+# and its pools gave float32's lowest where TF gives act(lowest) (a window of NaN): rebuilt
+FORMAT_VERSION = 2
 _PREFIX = struct.Struct("<8sIQI")
 _ALIGN = 64
 

@@ -531,7 +531,13 @@ def _wrap(idx, dim):
 
 
 def gather(x, idx, axis):
-    return np.take(x, _wrap(idx, x.shape[axis]), axis=axis)
+    n = x.shape[axis]
+    w = _wrap(idx, n)
+    if w.size and (w.min() < 0 or w.max() >= n):
+        # converters/array.py sends TF's negative indices here as the largest index
+        raise IndexError(f"gather index out of range [0, {n}) (TF's CPU kernel rejects it; a "
+                         f"negative index counts as out of range for TensorFlow's gather)")
+    return np.take(x, w, axis=axis)
 
 
 def gather_elements(x, idx, axis):
