@@ -311,12 +311,7 @@ def test_summary_shows_the_profiles(flatten_dir):
 
 
 def test_serving_trace_runs_small_on_cpu(tmp_path, monkeypatch):
-    import importlib.util
-    import os
-    path = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "serving_trace.py")
-    spec = importlib.util.spec_from_file_location("serving_trace", path)
-    trace_mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(trace_mod)
+    trace_mod = _bench("serving_trace")
     monkeypatch.setenv("TFTRT_BACKEND", "numpy")  # restored after the test (main sets it)
     monkeypatch.setenv("TF_FORCE_GPU_ALLOW_GROWTH", "true")
     out = tmp_path / "trace.json"
