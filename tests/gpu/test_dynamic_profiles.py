@@ -93,13 +93,19 @@ def run_all(fn, native, label):
     return first_call_ms
 
 
-def test_profile_1_to_16_serves_every_batch_with_no_new_tuning(tmp_path, tuning):
+def small_net(tmp_path):
+    """(SmallConvNet's saved path, its native signature, a dynamic-shape converter of it,
+    the function convert() returned)."""
     src = str(tmp_path / "src")
     model = SmallConvNet()
     tf.saved_model.save(model, src, signatures=model.__call__)
     native = tf.saved_model.load(src).signatures["serving_default"]
     conv = trt.TrtGraphConverterV2(input_saved_model_dir=src, use_dynamic_shape=True)
-    fn = conv.convert()
+    return src, native, conv, conv.convert()
+
+
+def test_profile_1_to_16_serves_every_batch_with_no_new_tuning(tmp_path, tuning):
+    src, native, conv, fn = small_net(tmp_path)
     t0 = time.perf_counter()
     conv.build(lambda: iter([(batch(1),), (batch(16),)]))
     print(f"\nbuild (cold build cache): {time.perf_counter() - t0:.2f} s, "
@@ -139,12 +145,7 @@ def test_engines_of_a_profile_share_one_arena_and_stream_per_concurrent_call(tmp
     import threading
 
     import cupy as cp
-    src = str(tmp_path / "src")
-    model = SmallConvNet()
-    tf.saved_model.save(model, src, signatures=model.__call__)
-    native = tf.saved_model.load(src).signatures["serving_default"]
-    conv = trt.TrtGraphConverterV2(input_saved_model_dir=src, use_dynamic_shape=True)
-    conv.convert()
+    _, native, conv, _ = small_net(tmp_path)
     conv.build(lambda: iter([(batch(1),), (batch(16),)]))
     (op,) = conv.engine_ops.values()
     (pe,) = [e for _, e in op.cache.items()]
@@ -215,12 +216,7 @@ def test_background_builds_leave_the_callers_device_waits_alone(tmp_path, monkey
             warming.set()
         return real_warm(self, engine, runs)
     monkeypatch.setattr(P.ProfileEngine, "_warm", warm)
-    src = str(tmp_path / "src")
-    model = SmallConvNet()
-    tf.saved_model.save(model, src, signatures=model.__call__)
-    native = tf.saved_model.load(src).signatures["serving_default"]
-    conv = trt.TrtGraphConverterV2(input_saved_model_dir=src, use_dynamic_shape=True)
-    fn = conv.convert()
+    _, native, conv, fn = small_net(tmp_path)
     conv.build(lambda: iter([(batch(1),), (batch(16),)]))
     (op,) = conv.engine_ops.values()
     ((_, pe),) = list(op.cache.items())
@@ -253,11 +249,7 @@ def test_borrowed_cudnn_choices_stay_out_of_the_build_cache(tmp_path):
     it did before 2026-12-02, tftrt/engine/backends/borrowed.py)."""
     from tftrt.engine.backends import borrowed as BR
     from tftrt.engine.backends import cupy_layers as L
-    src = str(tmp_path / "src")
-    model = SmallConvNet()
-    tf.saved_model.save(model, src, signatures=model.__call__)
-    conv = trt.TrtGraphConverterV2(input_saved_model_dir=src, use_dynamic_shape=True)
-    fn = conv.convert()
+    _, _, conv, fn = small_net(tmp_path)
     conv.build(lambda: iter([(batch(1),), (batch(16),)]))
     for b in (3, 5, 16):
         fn(x=tf.constant(batch(b)))

@@ -345,11 +345,17 @@ def unsupported(net, layer):
     A filter of a float type only (the kernel reads it as float32)."""
     if not enabled():
         return "TFTRT_STEM_DIRECT=0"
+    return why_not(net, layer, layer_params, StemSource)
+
+
+def why_not(net, layer, params_of, source_cls):
+    """Why a stem kernel's source (``source_cls`` on ``params_of(net, layer)``) cannot be made
+    for ``layer``, or None: what it raises; a filter of a non-float type."""
     try:
-        params = layer_params(net, layer)
+        params = params_of(net, layer)
         if np.dtype(net.tensors[layer.inputs[1]].dtype).kind != "f":
             return "not a float filter"
-        StemSource(**params)
+        source_cls(**params)
     except (ValueError, NotImplementedError, TypeError) as e:
         return str(e)
     return None

@@ -381,12 +381,5 @@ def unsupported(net, layer):
     work. A filter of a float type only (rounded to float16 for the MMA)."""
     if not enabled():
         return "off (TFTRT_STEM_MMA=1 turns it on)"
-    try:
-        params = layer_params(net, layer)
-        if np.dtype(net.tensors[layer.inputs[1]].dtype).kind != "f":
-            return "not a float filter"
-        StemMmaSource(**params)
-    except (ValueError, NotImplementedError, TypeError) as e:
-        return str(e)
-    return None
+    return ST.why_not(net, layer, layer_params, StemMmaSource)
 
