@@ -58,14 +58,18 @@ def test_edge_values_match_native_tensorflow(name, tmp_path):
 
 
 @pytest.mark.parametrize("layer", ["group", "layer_axis1", "squared_difference",
-                                   "softmax_by_hand"])
+                                   "softmax_by_hand", "rms_norm", "l2_normalize", "norm",
+                                   "square_transposed_then_mean", "max_of_squares"])
 def test_fp16_variance_of_large_activations(tmp_path, layer):
     """FP16 engines of GroupNormalization, of a LayerNormalization over a non-last axis and of
     a hand-written variance, with activations ~200 from their mean: (x - mean)^2 was stored in
     float16, overflowed past 256, the variance became inf and the output beta (relative error
     1.0, helper hunt 2026-12-01; only the last-axis LayerNorm, which norm_fusion takes, was
     right); a hand-written softmax's exp(x) overflows the same way. The squaring or
-    exponentiating layer that feeds a sum or mean stays float32."""
+    exponentiating layer that feeds a sum or mean stays float32. Squares that import as
+    Mul(x, x) (tf.square in an RMS norm, l2_normalize, tf.norm), a square that reaches its
+    mean through a transpose, and a max of squares were missed by that rule and came out 0
+    or inf (helper hunt, 2026-12-02)."""
     import keras
     inp = keras.Input((8, 8, 8))
     if layer == "group":
@@ -75,6 +79,19 @@ def test_fp16_variance_of_large_activations(tmp_path, layer):
     elif layer == "softmax_by_hand":  # exp(x) / sum(exp(x)), logits up to ~30: exp > 65504
         e = keras.ops.exp(inp * 0.05)
         out = e / keras.ops.sum(e, axis=-1, keepdims=True)
+    elif layer == "rms_norm":
+        out = inp * keras.ops.rsqrt(keras.ops.mean(keras.ops.square(inp), axis=-1,
+                                                   keepdims=True) + 1e-6)
+    elif layer == "l2_normalize":
+        out = keras.layers.Lambda(lambda t: tf.math.l2_normalize(t, -1))(inp)
+    elif layer == "norm":
+        out = keras.layers.Lambda(lambda t: t / tf.norm(t, axis=-1, keepdims=True))(inp)
+    elif layer == "square_transposed_then_mean":
+        sq = keras.layers.Lambda(lambda t: tf.transpose(tf.square(t), [0, 3, 1, 2]))(inp)
+        out = inp * keras.ops.rsqrt(keras.ops.mean(sq, axis=(2, 3))[:, None, None, :] + 1.0)
+    elif layer == "max_of_squares":
+        out = inp / keras.ops.sqrt(keras.ops.max(keras.ops.square(inp), axis=-1,
+                                                 keepdims=True))
     else:
         mean = keras.ops.mean(inp, axis=(1, 2), keepdims=True)
         var = keras.ops.mean(keras.ops.square(inp - mean), axis=(1, 2), keepdims=True)

@@ -83,34 +83,66 @@ def apply_precision(net: Network, precision: str, table: Optional[dict] = None) 
     return net
 
 
+def _operand(layer: Layer, a):
+    """What a program argument names: a layer input (by tensor: ``$0`` and ``$1`` reading the
+    same tensor are one operand), an earlier step, or a constant."""
+    if isinstance(a, str) and a[:1] == "$":
+        return ("tensor", layer.inputs[int(a[1:])])
+    if isinstance(a, str) and a[:1] == "%":
+        return ("step", a)
+    return ("const", repr(a))
+
+
 def _grows(layer: Layer) -> bool:
     """Whether a pointwise layer's program may make values far larger than its inputs: a
-    square (x * x), a power, an exponential (where float16, max 65504, overflows first)."""
+    square (x * x, also as ``mul $0 $1`` of one tensor given twice, which is how
+    tf.square, tf.pow(x, 2) and tf.norm import: the rule missed those, helper hunt
+    2026-12-02), a power, an exponential (where float16, max 65504, overflows first)."""
     for st in layer.attrs.get("program", ()):
         a = st.get("args", ())
-        if st.get("op") == "mul" and len(a) == 2 and a[0] == a[1]:
+        if st.get("op") == "mul" and len(a) == 2 and \
+                _operand(layer, a[0]) == _operand(layer, a[1]) != ("const", repr(a[0])):
             return True
         if st.get("op") in ("pow", "exp"):
             return True
     return False
 
 
-# Reductions that add up (or multiply) their inputs: a float16 input that overflowed is inf in
-# the result. Max / min / argmax pass a value through and need no wider input.
-_ACCUMULATING = ("mean", "sum", "prod", "l1", "l2", "sum_square", "log_sum", "log_sum_exp")
+# Layers that move values without computing new ones: a square reaches its reduction through
+# them (GroupNormalization reshapes, a transpose before a mean).
+_MOVES = frozenset({"transpose", "reshape", "slice", "expand", "tile", "concat", "split", "pad",
+                    "depth_to_space", "space_to_depth"})
 
 
 def _variance_terms(net: Network) -> set:
-    """Pointwise layers that square, raise or exponentiate values an accumulating reduction
-    reads ((x - mean)^2 of a variance no norm_fusion pattern took:
-    GroupNormalization, a LayerNormalization over another axis; exp(x) of a hand-written
-    softmax or log-sum-exp): kept in FP32. Stored in fp16 the square overflowed once
-    |x - mean| > 256, the variance became inf and the output beta (helper hunt, 2026-12-01:
-    relative error 1.0)."""
+    """Pointwise layers that square, raise or exponentiate values a reduction reads, directly
+    or through layers that only move values (:data:`_MOVES`), and those moving layers:
+    kept in FP32 ((x - mean)^2 of a variance no norm_fusion pattern took:
+    GroupNormalization, a LayerNormalization over another axis, an RMS norm, l2_normalize;
+    exp(x) of a hand-written softmax or log-sum-exp). Stored in fp16 the square overflowed
+    once |x - mean| > 256, the variance became inf and the output beta (helper hunt,
+    2026-12-01: relative error 1.0); a max of squares read the inf too (2026-12-02)."""
     readers = net.consumers()
-    return {l.name for l in net.layers if l.kind == "pointwise" and _grows(l) and
-            any(r.kind == "reduce" and r.attrs.get("op") in _ACCUMULATING
-                for r in readers.get(l.outputs[0], ()))}
+    keep = set()
+    for l in net.layers:
+        if l.kind != "pointwise" or not _grows(l):
+            continue
+        path, stack, seen = [], [l.outputs[0]], set()
+        reaches = False
+        while stack and not reaches:
+            t = stack.pop()
+            for r in readers.get(t, ()):
+                if r.kind == "reduce":
+                    reaches = True
+                    break
+                if r.kind in _MOVES and r.name not in seen:
+                    seen.add(r.name)
+                    path.append(r.name)
+                    stack.extend(r.outputs)
+        if reaches:
+            keep.add(l.name)
+            keep.update(path)
+    return keep
 
 
 def _assign_half(net: Network, skip=frozenset()) -> None:
