@@ -175,8 +175,11 @@ def layer_reports(spec, inputs: Sequence[np.ndarray], backend: str, rtol: float,
     from tftrt.engine import BuilderConfig, build_engine
     model, ops = marked_network(spec.onnx_bytes)
     shapes = {f"TensorRTInputPH_{i}": tuple(a.shape) for i, a in enumerate(inputs)}
+    # the marked values stored as the engine stores them (float16 in an FP16 engine): as
+    # float32 outputs they hid every float16 overflow (helper hunt, 2026-12-02)
     tested = build_engine(model, shapes, BuilderConfig(precision=spec.precision_mode,
-                                                       backend=backend))
+                                                       backend=backend,
+                                                       probe_outputs=tuple(ops)))
     ref = build_engine(model, shapes, BuilderConfig(precision="FP32", backend="numpy",
                                                     tactic_timing=False))
     got = dict(zip(tested.output_names, tested.execute(list(inputs))))

@@ -204,3 +204,29 @@ def test_a_model_whose_zero_input_is_invalid_keeps_its_profile(tmp_path, monkeyp
     ops = list(loaded.engine_ops.values())
     assert ops and sum(op.stats["engine"] for op in ops) >= 4
     assert sum(op.stats["native"] for op in ops) == 0
+
+
+def test_per_layer_compare_sees_float16_storage(tmp_path):
+    """`tftrt compare --per-layer` marks each value of an engine as a network output; those
+    were kept float32 in an FP16 engine, so no layer ever showed a float16 overflow (helper
+    hunt, 2026-12-02: an FP16 model 100% off passed every layer). The marked values are now
+    stored as the engine stores them: a product of two large activations summed by hand,
+    which overflows float16 (documented, not kept FP32), fails at its layer."""
+    from tftrt import compare
+
+    class M(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 64], tf.float32, name="x")])
+        def __call__(self, x):
+            return {"y": tf.reduce_sum(x * (x * 1.5 + 1.0), axis=-1, keepdims=True)}
+    path = models.save_module(M(), str(tmp_path / "m"))
+    x = (np.random.default_rng(0).standard_normal((2, 64)) * 400).astype(np.float32)
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=path, precision_mode="FP16",
+                                   minimum_segment_size=1)
+    conv.convert()
+    conv.build(lambda: iter([(x,)]))
+    conv.save(str(tmp_path / "out"))
+    report = compare.compare_saved_model(str(tmp_path / "out"), [{"x": x}], rtol=2e-2,
+                                         atol=2e-2, per_layer=True)
+    assert report.layers, "no per-layer comparison ran"
+    failing = [r for _, _, _, r in report.layers if not r.passed]
+    assert failing, [(op, r.name) for _, _, op, r in report.layers]

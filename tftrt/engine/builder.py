@@ -71,6 +71,9 @@ class BuilderConfig:
     tactic_timing: bool = True
     tactic_choices: Optional[Dict[str, dict]] = None
     weight_cache: Optional["WeightCache"] = None
+    # network outputs stored as their producer's precision stores them (float16 in FP16),
+    # not float32: the values `tftrt compare --per-layer` marks as outputs to probe them
+    probe_outputs: Tuple[str, ...] = ()
 
     def to_json(self) -> dict:
         return {"precision": self.precision, "backend": self.backend,
@@ -328,7 +331,7 @@ def optimized_network(model_or_network: Union[onnx.ModelProto, Network],
     if config.optimize:
         net = optimize_network(net)
     net = infer_shapes(net)
-    net = apply_precision(net, precision, table)
+    net = apply_precision(net, precision, table, probes=config.probe_outputs)
     if config.optimize:
         accept = getattr(backend, "accepts_layer", None)
         net = run_passes(net, [functools.partial(p, accept=accept) for p in LATE_PASSES],

@@ -46,11 +46,15 @@ def normalize_precision(precision: str) -> str:
     return p
 
 
-def apply_precision(net: Network, precision: str, table: Optional[dict] = None) -> Network:
+def apply_precision(net: Network, precision: str, table: Optional[dict] = None,
+                    probes=()) -> Network:
     """A copy of ``net`` with ``layer.precision`` set and tensors/weights stored accordingly.
 
     Args:
       table: the quantization table (INT8 / FP8; see quantization.py).
+      probes: network outputs stored as their producers store them (float16 from an FP16
+        layer) instead of float32: values `tftrt compare --per-layer` marks as outputs, which
+        hid every float16 storage loss (helper hunt, 2026-12-02).
     Raises:
       EngineBuildError: INT8 / FP8 without a table or Q/DQ layers, or an unknown precision.
     """
@@ -73,13 +77,13 @@ def apply_precision(net: Network, precision: str, table: Optional[dict] = None) 
         except ValueError as e:
             raise EngineBuildError(str(e)) from e
         quantized = set(Q.quantize_network(net, p, table))
-        _assign_half(net, skip=quantized)
+        _assign_half(net, skip=quantized, probes=probes)
         return net
     if p == "FP32":
         for l in net.layers:
             l.precision = "FP32"
         return net
-    _assign_half(net)
+    _assign_half(net, probes=probes)
     return net
 
 
@@ -145,9 +149,10 @@ def _variance_terms(net: Network) -> set:
     return keep
 
 
-def _assign_half(net: Network, skip=frozenset()) -> None:
-    """FP16 assignment (module doc) of every layer not in ``skip``, in place."""
-    keep = set(net.inputs) | set(net.outputs)
+def _assign_half(net: Network, skip=frozenset(), probes=()) -> None:
+    """FP16 assignment (module doc) of every layer not in ``skip``, in place; outputs in
+    ``probes`` are stored as their producers store them."""
+    keep = set(net.inputs) | (set(net.outputs) - set(probes))
     uses = {}
     for l in net.layers:
         for i in l.inputs:
