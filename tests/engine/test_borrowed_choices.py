@@ -1,7 +1,8 @@
 """The cuDNN choices a profile's engines borrow from its opt-shape engine
 (tftrt/engine/backends/borrowed.py): a record tuned for another shape is used untimed and never
 taken for this shape's tuned choice; a choice the build cache holds for this very shape wins;
-TFTRT_PROFILE_CONV_PLANS picks the opt engine's plan or cuDNN's first heuristic plan."""
+TFTRT_PROFILE_CONV_PLANS picks the opt engine's plan, cuDNN's first heuristic plan, or tuning
+at the new shape."""
 
 import logging
 
@@ -54,6 +55,14 @@ def test_an_unknown_mode_is_warned_about_once_and_read_as_opt(monkeypatch, caplo
         assert BR.profile_conv_plans() == "opt" == BR.profile_conv_plans()
     msgs = [r.getMessage() for r in caplog.records if "TFTRT_PROFILE_CONV_PLANS" in r.getMessage()]
     assert len(msgs) == 1 and "'fastest'" in msgs[0] and "'heuristic'" in msgs[0]
+
+
+def test_tune_mode_tunes_at_the_new_shape_unless_the_cache_holds_its_choice(monkeypatch):
+    monkeypatch.setenv("TFTRT_PROFILE_CONV_PLANS", "tune")
+    assert BR.conv_choice(TUNED_128, KEY_1, None) == (None, False)       # tune here
+    tuned_1 = {"engine": 3, "knobs": {}, "fused": 0, "for": BR.shape_id(KEY_1)}
+    assert BR.conv_choice(TUNED_128, KEY_1, tuned_1) == (tuned_1, False)
+    assert BR.conv_choice(TUNED_128, KEY_128, None) == (TUNED_128, False)  # its own shape
 
 
 @pytest.mark.parametrize("value", ["", "  ", "OPT"])

@@ -13,8 +13,10 @@ of the layer's signature); a record for another shape is borrowed.
 What a borrowed layer builds with (:func:`conv_choice`): a choice the build cache holds for
 this very shape (tuned by an earlier build at it) first; else, per
 ``TFTRT_PROFILE_CONV_PLANS``: ``opt`` (the default) the opt engine's choice, ``heuristic``
-cuDNN's first heuristic plan at the new shape, untimed (an experiment for the GPU host:
-plans tuned at batch 128 may be poor at batch 1). CuPy-free: the CPU tests check the rules.
+cuDNN's first heuristic plan at the new shape, untimed, ``tune`` the plans timed at the new
+shape as a static build times them (stored as that shape's tuned choice: a later build finds
+it). The latter two are experiments for the GPU host: plans tuned at batch 128 may be poor at
+batch 1. CuPy-free: the CPU tests check the rules.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Optional, Tuple
 
 log = logging.getLogger("tftrt.engine.cupy")
 
-MODES = ("opt", "heuristic")
+MODES = ("opt", "heuristic", "tune")
 FOR = "for"   # a record's key: the shape_id it was tuned for
 _warned = set()
 
@@ -36,8 +38,8 @@ def shape_id(key: str) -> str:
 
 
 def profile_conv_plans() -> str:
-    """``TFTRT_PROFILE_CONV_PLANS``: ``opt`` (default) or ``heuristic``; another value is
-    warned about once and read as ``opt``."""
+    """``TFTRT_PROFILE_CONV_PLANS``: ``opt`` (default), ``heuristic`` or ``tune``; another
+    value is warned about once and read as ``opt``."""
     import os
     v = os.environ.get("TFTRT_PROFILE_CONV_PLANS", "opt").strip().lower() or "opt"
     if v not in MODES:
@@ -56,13 +58,17 @@ def conv_choice(rec: Optional[dict], key: str, stored: Optional[dict],
     for ``key`` (None: none). Not borrowed: ``rec``, else ``stored``, else None (tune). A
     record tuned for another shape: ``stored`` when there is one (tuned at this shape, no
     longer borrowed), else per ``mode`` (default :func:`profile_conv_plans`) the record
-    itself or, for ``heuristic``, a record without engine and knobs (``{"fused": n, "for":
-    ...}``: cuDNN's first heuristic plan with the same fused ops)."""
+    itself, for ``heuristic`` a record without engine and knobs (``{"fused": n, "for":
+    ...}``: cuDNN's first heuristic plan with the same fused ops), for ``tune`` None, not
+    borrowed (the layer tunes at this shape)."""
     sid = shape_id(key)
     if not rec or rec.get(FOR, sid) == sid:
         return (rec or stored), False
     if stored:
         return stored, False
-    if (mode or profile_conv_plans()) == "heuristic":
+    mode = mode or profile_conv_plans()
+    if mode == "tune":
+        return None, False
+    if mode == "heuristic":
         return {k: v for k, v in rec.items() if k in ("fused", FOR)}, True
     return rec, True
