@@ -485,9 +485,14 @@ def summary(paths: List[str], print_fn=print) -> dict:
     with_torch = set().union(*torch.values()) if torch else set()
     out["torch"] = {b: geomean(r.values()) for b, r in torch.items()}
     out["torch_missing"] = [m for m in twins if m not in with_torch]
+    out["torch_below_1x"] = {}
     for b in sorted(torch):
+        r = torch[b]
+        below = sorted((m for m in r if r[m] < 1.0), key=r.get)
+        out["torch_below_1x"][b] = {m: r[m] for m in below}
         print_fn(f"- batch {b}: geometric mean {out['torch'][b]:.2f}x torch.compile over "
-                 f"{len(torch[b])} models")
+                 f"{len(r)} models; below 1x: "
+                 + (", ".join(f"{m} {r[m]:.2f}x" for m in below) or "none"))
     print_fn("- torchvision twins without a torch.compile row: "
              + (", ".join(out["torch_missing"]) or "none"))
     return out

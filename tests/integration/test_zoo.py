@@ -155,7 +155,7 @@ def test_zoo_summary_takes_the_latest_gpu_rows(tmp_path, capsys):
         row("UNet", "tf_xla", {1: 1, 128: 1}, device="CPU"),
         row("UNet", "tftrt", {1: 9, 128: 9}, device="CPU")]) + "\n")
     new.write_text(json.dumps(row("VGG16", "tftrt", {1: 200, 128: 1100})) + "\n" +
-                   json.dumps(row("ResNet50", "torch_compile", {1: 200, 128: 2000})) + "\n")
+                   json.dumps(row("ResNet50", "torch_compile", {1: 800, 128: 2000})) + "\n")
     got = bench.summary([str(old), str(new)])
     text = capsys.readouterr().out
     assert got["measured"] == ["VGG16", "ResNet50"]  # zoo order
@@ -165,10 +165,12 @@ def test_zoo_summary_takes_the_latest_gpu_rows(tmp_path, capsys):
     assert got["batches"][128]["below_1x"] == {}
     assert "2 of %d zoo models measured" % len(zoo.ZOO) in text
     # torch.compile: ResNet50 only (VGG16's twin has no row)
-    assert got["torch"] == {1: pytest.approx(2.0), 128: pytest.approx(2.0)}
+    assert got["torch"] == {1: pytest.approx(0.5), 128: pytest.approx(2.0)}
+    assert got["torch_below_1x"] == {1: {"ResNet50": pytest.approx(0.5)}, 128: {}}
     assert "VGG16" in got["torch_missing"] and "ResNet50" not in got["torch_missing"]
     assert "ViT" not in got["torch_missing"]  # no torchvision twin
-    assert "2.00x torch.compile over 1 models" in text
+    assert "2.00x torch.compile over 1 models; below 1x: none" in text
+    assert "0.50x torch.compile over 1 models; below 1x: ResNet50 0.50x" in text
     # the older VGG16 row alone would have been below 1x at 128
     got = bench.summary([str(old)])
     assert got["batches"][128]["below_1x"] == {"VGG16": pytest.approx(0.9)}
