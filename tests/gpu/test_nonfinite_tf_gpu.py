@@ -79,3 +79,59 @@ def test_cupy_engine_matches_tf_gpu_on_nonfinite_inputs(name, tmp_path, cupy_bac
                                    for o in conv.engine_ops.values())
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg="NaN positions")
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, equal_nan=True)
+
+
+@pytest.mark.parametrize("act", ["relu", "sigmoid", "elu"])
+def test_an_activation_moved_before_a_max_pool_keeps_tf_gpus_floor(act, tmp_path,
+                                                                  cupy_backend):
+    """conv -> max pool -> activation with pool windows of only NaN / -inf: the engine moves
+    the activation before the pool (passes/activation_motion) and the pool's floor goes
+    through it (the CuPy pool's floor_program); TF's GPU MaxPool gives -inf there."""
+    f = {"relu": tf.nn.relu, "sigmoid": tf.sigmoid, "elu": tf.nn.elu}[act]
+    w = np.ones([1, 1, 4, 2], np.float32)
+    w[..., 1] = -1.0
+
+    class M(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 6, 6, 4], tf.float32, name="x")])
+        def __call__(self, x):
+            return {"y": f(tf.nn.max_pool2d(tf.nn.conv2d(x, w, 1, "VALID"), 2, 2, "SAME"))}
+
+    src = str(tmp_path / act)
+    m = M()
+    tf.saved_model.save(m, src, signatures=m.__call__)
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=src, minimum_segment_size=1)
+    fn = conv.convert()
+    x = nonfinite_input()
+    x[1, 0:2, 0:2, :] = -np.inf            # a window of -inf in every channel
+    with tf.device("/GPU:0"):
+        x = tf.constant(x)
+        want = tf.saved_model.load(src).signatures["serving_default"](x=x)["y"].numpy()
+    got = fn(x=x)["y"].numpy()
+    assert conv.engine_ops and all(o.stats["engine"] == 1 and o.stats["native"] == 0
+                                   for o in conv.engine_ops.values())
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg="NaN positions")
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, equal_nan=True)
+
+
+def test_a_gather_index_out_of_range_gives_zeros_as_tf_gpu(tmp_path, cupy_backend):
+    """tf.gather with a runtime index outside [0, n) (-1, n): TF's GPU kernel gives zeros
+    there; the CuPy engine's gather does too (it counted -1 from the end before)."""
+    class M(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([3, 4], tf.float32, name="x"),
+                                      tf.TensorSpec([3], tf.int32, name="i")])
+        def __call__(self, x, i):
+            return {"y": tf.gather(x * 2.0, i, axis=1) + 1.0}
+
+    src = str(tmp_path / "gather")
+    m = M()
+    tf.saved_model.save(m, src, signatures=m.__call__)
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=src, minimum_segment_size=1)
+    fn = conv.convert()
+    with tf.device("/GPU:0"):
+        x = tf.constant(np.arange(12, dtype=np.float32).reshape(3, 4))
+        i = tf.constant([0, -1, 4], tf.int32)
+        want = tf.saved_model.load(src).signatures["serving_default"](x=x, i=i)["y"].numpy()
+    got = fn(x=x, i=i)["y"].numpy()
+    assert sum(o.stats["engine"] for o in conv.engine_ops.values()) >= 1
+    np.testing.assert_array_equal(want[:, 1:], 1.0)    # TF GPU: zeros, then + 1
+    np.testing.assert_array_equal(got, want)
