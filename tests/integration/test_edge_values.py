@@ -59,7 +59,9 @@ def test_edge_values_match_native_tensorflow(name, tmp_path):
 
 @pytest.mark.parametrize("layer", ["group", "layer_axis1", "squared_difference",
                                    "softmax_by_hand", "rms_norm", "l2_normalize", "norm",
-                                   "square_transposed_then_mean", "max_of_squares"])
+                                   "square_transposed_then_mean", "max_of_squares",
+                                   "scaled_square", "square_read_by_two_means",
+                                   "shared_square_through_pointwise", "l2_pool"])
 def test_fp16_variance_of_large_activations(tmp_path, layer):
     """FP16 engines of GroupNormalization, of a LayerNormalization over a non-last axis and of
     a hand-written variance, with activations ~200 from their mean: (x - mean)^2 was stored in
@@ -69,7 +71,11 @@ def test_fp16_variance_of_large_activations(tmp_path, layer):
     exponentiating layer that feeds a sum or mean stays float32. Squares that import as
     Mul(x, x) (tf.square in an RMS norm, l2_normalize, tf.norm), a square that reaches its
     mean through a transpose, and a max of squares were missed by that rule and came out 0
-    or inf (helper hunt, 2026-12-02)."""
+    or inf (helper hunt, 2026-12-02). So were a square with a constant factor, which Grappler
+    writes h * (h * 0.5), a square read by two means on different paths (only the first path
+    stayed float32), a square shared by two readers, so that unfused pointwise layers
+    (sq + 1, relu(sq - 5)) stand before its reductions, and a square that a pool reads (L2
+    pooling) (review hunt, 2026-12-02)."""
     import keras
     inp = keras.Input((8, 8, 8))
     if layer == "group":
@@ -92,6 +98,27 @@ def test_fp16_variance_of_large_activations(tmp_path, layer):
     elif layer == "max_of_squares":
         out = inp / keras.ops.sqrt(keras.ops.max(keras.ops.square(inp), axis=-1,
                                                  keepdims=True))
+    elif layer == "scaled_square":  # an energy: mean(0.5 * h * h), Grappler: h * (h * 0.5)
+        e = keras.layers.Lambda(lambda t: tf.reduce_mean(t * t * 0.5 + 0.5 * t * t, -1,
+                                                         keepdims=True))(inp)
+        out = inp * keras.ops.rsqrt(e + 1.0)
+    elif layer == "square_read_by_two_means":
+        def two(t):
+            sq = tf.square(t)
+            a = tf.reduce_mean(sq, -1, keepdims=True)
+            b = tf.reduce_mean(tf.reshape(tf.transpose(sq, [0, 3, 1, 2]), [-1, 8, 64]), -1)
+            return t * tf.math.rsqrt(a + 1.0) + tf.reduce_mean(b, -1)[:, None, None, None]
+        out = keras.layers.Lambda(two)(inp)
+    elif layer == "shared_square_through_pointwise":
+        def shared(t):
+            sq = t * t
+            a = tf.reduce_mean(sq + 1.0, -1, keepdims=True)
+            b = tf.reduce_sum(tf.nn.relu(sq - 5.0), -1, keepdims=True)
+            return t * tf.math.rsqrt(a) + tf.sqrt(b)
+        out = keras.layers.Lambda(shared)(inp)
+    elif layer == "l2_pool":
+        out = keras.layers.Lambda(lambda t: tf.sqrt(tf.nn.avg_pool2d(t * t, 2, 2, "VALID")) +
+                                  tf.sqrt(tf.nn.max_pool2d(tf.square(t), 2, 2, "VALID")))(inp)
     else:
         mean = keras.ops.mean(inp, axis=(1, 2), keepdims=True)
         var = keras.ops.mean(keras.ops.square(inp - mean), axis=(1, 2), keepdims=True)
@@ -215,17 +242,19 @@ def test_per_layer_compare_sees_float16_storage(tmp_path):
     from tftrt import compare
 
     class M(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec([None, 64], tf.float32, name="x")])
-        def __call__(self, x):
-            return {"y": tf.reduce_sum(x * (x * 1.5 + 1.0), axis=-1, keepdims=True)}
+        @tf.function(input_signature=[tf.TensorSpec([None, 64], tf.float32, name="x"),
+                                      tf.TensorSpec([None, 64], tf.float32, name="z")])
+        def __call__(self, x, z):
+            return {"y": tf.reduce_sum(x * (z * 1.5 + 1.0), axis=-1, keepdims=True)}
     path = models.save_module(M(), str(tmp_path / "m"))
     x = (np.random.default_rng(0).standard_normal((2, 64)) * 400).astype(np.float32)
+    z = x[:, ::-1] + 1.0
     conv = trt.TrtGraphConverterV2(input_saved_model_dir=path, precision_mode="FP16",
                                    minimum_segment_size=1)
     conv.convert()
-    conv.build(lambda: iter([(x,)]))
+    conv.build(lambda: iter([{"x": x, "z": z}]))
     conv.save(str(tmp_path / "out"))
-    report = compare.compare_saved_model(str(tmp_path / "out"), [{"x": x}], rtol=2e-2,
+    report = compare.compare_saved_model(str(tmp_path / "out"), [{"x": x, "z": z}], rtol=2e-2,
                                          atol=2e-2, per_layer=True)
     assert report.layers, "no per-layer comparison ran"
     failing = [r for _, _, _, r in report.layers if not r.passed]

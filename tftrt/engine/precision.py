@@ -3,7 +3,8 @@
 FP16: conv / conv_transpose / matmul store their weights in float16 and every layer stores its
 float32 activations in float16, except the layers in ``FP32_KINDS`` (softmax, reductions,
 normalization, top-k, ...) and pointwise layers that square, raise or exponentiate values a
-sum or mean reads (a variance's (x - mean)^2), which compute in float32 and keep float32
+reduction or a pool reads (a variance's (x - mean)^2), with the layers between and such pools
+(``_variance_terms``), which compute in float32 and keep float32
 outputs because fp16 loses too much (or overflows) there; softmax and normalization store
 their main output in float16 all the same (``HALF_OUTPUT_KINDS``). Network inputs and
 outputs keep their declared dtypes (as in TF-TRT). Epilogue vectors (bias/scale) stay float32:
@@ -97,19 +98,73 @@ def _operand(layer: Layer, a):
     return ("const", repr(a))
 
 
-def _grows(layer: Layer) -> bool:
-    """Whether a pointwise layer's program may make values far larger than its inputs: a
-    square (x * x, also as ``mul $0 $1`` of one tensor given twice, which is how
-    tf.square, tf.pow(x, 2) and tf.norm import: the rule missed those, helper hunt
-    2026-12-02), a power, an exponential (where float16, max 65504, overflows first)."""
+# Ops whose result stays small however large their input (or that scale it back down): growth
+# stops there. Any other op passes a large input on (a sum, a ReLU, a max, a cast...).
+_BOUNDED = frozenset({"tanh", "sigmoid", "hard_sigmoid", "erf", "softsign", "sin", "cos",
+                      "atan", "sign", "sqrt", "log", "reciprocal", "equal", "greater",
+                      "greater_equal", "less", "less_equal", "isinf", "isnan", "and", "or",
+                      "not", "xor"})
+_EXPLODES = frozenset({"pow", "exp", "cosh", "sinh"})
+# Ops that keep a value an affine function of one tensor (c * x + d, -x, |x|, x / c).
+_AFFINE_UNARY = frozenset({"neg", "abs", "identity", "cast"})
+_AFFINE_BINARY = frozenset({"add", "sub", "mul", "div"})
+
+
+def _affine_base(net: Network, t: str, producers: dict, depth: int = 8) -> str:
+    """The tensor ``t`` is an affine function of (c * x + d, -x, |x|, chains of them) through
+    the one-input pointwise layers producing it: ``t`` itself when none."""
+    p = producers.get(t)
+    if depth and p is not None and p.kind == "pointwise" and len(set(p.inputs)) == 1 and \
+            p.attrs.get("program"):
+        vals = _program_values(net, p, producers, (), depth - 1)
+        if vals and vals[-1][0] is not None:  # already followed further back
+            return vals[-1][0]
+    return t
+
+
+def _program_values(net: Network, layer: Layer, producers: dict, growing, depth: int = 8):
+    """Per step of pointwise ``layer``'s program: (the tensor its value is affine in, or None;
+    whether it may be far larger than the inputs' scale: a square of one tensor (``x * x``,
+    also ``mul $0 $1`` of one tensor given twice, or of two affine functions of it as
+    Grappler writes ``h * h * 0.5``: ``h * (h * 0.5)``), a power, an exponential, or what
+    a growing value (an input in ``growing``) passes through)."""
+    vals = []
+
+    def arg(a):
+        kind, v = _operand(layer, a)
+        if kind == "const":
+            return ("const", False, None)
+        if kind == "tensor":
+            return (_affine_base(net, v, producers, depth), v in growing, (kind, v))
+        return vals[int(a[1:])][:2] + ((kind, v),)
     for st in layer.attrs.get("program", ()):
-        a = st.get("args", ())
-        if st.get("op") == "mul" and len(a) == 2 and \
-                _operand(layer, a[0]) == _operand(layer, a[1]) != ("const", repr(a[0])):
-            return True
-        if st.get("op") in ("pow", "exp"):
-            return True
-    return False
+        op, args = st.get("op"), [arg(a) for a in st.get("args", ())]
+        live = [a for a in args if a[0] != "const"]
+        base, grows = None, any(a[1] for a in live)
+        if op in _EXPLODES:
+            grows = True
+        elif op in _BOUNDED:
+            grows = False
+        elif op in _AFFINE_UNARY and len(live) == 1:
+            base = live[0][0]
+        elif op in _AFFINE_BINARY and len(args) == 2 and len(live) == 1 and \
+                (op != "div" or args[1][0] == "const"):
+            base = live[0][0]
+        elif op == "mul" and len(live) == 2 and (live[0][2] == live[1][2] or (
+                live[0][0] is not None and live[0][0] == live[1][0])):
+            grows = True          # a square
+        elif op == "min" and live:
+            grows = all(a[1] for a in live) and len(live) == len(args)
+        vals.append((base, grows))
+    return vals
+
+
+def _grows(net: Network, layer: Layer, producers: dict, growing=frozenset()) -> bool:
+    """Whether pointwise ``layer``'s output may be far larger than its inputs' scale (where
+    float16, max 65504, overflows first): see :func:`_program_values`. A program that squares
+    inside and then bounds the value (the cube inside GELU's tanh) does not grow."""
+    vals = _program_values(net, layer, producers, growing)
+    return bool(vals) and vals[-1][1]
 
 
 # Layers that move values without computing new ones: a square reaches its reduction through
@@ -119,33 +174,41 @@ _MOVES = frozenset({"transpose", "reshape", "slice", "expand", "tile", "concat",
 
 
 def _variance_terms(net: Network) -> set:
-    """Pointwise layers that square, raise or exponentiate values a reduction reads, directly
-    or through layers that only move values (:data:`_MOVES`), and those moving layers:
-    kept in FP32 ((x - mean)^2 of a variance no norm_fusion pattern took:
-    GroupNormalization, a LayerNormalization over another axis, an RMS norm, l2_normalize;
-    exp(x) of a hand-written softmax or log-sum-exp). Stored in fp16 the square overflowed
-    once |x - mean| > 256, the variance became inf and the output beta (helper hunt,
-    2026-12-01: relative error 1.0); a max of squares read the inf too (2026-12-02)."""
+    """Pointwise layers whose output grows (a square, a power, an exponential:
+    :func:`_grows`) and that a reduction or a pool reads, directly or through layers that
+    only move values (:data:`_MOVES`) or pointwise layers the large values pass through
+    (``relu(sq - 5)``, ``sq + 1``), and every layer on such a path (the pools too): kept in
+    FP32 ((x - mean)^2 of a variance no norm_fusion pattern took: GroupNormalization, a
+    LayerNormalization over another axis, an RMS norm, l2_normalize, L2 pooling; exp(x) of
+    a hand-written softmax or log-sum-exp). Stored in fp16 the square overflowed once
+    |x - mean| > 256, the variance became inf and the output beta (helper hunt, 2026-12-01:
+    relative error 1.0); a max of squares read the inf too, and every path to a reduction
+    counts, not the first found (helper hunts, 2026-12-02)."""
     readers = net.consumers()
+    producers = {o: l for l in net.layers for o in l.outputs}
     keep = set()
     for l in net.layers:
-        if l.kind != "pointwise" or not _grows(l):
+        if l.kind != "pointwise" or not _grows(net, l, producers):
             continue
-        path, stack, seen = [], [l.outputs[0]], set()
-        reaches = False
-        while stack and not reaches:
-            t = stack.pop()
-            for r in readers.get(t, ()):
-                if r.kind == "reduce":
-                    reaches = True
-                    break
-                if r.kind in _MOVES and r.name not in seen:
-                    seen.add(r.name)
-                    path.append(r.name)
-                    stack.extend(r.outputs)
-        if reaches:
-            keep.add(l.name)
-            keep.update(path)
+        came_from = {l.name: None}
+        stack, hits = [l], []
+        while stack:
+            cur = stack.pop()
+            for t in cur.outputs:
+                for r in readers.get(t, ()):
+                    if r.kind in ("reduce", "pool"):
+                        hits.append(cur.name)
+                        if r.kind == "pool":
+                            keep.add(r.name)
+                    elif r.name not in came_from and (
+                            r.kind in _MOVES or r.kind == "pointwise" and
+                            _grows(net, r, producers, growing={t})):
+                        came_from[r.name] = cur.name
+                        stack.append(r)
+        for name in hits:
+            while name is not None and name not in keep:
+                keep.add(name)
+                name = came_from[name]
     return keep
 
 
