@@ -205,9 +205,12 @@ class TRTEngineOp:
         # builder_thread is the thread build() runs in (see _build_call).
         self.building = False
         self.builder_thread: Optional[int] = None
-        # True during converter.build() with use_dynamic_shape: calls record their shapes and
-        # run natively; build_profiles() then builds one engine for all of them (TF-TRT).
+        # True during converter.build() with use_dynamic_shape: calls run natively and
+        # build()'s own (_collects) record their shapes; build_profiles() then builds one
+        # engine for all of them (TF-TRT). collect_calls: False where build() reads the
+        # shapes from its inputs instead (then no call of its own comes).
         self.collecting = False
+        self.collect_calls = True
         self.collected: List[ShapeKey] = []
         self._network = None  # the segment network, imported once
         self._evicted: "collections.deque" = collections.deque(maxlen=256)
@@ -257,7 +260,7 @@ class TRTEngineOp:
             # that loads the model builds them whole instead of one profile per new shape,
             # evicting each other (helper hunt, 2026-12-02)
             if self.collecting:  # the native segment runs, as while collecting below
-                self.collect(key)
+                self._collects(key)
                 return None
             return self._fallback("the native backend is selected (TFTRT_BACKEND resolved to "
                                   "native)", log_it=False)
@@ -269,7 +272,7 @@ class TRTEngineOp:
         if self.collecting:
             # TF-TRT's profile generation mode: the native segment runs while build()
             # collects shapes (even with native segment execution disabled)
-            self.collect(key)
+            self._collects(key)
             return None
         if empty:  # batch 0: TF computes the empty outputs (nothing to compute: even with
             # native execution disabled), and no engine is built for them; an empty side
@@ -290,6 +293,15 @@ class TRTEngineOp:
         with self._lock:
             self.stats["engine"] += 1
         return outs
+
+    def _collects(self, key: ShapeKey) -> None:
+        """Records ``key`` for the profiles when the call is build()'s own: another thread
+        serving the model during build() put its shapes in the profiles (a batch-32 caller
+        made input_fn's 1..4 a profile tuned at 32: review hunt, 2026-12-02), where TF-TRT
+        collected in build()'s own function only. In graph form whose call it is cannot be
+        told (see _build_call)."""
+        if self.collect_calls and self._build_call():
+            self.collect(key)
 
     def _build_call(self) -> bool:
         """Whether this call is converter.build()'s own, which builds engines whatever

@@ -338,6 +338,8 @@ class TrtGraphConverterV2:
         times = self._build_seconds = {}
         t0 = time.perf_counter()
         direct = self._inputs_of_engines(ops)
+        for op in ops:
+            op.collect_calls = direct is None
         names = self._sig.input_names
         try:
             for inp in iter_inputs(input_fn, "input_fn"):
@@ -379,7 +381,7 @@ class TrtGraphConverterV2:
             shown.close()
             for op in ops:
                 op.building, op.builder_thread = False, None
-                op.collecting = False
+                op.collecting, op.collect_calls = False, True
                 op.collected = []
         if seen == 0:
             raise ValueError("input_fn yielded no inputs: it must yield at least one batch")
@@ -388,6 +390,16 @@ class TrtGraphConverterV2:
             self._check_build(first, *first_out, index=first_at)
             times["check"] = time.perf_counter() - t0
         log.info("build() took %s", ", ".join(f"{k} {v:.2f} s" for k, v in times.items()))
+
+    def _nondeterministic_ops(self):
+        """compare.nondeterministic_ops of the signature's graph, read once per conversion
+        (build() asks twice: for its shapes and for its check)."""
+        if getattr(self, "_nondeterministic", None) is None or \
+                self._nondeterministic[0] is not self._sig:
+            from tftrt import compare
+            self._nondeterministic = (self._sig, compare.nondeterministic_ops(
+                self._sig.info.graph_def))
+        return self._nondeterministic[1]
 
     def _inputs_of_engines(self, ops):
         """[(op, signature input index of each of its inputs)] when build() may take the
@@ -403,9 +415,8 @@ class TrtGraphConverterV2:
         direct = [(op, [pos.get(t) for t in op.spec.input_tensors]) for op in ops]
         if any(i is None for _, idx in direct for i in idx):
             return None
-        from tftrt import compare
         try:
-            random, stateful = compare.nondeterministic_ops(self._sig.info.graph_def)
+            random, stateful = self._nondeterministic_ops()
         except Exception:  # noqa: BLE001 -- not known to be stateless: collect natively
             return None
         return None if random or stateful else direct
@@ -431,7 +442,7 @@ class TrtGraphConverterV2:
             precision = modes.pop()
         check = {"precision": precision, "engine_calls": engine_calls, "input": index}
         try:
-            random, stateful = compare.nondeterministic_ops(self._sig.info.graph_def)
+            random, stateful = self._nondeterministic_ops()
             if random:
                 self._build_check = dict(check, skipped=(
                     f"the signature draws random numbers ({', '.join(random)}): it is "

@@ -463,3 +463,49 @@ def test_a_caller_during_build_does_not_build_with_runtime_builds_off(conv_dir, 
     close(fn(x=tf.constant(mine))["y"].numpy(), native(x=tf.constant(mine))["y"].numpy(),
           "build()'s shape")
     assert op.stats["engine"] == before + 1  # its engine runs, not the native segment
+
+
+@pytest.mark.parametrize("read_from_inputs", [True, False])
+def test_a_caller_during_build_adds_no_shape_to_the_profiles(conv_dir, native, monkeypatch,
+                                                            read_from_inputs):
+    """use_dynamic_shape: build() forms the profiles from input_fn's shapes only, as TF-TRT
+    did (it collected in build()'s own function). Another thread serving the model meanwhile
+    put its batch 32 in them: input_fn's batches 1..4 became a profile 1..32 tuned at 32
+    (review hunt, 2026-12-02). Both ways build() gets its shapes: read from its inputs, and
+    (a stateful model) from native runs of them."""
+    from tftrt import profiles as P
+    if not read_from_inputs:  # as if the signature had a stateful op: collected from calls
+        monkeypatch.setattr(trt.TrtGraphConverterV2, "_inputs_of_engines",
+                            lambda self, ops: None)
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=conv_dir, use_dynamic_shape=True,
+                                   allow_build_at_runtime=False)
+    fn = conv.convert()
+    (op,) = conv.engine_ops.values()
+    other = image(32)
+    stop, served, errors = threading.Event(), [], []
+
+    def serve():
+        try:
+            while not stop.is_set():
+                served.append(fn(x=tf.constant(other))["y"].numpy())
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+    th = threading.Thread(target=serve, daemon=True)
+    th.start()
+    deadline = time.time() + 60
+    while not served and time.time() < deadline:
+        time.sleep(0.01)
+
+    def gen():
+        for b in (1, 2, 4):
+            time.sleep(0.1)
+            yield (image(b),)
+    conv.build(gen)
+    stop.set()
+    th.join(60)
+    assert not th.is_alive() and not errors, errors
+    close(served[-1], native(x=tf.constant(other))["y"].numpy(), "the serving thread")
+    (pe,) = [e for _, e in op.cache.items()]
+    assert isinstance(pe, P.ProfileEngine)
+    assert pe.profiles == [P.Profile(((1, 8, 8, 3),), ((4, 8, 8, 3),), ((4, 8, 8, 3),))], \
+        pe.profiles
