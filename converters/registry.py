@@ -104,6 +104,16 @@ def registered_ops() -> Dict[str, Registration]:
     return dict(sorted(_REGISTRY.items()))
 
 
+def _tf_dtype_name(node, attr: str) -> str:
+    """TensorFlow's name of the dtype in ``node.attr[attr]`` ("string", "bfloat16"), as a
+    user reads it in a report: numpy's name of a string tensor is "object"."""
+    import tensorflow as tf
+    try:
+        return tf.dtypes.as_dtype(node.attr[attr].type).name
+    except (TypeError, ValueError):
+        return "unknown"
+
+
 def validate_node(node, ctx) -> Optional[str]:
     """Returns None when ``node`` can be lowered, else the reason it cannot.
 
@@ -117,9 +127,8 @@ def validate_node(node, ctx) -> Optional[str]:
         dt = ctx.attr_dtype(node, reg.dtype_attr)
         if dt is None or dt.type not in reg.dtypes:
             allowed = ", ".join(np.dtype(d).name for d in reg.dtypes)
-            return (f"{node.op} with {reg.dtype_attr}="
-                    f"{dt.name if dt is not None else 'unknown'} is not supported "
-                    f"(supported: {allowed})")
+            return (f"{node.op} with {reg.dtype_attr}={_tf_dtype_name(node, reg.dtype_attr)} "
+                    f"is not supported (supported: {allowed})")
     if reg.inputs:
         for i in range(ctx.num_inputs(node)):
             role = reg.inputs[min(i, len(reg.inputs) - 1)]

@@ -127,3 +127,21 @@ def test_unknown_backend_env(converted, monkeypatch):
     fn = converted._converted_func
     with pytest.raises(Exception, match="TFTRT_BACKEND='tensorrt' is not supported"):
         fn(x=tf.constant(models.batch((2, 8))))
+
+
+def test_an_unsupported_dtype_is_named_as_tensorflow_names_it(tmp_path):
+    """summary() says why an op stays native in TF's words: a Shape of a string input read
+    "T=object" (numpy's name of strings; hunt, 2026-12-02)."""
+    class M(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="s"),
+                                      tf.TensorSpec([None, 4], tf.float32, name="x")])
+        def __call__(self, s, x):
+            n = tf.cast(tf.shape(s)[0], tf.float32)
+            return {"y": tf.nn.relu(x * 2.0 + 1.0) * n}
+    path = models.save_module(M(), str(tmp_path / "m"))
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=path, minimum_segment_size=1)
+    conv.convert()
+    lines = []
+    conv.summary(print_fn=lines.append)
+    reason = [line for line in lines if "Shape with T=" in line]
+    assert reason and "T=string is not supported" in reason[0], lines
