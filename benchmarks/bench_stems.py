@@ -71,7 +71,7 @@ WAYS = {  # name: (tactic, environment)
     "im2col 16MB": ("im2col", {"TFTRT_IM2COL_CHUNK_MB": "16"}),
     "im2col 32MB": ("im2col", {"TFTRT_IM2COL_CHUNK_MB": "32"}),
     "stem_direct": ("stem_direct", {}),
-    "stem_mma": ("stem_mma", {"TFTRT_STEM_MMA": "1"}),   # off by default
+    "stem_mma": ("stem_mma", {"TFTRT_STEM_MMA": "1"}),   # the default since 2026-12-02 (p)
 }
 BANDWIDTH = 4.8e12  # H200 HBM3e, bytes/s
 

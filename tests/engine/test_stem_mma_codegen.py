@@ -291,14 +291,14 @@ def _conv_layer(cin=3, cout=16, ks=3, attrs=None, precision="FP16"):
 
 def test_the_tactic_applies_to_few_channel_float16_convs_unless_switched_off(monkeypatch):
     """``stem_mma`` is registered for conv layers on CuPy and applies to group-1 convs of
-    unaligned few input channels with a float16 output, with TFTRT_STEM_MMA=1 (off by
+    unaligned few input channels with a float16 output, unless TFTRT_STEM_MMA=0 (on by
     default), never to aligned channels, a float32 output, too many taps or a dilated conv."""
     from tftrt.engine import tactics
     from tftrt.engine.backends import cupy_backend
     assert "stem_mma" in [t.name for t in tactics._REGISTRY[("cupy", "conv")]]
     monkeypatch.delenv("TFTRT_STEM_MMA", raising=False)
     net, conv = _conv_layer()
-    assert SM.unsupported(net, conv) == "off (TFTRT_STEM_MMA=1 turns it on)"  # the default
+    assert SM.unsupported(net, conv) is None                        # the default: on
     monkeypatch.setenv("TFTRT_STEM_MMA", "1")
     assert net.tensors[conv.outputs[0]].dtype == "float16"
     assert conv.epilogue and cupy_backend._stem_mma(net, conv), SM.unsupported(net, conv)
@@ -307,7 +307,7 @@ def test_the_tactic_applies_to_few_channel_float16_convs_unless_switched_off(mon
     assert [m for m, _ in p["operand_modes"].values()] == ["vec"]
     monkeypatch.setenv("TFTRT_STEM_MMA", "0")
     assert not cupy_backend._stem_mma(net, conv)
-    assert SM.unsupported(net, conv) == "off (TFTRT_STEM_MMA=1 turns it on)"
+    assert SM.unsupported(net, conv) == "off (TFTRT_STEM_MMA=0)"
     monkeypatch.setenv("TFTRT_STEM_MMA", "1")
     assert not cupy_backend._stem_mma(*_conv_layer(cin=8))          # aligned channels
     net, conv = _conv_layer(precision="FP32")                         # float32 y

@@ -32,7 +32,7 @@ from tests.gpu.test_dw_gpu import _convs, _engine  # noqa: E402
 @pytest.fixture(autouse=True)
 def _cupy(monkeypatch):
     monkeypatch.setenv("TFTRT_BACKEND", "cupy")
-    monkeypatch.setenv("TFTRT_STEM_MMA", "1")   # off by default (cuda_source_stem_mma.enabled)
+    monkeypatch.setenv("TFTRT_STEM_MMA", "1")   # the default (cuda_source_stem_mma.enabled)
 
 
 def _fp16_out(model):

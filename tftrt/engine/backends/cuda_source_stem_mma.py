@@ -90,17 +90,18 @@ __device__ __forceinline__ void mma_16816(float* c, const unsigned* a, unsigned 
 
 
 def enabled() -> bool:
-    """``TFTRT_STEM_MMA`` is 1 / true (default off): the CuPy backend offers tactic
-    ``stem_mma``, which the builder times against cuDNN, im2col and stem_direct.
+    """``TFTRT_STEM_MMA`` (default on; 0 / false turns it off): the CuPy backend offers
+    tactic ``stem_mma``, which the builder times against cuDNN, im2col and stem_direct, so it
+    runs a stem only where it is the fastest there.
 
-    Off until a zoo run shows whole models faster with it: in VGG16 through TensorFlow (H200,
-    2026-12-02, run o, FP16, Range profile) the builder chose it for the stem (309 us against
-    923 us as im2col on 2026-12-01) and the engine's layers summed 7.39 ms against 7.60, yet
-    the call took 7.998 ms at batch 128 as before (7.996 ms, run m) and batches 1 and 8 were
-    slower (0.573 / 1.102 ms against 0.502 / 0.837), with other convolutions' cuDNN plans
-    slower than on 2026-12-01; which change slowed the small batches was not isolated."""
+    On since the H200 run of 2026-12-02 (p): VGG16 through TensorFlow (FP16, Range profile)
+    with it ran 0.394 / 0.728 / 7.491 ms at batch 1 / 8 / 128 against TF XLA's 0.872 / 1.090 /
+    7.872 ms in the same run (1.05x at 128; without it 0.98x in run e) and VGG19 9.294 ms
+    against 9.324; every zoo stem alone ran faster on it than on its earlier tactic
+    (benchmarks/bench_stems.py, run o). Run o's slower small batches with it did not come
+    back: they were other layers' cuDNN plans of that build."""
     from tftrt.env import env_bool  # standard library only
-    return env_bool("TFTRT_STEM_MMA", False)
+    return env_bool("TFTRT_STEM_MMA", True)
 
 
 def padded_k(k: int) -> int:
@@ -154,11 +155,8 @@ class StemMmaSource:
     def __init__(self, x_shape, k_hw, strides, pads, out_shape, in_dtype: str, out_dtype: str,
                  epilogue: Sequence[dict], operand_modes: Dict[int, Tuple[str, str]],
                  mt: int = MT, max_blocks=None):
-        n, h, w, cin = (int(d) for d in x_shape)
-        n2, ho, wo, cout = (int(d) for d in out_shape)
-        kh, kw = (int(d) for d in k_hw)
-        sh, sw = (int(d) for d in strides)
-        ph, pw = int(pads[0]), int(pads[1])
+        n, h, w, cin, ho, wo, cout, kh, kw, sh, sw, ph, pw = ST.conv_geometry(
+            x_shape, out_shape, k_hw, strides, pads)
         self.in_dtype, self.out_dtype = np.dtype(in_dtype).name, np.dtype(out_dtype).name
         if self.in_dtype not in _FLOATS:
             raise ValueError(f"the tensor-core stem kernel takes float16 / float32 x, not "
@@ -166,8 +164,6 @@ class StemMmaSource:
         if self.out_dtype != "float16":
             raise ValueError(f"the tensor-core stem kernel writes float16 y only, not "
                              f"{self.out_dtype} (its staging buffer and stores are float16)")
-        if n2 != n or min(n, h, w, cin, ho, wo, cout, kh, kw, sh, sw) < 1:
-            raise ValueError(f"not a conv of x {tuple(x_shape)} into y {tuple(out_shape)}")
         self.k = kh * kw * cin
         self.kp = padded_k(self.k)
         if self.kp > MAX_K:
@@ -380,6 +376,6 @@ def unsupported(net, layer):
     """Why ``stem_mma`` cannot run ``layer``, or None. Generates the source only: no GPU
     work. A filter of a float type only (rounded to float16 for the MMA)."""
     if not enabled():
-        return "off (TFTRT_STEM_MMA=1 turns it on)"
+        return "off (TFTRT_STEM_MMA=0)"
     return ST.why_not(net, layer, layer_params, StemMmaSource)
 
