@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Dict, Sequence, Tuple
+from typing import Dict, NamedTuple, Sequence, Tuple
 
 import numpy as np
 
@@ -112,6 +112,35 @@ def plan(cin: int, cout: int, kh: int, kw: int, sh: int, sw: int) -> Plan:
                      f"{cout} channels) does not fit in {SMEM_LIMIT} bytes of shared memory")
 
 
+class ConvGeometry(NamedTuple):
+    n: int
+    h: int
+    w: int
+    cin: int
+    ho: int
+    wo: int
+    cout: int
+    kh: int
+    kw: int
+    sh: int
+    sw: int
+    ph: int
+    pw: int
+
+
+def conv_geometry(x_shape, out_shape, k_hw, strides, pads) -> ConvGeometry:
+    """The sizes of a 2-D convolution of NHWC ``x_shape`` into ``out_shape`` (filter ``k_hw``,
+    ``strides``, ``pads`` top, left, ...) as ints; ValueError where they are not one."""
+    n, h, w, cin = (int(d) for d in x_shape)
+    n2, ho, wo, cout = (int(d) for d in out_shape)
+    kh, kw = (int(d) for d in k_hw)
+    sh, sw = (int(d) for d in strides)
+    g = ConvGeometry(n, h, w, cin, ho, wo, cout, kh, kw, sh, sw, int(pads[0]), int(pads[1]))
+    if n2 != n or min(g[:11]) < 1:
+        raise ValueError(f"not a conv of x {tuple(x_shape)} into y {tuple(out_shape)}")
+    return g
+
+
 class StemSource:
     """The ``stem_conv`` kernel of one convolution layer for fixed shapes and dtypes.
 
@@ -134,17 +163,12 @@ class StemSource:
 
     def __init__(self, x_shape, k_hw, strides, pads, out_shape, in_dtype: str, out_dtype: str,
                  epilogue: Sequence[dict], operand_modes: Dict[int, Tuple[str, str]]):
-        n, h, w, cin = (int(d) for d in x_shape)
-        n2, ho, wo, cout = (int(d) for d in out_shape)
-        kh, kw = (int(d) for d in k_hw)
-        sh, sw = (int(d) for d in strides)
-        ph, pw = int(pads[0]), int(pads[1])
+        n, h, w, cin, ho, wo, cout, kh, kw, sh, sw, ph, pw = conv_geometry(
+            x_shape, out_shape, k_hw, strides, pads)
         self.in_dtype, self.out_dtype = np.dtype(in_dtype).name, np.dtype(out_dtype).name
         if self.in_dtype not in _FLOATS or self.out_dtype not in _FLOATS:
             raise ValueError(f"the direct stem kernel takes float16 / float32 x and y, not "
                              f"{self.in_dtype} / {self.out_dtype}")
-        if n2 != n or min(n, h, w, cin, ho, wo, cout, kh, kw, sh, sw) < 1:
-            raise ValueError(f"not a conv of x {tuple(x_shape)} into y {tuple(out_shape)}")
         self.k = kh * kw * cin
         if self.k > MAX_K:
             raise ValueError(f"KH*KW*Cin = {self.k} taps: the direct stem kernel takes up to "
