@@ -110,7 +110,9 @@ def test_an_activation_moved_before_a_max_pool_keeps_tf_gpus_floor(act, tmp_path
     assert conv.engine_ops and all(o.stats["engine"] == 1 and o.stats["native"] == 0
                                    for o in conv.engine_ops.values())
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg="NaN positions")
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, equal_nan=True)
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(want), err_msg="inf positions")
+    # TF's GPU convolution runs in TF32 (H200, 2026-12-02: 2.5e-3 relative), the engine's not
+    np.testing.assert_allclose(got, want, rtol=5e-3, atol=1e-3, equal_nan=True)
 
 
 def test_a_gather_index_out_of_range_gives_zeros_as_tf_gpu(tmp_path, cupy_backend):
