@@ -69,3 +69,26 @@ def test_tune_mode_tunes_at_the_new_shape_unless_the_cache_holds_its_choice(monk
 def test_blank_or_cased_values_read_as_opt(monkeypatch, value):
     monkeypatch.setenv("TFTRT_PROFILE_CONV_PLANS", value)
     assert BR.profile_conv_plans() == "opt"
+
+
+def test_a_substitute_is_keyed_by_the_signature_and_the_borrowed_plan():
+    """A borrowed plan that does not build at the new shape is replaced by cuDNN's first
+    plan there; the build cache remembers that substitute under the signature and the
+    borrowed record (never as the shape's tuned choice), so warm builds find its plan."""
+    k = BR.substitute_key(KEY_1, TUNED_128)
+    assert k == BR.substitute_key(KEY_1, dict(TUNED_128))
+    assert k != BR.substitute_key(KEY_128, TUNED_128)                  # another shape
+    assert k != BR.substitute_key(KEY_1, dict(TUNED_128, engine=8))    # another plan
+    heuristic = {"fused": 1, "for": TUNED_128["for"]}
+    assert BR.substitute_key(KEY_1, heuristic) != k
+    assert BR.SUBSTITUTES != "cupy-choices"
+
+
+def test_attempts_take_the_substitute_first_then_the_record_then_cudnns_first_plan():
+    sub = {"engine": 3, "knobs": {}, "fused": 1}
+    assert BR.attempts(TUNED_128, sub) == [sub, TUNED_128, None]
+    assert BR.attempts(TUNED_128, None) == [TUNED_128, None]
+    heuristic = {"fused": 1, "for": TUNED_128["for"]}                  # names no plan
+    assert BR.attempts(heuristic, None) == [None]
+    assert BR.attempts(heuristic, sub) == [sub, None]
+    assert BR.attempts(heuristic, {"fused": 1}) == [None]              # a damaged entry

@@ -17,6 +17,14 @@ cuDNN's first heuristic plan at the new shape, untimed, ``tune`` the plans timed
 shape as a static build times them (stored as that shape's tuned choice: a later build finds
 it). The latter two are experiments for the GPU host: plans tuned at batch 128 may be poor at
 batch 1. CuPy-free: the CPU tests check the rules.
+
+A borrowed plan that does not build at the new shape (or a ``heuristic`` record, which names
+none) is replaced by cuDNN's first plan there, whose choice has no tuned record to come back
+from: every later build at that shape planned (and compiled) it again, and the build workers'
+jobs for it stored nothing. The build cache remembers that substitute (namespace
+:data:`SUBSTITUTES`, keyed by :func:`substitute_key`: the layer signature and the borrowed
+record), never as the shape's tuned choice, and its plan under the substitute's choice: a warm
+build deserializes it (:func:`attempts` puts it first).
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from typing import Optional, Tuple
 log = logging.getLogger("tftrt.engine.cupy")
 
 MODES = ("opt", "heuristic", "tune")
+SUBSTITUTES = "cupy-borrowed"   # build-cache namespace of borrowed plans' substitutes
 FOR = "for"   # a record's key: the shape_id it was tuned for
 _warned = set()
 
@@ -72,3 +81,24 @@ def conv_choice(rec: Optional[dict], key: str, stored: Optional[dict],
     if mode == "heuristic":
         return {k: v for k, v in rec.items() if k in ("fused", FOR)}, True
     return rec, True
+
+
+def substitute_key(key: str, rec: dict) -> str:
+    """The build-cache key of the substitute for borrowed ``rec`` at layer signature ``key``
+    (what the record names of a plan, and the shape it was tuned for)."""
+    import json
+    plan = {k: rec[k] for k in ("engine", "knobs", "fused", FOR) if k in rec}
+    return hashlib.sha1((key + "|" + json.dumps(plan, sort_keys=True, default=str))
+                        .encode()).hexdigest()
+
+
+def attempts(rec: dict, substitute: Optional[dict]) -> list:
+    """The choices a borrowed layer builds its plan from, in order, each with one candidate:
+    the substitute an earlier build found (plan in the cache), the borrowed record when it
+    names a plan, then None (cuDNN's first plan at this shape, which becomes the substitute)."""
+    out = []
+    if isinstance(substitute, dict) and "engine" in substitute:
+        out.append(substitute)
+    if "engine" in rec:
+        out.append(rec)
+    return out + [None]

@@ -90,6 +90,21 @@ def stored_choice(key: str) -> Optional[dict]:
 _stored: set = set()
 
 
+def stored_json(namespace: str, key: str) -> Optional[dict]:
+    """The dict the build cache holds under ``namespace`` / ``key``, or None."""
+    from tftrt.engine.backends.cupy_dnn import build_store
+    store = build_store()
+    rec = store.get_json(namespace, key) if store is not None else None
+    return rec if isinstance(rec, dict) else None
+
+
+def store_json(namespace: str, key: str, rec: dict) -> None:
+    from tftrt.engine.backends.cupy_dnn import build_store
+    store = build_store()
+    if store is not None:
+        store.put_json(namespace, key, rec)
+
+
 def store_choice(key: str, rec: dict) -> None:
     """Puts a tuned sub-choice in the build cache (once per signature and process)."""
     from tftrt.engine.backends.cupy_dnn import build_store
@@ -219,7 +234,7 @@ class ConvCudnn(Impl):
                 rec, borrowed = BR.conv_choice(get_record(layer), key, stored_choice(key))
                 if borrowed:  # layers of one signature borrowing one choice share its graph
                     bkey = key + "|borrowed " + json.dumps(rec, sort_keys=True)
-                    shared = _SHARED.get(bkey) or self._borrowed(layer, spec, rec)
+                    shared = _SHARED.get(bkey) or self._borrowed(layer, spec, rec, key)
                     _SHARED[bkey] = shared
                 else:
                     shared = self._build(net, layer, spec, rec)
@@ -237,19 +252,32 @@ class ConvCudnn(Impl):
                 store_choice(key, self._rec)
 
     @staticmethod
-    def _borrowed(layer, spec, rec):
+    def _borrowed(layer, spec, rec, key):
         """(graph, fused ops) at a shape ``rec`` was not tuned for (borrowed.conv_choice):
         its plan, or where ``rec`` names none (TFTRT_PROFILE_CONV_PLANS=heuristic) or it
-        does not build here, cuDNN's first heuristic plan; untimed either way (a new shape
-        of a profile is not tuned)."""
+        does not build here, cuDNN's first heuristic plan, remembered in the build cache as
+        the record's substitute with its plan (borrowed.attempts: a later build takes it
+        first); untimed either way (a new shape of a profile is not tuned)."""
         nf = int(rec["fused"]) if "fused" in rec else next(iter(_conv_variants(spec)))
-        if "engine" in rec:
+        skey = BR.substitute_key(key, rec)
+        for choice in BR.attempts(rec, stored_json(BR.SUBSTITUTES, skey)):
+            if choice is None:
+                break
             try:
-                return CudnnConv(spec, nf, rec, candidates=1), nf
+                return CudnnConv(spec, nf, choice, candidates=1), nf
             except Exception as e:
-                log.info("%s: the profile's cuDNN choice does not build at this shape (%s); "
-                         "cuDNN's first plan instead", layer.name, e)
-        return CudnnConv(spec, nf, None, candidates=1), nf
+                log.info("%s: the cuDNN choice %s does not build at this shape (%s); "
+                         "cuDNN's first plan instead", layer.name, choice, e)
+        conv = CudnnConv(spec, nf, None, candidates=1)
+        try:
+            sub = conv.choice()
+            pkey = conv._cache_key(sub)
+            if pkey is not None:
+                conv._store_plan(pkey)
+                store_json(BR.SUBSTITUTES, skey, dict(sub, fused=nf))
+        except Exception as e:  # only a later build's time is at stake
+            log.debug("%s: substitute plan not remembered: %s", layer.name, e)
+        return conv, nf
 
     @staticmethod
     def _quick(layer, spec):

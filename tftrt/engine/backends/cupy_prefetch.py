@@ -87,8 +87,12 @@ def conv_jobs(nets: Sequence[Network], opts: dict) -> List[tuple]:
             continue
         seen.add(key)
         rec, borrowed = BR.conv_choice(L.get_record(one), key, L.stored_choice(key))
-        if borrowed and "engine" not in rec:
-            continue  # cuDNN's first plan, untimed and not stored: the build makes it
+        if borrowed:  # an earlier build's substitute for it, with its plan: nothing to do
+            sub = L.stored_json(BR.SUBSTITUTES, BR.substitute_key(key, rec))
+            if sub and "engine" in sub and "fused" in sub and _plan_stored(spec, sub):
+                continue
+            if "engine" not in rec:
+                continue  # cuDNN's first plan, untimed: the build makes it (and keeps it)
         if rec is not None and "fused" in rec and "engine" in rec and _plan_stored(spec, rec):
             continue
         jobs.append(("tftrt.engine.backends.cupy_prefetch:conv_job",
