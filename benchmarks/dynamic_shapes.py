@@ -15,8 +15,9 @@ Four stages, each in a fresh process (what a user's next process sees), on one z
            --trace (saved profiles serve every shape in range with no tuning).
 
 The stages inherit the environment: ``TFTRT_PROFILE_CONV_PLANS=heuristic`` (the profile's
-small batches on cuDNN's first plan at their shape instead of batch 128's) or ``=tune`` (their
-plans timed at their shape) is an A/B of the steady-state bar, ``--stages static cold`` its
+small batches on cuDNN's first plan at their shape instead of batch 128's), ``=tune`` (their
+plans timed at their shape) or ``=precompiled`` (plans that need no runtime compile: the cold
+build's compiles) is an A/B of the steady-state and build bars, ``--stages static cold`` its
 shortest run.
 
 Bars (issue 14, ResNet50 FP16): cold build <= 20 s, warm build <= 3 s, first call at an unseen

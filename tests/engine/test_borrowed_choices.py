@@ -55,6 +55,7 @@ def test_an_unknown_mode_is_warned_about_once_and_read_as_opt(monkeypatch, caplo
         assert BR.profile_conv_plans() == "opt" == BR.profile_conv_plans()
     msgs = [r.getMessage() for r in caplog.records if "TFTRT_PROFILE_CONV_PLANS" in r.getMessage()]
     assert len(msgs) == 1 and "'fastest'" in msgs[0] and "'heuristic'" in msgs[0]
+    assert "'precompiled'" in msgs[0] and "'tune'" in msgs[0]
 
 
 def test_tune_mode_tunes_at_the_new_shape_unless_the_cache_holds_its_choice(monkeypatch):
@@ -92,3 +93,14 @@ def test_attempts_take_the_substitute_first_then_the_record_then_cudnns_first_pl
     assert BR.attempts(heuristic, None) == [None]
     assert BR.attempts(heuristic, sub) == [sub, None]
     assert BR.attempts(heuristic, {"fused": 1}) == [None]              # a damaged entry
+
+
+def test_precompiled_mode_asks_for_a_plan_without_a_runtime_compile(monkeypatch):
+    monkeypatch.setenv("TFTRT_PROFILE_CONV_PLANS", "precompiled")
+    rec, borrowed = BR.conv_choice(TUNED_128, KEY_1, None)
+    assert borrowed and rec == {"fused": 1, "for": TUNED_128["for"], BR.PRECOMPILED: 1}
+    assert BR.attempts(rec, None) == [BR.PRECOMPILED, None]
+    sub = {"engine": 3, "knobs": {}, "fused": 1}
+    assert BR.attempts(rec, sub) == [sub, BR.PRECOMPILED, None]
+    tuned_1 = {"engine": 3, "knobs": {}, "fused": 0, "for": BR.shape_id(KEY_1)}
+    assert BR.conv_choice(TUNED_128, KEY_1, tuned_1) == (tuned_1, False)  # tuned here wins

@@ -35,7 +35,8 @@ from typing import Optional, Tuple
 
 log = logging.getLogger("tftrt.engine.cupy")
 
-MODES = ("opt", "heuristic", "tune")
+MODES = ("opt", "heuristic", "tune", "precompiled")
+PRECOMPILED = "precompiled"  # attempts(): cuDNN's first plan that needs no runtime compile
 SUBSTITUTES = "cupy-borrowed"   # build-cache namespace of borrowed plans' substitutes
 FOR = "for"   # a record's key: the shape_id it was tuned for
 _warned = set()
@@ -47,8 +48,8 @@ def shape_id(key: str) -> str:
 
 
 def profile_conv_plans() -> str:
-    """``TFTRT_PROFILE_CONV_PLANS``: ``opt`` (default), ``heuristic`` or ``tune``; another
-    value is warned about once and read as ``opt``."""
+    """``TFTRT_PROFILE_CONV_PLANS``: ``opt`` (default), ``heuristic``, ``tune`` or
+    ``precompiled``; another value is warned about once and read as ``opt``."""
     import os
     v = os.environ.get("TFTRT_PROFILE_CONV_PLANS", "opt").strip().lower() or "opt"
     if v not in MODES:
@@ -68,8 +69,10 @@ def conv_choice(rec: Optional[dict], key: str, stored: Optional[dict],
     record tuned for another shape: ``stored`` when there is one (tuned at this shape, no
     longer borrowed), else per ``mode`` (default :func:`profile_conv_plans`) the record
     itself, for ``heuristic`` a record without engine and knobs (``{"fused": n, "for":
-    ...}``: cuDNN's first heuristic plan with the same fused ops), for ``tune`` None, not
-    borrowed (the layer tunes at this shape)."""
+    ...}``: cuDNN's first heuristic plan with the same fused ops), for ``precompiled`` such
+    a record marked ``"precompiled": 1`` (cuDNN's first plan that needs no runtime compile:
+    the profile's other shapes then cost no NVRTC compile in a cold build), for ``tune``
+    None, not borrowed (the layer tunes at this shape)."""
     sid = shape_id(key)
     if not rec or rec.get(FOR, sid) == sid:
         return (rec or stored), False
@@ -78,8 +81,11 @@ def conv_choice(rec: Optional[dict], key: str, stored: Optional[dict],
     mode = mode or profile_conv_plans()
     if mode == "tune":
         return None, False
-    if mode == "heuristic":
-        return {k: v for k, v in rec.items() if k in ("fused", FOR)}, True
+    if mode in ("heuristic", PRECOMPILED):
+        out = {k: v for k, v in rec.items() if k in ("fused", FOR)}
+        if mode == PRECOMPILED:
+            out[PRECOMPILED] = 1
+        return out, True
     return rec, True
 
 
@@ -95,10 +101,14 @@ def substitute_key(key: str, rec: dict) -> str:
 def attempts(rec: dict, substitute: Optional[dict]) -> list:
     """The choices a borrowed layer builds its plan from, in order, each with one candidate:
     the substitute an earlier build found (plan in the cache), the borrowed record when it
-    names a plan, then None (cuDNN's first plan at this shape, which becomes the substitute)."""
+    names a plan, :data:`PRECOMPILED` for a ``precompiled`` record (cuDNN's first plan that
+    needs no runtime compile), then None (cuDNN's first plan at this shape, which becomes the
+    substitute)."""
     out = []
     if isinstance(substitute, dict) and "engine" in substitute:
         out.append(substitute)
     if "engine" in rec:
         out.append(rec)
+    if rec.get(PRECOMPILED):
+        out.append(PRECOMPILED)
     return out + [None]

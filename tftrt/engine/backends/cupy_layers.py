@@ -264,6 +264,8 @@ class ConvCudnn(Impl):
             if choice is None:
                 break
             try:
+                if choice == BR.PRECOMPILED:
+                    return CudnnConv(spec, nf, precompiled_only=True), nf
                 return CudnnConv(spec, nf, choice, candidates=1), nf
             except Exception as e:
                 log.info("%s: the cuDNN choice %s does not build at this shape (%s); "
