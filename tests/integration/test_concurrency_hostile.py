@@ -7,6 +7,7 @@ Every answer is checked against native TensorFlow for that thread's own input; e
 is joined with a timeout and every subprocess has one, so a hang fails the test.
 """
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -61,6 +62,32 @@ def dynamic(conv_dir, build_batches=(1, 8), **kw):
     (op,) = conv.engine_ops.values()
     (pe,) = [e for _, e in op.cache.items()]
     return conv, fn, op, pe
+
+
+@contextlib.contextmanager
+def serving(fn, x):
+    """Another thread calling ``fn(x=x)`` over and over until the block ends (it has answered
+    once when the block starts); yields its answers, and fails when it failed or hung."""
+    stop, served, errors = threading.Event(), [], []
+
+    def serve():
+        try:
+            while not stop.is_set():
+                served.append(fn(x=tf.constant(x))["y"].numpy())
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+    th = threading.Thread(target=serve, daemon=True)
+    th.start()
+    deadline = time.time() + 60
+    while not served and not errors and time.time() < deadline:
+        time.sleep(0.01)
+    try:
+        yield served
+    finally:
+        stop.set()
+        th.join(60)
+    assert not th.is_alive() and not errors, errors
+    assert served
 
 
 def gate_background(monkeypatch):
@@ -433,29 +460,13 @@ def test_a_caller_during_build_does_not_build_with_runtime_builds_off(conv_dir, 
     fn = conv.convert()
     op = conv.engine_ops["TRTEngineOp_000_000"]
     other, mine = image(3, 8), image(8, 16)
-    stop, served, errors = threading.Event(), [], []
-
-    def serve():
-        try:
-            while not stop.is_set():
-                served.append(fn(x=tf.constant(other))["y"].numpy())
-        except Exception as e:  # pragma: no cover - reported below
-            errors.append(e)
-    th = threading.Thread(target=serve, daemon=True)
-    th.start()
-    deadline = time.time() + 60
-    while not served and time.time() < deadline:
-        time.sleep(0.01)
 
     def gen():
         for _ in range(3):
             time.sleep(0.1)
             yield (mine,)
-    conv.build(gen)
-    stop.set()
-    th.join(60)
-    assert not th.is_alive() and not errors, errors
-    assert served
+    with serving(fn, other) as served:
+        conv.build(gen)
     close(served[-1], native(x=tf.constant(other))["y"].numpy(), "the serving thread")
     keys = [k for k, _ in op.cache.items()]
     assert keys == [((8, 16, 8, 3),)], keys
@@ -482,28 +493,13 @@ def test_a_caller_during_build_adds_no_shape_to_the_profiles(conv_dir, native, m
     fn = conv.convert()
     (op,) = conv.engine_ops.values()
     other = image(32)
-    stop, served, errors = threading.Event(), [], []
-
-    def serve():
-        try:
-            while not stop.is_set():
-                served.append(fn(x=tf.constant(other))["y"].numpy())
-        except Exception as e:  # pragma: no cover - reported below
-            errors.append(e)
-    th = threading.Thread(target=serve, daemon=True)
-    th.start()
-    deadline = time.time() + 60
-    while not served and time.time() < deadline:
-        time.sleep(0.01)
 
     def gen():
         for b in (1, 2, 4):
             time.sleep(0.1)
             yield (image(b),)
-    conv.build(gen)
-    stop.set()
-    th.join(60)
-    assert not th.is_alive() and not errors, errors
+    with serving(fn, other) as served:
+        conv.build(gen)
     close(served[-1], native(x=tf.constant(other))["y"].numpy(), "the serving thread")
     (pe,) = [e for _, e in op.cache.items()]
     assert isinstance(pe, P.ProfileEngine)
