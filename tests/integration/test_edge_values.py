@@ -61,7 +61,9 @@ def test_edge_values_match_native_tensorflow(name, tmp_path):
                                    "softmax_by_hand", "rms_norm", "l2_normalize", "norm",
                                    "square_transposed_then_mean", "max_of_squares",
                                    "scaled_square", "square_read_by_two_means",
-                                   "shared_square_through_pointwise", "l2_pool"])
+                                   "shared_square_through_pointwise", "l2_pool",
+                                   "weighted_square", "half_mse_of_two", "top_k_of_squares",
+                                   "sqrt_of_a_cropped_square", "gather_of_squares"])
 def test_fp16_variance_of_large_activations(tmp_path, layer):
     """FP16 engines of GroupNormalization, of a LayerNormalization over a non-last axis and of
     a hand-written variance, with activations ~200 from their mean: (x - mean)^2 was stored in
@@ -75,7 +77,10 @@ def test_fp16_variance_of_large_activations(tmp_path, layer):
     writes h * (h * 0.5), a square read by two means on different paths (only the first path
     stayed float32), a square shared by two readers, so that unfused pointwise layers
     (sq + 1, relu(sq - 5)) stand before its reductions, and a square that a pool reads (L2
-    pooling) (review hunt, 2026-12-02)."""
+    pooling) (review hunt, 2026-12-02). And so were squares with a per-feature weight
+    (sum(w * x * x)), of a difference of two tensors scaled (0.5 * d * d), ranked by top_k,
+    bounded by a separate sqrt layer after a crop, or read through a gather (FP16 hunt,
+    2026-12-02)."""
     import keras
     inp = keras.Input((8, 8, 8))
     if layer == "group":
@@ -119,6 +124,23 @@ def test_fp16_variance_of_large_activations(tmp_path, layer):
     elif layer == "l2_pool":
         out = keras.layers.Lambda(lambda t: tf.sqrt(tf.nn.avg_pool2d(t * t, 2, 2, "VALID")) +
                                   tf.sqrt(tf.nn.max_pool2d(tf.square(t), 2, 2, "VALID")))(inp)
+    elif layer == "weighted_square":
+        w = np.linspace(0.5, 1.5, 8).astype(np.float32)
+        out = keras.layers.Lambda(lambda t: t * tf.math.rsqrt(
+            tf.reduce_mean(w * t * t, -1, keepdims=True) + 1.0))(inp)
+    elif layer == "half_mse_of_two":
+        def half_mse(t):
+            d = t - tf.reverse(t, [-1])
+            return t * tf.math.rsqrt(tf.reduce_mean(0.5 * d * d, -1, keepdims=True) + 1.0)
+        out = keras.layers.Lambda(half_mse)(inp)
+    elif layer == "top_k_of_squares":
+        out = keras.layers.Lambda(lambda t: t / tf.sqrt(
+            tf.math.top_k(t * t, 1).values + 1.0))(inp)
+    elif layer == "sqrt_of_a_cropped_square":
+        out = keras.layers.Lambda(lambda t: tf.sqrt((t * t + 1.0)[..., 1:]))(inp)
+    elif layer == "gather_of_squares":
+        out = keras.layers.Lambda(lambda t: t * tf.math.rsqrt(tf.reduce_sum(
+            tf.gather(t * t, [3, 1, 2], axis=-1), -1, keepdims=True) + 1.0))(inp)
     else:
         mean = keras.ops.mean(inp, axis=(1, 2), keepdims=True)
         var = keras.ops.mean(keras.ops.square(inp - mean), axis=(1, 2), keepdims=True)
@@ -140,6 +162,37 @@ POOL_ACTS = {
     "elu": tf.nn.elu, "softplus": tf.nn.softplus,
     "leaky_relu 0.2": lambda v: tf.nn.leaky_relu(v, 0.2),
 }
+
+
+@pytest.mark.parametrize("act", ["manual_swish", "gelu_tanh", "gelu_erf", "mish"])
+def test_fp16_keeps_bounded_activations_before_a_mean_in_float16(tmp_path, act):
+    """The FP32 rule for squares and exponentials judges a program's output: activations
+    that square or exponentiate inside and stay near their input's scale (x / (1 + exp(-x)),
+    GELU's cube, Mish) stay float16 before a global average pool (a hand-written swish was
+    kept float32 with its exp: FP16 hunt, 2026-12-02)."""
+    f = {"manual_swish": lambda v: v / (1.0 + tf.exp(-v)),
+         "gelu_tanh": lambda v: tf.nn.gelu(v, approximate=True),
+         "gelu_erf": lambda v: tf.nn.gelu(v, approximate=False),
+         "mish": lambda v: v * tf.tanh(tf.nn.softplus(v))}[act]
+    w = np.random.default_rng(1).standard_normal((3, 3, 4, 8)).astype(np.float32)
+
+    class M(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 4], tf.float32, name="x")])
+        def __call__(self, x):
+            return {"y": tf.reduce_mean(f(tf.nn.conv2d(x, w, 1, "SAME")), axis=[1, 2])}
+    path = models.save_module(M(), str(tmp_path / "m"))
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=path, precision_mode="FP16",
+                                   minimum_segment_size=1)
+    fn = conv.convert()
+    x = np.random.default_rng(0).standard_normal((2, 8, 8, 4)).astype(np.float32)
+    conv.build(lambda: iter([(x,)]))
+    layers = [l for op in conv.engine_ops.values() for _, e in op.cache.items()
+              for l in e.network.layers]
+    kept = [(l.kind, l.name) for l in layers if l.precision == "FP32" and l.kind != "reduce"]
+    assert not kept, kept
+    want = tf.saved_model.load(path).signatures["serving_default"](x=tf.constant(x))["y"]
+    got = fn(x=tf.constant(x))["y"].numpy()
+    assert np.abs(got - want.numpy()).max() <= 2e-2 * np.abs(want.numpy()).max()
 
 
 @pytest.mark.parametrize("act", list(POOL_ACTS))

@@ -111,36 +111,39 @@ _AFFINE_BINARY = frozenset({"add", "sub", "mul", "div"})
 
 
 def _affine_base(net: Network, t: str, producers: dict, depth: int = 8) -> str:
-    """The tensor ``t`` is an affine function of (c * x + d, -x, |x|, chains of them) through
-    the one-input pointwise layers producing it: ``t`` itself when none."""
+    """The tensor ``t`` is an affine function of (c * x + d, -x, |x|, x * w with w a weight,
+    chains of them) through the pointwise layers producing it: ``t`` itself when none."""
     p = producers.get(t)
-    if depth and p is not None and p.kind == "pointwise" and len(set(p.inputs)) == 1 and \
-            p.attrs.get("program"):
+    if depth and p is not None and p.kind == "pointwise" and p.attrs.get("program"):
         vals = _program_values(net, p, producers, (), depth - 1)
-        if vals and vals[-1][0] is not None:  # already followed further back
-            return vals[-1][0]
+        if vals and vals[-1][0] is not None and vals[-1][0][0] == "tensor":
+            return vals[-1][0][1]  # already followed further back
     return t
 
 
 def _program_values(net: Network, layer: Layer, producers: dict, growing, depth: int = 8):
-    """Per step of pointwise ``layer``'s program: (the tensor its value is affine in, or None;
-    whether it may be far larger than the inputs' scale: a square of one tensor (``x * x``,
-    also ``mul $0 $1`` of one tensor given twice, or of two affine functions of it as
-    Grappler writes ``h * h * 0.5``: ``h * (h * 0.5)``), a power, an exponential, or what
-    a growing value (an input in ``growing``) passes through)."""
+    """Per step of pointwise ``layer``'s program: (what its value is an affine function of:
+    ``("tensor", name)``, or ``("step", i)`` for a step that is no such function of one
+    tensor, None for a constant; whether it may be far larger than the inputs' scale: a
+    square, i.e. a product of two affine functions of one value (``x * x``, ``mul $0 $1`` of
+    one tensor given twice, ``h * (h * 0.5)`` as Grappler writes ``h * h * 0.5``, ``d * d * w``
+    with ``d = x - m`` and ``w`` a weight), a power, an exponential, or what a growing value
+    (an input in ``growing``) passes through; a quotient grows as its numerator does).
+    Weight tensors count as constants."""
     vals = []
+    weights = getattr(net, "weights", {})
 
     def arg(a):
         kind, v = _operand(layer, a)
-        if kind == "const":
-            return ("const", False, None)
+        if kind == "const" or kind == "tensor" and v in weights:
+            return (None, False)
         if kind == "tensor":
-            return (_affine_base(net, v, producers, depth), v in growing, (kind, v))
-        return vals[int(a[1:])][:2] + ((kind, v),)
-    for st in layer.attrs.get("program", ()):
+            return (("tensor", _affine_base(net, v, producers, depth)), v in growing)
+        return vals[int(a[1:])]
+    for n, st in enumerate(layer.attrs.get("program", ())):
         op, args = st.get("op"), [arg(a) for a in st.get("args", ())]
-        live = [a for a in args if a[0] != "const"]
-        base, grows = None, any(a[1] for a in live)
+        live = [a for a in args if a[0] is not None]
+        base, grows = ("step", n), any(a[1] for a in live)
         if op in _EXPLODES:
             grows = True
         elif op in _BOUNDED:
@@ -148,11 +151,12 @@ def _program_values(net: Network, layer: Layer, producers: dict, growing, depth:
         elif op in _AFFINE_UNARY and len(live) == 1:
             base = live[0][0]
         elif op in _AFFINE_BINARY and len(args) == 2 and len(live) == 1 and \
-                (op != "div" or args[1][0] == "const"):
+                (op != "div" or args[1][0] is None):
             base = live[0][0]
-        elif op == "mul" and len(live) == 2 and (live[0][2] == live[1][2] or (
-                live[0][0] is not None and live[0][0] == live[1][0])):
+        elif op == "mul" and len(live) == 2 and live[0][0] == live[1][0]:
             grows = True          # a square
+        elif op == "div" and len(args) == 2:
+            grows = args[0][1]    # a growing denominator makes it smaller: x / (1 + exp(-x))
         elif op == "min" and live:
             grows = all(a[1] for a in live) and len(live) == len(args)
         vals.append((base, grows))
@@ -170,14 +174,20 @@ def _grows(net: Network, layer: Layer, producers: dict, growing=frozenset()) -> 
 # Layers that move values without computing new ones: a square reaches its reduction through
 # them (GroupNormalization reshapes, a transpose before a mean).
 _MOVES = frozenset({"transpose", "reshape", "slice", "expand", "tile", "concat", "split", "pad",
-                    "depth_to_space", "space_to_depth"})
+                    "depth_to_space", "space_to_depth", "gather", "gather_elements",
+                    "gather_nd", "resize"})
+# Layers that sum, pool or rank what they read (in FP32 or not): a square they read must be
+# stored as float32, or they read its float16 inf.
+_READS_ALL = frozenset({"reduce", "pool", "einsum", "topk", "arg_reduce", "cumsum"})
 
 
 def _variance_terms(net: Network) -> set:
     """Pointwise layers whose output grows (a square, a power, an exponential:
-    :func:`_grows`) and that a reduction or a pool reads, directly or through layers that
-    only move values (:data:`_MOVES`) or pointwise layers the large values pass through
-    (``relu(sq - 5)``, ``sq + 1``), and every layer on such a path (the pools too): kept in
+    :func:`_grows`) and that a layer of :data:`_READS_ALL` (a reduction, a pool, an einsum, a
+    top-k...) or a pointwise layer that bounds it (``sqrt``: a float16 inf stored before it
+    stays inf) reads, directly or through layers that only move values (:data:`_MOVES`) or
+    pointwise layers the large values pass through (``relu(sq - 5)``, ``sq + 1``), and every
+    layer on such a path (the pools too): kept in
     FP32 ((x - mean)^2 of a variance no norm_fusion pattern took: GroupNormalization, a
     LayerNormalization over another axis, an RMS norm, l2_normalize, L2 pooling; exp(x) of
     a hand-written softmax or log-sum-exp). Stored in fp16 the square overflowed once
@@ -196,15 +206,21 @@ def _variance_terms(net: Network) -> set:
             cur = stack.pop()
             for t in cur.outputs:
                 for r in readers.get(t, ()):
-                    if r.kind in ("reduce", "pool"):
+                    if r.kind in _READS_ALL:
                         hits.append(cur.name)
                         if r.kind == "pool":
                             keep.add(r.name)
-                    elif r.name not in came_from and (
-                            r.kind in _MOVES or r.kind == "pointwise" and
-                            _grows(net, r, producers, growing={t})):
+                    elif r.name in came_from:
+                        continue
+                    elif r.kind in _MOVES:
                         came_from[r.name] = cur.name
                         stack.append(r)
+                    elif r.kind == "pointwise":
+                        if _grows(net, r, producers, growing={t}):
+                            came_from[r.name] = cur.name
+                            stack.append(r)
+                        else:  # it reads the large value and bounds it (sqrt): a float16
+                            hits.append(cur.name)  # inf stored before it stays inf
         for name in hits:
             while name is not None and name not in keep:
                 keep.add(name)
