@@ -124,6 +124,8 @@ def _stage(args) -> dict:
         out["build_s"] = time.perf_counter() - t0
         out["build_parts_s"] = dict(getattr(conv, "_build_seconds", {}))
         ops = list(conv.engine_ops.values())
+        out["profile_parts_s"] = _profile_parts(ops)
+        out["build_counts"] = _build_counts()
         if args.stage == "cold":
             conv.save(os.path.join(args.work, "converted"))
         if args.stage != "static":
@@ -131,6 +133,32 @@ def _stage(args) -> dict:
         out["steady"] = steady(fn, ops)
     out["native_calls"] = sum(op.stats["native"] for op in ops)
     out["engine_ops"] = len(ops)
+    return out
+
+
+def _profile_parts(ops) -> dict:
+    """Seconds of the ProfileEngines' build parts (opt engine, template, ladder prefetch /
+    builds / warm-ups: profiles.ProfileEngine.build_seconds), summed over the ops."""
+    from tftrt import profiles as P
+    parts: dict = {}
+    for op in ops:
+        for _, entry in op.cache.items():
+            if isinstance(entry, P.ProfileEngine):
+                for k, v in entry.build_seconds.items():
+                    parts[k] = parts.get(k, 0.0) + v
+    return parts
+
+
+def _build_counts() -> dict:
+    """The CuPy backend's counts of this process's build: cuDNN plans stored in / loaded from
+    the build cache, build-worker jobs and their seconds (empty without CuPy)."""
+    import sys as _sys
+    out = {}
+    if "tftrt.engine.backends.cupy_dnn" in _sys.modules:
+        from tftrt.engine.backends import cupy_dnn, cupy_prefetch
+        out["cudnn_plans"] = cupy_dnn.plan_cache_stats()
+        st = cupy_prefetch.stats()
+        out["prefetch"] = {k: st[k] for k in ("runs", "jobs", "failed", "stored", "seconds")}
     return out
 
 
@@ -226,6 +254,11 @@ def print_table(result: dict) -> None:
         if s.get("build_parts_s"):
             print(f"build(), {name}: " + ", ".join(
                 f"{k} {v:.2f} s" for k, v in s["build_parts_s"].items()))
+        if s.get("profile_parts_s"):
+            print(f"  profiles, {name}: " + ", ".join(
+                f"{k} {v:.2f} s" for k, v in s["profile_parts_s"].items()))
+        if s.get("build_counts"):
+            print(f"  counts, {name}: {s['build_counts']}")
     for name, s in st.items():
         if "first_call_ms" in s:
             print(f"first calls, {name}: " + ", ".join(

@@ -471,14 +471,26 @@ class ProfileEngine:
         self.stats = {"tuned": 0, "shapes": 0, "timed_layers": 0}
         if specialize is not None:
             self.stats["from_template"] = 0
+        # where build_profiles() / build_ladders() took their time (seconds, summed over
+        # profiles): the opt engines, the template checks, the ladder's prefetch (cuDNN plans
+        # on worker processes), its builds and its warm-up runs (issue 14: measure it)
+        self.build_seconds: Dict[str, float] = {}
+
+    def _timed(self, part: str, fn, *args):
+        t0 = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            self.build_seconds[part] = self.build_seconds.get(part, 0.0) + \
+                time.perf_counter() - t0
 
     # --- building ----------------------------------------------------------------------------
     def build_profiles(self) -> "ProfileEngine":
         """Builds (and tunes) the engine at every profile's opt shape, and checks whether its
         network serves the profile's other shapes (see the module doc)."""
         for i in range(len(self.profiles)):
-            self._opt_engine(i)
-            self._template(i)
+            self._timed("opt engine", self._opt_engine, i)
+            self._timed("template", self._template, i)
             self._ladder(i)
         return self
 
@@ -503,12 +515,12 @@ class ProfileEngine:
         if not (split_batches() and self.split_check(i) is None):
             return
         rungs = [r for r in self._rungs(i, self.profiles[i].opt) if r not in self._engines]
-        self._prefetch(i, rungs)
+        self._timed("ladder prefetch", self._prefetch, i, rungs)
         for rung in rungs:
             if rung not in self._engines:
-                engine = self._build_rung(i, rung)
+                engine = self._timed("ladder builds", self._build_rung, i, rung)
                 if engine is not None:
-                    self._warm(engine)
+                    self._timed("ladder warm-ups", self._warm, engine)
 
     def _prefetch(self, i: int, keys: List[ShapeKey]) -> None:
         """The backend work of building engines for ``keys`` of profile ``i`` from its

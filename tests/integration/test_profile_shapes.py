@@ -426,3 +426,8 @@ def test_dynamic_shapes_runs_small_on_cpu(tmp_path, monkeypatch):
     assert set(parts) == {"inputs", "profiles", "first input again", "check"}
     assert 0 < sum(parts.values()) <= st["cold"]["build_s"]
     assert set(st["static"]["build_parts_s"]) == {"inputs", "check"}
+    prof = st["cold"]["profile_parts_s"]  # inside "profiles": the ProfileEngine's own parts
+    assert {"opt engine", "template"} <= set(prof), prof   # no ladder: split batches off
+    assert 0 < sum(prof.values()) <= parts["profiles"]
+    assert st["static"]["profile_parts_s"] == {}
+    assert st["cold"]["build_counts"] == {}     # the numpy backend: no cuDNN, no workers
