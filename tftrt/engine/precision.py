@@ -112,13 +112,19 @@ _AFFINE_BINARY = frozenset({"add", "sub", "mul", "div"})
 
 def _affine_base(net: Network, t: str, producers: dict, depth: int = 8) -> str:
     """The tensor ``t`` is an affine function of (c * x + d, -x, |x|, x * w with w a weight,
-    chains of them) through the pointwise layers producing it: ``t`` itself when none."""
-    p = producers.get(t)
+    chains of them) through the pointwise layers producing it: ``t`` itself when none.
+    ``producers`` also memoizes the answers (key ``("base", t)``): chains of two-input
+    layers would otherwise be walked once per path."""
+    memo = ("base", t)
+    if memo in producers:
+        return producers[memo]
+    base, p = t, producers.get(t)
     if depth and p is not None and p.kind == "pointwise" and p.attrs.get("program"):
         vals = _program_values(net, p, producers, (), depth - 1)
         if vals and vals[-1][0] is not None and vals[-1][0][0] == "tensor":
-            return vals[-1][0][1]  # already followed further back
-    return t
+            base = vals[-1][0][1]  # already followed further back
+    producers[memo] = base
+    return base
 
 
 def _program_values(net: Network, layer: Layer, producers: dict, growing, depth: int = 8):
