@@ -93,7 +93,7 @@ def substitute_key(key: str, rec: dict) -> str:
     """The build-cache key of the substitute for borrowed ``rec`` at layer signature ``key``
     (what the record names of a plan, and the shape it was tuned for)."""
     import json
-    plan = {k: rec[k] for k in ("engine", "knobs", "fused", FOR) if k in rec}
+    plan = {k: rec[k] for k in ("engine", "knobs", "fused", FOR, PRECOMPILED) if k in rec}
     return hashlib.sha1((key + "|" + json.dumps(plan, sort_keys=True, default=str))
                         .encode()).hexdigest()
 
@@ -112,3 +112,16 @@ def attempts(rec: dict, substitute: Optional[dict]) -> list:
     if rec.get(PRECOMPILED):
         out.append(PRECOMPILED)
     return out + [None]
+
+
+def same_plan(a: Optional[dict], b: Optional[dict]) -> bool:
+    """Whether two choices name one cuDNN plan (engine and knobs): a graph built from a
+    recorded choice that cuDNN could not rebuild re-plans silently (cupy_dnn._make), and its
+    choice then differs from the one asked for."""
+    def plan(c):
+        try:
+            return int(c["engine"]), {str(k): int(v) for k, v in dict(c.get("knobs", {})).items()}
+        except (KeyError, TypeError, ValueError):
+            return None
+    pa = plan(a) if isinstance(a, dict) else None
+    return pa is not None and pa == (plan(b) if isinstance(b, dict) else None)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
@@ -30,8 +31,8 @@ from tftrt.engine.backends import borrowed as BR
 from tftrt.engine.backends import cupy_kernels as K
 from tftrt.engine.backends import cupy_kernels_nn as KN
 from tftrt.engine.backends.cuda_source import dw_operand_modes
-from tftrt.engine.backends.cupy_dnn import (ConvSpec, CudnnConv, CudnnSdpa, GemmSpec, LtGemm,
-                                            SdpaSpec, gpu_time)
+from tftrt.engine.backends.cupy_dnn import (PLAN_NAMESPACE, ConvSpec, CudnnConv, CudnnSdpa,
+                                            GemmSpec, LtGemm, SdpaSpec, build_store, gpu_time)
 from tftrt.engine.backends.numpy_ops import attention_p_dtype
 from tftrt.engine.errors import GpuTimeout
 from tftrt.engine.network import Layer, Network
@@ -260,23 +261,35 @@ class ConvCudnn(Impl):
         first); untimed either way (a new shape of a profile is not tuned)."""
         nf = int(rec["fused"]) if "fused" in rec else next(iter(_conv_variants(spec)))
         skey = BR.substitute_key(key, rec)
+        conv = None
         for choice in BR.attempts(rec, stored_json(BR.SUBSTITUTES, skey)):
             if choice is None:
                 break
             try:
                 if choice == BR.PRECOMPILED:
                     return CudnnConv(spec, nf, precompiled_only=True), nf
-                return CudnnConv(spec, nf, choice, candidates=1), nf
+                conv = CudnnConv(spec, nf, choice, candidates=1)
             except Exception as e:
                 log.info("%s: the cuDNN choice %s does not build at this shape (%s); "
                          "cuDNN's first plan instead", layer.name, choice, e)
-        conv = CudnnConv(spec, nf, None, candidates=1)
+                continue
+            if BR.same_plan(conv.choice(), choice):
+                return conv, nf
+            # cuDNN could not rebuild it and re-planned (cupy_dnn._make): its first plan,
+            # which becomes the substitute below
+            log.info("%s: the cuDNN choice %s does not build at this shape; cuDNN's first "
+                     "plan instead", layer.name, choice)
+            break
+        if conv is None:
+            conv = CudnnConv(spec, nf, None, candidates=1)
         try:
             sub = conv.choice()
             pkey = conv._cache_key(sub)
-            if pkey is not None:
+            store = build_store()
+            if pkey is not None and store is not None:
                 conv._store_plan(pkey)
-                store_json(BR.SUBSTITUTES, skey, dict(sub, fused=nf))
+                if os.path.exists(store.path(PLAN_NAMESPACE, pkey)):  # else nothing to find
+                    store_json(BR.SUBSTITUTES, skey, dict(sub, fused=nf))
         except Exception as e:  # only a later build's time is at stake
             log.debug("%s: substitute plan not remembered: %s", layer.name, e)
         return conv, nf

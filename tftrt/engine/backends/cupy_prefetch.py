@@ -88,8 +88,8 @@ def conv_jobs(nets: Sequence[Network], opts: dict) -> List[tuple]:
         seen.add(key)
         rec, borrowed = BR.conv_choice(L.get_record(one), key, L.stored_choice(key))
         if borrowed:  # an earlier build's substitute for it, with its plan: nothing to do
-            sub = L.stored_json(BR.SUBSTITUTES, BR.substitute_key(key, rec))
-            if sub and "engine" in sub and "fused" in sub and _plan_stored(spec, sub):
+            found = L.stored_json(BR.SUBSTITUTES, BR.substitute_key(key, rec))
+            if found and "engine" in found and "fused" in found and _plan_stored(spec, found):
                 continue
             if "engine" not in rec:
                 continue  # cuDNN's first plan, untimed: the build makes it (and keeps it)
