@@ -164,6 +164,39 @@ POOL_ACTS = {
 }
 
 
+def test_fp16_keeps_values_from_wide_integers_in_float32(tmp_path):
+    """Timestamps cast from int32 and standardized, a sinusoidal encoding of int positions,
+    and a noise schedule gathered by an int timestep: FP16 engines stored the casts and the
+    gathered table in float16, so 70000 became inf, sin of it NaN, and 1 - abar[t] cancelled
+    to 0 (FP16 hunt, 2026-12-02); TF and Keras' mixed precision keep them float32."""
+    inv = (1.0 / 10000 ** (np.arange(0, 8, 2) / 8)).astype(np.float32)
+    abar = np.cumprod(1.0 - np.linspace(1e-4, 2e-2, 64)).astype(np.float32)
+
+    class M(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.int32, name="p"),
+                                      tf.TensorSpec([None], tf.int32, name="t")])
+        def __call__(self, p, t):
+            f = (tf.cast(p, tf.float32) - 43200.0) / 24943.0
+            a = tf.cast(p, tf.float32)[..., None] * inv
+            ab = tf.gather(abar, t)
+            return {"f": f * 2.0, "s": tf.concat([tf.sin(a), tf.cos(a)], -1),
+                    "n": tf.sqrt(1.0 - ab) * 3.0}
+    path = models.save_module(M(), str(tmp_path / "m"))
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=path, precision_mode="FP16",
+                                   minimum_segment_size=1)
+    fn = conv.convert()
+    p = np.array([[3000, 4097, 40001, 70000], [100, 30000, 65000, 86000]], np.int32)
+    t = np.array([0, 1], np.int32)
+    want = tf.saved_model.load(path).signatures["serving_default"](p=tf.constant(p),
+                                                                  t=tf.constant(t))
+    got = fn(p=tf.constant(p), t=tf.constant(t))
+    assert sum(op.stats["engine"] for op in conv.engine_ops.values()) >= 1
+    for k in want:
+        w, g = want[k].numpy(), got[k].numpy()
+        assert np.isfinite(g).all(), k
+        np.testing.assert_allclose(g, w, rtol=2e-3, atol=2e-3 * np.abs(w).max(), err_msg=k)
+
+
 @pytest.mark.parametrize("act", ["manual_swish", "gelu_tanh", "gelu_erf", "mish"])
 def test_fp16_keeps_bounded_activations_before_a_mean_in_float16(tmp_path, act):
     """The FP32 rule for squares and exponentials judges a program's output: activations

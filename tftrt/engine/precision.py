@@ -110,24 +110,21 @@ _AFFINE_UNARY = frozenset({"neg", "abs", "identity", "cast"})
 _AFFINE_BINARY = frozenset({"add", "sub", "mul", "div"})
 
 
-def _affine_base(net: Network, t: str, producers: dict, depth: int = 8) -> str:
-    """The tensor ``t`` is an affine function of (c * x + d, -x, |x|, x * w with w a weight,
-    chains of them) through the pointwise layers producing it: ``t`` itself when none.
-    ``producers`` also memoizes the answers (key ``("base", t)``): chains of two-input
-    layers would otherwise be walked once per path."""
-    memo = ("base", t)
-    if memo in producers:
-        return producers[memo]
-    base, p = t, producers.get(t)
-    if depth and p is not None and p.kind == "pointwise" and p.attrs.get("program"):
-        vals = _program_values(net, p, producers, (), depth - 1)
-        if vals and vals[-1][0] is not None and vals[-1][0][0] == "tensor":
-            base = vals[-1][0][1]  # already followed further back
-    producers[memo] = base
-    return base
+def _affine_bases(net: Network) -> dict:
+    """Per tensor produced by a pointwise layer, the tensor it is an affine function of
+    (c * x + d, -x, |x|, x * w with w a weight, chains of them through pointwise layers);
+    tensors missing from the dict are their own base. One pass in layer order (topological):
+    no recursion, no depth limit, linear in the network."""
+    bases: dict = {}
+    for l in net.layers:
+        if l.kind == "pointwise" and l.attrs.get("program") and l.outputs:
+            vals = _program_values(net, l, bases, ())
+            if vals and vals[-1][0] is not None and vals[-1][0][0] == "tensor":
+                bases[l.outputs[0]] = vals[-1][0][1]
+    return bases
 
 
-def _program_values(net: Network, layer: Layer, producers: dict, growing, depth: int = 8):
+def _program_values(net: Network, layer: Layer, bases: dict, growing):
     """Per step of pointwise ``layer``'s program: (what its value is an affine function of:
     ``("tensor", name)``, or ``("step", i)`` for a step that is no such function of one
     tensor, None for a constant; whether it may be far larger than the inputs' scale: a
@@ -135,7 +132,7 @@ def _program_values(net: Network, layer: Layer, producers: dict, growing, depth:
     one tensor given twice, ``h * (h * 0.5)`` as Grappler writes ``h * h * 0.5``, ``d * d * w``
     with ``d = x - m`` and ``w`` a weight), a power, an exponential, or what a growing value
     (an input in ``growing``) passes through; a quotient grows as its numerator does).
-    Weight tensors count as constants."""
+    Weight tensors count as constants; ``bases``: :func:`_affine_bases` (so far)."""
     vals = []
     weights = getattr(net, "weights", {})
 
@@ -144,7 +141,7 @@ def _program_values(net: Network, layer: Layer, producers: dict, growing, depth:
         if kind == "const" or kind == "tensor" and v in weights:
             return (None, False)
         if kind == "tensor":
-            return (("tensor", _affine_base(net, v, producers, depth)), v in growing)
+            return (("tensor", bases.get(v, v)), v in growing)
         return vals[int(a[1:])]
     for n, st in enumerate(layer.attrs.get("program", ())):
         op, args = st.get("op"), [arg(a) for a in st.get("args", ())]
@@ -169,11 +166,11 @@ def _program_values(net: Network, layer: Layer, producers: dict, growing, depth:
     return vals
 
 
-def _grows(net: Network, layer: Layer, producers: dict, growing=frozenset()) -> bool:
+def _grows(net: Network, layer: Layer, bases: dict, growing=frozenset()) -> bool:
     """Whether pointwise ``layer``'s output may be far larger than its inputs' scale (where
     float16, max 65504, overflows first): see :func:`_program_values`. A program that squares
     inside and then bounds the value (the cube inside GELU's tanh) does not grow."""
-    vals = _program_values(net, layer, producers, growing)
+    vals = _program_values(net, layer, bases, growing)
     return bool(vals) and vals[-1][1]
 
 
@@ -184,7 +181,30 @@ _MOVES = frozenset({"transpose", "reshape", "slice", "expand", "tile", "concat",
                     "gather_nd", "resize"})
 # Layers that sum, pool or rank what they read (in FP32 or not): a square they read must be
 # stored as float32, or they read its float16 inf.
-_READS_ALL = frozenset({"reduce", "pool", "einsum", "topk", "arg_reduce", "cumsum"})
+_READS_ALL = frozenset({"reduce", "pool", "einsum", "topk", "arg_reduce", "cumsum",
+                        "normalization", "softmax"})
+
+
+def _saturates(net: Network, layer: Layer, t: str) -> bool:
+    """Whether pointwise ``layer`` gives (nearly) the same output when its input ``t`` is
+    +inf as when it is very large (tanh, sigmoid, erf: a float16 inf stored for ``t`` does no
+    harm there), the other inputs 1; sqrt and log of inf stay inf, and such a reader needs
+    ``t`` stored as float32."""
+    from tftrt.engine.backends.numpy_ops import run_program
+    ins = [np.array([1.0], np.float32) for _ in layer.inputs]
+
+    def out(v):
+        for k, name in enumerate(layer.inputs):
+            if name == t:
+                ins[k] = np.array([v], np.float32)
+        with np.errstate(all="ignore"):
+            return float(np.asarray(run_program(layer.attrs["program"], ins),
+                                    np.float64).reshape(-1)[0])
+    try:
+        a, b = out(np.inf), out(1e6)
+    except Exception:  # noqa: BLE001 -- a program the probe cannot run: not known safe
+        return False
+    return bool(np.isfinite(a) and np.isfinite(b) and abs(a - b) <= 1e-2 * max(1.0, abs(b)))
 
 
 def _variance_terms(net: Network) -> set:
@@ -201,10 +221,10 @@ def _variance_terms(net: Network) -> set:
     relative error 1.0); a max of squares read the inf too, and every path to a reduction
     counts, not the first found (helper hunts, 2026-12-02)."""
     readers = net.consumers()
-    producers = {o: l for l in net.layers for o in l.outputs}
+    bases = _affine_bases(net)
     keep = set()
     for l in net.layers:
-        if l.kind != "pointwise" or not _grows(net, l, producers):
+        if l.kind != "pointwise" or not _grows(net, l, bases):
             continue
         came_from = {l.name: None}
         stack, hits = [l], []
@@ -222,16 +242,52 @@ def _variance_terms(net: Network) -> set:
                         came_from[r.name] = cur.name
                         stack.append(r)
                     elif r.kind == "pointwise":
-                        if _grows(net, r, producers, growing={t}):
+                        if _grows(net, r, bases, growing={t}):
                             came_from[r.name] = cur.name
                             stack.append(r)
-                        else:  # it reads the large value and bounds it (sqrt): a float16
-                            hits.append(cur.name)  # inf stored before it stays inf
-        for name in hits:
-            while name is not None and name not in keep:
+                        elif not _saturates(net, r, t):  # it bounds the value, but a float16
+                            hits.append(cur.name)        # inf stored before it stays inf
+        for name in hits:  # every layer from the square to the hit, even past layers kept
+            while name is not None:  # by another square's walk (two squares meeting)
                 keep.add(name)
                 name = came_from[name]
     return keep
+
+
+# Integer types whose every value float16 holds exactly (|v| <= 2048): casts of them (an uint8
+# image) may be stored as float16.
+_EXACT_IN_HALF = frozenset({"bool", "int8", "uint8"})
+
+
+def _float32_sources(net: Network) -> set:
+    """Pointwise and moving layers (:data:`_MOVES`) computed from run-time integers wider than
+    float16 holds exactly, with no float16 activation among their inputs (only float32
+    weights and such layers' outputs): a cast of int32 positions or timestamps, a gather by
+    a run-time index from a float32 table such as a noise schedule, the angles of a
+    sinusoidal encoding made from them. Kept float32, as TF and Keras' mixed precision keep
+    an explicit float32 value: stored as float16, integers past 2048 were rounded and past
+    65504 inf (sin of them NaN), and 1 - abar[t] of a gathered schedule cancelled to 0 (FP16
+    hunt, 2026-12-02). Casts of bool / int8 / uint8 (an image) stay float16 (exact there),
+    and so do weights moved alone (a class token broadcast: a weight stored as float16)."""
+    weights = {w for w, v in net.weights.items() if np.asarray(v).dtype == np.float32}
+    exact: set = set()
+    names = set()
+
+    def kind(t):
+        return np.dtype(net.tensors[t].dtype or "float32")
+    for l in net.layers:
+        if l.kind != "pointwise" and l.kind not in _MOVES:
+            continue
+        ins = [i for i in l.inputs if i]
+        floats = [i for i in ins if kind(i).kind == "f"]
+        wide = [i for i in ins if kind(i).kind in "iu" and i not in net.weights and
+                kind(i).name not in _EXACT_IN_HALF]
+        if all(i in exact or i in weights for i in floats) and \
+                (wide or any(i in exact for i in floats)) and \
+                any(net.tensors[o].dtype == "float32" for o in l.outputs if o):
+            names.add(l.name)
+            exact.update(o for o in l.outputs if o)
+    return names
 
 
 def _assign_half(net: Network, skip=frozenset(), probes=()) -> None:
@@ -242,7 +298,7 @@ def _assign_half(net: Network, skip=frozenset(), probes=()) -> None:
     for l in net.layers:
         for i in l.inputs:
             uses[i] = uses.get(i, 0) + 1
-    fp32 = _variance_terms(net)
+    fp32 = _variance_terms(net) | _float32_sources(net)
     for l in net.layers:
         if l.name in skip:
             continue
