@@ -108,6 +108,8 @@ def _tf_dtype_name(node, attr: str) -> str:
     """TensorFlow's name of the dtype in ``node.attr[attr]`` ("string", "bfloat16"), as a
     user reads it in a report: numpy's name of a string tensor is "object"."""
     import tensorflow as tf
+    if attr not in node.attr:  # (reading a missing one would add it to the NodeDef)
+        return "unknown"
     try:
         return tf.dtypes.as_dtype(node.attr[attr].type).name
     except (TypeError, ValueError):

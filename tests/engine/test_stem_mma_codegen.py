@@ -299,7 +299,6 @@ def test_the_tactic_applies_to_few_channel_float16_convs_unless_switched_off(mon
     monkeypatch.delenv("TFTRT_STEM_MMA", raising=False)
     net, conv = _conv_layer()
     assert SM.unsupported(net, conv) is None                        # the default: on
-    monkeypatch.setenv("TFTRT_STEM_MMA", "1")
     assert net.tensors[conv.outputs[0]].dtype == "float16"
     assert conv.epilogue and cupy_backend._stem_mma(net, conv), SM.unsupported(net, conv)
     p = SM.layer_params(net, conv)
