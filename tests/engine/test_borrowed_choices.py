@@ -104,3 +104,13 @@ def test_precompiled_mode_asks_for_a_plan_without_a_runtime_compile(monkeypatch)
     assert BR.attempts(rec, sub) == [sub, BR.PRECOMPILED, None]
     tuned_1 = {"engine": 3, "knobs": {}, "fused": 0, "for": BR.shape_id(KEY_1)}
     assert BR.conv_choice(TUNED_128, KEY_1, tuned_1) == (tuned_1, False)  # tuned here wins
+
+
+def test_same_plan_compares_engine_and_knobs_only():
+    """A graph built from a recorded choice cuDNN cannot rebuild re-plans silently: its
+    choice then names another engine or knobs, which _borrowed takes for a substitute."""
+    assert BR.same_plan({"engine": 7, "knobs": {"1": 2}}, dict(TUNED_128))
+    assert BR.same_plan({"engine": "7", "knobs": {1: "2"}}, TUNED_128)   # as JSON reads it
+    assert not BR.same_plan({"engine": 3, "knobs": {}}, TUNED_128)
+    assert not BR.same_plan({"engine": 7, "knobs": {}}, TUNED_128)
+    assert not BR.same_plan(None, TUNED_128) and not BR.same_plan({"fused": 1}, {"fused": 1})
