@@ -147,4 +147,12 @@ def test_values_from_wide_run_time_integers_stay_float32():
     net.tensors["ab"].dtype = "float32"
     net.add_layer("expand", [cls], ["clsb"], {})
     net.tensors["clsb"].dtype = "float32"
-    assert P._float32_sources(net) == {"posf", "angle", "sin", "ab"}
+    emb = net.add_weight(np.ones((8, 4), np.float32), "embeddings")
+    net.add_layer("gather", [emb, idx], ["tok"], {"axis": 0})        # token embeddings: fp16
+    net.tensors["tok"].dtype = "float32"
+    freq = net.add_weight(np.full((1, 4), 0.01, np.float32), "freq")
+    net.add_layer("matmul", ["posf", freq], ["rope"], {})             # RoPE's outer product
+    net.tensors["rope"].dtype = "float32"
+    net.add_layer("matmul", ["imgf", freq], ["pix"], {})              # of an exact uint8 cast
+    net.tensors["pix"].dtype = "float32"
+    assert P._float32_sources(net) == {"posf", "angle", "sin", "ab", "rope"}

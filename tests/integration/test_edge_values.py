@@ -168,7 +168,9 @@ def test_fp16_keeps_values_from_wide_integers_in_float32(tmp_path):
     """Timestamps cast from int32 and standardized, a sinusoidal encoding of int positions,
     and a noise schedule gathered by an int timestep: FP16 engines stored the casts and the
     gathered table in float16, so 70000 became inf, sin of it NaN, and 1 - abar[t] cancelled
-    to 0 (FP16 hunt, 2026-12-02); TF and Keras' mixed precision keep them float32."""
+    to 0 (FP16 hunt, 2026-12-02); TF and Keras' mixed precision keep them float32. RoPE's
+    angles as an einsum of positions and frequencies went through an FP16 GEMM (positions
+    past 2048 rounded: 31% off; transformer hunt, 2026-12-02)."""
     inv = (1.0 / 10000 ** (np.arange(0, 8, 2) / 8)).astype(np.float32)
     abar = np.cumprod(1.0 - np.linspace(1e-4, 2e-2, 64)).astype(np.float32)
 
@@ -179,8 +181,9 @@ def test_fp16_keeps_values_from_wide_integers_in_float32(tmp_path):
             f = (tf.cast(p, tf.float32) - 43200.0) / 24943.0
             a = tf.cast(p, tf.float32)[..., None] * inv
             ab = tf.gather(abar, t)
+            rope = tf.einsum("bi,j->bij", tf.cast(p, tf.float32) + 3000.0, inv)
             return {"f": f * 2.0, "s": tf.concat([tf.sin(a), tf.cos(a)], -1),
-                    "n": tf.sqrt(1.0 - ab) * 3.0}
+                    "n": tf.sqrt(1.0 - ab) * 3.0, "r": tf.sin(rope) + tf.cos(rope)}
     path = models.save_module(M(), str(tmp_path / "m"))
     conv = trt.TrtGraphConverterV2(input_saved_model_dir=path, precision_mode="FP16",
                                    minimum_segment_size=1)

@@ -267,8 +267,11 @@ def _float32_sources(net: Network) -> set:
     sinusoidal encoding made from them. Kept float32, as TF and Keras' mixed precision keep
     an explicit float32 value: stored as float16, integers past 2048 were rounded and past
     65504 inf (sin of them NaN), and 1 - abar[t] of a gathered schedule cancelled to 0 (FP16
-    hunt, 2026-12-02). Casts of bool / int8 / uint8 (an image) stay float16 (exact there),
-    and so do weights moved alone (a class token broadcast: a weight stored as float16)."""
+    hunt, 2026-12-02). So are GEMMs and einsums of such values with weights only (RoPE's
+    angles as ``einsum("i,j->ij", positions, inv_freq)``: an FP16 matmul rounded positions
+    past 2048). Casts of bool / int8 / uint8 (an image) stay float16 (exact there), and so
+    do weights moved alone (a class token broadcast) and rows gathered from a 2-D table by
+    token ids (embeddings: float16 as in Keras' mixed precision)."""
     weights = {w for w, v in net.weights.items() if np.asarray(v).dtype == np.float32}
     exact: set = set()
     names = set()
@@ -276,12 +279,17 @@ def _float32_sources(net: Network) -> set:
     def kind(t):
         return np.dtype(net.tensors[t].dtype or "float32")
     for l in net.layers:
-        if l.kind != "pointwise" and l.kind not in _MOVES:
+        if l.kind not in ("pointwise", "matmul", "einsum") and l.kind not in _MOVES:
             continue
         ins = [i for i in l.inputs if i]
         floats = [i for i in ins if kind(i).kind == "f"]
         wide = [i for i in ins if kind(i).kind in "iu" and i not in net.weights and
                 kind(i).name not in _EXACT_IN_HALF]
+        if l.kind.startswith("gather") and any(
+                i in weights and np.ndim(net.weights[i]) >= 2 for i in floats):
+            wide = []  # rows of an embedding table: float16 (their values are not exact)
+        if l.kind in ("matmul", "einsum"):
+            wide = []  # a GEMM of exact values only
         if all(i in exact or i in weights for i in floats) and \
                 (wide or any(i in exact for i in floats)) and \
                 any(net.tensors[o].dtype == "float32" for o in l.outputs if o):
