@@ -763,10 +763,8 @@ def _group_dim(labels, size):
 
 
 def _einsum_operand(node, ctx, i, sub, groups, size):
-    """Operand i transposed to its groups' label order and reshaped to one dim per group.
-
-    Returns the ONNX value, or None when the reshape would need two unknown dims.
-    """
+    """Operand i transposed to its groups' label order and reshaped to one dim per group
+    (sizes of unknown groups read at run time: :func:`_group_dims`); the ONNX value."""
     order = [c for g in groups for c in g]
     perm = [sub.index(c) for c in order]
     target = [_group_dim(g, size) for g in groups]
@@ -776,15 +774,54 @@ def _einsum_operand(node, ctx, i, sub, groups, size):
         if needs_reshape:
             v = v.reshape(target)
         return ctx.const(np.ascontiguousarray(v), node.name + f"/matmul_operand_{i}")
-    if needs_reshape and sum(d is None for d in target) > 1:
-        return None
     x = ctx.input(node, i)
     if perm != list(range(len(perm))):
         x = ctx.emit("Transpose", [x], perm=perm)
-    if needs_reshape:
+    if needs_reshape and sum(d is None for d in target) > 1:
+        # several unknown groups: their sizes read from the operand at run time (folded by
+        # the engine for each input shape)
+        x = ctx.emit("Reshape", [x, _group_dims(node, ctx, i, sub, groups, size)])
+    elif needs_reshape:
         shape = np.array([-1 if d is None else d for d in target], np.int64)
         x = ctx.emit("Reshape", [x, ctx.const(shape, node.name + "/shape")])
     return x
+
+
+def _group_dims(node, ctx, i, sub, groups, size) -> str:
+    """An int64 ONNX value: per group of labels of operand ``i`` (subscript ``sub``), the
+    product of their sizes, known ones as constants, the others read from the operand."""
+    shape, parts = ctx.emit("Shape", [ctx.input(node, i)]), []
+    for g in groups:
+        known = int(np.prod([size[c] for c in g if size[c] is not None], dtype=np.int64))
+        unknown = [c for c in g if size[c] is None]
+        if not unknown:
+            parts.append(ctx.const(np.array([known], np.int64), node.name + "/dim"))
+            continue
+        d = ctx.emit("Gather", [shape, ctx.const(np.array([sub.index(c) for c in unknown],
+                                                          np.int64), node.name + "/axes")],
+                     axis=0)
+        if len(unknown) > 1:
+            d = ctx.emit("ReduceProd", [d], keepdims=1)
+        if known != 1:
+            d = ctx.emit("Mul", [d, ctx.const(np.array([known], np.int64), node.name + "/k")])
+        parts.append(d)
+    return ctx.emit("Concat", parts, axis=0)
+
+
+def _label_dims(node, ctx, labels, owner, subs, size) -> str:
+    """An int64 ONNX value: the sizes of ``labels`` in order, known ones as constants, the
+    others read from the operand holding them (``owner[label]``, subscripts ``subs``)."""
+    parts, shapes = [], {}
+    for c in labels:
+        if size[c] is not None:
+            parts.append(ctx.const(np.array([size[c]], np.int64), node.name + "/dim"))
+            continue
+        i = owner[c]
+        if i not in shapes:
+            shapes[i] = ctx.emit("Shape", [ctx.input(node, i)])
+        parts.append(ctx.emit("Gather", [shapes[i], ctx.const(
+            np.array([subs[i].index(c)], np.int64), node.name + "/axis")], axis=0))
+    return ctx.emit("Concat", parts, axis=0)
 
 
 def _einsum_as_matmul(node, ctx) -> bool:
@@ -803,17 +840,23 @@ def _einsum_as_matmul(node, ctx) -> bool:
     out_groups = lead + [left, right]
     out_labels = batch + left + right
     out_reshape = any(len(g) != 1 for g in out_groups)
-    if out_reshape and sum(size[c] is None for c in out_labels) > 1:
+    owner = {c: (ia if c in a else ib) for c in out_labels}  # an operand holding each label
+    if out_reshape and sum(size[c] is None for c in out_labels) > 1 and any(
+            size[c] is None and ctx.is_const(node, owner[c]) for c in out_labels):
         return False
-    # Check both operands before emitting anything, so a fallback leaves no dead nodes.
-    for i, sub, groups in ((ia, a, a_groups), (ib, b, b_groups)):
-        if not ctx.is_const(node, i) and any(len(g) != 1 for g in groups) \
-                and sum(_group_dim(g, size) is None for g in groups) > 1:
-            return False
+    # Check both operands before emitting anything, so a fallback leaves no dead nodes: a
+    # constant operand's dims are all known, a computed one's are read at run time.
     xa = _einsum_operand(node, ctx, ia, a, a_groups, size)
     xb = _einsum_operand(node, ctx, ib, b, b_groups, size)
     y = ctx.emit("MatMul", [xa, xb])
-    if out_reshape:
+    if out_reshape and sum(size[c] is None for c in out_labels) > 1:
+        # several unknown dims (batch and sequence of a [None, None, H] signature: Keras'
+        # MultiHeadAttention projections): the shape read from the operands at run time
+        # (the engine folds it for each input shape); left as an ONNX Einsum, these ran
+        # in FP32 in FP16 engines (transformer hunt, 2026-12-02)
+        y = ctx.emit("Reshape", [y, _label_dims(node, ctx, out_labels, owner,
+                                                {ia: a, ib: b}, size)])
+    elif out_reshape:
         shape = np.array([-1 if size[c] is None else size[c] for c in out_labels], np.int64)
         y = ctx.emit("Reshape", [y, ctx.const(shape, node.name + "/out_shape")])
     perm = [out_labels.index(c) for c in out]
