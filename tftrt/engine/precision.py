@@ -88,16 +88,6 @@ def apply_precision(net: Network, precision: str, table: Optional[dict] = None,
     return net
 
 
-def _operand(layer: Layer, a):
-    """What a program argument names: a layer input (by tensor: ``$0`` and ``$1`` reading the
-    same tensor are one operand), an earlier step, or a constant."""
-    if isinstance(a, str) and a[:1] == "$":
-        return ("tensor", layer.inputs[int(a[1:])])
-    if isinstance(a, str) and a[:1] == "%":
-        return ("step", a)
-    return ("const", repr(a))
-
-
 # Ops whose result stays small however large their input (or that scale it back down): growth
 # stops there. Any other op passes a large input on (a sum, a ReLU, a max, a cast...).
 _BOUNDED = frozenset({"tanh", "sigmoid", "hard_sigmoid", "erf", "softsign", "sin", "cos",
@@ -134,15 +124,15 @@ def _program_values(net: Network, layer: Layer, bases: dict, growing):
     (an input in ``growing``) passes through; a quotient grows as its numerator does).
     Weight tensors count as constants; ``bases``: :func:`_affine_bases` (so far)."""
     vals = []
-    weights = getattr(net, "weights", {})
 
-    def arg(a):
-        kind, v = _operand(layer, a)
-        if kind == "const" or kind == "tensor" and v in weights:
-            return (None, False)
-        if kind == "tensor":
-            return (("tensor", bases.get(v, v)), v in growing)
-        return vals[int(a[1:])]
+    def arg(a):  # "$k": input k (one tensor given twice is one value), "%k": step k
+        if isinstance(a, str) and a[:1] == "%":
+            return vals[int(a[1:])]
+        if isinstance(a, str) and a[:1] == "$":
+            t = layer.inputs[int(a[1:])]
+            if t not in net.weights:
+                return (("tensor", bases.get(t, t)), t in growing)
+        return (None, False)
     for n, st in enumerate(layer.attrs.get("program", ())):
         op, args = st.get("op"), [arg(a) for a in st.get("args", ())]
         live = [a for a in args if a[0] is not None]
@@ -283,15 +273,15 @@ def _float32_sources(net: Network) -> set:
             continue
         ins = [i for i in l.inputs if i]
         floats = [i for i in ins if kind(i).kind == "f"]
-        wide = [i for i in ins if kind(i).kind in "iu" and i not in net.weights and
-                kind(i).name not in _EXACT_IN_HALF]
-        if l.kind.startswith("gather") and any(
-                i in weights and np.ndim(net.weights[i]) >= 2 for i in floats):
-            wide = []  # rows of an embedding table: float16 (their values are not exact)
-        if l.kind in ("matmul", "einsum"):
-            wide = []  # a GEMM of exact values only
+        # run-time integers float16 does not hold exactly, except into a GEMM (of exact
+        # values only) or as the ids of rows of a 2-D table (embeddings: not exact values)
+        from_ints = l.kind not in ("matmul", "einsum") and any(
+            kind(i).kind in "iu" and i not in net.weights and
+            kind(i).name not in _EXACT_IN_HALF for i in ins) and not (
+            l.kind.startswith("gather") and
+            any(i in weights and np.ndim(net.weights[i]) >= 2 for i in floats))
         if all(i in exact or i in weights for i in floats) and \
-                (wide or any(i in exact for i in floats)) and \
+                (from_ints or any(i in exact for i in floats)) and \
                 any(net.tensors[o].dtype == "float32" for o in l.outputs if o):
             names.add(l.name)
             exact.update(o for o in l.outputs if o)
