@@ -526,21 +526,24 @@ class _CudnnPlans:
             _plan_stats["loaded"] += 1
         return True
 
-    def _store_plan(self, key: str) -> None:
+    def _store_plan(self, key: str) -> bool:
         """Puts the graph's one plan (built from the recorded choice) in the build cache,
         serialized; only from a graph with the fixed uids. A tuned graph, of several plans,
         is not stored: which one cuDNN would serialize is not ours to say (its choice is
-        recorded, and the next build of the graph, from that choice, stores it)."""
+        recorded, and the next build of the graph, from that choice, stores it). Whether it
+        was stored."""
         if not getattr(self, "fixed_uids", False) or self.built != [self.index]:
-            return
+            return False
         try:
             blob = self.g.serialize(as_bytes=True)
         except Exception as e:  # a plan cuDNN does not serialize (a precompiled engine)
             log.debug("cuDNN plan not serialized: %s", e)
-            return
-        if build_store().put(PLAN_NAMESPACE, key, bytes(blob)):
-            with _kc_lock:
-                _plan_stats["stored"] += 1
+            return False
+        if not build_store().put(PLAN_NAMESPACE, key, bytes(blob)):
+            return False
+        with _kc_lock:
+            _plan_stats["stored"] += 1
+        return True
 
     def _plans(self, c, choice: Optional[dict], candidates: Optional[int],
                no_tensor_cores: bool = False) -> bool:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
@@ -31,8 +30,8 @@ from tftrt.engine.backends import borrowed as BR
 from tftrt.engine.backends import cupy_kernels as K
 from tftrt.engine.backends import cupy_kernels_nn as KN
 from tftrt.engine.backends.cuda_source import dw_operand_modes
-from tftrt.engine.backends.cupy_dnn import (PLAN_NAMESPACE, ConvSpec, CudnnConv, CudnnSdpa,
-                                            GemmSpec, LtGemm, SdpaSpec, build_store, gpu_time)
+from tftrt.engine.backends.cupy_dnn import (ConvSpec, CudnnConv, CudnnSdpa, GemmSpec, LtGemm,
+                                            SdpaSpec, gpu_time)
 from tftrt.engine.backends.numpy_ops import attention_p_dtype
 from tftrt.engine.errors import GpuTimeout
 from tftrt.engine.network import Layer, Network
@@ -80,17 +79,6 @@ def set_record(layer: Layer, rec: dict) -> None:
 CHOICE_NAMESPACE = "cupy-choices"
 
 
-def stored_choice(key: str) -> Optional[dict]:
-    """The sub-choice the build cache holds for signature ``key``, or None."""
-    from tftrt.engine.backends.cupy_dnn import build_store
-    store = build_store()
-    rec = store.get_json(CHOICE_NAMESPACE, key) if store is not None else None
-    return rec if isinstance(rec, dict) else None
-
-
-_stored: set = set()
-
-
 def stored_json(namespace: str, key: str) -> Optional[dict]:
     """The dict the build cache holds under ``namespace`` / ``key``, or None."""
     from tftrt.engine.backends.cupy_dnn import build_store
@@ -104,6 +92,14 @@ def store_json(namespace: str, key: str, rec: dict) -> None:
     store = build_store()
     if store is not None:
         store.put_json(namespace, key, rec)
+
+
+def stored_choice(key: str) -> Optional[dict]:
+    """The sub-choice the build cache holds for signature ``key``, or None."""
+    return stored_json(CHOICE_NAMESPACE, key)
+
+
+_stored: set = set()
 
 
 def store_choice(key: str, rec: dict) -> None:
@@ -285,11 +281,8 @@ class ConvCudnn(Impl):
         try:
             sub = conv.choice()
             pkey = conv._cache_key(sub)
-            store = build_store()
-            if pkey is not None and store is not None:
-                conv._store_plan(pkey)
-                if os.path.exists(store.path(PLAN_NAMESPACE, pkey)):  # else nothing to find
-                    store_json(BR.SUBSTITUTES, skey, dict(sub, fused=nf))
+            if pkey is not None and conv._store_plan(pkey):  # else nothing to find later
+                store_json(BR.SUBSTITUTES, skey, dict(sub, fused=nf))
         except Exception as e:  # only a later build's time is at stake
             log.debug("%s: substitute plan not remembered: %s", layer.name, e)
         return conv, nf
