@@ -780,47 +780,36 @@ def _einsum_operand(node, ctx, i, sub, groups, size):
     if needs_reshape and sum(d is None for d in target) > 1:
         # several unknown groups: their sizes read from the operand at run time (folded by
         # the engine for each input shape)
-        x = ctx.emit("Reshape", [x, _group_dims(node, ctx, i, sub, groups, size)])
+        x = ctx.emit("Reshape", [x, _group_dims(node, ctx, groups, {c: i for c in sub},
+                                                {i: sub}, size)])
     elif needs_reshape:
         shape = np.array([-1 if d is None else d for d in target], np.int64)
         x = ctx.emit("Reshape", [x, ctx.const(shape, node.name + "/shape")])
     return x
 
 
-def _group_dims(node, ctx, i, sub, groups, size) -> str:
-    """An int64 ONNX value: per group of labels of operand ``i`` (subscript ``sub``), the
-    product of their sizes, known ones as constants, the others read from the operand."""
-    shape, parts = ctx.emit("Shape", [ctx.input(node, i)]), []
+def _group_dims(node, ctx, groups, owner, subs, size) -> str:
+    """An int64 ONNX value: per group of labels, the product of their sizes, known ones as
+    constants, the others read at run time from the operand holding them (``owner[label]``:
+    its input index, ``subs[index]``: its subscript; one operand per group)."""
+    parts, shapes = [], {}
     for g in groups:
         known = int(np.prod([size[c] for c in g if size[c] is not None], dtype=np.int64))
         unknown = [c for c in g if size[c] is None]
         if not unknown:
             parts.append(ctx.const(np.array([known], np.int64), node.name + "/dim"))
             continue
-        d = ctx.emit("Gather", [shape, ctx.const(np.array([sub.index(c) for c in unknown],
-                                                          np.int64), node.name + "/axes")],
-                     axis=0)
+        i = owner[unknown[0]]
+        if i not in shapes:
+            shapes[i] = ctx.emit("Shape", [ctx.input(node, i)])
+        d = ctx.emit("Gather", [shapes[i], ctx.const(
+            np.array([subs[i].index(c) for c in unknown], np.int64), node.name + "/axes")],
+            axis=0)
         if len(unknown) > 1:
             d = ctx.emit("ReduceProd", [d], keepdims=1)
         if known != 1:
             d = ctx.emit("Mul", [d, ctx.const(np.array([known], np.int64), node.name + "/k")])
         parts.append(d)
-    return ctx.emit("Concat", parts, axis=0)
-
-
-def _label_dims(node, ctx, labels, owner, subs, size) -> str:
-    """An int64 ONNX value: the sizes of ``labels`` in order, known ones as constants, the
-    others read from the operand holding them (``owner[label]``, subscripts ``subs``)."""
-    parts, shapes = [], {}
-    for c in labels:
-        if size[c] is not None:
-            parts.append(ctx.const(np.array([size[c]], np.int64), node.name + "/dim"))
-            continue
-        i = owner[c]
-        if i not in shapes:
-            shapes[i] = ctx.emit("Shape", [ctx.input(node, i)])
-        parts.append(ctx.emit("Gather", [shapes[i], ctx.const(
-            np.array([subs[i].index(c)], np.int64), node.name + "/axis")], axis=0))
     return ctx.emit("Concat", parts, axis=0)
 
 
@@ -854,7 +843,7 @@ def _einsum_as_matmul(node, ctx) -> bool:
         # MultiHeadAttention projections): the shape read from the operands at run time
         # (the engine folds it for each input shape); left as an ONNX Einsum, these ran
         # in FP32 in FP16 engines (transformer hunt, 2026-12-02)
-        y = ctx.emit("Reshape", [y, _label_dims(node, ctx, out_labels, owner,
+        y = ctx.emit("Reshape", [y, _group_dims(node, ctx, [[c] for c in out_labels], owner,
                                                 {ia: a, ib: b}, size)])
     elif out_reshape:
         shape = np.array([-1 if size[c] is None else size[c] for c in out_labels], np.int64)
