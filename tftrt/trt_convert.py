@@ -215,6 +215,7 @@ class TrtGraphConverterV2:
         self._converted = False
         self._build_called_once = False
         self._build_seconds: Dict[str, float] = {}  # where build() took its time
+        self._nondeterministic = None  # (signature, compare.nondeterministic_ops of it)
         self._calibrated = False
         self._sig = None
         self._segmentation: Optional[SegmentationResult] = None
@@ -394,8 +395,7 @@ class TrtGraphConverterV2:
     def _nondeterministic_ops(self):
         """compare.nondeterministic_ops of the signature's graph, read once per conversion
         (build() asks twice: for its shapes and for its check)."""
-        if getattr(self, "_nondeterministic", None) is None or \
-                self._nondeterministic[0] is not self._sig:
+        if self._nondeterministic is None or self._nondeterministic[0] is not self._sig:
             from tftrt import compare
             self._nondeterministic = (self._sig, compare.nondeterministic_ops(
                 self._sig.info.graph_def))
