@@ -155,8 +155,10 @@ def _build_counts() -> dict:
     import sys as _sys
     out = {}
     if "tftrt.engine.backends.cupy_dnn" in _sys.modules:
-        from tftrt.engine.backends import cupy_dnn, cupy_prefetch
+        from tftrt.engine.backends import cupy_dnn, cupy_layers, cupy_prefetch
         out["cudnn_plans"] = cupy_dnn.plan_cache_stats()
+        # the convolutions tuned in this process (not on build workers): layer, tactic, x
+        out["tuned_here"] = [list(t) for t in cupy_layers.tuned_here()]
         st = cupy_prefetch.stats()
         out["prefetch"] = {k: st[k] for k in ("runs", "jobs", "failed", "stored", "seconds")}
     return out
@@ -180,7 +182,11 @@ def _run_stages(args) -> dict:
             for d in (cache, env["CUDA_CACHE_PATH"]):
                 subprocess.run(["rm", "-rf", d], check=True)
         jf = os.path.join(work, f"stage-{stage}.json")
-        cmd = [sys.executable, os.path.abspath(__file__), "--stage", stage, "--work", work,
+        cmd = [sys.executable]
+        if args.cprofile:  # where a stage's time goes (slower under the profiler)
+            os.makedirs(args.cprofile, exist_ok=True)
+            cmd += ["-m", "cProfile", "-o", os.path.join(args.cprofile, f"{stage}.prof")]
+        cmd += [os.path.abspath(__file__), "--stage", stage, "--work", work,
                "--model", args.model, "--max-batch", str(args.max_batch),
                "--batches", *map(str, args.batches), "--trace", *map(str, args.trace),
                "--iters", str(args.iters), "--warmup", str(args.warmup), "--json", jf]
@@ -284,6 +290,8 @@ def main(argv=None):
     ap.add_argument("--stage-timeout", type=float, default=400.0, metavar="S")
     ap.add_argument("--work", help="the stages' directory (default: a new temporary one)")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--cprofile", metavar="DIR", help="run each stage under cProfile, its "
+                    "profile in DIR/STAGE.prof (times are inflated: for where time goes)")
     ap.add_argument("--stage", choices=STAGES, help=argparse.SUPPRESS)  # a child's stage
     args = ap.parse_args(argv)
     if max(args.batches + args.trace) > args.max_batch or min(args.batches + args.trace) < 1:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -110,6 +110,24 @@ def store_choice(key: str, rec: dict) -> None:
         return
     _stored.add((store.directory, key))
     store.put_json(CHOICE_NAMESPACE, key, rec)
+
+
+# The convolutions this process tuned itself (cuDNN candidates built and timed here, not by a
+# build worker and not from a recorded or stored choice): (layer, tactic, x shape). A profile's
+# cold build should tune only at its opt shape, and there on the workers (cupy_prefetch);
+# benchmarks/dynamic_shapes.py prints these to say which layers escaped.
+_tuned_here: List[tuple] = []
+
+
+def _note_tuned(layer, spec) -> None:
+    _tuned_here.append((layer.name, layer.tactic, tuple(spec.x_shape)))
+    log.info("%s (%s, x %s): cuDNN plans tuned in this process", layer.name, layer.tactic,
+             tuple(spec.x_shape))
+
+
+def tuned_here() -> List[tuple]:
+    """The convolutions this process tuned itself (see :data:`_tuned_here`)."""
+    return list(_tuned_here)
 
 
 def _shape(net, name):
@@ -306,6 +324,7 @@ class ConvCudnn(Impl):
                 return CudnnConv(spec, int(rec["fused"]), rec), int(rec["fused"])
             except Exception as e:
                 log.info("%s: recorded choice failed (%s); tuning again", layer.name, e)
+        _note_tuned(layer, spec)
         built, errors = [], []
         for nf in _conv_variants(spec):
             try:
