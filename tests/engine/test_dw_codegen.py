@@ -331,9 +331,10 @@ def _raw(a):
 
 def _run_host(so, k: int, args, blocks: int, threads: int) -> None:
     """Runs case ``k`` of a host build (``run_<k>`` of :func:`_driver`) on ``args`` (numpy
-    arrays, the kernel's parameters in order): ``blocks`` blocks of ``threads`` host threads;
+    arrays, the kernel's parameters in order; an int is passed as an integer parameter): ``blocks`` blocks of ``threads`` host threads;
     fails when a barrier timed out."""
-    ptrs = (ctypes.c_void_p * len(args))(*[_raw(a).ctypes.data for a in args])
+    ptrs = (ctypes.c_void_p * len(args))(*[a if isinstance(a, int) else _raw(a).ctypes.data
+                                           for a in args])
     fn = getattr(so, f"run_{k}")
     fn.restype = ctypes.c_int
     assert fn(ptrs, blocks, threads) == 0, "a barrier timed out: threads diverged"

@@ -220,7 +220,7 @@ def test_host_build_matches_numpy(host_kernels, k):
     operands = {2: ins[2], 3: ins[3], 4: ins[4]}
     buf = np.full(want.size + offset, np.nan, dt_out)  # every output must be written
     y = buf[offset:].reshape(want.shape)
-    args = [ins[0], _wt(ins[1], src.kp)] + [operands[i] for i in src.operands] + [y]
+    args = [ins[0], _wt(ins[1], src.kp)] + [operands[i] for i in src.operands] + [y, xs[0]]
     _run_host(so, k, args, src.blocks, src.threads)
     what = f"case {k} {case}, {src.blocks} blocks"
     got = y.astype(np.float64)
@@ -230,6 +230,31 @@ def test_host_build_matches_numpy(host_kernels, k):
     bad = np.flatnonzero(np.abs(got - want) > tol)
     assert not len(bad), f"{what}: {len(bad)} of {y.size} differ, e.g. " \
         f"{got.ravel()[bad[:3]].tolist()} vs {want.ravel()[bad[:3]].tolist()}"
+
+
+@pytest.mark.parametrize("k,batch", [(0, 5), (4, 3), (7, 1)])
+def test_one_source_serves_every_batch_size(host_kernels, k, batch):
+    """The batch is the kernel's argument ``nb``: a case's source at another batch size is
+    the same text (an optimization profile's engines compile it once), and the kernel built
+    from the case's source computes that batch (its own grid, ``nb`` = the batch)."""
+    srcs, so = host_kernels
+    xs, kk, st, pads, cout, dt, dt_out, epi, offset, opts = CASES[k]
+    case = ((batch,) + tuple(xs[1:]), kk, st, pads, cout, dt, dt_out, epi, offset, opts)
+    src = _source(case)
+    assert src.source == srcs[k].source and src.n == batch != srcs[k].n
+    ins = _inputs(case, seed=100 + k)
+    ref_ins = [ins[0].astype(np.float16).astype(np.float32), ins[1].astype(np.float32)] + \
+        ins[2:]
+    want = _reference(case[:8] + (offset,), ref_ins)
+    operands = {2: ins[2], 3: ins[3], 4: ins[4]}
+    buf = np.full(want.size + offset, np.nan, dt_out)
+    y = buf[offset:].reshape(want.shape)
+    args = [ins[0], _wt(ins[1], src.kp)] + [operands[i] for i in src.operands] + [y, batch]
+    _run_host(so, k, args, src.blocks, src.threads)
+    got = y.astype(np.float64)
+    assert not np.isnan(got).any(), f"case {k} at batch {batch}: outputs not written"
+    tol = np.abs(want) * 2.0 ** -10 + 1e-4 * np.abs(want).max()
+    assert (np.abs(got - want) <= tol).all(), f"case {k} at batch {batch}"
 
 
 def test_cases_cover_what_the_kernel_takes():

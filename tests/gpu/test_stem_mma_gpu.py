@@ -101,6 +101,41 @@ def test_a_pixel_count_no_block_tile_divides():
     assert partial
 
 
+def test_batch_sizes_share_one_compiled_kernel():
+    """The batch is the kernel's argument: engines of one stem at batches 1, 2 and 5 (a
+    profile's ladder) use one RawKernel, compiled once, and each matches numpy."""
+    kernels = set()
+    for n in (2, 1, 5):
+        model, feeds = _stem(7, 2, 3, 64, hw=41, n=n)
+        eng, _ = _check(model, feeds)
+        ((_, impl),) = _convs(eng)
+        assert impl.src.n == n
+        kernels.add(id(impl.kernel))
+    assert len(kernels) == 1
+
+
+def test_nan_poison_and_check_by_bits():
+    """cupy_dnn.poison_nan / has_nan (the GEMM tuner's check for candidates that leave their
+    output unwritten): every element filled with NaN, a NaN found anywhere (first, last,
+    one in a million), inf and finite values are no NaN, in float16 and float32."""
+    from tftrt.engine.backends import cupy_dnn as D
+    for dtype in (np.dtype(np.float16), np.dtype(np.float32)):
+        x = cp.zeros(1_000_003, dtype)
+        assert D.poison_nan(x)
+        host = cp.asnumpy(x).astype(np.float32)
+        assert np.isnan(host).all(), dtype
+        x[...] = 0
+        assert not D.has_nan(x)
+        x[1] = np.inf
+        x[2] = -np.inf
+        assert not D.has_nan(x), dtype
+        for i in (0, 777_777, x.size - 1):
+            x[i] = np.nan
+            assert D.has_nan(x), (dtype, i)
+            x[i] = 0
+    assert not D.has_nan(cp.zeros(5, np.int32)) and not D.poison_nan(cp.zeros(5, np.int32))
+
+
 def test_the_timed_builder_pick_matches_numpy():
     from tftrt.engine.tactics import TimingCache
     model, feeds = _stem(3, 1, 1, 64, hw=112, n=8)

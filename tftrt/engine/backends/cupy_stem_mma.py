@@ -11,7 +11,10 @@ im2col and stem_direct like any other candidate.
 
 from __future__ import annotations
 
+import functools
+
 import cupy as cp
+import numpy as np
 
 from tftrt.engine.backends import cupy_kernels as K
 from tftrt.engine.backends.cuda_source_stem_mma import KERNEL, StemMmaSource, layer_params
@@ -25,7 +28,7 @@ class StemMma(Impl):
     def __init__(self, net, layer, weights, opts):
         super().__init__(net, layer, weights, opts)
         self.src = StemMmaSource(**layer_params(net, layer))
-        self.kernel = K._raw_kernel(self.src.source, KERNEL)
+        self.kernel = _kernel(self.src.source)
         if self.kernel.max_threads_per_block < self.src.threads:  # compiles it: fails the build
             raise ValueError(f"{KERNEL} compiled for at most {self.kernel.max_threads_per_block} "
                              f"threads a block, its blocks have {self.src.threads}")
@@ -43,5 +46,12 @@ class StemMma(Impl):
 
     def run(self, ins, outs, ws):
         wt = self.wt if self.wt is not None else self._prep(ins[1], self.src.kp)
-        args = [ins[0], wt] + [ins[i] for i in self.src.operands] + [outs[0]]
+        args = [ins[0], wt] + [ins[i] for i in self.src.operands] + [outs[0],
+                                                                       np.int64(self.src.n)]
         self.kernel((self.src.blocks,), (self.src.threads,), tuple(args))
+
+
+@functools.lru_cache(maxsize=64)
+def _kernel(source: str) -> cp.RawKernel:
+    """One RawKernel per source (the same at every batch size): compiled once a process."""
+    return K._raw_kernel(source, KERNEL)
