@@ -7,6 +7,7 @@ Skipped without a GPU (tests/conftest.py). On the GPU machine:
 ``CUDA_VISIBLE_DEVICES=0 python -m pytest tests/gpu/test_build_workers_gpu.py -q``.
 """
 
+import json
 import textwrap
 
 import numpy as np
@@ -27,7 +28,7 @@ SCRIPT = textwrap.dedent("""
     from onnx import helper
     from tests.engine.harness import make_model
     from tftrt.engine import BuilderConfig, build_engine
-    from tftrt.engine.backends import cupy_dnn, cupy_prefetch
+    from tftrt.engine.backends import cupy_dnn, cupy_layers, cupy_prefetch
     rng = np.random.RandomState(0)
     F = np.float32
     N = helper.make_node
@@ -54,6 +55,7 @@ SCRIPT = textwrap.dedent("""
     print(json.dumps({"seconds": seconds, "prefetch": cupy_prefetch.stats(),
                       "plans": cupy_dnn.plan_cache_stats(), "convs": len(convs),
                       "timed": eng.build_info["timed_layers"],
+                      "tuned_here": cupy_layers.tuned_here(),
                       "y": np.asarray(y.get() if hasattr(y, "get") else y).tolist(),
                       "ref": np.asarray(ref).tolist()}))
 """)
@@ -79,6 +81,7 @@ def test_workers_build_the_plans_the_build_loads(tmp_path):
     # them instead of compiling
     assert pf["stored"] == pf["jobs"], pf
     assert on["plans"]["loaded"] >= pf["jobs"], on["plans"]
+    assert on["tuned_here"] == [], on["tuned_here"]  # every tuning ran on a worker
     off = _run(tmp_path / "off", 0)
     assert off["prefetch"]["jobs"] == 0 and off["plans"]["loaded"] == 0
     _close(on["y"], on["ref"], 2e-2)
@@ -89,3 +92,57 @@ def test_workers_build_the_plans_the_build_loads(tmp_path):
     assert again["prefetch"]["jobs"] == 0, again["prefetch"]
     assert again["plans"]["loaded"] >= pf["jobs"]
     _close(again["y"], on["y"], 1e-3)
+
+
+# A ResNet-structured network's optimization profile, batch 1..16, built as converter.build()
+# builds it (the opt engine tuned, the split ladder 1, 2, 4, 8 from its template, each rung
+# run twice), then called at batch 5 (split 4 + 1).
+PROFILE_SCRIPT = textwrap.dedent("""
+    import json
+    import numpy as np
+    from tests.engine.models import resnet50
+    from tftrt.engine import BuilderConfig, build_engine
+    from tftrt.engine.backends import cupy_dnn, cupy_layers, cupy_prefetch
+    from tftrt.engine.onnx_import import network_from_onnx
+    from tftrt.engine.shape_template import specializer
+    from tftrt.profiles import Profile, ProfileEngine
+    model, feeds = resnet50(batch=2, size=32, width=16)
+    (name, x), = feeds.items()
+    rest = tuple(x.shape[1:])
+    net = network_from_onnx(model)
+    config = BuilderConfig(precision="FP16", backend="cupy")
+
+    def build(key, choices, weight_cache):
+        return build_engine(net, {name: key[0]}, BuilderConfig(
+            precision="FP16", backend="cupy", tactic_choices=choices,
+            weight_cache=weight_cache))
+    prof = Profile([(1,) + rest], [(16,) + rest], [(16,) + rest])
+    pe = ProfileEngine([prof], build, "cupy", specializer(net, config)).build_profiles()
+    x5 = np.random.default_rng(5).standard_normal((5,) + rest).astype(np.float32)
+    y = pe.engine_for([x5.shape]).execute([x5])[0]
+    ref = build_engine(model, {name: x5.shape}, BuilderConfig(
+        precision="FP32", backend="numpy")).execute([x5])[0]
+    print(json.dumps({"prefetch": cupy_prefetch.stats(), "plans": cupy_dnn.plan_cache_stats(),
+                      "tuned_here": cupy_layers.tuned_here(),
+                      "parts": pe.build_seconds, "shapes": [k[0][0] for k in pe.shapes],
+                      "y": np.asarray(y.get() if hasattr(y, "get") else y).tolist(),
+                      "ref": np.asarray(ref).tolist()}))
+""")
+
+
+def test_a_profile_build_tunes_nothing_outside_the_workers(tmp_path):
+    """A cold profile build (ResNet-structured, FP16, batch 1..16, split batches on) tunes
+    every convolution on the build workers: the opt engine's before its tactics are timed,
+    the ladder's rungs in one prefetch; the calling process only loads plans (cupy_layers
+    .tuned_here() is empty). On the H200 (2026-12-02) a cold ResNet50 profile through
+    TensorFlow tuned 36 convolutions in the calling process during the ladder's warm-ups
+    (18 of its 44 s). The answers match the numpy backend."""
+    out = run_build_script(PROFILE_SCRIPT, tmp_path / "cache", timeout=500,
+                           TFTRT_BUILD_WORKERS="3", TFTRT_BUILD_WORKERS_MIN_JOBS="2",
+                           TFTRT_SPLIT_BATCH="1")
+    print(json.dumps({k: out[k] for k in ("prefetch", "plans", "tuned_here", "parts",
+                                          "shapes")}))
+    assert sorted(out["shapes"])[:4] == [1, 2, 4, 8] and 16 in out["shapes"], out["shapes"]
+    assert out["prefetch"]["failed"] == 0, out["prefetch"]
+    assert out["tuned_here"] == [], out["tuned_here"]
+    _close(out["y"], out["ref"], 2e-2)
