@@ -17,7 +17,8 @@ from tftrt import trt_convert as trt, zoo
 from tests.integration import models
 from tests.tolerances import MODEL_TOLERANCES
 
-# The smallest member of each family: the default suite's share (~4 minutes on 2 cores).
+# The smallest member of each family: the default suite's share (~6.5 minutes of one test
+# process on 2 cores, 2026-12-02).
 CI = {
     "Xception", "VGG16", "ResNet50", "ResNet50V2", "InceptionV3", "MobileNet",
     "MobileNetV3Small", "DenseNet121", "NASNetMobile", "EfficientNetB0", "EfficientNetV2B0",
