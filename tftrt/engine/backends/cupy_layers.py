@@ -48,6 +48,9 @@ QUICK_ATTR = "_quick"
 
 # Heavy objects (cuDNN graphs, tuned choices) shared by layers of the same signature.
 _SHARED: Dict[str, Any] = {}
+# ``_SHARED[signature + _BORROWED_BY]``: the record a layer of that signature borrowed its
+# cuDNN plan with (ConvCudnn): its siblings without a record of their own share that graph.
+_BORROWED_BY = "|borrowed-by"
 
 
 def signature(net: Network, layer: Layer, extra=()) -> str:
@@ -247,10 +250,19 @@ class ConvCudnn(Impl):
             shared = self._quick(layer, spec) if quick else None
             if shared is None:
                 rec, borrowed = BR.conv_choice(get_record(layer), key, stored_choice(key))
+                if rec is None and key + _BORROWED_BY in _SHARED:
+                    # No record of its own: at the opt shape it shared the graph of a layer of
+                    # its signature that was timed (the one that holds the record), and here it
+                    # shares what that layer borrowed. It tuned here instead, in the calling
+                    # process, its signature's prefetch job being the borrowed plan's: 28
+                    # convolutions, 18 of a 38 s cold ResNet50 profile build (H200,
+                    # 2026-12-02; the first 3x3 conv of each stage had the record).
+                    rec, borrowed = _SHARED[key + _BORROWED_BY], True
                 if borrowed:  # layers of one signature borrowing one choice share its graph
                     bkey = key + "|borrowed " + json.dumps(rec, sort_keys=True)
                     shared = _SHARED.get(bkey) or self._borrowed(layer, spec, rec, key)
                     _SHARED[bkey] = shared
+                    _SHARED.setdefault(key + _BORROWED_BY, rec)
                 else:
                     shared = self._build(net, layer, spec, rec)
             if not borrowed:  # an untimed plan borrowed from another shape is no choice here
@@ -259,7 +271,7 @@ class ConvCudnn(Impl):
         self.post = Epilogue(net, layer, layer.epilogue[nf:])
         self.workspace = self.conv.workspace
         # the shape the choice was tuned for: this one, or the opt shape it was borrowed from
-        tuned_for = get_record(layer)[BR.FOR] if borrowed else BR.shape_id(key)
+        tuned_for = rec[BR.FOR] if borrowed else BR.shape_id(key)
         self._rec = dict(self.conv.choice(), fused=nf, **{BR.FOR: tuned_for})
         if not quick:
             set_record(layer, self._rec)
