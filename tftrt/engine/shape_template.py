@@ -696,6 +696,10 @@ def specializer(source, config):
                 src = source() if callable(source) else source
                 unbound.append(src if isinstance(src, Network) else network_from_onnx(src))
             return shape_values(unbound[0], shapes)
+        # every layer of the opt engine with its backend choice recorded (the CuPy backend:
+        # stored cuDNN choices), which the other shapes' layers then borrow
+        from tftrt.engine.builder import _hook
+        _hook(opt_engine.backend_impl, "record_choices", opt_engine.network)
         template = make_template(opt_engine.network, front, profile, values)
 
         def build(key, quick=False):

@@ -391,6 +391,15 @@ class CupyBackend(Backend):
         from tftrt.engine.backends import cupy_prefetch
         cupy_prefetch.prefetch(nets, dict(self.options))
 
+    def record_choices(self, net: Network) -> None:
+        """Builder hook before other shapes are made from the network of an engine built here
+        (an optimization profile's opt engine): its cuDNN convolutions without a record get
+        the choice the build cache holds for them (cupy_layers.record_stored_choices), so
+        that every layer of the profile's other shapes borrows the opt engine's plan."""
+        from tftrt.engine.backends import cupy_layers as L
+        n = L.record_stored_choices(net, dict(self.options))
+        log.debug("network %s: %d convolutions given their stored cuDNN choice", net.name, n)
+
     def start_build(self, net: Network) -> None:
         """Builder hook as a build starts (before its passes): the build workers start now,
         for a network with enough convolutions to use them (cupy_prefetch.start_workers)."""

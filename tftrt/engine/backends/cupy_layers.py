@@ -231,6 +231,35 @@ def conv_key(net, layer, spec: ConvSpec) -> str:
     return signature(net, layer, ("tf32", spec.tf32))
 
 
+def record_stored_choices(net: Network, opts: dict) -> int:
+    """Gives each cuDNN convolution of ``net`` without a record the choice the build cache
+    holds for its signature, tuned at this shape (what its first execution would load);
+    returns how many it gave. For an optimization profile's opt engine, before its other
+    shapes are made from its network (``CupyBackend.record_choices``): there every layer
+    then borrows the opt engine's plan. Without it, only the layers whose tactics the opt
+    engine timed had records (the first of each signature in a cold build, none in a warm
+    one, whose tactics all come from the timing cache): the others were tuned again at
+    every shape of the profile, in the calling process (cold) or on the build workers
+    (warm: the ResNet50 profile's 24 rung convolutions, 2.3 s of a 6.7 s warm build on the
+    H200, 2026-12-02), and cold and warm builds made different engines."""
+    given = 0
+    for layer in net.layers:
+        if layer.kind not in ("conv", "conv_transpose") or layer.tactic != "cudnn" or \
+                get_record(layer) is not None or layer.attrs.get(QUICK_ATTR) or \
+                "quant" in layer.attrs:
+            continue
+        io = [t for t in list(layer.inputs) + list(layer.outputs) if t]
+        if not all(net.tensors[t].is_static for t in io):
+            continue
+        key = conv_key(net, layer, conv_spec(net, layer, opts))
+        rec = stored_choice(key)
+        if rec and "fused" in rec and "engine" in rec and \
+                rec.get(BR.FOR) == BR.shape_id(key):
+            set_record(layer, dict(rec))
+            given += 1
+    return given
+
+
 class ConvCudnn(Impl):
     """conv (fprop) / conv_transpose (dgrad) through a cuDNN graph; tuning also weighs the fully
     fused graph against conv-only + one epilogue kernel (cuDNN's fused depthwise engines, for
