@@ -60,11 +60,20 @@ template <typename T> __device__ __forceinline__ T fmaxnan(T a, T b) { return a 
 template <typename T> __device__ __forceinline__ T fminnan(T a, T b) { return a < b ? a : b; }
 // integer pow, exact and wrapping on overflow as TF's (double lost int64 digits past 2**53);
 // a negative exponent takes the float path, as the numpy backend does
+// integer a ** e, wrapping; e < 0 as numpy's float64 power truncated on x86: |a| >= 2 gives
+// 0, 0 gives inf, which converts to INT64_MIN (CUDA's conversion saturates: INT64_MAX, -1
+// as int32, where the numpy backend has INT64_MIN and 0: H200, 2026-12-02)
 __device__ __forceinline__ long long ipow(long long a, long long e) {
-  if (e < 0) return (long long)pow((double)a, (double)e);
+  if (e < 0) return a == 1 ? 1 : a == -1 ? ((e & 1) ? -1 : 1) :
+      a == 0 ? (long long)0x8000000000000000ull : 0;
   unsigned long long r = 1ull, b = (unsigned long long)a;
   while (e) { if (e & 1) r *= b; b *= b; e >>= 1; }
   return (long long)r; }
+// an integer step's float power in float64, as numpy's: CUDA's pow is not correctly rounded
+// (9 ** 0.5 came out below 3, truncated to 2; 94906267 ** 2 one ulp above numpy's), so the
+// square and the square root, correctly rounded here as in numpy, go that way
+__device__ __forceinline__ double fpow(double a, double b) {
+  return b == 2.0 ? a * a : (b == 0.5 && a >= 0.0) ? sqrt(a) : pow(a, b); }
 template <typename T> __device__ __forceinline__ T pymod(T a, T b) {
   T r = a % b; if (r != 0 && ((r < 0) != (b < 0))) r += b; return r; }
 __device__ __forceinline__ float pymod(float a, float b) {
@@ -245,7 +254,7 @@ def op_expr(op: str, args: List[Optional[str]], ct: str, p: dict,
         if fl:
             return f"{_fn(ct, 'pow', f'({ct})({a})', f'({ct})({b})')}"
         if any(floats):  # an integer step with a float operand (ONNX): numpy's float64 power
-            return f"(({ct})pow((double)({a}), (double)({b})))"
+            return f"(({ct})fpow((double)({a}), (double)({b})))"
         return f"(({ct})ipow((long long)({a}), (long long)({b})))"
     if op == "mod":
         if p.get("fmod"):
