@@ -715,7 +715,8 @@ class TRTEngineOp:
         ``stats["shape_builds"]`` too."""
         def specialize(opt_engine, profile):
             from tftrt.engine.shape_template import specializer
-            template, build = specializer(self._imported_network, self._config(backend))(
+            template, build = specializer(self._imported_network, self._config(backend),
+                                          fingerprint=self._segment_digest())(
                 opt_engine, profile)
 
             def counted(key, quick=False):
@@ -739,6 +740,12 @@ class TRTEngineOp:
                 counted.prefetch = build.prefetch
             return template, counted
         return specialize
+
+    def _segment_digest(self) -> str:
+        """The segment network's digest (its ONNX bytes, a quantization table included): what
+        keys its shape templates in the build cache (shape_template.cached_template)."""
+        import hashlib
+        return hashlib.sha256(self.spec.onnx_bytes).hexdigest()
 
     def _config(self, backend: str, tactic_choices=None, weight_cache=None):
         from tftrt.engine import BuilderConfig

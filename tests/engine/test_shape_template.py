@@ -694,7 +694,9 @@ def test_a_loaded_profile_builds_its_smallest_batch_at_the_first_split(monkeypat
     in the background at once, the batch's own engine only when calls pause."""
     import time
     monkeypatch.setenv("TFTRT_SPLIT_BATCH", "1")
-    monkeypatch.setenv("TFTRT_BUILD_IDLE_MS", "300")
+    # calls come every 20 ms below; a pause of 300 ms (a loaded CI machine: load 8 on 2
+    # cores, 2026-12-02) let batch 3's own engine build mid-loop
+    monkeypatch.setenv("TFTRT_BUILD_IDLE_MS", "2000")
     model, _ = resnet50(batch=2, size=16, width=8)
     built = profile_engine(model, batch_profile(1, 8, (16, 16, 3)))
     opt = built.engine_for([(8, 16, 16, 3)])
@@ -1006,3 +1008,126 @@ def test_a_failing_prefetch_hook_never_fails_a_build(split_on, monkeypatch):
     pe = profile_engine(model, batch_profile(1, 8, (8, 8, 3)))
     assert sorted(k[0][0] for k in pe.shapes) == [1, 2, 4, 8]
     check(pe, model, (5, 8, 8, 3), seed=5)
+
+
+# --- templates kept in the build cache (shape_template.cached_template) --------------------------
+def cached_profile_engine(model, profile, fingerprint="segment-a"):
+    """profile_engine with its templates in the build cache (TFTRT_CACHE_DIR), keyed by
+    ``fingerprint`` as the engine op keys them by its ONNX bytes' digest."""
+    net = network_from_onnx(model)
+    config = BuilderConfig(precision="FP32", backend="numpy")
+
+    def build(key, choices, weight_cache):
+        return build_engine(net, {X: key[0]}, BuilderConfig(
+            precision="FP32", backend="numpy", tactic_choices=choices,
+            weight_cache=weight_cache))
+    return ProfileEngine([profile], build, "numpy",
+                         specializer(net, config, fingerprint=fingerprint)).build_profiles()
+
+
+@pytest.fixture
+def probes(monkeypatch, tmp_path):
+    """Counts make_template's probing runs (ST._make_template); a build cache in tmp_path."""
+    from tftrt.engine import shape_template as ST
+    monkeypatch.setenv("TFTRT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("TFTRT_BUILD_CACHE", raising=False)
+    runs = []
+    real = ST._make_template
+
+    def counted(*a, **k):
+        runs.append(1)
+        return real(*a, **k)
+    monkeypatch.setattr(ST, "_make_template", counted)
+    return runs
+
+
+def test_a_second_build_takes_its_template_from_the_build_cache(probes, tmp_path):
+    """A profile's template is probed once: a second ProfileEngine of the same segment,
+    config and profile (a warm build, tftrt.load) makes it from the cached rules without
+    probing and serves the other shapes as the first did; another profile or segment probes
+    again."""
+    model, _ = resnet50(batch=2, size=8, width=4)
+    prof = batch_profile(1, 8, (8, 8, 3))
+    first = cached_profile_engine(model, prof)
+    assert first.template_errors == {} and len(probes) == 1
+    second = cached_profile_engine(model, prof)
+    assert second.template_errors == {} and len(probes) == 1  # no probe
+    t1, t2 = first._template(0)[0], second._template(0)[0]
+    assert (t2.variables, t2.opt, t2.ones_ok, t2.groups) == \
+        (t1.variables, t1.opt, t1.ones_ok, t1.groups)
+    for b in (1, 3, 5):
+        e = check(second, model, (b, 8, 8, 3), seed=b)
+        assert e.build_info.get("from_template"), b
+    cached_profile_engine(model, batch_profile(1, 4, (8, 8, 3)))
+    assert len(probes) == 2  # another profile
+    cached_profile_engine(model, prof, fingerprint="segment-b")
+    assert len(probes) == 3  # another segment
+
+
+def test_a_cached_refusal_is_not_probed_again(probes):
+    """A template the probes refused (y = x * batch: the batch folded into a constant) is
+    refused again from the cache, with the same reason, and every shape still builds the
+    full way, right."""
+    nodes = [N("Shape", [X], ["s"]), N("Gather", ["s", "idx0"], ["b"], axis=0),
+             N("Cast", ["b"], ["bf"], to=1), N("Mul", [X, "bf"], ["TensorRTOutputPH_0"])]
+    model = make_model(nodes, {X: np.zeros((4, 3), np.float32)},
+                       {"idx0": np.array(0, np.int64)}, outputs=["TensorRTOutputPH_0"],
+                       symbolic=[0])
+    first = cached_profile_engine(model, batch_profile(1, 8, (3,)))
+    runs = len(probes)
+    second = cached_profile_engine(model, batch_profile(1, 8, (3,)))
+    assert len(probes) == runs and second.template_errors == first.template_errors != {}
+    for b in (1, 3, 6):
+        assert not check(second, model, (b, 3), seed=b).build_info.get("from_template")
+
+
+@pytest.mark.parametrize("damage", ["garbage", "foreign"])
+def test_a_corrupt_or_foreign_template_entry_is_probed_again(probes, tmp_path, caplog, damage):
+    """An entry that is not JSON (reported by the build cache) or does not fit the network
+    (a rule for a layer it does not have) is ignored: the shapes are probed again and the
+    engines are right."""
+    from tftrt.engine import shape_template as ST
+    from tftrt.engine.build_cache import build_cache_for
+    model, _ = resnet50(batch=2, size=8, width=4)
+    prof = batch_profile(1, 8, (8, 8, 3))
+    first = cached_profile_engine(model, prof)
+    files = [p for p in (tmp_path / "cache").rglob("*.entry")
+             if ST.TEMPLATE_NAMESPACE in str(p)]
+    assert len(files) == 1, files
+    if damage == "garbage":
+        files[0].write_bytes(b"\x00not an entry")
+    else:
+        opt = first.engine_for([(8, 8, 8, 3)])
+        store = build_cache_for(opt.backend_impl)
+        key = ST.template_key(opt.network, prof, "segment-a",
+                              BuilderConfig(precision="FP32", backend="numpy"))
+        entry = store.get_json(ST.TEMPLATE_NAMESPACE, key)
+        assert entry is not None and entry["opt"] == [8]
+        entry["rules"]["999"] = {"shape": [[["c", 1]], None]}  # no layer 999 here
+        assert store.put_json(ST.TEMPLATE_NAMESPACE, key, entry)
+    with caplog.at_level("WARNING"):
+        again = cached_profile_engine(model, prof)
+    assert len(probes) == 2 and again.template_errors == {}
+    if damage == "foreign":
+        assert any("shape template entry" in r.getMessage() for r in caplog.records)
+    for b in (2, 7):
+        assert check(again, model, (b, 8, 8, 3), seed=b).build_info.get("from_template")
+
+
+def test_cached_rules_rederive_shape_values(probes):
+    """Rules that re-derive attributes (a flatten's shape, an Expand's, a slice with a
+    negative start on the batch) come back from the cache as they were learned, with the
+    size-1 refusal, and the engines they make match onnxruntime."""
+    model = shape_values_model()
+    prof = batch_profile(1, 8, (2, 3, 4))
+    first = cached_profile_engine(model, prof)
+    second = cached_profile_engine(model, prof)
+    assert len(probes) == 1
+    (t1, _), = first._templates.values()
+    (t2, _), = second._templates.values()
+    from tftrt.engine.network import _jsonable
+    assert t1.rules and _jsonable(t2.rules) == _jsonable(t1.rules)
+    assert not t2.ones_ok and t2.ones_ok == t1.ones_ok
+    for b in range(2, 8):
+        assert check(second, model, (b, 2, 3, 4), seed=b).build_info.get("from_template")
+    assert not check(second, model, (1, 2, 3, 4)).build_info.get("from_template")

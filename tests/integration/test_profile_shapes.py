@@ -289,7 +289,8 @@ def test_inputs_sharing_a_batch_get_a_template_and_split_batches(tmp_path, monke
     assert "differ" in template.serves([(5, 8), (3, 8)])
 
 
-def test_loaded_profiles_serve_other_sizes_without_passes(flatten_dir, passes_runs, tmp_path):
+def test_loaded_profiles_serve_other_sizes_without_passes(flatten_dir, passes_runs, tmp_path,
+                                                          monkeypatch):
     import tftrt
     native = tf.saved_model.load(flatten_dir).signatures["serving_default"]
     conv, fn, op = converted(flatten_dir)
@@ -299,14 +300,24 @@ def test_loaded_profiles_serve_other_sizes_without_passes(flatten_dir, passes_ru
     loaded = tftrt.load(str(tmp_path / "saved"))
     (lop,) = loaded.engine_ops.values()
     (pe,) = [e for _, e in lop.cache.items()]
-    # the plan holds the opt engine; loading checks its network at the three probe shapes
-    assert len(passes_runs) == 3 and pe.template_errors == {}
+    # the plan holds the opt engine; its template comes from the build cache the build
+    # filled (shape_template.cached_template): no pass runs
+    assert len(passes_runs) == 0 and pe.template_errors == {}
     sig = loaded.signatures["serving_default"]
     for b in (3, 16, 1, 10):
         check(sig, native, b)
-    assert len(passes_runs) == 3
+    assert len(passes_runs) == 0
     assert lop.stats["builds"] == 0 and lop.stats["native"] == 0
     assert lop.stats["shape_builds"] == 3 == pe.stats["from_template"]
+    # with another (empty) build cache, loading checks the network at the three probe shapes
+    monkeypatch.setenv("TFTRT_CACHE_DIR", str(tmp_path / "other_cache"))
+    again = tftrt.load(str(tmp_path / "saved"))
+    (aop,) = again.engine_ops.values()
+    (ape,) = [e for _, e in aop.cache.items()]
+    assert len(passes_runs) == 3 and ape.template_errors == {}
+    for b in (5, 2):
+        check(again.signatures["serving_default"], native, b)
+    assert len(passes_runs) == 3
 
 
 def test_summary_shows_the_profiles(flatten_dir):

@@ -676,10 +676,92 @@ def _make_template(network, front, profile, shape_values, variables: List[Var],
     return template
 
 
-def specializer(source, config):
+# --- templates in the build cache ----------------------------------------------------------
+# make_template runs the builder's passes at two or three probe shapes and the shape-value
+# check: 0.6-1.0 s of a warm ResNet50 profile build on the H200 (2026-12-02), and again in
+# every tftrt.load. Its outcome depends only on the segment network (``fingerprint``: its
+# ONNX bytes' digest), the builder config, the profile and the opt engine's network, which
+# key the entry: the rules (or the TemplateError) are kept, and a template is made from them
+# around the opt engine's network without probing. A corrupt or foreign entry is probed again.
+TEMPLATE_NAMESPACE = "shape-templates"
+_TEMPLATE_FORMAT = 1
+
+
+def _network_digest(net: Network) -> list:
+    """What of ``net`` a template's rules depend on: layers (kind, name, tensors, public
+    attrs, epilogue) and tensor dtypes / shapes, weights' values left out."""
+    return [[l.kind, l.name, list(l.inputs), list(l.outputs), _jsonable(_public(l.attrs)),
+             _jsonable(l.epilogue)] for l in net.layers] + \
+        [[n, t.dtype, _jsonable(t.shape)] for n, t in sorted(net.tensors.items())] + \
+        [list(net.inputs), list(net.outputs)]
+
+
+def template_key(network: Network, profile, fingerprint: str, config) -> str:
+    import hashlib
+    import json
+    body = {"format": _TEMPLATE_FORMAT, "source": fingerprint, "profile": profile.to_json(),
+            "config": config.to_json() if config is not None else None,
+            "network": _network_digest(network)}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _template_json(t: ShapeTemplate) -> dict:
+    return {"variables": [list(v) for v in t.variables], "opt": list(t.opt),
+            "rules": {str(k): _jsonable(v) for k, v in t.rules.items()},
+            "ones_ok": bool(t.ones_ok), "groups": [[list(v) for v in g] for g in t.groups]}
+
+
+def _template_from_json(network: Network, d: dict) -> ShapeTemplate:
+    """The template of cached entry ``d`` around ``network``; ValueError for an entry that
+    does not fit it."""
+    try:
+        variables = [(int(i), int(ax)) for i, ax in d["variables"]]
+        groups = [[(int(i), int(ax)) for i, ax in g] for g in d["groups"]]
+        rules = {int(k): {str(a): [list(r[0]), r[1]] for a, r in v.items()}
+                 for k, v in d["rules"].items()}
+        opt = tuple(int(v) for v in d["opt"])
+        ones_ok = bool(d["ones_ok"])
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        raise ValueError(f"malformed entry ({type(e).__name__}: {e})") from e
+    n_in = len(network.inputs)
+    if len(opt) != len(groups) or any(
+            not (0 <= i < n_in and 0 <= ax < len(network.tensors[network.inputs[i]].shape))
+            for i, ax in variables) or any(not (0 <= k < len(network.layers)) for k in rules):
+        raise ValueError("entry does not fit the network")
+    return ShapeTemplate(network, variables, opt, rules, ones_ok=ones_ok, groups=groups)
+
+
+def cached_template(network: Network, front, profile, shape_values, fingerprint: Optional[str],
+                    config, store=None) -> ShapeTemplate:
+    """:func:`make_template`, its outcome kept in the build cache (``store``, a BuildCache;
+    None: none) under :func:`template_key` when ``fingerprint`` names the segment network."""
+    if store is None or not fingerprint:
+        return make_template(network, front, profile, shape_values)
+    key = template_key(network, profile, fingerprint, config)
+    hit = store.get_json(TEMPLATE_NAMESPACE, key)
+    if isinstance(hit, dict):
+        if isinstance(hit.get("error"), str):
+            raise TemplateError(hit["error"])
+        try:
+            return _template_from_json(network, hit)
+        except ValueError as e:
+            log.warning("tftrt build cache: shape template entry %s not used (%s); probing "
+                        "the shapes again", key[:12], e)
+    try:
+        template = make_template(network, front, profile, shape_values)
+    except TemplateError as e:
+        store.put_json(TEMPLATE_NAMESPACE, key, {"error": str(e)})
+        raise
+    store.put_json(TEMPLATE_NAMESPACE, key, _template_json(template))
+    return template
+
+
+def specializer(source, config, fingerprint: Optional[str] = None):
     """A :data:`tftrt.profiles.SpecializeFn` for engines built from ``source`` (a Network, an
     ONNX model, or a callable returning one) with ``config`` (a ``BuilderConfig``): the
-    template of the opt engine's network, and a build function for other shapes."""
+    template of the opt engine's network, and a build function for other shapes.
+    ``fingerprint`` (the source's digest) keeps templates in the opt engine backend's build
+    cache (:func:`cached_template`)."""
     def specialize(opt_engine, profile):
         from tftrt.engine.builder import build_engine_from_template, optimized_network
         from tftrt.engine.onnx_import import network_from_onnx
@@ -700,7 +782,12 @@ def specializer(source, config):
         # stored cuDNN choices), which the other shapes' layers then borrow
         from tftrt.engine.builder import _hook
         _hook(opt_engine.backend_impl, "record_choices", opt_engine.network)
-        template = make_template(opt_engine.network, front, profile, values)
+        store = None
+        if fingerprint:
+            from tftrt.engine.build_cache import build_cache_for
+            store = build_cache_for(opt_engine.backend_impl)
+        template = cached_template(opt_engine.network, front, profile, values, fingerprint,
+                                   config, store)
 
         def build(key, quick=False):
             return build_engine_from_template(template, dict(zip(names, key)), opt_engine,
