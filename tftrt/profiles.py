@@ -806,12 +806,17 @@ class ProfileEngine:
 
     def _parts(self, key: ShapeKey) -> Optional[List[Tuple[int, object]]]:
         """Engines already built for smaller batches of ``key``'s other dimensions whose
-        batches add up to ``key``'s (largest first), or None. No batch-1 engine where the
-        profile's batch 1 stands apart (:meth:`_ones_apart`)."""
+        batches add up to ``key``'s (largest first), or None. Only batches of ``key``'s
+        profile, whose template showed the network the same across them (an engine of
+        another profile, below its range, may fold its shape arithmetic otherwise:
+        ``min(batch, 4)`` is 2 at batch 2, 4 across a profile 5..16); no batch-1 engine where
+        the profile's batch 1 stands apart (:meth:`_ones_apart`)."""
         b = key[0][0]
         rest = [s[1:] for s in key]
         i = self.profile_index(key)
-        least = 2 if i is not None and self._ones_apart(i) else 1
+        if i is None:
+            return None
+        least = self._split_range(i)[0]
         sizes: Dict[int, object] = {}
         for k, e in self._engines.items():
             n = k[0][0]

@@ -1131,3 +1131,35 @@ def test_cached_rules_rederive_shape_values(probes):
     for b in range(2, 8):
         assert check(second, model, (b, 2, 3, 4), seed=b).build_info.get("from_template")
     assert not check(second, model, (1, 2, 3, 4)).build_info.get("from_template")
+
+
+def test_split_parts_come_from_the_batches_profile_only(monkeypatch):
+    """y = x * min(batch, 4) with profiles 1..3 and 5..16 in one ProfileEngine: across
+    5..16 the factor is 4 (its template holds), at 2 it is 2. Batch 7 splits only into
+    engines of its own profile (here: none below it but 5, so 5 + 2 is refused and 7 gets
+    its own engine), never into profile 1..3's batch-2 engine, which computes x * 2 (helper
+    hunt, 2026-12-02: _parts took any engine of the ProfileEngine)."""
+    monkeypatch.setenv("TFTRT_SPLIT_BATCH", "1")
+    monkeypatch.setenv("TFTRT_BUILD_IDLE_MS", "0")
+    c = {"idx0": np.array([0], np.int64), "four": np.array([4], np.int64)}
+    nodes = [N("Shape", [X], ["s"]), N("Gather", ["s", "idx0"], ["b"], axis=0),
+             N("Min", ["b", "four"], ["k"]), N("Cast", ["k"], ["kf"], to=1),
+             N("Mul", [X, "kf"], ["TensorRTOutputPH_0"])]
+    model = make_model(nodes, {X: np.zeros((4, 3), np.float32)}, c,
+                       outputs=["TensorRTOutputPH_0"], symbolic=[0])
+    net = network_from_onnx(model)
+    config = BuilderConfig(precision="FP32", backend="numpy")
+
+    def build(key, choices, weight_cache):
+        return build_engine(net, {X: key[0]}, BuilderConfig(
+            precision="FP32", backend="numpy", tactic_choices=choices,
+            weight_cache=weight_cache))
+    pe = ProfileEngine([batch_profile(1, 3, (3,)), batch_profile(5, 16, (3,))], build,
+                       "numpy", specializer(net, config)).build_profiles()
+    assert 1 not in pe.template_errors, pe.template_errors  # 5..16: min(b, 4) is 4 there
+    for b in (2, 1, 3, 5, 7, 12, 6):
+        engine = check(pe, model, (b, 3), seed=b)
+        parts = engine.build_info.get("split") or []
+        if b >= 5:
+            assert all(n >= 5 for n in parts), (b, parts)
+    assert pe.wait_pending(timeout=60)
