@@ -777,11 +777,14 @@ def _einsum_operand(node, ctx, i, sub, groups, size):
     x = ctx.input(node, i)
     if perm != list(range(len(perm))):
         x = ctx.emit("Transpose", [x], perm=perm)
-    if needs_reshape and sum(d is None for d in target) > 1:
+    if needs_reshape and (sum(d is None for d in target) > 1 or
+                          (None in target and 0 in target)):  # -1 beside a 0 infers nothing
         # several unknown groups: their sizes read from the operand at run time (folded by
         # the engine for each input shape)
+        # allowzero: a group of size 0 (an empty batch or sequence) is 0, not "keep the
+        # input's dimension" (helper hunt, 2026-12-02: the engine failed and ran natively)
         x = ctx.emit("Reshape", [x, _group_dims(node, ctx, groups, {c: i for c in sub},
-                                                {i: sub}, size)])
+                                                {i: sub}, size)], allowzero=1)
     elif needs_reshape:
         shape = np.array([-1 if d is None else d for d in target], np.int64)
         x = ctx.emit("Reshape", [x, ctx.const(shape, node.name + "/shape")])
@@ -838,13 +841,15 @@ def _einsum_as_matmul(node, ctx) -> bool:
     xa = _einsum_operand(node, ctx, ia, a, a_groups, size)
     xb = _einsum_operand(node, ctx, ib, b, b_groups, size)
     y = ctx.emit("MatMul", [xa, xb])
-    if out_reshape and sum(size[c] is None for c in out_labels) > 1:
+    out_dims = [size[c] for c in out_labels]
+    if out_reshape and (sum(d is None for d in out_dims) > 1 or
+                        (None in out_dims and 0 in out_dims)):
         # several unknown dims (batch and sequence of a [None, None, H] signature: Keras'
         # MultiHeadAttention projections): the shape read from the operands at run time
         # (the engine folds it for each input shape); left as an ONNX Einsum, these ran
         # in FP32 in FP16 engines (transformer hunt, 2026-12-02)
         y = ctx.emit("Reshape", [y, _group_dims(node, ctx, [[c] for c in out_labels], owner,
-                                                {ia: a, ib: b}, size)])
+                                                {ia: a, ib: b}, size)], allowzero=1)
     elif out_reshape:
         shape = np.array([-1 if size[c] is None else size[c] for c in out_labels], np.int64)
         y = ctx.emit("Reshape", [y, ctx.const(shape, node.name + "/out_shape")])
