@@ -1163,3 +1163,4 @@ def test_split_parts_come_from_the_batches_profile_only(monkeypatch):
         if b >= 5:
             assert all(n >= 5 for n in parts), (b, parts)
     assert pe.wait_pending(timeout=60)
+

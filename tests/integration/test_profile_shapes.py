@@ -463,3 +463,37 @@ def test_dynamic_shapes_runs_small_on_cpu(tmp_path, monkeypatch):
     assert 0 < sum(prof.values()) <= parts["profiles"]
     assert st["static"]["profile_parts_s"] == {}
     assert st["cold"]["build_counts"] == {}     # the numpy backend: no cuDNN, no workers
+
+
+def test_a_product_of_two_varying_dimensions_refuses_the_template(tmp_path):
+    """einsum 'bsth,bsh->bst' over [None, None, None, 4] and [None, None, 4], built at
+    (1, 1, 1) and (6, 12, 4): its MatMul lowering reshapes x to [B * S, T, 4], sizes read at
+    run time. Moving B and S at once, B * S fits 17 * B - 30 at the opt (6, 12), the probe
+    (3, 7) and the low end (2, 2) alike; each dimension moved alone refuses it, so the
+    template is refused and other shapes build the full way, right (helper hunt,
+    2026-12-02: the template was taken and failed at every other shape)."""
+    class M(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, None, None, 4], tf.float32, name="x"),
+                                      tf.TensorSpec([None, None, 4], tf.float32, name="y")])
+        def __call__(self, x, y):
+            return {"o": tf.einsum("bsth,bsh->bst", x * 1.0, y * 1.0)}
+    path = models.save_module(M(), str(tmp_path / "m"))
+    native = tf.saved_model.load(path).signatures["serving_default"]
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=path, use_dynamic_shape=True,
+                                   minimum_segment_size=1)
+    fn = conv.convert()
+    rng = np.random.default_rng(0)
+
+    def feed(b, s, t):
+        return {"x": tf.constant(rng.standard_normal((b, s, t, 4)), tf.float32),
+                "y": tf.constant(rng.standard_normal((b, s, 4)), tf.float32)}
+    conv.build(lambda: iter([feed(1, 1, 1), feed(6, 12, 4)]))
+    (op,) = conv.engine_ops.values()
+    (pe,) = [e for _, e in op.cache.items()]
+    (why,) = pe.template_errors.values()  # refused: re-derived at B = 3 alone, [21, ...]
+    assert "cannot reshape" in why or "alone" in why, why
+    for b, s, t in ((4, 5, 3), (2, 9, 3), (3, 7, 2)):
+        f = feed(b, s, t)
+        np.testing.assert_allclose(fn(**f)["o"].numpy(), native(**f)["o"].numpy(), rtol=1e-4,
+                                   atol=1e-4)
+    assert op.stats["native"] == 0, op.stats

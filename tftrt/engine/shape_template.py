@@ -657,6 +657,19 @@ def _make_template(network, front, profile, shape_values, variables: List[Var],
         low_net = front(dict(zip(names, low_shapes)))
         _compare(network, low_net, "low", opt, low, learn=False)
         _check_shapes(template, low_net, low_shapes, "low")
+    # With several varying dimensions, the probe moved them all at once: a value that is a
+    # product of two (a flatten of batch x sequence, B * S) can then fit an affine rule in
+    # one of them (17 * B - 30 at (6, 12), (3, 7) and the low (2, 2): helper hunt,
+    # 2026-12-02). Each dimension moved alone, the others at the opt shape, tells them apart.
+    if len(reps) > 1:
+        for g in range(len(reps)):
+            alone = tuple(p if k == g else o for k, (o, p) in enumerate(zip(opt, probe)))
+            if alone in (opt, probe, low):
+                continue
+            alone_shapes = shapes_at(alone)
+            alone_net = front(dict(zip(names, alone_shapes)))
+            _compare(network, alone_net, f"dimension {g} alone", opt, alone, learn=False)
+            _check_shapes(template, alone_net, alone_shapes, f"dimension {g} alone")
     ones = tuple(1 if profile.min[i][ax] <= 1 <= profile.max[i][ax] else v
                  for (i, ax), v in zip(reps, probe))
     if not ones_values_ok:
