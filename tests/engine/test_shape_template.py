@@ -24,7 +24,10 @@ X = "TensorRTInputPH_0"
 INT_MAX = np.iinfo(np.int64).max
 
 
-def profile_engine(model, profile, precision="FP32"):
+def profile_engine(model, profile, precision="FP32", fingerprint=None):
+    """A built ProfileEngine of ``model`` for ``profile`` (or a list of profiles); with
+    ``fingerprint``, its templates kept in the build cache under it (as the engine op keys
+    them by its ONNX bytes' digest)."""
     net = network_from_onnx(model)
     config = BuilderConfig(precision=precision, backend="numpy")
 
@@ -32,7 +35,9 @@ def profile_engine(model, profile, precision="FP32"):
         return build_engine(net, {X: key[0]}, BuilderConfig(
             precision=precision, backend="numpy", tactic_choices=choices,
             weight_cache=weight_cache))
-    return ProfileEngine([profile], build, "numpy", specializer(net, config)).build_profiles()
+    profiles = profile if isinstance(profile, list) else [profile]
+    return ProfileEngine(profiles, build, "numpy",
+                         specializer(net, config, fingerprint=fingerprint)).build_profiles()
 
 
 def batch_profile(lo, hi, rest):
@@ -1012,17 +1017,8 @@ def test_a_failing_prefetch_hook_never_fails_a_build(split_on, monkeypatch):
 
 # --- templates kept in the build cache (shape_template.cached_template) --------------------------
 def cached_profile_engine(model, profile, fingerprint="segment-a"):
-    """profile_engine with its templates in the build cache (TFTRT_CACHE_DIR), keyed by
-    ``fingerprint`` as the engine op keys them by its ONNX bytes' digest."""
-    net = network_from_onnx(model)
-    config = BuilderConfig(precision="FP32", backend="numpy")
-
-    def build(key, choices, weight_cache):
-        return build_engine(net, {X: key[0]}, BuilderConfig(
-            precision="FP32", backend="numpy", tactic_choices=choices,
-            weight_cache=weight_cache))
-    return ProfileEngine([profile], build, "numpy",
-                         specializer(net, config, fingerprint=fingerprint)).build_profiles()
+    """profile_engine with its templates in the build cache (TFTRT_CACHE_DIR)."""
+    return profile_engine(model, profile, fingerprint=fingerprint)
 
 
 @pytest.fixture
@@ -1147,15 +1143,7 @@ def test_split_parts_come_from_the_batches_profile_only(monkeypatch):
              N("Mul", [X, "kf"], ["TensorRTOutputPH_0"])]
     model = make_model(nodes, {X: np.zeros((4, 3), np.float32)}, c,
                        outputs=["TensorRTOutputPH_0"], symbolic=[0])
-    net = network_from_onnx(model)
-    config = BuilderConfig(precision="FP32", backend="numpy")
-
-    def build(key, choices, weight_cache):
-        return build_engine(net, {X: key[0]}, BuilderConfig(
-            precision="FP32", backend="numpy", tactic_choices=choices,
-            weight_cache=weight_cache))
-    pe = ProfileEngine([batch_profile(1, 3, (3,)), batch_profile(5, 16, (3,))], build,
-                       "numpy", specializer(net, config)).build_profiles()
+    pe = profile_engine(model, [batch_profile(1, 3, (3,)), batch_profile(5, 16, (3,))])
     assert 1 not in pe.template_errors, pe.template_errors  # 5..16: min(b, 4) is 4 there
     for b in (2, 1, 3, 5, 7, 12, 6):
         engine = check(pe, model, (b, 3), seed=b)
