@@ -738,14 +738,21 @@ def _einsum_plan(node, ctx):
         if shp is None or len(shp) != len(s):
             return None
         shapes.append(shp)
-    size = {}
+    size, unknown = {}, set()
     for s, shp in zip((a, b), shapes):
         for c, d in zip(s, shp):
             d = None if d is None or d < 0 else int(d)
+            if d is None:
+                unknown.add(c)
             if size.get(c) is None:
                 size[c] = d
             elif d is not None and d != size[c]:
                 return None  # broadcasting a label of size 1: left to ONNX Einsum
+    if any(size[c] == 1 for c in unknown):
+        # a label of size 1 on one operand, unknown on the other: the MatMul would broadcast
+        # it where TF's Einsum raises (sizes must match: helper hunt, 2026-12-02); ONNX
+        # Einsum checks them as TF does
+        return None
     batch = [c for c in a if c in b and c in out]
     contracted = [c for c in a if c in b and c not in out]
     left = [c for c in a if c not in b]

@@ -383,3 +383,32 @@ def test_einsums_over_empty_dimensions_run_in_the_engine(tmp_path, eq, spec_a, s
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * max(1.0, scale))
     (op,) = conv.engine_ops.values()
     assert op.stats["native"] == 0 and op.stats["engine"] == 2, op.stats
+
+
+def test_an_einsum_label_of_size_one_against_a_larger_one_is_tfs_error(tmp_path):
+    """einsum 'bij,bjk->bik' with y's b static 1 and x's unknown: TF broadcasts within an
+    ellipsis only, so x of batch 2 with y of batch 1 is its InvalidArgumentError. The engine
+    broadcast it (MatMul, and its Einsum layer's shape inference) and answered (helper hunt,
+    2026-12-02); now the converted function raises TF's error too, and matching batches
+    run in the engine."""
+    class M(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, None, None], tf.float32, name="x"),
+                                      tf.TensorSpec([1, None, None], tf.float32, name="y")])
+        def __call__(self, x, y):
+            return {"o": tf.einsum("bij,bjk->bik", x * 1.0, y * 1.0)}
+    path = models.save_module(M(), str(tmp_path / "m"))
+    native = tf.saved_model.load(path).signatures["serving_default"]
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=path, minimum_segment_size=1)
+    fn = conv.convert()
+    rng = np.random.default_rng(0)
+    y = tf.constant(rng.standard_normal((1, 4, 5)).astype(np.float32))
+    x1 = tf.constant(rng.standard_normal((1, 3, 4)).astype(np.float32))
+    np.testing.assert_allclose(fn(x=x1, y=y)["o"].numpy(), native(x=x1, y=y)["o"].numpy(),
+                               rtol=1e-5, atol=1e-5)
+    (op,) = conv.engine_ops.values()
+    assert op.stats["engine"] == 1 and op.stats["native"] == 0, op.stats
+    x2 = tf.constant(rng.standard_normal((2, 3, 4)).astype(np.float32))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="Expected dimension 2"):
+        native(x=x2, y=y)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="Expected dimension 2"):
+        fn(x=x2, y=y)

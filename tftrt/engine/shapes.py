@@ -310,8 +310,13 @@ def einsum_output_shape(eq: str, shapes: List[Tuple[int, ...]]) -> Tuple[int, ..
         else:
             letters, sizes = t, list(s)
         for c, d in zip(letters, sizes):
-            if d != 1 or c not in dims:
-                dims[c] = d
+            if c in dims and dims[c] != d:
+                # TF's Einsum broadcasts within an ellipsis only: a label of size 1 against
+                # a larger one is an error there (the engine made a result: helper hunt,
+                # 2026-12-02); the build fails and the segment runs natively, as TF says
+                raise EngineBuildError(f"einsum {eq!r}: label {c!r} is {dims[c]} in one "
+                                       f"operand and {d} in another (shapes {shapes})")
+            dims[c] = d
     if "->" not in eq:
         counts = {c: lhs.count(c) for c in dims}
         rhs = ("..." if ell else "") + "".join(sorted(c for c, n in counts.items() if n == 1))
