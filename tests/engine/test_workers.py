@@ -233,9 +233,14 @@ def test_an_interrupted_run_stops_its_workers_and_the_next_build_gets_new_ones()
     of that run are stopped (none keeps half a job for the next run), and the shared pool is
     replaced."""
     import _thread
+    import signal
     import threading
+    # interrupt_main does nothing where SIGINT is not handled by Python: pytest-xdist's
+    # workers ignore it (the test then ran its 30 s jobs out: CI, 2026-12-02)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         p = workers.shared_pool(2, None)
+        assert p.run([("math:sqrt", 4.0)] * 2, timeout=60) == [(True, 2.0)] * 2  # started
         threading.Timer(2.0, _thread.interrupt_main).start()
         with pytest.raises(KeyboardInterrupt):
             p.run([("time:sleep", 30)] * 2, timeout=60)
@@ -244,6 +249,7 @@ def test_an_interrupted_run_stops_its_workers_and_the_next_build_gets_new_ones()
         assert q is not p
         assert q.run([("math:sqrt", 25.0)], timeout=60) == [(True, 5.0)]
     finally:
+        signal.signal(signal.SIGINT, before)
         workers.close_shared_pool()
 
 
