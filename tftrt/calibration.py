@@ -382,11 +382,25 @@ def calibrate_v2(converter, calibration_input_fn: Callable, method: Optional[str
             continue
         constant &= _is_constant(values)
         if cal.ops:
-            cal.add(run(values))
+            try:
+                cal.add(run(values))
+            except Exception as e:  # noqa: BLE001 -- data the model cannot run: say which batch
+                # inputs each fine alone but not together (batches 8 and 3 that the model
+                # adds; a gather index past its table) failed deep in the engine build or
+                # numpy (helper hunt, 2026-12-02)
+                raise ValueError(
+                    f"{what}: batch {cal.batches}: the model cannot run it "
+                    f"({type(e).__name__}: {_first_line(e)}); its inputs must fit together "
+                    f"as native TensorFlow needs them (shapes, index ranges)") from e
         else:
             cal.batches += 1
     _warn_unusual_data(what, empty, constant and cal.batches > 0)
     cal.finish(what)
+
+
+def _first_line(e: BaseException) -> str:
+    from tftrt.logs import first_error_line
+    return first_error_line(e)
 
 
 def _warn_unusual_data(what: str, empty: int, constant: bool) -> None:

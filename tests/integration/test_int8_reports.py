@@ -6,6 +6,7 @@ names the engine it comes from. (Hunt of 2026-12-01.)"""
 import re
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from tftrt import trt_convert as trt
@@ -88,3 +89,43 @@ def test_a_profiles_int8_report_names_its_opt_engine(tmp_path):
     text = _lines(conv)
     assert "engine for input shapes [[8, 8, 8, 3]]" in text, text
     assert "engine for input shapes [[1, 8, 8, 3]]" not in text
+
+
+class TwoInputs(tf.Module):
+    """y = (x + table[ids]) @ w: two inputs that must agree on the batch, an index that must
+    fall in the table."""
+
+    def __init__(self):
+        rng = np.random.RandomState(0)
+        self.w = tf.constant(rng.randn(16, 8).astype(np.float32))
+        self.table = tf.constant(rng.randn(50, 16).astype(np.float32))
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.int32, name="ids"),
+                                  tf.TensorSpec([None, 16], tf.float32, name="x")])
+    def __call__(self, ids, x):
+        return {"y": tf.matmul(x + tf.gather(self.table, ids), self.w)}
+
+
+@pytest.mark.parametrize("bad,why", [
+    ("batches 8 and 3", "do not broadcast"),
+    ("index 100 of 50", "out of range"),
+])
+def test_calibration_data_the_model_cannot_run_names_its_batch(tmp_path, bad, why):
+    """Calibration batches whose inputs are each fine but do not fit together failed deep in
+    the engine build or a numpy kernel, without the batch (helper hunt, 2026-12-02): now a
+    ValueError names calibration_input_fn's batch and what failed, and a good batch after a
+    failed conversion converts."""
+    path = models.save_module(TwoInputs(), str(tmp_path / "m"))
+    rng = np.random.RandomState(1)
+    ids, x = np.arange(8, dtype=np.int32), rng.randn(8, 16).astype(np.float32)
+    batch = (ids, x[:3]) if bad.startswith("batches") else (ids + 100, x)
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=path, precision_mode="INT8")
+    with pytest.raises(ValueError, match=r"calibration_input_fn: batch 0: the model cannot "
+                                         rf"run it \(.*{why}"):
+        conv.convert(calibration_input_fn=lambda: iter([batch]))
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=path, precision_mode="INT8")
+    fn = conv.convert(calibration_input_fn=lambda: iter([(ids, x)]))
+    native = tf.saved_model.load(path).signatures["serving_default"]
+    got = fn(ids=tf.constant(ids), x=tf.constant(x))["y"].numpy()
+    want = native(ids=tf.constant(ids), x=tf.constant(x))["y"].numpy()
+    assert np.abs(got - want).max() <= 0.05 * np.abs(want).max()
