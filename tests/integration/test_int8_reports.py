@@ -129,3 +129,36 @@ def test_calibration_data_the_model_cannot_run_names_its_batch(tmp_path, bad, wh
     got = fn(ids=tf.constant(ids), x=tf.constant(x))["y"].numpy()
     want = native(ids=tf.constant(ids), x=tf.constant(x))["y"].numpy()
     assert np.abs(got - want).max() <= 0.05 * np.abs(want).max()
+
+
+class BigActivations(tf.Module):
+    """conv -> relu -> conv -> mean on inputs near 1e5: activations of 3e5-7e5."""
+
+    def __init__(self):
+        rng = np.random.RandomState(0)
+        self.w1 = tf.constant(rng.randn(3, 3, 3, 8).astype(np.float32) * 0.4)
+        self.w2 = tf.constant(rng.randn(3, 3, 8, 4).astype(np.float32) * 0.3)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 3], tf.float32, name="x")])
+    def __call__(self, x):
+        h = tf.nn.relu(tf.nn.conv2d(x, self.w1, 1, "SAME"))
+        return {"y": tf.reduce_mean(tf.nn.conv2d(h, self.w2, 1, "SAME"), [1, 2])}
+
+
+@pytest.mark.parametrize("precision,tol", [("INT8", 0.03), ("FP8", 0.1)])
+def test_calibrated_activations_past_float16_keep_float32(tmp_path, precision, tol):
+    """A quantized layer's output is stored in float16 unless calibration saw it past half
+    of float16's range: activations of 3e5 stored as float16 were inf, and the engine
+    answered NaN (FP8) or 0 (INT8) where TF is finite (helper hunt, 2026-12-02)."""
+    path = models.save_module(BigActivations(), str(tmp_path / "m"))
+    rng = np.random.RandomState(0)
+    cal = [rng.rand(4, 8, 8, 3).astype(np.float32) * 1e5 for _ in range(3)]
+    x = tf.constant(rng.rand(4, 8, 8, 3).astype(np.float32) * 1e5)
+    want = tf.saved_model.load(path).signatures["serving_default"](x=x)["y"].numpy()
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=path, precision_mode=precision)
+    got = conv.convert(calibration_input_fn=lambda: iter([(a,) for a in cal]))(x=x)["y"]
+    got = got.numpy()
+    assert np.isfinite(got).all(), got
+    assert np.abs(got - want).max() <= tol * np.abs(want).max(), (got, want)
+    (op,) = conv.engine_ops.values()
+    assert op.stats["native"] == 0

@@ -338,7 +338,7 @@ def quantize_network(net: Network, precision: str, table: dict,
         if reason is not None:
             layer.attrs["quant_fallback"] = reason
             continue
-        _quantize_layer(net, layer, precision, amax / qmax, src)
+        _quantize_layer(net, layer, precision, amax / qmax, src, table)
     if precision == "INT8":
         _requantize_outputs(net, table)
     _remove_unused_layers(net)
@@ -346,8 +346,15 @@ def quantize_network(net: Network, precision: str, table: dict,
     return [l.name for l in net.layers if l.precision == precision and "quant" in l.attrs]
 
 
+# A quantized layer's float output is stored in float16 unless the calibration saw it past
+# half of float16's range (65504): calibrated outputs of 2.9e5 were stored as float16, inf,
+# and the engine answered NaN where TF was finite (helper hunt, 2026-12-02). The half leaves
+# room for inputs past the calibration data's.
+FP16_SAFE_AMAX = 65504.0 / 2
+
+
 def _quantize_layer(net: Network, layer: Layer, precision: str, s_x: float,
-                    src: Optional[str]) -> None:
+                    src: Optional[str], table: Optional[dict] = None) -> None:
     axis = weight_axis(layer)
     wname = layer.inputs[1]
     stored, s_w = quantize_weight(net.weights[wname], axis, precision)
@@ -367,7 +374,11 @@ def _quantize_layer(net: Network, layer: Layer, precision: str, s_x: float,
     layer.precision = precision
     keep = set(net.outputs)
     for o in layer.outputs:
-        if o not in keep and net.tensors[o].dtype == "float32":
+        big = table is not None and (_amax(table, o) or 0.0) > FP16_SAFE_AMAX
+        if big:
+            log.info("layer %s: its output keeps float32: calibrated to %.3g, past half of "
+                     "float16's range", layer.name, _amax(table, o))
+        if o not in keep and net.tensors[o].dtype == "float32" and not big:
             net.tensors[o].dtype = "float16"
 
 
