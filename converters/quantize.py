@@ -28,13 +28,17 @@ from .registry import ANY, TENSOR, WEIGHT, converter
 RANGE_TAG = "tftrt_fake_quant"
 
 
-def mark_range(ctx, source: str, lo: float, hi: float, bits: int) -> None:
+def mark_range(ctx, source: str, lo: float, hi: float, bits: int,
+               range_given: bool = True, op: str = "") -> None:
     """Tags the node just emitted (the op's output) with the op's input, float range and
     ``num_bits`` (calibration.graph_table folds only ops as fine as INT8: a QDQ whose scale
-    is computed from the data has no constant step to tell it by)."""
-    ctx.nodes[-1].doc_string = json.dumps(
-        {RANGE_TAG: {"input": source, "min": float(lo), "max": float(hi),
-                     "num_bits": int(bits)}})
+    is computed from the data has no constant step to tell it by); ``range_given`` False: a
+    QDQ whose range TF computes from the data (graph_table warns that INT8 engines take the
+    constant one)."""
+    tag = {"input": source, "min": float(lo), "max": float(hi), "num_bits": int(bits)}
+    if not range_given:
+        tag["range_given"], tag["op"] = False, op
+    ctx.nodes[-1].doc_string = json.dumps({RANGE_TAG: tag})
 
 
 # --- FakeQuantWithMinMax* ---------------------------------------------------------------------
@@ -242,7 +246,7 @@ class QuantizeAndDequantize:
         ctx.set_output(node, 0, ctx.emit("Mul", [x, inv]))
         given = _given_range(node, ctx, range_given, axis)
         if given is not None:
-            mark_range(ctx, source, *given, bits)
+            mark_range(ctx, source, *given, bits, range_given=range_given, op=node.name)
 
 
 def _given_range(node, ctx, range_given: bool, axis: int):

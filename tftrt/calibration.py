@@ -88,6 +88,9 @@ def engine_op_class(spec) -> type:
     return QuantizedEngineOp if str(spec.precision_mode).upper() in QUANTIZED else TRTEngineOp
 
 
+_WARNED_DATA_RANGES: set = set()  # graph_table's range_given=False warnings, once each
+
+
 def graph_table(model) -> Optional[dict]:
     """The ranges the segment's fake-quantization ops give (the nodes converters/quantize.py
     tagged): both the op's output and its input get max(|min|, |max|), and the output is
@@ -114,6 +117,17 @@ def graph_table(model) -> Optional[dict]:
         if not (amax > 0 and math.isfinite(amax)):
             continue
         out = node.output[0]
+        if info.get("range_given") is False and (out, lo, hi) not in _WARNED_DATA_RANGES:
+            _WARNED_DATA_RANGES.add((out, lo, hi))
+            # TF-TRT's reading, kept; but TF itself quantizes with the data's range there, so
+            # answers differ from native TF wherever the data leaves [lo, hi] (helper hunt,
+            # 2026-12-02: 0.94 of the largest output on data in +-3 with [-1, 1])
+            log.warning("%s: QuantizeAndDequantize with range_given=False: INT8 engines take "
+                        "its input_min / input_max [%g, %g] as the range, as TF-TRT did, where "
+                        "TensorFlow quantizes with the data's own range: answers differ from "
+                        "native TF wherever the data leaves it. Export the op with "
+                        "range_given=True (or the range you mean), or convert with "
+                        "precision_mode='FP16'", info.get("op") or out, lo, hi)
         tensors[out] = amax
         inputs.setdefault(source, amax)
         step = _fake_quant_step(node, info, steps)
