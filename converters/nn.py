@@ -784,10 +784,7 @@ def _einsum_operand(node, ctx, i, sub, groups, size):
     x = ctx.input(node, i)
     if perm != list(range(len(perm))):
         x = ctx.emit("Transpose", [x], perm=perm)
-    if needs_reshape and (sum(d is None for d in target) > 1 or
-                          (None in target and 0 in target)):  # -1 beside a 0 infers nothing
-        # several unknown groups: their sizes read from the operand at run time (folded by
-        # the engine for each input shape)
+    if needs_reshape and _sizes_at_run_time(target):
         # allowzero: a group of size 0 (an empty batch or sequence) is 0, not "keep the
         # input's dimension" (helper hunt, 2026-12-02: the engine failed and ran natively)
         x = ctx.emit("Reshape", [x, _group_dims(node, ctx, groups, {c: i for c in sub},
@@ -796,6 +793,13 @@ def _einsum_operand(node, ctx, i, sub, groups, size):
         shape = np.array([-1 if d is None else d for d in target], np.int64)
         x = ctx.emit("Reshape", [x, ctx.const(shape, node.name + "/shape")])
     return x
+
+
+def _sizes_at_run_time(dims) -> bool:
+    """Whether a reshape to ``dims`` (None: unknown) needs its sizes read at run time
+    (:func:`_group_dims`, folded by the engine for each input shape) rather than a constant
+    shape with -1: several unknown dims, or one beside a 0 (a -1 infers nothing there)."""
+    return sum(d is None for d in dims) > 1 or (None in dims and 0 in dims)
 
 
 def _group_dims(node, ctx, groups, owner, subs, size) -> str:
@@ -848,9 +852,7 @@ def _einsum_as_matmul(node, ctx) -> bool:
     xa = _einsum_operand(node, ctx, ia, a, a_groups, size)
     xb = _einsum_operand(node, ctx, ib, b, b_groups, size)
     y = ctx.emit("MatMul", [xa, xb])
-    out_dims = [size[c] for c in out_labels]
-    if out_reshape and (sum(d is None for d in out_dims) > 1 or
-                        (None in out_dims and 0 in out_dims)):
+    if out_reshape and _sizes_at_run_time([size[c] for c in out_labels]):
         # several unknown dims (batch and sequence of a [None, None, H] signature: Keras'
         # MultiHeadAttention projections): the shape read from the operands at run time
         # (the engine folds it for each input shape); left as an ONNX Einsum, these ran

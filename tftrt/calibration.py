@@ -33,6 +33,7 @@ import numpy as np
 
 from tftrt.engine import quantization as Q
 from tftrt.engine_op import TRTEngineOp
+from tftrt.logs import first_error_line
 
 log = logging.getLogger("tftrt.calibration")
 
@@ -404,17 +405,12 @@ def calibrate_v2(converter, calibration_input_fn: Callable, method: Optional[str
                 # numpy (helper hunt, 2026-12-02)
                 raise ValueError(
                     f"{what}: batch {cal.batches}: the model cannot run it "
-                    f"({type(e).__name__}: {_first_line(e)}); its inputs must fit together "
+                    f"({type(e).__name__}: {first_error_line(e)}); its inputs must fit together "
                     f"as native TensorFlow needs them (shapes, index ranges)") from e
         else:
             cal.batches += 1
     _warn_unusual_data(what, empty, constant and cal.batches > 0)
     cal.finish(what)
-
-
-def _first_line(e: BaseException) -> str:
-    from tftrt.logs import first_error_line
-    return first_error_line(e)
 
 
 def _warn_unusual_data(what: str, empty: int, constant: bool) -> None:
@@ -510,7 +506,6 @@ def _calibration_graph(info, input_map_fn, fetches: Sequence[str], what: str):
     its inputs: (graph, the tensors of ``fetches``, the placeholders fed: none when mapped)."""
     import tensorflow as tf
     from tftrt import graph_io
-    from tftrt.logs import first_error_line
     g = tf.Graph()
     with g.as_default():
         input_map = None
@@ -545,7 +540,6 @@ def calibrate_tf1(converter, num_runs: int, feed_dict_fn=None, input_map_fn=None
     ``feed_dict_fn()`` feeds (or with ``input_map_fn()`` tensors mapped onto its inputs) up to
     every engine's inputs; see the module doc."""
     import tensorflow as tf
-    from tftrt.logs import first_error_line
     from tftrt.trt_convert import is_int
     if not is_int(num_runs) or num_runs < 1:
         raise ValueError(f"num_runs should be a positive integer; got {num_runs!r}")

@@ -374,10 +374,11 @@ def _quantize_layer(net: Network, layer: Layer, precision: str, s_x: float,
     layer.precision = precision
     keep = set(net.outputs)
     for o in layer.outputs:
-        big = table is not None and (_amax(table, o) or 0.0) > FP16_SAFE_AMAX
+        amax = _amax(table, o) if table is not None else None
+        big = amax is not None and amax > FP16_SAFE_AMAX
         if big:
             log.info("layer %s: its output keeps float32: calibrated to %.3g, past half of "
-                     "float16's range", layer.name, _amax(table, o))
+                     "float16's range", layer.name, amax)
         if o not in keep and net.tensors[o].dtype == "float32" and not big:
             net.tensors[o].dtype = "float16"
 

@@ -59,8 +59,7 @@ __device__ __forceinline__ double fminnan(double a, double b) { return (a != a |
 template <typename T> __device__ __forceinline__ T fmaxnan(T a, T b) { return a > b ? a : b; }
 template <typename T> __device__ __forceinline__ T fminnan(T a, T b) { return a < b ? a : b; }
 // integer pow, exact and wrapping on overflow as TF's (double lost int64 digits past 2**53);
-// a negative exponent takes the float path, as the numpy backend does
-// integer a ** e, wrapping; e < 0 as numpy's float64 power truncated on x86: |a| >= 2 gives
+// e < 0 as numpy's float64 power truncated on x86: |a| >= 2 gives
 // 0, 0 gives inf, which converts to INT64_MIN (CUDA's conversion saturates: INT64_MAX, -1
 // as int32, where the numpy backend has INT64_MIN and 0: H200, 2026-12-02)
 __device__ __forceinline__ long long ipow(long long a, long long e) {
