@@ -129,14 +129,19 @@ def test_shape_values_are_rederived_per_shape(passes_runs):
     assert pe.stats["shapes"] == 7 and pe.stats["from_template"] == 6
 
 
+def batch_times_model():
+    """y = x * batch, x [batch, 3]: the batch folded into a constant from Shape."""
+    nodes = [N("Shape", [X], ["s"]), N("Gather", ["s", "idx0"], ["b"], axis=0),
+             N("Cast", ["b"], ["bf"], to=1), N("Mul", [X, "bf"], ["TensorRTOutputPH_0"])]
+    return make_model(nodes, {X: np.zeros((4, 3), np.float32)},
+                      {"idx0": np.array(0, np.int64)}, outputs=["TensorRTOutputPH_0"],
+                      symbolic=[0])
+
+
 def test_shapes_folded_into_values_build_each_shape():
     """y = x * batch: the constant folded from Shape differs per shape, so each shape is built
     the full way (with the profile's tactics), and right."""
-    nodes = [N("Shape", [X], ["s"]), N("Gather", ["s", "idx0"], ["b"], axis=0),
-             N("Cast", ["b"], ["bf"], to=1), N("Mul", [X, "bf"], ["TensorRTOutputPH_0"])]
-    model = make_model(nodes, {X: np.zeros((4, 3), np.float32)},
-                       {"idx0": np.array(0, np.int64)}, outputs=["TensorRTOutputPH_0"],
-                       symbolic=[0])
+    model = batch_times_model()
     pe = profile_engine(model, batch_profile(1, 8, (3,)))
     (why,) = pe.template_errors.values()
     assert "'args': ['$0', 8.0]" in why and "'args': ['$0', 5.0]" in why  # the batch, folded
@@ -1066,11 +1071,7 @@ def test_a_cached_refusal_is_not_probed_again(probes):
     """A template the probes refused (y = x * batch: the batch folded into a constant) is
     refused again from the cache, with the same reason, and every shape still builds the
     full way, right."""
-    nodes = [N("Shape", [X], ["s"]), N("Gather", ["s", "idx0"], ["b"], axis=0),
-             N("Cast", ["b"], ["bf"], to=1), N("Mul", [X, "bf"], ["TensorRTOutputPH_0"])]
-    model = make_model(nodes, {X: np.zeros((4, 3), np.float32)},
-                       {"idx0": np.array(0, np.int64)}, outputs=["TensorRTOutputPH_0"],
-                       symbolic=[0])
+    model = batch_times_model()
     first = cached_profile_engine(model, batch_profile(1, 8, (3,)))
     runs = len(probes)
     second = cached_profile_engine(model, batch_profile(1, 8, (3,)))
