@@ -719,9 +719,9 @@ class TRTEngineOp:
                                           fingerprint=self._segment_digest())(
                 opt_engine, profile)
 
-            def counted(key, quick=False):
+            def counted(key, quick=False, tune=False, source=None):
                 t0 = time.perf_counter()
-                engine = build(key, quick=quick)
+                engine = build(key, quick=quick, tune=tune, source=source)
                 seconds = time.perf_counter() - t0
                 with self._lock:
                     if quick:
@@ -729,9 +729,11 @@ class TRTEngineOp:
                     else:
                         _bounded_put(self.build_seconds, key, seconds)
                         self.stats["shape_builds"] += 1
+                        if tune:
+                            self.stats["tuned_rungs"] = self.stats.get("tuned_rungs", 0) + 1
                 log.info("%s: a %s%s engine for input shapes %s from its profile's optimized "
-                         "network in %.3f s", self.name, "quick " if quick else "", backend,
-                         key, seconds)
+                         "network in %.3f s", self.name,
+                         "quick " if quick else "tuned " if tune else "", backend, key, seconds)
                 return engine
             # the ladder's prefetch (profiles.ProfileEngine._prefetch: every rung's cuDNN
             # graphs on the build workers in one go) goes through: without it each rung

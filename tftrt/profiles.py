@@ -48,7 +48,14 @@ dimension 0 of every tensor, at two batch sizes, and no layer works along it; a 
 the batch, a transpose moving it or a layer kind not known to be per sample refuses). The
 profile's split ladder, its smallest batch and the powers of two below its largest, is built
 with the profile (``build_profiles``: converter.build()), each engine run twice, so that every
-batch splits at once into at most one part per bit of its size. ``tftrt.load`` builds a
+batch splits at once into at most one part per bit of its size. Tactics chosen at the opt
+shape lose at small batches (ResNet50 on the H200: 1.2-1.4x the time of engines tuned at
+batches 1-4), so ``TFTRT_PROFILE_TUNED_RUNGS`` rungs (default 2: the smallest and the one
+nearest the middle of log2(batch), 1 and 8 for 1..128) are tuned at their own shape first,
+from the template's network (``build_engine_from_template(tune=True)``; the timing cache and
+stored choices make that free the second time), and every other engine of the profile takes
+the choices of the tuned engine nearest its batch in log2 (the opt engine's where that is
+nearer). ``tftrt.load`` builds a
 loaded profile's ladder too before it returns (``build_ladders``; ``TFTRT_LOAD_LADDER=0``:
 not). Without it, a loaded model builds its
 smallest batch for the first such call and queues the rest of the ladder, built at once in
@@ -299,6 +306,13 @@ def max_shapes() -> int:
 _MAX_FAILED = 1024  # failed shapes a ProfileEngine remembers (the oldest are forgotten)
 
 
+def tuned_rungs() -> int:
+    """``TFTRT_PROFILE_TUNED_RUNGS`` (default 2; 0: none): how many rungs of a profile's split
+    ladder are tuned at their own shape, the smallest batch first (module doc)."""
+    from tftrt.env import env_float
+    return max(int(env_float("TFTRT_PROFILE_TUNED_RUNGS", 2.0)), 0)
+
+
 def load_ladder() -> bool:
     """``TFTRT_LOAD_LADDER`` (default on): tftrt.load builds each loaded profile's split
     ladder (:meth:`ProfileEngine.build_ladders`) before it returns; 0 leaves it to the first
@@ -448,6 +462,8 @@ class ProfileEngine:
         self._specialize = specialize
         self._opt: List[Optional[object]] = [None] * len(self.profiles)
         self._templates: Dict[int, Optional[tuple]] = {}
+        # profile -> {shapes: engine} of its rungs tuned at their own shape (_ladder)
+        self._tuned: Dict[int, Dict[ShapeKey, object]] = {}
         self.template_errors: Dict[int, str] = {}
         self._engines: Dict[ShapeKey, object] = {}
         self._used: Dict[ShapeKey, int] = {}  # shape -> tick of its engine's last call
@@ -515,6 +531,11 @@ class ProfileEngine:
         if not (split_batches() and self.split_check(i) is None):
             return
         rungs = [r for r in self._rungs(i, self.profiles[i].opt) if r not in self._engines]
+        for rung in self._to_tune(i, rungs):
+            engine = self._timed("ladder tuning", self._build_tuned, i, rung)
+            if engine is not None:
+                self._timed("ladder warm-ups", self._warm, engine)
+        rungs = [r for r in rungs if r not in self._engines]
         self._timed("ladder prefetch", self._prefetch, i, rungs)
         for rung in rungs:
             if rung not in self._engines:
@@ -533,7 +554,7 @@ class ProfileEngine:
             return
         keys = [k for k in keys if made[0].serves(k) is None]
         try:
-            pre(keys)
+            pre(keys, [self._nearest_tuned(i, k) for k in keys])
         except Exception as e:
             log.info("optimization profile %s: no prefetch for its ladder (%s: %s)",
                      self.profiles[i], type(e).__name__, e)
@@ -547,6 +568,70 @@ class ProfileEngine:
             log.info("optimization profile %s: no engine for batch %d to split batches "
                      "with (%s: %s)", self.profiles[i], rung[0][0], type(e).__name__, e)
             return None
+
+    def _to_tune(self, i: int, rungs: List[ShapeKey]) -> List[ShapeKey]:
+        """The rungs of profile ``i`` tuned at their own shape (``tuned_rungs()`` of them):
+        the smallest, then rungs spread evenly in log2(batch) between it and the opt batch.
+        Tactics chosen at the opt shape lose most at the smallest batches (the H200,
+        ResNet50 FP16, profile 1..128, engines alone: batches 1-16 took 1.16-1.42x their own
+        tuned engines' time; the cuDNN plans of the deep 3x3 convolutions, tuned for 128,
+        ran 2x longer at batch 1). With batches 1 and 8 tuned every rung was within 1.05x
+        (1 and 8 faster than their own engines) and the cold build no longer: the tuned
+        rungs' 4.8 s came back in the prefetch of the others' plans
+        (benchmarks/bench_rungs.py, results/bench_rungs_h200_2026-12-02r.*)."""
+        n = tuned_rungs()
+        if n == 0 or not rungs or self._template(i) is None or \
+                self.profiles[i].opt[0][0] < 1:
+            return []
+        import math
+        top = self.profiles[i].opt[0][0]
+        sizes = sorted({r[0][0] for r in rungs})
+        lo = sizes[0]
+        picked: List[int] = []
+        for k in range(min(n, len(sizes))):
+            target = math.log2(lo) + (math.log2(top) - math.log2(lo)) * k / n
+            left = [b for b in sizes if b not in picked]
+            if left:
+                picked.append(min(left, key=lambda b: abs(math.log2(b) - target)))
+        return [r for r in rungs if r[0][0] in picked]
+
+    def _build_tuned(self, i: int, rung: ShapeKey):
+        """The engine for ``rung`` of profile ``i`` from its template, its tactics tuned at
+        ``rung`` (its timing cache and stored choices make that free the second time); None
+        when that failed (logged: the rung is then built as the others)."""
+        with self._lock:
+            made = self._template(i)
+            if made is None or made[0].serves(rung) is not None or rung in self._engines:
+                return None
+            try:
+                engine = made[1](rung, tune=True)
+            except Exception as e:  # noqa: BLE001 -- built from the opt engine's choices instead
+                log.info("optimization profile %s: batch %d not tuned (%s: %s)",
+                         self.profiles[i], rung[0][0], type(e).__name__, e)
+                return None
+            self.stats["tuned_rungs"] = self.stats.get("tuned_rungs", 0) + 1
+            self._tuned.setdefault(i, {})[rung] = engine
+            self._register(rung, engine, from_template=True)
+            return engine
+
+    def _nearest_tuned(self, i: int, key: ShapeKey):
+        """The tuned rung of profile ``i`` whose batch is nearest ``key``'s in log2 (ties: the
+        larger), when it is nearer than the opt batch; else None (the opt engine's choices).
+        Only at ``key``'s other dimensions."""
+        import math
+        tuned = self._tuned.get(i)
+        b, top = key[0][0], self.profiles[i].opt[0][0]
+        if not tuned or b < 1 or top < 1 or any(s[0] != b for s in key):
+            return None
+        rest = [s[1:] for s in key]
+        best, dist = None, abs(math.log2(b) - math.log2(top))
+        for rung, engine in sorted(tuned.items(), key=lambda kv: -kv[0][0][0]):
+            if len(rung) != len(key) or any(s[1:] != r for s, r in zip(rung, rest)):
+                continue
+            d = abs(math.log2(b) - math.log2(rung[0][0]))
+            if d < dist:
+                best, dist = engine, d
+        return best
 
     def _rungs(self, i: int, key: ShapeKey) -> List[ShapeKey]:
         """The split ladder of profile ``i`` at ``key``'s other dimensions: its smallest
@@ -715,7 +800,8 @@ class ProfileEngine:
         made = self._template(i)
         if made is not None and made[0].serves(key) is None:
             try:
-                return made[1](key), True
+                source = self._nearest_tuned(i, key)
+                return (made[1](key) if source is None else made[1](key, source=source)), True
             except Exception as e:  # the full build below says what is really wrong
                 log.info("optimization profile %s: shapes %s are built from the network: "
                          "%s: %s", self.profiles[i], key, type(e).__name__, e)

@@ -982,8 +982,10 @@ def test_the_ladder_is_prefetched_in_one_go(split_on, monkeypatch):
     one wait instead of one per engine), each with the opt engine's tactics, bound to the
     rung's batch; each rung's own build then offers its network again (the hook finds it
     done); the engines are the ones built without the hook. start_build sees each build's
-    network before its passes."""
+    network before its passes. (No rung tuned here: a tuned rung is built before the
+    prefetch, see the next test.)"""
     from tftrt.engine.backends.numpy_backend import NumpyBackend
+    monkeypatch.setenv("TFTRT_PROFILE_TUNED_RUNGS", "0")
     calls, starts = [], []
 
     def prefetch(self, nets):
@@ -1007,6 +1009,59 @@ def test_the_ladder_is_prefetched_in_one_go(split_on, monkeypatch):
     assert starts and all(not isinstance(s, list) for s in starts)
     for b in (1, 3, 16):
         check(pe, model, (b, 8, 8, 3), seed=b)
+
+
+def test_the_smallest_rung_is_tuned_and_lends_its_choices(split_on, monkeypatch):
+    """With one tuned rung, build_profiles() tunes the profile's smallest batch at its own
+    shape (tactics timed
+    there, from the template's network) before the rest of the ladder, which is prefetched
+    and built with the choices of the tuned engine nearest in log2(batch): batch 2 takes
+    batch 1's, 4 (a tie) and 8 the opt engine's; an off-ladder batch's own engine too (3
+    takes batch 1's). Every engine answers as the model."""
+    import tftrt.engine.builder as B
+    from tftrt.engine.backends.numpy_backend import NumpyBackend
+    monkeypatch.setenv("TFTRT_PROFILE_TUNED_RUNGS", "1")
+    real, made, prefetched = B.build_engine_from_template, [], []
+
+    def spy(template, shapes, opt, config=None, quick=False, tune=False, choices_from=None):
+        engine = real(template, shapes, opt, config, quick=quick, tune=tune,
+                      choices_from=choices_from)
+        made.append((shapes[X][0], tune, None if choices_from is None else
+                     choices_from.input_shapes[0][0]))
+        return engine
+    monkeypatch.setattr(B, "build_engine_from_template", spy)
+    monkeypatch.setattr(NumpyBackend, "prefetch",
+                        lambda self, nets: prefetched.append(nets), raising=False)
+    model, _ = resnet50(batch=2, size=8, width=4)
+    pe = profile_engine(model, batch_profile(1, 16, (8, 8, 3)))
+    assert made[0] == (1, True, None), made
+    assert sorted(made[1:]) == [(2, False, 1), (4, False, None), (8, False, None)], made
+    (ladder,) = [c for c in prefetched if isinstance(c, list)]
+    assert sorted(n.tensors[n.inputs[0]].shape[0] for n in ladder) == [2, 4, 8]
+    one, opt = pe.engine_for([(1, 8, 8, 3)]), pe.engine_for([(16, 8, 8, 3)])
+    assert one.build_info["tuned"] and one.build_info["timed_layers"] > 0
+    assert pe.stats["tuned_rungs"] == 1
+    for net in ladder:  # the prefetched networks carry their source's tactics
+        src = one if net.tensors[net.inputs[0]].shape[0] == 2 else opt
+        assert {l.name: l.tactic for l in net.layers} == \
+            {l.name: l.tactic for l in src.network.layers}
+    three = pe.engine_for([(3, 8, 8, 3)], quick=False)
+    assert made[-1] == (3, False, 1) and not three.build_info["tuned"]
+    for b in (1, 2, 3, 5, 16):
+        check(pe, model, (b, 8, 8, 3), seed=b)
+
+
+@pytest.mark.parametrize("n, picked", [("0", []), ("1", [1]), ("2", [1, 4]),
+                                       ("3", [1, 2, 8]), ("9", [1, 2, 4, 8])])
+def test_tuned_rungs_spread_evenly_in_log_batch(split_on, monkeypatch, n, picked):
+    """TFTRT_PROFILE_TUNED_RUNGS rungs are tuned: the smallest, then those nearest points
+    spread evenly in log2(batch) between it and the opt batch (16 here)."""
+    monkeypatch.setenv("TFTRT_PROFILE_TUNED_RUNGS", "0")
+    model, _ = resnet50(batch=2, size=8, width=4)
+    pe = profile_engine(model, batch_profile(1, 16, (8, 8, 3)))
+    monkeypatch.setenv("TFTRT_PROFILE_TUNED_RUNGS", n)
+    rungs = [((b, 8, 8, 3),) for b in (1, 2, 4, 8)]
+    assert [r[0][0] for r in pe._to_tune(0, rungs)] == picked
 
 
 def test_a_failing_prefetch_hook_never_fails_a_build(split_on, monkeypatch):

@@ -189,11 +189,7 @@ def build_engine(model_or_network: Union[onnx.ModelProto, Network],
         timings = choose_tactics(net, backend, weights, config.timing_cache,
                                  choices=config.tactic_choices)
     else:
-        from tftrt.engine.tactics import candidates
-        timings = {}
-        for layer in net.layers:
-            c = candidates(backend.name, net, layer)
-            layer.tactic = c[0].name if c else "default"
+        timings = _first_tactics(net, backend)
     if not tuning:  # the chosen tactics' library plans, before _finish prepares the layers
         _hook(backend, "prefetch", net)
     engine = _finish(net, backend, precision, weights, config.to_json(), config)
@@ -203,6 +199,15 @@ def build_engine(model_or_network: Union[onnx.ModelProto, Network],
     log.info("built engine %s: %d layers, %s, %d arena bytes in %.2fs", net.name,
              len(net.layers), precision, engine.memory.arena_bytes, engine.build_info["seconds"])
     return engine
+
+
+def _first_tactics(net: Network, backend) -> Dict[str, dict]:
+    """Every layer takes its first applicable tactic, untimed (tactic_timing=False)."""
+    from tftrt.engine.tactics import candidates
+    for layer in net.layers:
+        c = candidates(backend.name, net, layer)
+        layer.tactic = c[0].name if c else "default"
+    return {}
 
 
 def _hook(backend, name: str, arg) -> None:
@@ -221,21 +226,26 @@ def _hook(backend, name: str, arg) -> None:
 
 
 def prefetch_from_template(template, shapes: Sequence[Dict[str, Sequence[int]]],
-                           opt_engine: Engine) -> None:
+                           opt_engine: Engine,
+                           sources: Optional[Sequence[Optional[Engine]]] = None) -> None:
     """The backend's ``prefetch`` for the engines :func:`build_engine_from_template` is about
     to build for several ``shapes`` (an optimization profile's split ladder), in one go: their
-    networks and tactics made as it makes them, the work of all of them at once (one wait
-    instead of one per engine)."""
+    networks and tactics made as it makes them (each from ``sources[k]``'s choices where
+    given, else the opt engine's), the work of all of them at once (one wait instead of one
+    per engine)."""
     from tftrt.engine.tactics import layer_choice
     backend = opt_engine.backend_impl
     if not callable(getattr(backend, "prefetch", None)):
         return
-    choices = {l.name: layer_choice(l) for l in opt_engine.network.layers}
+    made: Dict[int, Dict[str, dict]] = {}
     nets = []
-    for input_shapes in shapes:
+    for k, input_shapes in enumerate(shapes):
+        source = (sources[k] if sources is not None else None) or opt_engine
+        if id(source) not in made:
+            made[id(source)] = {l.name: layer_choice(l) for l in source.network.layers}
         try:
             net = template.network_for(input_shapes)
-            choose_tactics(net, backend, opt_engine.weights, None, choices=choices)
+            choose_tactics(net, backend, opt_engine.weights, None, choices=made[id(source)])
         except Exception as e:  # that shape's own build will say why; the others go on
             log.debug("no prefetch for shapes %s: %s", input_shapes, e)
             continue
@@ -261,7 +271,8 @@ def _finish(net: Network, backend, precision: str, weights: Dict[str, Any], conf
 def build_engine_from_template(template, input_shapes: Dict[str, Sequence[int]],
                                opt_engine: Engine,
                                config: Optional[BuilderConfig] = None,
-                               quick: bool = False) -> Engine:
+                               quick: bool = False, tune: bool = False,
+                               choices_from: Optional[Engine] = None) -> Engine:
     """An engine for other input shapes of an optimization profile, from the network the
     profile's opt-shape engine was optimized into (``template``, a
     :class:`tftrt.engine.shape_template.ShapeTemplate`): no pass runs again, shapes are
@@ -274,6 +285,11 @@ def build_engine_from_template(template, input_shapes: Dict[str, Sequence[int]],
     need no runtime compile, untimed), the same answers, possibly slower; profiles.py serves
     it while the real engine builds in the background.
 
+    ``tune``: the layers' tactics and backend sub-choices are chosen at these shapes (timed,
+    through ``config.timing_cache``, as a full build does) instead of taken from the opt
+    engine: a profile's tuned rungs (profiles.py). ``choices_from``: another engine of the
+    profile (a tuned rung) whose choices the layers take instead of the opt engine's.
+
     Raises:
       EngineBuildError: the shapes are outside what the template serves (the caller builds
         the full way), or the memory plan exceeds a limit.
@@ -285,18 +301,33 @@ def build_engine_from_template(template, input_shapes: Dict[str, Sequence[int]],
     if hasattr(backend, "set_build_options"):
         backend.set_build_options(allow_tf32=config.allow_tf32, precision=opt_engine.precision)
     net = template.network_for(input_shapes)
-    choices = {l.name: layer_choice(l) for l in opt_engine.network.layers}
-    choose_tactics(net, backend, opt_engine.weights, None, choices=choices)
-    mark = getattr(backend, "mark_quick", None) if quick else None
-    if callable(mark):
-        mark(net)
+    timings: Dict[str, dict] = {}
+    if tune:  # the opt engine's records (private attrs) would be taken as choices here
+        for layer in net.layers:
+            for k in [k for k in layer.attrs if k.startswith("_")]:
+                del layer.attrs[k]
+        if config.tactic_timing:
+            _hook(backend, "prefetch", net)  # the candidates' library plans, in parallel
+            timings = choose_tactics(net, backend, opt_engine.weights, config.timing_cache)
+        else:
+            timings = _first_tactics(net, backend)
+            _hook(backend, "prefetch", net)
     else:
-        _hook(backend, "prefetch", net)
+        source = choices_from if choices_from is not None else opt_engine
+        choices = {l.name: layer_choice(l) for l in source.network.layers}
+        choose_tactics(net, backend, opt_engine.weights, None, choices=choices)
+        mark = getattr(backend, "mark_quick", None) if quick else None
+        if callable(mark):
+            mark(net)
+        else:
+            _hook(backend, "prefetch", net)
     cfg = {k: v for k, v in opt_engine.config.items() if k != "profiles"}
     engine = _finish(net, backend, opt_engine.precision, opt_engine.weights, cfg, config)
-    engine.build_info = {"seconds": time.perf_counter() - t0, "tactic_timings": {},
-                         "timed_layers": 0, "reused_tactics": True, "from_template": True,
-                         "quick": quick}
+    if tune:  # every layer's stored choice recorded: the rungs that borrow them get them all
+        _hook(backend, "record_choices", engine.network)
+    engine.build_info = {"seconds": time.perf_counter() - t0, "tactic_timings": timings,
+                         "timed_layers": len(timings), "reused_tactics": not tune,
+                         "from_template": True, "quick": quick, "tuned": tune}
     log.info("engine %s for %s from its profile's optimized network in %.3fs", net.name,
              {k: tuple(v) for k, v in input_shapes.items()}, engine.build_info["seconds"])
     return engine

@@ -802,16 +802,18 @@ def specializer(source, config, fingerprint: Optional[str] = None):
         template = cached_template(opt_engine.network, front, profile, values, fingerprint,
                                    config, store)
 
-        def build(key, quick=False):
+        def build(key, quick=False, tune=False, source=None):
             return build_engine_from_template(template, dict(zip(names, key)), opt_engine,
-                                              config, quick=quick)
+                                              config, quick=quick, tune=tune,
+                                              choices_from=source)
 
-        def prefetch(keys):  # the work of several shapes' builds at once (profiles._ladder)
+        def prefetch(keys, sources=None):  # several shapes' builds at once (profiles._ladder)
             from tftrt.engine.builder import prefetch_from_template
             if hasattr(opt_engine.backend_impl, "set_build_options"):
                 opt_engine.backend_impl.set_build_options(allow_tf32=config.allow_tf32,
                                                           precision=opt_engine.precision)
-            prefetch_from_template(template, [dict(zip(names, k)) for k in keys], opt_engine)
+            prefetch_from_template(template, [dict(zip(names, k)) for k in keys], opt_engine,
+                                   sources)
         build.prefetch = prefetch
         return template, build
     return specialize
