@@ -302,8 +302,12 @@ def build_engine_from_template(template, input_shapes: Dict[str, Sequence[int]],
         backend.set_build_options(allow_tf32=config.allow_tf32, precision=opt_engine.precision)
     net = template.network_for(input_shapes)
     timings: Dict[str, dict] = {}
-    if tune:  # the opt engine's records (private attrs) would be taken as choices here
+    if tune:  # as a fresh build's network: no tactic yet (the prefetch hook then makes the
+        # plans of every candidate: with the opt engine's tactic set, a conv that ran as a
+        # GEMM at the opt shape had its cuDNN candidate tuned in this process, 22 convs and
+        # 8 s of a cold ResNet50 build on the H200), no records (taken as choices otherwise)
         for layer in net.layers:
+            layer.tactic = None
             for k in [k for k in layer.attrs if k.startswith("_")]:
                 del layer.attrs[k]
         if config.tactic_timing:
