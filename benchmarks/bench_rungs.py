@@ -132,7 +132,14 @@ def main(argv=None) -> int:
     build_s = time.perf_counter() - t0
     print(f"# {net.name} {args.precision}: profile 1..{top} built in "
           f"{build_s:.1f} s ({pe.build_seconds}); template: "
-          f"{pe.template_errors or 'yes'}", flush=True)
+          f"{pe.template_errors or 'yes'}; {pe.stats}", flush=True)
+    here = []
+    if args.backend == "cupy":  # convolutions tuned in this process, not on the build workers
+        from tftrt.engine.backends import cupy_layers, cupy_prefetch
+        here = cupy_layers.tuned_here()
+        p = cupy_prefetch.stats()
+        print(f"# tuned here: {len(here)} {here[:6]}; prefetch runs {p.get('runs')}, jobs "
+              f"{p.get('jobs')}, seconds {p.get('seconds', 0):.1f}", flush=True)
     known = {}
     if args.alone_json and os.path.exists(args.alone_json):
         with open(args.alone_json) as f:
@@ -193,8 +200,8 @@ def main(argv=None) -> int:
             json.dump({r["batch"]: {"alone_ms": r["alone_ms"]} for r in out}, f)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"tuned_rungs": os.environ.get("TFTRT_PROFILE_TUNED_RUNGS", "1"),
-                       "build_s": build_s, "build_parts_s": pe.build_seconds, "rows": out},
+            json.dump({"tuned_rungs": os.environ.get("TFTRT_PROFILE_TUNED_RUNGS", "2"),
+                       "build_s": build_s, "tuned_here": len(here), "build_parts_s": pe.build_seconds, "rows": out},
                       f, indent=1)
     return 0
 

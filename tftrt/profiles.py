@@ -531,7 +531,9 @@ class ProfileEngine:
         if not (split_batches() and self.split_check(i) is None):
             return
         rungs = [r for r in self._rungs(i, self.profiles[i].opt) if r not in self._engines]
-        for rung in self._to_tune(i, rungs):
+        tune = self._to_tune(i, rungs)
+        self._timed("ladder tuning", self._prefetch, i, tune, True)
+        for rung in tune:
             engine = self._timed("ladder tuning", self._build_tuned, i, rung)
             if engine is not None:
                 self._timed("ladder warm-ups", self._warm, engine)
@@ -543,18 +545,21 @@ class ProfileEngine:
                 if engine is not None:
                     self._timed("ladder warm-ups", self._warm, engine)
 
-    def _prefetch(self, i: int, keys: List[ShapeKey]) -> None:
+    def _prefetch(self, i: int, keys: List[ShapeKey], tune: bool = False) -> None:
         """The backend work of building engines for ``keys`` of profile ``i`` from its
         template, done at once ahead of the builds (the template build function's optional
-        ``prefetch``: the CuPy backend's cuDNN graphs on worker processes). Only an
-        optimisation: anything it raises is logged."""
+        ``prefetch``: the CuPy backend's cuDNN graphs, and with ``tune`` every candidate's,
+        tuned on worker processes). Only an optimisation: anything it raises is logged."""
         made = self._template(i) if len(keys) > 1 else None
         pre = getattr(made[1], "prefetch", None) if made is not None else None
         if not callable(pre):
             return
         keys = [k for k in keys if made[0].serves(k) is None]
         try:
-            pre(keys, [self._nearest_tuned(i, k) for k in keys])
+            if tune:
+                pre(keys, None, tune=True)
+            else:
+                pre(keys, [self._nearest_tuned(i, k) for k in keys])
         except Exception as e:
             log.info("optimization profile %s: no prefetch for its ladder (%s: %s)",
                      self.profiles[i], type(e).__name__, e)

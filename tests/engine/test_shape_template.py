@@ -1062,6 +1062,29 @@ def test_the_smallest_rung_is_tuned_and_lends_its_choices(split_on, monkeypatch)
         check(pe, model, (b, 8, 8, 3), seed=b)
 
 
+def test_tuned_rungs_hand_their_networks_to_the_prefetch_in_one_go(split_on, monkeypatch):
+    """Two tuned rungs (1 and 4 of 1..16): the prefetch hook gets both networks at once,
+    before either is built and with no tactic chosen (their candidates' plans are made on
+    the workers together), then the rest of the ladder (2 and 8) at once."""
+    from tftrt.engine.backends.numpy_backend import NumpyBackend
+    monkeypatch.setenv("TFTRT_PROFILE_TUNED_RUNGS", "2")
+    seen = []
+
+    def prefetch(self, nets):
+        if isinstance(nets, list):
+            seen.append(sorted((n.tensors[n.inputs[0]].shape[0],
+                                frozenset(l.tactic for l in n.layers)) for n in nets))
+    monkeypatch.setattr(NumpyBackend, "prefetch", prefetch, raising=False)
+    model, _ = resnet50(batch=2, size=8, width=4)
+    pe = profile_engine(model, batch_profile(1, 16, (8, 8, 3)))
+    assert len(seen) == 2, seen
+    assert seen[0] == [(1, frozenset({None})), (4, frozenset({None}))], seen[0]
+    assert [b for b, _ in seen[1]] == [2, 8] and all(None not in t for _, t in seen[1])
+    assert pe.stats["tuned_rungs"] == 2
+    for b in (1, 4, 6, 16):
+        check(pe, model, (b, 8, 8, 3), seed=b)
+
+
 @pytest.mark.parametrize("n, picked", [("0", []), ("1", [1]), ("2", [1, 4]),
                                        ("3", [1, 2, 8]), ("9", [1, 2, 4, 8])])
 def test_tuned_rungs_spread_evenly_in_log_batch(split_on, monkeypatch, n, picked):

@@ -201,6 +201,18 @@ def build_engine(model_or_network: Union[onnx.ModelProto, Network],
     return engine
 
 
+def _untuned(net: Network) -> None:
+    """Makes a template's network (the opt engine's layers) look as a fresh build's before
+    its tactics are chosen: no tactic (the prefetch hook then makes the plans of every
+    candidate: with the opt engine's tactic set, a conv that ran as a GEMM at the opt shape
+    had its cuDNN candidate tuned in the calling process, 22 convs and 8 s of a cold ResNet50
+    build on the H200) and no records (they would be taken as choices)."""
+    for layer in net.layers:
+        layer.tactic = None
+        for k in [k for k in layer.attrs if k.startswith("_")]:
+            del layer.attrs[k]
+
+
 def _first_tactics(net: Network, backend) -> Dict[str, dict]:
     """Every layer takes its first applicable tactic, untimed (tactic_timing=False)."""
     from tftrt.engine.tactics import candidates
@@ -227,12 +239,14 @@ def _hook(backend, name: str, arg) -> None:
 
 def prefetch_from_template(template, shapes: Sequence[Dict[str, Sequence[int]]],
                            opt_engine: Engine,
-                           sources: Optional[Sequence[Optional[Engine]]] = None) -> None:
+                           sources: Optional[Sequence[Optional[Engine]]] = None,
+                           tune: bool = False) -> None:
     """The backend's ``prefetch`` for the engines :func:`build_engine_from_template` is about
     to build for several ``shapes`` (an optimization profile's split ladder), in one go: their
     networks and tactics made as it makes them (each from ``sources[k]``'s choices where
-    given, else the opt engine's), the work of all of them at once (one wait instead of one
-    per engine)."""
+    given, else the opt engine's; with ``tune``, before any tactic is chosen, as its tuned
+    builds offer them), the work of all of them at once (one wait instead of one per
+    engine)."""
     from tftrt.engine.tactics import layer_choice
     backend = opt_engine.backend_impl
     if not callable(getattr(backend, "prefetch", None)):
@@ -241,11 +255,15 @@ def prefetch_from_template(template, shapes: Sequence[Dict[str, Sequence[int]]],
     nets = []
     for k, input_shapes in enumerate(shapes):
         source = (sources[k] if sources is not None else None) or opt_engine
-        if id(source) not in made:
+        if not tune and id(source) not in made:
             made[id(source)] = {l.name: layer_choice(l) for l in source.network.layers}
         try:
             net = template.network_for(input_shapes)
-            choose_tactics(net, backend, opt_engine.weights, None, choices=made[id(source)])
+            if tune:
+                _untuned(net)
+            else:
+                choose_tactics(net, backend, opt_engine.weights, None,
+                               choices=made[id(source)])
         except Exception as e:  # that shape's own build will say why; the others go on
             log.debug("no prefetch for shapes %s: %s", input_shapes, e)
             continue
@@ -302,14 +320,8 @@ def build_engine_from_template(template, input_shapes: Dict[str, Sequence[int]],
         backend.set_build_options(allow_tf32=config.allow_tf32, precision=opt_engine.precision)
     net = template.network_for(input_shapes)
     timings: Dict[str, dict] = {}
-    if tune:  # as a fresh build's network: no tactic yet (the prefetch hook then makes the
-        # plans of every candidate: with the opt engine's tactic set, a conv that ran as a
-        # GEMM at the opt shape had its cuDNN candidate tuned in this process, 22 convs and
-        # 8 s of a cold ResNet50 build on the H200), no records (taken as choices otherwise)
-        for layer in net.layers:
-            layer.tactic = None
-            for k in [k for k in layer.attrs if k.startswith("_")]:
-                del layer.attrs[k]
+    if tune:
+        _untuned(net)
         if config.tactic_timing:
             _hook(backend, "prefetch", net)  # the candidates' library plans, in parallel
             timings = choose_tactics(net, backend, opt_engine.weights, config.timing_cache)

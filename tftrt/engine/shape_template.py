@@ -807,13 +807,13 @@ def specializer(source, config, fingerprint: Optional[str] = None):
                                               config, quick=quick, tune=tune,
                                               choices_from=source)
 
-        def prefetch(keys, sources=None):  # several shapes' builds at once (profiles._ladder)
+        def prefetch(keys, sources=None, tune=False):  # several builds' work at once
             from tftrt.engine.builder import prefetch_from_template
             if hasattr(opt_engine.backend_impl, "set_build_options"):
                 opt_engine.backend_impl.set_build_options(allow_tf32=config.allow_tf32,
                                                           precision=opt_engine.precision)
             prefetch_from_template(template, [dict(zip(names, k)) for k in keys], opt_engine,
-                                   sources)
+                                   sources, tune=tune)
         build.prefetch = prefetch
         return template, build
     return specialize
