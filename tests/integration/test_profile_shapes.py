@@ -430,7 +430,13 @@ def test_dynamic_shapes_bars_read_the_right_stages():
     assert got["warm_build_s"] == (2.5, 3.0, True)
     assert got["first_call_warm_ms"] == (40.0, 50.0, True)
     assert got["steady_ratio"][0] == pytest.approx(1.2) and not got["steady_ratio"][2]
+    # the static stage's paired timing (profile and static engines in one process,
+    # alternating) decides the steady-state bar when it ran
+    stages["static"]["paired"] = {"1": {"ratio": 1.08}, "8": {"ratio": 0.97}}
+    assert dyn.bars(stages)["steady_ratio"] == (1.08, 1.10, True)
     stages["cold"] = {"error": "exit status 9"}                     # a failed stage: no bar
+    assert set(dyn.bars(stages)) == {"warm_build_s", "first_call_warm_ms", "steady_ratio"}
+    del stages["static"]["paired"]
     assert set(dyn.bars(stages)) == {"warm_build_s", "first_call_warm_ms"}
 
 
@@ -456,6 +462,11 @@ def test_dynamic_shapes_runs_small_on_cpu(tmp_path, monkeypatch):
             assert row["rel_err"] <= tol and row["median_ms"] <= row["p99_ms"], (name, b)
     assert max(st["load"]["errors"].values()) <= tol
     assert sorted(st["static"]["steady"]) == sorted(st["cold"]["steady"]) == ["1", "8"]
+    pairs = st["static"]["paired"]  # a profile timed beside the static engines
+    assert sorted(pairs) == ["1", "8"] and all(
+        r["rounds"] == 5 and r["ratio"] == pytest.approx(r["profile_ms"] / r["static_ms"])
+        for r in pairs.values())
+    assert res["bars"]["steady_ratio"][0] == max(r["ratio"] for r in pairs.values())
     assert set(res["bars"]) == set(dyn.BARS)
     parts = st["cold"]["build_parts_s"]   # where build() went: the parts sum to at most it
     assert set(parts) == {"inputs", "profiles", "first input again", "check"}
