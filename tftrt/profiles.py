@@ -625,8 +625,10 @@ class ProfileEngine:
         Only at ``key``'s other dimensions."""
         import math
         tuned = self._tuned.get(i)
+        if not tuned or not key or any(len(s) == 0 or s[0] != key[0][0] for s in key):
+            return None  # (tuned rungs exist only where every input is batch-major)
         b, top = key[0][0], self.profiles[i].opt[0][0]
-        if not tuned or b < 1 or top < 1 or any(s[0] != b for s in key):
+        if b < 1 or top < 1:
             return None
         rest = [s[1:] for s in key]
         best, dist = None, abs(math.log2(b) - math.log2(top))
