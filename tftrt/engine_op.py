@@ -29,7 +29,7 @@ import logging
 import os
 import threading
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -437,10 +437,13 @@ class TRTEngineOp:
             raise RuntimeError(why)
         return engine
 
-    def build_profiles(self, backend: Optional[str] = None) -> Optional["P.ProfileEngine"]:
+    def build_profiles(self, backend: Optional[str] = None,
+                       after_tuning: Optional[Callable[[], None]] = None
+                       ) -> Optional["P.ProfileEngine"]:
         """converter.build() with use_dynamic_shape, after collecting: builds one engine
         holding every profile the collected shapes form (TF-TRT's strategy), tuned at each
         profile's opt shape. A failed build is logged; its shapes then run natively.
+        ``after_tuning``: see ProfileEngine.build_profiles (called only when it builds).
 
         Returns the ProfileEngine, or None (nothing collected, native backend, failure).
         """
@@ -460,7 +463,7 @@ class TRTEngineOp:
             return None
         with self._build_lock:  # calls with an engine go on meanwhile
             try:
-                pe = self._new_profile_engine(profiles, backend)
+                pe = self._new_profile_engine(profiles, backend, after_tuning)
             except Exception as e:
                 from tftrt.gpu_memory import explain_out_of_memory
                 e = explain_out_of_memory(e)
@@ -691,9 +694,11 @@ class TRTEngineOp:
                         "a build. To fix it, %s.", self.name,
                         self.stats["rebuilds_after_eviction"], self.cache.capacity, advice)
 
-    def _new_profile_engine(self, profiles, backend: str) -> "P.ProfileEngine":
+    def _new_profile_engine(self, profiles, backend: str,
+                            after_tuning: Optional[Callable[[], None]] = None
+                            ) -> "P.ProfileEngine":
         pe = P.ProfileEngine(profiles, self._builder(backend), backend,
-                             self._specializer(backend)).build_profiles()
+                             self._specializer(backend)).build_profiles(after_tuning)
         self.stats["builds"] += 1
         return pe
 

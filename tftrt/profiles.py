@@ -501,13 +501,24 @@ class ProfileEngine:
                 time.perf_counter() - t0
 
     # --- building ----------------------------------------------------------------------------
-    def build_profiles(self) -> "ProfileEngine":
+    def build_profiles(self, after_tuning: Optional[Callable[[], None]] = None
+                       ) -> "ProfileEngine":
         """Builds (and tunes) the engine at every profile's opt shape, and checks whether its
-        network serves the profile's other shapes (see the module doc)."""
-        for i in range(len(self.profiles)):
-            self._timed("opt engine", self._opt_engine, i)
-            self._timed("template", self._template, i)
-            self._ladder(i)
+        network serves the profile's other shapes (see the module doc). ``after_tuning`` is
+        called once no more tactics will be timed (the last profile's tuned rungs are built;
+        its other rungs are still to come), or at the end: converter.build() starts its
+        check's native call there, beside the rest of the ladder."""
+        last = len(self.profiles) - 1
+        try:
+            for i in range(len(self.profiles)):
+                self._timed("opt engine", self._opt_engine, i)
+                self._timed("template", self._template, i)
+                self._ladder(i, after_tuning if i == last else None)
+                if i == last:
+                    after_tuning = None
+        finally:
+            if after_tuning is not None:
+                after_tuning()
         return self
 
     def build_ladders(self) -> None:
@@ -522,13 +533,16 @@ class ProfileEngine:
             if self.profiles[i].opt in self._engines:
                 self._ladder(i)
 
-    def _ladder(self, i: int) -> None:
+    def _ladder(self, i: int, after_tuning: Optional[Callable[[], None]] = None) -> None:
         """With split batches on and allowed for profile ``i``: engines for its smallest batch
         and the powers of two below its largest (at the opt shape's other dimensions), each
         run twice (an engine's first runs load kernels and capture its CUDA graph), so that
         every new batch size splits at once into few parts (at most one per bit of the batch
-        size) and no call waits for a build (module doc)."""
+        size) and no call waits for a build (module doc). ``after_tuning`` is called once the
+        tuned rungs are built (see build_profiles)."""
         if not (split_batches() and self.split_check(i) is None):
+            if after_tuning is not None:
+                after_tuning()
             return
         rungs = [r for r in self._rungs(i, self.profiles[i].opt) if r not in self._engines]
         tune = self._to_tune(i, rungs)
@@ -537,6 +551,8 @@ class ProfileEngine:
             engine = self._timed("ladder tuning", self._build_tuned, i, rung)
             if engine is not None:
                 self._timed("ladder warm-ups", self._warm, engine)
+        if after_tuning is not None:
+            after_tuning()
         rungs = [r for r in rungs if r not in self._engines]
         self._timed("ladder prefetch", self._prefetch, i, rungs)
         for rung in rungs:

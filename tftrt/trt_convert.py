@@ -162,6 +162,41 @@ def iter_inputs(input_fn: Callable, what: str):
                         f"one batch each") from None
 
 
+class _NativeReference:
+    """``call(args)`` (build()'s check's native TF call) on a thread of its own from
+    :meth:`start`; :meth:`result` waits for it (or makes the call itself when it was never
+    started) and raises what it raised. The thread holds tftrt's device-wide lock
+    (tftrt.bench.device_wide): the engines' CUDA-graph captures wait for TensorFlow's call,
+    so that no wait of TensorFlow's for the whole device can spoil one."""
+
+    def __init__(self, call: Callable, args):
+        self._call, self._args = call, args
+        self._thread: Optional[threading.Thread] = None
+        self._out = None
+        self._error: Optional[BaseException] = None
+
+    def _run(self) -> None:
+        from tftrt.bench import device_wide
+        try:
+            with device_wide():
+                self._out = self._call(self._args)
+        except BaseException as e:  # noqa: BLE001 -- raised again by result()
+            self._error = e
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="tftrt-check", daemon=True)
+            self._thread.start()
+
+    def result(self):
+        if self._thread is None:
+            return self._call(self._args)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._out
+
+
 class TrtGraphConverterV2:
     """Converts a TF2 SavedModel signature so its supported subgraphs run as tftrt engines.
 
@@ -325,6 +360,7 @@ class TrtGraphConverterV2:
         # first input made the check compare nothing although later ones had elements)
         first_out = None
         first_empty = True
+        reference = None  # the check's native call, started beside the ladder (_reference)
 
         def engine_calls():
             return sum(op.stats["engine"] for op in ops)
@@ -368,10 +404,12 @@ class TrtGraphConverterV2:
             if self._use_dynamic_shape:
                 for op in ops:
                     op.collecting = False
+                reference = self._reference(first)
                 t0 = time.perf_counter()
-                for op in ops:
+                for k, op in enumerate(ops):
                     shown.set(f"optimization profiles of {op.name}")
-                    op.build_profiles()
+                    op.build_profiles(after_tuning=reference.start if k == len(ops) - 1 and
+                                      reference is not None else None)
                 times["profiles"] = time.perf_counter() - t0
                 if first is not None:
                     t0 = time.perf_counter()
@@ -388,9 +426,26 @@ class TrtGraphConverterV2:
             raise ValueError("input_fn yielded no inputs: it must yield at least one batch")
         if env_bool("TFTRT_BUILD_CHECK", True):
             t0 = time.perf_counter()
-            self._check_build(first, *first_out, index=first_at)
+            self._check_build(first, *first_out, index=first_at, reference=reference)
             times["check"] = time.perf_counter() - t0
         log.info("build() took %s", ", ".join(f"{k} {v:.2f} s" for k, v in times.items()))
+
+    def _reference(self, args) -> Optional["_NativeReference"]:
+        """The check's native call on ``args``, to start once the profile engines' tactics are
+        timed (ProfileEngine.build_profiles' after_tuning), so that TensorFlow's first call
+        (its function instantiation, cuDNN autotuning: 1.1-1.7 s for ResNet50 on the H200,
+        2026-12-02, probe_native_first_call.py) runs beside the rest of the ladder instead of
+        after it. None where the check will not call TF: turned off, no input, a signature
+        with random or stateful ops (see _check_build), or not known to be free of them."""
+        if args is None or not env_bool("TFTRT_BUILD_CHECK", True):
+            return None
+        try:
+            random, stateful = self._nondeterministic_ops()
+        except Exception:  # noqa: BLE001 -- the check says why, without an early call
+            return None
+        if random or stateful:
+            return None
+        return _NativeReference(self._native_call, args)
 
     def _nondeterministic_ops(self):
         """compare.nondeterministic_ops of the signature's graph, read once per conversion
@@ -421,7 +476,8 @@ class TrtGraphConverterV2:
             return None
         return None if random or stateful else direct
 
-    def _check_build(self, args, outputs, engine_calls: int, index: int = 0) -> None:
+    def _check_build(self, args, outputs, engine_calls: int, index: int = 0,
+                     reference: Optional["_NativeReference"] = None) -> None:
         """Compares ``outputs`` (the first build input through the engines, ``engine_calls``
         engine runs) with the input model's own signature on that input (run natively by TF)
         and keeps the largest relative error per output for summary(); warns once when it is
@@ -432,7 +488,8 @@ class TrtGraphConverterV2:
         it raises is logged and kept as ``skipped``. It does not compare a signature with
         random ops (two calls draw different numbers: an error would blame the engines for
         it) and does not call one with other stateful ops (a py_function, a print) once more,
-        since that call would act where the user can see it."""
+        since that call would act where the user can see it. ``reference``: that native
+        call, started earlier on a thread of its own (its result is awaited here)."""
         from tftrt import compare
         precision = self._conversion_params.precision_mode
         # the engines' own precision: INT8 / FP8 without ranges fell back to FP16, and the
@@ -455,7 +512,8 @@ class TrtGraphConverterV2:
                 return
             ops = list(self._engine_ops.values())
             got = compare._flatten(outputs)
-            ref = compare._flatten(self._native_call(args))
+            ref = compare._flatten(reference.result() if reference is not None
+                                   else self._native_call(args))
             errors = compare.output_errors(got, ref)
             bar = compare.BUILD_CHECK_WARN.get(precision, compare.BUILD_CHECK_WARN["FP16"])
             worst = max(errors.values(), default=0.0)

@@ -137,3 +137,77 @@ def test_with_dynamic_shapes_the_check_uses_the_engines_rerun(cancels_dir, monke
     assert check["engine_calls"] == 1 and check["worst"] > 0.05, check
     op = next(iter(conv.engine_ops.values()))
     assert op.stats["engine"] == 1  # the check added no engine call of its own
+
+
+def _spy_native(conv, events, fail=False):
+    """conv's native call, recorded as (thread name, "native") in ``events``."""
+    import threading
+    real = conv._native_call
+
+    def spy(args):
+        events.append((threading.current_thread().name, "native"))
+        if fail:
+            raise RuntimeError("native call broke")
+        return real(args)
+    conv._native_call = spy
+
+
+def test_dynamic_builds_make_the_checks_native_call_beside_the_ladder(cancels_dir,
+                                                                     monkeypatch):
+    """With use_dynamic_shape, the check's native call starts on a thread of its own once the
+    profile's tactics are timed (the tuned rungs built), before the other rungs are built,
+    and the check compares with its result: TensorFlow's first call (1.1-1.7 s for ResNet50
+    on the H200) no longer follows the ladder. One native call, the same check."""
+    import threading
+    from tftrt import profiles as P
+    from tftrt import trt_convert as T
+    monkeypatch.setenv("TFTRT_BACKEND", "numpy")
+    monkeypatch.setenv("TFTRT_SPLIT_BATCH", "1")
+    monkeypatch.setenv("TFTRT_PROFILE_TUNED_RUNGS", "2")
+    events = []
+    real_start, real_rung = T._NativeReference.start, P.ProfileEngine._build_rung
+    monkeypatch.setattr(T._NativeReference, "start",
+                        lambda self: (events.append(("main", "start")), real_start(self)))
+    monkeypatch.setattr(P.ProfileEngine, "_build_rung", lambda self, i, rung: (
+        events.append((threading.current_thread().name, f"rung {rung[0][0]}")),
+        real_rung(self, i, rung))[1])
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=cancels_dir, precision_mode="FP32",
+                                   use_dynamic_shape=True)
+    conv.convert()
+    _spy_native(conv, events)
+    conv.build(lambda: iter([(_x(1),), (_x(16),)]))
+    names = [e[1] for e in events]
+    assert names.index("start") < names.index("rung 2") < names.index("rung 8"), events
+    assert [e for e in events if e[1] == "native"] == [("tftrt-check", "native")], events
+    check = conv._build_check
+    assert "skipped" not in check and check["worst"] < compare.BUILD_CHECK_WARN["FP32"], check
+
+
+def test_a_native_call_that_fails_on_the_check_thread_leaves_the_build_standing(
+        cancels_dir, monkeypatch, caplog):
+    monkeypatch.setenv("TFTRT_BACKEND", "numpy")
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=cancels_dir, precision_mode="FP32",
+                                   use_dynamic_shape=True)
+    fn = conv.convert()
+    events = []
+    _spy_native(conv, events, fail=True)
+    with caplog.at_level(logging.WARNING, logger="tftrt.convert"):
+        conv.build(lambda: iter([(_x(1),), (_x(16),)]))
+    assert events == [("tftrt-check", "native")]
+    assert "RuntimeError: native call broke" in conv._build_check["skipped"]
+    assert any("could not run" in r.getMessage() for r in caplog.records)
+    y = fn(x=tf.constant(_x(3)))["y"].numpy()   # the engines serve
+    assert np.allclose(y, np.maximum(_x(3) @ Cancels().a.numpy() + 3.0, 0) * 2.0, rtol=1e-4,
+                       atol=1e-3)
+
+
+def test_without_the_check_no_native_call_starts(cancels_dir, monkeypatch):
+    monkeypatch.setenv("TFTRT_BACKEND", "numpy")
+    monkeypatch.setenv("TFTRT_BUILD_CHECK", "0")
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=cancels_dir, precision_mode="FP32",
+                                   use_dynamic_shape=True)
+    conv.convert()
+    events = []
+    _spy_native(conv, events)
+    conv.build(lambda: iter([(_x(1),), (_x(16),)]))
+    assert events == []
