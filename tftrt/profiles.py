@@ -596,10 +596,10 @@ class ProfileEngine:
         Tactics chosen at the opt shape lose most at the smallest batches (the H200,
         ResNet50 FP16, profile 1..128, engines alone: batches 1-16 took 1.16-1.42x their own
         tuned engines' time; the cuDNN plans of the deep 3x3 convolutions, tuned for 128,
-        ran 2x longer at batch 1). With batches 1 and 8 tuned every rung was within 1.05x
-        (1 and 8 faster than their own engines) and the cold build no longer: the tuned
-        rungs' 4.8 s came back in the prefetch of the others' plans
-        (benchmarks/bench_rungs.py, results/bench_rungs_h200_2026-12-02r.*)."""
+        ran 2x longer at batch 1). With batches 1 and 8 tuned every rung was within 1.10x
+        (1 and 8 faster than their own engines), for 6-7 s more of a cold build (23.6 s
+        against 16.7 s on a fresh machine; benchmarks/bench_rungs.py,
+        results/bench_rungs*_h200_2026-12-02r.*)."""
         n = tuned_rungs()
         if n == 0 or not rungs or self._template(i) is None or \
                 self.profiles[i].opt[0][0] < 1:
