@@ -480,6 +480,13 @@ class Slice:
             return f"begin {begin} / size {size} do not have {rank} entries"
         if any(b < 0 for b in begin) or any(s < -1 for s in size):
             return f"begin {begin} must be >= 0 and size {size} >= -1"
+        # TF raises where the slice runs past a dimension; ONNX Slice clamps (helper hunt,
+        # 2026-12-02: [-1, 4] from column 3 of 5 answered 2 columns). Known dims only.
+        shape = ctx.input_shape(node, 0) or [None] * rank
+        for axis, (b, n, d) in enumerate(zip(begin, size, shape)):
+            if d is not None and (b > d or (n != -1 and b + n > d)):
+                return (f"slice begin {b} size {n} runs past dimension {axis} of size {d}: "
+                        f"TensorFlow raises for this")
         return None
 
     @staticmethod

@@ -150,7 +150,22 @@ class ClipByValue:
     """ClipByValue with scalar or same-shaped tensor bounds (tf.clip_by_value itself now emits
     Minimum + Maximum, converted on their own). Constant
     scalar bounds with min <= max lower to ONNX Clip, anything else to Max(Min(x, max), min),
-    TF's own order (which returns min where min > max). Rejects: other dtypes."""
+    TF's own order (which returns min where min > max). Rejects: other dtypes; bounds that
+    are neither scalars nor of the input's shape (TF raises; broadcasting them answered:
+    helper hunt, 2026-12-02)."""
+
+    @staticmethod
+    def validate(node, ctx):
+        x = ctx.input_shape(node, 0)
+        for i, name in ((1, "clip_value_min"), (2, "clip_value_max")):
+            b = ctx.input_shape(node, i)
+            if b is None or x is None or len(b) == 0:
+                continue
+            if len(b) != len(x) or any(p is not None and q is not None and p != q
+                                       for p, q in zip(b, x)):
+                return (f"{name} of shape {list(b)} is neither a scalar nor of the input's "
+                        f"shape {list(x)}: TensorFlow raises for this")
+        return None
 
     @staticmethod
     def convert(node, ctx):
@@ -252,6 +267,16 @@ class Select:
             if c is not None and x is not None and c not in (0, 1, x):
                 return (f"Select condition of rank {c} with values of rank {x} "
                         f"(expected rank 0, 1 or {x})")
+            if c == 1 and x is not None and x > 1:
+                # one condition per row of the values: TF raises on another length, where a
+                # length-1 condition broadcast (helper hunt, 2026-12-02). Known lengths only;
+                # a 1 against an unknown length could broadcast too.
+                cd = (ctx.input_shape(node, 0) or (None,))[0]
+                xd = (ctx.input_shape(node, 1) or (None,))[0]
+                if (cd is not None and xd is not None and cd != xd) or \
+                        ((cd is None) != (xd is None) and 1 in (cd, xd)):
+                    return (f"Select's condition of length {cd} for values with {xd} rows "
+                            f"(TensorFlow requires one condition per row)")
         return None
 
     @staticmethod

@@ -226,14 +226,27 @@ class ConvBackpropInput:
         if cout is not None and cout != ws[-1]:
             return (f"out_backprop has {cout} channels but the filter {ws[-1]} "
                     f"(grouped transposed convolution is not supported)")
+        # TF checks that the forward convolution of input_sizes gives out_backprop's size and
+        # raises otherwise; ConvTranspose would answer at a size of its own (helper hunt,
+        # 2026-12-02: 16 rows where the signature said 13)
+        dy = ctx.input_shape(node, 2)
+        spatial = dy[1:1 + nd] if layout.is_channels_last(fmt) else dy[2:2 + nd]
+        want = ConvBackpropInput._geometry(node, ctx, nd, fmt, sizes)["forward"]
+        if any(d is None for d in spatial):
+            return (f"out_backprop's spatial size {list(spatial)} is not known at conversion "
+                    f"time (input_sizes is constant: it must be {want})")
+        if list(spatial) != want:
+            return (f"out_backprop's spatial size {list(spatial)} is not what a convolution of "
+                    f"input_sizes {sizes} gives ({want}): TensorFlow raises for this")
         return None
 
     @staticmethod
-    def convert(node, ctx):
-        nd = 3 if node.op == "Conv3DBackpropInputV2" else 2
-        rank = nd + 2
-        fmt = layout.data_format(node, ctx)
-        out_spatial = _backprop_input_sizes(node, ctx, nd)
+    def _geometry(node, ctx, nd, fmt, out_spatial) -> dict:
+        """kernel, strides, dilations, pads (begins, ends), the forward convolution's output
+        size ("forward") and the ConvTranspose output_padding ("out_pad") per spatial
+        dimension of ``input_sizes``' spatial entries ``out_spatial``. The forward conv maps
+        N -> M = (N + pads - eff_k) // s + 1; ConvTranspose gives back s*(M-1) + eff_k - pads,
+        short of N by the remainder, which output_padding restores."""
         ws = ctx.input_shape(node, 1)
         kernel = [int(k) for k in ws[:nd]]
         strides = _spatial_attr(node, ctx, "strides", fmt, nd)
@@ -245,10 +258,22 @@ class ConvBackpropInput:
             begins, ends = layout.explicit_pads(ctx.attr(node, "explicit_paddings"), fmt)
         else:
             begins, ends = [0] * nd, [0] * nd
-        # The forward conv maps N -> M = (N + pads - eff_k) // s + 1; ConvTranspose gives back
-        # s*(M-1) + eff_k - pads, short of N by the remainder, which output_padding restores.
-        out_pad = [(n + b + e - ((k - 1) * d + 1)) % s for n, b, e, k, s, d in
-                   zip(out_spatial, begins, ends, kernel, strides, dilations)]
+        span = [n + b + e - ((k - 1) * d + 1) for n, b, e, k, d in
+                zip(out_spatial, begins, ends, kernel, dilations)]
+        return {"kernel": kernel, "strides": strides, "dilations": dilations,
+                "begins": begins, "ends": ends,
+                "forward": [v // s + 1 for v, s in zip(span, strides)],
+                "out_pad": [v % s for v, s in zip(span, strides)]}
+
+    @staticmethod
+    def convert(node, ctx):
+        nd = 3 if node.op == "Conv3DBackpropInputV2" else 2
+        rank = nd + 2
+        fmt = layout.data_format(node, ctx)
+        g = ConvBackpropInput._geometry(node, ctx, nd, fmt,
+                                        _backprop_input_sizes(node, ctx, nd))
+        kernel, strides, dilations = g["kernel"], g["strides"], g["dilations"]
+        begins, ends, out_pad = g["begins"], g["ends"], g["out_pad"]
         # ConvTranspose weight is [C_in(=TF out), C_out(=TF in), spatial...]: same permutation.
         w = _filter_oihw(node, ctx, 1, False, _dtype(node, ctx))
         x = ctx.input(node, 2)

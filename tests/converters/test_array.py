@@ -370,3 +370,11 @@ def test_keras_dense_on_sequences_converts():
     dense = keras.layers.Dense(5, activation="gelu")
     check_dynamic(lambda t: dense(t), [rand((2, 3, 4))], expect_tf_ops=["Reshape"], rtol=1e-4,
                   atol=1e-5)
+
+
+@pytest.mark.parametrize("begin,size", [([0, 3], [-1, 4]), ([1, 0], [2, 5])], ids=str)
+def test_slice_rejects_running_past_a_known_dimension(begin, size):
+    """TF raises; ONNX Slice clamps, and the engine answered 2 columns for [-1, 4] from
+    column 3 of 5 (helper hunt, 2026-12-02). Left native."""
+    check_rejected(lambda x: tf.slice(x * 2.0, begin, size), [np.ones((2, 5), np.float32)],
+                   "Slice", "TensorFlow raises")

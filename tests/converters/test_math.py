@@ -291,3 +291,27 @@ def test_rejects_compare_without_shape_error():
     a, b = rand((2, 3)), rand((4,))
     check_rejected(lambda x, y: tf.raw_ops.Equal(x=x, y=y, incompatible_shape_error=False),
                    [a, b], "Equal", "incompatible_shape_error=False")
+
+
+@pytest.mark.parametrize("bound_shape", [(6,), (1, 6), (2, 1)], ids=str)
+def test_clip_rejects_bounds_neither_scalar_nor_the_inputs_shape(bound_shape):
+    """TF raises for them; broadcasting them answered (helper hunt, 2026-12-02)."""
+    x = rand((2, 6), seed=6)
+    lo = np.full(bound_shape, -0.5, np.float32)
+    check_rejected(lambda t: _clip(t, lo, np.float32(0.5)), [x], "ClipByValue",
+                   "TensorFlow raises")
+
+
+def test_select_v1_rejects_a_length_one_condition_for_an_unknown_row_count():
+    """Select's rank-1 condition holds one value per row: TF raises on another length, where
+    a length-1 condition broadcast over the rows (helper hunt, 2026-12-02). Known lengths
+    that differ fail TF's own tracing; a condition of length 1 against a dynamic batch is
+    left native."""
+    from tests.converters.harness import trace
+    from tftrt import lowering
+    from tftrt.converters import registry
+    _, info = trace(lambda x: tf.raw_ops.Select(condition=tf.constant([True]), x=x, y=-x),
+                    [rand((2, 5, 6), seed=21)], dynamic_batch=True)
+    (node,) = [n for n in info.graph_def.node if n.op == "Select"]
+    reason = registry.validate_node(node, lowering.ValidationContext(info))
+    assert reason and "one condition per row" in reason, reason

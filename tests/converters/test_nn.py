@@ -559,3 +559,24 @@ def test_keras_conv2d_transpose_unet_one_engine(tmp_path):
     path = models.save_keras(keras.Model(inp, h), str(tmp_path / "unet"))
     kinds = models.one_engine_layer_kinds(path, models.batch((3, 8, 8, 3)))
     assert kinds.count("conv_transpose") == 2, kinds
+
+
+@pytest.mark.parametrize("out_hw", [(13, 21), (18, 21), (15, 19)])
+def test_conv2d_transpose_rejects_input_sizes_out_backprop_cannot_have(out_hw):
+    """TF raises when a convolution of input_sizes would not give out_backprop's size (5 rows
+    at stride 3, VALID, 3x3: 15-17 rows); ConvTranspose answered at a size of its own (16
+    rows where the signature said 13: helper hunt, 2026-12-02). Left native."""
+    w = rand(3, 3, 4, 3, seed=3)
+    check_rejected(lambda x: tf.nn.conv2d_transpose(
+        x, w, tf.stack([tf.shape(x)[0], *out_hw, 4]), 3, "VALID"),
+        [rand(1, 5, 7, 3)], "Conv2DBackpropInput", "TensorFlow raises")
+
+
+def test_conv2d_transpose_every_consistent_size_converts():
+    """The sizes TF accepts (15, 16 and 17 rows; 21-23 columns) all convert and match."""
+    w = rand(3, 3, 4, 3, seed=3)
+    for hw in ((15, 21), (16, 22), (17, 23)):
+        low = check_op(lambda x, hw=hw: tf.nn.conv2d_transpose(
+            x, w, tf.stack([tf.shape(x)[0], *hw, 4]), 3, "VALID"), [rand(2, 5, 7, 3)],
+            dynamic_batch=True, expect_tf_ops=["Conv2DBackpropInput"])
+        assert low.onnx_ops.count("ConvTranspose") == 1
