@@ -89,6 +89,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import math
 import threading
 import time
 import weakref
@@ -604,7 +605,6 @@ class ProfileEngine:
         if n == 0 or not rungs or self._template(i) is None or \
                 self.profiles[i].opt[0][0] < 1:
             return []
-        import math
         top = self.profiles[i].opt[0][0]
         sizes = sorted({r[0][0] for r in rungs})
         lo = sizes[0]
@@ -639,7 +639,6 @@ class ProfileEngine:
         """The tuned rung of profile ``i`` whose batch is nearest ``key``'s in log2 (ties: the
         larger), when it is nearer than the opt batch; else None (the opt engine's choices).
         Only at ``key``'s other dimensions."""
-        import math
         tuned = self._tuned.get(i)
         if not tuned or not key or any(len(s) == 0 or s[0] != key[0][0] for s in key):
             return None  # (tuned rungs exist only where every input is batch-major)
