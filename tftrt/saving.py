@@ -414,17 +414,17 @@ def _load(path, tags=None, options=None):
     if isinstance(path, (str, bytes, os.PathLike)):  # else check_saved_model_dir says why
         recover_interrupted_save(path)
     path = check_saved_model_dir(path, "tftrt.load's path")
-    loaded = tf.saved_model.load(path, tags=tags, options=options)
-    try:
-        manifest, gd, ops = _read_saved(path, loaded)
-    except _NoEngines:
+    loaded, got = _read_one_version(path, tags, options)
+    if isinstance(got, _NoEngines):
         log.info("%s has no tftrt engines; returning the plain SavedModel", path)
         return loaded
-    except SavedAssetsError as err:
+    if isinstance(got, SavedAssetsError):
+        err = got
         log.warning("tftrt.load(%r) does not use the saved engines: %s. It returns the plain "
                     "SavedModel, whose engine nodes run natively (correct results, no speed-up); "
                     "%s.", path, err, getattr(err, "fix", SavedAssetsError.FIX))
         return loaded
+    manifest, gd, ops = got
     engine_gd, keepalive = conversion.bind_engine_nodes(gd, ops)
     key = manifest["signature_key"]
     original = loaded.signatures[key]
@@ -447,6 +447,55 @@ def _load(path, tags=None, options=None):
     signatures = dict(loaded.signatures)
     signatures[key] = fn
     return LoadedModel(loaded, signatures, ops)
+
+
+# How often tftrt.load reads the directory again when a save() swapped a new model in while
+# it was reading (see _read_one_version).
+_SWAP_RETRIES = 5
+
+
+def _dir_id(path: str):
+    """The directory ``path`` names now (device, inode, change time: an inode freed by one
+    save's clean-up can come back as a later save's directory), or None."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_ctime_ns
+
+
+def _read_one_version(path: str, tags, options):
+    """(tf.saved_model.load's model, _read_saved's result or the _NoEngines /
+    SavedAssetsError it raised), both from one version of the directory. save() swaps a new
+    model in with one rename (``_swap_in``): a load reading the graph from the old directory
+    and the tftrt assets from the new one refused the engines as "copied from another model"
+    (helper hunt, 2026-12-02: 118 of 291 loads while another process saved there again and
+    again; once TF's own parse of saved_model.pb failed). Where the directory changed during
+    the reads, they are made again (up to _SWAP_RETRIES times)."""
+    import tensorflow as tf
+    for attempt in range(_SWAP_RETRIES + 1):
+        last = attempt == _SWAP_RETRIES
+        before = _dir_id(path)
+        try:
+            loaded = tf.saved_model.load(path, tags=tags, options=options)
+            try:
+                got = _read_saved(path, loaded)
+            except (_NoEngines, SavedAssetsError) as e:
+                got = e
+        except Exception:
+            if not last and _dir_id(path) != before:
+                continue
+            raise
+        if _dir_id(path) == before:
+            return loaded, got
+        if last:
+            if isinstance(got, SavedAssetsError):
+                got = SavedAssetsError(
+                    f"the directory was replaced {_SWAP_RETRIES + 1} times while tftrt.load "
+                    f"read it (another process saving there?), and the last read mixed two "
+                    f"models ({got})", fix="load it again once the saves there are done")
+            return loaded, got
+    raise AssertionError("unreachable")
 
 
 class _NoEngines(Exception):

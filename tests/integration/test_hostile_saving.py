@@ -490,3 +490,49 @@ def test_no_error_at_exit_after_converting_a_model_with_an_inner_function(tmp_pa
         < 1e-5
     assert "Exception ignored" not in p.stderr and "non-existent function" not in p.stderr, \
         p.stderr[-2000:]
+
+
+def _swapping_loads(monkeypatch, path, others, times):
+    """tf.saved_model.load that, its first ``times`` calls, lets another save (of ``others``
+    in turn) replace ``path`` right after it read it (save()'s own swap, saving._swap_in)."""
+    real, calls = tf.saved_model.load, []
+
+    def load_then_swap(p, *a, **k):
+        out = real(p, *a, **k)
+        calls.append(p)
+        if len(calls) <= times:
+            staging = f"{path}.staging{len(calls)}"
+            shutil.copytree(others[(len(calls) - 1) % len(others)], staging)
+            saving._swap_in(staging, path)
+        return out
+    monkeypatch.setattr(tf.saved_model, "load", load_then_swap)
+    return calls
+
+
+def test_a_save_swapped_in_while_loading_is_read_again(saves, tmp_path, monkeypatch, caplog):
+    """Another process's save() replaced the directory between TF's read of saved_model.pb
+    and tftrt's of its assets: the engines were refused as "copied from another model" (118
+    of 291 loads in a helper hunt, 2026-12-02). tftrt.load reads the new version whole."""
+    path = str(tmp_path / "served")
+    shutil.copytree(saves["fp32_b8"], path)
+    calls = _swapping_loads(monkeypatch, path, [saves["fp16_b8"]], times=1)
+    loaded, warnings = load(path, caplog)
+    assert len(calls) == 2 and not warnings, warnings
+    (op,) = loaded.engine_ops.values()
+    assert op.spec.precision_mode == "FP16"   # the model swapped in, whole
+    x = image(8)
+    ref = tf.saved_model.load(saves["src"]).signatures["serving_default"](x=tf.constant(x))
+    got = loaded.signatures["serving_default"](x=tf.constant(x))["y"].numpy()
+    np.testing.assert_allclose(got, ref["y"].numpy(), rtol=2e-2, atol=2e-2)
+
+
+def test_a_directory_replaced_at_every_read_says_so(saves, tmp_path, monkeypatch, caplog):
+    path = str(tmp_path / "served")
+    shutil.copytree(saves["fp32_b8"], path)
+    calls = _swapping_loads(monkeypatch, path, [saves["fp16_b8"], saves["fp32_b8"]],
+                            times=100)
+    loaded, warnings = load(path, caplog)
+    assert len(calls) == saving._SWAP_RETRIES + 1
+    assert not getattr(loaded, "engine_ops", None)
+    (w,) = [m for m in warnings if "does not use the saved engines" in m]
+    assert "replaced 6 times while tftrt.load read it" in w and "load it again" in w, w
