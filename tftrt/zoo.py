@@ -21,8 +21,8 @@ exactly uniform and ResNet50's nearly so, and ConvNeXt's layer scales (1e-6) hid
 block: comparing those checks nothing. Applications keep ``include_preprocessing`` on where
 they have it (users have it): EfficientNet's and ConvNeXt's Rescaling / Normalization layers
 are part of the converted graph. The EfficientNetV2 family's random statistics overflow
-float16, so its batch norms get the statistics of their inputs on a seeded batch instead
-(``match_batchnorm_statistics``, ``MATCHED_STATISTICS``).
+float16, so its batch norms (and EfficientNetB5-B7's) get the statistics of their inputs on a
+seeded batch instead (``match_batchnorm_statistics``, ``MATCHED_STATISTICS``).
 """
 
 from __future__ import annotations
@@ -84,8 +84,13 @@ def randomize_batchnorm(model, seed: int = 0):
 # of their inputs instead (:func:`match_batchnorm_statistics`): at full size Keras' float16
 # error is then 0.47-0.82% (V2B0, V2B2, V2B3, V2S; CPU, 2026-12-01). Not every family: with
 # matched statistics the deep ResNets became chaotic (their float32 engines' summation order
-# alone moved the logits past 1e-3, H200, 2026-12-01), so they keep random ones.
-MATCHED_STATISTICS = ("efficientnet_v2",)
+# alone moved the logits past 1e-3, H200, 2026-12-01), so they keep random ones. The three
+# largest EfficientNets too (by name): with random statistics EfficientNetB7's float32 logits
+# reached 9.6e6 at 600 px and Keras' mixed_float16 model gave NaN (B6 the same, B5 lost
+# 5-17%: the zoo's rows said 1.0 / 1.0 / 0.15 for both tftrt and XLA); with matched ones
+# Keras' own float16 error is 1.9% (B5, B7; CPU, 2026-12-02). B0-B4 keep random statistics
+# (0.1-1.4% there).
+MATCHED_STATISTICS = ("efficientnet_v2", "EfficientNetB5", "EfficientNetB6", "EfficientNetB7")
 # The seed of the batch the statistics are matched on (not one the tests and benchmarks use).
 CALIBRATION_SEED = 1000
 
@@ -292,7 +297,7 @@ def _app(name: str, family: str):
     def make(size: int, seed: int = 0):
         import keras
         model = _application(getattr(keras.applications, name), size, seed)
-        if family in MATCHED_STATISTICS:
+        if family in MATCHED_STATISTICS or name in MATCHED_STATISTICS:
             match_batchnorm_statistics(model, sample_input(
                 name, calibration_batch(size), size, seed=CALIBRATION_SEED + seed))
         return model
