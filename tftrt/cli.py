@@ -44,6 +44,14 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _batch_size(text: str) -> int:
+    """A positive batch size Triton can hold (its max_batch_size is an int32)."""
+    v = _positive_int(text)
+    if v > 2 ** 31 - 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is larger than {2 ** 31 - 1}")
+    return v
+
+
 def _segment_size(text: str) -> int:
     try:
         v = int(text)
@@ -264,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus", default="all", metavar="all|none|0,1",
                    help="one model instance per GPU (default all; none or no GPU: one CPU "
                         "instance)")
-    p.add_argument("--max-batch", type=_positive_int, default=128,
+    p.add_argument("--max-batch", type=_batch_size, default=128,
                    help="Triton's max_batch_size (default 128)")
     p.add_argument("--max-queue-delay-us", type=int, default=100,
                    help="how long Triton's dynamic batcher waits to fill a batch (default 100)")

@@ -41,6 +41,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from tftrt.logs import first_error_line
+
 log = logging.getLogger("tftrt.serving")
 
 INSTALL_HINT = ('pip install "tftrt[serving]" && pip install --no-deps nvidia-pytriton==0.7.0 '
@@ -301,18 +303,53 @@ def make_infer_func(fn, inputs: List[TensorInfo], outputs: List[TensorInfo],
     def infer(**arrays: np.ndarray) -> Dict[str, np.ndarray]:
         feeds = {k: tf.constant(v.reshape(v.shape[:1]) if k in scalar_in else v)
                  for k, v in arrays.items()}
-        with tf.device(device):
-            if cupy_device is not None:
-                with cupy_device:
+        try:
+            with tf.device(device):
+                if cupy_device is not None:
+                    with cupy_device:
+                        result = fn(**feeds)
+                else:
                     result = fn(**feeds)
-            else:
-                result = fn(**feeds)
+        except tf.errors.InvalidArgumentError as e:
+            # the model refused the request's values (an index out of range): what the
+            # client needs is TF's message, not 99 lines of PyTriton's and TF's frames
+            raise _bad_request(e) from None
         out = {k: np.asarray(v.numpy(), dtype=dtypes[k]) for k, v in result.items()}
         return {k: v.reshape(-1, 1) if k in scalar_out else v for k, v in out.items()}
 
     infer.device = device  # type: ignore[attr-defined]
     return infer
 
+
+def _bad_request(e) -> Exception:
+    """PyTriton's error for a request the model refused, with TF's message in one line."""
+    from pytriton.exceptions import PyTritonBadParameterError
+    return PyTritonBadParameterError(f"the model refused the request: "
+                                     f"{first_error_line(e)}")
+
+
+def batching(pt, infer, outputs: List[TensorInfo], what: str = "the model"):
+    """Triton's infer function for ``infer``: requests merged into one batch (PyTriton's
+    ``batch``), or, where an output's size is known only at run time
+    (``tf.strings.split(...).to_tensor()``), each request on its own: merged with other
+    clients' requests a request's answer was padded to theirs (helper hunt, 2026-12-02)."""
+    ragged = [t.name for t in outputs if -1 in t.shape]
+    if not ragged:
+        return pt["batch"](infer)
+    log.warning("%s: outputs %s have sizes known only at run time, which merged requests "
+                "would pad to each other's: Triton still queues requests together, but each "
+                "runs on its own", what, ragged)
+    return _one_by_one(infer)
+
+
+def _one_by_one(infer):
+    """Triton's infer function running each queued request on its own (no merged batch)."""
+    def run(requests):
+        return [infer(**{k: req[k] for k in req.keys()}) for req in requests]
+    return run
+
+
+_INT32_MAX = 2 ** 31 - 1
 
 # ------------------------------------------------------------------------------------------
 # The server
@@ -353,8 +390,9 @@ class Server:
     def start(self) -> "Server":
         """Loads the model, starts Triton, loads the model into it; returns when it serves."""
         cfg = self.config
-        if cfg.max_batch <= 0:
-            raise ServingError(f"max batch {cfg.max_batch}: give a positive batch size")
+        if not 0 < cfg.max_batch <= _INT32_MAX:
+            raise ServingError(f"max batch {cfg.max_batch}: give a batch size in 1..{_INT32_MAX} "
+                               f"(Triton's max_batch_size is an int32)")
         if cfg.max_queue_delay_us < 0:
             raise ServingError(f"max queue delay {cfg.max_queue_delay_us} us must be >= 0")
         problems = platform_problems()
@@ -365,7 +403,13 @@ class Server:
         model = self._model
         if model is None:
             import tftrt
-            model = tftrt.load(self.model_dir, tags=list(cfg.tags) if cfg.tags else None)
+            try:
+                model = tftrt.load(self.model_dir, tags=list(cfg.tags) if cfg.tags else None)
+            except ServingError:
+                raise
+            except Exception as e:  # a corrupt SavedModel: one line, not TF's stack
+                raise ServingError(f"cannot load the SavedModel {self.model_dir}: "
+                                   f"{type(e).__name__}: {first_error_line(e)}") from e
         if cfg.signature not in model.signatures:
             raise ServingError(f"signature {cfg.signature!r} not found in {self.model_dir}; "
                                f"available: {sorted(model.signatures)}")
@@ -389,7 +433,7 @@ class Server:
                             cfg.max_batch, cfg.max_batch)
         funcs = [make_infer_func(fn, inputs, outputs, g) for g in (gpus or [None])]
         self.instances = [f.device for f in funcs]
-        batched = [pt["batch"](f) for f in funcs]
+        batched = [batching(pt, f, outputs, self.model_dir) for f in funcs]
 
         stub = stub_environment()
         try:

@@ -391,3 +391,64 @@ def test_one_value_per_sample_tensors_travel_as_dims_1(tmp_path):
     infer = serving.make_infer_func(fn, inputs, outputs, None)
     got = infer(s=np.array([[b"ab"], [b"abcde"], [b""]], dtype=object))
     assert got["o"].shape == (3, 1) and got["o"].ravel().tolist() == [2, 5, 0]
+
+
+def test_outputs_sized_at_run_time_answer_each_request_on_its_own(tmp_path):
+    """tokens = tf.strings.split(s).to_tensor(): merged with another client's six-word
+    sentence, a one-word request came back padded to six (helper hunt, 2026-12-02). Such a
+    model's requests run one by one; a model without such outputs keeps PyTriton's merging."""
+    class Tokens(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="s")])
+        def __call__(self, s):
+            tokens = tf.strings.split(s).to_tensor()
+            return {"tokens": tokens, "n": tf.shape(tokens)[1] + 0 * tf.strings.length(s)}
+
+    path = models.save_module(Tokens(), str(tmp_path / "tokens"))
+    fn = tf.saved_model.load(path).signatures["serving_default"]
+    inputs, outputs = serving.signature_tensors(fn)
+    assert [t.shape for t in outputs if t.name == "tokens"] == [(-1,)]
+    infer = serving.make_infer_func(fn, inputs, outputs, None)
+    merged = object()
+    pt = {"batch": lambda f: merged}
+    run = serving.batching(pt, infer, outputs)
+    assert run is not merged
+    reqs = [{"s": np.array([[b"a"]], dtype=object)},
+            {"s": np.array([[b"one two three four five six"]], dtype=object)}]
+    got = run(reqs)
+    assert got[0]["tokens"].shape == (1, 1) and got[0]["n"].ravel().tolist() == [1]
+    assert got[1]["tokens"].shape == (1, 6) and got[1]["n"].ravel().tolist() == [6]
+    dense = [t for t in outputs if t.name == "n"]
+    assert serving.batching(pt, infer, dense) is merged
+
+
+def test_a_request_the_model_refuses_gets_tfs_message_in_one_line(tmp_path):
+    """tf.gather with an index out of range: the client got 99 lines of PyTriton's and TF's
+    frames (helper hunt, 2026-12-02); now PyTriton's bad-parameter error with TF's line."""
+    from pytriton.exceptions import PyTritonBadParameterError
+
+    class Lookup(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.int32, name="i")])
+        def __call__(self, i):
+            return {"v": tf.gather(tf.range(10, dtype=tf.float32) * 2.0, i)}
+
+    path = models.save_module(Lookup(), str(tmp_path / "lookup"))
+    fn = tf.saved_model.load(path).signatures["serving_default"]
+    inputs, outputs = serving.signature_tensors(fn)
+    infer = serving.make_infer_func(fn, inputs, outputs, None)
+    assert infer(i=np.array([[3]], np.int32))["v"].ravel().tolist() == [6.0]
+    with pytest.raises(PyTritonBadParameterError) as e:
+        infer(i=np.array([[99]], np.int32))
+    msg = str(e.value)
+    assert "99" in msg and "[0, 10)" in msg and "\n" not in msg, msg
+    assert e.value.__cause__ is None and e.value.__suppress_context__
+
+
+def test_serve_refuses_a_corrupt_model_and_a_batch_triton_cannot_hold(tmp_path):
+    from tests.integration.test_cli import run_cli
+    bad = tmp_path / "corrupt"
+    bad.mkdir()
+    (bad / "saved_model.pb").write_bytes(b"not a protobuf")
+    code, _, err = run_cli("serve", str(bad), "--gpus", "none")
+    assert code == 1 and "cannot load the SavedModel" in err and "Traceback" not in err, err
+    code, _, err = run_cli("serve", "x", "--max-batch", "3000000000")
+    assert code == 2 and "--max-batch" in err and "2147483647" in err, err
