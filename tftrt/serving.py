@@ -351,6 +351,34 @@ def _one_by_one(infer):
 
 _INT32_MAX = 2 ** 31 - 1
 
+
+def check_ports(cfg: "ServeConfig") -> None:
+    """ServingError when Triton could not bind its address and ports: it exits at once then,
+    but PyTriton waits its 120 s start-up timeout before saying so, and then blamed the
+    ports for a bad address (helper hunt, 2026-12-02). Each port is bound and released here
+    (as Triton binds, with SO_REUSEADDR: a port a stopped server left in TIME_WAIT is free)."""
+    import socket
+    ports = {"--http-port": cfg.http_port, "--grpc-port": cfg.grpc_port,
+             "--metrics-port": cfg.metrics_port}
+    if len(set(ports.values())) != len(ports):
+        raise ServingError(f"the HTTP, gRPC and metrics ports must differ; got {ports}")
+    for flag, port in ports.items():
+        try:
+            infos = socket.getaddrinfo(cfg.address, port, type=socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError, ValueError) as e:
+            raise ServingError(f"--address {cfg.address!r} is no address to listen on "
+                               f"({e})") from None
+        family, kind, proto, _, where = infos[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(where)
+            except OSError as e:
+                raise ServingError(f"cannot listen on {cfg.address}:{port} ({flag}): "
+                                   f"{e.strerror or e}; another server there? Choose free "
+                                   f"ports with --http-port / --grpc-port / --metrics-port") \
+                    from None
+
 # ------------------------------------------------------------------------------------------
 # The server
 
@@ -435,6 +463,7 @@ class Server:
         self.instances = [f.device for f in funcs]
         batched = [batching(pt, f, outputs, self.model_dir) for f in funcs]
 
+        check_ports(cfg)
         stub = stub_environment()
         try:
             self._triton = _start_triton(pt, cfg, stub)

@@ -452,3 +452,30 @@ def test_serve_refuses_a_corrupt_model_and_a_batch_triton_cannot_hold(tmp_path):
     assert code == 1 and "cannot load the SavedModel" in err and "Traceback" not in err, err
     code, _, err = run_cli("serve", "x", "--max-batch", "3000000000")
     assert code == 2 and "--max-batch" in err and "2147483647" in err, err
+
+
+def test_ports_and_address_triton_cannot_bind_are_said_at_once():
+    """A taken gRPC port or an address that cannot be bound made Triton exit at once, but
+    `tftrt serve` waited PyTriton's 120 s timeout and then blamed the ports for a bad
+    address (helper hunt, 2026-12-02): checked before Triton starts."""
+    free = _free_ports(3)
+
+    def cfg(**kw):
+        base = dict(address="127.0.0.1", http_port=free[0], grpc_port=free[1],
+                    metrics_port=free[2])
+        return serving.ServeConfig(**dict(base, **kw))
+
+    serving.check_ports(cfg())   # free: nothing said
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        t0 = time.monotonic()
+        with pytest.raises(serving.ServingError,
+                           match=rf"127.0.0.1:{port} \(--grpc-port\).*another server"):
+            serving.check_ports(cfg(grpc_port=port))
+        assert time.monotonic() - t0 < 5
+    with pytest.raises(serving.ServingError, match="'999.1.1.1' is no address"):
+        serving.check_ports(cfg(address="999.1.1.1"))
+    with pytest.raises(serving.ServingError, match="ports must differ"):
+        serving.check_ports(cfg(metrics_port=free[0]))
