@@ -31,14 +31,8 @@ def _median_ms(fn, backend: str, iters: int = 200, warmup: int = 10) -> float:
     if backend == "cupy":
         from bench_engine import _cupy_timer, time_calls
         return float(np.median(time_calls(fn, _cupy_timer(), iters, warmup)))
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        ts.append((time.perf_counter() - t0) * 1e3)
-    return float(np.median(ts))
+    from bench_e2e import _wall_times
+    return float(np.median(_wall_times(fn, warmup, iters))) * 1e3
 
 
 def _host(a) -> np.ndarray:

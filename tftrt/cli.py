@@ -45,10 +45,11 @@ def _positive_int(text: str) -> int:
 
 
 def _batch_size(text: str) -> int:
-    """A positive batch size Triton can hold (its max_batch_size is an int32)."""
+    """A positive batch size Triton can hold (serving.MAX_BATCH_LIMIT)."""
+    from tftrt.serving import MAX_BATCH_LIMIT
     v = _positive_int(text)
-    if v > 2 ** 31 - 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is larger than {2 ** 31 - 1}")
+    if v > MAX_BATCH_LIMIT:
+        raise argparse.ArgumentTypeError(f"{text!r} is larger than {MAX_BATCH_LIMIT}")
     return v
 
 

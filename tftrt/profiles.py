@@ -271,7 +271,10 @@ def choose_profile(profiles: Sequence[Profile], shapes) -> Optional[int]:
 # build(shapes, tactic choices or None, weight_cache) -> a runtime Engine for exactly `shapes`
 BuildFn = Callable[[ShapeKey, Optional[Dict[str, dict]], object], object]
 # specialize(opt engine, profile) -> (template with .serves(shapes) -> None or why,
-#   build(shapes, quick=False) -> Engine from the template, a quick one with quick=True);
+#   build(shapes, quick=False, tune=False, source=None) -> Engine from the template, a quick
+#   one with quick=True, its tactics timed at shapes with tune=True, taken from engine
+#   ``source`` (a tuned rung) instead of the opt engine's where given; build.prefetch(keys,
+#   sources=None, tune=False) optional);
 #   raises when the profile's other shapes need full builds (the reason is logged once)
 SpecializeFn = Callable[[object, "Profile"], Tuple[object, Callable[..., object]]]
 
@@ -822,8 +825,7 @@ class ProfileEngine:
         made = self._template(i)
         if made is not None and made[0].serves(key) is None:
             try:
-                source = self._nearest_tuned(i, key)
-                return (made[1](key) if source is None else made[1](key, source=source)), True
+                return made[1](key, source=self._nearest_tuned(i, key)), True
             except Exception as e:  # the full build below says what is really wrong
                 log.info("optimization profile %s: shapes %s are built from the network: "
                          "%s: %s", self.profiles[i], key, type(e).__name__, e)

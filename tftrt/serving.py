@@ -345,11 +345,11 @@ def batching(pt, infer, outputs: List[TensorInfo], what: str = "the model"):
 def _one_by_one(infer):
     """Triton's infer function running each queued request on its own (no merged batch)."""
     def run(requests):
-        return [infer(**{k: req[k] for k in req.keys()}) for req in requests]
+        return [infer(**req) for req in requests]
     return run
 
 
-_INT32_MAX = 2 ** 31 - 1
+MAX_BATCH_LIMIT = 2 ** 31 - 1  # Triton's max_batch_size is an int32
 
 
 def check_ports(cfg: "ServeConfig") -> None:
@@ -418,9 +418,9 @@ class Server:
     def start(self) -> "Server":
         """Loads the model, starts Triton, loads the model into it; returns when it serves."""
         cfg = self.config
-        if not 0 < cfg.max_batch <= _INT32_MAX:
-            raise ServingError(f"max batch {cfg.max_batch}: give a batch size in 1..{_INT32_MAX} "
-                               f"(Triton's max_batch_size is an int32)")
+        if not 0 < cfg.max_batch <= MAX_BATCH_LIMIT:
+            raise ServingError(f"max batch {cfg.max_batch}: give a batch size in "
+                               f"1..{MAX_BATCH_LIMIT} (Triton's max_batch_size is an int32)")
         if cfg.max_queue_delay_us < 0:
             raise ServingError(f"max queue delay {cfg.max_queue_delay_us} us must be >= 0")
         problems = platform_problems()

@@ -182,16 +182,7 @@ def build_engine(model_or_network: Union[onnx.ModelProto, Network],
             net.weights[k], weights[k] = config.weight_cache.share(backend, k, v)
     else:
         weights = {k: backend.upload(v) for k, v in net.weights.items()}
-    tuning = config.tactic_timing and config.tactic_choices is None
-    if tuning:  # candidates' library plans made in parallel before they are timed here
-        _hook(backend, "prefetch", net)
-    if config.tactic_timing or config.tactic_choices is not None:  # choices: nothing timed
-        timings = choose_tactics(net, backend, weights, config.timing_cache,
-                                 choices=config.tactic_choices)
-    else:
-        timings = _first_tactics(net, backend)
-    if not tuning:  # the chosen tactics' library plans, before _finish prepares the layers
-        _hook(backend, "prefetch", net)
+    timings = _tactics(net, backend, weights, config, config.tactic_choices)
     engine = _finish(net, backend, precision, weights, config.to_json(), config)
     engine.build_info = {"seconds": time.perf_counter() - t0, "tactic_timings": timings,
                          "timed_layers": len(timings),
@@ -199,6 +190,24 @@ def build_engine(model_or_network: Union[onnx.ModelProto, Network],
     log.info("built engine %s: %d layers, %s, %d arena bytes in %.2fs", net.name,
              len(net.layers), precision, engine.memory.arena_bytes, engine.build_info["seconds"])
     return engine
+
+
+def _tactics(net: Network, backend, weights: Dict[str, Any], config: BuilderConfig,
+             choices: Optional[Dict[str, dict]]) -> Dict[str, dict]:
+    """Chooses every layer's tactic (timed through ``config.timing_cache``, taken from
+    ``choices``, or the first applicable one with tactic_timing off) and has the backend
+    prefetch the library plans: every candidate's before they are timed, else the chosen
+    tactics' before _finish prepares the layers. Returns the timings."""
+    tuning = config.tactic_timing and choices is None
+    if tuning:  # candidates' library plans made in parallel before they are timed here
+        _hook(backend, "prefetch", net)
+    if config.tactic_timing or choices is not None:  # choices: nothing timed
+        timings = choose_tactics(net, backend, weights, config.timing_cache, choices=choices)
+    else:
+        timings = _first_tactics(net, backend)
+    if not tuning:
+        _hook(backend, "prefetch", net)
+    return timings
 
 
 def _untuned(net: Network) -> None:
@@ -320,14 +329,9 @@ def build_engine_from_template(template, input_shapes: Dict[str, Sequence[int]],
         backend.set_build_options(allow_tf32=config.allow_tf32, precision=opt_engine.precision)
     net = template.network_for(input_shapes)
     timings: Dict[str, dict] = {}
-    if tune:
+    if tune:  # as a full build chooses, from the template's network without the opt's
         _untuned(net)
-        if config.tactic_timing:
-            _hook(backend, "prefetch", net)  # the candidates' library plans, in parallel
-            timings = choose_tactics(net, backend, opt_engine.weights, config.timing_cache)
-        else:
-            timings = _first_tactics(net, backend)
-            _hook(backend, "prefetch", net)
+        timings = _tactics(net, backend, opt_engine.weights, config, None)
     else:
         source = choices_from if choices_from is not None else opt_engine
         choices = {l.name: layer_choice(l) for l in source.network.layers}
