@@ -274,7 +274,7 @@ BuildFn = Callable[[ShapeKey, Optional[Dict[str, dict]], object], object]
 #   build(shapes, quick=False, tune=False, source=None) -> Engine from the template, a quick
 #   one with quick=True, its tactics timed at shapes with tune=True, taken from engine
 #   ``source`` (a tuned rung) instead of the opt engine's where given; build.prefetch(keys,
-#   sources=None, tune=False) optional);
+#   sources=None, tune=False: a flag or one per key) optional);
 #   raises when the profile's other shapes need full builds (the reason is logged once)
 SpecializeFn = Callable[[object, "Profile"], Tuple[object, Callable[..., object]]]
 
@@ -550,7 +550,11 @@ class ProfileEngine:
             return
         rungs = [r for r in self._rungs(i, self.profiles[i].opt) if r not in self._engines]
         tune = self._to_tune(i, rungs)
-        self._timed("ladder tuning", self._prefetch, i, tune, True)
+        # rungs that will take the opt engine's choices whatever the tuning finds: their
+        # plans are made on the workers beside the tuned rungs' candidates (one pool run)
+        early = [r for r in rungs if r not in tune and self._nearest(i, r, tune) is None] \
+            if tune else []
+        self._timed("ladder tuning", self._prefetch, i, tune, True, early)
         for rung in tune:
             engine = self._timed("ladder tuning", self._build_tuned, i, rung)
             if engine is not None:
@@ -558,26 +562,29 @@ class ProfileEngine:
         if after_tuning is not None:
             after_tuning()
         rungs = [r for r in rungs if r not in self._engines]
-        self._timed("ladder prefetch", self._prefetch, i, rungs)
+        self._timed("ladder prefetch", self._prefetch, i, [r for r in rungs if r not in early])
         for rung in rungs:
             if rung not in self._engines:
                 engine = self._timed("ladder builds", self._build_rung, i, rung)
                 if engine is not None:
                     self._timed("ladder warm-ups", self._warm, engine)
 
-    def _prefetch(self, i: int, keys: List[ShapeKey], tune: bool = False) -> None:
+    def _prefetch(self, i: int, keys: List[ShapeKey], tune: bool = False,
+                  untuned: Sequence[ShapeKey] = ()) -> None:
         """The backend work of building engines for ``keys`` of profile ``i`` from its
         template, done at once ahead of the builds (the template build function's optional
         ``prefetch``: the CuPy backend's cuDNN graphs, and with ``tune`` every candidate's,
-        tuned on worker processes). Only an optimisation: anything it raises is logged."""
-        made = self._template(i) if len(keys) > 1 else None
+        tuned on worker processes; then ``untuned``'s, with the opt engine's choices, in the
+        same go). Only an optimisation: anything it raises is logged."""
+        made = self._template(i) if len(keys) + len(untuned) > 1 else None
         pre = getattr(made[1], "prefetch", None) if made is not None else None
         if not callable(pre):
             return
         keys = [k for k in keys if made[0].serves(k) is None]
+        untuned = [k for k in untuned if made[0].serves(k) is None]
         try:
             if tune:
-                pre(keys, None, tune=True)
+                pre(keys + untuned, None, tune=[True] * len(keys) + [False] * len(untuned))
             else:
                 pre(keys, [self._nearest_tuned(i, k) for k in keys])
         except Exception as e:
@@ -642,20 +649,26 @@ class ProfileEngine:
         """The tuned rung of profile ``i`` whose batch is nearest ``key``'s in log2 (ties: the
         larger), when it is nearer than the opt batch; else None (the opt engine's choices).
         Only at ``key``'s other dimensions."""
-        tuned = self._tuned.get(i)
-        if not tuned or not key or any(len(s) == 0 or s[0] != key[0][0] for s in key):
+        tuned = self._tuned.get(i) or {}
+        rung = self._nearest(i, key, tuned)
+        return None if rung is None else tuned[rung]
+
+    def _nearest(self, i: int, key: ShapeKey, rungs: Iterable[ShapeKey]) -> Optional[ShapeKey]:
+        """Of ``rungs`` (tuned rungs of profile ``i``), the one :meth:`_nearest_tuned` takes
+        for ``key``, or None."""
+        if not key or any(len(s) == 0 or s[0] != key[0][0] for s in key):
             return None  # (tuned rungs exist only where every input is batch-major)
         b, top = key[0][0], self.profiles[i].opt[0][0]
         if b < 1 or top < 1:
             return None
         rest = [s[1:] for s in key]
         best, dist = None, abs(math.log2(b) - math.log2(top))
-        for rung, engine in sorted(tuned.items(), key=lambda kv: -kv[0][0][0]):
+        for rung in sorted(rungs, key=lambda r: -r[0][0]):
             if len(rung) != len(key) or any(s[1:] != r for s, r in zip(rung, rest)):
                 continue
             d = abs(math.log2(b) - math.log2(rung[0][0]))
             if d < dist:
-                best, dist = engine, d
+                best, dist = rung, d
         return best
 
     def _rungs(self, i: int, key: ShapeKey) -> List[ShapeKey]:

@@ -249,26 +249,27 @@ def _hook(backend, name: str, arg) -> None:
 def prefetch_from_template(template, shapes: Sequence[Dict[str, Sequence[int]]],
                            opt_engine: Engine,
                            sources: Optional[Sequence[Optional[Engine]]] = None,
-                           tune: bool = False) -> None:
+                           tune: Union[bool, Sequence[bool]] = False) -> None:
     """The backend's ``prefetch`` for the engines :func:`build_engine_from_template` is about
     to build for several ``shapes`` (an optimization profile's split ladder), in one go: their
     networks and tactics made as it makes them (each from ``sources[k]``'s choices where
-    given, else the opt engine's; with ``tune``, before any tactic is chosen, as its tuned
-    builds offer them), the work of all of them at once (one wait instead of one per
-    engine)."""
+    given, else the opt engine's; with ``tune`` (one flag, or one per shape), before any
+    tactic is chosen, as its tuned builds offer them), the work of all of them at once (one
+    wait instead of one per engine)."""
     from tftrt.engine.tactics import layer_choice
     backend = opt_engine.backend_impl
     if not callable(getattr(backend, "prefetch", None)):
         return
+    tunes = [tune] * len(shapes) if isinstance(tune, bool) else list(tune)
     made: Dict[int, Dict[str, dict]] = {}
     nets = []
     for k, input_shapes in enumerate(shapes):
         source = (sources[k] if sources is not None else None) or opt_engine
-        if not tune and id(source) not in made:
+        if not tunes[k] and id(source) not in made:
             made[id(source)] = {l.name: layer_choice(l) for l in source.network.layers}
         try:
             net = template.network_for(input_shapes)
-            if tune:
+            if tunes[k]:
                 _untuned(net)
             else:
                 choose_tactics(net, backend, opt_engine.weights, None,
