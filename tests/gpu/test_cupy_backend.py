@@ -294,6 +294,26 @@ def test_dense_residual_gelu_fp16():
         check(make_model(nodes, {"x": x}, c), {"x": x}, precision)
 
 
+def test_gemms_of_one_spec_share_their_cublaslt_object_and_keep_their_own_bias():
+    """Two dense layers (16x32 @ 32x32 + bias, ReLU) with different weights and biases, in
+    two engines of the same network: each layer's LtGemm (descriptors and the heuristic
+    query made once) serves it in both engines, each run setting its own bias pointer; both
+    engines, eager and replayed from their CUDA graphs, in turns, match the numpy engine."""
+    x = rand(16, 32)
+    c = {"w1": rand(32, 32, seed=1) / 6, "b1": rand(32, seed=2),
+         "w2": rand(32, 32, seed=3) / 6, "b2": rand(32, seed=4) - 3.0}
+    model = make_model([N("Gemm", ["x", "w1", "b1"], ["g1"]), N("Relu", ["g1"], ["h"]),
+                        N("Gemm", ["h", "w2", "b2"], ["g2"]), N("Relu", ["g2"], ["y"])],
+                       {"x": x}, c)
+    ref, one = _engines(model, {"x": x}, "FP16", tactic_timing=False)  # first tactic: lt
+    _, two = _engines(model, {"x": x}, "FP16", tactic_timing=False)
+    want = ref.execute([x])
+    for engine in (one, two, one, two, one):
+        _compare(engine.execute([x]), want, TOL["FP16"], "shared LtGemm")
+    gemms = [[i.gemm for i in e._cupy_impls if hasattr(i, "gemm")] for e in (one, two)]
+    assert len(gemms[0]) == 2 and all(a is b for a, b in zip(*gemms)), gemms
+
+
 UNARY = ["Abs", "Neg", "Exp", "Floor", "Ceil", "Round", "Sign", "Sin", "Cos", "Tanh", "Erf",
          "Relu", "Sigmoid", "Softplus", "Softsign", "Atan", "Sinh", "Asinh"]
 

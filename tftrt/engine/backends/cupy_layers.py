@@ -54,8 +54,9 @@ _BORROWED_BY = "|borrowed-by"
 
 
 def signature(net: Network, layer: Layer, extra=()) -> str:
-    attrs = {k: v for k, v in layer.to_json()["attrs"].items() if k != CHOICE_ATTR}
-    sig = {"kind": layer.kind, "attrs": attrs, "epi": layer.to_json()["epilogue"],
+    js = layer.to_json()
+    attrs = {k: v for k, v in js["attrs"].items() if k != CHOICE_ATTR}
+    sig = {"kind": layer.kind, "attrs": attrs, "epi": js["epilogue"],
            "tactic": layer.tactic, "in": [(net.tensors[i].dtype, net.tensors[i].shape)
                                           if i else None for i in layer.inputs],
            "out": [(net.tensors[o].dtype, net.tensors[o].shape) for o in layer.outputs],
@@ -511,10 +512,10 @@ class GemmImpl(Impl):
             # build cache, where a later build of this GEMM would take it as tuned.
             rec = {"algo": 0}
         if key in _SHARED:
-            return LtGemm(spec, _SHARED[key])
+            return LtGemm.shared(spec, _SHARED[key])
         stored = None if rec else stored_choice(key)
         try:
-            g = LtGemm(spec, rec or stored)
+            g = LtGemm.shared(spec, rec or stored) if rec or stored else LtGemm(spec, None)
         except GpuTimeout:
             raise
         except Exception as e:
