@@ -19,6 +19,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from tftrt.logs import first_error_line
+
 RUNNERS = ("tftrt", "native", "xla")
 PERCENTILES = (50, 90, 95, 99)
 
@@ -217,7 +219,7 @@ def bench(path: str, runners: Sequence[str], batches: Sequence[Dict[str, np.ndar
                 res.latencies_ms = time_calls(fn, args, warmup, iterations)
                 res.h2d_ms, res.d2h_ms = copy_times(inputs, outputs)
             except Exception as err:  # a runner that fails is reported, the others still run
-                res.error = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                res.error = f"{type(err).__name__}: {first_error_line(err)}"
             if ops:
                 res.engine_memory = engine_memory(ops)
                 res.engine_runs = {

@@ -93,6 +93,26 @@ def _non_negative_int(text: str) -> int:
     return v
 
 
+def _seed(text: str) -> int:
+    """A seed numpy's RandomState takes (below 2**32)."""
+    v = _non_negative_int(text)
+    if v >= 2 ** 32:
+        raise argparse.ArgumentTypeError(f"{text!r} must be below 2**32")
+    return v
+
+
+# More calls than this is no benchmark but a hang (--warmup 10^23 ran until killed).
+MAX_CALLS = 1_000_000
+
+
+def _calls(text: str, least: int) -> int:
+    """A count of calls: ``least`` (0 or 1) to MAX_CALLS."""
+    v = _positive_int(text) if least else _non_negative_int(text)
+    if v > MAX_CALLS:
+        raise argparse.ArgumentTypeError(f"{text!r} is more than {MAX_CALLS:,} calls")
+    return v
+
+
 def _non_negative_float(text: str) -> float:
     try:
         v = float(text)
@@ -131,7 +151,7 @@ def _add_input_options(p: argparse.ArgumentParser, what: str) -> None:
                         "left out for one input); repeat for several shapes")
     g.add_argument("--inputs", default=None, metavar="FILE.npz",
                    help="input data: one array per input name (first axis: batch)")
-    g.add_argument("--seed", type=_non_negative_int, default=0,
+    g.add_argument("--seed", type=_seed, default=0,
                    help="seed of the generated inputs")
 
 
@@ -205,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="build for these input shapes (repeat for several)")
     g.add_argument("--inputs", default=None, metavar="FILE.npz",
                    help="build on this data (one array per input name)")
-    g.add_argument("--seed", type=_non_negative_int, default=0, help=argparse.SUPPRESS)
+    g.add_argument("--seed", type=_seed, default=0, help=argparse.SUPPRESS)
 
     # --- bench ------------------------------------------------------------------------------
     p = sub.add_parser("bench", help="latency and throughput (trtexec-like)",
@@ -213,8 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "latency percentiles, throughput, engine memory, host/device copies. "
                        "Every timed call is synchronized on the device before and after.")
     p.add_argument("model", help="SavedModel directory (converted by tftrt, or not)")
-    p.add_argument("--warmup", type=int, default=5, help="untimed calls first (default 5)")
-    p.add_argument("--iterations", type=_positive_int, default=50,
+    p.add_argument("--warmup", type=lambda t: _calls(t, 0), default=5,
+                   help="untimed calls first (default 5)")
+    p.add_argument("--iterations", type=lambda t: _calls(t, 1), default=50,
                    help="timed calls per runner and shape (default 50)")
     p.add_argument("--compare", default="", metavar="native,xla",
                    help="also time the SavedModel natively and/or under XLA "
@@ -407,7 +428,7 @@ def _unavailable(name: str, asked: str, instead: str) -> str:
             f"where CuPy sees an NVIDIA GPU, or use {instead} for the CPU reference engines")
 
 
-def _check_destination(dst: str) -> None:
+def _check_destination(dst: str, src: str) -> None:
     """Refuses a ``dst`` that ``converter.save`` could not write, before the conversion and
     the builds, naming the user's path (save would fail at the end, naming its hidden
     staging directory)."""
@@ -415,8 +436,8 @@ def _check_destination(dst: str) -> None:
     from tftrt import saving
     try:
         # save()'s own checks: dst is not a file, nor inside one, nor a non-empty directory
-        # that is not a SavedModel.
-        real = saving._check_output_dir(dst)  # pylint: disable=protected-access
+        # that is not a SavedModel, nor SRC, inside it or holding it.
+        real = saving._check_output_dir(dst, src)  # pylint: disable=protected-access
     except ValueError as e:
         raise _Usage(str(e)) from None
     # save() writes a hidden sibling of dst then renames it into place, creating missing
@@ -496,7 +517,11 @@ def _input_batches(args, specs, default_batch: Optional[int] = 1):
 
 
 def _tags(text: str) -> List[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
+    tags = [t.strip() for t in text.split(",") if t.strip()]
+    if not tags:
+        raise _Usage(f"--tags {text!r} names no tag; give the SavedModel's tag set, e.g. "
+                     f"--tags serve")
+    return tags
 
 
 # ------------------------------------------------------------------------------------------
@@ -520,7 +545,7 @@ def cmd_convert(args, out, err) -> int:
     if args.profile_strategy and not args.dynamic_shape:
         raise _Usage("--profile-strategy needs --dynamic-shape")
     note = _select_backend(args.backend, default_engines=False)
-    _check_destination(dst)
+    _check_destination(dst, src)
     from tftrt import inputs as inp
     from tftrt import trt_convert as trt
     tags = _tags(args.tags)
@@ -634,8 +659,6 @@ def cmd_bench(args, out, err) -> int:
     unknown = [r for r in runners[1:] if r not in ("native", "xla")]
     if unknown:
         raise _Usage(f"--compare takes native and/or xla, not {', '.join(unknown)}")
-    if args.warmup < 0:
-        raise _Usage("--warmup must be >= 0")
     runners = list(dict.fromkeys(runners))
     note = _select_backend(args.backend, default_engines=True)
     key = args.signature_key or _stored_signature_key(args.model) or "serving_default"
@@ -727,6 +750,12 @@ def cmd_inspect(args, out, err) -> int:
     except ValueError as e:
         raise CommandError(str(e)) from None
     if args.onnx:
+        model, where = (os.path.realpath(p) for p in (args.model, args.onnx))
+        if os.path.commonpath([model, where]) == model:
+            # (into assets/tftrt it replaced the stored networks, whose weights are stripped:
+            # the digests no longer matched and tftrt.load ran the model natively)
+            raise _Usage(f"--onnx {args.onnx!r} is inside the model {args.model!r}; write the "
+                         f"networks to a directory outside it")
         try:
             written = inspect_model.write_networks(info, args.onnx)
         except OSError as e:

@@ -10,6 +10,7 @@ with one input), the first axis being the batch.
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -100,19 +101,43 @@ def batch_shapes(specs: Specs, batch: int) -> Dict[str, Shape]:
 def generate(specs: Specs, shapes: Dict[str, Shape], seed: int = 0) -> Dict[str, np.ndarray]:
     """Seeded data of ``shapes`` with the signature's dtypes."""
     rng = np.random.RandomState(seed)
+    _check_size(specs, shapes)
     out = {}
     for name, (dtype, _) in specs.items():
         dt, shape = np.dtype(dtype), shapes[name]
-        if dt.kind == "f":
-            out[name] = rng.standard_normal(shape).astype(dt)
-        elif dt.kind in "iu":
-            out[name] = rng.randint(0, 4, size=shape).astype(dt)
-        elif dt.kind == "b":
-            out[name] = rng.randint(0, 2, size=shape).astype(dt)
-        else:
-            raise InputError(f"input {name!r} has dtype {dt}; data for it cannot be generated: "
-                             f"give it in an .npz file (--inputs)")
+        try:
+            if dt.kind == "f":
+                out[name] = rng.standard_normal(shape).astype(dt)
+            elif dt.kind in "iu":
+                out[name] = rng.randint(0, 4, size=shape).astype(dt)
+            elif dt.kind == "b":
+                out[name] = rng.randint(0, 2, size=shape).astype(dt)
+            else:
+                raise InputError(f"input {name!r} has dtype {dt}; data for it cannot be "
+                                 f"generated: give it in an .npz file (--inputs)")
+        except MemoryError:
+            raise InputError(f"input {name!r} of shape {_fmt(shape)} does not fit in this "
+                             f"machine's memory; give a smaller batch or shape") from None
     return out
+
+
+def _check_size(specs: Specs, shapes: Dict[str, Shape]) -> None:
+    """Refuses inputs that would take more than half of the machine's memory to generate
+    (each is drawn as float64 first): with a batch of 10^11, numpy raised a MemoryError
+    from deep inside (helper hunt, 2026-12-02), and a size just under the memory would
+    have run into the OOM killer instead."""
+    try:
+        limit = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (AttributeError, ValueError, OSError):
+        return
+    need = sum(int(np.prod(shapes[name], dtype=object)) * (8 + np.dtype(dt).itemsize)
+               for name, (dt, _) in specs.items() if name in shapes)
+    if need > limit:
+        raise InputError(f"the inputs of shapes "
+                         f"{', '.join(f'{n} {_fmt(shapes[n])}' for n in specs if n in shapes)} "
+                         f"need {need / 2**30:.1f} GiB of host memory to generate, more than "
+                         f"half of this machine's ({limit * 2 / 2**30:.1f} GiB); give a "
+                         f"smaller batch or shape")
 
 
 def load_npz(path: str, specs: Specs) -> Dict[str, np.ndarray]:

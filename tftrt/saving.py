@@ -74,13 +74,17 @@ class SavedAssetsError(ValueError):
         self.fix = fix
 
 
-def _check_output_dir(path: str) -> str:
-    """Checks ``path`` may receive a SavedModel; returns the real path to write it at."""
+def _check_output_dir(path: str, source: Optional[str] = None) -> str:
+    """Checks ``path`` may receive a SavedModel (and, given the converted model's ``source``
+    directory, that it neither is, holds nor lies inside it); returns the real path to write
+    it at."""
     if not os.fsdecode(os.fspath(path)).strip():
         # "" resolves to the working directory, which the save would then have replaced
         raise ValueError(f"output_saved_model_dir is empty ({path!r}); give a directory path")
     # A symlink to a directory: replace the directory it points to, keep the link.
     real = os.path.realpath(os.path.abspath(path))
+    if source is not None:
+        _check_not_source(path, real, os.path.realpath(os.path.abspath(source)), source)
     if os.path.isfile(real):
         raise ValueError(f"output_saved_model_dir {path!r} is a file; give a directory path")
     if os.path.isdir(real) and os.listdir(real):
@@ -95,6 +99,21 @@ def _check_output_dir(path: str) -> str:
         what = "is a file" if ancestor == real else f"is inside {ancestor!r}, which is a file"
         raise ValueError(f"output_saved_model_dir {path!r} {what}; give a directory path")
     return real
+
+
+def _check_not_source(path: str, real: str, src: str, source: str) -> None:
+    """The save replaces ``path`` as a whole: where it holds the model being converted, that
+    was deleted; where it lies inside it, a converted model was written into the original's
+    files (helper hunt, 2026-12-02): both refused. Converting in place (``path`` is the
+    model) is TF-TRT's behaviour, kept, with a warning of what the original loses."""
+    def inside(a: str, b: str) -> bool:
+        return os.path.commonpath([a, b]) == b
+    if real == src:
+        return  # save() warns
+    what = "is inside" if inside(real, src) else "holds" if inside(src, real) else None
+    if what is not None:
+        raise ValueError(f"output_saved_model_dir {path!r} {what} the SavedModel being "
+                         f"converted ({source!r}); save to a directory of its own")
 
 
 def _sibling(path: str, what: str) -> str:
@@ -116,7 +135,13 @@ def save(converter, path: str, save_gpu_specific_engines: bool = True, options=N
     (:func:`recover_interrupted_save`).
     """
     recover_interrupted_save(os.fspath(path))
-    path = _check_output_dir(path)
+    source = getattr(converter, "_input_saved_model_dir", None)
+    given, path = path, _check_output_dir(path, source)
+    if source is not None and path == os.path.realpath(os.path.abspath(source)):
+        log.warning("saving over %s, the SavedModel being converted: the converted model "
+                    "replaces it, with the converted signature only (the original's other "
+                    "signatures, functions and variables are not kept; files a save does "
+                    "not write are); save to another directory to keep the original", given)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     staging = _sibling(path, "saving")
     os.mkdir(staging)
@@ -527,12 +552,20 @@ def read_saved_engines(path, tags=None, loaded=None) -> SavedEngines:
       NotConvertedError: the SavedModel has no tftrt assets.
       SavedAssetsError: they are refused (the message says why); tftrt.load would warn and
         run the model natively.
+      ValueError: ``path`` is no SavedModel directory, or TensorFlow cannot load it (a
+        truncated saved_model.pb or variables file: the message has TensorFlow's reason).
     """
     import tensorflow as tf
     from tftrt.graph_io import check_saved_model_dir
+    from tftrt.logs import first_error_line
     path = check_saved_model_dir(path)
     if loaded is None:
-        loaded = tf.saved_model.load(path, tags=tags)
+        try:
+            loaded = tf.saved_model.load(path, tags=tags)
+        except Exception as e:  # noqa: BLE001 -- TF's OSError, IndexError, NotFoundError...
+            raise ValueError(f"cannot load the SavedModel {path!r} with tags "
+                             f"{tags or ['serve']}: {type(e).__name__}: "
+                             f"{first_error_line(e)}") from None
     try:
         manifest, gd, entries = _read_saved(path, loaded, make_ops=False)
     except _NoEngines:

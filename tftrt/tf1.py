@@ -385,3 +385,4 @@ class _SaveView:
         self._engine_ops = c._result.engine_ops
         self._native_fdefs = c._result.native_fdefs
         self._input_saved_model_signature_key = c._signature_key
+        self._input_saved_model_dir = c._input_saved_model_dir

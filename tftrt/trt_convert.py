@@ -123,9 +123,9 @@ def _check_conversion_params(params: TrtConversionParams) -> TrtConversionParams
     if params.maximum_cached_engines <= 0:
         raise ValueError("maximum_cached_engines should be positive; got "
                          f"{params.maximum_cached_engines}")
-    if params.max_workspace_size_bytes <= 0:
-        raise ValueError("max_workspace_size_bytes should be positive; got "
-                         f"{params.max_workspace_size_bytes}")
+    if params.max_workspace_size_bytes <= 0 or params.max_workspace_size_bytes >= 2 ** 63:
+        raise ValueError("max_workspace_size_bytes should be positive and below 2**63 (an "
+                         f"int64, as in TensorRT); got {params.max_workspace_size_bytes}")
     return params._replace(precision_mode=params.precision_mode.upper(),
                            minimum_segment_size=int(params.minimum_segment_size),
                            maximum_cached_engines=int(params.maximum_cached_engines),

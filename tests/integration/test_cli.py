@@ -275,7 +275,10 @@ def test_bench_of_an_unconverted_model_times_it_natively(src):
 @pytest.mark.parametrize("argv, code, message", [
     (["--compare", "tensorrt"], 2, "--compare takes native and/or xla, not tensorrt"),
     (["--iterations", "0"], 2, "must be positive"),
-    (["--warmup", "-1"], 2, "--warmup must be >= 0"),
+    (["--warmup", "-1"], 2, "argument --warmup: '-1' must be >= 0"),
+    (["--warmup", "99999999999999999999999"], 2, "is more than 1,000,000 calls"),
+    (["--iterations", "1000001"], 2, "argument --iterations: '1000001' is more than"),
+    (["--tags", ","], 2, "--tags ',' names no tag; give the SavedModel's tag set"),
     (["--shapes", "image:1x8"], 2, "does not fit input 'image'"),
     (["--inputs", "{tmp}/none.npz"], 2, "cannot read"),
     (["--backend", "tpu"], 2, "invalid choice: 'tpu'"),

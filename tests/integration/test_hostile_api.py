@@ -289,6 +289,12 @@ def cli_env(monkeypatch):
     (["convert", "{two}", "{out}", "--batch-sizes", "2", "--seed", "-1"], 2,
      "argument --seed: '-1' must be >= 0"),
     (["compare", "{two}", "--top", "-2"], 2, "argument --top: '-2' must be >= 0"),
+    (["convert", "{two}", "{out}", "--batch-sizes", "2", "--seed", "4294967296"], 2,
+     "argument --seed: '4294967296' must be below 2**32"),
+    (["convert", "{two}", "{out}", "--batch-sizes", "99999999999"], 2,
+     "GiB of host memory to generate, more than half of this machine's"),
+    (["convert", "{two}", "{out}", "--batch-sizes", "2", "--max-workspace-size-bytes",
+      str(2 ** 63)], 1, "max_workspace_size_bytes should be positive and below 2**63"),
 ])
 def test_cli_bad_arguments(cli_env, two_dir, tmp_path, argv, code, message):
     np.savez(str(tmp_path / "cal.npz"), a=np.ones((4, 4), np.float32),
@@ -342,3 +348,86 @@ def test_a_users_tf_function_outlives_the_converter_and_the_loaded_model(mlp_dir
     for f in (h, k):
         assert_close(f(tf.constant(x)), want)
     assert all(op.stats["engine"] >= 2 for op in ops)
+
+
+def _copy_model(src: str, dst) -> str:
+    import shutil
+    shutil.copytree(src, str(dst))
+    return str(dst)
+
+
+@pytest.mark.parametrize("where", ["inside", "holds"])
+def test_a_save_into_or_over_the_model_being_converted_is_refused(cli_env, two_dir, tmp_path,
+                                                                  where):
+    """DST inside the SavedModel being converted wrote a model into the original's files;
+    DST holding it deleted it (helper hunt, 2026-12-02). The CLI refuses before converting,
+    the API's save() before writing; the original loads as before. (DST the model itself
+    converts in place, as TF-TRT does, with a warning: test_hostile_saving.)"""
+    src = _copy_model(two_dir, tmp_path / "model" / "two")
+    if where == "holds":  # the source inside a SavedModel directory that is the destination
+        dst = str(tmp_path / "model")
+        (tmp_path / "model" / "saved_model.pb").write_bytes(
+            (tmp_path / "model" / "two" / "saved_model.pb").read_bytes())
+    else:
+        dst = os.path.join(src, "assets", "converted")
+    before = sorted(os.listdir(src))
+    code, _, err = run_cli("convert", src, dst, "--batch-sizes", "2", "--no-summary")
+    what = {"inside": "is inside", "holds": "holds"}[where]
+    assert code == 2 and f"{what} the SavedModel being converted" in err, err
+    assert "Traceback" not in err
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=src)
+    conv.convert()
+    with pytest.raises(ValueError, match=f"{what} the SavedModel being converted"):
+        conv.save(dst)
+    assert sorted(os.listdir(src)) == before
+    x = {"a": tf.ones((2, 4)), "b": tf.ones((2, 4))}
+    for k, v in native(two_dir, **x).items():
+        np.testing.assert_array_equal(native(src, **x)[k].numpy(), v.numpy())
+
+
+def test_inspect_onnx_into_the_model_is_refused(cli_env, two_dir, tmp_path):
+    """`tftrt inspect M --onnx M/assets/tftrt` replaced the stored networks (weights
+    stripped) by whole ones: their digests no longer matched and tftrt.load ran the model
+    natively from then on (helper hunt, 2026-12-02)."""
+    dst = str(tmp_path / "conv")
+    code, _, err = run_cli("convert", two_dir, dst, "--batch-sizes", "2", "--no-summary")
+    assert code == 0, err
+    assets = os.path.join(dst, "assets", "tftrt")
+    stored = {f: open(os.path.join(assets, f), "rb").read() for f in os.listdir(assets)}
+    code, _, err = run_cli("inspect", dst, "--onnx", assets, "--no-layers")
+    assert code == 2 and f"--onnx '{assets}' is inside the model" in err, err
+    assert {f: open(os.path.join(assets, f), "rb").read() for f in os.listdir(assets)} == \
+        stored
+    code, out, err = run_cli("inspect", dst, "--onnx", tmp_path / "nets", "--no-layers")
+    assert code == 0 and "wrote" in out, err
+
+
+@pytest.mark.parametrize("damage", ["saved_model.pb", "variables"])
+@pytest.mark.parametrize("command", ["compare", "inspect"])
+def test_compare_and_inspect_say_a_corrupt_savedmodel_in_one_line(cli_env, two_dir, tmp_path,
+                                                                 damage, command):
+    """A truncated saved_model.pb or variables file: `compare` and `inspect` printed nine
+    frames of TensorFlow's traceback where bench / convert / serve said it in one line."""
+    dst = str(tmp_path / "conv")
+    code, _, err = run_cli("convert", two_dir, dst, "--batch-sizes", "2", "--no-summary")
+    assert code == 0, err
+    if damage == "saved_model.pb":
+        path = os.path.join(dst, "saved_model.pb")
+    else:
+        (path,) = [os.path.join(dst, "variables", f) for f in os.listdir(
+            os.path.join(dst, "variables")) if ".data-" in f]
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[:len(data) // 2])
+    code, _, err = run_cli(command, dst)
+    assert code == 1 and "Traceback" not in err, err
+    assert f"cannot load the SavedModel '{dst}' with tags ['serve']:" in err, err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_bench_says_why_a_runner_failed(cli_env, two_dir, tmp_path):
+    """bench reported TensorFlow's first line, "Graph execution error:", without the reason
+    (helper hunt, 2026-12-02)."""
+    code, out, err = run_cli("bench", two_dir, "--shapes", "a:2x4,b:3x4", "--iterations", "1",
+                             "--warmup", "0")
+    assert "Incompatible shapes: [2,4] vs. [3,4]" in out + err, out + err
+    assert "failed: InvalidArgumentError: Graph execution error:" not in out + err

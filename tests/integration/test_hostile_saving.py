@@ -348,7 +348,12 @@ def test_converting_in_place_keeps_the_users_files_and_drops_tftrts_old_ones(sav
     os.makedirs(os.path.join(d, "assets"), exist_ok=True)
     with open(os.path.join(d, "assets", "user_asset.txt"), "w") as f:
         f.write("mine")
-    convert_and_save(d, d, 4)                                 # in place
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tftrt"):
+        convert_and_save(d, d, 4)                             # in place, as TF-TRT does
+    assert any("the SavedModel being converted: the converted model replaces it, with the "
+               "converted signature only" in r.getMessage() for r in caplog.records), \
+        caplog.text
     assert open(os.path.join(d, "labels.txt")).read() == "cat\ndog\n"
     assert open(os.path.join(d, "tokenizer", "vocab.txt")).read() == "a b c"
     assert open(os.path.join(d, "assets", "user_asset.txt")).read() == "mine"
