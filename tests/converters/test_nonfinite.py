@@ -142,3 +142,29 @@ def test_cnn_with_an_inf_pixel_stays_finite():
     x[0, 3, 4, :] = np.inf
     low = check_op(cnn, [x], expect_tf_ops=["MaxPool"], onnxruntime=False)
     assert np.isfinite(low.tf_outputs[0]).all()
+
+
+K3 = np.random.default_rng(3).standard_normal((3, 3, 3, 4)).astype(np.float32)
+W3 = np.random.default_rng(4).standard_normal((3, 4)).astype(np.float32)
+S0 = np.array([1.0, -2.0, 0.0, -4.0], np.float32)
+INF = np.array([1.0, np.inf, 0.0, -np.inf], np.float32)
+SCALED = {  # (fn, input shape)
+    "matmul / s": (lambda x: tf.matmul(x, W3) / S0, (5, 3)),
+    "relu(matmul / s)": (lambda x: tf.nn.relu(tf.matmul(x, W3) / S0), (5, 3)),
+    "matmul * inf": (lambda x: tf.matmul(x, W3) * INF, (5, 3)),
+    "conv + b / s": (lambda x: tf.nn.bias_add(tf.nn.conv2d(x, K3, 1, "SAME"),
+                                              [1.0, 2.0, 3.0, 4.0]) / S0, (2, 6, 6, 3)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SCALED))
+def test_a_constant_scale_of_inf_or_a_division_by_zero_is_not_folded_into_weights(case):
+    """A per-channel constant scale with inf, or a division with 0, after a conv / matmul:
+    folded into the weights it made inf * w terms of both signs (and 0 * inf) sum to NaN
+    where TF gives +-inf (or 0 after a ReLU) (helper hunt, 2026-12-02). It runs as the
+    layer's epilogue scale instead; finite scales still fold. (A bare conv / s: Grappler's
+    constant folding pushes the scale into a Const filter, in TF's own run of the function
+    too, which then gives NaN itself: docs/differences.md.)"""
+    fn, shape = SCALED[case]
+    x = np.random.default_rng(5).standard_normal(shape).astype(np.float32)
+    check_op(fn, [x])

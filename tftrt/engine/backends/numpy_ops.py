@@ -500,8 +500,9 @@ def normalization(x, scale, bias, axes, eps):
 
 def descending_order(xp, key, axis: int, **sort_kw):
     """Indices sorting ``key`` largest first along ``axis``, ties in index order and NaN
-    first (TF's TopK): a stable ascending sort of the reversed axis, reversed. Negating the
-    key instead overflowed int32's INT_MIN (-INT_MIN is itself) and put NaN last."""
+    first (TF's CPU TopK places NaN by its position: docs/differences.md): a stable
+    ascending sort of the reversed axis, reversed. Negating the key instead overflowed
+    int32's INT_MIN (-INT_MIN is itself) and put NaN last."""
     n = key.shape[axis]
     order = xp.argsort(xp.flip(key, axis), axis=axis, **sort_kw)
     return (n - 1) - xp.flip(order, axis)

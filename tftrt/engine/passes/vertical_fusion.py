@@ -260,8 +260,14 @@ def _try_absorb(net: Network, layer: Layer, consumer: Layer, index: dict) -> boo
             if has_act or (has_add and not shift):
                 return False  # a scale/shift after the activation cannot fold into weights
             if op in ("mul", "div") and (y_first or op == "mul"):
-                sc = vec if op == "mul" else 1.0 / vec
-                if not _scale_weights(net, trial, sc) and not _scale_alpha(net, trial, sc):
+                with np.errstate(divide="ignore"):
+                    sc = vec if op == "mul" else 1.0 / vec
+                # an inf scale (or a division by 0) in the weights made inf * w terms of
+                # both signs, and 0 * inf: NaN where TF gives +-inf (helper hunt, 2026-12-02);
+                # as an epilogue scale it multiplies the sum, as TF does
+                finite = bool(np.all(np.isfinite(sc)))
+                if not (finite and (_scale_weights(net, trial, sc) or
+                                    _scale_alpha(net, trial, sc))):
                     trial.inputs.append(net.add_weight(sc.astype(wdt), layer.name + "_scale"))
                     trial.epilogue.append({"op": "scale", "input": len(trial.inputs) - 1})
             elif shift and has_add:
