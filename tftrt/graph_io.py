@@ -844,6 +844,14 @@ def function_graph(func, saved_model=None) -> SignatureGraph:
     return SignatureGraph(info, func, frozen, arg_names, saved_model)
 
 
+def _sanitized(name: str) -> str:
+    """TensorFlow's keyword for a signature key that is no identifier (function_type's
+    sanitize_arg_name, TF 2.21: other characters than letters and digits become "_", and a
+    name not starting with a letter gets "arg_" before it)."""
+    swapped = "".join(c if c.isalnum() else "_" for c in name)
+    return swapped if swapped[:1].isalpha() else "arg_" + swapped
+
+
 def _input_arg_names(func, n: int) -> List[str]:
     """Keyword names of a signature's inputs, in the order of func.inputs."""
     import tensorflow as tf
@@ -853,10 +861,11 @@ def _input_arg_names(func, n: int) -> List[str]:
                 all(isinstance(s, tf.TensorSpec) for s in kwargs.values()):
             # A signature is called with its keys: TensorFlow sanitizes a TF2 spec name that
             # is not an identifier ("in/put" -> key "in_put") and keeps the spec's name. A TF1
-            # signature's key may be no identifier ("in-put/0", spec name "in_put_0"): the
-            # converted function cannot take it as a keyword, so the spec name stays. tf.nest
-            # flattens a dict in sorted key order, the order of func.inputs.
-            names = [k if k.isidentifier() else kwargs[k].name for k in sorted(kwargs)]
+            # signature's key may be no identifier ("in-put/0", "2ids"): the keyword is TF's
+            # sanitized name ("in_put_0", "arg_2ids"), the one a ConcreteFunction binds the
+            # original key to (the spec's name, "tensor_2ids", made the converted function
+            # refuse "2ids"). tf.nest flattens a dict in sorted key order, func.inputs' order.
+            names = [k if k.isidentifier() else _sanitized(k) for k in sorted(kwargs)]
             if all(names) and len(set(names)) == n:
                 return names
         specs = tf.nest.flatten(func.structured_input_signature)

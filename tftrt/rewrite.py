@@ -559,17 +559,57 @@ def graph_signature_function(graph_def, inputs: Sequence[str], outputs: Sequence
     return fn
 
 
+def signature_keys(structured_input_signature, arg_names) -> Dict[str, str]:
+    """keyword -> the original signature's key for that input, where they differ: a TF2
+    spec name that is no identifier ("x-a": TF makes the keyword "x_a"), a TF1 signature key
+    that is none ("in-put/0", "2ids": the keyword is TF's sanitized name, graph_io's
+    _input_arg_names). The saved signature's input keys (TF Serving's) come from them."""
+    tf = _tf()
+    kw = structured_input_signature[1] if structured_input_signature is not None else None
+    if not isinstance(kw, dict):
+        return {}
+    from tftrt.graph_io import _sanitized
+    out = {}
+    for key, spec in kw.items():
+        if not isinstance(spec, tf.TensorSpec):
+            continue
+        if key in arg_names:
+            if spec.name and spec.name != key:
+                out[key] = spec.name
+        elif _sanitized(key) in arg_names:  # graph_io._input_arg_names' keyword
+            out[_sanitized(key)] = key
+        elif spec.name in arg_names:  # (the keyword of a model converted before)
+            out[spec.name] = key
+    return out
+
+
 def _keyword_function(flat_fn, arg_names, input_specs, structured_outputs,
                       structured_input_signature):
     """A ConcreteFunction called with the original keyword arguments, computing ``flat_fn``
     (positional tensors in, list out) and packing its outputs like the original's."""
     tf = _tf()
-    specs = [tf.TensorSpec(s.shape, s.dtype, name=n) for s, n in zip(input_specs, arg_names)]
+    # The specs carry the original's names ("x-a" where the keyword is "x_a"): a saved
+    # signature's input keys come from them, which TF Serving's clients use (they became
+    # the keywords: helper hunt, 2026-12-02)
+    named = signature_keys(structured_input_signature, arg_names)
+    specs = [tf.TensorSpec(s.shape, s.dtype, name=named.get(n, n))
+             for s, n in zip(input_specs, arg_names)]
+
+    # the original outputs' static shapes: an output after a TF1 while_loop (control flow
+    # v1) came back of unknown rank from the imported graph, and the saved signature said so
+    # (helper hunt, 2026-12-02)
+    shapes = [getattr(o, "shape", None) for o in tf.nest.flatten(structured_outputs)]
 
     def call(*args, **kwargs):
         flat = list(args) + [kwargs[n] for n in arg_names[len(args):]]
-        outs = flat_fn(*flat)
-        return tf.nest.pack_sequence_as(structured_outputs, list(outs))
+        outs = list(flat_fn(*flat))
+        for o, shape in zip(outs, shapes):
+            if shape is not None and hasattr(o, "set_shape"):
+                try:
+                    o.set_shape(shape)
+                except ValueError:  # (never: the same graph's tensor) the output's own shape
+                    pass
+        return tf.nest.pack_sequence_as(structured_outputs, outs)
 
     call.__signature__ = inspect.Signature(
         [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in arg_names])
@@ -589,6 +629,20 @@ def _keyword_function(flat_fn, arg_names, input_specs, structured_outputs,
 
 # ------------------------------------------------------------------------------------------------
 # Whole-signature engines
+
+
+def keyword_aliases(structured_input_signature, arg_names) -> Dict[str, str]:
+    """The original signature's keys that are no keyword of the converted function -> its
+    keyword (a TF1 signature's "in-put/0" -> "in_put_0"): the converted function, build()'s
+    input_fn dicts and tftrt.load's signatures take them as native TF does."""
+    return {key: arg for arg, key in signature_keys(structured_input_signature,
+                                                    arg_names).items() if key not in arg_names
+            and not key.isidentifier()}
+
+
+def with_keywords(kwargs: dict, aliases: Dict[str, str]) -> dict:
+    """``kwargs`` with the original keys of :func:`keyword_aliases` renamed."""
+    return {aliases.get(k, k): v for k, v in kwargs.items()} if aliases else kwargs
 
 
 def ambiguous_positional(arg_names, args) -> bool:
@@ -611,13 +665,15 @@ class KeywordOnlySignature:
     input may still come positionally (one way to bind it; tftrt.load always took it).
     Everything else is the function's."""
 
-    def __init__(self, fn, arg_names):
+    def __init__(self, fn, arg_names, aliases: Optional[Dict[str, str]] = None):
         self._fn, self._arg_names = fn, list(arg_names)
+        self._aliases = keyword_aliases(getattr(fn, "structured_input_signature", None),
+                                        self._arg_names) if aliases is None else aliases
 
     def __call__(self, *args, **kwargs):
         if ambiguous_positional(self._arg_names, args):
             raise TypeError(keyword_only_message(self._arg_names, len(args)))
-        return self._fn(*args, **kwargs)
+        return self._fn(*args, **with_keywords(kwargs, self._aliases))
 
     def __getattr__(self, name):
         return getattr(self._fn, name)
@@ -634,10 +690,11 @@ class DirectSignature:
     """
 
     def __init__(self, plan, arg_names, input_specs, structured_outputs, native,
-                 keyword_only: bool = False):
+                 keyword_only: bool = False, aliases: Optional[Dict[str, str]] = None):
         """``keyword_only``: positional arguments raise TypeError where there are several
         inputs, as a signature of ``tf.saved_model.load`` does (tftrt.load's signatures);
-        convert()'s function takes them in ``arg_names`` order, as TF-TRT's did."""
+        convert()'s function takes them in ``arg_names`` order, as TF-TRT's did.
+        ``aliases``: see :func:`keyword_aliases` (default: from ``native``'s signature)."""
         self._keyword_only = keyword_only
         self._plan = plan
         self._arg_names = list(arg_names)
@@ -654,6 +711,8 @@ class DirectSignature:
                               for v in structured_outputs.values()) else None)
         self.native = native
         self.structured_input_signature = native.structured_input_signature
+        self._aliases = keyword_aliases(self.structured_input_signature, self._arg_names) \
+            if aliases is None else aliases
 
     @property
     def graph(self):
@@ -702,6 +761,7 @@ class DirectSignature:
 
     def __call__(self, *args, **kwargs):
         tf = _tf()
+        kwargs = with_keywords(kwargs, self._aliases)
         if self._keyword_only and ambiguous_positional(self._arg_names, args):
             raise TypeError(keyword_only_message(self._arg_names, len(args)))
         if len(args) + len(kwargs) != len(self._arg_names):

@@ -377,6 +377,9 @@ def _write_assets(adir: str, converter, gd, outputs, save_gpu_specific_engines: 
         "inputs": list(info.inputs),
         "outputs": list(outputs),
         "input_names": list(sig.input_names),
+        # a TF1 signature's keys that are no keyword ("in-put/0") -> the keyword
+        "input_aliases": rewrite.keyword_aliases(sig.func.structured_input_signature,
+                                                 sig.input_names),
         "input_specs": [{"dtype": t.dtype.name, "shape": t.shape.as_list()
                          if t.shape.rank is not None else None}
                         for t in sig.frozen_func.inputs],
@@ -466,9 +469,11 @@ def _load(path, tags=None, options=None):
                                        [s.dtype for s in specs])
         if plan is not None:
             fn = rewrite.DirectSignature(plan, manifest["input_names"], specs,
-                                         original.structured_outputs, fn, keyword_only=True)
+                                         original.structured_outputs, fn, keyword_only=True,
+                                         aliases=manifest.get("input_aliases"))
     if not isinstance(fn, rewrite.DirectSignature):
-        fn = rewrite.KeywordOnlySignature(fn, manifest["input_names"])
+        fn = rewrite.KeywordOnlySignature(fn, manifest["input_names"],
+                                          manifest.get("input_aliases"))
     signatures = dict(loaded.signatures)
     signatures[key] = fn
     return LoadedModel(loaded, signatures, ops)
@@ -655,6 +660,10 @@ def _engines_from_manifest(path: str, adir: str, manifest: dict, loaded, make_op
     for k in ("inputs", "outputs", "input_names"):
         if not all(isinstance(n, str) for n in manifest[k]):
             raise SavedAssetsError(f"the manifest's {k!r} are not all tensor names")
+    aliases = manifest.get("input_aliases", {})
+    if not isinstance(aliases, dict) or not all(
+            isinstance(k, str) and v in manifest["input_names"] for k, v in aliases.items()):
+        raise SavedAssetsError("the manifest's 'input_aliases' do not map keys to its inputs")
     gd = _restore_graph(path, adir, manifest["converted"])
     # Check every name before reading any plan.
     plan_paths = [[_asset_path(path, adir, p["file"]) for p in e["plans"]]

@@ -569,9 +569,12 @@ class TrtGraphConverterV2:
 
     def _normalize_inputs(self, inp) -> Dict[str, object]:
         import tensorflow as tf
+        from tftrt.rewrite import keyword_aliases, with_keywords
         names = self._sig.input_names
         specs = [t for t in self._sig.frozen_func.inputs]
-        if isinstance(inp, dict):
+        if isinstance(inp, dict):  # (a TF1 signature's keys as native TF takes them too)
+            inp = with_keywords(inp, keyword_aliases(
+                self._sig.func.structured_input_signature, names))
             missing = [n for n in names if n not in inp]
             extra = [k for k in inp if k not in names]
             if missing or extra:
