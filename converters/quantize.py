@@ -246,6 +246,11 @@ class QuantizeAndDequantize:
         ctx.set_output(node, 0, ctx.emit("Mul", [x, inv]))
         given = _given_range(node, ctx, range_given, axis)
         if given is not None:
+            if range_given:
+                # the range TF clamps to: unsigned with input_min < 0 clamps at 0 (tagged
+                # -4..4 it folded as symmetric and INT8 lost the clamp: helper hunt,
+                # 2026-12-02)
+                given = (float(lo), float(hi))
             mark_range(ctx, source, *given, bits, range_given=range_given, op=node.name)
 
 

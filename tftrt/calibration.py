@@ -417,13 +417,17 @@ def _warn_unusual_data(what: str, empty: int, constant: bool) -> None:
     if empty:
         log.warning("%s yielded %d empty batch(es) (0 samples); they were skipped", what, empty)
     if constant:
-        log.warning("%s yielded only constant data (every float input one value in every "
-                    "batch); the ranges it gives do not describe real inputs: calibrate with "
+        log.warning("%s yielded only constant data (every input one value in every batch); "
+                    "the ranges it gives do not describe real inputs: calibrate with "
                     "samples of what the model will serve", what)
 
 
 def _is_constant(values: Sequence[np.ndarray]) -> bool:
-    return all(v.dtype.kind not in "fc" or np.ptp(v) == 0 for v in values)
+    """Whether every numeric input holds one value in this batch; False where none is
+    numeric (a model of integer inputs only was always warned about: helper hunt,
+    2026-12-02)."""
+    nums = [v for v in values if v.dtype.kind in "biufc" and v.size]
+    return bool(nums) and all(bool(np.all(v == v.reshape(-1)[0])) for v in nums)
 
 
 def graph_element_name(item) -> Optional[str]:

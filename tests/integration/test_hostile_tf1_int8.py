@@ -239,11 +239,14 @@ def test_fake_quantization_coarser_than_int8_is_kept(tmp_path, kind, bits):
     assert _rel(got.numpy(), want) < 0.006
 
 
-@pytest.mark.parametrize("op", ["qdq_unsigned", "fake_quant_0_1", "lopsided"])
+@pytest.mark.parametrize("op", ["qdq_unsigned", "qdq_unsigned_negative_min", "fake_quant_0_1",
+                                "lopsided"])
 def test_a_lopsided_fake_quant_range_keeps_its_clamp(tmp_path, op):
     """An unsigned QDQ or a [0, 1] / [-1, 3] FakeQuant on signed data: folding made the range
     symmetric ([-1, 1]), so negatives passed the op's clamp (relative error 1.05 in the hunt).
-    Such an op stays and is computed as TF does; the conv still runs INT8 on its output."""
+    Such an op stays and is computed as TF does; the conv still runs INT8 on its output. An
+    unsigned QDQ given [-4, 4] clamps to [0, 4] in TF: it was tagged -4..4 and folded
+    (relative error 0.88, helper hunt 2026-12-02)."""
     w = tf.constant(np.random.RandomState(1).randn(3, 3, 3, 8).astype(np.float32))
 
     class Qdq(tf.Module):
@@ -251,6 +254,9 @@ def test_a_lopsided_fake_quant_range_keeps_its_clamp(tmp_path, op):
         def __call__(self, x):
             if op == "qdq_unsigned":
                 x = tf.raw_ops.QuantizeAndDequantizeV4(input=x, input_min=0.0, input_max=1.0,
+                                                       range_given=True, signed_input=False)
+            elif op == "qdq_unsigned_negative_min":
+                x = tf.raw_ops.QuantizeAndDequantizeV4(input=x, input_min=-4.0, input_max=4.0,
                                                        range_given=True, signed_input=False)
             elif op == "fake_quant_0_1":
                 x = tf.quantization.fake_quant_with_min_max_vars(x, 0.0, 1.0)

@@ -509,3 +509,32 @@ def test_dynamic_shape_profile_serves_other_batches_int8(cnn, tmp_path):
     np.testing.assert_array_equal(_out(loaded.signatures["serving_default"], x), got)
     (lop,) = loaded.engine_ops.values()
     assert lop.stats["builds"] == 0 and lop.stats["native"] == 0
+
+
+class Embed(tf.Module):
+    """Integer ids in, a float computation on their embeddings out."""
+
+    def __init__(self):
+        self.table = tf.constant(np.random.RandomState(0).randn(200, 8).astype(np.float32))
+        self.w = tf.constant(np.random.RandomState(1).randn(8, 4).astype(np.float32))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 6], tf.int32, name="ids")])
+    def __call__(self, ids):
+        e = tf.reduce_mean(tf.gather(self.table, ids), axis=1)
+        return {"y": tf.nn.relu(tf.matmul(e, self.w))}
+
+
+def test_varied_integer_inputs_are_not_called_constant(tmp_path, caplog):
+    """A model whose only input is integer ids: every calibration was warned about as
+    "only constant data" (no float input to vary; helper hunt, 2026-12-02). Varied ids give
+    no warning; one id everywhere does."""
+    path = models.save_module(Embed(), str(tmp_path / "embed"))
+    rng = np.random.RandomState(2)
+    for data, warned in (([rng.randint(0, 200, (8, 6)).astype(np.int32) for _ in range(2)],
+                          False), ([np.full((8, 6), 7, np.int32)] * 2, True)):
+        caplog.clear()
+        conv = trt.TrtGraphConverterV2(input_saved_model_dir=path, precision_mode="INT8",
+                                       minimum_segment_size=1)
+        with caplog.at_level(logging.WARNING, logger="tftrt.calibration"):
+            conv.convert(calibration_input_fn=lambda: iter([(d,) for d in data]))
+        assert any("only constant data" in r.getMessage() for r in caplog.records) == warned
