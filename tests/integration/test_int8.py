@@ -538,3 +538,35 @@ def test_varied_integer_inputs_are_not_called_constant(tmp_path, caplog):
         with caplog.at_level(logging.WARNING, logger="tftrt.calibration"):
             conv.convert(calibration_input_fn=lambda: iter([(d,) for d in data]))
         assert any("only constant data" in r.getMessage() for r in caplog.records) == warned
+
+
+class Flatten(tf.Module):
+    """x (~1e6) -> Reshape -> MatMul -> ReLU: the Reshape and the ReLU are no quantized
+    layers; their values are far past float16's range."""
+
+    def __init__(self):
+        self.w = tf.constant(np.random.RandomState(0).randn(192, 10).astype(np.float32) * 0.1)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 3], tf.float32, name="x")])
+    def __call__(self, x):
+        return {"y": tf.nn.relu(tf.matmul(tf.reshape(x, [-1, 192]), self.w)) + 1.0}
+
+
+@pytest.mark.parametrize("precision", ["INT8", "FP8"])
+def test_layers_around_quantized_ones_keep_float32_where_calibration_saw_large_values(
+        tmp_path, precision):
+    """A Reshape calibrated to 3.6e6 before an INT8 / FP8 GEMM was stored in float16: inf,
+    saturated to the largest code, and the answer was 3.2x off without a word (helper
+    hunt, 2026-12-02). Tensors calibrated past half of float16's range stay float32 in the
+    layers around the quantized ones, as the quantized layers' own outputs did."""
+    path = models.save_module(Flatten(), str(tmp_path / "flat"))
+    rng = np.random.RandomState(3)
+    data = [(rng.standard_normal((16, 8, 8, 3)) * 1e6).astype(np.float32) for _ in range(4)]
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=path, precision_mode=precision,
+                                   minimum_segment_size=1)
+    fn = conv.convert(calibration_input_fn=lambda: iter([(d,) for d in data]))
+    x = (rng.standard_normal((16, 8, 8, 3)) * 1e6).astype(np.float32)
+    want = tf.saved_model.load(path).signatures["serving_default"](x=tf.constant(x))["y"]
+    got = fn(tf.constant(x))["y"].numpy()
+    assert np.all(np.isfinite(got))
+    assert _rel(got, want.numpy()) < (0.05 if precision == "INT8" else 0.08)

@@ -78,7 +78,12 @@ def apply_precision(net: Network, precision: str, table: Optional[dict] = None,
         except ValueError as e:
             raise EngineBuildError(str(e)) from e
         quantized = set(Q.quantize_network(net, p, table))
-        _assign_half(net, skip=quantized, probes=probes)
+        # tensors calibrated past half of float16's range stay float32 in the layers around
+        # the quantized ones too (a Reshape of 3.6e6 before an INT8 GEMM overflowed to inf and
+        # the engine answered 3x off, silently: helper hunt, 2026-12-02)
+        wide = {t for t, v in table.get("tensors", {}).items()
+                if v is not None and float(v) > Q.FP16_SAFE_AMAX}
+        _assign_half(net, skip=quantized, probes=probes, wide=wide)
         return net
     if p == "FP32":
         for l in net.layers:
@@ -288,15 +293,17 @@ def _float32_sources(net: Network) -> set:
     return names
 
 
-def _assign_half(net: Network, skip=frozenset(), probes=()) -> None:
+def _assign_half(net: Network, skip=frozenset(), probes=(), wide=frozenset()) -> None:
     """FP16 assignment (module doc) of every layer not in ``skip``, in place; outputs in
-    ``probes`` are stored as their producers store them."""
-    keep = set(net.inputs) | (set(net.outputs) - set(probes))
+    ``probes`` are stored as their producers store them; layers with an output in ``wide``
+    (calibrated past float16's safe range) stay FP32."""
+    keep = set(net.inputs) | (set(net.outputs) - set(probes)) | set(wide)
     uses = {}
     for l in net.layers:
         for i in l.inputs:
             uses[i] = uses.get(i, 0) + 1
-    fp32 = _variance_terms(net) | _float32_sources(net)
+    fp32 = _variance_terms(net) | _float32_sources(net) | {
+        l.name for l in net.layers if any(o in wide for o in l.outputs)}
     for l in net.layers:
         if l.name in skip:
             continue
