@@ -680,10 +680,11 @@ class TRTEngineOp:
         if self.stats["rebuilds_after_eviction"] >= THRASH_WARN_AFTER and not self._thrash_warned:
             self._thrash_warned = True
             if self.profile_strategy is None:
-                advice = ("raise maximum_cached_engines (TrtGraphConverterV2 / "
-                          "TrtConversionParams), or convert with use_dynamic_shape=True and "
-                          "call converter.build() with inputs spanning the shapes in use, so "
-                          "one engine serves a range of shapes")
+                advice = ("raise maximum_cached_engines (an argument of "
+                          "TrtGraphConverterV2, TrtConversionParams and TF1's "
+                          "TrtGraphConverter), or convert with TrtGraphConverterV2("
+                          "use_dynamic_shape=True) and call converter.build() with inputs "
+                          "spanning the shapes in use, so one engine serves a range of shapes")
             else:
                 advice = ("call converter.build() with inputs spanning the shapes in use, so "
                           "the engine's optimization profiles contain them, or raise "

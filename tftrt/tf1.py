@@ -67,7 +67,8 @@ class TrtGraphConverter:
         denylist = nodes_denylist or nodes_blacklist or []
         if isinstance(denylist, str):  # one node name, not a list of its characters
             denylist = [denylist]
-        self._nodes_denylist = [graph_io.split_tensor_name(n)[0] for n in denylist]
+        self._nodes_denylist = [graph_io.split_tensor_name(_node_name(n))[0]
+                                for n in denylist]
         for name, value in (("session_config", session_config),
                             ("use_function_backup", use_function_backup)):
             if value is not None:
@@ -156,6 +157,10 @@ class TrtGraphConverter:
         outputs = [t.name for name in kept for t in g.get_operation_by_name(name).outputs]
         inputs = [f"{p}:0" for p in placeholders]
         targets = _output_less(g, self._nodes_denylist)
+        # Devices cleared, as the SavedModel path clears them: on nodes pinned to a CPU,
+        # Grappler's arithmetic pass fused unary chains into _UnaryOpsComposition (a CPU-only
+        # op no engine takes), and Mul, left native (helper hunt, 2026-12-02)
+        graph_def = _without_devices(graph_def)
         cleaned = graph_io.run_grappler_passes(graph_def, g, inputs + outputs + targets)
         return graph_io.GraphInfo(cleaned, inputs, outputs)
 
@@ -374,6 +379,32 @@ def _check_frozen(graph_def, outputs: Sequence[str]) -> None:
 def _is_graph_def(value) -> bool:
     from tensorflow.core.framework import graph_pb2
     return isinstance(value, graph_pb2.GraphDef)
+
+
+def _node_name(item) -> str:
+    """A nodes_denylist entry as a name: a str, bytes, or a tf.Tensor / tf.Operation of the
+    graph (its name), as TF-TRT took them; anything else is a clear error."""
+    if isinstance(item, bytes):
+        return item.decode()
+    if isinstance(item, str):
+        return item
+    name = getattr(item, "name", None)
+    if isinstance(name, str):
+        return name
+    raise TypeError(f"nodes_denylist holds {item!r} ({type(item).__name__}); give node names "
+                    f"(str), or the graph's tf.Tensor / tf.Operation objects")
+
+
+def _without_devices(graph_def):
+    """A copy of ``graph_def`` with no device on any node (its library's included)."""
+    out = type(graph_def)()
+    out.CopyFrom(graph_def)
+    for node in out.node:
+        node.device = ""
+    for f in out.library.function:
+        for node in f.node_def:
+            node.device = ""
+    return out
 
 
 class _SaveView:

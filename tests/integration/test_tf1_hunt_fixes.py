@@ -314,3 +314,56 @@ def test_save_says_engines_run_after_tftrt_load(tmp_path, caplog):
     assert sorted(got["out"]) == sorted(got["sm"])
     for k in got["sm"]:
         np.testing.assert_allclose(got["out"][k], got["sm"][k], rtol=1e-5, atol=1e-5)
+
+
+def _unary_chain_graph(device):
+    g = tf.Graph()
+    with g.as_default(), tf.device(device):
+        x = tf1.placeholder(tf.float32, [None, 4], name="x")
+        w = tf.constant(np.random.RandomState(0).randn(4, 4).astype(np.float32))
+        a = tf.nn.relu(tf.matmul(x, w) + 1.0)
+        tf.identity(tf.exp(tf.abs(tf.sigmoid(tf.tanh(a)))) * 3.0, name="out")
+    return g.as_graph_def()
+
+
+def _run_graph(gd, x):
+    with tf.Graph().as_default() as g:
+        tf.graph_util.import_graph_def(gd, name="")
+        with tf1.Session(graph=g) as sess:
+            return sess.run("out:0", {"x:0": x})
+
+
+@pytest.mark.parametrize("device", [None, "/cpu:0", "/job:localhost/replica:0/task:0/device:CPU:0"])
+def test_a_graph_def_pinned_to_the_cpu_converts_as_one_without_devices(monkeypatch, device):
+    """Nodes carrying a CPU device: Grappler's arithmetic pass fused the unary chain into
+    _UnaryOpsComposition (a CPU-only op no engine takes) and Mul stayed native too (helper
+    hunt, 2026-12-02). Devices are cleared as the SavedModel path clears them: one engine,
+    the answers native TF gives."""
+    monkeypatch.setenv("TFTRT_BACKEND", "numpy")
+    gd = _unary_chain_graph(device)
+    cg = trt.TrtGraphConverter(input_graph_def=gd, nodes_denylist=["out"],
+                               max_batch_size=4).convert()
+    ops = sorted(n.op for n in cg.node)
+    assert "_UnaryOpsComposition" not in ops and "Mul" not in ops, ops
+    assert len(engine_nodes(cg)) == 1
+    x = np.random.RandomState(1).standard_normal((3, 4)).astype(np.float32)
+    np.testing.assert_allclose(_run_graph(cg, x), _run_graph(gd, x), rtol=1e-5, atol=1e-5)
+
+
+def test_nodes_denylist_takes_tensors_operations_and_bytes(monkeypatch):
+    """TF-TRT took a tf.Tensor (its name) and bytes in nodes_denylist; they raised
+    AttributeError / TypeError from deep inside (helper hunt, 2026-12-02)."""
+    monkeypatch.setenv("TFTRT_BACKEND", "numpy")
+    gd = _unary_chain_graph(None)
+    with tf.Graph().as_default() as g:
+        tf.graph_util.import_graph_def(gd, name="")
+        out = g.get_tensor_by_name("out:0")
+        items = [[out], [out.op], [b"out"], ["out:0"]]
+    x = np.random.RandomState(2).standard_normal((2, 4)).astype(np.float32)
+    for denylist in items:
+        cg = trt.TrtGraphConverter(input_graph_def=gd, nodes_denylist=denylist,
+                                   max_batch_size=4).convert()
+        assert "out" in {n.name for n in cg.node} and len(engine_nodes(cg)) == 1
+        np.testing.assert_allclose(_run_graph(cg, x), _run_graph(gd, x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(TypeError, match=r"nodes_denylist holds 3 \(int\); give node names"):
+        trt.TrtGraphConverter(input_graph_def=gd, nodes_denylist=[3], max_batch_size=4)
