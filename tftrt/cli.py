@@ -750,8 +750,8 @@ def cmd_inspect(args, out, err) -> int:
     except ValueError as e:
         raise CommandError(str(e)) from None
     if args.onnx:
-        model, where = (os.path.realpath(p) for p in (args.model, args.onnx))
-        if os.path.commonpath([model, where]) == model:
+        from tftrt.saving import inside
+        if inside(os.path.realpath(args.onnx), os.path.realpath(args.model)):
             # (into assets/tftrt it replaced the stored networks, whose weights are stripped:
             # the digests no longer matched and tftrt.load ran the model natively)
             raise _Usage(f"--onnx {args.onnx!r} is inside the model {args.model!r}; write the "

@@ -101,13 +101,16 @@ def _check_output_dir(path: str, source: Optional[str] = None) -> str:
     return real
 
 
+def inside(path: str, directory: str) -> bool:
+    """Whether real path ``path`` is ``directory`` or lies inside it."""
+    return os.path.commonpath([path, directory]) == directory
+
+
 def _check_not_source(path: str, real: str, src: str, source: str) -> None:
     """The save replaces ``path`` as a whole: where it holds the model being converted, that
     was deleted; where it lies inside it, a converted model was written into the original's
     files (helper hunt, 2026-12-02): both refused. Converting in place (``path`` is the
     model) is TF-TRT's behaviour, kept, with a warning of what the original loses."""
-    def inside(a: str, b: str) -> bool:
-        return os.path.commonpath([a, b]) == b
     if real == src:
         return  # save() warns
     what = "is inside" if inside(real, src) else "holds" if inside(src, real) else None

@@ -328,18 +328,20 @@ def _bad_request(e) -> Exception:
                                      f"{first_error_line(e)}")
 
 
-def batching(pt, infer, outputs: List[TensorInfo], what: str = "the model"):
-    """Triton's infer function for ``infer``: requests merged into one batch (PyTriton's
-    ``batch``), or, where an output's size is known only at run time
-    (``tf.strings.split(...).to_tensor()``), each request on its own: merged with other
-    clients' requests a request's answer was padded to theirs (helper hunt, 2026-12-02)."""
+def batching(pt, infers: Sequence[Callable], outputs: List[TensorInfo],
+             what: str = "the model") -> List[Callable]:
+    """Triton's infer function for each of ``infers`` (one per model instance): requests
+    merged into one batch (PyTriton's ``batch``), or, where an output's size is known only
+    at run time (``tf.strings.split(...).to_tensor()``), each request on its own: merged
+    with other clients' requests a request's answer was padded to theirs (helper hunt,
+    2026-12-02). That is said once, for all instances."""
     ragged = [t.name for t in outputs if -1 in t.shape]
     if not ragged:
-        return pt["batch"](infer)
+        return [pt["batch"](f) for f in infers]
     log.warning("%s: outputs %s have sizes known only at run time, which merged requests "
                 "would pad to each other's: Triton still queues requests together, but each "
                 "runs on its own", what, ragged)
-    return _one_by_one(infer)
+    return [_one_by_one(f) for f in infers]
 
 
 def _one_by_one(infer):
@@ -461,7 +463,7 @@ class Server:
                             cfg.max_batch, cfg.max_batch)
         funcs = [make_infer_func(fn, inputs, outputs, g) for g in (gpus or [None])]
         self.instances = [f.device for f in funcs]
-        batched = [batching(pt, f, outputs, self.model_dir) for f in funcs]
+        batched = batching(pt, funcs, outputs, self.model_dir)
 
         check_ports(cfg)
         stub = stub_environment()

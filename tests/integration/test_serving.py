@@ -410,7 +410,7 @@ def test_outputs_sized_at_run_time_answer_each_request_on_its_own(tmp_path):
     infer = serving.make_infer_func(fn, inputs, outputs, None)
     merged = object()
     pt = {"batch": lambda f: merged}
-    run = serving.batching(pt, infer, outputs)
+    (run,) = serving.batching(pt, [infer], outputs)
     assert run is not merged
     reqs = [{"s": np.array([[b"a"]], dtype=object)},
             {"s": np.array([[b"one two three four five six"]], dtype=object)}]
@@ -418,7 +418,7 @@ def test_outputs_sized_at_run_time_answer_each_request_on_its_own(tmp_path):
     assert got[0]["tokens"].shape == (1, 1) and got[0]["n"].ravel().tolist() == [1]
     assert got[1]["tokens"].shape == (1, 6) and got[1]["n"].ravel().tolist() == [6]
     dense = [t for t in outputs if t.name == "n"]
-    assert serving.batching(pt, infer, dense) is merged
+    assert serving.batching(pt, [infer], dense) == [merged]
 
 
 def test_a_request_the_model_refuses_gets_tfs_message_in_one_line(tmp_path):
