@@ -2,7 +2,8 @@
 
 Families: nn.py (convolution, normalization, pooling, activations, matmul), math.py
 (elementwise and unary math), array.py (shape and data movement), reduce.py (reductions,
-softmax, arg-max), plus helpers layout.py and broadcast.py. See registry.py for the contract.
+softmax, arg-max), space_batch.py (SpaceToBatchND / BatchToSpaceND: dilated convolutions),
+plus helpers layout.py and broadcast.py. See registry.py for the contract.
 """
 
 from .registry import ANY, TENSOR, WEIGHT, converter, lookup, registered_ops, validate_node
