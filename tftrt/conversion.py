@@ -16,9 +16,10 @@ import numpy as np
 from tftrt import calibration, rewrite
 from tftrt.env import env_bool
 from tftrt.engine_op import EngineSpec, TRTEngineOp, resolve_backend
-from tftrt.graph_io import GraphInfo
+from tftrt.graph_io import XLA_CALL_ATTR, GraphInfo
 from tftrt.lowering import ConversionError, lower_segment
-from tftrt.segment import Segment, SegmentationResult, segment_graph
+from tftrt.segment import (Segment, SegmentationResult, native_xla_calls, segment_graph,
+                           xla_calls)
 
 log = logging.getLogger("tftrt.convert")
 
@@ -287,12 +288,16 @@ def segment_and_lower(info: GraphInfo, params, nodes_denylist: Sequence[str] = (
 
     A node whose lowering fails although it validated (e.g. a Reshape whose target shape
     needs a tensor the segment does not compute) is kept native and the graph is segmented
-    again, so one node never costs a whole engine. Returns (segmentation, {name: network}).
+    again, so one node never costs a whole engine. So is an inlined XLA-compiled function
+    whose nodes do not all go into engines, kept native whole (segment.py says why).
+    Returns (segmentation, {name: network}).
     """
     deny = list(nodes_denylist)
     failures: Dict[str, str] = {}
+    xla_native: set = set()
     for _ in range(MAX_RESEGMENTS):
-        seg = segment_graph(info, params.minimum_segment_size, nodes_denylist=deny)
+        seg = segment_graph(info, params.minimum_segment_size, nodes_denylist=deny,
+                            xla_native=xla_native)
         nets, retry = {}, False
         for s in list(seg.segments):
             try:
@@ -308,10 +313,23 @@ def segment_and_lower(info: GraphInfo, params, nodes_denylist: Sequence[str] = (
                 for n in s.nodes:
                     seg.dropped[n] = f"lowering failed: {e}"
                 seg.segments.remove(s)
-        if not retry:
-            seg.rejected.update(failures)
-            return seg, nets
-    raise RuntimeError(f"segmentation did not settle after {MAX_RESEGMENTS} lowering failures")
+        if retry:
+            continue
+        in_engine = {n for s in seg.segments for n in s.nodes}
+        split = {c: nodes for c, nodes in xla_calls(info).items()
+                 if c not in xla_native and not in_engine.issuperset(nodes)}
+        if split:
+            log.info("XLA-compiled function call(s) %s stay native whole", sorted(split))
+            xla_native.update(split)
+            for nodes in split.values():
+                for n in nodes:
+                    if n in seg.dropped:  # left out for its segment's size, say: the reason
+                        failures.setdefault(n, seg.dropped[n])
+            continue
+        seg.rejected.update(failures)
+        return seg, nets
+    raise RuntimeError(f"segmentation did not settle after {MAX_RESEGMENTS} rounds (lowering "
+                       f"failures, XLA-compiled calls kept native)")
 
 
 def convert_graph(info: GraphInfo, params, nodes_denylist: Sequence[str] = ()) -> ConversionResult:
@@ -350,13 +368,49 @@ def convert_graph(info: GraphInfo, params, nodes_denylist: Sequence[str] = ()) -
 
 def native_form_graph_def(info: GraphInfo, segments: Sequence[Segment],
                           engine_ops: Dict[str, TRTEngineOp], fdefs: Dict[str, object]):
-    """The converted graph with native segment calls (what save() writes)."""
+    """The converted graph with native segment calls (what save() writes). The inlined
+    XLA-compiled functions that no engine took are calls again (:func:`xla_call_node`)."""
+    xla = {s.name: s for s in native_xla_calls(info, segments)}
+    xla_fdefs = {name: xla_function_def(info, s) for name, s in xla.items()}
+
     def make(s: Segment):
+        if s.name in xla:
+            return xla_call_node(info, s, xla_fdefs[s.name].signature.name)
         spec = engine_ops[s.name].spec
         return rewrite.native_call_node(s.name, fdefs[s.name].signature.name,
                                         spec.input_dtypes, spec.output_dtypes)
-    return rewrite.replace_segments(info, segments, make,
-                                    library=[fdefs[s.name] for s in segments])
+    return rewrite.replace_segments(
+        info, list(segments) + list(xla.values()), make,
+        library=[fdefs[s.name] for s in segments] + list(xla_fdefs.values()))
+
+
+def xla_function_def(info: GraphInfo, s: Segment):
+    """The FunctionDef ``tftrt_xla_call_<digest>`` of an inlined XLA-compiled call's nodes,
+    marked as TensorFlow marks a ``jit_compile=True`` function's (``_XlaMustCompile``,
+    ``_noinline``), so TensorFlow compiles it with XLA again."""
+    import hashlib
+    fdef = rewrite.native_segment_function_def(info, s)
+    for n in fdef.node_def:
+        if XLA_CALL_ATTR in n.attr:
+            del n.attr[XLA_CALL_ATTR]
+    fdef.attr["_XlaMustCompile"].b = True
+    fdef.attr["_noinline"].b = True
+    fdef.signature.name = ""
+    digest = hashlib.sha1(fdef.SerializeToString(deterministic=True)).hexdigest()[:10]
+    fdef.signature.name = f"tftrt_xla_call_{digest}"
+    return fdef
+
+
+def xla_call_node(info: GraphInfo, s: Segment, fdef_name: str):
+    """The StatefulPartitionedCall of ``fdef_name`` that stands for the XLA call ``s``, with
+    ``_XlaMustCompile`` as TensorFlow makes the call of a ``jit_compile=True`` function (its
+    inputs are filled by rewrite.replace_segments)."""
+    node = rewrite.native_call_node(s.name, fdef_name, [info.dtypes[t] for t in s.inputs],
+                                    [info.dtypes[t] for t in s.outputs])
+    node.op = "StatefulPartitionedCall"
+    del node.attr[rewrite.ENGINE_ATTR]  # native code, no engine
+    node.attr["_XlaMustCompile"].b = True
+    return node
 
 
 def make_signature_function(sig, result: ConversionResult):

@@ -513,6 +513,11 @@ def prune_graph(graph_def, keep: Sequence[str]):
 
 CALL_OPS = ("PartitionedCall", "StatefulPartitionedCall")
 _MAX_INLINE_ROUNDS = 64  # nesting depth; TF functions cannot recurse
+# On the nodes of an inlined XLA-compiled call (``_XlaMustCompile``): the call's name. Keras
+# wraps ops TF's CPU kernels lack (grouped convolutions, NCDHW Conv3D) in such functions;
+# where their nodes do not all go into engines, the function becomes a call again
+# (segment.native_xla_calls), which TensorFlow compiles with XLA as before.
+XLA_CALL_ATTR = "_tftrt_xla_call"
 
 
 def inline_function_calls(graph_def, fetches: Sequence[str] = ()):
@@ -525,7 +530,9 @@ def inline_function_calls(graph_def, fetches: Sequence[str] = ()):
     Where ``c:k`` is in ``fetches`` or a node waits on ``^c``, a node named ``c`` stays, so the
     graph's outputs and control edges keep their names: an IdentityN of the returned tensors
     where an output is fetched, else a NoOp; it waits on the body's control outputs (the
-    stateful ops ``^c`` orders, as TF's own inliner does for tf.functions).
+    stateful ops ``^c`` orders, as TF's own inliner does for tf.functions). The body nodes of a
+    call marked ``_XlaMustCompile`` (or nested in one) carry ``XLA_CALL_ATTR``: the name of
+    the outermost such call.
 
     Args:
       graph_def: a GraphDef with its function library.
@@ -613,6 +620,7 @@ def _inline_call(graph_def, call_name: str, library, fetches):
         raise ValueError(f"call {call_name!r} passes {len(call_data)} inputs to function "
                          f"{fdef.signature.name!r}, which takes {len(args)}")
     arg_source = dict(zip(args, call_data))
+    xla_call = _xla_call(call, fdef)
 
     taken = set(nodes)
     renamed = {}
@@ -650,6 +658,8 @@ def _inline_call(graph_def, call_name: str, library, fetches):
         new.input.extend(outer(i) for i in n.input)
         if not inner:  # the call's control inputs hold for the whole body
             new.input.extend(c for c in call_control if c not in new.input)
+        if xla_call:
+            new.attr[XLA_CALL_ATTR].s = xla_call
         inlined.append(new)
 
     returned = [outer(flat[fdef.ret[a.name]]) for a in fdef.signature.output_arg]
@@ -680,6 +690,16 @@ def _inline_call(graph_def, call_name: str, library, fetches):
             del new.input[:]
             new.input.extend(rewire(i) for i in n.input)
     return out
+
+
+def _xla_call(call, fdef) -> bytes:
+    """The XLA-compiled call whose body nodes ``call``'s body nodes join: the one ``call`` lies
+    in (XLA compiles the outermost function whole), else ``call`` itself where it or its
+    function is marked ``_XlaMustCompile``; else b""."""
+    if XLA_CALL_ATTR in call.attr:
+        return call.attr[XLA_CALL_ATTR].s
+    must = [a.attr["_XlaMustCompile"].b for a in (call, fdef) if "_XlaMustCompile" in a.attr]
+    return call.name.encode() if any(must) else b""
 
 
 def _caller_stand_in(call, fdef, returned: Sequence[str], control: Sequence[str]):

@@ -18,6 +18,13 @@ TF-TRT's rules (see TFTRT-REFERENCE.md, "Segmenter"):
     Identity, Snapshot and StopGradient do not count;
   * minimum_segment_size=-1 converts nothing; env TF_TRT_MAX_ALLOWED_ENGINES (default 20)
     keeps the largest segments.
+
+tftrt's own rule: the nodes of an inlined XLA-compiled call (``_XlaMustCompile``) go into
+engines all of them or none. Where some stay native, conversion.segment_and_lower segments
+again with that call in ``xla_native``: its nodes (and any node on a path between two of them)
+stay native and count as one node in the cycle check, and the native form makes them a
+function call again (native_xla_calls), which TensorFlow compiles with XLA: its CPU kernels
+lack what Keras puts in such functions (grouped convolutions).
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import logging
 import os
 from typing import Dict, Iterable, List, Optional, Sequence, Set
 
-from tftrt.graph_io import GraphInfo, split_tensor_name, tensor_name
+from tftrt.graph_io import XLA_CALL_ATTR, GraphInfo, split_tensor_name, tensor_name
 from tftrt.lowering import ValidationContext
 
 log = logging.getLogger("tftrt.segment")
@@ -37,6 +44,8 @@ log = logging.getLogger("tftrt.segment")
 UNCOUNTED_OPS = frozenset({"Identity", "Snapshot", "StopGradient"})
 BOUNDARY_OPS = frozenset({"Placeholder", "PlaceholderWithDefault", "NoOp", "_Arg", "_Retval"})
 DEFAULT_MAX_ENGINES = 20
+XLA_NATIVE_REASON = ("in an XLA-compiled function (_XlaMustCompile) whose ops do not all "
+                     "convert: the function stays a call, which TensorFlow compiles with XLA")
 
 
 @dataclasses.dataclass
@@ -181,7 +190,8 @@ class _Clusters:
 
 def segment_graph(info: GraphInfo, minimum_segment_size: int = 3,
                   nodes_denylist: Iterable[str] = (), op_denylist: Optional[Set[str]] = None,
-                  max_engines: Optional[int] = None) -> SegmentationResult:
+                  max_engines: Optional[int] = None,
+                  xla_native: Iterable[str] = ()) -> SegmentationResult:
     """Finds the segments of ``info``'s graph.
 
     Args:
@@ -190,36 +200,31 @@ def segment_graph(info: GraphInfo, minimum_segment_size: int = 3,
       op_denylist: op types that must stay native (default: env TF_TRT_OP_DENYLIST).
       max_engines: keep at most this many (largest) segments (default: env
         TF_TRT_MAX_ALLOWED_ENGINES or 20).
+      xla_native: inlined XLA-compiled calls (names, see :func:`xla_calls`) that stay native
+        whole, as one function call.
     """
     cand = find_candidates(info, nodes_denylist, op_denylist)
+    order = info.topological_order()
+    position = {n: k for k, n in enumerate(order)}
+    consumers = info.consumers()
+    edges = _cycle_edges(info, order, consumers)
+    hulls = _xla_hulls(info, xla_native, edges, position)
+    for n in (n for members in hulls.values() for n in members if cand[n] is None):
+        cand[n] = XLA_NATIVE_REASON
     rejected = {n: r for n, r in cand.items() if r}
     if minimum_segment_size == -1:
         dropped = {n: "minimum_segment_size=-1 disables conversion"
                    for n, r in cand.items() if r is None and info.nodes[n].op != "Const"}
         return SegmentationResult([], rejected, dropped)
 
-    order = info.topological_order()
-    position = {n: k for k, n in enumerate(order)}
-    # Node-level graph (data and control edges) for the cycle check. Const nodes stay out of
-    # it: they are copied into every segment that reads them, without their control inputs.
-    # But a Const read by a native node keeps its control inputs there ("^a" from
-    # tf.control_dependencies, Grappler's folded shapes): a -> Const -> native -> b is a path,
-    # and a and b in one segment would be a cycle, so it counts as edges a -> each reader.
-    consumers = info.consumers()
-    edges: Dict[str, Set[str]] = {n: set() for n in order}
-    for n in order:
-        node = info.nodes[n]
-        if node.op == "Const":
-            readers = [u for u, _ in consumers.get(tensor_name(n, 0), [])]
-            for c in info.control_inputs(node):
-                if c in edges and info.nodes[c].op != "Const":
-                    edges[c].update(readers)
-            continue
-        for i in node.input:
-            src = split_tensor_name(i)[0]
-            if src in edges and info.nodes[src].op != "Const" and not info.is_back_edge(src):
-                edges[src].add(n)
     clusters = _Clusters(order, edges)
+    # A native XLA call is one node of the graph once it is a call again: no engine may both
+    # feed it and read it (two independent paths through its body would not see that).
+    for members in hulls.values():
+        for n in members[1:]:
+            a, b = clusters.find(members[0]), clusters.find(n)
+            if a != b:  # the hull is convex: merged in topological order, never a cycle
+                clusters.merge(a, b)
     is_cand = {n for n, r in cand.items() if r is None and info.nodes[n].op != "Const"}
     # TF-TRT contracts each candidate's out-edges, visiting nodes in DFS post-order (consumers
     # before producers): a producer joins its consumers' segment, not the other way round.
@@ -274,6 +279,105 @@ def segment_graph(info: GraphInfo, minimum_segment_size: int = 3,
         s.name = next(names)
     _assign_consts(info, segments, consumers)
     return SegmentationResult(segments, rejected, dropped)
+
+
+def _cycle_edges(info: GraphInfo, order: Sequence[str], consumers) -> Dict[str, Set[str]]:
+    """The node-level graph (data and control edges) of the cycle check. Const nodes stay out
+    of it: they are copied into every segment that reads them, without their control inputs.
+    But a Const read by a native node keeps its control inputs there ("^a" from
+    tf.control_dependencies, Grappler's folded shapes): a -> Const -> native -> b is a path,
+    and a and b in one segment would be a cycle, so it counts as edges a -> each reader."""
+    edges: Dict[str, Set[str]] = {n: set() for n in order}
+    for n in order:
+        node = info.nodes[n]
+        if node.op == "Const":
+            readers = [u for u, _ in consumers.get(tensor_name(n, 0), [])]
+            for c in info.control_inputs(node):
+                if c in edges and info.nodes[c].op != "Const":
+                    edges[c].update(readers)
+            continue
+        for i in node.input:
+            src = split_tensor_name(i)[0]
+            if src in edges and info.nodes[src].op != "Const" and not info.is_back_edge(src):
+                edges[src].add(n)
+    return edges
+
+
+def xla_calls(info: GraphInfo) -> Dict[str, List[str]]:
+    """The inlined calls of XLA-compiled functions (graph_io.XLA_CALL_ATTR): call name -> its
+    nodes other than Consts and the graph's own input and output nodes, in graph order."""
+    kept = {split_tensor_name(t)[0] for t in info.inputs + info.outputs}
+    out: Dict[str, List[str]] = collections.defaultdict(list)
+    for name, node in info.nodes.items():
+        if XLA_CALL_ATTR in node.attr and node.op != "Const" and node.op not in BOUNDARY_OPS \
+                and name not in kept:
+            out[node.attr[XLA_CALL_ATTR].s.decode()].append(name)
+    return dict(out)
+
+
+def _xla_hulls(info: GraphInfo, calls: Iterable[str], edges: Dict[str, Set[str]],
+               position) -> Dict[str, List[str]]:
+    """call -> the nodes it becomes again (topological order): its own and every node on a
+    path between two of them (Grappler's rewrites inside the body make nodes without the
+    call's attribute), so that the call is one node of an acyclic graph. A call whose nodes
+    overlap an earlier call's (never seen) stays inlined, with a warning."""
+    calls = set(calls)
+    if not calls:
+        return {}
+    preds: Dict[str, Set[str]] = collections.defaultdict(set)
+    for a, bs in edges.items():
+        for b in bs:
+            preds[b].add(a)
+
+    def reach(start, step):
+        seen, stack = set(start), list(start)
+        while stack:
+            for m in step(stack.pop()):
+                if m not in seen:
+                    seen.add(m)
+                    stack.append(m)
+        return seen
+
+    hulls: Dict[str, List[str]] = {}
+    taken: Set[str] = set()
+    for call, members in sorted(xla_calls(info).items()):
+        if call not in calls:
+            continue
+        hull = reach(members, edges.__getitem__) & reach(members, preds.__getitem__)
+        if hull & taken:
+            log.warning("the XLA-compiled call %s shares nodes with another one after "
+                        "Grappler; it stays inlined (its ops run on TensorFlow's own kernels)",
+                        call)
+            continue
+        taken |= hull
+        hulls[call] = sorted(hull, key=position.__getitem__)
+    return hulls
+
+
+def native_xla_calls(info: GraphInfo, segments: Sequence[Segment]) -> List[Segment]:
+    """The XLA calls no node of which is in ``segments``, each as a Segment to make a function
+    call again (conversion.native_form_graph_def), named as the call was (a free name)."""
+    in_engine = {n for s in segments for n in s.nodes}
+    native = [c for c, members in xla_calls(info).items() if in_engine.isdisjoint(members)]
+    if not native:
+        return []
+    order = info.topological_order()
+    position = {n: k for k, n in enumerate(order)}
+    consumers = info.consumers()
+    taken = set(info.nodes) | {s.name for s in segments}
+    out = []
+    for call, members in _xla_hulls(info, native, _cycle_edges(info, order, consumers),
+                                    position).items():
+        seg = _make_segment(info, members, consumers, set(info.outputs), position)
+        name, k = call, 0
+        while name in taken:
+            k += 1
+            name = f"{call}_xla" if k == 1 else f"{call}_xla_{k}"
+        taken.add(name)
+        seg.name = name
+        out.append(seg)
+    _assign_consts(info, out, consumers)
+    return out
 
 
 def _engine_names(taken: Set[str]):
