@@ -40,6 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_e2e import _stats, _time_tf  # noqa: E402  (shared timing: synchronize, medians)
 
 BATCHES = (1, 8, 128)
+REF_ROWS = 16  # rows per native reference call (see main's reference())
 # Done-when bars (issue 13): max|diff| <= tol x max|native FP32 output|.
 # "TF32": an FP32 row where TensorFlow's TF32 switch is on (its default on GPUs since
 # Ampere): native TF's convolutions and GEMMs then round their operands to 10-bit mantissas,
@@ -180,6 +181,17 @@ def run_model(name: str, args, work: str, dev: str, device: str) -> None:
     def timed(fn, b):
         return _stats(_time_tf(fn, inputs(b), args.warmup, args.iters), b)
 
+    def reference(b):
+        """native TF's FP32 outputs for batch ``b``, run REF_ROWS rows at a time and joined:
+        TF's own depthwise GPU kernel (DepthwiseConv2dGPUKernelNHWC) computes input offsets
+        in int32, wrong past 2**31 elements (EfficientNetB7 at 600 px, batch 128: block 2a's
+        128 x 301 x 301 x 192), and a whole batch of a large model ran out of memory beside
+        the engines (run s)."""
+        arg = inputs(b)
+        parts = [native(**{k: v[i:i + REF_ROWS] for k, v in arg.items()})
+                 for i in range(0, b, REF_ROWS)]
+        return {k: tf.concat([p[k] for p in parts], 0) for k in parts[0]}
+
     if not args.skip_native_timing:  # (native still gives every error's reference)
         row = {**base, "runtime": "tf_native", "precision": "FP32",
                "batches": {b: timed(native, b) for b in args.batches}}
@@ -200,7 +212,7 @@ def run_model(name: str, args, work: str, dev: str, device: str) -> None:
         row = {**base, "runtime": "tf_xla", "precision": "FP16", "batches": {}}
         for b in args.batches:
             arg = inputs(b)
-            ref, got = native(**arg), xla(arg[arg_name])
+            ref, got = reference(b), xla(arg[arg_name])
             st = timed(lambda **k: xla(k[arg_name]), b)
             st["rel_err"] = rel_err({k: got for k in ref} if not isinstance(got, dict) else
                                     got, ref)
@@ -213,7 +225,9 @@ def run_model(name: str, args, work: str, dev: str, device: str) -> None:
     # native TF's outputs, the errors' reference, before any engine holds GPU memory: after
     # the engines (EfficientNetB7 at 600 px, --skip-native-timing, run s) TF's FP32 batch 128
     # ran out of memory beside their arenas
-    refs = {b: native(**inputs(b)) for b in args.batches} if precisions else {}
+    refs = {b: reference(b) for b in args.batches} if precisions else {}
+    if args.whole_batch_reference and precisions:  # the error against one native call too
+        whole = {b: native(**inputs(b)) for b in args.batches}
     for precision in precisions:
         row = {**base, "runtime": "tftrt", "precision": precision,
                "profile": args.profile or "static"}
@@ -255,6 +269,8 @@ def run_model(name: str, args, work: str, dev: str, device: str) -> None:
                     st["graph_fn_rel_err"] = rel_err(gf, ref)
                     st["graph_fn_median_ms"] = timed(graph, b)["median_ms"]
                 st["rel_err"] = err
+                if args.whole_batch_reference:
+                    st["rel_err_whole_batch_reference"] = rel_err(got, whole[b])
                 st["on_gpu"] = all("GPU" in got[k].device for k in got)
                 row["batches"][b] = st
             if name in args.layer_profile and precision == "FP16" and \
@@ -527,6 +543,9 @@ def main(argv: Optional[List[str]] = None) -> None:
                          "--skip-native-timing)")
     ap.add_argument("--skip-native-timing", action="store_true",
                     help="no native TF row (native TF still computes the reference outputs)")
+    ap.add_argument("--whole-batch-reference", action="store_true",
+                    help="also record each tftrt error against one native call on the whole "
+                         "batch (the reference is otherwise run REF_ROWS rows at a time)")
     ap.add_argument("--graph-fn", action="store_true",
                     help="also time the loaded signature called inside a tf.function (its "
                          "engines as EagerPyFunc nodes), row key graph_fn_median_ms")

@@ -219,8 +219,9 @@ def test_zoo_benchmark_dry_run(tmp_path, capsys):
     import json
     bench = _bench_zoo("bench_zoo")
     out = str(tmp_path / "zoo.jsonl")
+    bench.REF_ROWS = 1  # the reference in one-row calls, joined (see zoo.py's reference())
     bench.main(["--models", "ViT", "--batches", "1", "2", "--dry-run", "--fp32", "--graph-fn",
-                "--build-profile", "ViT", "--out", out])
+                "--build-profile", "ViT", "--whole-batch-reference", "--out", out])
     rows = [json.loads(line) for line in open(out)]
     assert [(r["runtime"], r["precision"]) for r in rows] == [
         ("tf_native", "FP32"), ("tf_xla", "FP16"), ("tftrt", "FP16")]
@@ -230,6 +231,9 @@ def test_zoo_benchmark_dry_run(tmp_path, capsys):
     assert row["engine_ops"] == 1 and row["engines"] == 2  # one engine per batch size
     assert row["native_calls"] == 0 and row["engine_calls"] > 0
     assert row["rel_err_ok"], row["rel_err"]
+    # the joined reference is the whole batch's: the same errors against both
+    for st in row["batches"].values():
+        assert abs(st["rel_err"] - st["rel_err_whole_batch_reference"]) <= 1e-6, st
     # --build-profile: the FP16 build under cProfile, its stages (no GPU work here)
     prof = row["build_profile"]
     assert 0 < prof["total"] <= row["build_s"] and prof["gpu timing"] == 0.0, prof
