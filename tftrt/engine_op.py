@@ -803,7 +803,13 @@ class TRTEngineOp:
         """The segment network's digest (its ONNX bytes, a quantization table included): what
         keys its shape templates in the build cache (shape_template.cached_template)."""
         import hashlib
-        return hashlib.sha256(self.spec.onnx_bytes).hexdigest()
+        # asked twice per profile build (its record, its template); sha256 takes ~0.1 s per
+        # 100 MB of weights
+        raw = self.spec.onnx_bytes
+        memo = getattr(self, "_digest_memo", None)
+        if memo is None or memo[0] is not raw:
+            memo = self._digest_memo = (raw, hashlib.sha256(raw).hexdigest())
+        return memo[1]
 
     def _config(self, backend: str, tactic_choices=None, weight_cache=None):
         from tftrt.engine import BuilderConfig
