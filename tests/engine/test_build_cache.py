@@ -59,6 +59,33 @@ def test_fingerprint_names_backend_device_and_versions():
     assert fp["tftrt"] == tftrt.__version__ and fp["numpy"] == numpy.__version__
 
 
+def test_the_nvmath_version_comes_from_its_metadata_without_an_import(monkeypatch):
+    """A warm rebuild reads the fingerprint before build()'s check starts: nvmath's version
+    comes from its distribution's metadata (its import took 0.7 s), the module's own
+    __version__ only where no metadata names it, "none" where neither is there."""
+    import importlib.metadata
+    import sys
+    import types
+    real = importlib.metadata.version
+
+    def version(dist):
+        if dist == "nvmath-python":
+            return "9.8.7"
+        return real(dist)
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    monkeypatch.delitem(sys.modules, "nvmath", raising=False)
+    assert bc._cupy_versions()["nvmath"] == "9.8.7"
+    assert "nvmath" not in sys.modules
+
+    def missing(dist):
+        raise importlib.metadata.PackageNotFoundError(dist)
+    monkeypatch.setattr(importlib.metadata, "version", missing)
+    monkeypatch.setitem(sys.modules, "nvmath", types.SimpleNamespace(__version__="1.2.3"))
+    assert bc._cupy_versions()["nvmath"] == "1.2.3"
+    monkeypatch.setitem(sys.modules, "nvmath", None)  # not installed: import fails
+    assert bc._cupy_versions()["nvmath"] == "none"
+
+
 # --- get / put / corrupt / foreign ------------------------------------------------------------
 
 def test_put_get_and_miss(cache_env):
