@@ -357,9 +357,16 @@ def _boundary_fn(info, fetches: Sequence[str]):
     """A function of the graph's inputs returning the tensors ``fetches`` as the native
     (cleaned, frozen) graph computes them."""
     from tensorflow.python.eager import wrap_function
+    from tftrt.conversion import with_xla_calls
     computed = [t for t in fetches if t not in info.inputs]
-    fn = wrap_function.function_from_graph_def(info.graph_def, list(info.inputs), computed) \
-        if computed else None
+    # the inlined XLA-compiled calls as calls again, through XLA: TF's own kernels lack what
+    # Keras puts in them (a grouped Conv3D failed every calibration batch; helper hunt,
+    # 2026-12-02), unless a fetched tensor lies inside one
+    graph_def, names = with_xla_calls(info)
+    if names is None or any(t not in names for t in computed):
+        graph_def, names = info.graph_def, {t: t for t in computed}
+    fn = wrap_function.function_from_graph_def(
+        graph_def, list(info.inputs), [names[t] for t in computed]) if computed else None
 
     def run(args: Sequence) -> Dict[str, np.ndarray]:
         import tensorflow as tf

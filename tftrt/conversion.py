@@ -378,10 +378,29 @@ def native_form_graph_def(info: GraphInfo, segments: Sequence[Segment],
             return xla_call_node(info, s, xla_fdefs[s.name].signature.name)
         spec = engine_ops[s.name].spec
         return rewrite.native_call_node(s.name, fdefs[s.name].signature.name,
-                                        spec.input_dtypes, spec.output_dtypes)
+                                        spec.input_dtypes, spec.output_dtypes, fdefs[s.name])
     return rewrite.replace_segments(
         info, list(segments) + list(xla.values()), make,
         library=[fdefs[s.name] for s in segments] + list(xla_fdefs.values()))
+
+
+def with_xla_calls(info: GraphInfo):
+    """(GraphDef, {tensor: its name there}) of ``info``'s graph with every inlined XLA-compiled
+    call a call again (:func:`xla_call_node`), for running the whole graph natively: TF's own
+    kernels may lack what such a call holds (a grouped Conv3D). A tensor of a call's nodes
+    that leaves the call maps to the call's output; one that does not is not in the map."""
+    xla = native_xla_calls(info, [])
+    if not xla:
+        return info.graph_def, None
+    fdefs = {s.name: xla_function_def(info, s) for s in xla}
+    gd, _ = rewrite.replace_segments(
+        info, xla, lambda s: xla_call_node(info, s, fdefs[s.name].signature.name),
+        library=list(fdefs.values()))
+    inside = {n for s in xla for n in list(s.nodes) + list(s.consts)}
+    names = {t: t for t in info.dtypes if t.split(":")[0] not in inside}
+    for s in xla:
+        names.update({t: f"{s.name}:{j}" for j, t in enumerate(s.outputs)})
+    return gd, names
 
 
 def xla_function_def(info: GraphInfo, s: Segment):

@@ -18,7 +18,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from tftrt.graph_io import GraphInfo, split_tensor_name, tensor_name
+from tftrt.graph_io import XLA_CALL_ATTR, GraphInfo, split_tensor_name, tensor_name
 from tftrt.segment import Segment
 
 log = logging.getLogger("tftrt.rewrite")
@@ -120,15 +120,43 @@ def native_segment_function_def(info: GraphInfo, seg: Segment):
         graph, graph.get_operations(),
         [graph.get_tensor_by_name(f"TensorRTInputPH_{i}:0") for i in range(len(seg.inputs))],
         [graph.get_tensor_by_name(f"TensorRTOutputPH_{j}:0") for j in range(len(seg.outputs))])
+    xla = False
     for n in fdef.node_def:
         if n.name in values:
             n.attr["value"].CopyFrom(values[n.name])
+        if XLA_CALL_ATTR in n.attr:
+            xla = True
+            del n.attr[XLA_CALL_ATTR]
+    if xla:  # see xla_compiled
+        fdef.attr[XLA_MUST_COMPILE].b = True
+        fdef.attr["_noinline"].b = True
     # TF-TRT's name plus a digest of the body: TensorFlow keeps one function per name per
     # process, and two conversions in one process give different bodies the same engine name.
     fdef.signature.name = ""
     digest = hashlib.sha1(fdef.SerializeToString(deterministic=True)).hexdigest()[:10]
     fdef.signature.name = f"{seg.name}_native_segment_{digest}"
     return fdef
+
+
+XLA_MUST_COMPILE = "_XlaMustCompile"
+
+
+def xla_compiled(fdef) -> bool:
+    """Whether native segment function ``fdef`` runs through XLA: its segment holds nodes of
+    an inlined XLA-compiled call (graph_io.XLA_CALL_ATTR), whose ops TF's own kernels may lack
+    (Keras' grouped Conv3D: "Number of channels in filter (2) must match last dimension of
+    input (4)" on the CPU). The function and every call of it are marked ``_XlaMustCompile``,
+    as TensorFlow marks a ``jit_compile=True`` function and its calls: plain TensorFlow, the
+    native backend and an engine's native fallback then run the segment as the input model ran
+    that call, through XLA."""
+    return XLA_MUST_COMPILE in fdef.attr and fdef.attr[XLA_MUST_COMPILE].b
+
+
+def _mark_call(node, fdef) -> None:
+    """A call of ``fdef`` as TensorFlow calls a jit_compile function, where it is one."""
+    if fdef is not None and xla_compiled(fdef):
+        node.op = "StatefulPartitionedCall"
+        node.attr[XLA_MUST_COMPILE].b = True
 
 
 def called_functions(nodes, library) -> set:
@@ -173,6 +201,7 @@ def function_def_caller(fdef, input_specs: Sequence[Tuple[np.dtype, object]],
     call.attr["Tin"].list.type.extend([_dtype_enum(dt) for dt, _ in input_specs])
     call.attr["Tout"].list.type.extend([_dtype_enum(dt) for dt in output_dtypes])
     call.attr["f"].func.name = fdef.signature.name
+    _mark_call(call, fdef)
     return wrap_function.function_from_graph_def(
         gd, [f"in_{i}:0" for i in range(len(input_specs))],
         [f"call:{j}" for j in range(len(output_dtypes))])
@@ -234,9 +263,9 @@ def _take_engine_outputs_fdef(in_dtypes, out_dtypes):
     return fdef
 
 
-def _run_native_fdef(native_name: str, in_dtypes, out_dtypes):
-    """The select node's else-branch: calls the native segment function on the segment
-    inputs (its last arguments)."""
+def _run_native_fdef(native_name: str, in_dtypes, out_dtypes, native=None):
+    """The select node's else-branch: calls the native segment function (``native``, its
+    FunctionDef, says whether through XLA) on the segment inputs (its last arguments)."""
     from tensorflow.core.framework import function_pb2
     fdef = function_pb2.FunctionDef()
     _branch_signature(fdef, in_dtypes, out_dtypes)
@@ -245,6 +274,7 @@ def _run_native_fdef(native_name: str, in_dtypes, out_dtypes):
     call.attr["Tin"].list.type.extend([_dtype_enum(d) for d in in_dtypes])
     call.attr["Tout"].list.type.extend([_dtype_enum(d) for d in out_dtypes])
     call.attr["f"].func.name = native_name
+    _mark_call(call, native)
     for j in range(len(out_dtypes)):
         fdef.ret[f"r_{j}"] = f"native:output:{j}"
     fdef.signature.name = f"{native_name}_fallback"
@@ -305,7 +335,7 @@ def with_native_fallback(graph_def, native_fdefs: Dict[str, object],
         out_dtypes = [tf.as_dtype(t).as_numpy_dtype for t in node.attr["Tout"].list.type[1:]]
         native = native_fdefs[node.name]
         then_f = _take_engine_outputs_fdef(in_dtypes, out_dtypes)
-        else_f = _run_native_fdef(native.signature.name, in_dtypes, out_dtypes)
+        else_f = _run_native_fdef(native.signature.name, in_dtypes, out_dtypes, native)
         for f in (native, then_f, else_f):
             if f.signature.name not in have:
                 out.library.function.add().CopyFrom(f)
@@ -355,14 +385,16 @@ def _ran_nodes(call: str, device: str):
     return [rank, one, ran]
 
 
-def native_call_node(name: str, fdef_name: str, in_dtypes, out_dtypes):
-    """A PartitionedCall NodeDef of the native segment function, marked as an engine."""
+def native_call_node(name: str, fdef_name: str, in_dtypes, out_dtypes, fdef=None):
+    """A PartitionedCall NodeDef of the native segment function, marked as an engine (a
+    StatefulPartitionedCall marked ``_XlaMustCompile`` where ``fdef`` is xla_compiled)."""
     from tensorflow.core.framework import node_def_pb2
     node = node_def_pb2.NodeDef(name=name, op="PartitionedCall")
     node.attr["Tin"].list.type.extend([_dtype_enum(d) for d in in_dtypes])
     node.attr["Tout"].list.type.extend([_dtype_enum(d) for d in out_dtypes])
     node.attr["f"].func.name = fdef_name
     node.attr[ENGINE_ATTR].s = name.encode()
+    _mark_call(node, fdef)
     return node
 
 

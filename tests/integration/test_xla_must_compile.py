@@ -199,3 +199,59 @@ def test_an_engine_never_both_feeds_and_reads_a_native_xla_call(tmp_path, monkey
     assert reasons["Cos"] == {"op type denied by TF_TRT_OP_DENYLIST": 2}, reasons
     assert_matches(path, fn, x)
     assert_matches(path, tf.function(lambda **kw: fn(**kw)), x)
+
+
+def test_an_engine_holding_a_grouped_conv3d_runs_natively_through_xla(tmp_path, monkeypatch):
+    """An engine took Keras' XLA call whole: its native segment function runs through XLA, as
+    the call did. Plain TensorFlow, the native backend and the engine's own native fallback ran
+    the grouped Conv3D on TF's CPU kernel ("Number of channels in filter (2) must match last
+    dimension of input (4)"; helper hunt, 2026-12-02)."""
+    from tftrt import rewrite
+    path, shape = keras_model("3d", str(tmp_path / "m"))
+    x = np.random.default_rng(3).standard_normal((2,) + shape).astype(np.float32)
+    monkeypatch.setenv("TF_TRT_OP_DENYLIST", "")
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=path, precision_mode="FP32",
+                                   minimum_segment_size=1, allow_build_at_runtime=False)
+    fn = conv.convert()
+    conv.build(lambda: iter([(x,)]))
+    (op,) = conv.engine_ops.values()
+    assert rewrite.xla_compiled(op.native_fn.fdef)
+    assert "Conv3D" in {n.op for n in op.native_fn.fdef.node_def}
+    assert_matches(path, fn, x)
+    three = np.concatenate([x, x[:1]])  # no engine for 3, none built at run time: native
+    assert_matches(path, fn, three)
+    assert op.stats["native"] >= 1, dict(op.stats)
+    out = str(tmp_path / "out")
+    conv.save(out)
+    saved = saved_model_pb2.SavedModel()
+    with open(f"{out}/saved_model.pb", "rb") as f:
+        saved.ParseFromString(f.read())
+    (graph,) = [m.graph_def for m in saved.meta_graphs]
+    (node,) = [n for f in graph.library.function for n in f.node_def
+               if rewrite.ENGINE_ATTR in n.attr]
+    assert node.op == "StatefulPartitionedCall" and node.attr["_XlaMustCompile"].b
+    assert all(graph_io.XLA_CALL_ATTR not in n.attr for f in graph.library.function
+               for n in f.node_def)
+    assert_matches(path, tf.saved_model.load(out).signatures["serving_default"], x)
+    monkeypatch.setenv("TFTRT_BACKEND", "native")  # what a machine without a GPU picks
+    assert_matches(path, tftrt.load(out).signatures["serving_default"], x)
+
+
+@pytest.mark.parametrize("deny", ["", "Conv3D"])
+def test_int8_calibration_runs_a_grouped_conv3d_through_xla(tmp_path, monkeypatch, deny):
+    """Calibration runs the input graph natively for the engines' inputs: with the XLA calls
+    inlined, TF's CPU Conv3D kernel failed every batch ("calibration_input_fn: batch 0: the
+    model cannot run it"), with the conv in an engine or not."""
+    path, shape = keras_model("3d", str(tmp_path / "m"))
+    x = np.random.default_rng(4).standard_normal((2,) + shape).astype(np.float32)
+    monkeypatch.setenv("TF_TRT_OP_DENYLIST", deny)
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=path, precision_mode="INT8",
+                                   minimum_segment_size=1, use_calibration=True)
+    fn = conv.convert(calibration_input_fn=lambda: iter([(x,), (x[::-1].copy(),)]))
+    want = tf.saved_model.load(path).signatures["serving_default"](x=tf.constant(x))
+    got = fn(x=tf.constant(x))
+    rtol, atol = TOLERANCES["INT8"]
+    for k in want:
+        scale = float(np.abs(want[k].numpy()).max())
+        np.testing.assert_allclose(got[k].numpy(), want[k].numpy(), rtol=rtol,
+                                   atol=atol * scale, err_msg=k)
