@@ -594,3 +594,21 @@ def test_batchnorm_shift_after_the_shortcut_folds_into_the_bias(with_bias):
     check_model(model, feeds)
     check_model(model, feeds, "FP16")
 
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.int64, np.int32, np.float32])
+def test_scalars_inlined_into_a_program_keep_its_dtype(dtype):
+    """A where between two scalar constants takes their dtype: inlined as untyped literals,
+    both made the output float32 (tf.where(c, float16 3, float16 -2) came back float32;
+    helper hunt, 2026-12-02). The float32 threshold still becomes a literal."""
+    nodes = [N("Greater", ["x", "z"], ["c"]), N("Where", ["c", "a", "b"], ["y"])]
+    consts = {"z": np.array(0, np.float32), "a": np.array(3, dtype),
+              "b": np.array(-2, dtype)}
+    x = np.array([[1, -1, 2, 0.5]], np.float32)
+    engine = build_engine(make_model(nodes, {"x": x}, consts), {"x": x.shape},
+                          BuilderConfig(backend="numpy", tactic_timing=False))
+    (layer,) = engine.network.layers
+    assert "z" not in layer.inputs
+    y = np.asarray(engine.execute([x])[0])
+    assert y.dtype == dtype and engine.network.tensors["y"].dtype == np.dtype(dtype).name
+    np.testing.assert_array_equal(y, np.where(x > 0, dtype(3), dtype(-2)))

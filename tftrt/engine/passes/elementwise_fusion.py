@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Dict, List, Optional
 
 from tftrt.engine.network import Layer, Network
+from tftrt.engine.shapes import program_dtypes
 
 
 def _ref(a, inputs_map, step_offset):
@@ -52,22 +53,43 @@ def _merge(members: List[Layer]) -> Layer:
 
 
 def _inline_scalars(net: Network, layer: Layer) -> None:
+    """Size-1 weights of ``layer`` become literals of its program, each where the program's
+    dtypes stay what they were: a literal has none, and a step whose dtype came from scalar
+    weights alone (a where between two float16 or int64 constants) became float32 (helper
+    hunt, 2026-12-02). At least one tensor input stays."""
     out = net.tensors[layer.outputs[0]].shape
-    keep, remap = [], {}
+    dtypes = [str(net.tensors[n].dtype) for n in layer.inputs]
+    program = layer.attrs["program"]
+
+    def rewritten(literals: Dict[int, object]):
+        """(program, kept inputs) with inputs ``literals`` (index -> value) inlined."""
+        remap, keep = {}, []
+        for k in range(len(layer.inputs)):
+            if k in literals:
+                remap[k] = literals[k]
+            else:
+                remap[k] = f"${len(keep)}"
+                keep.append(k)
+        return [dict(st, args=[remap[int(a[1:])] if isinstance(a, str) and a.startswith("$")
+                               else a for a in st["args"]]) for st in program], keep
+
+    def typed(prog, keep):
+        return program_dtypes([dict(st) for st in prog], [dtypes[k] for k in keep])
+
+    want = typed(program, list(range(len(layer.inputs))))
+    literals: Dict[int, object] = {}
     for k, name in enumerate(layer.inputs):
         w = net.weights.get(name)
-        if w is not None and w.size == 1 and w.dtype.kind in "fiu" and out is not None \
-                and w.ndim <= len(out):
-            remap[k] = w.reshape(()).item()
-        else:
-            remap[k] = f"${len(keep)}"
-            keep.append(name)
-    if len(keep) == len(layer.inputs) or not keep:
-        return  # nothing to inline (or it would leave a layer with no tensor input)
-    for st in layer.attrs["program"]:
-        st["args"] = [remap[int(a[1:])] if isinstance(a, str) and a.startswith("$") else a
-                      for a in st["args"]]
-    layer.inputs = keep
+        if w is None or w.size != 1 or w.dtype.kind not in "fiu" or out is None or \
+                w.ndim > len(out) or len(literals) + 1 == len(layer.inputs):
+            continue
+        trial = dict(literals)
+        trial[k] = w.reshape(()).item()
+        if typed(*rewritten(trial)) == want:
+            literals = trial
+    if literals:
+        layer.attrs["program"], keep = rewritten(literals)
+        layer.inputs = [layer.inputs[k] for k in keep]
 
 
 def elementwise_fusion(net: Network) -> Network:
