@@ -2,11 +2,11 @@
 tile, fill, shape queries.
 
 Shape-like arguments (perm, axis, paddings, begin/end, multiples, ...) must be constants: the
-engine is built for known input shapes, so they are weights here. Reshape is the exception:
-its target shape may also be built at run time from constants and tensor dims (Keras Flatten on
-a dynamic batch), which shape_values.resolve recognizes. Unknown dims are never replaced by a
-concrete size: they become ONNX Reshape's 0 (copy) or -1, a Shape + Gather, or the clamping
-sentinels of Slice.
+engine is built for known input shapes, so they are weights here. Reshape, BroadcastTo and
+Fill are the exceptions: their target shape may also be built at run time from constants and
+tensor dims (Keras Flatten on a dynamic batch), which shape_values.resolve recognizes. Unknown
+dims are never replaced by a concrete size: they become ONNX Reshape's 0 (copy) or -1, a
+Shape + Gather, or the clamping sentinels of Slice.
 """
 
 from __future__ import annotations
@@ -597,27 +597,41 @@ def _shape_of(ctx, node, i):
 
 @converter("Fill", dtypes=ARRAY, inputs=(ANY, ANY))
 class Fill:
-    """tf.fill with a scalar value (tensor or constant), as Expand: dims constant, or the
-    Shape of a tensor (what ones_like / zeros_like of a dynamic-batch tensor trace to, e.g.
-    in Keras' masked attention), which stays dynamic.
-    Rejects: dims computed at run time otherwise; a non-scalar value."""
+    """tf.fill with a scalar value (tensor or constant), as Expand: dims constant, the Shape
+    of a tensor (what ones_like / zeros_like of a dynamic-batch tensor trace to, e.g. in
+    Keras' masked attention), or built at run time from constants and tensor dims
+    (tf.ones([tf.shape(x)[0], 16]): Pack of a StridedSlice of Shape and constants), gathered
+    as Reshape gathers them; a dynamic batch stays dynamic.
+    Rejects: dims computed at run time from other values; a non-scalar value."""
 
     @staticmethod
     def validate(node, ctx):
         if not ctx.is_const(node, 0) and ctx.input_node(node, 0).op != "Shape":
-            return ("input 0 of Fill must be a constant (weights) or the Shape of a tensor; it "
-                    "is computed at run time")
+            elems = resolve(ctx.info, ctx.input_tensor(node, 0))
+            if not isinstance(elems, list):
+                return ("input 0 of Fill must be a constant (weights), the Shape of a tensor, "
+                        "or built from constants and tensor dims (Const, Shape, StridedSlice, "
+                        "Pack, ConcatV2 of those); it is computed at run time from other values")
+            if any(isinstance(e, int) and e < 0 for e in elems):
+                return f"Fill dims {elems} have a negative dimension"
         if ctx.input_rank(node, 1) not in (0, None):
             return "Fill value must be a scalar"
         return None
 
     @staticmethod
     def convert(node, ctx):
+        value = ctx.input(node, 1)
         if ctx.is_const(node, 0):
             dims = int64s(ctx, const_ints(ctx, node, 0), "shape")
-        else:
+        elif ctx.input_node(node, 0).op == "Shape":
             dims = ctx.emit("Cast", [ctx.input(node, 0)], to=onnx.TensorProto.INT64)
-        ctx.set_output(node, 0, ctx.emit("Expand", [ctx.input(node, 1), dims]))
+        else:
+            # each element a constant or a dim gathered from its tensor's Shape in the
+            # segment (ConversionError, and Fill stays native, when that tensor is not in
+            # it); _shape_operand's x stands for input 0's own dims, which dims never list
+            dims = _shape_operand(ctx, node, value,
+                                  resolve(ctx.info, ctx.input_tensor(node, 0)))
+        ctx.set_output(node, 0, ctx.emit("Expand", [value, dims]))
 
 
 @converter("ZerosLike", "OnesLike", dtypes=ARRAY, inputs=(ANY,))

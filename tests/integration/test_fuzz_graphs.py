@@ -2,8 +2,8 @@
 
 Each seed makes a tf.Module whose signature mixes ops that convert (elementwise, MatMul,
 Conv2D, Reshape from a tf.shape, ConcatV2, reductions, Softmax, Split, Select, ...) with ops
-that have no converter and stay native (Cumsum, EuclideanNorm, OneHot, GatherNd, Qr, float64
-math, tf.cond, tf.while_loop), with skip connections, diamonds through a native op,
+that have no converter and stay native (Cumprod, EuclideanNorm, float64 OneHot, GatherNd, Qr,
+float64 math, tf.cond, tf.while_loop), with skip connections, diamonds through a native op,
 control dependencies (on inputs, on converted ops, Consts under them), several inputs of
 different dtypes and several outputs (one also used inside, an input returned as it is, one
 tensor returned twice, int32 / int64 outputs, a constant). The converted function, its saved
@@ -135,12 +135,14 @@ def apply_op(op, pool, ints):
         with tf.control_dependencies([a]):
             return tf.nn.relu(b) * 1.5
     # native ones
+    # (the cumsum kinds: Cumprod since Cumsum converts, float64 one_hot since OneHot does;
+    # the same graphs as before around native ops, so the seeds below still reproduce)
     if kind == "cumsum":
-        return tf.math.cumsum(a, axis=1, exclusive=True, reverse=True) * 0.5
+        return tf.math.cumprod(a, axis=1, exclusive=True, reverse=True) * 0.5
     if kind == "euclid":
         return a / (1.0 + tf.raw_ops.EuclideanNorm(input=a, axis=[1], keep_dims=True))
     if kind == "onehot":
-        return tf.one_hot(tf.argmax(a, 1), F) + b
+        return tf.cast(tf.one_hot(tf.argmax(a, 1), F, dtype=tf.float64), tf.float32) + b
     if kind == "gathernd":
         perm = np.random.default_rng(s).permutation(F).reshape(F, 1)
         return tf.transpose(tf.gather_nd(tf.transpose(a), perm)) + b
@@ -156,7 +158,7 @@ def apply_op(op, pool, ints):
         return tf.cast(tf.sin(tf.cast(a, tf.float64)) * 2.0, tf.float32) + b
     if kind == "diamond":  # a converted op on both sides of a native one
         p = tf.nn.relu(a * 1.5 + 0.1)
-        q = tf.math.cumsum(p, axis=1, exclusive=True, reverse=True)
+        q = tf.math.cumprod(p, axis=1, exclusive=True, reverse=True)
         return tf.tanh(p * 2.0) + q * 0.1
     if kind == "int_math":
         iv = tf.cast(tf.sign(a) * 3.0 + 3.0, tf.int32)
@@ -166,7 +168,7 @@ def apply_op(op, pool, ints):
         return tf.reshape(q, tf.shape(a)) * 0.5 + tf.reduce_sum(r, axis=[1, 2])[:, None] * 0.1
     if kind == "const_mix":
         z = tf.zeros_like(a) + tf.constant(np.linspace(-1, 1, F).astype(np.float32))
-        return tf.math.cumsum(z, axis=1, exclusive=True) + b
+        return tf.math.cumprod(z, axis=1, exclusive=True) + b
     if kind == "ctrl_gather":  # Consts under a control dependency, one read by a native op
         with tf.control_dependencies([a]):
             idx = tf.constant(np.random.default_rng(s).permutation(F).reshape(F, 1))
