@@ -600,9 +600,11 @@ class Fill:
     """tf.fill with a scalar value (tensor or constant), as Expand: dims constant, the Shape
     of a tensor (what ones_like / zeros_like of a dynamic-batch tensor trace to, e.g. in
     Keras' masked attention), or built at run time from constants and tensor dims
-    (tf.ones([tf.shape(x)[0], 16]): Pack of a StridedSlice of Shape and constants), gathered
-    as Reshape gathers them; a dynamic batch stays dynamic.
-    Rejects: dims computed at run time from other values; a non-scalar value."""
+    (tf.ones([tf.shape(x)[0], 16]): Pack of a StridedSlice of Shape and constants; an
+    element may also be an integer scalar the segment computes, such as a product of dims),
+    gathered as Reshape gathers them; a dynamic batch stays dynamic.
+    Rejects: dims that are not a vector of such elements (a whole tensor computed at run
+    time); a non-scalar value."""
 
     @staticmethod
     def validate(node, ctx):

@@ -102,10 +102,12 @@ def build_check_line(check: dict) -> str:
     if "skipped" in check:
         return (f"[*] Engines vs native TF on {which}: not compared -- "
                 f"{check['skipped']} ({check['precision']})")
-    of = (f"of the elements of output {check['worst_output']!r} differ" if check.get("exact")
-          else "of an output's largest value")
-    line = (f"[*] Engines vs native TF on {which}: largest error "
-            f"{check['worst']:.1e} {of} ({check['precision']})")
+    if check.get("exact"):  # integer / bool outputs: the share of elements that differ
+        line = (f"[*] Engines vs native TF on {which}: {check['worst']:.1%} of the elements "
+                f"of output {check['worst_output']!r} differ ({check['precision']})")
+    else:
+        line = (f"[*] Engines vs native TF on {which}: largest error {check['worst']:.1e} "
+                f"of an output's largest value ({check['precision']})")
     if check.get("empty"):  # its segments run natively too: the more telling reason first
         return line + " -- no build input has elements: this checked nothing"
     if not check.get("engine_calls"):
