@@ -6,10 +6,11 @@ Keras and hand-written TF build shape arguments at run time, e.g. Flatten on a d
 
 Grappler cannot fold that (the batch is unknown), yet every element is either a constant or
 "dimension k of tensor t". :func:`resolve` walks such subgraphs (Const, Shape, StridedSlice,
-Slice, Pack, ConcatV2, Cast, Identity and integer scalar arithmetic on constants) and returns
-the elements, each an ``int`` or a :class:`DimOf`; a dimension known statically comes back as
-an ``int``. Converters then express a :class:`DimOf` of their own input as ONNX Reshape's 0
-(copy this dim) or compute it with Shape + Gather, never as a hard-coded batch size.
+Slice, Pack, ConcatV2, Cast, Identity, ExpandDims / Reshape of a scalar to a 1-vector, and
+integer scalar arithmetic on constants) and returns the elements, each an ``int`` or a
+:class:`DimOf`; a dimension known statically comes back as an ``int``. Converters then
+express a :class:`DimOf` of their own input as ONNX Reshape's 0 (copy this dim) or compute it
+with Shape + Gather, never as a hard-coded batch size.
 
 Pure: reads the :class:`~tftrt.graph_io.GraphInfo`, emits nothing.
 """
@@ -88,6 +89,16 @@ def _resolve_node(info, node, ins, depth) -> Optional[Resolved]:
         if any(e is None or isinstance(e, list) for e in elems):
             return None
         return elems
+    if op in ("ExpandDims", "Reshape"):  # a scalar made a 1-vector (Keras Conv1DTranspose's
+        # output size: ConcatV2(ExpandDims(batch, 0), Const))
+        shape = info.const_value(ins[1])
+        if shape is None or np.asarray(shape).reshape(-1).tolist() not in (
+                ([0], [-1]) if op == "ExpandDims" else ([1], [-1])):
+            return None
+        e = resolve(info, ins[0], depth)
+        if e is None and info.shapes.get(ins[0]) == ():
+            e = Computed(ins[0])
+        return None if e is None or isinstance(e, list) else [e]
     if op == "GatherV2":
         vec, idx, axis = (resolve(info, ins[0], depth), info.const_value(ins[1]),
                           info.const_value(ins[2]))

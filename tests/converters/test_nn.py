@@ -537,6 +537,33 @@ def test_conv2d_transpose_input_sizes_from_the_dynamic_batch(strides, padding, o
     assert low.onnx_ops.count("ConvTranspose") == 1
 
 
+def test_conv1d_transpose_input_sizes_from_an_expanded_batch():
+    """Keras Conv1DTranspose's output size: ConcatV2(ExpandDims(shape(x)[0], 0), [1, W, C]);
+    ExpandDims was not followed and the conv stayed native between two engines."""
+    w = rand(1, 3, 6, 4, seed=3)
+
+    def fn(x):
+        batch = tf.expand_dims(tf.shape(x)[0], 0)
+        y = tf.nn.conv2d_transpose(tf.expand_dims(x, 1), w,
+                                   tf.concat([batch, tf.constant([1, 32, 6])], 0),
+                                   [1, 1, 2, 1], "SAME")
+        return tf.squeeze(y, 1)
+    low = check_op(fn, [rand(3, 16, 4)], dynamic_batch=True,
+                   expect_tf_ops=["Conv2DBackpropInput", "ExpandDims", "ConcatV2"])
+    assert low.onnx_ops.count("ConvTranspose") == 1
+
+
+def test_keras_conv1d_transpose_one_engine(tmp_path):
+    keras = pytest.importorskip("keras")
+    from tests.integration import models
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((16, 4))
+    h = keras.layers.Conv1DTranspose(6, 3, strides=2, padding="same")(inp)
+    path = models.save_keras(keras.Model(inp, keras.layers.ReLU()(h)), str(tmp_path / "c1t"))
+    kinds = models.one_engine_layer_kinds(path, models.batch((3, 16, 4)))
+    assert kinds.count("conv_transpose") == 1, kinds
+
+
 def test_conv2d_transpose_rejects_run_time_spatial_sizes():
     w = rand(3, 3, 2, 4, seed=3)
     check_rejected(lambda x, y: tf.nn.conv2d_transpose(
