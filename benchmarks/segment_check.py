@@ -99,20 +99,11 @@ def make(out: str, only=()) -> int:
 
 
 def _error(got, want) -> float:
-    """Largest |got - want| over the largest |want| (floats; inf / NaN must match exactly),
-    or the share of elements that differ (integers, bool); 1.0 for another shape or dtype."""
+    """compare.output_errors' error of one output (inf / NaN must match exactly, integers and
+    bool count the elements that differ), 1.0 for another dtype too."""
+    from tftrt.compare import output_errors
     got, want = np.asarray(got), np.asarray(want)
-    if got.shape != want.shape or got.dtype != want.dtype:
-        return 1.0
-    if want.dtype.kind != "f":
-        return float(np.mean(got != want)) if want.size else 0.0
-    fin = np.isfinite(want)
-    same = (got[~fin] == want[~fin]) | (np.isnan(got[~fin]) & np.isnan(want[~fin]))
-    if not np.all(same) or not np.all(np.isfinite(got[fin])):
-        return 1.0
-    g, w = got[fin].astype(np.float64), want[fin].astype(np.float64)
-    scale = float(np.abs(w).max()) if w.size else 0.0
-    return float(np.abs(g - w).max()) / scale if scale else float(np.abs(g - w).max(initial=0))
+    return 1.0 if got.dtype != want.dtype else output_errors({"o": got}, {"o": want})["o"]
 
 
 def check(folder: str, backend: str = "cupy") -> int:

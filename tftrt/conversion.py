@@ -16,7 +16,7 @@ import numpy as np
 from tftrt import calibration, rewrite
 from tftrt.env import env_bool
 from tftrt.engine_op import EngineSpec, TRTEngineOp, resolve_backend
-from tftrt.graph_io import XLA_CALL_ATTR, GraphInfo
+from tftrt.graph_io import GraphInfo
 from tftrt.lowering import ConversionError, lower_segment
 from tftrt.segment import (Segment, SegmentationResult, native_xla_calls, segment_graph,
                            xla_calls)
@@ -375,7 +375,7 @@ def native_form_graph_def(info: GraphInfo, segments: Sequence[Segment],
 
     def make(s: Segment):
         if s.name in xla:
-            return xla_call_node(info, s, xla_fdefs[s.name].signature.name)
+            return xla_call_node(info, s, xla_fdefs[s.name])
         spec = engine_ops[s.name].spec
         return rewrite.native_call_node(s.name, fdefs[s.name].signature.name,
                                         spec.input_dtypes, spec.output_dtypes, fdefs[s.name])
@@ -394,7 +394,7 @@ def with_xla_calls(info: GraphInfo):
         return info.graph_def, None
     fdefs = {s.name: xla_function_def(info, s) for s in xla}
     gd, _ = rewrite.replace_segments(
-        info, xla, lambda s: xla_call_node(info, s, fdefs[s.name].signature.name),
+        info, xla, lambda s: xla_call_node(info, s, fdefs[s.name]),
         library=list(fdefs.values()))
     inside = {n for s in xla for n in list(s.nodes) + list(s.consts)}
     names = {t: t for t in info.dtypes if t.split(":")[0] not in inside}
@@ -408,27 +408,22 @@ def xla_function_def(info: GraphInfo, s: Segment):
     marked as TensorFlow marks a ``jit_compile=True`` function's (``_XlaMustCompile``,
     ``_noinline``), so TensorFlow compiles it with XLA again."""
     import hashlib
+    # marked by native_segment_function_def: the call's own nodes carry XLA_CALL_ATTR
     fdef = rewrite.native_segment_function_def(info, s)
-    for n in fdef.node_def:
-        if XLA_CALL_ATTR in n.attr:
-            del n.attr[XLA_CALL_ATTR]
-    fdef.attr["_XlaMustCompile"].b = True
-    fdef.attr["_noinline"].b = True
     fdef.signature.name = ""
     digest = hashlib.sha1(fdef.SerializeToString(deterministic=True)).hexdigest()[:10]
     fdef.signature.name = f"tftrt_xla_call_{digest}"
     return fdef
 
 
-def xla_call_node(info: GraphInfo, s: Segment, fdef_name: str):
-    """The StatefulPartitionedCall of ``fdef_name`` that stands for the XLA call ``s``, with
-    ``_XlaMustCompile`` as TensorFlow makes the call of a ``jit_compile=True`` function (its
-    inputs are filled by rewrite.replace_segments)."""
-    node = rewrite.native_call_node(s.name, fdef_name, [info.dtypes[t] for t in s.inputs],
-                                    [info.dtypes[t] for t in s.outputs])
-    node.op = "StatefulPartitionedCall"
+def xla_call_node(info: GraphInfo, s: Segment, fdef):
+    """The StatefulPartitionedCall of ``fdef`` (:func:`xla_function_def`) that stands for the
+    XLA call ``s``, with ``_XlaMustCompile`` as TensorFlow makes the call of a
+    ``jit_compile=True`` function (its inputs are filled by rewrite.replace_segments)."""
+    node = rewrite.native_call_node(s.name, fdef.signature.name,
+                                    [info.dtypes[t] for t in s.inputs],
+                                    [info.dtypes[t] for t in s.outputs], fdef)
     del node.attr[rewrite.ENGINE_ATTR]  # native code, no engine
-    node.attr["_XlaMustCompile"].b = True
     return node
 
 

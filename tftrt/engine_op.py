@@ -462,10 +462,10 @@ class TRTEngineOp:
                      self.name, "; ".join(str(p) for p in profiles))
             return None
         with self._build_lock:  # calls with an engine go on meanwhile
-            built_before = self._built_before(profiles, backend) if after_tuning else None
-            if built_before is not None and built_before[1]:
-                after_tuning, early = None, after_tuning
-                early()
+            record = self._built_before(profiles, backend) if after_tuning else None
+            if record is not None and record[2]:  # nothing to time: the check starts now
+                after_tuning()
+                after_tuning = None
             try:
                 pe = self._new_profile_engine(profiles, backend, after_tuning)
             except Exception as e:
@@ -487,8 +487,9 @@ class TRTEngineOp:
                 self._remember(profiles)
                 stop = self._insert(shapes[0], pe)
             _stop_background_builds(stop)
-            if built_before is not None and not built_before[1]:
-                self._mark_built(built_before[0], backend)
+            if record is not None and not record[2]:
+                store, key, _ = record  # put_json: False (reported once) when it cannot write
+                store.put_json(self.PROFILE_BUILDS_NAMESPACE, key, {"built": True})
         log.info("%s: built one engine with %d optimization profile(s) (%s): %s", self.name,
                  len(profiles), strategy, "; ".join(str(p) for p in profiles))
         return pe
@@ -719,9 +720,10 @@ class TRTEngineOp:
     # are timed beside TF's call: the choices may be a little worse, the answers the same.
     PROFILE_BUILDS_NAMESPACE = "profile-builds"
 
-    def _built_before(self, profiles, backend: str) -> Optional[Tuple[str, bool]]:
-        """(key, whether the build cache holds it) of the record for building ``profiles``
-        with this segment network and builder settings; None without a build cache."""
+    def _built_before(self, profiles, backend: str) -> Optional[Tuple[object, str, bool]]:
+        """(build cache, key, whether the cache holds it) of the record for building
+        ``profiles`` with this segment network and builder settings; None without a build
+        cache."""
         import hashlib
         import json
         try:
@@ -737,21 +739,11 @@ class TRTEngineOp:
                     "tf32": bool(_tf32_enabled()), "split": P.split_batches(),
                     "tuned_rungs": P.tuned_rungs()}
             key = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-            return key, isinstance(store.get_json(self.PROFILE_BUILDS_NAMESPACE, key), dict)
+            return store, key, isinstance(store.get_json(self.PROFILE_BUILDS_NAMESPACE, key),
+                                          dict)
         except Exception as e:  # noqa: BLE001 -- only an optimisation: the check starts late
             log.debug("%s: no profile-build record (%s: %s)", self.name, type(e).__name__, e)
             return None
-
-    def _mark_built(self, key: str, backend: str) -> None:
-        try:
-            from tftrt.engine.backends import get_backend
-            from tftrt.engine.build_cache import build_cache_for
-            store = build_cache_for(get_backend(backend))
-            if store is not None:
-                store.put_json(self.PROFILE_BUILDS_NAMESPACE, key, {"built": True})
-        except Exception as e:  # noqa: BLE001 -- only an optimisation
-            log.debug("%s: profile-build record not written (%s: %s)", self.name,
-                      type(e).__name__, e)
 
     def _builder(self, backend: str):
         """The build function a ProfileEngine calls (see profiles.BuildFn). Counts

@@ -58,6 +58,14 @@ def _inline_scalars(net: Network, layer: Layer) -> None:
     weights alone (a where between two float16 or int64 constants) became float32 (helper
     hunt, 2026-12-02). At least one tensor input stays."""
     out = net.tensors[layer.outputs[0]].shape
+    scalars = {}  # input index -> its value, the candidates
+    for k, name in enumerate(layer.inputs):
+        w = net.weights.get(name)
+        if w is not None and w.size == 1 and w.dtype.kind in "fiu" and out is not None and \
+                w.ndim <= len(out):
+            scalars[k] = w.reshape(()).item()
+    if not scalars:
+        return
     dtypes = [str(net.tensors[n].dtype) for n in layer.inputs]
     program = layer.attrs["program"]
 
@@ -78,13 +86,10 @@ def _inline_scalars(net: Network, layer: Layer) -> None:
 
     want = typed(program, list(range(len(layer.inputs))))
     literals: Dict[int, object] = {}
-    for k, name in enumerate(layer.inputs):
-        w = net.weights.get(name)
-        if w is None or w.size != 1 or w.dtype.kind not in "fiu" or out is None or \
-                w.ndim > len(out) or len(literals) + 1 == len(layer.inputs):
-            continue
-        trial = dict(literals)
-        trial[k] = w.reshape(()).item()
+    for k, value in scalars.items():
+        if len(literals) + 1 == len(layer.inputs):
+            break
+        trial = {**literals, k: value}
         if typed(*rewritten(trial)) == want:
             literals = trial
     if literals:
