@@ -38,13 +38,17 @@ class Lowered:
 
 
 def trace(fn: Callable, inputs: Sequence[np.ndarray], dynamic_batch: bool = False,
-          grappler: bool = True):
-    specs = []
-    for k, x in enumerate(inputs):
-        shape = list(np.shape(x))
-        if dynamic_batch and shape:
-            shape[0] = None
-        specs.append(tf.TensorSpec(shape, tf.as_dtype(np.asarray(x).dtype), name=f"x{k}"))
+          grappler: bool = True, specs: Optional[Sequence] = None):
+    """(ConcreteFunction, GraphInfo of its frozen, cleaned graph) of ``fn`` traced at the
+    shapes of ``inputs`` (the batch unknown with ``dynamic_batch``), or at TensorSpecs
+    ``specs`` (other unknown dims)."""
+    if specs is None:
+        specs = []
+        for k, x in enumerate(inputs):
+            shape = list(np.shape(x))
+            if dynamic_batch and shape:
+                shape[0] = None
+            specs.append(tf.TensorSpec(shape, tf.as_dtype(np.asarray(x).dtype), name=f"x{k}"))
     concrete = tf.function(fn).get_concrete_function(*specs)
     frozen, graph_def = graph_io.freeze_and_clean(concrete, run_grappler=grappler)
     info = graph_io.GraphInfo(graph_def, [t.name for t in frozen.inputs],
@@ -138,6 +142,15 @@ def check_op(fn: Callable, inputs: Sequence[np.ndarray], *, precision: str = "FP
                      p_rtol if rtol is None else rtol, p_atol if atol is None else atol,
                      f"engine[{precision}]")
     return low
+
+
+def validation_reason(fn: Callable, specs: Sequence, op_type: str) -> Optional[str]:
+    """The validator's reason for the first ``op_type`` node of ``fn`` traced at TensorSpecs
+    ``specs`` (unknown dims beyond the batch, which check_rejected does not trace), or None
+    when it validates."""
+    _, info = trace(fn, (), specs=specs)
+    node = next(n for n in info.graph_def.node if n.op == op_type)
+    return registry.validate_node(node, lowering.ValidationContext(info))
 
 
 def check_rejected(fn: Callable, inputs: Sequence[np.ndarray], op_type: str,

@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from tests.converters import harness
 from tests.converters.harness import check_op, check_rejected
-from tftrt import graph_io, lowering
+from tftrt import lowering
 from tftrt.converters import registry
 from tftrt.converters.image import tf_nearest_indices
 
@@ -168,13 +168,9 @@ def test_resize_rejects():
 
 def test_resize_rejects_size_computed_at_run_time():
     """tf.shape(x)[1:3] * 2 with H and W unknown: the engine needs the size at conversion."""
-    concrete = tf.function(lambda x: tf.image.resize(x, tf.shape(x)[1:3] * 2)) \
-        .get_concrete_function(tf.TensorSpec([None, None, None, 2], tf.float32))
-    frozen, graph_def = graph_io.freeze_and_clean(concrete)
-    info = graph_io.GraphInfo(graph_def, [t.name for t in frozen.inputs],
-                              [t.name for t in frozen.outputs])
-    node = next(n for n in graph_def.node if n.op == "ResizeBilinear")
-    reason = registry.validate_node(node, lowering.ValidationContext(info))
+    reason = harness.validation_reason(
+        lambda x: tf.image.resize(x, tf.shape(x)[1:3] * 2),
+        [tf.TensorSpec([None, None, None, 2], tf.float32)], "ResizeBilinear")
     assert reason and "known at conversion time" in reason
 
 

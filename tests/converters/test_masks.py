@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from tftrt import trt_convert as trt
 from tests.converters.harness import assert_close, check_op, check_rejected, run_engine, \
-    run_onnxruntime
+    run_onnxruntime, validation_reason
 from tests.integration import models
 from tests.tolerances import MODEL_TOLERANCES
 
@@ -227,15 +227,8 @@ def test_refuses_band_part_with_bounds_computed_at_run_time():
 
 
 def test_refuses_band_part_on_matrices_of_unknown_size():
-    concrete = tf.function(lambda x: tf.linalg.band_part(x, 1, 0)).get_concrete_function(
-        tf.TensorSpec([2, None, 4], tf.float32))
-    from tftrt import graph_io, lowering
-    from tftrt.converters import registry
-    frozen, gd = graph_io.freeze_and_clean(concrete)
-    info = graph_io.GraphInfo(gd, [t.name for t in frozen.inputs],
-                              [t.name for t in frozen.outputs])
-    node = next(n for n in gd.node if n.op == "MatrixBandPart")
-    reason = registry.validate_node(node, lowering.ValidationContext(info))
+    reason = validation_reason(lambda x: tf.linalg.band_part(x, 1, 0),
+                               [tf.TensorSpec([2, None, 4], tf.float32)], "MatrixBandPart")
     assert reason and "last two dims must be static" in reason, reason
 
 
@@ -257,15 +250,8 @@ def test_refuses_cumsum_with_axis_computed_at_run_time():
 
 def test_refuses_cumsum_along_a_dim_of_unknown_size():
     """Along the dynamic batch: the number of scan steps would depend on it."""
-    from tftrt import graph_io, lowering
-    from tftrt.converters import registry
-    concrete = tf.function(lambda x: tf.cumsum(x, 0)).get_concrete_function(
-        tf.TensorSpec([None, 3], tf.float32))
-    frozen, gd = graph_io.freeze_and_clean(concrete)
-    info = graph_io.GraphInfo(gd, [t.name for t in frozen.inputs],
-                              [t.name for t in frozen.outputs])
-    node = next(n for n in gd.node if n.op == "Cumsum")
-    reason = registry.validate_node(node, lowering.ValidationContext(info))
+    reason = validation_reason(lambda x: tf.cumsum(x, 0),
+                               [tf.TensorSpec([None, 3], tf.float32)], "Cumsum")
     assert reason and "Cumsum along dim 0 of unknown size" in reason, reason
 
 

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tftrt import graph_io, lowering, trt_convert as trt
+from tftrt import lowering, trt_convert as trt
 from tftrt.converters import registry
 from tests.converters.harness import (BOUNDARY_OPS, assert_close, check_op, check_rejected,
-                                      run_engine, run_onnxruntime)
+                                      run_engine, run_onnxruntime, trace, validation_reason)
 from tests.integration import models
 from tests.tolerances import MODEL_TOLERANCES
 
@@ -102,22 +102,6 @@ def test_atrous_conv2d_segment(rate, padding):
 
 # --- refusals ------------------------------------------------------------------------------------
 
-def _trace(fn, specs):
-    """Frozen, cleaned graph of ``fn`` traced with ``specs`` (shapes the harness does not
-    trace: run-time dims beyond the batch)."""
-    concrete = tf.function(fn).get_concrete_function(*specs)
-    frozen, graph_def = graph_io.freeze_and_clean(concrete)
-    return concrete, graph_io.GraphInfo(graph_def, [t.name for t in frozen.inputs],
-                                        [t.name for t in frozen.outputs])
-
-
-def _reason(fn, specs, op_type):
-    """The validator's reason for the first ``op_type`` node of ``fn`` traced with ``specs``."""
-    _, info = _trace(fn, specs)
-    node = next(n for n in info.graph_def.node if n.op == op_type)
-    return registry.validate_node(node, lowering.ValidationContext(info))
-
-
 @pytest.mark.parametrize("op_type", BLOCK_OPS)
 def test_rejects_block_shape_computed_at_run_time(op_type):
     def fn(x, block):
@@ -136,11 +120,11 @@ def test_rejects_paddings_computed_at_run_time():
 
 def test_rejects_several_unknown_dims():
     spec = [tf.TensorSpec([None, None, None, 3], tf.float32)]
-    reason = _reason(lambda x: tf.space_to_batch_nd(x, [2, 2], [[0, 0], [0, 0]]), spec,
-                     "SpaceToBatchND")
+    reason = validation_reason(lambda x: tf.space_to_batch_nd(x, [2, 2], [[0, 0], [0, 0]]),
+                               spec, "SpaceToBatchND")
     assert reason and "more than one unknown dim" in reason, reason
-    reason = _reason(lambda x: tf.batch_to_space(x, [2, 2], [[0, 0], [0, 0]]), spec,
-                     "BatchToSpaceND")
+    reason = validation_reason(lambda x: tf.batch_to_space(x, [2, 2], [[0, 0], [0, 0]]),
+                               spec, "BatchToSpaceND")
     assert reason and "more than one unknown dim" in reason, reason
 
 
@@ -153,7 +137,7 @@ def test_one_unknown_spatial_dim(op_type):
             return tf.space_to_batch_nd(x, [2, 3], [[1, 1], [0, 2]])
         return tf.batch_to_space(x, [2, 3], [[1, 0], [0, 2]])
     batch = 2 if op_type == "SpaceToBatchND" else 12
-    concrete, info = _trace(fn, [tf.TensorSpec([batch, None, 4, 3], tf.float32)])
+    concrete, info = trace(fn, (), specs=[tf.TensorSpec([batch, None, 4, 3], tf.float32)])
     ctx = lowering.ValidationContext(info)
     order = [n for n in info.topological_order() if info.nodes[n].op not in BOUNDARY_OPS]
     assert op_type in [info.nodes[n].op for n in order]

@@ -55,6 +55,20 @@ def session_run(gd, x, import_graph_def=None, fetch: str = "out:0", feed: str = 
             return sess.run(fetch, feed_dict={feed: x}), g
 
 
+def assert_matches_native(path: str, fn, x, tolerance=None) -> None:
+    """``fn`` on input ``x`` against the SavedModel at ``path``'s serving signature (both
+    called with keyword ``x``): the same output names, every value within ``tolerance``
+    ((rtol, atol); default MODEL_TOLERANCES["FP32"])."""
+    from tests.tolerances import MODEL_TOLERANCES
+    want = tf.saved_model.load(path).signatures["serving_default"](x=tf.constant(x))
+    got = fn(x=tf.constant(x))
+    rtol, atol = tolerance or MODEL_TOLERANCES["FP32"]
+    assert sorted(got) == sorted(want)
+    for k in want:
+        np.testing.assert_allclose(got[k].numpy(), want[k].numpy(), rtol=rtol, atol=atol,
+                                   err_msg=k)
+
+
 def one_engine_layer_kinds(path: str, x) -> list:
     """Converts the SavedModel at ``path`` (FP32, default parameters), checks it is one engine
     that ran and matches native TF on ``x``; returns the engine's layer kinds."""

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 from tensorflow.python.framework import convert_to_constants
 
-from tests.tolerances import MODEL_TOLERANCES
+from tests.integration.models import assert_matches_native
 from tftrt import graph_io, trt_convert as trt
 
 NOINLINE = {"_noinline": True}
@@ -68,16 +68,6 @@ def save(module, path):
 def convert(path, **kw):
     conv = trt.TrtGraphConverterV2(input_saved_model_dir=path, minimum_segment_size=2, **kw)
     return conv, conv.convert()
-
-
-def assert_matches_native(path, fn, x):
-    ref = tf.saved_model.load(path).signatures["serving_default"](x=tf.constant(x))
-    got = fn(x=tf.constant(x))
-    rtol, atol = MODEL_TOLERANCES["FP32"]
-    assert sorted(got) == sorted(ref)
-    for k in ref:
-        np.testing.assert_allclose(got[k].numpy(), ref[k].numpy(), rtol=rtol, atol=atol,
-                                   err_msg=k)
 
 
 def test_freezing_keeps_noinline_calls(tmp_path):

@@ -17,6 +17,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
 import tftrt
+from tests.integration import models
 from tests.tolerances import TOLERANCES
 from tftrt import graph_io, segment, trt_convert as trt
 from tftrt.rewrite import DirectSignature
@@ -59,13 +60,7 @@ def convert(path, x, monkeypatch, deny=""):
 
 def assert_matches(path, fn, x):
     """``fn`` against the original signature, which TF runs through XLA (_XlaMustCompile)."""
-    want = tf.saved_model.load(path).signatures["serving_default"](x=tf.constant(x))
-    got = fn(x=tf.constant(x))
-    rtol, atol = TOLERANCES["FP32"]
-    assert sorted(got) == sorted(want)
-    for k in want:
-        np.testing.assert_allclose(got[k].numpy(), want[k].numpy(), rtol=rtol, atol=atol,
-                                   err_msg=k)
+    models.assert_matches_native(path, fn, x, TOLERANCES["FP32"])
 
 
 def xla_calls(graph_def):
