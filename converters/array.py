@@ -618,6 +618,10 @@ class Fill:
                 return f"Fill dims {elems} have a negative dimension"
         if ctx.input_rank(node, 1) not in (0, None):
             return "Fill value must be a scalar"
+        dims_shape = ctx.input_shape(node, 0)
+        if not ctx.is_const(node, 0) and (dims_shape is None or None in dims_shape):
+            return ("Fill dims of unknown length (the Shape of a tensor of unknown rank): "
+                    "its output's rank is unknown")
         return None
 
     @staticmethod

@@ -154,6 +154,11 @@ class BatchToSpaceND:
             d = shape[1 + k]
             if d is not None and crops[k].sum() > d * b:
                 return f"crops {crops[k].tolist()} exceed dim {1 + k} of size {d} * block {b}"
+            # an unknown dim d >= 1 gives d * b >= b: crops up to b always fit, larger ones
+            # only for some sizes, where TF raises and a Slice would clamp to an empty tensor
+            if d is None and crops[k].sum() > b:
+                return (f"crops {crops[k].tolist()} exceed block {b} on dim {1 + k}, whose size "
+                        "is unknown: TF's error for too small a size cannot be kept")
         return None
 
     @staticmethod

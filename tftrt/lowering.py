@@ -258,5 +258,9 @@ def lower_segment(info: GraphInfo, name: str, node_names: Sequence[str],
                                   f"{type(e).__name__}: {e}", n) from e
     model = ctx.make_model(output_tensors)
     if check:
-        onnx.checker.check_model(model)
+        try:
+            onnx.checker.check_model(model)
+        except onnx.checker.ValidationError as e:  # a converter let through what ONNX refuses:
+            # the segment stays native (conversion drops it with a warning), not convert()
+            raise ConversionError(f"segment network {name} is not valid ONNX: {e}") from e
     return SegmentNetwork(name, model, list(input_tensors), list(output_tensors))

@@ -9,7 +9,8 @@ from tftrt import lowering
 from tftrt.converters import registry
 from tftrt.converters.slicing import strided_slice_plan
 from tests.converters.harness import (assert_close, check_op, check_rejected, run_onnxruntime,
-                                      trace)
+                                      trace, validation_reason)
+from tests.integration import models
 
 F32, F16, I32, I64, BOOL = np.float32, np.float16, np.int32, np.int64, np.bool_
 DTYPES = [F32, F16, I32, BOOL]
@@ -267,6 +268,59 @@ def test_fill_with_dims_computed_from_values_is_rejected():
     reason = check_rejected(lambda d: tf.fill(d * 2, 1.0), [np.array([2, 3], np.int32)],
                             "Fill", "Shape of a tensor")
     assert "computed at run time" in reason
+
+
+def test_fill_with_the_shape_of_an_unknown_rank_tensor_is_rejected():
+    """tf.fill(tf.shape(x), v) for x of unknown rank has an output of unknown rank, which a
+    segment output cannot have (convert() failed in ONNX's checker): Fill stays native."""
+    reason = validation_reason(lambda x: tf.fill(tf.shape(x * 1.0), 2.0),
+                               [tf.TensorSpec(None, tf.float32)], "Fill")
+    assert reason and "unknown length" in reason, reason
+
+
+class UnknownRankFill(tf.Module):
+    @tf.function(input_signature=[tf.TensorSpec(None, tf.float32, name="x")])
+    def __call__(self, x):
+        return {"y": tf.fill(tf.shape(x * 1.0), 2.0) * x + 1.0}
+
+
+def test_unknown_rank_fill_model_converts_and_matches(tmp_path):
+    """The model of the test above through convert(): it raised ONNX's ValidationError."""
+    from tftrt import trt_convert as trt
+    path = models.save_module(UnknownRankFill(), str(tmp_path / "fill"))
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=path, minimum_segment_size=1)
+    fn = conv.convert()
+    assert "Fill" in conv.segmentation.unconverted_reasons(conv.graph_info)
+    x = np.random.RandomState(0).standard_normal((2, 3)).astype(np.float32)
+    ref = tf.saved_model.load(path).signatures["serving_default"](x=tf.constant(x))["y"]
+    np.testing.assert_allclose(fn(x=tf.constant(x))["y"].numpy(), ref.numpy(), rtol=1e-6)
+
+
+class Affine(tf.Module):
+    @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32, name="x")])
+    def __call__(self, x):
+        return {"y": tf.tanh(x * 2.0 + 1.0)}
+
+
+def test_segment_network_onnx_refuses_stays_native(tmp_path, monkeypatch):
+    """A segment network ONNX's checker refuses (a converter's mistake) is dropped with its
+    reason; convert() goes on and the model answers natively."""
+    import onnx
+    from tftrt import trt_convert as trt
+
+    def refuse(model):
+        raise onnx.checker.ValidationError("Field 'shape' of 'type' is required")
+    monkeypatch.setattr(onnx.checker, "check_model", refuse)
+    path = models.save_module(Affine(), str(tmp_path / "affine"))
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=path, minimum_segment_size=1)
+    fn = conv.convert()
+    assert not conv.engine_ops
+    reasons = " ".join(r for rs in conv.segmentation.unconverted_reasons(conv.graph_info)
+                       .values() for r in rs)
+    assert "is not valid ONNX" in reasons, reasons
+    x = np.random.RandomState(0).standard_normal((2, 3)).astype(np.float32)
+    np.testing.assert_allclose(fn(x=tf.constant(x))["y"].numpy(), np.tanh(2.0 * x + 1.0),
+                               rtol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", [F32, I32, BOOL], ids=lambda d: np.dtype(d).name)

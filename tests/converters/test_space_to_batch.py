@@ -128,6 +128,18 @@ def test_rejects_several_unknown_dims():
     assert reason and "more than one unknown dim" in reason, reason
 
 
+def test_rejects_crops_past_the_block_on_an_unknown_dim():
+    """Crops larger than the block fit only some sizes of an unknown dim: TF raises for the
+    others ("cropped_shape[0]=-1 must be non-negative"), where the engine's Slice would clamp
+    to an empty tensor. Crops up to the block fit every size >= 1 and convert."""
+    spec = [tf.TensorSpec([8, None, 4, 3], tf.float32)]
+    reason = validation_reason(lambda x: tf.batch_to_space(x, [2, 2], [[3, 0], [0, 1]]),
+                               spec, "BatchToSpaceND")
+    assert reason and "exceed block 2 on dim 1" in reason, reason
+    assert validation_reason(lambda x: tf.batch_to_space(x, [2, 2], [[1, 1], [0, 1]]),
+                             spec, "BatchToSpaceND") is None
+
+
 @pytest.mark.parametrize("op_type", BLOCK_OPS)
 def test_one_unknown_spatial_dim(op_type):
     """A known batch and one unknown spatial dim: Reshape infers it (-1), the crop's end counts
