@@ -206,7 +206,9 @@ def test_worker_count_default_follows_the_cores(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda _: set(range(2)), raising=False)
     assert workers.worker_count() == 0
     monkeypatch.setattr(os, "sched_getaffinity", lambda _: set(range(16)), raising=False)
-    assert workers.worker_count() == 8
+    assert workers.worker_count() == 15
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: set(range(64)), raising=False)
+    assert workers.worker_count() == workers.MAX_WORKERS == 15
     monkeypatch.setattr(os, "sched_getaffinity", lambda _: set(range(5)), raising=False)
     assert workers.worker_count() == 4
 

@@ -46,11 +46,18 @@ Job = Tuple[str, Any]
 Result = Tuple[bool, Any]
 
 
+# The default's cap. A cold ResNet50 profile build (H200, 16 cores, through TF, the same
+# machine, benchmarks/dynamic_shapes.py --stages cold) took 20.9 s with 8 workers and 19.5 s
+# with 15: the ladder's tuning 6.4 -> 4.6 s and its prefetch 2.2 -> 1.6 s (run w2,
+# 2026-12-03). Each worker holds a CUDA context (a few hundred MB of GPU memory) while it lives.
+MAX_WORKERS = 15
+
+
 def worker_count() -> int:
     """Worker processes a build may use: ``TFTRT_BUILD_WORKERS`` (0 turns them off), else one
     fewer than the CPU cores this process may run on (its affinity and its cgroup's CPU quota),
-    at most 8, and none below 4 cores (a worker's start, ~2 s with a CUDA context, is not won
-    back on two or three). None off POSIX (the workers talk through select()-ed pipes) and in
+    at most MAX_WORKERS, and none below 4 cores (a worker's start, ~2 s with a CUDA context, is
+    not won back on two or three). None off POSIX (the workers talk through select()-ed pipes) and in
     a frozen application (its executable is not a Python that can run ``-m``)."""
     if os.name != "posix" or getattr(sys, "frozen", False):
         return 0
@@ -68,7 +75,7 @@ def worker_count() -> int:
     quota = _cgroup_cpus()
     if quota is not None:
         cores = min(cores, quota)
-    return 0 if cores < 4 else min(8, cores - 1)
+    return 0 if cores < 4 else min(MAX_WORKERS, cores - 1)
 
 
 def _cgroup_cpus(path: str = "/sys/fs/cgroup/cpu.max") -> Optional[int]:
