@@ -455,13 +455,19 @@ def table(path: str, print_fn=print) -> None:
 
 def latest_rows(paths: List[str]) -> Dict[str, Dict[tuple, dict]]:
     """model -> {(runtime, precision): its latest row} over ``paths`` (in order, later files
-    and later lines win); rows of a --dry-run or of another device than a GPU are left out."""
+    and later lines win); rows of a --dry-run or of another device than a GPU are left out.
+    Per batch size the latest measurement: a later row of some batches only (``--batches
+    128``) replaces those and keeps the earlier rows' others, while its row-level fields
+    (errors, host layers, native calls) replace theirs."""
     latest: Dict[str, Dict[tuple, dict]] = {}
     for path in paths:
         for r in read_rows(path):
             if r.get("dry_run") or r.get("device", "CPU") == "CPU":
                 continue
-            latest.setdefault(r["model"], {})[(r["runtime"], r["precision"])] = r
+            rows = latest.setdefault(r["model"], {})
+            key = (r["runtime"], r["precision"])
+            before = rows.get(key, {}).get("batches", {})
+            rows[key] = dict(r, batches={**before, **r.get("batches", {})})
     return latest
 
 
@@ -503,6 +509,25 @@ def summary(paths: List[str], print_fn=print) -> dict:
         print_fn(f"- batch {b}: geometric mean {gm:.2f}x XLA over {len(r)} models; below 1x: "
                  + (", ".join(f"{m} {r[m]:.2f}x" for m in below) or "none"))
     print_fn("- not measured: " + (", ".join(out["missing"]) or "none"))
+    # issue 13's other bars, per latest tftrt row (any precision): 0 host layers, 0 native
+    # segment calls, the error within the row's bar (rel_err_ok, computed when it ran)
+    out["host_layers"], out["native_calls"], out["over_error_bar"] = {}, {}, {}
+    for model in sorted(latest, key=lambda m: order(m) if m in zoo.ZOO else len(zoo.ZOO)):
+        for (runtime, precision), r in sorted(latest[model].items()):
+            if runtime != "tftrt":
+                continue
+            name = f"{model} {precision}"
+            if r.get("host_layers"):
+                out["host_layers"][name] = r["host_layers"]
+            if r.get("native_calls"):
+                out["native_calls"][name] = r["native_calls"]
+            if r.get("rel_err_ok") is False:
+                out["over_error_bar"][name] = r.get("rel_err")
+    for key, what in (("host_layers", "host layers"), ("native_calls", "native segment calls"),
+                      ("over_error_bar", "over the error bar")):
+        print_fn(f"- {what}: " + (", ".join(f"{m} ({v:.2g})" if isinstance(v, float) else
+                                            f"{m} ({v})" for m, v in out[key].items())
+                                  or "none"))
     torch = speedups(("torch_compile", "FP16"))
     twins = [m for m in zoo.ZOO if zoo.ZOO[m].torch_twin]
     with_torch = set().union(*torch.values()) if torch else set()

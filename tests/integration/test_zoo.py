@@ -171,12 +171,14 @@ def test_zoo_summary_takes_the_latest_gpu_rows(tmp_path, capsys):
         row("VGG16", "tf_xla", {1: 100, 128: 1000}),
         row("VGG16", "tftrt", {1: 300, 128: 900}),          # superseded below
         row("ResNet50", "tf_xla", {1: 100, 128: 1000}),
-        row("ResNet50", "tftrt", {1: 400, 128: 4000}),
+        row("ResNet50", "tftrt", {1: 400, 128: 4000}, host_layers=0, native_calls=0,
+            rel_err=5e-4, rel_err_ok=True),
         row("ViT", "tf_xla", {1: 1, 128: 1}, dry_run=True),  # not a measurement
         row("ViT", "tftrt", {1: 9, 128: 9}, dry_run=True),
         row("UNet", "tf_xla", {1: 1, 128: 1}, device="CPU"),
         row("UNet", "tftrt", {1: 9, 128: 9}, device="CPU")]) + "\n")
-    new.write_text(json.dumps(row("VGG16", "tftrt", {1: 200, 128: 1100})) + "\n" +
+    new.write_text(json.dumps(row("VGG16", "tftrt", {1: 200, 128: 1100}, host_layers=2,
+                                  native_calls=3, rel_err=0.25, rel_err_ok=False)) + "\n" +
                    json.dumps(row("ResNet50", "torch_compile", {1: 800, 128: 2000})) + "\n")
     got = bench.summary([str(old), str(new)])
     text = capsys.readouterr().out
@@ -193,10 +195,26 @@ def test_zoo_summary_takes_the_latest_gpu_rows(tmp_path, capsys):
     assert "ViT" not in got["torch_missing"]  # no torchvision twin
     assert "2.00x torch.compile over 1 models; below 1x: none" in text
     assert "0.50x torch.compile over 1 models; below 1x: ResNet50 0.50x" in text
+    # the other bars, from the latest tftrt rows (VGG16's superseding row fails all three)
+    assert got["host_layers"] == {"VGG16 FP16": 2}
+    assert got["native_calls"] == {"VGG16 FP16": 3}
+    assert got["over_error_bar"] == {"VGG16 FP16": 0.25}
+    assert "- over the error bar: VGG16 FP16 (0.25)" in text
+    # a later row of some batch sizes only replaces those (a --batches 128 re-run)
+    part = tmp_path / "c.jsonl"
+    part.write_text(json.dumps(row("ResNet50", "tftrt", {128: 500}, rel_err=0.5,
+                                   rel_err_ok=False)) + "\n")
+    got = bench.summary([str(old), str(new), str(part)])
+    capsys.readouterr()
+    assert got["batches"][1]["geomean"] == pytest.approx((2.0 * 4.0) ** 0.5)   # kept
+    assert got["batches"][128]["below_1x"] == {"ResNet50": pytest.approx(0.5)}  # replaced
+    assert got["over_error_bar"] == {"VGG16 FP16": 0.25, "ResNet50 FP16": 0.5}
     # the older VGG16 row alone would have been below 1x at 128
     got = bench.summary([str(old)])
     assert got["batches"][128]["below_1x"] == {"VGG16": pytest.approx(0.9)}
-    assert "below 1x: VGG16 0.90x" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "below 1x: VGG16 0.90x" in text
+    assert got["over_error_bar"] == {} and "- host layers: none" in text
 
 
 def test_zoo_benchmark_skips_models_that_no_longer_fit(tmp_path, capsys):
