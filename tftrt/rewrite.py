@@ -791,6 +791,25 @@ class DirectSignature:
                             f"the signature expects {spec.dtype.name} {spec.shape}")
         return t
 
+    def _symbolic(self, tf, v, k):
+        """Input ``k`` inside a tf.function, held to the signature's shape as its
+        ConcreteFunction would hold it: a tf.function that relaxes its shapes
+        (reduce_retracing) passes a tensor of unknown rank, which the graph function takes,
+        and a wrong rank then reached the native segments (where oneDNN's Conv2D kernel
+        aborts the process on a CHECK instead of raising). ensure_shape raises at trace time
+        for a shape that cannot fit and InvalidArgumentError at run time for one that does
+        not."""
+        spec = self._specs[k]
+        if spec.shape.rank is None:
+            return v
+        t = v if tf.is_tensor(v) else tf.convert_to_tensor(v, dtype=spec.dtype)
+        try:
+            return tf.ensure_shape(t, spec.shape)
+        except ValueError as e:
+            raise TypeError(f"input {self._arg_names[k]!r} has dtype {t.dtype.name} and shape "
+                            f"{t.shape}; the signature expects {spec.dtype.name} "
+                            f"{spec.shape}") from e
+
     def __call__(self, *args, **kwargs):
         tf = _tf()
         kwargs = with_keywords(kwargs, self._aliases)
@@ -805,7 +824,9 @@ class DirectSignature:
             raise TypeError(f"expected inputs {self._arg_names}; got {len(args)} positional "
                             f"and {sorted(kwargs)}") from None
         if not tf.executing_eagerly():  # inside a tf.function: the graph function
-            return self.native(*args, **kwargs)
+            return self.native(*[self._symbolic(tf, v, k) for k, v in enumerate(args)],
+                               **{n: self._symbolic(tf, kwargs[n], self._arg_names.index(n))
+                                  for n in self._arg_names[len(args):]})
         tensors = [self._tensor(tf, v, k) for k, v in enumerate(flat)]
         flat_out = [o if isinstance(o, tf.Tensor) else tf.convert_to_tensor(o)
                     for o in self._plan.run(tensors)]

@@ -154,10 +154,11 @@ def test_threads_evicting_each_others_profiles_get_their_own_answers(conv_dir, n
             calls.append(k)
     in_threads(body, n=8, timeout=60)
     # an engine run per good call (+ build()'s last call); engines were evicted. Inside the
-    # tf.function (retraced with relaxed shapes) the 3 bad inputs reach the engine op, whose
-    # build fails, and raise in the native segment
+    # tf.function (retraced with relaxed shapes: an input of unknown rank) the 3 bad inputs
+    # stop at the signature's shape check, as a ConcreteFunction's would: they reached the
+    # native segment, where oneDNN's Conv2D (TF on CPUs with AVX-512) aborted the process
     assert op.stats["engine"] == len(calls) + 1, dict(op.stats)
-    assert op.stats["native"] == (0 if how == "direct" else 3), dict(op.stats)
+    assert op.stats["native"] == 0, dict(op.stats)
     assert op.stats["evictions"] > 0, dict(op.stats)
     assert len(op.cache) == 1
 

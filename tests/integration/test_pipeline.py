@@ -5,6 +5,7 @@ engines on the numpy backend; every case against the SavedModel run by plain Ten
 import os
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 import tftrt
@@ -183,6 +184,24 @@ def test_pipeline_inside_tf_function_and_switched_off(tmp_path, monkeypatch):
     plain = tftrt.load(str(tmp_path / "out")).signatures["serving_default"]
     assert not isinstance(plain, DirectSignature)
     _close(plain(x=tf.constant(x)), want)
+
+
+def test_inside_tf_function_inputs_keep_the_signatures_shape(tmp_path):
+    """Inside a tf.function, a signature's inputs are held to its shapes as a
+    ConcreteFunction's are: a shape that cannot fit raises TypeError at trace time, and an
+    input a relaxed trace (reduce_retracing) passed with an unknown rank raises
+    InvalidArgumentError at run time when its rank is wrong. Such an input reached the native
+    segments, where oneDNN's MatMul / Conv2D kernels abort the process on a CHECK."""
+    x, want, wrapped, loaded = _inside_tf_function(tmp_path, 8)
+    with pytest.raises(TypeError, match="the signature expects float32 \\(None, 16\\)"):
+        wrapped(tf.zeros((2, 15)))
+    sig = loaded.signatures["serving_default"]
+    relaxed = tf.function(lambda t: sig(x=t),
+                          input_signature=[tf.TensorSpec(None, tf.float32)])
+    _close(relaxed(tf.constant(x)), want)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="Shape of tensor"):
+        relaxed(tf.zeros((2, 4, 16)))
+    assert all(op.stats["native"] == 0 for op in loaded.engine_ops.values())
 
 
 def test_graph_function_calls_reuse_one_context_per_engine(tmp_path):
