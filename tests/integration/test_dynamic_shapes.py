@@ -331,8 +331,18 @@ def test_an_empty_batch_in_build_with_native_execution_disabled(conv_dir, native
     conv, fn, op = convert(conv_dir, use_dynamic_shape=True)
     conv.build(lambda: iter([(image(0),), (image(2),), (image(5),)]))
     assert profile_engine(op).profiles == [Profile([(2, *S)], [(5, *S)], [(5, *S)])]
-    for b in (0, 3):
-        check(fn, native, image(b))
+    check(fn, native, image(3))
+    x = tf.constant(image(0))
+    try:
+        expected = native(x=x)["y"].numpy()
+    except tf.errors.InvalidArgumentError:
+        # TF's oneDNN Conv2D (AVX-512 CPUs) answers an empty batch with the input's shape, and
+        # the next op fails: the native segment fails as the native model does, with TF's error
+        with pytest.raises(tf.errors.InvalidArgumentError):
+            fn(x=x)
+        return
+    got = fn(x=x)["y"].numpy()
+    assert got.shape == expected.shape == (0, *S[:2], 4)
 
 
 def test_without_build_the_first_call_makes_the_profile(conv_dir, native):
