@@ -607,12 +607,24 @@ def signature_keys(structured_input_signature, arg_names) -> Dict[str, str]:
             continue
         if key in arg_names:
             if spec.name and spec.name != key:
-                out[key] = spec.name
+                out[key] = _original_key(key, spec.name)
         elif _sanitized(key) in arg_names:  # graph_io._input_arg_names' keyword
             out[_sanitized(key)] = key
         elif spec.name in arg_names:  # (the keyword of a model converted before)
             out[spec.name] = key
     return out
+
+
+def _original_key(keyword: str, spec_name: str) -> str:
+    """The signature key an input had, from its keyword and its loaded spec's name. A loaded
+    signature's spec names are lower-cased ("Image" comes back as "image") and its keywords
+    sanitized ("x-a" as "x_a"); the key keeps the keyword's letters and the name's other
+    characters. Lower-casing an "Image" key broke every client that sent "Image" to the
+    converted model (helper hunt, 2026-12-03)."""
+    if len(keyword) != len(spec_name) or any(
+            k != "_" and k.lower() != n.lower() for k, n in zip(keyword, spec_name)):
+        return spec_name
+    return "".join(n if k == "_" else k for k, n in zip(keyword, spec_name))
 
 
 def _keyword_function(flat_fn, arg_names, input_specs, structured_outputs,

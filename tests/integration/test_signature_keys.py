@@ -140,3 +140,67 @@ def test_an_output_after_a_tf1_while_loop_keeps_its_static_shape(tmp_path, monke
     xs = np.linspace(-2, 2, 12, dtype=np.float32).reshape(3, 4)
     for f in (fn, saved, tftrt.load(dst).signatures["serving_default"]):
         assert_native(f(x=tf.constant(xs)), native(x=tf.constant(xs)))
+
+
+class Capitals(tf.Module):
+    """Spec names with capitals: TF's loaded signature lower-cases its spec names ("big"),
+    while its SignatureDef keys and keywords keep them ("Big"; "X-a" has the keyword X_a)."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="X-a"),
+                                  tf.TensorSpec([None, 4], tf.float32, name="Big")])
+    def __call__(self, a, b):
+        return {"y": tf.nn.relu(a * 2.0 + b) - 0.5}
+
+
+def tf1_capitals(path: str) -> str:
+    g = tf.Graph()
+    with g.as_default():
+        a = tf.compat.v1.placeholder(tf.float32, [None, 4], name="a")
+        b = tf.compat.v1.placeholder(tf.float32, [None, 4], name="b")
+        info = tf.compat.v1.saved_model.build_tensor_info
+        builder = tf.compat.v1.saved_model.Builder(path)
+        with tf.compat.v1.Session(graph=g) as sess:
+            builder.add_meta_graph_and_variables(sess, ["serve"], signature_def_map={
+                "serving_default": tf.compat.v1.saved_model.build_signature_def(
+                    inputs={"X": info(a), "Extra_In": info(b)},
+                    outputs={"y": info(tf.nn.relu(a * 2.0 + b) - 0.5)},
+                    method_name="tensorflow/serving/predict")})
+        builder.save()
+    return path
+
+
+def keras_image(path: str) -> str:
+    import keras
+    i = keras.Input((4,), name="Image")
+    keras.Model(i, keras.layers.Dense(2)(i)).export(path, verbose=False)
+    return path
+
+
+@pytest.mark.parametrize("model", ["tf2", "tf1", "keras"])
+def test_input_keys_with_capitals_are_kept(tmp_path, monkeypatch, model):
+    """Keys with capitals came out of save() lower-cased ("Image" -> "image", "X" -> "x"):
+    clients sending the original keys to the converted model failed (helper hunt,
+    2026-12-03)."""
+    monkeypatch.setenv("TFTRT_BACKEND", "numpy")
+    src = str(tmp_path / model)
+    x = np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4)
+    if model == "tf2":
+        m = Capitals()
+        tf.saved_model.save(m, src, signatures=m.__call__)
+        keys, kw = ["Big", "X-a"], {"X_a": x, "Big": x[::-1].copy()}
+    elif model == "tf1":
+        tf1_capitals(src)
+        keys, kw = ["Extra_In", "X"], {"X": x, "Extra_In": x[::-1].copy()}
+    else:
+        keras_image(src)
+        keys, kw = ["Image"], {"Image": x}
+    assert signature_def_inputs(src) == keys
+    kw = {k: tf.constant(v) for k, v in kw.items()}
+    want = tf.saved_model.load(src).signatures["serving_default"](**kw)
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=src, minimum_segment_size=1)
+    assert_native(conv.convert()(**kw), want)
+    dst = str(tmp_path / "converted")
+    conv.save(dst)
+    assert signature_def_inputs(dst) == keys
+    assert_native(tftrt.load(dst).signatures["serving_default"](**kw), want)
+    assert_native(tf.saved_model.load(dst).signatures["serving_default"](**kw), want)
