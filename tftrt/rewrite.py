@@ -524,7 +524,8 @@ def rename_library_functions(graph_def, suffix: str) -> None:
 
 def graph_signature_function(graph_def, inputs: Sequence[str], outputs: Sequence[str],
                              arg_names: Sequence[str], input_specs, structured_outputs,
-                             structured_input_signature=None, keepalive=None):
+                             structured_input_signature=None, keepalive=None,
+                             tensor_map=None):
     """A GraphDef as a function called like the original signature, in one trace.
 
     The GraphDef is imported straight into the signature's graph (node names kept, so
@@ -538,6 +539,9 @@ def graph_signature_function(graph_def, inputs: Sequence[str], outputs: Sequence
       structured_outputs: the original signature's structured outputs; the flat outputs are
         packed into the same structure.
       structured_input_signature: the original's, reported by the returned function.
+      tensor_map: {tensor name of the graph: a tensor captured in its place} (the Consts
+        naming asset files, fed a ``tf.saved_model.Asset``'s path so a saved model reads its
+        own copy).
       keepalive: for a graph with engine nodes, what their tokens refer to: the function
         keeps it alive, and the graph's library functions (the select nodes' branches and
         the native segments) are registered with the eager context, where TF looks up the
@@ -574,6 +578,8 @@ def graph_signature_function(graph_def, inputs: Sequence[str], outputs: Sequence
     def imported(*flat):
         input_map = dict(zip(inputs, flat))
         input_map.update({"^" + c: flat[input_nodes[c]] for c in ctrl_from_inputs})
+        # (an eager tensor is captured by its first use in the trace, not by import_graph_def)
+        input_map.update({k: tf.identity(v) for k, v in (tensor_map or {}).items()})
         outs = importer.import_graph_def(graph_def, input_map=input_map,
                                          return_elements=list(outputs), name="")
         return [tf.identity(o) for o in outs]

@@ -61,6 +61,10 @@ ASSET_DIR = os.path.join("assets", "tftrt")
 MANIFEST = "manifest.json"
 CONVERTED = "converted.pb"
 ASSETS_DIGEST_ATTR = "_tftrt_assets_sha256"
+# The saved module's list of the input model's asset files the converted graph reads (see
+# _input_asset_consts), and the manifest's key mapping those Const nodes to it.
+INPUT_ASSETS_ATTR = "tftrt_input_assets"
+INPUT_ASSETS_KEY = "input_assets"
 
 
 class SavedAssetsError(ValueError):
@@ -285,9 +289,14 @@ def _write_saved_model(converter, path: str, save_gpu_specific_engines: bool, op
     fdefs = converter._native_fdefs  # pylint: disable=protected-access
 
     gd, outputs = conversion.native_form_graph_def(info, seg.segments, ops, fdefs)
+    # Asset files the graph reads (frozen to Consts naming the input model's files) travel
+    # with the converted model as its own assets, read from wherever it is loaded.
+    asset_consts = _input_asset_consts(gd, converter._input_saved_model_dir)  # noqa: W0212
+    assets = [tf.saved_model.Asset(p) for p in asset_consts.values()]
     sig_fn = rewrite.graph_signature_function(
         gd, info.inputs, outputs, sig.input_names, sig.frozen_func.inputs,
-        sig.func.structured_outputs, sig.func.structured_input_signature)
+        sig.func.structured_outputs, sig.func.structured_input_signature,
+        tensor_map={f"{n}:0": a.asset_path for n, a in zip(asset_consts, assets)})
     key = converter._input_saved_model_signature_key  # pylint: disable=protected-access
     if options is None:
         # A converted model is for inference: tracing every op type's gradient function
@@ -296,6 +305,8 @@ def _write_saved_model(converter, path: str, save_gpu_specific_engines: bool, op
     adir = os.path.join(path, ASSET_DIR)
     for share in (True, False):
         manifest = _write_assets(adir, converter, gd, outputs, save_gpu_specific_engines, share)
+        if assets:
+            manifest[INPUT_ASSETS_KEY] = {n: k for k, n in enumerate(asset_consts)}
         manifest_sha = _write_file(os.path.join(adir, MANIFEST),
                                    json.dumps(manifest, indent=1).encode())
         module = tf.Module()
@@ -303,6 +314,8 @@ def _write_saved_model(converter, path: str, save_gpu_specific_engines: bool, op
         # a copy of another model's assets/tftrt does not bring along.
         setattr(module, ASSETS_DIGEST_ATTR,
                 tf.function(lambda: tf.constant(manifest_sha), input_signature=[]))
+        if assets:
+            setattr(module, INPUT_ASSETS_ATTR, assets)
         tf.saved_model.save(module, path, signatures={key: sig_fn}, options=options)
         if not share:
             break
@@ -317,6 +330,55 @@ def _write_saved_model(converter, path: str, save_gpu_specific_engines: bool, op
             shutil.rmtree(adir)
     log.info("wrote %d engine op(s) (%d plan(s)) to %s", len(manifest["engines"]),
              sum(len(e["plans"]) for e in manifest["engines"]), path)
+
+
+def _input_asset_consts(gd, input_dir: str) -> Dict[str, str]:
+    """{Const node name: file} for the string scalars of ``gd``'s graph that name a file in
+    the input SavedModel's assets directory. Freezing made each captured
+    ``tf.saved_model.Asset`` path a constant: saved as it is, the converted model read the
+    input model's files by their absolute path, and failed once that model was moved or
+    deleted (helper hunt, 2026-12-03). A function of the library naming one is said once."""
+    root = os.path.realpath(os.path.join(input_dir, "assets")) + os.sep
+
+    def asset_file(node) -> Optional[str]:
+        if node.op != "Const" or "value" not in node.attr:
+            return None
+        t = node.attr["value"].tensor
+        if t.dtype != 7 or t.tensor_shape.dim or len(t.string_val) != 1:  # DT_STRING scalar
+            return None
+        try:
+            p = os.path.realpath(t.string_val[0].decode())
+        except (UnicodeDecodeError, ValueError):
+            return None
+        return p if p.startswith(root) and os.path.isfile(p) else None
+
+    found = {n.name: f for n in gd.node for f in [asset_file(n)] if f is not None}
+    inner = sorted({f.signature.name for f in gd.library.function for n in f.node_def
+                    if asset_file(n) is not None})
+    if inner:
+        log.warning("function(s) %s of the converted graph read asset files of the input "
+                    "model by their absolute path under %s: the saved model needs them there",
+                    inner[:3], root)
+    return found
+
+
+def _input_assets_restored(manifest: dict, loaded, gd) -> None:
+    """Points ``gd``'s Consts that named the input model's asset files (the manifest's
+    ``input_assets``) at the loaded model's copies of them."""
+    names = manifest.get(INPUT_ASSETS_KEY)
+    if not names:
+        return
+    assets = list(getattr(loaded, INPUT_ASSETS_ATTR, None) or [])
+    nodes = {n.name: n for n in gd.node}
+    if not isinstance(names, dict) or not all(
+            n in nodes and isinstance(k, int) and 0 <= k < len(assets)
+            for n, k in names.items()):
+        raise SavedAssetsError(f"the manifest's {INPUT_ASSETS_KEY!r} do not name the saved "
+                               f"model's asset files")
+    for n, k in names.items():
+        t = nodes[n].attr["value"].tensor
+        del t.string_val[:]
+        t.string_val.append(assets[k].asset_path.numpy())
 
 
 def _write_assets(adir: str, converter, gd, outputs, save_gpu_specific_engines: bool,
@@ -668,6 +730,8 @@ def _engines_from_manifest(path: str, adir: str, manifest: dict, loaded, make_op
             isinstance(k, str) and v in manifest["input_names"] for k, v in aliases.items()):
         raise SavedAssetsError("the manifest's 'input_aliases' do not map keys to its inputs")
     gd = _restore_graph(path, adir, manifest["converted"])
+    if loaded is not None:
+        _input_assets_restored(manifest, loaded, gd)
     # Check every name before reading any plan.
     plan_paths = [[_asset_path(path, adir, p["file"]) for p in e["plans"]]
                   for e in manifest["engines"]]
