@@ -189,6 +189,13 @@ def engine_device() -> str:
     if forced.lower() == "none":
         return ""
     if forced and forced.lower() != "auto":
+        import tensorflow as tf
+        try:
+            tf.DeviceSpec.from_string(forced)
+        except ValueError as e:
+            raise ValueError(f"TFTRT_ENGINE_DEVICE={forced!r} is not a TensorFlow device name "
+                             f"({e}); give one like '/device:GPU:0' or '/GPU:1', 'none' (TF's "
+                             f"placer decides) or 'auto' (the default)") from None
         return forced
     try:
         backend = resolve_backend()

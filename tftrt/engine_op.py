@@ -813,6 +813,22 @@ class TRTEngineOp:
                              timing_cache=persistent_timing_cache(get_backend(backend)),
                              tactic_choices=tactic_choices, weight_cache=weight_cache)
 
+    def shapes_fit(self, key: ShapeKey) -> bool:
+        """Whether the segment network's shape inference takes input shapes ``key`` (no
+        build, no TF): build() reading shapes without running its inputs asks, and runs an
+        input natively where the answer is no, so that TF says what is wrong with it. An
+        inference that fails for another reason answers yes (the build then says)."""
+        from tftrt.engine import EngineBuildError
+        from tftrt.engine.shapes import bind_inputs
+        try:
+            bind_inputs(self._imported_network(),
+                        {f"TensorRTInputPH_{i}": s for i, s in enumerate(key)})
+        except EngineBuildError:
+            return False
+        except Exception:  # noqa: BLE001 -- not this input's fault as far as we know
+            return True
+        return True
+
     def _imported_network(self):
         """The segment network, parsed once (every build binds its own copy)."""
         if self._network is None:

@@ -15,6 +15,7 @@ Imports nothing beyond the standard library, so the engine may use it.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import threading
@@ -38,10 +39,16 @@ def enabled(stream: TextIO) -> bool:
 
 
 def _delay() -> float:
+    """TFTRT_PROGRESS_DELAY in seconds; a value that is no finite number keeps the default 2
+    ("inf" overflowed the progress thread's wait: helper hunt, 2026-12-03). Past a day it
+    means never shown, as a day."""
     try:
-        return max(float(os.environ.get("TFTRT_PROGRESS_DELAY", "2")), 0.0)
+        value = float(os.environ.get("TFTRT_PROGRESS_DELAY", "2"))
     except ValueError:
         return 2.0
+    if math.isnan(value):
+        return 2.0
+    return min(max(value, 0.0), 86400.0)
 
 
 class Task:

@@ -188,6 +188,13 @@ class _NativeReference:
             self._thread = threading.Thread(target=self._run, name="tftrt-check", daemon=True)
             self._thread.start()
 
+    def wait(self) -> None:
+        """Joins the thread when it was started: build() raising must not leave TF's call
+        running past it (a process exiting then aborted in TF's runtime, 3 in 10 runs:
+        helper hunt, 2026-12-03)."""
+        if self._thread is not None:
+            self._thread.join()
+
     def result(self):
         if self._thread is None:
             return self._call(self._args)
@@ -378,11 +385,24 @@ class TrtGraphConverterV2:
         for op in ops:
             op.collect_calls = direct is None
         names = self._sig.input_names
+        checked: Dict[tuple, bool] = {}  # (op, input shapes): shapes_fit's answer
         try:
             for inp in iter_inputs(input_fn, "input_fn"):
                 args = self._normalize_inputs(inp)
                 shown.set(f"input {seen + 1}")
                 if direct is not None:  # the shapes without running the model natively
+                    fits = True
+                    for op, idx in direct:
+                        key = tuple(tuple(int(d) for d in args[names[i]].shape) for i in idx)
+                        if (op.name, key) not in checked:
+                            checked[(op.name, key)] = op.shapes_fit(key)
+                        fits = fits and checked[(op.name, key)]
+                    if not fits:
+                        # shapes the engine network refuses (two inputs' batches 8 and 5):
+                        # the input runs natively, and TF raises for it as TF-TRT's build()
+                        # did. Unchecked, its impossible profile failed to build and every
+                        # later call ran natively (helper hunt, 2026-12-03).
+                        self._converted_func(**args)
                     for op, idx in direct:
                         op.collect(tuple(tuple(int(d) for d in args[names[i]].shape)
                                          for i in idx))
@@ -418,6 +438,8 @@ class TrtGraphConverterV2:
                     times["first input again"] = time.perf_counter() - t0
         finally:
             shown.close()
+            if reference is not None:
+                reference.wait()
             for op in ops:
                 op.building, op.builder_thread = False, None
                 op.collecting, op.collect_calls = False, True
@@ -556,6 +578,8 @@ class TrtGraphConverterV2:
         import tensorflow as tf
         try:
             return self._sig.func(**args)
+        except tf.errors.InvalidArgumentError:
+            raise  # the input's own fault: another load of the model says the same
         except tf.errors.OpError as first:
             log.debug("the loaded signature did not run again (%s); loading %s once more",
                       first_error_line(first), self._input_saved_model_dir)

@@ -1,0 +1,94 @@
+"""Input shapes native TF refuses (two inputs whose batches do not broadcast), where build()
+reads shapes without running its inputs and where a call would build an engine for them
+(helper hunt, 2026-12-03): TF's error, as native TF and TF-TRT give it, and no engine built,
+evicted or lost for them."""
+
+import threading
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tftrt import progress, trt_convert as trt
+from tests.tolerances import MODEL_TOLERANCES
+
+
+class Two(tf.Module):
+    @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="a"),
+                                  tf.TensorSpec([None, 4], tf.float32, name="b")])
+    def __call__(self, a, b):
+        return {"y": tf.nn.relu(a * 2.0 + b) - 1.0}
+
+
+@pytest.fixture(scope="module")
+def two_dir(tmp_path_factory):
+    d = str(tmp_path_factory.mktemp("two") / "model")
+    m = Two()
+    tf.saved_model.save(m, d, signatures=m.__call__)
+    return d
+
+
+def pair(a, b, seed=0):
+    rng = np.random.RandomState(seed)
+    return (rng.randn(a, 4).astype(np.float32), rng.randn(b, 4).astype(np.float32))
+
+
+def check(fn, native, a, b):
+    got = fn(a=tf.constant(a), b=tf.constant(b))["y"].numpy()
+    rtol, atol = MODEL_TOLERANCES["FP32"]
+    np.testing.assert_allclose(got, native(a=a, b=b)["y"].numpy(), rtol=rtol, atol=atol)
+
+
+def test_build_raises_for_an_input_tf_refuses(two_dir, monkeypatch):
+    """build() took the shapes (8, 4) and (5, 4) without running them: the profile built
+    from them failed, build() returned, and every later call ran natively."""
+    monkeypatch.setenv("TFTRT_BACKEND", "numpy")
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=two_dir, use_dynamic_shape=True,
+                                   minimum_segment_size=1, allow_build_at_runtime=False)
+    fn = conv.convert()
+    with pytest.raises(tf.errors.InvalidArgumentError, match="Incompatible shapes"):
+        conv.build(lambda: iter([pair(2, 2), pair(8, 5)]))
+    assert not [t for t in threading.enumerate() if t.name == "tftrt-check"]
+    conv.build(lambda: iter([pair(2, 2), pair(8, 8)]))  # the user fixes the input
+    (op,) = conv.engine_ops.values()
+    native = tf.saved_model.load(two_dir).signatures["serving_default"]
+    for b in (2, 5, 8):
+        check(fn, native, *pair(b, b, seed=b))
+    assert op.stats["native"] == 0 and op.stats["engine"] >= 3
+
+
+@pytest.mark.parametrize("dynamic", [True, False])
+def test_a_call_tf_refuses_builds_and_evicts_nothing(two_dir, monkeypatch, dynamic):
+    monkeypatch.setenv("TFTRT_BACKEND", "numpy")
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=two_dir, use_dynamic_shape=dynamic,
+                                   minimum_segment_size=1, maximum_cached_engines=1)
+    fn = conv.convert()
+    conv.build(lambda: iter([pair(4, 4)]))
+    (op,) = conv.engine_ops.values()
+    keys, builds = op.cache.keys(), op.stats["builds"]
+    for _ in range(2):
+        with pytest.raises(tf.errors.InvalidArgumentError, match="Incompatible shapes"):
+            fn(a=tf.constant(pair(8, 5)[0]), b=tf.constant(pair(8, 5)[1]))
+    assert op.cache.keys() == keys and op.stats["builds"] == builds
+    assert op.stats.get("evictions", 0) == 0
+    native = tf.saved_model.load(two_dir).signatures["serving_default"]
+    check(fn, native, *pair(4, 4, seed=3))
+    assert op.stats["builds"] == builds
+
+
+@pytest.mark.parametrize("value, delay", [("inf", 86400.0), ("1e300", 86400.0), ("nan", 2.0),
+                                          ("-1", 0.0), ("x", 2.0), ("0.5", 0.5)])
+def test_progress_delay_values(monkeypatch, value, delay):
+    """TFTRT_PROGRESS_DELAY=inf printed an OverflowError traceback from the progress thread."""
+    monkeypatch.setenv("TFTRT_PROGRESS_DELAY", value)
+    assert progress._delay() == delay
+    task = progress.task("a task").start()  # its thread waits without overflowing
+    task.close()
+
+
+def test_a_bad_engine_device_names_the_variable(two_dir, monkeypatch):
+    monkeypatch.setenv("TFTRT_BACKEND", "numpy")
+    monkeypatch.setenv("TFTRT_ENGINE_DEVICE", "gpu0")
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=two_dir, minimum_segment_size=1)
+    with pytest.raises(ValueError, match="TFTRT_ENGINE_DEVICE='gpu0' is not a TensorFlow"):
+        conv.convert()
