@@ -20,6 +20,28 @@ class Two(tf.Module):
         return {"y": tf.nn.relu(a * 2.0 + b) - 1.0}
 
 
+class Folded(tf.Module):
+    """Whose impossible broadcast shows only once the engine network's run-time shapes are
+    folded (the einsum's Reshape): the build went on past the failing folding pass, made an
+    engine that failed at its first run and evicted build()'s."""
+    w1 = tf.constant(np.random.RandomState(1).randn(4, 8).astype(np.float32))
+    w2 = tf.constant(np.random.RandomState(2).randn(4, 8).astype(np.float32))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, 4], tf.float32, name="a"),
+                                  tf.TensorSpec([None, 4], tf.float32, name="b")])
+    def __call__(self, a, b):
+        h = tf.einsum("btc,cd->btd", a, self.w1) + (b @ self.w2)[:, None, :]
+        return {"y": tf.cos(tf.tanh(h))}
+
+
+@pytest.fixture(scope="module")
+def folded_dir(tmp_path_factory):
+    d = str(tmp_path_factory.mktemp("folded") / "model")
+    m = Folded()
+    tf.saved_model.save(m, d, signatures=m.__call__)
+    return d
+
+
 @pytest.fixture(scope="module")
 def two_dir(tmp_path_factory):
     d = str(tmp_path_factory.mktemp("two") / "model")
@@ -57,22 +79,30 @@ def test_build_raises_for_an_input_tf_refuses(two_dir, monkeypatch):
     assert op.stats["native"] == 0 and op.stats["engine"] >= 3
 
 
+@pytest.mark.parametrize("model", ["two", "folded"])
 @pytest.mark.parametrize("dynamic", [True, False])
-def test_a_call_tf_refuses_builds_and_evicts_nothing(two_dir, monkeypatch, dynamic):
+def test_a_call_tf_refuses_builds_and_evicts_nothing(two_dir, folded_dir, monkeypatch,
+                                                     dynamic, model):
     monkeypatch.setenv("TFTRT_BACKEND", "numpy")
-    conv = trt.TrtGraphConverterV2(input_saved_model_dir=two_dir, use_dynamic_shape=dynamic,
+    src = two_dir if model == "two" else folded_dir
+
+    def inputs(a, b, seed=0):
+        x, y = pair(a, b, seed)
+        return (x, y) if model == "two" else (np.stack([x] * 3, 1), y)
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=src, use_dynamic_shape=dynamic,
                                    minimum_segment_size=1, maximum_cached_engines=1)
     fn = conv.convert()
-    conv.build(lambda: iter([pair(4, 4)]))
+    conv.build(lambda: iter([inputs(4, 4)]))
     (op,) = conv.engine_ops.values()
     keys, builds = op.cache.keys(), op.stats["builds"]
+    bad = inputs(8, 5)
     for _ in range(2):
         with pytest.raises(tf.errors.InvalidArgumentError, match="Incompatible shapes"):
-            fn(a=tf.constant(pair(8, 5)[0]), b=tf.constant(pair(8, 5)[1]))
+            fn(a=tf.constant(bad[0]), b=tf.constant(bad[1]))
     assert op.cache.keys() == keys and op.stats["builds"] == builds
     assert op.stats.get("evictions", 0) == 0
-    native = tf.saved_model.load(two_dir).signatures["serving_default"]
-    check(fn, native, *pair(4, 4, seed=3))
+    native = tf.saved_model.load(src).signatures["serving_default"]
+    check(fn, native, *inputs(4, 4, seed=3))
     assert op.stats["builds"] == builds
 
 

@@ -59,6 +59,8 @@ def run_passes(net: Network, passes: Sequence[Pass] = None, infer: bool = True) 
         try:
             out = infer_shapes(p(net)) if infer else p(net)
         except Exception as e:  # never lose an engine to an optimization bug
+            if _impossible_shapes(e):
+                raise
             log.warning("pass %s failed on %s and was skipped: %s: %s",
                         getattr(p, "__name__", None) or getattr(p, "func", p).__name__, net.name,
                         type(e).__name__, e)
@@ -66,3 +68,13 @@ def run_passes(net: Network, passes: Sequence[Pass] = None, infer: bool = True) 
         net = out
     net.uniquify_layer_names()
     return net
+
+
+def _impossible_shapes(error: Exception) -> bool:
+    """Whether a pass failed because the bound input shapes cannot be computed at all: the
+    shapes it folded (a Reshape to a run-time shape) show tensors that do not broadcast, as
+    TF's own kernels would say for these inputs. Such a build fails (the shapes run
+    natively, where TF raises) instead of making an engine that fails at its first run and
+    evicts a good one on the way (helper hunt, 2026-12-03)."""
+    from tftrt.engine.errors import EngineBuildError
+    return isinstance(error, EngineBuildError) and "do not broadcast together" in str(error)
