@@ -53,6 +53,19 @@ class TrtProfileStrategy:
     IMPLICIT_BATCH_MODE_COMPATIBLE = "ImplicitBatchModeCompatible"
 
 
+def get_tensorrt_rewriter_config(conversion_params=None, *args, **kwargs):
+    """TF-TRT's online conversion: a RewriterConfig whose Grappler optimizer converted the
+    graph of a TF1 Session as it ran. That optimizer lived in TF-TRT's C++ runtime, which
+    TensorFlow no longer has and a Python library cannot register: refused, with the offline
+    way (docs/differences.md)."""
+    raise NotImplementedError(
+        "online conversion (get_tensorrt_rewriter_config: a Grappler optimizer converting a "
+        "TF1 Session's graph) is not available in tftrt. Convert offline instead: "
+        "TrtGraphConverter(input_graph_def=..., nodes_denylist=[outputs]).convert() for a "
+        "GraphDef or TrtGraphConverterV2(input_saved_model_dir=...) for a SavedModel, then "
+        "run the converted graph")
+
+
 def supported_profile_strategies() -> List[str]:
     return [TrtProfileStrategy.RANGE, TrtProfileStrategy.OPTIMAL,
             TrtProfileStrategy.RANGE_OPTIMAL, TrtProfileStrategy.IMPLICIT_BATCH_MODE_COMPATIBLE]
