@@ -24,7 +24,7 @@ import numpy as np
 
 # (rtol, atol) per engine precision, for whole models (tests/tolerances.py's values).
 DEFAULT_TOLERANCES = {"FP32": (1e-3, 1e-4), "FP16": (2e-2, 2e-2), "BF16": (5e-2, 5e-2),
-                      "INT8": (1e-1, 1e-1)}
+                      "INT8": (1e-1, 1e-1), "FP8": (1e-1, 1e-1)}
 
 
 @dataclasses.dataclass
@@ -61,11 +61,15 @@ def compare_arrays(name: str, got, expected, rtol: float, atol: float,
     if g.shape != e.shape:
         rep.error = f"shape {list(g.shape)} where {list(e.shape)} was expected"
         return rep
-    if g.dtype.kind in "OSUV" or e.dtype.kind in "OSUV":
-        bad = g != e
+    if not (_is_float(g.dtype) or g.dtype.kind in "biu") or \
+            not (_is_float(e.dtype) or e.dtype.kind in "biu"):
+        bad = g != e  # strings, objects: equal or not
         rep.mismatched = int(np.count_nonzero(bad))
         return rep
-    gf, ef = g.astype(np.float64), e.astype(np.float64)
+    # bfloat16 / float8 as floats (they were compared bit for bit, --rtol ignored), complex
+    # as complex (its imaginary part was dropped: helper hunt, 2026-12-03)
+    wide = np.complex128 if "c" in (g.dtype.kind, e.dtype.kind) else np.float64
+    gf, ef = g.astype(wide), e.astype(wide)
     with np.errstate(invalid="ignore", over="ignore"):
         diff = np.abs(gf - ef)
         same = (gf == ef) | (np.isnan(gf) & np.isnan(ef))
@@ -89,6 +93,8 @@ def compare_arrays(name: str, got, expected, rtol: float, atol: float,
 
 def _num(v):
     v = np.asarray(v).item()
+    if isinstance(v, complex):
+        return [v.real, v.imag]
     return v if isinstance(v, (bool, int)) else float(v)
 
 
@@ -296,6 +302,10 @@ def output_errors(got: Dict[str, object], expected: Dict[str, object]) -> Dict[s
         if e.size == 0:
             out[name] = 0.0
         elif _is_float(e.dtype):
+            if e.dtype.kind == "c" or g.dtype.kind == "c":
+                # both parts as floats (the imaginary one was dropped by a float64 cast)
+                e, g = (np.stack([a.real, a.imag], -1) if a.dtype.kind == "c" else
+                        np.stack([a, np.zeros_like(a)], -1) for a in (e, g))
             fin = np.isfinite(e)
             e64, g64 = e[fin].astype(np.float64), g[fin].astype(np.float64)
             en, gn = e[~fin], g[~fin]

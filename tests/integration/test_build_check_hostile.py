@@ -275,3 +275,33 @@ def test_an_fp32_warning_points_at_tf32_not_at_fp32(tmp_path, monkeypatch, caplo
     assert "enable_tensor_float_32_execution(False)" in trt.fp32_advice("cupy")
     assert "TF32" not in trt.fp32_advice("numpy")
     assert "run natively by TF" in w and "FP32 against" not in w
+
+
+def test_complex_outputs_count_their_imaginary_part():
+    """A float64 cast dropped the imaginary part: inf / NaN there read as error 0 in build()'s
+    check and PASS in `tftrt compare` (helper hunt, 2026-12-03)."""
+    e = np.array([1 + 2j, 3 - 1j, -2 + 0.5j], np.complex64)
+    g = e.copy()
+    g[1] = 3 + np.inf * 1j
+    assert compare.output_errors({"y": g}, {"y": e})["y"] == 1.0
+    g = e + np.array([0, 0.4j, 0], np.complex64)  # 0.4 off, of a largest part of 3
+    assert abs(compare.output_errors({"y": g}, {"y": e})["y"] - 0.4 / 3) < 1e-6
+    rep = compare.compare_arrays("y", g, e, rtol=1e-3, atol=1e-4)
+    assert rep.mismatched == 1 and abs(rep.max_abs - 0.4) < 1e-6
+    assert rep.worst[0]["index"] == [1] and rep.worst[0]["got"] == [3.0, pytest.approx(-0.6)]
+    assert compare.compare_arrays("y", e, e, rtol=1e-3, atol=1e-4).passed
+
+
+def test_bfloat16_outputs_are_compared_as_floats_within_the_tolerance():
+    """compare_arrays compared bfloat16 bit for bit: any rounding failed, --rtol ignored."""
+    import ml_dtypes
+    e = np.linspace(-3, 3, 16).astype(ml_dtypes.bfloat16)
+    g = (e.astype(np.float32) * 1.01).astype(ml_dtypes.bfloat16)
+    assert compare.compare_arrays("y", g, e, rtol=5e-2, atol=5e-2).passed
+    rep = compare.compare_arrays("y", g, e, rtol=1e-4, atol=1e-5)
+    assert rep.mismatched == e.size and 0.01 < rep.max_abs < 0.05  # 1% of up to 3
+
+
+def test_fp8_has_its_own_compare_tolerance():
+    """`tftrt compare` held FP8 engines to FP32's 1e-3: every FP8 model failed."""
+    assert compare.DEFAULT_TOLERANCES["FP8"] == compare.DEFAULT_TOLERANCES["INT8"]
