@@ -112,6 +112,11 @@ def build_check_line(check: dict) -> str:
         return line + " -- no build input has elements: this checked nothing"
     if not check.get("engine_calls"):
         return line + " -- no engine ran (every segment ran natively): this checked nothing"
+    native = check.get("native_ops") or []
+    if native:  # those segments' answers are TF's own: the error does not cover them
+        shown = ", ".join(native[:3]) + (f" and {len(native) - 3} more" if len(native) > 3
+                                         else "")
+        line += f" -- {shown} ran natively: not checked"
     if check["worst"] > check["bar"]:
         return line + (f" -- over {check['bar']:.0e}: check whether these answers are "
                        f"acceptable (tftrt compare)")

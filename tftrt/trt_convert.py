@@ -385,6 +385,12 @@ class TrtGraphConverterV2:
         def engine_calls():
             return sum(op.stats["engine"] for op in ops)
 
+        def natives():  # native runs per engine op (which ran natively in the checked call)
+            return {op.name: op.stats["native"] for op in ops}
+
+        def ran_natively(before_native):
+            return sorted(n for n, k in natives().items() if k > before_native[n])
+
         for op in ops:
             op.building, op.builder_thread = True, threading.get_ident()
             op.collecting = self._use_dynamic_shape
@@ -424,13 +430,13 @@ class TrtGraphConverterV2:
                     first_empty = first_empty and not _has_elements(args)
                     seen += 1
                     continue
-                before = engine_calls()
+                before, before_native = engine_calls(), natives()
                 out = self._converted_func(**args)
                 if first_empty:  # what _check_build calls empty: no input or no output has
                     full = _has_elements(args) and _has_elements(out)  # elements
                     if first is None or full:
                         first, first_at = args, seen
-                        first_out = (out, engine_calls() - before)
+                        first_out = (out, engine_calls() - before, ran_natively(before_native))
                     first_empty = not full
                 seen += 1
             times["inputs"] = time.perf_counter() - t0
@@ -446,8 +452,9 @@ class TrtGraphConverterV2:
                 times["profiles"] = time.perf_counter() - t0
                 if first is not None:
                     t0 = time.perf_counter()
-                    before = engine_calls()
-                    first_out = (self._converted_func(**first), engine_calls() - before)
+                    before, before_native = engine_calls(), natives()
+                    first_out = (self._converted_func(**first), engine_calls() - before,
+                                 ran_natively(before_native))
                     times["first input again"] = time.perf_counter() - t0
         finally:
             shown.close()
@@ -511,7 +518,7 @@ class TrtGraphConverterV2:
             return None
         return None if random or stateful else direct
 
-    def _check_build(self, args, outputs, engine_calls: int, index: int = 0,
+    def _check_build(self, args, outputs, engine_calls: int, native_ops=(), index: int = 0,
                      reference: Optional["_NativeReference"] = None) -> None:
         """Compares ``outputs`` (the first build input through the engines, ``engine_calls``
         engine runs) with the input model's own signature on that input (run natively by TF)
@@ -532,7 +539,8 @@ class TrtGraphConverterV2:
         modes = {op.spec.precision_mode for op in self._engine_ops.values()}
         if len(modes) == 1:
             precision = modes.pop()
-        check = {"precision": precision, "engine_calls": engine_calls, "input": index}
+        check = {"precision": precision, "engine_calls": engine_calls, "input": index,
+                 "native_ops": list(native_ops)}
         try:
             random, stateful = self._nondeterministic_ops()
             if random:

@@ -305,3 +305,33 @@ def test_bfloat16_outputs_are_compared_as_floats_within_the_tolerance():
 def test_fp8_has_its_own_compare_tolerance():
     """`tftrt compare` held FP8 engines to FP32's 1e-3: every FP8 model failed."""
     assert compare.DEFAULT_TOLERANCES["FP8"] == compare.DEFAULT_TOLERANCES["INT8"]
+
+
+def test_the_check_line_names_engines_that_ran_natively(tmp_path, monkeypatch):
+    """One engine failed to build and ran its native segment: the check said 'largest error
+    0.0e+00' with no note, though it compared that segment with itself (helper hunt,
+    2026-12-03)."""
+    monkeypatch.setenv("TFTRT_BACKEND", "numpy")
+    monkeypatch.setenv("TF_TRT_OP_DENYLIST", "Cos")
+    rng = np.random.RandomState(0)
+    k = tf.constant(rng.randn(3, 3, 3, 8).astype("float32"))
+    w = tf.constant(rng.randn(8, 4).astype("float32"))
+
+    def f(x):
+        h = tf.nn.relu(tf.nn.conv2d(x, k, 1, "SAME") + 1.0)
+        h = tf.cos(tf.reduce_mean(h, axis=[1, 2]))
+        return {"out": tf.nn.relu(tf.matmul(h, w) + 0.5)}
+    m = tf.Module()
+    m.f = tf.function(f, input_signature=[tf.TensorSpec([None, 16, 16, 3], tf.float32)])
+    tf.saved_model.save(m, str(tmp_path / "src"), signatures=m.f.get_concrete_function())
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=str(tmp_path / "src"))
+    conv.convert()
+    ops = sorted(conv.engine_ops.values(), key=lambda op: op.name)
+    assert len(ops) == 2
+    ops[0]._build = lambda *a, **kw: (_ for _ in ()).throw(RuntimeError("no engine here"))
+    conv.build(lambda: iter([(rng.randn(2, 16, 16, 3).astype("float32"),)]))
+    assert ops[0].stats["native"] == 1 and ops[1].stats["engine"] == 1
+    lines = []
+    conv.summary(print_fn=lines.append, detailed=False)
+    (line,) = [ln for ln in lines if "Engines vs native TF" in ln]
+    assert f"-- {ops[0].name} ran natively: not checked" in line and ops[1].name not in line
