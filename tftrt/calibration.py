@@ -92,6 +92,11 @@ def engine_op_class(spec) -> type:
 _WARNED_DATA_RANGES: set = set()  # graph_table's range_given=False warnings, once each
 
 
+def forget_warnings() -> None:
+    """A new conversion warns again about what an earlier one was warned about."""
+    _WARNED_DATA_RANGES.clear()
+
+
 def graph_table(model) -> Optional[dict]:
     """The ranges the segment's fake-quantization ops give (the nodes converters/quantize.py
     tagged): both the op's output and its input get max(|min|, |max|), and the output is

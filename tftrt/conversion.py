@@ -339,12 +339,52 @@ def segment_and_lower(info: GraphInfo, params, nodes_denylist: Sequence[str] = (
                        f"failures, XLA-compiled calls kept native)")
 
 
+def _shared_consts(info: GraphInfo, segments: Sequence[Segment]) -> Dict[str, List[str]]:
+    """{segment: the Consts outside it that its nodes read and that only engines read}: a
+    Const read by several segments stays outside each (segment._assign_consts moves a Const
+    read by one) and is copied into each network; no native node reads it, so the reports
+    count it converted, under each engine that holds a copy. It was counted in none and as
+    not converted, while no list of native ops named it (helper hunt, 2026-12-03)."""
+    from tftrt.graph_io import split_tensor_name
+    members = {n for s in segments for n in list(s.nodes) + list(s.consts)}
+    readers: Dict[str, set] = {}
+    for tensor, uses in info.consumers().items():
+        src = tensor[1:] if tensor.startswith("^") else split_tensor_name(tensor)[0]
+        readers.setdefault(src, set()).update(n for n, _ in uses)
+    kept = {split_tensor_name(t)[0] for t in info.outputs}
+    out = {}
+    for s in segments:
+        found: List[str] = []
+        for n in s.nodes:
+            for t in info.data_inputs(info.nodes[n]):
+                src = split_tensor_name(t)[0]
+                node = info.nodes.get(src)
+                if (node is None or node.op != "Const" or src in members or src in found
+                        or src in kept or not readers.get(src, set()) <= members):
+                    continue
+                found.append(src)
+        out[s.name] = found
+    return out
+
+
+def _with_consts(histogram: Dict[str, int], extra: int) -> Dict[str, int]:
+    if not extra:
+        return histogram
+    h = dict(histogram)
+    h["Const"] = h.get("Const", 0) + extra
+    return dict(sorted(h.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
 def convert_graph(info: GraphInfo, params, nodes_denylist: Sequence[str] = ()) -> ConversionResult:
     """Segments, lowers and rewrites ``info``; returns the engine-form flat function."""
+    # graph_table's range_given=False warnings: once per conversion, not once per process (a
+    # model converted after another with the same op name and range was never warned)
+    calibration.forget_warnings()
     seg, nets = segment_and_lower(info, params, nodes_denylist)
     kept: List[Segment] = []
     engine_ops: Dict[str, TRTEngineOp] = {}
     fdefs = {}
+    shared = _shared_consts(info, seg.segments)
     for s in seg.segments:
         net = nets[s.name]
         fdef = rewrite.native_segment_function_def(info, s)
@@ -358,12 +398,13 @@ def convert_graph(info: GraphInfo, params, nodes_denylist: Sequence[str] = ()) -
             input_dtypes=[d.name for d in in_dtypes], output_dtypes=[d.name for d in out_dtypes],
             input_shapes=[_shape_json(info.shapes.get(t)) for t in s.inputs],
             output_shapes=[_shape_json(info.shapes.get(t)) for t in s.outputs],
-            op_histogram=s.op_histogram(info), num_nodes=len(s.nodes) + len(s.consts),
+            op_histogram=_with_consts(s.op_histogram(info), len(shared[s.name])),
+            num_nodes=len(s.nodes) + len(s.consts) + len(shared[s.name]),
             precision_mode=precision,
             maximum_cached_engines=params.maximum_cached_engines,
             max_workspace_size_bytes=params.max_workspace_size_bytes,
             allow_build_at_runtime=params.allow_build_at_runtime,
-            member_nodes=list(s.nodes) + list(s.consts))
+            member_nodes=list(s.nodes) + list(s.consts) + shared[s.name])
         engine_ops[s.name] = engine_op_from_spec(spec, fdef)
         fdefs[s.name] = fdef
         kept.append(s)

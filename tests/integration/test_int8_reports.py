@@ -184,3 +184,15 @@ def test_a_qdq_without_range_given_says_its_range_is_taken_as_given(tmp_path, ca
     x = tf.constant(np.random.RandomState(1).uniform(-1, 1, (8, 16)).astype(np.float32))
     want = tf.saved_model.load(path).signatures["serving_default"](x=x)["y"].numpy()
     assert np.abs(fn(x=x)["y"].numpy() - want).max() <= 0.05 * np.abs(want).max()
+
+
+def test_the_range_given_warning_comes_with_every_conversion(tmp_path, caplog):
+    """The warning was once per process: a second conversion of a model with the same op
+    and range said nothing (and the test above failed after another in its process)."""
+    path = models.save_module(DataRangedQdq(), str(tmp_path / "m"))
+    for _ in range(2):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="tftrt"):
+            trt.TrtGraphConverterV2(input_saved_model_dir=path, precision_mode="INT8",
+                                    use_calibration=False).convert()
+        assert [r for r in caplog.records if "range_given=False" in r.getMessage()]

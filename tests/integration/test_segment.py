@@ -220,3 +220,28 @@ def test_const_with_control_input_from_another_segment_converts():
     np.testing.assert_allclose(fn(x=tf.constant(x))["y"].numpy(), ref.numpy(), rtol=1e-4,
                                atol=1e-5)
     assert all(op.stats["engine"] >= 1 for op in conv.engine_ops.values())
+
+
+def test_a_const_read_by_two_engines_counts_as_converted_in_each(tmp_path, monkeypatch):
+    """A Const read by two segments is copied into both networks; the reports counted it in
+    neither engine and as not converted, while no list of native ops named it: the totals
+    did not add up (helper hunt, 2026-12-03)."""
+    from tftrt import trt_convert as trt
+    monkeypatch.setenv("TFTRT_BACKEND", "numpy")
+    monkeypatch.setenv("TF_TRT_OP_DENYLIST", "Cos")
+
+    def f(x):
+        return {"out": tf.sigmoid(tf.cos(tf.sigmoid(x * 2.0)) * 2.0)}
+    m = tf.Module()
+    m.f = tf.function(f, input_signature=[tf.TensorSpec([None, 8], tf.float32)])
+    tf.saved_model.save(m, str(tmp_path), signatures=m.f.get_concrete_function())
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=str(tmp_path), minimum_segment_size=3)
+    conv.convert()
+    ops = list(conv.engine_ops.values())
+    assert len(ops) == 2
+    for op in ops:
+        assert op.spec.num_nodes == 3 and op.spec.op_histogram == {"Const": 1, "Mul": 1,
+                                                                    "Sigmoid": 1}
+    lines = []
+    conv.summary(print_fn=lines.append, detailed=False)
+    assert any("[5/7]" in ln for ln in lines), lines
