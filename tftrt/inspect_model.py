@@ -33,6 +33,16 @@ def _plan_description(name: str, spec, meta: dict, path: str) -> dict:
     except (OSError, PlanError) as err:
         d["error"] = f"{err}; the engine rebuilds at run time"
         return d
+    try:  # an opt-shape engine of a ProfileEngine: saved under the engine's cache key (the
+        # shapes it was first built for), labelled with its own profiles' opt shapes
+        from tftrt.profiles import profiles_from_config
+        found = profiles_from_config(header.get("config") or {})
+    except (KeyError, TypeError, ValueError, AttributeError):
+        found = None
+    if found:
+        profiles, opt_of = found
+        d["input_shapes"] = [list(map(list, profiles[i].opt)) for i in opt_of][0]
+        d["opt_of_profiles"] = list(opt_of)
     memory = header.get("memory") or {}
     layers = []
     for item in header.get("layers", []):

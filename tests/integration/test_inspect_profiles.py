@@ -1,0 +1,33 @@
+"""`tftrt inspect` names each saved plan of an engine with optimization profiles by its own
+opt shapes: every plan was labelled with the engine's cache key, the first profile's shapes
+(helper hunt, 2026-12-03)."""
+
+import numpy as np
+import tensorflow as tf
+
+from tftrt import inspect_model, trt_convert as trt
+
+
+def test_each_profile_plan_shows_its_own_opt_shapes(tmp_path, monkeypatch):
+    monkeypatch.setenv("TFTRT_BACKEND", "numpy")
+    rng = np.random.RandomState(0)
+    w = tf.constant(rng.randn(16, 16).astype("float32"))
+    m = tf.Module()
+    m.f = tf.function(lambda x: {"out": tf.matmul(tf.nn.relu(tf.matmul(x, w) + 0.1), w)},
+                      input_signature=[tf.TensorSpec([None, 16], tf.float32)])
+    tf.saved_model.save(m, str(tmp_path / "src"), signatures=m.f.get_concrete_function())
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=str(tmp_path / "src"),
+                                   use_dynamic_shape=True, minimum_segment_size=1,
+                                   dynamic_shape_profile_strategy="Optimal")
+    conv.convert()
+    conv.build(lambda: iter([(rng.randn(b, 16).astype("float32"),) for b in (1, 4, 8)]))
+    conv.save(str(tmp_path / "out"))
+    described = inspect_model.describe(str(tmp_path / "out"))
+    (engine,) = described["json"]["engines"]
+    plans = engine["plans"]
+    assert sorted(p["input_shapes"] for p in plans) == [[[1, 16]], [[4, 16]], [[8, 16]]]
+    assert sorted(p["opt_of_profiles"] for p in plans) == [[0], [1], [2]]
+    lines = []
+    inspect_model.format_description(described, lines.append, layers=False)
+    for b in (1, 4, 8):
+        assert any(f"for input shapes [[{b}, 16]]" in ln for ln in lines), lines
