@@ -335,3 +335,14 @@ def test_the_check_line_names_engines_that_ran_natively(tmp_path, monkeypatch):
     conv.summary(print_fn=lines.append, detailed=False)
     (line,) = [ln for ln in lines if "Engines vs native TF" in ln]
     assert f"-- {ops[0].name} ran natively: not checked" in line and ops[1].name not in line
+
+
+def test_integer_outputs_compare_within_atol_alone():
+    """rtol let token ids in the thousands be off by tens and PASS in `tftrt compare`, while
+    build()'s check counted them as differing (helper hunt, 2026-12-03)."""
+    e = np.array([3, 1200, 30000], np.int32)
+    g = e + np.array([0, 10, 0], np.int32)
+    rtol, atol = compare.DEFAULT_TOLERANCES["FP16"]
+    assert compare.compare_arrays("ids", g, e, rtol=rtol, atol=atol).mismatched == 1
+    assert compare.compare_arrays("ids", g, e, rtol=rtol, atol=10).passed
+    assert compare.output_errors({"ids": g}, {"ids": e})["ids"] == pytest.approx(1 / 3)
