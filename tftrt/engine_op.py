@@ -686,7 +686,11 @@ class TRTEngineOp:
         self.stats["rebuilds_after_eviction"] += 1
         if self.stats["rebuilds_after_eviction"] >= THRASH_WARN_AFTER and not self._thrash_warned:
             self._thrash_warned = True
-            if self.profile_strategy is None:
+            if self.spec.max_batch_size:  # TF1 static mode: TrtGraphConverter has no build()
+                advice = ("raise TrtGraphConverter's maximum_cached_engines, or feed shapes "
+                          "that vary only in the batch dimension (an engine serves every batch "
+                          "up to max_batch_size)")
+            elif self.profile_strategy is None:
                 advice = ("raise maximum_cached_engines (an argument of "
                           "TrtGraphConverterV2, TrtConversionParams and TF1's "
                           "TrtGraphConverter), or convert with TrtGraphConverterV2("

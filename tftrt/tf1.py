@@ -64,9 +64,17 @@ class TrtGraphConverter:
                                        if input_saved_model_dir is not None else None)
         self._tags = graph_io.saved_model_tags(input_saved_model_tags)
         self._signature_key = input_saved_model_signature_key or graph_io.DEFAULT_SIGNATURE_KEY
-        denylist = nodes_denylist or nodes_blacklist or []
-        if isinstance(denylist, str):  # one node name, not a list of its characters
+        denylist = nodes_denylist if nodes_denylist is not None else nodes_blacklist
+        if denylist is None:
+            denylist = []
+        elif isinstance(denylist, (str, bytes)):  # one node name, not a list of its characters
             denylist = [denylist]
+        else:
+            try:  # a list, tuple, set, generator or numpy array of names
+                denylist = list(denylist)
+            except TypeError:
+                raise TypeError(f"nodes_denylist must be a list of node names, not "
+                                f"{type(denylist).__name__} {denylist!r}") from None
         self._nodes_denylist = [graph_io.split_tensor_name(_node_name(n))[0]
                                 for n in denylist]
         for name, value in (("session_config", session_config),
@@ -137,18 +145,27 @@ class TrtGraphConverter:
                              f"input_graph_def; give the names of the output nodes you will "
                              f"fetch (e.g. {sorted(names)[:3]})")
         placeholders = [n.name for n in graph_def.node if n.op == "Placeholder"]
-        consumed = {graph_io.split_tensor_name(i)[0] for n in graph_def.node for i in n.input}
+        # A node whose value no node reads is an output, even where a node waits on it (the
+        # NoOp of tf.group(o), a control dependency): counting control inputs as reads left a
+        # graph ending in tf.group or tf.print with no outputs, and pruning then removed
+        # everything but its Placeholders, silently (helper hunt, 2026-12-04).
+        read = {graph_io.split_tensor_name(i)[0] for n in graph_def.node for i in n.input
+                if not i.startswith("^")}
+        waited_on = {i[1:] for n in graph_def.node for i in n.input if i.startswith("^")}
         sinks = [n.name for n in graph_def.node
-                 if n.name not in consumed and n.op not in ("NoOp", "Placeholder", "Const")]
+                 if n.name not in read and n.op not in ("NoOp", "Placeholder", "Const")]
+        # the ends of the graph with no outputs (tf.group's NoOp, tf.print): session targets
+        ends = [n.name for n in graph_def.node if n.name not in read and
+                n.name not in waited_on and n.op != "Placeholder"]
         kept = list(self._nodes_denylist) or sinks
-        if self._nodes_denylist:
+        after = _downstream(graph_def, self._nodes_denylist) if self._nodes_denylist else None
+        if after is not None:
             # The graph keeps what its outputs need: a denylisted node that is not an output
             # (e.g. one the user wants left native) must not cut away the outputs after it.
-            after = _downstream(graph_def, self._nodes_denylist)
             extra = [n for n in sinks if n in after and n not in kept]
             if extra:
                 log.info("the graph's outputs %s come after nodes_denylist's nodes: kept as "
-                         "outputs too (TF-TRT keeps the whole graph)", extra[:5])
+                         "outputs too", extra[:5])
             kept += extra
         _check_frozen(graph_def, kept)
         g = tf.Graph()
@@ -156,7 +173,14 @@ class TrtGraphConverter:
             tf.graph_util.import_graph_def(graph_def, name="")
         outputs = [t.name for name in kept for t in g.get_operation_by_name(name).outputs]
         inputs = [f"{p}:0" for p in placeholders]
-        targets = _output_less(g, self._nodes_denylist)
+        # Without nodes_denylist TF-TRT ran Grappler with no fetch nodes and kept the whole
+        # graph: its output-less ends stay as targets. With one, those after its nodes stay.
+        targets = _output_less(g, list(self._nodes_denylist) + [
+            n for n in ends if (after is None or n in after) and n not in self._nodes_denylist])
+        if not outputs and not targets:
+            raise ValueError("input_graph_def has no outputs to keep: every node's value is "
+                             "read by another node; give the output node names in "
+                             "nodes_denylist")
         # Devices cleared, as the SavedModel path clears them: on nodes pinned to a CPU,
         # Grappler's arithmetic pass fused unary chains into _UnaryOpsComposition (a CPU-only
         # op no engine takes), and Mul, left native (helper hunt, 2026-12-02)

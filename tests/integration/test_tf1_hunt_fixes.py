@@ -367,3 +367,84 @@ def test_nodes_denylist_takes_tensors_operations_and_bytes(monkeypatch):
         np.testing.assert_allclose(_run_graph(cg, x), _run_graph(gd, x), rtol=1e-5, atol=1e-5)
     with pytest.raises(TypeError, match=r"nodes_denylist holds 3 \(int\); give node names"):
         trt.TrtGraphConverter(input_graph_def=gd, nodes_denylist=[3], max_batch_size=4)
+
+
+def _grouped_graph(end):
+    """x -> matmul, relu, sigmoid -> 'o', then ``end``: "group" (tf.group(o): the NoOp
+    'done' waits on o, as a train op or an 'all done' op does) or "control" (a NoOp with a
+    control input from o and nothing reading o's value)."""
+    w = np.random.RandomState(0).randn(6, 6).astype(np.float32)
+    g = tf.Graph()
+    with g.as_default():
+        x = tf1.placeholder(tf.float32, (None, 6), name="x")
+        o = tf.identity(tf.sigmoid(tf.nn.relu(tf.matmul(x, w) + 1.0) * 2.0), name="o")
+        if end == "group":
+            tf.group(o, name="done")
+        else:
+            with tf.control_dependencies([o]):
+                tf.no_op(name="done")
+    return g.as_graph_def()
+
+
+@pytest.mark.parametrize("end", ["group", "control"])
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_a_graph_ending_in_tf_group_keeps_its_outputs_without_a_denylist(monkeypatch, end,
+                                                                         dynamic):
+    """Without nodes_denylist the outputs were the nodes nothing consumed, control inputs
+    counted: a graph ending in tf.group(o) had none, and convert() returned its Placeholder
+    alone, silently (helper hunt, 2026-12-04). TF-TRT kept the whole graph: 'o' is fetched,
+    'done' runs as a target, and the segment is an engine."""
+    monkeypatch.setenv("TFTRT_BACKEND", "numpy")
+    gd = _grouped_graph(end)
+    cg = trt.TrtGraphConverter(input_graph_def=gd, is_dynamic_op=dynamic, max_batch_size=4,
+                               minimum_segment_size=2).convert()
+    names = {n.name for n in cg.node}
+    assert {"x", "o", "done"} <= names, names
+    assert len(engine_nodes(cg)) == 1
+    x = np.random.RandomState(3).standard_normal((3, 6)).astype(np.float32)
+    got, want = [], []
+    for graph_def, out in ((cg, got), (gd, want)):
+        with tf.Graph().as_default() as g:
+            tf.graph_util.import_graph_def(graph_def, name="")
+            with tf1.Session(graph=g) as sess:
+                out.append(sess.run("o:0", {"x:0": x}))
+                sess.run("done", {"x:0": x})
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-6)
+
+
+def test_denylist_as_a_numpy_array_or_none_of_them(monkeypatch):
+    """nodes_denylist=np.array(["o"]) raised numpy's 'truth value of an array is ambiguous'
+    (helper hunt, 2026-12-04); an int said "'int' object is not iterable"."""
+    monkeypatch.setenv("TFTRT_BACKEND", "numpy")
+    gd = _grouped_graph("group")
+    cg = trt.TrtGraphConverter(input_graph_def=gd, nodes_denylist=np.array(["o"]),
+                               max_batch_size=4, minimum_segment_size=2).convert()
+    assert "o" in {n.name for n in cg.node} and len(engine_nodes(cg)) == 1
+    with pytest.raises(TypeError, match="nodes_denylist must be a list of node names, not int"):
+        trt.TrtGraphConverter(input_graph_def=gd, nodes_denylist=3, max_batch_size=4)
+
+
+def test_tf1_eviction_warning_advises_what_tf1_has(monkeypatch, caplog):
+    """TF1 static mode, shapes that change outside the batch with one cached engine: the
+    'calls keep evicting engines' warning told the user to call converter.build(), which
+    TrtGraphConverter does not have (helper hunt, 2026-12-04)."""
+    monkeypatch.setenv("TFTRT_BACKEND", "numpy")
+    rng = np.random.RandomState(0)
+    g = tf.Graph()
+    with g.as_default():
+        x = tf1.placeholder(tf.float32, (None, None, 4), name="x")
+        h = tf.nn.relu(tf.tensordot(x, rng.randn(4, 4).astype(np.float32), 1) + 1.0)
+        tf.identity(tf.sigmoid(tf.reduce_mean(h, axis=1)) * 2.0, name="a")
+    conv = trt.TrtGraphConverter(input_graph_def=g.as_graph_def(), nodes_denylist=["a"],
+                                 max_batch_size=8, minimum_segment_size=2, is_dynamic_op=False)
+    cg = conv.convert()
+    with tf.Graph().as_default() as g2, caplog.at_level(logging.WARNING, logger="tftrt"):
+        tf.graph_util.import_graph_def(cg, name="")
+        with tf1.Session(graph=g2) as sess:
+            for n in (3, 5, 3, 5, 3, 5, 3):
+                sess.run("a:0", {"x:0": rng.randn(2, n, 4).astype(np.float32)})
+    warned = [r.getMessage() for r in caplog.records if "keep evicting" in r.getMessage()]
+    assert len(warned) == 1, warned
+    assert "build()" not in warned[0] and "TrtGraphConverter's maximum_cached_engines" in \
+        warned[0]
+    assert not hasattr(conv, "build")
