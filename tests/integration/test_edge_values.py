@@ -412,3 +412,30 @@ def test_an_einsum_label_of_size_one_against_a_larger_one_is_tfs_error(tmp_path)
         native(x=x2, y=y)
     with pytest.raises(tf.errors.InvalidArgumentError, match="Expected dimension 2"):
         fn(x=x2, y=y)
+
+
+def test_fp16_compares_an_input_with_its_own_moved_copy_as_equal(tmp_path):
+    """A float32 input compared with a copy of itself moved by reverse / tile / slice: the
+    moves store float16 in an FP16 engine and the input stayed float32, so 0.1 == 0.1 was
+    False and a whole bool output flipped (numerics hunt, 2026-12-04). Both operands of an
+    FP16 comparison are read in float16: the answers are TF's, bit for bit."""
+    class M(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+        def __call__(self, x):
+            twice = tf.tile(x, [1, 2])[:, ::2]
+            back = tf.reverse(tf.reverse(x, [1]), [1])
+            return {"eq": tf.equal(back, x), "le": tf.less_equal(twice, x),
+                    "gt": tf.greater(x, back), "ne": tf.not_equal(x, twice),
+                    "w": tf.where(tf.equal(back, x), x * 2.0, -x)}
+    path = models.save_module(M(), str(tmp_path / "m"))
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=path, precision_mode="FP16",
+                                   minimum_segment_size=1)
+    fn = conv.convert()
+    x = np.array([[0.1, 1.1, 3.3, 100.7], [-0.3, 7.77, 1e-3, 0.0]], np.float32)
+    want = tf.saved_model.load(path).signatures["serving_default"](x=tf.constant(x))
+    got = fn(x=tf.constant(x))
+    assert sum(op.stats["engine"] for op in conv.engine_ops.values()) >= 1
+    for k in ("eq", "le", "gt", "ne"):
+        np.testing.assert_array_equal(got[k].numpy(), want[k].numpy(), err_msg=k)
+    w = want["w"].numpy()
+    np.testing.assert_allclose(got["w"].numpy(), w, rtol=1e-3, atol=1e-3 * np.abs(w).max())

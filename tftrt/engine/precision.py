@@ -28,7 +28,7 @@ import numpy as np
 
 from tftrt.engine import quantization as Q
 from tftrt.engine.errors import EngineBuildError
-from tftrt.engine.network import Layer, Network
+from tftrt.engine.network import COMPARISONS, Layer, Network
 
 PRECISIONS = ("FP32", "FP16", "INT8", "FP8")
 FP32_KINDS = frozenset({"softmax", "reduce", "normalization", "topk", "arg_reduce", "cumsum",
@@ -327,6 +327,37 @@ def _assign_half(net: Network, skip=frozenset(), probes=(), wide=frozenset()) ->
                     else:
                         l.inputs[k] = net.add_weight(half, w + "_fp16")
     _cast_gemm_inputs_to_fp16(net)
+    _cast_compared_inputs_to_fp16(net)
+
+
+def _cast_compared_inputs_to_fp16(net: Network) -> None:
+    """Rounds a float32 network input to float16 where an FP16 comparison also reads a
+    float16 activation: a value compared with a float16 copy of itself (``x == reverse(
+    reverse(x))``, ``x <= tile(x)[..., ::2]``: the moves store float16) came out unequal, a
+    whole bool output flipped where TF's is exact (numerics hunt, 2026-12-04). TensorRT's
+    FP16 comparison reads both operands in one precision too. Other float32 operands (kept so
+    for their range or exactness) are left as they are."""
+    inputs = set(net.inputs)
+    casts = {}
+    layers = []
+    for l in net.layers:
+        program = l.attrs.get("program") or () if l.kind == "pointwise" else ()
+        if l.precision == "FP16" and any(st.get("op") in COMPARISONS for st in program):
+            acts = [i for i in l.inputs if i and i not in net.weights]
+            if any(net.tensors[i].dtype == "float16" for i in acts):
+                for k, name in enumerate(l.inputs):
+                    if name not in inputs or net.tensors[name].dtype != "float32":
+                        continue
+                    if name not in casts:
+                        out = net.add_tensor(net.unique_name(name + "_fp16"), "float16",
+                                             net.tensors[name].shape)
+                        layers.append(Layer(out, "pointwise", [name], [out], {"program": [
+                            {"op": "cast", "args": ["$0"], "dtype": "float16",
+                             "to": "float16"}]}, precision="FP16"))
+                        casts[name] = out
+                    l.inputs[k] = casts[name]
+        layers.append(l)
+    net.layers = layers
 
 
 def _cast_gemm_inputs_to_fp16(net: Network) -> None:
