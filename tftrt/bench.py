@@ -177,8 +177,12 @@ def make_runners(path: str, names: Sequence[str], signature_key: str, tags=None)
     for name in names:
         if name == "tftrt":
             loaded = tftrt.load(path, tags=tags)
-            if isinstance(loaded, saving.LoadedModel):
+            if isinstance(loaded, saving.LoadedModel) and loaded.engine_ops:
                 out[name] = (loaded.signatures[signature_key], loaded.engine_ops, loaded, "")
+            elif isinstance(loaded, saving.LoadedModel):  # converted, no segment converted
+                out[name] = (loaded.signatures[signature_key], None, loaded,
+                             "no tftrt engines are used (the conversion made none): runs "
+                             "natively")
             else:
                 out[name] = (loaded.signatures[signature_key], None, loaded,
                              "no tftrt engines are used (not a converted model, or its "

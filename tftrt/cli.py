@@ -138,7 +138,7 @@ def _add_model_options(p: argparse.ArgumentParser, backend_help: str) -> None:
                    default=None, help="signature to use (default: serving_default)")
     p.add_argument("--tags", "--tag_set", dest="tags", default="serve",
                    help="MetaGraph tags, comma separated (default: serve)")
-    p.add_argument("--backend", choices=BACKENDS, default=None, help=backend_help)
+    p.add_argument("--backend", choices=BACKENDS, type=str.lower, default=None, help=backend_help)
 
 
 def _add_input_options(p: argparse.ArgumentParser, what: str) -> None:
@@ -305,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=_port, default=8002)
     p.add_argument("--address", default="0.0.0.0",
                    help="address the three endpoints listen on (default 0.0.0.0)")
-    p.add_argument("--backend", choices=BACKENDS, default=None,
+    p.add_argument("--backend", choices=BACKENDS, type=str.lower, default=None,
                    help="engine backend (default: TFTRT_BACKEND, else cupy with a GPU)")
     p.add_argument("--tags", "--tag_set", dest="tags", default="serve",
                    help="MetaGraph tags, comma separated (default: serve)")
@@ -317,7 +317,13 @@ def _normalize_argv(argv: List[str]) -> List[str]:
     ``tensorrt`` goes (tftrt has no other method)."""
     if argv and argv[0] == "convert" and any(a.split("=")[0] in ("--dir", "--output_dir")
                                              for a in argv):
-        return [a for a in argv if a != "tensorrt"]
+        # only the method word: a value (--dir tensorrt) stays (helper hunt, 2026-12-04)
+        convert = build_parser()._subparsers._group_actions[0].choices["convert"]  # noqa
+        takes_value = {o for a in convert._actions if a.nargs != 0  # noqa: W0212
+                       for o in a.option_strings}
+        for k in range(1, len(argv)):
+            if argv[k] == "tensorrt" and argv[k - 1] not in takes_value:
+                return argv[:k] + argv[k + 1:]
     return argv
 
 
@@ -528,6 +534,24 @@ def _tags(text: str) -> List[str]:
 # convert
 
 
+def _check_convert_values(args) -> None:
+    """The option values the converter or convert() would refuse only after loading the
+    model (as "conversion failed", status 1): a usage error (2) before anything runs."""
+    from tftrt import profiles
+    from tftrt.engine.calibrator import parse_method
+    try:
+        if args.profile_strategy:
+            profiles.check_strategy(args.profile_strategy)
+        if args.calibration_method:
+            parse_method(args.calibration_method, args.precision)
+    except ValueError as e:
+        raise _Usage(str(e)) from None
+    size = args.max_workspace_size_bytes
+    if size is not None and size >= 2 ** 63:
+        raise _Usage(f"--max-workspace-size-bytes must be below 2**63 (an int64, as in "
+                     f"TensorRT); got {size}")
+
+
 def cmd_convert(args, out, err) -> int:
     src = args.src or args.dir
     dst = args.dst or args.output_dir
@@ -544,6 +568,7 @@ def cmd_convert(args, out, err) -> int:
         raise _Usage("--calibration-batch-size needs --calibration-data")
     if args.profile_strategy and not args.dynamic_shape:
         raise _Usage("--profile-strategy needs --dynamic-shape")
+    _check_convert_values(args)
     note = _select_backend(args.backend, default_engines=False)
     _check_destination(dst, src)
     from tftrt import inputs as inp

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import re
+import zipfile
+import zlib
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -157,8 +159,13 @@ def load_npz(path: str, specs: Specs) -> Dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as err:
+        # a truncated or damaged archive (BadZipFile: "Bad CRC-32 ..."; helper hunt)
         raise InputError(f"cannot read {path!r} as an .npz file of arrays: {err}") from None
+    odd = sorted(k for k, a in arrays.items() if not isinstance(a, np.ndarray))
+    if odd:  # np.load gives a member that is no .npy file as its raw bytes
+        raise InputError(f"{path!r} holds member(s) {odd} that are not arrays (.npy); write "
+                         f"it with np.savez(path, name=array, ...)")
     names = list(specs)
     if len(names) == 1 and len(arrays) == 1:
         arrays = {names[0]: next(iter(arrays.values()))}
@@ -174,6 +181,9 @@ def load_npz(path: str, specs: Specs) -> Dict[str, np.ndarray]:
         if not fits(a.shape, shape):
             raise InputError(f"{path}: array {name!r} has shape {list(a.shape)}, which does not "
                              f"fit the input's shape {_fmt(shape)}")
+        if np.dtype(dtype) == object and a.dtype.kind not in "SUO":
+            raise InputError(f"{path}: array {name!r} is {a.dtype}; the input is a string "
+                             f"(tf.string): give an array of str or bytes")
         if a.dtype != np.dtype(dtype):
             if not np.can_cast(a.dtype, np.dtype(dtype), casting="same_kind"):
                 raise InputError(f"{path}: array {name!r} is {a.dtype}; the input is "
@@ -183,11 +193,20 @@ def load_npz(path: str, specs: Specs) -> Dict[str, np.ndarray]:
     return out
 
 
-def split_batches(arrays: Dict[str, np.ndarray], batch: Optional[int]) -> List[Dict[str, np.ndarray]]:
+def split_batches(arrays: Dict[str, np.ndarray],
+                  batch: Optional[int]) -> List[Dict[str, np.ndarray]]:
     """Splits arrays along their first axis into batches of ``batch`` (None: one batch)."""
     if batch is None:
         return [arrays]
-    n = min(a.shape[0] for a in arrays.values()) if arrays else 0
+    scalars = sorted(k for k, a in arrays.items() if not np.ndim(a))
+    if scalars:
+        raise InputError(f"input(s) {scalars} are scalars: there is no first axis to split "
+                         f"into batches of {batch}")
+    counts = {k: a.shape[0] for k, a in arrays.items()}
+    if len(set(counts.values())) > 1:  # min() dropped the longer arrays' last samples
+        raise InputError(f"the arrays to split into batches of {batch} hold different numbers "
+                         f"of samples (first axis: {counts}); give every input the same count")
+    n = next(iter(counts.values())) if arrays else 0
     return [{k: a[i:i + batch] for k, a in arrays.items()} for i in range(0, n, batch)]
 
 

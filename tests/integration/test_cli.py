@@ -182,7 +182,7 @@ def test_convert_without_engines_to_build_on_native_says_so(src, tmp_path):
      "shape 1x32x32 does not fit input 'image' of shape [?, 32, 32, 3]"),
     (["convert", "{src}", "{out}", "--batch-sizes", "1", "--shapes", "1x32x32x3"], 2,
      "give one of --batch-sizes, --shapes and --inputs"),
-    (["convert", "{src}", "{out}", "--dynamic-shape", "--profile-strategy", "Best"], 1,
+    (["convert", "{src}", "{out}", "--dynamic-shape", "--profile-strategy", "Best"], 2,
      "Best"),
     (["convert", "{missing}", "{out}"], 1, "does not exist"),
     (["convert", "{src}", "{out}", "--dir", "{src}"], 2, "either as SRC DST or as --dir"),

@@ -216,3 +216,107 @@ def test_serve_defaults_to_the_converted_signature_key(converted, monkeypatch):
     code, _, err = run_cli("serve", converted["keyed"], "--gpus", "none")
     assert code == 0, err
     assert served == ["two"], served
+
+
+# second hunt (2026-12-04) ------------------------------------------------------------------
+def _npz_variants(tmp_path):
+    """A truncated .npz, one with a flipped byte (bad CRC), and a zip of a text member."""
+    import zipfile
+    ok = str(tmp_path / "ok.npz")
+    np.savez(ok, a=np.ones((2, 4), np.float32), b=np.ones((2, 4), np.float32))
+    raw = open(ok, "rb").read()
+    trunc, crc, txt = (str(tmp_path / n) for n in ("trunc.npz", "crc.npz", "txt.npz"))
+    open(trunc, "wb").write(raw[:200])
+    flipped = bytearray(raw)
+    flipped[300] ^= 0xFF
+    open(crc, "wb").write(bytes(flipped))
+    with zipfile.ZipFile(txt, "w") as z:
+        z.writestr("a.txt", b"garbage")
+        z.writestr("b.txt", b"garbage")
+    return {"truncated": (trunc, "File is not a zip file"), "crc": (crc, "Bad CRC-32"),
+            "text member": (txt, "that are not arrays")}
+
+
+@pytest.mark.parametrize("case", ["truncated", "crc", "text member"])
+@pytest.mark.parametrize("command", ["compare", "convert", "calibration"])
+def test_a_damaged_npz_is_one_error_line_exit_2(converted, models, tmp_path, case, command):
+    """A truncated .npz, a flipped byte or a member that is no .npy ended in a traceback
+    (zipfile.BadZipFile, AttributeError on bytes), status 1."""
+    path, says = _npz_variants(tmp_path)[case]
+    if command == "compare":
+        argv = ["compare", converted["two"], "--inputs", path]
+    elif command == "convert":
+        argv = ["convert", models["two"], str(tmp_path / "o"), "--inputs", path]
+    else:
+        argv = ["convert", models["two"], str(tmp_path / "o"), "--precision", "INT8",
+                "--calibration-data", path]
+    code, _, err = run_cli(*argv)
+    assert code == 2, err
+    assert says in _one_error_line(err)
+    assert not os.path.exists(tmp_path / "o")
+
+
+def test_float_array_for_a_string_input_is_an_argument_error(models, tmp_path):
+    npz = str(tmp_path / "s.npz")
+    np.savez(npz, s=np.ones(3))
+    code, _, err = run_cli("bench", models["strs"], "--inputs", npz, "--iterations", "1")
+    assert code == 2, err
+    assert "the input is a string (tf.string)" in _one_error_line(err)
+
+
+def test_bench_of_a_converted_model_without_engines_says_it_runs_natively(converted):
+    """A conversion that made no engine: bench's first line said "engines run on the numpy
+    reference backend"."""
+    code, out, err = run_cli("bench", converted["none"], "--iterations", "2", "--warmup", "0",
+                             "--backend", "numpy")
+    assert code == 0, err
+    first = out.splitlines()[0]
+    assert "no tftrt engines are used (the conversion made none): runs natively" in first
+    assert "engines run on" not in first
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--dynamic-shape", "--profile-strategy", "Bogus", "--batch-sizes", "1"],
+     "profile strategy 'Bogus' is not supported"),
+    (["--precision", "INT8", "--calibration-data", "{npz}", "--calibration-method", "foo"],
+     "calibration method 'foo' is not supported"),
+    (["--precision", "INT8", "--calibration-data", "{npz}", "--calibration-method",
+      "percentile:200"], "the percentile must be a number in (0, 100]"),
+    (["--max-workspace-size-bytes", "99999999999999999999"], "must be below 2**63"),
+])
+def test_bad_option_values_are_argument_errors_before_loading(models, tmp_path, argv, says,
+                                                              monkeypatch):
+    """These values were refused by the converter or convert() only after loading the model,
+    as "conversion failed", status 1."""
+    npz = str(tmp_path / "cal.npz")
+    np.savez(npz, a=np.ones((2, 4), np.float32), b=np.ones((2, 4), np.float32))
+    from tftrt import trt_convert
+    monkeypatch.setattr(trt_convert, "TrtGraphConverterV2",
+                        lambda **kw: pytest.fail("the model was loaded"))
+    code, _, err = run_cli("convert", models["two"], str(tmp_path / "o"),
+                           *[a.format(npz=npz) for a in argv])
+    assert code == 2, err
+    assert says in err and "Traceback" not in err
+
+
+def test_calibration_batches_of_inputs_with_different_counts_are_refused(models, tmp_path):
+    """--calibration-batch-size split by the smallest count: b's last samples were dropped
+    silently and the conversion succeeded."""
+    npz = str(tmp_path / "cal.npz")
+    np.savez(npz, a=np.ones((3, 4), np.float32), b=np.ones((5, 4), np.float32))
+    code, _, err = run_cli("convert", models["two"], str(tmp_path / "o"), "--precision",
+                           "INT8", "--calibration-data", npz, "--calibration-batch-size", "2")
+    assert code == 2, err
+    assert "different numbers of samples" in _one_error_line(err)
+
+
+def test_saved_model_cli_convert_keeps_tensorrt_as_a_value(models, tmp_path, monkeypatch):
+    """saved_model_cli's form drops the method word 'tensorrt'; it also dropped --dir
+    tensorrt (a directory of that name): "expected one argument"."""
+    import shutil
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(models["two"], "tensorrt")
+    code, _, err = run_cli("convert", "--dir", "tensorrt", "--output_dir", "out", "tensorrt",
+                           "--backend", "NUMPY", "--no-summary")
+    assert code == 0, err
+    assert os.path.isfile(os.path.join("out", "saved_model.pb"))
