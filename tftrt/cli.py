@@ -770,8 +770,11 @@ def cmd_compare(args, out, err) -> int:
 def cmd_inspect(args, out, err) -> int:
     from tftrt import inspect_model
     tags = _tags(args.tags)
+    refused = None
     try:
         info = inspect_model.describe(args.model, tags=tags)
+    except inspect_model.RefusedPlansError as e:  # the rest of the model loads: describe it
+        info, refused = e.description, str(e)
     except ValueError as e:
         raise CommandError(str(e)) from None
     if args.onnx:
@@ -794,6 +797,8 @@ def cmd_inspect(args, out, err) -> int:
                                          layers=not args.no_layers)
         for path in info.get("onnx_written", []):
             print(f"wrote {path}", file=out)
+    if refused is not None:
+        raise CommandError(refused)
     return EXIT_OK
 
 

@@ -2,14 +2,16 @@
 engines (plans) with their layers after fusion, tactics, precisions and memory, fallback
 tactics (on the GPU), and the ops left native with the reasons conversion gave.
 
-Plans are read from their JSON headers only (no weights are loaded), so a model built on a
-GPU can be inspected anywhere; fallback tactics are decided when a plan's layers get their
+Plans get every check tftrt.load makes but the one against this machine's backend and device
+(their weights are checksummed, not loaded), so a model built on a GPU can be inspected
+anywhere; fallback tactics are decided when a plan's layers get their
 GPU implementations, so they are listed on a machine where the CuPy backend works.
 """
 
 from __future__ import annotations
 
 import os
+import types
 from typing import Callable, Dict, List, Optional
 
 from tftrt import saving
@@ -20,42 +22,72 @@ def _read(path: str) -> bytes:
         return f.read()
 
 
-def _plan_description(name: str, spec, meta: dict, path: str) -> dict:
+def _plan_description(op, meta, path: str) -> dict:
+    """One saved plan of engine op ``op`` (a TRTEngineOp built from the saved spec, never
+    run): what its header says, or ``"error"``: why tftrt.load refuses it. The checks are
+    tftrt.load's own: the manifest's digest of the file (saving.read_plan), the plan's
+    framing, checksums, identity and fields (plan.check_plan, which deserialize_engine
+    runs), and the precision / shapes / profiles the engine op accepts (its add_engine).
+    Only the backend and device are not checked against this machine: a plan for another
+    one is rebuilt there, not refused, and inspect runs anywhere."""
     from tftrt.engine import PlanError
-    from tftrt.engine.network import Layer
-    from tftrt.engine.plan import check_plan_identity, network_sha256, read_plan_header
+    from tftrt.engine.plan import check_plan, network_sha256
+    from tftrt.profiles import profiles_from_config
+    meta = meta if isinstance(meta, dict) else {}
     d = {"file": os.path.basename(path), "input_shapes": meta.get("input_shapes"),
          "backend": meta.get("backend")}
     try:
-        data = _read(path)
-        header = read_plan_header(data)
-        check_plan_identity(header, name, network_sha256(spec.onnx_bytes))
+        data = saving.read_plan(path, meta)
+        header, network, memory = check_plan(data, op.name, network_sha256(op.spec.onnx_bytes))
+        why = _refusal(op, meta, header, network)
     except (OSError, PlanError) as err:
-        d["error"] = f"{err}; the engine rebuilds at run time"
+        why = str(err)
+    if why is not None:
+        d["error"] = why
         return d
-    try:  # an opt-shape engine of a ProfileEngine: saved under the engine's cache key (the
-        # shapes it was first built for), labelled with its own profiles' opt shapes
-        from tftrt.profiles import profiles_from_config
-        found = profiles_from_config(header.get("config") or {})
-    except (KeyError, TypeError, ValueError, AttributeError):
-        found = None
+    found = profiles_from_config(dict(header.get("config") or {}))  # checked by _refusal
     if found:
+        # an opt-shape engine of a ProfileEngine: saved under the engine's cache key (the
+        # shapes it was first built for), labelled with its own profiles' opt shapes
         profiles, opt_of = found
         d["input_shapes"] = [list(map(list, profiles[i].opt)) for i in opt_of][0]
         d["opt_of_profiles"] = list(opt_of)
-    memory = header.get("memory") or {}
-    layers = []
-    for item in header.get("layers", []):
-        layer = Layer.from_json(item)
-        layers.append({"name": layer.name, "kind": layer.kind,
-                       "epilogue": layer.epilogue_summary(), "tactic": layer.tactic or "default",
-                       "precision": layer.precision or header.get("precision")})
+    layers = [{"name": layer.name, "kind": layer.kind, "epilogue": layer.epilogue_summary(),
+               "tactic": layer.tactic or "default",
+               "precision": layer.precision or header.get("precision")}
+              for layer in network.layers]
     d.update(device=header.get("device"), precision=header.get("precision"), layers=layers,
-             activation_bytes=int(memory.get("arena_bytes", 0)) +
-             int(memory.get("workspace_bytes", 0)) + int(memory.get("output_bytes", 0)),
-             weight_bytes=int(header.get("weights_bytes", 0)),
-             fallback_tactics=_fallback_tactics(name, spec, header, data))
+             activation_bytes=memory.total_bytes, weight_bytes=header["weights_bytes"],
+             fallback_tactics=_fallback_tactics(op.name, op.spec, header, data))
     return d
+
+
+def _refusal(op, meta: dict, header: dict, network) -> Optional[str]:
+    """Why ``op`` does not take the checked plan listed by manifest entry ``meta``, or None:
+    what conversion.restore_plans and TRTEngineOp.add_engine refuse after reading it."""
+    from tftrt.profiles import profiles_from_config
+    try:  # the shapes restore_plans reads from the manifest entry
+        key = tuple(tuple(int(d) for d in s) for s in meta["input_shapes"])
+    except (KeyError, TypeError, ValueError) as err:
+        return f"its manifest entry is malformed ({type(err).__name__}: {err})"
+    # engine_op reads only these of an engine to judge it (an Engine needs a backend)
+    engine = types.SimpleNamespace(config=dict(header.get("config") or {}),
+                                   precision=header["precision"],
+                                   input_shapes=[network.tensors[n].shape
+                                                 for n in network.inputs])
+    mismatch = op._saved_engine_mismatch(key, engine)  # pylint: disable=protected-access
+    if mismatch:
+        return f"it {mismatch}: it belongs to another conversion of this model"
+    try:
+        found = profiles_from_config(engine.config)
+    except (KeyError, TypeError, ValueError) as err:
+        return f"it names malformed optimization profiles ({type(err).__name__}: {err})"
+    for i in (found[1] if found else ()):
+        opt = [tuple(s) for s in found[0][i].opt]
+        if engine.input_shapes != opt:  # ProfileEngine.add_opt_engine's check
+            return (f"it does not match its optimization profile (engine for shapes "
+                    f"{engine.input_shapes} is not profile {i}'s opt shape {opt})")
+    return None
 
 
 def _fallback_tactics(name: str, spec, header: dict, data: bytes) -> Optional[List[dict]]:
@@ -65,9 +97,12 @@ def _fallback_tactics(name: str, spec, header: dict, data: bytes) -> Optional[Li
     from tftrt.engine.plan import network_sha256
     if header.get("backend") != "cupy" or "cupy" not in available_backends():
         return None
-    from tftrt.engine import deserialize_engine
-    engine = deserialize_engine(data, backend="cupy", engine_name=name,
-                                network_digest=network_sha256(spec.onnx_bytes))
+    from tftrt.engine import PlanError, deserialize_engine
+    try:
+        engine = deserialize_engine(data, backend="cupy", engine_name=name,
+                                    network_digest=network_sha256(spec.onnx_bytes))
+    except PlanError:  # built for another GPU: its implementations here are not its own
+        return None
     impls = engine.backend_impl.engine_impls(engine)
     return [{"layer": l.name, "kind": l.kind, "tactic": l.tactic,
              "implementation": type(i).__name__, "why": i.fallback}
@@ -80,7 +115,10 @@ def describe(path: str, tags=None) -> dict:
 
     Raises:
       ValueError (saving.NotConvertedError / SavedAssetsError): no usable tftrt assets.
+      RefusedPlansError (a SavedAssetsError): saved engines tftrt.load refuses (which, and
+        why, in the message); its ``description`` is the whole description.
     """
+    from tftrt.engine_op import TRTEngineOp
     from tftrt.inputs import signature_specs
     try:
         saved = saving.read_saved_engines(path, tags=tags)
@@ -95,6 +133,7 @@ def describe(path: str, tags=None) -> dict:
     for e in m["engines"]:
         name = e["spec"]["name"]
         spec = saved.specs[name]
+        op = TRTEngineOp(spec, native_fn=None)  # judges its plans as tftrt.load's op does
         engines.append({
             "name": name, "precision": spec.precision_mode, "tf_nodes": spec.num_nodes,
             "ops": dict(spec.op_histogram),
@@ -107,8 +146,7 @@ def describe(path: str, tags=None) -> dict:
             "maximum_cached_engines": spec.maximum_cached_engines,
             "allow_build_at_runtime": spec.allow_build_at_runtime,
             "weights_shared_with_saved_model": len(e.get("weights", [])),
-            "plans": [_plan_description(name, spec, meta, p)
-                      for meta, p in saved.plan_files[name]],
+            "plans": [_plan_description(op, meta, p) for meta, p in saved.plan_files[name]],
         })
     info = {
         "model": saved.path, "signature": m["signature_key"],
@@ -121,7 +159,24 @@ def describe(path: str, tags=None) -> dict:
         "conversion": m.get("conversion"),
         "engines": engines,
     }
-    return {"json": info, "saved": saved}
+    described = {"json": info, "saved": saved}
+    refused = [f"{p['file']} ({e['name']}, input shapes {p['input_shapes']}): {p['error']}"
+               for e in engines for p in e["plans"] if "error" in p]
+    if refused:
+        raise RefusedPlansError(
+            f"{len(refused)} saved engine(s) of {path} are refused, as tftrt.load refuses "
+            f"them (it rebuilds those engines, or runs them natively): " + "; ".join(refused),
+            described)
+    return described
+
+
+class RefusedPlansError(saving.SavedAssetsError):
+    """Saved engines (plans) of a model that tftrt.load refuses; the rest of the model loads.
+    ``description``: what :func:`describe` would have returned, refused plans marked."""
+
+    def __init__(self, message: str, description: dict):
+        super().__init__(message)
+        self.description = description
 
 
 def write_networks(info: dict, outdir: str) -> List[str]:
@@ -184,7 +239,8 @@ def format_description(info: dict, print_fn: Callable[[str], None], layers: bool
         for k, p in enumerate(e["plans"]):
             shapes = p.get("input_shapes")
             if "error" in p:
-                print_fn(f"  saved engine {k} for input shapes {shapes}: unusable: {p['error']}")
+                print_fn(f"  saved engine {k} ({p['file']}) for input shapes {shapes}: refused "
+                         f"(tftrt.load rebuilds it): {p['error']}")
                 continue
             print_fn(f"  saved engine {k} for input shapes {shapes}: {p['backend']} on "
                      f"{p['device']}, {p['precision']}, {len(p['layers'])} layers after "

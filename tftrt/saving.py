@@ -11,7 +11,8 @@ Layout of a saved directory (besides TensorFlow's own files):
                                     of the native segment are stored without their bytes
                                     (``weights`` in the manifest, see tftrt/shared_weights.py)
     assets/tftrt/<engine>_<k>.plan  built engines (plans: JSON header + raw weights, no code;
-                                    the header names the engine and its network's sha256)
+                                    the header names the engine and its network's sha256;
+                                    the manifest holds each plan's sha256)
 
 The signature itself calls ``<engine>_native_segment`` functions (PartitionedCall nodes marked
 ``_tftrt_engine``), so ``tf.saved_model.load`` runs everything natively with correct results.
@@ -421,10 +422,11 @@ def _write_assets(adir: str, converter, gd, outputs, save_gpu_specific_engines: 
                 plan_file = f"{name}_{k}.plan"
                 # The plan names its engine and network, so a loader can refuse a plan file
                 # that belongs to another engine.
-                _write_file(os.path.join(adir, plan_file),
-                            serialize_engine(engine, name, network_sha))
+                plan_sha = _write_file(os.path.join(adir, plan_file),
+                                       serialize_engine(engine, name, network_sha))
                 plans.append({"input_shapes": [list(s) for s in shape_key], "file": plan_file,
-                              "backend": getattr(engine, "backend", None)})
+                              "backend": getattr(engine, "backend", None),
+                              "sha256": plan_sha})
                 if profiles:
                     plans[-1]["profiles"] = profiles
         entry = {"spec": op.spec.to_json(), "onnx": onnx_file, "onnx_sha256": onnx_sha,
@@ -743,7 +745,7 @@ def _engines_from_manifest(path: str, adir: str, manifest: dict, loaded, make_op
     ops: Dict[str, TRTEngineOp] = {}
     for e, spec, fdef, paths in entries:
         op = conversion.engine_op_from_spec(spec, fdef)
-        conversion.restore_plans(op, [(p, functools.partial(_read, f))
+        conversion.restore_plans(op, [(p, functools.partial(read_plan, f, p))
                                       for p, f in zip(e["plans"], paths)])
         op.remember_profile_sets(e.get("remembered_profiles"))
         ops[spec.name] = op
@@ -871,6 +873,26 @@ def _read_checked(fpath: str, sha256) -> bytes:
     if hashlib.sha256(data).hexdigest() != sha256:
         raise SavedAssetsError(f"{os.path.basename(fpath)} does not match the digest the "
                                f"manifest holds: it was changed or truncated after saving")
+    return data
+
+
+def read_plan(fpath: str, meta) -> bytes:
+    """The bytes of plan file ``fpath``, checked against the sha256 its manifest entry
+    ``meta`` holds (a manifest written before plans had digests holds none: the plan's own
+    checks then stand alone). A plan edited after saving with its own checksums made
+    valid again gave wrong answers (helper hunt, 2026-12-04).
+
+    Raises:
+      PlanError: the digest does not match (the engine rebuilds, as for any refused plan).
+      OSError: the file cannot be read.
+    """
+    from tftrt.engine.errors import PlanError
+    data = _read(fpath)
+    # the key present with another value (null, a number) is a digest that does not match
+    if isinstance(meta, dict) and "sha256" in meta and \
+            hashlib.sha256(data).hexdigest() != meta["sha256"]:
+        raise PlanError(f"{os.path.basename(fpath)} does not match the digest the manifest "
+                        f"holds: it was changed or replaced after saving; rebuild the engine")
     return data
 
 

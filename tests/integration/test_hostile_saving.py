@@ -80,12 +80,21 @@ def assert_native_answers(src, fn, x):
     ("fp32_b4", "was built for input shapes [[4, 8, 8, 3]] but the manifest lists it for "
                 "[[8, 8, 8, 3]]"),
 ])
+@pytest.mark.parametrize("digests", [True, False], ids=["manifest", "manifest_before_digests"])
 def test_plan_of_another_save_of_the_model_is_refused_and_rebuilt(saves, tmp_path, caplog,
-                                                                  other, message):
+                                                                  other, message, digests,
+                                                                  monkeypatch):
     """A plan names its engine and segment network, which another save of the same model
     shares: an FP16 plan in an FP32 model gave FP16 answers with no message, and a plan of
-    another batch size made every call of the listed shapes run natively for good."""
+    another batch size made every call of the listed shapes run natively for good. The
+    manifest's plan digest refuses it first; one from before plan digests, the plan's own
+    precision and shapes."""
+    from tests.integration.test_saved_model_trust import drop_plan_digests
     model = shutil.copytree(saves["fp32_b8"], str(tmp_path / "model"))
+    if not digests:
+        drop_plan_digests(model, monkeypatch)
+    else:
+        message = f"{E0}_0.plan does not match the digest"
     shutil.copy(plan_path(saves[other]), plan_path(model))
     loaded, warnings = load(model, caplog)
     assert any(w.startswith(E0) and message in w and "will rebuild" in w

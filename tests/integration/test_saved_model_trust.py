@@ -115,6 +115,17 @@ def resign(path, monkeypatch):
     monkeypatch.setattr(saving, "_saved_assets_digest", lambda loaded: digest, raising=False)
 
 
+def drop_plan_digests(path, monkeypatch):
+    """The manifest as a tftrt from before plan digests wrote it (tftrt.load told it is
+    the one saved_model.pb names)."""
+    manifest = read_manifest(path)
+    for e in manifest["engines"]:
+        for p in e["plans"]:
+            del p["sha256"]
+    write_manifest(path, manifest)
+    resign(path, monkeypatch)
+
+
 def reframe(data, edit):
     """The plan ``data`` with its JSON header edited and every checksum valid again."""
     magic, version, hlen, _ = struct.unpack_from("<8sIQI", data)
@@ -152,7 +163,12 @@ def test_plan_carries_engine_name_and_network_digest(dirs):
         deserialize_engine(anonymous, engine_name=E0, network_digest=digests[E0])
 
 
-def test_swapped_plan_files_are_refused_and_rebuilt(dirs, model, caplog):
+@pytest.mark.parametrize("digests", [True, False], ids=["manifest", "manifest_before_digests"])
+def test_swapped_plan_files_are_refused_and_rebuilt(dirs, model, caplog, monkeypatch, digests):
+    """Refused by the manifest's plan digest; in a manifest from before plan digests, by
+    the engine name each plan holds."""
+    if not digests:
+        drop_plan_digests(model, monkeypatch)
     d = adir(model)
     p0, p1 = os.path.join(d, f"{E0}_0.plan"), os.path.join(d, f"{E1}_0.plan")
     os.rename(p0, p0 + ".tmp")
@@ -160,8 +176,11 @@ def test_swapped_plan_files_are_refused_and_rebuilt(dirs, model, caplog):
     os.rename(p0 + ".tmp", p1)
     loaded, warnings = load(model, caplog)
     for mine, theirs in ((E0, E1), (E1, E0)):
-        assert any(w.startswith(mine) and f"built for engine '{theirs}'" in w and
-                   f"loaded by engine '{mine}'" in w for w in warnings), warnings
+        said = (f"{mine}_0.plan does not match the digest" if digests else
+                f"built for engine '{theirs}'")
+        assert any(w.startswith(mine) and said in w and (digests or f"loaded by engine "
+                                                          f"'{mine}'" in w)
+                   for w in warnings), warnings
     assert_serves_with_engines(loaded, native(dirs["a"]), {E0: 1, E1: 1})
 
 
@@ -233,11 +252,14 @@ def test_segment_network_with_external_data_is_refused(dirs, model, monkeypatch,
 
 
 @pytest.mark.parametrize("how", ["missing_fields", "deleted"])
-def test_crafted_or_deleted_plan_warns_and_rebuilds(dirs, model, caplog, how):
+def test_crafted_or_deleted_plan_warns_and_rebuilds(dirs, model, caplog, how, monkeypatch):
+    """(The crafted plan in a manifest from before plan digests: the digest would refuse it
+    first, test_plan_integrity.py.)"""
     path = os.path.join(adir(model), f"{E1}_0.plan")
     if how == "deleted":
         os.remove(path)
     else:
+        drop_plan_digests(model, monkeypatch)
         data = reframe(read(path), lambda h: (h.pop("memory"), h.pop("layers")))
         with open(path, "wb") as f:
             f.write(data)

@@ -21,7 +21,7 @@ import hashlib
 import json
 import struct
 import zlib
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -140,6 +140,30 @@ def _short(digest) -> str:
     return repr(digest[:16] + "...") if isinstance(digest, str) else repr(digest)
 
 
+def check_plan(data: bytes, engine_name: Optional[str] = None,
+               network_digest: Optional[str] = None) -> Tuple[dict, Network, MemoryPlan]:
+    """Every check of a plan that needs no backend, the ones :func:`deserialize_engine` makes
+    (so ``tftrt inspect`` refuses what a load refuses, on any machine): framing and header
+    checksum, the engine and segment network it names (see :func:`check_plan_identity`),
+    the weights' crc32, and every header field read well-formed.
+
+    Returns:
+      (header, network with its weights, memory plan).
+    Raises:
+      PlanError: saying what is wrong (the caller rebuilds the engine).
+    """
+    data = bytes(data)
+    header = read_plan_header(data)
+    if not isinstance(header, dict):
+        raise PlanError("plan header is not a JSON object; rebuild the engine")
+    check_plan_identity(header, engine_name, network_digest)
+    try:
+        net, memory = _contents(data, header)
+    except _MALFORMED as e:
+        raise _malformed(e) from None
+    return header, net, memory
+
+
 def deserialize_engine(data: bytes, backend: Optional[str] = None,
                        engine_name: Optional[str] = None,
                        network_digest: Optional[str] = None) -> Engine:
@@ -155,22 +179,25 @@ def deserialize_engine(data: bytes, backend: Optional[str] = None,
         network, an unavailable backend, a plan built for another device, or a header that
         lacks fields (the caller rebuilds).
     """
-    data = bytes(data)
-    header = read_plan_header(data)
-    if not isinstance(header, dict):
-        raise PlanError("plan header is not a JSON object; rebuild the engine")
-    check_plan_identity(header, engine_name, network_digest)
+    header, net, memory = check_plan(data, engine_name, network_digest)
     try:
-        return _engine_from_header(data, header, backend)
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
-        # Checksums hold but the header was written by something else (or crafted): a
-        # field is missing or has the wrong type.
-        what = f"lacks field {e}" if isinstance(e, KeyError) else \
-            f"has a malformed field ({type(e).__name__}: {e})"
-        raise PlanError(f"plan header {what}; rebuild the engine") from None
+        return _engine(header, net, memory, backend)
+    except _MALFORMED as e:
+        raise _malformed(e) from None
 
 
-def _engine_from_header(data: bytes, header: dict, backend: Optional[str]) -> Engine:
+# What reading a header field that is missing or of the wrong type raises: the checksums hold
+# but the header was written by something else (or crafted).
+_MALFORMED = (KeyError, TypeError, ValueError, AttributeError, IndexError)
+
+
+def _malformed(e: Exception) -> PlanError:
+    what = f"lacks field {e}" if isinstance(e, KeyError) else \
+        f"has a malformed field ({type(e).__name__}: {e})"
+    return PlanError(f"plan header {what}; rebuild the engine")
+
+
+def _engine(header: dict, net: Network, memory: MemoryPlan, backend: Optional[str]) -> Engine:
     from tftrt.engine.backends import get_backend
     from tftrt.engine.errors import EngineBuildError
 
@@ -182,11 +209,18 @@ def _engine_from_header(data: bytes, header: dict, backend: Optional[str]) -> En
     if header["device"] != device:
         raise PlanError(f"plan was built for device {header['device']!r} but this backend "
                         f"runs on {device!r}; rebuild the engine for this device")
+    return Engine(net, be, header["precision"], memory, header.get("config"), device=device)
+
+
+def _contents(data: bytes, header: dict) -> Tuple[Network, MemoryPlan]:
+    """The network (weights checked against their crc32) and memory plan a plan holds.
+    Raises PlanError, or KeyError / TypeError / ValueError for a malformed field."""
     hlen = _PREFIX.unpack_from(data)[2]
     start = _PREFIX.size + hlen
     start += _pad(start)
-    blob = data[start:start + header["weights_bytes"]]
-    if len(blob) != header["weights_bytes"] or zlib.crc32(blob) != header["weights_crc32"]:
+    size = _count(header, "weights_bytes")
+    blob = data[start:start + size]
+    if len(blob) != size or zlib.crc32(blob) != header["weights_crc32"]:
         raise PlanError("plan weights are truncated or corrupt (checksum mismatch); rebuild "
                         "the engine")
     net = Network(header["name"])
@@ -194,10 +228,28 @@ def _engine_from_header(data: bytes, header: dict, backend: Optional[str]) -> En
     for k, v in header["tensors"].items():
         net.tensors[k] = TensorInfo(k, v["dtype"], None if v["shape"] is None else
                                     tuple(v["shape"]))
+    missing = [n for n in net.inputs + net.outputs if n not in net.tensors]
+    if missing:
+        raise ValueError(f"inputs / outputs {missing[:3]} are not among its tensors")
+    if any(net.tensors[n].shape is None for n in net.inputs):
+        raise ValueError("an input has no shape (an engine is built for input shapes)")
     for k, w in header["weights"].items():
         arr = np.frombuffer(blob, np.dtype(w["dtype"]).newbyteorder("<"),
                             count=int(np.prod(w["shape"], dtype=np.int64)), offset=w["offset"])
         net.weights[k] = arr.astype(np.dtype(w["dtype"]), copy=True).reshape(w["shape"])
     net.layers = [Layer.from_json(l) for l in header["layers"]]
-    return Engine(net, be, header["precision"], MemoryPlan.from_json(header["memory"]),
-                  header.get("config"), device=device)
+    memory = MemoryPlan.from_json(header["memory"])
+    # read once there is a backend (deserialize_engine), checked here for every caller
+    header["precision"], header["backend"], header["device"]  # pylint: disable=W0104
+    dict(header.get("config") or {})
+    for field in ("arena_bytes", "workspace_bytes", "output_bytes"):
+        _count(vars(memory), field)
+    return net, memory
+
+
+def _count(d: dict, field: str) -> int:
+    """``d[field]``, a byte count (a non-negative int). Raises KeyError / ValueError."""
+    n = d[field]
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise ValueError(f"{field!r} is {n!r}, not a byte count")
+    return n
