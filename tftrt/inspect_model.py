@@ -65,7 +65,7 @@ def _plan_description(op, meta, path: str) -> dict:
 def _refusal(op, meta: dict, header: dict, network) -> Optional[str]:
     """Why ``op`` does not take the checked plan listed by manifest entry ``meta``, or None:
     what conversion.restore_plans and TRTEngineOp.add_engine refuse after reading it."""
-    from tftrt.profiles import profiles_from_config
+    from tftrt.profiles import opt_shape_mismatch, profiles_from_config
     try:  # the shapes restore_plans reads from the manifest entry
         key = tuple(tuple(int(d) for d in s) for s in meta["input_shapes"])
     except (KeyError, TypeError, ValueError) as err:
@@ -83,10 +83,9 @@ def _refusal(op, meta: dict, header: dict, network) -> Optional[str]:
     except (KeyError, TypeError, ValueError) as err:
         return f"it names malformed optimization profiles ({type(err).__name__}: {err})"
     for i in (found[1] if found else ()):
-        opt = [tuple(s) for s in found[0][i].opt]
-        if engine.input_shapes != opt:  # ProfileEngine.add_opt_engine's check
-            return (f"it does not match its optimization profile (engine for shapes "
-                    f"{engine.input_shapes} is not profile {i}'s opt shape {opt})")
+        wrong = opt_shape_mismatch(found[0], i, engine.input_shapes)
+        if wrong:  # what ProfileEngine.add_opt_engine refuses
+            return f"it does not match its optimization profile ({wrong})"
     return None
 
 

@@ -116,6 +116,15 @@ def check_strategy(name) -> str:
                      f"{list(STRATEGIES)} (TF-TRT's names, in any case)")
 
 
+def opt_shape_mismatch(profiles, index: int, input_shapes) -> Optional[str]:
+    """Why an engine built for ``input_shapes`` is not profile ``index``'s opt-shape engine,
+    or None (ProfileEngine.add_opt_engine refuses it; tftrt inspect says so)."""
+    if input_shapes != [tuple(s) for s in profiles[index].opt]:
+        return (f"engine for shapes {input_shapes} is not profile {index}'s opt shape "
+                f"{list(profiles[index].opt)}")
+    return None
+
+
 def _key(shapes) -> ShapeKey:
     return tuple(tuple(int(d) for d in s) for s in shapes)
 
@@ -766,9 +775,9 @@ class ProfileEngine:
     def add_opt_engine(self, index: int, engine) -> None:
         """Takes ``engine`` (loaded from a plan) as profile ``index``'s opt-shape engine."""
         with self._lock:
-            if engine.input_shapes != [tuple(s) for s in self.profiles[index].opt]:
-                raise ValueError(f"engine for shapes {engine.input_shapes} is not profile "
-                                 f"{index}'s opt shape {list(self.profiles[index].opt)}")
+            wrong = opt_shape_mismatch(self.profiles, index, engine.input_shapes)
+            if wrong:
+                raise ValueError(wrong)
             self.weight_cache.add(engine.backend, engine.network.weights, engine.weights)
             self._adopt(engine)
             self._engines[self.profiles[index].opt] = engine

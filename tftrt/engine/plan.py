@@ -240,8 +240,9 @@ def _contents(data: bytes, header: dict) -> Tuple[Network, MemoryPlan]:
     net.layers = [Layer.from_json(l) for l in header["layers"]]
     memory = MemoryPlan.from_json(header["memory"])
     # read once there is a backend (deserialize_engine), checked here for every caller
-    header["precision"], header["backend"], header["device"]  # pylint: disable=W0104
-    dict(header.get("config") or {})
+    for field in ("precision", "backend", "device"):
+        header[field]  # pylint: disable=pointless-statement -- KeyError: lacks the field
+    dict(header.get("config") or {})  # TypeError / ValueError: not a mapping
     for field in ("arena_bytes", "workspace_bytes", "output_bytes"):
         _count(vars(memory), field)
     return net, memory

@@ -348,16 +348,22 @@ def _cast_compared_inputs_to_fp16(net: Network) -> None:
                 for k, name in enumerate(l.inputs):
                     if name not in inputs or net.tensors[name].dtype != "float32":
                         continue
-                    if name not in casts:
-                        out = net.add_tensor(net.unique_name(name + "_fp16"), "float16",
-                                             net.tensors[name].shape)
-                        layers.append(Layer(out, "pointwise", [name], [out], {"program": [
-                            {"op": "cast", "args": ["$0"], "dtype": "float16",
-                             "to": "float16"}]}, precision="FP16"))
-                        casts[name] = out
-                    l.inputs[k] = casts[name]
+                    l.inputs[k] = _fp16_copy(net, name, casts, layers)
         layers.append(l)
     net.layers = layers
+
+
+def _fp16_copy(net: Network, name: str, casts: dict, layers: list) -> str:
+    """The float16 copy of tensor ``name``: a cast layer appended to ``layers`` the first
+    time, remembered in ``casts`` (one cast per tensor, however many layers read it)."""
+    if name not in casts:
+        out = net.add_tensor(net.unique_name(name + "_fp16"), "float16",
+                             net.tensors[name].shape)
+        layers.append(Layer(out, "pointwise", [name], [out], {"program": [
+            {"op": "cast", "args": ["$0"], "dtype": "float16", "to": "float16"}]},
+            precision="FP16"))
+        casts[name] = out
+    return casts[name]
 
 
 def _cast_gemm_inputs_to_fp16(net: Network) -> None:
@@ -374,13 +380,6 @@ def _cast_gemm_inputs_to_fp16(net: Network) -> None:
                 if not name or name in net.weights or k in epi_biases or \
                         net.tensors[name].dtype != "float32":
                     continue
-                if name not in casts:
-                    out = net.add_tensor(net.unique_name(name + "_fp16"), "float16",
-                                         net.tensors[name].shape)
-                    layers.append(Layer(out, "pointwise", [name], [out], {"program": [
-                        {"op": "cast", "args": ["$0"], "dtype": "float16", "to": "float16"}]},
-                        precision="FP16"))
-                    casts[name] = out
-                l.inputs[k] = casts[name]
+                l.inputs[k] = _fp16_copy(net, name, casts, layers)
         layers.append(l)
     net.layers = layers
