@@ -123,18 +123,44 @@ def test_block_becomes_one_se_layer_that_matches(style, precision):
         assert np.mean(got == ref) > 0.95
 
 
-def test_fp16_se_rounds_where_the_unfused_layers_stored():
+def test_fp16_se_keeps_its_gate_in_float32():
+    """FP16 engines compute and store the gate in float32 (precision.py: se_gate_layers), so
+    the fused layer rounds nowhere but y, and its FC weights are the float32 originals."""
     net, x = _se_net(style="mobilenet_v3")
     engine = _engine(net, x, "FP16")
     (se,) = [l for l in engine.network.layers if l.kind == "se"]
     a = se.attrs
-    assert a["pool"][-1] == {"round": "float16"} and a["hidden"] == [{"round": "float16"}]
-    assert a["gate"][0] == {"round": "float16"} and a["gate"][-1]["program"][0]["op"] == "mul"
+    assert a["pool"] == [{"round": "float32"}] and a["hidden"] == [{"round": "float32"}]
+    assert a["gate"][0] == {"round": "float32"} and a["gate"][-1]["program"][0]["op"] == "mul"
     assert a["act1"]["fn"] == "relu" and a["act2"] == {"op": "act", "fn": "clip", "min": 0.0,
                                                        "max": 6.0}
-    assert engine.network.dtype(se.inputs[1]) == "float16"
-    assert engine.network.shape(se.inputs[1]) == (4, 16)
+    assert engine.network.dtype(se.inputs[1]) == "float32"
+    np.testing.assert_array_equal(engine.network.weights[se.inputs[1]],
+                                  net.weights["w1"].reshape(4, 16))
     assert engine.network.shape(se.inputs[3]) == (16, 4)
+    assert engine.network.dtype(se.outputs[0]) == "float16" or se.outputs[0] in \
+        engine.network.outputs
+
+
+@pytest.mark.parametrize("style", ["efficientnet", "mobilenet_v3", "gemm"])
+def test_fp16_unfused_gate_layers_are_fp32_and_the_scale_fp16(style):
+    net, x = _se_net(style=style)
+    net.outputs = ["y"]
+    net = apply_precision(bind_inputs(net, {"in": x.shape}), "FP16")
+    by_out = {l.outputs[0]: l for l in net.layers}
+    gate = ["m", "h", "g"] + (["g0"] if style == "gemm" else []) + \
+        (["m4"] if style == "efficientnet" else [])
+    for t in gate:
+        assert by_out[t].precision == "FP32" and net.dtype(t) == "float32", t
+    for l in net.layers:
+        if l.kind in ("conv", "matmul") and l.outputs[0] != "x":
+            assert net.weights[l.inputs[1]].dtype == np.float32
+    assert by_out["x"].precision == "FP16" and net.dtype("x") == "float16"
+    assert by_out["y"].precision == "FP16"
+    # a mean that is no SE block's (its vector goes to a network output) keeps FP16 around it
+    net2, _ = _se_net(style=style, extra_use="h")
+    net2 = apply_precision(bind_inputs(net2, {"in": x.shape}), "FP16")
+    assert {l.outputs[0]: l for l in net2.layers}["h"].precision == "FP16"
 
 
 @pytest.mark.parametrize("extra_use", ["m", "h", "g"])

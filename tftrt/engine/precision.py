@@ -4,8 +4,9 @@ FP16: conv / conv_transpose / matmul store their weights in float16 and every la
 float32 activations in float16, except the layers in ``FP32_KINDS`` (softmax, reductions,
 normalization, top-k, ...) and pointwise layers that square, raise or exponentiate values a
 reduction or a pool reads (a variance's (x - mean)^2), with the layers between and such pools
-(``_variance_terms``), which compute in float32 and keep float32
-outputs because fp16 loses too much (or overflows) there; softmax and normalization store
+(``_variance_terms``), and the gate of each squeeze-and-excitation block (mean, FC steps:
+``se_fusion.se_gate_layers``; its scale of x stays FP16), which compute in float32 and keep
+float32 outputs because fp16 loses too much (or overflows) there; softmax and normalization store
 their main output in float16 all the same (``HALF_OUTPUT_KINDS``). Network inputs and
 outputs keep their declared dtypes (as in TF-TRT). Epilogue vectors (bias/scale) stay float32:
 they are applied to the fp32 accumulator.
@@ -29,6 +30,7 @@ import numpy as np
 from tftrt.engine import quantization as Q
 from tftrt.engine.errors import EngineBuildError
 from tftrt.engine.network import COMPARISONS, Layer, Network
+from tftrt.engine.passes.se_fusion import se_gate_layers
 
 PRECISIONS = ("FP32", "FP16", "INT8", "FP8")
 FP32_KINDS = frozenset({"softmax", "reduce", "normalization", "topk", "arg_reduce", "cumsum",
@@ -302,7 +304,7 @@ def _assign_half(net: Network, skip=frozenset(), probes=(), wide=frozenset()) ->
     for l in net.layers:
         for i in l.inputs:
             uses[i] = uses.get(i, 0) + 1
-    fp32 = _variance_terms(net) | _float32_sources(net) | {
+    fp32 = _variance_terms(net) | _float32_sources(net) | se_gate_layers(net) | {
         l.name for l in net.layers if any(o in wide for o in l.outputs)}
     for l in net.layers:
         if l.name in skip:

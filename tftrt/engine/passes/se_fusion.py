@@ -29,6 +29,8 @@ What is matched, from a ``reduce`` mean over every spatial axis of x [N, *S, C]:
 * no intermediate is a network output or has another consumer (x itself may have any).
 
 Weights are stored [Cout, Cin] (``w1`` [Cse, C], ``w2`` [C, Cse]) in the FC layers' dtype.
+In FP16 engines precision.py keeps the gate's layers (``se_gate_layers``) in FP32, so the
+fused layer's weights and stages are float32 there too; only y is stored in float16.
 The pass runs after precision assignment (``LATE_PASSES``), in every precision; the backend's
 ``accept(net, layer)`` may veto each fused layer (the CuPy backend takes it unless
 ``TFTRT_FUSE_SE=0``).
@@ -218,6 +220,25 @@ def _match(net: Network, red: Layer, consumers, keep) -> Optional[Tuple[Layer, L
              "pool": pool, "hidden": hidden, "gate": gate}
     se = Layer(mul.name + "_se", "se", ins, [y], attrs, precision=mul.precision)
     return se, [red, l1, l2] + walk.chain + [mul]
+
+
+def se_gate_layers(net: Network) -> set:
+    """Names of the layers that compute the gate of each squeeze-and-excitation block of
+    ``net`` (the mean, the FC steps and what lies between them: every layer ``se_fusion``
+    would replace but the final multiply). precision.py keeps them in FP32 in FP16 engines:
+    a float16 gate is one rounding per (sample, channel) that every position of the channel
+    shares, so its error does not average out in the next convolution as per-element
+    roundings do, and the gate is a vector, so its float32 costs nothing measurable."""
+    net = net.copy()  # _match adds [Cout, Cin] weight copies
+    consumers = net.consumers()
+    keep = set(net.outputs)
+    names = set()
+    for red in list(net.layers):
+        if red.kind == "reduce" and red.name not in names:
+            m = _match(net, red, consumers, keep)
+            if m is not None:
+                names.update(l.name for l in m[1][:-1])
+    return names
 
 
 def se_fusion(net: Network, accept: Optional[Accept] = None) -> Network:
