@@ -215,6 +215,38 @@ def test_zoo_summary_takes_the_latest_gpu_rows(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "below 1x: VGG16 0.90x" in text
     assert got["over_error_bar"] == {} and "- host layers: none" in text
+    # a row over REL_TOL that its run's XLA error let pass is still named
+    xla = tmp_path / "d.jsonl"
+    xla.write_text(json.dumps(row("ResNet50", "tftrt", {128: 4000}, rel_err=0.03,
+                                  rel_err_ok=True)) + "\n")
+    got = bench.summary([str(old), str(xla)])
+    text = capsys.readouterr().out
+    assert got["over_error_bar"] == {} and got["within_xla_error_only"] == {
+        "ResNet50 FP16": 0.03}
+    assert "- over REL_TOL but within TF XLA's own error: ResNet50 FP16 (0.03)" in text
+    # per batch where rows carry per-batch errors: a later --batches 8 row does not hide an
+    # earlier batch 128 over the bar; each batch meets XLA's error at that batch
+    def erred(runtime, errs, **kw):
+        r = row("DenseNet121", runtime, {b: 100 for b in errs}, **kw)
+        for b, e in errs.items():
+            r["batches"][str(b)]["rel_err"] = e
+        return json.dumps(r)
+    per = tmp_path / "e.jsonl"
+    per.write_text("\n".join([
+        erred("tf_xla", {8: 0.05, 128: 0.025}),
+        erred("tftrt", {8: 0.03, 128: 0.04}, rel_err=0.04, rel_err_ok=False),
+        erred("tftrt", {8: 0.01}, rel_err=0.01, rel_err_ok=True)]) + "\n")
+    got = bench.summary([str(per)])
+    capsys.readouterr()
+    assert got["over_error_bar"] == {"DenseNet121 FP16": 0.04}
+    per.write_text("\n".join([
+        erred("tf_xla", {8: 0.05, 128: 0.045}),
+        erred("tftrt", {8: 0.03, 128: 0.04}, rel_err=0.04, rel_err_ok=False),
+        erred("tftrt", {8: 0.01}, rel_err=0.01, rel_err_ok=True)]) + "\n")
+    got = bench.summary([str(per)])
+    capsys.readouterr()
+    assert got["over_error_bar"] == {}
+    assert got["within_xla_error_only"] == {"DenseNet121 FP16": 0.04}
 
 
 def test_zoo_benchmark_skips_models_that_no_longer_fit(tmp_path, capsys):
