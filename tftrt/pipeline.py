@@ -208,7 +208,7 @@ def _plan(graph_def, inputs, outputs, engine_ops, input_dtypes) -> Plan:
         for j, dt in enumerate(op.spec.output_dtypes):
             dtypes.known[tensor_name(name, j)] = tf.as_dtype(dt)
     for k in range(len(engines) + 1):
-        if fetches.get(k):
+        if k in members:  # _add_stage skips a stage with nothing to hand out or do
             _add_stage(plan, g, graph_def, members[k], list(fetches[k]), dtypes)
         if k < len(engines):
             name = engines[k]
@@ -244,7 +244,11 @@ def _check_control_edges(g: _Graph, stage: Dict[str, int], engine_index: Dict[st
 def _add_stage(plan: Plan, g: _Graph, graph_def, names: List[str], fetch: List[str],
                dtypes: "_Dtypes") -> None:
     """Adds stage ``names`` (topological order) to ``plan``: Consts become constant slots,
-    the rest one step (eager ops or a ConcreteFunction) reading slots, filling ``fetch``."""
+    the rest one step (eager ops or a ConcreteFunction) reading slots, filling ``fetch``.
+    A stage that hands out nothing still runs when it holds a stateful op: a py_func hook or
+    a file write whose output nothing reads, kept in TF only by the control edge that
+    Identity aliases drop here, was skipped silently (helper hunt, 2026-12-04). Its function
+    runs every stateful op it holds (automatic control dependencies)."""
     inside = set(names)
     reads: Dict[str, None] = {}  # what the body reads from outside it, in order
     body = []
@@ -263,7 +267,7 @@ def _add_stage(plan: Plan, g: _Graph, graph_def, names: List[str], fetch: List[s
                 reads[t] = None
     in_body = set(body)
     wanted = [t for t in fetch if split_tensor_name(t)[0] in in_body]
-    if not wanted:
+    if not wanted and not any(_stateful(g.nodes[name]) for name in body):
         return
     feeds = list(reads)
     step = _eager_stage(g, body, feeds, wanted) if len(body) <= EAGER_STAGE_MAX_OPS else None
@@ -271,6 +275,16 @@ def _add_stage(plan: Plan, g: _Graph, graph_def, names: List[str], fetch: List[s
         step = _function_stage(g, graph_def, body, feeds, wanted, dtypes)
     plan.steps.append(("stage", step, [plan.slot(t) for t in feeds],
                        [plan.slot(t) for t in wanted]))
+
+
+def _stateful(node) -> bool:
+    """Whether TF runs ``node`` for its effect whatever reads its outputs: a stateful op
+    (tf.function's automatic control dependencies keep each one, through a control edge onto
+    the signature's output Identity or none at all). An op TF does not know counts as
+    stateful."""
+    from tensorflow.python.framework import op_def_registry
+    op_def = op_def_registry.get(node.op)
+    return op_def is None or op_def.is_stateful
 
 
 # --- eager stages ----------------------------------------------------------------------------------

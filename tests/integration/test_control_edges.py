@@ -6,6 +6,8 @@ took those Consts dropped their control inputs, so a side effect ``s`` that noth
 needed (a py_func hook) ran natively and never once converted, in TF1 and TF2 alike.
 """
 
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -150,3 +152,57 @@ def test_a_hook_on_a_constant_a_native_op_reads_still_runs(tmp_path):
         calls.clear()
         np.testing.assert_allclose(f(x=x)["n"].numpy(), want, rtol=1e-5, atol=1e-6)
         assert len(calls) == 1
+
+
+class AutoHooked(tf.Module):
+    """Side effects that nothing reads and no tf.control_dependencies names: a py_function
+    hook and a file write, which tf.function's automatic control dependencies keep through a
+    control edge onto the output Identity ("after": they read the engine's output) or that
+    are alone in the graph beside an output that is the input ("alone": no engine)."""
+
+    def __init__(self, calls, path, where):
+        super().__init__()
+        self.calls, self.path, self.where = calls, path, where
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+    def __call__(self, x):
+        if self.where == "alone":
+            tf.py_function(self.side, [x], tf.float32)
+            return {"y": x}
+        y = tf.nn.relu(tf.matmul(x, W[:4, :4])) + 1.0
+        tf.py_function(self.side, [y], tf.float32)
+        tf.io.write_file(self.path, tf.strings.as_string(tf.reduce_sum(y)))
+        return {"y": y * 2.0}
+
+    def side(self, v):
+        self.calls.append(1)
+        return np.float32(0)
+
+
+@pytest.mark.parametrize("where", ["after", "alone"])
+def test_side_effects_nothing_reads_run_in_eager_calls(tmp_path, where):
+    """The pipeline ran a stage only for the tensors it hands out, and aliases drop their
+    control inputs: a hook after the last engine, or in a model with no engine, never ran in
+    convert()'s function or tftrt.load's signature, and the file was never written
+    (helper hunt, 2026-12-04)."""
+    calls = []
+    path = str(tmp_path / "written.txt")
+    m = AutoHooked(calls, path, where)
+    tf.saved_model.save(m, str(tmp_path / "m"), signatures=m.__call__)
+    x = tf.constant(np.random.RandomState(4).standard_normal((3, 4)).astype(np.float32))
+    want = m(x)["y"].numpy()
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=str(tmp_path / "m"),
+                                   minimum_segment_size=1)
+    fn = conv.convert()
+    assert bool(conv.engine_ops) == (where == "after")
+    conv.save(str(tmp_path / "trt"))
+    loaded = tftrt.load(str(tmp_path / "trt")).signatures["serving_default"]
+    if where == "after":
+        assert isinstance(fn, rewrite.DirectSignature)
+    for f in (fn, loaded):
+        calls.clear()
+        if os.path.exists(path):
+            os.remove(path)
+        np.testing.assert_allclose(f(x=x)["y"].numpy(), want, rtol=1e-5, atol=1e-5)
+        assert len(calls) == 1
+        assert os.path.exists(path) == (where == "after")
