@@ -416,13 +416,19 @@ def _check_no_captured_state(func, inputs) -> None:
                          f"that computes on its results")
 
 
+# tf.random.Generator's draws write its state variable: RngReadAndSkip / RngSkip, the
+# Stateful{Uniform*, StandardNormalV2, TruncatedNormal, RandomBinomial} ops (helper hunt,
+# 2026-12-04: TF's importer error "... passed int64 ... incompatible with expected resource").
 _WRITES = ("AssignVariableOp", "AssignAddVariableOp", "AssignSubVariableOp",
-           "ResourceScatter", "ResourceApply", "ResourceSparseApply", "ResourceStridedSliceAssign")
+           "ResourceScatter", "ResourceApply", "ResourceSparseApply", "ResourceStridedSliceAssign",
+           "RngReadAndSkip", "RngSkip", "StatefulUniform", "StatefulStandardNormal",
+           "StatefulTruncatedNormal", "StatefulRandomBinomial")
 
 
 def _check_no_variable_writes(graph_def, error: Exception) -> None:
     """After importing the frozen ``graph_def`` failed with ``error``: raises a clear
-    ValueError when the signature writes a variable (a counter, a running statistic).
+    ValueError when the signature writes a variable (a counter, a running statistic, a
+    tf.random.Generator's state).
     Freezing makes variables constants, as TF-TRT's does, so such a signature cannot be
     converted; TF's importer fails on the write's resource input ("passed float ...
     incompatible with expected resource")."""

@@ -261,6 +261,25 @@ def test_a_signature_that_writes_a_variable_is_a_clear_error(tmp_path):
         trt.TrtGraphConverterV2(input_saved_model_dir=src).convert()
 
 
+class WithGenerator(tf.Module):
+    def __init__(self):
+        self.g = tf.random.Generator.from_seed(3)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+    def __call__(self, x):
+        return {"y": tf.tanh(x * 2.0) + self.g.uniform(tf.shape(x))}
+
+
+def test_a_signature_drawing_from_a_random_generator_is_a_clear_error(tmp_path):
+    """A tf.random.Generator's draw writes its state variable (RngReadAndSkip): convert()
+    raised TF's importer error "... passed int64 from unknown_0:0 incompatible with expected
+    resource" (helper hunt, 2026-12-04)."""
+    src = models.save_module(WithGenerator(), str(tmp_path / "src"))
+    with pytest.raises(ValueError, match=r"the signature writes variables .*RngReadAndSkip"
+                                         r".*freezes variables into constants"):
+        trt.TrtGraphConverterV2(input_saved_model_dir=src).convert()
+
+
 def test_tf1_signature_key_that_is_no_identifier_keeps_its_spec_name(tmp_path):
     """A TF1 signature key may be "in-put/0" (its spec name "in_put_0"): no Python keyword,
     so the converted signature takes the spec name, as before."""
