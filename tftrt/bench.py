@@ -226,9 +226,14 @@ def bench(path: str, runners: Sequence[str], batches: Sequence[Dict[str, np.ndar
                 res.error = f"{type(err).__name__}: {first_error_line(err)}"
             if ops:
                 res.engine_memory = engine_memory(ops)
-                res.engine_runs = {
-                    k: sum(op.stats.get(k, 0) - before[n].get(k, 0) for n, op in ops.items())
-                    for k in ("engine", "native", "builds")}
+                def delta(*keys):
+                    return sum(op.stats.get(k, 0) - before[n].get(k, 0)
+                               for n, op in ops.items() for k in keys)
+                # builds: static engines and new profile sets, and the engines a profile builds
+                # for its other shapes (full or quick); a profile's opt engines are part of
+                # its set's build (helper hunt, 2026-12-04: a profile's shape builds showed 0)
+                res.engine_runs = {"engine": delta("engine"), "native": delta("native"),
+                                   "builds": delta("builds", "shape_builds", "quick_builds")}
             results.append(res)
     return results
 

@@ -189,8 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="smallest subgraph to turn into an engine (default 3; -1: none)")
     p.add_argument("--max-cached-engines", "--maximum-cached-engines",
                    "--maximum_cached_engines", dest="max_cached_engines", type=_positive_int,
-                   default=1, help="engines each engine op keeps, one per input shape "
-                                   "(default 1)")
+                   default=None, help="engines each engine op keeps, one per input shape "
+                                      "(default: one per input shape given to build "
+                                      "engines for, else 1)")
     p.add_argument("--max-workspace-size-bytes", "--max_workspace_size_bytes",
                    dest="max_workspace_size_bytes", type=_positive_int, default=None,
                    help="tactic scratch memory limit per engine (default 1 GiB)")
@@ -579,7 +580,7 @@ def cmd_convert(args, out, err) -> int:
     kwargs = dict(input_saved_model_dir=src, input_saved_model_tags=tags,
                   input_saved_model_signature_key=args.signature_key,
                   precision_mode=args.precision, minimum_segment_size=args.minimum_segment_size,
-                  maximum_cached_engines=args.max_cached_engines,
+                  maximum_cached_engines=args.max_cached_engines or 1,
                   allow_build_at_runtime=not args.no_build_at_runtime)
     if args.max_workspace_size_bytes:
         kwargs["max_workspace_size_bytes"] = args.max_workspace_size_bytes
@@ -601,6 +602,12 @@ def cmd_convert(args, out, err) -> int:
         calibration = lambda: iter(cal)  # noqa: E731
     if specs is not None and (args.batch_sizes or args.shapes or args.inputs):
         runs, _ = _input_batches(args, specs, None)
+        if args.max_cached_engines is None and not args.dynamic_shape:
+            # an engine per shape asked for: TF-TRT's default of 1 kept the last one only
+            # (helper hunt, 2026-12-04: --batch-sizes 1,8 saved batch 8's engine alone)
+            kwargs["maximum_cached_engines"] = max(1, len({
+                tuple((k, tuple(getattr(v, "shape", ()))) for k, v in sorted(r.items()))
+                for r in runs}))
     with _Interrupts() as interrupts:
         try:
             converter = trt.TrtGraphConverterV2(**kwargs)
@@ -620,18 +627,23 @@ def _convert_build_save(args, converter, calibration, runs, dst, note, out,
     except (ValueError, RuntimeError) as e:
         raise CommandError(f"conversion failed: {e}") from None
     interrupts.check()
-    built = 0
     if runs is not None:
-        if resolve_backend() == "native":
+        native = resolve_backend() == "native"
+        if native:
             print(f"engines not built: {note}; they build where the model runs (a GPU "
                   f"machine), or use --backend numpy for CPU reference engines", file=out)
-        else:
+        if not native or args.dynamic_shape:
+            # on the native backend build() builds no engine but collects the shapes: the
+            # optimization profiles of --batch-sizes go with the model (helper hunt,
+            # 2026-12-04: skipped, they were lost and each new batch got a profile of its own)
             import tensorflow as tf
             try:
                 converter.build(input_fn=lambda: iter(runs))
             except tf.errors.OpError as e:  # inputs the model itself rejects
                 raise _cannot_run(e, "building engines failed: ") from None
-            built = sum(len(op.cache) for op in converter.engine_ops.values())
+            if native:
+                print("the optimization profile(s) of the given shapes are saved with the "
+                      "model; its engines build from them", file=out)
     interrupts.check()
     if not args.no_summary:
         converter.summary(print_fn=lambda s: print(s, file=out))
@@ -643,9 +655,21 @@ def _convert_build_save(args, converter, calibration, runs, dst, note, out,
         raise CommandError(f"saving to {dst!r} failed: {e}") from None
     interrupts.check(f"interrupted after the save completed: {dst} is saved")
     engines = len(converter.engine_ops)
-    print(f"saved {dst}: {engines} engine op(s), {built if not args.no_save_engines else 0} "
-          f"built engine(s) saved ({note})", file=out)
+    print(f"saved {dst}: {engines} engine op(s), {_saved_plans(dst)} built engine(s) saved "
+          f"({note})", file=out)
     return EXIT_OK
+
+
+def _saved_plans(dst: str) -> int:
+    """The engine plans the saved model at ``dst`` holds (its manifest's count, as `tftrt
+    inspect` lists them): a profile set saves one plan per engine it built, which counting
+    the engine caches' entries called one (helper hunt, 2026-12-04)."""
+    from tftrt import saving
+    try:
+        with open(os.path.join(dst, saving.ASSET_DIR, saving.MANIFEST)) as f:
+            return sum(len(e.get("plans", ())) for e in json.load(f).get("engines", ()))
+    except (OSError, ValueError, AttributeError, TypeError):
+        return 0  # no engine op, so no manifest
 
 
 def _convert_tf1(args, src, dst, tags, out) -> int:
@@ -660,7 +684,7 @@ def _convert_tf1(args, src, dst, tags, out) -> int:
     kwargs = dict(input_saved_model_dir=src, input_saved_model_tags=tags,
                   input_saved_model_signature_key=args.signature_key,
                   precision_mode=args.precision, minimum_segment_size=args.minimum_segment_size,
-                  maximum_cached_engines=args.max_cached_engines, is_dynamic_op=True,
+                  maximum_cached_engines=args.max_cached_engines or 1, is_dynamic_op=True,
                   use_calibration=False)
     if args.max_workspace_size_bytes:
         kwargs["max_workspace_size_bytes"] = args.max_workspace_size_bytes

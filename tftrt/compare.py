@@ -41,6 +41,7 @@ class TensorReport:
     size: int = 0
     worst: List[dict] = dataclasses.field(default_factory=list)  # index, got, expected, error
     error: Optional[str] = None  # not comparable at all (shape, dtype, did not run)
+    exact: bool = False  # compared for equality only (strings): no error sizes
 
     @property
     def passed(self) -> bool:
@@ -57,7 +58,10 @@ def compare_arrays(name: str, got, expected, rtol: float, atol: float,
                    top: int = 3) -> TensorReport:
     """Element-wise comparison of ``got`` against ``expected``."""
     g, e = np.asarray(got), np.asarray(expected)
-    rep = TensorReport(name, tuple(e.shape), str(e.dtype), size=int(e.size))
+    # TF strings come as numpy objects / bytes: named as TF names them (helper hunt,
+    # 2026-12-04: "object")
+    dtype = "string" if e.dtype.kind in "OSU" else str(e.dtype)
+    rep = TensorReport(name, tuple(e.shape), dtype, size=int(e.size))
     if g.shape != e.shape:
         rep.error = f"shape {list(g.shape)} where {list(e.shape)} was expected"
         return rep
@@ -65,6 +69,7 @@ def compare_arrays(name: str, got, expected, rtol: float, atol: float,
             not (_is_float(e.dtype) or e.dtype.kind in "biu"):
         bad = g != e  # strings, objects: equal or not
         rep.mismatched = int(np.count_nonzero(bad))
+        rep.exact = True
         return rep
     # bfloat16 / float8 as floats (they were compared bit for bit, --rtol ignored), complex
     # as complex (its imaginary part was dropped: helper hunt, 2026-12-03)
@@ -385,6 +390,10 @@ def format_report(report: Report, print_fn, verbose_layers: bool = False) -> Non
             print_fn(f"  FAIL {prefix}{r.name}: {r.error}")
             return
         status = "PASS" if r.passed else "FAIL"
+        if r.exact:  # strings: equal or not, no error size
+            print_fn(f"  {status} {prefix}{r.name} {r.dtype} {list(r.shape)}: {r.mismatched} "
+                     f"of {r.size} differ")
+            return
         print_fn(f"  {status} {prefix}{r.name} {r.dtype} {list(r.shape)}: max abs error "
                  f"{r.max_abs:.3g}, max rel error {r.max_rel:.3g}, mean abs error "
                  f"{r.mean_abs:.3g}, {r.mismatched} of {r.size} outside tolerance")

@@ -97,14 +97,14 @@ def restore_plans(op: TRTEngineOp, plans: Iterable[Tuple[dict, Callable[[], byte
             key = tuple(tuple(int(d) for d in s) for s in meta["input_shapes"])
             built_for = meta.get("backend")
         except (KeyError, TypeError, ValueError, AttributeError) as err:
-            log.warning("%s: a saved engine's description is malformed (%s: %s); it will "
-                        "rebuild", op.name, type(err).__name__, err)
+            log.warning("%s: a saved engine's description is malformed (%s: %s); %s",
+                        op.name, type(err).__name__, err, _instead(op))
             continue
         if isinstance(meta, dict) and meta.get("profiles") is not None:
             op.remember_profiles(meta["profiles"])
         if built_for and built_for != backend:
-            log.info("%s: a saved engine is for backend %s, running on %s; it will rebuild",
-                     op.name, built_for, backend)
+            log.info("%s: a saved engine is for backend %s, running on %s; %s",
+                     op.name, built_for, backend, _instead(op))
             continue
         if digest is None:
             digest = network_sha256(op.spec.onnx_bytes)
@@ -112,14 +112,25 @@ def restore_plans(op: TRTEngineOp, plans: Iterable[Tuple[dict, Callable[[], byte
             engine = deserialize_engine(read(), backend=backend, engine_name=op.name,
                                         network_digest=digest)
         except PlanError as err:
-            log.warning("%s: a saved engine cannot be used here (%s); it will rebuild",
-                        op.name, err)
+            log.warning("%s: a saved engine cannot be used here (%s); %s", op.name, err,
+                        _instead(op))
             continue
         except OSError as err:
-            log.warning("%s: a saved engine cannot be read (%s); it will rebuild", op.name, err)
+            log.warning("%s: a saved engine cannot be read (%s); %s", op.name, err,
+                        _instead(op))
             continue
         op.add_engine(key, engine)
     op.build_loaded_ladders()
+
+
+def _instead(op: TRTEngineOp) -> str:
+    """What happens to the shapes of a saved engine that is not used: it said "it will
+    rebuild" under allow_build_at_runtime=False too, where they run natively (helper hunt,
+    2026-12-04)."""
+    if op.spec.allow_build_at_runtime:
+        return "it will rebuild"
+    return ("its input shapes run the native segment (allow_build_at_runtime=False: no "
+            "engine is built at run time)")
 
 
 def register_engine_ops(ops: Dict[str, TRTEngineOp]):

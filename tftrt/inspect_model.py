@@ -149,7 +149,7 @@ def describe(path: str, tags=None) -> dict:
         })
     info = {
         "model": saved.path, "signature": m["signature_key"],
-        "inputs": {k: {"dtype": str(dt), "shape": s}
+        "inputs": {k: {"dtype": "string" if dt.kind in "OSU" else str(dt), "shape": s}
                    for k, (dt, s) in signature_specs(sig).items()},
         "outputs": {str(k): {"dtype": v.dtype.name,
                              "shape": v.shape.as_list() if v.shape.rank is not None else None}
@@ -234,12 +234,16 @@ def format_description(info: dict, print_fn: Callable[[str], None], layers: bool
             print_fn(f"  segment network: {e['weights_shared_with_saved_model']} weight(s) "
                      f"stored once, in saved_model.pb's native segment")
         if not e["plans"]:
-            print_fn("  no saved engine: engines build when the model first runs each shape")
+            print_fn("  no saved engine: engines build when the model first runs each shape"
+                     if e["allow_build_at_runtime"] else "  no saved engine, and no build at "
+                     "run time: every call runs the native segment")
         for k, p in enumerate(e["plans"]):
             shapes = p.get("input_shapes")
             if "error" in p:
+                then = ("tftrt.load rebuilds it" if e["allow_build_at_runtime"] else
+                        "its shapes run the native segment")
                 print_fn(f"  saved engine {k} ({p['file']}) for input shapes {shapes}: refused "
-                         f"(tftrt.load rebuilds it): {p['error']}")
+                         f"({then}): {p['error']}")
                 continue
             print_fn(f"  saved engine {k} for input shapes {shapes}: {p['backend']} on "
                      f"{p['device']}, {p['precision']}, {len(p['layers'])} layers after "

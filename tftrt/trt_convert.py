@@ -391,6 +391,7 @@ class TrtGraphConverterV2:
         def ran_natively(before_native):
             return sorted(n for n, k in natives().items() if k > before_native[n])
 
+        evictions = {op.name: op.stats["evictions"] for op in ops}
         for op in ops:
             op.building, op.builder_thread = True, threading.get_ident()
             op.collecting = self._use_dynamic_shape
@@ -471,6 +472,25 @@ class TrtGraphConverterV2:
             self._check_build(first, *first_out, index=first_at, reference=reference)
             times["check"] = time.perf_counter() - t0
         log.info("build() took %s", ", ".join(f"{k} {v:.2f} s" for k, v in times.items()))
+        self._warn_build_evictions(ops, evictions)
+
+    def _warn_build_evictions(self, ops, before: Dict[str, int]) -> None:
+        """Warns when build() evicted engines it had itself just built: more input shapes
+        than maximum_cached_engines keeps (TF2's default 1, as TF-TRT's). Said at INFO only,
+        a `tftrt convert --batch-sizes 1,8` saved the batch-8 engine alone and batch 1 ran
+        natively after loading (helper hunt, 2026-12-04)."""
+        for op in ops:
+            n = op.stats["evictions"] - before.get(op.name, 0)
+            if n <= 0:
+                continue
+            then = ("build again at their first call" if op.spec.allow_build_at_runtime else
+                    "run natively (allow_build_at_runtime=False)")
+            log.warning("%s: build() built engines for more input shapes than "
+                        "maximum_cached_engines=%d keeps; %d of them were evicted, and the "
+                        "engines kept are for %s. The evicted shapes will %s. Raise "
+                        "maximum_cached_engines, or use use_dynamic_shape=True (one engine "
+                        "for a range of shapes).", op.name, op.cache.capacity, n,
+                        "; ".join(str([list(s) for s in k]) for k in op.cache.keys()), then)
 
     def _reference(self, args) -> Optional["_NativeReference"]:
         """The check's native call on ``args``, to start once the profile engines' tactics are
@@ -673,6 +693,12 @@ class TrtGraphConverterV2:
             raise RuntimeError("A model that requires INT8 calibration has to be built before "
                                "saving it. Call build() to build and calibrate the TensorRT "
                                "engines.")
+        if not save_gpu_specific_engines and self._engine_ops and \
+                not self._conversion_params.allow_build_at_runtime:
+            log.warning("save(save_gpu_specific_engines=False) with allow_build_at_runtime="
+                        "False: the saved model has no engine and may build none, so every "
+                        "call runs its native segments. Save the engines, or allow building "
+                        "at run time.")
         from tftrt import saving
         saving.save(self, os.fsdecode(output_saved_model_dir), save_gpu_specific_engines,
                     options)
