@@ -831,12 +831,20 @@ def cmd_inspect(args, out, err) -> int:
 
 
 def cmd_serve(args, out, err) -> int:
-    if args.max_queue_delay_us < 0:
-        raise _Usage("--max-queue-delay-us must be >= 0")
-    _select_backend(args.backend, default_engines=False)
     from tftrt import serving
+    if not 0 <= args.max_queue_delay_us <= serving.MAX_QUEUE_DELAY_US:
+        raise _Usage(f"--max-queue-delay-us must be in 0..{serving.MAX_QUEUE_DELAY_US} (a "
+                     f"minute)")
+    ports = (args.http_port, args.grpc_port, args.metrics_port)
+    if len(set(ports)) != 3:
+        raise _Usage(f"the HTTP, gRPC and metrics ports must differ; got {ports}")
+    _select_backend(args.backend, default_engines=False)
     try:
-        serving.resolve_gpus(args.gpus)  # a bad --gpus is an argument error, not a failure
+        # argument errors, not failures: a bad --gpus, --address or --model-name
+        serving.resolve_gpus(args.gpus)
+        args.address = serving.listen_address(args.address)
+        if args.model_name is not None:
+            serving.check_model_name(args.model_name)
     except serving.ServingError as e:
         raise _Usage(str(e)) from None
     signature = args.signature or _stored_signature_key(args.model) or "serving_default"

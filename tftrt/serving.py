@@ -268,8 +268,11 @@ def resolve_gpus(spec: Union[str, Sequence[int], None]) -> List[int]:
     if isinstance(spec, str) and spec.strip().lower() == "all":
         return list(range(visible))
     if isinstance(spec, str):
+        parts = [v.strip() for v in spec.split(",")]
         try:
-            ids = [int(v) for v in spec.split(",") if v.strip()]
+            if "" in parts:  # "0,", ",": a typo, not "none" (helper hunt, 2026-12-04)
+                raise ValueError
+            ids = [int(v) for v in parts]
         except ValueError:
             raise ServingError(f"--gpus {spec!r}: give all, none or GPU numbers like 0,1") \
                 from None
@@ -352,6 +355,10 @@ def _one_by_one(infer):
 
 
 MAX_BATCH_LIMIT = 2 ** 31 - 1  # Triton's max_batch_size is an int32
+# Triton takes a uint64; past 2**64 its model repository failed to load with its reason only
+# in its log, and near it a request that filled no preferred batch waited for ever (helper
+# hunt, 2026-12-04)
+MAX_QUEUE_DELAY_US = 60_000_000
 
 
 def check_ports(cfg: "ServeConfig") -> None:
@@ -376,10 +383,37 @@ def check_ports(cfg: "ServeConfig") -> None:
             try:
                 sock.bind(where)
             except OSError as e:
+                import errno
+                hint = ("; another server there? Choose free ports with --http-port / "
+                        "--grpc-port / --metrics-port" if e.errno == errno.EADDRINUSE else
+                        f"; is {cfg.address} an address of this machine?")
                 raise ServingError(f"cannot listen on {cfg.address}:{port} ({flag}): "
-                                   f"{e.strerror or e}; another server there? Choose free "
-                                   f"ports with --http-port / --grpc-port / --metrics-port") \
-                    from None
+                                   f"{e.strerror or e}{hint}") from None
+
+
+def listen_address(address: str) -> str:
+    """The numeric IPv4 address Triton and PyTriton are given for ``--address``: a host name
+    is resolved ("localhost" made Triton's HTTP server bind 255.255.255.255, and PyTriton
+    waited 120 s for it), an IPv6 address is refused (PyTriton 0.7 builds URLs such as
+    http://::1:8000 it then rejects). Raises ServingError for what is no IPv4 address."""
+    import ipaddress
+    import socket
+    text = str(address).strip()
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        ip = None
+    if ip is not None:
+        if ip.version != 4:
+            raise ServingError(f"--address {address!r} is IPv6: PyTriton serves IPv4 "
+                               f"addresses only (0.0.0.0 for every interface)")
+        return str(ip)
+    try:
+        infos = socket.getaddrinfo(text, None, socket.AF_INET, socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError, ValueError) as e:
+        raise ServingError(f"--address {address!r} is no IPv4 address or host name to "
+                           f"listen on ({e})") from None
+    return infos[0][4][0]
 
 # ------------------------------------------------------------------------------------------
 # The server
@@ -423,8 +457,12 @@ class Server:
         if not 0 < cfg.max_batch <= MAX_BATCH_LIMIT:
             raise ServingError(f"max batch {cfg.max_batch}: give a batch size in "
                                f"1..{MAX_BATCH_LIMIT} (Triton's max_batch_size is an int32)")
-        if cfg.max_queue_delay_us < 0:
-            raise ServingError(f"max queue delay {cfg.max_queue_delay_us} us must be >= 0")
+        if not 0 <= cfg.max_queue_delay_us <= MAX_QUEUE_DELAY_US:
+            raise ServingError(f"max queue delay {cfg.max_queue_delay_us} us: give 0.."
+                               f"{MAX_QUEUE_DELAY_US} (a minute; a request that fills no "
+                               f"preferred batch waits that long)")
+        check_model_name(self.model_name)
+        cfg = self.config = dataclasses.replace(cfg, address=listen_address(cfg.address))
         problems = platform_problems()
         if problems:
             raise ServingError("PyTriton cannot run here: " + "; ".join(problems) +
@@ -470,9 +508,9 @@ class Server:
         try:
             self._triton = _start_triton(pt, cfg, stub)
         except Exception as e:
-            raise ServingError(f"Triton did not start ({type(e).__name__}: {e}); are ports "
-                               f"{cfg.http_port}, {cfg.grpc_port}, {cfg.metrics_port} free?") \
-                from e
+            raise ServingError(f"Triton did not start ({type(e).__name__}: {e}); its log "
+                               f"above says why (ports {cfg.http_port}, {cfg.grpc_port}, "
+                               f"{cfg.metrics_port} were free a moment before)") from e
         try:
             self._triton.bind(
                 model_name=self.model_name,
@@ -524,9 +562,22 @@ class Server:
         self.stop()
 
 
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+
+
 def _model_name(model_dir: str) -> str:
+    """The directory's name with what Triton refuses in a model name (anything but ASCII
+    letters, digits, dots, underscores and dashes: "modèle" was kept by isalnum, helper hunt
+    2026-12-04) made underscores."""
     name = os.path.basename(os.path.normpath(os.path.abspath(model_dir)))
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "model"
+    return "".join(c if c in _NAME_CHARS else "_" for c in name) or "model"
+
+
+def check_model_name(name: str) -> None:
+    """ServingError for a --model-name Triton would refuse after it started."""
+    if not name or any(c not in _NAME_CHARS for c in name) or name in (".", ".."):
+        raise ServingError(f"model name {name!r}: Triton takes ASCII letters, digits, dots, "
+                           f"underscores and dashes only")
 
 
 def _pt_dtype(dtype: np.dtype):
@@ -583,12 +634,33 @@ def _security_config():
                               if e != "statistics"])
 
 
+class TerminatedDuringStart(KeyboardInterrupt):
+    """SIGTERM before the server served: start() unwinds as for Ctrl-C, then a clean exit."""
+
+
 def serve_forever(model_dir: str, config: ServeConfig, announce=print) -> None:
     """``tftrt serve``: serves until SIGINT or SIGTERM (Kubernetes' stop), then stops
     Triton cleanly."""
     server = Server(model_dir, config)
-    server.start()
     stop = threading.Event()
+
+    def on_early_term(signum, frame):
+        raise TerminatedDuringStart()
+
+    # SIGTERM while the model loads or Triton starts unwinds start() as Ctrl-C does (its
+    # clean-up stops Triton): with the default action the process died at once, leaving
+    # Triton and its stubs on the ports and PyTriton's workspace behind (helper hunt,
+    # 2026-12-04). The main thread only: tests start servers from threads.
+    main_thread = threading.current_thread() is threading.main_thread()
+    early = signal.signal(signal.SIGTERM, on_early_term) if main_thread else None
+    try:
+        server.start()
+    except TerminatedDuringStart:
+        server.stop()
+        return
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, early)
 
     def on_signal(signum, frame):
         stop.set()

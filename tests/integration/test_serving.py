@@ -368,7 +368,18 @@ def test_serve_command_bad_arguments():
     code, _, err = run_cli("serve", "x", "--max-batch", "0")
     assert code == 2 and "--max-batch" in err
     code, _, err = run_cli("serve", "x", "--max-queue-delay-us", "-5")
-    assert code == 2 and "--max-queue-delay-us must be >= 0" in err
+    assert code == 2 and "--max-queue-delay-us must be in 0..60000000" in err
+    # what Triton failed on after it started, or took and then held requests for ever
+    # (helper hunt, 2026-12-04): status 2 before anything starts
+    for bad, said in [(["--max-queue-delay-us", str(2 ** 64)], "--max-queue-delay-us"),
+                      (["--http-port", "9100", "--grpc-port", "9100"], "ports must differ"),
+                      (["--address", "not an address"], "no IPv4 address or host name"),
+                      (["--address", "::1"], "IPv6"),
+                      (["--model-name", "../evil"], "ASCII letters"),
+                      (["--model-name", "modèle"], "ASCII letters"),
+                      (["--gpus", ","], "all, none or GPU numbers")]:
+        code, _, err = run_cli("serve", "x", *bad)
+        assert code == 2 and said in err, (bad, code, err)
     code, _, err = run_cli("serve", "/nonexistent/model", "--gpus", "none")
     assert code == 1 and "/nonexistent/model" in err
 
@@ -454,6 +465,75 @@ def test_serve_refuses_a_corrupt_model_and_a_batch_triton_cannot_hold(tmp_path):
     assert code == 2 and "--max-batch" in err and "2147483647" in err, err
 
 
+def test_addresses_and_model_names_triton_takes():
+    """A host name is resolved ("localhost" made Triton bind 255.255.255.255 and PyTriton
+    wait 120 s); a default model name keeps ASCII only (Triton refused "modèle_trt" after it
+    started)."""
+    assert serving.listen_address("localhost") == "127.0.0.1"
+    assert serving.listen_address(" 0.0.0.0 ") == "0.0.0.0"
+    with pytest.raises(serving.ServingError, match="IPv6"):
+        serving.listen_address("::1")
+    assert serving._model_name("/models/modèle_trt") == "mod_le_trt"
+    serving.check_model_name(serving._model_name("/models/modèle_trt"))
+    for bad in ("", ".", "a/b", "has space", "modèle"):
+        with pytest.raises(serving.ServingError, match="ASCII letters"):
+            serving.check_model_name(bad)
+
+
+def test_sigterm_while_starting_stops_triton_and_exits_0(tmp_path):
+    """SIGTERM (Kubernetes' stop) while Triton starts: the process died with the signal's
+    default action, leaving Triton and its stub holding the ports and PyTriton's workspace
+    behind (helper hunt, 2026-12-04). Now start() unwinds as for Ctrl-C: exit 0, nothing
+    left running, the ports free."""
+    class Plain(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+        def __call__(self, x):
+            return {"y": x * 2.0}
+
+    src = models.save_module(Plain(), str(tmp_path / "plain"))
+    ports = _free_ports(3)
+    env = dict(os.environ, TFTRT_BACKEND="numpy", TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
+    log = str(tmp_path / "serve.log")
+    with open(log, "w") as logf:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tftrt", "serve", src, "--gpus", "none",
+             "--address", "127.0.0.1", "--http-port", str(ports[0]), "--grpc-port",
+             str(ports[1]), "--metrics-port", str(ports[2])],
+            stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    seen = []
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline and proc.poll() is None and not seen:
+            for pid in _descendants(proc.pid):
+                try:
+                    with open(f"/proc/{pid}/comm") as f:
+                        if f.read().strip() == "tritonserver":
+                            seen.append(pid)
+                except OSError:
+                    pass
+            time.sleep(0.05)
+        assert seen, open(log).read()[-3000:]
+        children = _descendants(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+        with open(log) as f:
+            out = f.read()
+        assert code == 0, out[-3000:]
+        assert "Traceback" not in out, out[-3000:]
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_alive(p) for p in children):
+            time.sleep(0.2)
+        assert not [p for p in children if _alive(p)], out[-3000:]
+        assert all(_port_free(p) for p in ports), ports
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+        for pid in seen + _descendants(proc.pid):
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
 def test_ports_and_address_triton_cannot_bind_are_said_at_once():
     """A taken gRPC port or an address that cannot be bound made Triton exit at once, but
     `tftrt serve` waited PyTriton's 120 s timeout and then blamed the ports for a bad
@@ -477,5 +557,8 @@ def test_ports_and_address_triton_cannot_bind_are_said_at_once():
         assert time.monotonic() - t0 < 5
     with pytest.raises(serving.ServingError, match="'999.1.1.1' is no address"):
         serving.check_ports(cfg(address="999.1.1.1"))
+    # an address of another machine is not blamed on the ports
+    with pytest.raises(serving.ServingError, match=r"is 8\.8\.8\.8 an address of this"):
+        serving.check_ports(cfg(address="8.8.8.8"))
     with pytest.raises(serving.ServingError, match="ports must differ"):
         serving.check_ports(cfg(metrics_port=free[0]))
