@@ -133,7 +133,16 @@ def native_segment_function_def(info: GraphInfo, seg: Segment):
     # TF-TRT's name plus a digest of the body: TensorFlow keeps one function per name per
     # process, and two conversions in one process give different bodies the same engine name.
     fdef.signature.name = ""
-    digest = hashlib.sha1(fdef.SerializeToString(deterministic=True)).hexdigest()[:10]
+    # The digest leaves out the nodes' debug info: it names the traced function TF's
+    # per-process counter numbered (__inference___call___45, then ___191), so converting
+    # the same model again gave a new name, and each conversion's segments, weights
+    # included, stayed in the eager context for good (helper hunt, 2026-12-04: +4 MB per
+    # convert of a model with 4 MB of weights).
+    hashed = type(fdef)()
+    hashed.CopyFrom(fdef)
+    for n in hashed.node_def:
+        n.ClearField("experimental_debug_info")
+    digest = hashlib.sha1(hashed.SerializeToString(deterministic=True)).hexdigest()[:10]
     fdef.signature.name = f"{seg.name}_native_segment_{digest}"
     return fdef
 
