@@ -82,6 +82,8 @@ interpreter exit, and when its op evicts the ProfileEngine, the queued builds ar
 A ProfileEngine keeps engines for at most ``TFTRT_PROFILE_MAX_SHAPES`` shapes (default 256):
 past it the least recently called shape's engine is dropped (never an opt-shape engine or its
 ladder) and made again when calls bring that shape back, with one warning the first time.
+It keeps as many split-batch stand-ins waiting for their engines: past that the oldest is
+dropped with its queued build and split again at its next call.
 """
 
 from __future__ import annotations
@@ -485,6 +487,7 @@ class ProfileEngine:
         self._failed: Dict[ShapeKey, str] = {}
         self._pending: set = set()  # shapes whose real engine is queued or building
         self._stand_ins: Dict[ShapeKey, SplitEngine] = {}  # split batches serving a shape
+        self._drop_warned = False  # _drop_oldest_stand_ins warned
         self._split_calls: Dict[ShapeKey, int] = {}  # calls each stand-in served
         # (profile, shapes, stand-in, waits for idle): see _drain
         self._queue: List[Tuple[int, ShapeKey, object, bool]] = []
@@ -979,6 +982,7 @@ class ProfileEngine:
             if parts is None:
                 return None
         engine = SplitEngine(key, parts, self.backend)
+        self._drop_oldest_stand_ins()
         self._stand_ins[key] = engine
         self._split_calls[key] = 1
         self.stats["split"] = self.stats.get("split", 0) + 1
@@ -992,6 +996,33 @@ class ProfileEngine:
                 self._enqueue(i, rung, None, idle=False)
         self._enqueue(i, key, engine, idle=key not in rungs)
         return engine
+
+    def _drop_oldest_stand_ins(self) -> None:
+        """Makes room for one more split-batch stand-in: at most max_shapes() of them, the
+        oldest dropped with its queued build (a dropped shape's next call splits it again).
+        Steady traffic at ever new sizes, each called fewer than split_calls() times, kept a
+        stand-in and a queued build per size without limit: 2,000 after 2,000 calls, and a
+        background build's _resplit over all of them held the lock a new size's call waits
+        for, 3.3 s (helper hunt, 2026-12-04). Called under the lock."""
+        limit = max_shapes()
+        while len(self._stand_ins) >= limit:
+            old = next(iter(self._stand_ins))
+            del self._stand_ins[old]
+            self._split_calls.pop(old, None)
+            with self._cond:
+                kept = [q for q in self._queue if not (q[1] == old and q[3])]
+                if len(kept) != len(self._queue):
+                    self._queue[:] = kept
+                    self._pending.discard(old)
+            self.stats["dropped_splits"] = self.stats.get("dropped_splits", 0) + 1
+            if not self._drop_warned:
+                self._drop_warned = True
+                log.warning("optimization profile engine %s keeps split batches for at most "
+                            "%d new shapes waiting for their engines (TFTRT_PROFILE_MAX_SHAPES); "
+                            "the oldest are dropped, and split again at their next call. Calls "
+                            "at ever new shapes under steady load never pause for their "
+                            "builds: bucket the shapes the model is called with.",
+                            "; ".join(str(p) for p in self.profiles), limit)
 
     def _count_split_call(self, key: ShapeKey) -> None:
         """Counts a call served by ``key``'s split batches; at split_calls() the background

@@ -1249,3 +1249,36 @@ def test_split_parts_come_from_the_batches_profile_only(monkeypatch):
             assert all(n >= 5 for n in parts), (b, parts)
     assert pe.wait_pending(timeout=60)
 
+
+
+def test_split_stand_ins_stay_bounded_under_steady_traffic(monkeypatch, caplog):
+    """Calls at ever new batch sizes that never pause, each size fewer than TFTRT_SPLIT_CALLS
+    times: every size kept a split-batch stand-in and a queued build without limit (2,000
+    after 2,000 calls, and a background build's re-split over them held the lock new sizes
+    wait for, 3.3 s: helper hunt, 2026-12-04). At most TFTRT_PROFILE_MAX_SHAPES stand-ins are
+    kept, the oldest dropped with its queued build; a dropped size splits again."""
+    import logging
+    monkeypatch.setenv("TFTRT_SPLIT_BATCH", "1")
+    monkeypatch.setenv("TFTRT_BUILD_IDLE_MS", "600000")  # calls never pause here
+    monkeypatch.setenv("TFTRT_SPLIT_CALLS", "0")
+    monkeypatch.setenv("TFTRT_PROFILE_MAX_SHAPES", "16")
+    nodes = [N("Mul", [X, "two"], ["m"]), N("Relu", ["m"], ["TensorRTOutputPH_0"])]
+    model = make_model(nodes, {X: np.zeros((4, 3), np.float32)},
+                       {"two": np.array(2.0, np.float32)}, outputs=["TensorRTOutputPH_0"],
+                       symbolic=[0])
+    pe = profile_engine(model, batch_profile(1, 256, (3,)))
+    try:
+        sizes = [b for b in range(3, 256) if b & (b - 1)][:40]  # no rung of the ladder
+        with caplog.at_level(logging.WARNING, logger="tftrt"):
+            for b in sizes:
+                assert "split" in check(pe, model, (b, 3), seed=b).build_info
+        assert len(pe._stand_ins) == 16
+        assert sum(1 for q in pe._queue if q[3]) == 16 and len(pe._pending) == 16
+        assert pe.stats["dropped_splits"] == len(sizes) - 16
+        assert sum("keeps split batches for at most 16" in r.getMessage()
+                   for r in caplog.records) == 1
+        assert not pe.is_split([(sizes[0], 3)])
+        check(pe, model, (sizes[0], 3), seed=1)
+        assert pe.is_split([(sizes[0], 3)]) and len(pe._stand_ins) == 16
+    finally:
+        pe.stop_background_builds()
