@@ -103,6 +103,48 @@ def test_put_get_and_miss(cache_env):
         cache.put("Bad Namespace/..", "k", b"")
 
 
+def _entries(root):
+    return sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs
+                  if f.endswith(".entry"))
+
+
+def test_the_cache_keeps_to_its_size_limit_least_recently_used_first(cache_env, monkeypatch):
+    """A server at ever new shapes wrote entries without limit, and directories of earlier
+    environments stayed for good (helper hunt, 2026-12-04): past TFTRT_CACHE_MAX_MB the
+    least recently used entries go (a hit counts as a use), every environment counted, down
+    to 80% of it; stale .tmp files go too."""
+    import time
+    monkeypatch.setattr(bc, "PRUNE_EVERY", 1)
+    monkeypatch.setenv("TFTRT_CACHE_MAX_MB", str(40 * 1024 / 2 ** 20))  # 40 KiB
+    old_env = bc.BuildCache(str(cache_env), dict(FP, driver="older"))
+    assert old_env.put("kernels", "stale", b"s" * 4096)
+    stale = _entries(cache_env)
+    past = time.time() - 7200
+    os.utime(stale[0], (past, past))
+    tmp = os.path.join(os.path.dirname(stale[0]), ".x.entry.1.abc.tmp")
+    with open(tmp, "wb") as f:
+        f.write(b"half")
+    os.utime(tmp, (past, past))
+    cache = bc.BuildCache(str(cache_env), FP)
+    assert cache.put("kernels", "hot", b"h" * 4096)
+    for k in range(30):
+        assert cache.put("kernels", f"k{k}", b"x" * 4096)
+        assert cache.get("kernels", "hot") == b"h" * 4096  # used all along: kept
+        time.sleep(0.002)  # distinct file times
+        total = sum(os.path.getsize(p) for p in _entries(cache_env))
+        assert total <= 40 * 1024, (k, total)
+    assert not os.path.exists(stale[0]) and not os.path.exists(tmp)
+    assert cache.get("kernels", "k29") is not None and cache.get("kernels", "k0") is None
+    # 0: no limit
+    monkeypatch.setenv("TFTRT_CACHE_MAX_MB", "0")
+    n = len(_entries(cache_env))
+    for k in range(20):
+        cache.put("kernels", f"more{k}", b"y" * 4096)
+    assert len(_entries(cache_env)) == n + 20
+    assert cache.prune(limit=8 * 1024) > 0
+    assert sum(os.path.getsize(p) for p in _entries(cache_env)) <= 8 * 1024 * 0.8
+
+
 def test_a_directory_in_an_entrys_place_spoils_that_entry_only(cache_env, caplog):
     """A directory where one entry's file belongs: os.replace failed and the whole cache
     turned read-only for the process, blaming the directory ("set TFTRT_CACHE_DIR to a

@@ -24,6 +24,14 @@ mix, with any number of processes writing at once (two writers of one key both w
 valid entry; the last rename wins). No locks, so a process killed mid-write leaves at most a
 hidden ``.tmp`` file behind, never a broken entry.
 
+Size: at most ``TFTRT_CACHE_MAX_MB`` (default 4096; 0: no limit) under ``<root>/v1``, every
+environment's directory counted. A process checks it at its first write and then every
+``PRUNE_EVERY`` writes; past the limit the entries least recently used (a hit touches its
+file's time) go, down to 80% of it. A long-running server seeing ever new shapes wrote an
+entry or two per shape without limit (helper hunt, 2026-12-04), and directories of earlier
+environments (another driver, another tftrt) were never removed. An entry another process
+is reading when it goes is read whole or missed (that build runs again).
+
 This module never imports TensorFlow (it is part of the engine).
 """
 
@@ -48,6 +56,20 @@ _HEADER_LEN = struct.Struct("<I")
 _NAMESPACE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 # A header larger than this is not ours (a corrupt length field would make us read GBs).
 _MAX_HEADER = 1 << 20
+PRUNE_EVERY = 64  # writes between two size checks of a process
+_PRUNE_TO = 0.8   # past the limit, the oldest entries go down to this share of it
+
+
+def max_bytes() -> int:
+    """``TFTRT_CACHE_MAX_MB`` in bytes (default 4096 MB); 0: no limit."""
+    raw = os.environ.get("TFTRT_CACHE_MAX_MB", "").strip()
+    try:
+        mb = float(raw) if raw else 4096.0
+    except ValueError:
+        _warn_once(("max", raw), "TFTRT_CACHE_MAX_MB=%r is not a number of megabytes; using "
+                   "4096", raw)
+        mb = 4096.0
+    return max(int(mb * 2 ** 20), 0)
 
 
 def cache_dir() -> Optional[str]:
@@ -187,6 +209,10 @@ class BuildCache:
             self._count("rejected")
             return None
         self._count("hits")
+        try:
+            os.utime(path)  # recently used: the size limit removes the others first
+        except OSError:
+            pass
         return payload
 
     def put(self, namespace: str, key: str, payload: bytes) -> bool:
@@ -222,7 +248,56 @@ class BuildCache:
                        "(%s); remove it: that build is not cached meanwhile", path, err)
             return False
         self._count("writes")
+        with self._lock:
+            check = self.stats["writes"] % PRUNE_EVERY == 1 or PRUNE_EVERY == 1
+        if check:
+            self.prune()
         return True
+
+    def prune(self, limit: Optional[int] = None) -> int:
+        """Removes the least recently used entries under ``<root>/v1`` (every environment)
+        while they hold more than ``limit`` bytes (default :func:`max_bytes`; 0: none), down
+        to 80% of it, and hidden ``.tmp`` files older than an hour. Returns the bytes
+        removed; never raises."""
+        import time
+        limit = max_bytes() if limit is None else limit
+        files = []
+        now = time.time()
+        removed = 0
+        try:
+            for dirpath, _, names in os.walk(os.path.join(self.root, LAYOUT)):
+                for name in names:
+                    path = os.path.join(dirpath, name)
+                    try:
+                        st = os.stat(path)
+                    except OSError:
+                        continue
+                    if name.endswith(".tmp"):
+                        if now - st.st_mtime > 3600:  # a writer killed mid-write
+                            _unlink_quietly(path)
+                        continue
+                    if name.endswith(".entry"):
+                        files.append((st.st_mtime, st.st_size, path))
+        except OSError:
+            return 0
+        total = sum(f[1] for f in files)
+        if not limit or total <= limit:
+            return 0
+        files.sort()
+        target = int(limit * _PRUNE_TO)
+        for _, size, path in files:
+            if total <= target:
+                break
+            try:
+                os.unlink(path)
+            except OSError:
+                continue
+            total -= size
+            removed += size
+        log.info("tftrt build cache: over its limit (TFTRT_CACHE_MAX_MB, %d bytes) under %s; "
+                 "removed %d bytes of the least recently used entries", limit, self.root,
+                 removed)
+        return removed
 
     def get_json(self, namespace: str, key: str):
         """:meth:`get` for JSON payloads; None when missing or not valid JSON (reported)."""
