@@ -115,6 +115,8 @@ def test_the_cache_keeps_to_its_size_limit_least_recently_used_first(cache_env, 
     to 80% of it; stale .tmp files go too."""
     import time
     monkeypatch.setattr(bc, "PRUNE_EVERY", 1)
+    # the prune runs on a thread of its own beside the build: here at once, in this one
+    monkeypatch.setattr(bc, "_spawn", lambda target: target())
     monkeypatch.setenv("TFTRT_CACHE_MAX_MB", str(40 * 1024 / 2 ** 20))  # 40 KiB
     old_env = bc.BuildCache(str(cache_env), dict(FP, driver="older"))
     assert old_env.put("kernels", "stale", b"s" * 4096)

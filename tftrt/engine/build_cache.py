@@ -25,8 +25,8 @@ valid entry; the last rename wins). No locks, so a process killed mid-write leav
 hidden ``.tmp`` file behind, never a broken entry.
 
 Size: at most ``TFTRT_CACHE_MAX_MB`` (default 4096; 0: no limit) under ``<root>/v1``, every
-environment's directory counted. A process checks it at its first write and then every
-``PRUNE_EVERY`` writes; past the limit the entries least recently used (a hit touches its
+environment's directory counted. A process checks it (on a thread of its own, beside the
+build) at its first write and then every ``PRUNE_EVERY`` writes; past the limit the entries least recently used (a hit touches its
 file's time) go, down to 80% of it. A long-running server seeing ever new shapes wrote an
 entry or two per shape without limit (helper hunt, 2026-12-04), and directories of earlier
 environments (another driver, another tftrt) were never removed. An entry another process
@@ -172,6 +172,7 @@ class BuildCache:
         self.stats = {"hits": 0, "misses": 0, "rejected": 0, "writes": 0}
         self._writable = True
         self._lock = threading.Lock()
+        self._pruning = False  # a prune thread runs
 
     def __repr__(self) -> str:
         return f"<BuildCache {self.directory}>"
@@ -249,10 +250,19 @@ class BuildCache:
             return False
         self._count("writes")
         with self._lock:
-            check = self.stats["writes"] % PRUNE_EVERY == 1 or PRUNE_EVERY == 1
-        if check:
-            self.prune()
+            check = (self.stats["writes"] % PRUNE_EVERY == 1 or PRUNE_EVERY == 1) and \
+                not self._pruning
+            self._pruning = self._pruning or check
+        if check:  # beside the build: a walk over a large cache takes a fraction of a second
+            _spawn(self._prune_once)
         return True
+
+    def _prune_once(self) -> None:
+        try:
+            self.prune()
+        finally:
+            with self._lock:
+                self._pruning = False
 
     def prune(self, limit: Optional[int] = None) -> int:
         """Removes the least recently used entries under ``<root>/v1`` (every environment)
@@ -343,6 +353,11 @@ class BuildCache:
                 header.get("sha256") != hashlib.sha256(payload).hexdigest():
             return None, "payload truncated or corrupt (size or sha256 mismatch)"
         return payload, None
+
+
+def _spawn(target) -> None:
+    """Runs ``target`` on a daemon thread (tests run it inline)."""
+    threading.Thread(target=target, name="tftrt-cache-prune", daemon=True).start()
 
 
 def _unlink_quietly(path: str) -> None:
