@@ -653,21 +653,24 @@ def serve_forever(model_dir: str, config: ServeConfig, announce=print) -> None:
     # 2026-12-04). The main thread only: tests start servers from threads.
     main_thread = threading.current_thread() is threading.main_thread()
     early = signal.signal(signal.SIGTERM, on_early_term) if main_thread else None
-    try:
-        server.start()
-    except TerminatedDuringStart:
-        server.stop()
-        return
-    finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, early)
 
     def on_signal(signum, frame):
         stop.set()
 
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.start()
+        # straight from one handler to the next: no moment with SIGTERM's default action
+        old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    except TerminatedDuringStart:
+        server.stop()
+        return
+    finally:
+        if main_thread and signal.getsignal(signal.SIGTERM) is on_early_term:
+            signal.signal(signal.SIGTERM, early)
+    if early is not None:
+        old[signal.SIGTERM] = early
     stopped_by_itself = False
-    cfg = config
+    cfg = server.config  # the address as resolved
     announce(f"serving {model_dir} as Triton model {server.model_name!r} "
              f"(signature {cfg.signature}) on {', '.join(server.instances)}: "
              f"HTTP {cfg.address}:{cfg.http_port}, gRPC {cfg.address}:{cfg.grpc_port}, "
