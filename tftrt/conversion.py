@@ -9,13 +9,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import weakref
 from typing import Callable, Dict, Iterable, List, Sequence, Tuple
 
 import numpy as np
 
 from tftrt import calibration, rewrite
 from tftrt.env import env_bool
-from tftrt.engine_op import EngineSpec, TRTEngineOp, resolve_backend
+from tftrt.engine_op import (EngineSpec, TRTEngineOp, resolve_backend,
+                             stop_cached_profile_builds)
 from tftrt.graph_io import GraphInfo
 from tftrt.lowering import ConversionError, lower_segment
 from tftrt.segment import (Segment, SegmentationResult, native_xla_calls, segment_graph,
@@ -295,6 +297,9 @@ def register_engine_op(op: TRTEngineOp) -> tuple:
     token = f"tftrt_{op.name}_{uuid.uuid4().hex}"
     registry = script_ops._py_funcs  # pylint: disable=protected-access
     registry._funcs[token] = wrapper  # pylint: disable=protected-access
+    # the wrapper lives as long as the graph that calls the engine: with it goes the work
+    # queued for the op's profile engines
+    weakref.finalize(wrapper, stop_cached_profile_builds, op.cache)
     return token, wrapper
 
 

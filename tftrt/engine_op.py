@@ -941,6 +941,15 @@ def _bounded_put(d: dict, key, value) -> None:
         del d[next(iter(d))]
 
 
+def stop_cached_profile_builds(cache: EngineCache) -> None:
+    """The model an op served was dropped: the queued background builds of its cached
+    ProfileEngines stop (the one running ends). Their tftrt-shapes thread holds them, and
+    their build callbacks the op, so neither went with the model: the thread built engines
+    nothing could call once calls had paused for TFTRT_BUILD_IDLE_MS (helper hunt,
+    2026-12-04)."""
+    _stop_background_builds([e for _, e in cache.items() if isinstance(e, P.ProfileEngine)])
+
+
 def _stop_background_builds(engines) -> None:
     """Stops the queued background builds of ProfileEngines an op no longer caches. Never
     called with the op's lock held: a ProfileEngine builds under its own lock and its build

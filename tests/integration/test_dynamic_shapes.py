@@ -522,3 +522,34 @@ def test_build_reads_profile_shapes_from_its_inputs_when_engines_read_them(
     for b in (2, 5, 8):
         check(fn, native, image(b))
     assert op.stats["native"] == 0
+
+
+def test_a_dropped_model_stops_its_queued_background_builds(conv_dir, monkeypatch):
+    """A profile's split batches queue their own engines for when calls pause; the
+    tftrt-shapes thread holding them held the profile engine and its op too, so a model
+    dropped meanwhile still built engines nothing could call, for as long as
+    TFTRT_BUILD_IDLE_MS (helper hunt, 2026-12-04). Dropping the model stops them."""
+    import gc
+    import threading
+    import time
+    import weakref
+    monkeypatch.setenv("TFTRT_SPLIT_BATCH", "1")
+    monkeypatch.setenv("TFTRT_BUILD_IDLE_MS", "600000")
+    monkeypatch.setenv("TFTRT_SPLIT_CALLS", "0")
+
+    def shape_threads():
+        return [t for t in threading.enumerate() if t.name == "tftrt-shapes"]
+    before = len(shape_threads())
+    conv, fn, op = convert(conv_dir, use_dynamic_shape=True)
+    conv.build(lambda: iter([(image(1),), (image(8),)]))
+    for b in (3, 5, 7):
+        fn(x=tf.constant(image(b)))
+    pe = weakref.ref(profile_engine(op))
+    assert len(pe()._queue) >= 3 and len(shape_threads()) == before + 1
+    del conv, fn, op
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and (pe() is not None or
+                                           len(shape_threads()) > before):
+        gc.collect()
+        time.sleep(0.1)
+    assert pe() is None and len(shape_threads()) == before
