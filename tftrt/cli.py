@@ -313,13 +313,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _normalize_argv(argv: List[str]) -> List[str]:
+def _normalize_argv(argv: List[str], parser: argparse.ArgumentParser) -> List[str]:
     """saved_model_cli's ``convert --dir A --output_dir B tensorrt ...``: the method word
-    ``tensorrt`` goes (tftrt has no other method)."""
+    ``tensorrt`` goes (tftrt has no other method). ``parser``: :func:`build_parser`'s."""
     if argv and argv[0] == "convert" and any(a.split("=")[0] in ("--dir", "--output_dir")
                                              for a in argv):
         # only the method word: a value (--dir tensorrt) stays (helper hunt, 2026-12-04)
-        convert = build_parser()._subparsers._group_actions[0].choices["convert"]  # noqa
+        convert = parser._subparsers._group_actions[0].choices["convert"]  # noqa
         takes_value = {o for a in convert._actions if a.nargs != 0  # noqa: W0212
                        for o in a.option_strings}
         for k in range(1, len(argv)):
@@ -666,10 +666,11 @@ def _saved_plans(dst: str) -> int:
     the engine caches' entries called one (helper hunt, 2026-12-04)."""
     from tftrt import saving
     try:
-        with open(os.path.join(dst, saving.ASSET_DIR, saving.MANIFEST)) as f:
-            return sum(len(e.get("plans", ())) for e in json.load(f).get("engines", ()))
-    except (OSError, ValueError, AttributeError, TypeError):
+        manifest, _ = saving._read_manifest(  # pylint: disable=protected-access
+            os.path.join(dst, saving.ASSET_DIR, saving.MANIFEST))
+    except saving.SavedAssetsError:
         return 0  # no engine op, so no manifest
+    return sum(len(e["plans"]) for e in manifest["engines"])
 
 
 def _convert_tf1(args, src, dst, tags, out) -> int:
@@ -832,28 +833,26 @@ def cmd_inspect(args, out, err) -> int:
 
 def cmd_serve(args, out, err) -> int:
     from tftrt import serving
-    if not 0 <= args.max_queue_delay_us <= serving.MAX_QUEUE_DELAY_US:
-        raise _Usage(f"--max-queue-delay-us must be in 0..{serving.MAX_QUEUE_DELAY_US} (a "
-                     f"minute)")
-    ports = (args.http_port, args.grpc_port, args.metrics_port)
-    if len(set(ports)) != 3:
-        raise _Usage(f"the HTTP, gRPC and metrics ports must differ; got {ports}")
-    _select_backend(args.backend, default_engines=False)
-    try:
-        # argument errors, not failures: a bad --gpus, --address or --model-name
-        serving.resolve_gpus(args.gpus)
-        args.address = serving.listen_address(args.address)
-        if args.model_name is not None:
-            serving.check_model_name(args.model_name)
-    except serving.ServingError as e:
-        raise _Usage(str(e)) from None
-    signature = args.signature or _stored_signature_key(args.model) or "serving_default"
     config = serving.ServeConfig(
-        signature=signature, model_name=args.model_name, gpus=args.gpus,
-        max_batch=args.max_batch, max_queue_delay_us=args.max_queue_delay_us,
+        model_name=args.model_name, gpus=args.gpus, max_batch=args.max_batch,
+        max_queue_delay_us=args.max_queue_delay_us,
         preferred_batch_sizes=args.preferred_batch_sizes, http_port=args.http_port,
         grpc_port=args.grpc_port, metrics_port=args.metrics_port, address=args.address,
         tags=_tags(args.tags))
+    try:
+        # argument errors, not failures, said before the model loads: a bad queue delay,
+        # equal ports, a bad --gpus, --address or --model-name
+        serving.check_queue_delay(config.max_queue_delay_us)
+        serving.distinct_ports(config)
+        _select_backend(args.backend, default_engines=False)
+        serving.resolve_gpus(config.gpus)
+        config.address = serving.listen_address(config.address)
+        if config.model_name is not None:
+            serving.check_model_name(config.model_name)
+    except serving.ServingError as e:
+        raise _Usage(str(e)) from None
+    config.signature = args.signature or _stored_signature_key(args.model) or \
+        "serving_default"
     try:
         serving.serve_forever(args.model, config,
                               announce=lambda s: print(s, file=out, flush=True))
@@ -878,8 +877,8 @@ def main(argv: Optional[Sequence[str]] = None, out=None, err=None) -> int:
     """Runs the ``tftrt`` command; returns its exit status."""
     out = out or sys.stdout
     err = err or sys.stderr
-    argv = _normalize_argv(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
+    argv = _normalize_argv(list(sys.argv[1:] if argv is None else argv), parser)
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             args = parser.parse_args(argv)

@@ -22,6 +22,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from tftrt.inputs import dtype_name
+
 # (rtol, atol) per engine precision, for whole models (tests/tolerances.py's values).
 DEFAULT_TOLERANCES = {"FP32": (1e-3, 1e-4), "FP16": (2e-2, 2e-2), "BF16": (5e-2, 5e-2),
                       "INT8": (1e-1, 1e-1), "FP8": (1e-1, 1e-1)}
@@ -58,10 +60,7 @@ def compare_arrays(name: str, got, expected, rtol: float, atol: float,
                    top: int = 3) -> TensorReport:
     """Element-wise comparison of ``got`` against ``expected``."""
     g, e = np.asarray(got), np.asarray(expected)
-    # TF strings come as numpy objects / bytes: named as TF names them (helper hunt,
-    # 2026-12-04: "object")
-    dtype = "string" if e.dtype.kind in "OSU" else str(e.dtype)
-    rep = TensorReport(name, tuple(e.shape), dtype, size=int(e.size))
+    rep = TensorReport(name, tuple(e.shape), dtype_name(e.dtype), size=int(e.size))
     if g.shape != e.shape:
         rep.error = f"shape {list(g.shape)} where {list(e.shape)} was expected"
         return rep

@@ -224,5 +224,12 @@ def _fmt(shape) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
 
+def dtype_name(dtype) -> str:
+    """A numpy dtype as TensorFlow names it in reports: strings (numpy objects / bytes) are
+    "string", not "object" (helper hunt, 2026-12-04)."""
+    dtype = np.dtype(dtype)
+    return "string" if dtype.kind in "OSU" else str(dtype)
+
+
 def fmt_shape(shape) -> str:
     return _fmt(shape)

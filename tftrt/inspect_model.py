@@ -118,7 +118,7 @@ def describe(path: str, tags=None) -> dict:
         why, in the message); its ``description`` is the whole description.
     """
     from tftrt.engine_op import TRTEngineOp
-    from tftrt.inputs import signature_specs
+    from tftrt.inputs import dtype_name, signature_specs
     try:
         saved = saving.read_saved_engines(path, tags=tags)
     except saving.SavedAssetsError as err:
@@ -149,7 +149,7 @@ def describe(path: str, tags=None) -> dict:
         })
     info = {
         "model": saved.path, "signature": m["signature_key"],
-        "inputs": {k: {"dtype": "string" if dt.kind in "OSU" else str(dt), "shape": s}
+        "inputs": {k: {"dtype": dtype_name(dt), "shape": s}
                    for k, (dt, s) in signature_specs(sig).items()},
         "outputs": {str(k): {"dtype": v.dtype.name,
                              "shape": v.shape.as_list() if v.shape.rank is not None else None}

@@ -402,9 +402,9 @@ def _eager_stage(g: _Graph, body: List[str], feeds: List[str], wanted: List[str]
     try:
         for name in body:
             node = g.nodes[name]
-            op_def = op_def_registry.get(node.op)
-            if op_def is None or op_def.is_stateful:
+            if _stateful(node):
                 return None  # a function call op or a stateful one: keep TF's semantics
+            op_def = op_def_registry.get(node.op)
             attrs = []
             for k in sorted(node.attr):
                 if k.startswith("_"):

@@ -367,11 +367,7 @@ def check_ports(cfg: "ServeConfig") -> None:
     ports for a bad address (helper hunt, 2026-12-02). Each port is bound and released here
     (as Triton binds, with SO_REUSEADDR: a port a stopped server left in TIME_WAIT is free)."""
     import socket
-    ports = {"--http-port": cfg.http_port, "--grpc-port": cfg.grpc_port,
-             "--metrics-port": cfg.metrics_port}
-    if len(set(ports.values())) != len(ports):
-        raise ServingError(f"the HTTP, gRPC and metrics ports must differ; got {ports}")
-    for flag, port in ports.items():
+    for flag, port in distinct_ports(cfg).items():
         try:
             infos = socket.getaddrinfo(cfg.address, port, type=socket.SOCK_STREAM)
         except (socket.gaierror, UnicodeError, ValueError) as e:
@@ -389,6 +385,23 @@ def check_ports(cfg: "ServeConfig") -> None:
                         f"; is {cfg.address} an address of this machine?")
                 raise ServingError(f"cannot listen on {cfg.address}:{port} ({flag}): "
                                    f"{e.strerror or e}{hint}") from None
+
+
+def distinct_ports(cfg: "ServeConfig") -> Dict[str, int]:
+    """{flag: port} of the three endpoints; ServingError when two are the same."""
+    ports = {"--http-port": cfg.http_port, "--grpc-port": cfg.grpc_port,
+             "--metrics-port": cfg.metrics_port}
+    if len(set(ports.values())) != len(ports):
+        raise ServingError(f"the HTTP, gRPC and metrics ports must differ; got {ports}")
+    return ports
+
+
+def check_queue_delay(us: int) -> None:
+    """ServingError for a dynamic-batcher delay Triton would not serve with."""
+    if not 0 <= us <= MAX_QUEUE_DELAY_US:
+        raise ServingError(f"max queue delay {us} us: --max-queue-delay-us must be in "
+                           f"0..{MAX_QUEUE_DELAY_US} (a minute; a request that fills no "
+                           f"preferred batch waits that long)")
 
 
 def listen_address(address: str) -> str:
@@ -457,10 +470,7 @@ class Server:
         if not 0 < cfg.max_batch <= MAX_BATCH_LIMIT:
             raise ServingError(f"max batch {cfg.max_batch}: give a batch size in "
                                f"1..{MAX_BATCH_LIMIT} (Triton's max_batch_size is an int32)")
-        if not 0 <= cfg.max_queue_delay_us <= MAX_QUEUE_DELAY_US:
-            raise ServingError(f"max queue delay {cfg.max_queue_delay_us} us: give 0.."
-                               f"{MAX_QUEUE_DELAY_US} (a minute; a request that fills no "
-                               f"preferred batch waits that long)")
+        check_queue_delay(cfg.max_queue_delay_us)
         check_model_name(self.model_name)
         cfg = self.config = dataclasses.replace(cfg, address=listen_address(cfg.address))
         problems = platform_problems()

@@ -26,11 +26,12 @@ hidden ``.tmp`` file behind, never a broken entry.
 
 Size: at most ``TFTRT_CACHE_MAX_MB`` (default 4096; 0: no limit) under ``<root>/v1``, every
 environment's directory counted. A process checks it (on a thread of its own, beside the
-build) at its first write and then every ``PRUNE_EVERY`` writes; past the limit the entries least recently used (a hit touches its
-file's time) go, down to 80% of it. A long-running server seeing ever new shapes wrote an
-entry or two per shape without limit (helper hunt, 2026-12-04), and directories of earlier
-environments (another driver, another tftrt) were never removed. An entry another process
-is reading when it goes is read whole or missed (that build runs again).
+build) at its first write and then every ``PRUNE_EVERY`` writes; past the limit the entries
+least recently used (a hit touches its file's time) go, down to 80% of it. A long-running
+server seeing ever new shapes wrote an entry or two per shape without limit (helper hunt,
+2026-12-04), and directories of earlier environments (another driver, another tftrt) were
+never removed. An entry another process is reading when it goes is read whole or missed
+(that build runs again).
 
 This module never imports TensorFlow (it is part of the engine).
 """

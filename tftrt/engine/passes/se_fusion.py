@@ -230,33 +230,34 @@ def se_gate_layers(net: Network) -> set:
     shares, so its error does not average out in the next convolution as per-element
     roundings do, and the gate is a vector, so its float32 costs nothing measurable."""
     net = net.copy()  # _match adds [Cout, Cin] weight copies
+    return {l.name for _, gone in _blocks(net) for l in gone[:-1]}
+
+
+def _blocks(net: Network):
+    """(se layer, layers it replaces) of each squeeze-and-excitation block of ``net``, a
+    block's layers never in a later one. ``_match`` adds each se layer's weights to ``net``;
+    the consumer may take them out again (a vetoed block)."""
     consumers = net.consumers()
     keep = set(net.outputs)
-    names = set()
+    taken = set()
     for red in list(net.layers):
-        if red.kind == "reduce" and red.name not in names:
-            m = _match(net, red, consumers, keep)
-            if m is not None:
-                names.update(l.name for l in m[1][:-1])
-    return names
+        if red.kind != "reduce" or id(red) in taken:
+            continue
+        m = _match(net, red, consumers, keep)
+        if m is None:
+            continue
+        taken.update(id(l) for l in m[1][:-1])
+        yield m
 
 
 def se_fusion(net: Network, accept: Optional[Accept] = None) -> Network:
     """Replaces each matched squeeze-and-excitation block by an ``se`` layer (module doc).
     ``accept(net, layer)`` may veto a fused layer (the backend cannot run it well)."""
     net = net.copy()
-    consumers = net.consumers()
-    keep = set(net.outputs)
     weights_before = set(net.weights)
     replace: Dict[int, Layer] = {}  # id(final multiply) -> the se layer
     drop = set()
-    for red in list(net.layers):
-        if red.kind != "reduce" or id(red) in drop:
-            continue
-        m = _match(net, red, consumers, keep)
-        if m is None:
-            continue
-        se, gone = m
+    for se, gone in _blocks(net):
         if accept is not None and not accept(net, se):
             for w in (se.inputs[1], se.inputs[3]):  # the [Cout, Cin] copies _match added
                 if w not in weights_before:
