@@ -71,6 +71,17 @@ def test_tf1_hook_under_control_dependencies_still_runs(dynamic):
     del keep
 
 
+def _converted(module, tmp_path, shape, seed):
+    """``module`` saved and converted (minimum_segment_size 1): (an input x of ``shape``,
+    the module's own y for it, the converter, convert()'s function)."""
+    tf.saved_model.save(module, str(tmp_path / "m"), signatures=module.__call__)
+    x = tf.constant(np.random.RandomState(seed).standard_normal(shape).astype(np.float32))
+    want = module(x)["y"].numpy()
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=str(tmp_path / "m"),
+                                   minimum_segment_size=1)
+    return x, want, conv, conv.convert()
+
+
 class Hooked(tf.Module):
     def __init__(self, calls):
         super().__init__()
@@ -96,13 +107,7 @@ def test_tf2_hook_under_control_dependencies_still_runs(tmp_path, monkeypatch, d
     runs as one graph function instead (TFTRT_DIRECT_CALL=0 is that graph function)."""
     monkeypatch.setenv("TFTRT_DIRECT_CALL", direct)
     calls = []
-    m = Hooked(calls)
-    tf.saved_model.save(m, str(tmp_path / "m"), signatures=m.__call__)
-    x = tf.constant(np.random.RandomState(2).standard_normal((3, 8)).astype(np.float32))
-    want = m(x)["y"].numpy()
-    conv = trt.TrtGraphConverterV2(input_saved_model_dir=str(tmp_path / "m"),
-                                   minimum_segment_size=1)
-    fn = conv.convert()
+    x, want, conv, fn = _converted(Hooked(calls), tmp_path, (3, 8), seed=2)
     assert not isinstance(fn, rewrite.DirectSignature)
     calls.clear()
     np.testing.assert_allclose(fn(x=x)["y"].numpy(), want, rtol=1e-5, atol=1e-5)
@@ -187,13 +192,7 @@ def test_side_effects_nothing_reads_run_in_eager_calls(tmp_path, where):
     (helper hunt, 2026-12-04)."""
     calls = []
     path = str(tmp_path / "written.txt")
-    m = AutoHooked(calls, path, where)
-    tf.saved_model.save(m, str(tmp_path / "m"), signatures=m.__call__)
-    x = tf.constant(np.random.RandomState(4).standard_normal((3, 4)).astype(np.float32))
-    want = m(x)["y"].numpy()
-    conv = trt.TrtGraphConverterV2(input_saved_model_dir=str(tmp_path / "m"),
-                                   minimum_segment_size=1)
-    fn = conv.convert()
+    x, want, conv, fn = _converted(AutoHooked(calls, path, where), tmp_path, (3, 4), seed=4)
     assert bool(conv.engine_ops) == (where == "after")
     conv.save(str(tmp_path / "trt"))
     loaded = tftrt.load(str(tmp_path / "trt")).signatures["serving_default"]

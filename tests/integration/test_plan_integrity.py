@@ -16,23 +16,15 @@ import pytest
 import tensorflow as tf
 
 import tftrt
-from tftrt import cli, saving, trt_convert as trt
+from tftrt import cli, saving
 from tests.integration import models
-from tests.integration.test_saved_model_trust import (adir, drop_plan_digests, read,
-                                                      read_manifest, reframe)
+from tests.integration.test_saved_model_trust import (adir, convert_and_save,
+                                                      drop_plan_digests, read, read_manifest,
+                                                      reframe)
 
 E0 = "TRTEngineOp_000_000"
 BATCHES = (4, 2)  # built in this order: plan _0 is batch 4, plan _1 batch 2
 PLAN0 = f"{E0}_0.plan"
-
-
-def convert_and_save(src: str, out: str, precision: str = "FP32") -> str:
-    conv = trt.TrtGraphConverterV2(input_saved_model_dir=src, minimum_segment_size=2,
-                                   precision_mode=precision, maximum_cached_engines=2)
-    conv.convert()
-    conv.build(lambda: iter([(models.batch((b, 8)),) for b in BATCHES]))
-    conv.save(out)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +32,8 @@ def dirs(tmp_path_factory):
     """An MLP converted twice (FP32, FP16), each saved with plans for batches 4 and 2."""
     root = tmp_path_factory.mktemp("plans")
     src = models.save_module(models.MLP(seed=0), str(root / "src"))
-    return {"src": src, "fp32": convert_and_save(src, str(root / "fp32")),
-            "fp16": convert_and_save(src, str(root / "fp16"), "FP16")}
+    return {"src": src, "fp32": convert_and_save(src, str(root / "fp32"), BATCHES),
+            "fp16": convert_and_save(src, str(root / "fp16"), BATCHES, "FP16")}
 
 
 @pytest.fixture

@@ -30,10 +30,14 @@ X = models.batch((4, 8))
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def convert_and_save(src, out):
-    conv = trt.TrtGraphConverterV2(input_saved_model_dir=src, minimum_segment_size=2)
+def convert_and_save(src: str, out: str, batches=(4,), precision: str = "FP32") -> str:
+    """``src`` converted and saved with a plan per batch size of ``batches`` (built in that
+    order: plan _k is batches[k])."""
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=src, minimum_segment_size=2,
+                                   precision_mode=precision,
+                                   maximum_cached_engines=len(batches))
     conv.convert()
-    conv.build(lambda: iter([(X,)]))
+    conv.build(lambda: iter([(models.batch((b, 8)),) for b in batches]))
     conv.save(out)
     return out
 

@@ -231,20 +231,19 @@ def test_zoo_summary_takes_the_latest_gpu_rows(tmp_path, capsys):
         for b, e in errs.items():
             r["batches"][str(b)]["rel_err"] = e
         return json.dumps(r)
-    per = tmp_path / "e.jsonl"
-    per.write_text("\n".join([
-        erred("tf_xla", {8: 0.05, 128: 0.025}),
-        erred("tftrt", {8: 0.03, 128: 0.04}, rel_err=0.04, rel_err_ok=False),
-        erred("tftrt", {8: 0.01}, rel_err=0.01, rel_err_ok=True)]) + "\n")
-    got = bench.summary([str(per)])
-    capsys.readouterr()
+    def with_xla_at_128(xla_err):
+        """tftrt's batch 128 at 0.04, superseded by a --batches 8 row at 0.01."""
+        per = tmp_path / "e.jsonl"
+        per.write_text("\n".join([
+            erred("tf_xla", {8: 0.05, 128: xla_err}),
+            erred("tftrt", {8: 0.03, 128: 0.04}, rel_err=0.04, rel_err_ok=False),
+            erred("tftrt", {8: 0.01}, rel_err=0.01, rel_err_ok=True)]) + "\n")
+        got = bench.summary([str(per)])
+        capsys.readouterr()
+        return got
+    got = with_xla_at_128(0.025)
     assert got["over_error_bar"] == {"DenseNet121 FP16": 0.04}
-    per.write_text("\n".join([
-        erred("tf_xla", {8: 0.05, 128: 0.045}),
-        erred("tftrt", {8: 0.03, 128: 0.04}, rel_err=0.04, rel_err_ok=False),
-        erred("tftrt", {8: 0.01}, rel_err=0.01, rel_err_ok=True)]) + "\n")
-    got = bench.summary([str(per)])
-    capsys.readouterr()
+    got = with_xla_at_128(0.045)
     assert got["over_error_bar"] == {}
     assert got["within_xla_error_only"] == {"DenseNet121 FP16": 0.04}
 
