@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import contextlib
 import os
 import shutil
 import sys
@@ -66,6 +67,19 @@ def tf32_on(dev: str) -> bool:
     (a CPU has no TF32; the numpy backend computes in float32)."""
     import tensorflow as tf
     return "GPU" in dev and bool(tf.config.experimental.tensor_float_32_execution_enabled())
+
+
+@contextlib.contextmanager
+def tf32_switch(on: bool):
+    """TensorFlow's TF32 switch set to ``on`` for the block, then back as it was. TF reads it
+    when a convolution or GEMM kernel runs (XLA when it compiles)."""
+    import tensorflow as tf
+    before = tf.config.experimental.tensor_float_32_execution_enabled()
+    tf.config.experimental.enable_tensor_float_32_execution(on)
+    try:
+        yield
+    finally:
+        tf.config.experimental.enable_tensor_float_32_execution(before)
 
 
 def rel_err(got, ref) -> float:
@@ -162,6 +176,7 @@ def run_model(name: str, args, work: str, dev: str, device: str) -> None:
             # run_gpu_zoo.sh: "warm" when a carried build cache was unpacked, else "cold"
             "build_cache": os.environ.get("ZOO_BUILD_CACHE", ""),
             "tf32": tf32_on(dev) and args.backend == "cupy",
+            "reference": "FP32, TF32 off",  # see reference()
             "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
     def log(stage):
@@ -181,16 +196,21 @@ def run_model(name: str, args, work: str, dev: str, device: str) -> None:
     def timed(fn, b):
         return _stats(_time_tf(fn, inputs(b), args.warmup, args.iters), b)
 
-    def reference(b):
+    def reference(b, tf32: bool = False):
         """native TF's FP32 outputs for batch ``b``, run REF_ROWS rows at a time and joined:
         TF's own depthwise GPU kernel (DepthwiseConv2dGPUKernelNHWC) computes input offsets
         in int32, wrong past 2**31 elements (EfficientNetB7 at 600 px, batch 128: block 2a's
         128 x 301 x 301 x 192), and a whole batch of a large model ran out of memory beside
-        the engines (run s)."""
+        the engines (run s).
+        In FP32 arithmetic: TensorFlow's TF32 switch (on by default on a GPU since Ampere)
+        is off for the call unless ``tf32``. With it on, TF rounds every convolution's and
+        GEMM's operands to float16's 10-bit mantissa, so the "FP32" reference carried as much
+        rounding per layer as the FP16 engine it judged (run e of 2026-12-04 measures both)."""
         arg = inputs(b)
-        parts = [native(**{k: v[i:i + REF_ROWS] for k, v in arg.items()})
-                 for i in range(0, b, REF_ROWS)]
-        return {k: tf.concat([p[k] for p in parts], 0) for k in parts[0]}
+        with tf32_switch(tf32):
+            parts = [native(**{k: v[i:i + REF_ROWS] for k, v in arg.items()})
+                     for i in range(0, b, REF_ROWS)]
+            return {k: tf.concat([p[k] for p in parts], 0) for k in parts[0]}
 
     if not args.skip_native_timing:  # (native still gives every error's reference)
         row = {**base, "runtime": "tf_native", "precision": "FP32",
@@ -209,13 +229,16 @@ def run_model(name: str, args, work: str, dev: str, device: str) -> None:
         # builder would make differently under the mixed policy.
         xla_model.set_weights(model.get_weights())
         xla = tf.function(lambda x: xla_model(x, training=False), jit_compile=True)
-        row = {**base, "runtime": "tf_xla", "precision": "FP16", "batches": {}}
+        row = {**base, "runtime": "tf_xla", "precision": "FP16", "batches": {},
+               "tf32_reference_differs": tf32_on(dev)}
         for b in args.batches:
             arg = inputs(b)
             ref, got = reference(b), xla(arg[arg_name])
             st = timed(lambda **k: xla(k[arg_name]), b)
-            st["rel_err"] = rel_err({k: got for k in ref} if not isinstance(got, dict) else
-                                    got, ref)
+            got = {k: got for k in ref} if not isinstance(got, dict) else got
+            st["rel_err"] = rel_err(got, ref)
+            if row["tf32_reference_differs"]:
+                st["rel_err_tf32_reference"] = rel_err(got, reference(b, tf32=True))
             row["batches"][b] = st
         xla_err = row["rel_err"] = max(st["rel_err"] for st in row["batches"].values())
         append_row(args.out, row)
@@ -226,6 +249,9 @@ def run_model(name: str, args, work: str, dev: str, device: str) -> None:
     # the engines (EfficientNetB7 at 600 px, --skip-native-timing, run s) TF's FP32 batch 128
     # ran out of memory beside their arenas
     refs = {b: reference(b) for b in args.batches} if precisions else {}
+    # and with TF's TF32 default, the reference of the rows before run e of 2026-12-04
+    refs_tf32 = {b: reference(b, tf32=True) for b in args.batches} \
+        if precisions and tf32_on(dev) else {}
     if args.whole_batch_reference and precisions:  # the error against one native call too
         whole = {b: native(**inputs(b)) for b in args.batches}
     for precision in precisions:
@@ -269,6 +295,8 @@ def run_model(name: str, args, work: str, dev: str, device: str) -> None:
                     st["graph_fn_rel_err"] = rel_err(gf, ref)
                     st["graph_fn_median_ms"] = timed(graph, b)["median_ms"]
                 st["rel_err"] = err
+                if refs_tf32:
+                    st["rel_err_tf32_reference"] = rel_err(got, refs_tf32[b])
                 if args.whole_batch_reference:
                     st["rel_err_whole_batch_reference"] = rel_err(got, whole[b])
                 st["on_gpu"] = all("GPU" in got[k].device for k in got)

@@ -299,6 +299,16 @@ def test_zoo_benchmark_dry_run(tmp_path, capsys):
     # CPU here has no TF32, so this row was held to the strict bar
     assert bench.rel_bar("FP32", 0.05, tf32=True) == bench.REL_TOL["TF32"] > bench.REL_TOL["FP32"]
     assert row["tf32"] is False and not bench.tf32_on("/CPU:0")
+    # the reference is computed in FP32 arithmetic: TF32 off for its calls, then back
+    import tensorflow as tf
+    assert row["reference"] == "FP32, TF32 off"
+    assert "rel_err_tf32_reference" not in row["batches"]["1"]  # the CPU has no TF32
+    before = tf.config.experimental.tensor_float_32_execution_enabled()
+    for on in (False, True):
+        with pytest.raises(KeyError), bench.tf32_switch(on):
+            assert tf.config.experimental.tensor_float_32_execution_enabled() is on
+            raise KeyError  # restored on the way out, as after a native call that fails
+        assert tf.config.experimental.tensor_float_32_execution_enabled() is before
     assert 0 < row["convert_s"] < 600
     assert row["host_layers"] == row["layers"] > 0  # the numpy backend runs on the host
     assert set(row["batches"]) == {"1", "2"}
