@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Issue 17 on the GPU host: ResNet50 FP16 served by `tftrt serve` (Triton's dynamic batching),
+# measured through the server by benchmarks/serve_load.py (many concurrent batch-1 gRPC
+# clients), on one GPU and then on every GPU of the host; and the loaded engine's own batch-128
+# throughput in-process, the one-GPU bar's reference (>= 70% of it through the server).
+# Needs gpu-host/pack-tensorflow.sh's install (/tmp/tfsite/env.sh) and benchmarks/pack_serving.sh's
+# (/tmp/srvsite/env.sh) in this machine session.
+#   [MODEL=ResNet50] [MAX_BATCH=128] [CONCURRENCY=256] [PROCESSES=8] [REQUESTS=40000] [GPU_SETS="0 0,1"] \
+#     bash benchmarks/run_gpu_serving.sh [seconds]
+# Output: $OUT/serving.log, $OUT/load_<gpus>.json, $OUT/engine_b128.json.
+set -uo pipefail
+budget=${1:-580}
+start=$(date +%s); left() { echo $(( budget - ($(date +%s) - start) )); }
+repo=$(cd "$(dirname "$0")/.." && pwd)
+out=${OUT:-/tmp/tftrt-bench}; mkdir -p "$out"
+log="$out/serving.log"
+model=${MODEL:-ResNet50}
+work=/tmp/tftrt-serving; rm -rf "$work"; mkdir -p "$work"
+# shellcheck disable=SC1091
+source /tmp/tfsite/env.sh >/dev/null; source /tmp/srvsite/env.sh >/dev/null
+# (a CPU smoke test of this script: empty env.sh files, TFTRT_BACKEND=numpy, a small MODEL,
+# GPU_SETS=none, ENGINE_ITERS=3, REQUESTS=200, CONCURRENCY=8, PROCESSES=2)
+export PYTHONPATH="$repo:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
+cd "$repo"
+say() { echo "[$(( $(date +%s) - start )) s] $*" | tee -a "$log"; }
+gpus_all=$(nvidia-smi -L 2>/dev/null | wc -l)
+say "$gpus_all GPU(s); $(ldd --version | head -1)"
+python3 -c "import pytriton, tritonclient.grpc; print('pytriton', pytriton.__version__)" 2>&1 \
+  | tail -1 | tee -a "$log"
+# the model (seeded, weights=None: the zoo's), converted with one profile 1..128
+python3 - "$model" "$work/src" >>"$log" 2>&1 <<'PY'
+import sys
+from tftrt import zoo
+zoo.build(sys.argv[1]).export(sys.argv[2], verbose=False)
+PY
+timeout "$(left)" python3 -m tftrt.cli convert "$work/src" "$work/${model,,}_trt" --precision FP16 \
+  --dynamic-shape --batch-sizes 1,${MAX_BATCH:-128} --no-summary 2>&1 | grep -v "^W0000\|^I0000" | tail -5 \
+  | tee -a "$log"
+say "converted"
+# the engine alone at batch 128, in-process (CUDA-event medians, bench_e2e's timing)
+timeout "$(left)" python3 - "$work/${model,,}_trt" "$out/engine_b128.json" "$model" >>"$log" 2>&1 <<'PY'
+import json, os, sys
+import tensorflow as tf
+import tftrt
+from tftrt import zoo
+sys.path.insert(0, "benchmarks")
+from bench_e2e import _stats, _time_tf
+sig = tftrt.load(sys.argv[1]).signatures["serving_default"]
+name = next(iter(sig.structured_input_signature[1]))
+res = {}
+for b in (1, int(os.environ.get("MAX_BATCH", "128"))):
+    with tf.device("/GPU:0"):
+        x = {name: tf.constant(zoo.sample_input(sys.argv[3], b))}
+    res[b] = _stats(_time_tf(sig, x, 3, int(os.environ.get("ENGINE_ITERS", "50"))), b)
+print("ENGINE", json.dumps(res))
+json.dump(res, open(sys.argv[2], "w"), indent=1)
+PY
+grep "^ENGINE" "$log" | tail -1
+for gpus in ${GPU_SETS:-0 0,1}; do
+  n=$(echo "$gpus" | tr ',' '\n' | wc -l)
+  if [ "$gpus" != none ] && [ "$n" -gt "$gpus_all" ]; then say "skip --gpus $gpus: $gpus_all GPU(s) here"; continue; fi
+  if [ "$(left)" -lt 90 ]; then say "skip --gpus $gpus: $(left) s left"; continue; fi
+  say "serve --gpus $gpus"
+  python3 -m tftrt.cli serve "$work/${model,,}_trt" --gpus "$gpus" --max-batch "${MAX_BATCH:-128}" \
+    --model-name served >>"$out/serve_${gpus//,/_}.log" 2>&1 &
+  server=$!
+  for _ in $(seq 1 240); do  # ready when Triton says so (engines load in the instances)
+    curl -sf localhost:8000/v2/models/served/ready >/dev/null 2>&1 && break
+    kill -0 $server 2>/dev/null || break; sleep 1
+  done
+  say "ready: $(curl -s -o /dev/null -w '%{http_code}' localhost:8000/v2/models/served/ready)"
+  timeout $(( $(left) - 20 )) python3 benchmarks/serve_load.py --model served \
+    --concurrency "${CONCURRENCY:-256}" --processes "${PROCESSES:-8}" \
+    --requests "${REQUESTS:-40000}" --protocol grpc --json "$out/load_${gpus//,/_}.json" 2>&1 \
+    | tail -25 | tee -a "$log"
+  kill -INT $server 2>/dev/null; wait $server
+  say "server --gpus $gpus exited $?"
+  tail -5 "$out/serve_${gpus//,/_}.log" >>"$log"
+done
+say "done"
