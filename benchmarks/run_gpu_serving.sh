@@ -22,6 +22,10 @@ source /tmp/tfsite/env.sh >/dev/null; source /tmp/srvsite/env.sh >/dev/null
 # GPU_SETS=none, ENGINE_ITERS=3, REQUESTS=200, CONCURRENCY=8, PROCESSES=2)
 export PYTHONPATH="$repo:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 cd "$repo"
+ready() {  # Triton's readiness of the model (no curl needed): prints the HTTP status
+  python3 -c "import urllib.request as u
+try: print(u.urlopen('http://localhost:8000/v2/models/served/ready', timeout=2).status)
+except Exception as e: print(getattr(e, 'code', 0))"; }
 say() { echo "[$(( $(date +%s) - start )) s] $*" | tee -a "$log"; }
 gpus_all=$(nvidia-smi -L 2>/dev/null | wc -l)
 say "$gpus_all GPU(s); $(ldd --version | head -1)"
@@ -65,10 +69,10 @@ for gpus in ${GPU_SETS:-0 0,1}; do
     --model-name served >>"$out/serve_${gpus//,/_}.log" 2>&1 &
   server=$!
   for _ in $(seq 1 240); do  # ready when Triton says so (engines load in the instances)
-    curl -sf localhost:8000/v2/models/served/ready >/dev/null 2>&1 && break
+    [ "$(ready)" = 200 ] && break
     kill -0 $server 2>/dev/null || break; sleep 1
   done
-  say "ready: $(curl -s -o /dev/null -w '%{http_code}' localhost:8000/v2/models/served/ready)"
+  say "ready: $(ready)"
   timeout $(( $(left) - 20 )) python3 benchmarks/serve_load.py --model served \
     --concurrency "${CONCURRENCY:-256}" --processes "${PROCESSES:-8}" \
     --requests "${REQUESTS:-40000}" --protocol grpc --json "$out/load_${gpus//,/_}.json" 2>&1 \
