@@ -271,10 +271,7 @@ class TrtGraphConverter:
                                 f"run, num_runs times) that returns {returns}; got a "
                                 f"{type(fn).__name__}")
         fetch_names = _fetch_names(fetch_names)
-        nodes = {n.name for n in self._converted_graph_def.node}
-        missing = [n for n in fetch_names if graph_io.split_tensor_name(n)[0] not in nodes]
-        if missing:
-            raise ValueError(f"fetch_names {missing} name no node of the converted graph")
+        _check_fetches(self._converted_graph_def, fetch_names)
         calibration.calibrate_tf1(self, num_runs, feed_dict_fn, input_map_fn,
                                   calibration_method)
         if not self._is_dynamic_op:
@@ -320,6 +317,44 @@ class TrtGraphConverter:
                     f", tags={tags}" if extra else "")
 
 
+def create_inference_graph(input_graph_def, outputs, max_batch_size=1,
+                           max_workspace_size_bytes=DEFAULT_TRT_MAX_WORKSPACE_SIZE_BYTES,
+                           precision_mode=TrtPrecisionMode.FP32, minimum_segment_size=3,
+                           is_dynamic_op=False, maximum_cached_engines=1,
+                           input_saved_model_dir=None, input_saved_model_tags=None,
+                           input_saved_model_signature_key=None, output_saved_model_dir=None,
+                           session_config=None):
+    """TF-TRT's one-call TF1 conversion: a :class:`TrtGraphConverter` of ``input_graph_def``
+    (``outputs``: its output nodes or tensors, kept out of the engines), or of the SavedModel
+    at ``input_saved_model_dir`` when ``input_graph_def`` is None; converted, saved to
+    ``output_saved_model_dir`` when given (a SavedModel input only), and its GraphDef
+    returned. Without calibration, as TF-TRT's: INT8 needs a TrtGraphConverter and its
+    calibrate()."""
+    if input_graph_def is not None:
+        if isinstance(outputs, (str, bytes)):
+            outputs = [outputs]  # one name, not a list of its characters
+        if outputs is None or not hasattr(outputs, "__iter__") or not list(outputs):
+            raise ValueError("create_inference_graph: outputs must list the graph's output "
+                             "nodes or tensors (e.g. ['logits']) when input_graph_def is given;"
+                             f" got {outputs!r}")
+        outputs = list(outputs)
+    else:
+        outputs = None  # TF-TRT: only used with input_graph_def
+    converter = TrtGraphConverter(
+        input_saved_model_dir=input_saved_model_dir,
+        input_saved_model_tags=input_saved_model_tags,
+        input_saved_model_signature_key=input_saved_model_signature_key,
+        input_graph_def=input_graph_def, nodes_denylist=outputs,
+        session_config=session_config, max_batch_size=max_batch_size,
+        max_workspace_size_bytes=max_workspace_size_bytes, precision_mode=precision_mode,
+        minimum_segment_size=minimum_segment_size, is_dynamic_op=is_dynamic_op,
+        maximum_cached_engines=maximum_cached_engines, use_calibration=False)
+    converted = converter.convert()
+    if output_saved_model_dir:
+        converter.save(output_saved_model_dir)
+    return converted
+
+
 def _eager_mode():
     """Runs the body in eager mode. TF1 programs run with eager execution off
     (tf.compat.v1.disable_eager_execution(), disable_v2_behavior()) or inside a tf.Graph's
@@ -354,6 +389,25 @@ def _fetch_names(fetch_names) -> list:
             raise TypeError(f"{usage}; fetch_names[{k}] is {item!r} ({type(item).__name__})")
         names.append(name)
     return names
+
+
+def _check_fetches(graph_def, names: Sequence[str]) -> None:
+    """ValueError unless ``names`` is a non-empty list of what ``graph_def`` has: nodes, or
+    tensors with an output index the node has (TF-TRT ran ``sess.run(fetch_names)``, which
+    raised for both; only the node was checked before, so "out:5" of a one-output node and
+    an empty list passed)."""
+    import tensorflow as tf
+    if not names:
+        raise ValueError("fetch_names is empty: name the graph's outputs, e.g. ['out:0'] "
+                         "(TF-TRT ran them in each calibration run)")
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.graph_util.import_graph_def(graph_def, name="")
+    for name in names:
+        try:
+            graph.as_graph_element(name)
+        except (KeyError, ValueError, TypeError) as e:
+            raise ValueError(f"fetch_names: {name!r} is not in the graph: {e}") from None
 
 
 def _downstream(graph_def, names: Sequence[str]) -> set:

@@ -93,9 +93,9 @@ DEFAULT_TRT_CONVERSION_PARAMS = TrtConversionParams()
 
 def __getattr__(name):
     # The TF1 converter lives in tftrt.tf1 (it imports this module).
-    if name == "TrtGraphConverter":
-        from tftrt.tf1 import TrtGraphConverter
-        return TrtGraphConverter
+    if name in ("TrtGraphConverter", "create_inference_graph"):
+        from tftrt import tf1
+        return getattr(tf1, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

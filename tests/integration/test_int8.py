@@ -371,7 +371,7 @@ def test_tf1_calibrate_errors():
         conv.calibrate(["out:0"], 1, feed_dict_fn=lambda: {"x:0": nan})
     with pytest.raises(ValueError, match="num_runs should be a positive integer; got 0"):
         conv.calibrate(["out:0"], 0, feed_dict_fn=lambda: {})
-    with pytest.raises(ValueError, match=r"fetch_names \['nope:0'\] name no node"):
+    with pytest.raises(ValueError, match=r"fetch_names: 'nope:0' is not in the graph"):
         conv.calibrate(["nope:0"], 1, feed_dict_fn=lambda: {})
     with pytest.raises(ValueError, match="run 0 failed"):
         conv.calibrate(["out:0"], 1, feed_dict_fn=lambda: {"x:0": np.zeros((2, 3), np.float32)})

@@ -121,8 +121,23 @@ def test_calibrate_takes_tensors_and_operations_as_fetch_names():
     other = tf.Graph()
     with other.as_default():
         missing = tf.constant(1.0, name="not_there")
-    with pytest.raises(ValueError, match=r"fetch_names \['not_there:0'\] name no node"):
+    with pytest.raises(ValueError, match=r"fetch_names: 'not_there:0' is not in the graph: .*"
+                                         r"The operation, 'not_there', does not exist"):
         _int8_tf1(is_dynamic_op=True).calibrate([missing], 1, feed_dict_fn=feed)
+
+
+@pytest.mark.parametrize("fetch_names, said", [
+    (["out:5"], r"'out:5' is not in the graph: .*'out', exists but only has 1 outputs"),
+    (["out:0", "out:abc"], r"'out:abc' is not in the graph: .*not a valid one"),
+    ([], r"fetch_names is empty: name the graph's outputs")])
+def test_calibrate_refuses_fetch_names_a_session_would_refuse(fetch_names, said):
+    """An output index the node lacks, a malformed name, or nothing to fetch: TF-TRT ran
+    sess.run(fetch_names), which raised for each; they passed here before 2026-12-04 (only
+    the node of each name was checked)."""
+    conv = _int8_tf1(is_dynamic_op=True)
+    with pytest.raises(ValueError, match=said):
+        conv.calibrate(fetch_names, 1, feed_dict_fn=lambda: {"x:0": _data(4)})
+    assert _table(conv.calibrate(["out:0"], 1, feed_dict_fn=lambda: {"x:0": _data(4)}))
 
 
 @pytest.mark.parametrize("fetch_names, shown", [

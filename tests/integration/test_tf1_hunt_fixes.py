@@ -448,3 +448,42 @@ def test_tf1_eviction_warning_advises_what_tf1_has(monkeypatch, caplog):
     assert "build()" not in warned[0] and "TrtGraphConverter's maximum_cached_engines" in \
         warned[0]
     assert not hasattr(conv, "build")
+
+
+# --- create_inference_graph (TF-TRT's one-call TF1 API; missing before 2026-12-04) -------------
+
+def test_create_inference_graph_converts_a_frozen_graph():
+    from tests.integration.models import session_run
+    from tests.integration.test_tf1 import frozen_graph
+    gd = frozen_graph()
+    x = np.random.RandomState(1).randn(3, 8).astype(np.float32)
+    ref, _ = session_run(gd, x)
+    for outputs in (["out"], ["out:0"], "out"):  # names, a tensor name, one name alone
+        converted = trt.create_inference_graph(gd, outputs, max_batch_size=4,
+                                               minimum_segment_size=2, is_dynamic_op=True)
+        assert [n.name for n in engine_nodes(converted)] == ["TRTEngineOp_000_000",
+                                                            "TRTEngineOp_000_001"]
+        assert "out" in {n.name for n in converted.node if n.op == "Identity"}  # kept out
+        got, _ = session_run(converted, x)
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
+    for bad in (None, []):
+        with pytest.raises(ValueError, match=r"outputs must list the graph's output nodes"):
+            trt.create_inference_graph(gd, bad)
+    with pytest.raises(ValueError, match="Not able to save to a SavedModel since input is a "
+                                         "GraphDef"):
+        trt.create_inference_graph(gd, ["out"], output_saved_model_dir="/tmp/never-written")
+
+
+def test_create_inference_graph_converts_and_saves_a_saved_model(tmp_path):
+    src = make_tf1_saved_model(str(tmp_path / "src"))
+    dst = str(tmp_path / "dst")
+    converted = trt.create_inference_graph(None, None, input_saved_model_dir=src,
+                                           output_saved_model_dir=dst, minimum_segment_size=2,
+                                           is_dynamic_op=True, precision_mode="FP32")
+    assert engine_nodes(converted)
+    x, k = _data()
+    want = tf1_session_run(src, ["serve"], x, k)
+    got = tf1_session_run(dst, ["serve"], x, k)
+    assert set(got) == set(want)
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-4, atol=1e-5, err_msg=key)
