@@ -481,11 +481,17 @@ def _signature_inputs(path: str, signature_key: str, tags):
     return loaded, sig, inp.signature_specs(sig)
 
 
-def _cannot_run(e: Exception, what: str = "") -> "CommandError":
-    """The one-line error for inputs the model itself rejects (``e``, from TensorFlow)."""
+def _cannot_run(e: Exception, what: str = "", generated: bool = False) -> "CommandError":
+    """The one-line error for inputs the model itself rejects (``e``, from TensorFlow);
+    ``generated``: their values were made up (no --inputs), which a model may reject for
+    their values alone (an integer divisor or index of 0: helper hunt, 2026-12-04)."""
     from tftrt.logs import first_error_line
+    hint = "check their shapes"
+    if generated:
+        hint += (", or, as their values were generated (integers 0 to 3, normal floats), "
+                 "give real data with --inputs FILE.npz")
     return CommandError(f"{what}the model cannot run the given inputs ({type(e).__name__}: "
-                        f"{first_error_line(e)}); check their shapes")
+                        f"{first_error_line(e)}); {hint}")
 
 
 def _stored_signature_key(path: str) -> Optional[str]:
@@ -640,7 +646,8 @@ def _convert_build_save(args, converter, calibration, runs, dst, note, out,
             try:
                 converter.build(input_fn=lambda: iter(runs))
             except tf.errors.OpError as e:  # inputs the model itself rejects
-                raise _cannot_run(e, "building engines failed: ") from None
+                raise _cannot_run(e, "building engines failed: ",
+                                  generated=not args.inputs) from None
             if native:
                 print("the optimization profile(s) of the given shapes are saved with the "
                       "model; its engines build from them", file=out)
@@ -777,7 +784,7 @@ def cmd_compare(args, out, err) -> int:
     except ValueError as e:
         raise CommandError(str(e)) from None
     except (tf.errors.OpError, TypeError) as e:  # inputs the model itself rejects
-        raise _cannot_run(e) from None
+        raise _cannot_run(e, generated=not args.inputs) from None
     if args.json:
         print(json.dumps(dict(report.to_json(), model=args.model, note=note), indent=1),
               file=out)

@@ -205,6 +205,9 @@ class TRTEngineOp:
         # builder_thread is the thread build() runs in (see _build_call).
         self.building = False
         self.builder_thread: Optional[int] = None
+        # the keys of the engines build()'s own calls cached (_insert): evicting one counts
+        # in stats["build_evictions"], which build()'s warning reports (trt_convert)
+        self.build_keys: set = set()
         # True during converter.build() with use_dynamic_shape: calls run natively and
         # build()'s own (_collects) record their shapes; build_profiles() then builds one
         # engine for all of them (TF-TRT). collect_calls: False where build() reads the
@@ -663,10 +666,15 @@ class TRTEngineOp:
         the caller stops after releasing it (:func:`_stop_background_builds`)."""
         self._note_rebuild(key)
         evicted = self.cache.put_evicting(key, entry)
+        if self._build_call():
+            self.build_keys.add(key)
         if evicted is None:
             return []
         self.stats["evictions"] += 1
         old_key, old = evicted
+        if old_key in self.build_keys and old_key != key:
+            self.build_keys.discard(old_key)
+            self.stats["build_evictions"] += 1
         self._evicted.append(old.profiles if isinstance(old, P.ProfileEngine) else old_key)
         log.info("%s: engine cache full (maximum_cached_engines=%d); evicted the engine for "
                  "%s", self.name, self.cache.capacity, old_key)

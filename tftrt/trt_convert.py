@@ -391,8 +391,9 @@ class TrtGraphConverterV2:
         def ran_natively(before_native):
             return sorted(n for n, k in natives().items() if k > before_native[n])
 
-        evictions = {op.name: op.stats["evictions"] for op in ops}
+        evictions = {op.name: op.stats["build_evictions"] for op in ops}
         for op in ops:
+            op.build_keys = set()
             op.building, op.builder_thread = True, threading.get_ident()
             op.collecting = self._use_dynamic_shape
         shown = progress.task("building engines", poll=progress.engines_built(ops)).start()
@@ -475,22 +476,27 @@ class TrtGraphConverterV2:
         self._warn_build_evictions(ops, evictions)
 
     def _warn_build_evictions(self, ops, before: Dict[str, int]) -> None:
-        """Warns when build() evicted engines it had itself just built: more input shapes
-        than maximum_cached_engines keeps (TF2's default 1, as TF-TRT's). Said at INFO only,
-        a `tftrt convert --batch-sizes 1,8` saved the batch-8 engine alone and batch 1 ran
-        natively after loading (helper hunt, 2026-12-04)."""
+        """Warns when engines build() itself built were evicted before it returned: more
+        input shapes than maximum_cached_engines keeps (TF2's default 1, as TF-TRT's), or
+        another thread's calls at other shapes meanwhile. Said at INFO only, a `tftrt convert
+        --batch-sizes 1,8` saved the batch-8 engine alone and batch 1 ran natively after
+        loading (helper hunt, 2026-12-04). Only build()'s own engines count (an engine a call
+        made before build(), or another thread's, is not build()'s: a later hunt found it
+        blamed), and use_dynamic_shape is advised only to converters without it."""
         for op in ops:
-            n = op.stats["evictions"] - before.get(op.name, 0)
+            n = op.stats["build_evictions"] - before.get(op.name, 0)
             if n <= 0:
                 continue
             then = ("build again at their first call" if op.spec.allow_build_at_runtime else
                     "run natively (allow_build_at_runtime=False)")
-            log.warning("%s: build() built engines for more input shapes than "
-                        "maximum_cached_engines=%d keeps; %d of them were evicted, and the "
-                        "engines kept are for %s. The evicted shapes will %s. Raise "
-                        "maximum_cached_engines, or use use_dynamic_shape=True (one engine "
-                        "for a range of shapes).", op.name, op.cache.capacity, n,
-                        "; ".join(str([list(s) for s in k]) for k in op.cache.keys()), then)
+            advice = "Raise maximum_cached_engines" + (
+                "" if self._use_dynamic_shape else
+                ", or use use_dynamic_shape=True (one engine for a range of shapes)")
+            log.warning("%s: %d engine(s) build() built were evicted before it returned "
+                        "(maximum_cached_engines=%d); the engines kept are for %s. The "
+                        "evicted shapes will %s. %s.", op.name, n, op.cache.capacity,
+                        "; ".join(str([list(s) for s in k]) for k in op.cache.keys()), then,
+                        advice)
 
     def _reference(self, args) -> Optional["_NativeReference"]:
         """The check's native call on ``args``, to start once the profile engines' tactics are

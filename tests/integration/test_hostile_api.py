@@ -307,6 +307,34 @@ def test_cli_bad_arguments(cli_env, two_dir, tmp_path, argv, code, message):
     assert not os.path.exists(tmp_path / "out")
 
 
+def test_cli_says_generated_values_may_be_what_the_model_rejects(cli_env, tmp_path):
+    """Generated integers (0 to 3) include a divisor of 0, which TF's integer TruncateMod
+    rejects: the error named the shapes alone (helper hunt, 2026-12-04); it now says the
+    values were generated and how to give real ones, and --inputs with them compares."""
+    class IntMod(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 8], tf.int32, name="a"),
+                                      tf.TensorSpec([None, 8], tf.int32, name="b"),
+                                      tf.TensorSpec([None, 8], tf.float32, name="x")])
+        def __call__(self, a, b, x):
+            return {"m": tf.truncatemod(a, b), "y": tf.nn.relu(x * 2.0 + 1.0) * 3.0}
+    src = models.save_module(IntMod(), str(tmp_path / "src"))
+    ones = {"a": np.ones((2, 8), np.int32), "b": np.ones((2, 8), np.int32),
+            "x": np.ones((2, 8), np.float32)}
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=src)
+    conv.convert()
+    conv.build(lambda: iter([ones]))
+    conv.save(str(tmp_path / "conv"))
+    code, _, err = run_cli("compare", tmp_path / "conv")
+    assert code == 1, err
+    assert "TruncateMod" in err and "check their shapes, or, as their values were " \
+        "generated (integers 0 to 3, normal floats), give real data with --inputs FILE.npz" \
+        in err, err
+    np.savez(str(tmp_path / "real.npz"), a=np.arange(16, dtype=np.int32).reshape(2, 8) - 5,
+             b=np.full((2, 8), 3, np.int32), x=models.batch((2, 8)))
+    code, out, err = run_cli("compare", tmp_path / "conv", "--inputs", tmp_path / "real.npz")
+    assert code == 0, err + out
+
+
 def test_cli_int8_calibration_and_inspect_onnx_to_a_file(cli_env, mlp_dir, tmp_path):
     np.savez(str(tmp_path / "cal.npz"), x=models.batch((32, 8)))
     out = str(tmp_path / "int8")
