@@ -55,7 +55,28 @@ def bind_engines(graph_def):
     ops = engine_ops_from_graph_def(graph_def)
     if not ops:
         return graph_def, []
-    return conversion.bind_engine_nodes(graph_def, ops)
+    return conversion.bind_engine_nodes(graph_def, ops, inline_fallback=inline_fallback())
+
+
+def inline_fallback() -> bool:
+    """Whether a TF1 graph's native fallbacks are inlined into it (rewrite._run_native_fdef):
+    where engines run off the GPU (the numpy or native backend) and TensorFlow's oneDNN is
+    on. A Session gives the main graph oneDNN's layout rewrite, not a fallback kept as a
+    function call: an NCHW conv or pool there failed ("only supports NHWC on the CPU") where
+    the original graph ran, on every call with the native backend, the default of a CPU-only
+    machine (helper hunt, 2026-12-04). Not on a GPU (an inlined fallback would create its
+    kernels and a second copy of its weights with the graph although engines seldom fall
+    back), nor without oneDNN (TF's CPU kernels then refuse NCHW as they are created, even
+    for a branch never taken, and the original graph fails there anyway). TF2 paths call
+    the native segments as functions whose instantiation gets the rewrite."""
+    from tftrt.engine_op import resolve_backend
+    if resolve_backend() == "cupy":
+        return False
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+        return bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):  # TensorFlow's private API moved: keep the call
+        return False
 
 
 def activate() -> None:

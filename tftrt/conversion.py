@@ -149,9 +149,10 @@ def engine_call_node(name: str, op: TRTEngineOp, token: str):
     return rewrite.engine_node(name, token, op.spec.input_dtypes, op.spec.output_dtypes)
 
 
-def bind_engine_nodes(graph_def, ops: Dict[str, TRTEngineOp]):
+def bind_engine_nodes(graph_def, ops: Dict[str, TRTEngineOp], inline_fallback: bool = False):
     """A copy of ``graph_def`` (native form) whose native-segment calls named in ``ops`` are
-    engine nodes, each followed by its native fallback (:func:`rewrite.with_native_fallback`).
+    engine nodes, each followed by its native fallback (:func:`rewrite.with_native_fallback`,
+    which takes ``inline_fallback``).
 
     Returns (graph_def, objects to keep alive while the graph is used).
     """
@@ -180,7 +181,7 @@ def bind_engine_nodes(graph_def, ops: Dict[str, TRTEngineOp]):
         if f.signature.name in used:
             out.library.function.add().CopyFrom(f)
     shapes = {name: ops[name].spec.output_shapes for name in natives}
-    return rewrite.with_native_fallback(out, natives, shapes), keepalive
+    return rewrite.with_native_fallback(out, natives, shapes, inline_fallback), keepalive
 
 
 # The dtypes TF's GPU kernel of EagerPyFunc takes (tensorflow/python/lib/core/py_func.cc): no

@@ -272,9 +272,11 @@ def _take_engine_outputs_fdef(in_dtypes, out_dtypes):
     return fdef
 
 
-def _run_native_fdef(native_name: str, in_dtypes, out_dtypes, native=None):
+def _run_native_fdef(native_name: str, in_dtypes, out_dtypes, native=None,
+                     inline: bool = False):
     """The select node's else-branch: calls the native segment function (``native``, its
-    FunctionDef, says whether through XLA) on the segment inputs (its last arguments)."""
+    FunctionDef, says whether through XLA) on the segment inputs (its last arguments);
+    ``inline``: inlined where TF lowers the If (see with_native_fallback)."""
     from tensorflow.core.framework import function_pb2
     fdef = function_pb2.FunctionDef()
     _branch_signature(fdef, in_dtypes, out_dtypes)
@@ -286,13 +288,13 @@ def _run_native_fdef(native_name: str, in_dtypes, out_dtypes, native=None):
     _mark_call(call, native)
     for j in range(len(out_dtypes)):
         fdef.ret[f"r_{j}"] = f"native:output:{j}"
-    fdef.signature.name = f"{native_name}_fallback"
-    # Not inlined into the caller when TF lowers the If: an inlined native segment would
+    fdef.signature.name = f"{native_name}_fallback" + ("_inline" if inline else "")
+    # Not inlined (unless ``inline``) into the caller when TF lowers the If: an inlined native segment would
     # create its kernels (and its Const tensors, a second copy of every weight, on the GPU)
     # with the graph, although most engines never fall back; as a call it is instantiated
     # at its first run. (And a CPU without oneDNN has no kernel for an NCHW native segment
     # that never runs.)
-    fdef.attr["_noinline"].b = True
+    fdef.attr["_noinline"].b = not inline
     return fdef
 
 
@@ -307,7 +309,8 @@ def _branch_signature(fdef, in_dtypes, out_dtypes) -> None:
 
 
 def with_native_fallback(graph_def, native_fdefs: Dict[str, object],
-                         output_shapes: Optional[Dict[str, list]] = None):
+                         output_shapes: Optional[Dict[str, list]] = None,
+                         inline_fallback: bool = False):
     """Gives every engine node of ``graph_def`` its native fallback as a node of the graph.
 
     An engine node ``E`` (an EagerPyFunc, see :func:`engine_node`) becomes two nodes: the
@@ -328,6 +331,9 @@ def with_native_fallback(graph_def, native_fdefs: Dict[str, object],
         that graph code after it sees the static shapes native TF gave (TF-TRT's
         TRTEngineOp set them from its own attribute); without them every output's shape
         was unknown (a Keras Dense on an output failed in a user's tf.function).
+      inline_fallback: the else-branch is inlined into the graph where TF lowers the
+        ``If`` (activation.inline_fallback: a TF1 Session on a CPU with oneDNN), instead of
+        a function call made at its first run.
     Returns:
       A new GraphDef; its library gains the native segments and the branch functions.
     """
@@ -344,7 +350,8 @@ def with_native_fallback(graph_def, native_fdefs: Dict[str, object],
         out_dtypes = [tf.as_dtype(t).as_numpy_dtype for t in node.attr["Tout"].list.type[1:]]
         native = native_fdefs[node.name]
         then_f = _take_engine_outputs_fdef(in_dtypes, out_dtypes)
-        else_f = _run_native_fdef(native.signature.name, in_dtypes, out_dtypes, native)
+        else_f = _run_native_fdef(native.signature.name, in_dtypes, out_dtypes, native,
+                                  inline=inline_fallback)
         for f in (native, then_f, else_f):
             if f.signature.name not in have:
                 out.library.function.add().CopyFrom(f)
