@@ -290,10 +290,10 @@ def _run_native_fdef(native_name: str, in_dtypes, out_dtypes, native=None,
         fdef.ret[f"r_{j}"] = f"native:output:{j}"
     fdef.signature.name = f"{native_name}_fallback" + ("_inline" if inline else "")
     # Not inlined into the caller when TF lowers the If (unless ``inline``: see
-    # activation.inline_fallback): an inlined native segment would create its kernels (and its Const tensors, a second copy of every weight, on the GPU)
-    # with the graph, although most engines never fall back; as a call it is instantiated
-    # at its first run. (And a CPU without oneDNN has no kernel for an NCHW native segment
-    # that never runs.)
+    # activation.inline_fallback): an inlined native segment would create its kernels (and
+    # its Const tensors, a second copy of every weight, on the GPU) with the graph, although
+    # most engines never fall back; as a call it is instantiated at its first run. (And a
+    # CPU without oneDNN has no kernel for an NCHW native segment that never runs.)
     fdef.attr["_noinline"].b = not inline
     return fdef
 
