@@ -14,8 +14,9 @@ TF-TRT's rules (see TFTRT-REFERENCE.md, "Segmenter"):
     only inside one segment moves into it, one used elsewhere too is copied (the segment
     network gets its own initializer);
   * the size compared with minimum_segment_size counts a segment's nodes and the Const nodes
-    it reads (moved or copied), as TF-TRT's segmenter counts Consts that it clusters;
-    Identity, Snapshot and StopGradient do not count;
+    that move into it (read by it alone), as TF-TRT's segmenter counts the Consts it keeps
+    clustered (a Const that also feeds anything else is dropped from the segment there, and
+    copied here); Identity, Snapshot and StopGradient do not count;
   * minimum_segment_size=-1 converts nothing; env TF_TRT_MAX_ALLOWED_ENGINES (default 20)
     keeps the largest segments.
 
@@ -248,7 +249,7 @@ def segment_graph(info: GraphInfo, minimum_segment_size: int = 3,
     segments: List[Segment] = []
     dropped: Dict[str, str] = {}
     for members in groups.values():
-        counted = _counted_size(info, members)
+        counted = _counted_size(info, members, consumers)
         if counted < max(minimum_segment_size, 1) or counted == 0:
             for n in members:
                 dropped[n] = (f"segment of {counted} node(s) is smaller than "
@@ -396,11 +397,22 @@ def _engine_names(taken: Set[str]):
             yield name
 
 
-def _counted_size(info: GraphInfo, members: Sequence[str]) -> int:
-    """Nodes other than Identity-like bookkeeping, plus the distinct Consts they read."""
+def _counted_size(info: GraphInfo, members: Sequence[str], consumers) -> int:
+    """Nodes other than Identity-like bookkeeping, plus the distinct Consts they read that
+    nothing else reads (the Consts that move into the segment, _assign_consts' rule): TF-TRT's
+    segmenter clusters a Const with its readers and then removes it again when it also feeds
+    anything outside (segment.cc, step 2: a Const output node goes), so a shared weight
+    never counted. Counting it made engines of segments TF-TRT dropped (two MatMul -> Relu
+    pairs reading one weight: 2 + 1 >= 3; parity hunt, 2026-12-04)."""
+    mset = set(members)
     consts = {split_tensor_name(t)[0] for n in members for t in info.data_inputs(info.nodes[n])
               if info.nodes[split_tensor_name(t)[0]].op == "Const"}
-    return sum(1 for n in members if info.nodes[n].op not in UNCOUNTED_OPS) + len(consts)
+
+    def own(c: str) -> bool:
+        users = consumers.get(tensor_name(c, 0), []) + consumers.get("^" + c, [])
+        return tensor_name(c, 0) not in info.outputs and all(u in mset for u, _ in users)
+    return sum(1 for n in members if info.nodes[n].op not in UNCOUNTED_OPS) + \
+        sum(1 for c in consts if own(c))
 
 
 def _make_segment(info: GraphInfo, members: List[str], consumers, output_tensors,
