@@ -269,6 +269,10 @@ def segment_graph(info: GraphInfo, minimum_segment_size: int = 3,
         log.warning("TF_TRT_MAX_ALLOWED_ENGINES=%d is <= 0: the number of engines is not "
                     "limited", limit)
     elif len(segments) > limit:
+        # TF-TRT warned too (convert_graph.cc): which segments stay native is no error
+        log.warning("%d segments found; TF_TRT_MAX_ALLOWED_ENGINES=%d: only the %d largest "
+                    "are converted, the other %d run natively", len(segments), limit, limit,
+                    len(segments) - limit)
         ranked = sorted(segments, key=lambda s: -s.counted_size)
         for s in ranked[limit:]:
             for n in s.nodes:

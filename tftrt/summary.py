@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import csv
 import logging
 import os
 from typing import Callable, Dict, Optional
@@ -59,7 +58,7 @@ def print_summary(info, seg: SegmentationResult, engine_ops: Dict[str, object],
              _fmt_shapes(spec.output_shapes), f"{spec.precision_mode} / {cached}"])
         if detailed:
             print_fn("")
-            for op_type, count in spec.op_histogram.items():
+            for op_type, count in sorted(spec.op_histogram.items()):  # by name, as TF-TRT's
                 print_fn(f"\t- {op_type}: {count}x")
             for key, eng in op.cache.items():
                 for line in engine_lines(key, eng, op.profile_strategy):
@@ -208,16 +207,17 @@ def log_unconverted(info, seg: SegmentationResult) -> None:
     if not detail or flag is False:
         return
     rows = [(op, n, r) for op, rs in reasons.items() for r, n in rs.items()]
-    if flag:
-        for op, n, r in rows:
-            log.warning("  %s (%dx): %s", op, n, r)
-    else:
+    if not flag:
+        # a path: TF-TRT's CSV (segment.cc, ExportNonConversionReportToCSV: "OP Name|Reason|
+        # Count", '|'-separated, one row per op and reason), and the report logged too
         try:
-            with open(detail, "w", newline="") as f:
-                w = csv.writer(f)
-                w.writerow(["op_type", "count", "reason"])
-                w.writerows(rows)
+            with open(detail, "w") as f:
+                f.write("OP Name|Reason|Count\n")
+                f.writelines(f"{op}|{r}|{n}\n" for op, n, r in rows)
+            log.warning("TF-TRT Non-Conversion Report saved at: `%s`", detail)
         except OSError as e:  # a report must not end the conversion
             log.error("TF_TRT_SHOW_DETAILED_REPORT=%s: the detailed report cannot be written "
                       "there (%s); give a writable file path, or 1 to log it instead", detail,
                       e)
+    for op, n, r in rows:
+        log.warning("  %s (%dx): %s", op, n, r)

@@ -80,6 +80,11 @@ def _check_profile_strategy(strategy, use_dynamic_shape: bool) -> str:
     if not use_dynamic_shape:
         log.warning("dynamic_shape_profile_strategy=%r has no effect without "
                     "use_dynamic_shape=True: engines are built per input shape", strategy)
+    elif strategy == TrtProfileStrategy.IMPLICIT_BATCH_MODE_COMPATIBLE:
+        # TF-TRT's _verify_profile_strategy said so (its words)
+        log.warning("ImplicitBatchModeCompatible strategy is deprecated, and using it may "
+                    "result in errors during engine building. Please consider using a "
+                    "different profile strategy.")
     return strategy
 
 
@@ -248,6 +253,10 @@ class TrtGraphConverterV2:
         if not tf.executing_eagerly():
             raise RuntimeError("TrtGraphConverterV2 requires eager execution (TF2 behaviour); "
                                "use TrtGraphConverter for TF1 graphs")
+        if conversion_params is not None:  # TF-TRT's deprecated_args said so
+            log.warning("conversion_params is deprecated: use individual converter "
+                        "parameters instead (precision_mode=..., minimum_segment_size=..., "
+                        "...); it is still honoured and takes precedence over them")
         if conversion_params is None:
             conversion_params = TrtConversionParams(
                 max_workspace_size_bytes=max_workspace_size_bytes,

@@ -96,13 +96,21 @@ def test_detailed_report_switch_writes_no_file(mlp_dir, monkeypatch, tmp_path, c
     assert ("AsString (1x)" in caplog.text) == detailed  # the per-op detail when switched on
 
 
-def test_detailed_report_to_a_csv_path(mlp_dir, monkeypatch, tmp_path):
+def test_detailed_report_to_a_csv_path(mlp_dir, monkeypatch, tmp_path, caplog):
+    """TF-TRT's CSV: header "OP Name|Reason|Count", '|'-separated rows (segment.cc's
+    ExportNonConversionReportToCSV; it was "op_type,count,reason" before 2026-12-04), and
+    the detailed report logged as well."""
     path = tmp_path / "report.csv"
     monkeypatch.setenv("TF_TRT_SHOW_DETAILED_REPORT", str(path))
-    trt.TrtGraphConverterV2(input_saved_model_dir=mlp_dir, minimum_segment_size=2).convert()
+    with caplog.at_level("WARNING", logger="tftrt.segment"):
+        trt.TrtGraphConverterV2(input_saved_model_dir=mlp_dir, minimum_segment_size=2).convert()
     lines = path.read_text().splitlines()
-    assert lines[0] == "op_type,count,reason" and any(ln.startswith("AsString,1,")
-                                                       for ln in lines)
+    assert lines[0] == "OP Name|Reason|Count"
+    row = next(ln for ln in lines if ln.startswith("AsString|"))
+    op, reason, count = row.split("|")
+    assert count == "1" and reason, row
+    assert f"TF-TRT Non-Conversion Report saved at: `{path}`" in caplog.text
+    assert "AsString (1x)" in caplog.text
 
 
 @pytest.mark.parametrize("where", ["missing_dir/report.csv", "."])
@@ -314,3 +322,46 @@ def test_the_converters_import_from_tftrt_itself():
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
+
+
+def test_summary_lists_each_engines_ops_by_name(mlp_dir):
+    """TF-TRT's summary() printed each engine's op histogram sorted by op name; it was by
+    count here before 2026-12-04 (parity hunt)."""
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=mlp_dir, minimum_segment_size=2)
+    conv.convert()
+    lines = []
+    conv.summary(print_fn=lines.append)
+    import re
+    groups, run = [], []
+    for ln in lines + [""]:  # each engine's histogram: consecutive "\t- Op: Nx" lines
+        m = re.fullmatch(r"\t- (\w+): \d+x", ln)
+        if m:
+            run.append(m.group(1))
+        elif run:
+            groups.append(run)
+            run = []
+    assert len(groups) == len(conv.engine_ops) >= 1 and sum(map(len, groups)) >= 3, lines
+    for ops in groups:
+        assert ops == sorted(ops), ops
+
+
+def test_deprecated_arguments_say_so(mlp_dir, caplog):
+    """TF-TRT warned for ImplicitBatchModeCompatible (_verify_profile_strategy) and for
+    conversion_params (deprecated_args); both were silent here before 2026-12-04."""
+    with caplog.at_level("WARNING", logger="tftrt"):
+        trt.TrtGraphConverterV2(input_saved_model_dir=mlp_dir, use_dynamic_shape=True,
+                                dynamic_shape_profile_strategy="ImplicitBatchModeCompatible")
+    assert "ImplicitBatchModeCompatible strategy is deprecated" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="tftrt"):
+        conv = trt.TrtGraphConverterV2(
+            input_saved_model_dir=mlp_dir, precision_mode="FP16",
+            conversion_params=trt.TrtConversionParams(precision_mode="FP32"))
+    assert "conversion_params is deprecated: use individual converter parameters" in \
+        caplog.text
+    assert conv._conversion_params.precision_mode == "FP32"  # still honoured, first
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="tftrt"):
+        trt.TrtGraphConverterV2(input_saved_model_dir=mlp_dir, use_dynamic_shape=True,
+                                dynamic_shape_profile_strategy="Range")
+    assert "deprecated" not in caplog.text

@@ -128,16 +128,20 @@ def test_nodes_denylist():
     assert res.rejected[relu] == "in nodes_denylist"
 
 
-def test_max_allowed_engines_keeps_largest(monkeypatch):
+def test_max_allowed_engines_keeps_largest(monkeypatch, caplog):
     def f(x):
         a = tf.nn.relu(x * 2.0)                       # 2 nodes
         b = native_op(a)
         return tf.tanh(tf.nn.relu(b * 3.0 + 1.0))      # 4 nodes
     info = graph_of(f, SPEC)
     monkeypatch.setenv("TF_TRT_MAX_ALLOWED_ENGINES", "1")
-    res = segment_graph(info, minimum_segment_size=1)
+    with caplog.at_level("WARNING", logger="tftrt.segment"):
+        res = segment_graph(info, minimum_segment_size=1)
     assert len(res.segments) == 1
     assert ops_of(info, res.segments[0]) == ["AddV2", "Mul", "Relu", "Tanh"]
+    # said, as TF-TRT did (silent before 2026-12-04, parity hunt)
+    assert "2 segments found; TF_TRT_MAX_ALLOWED_ENGINES=1: only the 1 largest are " \
+        "converted, the other 1 run natively" in caplog.text
 
 
 @pytest.mark.parametrize("limit", ["0", "-1"])
