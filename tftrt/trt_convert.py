@@ -29,7 +29,8 @@ from tftrt.segment import SegmentationResult
 
 log = logging.getLogger("tftrt.convert")
 
-# TensorRT's workspace default became effectively unlimited; TF-TRT's constant kept 1 GiB.
+# TF-TRT's default was 1 GiB with older TensorRT and effectively unlimited (sys.maxsize - 512)
+# from TensorRT 8.4; tftrt keeps the 1 GiB bound on tactic scratch (docs/differences.md).
 DEFAULT_TRT_MAX_WORKSPACE_SIZE_BYTES = 1 << 30
 
 
