@@ -86,7 +86,12 @@ def _inline_scalars(net: Network, layer: Layer) -> None:
 
     want = typed(program, list(range(len(layer.inputs))))
     literals: Dict[int, object] = {}
-    for k, value in scalars.items():
+    # every scalar at once first, the common case: one rewrite and typing of the program
+    # instead of one per scalar (an add_n of 1,000 branches has ~2,000 scalars and ~4,000
+    # steps: quadratic, 56 s of a build; scaling hunt, 2026-12-04)
+    if len(scalars) < len(layer.inputs) and typed(*rewritten(scalars)) == want:
+        literals = dict(scalars)
+    for k, value in ([] if literals else scalars.items()):
         if len(literals) + 1 == len(layer.inputs):
             break
         trial = {**literals, k: value}
