@@ -201,11 +201,11 @@ def test_split_parts_of_a_huge_batch_come_at_once():
     digits, not an O(b) search (2 s per first call at b ~ 10^6: helper hunt, 2026-12-01);
     sizes off the ladder above the search limit take the largest first."""
     ladder = [1 << k for k in range(20)]
-    t0 = time.perf_counter()
+    t0 = time.process_time()  # this process's CPU time: a loaded machine is no cause
     for b in (999_999, 999_997, 524_289):
         parts = P.fewest_parts(b, ladder)
         assert sum(parts) == b and len(parts) == bin(b).count("1")
-    assert time.perf_counter() - t0 < 0.05
+    assert time.process_time() - t0 < 0.2  # the O(b) search took 2 s per size
     parts = P.fewest_parts(999_999, [3] + ladder[2:])
     assert sum(parts) == 999_999 and parts == sorted(parts, reverse=True)
     assert P.fewest_parts(1 << 20, [3]) is None
