@@ -249,7 +249,7 @@ def test_background_builds_leave_the_callers_device_waits_alone(tmp_path, monkey
     print(f"\n{waits} device-wide waits while background builds ran")
 
 
-def test_borrowed_cudnn_choices_stay_out_of_the_build_cache(tmp_path, caplog):
+def test_borrowed_cudnn_choices_stay_out_of_the_build_cache(tmp_path, caplog, monkeypatch):
     """The profile's engines at batches it did not tune run cuDNN plans chosen at another
     batch (16, or a tuned rung's), untimed: their records name that batch's signature, and
     the build cache never holds, under a layer signature, a choice tuned for another shape (a
@@ -261,8 +261,11 @@ def test_borrowed_cudnn_choices_stay_out_of_the_build_cache(tmp_path, caplog):
     2026-12-04 took every engine made from the template for a borrower: it failed on batch
     1's engine (H200 runs p and e), which was not the tuned rung (its build_info said
     ``tuned`` False) yet held batch 1's own choice, presumably the one the ladder's tuning had
-    stored. The profile must have tuned both rungs; where one was not, the reason is named."""
+    stored. The profile must have tuned both rungs; where one was not, the reason is named.
+    The rungs are those of the split ladder, so split batches are on here (tests/conftest.py
+    turns them off: without them the H200 run of 2026-12-04 built no ladder and tuned none)."""
     from tftrt.engine.backends import borrowed as BR
+    monkeypatch.setenv("TFTRT_SPLIT_BATCH", "1")
     from tftrt.engine.backends import cupy_layers as L
     _, _, conv, fn = small_net(tmp_path)
     with caplog.at_level("INFO", logger="tftrt"):
