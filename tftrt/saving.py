@@ -45,7 +45,10 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
+import socket
+import time
 import uuid
 from typing import Dict, List, Optional, Tuple
 
@@ -124,10 +127,15 @@ def _check_not_source(path: str, real: str, src: str, source: str) -> None:
                          f"converted ({source!r}); save to a directory of its own")
 
 
-def _sibling(path: str, what: str) -> str:
-    """A new name beside ``path`` (same file system, so renames are atomic), hidden."""
+def _sibling(path: str, what: str, token: Optional[str] = None) -> str:
+    """A new name beside ``path`` (same file system, so renames are atomic), hidden:
+    ``.<name>.tftrt-<what>-<token>``, the token naming this host and process (see
+    :func:`recover_interrupted_save`) unless given."""
     head, tail = os.path.split(path)
-    return os.path.join(head, f".{tail}.tftrt-{what}-{uuid.uuid4().hex[:12]}")
+    if token is None:
+        host = re.sub(r"[^A-Za-z0-9-]", "", socket.gethostname())[:32] or "host"
+        token = f"{host}_{os.getpid()}_{uuid.uuid4().hex[:12]}"
+    return os.path.join(head, f".{tail}.tftrt-{what}-{token}")
 
 
 def save(converter, path: str, save_gpu_specific_engines: bool = True, options=None) -> None:
@@ -139,8 +147,8 @@ def save(converter, path: str, save_gpu_specific_engines: bool = True, options=N
     directories are exchanged in one atomic rename (Linux renameat2) and the old one is
     deleted. A save that raises or is killed leaves the previous model as it was; where the
     atomic exchange is missing, the old directory is renamed away then the new one in, and a
-    save killed between the two is undone by the next save() or tftrt.load of ``path``
-    (:func:`recover_interrupted_save`).
+    save killed between the two is undone by the next save() or tftrt.load of ``path``, which
+    also deletes what killed saves left beside it (:func:`recover_interrupted_save`).
     """
     recover_interrupted_save(os.fspath(path))
     source = getattr(converter, "_input_saved_model_dir", None)
@@ -247,7 +255,11 @@ def _swap_in(staging: str, path: str) -> None:
         # At every instant ``path`` is the old model or the new one, never missing.
         shutil.rmtree(staging, ignore_errors=True)
         return
-    old = _sibling(path, "old")
+    # The old model goes to a sibling with the staging directory's token: while both exist
+    # the swap is half done (recover_interrupted_save puts the old one back); once the
+    # staging name is gone (renamed to ``path``) the old one is only left to delete.
+    parts = _sibling_parts(path, os.path.basename(staging))
+    old = _sibling(path, "old", parts[1] if parts and parts[1] else None)
     os.rename(path, old)
     try:
         os.rename(staging, path)
@@ -257,20 +269,100 @@ def _swap_in(staging: str, path: str) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def recover_interrupted_save(path: str) -> None:
-    """Puts back the previous model when a save was killed between its two renames (where
-    the atomic exchange was not available): ``path`` is missing and exactly one hidden
-    ``.<name>.tftrt-old-*`` sibling holds the model that was there."""
-    path = os.fsdecode(path)  # a bytes path lists bytes names
-    if not path.strip() or os.path.exists(path):  # "": refused by _check_output_dir
-        return
-    head, tail = os.path.split(os.path.abspath(path))
+# A save's siblings of another host are left alone this long (its process cannot be asked)
+_FOREIGN_SIBLING_SECONDS = 24 * 3600
+
+
+def _sibling_parts(path: str, name: str) -> Optional[Tuple[str, str]]:
+    """(what, token) of ``name`` when it is a sibling _sibling made for ``path``; token ""
+    for the form before 2026-12-04 (12 hex digits, no host or process)."""
+    tail = os.path.basename(os.path.abspath(path))
+    m = re.fullmatch(re.escape(f".{tail}.tftrt-") + r"(saving|old)-(.+)", name)
+    if not m:
+        return None
+    token = m.group(2)
+    return m.group(1), ("" if re.fullmatch(r"[0-9a-f]{12}", token) else token)
+
+
+def _save_in_progress(token: str, where: str) -> bool:
+    """Whether the process that made a sibling with ``token`` may still be saving: it runs
+    on this host (or, of another host, the sibling is younger than a day)."""
+    host, _, rest = token.partition("_")
+    pid = rest.partition("_")[0]
+    mine = re.sub(r"[^A-Za-z0-9-]", "", socket.gethostname())[:32] or "host"
+    if host != mine or not pid.isdigit():
+        try:
+            return time.time() - os.lstat(where).st_mtime < _FOREIGN_SIBLING_SECONDS
+        except OSError:
+            return False
+    if int(pid) == os.getpid():
+        return True
     try:
-        olds = [n for n in os.listdir(head or ".") if n.startswith(f".{tail}.tftrt-old-")]
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process
+        return True
+    return True
+
+
+def recover_interrupted_save(path: str) -> None:
+    """Cleans up after saves of ``path`` that were killed (a save's hidden siblings carry
+    the host and process that made them; those of a process still running are left alone):
+
+    * a save killed between its two renames (where the atomic exchange was missing) left
+      ``.<name>.tftrt-old-<token>`` (the model that was there) beside the new model's
+      ``.<name>.tftrt-saving-<token>``: the old model is put back where ``path`` is missing,
+      and the new one deleted;
+    * an ``-old-`` sibling without its staging directory is what a completed swap had not
+      deleted yet: deleted; so is a ``-saving-`` one whose process is gone (killed while
+      writing, or while deleting the model an exchange replaced).
+
+    Before 2026-12-04 a lone ``-old-`` sibling was put back whenever ``path`` was missing:
+    after a save killed past its second rename, moving or deleting the new model brought
+    the replaced one back at ``path`` (helper hunt); and killed saves' staging directories,
+    each a whole model, were never deleted. A lone sibling of that older form (no token) is
+    still put back where ``path`` is missing."""
+    path = os.fsdecode(path)  # a bytes path lists bytes names
+    if not path.strip():  # "": refused by _check_output_dir
+        return
+    head = os.path.dirname(os.path.abspath(path))
+    try:
+        names = os.listdir(head or ".")
     except OSError:
         return
-    if len(olds) == 1 and os.path.isfile(os.path.join(head, olds[0], "saved_model.pb")):
-        os.rename(os.path.join(head, olds[0]), path)
+    found = {}
+    for n in names:
+        parts = _sibling_parts(path, n)
+        if parts is not None:
+            found[n] = parts
+    if not found:
+        return
+    olds = {t: n for n, (what, t) in found.items() if what == "old" and t}
+    stagings = {t: n for n, (what, t) in found.items() if what == "saving" and t}
+    legacy = [n for n, (what, t) in found.items() if what == "old" and not t]
+    removed = []
+
+    def delete(name):
+        shutil.rmtree(os.path.join(head, name), ignore_errors=True)
+        removed.append(name)
+    for token in sorted(set(olds) | set(stagings)):
+        if _save_in_progress(token, os.path.join(head, olds.get(token) or stagings[token])):
+            continue
+        old = olds.get(token)
+        if old is not None and token in stagings and not os.path.lexists(path):
+            os.rename(os.path.join(head, old), path)  # killed between the two renames
+            log.warning("%s: a save was interrupted; the model that was there is back", path)
+        elif old is not None:
+            delete(old)
+        if token in stagings:
+            delete(stagings[token])
+    if removed:
+        log.info("%s: deleted what interrupted saves left beside it: %s", path,
+                 ", ".join(removed))
+    if len(legacy) == 1 and not os.path.exists(path) and \
+            os.path.isfile(os.path.join(head, legacy[0], "saved_model.pb")):
+        os.rename(os.path.join(head, legacy[0]), path)
         log.warning("%s: a save was interrupted; the model that was there is back", path)
 
 
@@ -662,7 +754,8 @@ def _read_saved(path: str, loaded, make_ops: bool = True):
     if not os.path.isfile(mpath):
         if expected is None and not os.path.isdir(adir):
             raise _NoEngines()
-        raise SavedAssetsError(f"{os.path.join(ASSET_DIR, MANIFEST)} is missing")
+        raise SavedAssetsError(f"{os.path.join(ASSET_DIR, MANIFEST)} is " + (
+            "not a file" if os.path.lexists(mpath) else "missing"))
     manifest, raw = _read_manifest(mpath)
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:

@@ -275,6 +275,7 @@ def test_crafted_or_deleted_plan_warns_and_rebuilds(dirs, model, caplog, how, mo
 
 @pytest.mark.parametrize("how, message", [
     ("manifest_missing", "manifest.json is missing"),
+    ("manifest_a_directory", "manifest.json is not a file"),  # said "missing" (hunt, 12-04)
     ("manifest_corrupt", "manifest.json is not valid JSON"),
     ("manifest_not_object", "manifest.json is not a JSON object"),
     ("converted_missing", "converted.pb cannot be read"),
@@ -285,6 +286,9 @@ def test_missing_or_corrupt_manifest_or_graph_says_convert_again(dirs, model, ca
     d = adir(model)
     if how == "manifest_missing":
         os.remove(os.path.join(d, "manifest.json"))
+    elif how == "manifest_a_directory":
+        os.remove(os.path.join(d, "manifest.json"))
+        os.mkdir(os.path.join(d, "manifest.json"))
     elif how == "manifest_corrupt":
         with open(os.path.join(d, "manifest.json"), "w") as f:
             f.write('{"format_version": 2, "engines": [')
@@ -382,6 +386,85 @@ conv.save({model!r})
     assert_serves_with_engines(loaded, native(dirs["a"]), {E0: 0, E1: 0})  # the old model
     leftovers = [n for n in os.listdir(os.path.dirname(model)) if ".tftrt-old-" in n]
     assert leftovers == []
+
+
+def _killed_save(dirs, model, die_when: str):
+    """Saves converted model b over ``model`` in a process that dies (exit 9) where
+    ``die_when`` (Python code of ``src`` and ``dst``, run after each os.rename, or "write":
+    before the staging directory is swapped in) holds, without the atomic exchange."""
+    code = f"""
+import os
+os.environ["TFTRT_BACKEND"] = "numpy"
+from tftrt import saving, trt_convert as trt
+saving._exchange = lambda a, b: False
+real_rename = os.rename
+def rename_then_maybe_die(src, dst):
+    real_rename(src, dst)
+    if {die_when!r} != "write" and ({die_when}):
+        os._exit(9)
+os.rename = rename_then_maybe_die
+if {die_when!r} == "write":
+    saving._keep_user_files = lambda path, staging: os._exit(9)
+conv = trt.TrtGraphConverterV2(input_saved_model_dir={dirs["b"]!r}, minimum_segment_size=2)
+conv.convert()
+conv.save({model!r})
+"""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=240)
+    assert proc.returncode == 9, proc.stderr[-3000:]
+
+
+def _siblings(path):
+    return [n for n in os.listdir(os.path.dirname(path)) if ".tftrt-" in n]
+
+
+def test_a_model_moved_away_after_a_save_killed_past_its_swap_is_not_brought_back(
+        dirs, model, caplog):
+    """A save killed after its second rename (the new model in place, the old one not yet
+    deleted) left the old model beside the path. The user then moved the new model away:
+    tftrt.load of the path brought the old one back, as if a save had been interrupted
+    (helper hunt, 2026-12-04). Now the path is reported missing, and what the save left is
+    deleted."""
+    _killed_save(dirs, model, f"dst == {model!r}")
+    assert os.path.isdir(model) and any("-old-" in n for n in _siblings(model))
+    moved = model + "_v2"
+    os.rename(model, moved)
+    with pytest.raises(Exception, match="does not exist|not found|No such|no SavedModel"):
+        tftrt.load(model)
+    assert not os.path.exists(model) and _siblings(model) == []
+    loaded, warnings = load(moved, caplog)
+    assert not warnings, warnings
+    # the new model (saved without build(): its engines build at the first call)
+    assert_serves_with_engines(loaded, native(dirs["b"]), {E0: 1, E1: 1})
+
+
+def test_a_save_killed_while_writing_leaves_nothing_after_the_next_load(dirs, model, caplog):
+    """Each killed save left its hidden staging directory (a whole model) beside the path
+    for good (helper hunt, 2026-12-04: six kills, six copies). The next load deletes those
+    whose process is gone (a save first: the second killed save deleted the first's), and
+    serves the model that was there."""
+    for _ in range(2):
+        _killed_save(dirs, model, "write")
+    assert len([n for n in _siblings(model) if "-saving-" in n]) == 1
+    loaded, warnings = load(model, caplog)
+    assert _siblings(model) == [] and not warnings, warnings
+    assert_serves_with_engines(loaded, native(dirs["a"]), {E0: 0, E1: 0})
+
+
+def test_a_save_in_progress_keeps_its_siblings(dirs, model, caplog):
+    """Siblings of a process still running (this one: another thread's save), or of
+    another host younger than a day, are not touched; another host's older ones are."""
+    mine = saving._sibling(model, "saving")
+    foreign_young = os.path.join(os.path.dirname(model), ".model.tftrt-saving-otherhost_1_ab")
+    foreign_old = os.path.join(os.path.dirname(model), ".model.tftrt-old-otherhost_2_cd")
+    for d in (mine, foreign_young, foreign_old):
+        os.mkdir(d)
+    os.utime(foreign_old, (1e9, 1e9))
+    loaded, _ = load(model, caplog)
+    assert sorted(_siblings(model)) == sorted(os.path.basename(d)
+                                              for d in (mine, foreign_young))
+    assert_serves_with_engines(loaded, native(dirs["a"]), {E0: 0, E1: 0})
 
 
 def test_save_replaces_stale_files_and_keeps_the_output_dir_rules(dirs, model, tmp_path):
