@@ -304,6 +304,28 @@ def test_fake_quant_ranges_fold_into_int8_layers(qat_dir):
     assert text.count("no range, so their readers stay FP16: ReduceMean_out") == 1
 
 
+def test_fp8_on_fake_quant_ranges_warns_that_it_cannot_hold_the_int8_grid(qat_dir, caplog):
+    """FP8 folded the model's 8-bit fake-quant ranges silently and came out 4-9 steps of
+    their grid off TF (helper hunt, 2026-12-04); it now says so, once, and names INT8. The
+    INT8 conversion of the same model says nothing of it."""
+    import logging
+    x = np.random.RandomState(1).uniform(-1.2, 1.2, (4, 10, 10, 3)).astype(np.float32)
+    want = QatModel()(tf.constant(x)).numpy()
+    errors = {}
+    for mode in ("INT8", "FP8"):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="tftrt"):
+            conv = trt.TrtGraphConverterV2(input_saved_model_dir=qat_dir, precision_mode=mode,
+                                           use_calibration=False)
+            fn = conv.convert()
+            errors[mode] = _rel(_out(fn, x), want)
+        said = [r.getMessage() for r in caplog.records if "E4M3 cannot hold" in r.getMessage()]
+        assert len(said) == (1 if mode == "FP8" else 0), said
+        if said:
+            assert "precision_mode='INT8'" in said[0]
+    assert errors["INT8"] < 0.05 and errors["FP8"] < 0.15, errors
+
+
 def test_calibration_keeps_the_graph_ranges(qat_dir):
     conv = trt.TrtGraphConverterV2(input_saved_model_dir=qat_dir, precision_mode="INT8")
     data = [np.random.RandomState(k).uniform(-3, 3, (4, 10, 10, 3)).astype(np.float32)
