@@ -85,9 +85,9 @@ def main(argv=None) -> int:
     model.export(src, verbose=False)
     print(f"saved the default Keras CNN to {src}")
 
-    params = trt.DEFAULT_TRT_CONVERSION_PARAMS._replace(precision_mode=args.precision,
-                                                        maximum_cached_engines=4)
-    converter = trt.TrtGraphConverterV2(input_saved_model_dir=src, conversion_params=params)
+    converter = trt.TrtGraphConverterV2(input_saved_model_dir=src,
+                                        precision_mode=args.precision,
+                                        maximum_cached_engines=4)
     t0 = time.perf_counter()
     fn = converter.convert()
     t_convert = time.perf_counter() - t0

@@ -11,6 +11,9 @@ def test_quickstart_main_job(tmp_path):
                           timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "PASS" in proc.stdout
+    # the main job uses the API as we advise it (it passed conversion_params, which warns
+    # "deprecated" since 2026-12-04)
+    assert "deprecated" not in proc.stdout + proc.stderr, proc.stderr[-3000:]
     assert "[*] Total number of TensorRT engines:" in proc.stdout
     assert "engines rebuilt on load: 0" in proc.stdout
     # the loaded model's call ran its engines, not the native segments
