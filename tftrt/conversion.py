@@ -223,6 +223,7 @@ def engine_device() -> str:
             raise ValueError(f"TFTRT_ENGINE_DEVICE={forced!r} is not a TensorFlow device name "
                              f"({e}); give one like '/device:GPU:0' or '/GPU:1', 'none' (TF's "
                              f"placer decides) or 'auto' (the default)") from None
+        _pin_cupy_device(forced)
         return forced
     try:
         backend = resolve_backend()
@@ -231,7 +232,31 @@ def engine_device() -> str:
     if backend != "cupy":
         return ""
     from tftrt.tensor_bridge import _tf_has_gpu
-    return "/device:GPU:0" if _tf_has_gpu() else ""
+    device = "/device:GPU:0" if _tf_has_gpu() else ""
+    _pin_cupy_device(device)
+    return device
+
+
+def _pin_cupy_device(device: str) -> None:
+    """Pins the CuPy backend to the CUDA device of TF's GPU ``device`` (where the engine nodes
+    are placed, so where TF hands them their tensors): engines are then built and loaded
+    there whatever device the calling thread has current (CupyBackend.pin_device). TF's
+    logical GPU k is the k-th of its visible physical GPUs; their names carry the CUDA
+    ordinal. Nothing for a device that is not a GPU, or when CuPy is not the backend."""
+    if not device:
+        return
+    try:
+        import tensorflow as tf
+        spec = tf.DeviceSpec.from_string(device)
+        if (spec.device_type or "").upper() != "GPU" or resolve_backend() != "cupy":
+            return
+        k = int(spec.device_index or 0)
+        visible = tf.config.get_visible_devices("GPU")
+        ordinal = int(visible[k].name.rsplit(":", 1)[-1]) if k < len(visible) else k
+        from tftrt.engine.backends import get_backend
+        get_backend("cupy").pin_device(ordinal)
+    except Exception as e:  # noqa: BLE001 -- engines then follow the thread's device
+        log.debug("the CuPy backend is not pinned to %s: %s: %s", device, type(e).__name__, e)
 
 
 _KEPT_THREADS: set = set()

@@ -77,7 +77,8 @@ def to_backend(t, backend: str):
         if _on_gpu(t):
             import tensorflow as tf
             return cp.from_dlpack(tf.experimental.dlpack.to_dlpack(t))
-        return cp.asarray(np.asarray(t))
+        from tftrt.engine.backends import get_backend
+        return get_backend("cupy").upload(np.asarray(t))  # on the engines' GPU
     raise ValueError(f"unknown backend {backend!r}")
 
 

@@ -51,3 +51,36 @@ def test_inputs_on_another_gpu_run_natively_with_one_warning(cupy_backend, tmp_p
     assert op.stats["native"] == 3, op.stats
     warnings = [r.getMessage() for r in caplog.records if "is on GPU 1" in r.getMessage()]
     assert len(warnings) == 1 and "one GPU per process" in warnings[0], warnings
+
+
+def test_engines_land_on_the_engine_nodes_gpu_whatever_the_threads_device(cupy_backend,
+                                                                         tmp_path):
+    """TensorFlow leaves the thread that set up its GPUs on the last one. On a 2-GPU H200
+    (2026-12-04) tftrt.load in that thread put the engine's weights on GPU 1 while TF gave the
+    engine node (on GPU:0) GPU 0's tensors: every call ran the native segment (WrongDevice),
+    and the serving benchmark timed native TF. The CuPy backend is now pinned to the engine
+    nodes' GPU (conversion.engine_device); this thread's device set to 1 changes nothing."""
+    src = models.save_module(models.TwoInputs(), str(tmp_path / "src"))
+    native = tf.saved_model.load(src).signatures["serving_default"]
+    rng = np.random.RandomState(0)
+    a, b = (rng.standard_normal((4, 4)).astype(np.float32) for _ in range(2))
+    want = native(a=tf.constant(a), b=tf.constant(b))["out"].numpy()
+    before = cp.cuda.runtime.getDevice()
+    cp.cuda.runtime.setDevice(1)
+    try:
+        conv = trt.TrtGraphConverterV2(input_saved_model_dir=src, minimum_segment_size=2)
+        conv.convert()
+        conv.build(lambda: iter([(a, b)]))
+        conv.save(str(tmp_path / "trt"))
+        import tftrt
+        loaded = tftrt.load(str(tmp_path / "trt"))
+        got = loaded.signatures["serving_default"](a=tf.constant(a), b=tf.constant(b))["out"]
+    finally:
+        cp.cuda.runtime.setDevice(before)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-5)
+    for ops in (conv.engine_ops, loaded.engine_ops):
+        (op,) = ops.values()
+        assert op.stats["native"] == 0 and op.stats["engine"] >= 1, op.describe()
+        engine = next(e for _, e in op.cache.items())
+        weights = [w for w in engine.weights.values() if isinstance(w, cp.ndarray)]
+        assert weights and {w.device.id for w in weights} == {0}

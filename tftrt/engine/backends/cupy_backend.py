@@ -34,6 +34,8 @@ replay them.
 
 from __future__ import annotations
 
+import contextlib
+
 import functools
 import logging
 import threading
@@ -338,6 +340,23 @@ class CupyBackend(Backend):
     def __init__(self):
         self.options = _OPTIONS
         self._lock = threading.Lock()
+        # The CUDA device engines are built and loaded on (pin_device), or None: the calling
+        # thread's current device.
+        self.pinned: Optional[int] = None
+
+    def pin_device(self, ordinal: Optional[int]) -> None:
+        """Builds and loads engines on CUDA device ``ordinal`` from now on, whatever device the
+        calling thread has current (None: the thread's). The TF side pins the GPU its engine
+        nodes are placed on (conversion.engine_device): TensorFlow leaves the thread that set
+        up its GPUs on the last one, and on a 2-GPU H200 host (2026-12-04) tftrt.load put the
+        weights on GPU 1 while TF handed the engine GPU 0's tensors, so every call ran the
+        native segment (WrongDevice)."""
+        self.pinned = None if ordinal is None else int(ordinal)
+
+    def on_device(self):
+        """The pinned device's context (a no-op when none is pinned)."""
+        return cp.cuda.Device(self.pinned) if self.pinned is not None else \
+            contextlib.nullcontext()
 
     # INT8 / FP8 (issue 15): quantized conv / matmul layers can run on int8 / fp8 kernels
     # (cupy_quant: tactics q_cudnn, q_lt_1x1, q_lt; q_emulated where none applies); FP8 needs
@@ -357,7 +376,8 @@ class CupyBackend(Backend):
         """EngineBuildError for a precision this GPU cannot run: FP8 below sm_89."""
         if precision != "FP8":
             return
-        dev = cp.cuda.runtime.getDevice()
+        with self.on_device():
+            dev = cp.cuda.runtime.getDevice()
         p = cp.cuda.runtime.getDeviceProperties(dev)
         if (p["major"], p["minor"]) < (8, 9):
             raise EngineBuildError(
@@ -431,13 +451,15 @@ class CupyBackend(Backend):
             return False
 
     def device_name(self) -> str:
-        dev = cp.cuda.runtime.getDevice()
+        with self.on_device():
+            dev = cp.cuda.runtime.getDevice()
         p = cp.cuda.runtime.getDeviceProperties(dev)
         name = p["name"].decode() if isinstance(p["name"], bytes) else str(p["name"])
         return f"{name} (sm_{p['major']}{p['minor']})"
 
     def upload(self, array: np.ndarray):
-        return cp.asarray(array)
+        with self.on_device():
+            return cp.asarray(array)
 
     def to_numpy(self, array) -> np.ndarray:
         return cp.asnumpy(array)
@@ -450,19 +472,21 @@ class CupyBackend(Backend):
                 return cp.from_dlpack(x)
             except Exception:
                 pass
-        return cp.asarray(np.asarray(x))
+        with self.on_device():
+            return cp.asarray(np.asarray(x))
 
     def synchronize(self) -> None:
-        with DEVICE_WIDE:
+        with DEVICE_WIDE, self.on_device():
             cp.cuda.Device().synchronize()
 
     def random_array(self, shape, dtype):
         dt = np.dtype(dtype)
-        if dt.kind == "f":
-            return cp.random.standard_normal(shape, dtype=np.float32).astype(dt)
-        if dt.kind == "b":
-            return cp.random.randint(0, 2, shape).astype(dt)
-        return cp.zeros(shape, dt)
+        with self.on_device():
+            if dt.kind == "f":
+                return cp.random.standard_normal(shape, dtype=np.float32).astype(dt)
+            if dt.kind == "b":
+                return cp.random.randint(0, 2, shape).astype(dt)
+            return cp.zeros(shape, dt)
 
     def mark_quick(self, net: Network) -> None:
         """Builder hook for a quick engine (builder.build_engine_from_template(quick=True)):
@@ -477,14 +501,16 @@ class CupyBackend(Backend):
                 layer.tactic = "dw_direct"
 
     def prepare_layer(self, net: Network, layer: Layer, weights: Dict[str, Any]):
-        impl = make_impl(net, layer, weights, dict(self.options),
-                         strict=layer.kind in ("conv", "conv_transpose", "matmul"))
+        with self.on_device():
+            impl = make_impl(net, layer, weights, dict(self.options),
+                             strict=layer.kind in ("conv", "conv_transpose", "matmul"))
         shapes = [(tuple(net.tensors[o].shape), np.dtype(net.tensors[o].dtype))
                   for o in layer.outputs]
 
         def run(inputs: List[Any]) -> List[Any]:
-            outs = [cp.empty(s, d) for s, d in shapes]
-            impl.run(inputs, outs, None)
+            with self.on_device():
+                outs = [cp.empty(s, d) for s, d in shapes]
+                impl.run(inputs, outs, None)
             return outs
         run.impl = impl
         return run
@@ -499,6 +525,10 @@ class CupyBackend(Backend):
         reuse that memory start only after them. (The first call on the caller's stream and
         the timed ones on this stream once shared a workspace concurrently; cuBLASLt's
         split-K GEMMs keep counters there, and two of them at once never finished.)"""
+        with self.on_device():
+            return self._time_runner(runner, inputs, repeats, what)
+
+    def _time_runner(self, runner, inputs, repeats: int, what: str) -> float:
         from tftrt.engine.backends.cupy_dnn import gpu_time
         impl = getattr(runner, "impl", None)
         cp.cuda.get_current_stream().synchronize()
@@ -514,7 +544,7 @@ class CupyBackend(Backend):
 
     def engine_impls(self, engine) -> List[Any]:
         """One implementation per layer, shared by every context of ``engine``."""
-        with self._lock:
+        with self._lock, self.on_device():
             impls = getattr(engine, "_cupy_impls", None)
             if impls is None:
                 opts = {"tf32": bool(engine.config.get("allow_tf32", True))}
