@@ -597,6 +597,25 @@ def _pt_dtype(dtype: np.dtype):
 _ENV_LOCK = threading.Lock()
 
 
+def pytriton_libs_dir() -> Optional[str]:
+    """The directory of the libraries PyTriton's wheel bundles for Triton (libcudart and
+    others, ``nvidia_pytriton.libs`` beside the ``pytriton`` package), when PyTriton would
+    not find it itself: PyTriton looks beside the package only when the package sits in one of
+    ``site.getsitepackages()``, and otherwise (installed with ``pip install --target`` or put
+    on PYTHONPATH) takes itself for an editable install and looks in its source tree. Triton
+    then did not start on the 2-GPU H200 (2026-12-04): "tritonserver: error while loading
+    shared libraries: libcudart-09529672.so.12.6.77". None where nothing is missing."""
+    try:
+        import pytriton
+        from pytriton.utils import distribution
+        if not distribution.is_editable_install():
+            return None
+        libs = pathlib.Path(pytriton.__file__).resolve().parent.parent / "nvidia_pytriton.libs"
+    except Exception:  # noqa: BLE001 -- PyTriton's own lookup stands
+        return None
+    return str(libs) if libs.is_dir() else None
+
+
 def _start_triton(pt, cfg: ServeConfig, stub: Optional[pathlib.Path]):
     """Starts Triton (PyTriton starts it on entering its context) with the stub fixes."""
     import pytriton.server.triton_server as ts
@@ -615,8 +634,9 @@ def _start_triton(pt, cfg: ServeConfig, stub: Optional[pathlib.Path]):
         # Triton (and its stub) inherit the environment at start; put it back afterwards.
         before = os.environ.get("LD_LIBRARY_PATH")
         saved_env_fn = ts.get_triton_python_backend_python_env
-        if libdir:
-            os.environ["LD_LIBRARY_PATH"] = libdir + (":" + before if before else "")
+        dirs = [d for d in (libdir, pytriton_libs_dir()) if d]
+        if dirs:
+            os.environ["LD_LIBRARY_PATH"] = ":".join(dirs) + (":" + before if before else "")
         if stub is not None:
             # PyTriton puts <env>/bin first on the stub's PATH; the stub takes its Python
             # (and so its site-packages) from there.

@@ -562,3 +562,69 @@ def test_ports_and_address_triton_cannot_bind_are_said_at_once():
         serving.check_ports(cfg(address="8.8.8.8"))
     with pytest.raises(serving.ServingError, match="ports must differ"):
         serving.check_ports(cfg(metrics_port=free[0]))
+
+
+def test_serves_with_pytriton_outside_site_packages(tmp_path):
+    """PyTriton installed with ``pip install --target`` (or put on PYTHONPATH) takes itself
+    for an editable install and does not give Triton the libraries its wheel bundles: on the
+    2-GPU H200 (2026-12-04) Triton did not start ("libcudart-09529672.so.12.6.77: cannot open
+    shared object file"). tftrt serve now puts them on Triton's library path. Here PyTriton is
+    linked into a directory on PYTHONPATH, ahead of site-packages."""
+    import pytriton
+    pkg = os.path.dirname(os.path.abspath(pytriton.__file__))
+    libs = os.path.join(os.path.dirname(pkg), "nvidia_pytriton.libs")
+    if not os.path.isdir(libs):
+        pytest.skip("PyTriton's wheel libraries are not beside its package here")
+    target = tmp_path / "target"
+    target.mkdir()
+    os.symlink(pkg, target / "pytriton")
+    os.symlink(libs, target / "nvidia_pytriton.libs")
+
+    class Plain(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+        def __call__(self, x):
+            return {"y": x * 2.0}
+
+    src = models.save_module(Plain(), str(tmp_path / "plain"))
+    ports = _free_ports(3)
+    env = dict(os.environ, TFTRT_BACKEND="numpy", TF_CPP_MIN_LOG_LEVEL="2",
+               PYTHONPATH=f"{target}{os.pathsep}{ROOT}")
+    log = str(tmp_path / "serve.log")
+    with open(log, "w") as logf:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tftrt", "serve", src, "--gpus", "none",
+             "--address", "127.0.0.1", "--http-port", str(ports[0]), "--grpc-port",
+             str(ports[1]), "--metrics-port", str(ports[2])],
+            stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    try:
+        deadline, ready = time.monotonic() + START_TIMEOUT_S, False
+        while time.monotonic() < deadline and proc.poll() is None and not ready:
+            try:
+                with httpclient.InferenceServerClient(f"127.0.0.1:{ports[0]}") as c:
+                    ready = c.is_server_ready() and c.is_model_ready("plain")
+            except Exception:
+                time.sleep(0.5)
+        with open(log) as f:
+            out = f.read()
+        assert ready, out[-3000:]
+        assert f"{target}{os.sep}pytriton" in subprocess.run(
+            [sys.executable, "-c", "import pytriton; print(pytriton.__file__)"], env=env,
+            capture_output=True, text=True).stdout  # the linked copy was the one imported
+        x = np.arange(8, dtype=np.float32).reshape(2, 4)
+        inp = httpclient.InferInput("x", [2, 4], "FP32")
+        inp.set_data_from_numpy(x)
+        with httpclient.InferenceServerClient(f"127.0.0.1:{ports[0]}") as c:
+            got = c.infer("plain", [inp]).as_numpy("y")
+        np.testing.assert_allclose(got, x * 2.0)
+    finally:
+        children = _descendants(proc.pid)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(30)
+        for pid in children:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
