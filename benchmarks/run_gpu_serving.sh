@@ -22,10 +22,6 @@ source /tmp/tfsite/env.sh >/dev/null; source /tmp/srvsite/env.sh >/dev/null
 # GPU_SETS=none, ENGINE_ITERS=3, REQUESTS=200, CONCURRENCY=8, PROCESSES=2)
 export PYTHONPATH="$repo:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 cd "$repo"
-ready() {  # Triton's readiness of the model (no curl needed): prints the HTTP status
-  python3 -c "import urllib.request as u
-try: print(u.urlopen('http://localhost:8000/v2/models/served/ready', timeout=2).status)
-except Exception as e: print(getattr(e, 'code', 0))"; }
 say() { echo "[$(( $(date +%s) - start )) s] $*" | tee -a "$log"; }
 gpus_all=$(nvidia-smi -L 2>/dev/null | wc -l)
 say "$gpus_all GPU(s); $(ldd --version | head -1)"
@@ -60,25 +56,52 @@ print("ENGINE", json.dumps(res))
 json.dump(res, open(sys.argv[2], "w"), indent=1)
 PY
 grep "^ENGINE" "$log" | tail -1
+# Each GPU of a set gets its own server process (CUDA_VISIBLE_DEVICES=g, --gpus 0, ports 10
+# apart) and the load generator spreads its clients over them, as a load balancer would: the
+# CuPy backend places an op's engines on one GPU per process (docs/serving.md, "Several
+# GPUs"). IN_PROCESS=1 serves the set from one process instead (--gpus 0,1).
+ready_at() {  # readiness of the model on the server whose HTTP port is $1
+  python3 -c "import urllib.request as u
+try: print(u.urlopen('http://localhost:$1/v2/models/served/ready', timeout=2).status)
+except Exception as e: print(getattr(e, 'code', 0))"; }
 for gpus in ${GPU_SETS:-0 0,1}; do
-  n=$(echo "$gpus" | tr ',' '\n' | wc -l)
-  if [ "$gpus" != none ] && [ "$n" -gt "$gpus_all" ]; then say "skip --gpus $gpus: $gpus_all GPU(s) here"; continue; fi
+  n=$(echo "$gpus" | tr ',' '\n' | grep -c '^[0-9]')  # ("none,none": two CPU servers, a smoke test)
+  if [ "$n" -gt "$gpus_all" ]; then say "skip --gpus $gpus: $gpus_all GPU(s) here"; continue; fi
   if [ "$(left)" -lt 90 ]; then say "skip --gpus $gpus: $(left) s left"; continue; fi
-  say "serve --gpus $gpus"
-  python3 -m tftrt.cli serve "$work/${model,,}_trt" --gpus "$gpus" --max-batch "${MAX_BATCH:-128}" \
-    --model-name served >>"$out/serve_${gpus//,/_}.log" 2>&1 &
-  server=$!
-  for _ in $(seq 1 240); do  # ready when Triton says so (engines load in the instances)
-    [ "$(ready)" = 200 ] && break
-    kill -0 $server 2>/dev/null || break; sleep 1
+  tag=${gpus//,/_}
+  servers=(); ports=()
+  if [ "${IN_PROCESS:-0}" = 1 ] || [ "$gpus" = none ]; then
+    say "serve --gpus $gpus (one process)"
+    python3 -m tftrt.cli serve "$work/${model,,}_trt" --gpus "$gpus" \
+      --max-batch "${MAX_BATCH:-128}" --model-name served >>"$out/serve_$tag.log" 2>&1 &
+    servers+=($!); ports+=(8000)
+  else
+    k=0
+    for g in ${gpus//,/ }; do
+      say "serve GPU $g (process $k, ports $((8000 + 10 * k))..)"
+      one=0; [ "$g" = none ] && one=none
+      CUDA_VISIBLE_DEVICES=$g python3 -m tftrt.cli serve "$work/${model,,}_trt" --gpus $one \
+        --max-batch "${MAX_BATCH:-128}" --model-name served --http-port $((8000 + 10 * k)) \
+        --grpc-port $((8001 + 10 * k)) --metrics-port $((8002 + 10 * k)) \
+        >>"$out/serve_${tag}_gpu$g.log" 2>&1 &
+      servers+=($!); ports+=($((8000 + 10 * k))); k=$((k + 1))
+    done
+  fi
+  for _ in $(seq 1 240); do  # ready when every Triton says so (engines load in the instances)
+    all=1
+    for i in "${!servers[@]}"; do
+      [ "$(ready_at "${ports[$i]}")" = 200 ] || all=0
+      kill -0 "${servers[$i]}" 2>/dev/null || all=dead
+    done
+    [ "$all" = 1 ] && break; [ "$all" = dead ] && break; sleep 1
   done
-  say "ready: $(ready)"
+  say "ready: $(for p in "${ports[@]}"; do ready_at "$p"; done | tr '\n' ' ')"
   timeout $(( $(left) - 20 )) python3 benchmarks/serve_load.py --model served \
-    --concurrency "${CONCURRENCY:-256}" --processes "${PROCESSES:-8}" \
-    --requests "${REQUESTS:-40000}" --protocol grpc --json "$out/load_${gpus//,/_}.json" 2>&1 \
+    --servers "${#servers[@]}" --concurrency "${CONCURRENCY:-256}" --processes "${PROCESSES:-8}" \
+    --requests "${REQUESTS:-40000}" --protocol grpc --json "$out/load_$tag.json" 2>&1 \
     | tail -25 | tee -a "$log"
-  kill -INT $server 2>/dev/null; wait $server
-  say "server --gpus $gpus exited $?"
-  tail -5 "$out/serve_${gpus//,/_}.log" >>"$log"
+  for pid in "${servers[@]}"; do kill -INT "$pid" 2>/dev/null; done
+  for pid in "${servers[@]}"; do wait "$pid"; say "server $pid (--gpus $gpus) exited $?"; done
+  tail -5 "$out"/serve_"$tag"*.log >>"$log"
 done
 say "done"

@@ -43,13 +43,21 @@ def _client_lib(protocol: str):
     return lib
 
 
-def _url(args) -> str:
-    return f"{args.host}:{args.grpc_port if args.protocol == 'grpc' else args.http_port}"
+def _url(args, server: int = 0) -> str:
+    """Server ``server``'s address (--servers: each listens --port-stride ports above the
+    one before)."""
+    off = server * args.port_stride
+    port = args.grpc_port if args.protocol == "grpc" else args.http_port
+    return f"{args.host}:{port + off}"
+
+
+def _http_url(args, server: int = 0) -> str:
+    return f"{args.host}:{args.http_port + server * args.port_stride}"
 
 
 def _inputs_spec(args) -> List[dict]:
     import tritonclient.http as http
-    with http.InferenceServerClient(f"{args.host}:{args.http_port}") as c:
+    with http.InferenceServerClient(_http_url(args)) as c:
         meta = c.get_model_metadata(args.model)
     given = {}
     for s in args.shape or []:
@@ -68,8 +76,10 @@ def _inputs_spec(args) -> List[dict]:
     return specs
 
 
-def _worker(args, specs, threads: int, requests: int, warmup: int, start_at: float, out):
-    """One process: ``threads`` closed-loop clients, ``requests`` timed requests in all."""
+def _worker(args, specs, threads: int, requests: int, warmup: int, start_at: float, out,
+            first: int = 0):
+    """One process: ``threads`` closed-loop clients, ``requests`` timed requests in all;
+    client j (``first`` + j over all processes) talks to server j mod --servers."""
     import threading
     lib = _client_lib(args.protocol)
     rng = np.random.RandomState(args.seed)
@@ -91,8 +101,8 @@ def _worker(args, specs, threads: int, requests: int, warmup: int, start_at: flo
             ins.append(i)
         return client.infer(args.model, ins)
 
-    def client_loop():
-        client = lib.InferenceServerClient(_url(args))
+    def client_loop(index):
+        client = lib.InferenceServerClient(_url(args, index % args.servers))
         try:
             for _ in range(warmup):
                 one(client)
@@ -116,7 +126,7 @@ def _worker(args, specs, threads: int, requests: int, warmup: int, start_at: flo
         finally:
             client.close()
 
-    ts = [threading.Thread(target=client_loop) for _ in range(threads)]
+    ts = [threading.Thread(target=client_loop, args=(first + j,)) for j in range(threads)]
     for t in ts:
         t.start()
     for t in ts:
@@ -125,12 +135,18 @@ def _worker(args, specs, threads: int, requests: int, warmup: int, start_at: flo
 
 
 def _stats(args) -> Dict[str, float]:
+    """Triton's counts, summed over the servers."""
     import tritonclient.http as http
-    with http.InferenceServerClient(f"{args.host}:{args.http_port}") as c:
-        s = c.get_inference_statistics(args.model)["model_stats"][0]
-    inf = s["inference_stats"]
-    return {"inferences": int(s["inference_count"]), "executions": int(s["execution_count"]),
-            "queue_ns": int(inf["queue"]["ns"]), "compute_ns": int(inf["compute_infer"]["ns"])}
+    total = {"inferences": 0, "executions": 0, "queue_ns": 0, "compute_ns": 0}
+    for k in range(args.servers):
+        with http.InferenceServerClient(_http_url(args, k)) as c:
+            s = c.get_inference_statistics(args.model)["model_stats"][0]
+        inf = s["inference_stats"]
+        total["inferences"] += int(s["inference_count"])
+        total["executions"] += int(s["execution_count"])
+        total["queue_ns"] += int(inf["queue"]["ns"])
+        total["compute_ns"] += int(inf["compute_infer"]["ns"])
+    return total
 
 
 def run(args) -> dict:
@@ -143,8 +159,10 @@ def run(args) -> dict:
     before = _stats(args)
     # Every client warms up first; the timed part starts for all at start_at.
     start_at = time.time() + args.start_delay_s
+    firsts = [sum(threads[:i]) for i in range(procs)]
     ps = [ctx.Process(target=_worker, args=(args, specs, threads[i], reqs[i],
-                                            args.warmup, start_at, q)) for i in range(procs)]
+                                            args.warmup, start_at, q, firsts[i]))
+          for i in range(procs)]
     for p in ps:
         p.start()
     parts = [q.get() for _ in ps]
@@ -160,7 +178,8 @@ def run(args) -> dict:
     d = {k: after[k] - before[k] for k in after}
     execs = max(d["executions"], 1)
     return {
-        "model": args.model, "protocol": args.protocol, "concurrency": args.concurrency,
+        "model": args.model, "protocol": args.protocol, "servers": args.servers,
+        "concurrency": args.concurrency,
         "processes": procs, "requests": int(len(lat)), "errors": len(errors),
         "error_examples": errors[:3], "wall_s": round(wall, 3),
         "throughput_rps": round(len(lat) / wall, 1),
@@ -183,6 +202,11 @@ def main(argv=None) -> int:
     p.add_argument("--http-port", type=int, default=8000)
     p.add_argument("--grpc-port", type=int, default=8001)
     p.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
+    p.add_argument("--servers", type=int, default=1,
+                   help="servers to spread the clients over (one per GPU, each its own "
+                        "process), what a load balancer in front of them does")
+    p.add_argument("--port-stride", type=int, default=10,
+                   help="server k listens on the ports + k * this")
     p.add_argument("--concurrency", type=int, default=64, help="concurrent batch-1 clients")
     p.add_argument("--processes", type=int, default=4, help="load-generator processes")
     p.add_argument("--requests", type=int, default=5000, help="timed requests in all")
@@ -194,8 +218,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="also write the result here")
     args = p.parse_args(argv)
-    if args.concurrency <= 0 or args.requests <= 0:
-        p.error("--concurrency and --requests must be positive")
+    if args.concurrency <= 0 or args.requests <= 0 or args.servers <= 0:
+        p.error("--concurrency, --requests and --servers must be positive")
     result = run(args)
     text = json.dumps(result, indent=1)
     print(text)
