@@ -37,6 +37,7 @@ import subprocess
 import sys
 import sysconfig
 import threading
+import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -641,16 +642,49 @@ def _start_triton(pt, cfg: ServeConfig, stub: Optional[pathlib.Path]):
             # PyTriton puts <env>/bin first on the stub's PATH; the stub takes its Python
             # (and so its site-packages) from there.
             ts.get_triton_python_backend_python_env = lambda: stub
+        import pytriton.triton as pt_triton
+        saved_wait = getattr(pt_triton, "wait_for_server_ready", None)
         try:
             triton = pt["Triton"](config=tconf, security_config=_security_config())
+            if saved_wait is not None:
+                pt_triton.wait_for_server_ready = _watching(saved_wait, triton)
             triton.__enter__()
         finally:
+            if saved_wait is not None:
+                pt_triton.wait_for_server_ready = saved_wait
             ts.get_triton_python_backend_python_env = saved_env_fn
             if before is None:
                 os.environ.pop("LD_LIBRARY_PATH", None)
             else:
                 os.environ["LD_LIBRARY_PATH"] = before
     return triton
+
+
+class TritonExited(RuntimeError):
+    """Triton's process ended while PyTriton waited for it to be ready."""
+
+
+def _watching(wait, triton):
+    """PyTriton's wait for Triton's readiness, in slices of 2 s that stop as soon as the
+    tritonserver process has ended: PyTriton waited out its 120 s start-up timeout for a
+    server that had exited at once (a library it could not load, 2-GPU H200, 2026-12-04)."""
+    def wait_watching(client, timeout_s=None, headers=None):
+        deadline = time.monotonic() + (120.0 if timeout_s is None else float(timeout_s))
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                return wait(client, timeout_s=max(0.1, min(2.0, left)), headers=headers)
+            except Exception as e:  # noqa: BLE001 -- PyTriton's timeout error, re-raised
+                if "Timeout" not in type(e).__name__:
+                    raise
+                server = getattr(triton, "_triton_server", None)
+                alive = getattr(server, "is_alive", None)
+                if callable(alive) and not alive():
+                    raise TritonExited("the tritonserver process exited while starting; "
+                                       "its log above says why") from None
+                if time.monotonic() >= deadline:
+                    raise
+    return wait_watching
 
 
 def _security_config():

@@ -628,3 +628,44 @@ def test_serves_with_pytriton_outside_site_packages(tmp_path):
         for pid in children:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_a_triton_that_exits_at_start_is_said_at_once(tmp_path):
+    """Triton exiting at start (here: PyTriton outside site-packages with tftrt's library fix
+    turned off, run g's failure) was reported only after PyTriton's 120 s start-up timeout.
+    tftrt serve now says so within seconds of the exit, exit status 1."""
+    import pytriton
+    pkg = os.path.dirname(os.path.abspath(pytriton.__file__))
+    libs = os.path.join(os.path.dirname(pkg), "nvidia_pytriton.libs")
+    if not os.path.isdir(libs):
+        pytest.skip("PyTriton's wheel libraries are not beside its package here")
+    target = tmp_path / "target"
+    target.mkdir()
+    os.symlink(pkg, target / "pytriton")
+    os.symlink(libs, target / "nvidia_pytriton.libs")
+
+    class Plain(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+        def __call__(self, x):
+            return {"y": x * 2.0}
+
+    src = models.save_module(Plain(), str(tmp_path / "plain"))
+    ports = _free_ports(3)
+    env = dict(os.environ, TFTRT_BACKEND="numpy", TF_CPP_MIN_LOG_LEVEL="2",
+               PYTHONPATH=f"{target}{os.pathsep}{ROOT}")
+    code = ("import sys, tftrt.serving as s; s.pytriton_libs_dir = lambda: None; "
+            "from tftrt.cli import main; sys.exit(main(sys.argv[1:]))")
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "serve", src, "--gpus", "none", "--address",
+         "127.0.0.1", "--http-port", str(ports[0]), "--grpc-port", str(ports[1]),
+         "--metrics-port", str(ports[2])],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    took = time.monotonic() - t0
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out[-3000:]
+    assert "cannot open shared object file" in out, out[-3000:]  # Triton's own reason
+    assert "tritonserver process exited while starting" in out, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+    assert took < 60, took  # TF's import and the model load included; it was > 120 s
+    assert all(_port_free(p) for p in ports), ports
