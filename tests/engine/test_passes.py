@@ -637,3 +637,19 @@ def test_scalars_inlined_into_a_program_keep_its_dtype(dtype):
     y = np.asarray(engine.execute([x])[0])
     assert y.dtype == dtype and engine.network.tensors["y"].dtype == np.dtype(dtype).name
     np.testing.assert_array_equal(y, np.where(x > 0, dtype(3), dtype(-2)))
+
+
+def test_an_activation_plus_its_own_input_is_not_taken_for_a_residual():
+    """conv -> tanh(y) + y: vertical fusion took the second y for a residual add and the
+    fused conv read its own removed output (KeyError at every build; fuzz seed 331,
+    2026-12-04). The activation fuses; the add of y stays a pointwise layer."""
+    nodes = _tf_conv("x", "w", "c", b="b") + [N("Tanh", ["c"], ["t"]),
+                                              N("Add", ["t", "c"], ["y"])]
+    consts = {"w": rand(4, 3, 3, 3, seed=1), "b": rand(4, seed=2)}
+    feeds = {"x": rand(2, 6, 6, 3)}
+    model = make_model(nodes, feeds, consts)
+    net = run_passes(_bound(model, feeds))
+    for layer in net.layers:
+        assert not set(layer.inputs) & set(layer.outputs), layer
+        assert all(not i or i in net.tensors for i in layer.inputs), layer
+    check_model(model, feeds)

@@ -249,8 +249,11 @@ def _try_absorb(net: Network, layer: Layer, consumer: Layer, index: dict) -> boo
             other = entry[1]
             # r may come after the main layer: the fused layer takes the consumer's place,
             # where r (which the consumer reads) is defined
-            if has_add or net.tensors[other].shape != out_shape or not (
-                    other in net.inputs or index.get(other, 1 << 30) < index[consumer.name]):
+            # (not y itself: tanh(y) + y read the pre-activation y as its "residual", and the
+            # fused layer then read its own, removed, output: fuzz seed 331, a KeyError at
+            # every build of such a block, 2026-12-04)
+            if other in layer.outputs or has_add or net.tensors[other].shape != out_shape or \
+                    not (other in net.inputs or index.get(other, 1 << 30) < index[consumer.name]):
                 return False
             trial.inputs.append(other)
             trial.epilogue.append({"op": "add", "input": len(trial.inputs) - 1})
