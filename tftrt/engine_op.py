@@ -23,6 +23,7 @@ setting to change.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import json
 import logging
@@ -74,6 +75,14 @@ def resolve_backend(name: Optional[str] = None) -> str:
                     "(correct results, no speed-up), because %s. On a CPU-only machine "
                     "TFTRT_BACKEND=numpy runs the reference engines.", why)
     return got
+
+
+def _engine_device(backend: str):
+    """The CuPy backend's pinned-device context for an engine call (a no-op elsewhere)."""
+    if backend != "cupy":
+        return contextlib.nullcontext()
+    from tftrt.engine.backends import get_backend
+    return get_backend("cupy").on_device()
 
 
 def _why_no_gpu() -> str:
@@ -283,16 +292,19 @@ class TRTEngineOp:
             with self._lock:
                 self.stats["native"] += 1
             return None
-        engine, why = self._engine_for(key, backend, force=self._build_call())
-        if engine is None:
-            return self._fallback(why)
-        try:
-            outs = self._execute(engine, inputs, backend)
-        except Exception as e:  # a failing engine must not break the user's model
-            from tftrt.gpu_memory import explain_out_of_memory
-            e = explain_out_of_memory(e)
-            return self._fallback(f"engine execution failed for input shapes {key}: "
-                                  f"{type(e).__name__}: {e}")
+        # on the engines' GPU whatever this thread has current (the split batches'
+        # concatenation and dtype casts allocate there too: CupyBackend.pin_device)
+        with _engine_device(backend):
+            engine, why = self._engine_for(key, backend, force=self._build_call())
+            if engine is None:
+                return self._fallback(why)
+            try:
+                outs = self._execute(engine, inputs, backend)
+            except Exception as e:  # a failing engine must not break the user's model
+                from tftrt.gpu_memory import explain_out_of_memory
+                e = explain_out_of_memory(e)
+                return self._fallback(f"engine execution failed for input shapes {key}: "
+                                      f"{type(e).__name__}: {e}")
         with self._lock:
             self.stats["engine"] += 1
         return outs
