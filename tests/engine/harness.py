@@ -48,7 +48,10 @@ def make_model(nodes: Sequence[onnx.NodeProto], feeds: Dict[str, np.ndarray],
 
 
 def run_ort(model: onnx.ModelProto, feeds: Dict[str, np.ndarray]) -> List[np.ndarray]:
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    opts = ort.SessionOptions()  # basic optimizations only: tests/converters/harness.py
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    sess = ort.InferenceSession(model.SerializeToString(), opts,
+                                providers=["CPUExecutionProvider"])
     return sess.run(None, feeds)
 
 
