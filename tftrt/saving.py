@@ -127,14 +127,18 @@ def _check_not_source(path: str, real: str, src: str, source: str) -> None:
                          f"converted ({source!r}); save to a directory of its own")
 
 
+def _host() -> str:
+    """This host's name as a save's sibling tokens carry it (letters, digits, '-')."""
+    return re.sub(r"[^A-Za-z0-9-]", "", socket.gethostname())[:32] or "host"
+
+
 def _sibling(path: str, what: str, token: Optional[str] = None) -> str:
     """A new name beside ``path`` (same file system, so renames are atomic), hidden:
     ``.<name>.tftrt-<what>-<token>``, the token naming this host and process (see
     :func:`recover_interrupted_save`) unless given."""
     head, tail = os.path.split(path)
     if token is None:
-        host = re.sub(r"[^A-Za-z0-9-]", "", socket.gethostname())[:32] or "host"
-        token = f"{host}_{os.getpid()}_{uuid.uuid4().hex[:12]}"
+        token = f"{_host()}_{os.getpid()}_{uuid.uuid4().hex[:12]}"
     return os.path.join(head, f".{tail}.tftrt-{what}-{token}")
 
 
@@ -289,8 +293,7 @@ def _save_in_progress(token: str, where: str) -> bool:
     on this host (or, of another host, the sibling is younger than a day)."""
     host, _, rest = token.partition("_")
     pid = rest.partition("_")[0]
-    mine = re.sub(r"[^A-Za-z0-9-]", "", socket.gethostname())[:32] or "host"
-    if host != mine or not pid.isdigit():
+    if host != _host() or not pid.isdigit():
         try:
             return time.time() - os.lstat(where).st_mtime < _FOREIGN_SIBLING_SECONDS
         except OSError:

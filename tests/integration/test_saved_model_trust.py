@@ -361,25 +361,7 @@ def test_save_killed_between_renames_is_undone_by_the_next_load(dirs, model, cap
     """Without the atomic exchange the old model is renamed away, then the new one in: a
     process killed between the two leaves no model at the path; tftrt.load (or the next
     save) puts the old one back."""
-    code = f"""
-import os, numpy as np
-os.environ["TFTRT_BACKEND"] = "numpy"
-from tftrt import saving, trt_convert as trt
-saving._exchange = lambda a, b: False
-real_rename = os.rename
-def rename_then_die(src, dst):
-    real_rename(src, dst)
-    if ".tftrt-old-" in dst:
-        os._exit(9)          # killed right after the old model was moved away
-os.rename = rename_then_die
-conv = trt.TrtGraphConverterV2(input_saved_model_dir={dirs["b"]!r}, minimum_segment_size=2)
-conv.convert()
-conv.save({model!r})
-"""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                          text=True, timeout=240)
-    assert proc.returncode == 9, proc.stderr[-3000:]
+    _killed_save(dirs, model, '".tftrt-old-" in dst')  # right after the old model moved away
     assert not os.path.exists(model)                      # the killed save's state
     loaded, warnings = load(model, caplog)
     assert any("a save was interrupted" in w for w in warnings), warnings

@@ -564,12 +564,16 @@ def test_ports_and_address_triton_cannot_bind_are_said_at_once():
         serving.check_ports(cfg(metrics_port=free[0]))
 
 
-def test_serves_with_pytriton_outside_site_packages(tmp_path):
-    """PyTriton installed with ``pip install --target`` (or put on PYTHONPATH) takes itself
-    for an editable install and does not give Triton the libraries its wheel bundles: on the
-    2-GPU H200 (2026-12-04) Triton did not start ("libcudart-09529672.so.12.6.77: cannot open
-    shared object file"). tftrt serve now puts them on Triton's library path. Here PyTriton is
-    linked into a directory on PYTHONPATH, ahead of site-packages."""
+class _Plain(tf.Module):
+    @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+    def __call__(self, x):
+        return {"y": x * 2.0}
+
+
+def _pytriton_outside_site_packages(tmp_path):
+    """(a directory on PYTHONPATH holding links to this environment's PyTriton and its
+    wheel libraries, the environment of a numpy-backend ``tftrt serve`` importing it there):
+    what ``pip install --target`` makes. Skips where the libraries are not beside PyTriton."""
     import pytriton
     pkg = os.path.dirname(os.path.abspath(pytriton.__file__))
     libs = os.path.join(os.path.dirname(pkg), "nvidia_pytriton.libs")
@@ -579,16 +583,19 @@ def test_serves_with_pytriton_outside_site_packages(tmp_path):
     target.mkdir()
     os.symlink(pkg, target / "pytriton")
     os.symlink(libs, target / "nvidia_pytriton.libs")
+    return target, dict(os.environ, TFTRT_BACKEND="numpy", TF_CPP_MIN_LOG_LEVEL="2",
+                        PYTHONPATH=f"{target}{os.pathsep}{ROOT}")
 
-    class Plain(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
-        def __call__(self, x):
-            return {"y": x * 2.0}
 
-    src = models.save_module(Plain(), str(tmp_path / "plain"))
+def test_serves_with_pytriton_outside_site_packages(tmp_path):
+    """PyTriton installed with ``pip install --target`` (or put on PYTHONPATH) takes itself
+    for an editable install and does not give Triton the libraries its wheel bundles: on the
+    2-GPU H200 (2026-12-04) Triton did not start ("libcudart-09529672.so.12.6.77: cannot open
+    shared object file"). tftrt serve now puts them on Triton's library path. Here PyTriton is
+    linked into a directory on PYTHONPATH, ahead of site-packages."""
+    target, env = _pytriton_outside_site_packages(tmp_path)
+    src = models.save_module(_Plain(), str(tmp_path / "plain"))
     ports = _free_ports(3)
-    env = dict(os.environ, TFTRT_BACKEND="numpy", TF_CPP_MIN_LOG_LEVEL="2",
-               PYTHONPATH=f"{target}{os.pathsep}{ROOT}")
     log = str(tmp_path / "serve.log")
     with open(log, "w") as logf:
         proc = subprocess.Popen(
@@ -634,25 +641,9 @@ def test_a_triton_that_exits_at_start_is_said_at_once(tmp_path):
     """Triton exiting at start (here: PyTriton outside site-packages with tftrt's library fix
     turned off, run g's failure) was reported only after PyTriton's 120 s start-up timeout.
     tftrt serve now says so within seconds of the exit, exit status 1."""
-    import pytriton
-    pkg = os.path.dirname(os.path.abspath(pytriton.__file__))
-    libs = os.path.join(os.path.dirname(pkg), "nvidia_pytriton.libs")
-    if not os.path.isdir(libs):
-        pytest.skip("PyTriton's wheel libraries are not beside its package here")
-    target = tmp_path / "target"
-    target.mkdir()
-    os.symlink(pkg, target / "pytriton")
-    os.symlink(libs, target / "nvidia_pytriton.libs")
-
-    class Plain(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
-        def __call__(self, x):
-            return {"y": x * 2.0}
-
-    src = models.save_module(Plain(), str(tmp_path / "plain"))
+    _, env = _pytriton_outside_site_packages(tmp_path)
+    src = models.save_module(_Plain(), str(tmp_path / "plain"))
     ports = _free_ports(3)
-    env = dict(os.environ, TFTRT_BACKEND="numpy", TF_CPP_MIN_LOG_LEVEL="2",
-               PYTHONPATH=f"{target}{os.pathsep}{ROOT}")
     code = ("import sys, tftrt.serving as s; s.pytriton_libs_dir = lambda: None; "
             "from tftrt.cli import main; sys.exit(main(sys.argv[1:]))")
     t0 = time.monotonic()
