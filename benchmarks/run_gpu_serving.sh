@@ -6,8 +6,10 @@
 # Needs gpu-host/pack-tensorflow.sh's install (/tmp/tfsite/env.sh) and benchmarks/pack_serving.sh's
 # (/tmp/srvsite/env.sh) in this machine session.
 #   [MODEL=ResNet50] [MAX_BATCH=128] [CONCURRENCY=256] [PROCESSES=8] [REQUESTS=40000] [GPU_SETS="0 0,1"] \
-#     bash benchmarks/run_gpu_serving.sh [seconds]
-# Output: $OUT/serving.log, $OUT/load_<gpus>.json, $OUT/engine_b128.json.
+#     [SHM="none system"] bash benchmarks/run_gpu_serving.sh [seconds]
+# Each server set is loaded once per SHM mode: inputs in the gRPC requests (none), and in system
+# shared memory registered with the servers (system; perf_analyzer's --shared-memory=system).
+# Output: $OUT/serving.log, $OUT/load_<gpus>_<shm>.json, $OUT/engine_b128.json.
 set -uo pipefail
 budget=${1:-580}
 start=$(date +%s); left() { echo $(( budget - ($(date +%s) - start) )); }
@@ -73,7 +75,8 @@ for gpus in ${GPU_SETS:-0 0,1}; do
   if [ "${IN_PROCESS:-0}" = 1 ] || [ "$gpus" = none ]; then
     say "serve --gpus $gpus (one process)"
     python3 -m tftrt.cli serve "$work/${model,,}_trt" --gpus "$gpus" \
-      --max-batch "${MAX_BATCH:-128}" --model-name served >>"$out/serve_$tag.log" 2>&1 &
+      --max-batch "${MAX_BATCH:-128}" --model-name served --shared-memory \
+      >>"$out/serve_$tag.log" 2>&1 &
     servers+=($!); ports+=(8000)
   else
     k=0
@@ -81,7 +84,8 @@ for gpus in ${GPU_SETS:-0 0,1}; do
       say "serve GPU $g (process $k, ports $((8000 + 10 * k))..)"
       one=0; [ "$g" = none ] && one=none
       CUDA_VISIBLE_DEVICES=$g python3 -m tftrt.cli serve "$work/${model,,}_trt" --gpus $one \
-        --max-batch "${MAX_BATCH:-128}" --model-name served --http-port $((8000 + 10 * k)) \
+        --max-batch "${MAX_BATCH:-128}" --model-name served --shared-memory \
+        --http-port $((8000 + 10 * k)) \
         --grpc-port $((8001 + 10 * k)) --metrics-port $((8002 + 10 * k)) \
         >>"$out/serve_${tag}_gpu$g.log" 2>&1 &
       servers+=($!); ports+=($((8000 + 10 * k))); k=$((k + 1))
@@ -96,10 +100,14 @@ for gpus in ${GPU_SETS:-0 0,1}; do
     [ "$all" = 1 ] && break; [ "$all" = dead ] && break; sleep 1
   done
   say "ready: $(for p in "${ports[@]}"; do ready_at "$p"; done | tr '\n' ' ')"
-  timeout $(( $(left) - 20 )) python3 benchmarks/serve_load.py --model served \
-    --servers "${#servers[@]}" --concurrency "${CONCURRENCY:-256}" --processes "${PROCESSES:-8}" \
-    --requests "${REQUESTS:-40000}" --protocol grpc --json "$out/load_$tag.json" 2>&1 \
-    | tail -25 | tee -a "$log"
+  for shm in ${SHM:-none system}; do
+    if [ "$(left)" -lt 40 ]; then say "skip --shared-memory $shm: $(left) s left"; continue; fi
+    say "load, --gpus $gpus, --shared-memory $shm"
+    timeout $(( $(left) - 20 )) python3 benchmarks/serve_load.py --model served \
+      --servers "${#servers[@]}" --concurrency "${CONCURRENCY:-256}" \
+      --processes "${PROCESSES:-8}" --requests "${REQUESTS:-40000}" --protocol grpc \
+      --shared-memory "$shm" --json "$out/load_${tag}_$shm.json" 2>&1 | tail -25 | tee -a "$log"
+  done
   for pid in "${servers[@]}"; do kill -INT "$pid" 2>/dev/null; done
   for pid in "${servers[@]}"; do wait "$pid"; say "server $pid (--gpus $gpus) exited $?"; done
   tail -5 "$out"/serve_"$tag"*.log >>"$log"

@@ -92,12 +92,20 @@ def _worker(args, specs, threads: int, requests: int, warmup: int, start_at: flo
     errors: List[str] = []
     lock = threading.Lock()
     left = [requests]
+    try:
+        regions = _shared_inputs(args, data) if args.shared_memory == "system" else None
+    except Exception as e:  # said, not a parent waiting forever for this process
+        out.put({"latencies": [], "errors": [f"shared memory: {e}"[:300]], "end": time.time()})
+        return
 
     def one(client):
         ins = []
-        for s, arr in data:
+        for k, (s, arr) in enumerate(data):
             i = lib.InferInput(s["name"], list(arr.shape), s["datatype"])
-            i.set_data_from_numpy(arr)
+            if regions:
+                i.set_shared_memory(regions[k][0], arr.nbytes)
+            else:
+                i.set_data_from_numpy(arr)
             ins.append(i)
         return client.infer(args.model, ins)
 
@@ -132,6 +140,45 @@ def _worker(args, specs, threads: int, requests: int, warmup: int, start_at: flo
     for t in ts:
         t.join()
     out.put({"latencies": lat, "errors": errors, "end": time.time()})
+    if regions:
+        _unshare(args, regions)
+
+
+def _shared_inputs(args, data) -> list:
+    """--shared-memory system: each input in a system shared-memory region of this process,
+    registered with every server ([(region name, handle)]); requests then name the region
+    instead of carrying the bytes (perf_analyzer's --shared-memory=system). The inputs never
+    change, so one region per input serves all of the process's clients."""
+    import os
+    import tritonclient.http as http
+    import tritonclient.utils.shared_memory as shm
+    regions = []
+    for k, (s, arr) in enumerate(data):
+        name = f"serve_load_{os.getpid()}_{k}"
+        handle = shm.create_shared_memory_region(name, "/" + name, arr.nbytes)
+        shm.set_shared_memory_region(handle, [np.ascontiguousarray(arr)])
+        regions.append((name, handle))
+        for j in range(args.servers):
+            with http.InferenceServerClient(_http_url(args, j)) as c:
+                c.register_system_shared_memory(name, "/" + name, arr.nbytes)
+    return regions
+
+
+def _unshare(args, regions) -> None:
+    import tritonclient.http as http
+    import tritonclient.utils.shared_memory as shm
+    for name, handle in regions:
+        for j in range(args.servers):
+            # Triton lets go of a region a moment after the last response ("currently in
+            # use"): a few tries, then it is left to the server's end
+            for _ in range(50):
+                try:
+                    with http.InferenceServerClient(_http_url(args, j)) as c:
+                        c.unregister_system_shared_memory(name)
+                    break
+                except Exception:  # noqa: BLE001
+                    time.sleep(0.1)
+        shm.destroy_shared_memory_region(handle)
 
 
 def _stats(args) -> Dict[str, float]:
@@ -179,6 +226,7 @@ def run(args) -> dict:
     execs = max(d["executions"], 1)
     return {
         "model": args.model, "protocol": args.protocol, "servers": args.servers,
+        "shared_memory": args.shared_memory,
         "concurrency": args.concurrency,
         "processes": procs, "requests": int(len(lat)), "errors": len(errors),
         "error_examples": errors[:3], "wall_s": round(wall, 3),
@@ -202,6 +250,9 @@ def main(argv=None) -> int:
     p.add_argument("--http-port", type=int, default=8000)
     p.add_argument("--grpc-port", type=int, default=8001)
     p.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
+    p.add_argument("--shared-memory", choices=("none", "system"), default="none",
+                   help="system: inputs travel in system shared memory registered with the "
+                        "servers, not in the requests (same host only)")
     p.add_argument("--servers", type=int, default=1,
                    help="servers to spread the clients over (one per GPU, each its own "
                         "process), what a load balancer in front of them does")

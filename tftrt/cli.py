@@ -306,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=_port, default=8002)
     p.add_argument("--address", default="0.0.0.0",
                    help="address the three endpoints listen on (default 0.0.0.0)")
+    p.add_argument("--shared-memory", action="store_true",
+                   help="let clients register system shared memory for their tensors "
+                        "(same host; default: behind Triton's per-run token)")
     p.add_argument("--backend", choices=BACKENDS, type=str.lower, default=None,
                    help="engine backend (default: TFTRT_BACKEND, else cupy with a GPU)")
     p.add_argument("--tags", "--tag_set", dest="tags", default="serve",
@@ -845,7 +848,7 @@ def cmd_serve(args, out, err) -> int:
         max_queue_delay_us=args.max_queue_delay_us,
         preferred_batch_sizes=args.preferred_batch_sizes, http_port=args.http_port,
         grpc_port=args.grpc_port, metrics_port=args.metrics_port, address=args.address,
-        tags=_tags(args.tags))
+        tags=_tags(args.tags), shared_memory=args.shared_memory)
     try:
         # argument errors, not failures, said before the model loads: a bad queue delay,
         # equal ports, a bad --gpus, --address or --model-name

@@ -114,14 +114,28 @@ def _site_dirs() -> List[str]:
     return dirs
 
 
+def _package_dirs() -> List[str]:
+    """Where this interpreter imports packages from and Triton's stub must too: PYTHONPATH's
+    directories first (``pip install --target`` puts PyTriton and pyzmq there, as the GPU
+    host's packs do; the stub does not inherit PYTHONPATH), then the site directories."""
+    dirs: List[str] = []
+    for d in os.environ.get("PYTHONPATH", "").split(os.pathsep) + _site_dirs():
+        d = os.path.abspath(d) if d else ""
+        if d and os.path.isdir(d) and d not in dirs:
+            dirs.append(d)
+    return dirs
+
+
 def stub_environment(create: bool = True) -> Optional[pathlib.Path]:
     """The Python environment Triton's Python-backend stub runs in, or None for this one.
 
     With numpy 1.x here, this environment. With numpy 2: ``TFTRT_TRITON_STUB_ENV`` when set,
     else a venv under the tftrt cache (made once, on first use, with ``pip install
     "numpy<2"``; ``create=False`` only looks). Its own site-packages hold numpy<2 and a
-    ``.pth`` line that adds this environment's site directories after it, so the stub imports
-    PyTriton's proxy and pyzmq from here and numpy 1.x from there.
+    ``.pth`` line that adds this environment's package directories (PYTHONPATH's and the site
+    directories, :func:`_package_dirs`) after it, so the stub imports PyTriton's proxy and
+    pyzmq from here and numpy 1.x from there. One environment per set of package
+    directories.
     """
     if int(np.__version__.split(".")[0]) < 2:
         return None
@@ -137,7 +151,7 @@ def stub_environment(create: bool = True) -> Optional[pathlib.Path]:
     # temporary directory per session): one stub environment per Python environment.
     xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
     base = pathlib.Path(xdg) if xdg else pathlib.Path.home() / ".cache"
-    tag = hashlib.sha256("\n".join([sys.prefix] + _site_dirs()).encode()).hexdigest()[:12]
+    tag = hashlib.sha256("\n".join([sys.prefix] + _package_dirs()).encode()).hexdigest()[:12]
     path = base / "tftrt" / "triton-stub" / f"py{sys.version_info[0]}{sys.version_info[1]}-{tag}"
     if (path / "READY").exists():
         return path
@@ -145,6 +159,18 @@ def stub_environment(create: bool = True) -> Optional[pathlib.Path]:
         return None
     _make_stub_environment(path)
     return path
+
+
+def _install_stub_numpy(site: pathlib.Path) -> None:
+    run = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet",
+                          "--disable-pip-version-check", "--no-warn-script-location",
+                          "--target", str(site), NUMPY_FOR_STUB],
+                         capture_output=True, text=True)
+    if run.returncode != 0:
+        raise ServingError(f"could not install {NUMPY_FOR_STUB} for Triton's Python stub "
+                           f"(pip said: {run.stderr.strip()[-800:]}); make such an "
+                           f"environment yourself and point TFTRT_TRITON_STUB_ENV at it "
+                           f"(docs/serving.md)")
 
 
 def _make_stub_environment(path: pathlib.Path) -> None:
@@ -159,18 +185,10 @@ def _make_stub_environment(path: pathlib.Path) -> None:
         venv.EnvBuilder(with_pip=False, symlinks=True).create(tmp)
         site = tmp / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / \
             "site-packages"
-        run = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet",
-                              "--disable-pip-version-check", "--no-warn-script-location",
-                              "--target", str(site), NUMPY_FOR_STUB],
-                             capture_output=True, text=True)
-        if run.returncode != 0:
-            raise ServingError(f"could not install {NUMPY_FOR_STUB} for Triton's Python stub "
-                               f"(pip said: {run.stderr.strip()[-800:]}); make such an "
-                               f"environment yourself and point TFTRT_TRITON_STUB_ENV at it "
-                               f"(docs/serving.md)")
+        _install_stub_numpy(site)
         # `import` lines of a .pth run at start-up: addsitedir also runs this environment's
         # own .pth files (editable installs), after numpy<2 in the stub's site-packages.
-        lines = "".join(f"import site; site.addsitedir({d!r})\n" for d in _site_dirs())
+        lines = "".join(f"import site; site.addsitedir({d!r})\n" for d in _package_dirs())
         (site / "zz_tftrt_main_env.pth").write_text(lines)
         (tmp / "READY").write_text(f"{NUMPY_FOR_STUB}\n")
         try:
@@ -450,6 +468,9 @@ class ServeConfig:
     tags: Optional[Sequence[str]] = None
     exit_timeout_s: int = 10
     log_verbose: int = 0
+    # clients on this host may register system shared memory for their tensors (Triton's
+    # shared-memory endpoint, else behind PyTriton's per-run token)
+    shared_memory: bool = False
 
 
 class Server:
@@ -645,7 +666,7 @@ def _start_triton(pt, cfg: ServeConfig, stub: Optional[pathlib.Path]):
         import pytriton.triton as pt_triton
         saved_wait = getattr(pt_triton, "wait_for_server_ready", None)
         try:
-            triton = pt["Triton"](config=tconf, security_config=_security_config())
+            triton = pt["Triton"](config=tconf, security_config=_security_config(cfg.shared_memory))
             if saved_wait is not None:
                 pt_triton.wait_for_server_ready = _watching(saved_wait, triton)
             triton.__enter__()
@@ -687,15 +708,16 @@ def _watching(wait, triton):
     return wait_watching
 
 
-def _security_config():
+def _security_config(shared_memory: bool = False):
     """PyTriton's token-protected endpoints, less ``statistics``: operators and load
     balancers read per-model counts and queue times from it (Triton's default is open).
-    Model loading, shared memory, tracing and logging stay behind PyTriton's random
-    per-run token."""
+    Model loading, tracing, logging and, unless ``shared_memory`` (``tftrt serve
+    --shared-memory``), shared memory stay behind PyTriton's random per-run token."""
     from pytriton import triton as pt_triton
+    opened = {"statistics"} | ({"shared-memory"} if shared_memory else set())
     return pt_triton.TritonSecurityConfig(
         restricted_endpoints=[e for e in pt_triton.DEFAULT_PROTECTED_ENDPOINTS
-                              if e != "statistics"])
+                              if e not in opened])
 
 
 class TerminatedDuringStart(KeyboardInterrupt):

@@ -58,7 +58,8 @@ def server(tmp_path_factory):
     gpus = len(tf.config.list_physical_devices("GPU"))
     ports = _free_ports(3)
     log = str(root / "serve.log")
-    env = dict(os.environ, TFTRT_BACKEND="cupy", PYTHONPATH=ROOT)
+    env = dict(os.environ, TFTRT_BACKEND="cupy",
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     with open(log, "w") as f:
         proc = subprocess.Popen(
             [sys.executable, "-m", "tftrt", "serve", dst, "--gpus", "all", "--max-batch",

@@ -149,7 +149,7 @@ def served(tmp_path_factory):
         proc = subprocess.Popen(
             [sys.executable, "-m", "tftrt", "serve", dst, "--gpus", "none",
              "--max-batch", str(MAX_BATCH), "--max-queue-delay-us", "20000",
-             "--address", "127.0.0.1", "--http-port", str(ports[0]),
+             "--shared-memory", "--address", "127.0.0.1", "--http-port", str(ports[0]),
              "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2])],
             stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     s = Served(proc, ports, "mlp_trt", reference, input_name, output_name, log)
@@ -305,19 +305,24 @@ def test_health_and_metrics_from_triton(served):
     assert float(counts[0].rsplit(" ", 1)[1]) == served.stats()[0]
 
 
-def test_load_generator(served, tmp_path):
-    """benchmarks/serve_load.py (the GPU host's measurement) against this server."""
+@pytest.mark.parametrize("shm", ["none", "system"])
+def test_load_generator(served, tmp_path, shm):
+    """benchmarks/serve_load.py (the GPU host's measurement) against this server; with
+    --shared-memory system the inputs reach Triton through registered shared memory."""
     out = tmp_path / "load.json"
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "benchmarks", "serve_load.py"),
          "--model", served.model_name, "--http-port", str(served.ports[0]),
          "--grpc-port", str(served.ports[1]), "--concurrency", "4", "--processes", "2",
-         "--requests", "40", "--warmup", "1", "--start-delay-s", "5", "--json", str(out)],
+         "--requests", "40", "--warmup", "1", "--start-delay-s", "5", "--json", str(out),
+         "--shared-memory", shm],
         capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     import json
     r = json.loads(out.read_text())
-    assert r["requests"] == 40 and r["errors"] == 0
+    assert r["requests"] == 40 and r["errors"] == 0 and r["shared_memory"] == shm
+    with httpclient.InferenceServerClient(f"127.0.0.1:{served.ports[0]}") as c:
+        assert c.get_system_shared_memory_status() == []  # the regions were unregistered
     assert r["server"]["inferences"] == 40 + 4  # the timed requests and one warm-up a client
     assert 0 < r["latency_ms"]["p50"] <= r["latency_ms"]["p99"] <= r["latency_ms"]["max"]
     assert r["throughput_rps"] > 0 and r["server"]["mean_batch"] >= 1
@@ -622,6 +627,9 @@ def test_serves_with_pytriton_outside_site_packages(tmp_path):
         inp.set_data_from_numpy(x)
         with httpclient.InferenceServerClient(f"127.0.0.1:{ports[0]}") as c:
             got = c.infer("plain", [inp]).as_numpy("y")
+            # without --shared-memory, registering shared memory needs PyTriton's token
+            with pytest.raises(Exception, match="triton-access-token"):
+                c.register_system_shared_memory("probe", "/tftrt_probe_region", 64)
         np.testing.assert_allclose(got, x * 2.0)
     finally:
         children = _descendants(proc.pid)
@@ -660,3 +668,33 @@ def test_a_triton_that_exits_at_start_is_said_at_once(tmp_path):
     assert "Traceback" not in out, out[-3000:]
     assert took < 60, took  # TF's import and the model load included; it was > 120 s
     assert all(_port_free(p) for p in ports), ports
+
+
+def test_the_stub_imports_what_pythonpath_holds(tmp_path, monkeypatch):
+    """Triton's Python stub does not inherit PYTHONPATH. On the H200 (2026-12-04, run h) pyzmq
+    lived only in a ``pip install --target`` directory on PYTHONPATH, and the stub's
+    environment added the site directories alone: "No module named 'zmq'", the model never
+    loaded. The stub environment now adds PYTHONPATH's directories too (after its own
+    numpy<2), one environment per set of directories."""
+    only = tmp_path / "target"
+    only.mkdir()
+    (only / "tftrt_only_on_pythonpath.py").write_text("WHERE = 'target'\n")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("TFTRT_TRITON_STUB_ENV", raising=False)
+    monkeypatch.setattr(serving, "_install_stub_numpy", lambda site: None)  # no pip: numpy
+    before = serving.stub_environment(create=False)                           # is not asked
+    monkeypatch.setenv("PYTHONPATH", f"{only}{os.pathsep}{ROOT}")
+    stub = serving.stub_environment()
+    if stub is None:
+        pytest.skip("numpy < 2 here: the stub runs in this environment")
+    assert before is None or before != stub  # another PYTHONPATH, another environment
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    code = ("import sys, tftrt_only_on_pythonpath as m; print(m.WHERE); "
+            "print(next(i for i, p in enumerate(sys.path) if p.endswith('site-packages')) < "
+            f"sys.path.index({str(only)!r}))")
+    run = subprocess.run([str(stub / "bin" / "python"), "-c", code], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr[-2000:]
+    # found there, and the stub's own site-packages (numpy<2) still comes first
+    assert run.stdout.split() == ["target", "True"], run.stdout
+    assert serving.stub_environment(create=False) == stub  # made once
