@@ -6,10 +6,12 @@
 # Needs gpu-host/pack-tensorflow.sh's install (/tmp/tfsite/env.sh) and benchmarks/pack_serving.sh's
 # (/tmp/srvsite/env.sh) in this machine session.
 #   [MODEL=ResNet50] [MAX_BATCH=128] [CONCURRENCY=256] [PROCESSES=8] [REQUESTS=40000] [GPU_SETS="0 0,1"] \
-#     [SHM="none system"] bash benchmarks/run_gpu_serving.sh [seconds]
-# Each server set is loaded once per SHM mode: inputs in the gRPC requests (none), and in system
-# shared memory registered with the servers (system; perf_analyzer's --shared-memory=system).
-# Output: $OUT/serving.log, $OUT/load_<gpus>_<shm>.json, $OUT/engine_b128.json.
+#     [CONFIGS="1:system 4:system 4:none"] bash benchmarks/run_gpu_serving.sh [seconds]
+# Each server set is loaded once per CONFIGS item INSTANCES:SHM: Triton model instances per GPU
+# (--instances-per-gpu; the servers restart when it changes), and the inputs in the gRPC
+# requests (none) or in system shared memory registered with the servers (system;
+# perf_analyzer's --shared-memory=system).
+# Output: $OUT/serving.log, $OUT/load_<gpus>_i<instances>_<shm>.json, $OUT/engine_b128.json.
 set -uo pipefail
 budget=${1:-580}
 start=$(date +%s); left() { echo $(( budget - ($(date +%s) - start) )); }
@@ -66,26 +68,23 @@ ready_at() {  # readiness of the model on the server whose HTTP port is $1
   python3 -c "import urllib.request as u
 try: print(u.urlopen('http://localhost:$1/v2/models/served/ready', timeout=2).status)
 except Exception as e: print(getattr(e, 'code', 0))"; }
-for gpus in ${GPU_SETS:-0 0,1}; do
-  n=$(echo "$gpus" | tr ',' '\n' | grep -c '^[0-9]')  # ("none,none": two CPU servers, a smoke test)
-  if [ "$n" -gt "$gpus_all" ]; then say "skip --gpus $gpus: $gpus_all GPU(s) here"; continue; fi
-  if [ "$(left)" -lt 90 ]; then say "skip --gpus $gpus: $(left) s left"; continue; fi
-  tag=${gpus//,/_}
+start_servers() {  # $1 GPU set, $2 instances per GPU: fills servers, ports
+  local gpus=$1 inst=$2 tag=${1//,/_}_i$2
   servers=(); ports=()
   if [ "${IN_PROCESS:-0}" = 1 ] || [ "$gpus" = none ]; then
-    say "serve --gpus $gpus (one process)"
+    say "serve --gpus $gpus --instances-per-gpu $inst (one process)"
     python3 -m tftrt.cli serve "$work/${model,,}_trt" --gpus "$gpus" \
       --max-batch "${MAX_BATCH:-128}" --model-name served --shared-memory \
-      >>"$out/serve_$tag.log" 2>&1 &
+      --instances-per-gpu "$inst" >>"$out/serve_$tag.log" 2>&1 &
     servers+=($!); ports+=(8000)
   else
-    k=0
+    local k=0 g one
     for g in ${gpus//,/ }; do
-      say "serve GPU $g (process $k, ports $((8000 + 10 * k))..)"
+      say "serve GPU $g --instances-per-gpu $inst (process $k, ports $((8000 + 10 * k))..)"
       one=0; [ "$g" = none ] && one=none
       CUDA_VISIBLE_DEVICES=$g python3 -m tftrt.cli serve "$work/${model,,}_trt" --gpus $one \
         --max-batch "${MAX_BATCH:-128}" --model-name served --shared-memory \
-        --http-port $((8000 + 10 * k)) \
+        --instances-per-gpu "$inst" --http-port $((8000 + 10 * k)) \
         --grpc-port $((8001 + 10 * k)) --metrics-port $((8002 + 10 * k)) \
         >>"$out/serve_${tag}_gpu$g.log" 2>&1 &
       servers+=($!); ports+=($((8000 + 10 * k))); k=$((k + 1))
@@ -100,16 +99,32 @@ for gpus in ${GPU_SETS:-0 0,1}; do
     [ "$all" = 1 ] && break; [ "$all" = dead ] && break; sleep 1
   done
   say "ready: $(for p in "${ports[@]}"; do ready_at "$p"; done | tr '\n' ' ')"
-  for shm in ${SHM:-none system}; do
-    if [ "$(left)" -lt 40 ]; then say "skip --shared-memory $shm: $(left) s left"; continue; fi
-    say "load, --gpus $gpus, --shared-memory $shm"
+}
+stop_servers() {  # $1 GPU set
+  for pid in "${servers[@]}"; do kill -INT "$pid" 2>/dev/null; done
+  for pid in "${servers[@]}"; do wait "$pid"; say "server $pid (--gpus $1) exited $?"; done
+  servers=()
+}
+for gpus in ${GPU_SETS:-0 0,1}; do
+  n=$(echo "$gpus" | tr ',' '\n' | grep -c '^[0-9]')  # ("none,none": two CPU servers, a smoke test)
+  if [ "$n" -gt "$gpus_all" ]; then say "skip --gpus $gpus: $gpus_all GPU(s) here"; continue; fi
+  running=""
+  servers=()
+  for cfg in ${CONFIGS:-1:system 4:system 4:none}; do
+    inst=${cfg%%:*}; shm=${cfg##*:}
+    if [ "$(left)" -lt 60 ]; then say "skip --gpus $gpus $cfg: $(left) s left"; continue; fi
+    if [ "$running" != "$inst" ]; then
+      [ -n "$running" ] && stop_servers "$gpus"
+      start_servers "$gpus" "$inst"; running=$inst
+    fi
+    say "load, --gpus $gpus, --instances-per-gpu $inst, --shared-memory $shm"
     timeout $(( $(left) - 20 )) python3 benchmarks/serve_load.py --model served \
       --servers "${#servers[@]}" --concurrency "${CONCURRENCY:-256}" \
       --processes "${PROCESSES:-8}" --requests "${REQUESTS:-40000}" --protocol grpc \
-      --shared-memory "$shm" --json "$out/load_${tag}_$shm.json" 2>&1 | tail -25 | tee -a "$log"
+      --shared-memory "$shm" --json "$out/load_${gpus//,/_}_i${inst}_$shm.json" 2>&1 \
+      | tail -25 | tee -a "$log"
   done
-  for pid in "${servers[@]}"; do kill -INT "$pid" 2>/dev/null; done
-  for pid in "${servers[@]}"; do wait "$pid"; say "server $pid (--gpus $gpus) exited $?"; done
-  tail -5 "$out"/serve_"$tag"*.log >>"$log"
+  [ -n "$running" ] && stop_servers "$gpus"
+  tail -3 "$out"/serve_"${gpus//,/_}"*.log >>"$log"
 done
 say "done"

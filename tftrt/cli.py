@@ -306,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=_port, default=8002)
     p.add_argument("--address", default="0.0.0.0",
                    help="address the three endpoints listen on (default 0.0.0.0)")
+    p.add_argument("--instances-per-gpu", type=int, default=1, metavar="N",
+                   help="Triton model instances on each GPU (default 1): more overlap one "
+                        "batch's copies with another's engine call")
     p.add_argument("--shared-memory", action="store_true",
                    help="let clients register system shared memory for their tensors "
                         "(same host; default: behind Triton's per-run token)")
@@ -848,11 +851,13 @@ def cmd_serve(args, out, err) -> int:
         max_queue_delay_us=args.max_queue_delay_us,
         preferred_batch_sizes=args.preferred_batch_sizes, http_port=args.http_port,
         grpc_port=args.grpc_port, metrics_port=args.metrics_port, address=args.address,
-        tags=_tags(args.tags), shared_memory=args.shared_memory)
+        tags=_tags(args.tags), shared_memory=args.shared_memory,
+        instances_per_gpu=args.instances_per_gpu)
     try:
         # argument errors, not failures, said before the model loads: a bad queue delay,
         # equal ports, a bad --gpus, --address or --model-name
         serving.check_queue_delay(config.max_queue_delay_us)
+        serving.check_instances(config.instances_per_gpu)
         serving.distinct_ports(config)
         _select_backend(args.backend, default_engines=False)
         serving.resolve_gpus(config.gpus)

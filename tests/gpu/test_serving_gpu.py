@@ -63,7 +63,8 @@ def server(tmp_path_factory):
     with open(log, "w") as f:
         proc = subprocess.Popen(
             [sys.executable, "-m", "tftrt", "serve", dst, "--gpus", "all", "--max-batch",
-             str(MAX_BATCH), "--max-queue-delay-us", "2000", "--address", "127.0.0.1",
+             str(MAX_BATCH), "--max-queue-delay-us", "2000", "--instances-per-gpu", "2",
+             "--address", "127.0.0.1",
              "--http-port", str(ports[0]), "--grpc-port", str(ports[1]),
              "--metrics-port", str(ports[2])], stdout=f, stderr=subprocess.STDOUT, env=env,
             cwd=ROOT)
@@ -99,7 +100,7 @@ def _infer(lib, url, s, x):
 def test_one_instance_per_gpu(server):
     with httpclient.InferenceServerClient(server["url"]) as c:
         cfg = c.get_model_config("cnn_trt")
-    assert sum(int(g["count"]) for g in cfg["instance_group"]) == server["gpus"]
+    assert sum(int(g["count"]) for g in cfg["instance_group"]) == 2 * server["gpus"]
     assert MAX_BATCH in cfg["dynamic_batching"]["preferred_batch_size"]
 
 
@@ -120,6 +121,8 @@ def test_concurrent_answers_equal_native(server):
     with httpclient.InferenceServerClient(server["url"]) as c:
         s = c.get_inference_statistics("cnn_trt")["model_stats"][0]
     assert int(s["execution_count"]) < int(s["inference_count"])
+    # the float batches went to the GPU directly (DLPack), not through tf.constant
+    assert "uploading requests directly failed" not in open(server["log"]).read()
     print(f"{server['gpus']} GPU(s): {s['inference_count']} inferences in "
           f"{s['execution_count']} executions")
 

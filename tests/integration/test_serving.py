@@ -149,7 +149,8 @@ def served(tmp_path_factory):
         proc = subprocess.Popen(
             [sys.executable, "-m", "tftrt", "serve", dst, "--gpus", "none",
              "--max-batch", str(MAX_BATCH), "--max-queue-delay-us", "20000",
-             "--shared-memory", "--address", "127.0.0.1", "--http-port", str(ports[0]),
+             "--shared-memory", "--instances-per-gpu", "2", "--address", "127.0.0.1",
+             "--http-port", str(ports[0]),
              "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2])],
             stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     s = Served(proc, ports, "mlp_trt", reference, input_name, output_name, log)
@@ -201,7 +202,9 @@ def test_model_config_from_signature_and_profiles(served):
     # The profile built for batches 1 and 8 has its opt batch in the preferred sizes.
     assert cfg["dynamic_batching"]["preferred_batch_size"] == [MAX_BATCH]
     assert int(cfg["dynamic_batching"]["max_queue_delay_microseconds"]) == 20000
-    assert sum(int(g["count"]) for g in cfg["instance_group"]) == 1  # --gpus none: one CPU
+    # --gpus none --instances-per-gpu 2: two CPU instances (the answers under concurrent load
+    # below come from both)
+    assert sum(int(g["count"]) for g in cfg["instance_group"]) == 2
 
 
 def test_concurrent_http_and_grpc_match_native(served):
@@ -382,7 +385,9 @@ def test_serve_command_bad_arguments():
                       (["--address", "::1"], "IPv6"),
                       (["--model-name", "../evil"], "ASCII letters"),
                       (["--model-name", "modèle"], "ASCII letters"),
-                      (["--gpus", ","], "all, none or GPU numbers")]:
+                      (["--gpus", ","], "all, none or GPU numbers"),
+                      (["--instances-per-gpu", "0"], "instances per GPU 0"),
+                      (["--instances-per-gpu", "17"], "from 1 to 16")]:
         code, _, err = run_cli("serve", "x", *bad)
         assert code == 2 and said in err, (bad, code, err)
     code, _, err = run_cli("serve", "/nonexistent/model", "--gpus", "none")
