@@ -125,6 +125,6 @@ for gpus in ${GPU_SETS:-0 0,1}; do
       | tail -25 | tee -a "$log"
   done
   [ -n "$running" ] && stop_servers "$gpus"
-  tail -3 "$out"/serve_"${gpus//,/_}"*.log >>"$log"
+  tail -n 3 "$out"/serve_"${gpus//,/_}"*.log >>"$log"
 done
 say "done"
