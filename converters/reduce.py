@@ -119,11 +119,15 @@ class ArgMaxMin:
     """Index of the largest / smallest value along a constant axis (first one on ties, as
     TF). ONNX returns int64; a Cast follows when output_type is int32.
 
-    Rejects: non-constant or out-of-range axis, scalar inputs, other dtypes.
+    Rejects: non-constant or out-of-range axis, scalar inputs, other dtypes, an
+    output_type other than int32 / int64 (TF also takes int16 and uint16).
     """
 
     @staticmethod
     def validate(node, ctx):
+        out = np.dtype(ctx.attr(node, "output_type", np.dtype(np.int64)))
+        if out not in (np.int32, np.int64):
+            return f"output_type {out.name} is not supported (int32, int64)"
         if ctx.input_rank(node, 0) == 0:
             return f"{node.op} of a scalar is not supported"
         if np.asarray(ctx.const_value(node, 1)).size != 1:
@@ -148,7 +152,8 @@ class TopK:
     sorted=False, whose order TF leaves unspecified). Indices are cast to int32 unless
     index_type is int64.
 
-    Rejects: non-constant k, k larger than a static last dimension, scalar inputs.
+    Rejects: non-constant k, k larger than a static last dimension, scalar inputs, an
+    index_type other than int32 / int64 (TF also takes int16).
     """
 
     @staticmethod
@@ -158,6 +163,9 @@ class TopK:
 
     @staticmethod
     def validate(node, ctx):
+        index_type = np.dtype(ctx.attr(node, "index_type", np.dtype(np.int32)))
+        if index_type not in (np.int32, np.int64):
+            return f"index_type {index_type.name} is not supported (int32, int64)"
         shape = ctx.input_shape(node, 0)
         if not shape:
             return "TopK of a scalar is not supported"

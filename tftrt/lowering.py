@@ -193,13 +193,21 @@ class ConversionContext(ValidationContext):
         return self._values.get(tf_tensor)
 
     # --- assembling ----------------------------------------------------------------------------
-    def _value_info(self, onnx_name: str, tf_tensor: str) -> onnx.ValueInfoProto:
+    def _value_info(self, onnx_name: str, tf_tensor: str,
+                    producer: Optional[str] = None) -> onnx.ValueInfoProto:
+        """``producer``: the segment's node that makes ``tf_tensor`` (its outputs), kept
+        native when the tensor's dtype has no ONNX type; a segment input's dtype drops the
+        segment."""
         dtype = self.info.dtypes[tf_tensor]
         shape = self.info.shapes.get(tf_tensor)
         dims = None
         if shape is not None:
             dims = [d if d is not None else f"unk__{onnx_name}_{k}" for k, d in enumerate(shape)]
-        return helper.make_tensor_value_info(onnx_name, onnx_dtype(dtype), dims)
+        try:
+            elem = onnx_dtype(dtype)
+        except TypeError as e:
+            raise ConversionError(f"{tf_tensor}: {e}", node=producer) from None
+        return helper.make_tensor_value_info(onnx_name, elem, dims)
 
     def make_model(self, outputs: Sequence[str]) -> onnx.ModelProto:
         out_infos = []
@@ -210,7 +218,7 @@ class ConversionContext(ValidationContext):
                 raise ConversionError(f"segment output {t} was not produced by any converter")
             self.nodes.append(helper.make_node("Identity", [src], [onnx_name],
                                                name=self.unique_name(onnx_name)))
-            out_infos.append(self._value_info(onnx_name, t))
+            out_infos.append(self._value_info(onnx_name, t, split_tensor_name(t)[0]))
         # a converter may read a constant it then does not use (FusedBatchNorm's running mean
         # and variance, passed through to outputs nothing reads): no dead initializers
         used = {i for n in self.nodes for i in n.input}

@@ -271,6 +271,16 @@ def test_rejects_integer_real_div_and_reciprocal():
                    "int32 is not supported")
     # TF 2.21's own integer Round returns zeros; integer Round stays native
     check_rejected(lambda x: tf.raw_ops.Round(x=x), [a], "Round", "int32 is not supported")
+    # the reason names the op's own dtypes: integers are not offered to float-only functions
+    # (they were listed, dtype hunt 2026-12-04)
+    h = rand((2, 3)).astype(tf.bfloat16.as_numpy_dtype)
+    for op, fn in (("Erfc", tf.math.erfc), ("Sqrt", tf.sqrt)):
+        reason = check_rejected(fn, [h], op, "bfloat16 is not supported")
+        assert reason.endswith("(supported: float32, float16)"), reason
+    reason = check_rejected(lambda t: tf.abs(t), [h], "Abs", "bfloat16")
+    assert reason.endswith("(supported: float32, float16, int32, int64)"), reason
+    reason = check_rejected(_raw("RealDiv"), [a, b], "RealDiv", "int32 is not supported")
+    assert reason.endswith("(supported: float32, float16)"), reason
 
 
 def test_rejects_float64():

@@ -96,3 +96,50 @@ def test_top_k_ties_dynamic_batch():
 def test_top_k_rejects_dynamic_k():
     check_rejected(lambda x, k: tf.math.top_k(x, k=k), [rand(2, 6), np.int32(2)], "TopKV2",
                    "must be a constant")
+
+
+@pytest.mark.parametrize("out", [tf.int16, tf.uint16])
+def test_arg_max_rejects_16_bit_output_types(out):
+    check_rejected(lambda x: tf.math.argmax(x, axis=1, output_type=out), [rand(3, 4)],
+                   "ArgMax", f"output_type {out.name} is not supported")
+
+
+def test_top_k_rejects_int16_indices():
+    check_rejected(lambda x: tf.raw_ops.TopKV2(input=x, k=2, sorted=True,
+                                               index_type=tf.int16).indices,
+                   [rand(3, 6)], "TopKV2", "index_type int16 is not supported")
+
+
+class _ArgMax16(tf.Module):
+    @tf.function(input_signature=[tf.TensorSpec([None, 10], tf.float32, name="x")])
+    def __call__(self, x):
+        y = tf.nn.relu(x * 2.0 + 1.0)
+        return {"a": tf.argmax(y, -1, output_type=tf.int16), "y": y * 3.0}
+
+
+@pytest.mark.parametrize("validated", [True, False])
+def test_an_output_dtype_onnx_lacks_keeps_its_node_native(tmp_path, monkeypatch, validated):
+    """ArgMax with output_type int16 crashed convert() (TypeError: dtype int16 has no ONNX
+    equivalent; dtype hunt, 2026-12-04): ArgMax / TopK now reject 16-bit index types, and,
+    should any converter still let such a dtype reach the segment's outputs (``validated``
+    False: ArgMax's check switched off), the node making it stays native and the rest
+    converts."""
+    from converters import reduce as reduce_converters
+    from tftrt import trt_convert as trt
+    if not validated:
+        monkeypatch.setattr(reduce_converters.ArgMaxMin, "validate",
+                            staticmethod(lambda node, ctx: None))
+    src = str(tmp_path / "m")
+    m = _ArgMax16()
+    tf.saved_model.save(m, src, signatures=m.__call__)
+    x = np.random.RandomState(0).randn(5, 10).astype(np.float32)
+    native = tf.saved_model.load(src).signatures["serving_default"](x=tf.constant(x))
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=src, precision_mode="FP32",
+                                   minimum_segment_size=2)
+    got = conv.convert()(x=tf.constant(x))
+    assert got["a"].dtype == tf.int16
+    np.testing.assert_array_equal(got["a"].numpy(), native["a"].numpy())
+    np.testing.assert_allclose(got["y"].numpy(), native["y"].numpy(), rtol=1e-6)
+    assert len(conv.engine_ops) == 1  # the arithmetic still went into an engine
+    engine_nodes = {n for op in conv.engine_ops.values() for n in op.spec.member_nodes}
+    assert not any("ArgMax" in n for n in engine_nodes), engine_nodes
