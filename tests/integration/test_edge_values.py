@@ -439,3 +439,28 @@ def test_fp16_compares_an_input_with_its_own_moved_copy_as_equal(tmp_path):
         np.testing.assert_array_equal(got[k].numpy(), want[k].numpy(), err_msg=k)
     w = want["w"].numpy()
     np.testing.assert_allclose(got["w"].numpy(), w, rtol=1e-3, atol=1e-3 * np.abs(w).max())
+
+
+def test_fp16_compares_with_constants_rounded_as_the_activation_is(tmp_path):
+    """``relu(x) >= 0.1`` with x = 0.1 in an FP16 engine compared float16 0.09998 with the
+    float32 constant 0.1 and answered False, where TF (both float32) and TensorRT (both
+    float16) answer True (dtype hunt, 2026-12-04). A float32 constant compared with a float16
+    activation is read in float16 too (scalars inlined into the kernel and constant
+    tensors alike); one float16 cannot hold stays float32."""
+    class M(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+        def __call__(self, x):
+            r = tf.nn.relu(x) * 1.0
+            return {"ge": tf.greater_equal(r, 0.1), "lt": tf.less(r, 1e6),
+                    "eq": tf.equal(r, 0.3),
+                    "gev": tf.greater_equal(r, tf.constant([0.1, 0.3, 0.05, 0.2999]))}
+    path = models.save_module(M(), str(tmp_path / "m"))
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=path, precision_mode="FP16",
+                                   minimum_segment_size=1)
+    fn = conv.convert()
+    x = np.array([[0.1, 0.3, 0.05, 60000.0], [-1.0, 0.1, 0.2999, 1.0]], np.float32)
+    want = tf.saved_model.load(path).signatures["serving_default"](x=tf.constant(x))
+    got = fn(x=tf.constant(x))
+    assert sum(op.stats["engine"] for op in conv.engine_ops.values()) >= 1
+    for k in ("ge", "lt", "eq", "gev"):
+        np.testing.assert_array_equal(got[k].numpy(), want[k].numpy(), err_msg=k)

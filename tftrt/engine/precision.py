@@ -23,7 +23,7 @@ run as written, in fp32.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Dict, Optional
 
 import numpy as np
 
@@ -337,22 +337,61 @@ def _cast_compared_inputs_to_fp16(net: Network) -> None:
     float16 activation: a value compared with a float16 copy of itself (``x == reverse(
     reverse(x))``, ``x <= tile(x)[..., ::2]``: the moves store float16) came out unequal, a
     whole bool output flipped where TF's is exact (numerics hunt, 2026-12-04). TensorRT's
-    FP16 comparison reads both operands in one precision too. Other float32 operands (kept so
-    for their range or exactness) are left as they are."""
+    FP16 comparison reads both operands in one precision too. So are float32 constants
+    float16 can hold: ``relu(x) >= 0.1`` with x = 0.1 compared float16 0.09998 with float32
+    0.1 and answered False, where TF (both float32) and TensorRT (both float16) answer True
+    (dtype hunt, 2026-12-04). Other float32 operands (kept so for their range or exactness)
+    are left as they are."""
     inputs = set(net.inputs)
     casts = {}
+    halves: Dict[str, str] = {}  # float32 weight -> its float16 copy
     layers = []
     for l in net.layers:
         program = l.attrs.get("program") or () if l.kind == "pointwise" else ()
         if l.precision == "FP16" and any(st.get("op") in COMPARISONS for st in program):
             acts = [i for i in l.inputs if i and i not in net.weights]
             if any(net.tensors[i].dtype == "float16" for i in acts):
+                compared = {int(a[1:]) for st in program if st.get("op") in COMPARISONS
+                            for a in st.get("args", ()) if isinstance(a, str) and
+                            a.startswith("$")}
+                # scalar constants elementwise_fusion inlined into the program
+                l.attrs["program"] = [
+                    dict(st, args=[_fp16_value(a) for a in st.get("args", ())])
+                    if st.get("op") in COMPARISONS else st for st in program]
                 for k, name in enumerate(l.inputs):
+                    if name in net.weights:
+                        if k in compared:  # (a weight the layer only selects stays)
+                            l.inputs[k] = _fp16_weight(net, name, halves)
+                        continue
                     if name not in inputs or net.tensors[name].dtype != "float32":
                         continue
                     l.inputs[k] = _fp16_copy(net, name, casts, layers)
         layers.append(l)
     net.layers = layers
+
+
+def _fp16_value(a):
+    """A float literal of a program on float16's grid where float16 holds it; others as
+    they are."""
+    if isinstance(a, float) and not isinstance(a, bool) and np.isfinite(a) and \
+            abs(a) <= float(np.finfo(np.float16).max):
+        return float(np.float16(a))
+    return a
+
+
+def _fp16_weight(net: Network, name: str, halves: Dict[str, str]) -> str:
+    """A float32 weight's float16 copy where float16 holds every value (finite, within
+    +-65504), else the weight itself."""
+    w = net.weights[name]
+    if w.dtype != np.float32:
+        return name
+    if name not in halves:
+        finite = np.isfinite(w)
+        if np.any(np.abs(w[finite]) > np.finfo(np.float16).max):
+            halves[name] = name
+        else:
+            halves[name] = net.add_weight(w.astype(np.float16), name + "_fp16")
+    return halves[name]
 
 
 def _fp16_copy(net: Network, name: str, casts: dict, layers: list) -> str:
