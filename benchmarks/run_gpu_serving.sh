@@ -75,7 +75,7 @@ start_servers() {  # $1 GPU set, $2 instances per GPU: fills servers, ports
     say "serve --gpus $gpus --instances-per-gpu $inst (one process)"
     python3 -m tftrt.cli serve "$work/${model,,}_trt" --gpus "$gpus" \
       --max-batch "${MAX_BATCH:-128}" --model-name served --shared-memory \
-      --instances-per-gpu "$inst" >>"$out/serve_$tag.log" 2>&1 &
+      --address 127.0.0.1 --instances-per-gpu "$inst" >>"$out/serve_$tag.log" 2>&1 &
     servers+=($!); ports+=(8000)
   else
     local k=0 g one
@@ -84,7 +84,7 @@ start_servers() {  # $1 GPU set, $2 instances per GPU: fills servers, ports
       one=0; [ "$g" = none ] && one=none
       CUDA_VISIBLE_DEVICES=$g python3 -m tftrt.cli serve "$work/${model,,}_trt" --gpus $one \
         --max-batch "${MAX_BATCH:-128}" --model-name served --shared-memory \
-        --instances-per-gpu "$inst" --http-port $((8000 + 10 * k)) \
+        --address 127.0.0.1 --instances-per-gpu "$inst" --http-port $((8000 + 10 * k)) \
         --grpc-port $((8001 + 10 * k)) --metrics-port $((8002 + 10 * k)) \
         >>"$out/serve_${tag}_gpu$g.log" 2>&1 &
       servers+=($!); ports+=($((8000 + 10 * k))); k=$((k + 1))

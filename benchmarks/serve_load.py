@@ -57,12 +57,20 @@ def _http_url(args, server: int = 0) -> str:
 
 def _inputs_spec(args) -> List[dict]:
     import tritonclient.http as http
-    with http.InferenceServerClient(_http_url(args)) as c:
-        meta = c.get_model_metadata(args.model)
+    for k in range(args.servers):  # every server must answer, not only the first
+        try:
+            with http.InferenceServerClient(_http_url(args, k)) as c:
+                meta = c.get_model_metadata(args.model)
+        except Exception as e:  # noqa: BLE001 -- said in one line, no traceback
+            raise SystemExit(f"server {k} ({_http_url(args, k)}) did not give model "
+                             f"{args.model!r}'s metadata: {str(e)[:300]}") from None
     given = {}
     for s in args.shape or []:
-        name, dims = s.split(":")
-        given[name] = [int(d) for d in dims.split("x")]
+        try:
+            name, dims = s.split(":")
+            given[name] = [int(d) for d in dims.split("x")]
+        except ValueError:
+            raise SystemExit(f"--shape {s!r}: give NAME:DxD (e.g. x:224x224x3)") from None
     specs = []
     for inp in meta["inputs"]:
         dims = [int(d) for d in inp["shape"]][1:]  # first: the batch dimension
@@ -112,8 +120,13 @@ def _worker(args, specs, threads: int, requests: int, warmup: int, start_at: flo
     def client_loop(index):
         client = lib.InferenceServerClient(_url(args, index % args.servers))
         try:
-            for _ in range(warmup):
-                one(client)
+            try:
+                for _ in range(warmup):
+                    one(client)
+            except Exception as e:  # counted and reported: this client takes no part
+                with lock:
+                    errors.append(f"warm-up: {str(e)[:200]}")
+                return
             while time.time() < start_at:
                 time.sleep(0.001)
             while True:
@@ -152,15 +165,29 @@ def _shared_inputs(args, data) -> list:
     import os
     import tritonclient.http as http
     import tritonclient.utils.shared_memory as shm
-    regions = []
-    for k, (s, arr) in enumerate(data):
-        name = f"serve_load_{os.getpid()}_{k}"
-        handle = shm.create_shared_memory_region(name, "/" + name, arr.nbytes)
-        shm.set_shared_memory_region(handle, [np.ascontiguousarray(arr)])
-        regions.append((name, handle))
-        for j in range(args.servers):
-            with http.InferenceServerClient(_http_url(args, j)) as c:
-                c.register_system_shared_memory(name, "/" + name, arr.nbytes)
+    regions, registered = [], []
+    try:
+        for k, (s, arr) in enumerate(data):
+            name = f"serve_load_{os.getpid()}_{k}"
+            handle = shm.create_shared_memory_region(name, "/" + name, arr.nbytes)
+            shm.set_shared_memory_region(handle, [np.ascontiguousarray(arr)])
+            regions.append((name, handle))
+            for j in range(args.servers):
+                with http.InferenceServerClient(_http_url(args, j)) as c:
+                    c.register_system_shared_memory(name, "/" + name, arr.nbytes)
+                registered.append((name, j))
+    except Exception:
+        # what one server took stays registered there otherwise (a second server without
+        # --shared-memory: serving hunt, 2026-12-04)
+        for name, j in registered:
+            try:
+                with http.InferenceServerClient(_http_url(args, j)) as c:
+                    c.unregister_system_shared_memory(name)
+            except Exception:  # noqa: BLE001
+                pass
+        for _, handle in regions:
+            shm.destroy_shared_memory_region(handle)
+        raise
     return regions
 
 
@@ -212,7 +239,21 @@ def run(args) -> dict:
           for i in range(procs)]
     for p in ps:
         p.start()
-    parts = [q.get() for _ in ps]
+    parts = []
+    import queue
+    while len(parts) < len(ps):
+        try:
+            parts.append(q.get(timeout=1.0))
+        except queue.Empty:
+            if all(p.exitcode is not None for p in ps):  # one died before it reported
+                try:
+                    while len(parts) < len(ps):
+                        parts.append(q.get(timeout=1.0))
+                except queue.Empty:
+                    codes = [p.exitcode for p in ps]
+                    parts += [{"latencies": [], "end": time.time(), "errors": [
+                        f"a load process ended without reporting (exit codes {codes})"]}
+                        for _ in range(len(ps) - len(parts))]
     for p in ps:
         p.join()
     after = _stats(args)
@@ -220,8 +261,13 @@ def run(args) -> dict:
     lat = np.array(sorted(x for p in parts for x in p["latencies"])) * 1e3
     errors = [e for p in parts for e in p["errors"]]
     if wall <= 0 or not len(lat):
-        raise SystemExit(f"no timed request finished (start delay {args.start_delay_s}s too "
-                         f"short for the warm-up?); errors: {errors[:3]}")
+        if any("triton-access-token" in e for e in errors):
+            raise SystemExit("the server refused the shared memory: start it with "
+                             "--shared-memory --address 127.0.0.1, or load it without "
+                             f"--shared-memory system; errors: {errors[:2]}")
+        why = f"errors: {errors[:3]}" if errors else \
+            f"start delay {args.start_delay_s}s too short for the warm-up?"
+        raise SystemExit(f"no timed request finished ({why})")
     d = {k: after[k] - before[k] for k in after}
     execs = max(d["executions"], 1)
     return {

@@ -862,6 +862,7 @@ def cmd_serve(args, out, err) -> int:
         _select_backend(args.backend, default_engines=False)
         serving.resolve_gpus(config.gpus)
         config.address = serving.listen_address(config.address)
+        serving.check_shared_memory(config)
         if config.model_name is not None:
             serving.check_model_name(config.model_name)
     except serving.ServingError as e:

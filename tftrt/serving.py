@@ -448,15 +448,47 @@ def distinct_ports(cfg: "ServeConfig") -> Dict[str, int]:
     return ports
 
 
-MAX_INSTANCES_PER_GPU = 16
+# Each instance is a Triton stub process; PyTriton's instances fetch their configuration
+# from the first one's socket within a fixed 1 s, which 16 instances starting on 2 cores
+# missed now and then (serving hunt, 2026-12-04).
+MAX_INSTANCES_PER_GPU = 8
+MAX_INSTANCES = 32
 
 
-def check_instances(n) -> int:
-    """``--instances-per-gpu``: 1..16 (each instance is a Triton stub process)."""
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_INSTANCES_PER_GPU:
+def check_instances(n, devices: int = 1) -> int:
+    """``--instances-per-gpu``: a whole number 1..8, and at most 32 instances over the
+    ``devices`` (GPUs, or 1 for the CPU)."""
+    import numbers
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or \
+            not 1 <= n <= MAX_INSTANCES_PER_GPU:
         raise ServingError(f"instances per GPU {n!r}: give a whole number from 1 to "
                            f"{MAX_INSTANCES_PER_GPU}")
-    return n
+    if int(n) * max(1, devices) > MAX_INSTANCES:
+        raise ServingError(f"{n} instances on each of {devices} GPUs make "
+                           f"{int(n) * devices} Triton stub processes; at most "
+                           f"{MAX_INSTANCES} start reliably: fewer instances per GPU, or "
+                           f"one server per GPU")
+    return int(n)
+
+
+def check_shared_memory(cfg: "ServeConfig") -> None:
+    """``--shared-memory`` only on a loopback address: a client that registers a region
+    names any shared-memory segment of the server's host, which Triton then reads as input
+    and overwrites with outputs; on 0.0.0.0 any network client could (serving hunt,
+    2026-12-04). Shared memory serves clients on this host anyway."""
+    import ipaddress
+    if not cfg.shared_memory:
+        return
+    try:
+        loopback = ipaddress.ip_address(str(cfg.address).strip()).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ServingError(f"--shared-memory lets clients name any shared-memory segment of "
+                           f"this host for Triton to read and write: serve it on a loopback "
+                           f"address (--address 127.0.0.1), not {cfg.address}, and put a "
+                           f"second server without it on the network address if remote "
+                           f"clients need one")
 
 
 def check_queue_delay(us: int) -> None:
@@ -532,6 +564,9 @@ class Server:
         self.model_name = self.config.model_name or _model_name(self.model_dir)
         self.instances: List[str] = []
         self.preferred: List[int] = []
+        self._stubs: List[int] = []  # Triton's Python-stub processes, one per instance
+        self._counted = False  # in _RUNNING_SERVERS
+        self.ended: Optional[str] = None  # why wait() returned by itself
 
     def start(self) -> "Server":
         """Loads the model, starts Triton, loads the model into it; returns when it serves."""
@@ -541,7 +576,9 @@ class Server:
                                f"1..{MAX_BATCH_LIMIT} (Triton's max_batch_size is an int32)")
         check_queue_delay(cfg.max_queue_delay_us)
         check_model_name(self.model_name)
+        check_instances(cfg.instances_per_gpu)
         cfg = self.config = dataclasses.replace(cfg, address=listen_address(cfg.address))
+        check_shared_memory(cfg)
         problems = platform_problems()
         if problems:
             raise ServingError("PyTriton cannot run here: " + "; ".join(problems) +
@@ -579,7 +616,7 @@ class Server:
                             "--batch-sizes 1,%d (docs/serving.md)", self.model_dir,
                             cfg.max_batch, cfg.max_batch)
         funcs = [make_infer_func(fn, inputs, outputs, g) for g in (gpus or [None])
-                 for _ in range(check_instances(cfg.instances_per_gpu))]
+                 for _ in range(check_instances(cfg.instances_per_gpu, len(gpus)))]
         self.instances = [f.device for f in funcs]
         batched = batching(pt, funcs, outputs, self.model_dir)
 
@@ -606,6 +643,9 @@ class Server:
                         preferred_batch_size=self.preferred)),
                 strict=True)
             self._triton.run()
+            self._stubs = _stub_pids(self._triton)
+            _RUNNING_SERVERS[0] += 1
+            self._counted = True
         except BaseException as e:
             self.stop()
             if isinstance(e, Exception) and not isinstance(e, ServingError):
@@ -627,13 +667,30 @@ class Server:
         while not stop.wait(poll_s):
             triton = self._triton
             if triton is None or not triton.is_alive():
+                self.ended = _triton_end(triton)
+                return
+            # A stub killed (the OOM killer) left its instance failing every request it
+            # got ("Stub process ... is not healthy") while Triton stayed live and ready
+            # (serving hunt, 2026-12-04): the server ends, so a restart policy acts.
+            dead = [p for p in self._stubs if not _process_alive(p)]
+            if dead:
+                self.ended = (f"model instance process {dead[0]} (Triton's Python stub) "
+                              f"ended; its instance could not answer any more")
                 return
 
     def stop(self) -> None:
-        """Stops Triton and its stub processes; frees the ports."""
+        """Stops Triton and its stub processes; frees the ports and PyTriton's shared
+        memory."""
         triton, self._triton = self._triton, None
+        if self._counted:
+            _RUNNING_SERVERS[0] -= 1
+            self._counted = False
         if triton is not None:
-            triton.stop()
+            try:
+                triton.stop()
+            finally:
+                if self._stubs and not all(_process_alive(p) for p in self._stubs):
+                    _remove_proxy_shared_memory()
 
     def __enter__(self) -> "Server":
         return self.start()
@@ -729,6 +786,76 @@ def _start_triton(pt, cfg: ServeConfig, stub: Optional[pathlib.Path]):
     return triton
 
 
+def _process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _stub_pids(triton) -> List[int]:
+    """The Python-backend stub processes Triton runs (its children of that name)."""
+    cmd = getattr(getattr(triton, "_triton_server", None), "_tritonserver_running_cmd", None)
+    parent = getattr(cmd, "pid", None)
+    if not parent:
+        return []
+    pids = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                ppid = int(f.read().rpartition(")")[2].split()[1])
+            if ppid != parent:
+                continue
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                if b"triton_python_backend_stub" in f.read():
+                    pids.append(int(d))
+        except (OSError, ValueError, IndexError):
+            continue
+    return sorted(pids)
+
+
+def _triton_end(triton) -> str:
+    """How the tritonserver process ended: a signal is named (its log often says nothing:
+    a client's shared-memory segment truncated under it ends it with SIGBUS)."""
+    cmd = getattr(getattr(triton, "_triton_server", None), "_tritonserver_running_cmd", None)
+    code = getattr(getattr(cmd, "process", None), "exit_code", None)
+    if isinstance(code, int) and code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"the tritonserver process was killed by {name}"
+    if isinstance(code, int):
+        return f"the tritonserver process exited with status {code}"
+    return "Triton stopped"
+
+
+def _remove_proxy_shared_memory() -> None:
+    """PyTriton's shared-memory segments of this process (``/dev/shm/pytrtion<pid>-*``),
+    which stayed behind when a stub had died (serving hunt, 2026-12-04). Only when no other
+    Server of this process runs."""
+    if _RUNNING_SERVERS[0] > 0:
+        return
+    prefix = f"pytrtion{os.getpid()}-"
+    try:
+        names = os.listdir("/dev/shm")
+    except OSError:
+        return
+    for n in names:
+        if n.startswith(prefix):
+            try:
+                os.unlink(os.path.join("/dev/shm", n))
+            except OSError:
+                pass
+
+
+_RUNNING_SERVERS = [0]
+
+
 class TritonExited(RuntimeError):
     """Triton's process ended while PyTriton waited for it to be ready."""
 
@@ -819,5 +946,6 @@ def serve_forever(model_dir: str, config: ServeConfig, announce=print) -> None:
         for s, h in old.items():
             signal.signal(s, h)
     if stopped_by_itself:
-        raise ServingError("Triton or a model instance stopped by itself (its log above says "
-                           "why)")
+        raise ServingError(f"Triton or a model instance stopped by itself: "
+                           f"{server.ended or 'Triton stopped'} (its log above says more "
+                           f"where it could)")

@@ -387,7 +387,9 @@ def test_serve_command_bad_arguments():
                       (["--model-name", "modèle"], "ASCII letters"),
                       (["--gpus", ","], "all, none or GPU numbers"),
                       (["--instances-per-gpu", "0"], "instances per GPU 0"),
-                      (["--instances-per-gpu", "17"], "from 1 to 16")]:
+                      (["--instances-per-gpu", "9"], "from 1 to 8"),
+                      # any network client could name this host's shared memory
+                      (["--shared-memory"], "loopback address (--address 127.0.0.1)")]:
         code, _, err = run_cli("serve", "x", *bad)
         assert code == 2 and said in err, (bad, code, err)
     code, _, err = run_cli("serve", "/nonexistent/model", "--gpus", "none")
@@ -703,3 +705,56 @@ def test_the_stub_imports_what_pythonpath_holds(tmp_path, monkeypatch):
     # found there, and the stub's own site-packages (numpy<2) still comes first
     assert run.stdout.split() == ["target", "True"], run.stdout
     assert serving.stub_environment(create=False) == stub  # made once
+
+
+def test_instance_counts_taken_and_refused():
+    assert serving.check_instances(np.int64(2)) == 2  # numpy integers are whole numbers
+    for bad in (0, 9, 2.0, True, "2"):
+        with pytest.raises(serving.ServingError, match="from 1 to 8"):
+            serving.check_instances(bad)
+    with pytest.raises(serving.ServingError, match="at most 32"):
+        serving.check_instances(8, devices=8)
+    with pytest.raises(serving.ServingError, match="loopback"):  # from Python too
+        serving.Server("/nonexistent", serving.ServeConfig(shared_memory=True)).start()
+
+
+def test_a_dead_instance_process_ends_the_server(tmp_path):
+    """A model instance's stub process killed (as the OOM killer would) left every request
+    to that instance failing ("Stub process ... is not healthy") while Triton stayed live
+    and ready and tftrt serve ran on (serving hunt, 2026-12-04). The server now ends with
+    status 1 and the reason, frees its ports and leaves no shared memory of PyTriton's."""
+    src = models.save_module(_Plain(), str(tmp_path / "plain"))
+    ports = _free_ports(3)
+    env = dict(os.environ, TFTRT_BACKEND="numpy", TF_CPP_MIN_LOG_LEVEL="2",
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    log = str(tmp_path / "serve.log")
+    with open(log, "w") as logf:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tftrt", "serve", src, "--gpus", "none",
+             "--instances-per-gpu", "2", "--address", "127.0.0.1", "--http-port",
+             str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2])],
+            stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    try:
+        deadline, ready = time.monotonic() + START_TIMEOUT_S, False
+        while time.monotonic() < deadline and proc.poll() is None and not ready:
+            ready = "SIGTERM stops it" in open(log).read()  # start() has returned
+            time.sleep(0.5)
+        assert ready, open(log).read()[-3000:]
+        stubs = [p for p in _descendants(proc.pid) if b"triton_python_backend_stub" in
+                 open(f"/proc/{p}/cmdline", "rb").read()]
+        assert len(stubs) == 2, stubs
+        os.kill(stubs[0], signal.SIGKILL)
+        assert proc.wait(timeout=60) == 1
+        out = open(log).read()
+        assert f"model instance process {stubs[0]}" in out, out[-3000:]
+        assert "Traceback" not in out, out[-3000:]
+        assert all(_port_free(p) for p in ports), ports
+        assert not [n for n in os.listdir("/dev/shm") if n.startswith(f"pytrtion{proc.pid}-")]
+    finally:
+        children = _descendants(proc.pid)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+        for pid in children:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
