@@ -415,3 +415,20 @@ def test_a_profiles_backend_records_reach_its_other_shapes():
     x = rand(2, 6, 6, 8, seed=7)
     np.testing.assert_allclose(pe.execute([x])[0], run_ort(model, {"x": x})[0], rtol=1e-4,
                                atol=1e-5)
+
+
+def test_timing_cache_with_a_store_holds_a_window_in_memory(cache_env, monkeypatch):
+    """With the on-disk store behind it, the process's timing cache kept every choice it
+    ever made in memory (a serving process building each new batch size for hours); now the
+    oldest are forgotten past a bound and read back from the store when asked."""
+    monkeypatch.setattr(tactics.TimingCache, "MAX_ENTRIES_WITH_STORE", 3)
+    cache = tactics.TimingCache(store=bc.BuildCache(str(cache_env), FP))
+    for k in range(10):
+        cache.put(f"layer {k}", f"tactic {k}", 0.001 * k)
+    assert len(cache.entries) == 3 and "layer 9" in cache.entries
+    assert cache.get("layer 0") == "tactic 0"  # from the store
+    assert len(cache.entries) == 3 and "layer 0" in cache.entries
+    plain = tactics.TimingCache()  # no store: nothing is forgotten (its file keeps all)
+    for k in range(10):
+        plain.put(f"layer {k}", f"tactic {k}", 0.0)
+    assert len(plain.entries) == 10

@@ -104,6 +104,10 @@ class TimingCache:
     """
 
     NAMESPACE = "tactics"
+    # With a store, the entries held in memory are a window onto the disk's: a process that
+    # builds for hours (every new batch size of every model times new layer shapes) kept
+    # every choice it ever made. The oldest go first; get() reads them back from the store.
+    MAX_ENTRIES_WITH_STORE = 50_000
 
     def __init__(self, path: Optional[str] = None, store=None):
         self.path = path
@@ -131,6 +135,7 @@ class TimingCache:
                 return None
             with self._lock:
                 self.entries[key] = e
+                self._trim()
         return e["tactic"] if e else None
 
     def put(self, key: str, tactic: str, seconds: float) -> None:
@@ -138,7 +143,15 @@ class TimingCache:
         with self._lock:
             self.entries[key] = entry
         if self.store is not None:
-            self.store.put_json(self.NAMESPACE, key, entry)
+            stored = self.store.put_json(self.NAMESPACE, key, entry)
+            if stored:  # (an entry the disk refused stays in memory)
+                with self._lock:
+                    self._trim()
+
+    def _trim(self) -> None:
+        """Forgets the oldest entries past MAX_ENTRIES_WITH_STORE (with a store only)."""
+        while self.store is not None and len(self.entries) > self.MAX_ENTRIES_WITH_STORE:
+            self.entries.pop(next(iter(self.entries)))
 
     def to_bytes(self) -> bytes:
         with self._lock:
