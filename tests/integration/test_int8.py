@@ -304,6 +304,45 @@ def test_fake_quant_ranges_fold_into_int8_layers(qat_dir):
     assert text.count("no range, so their readers stay FP16: ReduceMean_out") == 1
 
 
+class FakeQuantBeside(tf.Module):
+    """x -> FakeQuant(-2, 2) -> conv a; x -> conv b (the raw x); a + b."""
+
+    def __init__(self):
+        rng = np.random.RandomState(0)
+        self.w1 = tf.constant(rng.randn(3, 3, 3, 8).astype(np.float32) * 0.4)
+        self.w2 = tf.constant(rng.randn(3, 3, 3, 8).astype(np.float32) * 0.4)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 3], tf.float32, name="x")])
+    def __call__(self, x):
+        q = tf.quantization.fake_quant_with_min_max_vars(x, -2.0, 2.0, narrow_range=True)
+        a = tf.nn.conv2d(q, self.w1, 1, "SAME")
+        b = tf.nn.conv2d(x, self.w2, 1, "SAME")
+        return {"a": a, "b": b, "y": a + b}
+
+
+def test_a_fake_quant_range_does_not_clip_the_raw_inputs_other_readers(tmp_path):
+    """The fake-quant op's range was also recorded on its input, so a conv reading the raw
+    input beside it was quantized with that range and clipped to it: 11% off TF on data in
+    +-2.6 with [-2, 2], and no warning (INT8 hunt, 2026-12-04). Only what reads the
+    fake-quant output takes its range; the other reader has none and stays FP16."""
+    path = models.save_module(FakeQuantBeside(), str(tmp_path / "m"))
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=path, precision_mode="INT8",
+                                   use_calibration=False)
+    fn = conv.convert()
+    x = np.random.RandomState(1).uniform(-2.6, 2.6, (4, 8, 8, 3)).astype(np.float32)
+    got = fn(x=tf.constant(x))
+    want = tf.saved_model.load(path).signatures["serving_default"](x=tf.constant(x))
+    assert _rel(got["b"].numpy(), want["b"].numpy()) < 2e-3  # FP16, unclipped (was 0.11)
+    assert _rel(got["a"].numpy(), want["a"].numpy()) < 0.02  # INT8 with the folded range
+    (op,) = conv.engine_ops.values()
+    (engine,) = _engines(op)
+    convs = sorted((l for l in engine.network.layers if l.kind == "conv"),
+                   key=lambda l: l.precision)
+    assert [l.precision for l in convs] == ["FP16", "INT8"]
+    assert "no range" in convs[0].attrs["quant_fallback"]
+    assert convs[1].attrs["quant"].get("folded")
+
+
 def test_fp8_on_fake_quant_ranges_warns_that_it_cannot_hold_the_int8_grid(qat_dir, caplog):
     """FP8 folded the model's 8-bit fake-quant ranges silently and came out 4-9 steps of
     their grid off TF (helper hunt, 2026-12-04); it now says so, once, and names INT8. The
