@@ -83,8 +83,9 @@ def apply_precision(net: Network, precision: str, table: Optional[dict] = None,
         # tensors calibrated past half of float16's range stay float32 in the layers around
         # the quantized ones too (a Reshape of 3.6e6 before an INT8 GEMM overflowed to inf and
         # the engine answered 3x off, silently: helper hunt, 2026-12-02)
+        # (and those calibrated below float16's normal range: Q.fp16_cannot_hold)
         wide = {t for t, v in table.get("tensors", {}).items()
-                if v is not None and float(v) > Q.FP16_SAFE_AMAX}
+                if v is not None and Q.fp16_cannot_hold(float(v))}
         _assign_half(net, skip=quantized, probes=probes, wide=wide)
         return net
     if p == "FP32":

@@ -331,6 +331,9 @@ def quantize_network(net: Network, precision: str, table: dict,
             src = None
         if reason is None and amax is None:
             reason = f"no range for tensor {x}"
+        if reason is None and amax / qmax < 1.0 / float(np.finfo(np.float32).max):
+            # (its float32 inverse scale would be inf: a RuntimeWarning, then garbage)
+            reason = f"the range of tensor {x} ({amax:.3g}) is too small for a float32 scale"
         err = errors.get(layer.outputs[0])
         if reason is None and err is not None and err > limit:
             reason = (f"its {precision} output differs from the FP32 one by {err:.3f} "
@@ -351,6 +354,15 @@ def quantize_network(net: Network, precision: str, table: dict,
 # and the engine answered NaN where TF was finite (helper hunt, 2026-12-02). The half leaves
 # room for inputs past the calibration data's.
 FP16_SAFE_AMAX = 65504.0 / 2
+# ... nor when every value it saw was below float16's normal range (2**-14): stored as float16
+# they flushed to subnormals and zeros, the engine answered 0.26-1.0 off TF, and the
+# fallback's reason blamed INT8 (INT8 hunt, 2026-12-04).
+FP16_TINY_AMAX = 2.0 ** -14
+
+
+def fp16_cannot_hold(amax: Optional[float]) -> bool:
+    """Whether a tensor calibrated to ``amax`` keeps float32 around quantized layers."""
+    return amax is not None and (amax > FP16_SAFE_AMAX or 0 < amax < FP16_TINY_AMAX)
 
 
 def _quantize_layer(net: Network, layer: Layer, precision: str, s_x: float,
@@ -375,10 +387,10 @@ def _quantize_layer(net: Network, layer: Layer, precision: str, s_x: float,
     keep = set(net.outputs)
     for o in layer.outputs:
         amax = _amax(table, o) if table is not None else None
-        big = amax is not None and amax > FP16_SAFE_AMAX
+        big = fp16_cannot_hold(amax)
         if big:
-            log.info("layer %s: its output keeps float32: calibrated to %.3g, past half of "
-                     "float16's range", layer.name, amax)
+            log.info("layer %s: its output keeps float32: calibrated to %.3g, outside what "
+                     "float16 holds well", layer.name, amax)
         if o not in keep and net.tensors[o].dtype == "float32" and not big:
             net.tensors[o].dtype = "float16"
 
