@@ -425,6 +425,62 @@ _WRITES = ("AssignVariableOp", "AssignAddVariableOp", "AssignSubVariableOp",
            "StatefulTruncatedNormal", "StatefulRandomBinomial")
 
 
+_PLAIN_WRITES = ("AssignVariableOp", "AssignAddVariableOp", "AssignSubVariableOp")
+
+
+def drop_unread_writes(graph_def, outputs: Sequence[str]):
+    """``graph_def`` without its top-level variable writes whose variable no output reads.
+
+    Keras 3 advances a layer's seed variable at inference too: an RNN with dropout or
+    recurrent_dropout prepares its masks on every call, and the augmentation layers
+    (RandomFlip, ...) draw their seeds, while the outputs do not depend on them. Frozen, such
+    a write has a constant where its variable was and cannot be imported; every LSTM / GRU /
+    SimpleRNN with dropout was refused (helper hunts, 2026-12-04). A write goes when no
+    output's value depends on its variable (data inputs only: TF's automatic control
+    dependencies tie every stateful op to the outputs); the variable then keeps its frozen
+    value, as any frozen variable does. Writes an output could see, and those inside
+    functions, stay (and are refused with the reason)."""
+    by_name = {n.name: n for n in graph_def.node}
+    writes = [n for n in graph_def.node if n.op in _PLAIN_WRITES and n.input]
+    if not writes:
+        return graph_def
+    read, stack = set(), [o for o in outputs if o in by_name]
+    while stack:
+        name = stack.pop()
+        if name in read:
+            continue
+        read.add(name)
+        stack += [split_tensor_name(i)[0] for i in by_name[name].input
+                  if not i.startswith("^") and split_tensor_name(i)[0] in by_name]
+
+    def variable(tensor: str) -> str:
+        name = split_tensor_name(tensor)[0]
+        while name in by_name and by_name[name].op == "Identity" and by_name[name].input:
+            name = split_tensor_name(by_name[name].input[0])[0]
+        return name
+
+    drop = {w.name for w in writes if variable(w.input[0]) not in read}
+    if not drop:
+        return graph_def
+    log.warning("the signature writes %d variable(s) no output reads (e.g. %s; Keras' seed "
+                "updates at inference: RNN dropout masks, augmentation layers): the converted "
+                "model leaves them out, its answers do not depend on them", len(drop),
+                sorted(drop)[0])
+    from tensorflow.core.framework import graph_pb2
+    out = graph_pb2.GraphDef()
+    out.versions.CopyFrom(graph_def.versions)
+    out.library.CopyFrom(graph_def.library)
+    for n in graph_def.node:
+        if n.name in drop:
+            continue
+        m = out.node.add()
+        m.CopyFrom(n)
+        if any(i.startswith("^") and i[1:] in drop for i in n.input):
+            del m.input[:]
+            m.input.extend(i for i in n.input if not (i.startswith("^") and i[1:] in drop))
+    return out
+
+
 def _check_no_variable_writes(graph_def, error: Exception) -> None:
     """After importing the frozen ``graph_def`` failed with ``error``: raises a clear
     ValueError when the signature writes a variable (a counter, a running statistic, a
@@ -474,6 +530,7 @@ def freeze_and_clean(func, run_grappler: bool = True) -> Tuple[FrozenSignature, 
         # ops can join engines.)
         graph_def, frozen = freeze(func, lower_control_flow=False)
     fetches = [t.name for t in frozen.inputs + frozen.outputs]
+    graph_def = drop_unread_writes(graph_def, [t.name.split(":")[0] for t in frozen.outputs])
     # What the outputs need (and the inputs), as wrapping the frozen graph into a function
     # pruned it.
     pruned = prune_graph(graph_def, [name.split(":")[0] for name in fetches])

@@ -261,6 +261,48 @@ def test_a_signature_that_writes_a_variable_is_a_clear_error(tmp_path):
         trt.TrtGraphConverterV2(input_saved_model_dir=src).convert()
 
 
+@pytest.mark.parametrize("rnn", ["LSTM", "GRU", "SimpleRNN"])
+def test_keras_seed_updates_no_output_reads_are_left_out(tmp_path, rnn, caplog):
+    """Keras 3 advances a layer's seed variable at inference too: an LSTM / GRU / SimpleRNN
+    with dropout prepares its masks on every call. Every such model was refused as a
+    signature that writes variables (helper hunt, 2026-12-04), though no output reads the
+    seed. Those writes are now left out, with a warning; the answers are native TF's. (An
+    augmentation layer's output does read its seed, through its random transform: refused
+    still, below.)"""
+    tf.keras.utils.set_random_seed(0)
+    L = tf.keras.layers
+    inp = tf.keras.Input((7, 6), name="x")
+    layer = getattr(L, rnn)(5, dropout=0.2, recurrent_dropout=0.2)
+    out = L.Dense(3)(layer(L.Dense(6)(inp)))
+    shapes = [(2, 7, 6), (5, 7, 6)]
+    src = models.save_keras(tf.keras.Model(inp, out), str(tmp_path / "src"))
+    native = tf.saved_model.load(src).signatures["serving_default"]
+    with caplog.at_level(logging.WARNING, logger="tftrt.graph_io"):
+        conv = trt.TrtGraphConverterV2(input_saved_model_dir=src, minimum_segment_size=2)
+        fn = conv.convert()
+    assert "no output reads" in caplog.text
+    assert conv.engine_ops  # the layers around the native parts are engines
+    rng = np.random.RandomState(0)
+    for shape in shapes:
+        x = tf.constant(rng.standard_normal(shape).astype(np.float32))
+        (want,) = native(x).values()
+        (got,) = fn(x).values()
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
+    conv.save(str(tmp_path / "out"))
+    (again,) = tftrt.load(str(tmp_path / "out")).signatures["serving_default"](x).values()
+    np.testing.assert_allclose(again.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_an_augmentation_layer_whose_output_reads_its_seed_is_still_refused(tmp_path):
+    tf.keras.utils.set_random_seed(0)
+    L = tf.keras.layers
+    inp = tf.keras.Input((8, 8, 3), name="x")
+    out = L.Dense(3)(L.GlobalAveragePooling2D()(L.Conv2D(4, 3)(L.RandomFlip()(inp))))
+    src = models.save_keras(tf.keras.Model(inp, out), str(tmp_path / "src"))
+    with pytest.raises(ValueError, match=r"the signature writes variables .*AssignVariableOp"):
+        trt.TrtGraphConverterV2(input_saved_model_dir=src).convert()
+
+
 class WithGenerator(tf.Module):
     def __init__(self):
         self.g = tf.random.Generator.from_seed(3)
