@@ -251,8 +251,9 @@ def segment_graph(info: GraphInfo, minimum_segment_size: int = 3,
     for members in groups.values():
         counted = _counted_size(info, members, consumers)
         if counted < max(minimum_segment_size, 1) or counted == 0:
+            extra = _uncounted_note(info, members)
             for n in members:
-                dropped[n] = (f"segment of {counted} node(s) is smaller than "
+                dropped[n] = (f"segment of {counted} node(s){extra} is smaller than "
                               f"minimum_segment_size={minimum_segment_size}")
             continue
         seg = _make_segment(info, members, consumers, output_tensors, position)
@@ -399,6 +400,16 @@ def _engine_names(taken: Set[str]):
         if name not in taken and call not in taken and \
                 not any(t.startswith(call + "/") for t in taken):
             yield name
+
+
+def _uncounted_note(info: GraphInfo, members: Sequence[str]) -> str:
+    """" (its 6 Identity node(s) do not count, as in TF-TRT)" where a dropped segment has
+    such nodes: "segment of 0 node(s)" of six Identity nodes read as a bug (helper hunt,
+    2026-12-04)."""
+    ops = [info.nodes[n].op for n in members if info.nodes[n].op in UNCOUNTED_OPS]
+    if not ops:
+        return ""
+    return f" (its {len(ops)} {'/'.join(sorted(set(ops)))} node(s) do not count, as in TF-TRT)"
 
 
 def _counted_size(info: GraphInfo, members: Sequence[str], consumers) -> int:

@@ -255,3 +255,16 @@ def test_a_const_read_by_two_engines_counts_as_converted_in_each(tmp_path, monke
     lines = []
     conv.summary(print_fn=lines.append, detailed=False)
     assert any("[5/7]" in ln for ln in lines), lines
+
+
+def test_a_dropped_segment_of_identities_says_they_do_not_count():
+    """A segment of Identity nodes was reported as "segment of 0 node(s) is smaller than
+    minimum_segment_size=3", which read as a bug (helper hunt, 2026-12-04)."""
+    def f(x):
+        return tf.identity(tf.identity(native_op(x))) * 2.0
+    info = graph_of(f, SPEC)
+    res = segment_graph(info, minimum_segment_size=5)
+    idents = [n for n in res.dropped if info.nodes[n].op == "Identity"]
+    assert idents, res.dropped
+    assert any("Identity node(s) do not count, as in TF-TRT)" in res.dropped[n]
+               for n in idents), res.dropped
