@@ -432,8 +432,8 @@ def drop_unread_writes(graph_def, outputs: Sequence[str]):
     """``graph_def`` without its top-level variable writes whose variable no output reads.
 
     Keras 3 advances a layer's seed variable at inference too: an RNN with dropout or
-    recurrent_dropout prepares its masks on every call, and the augmentation layers
-    (RandomFlip, ...) draw their seeds, while the outputs do not depend on them. Frozen, such
+    recurrent_dropout prepares its masks on every call, while the outputs do not depend on
+    them (an augmentation layer's output does, through its random transform). Frozen, such
     a write has a constant where its variable was and cannot be imported; every LSTM / GRU /
     SimpleRNN with dropout was refused (helper hunts, 2026-12-04). A write goes when no
     output's value depends on its variable (data inputs only: TF's automatic control
@@ -444,14 +444,7 @@ def drop_unread_writes(graph_def, outputs: Sequence[str]):
     writes = [n for n in graph_def.node if n.op in _PLAIN_WRITES and n.input]
     if not writes:
         return graph_def
-    read, stack = set(), [o for o in outputs if o in by_name]
-    while stack:
-        name = stack.pop()
-        if name in read:
-            continue
-        read.add(name)
-        stack += [split_tensor_name(i)[0] for i in by_name[name].input
-                  if not i.startswith("^") and split_tensor_name(i)[0] in by_name]
+    read = needed_nodes(graph_def, outputs, control=False)
 
     def variable(tensor: str) -> str:
         name = split_tensor_name(tensor)[0]
@@ -544,8 +537,9 @@ def freeze_and_clean(func, run_grappler: bool = True) -> Tuple[FrozenSignature, 
     return frozen, graph_def
 
 
-def needed_nodes(graph_def, keep: Sequence[str]) -> set:
-    """Names of the nodes ``keep`` names and of those they need (data and control inputs)."""
+def needed_nodes(graph_def, keep: Sequence[str], control: bool = True) -> set:
+    """Names of the nodes ``keep`` names and of those they need (data and, with ``control``,
+    control inputs)."""
     by_name = {n.name: n for n in graph_def.node}
     needed, stack = set(), [k for k in keep if k in by_name]
     while stack:
@@ -554,6 +548,8 @@ def needed_nodes(graph_def, keep: Sequence[str]) -> set:
             continue
         needed.add(name)
         for i in by_name[name].input:
+            if not control and i.startswith("^"):
+                continue
             src = split_tensor_name(i)[0]
             if src in by_name and src not in needed:
                 stack.append(src)

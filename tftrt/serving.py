@@ -615,8 +615,9 @@ class Server:
                             "builds an engine at run time. Convert with --dynamic-shape and "
                             "--batch-sizes 1,%d (docs/serving.md)", self.model_dir,
                             cfg.max_batch, cfg.max_batch)
+        per_device = check_instances(cfg.instances_per_gpu, len(gpus))
         funcs = [make_infer_func(fn, inputs, outputs, g) for g in (gpus or [None])
-                 for _ in range(check_instances(cfg.instances_per_gpu, len(gpus)))]
+                 for _ in range(per_device)]
         self.instances = [f.device for f in funcs]
         batched = batching(pt, funcs, outputs, self.model_dir)
 
@@ -795,10 +796,14 @@ def _process_alive(pid: int) -> bool:
         return False
 
 
+def _triton_cmd(triton):
+    """PyTriton's running tritonserver command (``sh``'s RunningCommand), or None."""
+    return getattr(getattr(triton, "_triton_server", None), "_tritonserver_running_cmd", None)
+
+
 def _stub_pids(triton) -> List[int]:
     """The Python-backend stub processes Triton runs (its children of that name)."""
-    cmd = getattr(getattr(triton, "_triton_server", None), "_tritonserver_running_cmd", None)
-    parent = getattr(cmd, "pid", None)
+    parent = getattr(_triton_cmd(triton), "pid", None)
     if not parent:
         return []
     pids = []
@@ -821,8 +826,7 @@ def _stub_pids(triton) -> List[int]:
 def _triton_end(triton) -> str:
     """How the tritonserver process ended: a signal is named (its log often says nothing:
     a client's shared-memory segment truncated under it ends it with SIGBUS)."""
-    cmd = getattr(getattr(triton, "_triton_server", None), "_tritonserver_running_cmd", None)
-    code = getattr(getattr(cmd, "process", None), "exit_code", None)
+    code = getattr(getattr(_triton_cmd(triton), "process", None), "exit_code", None)
     if isinstance(code, int) and code < 0:
         try:
             name = signal.Signals(-code).name

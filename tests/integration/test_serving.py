@@ -99,6 +99,34 @@ def _alive(pid):
         return False
 
 
+def _serve(src, directory, *extra, env=None):
+    """``tftrt serve src --gpus none`` on 127.0.0.1 and three free ports, its output in
+    ``directory``/serve.log: (process, ports, log path). ``env``: default, the numpy
+    backend with this checkout on PYTHONPATH."""
+    ports = _free_ports(3)
+    log = os.path.join(str(directory), "serve.log")
+    if env is None:
+        env = dict(os.environ, TFTRT_BACKEND="numpy", TF_CPP_MIN_LOG_LEVEL="2",
+                   PYTHONPATH=ROOT)
+    with open(log, "w") as logf:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tftrt", "serve", src, "--gpus", "none", *extra,
+             "--address", "127.0.0.1", "--http-port", str(ports[0]), "--grpc-port",
+             str(ports[1]), "--metrics-port", str(ports[2])],
+            stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    return proc, ports, log
+
+
+def _kill_leftovers(proc, pids):
+    """Kills ``proc`` if it still runs, then every one of ``pids`` still alive."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(30)
+    for pid in pids:
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
 class Served:
     def __init__(self, proc, ports, model_name, reference, input_name, output_name, log):
         self.proc, self.ports, self.model_name = proc, ports, model_name
@@ -142,17 +170,9 @@ def served(tmp_path_factory):
     def reference(x):
         return native(**{input_name: tf.constant(x)})[output_name].numpy()
 
-    ports = _free_ports(3)
-    log = str(tmp / "serve.log")
-    env = dict(os.environ, TFTRT_BACKEND="numpy", TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
-    with open(log, "w") as logf:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tftrt", "serve", dst, "--gpus", "none",
-             "--max-batch", str(MAX_BATCH), "--max-queue-delay-us", "20000",
-             "--shared-memory", "--instances-per-gpu", "2", "--address", "127.0.0.1",
-             "--http-port", str(ports[0]),
-             "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2])],
-            stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    proc, ports, log = _serve(dst, tmp, "--max-batch", str(MAX_BATCH),
+                              "--max-queue-delay-us", "20000", "--shared-memory",
+                              "--instances-per-gpu", "2")
     s = Served(proc, ports, "mlp_trt", reference, input_name, output_name, log)
     deadline = time.monotonic() + START_TIMEOUT_S
     ready = False
@@ -503,15 +523,7 @@ def test_sigterm_while_starting_stops_triton_and_exits_0(tmp_path):
             return {"y": x * 2.0}
 
     src = models.save_module(Plain(), str(tmp_path / "plain"))
-    ports = _free_ports(3)
-    env = dict(os.environ, TFTRT_BACKEND="numpy", TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
-    log = str(tmp_path / "serve.log")
-    with open(log, "w") as logf:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tftrt", "serve", src, "--gpus", "none",
-             "--address", "127.0.0.1", "--http-port", str(ports[0]), "--grpc-port",
-             str(ports[1]), "--metrics-port", str(ports[2])],
-            stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    proc, ports, log = _serve(src, tmp_path)
     seen = []
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -538,12 +550,7 @@ def test_sigterm_while_starting_stops_triton_and_exits_0(tmp_path):
         assert not [p for p in children if _alive(p)], out[-3000:]
         assert all(_port_free(p) for p in ports), ports
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(30)
-        for pid in seen + _descendants(proc.pid):
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        _kill_leftovers(proc, seen + _descendants(proc.pid))
 
 
 def test_ports_and_address_triton_cannot_bind_are_said_at_once():
@@ -607,14 +614,7 @@ def test_serves_with_pytriton_outside_site_packages(tmp_path):
     linked into a directory on PYTHONPATH, ahead of site-packages."""
     target, env = _pytriton_outside_site_packages(tmp_path)
     src = models.save_module(_Plain(), str(tmp_path / "plain"))
-    ports = _free_ports(3)
-    log = str(tmp_path / "serve.log")
-    with open(log, "w") as logf:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tftrt", "serve", src, "--gpus", "none",
-             "--address", "127.0.0.1", "--http-port", str(ports[0]), "--grpc-port",
-             str(ports[1]), "--metrics-port", str(ports[2])],
-            stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    proc, ports, log = _serve(src, tmp_path, env=env)
     try:
         deadline, ready = time.monotonic() + START_TIMEOUT_S, False
         while time.monotonic() < deadline and proc.poll() is None and not ready:
@@ -724,16 +724,9 @@ def test_a_dead_instance_process_ends_the_server(tmp_path):
     and ready and tftrt serve ran on (serving hunt, 2026-12-04). The server now ends with
     status 1 and the reason, frees its ports and leaves no shared memory of PyTriton's."""
     src = models.save_module(_Plain(), str(tmp_path / "plain"))
-    ports = _free_ports(3)
     env = dict(os.environ, TFTRT_BACKEND="numpy", TF_CPP_MIN_LOG_LEVEL="2",
                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    log = str(tmp_path / "serve.log")
-    with open(log, "w") as logf:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tftrt", "serve", src, "--gpus", "none",
-             "--instances-per-gpu", "2", "--address", "127.0.0.1", "--http-port",
-             str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2])],
-            stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    proc, ports, log = _serve(src, tmp_path, "--instances-per-gpu", "2", env=env)
     try:
         deadline, ready = time.monotonic() + START_TIMEOUT_S, False
         while time.monotonic() < deadline and proc.poll() is None and not ready:
@@ -751,10 +744,4 @@ def test_a_dead_instance_process_ends_the_server(tmp_path):
         assert all(_port_free(p) for p in ports), ports
         assert not [n for n in os.listdir("/dev/shm") if n.startswith(f"pytrtion{proc.pid}-")]
     finally:
-        children = _descendants(proc.pid)
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(30)
-        for pid in children:
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        _kill_leftovers(proc, _descendants(proc.pid))
