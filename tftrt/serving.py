@@ -126,16 +126,25 @@ def _package_dirs() -> List[str]:
     return dirs
 
 
+STUB_DIRS_VAR = "TFTRT_STUB_PACKAGE_DIRS"  # where the stub imports packages from, at its start
+STUB_FORMAT = "v2"  # v1 environments were one per set of package directories
+
+
 def stub_environment(create: bool = True) -> Optional[pathlib.Path]:
     """The Python environment Triton's Python-backend stub runs in, or None for this one.
 
     With numpy 1.x here, this environment. With numpy 2: ``TFTRT_TRITON_STUB_ENV`` when set,
-    else a venv under the tftrt cache (made once, on first use, with ``pip install
-    "numpy<2"``; ``create=False`` only looks). Its own site-packages hold numpy<2 and a
-    ``.pth`` line that adds this environment's package directories (PYTHONPATH's and the site
-    directories, :func:`_package_dirs`) after it, so the stub imports PyTriton's proxy and
-    pyzmq from here and numpy 1.x from there. One environment per set of package
-    directories.
+    else a venv under the tftrt cache (made once per Python environment, on first use, with
+    ``pip install "numpy<2"``; ``create=False`` only looks). Its own site-packages hold
+    numpy<2 and a ``.pth`` line that adds, after it, the package directories named by
+    ``TFTRT_STUB_PACKAGE_DIRS`` when the stub starts (:func:`_start_triton` sets it to this
+    process's PYTHONPATH and site directories, :func:`_package_dirs`; the stub does not
+    inherit PYTHONPATH itself), else those of the process that made it. So the stub imports
+    PyTriton's proxy and pyzmq from here and numpy 1.x from there.
+
+    Until 2026-12-04 the directories were written into the environment, one environment
+    (77 MB) per PYTHONPATH: every test run left two more in ~/.cache (2.3 GB after one day).
+    Environments of that kind whose directories are gone are removed when one is made.
     """
     if int(np.__version__.split(".")[0]) < 2:
         return None
@@ -151,14 +160,27 @@ def stub_environment(create: bool = True) -> Optional[pathlib.Path]:
     # temporary directory per session): one stub environment per Python environment.
     xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
     base = pathlib.Path(xdg) if xdg else pathlib.Path.home() / ".cache"
-    tag = hashlib.sha256("\n".join([sys.prefix] + _package_dirs()).encode()).hexdigest()[:12]
+    tag = hashlib.sha256(f"{STUB_FORMAT}\n{sys.prefix}".encode()).hexdigest()[:12]
     path = base / "tftrt" / "triton-stub" / f"py{sys.version_info[0]}{sys.version_info[1]}-{tag}"
     if (path / "READY").exists():
         return path
     if not create:
         return None
     _make_stub_environment(path)
+    _remove_stale_stub_environments(path.parent)
     return path
+
+
+def stub_pth_line(default_dirs: Sequence[str]) -> str:
+    """The ``.pth`` line of a stub environment: the directories of ``TFTRT_STUB_PACKAGE_DIRS``
+    (else ``default_dirs``) added to sys.path, after the environment's own site-packages.
+    ``import`` lines of a .pth run at start-up, and addsitedir also runs those directories'
+    own .pth files (editable installs)."""
+    default = os.pathsep.join(default_dirs)
+    # one statement in the .pth's own scope: site runs it with exec() in a function, where
+    # a comprehension does not see the names the line imported
+    return (f"import os, site; list(map(site.addsitedir, filter(None, (os.environ.get("
+            f"{STUB_DIRS_VAR!r}) or {default!r}).split(os.pathsep))))\n")
 
 
 def _install_stub_numpy(site: pathlib.Path) -> None:
@@ -186,11 +208,8 @@ def _make_stub_environment(path: pathlib.Path) -> None:
         site = tmp / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / \
             "site-packages"
         _install_stub_numpy(site)
-        # `import` lines of a .pth run at start-up: addsitedir also runs this environment's
-        # own .pth files (editable installs), after numpy<2 in the stub's site-packages.
-        lines = "".join(f"import site; site.addsitedir({d!r})\n" for d in _package_dirs())
-        (site / "zz_tftrt_main_env.pth").write_text(lines)
-        (tmp / "READY").write_text(f"{NUMPY_FOR_STUB}\n")
+        (site / "zz_tftrt_main_env.pth").write_text(stub_pth_line(_package_dirs()))
+        (tmp / "READY").write_text(f"{NUMPY_FOR_STUB}\n{STUB_FORMAT}\n")
         try:
             os.rename(tmp, path)
         except OSError:  # another process made it first
@@ -199,6 +218,31 @@ def _make_stub_environment(path: pathlib.Path) -> None:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove_stale_stub_environments(parent: pathlib.Path) -> List[pathlib.Path]:
+    """Removes the stub environments of the old kind (the package directories written in,
+    no ``TFTRT_STUB_PACKAGE_DIRS``) that name a directory which no longer exists: a
+    temporary PYTHONPATH, a removed checkout. Those could not start a stub any more. Returns
+    what it removed."""
+    import re
+    import shutil
+    removed = []
+    for env in parent.iterdir() if parent.is_dir() else ():
+        pth = list(env.glob("lib/python*/site-packages/zz_tftrt_main_env.pth"))
+        if not (env / "READY").exists() or len(pth) != 1:
+            continue
+        try:
+            text = pth[0].read_text()
+        except OSError:
+            continue
+        if STUB_DIRS_VAR in text:
+            continue
+        named = re.findall(r"site\.addsitedir\('([^']*)'\)", text)
+        if named and not all(os.path.isdir(d) for d in named):
+            shutil.rmtree(env, ignore_errors=True)
+            removed.append(env)
+    return removed
 
 
 # ------------------------------------------------------------------------------------------
@@ -761,6 +805,8 @@ def _start_triton(pt, cfg: ServeConfig, stub: Optional[pathlib.Path]):
     with _ENV_LOCK:
         # Triton (and its stub) inherit the environment at start; put it back afterwards.
         before = os.environ.get("LD_LIBRARY_PATH")
+        before_dirs = os.environ.get(STUB_DIRS_VAR)
+        os.environ[STUB_DIRS_VAR] = os.pathsep.join(_package_dirs())
         saved_env_fn = ts.get_triton_python_backend_python_env
         dirs = [d for d in (libdir, pytriton_libs_dir()) if d]
         if dirs:
@@ -780,10 +826,11 @@ def _start_triton(pt, cfg: ServeConfig, stub: Optional[pathlib.Path]):
             if saved_wait is not None:
                 pt_triton.wait_for_server_ready = saved_wait
             ts.get_triton_python_backend_python_env = saved_env_fn
-            if before is None:
-                os.environ.pop("LD_LIBRARY_PATH", None)
-            else:
-                os.environ["LD_LIBRARY_PATH"] = before
+            for var, value in (("LD_LIBRARY_PATH", before), (STUB_DIRS_VAR, before_dirs)):
+                if value is None:
+                    os.environ.pop(var, None)
+                else:
+                    os.environ[var] = value
     return triton
 
 

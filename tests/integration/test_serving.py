@@ -681,30 +681,69 @@ def test_the_stub_imports_what_pythonpath_holds(tmp_path, monkeypatch):
     """Triton's Python stub does not inherit PYTHONPATH. On the H200 (2026-12-04, run h) pyzmq
     lived only in a ``pip install --target`` directory on PYTHONPATH, and the stub's
     environment added the site directories alone: "No module named 'zmq'", the model never
-    loaded. The stub environment now adds PYTHONPATH's directories too (after its own
-    numpy<2), one environment per set of directories."""
+    loaded. The stub environment adds the directories named by TFTRT_STUB_PACKAGE_DIRS when
+    the stub starts (tftrt serve sets it to PYTHONPATH's and the site directories), after its
+    own numpy<2. One environment serves every PYTHONPATH: with the directories written in,
+    each test run left two more 77 MB environments in ~/.cache."""
     only = tmp_path / "target"
     only.mkdir()
     (only / "tftrt_only_on_pythonpath.py").write_text("WHERE = 'target'\n")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("TFTRT_TRITON_STUB_ENV", raising=False)
     monkeypatch.setattr(serving, "_install_stub_numpy", lambda site: None)  # no pip: numpy
-    before = serving.stub_environment(create=False)                           # is not asked
+    assert serving.stub_environment(create=False) is None                  # is not asked
     monkeypatch.setenv("PYTHONPATH", f"{only}{os.pathsep}{ROOT}")
     stub = serving.stub_environment()
     if stub is None:
         pytest.skip("numpy < 2 here: the stub runs in this environment")
-    assert before is None or before != stub  # another PYTHONPATH, another environment
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    code = ("import sys, tftrt_only_on_pythonpath as m; print(m.WHERE); "
+    monkeypatch.setenv("PYTHONPATH", ROOT)
+    assert serving.stub_environment(create=False) == stub  # another PYTHONPATH, the same one
+    assert len(os.listdir(stub.parent)) == 1
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", serving.STUB_DIRS_VAR)}
+    code = ("import sys\ntry:\n import tftrt_only_on_pythonpath as m; print(m.WHERE)\n"
+            "except ImportError: print('missing')\n"
             "print(next(i for i, p in enumerate(sys.path) if p.endswith('site-packages')) < "
-            f"sys.path.index({str(only)!r}))")
-    run = subprocess.run([str(stub / "bin" / "python"), "-c", code], env=env,
-                         capture_output=True, text=True, timeout=60)
-    assert run.returncode == 0, run.stderr[-2000:]
-    # found there, and the stub's own site-packages (numpy<2) still comes first
-    assert run.stdout.split() == ["target", "True"], run.stdout
-    assert serving.stub_environment(create=False) == stub  # made once
+            f"max([-1] + [i for i, p in enumerate(sys.path) if p == {str(only)!r}]))")
+
+    def stub_python(**extra):
+        run = subprocess.run([str(stub / "bin" / "python"), "-c", code], env=dict(env, **extra),
+                             capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stderr[-2000:]
+        return run.stdout.split()
+
+    # the directories given at the stub's start; the stub's own site-packages (numpy<2) first
+    assert stub_python(**{serving.STUB_DIRS_VAR: str(only)}) == ["target", "True"]
+    assert stub_python(**{serving.STUB_DIRS_VAR: ROOT}) == ["missing", "False"]
+    # without the variable (a stub started by other means): those of the process that made it
+    assert stub_python() == ["target", "True"]
+
+
+def test_stub_environments_of_gone_directories_are_removed(tmp_path, monkeypatch):
+    """Environments of the old kind (one per PYTHONPATH) that name a directory no longer
+    there are removed when the new one is made; those whose directories exist are kept."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("TFTRT_TRITON_STUB_ENV", raising=False)
+    monkeypatch.setattr(serving, "_install_stub_numpy", lambda site: None)
+    parent = tmp_path / "cache" / "tftrt" / "triton-stub"
+
+    def old_env(name, dirs, ready=True):
+        site = parent / name / "lib" / "python3.11" / "site-packages"
+        site.mkdir(parents=True)
+        (site / "zz_tftrt_main_env.pth").write_text(
+            "".join(f"import site; site.addsitedir({d!r})\n" for d in dirs))
+        if ready:
+            (parent / name / "READY").write_text("numpy<2\n")
+        return parent / name
+
+    gone = old_env("py311-gone", [str(tmp_path / "was-here"), ROOT])
+    kept = old_env("py311-kept", [ROOT])
+    making = old_env("py311-making.x1", [str(tmp_path / "was-here")], ready=False)
+    stub = serving.stub_environment()
+    if stub is None:
+        pytest.skip("numpy < 2 here: the stub runs in this environment")
+    assert not gone.exists()
+    assert kept.exists() and making.exists() and stub.exists()
 
 
 def test_instance_counts_taken_and_refused():
