@@ -464,3 +464,30 @@ def test_fp16_compares_with_constants_rounded_as_the_activation_is(tmp_path):
     assert sum(op.stats["engine"] for op in conv.engine_ops.values()) >= 1
     for k in ("ge", "lt", "eq", "gev"):
         np.testing.assert_array_equal(got[k].numpy(), want[k].numpy(), err_msg=k)
+
+
+def test_fp16_masks_of_minus_1e9_run_without_numpy_overflow_warnings(tmp_path):
+    """Keras' attention masks add -1e9 (float16: -inf, as on the GPU) before a softmax. The
+    numpy backend's cast to float16 said "RuntimeWarning: overflow encountered in cast" on
+    almost every FP16 run of such a model (transformer hunt, 2026-12-04); the answers were
+    right. The cast runs under the same errstate as the kernels now."""
+    import warnings
+
+    class M(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x"),
+                                      tf.TensorSpec([None, 4], tf.float32, name="m")])
+        def __call__(self, x, m):
+            return {"p": tf.nn.softmax(x * 2.0 + (1.0 - m) * -1e9)}
+    path = models.save_module(M(), str(tmp_path / "m"))
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=path, precision_mode="FP16",
+                                   minimum_segment_size=1)
+    fn = conv.convert()
+    x = np.array([[0.5, -1.0, 2.0, 0.1], [1.0, 1.0, 1.0, 3.0]], np.float32)
+    m = np.array([[1, 1, 0, 1], [1, 0, 0, 0]], np.float32)
+    want = tf.saved_model.load(path).signatures["serving_default"](
+        x=tf.constant(x), m=tf.constant(m))["p"].numpy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        got = fn(x=tf.constant(x), m=tf.constant(m))["p"].numpy()
+    assert sum(op.stats["engine"] for op in conv.engine_ops.values()) >= 1
+    np.testing.assert_allclose(got, want, rtol=2e-2, atol=2e-3)

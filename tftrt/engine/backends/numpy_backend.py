@@ -86,10 +86,10 @@ class NumpyBackend(Backend):
                       for o in layer.outputs]
 
         def run(inputs: List[Any]) -> List[np.ndarray]:
-            with np.errstate(all="ignore"):
-                outs = body([_f32(x) for x in inputs])
-            return [o if d is None else np.asarray(o).astype(d, copy=False)
-                    for o, d in zip(outs, out_dtypes)]
+            with np.errstate(all="ignore"):  # the cast too: float16 holds -1e9 as -inf,
+                outs = body([_f32(x) for x in inputs])  # as the GPU's cast does
+                return [o if d is None else np.asarray(o).astype(d, copy=False)
+                        for o, d in zip(outs, out_dtypes)]
         return run
 
 
