@@ -627,6 +627,18 @@ class TRTEngineOp:
         if failed:
             return failed
         if not (self.spec.allow_build_at_runtime or force):
+            if self.profile_strategy and any(P.choose_profile(r, key) is not None
+                                             for r in self._remembered):
+                # build() made them, but no engine for them is here now: saved with
+                # save_gpu_specific_engines=False, or evicted from the cache. "Call
+                # build() with these shapes" sent users to do what they had done (hunt,
+                # 2026-12-04).
+                return (f"input shapes {key} are inside the engine's optimization profiles, "
+                        f"but no engine for them is built here (saved with "
+                        f"save_gpu_specific_engines=False, or evicted from the cache: "
+                        f"maximum_cached_engines={self.spec.maximum_cached_engines}) and "
+                        f"allow_build_at_runtime=False (save with "
+                        f"save_gpu_specific_engines=True, or allow runtime builds)")
             what = ("no optimization profile of the engine contains input shapes"
                     if self.profile_strategy else "no engine for input shapes")
             return (f"{what} {key} and allow_build_at_runtime=False (call "

@@ -725,7 +725,12 @@ class TrtGraphConverterV2:
         if not self._converted:
             raise RuntimeError("An instance of TrtGraphConverterV2 needs to be converted before "
                                "calling summary(). Call convert() first")
-        if not is_int(line_length) or line_length < 160:
+        if isinstance(line_length, float) and line_length.is_integer():
+            line_length = int(line_length)  # 160.0 was refused with "Minimum: 160" (hunt)
+        if not is_int(line_length):
+            raise ValueError(f"Invalid `line_length` value has been received: {line_length!r}. "
+                             f"Minimum: 160. Give a whole number of characters (an int).")
+        if line_length < 160:
             raise ValueError(f"Invalid `line_length` value has been received: {line_length!r}. "
                              f"Minimum: 160.")
         if print_fn is not None and not callable(print_fn):

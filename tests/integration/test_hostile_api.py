@@ -194,6 +194,11 @@ def test_save_and_summary_arguments(converted, mlp_dir, tmp_path):
     with pytest.raises(ValueError, match=r"Invalid `line_length` value has been received: "
                                          r"'200'\. Minimum: 160\."):
         converted.summary(line_length="200")
+    with pytest.raises(ValueError, match=r"received: 170\.5\. Minimum: 160\. Give a whole number"):
+        converted.summary(line_length=170.5)
+    lines = []
+    converted.summary(line_length=200.0, print_fn=lines.append)  # was "Minimum: 160" (hunt)
+    assert "=" * 200 in lines
     with pytest.raises(TypeError, match="print_fn must be a callable taking a string"):
         converted.summary(print_fn=5)
 

@@ -184,6 +184,31 @@ def test_refused_plan_without_runtime_builds_says_it_runs_natively(models, tmp_p
         in out, out
 
 
+def test_a_shape_inside_unsaved_profiles_is_not_told_to_call_build(models, tmp_path, caplog):
+    """Dynamic shapes, build() at batches 2 and 8, saved without engines and no runtime
+    builds: a call at batch 2 said "no optimization profile of the engine contains input
+    shapes ((2, 4),) ... (call converter.build() with these shapes before save())", which
+    the user had done (cache hunt, 2026-12-04). It now says the shapes are inside the
+    profiles and no engine for them is here; a shape outside them keeps the build advice."""
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=models["conv"], use_dynamic_shape=True,
+                                   allow_build_at_runtime=False)
+    conv.convert()
+    conv.build(lambda: iter([np.ones((2, 4), np.float32), np.ones((8, 4), np.float32)]))
+    dst = str(tmp_path / "bare_profiles")
+    conv.save(dst, save_gpu_specific_engines=False)
+    loaded = tftrt.load(dst)
+    op, = loaded.engine_ops.values()
+    for batch, said, not_said in ((2, "are inside the engine's optimization profiles",
+                                   "call converter.build()"),
+                                  (16, "call converter.build() with these shapes", "inside")):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="tftrt"):
+            loaded.signatures["serving_default"](x=tf.ones((batch, 4)))
+        msg = " ".join(r.getMessage() for r in caplog.records)
+        assert said in msg and not_said not in msg, msg
+    assert op.stats["native"] == 2 and op.stats["engine"] == 0
+
+
 def test_string_dtypes_are_named_string(models, tmp_path):
     src = models["strs"]
     npz = str(tmp_path / "in.npz")
