@@ -543,6 +543,89 @@ class GatherV2:
         ctx.set_output(node, 0, out)
 
 
+@converter("GatherNd", dtypes=ARRAY, dtype_attr="Tparams", inputs=(ANY, ANY))
+class GatherNd:
+    """tf.gather_nd (batch_dims=0; tf.gather_nd's batch_dims > 0 traces to other ops and a
+    GatherNd of batch_dims 0): params [d0, ..., d(r-1)], indices [..., K], 1 <= K <= r. The
+    index rows become linear indices into params with its first K dims merged, and a Gather
+    reads them: sum(i_k * stride_k) over the last axis, strides from d1..d(r-1), which must be
+    known (d0 may be the dynamic batch). Rejects: other index dtypes, unknown dims or K,
+    ``bad_indices_policy="ERROR"`` (a GPU engine answers zeros where TF raises), constant
+    indices out of range.
+
+    An index row with a component outside [0, d_k) is an error in TF's CPU kernel and reads
+    zeros in its GPU kernel; merged, (0, 5) of a [4, 3] params would read row 1's third
+    column. Such a row's linear index becomes the largest int64, out of range for every
+    engine, as GatherV2's negative indices: the numpy engine fails and the op runs natively
+    (TF raises; with bad_indices_policy="IGNORE" TF answers zeros), the CuPy Gather gives
+    zeros, as TF's GPU kernel."""
+
+    @staticmethod
+    def _dims(ctx, node):
+        p, i = ctx.input_shape(node, 0), ctx.input_shape(node, 1)
+        if p is None or i is None or not i or i[-1] is None:
+            return None, None
+        return p, i
+
+    @staticmethod
+    def validate(node, ctx):
+        it = ctx.attr_dtype(node, "Tindices")
+        if it is None or it.name not in INDEX:
+            return f"GatherNd indices of type {it} are not supported (int32, int64)"
+        policy = ctx.attr(node, "bad_indices_policy", "") or ""
+        if isinstance(policy, bytes):
+            policy = policy.decode()
+        if policy.upper() not in ("", "DEFAULT", "IGNORE"):
+            return (f"GatherNd with bad_indices_policy={policy!r}: TF raises on every device, "
+                    f"a GPU engine would answer zeros; left to TensorFlow")
+        p, i = GatherNd._dims(ctx, node)
+        if p is None:
+            return "GatherNd needs params of known rank and indices with a known last dim"
+        k = i[-1]
+        if not 1 <= k <= len(p):
+            return f"GatherNd with index rows of {k} entries into params of rank {len(p)}"
+        if any(d is None for d in p[1:]):
+            return (f"GatherNd needs the dims of params after the first to be known, not "
+                    f"{list(p)}")
+        if ctx.is_const(node, 1):
+            idx = np.asarray(ctx.const_value(node, 1)).reshape(-1, k)
+            upper = np.array([d if d is not None else np.iinfo(np.int64).max for d in p[:k]])
+            if idx.size and ((idx < 0).any() or (idx >= upper).any()):
+                return (f"GatherNd with constant indices outside params' dims {list(p[:k])} "
+                        f"(TF raises on the CPU, gives zeros on a GPU): left to TensorFlow")
+        return None
+
+    @staticmethod
+    def convert(node, ctx):
+        p, i = GatherNd._dims(ctx, node)
+        k = i[-1]
+        idx = ctx.input(node, 1)
+        if np.dtype(ctx.attr_dtype(node, "Tindices")) != np.int64:
+            idx = ctx.emit("Cast", [idx], to=onnx.TensorProto.INT64)
+        strides = [int(np.prod(p[j + 1:k], dtype=np.int64)) for j in range(k)]
+        big = np.iinfo(np.int64).max
+        # d0 unknown: a row index past big // stride0 would wrap the product around
+        upper = [p[0] if p[0] is not None else big // max(strides[0], 1)] + list(p[1:k])
+        lin = ctx.emit("ReduceSum", [ctx.emit("Mul", [idx, ctx.const(np.array(strides,
+                                                                              np.int64),
+                                                                     "strides")]),
+                                     int64s(ctx, [-1], "last")], keepdims=0)
+        bad = ctx.emit("Or", [ctx.emit("Less", [idx, ctx.const(np.zeros(k, np.int64), "zero")]),
+                              ctx.emit("GreaterOrEqual",
+                                       [idx, ctx.const(np.array(upper, np.int64), "dims")])])
+        if k > 1:
+            bad = ctx.emit("ReduceMax", [ctx.emit("Cast", [bad], to=onnx.TensorProto.INT32)],
+                           axes=[-1], keepdims=0)
+            bad = ctx.emit("Greater", [bad, ctx.const(np.asarray(0, np.int32), "none")])
+        else:
+            bad = squeeze(ctx, bad, [len(i) - 1])
+        lin = ctx.emit("Where", [bad, ctx.const(np.asarray(big, np.int64), "out_of_range"),
+                                 lin])
+        flat = ctx.emit("Reshape", [ctx.input(node, 0), int64s(ctx, [-1] + list(p[k:]),
+                                                               "merged")])
+        ctx.set_output(node, 0, ctx.emit("Gather", [flat, lin], axis=0))
+
+
 @converter("ReverseV2", dtypes=ARRAY, inputs=(TENSOR, WEIGHT))
 class ReverseV2:
     """tf.reverse along constant axes (Slice with step -1). Rejects: axes out of range."""

@@ -8,8 +8,8 @@ import tensorflow as tf
 from tftrt import lowering
 from tftrt.converters import registry
 from tftrt.converters.slicing import strided_slice_plan
-from tests.converters.harness import (assert_close, check_op, check_rejected, run_onnxruntime,
-                                      trace, validation_reason)
+from tests.converters.harness import (assert_close, check_op, check_rejected, lower,
+                                      run_engine, run_onnxruntime, trace, validation_reason)
 from tests.integration import models
 
 F32, F16, I32, I64, BOOL = np.float32, np.float16, np.int32, np.int64, np.bool_
@@ -432,3 +432,57 @@ def test_slice_rejects_running_past_a_known_dimension(begin, size):
     column 3 of 5 (helper hunt, 2026-12-02). Left native."""
     check_rejected(lambda x: tf.slice(x * 2.0, begin, size), [np.ones((2, 5), np.float32)],
                    "Slice", "TensorFlow raises")
+
+
+# --- gather_nd ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("params_shape,index_rows", [
+    ((4, 3, 2), [[[1, 2], [3, 0]], [[0, 0], [2, 1]]]),   # K=2 of 3: rows of 2 values
+    ((4, 3, 2), [[3, 2, 1], [0, 1, 0]]),                  # K=3: scalars
+    ((5, 3), [[4], [0], [2]]),                            # K=1: whole rows
+], ids=["k2", "k3", "k1"])
+@pytest.mark.parametrize("index_dtype", [I32, I64], ids=lambda d: np.dtype(d).name)
+def test_gather_nd(params_shape, index_rows, index_dtype):
+    idx = np.array(index_rows, index_dtype)
+    check_op(lambda x, i: tf.gather_nd(x, i), [rand(params_shape), idx],
+             expect_tf_ops=["GatherNd"])
+
+
+def test_gather_nd_dynamic_batch_and_batch_dims():
+    """Rows (b, position) into [B, L, D] params with the batch dynamic, and tf.gather_nd's
+    batch_dims=1."""
+    x = rand((2, 5, 3), seed=4)
+    rows = np.array([[1, 4], [0, 2]], I32)
+    check_dynamic(lambda t, i: tf.gather_nd(t, i), [x, rows], expect_tf_ops=["GatherNd"])
+    idx = np.array([[[1], [4]], [[0], [0]]], I32)
+    check_op(lambda t, i: tf.gather_nd(t, i, batch_dims=1), [x, idx],  # Range: static batch
+             expect_tf_ops=["GatherNd"])
+
+
+def test_gather_nd_rows_outside_params_read_no_other_element():
+    """(0, 5) into [4, 3] params merged to row 1's third column if taken as a linear index:
+    TF's CPU kernel raises, its GPU kernel reads zeros. The engine's linear index for such a
+    row is out of range: the numpy engine fails (tftrt runs the op natively then, TF
+    raises), as for GatherV2's negative indices."""
+    low = lower(lambda x, i: tf.gather_nd(x, i), [rand((4, 3)), np.array([[0, 1], [1, 1]], I32)])
+    for bad in ([0, 5], [0, -1], [4, 0], [-1, 2], [2 ** 31 - 1, 0]):
+        with pytest.raises(Exception, match="out of range|outside|index"):
+            run_engine(low.net.model, [rand((4, 3)), np.array([[1, 1], bad], I32)])
+    # a good row next to the bad ones still reads its element (the row's check is its own)
+    x = rand((4, 3))
+    out, = run_engine(low.net.model, [x, np.array([[3, 2], [0, 0]], I32)])
+    np.testing.assert_array_equal(out, x[[3, 0], [2, 0]])
+
+
+def test_rejects_gather_nd_unknown_dims_and_error_policy():
+    assert "after the first to be known" in validation_reason(
+        lambda t, i: tf.gather_nd(t, i),
+        [tf.TensorSpec([None, None, 3]), tf.TensorSpec([None, 2], tf.int32)], "GatherNd")
+    assert "known last dim" in validation_reason(
+        lambda t, i: tf.gather_nd(t, i),
+        [tf.TensorSpec([None, 4, 3]), tf.TensorSpec([None, None], tf.int32)], "GatherNd")
+    check_rejected(lambda t: tf.gather_nd(t, [[0, 3]]), [rand((2, 3))], "GatherNd",
+                   "outside params' dims")
+    check_rejected(lambda t, i: tf.raw_ops.GatherNd(params=t, indices=i,
+                                                    bad_indices_policy="ERROR"),
+                   [rand((2, 3)), np.array([[0, 1]], I32)], "GatherNd", "left to TensorFlow")

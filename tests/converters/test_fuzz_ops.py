@@ -664,7 +664,7 @@ def test_most_cases_convert():
 @pytest.mark.parametrize("fn,op", [
     (lambda x: tf.math.cumprod(x, 1, exclusive=True), "Cumprod"),
     (lambda x: tf.math.segment_sum(x, [0, 0]), "SegmentSum"),
-    (lambda x: tf.gather_nd(x, [[0, 1], [1, 0]]), "GatherNd"),
+    (lambda x: tf.math.unsorted_segment_sum(x, [0, 1], 3), "UnsortedSegmentSum"),
     (lambda x: tf.math.reduce_euclidean_norm(x, 1), "EuclideanNorm"),
 ])
 def test_ops_without_a_converter_are_rejected(fn, op):

@@ -478,6 +478,25 @@ def test_index_ops():
     check(make_model(nodes, feeds, consts, outputs=outs), feeds)
 
 
+@pytest.mark.parametrize("precision", ["FP32", "FP16"])
+def test_gather_nd_as_tftrt_lowers_it(precision):
+    """converters/array.py's GatherNd (linear indices, a Gather of the merged params; added
+    2026-12-04 without a GPU at hand): the CuPy engine equals the numpy one, and an index row
+    outside params reads zeros, as TF's GPU kernel (the numpy engine raises, as TF's CPU
+    kernel)."""
+    import tensorflow as tf
+    from tests.converters.harness import lower
+    x = rand(4, 3, 5)
+    rows = np.array([[3, 2], [0, 0], [1, 1]], np.int32)
+    low = lower(lambda p, i: tf.gather_nd(p, i), [x, rows])
+    gpu = check(low.net.model, {"TensorRTInputPH_0": x, "TensorRTInputPH_1": rows}, precision)
+    bad = np.array([[3, 2], [0, 3], [-1, 0]], np.int32)
+    got = gpu.execute([x, bad])[0]
+    got = cp.asnumpy(got) if isinstance(got, cp.ndarray) else np.asarray(got)
+    np.testing.assert_allclose(got[0], x[3, 2], rtol=TOL[precision][0], atol=TOL[precision][1])
+    assert not got[1:].any()
+
+
 def test_shuffle_ops():
     x = rand(2, 4, 6, 6)
     feeds = {"x": x}
