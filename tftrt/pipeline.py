@@ -31,6 +31,7 @@ import logging
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from tftrt.graph_io import split_tensor_name, tensor_name
+from tftrt.logs import first_error_line
 
 log = logging.getLogger("tftrt.pipeline")
 
@@ -272,7 +273,15 @@ def _add_stage(plan: Plan, g: _Graph, graph_def, names: List[str], fetch: List[s
     feeds = list(reads)
     step = _eager_stage(g, body, feeds, wanted) if len(body) <= EAGER_STAGE_MAX_OPS else None
     if step is None:
-        step = _function_stage(g, graph_def, body, feeds, wanted, dtypes)
+        try:
+            step = _function_stage(g, graph_def, body, feeds, wanted, dtypes)
+        except (ValueError, TypeError) as e:
+            # its inputs enter as tensors of unknown rank, which some shape functions refuse
+            # (SpaceToBatchND of a dilated conv on unknown H/W beside a grouped conv's
+            # jit_compile function: "block_shape must have rank 1", and convert() failed;
+            # image hunt, 2026-12-04): the signature runs as one graph function instead
+            raise PlanError(f"a native stage of {len(body)} ops does not trace as a function "
+                            f"of unknown-rank inputs: {first_error_line(e)}") from None
     plan.steps.append(("stage", step, [plan.slot(t) for t in feeds],
                        [plan.slot(t) for t in wanted]))
 

@@ -373,3 +373,27 @@ def test_odd_signatures_run_as_a_pipeline(tmp_path):
                 np.testing.assert_allclose(got[k].numpy(), want[k].numpy(), rtol=1e-5,
                                            atol=1e-5, err_msg=k)
                 assert got[k].dtype == want[k].dtype, k
+
+
+def test_a_stage_that_does_not_trace_on_unknown_ranks_keeps_the_graph_function(tmp_path):
+    """A dilated conv on unknown H/W (SpaceToBatchND with computed paddings) beside a grouped
+    conv (Keras wraps it in a jit_compile function): the native stage holding both traced on
+    inputs of unknown rank, and SpaceToBatchND's shape function refused them ("block_shape
+    must have rank 1"): convert() failed (image hunt, 2026-12-04). The signature now runs as
+    one graph function, with TF's answers, after save and load too."""
+    import keras
+    keras.utils.set_random_seed(0)
+    i = keras.Input((None, None, 1))
+    y = keras.layers.Conv2D(2, 3, dilation_rate=2, padding="same")(i)
+    y = keras.layers.Conv2D(2, 3, groups=2)(y)
+    src = str(tmp_path / "m")
+    keras.Model(i, y).export(src, verbose=False)
+    x = tf.random.stateless_normal((1, 23, 11, 1), seed=(1, 2))
+    want = tf.saved_model.load(src).signatures["serving_default"](x)
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=src, use_dynamic_shape=True)
+    fn = conv.convert()
+    conv.build(lambda: iter([(x,)]))
+    assert not isinstance(fn, DirectSignature)
+    _close(fn(x), want)
+    conv.save(str(tmp_path / "m_trt"))
+    _close(tftrt.load(str(tmp_path / "m_trt")).signatures["serving_default"](x), want)
