@@ -601,6 +601,47 @@ class LeakyRelu:
         ctx.set_output(node, 0, ctx.emit("LeakyRelu", [ctx.input(node, 0)], alpha=alpha))
 
 
+@converter("LRN", dtypes=FLOATS, inputs=(TENSOR,))
+class LRN:
+    """tf.nn.local_response_normalization (AlexNet, GoogLeNet): x / (bias + alpha *
+    sqr_sum) ** beta, sqr_sum the sum of x**2 over channels d - depth_radius .. d +
+    depth_radius (NHWC, the last axis). The window sum is an average pool over the
+    channels (x**2 made [-1, 1, 1, C], a 1 x (2r+1) window with r zeros of padding each side,
+    padding counted) times 2r+1: a pool reads the squares, so an FP16 engine keeps them
+    and the pool in float32 (precision.py's rule for squares a reduction reads; with alpha
+    = 1, TF's default, a float16 sum of squares overflows once |x| > 77). Rejects: a rank
+    other than 4, an unknown channel count, other dtypes."""
+
+    @staticmethod
+    def validate(node, ctx):
+        shape = ctx.input_shape(node, 0)
+        if shape is None or len(shape) != 4:
+            return f"LRN needs a rank-4 input, not shape {shape}"
+        if shape[-1] is None:
+            return "LRN needs a known channel count (the last dim)"
+        return None
+
+    @staticmethod
+    def convert(node, ctx):
+        dt = _dtype(node, ctx)
+        x = ctx.input(node, 0)
+        c = ctx.input_shape(node, 0)[-1]
+        r = int(ctx.attr(node, "depth_radius", 5))
+        bias = float(ctx.attr(node, "bias", 1.0))
+        alpha = float(ctx.attr(node, "alpha", 1.0))
+        beta = float(ctx.attr(node, "beta", 0.5))
+        sq = ctx.emit("Reshape", [ctx.emit("Mul", [x, x]),
+                                  ctx.const(np.array([-1, 1, 1, c], np.int64), "lrn_rows")])
+        mean = ctx.emit("AveragePool", [sq], kernel_shape=[1, 2 * r + 1], pads=[0, r, 0, r],
+                        strides=[1, 1], count_include_pad=1)
+        win = ctx.emit("Reshape", [mean, ctx.emit("Shape", [x])])
+        scale = ctx.emit("Add", [ctx.emit("Mul", [win, ctx.const(np.array(alpha * (2 * r + 1),
+                                                                          dt), "lrn_alpha")]),
+                                 ctx.const(np.array(bias, dt), "lrn_bias")])
+        den = ctx.emit("Pow", [scale, ctx.const(np.array(beta, dt), "lrn_beta")])
+        ctx.set_output(node, 0, ctx.emit("Div", [x, den]))
+
+
 @converter("Softmax", "LogSoftmax", dtypes=FLOATS, inputs=(TENSOR,))
 class Softmax:
     """Softmax / LogSoftmax over the last axis (ONNX opset-13 semantics, axis=-1).

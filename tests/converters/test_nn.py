@@ -607,3 +607,35 @@ def test_conv2d_transpose_every_consistent_size_converts():
             x, w, tf.stack([tf.shape(x)[0], *hw, 4]), 3, "VALID"), [rand(2, 5, 7, 3)],
             dynamic_batch=True, expect_tf_ops=["Conv2DBackpropInput"])
         assert low.onnx_ops.count("ConvTranspose") == 1
+
+
+# --- LRN --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("radius,bias,alpha,beta", [
+    (5, 1.0, 1.0, 0.5),        # TF's defaults
+    (2, 2.0, 1e-4, 0.75),      # AlexNet's
+    (1, 1.0, 2e-5, 0.75),      # GoogLeNet's
+    (9, 0.5, 0.3, 1.0),        # a window wider than the 6 channels
+], ids=["defaults", "alexnet", "googlenet", "wide"])
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_lrn(radius, bias, alpha, beta, dynamic):
+    check_op(lambda x: tf.nn.local_response_normalization(x * 1.0, radius, bias, alpha, beta),
+             [rand(2, 3, 4, 6, seed=2)], dynamic_batch=dynamic, expect_tf_ops=["LRN"])
+
+
+def test_lrn_fp16_engine_and_float16_graph_keep_large_sums():
+    """alpha = 1 (TF's default) and |x| ~ 2000: the squares (~1e7) are past float16's range,
+    so an FP16 engine storing them as float16 would answer 0; the pool of squares stays
+    float32 (precision.py)."""
+    x = rand(2, 3, 3, 8, seed=5) * 2000.0
+    check_op(lambda t: tf.nn.local_response_normalization(t * 1.0), [x], precision="FP16",
+             expect_tf_ops=["LRN"])
+    check_op(lambda t: tf.nn.local_response_normalization(t * 1.0, 2, 1.0, 1e-4, 0.75),
+             [rand(2, 3, 3, 8, dtype=np.float16, seed=6)], expect_tf_ops=["LRN"], **tol(np.float16))
+
+
+def test_lrn_rejects_unknown_channels():
+    from tests.converters.harness import validation_reason
+    assert "known channel count" in validation_reason(
+        lambda x: tf.nn.local_response_normalization(x),
+        [tf.TensorSpec([None, 4, 4, None])], "LRN")

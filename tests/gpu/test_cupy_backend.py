@@ -497,6 +497,18 @@ def test_gather_nd_as_tftrt_lowers_it(precision):
     assert not got[1:].any()
 
 
+@pytest.mark.parametrize("precision", ["FP32", "FP16"])
+def test_lrn_as_tftrt_lowers_it(precision):
+    """converters/nn.py's LRN (added 2026-12-04 without a GPU at hand): the squares pooled
+    over the channels with a 1 x (2r+1) average pool of one channel, then pointwise; the
+    CuPy engine equals the numpy one, large activations included (the pool stays FP32)."""
+    import tensorflow as tf
+    from tests.converters.harness import lower
+    x = rand(2, 5, 7, 16) * 300.0
+    low = lower(lambda t: tf.nn.local_response_normalization(t * 1.0, 2, 1.0, 1.0, 0.75), [x])
+    check(low.net.model, {"TensorRTInputPH_0": x}, precision)
+
+
 def test_shuffle_ops():
     x = rand(2, 4, 6, 6)
     feeds = {"x": x}
