@@ -22,7 +22,8 @@ class Const:
 
 
 @converter("Identity", "Snapshot", "StopGradient", "PreventGradient", inputs=(ANY,),
-           dtype_attr="T", dtypes=("float32", "float16", "int32", "int64", "bool"))
+           dtype_attr="T", dtypes=("float32", "float16", "int32", "int64", "bool", "int8",
+                                   "uint8"))
 class Identity:
     """Pass-through ops; they do not count toward minimum_segment_size."""
 

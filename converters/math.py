@@ -21,7 +21,7 @@ from .registry import ANY, converter
 FLOAT = ("float32", "float16")
 NUMERIC = ("float32", "float16", "int32", "int64")
 WITH_BOOL = NUMERIC + ("bool",)
-CAST_TYPES = ("float32", "float16", "int32", "int64", "bool")
+CAST_TYPES = ("float32", "float16", "int32", "int64", "bool", "int8", "uint8")
 
 
 # --- binary --------------------------------------------------------------------------------------
@@ -187,7 +187,8 @@ class ClipByValue:
 
 @converter("Cast", dtype_attr=None, inputs=(ANY,))
 class Cast:
-    """Cast between float32, float16, int32, int64 and bool. float -> int truncates toward
+    """Cast between float32, float16, int32, int64, bool, int8 and uint8 (a uint8 image
+    entering the engine as it is). float -> int truncates toward
     zero (TF's semantics; out-of-range values are undefined in both), x -> bool is x != 0.
     Rejects: other source/destination types; Truncate=True between float types (TF then
     truncates the mantissa instead of rounding)."""

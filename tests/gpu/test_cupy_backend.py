@@ -509,6 +509,17 @@ def test_lrn_as_tftrt_lowers_it(precision):
     check(low.net.model, {"TensorRTInputPH_0": x}, precision)
 
 
+@pytest.mark.parametrize("precision", ["FP32", "FP16"])
+def test_uint8_image_input(precision):
+    """An engine whose input is a uint8 image (Cast to float, then scale; added 2026-12-04
+    without a GPU at hand): the CuPy engine equals the numpy one."""
+    import tensorflow as tf
+    from tests.converters.harness import lower
+    img = np.random.default_rng(3).integers(0, 256, (2, 6, 5, 3)).astype(np.uint8)
+    low = lower(lambda t: tf.nn.relu(tf.cast(t, tf.float32) / 127.5 - 1.0), [img])
+    check(low.net.model, {"TensorRTInputPH_0": img}, precision)
+
+
 def test_shuffle_ops():
     x = rand(2, 4, 6, 6)
     feeds = {"x": x}
