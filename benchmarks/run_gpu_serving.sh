@@ -6,12 +6,13 @@
 # Needs gpu-host/pack-tensorflow.sh's install (/tmp/tfsite/env.sh) and benchmarks/pack_serving.sh's
 # (/tmp/srvsite/env.sh) in this machine session.
 #   [MODEL=ResNet50] [MAX_BATCH=128] [CONCURRENCY=256] [PROCESSES=8] [REQUESTS=40000] [GPU_SETS="0 0,1"] \
-#     [CONFIGS="1:system 4:system 4:none"] bash benchmarks/run_gpu_serving.sh [seconds]
+#     [CONFIGS="1:system 4:system 4:none"] [SERVER=tftrt|direct] bash benchmarks/run_gpu_serving.sh [seconds]
 # Each server set is loaded once per CONFIGS item INSTANCES:SHM: Triton model instances per GPU
 # (--instances-per-gpu; the servers restart when it changes), and the inputs in the gRPC
 # requests (none) or in system shared memory registered with the servers (system;
 # perf_analyzer's --shared-memory=system).
-# Output: $OUT/serving.log, $OUT/load_<gpus>_i<instances>_<shm>.json, $OUT/engine_b128.json.
+# Output: $OUT/serving.log, $OUT/load_<server>_<gpus>_i<instances>_<shm>.json,
+# $OUT/engine_b128.json.
 set -uo pipefail
 budget=${1:-580}
 start=$(date +%s); left() { echo $(( budget - ($(date +%s) - start) )); }
@@ -27,6 +28,10 @@ source /tmp/tfsite/env.sh >/dev/null; source /tmp/srvsite/env.sh >/dev/null
 export PYTHONPATH="$repo:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 cd "$repo"
 say() { echo "[$(( $(date +%s) - start )) s] $*" | tee -a "$log"; }
+# SERVER=direct serves with benchmarks/triton_direct.py (engines inside Triton's Python-backend
+# stubs, no PyTriton proxy; one process per GPU) in place of tftrt serve
+if [ "${SERVER:-tftrt}" = direct ]; then serve_cmd=benchmarks/triton_direct.py; else
+  serve_cmd="-m tftrt.cli serve"; fi
 gpus_all=$(nvidia-smi -L 2>/dev/null | wc -l)
 say "$gpus_all GPU(s); $(ldd --version | head -1)"
 python3 -c "import pytriton, tritonclient.grpc; print('pytriton', pytriton.__version__)" 2>&1 \
@@ -82,7 +87,7 @@ start_servers() {  # $1 GPU set, $2 instances per GPU: fills servers, ports
     for g in ${gpus//,/ }; do
       say "serve GPU $g --instances-per-gpu $inst (process $k, ports $((8000 + 10 * k))..)"
       one=0; [ "$g" = none ] && one=none
-      CUDA_VISIBLE_DEVICES=$g python3 -m tftrt.cli serve "$work/${model,,}_trt" --gpus $one \
+      CUDA_VISIBLE_DEVICES=$g python3 $serve_cmd "$work/${model,,}_trt" --gpus $one \
         --max-batch "${MAX_BATCH:-128}" --model-name served --shared-memory \
         --address 127.0.0.1 --instances-per-gpu "$inst" --http-port $((8000 + 10 * k)) \
         --grpc-port $((8001 + 10 * k)) --metrics-port $((8002 + 10 * k)) \
@@ -121,7 +126,7 @@ for gpus in ${GPU_SETS:-0 0,1}; do
     timeout $(( $(left) - 20 )) python3 benchmarks/serve_load.py --model served \
       --servers "${#servers[@]}" --concurrency "${CONCURRENCY:-256}" \
       --processes "${PROCESSES:-8}" --requests "${REQUESTS:-40000}" --protocol grpc \
-      --shared-memory "$shm" --json "$out/load_${gpus//,/_}_i${inst}_$shm.json" 2>&1 \
+      --shared-memory "$shm" --json "$out/load_${SERVER:-tftrt}_${gpus//,/_}_i${inst}_$shm.json" 2>&1 \
       | tail -25 | tee -a "$log"
   done
   [ -n "$running" ] && stop_servers "$gpus"
