@@ -78,9 +78,13 @@ def print_summary(info, seg: SegmentationResult, engine_ops: Dict[str, object],
     print_fn(f"[*] % of OPs Converted: {pct:.2f}% [{converted}/{total}]")
     unconverted = collections.Counter(info.nodes[n].op for n in native_ops
                                       if n not in in_engine and info.nodes[n].op != "Const")
+    consts = sum(1 for n in native_ops if n not in in_engine and info.nodes[n].op == "Const")
     if unconverted:
+        # the total counts Consts as TF-TRT's does; a Const is not a reason, but a reader
+        # adding up this list against the total was 10 short (transformer hunt, 2026-12-04)
         print_fn("[*] Ops left native: " + ", ".join(f"{op}: {c}x" for op, c in
-                                                     unconverted.most_common()))
+                                                     unconverted.most_common()) +
+                 (f" (and {consts} Const, not listed)" if consts else ""))
         reasons = seg.unconverted_reasons(info)
         for op, c in unconverted.most_common():
             why = "; ".join(f"{r} ({n}x)" for r, n in reasons.get(op, {}).items())

@@ -13,6 +13,7 @@ import tensorflow as tf
 
 import tftrt
 from tftrt import trt_convert as trt
+from tests.integration import models as models_mod
 from tests.integration.test_cli import numpy_backend, run_cli  # noqa: F401
 
 
@@ -225,3 +226,30 @@ def test_string_dtypes_are_named_string(models, tmp_path):
     code, out, err = run_cli("compare", dst, "--inputs", npz)
     assert code == 0, out + err
     assert "PASS output s string [2]: 0 of 2 differ" in out, out
+
+
+def test_ops_left_native_add_up_to_the_total(tmp_path):
+    """The total of "% of OPs Converted" counts Consts (as TF-TRT's); the list of ops left
+    native does not list them (a Const is no reason), and a reader adding it up against the
+    total came out short (transformer hunt, 2026-12-04). The line says how many it leaves
+    out, so the numbers add up."""
+    import re
+
+    class M(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+        def __call__(self, x):
+            a = tf.nn.relu(x * 2.0 + 1.0)
+            return {"y": tf.math.igamma(tf.constant(3.0), tf.math.lgamma(a + 1.5)) - a * 0.5}
+    src = models_mod.save_module(M(), str(tmp_path / "m"))
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=src, minimum_segment_size=1)
+    conv.convert()
+    lines = []
+    conv.summary(print_fn=lines.append)
+    text = "\n".join(lines)
+    converted, total = map(int, re.search(r"% of OPs Converted: [\d.]+% \[(\d+)/(\d+)\]",
+                                          text).groups())
+    left = re.search(r"\[\*\] Ops left native: (.*)", text).group(1)
+    listed = sum(int(c) for c in re.findall(r": (\d+)x", left))
+    consts = re.search(r"\(and (\d+) Const, not listed\)", left)
+    assert consts, left
+    assert listed + int(consts.group(1)) == total - converted, text
