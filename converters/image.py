@@ -251,7 +251,8 @@ class CombinedNonMaxSuppression:
     ([batch, boxes, 1, 4]); static box and class counts; the batch may be dynamic.
 
     Rejects: per-class boxes (q > 1: ONNX NMS shares boxes among classes), non-float32 inputs,
-    non-constant sizes or thresholds, unknown box or class counts.
+    non-constant sizes or thresholds, unknown box or class counts, sizes below 1 and IoU
+    thresholds outside [0, 1] (TF raises for them).
     """
 
     @staticmethod
@@ -267,6 +268,20 @@ class CombinedNonMaxSuppression:
             return f"per-class boxes (q={boxes[2]}) are not supported; only q=1"
         if scores[1] is None or scores[2] is None:
             return f"box and class counts must be static, got scores of shape {scores}"
+        # values TF's kernel refuses at every call: the engine answered them (0 per class:
+        # zeros; an IoU threshold of 1.5: 4 boxes) where TF raises (detection hunt, 2026-12-04)
+        per_class = np.asarray(ctx.const_value(node, 2)).reshape(-1)
+        total = np.asarray(ctx.const_value(node, 3)).reshape(-1)
+        iou = np.asarray(ctx.const_value(node, 4), np.float64).reshape(-1)
+        if per_class.size != 1 or per_class[0] <= 0:
+            return (f"max_output_size_per_class {per_class.tolist()} is not positive: TF raises "
+                    f"(left to TensorFlow)")
+        if total.size != 1 or total[0] <= 0:
+            return (f"max_total_size {total.tolist()} is not positive: TF raises (left to "
+                    f"TensorFlow)")
+        if iou.size != 1 or not 0.0 <= iou[0] <= 1.0:
+            return (f"iou_threshold {iou.tolist()} is not in [0, 1]: TF raises (left to "
+                    f"TensorFlow)")
         return None
 
     @staticmethod

@@ -77,6 +77,22 @@ def test_combined_nms_rejects_per_class_boxes():
                    "CombinedNonMaxSuppression", "per-class boxes")
 
 
+@pytest.mark.parametrize("per_class,iou,reason", [
+    (0, 0.5, "max_output_size_per_class [0] is not positive"),
+    (3, 1.5, "iou_threshold [1.5] is not in [0, 1]"),
+    (3, -0.5, "iou_threshold [-0.5] is not in [0, 1]"),
+    (3, float("nan"), "is not in [0, 1]")])
+def test_combined_nms_leaves_values_tf_raises_for_to_tensorflow(per_class, iou, reason):
+    """TF's kernel raises for these at every call; the engine answered them (zeros, or four
+    boxes for an IoU threshold of 1.5: detection hunt, 2026-12-04). They stay native."""
+    check_rejected(lambda b, s: tf.image.combined_non_max_suppression(
+        b, s, per_class, 6, iou_threshold=iou), [_boxes(1, 5), rand(1, 5, 2)],
+        "CombinedNonMaxSuppression", reason)
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        tf.image.combined_non_max_suppression(_boxes(1, 5), rand(1, 5, 2), per_class, 6,
+                                              iou_threshold=iou)
+
+
 # --- resize -------------------------------------------------------------------------------------
 RESIZE_FLAGS = [(False, False), (True, False), (False, True)]  # (align_corners, half_pixel)
 RESIZE_SIZES = [((4, 6), (8, 12)),   # up x2
