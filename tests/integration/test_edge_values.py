@@ -524,3 +524,33 @@ def test_a_uint8_image_model_converts_whole(tmp_path):
         got = tftrt.load(dst).signatures["serving_default"](tf.constant(img))[key].numpy()
         np.testing.assert_allclose(got, want[key].numpy(), atol=tol * scale, rtol=0)
         assert op.stats["engine"] >= 1 and op.stats["native"] == 0
+
+
+def test_fp16_keeps_layers_with_weights_past_float16_in_float32(tmp_path, caplog):
+    """A per-channel scale of 2e5 folded into a conv's filter (Grappler, or the engine's
+    vertical fusion) made filter values float16 cannot hold; stored as float16 they became
+    inf and the channel NaN, where TF's tanh is +-1 (fusion hunt, 2026-12-04). Such a layer
+    stays FP32, said at INFO."""
+    import logging
+    rng = np.random.default_rng(0)
+
+    class M(tf.Module):
+        def __init__(self):
+            self.w = tf.Variable(rng.standard_normal((3, 3, 4, 4)).astype(np.float32))
+            self.s = tf.Variable(np.array([2e5, 1.0, 1.0, 1.0], np.float32))
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 4, 4, 4], tf.float32, name="x")])
+        def __call__(self, x):
+            return {"y": tf.tanh(tf.nn.conv2d(x, self.w, 1, "SAME") * self.s)}
+    path = models.save_module(M(), str(tmp_path / "m"))
+    x = rng.standard_normal((1, 4, 4, 4)).astype(np.float32)
+    want = tf.saved_model.load(path).signatures["serving_default"](x=tf.constant(x))["y"]
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=path, precision_mode="FP16")
+    fn = conv.convert()
+    with caplog.at_level(logging.INFO, logger="tftrt.engine"):
+        conv.build(lambda: iter([(x,)]))
+    got = fn(x=tf.constant(x))["y"].numpy()
+    assert sum(op.stats["engine"] for op in conv.engine_ops.values()) >= 1
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, want.numpy(), atol=2e-2)
+    assert any("past float16's range" in r.getMessage() for r in caplog.records)

@@ -23,6 +23,7 @@ run as written, in fp32.
 
 from __future__ import annotations
 
+import logging
 from typing import Dict, Optional
 
 import numpy as np
@@ -31,6 +32,8 @@ from tftrt.engine import quantization as Q
 from tftrt.engine.errors import EngineBuildError
 from tftrt.engine.network import COMPARISONS, Layer, Network
 from tftrt.engine.passes.se_fusion import se_gate_layers
+
+log = logging.getLogger("tftrt.engine")
 
 PRECISIONS = ("FP32", "FP16", "INT8", "FP8")
 FP32_KINDS = frozenset({"softmax", "reduce", "normalization", "topk", "arg_reduce", "cumsum",
@@ -306,7 +309,8 @@ def _assign_half(net: Network, skip=frozenset(), probes=(), wide=frozenset()) ->
         for i in l.inputs:
             uses[i] = uses.get(i, 0) + 1
     fp32 = _variance_terms(net) | _float32_sources(net) | se_gate_layers(net) | {
-        l.name for l in net.layers if any(o in wide for o in l.outputs)}
+        l.name for l in net.layers if any(o in wide for o in l.outputs)} | \
+        _weights_past_half(net)
     for l in net.layers:
         if l.name in skip:
             continue
@@ -331,6 +335,28 @@ def _assign_half(net: Network, skip=frozenset(), probes=(), wide=frozenset()) ->
                         l.inputs[k] = net.add_weight(half, w + "_fp16")
     _cast_gemm_inputs_to_fp16(net)
     _cast_compared_inputs_to_fp16(net)
+
+
+def _weights_past_half(net: Network) -> set:
+    """Conv, transposed-conv and GEMM layers with a float32 weight float16 cannot hold (a
+    finite value past +-65504): kept FP32. Stored as float16 the weight became inf, and a
+    sum of inf terms of both signs NaN: a per-channel scale of 2e5 folded into a filter gave
+    a NaN channel where TF's was finite (fusion hunt, 2026-12-04)."""
+    big = set()
+    limit = float(np.finfo(np.float16).max)
+    for l in net.layers:
+        if l.kind not in _WEIGHTED:
+            continue
+        for k in (0, 1):
+            w = net.weights.get(l.inputs[k]) if k < len(l.inputs) else None
+            if w is not None and w.dtype == np.float32 and w.size:
+                finite = np.abs(w[np.isfinite(w)])
+                if finite.size and float(finite.max()) > limit:
+                    big.add(l.name)
+    if big:
+        log.info("%d layer(s) with weights past float16's range (+-65504) stay FP32 in this "
+                 "FP16 engine: %s", len(big), ", ".join(sorted(big)[:5]))
+    return big
 
 
 def _cast_compared_inputs_to_fp16(net: Network) -> None:
