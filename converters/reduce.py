@@ -12,7 +12,7 @@ from typing import List, Optional
 import numpy as np
 
 from .layout import onnx_type
-from .registry import FLOATS, FLOATS_AND_INT32, TENSOR, WEIGHT, converter
+from .registry import ANY, FLOATS, FLOATS_AND_INT32, TENSOR, WEIGHT, converter
 
 _ONNX_REDUCE = {"Sum": "ReduceSum", "Mean": "ReduceMean", "Max": "ReduceMax",
                 "Min": "ReduceMin", "Prod": "ReduceProd", "All": "ReduceMin", "Any": "ReduceMax"}
@@ -145,21 +145,28 @@ class ArgMaxMin:
         ctx.set_output(node, 0, y)
 
 
-@converter("TopKV2", dtypes=FLOATS_AND_INT32, inputs=(TENSOR, WEIGHT))
+@converter("TopKV2", dtypes=FLOATS_AND_INT32, inputs=(TENSOR, ANY))
 class TopK:
-    """The k largest entries along the last axis and their indices (constant k). Ties keep
-    the lower index first, as TF does; the output is always sorted (also valid for
+    """The k largest entries along the last axis and their indices (k constant, or known at
+    conversion: tf.sort / tf.argsort pass k = tf.shape(x)[-1], a static last dimension). Ties
+    keep the lower index first, as TF does; the output is always sorted (also valid for
     sorted=False, whose order TF leaves unspecified). Indices are cast to int32 unless
     index_type is int64.
 
-    Rejects: non-constant k, k larger than a static last dimension, scalar inputs, an
+    Rejects: k computed at run time, k larger than a static last dimension, scalar inputs, an
     index_type other than int32 / int64 (TF also takes int16).
     """
 
     @staticmethod
-    def _k(node, ctx):
+    def _k(node, ctx) -> Optional[int]:
         # (TopK v1, with k as an attribute, cannot be built by TF 2.x graphs any more.)
-        return int(np.asarray(ctx.const_value(node, 1)).reshape(-1)[0])
+        if ctx.is_const(node, 1):
+            return int(np.asarray(ctx.const_value(node, 1)).reshape(-1)[0])
+        from .shape_values import resolve
+        k = resolve(ctx.info, ctx.input_tensor(node, 1))
+        if isinstance(k, list) and len(k) == 1:
+            k = k[0]
+        return k if isinstance(k, int) else None
 
     @staticmethod
     def validate(node, ctx):
@@ -170,6 +177,9 @@ class TopK:
         if not shape:
             return "TopK of a scalar is not supported"
         k = TopK._k(node, ctx)
+        if k is None:
+            return ("k is computed at run time (not a constant, nor a static dimension of a "
+                    "tensor)")
         if k < 0 or (shape[-1] is not None and k > shape[-1]):
             return f"k={k} is out of range for a last dimension of {shape[-1]}"
         return None

@@ -95,7 +95,19 @@ def test_top_k_ties_dynamic_batch():
 
 def test_top_k_rejects_dynamic_k():
     check_rejected(lambda x, k: tf.math.top_k(x, k=k), [rand(2, 6), np.int32(2)], "TopKV2",
-                   "must be a constant")
+                   "k is computed at run time")
+
+
+@pytest.mark.parametrize("direction", ["ASCENDING", "DESCENDING"])
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_sort_and_argsort_convert(direction, dynamic):
+    """tf.sort / tf.argsort pass k = tf.shape(x)[-1]: a static last dimension, known at
+    conversion. TopK stayed native ("computed at run time", detection hunt 2026-12-04).
+    Ties included (argsort is stable: lower index first)."""
+    x = np.array([[3, 1, 2, 1, 5, 0], [2, 2, 2, -1, 7, 2]], np.float32)
+    check_op(lambda t: {"s": tf.sort(t, direction=direction),
+                        "i": tf.argsort(t, direction=direction, stable=True)}, [x],
+             dynamic_batch=dynamic, expect_tf_ops=["TopKV2"])
 
 
 @pytest.mark.parametrize("out", [tf.int16, tf.uint16])
