@@ -650,22 +650,49 @@ class ReverseV2:
         ctx.set_output(node, 0, x)
 
 
-@converter("Tile", dtypes=ARRAY, inputs=(TENSOR, WEIGHT))
+@converter("Tile", dtypes=ARRAY, inputs=(TENSOR, ANY))
 class Tile:
-    """Tiles by constant multiples. Rejects: multiples computed at run time or of a length
-    other than the input rank."""
+    """Tiles by constant multiples, or by multiples built from constants and tensor dims
+    where the input's dim is 1 (a class token tiled to the batch: tf.tile(cls, [tf.shape(x)
+    [0], 1, 1]), ViT): the constant multiples as Tile, then Expand to the run-time ones (a
+    dim of 1 tiled n times is that dim broadcast to n; a dynamic batch stays dynamic).
+    Rejects: multiples computed at run time otherwise, or of a length other than the input
+    rank; a run-time multiple of a dim that is not 1."""
+
+    @staticmethod
+    def _multiples(node, ctx):
+        if ctx.is_const(node, 1):
+            return const_ints(ctx, node, 1)
+        elems = resolve(ctx.info, ctx.input_tensor(node, 1))
+        return elems if isinstance(elems, list) else None
 
     @staticmethod
     def validate(node, ctx):
-        m, rank = const_ints(ctx, node, 1), ctx.input_rank(node, 0)
-        if len(m) != rank or any(v < 0 for v in m):
+        m, rank = Tile._multiples(node, ctx), ctx.input_rank(node, 0)
+        if m is None:
+            return ("multiples of Tile are computed at run time from other values (not "
+                    "constants or tensor dims)")
+        if len(m) != rank or any(isinstance(v, int) and v < 0 for v in m):
             return f"multiples {m} invalid for a rank-{rank} input"
+        shape = ctx.input_shape(node, 0)
+        for axis, v in enumerate(m):
+            if not isinstance(v, int) and shape[axis] != 1:
+                return (f"multiple {v} of dim {axis} is known only at run time and that dim "
+                        f"is {shape[axis]}, not 1")
         return None
 
     @staticmethod
     def convert(node, ctx):
-        reps = int64s(ctx, const_ints(ctx, node, 1), "repeats")
-        ctx.set_output(node, 0, ctx.emit("Tile", [ctx.input(node, 0), reps]))
+        m = Tile._multiples(node, ctx)
+        static = [v if isinstance(v, int) else 1 for v in m]
+        y = ctx.input(node, 0)
+        if any(v != 1 for v in static) or all(isinstance(v, int) for v in m):
+            y = ctx.emit("Tile", [y, int64s(ctx, static, "repeats")])
+        if not all(isinstance(v, int) for v in m):
+            dims = _shape_operand(ctx, node, ctx.input(node, 0),  # (dims of x, not of y)
+                                  [1 if isinstance(v, int) else v for v in m])
+            y = ctx.emit("Expand", [y, dims])
+        ctx.set_output(node, 0, y)
 
 
 # --- creation and shape queries ------------------------------------------------------------------

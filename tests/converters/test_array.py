@@ -358,12 +358,27 @@ def test_range(args, dtype):
 
 # --- rejections ----------------------------------------------------------------------------------
 
+def test_tile_to_the_batch_of_another_tensor():
+    """A class token tiled to the batch (ViT: tf.tile(cls, [tf.shape(x)[0], 1, 1]), then
+    concatenated before the tokens), with a constant multiple beside the run-time one; the
+    batch dynamic."""
+    cls = rand((1, 1, 4), seed=7)
+    check_dynamic(lambda x: tf.concat([tf.tile(cls, [tf.shape(x)[0], 1, 1]), x], axis=1),
+                  [x234()], expect_tf_ops=["Tile"])
+    check_dynamic(lambda x: tf.concat([tf.tile(cls * 2.0, [tf.shape(x)[0] // 2, 2, 1]),
+                                       x[::2] + x[1::2]], axis=1), [x234()],
+                  expect_tf_ops=["Tile"])
+    assert "not 1" in validation_reason(
+        lambda x: tf.tile(x, [tf.shape(x)[0], 1, 1]),
+        [tf.TensorSpec([None, 3, 4])], "Tile")
+
+
 def test_rejects_runtime_shape_arguments():
     x = x234()
     check_rejected(lambda t, s: tf.reshape(t, s), [x, np.array([6, 4], I32)], "Reshape",
                    "computed at run time")
     check_rejected(lambda t, m: tf.tile(t, m), [x, np.array([1, 2, 1], I32)], "Tile",
-                   "must be a constant")
+                   "computed at run time")
     check_rejected(lambda t, b: tf.strided_slice(t, b, [2, 3, 4]), [x, np.zeros(3, I32)],
                    "StridedSlice", "must be a constant")
     check_rejected(lambda n: tf.range(n), [np.int32(4)], "Range", "must be a constant")
