@@ -801,13 +801,41 @@ class Rank:
 
 
 @converter("Range", dtypes=("float32", "float16", "int32", "int64"), dtype_attr="Tidx",
-           inputs=(WEIGHT, WEIGHT, WEIGHT))
+           inputs=(ANY, ANY, ANY))
 class Range:
-    """tf.range with constant start, limit and delta: emitted as a constant.
-    Rejects: run-time arguments (the output size would depend on values); delta = 0."""
+    """tf.range with constant start, limit and delta: emitted as a constant. An integer range
+    up to a tensor's dim (positions 0..L-1 of a sequence of dynamic length L: tf.range(
+    tf.shape(x)[1]), positional encodings) with constant start <= 0 and delta > 0: ONNX
+    Range with the limit read from the Shape of that tensor in the segment (the engine knows
+    it once the input shapes are bound; TF cannot raise for it: a dim is >= 0 >= start).
+    Rejects: other run-time arguments (the output size would depend on values); delta = 0."""
+
+    @staticmethod
+    def _limit_dim(node, ctx):
+        """The DimOf the limit is, for the run-time form; else a reason (str)."""
+        dt = ctx.attr_dtype(node, "Tidx")
+        if not (ctx.is_const(node, 0) and ctx.is_const(node, 2)):
+            return "Range with start or delta computed at run time (the output size would " \
+                   "depend on values)"
+        if dt is None or dt.kind != "i":
+            return "Range of floats with a limit computed at run time"
+        start, delta = (float(np.asarray(ctx.const_value(node, i)).reshape(-1)[0])
+                        for i in (0, 2))
+        if not (delta > 0 and start <= 0):
+            return (f"Range with a run-time limit needs start <= 0 and delta > 0 (TF raises "
+                    f"for a limit below start), not start {start:g}, delta {delta:g}")
+        limit = resolve(ctx.info, ctx.input_tensor(node, 1))
+        if isinstance(limit, list) and len(limit) == 1:
+            limit = limit[0]
+        if not isinstance(limit, (int, DimOf)):
+            return "Range with a limit computed at run time from values (not a tensor's dim)"
+        return limit
 
     @staticmethod
     def validate(node, ctx):
+        if not all(ctx.is_const(node, i) for i in range(3)):
+            limit = Range._limit_dim(node, ctx)
+            return limit if isinstance(limit, str) else None
         if float(ctx.const_value(node, 2)) == 0:
             return "Range delta is 0"
         return None
@@ -815,8 +843,28 @@ class Range:
     @staticmethod
     def convert(node, ctx):
         dt = ctx.attr_dtype(node, "Tidx")
-        start, limit, delta = (np.asarray(ctx.const_value(node, i)).astype(dt).reshape(())
-                               for i in range(3))
+        limit = None
+        if not all(ctx.is_const(node, i) for i in range(3)):
+            dim = Range._limit_dim(node, ctx)
+            limit = dim if isinstance(dim, int) else None  # a static dim: a constant range
+        if not all(ctx.is_const(node, i) for i in range(3)) and limit is None:
+            src = ctx.value_of(dim.tensor)
+            if src is None:
+                raise ConversionError(f"the Range limit needs {dim.tensor}, which is not "
+                                      f"computed inside this segment")
+            n = ctx.emit("Gather", [ctx.emit("Shape", [src]),
+                                    ctx.const(np.array(dim.axis, np.int64), "axis")], axis=0)
+            if dt != np.int64:
+                n = ctx.emit("Cast", [n], to=onnx_dtype(dt))
+            scalar = lambda i, name: ctx.const(  # noqa: E731
+                np.asarray(ctx.const_value(node, i)).astype(dt).reshape(()), name)
+            ctx.set_output(node, 0, ctx.emit("Range", [scalar(0, "start"), n,
+                                                       scalar(2, "delta")]))
+            return
+        start, delta = (np.asarray(ctx.const_value(node, i)).astype(dt).reshape(())
+                        for i in (0, 2))
+        limit = np.asarray(ctx.const_value(node, 1) if limit is None else limit).astype(
+            dt).reshape(())
         if dt.kind == "f":
             # TF's kernel works in T: size ceil(|(limit - start) / delta|), values
             # start + T(i) * delta. np.arange works in float64 and can make one element more:

@@ -501,3 +501,19 @@ def test_rejects_gather_nd_unknown_dims_and_error_policy():
     check_rejected(lambda t, i: tf.raw_ops.GatherNd(params=t, indices=i,
                                                     bad_indices_policy="ERROR"),
                    [rand((2, 3)), np.array([[0, 1]], I32)], "GatherNd", "left to TensorFlow")
+
+
+def test_range_to_a_run_time_dim_and_what_stays_native():
+    spec = [tf.TensorSpec([None, None, 4])]
+    assert validation_reason(lambda x: tf.range(tf.shape(x)[1]), spec, "Range") is None
+    assert validation_reason(lambda x: tf.range(-2, tf.shape(x)[1], 3), spec, "Range") is None
+    assert "start <= 0 and delta > 0" in validation_reason(
+        lambda x: tf.range(2, tf.shape(x)[1]), spec, "Range")      # TF raises for L < 2
+    assert "start <= 0 and delta > 0" in validation_reason(
+        lambda x: tf.range(0, tf.shape(x)[1], -1), spec, "Range")
+    assert "not a tensor's dim" in validation_reason(
+        lambda x: tf.range(tf.shape(x)[1] - 1), spec, "Range")      # TF raises for L = 0
+    assert "from values" in validation_reason(
+        lambda x: tf.range(tf.cast(tf.reduce_max(x), tf.int32)), spec, "Range")
+    assert "of floats" in validation_reason(
+        lambda x: tf.range(0.0, tf.cast(tf.shape(x)[1], tf.float32)), spec, "Range")
