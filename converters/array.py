@@ -587,6 +587,11 @@ class GatherNd:
         if any(d is None for d in p[1:]):
             return (f"GatherNd needs the dims of params after the first to be known, not "
                     f"{list(p)}")
+        if 0 in p[k:]:
+            # TF raises for any index row ("Requested more than 0 entries, but params is
+            # empty"), where a Gather would answer an empty slice (review hunt, 2026-12-04)
+            return (f"GatherNd of params {list(p)}, empty after the indexed dims: TF raises "
+                    f"for any index row; left to TensorFlow")
         if ctx.is_const(node, 1):
             idx = np.asarray(ctx.const_value(node, 1)).reshape(-1, k)
             upper = np.array([d if d is not None else np.iinfo(np.int64).max for d in p[:k]])
@@ -621,8 +626,18 @@ class GatherNd:
             bad = squeeze(ctx, bad, [len(i) - 1])
         lin = ctx.emit("Where", [bad, ctx.const(np.asarray(big, np.int64), "out_of_range"),
                                  lin])
-        flat = ctx.emit("Reshape", [ctx.input(node, 0), int64s(ctx, [-1] + list(p[k:]),
-                                                               "merged")])
+        # the merged dim given, not -1, and allowzero: params [4, 2, 0] merged to [-1, 0]
+        # took the 0 as "keep dim 1" and answered shape (0, 2) for TF's (0, 0) (review hunt)
+        merged = int(np.prod(p[:k], dtype=np.int64)) if p[0] is not None else None
+        if merged is not None:
+            shape = int64s(ctx, [merged] + list(p[k:]), "merged")
+        else:
+            rows = ctx.emit("Mul", [ctx.emit("Shape", [ctx.input(node, 0)], start=0, end=1),
+                                    int64s(ctx, [int(np.prod(p[1:k], dtype=np.int64))],
+                                           "row_size")])
+            shape = ctx.emit("Concat", [rows, int64s(ctx, list(p[k:]), "rest")], axis=0) \
+                if len(p) > k else rows
+        flat = ctx.emit("Reshape", [ctx.input(node, 0), shape], allowzero=1)
         ctx.set_output(node, 0, ctx.emit("Gather", [flat, lin], axis=0))
 
 

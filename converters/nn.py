@@ -634,7 +634,8 @@ class LRN:
                                   ctx.const(np.array([-1, 1, 1, c], np.int64), "lrn_rows")])
         mean = ctx.emit("AveragePool", [sq], kernel_shape=[1, 2 * r + 1], pads=[0, r, 0, r],
                         strides=[1, 1], count_include_pad=1)
-        win = ctx.emit("Reshape", [mean, ctx.emit("Shape", [x])])
+        # allowzero: an empty H or W is 0, not "keep the dim" (hunt: every call failed)
+        win = ctx.emit("Reshape", [mean, ctx.emit("Shape", [x])], allowzero=1)
         scale = ctx.emit("Add", [ctx.emit("Mul", [win, ctx.const(np.array(alpha * (2 * r + 1),
                                                                           dt), "lrn_alpha")]),
                                  ctx.const(np.array(bias, dt), "lrn_bias")])

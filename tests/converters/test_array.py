@@ -381,7 +381,7 @@ def test_rejects_runtime_shape_arguments():
                    "computed at run time")
     check_rejected(lambda t, b: tf.strided_slice(t, b, [2, 3, 4]), [x, np.zeros(3, I32)],
                    "StridedSlice", "must be a constant")
-    check_rejected(lambda n: tf.range(n), [np.int32(4)], "Range", "must be a constant")
+    check_rejected(lambda n: tf.range(n), [np.int32(4)], "Range", "computed at run time from values")
 
 
 def test_rejects_reshape_zero_dim():
@@ -517,3 +517,19 @@ def test_range_to_a_run_time_dim_and_what_stays_native():
         lambda x: tf.range(tf.cast(tf.reduce_max(x), tf.int32)), spec, "Range")
     assert "of floats" in validation_reason(
         lambda x: tf.range(0.0, tf.cast(tf.shape(x)[1], tf.float32)), spec, "Range")
+
+
+def test_gather_nd_of_params_with_an_empty_dim():
+    """params [4, 2, 0] merged to [-1, 0] took the 0 as "keep dim 1" (ONNX Reshape's
+    default): the output was (0, 2) for TF's (0, 0), and onnxruntime refused the network;
+    with index rows TF raises ("params is empty") where the engine answered an empty slice
+    (review hunt, 2026-12-04). Params empty after the indexed dims stay native; a merged dim
+    of 0 rows is 0, not "keep the dim"."""
+    assert "left to TensorFlow" in validation_reason(
+        lambda t, i: tf.gather_nd(t, i),
+        [tf.TensorSpec([None, 2, 0]), tf.TensorSpec([None, 2], tf.int32)], "GatherNd")
+    check_op(lambda t, i: tf.gather_nd(t, i), [np.zeros((0, 3, 2), F32),
+                                               np.zeros((0, 2), I32)],
+             expect_tf_ops=["GatherNd"])
+    check_dynamic(lambda t, i: tf.gather_nd(t, i), [rand((2, 3, 2)), np.zeros((2, 0, 2), I32)],
+                  expect_tf_ops=["GatherNd"])

@@ -639,3 +639,10 @@ def test_lrn_rejects_unknown_channels():
     assert "known channel count" in validation_reason(
         lambda x: tf.nn.local_response_normalization(x),
         [tf.TensorSpec([None, 4, 4, None])], "LRN")
+
+
+def test_lrn_of_an_empty_image():
+    """Shape(x) = [2, 0, 3, 4] given to Reshape read its 0 as "keep the dim" and every call
+    failed in the engine (review hunt, 2026-12-04)."""
+    check_op(lambda x: tf.nn.local_response_normalization(x * 1.0, 2),
+             [np.zeros((2, 0, 3, 4), np.float32)], expect_tf_ops=["LRN"])

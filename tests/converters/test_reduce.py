@@ -110,6 +110,16 @@ def test_sort_and_argsort_convert(direction, dynamic):
              dynamic_batch=dynamic, expect_tf_ops=["TopKV2"])
 
 
+@pytest.mark.parametrize("direction", ["ASCENDING", "DESCENDING"])
+def test_fp16_engine_sorts_close_float32_values_as_tf(direction):
+    """Ascending sort is top_k(-x): an FP16 engine stored the negation as float16, so values
+    1 + 1e-4 * n tied and 31 of 32 indices came out in another order, while the descending
+    sort (top_k(x)) was exact (review hunt, 2026-12-04). What a ranking reads stays float32."""
+    x = (1 + 1e-4 * np.random.default_rng(0).standard_normal((2, 16))).astype(np.float32)
+    check_op(lambda t: tf.argsort(t, direction=direction), [x], precision="FP16",
+             expect_tf_ops=["TopKV2"])
+
+
 @pytest.mark.parametrize("out", [tf.int16, tf.uint16])
 def test_arg_max_rejects_16_bit_output_types(out):
     check_rejected(lambda x: tf.math.argmax(x, axis=1, output_type=out), [rand(3, 4)],

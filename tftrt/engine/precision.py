@@ -310,7 +310,7 @@ def _assign_half(net: Network, skip=frozenset(), probes=(), wide=frozenset()) ->
             uses[i] = uses.get(i, 0) + 1
     fp32 = _variance_terms(net) | _float32_sources(net) | se_gate_layers(net) | {
         l.name for l in net.layers if any(o in wide for o in l.outputs)} | \
-        _weights_past_half(net)
+        _weights_past_half(net) | _ranked_only(net)
     for l in net.layers:
         if l.name in skip:
             continue
@@ -335,6 +335,24 @@ def _assign_half(net: Network, skip=frozenset(), probes=(), wide=frozenset()) ->
                         l.inputs[k] = net.add_weight(half, w + "_fp16")
     _cast_gemm_inputs_to_fp16(net)
     _cast_compared_inputs_to_fp16(net)
+
+
+def _ranked_only(net: Network) -> set:
+    """Pointwise layers read only by rankings (top-k, arg-max / arg-min, which run in FP32):
+    kept FP32, so a value is not rounded to float16 just before it is ranked. tf.sort /
+    tf.argsort ascending is top_k(-x): the negation stored as float16 tied values float32
+    told apart, and the order of 31 of 32 close values changed, where the descending sort of
+    the same values (top_k(x), reading x itself) was exact (review hunt, 2026-12-04)."""
+    readers = net.consumers()
+    keep = set()
+    for l in net.layers:
+        if l.kind != "pointwise":
+            continue
+        rs = [r for o in l.outputs for r in readers.get(o, ())]
+        if rs and all(r.kind in ("topk", "arg_reduce") for r in rs) and \
+                not any(o in net.outputs for o in l.outputs):
+            keep.add(l.name)
+    return keep
 
 
 def _weights_past_half(net: Network) -> set:
