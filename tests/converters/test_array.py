@@ -381,7 +381,8 @@ def test_rejects_runtime_shape_arguments():
                    "computed at run time")
     check_rejected(lambda t, b: tf.strided_slice(t, b, [2, 3, 4]), [x, np.zeros(3, I32)],
                    "StridedSlice", "must be a constant")
-    check_rejected(lambda n: tf.range(n), [np.int32(4)], "Range", "computed at run time from values")
+    check_rejected(lambda n: tf.range(n), [np.int32(4)], "Range",
+                   "computed at run time from values")
 
 
 def test_rejects_reshape_zero_dim():
