@@ -306,24 +306,7 @@ def test_positions_of_a_dynamic_sequence_length_on_the_gpu(tmp_path):
     CuPy engine serves lengths 3..7, positions read from the bound shape, equal to TF."""
     from tests.integration import models
     rng = np.random.default_rng(0)
-
-    class M(tf.Module):
-        def __init__(self):
-            self.table = tf.Variable(rng.standard_normal((16, 4)).astype(np.float32))
-
-        @tf.function(input_signature=[tf.TensorSpec([None, None, 4], tf.float32, name="x")])
-        def __call__(self, x):
-            pos = tf.range(tf.shape(x)[1])
-            angle = tf.cast(pos, tf.float32)[:, None] * 0.1
-            return {"y": tf.nn.relu(x + tf.gather(self.table, pos)[None] + tf.sin(angle))}
-    src = models.save_module(M(), str(tmp_path / "m"))
-    native = tf.saved_model.load(src).signatures["serving_default"]
-    conv = trt.TrtGraphConverterV2(input_saved_model_dir=src, use_dynamic_shape=True,
-                                   minimum_segment_size=1)
-    fn = conv.convert()
-    conv.build(lambda: iter([(rng.standard_normal((2, n, 4)).astype(np.float32),)
-                             for n in (3, 7)]))
-    op, = conv.engine_ops.values()
+    fn, native, op = models.convert_positions(tmp_path, rng)
     for n in (3, 5, 6, 7):
         x = tf.constant(rng.standard_normal((2, n, 4)).astype(np.float32))
         np.testing.assert_allclose(fn(x=x)["y"].numpy(), native(x=x)["y"].numpy(),

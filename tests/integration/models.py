@@ -31,6 +31,36 @@ class TwoInputs(tf.Module):
         return {"out": tf.nn.relu(a * 2.0 + b) - tf.tanh(b)}
 
 
+class Positions(tf.Module):
+    """Positions of a sequence of dynamic length: tf.range(tf.shape(x)[1]) read through a
+    learned table and a sinusoid ([batch, length, 4] in and out)."""
+
+    def __init__(self, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        self.table = tf.Variable(rng.standard_normal((16, 4)).astype(np.float32))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, 4], tf.float32, name="x")])
+    def __call__(self, x):
+        pos = tf.range(tf.shape(x)[1])
+        angle = tf.cast(pos, tf.float32)[:, None] * 0.1
+        return {"y": tf.nn.relu(x + tf.gather(self.table, pos)[None] + tf.sin(angle))}
+
+
+def convert_positions(tmp_path, rng, lengths=(3, 7)):
+    """Positions converted with one profile over ``lengths``: (converted function, native
+    signature, its one engine op)."""
+    from tftrt import trt_convert as trt
+    src = save_module(Positions(), str(tmp_path / "positions"))
+    native = tf.saved_model.load(src).signatures["serving_default"]
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=src, use_dynamic_shape=True,
+                                   minimum_segment_size=1)
+    fn = conv.convert()
+    conv.build(lambda: iter([(rng.standard_normal((2, n, 4)).astype(np.float32),)
+                             for n in lengths]))
+    op, = conv.engine_ops.values()
+    return fn, native, op
+
+
 def save_module(module, path: str) -> str:
     tf.saved_model.save(module, path, signatures=module.__call__)
     return path
