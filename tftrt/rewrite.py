@@ -801,6 +801,13 @@ class DirectSignature:
         dtype, dims = self._checks[k]
         spec = self._specs[k]
         name = self._arg_names[k]
+        if isinstance(v, tf.__internal__.CompositeTensor):
+            # a RaggedTensor / SparseTensor passed tf.is_tensor and the shape check, failed in
+            # the engine and then in the native segment's binding ("too many positional
+            # arguments"; runtime hunt, 2026-12-04); the signature takes dense tensors
+            raise TypeError(f"input {name!r} is a {type(v).__name__}; the signature expects a "
+                            f"dense {spec.dtype.name} tensor of shape {spec.shape} (convert "
+                            f"it, e.g. with .to_tensor() or tf.sparse.to_dense)")
         if tf.is_tensor(v):
             t = v
             if t.dtype != dtype:

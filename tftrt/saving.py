@@ -576,6 +576,10 @@ class LoadedModel:
         self.engine_ops = engine_ops
 
     def __getattr__(self, name):
+        # a copy made without __init__ (copy.copy, pickle) has no _loaded: looking it up here
+        # again recursed for ever (runtime hunt, 2026-12-04)
+        if name == "_loaded" or name.startswith("__"):
+            raise AttributeError(name)
         return getattr(self._loaded, name)
 
 

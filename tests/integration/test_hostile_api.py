@@ -464,3 +464,35 @@ def test_bench_says_why_a_runner_failed(cli_env, two_dir, tmp_path):
                              "--warmup", "0")
     assert "Incompatible shapes: [2,4] vs. [3,4]" in out + err, out + err
     assert "failed: InvalidArgumentError: Graph execution error:" not in out + err
+
+
+def test_ragged_and_sparse_inputs_are_refused_before_any_engine(mlp_dir, tmp_path):
+    """A RaggedTensor or SparseTensor passed tf.is_tensor and the shape check, failed in the
+    engine and then in the native segment's binding ("too many positional arguments"),
+    counted as a native fallback (runtime hunt, 2026-12-04). Refused up front now."""
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=mlp_dir)
+    fn = conv.convert()
+    conv.build(batches(X))
+    conv.save(str(tmp_path / "m"))
+    loaded = tftrt.load(str(tmp_path / "m"))
+    sig = loaded.signatures["serving_default"]
+    x = tf.constant(X)
+    for value, kind in ((tf.RaggedTensor.from_tensor(x), "RaggedTensor"),
+                        (tf.sparse.from_dense(x), "SparseTensor")):
+        for call in (lambda v: fn(v), lambda v: sig(x=v)):
+            with pytest.raises(TypeError, match=f"is a {kind}; the signature expects a dense"):
+                call(value)
+    for op in list(conv.engine_ops.values()) + list(loaded.engine_ops.values()):
+        assert not op.stats.get("native"), op.stats
+
+
+def test_a_copy_of_a_loaded_model(mlp_dir, tmp_path):
+    """copy.copy made the copy without __init__, and LoadedModel.__getattr__ looked up
+    _loaded on itself for ever: RecursionError (runtime hunt, 2026-12-04)."""
+    import copy
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=mlp_dir)
+    conv.convert()
+    conv.save(str(tmp_path / "m"))
+    loaded = tftrt.load(str(tmp_path / "m"))
+    twin = copy.copy(loaded)
+    assert_close(twin.signatures["serving_default"](x=tf.constant(X)), native(mlp_dir, x=X))
