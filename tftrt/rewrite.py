@@ -745,6 +745,35 @@ class KeywordOnlySignature:
         return getattr(self._fn, name)
 
 
+NO_GRADIENT = ("tftrt's engines have no gradient (nor had TF-TRT's TRTEngineOp): "
+               "differentiate the original, unconverted model, or stop the gradient at the "
+               "converted call's inputs (tf.stop_gradient)")
+
+
+def _could_record() -> bool:
+    from tensorflow.python.eager import record
+    return record.could_possibly_record()
+
+
+def without_gradient(tf, inputs, outputs):
+    """``outputs`` tied to the float ``inputs`` by an op whose gradient raises
+    :data:`NO_GRADIENT`. Eager calls run the engines from Python, which no tape records, so
+    a gradient through a converted call was None, silently; inside a tf.function it was
+    TF's KeyError for an engine node's branch function ("tftrt_engine_outputs_... cannot be
+    found in the graph"; runtime hunt, 2026-12-04). Outputs a gradient never reaches are
+    left alone, as TF leaves an op without a gradient alone."""
+    floats = [x for x in inputs if x.dtype.is_floating]
+    if not floats or not outputs:
+        return outputs
+
+    @tf.custom_gradient
+    def engines(*xs):
+        def grad(*dys, **kwargs):
+            raise LookupError(NO_GRADIENT)
+        return [tf.identity(y) for y in outputs], grad
+    return list(engines(*floats))
+
+
 class DirectSignature:
     """A signature called as a Python-level pipeline (tftrt/pipeline.py): engines straight
     from Python, the native ops between them as eager ops or small functions, without the
@@ -865,12 +894,16 @@ class DirectSignature:
             raise TypeError(f"expected inputs {self._arg_names}; got {len(args)} positional "
                             f"and {sorted(kwargs)}") from None
         if not tf.executing_eagerly():  # inside a tf.function: the graph function
-            return self.native(*[self._symbolic(tf, v, k) for k, v in enumerate(args)],
-                               **{n: self._symbolic(tf, kwargs[n], self._arg_names.index(n))
-                                  for n in self._arg_names[len(args):]})
+            ins = [self._symbolic(tf, v, k) for k, v in enumerate(flat)]
+            out = self.native(*ins[:len(args)], **dict(zip(self._arg_names[len(args):],
+                                                            ins[len(args):])))
+            flat_out = without_gradient(tf, ins, tf.nest.flatten(out, expand_composites=True))
+            return tf.nest.pack_sequence_as(out, flat_out, expand_composites=True)
         tensors = [self._tensor(tf, v, k) for k, v in enumerate(flat)]
         flat_out = [o if isinstance(o, tf.Tensor) else tf.convert_to_tensor(o)
                     for o in self._plan.run(tensors)]
+        if _could_record():
+            flat_out = without_gradient(tf, tensors, flat_out)
         if self._out_keys is not None:
             return dict(zip(self._out_keys, flat_out))
         return tf.nest.pack_sequence_as(self.structured_outputs, flat_out)

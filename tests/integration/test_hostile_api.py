@@ -496,3 +496,30 @@ def test_a_copy_of_a_loaded_model(mlp_dir, tmp_path):
     loaded = tftrt.load(str(tmp_path / "m"))
     twin = copy.copy(loaded)
     assert_close(twin.signatures["serving_default"](x=tf.constant(X)), native(mlp_dir, x=X))
+
+
+def test_a_gradient_through_a_converted_call_is_refused_with_the_reason(mlp_dir, tmp_path):
+    """Eager calls run the engines from Python, which no tape records: the gradient was None,
+    silently; inside a tf.function it was TF's KeyError for an engine node's branch function
+    (runtime hunt, 2026-12-04). Both raise LookupError with the reason now, as TF-TRT's
+    TRTEngineOp had no gradient; a gradient that does not pass through the call works."""
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=mlp_dir)
+    fn = conv.convert()
+    conv.build(batches(X))
+    conv.save(str(tmp_path / "m"))
+    sig = tftrt.load(str(tmp_path / "m")).signatures["serving_default"]
+    x = tf.constant(X)
+    for call in (lambda v: fn(v), lambda v: sig(x=v)):
+        def through(v, call=call):
+            with tf.GradientTape() as tape:
+                tape.watch(v)
+                y = tf.reduce_sum(tf.nest.flatten(call(v))[0])
+            return tape.gradient(y, v)
+        for run in (through, tf.function(through, autograph=False)):
+            with pytest.raises(LookupError, match="have no gradient"):
+                run(x)
+        w = tf.Variable(2.0)
+        with tf.GradientTape() as tape:  # the engine's input is not watched: no error
+            y = tf.reduce_sum(tf.nest.flatten(call(x))[0]) * w
+        assert float(tape.gradient(y, w)) == pytest.approx(float(y) / 2.0, rel=1e-5)
+    assert_close(sig(x=x), native(mlp_dir, x=X))  # calls without a tape as before
