@@ -18,7 +18,9 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 from typing import List, Optional, Sequence
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -922,7 +924,15 @@ def main(argv: Optional[Sequence[str]] = None, out=None, err=None) -> int:
         message = str(e) if isinstance(e, _Interrupted) else "interrupted"
         if args.command == "convert" and not isinstance(e, _Interrupted):
             message = "interrupted: nothing was saved"
-        print(f"tftrt {args.command}: {message}", file=err)
+        # a second Ctrl-C (`timeout` and the shell each sending one) while this line was
+        # printed ended in a KeyboardInterrupt traceback
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main_thread else None
+        try:
+            print(f"tftrt {args.command}: {message}", file=err)
+        finally:
+            if main_thread:
+                signal.signal(signal.SIGINT, previous)
         return EXIT_INTERRUPTED
 
 

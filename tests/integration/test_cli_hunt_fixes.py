@@ -320,3 +320,27 @@ def test_saved_model_cli_convert_keeps_tensorrt_as_a_value(models, tmp_path, mon
                            "--backend", "NUMPY", "--no-summary")
     assert code == 0, err
     assert os.path.isfile(os.path.join("out", "saved_model.pb"))
+
+
+def test_a_second_ctrl_c_while_the_interrupt_line_is_printed(monkeypatch):
+    """Ctrl-C during a command prints one line; a second SIGINT while it was printed (the
+    shell and `timeout` each send one) ended in a KeyboardInterrupt traceback. SIGINT is
+    ignored while the line is written, and the handler is put back afterwards."""
+    import io
+    from tftrt import cli
+
+    def interrupted(args, out, err):
+        raise KeyboardInterrupt
+
+    class SignallingStream(io.StringIO):
+        def write(self, text):
+            os.kill(os.getpid(), signal.SIGINT)  # the second Ctrl-C, mid-line
+            return super().write(text)
+
+    monkeypatch.setitem(cli.COMMANDS, "inspect", interrupted)
+    err = SignallingStream()
+    before = signal.getsignal(signal.SIGINT)
+    assert cli.main(["inspect", "/nonexistent"], out=io.StringIO(), err=err) == \
+        cli.EXIT_INTERRUPTED
+    assert "tftrt inspect: interrupted" in err.getvalue()
+    assert signal.getsignal(signal.SIGINT) is before
