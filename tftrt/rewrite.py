@@ -762,7 +762,7 @@ def without_gradient(tf, inputs, outputs):
     TF's KeyError for an engine node's branch function ("tftrt_engine_outputs_... cannot be
     found in the graph"; runtime hunt, 2026-12-04). Outputs a gradient never reaches are
     left alone, as TF leaves an op without a gradient alone."""
-    floats = [x for x in inputs if x.dtype.is_floating]
+    floats = [x for x in inputs if tf.is_tensor(x) and x.dtype.is_floating]
     if not floats or not outputs:
         return outputs
 

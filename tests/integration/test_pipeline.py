@@ -397,3 +397,22 @@ def test_a_stage_that_does_not_trace_on_unknown_ranks_keeps_the_graph_function(t
     _close(fn(x), want)
     conv.save(str(tmp_path / "m_trt"))
     _close(tftrt.load(str(tmp_path / "m_trt")).signatures["serving_default"](x), want)
+
+
+def test_a_list_fed_to_an_input_of_unknown_rank_inside_a_tf_function(tmp_path):
+    """An input of unknown rank reaches the graph function as given (a Python list); the
+    gradient guard added on 2026-12-04 read its dtype ('list' object has no attribute
+    'dtype')."""
+    class M(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec(None, tf.float32, name="x")])
+        def __call__(self, x):
+            h = tf.reshape(x, [-1, 4]) + 0.0
+            return {"y": tf.nn.relu(tf.nn.relu(h * 2.0 + 1.0) * 3.0 - 1.0)}
+    src = models.save_module(M(), str(tmp_path / "m"))
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=src, minimum_segment_size=1)
+    fn = conv.convert()
+    assert isinstance(fn, DirectSignature) and conv.engine_ops
+    rows = [[1.0, -2.0, 0.5, 4.0]]
+    got = tf.function(lambda: fn(x=rows)["y"])()
+    want = tf.saved_model.load(src).signatures["serving_default"](x=tf.constant(rows))["y"]
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6)
