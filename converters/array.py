@@ -548,8 +548,10 @@ class GatherNd:
     """tf.gather_nd (batch_dims=0; tf.gather_nd's batch_dims > 0 traces to other ops and a
     GatherNd of batch_dims 0): params [d0, ..., d(r-1)], indices [..., K], 1 <= K <= r. The
     index rows become linear indices into params with its first K dims merged, and a Gather
-    reads them: sum(i_k * stride_k) over the last axis, strides from d1..d(r-1), which must be
-    known (d0 may be the dynamic batch). Rejects: other index dtypes, unknown dims or K,
+    reads them: sum(i_k * stride_k) over the last axis. The indexed dims d0..d(K-1) may be
+    known only at run time (the batch, a sequence length: the [CLS] or masked positions of a
+    [batch, length, hidden] sequence), read from params' Shape; the dims after them must be
+    known. Rejects: other index dtypes, unknown K or trailing dims,
     ``bad_indices_policy="ERROR"`` (a GPU engine answers zeros where TF raises), constant
     indices out of range.
 
@@ -584,9 +586,9 @@ class GatherNd:
         k = i[-1]
         if not 1 <= k <= len(p):
             return f"GatherNd with index rows of {k} entries into params of rank {len(p)}"
-        if any(d is None for d in p[1:]):
-            return (f"GatherNd needs the dims of params after the first to be known, not "
-                    f"{list(p)}")
+        if any(d is None for d in p[k:]):
+            return (f"GatherNd needs the dims of params after the {k} indexed ones to be "
+                    f"known, not {list(p)}")
         if 0 in p[k:]:
             # TF raises for any index row ("Requested more than 0 entries, but params is
             # empty"), where a Gather would answer an empty slice (review hunt, 2026-12-04)
@@ -607,36 +609,42 @@ class GatherNd:
         idx = ctx.input(node, 1)
         if np.dtype(ctx.attr_dtype(node, "Tindices")) != np.int64:
             idx = ctx.emit("Cast", [idx], to=onnx.TensorProto.INT64)
-        strides = [int(np.prod(p[j + 1:k], dtype=np.int64)) for j in range(k)]
         big = np.iinfo(np.int64).max
-        # d0 unknown: a row index past big // stride0 would wrap the product around
-        upper = [p[0] if p[0] is not None else big // max(strides[0], 1)] + list(p[1:k])
-        lin = ctx.emit("ReduceSum", [ctx.emit("Mul", [idx, ctx.const(np.array(strides,
-                                                                              np.int64),
-                                                                     "strides")]),
+        if all(d is not None for d in p[:k]):
+            dims = [int(d) for d in p[:k]]
+            strides = [int(np.prod(dims[j + 1:], dtype=np.int64)) for j in range(k)]
+            upper = ctx.const(np.array(dims, np.int64), "dims")
+            stride_vec = ctx.const(np.array(strides, np.int64), "strides")
+            shape = int64s(ctx, [int(np.prod(dims, dtype=np.int64))] + list(p[k:]), "merged")
+        else:
+            # dims known only at run time: read from params' Shape (the engine folds these
+            # once its input shapes are bound); stride_j = d(j+1) * ... * d(K-1)
+            upper = ctx.emit("Shape", [ctx.input(node, 0)], start=0, end=k)
+            one = int64s(ctx, [1], "one")
+            dim = [ctx.emit("Slice", [upper, int64s(ctx, [j], "at"), int64s(ctx, [j + 1], "to")])
+                   for j in range(k)]
+            strides = [one]
+            for j in range(k - 1, 0, -1):
+                strides.insert(0, ctx.emit("Mul", [strides[0], dim[j]]))
+            stride_vec = strides[0] if k == 1 else ctx.emit("Concat", strides, axis=0)
+            merged = ctx.emit("Mul", [strides[0], dim[0]])
+            shape = ctx.emit("Concat", [merged, int64s(ctx, list(p[k:]), "rest")], axis=0) \
+                if len(p) > k else merged
+        lin = ctx.emit("ReduceSum", [ctx.emit("Mul", [idx, stride_vec]),
                                      int64s(ctx, [-1], "last")], keepdims=0)
         bad = ctx.emit("Or", [ctx.emit("Less", [idx, ctx.const(np.zeros(k, np.int64), "zero")]),
-                              ctx.emit("GreaterOrEqual",
-                                       [idx, ctx.const(np.array(upper, np.int64), "dims")])])
+                              ctx.emit("GreaterOrEqual", [idx, upper])])
         if k > 1:
             bad = ctx.emit("ReduceMax", [ctx.emit("Cast", [bad], to=onnx.TensorProto.INT32)],
                            axes=[-1], keepdims=0)
             bad = ctx.emit("Greater", [bad, ctx.const(np.asarray(0, np.int32), "none")])
         else:
             bad = squeeze(ctx, bad, [len(i) - 1])
+        # every component in range: the sum is below params' element count (no wrap-around)
         lin = ctx.emit("Where", [bad, ctx.const(np.asarray(big, np.int64), "out_of_range"),
                                  lin])
         # the merged dim given, not -1, and allowzero: params [4, 2, 0] merged to [-1, 0]
         # took the 0 as "keep dim 1" and answered shape (0, 2) for TF's (0, 0) (review hunt)
-        merged = int(np.prod(p[:k], dtype=np.int64)) if p[0] is not None else None
-        if merged is not None:
-            shape = int64s(ctx, [merged] + list(p[k:]), "merged")
-        else:
-            rows = ctx.emit("Mul", [ctx.emit("Shape", [ctx.input(node, 0)], start=0, end=1),
-                                    int64s(ctx, [int(np.prod(p[1:k], dtype=np.int64))],
-                                           "row_size")])
-            shape = ctx.emit("Concat", [rows, int64s(ctx, list(p[k:]), "rest")], axis=0) \
-                if len(p) > k else rows
         flat = ctx.emit("Reshape", [ctx.input(node, 0), shape], allowzero=1)
         ctx.set_output(node, 0, ctx.emit("Gather", [flat, lin], axis=0))
 

@@ -491,9 +491,13 @@ def test_gather_nd_rows_outside_params_read_no_other_element():
 
 
 def test_rejects_gather_nd_unknown_dims_and_error_policy():
-    assert "after the first to be known" in validation_reason(
+    assert "after the 1 indexed ones to be known" in validation_reason(
         lambda t, i: tf.gather_nd(t, i),
-        [tf.TensorSpec([None, None, 3]), tf.TensorSpec([None, 2], tf.int32)], "GatherNd")
+        [tf.TensorSpec([None, None, 3]), tf.TensorSpec([None, 1], tf.int32)], "GatherNd")
+    assert validation_reason(  # the indexed dims may be known only at run time
+        lambda t, i: tf.gather_nd(t, i),
+        [tf.TensorSpec([None, None, 3]), tf.TensorSpec([None, 2], tf.int32)], "GatherNd") \
+        is None
     assert "known last dim" in validation_reason(
         lambda t, i: tf.gather_nd(t, i),
         [tf.TensorSpec([None, 4, 3]), tf.TensorSpec([None, None], tf.int32)], "GatherNd")

@@ -568,3 +568,39 @@ def test_positions_of_a_dynamic_sequence_length_stay_in_the_engine(tmp_path):
         np.testing.assert_allclose(fn(x=x)["y"].numpy(), native(x=x)["y"].numpy(),
                                    rtol=1e-5, atol=1e-5)
     assert op.stats["native"] == 0 and op.stats["engine"] >= 3
+
+
+def test_gather_nd_of_a_dynamic_sequence_length_stays_in_the_engine(tmp_path):
+    """Rows (b, position) into [batch, length, 4] with the length known only at run time
+    (BERT's [CLS] / masked positions): GatherNd needed every dim after the first known and
+    stayed native. The strides come from params' Shape now; one engine serves lengths
+    3..7, and a position past the length still raises as TF does."""
+    rng = np.random.default_rng(0)
+
+    class M(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, None, 4], tf.float32, name="x"),
+                                      tf.TensorSpec([None, 2], tf.int32, name="rows")])
+        def __call__(self, x, rows):
+            return {"y": tf.nn.relu(tf.gather_nd(x * 2.0, rows) + 1.0)}
+    src = models.save_module(M(), str(tmp_path / "m"))
+    native = tf.saved_model.load(src).signatures["serving_default"]
+
+    def feeds(n):
+        x = rng.standard_normal((3, n, 4)).astype(np.float32)
+        rows = np.stack([np.arange(3), rng.integers(0, n, 3)], axis=1).astype(np.int32)
+        return x, rows
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=src, use_dynamic_shape=True,
+                                   minimum_segment_size=1)
+    fn = conv.convert()
+    conv.build(lambda: iter([feeds(n)[::-1] for n in (3, 7)]))  # (rows, x): sorted names
+    op, = conv.engine_ops.values()
+    assert "GatherNd" in op.spec.op_histogram, op.spec.op_histogram
+    for n in (3, 5, 7):
+        x, rows = feeds(n)
+        np.testing.assert_allclose(fn(x=x, rows=rows)["y"].numpy(),
+                                   native(x=x, rows=rows)["y"].numpy(), rtol=1e-6)
+    assert op.stats["native"] == 0 and op.stats["engine"] >= 3
+    x, rows = feeds(5)
+    rows[1, 1] = 5  # past the length: TF raises, the engine must not read row 2's first
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        fn(x=x, rows=rows)
