@@ -20,7 +20,7 @@ from .axes import (INT64_MAX, axis_error, const_ints, int64s, normalize_axis, sq
                    unsqueeze)
 from .broadcast import scalar_like
 from .registry import ANY, TENSOR, WEIGHT, converter
-from .shape_values import Computed, DimOf, resolve
+from .shape_values import Computed, DimOf, resolve, resolve_scalar
 from .slicing import SlicePlan, reversed_edge, strided_slice_plan
 
 ARRAY = ("float32", "float16", "int32", "int64", "bool")
@@ -847,9 +847,7 @@ class Range:
         if not (delta > 0 and start <= 0):
             return (f"Range with a run-time limit needs start <= 0 and delta > 0 (TF raises "
                     f"for a limit below start), not start {start:g}, delta {delta:g}")
-        limit = resolve(ctx.info, ctx.input_tensor(node, 1))
-        if isinstance(limit, list) and len(limit) == 1:
-            limit = limit[0]
+        limit = resolve_scalar(ctx.info, ctx.input_tensor(node, 1))
         if not isinstance(limit, (int, DimOf)):
             return "Range with a limit computed at run time from values (not a tensor's dim)"
         return limit

@@ -13,6 +13,7 @@ import numpy as np
 
 from .layout import onnx_type
 from .registry import ANY, FLOATS, FLOATS_AND_INT32, TENSOR, WEIGHT, converter
+from .shape_values import resolve_scalar
 
 _ONNX_REDUCE = {"Sum": "ReduceSum", "Mean": "ReduceMean", "Max": "ReduceMax",
                 "Min": "ReduceMin", "Prod": "ReduceProd", "All": "ReduceMin", "Any": "ReduceMax"}
@@ -162,10 +163,7 @@ class TopK:
         # (TopK v1, with k as an attribute, cannot be built by TF 2.x graphs any more.)
         if ctx.is_const(node, 1):
             return int(np.asarray(ctx.const_value(node, 1)).reshape(-1)[0])
-        from .shape_values import resolve
-        k = resolve(ctx.info, ctx.input_tensor(node, 1))
-        if isinstance(k, list) and len(k) == 1:
-            k = k[0]
+        k = resolve_scalar(ctx.info, ctx.input_tensor(node, 1))
         return k if isinstance(k, int) else None
 
     @staticmethod

@@ -71,6 +71,14 @@ def resolve(info, tensor: str, _depth: int = 0) -> Optional[Resolved]:
         return None
 
 
+def resolve_scalar(info, tensor: str) -> Optional[Element]:
+    """The one element of an integer scalar (or 1-vector) tensor, or None."""
+    e = resolve(info, tensor)
+    if isinstance(e, list):
+        e = e[0] if len(e) == 1 else None
+    return e
+
+
 def _resolve_node(info, node, ins, depth) -> Optional[Resolved]:
     op = node.op
     if op in _PASS_THROUGH:

@@ -834,11 +834,17 @@ def _start_triton(pt, cfg: ServeConfig, stub: Optional[pathlib.Path]):
     return triton
 
 
+def _proc_stat(pid) -> List[str]:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state, ppid, ...); OSError
+    when the process is gone."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rpartition(")")[2].split()
+
+
 def _process_alive(pid: int) -> bool:
     """Whether process ``pid`` runs (a zombie does not)."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] != "Z"
+        return _proc_stat(pid)[0] != "Z"
     except (OSError, IndexError):
         return False
 
@@ -858,9 +864,7 @@ def _stub_pids(triton) -> List[int]:
         if not d.isdigit():
             continue
         try:
-            with open(f"/proc/{d}/stat") as f:
-                ppid = int(f.read().rpartition(")")[2].split()[1])
-            if ppid != parent:
+            if int(_proc_stat(d)[1]) != parent:
                 continue
             with open(f"/proc/{d}/cmdline", "rb") as f:
                 if b"triton_python_backend_stub" in f.read():
@@ -885,13 +889,13 @@ def _triton_end(triton) -> str:
     return "Triton stopped"
 
 
-def _remove_proxy_shared_memory() -> None:
+def _remove_proxy_shared_memory(pid: Optional[int] = None) -> None:
     """PyTriton's shared-memory segments of this process (``/dev/shm/pytrtion<pid>-*``),
     which stayed behind when a stub had died (serving hunt, 2026-12-04). Only when no other
-    Server of this process runs."""
-    if _RUNNING_SERVERS[0] > 0:
+    Server of this process runs. ``pid``: those of another process, killed (tests)."""
+    if pid is None and _RUNNING_SERVERS[0] > 0:
         return
-    prefix = f"pytrtion{os.getpid()}-"
+    prefix = f"pytrtion{os.getpid() if pid is None else pid}-"
     try:
         names = os.listdir("/dev/shm")
     except OSError:

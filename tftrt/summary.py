@@ -77,8 +77,8 @@ def print_summary(info, seg: SegmentationResult, engine_ops: Dict[str, object],
     pct = 100.0 * converted / total if total else 0.0
     print_fn(f"[*] % of OPs Converted: {pct:.2f}% [{converted}/{total}]")
     unconverted = collections.Counter(info.nodes[n].op for n in native_ops
-                                      if n not in in_engine and info.nodes[n].op != "Const")
-    consts = sum(1 for n in native_ops if n not in in_engine and info.nodes[n].op == "Const")
+                                      if n not in in_engine)
+    consts = unconverted.pop("Const", 0)
     if unconverted:
         # the total counts Consts as TF-TRT's does; a Const is not a reason, but a reader
         # adding up this list against the total was 10 short (transformer hunt, 2026-12-04)

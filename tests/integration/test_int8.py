@@ -240,16 +240,21 @@ def test_a_layer_over_the_error_limit_stays_fp16(cnn, monkeypatch):
 
 # --- quantization-aware models: FakeQuant / QDQ ranges, folding ------------------------------
 
+def conv_conv_dense_weights():
+    """Seeded weights of a 3x3 conv (3 -> 8), a 3x3 conv (8 -> 8) and a dense (8 -> 4)."""
+    rng = np.random.RandomState(0)
+    return (tf.constant(rng.randn(3, 3, 3, 8).astype(np.float32) * 0.4),
+            tf.constant(rng.randn(3, 3, 8, 8).astype(np.float32) * 0.3),
+            tf.constant(rng.randn(8, 4).astype(np.float32)))
+
+
 class QatModel(tf.Module):
     """conv -> relu -> FakeQuant(0, 6) -> conv -> FakeQuant(-8, 8) -> dense; the input is
     fake-quantized to [-1, 1] by QuantizeAndDequantizeV2 (range_given). One tensor (the pooled
     features) has no range."""
 
     def __init__(self):
-        rng = np.random.RandomState(0)
-        self.w1 = tf.constant(rng.randn(3, 3, 3, 8).astype(np.float32) * 0.4)
-        self.w2 = tf.constant(rng.randn(3, 3, 8, 8).astype(np.float32) * 0.3)
-        self.wd = tf.constant(rng.randn(8, 4).astype(np.float32))
+        self.w1, self.w2, self.wd = conv_conv_dense_weights()
 
     @tf.function(input_signature=[tf.TensorSpec([None, 10, 10, 3], tf.float32, name="x")])
     def __call__(self, x):
@@ -348,10 +353,7 @@ class TinyUnits(tf.Module):
     physical units), every activation is below float16's normal range."""
 
     def __init__(self):
-        rng = np.random.RandomState(0)
-        self.w1 = tf.constant(rng.randn(3, 3, 3, 8).astype(np.float32) * 0.4)
-        self.w2 = tf.constant(rng.randn(3, 3, 8, 8).astype(np.float32) * 0.3)
-        self.wd = tf.constant(rng.randn(8, 4).astype(np.float32))
+        self.w1, self.w2, self.wd = conv_conv_dense_weights()
 
     @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 3], tf.float32, name="x")])
     def __call__(self, x):

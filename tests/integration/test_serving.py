@@ -130,9 +130,7 @@ def _kill_leftovers(proc, pids):
     for pid in pids:
         if _alive(pid):
             os.kill(pid, signal.SIGKILL)
-    for n in os.listdir("/dev/shm") if os.path.isdir("/dev/shm") else ():
-        if n.startswith(f"pytrtion{proc.pid}-"):
-            os.unlink(os.path.join("/dev/shm", n))
+    serving._remove_proxy_shared_memory(proc.pid)
 
 
 class Served:
