@@ -1,5 +1,6 @@
 """Reading TensorFlow profiler traces (the xplane files that ``tf.profiler.experimental`` writes):
-the device-to-host copies of a traced stretch, with the TF op that asked for each. Shared by the
+the device-to-host (or host-to-device) copies of a traced stretch, with the TF op that asked for
+each. Shared by the
 engine-boundary GPU tests and benchmarks/profile_boundary.py."""
 
 from __future__ import annotations
@@ -10,7 +11,17 @@ import re
 
 
 def d2h_copies(logdir):
-    """(bytes or None) of every device-to-host memcpy in the profile written to ``logdir``."""
+    """(plane, event, bytes or None, TF op) of every device-to-host memcpy in the profile
+    written to ``logdir``."""
+    return _copies(logdir, r"d2h|dtoh|devicetohost")
+
+
+def h2d_copies(logdir):
+    """The same for every host-to-device memcpy."""
+    return _copies(logdir, r"h2d|htod|hosttodevice")
+
+
+def _copies(logdir, pattern):
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
     found = []
     for path in glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True):
@@ -23,7 +34,7 @@ def d2h_copies(logdir):
             for line in plane.lines:
                 for ev in line.events:
                     name = names.get(ev.metadata_id, "")
-                    if not re.search(r"d2h|dtoh|devicetohost", name.replace(" ", "").lower()):
+                    if not re.search(pattern, name.replace(" ", "").lower()):
                         continue
                     size, op = None, ""
                     for st in ev.stats:

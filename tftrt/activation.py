@@ -55,7 +55,10 @@ def bind_engines(graph_def):
     ops = engine_ops_from_graph_def(graph_def)
     if not ops:
         return graph_def, []
-    return conversion.bind_engine_nodes(graph_def, ops, inline_fallback=inline_fallback())
+    # (weights stay constants of the native segments: a TF1 graph has no captures)
+    graph_def, keepalive, _ = conversion.bind_engine_nodes(graph_def, ops,
+                                                           inline_fallback=inline_fallback())
+    return graph_def, keepalive
 
 
 def inline_fallback() -> bool:

@@ -18,7 +18,7 @@ from tftrt import calibration, rewrite
 from tftrt.env import env_bool
 from tftrt.engine_op import (EngineSpec, TRTEngineOp, resolve_backend,
                              stop_cached_profile_builds)
-from tftrt.graph_io import GraphInfo
+from tftrt.graph_io import GraphInfo, split_tensor_name
 from tftrt.lowering import ConversionError, lower_segment
 from tftrt.segment import (Segment, SegmentationResult, native_xla_calls, segment_graph,
                            xla_calls)
@@ -35,6 +35,7 @@ class ConversionResult:
     graph_def: object               # engine form (engine nodes with their native fallbacks)
     outputs: List[str]
     native_graph_def: object = None  # native form (what save() writes; the pipeline's plan)
+    weights: dict = dataclasses.field(default_factory=dict)  # bind_engine_nodes' weights
 
 
 class NativeSegmentCaller:
@@ -162,12 +163,16 @@ def engine_call_node(name: str, op: TRTEngineOp, token: str):
     return rewrite.engine_node(name, token, op.spec.input_dtypes, op.spec.output_dtypes)
 
 
-def bind_engine_nodes(graph_def, ops: Dict[str, TRTEngineOp], inline_fallback: bool = False):
+def bind_engine_nodes(graph_def, ops: Dict[str, TRTEngineOp], inline_fallback: bool = False,
+                      weights_as_inputs: bool = False):
     """A copy of ``graph_def`` (native form) whose native-segment calls named in ``ops`` are
     engine nodes, each followed by its native fallback (:func:`rewrite.with_native_fallback`,
-    which takes ``inline_fallback``).
+    which takes ``inline_fallback`` and ``weights_as_inputs``).
 
-    Returns (graph_def, objects to keep alive while the graph is used).
+    Returns (graph_def, objects to keep alive while the graph is used, {weight Placeholder
+    tensor name: an eager tensor holding its value, on the engine node's device}: what a TF2
+    function importing the graph captures in their place; empty without
+    ``weights_as_inputs``).
     """
     tokens, keepalive = register_engine_ops(ops)
     fdefs = {f.signature.name: f for f in graph_def.library.function}
@@ -194,7 +199,29 @@ def bind_engine_nodes(graph_def, ops: Dict[str, TRTEngineOp], inline_fallback: b
         if f.signature.name in used:
             out.library.function.add().CopyFrom(f)
     shapes = {name: ops[name].spec.output_shapes for name in natives}
-    return rewrite.with_native_fallback(out, natives, shapes, inline_fallback), keepalive
+    out, weights = rewrite.with_native_fallback(out, natives, shapes, inline_fallback,
+                                                weights_as_inputs)
+    return out, keepalive, _weight_tensors(out, weights)
+
+
+def _weight_tensors(graph_def, weights) -> dict:
+    """{Placeholder tensor name: eager tensor of its TensorProto} for
+    :func:`bind_engine_nodes`. Each is put on its Placeholder's device (the engine node's)
+    or, where that has none, where TensorFlow places an op (a GPU if it has one), as it
+    places the fallback's If: a weight held anywhere else crossed to the If's device on
+    every call, fallback or not."""
+    if not weights:
+        return {}
+    import contextlib
+    tf = rewrite._tf()  # pylint: disable=protected-access
+    devices = {n.name: n.device for n in graph_def.node if n.op == "Placeholder"}
+    tensors = {}
+    with tf.init_scope():
+        for name, proto in weights.items():
+            device = devices.get(split_tensor_name(name)[0])
+            with tf.device(device) if device else contextlib.nullcontext():
+                tensors[name] = tf.identity(tf.constant(tf.make_ndarray(proto)))
+    return tensors
 
 
 # The dtypes TF's GPU kernel of EagerPyFunc takes (tensorflow/python/lib/core/py_func.cc): no
@@ -465,8 +492,9 @@ def convert_graph(info: GraphInfo, params, nodes_denylist: Sequence[str] = ()) -
         kept.append(s)
     seg.segments = kept
     native_gd, outputs = native_form_graph_def(info, kept, engine_ops, fdefs)
-    gd, keepalive = bind_engine_nodes(native_gd, {s.name: engine_ops[s.name] for s in kept})
-    return ConversionResult(seg, engine_ops, fdefs, keepalive, gd, outputs, native_gd)
+    gd, keepalive, weights = bind_engine_nodes(
+        native_gd, {s.name: engine_ops[s.name] for s in kept}, weights_as_inputs=True)
+    return ConversionResult(seg, engine_ops, fdefs, keepalive, gd, outputs, native_gd, weights)
 
 
 def native_form_graph_def(info: GraphInfo, segments: Sequence[Segment],
@@ -538,7 +566,8 @@ def make_signature_function(sig, result: ConversionResult):
     info = sig.info
     fn = rewrite.graph_signature_function(
         result.graph_def, info.inputs, result.outputs, sig.input_names, sig.frozen_func.inputs,
-        sig.func.structured_outputs, sig.func.structured_input_signature, result.keepalive)
+        sig.func.structured_outputs, sig.func.structured_input_signature, result.keepalive,
+        tensor_map=result.weights)
     if result.native_graph_def is None or not result.engine_ops or \
             not env_bool("TFTRT_DIRECT_CALL", True):
         return fn

@@ -147,6 +147,57 @@ def native_segment_function_def(info: GraphInfo, seg: Segment):
     return fdef
 
 
+def lift_weights(fdef):
+    """``fdef`` (a native segment function) with its large constants (LIGHT_CONST_BYTES and
+    up: the weights) as its last arguments instead.
+
+    The engine form's fallback branches call this light copy, fed the weights as tensors
+    the signature function captures (bind_engine_nodes). A FunctionDef reachable from a
+    function TensorFlow runs is copied into what it keeps for every executed trace: with
+    the weights as constants, each trace of a user's tf.function that called a converted
+    signature kept a copy of the native segments' weights for good (runtime hunt,
+    2026-12-04: +4 MB per trace of a 4 MB model; tracing 100 tf.functions, +400 MB), as a
+    captured tensor is not.
+
+    Returns:
+      (the light FunctionDef, named ``<name>_w``, and the constants' TensorProtos in
+      argument order), or (``fdef``, []) when it has no large constant.
+    """
+    from tensorflow.core.framework import tensor_pb2
+    lifted: Dict[str, str] = {}
+    values = []
+    for n in fdef.node_def:
+        if n.op == "Const" and len(n.attr["value"].tensor.tensor_content) >= LIGHT_CONST_BYTES:
+            lifted[n.name] = f"tftrt_weight_{len(values)}"
+            values.append(tensor_pb2.TensorProto())
+            values[-1].CopyFrom(n.attr["value"].tensor)
+    if not lifted:
+        return fdef, []
+    light = type(fdef)()
+    light.signature.CopyFrom(fdef.signature)
+    light.signature.name = fdef.signature.name + "_w"
+    for n, v in zip(lifted.values(), values):
+        light.signature.input_arg.add(name=n, type=v.dtype)
+    for key in ("attr", "arg_attr", "resource_arg_unique_id", "ret", "control_ret"):
+        getattr(light, key).MergeFrom(getattr(fdef, key))
+
+    def source(ref: str) -> str:
+        # a constant's output ("w:output:0") is its argument now; a control edge from a
+        # constant orders nothing and goes
+        return lifted.get(ref.split(":")[0], ref)
+    for n in fdef.node_def:
+        if n.name in lifted:
+            continue
+        node = light.node_def.add()
+        node.CopyFrom(n)
+        del node.input[:]
+        node.input.extend(source(i) for i in n.input
+                          if not (i.startswith("^") and i[1:] in lifted))
+    for k, ref in fdef.ret.items():
+        light.ret[k] = source(ref)
+    return light, values
+
+
 XLA_MUST_COMPILE = "_XlaMustCompile"
 
 
@@ -257,32 +308,37 @@ def engine_call_name(engine_name: str) -> str:
     return "tftrt_engine_call_" + engine_name.replace("TRTEngineOp_", "")
 
 
-def _take_engine_outputs_fdef(in_dtypes, out_dtypes):
+def _take_engine_outputs_fdef(in_dtypes, out_dtypes, weight_types=()):
     """The select node's then-branch: returns the engine's outputs (its first arguments)."""
     from tensorflow.core.framework import function_pb2
     fdef = function_pb2.FunctionDef()
-    _branch_signature(fdef, in_dtypes, out_dtypes)
+    _branch_signature(fdef, in_dtypes, out_dtypes, weight_types)
     for j, d in enumerate(out_dtypes):
         ident = fdef.node_def.add(name=f"engine_{j}", op="Identity", input=[f"e_{j}"])
         ident.attr["T"].type = _dtype_enum(d)
         fdef.ret[f"r_{j}"] = f"engine_{j}:output:0"
     key = (",".join(np.dtype(d).name for d in out_dtypes) + "|" +
            ",".join(np.dtype(d).name for d in in_dtypes))
+    if weight_types:
+        key += "|" + ",".join(str(t) for t in weight_types)
     fdef.signature.name = "tftrt_engine_outputs_" + hashlib.sha1(key.encode()).hexdigest()[:10]
     return fdef
 
 
 def _run_native_fdef(native_name: str, in_dtypes, out_dtypes, native=None,
-                     inline: bool = False):
+                     inline: bool = False, weight_types=()):
     """The select node's else-branch: calls the native segment function (``native``, its
-    FunctionDef, says whether through XLA) on the segment inputs (its last arguments);
-    ``inline``: inlined where TF lowers the If (see with_native_fallback)."""
+    FunctionDef, says whether through XLA) on the segment inputs and then the weights
+    (``weight_types``: see lift_weights), its last arguments; ``inline``: inlined where TF
+    lowers the If (see with_native_fallback)."""
     from tensorflow.core.framework import function_pb2
     fdef = function_pb2.FunctionDef()
-    _branch_signature(fdef, in_dtypes, out_dtypes)
+    _branch_signature(fdef, in_dtypes, out_dtypes, weight_types)
     call = fdef.node_def.add(name="native", op="PartitionedCall")
     call.input.extend([f"i_{i}" for i in range(len(in_dtypes))])
+    call.input.extend([f"w_{k}" for k in range(len(weight_types))])
     call.attr["Tin"].list.type.extend([_dtype_enum(d) for d in in_dtypes])
+    call.attr["Tin"].list.type.extend(weight_types)
     call.attr["Tout"].list.type.extend([_dtype_enum(d) for d in out_dtypes])
     call.attr["f"].func.name = native_name
     _mark_call(call, native)
@@ -298,19 +354,21 @@ def _run_native_fdef(native_name: str, in_dtypes, out_dtypes, native=None,
     return fdef
 
 
-def _branch_signature(fdef, in_dtypes, out_dtypes) -> None:
+def _branch_signature(fdef, in_dtypes, out_dtypes, weight_types=()) -> None:
     sig = fdef.signature
     for j, d in enumerate(out_dtypes):
         sig.input_arg.add(name=f"e_{j}", type=_dtype_enum(d))
     for i, d in enumerate(in_dtypes):
         sig.input_arg.add(name=f"i_{i}", type=_dtype_enum(d))
+    for k, t in enumerate(weight_types):
+        sig.input_arg.add(name=f"w_{k}", type=t)
     for j, d in enumerate(out_dtypes):
         sig.output_arg.add(name=f"r_{j}", type=_dtype_enum(d))
 
 
 def with_native_fallback(graph_def, native_fdefs: Dict[str, object],
                          output_shapes: Optional[Dict[str, list]] = None,
-                         inline_fallback: bool = False):
+                         inline_fallback: bool = False, weights_as_inputs: bool = False):
     """Gives every engine node of ``graph_def`` its native fallback as a node of the graph.
 
     An engine node ``E`` (an EagerPyFunc, see :func:`engine_node`) becomes two nodes: the
@@ -334,24 +392,33 @@ def with_native_fallback(graph_def, native_fdefs: Dict[str, object],
       inline_fallback: the else-branch is inlined into the graph where TF lowers the
         ``If`` (activation.inline_fallback: a TF1 Session on a CPU with oneDNN), instead of
         a function call made at its first run.
+      weights_as_inputs: the native segments' weights become Placeholders of the graph,
+        ``<engine call>/weight_<k>``, on the engine node's device, passed through the
+        ``If`` to the segment's :func:`lift_weights` copy (for a graph imported into a TF2
+        function, whose caller feeds them captured tensors).
     Returns:
-      A new GraphDef; its library gains the native segments and the branch functions.
+      (a new GraphDef, whose library gains the native segments and the branch functions;
+      {weight Placeholder tensor name: its value, a TensorProto}, empty without
+      ``weights_as_inputs``).
     """
     from tensorflow.core.framework import graph_pb2, node_def_pb2
     out = graph_pb2.GraphDef()
     out.CopyFrom(graph_def)
     have = {f.signature.name for f in out.library.function}
     selects = []
+    weights = {}
     for node in out.node:
         if node.name not in native_fdefs:
             continue
         tf = _tf()
         in_dtypes = [tf.as_dtype(t).as_numpy_dtype for t in node.attr["Tin"].list.type]
         out_dtypes = [tf.as_dtype(t).as_numpy_dtype for t in node.attr["Tout"].list.type[1:]]
-        native = native_fdefs[node.name]
-        then_f = _take_engine_outputs_fdef(in_dtypes, out_dtypes)
+        native, values = lift_weights(native_fdefs[node.name]) if weights_as_inputs else \
+            (native_fdefs[node.name], [])
+        weight_types = [v.dtype for v in values]
+        then_f = _take_engine_outputs_fdef(in_dtypes, out_dtypes, weight_types)
         else_f = _run_native_fdef(native.signature.name, in_dtypes, out_dtypes, native,
-                                  inline=inline_fallback)
+                                  inline=inline_fallback, weight_types=weight_types)
         for f in (native, then_f, else_f):
             if f.signature.name not in have:
                 out.library.function.add().CopyFrom(f)
@@ -362,8 +429,17 @@ def with_native_fallback(graph_def, native_fdefs: Dict[str, object],
         sel.input.append(f"{node.name}/ran")
         sel.input.extend(f"{node.name}:{j}" for j in range(1, len(out_dtypes) + 1))
         sel.input.extend(i for i in node.input if not i.startswith("^"))
+        for k, v in enumerate(values):
+            ph = node_def_pb2.NodeDef(name=f"{node.name}/weight_{k}", op="Placeholder",
+                                      device=node.device)
+            ph.attr["dtype"].type = v.dtype
+            ph.attr["shape"].shape.CopyFrom(v.tensor_shape)
+            selects.append(ph)
+            sel.input.append(ph.name)
+            weights[ph.name + ":0"] = v
         sel.attr["Tcond"].type = _dtype_enum(np.bool_)
         sel.attr["Tin"].list.type.extend([_dtype_enum(d) for d in [*out_dtypes, *in_dtypes]])
+        sel.attr["Tin"].list.type.extend(weight_types)
         sel.attr["Tout"].list.type.extend([_dtype_enum(d) for d in out_dtypes])
         sel.attr["then_branch"].func.name = then_f.signature.name
         sel.attr["else_branch"].func.name = else_f.signature.name
@@ -380,7 +456,7 @@ def with_native_fallback(graph_def, native_fdefs: Dict[str, object],
         sel.attr["_lower_using_switch_merge"].b = True
         selects.append(sel)
     out.node.extend(selects)
-    return out
+    return out, weights
 
 
 def _ran_nodes(call: str, device: str):

@@ -619,14 +619,16 @@ def _load(path, tags=None, options=None):
                     "%s.", path, err, getattr(err, "fix", SavedAssetsError.FIX))
         return loaded
     manifest, gd, ops = got
-    engine_gd, keepalive = conversion.bind_engine_nodes(gd, ops)
+    engine_gd, keepalive, weights = conversion.bind_engine_nodes(gd, ops,
+                                                                 weights_as_inputs=True)
     key = manifest["signature_key"]
     original = loaded.signatures[key]
     specs = [tf.TensorSpec(s["shape"], tf.as_dtype(s["dtype"])) for s in manifest["input_specs"]]
     fn = rewrite.graph_signature_function(engine_gd, manifest["inputs"], manifest["outputs"],
                                           manifest["input_names"], specs,
                                           original.structured_outputs,
-                                          original.structured_input_signature, keepalive)
+                                          original.structured_input_signature, keepalive,
+                                          tensor_map=weights)
     if env_bool("TFTRT_DIRECT_CALL", True):
         # Engines called from Python, the native ops between them eagerly (pipeline.py):
         # no EagerPyFunc dispatch per engine.

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.gpu
 if not tf.config.list_physical_devices("GPU"):
     pytest.skip("TensorFlow sees no GPU", allow_module_level=True)
 
-from benchmarks.tf_profile import d2h_copies  # noqa: E402
+from benchmarks.tf_profile import d2h_copies, h2d_copies  # noqa: E402
 from tftrt import trt_convert as trt  # noqa: E402
 from tftrt.engine_op import resolve_backend  # noqa: E402
 
@@ -172,3 +172,61 @@ def test_loaded_pipeline_moves_no_float_tensor_to_the_host(converted, tmp_path):
     stats = [dict(op.stats) for op in loaded.engine_ops.values()]
     assert all(s["engine"] >= 8 and s.get("native", 0) == 0 and s.get("builds", 0) == 0
                for s in stats), stats
+
+
+class WideWeights(tf.Module):
+    """Two engines around a native Cos, each with a 256 KB weight: past
+    rewrite.LIGHT_CONST_BYTES, so the fallbacks read them as captured tensors
+    (rewrite.lift_weights)."""
+
+    def __init__(self):
+        rng = np.random.RandomState(3)
+        self.w = [tf.Variable(rng.standard_normal((256, 256)).astype(np.float32) * 0.05)
+                  for _ in range(2)]
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 256], tf.float32, name="x")])
+    def __call__(self, x):
+        h = tf.cos(tf.nn.relu(tf.matmul(x, self.w[0]) + 0.5))
+        return {"y": tf.nn.relu(tf.matmul(h, self.w[1]) - 0.1)}
+
+
+@pytest.mark.parametrize("backend", ["cupy", "native"])
+def test_lifted_weights_live_on_the_gpu(tmp_path, backend, monkeypatch):
+    """The weights the engine form's fallbacks take as captured tensors sit where the
+    fallback runs, so no call copies them to the GPU: not with engines on CuPy (the fallback
+    not taken), nor with the native backend (taken on every call). A weight on the host
+    crossed to the If's device through its Switch on every call."""
+    monkeypatch.setenv("TFTRT_BACKEND", backend)
+    src = str(tmp_path / "wide")
+    m = WideWeights()
+    tf.saved_model.save(m, src, signatures=m.__call__)
+    monkeypatch.setenv("TF_TRT_OP_DENYLIST", SEPARATOR)
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=src, minimum_segment_size=2,
+                                   precision_mode="FP32")
+    fn = conv.convert()
+    monkeypatch.delenv("TF_TRT_OP_DENYLIST")
+    graph_fn = getattr(fn, "native", fn)
+    weights = [t for t in graph_fn.captured_inputs
+               if t.dtype == tf.float32 and t.shape.num_elements() == 256 * 256]
+    assert len(weights) == 2, [(t.dtype, t.shape) for t in graph_fn.captured_inputs]
+    assert all("GPU" in t.device for t in weights), [t.device for t in weights]
+    x = tf.identity(tf.constant(np.random.RandomState(4).standard_normal((8, 256))
+                                .astype(np.float32)))  # on the GPU
+    want = tf.saved_model.load(src).signatures["serving_default"](x=x)["y"].numpy()
+    call = tf.function(lambda x: graph_fn(x=x))
+    for _ in range(3):
+        np.testing.assert_allclose(call(x)["y"].numpy(), want, rtol=2e-3, atol=2e-3)
+    logdir = str(tmp_path / "prof")
+    tf.profiler.experimental.start(logdir)
+    for _ in range(5):
+        call(x)
+    tf.test.experimental.sync_devices()
+    tf.profiler.experimental.stop()
+    copies = [c for c in h2d_copies(logdir) if c[2] is None or c[2] >= 256 * 256 * 4]
+    print("H2D copies of a weight's size or unknown:", copies)
+    assert not copies, copies
+    stats = [dict(op.stats) for op in conv.engine_ops.values()]
+    if backend == "native":
+        assert all(s.get("native", 0) >= 8 for s in stats), stats
+    else:
+        assert all(s["engine"] >= 8 and s.get("native", 0) == 0 for s in stats), stats
