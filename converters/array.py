@@ -402,8 +402,12 @@ class Pad:
 @converter("MirrorPad", dtypes=ARRAY, inputs=(TENSOR, WEIGHT))
 class MirrorPad:
     """REFLECT (edge not repeated) and SYMMETRIC (edge repeated) padding, built from reversed
-    Slices and Concat per padded axis (works on unknown dims). Rejects: other modes; paddings
-    of the wrong shape or negative; paddings larger than a known dim allows."""
+    Slices (a known dim) or Gathers of constant indices (an unknown one) and Concat per padded
+    axis. Rejects: other modes; paddings of the wrong shape or negative; paddings larger than
+    a known dim allows. Where the dim is unknown, an engine for a dim too small for the
+    paddings fails to build (the Gather's constant indices are out of range: shapes.py) and
+    the op runs natively, where TF raises; reversed Slices clamped and answered with a
+    shorter, wrong tensor (audio hunt, 2026-12-05)."""
 
     @staticmethod
     def validate(node, ctx):
@@ -423,15 +427,26 @@ class MirrorPad:
     def convert(node, ctx):
         p, x = _paddings(node, ctx), ctx.input(node, 0)
         reflect = ctx.attr(node, "mode") == "REFLECT"
+        dims = ctx.input_shape(node, 0)
         for axis, (before, after) in enumerate(p.tolist()):
+            edge = reversed_edge if dims[axis] is not None else _gathered_edge
             parts = [x]
             if before:
-                parts.insert(0, reversed_edge(ctx, x, axis, before, True, reflect))
+                parts.insert(0, edge(ctx, x, axis, before, True, reflect))
             if after:
-                parts.append(reversed_edge(ctx, x, axis, after, False, reflect))
+                parts.append(edge(ctx, x, axis, after, False, reflect))
             if len(parts) > 1:
                 x = ctx.emit("Concat", parts, axis=axis)
         ctx.set_output(node, 0, x)
+
+
+def _gathered_edge(ctx, x: str, axis: int, count: int, at_start: bool, skip_edge: bool) -> str:
+    """:func:`reversed_edge` as a Gather of constant indices (negative from the end), which the
+    engine checks against the dim it is built for."""
+    off = 1 if skip_edge else 0
+    idx = (list(range(count - 1 + off, off - 1, -1)) if at_start
+           else list(range(-1 - off, -1 - off - count, -1)))
+    return ctx.emit("Gather", [x, int64s(ctx, idx, "edge")], axis=axis)
 
 
 # --- slicing and gathering -----------------------------------------------------------------------

@@ -122,3 +122,38 @@ def test_a_bad_engine_device_names_the_variable(two_dir, monkeypatch):
     conv = trt.TrtGraphConverterV2(input_saved_model_dir=two_dir, minimum_segment_size=1)
     with pytest.raises(ValueError, match="TFTRT_ENGINE_DEVICE='gpu0' is not a TensorFlow"):
         conv.convert()
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+@pytest.mark.parametrize("mode", ["REFLECT", "SYMMETRIC"])
+def test_mirror_pad_of_a_dim_too_small_raises_as_tf(tmp_path, mode, dynamic):
+    """Mirror padding of a dim unknown at conversion (audio's centred frames): a run-time dim
+    too small for the paddings raises TF's error. The edges were reversed Slices, which
+    clamped: REFLECT of 3 frames by (3, 2) gave 7 frames where TF raises (audio hunt,
+    2026-12-05). Now they gather constant indices, which the engine build checks."""
+    m = tf.Module()
+    m.f = tf.function(lambda x: {"y": tf.pad(x * 2.0, [[0, 0], [3, 2], [0, 0]], mode=mode)
+                                 + 1.0},
+                      input_signature=[tf.TensorSpec([None, None, 4], tf.float32, name="x")])
+    src = str(tmp_path / "m")
+    tf.saved_model.save(m, src, signatures={"serving_default": m.f})
+    native = tf.saved_model.load(src).signatures["serving_default"]
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=src, minimum_segment_size=2,
+                                   use_dynamic_shape=dynamic)
+    fn = conv.convert()
+    conv.build(lambda: iter([{"x": tf.ones((1, 10, 4))}]))
+    (op,) = conv._engine_ops.values()  # pylint: disable=protected-access
+    smallest_valid = 4 if mode == "REFLECT" else 3
+    for t in (10, smallest_valid, 7):
+        x = tf.constant(np.arange(t * 4, dtype=np.float32).reshape(1, t, 4))
+        np.testing.assert_array_equal(fn(x=x)["y"].numpy(), native(x=x)["y"].numpy())
+    engine_calls = op.stats["engine"]
+    assert engine_calls >= 3, dict(op.stats)
+    for t in (smallest_valid - 1, 1):
+        x = tf.constant(np.ones((1, t, 4), np.float32))
+        why = "paddings must be (less|no greater) than the dimension size"
+        with pytest.raises(tf.errors.InvalidArgumentError, match=why):
+            native(x=x)
+        with pytest.raises(tf.errors.InvalidArgumentError, match=why):
+            fn(x=x)
+    assert op.stats["engine"] == engine_calls, dict(op.stats)

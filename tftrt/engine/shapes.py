@@ -615,6 +615,16 @@ def _pad(net, layer):
 def _gather(net, layer):
     x, idx = _s(net, layer.inputs[0]), _s(net, layer.inputs[1])
     ax = layer.attrs["axis"] = _norm_axis(layer.attrs["axis"], len(x))
+    const = _val(net, layer, 1)
+    if const is not None and const.size and x is not None and x[ax] is not None:
+        # constant indices are checked against the dim this engine is built for: the CuPy
+        # kernel takes them as they are (wrapping around), and a converter may leave the
+        # check to the build where the dim was unknown at conversion (MirrorPad's edges)
+        lo, hi = int(const.min()), int(const.max())
+        if lo < -x[ax] or hi >= x[ax]:
+            raise EngineBuildError(
+                f"gather {layer.name}: constant index {lo if lo < -x[ax] else hi} is out of "
+                f"range for dim {x[ax]} (axis {ax} of {layer.inputs[0]})")
     return [(_dt(net, layer.inputs[0]), None if idx is None or x is None else
              tuple(x[:ax]) + tuple(idx) + tuple(x[ax + 1:]))]
 
