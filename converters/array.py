@@ -429,24 +429,15 @@ class MirrorPad:
         reflect = ctx.attr(node, "mode") == "REFLECT"
         dims = ctx.input_shape(node, 0)
         for axis, (before, after) in enumerate(p.tolist()):
-            edge = reversed_edge if dims[axis] is not None else _gathered_edge
+            gather = dims[axis] is None
             parts = [x]
             if before:
-                parts.insert(0, edge(ctx, x, axis, before, True, reflect))
+                parts.insert(0, reversed_edge(ctx, x, axis, before, True, reflect, gather))
             if after:
-                parts.append(edge(ctx, x, axis, after, False, reflect))
+                parts.append(reversed_edge(ctx, x, axis, after, False, reflect, gather))
             if len(parts) > 1:
                 x = ctx.emit("Concat", parts, axis=axis)
         ctx.set_output(node, 0, x)
-
-
-def _gathered_edge(ctx, x: str, axis: int, count: int, at_start: bool, skip_edge: bool) -> str:
-    """:func:`reversed_edge` as a Gather of constant indices (negative from the end), which the
-    engine checks against the dim it is built for."""
-    off = 1 if skip_edge else 0
-    idx = (list(range(count - 1 + off, off - 1, -1)) if at_start
-           else list(range(-1 - off, -1 - off - count, -1)))
-    return ctx.emit("Gather", [x, int64s(ctx, idx, "edge")], axis=axis)
 
 
 # --- slicing and gathering -----------------------------------------------------------------------

@@ -136,18 +136,24 @@ def strided_slice_plan(shape: Sequence[Optional[int]], begin: Sequence[int],
     return SlicePlan(rank, dims, shrink, new_axes)
 
 
-def reversed_edge(ctx, x: str, axis: int, count: int, at_start: bool, skip_edge: bool) -> str:
+def reversed_edge(ctx, x: str, axis: int, count: int, at_start: bool, skip_edge: bool,
+                  gather: bool = False) -> str:
     """The ``count`` elements next to one edge of ``axis``, in reverse order (mirror padding).
 
     ``skip_edge`` leaves the edge element out (REFLECT) instead of repeating it (SYMMETRIC).
-    Works on unknown dims: only negative indices and clamping sentinels are used.
+    Works on unknown dims: only negative indices and clamping sentinels are used. A Slice
+    clamps where the dim is too small for ``count``; with ``gather`` the edge is a Gather of
+    the same indices, which the engine checks against the dim it is built for.
     """
     off = 1 if skip_edge else 0
     if at_start:  # x[count-1+off], ..., x[off]
         start, stop = count - 1 + off, off - 1
-        if stop < 0:
-            stop = INT64_MIN
     else:  # x[-1-off], ..., x[-count-off]
         start, stop = -1 - off, -1 - off - count
+    if gather:
+        return ctx.emit("Gather", [x, int64s(ctx, list(range(start, stop, -1)), "edge")],
+                        axis=axis)
+    if stop < 0 and at_start:
+        stop = INT64_MIN
     return ctx.emit("Slice", [x, int64s(ctx, [start], "starts"), int64s(ctx, [stop], "ends"),
                               int64s(ctx, [axis], "axes"), int64s(ctx, [-1], "steps")])

@@ -178,7 +178,7 @@ def lift_weights(fdef):
     light.signature.name = fdef.signature.name + "_w"
     for n, v in zip(lifted.values(), values):
         light.signature.input_arg.add(name=n, type=v.dtype)
-    for key in ("attr", "arg_attr", "resource_arg_unique_id", "ret", "control_ret"):
+    for key in ("attr", "arg_attr", "resource_arg_unique_id", "control_ret"):
         getattr(light, key).MergeFrom(getattr(fdef, key))
 
     def source(ref: str) -> str:
@@ -219,27 +219,29 @@ def _mark_call(node, fdef) -> None:
         node.attr[XLA_MUST_COMPILE].b = True
 
 
+def called_names(nodes):
+    """The function names ``nodes`` hold in func-valued attrs (PartitionedCall, If / While
+    branches, ...), one per attr."""
+    for n in nodes:
+        for a in n.attr.values():
+            if a.HasField("func"):
+                yield a.func.name
+            elif a.HasField("list"):
+                for f in a.list.func:
+                    yield f.name
+
+
 def called_functions(nodes, library) -> set:
     """Names of the ``library`` functions that ``nodes`` call, directly or through the
-    functions they call (any func-valued attr: PartitionedCall, If / While branches, ...)."""
+    functions they call."""
     by_name = {f.signature.name: f for f in library.function}
-
-    def funcs(node_list):
-        for n in node_list:
-            for a in n.attr.values():
-                if a.HasField("func"):
-                    yield a.func.name
-                elif a.HasField("list"):
-                    for f in a.list.func:
-                        yield f.name
-
-    used, todo = set(), list(funcs(nodes))
+    used, todo = set(), list(called_names(nodes))
     while todo:
         name = todo.pop()
         if name in used or name not in by_name:
             continue
         used.add(name)
-        todo.extend(funcs(by_name[name].node_def))
+        todo.extend(called_names(by_name[name].node_def))
     return used
 
 

@@ -59,27 +59,18 @@ def _native(src, x):
             tf.saved_model.load(src).signatures["serving_default"](x=x).items()}
 
 
-def _called(nodes):
-    for n in nodes:
-        for a in n.attr.values():
-            if a.HasField("func"):
-                yield a.func.name
-            elif a.HasField("list"):
-                yield from (f.name for f in a.list.func)
-
-
 def _reachable_functions(graph_def):
     """FunctionDefs (of the graph's library or the eager context) that ``graph_def``'s nodes
     call, transitively: what a run of the graph instantiates."""
     ctx = context.context()
     library = {f.signature.name: f for f in graph_def.library.function}
-    seen, todo = {}, list(_called(graph_def.node))
+    seen, todo = {}, list(rewrite.called_names(graph_def.node))
     while todo:
         name = todo.pop()
         if name in seen:
             continue
         seen[name] = library[name] if name in library else ctx.get_function_def(name)
-        todo.extend(_called(seen[name].node_def))
+        todo.extend(rewrite.called_names(seen[name].node_def))
     return seen
 
 
