@@ -786,3 +786,14 @@ def test_a_dead_instance_process_ends_the_server(tmp_path):
         assert not [n for n in os.listdir("/dev/shm") if n.startswith(f"pytrtion{proc.pid}-")]
     finally:
         _kill_leftovers(proc, _descendants(proc.pid))
+
+
+def test_a_lost_start_up_handshake_is_recognised_and_nothing_else():
+    """The CI failure of 2026-12-05: the second instance found the first's handshake socket
+    before it listened. Such a load is tried again; other load errors are not."""
+    refused = RuntimeError(
+        "Model initialize error: ... in get_config_from_handshake_server\n"
+        "    sock.connect(socket_path.as_posix())\nConnectionRefusedError: [Errno 111]")
+    late = RuntimeError("TimeoutError: Timeout occurred while waiting for config file /x.sock")
+    assert serving.lost_handshake(refused) and serving.lost_handshake(late)
+    assert not serving.lost_handshake(RuntimeError("Model initialize error: out of memory"))
