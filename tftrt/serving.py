@@ -758,9 +758,6 @@ class Server:
         self.stop()
 
 
-_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
-
-
 HANDSHAKE_TRIES = 3
 
 
@@ -771,6 +768,9 @@ def lost_handshake(e: BaseException) -> bool:
     text = str(e)
     return ("get_config_from_handshake_server" in text or
             "waiting for config file" in text)
+
+
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 
 def _model_name(model_dir: str) -> str:
