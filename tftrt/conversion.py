@@ -580,8 +580,13 @@ def make_signature_function(sig, result: ConversionResult):
                                    result.engine_ops, [s.dtype for s in specs])
     if plan is None:
         return fn
+    def portable():  # the native form, for a user's SavedModel of a function calling this
+        return rewrite.graph_signature_function(
+            result.native_graph_def, info.inputs, result.outputs, sig.input_names,
+            sig.frozen_func.inputs, sig.func.structured_outputs,
+            sig.func.structured_input_signature)
     return rewrite.DirectSignature(plan, sig.input_names, specs, sig.func.structured_outputs,
-                                   fn)
+                                   fn, portable=portable)
 
 
 def _shape_json(shape):

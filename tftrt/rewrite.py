@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
+import threading
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -833,23 +834,73 @@ def _could_record() -> bool:
     return record.could_possibly_record()
 
 
+# The gradient of every converted call's tie (an IdentityN; see without_gradient), registered
+# once: tf.custom_gradient in graph mode registered a new gradient function per call, in TF's
+# process-wide registry, and that function's closure kept the calling tf.function's whole graph
+# and the loaded model's function alive for good (~31 MB per tftrt.load of an 8 MB model
+# that a tf.function called once; reload leak).
+NO_GRADIENT_OP = "TftrtNoGradient"
+_no_gradient_registered = False
+
+
+def _refuse_gradient(*args, **kwargs):
+    raise LookupError(NO_GRADIENT)
+
+
+def _no_gradient_graph(op, *dys):
+    """:data:`NO_GRADIENT_OP`'s gradient. tf.saved_model.save traces the gradient of every
+    op with a gradient override into the SavedModel (``op`` None, ``dys`` the op's inputs):
+    raising there failed the save of a user's tf.Module whose tf.function calls a converted
+    model ("Error when tracing gradients for SavedModel"). In a save, the gradient is ops
+    that fail with the reason when run (a reloaded model differentiated); anywhere else the
+    reason is raised at once."""
+    from tensorflow.python.saved_model import save_context
+    if not save_context.in_save_context():
+        raise LookupError(NO_GRADIENT)
+    tf = _tf()
+    refuse = tf.debugging.Assert(tf.constant(False), [tf.constant(NO_GRADIENT)])
+    with tf.control_dependencies([refuse]):
+        return [tf.zeros_like(d) for d in dys]
+
+
+def _register_no_gradient() -> None:
+    global _no_gradient_registered  # pylint: disable=global-statement
+    if not _no_gradient_registered:
+        from tensorflow.python.framework import ops
+        try:
+            ops.RegisterGradient(NO_GRADIENT_OP)(_no_gradient_graph)
+        except KeyError:  # registered by an earlier import of this module (a reload)
+            pass
+        _no_gradient_registered = True
+
+
 def without_gradient(tf, inputs, outputs):
     """``outputs`` tied to the float ``inputs`` by an op whose gradient raises
     :data:`NO_GRADIENT`. Eager calls run the engines from Python, which no tape records, so
     a gradient through a converted call was None, silently; inside a tf.function it was
     TF's KeyError for an engine node's branch function ("tftrt_engine_outputs_... cannot be
     found in the graph"; runtime hunt, 2026-12-04). Outputs a gradient never reaches are
-    left alone, as TF leaves an op without a gradient alone."""
+    left alone, as TF leaves an op without a gradient alone.
+
+    The tie is an IdentityN of outputs and inputs, recorded on the active tapes with a
+    backward function that raises (a tape inside or outside a tf.function) and, in a graph,
+    carrying the gradient override :data:`NO_GRADIENT_OP` (tf.gradients, and a tf.function
+    differentiated from outside, which builds its backward graph from the registry)."""
+    from tensorflow.python.eager import record
     floats = [x for x in inputs if tf.is_tensor(x) and x.dtype.is_floating]
     if not floats or not outputs:
         return outputs
-
-    @tf.custom_gradient
-    def engines(*xs):
-        def grad(*dys, **kwargs):
-            raise LookupError(NO_GRADIENT)
-        return [tf.identity(y) for y in outputs], grad
-    return list(engines(*floats))
+    outputs = list(outputs)
+    if tf.executing_eagerly():
+        tied = tf.identity_n(outputs)
+    else:
+        _register_no_gradient()
+        with tf.compat.v1.get_default_graph().gradient_override_map(
+                {"IdentityN": NO_GRADIENT_OP}):
+            tied = tf.identity_n(outputs + floats)[:len(outputs)]
+    tied = list(tied)
+    record.record_operation("tftrt_engines", tied, floats, _refuse_gradient)
+    return tied
 
 
 class DirectSignature:
@@ -863,13 +914,21 @@ class DirectSignature:
     """
 
     def __init__(self, plan, arg_names, input_specs, structured_outputs, native,
-                 keyword_only: bool = False, aliases: Optional[Dict[str, str]] = None):
+                 keyword_only: bool = False, aliases: Optional[Dict[str, str]] = None,
+                 portable: Optional[Callable[[], object]] = None):
         """``keyword_only``: positional arguments raise TypeError where there are several
         inputs, as a signature of ``tf.saved_model.load`` does (tftrt.load's signatures);
         convert()'s function takes them in ``arg_names`` order, as TF-TRT's did.
+        ``portable``: makes the native-form function of the signature (segments as calls of
+        their native functions, what save() writes), traced in place of ``native`` while
+        tf.saved_model.save traces a user's tf.function that calls this one: the engine
+        nodes' EagerPyFunc callbacks exist only in this process, and such a SavedModel
+        failed in any other ("Could not find callback with key=tftrt_TRTEngineOp_...").
         ``aliases``: see :func:`keyword_aliases` (default: from ``native``'s signature)."""
         self._keyword_only = keyword_only
         self._plan = plan
+        self._make_portable, self._portable = portable, None
+        self._portable_lock = threading.Lock()
         self._arg_names = list(arg_names)
         self._specs = list(input_specs)
         # (dtype, rank, dims with None for unknown) per input: checked without TensorShape
@@ -898,6 +957,18 @@ class DirectSignature:
         if name.startswith("__") or name in ("native", "_plan"):
             raise AttributeError(name)
         return getattr(self.native, name)
+
+    def _graph_function(self):
+        """What a graph calling this signature calls: the engine form, or the native form
+        (``portable``) while a SavedModel is being written (TF traces functions again for
+        it: its cache key then holds the save's variable policy)."""
+        from tensorflow.python.saved_model import save_context
+        if self._make_portable is None or not save_context.in_save_context():
+            return self.native
+        with self._portable_lock:
+            if self._portable is None:
+                self._portable = self._make_portable()
+        return self._portable
 
     def _tensor(self, tf, v, k):
         # What the signature ConcreteFunction of tf.saved_model.load accepts (TF 2.21): numpy
@@ -973,8 +1044,9 @@ class DirectSignature:
                             f"and {sorted(kwargs)}") from None
         if not tf.executing_eagerly():  # inside a tf.function: the graph function
             ins = [self._symbolic(tf, v, k) for k, v in enumerate(flat)]
-            out = self.native(*ins[:len(args)], **dict(zip(self._arg_names[len(args):],
-                                                            ins[len(args):])))
+            out = self._graph_function()(*ins[:len(args)],
+                                         **dict(zip(self._arg_names[len(args):],
+                                                    ins[len(args):])))
             flat_out = without_gradient(tf, ins, tf.nest.flatten(out, expand_composites=True))
             return tf.nest.pack_sequence_as(out, flat_out, expand_composites=True)
         tensors = [self._tensor(tf, v, k) for k, v in enumerate(flat)]

@@ -635,10 +635,15 @@ def _load(path, tags=None, options=None):
         from tftrt import pipeline
         plan = pipeline.plan_signature(gd, manifest["inputs"], manifest["outputs"], ops,
                                        [s.dtype for s in specs])
+        def portable():  # the native form, for a user's SavedModel of a function calling it
+            return rewrite.graph_signature_function(
+                gd, manifest["inputs"], manifest["outputs"], manifest["input_names"], specs,
+                original.structured_outputs, original.structured_input_signature)
         if plan is not None:
             fn = rewrite.DirectSignature(plan, manifest["input_names"], specs,
                                          original.structured_outputs, fn, keyword_only=True,
-                                         aliases=manifest.get("input_aliases"))
+                                         aliases=manifest.get("input_aliases"),
+                                         portable=portable)
     if not isinstance(fn, rewrite.DirectSignature):
         fn = rewrite.KeywordOnlySignature(fn, manifest["input_names"],
                                           manifest.get("input_aliases"))

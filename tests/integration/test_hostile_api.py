@@ -523,3 +523,91 @@ def test_a_gradient_through_a_converted_call_is_refused_with_the_reason(mlp_dir,
             y = tf.reduce_sum(tf.nest.flatten(call(x))[0]) * w
         assert float(tape.gradient(y, w)) == pytest.approx(float(y) / 2.0, rel=1e-5)
     assert_close(sig(x=x), native(mlp_dir, x=X))  # calls without a tape as before
+
+
+def test_a_tf_function_calling_a_loaded_model_is_freed_with_it(mlp_dir, tmp_path):
+    """The no-gradient tie was a tf.custom_gradient, which in graph mode registers a gradient
+    function per call in TF's process-wide registry: its closure kept the calling
+    tf.function's graph and the loaded model's function alive for good (~31 MB per
+    tftrt.load of an 8 MB model called once from a tf.function; reload leak). Now both go
+    when the caller drops them, and gradients are still refused (the test above)."""
+    import gc
+    import weakref
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=mlp_dir)
+    conv.convert()
+    conv.build(batches(X))
+    conv.save(str(tmp_path / "m"))
+
+    def call_once():
+        sig = tftrt.load(str(tmp_path / "m")).signatures["serving_default"]
+        f = tf.function(lambda v: sig(x=v), autograph=False)
+        outer = f.get_concrete_function(tf.TensorSpec(X.shape, tf.float32))
+        return weakref.ref(outer.graph), weakref.ref(sig.native.graph), f(tf.constant(X))
+
+    for _ in range(2):
+        outer, inner, out = call_once()
+        assert_close(out, native(mlp_dir, x=X))
+        gc.collect()
+        assert outer() is None, "the calling tf.function's graph outlived it"
+        assert inner() is None, "the loaded model's graph function outlived it"
+
+
+class _Wrapper(tf.Module):
+    """A user's module around a converted model: its own tf.function calls it."""
+
+    def __init__(self, fn, keep=None):
+        self.fn, self.keep = fn, keep
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 8], tf.float32)])
+    def __call__(self, t):
+        out = self.fn(x=t)
+        return {"y": out["y"] * 2.0, "z": out["z"]}
+
+
+_FRESH_PROCESS = """
+import sys, numpy as np, tensorflow as tf
+wrapped, src = sys.argv[1:3]
+x = np.random.RandomState(1).standard_normal((3, 8)).astype(np.float32)
+got = tf.saved_model.load(wrapped)(tf.constant(x))
+ref = tf.saved_model.load(src).signatures["serving_default"](x=tf.constant(x))
+print("tftrt" in sys.modules, float(np.abs(got["y"].numpy() - 2 * ref["y"].numpy()).max()),
+      float(np.abs(got["z"].numpy() - ref["z"].numpy()).max()))
+"""
+
+
+def test_a_users_module_calling_a_converted_model_saves_and_loads_anywhere(mlp_dir, tmp_path):
+    """A tf.Module whose tf.function calls convert()'s function or a tftrt.load signature:
+    its save failed ("Error when tracing gradients for SavedModel": the no-gradient tie's
+    gradient raised when TF traced it), and once that passed, the SavedModel held the
+    engine nodes' EagerPyFuncs, whose callbacks exist only in the saving process ("Could
+    not find callback with key=tftrt_TRTEngineOp_..." elsewhere), and not the segment
+    functions they call ("cyclic dependency between functions" on load). While a SavedModel
+    is written, the call traces the native form: any TensorFlow loads it and gets native
+    answers, and the module still calls the engines in the saving process."""
+    import subprocess
+    import sys
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=mlp_dir)
+    fn = conv.convert()
+    conv.build(batches(X))
+    conv.save(str(tmp_path / "m"))
+    loaded = tftrt.load(str(tmp_path / "m"))
+    ref = native(mlp_dir, x=X)
+    for name, call, keep in (("convert", fn, None),
+                             ("load", loaded.signatures["serving_default"], loaded)):
+        module = _Wrapper(call, keep)
+        module(tf.constant(X))  # traced before the save, as a user's module would be
+        out = str(tmp_path / f"wrapped_{name}")
+        tf.saved_model.save(module, out)
+        saved = tf.saved_model.load(out)
+        graph_ops = {n.op for f in saved.__call__.get_concrete_function(
+            tf.TensorSpec([None, 8], tf.float32)).graph.as_graph_def().library.function
+            for n in f.node_def}
+        assert "EagerPyFunc" not in graph_ops, name
+        got = module(tf.constant(X))  # the engines again in this process
+        assert_close({"y": got["y"] / 2.0, "z": got["z"]}, ref)
+        run = subprocess.run([sys.executable, "-c", _FRESH_PROCESS, out, mlp_dir],
+                             capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+        assert run.returncode == 0, run.stderr[-2000:]
+        imported, dy, dz = run.stdout.split()
+        assert imported == "False"
+        assert float(dy) <= 1e-5 and float(dz) <= 1e-5, (name, dy, dz)
