@@ -220,6 +220,19 @@ def test_cast_8_bit(src, dst):
     check_op(lambda t: tf.cast(t, dst), [x], expect_tf_ops=["Cast"])
 
 
+@pytest.mark.parametrize("dst", [np.uint8, np.int8])
+def test_cast_float_out_of_range_saturates_as_tf(dst):
+    """Out-of-range floats to a narrow integer: TF's CPU kernel saturates (its vectorized
+    path; NaN and values past int32 give the type's 0 / minimum); the numpy backend wrapped,
+    so a GAN's ``tf.cast(tanh(y) * 255, tf.uint8)`` differed in half its pixels (helper hunt,
+    2026-12-05). 64 values: TF's scalar tail, which wraps, never runs. (ONNX leaves such a
+    Cast undefined: onnxruntime wraps, so it is not compared.)"""
+    v = np.array([-100.0, 300.0, np.nan, 1e10, -1e10, 255.9, -0.9, 127.5, -128.7, 70000.0,
+                  -40000.0, 65535.5, np.inf, -np.inf, 32767.9, -32768.9], np.float32)
+    check_op(lambda t: tf.cast(t, dst), [np.tile(v, 4).reshape(8, 8)], expect_tf_ops=["Cast"],
+             onnxruntime=False)
+
+
 def test_cast_dynamic_batch():
     check_op(lambda t: tf.cast(t, tf.int32), [rand((3, 4), seed=10)], dynamic_batch=True,
              expect_tf_ops=["Cast"])

@@ -226,6 +226,18 @@ def _kernels():
         out_dt = program_dtypes(prog, [dt])[-1]
         src = C.PointwiseSource(prog, [SHAPE], [dt], SHAPE, out_dt)
         out.append((f"{what}/{dt}/wrap", src, [x], _reference(prog, [x], out_dt)))
+    # a float cast to int8 / uint8 saturates as TF's CPU kernel and the numpy backend do
+    # (helper hunt, 2026-12-05: a C cast of an out-of-range float is undefined; nvcc and g++
+    # wrapped), NaN to the type's minimum (past int32 the two follow their TF: the CPU's
+    # INT_MIN gives the minimum, the GPU saturates)
+    xf = np.resize(np.array([-100.0, 300.0, np.nan, 255.9, -0.9, 127.5, -128.7, 7e4],
+                            np.float32), n).reshape(SHAPE)
+    for to in ("uint8", "int8"):
+        prog = [{"op": "cast", "args": ["$0"], "to": to}]
+        src = C.PointwiseSource(prog, [SHAPE], ["float32"], SHAPE, to)
+        want = _reference(prog, [xf], to)
+        assert want.flat[1] == (255 if to == "uint8" else 127)
+        out.append((f"float to {to} saturates", src, [xf], want))
     # a float16 program rounds each step to half precision, as TF does: erf(2.9) is 1.0 in
     # float16 (0.99996 kept in float32), and the floor after it tells the two apart
     xh = np.linspace(2.9, 3.5, int(np.prod(SHAPE))).astype(np.float16).reshape(SHAPE)

@@ -222,8 +222,16 @@ def op_expr(op: str, args: List[Optional[str]], ct: str, p: dict,
             return f"({x} != 0)"
         if to == np.float16:  # rounded to half precision, kept as float (numpy's astype)
             return f"h2f(f2h((float)({x})))"
-        if comptype(to) != ctype(to):  # int8 / uint8 / int16 / uint16: wrap as astype does
-            return f"(({comptype(to)})({ctype(to)})({x}))"
+        if comptype(to) != ctype(to):  # int8 / uint8 / int16 / uint16
+            if xt in _FLOAT_CTS and to.itemsize == 1:
+                # saturated as TF's CPU kernel and the numpy backend do (NaN to the
+                # minimum: fmax takes the bound); a C cast of an out-of-range float is
+                # undefined
+                info = np.iinfo(to)
+                lo, hi = f"({xt}){info.min}", f"({xt}){info.max}"
+                return (f"(({comptype(to)})({ctype(to)})"
+                        f"(fmin(fmax(({xt})({x}), {lo}), {hi})))")
+            return f"(({comptype(to)})({ctype(to)})({x}))"  # integers wrap as astype does
         return f"(({comptype(to)})({x}))"
     if op == "clip":
         lo, hi = args[1], args[2]

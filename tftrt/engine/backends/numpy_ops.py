@@ -47,13 +47,25 @@ def _int_div(a, b):
     return q.astype(dt)
 
 
+_NARROW_INTS = (np.dtype(np.int8), np.dtype(np.uint8))
+
+
 def _cast(to, x):
     """astype, except float64 to float16 rounds through float32 as TF's (Eigen's) cast and
     the CUDA lowering do: numpy's single rounding gave 65504 where TF gives inf for
-    65519.99999999."""
+    65519.99999999. A float cast to int8 / uint8 saturates as TF's vectorized
+    CPU kernel does (x86: truncate to int32, INT_MIN for NaN and values past int32, then
+    pack with saturation): numpy wrapped, and ``tf.cast(tanh(y) * 255, tf.uint8)`` answered
+    126 where TF answers 0 (helper hunt, 2026-12-05)."""
     x = np.asarray(x)
-    if np.dtype(to) == np.float16 and x.dtype == np.float64:
+    to = np.dtype(to)
+    if to == np.float16 and x.dtype == np.float64:
         x = x.astype(np.float32)
+    if to in _NARROW_INTS and x.dtype.kind == "f":
+        info = np.iinfo(to)
+        with np.errstate(invalid="ignore"):
+            wide = x.astype(np.int32)  # INT_MIN for NaN, +-inf and |x| >= 2**31, as x86
+        return np.clip(wide, info.min, info.max).astype(to)
     return x.astype(to)
 
 
