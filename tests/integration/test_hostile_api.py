@@ -552,6 +552,35 @@ def test_a_tf_function_calling_a_loaded_model_is_freed_with_it(mlp_dir, tmp_path
         assert inner() is None, "the loaded model's graph function outlived it"
 
 
+def test_tftrt_load_keeps_no_second_copy_of_the_model(mlp_dir, tmp_path, monkeypatch):
+    """tftrt.load kept the object tf.saved_model.load returned, with every native segment
+    function and its weights, which the engine-backed signatures never call: a 200 MB
+    model's load held +2.4 GB, +0.8 GB now (the heap given back too). Its public attributes
+    stay reachable."""
+    import gc
+    import weakref
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=mlp_dir)
+    conv.convert()
+    conv.build(batches(X))
+    conv.save(str(tmp_path / "m"))
+    ref = native(mlp_dir, x=X)
+    seen = []
+    real = tf.saved_model.load
+
+    def spy(*args, **kwargs):
+        obj = real(*args, **kwargs)
+        seen.append(weakref.ref(obj))
+        return obj
+    monkeypatch.setattr(tf.saved_model, "load", spy)
+    loaded = tftrt.load(str(tmp_path / "m"))
+    gc.collect()
+    assert seen and all(r() is None for r in seen), "tftrt.load kept tf.saved_model.load's model"
+    assert loaded.tensorflow_version == tf.__version__
+    assert_close(loaded.signatures["serving_default"](x=tf.constant(X)), ref)
+    with pytest.raises(AttributeError):
+        loaded.no_such_attribute  # pylint: disable=pointless-statement
+
+
 class _Wrapper(tf.Module):
     """A user's module around a converted model: its own tf.function calls it."""
 
