@@ -188,8 +188,9 @@ class ClipByValue:
 @converter("Cast", dtype_attr=None, inputs=(ANY,))
 class Cast:
     """Cast between float32, float16, int32, int64, bool, int8 and uint8 (a uint8 image
-    entering the engine as it is). float -> int truncates toward
-    zero (TF's semantics; out-of-range values are undefined in both), x -> bool is x != 0.
+    entering the engine as it is). float -> int truncates toward zero (TF's semantics); out
+    of range, int8 / uint8 saturate as TF's CPU kernel does (int32 / int64: each backend's
+    hardware conversion, as TF's), x -> bool is x != 0.
     Rejects: other source/destination types; Truncate=True between float types (TF then
     truncates the mantissa instead of rounding)."""
 

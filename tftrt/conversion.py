@@ -568,9 +568,16 @@ def make_signature_function(sig, result: ConversionResult):
         result.graph_def, info.inputs, result.outputs, sig.input_names, sig.frozen_func.inputs,
         sig.func.structured_outputs, sig.func.structured_input_signature, result.keepalive,
         tensor_map=result.weights)
-    if result.native_graph_def is None or not result.engine_ops or \
-            not env_bool("TFTRT_DIRECT_CALL", True):
+    if result.native_graph_def is None or not result.engine_ops:
         return fn
+
+    def portable():  # the native form, for a user's SavedModel of a function calling this
+        return rewrite.graph_signature_function(
+            result.native_graph_def, info.inputs, result.outputs, sig.input_names,
+            sig.frozen_func.inputs, sig.func.structured_outputs,
+            sig.func.structured_input_signature)
+    if not env_bool("TFTRT_DIRECT_CALL", True):
+        return rewrite.PortableSignature(fn, portable)
     # Eager calls run as a pipeline (pipeline.py), as tftrt.load's signatures do: an engine
     # node costs ~1.2 ms of EagerPyFunc dispatch; fn still serves graph-mode calls and .graph.
     from tftrt import pipeline
@@ -579,12 +586,7 @@ def make_signature_function(sig, result: ConversionResult):
     plan = pipeline.plan_signature(result.native_graph_def, info.inputs, result.outputs,
                                    result.engine_ops, [s.dtype for s in specs])
     if plan is None:
-        return fn
-    def portable():  # the native form, for a user's SavedModel of a function calling this
-        return rewrite.graph_signature_function(
-            result.native_graph_def, info.inputs, result.outputs, sig.input_names,
-            sig.frozen_func.inputs, sig.func.structured_outputs,
-            sig.func.structured_input_signature)
+        return rewrite.PortableSignature(fn, portable)
     return rewrite.DirectSignature(plan, sig.input_names, specs, sig.func.structured_outputs,
                                    fn, portable=portable)
 

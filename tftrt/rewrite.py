@@ -803,25 +803,70 @@ def keyword_only_message(arg_names, n_positional: int) -> str:
             f"argument(s)")
 
 
-class KeywordOnlySignature:
+class PortableForm:
+    """Which function a graph calling a converted signature calls: the engine form
+    (``native``), or the native form (``make()``: the segments as calls of their native
+    functions, what save() writes) while tf.saved_model.save traces a user's tf.function
+    that calls the signature (TF traces again for a save: its cache key then holds the
+    save's variable policy). The engine nodes' EagerPyFunc callbacks exist only in this
+    process: such a SavedModel failed in any other ("Could not find callback with
+    key=tftrt_TRTEngineOp_...")."""
+
+    def __init__(self, native, make: Optional[Callable[[], object]] = None):
+        self._native, self._make, self._made = native, make, None
+        self._lock = threading.Lock()
+
+    def function(self):
+        from tensorflow.python.saved_model import save_context
+        if self._make is None or not save_context.in_save_context():
+            return self._native
+        with self._lock:
+            if self._made is None:
+                self._made = self._make()
+        return self._made
+
+
+class PortableSignature:
+    """A converted graph signature (ConcreteFunction) whose graph calls take the native form
+    while a SavedModel is written (:class:`PortableForm`). Everything else is the
+    function's."""
+
+    def __init__(self, fn, portable: Optional[Callable[[], object]] = None):
+        self._fn = fn
+        self._portable = PortableForm(fn, portable)
+
+    def _function(self):
+        return self._fn if _tf().executing_eagerly() else self._portable.function()
+
+    def __call__(self, *args, **kwargs):
+        return self._function()(*args, **kwargs)
+
+    def __getattr__(self, name):
+        # a copy made without __init__ (copy.copy) has no _fn: no recursion looking it up
+        if name.startswith("__") or name in ("_fn", "_portable"):
+            raise AttributeError(name)
+        return getattr(self._fn, name)
+
+
+class KeywordOnlySignature(PortableSignature):
     """A loaded graph signature (ConcreteFunction) that refuses positional arguments where it
     has several inputs, as a signature of ``tf.saved_model.load`` does: bound in sorted-name
     order, ``sig(b, a)`` of a signature declared ``(b, a)`` fed a to b silently. A single
     input may still come positionally (one way to bind it; tftrt.load always took it).
     Everything else is the function's."""
 
-    def __init__(self, fn, arg_names, aliases: Optional[Dict[str, str]] = None):
-        self._fn, self._arg_names = fn, list(arg_names)
+    def __init__(self, fn, arg_names, aliases: Optional[Dict[str, str]] = None,
+                 portable: Optional[Callable[[], object]] = None):
+        """``portable``: see :class:`PortableForm`."""
+        super().__init__(fn, portable)
+        self._arg_names = list(arg_names)
         self._aliases = keyword_aliases(getattr(fn, "structured_input_signature", None),
                                         self._arg_names) if aliases is None else aliases
 
     def __call__(self, *args, **kwargs):
         if ambiguous_positional(self._arg_names, args):
             raise TypeError(keyword_only_message(self._arg_names, len(args)))
-        return self._fn(*args, **with_keywords(kwargs, self._aliases))
-
-    def __getattr__(self, name):
-        return getattr(self._fn, name)
+        return self._function()(*args, **with_keywords(kwargs, self._aliases))
 
 
 NO_GRADIENT = ("tftrt's engines have no gradient (nor had TF-TRT's TRTEngineOp): "
@@ -919,16 +964,11 @@ class DirectSignature:
         """``keyword_only``: positional arguments raise TypeError where there are several
         inputs, as a signature of ``tf.saved_model.load`` does (tftrt.load's signatures);
         convert()'s function takes them in ``arg_names`` order, as TF-TRT's did.
-        ``portable``: makes the native-form function of the signature (segments as calls of
-        their native functions, what save() writes), traced in place of ``native`` while
-        tf.saved_model.save traces a user's tf.function that calls this one: the engine
-        nodes' EagerPyFunc callbacks exist only in this process, and such a SavedModel
-        failed in any other ("Could not find callback with key=tftrt_TRTEngineOp_...").
+        ``portable``: makes the native-form function, see :class:`PortableForm`.
         ``aliases``: see :func:`keyword_aliases` (default: from ``native``'s signature)."""
         self._keyword_only = keyword_only
         self._plan = plan
-        self._make_portable, self._portable = portable, None
-        self._portable_lock = threading.Lock()
+        self._portable = PortableForm(native, portable)
         self._arg_names = list(arg_names)
         self._specs = list(input_specs)
         # (dtype, rank, dims with None for unknown) per input: checked without TensorShape
@@ -957,18 +997,6 @@ class DirectSignature:
         if name.startswith("__") or name in ("native", "_plan"):
             raise AttributeError(name)
         return getattr(self.native, name)
-
-    def _graph_function(self):
-        """What a graph calling this signature calls: the engine form, or the native form
-        (``portable``) while a SavedModel is being written (TF traces functions again for
-        it: its cache key then holds the save's variable policy)."""
-        from tensorflow.python.saved_model import save_context
-        if self._make_portable is None or not save_context.in_save_context():
-            return self.native
-        with self._portable_lock:
-            if self._portable is None:
-                self._portable = self._make_portable()
-        return self._portable
 
     def _tensor(self, tf, v, k):
         # What the signature ConcreteFunction of tf.saved_model.load accepts (TF 2.21): numpy
@@ -1044,7 +1072,7 @@ class DirectSignature:
                             f"and {sorted(kwargs)}") from None
         if not tf.executing_eagerly():  # inside a tf.function: the graph function
             ins = [self._symbolic(tf, v, k) for k, v in enumerate(flat)]
-            out = self._graph_function()(*ins[:len(args)],
+            out = self._portable.function()(*ins[:len(args)],
                                          **dict(zip(self._arg_names[len(args):],
                                                     ins[len(args):])))
             flat_out = without_gradient(tf, ins, tf.nest.flatten(out, expand_composites=True))

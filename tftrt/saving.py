@@ -643,16 +643,16 @@ def _load(path, tags=None, options=None):
                                           manifest["input_names"], specs,
                                           structured_outputs, structured_inputs, keepalive,
                                           tensor_map=weights)
+    def portable():  # the native form, for a user's SavedModel of a function calling it
+        return rewrite.graph_signature_function(
+            gd, manifest["inputs"], manifest["outputs"], manifest["input_names"], specs,
+            structured_outputs, structured_inputs)
     if env_bool("TFTRT_DIRECT_CALL", True):
         # Engines called from Python, the native ops between them eagerly (pipeline.py):
         # no EagerPyFunc dispatch per engine.
         from tftrt import pipeline
         plan = pipeline.plan_signature(gd, manifest["inputs"], manifest["outputs"], ops,
                                        [s.dtype for s in specs])
-        def portable():  # the native form, for a user's SavedModel of a function calling it
-            return rewrite.graph_signature_function(
-                gd, manifest["inputs"], manifest["outputs"], manifest["input_names"], specs,
-                structured_outputs, structured_inputs)
         if plan is not None:
             fn = rewrite.DirectSignature(plan, manifest["input_names"], specs,
                                          structured_outputs, fn, keyword_only=True,
@@ -660,7 +660,7 @@ def _load(path, tags=None, options=None):
                                          portable=portable)
     if not isinstance(fn, rewrite.DirectSignature):
         fn = rewrite.KeywordOnlySignature(fn, manifest["input_names"],
-                                          manifest.get("input_aliases"))
+                                          manifest.get("input_aliases"), portable=portable)
     signatures = {k: v for k, v in loaded.signatures.items() if k != key}
     signatures[key] = fn
     model = LoadedModel(loaded, signatures, ops)

@@ -604,7 +604,9 @@ print("tftrt" in sys.modules, float(np.abs(got["y"].numpy() - 2 * ref["y"].numpy
 """
 
 
-def test_a_users_module_calling_a_converted_model_saves_and_loads_anywhere(mlp_dir, tmp_path):
+@pytest.mark.parametrize("direct", ["1", "0"], ids=["pipeline", "graph-function"])
+def test_a_users_module_calling_a_converted_model_saves_and_loads_anywhere(mlp_dir, tmp_path,
+                                                                           monkeypatch, direct):
     """A tf.Module whose tf.function calls convert()'s function or a tftrt.load signature:
     its save failed ("Error when tracing gradients for SavedModel": the no-gradient tie's
     gradient raised when TF traced it), and once that passed, the SavedModel held the
@@ -612,9 +614,12 @@ def test_a_users_module_calling_a_converted_model_saves_and_loads_anywhere(mlp_d
     not find callback with key=tftrt_TRTEngineOp_..." elsewhere), and not the segment
     functions they call ("cyclic dependency between functions" on load). While a SavedModel
     is written, the call traces the native form: any TensorFlow loads it and gets native
-    answers, and the module still calls the engines in the saving process."""
+    answers, and the module still calls the engines in the saving process. Both call paths:
+    the pipeline and the plain graph function (TFTRT_DIRECT_CALL=0, or a graph the pipeline
+    does not cut)."""
     import subprocess
     import sys
+    monkeypatch.setenv("TFTRT_DIRECT_CALL", direct)
     conv = trt.TrtGraphConverterV2(input_saved_model_dir=mlp_dir)
     fn = conv.convert()
     conv.build(batches(X))
