@@ -673,10 +673,14 @@ def _return_freed_memory() -> None:
     """Frees what the loaded SavedModel's functions held (TF's objects hold cycles) and gives
     the freed heap back to the system: glibc kept it (a 200 MB model's load stayed at
     +2.1 GB of resident memory with everything it read freed; +0.8 GB given back). No-op
-    where the C library has no malloc_trim."""
+    where the C library has no malloc_trim. No collection while the collector is off: an
+    engine captures its CUDA graph with it off (``cupy_dnn.gc_paused``), and a collection
+    freeing another engine's graphs then breaks the capture; the garbage goes at the next
+    automatic collection instead."""
     import ctypes
     import gc
-    gc.collect()
+    if gc.isenabled():
+        gc.collect()
     try:
         ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError):
