@@ -935,6 +935,13 @@ def without_gradient(tf, inputs, outputs):
     floats = [x for x in inputs if tf.is_tensor(x) and x.dtype.is_floating]
     if not floats or not outputs:
         return outputs
+    from tensorflow.python.saved_model import save_context
+    if not tf.executing_eagerly() and save_context.in_save_context():
+        # a user's SavedModel of a function calling this one holds the native form
+        # (PortableForm), which TF differentiates itself; an override there made every
+        # tf.saved_model.load of it register a gradient in TF's process-wide registry,
+        # keeping that load's functions alive (+11 MB a load of a 1 MB model; leak hunt)
+        return outputs
     outputs = list(outputs)
     if tf.executing_eagerly():
         tied = tf.identity_n(outputs)
@@ -1007,6 +1014,8 @@ class DirectSignature:
         dtype, dims = self._checks[k]
         spec = self._specs[k]
         name = self._arg_names[k]
+        if isinstance(v, tf.Variable):  # as the loaded signature takes it: its value
+            v = v.value()
         if isinstance(v, tf.__internal__.CompositeTensor):
             # a RaggedTensor / SparseTensor passed tf.is_tensor and the shape check, failed in
             # the engine and then in the native segment's binding ("too many positional

@@ -581,6 +581,19 @@ def test_tftrt_load_keeps_no_second_copy_of_the_model(mlp_dir, tmp_path, monkeyp
         loaded.no_such_attribute  # pylint: disable=pointless-statement
 
 
+def test_a_variable_is_taken_as_its_value_as_tf_signatures_take_it(mlp_dir, tmp_path):
+    """A tf.Variable input: the loaded SavedModel's signature takes its value; tftrt's
+    signatures refused it with a hint about RaggedTensors (leak hunt, 2026-12-05)."""
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=mlp_dir)
+    fn = conv.convert()
+    conv.build(batches(X))
+    conv.save(str(tmp_path / "m"))
+    v = tf.Variable(X)
+    ref = native(mlp_dir, x=v)
+    assert_close(fn(x=v), ref)
+    assert_close(tftrt.load(str(tmp_path / "m")).signatures["serving_default"](x=v), ref)
+
+
 class _Wrapper(tf.Module):
     """A user's module around a converted model: its own tf.function calls it."""
 
@@ -613,12 +626,16 @@ def test_a_users_module_calling_a_converted_model_saves_and_loads_anywhere(mlp_d
     engine nodes' EagerPyFuncs, whose callbacks exist only in the saving process ("Could
     not find callback with key=tftrt_TRTEngineOp_..." elsewhere), and not the segment
     functions they call ("cyclic dependency between functions" on load). While a SavedModel
-    is written, the call traces the native form: any TensorFlow loads it and gets native
-    answers, and the module still calls the engines in the saving process. Both call paths:
+    is written, the call traces the native form, with no gradient override (each load of
+    one registered a gradient for good: leak hunt): any TensorFlow loads it, again and
+    again, and gets native answers, and the module still calls the engines in the saving
+    process. Both call paths:
     the pipeline and the plain graph function (TFTRT_DIRECT_CALL=0, or a graph the pipeline
     does not cut)."""
+    import gc
     import subprocess
     import sys
+    from tensorflow.python.eager import context
     monkeypatch.setenv("TFTRT_DIRECT_CALL", direct)
     conv = trt.TrtGraphConverterV2(input_saved_model_dir=mlp_dir)
     fn = conv.convert()
@@ -639,6 +656,17 @@ def test_a_users_module_calling_a_converted_model_saves_and_loads_anywhere(mlp_d
         assert "EagerPyFunc" not in graph_ops, name
         got = module(tf.constant(X))  # the engines again in this process
         assert_close({"y": got["y"] / 2.0, "z": got["z"]}, ref)
+        # loaded again and again (a server refreshing its model): nothing accumulates (a
+        # gradient override in the save registered a gradient per load, for good)
+        counts = []
+        for _ in range(3):
+            again = tf.saved_model.load(out)
+            assert_close({k: v for k, v in again(tf.constant(X)).items() if k == "z"},
+                         {"z": ref["z"]})
+            del again
+            gc.collect()
+            counts.append(len(context.context().list_function_names()))
+        assert counts[1] == counts[2], (name, counts)
         run = subprocess.run([sys.executable, "-c", _FRESH_PROCESS, out, mlp_dir],
                              capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
         assert run.returncode == 0, run.stderr[-2000:]
