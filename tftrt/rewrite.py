@@ -927,10 +927,12 @@ def without_gradient(tf, inputs, outputs):
     found in the graph"; runtime hunt, 2026-12-04). Outputs a gradient never reaches are
     left alone, as TF leaves an op without a gradient alone.
 
-    The tie is an IdentityN of outputs and inputs, recorded on the active tapes with a
-    backward function that raises (a tape inside or outside a tf.function) and, in a graph,
-    carrying the gradient override :data:`NO_GRADIENT_OP` (tf.gradients, and a tf.function
-    differentiated from outside, which builds its backward graph from the registry)."""
+    The tie is an IdentityN of the outputs (in a graph, of the outputs and the inputs),
+    recorded on the active tapes with a backward function that raises (a tape inside or
+    outside a tf.function) and, in a graph, carrying the gradient override
+    :data:`NO_GRADIENT_OP` (tf.gradients, and a tf.function differentiated from outside,
+    which builds its backward graph from the registry). None while a SavedModel is written:
+    the call then traces the native form, which TF differentiates."""
     from tensorflow.python.eager import record
     floats = [x for x in inputs if tf.is_tensor(x) and x.dtype.is_floating]
     if not floats or not outputs:
