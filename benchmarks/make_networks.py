@@ -4,6 +4,13 @@ TensorFlow); bench_engine.py runs them on the GPU machine, which has no TensorFl
 
     python benchmarks/make_networks.py --out .whl/networks [--models resnet50,mobilenet_v2,encoder]
     (--models also takes any tftrt.zoo.ZOO name: DenseNet121, EfficientNetB0, ...)
+    python benchmarks/make_networks.py --out .whl/networks --models resnet50 --int8 4
+
+``--int8 N`` converts with ``precision_mode="INT8", use_calibration=True`` instead, calibrated
+on N seeded batches of GOLDEN_BATCH inputs drawn as the golden input is (entropy calibration
+on the numpy backend, as convert() does it), and writes ``<name>_int8.*``: the segment
+networks carry their quantization tables, so bench_engine.py builds INT8 / FP8 engines from
+them (``--models resnet50_int8 --precisions INT8,FP16``; TFTRT_CUPY_QUANTIZED=1).
 
 Per model it writes ``<name>.onnx.xz`` (every segment network, largest first, in one
 xz-compressed ONNX list; see ``load_networks``) and ``<name>.golden.npz`` (native TF's output
@@ -66,7 +73,7 @@ def _low_entropy(model, seed: int, share_prefix: str = None) -> None:
         first[key] = new
 
 
-def build(name: str, out: str, input_size: int = None) -> dict:
+def build(name: str, out: str, input_size: int = None, int8_batches: int = 0) -> dict:
     import tensorflow as tf
     from tftrt import trt_convert as trt
     from tftrt import zoo
@@ -87,12 +94,24 @@ def build(name: str, out: str, input_size: int = None) -> dict:
         spec = tf.TensorSpec((None,) + tuple(shape[1:]), tf.float32)
         tf.saved_model.save(model, d, signatures=tf.function(
             lambda t: {"output_0": model(t, training=False)}).get_concrete_function(spec))
-        conv = trt.TrtGraphConverterV2(input_saved_model_dir=d, precision_mode="FP32",
-                                       minimum_segment_size=3)
-        conv.convert()
+        if int8_batches:
+            conv = trt.TrtGraphConverterV2(input_saved_model_dir=d, precision_mode="INT8",
+                                           use_calibration=True, minimum_segment_size=3)
+            rng = np.random.default_rng(3)
+
+            def calibration_input_fn():
+                for _ in range(int8_batches):
+                    yield (rng.standard_normal(tuple(shape)).astype(np.float32),)
+            conv.convert(calibration_input_fn=calibration_input_fn)
+        else:
+            conv = trt.TrtGraphConverterV2(input_saved_model_dir=d, precision_mode="FP32",
+                                           minimum_segment_size=3)
+            conv.convert()
         ops = conv.engine_ops
         seg = conv.segmentation
     specs = sorted((op.spec for op in ops.values()), key=lambda s: -len(s.onnx_bytes))
+    if int8_batches:
+        name = f"{name}_int8"
     info = {"model": name, "input_shape": list(shape), "segments": len(specs),
             "segment_nodes": [s.num_nodes for s in specs],
             "segment_inputs": [s.input_shapes for s in specs],
@@ -135,10 +154,12 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=".whl/networks")
     ap.add_argument("--models", default="resnet50,mobilenet_v2,encoder")
+    ap.add_argument("--int8", type=int, default=0, metavar="N",
+                    help="calibrated INT8 conversion on N batches, written as <name>_int8")
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     for name in args.models.split(","):
-        info = build(name, args.out)
+        info = build(name, args.out, int8_batches=args.int8)
         print(json.dumps(info))
 
 

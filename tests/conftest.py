@@ -9,6 +9,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # test_profile_shapes.py::test_new_batch_sizes_are_split_through_tensorflow and
 # test_shape_template.py::test_split_batches_are_the_default run with the default itself.
 os.environ.setdefault("TFTRT_SPLIT_BATCH", "0")
+# The INT8 / FP8 tests build small networks whose first conv reads 1-3 channels, which users'
+# engines keep in FP16 (quantization.STEM_CHANNELS); the tests quantize them, so that they
+# check those layers' arithmetic (and, on a GPU, the channel-padded kernels).
+# test_quantization.py::test_an_image_stem_stays_fp16 runs with the default.
+os.environ.setdefault("TFTRT_QUANTIZE_STEM", "1")
 
 import pytest  # noqa: E402
 

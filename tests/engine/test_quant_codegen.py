@@ -154,6 +154,8 @@ def _epilogue_reference(acc, ld, n, epi, ops, out_dtype, out_scale):
     for e in epi:
         if e["op"] == "scale":
             y = y * ops[e["input"]].astype(np.float32)
+        elif e["op"] == "add" and "scale" in e:  # an int8 residual
+            y = y + ops[e["input"]].astype(np.float32) * np.float32(e["scale"])
         elif e["op"] in ("bias", "add"):
             y = y + ops[e["input"]].astype(np.float32)
         else:
@@ -170,6 +172,9 @@ EPI_CASES = [  # (acc dtype, ld, out dtype, out scale, activation, residual dtyp
     ("int32", 12, "int8", 0.02, {"op": "act", "fn": "clip", "min": 0.0, "max": 6.0}, "float16"),
     ("float32", 12, "float16", None, {"op": "act", "fn": "leaky_relu", "alpha": 0.1}, None),
     ("float32", 16, "float32", None, None, "float32"),
+    # a ResNet block's last conv: its residual, the block input, is int8 of its own scale
+    ("int32", 12, "int8", 0.04, {"op": "act", "fn": "relu"}, "int8"),
+    ("int32", 16, "float16", None, None, "int8"),
 ]
 
 
@@ -192,7 +197,11 @@ def test_epilogue_kernels_match_numpy_on_the_host(tmp_path):
         epi = [{"op": "scale", "input": 2}, {"op": "bias", "input": 3}]
         ops = {2: dq, 3: bias}
         modes = {2: ("vec", "float32"), 3: ("vec", "float32")}
-        if res_dt:
+        if res_dt == "int8":
+            ops[4] = rng.integers(-127, 128, (rows, n)).astype(np.int8)
+            modes[4] = ("full", res_dt)
+            epi.append({"op": "add", "input": 4, "scale": 0.0371})
+        elif res_dt:
             ops[4] = rng.standard_normal((rows, n)).astype(res_dt)
             modes[4] = ("full", res_dt)
             epi.append({"op": "add", "input": 4})

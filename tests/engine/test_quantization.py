@@ -250,6 +250,131 @@ def test_int8_chain_requantizes_between_layers():
     np.testing.assert_array_equal(got, layer(hq, s2, w2, b2, False))
 
 
+def _residual_block(x_shape, rng):
+    """h = relu(conv(x)); y = relu(conv(h) + h): a ResNet identity block's two INT8 reads of
+    h, one as the conv's input 0, one as the residual its epilogue adds."""
+    c = x_shape[-1]
+    w1, w2 = (rng.randn(c, 3, 3, c) * 0.4).astype(F32), (rng.randn(c, 3, 3, c) * 0.3).astype(F32)
+    b1, b2 = (rng.randn(c) * 0.1).astype(F32), (rng.randn(c) * 0.1).astype(F32)
+    net = _conv_net(x_shape, w1, b1, out="h")
+    conv = {"strides": [1, 1], "dilations": [1, 1], "pads": [1, 1, 1, 1], "group": 1}
+    net.add_layer("conv", ["h", net.add_weight(w2, "w2"), net.add_weight(b2, "b2"), "h"], ["y"],
+                  conv, [{"op": "bias", "input": 2}, {"op": "add", "input": 3},
+                         {"op": "act", "fn": "relu"}])
+    net.outputs = ["h"]
+    x = np.random.RandomState(9).randn(*x_shape).astype(F32)
+    h = build_engine(net, {"x": x_shape}, BuilderConfig(precision="FP32")).execute([x])[0]
+    net.outputs = ["y"]
+    # ranges as max calibration would give them on such data (h's: what it reaches)
+    net.quantization = Q.new_table(tensors={"x": 2.5, "h": float(np.abs(h).max()), "y": 8.0})
+    return net, (w1, b1, w2, b2)
+
+
+def test_int8_residual_stays_int8_and_dequantizes_in_the_epilogue(monkeypatch):
+    """With TFTRT_INT8_RESIDUAL=1 a block output the next INT8 layer both convolves and adds
+    as its residual is stored as int8 once (one scale, its calibrated range); the epilogue
+    adds float(q) * s, rounded as the GPU kernel rounds it. With 0 (the default) it stays
+    float16, quantized again on entry."""
+    monkeypatch.setenv("TFTRT_INT8_RESIDUAL", "1")
+    rng = np.random.RandomState(4)
+    x = rng.randn(2, 5, 5, 3).astype(F32)
+    net, (w1, b1, w2, b2) = _residual_block(x.shape, rng)
+    engine = build_engine(net, {"x": x.shape}, BuilderConfig(precision="INT8"))
+    first, second = engine.network.layers
+    s_h = F32(net.quantization["tensors"]["h"] / 127)
+    assert engine.network.tensors["h"].dtype == "int8"
+    assert first.attrs["quant"]["output_scale"] == float(s_h)
+    assert [e.get("scale") for e in second.epilogue if e["op"] == "add"] == [float(s_h)]
+    got = engine.execute([x])[0]
+
+    def conv(xq, s_x, w):
+        s_w = (np.abs(w).reshape(w.shape[0], -1).max(1) / F32(127)).astype(F32)
+        wq = np.clip(np.rint(w * (F32(1) / s_w)[:, None, None, None]), -127, 127)
+        return _int_conv(xq, wq).astype(F32) * (F32(s_x) * s_w).astype(F32)
+    s_x = F32(2.5 / 127)
+    h = np.maximum(conv(np.clip(np.rint(x * (F32(1) / s_x)), -127, 127), s_x, w1) + b1, 0)
+    hq = np.clip(np.rint(h * (F32(1) / s_h)), -127, 127).astype(F32)
+    want = np.maximum(conv(hq, s_h, w2) + b2 + hq * s_h, 0)
+    np.testing.assert_array_equal(got, want)
+    ref = build_engine(net, {"x": x.shape}, BuilderConfig(precision="FP32")).execute([x])[0]
+    assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 0.03
+
+    monkeypatch.delenv("TFTRT_INT8_RESIDUAL")
+    engine = build_engine(net, {"x": x.shape}, BuilderConfig(precision="INT8"))
+    assert engine.network.tensors["h"].dtype == "float16"
+    assert all("scale" not in e for l in engine.network.layers for e in l.epilogue
+               if e["op"] == "add")
+    off = engine.execute([x])[0]
+    assert np.linalg.norm(off - ref) / np.linalg.norm(ref) < 0.03
+
+
+def test_a_residual_read_by_a_float_layer_stays_float(monkeypatch):
+    """h is stored as int8 only when every reader can take int8: a float consumer (here a
+    second network output's producer, an FP16 pointwise layer) keeps it float16, and the
+    INT8 layer's residual step has no scale."""
+    monkeypatch.setenv("TFTRT_INT8_RESIDUAL", "1")
+    rng = np.random.RandomState(5)
+    x = rng.randn(1, 4, 4, 2).astype(F32)
+    net, _ = _residual_block(x.shape, rng)
+    net.add_layer("pointwise", ["h"], ["h2"], {"program": [
+        {"op": "mul", "args": ["$0", 2.0], "dtype": "float32"}]})
+    net.outputs = ["y", "h2"]
+    engine = build_engine(net, {"x": x.shape}, BuilderConfig(precision="INT8"))
+    assert engine.network.tensors["h"].dtype == "float16"
+    assert all("scale" not in e for l in engine.network.layers for e in l.epilogue)
+    y, h2 = engine.execute([x])
+    ref = build_engine(net, {"x": x.shape}, BuilderConfig(precision="FP32")).execute([x])
+    assert np.linalg.norm(y - ref[0]) / np.linalg.norm(ref[0]) < 0.03
+
+
+def test_calibration_errors_ignore_the_int8_residual_scale(monkeypatch):
+    """The calibrator's per-layer error check feeds FP32 tensors to each quantized layer: an
+    add step's residual scale (for int8 storage) must not multiply an FP32 residual there."""
+    monkeypatch.setenv("TFTRT_INT8_RESIDUAL", "1")
+    rng = np.random.RandomState(6)
+    x = rng.randn(2, 5, 5, 3).astype(F32)
+    net, _ = _residual_block(x.shape, rng)
+    net.quantization = None
+    cal = EngineCalibrator(net)
+    cal.observe([x])
+    table = cal.table("INT8", "max")
+    assert table["layer_errors"]["y"] < 0.05, table["layer_errors"]
+
+
+@pytest.mark.parametrize("precision", ["INT8", "FP8"])
+def test_an_image_stem_stays_fp16(monkeypatch, precision):
+    """By default a conv reading <= 4 channels (an RGB stem) is not quantized: the reason
+    names it and the switch; the layer after it is, and reads the stem's float output."""
+    monkeypatch.delenv("TFTRT_QUANTIZE_STEM", raising=False)
+    rng = np.random.RandomState(7)
+    x = rng.randn(1, 5, 5, 3).astype(F32)
+    net = _conv_net(x.shape, (rng.randn(8, 3, 3, 3) * 0.4).astype(F32), np.zeros(8, F32),
+                    out="h")
+    second = _conv_net((1, 5, 5, 8), (rng.randn(8, 3, 3, 8) * 0.2).astype(F32),
+                       np.zeros(8, F32), name="h", out="y", act=False)
+    for k, v in second.weights.items():
+        net.add_weight(v, k)
+    net.layers += second.layers
+    net.outputs = ["h"]
+    h = build_engine(net, {"x": x.shape}, BuilderConfig(precision="FP32")).execute([x])[0]
+    net.outputs = ["y"]
+    net.quantization = Q.new_table(tensors={"x": 2.5, "h": float(np.abs(h).max())})
+    engine = build_engine(net, {"x": x.shape}, BuilderConfig(precision=precision))
+    stem, block = [l for l in engine.network.layers if l.kind == "conv"]
+    assert stem.precision == "FP16" and "quant" not in stem.attrs
+    assert "3 channels" in stem.attrs["quant_fallback"]
+    assert "TFTRT_QUANTIZE_STEM=1" in stem.attrs["quant_fallback"]
+    assert block.precision == precision and engine.network.tensors["h"].dtype == "float16"
+    report = Q.precision_report(engine.network)
+    assert [r["precision"] for r in report["layers"]] == ["FP16", precision]
+    ref = build_engine(net, {"x": x.shape}, BuilderConfig(precision="FP32")).execute([x])[0]
+    got = engine.execute([x])[0]
+    assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 0.05
+    monkeypatch.setenv("TFTRT_QUANTIZE_STEM", "1")
+    engine = build_engine(net, {"x": x.shape}, BuilderConfig(precision=precision))
+    assert [l.precision for l in engine.network.layers if l.kind == "conv"] == [precision] * 2
+
+
 def test_fp8_matmul_matches_an_e4m3_reference():
     ml_dtypes = pytest.importorskip("ml_dtypes")
     e4m3 = ml_dtypes.float8_e4m3fn

@@ -184,6 +184,58 @@ def test_depthwise_conv_runs_emulated_and_matches_numpy(precision):
     _close(cp.asnumpy(gpu.execute([cp.asarray(x)])[0]), ref.execute([x])[0], precision)
 
 
+def _residual_model(rng):
+    """Two ResNet bottleneck-like identity blocks after a stem conv: each block's input is
+    read by its first 1x1 conv and added by its last (the residual), 32 channels."""
+    from onnx import helper
+    N = helper.make_node
+    consts = {"w0": (rng.randn(32, 3, 3, 3) * 0.3).astype(F32)}
+    nodes = [N("Conv", ["x", "w0"], ["c0"], pads=[1, 1, 1, 1]), N("Relu", ["c0"], ["a0"])]
+    for b in range(2):
+        i, o = f"a{b}", f"a{b + 1}"
+        consts.update({f"w{b}a": (rng.randn(16, 32, 1, 1) * 0.25).astype(F32),
+                       f"w{b}b": (rng.randn(16, 16, 3, 3) * 0.1).astype(F32),
+                       f"w{b}c": (rng.randn(32, 16, 1, 1) * 0.25).astype(F32),
+                       f"b{b}c": (rng.randn(32) * 0.1).astype(F32)})
+        nodes += [N("Conv", [i, f"w{b}a"], [f"p{b}"]), N("Relu", [f"p{b}"], [f"q{b}"]),
+                  N("Conv", [f"q{b}", f"w{b}b"], [f"r{b}"], pads=[1, 1, 1, 1]),
+                  N("Relu", [f"r{b}"], [f"s{b}"]),
+                  N("Conv", [f"s{b}", f"w{b}c", f"b{b}c"], [f"t{b}"]),
+                  N("Add", [f"t{b}", i], [f"u{b}"]), N("Relu", [f"u{b}"], [o])]
+    nodes.append(N("Identity", ["a2"], ["y"]))
+    model = make_model(nodes, {"x": np.zeros((4, 3, 14, 14), F32)}, consts)
+    cal = EngineCalibrator(network_from_onnx(model))
+    for _ in range(4):
+        cal.observe([rng.randn(4, 3, 14, 14).astype(F32)])
+    Q.set_table(model, cal.table("INT8"))
+    return model
+
+
+def test_int8_residuals_stay_int8_on_the_gpu(monkeypatch):
+    """ResNet identity blocks: the block outputs the next block both convolves and adds are
+    int8 on the GPU (requantized once, the residual dequantized in the last conv's epilogue
+    kernel), no layer emulated, and the engine answers what the simulation answers; with
+    TFTRT_INT8_RESIDUAL=0 the same blocks pass float16 and answer as its simulation."""
+    rng = np.random.RandomState(5)
+    model = _residual_model(rng)
+    x = rng.randn(4, 3, 14, 14).astype(F32)
+    for on in ("1", "0"):  # (0 is the default)
+        monkeypatch.setenv("TFTRT_INT8_RESIDUAL", on)
+        gpu = build_engine(model, {"x": x.shape}, BuilderConfig(precision="INT8",
+                                                                backend="cupy"))
+        choices = _choices(gpu)
+        scaled = [l.name for l in gpu.network.layers
+                  if any(e["op"] == "add" and "scale" in e for e in l.epilogue)]
+        assert len(scaled) == (2 if on == "1" else 0), (scaled, choices)
+        report = Q.precision_report(gpu.network)
+        assert report["quantized_share"] == 1.0, report
+        assert not [r for r in report["layers"] if "emulated" in (r["kernel"] or "")], choices
+        ref = build_engine(model, {"x": x.shape}, BuilderConfig(precision="INT8",
+                                                                backend="numpy"))
+        _close(cp.asnumpy(gpu.execute([cp.asarray(x)])[0]), ref.execute([x])[0],
+               f"INT8 residual blocks (TFTRT_INT8_RESIDUAL={on}; {choices})", rel=2e-2)
+
+
 def test_int8_chain_requantizes_on_the_gpu():
     """Two INT8 convs: the first one's output is int8 on the GPU too (requantized in its
     epilogue kernel), and the engine answers what the simulation answers."""

@@ -314,6 +314,9 @@ class EngineCalibrator:
                 for l in layers:  # the output's requantization is its consumers' input error
                     if l.attrs["quant"].pop("output_scale", None) is not None:
                         net.tensors[l.outputs[0]].dtype = "float32"
+                    for e in l.epilogue:  # and so is an int8 residual's: it reads FP32 here
+                        if e["op"] == "add":
+                            e.pop("scale", None)
                 prepared[key] = [(l, backend.prepare_layer(net, l, net.weights), net.weights)
                                  for l in layers]
             env: Dict[str, np.ndarray] = {}

@@ -19,9 +19,17 @@ A quantized layer (``layer.precision`` "INT8" / "FP8", ``layer.attrs["quant"]``)
 * the epilogue starts with a ``scale`` step by ``s_x * s_w[c]`` (and the matmul's alpha): the
   dequantization, applied to the fp32 accumulator; bias, activation and residual follow as in
   any fused layer;
-* INT8 only: when every consumer of the output is an INT8 layer reading it as its input 0,
-  the output is *requantized* in the epilogue (``quant["output_scale"]``) and stored as int8;
-  otherwise it is stored as float16 (the declared dtype for network outputs).
+* INT8 only: when every consumer of the output is an INT8 layer reading it as its input 0
+  (quantized with the output's own calibrated scale) or adding it as a residual in its
+  epilogue, the output is *requantized* in the epilogue (``quant["output_scale"]``) and
+  stored as int8; a residual ``add`` step reading it carries the scale (``{"op": "add",
+  "input": i, "scale": s}``: ``y + float(q) * s``, the product rounded to float32 on its own).
+  ResNet block outputs, read by the next block's first conv and added by its last, stay
+  int8 that way -- with env TFTRT_INT8_RESIDUAL=1 only, for now (:func:`int8_residuals`);
+  by default an output some INT8 layer adds as a residual is stored as float16, as any
+  other output is (the declared dtype for network outputs).
+* a conv reading at most :data:`STEM_CHANNELS` channels (an image stem) stays FP16 unless
+  TFTRT_QUANTIZE_STEM=1.
 
 Rounding and saturation (what the numpy backend simulates, bit for bit, and what the GPU
 kernels must do): ``q = saturate(round_half_even(x * inv_scale))`` with ``inv_scale`` the
@@ -296,7 +304,23 @@ def _candidate_reason(net: Network, layer: Layer) -> Optional[str]:
         return "its input is not a float activation"
     if not (net.tensors[x].is_static and net.tensors[layer.outputs[0]].is_static):
         return "its shapes are data dependent"
+    if (layer.kind == "conv" and layer.attrs.get("group", 1) == 1 and
+            net.weights[w].shape[-1] <= STEM_CHANNELS and not quantize_stems()):
+        return (f"its input has {net.weights[w].shape[-1]} channels (an image stem): int8 / "
+                f"fp8 kernels pad them and were 6x slower than FP16 on an H100; it stays "
+                f"FP16, as TensorRT keeps such layers (TFTRT_QUANTIZE_STEM=1 quantizes it)")
     return None
+
+
+# A conv reading this few channels (an RGB stem) stays FP16 unless TFTRT_QUANTIZE_STEM=1:
+# cuDNN's int8 kernel for ResNet50's 7x7 stem took 5.6 of the INT8 engine's 13 ms at batch
+# 128 on an H100 (0.16x its FP16 layer; benchmarks/README.md, 2026-12-05).
+STEM_CHANNELS = 4
+
+
+def quantize_stems() -> bool:
+    from tftrt.env import env_bool
+    return env_bool("TFTRT_QUANTIZE_STEM", False)
 
 
 def _amax(table: dict, name: str) -> Optional[float]:
@@ -395,10 +419,45 @@ def _quantize_layer(net: Network, layer: Layer, precision: str, s_x: float,
             net.tensors[o].dtype = "float16"
 
 
+def int8_residuals() -> bool:
+    """Whether an INT8 layer's output that other INT8 layers also add as a residual is stored
+    as int8 (env TFTRT_INT8_RESIDUAL=1; off by default). Off because, with today's GPU
+    kernels, it costs more than it saves: a requantized output leaves the fused cuDNN
+    epilogue for an fp32 output and a requantize kernel, and a scaled residual is not fused
+    at all (ResNet50 at batch 128 on an H100: 7.9 ms on, 6.9 ms off; benchmarks/README.md,
+    2026-12-05). It is the storage the one-pass INT8 form needs (issue 15)."""
+    from tftrt.env import env_bool
+    return env_bool("TFTRT_INT8_RESIDUAL", False)
+
+
+def _int8_reads(u: Layer, out: str, s: float, residuals: bool) -> Optional[List[dict]]:
+    """The residual ``add`` steps of INT8 layer ``u`` that read tensor ``out`` when every read
+    of ``out`` by ``u`` can take it as int8 of scale ``s`` (input 0 quantized with ``s``, or an
+    epilogue ``add``); None when one cannot."""
+    if u.precision != "INT8" or "quant" not in u.attrs:
+        return None
+    adds = []
+    for i, name in enumerate(u.inputs):
+        if name != out:
+            continue
+        if i == 0:
+            if u.attrs["quant"]["input_scale"] != s:
+                return None
+            continue
+        steps = [e for e in u.epilogue if e.get("input") == i]
+        if not residuals or not steps or any(e["op"] != "add" for e in steps):
+            return None
+        adds += steps
+    return adds
+
+
 def _requantize_outputs(net: Network, table: dict) -> None:
-    """INT8 outputs read only by INT8 layers (as their input 0) are stored as int8."""
+    """INT8 outputs read only by INT8 layers -- as their input 0, or (int8_residuals()) as a
+    residual their epilogue adds -- are stored as int8 of the output's calibrated scale; the
+    residual ``add`` steps reading them dequantize on load (``"scale"``)."""
     consumers = net.consumers()
     keep = set(net.outputs)
+    residuals = int8_residuals()
     for layer in net.layers:
         if layer.precision != "INT8" or "quant" not in layer.attrs:
             continue
@@ -407,12 +466,15 @@ def _requantize_outputs(net: Network, table: dict) -> None:
         users = consumers.get(out, [])
         if out in keep or amax is None or not users:
             continue
-        if all(u.precision == "INT8" and "quant" in u.attrs and u.inputs[0] == out and
-               out not in u.inputs[1:] for u in users):
-            s = float(np.float32(amax / INT8_QMAX))
-            if all(u.attrs["quant"]["input_scale"] == s for u in users):
-                layer.attrs["quant"]["output_scale"] = s
-                net.tensors[out].dtype = "int8"
+        s = float(np.float32(amax / INT8_QMAX))
+        reads = [_int8_reads(u, out, s, residuals) for u in users]
+        if any(r is None for r in reads):
+            continue
+        layer.attrs["quant"]["output_scale"] = s
+        net.tensors[out].dtype = "int8"
+        for steps in reads:
+            for e in steps:
+                e["scale"] = s
 
 
 def _remove_unused_layers(net: Network) -> None:

@@ -162,6 +162,9 @@ def epilogue_statements(epilogue: Sequence[dict], loads: Dict[int, str], acc: st
         op = e["op"]
         if op == "scale":
             out.append(f"{acc} = __fmul_rn({acc}, {loads[e['input']]});")
+        elif op == "add" and "scale" in e:  # an int8 residual, dequantized on load
+            out.append(f"{acc} = __fadd_rn({acc}, __fmul_rn({loads[e['input']]}, "
+                       f"{float_literal(np.float32(e['scale']))}));")
         elif op in ("bias", "add"):
             out.append(f"{acc} = __fadd_rn({acc}, {loads[e['input']]});")
         elif op == "act":

@@ -647,7 +647,9 @@ class QuantConvCudnn(_QuantLayer):
                        f"{f'; channels padded {c}->{cp_}' if cp_ != c else ''}) + {after}")
 
     def _variants(self, spec) -> List[str]:
-        fusable = spec.fusable_prefix() == len(spec.epilogue)
+        # (an int8 residual's "add" carries its scale: no cuDNN node reads it so)
+        fusable = (spec.fusable_prefix() == len(spec.epilogue) and
+                   not any("scale" in e for e in spec.epilogue if e["op"] == "add"))
         out = []
         if fusable and self.out_scale is None and self.y_dtype in ("float16", "float32"):
             out.append("fused")

@@ -115,6 +115,8 @@ def _epilogue(layer: Layer) -> Callable:
                 y = y + inputs[e["input"]]
             elif op == "scale":
                 y = y * inputs[e["input"]]
+            elif op == "add" and "scale" in e:  # an int8 residual (quantization.py)
+                y = y + inputs[e["input"]].astype(np.float32) * np.float32(e["scale"])
             elif op == "add":
                 y = y + inputs[e["input"]]
             elif op == "act":
