@@ -246,6 +246,14 @@ def print_profile(engine, ctx, x, model_name, precision, batch):
         by_kind[k][2] += r[7]
     for (kind, tac), (n, t, f) in sorted(by_kind.items(), key=lambda kv: -kv[1][1]):
         print(f"   {kind:12s} {str(tac):12s} x{n:3d}  {t * 1e3:8.3f} ms  floor {f * 1e3:7.3f} ms")
+    kernels = {}  # INT8 / FP8 layers: what each runs on (its record's "kernel"), time summed
+    for r in rows:
+        if r[8].get("kernel") and "quant" in by_name[r[1]].attrs:
+            k = kernels.setdefault(r[8]["kernel"], [0, 0.0])
+            k[0] += 1
+            k[1] += r[0]
+    for kern, (n, t) in sorted(kernels.items(), key=lambda kv: -kv[1][1]):
+        print(f"   quantized x{n:3d}  {t * 1e3:8.3f} ms  {kern}")
     print(f"   {'time_us':>8s} {'floor_us':>8s} {'TF/s':>6s} {'GB/s':>6s}  layer (kind, epilogue, "
           f"tactic)")
     for r in sorted(rows, key=lambda r: -r[0])[:25]:

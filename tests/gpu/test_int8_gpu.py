@@ -246,6 +246,14 @@ def test_int8_chain_requantizes_on_the_gpu():
     int8 = [t for t in gpu.network.tensors.values() if t.dtype == "int8" and
             t.name not in gpu.network.weights]
     assert int8, "the conv -> conv chain should pass int8 between the layers"
+    # a requantized cuDNN conv writes its int8 output from cuDNN's fused graph (variant
+    # fused_int8; H100, cuDNN 9.19, 2026-12-05), not through an fp32 output and a kernel
+    choices = _choices(gpu)
+    requant = [impl.record().get("variant") for l, impl in
+               zip(gpu.network.layers, gpu.backend_impl.engine_impls(gpu))
+               if l.attrs.get("quant", {}).get("output_scale") is not None and
+               impl.record() and "cuDNN" in (impl.record().get("kernel") or "")]
+    assert requant and set(requant) == {"fused_int8"}, choices
     ref = build_engine(model, {"x": x.shape}, BuilderConfig(precision="INT8", backend="numpy"))
     _close(cp.asnumpy(gpu.execute([cp.asarray(x)])[0]), ref.execute([x])[0], "INT8 chain",
            rel=2e-2)

@@ -18,8 +18,11 @@ order ``cupy_backend.impl_table`` tries them:
   cuDNN-frontend graph, NHWC, int8 / E4M3 x and w (channels padded to 4 / 16), conv_fprop
   with INT32 (INT8) / FLOAT (FP8) compute. Variants (:data:`CONV_VARIANTS`): ``fused``
   (the epilogue as cuDNN pointwise nodes, fp16 / fp32 output; for layers whose output is
-  not requantized and whose epilogue cuDNN can express), ``fused_requant`` (the same graph
-  with an fp32 output that a kernel requantizes to int8: requantized layers), ``acc_float``
+  not requantized and whose epilogue cuDNN can express; an int8 residual goes through a
+  scale node by its scale before the add), ``fused_int8`` (requantized layers: the same
+  graph, then a scale node by the inverse output scale, written as int8 by cuDNN),
+  ``fused_requant`` (the same graph with an fp32 output that a kernel requantizes to int8),
+  ``acc_float``
   / ``acc_identity`` / ``acc`` (the accumulator as the graph output -- through an identity
   node to fp32 or int32, or with no node after the conv -- then the epilogue kernel).
 * :class:`QuantEmulated` (tactic ``q_emulated`` for what neither takes -- grouped /
@@ -221,8 +224,14 @@ class QLtGemm:
 # test/python/conv/graph/test_conv_bias.py::test_conv_int8: INT32 intermediates, conv ->
 # identity -> INT32 output) next; "acc" (the conv's INT32 output as the graph output with no
 # node after it) last: it is what gave the H200's wrong INT8 answers.
-CONV_VARIANTS = ("fused", "fused_requant", "acc_float", "acc_identity", "acc")
-VARIANT_TIER = {"fused": 0, "fused_requant": 0, "acc_float": 1, "acc_identity": 1, "acc": 2}
+# "fused_int8" (2026-12-05, issue 15's one-pass form): the fused epilogue, then a scale node by
+# the inverse output scale, written as INT8 by cuDNN itself -- no fp32 round trip and no
+# requantize kernel (TFTRT_QUANT_FUSED_INT8=0 leaves it out). A fused graph dequantizes an int8
+# residual with a scale node before its add.
+CONV_VARIANTS = ("fused", "fused_int8", "fused_requant", "acc_float", "acc_identity", "acc")
+VARIANT_TIER = {"fused": 0, "fused_int8": 0, "fused_requant": 0, "acc_float": 1,
+                "acc_identity": 1, "acc": 2}
+FUSED_OUTPUT = ("fused", "fused_int8")  # variants whose graph writes the layer's output
 MAX_VALIDATIONS = 16  # candidate plans validated at most per layer signature
 
 
@@ -233,13 +242,28 @@ class QCudnnConv(_CudnnPlans):
     (fused_requant, acc_float, FP8's accumulators) or int32 (INT8 acc / acc_identity)."""
 
     def __init__(self, spec: ConvSpec, fmt: str, variant: str, y_dtype: str,
-                 choice: Optional[dict] = None, candidates: Optional[int] = None):
+                 choice: Optional[dict] = None, candidates: Optional[int] = None,
+                 out_scale: Optional[float] = None):
         if variant not in CONV_VARIANTS:
             raise ValueError(f"variant {variant!r}")
+        if variant == "fused_int8" and (out_scale is None or y_dtype != "int8"):
+            raise ValueError("fused_int8 writes a requantized int8 output only")
         self.spec, self.fmt, self.variant, self.y_dtype = spec, fmt, variant, y_dtype
         acc = "int32" if fmt == S.INT8 else "float32"
-        self.out_dtype = {"fused": y_dtype, "fused_requant": "float32",
+        self.out_dtype = {"fused": y_dtype, "fused_int8": "int8", "fused_requant": "float32",
                           "acc_float": "float32"}.get(variant, acc)
+        # per-channel constants of the fused graph (device vectors, bound by name in run()):
+        # "SC<i>" an int8 residual's scale, "INV" the inverse output scale of fused_int8
+        self.consts: Dict[str, cp.ndarray] = {}
+        if variant in ("fused", "fused_int8", "fused_requant"):
+            cout = spec.y_shape[-1]
+            for e in spec.epilogue:
+                if e["op"] == "add" and "scale" in e:
+                    self.consts[f"SC{e['input']}"] = cp.full(cout, np.float32(e["scale"]),
+                                                             cp.float32)
+            if variant == "fused_int8":
+                self.consts["INV"] = cp.full(cout, S.output_scale_inverse(out_scale),
+                                             cp.float32)
         self.verdict: Optional[dict] = None
         self.rejected: List[str] = []
         self._setup(choice, candidates)
@@ -261,9 +285,15 @@ class QCudnnConv(_CudnnPlans):
         Y = g.conv_fprop(image=X, weight=W, pre_padding=s.pads_b, post_padding=s.pads_e,
                          stride=s.strides, dilation=s.dilations, compute_data_type=acc)
         tensors = {"X": X, "W": W}
-        if self.variant in ("fused", "fused_requant"):
+        if self.variant in ("fused", "fused_int8", "fused_requant"):
             cout = s.y_shape[-1]
             Y.set_data_type(c.data_type.FLOAT)
+            vec = ([1, cout] + [1] * (len(yd) - 2), [cout, 1] + [cout] * (len(yd) - 2))
+
+            def const(name):
+                tensors[name] = g.tensor(name=name, dim=vec[0], stride=vec[1],
+                                         data_type=c.data_type.FLOAT)
+                return tensors[name]
             for e in s.epilogue:
                 if e["op"] in ("bias", "scale", "add"):
                     i = e["input"]
@@ -280,12 +310,18 @@ class QCudnnConv(_CudnnPlans):
                         Y = g.bias(input=Y, bias=T, compute_data_type=c.data_type.FLOAT)
                     elif e["op"] == "scale":
                         Y = g.scale(input=Y, scale=T, compute_data_type=c.data_type.FLOAT)
+                    elif "scale" in e:  # an int8 residual: float(q) * s, then the add
+                        R = g.scale(input=T, scale=const(f"SC{i}"),
+                                    compute_data_type=c.data_type.FLOAT)
+                        Y = g.add(a=Y, b=R, compute_data_type=c.data_type.FLOAT)
                     else:
                         Y = g.add(a=Y, b=T, compute_data_type=c.data_type.FLOAT)
                 else:
                     Y = _cudnn_act(g, Y, e)
                     if Y is None:
                         raise ValueError(f"activation {e['fn']} has no cuDNN node")
+            if self.variant == "fused_int8":
+                Y = g.scale(input=Y, scale=const("INV"), compute_data_type=c.data_type.FLOAT)
             Y.set_output(True).set_data_type(_cdt(self.out_dtype))
         elif self.variant == "acc":
             Y.set_output(True).set_data_type(acc)
@@ -312,6 +348,8 @@ class QCudnnConv(_CudnnPlans):
         for i, T in t.items():
             if isinstance(i, int):
                 pack[T] = operands[i]
+            elif i in self.consts:
+                pack[T] = self.consts[i].data.ptr
         self._execute(pack, ws_ptr, stream_ptr, index)
 
     def choice(self) -> dict:
@@ -611,7 +649,7 @@ class QuantConvCudnn(_QuantLayer):
                                         "int8" if self.fmt == S.INT8 else "e4m3", self.inv_x)
         self.acc_dtype = "int32" if self.fmt == S.INT8 else "float32"
         key = json.dumps(["qconv", xs, list(w.shape), self.y_shape, a["strides"],
-                          a["dilations"], a["pads"], self.fmt, self.y_dtype,
+                          a["dilations"], a["pads"], self.fmt, self.y_dtype, self.out_scale,
                           layer.to_json()["epilogue"], sorted(operands.items())], default=str)
         rec = get_record(layer)
         if key not in _SHARED:
@@ -624,7 +662,7 @@ class QuantConvCudnn(_QuantLayer):
         self.conv = conv
         v = conv.variant
         rows, n = _rows(self.y_shape), self.y_shape[-1]
-        self.fused = v == "fused"
+        self.fused = v in FUSED_OUTPUT
         if self.fused:
             self.epi = None
         elif v == "fused_requant":  # the fused epilogue's fp32 output, requantized to int8
@@ -639,6 +677,7 @@ class QuantConvCudnn(_QuantLayer):
         acc_name = "int32" if self.fmt == S.INT8 else "fp32"
         c, cp_ = self.c, self.cp
         after = {"fused": "fused cuDNN epilogue",
+                 "fused_int8": "fused cuDNN epilogue, int8 output",
                  "fused_requant": "fused cuDNN epilogue + requantize kernel",
                  "acc_float": "epilogue kernel (accumulator as fp32 output)",
                  "acc_identity": "epilogue kernel (accumulator through an identity node)",
@@ -647,13 +686,14 @@ class QuantConvCudnn(_QuantLayer):
                        f"{f'; channels padded {c}->{cp_}' if cp_ != c else ''}) + {after}")
 
     def _variants(self, spec) -> List[str]:
-        # (an int8 residual's "add" carries its scale: no cuDNN node reads it so)
-        fusable = (spec.fusable_prefix() == len(spec.epilogue) and
-                   not any("scale" in e for e in spec.epilogue if e["op"] == "add"))
+        from tftrt.env import env_bool
+        fusable = spec.fusable_prefix() == len(spec.epilogue)
         out = []
         if fusable and self.out_scale is None and self.y_dtype in ("float16", "float32"):
             out.append("fused")
         if fusable and self.out_scale is not None and self.y_dtype == "int8":
+            if env_bool("TFTRT_QUANT_FUSED_INT8", True):
+                out.append("fused_int8")
             out.append("fused_requant")
         if self.fmt == S.INT8:
             out.append("acc_float")
@@ -664,7 +704,8 @@ class QuantConvCudnn(_QuantLayer):
         rejected: List[str] = []
         if rec is not None and rec.get("variant") in self._variants(spec):
             try:
-                conv = QCudnnConv(spec, self.fmt, rec["variant"], self.y_dtype, rec)
+                conv = QCudnnConv(spec, self.fmt, rec["variant"], self.y_dtype, rec,
+                                  out_scale=self.out_scale)
             except Exception as e:
                 conv = None
                 log.info("%s: recorded choice failed (%s); tuning again", self.layer.name, e)
@@ -689,7 +730,8 @@ class QuantConvCudnn(_QuantLayer):
             built = []
             for v in (v for v in variants if VARIANT_TIER[v] == tier):
                 try:
-                    built.append(QCudnnConv(spec, self.fmt, v, self.y_dtype))
+                    built.append(QCudnnConv(spec, self.fmt, v, self.y_dtype,
+                                            out_scale=self.out_scale))
                 except Exception as e:
                     errors.append(f"{v}: {type(e).__name__}: {str(e)[:200]}")
             for _, _, conv, i in self._timed(spec, built, errors):
@@ -736,13 +778,13 @@ class QuantConvCudnn(_QuantLayer):
             for i, v in ops.items():
                 ins[i] = v
             for conv in built:
-                out = y if conv.variant == "fused" else acc
+                out = y if conv.variant in FUSED_OUTPUT else acc
                 try:
                     conv._tune(lambda wsp, i: conv.run(x.data.ptr, self.w.data.ptr,
                                                        out.data.ptr, ptrs, wsp, stream.ptr, i),
                                stream)
                     extra = 0.0
-                    if conv.variant != "fused":
+                    if conv.variant not in FUSED_OUTPUT:
                         self._bind(conv)
                         src = acc.view(np.int32) if conv.out_dtype == "int32" else acc
                         extra = gpu_time(lambda: self.epi(src, self._operands(ins), y), stream) \
