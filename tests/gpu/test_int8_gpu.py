@@ -279,7 +279,7 @@ def test_validation_rejects_a_cudnn_variant_that_writes_nothing(precision, monke
     real = QK.QCudnnConv.run
 
     def broken(self, *args, **kw):
-        if self.variant in ("fused", "fused_requant"):
+        if self.variant in ("fused", "fused_int8", "fused_requant"):
             return None  # nothing written
         return real(self, *args, **kw)
     monkeypatch.setattr(QK.QCudnnConv, "run", broken)
@@ -294,7 +294,7 @@ def test_validation_rejects_a_cudnn_variant_that_writes_nothing(precision, monke
     for layer, impl in convs:
         if isinstance(impl, QK.QuantConvCudnn):
             rec = impl.record()
-            assert rec["variant"] not in ("fused", "fused_requant"), choices
+            assert rec["variant"] not in ("fused", "fused_int8", "fused_requant"), choices
             rejected = rec.get("rejected", [])
             assert any(r.startswith("fused") and ("not written" in r or "further" in r)
                        for r in rejected), choices

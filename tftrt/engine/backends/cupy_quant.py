@@ -227,10 +227,12 @@ class QLtGemm:
 # "fused_int8" (2026-12-05, issue 15's one-pass form): the fused epilogue, then a scale node by
 # the inverse output scale, written as INT8 by cuDNN itself -- no fp32 round trip and no
 # requantize kernel (TFTRT_QUANT_FUSED_INT8=0 leaves it out). A fused graph dequantizes an int8
-# residual with a scale node before its add.
+# residual with a scale node before its add. It is the same graph as fused_requant's with
+# less after it, so fused_requant is a tier of its own, built only when no fused_int8 plan
+# builds or passes: its graphs would double a requantized layer's build for nothing.
 CONV_VARIANTS = ("fused", "fused_int8", "fused_requant", "acc_float", "acc_identity", "acc")
-VARIANT_TIER = {"fused": 0, "fused_int8": 0, "fused_requant": 0, "acc_float": 1,
-                "acc_identity": 1, "acc": 2}
+VARIANT_TIER = {"fused": 0, "fused_int8": 0, "fused_requant": 1, "acc_float": 2,
+                "acc_identity": 2, "acc": 3}
 FUSED_OUTPUT = ("fused", "fused_int8")  # variants whose graph writes the layer's output
 MAX_VALIDATIONS = 16  # candidate plans validated at most per layer signature
 
