@@ -382,6 +382,13 @@ class _Calibration:
                      "of their FLOPs", op.name, table["method"], self.batches,
                      sum(r["precision"] == precision for r in plan["layers"]),
                      len(plan["layers"]), precision, 100 * plan["quantized_share"])
+            if plan["layers"] and not any(r["precision"] == precision
+                                          for r in plan["layers"]):
+                # (an INT8 conversion where nothing became INT8 said so at INFO only: hunt)
+                why = sorted({r.get("reason") or "?" for r in plan["layers"]})
+                log.warning("%s: none of its %d conv/GEMM layers runs in %s, so it runs in "
+                            "FP16: %s", op.name, len(plan["layers"]), precision,
+                            "; ".join(why)[:400])
 
 
 def _graph_ranges(op: QuantizedEngineOp) -> Optional[dict]:

@@ -196,3 +196,35 @@ def test_the_range_given_warning_comes_with_every_conversion(tmp_path, caplog):
             trt.TrtGraphConverterV2(input_saved_model_dir=path, precision_mode="INT8",
                                     use_calibration=False).convert()
         assert [r for r in caplog.records if "range_given=False" in r.getMessage()]
+
+
+class StemOnly(tf.Module):
+    """One conv on the RGB input, then a spatial mean: its only conv is an image stem."""
+
+    def __init__(self):
+        self.w = tf.constant(np.random.RandomState(0).randn(3, 3, 3, 8).astype(np.float32))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 3], tf.float32, name="x")])
+    def __call__(self, x):
+        return {"y": tf.reduce_mean(tf.nn.relu(tf.nn.conv2d(x, self.w, 1, "SAME")), [1, 2])}
+
+
+def test_an_int8_conversion_where_nothing_is_int8_warns_why(tmp_path, caplog, monkeypatch):
+    """A calibrated engine none of whose conv / GEMM layers runs in INT8 (here its only conv
+    is an image stem, FP16 by default) says so in a warning with the reason, not at INFO
+    only (INT8 hunt, 2026-12-05); with a quantized layer there is no such warning."""
+    monkeypatch.delenv("TFTRT_QUANTIZE_STEM", raising=False)
+    path = models.save_module(StemOnly(), str(tmp_path / "stem"))
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=path, precision_mode="INT8")
+    with caplog.at_level("WARNING", logger="tftrt"):
+        conv.convert(calibration_input_fn=lambda: iter([(_x(2),)]))
+    msgs = [r.getMessage() for r in caplog.records if "runs in INT8" in r.getMessage()]
+    assert len(msgs) == 1 and "image stem" in msgs[0] and "TFTRT_QUANTIZE_STEM" in msgs[0], msgs
+    assert _share(_lines(conv)) == 0.0
+    caplog.clear()
+    path = models.save_module(Cnn(), str(tmp_path / "cnn"))
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=path, precision_mode="INT8")
+    with caplog.at_level("WARNING", logger="tftrt"):
+        conv.convert(calibration_input_fn=lambda: iter([(_x(2),)]))
+    assert not [r for r in caplog.records if "runs in INT8" in r.getMessage()]
+    assert _share(_lines(conv)) > 50

@@ -309,7 +309,8 @@ class EngineCalibrator:
         for key, inputs in self.kept:
             if key not in prepared:
                 net = self.engines[key].network.copy()
-                names = set(Q.quantize_network(net, precision, table, max_error=math.inf))
+                names = set(Q.quantize_network(net, precision, table, max_error=math.inf,
+                                               stems=True))
                 layers = [l for l in net.layers if l.name in names]
                 for l in layers:  # the output's requantization is its consumers' input error
                     if l.attrs["quant"].pop("output_scale", None) is not None:

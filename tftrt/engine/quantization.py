@@ -28,8 +28,10 @@ A quantized layer (``layer.precision`` "INT8" / "FP8", ``layer.attrs["quant"]``)
   int8 that way -- with env TFTRT_INT8_RESIDUAL=1 only, for now (:func:`int8_residuals`);
   by default an output some INT8 layer adds as a residual is stored as float16, as any
   other output is (the declared dtype for network outputs).
-* a conv reading at most :data:`STEM_CHANNELS` channels (an image stem) stays FP16 unless
-  TFTRT_QUANTIZE_STEM=1.
+* an image stem -- a conv / GEMM reading the network input (through no other conv / GEMM)
+  that reduces over at most :data:`STEM_CHANNELS` channels per group -- stays FP16 unless
+  TFTRT_QUANTIZE_STEM=1; the calibrator measures its error either way, so a build with the
+  switch on still keeps a stem that quantizes badly in FP16.
 
 Rounding and saturation (what the numpy backend simulates, bit for bit, and what the GPU
 kernels must do): ``q = saturate(round_half_even(x * inv_scale))`` with ``inv_scale`` the
@@ -304,17 +306,14 @@ def _candidate_reason(net: Network, layer: Layer) -> Optional[str]:
         return "its input is not a float activation"
     if not (net.tensors[x].is_static and net.tensors[layer.outputs[0]].is_static):
         return "its shapes are data dependent"
-    if (layer.kind == "conv" and layer.attrs.get("group", 1) == 1 and
-            net.weights[w].shape[-1] <= STEM_CHANNELS and not quantize_stems()):
-        return (f"its input has {net.weights[w].shape[-1]} channels (an image stem): int8 / "
-                f"fp8 kernels pad them and were 6x slower than FP16 on an H100; it stays "
-                f"FP16, as TensorRT keeps such layers (TFTRT_QUANTIZE_STEM=1 quantizes it)")
     return None
 
 
-# A conv reading this few channels (an RGB stem) stays FP16 unless TFTRT_QUANTIZE_STEM=1:
-# cuDNN's int8 kernel for ResNet50's 7x7 stem took 5.6 of the INT8 engine's 13 ms at batch
-# 128 on an H100 (0.16x its FP16 layer; benchmarks/README.md, 2026-12-05).
+# A conv / GEMM that reads the network's input (through no other conv / GEMM) and reduces
+# over at most this many of its channels -- an image stem, RGB -- stays FP16 unless
+# TFTRT_QUANTIZE_STEM=1: cuDNN's int8 kernel for ResNet50's 7x7 stem (3 channels padded to 4)
+# took 5.6 of the INT8 engine's 13 ms at batch 128 on an H100 (0.16x its FP16 layer;
+# benchmarks/README.md, 2026-12-05).
 STEM_CHANNELS = 4
 
 
@@ -323,16 +322,60 @@ def quantize_stems() -> bool:
     return env_bool("TFTRT_QUANTIZE_STEM", False)
 
 
+def reduced_channels(net: Network, layer: Layer) -> Optional[int]:
+    """The channels a conv (per group) or the K a matmul reduces over, None when unknown."""
+    try:
+        w = net.weights[layer.inputs[1]]
+        if layer.kind == "conv":
+            return int(w.shape[-1])
+        return int(w.shape[1] if layer.attrs.get("transpose_b") else w.shape[0])
+    except (KeyError, IndexError, TypeError):
+        return None
+
+
+def _reads_network_input(net: Network, x: str) -> bool:
+    """Whether tensor ``x`` comes from a network input through layers that are no conv /
+    GEMM (pads, transposes, casts, normalization)."""
+    producers = {o: l for l in net.layers for o in l.outputs}
+    seen, todo = set(), [x]
+    while todo:
+        t = todo.pop()
+        if t in seen or t in net.weights:
+            continue
+        seen.add(t)
+        if t in net.inputs:
+            return True
+        layer = producers.get(t)
+        if layer is None or layer.kind in GEMM_KINDS or layer.kind == "attention":
+            continue
+        todo.extend(i for i in layer.inputs if i)
+    return False
+
+
+def _stem_reason(net: Network, layer: Layer) -> Optional[str]:
+    """Why ``layer`` stays FP16 as an image stem (None: it is none, or stems are quantized)."""
+    c = reduced_channels(net, layer)
+    if c is None or c > STEM_CHANNELS or quantize_stems() or \
+            not _reads_network_input(net, layer.inputs[0]):
+        return None
+    return (f"it reads the network input and reduces over {c} channel{'s' if c != 1 else ''} "
+            f"(an image stem): int8 / fp8 kernels pad them and were 6x slower than FP16 on "
+            f"an H100; it stays FP16, as TensorRT keeps such layers (TFTRT_QUANTIZE_STEM=1 "
+            f"quantizes it, when its error on the calibration data allows)")
+
+
 def _amax(table: dict, name: str) -> Optional[float]:
     v = table.get("tensors", {}).get(name)
     return float(v) if v is not None and v > 0 else None
 
 
 def quantize_network(net: Network, precision: str, table: dict,
-                     max_error: Optional[float] = None) -> List[str]:
+                     max_error: Optional[float] = None, stems: bool = False) -> List[str]:
     """Quantizes the GEMM layers of ``net`` (in place) that the table allows; see the module
     doc. Layers it does not quantize keep no precision (the caller assigns FP16 to them); each
     GEMM layer among them gets ``attrs["quant_fallback"]``: why it is not quantized.
+    ``stems``: image stems too, whatever TFTRT_QUANTIZE_STEM says (the calibrator measures
+    every layer a later build may quantize).
 
     Returns the names of the quantized layers.
     """
@@ -346,6 +389,8 @@ def quantize_network(net: Network, precision: str, table: dict,
         if layer.kind not in GEMM_KINDS:
             continue
         reason = _candidate_reason(net, layer)
+        if reason is None and not stems:
+            reason = _stem_reason(net, layer)
         x = layer.inputs[0]
         amax = _amax(table, x)
         src = fake.get(x)  # the input of a fake-quant op this layer reads: fold the pair
