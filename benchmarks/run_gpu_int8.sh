@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Issue 15 on the GPU host, engines alone (no TensorFlow), one call: the INT8 / FP8 GPU tests,
+# then ResNet50 (and the encoder, when its network is there) in FP16, INT8 and FP8 at batch 128
+# (and 1), INT8 with and without int8 residual storage, each INT8 row with its per-layer
+# profile (time per quantized kernel kind). The networks are calibrated on the CPU side:
+#   python benchmarks/make_networks.py --out .whl/networks --models resnet50,encoder --int8 4
+#   python benchmarks/make_networks.py --out .whl/networks --models resnet50,encoder
+# then, carrying ".whl":
+#   [TESTS=0] [MODELS="resnet50_int8 encoder_int8"] [BATCHES=128] [STAGE_S=170] \
+#     [CONFIGS="fp16 int8 int8res fp8"] bash benchmarks/run_gpu_int8.sh [seconds]
+# Each stage gets a share of the budget and writes its log to $OUT as it goes (a call cut
+# short still returns what ran): int8_tests.log, then int8_<model>_<config>.log in run order.
+# The build cache lives in /tmp/tftrt-int8-cache for the whole call, so the INT8 configs after
+# the first reuse its FP16 / INT8 tactic choices.
+# shellcheck source=benchmarks/gpu_engine_env.sh
+source "$(dirname "$0")/gpu_engine_env.sh" "${1:-580}"
+export TFTRT_BACKEND=cupy TFTRT_CUPY_QUANTIZED=1 TFTRT_CACHE_DIR=/tmp/tftrt-int8-cache
+export TFTRT_CUDNN_CANDIDATES=${TFTRT_CUDNN_CANDIDATES:-2}
+nvidia-smi -L > "$out/int8_gpu.txt" 2>&1
+if [ "${TESTS:-1}" = 1 ]; then
+  timeout $(( $(left) / 5 )) python3 -m pytest tests/gpu/test_int8_gpu.py -q -s -rf \
+    -p no:cacheprovider --tb=short -k "not through_tensorflow" > "$out/int8_tests.log" 2>&1
+  grep -E "passed|failed|FAILED" "$out/int8_tests.log" | tail -6
+fi
+batches=${BATCHES:-128}
+stage=${STAGE_S:-170}  # one config's limit: a cold INT8 ResNet50 build took 54-78 s on an H100
+for model in ${MODELS:-resnet50_int8 encoder_int8}; do
+  [ -f ".whl/networks/$model.onnx.xz" ] || { echo "no .whl/networks/$model.onnx.xz"; continue; }
+  for name in ${CONFIGS:-fp16 int8 int8res fp8}; do
+    case $name in
+      fp16) prec=FP16 envs="" ;;
+      int8) prec=INT8 envs="TFTRT_INT8_RESIDUAL=0" ;;
+      int8res) prec=INT8 envs="TFTRT_INT8_RESIDUAL=1" ;;
+      fp8) prec=FP8 envs="" ;;
+      *) echo "unknown config $name"; continue ;;
+    esac
+    [ "$(left)" -lt 60 ] && { echo "budget spent before $model $name"; break 2; }
+    prof=""; [ "$prec" != FP16 ] && prof="--profile $model:$prec:${batches%%,*}"
+    log="$out/int8_${model}_${name}.log"
+    lim=$(( $(left) - 20 )); [ "$lim" -gt "$stage" ] && lim=$stage
+    # shellcheck disable=SC2086
+    env $envs BENCH_ROWS="$out/int8_rows.jsonl" timeout "$lim" python3 \
+      benchmarks/bench_engine.py --models "$model" --precisions "$prec" --batches "$batches" \
+      --peers "" $prof > "$log" 2>&1
+    echo "== $model $name ($envs): rc $?"
+    grep -E "tftrt  |quantized x" "$log" | head -12
+  done
+done
