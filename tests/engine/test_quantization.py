@@ -437,6 +437,34 @@ def test_a_stem_quantized_later_still_passes_the_error_check(monkeypatch):
         stem.attrs["quant_fallback"], stem.attrs
 
 
+def test_an_int8_residual_whose_rounding_costs_too_much_stays_float(monkeypatch):
+    """Calibration measures each INT8 layer adding a calibrated residual once more with that
+    residual read as int8 (``residual_errors``); with TFTRT_INT8_RESIDUAL=1 a residual
+    whose reader's error that way is over the limit stays float16, one within it is int8
+    (the residual's rounding was outside the per-layer check: INT8 hunt)."""
+    monkeypatch.setenv("TFTRT_INT8_RESIDUAL", "1")
+    rng = np.random.RandomState(10)
+    x = rng.randn(2, 5, 5, 3).astype(F32)
+    net, _ = _residual_block(x.shape, rng)
+    net.quantization = None
+    cal = EngineCalibrator(net)
+    for k in range(4):
+        cal.observe([np.random.RandomState(k).randn(*x.shape).astype(F32)])
+    table = cal.table("INT8", "max")
+    res, plain = table["residual_errors"], table["layer_errors"]
+    assert set(res) == {"y"} and 0 < res["y"] < 0.1 and res["y"] != plain["y"], (res, plain)
+    net.quantization = table
+    engine = build_engine(net, {"x": x.shape}, BuilderConfig(precision="INT8"))
+    assert engine.network.tensors["h"].dtype == "int8"
+    net.quantization = dict(table, residual_errors={"y": 0.5})
+    engine = build_engine(net, {"x": x.shape}, BuilderConfig(precision="INT8"))
+    assert engine.network.tensors["h"].dtype == "float16"
+    assert [l.precision for l in engine.network.layers if l.kind == "conv"] == ["INT8"] * 2
+    monkeypatch.setenv("TFTRT_INT8_RESIDUAL", "0")  # the default never reads them
+    assert build_engine(net, {"x": x.shape}, BuilderConfig(precision="INT8")).network \
+        .tensors["h"].dtype == "float16"
+
+
 def test_fp8_matmul_matches_an_e4m3_reference():
     ml_dtypes = pytest.importorskip("ml_dtypes")
     e4m3 = ml_dtypes.float8_e4m3fn

@@ -293,7 +293,9 @@ class EngineCalibrator:
                             nonfinite=self.nonfinite())
         if method == "percentile":
             table["percentile"] = pct
-        table["layer_errors"] = self.layer_errors(precision, table)
+        table["layer_errors"], residual = self._errors(precision, table)
+        if residual:
+            table["residual_errors"] = residual
         key = self.kept[0][0]
         table["plan"] = self.plan(precision, table, key)
         return table
@@ -301,10 +303,20 @@ class EngineCalibrator:
     def layer_errors(self, precision: str, table: dict) -> Dict[str, float]:
         """Relative L2 error of each quantizable layer's output on the kept batches: the layer
         quantized with ``table`` (no error limit) against its FP32 output."""
+        return self._errors(precision, table)[0]
+
+    def _errors(self, precision: str, table: dict) -> Tuple[Dict[str, float],
+                                                             Dict[str, float]]:
+        """(layer errors, residual errors): :meth:`layer_errors`, and for INT8 layers whose
+        epilogue adds a calibrated tensor (a residual), the same error with that residual
+        read as int8 of its own range -- what TFTRT_INT8_RESIDUAL=1 stores
+        (quantization._requantize_outputs keeps a residual float when its reader's error
+        that way is over the limit)."""
         from tftrt.engine.backends.numpy_backend import NumpyBackend
         backend = NumpyBackend()
         err: Dict[str, float] = {}
         ref: Dict[str, float] = {}
+        rerr: Dict[str, float] = {}
         prepared: Dict[ShapeKey, list] = {}
         for key, inputs in self.kept:
             if key not in prepared:
@@ -318,22 +330,55 @@ class EngineCalibrator:
                     for e in l.epilogue:  # and so is an int8 residual's: it reads FP32 here
                         if e["op"] == "add":
                             e.pop("scale", None)
-                prepared[key] = [(l, backend.prepare_layer(net, l, net.weights), net.weights)
+                prepared[key] = [(l, backend.prepare_layer(net, l, net.weights), net.weights,
+                                  self._residual_variant(backend, net, l, precision, table))
                                  for l in layers]
             env: Dict[str, np.ndarray] = {}
 
             def keep(name, value):
                 env[name] = value
             run_layers(self.engines[key], inputs, keep, free=False)
-            for layer, run, weights in prepared[key]:
+            for layer, run, weights, residual in prepared[key]:
                 ins = [env[i] if i in env else weights.get(i) for i in layer.inputs]
                 y = np.asarray(run(ins)[0], np.float64)
                 want = np.asarray(env[layer.outputs[0]], np.float64)
                 o = layer.outputs[0]
                 err[o] = err.get(o, 0.0) + float(np.sum((y - want) ** 2))
                 ref[o] = ref.get(o, 0.0) + float(np.sum(want ** 2))
-        return {o: (math.sqrt(err[o] / ref[o]) if ref[o] > 0 else
-                    (0.0 if err[o] == 0 else math.inf)) for o in err}
+                if residual is not None:
+                    rrun, scales = residual
+                    rins = list(ins)
+                    for i, sc in scales.items():
+                        rins[i] = Q.quantize_int8(np.asarray(rins[i], np.float32),
+                                                  Q.inv_scale(sc))
+                    ry = np.asarray(rrun(rins)[0], np.float64)
+                    rerr[o] = rerr.get(o, 0.0) + float(np.sum((ry - want) ** 2))
+
+        def rel(e):
+            return {o: (math.sqrt(e[o] / ref[o]) if ref[o] > 0 else
+                        (0.0 if e[o] == 0 else math.inf)) for o in e}
+        return rel(err), rel(rerr)
+
+    @staticmethod
+    def _residual_variant(backend, net: Network, layer, precision: str, table: dict):
+        """(run, {input index: scale}) of ``layer`` reading each calibrated residual it adds
+        as int8, or None (not INT8, or no such residual)."""
+        if precision != "INT8":
+            return None
+        tensors = table.get("tensors", {})
+        clone = layer.clone()
+        scales = {}
+        for e in clone.epilogue:
+            if e["op"] != "add":
+                continue
+            name = clone.inputs[e["input"]]
+            amax = tensors.get(name)
+            if name in net.weights or not amax or amax <= 0:
+                continue
+            e["scale"] = scales[e["input"]] = float(np.float32(amax / Q.INT8_QMAX))
+        if not scales:
+            return None
+        return backend.prepare_layer(net, clone, net.weights), scales
 
     def plan(self, precision: str, table: dict, key: ShapeKey) -> dict:
         """precision_report of the network built for ``key`` with ``table``."""

@@ -51,6 +51,7 @@ other ranges does not match the network digest)::
      "tensors": {tensor name: amax},            # symmetric range [-amax, amax]
      "fake_quant": {output: input},             # FakeQuant / QDQ ops of the TF graph
      "layer_errors": {layer output: error},     # relative L2 error on the calibration data
+     "residual_errors": {layer output: error},  # the same, its residuals read as int8
      "nonfinite": [tensor names],               # NaN / Inf seen while calibrating
      "plan": {...}}                              # precision_report of the calibration network
 
@@ -219,7 +220,7 @@ def check_table(table: Any, where: str = "the quantization table") -> dict:
     if table.get("version") != TABLE_VERSION:
         raise ValueError(f"{where} has version {table.get('version')!r}; this tftrt reads "
                          f"version {TABLE_VERSION}: convert and calibrate the model again")
-    for key in ("tensors", "fake_quant", "layer_errors"):
+    for key in ("tensors", "fake_quant", "layer_errors", "residual_errors"):
         if not isinstance(table.get(key, {}), dict):
             raise ValueError(f"{where}: {key!r} must be an object")
     for name, amax in table.get("tensors", {}).items():
@@ -412,7 +413,7 @@ def quantize_network(net: Network, precision: str, table: dict,
             continue
         _quantize_layer(net, layer, precision, amax / qmax, src, table)
     if precision == "INT8":
-        _requantize_outputs(net, table)
+        _requantize_outputs(net, table, limit)
     _remove_unused_layers(net)
     net.prune_tensors()
     return [l.name for l in net.layers if l.precision == precision and "quant" in l.attrs]
@@ -476,10 +477,13 @@ def int8_residuals() -> bool:
     return env_bool("TFTRT_INT8_RESIDUAL", False)
 
 
-def _int8_reads(u: Layer, out: str, s: float, residuals: bool) -> Optional[List[dict]]:
+def _int8_reads(u: Layer, out: str, s: float, residuals: bool, table: dict,
+                limit: float) -> Optional[List[dict]]:
     """The residual ``add`` steps of INT8 layer ``u`` that read tensor ``out`` when every read
     of ``out`` by ``u`` can take it as int8 of scale ``s`` (input 0 quantized with ``s``, or an
-    epilogue ``add``); None when one cannot."""
+    epilogue ``add`` whose layer's error with the residual read as int8 -- the table's
+    ``residual_errors``, where calibration measured it -- is within ``limit``); None when one
+    cannot."""
     if u.precision != "INT8" or "quant" not in u.attrs:
         return None
     adds = []
@@ -493,11 +497,16 @@ def _int8_reads(u: Layer, out: str, s: float, residuals: bool) -> Optional[List[
         steps = [e for e in u.epilogue if e.get("input") == i]
         if not residuals or not steps or any(e["op"] != "add" for e in steps):
             return None
+        err = table.get("residual_errors", {}).get(u.outputs[0])
+        if err is not None and err > limit:
+            log.info("layer %s: its residual %s stays float: read as int8 its output differs "
+                     "from the FP32 one by %.3f (limit %g)", u.name, out, err, limit)
+            return None
         adds += steps
     return adds
 
 
-def _requantize_outputs(net: Network, table: dict) -> None:
+def _requantize_outputs(net: Network, table: dict, limit: float = math.inf) -> None:
     """INT8 outputs read only by INT8 layers -- as their input 0, or (int8_residuals()) as a
     residual their epilogue adds -- are stored as int8 of the output's calibrated scale; the
     residual ``add`` steps reading them dequantize on load (``"scale"``)."""
@@ -513,7 +522,7 @@ def _requantize_outputs(net: Network, table: dict) -> None:
         if out in keep or amax is None or not users:
             continue
         s = float(np.float32(amax / INT8_QMAX))
-        reads = [_int8_reads(u, out, s, residuals) for u in users]
+        reads = [_int8_reads(u, out, s, residuals, table, limit) for u in users]
         if any(r is None for r in reads):
             continue
         layer.attrs["quant"]["output_scale"] = s
