@@ -493,6 +493,7 @@ class ProfileEngine:
         self._queue: List[Tuple[int, ShapeKey, object, bool]] = []
         self._last_call = 0.0  # time.monotonic() of the last engine_for
         self._worker: Optional[threading.Thread] = None
+        self._unstarted: Optional[threading.Thread] = None  # made under the lock, not started
         self._stopped = False
         self._split_why: Dict[int, Optional[str]] = {}
         self._lock = threading.RLock()
@@ -816,6 +817,12 @@ class ProfileEngine:
         i = self.profile_index(key)
         if i is None:
             raise KeyError(f"no optimization profile contains input shapes {key}")
+        try:
+            return self._engine_for_locked(i, key, quick)
+        finally:
+            self._start_worker()
+
+    def _engine_for_locked(self, i: int, key: ShapeKey, quick: bool):
         with self._lock:
             engine = self._engines.get(key) or self._stand_ins.get(key)
             if engine is not None:
@@ -1062,11 +1069,30 @@ class ProfileEngine:
             self._pending.add(key)
             self._queue.append((i, key, stand_in, idle))
             _LIVE.add(self)
-            if self._worker is None:
-                self._worker = threading.Thread(target=self._drain, name="tftrt-shapes")
-                self._worker.start()
+            if self._worker is None:  # started by engine_for once it lets the lock go
+                self._worker = self._unstarted = threading.Thread(target=self._drain,
+                                                                  name="tftrt-shapes")
             else:  # it may be waiting for idle: an entry that need not wait goes first
                 self._cond.notify_all()
+
+    def _start_worker(self) -> None:
+        """Starts the background thread :meth:`_enqueue` made, outside the lock:
+        Thread.start() waits for the new thread to run, which can be forever (an
+        asynchronous exception meant for the caller, landing in the new thread before it
+        ran, killed it under CPython 3.11: concurrency hunt, 2026-12-05), and every call and
+        eviction of this profile waited behind the lock it held. A start that raises frees
+        the worker slot: the next queued build starts another."""
+        with self._cond:
+            start, self._unstarted = self._unstarted, None
+        if start is None:
+            return
+        try:
+            start.start()
+        except BaseException:
+            with self._cond:
+                if self._worker is start:
+                    self._worker = None
+            raise
 
     def _drain(self) -> None:
         """The background thread: builds the queue in order, except that an entry queued to

@@ -591,6 +591,56 @@ def test_a_background_build_runs_its_engine_once(split_on, monkeypatch):
     assert runs[before:] == [(threading.current_thread().name, background[0][1])]
 
 
+def test_a_background_thread_slow_to_start_holds_no_lock(split_on, monkeypatch):
+    """The tftrt-shapes thread is started outside the profile's lock: while its start()
+    waits (forever, when an asynchronous exception killed the new thread before it ran:
+    concurrency hunt), other calls and stop_background_builds() go on; a start that raises
+    leaves no worker named, so the next queued build starts one."""
+    import tftrt.profiles as PR
+    model, _ = resnet50(batch=2, size=16, width=8)
+    pe = profile_engine(model, batch_profile(1, 8, (16, 16, 3)))
+    release, started, fail = threading.Event(), threading.Event(), []
+    Thread = threading.Thread
+
+    class SlowStart(Thread):
+        def start(self):
+            if self.name == "tftrt-shapes":
+                started.set()
+                release.wait(60)
+                if fail:
+                    raise KeyboardInterrupt
+            super().start()
+    monkeypatch.setattr(PR.threading, "Thread", SlowStart)
+    caller = Thread(target=lambda: check(pe, model, (5, 16, 16, 3), seed=5))
+    caller.start()
+    assert started.wait(60)
+    got = pe._cond.acquire(timeout=5)  # pylint: disable=protected-access
+    assert got, "the profile's lock is held while the background thread starts"
+    pe._cond.release()  # pylint: disable=protected-access
+    assert check(pe, model, (2, 16, 16, 3), seed=6) is not None  # a built shape: no wait
+    release.set()
+    caller.join(60)
+    assert not caller.is_alive() and pe.wait_pending(timeout=120)
+    # a start that raises: the worker slot is free again for the next build
+    release.clear(), started.clear(), fail.append(True)
+    err = []
+
+    def call():
+        try:
+            check(pe, model, (3, 16, 16, 3), seed=7)
+        except KeyboardInterrupt as e:
+            err.append(e)
+    t = Thread(target=call)
+    t.start()
+    assert started.wait(60)
+    release.set()
+    t.join(60)
+    assert err and pe._worker is None  # pylint: disable=protected-access
+    fail.clear()
+    assert check(pe, model, (6, 16, 16, 3), seed=8) is not None
+    assert pe.wait_pending(timeout=120)
+
+
 def test_the_ladder_splits_every_batch_into_one_part_per_bit(split_on, monkeypatch):
     """A profile 1..64: build_profiles() builds batches 1, 2, 4, ..., 32 (and the opt 64) and
     runs each; every batch of the range then splits into its binary digits, none waits."""
