@@ -327,17 +327,24 @@ def test_a_residual_read_by_a_float_layer_stays_float(monkeypatch):
     assert np.linalg.norm(y - ref[0]) / np.linalg.norm(ref[0]) < 0.03
 
 
-def test_calibration_errors_ignore_the_int8_residual_scale(monkeypatch):
-    """The calibrator's per-layer error check feeds FP32 tensors to each quantized layer: an
-    add step's residual scale (for int8 storage) must not multiply an FP32 residual there."""
-    monkeypatch.setenv("TFTRT_INT8_RESIDUAL", "1")
-    rng = np.random.RandomState(6)
+def _calibrated_residual_block(seed: int, batches: int):
+    """(network, an input, its max-calibrated INT8 table) of :func:`_residual_block`."""
+    rng = np.random.RandomState(seed)
     x = rng.randn(2, 5, 5, 3).astype(F32)
     net, _ = _residual_block(x.shape, rng)
     net.quantization = None
     cal = EngineCalibrator(net)
     cal.observe([x])
-    table = cal.table("INT8", "max")
+    for k in range(1, batches):
+        cal.observe([np.random.RandomState(k).randn(*x.shape).astype(F32)])
+    return net, x, cal.table("INT8", "max")
+
+
+def test_calibration_errors_ignore_the_int8_residual_scale(monkeypatch):
+    """The calibrator's per-layer error check feeds FP32 tensors to each quantized layer: an
+    add step's residual scale (for int8 storage) must not multiply an FP32 residual there."""
+    monkeypatch.setenv("TFTRT_INT8_RESIDUAL", "1")
+    net, x, table = _calibrated_residual_block(6, batches=1)
     assert table["layer_errors"]["y"] < 0.05, table["layer_errors"]
 
 
@@ -443,14 +450,7 @@ def test_an_int8_residual_whose_rounding_costs_too_much_stays_float(monkeypatch)
     whose reader's error that way is over the limit stays float16, one within it is int8
     (the residual's rounding was outside the per-layer check: INT8 hunt)."""
     monkeypatch.setenv("TFTRT_INT8_RESIDUAL", "1")
-    rng = np.random.RandomState(10)
-    x = rng.randn(2, 5, 5, 3).astype(F32)
-    net, _ = _residual_block(x.shape, rng)
-    net.quantization = None
-    cal = EngineCalibrator(net)
-    for k in range(4):
-        cal.observe([np.random.RandomState(k).randn(*x.shape).astype(F32)])
-    table = cal.table("INT8", "max")
+    net, x, table = _calibrated_residual_block(10, batches=4)
     res, plain = table["residual_errors"], table["layer_errors"]
     assert set(res) == {"y"} and 0 < res["y"] < 0.1 and res["y"] != plain["y"], (res, plain)
     net.quantization = table
