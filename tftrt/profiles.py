@@ -818,11 +818,13 @@ class ProfileEngine:
         if i is None:
             raise KeyError(f"no optimization profile contains input shapes {key}")
         try:
-            return self._engine_for_locked(i, key, quick)
+            return self._new_engine_for(i, key, quick)
         finally:
             self._start_worker()
 
-    def _engine_for_locked(self, i: int, key: ShapeKey, quick: bool):
+    def _new_engine_for(self, i: int, key: ShapeKey, quick: bool):
+        """engine_for's work for shapes with no engine or stand-in yet, under the lock (the
+        background thread it may queue is started by engine_for after the lock is let go)."""
         with self._lock:
             engine = self._engines.get(key) or self._stand_ins.get(key)
             if engine is not None:

@@ -293,25 +293,21 @@ class EngineCalibrator:
                             nonfinite=self.nonfinite())
         if method == "percentile":
             table["percentile"] = pct
-        table["layer_errors"], residual = self._errors(precision, table)
+        table["layer_errors"], residual = self.layer_errors(precision, table)
         if residual:
             table["residual_errors"] = residual
         key = self.kept[0][0]
         table["plan"] = self.plan(precision, table, key)
         return table
 
-    def layer_errors(self, precision: str, table: dict) -> Dict[str, float]:
-        """Relative L2 error of each quantizable layer's output on the kept batches: the layer
-        quantized with ``table`` (no error limit) against its FP32 output."""
-        return self._errors(precision, table)[0]
-
-    def _errors(self, precision: str, table: dict) -> Tuple[Dict[str, float],
-                                                             Dict[str, float]]:
-        """(layer errors, residual errors): :meth:`layer_errors`, and for INT8 layers whose
-        epilogue adds a calibrated tensor (a residual), the same error with that residual
-        read as int8 of its own range -- what TFTRT_INT8_RESIDUAL=1 stores
-        (quantization._requantize_outputs keeps a residual float when its reader's error
-        that way is over the limit)."""
+    def layer_errors(self, precision: str, table: dict) -> Tuple[Dict[str, float],
+                                                                  Dict[str, float]]:
+        """(layer errors, residual errors): the relative L2 error of each quantizable layer's
+        output on the kept batches, the layer quantized with ``table`` (no error limit)
+        against its FP32 output; and for INT8 layers whose epilogue adds a calibrated tensor
+        (a residual), the same error with that residual read as int8 of its own range --
+        what TFTRT_INT8_RESIDUAL=1 stores (quantization._requantize_outputs keeps a residual
+        float when its reader's error that way is over the limit)."""
         from tftrt.engine.backends.numpy_backend import NumpyBackend
         backend = NumpyBackend()
         err: Dict[str, float] = {}
@@ -375,7 +371,7 @@ class EngineCalibrator:
             amax = tensors.get(name)
             if name in net.weights or not amax or amax <= 0:
                 continue
-            e["scale"] = scales[e["input"]] = float(np.float32(amax / Q.INT8_QMAX))
+            e["scale"] = scales[e["input"]] = Q.int8_scale(amax)
         if not scales:
             return None
         return backend.prepare_layer(net, clone, net.weights), scales

@@ -337,7 +337,7 @@ def reduced_channels(net: Network, layer: Layer) -> Optional[int]:
 def _reads_network_input(net: Network, x: str) -> bool:
     """Whether tensor ``x`` comes from a network input through layers that are no conv /
     GEMM (pads, transposes, casts, normalization)."""
-    producers = {o: l for l in net.layers for o in l.outputs}
+    producers = net.producers()
     seen, todo = set(), [x]
     while todo:
         t = todo.pop()
@@ -465,6 +465,11 @@ def _quantize_layer(net: Network, layer: Layer, precision: str, s_x: float,
             net.tensors[o].dtype = "float16"
 
 
+def int8_scale(amax: float) -> float:
+    """The scale of a tensor stored as int8 with calibrated range ``amax`` (float32)."""
+    return float(np.float32(amax / INT8_QMAX))
+
+
 def int8_residuals() -> bool:
     """Whether an INT8 layer's output that other INT8 layers also add as a residual is stored
     as int8 (env TFTRT_INT8_RESIDUAL=1; off by default). Off because it measured slower
@@ -521,7 +526,7 @@ def _requantize_outputs(net: Network, table: dict, limit: float = math.inf) -> N
         users = consumers.get(out, [])
         if out in keep or amax is None or not users:
             continue
-        s = float(np.float32(amax / INT8_QMAX))
+        s = int8_scale(amax)
         reads = [_int8_reads(u, out, s, residuals, table, limit) for u in users]
         if any(r is None for r in reads):
             continue

@@ -234,6 +234,7 @@ CONV_VARIANTS = ("fused", "fused_int8", "fused_requant", "acc_float", "acc_ident
 VARIANT_TIER = {"fused": 0, "fused_int8": 0, "fused_requant": 1, "acc_float": 2,
                 "acc_identity": 2, "acc": 3}
 FUSED_OUTPUT = ("fused", "fused_int8")  # variants whose graph writes the layer's output
+FUSED_GRAPH = FUSED_OUTPUT + ("fused_requant",)  # variants with the epilogue in the graph
 MAX_VALIDATIONS = 16  # candidate plans validated at most per layer signature
 
 
@@ -257,7 +258,7 @@ class QCudnnConv(_CudnnPlans):
         # per-channel constants of the fused graph (device vectors, bound by name in run()):
         # "SC<i>" an int8 residual's scale, "INV" the inverse output scale of fused_int8
         self.consts: Dict[str, cp.ndarray] = {}
-        if variant in ("fused", "fused_int8", "fused_requant"):
+        if variant in FUSED_GRAPH:
             cout = spec.y_shape[-1]
             for e in spec.epilogue:
                 if e["op"] == "add" and "scale" in e:
@@ -287,7 +288,7 @@ class QCudnnConv(_CudnnPlans):
         Y = g.conv_fprop(image=X, weight=W, pre_padding=s.pads_b, post_padding=s.pads_e,
                          stride=s.strides, dilation=s.dilations, compute_data_type=acc)
         tensors = {"X": X, "W": W}
-        if self.variant in ("fused", "fused_int8", "fused_requant"):
+        if self.variant in FUSED_GRAPH:
             cout = s.y_shape[-1]
             Y.set_data_type(c.data_type.FLOAT)
             vec = ([1, cout] + [1] * (len(yd) - 2), [cout, 1] + [cout] * (len(yd) - 2))
