@@ -261,6 +261,14 @@ def print_profile(engine, ctx, x, model_name, precision, batch):
         print(f"   {t * 1e6:8.1f} {floor * 1e6:8.1f} {flops / t / 1e12 if t else 0:6.1f} "
               f"{nbytes / t / 1e9 if t else 0:6.0f}  {name[-38:]} ({kind}, {epi or '-'}, {tac}"
               f"{', fused ' + str(rec.get('fused')) if 'fused' in rec else ''})")
+    # the slowest quantized layers' choices: cuDNN variant and plan (engine, knobs) or
+    # cuBLASLt algorithm, and what validation rejected on the way
+    for r in sorted((r for r in rows if "quant" in by_name[r[1]].attrs), key=lambda r: -r[0])[:12]:
+        rec = r[8]
+        what = {k: rec[k] for k in ("variant", "engine", "knobs", "algo") if k in rec}
+        rej = rec.get("rejected") or []
+        print(f"   {r[0] * 1e6:8.1f}  {r[1][-24:]:24s} {r[4]}: {json.dumps(what)}"
+              f"{f'; rejected {len(rej)}: {rej[0][:160]}' if rej else ''}")
     print(flush=True)
 
 

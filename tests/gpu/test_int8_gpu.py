@@ -259,6 +259,42 @@ def test_int8_chain_requantizes_on_the_gpu():
            rel=2e-2)
 
 
+def test_a_requantized_conv_without_relu_saturates_symmetrically_in_cudnn():
+    """A requantized conv with no activation (ResNet's projection shortcuts) writes its int8
+    output from cuDNN's fused graph too: cuDNN's int8 store saturates to [-128, 127] and the
+    simulation to +-127, so without the graph's clip node validation rejected fused_int8 for
+    every such conv (H100, cuDNN 9.19: 2.6% of outputs one step off). Inputs 4x the
+    calibration range saturate at run time as well, and the engine still answers what the
+    simulation answers."""
+    from onnx import helper
+    rng = np.random.RandomState(11)
+    N = helper.make_node
+    consts = {"w1": (rng.randn(32, 16, 1, 1) * 0.3).astype(F32),
+              "b1": (rng.randn(32) * 0.1).astype(F32),
+              "w2": (rng.randn(16, 32, 3, 3) * 0.1).astype(F32)}
+    nodes = [N("Conv", ["x", "w1", "b1"], ["c1"]),
+             N("Conv", ["c1", "w2"], ["c2"], pads=[1, 1, 1, 1]), N("Relu", ["c2"], ["y"])]
+    model = make_model(nodes, {"x": np.zeros((4, 16, 14, 14), F32)}, consts)
+    cal = EngineCalibrator(network_from_onnx(model))
+    for _ in range(4):
+        cal.observe([rng.randn(4, 16, 14, 14).astype(F32)])
+    Q.set_table(model, cal.table("INT8"))
+    x = (rng.randn(4, 16, 14, 14) * 4).astype(F32)
+    gpu = build_engine(model, {"x": x.shape}, BuilderConfig(precision="INT8", backend="cupy"))
+    choices = _choices(gpu)
+    first = [(l, impl) for l, impl in zip(gpu.network.layers,
+                                           gpu.backend_impl.engine_impls(gpu))
+             if l.attrs.get("quant", {}).get("output_scale") is not None]
+    assert first, choices
+    layer, impl = first[0]
+    assert not [e for e in layer.epilogue if e["op"] == "act"], layer.epilogue
+    rec = impl.record() or {}
+    assert rec.get("variant") == "fused_int8" and not rec.get("rejected"), choices
+    ref = build_engine(model, {"x": x.shape}, BuilderConfig(precision="INT8", backend="numpy"))
+    _close(cp.asnumpy(gpu.execute([cp.asarray(x)])[0]), ref.execute([x])[0],
+           "a saturating no-relu INT8 conv", rel=2e-2)
+
+
 def _fresh_caches(monkeypatch, QK):
     """No layer signature validated / built before in this process: the build runs the
     validation again."""

@@ -553,6 +553,7 @@ class _CudnnPlans:
             self._store_plan(key)
 
     loaded = False  # the plan came serialized from the build cache
+    rtc_candidates: Optional[int] = None  # a subclass's own bound (else CUDNN_RTC_CANDIDATES)
 
     def _cache_key(self, choice: Optional[dict]) -> Optional[str]:
         """The build-cache key of this graph's plan for recorded ``choice`` (None: the graph
@@ -656,7 +657,7 @@ class _CudnnPlans:
                 rtc = self.rtc[i] = _runtime_compiled(c, g, i)
                 if rtc is not False and self.precompiled_only:
                     continue  # compiles at run time, or cuDNN does not say
-                if rtc and compiled >= max(1, CUDNN_RTC_CANDIDATES):
+                if rtc and compiled >= max(1, self.rtc_candidates or CUDNN_RTC_CANDIDATES):
                     continue
                 t0 = time.perf_counter()
                 try:

@@ -20,7 +20,8 @@ order ``cupy_backend.impl_table`` tries them:
   (the epilogue as cuDNN pointwise nodes, fp16 / fp32 output; for layers whose output is
   not requantized and whose epilogue cuDNN can express; an int8 residual goes through a
   scale node by its scale before the add), ``fused_int8`` (requantized layers: the same
-  graph, then a scale node by the inverse output scale, written as int8 by cuDNN),
+  graph, then a scale node by the inverse output scale and a clip to +-127 -- cuDNN's int8
+  store saturates to [-128, 127] -- written as int8 by cuDNN),
   ``fused_requant`` (the same graph with an fp32 output that a kernel requantizes to int8),
   ``acc_float``
   / ``acc_identity`` / ``acc`` (the accumulator as the graph output -- through an identity
@@ -58,6 +59,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from typing import Dict, List, Optional, Tuple
 
@@ -77,6 +79,11 @@ from tftrt.engine.backends.cupy_layers import (_SHARED, Impl, _dtype, _shape, _s
 from tftrt.engine.errors import GpuTimeout
 
 log = logging.getLogger("tftrt.engine.cupy")
+
+# cuDNN plans built and timed per quantized conv graph, and of those runtime-compiled (see
+# QCudnnConv): all five configurations of the int8 fusion engine, plus precompiled ones.
+QUANT_CANDIDATES = int(os.environ.get("TFTRT_QUANT_CUDNN_CANDIDATES", "8"))
+QUANT_RTC_CANDIDATES = int(os.environ.get("TFTRT_QUANT_CUDNN_RTC_CANDIDATES", "5"))
 
 ALIGN = 256  # scratch sub-buffers start 256-byte aligned (cuBLASLt / cuDNN assume it)
 
@@ -242,7 +249,15 @@ class QCudnnConv(_CudnnPlans):
     """One int8 / E4M3 convolution as a cuDNN graph (see the module doc for the variants).
     ``spec`` is a :class:`cupy_dnn.ConvSpec` of the padded shapes (its dtype fields unused).
     :attr:`out_dtype` is what the graph writes: the layer's output (fused), float32
-    (fused_requant, acc_float, FP8's accumulators) or int32 (INT8 acc / acc_identity)."""
+    (fused_requant, acc_float, FP8's accumulators) or int32 (INT8 acc / acc_identity).
+
+    More plans are built than for a float conv (:data:`QUANT_CANDIDATES`,
+    :data:`QUANT_RTC_CANDIDATES`): cuDNN's heuristics rank the int8 fusion engine's five
+    configurations badly. On an H100 (benchmarks/bench_int8_conv.py, batch 128) their first
+    plan for ResNet50's stage-1 3x3 conv took 330 us and their third 91 us; the first two
+    (the float convs' bound) missed the best on 5 of 6 convs, by up to 3.6x."""
+
+    rtc_candidates = QUANT_RTC_CANDIDATES
 
     def __init__(self, spec: ConvSpec, fmt: str, variant: str, y_dtype: str,
                  choice: Optional[dict] = None, candidates: Optional[int] = None,
@@ -269,7 +284,7 @@ class QCudnnConv(_CudnnPlans):
                                              cp.float32)
         self.verdict: Optional[dict] = None
         self.rejected: List[str] = []
-        self._setup(choice, candidates)
+        self._setup(choice, candidates or QUANT_CANDIDATES)
 
     def _graph(self, c):
         s = self.spec
@@ -325,6 +340,11 @@ class QCudnnConv(_CudnnPlans):
                         raise ValueError(f"activation {e['fn']} has no cuDNN node")
             if self.variant == "fused_int8":
                 Y = g.scale(input=Y, scale=const("INV"), compute_data_type=c.data_type.FLOAT)
+                # cuDNN's int8 store saturates to [-128, 127]; ours is symmetric (q_int8:
+                # +-127). Without this clip 0.5% of a no-relu conv's outputs (those below
+                # -127.5) were -128 on an H100 (bench_int8_conv.py --check), and validation
+                # rejected the variant for every residual-branch projection of ResNet50.
+                Y = g.relu(input=Y, lower_clip=-127.0, upper_clip=127.0)
             Y.set_output(True).set_data_type(_cdt(self.out_dtype))
         elif self.variant == "acc":
             Y.set_output(True).set_data_type(acc)
