@@ -307,6 +307,113 @@ def test_pad_folding_leaves_other_pads_alone(case):
     check_model(model, feeds, rtol=1e-4)
 
 
+def _conv_pad_pool_model(after=None, pool="MaxPool", pool_attrs=None, pad_value=None,
+                         second_reader=False, stem_relu=True):
+    """ResNet50's stem in small: conv -> relu (NCHW), then Keras ZeroPadding2D (NHWC) ->
+    MaxPooling2D 3x3 / 2, optionally an activation after the pool."""
+    nodes = [N("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+             N("Relu" if stem_relu else "Identity", ["c"], ["r"]),
+             N("Transpose", ["r"], ["r_nhwc"], perm=[0, 2, 3, 1]),
+             N("Pad", ["r_nhwc", "pads"] + (["value"] if pad_value is not None else []),
+               ["rp"], mode="constant"),
+             N("Transpose", ["rp"], ["rp_nchw"], perm=[0, 3, 1, 2]),
+             N(pool, ["rp_nchw"], ["p"], kernel_shape=[3, 3], strides=[2, 2],
+               **(pool_attrs or {}))]
+    out = "p"
+    if after:
+        nodes.append(N(after, ["p"], ["pa"]))
+        out = "pa"
+    nodes.append(N("Transpose", [out], ["y"], perm=[0, 2, 3, 1]))
+    outputs = ["y"]
+    if second_reader:
+        nodes.append(N("Neg", ["rp"], ["z"]))
+        outputs.append("z")
+    consts = {"pads": np.array([0, 1, 1, 0, 0, 1, 1, 0], np.int64),
+              "w": rand(6, 3, 3, 3, seed=1), "b": rand(6, seed=2)}
+    if pad_value is not None:
+        consts["value"] = np.array(pad_value, np.float32)
+    feeds = {"x": rand(2, 3, 9, 9)}
+    return make_model(nodes, feeds, consts, outputs=outputs), feeds
+
+
+def _engine_kinds(model, feeds):
+    engine = build_engine(model, {"x": feeds["x"].shape}, BuilderConfig(backend="numpy"))
+    return engine, [k for _, k, _, _ in engine.layers_summary()]
+
+
+def test_pad_folding_zero_pad_into_a_max_pool():
+    """pool1_pad -> pool1_pool: the pad layer goes, the pool takes its widths as pads with
+    pad_value 0, and the engine answers as onnxruntime does."""
+    model, feeds = _conv_pad_pool_model()
+    net = run_passes(_bound(model, feeds), [shuffle_folding])
+    assert "pad" in _kinds(net)
+    out = pad_folding(net)
+    assert "pad" not in _kinds(out) and "pad" in _kinds(net)  # the pass is pure
+    pool = next(l for l in out.layers if l.kind == "pool")
+    assert pool.attrs["pads"] == [1, 1, 1, 1] and pool.attrs["pad_value"] == 0.0
+    engine, kinds = _engine_kinds(model, feeds)
+    assert "pad" not in kinds and kinds.count("pool") == 1, kinds
+    check_model(model, feeds, rtol=1e-5)
+
+
+def test_a_folded_pad_keeps_its_zeros_in_nan_windows():
+    """A window of NaN and pad cells is 0 after a zero pad (the zeros are values), where a
+    pool's own pads give its floor: the folded pool answers what pad-then-pool answers."""
+    from tftrt.engine.backends import numpy_ops
+    nodes = [N("Pad", ["x", "pads"], ["xp"], mode="constant"),
+             N("Transpose", ["xp"], ["xp_nchw"], perm=[0, 3, 1, 2]),
+             N("MaxPool", ["xp_nchw"], ["p"], kernel_shape=[3, 3], strides=[2, 2]),
+             N("Transpose", ["p"], ["y"], perm=[0, 2, 3, 1])]
+    x = rand(2, 7, 7, 4)
+    x[0, :2, :2, :] = np.nan
+    x[1, :2, :, :] = -7.0
+    feeds = {"x": x}
+    model = make_model(nodes, feeds, {"pads": np.array([0, 1, 1, 0, 0, 1, 1, 0], np.int64)})
+    engine, kinds = _engine_kinds(model, feeds)
+    assert kinds == ["pool"], kinds
+    want = numpy_ops.pool(numpy_ops._pad_spatial(x, [1, 1, 1, 1], 0.0), "max", [3, 3], [2, 2],
+                          [1, 1], [0, 0, 0, 0], 0, 0, [4, 4])
+    got = engine.execute([x])[0]
+    np.testing.assert_array_equal(got, want)
+    assert got[0, 0, 0, 0] == 0.0 and (got[1, 0] == 0.0).all()
+
+
+@pytest.mark.parametrize("case", ["avg_pool", "ceil_mode", "pool_pads", "nonzero_value",
+                                  "second_reader"])
+def test_pad_folding_leaves_other_pools_alone(case):
+    kw = {}
+    if case == "avg_pool":
+        kw = {"pool": "AveragePool"}
+    elif case == "ceil_mode":
+        kw = {"pool_attrs": {"ceil_mode": 1}}
+    elif case == "pool_pads":
+        kw = {"pool_attrs": {"pads": [1, 1, 1, 1]}}
+    elif case == "nonzero_value":
+        kw = {"pad_value": 0.5}
+    else:
+        kw = {"second_reader": True}
+    model, feeds = _conv_pad_pool_model(**kw)
+    net = run_passes(_bound(model, feeds), [shuffle_folding])
+    assert "pad" in _kinds(net)
+    assert pad_folding(net).summary() == net.summary()
+    engine, kinds = _engine_kinds(model, feeds)
+    assert "pad" in kinds, kinds
+    check_model(model, feeds, rtol=1e-5)
+
+
+@pytest.mark.parametrize("act,moves", [("Relu", True), ("Sigmoid", False)])
+def test_an_activation_after_a_folded_pad_pool_moves_only_if_it_keeps_zero(act, moves):
+    """activation_before_max_pool moves ReLU (relu(0) = 0) before a pool holding a folded
+    zero pad, but not a sigmoid (sigmoid(0) = 0.5: the pads would have to hold it); the
+    engine answers as onnxruntime either way."""
+    model, feeds = _conv_pad_pool_model(after=act, stem_relu=False)
+    engine, kinds = _engine_kinds(model, feeds)
+    assert "pad" not in kinds, kinds
+    # a moved activation is in the conv's epilogue; one that stays is a layer after the pool
+    assert ("pointwise" in kinds) == (not moves), kinds
+    check_model(model, feeds, rtol=1e-5)
+
+
 def _i64(*v):
     return np.array(v, np.int64)
 

@@ -38,7 +38,10 @@ pointwise           [x0, x1, ...] -> [y]. attrs: program = list of steps
                     the result is the last step. Ops: see POINTWISE_OPS.
 einsum              [x0, ...] -> [y]. attrs: equation.
 pool                [x] -> [y]. x [N,*S,C]. attrs: mode ("max"|"avg"), kernel, strides,
-                    dilations, pads (2S), ceil_mode (0|1), count_include_pad (0|1).
+                    dilations, pads (2S), ceil_mode (0|1), count_include_pad (0|1); max
+                    only: pad_value (optional: the pads hold it, as a constant pad before
+                    the pool wrote them; passes/pad_folding), floor_program (optional:
+                    passes/activation_motion).
 reduce              [x] -> [y]. attrs: op (sum|mean|max|min|prod|l1|l2|sum_square|log_sum|
                     log_sum_exp), axes (sorted; [] = identity), keepdims (0|1).
 arg_reduce          [x] -> [y int64]. attrs: op (max|min), axis, keepdims, select_last_index.

@@ -15,90 +15,11 @@ import cupy as cp
 from tftrt.engine.backends.cupy_kernels import (PRELUDE, _device_sms, _lit, _raw_kernel,
                                                 comptype, ctype, grid_stride_source,
                                                 launch, load_expr, store_expr)
-from tftrt.engine.backends.cuda_source_move import ConcatSource
+from tftrt.engine.backends.cuda_source_move import ConcatSource, PoolSource
 
 
-# --- pooling (NHWC, any number of spatial dims) --------------------------------------------------
-class PoolKernel:
-    """Max / average pooling over [N, *S, C] with pads, dilations and ceil-mode windows; the
-    average never counts the region beyond the explicit end pad (as the reference does).
-    Float tensors with C a multiple of the 16-byte vector width move 16 bytes per access."""
-
-    def __init__(self, x_shape, out_shape, mode, kernel, strides, dilations, pads,
-                 count_include_pad, dtype: str, out_dtype: str, floor=None):
-        """``floor``: a float max pool's value for a window with no number (default -inf,
-        TF's GPU kernels; an activation moved before the pool changes it)."""
-        nsp = len(x_shape) - 2
-        sp, osp, c = x_shape[1:-1], out_shape[1:-1], x_shape[-1]
-        fl = np.dtype(dtype).kind == "f"
-        V = 16 // np.dtype(dtype).itemsize
-        if not (fl and dtype == out_dtype and c % V == 0 and V > 1):
-            V = 1
-        cv = c // V
-        self.work = int(np.prod(out_shape, dtype=np.int64)) // V
-        it = "long long" if max(self.work * V, int(np.prod(x_shape, dtype=np.int64))) >= \
-            2 ** 31 - 64 else "int"
-        lines = [f"{it} r = t / {cv};", f"const int ch = (int)(t % {cv}) * {V};"]
-        for d in range(nsp - 1, -1, -1):
-            lines.append(f"const int o{d} = r % {osp[d]}; r /= {osp[d]};")
-        lines.append("const int nb = r;")
-        is_max = mode == "max"
-        init = "-(1.f/0.f)" if is_max else "0.f"
-        if is_max and floor is not None and float(floor) != float("-inf"):
-            init = f"{float(floor)!r}f" if np.isfinite(floor) else \
-                ("(1.f/0.f)" if floor > 0 else "(0.f/0.f)")
-        if not fl:
-            init = str(np.iinfo(np.dtype(dtype)).min) if is_max else "0"
-        acc_t = "float" if fl else "long long"
-        ct = ctype(dtype)
-        lines.append(f"{acc_t} acc[{V}]; int cnt = 0;")
-        lines.append(f"#pragma unroll\nfor (int v = 0; v < {V}; ++v) acc[v] = {init};")
-        loops = []
-        for d in range(nsp):
-            lines.append(f"for (int k{d} = 0; k{d} < {kernel[d]}; ++k{d}) {{")
-            lines.append(f"  const int i{d} = o{d} * {strides[d]} - {pads[d]} + k{d} * "
-                         f"{dilations[d]};")
-            if count_include_pad:
-                lines.append(f"  if (i{d} >= {sp[d] + pads[nsp + d]}) continue;")
-            else:
-                lines.append(f"  if (i{d} < 0 || i{d} >= {sp[d]}) continue;")
-            loops.append("}")
-        inside = " && ".join(f"i{d} >= 0 && i{d} < {sp[d]}" for d in range(nsp)) or "true"
-        pos = "nb"
-        for d in range(nsp):
-            pos = f"({pos}) * {sp[d]} + i{d}"
-        lines.append("  cnt += 1;")
-        lines.append(f"  if ({inside}) {{")
-        lines.append(f"    const {it} base = (({it})({pos})) * {c} + ch;")
-        if V > 1:
-            lines.append(f"    union {{ uint4 u; {ct} e[{V}]; }} b;")
-            lines.append("    b.u = *reinterpret_cast<const uint4*>(x + base);")
-            val = load_expr(dtype, "b.e[v]")
-        else:
-            val = load_expr(dtype, "x[base]")
-        lines.append(f"    #pragma unroll\n    for (int v = 0; v < {V}; ++v) {{")
-        lines.append(f"      {acc_t} w = ({acc_t}){val};")
-        # TF's GPU MaxPool and MaxPool3D skip NaN (an all-NaN 2-D window is -inf), measured
-        # on an H200 (docs/differences.md; a run of 2026-12-01 propagated it in 3-D, which
-        # TF did not)
-        lines.append("      acc[v] = (w > acc[v]) ? w : acc[v];" if is_max else
-                     "      acc[v] += w;")
-        lines.append("    }\n  }")
-        lines += loops
-        res = "acc[v]" if is_max else "acc[v] / (float)(cnt > 0 ? cnt : 1)"
-        if V > 1:
-            lines.append(f"union {{ uint4 u; {ctype(out_dtype)} e[{V}]; }} o;")
-            lines.append(f"#pragma unroll\nfor (int v = 0; v < {V}; ++v) o.e[v] = "
-                         f"{store_expr(out_dtype, res)};")
-            lines.append(f"*reinterpret_cast<uint4*>(y + t * {V}) = o.u;")
-        else:
-            lines.append(f"{{ const int v = 0; y[t] = {store_expr(out_dtype, res)}; }}")
-        self.source = grid_stride_source(
-            "pool", f"const {ct}* __restrict__ x, {ctype(out_dtype)}* y", it, self.work,
-            "\n    ".join(lines))
-        self.vec = V
-        self._kernel = None
-
+# --- pooling (NHWC, any number of spatial dims; source in cuda_source_move) ---------------------
+class PoolKernel(PoolSource):
     def __call__(self, x, y) -> None:
         if self._kernel is None:
             self._kernel = _raw_kernel(self.source, "pool")

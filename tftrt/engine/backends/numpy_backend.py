@@ -251,7 +251,7 @@ def _pool(net, layer, weights):
     out_sp = list(y.shape[1:-1])
     return lambda ins: [ops.pool(ins[0], a["mode"], a["kernel"], a["strides"], a["dilations"],
                                  a["pads"], a["ceil_mode"], a["count_include_pad"], out_sp,
-                                 y.dtype, a.get("floor_program"))]
+                                 y.dtype, a.get("floor_program"), a.get("pad_value"))]
 
 
 @kernel("reduce")

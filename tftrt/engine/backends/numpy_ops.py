@@ -301,7 +301,7 @@ def conv_transpose(x, w, strides, dil, pads, out_pad, group):
 
 # --- pooling ------------------------------------------------------------------------------------
 def pool(x, mode, kernel, strides, dil, pads, ceil_mode, count_include_pad, out_sp,
-         out_dtype=None, floor_program=None):
+         out_dtype=None, floor_program=None, pad_value=None):
     """Max or average pooling of an N...C tensor.
 
     Max pooling of floats gives what TF's CPU kernels give (measured on TF 2.21; ``out_dtype``,
@@ -316,7 +316,9 @@ def pool(x, mode, kernel, strides, dil, pads, ceil_mode, count_include_pad, out_
         does (docs/differences.md).
     Average pooling propagates NaN and inf as a sum does. ``floor_program``: the program of an
     activation moved before the pool (passes/activation_motion): ``lowest`` becomes that
-    activation of it, the 2-D kernels' floor after the activation.
+    activation of it, the 2-D kernels' floor after the activation. ``pad_value`` (max only):
+    the explicit pads hold this value, as a constant pad before the pool would have written
+    (passes/pad_folding), instead of ``lowest``; the ceil-mode region past them does not.
     """
     nsp = x.ndim - 2
     sp = x.shape[1:-1]
@@ -326,6 +328,9 @@ def pool(x, mode, kernel, strides, dil, pads, ceil_mode, count_include_pad, out_
                  - (sp[i] + pads[i] + pads[nsp + i])) for i in range(nsp)]
     if mode == "max":
         windows = itertools.product(*[range(kk) for kk in kernel])
+        if pad_value is not None:  # the pads as a constant pad writes them; then no pads
+            x = _pad_spatial(x, pads, np.asarray(pad_value).astype(x.dtype))
+            pads = [0] * len(pads)
         if x.dtype.kind != "f":
             xp = _pad_spatial(x, pads, np.iinfo(x.dtype).min, extra)
             acc = None

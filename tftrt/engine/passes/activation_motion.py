@@ -90,9 +90,23 @@ def _movable(pool: Layer, producers, consumers, outputs) -> Optional[Layer]:
     if p in outputs or x in outputs or len(consumers.get(p, [])) != 1:
         return None
     act = consumers[p][0]
-    if not _non_decreasing(act, p):
+    if not _non_decreasing(act, p) or not _keeps_pad_value(pool, act):
         return None
     return act if _fuses(x, pool, producers, consumers) else None
+
+
+def _keeps_pad_value(pool: Layer, act: Layer) -> bool:
+    """Whether the activation leaves the pool's ``pad_value`` (a folded zero pad's, see
+    passes/pad_folding) as it is: the pads would otherwise have to hold act(pad_value), which
+    an int8 pool would have to requantize. ReLU, tanh, clip, leaky ReLU keep a 0; sigmoid and
+    softplus do not, and stay after the pool."""
+    pv = pool.attrs.get("pad_value")
+    if pv is None:
+        return True
+    import numpy as np
+
+    from tftrt.engine.backends.numpy_ops import pool_floor
+    return bool(pool_floor(act.attrs["program"], pv, np.float32) == np.float32(pv))
 
 
 def _fuses(x: str, reader: Layer, producers, consumers) -> bool:

@@ -1,0 +1,116 @@
+"""The CuPy backend's pool kernel source (cuda_source_move.PoolSource), checked without a GPU:
+built for the CPU with test_cuda_codegen's shims and run against the numpy reference
+(numpy_ops.pool), and compiled with nvcc where it is on PATH. Max and average pools, float32
+/ float16 (16-byte vectors) / int8, ceil mode, NaN in the windows, and the ``pad_value`` a
+folded zero pad gives a max pool (passes/pad_folding): its pads are values, not skipped."""
+
+import ctypes
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from tests.engine.test_cuda_codegen import HOST_SHIMS, _host_compiler, _rename
+from tftrt.engine.backends import cuda_source as C
+from tftrt.engine.backends import cuda_source_move as M
+from tftrt.engine.backends import numpy_ops
+
+# (x shape NHWC, mode, kernel, strides, pads, ceil_mode, count_include_pad, dtype, pad_value)
+CASES = [
+    ((2, 7, 7, 3), "max", [3, 3], [2, 2], [1, 1, 1, 1], 0, 0, "float32", 0.0),
+    ((2, 7, 7, 3), "max", [3, 3], [2, 2], [1, 1, 1, 1], 0, 0, "float32", None),
+    ((2, 8, 6, 16), "max", [3, 3], [2, 2], [1, 1, 1, 1], 0, 0, "float16", 0.0),  # vectors
+    ((1, 6, 9, 8), "max", [3, 2], [2, 2], [0, 1, 2, 0], 0, 0, "float16", 0.0),  # asymmetric
+    ((2, 7, 7, 5), "max", [3, 3], [2, 2], [1, 1, 1, 1], 0, 0, "int8", 0.0),
+    ((2, 7, 7, 5), "max", [3, 3], [2, 2], [1, 1, 0, 0], 1, 0, "float32", 0.0),  # ceil mode
+    ((2, 7, 7, 3), "avg", [3, 3], [2, 2], [1, 1, 1, 1], 0, 1, "float32", None),
+    ((2, 7, 7, 3), "avg", [3, 3], [2, 2], [1, 1, 1, 1], 0, 0, "float32", None),
+]
+
+
+def _out_sp(xs, kernel, strides, pads, ceil):
+    nsp = len(kernel)
+    out = []
+    for i in range(nsp):
+        span = xs[1 + i] + pads[i] + pads[nsp + i] - kernel[i]
+        out.append((-(-span // strides[i]) if ceil else span // strides[i]) + 1)
+    return out
+
+
+def _sources():
+    out = []
+    for xs, mode, k, s, pads, ceil, cip, dt, pv in CASES:
+        osp = _out_sp(xs, k, s, pads, ceil)
+        ys = (xs[0], *osp, xs[-1])
+        src = M.PoolSource(xs, ys, mode, k, s, [1] * len(k), pads, cip, dt, dt, None, pv)
+        out.append((src, xs, ys, osp))
+    return out
+
+
+def _input(xs, dt, rng):
+    if dt == "int8":
+        return rng.integers(-128, 128, xs).astype(np.int8)
+    x = rng.standard_normal(xs).astype(dt)
+    x[0, 0, :2, :] = np.nan  # a corner window: NaN and pads only
+    x[0, 0, :, 0] = -5.0     # a row of negatives at the top edge: the pads' 0 wins
+    return x
+
+
+@pytest.mark.skipif(_host_compiler() is None, reason="no host C++ compiler")
+def test_pool_kernel_matches_numpy_on_the_host(tmp_path):
+    srcs = _sources()
+    cpp = tmp_path / "pool.cpp"
+    cpp.write_text(HOST_SHIMS + C.MATH_HELPERS + "\n".join(
+        _rename(s.source, k) for k, (s, *_) in enumerate(srcs)))
+    lib = tmp_path / "pool.so"
+    r = subprocess.run([_host_compiler(), "-O1", "-std=c++17", "-shared", "-fPIC",
+                        "-ffp-contract=off", "-Wno-unknown-pragmas", "-o", str(lib), str(cpp)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-4000:]
+    so = ctypes.CDLL(str(lib))
+    rng = np.random.default_rng(0)
+    assert srcs[2][0].vec == 8, "the float16 case should take the 16-byte vector path"
+    for k, (src, xs, ys, osp) in enumerate(srcs):
+        _, mode, kern, s, pads, ceil, cip, dt, pv = CASES[k]
+        x = _input(xs, dt, rng)
+        want = numpy_ops.pool(x, mode, kern, s, [1] * len(kern), pads, ceil, cip, osp, dt,
+                              None, pv)
+        out = np.zeros(ys, dt)
+        fn = getattr(so, f"pool_{k}")
+        fn.restype = None
+        args = [x.view(np.uint16) if dt == "float16" else x,
+                out.view(np.uint16) if dt == "float16" else out]
+        fn(*[ctypes.c_void_p(np.ascontiguousarray(v).ctypes.data) for v in args],
+           ctypes.c_longlong(src.work))
+        if mode == "max" and dt != "int8":
+            # both skip NaN; an all-NaN window without pads is the floor: -inf on the GPU,
+            # float's lowest in the reference (TF's CPU kernel): compare those as equal
+            lo = np.finfo(dt).min
+            out = np.where(out == -np.inf, lo, out)
+        np.testing.assert_allclose(out.astype(np.float64), want.astype(np.float64),
+                                   rtol=1e-6, atol=1e-6, err_msg=str(CASES[k]))
+
+
+def test_a_zero_pad_value_is_the_pad_then_the_pool():
+    """The reference itself: pad_value 0 pools exactly what an explicit zero pad before a
+    pool with no pads gives, NaN windows and negative edges included."""
+    rng = np.random.default_rng(1)
+    x = _input((2, 7, 7, 3), "float32", rng)
+    explicit = numpy_ops.pool(numpy_ops._pad_spatial(x, [1, 1, 1, 1], 0.0), "max", [3, 3],
+                              [2, 2], [1, 1], [0, 0, 0, 0], 0, 0, [4, 4])
+    folded = numpy_ops.pool(x, "max", [3, 3], [2, 2], [1, 1], [1, 1, 1, 1], 0, 0, [4, 4],
+                            pad_value=0.0)
+    unpadded = numpy_ops.pool(x, "max", [3, 3], [2, 2], [1, 1], [1, 1, 1, 1], 0, 0, [4, 4])
+    np.testing.assert_array_equal(folded, explicit)
+    assert folded[0, 0, 0, 0] == 0.0 and unpadded[0, 0, 0, 0] != 0.0  # the NaN corner
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH")
+def test_pool_kernels_compile_with_nvcc(tmp_path):
+    text = C.PRELUDE + "\n".join(_rename(s.source, k) for k, (s, *_) in enumerate(_sources()))
+    cu = tmp_path / "pool.cu"
+    cu.write_text(text)
+    r = subprocess.run(["nvcc", "-c", "-x", "cu", "-std=c++14", "-o", str(tmp_path / "k.o"),
+                        str(cu)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-4000:]
