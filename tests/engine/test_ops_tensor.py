@@ -89,6 +89,22 @@ def test_pad(mode):
     check_node("Pad", {"x": rand(2, 4, 5)}, consts, inputs=inputs, mode=mode)
 
 
+@pytest.mark.parametrize("pads", [[0, -1, 2, 0, 2, -1], [-1, 0, 0, 0, -2, 0]])
+def test_pad_with_negative_pads_crops(pads):
+    """ONNX: a negative pad removes elements. The engine used to fail on its first run
+    ("index can't contain negative values", helper hunt 2026-12-05)."""
+    check_node("Pad", {"x": rand(3, 4, 5)}, {"p": _i(*pads), "v": np.array(1.5, np.float32)},
+               inputs=["x", "p", "v"], mode="constant")
+
+
+def test_pad_cropping_in_reflect_mode_is_refused_at_build():
+    from tftrt.engine import BuilderConfig, EngineBuildError, build_engine
+    model = make_model([helper.make_node("Pad", ["x", "p"], ["y"], mode="reflect")],
+                       {"x": rand(3, 4, 5)}, {"p": _i(0, -1, 1, 0, 1, 1)})
+    with pytest.raises(EngineBuildError, match="negative pads .* only constant pads may crop"):
+        build_engine(model, {"x": (3, 4, 5)}, BuilderConfig(backend="numpy"))
+
+
 @pytest.mark.parametrize("axis,idx", [(0, [[0, 2], [-1, 1]]), (1, [3, 0, -2]), (-1, 2)])
 def test_gather(axis, idx):
     check_node("Gather", {"x": rand(3, 4, 5)}, {"i": np.array(idx, I64)}, axis=axis)

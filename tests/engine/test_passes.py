@@ -379,7 +379,7 @@ def test_a_folded_pad_keeps_its_zeros_in_nan_windows():
 
 
 @pytest.mark.parametrize("case", ["avg_pool", "ceil_mode", "pool_pads", "nonzero_value",
-                                  "second_reader"])
+                                  "negative_zero", "second_reader"])
 def test_pad_folding_leaves_other_pools_alone(case):
     kw = {}
     if case == "avg_pool":
@@ -390,6 +390,8 @@ def test_pad_folding_leaves_other_pools_alone(case):
         kw = {"pool_attrs": {"pads": [1, 1, 1, 1]}}
     elif case == "nonzero_value":
         kw = {"pad_value": 0.5}
+    elif case == "negative_zero":  # the pool's pads would hold +0.0 (1 / x: +inf, not -inf)
+        kw = {"pad_value": -0.0}
     else:
         kw = {"second_reader": True}
     model, feeds = _conv_pad_pool_model(**kw)

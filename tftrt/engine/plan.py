@@ -34,7 +34,12 @@ MAGIC = b"TFTRTPLN"
 # 2 (2026-12-02): a max pool an activation was moved before keeps that activation's program
 # ("floor_program", passes/activation_motion); a version-1 plan of such a network has none,
 # and its pools gave float32's lowest where TF gives act(lowest) (a window of NaN): rebuilt
-FORMAT_VERSION = 2
+# 3 (2026-12-05): a max pool may hold a folded zero pad ("pad_value", passes/pad_folding);
+# a reader of version 2 would skip those pad cells (helper hunt: 30 of 576 outputs of a
+# Keras ZeroPadding2D -> MaxPooling2D plan wrong, no error), so it must refuse a version-3
+# plan and rebuild. A version-2 plan has no such pool and reads as it always did.
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (2, 3)
 _PREFIX = struct.Struct("<8sIQI")
 _ALIGN = 64
 
@@ -103,7 +108,7 @@ def read_plan_header(data: bytes) -> dict:
     if magic != MAGIC:
         raise PlanError(f"data does not start with {MAGIC!r} (got {magic!r}): not a tftrt "
                         f"plan; rebuild the engine from the segment network")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise PlanError(f"plan format version {version} cannot be read by this tftrt (format "
                         f"{FORMAT_VERSION}); rebuild the engine from the segment network")
     hdr = bytes(data[_PREFIX.size:_PREFIX.size + hlen])

@@ -608,7 +608,17 @@ def _pad(net, layer):
         a["value"] = 0 if value is None or value.size == 0 else value.reshape(-1)[0].item()
         _drop_inputs(layer)
     r = len(x)
-    return [(dt, tuple(x[i] + a["pads"][i] + a["pads"][r + i] for i in range(r)))]
+    out = tuple(x[i] + a["pads"][i] + a["pads"][r + i] for i in range(r))
+    if any(p < 0 for p in a["pads"]):  # ONNX: a negative pad removes elements (a crop)
+        if a.get("mode", "constant") != "constant":
+            raise EngineBuildError(
+                f"pad {layer.name!r}: negative pads {a['pads']} (cropping) in mode "
+                f"{a.get('mode')!r}; only constant pads may crop here: slice the tensor "
+                f"first, then pad it")
+        if any(d is not None and d < 0 for d in out):
+            raise EngineBuildError(f"pad {layer.name!r}: pads {a['pads']} crop more than the "
+                                   f"input's shape {tuple(x)} has")
+    return [(dt, out)]
 
 
 @shape_fn("gather")

@@ -381,11 +381,14 @@ def _slice(net, layer, weights):
 def _pad(net, layer, weights):
     a = layer.attrs
     r = len(a["pads"]) // 2
-    widths = [(a["pads"][i], a["pads"][r + i]) for i in range(r)]
+    widths = [(max(a["pads"][i], 0), max(a["pads"][r + i], 0)) for i in range(r)]
+    # negative pads crop (ONNX; constant mode only, shapes.py refuses the others)
+    crop = tuple(slice(max(-a["pads"][i], 0), None if a["pads"][r + i] >= 0 else
+                       a["pads"][r + i]) for i in range(r))
     mode = a["mode"]
 
     def body(ins):
-        x = ins[0]
+        x = ins[0][crop]
         if mode == "constant":
             return [np.pad(x, widths, constant_values=np.asarray(a["value"]).astype(x.dtype))]
         return [np.pad(x, widths, mode="reflect" if mode == "reflect" else "edge")]

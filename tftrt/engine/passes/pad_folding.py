@@ -16,7 +16,8 @@ the pads as a constant pad writes them, which is exactly the pad-then-pool they 
 
 Folded only when all of these hold (anything else is left alone):
 
-* the pad is ``mode="constant"`` with ``value`` 0 and static, non-negative ``pads``;
+* the pad is ``mode="constant"`` with ``value`` +0 (not -0) and static, non-negative
+  ``pads``;
 * it pads no batch (first) or channel (last) axis: only the spatial axes of an NHWC tensor;
 * its output is not a network output and every consumer reads it only as its data input
   (input 0) and is a ``conv`` (not ``conv_transpose``) with explicit pads (no ``auto_pad``),
@@ -25,6 +26,8 @@ Folded only when all of these hold (anything else is left alone):
 """
 
 from __future__ import annotations
+
+import math
 
 from tftrt.engine.network import Network
 
@@ -37,9 +40,13 @@ def _spatial_pads(net: Network, layer):
     if any(i for i in layer.inputs[1:]):  # pads/value still operands: not canonical
         return None
     try:
-        if float(a.get("value", 0) or 0) != 0.0:
-            return None
+        value = a.get("value")
+        value = 0.0 if value is None else float(value)  # (not `or 0`: -0.0 is falsy)
     except (TypeError, ValueError):
+        return None
+    # -0.0 too stays a pad layer: a max pool's folded pads hold +0.0, and a window of pad
+    # cells only then gives +0.0 where TF gives -0.0 (1 / x: +inf against -inf; helper hunt)
+    if value != 0.0 or math.copysign(1.0, value) < 0:
         return None
     pads = [int(p) for p in a["pads"]]
     r = len(pads) // 2
