@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Issue 15 on the GPU host, engines alone (no TensorFlow), one call: the INT8 / FP8 GPU tests,
 # then ResNet50 (and the encoder, when its network is there) in FP16, INT8 and FP8 at batch 128
-# and 1, INT8 with and without int8 residual storage, each row with its per-layer profile at
-# the first batch size (INT8 / FP8: time per quantized kernel kind, the slowest layers' plans
+# and 1, INT8 with and without int8 residual storage, each row with its per-layer profile
+# at every batch size (INT8 / FP8: time per quantized kernel kind, the slowest layers' plans
 # and what validation rejected). The networks are calibrated on the CPU side:
 #   python benchmarks/make_networks.py --out .whl/networks --models resnet50,encoder --int8 4
 #   python benchmarks/make_networks.py --out .whl/networks --models resnet50,encoder
@@ -36,7 +36,9 @@ for model in ${MODELS:-resnet50_int8 encoder_int8}; do
       *) echo "unknown config $name"; continue ;;
     esac
     [ "$(left)" -lt 60 ] && { echo "budget spent before $model $name"; break 2; }
-    prof="--profile $model:$prec:${batches%%,*}"  # FP16's too: the per-layer comparison
+    # every batch size profiled, FP16's too: the per-layer comparison (batch 1: issue 15's bar)
+    prof="--profile $(for b in ${batches//,/ }; do printf '%s,' "$model:$prec:$b"; done)"
+    prof=${prof%,}
     log="$out/int8_${model}_${name}.log"
     lim=$(( $(left) - 20 )); [ "$lim" -gt "$stage" ] && lim=$stage
     # shellcheck disable=SC2086
