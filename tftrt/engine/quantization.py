@@ -473,11 +473,11 @@ def int8_scale(amax: float) -> float:
 def int8_residuals() -> bool:
     """Whether an INT8 layer's output that other INT8 layers also add as a residual is stored
     as int8 (env TFTRT_INT8_RESIDUAL=1; off by default). Off because it measured slower
-    (ResNet50 at batch 128 on an H100: 7.9 ms on, 6.9 ms off; benchmarks/README.md,
-    2026-12-05) while a requantized output left the fused cuDNN epilogue for an fp32 output
-    and a requantize kernel, and a scaled residual was not fused; cupy_quant's fused_int8
-    variant does both in cuDNN's graph now, not yet timed on the whole model. It is the
-    storage the one-pass INT8 form needs (issue 15)."""
+    (ResNet50 at batch 128 on an H100: 7.9 ms on, 6.9 ms off; benchmarks/README.md, s33)
+    while a requantized output left the fused cuDNN epilogue for an fp32 output and a
+    requantize kernel, and a scaled residual was not fused. With cupy_quant's fused_int8
+    variant, which does both in cuDNN's graph, it measured faster (3.92 ms on, 4.49 off; s34):
+    the default turns on once the encoder is measured with it too (issue 15)."""
     from tftrt.env import env_bool
     return env_bool("TFTRT_INT8_RESIDUAL", False)
 
