@@ -383,12 +383,18 @@ def _paddings(node, ctx):
 @converter("Pad", "PadV2", dtypes=ARRAY, inputs=(TENSOR, WEIGHT, ANY))
 class Pad:
     """Constant padding (0, or PadV2's scalar constant_values) by constant paddings.
-    Rejects: paddings of the wrong shape or negative."""
+    Rejects: paddings of the wrong shape or negative; constant_values computed at run time
+    (the engine's pad takes its value at build: such a segment failed on its first run and
+    ran natively, its ops still counted as converted; helper hunt, 2026-12-05)."""
 
     @staticmethod
     def validate(node, ctx):
         p = _paddings(node, ctx)
-        return p if isinstance(p, str) else None
+        if isinstance(p, str):
+            return p
+        if node.op == "PadV2" and not ctx.is_const(node, 2):
+            return "PadV2 constant_values computed at run time (must be a constant)"
+        return None
 
     @staticmethod
     def convert(node, ctx):
@@ -476,7 +482,16 @@ class StridedSlice:
 @converter("Slice", dtypes=ARRAY, inputs=(TENSOR, WEIGHT, WEIGHT))
 class Slice:
     """tf.slice with constant begin and size (-1 = to the end). Rejects: begin/size computed at
-    run time, negative begins, sizes below -1, lengths other than the input rank."""
+    run time, negative begins, sizes below -1, lengths other than the input rank.
+
+    TF raises where the slice runs past a dimension; ONNX Slice clamps (helper hunt,
+    2026-12-02: [-1, 4] from column 3 of 5 answered 2 columns). A known dim is checked here;
+    on an unknown one (a dynamic batch) a positive ``size`` takes its elements through a
+    Gather of constant indices instead of the Slice, so that an engine built for a dim too
+    small fails to build (shapes.py checks constant Gather indices) and the op runs natively,
+    where TF raises: a Slice there answered a shorter, or empty, tensor (helper hunt,
+    2026-12-05). Size -1 (or 0) from a begin past an unknown dim still answers an empty
+    tensor where TF raises (docs/differences.md)."""
 
     @staticmethod
     def validate(node, ctx):
@@ -486,8 +501,6 @@ class Slice:
             return f"begin {begin} / size {size} do not have {rank} entries"
         if any(b < 0 for b in begin) or any(s < -1 for s in size):
             return f"begin {begin} must be >= 0 and size {size} >= -1"
-        # TF raises where the slice runs past a dimension; ONNX Slice clamps (helper hunt,
-        # 2026-12-02: [-1, 4] from column 3 of 5 answered 2 columns). Known dims only.
         shape = ctx.input_shape(node, 0) or [None] * rank
         for axis, (b, n, d) in enumerate(zip(begin, size, shape)):
             if d is not None and (b > d or (n != -1 and b + n > d)):
@@ -498,10 +511,21 @@ class Slice:
     @staticmethod
     def convert(node, ctx):
         begin, size = const_ints(ctx, node, 1), const_ints(ctx, node, 2)
-        ends = [INT64_MAX if s == -1 else b + s for b, s in zip(begin, size)]
+        shape = ctx.input_shape(node, 0) or [None] * len(begin)
+        checked = [a for a, (n, d) in enumerate(zip(size, shape)) if d is None and n > 0]
+        starts = [0 if a in checked else b for a, b in enumerate(begin)]
+        ends = [INT64_MAX if (s == -1 or a in checked) else b + s
+                for a, (b, s) in enumerate(zip(begin, size))]
         axes = list(range(len(begin)))
-        out = ctx.emit("Slice", [ctx.input(node, 0), int64s(ctx, begin, "starts"),
-                                 int64s(ctx, ends, "ends"), int64s(ctx, axes, "axes")])
+        out = ctx.input(node, 0)
+        if any(starts) or any(e != INT64_MAX for e in ends):
+            out = ctx.emit("Slice", [out, int64s(ctx, starts, "starts"),
+                                     int64s(ctx, ends, "ends"), int64s(ctx, axes, "axes")])
+        for a in checked:  # an unknown dim: constant indices that fail an engine too small
+            out = ctx.emit("Gather", [out, int64s(ctx, range(begin[a], begin[a] + size[a]),
+                                                  "slice_indices")], axis=a)
+        if out == ctx.input(node, 0):
+            out = ctx.emit("Identity", [out])
         ctx.set_output(node, 0, out)
 
 

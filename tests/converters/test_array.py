@@ -450,6 +450,33 @@ def test_slice_rejects_running_past_a_known_dimension(begin, size):
                    "Slice", "TensorFlow raises")
 
 
+def test_slice_past_an_unknown_dimension_fails_the_engine_build():
+    """A positive size on a dim unknown at conversion goes through a Gather of constant
+    indices: the engine for a dim large enough answers as TF; one for a dim too small fails
+    to build (TF raises there), where a Slice answered a shorter tensor (helper hunt,
+    2026-12-05: [0, 0] size [3, -1] at batch 2 answered 2 rows)."""
+    from tftrt.engine import EngineBuildError
+
+    def fn(x):
+        return tf.slice(x * 2.0, [1, 0], [2, -1])
+    big = rand((4, 5))
+    low = lower(fn, [big], dynamic_batch=True)
+    assert "Gather" in [n.op_type for n in low.net.model.graph.node]
+    assert_close(run_engine(low.net.model, [big])[0], fn(big).numpy(), 1e-6, 1e-6, "slice")
+    with pytest.raises(EngineBuildError, match="out of range|outside"):
+        run_engine(low.net.model, [rand((2, 5))])
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        tf.function(fn)(tf.constant(rand((2, 5))))
+
+
+def test_padv2_with_a_run_time_constant_value_is_left_native():
+    """The engine's pad takes its value at build; such a segment failed on its first run
+    (KeyError 'pads') and ran natively with its ops counted as converted (helper hunt,
+    2026-12-05)."""
+    check_rejected(lambda x: tf.pad(x, [[1, 1], [0, 2]], constant_values=tf.reduce_min(x)),
+                   [rand((2, 3))], "PadV2", "computed at run time")
+
+
 # --- gather_nd ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("params_shape,index_rows", [
