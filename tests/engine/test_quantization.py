@@ -626,3 +626,82 @@ def test_network_table_survives_copies():
     net = network_from_onnx(_cnn_model(np.random.RandomState(9)))
     net.quantization = Q.new_table(tensors={"x": 1.0})
     assert net.copy().quantization == net.quantization
+
+
+# --- INT8 layers that FP16 runs faster (builder.timed_precision) -------------------------------
+
+def _fake_times(slow_in_int8: str, mixed_slower: bool = False):
+    """builder.layer_times stand-in: 10 us a layer, but the quantized layer named
+    ``slow_in_int8`` 30 us; FP16 engines 12 us a layer (so only that layer is faster in
+    FP16); a mixed engine (INT8 with an FP16 conv) 10 us, or 40 with ``mixed_slower``."""
+    def times(engine):
+        mixed = engine.precision == "INT8" and any(
+            l.kind == "conv" and "quant" not in l.attrs for l in engine.network.layers)
+        out = {}
+        for l in engine.network.layers:
+            if engine.precision == "FP16":
+                out[l.name] = 12e-6
+            elif mixed:
+                out[l.name] = 40e-6 if mixed_slower else 10e-6
+            else:
+                out[l.name] = 30e-6 if (l.name == slow_in_int8 and "quant" in l.attrs) \
+                    else 10e-6
+        return out
+    return times
+
+
+def test_a_quantized_layer_fp16_runs_faster_stays_fp16(monkeypatch):
+    """TFTRT_QUANT_TIMED_PRECISION=1: a layer measured faster in FP16 than INT8 stays FP16,
+    with the times in its reason, and the mixed engine is kept when it is faster as a whole;
+    it answers as an engine built with that layer kept FP16 directly."""
+    monkeypatch.setenv("TFTRT_QUANT_TIMED_PRECISION", "1")
+    net, x_shape = _two_convs(np.random.RandomState(8), 16, 8)
+    plain = build_engine(net, {"x": x_shape}, BuilderConfig(precision="INT8", keep_fp16={}))
+    slow = [l.name for l in plain.network.layers if l.kind == "conv"][1]
+    monkeypatch.setattr(builder_mod, "layer_times", _fake_times(slow))
+    engine = build_engine(net, {"x": x_shape}, BuilderConfig(precision="INT8"))
+    info = engine.build_info["timed_precision"]
+    assert info["fp16_faster"] == [slow] and info["kept"] == "mixed", info
+    layers = {l.name: l for l in engine.network.layers}
+    assert "quant" not in layers[slow].attrs and layers[slow].precision == "FP16"
+    assert "FP16 measured faster on this device (12.0 us against 30.0 us in INT8)" in \
+        layers[slow].attrs["quant_fallback"]
+    first = [l for l in engine.network.layers if l.kind == "conv"][0]
+    assert first.precision == "INT8"
+    report = Q.precision_report(engine.network)
+    assert any("measured faster" in (r.get("reason") or "") for r in report["layers"]), report
+    direct = build_engine(net, {"x": x_shape}, BuilderConfig(
+        precision="INT8", keep_fp16={slow: "kept"}))
+    x = np.random.RandomState(0).randn(*x_shape).astype(F32)
+    np.testing.assert_array_equal(engine.execute([x])[0], direct.execute([x])[0])
+    assert not np.array_equal(engine.execute([x])[0], plain.execute([x])[0])
+
+
+def test_a_mixed_engine_slower_as_a_whole_is_not_kept(monkeypatch):
+    monkeypatch.setenv("TFTRT_QUANT_TIMED_PRECISION", "1")
+    net, x_shape = _two_convs(np.random.RandomState(8), 16, 8)
+    plain = build_engine(net, {"x": x_shape}, BuilderConfig(precision="INT8", keep_fp16={}))
+    slow = [l.name for l in plain.network.layers if l.kind == "conv"][1]
+    monkeypatch.setattr(builder_mod, "layer_times", _fake_times(slow, mixed_slower=True))
+    engine = build_engine(net, {"x": x_shape}, BuilderConfig(precision="INT8"))
+    info = engine.build_info["timed_precision"]
+    assert info["fp16_faster"] == [slow] and info["kept"] == "INT8", info
+    assert info["mixed_s"] > info["quantized_s"]
+    assert all(l.precision == "INT8" for l in engine.network.layers if l.kind == "conv")
+
+
+def test_timed_precision_is_off_by_default_and_needs_layer_times(monkeypatch):
+    """Off unless asked for; on a backend that cannot time layers (numpy) it changes
+    nothing."""
+    net, x_shape = _two_convs(np.random.RandomState(8), 16, 8)
+    monkeypatch.delenv("TFTRT_QUANT_TIMED_PRECISION", raising=False)
+    calls = []
+    monkeypatch.setattr(builder_mod, "layer_times", lambda e: calls.append(e) or None)
+    engine = build_engine(net, {"x": x_shape}, BuilderConfig(precision="INT8"))
+    assert not calls and "timed_precision" not in engine.build_info
+    monkeypatch.undo()
+    monkeypatch.setenv("TFTRT_QUANT_TIMED_PRECISION", "1")
+    assert builder_mod.layer_times(engine) is None  # the numpy backend has no profile
+    engine = build_engine(net, {"x": x_shape}, BuilderConfig(precision="INT8"))
+    assert "timed_precision" not in engine.build_info
+    assert all(l.precision == "INT8" for l in engine.network.layers if l.kind == "conv")

@@ -295,6 +295,28 @@ def test_a_requantized_conv_without_relu_saturates_symmetrically_in_cudnn():
            "a saturating no-relu INT8 conv", rel=2e-2)
 
 
+def test_timed_precision_measures_on_the_gpu(monkeypatch):
+    """TFTRT_QUANT_TIMED_PRECISION=1 on the CuPy backend: the layers are really timed (the
+    backend's profile), the decision is recorded, and the engine kept answers what the
+    numpy simulation of the same plan (the same layers kept FP16) answers."""
+    monkeypatch.setenv("TFTRT_QUANT_TIMED_PRECISION", "1")
+    rng = np.random.RandomState(4)
+    model = _calibrated_model(rng, "INT8")
+    x = rng.randn(8, 3, 16, 16).astype(F32)
+    gpu = build_engine(model, {"x": x.shape}, BuilderConfig(precision="INT8", backend="cupy"))
+    info = gpu.build_info["timed_precision"]
+    print(info)
+    assert info["quantized_s"] > 0 and info["fp16_s"] > 0 and info["kept"] in ("INT8", "mixed")
+    keep = {n: "kept" for n in info["fp16_faster"]} if info["kept"] == "mixed" else {}
+    for name in keep:
+        layer = next(l for l in gpu.network.layers if l.name == name)
+        assert layer.precision == "FP16" and "measured faster" in layer.attrs["quant_fallback"]
+    ref = build_engine(model, {"x": x.shape}, BuilderConfig(precision="INT8", backend="numpy",
+                                                            keep_fp16=keep))
+    _close(cp.asnumpy(gpu.execute([cp.asarray(x)])[0]), ref.execute([x])[0],
+           f"timed precision ({info})", rel=2e-2)
+
+
 def _fresh_caches(monkeypatch, QK):
     """No layer signature validated / built before in this process: the build runs the
     validation again."""

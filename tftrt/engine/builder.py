@@ -59,6 +59,8 @@ class BuilderConfig:
         shape): reused, and no layer is timed.
       weight_cache: a :class:`WeightCache` shared by the engines of one optimization profile
         set: equal weights are uploaded once.
+      keep_fp16: INT8 / FP8: layer name -> the reason it stays FP16 although its table
+        allows quantizing it (made by :func:`timed_precision`).
     """
 
     precision: str = "FP32"
@@ -74,6 +76,7 @@ class BuilderConfig:
     # network outputs stored as their producer's precision stores them (float16 in FP16),
     # not float32: the values `tftrt compare --per-layer` marks as outputs to probe them
     probe_outputs: Tuple[str, ...] = ()
+    keep_fp16: Optional[Dict[str, str]] = None
 
     def to_json(self) -> dict:
         return {"precision": self.precision, "backend": self.backend,
@@ -189,7 +192,81 @@ def build_engine(model_or_network: Union[onnx.ModelProto, Network],
                          "reused_tactics": config.tactic_choices is not None}
     log.info("built engine %s: %d layers, %s, %d arena bytes in %.2fs", net.name,
              len(net.layers), precision, engine.memory.arena_bytes, engine.build_info["seconds"])
+    if precision in quantization.QUANTIZED_PRECISIONS and config.keep_fp16 is None and \
+            timed_precision_enabled():
+        engine = timed_precision(model_or_network, input_shapes, config, engine)
     return engine
+
+
+# --- INT8 / FP8 layers that FP16 runs faster (TFTRT_QUANT_TIMED_PRECISION=1) -----------------
+# TensorRT's INT8 mode allows INT8 kernels and keeps, per layer, what times fastest; tftrt's
+# planned every layer its table allows in INT8. On an H100 (s34) ResNet50's stage-1 1x1
+# convs ran slower in INT8 than in FP16 (203 against 163 us), and batch 1 was 0.77x FP16.
+# A quantized layer at least this much faster in FP16 is kept FP16, and the mixed engine is
+# kept only if it is faster as a whole (its layers' summed times): moving a layer to FP16
+# changes what its neighbours read and write.
+TIMED_PRECISION_MARGIN = 0.05
+
+
+def timed_precision_enabled() -> bool:
+    from tftrt.env import env_bool
+    return env_bool("TFTRT_QUANT_TIMED_PRECISION", False)
+
+
+def layer_times(engine: Engine) -> Optional[Dict[str, float]]:
+    """Seconds per layer of ``engine`` on seeded inputs (the backend's ``profile``: each
+    layer replayed alone), or None where the backend cannot time layers (numpy)."""
+    ctx = engine.create_execution_context()
+    impl = getattr(ctx, "_impl", None)
+    if impl is None or not callable(getattr(impl, "profile", None)):
+        return None
+    rng = np.random.default_rng(0)
+    inputs = []
+    for name in engine.network.inputs:
+        t = engine.network.tensors[name]
+        dt = np.dtype(t.dtype)
+        x = rng.standard_normal(t.shape).astype(dt) if dt.kind == "f" else np.zeros(t.shape, dt)
+        inputs.append(engine.backend_impl.upload(x))
+    return dict(impl.profile(inputs))
+
+
+def timed_precision(model_or_network, input_shapes, config: BuilderConfig,
+                    engine: Engine) -> Engine:
+    """``engine`` (INT8 / FP8, every allowed layer quantized), or the engine whose quantized
+    layers that FP16 runs faster stay FP16 when that engine is faster as a whole (module
+    comment above). What was measured and decided goes into ``build_info["timed_precision"]``
+    of the engine returned."""
+    quant = engine.precision
+    times_q = layer_times(engine)
+    if times_q is None:
+        return engine
+    fp16 = build_engine(model_or_network, input_shapes,
+                        dataclasses.replace(config, precision="FP16", keep_fp16={}))
+    times_f = layer_times(fp16) or {}
+    keep = {}
+    for layer in engine.network.layers:
+        tq, tf = times_q.get(layer.name), times_f.get(layer.name)
+        if "quant" in layer.attrs and tq and tf and tf < tq * (1 - TIMED_PRECISION_MARGIN):
+            keep[layer.name] = (f"FP16 measured faster on this device ({tf * 1e6:.1f} us "
+                                f"against {tq * 1e6:.1f} us in {quant})")
+    info = {"fp16_faster": sorted(keep), "quantized_s": sum(times_q.values()),
+            "fp16_s": sum(times_f.values())}
+    chosen = engine
+    if keep:
+        mixed = build_engine(model_or_network, input_shapes,
+                             dataclasses.replace(config, keep_fp16=keep))
+        times_m = layer_times(mixed) or {}
+        info["mixed_s"] = sum(times_m.values())
+        if times_m and info["mixed_s"] < info["quantized_s"]:
+            chosen = mixed
+    info["kept"] = "mixed" if chosen is not engine else quant
+    log.info("%s %s: %d quantized layers faster in FP16; summed layer times: %s %.3f ms, "
+             "mixed %s, FP16 %.3f ms; keeping the %s engine", engine.network.name, quant,
+             len(keep), quant, info["quantized_s"] * 1e3,
+             f"{info['mixed_s'] * 1e3:.3f} ms" if "mixed_s" in info else "-",
+             info["fp16_s"] * 1e3, info["kept"])
+    chosen.build_info["timed_precision"] = info
+    return chosen
 
 
 def _tactics(net: Network, backend, weights: Dict[str, Any], config: BuilderConfig,
@@ -383,7 +460,8 @@ def optimized_network(model_or_network: Union[onnx.ModelProto, Network],
     if config.optimize:
         net = optimize_network(net)
     net = infer_shapes(net)
-    net = apply_precision(net, precision, table, probes=config.probe_outputs)
+    net = apply_precision(net, precision, table, probes=config.probe_outputs,
+                          keep_fp16=config.keep_fp16)
     if config.optimize:
         accept = getattr(backend, "accepts_layer", None)
         net = run_passes(net, [functools.partial(p, accept=accept) for p in LATE_PASSES],

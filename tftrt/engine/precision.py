@@ -53,7 +53,7 @@ def normalize_precision(precision: str) -> str:
 
 
 def apply_precision(net: Network, precision: str, table: Optional[dict] = None,
-                    probes=()) -> Network:
+                    probes=(), keep_fp16: Optional[dict] = None) -> Network:
     """A copy of ``net`` with ``layer.precision`` set and tensors/weights stored accordingly.
 
     Args:
@@ -61,6 +61,8 @@ def apply_precision(net: Network, precision: str, table: Optional[dict] = None,
       probes: network outputs stored as their producers store them (float16 from an FP16
         layer) instead of float32: values `tftrt compare --per-layer` marks as outputs, which
         hid every float16 storage loss (helper hunt, 2026-12-02).
+      keep_fp16: INT8 / FP8: layer name -> why it stays FP16 although the table allows it
+        (builder.timed_precision).
     Raises:
       EngineBuildError: INT8 / FP8 without a table or Q/DQ layers, or an unknown precision.
     """
@@ -82,7 +84,7 @@ def apply_precision(net: Network, precision: str, table: Optional[dict] = None,
             Q.check_table(table)
         except ValueError as e:
             raise EngineBuildError(str(e)) from e
-        quantized = set(Q.quantize_network(net, p, table))
+        quantized = set(Q.quantize_network(net, p, table, keep_fp16=keep_fp16))
         # tensors calibrated past half of float16's range stay float32 in the layers around
         # the quantized ones too (a Reshape of 3.6e6 before an INT8 GEMM overflowed to inf and
         # the engine answered 3x off, silently: helper hunt, 2026-12-02)

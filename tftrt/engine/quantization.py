@@ -371,12 +371,14 @@ def _amax(table: dict, name: str) -> Optional[float]:
 
 
 def quantize_network(net: Network, precision: str, table: dict,
-                     max_error: Optional[float] = None, stems: bool = False) -> List[str]:
+                     max_error: Optional[float] = None, stems: bool = False,
+                     keep_fp16: Optional[Dict[str, str]] = None) -> List[str]:
     """Quantizes the GEMM layers of ``net`` (in place) that the table allows; see the module
     doc. Layers it does not quantize keep no precision (the caller assigns FP16 to them); each
     GEMM layer among them gets ``attrs["quant_fallback"]``: why it is not quantized.
     ``stems``: image stems too, whatever TFTRT_QUANTIZE_STEM says (the calibrator measures
-    every layer a later build may quantize).
+    every layer a later build may quantize). ``keep_fp16``: layer name -> why it is not
+    quantized although it could be (builder.timed_precision: FP16 measured faster).
 
     Returns the names of the quantized layers.
     """
@@ -408,6 +410,8 @@ def quantize_network(net: Network, precision: str, table: dict,
         if reason is None and err is not None and err > limit:
             reason = (f"its {precision} output differs from the FP32 one by {err:.3f} "
                       f"(relative L2 error on the calibration data; limit {limit:g})")
+        if reason is None and keep_fp16 and layer.name in keep_fp16:
+            reason = keep_fp16[layer.name]
         if reason is not None:
             layer.attrs["quant_fallback"] = reason
             continue
