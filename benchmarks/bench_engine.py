@@ -139,6 +139,8 @@ def bench_engine(model_name, precision, batches, net_dir, profile_batches=()):
                "build_s": round(build_s, 1), "prepare_s": round(prepare_s, 2),
                "layers": engine.num_layers,
                "arena_mb": round(ctx._impl.device_bytes / 2 ** 20, 1)}
+        if "timed_precision" in engine.build_info:  # TFTRT_QUANT_TIMED_PRECISION=1
+            row["timed_precision"] = engine.build_info["timed_precision"]
         gb = info["input_shape"][0]
         if batch >= gb and info["segments"] == 1:
             # The golden batch, tiled to this batch: the first rows are checked.

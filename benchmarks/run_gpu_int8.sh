@@ -8,7 +8,8 @@
 #   python benchmarks/make_networks.py --out .whl/networks --models resnet50,encoder
 # then, carrying ".whl":
 #   [TESTS=0] [MODELS="resnet50_int8 encoder_int8"] [BATCHES=128,1] [STAGE_S=230] \
-#     [CONFIGS="fp16 int8 int8res fp8"] bash benchmarks/run_gpu_int8.sh [seconds]
+#     [CONFIGS="fp16 int8res int8timed int8 fp8"] bash benchmarks/run_gpu_int8.sh [seconds]
+# (int8timed: int8 residuals and TFTRT_QUANT_TIMED_PRECISION=1, the row says what it kept)
 # Each stage gets a share of the budget and writes its log to $OUT as it goes (a call cut
 # short still returns what ran): int8_tests.log, then int8_<model>_<config>.log in run order.
 # The build cache lives in /tmp/tftrt-int8-cache for the whole call, so the INT8 configs after
@@ -27,11 +28,12 @@ batches=${BATCHES:-128,1}  # issue 15: batch 1 no slower than FP16
 stage=${STAGE_S:-230}  # one config's limit: a cold INT8 ResNet50 build took 94-131 s on an H100 (s34)
 for model in ${MODELS:-resnet50_int8 encoder_int8}; do
   [ -f ".whl/networks/$model.onnx.xz" ] || { echo "no .whl/networks/$model.onnx.xz"; continue; }
-  for name in ${CONFIGS:-fp16 int8 int8res fp8}; do
+  for name in ${CONFIGS:-fp16 int8res int8timed int8 fp8}; do
     case $name in
       fp16) prec=FP16 envs="" ;;
       int8) prec=INT8 envs="TFTRT_INT8_RESIDUAL=0" ;;
       int8res) prec=INT8 envs="TFTRT_INT8_RESIDUAL=1" ;;
+      int8timed) prec=INT8 envs="TFTRT_INT8_RESIDUAL=1 TFTRT_QUANT_TIMED_PRECISION=1" ;;
       fp8) prec=FP8 envs="" ;;
       *) echo "unknown config $name"; continue ;;
     esac
@@ -47,5 +49,6 @@ for model in ${MODELS:-resnet50_int8 encoder_int8}; do
       --peers "" $prof > "$log" 2>&1
     echo "== $model $name ($envs): rc $?"
     grep -E "tftrt  |quantized x" "$log" | head -12
+    grep -oE '"timed_precision": \{[^}]*\}' "$log" | cut -c1-400
   done
 done
