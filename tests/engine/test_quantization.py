@@ -705,3 +705,86 @@ def test_timed_precision_is_off_by_default_and_needs_layer_times(monkeypatch):
     engine = build_engine(net, {"x": x_shape}, BuilderConfig(precision="INT8"))
     assert "timed_precision" not in engine.build_info
     assert all(l.precision == "INT8" for l in engine.network.layers if l.kind == "conv")
+
+
+def test_timed_precision_falls_back_to_the_quantized_engine_on_bad_timings(monkeypatch):
+    """A measurement only: a layer_times that raises, or answers NaN, negative or partial
+    times, leaves the quantized engine as built (helper hunt, 2026-12-05: an exception
+    failed the build; a partial dict for the mixed engine made it 'faster')."""
+    monkeypatch.setenv("TFTRT_QUANT_TIMED_PRECISION", "1")
+    net, x_shape = _two_convs(np.random.RandomState(8), 16, 8)
+    plain = build_engine(net, {"x": x_shape}, BuilderConfig(precision="INT8", keep_fp16={}))
+    slow = [l.name for l in plain.network.layers if l.kind == "conv"][1]
+    good = _fake_times(slow)
+
+    def boom(engine):
+        raise RuntimeError("profile failed")
+
+    def partial_mixed(engine):
+        t = good(engine)
+        if engine.precision == "INT8" and any(
+                l.kind == "conv" and "quant" not in l.attrs for l in engine.network.layers):
+            return dict(list(t.items())[:1])
+        return t
+
+    def nan_fp16(engine):
+        t = good(engine)
+        return {k: float("nan") for k in t} if engine.precision == "FP16" else t
+    for times, what in ((boom, "error"), (partial_mixed, "invalid"), (nan_fp16, "invalid")):
+        monkeypatch.setattr(builder_mod, "layer_times", times)
+        engine = build_engine(net, {"x": x_shape}, BuilderConfig(precision="INT8"))
+        info = engine.build_info["timed_precision"]
+        assert what in info and info.get("kept", "INT8") == "INT8", (times.__name__, info)
+        assert all(l.precision == "INT8" for l in engine.network.layers if l.kind == "conv")
+
+
+def test_a_profiles_other_shapes_keep_the_opt_engines_fp16_layers(monkeypatch):
+    """The layers the opt engine's timed precision kept FP16 stay FP16 at every shape of the
+    profile, from the shape template and from shape builds alike, and layers are timed for
+    the opt shape only (helper hunt, 2026-12-05: the template was refused, every shape timed
+    again and could keep a different plan)."""
+    from tftrt.engine.shape_template import specializer
+    from tftrt.profiles import Profile, ProfileEngine
+    X = "TensorRTInputPH_0"
+    N = helper.make_node
+    rng = np.random.RandomState(0)
+    consts = {f"w{i}": (rng.randn(8, 8, 3, 3) * 0.3).astype(F32) for i in range(3)}
+    consts.update({f"b{i}": (rng.randn(8) * 0.1).astype(F32) for i in range(3)})
+    nodes = [N("Conv", [X, "w0", "b0"], ["c0"], pads=[1, 1, 1, 1]), N("Relu", ["c0"], ["r0"]),
+             N("Conv", ["r0", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]), N("Relu", ["c1"], ["r1"]),
+             N("Conv", ["r1", "w2", "b2"], ["y"], pads=[1, 1, 1, 1])]
+    model = make_model(nodes, {X: np.zeros((4, 8, 6, 6), F32)}, consts, symbolic=(0,))
+    cal = EngineCalibrator(network_from_onnx(model))
+    for k in range(3):
+        cal.observe([np.random.RandomState(k).randn(4, 8, 6, 6).astype(F32)])
+    Q.set_table(model, cal.table("INT8", "max"))
+    net = network_from_onnx(model)
+    net.quantization = Q.table_of(model)
+    plain = build_engine(net, {X: (8, 8, 6, 6)}, BuilderConfig(precision="INT8", keep_fp16={}))
+    slow = [l.name for l in plain.network.layers if "quant" in l.attrs][1]
+    calls = []
+    fake = _fake_times(slow)
+    monkeypatch.setattr(builder_mod, "layer_times", lambda e: calls.append(e) or fake(e))
+    monkeypatch.setenv("TFTRT_QUANT_TIMED_PRECISION", "1")
+
+    def build(key, choices, weight_cache):
+        return build_engine(net, {X: key[0]}, BuilderConfig(
+            precision="INT8", tactic_choices=choices, weight_cache=weight_cache))
+    prof = Profile([(1, 8, 6, 6)], [(8, 8, 6, 6)], [(8, 8, 6, 6)])
+    pe = ProfileEngine([prof], build, "numpy",
+                       specializer(net, BuilderConfig(precision="INT8"))).build_profiles()
+    assert not pe.template_errors, pe.template_errors
+    for b in (8, 3, 1):
+        e = pe.engine_for([(b, 8, 6, 6)], quick=False)
+        layer = next(l for l in e.network.layers if l.name == slow)
+        assert layer.precision == "FP16" and "quant" not in layer.attrs, b
+        x = np.random.RandomState(b).randn(b, 8, 6, 6).astype(F32)
+        direct = build_engine(net, {X: (b, 8, 6, 6)},
+                              BuilderConfig(precision="INT8", keep_fp16={slow: "kept"}))
+        np.testing.assert_array_equal(np.asarray(e.execute([x])[0]), direct.execute([x])[0])
+    assert len(calls) == 3, [c.precision for c in calls]  # INT8, FP16, mixed: opt shape only
+    # a shape build from the opt engine's tactic choices keeps them too
+    from tftrt.profiles import tactic_choices
+    opt = pe.engine_for([(8, 8, 6, 6)], quick=False)
+    other = build((( 2, 8, 6, 6),), tactic_choices(opt), None)
+    assert next(l for l in other.network.layers if l.name == slow).precision == "FP16"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import math
 import threading
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -192,8 +193,9 @@ def build_engine(model_or_network: Union[onnx.ModelProto, Network],
                          "reused_tactics": config.tactic_choices is not None}
     log.info("built engine %s: %d layers, %s, %d arena bytes in %.2fs", net.name,
              len(net.layers), precision, engine.memory.arena_bytes, engine.build_info["seconds"])
+    # (not for another shape of a profile, tactic_choices given: it follows its opt engine)
     if precision in quantization.QUANTIZED_PRECISIONS and config.keep_fp16 is None and \
-            timed_precision_enabled():
+            config.tactic_choices is None and timed_precision_enabled():
         engine = timed_precision(model_or_network, input_shapes, config, engine)
     return engine
 
@@ -206,6 +208,15 @@ def build_engine(model_or_network: Union[onnx.ModelProto, Network],
 # kept only if it is faster as a whole (its layers' summed times): moving a layer to FP16
 # changes what its neighbours read and write.
 TIMED_PRECISION_MARGIN = 0.05
+TIMED_REASON = quantization.TIMED_FP16_REASON
+
+
+def kept_fp16(layers) -> Dict[str, str]:
+    """The layers :func:`timed_precision` kept FP16 (their ``quant_fallback`` says so): what
+    the other shapes of an optimization profile keep FP16 too, whose engines follow the opt
+    engine (the shape template's networks, shape builds from its tactic choices)."""
+    return {l.name: l.attrs["quant_fallback"] for l in layers
+            if str(l.attrs.get("quant_fallback", "")).startswith(TIMED_REASON)}
 
 
 def timed_precision_enabled() -> bool:
@@ -236,37 +247,71 @@ def timed_precision(model_or_network, input_shapes, config: BuilderConfig,
     layers that FP16 runs faster stay FP16 when that engine is faster as a whole (module
     comment above). What was measured and decided goes into ``build_info["timed_precision"]``
     of the engine returned."""
+    t0 = time.perf_counter()
+    try:
+        chosen, info = _timed_precision(model_or_network, input_shapes, config, engine)
+    except Exception as e:  # a measurement only: the engine built stands
+        log.warning("%s %s: timing it against FP16 failed (%s: %s); keeping the %s engine",
+                    engine.network.name, engine.precision, type(e).__name__, str(e)[:300],
+                    engine.precision)
+        chosen, info = engine, {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+    if info is None:
+        return engine
+    info["seconds"] = time.perf_counter() - t0  # the FP16 and mixed builds and the timing
+    chosen.build_info["timed_precision"] = info
+    return chosen
+
+
+def _valid_times(times: Optional[Dict[str, float]]) -> bool:
+    return bool(times) and all(isinstance(t, float) and math.isfinite(t) and t > 0
+                               for t in times.values())
+
+
+def _timed_precision(model_or_network, input_shapes, config: BuilderConfig, engine: Engine):
     quant = engine.precision
     times_q = layer_times(engine)
     if times_q is None:
-        return engine
-    fp16 = build_engine(model_or_network, input_shapes,
-                        dataclasses.replace(config, precision="FP16", keep_fp16={}))
-    times_f = layer_times(fp16) or {}
+        return engine, None
+    if not _valid_times(times_q):
+        return engine, {"kept": quant, "invalid": "times of the quantized engine"}
+    # no weight cache: a profile's cache would keep the FP16 copies for its lifetime
+    fp16 = build_engine(model_or_network, input_shapes, dataclasses.replace(
+        config, precision="FP16", keep_fp16={}, weight_cache=None))
+    times_f = layer_times(fp16)
+    del fp16
+    if not _valid_times(times_f):
+        return engine, {"kept": quant, "invalid": "times of the FP16 engine"}
     keep = {}
     for layer in engine.network.layers:
         tq, tf = times_q.get(layer.name), times_f.get(layer.name)
         if "quant" in layer.attrs and tq and tf and tf < tq * (1 - TIMED_PRECISION_MARGIN):
-            keep[layer.name] = (f"FP16 measured faster on this device ({tf * 1e6:.1f} us "
-                                f"against {tq * 1e6:.1f} us in {quant})")
+            keep[layer.name] = (f"{TIMED_REASON} ({tf * 1e6:.1f} us against "
+                                f"{tq * 1e6:.1f} us in {quant})")
     info = {"fp16_faster": sorted(keep), "quantized_s": sum(times_q.values()),
-            "fp16_s": sum(times_f.values())}
+            "fp16_s": sum(times_f.values()), "kept": quant}
     chosen = engine
     if keep:
         mixed = build_engine(model_or_network, input_shapes,
                              dataclasses.replace(config, keep_fp16=keep))
-        times_m = layer_times(mixed) or {}
-        info["mixed_s"] = sum(times_m.values())
-        if times_m and info["mixed_s"] < info["quantized_s"]:
-            chosen = mixed
-    info["kept"] = "mixed" if chosen is not engine else quant
+        times_m = layer_times(mixed)
+        common = set(times_q) & set(times_m or {})
+        if not _valid_times(times_m) or \
+                len(common) < 0.9 * max(len(times_q), len(times_m)):
+            info["invalid"] = "times of the mixed engine"
+        else:  # the same layers summed on both sides
+            info["quantized_s"] = sum(times_q[n] for n in common)
+            info["mixed_s"] = sum(times_m[n] for n in common)
+            if info["mixed_s"] < info["quantized_s"]:
+                chosen, info["kept"] = mixed, "mixed"
+    if chosen is not engine and not any("quant" in l.attrs for l in chosen.network.layers):
+        log.warning("%s %s: every quantized layer measured faster in FP16: the engine kept "
+                    "runs no %s layer", engine.network.name, quant, quant)
     log.info("%s %s: %d quantized layers faster in FP16; summed layer times: %s %.3f ms, "
              "mixed %s, FP16 %.3f ms; keeping the %s engine", engine.network.name, quant,
              len(keep), quant, info["quantized_s"] * 1e3,
              f"{info['mixed_s'] * 1e3:.3f} ms" if "mixed_s" in info else "-",
              info["fp16_s"] * 1e3, info["kept"])
-    chosen.build_info["timed_precision"] = info
-    return chosen
+    return chosen, info
 
 
 def _tactics(net: Network, backend, weights: Dict[str, Any], config: BuilderConfig,
@@ -460,8 +505,11 @@ def optimized_network(model_or_network: Union[onnx.ModelProto, Network],
     if config.optimize:
         net = optimize_network(net)
     net = infer_shapes(net)
-    net = apply_precision(net, precision, table, probes=config.probe_outputs,
-                          keep_fp16=config.keep_fp16)
+    keep = config.keep_fp16
+    if keep is None and config.tactic_choices:  # another shape: as its opt engine did
+        keep = {n: c["kept_fp16"] for n, c in config.tactic_choices.items()
+                if isinstance(c, dict) and c.get("kept_fp16")} or None
+    net = apply_precision(net, precision, table, probes=config.probe_outputs, keep_fp16=keep)
     if config.optimize:
         accept = getattr(backend, "accepts_layer", None)
         net = run_passes(net, [functools.partial(p, accept=accept) for p in LATE_PASSES],

@@ -370,6 +370,10 @@ def _amax(table: dict, name: str) -> Optional[float]:
     return float(v) if v is not None and v > 0 else None
 
 
+# the start of the reason a layer builder.timed_precision kept FP16 carries (quant_fallback)
+TIMED_FP16_REASON = "FP16 measured faster on this device"
+
+
 def quantize_network(net: Network, precision: str, table: dict,
                      max_error: Optional[float] = None, stems: bool = False,
                      keep_fp16: Optional[Dict[str, str]] = None) -> List[str]:

@@ -776,14 +776,20 @@ def specializer(source, config, fingerprint: Optional[str] = None):
     ``fingerprint`` (the source's digest) keeps templates in the opt engine backend's build
     cache (:func:`cached_template`)."""
     def specialize(opt_engine, profile):
-        from tftrt.engine.builder import build_engine_from_template, optimized_network
+        import dataclasses
+
+        from tftrt.engine.builder import (build_engine_from_template, kept_fp16,
+                                          optimized_network)
         from tftrt.engine.onnx_import import network_from_onnx
         from tftrt.engine.passes.constant_folding import shape_values
         names = list(opt_engine.input_names)
+        # the layers the opt engine's timed precision kept FP16 stay FP16 at every shape
+        front_config = dataclasses.replace(config, keep_fp16=kept_fp16(
+            opt_engine.network.layers)) if config is not None else None
 
         def front(shapes):
             return optimized_network(source() if callable(source) else source, shapes,
-                                     config)[0]
+                                     front_config)[0]
         unbound = []  # the builder's network before binding, made once
 
         def values(shapes):

@@ -203,8 +203,13 @@ def _time_runner(backend, runner, inputs, repeats: int, what: str = "a layer") -
 def layer_choice(layer: Layer) -> dict:
     """What a built layer chose: its kind, tactic and private attributes (the backend's tuned
     sub-choices, e.g. ``_cupy``), for :func:`choose_tactics`'s ``choices``."""
-    return {"kind": layer.kind, "tactic": layer.tactic,
-            "records": {k: v for k, v in layer.attrs.items() if k.startswith("_")}}
+    choice = {"kind": layer.kind, "tactic": layer.tactic,
+              "records": {k: v for k, v in layer.attrs.items() if k.startswith("_")}}
+    from tftrt.engine.quantization import TIMED_FP16_REASON
+    reason = str(layer.attrs.get("quant_fallback", ""))
+    if reason.startswith(TIMED_FP16_REASON):  # kept FP16 by builder.timed_precision
+        choice["kept_fp16"] = reason
+    return choice
 
 
 def choose_tactics(net: Network, backend, weights: Dict[str, object],
