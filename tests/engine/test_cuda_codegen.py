@@ -317,7 +317,7 @@ def _host_library(text: str, tmp_path, name: str):
     cpp.write_text(text)
     lib = tmp_path / f"{name}.so"
     r = subprocess.run([_host_compiler(), "-O1", "-std=c++17", "-shared", "-fPIC",
-                        "-Wno-unknown-pragmas", "-o", str(lib), str(cpp)],
+                        "-ffp-contract=off", "-Wno-unknown-pragmas", "-o", str(lib), str(cpp)],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-4000:]
     return ctypes.CDLL(str(lib))

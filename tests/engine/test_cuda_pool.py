@@ -11,7 +11,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from tests.engine.test_cuda_codegen import HOST_SHIMS, _host_compiler, _rename
+from tests.engine.test_cuda_codegen import HOST_SHIMS, _host_compiler, _host_library, _rename
 from tftrt.engine.backends import cuda_source as C
 from tftrt.engine.backends import cuda_source_move as M
 from tftrt.engine.backends import numpy_ops
@@ -60,15 +60,8 @@ def _input(xs, dt, rng):
 @pytest.mark.skipif(_host_compiler() is None, reason="no host C++ compiler")
 def test_pool_kernel_matches_numpy_on_the_host(tmp_path):
     srcs = _sources()
-    cpp = tmp_path / "pool.cpp"
-    cpp.write_text(HOST_SHIMS + C.MATH_HELPERS + "\n".join(
-        _rename(s.source, k) for k, (s, *_) in enumerate(srcs)))
-    lib = tmp_path / "pool.so"
-    r = subprocess.run([_host_compiler(), "-O1", "-std=c++17", "-shared", "-fPIC",
-                        "-ffp-contract=off", "-Wno-unknown-pragmas", "-o", str(lib), str(cpp)],
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-4000:]
-    so = ctypes.CDLL(str(lib))
+    so = _host_library(HOST_SHIMS + C.MATH_HELPERS + "\n".join(
+        _rename(s.source, k) for k, (s, *_) in enumerate(srcs)), tmp_path, "pool")
     rng = np.random.default_rng(0)
     assert srcs[2][0].vec == 8, "the float16 case should take the 16-byte vector path"
     for k, (src, xs, ys, osp) in enumerate(srcs):
