@@ -263,8 +263,12 @@ def timed_precision(model_or_network, input_shapes, config: BuilderConfig,
 
 
 def _valid_times(times: Optional[Dict[str, float]]) -> bool:
-    return bool(times) and all(isinstance(t, float) and math.isfinite(t) and t > 0
-                               for t in times.values())
+    """Some times, each a finite positive number of seconds."""
+    try:
+        return bool(times) and all(math.isfinite(float(t)) and float(t) > 0
+                                   for t in times.values())
+    except (TypeError, ValueError):
+        return False
 
 
 def _timed_precision(model_or_network, input_shapes, config: BuilderConfig, engine: Engine):
