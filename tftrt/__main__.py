@@ -2,6 +2,6 @@
 
 import sys
 
-from tftrt.cli import main
+from tftrt.cli import console_main
 
-sys.exit(main())
+sys.exit(console_main())

@@ -663,16 +663,24 @@ def _convert_build_save(args, converter, calibration, runs, dst, note, out,
     if not args.no_summary:
         converter.summary(print_fn=lambda s: print(s, file=out))
     interrupts.check()
+    import tensorflow as tf
     try:
         with interrupts.deferred():  # the save runs to its end, then the interrupt counts
             converter.save(dst, save_gpu_specific_engines=not args.no_save_engines)
-    except (ValueError, RuntimeError, OSError) as e:
-        raise CommandError(f"saving to {dst!r} failed: {e}") from None
+    except (ValueError, RuntimeError, OSError, tf.errors.OpError) as e:
+        # OpError: TF's own writes (SaveV2 on a full disk: a traceback, helper hunt)
+        raise CommandError(f"saving to {dst!r} failed: {_first_line(e)}") from None
     interrupts.check(f"interrupted after the save completed: {dst} is saved")
     engines = len(converter.engine_ops)
     print(f"saved {dst}: {engines} engine op(s), {_saved_plans(dst)} built engine(s) saved "
           f"({note})", file=out)
     return EXIT_OK
+
+
+def _first_line(e: Exception) -> str:
+    """An error's message without TF's multi-line op context (an OpError names its op)."""
+    text = getattr(e, "message", None) or str(e)
+    return str(text).strip().splitlines()[0] if str(text).strip() else type(e).__name__
 
 
 def _saved_plans(dst: str) -> int:
@@ -697,6 +705,9 @@ def _convert_tf1(args, src, dst, tags, out) -> int:
         raise _Usage("--convert_tf1_model does not calibrate (INT8 / FP8 engines without the "
                      "graph's quantization ranges run in FP16); leave out --calibration-data, "
                      "or convert with TrtGraphConverterV2 (without --convert_tf1_model)")
+    if args.no_build_at_runtime or args.no_save_engines:
+        raise _Usage("--convert_tf1_model builds every engine at run time and saves none; "
+                     "leave out --no-build-at-runtime / --no-save-engines")
     kwargs = dict(input_saved_model_dir=src, input_saved_model_tags=tags,
                   input_saved_model_signature_key=args.signature_key,
                   precision_mode=args.precision, minimum_segment_size=args.minimum_segment_size,
@@ -704,12 +715,13 @@ def _convert_tf1(args, src, dst, tags, out) -> int:
                   use_calibration=False)
     if args.max_workspace_size_bytes:
         kwargs["max_workspace_size_bytes"] = args.max_workspace_size_bytes
+    import tensorflow as tf
     try:
         converter = trt.TrtGraphConverter(**kwargs)
         converter.convert()
         converter.save(dst)
-    except (ValueError, RuntimeError, OSError) as e:
-        raise CommandError(f"TF1 conversion failed: {e}") from None
+    except (ValueError, RuntimeError, OSError, tf.errors.OpError) as e:
+        raise CommandError(f"TF1 conversion failed: {_first_line(e)}") from None
     print(f"saved {dst} (TF1 converter, engines build at run time)", file=out)
     return EXIT_OK
 
@@ -936,5 +948,22 @@ def main(argv: Optional[Sequence[str]] = None, out=None, err=None) -> int:
         return EXIT_INTERRUPTED
 
 
+def console_main() -> int:
+    """The ``tftrt`` console command: :func:`main`, then Ctrl-C ignored while the process
+    exits (TensorFlow tears its functions down for about a second after the command has
+    returned: a Ctrl-C then printed a traceback with status 0, or gave 130 with no message,
+    after PASSED or saved had been printed; helper hunt, 2026-12-05)."""
+    default_hook = sys.unraisablehook
+
+    def hook(unraisable):  # a Ctrl-C landing in an object's __del__ (TF's functions freed
+        if unraisable.exc_type is not KeyboardInterrupt:  # as a command returns) printed
+            default_hook(unraisable)                      # "Exception ignored in ..." and a
+    sys.unraisablehook = hook                             # traceback; the work was done
+    status = main()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return status
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console_main())

@@ -56,6 +56,9 @@ def parse_shapes(text: str, names: Sequence[str]) -> Dict[str, Shape]:
         if name in out:
             raise InputError(f"--shapes gives input {name!r} twice")
         out[name] = parse_dims(dims)
+        if 0 in out[name]:
+            raise InputError(f"--shapes gives input {name!r} the shape {dims.strip()}, with "
+                             f"no element: every dimension must be at least 1")
     missing = [n for n in names if n not in out]
     if missing:
         raise InputError(f"--shapes {text!r} gives no shape for input(s) {', '.join(missing)}")
@@ -142,6 +145,24 @@ def _check_size(specs: Specs, shapes: Dict[str, Shape]) -> None:
                          f"smaller batch or shape")
 
 
+def _check_cast(path: str, name: str, a: np.ndarray, cast: np.ndarray) -> None:
+    """Refuses a narrowing cast that changed values: an int64 2**32 + 3 for an int32 input
+    became 3, a float64 1e300 for a float32 one inf, and compare passed on data the user
+    never gave (helper hunt, 2026-12-05). Floats may round; they may not overflow."""
+    if a.dtype.kind in "iub" and cast.dtype.kind in "iub":
+        bad = cast.astype(a.dtype) != a
+    elif a.dtype.kind == "f" and cast.dtype.kind == "f":
+        with np.errstate(all="ignore"):
+            bad = np.isinf(cast) & np.isfinite(a)
+    else:
+        return
+    if bad.any():
+        k = int(np.argmax(bad.reshape(-1)))
+        raise InputError(f"{path}: array {name!r} is {a.dtype} and {int(bad.sum())} of its "
+                         f"values (e.g. {a.reshape(-1)[k].item()!r}) do not fit the input's "
+                         f"{cast.dtype}; give values that fit, or an array of {cast.dtype}")
+
+
 def load_npz(path: str, specs: Specs) -> Dict[str, np.ndarray]:
     """The arrays of .npz ``path`` for the signature's inputs, checked and cast."""
     try:
@@ -184,11 +205,16 @@ def load_npz(path: str, specs: Specs) -> Dict[str, np.ndarray]:
         if np.dtype(dtype) == object and a.dtype.kind not in "SUO":
             raise InputError(f"{path}: array {name!r} is {a.dtype}; the input is a string "
                              f"(tf.string): give an array of str or bytes")
+        if 0 in a.shape:
+            raise InputError(f"{path}: array {name!r} has shape {list(a.shape)}, with no "
+                             f"element: give at least one row")
         if a.dtype != np.dtype(dtype):
             if not np.can_cast(a.dtype, np.dtype(dtype), casting="same_kind"):
                 raise InputError(f"{path}: array {name!r} is {a.dtype}; the input is "
                                  f"{np.dtype(dtype)}")
-            a = a.astype(dtype)
+            cast = a.astype(dtype)
+            _check_cast(path, name, a, cast)
+            a = cast
         out[name] = a
     return out
 

@@ -79,7 +79,7 @@ def test_console_script_entry_point_and_python_m():
     cfg.read(os.path.join(ROOT, "setup.cfg"))
     scripts = [line.strip() for line in
                cfg["options.entry_points"]["console_scripts"].strip().splitlines()]
-    assert scripts == ["tftrt = tftrt.cli:main"]
+    assert scripts == ["tftrt = tftrt.cli:console_main"]
     code, out, _ = run_module("--version")
     assert code == 0 and out.strip() == f"tftrt {tftrt.__version__}"
     code, out, _ = run_module("--help")
@@ -188,6 +188,12 @@ def test_convert_without_engines_to_build_on_native_says_so(src, tmp_path):
     (["convert", "{src}", "{out}", "--dir", "{src}"], 2, "either as SRC DST or as --dir"),
     (["convert", "{src}", "{out}", "--signature-key", "predict"], 1,
      "signature 'predict' not found"),
+    (["convert", "{src}", "{out}", "--shapes", "image:0x32x32x3"], 2,
+     "with no element: every dimension must be at least 1"),
+    (["convert", "{src}", "{out}", "--convert_tf1_model", "--no-build-at-runtime"], 2,
+     "leave out --no-build-at-runtime / --no-save-engines"),
+    (["convert", "{src}", "{out}", "--convert_tf1_model", "--no-save-engines"], 2,
+     "leave out --no-build-at-runtime / --no-save-engines"),
 ])
 def test_convert_bad_arguments(src, tmp_path, argv, code, message):
     fill = {"src": src, "out": str(tmp_path / "out"), "missing": str(tmp_path / "missing")}
@@ -195,6 +201,32 @@ def test_convert_bad_arguments(src, tmp_path, argv, code, message):
     assert got == code, err
     assert message in err, err
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_a_failing_save_is_one_line_not_a_traceback(src, tmp_path, monkeypatch):
+    """TF's own write failing (SaveV2 on a full disk: ResourceExhaustedError, an OpError and
+    no OSError) ended the command in a traceback (helper hunt, 2026-12-05)."""
+    from tftrt import trt_convert as trt
+
+    def full(self, *a, **k):
+        raise tf.errors.ResourceExhaustedError(None, None, "x/variables.data: No space left "
+                                               "on device\n\t [[{{node SaveV2}}]]")
+    monkeypatch.setattr(trt.TrtGraphConverterV2, "save", full)
+    code, _, err = run_cli("convert", src, str(tmp_path / "out"), "--batch-sizes", "1",
+                           "--no-summary")
+    assert code == 1, err
+    assert "saving to" in err and "No space left on device" in err and "SaveV2" not in err
+    assert "Traceback" not in err
+
+
+def test_an_int_array_that_does_not_fit_the_input_is_refused(tmp_path):
+    from tftrt.inputs import InputError, load_npz
+    path = str(tmp_path / "ids.npz")
+    np.savez(path, ids=np.array([[1, 2 ** 32 + 3]], np.int64))
+    with pytest.raises(InputError, match=r"1 of its values \(e.g. 4294967299\) do not fit"):
+        load_npz(path, {"ids": (np.int32, (None, 2))})
+    np.savez(path, ids=np.array([[1, 7]], np.int64))  # values that fit are cast
+    assert load_npz(path, {"ids": (np.int32, (None, 2))})["ids"].dtype == np.int32
 
 
 def test_keras_file_or_object_gets_the_export_message(tmp_path, monkeypatch):
@@ -342,6 +374,8 @@ def test_compare_json_on_given_inputs(dst, src, tmp_path):
     ("tampered", 1, "tftrt.load would not use the engines"),
     ("bad_tolerance", 2, "must be >= 0"),
     ("bad_npz", 2, "holds arrays ['other', 'pixels']; the signature's inputs are ['image']"),
+    ("overflowing_npz", 2, "values (e.g. 1e+300) do not fit the input's float32"),
+    ("empty_npz", 2, "with no element: give at least one row"),
 ])
 def test_compare_bad_inputs(dst, src, tmp_path, how, code, message):
     import shutil
@@ -357,6 +391,14 @@ def test_compare_bad_inputs(dst, src, tmp_path, how, code, message):
             f.write(b"\xff\xff")
     elif how == "bad_tolerance":
         extra = ["--atol", "-1"]
+    elif how == "overflowing_npz":  # float64 1e300 became inf, and compare passed
+        x = np.zeros((1, 32, 32, 3))
+        x[0, 0, 0, 0] = 1e300
+        np.savez(str(tmp_path / "big.npz"), image=x)
+        extra = ["--inputs", str(tmp_path / "big.npz")]
+    elif how == "empty_npz":
+        np.savez(str(tmp_path / "empty.npz"), image=np.zeros((0, 32, 32, 3), np.float32))
+        extra = ["--inputs", str(tmp_path / "empty.npz")]
     else:
         np.savez(str(tmp_path / "bad.npz"), pixels=np.zeros((1, 32, 32, 3), np.float32),
                  other=np.zeros(1))
