@@ -836,6 +836,9 @@ def cmd_inspect(args, out, err) -> int:
             # the digests no longer matched and tftrt.load ran the model natively)
             raise _Usage(f"--onnx {args.onnx!r} is inside the model {args.model!r}; write the "
                          f"networks to a directory outside it")
+        if os.path.exists(args.onnx) and not os.path.isdir(args.onnx):
+            raise _Usage(f"--onnx {args.onnx!r} is a file; it takes a directory (made if "
+                         f"missing) to write <engine>.onnx files into")
         try:
             written = inspect_model.write_networks(info, args.onnx)
         except OSError as e:

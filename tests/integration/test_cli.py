@@ -430,6 +430,13 @@ def test_inspect_describes_engines_layers_and_writes_networks(dst, tmp_path):
     onnx.checker.check_model(onnx.load_from_string(data))
 
 
+def test_inspect_onnx_onto_a_file_is_a_usage_error(dst, tmp_path):
+    path = tmp_path / "a_file"
+    path.write_text("x")
+    code, _, err = run_cli("inspect", dst, "--onnx", str(path))
+    assert code == 2 and "is a file; it takes a directory" in err, err
+
+
 def test_inspect_json(dst):
     code, out, err = run_cli("inspect", dst, "--json")
     assert code == 0, err
