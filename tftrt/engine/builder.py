@@ -208,15 +208,13 @@ def build_engine(model_or_network: Union[onnx.ModelProto, Network],
 # kept only if it is faster as a whole (its layers' summed times): moving a layer to FP16
 # changes what its neighbours read and write.
 TIMED_PRECISION_MARGIN = 0.05
-TIMED_REASON = quantization.TIMED_FP16_REASON
 
 
 def kept_fp16(layers) -> Dict[str, str]:
     """The layers :func:`timed_precision` kept FP16 (their ``quant_fallback`` says so): what
     the other shapes of an optimization profile keep FP16 too, whose engines follow the opt
     engine (the shape template's networks, shape builds from its tactic choices)."""
-    return {l.name: l.attrs["quant_fallback"] for l in layers
-            if str(l.attrs.get("quant_fallback", "")).startswith(TIMED_REASON)}
+    return {l.name: r for l in layers if (r := quantization.timed_fp16_reason(l))}
 
 
 def timed_precision_enabled() -> bool:
@@ -289,7 +287,7 @@ def _timed_precision(model_or_network, input_shapes, config: BuilderConfig, engi
     for layer in engine.network.layers:
         tq, tf = times_q.get(layer.name), times_f.get(layer.name)
         if "quant" in layer.attrs and tq and tf and tf < tq * (1 - TIMED_PRECISION_MARGIN):
-            keep[layer.name] = (f"{TIMED_REASON} ({tf * 1e6:.1f} us against "
+            keep[layer.name] = (f"{quantization.TIMED_FP16_REASON} ({tf * 1e6:.1f} us against "
                                 f"{tq * 1e6:.1f} us in {quant})")
     info = {"fp16_faster": sorted(keep), "quantized_s": sum(times_q.values()),
             "fp16_s": sum(times_f.values()), "kept": quant}

@@ -374,6 +374,12 @@ def _amax(table: dict, name: str) -> Optional[float]:
 TIMED_FP16_REASON = "FP16 measured faster on this device"
 
 
+def timed_fp16_reason(layer: Layer) -> Optional[str]:
+    """Why builder.timed_precision kept ``layer`` FP16 (its ``quant_fallback``), or None."""
+    reason = layer.attrs.get("quant_fallback")
+    return reason if isinstance(reason, str) and reason.startswith(TIMED_FP16_REASON) else None
+
+
 def quantize_network(net: Network, precision: str, table: dict,
                      max_error: Optional[float] = None, stems: bool = False,
                      keep_fp16: Optional[Dict[str, str]] = None) -> List[str]:

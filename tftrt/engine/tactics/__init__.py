@@ -205,9 +205,9 @@ def layer_choice(layer: Layer) -> dict:
     sub-choices, e.g. ``_cupy``), for :func:`choose_tactics`'s ``choices``."""
     choice = {"kind": layer.kind, "tactic": layer.tactic,
               "records": {k: v for k, v in layer.attrs.items() if k.startswith("_")}}
-    from tftrt.engine.quantization import TIMED_FP16_REASON
-    reason = str(layer.attrs.get("quant_fallback", ""))
-    if reason.startswith(TIMED_FP16_REASON):  # kept FP16 by builder.timed_precision
+    from tftrt.engine.quantization import timed_fp16_reason
+    reason = timed_fp16_reason(layer)
+    if reason:  # kept FP16 by builder.timed_precision: the profile's other shapes too
         choice["kept_fp16"] = reason
     return choice
 
