@@ -669,18 +669,13 @@ def _convert_build_save(args, converter, calibration, runs, dst, note, out,
             converter.save(dst, save_gpu_specific_engines=not args.no_save_engines)
     except (ValueError, RuntimeError, OSError, tf.errors.OpError) as e:
         # OpError: TF's own writes (SaveV2 on a full disk: a traceback, helper hunt)
-        raise CommandError(f"saving to {dst!r} failed: {_first_line(e)}") from None
+        from tftrt.logs import first_error_line
+        raise CommandError(f"saving to {dst!r} failed: {first_error_line(e)}") from None
     interrupts.check(f"interrupted after the save completed: {dst} is saved")
     engines = len(converter.engine_ops)
     print(f"saved {dst}: {engines} engine op(s), {_saved_plans(dst)} built engine(s) saved "
           f"({note})", file=out)
     return EXIT_OK
-
-
-def _first_line(e: Exception) -> str:
-    """An error's message without TF's multi-line op context (an OpError names its op)."""
-    text = getattr(e, "message", None) or str(e)
-    return str(text).strip().splitlines()[0] if str(text).strip() else type(e).__name__
 
 
 def _saved_plans(dst: str) -> int:
@@ -721,7 +716,8 @@ def _convert_tf1(args, src, dst, tags, out) -> int:
         converter.convert()
         converter.save(dst)
     except (ValueError, RuntimeError, OSError, tf.errors.OpError) as e:
-        raise CommandError(f"TF1 conversion failed: {_first_line(e)}") from None
+        from tftrt.logs import first_error_line
+        raise CommandError(f"TF1 conversion failed: {first_error_line(e)}") from None
     print(f"saved {dst} (TF1 converter, engines build at run time)", file=out)
     return EXIT_OK
 
