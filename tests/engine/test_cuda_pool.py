@@ -6,12 +6,12 @@ folded zero pad gives a max pool (passes/pad_folding): its pads are values, not 
 
 import ctypes
 import shutil
-import subprocess
 
 import numpy as np
 import pytest
 
-from tests.engine.test_cuda_codegen import HOST_SHIMS, _host_compiler, _host_library, _rename
+from tests.engine.test_cuda_codegen import (HOST_SHIMS, _host_compiler, _host_library,
+                                             _rename, nvcc_compile)
 from tftrt.engine.backends import cuda_source as C
 from tftrt.engine.backends import cuda_source_move as M
 from tftrt.engine.backends import numpy_ops
@@ -102,8 +102,4 @@ def test_a_zero_pad_value_is_the_pad_then_the_pool():
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH")
 def test_pool_kernels_compile_with_nvcc(tmp_path):
     text = C.PRELUDE + "\n".join(_rename(s.source, k) for k, (s, *_) in enumerate(_sources()))
-    cu = tmp_path / "pool.cu"
-    cu.write_text(text)
-    r = subprocess.run(["nvcc", "-c", "-x", "cu", "-std=c++14", "-o", str(tmp_path / "k.o"),
-                        str(cu)], capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-4000:]
+    nvcc_compile(text, tmp_path, "pool")

@@ -4,12 +4,12 @@ built for the CPU with test_cuda_codegen's shims and run against the numpy refer
 
 import ctypes
 import shutil
-import subprocess
 
 import numpy as np
 import pytest
 
-from tests.engine.test_cuda_codegen import HOST_SHIMS, _host_compiler, _rename
+from tests.engine.test_cuda_codegen import (HOST_SHIMS, _host_compiler, _host_library,
+                                             _rename, nvcc_compile)
 from tftrt.engine.backends import cuda_source as C
 from tftrt.engine.backends import cuda_source_move as M
 from tftrt.engine.backends import numpy_ops
@@ -63,15 +63,8 @@ def test_plan_declines_what_the_kernel_does_not_do():
 @pytest.mark.skipif(_host_compiler() is None, reason="no host C++ compiler")
 def test_resize_kernel_matches_numpy_on_the_host(tmp_path):
     srcs = _sources()
-    cpp = tmp_path / "resize.cpp"
-    cpp.write_text(HOST_SHIMS + C.MATH_HELPERS + "\n".join(
-        _rename(s.source, k) for k, (s, *_) in enumerate(srcs)))
-    lib = tmp_path / "resize.so"
-    r = subprocess.run([_host_compiler(), "-O1", "-std=c++17", "-shared", "-fPIC",
-                        "-ffp-contract=off", "-o", str(lib), str(cpp)],
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-4000:]
-    so = ctypes.CDLL(str(lib))
+    so = _host_library(HOST_SHIMS + C.MATH_HELPERS + "\n".join(
+        _rename(s.source, k) for k, (s, *_) in enumerate(srcs)), tmp_path, "resize")
     rng = np.random.default_rng(0)
     for k, (src, xs, a, dt, odt) in enumerate(srcs):
         x = rng.standard_normal(xs).astype(dt)
@@ -94,8 +87,4 @@ def test_resize_kernel_matches_numpy_on_the_host(tmp_path):
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH")
 def test_resize_kernels_compile_with_nvcc(tmp_path):
     text = C.PRELUDE + "\n".join(_rename(s.source, k) for k, (s, *_) in enumerate(_sources()))
-    cu = tmp_path / "resize.cu"
-    cu.write_text(text)
-    r = subprocess.run(["nvcc", "-c", "-x", "cu", "-std=c++14", "-o", str(tmp_path / "k.o"),
-                        str(cu)], capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-4000:]
+    nvcc_compile(text, tmp_path, "resize")
