@@ -259,6 +259,65 @@ def test_int8_chain_requantizes_on_the_gpu():
            rel=2e-2)
 
 
+def _bottleneck_model(rng, precision):
+    """A stem conv to 64 channels, then a ResNet bottleneck with a projection shortcut: 1x1
+    64 -> 64, 3x3, 1x1 64 -> 256 (+ the 1x1 64 -> 256 projection, no ReLU), add, ReLU: the
+    1x1 convs are GEMMs of K 64 that the tensor-core kernel (q_mma) takes."""
+    from onnx import helper
+    N = helper.make_node
+    consts = {"w0": (rng.randn(64, 3, 3, 3) * 0.3).astype(F32),
+              "wa": (rng.randn(64, 64, 1, 1) * 0.15).astype(F32),
+              "wb": (rng.randn(64, 64, 3, 3) * 0.05).astype(F32),
+              "wc": (rng.randn(256, 64, 1, 1) * 0.15).astype(F32),
+              "bc": (rng.randn(256) * 0.1).astype(F32),
+              "wp": (rng.randn(256, 64, 1, 1) * 0.15).astype(F32)}
+    nodes = [N("Conv", ["x", "w0"], ["c0"], pads=[1, 1, 1, 1]), N("Relu", ["c0"], ["a0"]),
+             N("Conv", ["a0", "wa"], ["p"]), N("Relu", ["p"], ["q"]),
+             N("Conv", ["q", "wb"], ["r"], pads=[1, 1, 1, 1]), N("Relu", ["r"], ["s"]),
+             N("Conv", ["s", "wc", "bc"], ["t"]), N("Conv", ["a0", "wp"], ["sc"]),
+             N("Add", ["t", "sc"], ["u"]), N("Relu", ["u"], ["y"])]
+    model = make_model(nodes, {"x": np.zeros((4, 3, 14, 14), F32)}, consts)
+    cal = EngineCalibrator(network_from_onnx(model))
+    for _ in range(4):
+        cal.observe([rng.randn(4, 3, 14, 14).astype(F32)])
+    Q.set_table(model, cal.table(precision))
+    return model
+
+
+@pytest.mark.parametrize("precision", ["INT8", "FP8"])
+def test_the_tensor_core_gemm_kernel_runs_1x1_convs_and_matches_numpy(precision, monkeypatch):
+    """With the libraries' tactics taken away from the layers q_mma takes, every 1x1 conv of a
+    bottleneck runs the tensor-core kernel (cuda_source_qmma: x quantized on load or read as
+    int8, epilogue and requantization fused), validated at build time, and the engine
+    answers what the numpy simulation answers."""
+    from tftrt.engine.backends import cupy_quant as QK
+    if precision == "FP8" and _sm() < (8, 9):
+        pytest.skip("FP8 needs sm_89+")
+    monkeypatch.setenv("TFTRT_INT8_RESIDUAL", "1")
+    monkeypatch.setattr(QK, "_MMA_VERDICTS", {})
+    for name in ("gemm_applies", "cudnn_applies", "emulated_applies"):
+        real = getattr(QK, name)
+        monkeypatch.setattr(QK, name, lambda net, layer, real=real: real(net, layer) and
+                            not QK.mma_applies(net, layer))
+    rng = np.random.RandomState(7)
+    model = _bottleneck_model(rng, precision)
+    x = rng.randn(4, 3, 14, 14).astype(F32)
+    gpu = build_engine(model, {"x": x.shape}, BuilderConfig(precision=precision,
+                                                            backend="cupy"))
+    choices = _choices(gpu)
+    mma = [(l, i) for l, i in _impls_pairs(gpu) if isinstance(i, QK.QuantGemmMma)]
+    assert len(mma) == 3, choices  # the three 1x1 convs
+    for layer, impl in mma:
+        rec = impl.record()
+        assert rec["kernel"].startswith(f"tensor-core {precision} GEMM kernel"), choices
+        assert rec["validated"]["v"] == QK.S.VALIDATION_VERSION, choices
+    ref = build_engine(model, {"x": x.shape}, BuilderConfig(precision=precision,
+                                                            backend="numpy"))
+    _close(cp.asnumpy(gpu.execute([cp.asarray(x)])[0]), ref.execute([x])[0],
+           f"{precision} bottleneck on q_mma ({choices})",
+           rel=2e-2 if precision == "INT8" else REL[precision])
+
+
 def test_a_requantized_conv_without_relu_saturates_symmetrically_in_cudnn():
     """A requantized conv with no activation (ResNet's projection shortcuts) writes its int8
     output from cuDNN's fused graph too: cuDNN's int8 store saturates to [-128, 127] and the

@@ -174,6 +174,8 @@ def _quant(predicate: str):
 
 for _kind, _name, _pred in (("conv", "q_cudnn", "cudnn_applies"),
                             ("conv", "q_lt_1x1", "gemm_applies"),
+                            ("conv", "q_mma", "mma_applies"),
+                            ("matmul", "q_mma", "mma_applies"),
                             ("conv", "q_emulated", "emulated_applies"),
                             ("matmul", "q_lt", "gemm_applies"),
                             ("matmul", "q_emulated", "emulated_applies")):
@@ -213,11 +215,14 @@ def impl_table() -> Dict[str, Dict[str, Tuple[type, ...]]]:
                  # INT8 / FP8 (cupy_quant): int8 / fp8 tensor cores, else emulated in TF32
                  "q_cudnn": (QK.QuantConvCudnn, QK.QuantEmulated),
                  "q_lt_1x1": (QK.QuantGemmLt, QK.QuantConvCudnn, QK.QuantEmulated),
+                 "q_mma": (QK.QuantGemmMma, QK.QuantGemmLt, QK.QuantConvCudnn,
+                           QK.QuantEmulated),
                  "q_emulated": (QK.QuantEmulated,)},
         "conv_transpose": {"cudnn": (L.ConvCudnn,)},
         "matmul": {"lt": (L.MatmulLt, L.MatmulCupy),
                    "cupy_matmul": (L.MatmulCupy,),
                    "q_lt": (QK.QuantGemmLt, QK.QuantEmulated),
+                   "q_mma": (QK.QuantGemmMma, QK.QuantGemmLt, QK.QuantEmulated),
                    "q_emulated": (QK.QuantEmulated,)},
         "attention": {"sdpa": (L.AttentionCudnn, L.AttentionCupy)},
         "se": {"default": (SE.SeLayer,)},  # TFTRT_FUSE_SE=0 turns it off (accepts_layer)

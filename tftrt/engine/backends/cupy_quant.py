@@ -634,6 +634,53 @@ class QuantGemmLt(_QuantLayer):
         self.epi(acc, self._operands(ins), outs[0])
 
 
+class QuantGemmMma(_QuantLayer):
+    """matmul / 1x1 conv on the tensor-core kernel of ``cuda_source_qmma`` (tactic ``q_mma``):
+    x quantized on load (or read as int8), ``mma.sync`` m16n8k32 int8 / E4M3, the epilogue
+    and the int8 / float store fused, one kernel, no scratch. Validated once per source
+    (:class:`Validator`) before it is used; a kernel that fails validation refuses the layer
+    (the next implementation takes it, the reason in its ``fallback``)."""
+
+    def __init__(self, net, layer, weights, opts):
+        super().__init__(net, layer, weights, opts)
+        from tftrt.engine.backends import cuda_source_qmma as QM
+        from tftrt.engine.backends.cupy_kernels import _device_sms
+        self._common(net, layer)
+        self.src = QM.layer_source(net, layer)
+        m, k, n = S.gemm_dims(layer.kind, self.x_shape, _shape(net, self.w_name), layer.attrs)
+        self.m = m
+        self.w = cp.asarray(S.gemm_weight(self._host(self.w_name), layer.kind,
+                                          bool(layer.attrs.get("transpose_b")), k, n))
+        self.kern = _raw_kernel(self.src.source, QM.KERNEL)
+        if self.kern.max_threads_per_block < self.src.threads:  # compiles it: fails the build
+            raise ValueError(f"{QM.KERNEL} compiled for at most "
+                             f"{self.kern.max_threads_per_block} threads a block, its blocks "
+                             f"have {self.src.threads}")
+        self.blocks = self.src.grid(m, max_blocks=_device_sms() * 8)
+        self.workspace = 0
+        x_how = "int8 x" if self.x_dtype == "int8" else f"{self.x_dtype} x quantized on load"
+        self.kernel = (f"tensor-core {self.precision} GEMM kernel ({x_how}, epilogue fused, "
+                       f"{self.y_dtype} output)")
+        vkey = (self.src.source, m)
+        if vkey not in _MMA_VERDICTS:
+            _MMA_VERDICTS[vkey] = Validator(self).check(self.run)
+        ok, how = _MMA_VERDICTS[vkey]
+        if not ok:
+            raise ValueError(f"the tensor-core {self.precision} GEMM kernel failed the "
+                             f"build-time validation: {how}")
+        self._record({"validated": {"v": S.VALIDATION_VERSION, "how": how[:200]},
+                      "chunk": self.src.nc})
+
+    def run(self, ins, outs, ws):
+        args = [ins[0], self.w] + [ins[i] for i in self.src.operands] + \
+            [outs[0], np.int64(self.m)]
+        self.kern((self.blocks,), (self.src.threads,), tuple(args))
+
+
+# (source, rows) -> (ok, how) of the tensor-core GEMM kernel: each validated once per process.
+_MMA_VERDICTS: Dict[Tuple[str, int], Tuple[bool, str]] = {}
+
+
 # (GEMM signature and epilogue, algorithm) -> (ok, how): each validated once per process.
 _VERDICTS: Dict[Tuple[str, int], Tuple[bool, str]] = {}
 
@@ -950,6 +997,12 @@ def gemm_applies(net, layer) -> bool:
 def cudnn_applies(net, layer) -> bool:
     return is_quantized(layer) and layer.kind == "conv" and cudnn_module() is not None and \
         layer.attrs["group"] == 1
+
+
+def mma_applies(net, layer) -> bool:
+    """Quantized layers the tensor-core GEMM kernel takes (cuda_source_qmma.unsupported)."""
+    from tftrt.engine.backends import cuda_source_qmma as QM
+    return is_quantized(layer) and QM.unsupported(net, layer) is None
 
 
 def emulated_applies(net, layer) -> bool:

@@ -1,0 +1,107 @@
+"""The tensor-core quantized GEMM kernel (tactic ``q_mma``, backends/cuda_source_qmma) alone on
+ResNet50's 1x1 convolutions at batch 128 (issue 15): microseconds per call (median of CUDA
+graph replays, cupy_dnn.gpu_time), the bytes it must move and the rate that makes, for each
+m-tiles-per-warp setting, and a check of every output against the same arithmetic in CuPy
+(float32 GEMM of the int8 values: exact below 2**24; the float epilogue in numpy's order).
+
+    python benchmarks/bench_qmma.py [--batch 128] [--mt 4,8,16] [--only NAME]
+
+Needs CuPy (no cuDNN / cuBLASLt). The whole-model effect is bench_engine's INT8 profile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import cupy as cp
+import numpy as np
+
+from tftrt.engine import quantization as Q
+from tftrt.engine.backends import cuda_source_qmma as QM
+from tftrt.engine.backends import cuda_source_quant as S
+from tftrt.engine.backends.cupy_dnn import gpu_time
+from tftrt.engine.backends.cupy_kernels import _device_sms, _raw_kernel
+
+# name, H(=W), K (cin), N (cout), x dtype, int8 residual, ReLU: ResNet50's 1x1 convs
+CONVS = [
+    ("s1_conv3_64to256_res", 56, 64, 256, "int8", True, True),
+    ("s1_proj_64to256", 56, 64, 256, "float16", False, False),
+    ("s1_conv1_256to64", 56, 256, 64, "int8", False, True),
+    ("s1_conv1_64to64", 56, 64, 64, "float16", False, True),
+    ("s2_conv3_128to512_res", 28, 128, 512, "int8", True, True),
+    ("s2_conv1_256to128", 28, 256, 128, "int8", False, True),
+]
+IN_SCALE, OUT_SCALE, RES_SCALE = 0.05, 0.04, 0.03
+
+
+def run(name, hw, k, n, xdt, res, relu, batch, mts, rng):
+    m = batch * hw * hw
+    epi = [{"op": "scale", "input": 2}, {"op": "bias", "input": 3}]
+    modes = {2: ("vec", "float32"), 3: ("vec", "float32")}
+    if res:
+        epi.append({"op": "add", "input": 4, "scale": RES_SCALE})
+        modes[4] = ("full", "int8")
+    if relu:
+        epi.append({"op": "act", "fn": "relu"})
+    inv_x = float(Q.inv_scale(IN_SCALE))
+    if xdt == "int8":
+        x = cp.asarray(rng.integers(-127, 128, (m, k), dtype=np.int8))
+        xq = x.astype(cp.float32)
+    else:
+        x = cp.asarray((rng.standard_normal((m, k)) * 2).astype(xdt))
+        xq = cp.clip(cp.rint(x.astype(cp.float32) * cp.float32(inv_x)), -127, 127)
+    w = cp.asarray(rng.integers(-127, 128, (n, k), dtype=np.int8))
+    ops = {2: cp.asarray(rng.uniform(1e-3, 4e-3, n).astype(np.float32)),
+           3: cp.asarray(rng.standard_normal(n).astype(np.float32))}
+    if res:
+        ops[4] = cp.asarray(rng.integers(-127, 128, (m, n), dtype=np.int8))
+    # the reference: exact integer sums (float32 below 2**24), numpy's float32 epilogue order
+    acc = (xq @ w.astype(cp.float32).T)
+    v = acc * ops[2] + ops[3]
+    if res:
+        v = v + ops[4].astype(cp.float32) * cp.float32(RES_SCALE)
+    if relu:
+        v = cp.maximum(v, 0)
+    want = cp.clip(cp.rint(v * cp.float32(Q.inv_scale(OUT_SCALE))), -127, 127).astype(cp.int8)
+    nbytes = m * k * x.itemsize + m * n * (2 if res else 1) + n * k
+    rows = []
+    for mt in mts:
+        src = QM.QMmaSource(n, k, S.INT8, xdt, "int8", epi, modes, inv_x, OUT_SCALE, mt=mt)
+        kern = _raw_kernel(src.source, QM.KERNEL)
+        y = cp.full((m, n), -128, cp.int8)
+        blocks = src.grid(m, _device_sms() * 8)
+        args = (x, w) + tuple(ops[i] for i in src.operands) + (y, np.int64(m))
+        launch = lambda: kern((blocks,), (src.threads,), args)  # noqa: E731
+        launch()
+        cp.cuda.get_current_stream().synchronize()
+        d = cp.abs(y.astype(cp.int32) - want.astype(cp.int32))
+        off, worst = int(cp.count_nonzero(d)), int(d.max())
+        t = gpu_time(launch, cp.cuda.get_current_stream(), what=name) * 1e6
+        rows.append((mt, src.nc, blocks, t, nbytes / t / 1e3, off, worst))
+        print(f"{name:24s} mt {mt:2d} nc {src.nc:3d} blocks {blocks:5d}: {t:8.1f} us "
+              f"{nbytes / t / 1e3:7.0f} GB/s ({nbytes / 1e6:.1f} MB); {off} of {m * n} "
+              f"outputs differ (max {worst} steps)", flush=True)
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--mt", default="4,8,16")
+    p.add_argument("--only", default="")
+    a = p.parse_args(argv)
+    rng = np.random.default_rng(0)
+    mts = [int(v) for v in a.mt.split(",")]
+    bad = 0
+    for conv in CONVS:
+        if a.only and a.only not in conv[0]:
+            continue
+        for mt, nc, blocks, t, gbs, off, worst in run(*conv, a.batch, mts, rng):
+            bad += worst > 1 or off > 0.005 * a.batch * conv[1] ** 2 * conv[3]
+    print("all outputs within one step on <= 0.5%" if not bad else f"{bad} runs off")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,410 @@
+"""The INT8 / FP8 tensor-core GEMM's CUDA source (backends/cuda_source_qmma, tactic ``q_mma``),
+checked without a GPU: it compiles for sm_90 with nvcc without register spills for ResNet50's
+1x1 convs, and built for the host it computes what the numpy backend computes (x quantized as
+``quantization.py`` does, the exact integer GEMM, the float32 epilogue of
+``test_quant_codegen``'s reference, int8 requantization) bit for bit in INT8 and within
+fp32 summation order in FP8, for int8 / float16 / float32 x, int8 / float16 / float32 y, K
+with and without a last 32-wide chunk, chunks of channels of which the last is partial, row
+counts no tile divides, a capped grid that loops, and x / y not 16-byte aligned.
+
+Host builds run each block as its 128 threads (tests/engine/test_dw_codegen's thread shims)
+with ``mma_16832`` emulated by a warp exchange (tests/engine/test_stem_mma_codegen's warp
+barrier): each lane assembles A and B from all 32 lanes' registers with the PTX ISA's
+per-element formulas for m16n8k32 with 8-bit types, written here from the ISA, independently
+of the generator's tables.
+"""
+
+import importlib
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+from tests.engine.test_cuda_codegen import HOST_SHIMS, _host_compiler, nvcc_compile
+from tests.engine.test_dw_codegen import THREAD_SHIMS, _build, _run_host
+from tests.engine.test_quant_codegen import QUANT_SHIMS, _epilogue_reference
+from tests.engine.test_stem_mma_codegen import MMA_SHIMS
+from tftrt.engine import quantization as Q
+from tftrt.engine.backends import cuda_source as C
+from tftrt.engine.backends import cuda_source_qmma as QM
+from tftrt.engine.backends import cuda_source_quant as S
+
+
+# --- the fragment layout -----------------------------------------------------------------------
+# PTX ISA, "Matrix Fragments for mma.m16n8k32" (.s8 / .u8 / .e4m3): lane = 4 g + t; per element
+# i of a thread's fragment (4 a byte register, low byte first), its (row, column).
+def _isa_a(i, g, t):   # A, 16 x 32: a0..a15 in four registers
+    row = g if i < 4 or 8 <= i < 12 else g + 8
+    return row, 4 * t + (i & 3) + (16 if i >= 8 else 0)
+
+
+def _isa_b(i, g, t):   # B, 32 x 8 (k, n): b0..b7 in two registers
+    return 4 * t + (i & 3) + (16 if i >= 4 else 0), g
+
+
+def _isa_c(i, g, t):   # C / D, 16 x 8: c0..c3
+    return (g if i < 2 else g + 8), 2 * t + (i & 1)
+
+
+def test_the_generators_fragment_tables_are_the_isas():
+    for lane in range(32):
+        g, t = lane >> 2, lane & 3
+        for r, (ro, ko) in enumerate(QM.A_FRAG):
+            assert [_isa_a(4 * r + b, g, t) for b in range(4)] == \
+                [(g + ro, 4 * t + ko + b) for b in range(4)]
+        for r, ko in enumerate(QM.B_FRAG):
+            assert [_isa_b(4 * r + b, g, t) for b in range(4)] == \
+                [(4 * t + ko + b, g) for b in range(4)]
+        for r, (ro, co) in enumerate(QM.C_FRAG):
+            assert _isa_c(r, g, t) == (g + ro, 2 * t + co)
+
+
+@pytest.mark.parametrize("kk", [32, 64, 96, 256])
+def test_every_column_of_k_feeds_one_place_of_one_mma(kk):
+    """fragment_k maps K's columns one to one onto (k step, k of the step): each product is
+    summed once."""
+    places = [QM.fragment_k(k, kk) for k in range(kk)]
+    assert len(set(places)) == kk
+    assert {s for s, _ in places} == set(range(kk // 32))
+    assert all(0 <= j < 32 for _, j in places)
+
+
+# the ISA formulas above, as C for the host build's MMA (int8 and E4M3; the warp exchange and
+# barrier of test_stem_mma_codegen)
+MMA8_SHIMS = r"""
+static unsigned q8_a[32][32][4], q8_b[32][32][2];
+static void q8_post(unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0,
+                    unsigned b1) {
+  const unsigned w = threadIdx.x / 32, lane = threadIdx.x % 32;
+  q8_a[w][lane][0] = a0; q8_a[w][lane][1] = a1; q8_a[w][lane][2] = a2; q8_a[w][lane][3] = a3;
+  q8_b[w][lane][0] = b0; q8_b[w][lane][1] = b1;
+  wp_barrier();
+}
+static unsigned q8_byte(unsigned reg, int i) { return (reg >> (8 * (i & 3))) & 0xffu; }
+template <typename T, typename F> static void q8_mma(T* c, F value) {
+  const unsigned w = threadIdx.x / 32, lane = threadIdx.x % 32;
+  double A[16][32], B[32][8];
+  for (int l = 0; l < 32; ++l) {
+    const int g = l >> 2, t = l & 3;
+    for (int i = 0; i < 16; ++i) {
+      const int row = (i < 4 || (i >= 8 && i < 12)) ? g : g + 8;
+      A[row][4 * t + (i & 3) + (i >= 8 ? 16 : 0)] = value(q8_byte(q8_a[w][l][i / 4], i));
+    }
+    for (int i = 0; i < 8; ++i)
+      B[4 * t + (i & 3) + (i >= 4 ? 16 : 0)][g] = value(q8_byte(q8_b[w][l][i / 4], i));
+  }
+  const int g = lane >> 2, t = lane & 3;
+  for (int i = 0; i < 4; ++i) {
+    const int row = i < 2 ? g : g + 8, col = 2 * t + (i & 1);
+    double s = 0;
+    for (int k = 0; k < 32; ++k) s += A[row][k] * B[k][col];
+    c[i] = (T)(c[i] + (T)s);
+  }
+  wp_barrier();  // every lane has read the exchange before the next MMA writes it
+}
+static void mma_16832(int* c, unsigned a0, unsigned a1, unsigned a2, unsigned a3,
+                      unsigned b0, unsigned b1) {
+  q8_post(a0, a1, a2, a3, b0, b1);
+  q8_mma(c, [](unsigned v) { return (double)(signed char)v; });
+}
+static void mma_16832(float* c, unsigned a0, unsigned a1, unsigned a2, unsigned a3,
+                      unsigned b0, unsigned b1) {
+  q8_post(a0, a1, a2, a3, b0, b1);
+  q8_mma(c, [](unsigned v) { return (double)e4m3_value((unsigned char)v); });
+}
+"""
+
+RES = {"op": "add", "input": 4, "scale": 0.0371}
+# (M, N, K, fmt, x dtype, y dtype, epilogue ("res8": an int8 residual, "res": one of y's float
+#  dtype), activation, x / y offset in elements (0: 16-byte aligned), max blocks)
+CASES = [
+    (37, 256, 64, S.INT8, "int8", "int8", "res8", "relu", 0, None),     # stage-1 conv3
+    (50, 64, 256, S.INT8, "float16", "int8", "", "relu", 0, None),      # stage-1 conv1
+    (21, 24, 96, S.INT8, "float32", "float16", "res", "clip", 0, None),  # tail k, 16 + 8
+    (40, 256, 64, S.INT8, "float16", "int8", "", None, 0, 2),           # projection, looping
+    (19, 16, 128, S.INT8, "int8", "int8", "res8", "relu", 1, None),     # unaligned x and y
+    (23, 40, 32, S.FP8, "float16", "float16", "", "gelu", 0, None),     # FP8, one k step
+    (33, 136, 64, S.FP8, "float32", "float32", "res", None, 3, None),   # FP8, 128 + 8
+]
+ACTS = {"relu": {"op": "act", "fn": "relu"},
+        "clip": {"op": "act", "fn": "clip", "min": 0.0, "max": 6.0},
+        "gelu": {"op": "act", "fn": "gelu", "approximate": "tanh"}}
+
+
+def _spec(case):
+    """(epilogue, operand modes) of a case: dequantization scale and bias per channel, then
+    its residual and activation."""
+    m, n, k, fmt, xdt, ydt, res, act, _, _ = case
+    epi = [{"op": "scale", "input": 2}, {"op": "bias", "input": 3}]
+    modes = {2: ("vec", "float32"), 3: ("vec", "float32")}
+    if res == "res8":
+        epi.append(dict(RES))
+        modes[4] = ("full", "int8")
+    elif res:
+        epi.append({"op": "add", "input": 4})
+        modes[4] = ("full", ydt)
+    if act:
+        epi.append(dict(ACTS[act]))
+    return epi, modes
+
+
+INV_X, OUT_SCALE = 4.0, 0.05
+
+
+def _source(case) -> QM.QMmaSource:
+    m, n, k, fmt, xdt, ydt, *_ = case
+    epi, modes = _spec(case)
+    return QM.QMmaSource(n, k, fmt, xdt, ydt, epi, modes, INV_X,
+                         OUT_SCALE if ydt == "int8" else None)
+
+
+def _inputs(case, seed):
+    """x (spanning the quantized range, some saturating), the weight codes [N, K], and the
+    epilogue operands {index: array}."""
+    m, n, k, fmt, xdt, ydt, res, *_ = case
+    rng = np.random.default_rng(seed)
+    if xdt == "int8":
+        x = rng.integers(-127, 128, (m, k)).astype(np.int8)
+    else:
+        x = (rng.uniform(-1.05, 1.05, (m, k)) * 127 / INV_X).astype(xdt)
+        if fmt == S.FP8:
+            x = (rng.standard_normal((m, k)) * 8).astype(xdt)
+    if fmt == S.INT8:
+        w = rng.integers(-127, 128, (n, k)).astype(np.int8)
+    else:
+        w = Q.e4m3_encode(rng.standard_normal((n, k)).astype(np.float32) * 4)
+    ops = {2: rng.uniform(1e-4, 1e-3, n).astype(np.float32),
+           3: rng.standard_normal(n).astype(np.float32)}
+    if res == "res8":
+        ops[4] = rng.integers(-127, 128, (m, n)).astype(np.int8)
+    elif res:
+        ops[4] = rng.standard_normal((m, n)).astype(ydt)
+    return x, w, ops
+
+
+def _want(case, x, w, ops):
+    m, n, k, fmt, xdt, ydt, *_ = case
+    epi, _ = _spec(case)
+    if fmt == S.INT8:
+        q = x.astype(np.int64) if xdt == "int8" else \
+            Q.quantize_int8(x.astype(np.float32), INV_X).astype(np.int64)
+        acc = (q @ w.astype(np.int64).T).astype(np.int32)
+    else:
+        q = Q.round_e4m3(x.astype(np.float32) * np.float32(INV_X)).astype(np.float64)
+        acc = (q @ Q.e4m3_decode(w).astype(np.float64).T).astype(np.float32)
+    return _epilogue_reference(acc, n, n, epi, ops, ydt,
+                               OUT_SCALE if ydt == "int8" else None)
+
+
+def _strip(src: str, k: int) -> str:
+    for block in (C.PRELUDE, S.INT8_HELPERS, S.FP8_HELPERS) + tuple(QM.MMA_HELPERS.values()):
+        src = src.replace(block, "")
+    src = re.sub(r"\bspan(16|8)\(", rf"span\1_{k}(", src)
+    return re.sub(rf"\b{QM.KERNEL}\(", f"{QM.KERNEL}_{k}(", src)
+
+
+def _driver(src: QM.QMmaSource, k: int) -> str:
+    call = ", ".join(f"({ty})a[{j}]" for j, (ty, _) in enumerate(src.params))
+    return f"""
+extern "C" int run_{k}(void** a, int blocks, int threads) {{
+  mt_blockDim.x = threads; mt_size = threads; mt_count = 0; mt_broken = false;
+  mt_gridDim.x = blocks;
+  for (int w = 0; w < 32; ++w) wp_count[w] = 0;
+  std::vector<std::thread> ts;
+  for (int t = 0; t < threads; ++t) ts.emplace_back([=] {{
+    mt_threadIdx.x = t;
+    for (int b = 0; b < blocks; ++b) {{
+      mt_blockIdx.x = b;
+      {QM.KERNEL}_{k}({call});
+      mt_barrier();  // the block's end: its shared memory is free for the next
+    }}
+  }});
+  for (auto& t : ts) t.join();
+  return mt_broken ? 1 : 0;
+}}"""
+
+
+@pytest.fixture(scope="module")
+def host_kernels(tmp_path_factory):
+    if _host_compiler() is None:
+        pytest.skip("no host C++ compiler")
+    srcs = [_source(case) for case in CASES]
+    text = (HOST_SHIMS + THREAD_SHIMS + MMA_SHIMS + C.MATH_HELPERS + QUANT_SHIMS +
+            S.INT8_HELPERS + S.E4M3_VALUE + MMA8_SHIMS +
+            "\n".join(_strip(s.source, k) + _driver(s, k) for k, s in enumerate(srcs)))
+    return srcs, _build(text, tmp_path_factory.mktemp("qmma"), "qmma")
+
+
+def _offset_view(a: np.ndarray, offset: int, fill) -> np.ndarray:
+    """``a``'s values in a buffer ``offset`` elements past a 16-byte boundary."""
+    buf = np.full(a.size + offset + 16, fill, a.dtype)
+    start = (-buf.ctypes.data % 16) // a.itemsize + offset
+    v = buf[start:start + a.size].reshape(a.shape)
+    v[...] = a
+    return v
+
+
+def _run(so, k, src, case, m, seed):
+    case = (m,) + tuple(case[1:])
+    x, w, ops = _inputs(case, seed)
+    offset, max_blocks = case[8], case[9]
+    x = _offset_view(x, offset, 0)
+    want = _want(case, x, w, ops)
+    poison = -128 if src.y_dtype == "int8" else np.nan
+    y = _offset_view(np.zeros(want.shape, src.y_dtype), offset, poison)
+    y[...] = poison
+    args = [x, w] + [ops[i] for i in src.operands] + [y, m]
+    blocks = src.grid(m, max_blocks)
+    _run_host(so, k, args, blocks, src.threads)
+    return y, want, blocks
+
+
+@pytest.mark.parametrize("k", range(len(CASES)))
+def test_host_build_matches_numpy(host_kernels, k):
+    """A case's kernel, its blocks of 128 threads with the emulated MMA, against the numpy
+    arithmetic: every output written; INT8 bit for bit; FP8 within fp32 summation order."""
+    srcs, so = host_kernels
+    case, src = CASES[k], srcs[k]
+    y, want, blocks = _run(so, k, src, case, case[0], seed=k)
+    what = f"case {k} {case}, {blocks} blocks"
+    if src.y_dtype == "int8":
+        assert (y != -128).all(), f"{what}: outputs not written"
+    else:
+        assert not np.isnan(y.astype(np.float64)).any(), f"{what}: outputs not written"
+    if src.fmt == S.INT8:
+        np.testing.assert_array_equal(y, want, err_msg=what)
+    else:
+        got, ref = y.astype(np.float64), want.astype(np.float64)
+        tol = 2.0 ** -10 * np.abs(ref) + 1e-5 * np.abs(ref).max()
+        assert (np.abs(got - ref) <= tol).all(), what
+
+
+@pytest.mark.parametrize("k,m", [(0, 5), (1, 129), (3, 300)])
+def test_one_source_serves_every_row_count(host_kernels, k, m):
+    """M is the kernel's argument: one source (an optimization profile's engines compile it
+    once) computes any row count, a part tile and several block tiles."""
+    srcs, so = host_kernels
+    y, want, _ = _run(so, k, srcs[k], CASES[k], m, seed=50 + k)
+    np.testing.assert_array_equal(y, want)
+
+
+def test_cases_cover_what_the_kernel_takes():
+    srcs = [_source(case) for case in CASES]
+    assert {s.x_dtype for s in srcs} == set(QM._X_DTYPES)
+    assert {s.y_dtype for s in srcs} == set(QM._Y_DTYPES)
+    assert {s.fmt for s in srcs} == {S.INT8, S.FP8}
+    assert {s.k % 64 for s in srcs} == {0, 32}
+    assert any(s.chunks > 1 and s.n % s.nc for s in srcs)   # a partial last chunk
+    assert any(c[9] for c in CASES) and any(c[8] for c in CASES)
+    assert any(c[0] % 16 for c in CASES)
+
+
+def test_what_the_kernel_refuses():
+    ok = dict(n=64, k=64, fmt=S.INT8, x_dtype="int8", y_dtype="float16", epilogue=[],
+              operand_modes={})
+    QM.QMmaSource(**ok)
+    for change, match in [
+            (dict(k=48), "K a multiple of 32 up to 256, not 48"),
+            (dict(k=288), "K a multiple of 32 up to 256, not 288"),
+            (dict(n=12), "N a multiple of 8, not 12"),
+            (dict(fmt=S.FP8), "int8 x in INT8"),
+            (dict(x_dtype="float64"), "not float64"),
+            (dict(y_dtype="int8"), "needs its output scale"),
+            (dict(operand_modes={2: ("general", "float32")}), "broadcast 'general'")]:
+        with pytest.raises(ValueError, match=match):
+            QM.QMmaSource(**dict(ok, **change))
+
+
+def test_shared_memory_rows_are_bank_conflict_free_and_fit():
+    for k in range(32, QM.MAX_K + 1, 32):
+        r = QM.smem_row(k)
+        assert r >= k and r % 128 == 64
+        for ydt in QM._Y_DTYPES:
+            nc = QM.chunk_width(256, k, ydt)
+            assert nc in QM.NC_CHOICES and QM.smem_bytes(nc, k, ydt) <= QM.SMEM_LIMIT
+
+
+# --- compiling -------------------------------------------------------------------------------
+# ResNet50's quantized 1x1 convs (K, N, x dtype, y dtype, residual) at batch 128
+RESNET = [(64, 256, "int8", "int8", True), (64, 256, "float16", "int8", False),
+          (256, 64, "int8", "int8", False), (128, 512, "int8", "int8", True),
+          (64, 64, "float16", "int8", False)]
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH")
+def test_sources_compile_for_sm90_without_spills(tmp_path):
+    parts = [C.PRELUDE, S.INT8_HELPERS, S.FP8_HELPERS]
+    srcs = []
+    for k, (kk, n, xdt, ydt, res) in enumerate(RESNET):
+        case = (128 * 56 * 56, n, kk, S.INT8, xdt, ydt, "res8" if res else "", "relu", 0, None)
+        srcs.append(_source(case))
+    srcs.append(_source(CASES[5]))
+    srcs.append(_source(CASES[6]))
+    body = []
+    for k, s in enumerate(srcs):
+        body.append(_strip(s.source, k))
+    text = "\n".join(parts + list(QM.MMA_HELPERS.values()) + body)
+    r = nvcc_compile(text, tmp_path, "qmma", "-Xptxas", "-v")
+    spills = re.findall(r"(\d+) bytes spill stores", r.stderr)
+    assert spills and all(s == "0" for s in spills), r.stderr[-3000:]
+
+
+# --- the tactic ------------------------------------------------------------------------------
+def _matmul_net(k, n, precision="INT8"):
+    from tftrt.engine.network import Network
+    from tftrt.engine.precision import apply_precision
+    rng = np.random.RandomState(0)
+    net = Network("mm")
+    net.inputs, net.outputs = ["x"], ["y"]
+    net.add_tensor("x", "float32", (4, 7, k))
+    w = net.add_weight(rng.randn(k, n).astype(np.float32), "w")
+    net.add_layer("matmul", ["x", w], ["y"], {})
+    net.tensors["y"].dtype, net.tensors["y"].shape = "float32", (4, 7, n)
+    return apply_precision(net, precision, Q.new_table(tensors={"x": 2.0}))
+
+
+def test_the_tactic_takes_the_quantized_gemms_the_kernel_takes(monkeypatch):
+    """``q_mma`` is registered for conv and matmul layers on CuPy; it applies to a quantized
+    GEMM whose K is a multiple of 32 (up to 256) and N of 8, unless TFTRT_QUANT_MMA=0 (on by
+    default), never to a float layer or a depthwise conv; the source it would compile is the
+    layer's (rows of all leading dims, the input scale's reciprocal)."""
+    importlib.import_module("tftrt.engine.backends.cupy_backend")  # registers the tactics
+    from tests.engine.test_quant_codegen import _quantized_net
+    from tftrt.engine.tactics import _REGISTRY
+    for kind in ("conv", "matmul"):
+        assert "q_mma" in [t.name for t in _REGISTRY[("cupy", kind)]]
+    monkeypatch.delenv("TFTRT_QUANT_MMA", raising=False)
+    net = _matmul_net(64, 32)
+    (layer,) = net.layers
+    assert QM.unsupported(net, layer) is None
+    src = QM.layer_source(net, layer)
+    assert (src.k, src.n, src.x_dtype, src.y_dtype) == (64, 32, "float32", "float32")
+    assert src.inv_x == pytest.approx(float(Q.inv_scale(layer.attrs["quant"]["input_scale"])))
+    assert src.grid(28) == src.chunks
+    monkeypatch.setenv("TFTRT_QUANT_MMA", "0")
+    assert QM.unsupported(net, layer) == "off (TFTRT_QUANT_MMA=0)"
+    monkeypatch.setenv("TFTRT_QUANT_MMA", "1")
+    net = _matmul_net(48, 32)
+    assert "K a multiple of 32" in QM.unsupported(net, net.layers[0])
+    net = _matmul_net(64, 12)
+    assert "N a multiple of 8" in QM.unsupported(net, net.layers[0])
+    net = _matmul_net(64, 32, precision="FP16")
+    assert QM.unsupported(net, net.layers[0]) == "not a quantized layer"
+    net = _quantized_net("depthwise")
+    assert "not one GEMM" in QM.unsupported(net, net.layers[0])
+
+
+def test_the_impl_chain_falls_back_on_the_gpu():
+    """What runs tactic ``q_mma``: the kernel, then cuBLASLt, cuDNN (convs) and the emulated
+    path (all on the GPU) when it cannot."""
+    pytest.importorskip("cupy")
+    from tftrt.engine.backends import cupy_backend
+    try:
+        table = cupy_backend.impl_table()
+    except Exception as e:  # a CuPy that cannot load its CUDA libraries here
+        pytest.skip(f"CuPy backend modules do not import here: {e}")
+    assert [c.__name__ for c in table["conv"]["q_mma"]] == \
+        ["QuantGemmMma", "QuantGemmLt", "QuantConvCudnn", "QuantEmulated"]
+    assert [c.__name__ for c in table["matmul"]["q_mma"]] == \
+        ["QuantGemmMma", "QuantGemmLt", "QuantEmulated"]

@@ -1,0 +1,440 @@
+"""CUDA C source of the INT8 / FP8 tensor-core GEMM with its epilogue fused (tactic ``q_mma``),
+strings only.
+
+No CuPy here (tests compile it with nvcc and run it on the host with an emulated MMA);
+``cupy_quant.QuantGemmMma`` compiles and launches it.
+
+Why: a quantized 1x1 conv with few input channels is a GEMM too thin in K to be anything but
+memory-bound, and the libraries do not run it at memory speed. ResNet50's stage-1 1x1 convs
+(56 x 56, 64 -> 256 channels, int8 residual add, ReLU, requantized int8 output; batch 128)
+took 203 us on cuDNN's int8 fusion engine on an H100 (2026-12-05), 1.1 TB/s, where cuBLASLt
+ran the FP16 ones in 163 us at 2.8 TB/s; the projection shortcut 163 against FP16's 96 us. The
+int8 bytes they move (25.7 MB in, 102.8 MB residual, 102.8 MB out) take ~70 us at 3.35 TB/s.
+cuBLASLt's int8 kernels write an int32 accumulator that a second kernel must read back (the
+per-channel dequantization of ``quantization.py`` is not an epilogue cuBLASLt has).
+
+One kernel, ``qmma(x, w, *operands, y, m)``: ``y[r, n] = store(epilogue(sum_k q(x[r, k]) *
+w[n, k]))`` for the M = ``m`` rows of x ([M, K], K-contiguous: a 1x1 / stride-1 conv's NHWC
+input, or a matmul's), ``w`` the quantized weight [N, K] (int8, or E4M3 codes), ``m`` an
+argument (every batch size has the same source, so an optimization profile's engines compile
+it once). The arithmetic is ``cuda_source_quant``'s, bit for bit where it is exact: an x
+stored as float16 / float32 is quantized on load exactly as ``QuantizeSource`` does (an int8
+x is used as it is), the int32 accumulator (INT8, exact) converts once with
+``__int2float_rn``, the epilogue is ``epilogue_statements``, the store
+``QuantEpilogueSource``'s (float16 / float32, or int8 requantized with the output scale). FP8
+accumulates in fp32 in the tensor cores' order, as cuBLASLt's FP8 GEMM does.
+
+The grid's blocks each take one chunk of :attr:`QMmaSource.nc` output channels (block ``b``:
+chunk ``b % chunks``) and loop over block tiles of rows; a block stages its chunk of the
+weight in shared memory (rows padded so that lanes reading it with 16-byte loads hit
+distinct banks), then each of its :data:`WARPS` warps takes ``mt`` m-tiles of 16 rows in
+turn. Per m-tile a lane loads its two rows' A fragments straight from x -- 16-byte loads: the
+MMA sums over k, so the order of k inside a k step only has to agree between A and B, and a
+lane takes, per 64 k, the 16 consecutive bytes ``[64c + 16t, 64c + 16t + 16)`` as the
+fragments of two k steps (:func:`fragment_k`) and B's fragments from the same bytes of the
+weight row -- then issues ``mma.sync`` m16n8k32 (s8 x s8 -> s32, or e4m3 x e4m3 -> f32) for
+every n-tile of 8 channels, applies the epilogue per accumulator, stages the outputs in
+shared memory and stores the warp's 16 rows with 16-byte stores where y is aligned to them.
+
+The fragment layouts are :data:`A_FRAG`, :data:`B_FRAG` and :data:`C_FRAG`, from the PTX ISA
+("Matrix Fragments for mma.m16n8k32"); the host tests emulate the MMA from the ISA's
+per-element formulas, not from these tables, and the build-time validation of every layer
+(``cupy_quant.Validator``) checks the kernel against the emulated path on the GPU.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+
+from tftrt.engine.backends import cuda_source_quant as S
+from tftrt.engine.backends.cuda_source import PRELUDE, ctype, load_expr
+
+KERNEL = "qmma"
+MAX_K = 256              # K bytes of a weight row in shared memory (and A words a lane holds)
+WARPS = 4                # a block: 128 threads
+LANES = 32
+MT = 8                   # m-tiles of 16 rows a warp takes per block tile
+NC_CHOICES = (128, 64, 32, 16, 8)   # output channels a block takes (the widest that fits)
+SMEM_LIMIT = 48 * 1024   # static shared memory of one block
+_X_DTYPES = ("int8", "float16", "float32")
+_Y_DTYPES = ("int8", "float16", "float32")
+
+# m16n8k32, 8-bit A / B; lane = 4 g + t (g = lane >> 2, t = lane & 3). A (16 x 32, row major):
+# register r holds row g + A_FRAG[r][0], k = 4t + A_FRAG[r][1] + {0..3} (low byte: the lowest
+# k). B (32 x 8, k x n): register r holds k = 4t + B_FRAG[r] + {0..3} of column n = g. C / D
+# (16 x 8, s32 / f32): register r is row g + C_FRAG[r][0], column 2t + C_FRAG[r][1].
+A_FRAG = ((0, 0), (8, 0), (0, 16), (8, 16))
+B_FRAG = (0, 16)
+C_FRAG = ((0, 0), (0, 1), (8, 0), (8, 1))
+
+MMA_HELPERS = {
+    S.INT8: r"""
+__device__ __forceinline__ void mma_16832(int* c, unsigned a0, unsigned a1, unsigned a2,
+                                          unsigned a3, unsigned b0, unsigned b1) {
+  asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 "
+               "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+               : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+               : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1)); }
+""",
+    S.FP8: r"""
+__device__ __forceinline__ void mma_16832(float* c, unsigned a0, unsigned a1, unsigned a2,
+                                          unsigned a3, unsigned b0, unsigned b1) {
+  asm volatile("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 "
+               "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+               : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+               : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1)); }
+"""}
+
+
+def fragment_k(k: int, kk: int) -> Tuple[int, int]:
+    """(k step, k within the step's 32) at which the kernel feeds the MMA physical column ``k``
+    of a GEMM with K = ``kk``: per 64-k chunk c, lane t loads the 16 bytes ``64c + 16t ..``,
+    whose words 0, 1 are its registers of A_FRAG's k 4t.. and 16 + 4t.. in step 2c and words
+    2, 3 the same in step 2c + 1; a last chunk of 32 (K = 32 mod 64) gives lane t the 8 bytes
+    ``64c + 8t ..``, words 0, 1 of its one step. B's registers take the same bytes of the
+    weight row, so each step sums the products of 32 columns (the host tests check that
+    this is a bijection)."""
+    c, o = divmod(int(k), 64)
+    if c < int(kk) // 64:
+        t, rest = divmod(o, 16)
+        w, b = divmod(rest, 4)
+        return 2 * c + w // 2, 4 * t + 16 * (w % 2) + b
+    t, rest = divmod(o, 8)
+    w, b = divmod(rest, 4)
+    return 2 * c, 4 * t + 16 * w + b
+
+
+def smem_row(k: int) -> int:
+    """Bytes of a shared-memory weight row: at least K, and 64 mod 128, so that the 8 lanes of
+    a 16-byte load phase (rows g, g + 1; t = 0..3) hit 8 different 16-byte bank groups."""
+    return int(k) + (64 - int(k) % 128) % 128
+
+
+def stage_row(nc: int, y_dtype: str) -> int:
+    """Bytes of a warp's staging row (nc outputs), padded by 16 (16-byte aligned rows)."""
+    return nc * np.dtype(y_dtype).itemsize + 16
+
+
+def smem_bytes(nc: int, k: int, y_dtype: str) -> int:
+    return nc * smem_row(k) + WARPS * 16 * stage_row(nc, y_dtype)
+
+
+def chunk_width(n: int, k: int, y_dtype: str) -> Optional[int]:
+    """The widest chunk of output channels (:data:`NC_CHOICES`, at most N rounded up to 8)
+    whose weight rows and staging fit :data:`SMEM_LIMIT`, or None."""
+    for nc in NC_CHOICES:
+        if nc <= max(8, -(-n // 8) * 8) and smem_bytes(nc, k, y_dtype) <= SMEM_LIMIT:
+            return nc
+    return None
+
+
+class QMmaSource:
+    """The ``qmma`` kernel of one quantized GEMM layer for fixed N, K, dtypes and epilogue.
+
+    Args:
+      n, k: the GEMM's N (output channels, a multiple of 8) and K (a multiple of 32, at most
+        :data:`MAX_K`).
+      fmt: "int8" or "fp8_e4m3" (``quantization.FORMAT``).
+      x_dtype: int8 (INT8 only: a requantizing producer's output), float16 or float32 (then
+        quantized on load with ``inv_x``, the input scale's reciprocal).
+      y_dtype: int8 (with ``out_scale``), float16 or float32.
+      epilogue, operand_modes: as ``cuda_source_quant.QuantEpilogueSource``'s.
+      mt: m-tiles a warp takes per block tile.
+
+    Kernel ``qmma(x, w, *operands, y, m)`` (operands in :attr:`operands` order, ``m`` a long
+    long); :meth:`grid` gives the launch. Raises ValueError for what the kernel does not take.
+    """
+
+    def __init__(self, n: int, k: int, fmt: str, x_dtype: str, y_dtype: str,
+                 epilogue: Sequence[dict], operand_modes: Dict[int, Tuple[str, str]],
+                 inv_x: float = 1.0, out_scale: Optional[float] = None, mt: int = MT):
+        self.n, self.k, self.fmt = int(n), int(k), fmt
+        self.x_dtype, self.y_dtype = np.dtype(x_dtype).name, np.dtype(y_dtype).name
+        if fmt not in (S.INT8, S.FP8):
+            raise ValueError(f"quantized format {fmt!r}")
+        if self.x_dtype not in _X_DTYPES or (self.x_dtype == "int8" and fmt != S.INT8):
+            raise ValueError(f"the tensor-core quantized GEMM takes float16 / float32 x (or "
+                             f"int8 x in INT8), not {self.x_dtype} in {fmt}")
+        if self.y_dtype not in _Y_DTYPES:
+            raise ValueError(f"a quantized layer's output is float16, float32 or int8, not "
+                             f"{self.y_dtype}")
+        if (self.y_dtype == "int8") != (out_scale is not None):
+            raise ValueError("an int8 output needs its output scale (and only it)")
+        if self.k % 32 or not 0 < self.k <= MAX_K:
+            raise ValueError(f"the tensor-core quantized GEMM takes K a multiple of 32 up to "
+                             f"{MAX_K}, not {self.k}")
+        if self.n % 8 or self.n <= 0:
+            raise ValueError(f"the tensor-core quantized GEMM takes N a multiple of 8, not "
+                             f"{self.n}")
+        for i, (mode, _) in operand_modes.items():
+            if mode not in ("vec", "full"):
+                raise ValueError(f"epilogue operand {i}: broadcast {mode!r} not supported")
+        nc = chunk_width(self.n, self.k, self.y_dtype)
+        if nc is None:
+            raise ValueError(f"the tensor-core quantized GEMM's weight rows ({self.k} bytes) "
+                             f"and staging do not fit {SMEM_LIMIT} bytes of shared memory")
+        self.nc = nc
+        self.chunks = -(-self.n // nc)
+        self.mt = int(mt)
+        self.threads = WARPS * LANES
+        self.inv_x, self.out_scale = float(inv_x), out_scale
+        self.operands = sorted(operand_modes)
+        self.params = ([(f"const {ctype(self.x_dtype)}*", "x"), ("const unsigned char*", "w")] +
+                       [(f"const {ctype(operand_modes[i][1])}*", f"e{i}")
+                        for i in self.operands] +
+                       [(f"{ctype(self.y_dtype)}*", "y"), ("long long", "m")])
+        self.source = self._source(epilogue, operand_modes)
+
+    def grid(self, m: int, max_blocks: Optional[int] = None) -> int:
+        """Blocks of a launch over ``m`` rows: every chunk times the block tiles (capped at
+        ``max_blocks`` rounded down to whole chunks; blocks then loop)."""
+        tiles = max(1, math.ceil(int(m) / (WARPS * self.mt * 16)))
+        if max_blocks:
+            tiles = max(1, min(tiles, int(max_blocks) // self.chunks))
+        return tiles * self.chunks
+
+    # --- pieces of the source ----------------------------------------------------------------
+    def _quantize(self, v: str) -> str:
+        """C expression: the float ``v`` quantized to its 8-bit code (an unsigned)."""
+        inv = S.float_literal(np.float32(self.inv_x))
+        q = f"__fmul_rn({v}, {inv})"
+        if self.fmt == S.INT8:
+            return f"(unsigned)(unsigned char)q_int8({q})"
+        return f"(unsigned)q_e4m3({q})"
+
+    def _span_loader(self, elems: int) -> str:
+        """Device function ``span<elems>(p, al, o)``: the 8-bit codes of x's ``elems``
+        consecutive elements at ``p`` packed 4 a word into ``o`` (the lowest k in the low
+        byte); vector loads when ``al`` (x 16-byte aligned), else element by element."""
+        xt, es = ctype(self.x_dtype), np.dtype(self.x_dtype).itemsize
+        nbytes = elems * es
+        words = elems // 4
+        if self.x_dtype == "int8":
+            vec = ("const uint4 v = *reinterpret_cast<const uint4*>(p);\n"
+                   "    o[0] = v.x; o[1] = v.y; o[2] = v.z; o[3] = v.w;" if nbytes == 16 else
+                   "const uint2 v = *reinterpret_cast<const uint2*>(p);\n"
+                   "    o[0] = v.x; o[1] = v.y;")
+            scalar = (f"for (int i = 0; i < {words}; ++i)\n"
+                      f"      o[i] = (unsigned)(unsigned char)p[4 * i] |\n"
+                      f"          ((unsigned)(unsigned char)p[4 * i + 1] << 8) |\n"
+                      f"          ((unsigned)(unsigned char)p[4 * i + 2] << 16) |\n"
+                      f"          ((unsigned)(unsigned char)p[4 * i + 3] << 24);")
+            return (f"__device__ __forceinline__ void span{elems}(const {xt}* p, bool al, "
+                    f"unsigned* o) {{\n  if (al) {{\n    {vec}\n  }} else {{\n    {scalar}\n"
+                    f"  }}\n}}\n")
+        val = load_expr(self.x_dtype, "e[i]")
+        return f"""__device__ __forceinline__ void span{elems}(const {xt}* p, bool al, unsigned* o) {{
+  uint4 u[{nbytes // 16}];
+  if (al) {{
+    for (int i = 0; i < {nbytes // 16}; ++i) u[i] = reinterpret_cast<const uint4*>(p)[i];
+  }} else {{
+    {xt}* d = reinterpret_cast<{xt}*>(u);
+    for (int i = 0; i < {elems}; ++i) d[i] = p[i];
+  }}
+  const {xt}* e = reinterpret_cast<const {xt}*>(u);
+  for (int w = 0; w < {words}; ++w) {{
+    unsigned r = 0;
+    for (int b = 0; b < 4; ++b) {{
+      const int i = 4 * w + b;
+      r |= {self._quantize(val)} << (8 * b);
+    }}
+    o[w] = r;
+  }}
+}}
+"""
+
+    def _epilogue(self, epilogue, operand_modes, it: str) -> str:
+        """Statements applying the epilogue to each accumulator of n-tile ``j`` and staging
+        the results (rows g, g + 8 of the m-tile; columns 2t, 2t + 1 of the tile)."""
+        loads = {}
+        for i in self.operands:
+            mode, dt = operand_modes[i]
+            e = load_expr(dt, f"e{i}[col]" if mode == "vec" else f"e{i}[oidx]")
+            if np.dtype(dt) not in (np.float16, np.float32):
+                e = f"(float){e}"
+            loads[i] = e
+        stmts = "\n            ".join(S.epilogue_statements(epilogue, loads, "v"))
+        conv = "__int2float_rn" if self.fmt == S.INT8 else ""
+        if self.y_dtype == "int8":
+            inv = S.float_literal(S.output_scale_inverse(self.out_scale))
+            store = f"q_int8(__fmul_rn(v, {inv}))"
+        elif self.y_dtype == "float16":
+            store = "f2h(v)"
+        else:
+            store = "v"
+        yt = ctype(self.y_dtype)
+        out = []
+        for r, (ro, co) in enumerate(C_FRAG):
+            out.append(f"""{{
+            const int cc = 8 * j + 2 * t + {co}, col = n0 + cc;
+            const {it} oidx = row{ro // 8} * {self.n} + col;
+            float v = {conv}(acc[j][{r}]);
+            {stmts}
+            reinterpret_cast<{yt}*>(stg + (g + {ro}) * SR)[cc] = {store};
+            (void)oidx;
+          }}""")
+        return "\n          ".join(out)
+
+    def _copy_out(self, it: str) -> str:
+        """Statements storing the warp's staged ``rows`` x ``cw`` block at row ``m0``, channel
+        ``n0`` of y: 16-byte stores where y and the rows allow them, else element stores."""
+        yt, es = ctype(self.y_dtype), np.dtype(self.y_dtype).itemsize
+        vec_ok = (self.n * es) % 16 == 0 and (self.nc * es) % 16 == 0
+        ways = []
+        for ty, per in ((("uint4", 16 // es),) if vec_ok else ()) + ((yt, 1),):
+            ways.append(f"""{{
+          const int per_row = cw / {per};
+          for (int v = lane; v < rows * per_row; v += {LANES}) {{
+            const int row = v / per_row, c = v - row * per_row;
+            reinterpret_cast<{ty}*>(y + (m0 + row) * {self.n} + n0)[c] =
+                reinterpret_cast<const {ty}*>(stg + row * SR)[c];
+          }}
+        }}""")
+        if len(ways) == 1:
+            return ways[0]
+        return f"if ((ya & 15ull) == 0ull) {ways[0]} else {ways[1]}"
+
+    def _source(self, epilogue, operand_modes) -> str:
+        n, k, nc = self.n, self.k, self.nc
+        full, tail = divmod(k, 64)
+        tail = tail // 32
+        kr = smem_row(k)
+        sr = stage_row(nc, self.y_dtype)
+        words = 4 * full + 2 * tail  # A words a lane holds per row
+        it = "long long"  # m is an argument: rows * N may pass 2**31 at a large batch
+        params = ", ".join(f"{ty} __restrict__ {nm}" if ty.endswith("*") else f"{ty} {nm}"
+                           for ty, nm in self.params)
+        acc_t = "int" if self.fmt == S.INT8 else "float"
+        helpers = S.INT8_HELPERS if (self.fmt == S.INT8 and self.x_dtype != "int8") or \
+            self.y_dtype == "int8" else ""
+        if self.fmt == S.FP8:
+            helpers += S.FP8_HELPERS
+        loaders = self._span_loader(16) + (self._span_loader(8) if tail else "")
+        load_rows = []
+        for p in (0, 1):
+            load_rows.append(
+                f"for (int c = 0; c < {full}; ++c) span16(x + row{p} * {k} + 64 * c + 16 * t, "
+                f"xal, a{p} + 4 * c);")
+            if tail:
+                load_rows.append(f"span8(x + row{p} * {k} + {64 * full} + 8 * t, xal, "
+                                 f"a{p} + {4 * full});")
+        mmas = []
+        for c in range(full):
+            mmas.append(f"""{{
+            const uint4 b = bsm4[((8 * j + g) * {kr} + {64 * c} + 16 * t) / 16];
+            mma_16832(acc[j], a0[{4 * c}], a1[{4 * c}], a0[{4 * c + 1}], a1[{4 * c + 1}], b.x, b.y);
+            mma_16832(acc[j], a0[{4 * c + 2}], a1[{4 * c + 2}], a0[{4 * c + 3}], a1[{4 * c + 3}],
+                      b.z, b.w);
+          }}""")
+        if tail:
+            mmas.append(f"""{{
+            const uint2 b = reinterpret_cast<const uint2*>(bsm4)[
+                ((8 * j + g) * {kr} + {64 * full} + 8 * t) / 8];
+            mma_16832(acc[j], a0[{4 * full}], a1[{4 * full}], a0[{4 * full + 1}],
+                      a1[{4 * full + 1}], b.x, b.y);
+          }}""")
+        mma_src = "\n          ".join(mmas)
+        nt = nc // 8
+        return PRELUDE + helpers + MMA_HELPERS[self.fmt] + loaders + f"""
+extern "C" __global__ void __launch_bounds__({self.threads}) {KERNEL}({params}) {{
+  constexpr int KR = {kr}, SR = {sr}, NT = {nt};
+  __shared__ uint4 bsm4[{nc * kr // 16}];
+  __shared__ uint4 stage4[{WARPS * 16 * sr // 16}];
+  const int chunk = (int)(blockIdx.x % {self.chunks});
+  const int n0 = chunk * {nc};
+  const int cw = {n} - n0 < {nc} ? {n} - n0 : {nc};  // this chunk's channels
+  // the chunk's weight rows, zero rows past N (their products are never stored)
+  for (int i = threadIdx.x; i < {nc * k // 16}; i += blockDim.x) {{
+    const int r = i / {k // 16}, c = i - r * {k // 16};
+    uint4 v = {{0u, 0u, 0u, 0u}};
+    if (r < cw) v = reinterpret_cast<const uint4*>(w + ({it})(n0 + r) * {k})[c];
+    bsm4[r * (KR / 16) + c] = v;
+  }}
+  __syncthreads();
+  const int warp = threadIdx.x / {LANES}, lane = threadIdx.x % {LANES};
+  const int g = lane >> 2, t = lane & 3;
+  unsigned char* stg = reinterpret_cast<unsigned char*>(stage4) + warp * 16 * SR;
+  const bool xal = (reinterpret_cast<unsigned long long>(x) & 15ull) == 0ull;
+  const unsigned long long ya = reinterpret_cast<unsigned long long>(y);
+  (void)ya;
+  const {it} tiles = (m + {WARPS * self.mt * 16 - 1}) / {WARPS * self.mt * 16};
+  const {it} stride = gridDim.x / {self.chunks};
+  for ({it} bt = blockIdx.x / {self.chunks}; bt < tiles; bt += stride) {{
+    for (int mi = 0; mi < {self.mt}; ++mi) {{
+      const {it} m0 = ((bt * {WARPS} + warp) * {self.mt} + mi) * 16;
+      if (m0 >= m) break;  // the same for the whole warp
+      const int rows = (int)(m - m0 < 16 ? m - m0 : 16);
+      // the lane's rows g, g + 8 (a row past M reads the last one: never stored)
+      const {it} row0 = m0 + g < m ? m0 + g : m - 1;
+      const {it} row1 = m0 + g + 8 < m ? m0 + g + 8 : m - 1;
+      unsigned a0[{words}], a1[{words}];
+      {chr(10).join('      ' + s for s in load_rows).strip()}
+      {acc_t} acc[NT][4];
+      #pragma unroll
+      for (int j = 0; j < NT; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0;
+      #pragma unroll
+      for (int j = 0; j < NT; ++j) {{
+          {mma_src}
+      }}
+      #pragma unroll
+      for (int j = 0; j < NT; ++j) {{
+        if (8 * j < cw) {{
+          {self._epilogue(epilogue, operand_modes, it)}
+        }}
+      }}
+      __syncwarp();
+      {self._copy_out(it)}
+      __syncwarp();  // the staging buffer is free for the next m-tile
+    }}
+  }}
+}}
+"""
+
+
+def enabled() -> bool:
+    """``TFTRT_QUANT_MMA`` (default on; 0 / false turns it off): the CuPy backend offers tactic
+    ``q_mma`` for the quantized GEMM layers the kernel takes, which the builder times against
+    cuBLASLt and cuDNN (``q_lt`` / ``q_lt_1x1`` / ``q_cudnn``), so it runs a layer only where
+    it is the fastest there, and only once the build-time validation passed."""
+    from tftrt.env import env_bool  # standard library only
+    return env_bool("TFTRT_QUANT_MMA", True)
+
+
+def layer_source(net, layer) -> QMmaSource:
+    """The :class:`QMmaSource` of a quantized conv / matmul layer of ``net``; ValueError for
+    what the kernel does not take (not one GEMM over its input's rows: a conv that is not 1x1
+    / stride 1 / unpadded / group 1, a transpose_a matmul; K, N, dtypes)."""
+    from tftrt.engine import quantization as Q
+    q = layer.attrs.get("quant")
+    if q is None:
+        raise ValueError("not a quantized layer")
+    shape = lambda name: tuple(net.tensors[name].shape)  # noqa: E731
+    dtype = lambda name: np.dtype(net.tensors[name].dtype).name  # noqa: E731
+    x, y = layer.inputs[0], layer.outputs[0]
+    dims = S.gemm_dims(layer.kind, shape(x), shape(layer.inputs[1]), layer.attrs)
+    if dims is None:
+        raise ValueError("not one GEMM over the input's rows (transpose_a, or a conv that is "
+                         "not 1x1 / stride 1 / unpadded / group 1)")
+    _, k, n = dims
+    idx = sorted({e["input"] for e in layer.epilogue if "input" in e})
+    modes = S.epilogue_operand_modes(layer.epilogue,
+                                     {i: shape(layer.inputs[i]) for i in idx},
+                                     {i: dtype(layer.inputs[i]) for i in idx}, shape(y))
+    return QMmaSource(n, k, q["format"], dtype(x), dtype(y), layer.epilogue, modes,
+                      float(Q.inv_scale(q["input_scale"])), q.get("output_scale"))
+
+
+def unsupported(net, layer) -> Optional[str]:
+    """Why ``q_mma`` cannot run ``layer``, or None. Generates the source only: no GPU work."""
+    if "quant" not in layer.attrs:
+        return "not a quantized layer"
+    if not enabled():
+        return "off (TFTRT_QUANT_MMA=0)"
+    try:
+        layer_source(net, layer)
+    except (ValueError, KeyError) as e:
+        return str(e)
+    return None
