@@ -321,9 +321,12 @@ def load_signature(path, tags: Optional[Iterable[str]] = None,
     try:
         saved = tf.saved_model.load(path, tags=tags)
     except Exception as e:
+        msg = str(e).splitlines()[0] if str(e) else ""
+        # TF names the MetaGraphs' tags when none matches: the directory itself is fine
+        hint = "pass input_saved_model_tags matching one of them" if "MetaGraph" in msg and \
+            "tags" in msg else "is the directory complete and written by TensorFlow?"
         raise ValueError(f"could not load the SavedModel in {path!r} with tags {tags}: "
-                         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
-                         f"(is the directory complete and written by TensorFlow?)") from e
+                         f"{type(e).__name__}: {msg} ({hint})") from e
     sigs = getattr(saved, "signatures", {}) or {}
     if signature_key not in sigs:
         raise ValueError(f"signature {signature_key!r} not found in {path!r}; available "

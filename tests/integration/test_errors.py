@@ -48,6 +48,16 @@ def test_corrupt_saved_model_names_path(tmp_path):
     assert str(tmp_path) in str(e.value)
 
 
+def test_tags_no_metagraph_has_say_which_tags_to_pass(mlp_dir):
+    # the directory is fine: no "is the directory complete" hint (helper hunt, 2026-12-05)
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=mlp_dir,
+                                   input_saved_model_tags=["serve", "gpu"])
+    with pytest.raises(ValueError, match=r"with tags \['serve', 'gpu'\].*tags \['serve'\]"
+                       r".*pass input_saved_model_tags matching one of them") as e:
+        conv.convert()
+    assert "written by TensorFlow" not in str(e.value)
+
+
 def test_unknown_signature_lists_available(mlp_dir):
     conv = trt.TrtGraphConverterV2(input_saved_model_dir=mlp_dir,
                                    input_saved_model_signature_key="predict")
