@@ -4,7 +4,7 @@ graph replays, cupy_dnn.gpu_time), the bytes it must move and the rate that make
 m-tiles-per-warp setting, and a check of every output against the same arithmetic in CuPy
 (float32 GEMM of the int8 values: exact below 2**24; the float epilogue in numpy's order).
 
-    python benchmarks/bench_qmma.py [--batch 128] [--mt 4,8,16] [--only NAME]
+    python benchmarks/bench_qmma.py [--batch 128] [--mt 1,2,8] [--only NAME]
 
 Needs CuPy (no cuDNN / cuBLASLt). The whole-model effect is bench_engine's INT8 profile.
 """
@@ -70,7 +70,9 @@ def run(name, hw, k, n, xdt, res, relu, batch, mts, rng):
         src = QM.QMmaSource(n, k, S.INT8, xdt, "int8", epi, modes, inv_x, OUT_SCALE, mt=mt)
         kern = _raw_kernel(src.source, QM.KERNEL)
         y = cp.full((m, n), -128, cp.int8)
-        blocks = src.grid(m, _device_sms() * 8)
+        props = cp.cuda.runtime.getDeviceProperties(cp.cuda.runtime.getDevice())
+        per_sm = QM.resident_blocks(kern.num_regs, kern.shared_size_bytes, src.threads, props)
+        blocks = src.grid(m, _device_sms() * per_sm)
         args = (x, w) + tuple(ops[i] for i in src.operands) + (y, np.int64(m))
         launch = lambda: kern((blocks,), (src.threads,), args)  # noqa: E731
         launch()
@@ -79,7 +81,8 @@ def run(name, hw, k, n, xdt, res, relu, batch, mts, rng):
         off, worst = int(cp.count_nonzero(d)), int(d.max())
         t = gpu_time(launch, cp.cuda.get_current_stream(), what=name) * 1e6
         rows.append((mt, src.nc, blocks, t, nbytes / t / 1e3, off, worst))
-        print(f"{name:24s} mt {mt:2d} nc {src.nc:3d} blocks {blocks:5d}: {t:8.1f} us "
+        print(f"{name:24s} mt {mt:2d} nc {src.nc:3d} regs {kern.num_regs:3d} {per_sm} a SM, "
+              f"blocks {blocks:5d}: {t:8.1f} us "
               f"{nbytes / t / 1e3:7.0f} GB/s ({nbytes / 1e6:.1f} MB); {off} of {m * n} "
               f"outputs differ (max {worst} steps)", flush=True)
     return rows
@@ -88,7 +91,7 @@ def run(name, hw, k, n, xdt, res, relu, batch, mts, rng):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--mt", default="4,8,16")
+    p.add_argument("--mt", default="1,2,8")
     p.add_argument("--only", default="")
     a = p.parse_args(argv)
     rng = np.random.default_rng(0)

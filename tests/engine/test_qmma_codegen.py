@@ -408,3 +408,19 @@ def test_the_impl_chain_falls_back_on_the_gpu():
         ["QuantGemmMma", "QuantGemmLt", "QuantConvCudnn", "QuantEmulated"]
     assert [c.__name__ for c in table["matmul"]["q_mma"]] == \
         ["QuantGemmMma", "QuantGemmLt", "QuantEmulated"]
+
+
+def test_the_grid_is_what_the_gpu_holds_at_once():
+    """resident_blocks follows CUDA's occupancy rules (H100 / H200 properties): 128 threads of
+    128 registers -> 4 blocks an SM, of 175 -> 2, shared memory and threads cap it too; the
+    grid covers every chunk and caps the block tiles at it."""
+    props = {"regsPerMultiprocessor": 65536, "sharedMemPerMultiprocessor": 233472,
+             "maxThreadsPerMultiProcessor": 2048}
+    assert QM.resident_blocks(128, 17408, 128, props) == 4
+    assert QM.resident_blocks(175, 41984, 128, props) == 2
+    assert QM.resident_blocks(40, 47000, 128, props) == 4      # shared memory: 233472 / 48024
+    assert QM.resident_blocks(16, 1024, 128, props) == 16      # threads: 2048 / 128
+    src = _source(CASES[0])                                     # N 256: two chunks
+    assert src.chunks == 2 and src.grid(37) == 2
+    assert src.grid(128 * 56 * 56, max_blocks=132 * 4) == 132 * 4
+    assert src.grid(100, max_blocks=1) == 2                     # never fewer than the chunks

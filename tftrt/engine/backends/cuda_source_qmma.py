@@ -56,7 +56,8 @@ KERNEL = "qmma"
 MAX_K = 256              # K bytes of a weight row in shared memory (and A words a lane holds)
 WARPS = 4                # a block: 128 threads
 LANES = 32
-MT = 8                   # m-tiles of 16 rows a warp takes per block tile
+MT = 1                   # m-tiles of 16 rows a warp takes per block tile (the grid is capped
+#                          at the blocks the GPU holds at once: warps stride over m-tiles)
 NC_CHOICES = (128, 64, 32, 16, 8)   # output channels a block takes (the widest that fits)
 SMEM_LIMIT = 48 * 1024   # static shared memory of one block
 _X_DTYPES = ("int8", "float16", "float32")
@@ -105,6 +106,19 @@ def fragment_k(k: int, kk: int) -> Tuple[int, int]:
     t, rest = divmod(o, 8)
     w, b = divmod(rest, 4)
     return 2 * c, 4 * t + 16 * w + b
+
+
+def resident_blocks(num_regs: int, smem: int, threads: int, props: dict) -> int:
+    """Blocks of a kernel (``num_regs`` registers a thread, ``smem`` bytes of static shared
+    memory, ``threads`` a block) that one SM holds at once, from the device properties
+    (CUDA's occupancy rules: registers allocated 256 a warp, 1 KiB of shared memory reserved
+    a block)."""
+    warps = -(-int(threads) // 32)
+    per_warp = -(-max(int(num_regs), 1) * 32 // 256) * 256
+    by_regs = int(props["regsPerMultiprocessor"]) // (per_warp * warps)
+    by_smem = int(props["sharedMemPerMultiprocessor"]) // (int(smem) + 1024)
+    by_threads = int(props["maxThreadsPerMultiProcessor"]) // int(threads)
+    return max(1, min(by_regs, by_smem, by_threads, 32))
 
 
 def smem_row(k: int) -> int:

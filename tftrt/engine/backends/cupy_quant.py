@@ -656,7 +656,10 @@ class QuantGemmMma(_QuantLayer):
             raise ValueError(f"{QM.KERNEL} compiled for at most "
                              f"{self.kern.max_threads_per_block} threads a block, its blocks "
                              f"have {self.src.threads}")
-        self.blocks = self.src.grid(m, max_blocks=_device_sms() * 8)
+        props = cp.cuda.runtime.getDeviceProperties(cp.cuda.runtime.getDevice())
+        per_sm = QM.resident_blocks(self.kern.num_regs, self.kern.shared_size_bytes,
+                                    self.src.threads, props)
+        self.blocks = self.src.grid(m, max_blocks=_device_sms() * per_sm)
         self.workspace = 0
         x_how = "int8 x" if self.x_dtype == "int8" else f"{self.x_dtype} x quantized on load"
         self.kernel = (f"tensor-core {self.precision} GEMM kernel ({x_how}, epilogue fused, "
