@@ -10,8 +10,8 @@
 source "$(dirname "$0")/gpu_engine_env.sh" "${1:-580}"
 export TFTRT_BACKEND=cupy TFTRT_CUPY_QUANTIZED=1
 nvidia-smi -L > "$out/qmma_gpu.txt" 2>&1
-timeout 170 python3 -m pytest tests/gpu/test_int8_gpu.py -q -s -rf -p no:cacheprovider \
-  --tb=short -k "not through_tensorflow and not timed" > "$out/qmma_tests.log" 2>&1
+timeout 150 python3 -m pytest tests/gpu/test_int8_gpu.py -q -s -rf -p no:cacheprovider \
+  --tb=short -k "${TESTK:-tensor_core or residual or chain}" > "$out/qmma_tests.log" 2>&1
 grep -E "passed|failed|FAILED|Error" "$out/qmma_tests.log" | tail -8
 timeout 90 python3 benchmarks/bench_qmma.py --mt "${MT:-1,2,8}" > "$out/qmma_bench.log" 2>&1
 cat "$out/qmma_bench.log" | tail -24
