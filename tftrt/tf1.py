@@ -131,6 +131,7 @@ class TrtGraphConverter:
         from tftrt import summary as summary_mod
         summary_mod.log_unconverted(self._info, result.segmentation)
         self._converted_graph_def = self._graph_def_with_engines()
+        self._info.drop_const_cache()
         return self._converted_graph_def
 
     def _graph_def_info(self, graph_def) -> graph_io.GraphInfo:

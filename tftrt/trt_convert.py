@@ -346,7 +346,9 @@ class TrtGraphConverterV2:
         self._engine_ops = result.engine_ops
         self._native_fdefs = result.native_fdefs
         self._keepalive = result.keepalive
-        return conversion.make_signature_function(sig, result)
+        func = conversion.make_signature_function(sig, result)
+        sig.info.drop_const_cache()
+        return func
 
     # --- build -------------------------------------------------------------------------------
     def build(self, input_fn: Callable):
