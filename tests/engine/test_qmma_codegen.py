@@ -5,7 +5,11 @@ checked without a GPU: it compiles for sm_90 with nvcc without register spills f
 ``test_quant_codegen``'s reference, int8 requantization) bit for bit in INT8 and within
 fp32 summation order in FP8, for int8 / float16 / float32 x, int8 / float16 / float32 y, K
 with and without a last 32-wide chunk, chunks of channels of which the last is partial, row
-counts no tile divides, a capped grid that loops, and x / y not 16-byte aligned.
+counts no tile divides, a capped grid that loops, and x / y not 16-byte aligned -- also
+in a build whose uint4 / uint2 are aligned as in CUDA with every misaligned access trapped
+(x86 loads any address; the GPU faults) -- and, from a network's layer, what
+``cupy_quant.QuantGemmMma`` passes the kernel (matmul with and without transpose_b, a 1-D x,
+a 1x1 conv) against the numpy backend.
 
 Host builds run each block as its 128 threads (tests/engine/test_dw_codegen's thread shims)
 with ``mma_16832`` emulated by a warp exchange (tests/engine/test_stem_mma_codegen's warp
@@ -15,8 +19,10 @@ of the generator's tables.
 """
 
 import importlib
+import multiprocessing
 import re
 import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -126,6 +132,9 @@ CASES = [
     (19, 16, 128, S.INT8, "int8", "int8", "res8", "relu", 1, None),     # unaligned x and y
     (23, 40, 32, S.FP8, "float16", "float16", "", "gelu", 0, None),     # FP8, one k step
     (33, 136, 64, S.FP8, "float32", "float32", "res", None, 3, None),   # FP8, 128 + 8
+    (1, 8, 32, S.INT8, "int8", "int8", "res8", None, 0, None),          # one row, N 8
+    (70, 48, 224, S.INT8, "float16", "int8", "res8", "relu", 0, 1),     # int8 uint4 stores, 32+16
+    (17, 200, 256, S.INT8, "float32", "float32", "res", "relu", 0, None),  # K 256: 64-wide chunks
 ]
 ACTS = {"relu": {"op": "act", "fn": "relu"},
         "clip": {"op": "act", "fn": "clip", "min": 0.0, "max": 6.0},
@@ -287,6 +296,132 @@ def test_one_source_serves_every_row_count(host_kernels, k, m):
     srcs, so = host_kernels
     y, want, _ = _run(so, k, srcs[k], CASES[k], m, seed=50 + k)
     np.testing.assert_array_equal(y, want)
+
+
+# The host shims' uint4 / uint2 are 4-byte aligned and x86 loads anything, so the cases whose x /
+# y sit off a 16-byte boundary could not catch a 16-byte vector access at a misaligned address,
+# which faults on the GPU. This build gives them CUDA's alignment (16 / 8) and traps every
+# misaligned access (-fsanitize=alignment), in a child process: the trap aborts it.
+def _aligned_build(text: str, tmp_path):
+    text = text.replace("struct uint4 { unsigned int x, y, z, w; };",
+                        "struct alignas(16) uint4 { unsigned int x, y, z, w; };")
+    text = text.replace("struct uint2 { unsigned int x, y; };",
+                        "struct alignas(8) uint2 { unsigned int x, y; };")
+    assert "alignas(16) uint4" in text and "alignas(8) uint2" in text
+    cpp, lib = tmp_path / "qmma_aligned.cpp", tmp_path / "qmma_aligned.so"
+    cpp.write_text(text)
+    r = subprocess.run([_host_compiler(), "-O1", "-std=c++17", "-shared", "-fPIC", "-pthread",
+                        "-ffp-contract=off", "-Wno-unknown-pragmas", "-fsanitize=alignment",
+                        "-fno-sanitize-recover=alignment", "-o", str(lib), str(cpp)],
+                       capture_output=True, text=True, timeout=900)
+    return lib if r.returncode == 0 else None
+
+
+def _run_aligned(lib: str, queue) -> None:
+    import ctypes
+    so = ctypes.CDLL(lib)
+    bad = []
+    for k, case in enumerate(CASES):
+        src = _source(case)
+        y, want, _ = _run(so, k, src, case, case[0], seed=100 + k)
+        if src.fmt == S.INT8 and not np.array_equal(y, want):
+            bad.append(k)
+    queue.put(bad)
+
+
+def test_no_vector_access_is_misaligned(tmp_path):
+    """Every case (x / y 16-byte aligned or not) with uint4 / uint2 aligned as in CUDA and
+    every misaligned access trapped: the kernel takes its 16- / 8-byte paths only where the
+    addresses allow them."""
+    if _host_compiler() is None:
+        pytest.skip("no host C++ compiler")
+    srcs = [_source(case) for case in CASES]
+    text = (HOST_SHIMS + THREAD_SHIMS + MMA_SHIMS + C.MATH_HELPERS + QUANT_SHIMS +
+            S.INT8_HELPERS + S.E4M3_VALUE + MMA8_SHIMS +
+            "\n".join(_strip(s.source, k) + _driver(s, k) for k, s in enumerate(srcs)))
+    lib = _aligned_build(text, tmp_path)
+    if lib is None:
+        pytest.skip("the host compiler has no alignment sanitizer")
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    p = ctx.Process(target=_run_aligned, args=(str(lib), queue))
+    p.start()
+    p.join(600)
+    assert p.exitcode == 0, "a misaligned vector access (the sanitizer's report is above)"
+    assert queue.get(timeout=5) == []
+
+
+# --- the layer -> kernel path of QuantGemmMma, on the host ------------------------------------
+# What cupy_quant.QuantGemmMma passes the kernel for a network's layer -- layer_source's source,
+# gemm_weight's [N, K] weight (transpose_b or not, a 1x1 conv's KRSC), the epilogue operands in
+# source order, the rows of every leading dim -- against the numpy backend's _quantized_gemm.
+def _gemm_net(kind, x_shape, k, n, precision, transpose_b=False, residual=False):
+    from tftrt.engine.network import Network
+    from tftrt.engine.precision import apply_precision
+    rng = np.random.RandomState(1)
+    net = Network("gemm")
+    net.inputs, net.outputs = ["x"] + (["r"] if residual else []), ["y"]
+    y_shape = tuple(x_shape[:-1]) + (n,)
+    net.add_tensor("x", "float32", x_shape)
+    if residual:
+        net.add_tensor("r", "float32", y_shape)
+    if kind == "conv":
+        w = net.add_weight(rng.randn(n, 1, 1, k).astype(np.float32), "w")
+        attrs = {"strides": [1, 1], "dilations": [1, 1], "pads": [0, 0, 0, 0], "group": 1}
+    else:
+        w = net.add_weight(rng.randn(*((n, k) if transpose_b else (k, n))).astype(np.float32),
+                           "w")
+        attrs = {"transpose_b": transpose_b}
+    b = net.add_weight(rng.randn(n).astype(np.float32), "b")
+    layer = net.add_layer(kind, ["x", w, b] + (["r"] if residual else []), ["y"], attrs)
+    layer.epilogue = [{"op": "bias", "input": 2}] + \
+        ([{"op": "add", "input": 3}] if residual else []) + [{"op": "act", "fn": "relu"}]
+    net.tensors["y"].dtype, net.tensors["y"].shape = "float32", y_shape
+    return apply_precision(net, precision, Q.new_table(tensors={"x": 2.0}))
+
+
+GEMM_NETS = [("matmul", (4, 7, 64), 64, 32, False, False),
+             ("matmul", (4, 7, 64), 64, 32, True, True),
+             ("matmul", (96,), 96, 40, True, False),      # a 1-D x: one row
+             ("conv", (2, 5, 3, 96), 96, 136, False, True),
+             ("matmul", (3, 128), 128, 24, False, False)]
+
+
+@pytest.mark.parametrize("precision", ["INT8", "FP8"])
+def test_the_layers_kernel_computes_what_the_numpy_backend_does(tmp_path, precision):
+    from tftrt.engine.backends import numpy_backend as NB
+    if _host_compiler() is None:
+        pytest.skip("no host C++ compiler")
+    nets = [_gemm_net(kind, xs, k, n, precision, tb, res) for kind, xs, k, n, tb, res in GEMM_NETS]
+    srcs = []
+    for net in nets:
+        (layer,) = net.layers
+        assert QM.unsupported(net, layer) is None
+        srcs.append(QM.layer_source(net, layer))
+    text = (HOST_SHIMS + THREAD_SHIMS + MMA_SHIMS + C.MATH_HELPERS + QUANT_SHIMS +
+            S.INT8_HELPERS + S.E4M3_VALUE + MMA8_SHIMS +
+            "\n".join(_strip(s.source, k) + _driver(s, k) for k, s in enumerate(srcs)))
+    so = _build(text, tmp_path, "qmma_layers")
+    rng = np.random.default_rng(5)
+    for k, (net, src) in enumerate(zip(nets, srcs)):
+        (layer,) = net.layers
+        ins = [np.asarray(net.weights[t]) if t in net.weights else
+               rng.standard_normal(net.tensors[t].shape).astype(net.tensors[t].dtype)
+               for t in layer.inputs]
+        want = NB._quantized_gemm(net, layer, net.weights)(ins)[0]
+        m, kk, n = S.gemm_dims(layer.kind, net.tensors["x"].shape,
+                               net.tensors[layer.inputs[1]].shape, layer.attrs)
+        w = S.gemm_weight(net.weights[layer.inputs[1]], layer.kind,
+                          bool(layer.attrs.get("transpose_b")), kk, n)
+        y = np.full(want.shape, np.nan, want.dtype)
+        _run_host(so, k, [ins[0], w] + [ins[i] for i in src.operands] + [y, m], src.grid(m),
+                  src.threads)
+        what = f"{precision} {GEMM_NETS[k]}"
+        if precision == "INT8":
+            np.testing.assert_array_equal(y, want, err_msg=what)
+        else:
+            np.testing.assert_allclose(y, want, rtol=2.0 ** -10,
+                                       atol=1e-5 * float(np.abs(want).max()), err_msg=what)
 
 
 def test_cases_cover_what_the_kernel_takes():
