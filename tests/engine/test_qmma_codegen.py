@@ -30,7 +30,7 @@ import pytest
 from tests.engine.test_cuda_codegen import HOST_SHIMS, _host_compiler, nvcc_compile
 from tests.engine.test_dw_codegen import THREAD_SHIMS, _build, _run_host
 from tests.engine.test_quant_codegen import QUANT_SHIMS, _epilogue_reference
-from tests.engine.test_stem_mma_codegen import MMA_SHIMS
+from tests.engine.test_stem_mma_codegen import MMA_SHIMS, _driver
 from tftrt.engine import quantization as Q
 from tftrt.engine.backends import cuda_source as C
 from tftrt.engine.backends import cuda_source_qmma as QM
@@ -213,36 +213,22 @@ def _strip(src: str, k: int) -> str:
     return re.sub(rf"\b{QM.KERNEL}\(", f"{QM.KERNEL}_{k}(", src)
 
 
-def _driver(src: QM.QMmaSource, k: int) -> str:
-    call = ", ".join(f"({ty})a[{j}]" for j, (ty, _) in enumerate(src.params))
-    return f"""
-extern "C" int run_{k}(void** a, int blocks, int threads) {{
-  mt_blockDim.x = threads; mt_size = threads; mt_count = 0; mt_broken = false;
-  mt_gridDim.x = blocks;
-  for (int w = 0; w < 32; ++w) wp_count[w] = 0;
-  std::vector<std::thread> ts;
-  for (int t = 0; t < threads; ++t) ts.emplace_back([=] {{
-    mt_threadIdx.x = t;
-    for (int b = 0; b < blocks; ++b) {{
-      mt_blockIdx.x = b;
-      {QM.KERNEL}_{k}({call});
-      mt_barrier();  // the block's end: its shared memory is free for the next
-    }}
-  }});
-  for (auto& t : ts) t.join();
-  return mt_broken ? 1 : 0;
-}}"""
+def _host_text(srcs=None) -> str:
+    """Kernels and drivers (``run_<k>``) of ``srcs`` (default: every case's) with the host
+    shims, as one C++ source."""
+    srcs = [_source(case) for case in CASES] if srcs is None else srcs
+    return (HOST_SHIMS + THREAD_SHIMS + MMA_SHIMS + C.MATH_HELPERS + QUANT_SHIMS +
+            S.INT8_HELPERS + S.E4M3_VALUE + MMA8_SHIMS +
+            "\n".join(_strip(s.source, k) + _driver(s, k, QM.KERNEL)
+                      for k, s in enumerate(srcs)))
 
 
 @pytest.fixture(scope="module")
 def host_kernels(tmp_path_factory):
     if _host_compiler() is None:
         pytest.skip("no host C++ compiler")
-    srcs = [_source(case) for case in CASES]
-    text = (HOST_SHIMS + THREAD_SHIMS + MMA_SHIMS + C.MATH_HELPERS + QUANT_SHIMS +
-            S.INT8_HELPERS + S.E4M3_VALUE + MMA8_SHIMS +
-            "\n".join(_strip(s.source, k) + _driver(s, k) for k, s in enumerate(srcs)))
-    return srcs, _build(text, tmp_path_factory.mktemp("qmma"), "qmma")
+    return [_source(case) for case in CASES], _build(_host_text(),
+                                                     tmp_path_factory.mktemp("qmma"), "qmma")
 
 
 def _offset_view(a: np.ndarray, offset: int, fill) -> np.ndarray:
@@ -335,11 +321,7 @@ def test_no_vector_access_is_misaligned(tmp_path):
     addresses allow them."""
     if _host_compiler() is None:
         pytest.skip("no host C++ compiler")
-    srcs = [_source(case) for case in CASES]
-    text = (HOST_SHIMS + THREAD_SHIMS + MMA_SHIMS + C.MATH_HELPERS + QUANT_SHIMS +
-            S.INT8_HELPERS + S.E4M3_VALUE + MMA8_SHIMS +
-            "\n".join(_strip(s.source, k) + _driver(s, k) for k, s in enumerate(srcs)))
-    lib = _aligned_build(text, tmp_path)
+    lib = _aligned_build(_host_text(), tmp_path)
     if lib is None:
         pytest.skip("the host compiler has no alignment sanitizer")
     ctx = multiprocessing.get_context("fork")
@@ -398,10 +380,7 @@ def test_the_layers_kernel_computes_what_the_numpy_backend_does(tmp_path, precis
         (layer,) = net.layers
         assert QM.unsupported(net, layer) is None
         srcs.append(QM.layer_source(net, layer))
-    text = (HOST_SHIMS + THREAD_SHIMS + MMA_SHIMS + C.MATH_HELPERS + QUANT_SHIMS +
-            S.INT8_HELPERS + S.E4M3_VALUE + MMA8_SHIMS +
-            "\n".join(_strip(s.source, k) + _driver(s, k) for k, s in enumerate(srcs)))
-    so = _build(text, tmp_path, "qmma_layers")
+    so = _build(_host_text(srcs), tmp_path, "qmma_layers")
     rng = np.random.default_rng(5)
     for k, (net, src) in enumerate(zip(nets, srcs)):
         (layer,) = net.layers

@@ -172,9 +172,11 @@ def _rename(src: str, k) -> str:
     return re.sub(rf"\b{SM.KERNEL}\(", f"{SM.KERNEL}_{k}(", body)
 
 
-def _driver(src: SM.StemMmaSource, k: int) -> str:
-    """``run_<k>(args, blocks, threads)``: every block of case ``k``'s grid, one host thread
-    per block thread (``gridDim`` the block count); returns 1 when a barrier timed out."""
+def _driver(src, k: int, kernel: str = SM.KERNEL) -> str:
+    """``run_<k>(args, blocks, threads)``: every block of the grid of ``kernel``'s case ``k``
+    (renamed ``<kernel>_<k>``; ``src.params`` its parameters), one host thread per block
+    thread (``gridDim`` the block count); returns 1 when a barrier timed out. The tensor-core
+    kernels' drivers (stem_mma, qmma): the warp barrier is reset too."""
     call = ", ".join(f"({ty})a[{j}]" for j, (ty, _) in enumerate(src.params))
     return f"""
 extern "C" int run_{k}(void** a, int blocks, int threads) {{
@@ -186,7 +188,7 @@ extern "C" int run_{k}(void** a, int blocks, int threads) {{
     mt_threadIdx.x = t;
     for (int b = 0; b < blocks; ++b) {{
       mt_blockIdx.x = b;
-      {SM.KERNEL}_{k}({call});
+      {kernel}_{k}({call});
       mt_barrier();  // the block's end: its shared memory is free for the next
     }}
   }});

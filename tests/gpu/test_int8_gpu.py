@@ -39,6 +39,20 @@ def quantized_kernels(monkeypatch):
 F32 = np.float32
 
 
+def _observed(model, rng, shape):
+    """A calibrator of ``model``'s network that has seen 4 random batches of ``shape``."""
+    cal = EngineCalibrator(network_from_onnx(model))
+    for _ in range(4):
+        cal.observe([rng.randn(*shape).astype(F32)])
+    return cal
+
+
+def _calibrated(model, rng, shape, precision="INT8"):
+    """``model`` with the ranges of 4 random batches of ``shape`` (its quantization table)."""
+    Q.set_table(model, _observed(model, rng, shape).table(precision))
+    return model
+
+
 def _calibrated_model(rng, precision="INT8"):
     from onnx import helper
     consts = {"w1": (rng.randn(16, 3, 3, 3) * 0.3).astype(F32),
@@ -51,11 +65,7 @@ def _calibrated_model(rng, precision="INT8"):
              N("GlobalAveragePool", ["r2"], ["g"]), N("Flatten", ["g"], ["f"]),
              N("MatMul", ["f", "wd"], ["y"])]
     model = make_model(nodes, {"x": np.zeros((8, 3, 16, 16), F32)}, consts)
-    cal = EngineCalibrator(network_from_onnx(model))
-    for _ in range(4):
-        cal.observe([rng.randn(8, 3, 16, 16).astype(F32)])
-    Q.set_table(model, cal.table(precision))
-    return model
+    return _calibrated(model, rng, (8, 3, 16, 16), precision)
 
 
 def _sm() -> tuple:
@@ -74,10 +84,7 @@ def _depthwise_model(rng):
              N("Conv", ["r1", "wd"], ["c2"], pads=[1, 1, 1, 1], group=16),
              N("Relu", ["c2"], ["r2"]), N("Conv", ["r2", "w2"], ["y"])]
     model = make_model(nodes, {"x": np.zeros((4, 3, 12, 12), F32)}, consts)
-    cal = EngineCalibrator(network_from_onnx(model))
-    for _ in range(4):
-        cal.observe([rng.randn(4, 3, 12, 12).astype(F32)])
-    return model, cal
+    return model, _observed(model, rng, (4, 3, 12, 12))
 
 
 def _impls(engine):
@@ -204,11 +211,7 @@ def _residual_model(rng):
                   N("Add", [f"t{b}", i], [f"u{b}"]), N("Relu", [f"u{b}"], [o])]
     nodes.append(N("Identity", ["a2"], ["y"]))
     model = make_model(nodes, {"x": np.zeros((4, 3, 14, 14), F32)}, consts)
-    cal = EngineCalibrator(network_from_onnx(model))
-    for _ in range(4):
-        cal.observe([rng.randn(4, 3, 14, 14).astype(F32)])
-    Q.set_table(model, cal.table("INT8"))
-    return model
+    return _calibrated(model, rng, (4, 3, 14, 14), "INT8")
 
 
 def test_int8_residuals_stay_int8_on_the_gpu(monkeypatch):
@@ -277,11 +280,7 @@ def _bottleneck_model(rng, precision):
              N("Conv", ["s", "wc", "bc"], ["t"]), N("Conv", ["a0", "wp"], ["sc"]),
              N("Add", ["t", "sc"], ["u"]), N("Relu", ["u"], ["y"])]
     model = make_model(nodes, {"x": np.zeros((4, 3, 14, 14), F32)}, consts)
-    cal = EngineCalibrator(network_from_onnx(model))
-    for _ in range(4):
-        cal.observe([rng.randn(4, 3, 14, 14).astype(F32)])
-    Q.set_table(model, cal.table(precision))
-    return model
+    return _calibrated(model, rng, (4, 3, 14, 14), precision)
 
 
 @pytest.mark.parametrize("precision", ["INT8", "FP8"])
@@ -334,10 +333,7 @@ def test_a_requantized_conv_without_relu_saturates_symmetrically_in_cudnn():
     nodes = [N("Conv", ["x", "w1", "b1"], ["c1"]),
              N("Conv", ["c1", "w2"], ["c2"], pads=[1, 1, 1, 1]), N("Relu", ["c2"], ["y"])]
     model = make_model(nodes, {"x": np.zeros((4, 16, 14, 14), F32)}, consts)
-    cal = EngineCalibrator(network_from_onnx(model))
-    for _ in range(4):
-        cal.observe([rng.randn(4, 16, 14, 14).astype(F32)])
-    Q.set_table(model, cal.table("INT8"))
+    _calibrated(model, rng, (4, 16, 14, 14))
     x = (rng.randn(4, 16, 14, 14) * 4).astype(F32)
     gpu = build_engine(model, {"x": x.shape}, BuilderConfig(precision="INT8", backend="cupy"))
     choices = _choices(gpu)

@@ -71,23 +71,21 @@ A_FRAG = ((0, 0), (8, 0), (0, 16), (8, 16))
 B_FRAG = (0, 16)
 C_FRAG = ((0, 0), (0, 1), (8, 0), (8, 1))
 
-MMA_HELPERS = {
-    S.INT8: r"""
-__device__ __forceinline__ void mma_16832(int* c, unsigned a0, unsigned a1, unsigned a2,
-                                          unsigned a3, unsigned b0, unsigned b1) {
-  asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 "
-               "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
-               : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
-               : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1)); }
-""",
-    S.FP8: r"""
-__device__ __forceinline__ void mma_16832(float* c, unsigned a0, unsigned a1, unsigned a2,
-                                          unsigned a3, unsigned b0, unsigned b1) {
-  asm volatile("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 "
-               "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
-               : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-               : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1)); }
-"""}
+def _mma_helper(acc: str, types: str, reg: str) -> str:
+    """``mma_16832(c, a0..a3, b0, b1)``: D = A B + C in place on the 4 accumulators ``c``."""
+    return f"""
+__device__ __forceinline__ void mma_16832({acc}* c, unsigned a0, unsigned a1, unsigned a2,
+                                          unsigned a3, unsigned b0, unsigned b1) {{
+  asm volatile("mma.sync.aligned.m16n8k32.row.col.{types} "
+               "{{%0, %1, %2, %3}}, {{%4, %5, %6, %7}}, {{%8, %9}}, {{%0, %1, %2, %3}};"
+               : "+{reg}"(c[0]), "+{reg}"(c[1]), "+{reg}"(c[2]), "+{reg}"(c[3])
+               : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1)); }}
+"""
+
+
+# int8 x int8 -> int32 (exact), E4M3 x E4M3 -> fp32 (sm_89+)
+MMA_HELPERS = {S.INT8: _mma_helper("int", "s32.s8.s8.s32", "r"),
+               S.FP8: _mma_helper("float", "f32.e4m3.e4m3.f32", "f")}
 
 
 def fragment_k(k: int, kk: int) -> Tuple[int, int]:
