@@ -1,10 +1,13 @@
 """The tensor-core quantized GEMM kernel (tactic ``q_mma``, backends/cuda_source_qmma) alone on
 ResNet50's 1x1 convolutions at batch 128 (issue 15): microseconds per call (median of CUDA
 graph replays, cupy_dnn.gpu_time), the bytes it must move and the rate that makes, for each
-m-tiles-per-warp setting, and a check of every output against the same arithmetic in CuPy
+setting (m-tiles a warp, warps a block, channels a block), and a check of every output against the same arithmetic in CuPy
 (float32 GEMM of the int8 values: exact below 2**24; the float epilogue in numpy's order).
 
-    python benchmarks/bench_qmma.py [--batch 128] [--mt 1,2,8] [--only NAME]
+    python benchmarks/bench_qmma.py [--batch 128] [--configs "1,4,0 2,4,0 1,8,0 1,4,64"]
+                                    [--only NAME]
+
+(a config: mt,warps,nc; nc 0 the kernel's own choice).
 
 Needs CuPy (no cuDNN / cuBLASLt). The whole-model effect is bench_engine's INT8 profile.
 """
@@ -35,7 +38,7 @@ CONVS = [
 IN_SCALE, OUT_SCALE, RES_SCALE = 0.05, 0.04, 0.03
 
 
-def run(name, hw, k, n, xdt, res, relu, batch, mts, rng):
+def run(name, hw, k, n, xdt, res, relu, batch, configs, rng):
     m = batch * hw * hw
     epi = [{"op": "scale", "input": 2}, {"op": "bias", "input": 3}]
     modes = {2: ("vec", "float32"), 3: ("vec", "float32")}
@@ -66,8 +69,13 @@ def run(name, hw, k, n, xdt, res, relu, batch, mts, rng):
     want = cp.clip(cp.rint(v * cp.float32(Q.inv_scale(OUT_SCALE))), -127, 127).astype(cp.int8)
     nbytes = m * k * x.itemsize + m * n * (2 if res else 1) + n * k
     rows = []
-    for mt in mts:
-        src = QM.QMmaSource(n, k, S.INT8, xdt, "int8", epi, modes, inv_x, OUT_SCALE, mt=mt)
+    for mt, warps, nc in configs:
+        try:
+            src = QM.QMmaSource(n, k, S.INT8, xdt, "int8", epi, modes, inv_x, OUT_SCALE, mt=mt,
+                                warps=warps, nc=nc or None)
+        except ValueError as e:
+            print(f"{name:24s} mt {mt} warps {warps} nc {nc}: {e}")
+            continue
         kern = _raw_kernel(src.source, QM.KERNEL)
         y = cp.full((m, n), -128, cp.int8)
         props = cp.cuda.runtime.getDeviceProperties(cp.cuda.runtime.getDevice())
@@ -81,7 +89,8 @@ def run(name, hw, k, n, xdt, res, relu, batch, mts, rng):
         off, worst = int(cp.count_nonzero(d)), int(d.max())
         t = gpu_time(launch, cp.cuda.get_current_stream(), what=name) * 1e6
         rows.append((mt, src.nc, blocks, t, nbytes / t / 1e3, off, worst))
-        print(f"{name:24s} mt {mt:2d} nc {src.nc:3d} regs {kern.num_regs:3d} {per_sm} a SM, "
+        print(f"{name:24s} mt {mt:2d} warps {warps} nc {src.nc:3d} regs {kern.num_regs:3d} "
+              f"{per_sm} a SM, "
               f"blocks {blocks:5d}: {t:8.1f} us "
               f"{nbytes / t / 1e3:7.0f} GB/s ({nbytes / 1e6:.1f} MB); {off} of {m * n} "
               f"outputs differ (max {worst} steps)", flush=True)
@@ -91,16 +100,16 @@ def run(name, hw, k, n, xdt, res, relu, batch, mts, rng):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--mt", default="1,2,8")
+    p.add_argument("--configs", default="1,4,0 2,4,0 1,8,0 1,4,64")
     p.add_argument("--only", default="")
     a = p.parse_args(argv)
     rng = np.random.default_rng(0)
-    mts = [int(v) for v in a.mt.split(",")]
+    configs = [tuple(int(v) for v in c.split(",")) for c in a.configs.split()]
     bad = 0
     for conv in CONVS:
         if a.only and a.only not in conv[0]:
             continue
-        for mt, nc, blocks, t, gbs, off, worst in run(*conv, a.batch, mts, rng):
+        for mt, nc, blocks, t, gbs, off, worst in run(*conv, a.batch, configs, rng):
             bad += worst > 1 or off > 0.005 * a.batch * conv[1] ** 2 * conv[3]
     print("all outputs within one step on <= 0.5%" if not bad else f"{bad} runs off")
     return 1 if bad else 0

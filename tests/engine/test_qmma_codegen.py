@@ -538,3 +538,19 @@ def test_the_grid_is_what_the_gpu_holds_at_once():
     assert src.chunks == 2 and src.grid(37) == 2
     assert src.grid(128 * 56 * 56, max_blocks=132 * 4) == 132 * 4
     assert src.grid(100, max_blocks=1) == 2                     # never fewer than the chunks
+
+
+def test_the_benchmark_knobs_compute_the_same(tmp_path):
+    """Warps a block and channels a block (bench_qmma.py's knobs) change the tiling only:
+    8 warps with chunks of 64 and 4 warps with chunks of 16 answer case 0 bit for bit."""
+    if _host_compiler() is None:
+        pytest.skip("no host C++ compiler")
+    case = CASES[0]
+    epi, modes = _spec(case)
+    srcs = [QM.QMmaSource(case[1], case[2], case[3], case[4], case[5], epi, modes, INV_X,
+                          OUT_SCALE, warps=w, nc=nc) for w, nc in ((8, 64), (4, 16))]
+    assert [(s.threads, s.nc, s.chunks) for s in srcs] == [(256, 64, 4), (128, 16, 16)]
+    so = _build(_host_text(srcs), tmp_path, "qmma_knobs")
+    for k, src in enumerate(srcs):
+        y, want, _ = _run(so, k, src, case, 45, seed=9)
+        np.testing.assert_array_equal(y, want, err_msg=f"warps {src.warps} nc {src.nc}")

@@ -130,15 +130,15 @@ def stage_row(nc: int, y_dtype: str) -> int:
     return nc * np.dtype(y_dtype).itemsize + 16
 
 
-def smem_bytes(nc: int, k: int, y_dtype: str) -> int:
-    return nc * smem_row(k) + WARPS * 16 * stage_row(nc, y_dtype)
+def smem_bytes(nc: int, k: int, y_dtype: str, warps: int = WARPS) -> int:
+    return nc * smem_row(k) + warps * 16 * stage_row(nc, y_dtype)
 
 
-def chunk_width(n: int, k: int, y_dtype: str) -> Optional[int]:
+def chunk_width(n: int, k: int, y_dtype: str, warps: int = WARPS) -> Optional[int]:
     """The widest chunk of output channels (:data:`NC_CHOICES`, at most N rounded up to 8)
     whose weight rows and staging fit :data:`SMEM_LIMIT`, or None."""
     for nc in NC_CHOICES:
-        if nc <= max(8, -(-n // 8) * 8) and smem_bytes(nc, k, y_dtype) <= SMEM_LIMIT:
+        if nc <= max(8, -(-n // 8) * 8) and smem_bytes(nc, k, y_dtype, warps) <= SMEM_LIMIT:
             return nc
     return None
 
@@ -154,7 +154,8 @@ class QMmaSource:
         quantized on load with ``inv_x``, the input scale's reciprocal).
       y_dtype: int8 (with ``out_scale``), float16 or float32.
       epilogue, operand_modes: as ``cuda_source_quant.QuantEpilogueSource``'s.
-      mt: m-tiles a warp takes per block tile.
+      mt: m-tiles a warp takes per block tile; warps: warps a block (:data:`WARPS`);
+        nc: output channels a block takes (default: :func:`chunk_width`) -- benchmark knobs.
 
     Kernel ``qmma(x, w, *operands, y, m)`` (operands in :attr:`operands` order, ``m`` a long
     long); :meth:`grid` gives the launch. Raises ValueError for what the kernel does not take.
@@ -162,7 +163,8 @@ class QMmaSource:
 
     def __init__(self, n: int, k: int, fmt: str, x_dtype: str, y_dtype: str,
                  epilogue: Sequence[dict], operand_modes: Dict[int, Tuple[str, str]],
-                 inv_x: float = 1.0, out_scale: Optional[float] = None, mt: int = MT):
+                 inv_x: float = 1.0, out_scale: Optional[float] = None, mt: int = MT,
+                 warps: int = WARPS, nc: Optional[int] = None):
         self.n, self.k, self.fmt = int(n), int(k), fmt
         self.x_dtype, self.y_dtype = np.dtype(x_dtype).name, np.dtype(y_dtype).name
         if fmt not in (S.INT8, S.FP8):
@@ -184,14 +186,16 @@ class QMmaSource:
         for i, (mode, _) in operand_modes.items():
             if mode not in ("vec", "full"):
                 raise ValueError(f"epilogue operand {i}: broadcast {mode!r} not supported")
-        nc = chunk_width(self.n, self.k, self.y_dtype)
-        if nc is None:
+        self.warps = int(warps)
+        nc = nc or chunk_width(self.n, self.k, self.y_dtype, self.warps)
+        if nc is None or nc % 16 and nc != 8 or \
+                smem_bytes(nc, self.k, self.y_dtype, self.warps) > SMEM_LIMIT:
             raise ValueError(f"the tensor-core quantized GEMM's weight rows ({self.k} bytes) "
                              f"and staging do not fit {SMEM_LIMIT} bytes of shared memory")
         self.nc = nc
         self.chunks = -(-self.n // nc)
         self.mt = int(mt)
-        self.threads = WARPS * LANES
+        self.threads = self.warps * LANES
         self.inv_x, self.out_scale = float(inv_x), out_scale
         self.operands = sorted(operand_modes)
         self.params = ([(f"const {ctype(self.x_dtype)}*", "x"), ("const unsigned char*", "w")] +
@@ -203,7 +207,7 @@ class QMmaSource:
     def grid(self, m: int, max_blocks: Optional[int] = None) -> int:
         """Blocks of a launch over ``m`` rows: every chunk times the block tiles (capped at
         ``max_blocks`` rounded down to whole chunks; blocks then loop)."""
-        tiles = max(1, math.ceil(int(m) / (WARPS * self.mt * 16)))
+        tiles = max(1, math.ceil(int(m) / (self.warps * self.mt * 16)))
         if max_blocks:
             tiles = max(1, min(tiles, int(max_blocks) // self.chunks))
         return tiles * self.chunks
@@ -354,7 +358,7 @@ class QMmaSource:
 extern "C" __global__ void __launch_bounds__({self.threads}) {KERNEL}({params}) {{
   constexpr int KR = {kr}, SR = {sr}, NT = {nt};
   __shared__ uint4 bsm4[{nc * kr // 16}];
-  __shared__ uint4 stage4[{WARPS * 16 * sr // 16}];
+  __shared__ uint4 stage4[{self.warps * 16 * sr // 16}];
   const int chunk = (int)(blockIdx.x % {self.chunks});
   const int n0 = chunk * {nc};
   const int cw = {n} - n0 < {nc} ? {n} - n0 : {nc};  // this chunk's channels
@@ -372,11 +376,11 @@ extern "C" __global__ void __launch_bounds__({self.threads}) {KERNEL}({params}) 
   const bool xal = (reinterpret_cast<unsigned long long>(x) & 15ull) == 0ull;
   const unsigned long long ya = reinterpret_cast<unsigned long long>(y);
   (void)ya;
-  const {it} tiles = (m + {WARPS * self.mt * 16 - 1}) / {WARPS * self.mt * 16};
+  const {it} tiles = (m + {self.warps * self.mt * 16 - 1}) / {self.warps * self.mt * 16};
   const {it} stride = gridDim.x / {self.chunks};
   for ({it} bt = blockIdx.x / {self.chunks}; bt < tiles; bt += stride) {{
     for (int mi = 0; mi < {self.mt}; ++mi) {{
-      const {it} m0 = ((bt * {WARPS} + warp) * {self.mt} + mi) * 16;
+      const {it} m0 = ((bt * {self.warps} + warp) * {self.mt} + mi) * 16;
       if (m0 >= m) break;  // the same for the whole warp
       const int rows = (int)(m - m0 < 16 ? m - m0 : 16);
       // the lane's rows g, g + 8 (a row past M reads the last one: never stored)
