@@ -8,7 +8,7 @@
 # Logs in $OUT: qmma_tests.log, qmma_bench.log, then run_gpu_int8.sh's.
 # shellcheck source=benchmarks/gpu_engine_env.sh
 source "$(dirname "$0")/gpu_engine_env.sh" "${1:-580}"
-export TFTRT_BACKEND=cupy TFTRT_CUPY_QUANTIZED=1
+export TFTRT_BACKEND=cupy TFTRT_CUPY_QUANTIZED=1 TFTRT_QUANT_MMA=${TFTRT_QUANT_MMA:-1}
 nvidia-smi -L > "$out/qmma_gpu.txt" 2>&1
 timeout 150 python3 -m pytest tests/gpu/test_int8_gpu.py -q -s -rf -p no:cacheprovider \
   --tb=short -k "${TESTK:-tensor_core or residual or chain}" > "$out/qmma_tests.log" 2>&1

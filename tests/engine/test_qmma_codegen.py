@@ -370,8 +370,10 @@ GEMM_NETS = [("matmul", (4, 7, 64), 64, 32, False, False),
 
 
 @pytest.mark.parametrize("precision", ["INT8", "FP8"])
-def test_the_layers_kernel_computes_what_the_numpy_backend_does(tmp_path, precision):
+def test_the_layers_kernel_computes_what_the_numpy_backend_does(tmp_path, precision,
+                                                               monkeypatch):
     from tftrt.engine.backends import numpy_backend as NB
+    monkeypatch.setenv("TFTRT_QUANT_MMA", "1")
     if _host_compiler() is None:
         pytest.skip("no host C++ compiler")
     nets = [_gemm_net(kind, xs, k, n, precision, tb, res) for kind, xs, k, n, tb, res in GEMM_NETS]
@@ -480,9 +482,10 @@ def _matmul_net(k, n, precision="INT8"):
 
 def test_the_tactic_takes_the_quantized_gemms_the_kernel_takes(monkeypatch):
     """``q_mma`` is registered for conv and matmul layers on CuPy; it applies to a quantized
-    GEMM whose K is a multiple of 32 (up to 256) and N of 8, unless TFTRT_QUANT_MMA=0 (on by
-    default), never to a float layer or a depthwise conv; the source it would compile is the
-    layer's (rows of all leading dims, the input scale's reciprocal)."""
+    GEMM whose K is a multiple of 32 (up to 256) and N of 8 when TFTRT_QUANT_MMA=1 (off by
+    default until a GPU has run it), never to a float layer or a depthwise conv; the source
+    it would compile is the layer's (rows of all leading dims, the input scale's
+    reciprocal)."""
     importlib.import_module("tftrt.engine.backends.cupy_backend")  # registers the tactics
     from tests.engine.test_quant_codegen import _quantized_net
     from tftrt.engine.tactics import _REGISTRY
@@ -491,6 +494,8 @@ def test_the_tactic_takes_the_quantized_gemms_the_kernel_takes(monkeypatch):
     monkeypatch.delenv("TFTRT_QUANT_MMA", raising=False)
     net = _matmul_net(64, 32)
     (layer,) = net.layers
+    assert QM.unsupported(net, layer) == "off (TFTRT_QUANT_MMA=0)"   # the default
+    monkeypatch.setenv("TFTRT_QUANT_MMA", "1")
     assert QM.unsupported(net, layer) is None
     src = QM.layer_source(net, layer)
     assert (src.k, src.n, src.x_dtype, src.y_dtype) == (64, 32, "float32", "float32")

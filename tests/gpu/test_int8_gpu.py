@@ -293,6 +293,7 @@ def test_the_tensor_core_gemm_kernel_runs_1x1_convs_and_matches_numpy(precision,
     if precision == "FP8" and _sm() < (8, 9):
         pytest.skip("FP8 needs sm_89+")
     monkeypatch.setenv("TFTRT_INT8_RESIDUAL", "1")
+    monkeypatch.setenv("TFTRT_QUANT_MMA", "1")  # off by default until a GPU has run it
     monkeypatch.setattr(QK, "_MMA_VERDICTS", {})
     for name in ("gemm_applies", "cudnn_applies", "emulated_applies"):
         real = getattr(QK, name)

@@ -411,12 +411,14 @@ extern "C" __global__ void __launch_bounds__({self.threads}) {KERNEL}({params}) 
 
 
 def enabled() -> bool:
-    """``TFTRT_QUANT_MMA`` (default on; 0 / false turns it off): the CuPy backend offers tactic
-    ``q_mma`` for the quantized GEMM layers the kernel takes, which the builder times against
-    cuBLASLt and cuDNN (``q_lt`` / ``q_lt_1x1`` / ``q_cudnn``), so it runs a layer only where
-    it is the fastest there, and only once the build-time validation passed."""
+    """``TFTRT_QUANT_MMA`` (default off until a GPU has run it; 1 turns it on): the CuPy
+    backend offers tactic ``q_mma`` for the quantized GEMM layers the kernel takes, which the
+    builder times against cuBLASLt and cuDNN (``q_lt`` / ``q_lt_1x1`` / ``q_cudnn``), so it
+    runs a layer only where it is the fastest there, and only once the build-time validation
+    passed. Off: no GPU was lent the session that wrote it (2026-12-05), and a kernel fault
+    would take the process's CUDA context with it, which validation cannot catch."""
     from tftrt.env import env_bool  # standard library only
-    return env_bool("TFTRT_QUANT_MMA", True)
+    return env_bool("TFTRT_QUANT_MMA", False)
 
 
 def layer_source(net, layer) -> QMmaSource:
