@@ -646,6 +646,8 @@ class QuantGemmMma(_QuantLayer):
         from tftrt.engine.backends import cuda_source_qmma as QM
         from tftrt.engine.backends.cupy_kernels import _device_sms
         self._common(net, layer)
+        if not QM.enabled():  # a plan that chose it, loaded where it is off: the next one
+            raise ValueError("off (TFTRT_QUANT_MMA=0)")
         self.src = QM.layer_source(net, layer)
         m, k, n = S.gemm_dims(layer.kind, self.x_shape, _shape(net, self.w_name), layer.attrs)
         self.m = m
