@@ -337,6 +337,7 @@ class QMmaSource:
             if tail:
                 load_rows.append(f"span8(x + row{p} * {k} + {64 * full} + 8 * t, xal, "
                                  f"a{p} + {4 * full});")
+        load_src = "\n      ".join(load_rows)
         mmas = []
         for c in range(full):
             mmas.append(f"""{{
@@ -387,7 +388,7 @@ extern "C" __global__ void __launch_bounds__({self.threads}) {KERNEL}({params}) 
       const {it} row0 = m0 + g < m ? m0 + g : m - 1;
       const {it} row1 = m0 + g + 8 < m ? m0 + g + 8 : m - 1;
       unsigned a0[{words}], a1[{words}];
-      {chr(10).join('      ' + s for s in load_rows).strip()}
+      {load_src}
       {acc_t} acc[NT][4];
       #pragma unroll
       for (int j = 0; j < NT; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0;
