@@ -24,7 +24,7 @@ from tftrt.engine import quantization as Q
 from tftrt.engine.backends import cuda_source_qmma as QM
 from tftrt.engine.backends import cuda_source_quant as S
 from tftrt.engine.backends.cupy_dnn import gpu_time
-from tftrt.engine.backends.cupy_kernels import _device_sms, _raw_kernel
+from tftrt.engine.backends.cupy_kernels import _raw_kernel, device_props
 
 # name, H(=W), K (cin), N (cout), x dtype, int8 residual, ReLU: ResNet50's 1x1 convs
 CONVS = [
@@ -78,9 +78,9 @@ def run(name, hw, k, n, xdt, res, relu, batch, configs, rng):
             continue
         kern = _raw_kernel(src.source, QM.KERNEL)
         y = cp.full((m, n), -128, cp.int8)
-        props = cp.cuda.runtime.getDeviceProperties(cp.cuda.runtime.getDevice())
+        props = device_props()
         per_sm = QM.resident_blocks(kern.num_regs, kern.shared_size_bytes, src.threads, props)
-        blocks = src.grid(m, _device_sms() * per_sm)
+        blocks = src.grid(m, props["multiProcessorCount"] * per_sm)
         args = (x, w) + tuple(ops[i] for i in src.operands) + (y, np.int64(m))
         launch = lambda: kern((blocks,), (src.threads,), args)  # noqa: E731
         launch()

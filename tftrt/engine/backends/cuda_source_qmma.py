@@ -71,6 +71,7 @@ A_FRAG = ((0, 0), (8, 0), (0, 16), (8, 16))
 B_FRAG = (0, 16)
 C_FRAG = ((0, 0), (0, 1), (8, 0), (8, 1))
 
+
 def _mma_helper(acc: str, types: str, reg: str) -> str:
     """``mma_16832(c, a0..a3, b0, b1)``: D = A B + C in place on the 4 accumulators ``c``."""
     return f"""

@@ -65,12 +65,17 @@ def _raw_kernel(source: str, name: str) -> cp.RawKernel:
 
 
 def _device_sms() -> int:
-    return _sm_count(cp.cuda.runtime.getDevice())
+    return device_props()["multiProcessorCount"]
+
+
+def device_props() -> dict:
+    """The current device's properties (CUDA's cudaDeviceProp as CuPy gives it), read once."""
+    return _props(cp.cuda.runtime.getDevice())
 
 
 @functools.lru_cache(maxsize=None)
-def _sm_count(dev: int) -> int:
-    return cp.cuda.runtime.getDeviceProperties(dev)["multiProcessorCount"]
+def _props(dev: int) -> dict:
+    return cp.cuda.runtime.getDeviceProperties(dev)
 
 
 def launch(kernel: cp.RawKernel, work: int, args: Sequence, threads: int = THREADS,

@@ -644,24 +644,24 @@ class QuantGemmMma(_QuantLayer):
     def __init__(self, net, layer, weights, opts):
         super().__init__(net, layer, weights, opts)
         from tftrt.engine.backends import cuda_source_qmma as QM
-        from tftrt.engine.backends.cupy_kernels import _device_sms
+        from tftrt.engine.backends.cupy_kernels import device_props
         self._common(net, layer)
         if not QM.enabled():  # a plan that chose it, loaded where it is off: the next one
             raise ValueError("off (TFTRT_QUANT_MMA=0)")
-        self.src = QM.layer_source(net, layer)
-        m, k, n = S.gemm_dims(layer.kind, self.x_shape, _shape(net, self.w_name), layer.attrs)
-        self.m = m
+        self.src = QM.layer_source(net, layer)  # one GEMM over x's rows (gemm_dims)
+        self.m = m = _rows(self.x_shape)
         self.w = cp.asarray(S.gemm_weight(self._host(self.w_name), layer.kind,
-                                          bool(layer.attrs.get("transpose_b")), k, n))
+                                          bool(layer.attrs.get("transpose_b")), self.src.k,
+                                          self.src.n))
         self.kern = _raw_kernel(self.src.source, QM.KERNEL)
         if self.kern.max_threads_per_block < self.src.threads:  # compiles it: fails the build
             raise ValueError(f"{QM.KERNEL} compiled for at most "
                              f"{self.kern.max_threads_per_block} threads a block, its blocks "
                              f"have {self.src.threads}")
-        props = cp.cuda.runtime.getDeviceProperties(cp.cuda.runtime.getDevice())
+        props = device_props()
         per_sm = QM.resident_blocks(self.kern.num_regs, self.kern.shared_size_bytes,
                                     self.src.threads, props)
-        self.blocks = self.src.grid(m, max_blocks=_device_sms() * per_sm)
+        self.blocks = self.src.grid(m, max_blocks=props["multiProcessorCount"] * per_sm)
         self.workspace = 0
         x_how = "int8 x" if self.x_dtype == "int8" else f"{self.x_dtype} x quantized on load"
         self.kernel = (f"tensor-core {self.precision} GEMM kernel ({x_how}, epilogue fused, "
