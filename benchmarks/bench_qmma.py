@@ -34,6 +34,9 @@ CONVS = [
     ("s1_conv1_64to64", 56, 64, 64, "float16", False, True),
     ("s2_conv3_128to512_res", 28, 128, 512, "int8", True, True),
     ("s2_conv1_256to128", 28, 256, 128, "int8", False, True),
+    ("s2_conv1_512to128", 28, 512, 128, "int8", False, True),
+    ("s3_conv1_1024to256", 14, 1024, 256, "int8", False, True),
+    ("s4_conv1_2048to512", 7, 2048, 512, "int8", False, True),
 ]
 IN_SCALE, OUT_SCALE, RES_SCALE = 0.05, 0.04, 0.03
 

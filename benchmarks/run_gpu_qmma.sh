@@ -13,7 +13,7 @@ nvidia-smi -L > "$out/qmma_gpu.txt" 2>&1
 timeout 150 python3 -m pytest tests/gpu/test_int8_gpu.py -q -s -rf -p no:cacheprovider \
   --tb=short -k "${TESTK:-tensor_core or residual or chain}" > "$out/qmma_tests.log" 2>&1
 grep -E "passed|failed|FAILED|Error" "$out/qmma_tests.log" | tail -8
-timeout 90 python3 benchmarks/bench_qmma.py --configs "${QMMA_CONFIGS:-1,4,0 2,4,0 1,8,0 1,4,64}" \
+timeout 120 python3 benchmarks/bench_qmma.py --configs "${QMMA_CONFIGS:-1,4,0 2,4,0 1,8,0 1,4,64}" \
   > "$out/qmma_bench.log" 2>&1
 cat "$out/qmma_bench.log" | tail -24
 TESTS=0 MODELS=resnet50_int8 CONFIGS="${CONFIGS:-fp16 int8res}" STAGE_S=${STAGE_S:-200} \

@@ -135,6 +135,9 @@ CASES = [
     (1, 8, 32, S.INT8, "int8", "int8", "res8", None, 0, None),          # one row, N 8
     (70, 48, 224, S.INT8, "float16", "int8", "res8", "relu", 0, 1),     # int8 uint4 stores, 32+16
     (17, 200, 256, S.INT8, "float32", "float32", "res", "relu", 0, None),  # K 256: 64-wide chunks
+    (29, 40, 544, S.INT8, "float16", "int8", "res8", "relu", 0, None),  # two K blocks + 32
+    (18, 24, 320, S.FP8, "float32", "float16", "", "gelu", 1, None),    # FP8, K blocks 256 + 64
+    (35, 64, 2048, S.INT8, "int8", "int8", "", "relu", 0, 3),           # stage-4 conv1's K
 ]
 ACTS = {"relu": {"op": "act", "fn": "relu"},
         "clip": {"op": "act", "fn": "clip", "min": 0.0, "max": 6.0},
@@ -414,6 +417,8 @@ def test_cases_cover_what_the_kernel_takes():
     assert any(s.chunks > 1 and s.n % s.nc for s in srcs)   # a partial last chunk
     assert any(c[9] for c in CASES) and any(c[8] for c in CASES)
     assert any(c[0] % 16 for c in CASES)
+    assert {s.k // QM.KB for s in srcs} >= {0, 1, 2, QM.MAX_K // QM.KB}   # blocks of K
+    assert any(s.k > QM.KB and s.k % QM.KB for s in srcs)
 
 
 def test_what_the_kernel_refuses():
@@ -421,8 +426,8 @@ def test_what_the_kernel_refuses():
               operand_modes={})
     QM.QMmaSource(**ok)
     for change, match in [
-            (dict(k=48), "K a multiple of 32 up to 256, not 48"),
-            (dict(k=288), "K a multiple of 32 up to 256, not 288"),
+            (dict(k=48), "K a multiple of 32 up to 2048, not 48"),
+            (dict(k=2080), "K a multiple of 32 up to 2048, not 2080"),
             (dict(n=12), "N a multiple of 8, not 12"),
             (dict(fmt=S.FP8), "int8 x in INT8"),
             (dict(x_dtype="float64"), "not float64"),
@@ -445,7 +450,8 @@ def test_shared_memory_rows_are_bank_conflict_free_and_fit():
 # ResNet50's quantized 1x1 convs (K, N, x dtype, y dtype, residual) at batch 128
 RESNET = [(64, 256, "int8", "int8", True), (64, 256, "float16", "int8", False),
           (256, 64, "int8", "int8", False), (128, 512, "int8", "int8", True),
-          (64, 64, "float16", "int8", False)]
+          (64, 64, "float16", "int8", False), (512, 128, "int8", "int8", False),
+          (1024, 256, "int8", "int8", False), (2048, 512, "int8", "int8", False)]
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH")
@@ -482,7 +488,7 @@ def _matmul_net(k, n, precision="INT8"):
 
 def test_the_tactic_takes_the_quantized_gemms_the_kernel_takes(monkeypatch):
     """``q_mma`` is registered for conv and matmul layers on CuPy; it applies to a quantized
-    GEMM whose K is a multiple of 32 (up to 256) and N of 8 when TFTRT_QUANT_MMA=1 (off by
+    GEMM whose K is a multiple of 32 (up to 2048) and N of 8 when TFTRT_QUANT_MMA=1 (off by
     default until a GPU has run it), never to a float layer or a depthwise conv; the source
     it would compile is the layer's (rows of all leading dims, the input scale's
     reciprocal)."""

@@ -265,7 +265,8 @@ def test_int8_chain_requantizes_on_the_gpu():
 def _bottleneck_model(rng, precision):
     """A stem conv to 64 channels, then a ResNet bottleneck with a projection shortcut: 1x1
     64 -> 64, 3x3, 1x1 64 -> 256 (+ the 1x1 64 -> 256 projection, no ReLU), add, ReLU: the
-    1x1 convs are GEMMs of K 64 that the tensor-core kernel (q_mma) takes."""
+    1x1 convs are GEMMs of K 64 that the tensor-core kernel (q_mma) takes; then 1x1 256 ->
+    320, ReLU, 1x1 320 -> 64: K 256 and K 320, two blocks of K (256 + 64)."""
     from onnx import helper
     N = helper.make_node
     consts = {"w0": (rng.randn(64, 3, 3, 3) * 0.3).astype(F32),
@@ -273,12 +274,16 @@ def _bottleneck_model(rng, precision):
               "wb": (rng.randn(64, 64, 3, 3) * 0.05).astype(F32),
               "wc": (rng.randn(256, 64, 1, 1) * 0.15).astype(F32),
               "bc": (rng.randn(256) * 0.1).astype(F32),
-              "wp": (rng.randn(256, 64, 1, 1) * 0.15).astype(F32)}
+              "wp": (rng.randn(256, 64, 1, 1) * 0.15).astype(F32),
+              "we": (rng.randn(320, 256, 1, 1) * 0.06).astype(F32),
+              "wf": (rng.randn(64, 320, 1, 1) * 0.06).astype(F32)}
     nodes = [N("Conv", ["x", "w0"], ["c0"], pads=[1, 1, 1, 1]), N("Relu", ["c0"], ["a0"]),
              N("Conv", ["a0", "wa"], ["p"]), N("Relu", ["p"], ["q"]),
              N("Conv", ["q", "wb"], ["r"], pads=[1, 1, 1, 1]), N("Relu", ["r"], ["s"]),
              N("Conv", ["s", "wc", "bc"], ["t"]), N("Conv", ["a0", "wp"], ["sc"]),
-             N("Add", ["t", "sc"], ["u"]), N("Relu", ["u"], ["y"])]
+             N("Add", ["t", "sc"], ["u"]), N("Relu", ["u"], ["v"]),
+             N("Conv", ["v", "we"], ["e"]), N("Relu", ["e"], ["f"]),
+             N("Conv", ["f", "wf"], ["y"])]
     model = make_model(nodes, {"x": np.zeros((4, 3, 14, 14), F32)}, consts)
     return _calibrated(model, rng, (4, 3, 14, 14), precision)
 
@@ -286,9 +291,10 @@ def _bottleneck_model(rng, precision):
 @pytest.mark.parametrize("precision", ["INT8", "FP8"])
 def test_the_tensor_core_gemm_kernel_runs_1x1_convs_and_matches_numpy(precision, monkeypatch):
     """With the libraries' tactics taken away from the layers q_mma takes, every 1x1 conv of a
-    bottleneck runs the tensor-core kernel (cuda_source_qmma: x quantized on load or read as
-    int8, epilogue and requantization fused), validated at build time, and the engine
-    answers what the numpy simulation answers."""
+    bottleneck and the two after it (K 256, K 320) runs the tensor-core kernel
+    (cuda_source_qmma: x quantized on load or read as int8, epilogue and requantization
+    fused), validated at build time, and the engine answers what the numpy simulation
+    answers."""
     from tftrt.engine.backends import cupy_quant as QK
     if precision == "FP8" and _sm() < (8, 9):
         pytest.skip("FP8 needs sm_89+")
@@ -306,7 +312,7 @@ def test_the_tensor_core_gemm_kernel_runs_1x1_convs_and_matches_numpy(precision,
                                                             backend="cupy"))
     choices = _choices(gpu)
     mma = [(l, i) for l, i in _impls_pairs(gpu) if isinstance(i, QK.QuantGemmMma)]
-    assert len(mma) == 3, choices  # the three 1x1 convs
+    assert len(mma) == 5, choices  # the five 1x1 convs
     for layer, impl in mma:
         rec = impl.record()
         assert rec["kernel"].startswith(f"tensor-core {precision} GEMM kernel"), choices

@@ -28,13 +28,15 @@ The grid's blocks each take one chunk of :attr:`QMmaSource.nc` output channels (
 chunk ``b % chunks``) and loop over block tiles of rows; a block stages its chunk of the
 weight in shared memory (rows padded so that lanes reading it with 16-byte loads hit
 distinct banks), then each of its :data:`WARPS` warps takes ``mt`` m-tiles of 16 rows in
-turn. Per m-tile a lane loads its two rows' A fragments straight from x -- 16-byte loads: the
-MMA sums over k, so the order of k inside a k step only has to agree between A and B, and a
-lane takes, per 64 k, the 16 consecutive bytes ``[64c + 16t, 64c + 16t + 16)`` as the
-fragments of two k steps (:func:`fragment_k`) and B's fragments from the same bytes of the
-weight row -- then issues ``mma.sync`` m16n8k32 (s8 x s8 -> s32, or e4m3 x e4m3 -> f32) for
-every n-tile of 8 channels, applies the epilogue per accumulator, stages the outputs in
-shared memory and stores the warp's 16 rows with 16-byte stores where y is aligned to them.
+turn. Per m-tile and block of :data:`KB` k (K up to :data:`MAX_K`, in order) a lane loads
+its two rows' A fragments straight from x -- 16-byte loads: the MMA sums over k, so the order
+of k inside a k step only has to agree between A and B, and a lane takes, per 64 k, the 16
+consecutive bytes ``[64c + 16t, 64c + 16t + 16)`` as the fragments of two k steps
+(:func:`fragment_k`) and B's fragments from the same bytes of the weight row -- then issues
+``mma.sync`` m16n8k32 (s8 x s8 -> s32, or e4m3 x e4m3 -> f32) for every n-tile of 8
+channels into accumulators that stay in registers across the blocks. After the last block it
+applies the epilogue per accumulator, stages the outputs in shared memory and stores the
+warp's 16 rows with 16-byte stores where y is aligned to them.
 
 The fragment layouts are :data:`A_FRAG`, :data:`B_FRAG` and :data:`C_FRAG`, from the PTX ISA
 ("Matrix Fragments for mma.m16n8k32"); the host tests emulate the MMA from the ISA's
@@ -53,7 +55,8 @@ from tftrt.engine.backends import cuda_source_quant as S
 from tftrt.engine.backends.cuda_source import PRELUDE, ctype, load_expr
 
 KERNEL = "qmma"
-MAX_K = 256              # K bytes of a weight row in shared memory (and A words a lane holds)
+MAX_K = 2048             # K: bytes of a weight row in shared memory (ResNet50's widest)
+KB = 256                 # K a lane's A fragments cover at a time (16 words a row)
 WARPS = 4                # a block: 128 threads
 LANES = 32
 MT = 1                   # m-tiles of 16 rows a warp takes per block tile (the grid is capped
@@ -314,13 +317,55 @@ class QMmaSource:
             return ways[0]
         return f"if ((ya & 15ull) == 0ull) {ways[0]} else {ways[1]}"
 
+    def _k_block(self, chunks: int, tail: int, off: str) -> str:
+        """A block of K at column ``off`` (a C expression): the lane's A fragments of its two
+        rows for ``chunks`` 64-wide chunks (and a last 32 where ``tail``), then every n-tile's
+        MMAs over them, accumulating in ``acc``. Blocks run in the order of k, so each
+        accumulator sums its chunks in the same order whatever the block width."""
+        k, kr = self.k, smem_row(self.k)
+        loads = []
+        for p in (0, 1):
+            if chunks:
+                loads.append(f"for (int c = 0; c < {chunks}; ++c) "
+                             f"span16(x + row{p} * {k} + {off} + 64 * c + 16 * t, xal, "
+                             f"a{p} + 4 * c);")
+            if tail:
+                loads.append(f"span8(x + row{p} * {k} + {off} + {64 * chunks} + 8 * t, xal, "
+                             f"a{p} + {4 * chunks});")
+        mmas = []
+        for c in range(chunks):
+            mmas.append(f"""{{
+            const uint4 b = bsm4[((8 * j + g) * {kr} + {off} + {64 * c} + 16 * t) / 16];
+            mma_16832(acc[j], a0[{4 * c}], a1[{4 * c}], a0[{4 * c + 1}], a1[{4 * c + 1}], b.x, b.y);
+            mma_16832(acc[j], a0[{4 * c + 2}], a1[{4 * c + 2}], a0[{4 * c + 3}], a1[{4 * c + 3}],
+                      b.z, b.w);
+          }}""")
+        if tail:
+            mmas.append(f"""{{
+            const uint2 b = reinterpret_cast<const uint2*>(bsm4)[
+                ((8 * j + g) * {kr} + {off} + {64 * chunks} + 8 * t) / 8];
+            mma_16832(acc[j], a0[{4 * chunks}], a1[{4 * chunks}], a0[{4 * chunks + 1}],
+                      a1[{4 * chunks + 1}], b.x, b.y);
+          }}""")
+        nl = "\n        "
+        mma_src = "\n          ".join(mmas)
+        return f"""{{
+        {nl.join(loads)}
+        #pragma unroll
+        for (int j = 0; j < NT; ++j) {{
+          {mma_src}
+        }}
+      }}"""
+
     def _source(self, epilogue, operand_modes) -> str:
         n, k, nc = self.n, self.k, self.nc
-        full, tail = divmod(k, 64)
-        tail = tail // 32
         kr = smem_row(k)
+        full_blocks, rest = divmod(k, KB)
+        rest_chunks, tail = divmod(rest, 64)
+        tail = tail // 32
         sr = stage_row(nc, self.y_dtype)
-        words = 4 * full + 2 * tail  # A words a lane holds per row
+        # A words a lane holds per row: one block of K at a time
+        words = 4 * (KB // 64) if full_blocks else 4 * rest_chunks + 2 * tail
         it = "long long"  # m is an argument: rows * N may pass 2**31 at a large batch
         params = ", ".join(f"{ty} __restrict__ {nm}" if ty.endswith("*") else f"{ty} {nm}"
                            for ty, nm in self.params)
@@ -329,32 +374,16 @@ class QMmaSource:
             self.y_dtype == "int8" else ""
         if self.fmt == S.FP8:
             helpers += S.FP8_HELPERS
-        loaders = self._span_loader(16) + (self._span_loader(8) if tail else "")
-        load_rows = []
-        for p in (0, 1):
-            load_rows.append(
-                f"for (int c = 0; c < {full}; ++c) span16(x + row{p} * {k} + 64 * c + 16 * t, "
-                f"xal, a{p} + 4 * c);")
-            if tail:
-                load_rows.append(f"span8(x + row{p} * {k} + {64 * full} + 8 * t, xal, "
-                                 f"a{p} + {4 * full});")
-        load_src = "\n      ".join(load_rows)
-        mmas = []
-        for c in range(full):
-            mmas.append(f"""{{
-            const uint4 b = bsm4[((8 * j + g) * {kr} + {64 * c} + 16 * t) / 16];
-            mma_16832(acc[j], a0[{4 * c}], a1[{4 * c}], a0[{4 * c + 1}], a1[{4 * c + 1}], b.x, b.y);
-            mma_16832(acc[j], a0[{4 * c + 2}], a1[{4 * c + 2}], a0[{4 * c + 3}], a1[{4 * c + 3}],
-                      b.z, b.w);
-          }}""")
-        if tail:
-            mmas.append(f"""{{
-            const uint2 b = reinterpret_cast<const uint2*>(bsm4)[
-                ((8 * j + g) * {kr} + {64 * full} + 8 * t) / 8];
-            mma_16832(acc[j], a0[{4 * full}], a1[{4 * full}], a0[{4 * full + 1}],
-                      a1[{4 * full + 1}], b.x, b.y);
-          }}""")
-        mma_src = "\n          ".join(mmas)
+        loaders = (self._span_loader(16) if full_blocks or rest_chunks else "") + \
+            (self._span_loader(8) if tail else "")
+        blocks = []
+        if full_blocks:
+            unroll = "#pragma unroll 1\n      " if full_blocks > 1 else ""
+            blocks.append(f"{unroll}for (int kb = 0; kb < {KB * full_blocks}; kb += {KB}) " +
+                          self._k_block(KB // 64, 0, "kb"))
+        if rest_chunks or tail:
+            blocks.append(self._k_block(rest_chunks, tail, str(KB * full_blocks)))
+        k_src = "\n      ".join(blocks)
         nt = nc // 8
         return PRELUDE + helpers + MMA_HELPERS[self.fmt] + loaders + f"""
 extern "C" __global__ void __launch_bounds__({self.threads}) {KERNEL}({params}) {{
@@ -389,14 +418,10 @@ extern "C" __global__ void __launch_bounds__({self.threads}) {KERNEL}({params}) 
       const {it} row0 = m0 + g < m ? m0 + g : m - 1;
       const {it} row1 = m0 + g + 8 < m ? m0 + g + 8 : m - 1;
       unsigned a0[{words}], a1[{words}];
-      {load_src}
       {acc_t} acc[NT][4];
       #pragma unroll
       for (int j = 0; j < NT; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0;
-      #pragma unroll
-      for (int j = 0; j < NT; ++j) {{
-          {mma_src}
-      }}
+      {k_src}
       #pragma unroll
       for (int j = 0; j < NT; ++j) {{
         if (8 * j < cw) {{
