@@ -210,7 +210,8 @@ def _want(case, x, w, ops):
 
 
 def _strip(src: str, k: int) -> str:
-    for block in (C.PRELUDE, S.INT8_HELPERS, S.FP8_HELPERS) + tuple(QM.MMA_HELPERS.values()):
+    for block in (C.PRELUDE, S.INT8_HELPERS, S.FP8_HELPERS, QM.CP_ASYNC) + \
+            tuple(QM.MMA_HELPERS.values()):
         src = src.replace(block, "")
     src = re.sub(r"\bspan(16|8)\(", rf"span\1_{k}(", src)
     return re.sub(rf"\b{QM.KERNEL}\(", f"{QM.KERNEL}_{k}(", src)
@@ -221,7 +222,7 @@ def _host_text(srcs=None) -> str:
     shims, as one C++ source."""
     srcs = [_source(case) for case in CASES] if srcs is None else srcs
     return (HOST_SHIMS + THREAD_SHIMS + MMA_SHIMS + C.MATH_HELPERS + QUANT_SHIMS +
-            S.INT8_HELPERS + S.E4M3_VALUE + MMA8_SHIMS +
+            S.INT8_HELPERS + S.E4M3_VALUE + MMA8_SHIMS + QM.CP_ASYNC +
             "\n".join(_strip(s.source, k) + _driver(s, k, QM.KERNEL)
                       for k, s in enumerate(srcs)))
 
@@ -456,7 +457,7 @@ RESNET = [(64, 256, "int8", "int8", True), (64, 256, "float16", "int8", False),
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH")
 def test_sources_compile_for_sm90_without_spills(tmp_path):
-    parts = [C.PRELUDE, S.INT8_HELPERS, S.FP8_HELPERS]
+    parts = [C.PRELUDE, S.INT8_HELPERS, S.FP8_HELPERS, QM.CP_ASYNC]
     srcs = []
     for k, (kk, n, xdt, ydt, res) in enumerate(RESNET):
         case = (128 * 56 * 56, n, kk, S.INT8, xdt, ydt, "res8" if res else "", "relu", 0, None)
@@ -488,7 +489,7 @@ def _matmul_net(k, n, precision="INT8"):
 
 def test_the_tactic_takes_the_quantized_gemms_the_kernel_takes(monkeypatch):
     """``q_mma`` is registered for conv and matmul layers on CuPy; it applies to a quantized
-    GEMM whose K is a multiple of 32 (up to 2048) and N of 8 when TFTRT_QUANT_MMA=1 (off by
+    GEMM whose K is a multiple of 32 (up to TACTIC_MAX_K, 256) and N of 8 when TFTRT_QUANT_MMA=1 (off by
     default until a GPU has run it), never to a float layer or a depthwise conv; the source
     it would compile is the layer's (rows of all leading dims, the input scale's
     reciprocal)."""
@@ -512,6 +513,9 @@ def test_the_tactic_takes_the_quantized_gemms_the_kernel_takes(monkeypatch):
     monkeypatch.setenv("TFTRT_QUANT_MMA", "1")
     net = _matmul_net(48, 32)
     assert "K a multiple of 32" in QM.unsupported(net, net.layers[0])
+    net = _matmul_net(QM.TACTIC_MAX_K + 32, 32)   # the kernel takes it, the tactic does not
+    assert QM.layer_source(net, net.layers[0]).k == QM.TACTIC_MAX_K + 32
+    assert "compute-bound" in QM.unsupported(net, net.layers[0])
     net = _matmul_net(64, 12)
     assert "N a multiple of 8" in QM.unsupported(net, net.layers[0])
     net = _matmul_net(64, 32, precision="FP16")
@@ -552,15 +556,19 @@ def test_the_grid_is_what_the_gpu_holds_at_once():
 
 
 def test_the_benchmark_knobs_compute_the_same(tmp_path):
-    """Warps a block and channels a block (bench_qmma.py's knobs) change the tiling only:
-    8 warps with chunks of 64 and 4 warps with chunks of 16 answer case 0 bit for bit."""
+    """Warps a block, channels a block and the residual's staging (bench_qmma.py's knobs)
+    change the tiling and the loads only: 8 warps with chunks of 64, 4 warps with chunks of
+    16, and the residual read from global memory answer case 0 bit for bit."""
     if _host_compiler() is None:
         pytest.skip("no host C++ compiler")
     case = CASES[0]
     epi, modes = _spec(case)
     srcs = [QM.QMmaSource(case[1], case[2], case[3], case[4], case[5], epi, modes, INV_X,
-                          OUT_SCALE, warps=w, nc=nc) for w, nc in ((8, 64), (4, 16))]
-    assert [(s.threads, s.nc, s.chunks) for s in srcs] == [(256, 64, 4), (128, 16, 16)]
+                          OUT_SCALE, warps=w, nc=nc, stage_full=st)
+            for w, nc, st in ((8, 64, True), (4, 16, True), (4, None, False))]
+    assert [(s.threads, s.nc, s.chunks, bool(s.full)) for s in srcs] == \
+        [(256, 64, 4, True), (128, 16, 16, True), (128, 128, 2, False)]
+    assert "cp_async16(" in srcs[0].source and "cp_async16(" not in srcs[2].source
     so = _build(_host_text(srcs), tmp_path, "qmma_knobs")
     for k, src in enumerate(srcs):
         y, want, _ = _run(so, k, src, case, 45, seed=9)

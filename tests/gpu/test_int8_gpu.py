@@ -266,7 +266,7 @@ def _bottleneck_model(rng, precision):
     """A stem conv to 64 channels, then a ResNet bottleneck with a projection shortcut: 1x1
     64 -> 64, 3x3, 1x1 64 -> 256 (+ the 1x1 64 -> 256 projection, no ReLU), add, ReLU: the
     1x1 convs are GEMMs of K 64 that the tensor-core kernel (q_mma) takes; then 1x1 256 ->
-    320, ReLU, 1x1 320 -> 64: K 256 and K 320, two blocks of K (256 + 64)."""
+    320 (K 256, q_mma's too), ReLU, 1x1 320 -> 64 (K 320: over the tactic's K)."""
     from onnx import helper
     N = helper.make_node
     consts = {"w0": (rng.randn(64, 3, 3, 3) * 0.3).astype(F32),
@@ -291,10 +291,9 @@ def _bottleneck_model(rng, precision):
 @pytest.mark.parametrize("precision", ["INT8", "FP8"])
 def test_the_tensor_core_gemm_kernel_runs_1x1_convs_and_matches_numpy(precision, monkeypatch):
     """With the libraries' tactics taken away from the layers q_mma takes, every 1x1 conv of a
-    bottleneck and the two after it (K 256, K 320) runs the tensor-core kernel
-    (cuda_source_qmma: x quantized on load or read as int8, epilogue and requantization
-    fused), validated at build time, and the engine answers what the numpy simulation
-    answers."""
+    bottleneck and the one after it (K 256) runs the tensor-core kernel (cuda_source_qmma: x
+    quantized on load or read as int8, epilogue and requantization fused), validated at build
+    time, and the engine answers what the numpy simulation answers."""
     from tftrt.engine.backends import cupy_quant as QK
     if precision == "FP8" and _sm() < (8, 9):
         pytest.skip("FP8 needs sm_89+")
@@ -312,16 +311,25 @@ def test_the_tensor_core_gemm_kernel_runs_1x1_convs_and_matches_numpy(precision,
                                                             backend="cupy"))
     choices = _choices(gpu)
     mma = [(l, i) for l, i in _impls_pairs(gpu) if isinstance(i, QK.QuantGemmMma)]
-    assert len(mma) == 5, choices  # the five 1x1 convs
+    assert len(mma) == 4, choices  # the 1x1 convs of K 64 and 256, not the one of K 320
     for layer, impl in mma:
         rec = impl.record()
         assert rec["kernel"].startswith(f"tensor-core {precision} GEMM kernel"), choices
         assert rec["validated"]["v"] == QK.S.VALIDATION_VERSION, choices
     ref = build_engine(model, {"x": x.shape}, BuilderConfig(precision=precision,
                                                             backend="numpy"))
-    _close(cp.asnumpy(gpu.execute([cp.asarray(x)])[0]), ref.execute([x])[0],
-           f"{precision} bottleneck on q_mma ({choices})",
-           rel=2e-2 if precision == "INT8" else REL[precision])
+    got, want = cp.asnumpy(gpu.execute([cp.asarray(x)])[0]), ref.execute([x])[0]
+    # seven quantized layers in a chain: an input whose fp32 sum (cuDNN's stem: 93% of its
+    # outputs exact in FP8, H100 2026-12-06) lands on the other side of a rounding boundary
+    # moves by one int8 step (1 / 127 of the range) or one E4M3 step (6-12% of the value) and
+    # carries through the layers after it; each q_mma layer was 99.9-100% exact in its
+    # validation. The bulk must agree to the format's tolerance, the worst to CHAIN's.
+    chain = {"INT8": 2e-2, "FP8": 6e-2}[precision]
+    what = f"{precision} bottleneck on q_mma ({choices})"
+    _close(got, want, what, rel=chain)
+    err = np.abs(got.astype(np.float64) - want) / max(np.abs(want).max(), 1e-6)
+    assert np.mean(err > REL[precision]) <= 0.01, \
+        f"{what}: {np.mean(err > REL[precision]):.2%} of outputs off by > {REL[precision]}"
 
 
 def test_a_requantized_conv_without_relu_saturates_symmetrically_in_cudnn():

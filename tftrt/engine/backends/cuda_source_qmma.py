@@ -57,6 +57,13 @@ from tftrt.engine.backends.cuda_source import PRELUDE, ctype, load_expr
 KERNEL = "qmma"
 MAX_K = 2048             # K: bytes of a weight row in shared memory (ResNet50's widest)
 KB = 256                 # K a lane's A fragments cover at a time (16 words a row)
+# K up to which the builder offers the tactic: above it the GEMM is compute-bound enough for
+# the libraries. H100, 2026-12-06, ResNet50 at batch 128: the kernel ran the 1x1 convs of K
+# 512 / 1024 / 2048 in 45 / 41 / 56 us, cuDNN's int8 graphs each of those layers in under
+# 35 us; of the stage-1 1x1 convs it took the five of K 64, cuDNN the two of K 256 by
+# 2 us. Offering it above 256 only cost build time (a compile, a validation and a timing
+# per layer).
+TACTIC_MAX_K = 256
 WARPS = 4                # a block: 128 threads
 LANES = 32
 MT = 1                   # m-tiles of 16 rows a warp takes per block tile (the grid is capped
@@ -86,6 +93,24 @@ __device__ __forceinline__ void mma_16832({acc}* c, unsigned a0, unsigned a1, un
                : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1)); }}
 """
 
+
+# 16-byte global -> shared copies that run while the warp loads x and issues its MMAs
+# (sm_80+; a plain copy elsewhere, the host tests' build included)
+CP_ASYNC = r"""
+__device__ __forceinline__ void cp_async16(void* s, const void* g) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const unsigned sa = (unsigned)__cvta_generic_to_shared(s);
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(sa), "l"(g) : "memory");
+#else
+  *reinterpret_cast<uint4*>(s) = *reinterpret_cast<const uint4*>(g);
+#endif
+}
+__device__ __forceinline__ void cp_async_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_all;" ::: "memory");
+#endif
+}
+"""
 
 # int8 x int8 -> int32 (exact), E4M3 x E4M3 -> fp32 (sm_89+)
 MMA_HELPERS = {S.INT8: _mma_helper("int", "s32.s8.s8.s32", "r"),
@@ -134,15 +159,21 @@ def stage_row(nc: int, y_dtype: str) -> int:
     return nc * np.dtype(y_dtype).itemsize + 16
 
 
-def smem_bytes(nc: int, k: int, y_dtype: str, warps: int = WARPS) -> int:
-    return nc * smem_row(k) + warps * 16 * stage_row(nc, y_dtype)
+def smem_bytes(nc: int, k: int, y_dtype: str, warps: int = WARPS,
+               full_dtypes: Sequence[str] = ()) -> int:
+    """Shared memory of a block: its weight rows, then per warp the staging of 16 rows of
+    outputs and of each full-size epilogue operand (a residual)."""
+    stage = stage_row(nc, y_dtype) + sum(stage_row(nc, d) for d in full_dtypes)
+    return nc * smem_row(k) + warps * 16 * stage
 
 
-def chunk_width(n: int, k: int, y_dtype: str, warps: int = WARPS) -> Optional[int]:
+def chunk_width(n: int, k: int, y_dtype: str, warps: int = WARPS,
+                full_dtypes: Sequence[str] = ()) -> Optional[int]:
     """The widest chunk of output channels (:data:`NC_CHOICES`, at most N rounded up to 8)
     whose weight rows and staging fit :data:`SMEM_LIMIT`, or None."""
     for nc in NC_CHOICES:
-        if nc <= max(8, -(-n // 8) * 8) and smem_bytes(nc, k, y_dtype, warps) <= SMEM_LIMIT:
+        if nc <= max(8, -(-n // 8) * 8) and \
+                smem_bytes(nc, k, y_dtype, warps, full_dtypes) <= SMEM_LIMIT:
             return nc
     return None
 
@@ -159,7 +190,9 @@ class QMmaSource:
       y_dtype: int8 (with ``out_scale``), float16 or float32.
       epilogue, operand_modes: as ``cuda_source_quant.QuantEpilogueSource``'s.
       mt: m-tiles a warp takes per block tile; warps: warps a block (:data:`WARPS`);
-        nc: output channels a block takes (default: :func:`chunk_width`) -- benchmark knobs.
+        nc: output channels a block takes (default: :func:`chunk_width`); stage_full: False
+        reads full-size operands element by element from global memory instead of staging
+        them (:meth:`_copy_in`) -- benchmark knobs.
 
     Kernel ``qmma(x, w, *operands, y, m)`` (operands in :attr:`operands` order, ``m`` a long
     long); :meth:`grid` gives the launch. Raises ValueError for what the kernel does not take.
@@ -168,7 +201,7 @@ class QMmaSource:
     def __init__(self, n: int, k: int, fmt: str, x_dtype: str, y_dtype: str,
                  epilogue: Sequence[dict], operand_modes: Dict[int, Tuple[str, str]],
                  inv_x: float = 1.0, out_scale: Optional[float] = None, mt: int = MT,
-                 warps: int = WARPS, nc: Optional[int] = None):
+                 warps: int = WARPS, nc: Optional[int] = None, stage_full: bool = True):
         self.n, self.k, self.fmt = int(n), int(k), fmt
         self.x_dtype, self.y_dtype = np.dtype(x_dtype).name, np.dtype(y_dtype).name
         if fmt not in (S.INT8, S.FP8):
@@ -191,9 +224,13 @@ class QMmaSource:
             if mode not in ("vec", "full"):
                 raise ValueError(f"epilogue operand {i}: broadcast {mode!r} not supported")
         self.warps = int(warps)
-        nc = nc or chunk_width(self.n, self.k, self.y_dtype, self.warps)
+        # full-size operands (residuals) are staged in shared memory per m-tile
+        self.full = {i: np.dtype(dt).name for i, (mode, dt) in operand_modes.items()
+                     if mode == "full" and stage_full}
+        fdt = tuple(self.full.values())
+        nc = nc or chunk_width(self.n, self.k, self.y_dtype, self.warps, fdt)
         if nc is None or nc % 16 and nc != 8 or \
-                smem_bytes(nc, self.k, self.y_dtype, self.warps) > SMEM_LIMIT:
+                smem_bytes(nc, self.k, self.y_dtype, self.warps, fdt) > SMEM_LIMIT:
             raise ValueError(f"the tensor-core quantized GEMM's weight rows ({self.k} bytes) "
                              f"and staging do not fit {SMEM_LIMIT} bytes of shared memory")
         self.nc = nc
@@ -272,7 +309,13 @@ class QMmaSource:
         loads = {}
         for i in self.operands:
             mode, dt = operand_modes[i]
-            e = load_expr(dt, f"e{i}[col]" if mode == "vec" else f"e{i}[oidx]")
+            if mode == "vec":
+                e = load_expr(dt, f"e{i}[col]")
+            elif i in self.full:
+                e = load_expr(dt, f"reinterpret_cast<const {ctype(dt)}*>(rs{i} + (g + @RO@) * "
+                                  f"RS{i})[cc]")
+            else:  # stage_full off (a benchmark knob): element loads from global memory
+                e = load_expr(dt, f"e{i}[row@R8@ * {self.n} + col]")
             if np.dtype(dt) not in (np.float16, np.float32):
                 e = f"(float){e}"
             loads[i] = e
@@ -290,13 +333,42 @@ class QMmaSource:
         for r, (ro, co) in enumerate(C_FRAG):
             out.append(f"""{{
             const int cc = 8 * j + 2 * t + {co}, col = n0 + cc;
-            const {it} oidx = row{ro // 8} * {self.n} + col;
             float v = {conv}(acc[j][{r}]);
-            {stmts}
+            {stmts.replace("@RO@", str(ro)).replace("@R8@", str(ro // 8))}
             reinterpret_cast<{yt}*>(stg + (g + {ro}) * SR)[cc] = {store};
-            (void)oidx;
+            (void)col;
           }}""")
         return "\n          ".join(out)
+
+    def _copy_in(self) -> str:
+        """Statements staging the m-tile's rows ``m0 ..`` and the chunk's channels of each
+        full-size operand (a residual) in the warp's shared rows ``rs<i>``: 16-byte
+        asynchronous copies (``cp.async``, waited for before the epilogue) where the operand
+        and its rows are aligned to them, else element copies. The epilogue then reads them
+        from shared memory: a lane's own elements of a row are 2 bytes apart in 8 rows, which
+        from global memory cost the load unit a line per row and instruction."""
+        out = []
+        for i, dt in self.full.items():
+            ct, es = ctype(dt), np.dtype(dt).itemsize
+            vec_ok = (self.n * es) % 16 == 0 and (self.nc * es) % 16 == 0
+            elem = f"""{{
+          for (int v = lane; v < rows * cw; v += {LANES}) {{
+            const int row = v / cw, c = v - row * cw;
+            reinterpret_cast<{ct}*>(rs{i} + row * RS{i})[c] = e{i}[(m0 + row) * {self.n} + n0 + c];
+          }}
+        }}"""
+            if not vec_ok:
+                out.append(elem)
+                continue
+            per = 16 // es
+            out.append(f"""if ((reinterpret_cast<unsigned long long>(e{i}) & 15ull) == 0ull) {{
+          const int per_row = cw / {per};
+          for (int v = lane; v < rows * per_row; v += {LANES}) {{
+            const int row = v / per_row, c = v - row * per_row;
+            cp_async16(rs{i} + row * RS{i} + 16 * c, e{i} + (m0 + row) * {self.n} + n0 + {per} * c);
+          }}
+        }} else {elem}""")
+        return "\n      ".join(out)
 
     def _copy_out(self, it: str) -> str:
         """Statements storing the warp's staged ``rows`` x ``cw`` block at row ``m0``, channel
@@ -385,11 +457,22 @@ class QMmaSource:
             blocks.append(self._k_block(rest_chunks, tail, str(KB * full_blocks)))
         k_src = "\n      ".join(blocks)
         nt = nc // 8
+        arrays, decls = [], []
+        for i, dt in self.full.items():
+            rs = stage_row(nc, dt)
+            arrays.append(f"__shared__ uint4 res{i}4[{self.warps * 16 * rs // 16}];")
+            decls.append(f"constexpr int RS{i} = {rs};\n  unsigned char* rs{i} = "
+                         f"reinterpret_cast<unsigned char*>(res{i}4) + warp * 16 * RS{i};")
+        full_arrays, full_decl = "\n  ".join(arrays), "\n  ".join(decls)
+        wait = "cp_async_wait();\n      __syncwarp();" if self.full else ""
+        if self.full:
+            helpers += CP_ASYNC
         return PRELUDE + helpers + MMA_HELPERS[self.fmt] + loaders + f"""
 extern "C" __global__ void __launch_bounds__({self.threads}) {KERNEL}({params}) {{
   constexpr int KR = {kr}, SR = {sr}, NT = {nt};
   __shared__ uint4 bsm4[{nc * kr // 16}];
   __shared__ uint4 stage4[{self.warps * 16 * sr // 16}];
+  {full_arrays}
   const int chunk = (int)(blockIdx.x % {self.chunks});
   const int n0 = chunk * {nc};
   const int cw = {n} - n0 < {nc} ? {n} - n0 : {nc};  // this chunk's channels
@@ -404,6 +487,7 @@ extern "C" __global__ void __launch_bounds__({self.threads}) {KERNEL}({params}) 
   const int warp = threadIdx.x / {LANES}, lane = threadIdx.x % {LANES};
   const int g = lane >> 2, t = lane & 3;
   unsigned char* stg = reinterpret_cast<unsigned char*>(stage4) + warp * 16 * SR;
+  {full_decl}
   const bool xal = (reinterpret_cast<unsigned long long>(x) & 15ull) == 0ull;
   const unsigned long long ya = reinterpret_cast<unsigned long long>(y);
   (void)ya;
@@ -417,11 +501,13 @@ extern "C" __global__ void __launch_bounds__({self.threads}) {KERNEL}({params}) 
       // the lane's rows g, g + 8 (a row past M reads the last one: never stored)
       const {it} row0 = m0 + g < m ? m0 + g : m - 1;
       const {it} row1 = m0 + g + 8 < m ? m0 + g + 8 : m - 1;
+      {self._copy_in()}
       unsigned a0[{words}], a1[{words}];
       {acc_t} acc[NT][4];
       #pragma unroll
       for (int j = 0; j < NT; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0;
       {k_src}
+      {wait}
       #pragma unroll
       for (int j = 0; j < NT; ++j) {{
         if (8 * j < cw) {{
@@ -479,7 +565,10 @@ def unsupported(net, layer) -> Optional[str]:
     if not enabled():
         return "off (TFTRT_QUANT_MMA=0)"
     try:
-        layer_source(net, layer)
+        src = layer_source(net, layer)
     except (ValueError, KeyError) as e:
         return str(e)
+    if src.k > TACTIC_MAX_K:
+        return (f"K {src.k} > {TACTIC_MAX_K}: compute-bound enough for cuDNN / cuBLASLt "
+                f"(TACTIC_MAX_K)")
     return None
