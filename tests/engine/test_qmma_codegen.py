@@ -489,10 +489,10 @@ def _matmul_net(k, n, precision="INT8"):
 
 def test_the_tactic_takes_the_quantized_gemms_the_kernel_takes(monkeypatch):
     """``q_mma`` is registered for conv and matmul layers on CuPy; it applies to a quantized
-    GEMM whose K is a multiple of 32 (up to TACTIC_MAX_K, 256) and N of 8 when TFTRT_QUANT_MMA=1 (off by
-    default until a GPU has run it), never to a float layer or a depthwise conv; the source
-    it would compile is the layer's (rows of all leading dims, the input scale's
-    reciprocal)."""
+    GEMM whose K is a multiple of 32 (up to TACTIC_MAX_K in a large GEMM, up to MAX_K in a
+    small one) and N of 8 unless TFTRT_QUANT_MMA=0, never to a float layer or a depthwise
+    conv; the source it would compile is the layer's (rows of all leading dims, the input
+    scale's reciprocal)."""
     importlib.import_module("tftrt.engine.backends.cupy_backend")  # registers the tactics
     from tests.engine.test_quant_codegen import _quantized_net
     from tftrt.engine.tactics import _REGISTRY
@@ -501,9 +501,7 @@ def test_the_tactic_takes_the_quantized_gemms_the_kernel_takes(monkeypatch):
     monkeypatch.delenv("TFTRT_QUANT_MMA", raising=False)
     net = _matmul_net(64, 32)
     (layer,) = net.layers
-    assert QM.unsupported(net, layer) == "off (TFTRT_QUANT_MMA=0)"   # the default
-    monkeypatch.setenv("TFTRT_QUANT_MMA", "1")
-    assert QM.unsupported(net, layer) is None
+    assert QM.unsupported(net, layer) is None   # on by default
     src = QM.layer_source(net, layer)
     assert (src.k, src.n, src.x_dtype, src.y_dtype) == (64, 32, "float32", "float32")
     assert src.inv_x == pytest.approx(float(Q.inv_scale(layer.attrs["quant"]["input_scale"])))
@@ -513,9 +511,13 @@ def test_the_tactic_takes_the_quantized_gemms_the_kernel_takes(monkeypatch):
     monkeypatch.setenv("TFTRT_QUANT_MMA", "1")
     net = _matmul_net(48, 32)
     assert "K a multiple of 32" in QM.unsupported(net, net.layers[0])
-    net = _matmul_net(QM.TACTIC_MAX_K + 32, 32)   # the kernel takes it, the tactic does not
-    assert QM.layer_source(net, net.layers[0]).k == QM.TACTIC_MAX_K + 32
-    assert "compute-bound" in QM.unsupported(net, net.layers[0])
+    net = _matmul_net(QM.TACTIC_MAX_K + 32, 32)   # a small GEMM: offered at any K
+    assert QM.unsupported(net, net.layers[0]) is None
+    monkeypatch.setattr(QM, "TACTIC_SMALL", 4 * 7 * (QM.TACTIC_MAX_K + 32) * 32 - 1)
+    assert QM.layer_source(net, net.layers[0]).k == QM.TACTIC_MAX_K + 32   # the kernel takes it
+    assert "compute-bound" in QM.unsupported(net, net.layers[0])          # the tactic does not
+    net = _matmul_net(QM.TACTIC_MAX_K, 32)
+    assert QM.unsupported(net, net.layers[0]) is None
     net = _matmul_net(64, 12)
     assert "N a multiple of 8" in QM.unsupported(net, net.layers[0])
     net = _matmul_net(64, 32, precision="FP16")
