@@ -288,7 +288,7 @@ static void mt_barrier() {
 #define blockIdx mt_blockIdx
 #define blockDim mt_blockDim
 #define __shared__ static
-#define __launch_bounds__(n)
+#define __launch_bounds__(...)
 """
 
 

@@ -121,6 +121,51 @@ static void mma_16832(float* c, unsigned a0, unsigned a1, unsigned a2, unsigned 
 }
 """
 
+FAST_SHIMS = r"""
+static inline int __float_as_int(float f) { int i; memcpy(&i, &f, 4); return i; }
+static inline float __fsub_rn(float a, float b) { volatile float r = a - b; return r; }
+"""
+
+
+def test_the_fast_conversions_are_the_conversions(tmp_path):
+    """q_int8_fast is q_int8 and small_int_float is (float) below 2**22, bit for bit, over
+    every rounding tie and boundary, NaN, infinities, signed zeros and a million random
+    floats / ints."""
+    if _host_compiler() is None:
+        pytest.skip("no host C++ compiler")
+    text = (HOST_SHIMS + C.MATH_HELPERS + QUANT_SHIMS + S.INT8_HELPERS + FAST_SHIMS +
+            QM.FAST_INT8 + r"""
+extern "C" long long qcheck(const float* v, long long n, const int* iv, long long ni) {
+  long long bad = 0;
+  for (long long i = 0; i < n; ++i) bad += q_int8_fast(v[i]) != q_int8(v[i]);
+  for (long long i = 0; i < ni; ++i) {
+    const float a = small_int_float(iv[i]), b = (float)iv[i];
+    bad += memcmp(&a, &b, 4) != 0;
+  }
+  return bad;
+}""")
+    import ctypes
+    lib = _build(text, tmp_path, "fastconv")
+    lib.qcheck.restype = ctypes.c_longlong
+    rng = np.random.default_rng(3)
+    ties = np.arange(-300, 301, dtype=np.float32) / np.float32(2)
+    near = np.concatenate([np.nextafter(ties, np.float32(np.inf)),
+                           np.nextafter(ties, np.float32(-np.inf))])
+    special = np.array([np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, 126.5, 127.5, -127.5,
+                        -128.5, 1e30, -1e30, 2.0 ** 31, -(2.0 ** 31), 1e-40, -1e-40],
+                       np.float32)
+    v = np.concatenate([ties, near, special, (rng.standard_normal(10 ** 6) * 80)
+                        .astype(np.float32)]).astype(np.float32)
+    iv = np.concatenate([np.arange(-(1 << 22) + 1, -(1 << 22) + 1000),
+                         np.arange(-5000, 5000), np.arange((1 << 22) - 1000, 1 << 22),
+                         rng.integers(-(1 << 22) + 1, 1 << 22, 10 ** 6)]).astype(np.int32)
+    ptr = lambda a: a.ctypes.data_as(ctypes.c_void_p)  # noqa: E731
+    assert lib.qcheck(ptr(v), len(v), ptr(iv), len(iv)) == 0
+    # and it can fail: (float) of 2**22 + 1 is not what the trick gives past its range
+    big = np.array([(1 << 22) + 1, -(1 << 22) - 3], np.int32)
+    assert lib.qcheck(ptr(v[:0]), 0, ptr(big), 2) == 2
+
+
 RES = {"op": "add", "input": 4, "scale": 0.0371}
 # (M, N, K, fmt, x dtype, y dtype, epilogue ("res8": an int8 residual, "res": one of y's float
 #  dtype), activation, x / y offset in elements (0: 16-byte aligned), max blocks)
@@ -210,7 +255,7 @@ def _want(case, x, w, ops):
 
 
 def _strip(src: str, k: int) -> str:
-    for block in (C.PRELUDE, S.INT8_HELPERS, S.FP8_HELPERS, QM.CP_ASYNC) + \
+    for block in (C.PRELUDE, S.INT8_HELPERS, S.FP8_HELPERS, QM.CP_ASYNC, QM.FAST_INT8) + \
             tuple(QM.MMA_HELPERS.values()):
         src = src.replace(block, "")
     src = re.sub(r"\bspan(16|8)\(", rf"span\1_{k}(", src)
@@ -222,7 +267,8 @@ def _host_text(srcs=None) -> str:
     shims, as one C++ source."""
     srcs = [_source(case) for case in CASES] if srcs is None else srcs
     return (HOST_SHIMS + THREAD_SHIMS + MMA_SHIMS + C.MATH_HELPERS + QUANT_SHIMS +
-            S.INT8_HELPERS + S.E4M3_VALUE + MMA8_SHIMS + QM.CP_ASYNC +
+            S.INT8_HELPERS + S.E4M3_VALUE + MMA8_SHIMS + QM.CP_ASYNC + FAST_SHIMS +
+            QM.FAST_INT8 +
             "\n".join(_strip(s.source, k) + _driver(s, k, QM.KERNEL)
                       for k, s in enumerate(srcs)))
 
@@ -457,7 +503,7 @@ RESNET = [(64, 256, "int8", "int8", True), (64, 256, "float16", "int8", False),
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH")
 def test_sources_compile_for_sm90_without_spills(tmp_path):
-    parts = [C.PRELUDE, S.INT8_HELPERS, S.FP8_HELPERS, QM.CP_ASYNC]
+    parts = [C.PRELUDE, S.INT8_HELPERS, S.FP8_HELPERS, QM.CP_ASYNC, QM.FAST_INT8]
     srcs = []
     for k, (kk, n, xdt, ydt, res) in enumerate(RESNET):
         case = (128 * 56 * 56, n, kk, S.INT8, xdt, ydt, "res8" if res else "", "relu", 0, None)
@@ -558,19 +604,23 @@ def test_the_grid_is_what_the_gpu_holds_at_once():
 
 
 def test_the_benchmark_knobs_compute_the_same(tmp_path):
-    """Warps a block, channels a block and the residual's staging (bench_qmma.py's knobs)
-    change the tiling and the loads only: 8 warps with chunks of 64, 4 warps with chunks of
-    16, and the residual read from global memory answer case 0 bit for bit."""
+    """Warps a block, channels a block, the residual's staging, the conversions and the
+    launch bounds (bench_qmma.py's knobs) change the tiling, the loads and the instructions
+    only: 8 warps with chunks of 64, 4 warps with chunks of 16, and the residual read from
+    global memory with the conversion unit's conversions answer case 0 bit for bit."""
     if _host_compiler() is None:
         pytest.skip("no host C++ compiler")
     case = CASES[0]
     epi, modes = _spec(case)
     srcs = [QM.QMmaSource(case[1], case[2], case[3], case[4], case[5], epi, modes, INV_X,
-                          OUT_SCALE, warps=w, nc=nc, stage_full=st)
-            for w, nc, st in ((8, 64, True), (4, 16, True), (4, None, False))]
+                          OUT_SCALE, warps=w, nc=nc, stage_full=st, fast_int=f, min_threads=mn)
+            for w, nc, st, f, mn in ((8, 64, True, True, 0), (4, 16, True, True, 0),
+                                     (4, None, False, False, 512))]
     assert [(s.threads, s.nc, s.chunks, bool(s.full)) for s in srcs] == \
         [(256, 64, 4, True), (128, 16, 16, True), (128, 128, 2, False)]
     assert "cp_async16(" in srcs[0].source and "cp_async16(" not in srcs[2].source
+    assert "q_int8_fast(" in srcs[0].source and "q_int8_fast(" not in srcs[2].source
+    assert "__launch_bounds__(128, 4)" in srcs[2].source
     so = _build(_host_text(srcs), tmp_path, "qmma_knobs")
     for k, src in enumerate(srcs):
         y, want, _ = _run(so, k, src, case, 45, seed=9)

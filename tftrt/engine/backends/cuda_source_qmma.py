@@ -97,6 +97,26 @@ __device__ __forceinline__ void mma_16832({acc}* c, unsigned a0, unsigned a1, un
 """
 
 
+# Integer <-> float conversions on the FMA and integer pipes instead of the conversion unit,
+# which takes 16 a clock an SM on sm_80 / sm_90: a requantized conv with an int8 residual
+# converts three times an output (the accumulator, the residual, the rounding), so that unit
+# bounded ResNet50's stage-1 convs (102.8 M outputs each at batch 128: ~74 us on an H100).
+# Both give the conversions' answers bit for bit (the host tests sweep them):
+# small_int_float(v) is (float)v for |v| < 2**22 -- 1.5 * 2**23 has a unit last place, so
+# adding v to its mantissa is exact -- and q_int8_fast(v) is q_int8(v): NaN -> 0, clamped to
+# +-127, then rounded to nearest even by the same addition.
+FAST_INT8 = r"""
+__device__ __forceinline__ float small_int_float(int v) {
+  return __fsub_rn(__int_as_float(v + 0x4B400000), 12582912.f);
+}
+__device__ __forceinline__ signed char q_int8_fast(float v) {
+  const float c = v == v ? fminf(fmaxf(v, -127.f), 127.f) : 0.f;  // (this form: 40 fewer
+  //                             registers than selecting v first, nvcc 13.0 sm_90)
+  return (signed char)(__float_as_int(__fadd_rn(c, 12582912.f)) - 0x4B400000);
+}
+"""
+SMALL_INT = 1 << 22      # small_int_float is exact below it
+
 # 16-byte global -> shared copies that run while the warp loads x and issues its MMAs
 # (sm_80+; a plain copy elsewhere, the host tests' build included)
 CP_ASYNC = r"""
@@ -195,7 +215,10 @@ class QMmaSource:
       mt: m-tiles a warp takes per block tile; warps: warps a block (:data:`WARPS`);
         nc: output channels a block takes (default: :func:`chunk_width`); stage_full: False
         reads full-size operands element by element from global memory instead of staging
-        them (:meth:`_copy_in`) -- benchmark knobs.
+        them (:meth:`_copy_in`); fast_int: False converts with the conversion unit
+        (``q_int8``, ``__int2float_rn``) instead of :data:`FAST_INT8`'s; min_threads: threads
+        an SM must hold at once (``__launch_bounds__``' minimum of blocks: it caps the
+        registers) -- benchmark knobs, the same answers.
 
     Kernel ``qmma(x, w, *operands, y, m)`` (operands in :attr:`operands` order, ``m`` a long
     long); :meth:`grid` gives the launch. Raises ValueError for what the kernel does not take.
@@ -204,7 +227,8 @@ class QMmaSource:
     def __init__(self, n: int, k: int, fmt: str, x_dtype: str, y_dtype: str,
                  epilogue: Sequence[dict], operand_modes: Dict[int, Tuple[str, str]],
                  inv_x: float = 1.0, out_scale: Optional[float] = None, mt: int = MT,
-                 warps: int = WARPS, nc: Optional[int] = None, stage_full: bool = True):
+                 warps: int = WARPS, nc: Optional[int] = None, stage_full: bool = True,
+                 fast_int: bool = True, min_threads: int = 0):
         self.n, self.k, self.fmt = int(n), int(k), fmt
         self.x_dtype, self.y_dtype = np.dtype(x_dtype).name, np.dtype(y_dtype).name
         if fmt not in (S.INT8, S.FP8):
@@ -241,6 +265,7 @@ class QMmaSource:
         self.mt = int(mt)
         self.threads = self.warps * LANES
         self.inv_x, self.out_scale = float(inv_x), out_scale
+        self.fast_int, self.min_threads = bool(fast_int), int(min_threads)
         self.operands = sorted(operand_modes)
         self.params = ([(f"const {ctype(self.x_dtype)}*", "x"), ("const unsigned char*", "w")] +
                        [(f"const {ctype(operand_modes[i][1])}*", f"e{i}")
@@ -257,12 +282,16 @@ class QMmaSource:
         return tiles * self.chunks
 
     # --- pieces of the source ----------------------------------------------------------------
+    @property
+    def _q_int8(self) -> str:
+        return "q_int8_fast" if self.fast_int else "q_int8"
+
     def _quantize(self, v: str) -> str:
         """C expression: the float ``v`` quantized to its 8-bit code (an unsigned)."""
         inv = S.float_literal(np.float32(self.inv_x))
         q = f"__fmul_rn({v}, {inv})"
         if self.fmt == S.INT8:
-            return f"(unsigned)(unsigned char)q_int8({q})"
+            return f"(unsigned)(unsigned char){self._q_int8}({q})"
         return f"(unsigned)q_e4m3({q})"
 
     def _span_loader(self, elems: int) -> str:
@@ -319,14 +348,19 @@ class QMmaSource:
                                   f"RS{i})[cc]")
             else:  # stage_full off (a benchmark knob): element loads from global memory
                 e = load_expr(dt, f"e{i}[row@R8@ * {self.n} + col]")
-            if np.dtype(dt) not in (np.float16, np.float32):
+            if np.dtype(dt) in (np.int8, np.uint8, np.int16, np.uint16) and self.fast_int:
+                e = f"small_int_float((int){e})"
+            elif np.dtype(dt) not in (np.float16, np.float32):
                 e = f"(float){e}"
             loads[i] = e
         stmts = "\n            ".join(S.epilogue_statements(epilogue, loads, "v"))
-        conv = "__int2float_rn" if self.fmt == S.INT8 else ""
+        conv = ""
+        if self.fmt == S.INT8:  # |acc| <= K * 128 * 127 (codes of +-127; -128 in an x)
+            conv = "small_int_float" if self.k * 128 * 127 < SMALL_INT and self.fast_int \
+                else "__int2float_rn"
         if self.y_dtype == "int8":
             inv = S.float_literal(S.output_scale_inverse(self.out_scale))
-            store = f"q_int8(__fmul_rn(v, {inv}))"
+            store = f"{self._q_int8}(__fmul_rn(v, {inv}))"
         elif self.y_dtype == "float16":
             store = "f2h(v)"
         else:
@@ -445,8 +479,9 @@ class QMmaSource:
         params = ", ".join(f"{ty} __restrict__ {nm}" if ty.endswith("*") else f"{ty} {nm}"
                            for ty, nm in self.params)
         acc_t = "int" if self.fmt == S.INT8 else "float"
-        helpers = S.INT8_HELPERS if (self.fmt == S.INT8 and self.x_dtype != "int8") or \
-            self.y_dtype == "int8" else ""
+        helpers = FAST_INT8 if self.fast_int else S.INT8_HELPERS
+        bounds = f"{self.threads}, {self.min_threads // self.threads}" \
+            if self.min_threads >= self.threads else f"{self.threads}"
         if self.fmt == S.FP8:
             helpers += S.FP8_HELPERS
         loaders = (self._span_loader(16) if full_blocks or rest_chunks else "") + \
@@ -471,7 +506,7 @@ class QMmaSource:
         if self.full:
             helpers += CP_ASYNC
         return PRELUDE + helpers + MMA_HELPERS[self.fmt] + loaders + f"""
-extern "C" __global__ void __launch_bounds__({self.threads}) {KERNEL}({params}) {{
+extern "C" __global__ void __launch_bounds__({bounds}) {KERNEL}({params}) {{
   constexpr int KR = {kr}, SR = {sr}, NT = {nt};
   __shared__ uint4 bsm4[{nc * kr // 16}];
   __shared__ uint4 stage4[{self.warps * 16 * sr // 16}];
