@@ -4,13 +4,13 @@ graph replays, cupy_dnn.gpu_time), the bytes it must move and the rate that make
 setting (m-tiles a warp, warps a block, channels a block), and a check of every output against the same arithmetic in CuPy
 (float32 GEMM of the int8 values: exact below 2**24; the float epilogue in numpy's order).
 
-    python benchmarks/bench_qmma.py [--batch 128] [--configs "1,4,0 1,4,0,1,0 1,4,0,1,1,512"]
+    python benchmarks/bench_qmma.py [--batch 128] [--configs "1,0,0 1,4,0 1,8,0 1,0,0,1,0"]
                                     [--only NAME]
 
-(a config: mt,warps,nc[,stage[,fast[,min_threads]]]; nc 0 the kernel's own choice; stage 0
+(a config: mt,warps,nc[,stage[,fast[,min_threads]]]; warps / nc 0 the kernel's own choice; stage 0
 reads the residual from global memory element by element instead of staging it in shared
 memory, s35's way; fast 0 converts on the conversion unit, s36b's way; min_threads: threads an
-SM must hold, capping the registers; s36c's defaults 1,4,0,1,1,0).
+SM must hold, capping the registers; the kernel's defaults 1,0,0,1,1,0).
 
 Needs CuPy (no cuDNN / cuBLASLt). The whole-model effect is bench_engine's INT8 profile.
 """
@@ -78,7 +78,7 @@ def run(name, hw, k, n, xdt, res, relu, batch, configs, rng):
     for mt, warps, nc, stage, fast, min_threads in configs:
         try:
             src = QM.QMmaSource(n, k, S.INT8, xdt, "int8", epi, modes, inv_x, OUT_SCALE, mt=mt,
-                                warps=warps, nc=nc or None, stage_full=bool(stage),
+                                warps=warps or None, nc=nc or None, stage_full=bool(stage),
                                 fast_int=bool(fast), min_threads=min_threads)
         except ValueError as e:
             print(f"{name:24s} mt {mt} warps {warps} nc {nc}: {e}")
@@ -109,12 +109,15 @@ def run(name, hw, k, n, xdt, res, relu, batch, configs, rng):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--configs", default="1,4,0 1,4,0,1,0 1,4,0,1,1,512 1,8,0")
+    p.add_argument("--configs", default="1,0,0 1,4,0 1,8,0 1,0,0,1,0")
     p.add_argument("--only", default="")
     a = p.parse_args(argv)
     rng = np.random.default_rng(0)
-    configs = [(tuple(int(v) for v in c.split(",")) + (1, 1, 0))[:6]
-               for c in a.configs.split()]
+    defaults = (1, 0, 0, 1, 1, 0)  # mt, warps, nc, stage, fast, min_threads
+    configs = []
+    for c in a.configs.split():
+        given = tuple(int(v) for v in c.split(","))
+        configs.append(given + defaults[len(given):])
     bad = 0
     for conv in CONVS:
         if a.only and a.only not in conv[0]:

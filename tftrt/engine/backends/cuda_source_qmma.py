@@ -68,6 +68,11 @@ KB = 256                 # K a lane's A fragments cover at a time (16 words a ro
 TACTIC_MAX_K = 256
 TACTIC_SMALL = 1 << 28
 WARPS = 4                # a block: 128 threads
+# a block of a layer with a staged residual: 256 threads. H100, 2026-12-06, same call
+# (results/qmma_bench_h100_2026-12-06s36c.log): the stage-1 conv3 with its residual 154.6 us
+# against 160.9 with 4 warps, the stage-2 one 89.3 against 95.4; without a residual 8 warps
+# were as fast or slower (the projection 114.8 against 109.7).
+RESIDUAL_WARPS = 8
 LANES = 32
 MT = 1                   # m-tiles of 16 rows a warp takes per block tile (the grid is capped
 #                          at the blocks the GPU holds at once: warps stride over m-tiles)
@@ -212,7 +217,8 @@ class QMmaSource:
         quantized on load with ``inv_x``, the input scale's reciprocal).
       y_dtype: int8 (with ``out_scale``), float16 or float32.
       epilogue, operand_modes: as ``cuda_source_quant.QuantEpilogueSource``'s.
-      mt: m-tiles a warp takes per block tile; warps: warps a block (:data:`WARPS`);
+      mt: m-tiles a warp takes per block tile; warps: warps a block (default
+        :data:`RESIDUAL_WARPS` with a staged residual, else :data:`WARPS`);
         nc: output channels a block takes (default: :func:`chunk_width`); stage_full: False
         reads full-size operands element by element from global memory instead of staging
         them (:meth:`_copy_in`); fast_int: False converts with the conversion unit
@@ -227,7 +233,7 @@ class QMmaSource:
     def __init__(self, n: int, k: int, fmt: str, x_dtype: str, y_dtype: str,
                  epilogue: Sequence[dict], operand_modes: Dict[int, Tuple[str, str]],
                  inv_x: float = 1.0, out_scale: Optional[float] = None, mt: int = MT,
-                 warps: int = WARPS, nc: Optional[int] = None, stage_full: bool = True,
+                 warps: Optional[int] = None, nc: Optional[int] = None, stage_full: bool = True,
                  fast_int: bool = True, min_threads: int = 0):
         self.n, self.k, self.fmt = int(n), int(k), fmt
         self.x_dtype, self.y_dtype = np.dtype(x_dtype).name, np.dtype(y_dtype).name
@@ -250,10 +256,10 @@ class QMmaSource:
         for i, (mode, _) in operand_modes.items():
             if mode not in ("vec", "full"):
                 raise ValueError(f"epilogue operand {i}: broadcast {mode!r} not supported")
-        self.warps = int(warps)
         # full-size operands (residuals) are staged in shared memory per m-tile
         self.full = {i: np.dtype(dt).name for i, (mode, dt) in operand_modes.items()
                      if mode == "full" and stage_full}
+        self.warps = int(warps or (RESIDUAL_WARPS if self.full else WARPS))
         fdt = tuple(self.full.values())
         nc = nc or chunk_width(self.n, self.k, self.y_dtype, self.warps, fdt)
         if nc is None or nc % 16 and nc != 8 or \
