@@ -1,16 +1,18 @@
 """The tensor-core quantized GEMM kernel (tactic ``q_mma``, backends/cuda_source_qmma) alone on
 ResNet50's 1x1 convolutions at batch 128 (issue 15): microseconds per call (median of CUDA
 graph replays, cupy_dnn.gpu_time), the bytes it must move and the rate that makes, for each
-setting (m-tiles a warp, warps a block, channels a block), and a check of every output against the same arithmetic in CuPy
+setting (the kernel's knobs, below), and a check of every output against the same arithmetic
+in CuPy
 (float32 GEMM of the int8 values: exact below 2**24; the float epilogue in numpy's order).
 
-    python benchmarks/bench_qmma.py [--batch 128] [--configs "1,0,0 1,4,0 1,8,0 1,0,0,1,0"]
+    python benchmarks/bench_qmma.py [--batch 128] [--configs "1,0,0 1,4,0 1,0,0,1,1,0,1"]
                                     [--only NAME]
 
-(a config: mt,warps,nc[,stage[,fast[,min_threads]]]; warps / nc 0 the kernel's own choice; stage 0
+(a config: mt,warps,nc[,stage[,fast[,min_threads[,pipeline]]]]; warps / nc 0 the kernel's own
+choice; pipeline 1 loads the next m-tile during the epilogue (int8 x, K <= 256); stage 0
 reads the residual from global memory element by element instead of staging it in shared
 memory, s35's way; fast 0 converts on the conversion unit, s36b's way; min_threads: threads an
-SM must hold, capping the registers; the kernel's defaults 1,0,0,1,1,0).
+SM must hold, capping the registers; the kernel's defaults 1,0,0,1,1,0,0).
 
 Needs CuPy (no cuDNN / cuBLASLt). The whole-model effect is bench_engine's INT8 profile.
 """
@@ -75,11 +77,12 @@ def run(name, hw, k, n, xdt, res, relu, batch, configs, rng):
     want = cp.clip(cp.rint(v * cp.float32(Q.inv_scale(OUT_SCALE))), -127, 127).astype(cp.int8)
     nbytes = m * k * x.itemsize + m * n * (2 if res else 1) + n * k
     rows = []
-    for mt, warps, nc, stage, fast, min_threads in configs:
+    for mt, warps, nc, stage, fast, min_threads, pipe in configs:
         try:
             src = QM.QMmaSource(n, k, S.INT8, xdt, "int8", epi, modes, inv_x, OUT_SCALE, mt=mt,
                                 warps=warps or None, nc=nc or None, stage_full=bool(stage),
-                                fast_int=bool(fast), min_threads=min_threads)
+                                fast_int=bool(fast), min_threads=min_threads,
+                                pipeline=bool(pipe))
         except ValueError as e:
             print(f"{name:24s} mt {mt} warps {warps} nc {nc}: {e}")
             continue
@@ -98,7 +101,8 @@ def run(name, hw, k, n, xdt, res, relu, batch, configs, rng):
         rows.append((mt, src.nc, blocks, t, nbytes / t / 1e3, off, worst))
         print(f"{name:24s} mt {mt:2d} warps {warps} nc {src.nc:3d} "
               f"{'staged' if src.full else 'direct' if res else '-':6s} "
-              f"{'fast' if fast else 'cvt'} min {min_threads:3d} regs {kern.num_regs:3d} "
+              f"{'fast' if fast else 'cvt'} min {min_threads:3d} "
+              f"{'pipe' if src.pipeline else 'step'} regs {kern.num_regs:3d} "
               f"{per_sm} a SM, "
               f"blocks {blocks:5d}: {t:8.1f} us "
               f"{nbytes / t / 1e3:7.0f} GB/s ({nbytes / 1e6:.1f} MB); {off} of {m * n} "
@@ -109,11 +113,11 @@ def run(name, hw, k, n, xdt, res, relu, batch, configs, rng):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--configs", default="1,0,0 1,4,0 1,8,0 1,0,0,1,0")
+    p.add_argument("--configs", default="1,0,0 1,4,0 1,0,0,1,1,0,1 1,4,0,1,1,0,1")
     p.add_argument("--only", default="")
     a = p.parse_args(argv)
     rng = np.random.default_rng(0)
-    defaults = (1, 0, 0, 1, 1, 0)  # mt, warps, nc, stage, fast, min_threads
+    defaults = (1, 0, 0, 1, 1, 0, 0)  # mt, warps, nc, stage, fast, min_threads, pipeline
     configs = []
     for c in a.configs.split():
         given = tuple(int(v) for v in c.split(","))

@@ -510,6 +510,12 @@ def test_sources_compile_for_sm90_without_spills(tmp_path):
         srcs.append(_source(case))
     srcs.append(_source(CASES[5]))
     srcs.append(_source(CASES[6]))
+    for kk, n, xdt, ydt, res in RESNET[:4]:   # the pipelined loop (int8 x only)
+        epi, modes = _spec((0, n, kk, S.INT8, xdt, ydt, "res8" if res else "", "relu", 0, None))
+        src = QM.QMmaSource(n, kk, S.INT8, xdt, ydt, epi, modes, INV_X, OUT_SCALE,
+                            pipeline=True)
+        if src.pipeline:
+            srcs.append(src)
     body = []
     for k, s in enumerate(srcs):
         body.append(_strip(s.source, k))
@@ -601,6 +607,40 @@ def test_the_grid_is_what_the_gpu_holds_at_once():
     assert src.chunks == 2 and src.grid(37) == 2
     assert src.grid(128 * 56 * 56, max_blocks=132 * 4) == 132 * 4
     assert src.grid(100, max_blocks=1) == 2                     # never fewer than the chunks
+
+
+def test_the_pipelined_loop_computes_the_same(tmp_path):
+    """pipeline=True (the next m-tile's int8 x and residual loading during this one's
+    epilogue, the residual double-buffered) answers every int8-x case bit for bit, with
+    grids that loop over many m-tiles a warp and a last partial tile; where it cannot apply
+    (a float x, K over one block, mt 2) the source is the plain loop's."""
+    if _host_compiler() is None:
+        pytest.skip("no host C++ compiler")
+    runs = []
+    for case in CASES:
+        if case[4] != "int8" or case[2] > QM.KB:
+            continue
+        epi, modes = _spec(case)
+        for stage in (True, False):
+            src = QM.QMmaSource(case[1], case[2], case[3], case[4], case[5], epi, modes, INV_X,
+                                OUT_SCALE if case[5] == "int8" else None, pipeline=True,
+                                stage_full=stage)
+            assert src.pipeline
+            assert ("cp_async_wait_prior();" in src.source) == bool(src.full)
+            runs.append((case, src))
+    assert len(runs) >= 4 and any(src.full for _, src in runs)
+    so = _build(_host_text([src for _, src in runs]), tmp_path, "qmma_pipe")
+    for k, (case, src) in enumerate(runs):
+        for m, blocks in ((16 * 7 + 5, 1), (3, None), (16 * 40, 2)):
+            c = (m,) + tuple(case[1:9]) + (blocks,)
+            y, want, _ = _run(so, k, src, c, m, seed=k + m)
+            np.testing.assert_array_equal(y, want, err_msg=f"{case} m {m} blocks {blocks}")
+    for change in (dict(x_dtype="float16"), dict(k=288), dict(mt=2)):
+        args = dict(n=64, k=64, fmt=S.INT8, x_dtype="int8", y_dtype="float16", epilogue=[],
+                    operand_modes={}, pipeline=True)
+        plain = QM.QMmaSource(**dict(args, **change))
+        assert not plain.pipeline
+        assert plain.source == QM.QMmaSource(**dict(args, pipeline=False, **change)).source
 
 
 def test_the_benchmark_knobs_compute_the_same(tmp_path):

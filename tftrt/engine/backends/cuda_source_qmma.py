@@ -138,6 +138,16 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_all;" ::: "memory");
 #endif
 }
+__device__ __forceinline__ void cp_async_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void cp_async_wait_prior() {  // all groups but the last committed
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group 1;" ::: "memory");
+#endif
+}
 """
 
 # int8 x int8 -> int32 (exact), E4M3 x E4M3 -> fp32 (sm_89+)
@@ -221,7 +231,9 @@ class QMmaSource:
         :data:`RESIDUAL_WARPS` with a staged residual, else :data:`WARPS`);
         nc: output channels a block takes (default: :func:`chunk_width`); stage_full: False
         reads full-size operands element by element from global memory instead of staging
-        them (:meth:`_copy_in`); fast_int: False converts with the conversion unit
+        them (:meth:`_copy_in`); pipeline: load the next m-tile's x and residual while the
+        epilogue of this one runs (int8 x, K up to :data:`KB`, ``mt`` 1; else ignored: see
+        :attr:`pipeline`); fast_int: False converts with the conversion unit
         (``q_int8``, ``__int2float_rn``) instead of :data:`FAST_INT8`'s; min_threads: threads
         an SM must hold at once (``__launch_bounds__``' minimum of blocks: it caps the
         registers) -- benchmark knobs, the same answers.
@@ -234,7 +246,7 @@ class QMmaSource:
                  epilogue: Sequence[dict], operand_modes: Dict[int, Tuple[str, str]],
                  inv_x: float = 1.0, out_scale: Optional[float] = None, mt: int = MT,
                  warps: Optional[int] = None, nc: Optional[int] = None, stage_full: bool = True,
-                 fast_int: bool = True, min_threads: int = 0):
+                 fast_int: bool = True, min_threads: int = 0, pipeline: bool = False):
         self.n, self.k, self.fmt = int(n), int(k), fmt
         self.x_dtype, self.y_dtype = np.dtype(x_dtype).name, np.dtype(y_dtype).name
         if fmt not in (S.INT8, S.FP8):
@@ -260,7 +272,11 @@ class QMmaSource:
         self.full = {i: np.dtype(dt).name for i, (mode, dt) in operand_modes.items()
                      if mode == "full" and stage_full}
         self.warps = int(warps or (RESIDUAL_WARPS if self.full else WARPS))
-        fdt = tuple(self.full.values())
+        # the next m-tile's x and residual loaded while this one's epilogue runs: one block
+        # of K of int8 x (a float x is quantized as it arrives), one m-tile a block tile
+        self.pipeline = bool(pipeline) and int(mt) == 1 and self.k <= KB and \
+            self.x_dtype == "int8"
+        fdt = tuple(self.full.values()) * (2 if self.pipeline else 1)
         nc = nc or chunk_width(self.n, self.k, self.y_dtype, self.warps, fdt)
         if nc is None or nc % 16 and nc != 8 or \
                 smem_bytes(nc, self.k, self.y_dtype, self.warps, fdt) > SMEM_LIMIT:
@@ -383,7 +399,7 @@ class QMmaSource:
           }}""")
         return "\n          ".join(out)
 
-    def _copy_in(self) -> str:
+    def _copy_in(self, m0: str = "m0", rows: str = "rows", buf: str = "rs") -> str:
         """Statements staging the m-tile's rows ``m0 ..`` and the chunk's channels of each
         full-size operand (a residual) in the warp's shared rows ``rs<i>``: 16-byte
         asynchronous copies (``cp.async``, waited for before the epilogue) where the operand
@@ -395,9 +411,10 @@ class QMmaSource:
             ct, es = ctype(dt), np.dtype(dt).itemsize
             vec_ok = (self.n * es) % 16 == 0 and (self.nc * es) % 16 == 0
             elem = f"""{{
-          for (int v = lane; v < rows * cw; v += {LANES}) {{
+          for (int v = lane; v < {rows} * cw; v += {LANES}) {{
             const int row = v / cw, c = v - row * cw;
-            reinterpret_cast<{ct}*>(rs{i} + row * RS{i})[c] = e{i}[(m0 + row) * {self.n} + n0 + c];
+            reinterpret_cast<{ct}*>({buf}{i} + row * RS{i})[c] =
+                e{i}[({m0} + row) * {self.n} + n0 + c];
           }}
         }}"""
             if not vec_ok:
@@ -406,9 +423,10 @@ class QMmaSource:
             per = 16 // es
             out.append(f"""if ((reinterpret_cast<unsigned long long>(e{i}) & 15ull) == 0ull) {{
           const int per_row = cw / {per};
-          for (int v = lane; v < rows * per_row; v += {LANES}) {{
+          for (int v = lane; v < {rows} * per_row; v += {LANES}) {{
             const int row = v / per_row, c = v - row * per_row;
-            cp_async16(rs{i} + row * RS{i} + 16 * c, e{i} + (m0 + row) * {self.n} + n0 + {per} * c);
+            cp_async16({buf}{i} + row * RS{i} + 16 * c,
+                       e{i} + ({m0} + row) * {self.n} + n0 + {per} * c);
           }}
         }} else {elem}""")
         return "\n      ".join(out)
@@ -432,21 +450,27 @@ class QMmaSource:
             return ways[0]
         return f"if ((ya & 15ull) == 0ull) {ways[0]} else {ways[1]}"
 
-    def _k_block(self, chunks: int, tail: int, off: str) -> str:
-        """A block of K at column ``off`` (a C expression): the lane's A fragments of its two
-        rows for ``chunks`` 64-wide chunks (and a last 32 where ``tail``), then every n-tile's
-        MMAs over them, accumulating in ``acc``. Blocks run in the order of k, so each
-        accumulator sums its chunks in the same order whatever the block width."""
-        k, kr = self.k, smem_row(self.k)
+    def _k_loads(self, chunks: int, tail: int, off: str, dst: str = "a",
+                 rows: str = "row") -> str:
+        """Statements loading the lane's A fragments of its rows ``<rows>0`` / ``<rows>1``
+        into ``<dst>0`` / ``<dst>1`` for ``chunks`` 64-wide chunks of K from column ``off``
+        (a C expression), and a last 32 where ``tail``."""
+        k = self.k
         loads = []
         for p in (0, 1):
             if chunks:
                 loads.append(f"for (int c = 0; c < {chunks}; ++c) "
-                             f"span16(x + row{p} * {k} + {off} + 64 * c + 16 * t, xal, "
-                             f"a{p} + 4 * c);")
+                             f"span16(x + {rows}{p} * {k} + {off} + 64 * c + 16 * t, xal, "
+                             f"{dst}{p} + 4 * c);")
             if tail:
-                loads.append(f"span8(x + row{p} * {k} + {off} + {64 * chunks} + 8 * t, xal, "
-                             f"a{p} + {4 * chunks});")
+                loads.append(f"span8(x + {rows}{p} * {k} + {off} + {64 * chunks} + 8 * t, "
+                             f"xal, {dst}{p} + {4 * chunks});")
+        return "\n        ".join(loads)
+
+    def _k_mmas(self, chunks: int, tail: int, off: str) -> str:
+        """Every n-tile's MMAs over the fragments in ``a0`` / ``a1`` of the chunks at ``off``,
+        accumulating in ``acc``."""
+        kr = smem_row(self.k)
         mmas = []
         for c in range(chunks):
             mmas.append(f"""{{
@@ -462,14 +486,20 @@ class QMmaSource:
             mma_16832(acc[j], a0[{4 * chunks}], a1[{4 * chunks}], a0[{4 * chunks + 1}],
                       a1[{4 * chunks + 1}], b.x, b.y);
           }}""")
-        nl = "\n        "
         mma_src = "\n          ".join(mmas)
-        return f"""{{
-        {nl.join(loads)}
-        #pragma unroll
+        return f"""#pragma unroll
         for (int j = 0; j < NT; ++j) {{
           {mma_src}
-        }}
+        }}"""
+
+    def _k_block(self, chunks: int, tail: int, off: str) -> str:
+        """A block of K at column ``off`` (a C expression): the lane's A fragments of its two
+        rows for ``chunks`` 64-wide chunks (and a last 32 where ``tail``), then every n-tile's
+        MMAs over them, accumulating in ``acc``. Blocks run in the order of k, so each
+        accumulator sums its chunks in the same order whatever the block width."""
+        return f"""{{
+        {self._k_loads(chunks, tail, off)}
+        {self._k_mmas(chunks, tail, off)}
       }}"""
 
     def _source(self, epilogue, operand_modes) -> str:
@@ -502,15 +532,91 @@ class QMmaSource:
         k_src = "\n      ".join(blocks)
         nt = nc // 8
         arrays, decls = [], []
+        bufs = 2 if self.pipeline else 1
         for i, dt in self.full.items():
             rs = stage_row(nc, dt)
-            arrays.append(f"__shared__ uint4 res{i}4[{self.warps * 16 * rs // 16}];")
+            arrays.append(f"__shared__ uint4 res{i}4[{bufs * self.warps * 16 * rs // 16}];")
             decls.append(f"constexpr int RS{i} = {rs};\n  unsigned char* rs{i} = "
                          f"reinterpret_cast<unsigned char*>(res{i}4) + warp * 16 * RS{i};")
+            if self.pipeline:
+                decls.append(f"unsigned char* rsn{i} = reinterpret_cast<unsigned char*>"
+                             f"(res{i}4) + ({self.warps} + warp) * 16 * RS{i};")
         full_arrays, full_decl = "\n  ".join(arrays), "\n  ".join(decls)
         wait = "cp_async_wait();\n      __syncwarp();" if self.full else ""
         if self.full:
             helpers += CP_ASYNC
+        epi_src = f"""#pragma unroll
+      for (int j = 0; j < NT; ++j) {{
+        if (8 * j < cw) {{
+          {self._epilogue(epilogue, operand_modes, it)}
+        }}
+      }}
+      __syncwarp();
+      {self._copy_out(it)}
+      __syncwarp();  // the staging buffer is free for the next m-tile"""
+        acc_init = f"""{acc_t} acc[NT][4];
+      #pragma unroll
+      for (int j = 0; j < NT; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0;"""
+        rows_of = lambda m0, r: (  # noqa: E731
+            f"const int {r}rows = (int)(m - {m0} < 16 ? m - {m0} : 16);\n"
+            f"      const {it} {r}row0 = {m0} + g < m ? {m0} + g : m - 1;\n"
+            f"      const {it} {r}row1 = {m0} + g + 8 < m ? {m0} + g + 8 : m - 1;")
+        if not self.pipeline:
+            tile_rows = self.warps * self.mt * 16
+            loop = f"""const {it} tiles = (m + {tile_rows - 1}) / {tile_rows};
+  const {it} stride = gridDim.x / {self.chunks};
+  for ({it} bt = blockIdx.x / {self.chunks}; bt < tiles; bt += stride) {{
+    for (int mi = 0; mi < {self.mt}; ++mi) {{
+      const {it} m0 = ((bt * {self.warps} + warp) * {self.mt} + mi) * 16;
+      if (m0 >= m) break;  // the same for the whole warp
+      // the lane's rows g, g + 8 (a row past M reads the last one: never stored)
+      {rows_of("m0", "")}
+      {self._copy_in()}
+      unsigned a0[{words}], a1[{words}];
+      {acc_init}
+      {k_src}
+      {wait}
+      {epi_src}
+    }}
+  }}"""
+        else:
+            chunks, tl = divmod(k, 64)
+            tl //= 32
+            swaps = "\n        ".join(
+                f"{{ unsigned char* p = rs{i}; rs{i} = rsn{i}; rsn{i} = p; }}"
+                for i in self.full)
+            commit = "cp_async_commit();" if self.full else ""
+            wait_prior = "cp_async_wait_prior();\n      __syncwarp();" if self.full else ""
+            loop = f"""// an m-tile a warp at a time, the next one loading meanwhile
+  const {it} step = (gridDim.x / {self.chunks}) * {self.warps * 16};
+  {it} m0 = ((blockIdx.x / {self.chunks}) * {self.warps} + warp) * 16;
+  unsigned a0[{words}], a1[{words}];
+  if (m0 < m) {{
+      {rows_of("m0", "")}
+      {self._copy_in()}
+      {commit}
+      {self._k_loads(chunks, tl, "0")}
+  }}
+  for (; m0 < m; m0 += step) {{
+      {rows_of("m0", "")}
+      {acc_init}
+      {self._k_mmas(chunks, tl, "0")}
+      const {it} m1 = m0 + step;
+      unsigned b0[{words}], b1[{words}];
+      if (m1 < m) {{
+        {rows_of("m1", "n")}
+        {self._copy_in("m1", "nrows", "rsn")}
+        {self._k_loads(chunks, tl, "0", "b", "nrow")}
+      }}
+      {commit}
+      {wait_prior}
+      {epi_src}
+      if (m1 < m) {{
+        #pragma unroll
+        for (int i = 0; i < {words}; ++i) {{ a0[i] = b0[i]; a1[i] = b1[i]; }}
+        {swaps}
+      }}
+  }}"""
         return PRELUDE + helpers + MMA_HELPERS[self.fmt] + loaders + f"""
 extern "C" __global__ void __launch_bounds__({bounds}) {KERNEL}({params}) {{
   constexpr int KR = {kr}, SR = {sr}, NT = {nt};
@@ -535,34 +641,7 @@ extern "C" __global__ void __launch_bounds__({bounds}) {KERNEL}({params}) {{
   const bool xal = (reinterpret_cast<unsigned long long>(x) & 15ull) == 0ull;
   const unsigned long long ya = reinterpret_cast<unsigned long long>(y);
   (void)ya;
-  const {it} tiles = (m + {self.warps * self.mt * 16 - 1}) / {self.warps * self.mt * 16};
-  const {it} stride = gridDim.x / {self.chunks};
-  for ({it} bt = blockIdx.x / {self.chunks}; bt < tiles; bt += stride) {{
-    for (int mi = 0; mi < {self.mt}; ++mi) {{
-      const {it} m0 = ((bt * {self.warps} + warp) * {self.mt} + mi) * 16;
-      if (m0 >= m) break;  // the same for the whole warp
-      const int rows = (int)(m - m0 < 16 ? m - m0 : 16);
-      // the lane's rows g, g + 8 (a row past M reads the last one: never stored)
-      const {it} row0 = m0 + g < m ? m0 + g : m - 1;
-      const {it} row1 = m0 + g + 8 < m ? m0 + g + 8 : m - 1;
-      {self._copy_in()}
-      unsigned a0[{words}], a1[{words}];
-      {acc_t} acc[NT][4];
-      #pragma unroll
-      for (int j = 0; j < NT; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0;
-      {k_src}
-      {wait}
-      #pragma unroll
-      for (int j = 0; j < NT; ++j) {{
-        if (8 * j < cw) {{
-          {self._epilogue(epilogue, operand_modes, it)}
-        }}
-      }}
-      __syncwarp();
-      {self._copy_out(it)}
-      __syncwarp();  // the staging buffer is free for the next m-tile
-    }}
-  }}
+  {loop}
 }}
 """
 
