@@ -1005,9 +1005,16 @@ def cudnn_applies(net, layer) -> bool:
 
 
 def mma_applies(net, layer) -> bool:
-    """Quantized layers the tensor-core GEMM kernel takes (cuda_source_qmma.unsupported)."""
+    """Quantized layers the tensor-core GEMM kernel takes (cuda_source_qmma.unsupported) on
+    a GPU that has its MMA: int8 m16n8k32 from sm_80, E4M3 from sm_89 (elsewhere the kernel
+    would not compile, and trying costs the build a compile per layer)."""
     from tftrt.engine.backends import cuda_source_qmma as QM
-    return is_quantized(layer) and QM.unsupported(net, layer) is None
+    if not is_quantized(layer) or QM.unsupported(net, layer) is not None:
+        return False
+    from tftrt.engine.backends.cupy_kernels import device_props
+    p = device_props()
+    need = (8, 9) if layer.attrs["quant"]["format"] == S.FP8 else (8, 0)
+    return (int(p["major"]), int(p["minor"])) >= need
 
 
 def emulated_applies(net, layer) -> bool:
