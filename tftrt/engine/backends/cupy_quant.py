@@ -73,7 +73,7 @@ from tftrt.engine.backends.cupy_dnn import (LT_WORKSPACE, ConvSpec, CudnnConv, G
                                             _cdt, _cudnn_act, _CudnnPlans, _nc_dims, _set_attr,
                                             cudnn_handle, cudnn_module, gpu_time, lt_handle,
                                             lt_module)
-from tftrt.engine.backends.cupy_kernels import _raw_kernel, launch
+from tftrt.engine.backends.cupy_kernels import _raw_kernel, device_props, launch
 from tftrt.engine.backends.cupy_layers import (_SHARED, Impl, _dtype, _shape, _stream_ptr,
                                                get_record, set_record)
 from tftrt.engine.errors import GpuTimeout
@@ -92,9 +92,14 @@ def _align(n: int) -> int:
     return (int(n) + ALIGN - 1) // ALIGN * ALIGN
 
 
+def _sm_at_least(major: int, minor: int) -> bool:
+    """The current device's compute capability is at least ``major.minor``."""
+    p = device_props()
+    return (int(p["major"]), int(p["minor"])) >= (major, minor)
+
+
 def fp8_supported() -> bool:
-    p = cp.cuda.runtime.getDeviceProperties(cp.cuda.runtime.getDevice())
-    return (p["major"], p["minor"]) >= (8, 9)
+    return _sm_at_least(8, 9)
 
 
 # --- kernels -------------------------------------------------------------------------------------
@@ -644,7 +649,6 @@ class QuantGemmMma(_QuantLayer):
     def __init__(self, net, layer, weights, opts):
         super().__init__(net, layer, weights, opts)
         from tftrt.engine.backends import cuda_source_qmma as QM
-        from tftrt.engine.backends.cupy_kernels import device_props
         self._common(net, layer)
         if not QM.enabled():  # a plan that chose it, loaded where it is off: the next one
             raise ValueError("off (TFTRT_QUANT_MMA=0)")
@@ -1011,10 +1015,7 @@ def mma_applies(net, layer) -> bool:
     from tftrt.engine.backends import cuda_source_qmma as QM
     if not is_quantized(layer) or QM.unsupported(net, layer) is not None:
         return False
-    from tftrt.engine.backends.cupy_kernels import device_props
-    p = device_props()
-    need = (8, 9) if layer.attrs["quant"]["format"] == S.FP8 else (8, 0)
-    return (int(p["major"]), int(p["minor"])) >= need
+    return fp8_supported() if layer.attrs["quant"]["format"] == S.FP8 else _sm_at_least(8, 0)
 
 
 def emulated_applies(net, layer) -> bool:
