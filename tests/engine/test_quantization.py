@@ -690,6 +690,70 @@ def test_a_mixed_engine_slower_as_a_whole_is_not_kept(monkeypatch):
     assert all(l.precision == "INT8" for l in engine.network.layers if l.kind == "conv")
 
 
+def _fake_whole(quantized: float, mixed: float, fp16: float):
+    """builder.engine_seconds stand-in: seconds per run of the whole engine by its kind."""
+    def seconds(engine):
+        if engine.precision == "FP16":
+            return fp16
+        convs = [l for l in engine.network.layers if l.kind == "conv"]
+        fp16_convs = sum("quant" not in l.attrs for l in convs)
+        return quantized if not fp16_convs else mixed if fp16_convs < len(convs) else fp16
+    return seconds
+
+
+@pytest.mark.parametrize("whole, kept", [
+    ((1.0e-3, 0.8e-3, 0.9e-3), "mixed"),    # the mixed engine fastest as a whole
+    ((1.0e-3, 1.2e-3, 0.9e-3), "FP16"),     # FP16 fastest: batch 1, launch gaps decide
+    ((1.0e-3, 1.1e-3, 0.995e-3), "INT8"),   # FP16 within WHOLE_MARGIN: the INT8 asked for
+    ((1.0e-3, 1.2e-3, 1.1e-3), "INT8"),
+])
+def test_whole_engine_times_decide_and_fp16_itself_is_a_candidate(monkeypatch, whole, kept):
+    """Where the backend times whole engines, the quantized, mixed and FP16 engines compare
+    by those times (layer times leave out launch gaps): an INT8 build is never slower than
+    FP16 by more than WHOLE_MARGIN. The FP16 choice is the INT8 network with every quantized
+    layer kept FP16, each saying why, answering as that plan built directly."""
+    monkeypatch.setenv("TFTRT_QUANT_TIMED_PRECISION", "1")
+    net, x_shape = _two_convs(np.random.RandomState(8), 16, 8)
+    plain = build_engine(net, {"x": x_shape}, BuilderConfig(precision="INT8", keep_fp16={}))
+    quantized = [l.name for l in plain.network.layers if "quant" in l.attrs]
+    slow = [l.name for l in plain.network.layers if l.kind == "conv"][1]
+    monkeypatch.setattr(builder_mod, "layer_times", _fake_times(slow, mixed_slower=True))
+    monkeypatch.setattr(builder_mod, "engine_seconds", _fake_whole(*whole))
+    engine = build_engine(net, {"x": x_shape}, BuilderConfig(precision="INT8"))
+    info = engine.build_info["timed_precision"]
+    assert info["by"] == "whole engines" and info["kept"] == kept, info
+    assert (info["quantized_s"], info["mixed_s"], info["fp16_s"]) == whole
+    fp16_layers = {l.name for l in engine.network.layers
+                   if l.name in quantized and "quant" not in l.attrs}
+    assert fp16_layers == {"INT8": set(), "mixed": {slow}, "FP16": set(quantized)}[kept]
+    if kept == "FP16":
+        reasons = {l.attrs["quant_fallback"] for l in engine.network.layers
+                   if l.name in quantized and l.name != slow}
+        assert reasons == {"FP16 measured faster on this device (the FP16 engine as a whole: "
+                           "0.900 ms against 1.000 ms in INT8)"}, reasons
+        assert set(builder_mod.kept_fp16(engine.network.layers)) == set(quantized)
+        assert Q.precision_report(engine.network)["quantized_share"] == 0, \
+            Q.precision_report(engine.network)
+    direct = build_engine(net, {"x": x_shape}, BuilderConfig(
+        precision="INT8", keep_fp16={n: "kept" for n in fp16_layers}))
+    x = np.random.RandomState(0).randn(*x_shape).astype(F32)
+    np.testing.assert_array_equal(engine.execute([x])[0], direct.execute([x])[0])
+
+
+def test_an_engine_time_that_is_not_a_time_falls_back_to_layer_times(monkeypatch):
+    """engine_seconds answering NaN for the quantized engine: the decision is the summed
+    layer times' (and FP16 is no candidate), as on a backend that cannot time engines."""
+    monkeypatch.setenv("TFTRT_QUANT_TIMED_PRECISION", "1")
+    net, x_shape = _two_convs(np.random.RandomState(8), 16, 8)
+    plain = build_engine(net, {"x": x_shape}, BuilderConfig(precision="INT8", keep_fp16={}))
+    slow = [l.name for l in plain.network.layers if l.kind == "conv"][1]
+    monkeypatch.setattr(builder_mod, "layer_times", _fake_times(slow))
+    monkeypatch.setattr(builder_mod, "engine_seconds", _fake_whole(float("nan"), 1.0, 0.1))
+    engine = build_engine(net, {"x": x_shape}, BuilderConfig(precision="INT8"))
+    info = engine.build_info["timed_precision"]
+    assert "by" not in info and info["kept"] == "mixed", info
+
+
 def test_timed_precision_is_off_by_default_and_needs_layer_times(monkeypatch):
     """Off unless asked for; on a backend that cannot time layers (numpy) it changes
     nothing."""

@@ -367,9 +367,10 @@ def test_a_requantized_conv_without_relu_saturates_symmetrically_in_cudnn():
 
 
 def test_timed_precision_measures_on_the_gpu(monkeypatch):
-    """TFTRT_QUANT_TIMED_PRECISION=1 on the CuPy backend: the layers are really timed (the
-    backend's profile), the decision is recorded, and the engine kept answers what the
-    numpy simulation of the same plan (the same layers kept FP16) answers."""
+    """TFTRT_QUANT_TIMED_PRECISION=1 on the CuPy backend: the layers and the whole engines
+    are really timed (the backend's profile and time_run), the decision is recorded, and the
+    engine kept answers what the numpy simulation of the same plan (the same layers kept
+    FP16) answers."""
     monkeypatch.setenv("TFTRT_QUANT_TIMED_PRECISION", "1")
     rng = np.random.RandomState(4)
     model = _calibrated_model(rng, "INT8")
@@ -377,8 +378,12 @@ def test_timed_precision_measures_on_the_gpu(monkeypatch):
     gpu = build_engine(model, {"x": x.shape}, BuilderConfig(precision="INT8", backend="cupy"))
     info = gpu.build_info["timed_precision"]
     print(info)
-    assert info["quantized_s"] > 0 and info["fp16_s"] > 0 and info["kept"] in ("INT8", "mixed")
-    keep = {n: "kept" for n in info["fp16_faster"]} if info["kept"] == "mixed" else {}
+    assert info["quantized_s"] > 0 and info["fp16_s"] > 0 and info["by"] == "whole engines"
+    assert info["kept"] in ("INT8", "mixed", "FP16"), info
+    plain = build_engine(model, {"x": x.shape}, BuilderConfig(precision="INT8", backend="numpy"))
+    keep = {"INT8": {}, "mixed": {n: "kept" for n in info["fp16_faster"]},
+            "FP16": {l.name: "kept" for l in plain.network.layers if "quant" in l.attrs}}[
+        info["kept"]]
     for name in keep:
         layer = next(l for l in gpu.network.layers if l.name == name)
         assert layer.precision == "FP16" and "measured faster" in layer.attrs["quant_fallback"]

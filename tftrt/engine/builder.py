@@ -205,9 +205,16 @@ def build_engine(model_or_network: Union[onnx.ModelProto, Network],
 # planned every layer its table allows in INT8. On an H100 (s34) ResNet50's stage-1 1x1
 # convs ran slower in INT8 than in FP16 (203 against 163 us), and batch 1 was 0.77x FP16.
 # A quantized layer at least this much faster in FP16 is kept FP16, and the mixed engine is
-# kept only if it is faster as a whole (its layers' summed times): moving a layer to FP16
-# changes what its neighbours read and write.
+# kept only if it is faster as a whole: moving a layer to FP16 changes what its neighbours
+# read and write. Where the backend times whole engines (CuPy: the engine replayed as it
+# serves), the engines compare by those times, and the FP16 engine itself is a candidate:
+# an INT8 / FP8 build is never slower than FP16 by more than WHOLE_MARGIN on the device that
+# built it (at batch 1 the launch gaps, which layer times leave out, decide); elsewhere
+# (layer times only) by their summed layer times, the FP16 engine not a candidate.
 TIMED_PRECISION_MARGIN = 0.05
+# A mixed or FP16 engine replaces the quantized one only when faster by this share of its
+# time (the quantized engine, asked for, wins ties within run-to-run noise).
+WHOLE_MARGIN = 0.01
 
 
 def kept_fp16(layers) -> Dict[str, str]:
@@ -222,13 +229,7 @@ def timed_precision_enabled() -> bool:
     return env_bool("TFTRT_QUANT_TIMED_PRECISION", False)
 
 
-def layer_times(engine: Engine) -> Optional[Dict[str, float]]:
-    """Seconds per layer of ``engine`` on seeded inputs (the backend's ``profile``: each
-    layer replayed alone), or None where the backend cannot time layers (numpy)."""
-    ctx = engine.create_execution_context()
-    impl = getattr(ctx, "_impl", None)
-    if impl is None or not callable(getattr(impl, "profile", None)):
-        return None
+def _seeded_inputs(engine: Engine) -> List[Any]:
     rng = np.random.default_rng(0)
     inputs = []
     for name in engine.network.inputs:
@@ -236,15 +237,35 @@ def layer_times(engine: Engine) -> Optional[Dict[str, float]]:
         dt = np.dtype(t.dtype)
         x = rng.standard_normal(t.shape).astype(dt) if dt.kind == "f" else np.zeros(t.shape, dt)
         inputs.append(engine.backend_impl.upload(x))
-    return dict(impl.profile(inputs))
+    return inputs
+
+
+def _context_method(engine: Engine, name: str):
+    impl = getattr(engine.create_execution_context(), "_impl", None)
+    fn = getattr(impl, name, None)
+    return fn if callable(fn) else None
+
+
+def layer_times(engine: Engine) -> Optional[Dict[str, float]]:
+    """Seconds per layer of ``engine`` on seeded inputs (the backend's ``profile``: each
+    layer replayed alone), or None where the backend cannot time layers (numpy)."""
+    profile = _context_method(engine, "profile")
+    return None if profile is None else dict(profile(_seeded_inputs(engine)))
+
+
+def engine_seconds(engine: Engine) -> Optional[float]:
+    """Seconds per run of the whole ``engine`` on seeded inputs (the backend context's
+    ``time_run``: replayed as it serves), or None where the backend cannot time it."""
+    time_run = _context_method(engine, "time_run")
+    return None if time_run is None else float(time_run(_seeded_inputs(engine)))
 
 
 def timed_precision(model_or_network, input_shapes, config: BuilderConfig,
                     engine: Engine) -> Engine:
     """``engine`` (INT8 / FP8, every allowed layer quantized), or the engine whose quantized
-    layers that FP16 runs faster stay FP16 when that engine is faster as a whole (module
-    comment above). What was measured and decided goes into ``build_info["timed_precision"]``
-    of the engine returned."""
+    layers that FP16 runs faster stay FP16, or the one whose quantized layers all stay FP16,
+    whichever is fastest as a whole (module comment above). What was measured and decided
+    goes into ``build_info["timed_precision"]`` of the engine returned."""
     t0 = time.perf_counter()
     try:
         chosen, info = _timed_precision(model_or_network, input_shapes, config, engine)
@@ -269,6 +290,12 @@ def _valid_times(times: Optional[Dict[str, float]]) -> bool:
         return False
 
 
+def _whole(engine: Engine) -> Optional[float]:
+    """:func:`engine_seconds`, or None where it is not a valid time."""
+    t = engine_seconds(engine)
+    return t if _valid_times({"engine": t}) else None
+
+
 def _timed_precision(model_or_network, input_shapes, config: BuilderConfig, engine: Engine):
     quant = engine.precision
     times_q = layer_times(engine)
@@ -276,13 +303,16 @@ def _timed_precision(model_or_network, input_shapes, config: BuilderConfig, engi
         return engine, None
     if not _valid_times(times_q):
         return engine, {"kept": quant, "invalid": "times of the quantized engine"}
+    whole_q = _whole(engine)
     # no weight cache: a profile's cache would keep the FP16 copies for its lifetime
     fp16 = build_engine(model_or_network, input_shapes, dataclasses.replace(
         config, precision="FP16", keep_fp16={}, weight_cache=None))
     times_f = layer_times(fp16)
+    whole_f = _whole(fp16) if whole_q is not None else None
     del fp16
     if not _valid_times(times_f):
         return engine, {"kept": quant, "invalid": "times of the FP16 engine"}
+    quantized = [l.name for l in engine.network.layers if "quant" in l.attrs]
     keep = {}
     for layer in engine.network.layers:
         tq, tf = times_q.get(layer.name), times_f.get(layer.name)
@@ -291,27 +321,43 @@ def _timed_precision(model_or_network, input_shapes, config: BuilderConfig, engi
                                 f"{tq * 1e6:.1f} us in {quant})")
     info = {"fp16_faster": sorted(keep), "quantized_s": sum(times_q.values()),
             "fp16_s": sum(times_f.values()), "kept": quant}
-    chosen = engine
+    whole = whole_q is not None and whole_f is not None
+    if whole:
+        info.update(by="whole engines", quantized_s=whole_q, fp16_s=whole_f)
+    chosen, best = engine, info["quantized_s"]
     if keep:
         mixed = build_engine(model_or_network, input_shapes,
                              dataclasses.replace(config, keep_fp16=keep))
-        times_m = layer_times(mixed)
-        common = set(times_q) & set(times_m or {})
-        if not _valid_times(times_m) or \
-                len(common) < 0.9 * max(len(times_q), len(times_m)):
-            info["invalid"] = "times of the mixed engine"
-        else:  # the same layers summed on both sides
-            info["quantized_s"] = sum(times_q[n] for n in common)
-            info["mixed_s"] = sum(times_m[n] for n in common)
-            if info["mixed_s"] < info["quantized_s"]:
-                chosen, info["kept"] = mixed, "mixed"
+        if whole:
+            info["mixed_s"] = _whole(mixed)
+            if info["mixed_s"] is None:
+                info["invalid"] = "time of the mixed engine"
+        else:
+            times_m = layer_times(mixed)
+            common = set(times_q) & set(times_m or {})
+            if not _valid_times(times_m) or \
+                    len(common) < 0.9 * max(len(times_q), len(times_m)):
+                info["invalid"] = "times of the mixed engine"
+            else:  # the same layers summed on both sides
+                info["quantized_s"] = best = sum(times_q[n] for n in common)
+                info["mixed_s"] = sum(times_m[n] for n in common)
+        if info.get("mixed_s") is not None and info["mixed_s"] < best * (1 - WHOLE_MARGIN):
+            chosen, best, info["kept"] = mixed, info["mixed_s"], "mixed"
+    if whole and any("quant" in l.attrs for l in chosen.network.layers) and \
+            whole_f < best * (1 - WHOLE_MARGIN):
+        # the FP16 engine, with every quantized layer's reason in the summary
+        why = (f"{quantization.TIMED_FP16_REASON} (the FP16 engine as a whole: "
+               f"{whole_f * 1e3:.3f} ms against {whole_q * 1e3:.3f} ms in {quant})")
+        chosen = build_engine(model_or_network, input_shapes, dataclasses.replace(
+            config, keep_fp16={n: keep.get(n, why) for n in quantized}))
+        info["kept"] = "FP16"
     if chosen is not engine and not any("quant" in l.attrs for l in chosen.network.layers):
-        log.warning("%s %s: every quantized layer measured faster in FP16: the engine kept "
-                    "runs no %s layer", engine.network.name, quant, quant)
-    log.info("%s %s: %d quantized layers faster in FP16; summed layer times: %s %.3f ms, "
-             "mixed %s, FP16 %.3f ms; keeping the %s engine", engine.network.name, quant,
-             len(keep), quant, info["quantized_s"] * 1e3,
-             f"{info['mixed_s'] * 1e3:.3f} ms" if "mixed_s" in info else "-",
+        log.warning("%s %s: FP16 measured faster than %s on this device: the engine kept "
+                    "runs no %s layer", engine.network.name, quant, quant, quant)
+    log.info("%s %s: %d quantized layers faster in FP16; %s: %s %.3f ms, mixed %s, FP16 "
+             "%.3f ms; keeping the %s engine", engine.network.name, quant, len(keep),
+             info.get("by", "summed layer times"), quant, info["quantized_s"] * 1e3,
+             f"{info['mixed_s'] * 1e3:.3f} ms" if info.get("mixed_s") else "-",
              info["fp16_s"] * 1e3, info["kept"])
     return chosen, info
 

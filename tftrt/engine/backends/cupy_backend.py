@@ -739,6 +739,27 @@ class CupyExecutionContext:
             state["released"] = caller.record()
         return outs
 
+    def time_run(self, inputs: List[Any], repeats: int = 10, rounds: int = 5) -> float:
+        """GPU seconds per run of the whole engine as it serves (its CUDA graphs replayed, its
+        eager layers launched from the host, the gaps between them included): the median of
+        ``rounds`` rounds of ``repeats`` runs, timed by events on the context's stream, after
+        two runs (the second one captures the graphs)."""
+        from tftrt.engine.backends import cupy_dnn as D
+        self.execute(inputs)
+        self.execute(inputs)
+        what = f"the engine {self.net.name}"
+        rates = []
+        with cp.cuda.Device(self.device_id), D._timing_guard(), self.stream:
+            for _ in range(rounds):
+                e0, e1 = cp.cuda.Event(), cp.cuda.Event()
+                e0.record(self.stream)
+                for _ in range(repeats):
+                    self._run()
+                e1.record(self.stream)
+                D.wait_event(e1, what)
+                rates.append(cp.cuda.get_elapsed_time(e0, e1) * 1e-3 / repeats)
+        return float(np.median(rates))
+
     def profile(self, inputs: List[Any], repeats: int = 20) -> List[Tuple[str, float]]:
         """GPU seconds per layer: each layer replayed alone from a CUDA graph (host launch
         cost excluded, as in a replayed engine); non-capturable layers timed eagerly."""
