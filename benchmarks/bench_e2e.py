@@ -74,8 +74,6 @@ def _wall_times(once, warmup, iters):
 def _engine_ms(loaded, arg, warmup, iters):
     """Median wall ms of the engine alone (CuPy input already on the GPU, the GPU synchronized
     after the call, as _time_tf does): what a call through TensorFlow adds is the difference."""
-    import cupy as cp
-    import tensorflow as tf
     ops = list(loaded.engine_ops.values())
     if len(ops) != 1 or len(arg) != 1:
         return None
@@ -83,6 +81,8 @@ def _engine_ms(loaded, arg, warmup, iters):
     engine = ops[0].cache.get((tuple(int(d) for d in t.shape),))
     if engine is None or engine.backend != "cupy":
         return None
+    import cupy as cp  # (not before: a numpy-backend check runs without CuPy)
+    import tensorflow as tf
     x = cp.from_dlpack(tf.experimental.dlpack.to_dlpack(t)).copy()
 
     def once():
@@ -140,11 +140,12 @@ def part_tf(args):
             _save_results(args.out, name, {**json.load(open(args.out)).get(name, {}), **rows})
             print(f"{name}: {stage} done at {time.perf_counter() - t_model:.0f} s", flush=True)
 
-        def inputs(b):
+        def inputs(b, seed=None):
             size = None if name == "encoder" else args.size
             with tf.device(dev):
-                return {arg_name: tf.constant(np.random.RandomState(b).rand(
-                    *zoo.input_shape(name, b, size)).astype(np.float32))}
+                return {arg_name: tf.constant(np.random.RandomState(b if seed is None else seed)
+                                              .rand(*zoo.input_shape(name, b, size))
+                                              .astype(np.float32))}
 
         for b in args.batches:
             rows[f"tf_native_fp32/{b}"] = _stats(_time_tf(native, inputs(b), args.warmup,
@@ -163,7 +164,12 @@ def part_tf(args):
         for precision in args.precisions:
             conv = trt.TrtGraphConverterV2(input_saved_model_dir=src, precision_mode=precision,
                                            maximum_cached_engines=len(args.batches))
-            conv.convert()
+            if precision in ("INT8", "FP8"):  # calibrated on a few batches of the inputs
+                conv.convert(calibration_input_fn=lambda: iter(
+                    [tuple(inputs(max(args.batches), 1000 + k).values())
+                     for k in range(args.calib_batches)]))
+            else:
+                conv.convert()
             print(f"{name}: {precision} converted at {time.perf_counter() - t_model:.0f} s",
                   flush=True)
             t0 = time.perf_counter()
@@ -282,6 +288,8 @@ def main(argv=None):
     ap.add_argument("--batches", nargs="+", type=int, default=list(BATCHES))
     ap.add_argument("--precisions", nargs="+", default=["FP16", "FP32"],
                     help="tftrt precisions (FP16 first: the headline, kept if a run is cut)")
+    ap.add_argument("--calib-batches", type=int, default=4,
+                    help="INT8 / FP8: batches (of the largest size) calibration runs")
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--backend", default="cupy", help="engine backend (numpy for a CPU check)")
