@@ -209,11 +209,12 @@ def _spec(case):
 INV_X, OUT_SCALE = 4.0, 0.05
 
 
-def _source(case) -> QM.QMmaSource:
+def _source(case, pipeline=False) -> QM.QMmaSource:
+    """The plain loop unless ``pipeline`` (the pipelined one has its own tests)."""
     m, n, k, fmt, xdt, ydt, *_ = case
     epi, modes = _spec(case)
     return QM.QMmaSource(n, k, fmt, xdt, ydt, epi, modes, INV_X,
-                         OUT_SCALE if ydt == "int8" else None)
+                         OUT_SCALE if ydt == "int8" else None, pipeline=pipeline)
 
 
 def _inputs(case, seed):
@@ -653,7 +654,8 @@ def test_the_benchmark_knobs_compute_the_same(tmp_path):
     case = CASES[0]
     epi, modes = _spec(case)
     srcs = [QM.QMmaSource(case[1], case[2], case[3], case[4], case[5], epi, modes, INV_X,
-                          OUT_SCALE, warps=w, nc=nc, stage_full=st, fast_int=f, min_threads=mn)
+                          OUT_SCALE, warps=w, nc=nc, stage_full=st, fast_int=f, min_threads=mn,
+                          pipeline=False)
             for w, nc, st, f, mn in ((8, 64, True, True, 0), (4, 16, True, True, 0),
                                      (4, None, False, False, 512))]
     assert [(s.threads, s.nc, s.chunks, bool(s.full)) for s in srcs] == \

@@ -266,7 +266,7 @@ def _bottleneck_model(rng, precision):
     """A stem conv to 64 channels, then a ResNet bottleneck with a projection shortcut: 1x1
     64 -> 64, 3x3, 1x1 64 -> 256 (+ the 1x1 64 -> 256 projection, no ReLU), add, ReLU: the
     1x1 convs are GEMMs of K 64 that the tensor-core kernel (q_mma) takes; then 1x1 256 ->
-    320 (K 256, q_mma's too), ReLU, 1x1 320 -> 64 (K 320: over the tactic's K)."""
+    320 (K 256, q_mma's too), ReLU, 1x1 320 -> 64 (K 320: over TACTIC_MAX_K, but small)."""
     from onnx import helper
     N = helper.make_node
     consts = {"w0": (rng.randn(64, 3, 3, 3) * 0.3).astype(F32),
@@ -291,9 +291,10 @@ def _bottleneck_model(rng, precision):
 @pytest.mark.parametrize("precision", ["INT8", "FP8"])
 def test_the_tensor_core_gemm_kernel_runs_1x1_convs_and_matches_numpy(precision, monkeypatch):
     """With the libraries' tactics taken away from the layers q_mma takes, every 1x1 conv of a
-    bottleneck and the one after it (K 256) runs the tensor-core kernel (cuda_source_qmma: x
-    quantized on load or read as int8, epilogue and requantization fused), validated at build
-    time, and the engine answers what the numpy simulation answers."""
+    bottleneck and the ones after it (K 256 and 320) runs the tensor-core kernel
+    (cuda_source_qmma: x quantized on load or read as int8, epilogue and requantization
+    fused), validated at build time, and the engine answers what the numpy simulation
+    answers."""
     from tftrt.engine.backends import cupy_quant as QK
     if precision == "FP8" and _sm() < (8, 9):
         pytest.skip("FP8 needs sm_89+")
@@ -311,7 +312,9 @@ def test_the_tensor_core_gemm_kernel_runs_1x1_convs_and_matches_numpy(precision,
                                                             backend="cupy"))
     choices = _choices(gpu)
     mma = [(l, i) for l, i in _impls_pairs(gpu) if isinstance(i, QK.QuantGemmMma)]
-    assert len(mma) == 4, choices  # the 1x1 convs of K 64 and 256, not the one of K 320
+    # every 1x1 conv, the one of K 320 too: at batch 4 it is a GEMM of at most TACTIC_SMALL
+    # multiply-adds, offered at any K up to MAX_K (latency-bound)
+    assert len(mma) == 5, choices
     for layer, impl in mma:
         rec = impl.record()
         assert rec["kernel"].startswith(f"tensor-core {precision} GEMM kernel"), choices

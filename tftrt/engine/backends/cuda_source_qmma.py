@@ -73,6 +73,13 @@ WARPS = 4                # a block: 128 threads
 # against 160.9 with 4 warps, the stage-2 one 89.3 against 95.4; without a residual 8 warps
 # were as fast or slower (the projection 114.8 against 109.7).
 RESIDUAL_WARPS = 8
+# the next m-tile's int8 x (and residual) loaded during this one's epilogue where it applies
+# (:attr:`QMmaSource.pipeline`). H200, 2026-12-06, same call (results/
+# qmma_bench_h200_2026-12-06s37a.log): the stage-1 conv3 with its residual 141.7 us against
+# 160.8 (8 warps, chunks of 64 where the double-buffered residual leaves room for them), the
+# 1x1 256 -> 64 50.1 against 53.2; the stage-2 ones within 1%; with 4 warps and a residual
+# the pipelined loop took 182 registers and 212 us.
+PIPELINE = True
 LANES = 32
 MT = 1                   # m-tiles of 16 rows a warp takes per block tile (the grid is capped
 #                          at the blocks the GPU holds at once: warps stride over m-tiles)
@@ -231,9 +238,9 @@ class QMmaSource:
         :data:`RESIDUAL_WARPS` with a staged residual, else :data:`WARPS`);
         nc: output channels a block takes (default: :func:`chunk_width`); stage_full: False
         reads full-size operands element by element from global memory instead of staging
-        them (:meth:`_copy_in`); pipeline: load the next m-tile's x and residual while the
-        epilogue of this one runs (int8 x, K up to :data:`KB`, ``mt`` 1; else ignored: see
-        :attr:`pipeline`); fast_int: False converts with the conversion unit
+        them (:meth:`_copy_in`); pipeline (default :data:`PIPELINE`): load the next m-tile's
+        x and residual while the epilogue of this one runs (int8 x, K up to :data:`KB`, ``mt``
+        1; else ignored: see :attr:`pipeline`); fast_int: False converts with the conversion unit
         (``q_int8``, ``__int2float_rn``) instead of :data:`FAST_INT8`'s; min_threads: threads
         an SM must hold at once (``__launch_bounds__``' minimum of blocks: it caps the
         registers) -- benchmark knobs, the same answers.
@@ -246,7 +253,7 @@ class QMmaSource:
                  epilogue: Sequence[dict], operand_modes: Dict[int, Tuple[str, str]],
                  inv_x: float = 1.0, out_scale: Optional[float] = None, mt: int = MT,
                  warps: Optional[int] = None, nc: Optional[int] = None, stage_full: bool = True,
-                 fast_int: bool = True, min_threads: int = 0, pipeline: bool = False):
+                 fast_int: bool = True, min_threads: int = 0, pipeline: bool = PIPELINE):
         self.n, self.k, self.fmt = int(n), int(k), fmt
         self.x_dtype, self.y_dtype = np.dtype(x_dtype).name, np.dtype(y_dtype).name
         if fmt not in (S.INT8, S.FP8):
