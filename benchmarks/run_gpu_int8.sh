@@ -8,8 +8,10 @@
 #   python benchmarks/make_networks.py --out .whl/networks --models resnet50,encoder
 # then, carrying ".whl":
 #   [TESTS=0] [MODELS="resnet50_int8 encoder_int8"] [BATCHES=128,1] [STAGE_S=230] \
-#     [CONFIGS="fp16 int8res int8timed int8 fp8"] bash benchmarks/run_gpu_int8.sh [seconds]
-# (int8timed: int8 residuals and TFTRT_QUANT_TIMED_PRECISION=1, the row says what it kept)
+#     [CONFIGS="fp16 int8res int8timed int8 fp8 fp8timed"] bash benchmarks/run_gpu_int8.sh [seconds]
+# (int8 / int8res / fp8: every allowed layer quantized, TFTRT_QUANT_TIMED_PRECISION=0, the
+# kernels themselves; int8timed / fp8timed: the defaults, timed precision on, the row says
+# what it kept)
 # Each stage gets a share of the budget and writes its log to $OUT as it goes (a call cut
 # short still returns what ran): int8_tests.log, then int8_<model>_<config>.log in run order.
 # The build cache lives in /tmp/tftrt-int8-cache for the whole call, so the INT8 configs after
@@ -31,10 +33,11 @@ for model in ${MODELS:-resnet50_int8 encoder_int8}; do
   for name in ${CONFIGS:-fp16 int8res int8timed int8 fp8}; do
     case $name in
       fp16) prec=FP16 envs="" ;;
-      int8) prec=INT8 envs="TFTRT_INT8_RESIDUAL=0" ;;
-      int8res) prec=INT8 envs="TFTRT_INT8_RESIDUAL=1" ;;
+      int8) prec=INT8 envs="TFTRT_INT8_RESIDUAL=0 TFTRT_QUANT_TIMED_PRECISION=0" ;;
+      int8res) prec=INT8 envs="TFTRT_INT8_RESIDUAL=1 TFTRT_QUANT_TIMED_PRECISION=0" ;;
       int8timed) prec=INT8 envs="TFTRT_INT8_RESIDUAL=1 TFTRT_QUANT_TIMED_PRECISION=1" ;;
-      fp8) prec=FP8 envs="" ;;
+      fp8) prec=FP8 envs="TFTRT_QUANT_TIMED_PRECISION=0" ;;
+      fp8timed) prec=FP8 envs="TFTRT_QUANT_TIMED_PRECISION=1" ;;
       *) echo "unknown config $name"; continue ;;
     esac
     [ "$(left)" -lt 60 ] && { echo "budget spent before $model $name"; break 2; }

@@ -273,9 +273,9 @@ def _residual_block(x_shape, rng):
 def test_int8_residual_stays_int8_and_dequantizes_in_the_epilogue(monkeypatch):
     """With TFTRT_INT8_RESIDUAL=1 a block output the next INT8 layer both convolves and adds
     as its residual is stored as int8 once (one scale, its calibrated range); the epilogue
-    adds float(q) * s, rounded as the GPU kernel rounds it. With 0 (the default) it stays
+    adds float(q) * s, rounded as the GPU kernel rounds it (the default). With 0 it stays
     float16, quantized again on entry."""
-    monkeypatch.setenv("TFTRT_INT8_RESIDUAL", "1")
+    monkeypatch.delenv("TFTRT_INT8_RESIDUAL", raising=False)
     rng = np.random.RandomState(4)
     x = rng.randn(2, 5, 5, 3).astype(F32)
     net, (w1, b1, w2, b2) = _residual_block(x.shape, rng)
@@ -299,7 +299,7 @@ def test_int8_residual_stays_int8_and_dequantizes_in_the_epilogue(monkeypatch):
     ref = build_engine(net, {"x": x.shape}, BuilderConfig(precision="FP32")).execute([x])[0]
     assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 0.03
 
-    monkeypatch.delenv("TFTRT_INT8_RESIDUAL")
+    monkeypatch.setenv("TFTRT_INT8_RESIDUAL", "0")
     engine = build_engine(net, {"x": x.shape}, BuilderConfig(precision="INT8"))
     assert engine.network.tensors["h"].dtype == "float16"
     assert all("scale" not in e for l in engine.network.layers for e in l.epilogue
@@ -710,8 +710,9 @@ def _fake_whole(quantized: float, mixed: float, fp16: float):
 def test_whole_engine_times_decide_and_fp16_itself_is_a_candidate(monkeypatch, whole, kept):
     """Where the backend times whole engines, the quantized, mixed and FP16 engines compare
     by those times (layer times leave out launch gaps): an INT8 build is never slower than
-    FP16 by more than WHOLE_MARGIN. The FP16 choice is the INT8 network with every quantized
-    layer kept FP16, each saying why, answering as that plan built directly."""
+    FP16 by more than WHOLE_MARGIN. The FP16 choice is the FP16 engine timed, each layer the
+    INT8 engine quantized saying why it is not, answering as the INT8 network built with
+    every such layer kept FP16."""
     monkeypatch.setenv("TFTRT_QUANT_TIMED_PRECISION", "1")
     net, x_shape = _two_convs(np.random.RandomState(8), 16, 8)
     plain = build_engine(net, {"x": x_shape}, BuilderConfig(precision="INT8", keep_fp16={}))
@@ -726,6 +727,7 @@ def test_whole_engine_times_decide_and_fp16_itself_is_a_candidate(monkeypatch, w
     fp16_layers = {l.name for l in engine.network.layers
                    if l.name in quantized and "quant" not in l.attrs}
     assert fp16_layers == {"INT8": set(), "mixed": {slow}, "FP16": set(quantized)}[kept]
+    assert engine.precision == ("FP16" if kept == "FP16" else "INT8")
     if kept == "FP16":
         reasons = {l.attrs["quant_fallback"] for l in engine.network.layers
                    if l.name in quantized and l.name != slow}
@@ -754,17 +756,20 @@ def test_an_engine_time_that_is_not_a_time_falls_back_to_layer_times(monkeypatch
     assert "by" not in info and info["kept"] == "mixed", info
 
 
-def test_timed_precision_is_off_by_default_and_needs_layer_times(monkeypatch):
-    """Off unless asked for; on a backend that cannot time layers (numpy) it changes
-    nothing."""
+def test_timed_precision_is_on_by_default_and_needs_layer_times(monkeypatch):
+    """On unless TFTRT_QUANT_TIMED_PRECISION=0; on a backend that cannot time layers (numpy)
+    it changes nothing."""
     net, x_shape = _two_convs(np.random.RandomState(8), 16, 8)
-    monkeypatch.delenv("TFTRT_QUANT_TIMED_PRECISION", raising=False)
+    monkeypatch.setenv("TFTRT_QUANT_TIMED_PRECISION", "0")
     calls = []
     monkeypatch.setattr(builder_mod, "layer_times", lambda e: calls.append(e) or None)
     engine = build_engine(net, {"x": x_shape}, BuilderConfig(precision="INT8"))
     assert not calls and "timed_precision" not in engine.build_info
+    monkeypatch.delenv("TFTRT_QUANT_TIMED_PRECISION")
+    build_engine(net, {"x": x_shape}, BuilderConfig(precision="INT8"))
+    assert len(calls) == 1  # asked, and the numpy backend answered None
     monkeypatch.undo()
-    monkeypatch.setenv("TFTRT_QUANT_TIMED_PRECISION", "1")
+    monkeypatch.delenv("TFTRT_QUANT_TIMED_PRECISION", raising=False)
     assert builder_mod.layer_times(engine) is None  # the numpy backend has no profile
     engine = build_engine(net, {"x": x_shape}, BuilderConfig(precision="INT8"))
     assert "timed_precision" not in engine.build_info
@@ -802,11 +807,13 @@ def test_timed_precision_falls_back_to_the_quantized_engine_on_bad_timings(monke
         assert all(l.precision == "INT8" for l in engine.network.layers if l.kind == "conv")
 
 
-def test_a_profiles_other_shapes_keep_the_opt_engines_fp16_layers(monkeypatch):
+@pytest.mark.parametrize("fp16_wins", [False, True])
+def test_a_profiles_other_shapes_keep_the_opt_engines_fp16_layers(monkeypatch, fp16_wins):
     """The layers the opt engine's timed precision kept FP16 stay FP16 at every shape of the
     profile, from the shape template and from shape builds alike, and layers are timed for
     the opt shape only (helper hunt, 2026-12-05: the template was refused, every shape timed
-    again and could keep a different plan)."""
+    again and could keep a different plan). ``fp16_wins``: the whole FP16 engine was the
+    fastest at the opt shape; every shape runs every layer FP16."""
     from tftrt.engine.shape_template import specializer
     from tftrt.profiles import Profile, ProfileEngine
     X = "TensorRTInputPH_0"
@@ -829,7 +836,10 @@ def test_a_profiles_other_shapes_keep_the_opt_engines_fp16_layers(monkeypatch):
     calls = []
     fake = _fake_times(slow)
     monkeypatch.setattr(builder_mod, "layer_times", lambda e: calls.append(e) or fake(e))
+    if fp16_wins:
+        monkeypatch.setattr(builder_mod, "engine_seconds", _fake_whole(1.0, 1.1, 0.5))
     monkeypatch.setenv("TFTRT_QUANT_TIMED_PRECISION", "1")
+    fp16 = [l.name for l in plain.network.layers if "quant" in l.attrs] if fp16_wins else [slow]
 
     def build(key, choices, weight_cache):
         return build_engine(net, {X: key[0]}, BuilderConfig(
@@ -840,15 +850,20 @@ def test_a_profiles_other_shapes_keep_the_opt_engines_fp16_layers(monkeypatch):
     assert not pe.template_errors, pe.template_errors
     for b in (8, 3, 1):
         e = pe.engine_for([(b, 8, 6, 6)], quick=False)
-        layer = next(l for l in e.network.layers if l.name == slow)
-        assert layer.precision == "FP16" and "quant" not in layer.attrs, b
+        for name in fp16:
+            layer = next(l for l in e.network.layers if l.name == name)
+            assert layer.precision == "FP16" and "quant" not in layer.attrs, (b, name)
+        assert any("quant" in l.attrs for l in e.network.layers) != fp16_wins, b
         x = np.random.RandomState(b).randn(b, 8, 6, 6).astype(F32)
-        direct = build_engine(net, {X: (b, 8, 6, 6)},
-                              BuilderConfig(precision="INT8", keep_fp16={slow: "kept"}))
+        direct = build_engine(net, {X: (b, 8, 6, 6)}, BuilderConfig(
+            precision="INT8", keep_fp16={n: "kept" for n in fp16}))
         np.testing.assert_array_equal(np.asarray(e.execute([x])[0]), direct.execute([x])[0])
-    assert len(calls) == 3, [c.precision for c in calls]  # INT8, FP16, mixed: opt shape only
+    # layer times of INT8, FP16 (and the mixed engine, where whole engines are not timed):
+    # the opt shape only
+    assert len(calls) == (2 if fp16_wins else 3), [c.precision for c in calls]
     # a shape build from the opt engine's tactic choices keeps them too
     from tftrt.profiles import tactic_choices
     opt = pe.engine_for([(8, 8, 6, 6)], quick=False)
     other = build((( 2, 8, 6, 6),), tactic_choices(opt), None)
-    assert next(l for l in other.network.layers if l.name == slow).precision == "FP16"
+    assert all(next(l for l in other.network.layers if l.name == n).precision == "FP16"
+               for n in fp16)

@@ -33,8 +33,12 @@ pytestmark = pytest.mark.gpu
 
 @pytest.fixture(autouse=True)
 def quantized_kernels(monkeypatch):
-    """The CuPy backend's int8 / fp8 kernels are opt-in until validated (cupy_backend.py)."""
+    """The CuPy backend's int8 / fp8 kernels (the default; whatever the environment says),
+    every allowed layer quantized: these tests check the kernels, which the timed precision
+    (on by default) could replace by FP16 ones where they are slower;
+    test_timed_precision_measures_on_the_gpu turns it on."""
     monkeypatch.setenv("TFTRT_CUPY_QUANTIZED", "1")
+    monkeypatch.setenv("TFTRT_QUANT_TIMED_PRECISION", "0")
 
 F32 = np.float32
 

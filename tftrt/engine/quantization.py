@@ -25,9 +25,9 @@ A quantized layer (``layer.precision`` "INT8" / "FP8", ``layer.attrs["quant"]``)
   stored as int8; a residual ``add`` step reading it carries the scale (``{"op": "add",
   "input": i, "scale": s}``: ``y + float(q) * s``, the product rounded to float32 on its own).
   ResNet block outputs, read by the next block's first conv and added by its last, stay
-  int8 that way -- with env TFTRT_INT8_RESIDUAL=1 only, for now (:func:`int8_residuals`);
-  by default an output some INT8 layer adds as a residual is stored as float16, as any
-  other output is (the declared dtype for network outputs).
+  int8 that way -- unless env TFTRT_INT8_RESIDUAL=0 (:func:`int8_residuals`), where an
+  output some INT8 layer adds as a residual is stored as float16, as any other output is
+  (the declared dtype for network outputs).
 * an image stem -- a conv / GEMM reading the network input (through no other conv / GEMM)
   that reduces over at most :data:`STEM_CHANNELS` channels per group -- stays FP16 unless
   TFTRT_QUANTIZE_STEM=1; the calibrator measures its error either way, so a build with the
@@ -486,14 +486,15 @@ def int8_scale(amax: float) -> float:
 
 def int8_residuals() -> bool:
     """Whether an INT8 layer's output that other INT8 layers also add as a residual is stored
-    as int8 (env TFTRT_INT8_RESIDUAL=1; off by default). Off because it measured slower
+    as int8 (env TFTRT_INT8_RESIDUAL; on by default since s37). Off at first: it measured slower
     (ResNet50 at batch 128 on an H100: 7.9 ms on, 6.9 ms off; benchmarks/README.md, s33)
     while a requantized output left the fused cuDNN epilogue for an fp32 output and a
     requantize kernel, and a scaled residual was not fused. With cupy_quant's fused_int8
-    variant, which does both in cuDNN's graph, it measured faster (3.92 ms on, 4.49 off; s34):
-    the default turns on once the encoder is measured with it too (issue 15)."""
+    variant, which does both in cuDNN's graph, it measured faster (3.92 ms on, 4.49 off; s34;
+    with q_mma 2.87 against FP16's 3.50 ms, s37, H100). A model where it is slower (the
+    encoder) keeps FP16 what FP16 runs faster (builder.timed_precision)."""
     from tftrt.env import env_bool
-    return env_bool("TFTRT_INT8_RESIDUAL", False)
+    return env_bool("TFTRT_INT8_RESIDUAL", True)
 
 
 def _int8_reads(u: Layer, out: str, s: float, residuals: bool, table: dict,

@@ -366,16 +366,18 @@ class CupyBackend(Backend):
     # INT8 / FP8 (issue 15): quantized conv / matmul layers can run on int8 / fp8 kernels
     # (cupy_quant: tactics q_cudnn, q_lt_1x1, q_lt; q_emulated where none applies); FP8 needs
     # a GPU that has it, so an FP8 engine on an older one fails by name (check_precision).
-    # Opt-in (TFTRT_CUPY_QUANTIZED=1) until they are validated: their first run on an H200
-    # (2026-11-30, benchmarks/probe_quant_kernels.py) gave wrong answers for cuDNN INT8
-    # convolutions with an int32 output (a 1x1 conv, the channel-padded RGB stem, a
-    # requantized chain), and a calibrated INT8 engine differed from the numpy simulation by
-    # 0.8 of its output range. Without the switch, INT8 / FP8 engines build FP16 layers with
-    # one warning (answers as FP16 gives them), as before.
+    # On by default since s37 (TFTRT_CUPY_QUANTIZED=0: INT8 / FP8 engines build FP16 layers
+    # with one warning). Opt-in until then: their first run on an H200 (2026-11-30,
+    # benchmarks/probe_quant_kernels.py) gave wrong answers for cuDNN INT8 convolutions with an
+    # int32 output, and a calibrated INT8 engine differed from the numpy simulation by 0.8 of
+    # its output range. Since s34 every quantized layer's kernel is validated at build time
+    # against the emulated arithmetic (cupy_quant.Validator; a plan that fails is not used),
+    # and the INT8 / FP8 GPU tests passed on H100 and H200 (s34-s37); a layer or engine
+    # slower than FP16 is kept FP16 (builder.timed_precision).
     @property
     def quantized_precisions(self) -> Tuple[str, ...]:
         from tftrt.env import env_bool
-        return ("INT8", "FP8") if env_bool("TFTRT_CUPY_QUANTIZED", False) else ()
+        return ("INT8", "FP8") if env_bool("TFTRT_CUPY_QUANTIZED", True) else ()
 
     def check_precision(self, precision: str) -> None:
         """EngineBuildError for a precision this GPU cannot run: FP8 below sm_89."""
