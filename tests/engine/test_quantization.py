@@ -742,6 +742,29 @@ def test_whole_engine_times_decide_and_fp16_itself_is_a_candidate(monkeypatch, w
     np.testing.assert_array_equal(engine.execute([x])[0], direct.execute([x])[0])
 
 
+def test_every_layer_faster_in_fp16_builds_no_mixed_engine(monkeypatch):
+    """Whole engines timed and every quantized layer faster in FP16: the candidates are the
+    INT8 and the FP16 engine, no third build of the same layers (s37, H100: such a rebuild
+    chose slower cuDNN plans than the FP16 engine timed); FP16 wins as a whole, and is kept."""
+    monkeypatch.setenv("TFTRT_QUANT_TIMED_PRECISION", "1")
+    net, x_shape = _two_convs(np.random.RandomState(8), 16, 8)
+    builds = []
+    real_build = builder_mod.build_engine
+
+    def counting(*a, **k):
+        builds.append(a[2].precision if len(a) > 2 else k["config"].precision)
+        return real_build(*a, **k)
+    monkeypatch.setattr(builder_mod, "build_engine", counting)
+    monkeypatch.setattr(builder_mod, "layer_times", lambda e: {
+        l.name: (30e-6 if "quant" in l.attrs else 10e-6) for l in e.network.layers})
+    monkeypatch.setattr(builder_mod, "engine_seconds", _fake_whole(1.0e-3, 2.0e-3, 0.9e-3))
+    engine = real_build(net, {"x": x_shape}, BuilderConfig(precision="INT8"))
+    info = engine.build_info["timed_precision"]
+    assert builds == ["FP16"], builds
+    assert info["kept"] == "FP16" and "mixed_s" not in info, info
+    assert engine.precision == "FP16" and len(info["fp16_faster"]) == 2
+
+
 def test_an_engine_time_that_is_not_a_time_falls_back_to_layer_times(monkeypatch):
     """engine_seconds answering NaN for the quantized engine: the decision is the summed
     layer times' (and FP16 is no candidate), as on a backend that cannot time engines."""

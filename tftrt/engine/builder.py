@@ -326,7 +326,10 @@ def _timed_precision(model_or_network, input_shapes, config: BuilderConfig, engi
     if whole:
         info.update(by="whole engines", quantized_s=whole_q, fp16_s=whole_f)
     chosen, best = engine, info["quantized_s"]
-    if keep:
+    # every quantized layer faster in FP16, whole engines timed: the FP16 engine itself is
+    # the candidate (the quantized network rebuilt with every layer FP16 is the same layers,
+    # one more build, and may choose slower plans: see below)
+    if keep and not (whole and len(keep) == len(quantized)):
         mixed = build_engine(model_or_network, input_shapes,
                              dataclasses.replace(config, keep_fp16=keep))
         if whole:
