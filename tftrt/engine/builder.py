@@ -355,6 +355,8 @@ def _timed_precision(model_or_network, input_shapes, config: BuilderConfig, engi
         # 60% slower for the stage-3 3x3 convs, 0.357 against the FP16 engine's 0.331 ms.)
         why = (f"{quantization.TIMED_FP16_REASON} (the FP16 engine as a whole: "
                f"{whole_f * 1e3:.3f} ms against {whole_q * 1e3:.3f} ms in {quant})")
+        # (built without the profile's weight cache, it keeps weights of its own: one
+        # model's worth more where a profile's other shapes share that cache)
         chosen = fp16
         for layer in chosen.network.layers:
             if layer.name in quantized:
