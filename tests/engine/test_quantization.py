@@ -765,6 +765,35 @@ def test_every_layer_faster_in_fp16_builds_no_mixed_engine(monkeypatch):
     assert engine.precision == "FP16" and len(info["fp16_faster"]) == 2
 
 
+def test_a_layer_kept_fp16_has_the_fp16_builds_kernel_key():
+    """A layer an INT8 build leaves FP16 (its reason in ``quant_fallback``) is keyed for
+    tactic timing as the same layer of an FP16 build: its reason describes it, it does not
+    change what it computes (s37: with the reason in the key, each such layer was tuned
+    afresh instead of taking the FP16 build's choices)."""
+    from tftrt.engine.tactics import TimingCache
+    net, x_shape = _two_convs(np.random.RandomState(8), 16, 8)
+    plain = build_engine(net, {"x": x_shape}, BuilderConfig(precision="INT8", keep_fp16={}))
+    names = [l.name for l in plain.network.layers if "quant" in l.attrs]
+    kept = build_engine(net, {"x": x_shape}, BuilderConfig(
+        precision="INT8", keep_fp16={n: "FP16 measured faster (1.0 us against 2.0 us)"
+                                     for n in names}))
+    fp16 = build_engine(net, {"x": x_shape}, BuilderConfig(precision="FP16"))
+    for name in names:
+        a = next(l for l in kept.network.layers if l.name == name)
+        b = next(l for l in fp16.network.layers if l.name == name)
+        assert a.attrs["quant_fallback"].startswith("FP16 measured") and \
+            "quant_fallback" not in b.attrs
+        assert TimingCache.key("cupy", "gpu", kept.network, a) == \
+            TimingCache.key("cupy", "gpu", fp16.network, b)
+        assert "quant_fallback" in a.to_json()["attrs"]  # plans and reports keep the reason
+        assert a.kernel_attrs() == b.kernel_attrs()
+    # what a layer computes still tells keys apart
+    q = next(l for l in plain.network.layers if l.name == names[0])
+    f = next(l for l in fp16.network.layers if l.name == names[0])
+    assert TimingCache.key("cupy", "gpu", plain.network, q) != \
+        TimingCache.key("cupy", "gpu", fp16.network, f)
+
+
 def test_an_engine_time_that_is_not_a_time_falls_back_to_layer_times(monkeypatch):
     """engine_seconds answering NaN for the quantized engine: the decision is the summed
     layer times' (and FP16 is no candidate), as on a backend that cannot time engines."""

@@ -115,7 +115,9 @@ weight only, made by ``precision.py`` from the network's quantization table, see
 
 The products accumulate in int32 / fp32; the first epilogue step is a ``scale`` by the
 dequantization vector input_scale * weight_scale[c]. A GEMM layer left unquantized in such an
-engine says why in ``attrs["quant_fallback"]``.
+engine says why in ``attrs["quant_fallback"]``: a description for people, not part of what
+the layer computes (:data:`DESCRIPTIVE_ATTRS`: kernel choices and their caches key a layer by
+:meth:`Layer.kernel_attrs`, without it).
 
 Per-layer ``precision`` ("FP32" or "FP16") says how the layer stores its outputs and weights;
 ``tactic`` names the implementation the builder chose. Under FP16 (precision.py): conv /
@@ -205,6 +207,11 @@ class Layer:
     tactic: Optional[str] = None
     precision: Optional[str] = None
 
+    def kernel_attrs(self) -> dict:
+        """``to_json()["attrs"]`` without :data:`DESCRIPTIVE_ATTRS`: what keys the layer's
+        kernel choices (tactic timing, the backends' tuned plans and shared preparations)."""
+        return _jsonable({k: v for k, v in self.attrs.items() if k not in DESCRIPTIVE_ATTRS})
+
     def to_json(self) -> dict:
         return {"name": self.name, "kind": self.kind, "inputs": list(self.inputs),
                 "outputs": list(self.outputs), "attrs": _jsonable(self.attrs),
@@ -244,6 +251,15 @@ def _clone(v):
     if isinstance(v, _IMMUTABLE):
         return v
     return copy.deepcopy(v)
+
+
+# Attributes that say something about a layer without changing what it computes: the reason
+# an INT8 / FP8 engine left it FP16. Kept in kernel-choice keys, each FP16 layer of an INT8
+# build (its reason naming the build's own measured times) was tuned afresh and missed the
+# cached choices of the same layer in FP16 builds -- likely why, on an H100 (s37), the INT8
+# network rebuilt with every layer FP16 ran its stage-3 3x3 convs on cuDNN plans 60% slower
+# than the FP16 engine's (10.3 against 6.5 us; not checked on a GPU since).
+DESCRIPTIVE_ATTRS = frozenset({"quant_fallback"})
 
 
 def _jsonable(v):

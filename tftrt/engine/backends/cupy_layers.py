@@ -55,7 +55,7 @@ _BORROWED_BY = "|borrowed-by"
 
 def signature(net: Network, layer: Layer, extra=()) -> str:
     js = layer.to_json()
-    attrs = {k: v for k, v in js["attrs"].items() if k != CHOICE_ATTR}
+    attrs = {k: v for k, v in layer.kernel_attrs().items() if k != CHOICE_ATTR}
     sig = {"kind": layer.kind, "attrs": attrs, "epi": js["epilogue"],
            "tactic": layer.tactic, "in": [(net.tensors[i].dtype, net.tensors[i].shape)
                                           if i else None for i in layer.inputs],

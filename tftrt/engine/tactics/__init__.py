@@ -120,7 +120,7 @@ class TimingCache:
 
     @staticmethod
     def key(backend: str, device: str, net: Network, layer: Layer) -> str:
-        sig = {"kind": layer.kind, "attrs": layer.to_json()["attrs"],
+        sig = {"kind": layer.kind, "attrs": layer.kernel_attrs(),
                "epilogue": layer.to_json()["epilogue"], "precision": layer.precision,
                "in": [(net.tensors[i].dtype, net.tensors[i].shape, i in net.weights)
                       if i else None for i in layer.inputs]}
