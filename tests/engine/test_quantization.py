@@ -794,6 +794,25 @@ def test_a_layer_kept_fp16_has_the_fp16_builds_kernel_key():
         TimingCache.key("cupy", "gpu", fp16.network, f)
 
 
+def test_the_fp16_engine_kept_says_why_for_every_layer(monkeypatch):
+    """The FP16 engine kept by timed precision carries the reasons of the quantized engine's
+    FP16 layers (here an image stem's) beside the timed ones, so summary() says why for every
+    layer, not only for those the timing moved."""
+    monkeypatch.setenv("TFTRT_QUANT_TIMED_PRECISION", "1")
+    monkeypatch.delenv("TFTRT_QUANTIZE_STEM", raising=False)
+    net, x_shape = _two_convs(np.random.RandomState(8), 3, 8)
+    monkeypatch.setattr(builder_mod, "layer_times", lambda e: {
+        l.name: (30e-6 if "quant" in l.attrs else 10e-6) for l in e.network.layers})
+    monkeypatch.setattr(builder_mod, "engine_seconds", _fake_whole(1.0e-3, 2.0e-3, 0.9e-3))
+    engine = build_engine(net, {"x": x_shape}, BuilderConfig(precision="INT8"))
+    assert engine.build_info["timed_precision"]["kept"] == "FP16"
+    reasons = {l.name: l.attrs.get("quant_fallback") for l in engine.network.layers}
+    assert "an image stem" in reasons["h"], reasons
+    assert reasons["y"].startswith("FP16 measured faster on this device (10.0 us against "
+                                   "30.0 us in INT8)"), reasons
+    assert set(builder_mod.kept_fp16(engine.network.layers)) == {"y"}
+
+
 def test_an_engine_time_that_is_not_a_time_falls_back_to_layer_times(monkeypatch):
     """engine_seconds answering NaN for the quantized engine: the decision is the summed
     layer times' (and FP16 is no candidate), as on a backend that cannot time engines."""

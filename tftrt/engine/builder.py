@@ -358,9 +358,13 @@ def _timed_precision(model_or_network, input_shapes, config: BuilderConfig, engi
         # (built without the profile's weight cache, it keeps weights of its own: one
         # model's worth more where a profile's other shapes share that cache)
         chosen = fp16
+        before = {l.name: l.attrs["quant_fallback"] for l in engine.network.layers
+                  if "quant_fallback" in l.attrs}  # (an image stem's, a missing range's)
         for layer in chosen.network.layers:
             if layer.name in quantized:
                 layer.attrs["quant_fallback"] = keep.get(layer.name, why)
+            elif layer.name in before:
+                layer.attrs["quant_fallback"] = before[layer.name]
         info["kept"] = "FP16"
     del fp16
     if chosen is not engine and not any("quant" in l.attrs for l in chosen.network.layers):
