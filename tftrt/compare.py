@@ -191,8 +191,10 @@ def layer_reports(spec, inputs: Sequence[np.ndarray], backend: str, rtol: float,
     shapes = {f"TensorRTInputPH_{i}": tuple(a.shape) for i, a in enumerate(inputs)}
     # the marked values stored as the engine stores them (float16 in an FP16 engine): as
     # float32 outputs they hid every float16 overflow (helper hunt, 2026-12-02)
+    # keep_fp16={}: every layer the table allows quantized, the arithmetic reported, not
+    # the timed precision's choice (it times three engines, and may keep FP16 layers)
     tested = build_engine(model, shapes, BuilderConfig(precision=spec.precision_mode,
-                                                       backend=backend,
+                                                       backend=backend, keep_fp16={},
                                                        probe_outputs=tuple(ops)))
     ref = build_engine(model, shapes, BuilderConfig(precision="FP32", backend="numpy",
                                                     tactic_timing=False))
