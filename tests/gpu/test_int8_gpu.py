@@ -484,17 +484,43 @@ def test_fp8_needs_a_gpu_with_fp8():
         assert engine.precision == "FP8"
 
 
+def _int8_through_tensorflow(tf, model, tmp_path, batch):
+    """``model`` exported and converted to INT8, calibrated on four random batches of
+    ``batch``, then called on a fifth: the engine runs (no native fallback) within INT8's
+    tolerance of FP32 (ranges from four random batches: a few percent), and the saved and
+    reloaded model answers the same (a rebuilt engine may pick another cuDNN plan: a fused
+    epilogue rounds its own way). Returns the converter's one engine op."""
+    import tftrt
+    from tftrt import trt_convert as trt
+    path = str(tmp_path / "cnn")
+    model.export(path, verbose=False)
+    rng = np.random.RandomState(0)
+    shape = (batch,) + tuple(model.input_shape[1:])
+    data = [rng.rand(*shape).astype(F32) for _ in range(4)]
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=path, precision_mode="INT8")
+    fn = conv.convert(calibration_input_fn=lambda: iter([(d,) for d in data]))
+    (op,) = conv.engine_ops.values()
+    x = rng.rand(*shape).astype(F32)
+    (got,) = fn(tf.constant(x)).values()
+    assert op.stats["engine"] == 1 and op.stats["native"] == 0, op.stats
+    want = model(x).numpy()
+    assert np.linalg.norm(got.numpy() - want) / np.linalg.norm(want) < 0.05
+    conv.save(str(tmp_path / "int8"))
+    loaded = tftrt.load(str(tmp_path / "int8"))
+    (again,) = loaded.signatures["serving_default"](tf.constant(x)).values()
+    np.testing.assert_allclose(again.numpy(), got.numpy(), rtol=2e-3, atol=2e-3)
+    return op
+
+
 def test_int8_with_the_defaults_through_tensorflow(tmp_path, monkeypatch):
     """What a user gets with no switch set (s37: quantized kernels, int8 residuals and the
-    timed precision on by default): the engine runs (no native fallback), its build timed
-    the quantized, mixed and FP16 engines as a whole and kept one, every conv / GEMM the
-    quantized engine left FP16 says why in summary(), and the answers stay within INT8's
-    tolerance of FP32 -- also after save and load."""
+    timed precision on by default): the engine runs within INT8's tolerance, also after save
+    and load (_int8_through_tensorflow), its build timed the quantized, mixed and FP16
+    engines as a whole and kept one, and every conv / GEMM the engine runs in FP16 says why
+    in summary()."""
     tf = pytest.importorskip("tensorflow")
     if not tf.config.list_physical_devices("GPU"):
         pytest.skip("TensorFlow sees no GPU")
-    import tftrt
-    from tftrt import trt_convert as trt
     for name in ("TFTRT_CUPY_QUANTIZED", "TFTRT_INT8_RESIDUAL", "TFTRT_QUANT_TIMED_PRECISION"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("TFTRT_BACKEND", "cupy")
@@ -505,16 +531,7 @@ def test_int8_with_the_defaults_through_tensorflow(tmp_path, monkeypatch):
     y = L.Conv2D(32, 3, padding="same", activation="relu")(x)
     x = L.ReLU()(L.Add()([x, L.Conv2D(32, 1)(y)]))          # a residual block
     model = tf.keras.Model(inp, L.Dense(10)(L.GlobalAveragePooling2D()(x)))
-    path = str(tmp_path / "cnn")
-    model.export(path, verbose=False)
-    rng = np.random.RandomState(0)
-    data = [rng.rand(32, 32, 32, 3).astype(F32) for _ in range(4)]
-    conv = trt.TrtGraphConverterV2(input_saved_model_dir=path, precision_mode="INT8")
-    fn = conv.convert(calibration_input_fn=lambda: iter([(d,) for d in data]))
-    (op,) = conv.engine_ops.values()
-    x = rng.rand(32, 32, 32, 3).astype(F32)
-    (got,) = fn(tf.constant(x)).values()
-    assert op.stats["engine"] == 1 and op.stats["native"] == 0, op.stats
+    op = _int8_through_tensorflow(tf, model, tmp_path, 32)
     engines = [e for _, e in op.cache.items()]
     assert len(engines) == 1 and hasattr(engines[0], "build_info"), engines
     info = engines[0].build_info.get("timed_precision")
@@ -523,20 +540,12 @@ def test_int8_with_the_defaults_through_tensorflow(tmp_path, monkeypatch):
     for layer in engines[0].network.layers:
         if layer.kind in ("conv", "matmul") and layer.precision == "FP16":
             assert layer.attrs.get("quant_fallback"), (layer.name, info)
-    want = model(x).numpy()
-    assert np.linalg.norm(got.numpy() - want) / np.linalg.norm(want) < 0.05, info
-    conv.save(str(tmp_path / "int8"))
-    loaded = tftrt.load(str(tmp_path / "int8"))
-    (again,) = loaded.signatures["serving_default"](tf.constant(x)).values()
-    np.testing.assert_allclose(again.numpy(), got.numpy(), rtol=2e-3, atol=2e-3)
 
 
 def test_calibrated_keras_cnn_through_tensorflow(tmp_path, monkeypatch):
     tf = pytest.importorskip("tensorflow")
     if not tf.config.list_physical_devices("GPU"):
         pytest.skip("TensorFlow sees no GPU")
-    import tftrt
-    from tftrt import trt_convert as trt
     monkeypatch.setenv("TFTRT_BACKEND", "cupy")
     L = tf.keras.layers
     tf.keras.utils.set_random_seed(0)
@@ -544,23 +553,6 @@ def test_calibrated_keras_cnn_through_tensorflow(tmp_path, monkeypatch):
     x = L.Conv2D(16, 3, padding="same", activation="relu")(inp)
     x = L.Conv2D(32, 3, padding="same", activation="relu")(L.MaxPool2D()(x))
     model = tf.keras.Model(inp, L.Dense(10)(L.GlobalAveragePooling2D()(x)))
-    path = str(tmp_path / "cnn")
-    model.export(path, verbose=False)
-    rng = np.random.RandomState(0)
-    data = [rng.rand(16, 32, 32, 3).astype(F32) for _ in range(4)]
-    conv = trt.TrtGraphConverterV2(input_saved_model_dir=path, precision_mode="INT8")
-    fn = conv.convert(calibration_input_fn=lambda: iter([(d,) for d in data]))
-    (op,) = conv.engine_ops.values()
+    op = _int8_through_tensorflow(tf, model, tmp_path, 16)
     assert op.quantization["plan"]["quantized_share"] == 1.0  # calibrated on numpy
-    x = rng.rand(16, 32, 32, 3).astype(F32)
-    (got,) = fn(tf.constant(x)).values()
-    assert op.stats["engine"] == 1 and op.stats["native"] == 0
-    want = model(x).numpy()
-    # INT8 against FP32 (ranges from four random batches): a few percent
-    assert np.linalg.norm(got.numpy() - want) / np.linalg.norm(want) < 0.05
-    conv.save(str(tmp_path / "int8"))
-    loaded = tftrt.load(str(tmp_path / "int8"))
-    (again,) = loaded.signatures["serving_default"](tf.constant(x)).values()
-    # a rebuilt engine may pick another cuDNN plan (a fused epilogue rounds its own way)
-    np.testing.assert_allclose(again.numpy(), got.numpy(), rtol=2e-3, atol=2e-3)
     assert onnx.load_from_string(op.spec.onnx_bytes).metadata_props
