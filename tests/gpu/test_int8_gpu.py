@@ -542,6 +542,24 @@ def test_int8_with_the_defaults_through_tensorflow(tmp_path, monkeypatch):
             assert layer.attrs.get("quant_fallback"), (layer.name, info)
 
 
+def _stem_diagnosis(op, name):
+    """What quantization's stem rule sees of layer ``name`` in the segment's network (the
+    s38 GPU run kept a 3-channel stem INT8 that the numpy run keeps FP16): the channels it
+    reduces over, whether it reads the network input, the layers between, the switch."""
+    import os
+    net = network_from_onnx(onnx.load_from_string(op.spec.onnx_bytes))
+    layer = next(l for l in net.layers if l.name == name)
+    producers, chain, t = net.producers(), [], layer.inputs[0]
+    while t in producers and len(chain) < 8:
+        p = producers[t]
+        chain.append((p.kind, p.name, [(i, i in net.weights) for i in p.inputs]))
+        t = p.inputs[0]
+    return {"reduced_channels": Q.reduced_channels(net, layer),
+            "reads_network_input": Q._reads_network_input(net, layer.inputs[0]),
+            "inputs": net.inputs, "chain": chain, "stem_reason": Q._stem_reason(net, layer),
+            "TFTRT_QUANTIZE_STEM": os.environ.get("TFTRT_QUANTIZE_STEM")}
+
+
 def test_calibrated_keras_cnn_through_tensorflow(tmp_path, monkeypatch):
     tf = pytest.importorskip("tensorflow")
     if not tf.config.list_physical_devices("GPU"):
@@ -563,6 +581,7 @@ def test_calibrated_keras_cnn_through_tensorflow(tmp_path, monkeypatch):
     convs = sorted((l for l in layers if l["kind"] == "conv"), key=lambda l: l["flops"])
     assert len(convs) == 2 and convs[0]["flops"] * 8 == convs[1]["flops"] * 3, layers
     stem = convs[0]
-    assert stem["precision"] == "FP16" and "an image stem" in (stem["reason"] or ""), layers
+    assert stem["precision"] == "FP16" and "an image stem" in (stem["reason"] or ""), \
+        (layers, _stem_diagnosis(op, stem["name"]))
     assert all(l["precision"] == "INT8" for l in layers if l is not stem), layers
     assert onnx.load_from_string(op.spec.onnx_bytes).metadata_props
