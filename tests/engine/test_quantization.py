@@ -563,7 +563,7 @@ def test_backend_without_quantized_kernels_builds_fp16_once_warned(monkeypatch, 
 
 # --- calibration of a network -----------------------------------------------------------------
 
-def _cnn_model(rng):
+def _cnn_model(rng, symbolic=()):
     consts = {"w1": (rng.randn(8, 3, 3, 3) * 0.3).astype(F32), "b1": rng.randn(8).astype(F32),
               "w2": (rng.randn(8, 8, 3, 3) * 0.2).astype(F32),
               "b2": (rng.randn(8) * 0.1).astype(F32), "wd": rng.randn(8, 4).astype(F32)}
@@ -572,7 +572,7 @@ def _cnn_model(rng):
              N("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]), N("Relu", ["c2"], ["r2"]),
              N("GlobalAveragePool", ["r2"], ["g"]), N("Flatten", ["g"], ["f"]),
              N("MatMul", ["f", "wd"], ["y"])]
-    return make_model(nodes, {"x": np.zeros((4, 3, 8, 8), F32)}, consts)
+    return make_model(nodes, {"x": np.zeros((4, 3, 8, 8), F32)}, consts, symbolic=symbolic)
 
 
 @pytest.mark.parametrize("precision", ["INT8", "FP8"])
@@ -620,6 +620,48 @@ def test_calibrator_records_every_layer_and_error_check_uses_fp32_inputs():
     # the conv reads the NHWC transpose of x: same values, same range
     assert table["tensors"][first.inputs[0]] == pytest.approx(float(np.abs(x).max()))
     assert set(table["tensors"]) == cal.needed_tensors()
+
+
+def test_the_error_check_runs_on_the_first_rows_of_the_batches(monkeypatch):
+    """With a dynamic batch dimension, the per-layer error check keeps only the first
+    ERROR_ROWS rows of the calibration batches (it re-runs the network on the host: two
+    thirds of a ResNet50 calibration's time on whole batches), the plan still reports the
+    first batch's shapes, and the errors estimate those of all the rows."""
+    from tftrt.engine import calibrator as C
+    rng = np.random.RandomState(9)
+    model = _cnn_model(rng, symbolic=(0,))
+    xs = [rng.randn(6, 3, 8, 8).astype(F32) for _ in range(3)]
+    cals = {}
+    for rows in (4, 10, 1000):
+        monkeypatch.setattr(C, "ERROR_ROWS", rows)
+        cal = cals[rows] = EngineCalibrator(network_from_onnx(model))
+        for x in xs:
+            cal.observe([x])
+    cut = cals[10]
+    assert [k for k, _ in cut.kept] == [((6, 3, 8, 8),), ((4, 3, 8, 8),)]
+    np.testing.assert_array_equal(cut.kept[1][1][0], xs[1][:4])
+    assert cut.kept[1][1][0].base is None  # a copy: the whole batch is not held
+    assert [k for k, _ in cals[1000].kept] == [((6, 3, 8, 8),)] * 3
+    tables = {rows: cal.table("INT8") for rows, cal in cals.items()}
+    assert [k for k, _ in cals[4].kept] == [((4, 3, 8, 8),)]
+    assert tables[4]["plan"]["input_shapes"] == tables[10]["plan"]["input_shapes"] == \
+        [[6, 3, 8, 8]]
+    assert tables[10]["tensors"] == tables[1000]["tensors"]  # ranges from every row
+    est, full = tables[10]["layer_errors"], tables[1000]["layer_errors"]
+    assert set(est) == set(full) and len(est) == 3
+    for name in full:
+        assert est[name] != full[name] and est[name] == pytest.approx(full[name], rel=0.3)
+
+
+def test_the_error_check_keeps_whole_batches_without_a_dynamic_batch(monkeypatch):
+    from tftrt.engine import calibrator as C
+    monkeypatch.setattr(C, "ERROR_ROWS", 2)
+    rng = np.random.RandomState(10)
+    cal = EngineCalibrator(network_from_onnx(_cnn_model(rng)))  # x is [4, 3, 8, 8]
+    for _ in range(2):
+        cal.observe([rng.randn(4, 3, 8, 8).astype(F32)])
+    assert [k for k, _ in cal.kept] == [((4, 3, 8, 8),)] * 2
+    assert len(cal.table("INT8")["layer_errors"]) == 3
 
 
 def test_network_table_survives_copies():
