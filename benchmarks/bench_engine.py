@@ -137,7 +137,7 @@ def bench_engine(model_name, precision, batches, net_dir, profile_batches=()):
         prepare_s = time.perf_counter() - t1
         row = {"model": model_name, "precision": precision, "batch": batch, "impl": "tftrt",
                "build_s": round(build_s, 1), "prepare_s": round(prepare_s, 2),
-               "layers": engine.num_layers,
+               "layers": engine.num_layers, "build_phases": engine.build_info.get("phases"),
                "arena_mb": round(ctx._impl.device_bytes / 2 ** 20, 1)}
         if "timed_precision" in engine.build_info:  # TFTRT_QUANT_TIMED_PRECISION=1
             row["timed_precision"] = engine.build_info["timed_precision"]

@@ -770,6 +770,10 @@ def test_whole_engine_times_decide_and_fp16_itself_is_a_candidate(monkeypatch, w
                    if l.name in quantized and "quant" not in l.attrs}
     assert fp16_layers == {"INT8": set(), "mixed": {slow}, "FP16": set(quantized)}[kept]
     assert engine.precision == ("FP16" if kept == "FP16" else "INT8")
+    # where another engine won, the quantized build's phases stay in the record
+    assert ("quantized_phases" in info) == (kept != "INT8"), info
+    if kept != "INT8":
+        assert list(info["quantized_phases"]) == ["optimize", "upload", "tactics", "finish"]
     if kept == "FP16":
         reasons = {l.attrs["quant_fallback"] for l in engine.network.layers
                    if l.name in quantized and l.name != slow}

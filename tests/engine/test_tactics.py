@@ -33,6 +33,24 @@ def test_candidates_are_timed_and_recorded():
                                    run_ort(model, {"x": x})[0], rtol=1e-4, atol=1e-5)
 
 
+def test_a_build_records_its_phases(monkeypatch):
+    """build_info["phases"]: seconds of each phase in order, adding up to the build's."""
+    from tftrt.engine import builder
+    model = _pointwise_conv_model()
+    real = builder.choose_tactics
+
+    def slow_choice(*args, **kwargs):  # a tactic phase that takes 0.2 s
+        import time
+        time.sleep(0.2)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(builder, "choose_tactics", slow_choice)
+    engine = build_engine(model, {"x": (2, 6, 6, 8)}, BuilderConfig())
+    phases = engine.build_info["phases"]
+    assert list(phases) == ["optimize", "upload", "tactics", "finish"], phases
+    assert phases["tactics"] >= 0.2 and max(phases, key=phases.get) == "tactics", phases
+    assert sum(phases.values()) == pytest.approx(engine.build_info["seconds"], abs=0.01)
+
+
 def test_timing_cache_skips_retiming(tmp_path):
     model = _pointwise_conv_model()
     cache = TimingCache(str(tmp_path / "cache.json"))
