@@ -653,6 +653,29 @@ def test_the_error_check_runs_on_the_first_rows_of_the_batches(monkeypatch):
         assert est[name] != full[name] and est[name] == pytest.approx(full[name], rel=0.3)
 
 
+def test_the_error_check_keeps_whole_batches_where_fewer_rows_do_not_build(monkeypatch):
+    from tftrt.engine import calibrator as C
+    from tftrt.engine.errors import EngineBuildError
+    monkeypatch.setattr(C, "ERROR_ROWS", 4)
+
+    failed = []
+
+    def six_rows_only(net, shapes):
+        if any(s[0] != 6 for s in shapes.values()):
+            failed.append(shapes)
+            raise EngineBuildError("Reshape: 4 rows do not divide into 3")
+        return C._fp32_numpy_engine(net, shapes)
+    rng = np.random.RandomState(11)
+    cal = EngineCalibrator(network_from_onnx(_cnn_model(rng, symbolic=(0,))),
+                           build=six_rows_only)
+    xs = [rng.randn(6, 3, 8, 8).astype(F32) for _ in range(2)]
+    for x in xs:
+        cal.observe([x])
+    assert [k for k, _ in cal.kept] == [((6, 3, 8, 8),)] * 2
+    assert len(failed) == 1  # tried once, not again for every batch
+    assert len(cal.table("INT8")["layer_errors"]) == 3
+
+
 def test_the_error_check_keeps_whole_batches_without_a_dynamic_batch(monkeypatch):
     from tftrt.engine import calibrator as C
     monkeypatch.setattr(C, "ERROR_ROWS", 2)

@@ -237,6 +237,7 @@ class EngineCalibrator:
         self.kept: List[Tuple[ShapeKey, List[np.ndarray]]] = []
         self._kept_bytes = 0
         self._kept_rows = 0
+        self._whole_batches = False  # set when fewer rows than a batch's did not build
         self._plan_key: Optional[ShapeKey] = None  # the first batch's shapes: the plan's
         self.batches = 0
 
@@ -270,13 +271,20 @@ class EngineCalibrator:
         """Keeps rows of a batch for the per-layer error check: up to :data:`ERROR_ROWS`
         rows in all where the batch can be split (:meth:`_batch_rows`), else whole batches
         within :data:`KEEP_BYTES` (at least one)."""
-        n = self._batch_rows(inputs)
+        n = None if self._whole_batches else self._batch_rows(inputs)
         if n is not None:
             take = min(n, ERROR_ROWS - self._kept_rows)
             if take <= 0:
                 return
             if take < n:  # a copy, so the whole batch is not held through its view
-                inputs = [np.array(x[:take]) for x in inputs]
+                rows = [np.array(x[:take]) for x in inputs]
+                try:  # the network must build for that batch (a reshape may not)
+                    self.engine_for(tuple(tuple(int(d) for d in x.shape) for x in rows))
+                    inputs = rows
+                except Exception as e:  # noqa: BLE001 -- whole batches, as without a batch
+                    log.info("%s: the error check keeps whole batches (%d rows do not build: "
+                             "%s: %s)", self.name, take, type(e).__name__, str(e)[:200])
+                    n, self._whole_batches = None, True
         size = sum(x.nbytes for x in inputs)
         if not self.kept or self._kept_bytes + size <= KEEP_BYTES:
             self.kept.append((tuple(tuple(int(d) for d in x.shape) for x in inputs), inputs))
