@@ -21,8 +21,8 @@ Then, on the first :data:`ERROR_ROWS` rows of the calibration batches (whole bat
 :data:`KEEP_BYTES`, where the inputs have no common dynamic batch dimension), each layer the
 table would quantize runs quantized on the FP32 inputs recorded for it (its input and weight
 quantized, its output not requantized: that error belongs to the consumer's input) and its
-output is compared with the FP32 one; the relative L2 error goes into the table (``layer_errors``) and a layer over
-``quantization.MAX_LAYER_ERROR`` stays FP16 in every build.
+output is compared with the FP32 one; the relative L2 error goes into the table
+(``layer_errors``) and a layer over ``quantization.MAX_LAYER_ERROR`` stays FP16 in every build.
 """
 
 from __future__ import annotations
