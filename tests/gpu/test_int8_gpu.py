@@ -472,6 +472,49 @@ def _impls_pairs(engine):
     return list(zip(engine.network.layers, engine.backend_impl.engine_impls(engine)))
 
 
+def test_calibration_on_the_gpu_matches_the_host(monkeypatch):
+    """TFTRT_CALIBRATE_ON_GPU=1: the FP32 engine calibration runs, and the histograms, are on
+    the GPU (CuPy arrays binned there). Its table agrees with the host's: max ranges within
+    FP32 reordering, the per-layer errors close, the same plan; with a dynamic batch the
+    error check runs on the first rows, built for them on the GPU too."""
+    from functools import partial
+    from onnx import helper
+    from tftrt.engine import calibrator as C
+    monkeypatch.setattr(C, "ERROR_ROWS", 6)
+    rng = np.random.RandomState(21)
+    consts = {"w1": (rng.randn(16, 3, 3, 3) * 0.3).astype(F32),
+              "w2": (rng.randn(16, 16, 3, 3) * 0.2).astype(F32),
+              "wd": rng.randn(16, 4).astype(F32)}
+    N = helper.make_node
+    nodes = [N("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]), N("Relu", ["c1"], ["r1"]),
+             N("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1]), N("Relu", ["c2"], ["r2"]),
+             N("GlobalAveragePool", ["r2"], ["g"]), N("Flatten", ["g"], ["f"]),
+             N("MatMul", ["f", "wd"], ["y"])]
+    model = make_model(nodes, {"x": np.zeros((8, 3, 16, 16), F32)}, consts, symbolic=(0,))
+    xs = [rng.randn(8, 3, 16, 16).astype(F32) for _ in range(3)]
+    tables, cals = {}, {}
+    for where, build in (("host", None), ("gpu", partial(C.fp32_engine, backend="cupy"))):
+        cal = cals[where] = EngineCalibrator(network_from_onnx(model), build=build)
+        for x in xs:
+            cal.observe([x])
+        tables[where] = cal.table("INT8", "max")
+    assert {e.backend for e in cals["gpu"].engines.values()} == {"cupy"}
+    assert [k for k, _ in cals["gpu"].kept] == [((6, 3, 16, 16),)]
+    host, gpu = tables["host"], tables["gpu"]
+    assert set(gpu["tensors"]) == set(host["tensors"])
+    for name, amax in host["tensors"].items():
+        assert gpu["tensors"][name] == pytest.approx(amax, rel=1e-4), name
+    assert set(gpu["layer_errors"]) == set(host["layer_errors"])
+    for name, e in host["layer_errors"].items():
+        assert gpu["layer_errors"][name] == pytest.approx(e, rel=0.05, abs=1e-4), name
+    assert [(l["name"], l["precision"]) for l in gpu["plan"]["layers"]] == \
+        [(l["name"], l["precision"]) for l in host["plan"]["layers"]]
+    x = cals["gpu"].network.inputs[0]  # the same values binned on the GPU and the host
+    h = cals["gpu"].stats[x]
+    assert h.values == 3 * xs[0].size and h.nonfinite == 0
+    np.testing.assert_array_equal(h.counts, cals["host"].stats[x].counts)
+
+
 def test_fp8_needs_a_gpu_with_fp8():
     rng = np.random.RandomState(1)
     model = _calibrated_model(rng, "FP8")

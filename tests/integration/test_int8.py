@@ -183,6 +183,24 @@ def test_empty_and_constant_calibration_batches_are_said(cnn, caplog):
         calibrated(cnn[0], data=[empty])
 
 
+def test_calibration_on_the_gpu_is_a_switch_for_the_cupy_backend(monkeypatch, caplog):
+    """TFTRT_CALIBRATE_ON_GPU=1 builds calibration's FP32 engines on the CuPy backend
+    (tests/gpu/test_int8_gpu.py checks them against the host's); off by default, and with
+    another backend a warning says it calibrates on the host."""
+    import logging
+    from tftrt import calibration
+    from tftrt.engine.calibrator import fp32_engine
+    monkeypatch.delenv("TFTRT_CALIBRATE_ON_GPU", raising=False)
+    assert calibration.calibration_builder() is None
+    monkeypatch.setenv("TFTRT_CALIBRATE_ON_GPU", "1")
+    with caplog.at_level(logging.WARNING, logger="tftrt.calibration"):
+        assert calibration.calibration_builder() is None  # TFTRT_BACKEND=numpy here
+    assert "needs the CuPy backend (TFTRT_BACKEND is numpy)" in caplog.text
+    monkeypatch.setattr("tftrt.engine_op.resolve_backend", lambda: "cupy")
+    build = calibration.calibration_builder()
+    assert build.func is fp32_engine and build.keywords == {"backend": "cupy"}
+
+
 def test_calibration_input_fn_only_with_calibration(cnn):
     conv = trt.TrtGraphConverterV2(input_saved_model_dir=cnn[0], precision_mode="INT8",
                                    use_calibration=False)

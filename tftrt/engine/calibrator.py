@@ -53,8 +53,24 @@ KEEP_BYTES = 128 << 20
 # activations (millions of values per layer) is as good an estimate.
 ERROR_ROWS = 32
 HISTOGRAM_SLICE = 1 << 18  # values binned at a time by TensorHistogram.add
+DEVICE_HISTOGRAM_SLICE = 1 << 26  # the same on a GPU (bounds its float64 / int64 copies)
 
 ShapeKey = Tuple[Tuple[int, ...], ...]
+
+
+def array_module(x):
+    """numpy, or CuPy for a CuPy array (imported only when one is given)."""
+    if isinstance(x, np.ndarray) or not type(x).__module__.startswith("cupy"):
+        return np
+    import cupy
+    return cupy
+
+
+def host(x) -> np.ndarray:
+    """``x`` as a numpy array (a device array copied to the host)."""
+    if isinstance(x, np.ndarray) or array_module(x) is np:
+        return np.asarray(x)
+    return x.get()
 
 
 def parse_method(method: Optional[str], precision: str = "INT8") -> Tuple[str, float]:
@@ -102,17 +118,20 @@ class TensorHistogram:
         self.values = 0
 
     def add(self, x) -> None:
-        a = np.asarray(x).ravel()
+        """Adds the values of ``x``: a numpy array, or a device array (CuPy) binned where it
+        lies (only the reductions and the bin counts come to the host)."""
+        xp = array_module(x)
+        a = (x if xp is not np else np.asarray(x)).ravel()
         if a.dtype.kind != "f":
-            a = a.astype(np.float64)
+            a = a.astype(xp.float64)
         lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
         if not (math.isfinite(lo) and math.isfinite(hi)):
-            finite = np.isfinite(a)
-            self.nonfinite += int(a.size - finite.sum())
+            finite = xp.isfinite(a)
+            self.nonfinite += int(a.size - int(finite.sum()))
             a = a[finite]
             lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
-        self.values += a.size
-        zeros = a.size - int(np.count_nonzero(a))
+        self.values += int(a.size)
+        zeros = int(a.size) - int(xp.count_nonzero(a))
         self.zeros += zeros
         m = max(-lo, hi)
         if m <= 0:
@@ -128,11 +147,12 @@ class TensorHistogram:
         # In slices that stay in cache, |x| in float64 (the bin of a value is exact); the
         # zeros fall into bin 0 and are taken out of it again (they are counted apart).
         scale = self.nbins / self.top
-        for i in range(0, a.size, HISTOGRAM_SLICE):
-            part = np.abs(a[i:i + HISTOGRAM_SLICE], dtype=np.float64)
+        step = HISTOGRAM_SLICE if xp is np else DEVICE_HISTOGRAM_SLICE
+        for i in range(0, int(a.size), step):
+            part = xp.abs(a[i:i + step].astype(xp.float64))
             part *= scale
-            idx = np.minimum(part.astype(np.int64), self.nbins - 1)
-            self.counts += np.bincount(idx, minlength=self.nbins)
+            idx = xp.minimum(part.astype(xp.int64), self.nbins - 1)
+            self.counts += host(xp.bincount(idx, minlength=self.nbins))
         self.counts[0] -= zeros
 
     def _grow(self, k: int) -> None:
@@ -259,9 +279,9 @@ class EngineCalibrator:
         engine = self.engine_for(key)
 
         def record(name, value):
-            if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+            if getattr(getattr(value, "dtype", None), "kind", None) == "f":
                 self.stats.setdefault(name, TensorHistogram()).add(value)
-        run_layers(engine, inputs, record)
+        run_layers(engine, _on_engine(engine, inputs), record)
         self.batches += 1
         if self._plan_key is None:
             self._plan_key = key
@@ -389,11 +409,12 @@ class EngineCalibrator:
 
             def keep(name, value):
                 env[name] = value
-            run_layers(self.engine_for(key), inputs, keep, free=False)
+            engine = self.engine_for(key)
+            run_layers(engine, _on_engine(engine, inputs), keep, free=False)
             for layer, run, weights, residual in prepared[key]:
-                ins = [env[i] if i in env else weights.get(i) for i in layer.inputs]
+                ins = [host(env[i]) if i in env else weights.get(i) for i in layer.inputs]
                 y = np.asarray(run(ins)[0], np.float64)
-                want = np.asarray(env[layer.outputs[0]], np.float64)
+                want = np.asarray(host(env[layer.outputs[0]]), np.float64)
                 o = layer.outputs[0]
                 err[o] = err.get(o, 0.0) + float(np.sum((y - want) ** 2))
                 ref[o] = ref.get(o, 0.0) + float(np.sum(want ** 2))
@@ -442,11 +463,23 @@ class EngineCalibrator:
 
 
 def _fp32_numpy_engine(network: Network, shapes):
+    return fp32_engine(network, shapes, "numpy")
+
+
+def fp32_engine(network: Network, shapes, backend: str = "numpy"):
+    """The FP32 engine calibration runs (no quantization table, first tactics, no TF32)."""
     from tftrt.engine.builder import BuilderConfig, build_engine
     net = network.copy()
     net.quantization = None
-    return build_engine(net, shapes, BuilderConfig(precision="FP32", backend="numpy",
-                                                   tactic_timing=False))
+    return build_engine(net, shapes, BuilderConfig(precision="FP32", backend=backend,
+                                                   tactic_timing=False, allow_tf32=False))
+
+
+def _on_engine(engine, inputs: Sequence[np.ndarray]) -> List[Any]:
+    """Host ``inputs`` as ``engine`` takes them (uploaded to a GPU backend's device)."""
+    if engine.backend == "numpy":
+        return list(inputs)
+    return [engine.backend_impl.upload(np.ascontiguousarray(x)) for x in inputs]
 
 
 def run_layers(engine, inputs: Sequence[Any], visit: Callable[[str, Any], None],
