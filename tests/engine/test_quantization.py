@@ -664,7 +664,7 @@ def test_the_error_check_keeps_whole_batches_where_fewer_rows_do_not_build(monke
         if any(s[0] != 6 for s in shapes.values()):
             failed.append(shapes)
             raise EngineBuildError("Reshape: 4 rows do not divide into 3")
-        return C._fp32_numpy_engine(net, shapes)
+        return C.fp32_engine(net, shapes)
     rng = np.random.RandomState(11)
     cal = EngineCalibrator(network_from_onnx(_cnn_model(rng, symbolic=(0,))),
                            build=six_rows_only)

@@ -68,9 +68,12 @@ def array_module(x):
 
 def host(x) -> np.ndarray:
     """``x`` as a numpy array (a device array copied to the host)."""
-    if isinstance(x, np.ndarray) or array_module(x) is np:
-        return np.asarray(x)
-    return x.get()
+    return np.asarray(x) if array_module(x) is np else x.get()
+
+
+def _shape_key(arrays: Sequence[Any]) -> ShapeKey:
+    """The engine key of input ``arrays``: their shapes as tuples of ints."""
+    return tuple(tuple(int(d) for d in x.shape) for x in arrays)
 
 
 def parse_method(method: Optional[str], precision: str = "INT8") -> Tuple[str, float]:
@@ -251,7 +254,7 @@ class EngineCalibrator:
     def __init__(self, network: Network, name: str = "", build: Optional[Callable] = None):
         self.network = network
         self.name = name or network.name
-        self._build = build or _fp32_numpy_engine
+        self._build = build or fp32_engine
         self.engines: Dict[ShapeKey, Any] = {}
         self.stats: Dict[str, TensorHistogram] = {}
         self.kept: List[Tuple[ShapeKey, List[np.ndarray]]] = []
@@ -275,7 +278,7 @@ class EngineCalibrator:
         if len(inputs) != len(self.network.inputs):
             raise ValueError(f"{self.name} takes {len(self.network.inputs)} inputs, got "
                              f"{len(inputs)}")
-        key = tuple(tuple(int(d) for d in x.shape) for x in inputs)
+        key = _shape_key(inputs)
         engine = self.engine_for(key)
 
         def record(name, value):
@@ -292,6 +295,7 @@ class EngineCalibrator:
         rows in all where the batch can be split (:meth:`_batch_rows`), else whole batches
         within :data:`KEEP_BYTES` (at least one)."""
         n = None if self._whole_batches else self._batch_rows(inputs)
+        take = 0  # rows counted against ERROR_ROWS
         if n is not None:
             take = min(n, ERROR_ROWS - self._kept_rows)
             if take <= 0:
@@ -299,17 +303,17 @@ class EngineCalibrator:
             if take < n:  # a copy, so the whole batch is not held through its view
                 rows = [np.array(x[:take]) for x in inputs]
                 try:  # the network must build for that batch (a reshape may not)
-                    self.engine_for(tuple(tuple(int(d) for d in x.shape) for x in rows))
+                    self.engine_for(_shape_key(rows))
                     inputs = rows
                 except Exception as e:  # noqa: BLE001 -- whole batches, as without a batch
                     log.info("%s: the error check keeps whole batches (%d rows do not build: "
                              "%s: %s)", self.name, take, type(e).__name__, str(e)[:200])
-                    n, self._whole_batches = None, True
+                    take, self._whole_batches = 0, True
         size = sum(x.nbytes for x in inputs)
         if not self.kept or self._kept_bytes + size <= KEEP_BYTES:
-            self.kept.append((tuple(tuple(int(d) for d in x.shape) for x in inputs), inputs))
+            self.kept.append((_shape_key(inputs), inputs))
             self._kept_bytes += size
-            self._kept_rows += take if n is not None else 0
+            self._kept_rows += take
 
     def _batch_rows(self, inputs: List[np.ndarray]) -> Optional[int]:
         """The batch size of ``inputs`` when rows can be taken from them: every network input
@@ -460,10 +464,6 @@ class EngineCalibrator:
         report = Q.precision_report(net)
         report["input_shapes"] = [list(s) for s in key]
         return report
-
-
-def _fp32_numpy_engine(network: Network, shapes):
-    return fp32_engine(network, shapes, "numpy")
 
 
 def fp32_engine(network: Network, shapes, backend: str = "numpy"):
