@@ -166,6 +166,47 @@ extern "C" long long qcheck(const float* v, long long n, const int* iv, long lon
     assert lib.qcheck(ptr(v[:0]), 0, ptr(big), 2) == 2
 
 
+def test_the_paired_epilogue_helpers_are_the_conversions(tmp_path):
+    """byte_float is (float)(signed char) of either byte of every 2-byte pair, prmt(q0, q1,
+    0x40) packs the two codes' low bytes, and relu_int8_bits is q_int8_fast of relu(v) times
+    the inverse scale, bit for bit, over every rounding tie, NaN, infinities, signed zeros
+    and a million random floats."""
+    if _host_compiler() is None:
+        pytest.skip("no host C++ compiler")
+    inv = S.float_literal(np.float32(25.0))
+    text = (HOST_SHIMS + C.MATH_HELPERS + QUANT_SHIMS + S.INT8_HELPERS + FAST_SHIMS +
+            QM.FAST_INT8 + r"""
+extern "C" long long pcheck(const float* v, long long n) {
+  long long bad = 0;
+  for (unsigned p = 0; p < 65536u; ++p) {
+    for (unsigned co = 0; co < 2; ++co) {
+      const float a = byte_float(p, co), b = (float)(signed char)(p >> (8 * co));
+      bad += memcmp(&a, &b, 4) != 0;
+    }
+    const unsigned q0 = 0x4B400000u | (p & 0xFF), q1 = 0x4B400000u | (p >> 8);
+    bad += (prmt(q0, q1, 0x40u) & 0xFFFFu) != p;
+  }
+  for (long long i = 0; i < n; ++i) {
+    const float x = v[i], r = x < 0 ? 0.f : x;   // the kernels' relu: NaN stays NaN
+    const signed char want = q_int8_fast(__fmul_rn(r, """ + inv + r"""));
+    bad += (signed char)(""" + QM.relu_int8_bits("x", inv) + r""" & 0xFFu) != want;
+  }
+  return bad;
+}""")
+    import ctypes
+    lib = _build(text, tmp_path, "paircheck")
+    lib.pcheck.restype = ctypes.c_longlong
+    ties = np.arange(-600, 601, dtype=np.float32) / np.float32(50)   # codes' halves / 25
+    special = np.array([np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, 5.1, 5.08, 1e30, -1e30,
+                        1e-40, -1e-40], np.float32)
+    rng = np.random.default_rng(5)
+    v = np.concatenate([ties, np.nextafter(ties, np.float32(np.inf)),
+                        np.nextafter(ties, np.float32(-np.inf)), special,
+                        (rng.standard_normal(10 ** 6) * 4).astype(np.float32)])
+    v = np.ascontiguousarray(v, np.float32)
+    assert lib.pcheck(v.ctypes.data_as(ctypes.c_void_p), len(v)) == 0
+
+
 RES = {"op": "add", "input": 4, "scale": 0.0371}
 # (M, N, K, fmt, x dtype, y dtype, epilogue ("res8": an int8 residual, "res": one of y's float
 #  dtype), activation, x / y offset in elements (0: 16-byte aligned), max blocks)
@@ -645,24 +686,31 @@ def test_the_pipelined_loop_computes_the_same(tmp_path):
 
 
 def test_the_benchmark_knobs_compute_the_same(tmp_path):
-    """Warps a block, channels a block, the residual's staging, the conversions and the
-    launch bounds (bench_qmma.py's knobs) change the tiling, the loads and the instructions
-    only: 8 warps with chunks of 64, 4 warps with chunks of 16, and the residual read from
-    global memory with the conversion unit's conversions answer case 0 bit for bit."""
+    """Warps a block, channels a block, the residual's staging, the conversions, the launch
+    bounds and the paired epilogue (bench_qmma.py's knobs) change the tiling, the loads and
+    the instructions only: 8 warps with chunks of 64, paired or element by element, 4 warps
+    with chunks of 16, and the residual read from global memory with the conversion unit's
+    conversions answer case 0 bit for bit."""
     if _host_compiler() is None:
         pytest.skip("no host C++ compiler")
     case = CASES[0]
     epi, modes = _spec(case)
     srcs = [QM.QMmaSource(case[1], case[2], case[3], case[4], case[5], epi, modes, INV_X,
                           OUT_SCALE, warps=w, nc=nc, stage_full=st, fast_int=f, min_threads=mn,
-                          pipeline=False)
-            for w, nc, st, f, mn in ((8, 64, True, True, 0), (4, 16, True, True, 0),
-                                     (4, None, False, False, 512))]
+                          pipeline=False, paired=pr)
+            for w, nc, st, f, mn, pr in ((8, 64, True, True, 0, True),
+                                         (4, 16, True, True, 0, True),
+                                         (4, None, False, False, 512, True),
+                                         (8, 64, True, True, 0, False))]
     assert [(s.threads, s.nc, s.chunks, bool(s.full)) for s in srcs] == \
-        [(256, 64, 4, True), (128, 16, 16, True), (128, 128, 2, False)]
+        [(256, 64, 4, True), (128, 16, 16, True), (128, 128, 2, False), (256, 64, 4, True)]
     assert "cp_async16(" in srcs[0].source and "cp_async16(" not in srcs[2].source
     assert "q_int8_fast(" in srcs[0].source and "q_int8_fast(" not in srcs[2].source
     assert "__launch_bounds__(128, 4)" in srcs[2].source
+    # paired: the residual read as 2-byte pairs, two codes staged a store, ReLU in the clamp
+    assert "byte_float(rp4, 1u)" in srcs[0].source and "prmt(q0, q1" in srcs[0].source
+    assert "fmaxf(v, 0.f)" in srcs[0].source
+    assert "byte_float(rp4" not in srcs[3].source and "fmaxf(v, 0.f)" not in srcs[3].source
     so = _build(_host_text(srcs), tmp_path, "qmma_knobs")
     for k, src in enumerate(srcs):
         y, want, _ = _run(so, k, src, case, 45, seed=9)

@@ -80,6 +80,12 @@ RESIDUAL_WARPS = 8
 # 1x1 256 -> 64 50.1 against 53.2; the stage-2 ones within 1%; with 4 warps and a residual
 # the pipelined loop took 182 registers and 212 us.
 PIPELINE = True
+# blocks an SM must hold of a pipelined kernel with a staged residual and K <= 64 (its
+# registers capped to match): the paired epilogue of :meth:`QMmaSource._epilogue` took 105
+# registers for the stage-1 residual conv (2 blocks of 256 threads an SM) where the element
+# one took 80 (3 blocks); capped at 3 blocks it takes 80 without spills (nvcc 13.0, sm_90).
+# K 128 (stage 2) spills at 3 blocks and keeps its 100 registers, 2 blocks as before (122).
+PIPELINE_MIN_BLOCKS = 3
 LANES = 32
 MT = 1                   # m-tiles of 16 rows a warp takes per block tile (the grid is capped
 #                          at the blocks the GPU holds at once: warps stride over m-tiles)
@@ -126,6 +132,21 @@ __device__ __forceinline__ signed char q_int8_fast(float v) {
   //                             registers than selecting v first, nvcc 13.0 sm_90)
   return (signed char)(__float_as_int(__fadd_rn(c, 12582912.f)) - 0x4B400000);
 }
+__device__ __forceinline__ unsigned prmt(unsigned a, unsigned b, unsigned s) {
+#if defined(__CUDA_ARCH__)
+  return __byte_perm(a, b, s);
+#else  // PRMT's default mode: byte i of the result is byte (s >> 4i) & 7 of {b, a}
+  const unsigned long long v = ((unsigned long long)b << 32) | a;
+  unsigned r = 0;
+  for (int i = 0; i < 4; ++i) r |= (unsigned)((v >> (8 * ((s >> (4 * i)) & 7))) & 0xFF) << (8 * i);
+  return r;
+#endif
+}
+// (float) of byte co of p read as a signed char: its code + 128 (the sign bit flipped) is the
+// low byte of the mantissa of 1.5 * 2**23 + code + 128, one PRMT, then one exact subtraction
+__device__ __forceinline__ float byte_float(unsigned p, unsigned co) {
+  return __fsub_rn(__int_as_float(prmt(p ^ 0x8080u, 0x4B400000u, 0x7640u | co)), 12583040.f);
+}
 """
 SMALL_INT = 1 << 22      # small_int_float is exact below it
 
@@ -160,6 +181,14 @@ __device__ __forceinline__ void cp_async_wait_prior() {  // all groups but the l
 # int8 x int8 -> int32 (exact), E4M3 x E4M3 -> fp32 (sm_89+)
 MMA_HELPERS = {S.INT8: _mma_helper("int", "s32.s8.s8.s32", "r"),
                S.FP8: _mma_helper("float", "f32.e4m3.e4m3.f32", "f")}
+
+
+def relu_int8_bits(v: str, inv: str) -> str:
+    """C expression: the bits of 1.5 * 2**23 + the int8 code of relu(``v``) requantized with
+    ``inv`` (a positive float literal), whose low byte is the code -- ``q_int8_fast(relu(v) *
+    inv)``'s with one clamp: NaN and -0 give 0, as there (tests/engine/test_qmma_codegen)."""
+    return (f"(unsigned)__float_as_int(__fadd_rn(fminf(__fmul_rn(fmaxf({v}, 0.f), {inv}), "
+            f"127.f), 12582912.f))")
 
 
 def fragment_k(k: int, kk: int) -> Tuple[int, int]:
@@ -243,7 +272,9 @@ class QMmaSource:
         1; else ignored: see :attr:`pipeline`); fast_int: False converts with the conversion unit
         (``q_int8``, ``__int2float_rn``) instead of :data:`FAST_INT8`'s; min_threads: threads
         an SM must hold at once (``__launch_bounds__``' minimum of blocks: it caps the
-        registers) -- benchmark knobs, the same answers.
+        registers; 0: :data:`PIPELINE_MIN_BLOCKS` blocks where that applies, else none);
+        paired: False runs the epilogue element by element, s37's way, instead of
+        :meth:`_epilogue`'s pairs and ReLU tail -- benchmark knobs, the same answers.
 
     Kernel ``qmma(x, w, *operands, y, m)`` (operands in :attr:`operands` order, ``m`` a long
     long); :meth:`grid` gives the launch. Raises ValueError for what the kernel does not take.
@@ -253,7 +284,8 @@ class QMmaSource:
                  epilogue: Sequence[dict], operand_modes: Dict[int, Tuple[str, str]],
                  inv_x: float = 1.0, out_scale: Optional[float] = None, mt: int = MT,
                  warps: Optional[int] = None, nc: Optional[int] = None, stage_full: bool = True,
-                 fast_int: bool = True, min_threads: int = 0, pipeline: bool = PIPELINE):
+                 fast_int: bool = True, min_threads: int = 0, pipeline: bool = PIPELINE,
+                 paired: bool = True):
         self.n, self.k, self.fmt = int(n), int(k), fmt
         self.x_dtype, self.y_dtype = np.dtype(x_dtype).name, np.dtype(y_dtype).name
         if fmt not in (S.INT8, S.FP8):
@@ -295,6 +327,9 @@ class QMmaSource:
         self.threads = self.warps * LANES
         self.inv_x, self.out_scale = float(inv_x), out_scale
         self.fast_int, self.min_threads = bool(fast_int), int(min_threads)
+        self.paired = bool(paired)
+        if not self.min_threads and self.pipeline and self.full and self.k <= 64:
+            self.min_threads = PIPELINE_MIN_BLOCKS * self.threads
         self.operands = sorted(operand_modes)
         self.params = ([(f"const {ctype(self.x_dtype)}*", "x"), ("const unsigned char*", "w")] +
                        [(f"const {ctype(operand_modes[i][1])}*", f"e{i}")
@@ -366,10 +401,27 @@ class QMmaSource:
 
     def _epilogue(self, epilogue, operand_modes, it: str) -> str:
         """Statements applying the epilogue to each accumulator of n-tile ``j`` and staging
-        the results (rows g, g + 8 of the m-tile; columns 2t, 2t + 1 of the tile)."""
+        the results (rows g, g + 8 of the m-tile; columns 2t, 2t + 1 of the tile).
+
+        A lane's two columns of a row are adjacent, so with :data:`FAST_INT8`'s conversions
+        (``fast_int``) a staged int8 residual is read as one 2-byte pair (``byte_float``
+        converts each byte with one PRMT and one subtraction) and an int8 output is staged as
+        one: ResNet50's stage-1 residual conv issued 28.6 instructions an output, at 68% of
+        the issue slots, with memory at 44% (Nsight Compute, H100, 2026-12-06). An int8
+        output whose epilogue ends in ReLU (:meth:`_relu_tail`) clamps once: max(v, 0), then
+        min(v / scale, 127), the same codes as relu then ``q_int8`` (NaN and -0 give 0).
+        H100, same call (results/qmma_paired_h100_2026-12-06s39b.log, paired against element
+        by element): the stage-1 residual conv 124.0-131.2 us against 141.5-142.5, the
+        stage-2 one 72.9-73.3 against 89.0-89.3; ResNet50 INT8 at batch 128 2.838 ms against
+        FP16's 3.629 (1.28x; s38: 1.18x)."""
+        fast8 = self.fast_int and self.fmt == S.INT8 and self.paired
+        pairs = {i for i, dt in self.full.items() if dt == "int8" and fast8}
         loads = {}
         for i in self.operands:
             mode, dt = operand_modes[i]
+            if i in pairs:
+                loads[i] = f"byte_float(rp{i}, @CO@u)"
+                continue
             if mode == "vec":
                 e = load_expr(dt, f"e{i}[col]")
             elif i in self.full:
@@ -382,29 +434,71 @@ class QMmaSource:
             elif np.dtype(dt) not in (np.float16, np.float32):
                 e = f"(float){e}"
             loads[i] = e
-        stmts = "\n            ".join(S.epilogue_statements(epilogue, loads, "v"))
+        relu_tail = self.paired and self._relu_tail(epilogue)
+        body = epilogue[:-1] if relu_tail else epilogue
+        stmts = "\n            ".join(S.epilogue_statements(body, loads, "v"))
         conv = ""
         if self.fmt == S.INT8:  # |acc| <= K * 128 * 127 (codes of +-127; -128 in an x)
             conv = "small_int_float" if self.k * 128 * 127 < SMALL_INT and self.fast_int \
                 else "__int2float_rn"
+        pair_out = self.y_dtype == "int8" and self.fast_int and self.paired
         if self.y_dtype == "int8":
             inv = S.float_literal(S.output_scale_inverse(self.out_scale))
             store = f"{self._q_int8}(__fmul_rn(v, {inv}))"
+            if relu_tail:
+                store = relu_int8_bits("v", inv)
+            elif pair_out:
+                store = f"(unsigned)(unsigned char){store}"
         elif self.y_dtype == "float16":
             store = "f2h(v)"
         else:
             store = "v"
         yt = ctype(self.y_dtype)
-        out = []
+        rows: Dict[int, list] = {}
         for r, (ro, co) in enumerate(C_FRAG):
-            out.append(f"""{{
-            const int cc = 8 * j + 2 * t + {co}, col = n0 + cc;
-            float v = {conv}(acc[j][{r}]);
-            {stmts.replace("@RO@", str(ro)).replace("@R8@", str(ro // 8))}
-            reinterpret_cast<{yt}*>(stg + (g + {ro}) * SR)[cc] = {store};
-            (void)col;
+            rows.setdefault(ro, []).append((r, co))
+        out = []
+        for ro, regs in sorted(rows.items()):
+            assert [co for _, co in regs] == [0, 1], "a C row's registers: adjacent columns"
+            pre = "".join(f"const unsigned rp{i} = *reinterpret_cast<const unsigned short*>("
+                          f"rs{i} + (g + {ro}) * RS{i} + 8 * j + 2 * t);\n            "
+                          for i in sorted(pairs))
+            vals = []
+            for r, co in regs:
+                body_src = stmts.replace("@RO@", str(ro)).replace("@R8@", str(ro // 8)) \
+                    .replace("@CO@", str(co))
+                keep = f"q{co} = {store};" if pair_out else \
+                    f"reinterpret_cast<{yt}*>(stg + (g + {ro}) * SR)[cc] = {store};"
+                vals.append(f"""{{
+              const int cc = 8 * j + 2 * t + {co}, col = n0 + cc;
+              float v = {conv}(acc[j][{r}]);
+              {body_src}
+              {keep}
+              (void)col; (void)cc;
+            }}""")
+            if pair_out:  # the two codes' low bytes as one 2-byte store
+                tail = ("*reinterpret_cast<unsigned short*>(stg + (g + {ro}) * SR + 8 * j + "
+                        "2 * t) = (unsigned short)prmt(q0, q1, 0x40u);").format(ro=ro)
+                out.append(f"""{{
+            {pre}unsigned q0, q1;
+            {vals[0]}
+            {vals[1]}
+            {tail}
+          }}""")
+            else:
+                out.append(f"""{{
+            {pre}{vals[0]}
+            {vals[1]}
           }}""")
         return "\n          ".join(out)
+
+    def _relu_tail(self, epilogue) -> bool:
+        """Whether the epilogue ends in a plain ReLU before an int8 store with the fast
+        conversions and a positive output scale, which :meth:`_epilogue` folds into the
+        requantization's clamp."""
+        return bool(epilogue) and dict(epilogue[-1]) == {"op": "act", "fn": "relu"} and \
+            self.y_dtype == "int8" and self.fast_int and \
+            0 < float(S.output_scale_inverse(self.out_scale)) < float("inf")
 
     def _copy_in(self, m0: str = "m0", rows: str = "rows", buf: str = "rs") -> str:
         """Statements staging the m-tile's rows ``m0 ..`` and the chunk's channels of each
