@@ -254,7 +254,7 @@ def part_table(args):
     print(f"device: {data.get('device', '?')}")
     hdr = (f"{'model':<13}{'batch':>6}  {'config':<19}{'median ms':>10}{'p99 ms':>9}"
            f"{'items/s':>10}  " + "  ".join(f"{'x ' + p:>20}" for p in PEERS) +
-           f"{'build s':>9}{'rel err':>9}{'boundary ms':>13}")
+           f"{'build s':>9}{'rel err':>9}{'boundary ms':>13}{'x tftrt_fp16':>14}")
     print(hdr)
     print("-" * len(hdr))
     for name in MODELS:
@@ -263,7 +263,7 @@ def part_table(args):
             continue
         batches = sorted({int(k.split("/")[1]) for k in rows})
         for b in batches:
-            for cfg in ("tftrt_fp32", "tftrt_fp16") + PEERS:
+            for cfg in ("tftrt_fp32", "tftrt_fp16", "tftrt_int8", "tftrt_fp8") + PEERS:
                 r = rows.get(f"{cfg}/{b}")
                 if r is None:
                     continue
@@ -275,6 +275,9 @@ def part_table(args):
                 extra = (f"{r.get('build_s', 0):>9.1f}{r.get('rel_err', 0):>9.1e}"
                          f"{r.get('boundary_ms', float('nan')):>13.3f}"
                          if cfg.startswith("tftrt") else "")
+                ours = rows.get(f"tftrt_fp16/{b}")  # INT8 / FP8 against our FP16 (issue 15)
+                if ours and cfg in ("tftrt_int8", "tftrt_fp8"):
+                    extra += f"{r['throughput'] / ours['throughput']:>14.2f}"
                 print(f"{name:<13}{b:>6}  {cfg:<19}{r['median_ms']:>10.3f}{r['p99_ms']:>9.3f}"
                       f"{r['throughput']:>10.0f}  " + "  ".join(ratios) + extra)
         print()
