@@ -184,21 +184,28 @@ def test_empty_and_constant_calibration_batches_are_said(cnn, caplog):
 
 
 def test_calibration_on_the_gpu_is_a_switch_for_the_cupy_backend(monkeypatch, caplog):
-    """TFTRT_CALIBRATE_ON_GPU=1 builds calibration's FP32 engines on the CuPy backend
-    (tests/gpu/test_int8_gpu.py checks them against the host's); off by default, and with
-    another backend a warning says it calibrates on the host."""
+    """Calibration builds its FP32 engines on the CuPy backend where CuPy is the backend
+    (TFTRT_CALIBRATE_ON_GPU, default on; tests/gpu/test_int8_gpu.py checks them against the
+    host's), on the host with TFTRT_CALIBRATE_ON_GPU=0 or another backend -- silently by
+    default, with a warning where the variable asked for the GPU."""
     import logging
     from tftrt import calibration
     from tftrt.engine.calibrator import fp32_engine
     monkeypatch.delenv("TFTRT_CALIBRATE_ON_GPU", raising=False)
-    assert calibration.calibration_builder() is None
-    monkeypatch.setenv("TFTRT_CALIBRATE_ON_GPU", "1")
     with caplog.at_level(logging.WARNING, logger="tftrt.calibration"):
         assert calibration.calibration_builder() is None  # TFTRT_BACKEND=numpy here
+    assert "needs the CuPy backend" not in caplog.text
+    monkeypatch.setenv("TFTRT_CALIBRATE_ON_GPU", "1")
+    with caplog.at_level(logging.WARNING, logger="tftrt.calibration"):
+        assert calibration.calibration_builder() is None
     assert "needs the CuPy backend (TFTRT_BACKEND is numpy)" in caplog.text
     monkeypatch.setattr("tftrt.engine_op.resolve_backend", lambda: "cupy")
-    build = calibration.calibration_builder()
-    assert build.func is fp32_engine and build.keywords == {"backend": "cupy"}
+    for value in ("1", ""):  # asked for, and the default
+        monkeypatch.setenv("TFTRT_CALIBRATE_ON_GPU", value)
+        build = calibration.calibration_builder()
+        assert build.func is fp32_engine and build.keywords == {"backend": "cupy"}
+    monkeypatch.setenv("TFTRT_CALIBRATE_ON_GPU", "0")
+    assert calibration.calibration_builder() is None
 
 
 def test_calibration_input_fn_only_with_calibration(cnn):
