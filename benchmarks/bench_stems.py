@@ -72,6 +72,8 @@ WAYS = {  # name: (tactic, environment)
     "im2col 32MB": ("im2col", {"TFTRT_IM2COL_CHUNK_MB": "32"}),
     "stem_direct": ("stem_direct", {}),
     "stem_mma": ("stem_mma", {"TFTRT_STEM_MMA": "1"}),   # the default since 2026-12-02 (p)
+    # its B fragments loaded with ldmatrix (cuda_source_stem_mma.ldmatrix_default)
+    "stem_mma ldsm": ("stem_mma", {"TFTRT_STEM_MMA": "1", "TFTRT_STEM_MMA_LDSM": "1"}),
 }
 BANDWIDTH = 4.8e12  # H200 HBM3e, bytes/s
 
@@ -136,6 +138,11 @@ def main(argv=None):
                 prof = dict(ctx._impl.profile([x], repeats=10))
                 conv_us[way] = 1e6 * sum(prof.get(c, 0.0) for c in convs)
                 impls = engine.backend_impl.engine_impls(engine)
+                for i in impls:  # the stem kernel's registers and local memory (spills)
+                    kern = getattr(i, "kernel", None)
+                    if tactic == "stem_mma" and hasattr(kern, "num_regs"):
+                        kinds.append(f"# {name} {way}: {kern.num_regs} registers, "
+                                     f"{kern.local_size_bytes} bytes local")
                 kinds.append(f"# {name} {way}: " + " + ".join(
                     f"{kd}/{t}/{type(i).__name__}"
                     for (_, kd, _, t), i in zip(engine.layers_summary(), impls)))

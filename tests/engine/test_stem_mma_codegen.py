@@ -164,6 +164,21 @@ static void mma_16816(float* c, const unsigned* a, unsigned b0, unsigned b1) {
   }
   wp_barrier();  // every lane has read the exchange before the next MMA writes it
 }
+// ldmatrix.m8n8.b16 (PTX ISA, "Warp-level matrix load instruction: ldmatrix"): lanes 8i..8i+7
+// give the addresses of rows 0..7 of matrix i (16 bytes each; .x2: lanes 0..15 only), and
+// lane L receives in register i the 32 bits of row L / 4 of matrix i at columns 2 (L % 4),
+// 2 (L % 4) + 1
+static const void* wp_p[32][32];
+static void ldsm_x(unsigned* r, const unsigned short* p, int n) {
+  const unsigned w = threadIdx.x / 32, lane = threadIdx.x % 32;
+  wp_p[w][lane] = p;
+  wp_barrier();
+  for (int i = 0; i < n; ++i)
+    memcpy(&r[i], (const char*)wp_p[w][8 * i + lane / 4] + 4 * (lane % 4), 4);
+  wp_barrier();
+}
+static void ldsm_x4(unsigned* r, const unsigned short* p) { ldsm_x(r, p, 4); }
+static void ldsm_x2(unsigned* r, const unsigned short* p) { ldsm_x(r, p, 2); }
 """
 
 
@@ -232,6 +247,35 @@ def test_host_build_matches_numpy(host_kernels, k):
     bad = np.flatnonzero(np.abs(got - want) > tol)
     assert not len(bad), f"{what}: {len(bad)} of {y.size} differ, e.g. " \
         f"{got.ravel()[bad[:3]].tolist()} vs {want.ravel()[bad[:3]].tolist()}"
+
+
+def test_ldmatrix_loads_compute_the_same(tmp_path):
+    """ldsm=True (B fragments with ldmatrix.x4 per two n-tiles, .x2 for an odd last one,
+    emulated on the host from the ISA's description) computes every case as the numpy
+    backend does: even and odd n-tile counts (Cout 24, 40, 136 = 128 + 8), two chunks."""
+    if _host_compiler() is None:
+        pytest.skip("no host C++ compiler")
+    srcs = [_source(case[:9] + (dict(case[9], ldsm=True),)) for case in CASES]
+    assert all("ldsm_x4(b, brow" in s.source for s in srcs)
+    assert any("ldsm_x2(b, brow" in s.source and (s.dims["cout"] // 8) % 2 for s in srcs)
+    assert "ldsm_x4(b, brow" not in _source(CASES[0][:9] + (dict(ldsm=False),)).source
+    text = HOST_SHIMS + THREAD_SHIMS + MMA_SHIMS + C.MATH_HELPERS + "\n".join(
+        _rename(s.source, k) + _driver(s, k) for k, s in enumerate(srcs))
+    so = _build(text, tmp_path, "stem_mma_ldsm")
+    for k, (case, src) in enumerate(zip(CASES, srcs)):
+        xs, kk, s, pads, cout, dt, dt_out, epi, offset, _ = case
+        ins = _inputs(case, seed=k)
+        ref_ins = [ins[0].astype(np.float16).astype(np.float32), ins[1].astype(np.float32)] + \
+            ins[2:]
+        want = _reference(case[:8] + (offset,), ref_ins)
+        operands = {2: ins[2], 3: ins[3], 4: ins[4]}
+        buf = np.full(want.size + offset, np.nan, dt_out)
+        y = buf[offset:].reshape(want.shape)
+        args = [ins[0], _wt(ins[1], src.kp)] + [operands[i] for i in src.operands] + [y, xs[0]]
+        _run_host(so, k, args, src.blocks, src.threads)
+        got = y.astype(np.float64)
+        tol = np.abs(want) * 2.0 ** -10 + 1e-4 * np.abs(want).max()
+        assert not np.isnan(got).any() and (np.abs(got - want) <= tol).all(), f"case {k}"
 
 
 @pytest.mark.parametrize("k,batch", [(0, 5), (4, 3), (7, 1)])

@@ -90,7 +90,27 @@ __device__ __forceinline__ void mma_16816(float* c, const unsigned* a, unsigned 
                "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
                : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1)); }
+__device__ __forceinline__ void ldsm_x4(unsigned* r, const unsigned short* p) {
+  const unsigned a = (unsigned)__cvta_generic_to_shared(p);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a)); }
+__device__ __forceinline__ void ldsm_x2(unsigned* r, const unsigned short* p) {
+  const unsigned a = (unsigned)__cvta_generic_to_shared(p);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];"
+               : "=r"(r[0]), "=r"(r[1]) : "r"(a)); }
 """
+
+
+def ldmatrix_default() -> bool:
+    """``TFTRT_STEM_MMA_LDSM`` (default off until timed on a GPU; 1 turns it on): B fragments
+    loaded with ``ldmatrix`` (:meth:`StemMmaSource._mmas`), one instruction per two n-tiles,
+    instead of two 4-byte shared loads per n-tile. Why: Nsight Compute on ResNet's stem
+    (H100, 2026-12-06, results/ncu_stem_mma_resnet_h100_2026-12-06s39a.txt) showed L1 / shared
+    memory 87% busy, and of a lane's ~310 L1 operations an m-tile 160 were those B loads.
+    nvcc 13.0 (sm_90) gives the VGG stem with a SiLU epilogue 64 registers and a 12-byte
+    spill with it (56 and none without)."""
+    from tftrt.env import env_bool  # standard library only
+    return env_bool("TFTRT_STEM_MMA_LDSM", False)
 
 
 def enabled() -> bool:
@@ -146,6 +166,8 @@ class StemMmaSource:
       mt: m-tiles (16 pixels) a warp takes per block tile.
       max_blocks: cap on the grid (blocks then loop over block tiles); None: one block per
         block tile.
+      ldsm: load the filter's B fragments with ``ldmatrix`` (default
+        :func:`ldmatrix_default`), else with 4-byte shared loads -- the same answers.
 
     Kernel ``stem_mma(x, wt, *operands, y)``: ``wt`` the filter as float16 [Cout, Kp] (the
     layer's [Cout, KH, KW, Cin] as ``w.reshape(Cout, -1)``, zero columns up to Kp), operands
@@ -158,7 +180,7 @@ class StemMmaSource:
 
     def __init__(self, x_shape, k_hw, strides, pads, out_shape, in_dtype: str, out_dtype: str,
                  epilogue: Sequence[dict], operand_modes: Dict[int, Tuple[str, str]],
-                 mt: int = MT, max_blocks=None):
+                 mt: int = MT, max_blocks=None, ldsm=None):
         n, h, w, cin, ho, wo, cout, kh, kw, sh, sw, ph, pw = ST.conv_geometry(
             x_shape, out_shape, k_hw, strides, pads)
         self.in_dtype, self.out_dtype = np.dtype(in_dtype).name, np.dtype(out_dtype).name
@@ -182,6 +204,7 @@ class StemMmaSource:
                              f"float16) and staging take {self.smem_bytes} bytes of shared "
                              f"memory, over {SMEM_LIMIT}")
         self.mt = int(mt)
+        self.ldsm = ldmatrix_default() if ldsm is None else bool(ldsm)
         self.n = n
         self.m = n * ho * wo
         self.tiles = math.ceil(self.m / (WARPS * self.mt * 16))  # block tiles
@@ -239,8 +262,27 @@ class StemMmaSource:
         return "\n          ".join(out)
 
     def _mmas(self) -> str:
-        """Statements issuing the chunk's MMAs of k step ``ks``, B from shared memory."""
+        """Statements issuing the chunk's MMAs of k step ``ks``, B from shared memory: with
+        :attr:`ldsm`, one ``ldmatrix.x4`` per two n-tiles (lane L gives the address of row
+        L % 8 of matrix L / 8: n-tile j + L / 16, k half (L / 8) % 2; the filter's rows are k
+        contiguous, so matrix row g word t is B_FRAG's register of column g), ``.x2`` for an
+        odd last n-tile; else two 4-byte loads per n-tile."""
         kw2 = row_words(self.kp)
+        if self.ldsm:
+            return (f"const unsigned short* brow = bsm + (c0 + 8 * (lane >> 4) + (lane & 7)) * "
+                    f"{2 * kw2} + ks + 8 * ((lane >> 3) & 1);\n"
+                    "          #pragma unroll\n"
+                    "          for (int j = 0; j + 1 < NT; j += 2) {\n"
+                    "            unsigned b[4];\n"
+                    f"            ldsm_x4(b, brow + j * {16 * kw2});\n"
+                    "            mma_16816(acc[j], a, b[0], b[1]);\n"
+                    "            mma_16816(acc[j + 1], a, b[2], b[3]);\n"
+                    "          }\n"
+                    "          if (NT & 1) {\n"
+                    "            unsigned b[2];\n"
+                    f"            ldsm_x2(b, brow + (NT - 1) * {16 * kw2});\n"
+                    "            mma_16816(acc[NT - 1], a, b[0], b[1]);\n"
+                    "          }")
         return (f"const unsigned* bw = reinterpret_cast<const unsigned*>(bsm) +\n"
                 f"                               ((c0 + g) * {2 * kw2} + ks + 2 * t) / 2;\n"
                 "          #pragma unroll\n          for (int j = 0; j < NT; ++j)\n"
