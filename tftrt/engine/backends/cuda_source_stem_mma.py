@@ -102,13 +102,17 @@ __device__ __forceinline__ void ldsm_x2(unsigned* r, const unsigned short* p) {
 
 
 def ldmatrix_default() -> bool:
-    """``TFTRT_STEM_MMA_LDSM`` (default off until timed on a GPU; 1 turns it on): B fragments
+    """``TFTRT_STEM_MMA_LDSM`` (default off; 1 turns it on): B fragments
     loaded with ``ldmatrix`` (:meth:`StemMmaSource._mmas`), one instruction per two n-tiles,
     instead of two 4-byte shared loads per n-tile. Why: Nsight Compute on ResNet's stem
     (H100, 2026-12-06, results/ncu_stem_mma_resnet_h100_2026-12-06s39a.txt) showed L1 / shared
     memory 87% busy, and of a lane's ~310 L1 operations an m-tile 160 were those B loads.
-    nvcc 13.0 (sm_90) gives the VGG stem with a SiLU epilogue 64 registers and a 12-byte
-    spill with it (56 and none without)."""
+    Measured: no faster. H100, one call, twice each (results/stems_ldsm_h100_2026-12-06s39f.log,
+    the conv alone, us, without / with): VGG 324-326 / 321, ResNet 257 / 258, MobileNet 66 /
+    64-65, Inception 112 / 116, ConvNeXt 61 / 60; outputs identical, the GPU tests pass with
+    it. The scattered 2-byte gathers of A bound the kernel, not B's loads; kept (off) for
+    when a staged gather makes them matter. nvcc 13.0 (sm_90) gives the VGG stem with a SiLU
+    epilogue a 12-byte spill with it (NVRTC on the H100: 64 registers, no local memory)."""
     from tftrt.env import env_bool  # standard library only
     return env_bool("TFTRT_STEM_MMA_LDSM", False)
 
