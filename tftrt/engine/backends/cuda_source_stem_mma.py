@@ -45,8 +45,12 @@ ConvNeXt 4x4/4 -> 96 56 us (24), EfficientNet 3x3/2 -> 40 136 us (62). Nsight Co
 VGG's: L1/TEX at 90% of its throughput (hit rate 49%), DRAM at 54%: the scattered 2-byte
 gathers bound it, not the tensor cores or the output. Keeping B and the bias in registers
 for all m-tiles, capping registers (__launch_bounds__ min blocks 3-8), 2 or 8 m-tiles a
-warp and capped grids all measured within 5% or slower; the next step is staging each
-m-tile's input span in shared memory with wide loads.
+warp and capped grids all measured within 5% or slower; so did (H100, 2026-12-06, s39) the
+filter's fragments through ``ldmatrix`` (:func:`ldmatrix_default`) and the k table in
+``__constant__`` memory instead of shared (ResNet's stem 398-405 us against 257-259: a
+warp's four distinct entries a read serialize in the constant cache;
+results/stems_const_ktab_h100_2026-12-06s39g.log). The next step is staging each m-tile's
+input span in shared memory with wide loads.
 """
 
 from __future__ import annotations
