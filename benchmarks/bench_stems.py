@@ -74,6 +74,9 @@ WAYS = {  # name: (tactic, environment)
     "stem_mma": ("stem_mma", {"TFTRT_STEM_MMA": "1"}),   # the default since 2026-12-02 (p)
     # its B fragments loaded with ldmatrix (cuda_source_stem_mma.ldmatrix_default)
     "stem_mma ldsm": ("stem_mma", {"TFTRT_STEM_MMA": "1", "TFTRT_STEM_MMA_LDSM": "1"}),
+    # m-tiles in one output row gather from their input patch staged in shared memory
+    # (cuda_source_stem_mma.stage_default)
+    "stem_mma staged": ("stem_mma", {"TFTRT_STEM_MMA": "1", "TFTRT_STEM_MMA_STAGE": "1"}),
 }
 BANDWIDTH = 4.8e12  # H200 HBM3e, bytes/s
 

@@ -278,6 +278,72 @@ def test_ldmatrix_loads_compute_the_same(tmp_path):
         assert not np.isnan(got).any() and (np.abs(got - want) <= tol).all(), f"case {k}"
 
 
+# cases whose m-tiles lie in one output row (Wo a multiple of 16: every tile staged) or some
+# of them (Wo 40: the third tile of a row crosses it and gathers directly), for stage=True
+STAGE_CASES = [
+    ((1, 9, 64, 3), (7, 7), (2, 2), (3, 3, 3, 3), 64, "float16", "float16", "bias+relu", 0,
+     {}),                                                         # ResNet, Wo 32
+    ((2, 5, 40, 3), (3, 3), (1, 1), (1, 1, 1, 1), 136, "float32", "float16", "bias+silu", 2,
+     {}),                                                         # VGG, Wo 40, two chunks
+    ((1, 7, 64, 3), (3, 3), (2, 2), (0, 0, 1, 1), 32, "float32", "float16", "bias+add+relu",
+     0, dict(mt=1, max_blocks=1)),                                # SAME s2, Wo 32, grid loop
+    ((2, 8, 128, 3), (4, 4), (4, 4), (0, 0, 0, 0), 96, "float16", "float16", "bias", 8,
+     {}),                                                         # patchify, Wo 32
+]
+
+
+def test_staged_patches_compute_the_same(tmp_path):
+    """stage=True (each m-tile in one output row gathers A from its input patch staged in
+    shared memory, zero outside the image; the rest from x directly) computes every case as
+    the numpy backend does: tiles all staged (Wo 32), mixed (Wo 37, 40), none (Wo < 16),
+    padding on every side, k past K, float16 / float32 x, two chunks, a looping grid."""
+    if _host_compiler() is None:
+        pytest.skip("no host C++ compiler")
+    cases = STAGE_CASES + CASES
+    srcs = [_source(case[:9] + (dict(case[9], stage=True),)) for case in cases]
+    # the last case's filter (192 x 64) and staging leave no room for the patches
+    assert [s.stage for s in srcs] == [True] * (len(srcs) - 1) + [False]
+    assert all(("if (staged)" in s.source) == s.stage for s in srcs)
+    assert not _source(CASES[0][:9] + (dict(stage=False),)).stage
+    text = HOST_SHIMS + THREAD_SHIMS + MMA_SHIMS + C.MATH_HELPERS + "\n".join(
+        _rename(s.source, k) + _driver(s, k) for k, s in enumerate(srcs))
+    so = _build(text, tmp_path, "stem_mma_stage")
+    for k, (case, src) in enumerate(zip(cases, srcs)):
+        xs, kk, st, pads, cout, dt, dt_out, epi, offset, _ = case
+        ins = _inputs(case, seed=50 + k)
+        ref_ins = [ins[0].astype(np.float16).astype(np.float32), ins[1].astype(np.float32)] + \
+            ins[2:]
+        want = _reference(case[:8] + (offset,), ref_ins)
+        operands = {2: ins[2], 3: ins[3], 4: ins[4]}
+        buf = np.full(want.size + offset, np.nan, dt_out)
+        y = buf[offset:].reshape(want.shape)
+        args = [ins[0], _wt(ins[1], src.kp)] + [operands[i] for i in src.operands] + [y, xs[0]]
+        _run_host(so, k, args, src.blocks, src.threads)
+        got = y.astype(np.float64)
+        tol = np.abs(want) * 2.0 ** -10 + 1e-4 * np.abs(want).max()
+        assert not np.isnan(got).any(), f"case {k}: outputs not written"
+        bad = np.flatnonzero(np.abs(got - want) > tol)
+        assert not len(bad), f"case {k} {case}: {len(bad)} of {y.size} differ"
+
+
+def test_staging_applies_where_the_patch_fits():
+    """The zoo's stems stage (ResNet's patch: 7 rows of 37 pixels of 3 channels); a patch over
+    STAGE_MAX halves, or one the shared memory cannot hold, keeps the direct gathers."""
+    resnet = SM.StemMmaSource((1, 224, 224, 3), (7, 7), (2, 2), (3, 3, 3, 3),
+                              (1, 112, 112, 64), "float32", "float16", [], {}, stage=True)
+    assert resnet.stage and resnet.patch == 7 * 37 * 3 and resnet.patch_w == 37
+    assert resnet.smem_bytes <= SM.SMEM_LIMIT
+    assert "if (staged)" in resnet.source and "} else {" not in resnet.source.split(
+        "if (staged) {")[1].split("#pragma unroll")[0]
+    wide = SM.StemMmaSource((1, 64, 256, 2), (8, 8), (4, 4), (0, 0, 0, 0), (1, 15, 63, 16),
+                            "float32", "float16", [], {}, stage=True)   # 8 x 68 x 2 = 1088
+    assert wide.stage
+    too_big = SM.StemMmaSource((1, 200, 64, 1), (160, 1), (1, 4), (0, 0, 0, 0),
+                               (1, 41, 16, 8), "float32", "float16", [], {}, stage=True)
+    assert too_big.patch > SM.STAGE_MAX and not too_big.stage
+    assert "if (staged)" not in too_big.source
+
+
 @pytest.mark.parametrize("k,batch", [(0, 5), (4, 3), (7, 1)])
 def test_one_source_serves_every_batch_size(host_kernels, k, batch):
     """The batch is the kernel's argument ``nb``: a case's source at another batch size is
@@ -436,6 +502,10 @@ def _zoo_sources():
                 yield f"{name} {dt} {epi}", SM.StemMmaSource(
                     xs, (k, k), (s, s), pads, (xs[0], ho, ho, cout), dt, "float16", epilogue,
                     modes)
+            epilogue, modes = _epilogue_spec("bias+relu", "float16")
+            yield f"{name} {dt} bias+relu staged", SM.StemMmaSource(
+                xs, (k, k), (s, s), pads, (xs[0], ho, ho, cout), dt, "float16", epilogue, modes,
+                stage=True)
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH")

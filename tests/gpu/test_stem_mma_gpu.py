@@ -90,6 +90,23 @@ def test_stems_match_numpy(k, stride, pad, cout, cin, hw, epi):
     _check(model, feeds)
 
 
+@pytest.mark.parametrize("k,stride,pad,cout,hw", [
+    (7, 2, 3, 64, 64),    # ResNet, Wo 32: every m-tile staged
+    (3, 1, 1, 64, 40),    # VGG, Wo 40: a row's third tile crosses it and gathers directly
+    (4, 4, 0, 96, 128),   # ConvNeXt patchify, Wo 32
+    (3, 1, 1, 136, 32),   # two chunks of channels over one staged patch
+])
+def test_staged_patches_match_numpy(monkeypatch, k, stride, pad, cout, hw):
+    """TFTRT_STEM_MMA_STAGE=1: m-tiles in one output row read their input patch from shared
+    memory (cuda_source_stem_mma.stage_default); the outputs match numpy as the direct
+    gathers' do."""
+    monkeypatch.setenv("TFTRT_STEM_MMA_STAGE", "1")
+    model, feeds = _stem(k, stride, pad, cout, hw=hw)
+    eng, _ = _check(model, feeds)
+    ((_, impl),) = _convs(eng)
+    assert impl.src.stage and "if (staged)" in impl.src.source
+
+
 def test_a_pixel_count_no_block_tile_divides():
     """One image of 7 x 7 outputs (49 pixels, under one block tile of 4 warps x 16), and 3
     of 45 x 45 (6,075 pixels: a partial last tile)."""

@@ -49,8 +49,9 @@ warp and capped grids all measured within 5% or slower; so did (H100, 2026-12-06
 filter's fragments through ``ldmatrix`` (:func:`ldmatrix_default`) and the k table in
 ``__constant__`` memory instead of shared (ResNet's stem 398-405 us against 257-259: a
 warp's four distinct entries a read serialize in the constant cache;
-results/stems_const_ktab_h100_2026-12-06s39g.log). The next step is staging each m-tile's
-input span in shared memory with wide loads.
+results/stems_const_ktab_h100_2026-12-06s39g.log). Staging each m-tile's input patch in
+shared memory (``stage``, :func:`stage_default`) is built and host-tested; it awaits its
+GPU timing (``benchmarks/bench_stems.py --ways "stem_mma" "stem_mma staged"``).
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ WARPS = 4                # a block: 128 threads
 LANES = 32
 MT = 4                   # m-tiles of 16 pixels a warp takes per block tile
 SMEM_LIMIT = 48 * 1024   # static shared memory of one block
+STAGE_MAX = 4096         # halves of a staged input patch (a warp's; 8 KB)
 _FLOATS = ("float16", "float32")
 
 # m16n8k16 fragments; lane = 4 g + t (g = lane >> 2, t = lane & 3). A (16 x 16, row major):
@@ -103,6 +105,19 @@ __device__ __forceinline__ void ldsm_x2(unsigned* r, const unsigned short* p) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];"
                : "=r"(r[0]), "=r"(r[1]) : "r"(a)); }
 """
+
+
+def stage_default() -> bool:
+    """``TFTRT_STEM_MMA_STAGE`` (default off until timed on a GPU; 1 turns it on): an m-tile
+    of 16 pixels in one output row has its input patch (KH rows of (16 - 1) * stride + KW
+    pixels) copied once into the warp's shared memory with coalesced loads, zero outside the
+    image, and its A fragments read from there (:meth:`StemMmaSource._stage_patch`); other
+    m-tiles (a row's end, Wo not a multiple of 16) gather from x as before. Why: the image
+    gathers bound the kernel (s39: ldmatrix for B and a constant k table did not help); the
+    patch is read ~3x fewer times than the gathers (ResNet's stem: 777 halves a tile
+    against 2,352), with no bounds checks in the k loop."""
+    from tftrt.env import env_bool  # standard library only
+    return env_bool("TFTRT_STEM_MMA_STAGE", False)
 
 
 def ldmatrix_default() -> bool:
@@ -175,7 +190,10 @@ class StemMmaSource:
       max_blocks: cap on the grid (blocks then loop over block tiles); None: one block per
         block tile.
       ldsm: load the filter's B fragments with ``ldmatrix`` (default
-        :func:`ldmatrix_default`), else with 4-byte shared loads -- the same answers.
+        :func:`ldmatrix_default`), else with 4-byte shared loads; stage: gather A from each
+        m-tile's input patch staged in shared memory where the m-tile lies in one output row
+        (default :func:`stage_default`; off where the patch passes :data:`STAGE_MAX` halves
+        or the shared memory) -- the same answers.
 
     Kernel ``stem_mma(x, wt, *operands, y)``: ``wt`` the filter as float16 [Cout, Kp] (the
     layer's [Cout, KH, KW, Cin] as ``w.reshape(Cout, -1)``, zero columns up to Kp), operands
@@ -188,7 +206,7 @@ class StemMmaSource:
 
     def __init__(self, x_shape, k_hw, strides, pads, out_shape, in_dtype: str, out_dtype: str,
                  epilogue: Sequence[dict], operand_modes: Dict[int, Tuple[str, str]],
-                 mt: int = MT, max_blocks=None, ldsm=None):
+                 mt: int = MT, max_blocks=None, ldsm=None, stage=None):
         n, h, w, cin, ho, wo, cout, kh, kw, sh, sw, ph, pw = ST.conv_geometry(
             x_shape, out_shape, k_hw, strides, pads)
         self.in_dtype, self.out_dtype = np.dtype(in_dtype).name, np.dtype(out_dtype).name
@@ -213,6 +231,15 @@ class StemMmaSource:
                              f"memory, over {SMEM_LIMIT}")
         self.mt = int(mt)
         self.ldsm = ldmatrix_default() if ldsm is None else bool(ldsm)
+        # the input patch of an m-tile within one output row, staged per warp (_stage_patch)
+        self.patch_w = (16 - 1) * sw + kw            # its columns (pixels)
+        self.patch = kh * self.patch_w * cin          # its halves
+        pp = -(-self.patch // 8) * 8
+        self.stage = (stage_default() if stage is None else bool(stage)) and \
+            self.patch <= STAGE_MAX and \
+            self.smem_bytes + 2 * WARPS * pp <= SMEM_LIMIT
+        if self.stage:
+            self.smem_bytes += 2 * WARPS * pp
         self.n = n
         self.m = n * ho * wo
         self.tiles = math.ceil(self.m / (WARPS * self.mt * 16))  # block tiles
@@ -268,6 +295,48 @@ class StemMmaSource:
             else:
                 out.append(f"a[{r}] = pack_h2({lo}, {hi});")
         return "\n          ".join(out)
+
+    def _gather_staged(self) -> str:
+        """Statements filling ``a[4]`` for k step ``ks`` from the warp's staged patch
+        ``pat``: the lane's pixels start ``poff_p`` halves in, a k is ``ktab[k].w`` halves
+        from there; a k >= K (the last step only) reads zero."""
+        offs = sorted({ko + h for _, ko in A_FRAG for h in (0, 1)})
+        out = [f"const int4 kt{o} = ktab[ks + 2 * t + {o}];" for o in offs]
+        for r, (ro, ko) in enumerate(A_FRAG):
+            p = ro // 8
+            lo, hi = (f"(ks + 16 > {self.k} && kt{ko + h}.y >= (1 << 20) ? 0u : "
+                      f"(unsigned)pat[poff_{p} + kt{ko + h}.w])" for h in (0, 1))
+            out.append(f"a[{r}] = {lo} | ({hi} << 16);")
+        return "\n            ".join(out)
+
+    def _stage_patch(self, it: str) -> str:
+        """Statements deciding ``staged`` (the m-tile's pixels in one output row) and, if so,
+        copying its input patch -- image rows oh * sh - ph .., KH of them, and
+        :attr:`patch_w` pixels from ow0 * sw - pw, zero outside the image, float16 -- into
+        ``pat`` with consecutive lanes on consecutive elements; ``poff_p`` the lane's pixels'
+        offsets there."""
+        d = self.dims
+        hw_o, pwc, cin = d["ho"] * d["wo"], self.patch_w * d["cin"], d["cin"]
+        val = "x[src]" if self.in_dtype == "float16" else "f2h(x[src])"
+        return f"""const {it} nbt = m0 / {hw_o};
+      const int rt = (int)(m0 - nbt * {hw_o});
+      const int oht = rt / {d['wo']}, owt = rt - oht * {d['wo']};
+      const bool staged = owt + rows <= {d['wo']};  // the same for the whole warp
+      const int poff_0 = g * {d['sw'] * cin}, poff_1 = (g + 8) * {d['sw'] * cin};
+      if (staged) {{
+        const int ihb = oht * {d['sh']} - {d['ph']}, iwb = owt * {d['sw']} - {d['pw']};
+        for (int i = lane; i < {self.patch}; i += {LANES}) {{
+          const int ky = i / {pwc}, c = i - ky * {pwc};
+          const int ih = ihb + ky, iw = iwb + c / {cin};
+          unsigned short v = 0;
+          if ((unsigned)ih < {d['h']}u && (unsigned)iw < {d['w']}u) {{
+            const {it} src = ((nbt * {d['h']} + ih) * {d['w']} + iwb) * {cin} + c;
+            v = {val};
+          }}
+          pat[i] = v;
+        }}
+        __syncwarp();
+      }}"""
 
     def _mmas(self) -> str:
         """Statements issuing the chunk's MMAs of k step ``ks``, B from shared memory: with
@@ -352,6 +421,24 @@ class StemMmaSource:
                            for ty, nm in self.params)
         kps, widest = 2 * row_words(kp), max(w for _, w in chunks(cout))
         sw = row_words(widest)
+        direct = f"""#pragma unroll
+          for (int ks = 0; ks < {kp}; ks += 16) {{
+            unsigned a[4];
+            {self._gather()}
+            {self._mmas()}
+          }}"""
+        k_loop = direct
+        if self.stage:  # m-tiles in one output row read the staged patch
+            k_loop = f"""if (staged) {{
+          #pragma unroll
+          for (int ks = 0; ks < {kp}; ks += 16) {{
+            unsigned a[4];
+            {self._gather_staged()}
+            {self._mmas()}
+          }}
+        }}""" + ("" if d["wo"] % 16 == 0 else f""" else {{
+          {direct}
+        }}""")
         chunk_src = []
         for c0, cw in chunks(cout):
             chunk_src.append(f"""{{
@@ -359,12 +446,7 @@ class StemMmaSource:
         float acc[NT][4];
         #pragma unroll
         for (int j = 0; j < NT; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
-        #pragma unroll
-        for (int ks = 0; ks < {kp}; ks += 16) {{
-          unsigned a[4];
-          {self._gather()}
-          {self._mmas()}
-        }}
+        {k_loop}
         #pragma unroll
         for (int j = 0; j < NT; ++j) {{
           const int k0 = c0 + 8 * j + 2 * t;
@@ -376,13 +458,18 @@ class StemMmaSource:
         __syncwarp();  // the staging buffer is free for the next chunk / m-tile
       }}""")
         chunks_src = "\n      ".join(chunk_src)
+        pp = -(-self.patch // 8) * 8
+        patch_decl = f"  __shared__ uint4 patch4[{WARPS * pp // 8}];\n" if self.stage else ""
+        patch_ptr = (f"  unsigned short* pat = reinterpret_cast<unsigned short*>(patch4) + "
+                     f"warp * {pp};\n") if self.stage else ""
+        stage_src = self._stage_patch(it) if self.stage else ""
         return PRELUDE + MMA_HELPERS + f"""
 extern "C" __global__ void __launch_bounds__({self.threads}) {KERNEL}({params}) {{
   constexpr int SW = {sw};  // words of a staging row
   __shared__ uint4 bsm4[{cout * kps // 8}];
   __shared__ int4 ktab[{kp}];
   __shared__ uint4 stage4[{WARPS * 16 * sw // 4}];
-  const unsigned short* bsm = reinterpret_cast<const unsigned short*>(bsm4);
+{patch_decl}  const unsigned short* bsm = reinterpret_cast<const unsigned short*>(bsm4);
   // the filter, rows padded to {kps} halves
   for (int i = threadIdx.x; i < {cout * kp // 8}; i += blockDim.x) {{
     const int row = i / {kp // 8}, c = i - row * {kp // 8};
@@ -394,14 +481,14 @@ extern "C" __global__ void __launch_bounds__({self.threads}) {KERNEL}({params}) 
     int4 e;
     e.x = q < {self.k} ? (ky * {d['w']} + kx) * {cin} + ci : 0;
     e.y = q < {self.k} ? ky : (1 << 24);
-    e.z = kx; e.w = 0;
+    e.z = kx; e.w = q < {self.k} ? (ky * {self.patch_w} + kx) * {cin} + ci : 0;
     ktab[q] = e;
   }}
   __syncthreads();
   const int warp = threadIdx.x / {LANES}, lane = threadIdx.x % {LANES};
   const int g = lane >> 2, t = lane & 3;
   unsigned* stg = reinterpret_cast<unsigned*>(stage4) + warp * 16 * SW;
-  // x at a tap of the window at (ih0, iw0), zero outside the image (and for k >= K)
+{patch_ptr}  // x at a tap of the window at (ih0, iw0), zero outside the image (and for k >= K)
   const auto tap = [&](int ih0, int iw0, {it} base, const int4& e) -> {ctype(self.in_dtype)} {{
     return (unsigned)(ih0 + e.y) < {d['h']}u && (unsigned)(iw0 + e.z) < {d['w']}u ?
         x[base + e.x] : ({ctype(self.in_dtype)})0;
@@ -416,6 +503,7 @@ extern "C" __global__ void __launch_bounds__({self.threads}) {KERNEL}({params}) 
       // the lane's pixels (fragment rows g, g + 8): the window's corner, its offset in x;
       // a pixel past M is outside every window (its taps read nothing)
       {self._pixels(it)}
+      {stage_src}
       {chunks_src}
     }}
   }}
