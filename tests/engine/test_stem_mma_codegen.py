@@ -217,29 +217,28 @@ def host_kernels(tmp_path_factory):
     if _host_compiler() is None:
         pytest.skip("no host C++ compiler")
     srcs = [_source(case) for case in CASES]
-    text = HOST_SHIMS + THREAD_SHIMS + MMA_SHIMS + C.MATH_HELPERS + "\n".join(
-        _rename(s.source, k) + _driver(s, k) for k, s in enumerate(srcs))
-    return srcs, _build(text, tmp_path_factory.mktemp("stem_mma"), "stem_mma")
+    return srcs, _host_build(srcs, tmp_path_factory.mktemp("stem_mma"), "stem_mma")
 
 
-@pytest.mark.parametrize("k", range(len(CASES)))
-def test_host_build_matches_numpy(host_kernels, k):
-    """A case's kernel, its blocks of 128 threads with the emulated MMA, against the numpy
-    backend on the float16-rounded image and filter: every output written, within one
-    float16 rounding (the kernel sums in float32, numpy in float64)."""
-    srcs, so = host_kernels
-    case, src = CASES[k], srcs[k]
-    xs, kk, s, pads, cout, dt, dt_out, epi, offset, _ = case
-    ins = _inputs(case, seed=k)
+def _check_host(so, k, src, case, seed, batch=None):
+    """Runs case ``k``'s kernel (``src`` built into ``so``), its blocks of 128 threads with
+    the emulated MMA, at ``batch`` (default the case's) and checks it against the numpy
+    backend on the float16-rounded image and filter: every output written, nothing before
+    y, within one float16 rounding (the kernel sums in float32, numpy in float64)."""
+    xs, kk, s, pads, cout, dt, dt_out, epi, offset, opts = case
+    if batch is not None:
+        case = ((batch,) + tuple(xs[1:]), kk, s, pads, cout, dt, dt_out, epi, offset, opts)
+    ins = _inputs(case, seed=seed)
     ref_ins = [ins[0].astype(np.float16).astype(np.float32), ins[1].astype(np.float32)] + \
         ins[2:]
     want = _reference(case[:8] + (offset,), ref_ins)
     operands = {2: ins[2], 3: ins[3], 4: ins[4]}
     buf = np.full(want.size + offset, np.nan, dt_out)  # every output must be written
     y = buf[offset:].reshape(want.shape)
-    args = [ins[0], _wt(ins[1], src.kp)] + [operands[i] for i in src.operands] + [y, xs[0]]
-    _run_host(so, k, args, src.blocks, src.threads)
-    what = f"case {k} {case}, {src.blocks} blocks"
+    args = [ins[0], _wt(ins[1], src.kp)] + [operands[i] for i in src.operands] + \
+        [y, case[0][0]]
+    _run_host(so, k, args, src.blocks if batch is None else _source(case).blocks, src.threads)
+    what = f"case {k} {case}, batch {case[0][0]}"
     got = y.astype(np.float64)
     assert not np.isnan(got).any(), f"{what}: outputs not written"
     assert np.isnan(buf[:offset]).all(), f"{what}: wrote before y"
@@ -247,6 +246,20 @@ def test_host_build_matches_numpy(host_kernels, k):
     bad = np.flatnonzero(np.abs(got - want) > tol)
     assert not len(bad), f"{what}: {len(bad)} of {y.size} differ, e.g. " \
         f"{got.ravel()[bad[:3]].tolist()} vs {want.ravel()[bad[:3]].tolist()}"
+
+
+def _host_build(srcs, tmp_path, name):
+    """The kernels of ``srcs`` with their drivers, built for the host."""
+    text = HOST_SHIMS + THREAD_SHIMS + MMA_SHIMS + C.MATH_HELPERS + "\n".join(
+        _rename(s.source, k) + _driver(s, k) for k, s in enumerate(srcs))
+    return _build(text, tmp_path, name)
+
+
+@pytest.mark.parametrize("k", range(len(CASES)))
+def test_host_build_matches_numpy(host_kernels, k):
+    """A case's kernel against the numpy backend (_check_host)."""
+    srcs, so = host_kernels
+    _check_host(so, k, srcs[k], CASES[k], seed=k)
 
 
 def test_ldmatrix_loads_compute_the_same(tmp_path):
@@ -259,23 +272,9 @@ def test_ldmatrix_loads_compute_the_same(tmp_path):
     assert all("ldsm_x4(b, brow" in s.source for s in srcs)
     assert any("ldsm_x2(b, brow" in s.source and (s.dims["cout"] // 8) % 2 for s in srcs)
     assert "ldsm_x4(b, brow" not in _source(CASES[0][:9] + (dict(ldsm=False),)).source
-    text = HOST_SHIMS + THREAD_SHIMS + MMA_SHIMS + C.MATH_HELPERS + "\n".join(
-        _rename(s.source, k) + _driver(s, k) for k, s in enumerate(srcs))
-    so = _build(text, tmp_path, "stem_mma_ldsm")
+    so = _host_build(srcs, tmp_path, "stem_mma_ldsm")
     for k, (case, src) in enumerate(zip(CASES, srcs)):
-        xs, kk, s, pads, cout, dt, dt_out, epi, offset, _ = case
-        ins = _inputs(case, seed=k)
-        ref_ins = [ins[0].astype(np.float16).astype(np.float32), ins[1].astype(np.float32)] + \
-            ins[2:]
-        want = _reference(case[:8] + (offset,), ref_ins)
-        operands = {2: ins[2], 3: ins[3], 4: ins[4]}
-        buf = np.full(want.size + offset, np.nan, dt_out)
-        y = buf[offset:].reshape(want.shape)
-        args = [ins[0], _wt(ins[1], src.kp)] + [operands[i] for i in src.operands] + [y, xs[0]]
-        _run_host(so, k, args, src.blocks, src.threads)
-        got = y.astype(np.float64)
-        tol = np.abs(want) * 2.0 ** -10 + 1e-4 * np.abs(want).max()
-        assert not np.isnan(got).any() and (np.abs(got - want) <= tol).all(), f"case {k}"
+        _check_host(so, k, src, case, seed=k)
 
 
 # cases whose m-tiles lie in one output row (Wo a multiple of 16: every tile staged) or some
@@ -305,25 +304,9 @@ def test_staged_patches_compute_the_same(tmp_path):
     assert [s.stage for s in srcs] == [True] * (len(srcs) - 1) + [False]
     assert all(("if (staged)" in s.source) == s.stage for s in srcs)
     assert not _source(CASES[0][:9] + (dict(stage=False),)).stage
-    text = HOST_SHIMS + THREAD_SHIMS + MMA_SHIMS + C.MATH_HELPERS + "\n".join(
-        _rename(s.source, k) + _driver(s, k) for k, s in enumerate(srcs))
-    so = _build(text, tmp_path, "stem_mma_stage")
+    so = _host_build(srcs, tmp_path, "stem_mma_stage")
     for k, (case, src) in enumerate(zip(cases, srcs)):
-        xs, kk, st, pads, cout, dt, dt_out, epi, offset, _ = case
-        ins = _inputs(case, seed=50 + k)
-        ref_ins = [ins[0].astype(np.float16).astype(np.float32), ins[1].astype(np.float32)] + \
-            ins[2:]
-        want = _reference(case[:8] + (offset,), ref_ins)
-        operands = {2: ins[2], 3: ins[3], 4: ins[4]}
-        buf = np.full(want.size + offset, np.nan, dt_out)
-        y = buf[offset:].reshape(want.shape)
-        args = [ins[0], _wt(ins[1], src.kp)] + [operands[i] for i in src.operands] + [y, xs[0]]
-        _run_host(so, k, args, src.blocks, src.threads)
-        got = y.astype(np.float64)
-        tol = np.abs(want) * 2.0 ** -10 + 1e-4 * np.abs(want).max()
-        assert not np.isnan(got).any(), f"case {k}: outputs not written"
-        bad = np.flatnonzero(np.abs(got - want) > tol)
-        assert not len(bad), f"case {k} {case}: {len(bad)} of {y.size} differ"
+        _check_host(so, k, src, case, seed=50 + k)
 
 
 def test_staging_applies_where_the_patch_fits():
@@ -354,19 +337,7 @@ def test_one_source_serves_every_batch_size(host_kernels, k, batch):
     case = ((batch,) + tuple(xs[1:]), kk, st, pads, cout, dt, dt_out, epi, offset, opts)
     src = _source(case)
     assert src.source == srcs[k].source and src.n == batch != srcs[k].n
-    ins = _inputs(case, seed=100 + k)
-    ref_ins = [ins[0].astype(np.float16).astype(np.float32), ins[1].astype(np.float32)] + \
-        ins[2:]
-    want = _reference(case[:8] + (offset,), ref_ins)
-    operands = {2: ins[2], 3: ins[3], 4: ins[4]}
-    buf = np.full(want.size + offset, np.nan, dt_out)
-    y = buf[offset:].reshape(want.shape)
-    args = [ins[0], _wt(ins[1], src.kp)] + [operands[i] for i in src.operands] + [y, batch]
-    _run_host(so, k, args, src.blocks, src.threads)
-    got = y.astype(np.float64)
-    assert not np.isnan(got).any(), f"case {k} at batch {batch}: outputs not written"
-    tol = np.abs(want) * 2.0 ** -10 + 1e-4 * np.abs(want).max()
-    assert (np.abs(got - want) <= tol).all(), f"case {k} at batch {batch}"
+    _check_host(so, k, srcs[k], CASES[k], seed=100 + k, batch=batch)
 
 
 def test_cases_cover_what_the_kernel_takes():
