@@ -9,11 +9,11 @@ in CuPy
                                     [--only NAME]
 
 (a config: mt,warps,nc[,stage[,fast[,min_threads[,pipeline[,paired]]]]]; warps / nc 0 the
-kernel's own choice; pipeline 1 loads the next m-tile during the epilogue (int8 x, K <= 256); stage 0
-reads the residual from global memory element by element instead of staging it in shared
-memory, s35's way; fast 0 converts on the conversion unit, s36b's way; min_threads: threads an
-SM must hold, capping the registers (0: the kernel's own); paired 0 runs the epilogue element by
-element, s37's way; the kernel's defaults 1,0,0,1,1,0,1,1).
+kernel's own choice; pipeline 1 loads the next m-tile during the epilogue (int8 x, K <= 256);
+stage 0 reads the residual from global memory element by element instead of staging it in
+shared memory, s35's way; fast 0 converts on the conversion unit, s36b's way; min_threads:
+threads an SM must hold, capping the registers (0: the kernel's own); paired 0 runs the
+epilogue element by element, s37's way; the kernel's defaults 1,0,0,1,1,0,1,1).
 
 Needs CuPy (no cuDNN / cuBLASLt). The whole-model effect is bench_engine's INT8 profile.
 """
