@@ -116,6 +116,7 @@ def test_the_generators_fragment_tables_are_the_isas():
 # the ISA formulas above, as C for the host build's MMA
 MMA_SHIMS = r"""
 struct int4 { int x, y, z, w; };
+struct alignas(8) int2 { int x, y; };
 static host_dim3 mt_gridDim = {1};
 #define gridDim mt_gridDim
 // a barrier of the 32 lanes of the calling thread's warp (blocks of whole warps)
@@ -220,15 +221,18 @@ def host_kernels(tmp_path_factory):
     return srcs, _host_build(srcs, tmp_path_factory.mktemp("stem_mma"), "stem_mma")
 
 
-def _check_host(so, k, src, case, seed, batch=None):
+def _check_host(so, k, src, case, seed, batch=None, edit=None):
     """Runs case ``k``'s kernel (``src`` built into ``so``), its blocks of 128 threads with
     the emulated MMA, at ``batch`` (default the case's) and checks it against the numpy
-    backend on the float16-rounded image and filter: every output written, nothing before
-    y, within one float16 rounding (the kernel sums in float32, numpy in float64)."""
+    backend on the float16-rounded image and filter: every output written (no NaN: the
+    cases' epilogues give none), nothing before y, within one float16 rounding (the kernel
+    sums in float32, numpy in float64). ``edit(ins)`` may change the inputs first."""
     xs, kk, s, pads, cout, dt, dt_out, epi, offset, opts = case
     if batch is not None:
         case = ((batch,) + tuple(xs[1:]), kk, s, pads, cout, dt, dt_out, epi, offset, opts)
     ins = _inputs(case, seed=seed)
+    if edit is not None:
+        edit(ins)
     ref_ins = [ins[0].astype(np.float16).astype(np.float32), ins[1].astype(np.float32)] + \
         ins[2:]
     want = _reference(case[:8] + (offset,), ref_ins)
@@ -242,6 +246,9 @@ def _check_host(so, k, src, case, seed, batch=None):
     got = y.astype(np.float64)
     assert not np.isnan(got).any(), f"{what}: outputs not written"
     assert np.isnan(buf[:offset]).all(), f"{what}: wrote before y"
+    inf = ~np.isfinite(want)  # infinite where numpy's is (an infinite pixel in a window)
+    assert (got[inf] == want[inf]).all(), f"{what}: infinities differ"
+    got, want = got[~inf], want[~inf]
     tol = np.abs(want) * 2.0 ** -10 + 1e-4 * np.abs(want).max()
     bad = np.flatnonzero(np.abs(got - want) > tol)
     assert not len(bad), f"{what}: {len(bad)} of {y.size} differ, e.g. " \
@@ -307,6 +314,26 @@ def test_staged_patches_compute_the_same(tmp_path):
     so = _host_build(srcs, tmp_path, "stem_mma_stage")
     for k, (case, src) in enumerate(zip(cases, srcs)):
         _check_host(so, k, src, case, seed=50 + k)
+
+
+def test_an_infinite_pixel_gives_what_numpy_gives(tmp_path):
+    """An image with +-inf pixels (ResNet's 147 taps padded to 160: the last k step holds
+    taps past K, whose filter columns are zero): the outputs of windows that read them are
+    what numpy gives (inf, or 0 after the ReLU), with no NaN, staged or not -- a tap past K
+    must read zero, not a pixel (0 x inf is NaN)."""
+    if _host_compiler() is None:
+        pytest.skip("no host C++ compiler")
+    case = STAGE_CASES[0]
+    srcs = [_source(case[:9] + (dict(stage=st),)) for st in (True, False)]
+    so = _host_build(srcs, tmp_path, "stem_mma_inf")
+
+    def poke(ins):  # two windows' first taps (odd rows and columns: 2 o - 3) and others
+        ins[0][0, 3, 5, 0] = np.inf
+        ins[0][0, 7, 41, 0] = -np.inf
+        ins[0][0, 4, 17, 1] = np.inf
+
+    for k, src in enumerate(srcs):
+        _check_host(so, k, src, case, seed=7, edit=poke)
 
 
 def test_staging_applies_where_the_patch_fits():

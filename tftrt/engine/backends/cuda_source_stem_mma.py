@@ -298,14 +298,14 @@ class StemMmaSource:
 
     def _gather_staged(self) -> str:
         """Statements filling ``a[4]`` for k step ``ks`` from the warp's staged patch
-        ``pat``: the lane's pixels start ``poff_p`` halves in, a k is ``ktab[k].w`` halves
-        from there; a k >= K (the last step only) reads zero."""
-        offs = sorted({ko + h for _, ko in A_FRAG for h in (0, 1)})
-        out = [f"const int4 kt{o} = ktab[ks + 2 * t + {o}];" for o in offs]
+        ``pat``: the lane's pixels start ``poff_p`` halves in, a k is ``ktw[k]`` halves from
+        there (two 8-byte reads of the int table a step, where the gathers read four 16-byte
+        ``ktab`` entries); a k >= K (the last step only) reads zero."""
+        out = ["const int2 kw0 = ktw2[(ks >> 1) + t], kw8 = ktw2[(ks >> 1) + t + 4];"]
         for r, (ro, ko) in enumerate(A_FRAG):
             p = ro // 8
-            lo, hi = (f"(ks + 16 > {self.k} && kt{ko + h}.y >= (1 << 20) ? 0u : "
-                      f"(unsigned)pat[poff_{p} + kt{ko + h}.w])" for h in (0, 1))
+            lo, hi = (f"(ks + 16 > {self.k} && ks + 2 * t + {ko + h} >= {self.k} ? 0u : "
+                      f"(unsigned)pat[poff_{p} + kw{ko}.{'xy'[h]}])" for h in (0, 1))
             out.append(f"a[{r}] = {lo} | ({hi} << 16);")
         return "\n            ".join(out)
 
@@ -459,7 +459,10 @@ class StemMmaSource:
       }}""")
         chunks_src = "\n      ".join(chunk_src)
         pp = -(-self.patch // 8) * 8
-        patch_decl = f"  __shared__ uint4 patch4[{WARPS * pp // 8}];\n" if self.stage else ""
+        # the staged gathers' k table: each k's offset in the patch
+        patch_decl = (f"  __shared__ uint4 patch4[{WARPS * pp // 8}];\n"
+                      f"  __shared__ int2 ktw2[{kp // 2}];\n") if self.stage else ""
+        ktw_fill = "\n    reinterpret_cast<int*>(ktw2)[q] = e.w;" if self.stage else ""
         patch_ptr = (f"  unsigned short* pat = reinterpret_cast<unsigned short*>(patch4) + "
                      f"warp * {pp};\n") if self.stage else ""
         stage_src = self._stage_patch(it) if self.stage else ""
@@ -482,7 +485,7 @@ extern "C" __global__ void __launch_bounds__({self.threads}) {KERNEL}({params}) 
     e.x = q < {self.k} ? (ky * {d['w']} + kx) * {cin} + ci : 0;
     e.y = q < {self.k} ? ky : (1 << 24);
     e.z = kx; e.w = q < {self.k} ? (ky * {self.patch_w} + kx) * {cin} + ci : 0;
-    ktab[q] = e;
+    ktab[q] = e;{ktw_fill}
   }}
   __syncthreads();
   const int warp = threadIdx.x / {LANES}, lane = threadIdx.x % {LANES};
