@@ -344,6 +344,13 @@ def calibration_builder() -> Optional[Callable]:
 
 # --- calibration -----------------------------------------------------------------------------
 
+def _out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is a device (or host) out-of-memory: CuPy's OutOfMemoryError, cuDNN /
+    cuBLAS allocation failures, MemoryError."""
+    return isinstance(err, MemoryError) or "OutOfMemory" in type(err).__name__ or \
+        "out of memory" in str(err).lower()
+
+
 class _Calibration:
     """Feeds engine inputs to one EngineCalibrator per quantized engine op, then stores the
     tables."""
@@ -357,6 +364,8 @@ class _Calibration:
         build = calibration_builder()
         self.calibrators = {op.name: EngineCalibrator(_float_network(op), op.name, build)
                             for op in self.ops}
+        # engine ops calibrating on the GPU (none on the host); _observe may move one back
+        self.on_gpu = {op.name for op in self.ops} if build is not None else set()
         self.batches = 0
 
     @property
@@ -376,8 +385,32 @@ class _Calibration:
         for op in self.ops:
             inputs = [values.get(t) for t in op.spec.input_tensors]
             if all(v is not None and np.asarray(v).size for v in inputs):
-                self.calibrators[op.name].observe(inputs)
+                self._observe(op, inputs)
         self.batches += 1
+
+    def _observe(self, op, inputs) -> None:
+        """One engine's batch. Calibrating on the GPU, an out-of-memory at its first batch
+        moves that engine's calibration to the host (said once); at a later one, whose
+        histograms already live on the GPU, it is an error that says what to change."""
+        from tftrt.engine.calibrator import EngineCalibrator
+        cal = self.calibrators[op.name]
+        try:
+            cal.observe(inputs)
+        except Exception as e:
+            if not (op.name in self.on_gpu and _out_of_memory(e)):
+                raise
+            if cal.batches:
+                raise MemoryError(
+                    f"{op.name}: calibration on the GPU ran out of memory at batch "
+                    f"{self.batches} ({type(e).__name__}: {e}); calibrate on the host "
+                    f"with TFTRT_CALIBRATE_ON_GPU=0, or with smaller batches") from e
+            log.warning("%s: calibration on the GPU ran out of memory (%s: %s); calibrating "
+                        "it on the host instead (TFTRT_CALIBRATE_ON_GPU=0 does so from the "
+                        "start)", op.name, type(e).__name__, e)
+            self.on_gpu.discard(op.name)
+            cal = self.calibrators[op.name] = EngineCalibrator(_float_network(op), op.name)
+            cal.observe(inputs)
+
 
     def finish(self, what: str) -> None:
         if self.batches < MIN_CALIBRATION_BATCHES:
@@ -495,6 +528,8 @@ def calibrate_v2(converter, calibration_input_fn: Callable, method: Optional[str
         if cal.ops:
             try:
                 cal.add(run(values))
+            except MemoryError:  # _Calibration._observe's, which says what to change
+                raise
             except Exception as e:  # noqa: BLE001 -- data the model cannot run: say which batch
                 # inputs each fine alone but not together (batches 8 and 3 that the model
                 # adds; a gather index past its table) failed deep in the engine build or

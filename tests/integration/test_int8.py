@@ -208,6 +208,43 @@ def test_calibration_on_the_gpu_is_a_switch_for_the_cupy_backend(monkeypatch, ca
     assert calibration.calibration_builder() is None
 
 
+class OutOfMemoryError(Exception):
+    """Named as CuPy's."""
+
+
+def test_calibration_out_of_gpu_memory_moves_to_the_host(cnn, monkeypatch, caplog):
+    """Calibrating on the GPU, an out-of-memory at an engine's first batch calibrates that
+    engine on the host instead, with a warning, and gives the host's table; at a later
+    batch (a new shape: a new FP32 engine) it is a MemoryError that says what to change."""
+    from tftrt import calibration
+    from tftrt.engine.calibrator import fp32_engine
+    want = calibrated(cnn[0])[0]
+    calls = []
+
+    def gpu_build(network, shapes):  # the GPU builder, out of memory from its n-th engine
+        calls.append(shapes)
+        if len(calls) >= fail_at:
+            raise OutOfMemoryError("Out of memory allocating 411,041,792 bytes")
+        return fp32_engine(network, shapes)
+
+    monkeypatch.setattr(calibration, "calibration_builder", lambda: gpu_build)
+    fail_at = 1
+    with caplog.at_level(logging.WARNING, logger="tftrt.calibration"):
+        conv, _ = calibrated(cnn[0])
+    assert "calibration on the GPU ran out of memory (OutOfMemoryError: Out of memory " \
+           "allocating 411,041,792 bytes); calibrating it on the host instead" in caplog.text
+    (op,), (op_want,) = conv._engine_ops.values(), want._engine_ops.values()
+    assert op.quantization["tensors"] == op_want.quantization["tensors"]
+    assert len(calls) == 1   # the host took every batch after it
+    calls.clear()
+    fail_at = 2   # the second shape's engine
+    data = batches(2) + batches(1, shape=(4, 12, 12, 3))
+    with pytest.raises(MemoryError, match=r"calibration on the GPU ran out of memory at batch "
+                                          r"2 \(OutOfMemoryError: .*\); calibrate on the host "
+                                          r"with TFTRT_CALIBRATE_ON_GPU=0, or with smaller"):
+        calibrated(cnn[0], data=data)
+
+
 def test_calibration_input_fn_only_with_calibration(cnn):
     conv = trt.TrtGraphConverterV2(input_saved_model_dir=cnn[0], precision_mode="INT8",
                                    use_calibration=False)
