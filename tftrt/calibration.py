@@ -389,28 +389,31 @@ class _Calibration:
         self.batches += 1
 
     def _observe(self, op, inputs) -> None:
-        """One engine's batch. Calibrating on the GPU, an out-of-memory at its first batch
-        moves that engine's calibration to the host (said once); at a later one, whose
-        histograms already live on the GPU, it is an error that says what to change."""
+        """One engine's batch. Calibrating on the GPU, a failure at the engine's first batch
+        (out of memory, a layer the CuPy backend cannot build in FP32) calibrates that
+        engine on the host instead, said once: the host is the reference path, and a batch
+        it cannot run either fails there as before. An out-of-memory at a later batch, whose
+        histograms already live on the GPU, is an error that says what to change."""
         from tftrt.engine.calibrator import EngineCalibrator
         cal = self.calibrators[op.name]
         try:
             cal.observe(inputs)
         except Exception as e:
-            if not (op.name in self.on_gpu and _out_of_memory(e)):
+            if op.name not in self.on_gpu:
                 raise
             if cal.batches:
+                if not _out_of_memory(e):
+                    raise
                 raise MemoryError(
                     f"{op.name}: calibration on the GPU ran out of memory at batch "
                     f"{self.batches} ({type(e).__name__}: {e}); calibrate on the host "
                     f"with TFTRT_CALIBRATE_ON_GPU=0, or with smaller batches") from e
-            log.warning("%s: calibration on the GPU ran out of memory (%s: %s); calibrating "
-                        "it on the host instead (TFTRT_CALIBRATE_ON_GPU=0 does so from the "
-                        "start)", op.name, type(e).__name__, e)
+            log.warning("%s: calibration on the GPU failed (%s: %s); calibrating it on the "
+                        "host instead (TFTRT_CALIBRATE_ON_GPU=0 does so from the start)",
+                        op.name, type(e).__name__, first_error_line(e))
             self.on_gpu.discard(op.name)
             cal = self.calibrators[op.name] = EngineCalibrator(_float_network(op), op.name)
             cal.observe(inputs)
-
 
     def finish(self, what: str) -> None:
         if self.batches < MIN_CALIBRATION_BATCHES:

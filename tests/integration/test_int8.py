@@ -212,27 +212,33 @@ class OutOfMemoryError(Exception):
     """Named as CuPy's."""
 
 
-def test_calibration_out_of_gpu_memory_moves_to_the_host(cnn, monkeypatch, caplog):
-    """Calibrating on the GPU, an out-of-memory at an engine's first batch calibrates that
-    engine on the host instead, with a warning, and gives the host's table; at a later
-    batch (a new shape: a new FP32 engine) it is a MemoryError that says what to change."""
+def test_a_failure_of_gpu_calibration_moves_it_to_the_host(cnn, monkeypatch, caplog):
+    """Calibrating on the GPU, a failure at an engine's first batch (out of memory here; a
+    layer the GPU cannot build alike) calibrates that engine on the host instead, with a
+    warning, and gives the host's table; an out-of-memory at a later batch (a new shape: a
+    new FP32 engine) is a MemoryError that says what to change."""
     from tftrt import calibration
     from tftrt.engine.calibrator import fp32_engine
     want = calibrated(cnn[0])[0]
     calls = []
 
-    def gpu_build(network, shapes):  # the GPU builder, out of memory from its n-th engine
+    def gpu_build(network, shapes):  # the GPU builder, failing from its n-th engine
         calls.append(shapes)
         if len(calls) >= fail_at:
-            raise OutOfMemoryError("Out of memory allocating 411,041,792 bytes")
+            raise error
         return fp32_engine(network, shapes)
 
     monkeypatch.setattr(calibration, "calibration_builder", lambda: gpu_build)
-    fail_at = 1
+    fail_at, error = 1, ValueError("Conv__3: no FP32 kernel takes it on this GPU")
     with caplog.at_level(logging.WARNING, logger="tftrt.calibration"):
         conv, _ = calibrated(cnn[0])
-    assert "calibration on the GPU ran out of memory (OutOfMemoryError: Out of memory " \
-           "allocating 411,041,792 bytes); calibrating it on the host instead" in caplog.text
+    assert "calibration on the GPU failed (ValueError: Conv__3: no FP32 kernel" in caplog.text
+    calls.clear()
+    error = OutOfMemoryError("Out of memory allocating 411,041,792 bytes")
+    with caplog.at_level(logging.WARNING, logger="tftrt.calibration"):
+        conv, _ = calibrated(cnn[0])
+    assert "calibration on the GPU failed (OutOfMemoryError: Out of memory allocating " \
+           "411,041,792 bytes); calibrating it on the host instead" in caplog.text
     (op,), (op_want,) = conv._engine_ops.values(), want._engine_ops.values()
     assert op.quantization["tensors"] == op_want.quantization["tensors"]
     assert len(calls) == 1   # the host took every batch after it
