@@ -342,6 +342,10 @@ def test_staging_applies_where_the_patch_fits():
     resnet = SM.StemMmaSource((1, 224, 224, 3), (7, 7), (2, 2), (3, 3, 3, 3),
                               (1, 112, 112, 64), "float32", "float16", [], {}, stage=True)
     assert resnet.stage and resnet.patch == 7 * 37 * 3 and resnet.patch_w == 37
+    # Wo 112: every m-tile staged, so no x-offset table (the compile test checks the bytes)
+    assert not resnet.direct and "int4 ktab" not in resnet.source
+    mixed = _source(STAGE_CASES[1][:9] + (dict(stage=True),))   # Wo 40
+    assert mixed.stage and mixed.direct and "int4 ktab" in mixed.source
     assert resnet.smem_bytes <= SM.SMEM_LIMIT
     assert "if (staged)" in resnet.source and "} else {" not in resnet.source.split(
         "if (staged) {")[1].split("#pragma unroll")[0]
@@ -509,15 +513,18 @@ def _zoo_sources():
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH")
 def test_kernels_compile_for_sm90_without_spills(tmp_path):
     """The zoo's stems (and the host cases) compile for sm_90; ptxas spills no registers (a
-    lane holds 4 accumulators per 8 channels of a chunk, up to 64). Prints the register
-    counts (pytest -s)."""
+    lane holds 4 accumulators per 8 channels of a chunk, up to 64), and the shared memory
+    ptxas reports is what ``smem_bytes`` counts against SMEM_LIMIT (staged patches and
+    their offset table included). Prints the register counts (pytest -s)."""
     named = list(_zoo_sources()) + [(f"case {k}", _source(c)) for k, c in enumerate(CASES)]
     text = C.PRELUDE + SM.MMA_HELPERS + "\n".join(
         _rename(s.source, k) for k, (_, s) in enumerate(named))
     r = nvcc_compile(text, tmp_path, "stem_mma", "-Xptxas", "-v")
     found = re.findall(rf"Compiling entry function '{SM.KERNEL}_(\d+)'.*?"
-                       r"(\d+) bytes spill stores.*?Used (\d+) registers", r.stderr, re.S)
+                       r"(\d+) bytes spill stores.*?Used (\d+) registers.*?(\d+) bytes smem",
+                       r.stderr, re.S)
     assert len(found) == len(named), r.stderr[-4000:]
-    for k, spills, regs in sorted(found, key=lambda f: int(f[0])):
+    for k, spills, regs, smem in sorted(found, key=lambda f: int(f[0])):
         print(f"[stem_mma] {named[int(k)][0]}: {regs} registers, {spills} bytes spilled")
-    assert not any(int(s) for _, s, _ in found), r.stderr[-4000:]
+        assert int(smem) == named[int(k)][1].smem_bytes, (named[int(k)][0], smem)
+    assert not any(int(s) for _, s, _, _ in found), r.stderr[-4000:]

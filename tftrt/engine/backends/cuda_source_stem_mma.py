@@ -234,12 +234,15 @@ class StemMmaSource:
         # the input patch of an m-tile within one output row, staged per warp (_stage_patch)
         self.patch_w = (16 - 1) * sw + kw            # its columns (pixels)
         self.patch = kh * self.patch_w * cin          # its halves
-        pp = -(-self.patch // 8) * 8
+        # the warps' float16 patches and the staged gathers' int table of patch offsets
+        staged_bytes = 2 * WARPS * (-(-self.patch // 8) * 8) + 4 * self.kp
         self.stage = (stage_default() if stage is None else bool(stage)) and \
-            self.patch <= STAGE_MAX and \
-            self.smem_bytes + 2 * WARPS * pp <= SMEM_LIMIT
+            self.patch <= STAGE_MAX and self.smem_bytes + staged_bytes <= SMEM_LIMIT
+        # m-tiles that gather from x: all of them unstaged, the rows' ends where Wo is not
+        # a multiple of 16 (else the x-offset table is left out)
+        self.direct = not self.stage or wo % 16 != 0
         if self.stage:
-            self.smem_bytes += 2 * WARPS * pp
+            self.smem_bytes += staged_bytes - (0 if self.direct else 16 * self.kp)
         self.n = n
         self.m = n * ho * wo
         self.tiles = math.ceil(self.m / (WARPS * self.mt * 16))  # block tiles
@@ -436,7 +439,7 @@ class StemMmaSource:
             {self._gather_staged()}
             {self._mmas()}
           }}
-        }}""" + ("" if d["wo"] % 16 == 0 else f""" else {{
+        }}""" + ("" if not self.direct else f""" else {{
           {direct}
         }}""")
         chunk_src = []
@@ -462,7 +465,10 @@ class StemMmaSource:
         # the staged gathers' k table: each k's offset in the patch
         patch_decl = (f"  __shared__ uint4 patch4[{WARPS * pp // 8}];\n"
                       f"  __shared__ int2 ktw2[{kp // 2}];\n") if self.stage else ""
-        ktw_fill = "\n    reinterpret_cast<int*>(ktw2)[q] = e.w;" if self.stage else ""
+        ktab_decl = f"  __shared__ int4 ktab[{kp}];\n" if self.direct else ""
+        fill = (["ktab[q] = e;"] if self.direct else []) + \
+            (["reinterpret_cast<int*>(ktw2)[q] = e.w;"] if self.stage else [])
+        ktab_fill = "\n    ".join(fill)
         patch_ptr = (f"  unsigned short* pat = reinterpret_cast<unsigned short*>(patch4) + "
                      f"warp * {pp};\n") if self.stage else ""
         stage_src = self._stage_patch(it) if self.stage else ""
@@ -470,22 +476,22 @@ class StemMmaSource:
 extern "C" __global__ void __launch_bounds__({self.threads}) {KERNEL}({params}) {{
   constexpr int SW = {sw};  // words of a staging row
   __shared__ uint4 bsm4[{cout * kps // 8}];
-  __shared__ int4 ktab[{kp}];
-  __shared__ uint4 stage4[{WARPS * 16 * sw // 4}];
+{ktab_decl}  __shared__ uint4 stage4[{WARPS * 16 * sw // 4}];
 {patch_decl}  const unsigned short* bsm = reinterpret_cast<const unsigned short*>(bsm4);
   // the filter, rows padded to {kps} halves
   for (int i = threadIdx.x; i < {cout * kp // 8}; i += blockDim.x) {{
     const int row = i / {kp // 8}, c = i - row * {kp // 8};
     bsm4[row * {kps // 8} + c] = reinterpret_cast<const uint4*>(wt)[i];
   }}
-  // per k: x's offset from the window's corner pixel, ky, kx; k >= K never inside the image
+  // per k: x's offset from the window's corner pixel, ky, kx, its offset in a staged patch;
+  // k >= K never inside the image
   for (int q = threadIdx.x; q < {kp}; q += blockDim.x) {{
     const int ky = q / {d['kw'] * cin}, kx = (q / {cin}) % {d['kw']}, ci = q % {cin};
     int4 e;
     e.x = q < {self.k} ? (ky * {d['w']} + kx) * {cin} + ci : 0;
     e.y = q < {self.k} ? ky : (1 << 24);
     e.z = kx; e.w = q < {self.k} ? (ky * {self.patch_w} + kx) * {cin} + ci : 0;
-    ktab[q] = e;{ktw_fill}
+    {ktab_fill}
   }}
   __syncthreads();
   const int warp = threadIdx.x / {LANES}, lane = threadIdx.x % {LANES};
