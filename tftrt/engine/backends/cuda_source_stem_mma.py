@@ -49,9 +49,13 @@ warp and capped grids all measured within 5% or slower; so did (H100, 2026-12-06
 filter's fragments through ``ldmatrix`` (:func:`ldmatrix_default`) and the k table in
 ``__constant__`` memory instead of shared (ResNet's stem 398-405 us against 257-259: a
 warp's four distinct entries a read serialize in the constant cache;
-results/stems_const_ktab_h100_2026-12-06s39g.log). Staging each m-tile's input patch in
-shared memory (``stage``, :func:`stage_default`) is built and host-tested; it awaits its
-GPU timing (``benchmarks/bench_stems.py --ways "stem_mma" "stem_mma staged"``).
+results/stems_const_ktab_h100_2026-12-06s39g.log). So did staging each m-tile's input
+patch in shared memory (``stage``, :func:`stage_default`; H100, 2026-12-06, s40, two runs in
+one call, the conv alone, us, without / with: VGG 324-326 / 345-347, ResNet 257 / 252,
+MobileNet 65 / 83, Inception 112 / 154, ConvNeXt 61 / 66; outputs identical;
+results/stems_staged_h100_2026-12-06s40a.log): 2% on ResNet's, up to 37% slower elsewhere --
+the staging copy is one more pass through L1 and the warp waits on it, where the gathers it
+replaces were already mostly L1 hits. It stays an off knob.
 """
 
 from __future__ import annotations
@@ -108,13 +112,13 @@ __device__ __forceinline__ void ldsm_x2(unsigned* r, const unsigned short* p) {
 
 
 def stage_default() -> bool:
-    """``TFTRT_STEM_MMA_STAGE`` (default off until timed on a GPU; 1 turns it on): an m-tile
-    of 16 pixels in one output row has its input patch (KH rows of (16 - 1) * stride + KW
-    pixels) copied once into the warp's shared memory with coalesced loads, zero outside the
-    image, and its A fragments read from there (:meth:`StemMmaSource._stage_patch`); other
-    m-tiles (a row's end, Wo not a multiple of 16) gather from x as before. Why: the image
-    gathers bound the kernel (s39: ldmatrix for B and a constant k table did not help); the
-    patch is read ~3x fewer times than the gathers (ResNet's stem: 777 halves a tile
+    """``TFTRT_STEM_MMA_STAGE`` (default off: slower on four of five zoo stems, module doc; 1
+    turns it on): an m-tile of 16 pixels in one output row has its input patch (KH rows of
+    (16 - 1) * stride + KW pixels) copied once into the warp's shared memory with coalesced
+    loads, zero outside the image, and its A fragments read from there
+    (:meth:`StemMmaSource._stage_patch`); other m-tiles (a row's end, Wo not a multiple of
+    16) gather from x as before. Why it was tried: the image gathers bound the kernel (s39);
+    the patch is read ~3x fewer times than the gathers (ResNet's stem: 777 halves a tile
     against 2,352), with no bounds checks in the k loop."""
     from tftrt.env import env_bool  # standard library only
     return env_bool("TFTRT_STEM_MMA_STAGE", False)
