@@ -36,6 +36,8 @@ from tftrt.engine.backends.cupy_kernels import _raw_kernel, device_props
 CONVS = [
     ("s1_conv3_64to256_res", 56, 64, 256, "int8", True, True),
     ("s1_proj_64to256", 56, 64, 256, "float16", False, False),
+    ("s1_proj_64to256_int8x", 56, 64, 256, "int8", False, False),  # its x from an int8 pool
+    ("s1_conv1_64to64_int8x", 56, 64, 64, "int8", False, True),
     ("s1_conv1_256to64", 56, 256, 64, "int8", False, True),
     ("s1_conv1_64to64", 56, 64, 64, "float16", False, True),
     ("s2_conv3_128to512_res", 28, 128, 512, "int8", True, True),

@@ -103,3 +103,79 @@ def test_a_zero_pad_value_is_the_pad_then_the_pool():
 def test_pool_kernels_compile_with_nvcc(tmp_path):
     text = C.PRELUDE + "\n".join(_rename(s.source, k) for k, (s, *_) in enumerate(_sources()))
     nvcc_compile(text, tmp_path, "pool")
+
+
+# requantizing max pools (quantization._requantize_pools): (x shape, dtype, pads, scale)
+REQUANT_CASES = [
+    ((2, 8, 6, 16), "float16", [1, 1, 1, 1], 0.5),   # 16-byte loads, 8-byte int8 stores
+    ((2, 7, 7, 8), "float32", [1, 1, 1, 1], 0.25),   # 16-byte loads, 4-byte stores
+    ((2, 7, 7, 5), "float16", [0, 1, 1, 0], 0.5),    # element by element
+    ((1, 6, 6, 8), "float32", [1, 1, 1, 1], 1e-3),   # saturation both ways
+]
+
+
+def _requant_sources():
+    out = []
+    for xs, dt, pads, scale in REQUANT_CASES:
+        osp = _out_sp(xs, [3, 3], [2, 2], pads, 0)
+        ys = (xs[0], *osp, xs[-1])
+        src = M.PoolSource(xs, ys, "max", [3, 3], [2, 2], [1, 1], pads, 0, dt, "int8",
+                           out_scale=scale)
+        out.append((src, xs, ys, osp))
+    return out
+
+
+def _requant_text(srcs) -> str:
+    """The sources with the int8 helpers once (each source carries them)."""
+    from tftrt.engine.backends import cuda_source_quant as S
+    return "\n".join(_rename(s.source.replace(S.INT8_HELPERS, ""), k)
+                     for k, (s, *_) in enumerate(srcs))
+
+
+@pytest.mark.skipif(_host_compiler() is None, reason="no host C++ compiler")
+def test_requantizing_pool_matches_the_readers_quantization_on_the_host(tmp_path):
+    """A max pool storing int8 codes gives, per output, what its INT8 readers computed from
+    the float pool's output: quantization.quantize_int8 (round half to even, +-127, NaN ->
+    0) of the float max -- NaN skipped, a window of NaN / -inf only -127, ties and
+    saturation included -- with the 16-byte vector loads and 8 / 4-byte stores."""
+    from tests.engine.test_quant_codegen import QUANT_SHIMS
+    from tftrt.engine import quantization as Q
+    from tftrt.engine.backends import cuda_source_quant as S
+    srcs = _requant_sources()
+    assert [s.vec for s, *_ in srcs] == [8, 4, 1, 4]
+    so = _host_library(HOST_SHIMS + C.MATH_HELPERS + QUANT_SHIMS + S.INT8_HELPERS +
+                       _requant_text(srcs), tmp_path, "qpool")
+    rng = np.random.default_rng(2)
+    for k, (src, xs, ys, osp) in enumerate(srcs):
+        _, dt, pads, scale = REQUANT_CASES[k]
+        x = _input(xs, dt, rng)
+        flat = x.reshape(-1)
+        ties = np.array([(j + 0.5) * scale for j in range(-6, 6)], np.float32)
+        flat[-ties.size:] = ties.astype(dt)  # exact halves after * (1 / scale)
+        x[-1, 2, 3, :] = -np.inf
+        want = Q.quantize_int8(numpy_ops.pool(x, "max", [3, 3], [2, 2], [1, 1], pads, 0, 0,
+                                              osp, dt), Q.inv_scale(scale))
+        out = np.full(ys, 99, np.int8)
+        fn = getattr(so, f"pool_{k}")
+        fn.restype = None
+        args = [x.view(np.uint16) if dt == "float16" else x, out]
+        fn(*[ctypes.c_void_p(np.ascontiguousarray(v).ctypes.data) for v in args],
+           ctypes.c_longlong(src.work))
+        np.testing.assert_array_equal(out, want, err_msg=str(REQUANT_CASES[k]))
+        if scale == 1e-3:  # the saturation case saturates both ways
+            assert (want == -127).any() and (want == 127).any()
+
+
+def test_a_requantizing_pool_is_a_float_max_pool_to_int8():
+    for mode, dt, out in (("avg", "float16", "int8"), ("max", "int8", "int8"),
+                          ("max", "float16", "float16")):
+        with pytest.raises(ValueError, match="requantizing pool"):
+            M.PoolSource((1, 4, 4, 8), (1, 2, 2, 8), mode, [2, 2], [2, 2], [1, 1],
+                         [0, 0, 0, 0], 0, dt, out, out_scale=0.5)
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH")
+def test_requantizing_pool_kernels_compile_with_nvcc(tmp_path):
+    from tftrt.engine.backends import cuda_source_quant as S
+    text = C.PRELUDE + S.INT8_HELPERS + _requant_text(_requant_sources())
+    nvcc_compile(text, tmp_path, "qpool")

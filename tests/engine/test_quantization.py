@@ -270,6 +270,102 @@ def _residual_block(x_shape, rng):
     return net, (w1, b1, w2, b2)
 
 
+def _pool_net(x_shape, rng, second_reader="conv", mode="max", pool_out=False):
+    """x -> conv (bias, ReLU) -> h -> 3x3/2 pool (pads 1) -> p -> two readers (a 1x1 conv
+    and ``second_reader``: "conv" another 1x1 conv, "float" a pointwise p * 2)
+    -> outputs; ResNet's stem, its MaxPool, and the first block's two 1x1 convs."""
+    c = x_shape[-1]
+    w1 = (rng.randn(8, 3, 3, c) * 0.5).astype(F32)
+    net = _conv_net(x_shape, w1, (rng.randn(8) * 0.1).astype(F32), out="h")
+    net.add_layer("pool", ["h"], ["p"], {"mode": mode, "kernel": [3, 3], "strides": [2, 2],
+                                         "dilations": [1, 1], "pads": [1, 1, 1, 1],
+                                         "ceil_mode": 0, "count_include_pad": 0})
+    one = {"strides": [1, 1], "dilations": [1, 1], "pads": [0, 0, 0, 0], "group": 1}
+    outs = ["y1"]
+    net.add_layer("conv", ["p", net.add_weight((rng.randn(6, 1, 1, 8) * 0.4).astype(F32), "w2"),
+                           net.add_weight((rng.randn(6) * 0.1).astype(F32), "b2")], ["y1"], one,
+                  [{"op": "bias", "input": 2}, {"op": "act", "fn": "relu"}])
+    if second_reader == "conv":
+        net.add_layer("conv", ["p", net.add_weight((rng.randn(4, 1, 1, 8) * 0.4).astype(F32),
+                                                   "w3"),
+                               net.add_weight((rng.randn(4) * 0.1).astype(F32), "b3")], ["y2"],
+                      one, [{"op": "bias", "input": 2}])
+    else:
+        net.add_layer("pointwise", ["p"], ["y2"], {"program": [
+            {"op": "mul", "args": ["$0", 2.0], "dtype": "float32"}]})
+    outs.append("y2")
+    net.outputs = outs + (["p"] if pool_out else [])
+    net.quantization = Q.new_table(tensors={"x": 2.5, "h": 4.0, "p": 3.3, "y1": 6.0,
+                                            "y2": 6.0})
+    return net
+
+
+def _pool_input(x_shape, rng):
+    """Values on both sides of rounding ties at p's scale (3.3 / 127), NaN and -inf."""
+    x = (rng.randn(*x_shape) * 2).astype(F32)
+    x[0, 0, 0, :] = np.nan
+    x[0, 1, 1, :] = -np.inf
+    return x
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_int8_max_pool_stores_the_codes_its_int8_readers_would_quantize(monkeypatch, dtype):
+    """A max pool read only by INT8 layers (as their input 0, one scale) stores int8 codes of
+    that scale. From a float16 input every output is the same bit for bit as with the pool
+    left float (TFTRT_INT8_POOL=0), whose readers quantize its float16 output on load. From a
+    float32 input (a stem calibrated past float16's range stays float32) the codes come from
+    the float32 maximum, without the float16 rounding the stored output had: one step off at
+    most, where that rounding crossed a rounding boundary."""
+    rng = np.random.RandomState(11)
+    x_shape = (2, 9, 9, 3)
+    net = _pool_net(x_shape, rng)
+    x = _pool_input(x_shape, rng)
+    cfg = BuilderConfig(precision="INT8")
+    if dtype == "float32":
+        net.quantization["tensors"]["h"] = 1e5  # past half of float16's range: h stays fp32
+    monkeypatch.delenv("TFTRT_INT8_POOL", raising=False)
+    engine = build_engine(net, {"x": x_shape}, cfg)
+    pool = next(l for l in engine.network.layers if l.kind == "pool")
+    assert engine.network.tensors["p"].dtype == "int8"
+    assert engine.network.tensors["p"].shape[1:3] == (5, 5)
+    assert engine.network.tensors["h"].dtype == dtype
+    assert pool.attrs["output_scale"] == float(F32(3.3 / 127))
+    readers = [l for l in engine.network.layers if "p" in l.inputs]
+    assert [l.precision for l in readers] == ["INT8", "INT8"]
+    got = engine.execute([x])
+    monkeypatch.setenv("TFTRT_INT8_POOL", "0")
+    off = build_engine(net, {"x": x_shape}, cfg)
+    assert off.network.tensors["p"].dtype == "float16"
+    assert "output_scale" not in next(l for l in off.network.layers if l.kind == "pool").attrs
+    want = off.execute([x])
+    for g, w in zip(got, want):
+        if dtype == "float16":
+            np.testing.assert_array_equal(g, w)
+        else:
+            assert np.linalg.norm(g - w) / np.linalg.norm(w) < 2e-2
+
+
+@pytest.mark.parametrize("case", ["float reader", "avg pool", "pool is an output"])
+def test_a_pool_with_a_float_reader_or_average_stays_float(monkeypatch, case):
+    """Not requantized: a max pool with a float reader (an FP16 pointwise layer), an average
+    pool (its mean is not one of its codes), a pool whose output is a network output."""
+    monkeypatch.delenv("TFTRT_INT8_POOL", raising=False)
+    rng = np.random.RandomState(12)
+    x_shape = (1, 9, 9, 3)
+    net = _pool_net(x_shape, rng, second_reader="float" if case == "float reader" else "conv",
+                    mode="avg" if case == "avg pool" else "max",
+                    pool_out=case == "pool is an output")
+    engine = build_engine(net, {"x": x_shape}, BuilderConfig(precision="INT8"))
+    pool = next(l for l in engine.network.layers if l.kind == "pool")
+    assert "output_scale" not in pool.attrs
+    assert engine.network.tensors["p"].dtype in ("float16", "float32")
+    x = _pool_input(x_shape, rng)
+    monkeypatch.setenv("TFTRT_INT8_POOL", "0")  # nothing changed: the same answers
+    off = build_engine(net, {"x": x_shape}, BuilderConfig(precision="INT8"))
+    for g, w in zip(engine.execute([x]), off.execute([x])):
+        np.testing.assert_array_equal(g, w)
+
+
 def test_int8_residual_stays_int8_and_dequantizes_in_the_epilogue(monkeypatch):
     """With TFTRT_INT8_RESIDUAL=1 a block output the next INT8 layer both convolves and adds
     as its residual is stored as int8 once (one scale, its calibrated range); the epilogue

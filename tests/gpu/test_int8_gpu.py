@@ -340,6 +340,59 @@ def test_the_tensor_core_gemm_kernel_runs_1x1_convs_and_matches_numpy(precision,
     assert off <= share, f"{what}: {off:.2%} of outputs off by > {REL[precision]}"
 
 
+def _stem_pool_model(rng):
+    """ResNet's stem and the first block's two 1x1 readers of its MaxPool: 7x7/2 conv 3 ->
+    64 + ReLU, 3x3/2 MaxPool (pads 1), then 1x1 64 -> 64 + ReLU and the 1x1 64 -> 256
+    projection, their outputs added."""
+    from onnx import helper
+    N = helper.make_node
+    consts = {"w0": (rng.randn(64, 3, 7, 7) * 0.1).astype(F32),
+              "b0": (rng.randn(64) * 0.1).astype(F32),
+              "wa": (rng.randn(256, 64, 1, 1) * 0.15).astype(F32),
+              "wp": (rng.randn(256, 64, 1, 1) * 0.15).astype(F32)}
+    nodes = [N("Conv", ["x", "w0", "b0"], ["c0"], pads=[3, 3, 3, 3], strides=[2, 2]),
+             N("Relu", ["c0"], ["a0"]),
+             N("MaxPool", ["a0"], ["m"], kernel_shape=[3, 3], strides=[2, 2],
+               pads=[1, 1, 1, 1]),
+             N("Conv", ["m", "wa"], ["p"]), N("Relu", ["p"], ["q"]),
+             N("Conv", ["m", "wp"], ["sc"]), N("Add", ["q", "sc"], ["y"])]
+    shape = (4, 3, 32, 32)
+    model = make_model(nodes, {"x": np.zeros(shape, F32)}, consts)
+    return _calibrated(model, rng, shape, "INT8"), shape
+
+
+def test_a_max_pool_read_by_int8_layers_stores_int8_on_the_gpu(monkeypatch):
+    """ResNet's stem MaxPool, read only by INT8 1x1 convs, writes their int8 codes on the GPU
+    (cuda_source_move.PoolSource with out_scale; quantization._requantize_pools): its
+    readers take int8 x, and the engine answers what it answers with the pool left float16
+    (TFTRT_INT8_POOL=0) and what the numpy simulation answers."""
+    monkeypatch.delenv("TFTRT_QUANTIZE_STEM", raising=False)  # users' default: FP16 stem
+    rng = np.random.RandomState(21)
+    model, shape = _stem_pool_model(rng)
+    x = rng.randn(*shape).astype(F32)
+    cfg = BuilderConfig(precision="INT8", backend="cupy")
+    monkeypatch.delenv("TFTRT_INT8_POOL", raising=False)
+    gpu = build_engine(model, {"x": shape}, cfg)
+    (pool,) = [l for l in gpu.network.layers if l.kind == "pool"]
+    assert gpu.network.tensors[pool.outputs[0]].dtype == "int8"
+    assert gpu.network.tensors[pool.inputs[0]].dtype == "float16"
+    readers = [l for l in gpu.network.layers if pool.outputs[0] in l.inputs]
+    assert len(readers) == 2 and all(l.precision == "INT8" for l in readers)
+    kernels = [impl.record().get("kernel", "") for l, impl in _impls_pairs(gpu)
+               if l in readers]
+    assert not any("quantized on load" in k for k in kernels), kernels
+    got = cp.asnumpy(gpu.execute([cp.asarray(x)])[0])
+    monkeypatch.setenv("TFTRT_INT8_POOL", "0")
+    off = build_engine(model, {"x": shape}, cfg)
+    assert off.network.tensors[pool.outputs[0]].dtype == "float16"
+    want_off = cp.asnumpy(off.execute([cp.asarray(x)])[0])
+    monkeypatch.delenv("TFTRT_INT8_POOL")
+    ref = build_engine(model, {"x": shape}, BuilderConfig(precision="INT8", backend="numpy"))
+    want = ref.execute([x])[0]
+    _close(got, want_off, f"int8 pool against float16 pool ({_choices(gpu)})")
+    _close(got, want, f"int8 pool against numpy ({_choices(gpu)})")
+
+
 def test_a_requantized_conv_without_relu_saturates_symmetrically_in_cudnn():
     """A requantized conv with no activation (ResNet's projection shortcuts) writes its int8
     output from cuDNN's fused graph too: cuDNN's int8 store saturates to [-128, 127] and the

@@ -428,6 +428,7 @@ def quantize_network(net: Network, precision: str, table: dict,
         _quantize_layer(net, layer, precision, amax / qmax, src, table)
     if precision == "INT8":
         _requantize_outputs(net, table, limit)
+        _requantize_pools(net)
     _remove_unused_layers(net)
     net.prune_tensors()
     return [l.name for l in net.layers if l.precision == precision and "quant" in l.attrs]
@@ -550,6 +551,48 @@ def _requantize_outputs(net: Network, table: dict, limit: float = math.inf) -> N
         for steps in reads:
             for e in steps:
                 e["scale"] = s
+
+
+def int8_pools() -> bool:
+    """Whether a float max pool read only by INT8 layers, as their input 0 with one input
+    scale, stores its output as int8 of that scale (env TFTRT_INT8_POOL, default on). The
+    answers are the same bit for bit: round-to-nearest and saturation are monotonic, so the
+    largest code of a window is the code of its largest value, and the pool computes the code
+    as the readers would have on load. The readers then take int8, and the pool writes half
+    the bytes (ResNet50: its stem's MaxPool feeds the first block's 1x1 convs)."""
+    from tftrt.env import env_bool
+    return env_bool("TFTRT_INT8_POOL", True)
+
+
+def _requantize_pools(net: Network) -> None:
+    """Float max pools whose every reader is an INT8 layer taking the pool's output as input
+    0 with one input scale: their output becomes int8 of that scale (``attrs["output_scale"]``
+    of the pool; :func:`int8_pools`)."""
+    if not int8_pools():
+        return
+    consumers = net.consumers()
+    keep = set(net.outputs)
+    for layer in net.layers:
+        if layer.kind != "pool" or layer.attrs.get("mode") != "max" or len(layer.inputs) != 1:
+            continue
+        out = layer.outputs[0]
+        users = consumers.get(out, [])
+        if out in keep or not users or \
+                net.tensors[layer.inputs[0]].dtype not in ("float16", "float32") or \
+                net.tensors[out].dtype not in ("float16", "float32"):
+            continue
+        scales = set()
+        for u in users:
+            if u.precision != "INT8" or "quant" not in u.attrs or \
+                    u.attrs["quant"].get("folded") or \
+                    any(name == out for name in u.inputs[1:]):
+                scales = set()
+                break
+            scales.add(u.attrs["quant"]["input_scale"])
+        if len(scales) != 1:
+            continue
+        layer.attrs["output_scale"] = scales.pop()
+        net.tensors[out].dtype = "int8"
 
 
 def _remove_unused_layers(net: Network) -> None:

@@ -162,16 +162,24 @@ class PoolSource:
     width move 16 bytes per access (``vec``)."""
 
     def __init__(self, x_shape, out_shape, mode, kernel, strides, dilations, pads,
-                 count_include_pad, dtype: str, out_dtype: str, floor=None, pad_value=None):
+                 count_include_pad, dtype: str, out_dtype: str, floor=None, pad_value=None,
+                 out_scale=None):
         """``floor``: a float max pool's value for a window with no number (default -inf,
         TF's GPU kernels; an activation moved before the pool changes it). ``pad_value``: a
         max pool's explicit pads hold this value, as if a constant pad had written it
-        (passes/pad_folding folds a zero pad into the pool), rather than being skipped."""
+        (passes/pad_folding folds a zero pad into the pool), rather than being skipped.
+        ``out_scale``: a float max pool whose INT8 readers take its output as int8 of this
+        scale (quantization._requantize_pools) stores ``q_int8(max * (1 / out_scale))``, the
+        quantization those readers would have applied on load (cuda_source_quant)."""
         nsp = len(x_shape) - 2
         sp, osp, c = x_shape[1:-1], out_shape[1:-1], x_shape[-1]
         fl = np.dtype(dtype).kind == "f"
+        if out_scale is not None and not (fl and mode == "max" and
+                                          np.dtype(out_dtype) == np.int8):
+            raise ValueError(f"a requantizing pool is a float max pool with an int8 output, "
+                             f"not a {mode} pool of {dtype} -> {out_dtype}")
         V = 16 // np.dtype(dtype).itemsize
-        if not (fl and dtype == out_dtype and c % V == 0 and V > 1):
+        if not (fl and (dtype == out_dtype or out_scale is not None) and c % V == 0 and V > 1):
             V = 1
         cv = c // V
         self.work = int(np.prod(out_shape, dtype=np.int64)) // V
@@ -231,16 +239,23 @@ class PoolSource:
         lines.append("    }\n  }")
         lines += loops
         res = "acc[v]" if is_max else "acc[v] / (float)(cnt > 0 ? cnt : 1)"
+        store = store_expr(out_dtype, res)
+        helpers = ""
+        if out_scale is not None:
+            from tftrt.engine import quantization as Q
+            from tftrt.engine.backends.cuda_source_quant import INT8_HELPERS, float_literal
+            store = f"q_int8(__fmul_rn({res}, {float_literal(Q.inv_scale(out_scale))}))"
+            helpers = INT8_HELPERS
         if V > 1:
-            lines.append(f"union {{ uint4 u; {ctype(out_dtype)} e[{V}]; }} o;")
-            lines.append(f"#pragma unroll\nfor (int v = 0; v < {V}; ++v) o.e[v] = "
-                         f"{store_expr(out_dtype, res)};")
-            lines.append(f"*reinterpret_cast<uint4*>(y + t * {V}) = o.u;")
+            vt = {16: "uint4", 8: "uint2", 4: "unsigned"}[V * np.dtype(out_dtype).itemsize]
+            lines.append(f"union {{ {vt} u; {ctype(out_dtype)} e[{V}]; }} o;")
+            lines.append(f"#pragma unroll\nfor (int v = 0; v < {V}; ++v) o.e[v] = {store};")
+            lines.append(f"*reinterpret_cast<{vt}*>(y + t * {V}) = o.u;")
         else:
-            lines.append(f"{{ const int v = 0; y[t] = {store_expr(out_dtype, res)}; }}")
+            lines.append(f"{{ const int v = 0; y[t] = {store}; }}")
         self.source = grid_stride_source(
             "pool", f"const {ct}* __restrict__ x, {ctype(out_dtype)}* y", it, self.work,
-            "\n    ".join(lines))
+            "\n    ".join(lines), helpers)
         self.vec = V
         self._kernel = None
 
