@@ -389,8 +389,13 @@ def test_a_max_pool_read_by_int8_layers_stores_int8_on_the_gpu(monkeypatch):
     monkeypatch.delenv("TFTRT_INT8_POOL")
     ref = build_engine(model, {"x": shape}, BuilderConfig(precision="INT8", backend="numpy"))
     want = ref.execute([x])[0]
-    _close(got, want_off, f"int8 pool against float16 pool ({_choices(gpu)})")
-    _close(got, want, f"int8 pool against numpy ({_choices(gpu)})")
+    # the same codes from the same float16 stem output; the stem's tactic (timed per build)
+    # may round a float16 output differently, moving a code one step (1 / 127 of the range)
+    # through the layers after it, as in the other INT8 chains
+    _close(got, want_off, f"int8 pool against float16 pool ({_choices(gpu)})", rel=2e-2)
+    _close(got, want, f"int8 pool against numpy ({_choices(gpu)})", rel=2e-2)
+    impl = next(i for l, i in _impls_pairs(gpu) if l is pool)
+    assert "q_int8" in impl.kernel.source  # the requantizing store ran
 
 
 def test_a_requantized_conv_without_relu_saturates_symmetrically_in_cudnn():
