@@ -315,7 +315,10 @@ def test_int8_max_pool_stores_the_codes_its_int8_readers_would_quantize(monkeypa
     left float (TFTRT_INT8_POOL=0), whose readers quantize its float16 output on load. From a
     float32 input (a stem calibrated past float16's range stays float32) the codes come from
     the float32 maximum, without the float16 rounding the stored output had: one step off at
-    most, where that rounding crossed a rounding boundary."""
+    most, where that rounding crossed a rounding boundary. (The stem here keeps its float
+    output: TFTRT_INT8_POOL_PRODUCER=0; the next test lets it store the codes.)"""
+    monkeypatch.delenv("TFTRT_QUANTIZE_STEM", raising=False)  # the users' FP16 stem
+    monkeypatch.setenv("TFTRT_INT8_POOL_PRODUCER", "0")
     rng = np.random.RandomState(11)
     x_shape = (2, 9, 9, 3)
     net = _pool_net(x_shape, rng)
@@ -332,6 +335,8 @@ def test_int8_max_pool_stores_the_codes_its_int8_readers_would_quantize(monkeypa
     assert pool.attrs["output_scale"] == float(F32(3.3 / 127))
     readers = [l for l in engine.network.layers if "p" in l.inputs]
     assert [l.precision for l in readers] == ["INT8", "INT8"]
+    assert next(l for l in engine.network.layers if "h" in l.outputs).precision == \
+        {"float16": "FP16", "float32": "FP32"}[dtype]
     got = engine.execute([x])
     monkeypatch.setenv("TFTRT_INT8_POOL", "0")
     off = build_engine(net, {"x": x_shape}, cfg)
@@ -343,6 +348,82 @@ def test_int8_max_pool_stores_the_codes_its_int8_readers_would_quantize(monkeypa
             np.testing.assert_array_equal(g, w)
         else:
             assert np.linalg.norm(g - w) / np.linalg.norm(w) < 2e-2
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_the_stem_stores_the_int8_codes_of_its_max_pool(monkeypatch, dtype):
+    """With the stem's implementation able to store int8 (the numpy backend's convs, the CuPy
+    backend's stem_mma), the FP16 stem writes the codes itself and the pool pools codes:
+    the stem's output is int8 with the pool's scale, the pool has no scale of its own. A
+    float32 stem gives the same answers bit for bit as its pool quantizing (the largest code
+    of a window is the code of its largest value); a float16 one quantizes its float32
+    result instead of its float16 storage (close; one step apart at most per code)."""
+    monkeypatch.delenv("TFTRT_QUANTIZE_STEM", raising=False)
+    monkeypatch.delenv("TFTRT_INT8_POOL", raising=False)
+    monkeypatch.delenv("TFTRT_INT8_POOL_PRODUCER", raising=False)
+    rng = np.random.RandomState(11)
+    x_shape = (2, 9, 9, 3)
+    net = _pool_net(x_shape, rng)
+    if dtype == "float32":
+        net.quantization["tensors"]["h"] = 1e5
+    x = _pool_input(x_shape, rng)
+    cfg = BuilderConfig(precision="INT8")
+    engine = build_engine(net, {"x": x_shape}, cfg)
+    stem = next(l for l in engine.network.layers if "h" in l.outputs)
+    pool = next(l for l in engine.network.layers if l.kind == "pool")
+    s = float(F32(3.3 / 127))
+    assert stem.precision == {"float16": "FP16", "float32": "FP32"}[dtype]
+    assert stem.attrs["output_scale"] == s
+    assert engine.network.tensors["h"].dtype == "int8"
+    assert engine.network.tensors["p"].dtype == "int8" and "output_scale" not in pool.attrs
+    got = engine.execute([x])
+    monkeypatch.setenv("TFTRT_INT8_POOL_PRODUCER", "0")
+    pooled = build_engine(net, {"x": x_shape}, cfg)
+    assert pooled.network.tensors["h"].dtype == dtype
+    want = pooled.execute([x])
+    for g, w in zip(got, want):
+        if dtype == "float32":
+            np.testing.assert_array_equal(g, w)
+        else:
+            assert np.linalg.norm(g - w) / np.linalg.norm(w) < 2e-2
+    # a saved plan keeps the stem's int8 store
+    again = deserialize_engine(serialize_engine(engine))
+    assert again.network.tensors["h"].dtype == "int8"
+    for g, w in zip(again.execute([x]), got):
+        np.testing.assert_array_equal(g, w)
+
+
+@pytest.mark.parametrize("case", ["INT8 stem", "ceil mode", "pads as large as the kernel",
+                                  "stem read twice"])
+def test_the_pool_quantizes_where_its_producer_cannot(monkeypatch, case):
+    """The pool keeps quantizing (its producer keeps a float output) where the producer is
+    an INT8 layer (an image stem with TFTRT_QUANTIZE_STEM=1), where a window may hold no
+    input element (ceil mode, pads as large as the kernel: an empty window's float answer
+    has no code), or where something else reads the producer's output."""
+    monkeypatch.delenv("TFTRT_INT8_POOL", raising=False)
+    monkeypatch.delenv("TFTRT_INT8_POOL_PRODUCER", raising=False)
+    if case == "INT8 stem":
+        monkeypatch.setenv("TFTRT_QUANTIZE_STEM", "1")
+    else:
+        monkeypatch.delenv("TFTRT_QUANTIZE_STEM", raising=False)
+    rng = np.random.RandomState(13)
+    x_shape = (1, 9, 9, 3)
+    net = _pool_net(x_shape, rng)
+    pool = next(l for l in net.layers if l.kind == "pool")
+    if case == "ceil mode":
+        pool.attrs["ceil_mode"] = 1
+    elif case == "pads as large as the kernel":
+        pool.attrs.update(kernel=[2, 2], pads=[2, 2, 2, 2])
+    elif case == "stem read twice":
+        net.add_layer("pointwise", ["h"], ["h3"], {"program": [
+            {"op": "mul", "args": ["$0", 2.0], "dtype": "float32"}]})
+        net.outputs.append("h3")
+    engine = build_engine(net, {"x": x_shape}, BuilderConfig(precision="INT8"))
+    pool = next(l for l in engine.network.layers if l.kind == "pool")
+    stem = next(l for l in engine.network.layers if "h" in l.outputs)
+    assert "output_scale" in pool.attrs and "output_scale" not in stem.attrs
+    assert engine.network.tensors["h"].dtype != "int8"
+    assert engine.network.tensors["p"].dtype == "int8"
 
 
 @pytest.mark.parametrize("case", ["float reader", "avg pool", "pool is an output"])

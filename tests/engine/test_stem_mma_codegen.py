@@ -336,6 +336,64 @@ def test_an_infinite_pixel_gives_what_numpy_gives(tmp_path):
         _check_host(so, k, src, case, seed=7, edit=poke)
 
 
+# int8 stores (an INT8 model's stem before its int8 max pool): (case of CASES' form with an
+# int8 y, out_scale and nan_code in its options)
+INT8_CASES = [
+    ((1, 12, 11, 3), (7, 7), (2, 2), (3, 3, 3, 3), 64, "float16", "int8", "bias+relu", 0,
+     dict(out_scale=0.02, nan_code=-128)),                        # ResNet: 16-byte stores
+    ((1, 5, 6, 3), (3, 3), (1, 1), (1, 1, 1, 1), 136, "float32", "int8", "bias", 4,
+     dict(out_scale=0.01, nan_code=-128)),                        # chunks 128 + 8: 4 bytes
+    ((2, 9, 37, 3), (3, 3), (1, 1), (1, 1, 1, 1), 64, "float32", "int8", "bias", 1,
+     dict(out_scale=0.01)),                                       # byte stores; NaN -> 0
+]
+
+
+def test_int8_stores_give_the_codes_of_the_float_results(tmp_path):
+    """With ``out_scale`` the kernel stores ``q_int8(v * (1 / out_scale))`` of its float32
+    results (round half to even, +-127: quantization.quantize_int8), a NaN result as
+    ``nan_code``: against numpy's results quantized the same way, one step off at most where
+    the float32 and float64 sums fall on two sides of a rounding boundary, and every output
+    written, nothing before y; NaN pixels make NaN results (NaN x 0 taps too)."""
+    from tests.engine.test_quant_codegen import QUANT_SHIMS
+    from tftrt.engine import quantization as Q
+    if _host_compiler() is None:
+        pytest.skip("no host C++ compiler")
+    srcs = [_source(case) for case in INT8_CASES]
+    assert all("pack_q2(o0, o1" in s.source for s in srcs)
+    text = HOST_SHIMS + THREAD_SHIMS + MMA_SHIMS + C.MATH_HELPERS + QUANT_SHIMS + \
+        SM.Q_HELPERS + "\n".join(_rename(s.source.replace(SM.Q_HELPERS, ""), k) +
+                                  _driver(s, k) for k, s in enumerate(srcs))
+    so = _build(text, tmp_path, "stem_mma_int8")
+    for k, (case, src) in enumerate(zip(INT8_CASES, srcs)):
+        xs, kk, st, pads, cout, dt, _, epi, offset, opts = case
+        ins = _inputs(case, seed=90 + k)
+        ins[0][0, 2, 3, :] = np.nan
+        ref_ins = [ins[0].astype(np.float16).astype(np.float32), ins[1].astype(np.float32)] + \
+            ins[2:]
+        want_f = _reference(case[:6] + ("float32", epi, offset), ref_ins)
+        want = Q.quantize_int8(want_f, Q.inv_scale(opts["out_scale"])).astype(np.int64)
+        want[np.isnan(want_f)] = opts.get("nan_code", 0)
+        buf = np.full(want.size + offset, 99, np.int8)  # 99: never a code here (scales)
+        y = buf[offset:].reshape(want.shape)
+        args = [ins[0], _wt(ins[1], src.kp)] + [{2: ins[2], 3: ins[3]}[i]
+                                                for i in src.operands] + [y, xs[0]]
+        _run_host(so, k, args, src.blocks, src.threads)
+        what = f"int8 case {k}"
+        assert (buf[:offset] == 99).all(), f"{what}: wrote before y"
+        assert np.isnan(want_f).any() and (want == opts.get("nan_code", 0)).any()
+        d = np.abs(y.astype(np.int64) - want)
+        assert d.max() <= 1 and np.mean(d > 0) < 0.01, f"{what}: {np.count_nonzero(d)} of " \
+            f"{d.size} codes off, max {d.max()}"
+        assert np.array_equal(y[np.isnan(want_f)], want[np.isnan(want_f)]), f"{what}: NaN"
+
+
+def test_an_int8_store_needs_a_scale_and_a_float16_store_none():
+    with pytest.raises(ValueError, match="int8 codes of an output scale"):
+        _source(INT8_CASES[0][:9] + ({},))
+    with pytest.raises(ValueError, match="with a scale"):
+        _source(CASES[0][:9] + (dict(out_scale=0.5),))
+
+
 def test_staging_applies_where_the_patch_fits():
     """The zoo's stems stage (ResNet's patch: 7 rows of 37 pixels of 3 channels); a patch over
     STAGE_MAX halves, or one the shared memory cannot hold, keeps the direct gathers."""
@@ -392,7 +450,8 @@ def test_what_the_kernel_refuses():
               operand_modes={})
     SM.StemMmaSource(**ok)
     for change, match in [
-            (dict(out_dtype="float32"), "float16 y only, not float32"),
+            (dict(out_dtype="float32"), "writes float16 y, or int8 codes .*; not float32"),
+            (dict(out_dtype="int8"), "int8 codes of an output scale; not int8$"),
             (dict(x_shape=(1, 8, 8, 4), k_hw=(7, 7), pads=(3, 3, 3, 3)),
              "196 taps \\(padded to 208\\).*up to 160"),
             (dict(out_shape=(1, 8, 8, 12)), "multiple of 8 up to 256, not 12"),
@@ -449,7 +508,7 @@ def test_the_tactic_applies_to_few_channel_float16_convs_unless_switched_off(mon
     monkeypatch.setenv("TFTRT_STEM_MMA", "1")
     assert not cupy_backend._stem_mma(*_conv_layer(cin=8))          # aligned channels
     net, conv = _conv_layer(precision="FP32")                         # float32 y
-    assert "float16 y only" in SM.unsupported(net, conv)
+    assert "writes float16 y, or int8 codes" in SM.unsupported(net, conv)
     assert not cupy_backend._stem_mma(net, conv)
     net, conv = _conv_layer(cin=3, ks=7, attrs={"pads": [3, 3, 3, 3]})   # ResNet's 147 taps
     assert SM.unsupported(net, conv) is None and cupy_backend._stem_mma(net, conv)
@@ -508,6 +567,9 @@ def _zoo_sources():
             yield f"{name} {dt} bias+relu staged", SM.StemMmaSource(
                 xs, (k, k), (s, s), pads, (xs[0], ho, ho, cout), dt, "float16", epilogue, modes,
                 stage=True)
+            yield f"{name} {dt} bias+relu int8", SM.StemMmaSource(
+                xs, (k, k), (s, s), pads, (xs[0], ho, ho, cout), dt, "int8", epilogue, modes,
+                out_scale=0.05, nan_code=-128)
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH")
@@ -517,8 +579,8 @@ def test_kernels_compile_for_sm90_without_spills(tmp_path):
     ptxas reports is what ``smem_bytes`` counts against SMEM_LIMIT (staged patches and
     their offset table included). Prints the register counts (pytest -s)."""
     named = list(_zoo_sources()) + [(f"case {k}", _source(c)) for k, c in enumerate(CASES)]
-    text = C.PRELUDE + SM.MMA_HELPERS + "\n".join(
-        _rename(s.source, k) for k, (_, s) in enumerate(named))
+    text = C.PRELUDE + SM.MMA_HELPERS + SM.Q_HELPERS + "\n".join(
+        _rename(s.source.replace(SM.Q_HELPERS, ""), k) for k, (_, s) in enumerate(named))
     r = nvcc_compile(text, tmp_path, "stem_mma", "-Xptxas", "-v")
     found = re.findall(rf"Compiling entry function '{SM.KERNEL}_(\d+)'.*?"
                        r"(\d+) bytes spill stores.*?Used (\d+) registers.*?(\d+) bytes smem",

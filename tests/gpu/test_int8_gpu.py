@@ -367,6 +367,7 @@ def test_a_max_pool_read_by_int8_layers_stores_int8_on_the_gpu(monkeypatch):
     readers take int8 x, and the engine answers what it answers with the pool left float16
     (TFTRT_INT8_POOL=0) and what the numpy simulation answers."""
     monkeypatch.delenv("TFTRT_QUANTIZE_STEM", raising=False)  # users' default: FP16 stem
+    monkeypatch.setenv("TFTRT_INT8_POOL_PRODUCER", "0")  # the next test's
     rng = np.random.RandomState(21)
     model, shape = _stem_pool_model(rng)
     x = rng.randn(*shape).astype(F32)
@@ -396,6 +397,47 @@ def test_a_max_pool_read_by_int8_layers_stores_int8_on_the_gpu(monkeypatch):
     _close(got, want, f"int8 pool against numpy ({_choices(gpu)})", rel=2e-2)
     impl = next(i for l, i in _impls_pairs(gpu) if l is pool)
     assert "q_int8" in impl.kernel.source  # the requantizing store ran
+
+
+def test_a_stem_on_stem_mma_stores_the_int8_codes_of_its_max_pool(monkeypatch):
+    """The stem on stem_mma (its tactic chosen here) stores the pool's int8 codes itself
+    (quantization.absorb_pool_requantization; NaN as -128) and the pool pools codes (raised
+    to -127): the engine answers what the numpy simulation (whose convs store codes too)
+    answers, and what the pool quantizing answers (TFTRT_INT8_POOL_PRODUCER=0)."""
+    from tftrt.engine.backends import cupy_stem_mma as CSM
+    monkeypatch.delenv("TFTRT_QUANTIZE_STEM", raising=False)
+    monkeypatch.delenv("TFTRT_INT8_POOL", raising=False)
+    monkeypatch.delenv("TFTRT_INT8_POOL_PRODUCER", raising=False)
+    rng = np.random.RandomState(22)
+    model, shape = _stem_pool_model(rng)
+    x = rng.randn(*shape).astype(F32)
+    x[0, :, :4, :4] = np.nan  # NaN pixels: the stem's NaN results, skipped by the pool
+    first = build_engine(model, {"x": shape}, BuilderConfig(precision="INT8", backend="cupy"))
+    (pool,) = [l for l in first.network.layers if l.kind == "pool"]
+    stem_name = next(l.name for l in first.network.layers if pool.inputs[0] in l.outputs)
+    cfg = BuilderConfig(precision="INT8", backend="cupy",
+                        tactic_choices={stem_name: {"kind": "conv", "tactic": "stem_mma"}})
+    gpu = build_engine(model, {"x": shape}, cfg)
+    pairs = _impls_pairs(gpu)
+    stem, stem_impl = next((l, i) for l, i in pairs if l.name == stem_name)
+    pool, pool_impl = next((l, i) for l, i in pairs if l.kind == "pool")
+    assert stem.tactic == "stem_mma" and isinstance(stem_impl, CSM.StemMma), stem_impl
+    assert stem.attrs["output_scale"] > 0 and stem.attrs["output_nan_code"] == -128
+    assert gpu.network.tensors[stem.outputs[0]].dtype == "int8"
+    assert gpu.network.tensors[pool.outputs[0]].dtype == "int8"
+    assert "output_scale" not in pool.attrs and pool.attrs["code_floor"] == -127
+    assert "pack_q2" in stem_impl.src.source and pool_impl.kernel.vec == 16
+    got = cp.asnumpy(gpu.execute([cp.asarray(x)])[0])
+    ref = build_engine(model, {"x": shape}, BuilderConfig(precision="INT8", backend="numpy"))
+    assert ref.network.tensors[stem.outputs[0]].dtype == "int8"
+    want = ref.execute([x])[0]
+    assert np.isnan(want).sum() == np.isnan(got).sum() == 0
+    _close(got, want, f"stem storing int8 against numpy ({_choices(gpu)})", rel=2e-2)
+    monkeypatch.setenv("TFTRT_INT8_POOL_PRODUCER", "0")
+    pooled = build_engine(model, {"x": shape}, cfg)
+    assert pooled.network.tensors[stem.outputs[0]].dtype == "float16"
+    _close(got, cp.asnumpy(pooled.execute([cp.asarray(x)])[0]),
+           "stem storing int8 against the pool quantizing", rel=2e-2)
 
 
 def test_a_requantized_conv_without_relu_saturates_symmetrically_in_cudnn():

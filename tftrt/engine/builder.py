@@ -493,7 +493,13 @@ def prefetch_from_template(template, shapes: Sequence[Dict[str, Sequence[int]]],
 
 def _finish(net: Network, backend, precision: str, weights: Dict[str, Any], config_json: dict,
             config: BuilderConfig) -> Engine:
-    """Memory plan (with the chosen tactics' scratch) and the Engine."""
+    """Memory plan (with the chosen tactics' scratch) and the Engine. First, an int8 max
+    pool's producer stores the codes where its chosen implementation can
+    (quantization.absorb_pool_requantization)."""
+    stores_int8 = getattr(backend, "stores_int8", None)
+    if precision == "INT8" and callable(stores_int8):
+        for name in quantization.absorb_pool_requantization(net, stores_int8):
+            log.info("layer %s stores int8 codes for the max pool after it", name)
     scratch = max([workspace_bytes(backend.name, net, l) for l in net.layers] or [0])
     memory = plan_memory(net, scratch, config.max_workspace_size_bytes,
                          config.max_device_memory_bytes)

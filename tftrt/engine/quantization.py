@@ -595,6 +595,65 @@ def _requantize_pools(net: Network) -> None:
         net.tensors[out].dtype = "int8"
 
 
+def int8_pool_producers() -> bool:
+    """Whether a conv that only feeds an int8 max pool stores the codes itself, where its
+    chosen implementation can (env TFTRT_INT8_POOL_PRODUCER, default on;
+    :func:`absorb_pool_requantization`)."""
+    from tftrt.env import env_bool
+    return env_bool("TFTRT_INT8_POOL_PRODUCER", True)
+
+
+def absorb_pool_requantization(net: Network, stores_int8) -> List[str]:
+    """After tactics are chosen (builder._finish): a max pool that stores int8 codes
+    (:func:`_requantize_pools`) and whose input only it reads, the output of a float conv
+    whose implementation can store int8 (``stores_int8(net, layer)``, the backend's: the CuPy
+    backend's ``stem_mma``), has the conv store the codes instead, and pools them as int8:
+    the largest code of a window is the code of its largest value, so the pool's answers
+    are the same, except that the codes now come from the conv's float32 result rather than
+    from its float16 storage (the nearer code where that rounding crossed a boundary). The
+    conv writes half the bytes and the pool reads half (ResNet50's stem and MaxPool). Only
+    pools whose every window holds an input element (dilation 1, no ceil mode, pads under
+    the kernel; no floor or pad value): an empty window's float answer has no code. A NaN
+    of the conv's is stored as :data:`NAN_CODE`. Returns the convs changed."""
+    if not int8_pool_producers():
+        return []
+    consumers = net.consumers()
+    producer = {o: l for l in net.layers for o in l.outputs}
+    keep = set(net.outputs) | set(net.inputs)
+    changed = []
+    for pool in net.layers:
+        a = pool.attrs
+        if pool.kind != "pool" or a.get("output_scale") is None or \
+                a.get("floor_program") or a.get("pad_value") is not None or \
+                int(a.get("ceil_mode", 0)) or any(int(d) != 1 for d in a["dilations"]):
+            continue
+        nsp = len(a["kernel"])
+        if any(int(a["pads"][i]) >= int(a["kernel"][i % nsp]) for i in range(2 * nsp)):
+            continue
+        x = pool.inputs[0]
+        conv = producer.get(x)
+        if conv is None or x in keep or conv.kind != "conv" or "quant" in conv.attrs or \
+                conv.attrs.get("output_scale") is not None or len(conv.outputs) != 1 or \
+                [u.name for u in consumers.get(x, [])] != [pool.name] or \
+                net.tensors[x].dtype not in ("float16", "float32") or \
+                not stores_int8(net, conv):
+            continue
+        conv.attrs["output_scale"] = a.pop("output_scale")
+        conv.attrs["output_nan_code"] = NAN_CODE
+        a["code_floor"] = -INT8_QMAX
+        net.tensors[x].dtype = "int8"
+        changed.append(conv.name)
+    return changed
+
+
+# A NaN a conv stores for its int8 max pool (absorb_pool_requantization): below every code, so
+# the pool passes over it as TF's MaxPool passes over NaN, and a window of NaN only, whose
+# float answer is -inf, comes out as -inf's code once the pool raises its result to -127
+# (the pool's attrs["code_floor"]). A NaN quantized as the readers quantize (to 0) could win a
+# window of negative values.
+NAN_CODE = -128
+
+
 def _remove_unused_layers(net: Network) -> None:
     """Drops layers whose outputs nothing reads (fake-quant ops folded away)."""
     while True:

@@ -163,14 +163,16 @@ class PoolSource:
 
     def __init__(self, x_shape, out_shape, mode, kernel, strides, dilations, pads,
                  count_include_pad, dtype: str, out_dtype: str, floor=None, pad_value=None,
-                 out_scale=None):
+                 out_scale=None, code_floor=None):
         """``floor``: a float max pool's value for a window with no number (default -inf,
         TF's GPU kernels; an activation moved before the pool changes it). ``pad_value``: a
         max pool's explicit pads hold this value, as if a constant pad had written it
         (passes/pad_folding folds a zero pad into the pool), rather than being skipped.
         ``out_scale``: a float max pool whose INT8 readers take its output as int8 of this
         scale (quantization._requantize_pools) stores ``q_int8(max * (1 / out_scale))``, the
-        quantization those readers would have applied on load (cuda_source_quant)."""
+        quantization those readers would have applied on load (cuda_source_quant).
+        ``code_floor``: an int8 max pool of codes whose producer stored NaN below them
+        (quantization.NAN_CODE) raises its result to this (-127: a window of NaN only)."""
         nsp = len(x_shape) - 2
         sp, osp, c = x_shape[1:-1], out_shape[1:-1], x_shape[-1]
         fl = np.dtype(dtype).kind == "f"
@@ -179,7 +181,12 @@ class PoolSource:
             raise ValueError(f"a requantizing pool is a float max pool with an int8 output, "
                              f"not a {mode} pool of {dtype} -> {out_dtype}")
         V = 16 // np.dtype(dtype).itemsize
-        if not (fl and (dtype == out_dtype or out_scale is not None) and c % V == 0 and V > 1):
+        # 16-byte loads: float pools (to their dtype or requantized), and int8 max pools of
+        # codes (an INT8 model's MaxPool after a stem that stores int8, builder.py)
+        i8max = np.dtype(dtype) == np.int8 and np.dtype(out_dtype) == np.int8 and \
+            mode == "max" and pad_value is None
+        if not ((fl and (dtype == out_dtype or out_scale is not None) or i8max) and
+                c % V == 0 and V > 1):
             V = 1
         cv = c // V
         self.work = int(np.prod(out_shape, dtype=np.int64)) // V
@@ -197,7 +204,7 @@ class PoolSource:
                 ("(1.f/0.f)" if floor > 0 else "(0.f/0.f)")
         if not fl:
             init = str(np.iinfo(np.dtype(dtype)).min) if is_max else "0"
-        acc_t = "float" if fl else "long long"
+        acc_t = "float" if fl else ("int" if i8max else "long long")
         ct = ctype(dtype)
         lines.append(f"{acc_t} acc[{V}]; int cnt = 0;")
         lines.append(f"#pragma unroll\nfor (int v = 0; v < {V}; ++v) acc[v] = {init};")
@@ -239,6 +246,10 @@ class PoolSource:
         lines.append("    }\n  }")
         lines += loops
         res = "acc[v]" if is_max else "acc[v] / (float)(cnt > 0 ? cnt : 1)"
+        if code_floor is not None:
+            if not i8max:
+                raise ValueError("a code floor belongs to an int8 max pool")
+            res = f"(acc[v] < {int(code_floor)} ? {int(code_floor)} : acc[v])"
         store = store_expr(out_dtype, res)
         helpers = ""
         if out_scale is not None:

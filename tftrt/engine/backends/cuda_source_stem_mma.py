@@ -65,6 +65,8 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
+from tftrt.engine import quantization as Q
+from tftrt.engine.backends import cuda_source_quant as S
 from tftrt.engine.backends import cuda_source_stem as ST
 from tftrt.engine.backends.cuda_source import (PRELUDE, _dw_epilogue, conv_kernel_params,
                                                ctype)
@@ -108,6 +110,18 @@ __device__ __forceinline__ void ldsm_x2(unsigned* r, const unsigned short* p) {
   const unsigned a = (unsigned)__cvta_generic_to_shared(p);
   asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];"
                : "=r"(r[0]), "=r"(r[1]) : "r"(a)); }
+"""
+
+
+# An int8 store (out_scale): two codes of a channel pair as 2 bytes, the low byte the lower
+# channel; q_int8 is cuda_source_quant's (round half to even, +-127, NaN -> 0).
+# A NaN result is stored as ``nan`` (quantization.NAN_CODE: below every code, for the max
+# pool after the stem).
+Q_HELPERS = S.INT8_HELPERS + r"""
+__device__ __forceinline__ unsigned short pack_q2(float lo, float hi, float inv, int nan) {
+  const unsigned a = (unsigned char)(lo != lo ? nan : q_int8(__fmul_rn(lo, inv)));
+  const unsigned b = (unsigned char)(hi != hi ? nan : q_int8(__fmul_rn(hi, inv)));
+  return (unsigned short)(a | (b << 8)); }
 """
 
 
@@ -187,7 +201,10 @@ class StemMmaSource:
     Args:
       x_shape, out_shape: NHWC shapes of x and y.
       k_hw, strides, pads: the filter's (kh, kw), (sh, sw) and pads (top, left, ...).
-      in_dtype, out_dtype: float16 / float32 x; float16 y.
+      in_dtype, out_dtype: float16 / float32 x; float16 y, or int8 y with ``out_scale``: the
+        codes ``q_int8(v * (1 / out_scale))`` of the epilogue's float32 result v, as
+        cuda_source_quant rounds them, a NaN v as ``nan_code`` (an INT8 model's stem feeding
+        a max pool whose readers are INT8 layers: quantization.absorb_pool_requantization).
       epilogue: the layer's epilogue; operand_modes: layer input index -> ("vec" | "full",
         dtype) of each epilogue operand (per output channel, or of y's shape).
       mt: m-tiles (16 pixels) a warp takes per block tile.
@@ -210,16 +227,20 @@ class StemMmaSource:
 
     def __init__(self, x_shape, k_hw, strides, pads, out_shape, in_dtype: str, out_dtype: str,
                  epilogue: Sequence[dict], operand_modes: Dict[int, Tuple[str, str]],
-                 mt: int = MT, max_blocks=None, ldsm=None, stage=None):
+                 mt: int = MT, max_blocks=None, ldsm=None, stage=None, out_scale=None,
+                 nan_code: int = 0):
         n, h, w, cin, ho, wo, cout, kh, kw, sh, sw, ph, pw = ST.conv_geometry(
             x_shape, out_shape, k_hw, strides, pads)
         self.in_dtype, self.out_dtype = np.dtype(in_dtype).name, np.dtype(out_dtype).name
         if self.in_dtype not in _FLOATS:
             raise ValueError(f"the tensor-core stem kernel takes float16 / float32 x, not "
                              f"{self.in_dtype}")
-        if self.out_dtype != "float16":
-            raise ValueError(f"the tensor-core stem kernel writes float16 y only, not "
-                             f"{self.out_dtype} (its staging buffer and stores are float16)")
+        if (self.out_dtype, out_scale is not None) not in (("float16", False), ("int8", True)):
+            raise ValueError(f"the tensor-core stem kernel writes float16 y, or int8 codes of "
+                             f"an output scale; not {self.out_dtype}"
+                             f"{' with a scale' if out_scale is not None else ''}")
+        self.out_scale = None if out_scale is None else float(np.float32(out_scale))
+        self.nan_code = int(nan_code)  # an int8 store's code for NaN (0: q_int8's)
         self.k = kh * kw * cin
         self.kp = padded_k(self.k)
         if self.kp > MAX_K:
@@ -378,6 +399,13 @@ class StemMmaSource:
         n-tile, the two rows of C_FRAG, each a pair of adjacent channels in one word."""
         cout = self.dims["cout"]
         epi = "\n              ".join(_dw_epilogue(epilogue, operand_modes, "a_", ""))
+        # float16: a channel pair is a word of the staging row; int8: a 2-byte code pair at
+        # the same index in halves (the row's first bytes)
+        store = ("stg[(g + {ro}) * SW + 4 * j + t] = pack_h2(o0, o1);"
+                 if self.out_scale is None else
+                 f"reinterpret_cast<unsigned short*>(stg + (g + {{ro}}) * SW)[4 * j + t] = "
+                 f"pack_q2(o0, o1, {S.float_literal(Q.inv_scale(self.out_scale))}, "
+                 f"{self.nan_code});")
         rows: Dict[int, List[Tuple[int, int]]] = {}
         for r, (ro, co) in enumerate(C_FRAG):
             rows.setdefault(ro, []).append((r, co))
@@ -398,7 +426,7 @@ class StemMmaSource:
             float o0, o1;
             {vals[0]}
             {vals[1]}
-            stg[(g + {ro}) * SW + 4 * j + t] = pack_h2(o0, o1);
+            {store.format(ro=ro)}
           }}""")
         return "\n          ".join(out)
 
@@ -407,7 +435,13 @@ class StemMmaSource:
         ``c0`` of y: 16-byte stores where y is aligned to them, else 4 or 2 bytes."""
         cout = self.dims["cout"]
         ways = []
-        for ty, per in (("uint4", 8), ("unsigned", 2), ("unsigned short", 1)):
+        vecs = (("uint4", 8), ("unsigned", 2), ("unsigned short", 1))
+        if self.out_scale is not None:  # int8: 16 codes a uint4 where every row and chunk
+            # start is 16-byte aligned with y, else 4 a word (Cout is a multiple of 8)
+            vecs = (("uint4", 16), ("unsigned", 4), ("unsigned char", 1))
+            if cout % 16 or any(c0 % 16 or cw % 16 for c0, cw in chunks(cout)):
+                vecs = (("unsigned", 4), ("unsigned", 4), ("unsigned char", 1))
+        for ty, per in vecs:
             ways.append(f"""{{
           #pragma unroll 4
           for (int v = lane; v < rows * (CW / {per}); v += {LANES}) {{
@@ -476,7 +510,7 @@ class StemMmaSource:
         patch_ptr = (f"  unsigned short* pat = reinterpret_cast<unsigned short*>(patch4) + "
                      f"warp * {pp};\n") if self.stage else ""
         stage_src = self._stage_patch(it) if self.stage else ""
-        return PRELUDE + MMA_HELPERS + f"""
+        return PRELUDE + MMA_HELPERS + (Q_HELPERS if self.out_scale is not None else "") + f"""
 extern "C" __global__ void __launch_bounds__({self.threads}) {KERNEL}({params}) {{
   constexpr int SW = {sw};  // words of a staging row
   __shared__ uint4 bsm4[{cout * kps // 8}];
@@ -531,7 +565,11 @@ def layer_params(net, layer) -> dict:
     if any(int(d) != 1 for d in layer.attrs.get("dilations", (1, 1))):
         raise ValueError(f"the tensor-core stem kernel takes dilation 1, not "
                          f"{list(layer.attrs['dilations'])}")
-    return ST.layer_params(net, layer)
+    params = ST.layer_params(net, layer)
+    if layer.attrs.get("output_scale") is not None:  # int8 codes (module doc)
+        params["out_scale"] = layer.attrs["output_scale"]
+        params["nan_code"] = int(layer.attrs.get("output_nan_code", 0))
+    return params
 
 
 def unsupported(net, layer):

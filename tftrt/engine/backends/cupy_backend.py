@@ -263,7 +263,12 @@ def make_impl(net: Network, layer: Layer, weights: Dict[str, Any], opts: dict,
             f"tactic applied (cuDNN: {_lazy()[0].cudnn_unavailable_reason() or 'available'})")
     from tftrt.engine.backends.cupy_layers import signature
     errors = []
+    # a float layer storing int8 codes (attrs["output_scale"]): only what writes them
+    int8_store = "quant" not in layer.attrs and layer.attrs.get("output_scale") is not None
     for cls in chain:
+        if int8_store and not getattr(cls, "int8_store", False):
+            errors.append(f"{cls.__name__}: does not store int8 codes")
+            continue
         try:
             impl = cls(net, layer, weights, opts)
         except GpuTimeout:
@@ -432,6 +437,12 @@ class CupyBackend(Backend):
         for a network with enough convolutions to use them (cupy_prefetch.start_workers)."""
         from tftrt.engine.backends import cupy_prefetch
         cupy_prefetch.start_workers(net)
+
+    def stores_int8(self, net: Network, layer: Layer) -> bool:
+        """Whether the implementation of ``layer``'s chosen tactic can store its float result
+        as int8 codes (quantization.absorb_pool_requantization): ``stem_mma``'s can."""
+        return layer.kind == "conv" and layer.tactic == "stem_mma" and \
+            "quant" not in layer.attrs
 
     def accepts_layer(self, net: Network, layer: Layer) -> bool:
         """Whether a fused layer a late pass proposes runs well here (passes/__init__.py):

@@ -714,7 +714,8 @@ class Pool(Impl):
                                    a["mode"], a["kernel"], a["strides"], a["dilations"],
                                    a["pads"], a["count_include_pad"],
                                    _dtype(net, layer.inputs[0]), _dtype(net, layer.outputs[0]),
-                                   floor, a.get("pad_value"), a.get("output_scale"))
+                                   floor, a.get("pad_value"), a.get("output_scale"),
+                                   a.get("code_floor"))
 
     def run(self, ins, outs, ws):
         self.kernel(ins[0], outs[0])

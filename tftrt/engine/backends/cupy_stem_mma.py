@@ -23,7 +23,10 @@ from tftrt.engine.backends.cupy_layers import Impl
 
 class StemMma(Impl):
     """A convolution as ``stem_mma``. Raises ValueError for a layer the kernel does not take
-    (``layer_params``, ``StemMmaSource``)."""
+    (``layer_params``, ``StemMmaSource``). Writes int8 codes for a layer with an
+    ``output_scale`` (an INT8 model's stem before its int8 max pool, builder.py)."""
+
+    int8_store = True  # cupy_backend.make_impl: the implementations an int8 store may use
 
     def __init__(self, net, layer, weights, opts):
         super().__init__(net, layer, weights, opts)

@@ -72,6 +72,12 @@ class NumpyBackend(Backend):
     def to_numpy(self, array) -> np.ndarray:
         return np.asarray(array)
 
+    def stores_int8(self, net: Network, layer: Layer) -> bool:
+        """Whether ``layer`` can store its float result as int8 codes
+        (quantization.absorb_pool_requantization): any float conv here (:func:`_conv`), so
+        CPU engines plan what GPU engines whose stem runs ``stem_mma`` plan."""
+        return layer.kind == "conv" and "quant" not in layer.attrs
+
     def accepts_layer(self, net: Network, layer: Layer) -> bool:
         """Every fused layer a late pass proposes (``attention``, ``se``) runs here."""
         return True
@@ -176,6 +182,22 @@ def _quantized_gemm(net, layer, weights):
 def _conv(net, layer, weights):
     if "quant" in layer.attrs:
         return _quantized_gemm(net, layer, weights)
+    if layer.attrs.get("output_scale") is not None:  # int8 codes of its float32 result
+        inv = Q.inv_scale(layer.attrs["output_scale"])
+        nan_code = layer.attrs.get("output_nan_code")
+        body = _float_conv(net, layer, weights)
+
+        def coded(ins):
+            y = np.asarray(body(ins)[0], np.float32)
+            q = Q.quantize_int8(y, inv)
+            if nan_code is not None:
+                q[np.isnan(y)] = nan_code
+            return [q]
+        return coded
+    return _float_conv(net, layer, weights)
+
+
+def _float_conv(net, layer, weights):
     a = layer.attrs
     k = list(net.tensors[layer.inputs[1]].shape[1:-1])
     st, dil, pads, g = a["strides"], a["dilations"], a["pads"], a["group"]
@@ -256,6 +278,11 @@ def _pool(net, layer, weights):
             ins[0], a["mode"], a["kernel"], a["strides"], a["dilations"], a["pads"],
             a["ceil_mode"], a["count_include_pad"], out_sp, fdt, a.get("floor_program"),
             a.get("pad_value")), inv)]
+    if "code_floor" in a:  # int8 codes with NaN below them (quantization.NAN_CODE)
+        return lambda ins: [np.maximum(ops.pool(
+            ins[0], a["mode"], a["kernel"], a["strides"], a["dilations"], a["pads"],
+            a["ceil_mode"], a["count_include_pad"], out_sp, y.dtype), a["code_floor"]).astype(
+                np.int8)]
     return lambda ins: [ops.pool(ins[0], a["mode"], a["kernel"], a["strides"], a["dilations"],
                                  a["pads"], a["ceil_mode"], a["count_include_pad"], out_sp,
                                  y.dtype, a.get("floor_program"), a.get("pad_value"))]
