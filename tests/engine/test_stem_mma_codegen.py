@@ -27,6 +27,7 @@ from tests.engine.test_dw_codegen import THREAD_SHIMS, _build, _epilogue_spec, _
 from tests.engine.test_stem_codegen import _reference
 from tftrt.engine.backends import cuda_source as C
 from tftrt.engine.backends import cuda_source_stem_mma as SM
+from tftrt.engine.errors import EngineBuildError
 
 # (x shape, (kh, kw), (sh, sw), pads (top, left, bottom, right), Cout, x dtype, y dtype,
 #  epilogue, y offset in elements (16-byte stores at 0 and 8, 4-byte at 2, 2-byte at 1),
@@ -590,3 +591,50 @@ def test_kernels_compile_for_sm90_without_spills(tmp_path):
         print(f"[stem_mma] {named[int(k)][0]}: {regs} registers, {spills} bytes spilled")
         assert int(smem) == named[int(k)][1].smem_bytes, (named[int(k)][0], smem)
     assert not any(int(s) for _, s, _, _ in found), r.stderr[-4000:]
+
+
+def test_only_implementations_that_store_int8_take_a_layer_storing_codes(monkeypatch):
+    """make_impl: a float layer with an ``output_scale`` (a stem storing its max pool's
+    codes, a pool storing its readers') goes only to implementations that store int8
+    (``int8_store``): the tactic's chain skips the others, saying why, and fails when none
+    does -- a cuDNN conv would write its float results into the int8 tensor."""
+    import sys
+    import types
+    from tftrt.engine.backends import cupy_backend
+    # make_impl records the workspace under cupy_layers.signature (CuPy is not needed here)
+    monkeypatch.setitem(sys.modules, "tftrt.engine.backends.cupy_layers", types.SimpleNamespace(
+        signature=lambda net, layer: layer.name))
+    monkeypatch.setattr(cupy_backend, "_WORKSPACE", {})
+
+    class Stores:
+        int8_store = True
+        workspace = 0
+
+        def __init__(self, net, layer, weights, opts):
+            pass
+
+    class Floats(Stores):
+        int8_store = False
+
+    monkeypatch.setattr(cupy_backend, "impl_table", lambda: {
+        "conv": {"stem_mma": (Floats, Stores), "cudnn": (Floats,)},
+        "pool": {"default": (Stores,)}})
+    net, conv = _conv_layer()
+    conv.tactic = "stem_mma"
+    assert type(cupy_backend.make_impl(net, conv, {}, {})) is Floats  # float output
+    conv.attrs["output_scale"] = 0.05
+    impl = cupy_backend.make_impl(net, conv, {}, {})
+    assert type(impl) is Stores and "Floats: does not store int8 codes" in impl.fallback
+    conv.tactic = "cudnn"
+    with pytest.raises(EngineBuildError, match="does not store int8 codes"):
+        cupy_backend.make_impl(net, conv, {}, {})
+    pool = net.add_layer("pool", [conv.outputs[0]], ["p"], {"output_scale": 0.05})
+    pool.tactic = "default"
+    assert type(cupy_backend.make_impl(net, pool, {}, {})) is Stores
+    # the real implementations that store codes say so: the pool, stem_mma
+    import pathlib
+    import re as re_
+    root = pathlib.Path(cupy_backend.__file__).parent
+    for path, cls in (("cupy_layers.py", "Pool"), ("cupy_stem_mma.py", "StemMma")):
+        body = (root / path).read_text().split(f"class {cls}(Impl):")[1].split("\nclass ")[0]
+        assert re_.search(r"^    int8_store = True", body, re_.M), cls

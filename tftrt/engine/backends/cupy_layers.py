@@ -702,6 +702,8 @@ class Pointwise(Impl):
 
 
 class Pool(Impl):
+    int8_store = True  # a float max pool's int8 codes (quantization._requantize_pools)
+
     def __init__(self, net, layer, weights, opts):
         super().__init__(net, layer, weights, opts)
         a = layer.attrs
