@@ -141,6 +141,8 @@ def bench_engine(model_name, precision, batches, net_dir, profile_batches=()):
                "arena_mb": round(ctx._impl.device_bytes / 2 ** 20, 1)}
         if "timed_precision" in engine.build_info:  # TFTRT_QUANT_TIMED_PRECISION=1
             row["timed_precision"] = engine.build_info["timed_precision"]
+        if engine.build_info.get("tactic_failures"):  # candidates skipped when timed
+            row["tactic_failures"] = engine.build_info["tactic_failures"]
         gb = info["input_shape"][0]
         if batch >= gb and info["segments"] == 1:
             # The golden batch, tiled to this batch: the first rows are checked.

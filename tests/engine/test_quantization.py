@@ -360,7 +360,7 @@ def test_the_stem_stores_the_int8_codes_of_its_max_pool(monkeypatch, dtype):
     result instead of its float16 storage (close; one step apart at most per code)."""
     monkeypatch.delenv("TFTRT_QUANTIZE_STEM", raising=False)
     monkeypatch.delenv("TFTRT_INT8_POOL", raising=False)
-    monkeypatch.delenv("TFTRT_INT8_POOL_PRODUCER", raising=False)
+    monkeypatch.setenv("TFTRT_INT8_POOL_PRODUCER", "1")
     rng = np.random.RandomState(11)
     x_shape = (2, 9, 9, 3)
     net = _pool_net(x_shape, rng)
@@ -401,7 +401,7 @@ def test_the_pool_quantizes_where_its_producer_cannot(monkeypatch, case):
     input element (ceil mode, pads as large as the kernel: an empty window's float answer
     has no code), or where something else reads the producer's output."""
     monkeypatch.delenv("TFTRT_INT8_POOL", raising=False)
-    monkeypatch.delenv("TFTRT_INT8_POOL_PRODUCER", raising=False)
+    monkeypatch.setenv("TFTRT_INT8_POOL_PRODUCER", "1")
     if case == "INT8 stem":
         monkeypatch.setenv("TFTRT_QUANTIZE_STEM", "1")
     else:

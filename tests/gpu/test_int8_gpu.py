@@ -407,7 +407,7 @@ def test_a_stem_on_stem_mma_stores_the_int8_codes_of_its_max_pool(monkeypatch):
     from tftrt.engine.backends import cupy_stem_mma as CSM
     monkeypatch.delenv("TFTRT_QUANTIZE_STEM", raising=False)
     monkeypatch.delenv("TFTRT_INT8_POOL", raising=False)
-    monkeypatch.delenv("TFTRT_INT8_POOL_PRODUCER", raising=False)
+    monkeypatch.setenv("TFTRT_INT8_POOL_PRODUCER", "1")
     rng = np.random.RandomState(22)
     model, shape = _stem_pool_model(rng)
     x = rng.randn(*shape).astype(F32)

@@ -204,14 +204,15 @@ def build_engine(model_or_network: Union[onnx.ModelProto, Network],
     else:
         weights = {k: backend.upload(v) for k, v in net.weights.items()}
     phases.done("upload")
-    timings = _tactics(net, backend, weights, config, config.tactic_choices)
+    failures: Dict[str, Dict[str, str]] = {}
+    timings = _tactics(net, backend, weights, config, config.tactic_choices, failures)
     phases.done("tactics")
     engine = _finish(net, backend, precision, weights, config.to_json(), config)
     phases.done("finish")
     engine.build_info = {"seconds": time.perf_counter() - t0, "tactic_timings": timings,
                          "timed_layers": len(timings),
                          "reused_tactics": config.tactic_choices is not None,
-                         "phases": phases.seconds}
+                         "tactic_failures": failures, "phases": phases.seconds}
     log.info("built engine %s: %d layers, %s, %d arena bytes in %.2fs", net.name,
              len(net.layers), precision, engine.memory.arena_bytes, engine.build_info["seconds"])
     # (not for another shape of a profile, tactic_choices given: it follows its opt engine)
@@ -402,16 +403,19 @@ def _timed_precision(model_or_network, input_shapes, config: BuilderConfig, engi
 
 
 def _tactics(net: Network, backend, weights: Dict[str, Any], config: BuilderConfig,
-             choices: Optional[Dict[str, dict]]) -> Dict[str, dict]:
+             choices: Optional[Dict[str, dict]],
+             failures: Optional[Dict[str, Dict[str, str]]] = None) -> Dict[str, dict]:
     """Chooses every layer's tactic (timed through ``config.timing_cache``, taken from
     ``choices``, or the first applicable one with tactic_timing off) and has the backend
     prefetch the library plans: every candidate's before they are timed, else the chosen
-    tactics' before _finish prepares the layers. Returns the timings."""
+    tactics' before _finish prepares the layers. Returns the timings; ``failures`` gets the
+    candidates that failed when timed (choose_tactics)."""
     tuning = config.tactic_timing and choices is None
     if tuning:  # candidates' library plans made in parallel before they are timed here
         _hook(backend, "prefetch", net)
     if config.tactic_timing or choices is not None:  # choices: nothing timed
-        timings = choose_tactics(net, backend, weights, config.timing_cache, choices=choices)
+        timings = choose_tactics(net, backend, weights, config.timing_cache, choices=choices,
+                                 failures=failures)
     else:
         timings = _first_tactics(net, backend)
     if not tuning:
@@ -545,9 +549,10 @@ def build_engine_from_template(template, input_shapes: Dict[str, Sequence[int]],
         backend.set_build_options(allow_tf32=config.allow_tf32, precision=opt_engine.precision)
     net = template.network_for(input_shapes)
     timings: Dict[str, dict] = {}
+    failures: Dict[str, Dict[str, str]] = {}
     if tune:  # as a full build chooses, from the template's network without the opt's
         _untuned(net)
-        timings = _tactics(net, backend, opt_engine.weights, config, None)
+        timings = _tactics(net, backend, opt_engine.weights, config, None, failures)
     else:
         source = choices_from if choices_from is not None else opt_engine
         choices = {l.name: layer_choice(l) for l in source.network.layers}
@@ -563,6 +568,7 @@ def build_engine_from_template(template, input_shapes: Dict[str, Sequence[int]],
         _hook(backend, "record_choices", engine.network)
     engine.build_info = {"seconds": time.perf_counter() - t0, "tactic_timings": timings,
                          "timed_layers": len(timings), "reused_tactics": not tune,
+                         "tactic_failures": failures,
                          "from_template": True, "quick": quick, "tuned": tune}
     log.info("engine %s for %s from its profile's optimized network in %.3fs", net.name,
              {k: tuple(v) for k, v in input_shapes.items()}, engine.build_info["seconds"])

@@ -214,7 +214,8 @@ def layer_choice(layer: Layer) -> dict:
 
 def choose_tactics(net: Network, backend, weights: Dict[str, object],
                    cache: Optional[TimingCache] = None, repeats: int = 2,
-                   choices: Optional[Dict[str, dict]] = None) -> Dict[str, dict]:
+                   choices: Optional[Dict[str, dict]] = None,
+                   failures: Optional[Dict[str, Dict[str, str]]] = None) -> Dict[str, dict]:
     """Sets ``layer.tactic`` for every layer of ``net`` (in place; ``net`` is the builder's
     own copy). Returns {layer name: {tactic: seconds}} for the layers that were timed.
 
@@ -225,6 +226,10 @@ def choose_tactics(net: Network, backend, weights: Dict[str, object],
         name and kind takes its private attributes (the backend's sub-choices) and its tactic
         when that applies here, else a cached choice for its signature, else its first
         candidate.
+      failures: filled with {layer name: {tactic: error}} for the candidates that applied
+        but failed when timed (skipped: another one runs the layer). Why: a skipped
+        ``stem_mma`` left ResNet50's stem on cuDNN, 1.7x slower, with nothing said but a
+        debug line (s40, H100).
     """
     from tftrt import progress  # standard library only: the engine stays TensorFlow-free
     timings: Dict[str, dict] = {}
@@ -271,7 +276,11 @@ def choose_tactics(net: Network, backend, weights: Dict[str, object],
             except GpuTimeout:
                 raise
             except Exception as e:  # a failing candidate is skipped, never fatal
-                log.debug("tactic %s failed on %s: %s", c.name, layer.name, e)
+                log.info("tactic %s failed on %s: %s: %s", c.name, layer.name,
+                         type(e).__name__, e)
+                if failures is not None:
+                    failures.setdefault(layer.name, {})[c.name] = \
+                        f"{type(e).__name__}: {e}"[:300]
         if not times:
             layer.tactic = cands[0].name
             continue
