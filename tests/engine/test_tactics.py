@@ -103,6 +103,56 @@ def test_a_failing_candidate_is_skipped(monkeypatch, caplog):
     assert ok.build_info["tactic_failures"] == {}
 
 
+def test_a_candidate_that_failed_is_tried_again_by_later_builds(monkeypatch, tmp_path):
+    """A cached choice made while a candidate failed records the failure; the next builds
+    that hit it time that candidate alone, up to FAILED_RETRIES times: a failure that passed
+    (gemm_1x1 here, the faster one) takes over the choice and the cache, one that stays is
+    given up (not timed again). Timings are fixed per tactic: gemm_1x1 1 ms, im2col 2 ms."""
+    import tftrt.engine.tactics as tactics
+    state = {"fail": True, "timed": []}
+
+    def fake(backend, runner, inputs, repeats, what="a layer"):
+        name = "gemm_1x1" if "'gemm_1x1'" in what else "im2col_gemm"
+        state["timed"].append(name)
+        if name == "gemm_1x1" and state["fail"]:
+            raise RuntimeError("out of memory")
+        return {"gemm_1x1": 1e-3, "im2col_gemm": 2e-3}[name]
+    monkeypatch.setattr(tactics, "_time_runner", fake)
+    model = _pointwise_conv_model()
+    path = str(tmp_path / "cache.json")
+
+    def build():
+        cache = TimingCache(path)
+        state["timed"] = []
+        engine = build_engine(model, {"x": (2, 6, 6, 8)}, BuilderConfig(timing_cache=cache))
+        cache.save()
+        (entry,) = cache.entries.values()
+        return engine.network.layers[0].tactic, entry, list(state["timed"])
+
+    tactic, entry, timed = build()
+    assert tactic == "im2col_gemm" and timed == ["im2col_gemm", "gemm_1x1"]
+    assert entry["failed"] == ["gemm_1x1"] and entry["retries"] == 0
+    tactic, entry, timed = build()  # still failing: tried again, alone
+    assert tactic == "im2col_gemm" and timed == ["gemm_1x1"] and entry["retries"] == 1
+    state["fail"] = False  # the failure passed: the faster tactic takes over
+    tactic, entry, timed = build()
+    assert tactic == "gemm_1x1" and timed == ["gemm_1x1"]
+    assert entry == {"tactic": "gemm_1x1", "seconds": 1e-3}
+    tactic, entry, timed = build()
+    assert tactic == "gemm_1x1" and timed == []  # a plain hit now
+    # a failure that stays is given up after FAILED_RETRIES tries
+    import os
+    os.remove(path)
+    state["fail"] = True
+    for k in range(tactics.FAILED_RETRIES + 2):
+        tactic, entry, timed = build()
+        assert tactic == "im2col_gemm"
+        want = (["im2col_gemm", "gemm_1x1"] if k == 0 else
+                ["gemm_1x1"] if k <= tactics.FAILED_RETRIES else [])
+        assert timed == want, (k, timed)
+    assert entry["retries"] == tactics.FAILED_RETRIES
+
+
 def test_a_gpu_timeout_stops_the_build_with_its_message(monkeypatch):
     """A timing run that never finishes means a stuck GPU: the build fails with the message
     instead of trying the next candidate (which would wait on the same GPU)."""

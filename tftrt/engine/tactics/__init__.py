@@ -28,7 +28,7 @@ import logging
 import os
 import threading
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from tftrt.engine.errors import GpuTimeout
 from tftrt.engine.network import Layer, Network
@@ -127,6 +127,12 @@ class TimingCache:
         return f"{backend}|{device}|" + json.dumps(sig, sort_keys=True, default=str)
 
     def get(self, key: str) -> Optional[str]:
+        e = self.entry(key)
+        return e["tactic"] if e else None
+
+    def entry(self, key: str) -> Optional[dict]:
+        """The stored choice of ``key``: {"tactic", "seconds"}, and when candidates failed
+        as it was timed, "failed" (their names) and "retries" (:data:`FAILED_RETRIES`)."""
         with self._lock:
             e = self.entries.get(key)
         if e is None and self.store is not None:
@@ -136,10 +142,13 @@ class TimingCache:
             with self._lock:
                 self.entries[key] = e
                 self._trim()
-        return e["tactic"] if e else None
+        return e
 
-    def put(self, key: str, tactic: str, seconds: float) -> None:
+    def put(self, key: str, tactic: str, seconds: float,
+            failed: Optional[Sequence[str]] = None, retries: int = 0) -> None:
         entry = {"tactic": tactic, "seconds": seconds}
+        if failed:
+            entry.update(failed=sorted(failed), retries=int(retries))
         with self._lock:
             self.entries[key] = entry
         if self.store is not None:
@@ -184,6 +193,34 @@ def persistent_timing_cache(backend) -> TimingCache:
         if cache is None:
             cache = _PERSISTENT[token] = TimingCache(store=store)
         return cache
+
+
+# How many later builds try again the candidates that failed when a cached choice was timed
+# (TimingCache entries' "failed"): a failure that passes (memory another engine held, a
+# compile that lost a race) must not keep a slower tactic for good in the on-disk cache; one
+# that stays is given up after this many tries, each timing those candidates only.
+FAILED_RETRIES = 2
+
+
+def _time_candidates(backend, net: Network, layer: Layer, weights, inputs, cands,
+                     repeats: int) -> Tuple[Dict[str, float], Dict[str, str]]:
+    """({tactic: seconds} of the candidates that ran, {tactic: error} of those that failed,
+    each logged at INFO); a GpuTimeout stops the build."""
+    times: Dict[str, float] = {}
+    errors: Dict[str, str] = {}
+    for c in cands:
+        layer.tactic = c.name
+        what = f"tactic {c.name!r} of layer {layer.name!r} ({layer.kind})"
+        log.debug("timing %s", what)
+        try:
+            times[c.name] = _time_runner(backend, backend.prepare_layer(net, layer, weights),
+                                         inputs, repeats, what)
+        except GpuTimeout:
+            raise
+        except Exception as e:  # a failing candidate is skipped, never fatal
+            log.info("tactic %s failed on %s: %s: %s", c.name, layer.name, type(e).__name__, e)
+            errors[c.name] = f"{type(e).__name__}: {e}"[:300]
+    return times, errors
 
 
 def _time_runner(backend, runner, inputs, repeats: int, what: str = "a layer") -> float:
@@ -254,39 +291,42 @@ def choose_tactics(net: Network, backend, weights: Dict[str, object],
             layer.tactic = chosen["tactic"]
             continue
         key = TimingCache.key(backend.name, device, net, layer) if cache is not None else None
-        hit = cache.get(key) if cache is not None else None
-        if hit and hit in names:
-            layer.tactic = hit
-            continue
+        hit = cache.entry(key) if cache is not None else None
         static = all(not i or net.tensors[i].is_static for i in layer.inputs)
+        retry = []
+        if hit and hit["tactic"] in names:
+            retry = [n for n in hit.get("failed", ()) if n in names]
+            if not retry or int(hit.get("retries", 0)) >= FAILED_RETRIES or \
+                    choices is not None or not static:
+                layer.tactic = hit["tactic"]
+                continue
         if choices is not None or not static:
             layer.tactic = cands[0].name
             continue
         inputs = [None if not i else weights[i] if i in weights else
                   backend.random_array(net.tensors[i].shape, net.tensors[i].dtype)
                   for i in layer.inputs]
-        times = {}
-        for c in cands:
-            layer.tactic = c.name
-            what = f"tactic {c.name!r} of layer {layer.name!r} ({layer.kind})"
-            log.debug("timing %s", what)
-            try:
-                times[c.name] = _time_runner(backend, backend.prepare_layer(net, layer, weights),
-                                             inputs, repeats, what)
-            except GpuTimeout:
-                raise
-            except Exception as e:  # a failing candidate is skipped, never fatal
-                log.info("tactic %s failed on %s: %s: %s", c.name, layer.name,
-                         type(e).__name__, e)
-                if failures is not None:
-                    failures.setdefault(layer.name, {})[c.name] = \
-                        f"{type(e).__name__}: {e}"[:300]
+        timed = [c for c in cands if not retry or c.name in retry]
+        times, errors = _time_candidates(backend, net, layer, weights, inputs, timed, repeats)
+        if failures is not None and errors:
+            failures[layer.name] = dict(errors)
+        margins = {c.name: c.margin for c in cands}
+        if retry:  # a cached choice some candidates failed to challenge: they try again
+            layer.tactic = fastest({**times, hit["tactic"]: float(hit["seconds"])}, margins)
+            log.info("layer %s: %s, which failed when its choice was timed, %s; keeps %s",
+                     layer.name, ", ".join(retry), "ran" if times else "failed again",
+                     layer.tactic)
+            timings[layer.name] = times
+            best = times.get(layer.tactic, float(hit["seconds"]))
+            cache.put(key, layer.tactic, best, failed=list(errors),
+                      retries=int(hit.get("retries", 0)) + 1)
+            continue
         if not times:
             layer.tactic = cands[0].name
             continue
-        layer.tactic = fastest(times, {c.name: c.margin for c in cands})
+        layer.tactic = fastest(times, margins)
         timings[layer.name] = times
         if cache is not None:
-            cache.put(key, layer.tactic, times[layer.tactic])
+            cache.put(key, layer.tactic, times[layer.tactic], failed=list(errors))
     progress.activity("")
     return timings
