@@ -58,5 +58,6 @@ for model in ${MODELS:-resnet50_int8 encoder_int8}; do
     echo "== $model $name ($envs): rc $?"
     grep -E "tftrt  |quantized x" "$log" | head -12
     grep -oE '"timed_precision": \{[^}]*\}' "$log" | cut -c1-400
+    grep -oE '"tactic_failures": \{.{0,300}' "$log" | head -2  # candidates skipped when timed
   done
 done
