@@ -190,30 +190,55 @@ def amax_percentile(h: TensorHistogram, percentile: float = DEFAULT_PERCENTILE) 
 
 def entropy_divergences(counts: np.ndarray, levels: int = LEVELS,
                         start: int = START_BIN) -> List[Tuple[int, float]]:
-    """(i, KL(P_i || Q_i)) for every candidate cut i in [start, len(counts)] (module doc)."""
-    counts = np.asarray(counts, np.float64)
-    out = []
-    for i in range(start, len(counts) + 1):
-        p = counts[:i].copy()
-        p[i - 1] += counts[i:].sum()
-        nonzero = p > 0
-        if not nonzero.any():
-            continue
-        # Merge the i bins into `levels` groups of i // levels bins (the last takes the rest),
-        # then spread each group's total evenly over its non-empty bins of P.
-        per = i // levels
-        group = np.minimum(np.arange(i) // per, levels - 1)
-        sums = np.bincount(group, weights=counts[:i], minlength=levels)
-        filled = np.bincount(group, weights=nonzero.astype(np.float64), minlength=levels)
-        q = np.where(nonzero, sums[group] / np.maximum(filled[group], 1), 0.0)
-        ps, qs = p / p.sum(), q.sum()
-        if qs == 0:
-            continue
-        q = q / qs
-        with np.errstate(divide="ignore"):
-            kl = float(np.sum(ps[nonzero] * np.log(ps[nonzero] / q[nonzero])))
-        out.append((i, kl))
-    return out
+    """(i, KL(P_i || Q_i)) for every candidate cut i in [start, len(counts)] (module doc):
+    P_i the first i bins with the rest folded into its last; Q_i P_i's bins merged into
+    ``levels`` groups of i // levels bins (the last takes the rest), each group's count
+    (of the unfolded bins) spread evenly over its non-empty bins of P_i. Cuts where P_i or
+    Q_i is empty are left out; KL is inf where P_i has mass that Q_i lacks.
+
+    All cuts at once from prefix sums (start >= levels): with p's total T, KL = (sum p log
+    p) / T - log T - (sum_g m_g log(S_g / F_g)) / T + log(sum of S_g over groups with a
+    non-empty bin), S_g, F_g and m_g a group's count, non-empty bins of P and mass of P. A
+    loop over the cuts took 47 ms a tensor of 2048 bins, ~6 s of ResNet50's calibration."""
+    c = np.asarray(counts, np.float64)
+    n = len(c)
+    if n < max(start, 1) or start < levels:
+        if start < levels:
+            raise ValueError(f"entropy cuts start at {levels} bins at least, not {start}")
+        return []
+    cuts = np.arange(start, n + 1)
+    nz = c > 0
+    csum = np.concatenate([[0.0], np.cumsum(c)])
+    nzsum = np.concatenate([[0], np.cumsum(nz)])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        clogc = np.concatenate([[0.0], np.cumsum(np.where(nz, c * np.log(np.where(nz, c, 1)),
+                                                          0.0))])
+        total = csum[n]
+        tail = total - csum[cuts]                  # the bins folded into the last
+        p_last = c[cuts - 1] + tail
+        last_nz = p_last > 0
+        plogp = clogc[cuts - 1] + np.where(last_nz, p_last * np.log(np.where(last_nz, p_last,
+                                                                             1)), 0.0)
+        per = cuts // levels
+        bounds = per[:, None] * np.arange(levels + 1)[None, :]
+        bounds[:, levels] = cuts
+        S = csum[bounds[:, 1:]] - csum[bounds[:, :-1]]
+        F = (nzsum[bounds[:, 1:]] - nzsum[bounds[:, :-1]]).astype(np.float64)
+        F[:, -1] += last_nz.astype(np.float64) - nz[cuts - 1]
+        mass = S.copy()
+        mass[:, -1] += tail
+        qs = np.where(F > 0, S, 0.0).sum(axis=1)
+        logq = np.log(S / np.maximum(F, 1.0))
+        plogq = np.where(mass > 0, mass * logq, 0.0).sum(axis=1)
+        kl = plogp / total - np.log(total) - plogq / total + np.log(qs)
+    keep = ((nzsum[cuts - 1] + last_nz) > 0) & (qs != 0)
+    kl = np.where(np.isnan(kl) | (plogq == -np.inf), np.inf, kl)
+    return [(int(i), float(v)) for i, v in zip(cuts[keep], kl[keep])]
+
+
+# Cuts whose KL divergences differ by less than this are ties (the smallest cut wins): the
+# prefix-sum form above is exact to ~1e-14, not to the last bit of a loop's.
+KL_TIE = 1e-12
 
 
 def amax_entropy(h: TensorHistogram, levels: int = LEVELS, start: int = START_BIN,
@@ -229,7 +254,7 @@ def amax_entropy(h: TensorHistogram, levels: int = LEVELS, start: int = START_BI
     if not finite:
         return h.amax
     best = min(kl for kl, _ in finite)
-    i = min(i for kl, i in finite if kl == best)
+    i = min(i for kl, i in finite if kl <= best + KL_TIE)
     return min((i + 0.5) * h.bin_width, h.amax)
 
 
