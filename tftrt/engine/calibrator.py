@@ -200,11 +200,11 @@ def entropy_divergences(counts: np.ndarray, levels: int = LEVELS,
     p) / T - log T - (sum_g m_g log(S_g / F_g)) / T + log(sum of S_g over groups with a
     non-empty bin), S_g, F_g and m_g a group's count, non-empty bins of P and mass of P. A
     loop over the cuts took 47 ms a tensor of 2048 bins, ~6 s of ResNet50's calibration."""
+    if start < levels:
+        raise ValueError(f"entropy cuts start at {levels} bins at least, not {start}")
     c = np.asarray(counts, np.float64)
     n = len(c)
-    if n < max(start, 1) or start < levels:
-        if start < levels:
-            raise ValueError(f"entropy cuts start at {levels} bins at least, not {start}")
+    if n < start:
         return []
     cuts = np.arange(start, n + 1)
     nz = c > 0

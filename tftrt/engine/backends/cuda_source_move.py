@@ -10,6 +10,8 @@ from typing import Sequence
 
 import numpy as np
 
+from tftrt.engine import quantization as Q
+from tftrt.engine.backends import cuda_source_quant as S
 from tftrt.engine.backends.cuda_source import (ctype, grid_stride_source, load_expr,
                                                store_expr)
 
@@ -253,10 +255,8 @@ class PoolSource:
         store = store_expr(out_dtype, res)
         helpers = ""
         if out_scale is not None:
-            from tftrt.engine import quantization as Q
-            from tftrt.engine.backends.cuda_source_quant import INT8_HELPERS, float_literal
-            store = f"q_int8(__fmul_rn({res}, {float_literal(Q.inv_scale(out_scale))}))"
-            helpers = INT8_HELPERS
+            store = f"q_int8(__fmul_rn({res}, {S.float_literal(Q.inv_scale(out_scale))}))"
+            helpers = S.INT8_HELPERS
         if V > 1:
             vt = {16: "uint4", 8: "uint2", 4: "unsigned"}[V * np.dtype(out_dtype).itemsize]
             lines.append(f"union {{ {vt} u; {ctype(out_dtype)} e[{V}]; }} o;")

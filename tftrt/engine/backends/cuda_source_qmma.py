@@ -476,19 +476,15 @@ class QMmaSource:
               {keep}
               (void)col; (void)cc;
             }}""")
+            head = tail = ""
             if pair_out:  # the two codes' low bytes as one 2-byte store
-                tail = ("*reinterpret_cast<unsigned short*>(stg + (g + {ro}) * SR + 8 * j + "
-                        "2 * t) = (unsigned short)prmt(q0, q1, 0x40u);").format(ro=ro)
-                out.append(f"""{{
-            {pre}unsigned q0, q1;
-            {vals[0]}
-            {vals[1]}
-            {tail}
-          }}""")
-            else:
-                out.append(f"""{{
-            {pre}{vals[0]}
-            {vals[1]}
+                head = "unsigned q0, q1;\n            "
+                tail = ("\n            *reinterpret_cast<unsigned short*>(stg + (g + {ro}) * "
+                        "SR + 8 * j + 2 * t) = (unsigned short)prmt(q0, q1, 0x40u);"
+                        ).format(ro=ro)
+            out.append(f"""{{
+            {pre}{head}{vals[0]}
+            {vals[1]}{tail}
           }}""")
         return "\n          ".join(out)
 

@@ -462,21 +462,18 @@ class StemMmaSource:
                            for ty, nm in self.params)
         kps, widest = 2 * row_words(kp), max(w for _, w in chunks(cout))
         sw = row_words(widest)
-        direct = f"""#pragma unroll
+        def k_steps(gather: str) -> str:  # the MMAs of every k step, A filled by gather
+            return f"""#pragma unroll
           for (int ks = 0; ks < {kp}; ks += 16) {{
             unsigned a[4];
-            {self._gather()}
+            {gather}
             {self._mmas()}
           }}"""
+        direct = k_steps(self._gather())
         k_loop = direct
         if self.stage:  # m-tiles in one output row read the staged patch
             k_loop = f"""if (staged) {{
-          #pragma unroll
-          for (int ks = 0; ks < {kp}; ks += 16) {{
-            unsigned a[4];
-            {self._gather_staged()}
-            {self._mmas()}
-          }}
+          {k_steps(self._gather_staged())}
         }}""" + ("" if not self.direct else f""" else {{
           {direct}
         }}""")

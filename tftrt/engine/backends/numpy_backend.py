@@ -271,21 +271,18 @@ def _pool(net, layer, weights):
     a = layer.attrs
     y = net.tensors[layer.outputs[0]]
     out_sp = list(y.shape[1:-1])
+
+    def pool(x, dtype):
+        return ops.pool(x, a["mode"], a["kernel"], a["strides"], a["dilations"], a["pads"],
+                        a["ceil_mode"], a["count_include_pad"], out_sp, dtype,
+                        a.get("floor_program"), a.get("pad_value"))
     if "output_scale" in a:  # int8 for INT8 readers (quantization._requantize_pools): the
         # float pool as its input's dtype stores it, then their quantization on load
         inv, fdt = Q.inv_scale(a["output_scale"]), net.tensors[layer.inputs[0]].dtype
-        return lambda ins: [Q.quantize_int8(ops.pool(
-            ins[0], a["mode"], a["kernel"], a["strides"], a["dilations"], a["pads"],
-            a["ceil_mode"], a["count_include_pad"], out_sp, fdt, a.get("floor_program"),
-            a.get("pad_value")), inv)]
+        return lambda ins: [Q.quantize_int8(pool(ins[0], fdt), inv)]
     if "code_floor" in a:  # int8 codes with NaN below them (quantization.NAN_CODE)
-        return lambda ins: [np.maximum(ops.pool(
-            ins[0], a["mode"], a["kernel"], a["strides"], a["dilations"], a["pads"],
-            a["ceil_mode"], a["count_include_pad"], out_sp, y.dtype), a["code_floor"]).astype(
-                np.int8)]
-    return lambda ins: [ops.pool(ins[0], a["mode"], a["kernel"], a["strides"], a["dilations"],
-                                 a["pads"], a["ceil_mode"], a["count_include_pad"], out_sp,
-                                 y.dtype, a.get("floor_program"), a.get("pad_value"))]
+        return lambda ins: [np.maximum(pool(ins[0], y.dtype), a["code_floor"]).astype(np.int8)]
+    return lambda ins: [pool(ins[0], y.dtype)]
 
 
 @kernel("reduce")

@@ -292,15 +292,17 @@ def choose_tactics(net: Network, backend, weights: Dict[str, object],
             continue
         key = TimingCache.key(backend.name, device, net, layer) if cache is not None else None
         hit = cache.entry(key) if cache is not None else None
-        static = all(not i or net.tensors[i].is_static for i in layer.inputs)
+        # timed here: not with choices (nothing is timed), nor with dynamic inputs
+        can_time = choices is None and \
+            all(not i or net.tensors[i].is_static for i in layer.inputs)
         retry = []
         if hit and hit["tactic"] in names:
-            retry = [n for n in hit.get("failed", ()) if n in names]
-            if not retry or int(hit.get("retries", 0)) >= FAILED_RETRIES or \
-                    choices is not None or not static:
+            if can_time and int(hit.get("retries", 0)) < FAILED_RETRIES:
+                retry = [n for n in hit.get("failed", ()) if n in names]
+            if not retry:
                 layer.tactic = hit["tactic"]
                 continue
-        if choices is not None or not static:
+        if not can_time:
             layer.tactic = cands[0].name
             continue
         inputs = [None if not i else weights[i] if i in weights else
