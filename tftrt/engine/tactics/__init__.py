@@ -315,7 +315,7 @@ def choose_tactics(net: Network, backend, weights: Dict[str, object],
         margins = {c.name: c.margin for c in cands}
         if retry:  # a cached choice some candidates failed to challenge: they try again
             layer.tactic = fastest({**times, hit["tactic"]: float(hit["seconds"])}, margins)
-            log.info("layer %s: %s, which failed when its choice was timed, %s; keeps %s",
+            log.info("layer %s: %s, which failed when its choice was timed, %s; it runs %s",
                      layer.name, ", ".join(retry), "ran" if times else "failed again",
                      layer.tactic)
             timings[layer.name] = times
