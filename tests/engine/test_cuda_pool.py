@@ -185,30 +185,35 @@ def test_requantizing_pool_kernels_compile_with_nvcc(tmp_path):
 def test_int8_max_pool_of_codes_with_a_nan_floor_on_the_host(tmp_path):
     """An int8 max pool of codes (a stem that stores them, quantization.NAN_CODE -128 for
     NaN): 16 codes a 16-byte load where C allows, else one by one; the result raised to
-    ``code_floor`` -127 (a window of NaN only), as numpy's pool then the floor."""
-    cases = [((2, 8, 6, 32), [1, 1, 1, 1]), ((1, 7, 7, 5), [0, 1, 1, 0])]
+    ``code_floor`` -127 (a window of NaN only), as numpy's pool then the floor. With a folded
+    zero pad's code as ``pad_value`` (ResNet50's pool1_pad) the pads hold that code, 16 a
+    load too: a window of NaN and pad cells is the pad's code."""
+    cases = [((2, 8, 6, 32), [1, 1, 1, 1], None), ((1, 7, 7, 5), [0, 1, 1, 0], None),
+             ((2, 8, 6, 32), [1, 1, 1, 1], 0.0), ((1, 7, 7, 5), [0, 1, 1, 0], -3.0)]
     srcs = []
-    for xs, pads in cases:
+    for xs, pads, pv in cases:
         osp = _out_sp(xs, [3, 3], [2, 2], pads, 0)
         srcs.append((M.PoolSource(xs, (xs[0], *osp, xs[-1]), "max", [3, 3], [2, 2], [1, 1],
-                                  pads, 0, "int8", "int8", code_floor=-127), xs, osp))
-    assert [s.vec for s, *_ in srcs] == [16, 1]
+                                  pads, 0, "int8", "int8", pad_value=pv, code_floor=-127),
+                     xs, osp))
+    assert [s.vec for s, *_ in srcs] == [16, 1, 16, 1]
     so = _host_library(HOST_SHIMS + C.MATH_HELPERS + "\n".join(
         _rename(s.source, k) for k, (s, *_) in enumerate(srcs)), tmp_path, "cpool")
     rng = np.random.default_rng(3)
-    for k, ((src, xs, osp), (_, pads)) in enumerate(zip(srcs, cases)):
+    for k, ((src, xs, osp), (_, pads, pv)) in enumerate(zip(srcs, cases)):
         x = rng.integers(-127, 128, xs).astype(np.int8)
         x[0, :3, :3, :] = -128  # a NaN corner: the first window holds NaN only
         x[-1, 4, 4, :2] = -128
         want = np.maximum(numpy_ops.pool(x, "max", [3, 3], [2, 2], [1, 1], pads, 0, 0, osp,
-                                         "int8"), -127).astype(np.int8)
+                                         "int8", pad_value=pv), -127).astype(np.int8)
         out = np.zeros((xs[0], *osp, xs[-1]), np.int8)
         fn = getattr(so, f"pool_{k}")
         fn.restype = None
         fn(*[ctypes.c_void_p(np.ascontiguousarray(v).ctypes.data) for v in (x, out)],
            ctypes.c_longlong(src.work))
         np.testing.assert_array_equal(out, want)
-        assert (want[0, 0, 0] == -127).all()
+        # the NaN corner's first window: -127 with no pad value, else the pad's code
+        assert (want[0, 0, 0] == (-127 if pv is None or not (pads[0] or pads[1]) else pv)).all()
     with pytest.raises(ValueError, match="code floor"):
         M.PoolSource((1, 4, 4, 8), (1, 2, 2, 8), "max", [2, 2], [2, 2], [1, 1], [0, 0, 0, 0], 0,
                      "float16", "float16", code_floor=-127)

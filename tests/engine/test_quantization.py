@@ -336,16 +336,21 @@ def _residual_block(x_shape, rng):
     return net, (w1, b1, w2, b2)
 
 
-def _pool_net(x_shape, rng, second_reader="conv", mode="max", pool_out=False):
+def _pool_net(x_shape, rng, second_reader="conv", mode="max", pool_out=False,
+              pad_value=None):
     """x -> conv (bias, ReLU) -> h -> 3x3/2 pool (pads 1) -> p -> two readers (a 1x1 conv
     and ``second_reader``: "conv" another 1x1 conv, "float" a pointwise p * 2)
-    -> outputs; ResNet's stem, its MaxPool, and the first block's two 1x1 convs."""
+    -> outputs; ResNet's stem, its MaxPool, and the first block's two 1x1 convs. A
+    ``pad_value`` is the one a folded zero pad gives the pool (ResNet50's pool1_pad,
+    passes/pad_folding)."""
     c = x_shape[-1]
     w1 = (rng.randn(8, 3, 3, c) * 0.5).astype(F32)
     net = _conv_net(x_shape, w1, (rng.randn(8) * 0.1).astype(F32), out="h")
-    net.add_layer("pool", ["h"], ["p"], {"mode": mode, "kernel": [3, 3], "strides": [2, 2],
-                                         "dilations": [1, 1], "pads": [1, 1, 1, 1],
-                                         "ceil_mode": 0, "count_include_pad": 0})
+    pool = {"mode": mode, "kernel": [3, 3], "strides": [2, 2], "dilations": [1, 1],
+            "pads": [1, 1, 1, 1], "ceil_mode": 0, "count_include_pad": 0}
+    if pad_value is not None:
+        pool["pad_value"] = pad_value
+    net.add_layer("pool", ["h"], ["p"], pool)
     one = {"strides": [1, 1], "dilations": [1, 1], "pads": [0, 0, 0, 0], "group": 1}
     outs = ["y1"]
     net.add_layer("conv", ["p", net.add_weight((rng.randn(6, 1, 1, 8) * 0.4).astype(F32), "w2"),
@@ -421,20 +426,22 @@ def test_int8_max_pool_stores_the_codes_its_int8_readers_would_quantize(monkeypa
     _same_answers(got, off.execute([x]), exact=dtype == "float16")
 
 
+@pytest.mark.parametrize("pad_value", [None, 0.0, -1.0])
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
-def test_the_stem_stores_the_int8_codes_of_its_max_pool(monkeypatch, dtype):
+def test_the_stem_stores_the_int8_codes_of_its_max_pool(monkeypatch, dtype, pad_value):
     """With the stem's implementation able to store int8 (the numpy backend's convs, the CuPy
     backend's stem_mma), the FP16 stem writes the codes itself and the pool pools codes:
     the stem's output is int8 with the pool's scale, the pool has no scale of its own. A
     float32 stem gives the same answers bit for bit as its pool quantizing (the largest code
     of a window is the code of its largest value); a float16 one quantizes its float32
-    result instead of its float16 storage (close; one step apart at most per code)."""
+    result instead of its float16 storage (close; one step apart at most per code). A pool
+    whose pads hold a value (a folded zero pad: ResNet50's pool1_pad) holds its code."""
     monkeypatch.delenv("TFTRT_QUANTIZE_STEM", raising=False)
     monkeypatch.delenv("TFTRT_INT8_POOL", raising=False)
     monkeypatch.setenv("TFTRT_INT8_POOL_PRODUCER", "1")
     rng = np.random.RandomState(11)
     x_shape = (2, 9, 9, 3)
-    net = _pool_net(x_shape, rng)
+    net = _pool_net(x_shape, rng, pad_value=pad_value)
     if dtype == "float32":
         net.quantization["tensors"]["h"] = 1e5
     x = _pool_input(x_shape, rng)
@@ -447,6 +454,8 @@ def test_the_stem_stores_the_int8_codes_of_its_max_pool(monkeypatch, dtype):
     assert stem.attrs["output_scale"] == s
     assert engine.network.tensors["h"].dtype == "int8"
     assert engine.network.tensors["p"].dtype == "int8" and "output_scale" not in pool.attrs
+    if pad_value is not None:  # -1.0 / s rounds to -38
+        assert pool.attrs["pad_value"] == {0.0: 0.0, -1.0: -38.0}[pad_value]
     got = engine.execute([x])
     monkeypatch.setenv("TFTRT_INT8_POOL_PRODUCER", "0")
     pooled = build_engine(net, {"x": x_shape}, cfg)
@@ -460,12 +469,13 @@ def test_the_stem_stores_the_int8_codes_of_its_max_pool(monkeypatch, dtype):
 
 
 @pytest.mark.parametrize("case", ["INT8 stem", "ceil mode", "pads as large as the kernel",
-                                  "stem read twice"])
+                                  "stem read twice", "NaN pad value"])
 def test_the_pool_quantizes_where_its_producer_cannot(monkeypatch, case):
     """The pool keeps quantizing (its producer keeps a float output) where the producer is
     an INT8 layer (an image stem with TFTRT_QUANTIZE_STEM=1), where a window may hold no
     input element (ceil mode, pads as large as the kernel: an empty window's float answer
-    has no code), or where something else reads the producer's output."""
+    has no code), where something else reads the producer's output, or where the pads hold
+    NaN (its code would mean a NaN of the producer's)."""
     monkeypatch.delenv("TFTRT_INT8_POOL", raising=False)
     monkeypatch.setenv("TFTRT_INT8_POOL_PRODUCER", "1")
     if case == "INT8 stem":
@@ -480,6 +490,8 @@ def test_the_pool_quantizes_where_its_producer_cannot(monkeypatch, case):
         pool.attrs["ceil_mode"] = 1
     elif case == "pads as large as the kernel":
         pool.attrs.update(kernel=[2, 2], pads=[2, 2, 2, 2])
+    elif case == "NaN pad value":
+        pool.attrs["pad_value"] = float("nan")
     elif case == "stem read twice":
         net.add_layer("pointwise", ["h"], ["h3"], {"program": [
             {"op": "mul", "args": ["$0", 2.0], "dtype": "float32"}]})

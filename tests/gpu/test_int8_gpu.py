@@ -340,10 +340,12 @@ def test_the_tensor_core_gemm_kernel_runs_1x1_convs_and_matches_numpy(precision,
     assert off <= share, f"{what}: {off:.2%} of outputs off by > {REL[precision]}"
 
 
-def _stem_pool_model(rng):
+def _stem_pool_model(rng, zero_pad=False):
     """ResNet's stem and the first block's two 1x1 readers of its MaxPool: 7x7/2 conv 3 ->
-    64 + ReLU, 3x3/2 MaxPool (pads 1), then 1x1 64 -> 64 + ReLU and the 1x1 64 -> 256
-    projection, their outputs added."""
+    64 + ReLU, 3x3/2 MaxPool (pads 1; or, ``zero_pad``, Keras' ZeroPadding2D then a VALID
+    pool, which passes/pad_folding makes the pool's pads with pad_value 0, as in the zoo's
+    ResNet50), then 1x1 64 -> 64 + ReLU and the 1x1 64 -> 256 projection, their outputs
+    added."""
     from onnx import helper
     N = helper.make_node
     consts = {"w0": (rng.randn(64, 3, 7, 7) * 0.1).astype(F32),
@@ -351,11 +353,18 @@ def _stem_pool_model(rng):
               "wa": (rng.randn(256, 64, 1, 1) * 0.15).astype(F32),
               "wp": (rng.randn(256, 64, 1, 1) * 0.15).astype(F32)}
     nodes = [N("Conv", ["x", "w0", "b0"], ["c0"], pads=[3, 3, 3, 3], strides=[2, 2]),
-             N("Relu", ["c0"], ["a0"]),
-             N("MaxPool", ["a0"], ["m"], kernel_shape=[3, 3], strides=[2, 2],
-               pads=[1, 1, 1, 1]),
-             N("Conv", ["m", "wa"], ["p"]), N("Relu", ["p"], ["q"]),
-             N("Conv", ["m", "wp"], ["sc"]), N("Add", ["q", "sc"], ["y"])]
+             N("Relu", ["c0"], ["a0"])]
+    if zero_pad:  # in NHWC between transposes, as tf2onnx writes TF's pool1_pad
+        consts["zp"] = np.array([0, 1, 1, 0, 0, 1, 1, 0], np.int64)
+        nodes += [N("Transpose", ["a0"], ["t0"], perm=[0, 2, 3, 1]),
+                  N("Pad", ["t0", "zp"], ["t1"], mode="constant"),
+                  N("Transpose", ["t1"], ["a1"], perm=[0, 3, 1, 2]),
+                  N("MaxPool", ["a1"], ["m"], kernel_shape=[3, 3], strides=[2, 2])]
+    else:
+        nodes.append(N("MaxPool", ["a0"], ["m"], kernel_shape=[3, 3], strides=[2, 2],
+                       pads=[1, 1, 1, 1]))
+    nodes += [N("Conv", ["m", "wa"], ["p"]), N("Relu", ["p"], ["q"]),
+              N("Conv", ["m", "wp"], ["sc"]), N("Add", ["q", "sc"], ["y"])]
     shape = (4, 3, 32, 32)
     model = make_model(nodes, {"x": np.zeros(shape, F32)}, consts)
     return _calibrated(model, rng, shape, "INT8"), shape
@@ -399,17 +408,19 @@ def test_a_max_pool_read_by_int8_layers_stores_int8_on_the_gpu(monkeypatch):
     assert "q_int8" in impl.kernel.source  # the requantizing store ran
 
 
-def test_a_stem_on_stem_mma_stores_the_int8_codes_of_its_max_pool(monkeypatch):
+@pytest.mark.parametrize("zero_pad", [False, True])
+def test_a_stem_on_stem_mma_stores_the_int8_codes_of_its_max_pool(monkeypatch, zero_pad):
     """The stem on stem_mma (its tactic chosen here) stores the pool's int8 codes itself
     (quantization.absorb_pool_requantization; NaN as -128) and the pool pools codes (raised
-    to -127): the engine answers what the numpy simulation (whose convs store codes too)
-    answers, and what the pool quantizing answers (TFTRT_INT8_POOL_PRODUCER=0)."""
+    to -127; a folded zero pad's cells hold the code of 0): the engine answers what the
+    numpy simulation (whose convs store codes too) answers, and what the pool quantizing
+    answers (TFTRT_INT8_POOL_PRODUCER=0)."""
     from tftrt.engine.backends import cupy_stem_mma as CSM
     monkeypatch.delenv("TFTRT_QUANTIZE_STEM", raising=False)
     monkeypatch.delenv("TFTRT_INT8_POOL", raising=False)
     monkeypatch.setenv("TFTRT_INT8_POOL_PRODUCER", "1")
     rng = np.random.RandomState(22)
-    model, shape = _stem_pool_model(rng)
+    model, shape = _stem_pool_model(rng, zero_pad)
     x = rng.randn(*shape).astype(F32)
     x[0, :, :4, :4] = np.nan  # NaN pixels: the stem's NaN results, skipped by the pool
     first = build_engine(model, {"x": shape}, BuilderConfig(precision="INT8", backend="cupy"))
@@ -426,6 +437,7 @@ def test_a_stem_on_stem_mma_stores_the_int8_codes_of_its_max_pool(monkeypatch):
     assert gpu.network.tensors[stem.outputs[0]].dtype == "int8"
     assert gpu.network.tensors[pool.outputs[0]].dtype == "int8"
     assert "output_scale" not in pool.attrs and pool.attrs["code_floor"] == -127
+    assert pool.attrs.get("pad_value") == (0.0 if zero_pad else None)
     assert "pack_q2" in stem_impl.src.source and pool_impl.kernel.vec == 16
     got = cp.asnumpy(gpu.execute([cp.asarray(x)])[0])
     ref = build_engine(model, {"x": shape}, BuilderConfig(precision="INT8", backend="numpy"))

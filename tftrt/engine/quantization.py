@@ -615,8 +615,12 @@ def absorb_pool_requantization(net: Network, stores_int8) -> List[str]:
     from its float16 storage (the nearer code where that rounding crossed a boundary). The
     conv writes half the bytes and the pool reads half (ResNet50's stem and MaxPool). Only
     pools whose every window holds an input element (dilation 1, no ceil mode, pads under
-    the kernel; no floor or pad value): an empty window's float answer has no code. A NaN
-    of the conv's is stored as :data:`NAN_CODE`. Returns the convs changed."""
+    the kernel; no floor program): an empty window's float answer has no code. A folded
+    zero pad's ``pad_value`` (passes/pad_folding: ResNet50's pool1_pad) becomes its code,
+    which the pads then hold: the code of the largest of a window's values and pad cells is
+    the largest of their codes. A NaN pad value stays float (its code would be
+    :data:`NAN_CODE`'s meaning). A NaN of the conv's is stored as :data:`NAN_CODE`. Returns
+    the convs changed."""
     if not int8_pool_producers():
         return []
     consumers = net.consumers()
@@ -625,8 +629,9 @@ def absorb_pool_requantization(net: Network, stores_int8) -> List[str]:
     changed = []
     for pool in net.layers:
         a = pool.attrs
+        pad_value = a.get("pad_value")
         if pool.kind != "pool" or a.get("output_scale") is None or \
-                a.get("floor_program") or a.get("pad_value") is not None or \
+                a.get("floor_program") or (pad_value is not None and math.isnan(pad_value)) or \
                 int(a.get("ceil_mode", 0)) or any(int(d) != 1 for d in a["dilations"]):
             continue
         nsp = len(a["kernel"])
@@ -640,6 +645,9 @@ def absorb_pool_requantization(net: Network, stores_int8) -> List[str]:
                 net.tensors[x].dtype not in ("float16", "float32") or \
                 not stores_int8(net, conv):
             continue
+        if pad_value is not None:  # the pad cell as the float pool held it, then its code
+            cell = np.asarray(pad_value, np.float32).astype(net.tensors[x].dtype)
+            a["pad_value"] = float(quantize_int8(cell, inv_scale(a["output_scale"])))
         conv.attrs["output_scale"] = a.pop("output_scale")
         conv.attrs["output_nan_code"] = NAN_CODE
         a["code_floor"] = -INT8_QMAX

@@ -169,7 +169,8 @@ class PoolSource:
         """``floor``: a float max pool's value for a window with no number (default -inf,
         TF's GPU kernels; an activation moved before the pool changes it). ``pad_value``: a
         max pool's explicit pads hold this value, as if a constant pad had written it
-        (passes/pad_folding folds a zero pad into the pool), rather than being skipped.
+        (passes/pad_folding folds a zero pad into the pool), rather than being skipped; in
+        an int8 max pool of codes, the pad's code (quantization.absorb_pool_requantization).
         ``out_scale``: a float max pool whose INT8 readers take its output as int8 of this
         scale (quantization._requantize_pools) stores ``q_int8(max * (1 / out_scale))``, the
         quantization those readers would have applied on load (cuda_source_quant).
@@ -186,7 +187,7 @@ class PoolSource:
         # 16-byte loads: float pools (to their dtype or requantized), and int8 max pools of
         # codes (an INT8 model's MaxPool after a stem that stores int8, builder.py)
         i8max = np.dtype(dtype) == np.int8 and np.dtype(out_dtype) == np.int8 and \
-            mode == "max" and pad_value is None
+            mode == "max"
         if not ((fl and (dtype == out_dtype or out_scale is not None) or i8max) and
                 c % V == 0 and V > 1):
             V = 1
