@@ -355,13 +355,14 @@ def test_int8_stores_give_the_codes_of_the_float_results(tmp_path):
     ``nan_code``: against numpy's results quantized the same way, one step off at most where
     the float32 and float64 sums fall on two sides of a rounding boundary, and every output
     written, nothing before y; NaN pixels make NaN results (NaN x 0 taps too)."""
+    from tests.engine.test_qmma_codegen import FAST_SHIMS
     from tests.engine.test_quant_codegen import QUANT_SHIMS
     from tftrt.engine import quantization as Q
     if _host_compiler() is None:
         pytest.skip("no host C++ compiler")
     srcs = [_source(case) for case in INT8_CASES]
     assert all("pack_q2(o0, o1" in s.source for s in srcs)
-    text = HOST_SHIMS + THREAD_SHIMS + MMA_SHIMS + C.MATH_HELPERS + QUANT_SHIMS + \
+    text = HOST_SHIMS + THREAD_SHIMS + MMA_SHIMS + C.MATH_HELPERS + QUANT_SHIMS + FAST_SHIMS + \
         SM.Q_HELPERS + "\n".join(_rename(s.source.replace(SM.Q_HELPERS, ""), k) +
                                   _driver(s, k) for k, s in enumerate(srcs))
     so = _build(text, tmp_path, "stem_mma_int8")
@@ -386,6 +387,42 @@ def test_int8_stores_give_the_codes_of_the_float_results(tmp_path):
         assert d.max() <= 1 and np.mean(d > 0) < 0.01, f"{what}: {np.count_nonzero(d)} of " \
             f"{d.size} codes off, max {d.max()}"
         assert np.array_equal(y[np.isnan(want_f)], want[np.isnan(want_f)]), f"{what}: NaN"
+
+
+def test_pack_q2_is_quantize_int8_bit_for_bit(tmp_path):
+    """The stem's int8 store helper (FAST_INT8's form, no conversion unit) gives
+    quantization.quantize_int8's codes of v * inv for both channels of a pair, NaN as the
+    NaN code, over every rounding tie and its neighbours, infinities, signed zeros, values
+    past +-127 and a million random floats; a wrong rounding would fail it."""
+    import ctypes
+
+    from tests.engine.test_qmma_codegen import FAST_SHIMS
+    from tests.engine.test_quant_codegen import QUANT_SHIMS
+    from tftrt.engine import quantization as Q
+    if _host_compiler() is None:
+        pytest.skip("no host C++ compiler")
+    inv = np.float32(1.0) / np.float32(0.0371)
+    text = HOST_SHIMS + C.MATH_HELPERS + QUANT_SHIMS + FAST_SHIMS + SM.Q_HELPERS + r"""
+extern "C" void pack(const float* v, long long n, float inv, unsigned short* out) {
+  for (long long i = 0; i + 1 < n; i += 2) out[i / 2] = pack_q2(v[i], v[i + 1], inv, -128);
+}"""
+    lib = _build(text, tmp_path, "pack_q2")
+    ties = (np.arange(-300, 301, dtype=np.float32) / np.float32(2)) / inv
+    near = np.concatenate([np.nextafter(ties, np.float32(np.inf)),
+                           np.nextafter(ties, np.float32(-np.inf))])
+    special = np.array([np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, 1e30, -1e30, 1e-40,
+                        np.nan], np.float32)
+    rng = np.random.default_rng(5)
+    v = np.concatenate([ties, near, special, (rng.standard_normal(10 ** 6) * 3)
+                        .astype(np.float32)]).astype(np.float32)
+    v = v[:len(v) // 2 * 2]
+    out = np.zeros(len(v) // 2, np.uint16)
+    lib.pack(v.ctypes.data_as(ctypes.c_void_p), ctypes.c_longlong(len(v)), ctypes.c_float(inv),
+             out.ctypes.data_as(ctypes.c_void_p))
+    want = Q.quantize_int8(v, inv)
+    want[np.isnan(v)] = -128
+    got = out.view(np.int8).reshape(-1)  # little-endian: the low byte (lower channel) first
+    np.testing.assert_array_equal(got, want)
 
 
 def test_an_int8_store_needs_a_scale_and_a_float16_store_none():
