@@ -38,8 +38,14 @@ MAGIC = b"TFTRTPLN"
 # a reader of version 2 would skip those pad cells (helper hunt: 30 of 576 outputs of a
 # Keras ZeroPadding2D -> MaxPooling2D plan wrong, no error), so it must refuse a version-3
 # plan and rebuild. A version-2 plan has no such pool and reads as it always did.
-FORMAT_VERSION = 3
-READABLE_VERSIONS = (2, 3)
+# 4 (2026-12-06): an INT8 plan may store int8 codes where a float layer's output was stored
+# before: a max pool's ("output_scale", quantization._requantize_pools, s40) and a stem conv's
+# for its pool ("output_scale", "output_nan_code"; the pool's "code_floor" and a pad's code
+# as its "pad_value": absorb_pool_requantization, s41). A reader before them would write the
+# float maximum or the float conv result into the int8 buffer, truncated (no error), so it
+# must refuse a version-4 plan and rebuild; versions 2 and 3 have none and read as before.
+FORMAT_VERSION = 4
+READABLE_VERSIONS = (2, 3, 4)
 _PREFIX = struct.Struct("<8sIQI")
 _ALIGN = 64
 
