@@ -5,7 +5,7 @@ direct kernel of cuda_source_stem; "-" where it does not take the stem: ResNet's
 and tactic ``stem_mma`` (the tensor-core kernel of cuda_source_stem_mma; float16 outputs
 only). (Padding the input channels to 8 for cuDNN was timed here too, on 2026-12-01, slower
 on every stem, and removed.) The engines read float32 images, their cast in the engine
-times. ``--out float32`` (the default before 2026-12-02) writes the float32 output a stem
+times (stem_mma reads them itself: no cast layer; ``stem_mma f16x`` keeps the cast). ``--out float32`` (the default before 2026-12-02) writes the float32 output a stem
 model ends in: the conv then stores float32 itself; ``--out float16`` ends the model in a
 cast to float16, so that the conv stores float16 as the stems do inside the networks (VGG16's
 feeds a conv) and as the floor counts.
@@ -72,6 +72,9 @@ WAYS = {  # name: (tactic, environment)
     "im2col 32MB": ("im2col", {"TFTRT_IM2COL_CHUNK_MB": "32"}),
     "stem_direct": ("stem_direct", {}),
     "stem_mma": ("stem_mma", {"TFTRT_STEM_MMA": "1"}),   # the default since 2026-12-02 (p)
+    # the image's float16 cast as a layer before the stem (before s41: stem_mma reads the
+    # float32 image itself where it can, precision.absorb_input_casts)
+    "stem_mma f16x": ("stem_mma", {"TFTRT_STEM_MMA": "1", "TFTRT_FLOAT32_X": "0"}),
     # its B fragments loaded with ldmatrix (cuda_source_stem_mma.ldmatrix_default)
     "stem_mma ldsm": ("stem_mma", {"TFTRT_STEM_MMA": "1", "TFTRT_STEM_MMA_LDSM": "1"}),
     # m-tiles in one output row gather from their input patch staged in shared memory

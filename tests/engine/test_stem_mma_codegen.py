@@ -675,3 +675,52 @@ def test_only_implementations_that_store_int8_take_a_layer_storing_codes(monkeyp
     for path, cls in (("cupy_layers.py", "Pool"), ("cupy_stem_mma.py", "StemMma")):
         body = (root / path).read_text().split(f"class {cls}(Impl):")[1].split("\nclass ")[0]
         assert re_.search(r"^    int8_store = True", body, re_.M), cls
+
+
+def test_only_implementations_that_read_float32_x_take_a_conv_reading_it(monkeypatch):
+    """make_impl: an FP16 conv reading the float32 image itself (attrs["float32_x"],
+    precision.absorb_input_casts) goes only to implementations that read it rounding to
+    float16 (``float32_x``: stem_mma): the chain skips the others, saying why, and fails
+    when none does -- cuDNN's FP16 graph would be handed a float32 tensor. The backend's
+    hook offers only stem_mma's FP16 convs."""
+    import sys
+    import types
+    from tftrt.engine.backends import cupy_backend
+    monkeypatch.setitem(sys.modules, "tftrt.engine.backends.cupy_layers", types.SimpleNamespace(
+        signature=lambda net, layer: layer.name))
+    monkeypatch.setattr(cupy_backend, "_WORKSPACE", {})
+
+    class Reads:
+        float32_x = True
+        workspace = 0
+
+        def __init__(self, net, layer, weights, opts):
+            pass
+
+    class Halves(Reads):
+        float32_x = False
+
+    monkeypatch.setattr(cupy_backend, "impl_table", lambda: {
+        "conv": {"stem_mma": (Halves, Reads), "cudnn": (Halves,)}})
+    net, conv = _conv_layer()
+    conv.tactic = "stem_mma"
+    assert type(cupy_backend.make_impl(net, conv, {}, {})) is Halves
+    conv.attrs["float32_x"] = True
+    impl = cupy_backend.make_impl(net, conv, {}, {})
+    assert type(impl) is Reads and "Halves: does not read float32 x" in impl.fallback
+    conv.tactic = "cudnn"
+    with pytest.raises(EngineBuildError, match="does not read float32 x"):
+        cupy_backend.make_impl(net, conv, {}, {})
+    hook = cupy_backend.CupyBackend.reads_float32
+    for tactic, precision, quant, want in (("stem_mma", "FP16", False, True),
+                                           ("cudnn", "FP16", False, False),
+                                           ("stem_mma", "FP32", False, False),
+                                           ("stem_mma", "INT8", True, False)):
+        conv.tactic, conv.precision = tactic, precision
+        conv.attrs.pop("quant", None)
+        if quant:
+            conv.attrs["quant"] = {}
+        assert hook(None, net, conv) is want, (tactic, precision, quant)
+    import pathlib
+    body = (pathlib.Path(cupy_backend.__file__).parent / "cupy_stem_mma.py").read_text()
+    assert "\n    float32_x = True" in body.split("class StemMma(Impl):")[1]

@@ -193,3 +193,36 @@ def test_a_float32_output_is_not_offered():
     model, feeds = _stem(3, 1, 1, 64, fp16_out=False)   # the conv stores the float32 output
     offered, applies = _offered(model, feeds)
     assert "stem_mma" not in offered and "stem_direct" in offered and not applies
+
+
+@pytest.mark.parametrize("k,stride,pad,cout,hw", [
+    (7, 2, 3, 64, 41),   # ResNet
+    (3, 1, 1, 64, 40),   # VGG
+    (3, 2, 1, 32, 40),   # MobileNet
+])
+def test_the_stem_reads_the_float32_image_itself(monkeypatch, k, stride, pad, cout, hw):
+    """precision.absorb_input_casts: the FP16 stem on stem_mma reads the float32 image,
+    rounding it to float16 on load, instead of a cast layer's float16 copy: no cast layer,
+    the kernel's x is float32, and the answers are those of the engine with the cast
+    (TFTRT_FLOAT32_X=0) bit for bit, float16 rounding ties, values past its range, NaN and
+    -inf pixels included."""
+    from tftrt.engine.backends.cupy_stem_mma import StemMma
+    model, feeds = _stem(k, stride, pad, cout, hw=hw)
+    x = feeds["x"].copy()
+    x.flat[:4] = [1 + 2 ** -11, 1 + 3 * 2 ** -11, 70000.0, -1e-8]
+    x[0, 3, 3, :] = np.nan
+    x[1, 5, 5, :] = -np.inf
+    monkeypatch.delenv("TFTRT_FLOAT32_X", raising=False)
+    eng = _engine(model, feeds, "FP16", "stem_mma", timing=False)
+    ((layer, impl),) = _convs(eng)
+    assert isinstance(impl, StemMma) and impl.src.in_dtype == "float32"
+    assert layer.attrs["float32_x"] and eng.network.tensors[layer.inputs[0]].dtype == "float32"
+    monkeypatch.setenv("TFTRT_FLOAT32_X", "0")
+    cast = _engine(model, feeds, "FP16", "stem_mma", timing=False)
+    ((_, impl16),) = _convs(cast)
+    assert impl16.src.in_dtype == "float16"
+    assert len(cast.network.layers) == len(eng.network.layers) + 1  # the cast
+    got = cp.asnumpy(eng.execute([cp.asarray(x)])[0])
+    want = cp.asnumpy(cast.execute([cp.asarray(x)])[0])
+    assert np.isnan(want).any()
+    np.testing.assert_array_equal(got.view(np.uint16), want.view(np.uint16))

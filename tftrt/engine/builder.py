@@ -30,7 +30,7 @@ from tftrt.engine import quantization
 from tftrt.engine.network import Network
 from tftrt.engine.onnx_import import network_from_onnx
 from tftrt.engine.passes import LATE_PASSES, PASSES, run_passes
-from tftrt.engine.precision import apply_precision, normalize_precision
+from tftrt.engine.precision import absorb_input_casts, apply_precision, normalize_precision
 from tftrt.engine.runtime import Engine
 from tftrt.engine.shapes import bind_inputs, infer_shapes
 from tftrt.engine.tactics import TimingCache, choose_tactics, workspace_bytes
@@ -497,9 +497,14 @@ def prefetch_from_template(template, shapes: Sequence[Dict[str, Sequence[int]]],
 
 def _finish(net: Network, backend, precision: str, weights: Dict[str, Any], config_json: dict,
             config: BuilderConfig) -> Engine:
-    """Memory plan (with the chosen tactics' scratch) and the Engine. First, an int8 max
-    pool's producer stores the codes where its chosen implementation can
-    (quantization.absorb_pool_requantization)."""
+    """Memory plan (with the chosen tactics' scratch) and the Engine. First, an FP16 conv
+    whose chosen implementation reads float32 x reads it instead of its cast
+    (precision.absorb_input_casts), and an int8 max pool's producer stores the codes where
+    its chosen implementation can (quantization.absorb_pool_requantization)."""
+    reads_float32 = getattr(backend, "reads_float32", None)
+    if callable(reads_float32):
+        for name in absorb_input_casts(net, reads_float32):
+            log.info("layer %s reads float32 x itself (its float16 cast removed)", name)
     stores_int8 = getattr(backend, "stores_int8", None)
     if precision == "INT8" and callable(stores_int8):
         for name in quantization.absorb_pool_requantization(net, stores_int8):

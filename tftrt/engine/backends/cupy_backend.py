@@ -263,11 +263,16 @@ def make_impl(net: Network, layer: Layer, weights: Dict[str, Any], opts: dict,
             f"tactic applied (cuDNN: {_lazy()[0].cudnn_unavailable_reason() or 'available'})")
     from tftrt.engine.backends.cupy_layers import signature
     errors = []
-    # a float layer storing int8 codes (attrs["output_scale"]): only what writes them
+    # a float layer storing int8 codes (attrs["output_scale"]): only what writes them; an
+    # FP16 conv reading float32 x (attrs["float32_x"]): only what reads it
     int8_store = "quant" not in layer.attrs and layer.attrs.get("output_scale") is not None
+    float32_x = bool(layer.attrs.get("float32_x"))
     for cls in chain:
         if int8_store and not getattr(cls, "int8_store", False):
             errors.append(f"{cls.__name__}: does not store int8 codes")
+            continue
+        if float32_x and not getattr(cls, "float32_x", False):
+            errors.append(f"{cls.__name__}: does not read float32 x")
             continue
         try:
             impl = cls(net, layer, weights, opts)
@@ -443,6 +448,13 @@ class CupyBackend(Backend):
         as int8 codes (quantization.absorb_pool_requantization): ``stem_mma``'s can."""
         return layer.kind == "conv" and layer.tactic == "stem_mma" and \
             "quant" not in layer.attrs
+
+    def reads_float32(self, net: Network, layer: Layer) -> bool:
+        """Whether the implementation of ``layer``'s chosen tactic reads a float32 x itself,
+        rounding it to float16 as a cast would (precision.absorb_input_casts): ``stem_mma``
+        (cuda_source_stem_mma: float16 or float32 x)."""
+        return layer.kind == "conv" and layer.tactic == "stem_mma" and \
+            layer.precision == "FP16" and "quant" not in layer.attrs
 
     def accepts_layer(self, net: Network, layer: Layer) -> bool:
         """Whether a fused layer a late pass proposes runs well here (passes/__init__.py):

@@ -27,6 +27,7 @@ class StemMma(Impl):
     ``output_scale`` (an INT8 model's stem before its int8 max pool, builder.py)."""
 
     int8_store = True  # cupy_backend.make_impl: the implementations an int8 store may use
+    float32_x = True  # and those an FP16 conv reading float32 x may (precision.py)
 
     def __init__(self, net, layer, weights, opts):
         super().__init__(net, layer, weights, opts)

@@ -198,6 +198,15 @@ def _conv(net, layer, weights):
 
 
 def _float_conv(net, layer, weights):
+    body = _float_conv_body(net, layer, weights)
+    if not layer.attrs.get("float32_x"):
+        return body
+    # an FP16 conv reading float32 x rounds it to float16 on load, as the cast it replaced
+    # (precision.absorb_input_casts; the CuPy backend's stem_mma)
+    return lambda ins: body([np.asarray(ins[0]).astype(np.float16)] + list(ins[1:]))
+
+
+def _float_conv_body(net, layer, weights):
     a = layer.attrs
     k = list(net.tensors[layer.inputs[1]].shape[1:-1])
     st, dil, pads, g = a["strides"], a["dilations"], a["pads"], a["group"]
