@@ -226,3 +226,27 @@ def test_the_stem_reads_the_float32_image_itself(monkeypatch, k, stride, pad, co
     want = cp.asnumpy(cast.execute([cp.asarray(x)])[0])
     assert np.isnan(want).any()
     np.testing.assert_array_equal(got.view(np.uint16), want.view(np.uint16))
+
+
+def test_a_stem_reading_float32_or_storing_codes_has_only_stem_mma_as_candidate():
+    """A conv marked ``float32_x`` (reading the image, precision.absorb_input_casts) or
+    storing int8 codes as a float layer (``output_scale``: quantization.
+    absorb_pool_requantization) runs on stem_mma only (make_impl refuses the rest), so a
+    profile's tuned rung, which times its template's layers again, is offered nothing
+    else."""
+    from tftrt.engine import tactics
+    from tftrt.engine.backends import cupy_backend  # (registers the tactics)
+    model, feeds = _stem(7, 2, 3, 64)
+    ref = build_engine(model, {k: v.shape for k, v in feeds.items()},
+                       BuilderConfig(precision="FP16", backend="numpy", tactic_timing=False))
+    (conv,) = [l for l in ref.network.layers if l.kind == "conv"]
+
+    def offered():
+        return [t.name for t in tactics._REGISTRY[("cupy", "conv")]
+                if t.applies(ref.network, conv)]
+    assert {"cudnn", "stem_mma"} <= set(offered())
+    for attrs in ({"float32_x": True}, {"output_scale": 0.05, "output_nan_code": -128}):
+        conv.attrs.update(attrs)
+        assert offered() == ["stem_mma"] and not cupy_backend._plain_io(conv), attrs
+        for k in attrs:
+            del conv.attrs[k]

@@ -72,8 +72,17 @@ def _lazy():
     return cupy_dnn, cupy_layers
 
 
+def _plain_io(layer) -> bool:
+    """False for a float conv that stores int8 codes (attrs["output_scale"]: a stem before
+    its int8 max pool) or reads float32 x (attrs["float32_x"]: a stem reading the image):
+    only stem_mma runs those (make_impl's guard refuses the rest), so the other conv tactics
+    are no candidates for them (a profile's tuned rung times its template's layers again)."""
+    return not layer.attrs.get("float32_x") and \
+        ("quant" in layer.attrs or layer.attrs.get("output_scale") is None)
+
+
 def _cudnn_ok(net, layer) -> bool:
-    return _lazy()[0].cudnn_module() is not None and np.dtype(
+    return _plain_io(layer) and _lazy()[0].cudnn_module() is not None and np.dtype(
         net.tensors[layer.inputs[1]].dtype).kind == "f"
 
 
@@ -82,13 +91,13 @@ def _lt_ok() -> bool:
 
 
 def _conv_1x1(net, layer) -> bool:
-    return _lt_ok() and _lazy()[1].conv_as_gemm_dims(net, layer) is not None and \
+    return _plain_io(layer) and _lt_ok() and _lazy()[1].conv_as_gemm_dims(net, layer) is not None and \
         np.dtype(net.tensors[layer.inputs[1]].dtype).kind == "f"
 
 
 def _depthwise(net, layer) -> bool:
     x, w = net.tensors[layer.inputs[0]].shape, net.tensors[layer.inputs[1]].shape
-    return "quant" not in layer.attrs and len(x) == 4 and \
+    return "quant" not in layer.attrs and _plain_io(layer) and len(x) == 4 and \
         layer.attrs["group"] == x[-1] > 1 and w[-1] == 1
 
 
@@ -102,7 +111,7 @@ def _dw_tiled(net, layer) -> bool:
 def _im2col(net, layer) -> bool:
     """Tactic ``im2col`` (cupy_im2col): unaligned few-channel float16 convs, with cuBLASLt."""
     from tftrt.engine.backends import cuda_source_im2col
-    return cuda_source_im2col.applies(net, layer) and _lt_ok()
+    return _plain_io(layer) and cuda_source_im2col.applies(net, layer) and _lt_ok()
 
 
 def _stem_direct(net, layer) -> bool:
@@ -110,8 +119,8 @@ def _stem_direct(net, layer) -> bool:
     channels (a network's stem), unless TFTRT_STEM_DIRECT=0."""
     from tftrt.engine.backends import cuda_source_stem as ST
     x = net.tensors[layer.inputs[0]].shape
-    return len(x) == 4 and x[-1] is not None and int(x[-1]) % 8 != 0 and \
-        ST.unsupported(net, layer) is None
+    return _plain_io(layer) and len(x) == 4 and x[-1] is not None and int(x[-1]) % 8 != 0 \
+        and ST.unsupported(net, layer) is None
 
 
 def _stem_mma(net, layer) -> bool:
