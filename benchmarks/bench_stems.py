@@ -5,8 +5,9 @@ direct kernel of cuda_source_stem; "-" where it does not take the stem: ResNet's
 and tactic ``stem_mma`` (the tensor-core kernel of cuda_source_stem_mma; float16 outputs
 only). (Padding the input channels to 8 for cuDNN was timed here too, on 2026-12-01, slower
 on every stem, and removed.) The engines read float32 images, their cast in the engine
-times (stem_mma reads them itself: no cast layer; ``stem_mma f16x`` keeps the cast). ``--out float32`` (the default before 2026-12-02) writes the float32 output a stem
-model ends in: the conv then stores float32 itself; ``--out float16`` ends the model in a
+times (stem_mma reads them itself: no cast layer; ``stem_mma f16x`` keeps the cast).
+``--out float32`` (the default before 2026-12-02) writes the float32 output a stem model ends
+in: the conv then stores float32 itself; ``--out float16`` ends the model in a
 cast to float16, so that the conv stores float16 as the stems do inside the networks (VGG16's
 feeds a conv) and as the floor counts.
 

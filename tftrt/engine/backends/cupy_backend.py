@@ -91,7 +91,8 @@ def _lt_ok() -> bool:
 
 
 def _conv_1x1(net, layer) -> bool:
-    return _plain_io(layer) and _lt_ok() and _lazy()[1].conv_as_gemm_dims(net, layer) is not None and \
+    return _plain_io(layer) and _lt_ok() and \
+        _lazy()[1].conv_as_gemm_dims(net, layer) is not None and \
         np.dtype(net.tensors[layer.inputs[1]].dtype).kind == "f"
 
 
