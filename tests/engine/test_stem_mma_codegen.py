@@ -630,32 +630,37 @@ def test_kernels_compile_for_sm90_without_spills(tmp_path):
     assert not any(int(s) for _, s, _, _ in found), r.stderr[-4000:]
 
 
+def _fake_chain(monkeypatch, flag: str, pool: bool = False):
+    """cupy_backend with an impl_table of two stand-in implementation classes, one whose
+    ``flag`` (a make_impl guard's class attribute) is True and one whose is False: conv
+    tactic stem_mma tries the False one first, cudnn has only it (``pool``: pools the True
+    one). Returns (cupy_backend, the True class, the False class); no CuPy needed."""
+    import sys
+    import types
+    from tftrt.engine.backends import cupy_backend
+    # make_impl records the workspace under cupy_layers.signature
+    monkeypatch.setitem(sys.modules, "tftrt.engine.backends.cupy_layers", types.SimpleNamespace(
+        signature=lambda net, layer: layer.name))
+    monkeypatch.setattr(cupy_backend, "_WORKSPACE", {})
+
+    def init(self, net, layer, weights, opts):
+        pass
+    yes = type("Yes" if flag == "int8_store" else "Reads", (), {
+        flag: True, "workspace": 0, "__init__": init})
+    no = type("Floats" if flag == "int8_store" else "Halves", (yes,), {flag: False})
+    table = {"conv": {"stem_mma": (no, yes), "cudnn": (no,)}}
+    if pool:
+        table["pool"] = {"default": (yes,)}
+    monkeypatch.setattr(cupy_backend, "impl_table", lambda: table)
+    return cupy_backend, yes, no
+
+
 def test_only_implementations_that_store_int8_take_a_layer_storing_codes(monkeypatch):
     """make_impl: a float layer with an ``output_scale`` (a stem storing its max pool's
     codes, a pool storing its readers') goes only to implementations that store int8
     (``int8_store``): the tactic's chain skips the others, saying why, and fails when none
     does -- a cuDNN conv would write its float results into the int8 tensor."""
-    import sys
-    import types
-    from tftrt.engine.backends import cupy_backend
-    # make_impl records the workspace under cupy_layers.signature (CuPy is not needed here)
-    monkeypatch.setitem(sys.modules, "tftrt.engine.backends.cupy_layers", types.SimpleNamespace(
-        signature=lambda net, layer: layer.name))
-    monkeypatch.setattr(cupy_backend, "_WORKSPACE", {})
-
-    class Stores:
-        int8_store = True
-        workspace = 0
-
-        def __init__(self, net, layer, weights, opts):
-            pass
-
-    class Floats(Stores):
-        int8_store = False
-
-    monkeypatch.setattr(cupy_backend, "impl_table", lambda: {
-        "conv": {"stem_mma": (Floats, Stores), "cudnn": (Floats,)},
-        "pool": {"default": (Stores,)}})
+    cupy_backend, Stores, Floats = _fake_chain(monkeypatch, "int8_store", pool=True)
     net, conv = _conv_layer()
     conv.tactic = "stem_mma"
     assert type(cupy_backend.make_impl(net, conv, {}, {})) is Floats  # float output
@@ -683,25 +688,7 @@ def test_only_implementations_that_read_float32_x_take_a_conv_reading_it(monkeyp
     float16 (``float32_x``: stem_mma): the chain skips the others, saying why, and fails
     when none does -- cuDNN's FP16 graph would be handed a float32 tensor. The backend's
     hook offers only stem_mma's FP16 convs."""
-    import sys
-    import types
-    from tftrt.engine.backends import cupy_backend
-    monkeypatch.setitem(sys.modules, "tftrt.engine.backends.cupy_layers", types.SimpleNamespace(
-        signature=lambda net, layer: layer.name))
-    monkeypatch.setattr(cupy_backend, "_WORKSPACE", {})
-
-    class Reads:
-        float32_x = True
-        workspace = 0
-
-        def __init__(self, net, layer, weights, opts):
-            pass
-
-    class Halves(Reads):
-        float32_x = False
-
-    monkeypatch.setattr(cupy_backend, "impl_table", lambda: {
-        "conv": {"stem_mma": (Halves, Reads), "cudnn": (Halves,)}})
+    cupy_backend, Reads, Halves = _fake_chain(monkeypatch, "float32_x")
     net, conv = _conv_layer()
     conv.tactic = "stem_mma"
     assert type(cupy_backend.make_impl(net, conv, {}, {})) is Halves
