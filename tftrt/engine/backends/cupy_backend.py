@@ -72,13 +72,25 @@ def _lazy():
     return cupy_dnn, cupy_layers
 
 
+def _io_needs(layer) -> List[Tuple[str, str]]:
+    """What an implementation class must say (a True class attribute) to take ``layer``, and
+    why one that does not is refused (make_impl): a float layer storing int8 codes
+    (attrs["output_scale"]: a stem before its int8 max pool, a pool before INT8 readers)
+    needs ``int8_store``; an FP16 conv reading float32 x (attrs["float32_x"]: a stem reading
+    the image) needs ``float32_x``."""
+    needs = []
+    if "quant" not in layer.attrs and layer.attrs.get("output_scale") is not None:
+        needs.append(("int8_store", "does not store int8 codes"))
+    if layer.attrs.get("float32_x"):
+        needs.append(("float32_x", "does not read float32 x"))
+    return needs
+
+
 def _plain_io(layer) -> bool:
-    """False for a float conv that stores int8 codes (attrs["output_scale"]: a stem before
-    its int8 max pool) or reads float32 x (attrs["float32_x"]: a stem reading the image):
-    only stem_mma runs those (make_impl's guard refuses the rest), so the other conv tactics
-    are no candidates for them (a profile's tuned rung times its template's layers again)."""
-    return not layer.attrs.get("float32_x") and \
-        ("quant" in layer.attrs or layer.attrs.get("output_scale") is None)
+    """False for a conv with :func:`_io_needs`: only stem_mma runs those (make_impl refuses
+    the rest), so the other conv tactics are no candidates for them (a profile's tuned rung
+    times its template's layers again)."""
+    return not _io_needs(layer)
 
 
 def _cudnn_ok(net, layer) -> bool:
@@ -273,16 +285,11 @@ def make_impl(net: Network, layer: Layer, weights: Dict[str, Any], opts: dict,
             f"tactic applied (cuDNN: {_lazy()[0].cudnn_unavailable_reason() or 'available'})")
     from tftrt.engine.backends.cupy_layers import signature
     errors = []
-    # a float layer storing int8 codes (attrs["output_scale"]): only what writes them; an
-    # FP16 conv reading float32 x (attrs["float32_x"]): only what reads it
-    int8_store = "quant" not in layer.attrs and layer.attrs.get("output_scale") is not None
-    float32_x = bool(layer.attrs.get("float32_x"))
+    needs = _io_needs(layer)  # int8 codes stored, float32 x read: only what does that
     for cls in chain:
-        if int8_store and not getattr(cls, "int8_store", False):
-            errors.append(f"{cls.__name__}: does not store int8 codes")
-            continue
-        if float32_x and not getattr(cls, "float32_x", False):
-            errors.append(f"{cls.__name__}: does not read float32 x")
+        why = next((why for flag, why in needs if not getattr(cls, flag, False)), None)
+        if why:
+            errors.append(f"{cls.__name__}: {why}")
             continue
         try:
             impl = cls(net, layer, weights, opts)
