@@ -320,6 +320,45 @@ def test_zoo_benchmark_dry_run(tmp_path, capsys):
     assert "### ViT" in text and "| 2 |" in text and "(XLA FP16: " in text
 
 
+def test_zoo_benchmark_int8_rows(tmp_path, capsys):
+    """--precisions FP16 INT8: the INT8 row is calibrated (--calib-batches), reports its
+    conv/GEMM layers per precision, the quantized share of their FLOPs and top-1 agreement
+    with native FP32 per batch; the table sets it beside FP16."""
+    import json
+    bench = _bench_zoo("bench_zoo_int8")
+    out = str(tmp_path / "zoo.jsonl")
+    bench.main(["--models", "MobileNetV2", "--batches", "1", "2", "--dry-run", "--skip-xla",
+                "--precisions", "FP16", "INT8", "--calib-batches", "2", "--out", out])
+    rows = [json.loads(line) for line in open(out)]
+    assert [(r["runtime"], r["precision"]) for r in rows] == [
+        ("tf_native", "FP32"), ("tftrt", "FP16"), ("tftrt", "INT8")]
+    fp16, int8 = rows[1], rows[2]
+    assert "error" not in int8, int8["error"]
+    assert "layer_precisions" not in fp16
+    # most of MobileNetV2's 53 convs and GEMM quantize (a few may keep FP16 for their error)
+    assert int8["layer_precisions"].get("INT8", 0) >= 40, int8["layer_precisions"]
+    assert len(int8["quantized_share"]) == 1 and 0.8 < int8["quantized_share"][0] <= 1.0
+    assert int8["rel_err_ok"] and 0 < int8["rel_err"] <= bench.REL_TOL["INT8"], int8["rel_err"]
+    for st in int8["batches"].values():
+        assert 0.0 <= st["top1_agreement"] <= 1.0
+    assert "top1_agreement" not in fp16["batches"]["1"]
+    capsys.readouterr()
+    bench.table(out)
+    text = capsys.readouterr().out
+    assert "tftrt INT8 x tftrt FP16" in text and "of their FLOPs quantized" in text
+    line = next(l for l in text.splitlines() if l.startswith("| 2 |"))
+    ratio = int8["batches"]["2"]["throughput"] / fp16["batches"]["2"]["throughput"]
+    assert line.endswith(f"| {ratio:.2f}x |"), line
+
+
+def test_zoo_top1_agreement_counts_rows_whose_argmax_agrees():
+    bench = _bench_zoo("bench_zoo_top1")
+    ref = {"y": np.array([[0.0, 1.0, 0.5], [2.0, 1.0, 0.0], [0.0, 0.0, 3.0], [1, 2, 3.0]])}
+    got = {"y": np.array([[0.0, 0.9, 0.95], [2.0, 1.0, 0.0], [0.0, 0.0, 3.0], [3, 2, 1.0]])}
+    assert bench.top1_agreement(got, ref) == 0.5
+    assert bench.top1_agreement(ref, ref) == 1.0
+
+
 def test_zoo_benchmark_splits_a_model_over_two_calls(tmp_path):
     """A model too large for one GPU call: --peers-only (native and XLA rows), then
     --skip-xla --skip-native-timing (the tftrt row alone), whose FP16 bar is the earlier XLA
