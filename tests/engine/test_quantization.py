@@ -755,6 +755,13 @@ def test_layer_error_over_the_limit_stays_fp16(monkeypatch):
     monkeypatch.setenv("TFTRT_QUANTIZATION_MAX_ERROR", "0.6")
     engine = build_engine(net, {"x": x.shape}, BuilderConfig(precision="INT8"))
     assert [l.precision for l in engine.network.layers] == ["INT8"]
+    # an error just over the limit reads as over it, not as "0.100 (... limit 0.1)"
+    net.quantization = Q.new_table(tensors={"x": 2.0}, layer_errors={"y": 0.10046})
+    monkeypatch.setenv("TFTRT_QUANTIZATION_MAX_ERROR", "0.1")
+    engine = build_engine(net, {"x": x.shape}, BuilderConfig(precision="INT8"))
+    (layer,) = [l for l in engine.network.layers if l.kind == "conv"]
+    assert "by 0.1005 (" in layer.attrs["quant_fallback"], layer.attrs["quant_fallback"]
+    assert Q._digits_over(0.1000000004, 0.1) == repr(0.1000000004)
     monkeypatch.setenv("TFTRT_QUANTIZATION_MAX_ERROR", "lots")
     with pytest.raises(ValueError, match="TFTRT_QUANTIZATION_MAX_ERROR"):
         Q.max_layer_error("INT8")

@@ -418,7 +418,8 @@ def quantize_network(net: Network, precision: str, table: dict,
             reason = f"the range of tensor {x} ({amax:.3g}) is too small for a float32 scale"
         err = errors.get(layer.outputs[0])
         if reason is None and err is not None and err > limit:
-            reason = (f"its {precision} output differs from the FP32 one by {err:.3f} "
+            reason = (f"its {precision} output differs from the FP32 one by "
+                      f"{_digits_over(err, limit)} "
                       f"(relative L2 error on the calibration data; limit {limit:g})")
         if reason is None and keep_fp16 and layer.name in keep_fp16:
             reason = keep_fp16[layer.name]
@@ -432,6 +433,16 @@ def quantize_network(net: Network, precision: str, table: dict,
     _remove_unused_layers(net)
     net.prune_tensors()
     return [l.name for l in net.layers if l.precision == precision and "quant" in l.attrs]
+
+
+def _digits_over(err: float, limit: float) -> str:
+    """``err`` (> ``limit``) with three decimals, or as many more as it takes to read above
+    the limit: 0.10046 against 0.1 printed "0.100 (...; limit 0.1)" (INT8 sweep, s42)."""
+    for digits in range(3, 10):
+        text = f"{err:.{digits}f}"
+        if float(text) > limit:
+            return text
+    return repr(float(err))
 
 
 # A quantized layer's float output is stored in float16 unless the calibration saw it past
