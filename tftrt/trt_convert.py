@@ -14,12 +14,13 @@ Mirrors ``tensorflow.python.compiler.tensorrt.trt_convert``: change the import a
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import numbers
 import os
 import threading
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 from tftrt import graph_io, progress
 from tftrt.env import env_bool
@@ -289,6 +290,31 @@ class TrtGraphConverterV2:
         self._converted_func = None
         self._keepalive: list = []
         self._build_check: Optional[dict] = None  # build()'s engines-vs-native check
+        # convert() and build() one at a time (_exclusive)
+        self._state_lock = threading.Lock()
+        self._state_owner: Optional[Tuple[int, str]] = None  # (thread, method) holding it
+
+    @contextlib.contextmanager
+    def _exclusive(self, method: str):
+        """convert() and build() run one at a time: a call from another thread waits for the
+        running one, then meets the state it left (a second convert() raises as it does
+        called in turn). Two threads converting at once both got through: each swapped the
+        converter's engine ops while the other calibrated them, so one thread's function
+        served ranges that save() did not hold, or its engines found none and ran natively
+        (hunt, s42). A call from inside the running one (its input function calling back)
+        raises instead of waiting for itself."""
+        me = threading.get_ident()
+        owner = self._state_owner
+        if owner is not None and owner[0] == me:
+            raise RuntimeError(f"{method}() was called while {owner[1]}() is running on this "
+                               f"converter in the same thread (from its input function?); "
+                               f"call it after {owner[1]}() returns")
+        with self._state_lock:
+            self._state_owner = (me, method)
+            try:
+                yield
+            finally:
+                self._state_owner = None
 
     # --- convert -----------------------------------------------------------------------------
     def convert(self, calibration_input_fn: Optional[Callable] = None, *,
@@ -302,6 +328,11 @@ class TrtGraphConverterV2:
             "max" (the default for FP8) or "percentile[:p]" (default 99.99); env
             TFTRT_CALIBRATION_METHOD sets it too. See tftrt/calibration.py.
         """
+        with self._exclusive("convert"):
+            return self._convert(calibration_input_fn, calibration_method)
+
+    def _convert(self, calibration_input_fn: Optional[Callable],
+                 calibration_method: Optional[str]):
         if self._converted:
             raise RuntimeError("convert() was already called on this converter")
         mode = self._conversion_params.precision_mode
@@ -366,6 +397,10 @@ class TrtGraphConverterV2:
           input_fn: a generator yielding one input each step: an array, a tuple/list in the
             signature's input order, or a dict keyed by input name.
         """
+        with self._exclusive("build"):
+            self._build(input_fn)
+
+    def _build(self, input_fn: Callable) -> None:
         if not self._converted:
             raise RuntimeError("Need to call convert() before build()")
         if input_fn is None:
