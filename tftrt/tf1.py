@@ -17,8 +17,9 @@ import os
 from typing import Callable, Optional, Sequence
 
 from tftrt import activation, conversion, graph_io, rewrite
-from tftrt.trt_convert import (DEFAULT_TRT_MAX_WORKSPACE_SIZE_BYTES, TrtConversionParams,
-                               TrtPrecisionMode, _check_conversion_params, is_int)
+from tftrt.trt_convert import (DEFAULT_TRT_MAX_WORKSPACE_SIZE_BYTES, OneAtATime,
+                               TrtConversionParams, TrtPrecisionMode, _check_conversion_params,
+                               is_int)
 
 log = logging.getLogger("tftrt.convert")
 
@@ -101,6 +102,7 @@ class TrtGraphConverter:
                                   use_calibration)
         self._converted_graph_def = None
         self._calibrated = False
+        self._exclusive = OneAtATime()  # convert() and calibrate()
         self._result = None
         self._info = None
         self._sig = None
@@ -108,6 +110,10 @@ class TrtGraphConverter:
     # --- convert -----------------------------------------------------------------------------
     def convert(self):
         """Converts the graph; returns the converted GraphDef."""
+        with self._exclusive("convert"):
+            return self._convert()
+
+    def _convert(self):
         if self._converted_graph_def is not None:
             raise RuntimeError("convert() was already called on this converter")
         activation.activate()
@@ -248,6 +254,12 @@ class TrtGraphConverter:
             name must exist in the graph). Names, or tensors / operations of the graph.
           calibration_method: tftrt's option, as TrtGraphConverterV2.convert()'s.
         """
+        with self._exclusive("calibrate"):
+            return self._calibrate(fetch_names, num_runs, feed_dict_fn, input_map_fn,
+                                   calibration_method)
+
+    def _calibrate(self, fetch_names, num_runs, feed_dict_fn, input_map_fn,
+                   calibration_method):
         from tftrt import calibration
         if self._converted_graph_def is None:
             raise RuntimeError("Need to call convert() before calibrate()")

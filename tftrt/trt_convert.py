@@ -224,6 +224,36 @@ class _NativeReference:
         return self._out
 
 
+class OneAtATime:
+    """A converter's state-changing methods (V2: convert(), build(); TF1: convert(),
+    calibrate()) run one at a time: ``with self._exclusive("convert"):``. A call from another
+    thread waits for the running one, then meets the state it left (a second convert()
+    raises as it does called in turn). Two threads converting one INT8 converter at once
+    both got through: each swapped the engine ops the other was calibrating, so one thread's
+    function served ranges that save() did not hold, or its engines found none and ran
+    natively (hunt, s42). A call from inside the running one (its input function calling
+    back) raises instead of waiting for itself."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._owner: Optional[Tuple[int, str]] = None  # (thread, method) running
+
+    @contextlib.contextmanager
+    def __call__(self, method: str):
+        me = threading.get_ident()
+        owner = self._owner
+        if owner is not None and owner[0] == me:
+            raise RuntimeError(f"{method}() was called while {owner[1]}() is running on this "
+                               f"converter in the same thread (from its input function?); "
+                               f"call it after {owner[1]}() returns")
+        with self._lock:
+            self._owner = (me, method)
+            try:
+                yield
+            finally:
+                self._owner = None
+
+
 class TrtGraphConverterV2:
     """Converts a TF2 SavedModel signature so its supported subgraphs run as tftrt engines.
 
@@ -290,31 +320,7 @@ class TrtGraphConverterV2:
         self._converted_func = None
         self._keepalive: list = []
         self._build_check: Optional[dict] = None  # build()'s engines-vs-native check
-        # convert() and build() one at a time (_exclusive)
-        self._state_lock = threading.Lock()
-        self._state_owner: Optional[Tuple[int, str]] = None  # (thread, method) holding it
-
-    @contextlib.contextmanager
-    def _exclusive(self, method: str):
-        """convert() and build() run one at a time: a call from another thread waits for the
-        running one, then meets the state it left (a second convert() raises as it does
-        called in turn). Two threads converting at once both got through: each swapped the
-        converter's engine ops while the other calibrated them, so one thread's function
-        served ranges that save() did not hold, or its engines found none and ran natively
-        (hunt, s42). A call from inside the running one (its input function calling back)
-        raises instead of waiting for itself."""
-        me = threading.get_ident()
-        owner = self._state_owner
-        if owner is not None and owner[0] == me:
-            raise RuntimeError(f"{method}() was called while {owner[1]}() is running on this "
-                               f"converter in the same thread (from its input function?); "
-                               f"call it after {owner[1]}() returns")
-        with self._state_lock:
-            self._state_owner = (me, method)
-            try:
-                yield
-            finally:
-                self._state_owner = None
+        self._exclusive = OneAtATime()  # convert() and build()
 
     # --- convert -----------------------------------------------------------------------------
     def convert(self, calibration_input_fn: Optional[Callable] = None, *,

@@ -72,6 +72,45 @@ def test_calibrating_again_is_refused_and_keeps_the_first_ranges():
     assert _rel(got, want) < 0.03
 
 
+def test_two_threads_calibrating_one_converter_take_turns():
+    """calibrate() from a second thread while the first runs waits for it, then is refused
+    as a second call in turn is (trt_convert.OneAtATime); the first thread's ranges stay."""
+    import threading
+    import time
+    conv = _int8_tf1(is_dynamic_op=False, max_batch_size=4)
+    tiny, real = _data(0, 0.01), _data(1)
+    first_in, second_started = threading.Event(), threading.Event()
+    got = {}
+
+    def slow_feed():
+        first_in.set()
+        assert second_started.wait(30)
+        time.sleep(0.3)  # (the second thread is inside calibrate() by now)
+        return {"x:0": tiny}
+
+    def first():
+        got["first"] = conv.calibrate(["out:0"], 1, feed_dict_fn=slow_feed)
+
+    def second():
+        assert first_in.wait(30)
+        second_started.set()
+        try:
+            conv.calibrate(["out:0"], 1, feed_dict_fn=lambda: {"x:0": real})
+            got["second"] = "returned"
+        except RuntimeError as e:
+            got["second"] = str(e)
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert got.get("second", "").startswith("calibrate() was already called"), got
+    assert _table(conv._converted_graph_def)["tensors"]["TensorRTInputPH_0"] < 0.05
+    assert _table(got["first"])["tensors"] == \
+        pytest.approx(_table(conv._converted_graph_def)["tensors"])
+
+
 def test_tf1_calibration_data_that_cannot_give_ranges_is_said(caplog):
     conv = _int8_tf1(is_dynamic_op=True)
     zeros = np.zeros((4, 8, 8, 2), np.float32)
