@@ -75,39 +75,21 @@ def test_calibrating_again_is_refused_and_keeps_the_first_ranges():
 def test_two_threads_calibrating_one_converter_take_turns():
     """calibrate() from a second thread while the first runs waits for it, then is refused
     as a second call in turn is (trt_convert.OneAtATime); the first thread's ranges stay."""
-    import threading
-    import time
+    from tests.integration.threads import second_call_during_first
     conv = _int8_tf1(is_dynamic_op=False, max_batch_size=4)
     tiny, real = _data(0, 0.01), _data(1)
-    first_in, second_started = threading.Event(), threading.Event()
-    got = {}
 
-    def slow_feed():
-        first_in.set()
-        assert second_started.wait(30)
-        time.sleep(0.3)  # (the second thread is inside calibrate() by now)
-        return {"x:0": tiny}
+    def first(hold):
+        def slow_feed():  # held until the second thread is inside calibrate()
+            hold()
+            return {"x:0": tiny}
+        return conv.calibrate(["out:0"], 1, feed_dict_fn=slow_feed)
 
-    def first():
-        got["first"] = conv.calibrate(["out:0"], 1, feed_dict_fn=slow_feed)
-
-    def second():
-        assert first_in.wait(30)
-        second_started.set()
-        try:
-            conv.calibrate(["out:0"], 1, feed_dict_fn=lambda: {"x:0": real})
-            got["second"] = "returned"
-        except RuntimeError as e:
-            got["second"] = str(e)
-
-    threads = [threading.Thread(target=first), threading.Thread(target=second)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert got.get("second", "").startswith("calibrate() was already called"), got
+    graph_def, second = second_call_during_first(first, lambda: conv.calibrate(
+        ["out:0"], 1, feed_dict_fn=lambda: {"x:0": real}))
+    assert second.startswith("calibrate() was already called"), second
     assert _table(conv._converted_graph_def)["tensors"]["TensorRTInputPH_0"] < 0.05
-    assert _table(got["first"])["tensors"] == \
+    assert _table(graph_def)["tensors"] == \
         pytest.approx(_table(conv._converted_graph_def)["tensors"])
 
 

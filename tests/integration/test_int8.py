@@ -5,7 +5,6 @@ accuracy of trained models (a CNN, a transformer encoder) against FP32."""
 
 import functools
 import logging
-import time
 
 import numpy as np
 import onnx
@@ -173,41 +172,24 @@ def test_two_threads_converting_one_converter_take_turns(cnn):
     as a second call in turn does; the converter keeps the first thread's ranges, which its
     function serves. Both used to get through (hunt, s42): each swapped the engine ops the
     other was calibrating, and one thread's function ran ranges save() did not hold."""
-    import threading
+    from tests.integration.threads import second_call_during_first
     conv = trt.TrtGraphConverterV2(input_saved_model_dir=cnn[0], precision_mode="INT8")
     data = batches(2)
-    first_in, second_started = threading.Event(), threading.Event()
-    got = {}
 
-    def slow_data():  # the first thread's calibration, held until the second has started
-        first_in.set()
-        assert second_started.wait(30)
-        time.sleep(0.3)  # (the second thread is inside convert() by now)
-        yield from ((b,) for b in data)
+    def first(hold):
+        def slow_data():  # held until the second thread is inside convert()
+            hold()
+            yield from ((b,) for b in data)
+        return conv.convert(calibration_input_fn=slow_data)
 
-    def first():
-        got["first"] = conv.convert(calibration_input_fn=slow_data)
-
-    def second():
-        assert first_in.wait(30)
-        second_started.set()
-        try:
-            conv.convert(calibration_input_fn=lambda: iter([(b * 20,) for b in data]))
-            got["second"] = "returned"
-        except RuntimeError as e:
-            got["second"] = str(e)
-
-    threads = [threading.Thread(target=first), threading.Thread(target=second)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert got.get("second") == "convert() was already called on this converter", got
+    fn, second = second_call_during_first(first, lambda: conv.convert(
+        calibration_input_fn=lambda: iter([(b * 20,) for b in data])))
+    assert second == "convert() was already called on this converter", second
     (op,) = conv.engine_ops.values()
     amax = max(op.quantization["tensors"].values())
     assert amax <= 1.5, amax  # the first thread's data (in [0, 1)), not the second's x 20
     x = batches(1, seed=5)[0]
-    np.testing.assert_allclose(_out(got["first"], x), cnn[1](x).numpy(), rtol=0.1, atol=0.1)
+    np.testing.assert_allclose(_out(fn, x), cnn[1](x).numpy(), rtol=0.1, atol=0.1)
 
 
 def test_build_from_inside_convert_is_a_clear_error(cnn):
