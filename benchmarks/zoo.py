@@ -25,6 +25,7 @@ numpy backend, the smallest input size and widths, two timed calls.
 from __future__ import annotations
 
 import argparse
+import collections
 import gc
 import json
 import contextlib
@@ -100,15 +101,14 @@ def quantization_facts(ops) -> dict:
     """An INT8 / FP8 row's precision facts, from each engine op's report (summary()'s): its
     conv / GEMM layers per precision, the share of their FLOPs quantized, and what timing
     against FP16 decided (builder.timed_precision) for the first engine that says."""
-    from tftrt.summary import _quantization_report
-    out = {"layer_precisions": {}, "quantized_share": []}
+    from tftrt.summary import quantization_report
+    count = collections.Counter()
+    out = {"layer_precisions": count, "quantized_share": []}
     for op in ops:
-        report, _ = _quantization_report(op)
+        report, _ = quantization_report(op)
         if report is None:
             continue
-        for r in report["layers"]:
-            out["layer_precisions"][r["precision"]] = \
-                out["layer_precisions"].get(r["precision"], 0) + 1
+        count.update(r["precision"] for r in report["layers"])
         out["quantized_share"].append(report["quantized_share"])
         for _, entry in op.cache.items():
             timed = getattr(entry, "build_info", {}).get("timed_precision")

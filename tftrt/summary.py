@@ -151,7 +151,7 @@ def engine_lines(key, engine, strategy=None):
     return lines
 
 
-def _quantization_report(op):
+def quantization_report(op):
     """(precision report, where it comes from) of an INT8 / FP8 engine op: its first built
     engine, else the plan its calibration made; (None, why) without either."""
     from tftrt.engine import quantization as Q
@@ -176,7 +176,7 @@ def quantization_lines(op, detailed: bool):
     the share of their FLOPs that runs quantized; tensors without a range, once."""
     from tftrt.engine import quantization as Q
     mode = op.spec.precision_mode
-    report, where = _quantization_report(op)
+    report, where = quantization_report(op)
     if report is None:
         return [f"\t[{mode}] {where}"]
     layers = report["layers"]
