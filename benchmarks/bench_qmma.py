@@ -1,5 +1,5 @@
 """The tensor-core quantized GEMM kernel (tactic ``q_mma``, backends/cuda_source_qmma) alone on
-ResNet50's 1x1 convolutions at batch 128 (issue 15): microseconds per call (median of CUDA
+ResNet50's 1x1 convolutions, and its 3x3 ones as implicit GEMMs, at batch 128 (issue 15): microseconds per call (median of CUDA
 graph replays, cupy_dnn.gpu_time), the bytes it must move and the rate that makes, for each
 setting (the kernel's knobs, below), and a check of every output against the same arithmetic
 in CuPy
@@ -54,14 +54,27 @@ CONVS = [
 ]
 
 
+# 3x3 / stride 1 / SAME convs as implicit GEMMs (ConvGeometry): name, H(=W), C, N, x dtype;
+# ReLU, no residual (ResNet50's stage-1 and stage-2 3x3 convs, their x from a requantizing
+# 1x1 conv)
+CONV3 = [
+    ("s1_3x3_64to64", 56, 64, 64, "int8"),
+    ("s2_3x3_128to128", 28, 128, 128, "int8"),
+    ("s1_3x3_64to64_f16x", 56, 64, 64, "float16"),
+]
+
+
 def rows_of(hw, batch: int) -> int:
     """M: batch x H x W for a conv, batch x tokens for an encoder GEMM ("seqT")."""
     return batch * int(hw[3:]) if isinstance(hw, str) else batch * hw * hw
 IN_SCALE, OUT_SCALE, RES_SCALE = 0.05, 0.04, 0.03
 
 
-def run(name, hw, k, n, xdt, res, relu, batch, configs, rng):
+def run(name, hw, k, n, xdt, res, relu, batch, configs, rng, taps=1):
+    """``taps`` 9: a 3x3 / SAME conv of ``k`` input channels (K = 9 k) as an implicit GEMM."""
     m = rows_of(hw, batch)
+    c, k = k, k * taps
+    geometry = None if taps == 1 else QM.ConvGeometry(hw, hw, c, 3, 3, 1, 1, 1, 1, hw, hw)
     epi = [{"op": "scale", "input": 2}, {"op": "bias", "input": 3}]
     modes = {2: ("vec", "float32"), 3: ("vec", "float32")}
     if res:
@@ -71,11 +84,15 @@ def run(name, hw, k, n, xdt, res, relu, batch, configs, rng):
         epi.append({"op": "act", "fn": "relu"})
     inv_x = float(Q.inv_scale(IN_SCALE))
     if xdt == "int8":
-        x = cp.asarray(rng.integers(-127, 128, (m, k), dtype=np.int8))
+        x = cp.asarray(rng.integers(-127, 128, (m, c), dtype=np.int8))
         xq = x.astype(cp.float32)
     else:
-        x = cp.asarray((rng.standard_normal((m, k)) * 2).astype(xdt))
+        x = cp.asarray((rng.standard_normal((m, c)) * 2).astype(xdt))
         xq = cp.clip(cp.rint(x.astype(cp.float32) * cp.float32(inv_x)), -127, 127)
+    if geometry is not None:  # im2col of the quantized values: rows of y x (taps, channels)
+        xp = cp.pad(xq.reshape(batch, hw, hw, c), ((0, 0), (1, 1), (1, 1), (0, 0)))
+        xq = cp.concatenate([xp[:, dh:dh + hw, dw:dw + hw] for dh in range(3)
+                             for dw in range(3)], axis=-1).reshape(m, k)
     w = cp.asarray(rng.integers(-127, 128, (n, k), dtype=np.int8))
     ops = {2: cp.asarray(rng.uniform(1e-3, 4e-3, n).astype(np.float32)),
            3: cp.asarray(rng.standard_normal(n).astype(np.float32))}
@@ -89,14 +106,14 @@ def run(name, hw, k, n, xdt, res, relu, batch, configs, rng):
     if relu:
         v = cp.maximum(v, 0)
     want = cp.clip(cp.rint(v * cp.float32(Q.inv_scale(OUT_SCALE))), -127, 127).astype(cp.int8)
-    nbytes = m * k * x.itemsize + m * n * (2 if res else 1) + n * k
+    nbytes = m * c * x.itemsize + m * n * (2 if res else 1) + n * k
     rows = []
     for mt, warps, nc, stage, fast, min_threads, pipe, paired in configs:
         try:
             src = QM.QMmaSource(n, k, S.INT8, xdt, "int8", epi, modes, inv_x, OUT_SCALE, mt=mt,
                                 warps=warps or None, nc=nc or None, stage_full=bool(stage),
                                 fast_int=bool(fast), min_threads=min_threads,
-                                pipeline=bool(pipe), paired=bool(paired))
+                                pipeline=bool(pipe), paired=bool(paired), conv=geometry)
         except ValueError as e:
             print(f"{name:24s} mt {mt} warps {warps} nc {nc}: {e}")
             continue
@@ -138,10 +155,12 @@ def main(argv=None) -> int:
         given = tuple(int(v) for v in c.split(","))
         configs.append(given + defaults[len(given):])
     bad = 0
-    for conv in CONVS:
+    cases = [(conv, 1) for conv in CONVS] + \
+        [((name, hw, c, n, xdt, False, True), 9) for name, hw, c, n, xdt in CONV3]
+    for conv, taps in cases:
         if a.only and a.only not in conv[0]:
             continue
-        for mt, nc, blocks, t, gbs, off, worst in run(*conv, a.batch, configs, rng):
+        for mt, nc, blocks, t, gbs, off, worst in run(*conv, a.batch, configs, rng, taps=taps):
             bad += worst > 1 or off > 0.005 * rows_of(conv[1], a.batch) * conv[3]
     print("all outputs within one step on <= 0.5%" if not bad else f"{bad} runs off")
     return 1 if bad else 0

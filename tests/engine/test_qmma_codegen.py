@@ -558,6 +558,11 @@ def test_sources_compile_for_sm90_without_spills(tmp_path):
                             pipeline=True)
         if src.pipeline:
             srcs.append(src)
+    for c, n in ((64, 64), (128, 128)):   # the stage-1 / stage-2 3x3 convs, implicit GEMMs
+        epi, modes = _spec((0, n, 9 * c, S.INT8, "int8", "int8", "", "relu", 0, None))
+        srcs.append(QM.QMmaSource(n, 9 * c, S.INT8, "int8", "int8", epi, modes, INV_X,
+                                  OUT_SCALE, conv=QM.ConvGeometry(56, 56, c, 3, 3, 1, 1, 1, 1,
+                                                                  56, 56)))
     body = []
     for k, s in enumerate(srcs):
         body.append(_strip(s.source, k))
@@ -617,7 +622,7 @@ def test_the_tactic_takes_the_quantized_gemms_the_kernel_takes(monkeypatch):
     net = _matmul_net(64, 32, precision="FP16")
     assert QM.unsupported(net, net.layers[0]) == "not a quantized layer"
     net = _quantized_net("depthwise")
-    assert "not one GEMM" in QM.unsupported(net, net.layers[0])
+    assert "no groups or dilations" in QM.unsupported(net, net.layers[0])
 
 
 def test_the_impl_chain_falls_back_on_the_gpu():
@@ -715,3 +720,163 @@ def test_the_benchmark_knobs_compute_the_same(tmp_path):
     for k, src in enumerate(srcs):
         y, want, _ = _run(so, k, src, case, 45, seed=9)
         np.testing.assert_array_equal(y, want, err_msg=f"warps {src.warps} nc {src.nc}")
+
+
+# --- a conv as an implicit GEMM (ConvGeometry) -----------------------------------------------
+# (batch, H, W, C, N, R, S, strides, pads (top, left, bottom, right), fmt, x dtype, y dtype,
+#  epilogue, activation, max blocks)
+CONV_CASES = [
+    (2, 6, 5, 64, 40, 3, 3, (1, 1), (1, 1, 1, 1), S.INT8, "int8", "int8", "", "relu", None),
+    (1, 8, 7, 64, 24, 3, 3, (2, 2), (0, 0, 1, 1), S.INT8, "float16", "int8", "res8", "relu",
+     None),                                                   # stride 2 with SAME's pads
+    (2, 5, 9, 128, 16, 1, 3, (1, 1), (0, 1, 0, 1), S.FP8, "float32", "float16", "", "gelu",
+     None),                                                   # FP8, one row of taps
+    (1, 4, 4, 128, 8, 3, 3, (1, 1), (1, 1, 1, 1), S.INT8, "int8", "float32", "res", None, 1),
+    (3, 3, 3, 64, 64, 2, 2, (1, 1), (0, 0, 0, 0), S.INT8, "float32", "float16", "", None, 2),
+]
+
+
+def _conv_out(case):
+    b, h, w, c, n, r, s, (sh, sw), (pt, pl, pb, pr) = case[:9]
+    return b, (h + pt + pb - r) // sh + 1, (w + pl + pr - s) // sw + 1
+
+
+def _conv_source(case) -> QM.QMmaSource:
+    b, h, w, c, n, r, s, (sh, sw), pads, fmt, xdt, ydt, res, act, _ = case
+    _, ho, wo = _conv_out(case)
+    geo = QM.ConvGeometry(h, w, c, r, s, sh, sw, pads[0], pads[1], ho, wo)
+    epi, modes = _spec((0, n, r * s * c, fmt, xdt, ydt, res, act, 0, None))
+    return QM.QMmaSource(n, r * s * c, fmt, xdt, ydt, epi, modes, INV_X,
+                         OUT_SCALE if ydt == "int8" else None, conv=geo)
+
+
+def _im2col(x, case):
+    """[rows of y, taps x C] of NHWC ``x`` in the KRSC weight's order, zeros in the padding."""
+    b, h, w, c, n, r, s, (sh, sw), (pt, pl, pb, pr) = case[:9]
+    _, ho, wo = _conv_out(case)
+    xp = np.zeros((b, h + pt + pb + r, w + pl + pr + s, c), x.dtype)
+    xp[:, pt:pt + h, pl:pl + w] = x
+    cols = [xp[:, dh:dh + sh * (ho - 1) + 1:sh, dw:dw + sw * (wo - 1) + 1:sw]
+            for dh in range(r) for dw in range(s)]
+    return np.concatenate(cols, axis=-1).reshape(b * ho * wo, r * s * c)
+
+
+def test_a_conv_runs_as_an_implicit_gemm_on_the_host(tmp_path):
+    """A conv with taps, strides and padding (ConvGeometry): the kernel gathers each tap's
+    channels at its pixel itself, zeros in the padding, and answers what the same GEMM over
+    im2col's rows answers -- INT8 bit for bit with int8 / float x, FP8 within fp32 summation
+    order -- for 3x3 (stride 1, and stride 2 with TF SAME's bottom / right padding), 1x3, 2x2
+    unpadded, K over several blocks, residuals, a looping grid."""
+    if _host_compiler() is None:
+        pytest.skip("no host C++ compiler")
+    srcs = [_conv_source(case) for case in CONV_CASES]
+    assert all(not s.pipeline for s in srcs) and {s.k // QM.KB for s in srcs} == {1, 2, 4}
+    so = _build(_host_text(srcs), tmp_path, "qmma_conv")
+    for k, (case, src) in enumerate(zip(CONV_CASES, srcs)):
+        b, h, w, c, n = case[:5]
+        _, ho, wo = _conv_out(case)
+        m = b * ho * wo
+        gemm = (m, n, src.k, case[9], case[10], case[11], case[12], case[13], 0, case[14])
+        x = _inputs((b * h * w, n, c) + gemm[3:], seed=200 + k)[0].reshape(b, h, w, c)
+        _, wq, ops = _inputs(gemm, seed=300 + k)   # [N, taps x C] weights, y-sized residual
+        want = _want(gemm, _im2col(x, case), wq, ops)
+        poison = -128 if src.y_dtype == "int8" else np.nan
+        y = np.full(want.shape, poison, src.y_dtype)
+        _run_host(so, k, [x, wq] + [ops[i] for i in src.operands] + [y, m],
+                  src.grid(m, case[14]), src.threads)
+        what = f"conv case {k} {case}"
+        if src.fmt == S.INT8:
+            np.testing.assert_array_equal(y, want, err_msg=what)
+        else:
+            got, ref = y.astype(np.float64), want.astype(np.float64)
+            tol = 2.0 ** -10 * np.abs(ref) + 1e-5 * np.abs(ref).max()
+            assert (np.abs(got - ref) <= tol).all(), what
+
+
+def _conv_net(x_shape, r, s, n, strides, pads, precision, residual=False, group=1,
+              dilations=(1, 1)):
+    from tftrt.engine.network import Network
+    from tftrt.engine.precision import apply_precision
+    rng = np.random.RandomState(2)
+    b, h, w, c = x_shape
+    ho = (h + pads[0] + pads[2] - r) // strides[0] + 1
+    wo = (w + pads[1] + pads[3] - s) // strides[1] + 1
+    y_shape = (b, ho, wo, n)
+    net = Network("conv")
+    net.inputs, net.outputs = ["x"] + (["r"] if residual else []), ["y"]
+    net.add_tensor("x", "float32", x_shape)
+    if residual:
+        net.add_tensor("r", "float32", y_shape)
+    wt = net.add_weight(rng.randn(n, r, s, c // group).astype(np.float32), "w")
+    bias = net.add_weight(rng.randn(n).astype(np.float32), "b")
+    layer = net.add_layer("conv", ["x", wt, bias] + (["r"] if residual else []), ["y"],
+                          {"strides": list(strides), "dilations": list(dilations),
+                           "pads": list(pads), "group": group})
+    layer.epilogue = [{"op": "bias", "input": 2}] + \
+        ([{"op": "add", "input": 3}] if residual else []) + [{"op": "act", "fn": "relu"}]
+    net.tensors["y"].dtype, net.tensors["y"].shape = "float32", y_shape
+    return apply_precision(net, precision, Q.new_table(tensors={"x": 2.0}))
+
+
+CONV_NETS = [((2, 6, 5, 64), 3, 3, 40, (1, 1), (1, 1, 1, 1), False),
+             ((1, 7, 8, 64), 3, 3, 24, (2, 2), (1, 0, 1, 1), True),
+             ((2, 4, 5, 128), 1, 3, 16, (1, 1), (0, 1, 0, 1), False)]
+
+
+@pytest.mark.parametrize("precision", ["INT8", "FP8"])
+def test_a_conv_layers_implicit_gemm_computes_what_the_numpy_backend_does(tmp_path, precision,
+                                                                         monkeypatch):
+    """What cupy_quant.QuantGemmMma passes the kernel for a conv with taps (layer_source's
+    ConvGeometry, gemm_weight's KRSC rows, y's pixels as the rows) against the numpy
+    backend's quantized conv."""
+    from tftrt.engine.backends import numpy_backend as NB
+    monkeypatch.setenv("TFTRT_QUANT_MMA", "1")
+    if _host_compiler() is None:
+        pytest.skip("no host C++ compiler")
+    nets = [_conv_net(xs, r, s, n, st, p, precision, res) for xs, r, s, n, st, p, res in
+            CONV_NETS]
+    srcs = [QM.layer_source(net, net.layers[0]) for net in nets]
+    assert all(src.conv is not None for src in srcs)
+    so = _build(_host_text(srcs), tmp_path, "qmma_conv_layers")
+    rng = np.random.default_rng(6)
+    for k, (net, src) in enumerate(zip(nets, srcs)):
+        (layer,) = net.layers
+        ins = [np.asarray(net.weights[t]) if t in net.weights else
+               rng.standard_normal(net.tensors[t].shape).astype(net.tensors[t].dtype)
+               for t in layer.inputs]
+        want = NB._quantized_gemm(net, layer, net.weights)(ins)[0]
+        w = S.gemm_weight(net.weights[layer.inputs[1]], "conv", False, src.k, src.n)
+        m = int(np.prod(want.shape[:-1]))
+        y = np.full(want.shape, np.nan, want.dtype)
+        _run_host(so, k, [ins[0], w] + [ins[i] for i in src.operands] + [y, m], src.grid(m),
+                  src.threads)
+        what = f"{precision} {CONV_NETS[k]}"
+        if precision == "INT8":
+            np.testing.assert_array_equal(y, want, err_msg=what)
+        else:
+            np.testing.assert_allclose(y, want, rtol=2.0 ** -10,
+                                       atol=1e-5 * float(np.abs(want).max()), err_msg=what)
+
+
+def test_the_tactic_takes_the_convs_the_implicit_gemm_takes(monkeypatch):
+    """``q_mma`` applies to a quantized conv with taps of up to TACTIC_CONV_MAX_C input
+    channels (a multiple of 64) at any K, to a wider one only when small (batch 1); never to
+    a grouped or dilated conv or one of channels not a multiple of 64."""
+    monkeypatch.setenv("TFTRT_QUANT_MMA", "1")
+    big = (128, 56, 56)
+    net = _conv_net(big + (64,), 3, 3, 64, (1, 1), (1, 1, 1, 1), "INT8")
+    assert QM.unsupported(net, net.layers[0]) is None
+    src = QM.layer_source(net, net.layers[0])
+    assert (src.k, src.n, src.conv.ho, src.conv.wo) == (576, 64, 56, 56)
+    net = _conv_net((128, 28, 28, 128), 3, 3, 128, (1, 1), (1, 1, 1, 1), "INT8")
+    assert "TACTIC_CONV_MAX_C" in QM.unsupported(net, net.layers[0])
+    net = _conv_net((1, 28, 28, 128), 3, 3, 128, (1, 1), (1, 1, 1, 1), "INT8")
+    assert QM.unsupported(net, net.layers[0]) is None              # batch 1: small
+    for kw, match in ((dict(group=2), "no groups or dilations"),
+                      (dict(dilations=(2, 2)), "no groups or dilations")):
+        net = _conv_net((1, 9, 9, 128), 3, 3, 64, (1, 1), (1, 1, 1, 1), "INT8", **kw)
+        assert match in QM.unsupported(net, net.layers[0])
+    net = _conv_net((1, 9, 9, 96), 3, 3, 64, (1, 1), (1, 1, 1, 1), "INT8")
+    assert "multiple of 64, not 96" in QM.unsupported(net, net.layers[0])
+    net = _conv_net((1, 9, 9, 64), 3, 3, 64, (1, 1), (1, 1, 1, 1), "FP16")
+    assert QM.unsupported(net, net.layers[0]) == "not a quantized layer"

@@ -295,10 +295,10 @@ def _bottleneck_model(rng, precision):
 @pytest.mark.parametrize("precision", ["INT8", "FP8"])
 def test_the_tensor_core_gemm_kernel_runs_1x1_convs_and_matches_numpy(precision, monkeypatch):
     """With the libraries' tactics taken away from the layers q_mma takes, every 1x1 conv of a
-    bottleneck and the ones after it (K 256 and 320) runs the tensor-core kernel
-    (cuda_source_qmma: x quantized on load or read as int8, epilogue and requantization
-    fused), validated at build time, and the engine answers what the numpy simulation
-    answers."""
+    bottleneck and the ones after it (K 256 and 320), and its 3x3 conv of 64 channels as an
+    implicit GEMM (ConvGeometry), run the tensor-core kernel (cuda_source_qmma: x quantized
+    on load or read as int8, epilogue and requantization fused), validated at build time,
+    and the engine answers what the numpy simulation answers."""
     from tftrt.engine.backends import cupy_quant as QK
     if precision == "FP8" and _sm() < (8, 9):
         pytest.skip("FP8 needs sm_89+")
@@ -317,8 +317,10 @@ def test_the_tensor_core_gemm_kernel_runs_1x1_convs_and_matches_numpy(precision,
     choices = _choices(gpu)
     mma = [(l, i) for l, i in _impls_pairs(gpu) if isinstance(i, QK.QuantGemmMma)]
     # every 1x1 conv, the one of K 320 too: at batch 4 it is a GEMM of at most TACTIC_SMALL
-    # multiply-adds, offered at any K up to MAX_K (latency-bound)
-    assert len(mma) == 5, choices
+    # multiply-adds, offered at any K up to MAX_K (latency-bound); the 3x3 conv (not the
+    # 3-channel stem)
+    assert len(mma) == 6, choices
+    assert [impl.src.conv.r for _, impl in mma if impl.src.conv is not None] == [3], choices
     for layer, impl in mma:
         rec = impl.record()
         assert rec["kernel"].startswith(f"tensor-core {precision} GEMM kernel"), choices

@@ -47,7 +47,7 @@ per-element formulas, not from these tables, and the build-time validation of ev
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -67,6 +67,11 @@ KB = 256                 # K a lane's A fragments cover at a time (16 words a ro
 # may beat a library call and its epilogue at any K, so it is offered to them at every K.
 TACTIC_MAX_K = 256
 TACTIC_SMALL = 1 << 28
+# input channels up to which the builder offers the kernel for a conv with more than one tap
+# (an implicit GEMM, :class:`ConvGeometry`) whatever its K: cuDNN's int8 fusion engine ran
+# ResNet50's stage-1 3x3 convs (64 channels) slower than the FP16 ones (93 against 80 us,
+# H100, batch 128, s41), its stage-2 ones (128) in under 31 us.
+TACTIC_CONV_MAX_C = 64
 WARPS = 4                # a block: 128 threads
 # a block of a layer with a staged residual: 256 threads. H100, 2026-12-06, same call
 # (results/qmma_bench_h100_2026-12-06s36c.log): the stage-1 conv3 with its residual 154.6 us
@@ -101,6 +106,25 @@ _Y_DTYPES = ("int8", "float16", "float32")
 A_FRAG = ((0, 0), (8, 0), (0, 16), (8, 16))
 B_FRAG = (0, 16)
 C_FRAG = ((0, 0), (0, 1), (8, 0), (8, 1))
+
+
+class ConvGeometry(NamedTuple):
+    """A conv run as an implicit GEMM: the rows are y's pixels (image, ho, wo), K is its taps
+    times its input channels in the KRSC weight's order (k = (dh * s + dw) * c + ci), and a
+    lane reads x (NHWC, ``h`` x ``w`` x ``c`` an image) in place at the tap's pixel, zeros
+    where it falls in the padding. ``c`` a multiple of 64: each 64-wide chunk of K lies in one
+    tap (16-byte loads stay aligned)."""
+    h: int
+    w: int
+    c: int
+    r: int
+    s: int
+    stride_h: int
+    stride_w: int
+    pad_h: int   # the padding before (top / left); after it is what the output sizes leave
+    pad_w: int
+    ho: int
+    wo: int
 
 
 def _mma_helper(acc: str, types: str, reg: str) -> str:
@@ -275,6 +299,9 @@ class QMmaSource:
         registers; 0: :data:`PIPELINE_MIN_BLOCKS` blocks where that applies, else none);
         paired: False runs the epilogue element by element, s37's way, instead of
         :meth:`_epilogue`'s pairs and ReLU tail -- benchmark knobs, the same answers.
+      conv: a :class:`ConvGeometry` where the layer is a conv with more than one tap (or a
+        stride, or padding): the kernel's rows are then y's pixels and it gathers x's taps
+        itself (K = r * s * c; no pipeline).
 
     Kernel ``qmma(x, w, *operands, y, m)`` (operands in :attr:`operands` order, ``m`` a long
     long); :meth:`grid` gives the launch. Raises ValueError for what the kernel does not take.
@@ -285,8 +312,17 @@ class QMmaSource:
                  inv_x: float = 1.0, out_scale: Optional[float] = None, mt: int = MT,
                  warps: Optional[int] = None, nc: Optional[int] = None, stage_full: bool = True,
                  fast_int: bool = True, min_threads: int = 0, pipeline: bool = PIPELINE,
-                 paired: bool = True):
+                 paired: bool = True, conv: Optional[ConvGeometry] = None):
         self.n, self.k, self.fmt = int(n), int(k), fmt
+        self.conv = conv
+        if conv is not None:
+            if conv.c % 64 or conv.c <= 0:
+                raise ValueError(f"the tensor-core quantized conv takes input channels a "
+                                 f"multiple of 64, not {conv.c}")
+            if conv.r * conv.s * conv.c != self.k:
+                raise ValueError(f"K {self.k} is not the conv's taps x channels "
+                                 f"({conv.r} x {conv.s} x {conv.c})")
+            pipeline = False  # (the pipelined loop reads x's rows as a GEMM's)
         self.x_dtype, self.y_dtype = np.dtype(x_dtype).name, np.dtype(y_dtype).name
         if fmt not in (S.INT8, S.FP8):
             raise ValueError(f"quantized format {fmt!r}")
@@ -553,6 +589,8 @@ class QMmaSource:
         into ``<dst>0`` / ``<dst>1`` for ``chunks`` 64-wide chunks of K from column ``off``
         (a C expression), and a last 32 where ``tail``."""
         k = self.k
+        if self.conv is not None:
+            return self._conv_loads(chunks, off, dst, rows)
         loads = []
         for p in (0, 1):
             if chunks:
@@ -563,6 +601,44 @@ class QMmaSource:
                 loads.append(f"span8(x + {rows}{p} * {k} + {off} + {64 * chunks} + 8 * t, "
                              f"xal, {dst}{p} + {4 * chunks});")
         return "\n        ".join(loads)
+
+    def _conv_rows(self, rows: str = "row") -> str:
+        """Statements locating the lane's rows ``<rows>0`` / ``<rows>1`` (y's pixels) in x for
+        :meth:`_conv_loads`: ``<rows>px<p>``, the image's first element, and ``<rows>hb<p>``
+        / ``<rows>wb<p>``, the top-left tap's pixel (negative in the padding)."""
+        g = self.conv
+        out = []
+        for p in (0, 1):
+            r = f"{rows}{p}"
+            out.append(f"""const unsigned {r}u = (unsigned){r};
+      const unsigned {r}i = {r}u / {g.ho * g.wo}u, {r}q = {r}u - {r}i * {g.ho * g.wo}u;
+      const int {rows}hb{p} = (int)({r}q / {g.wo}u) * {g.stride_h} - {g.pad_h};
+      const int {rows}wb{p} = (int)({r}q % {g.wo}u) * {g.stride_w} - {g.pad_w};
+      const long long {rows}px{p} = (long long){r}i * {g.h * g.w * g.c}ll;""")
+        return "\n      ".join(out)
+
+    def _conv_loads(self, chunks: int, off: str, dst: str, rows: str) -> str:
+        """:meth:`_k_loads` of an implicit GEMM: chunk ``c``'s 64 columns are one tap's 64
+        channels; a lane reads its 16 bytes of them at the tap's pixel of each of its rows,
+        or zeros (the code of 0) where that pixel is in the padding."""
+        g = self.conv
+        loads = []
+        for p in (0, 1):
+            loads.append(f"""{{
+          const int hi = {rows}hb{p} + dh, wi = {rows}wb{p} + dw;
+          if ((unsigned)hi < {g.h}u && (unsigned)wi < {g.w}u)
+            span16(x + {rows}px{p} + ((long long)hi * {g.w} + wi) * {g.c} + ci + 16 * t, xal,
+                   {dst}{p} + 4 * c);
+          else
+            {dst}{p}[4 * c] = {dst}{p}[4 * c + 1] = {dst}{p}[4 * c + 2] = {dst}{p}[4 * c + 3] = 0u;
+        }}""")
+        body = "\n        ".join(loads)
+        return f"""#pragma unroll
+        for (int c = 0; c < {chunks}; ++c) {{
+          const int kc = {off} + 64 * c, tap = kc / {g.c}, ci = kc - tap * {g.c};
+          const int dh = tap / {g.s}, dw = tap - dh * {g.s};
+          {body}
+        }}"""
 
     def _k_mmas(self, chunks: int, tail: int, off: str) -> str:
         """Every n-tile's MMAs over the fragments in ``a0`` / ``a1`` of the chunks at ``off``,
@@ -668,6 +744,7 @@ class QMmaSource:
       if (m0 >= m) break;  // the same for the whole warp
       // the lane's rows g, g + 8 (a row past M reads the last one: never stored)
       {rows_of("m0", "")}
+      {self._conv_rows() if self.conv is not None else ""}
       {self._copy_in()}
       unsigned a0[{words}], a1[{words}];
       {acc_init}
@@ -756,10 +833,28 @@ def enabled() -> bool:
     return env_bool("TFTRT_QUANT_MMA", True)
 
 
+def conv_geometry(x_shape, w_shape, y_shape, attrs) -> ConvGeometry:
+    """The :class:`ConvGeometry` of a 2-D conv (x NHWC, w KRSC), or ValueError for one the
+    implicit GEMM does not take (grouped, dilated, not 2-D, channels not a multiple of 64)."""
+    x_shape, w_shape, y_shape = tuple(x_shape), tuple(w_shape), tuple(y_shape)
+    if len(x_shape) != 4 or len(w_shape) != 4 or len(y_shape) != 4:
+        raise ValueError("the tensor-core quantized conv takes 2-D convs")
+    if attrs["group"] != 1 or any(d != 1 for d in attrs["dilations"]):
+        raise ValueError("the tensor-core quantized conv takes no groups or dilations")
+    _, h, w, c = (int(d) for d in x_shape)
+    if int(w_shape[-1]) != c or c % 64:
+        raise ValueError(f"the tensor-core quantized conv takes input channels a multiple of "
+                         f"64, not {c}")
+    (sh, sw), pads = (int(v) for v in attrs["strides"]), [int(v) for v in attrs["pads"]]
+    return ConvGeometry(h, w, c, int(w_shape[1]), int(w_shape[2]), sh, sw, pads[0], pads[1],
+                        int(y_shape[1]), int(y_shape[2]))
+
+
 def layer_source(net, layer) -> QMmaSource:
-    """The :class:`QMmaSource` of a quantized conv / matmul layer of ``net``; ValueError for
-    what the kernel does not take (not one GEMM over its input's rows: a conv that is not 1x1
-    / stride 1 / unpadded / group 1, a transpose_a matmul; K, N, dtypes)."""
+    """The :class:`QMmaSource` of a quantized conv / matmul layer of ``net``: one GEMM over
+    its input's rows (a matmul without transpose_a, a 1x1 / stride-1 / unpadded conv), or a
+    conv as an implicit GEMM (:func:`conv_geometry`); ValueError for what the kernel does not
+    take (a transpose_a matmul, a grouped or dilated conv; K, N, dtypes)."""
     from tftrt.engine import quantization as Q
     q = layer.attrs.get("quant")
     if q is None:
@@ -768,16 +863,21 @@ def layer_source(net, layer) -> QMmaSource:
     dtype = lambda name: np.dtype(net.tensors[name].dtype).name  # noqa: E731
     x, y = layer.inputs[0], layer.outputs[0]
     dims = S.gemm_dims(layer.kind, shape(x), shape(layer.inputs[1]), layer.attrs)
-    if dims is None:
-        raise ValueError("not one GEMM over the input's rows (transpose_a, or a conv that is "
-                         "not 1x1 / stride 1 / unpadded / group 1)")
-    _, k, n = dims
+    geometry = None
+    if dims is not None:
+        _, k, n = dims
+    elif layer.kind == "conv":
+        geometry = conv_geometry(shape(x), shape(layer.inputs[1]), shape(y), layer.attrs)
+        k, n = geometry.r * geometry.s * geometry.c, int(shape(layer.inputs[1])[0])
+    else:
+        raise ValueError("not one GEMM over the input's rows (a transpose_a matmul)")
     idx = sorted({e["input"] for e in layer.epilogue if "input" in e})
     modes = S.epilogue_operand_modes(layer.epilogue,
                                      {i: shape(layer.inputs[i]) for i in idx},
                                      {i: dtype(layer.inputs[i]) for i in idx}, shape(y))
     return QMmaSource(n, k, q["format"], dtype(x), dtype(y), layer.epilogue, modes,
-                      float(Q.inv_scale(q["input_scale"])), q.get("output_scale"))
+                      float(Q.inv_scale(q["input_scale"])), q.get("output_scale"),
+                      conv=geometry)
 
 
 def unsupported(net, layer) -> Optional[str]:
@@ -790,9 +890,14 @@ def unsupported(net, layer) -> Optional[str]:
         src = layer_source(net, layer)
     except (ValueError, KeyError) as e:
         return str(e)
-    x = net.tensors[layer.inputs[0]].shape
-    macs = int(np.prod([int(d) for d in x])) * src.n  # rows x K x N
-    if src.k > TACTIC_MAX_K and macs > TACTIC_SMALL:
+    y = net.tensors[layer.outputs[0]].shape
+    macs = int(np.prod([int(d) for d in y[:-1]])) * src.k * src.n  # rows x K x N
+    if src.conv is not None:
+        if src.conv.c > TACTIC_CONV_MAX_C and macs > TACTIC_SMALL:
+            return (f"{src.conv.c} input channels > {TACTIC_CONV_MAX_C} in a conv of "
+                    f"{macs:.3g} multiply-adds: cuDNN's int8 convs are fast there "
+                    f"(TACTIC_CONV_MAX_C)")
+    elif src.k > TACTIC_MAX_K and macs > TACTIC_SMALL:
         return (f"K {src.k} > {TACTIC_MAX_K} in a GEMM of {macs:.3g} multiply-adds: "
                 f"compute-bound enough for cuDNN / cuBLASLt (TACTIC_MAX_K)")
     return None

@@ -259,11 +259,12 @@ def conv_weight(w: np.ndarray, cp: int) -> np.ndarray:
 
 
 def gemm_weight(w: np.ndarray, kind: str, transpose_b: bool, kp: int, np_: int) -> np.ndarray:
-    """The weight of a quantized GEMM (matmul [K, N] / [N, K] transposed, or a 1x1 conv
-    [N, 1.., K]) as [np_, kp], K-contiguous (cuBLASLt's "TN" operand), zero-padded."""
+    """The weight of a quantized GEMM (matmul [K, N] / [N, K] transposed, or a conv KRSC
+    [N, *R, C]: K = taps x C, tap-major, as an implicit GEMM reads it) as [np_, kp],
+    K-contiguous (cuBLASLt's "TN" operand), zero-padded."""
     w = np.asarray(w)
     if kind == "conv":
-        nk = w.reshape(w.shape[0], w.shape[-1])
+        nk = w.reshape(w.shape[0], -1)
     else:
         nk = w if transpose_b else w.T
     n, k = nk.shape

@@ -640,7 +640,7 @@ class QuantGemmLt(_QuantLayer):
 
 
 class QuantGemmMma(_QuantLayer):
-    """matmul / 1x1 conv on the tensor-core kernel of ``cuda_source_qmma`` (tactic ``q_mma``):
+    """matmul / conv (1x1, or an implicit GEMM) on the tensor-core kernel of ``cuda_source_qmma`` (tactic ``q_mma``):
     x quantized on load (or read as int8), ``mma.sync`` m16n8k32 int8 / E4M3, the epilogue
     and the int8 / float store fused, one kernel, no scratch. Validated once per source
     (:class:`Validator`) before it is used; a kernel that fails validation refuses the layer
@@ -652,8 +652,9 @@ class QuantGemmMma(_QuantLayer):
         self._common(net, layer)
         if not QM.enabled():  # a plan that chose it, loaded where it is off: the next one
             raise ValueError("off (TFTRT_QUANT_MMA=0)")
-        self.src = QM.layer_source(net, layer)  # one GEMM over x's rows (gemm_dims)
-        self.m = m = _rows(self.x_shape)
+        # one GEMM over x's rows (gemm_dims), or a conv's implicit GEMM over y's pixels
+        self.src = QM.layer_source(net, layer)
+        self.m = m = _rows(self.y_shape)
         self.w = cp.asarray(S.gemm_weight(self._host(self.w_name), layer.kind,
                                           bool(layer.attrs.get("transpose_b")), self.src.k,
                                           self.src.n))
