@@ -878,5 +878,11 @@ def test_the_tactic_takes_the_convs_the_implicit_gemm_takes(monkeypatch):
         assert match in QM.unsupported(net, net.layers[0])
     net = _conv_net((1, 9, 9, 96), 3, 3, 64, (1, 1), (1, 1, 1, 1), "INT8")
     assert "multiple of 64, not 96" in QM.unsupported(net, net.layers[0])
+    net = _conv_net(big + (64,), 3, 3, 64, (1, 1), (1, 1, 1, 1), "INT8")
+    monkeypatch.setenv("TFTRT_QUANT_MMA_CONV", "0")
+    assert QM.unsupported(net, net.layers[0]) == \
+        "off for convs with taps (TFTRT_QUANT_MMA_CONV=0)"
+    net = _matmul_net(64, 32)
+    assert QM.unsupported(net, net.layers[0]) is None             # GEMMs keep it
     net = _conv_net((1, 9, 9, 64), 3, 3, 64, (1, 1), (1, 1, 1, 1), "FP16")
     assert QM.unsupported(net, net.layers[0]) == "not a quantized layer"

@@ -893,6 +893,9 @@ def unsupported(net, layer) -> Optional[str]:
     y = net.tensors[layer.outputs[0]].shape
     macs = int(np.prod([int(d) for d in y[:-1]])) * src.k * src.n  # rows x K x N
     if src.conv is not None:
+        from tftrt.env import env_bool
+        if not env_bool("TFTRT_QUANT_MMA_CONV", True):
+            return "off for convs with taps (TFTRT_QUANT_MMA_CONV=0)"
         if src.conv.c > TACTIC_CONV_MAX_C and macs > TACTIC_SMALL:
             return (f"{src.conv.c} input channels > {TACTIC_CONV_MAX_C} in a conv of "
                     f"{macs:.3g} multiply-adds: cuDNN's int8 convs are fast there "
