@@ -342,6 +342,63 @@ def test_the_tensor_core_gemm_kernel_runs_1x1_convs_and_matches_numpy(precision,
     assert off <= share, f"{what}: {off:.2%} of outputs off by > {REL[precision]}"
 
 
+def _depthwise_model(rng, precision):
+    """MobileNetV2's block at small size: 1x1 expansion 32 -> 96 + ReLU6, a 3x3 depthwise
+    conv (stride 2, then stride 1) + ReLU6, a 1x1 projection: the depthwise convs are INT8 /
+    FP8 layers only the tiled depthwise kernel (q_dw) or the emulated path take."""
+    from onnx import helper
+    N = helper.make_node
+    consts = {"w0": (rng.randn(32, 3, 3, 3) * 0.3).astype(F32),
+              "we": (rng.randn(96, 32, 1, 1) * 0.2).astype(F32),
+              "wd": (rng.randn(96, 1, 3, 3) * 0.4).astype(F32),
+              "bd": (rng.randn(96) * 0.1).astype(F32),
+              "wd2": (rng.randn(96, 1, 3, 3) * 0.4).astype(F32),
+              "wp": (rng.randn(24, 96, 1, 1) * 0.15).astype(F32),
+              "lo": np.array(0, F32), "hi": np.array(6, F32)}
+    nodes = [N("Conv", ["x", "w0"], ["c0"], pads=[1, 1, 1, 1]), N("Relu", ["c0"], ["a0"]),
+             N("Conv", ["a0", "we"], ["e"]), N("Clip", ["e", "lo", "hi"], ["e6"]),
+             N("Conv", ["e6", "wd", "bd"], ["d"], group=96, pads=[0, 0, 1, 1], strides=[2, 2]),
+             N("Clip", ["d", "lo", "hi"], ["d6"]),
+             N("Conv", ["d6", "wd2"], ["d2"], group=96, pads=[1, 1, 1, 1]),
+             N("Clip", ["d2", "lo", "hi"], ["d26"]),
+             N("Conv", ["d26", "wp"], ["y"])]
+    model = make_model(nodes, {"x": np.zeros((4, 3, 16, 16), F32)}, consts)
+    return _calibrated(model, rng, (4, 3, 16, 16), precision)
+
+
+@pytest.mark.parametrize("precision", ["INT8", "FP8"])
+def test_quantized_depthwise_convs_run_the_tiled_kernel_and_match_numpy(precision,
+                                                                      monkeypatch):
+    """With the emulated path taken away from the layers q_dw takes, both depthwise convs run
+    the tiled depthwise kernel in its quantized mode (cuda_source_dw.Quant), validated at
+    build time, and the engine answers what the numpy simulation answers."""
+    from tftrt.engine.backends import cupy_quant as QK
+    if precision == "FP8" and _sm() < (8, 9):
+        pytest.skip("FP8 needs sm_89+")
+    monkeypatch.setenv("TFTRT_QUANT_DW", "1")
+    monkeypatch.setattr(QK, "_DW_VERDICTS", {})
+    real = QK.emulated_applies
+    monkeypatch.setattr(QK, "emulated_applies", lambda net, layer: real(net, layer) and
+                        not QK.dw_applies(net, layer))
+    rng = np.random.RandomState(8)
+    model = _depthwise_model(rng, precision)
+    x = rng.randn(4, 3, 16, 16).astype(F32)
+    gpu = build_engine(model, {"x": x.shape}, BuilderConfig(precision=precision,
+                                                            backend="cupy"))
+    choices = _choices(gpu)
+    dw = [(l, i) for l, i in _impls_pairs(gpu) if isinstance(i, QK.QuantDepthwiseTiled)]
+    assert len(dw) == 2, choices
+    for layer, impl in dw:
+        rec = impl.record()
+        assert rec["kernel"].startswith(f"tiled {precision} depthwise kernel"), choices
+        assert rec["validated"]["v"] == QK.S.VALIDATION_VERSION, choices
+    ref = build_engine(model, {"x": x.shape}, BuilderConfig(precision=precision,
+                                                            backend="numpy"))
+    got, want = cp.asnumpy(gpu.execute([cp.asarray(x)])[0]), ref.execute([x])[0]
+    chain = {"INT8": 2e-2, "FP8": 6e-2}[precision]  # (as the bottleneck test's chain)
+    _close(got, want, f"{precision} depthwise block on q_dw ({choices})", rel=chain)
+
+
 def _stem_pool_model(rng, zero_pad=False):
     """ResNet's stem and the first block's two 1x1 readers of its MaxPool: 7x7/2 conv 3 ->
     64 + ReLU, 3x3/2 MaxPool (pads 1; or, ``zero_pad``, Keras' ZeroPadding2D then a VALID

@@ -34,6 +34,7 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
+from tftrt.engine.backends import cuda_source_quant as S
 from tftrt.engine.backends.cuda_source import (PRELUDE, _dw_epilogue, _vec_type,
                                                conv_kernel_params, ctype, dw_operand_modes,
                                                load_expr, store_expr)
@@ -53,6 +54,30 @@ def enabled() -> bool:
     benchmarks/README.md)."""
     from tftrt.env import env_bool  # standard library only
     return env_bool("TFTRT_DW_TILED", True)
+
+
+def quant_enabled() -> bool:
+    """``TFTRT_QUANT_DW`` (default on; 0 turns it off): the CuPy backend offers tactic
+    ``q_dw`` (this kernel in :class:`Quant` mode) for INT8 / FP8 depthwise convs, which ran
+    emulated in TF32 before (``cupy_quant.QuantEmulated``)."""
+    from tftrt.env import env_bool  # standard library only
+    return env_bool("TFTRT_QUANT_DW", True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Quant:
+    """An INT8 / FP8 depthwise conv (tactic ``q_dw``): x is staged as its quantized values --
+    an int8 x as it is, a float x quantized on load with ``inv_x`` (``q_int8`` / ``q_e4m3``,
+    as ``cuda_source_quant.QuantizeSource``) -- the filter ``wt`` holds the weight's int8
+    codes / E4M3 values as float32, so an INT8 sum of products is an exact integer in float32
+    (below 2**24: 81 taps x 128 x 127), as the numpy backend's float64 one; the layer's
+    epilogue (its first step the per-channel dequantization ``scale``) runs with
+    ``cuda_source_quant.epilogue_statements`` (numpy's float32 steps), and an int8 y is
+    requantized with ``out_scale`` (``q_int8``)."""
+
+    fmt: str
+    inv_x: float
+    out_scale: Optional[float] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,8 +128,18 @@ class Geometry:
         return 4 * ih * iw * t.cg
 
 
-def _check(g: Geometry, in_dtype: str, out_dtype: str) -> None:
-    if in_dtype not in _FLOATS or out_dtype not in _FLOATS:
+def _check(g: Geometry, in_dtype: str, out_dtype: str, quant: Optional[Quant] = None) -> None:
+    if quant is not None:
+        if quant.fmt not in (S.INT8, S.FP8):
+            raise ValueError(f"quantized format {quant.fmt!r}")
+        if in_dtype not in _FLOATS + (("int8",) if quant.fmt == S.INT8 else ()):
+            raise ValueError(f"the tiled {quant.fmt} depthwise kernel takes float16 / float32 "
+                             f"x (or int8 x in INT8), not {in_dtype}")
+        if out_dtype not in _FLOATS + ("int8",) or \
+                (out_dtype == "int8") != (quant.out_scale is not None):
+            raise ValueError(f"the tiled quantized depthwise kernel writes float16 / float32 "
+                             f"y, or int8 y with its output scale, not {out_dtype}")
+    elif in_dtype not in _FLOATS or out_dtype not in _FLOATS:
         raise ValueError(f"the tiled depthwise kernel takes float16 / float32 x and y, not "
                          f"{in_dtype} / {out_dtype}")
     if g.sh not in (1, 2) or g.sw not in (1, 2):
@@ -224,6 +259,8 @@ class DwTiledSource:
         ``vec * itemsize`` bytes); None: :func:`vector_width`.
       sms: the GPU's multiprocessor count (the tile plan's waves); tile: a :class:`Tile`
         to use instead of the planned one (tests).
+      quant: a :class:`Quant` for an INT8 / FP8 layer (tactic ``q_dw``; x may then be int8,
+        y int8): x's quantized values staged, the quantized epilogue and store.
 
     Kernel ``dw_tiled(x, wt, *operands, y)``: ``wt`` the filter as float32 [kh * kw, C],
     operands in :attr:`operands` order; launch :attr:`blocks` blocks of :attr:`threads`
@@ -235,7 +272,9 @@ class DwTiledSource:
 
     def __init__(self, x_shape, k_hw, strides, pads, out_shape, in_dtype: str, out_dtype: str,
                  epilogue: Sequence[dict], operand_modes: Dict[int, Tuple[str, str]],
-                 vec: Optional[int] = None, sms: int = 132, tile: Optional[Tile] = None):
+                 vec: Optional[int] = None, sms: int = 132, tile: Optional[Tile] = None,
+                 quant: Optional[Quant] = None):
+        self.quant = quant
         n, h, w, c = (int(d) for d in x_shape)
         n2, ho, wo, kout = (int(d) for d in out_shape)
         if n2 != n or kout != c:
@@ -244,7 +283,7 @@ class DwTiledSource:
         self.in_dtype, self.out_dtype = np.dtype(in_dtype).name, np.dtype(out_dtype).name
         g = Geometry(n, h, w, c, ho, wo, int(k_hw[0]), int(k_hw[1]), int(strides[0]),
                      int(strides[1]), int(pads[0]), int(pads[1]))
-        _check(g, self.in_dtype, self.out_dtype)
+        _check(g, self.in_dtype, self.out_dtype, quant)
         if vec is None:
             vec = vector_width(c, self.in_dtype)
         if vec < 1 or c % vec or (vec > 1 and _vec_type(vec * np.dtype(in_dtype).itemsize)
@@ -277,8 +316,9 @@ class DwTiledSource:
         ih, iw = g.in_tile(t)
         nv = t.cg // V
         ict = ctype(self.in_dtype)
+        value = lambda p: self._staged(load_expr(self.in_dtype, p))  # noqa: E731
         if V == 1:
-            load = f"f[0] = {load_expr(self.in_dtype, f'xs[({it})(ih * {g.w} + iw) * {g.c} + c]')};"
+            load = f"f[0] = {value(f'xs[({it})(ih * {g.w} + iw) * {g.c} + c]')};"
         else:
             vt, chunks = _vec_type(V * np.dtype(self.in_dtype).itemsize)
             load = (f"union {{ {vt} u[{chunks}]; {ict} e[{V}]; }} b;\n"
@@ -287,7 +327,7 @@ class DwTiledSource:
                     f"reinterpret_cast<const {vt}*>(xs + ({it})(ih * {g.w} + iw) * {g.c} + c)[q];\n"
                     f"        #pragma unroll\n"
                     f"        for (int v = 0; v < {V}; ++v) f[v] = "
-                    f"{load_expr(self.in_dtype, 'b.e[v]')};")
+                    f"{value('b.e[v]')};")
         if V % 4 == 0:
             decl = f"union {{ float4 q[{V // 4}]; float f[{V}]; }} u;\n      float* f = u.f;"
             put = (f"#pragma unroll\n      for (int q = 0; q < {V // 4}; ++q) "
@@ -310,6 +350,41 @@ class DwTiledSource:
       {put}
     }}"""
 
+    def _staged(self, v: str) -> str:
+        """C expression: the float32 the tile holds for x's element ``v`` (a float): itself,
+        or in :class:`Quant` mode its quantized value (an int8 x's code as it is)."""
+        q = self.quant
+        if q is None or self.in_dtype == "int8":
+            return v
+        inv = S.float_literal(np.float32(q.inv_x))
+        if q.fmt == S.INT8:
+            return f"(float)q_int8(__fmul_rn({v}, {inv}))"
+        return f"e4m3_value(q_e4m3(__fmul_rn({v}, {inv})))"
+
+    def _epilogue_src(self, epilogue, operand_modes) -> str:
+        """Statements applying the epilogue to ``a_`` and storing it at ``y[oidx]``."""
+        q = self.quant
+        if q is None:
+            epi = "\n          ".join(_dw_epilogue(epilogue, operand_modes, "a_", ""))
+            return f"{epi}\n          y[oidx] = {store_expr(self.out_dtype, 'a_')};"
+        loads = {i: load_expr(dt, f"e{i}[k]" if mode == "vec" else f"e{i}[oidx]")
+                 for i, (mode, dt) in operand_modes.items()}
+        loads = {i: f"(float){e}" if operand_modes[i][1] not in _FLOATS else e
+                 for i, e in loads.items()}
+        epi = "\n          ".join(S.epilogue_statements(epilogue, loads, "a_"))
+        if self.out_dtype == "int8":
+            inv = S.float_literal(S.output_scale_inverse(q.out_scale))
+            store = f"q_int8(__fmul_rn(a_, {inv}))"
+        else:
+            store = store_expr(self.out_dtype, "a_")
+        return f"{epi}\n          y[oidx] = {store};"
+
+    def _helpers(self) -> str:
+        q = self.quant
+        if q is None:
+            return ""
+        return S.INT8_HELPERS + (S.FP8_HELPERS + S.E4M3_VALUE if q.fmt == S.FP8 else "")
+
     def _source(self, epilogue, operand_modes) -> str:
         g, t = self.geometry, self.tile
         ih, iw = g.in_tile(t)
@@ -319,10 +394,10 @@ class DwTiledSource:
         it = "long long" if max(g.n * g.h * g.w * g.c, g.n * g.ho * g.wo * g.c) >= \
             2 ** 31 - 64 else "int"
         nth, ntw, ncg = self.grid
-        epi = "\n          ".join(_dw_epilogue(epilogue, operand_modes, "a_", ""))
+        epi = self._epilogue_src(epilogue, operand_modes)
         params = ", ".join(f"{ty} __restrict__ {nm}" for ty, nm in self.params)
         smem = (ih * iw * t.cg + 3) // 4
-        return PRELUDE + f"""
+        return PRELUDE + self._helpers() + f"""
 extern "C" __global__ void __launch_bounds__({t.threads}) {KERNEL}({params}) {{
   __shared__ float4 tile4[{smem}];
   float* tile = reinterpret_cast<float*>(tile4);
@@ -381,7 +456,6 @@ extern "C" __global__ void __launch_bounds__({t.threads}) {KERNEL}({params}) {{
           const {it} oidx = ((({it})nb * {g.ho} + oh) * {g.wo} + ow) * {g.c} + k;
           float a_ = acc[j][i];
           {epi}
-          y[oidx] = {store_expr(self.out_dtype, "a_")};
         }}
       }}
     }}
@@ -390,26 +464,49 @@ extern "C" __global__ void __launch_bounds__({t.threads}) {KERNEL}({params}) {{
 """
 
 
-def layer_params(net, layer) -> dict:
+def layer_params(net, layer, quantized: bool = False) -> dict:
     """Keyword arguments of :class:`DwTiledSource` (but ``vec``, ``sms``) for a conv layer
-    of ``net``. Raises ValueError for what the kernel does not take: not a 2-D depthwise conv
-    of multiplier 1, dilation other than 1, an epilogue operand broadcast other than per
-    channel or full."""
+    of ``net`` (``quantized``: an INT8 / FP8 one, ``quant`` included). Raises ValueError for
+    what the kernel does not take: not a 2-D depthwise conv of multiplier 1, dilation other
+    than 1, an epilogue operand broadcast other than per channel or full."""
     a = layer.attrs
     x, w, y = layer.inputs[0], layer.inputs[1], layer.outputs[0]
     xs, ws, ys = (tuple(net.tensors[t].shape) for t in (x, w, y))
-    if "quant" in a or len(xs) != 4 or a.get("group") != xs[-1] or ws[-1] != 1 or \
+    if ("quant" in a) != quantized:
+        raise ValueError("a quantized layer (tactic q_dw)" if "quant" in a else
+                         "not a quantized layer")
+    if len(xs) != 4 or a.get("group") != xs[-1] or ws[-1] != 1 or \
             ws[0] != xs[-1]:
         raise ValueError("not a 2-D depthwise conv of channel multiplier 1")
     if any(int(d) != 1 for d in a.get("dilations", (1, 1))):
         raise ValueError(f"the tiled depthwise kernel takes dilation 1, not "
                          f"{list(a['dilations'])}")
     modes = dw_operand_modes(net, layer)
-    return dict(x_shape=xs, k_hw=ws[1:3], strides=a.get("strides", (1, 1)),
-                pads=a.get("pads", (0, 0, 0, 0)), out_shape=ys,
-                in_dtype=np.dtype(net.tensors[x].dtype).name,
-                out_dtype=np.dtype(net.tensors[y].dtype).name, epilogue=layer.epilogue,
-                operand_modes=modes)
+    params = dict(x_shape=xs, k_hw=ws[1:3], strides=a.get("strides", (1, 1)),
+                  pads=a.get("pads", (0, 0, 0, 0)), out_shape=ys,
+                  in_dtype=np.dtype(net.tensors[x].dtype).name,
+                  out_dtype=np.dtype(net.tensors[y].dtype).name, epilogue=layer.epilogue,
+                  operand_modes=modes)
+    if quantized:
+        from tftrt.engine import quantization as Q
+        q = a["quant"]
+        params["quant"] = Quant(q["format"], float(Q.inv_scale(q["input_scale"])),
+                                q.get("output_scale"))
+    return params
+
+
+def quant_unsupported(net, layer) -> Optional[str]:
+    """Why ``q_dw`` cannot run quantized ``layer`` (the vector and the scalar build), or
+    None. Plans the tiles only: no GPU work."""
+    if not quant_enabled():
+        return "off (TFTRT_QUANT_DW=0)"
+    try:
+        p = layer_params(net, layer, quantized=True)
+        DwTiledSource(**p)
+        DwTiledSource(**p, vec=1)
+    except (ValueError, NotImplementedError, KeyError) as e:
+        return str(e)
+    return None
 
 
 def tiled_unsupported(net, layer) -> Optional[str]:

@@ -687,6 +687,67 @@ class QuantGemmMma(_QuantLayer):
         self.kern((self.blocks,), (self.src.threads,), tuple(args))
 
 
+class QuantDepthwiseTiled(_QuantLayer):
+    """An INT8 / FP8 depthwise conv on the tiled depthwise kernel in its quantized mode
+    (tactic ``q_dw``, ``cuda_source_dw.Quant``): x's quantized values staged in shared
+    memory (an int8 x as it is, a float one quantized on load), the exact sum over the
+    weight's codes in float32, the epilogue and the int8 / float store fused, one kernel.
+    Validated once per source (:class:`Validator`); a kernel that fails validation refuses
+    the layer (the emulated path takes it, the reason in its ``fallback``)."""
+
+    def __init__(self, net, layer, weights, opts):
+        super().__init__(net, layer, weights, opts)
+        from tftrt.engine.backends import cuda_source_dw as DW
+        from tftrt.engine.backends.cupy_kernels import _device_sms
+        self._common(net, layer)
+        if not DW.quant_enabled():  # a plan that chose it, loaded where it is off
+            raise ValueError("off (TFTRT_QUANT_DW=0)")
+        p = DW.layer_params(net, layer, quantized=True)
+        sms = _device_sms()
+        vec = DW.DwTiledSource(**p, sms=sms)
+        self.srcs = {True: vec, False: vec if vec.vec == 1 else
+                     DW.DwTiledSource(**p, vec=1, sms=sms)}
+        self._kernels: Dict[bool, object] = {}
+        self._kern(True)  # compiled now: a source NVRTC refuses fails the build, not a run
+        wv = S.weight_values(self._host(self.w_name), self.fmt).astype(np.float32)
+        self.wt = cp.asarray(np.ascontiguousarray(wv.reshape(wv.shape[0], -1).T))  # [taps, C]
+        self.workspace = 0
+        x_how = "int8 x" if self.x_dtype == "int8" else f"{self.x_dtype} x quantized on load"
+        self.kernel = (f"tiled {self.precision} depthwise kernel ({x_how}, epilogue fused, "
+                       f"{self.y_dtype} output)")
+        vkey = (vec.source, self.srcs[False].source)
+        if vkey not in _DW_VERDICTS:
+            _DW_VERDICTS[vkey] = Validator(self).check(self.run)
+        ok, how = _DW_VERDICTS[vkey]
+        if not ok:
+            raise ValueError(f"the tiled {self.precision} depthwise kernel failed the "
+                             f"build-time validation: {how}")
+        self._record({"validated": {"v": S.VALIDATION_VERSION, "how": how[:200]},
+                      "tile": str(vec.tile)})
+
+    def _kern(self, aligned: bool):
+        from tftrt.engine.backends.cuda_source_dw import KERNEL
+        if aligned not in self._kernels:
+            src = self.srcs[aligned]
+            kern = _raw_kernel(src.source, KERNEL)
+            if kern.max_threads_per_block < src.threads:  # compiles it: fails the build
+                raise ValueError(f"{KERNEL} compiled for at most {kern.max_threads_per_block} "
+                                 f"threads a block, its tile needs {src.threads}")
+            self._kernels[aligned] = kern
+        return self._kernels[aligned]
+
+    def run(self, ins, outs, ws):
+        x = ins[0]
+        aligned = x.data.ptr % self.srcs[True].align == 0
+        src = self.srcs[aligned]
+        args = [x, self.wt] + [ins[i] for i in src.operands] + [outs[0]]
+        self._kern(aligned)((src.blocks,), (src.threads,), tuple(args))
+
+
+# (vector source, scalar source) -> (ok, how) of the quantized depthwise kernel.
+_DW_VERDICTS: Dict[Tuple[str, str], Tuple[bool, str]] = {}
+
+
 # (source, rows) -> (ok, how) of the tensor-core GEMM kernel: each validated once per process.
 _MMA_VERDICTS: Dict[Tuple[str, int], Tuple[bool, str]] = {}
 
@@ -1017,6 +1078,16 @@ def mma_applies(net, layer) -> bool:
     if not is_quantized(layer) or QM.unsupported(net, layer) is not None:
         return False
     return fp8_supported() if layer.attrs["quant"]["format"] == S.FP8 else _sm_at_least(8, 0)
+
+
+def dw_applies(net, layer) -> bool:
+    """Quantized depthwise convs the tiled depthwise kernel takes (cuda_source_dw.
+    quant_unsupported); FP8 on a GPU with E4M3 conversions (sm_89+)."""
+    from tftrt.engine.backends import cuda_source_dw as DW
+    if not is_quantized(layer) or layer.kind != "conv" or \
+            DW.quant_unsupported(net, layer) is not None:
+        return False
+    return fp8_supported() if layer.attrs["quant"]["format"] == S.FP8 else True
 
 
 def emulated_applies(net, layer) -> bool:

@@ -1,0 +1,196 @@
+"""The tiled depthwise kernel in its quantized mode (backends/cuda_source_dw ``Quant``, tactic
+``q_dw``), checked without a GPU: built for the host it computes what the numpy backend
+computes for an INT8 / FP8 depthwise conv (``numpy_backend._quantized_gemm``: x quantized, or
+int8 as it is, an exact sum over the weight's codes, the float32 epilogue, int8
+requantization) -- INT8 bit for bit, FP8 within fp32 summation order -- for 3x3 / 5x5
+kernels, strides 1 and 2, SAME's asymmetric pads, channel counts that take 16-, 8-byte and
+scalar loads, float32 / float16 / int8 x, float32 / float16 / int8 y, a bias, ReLU6 and an
+int8 residual; it compiles for sm_90 without spills; the tactic offers it for quantized
+depthwise convs only, never for a float one, and not with TFTRT_QUANT_DW=0.
+
+Host builds run each block as its threads (tests/engine/test_dw_codegen's shims), the
+quantization helpers as tests/engine/test_quant_codegen's host versions.
+"""
+
+import importlib
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+from tests.engine.test_cuda_codegen import HOST_SHIMS, _host_compiler, nvcc_compile
+from tests.engine.test_dw_codegen import THREAD_SHIMS, _build, _driver, _run_host
+from tests.engine.test_quant_codegen import QUANT_SHIMS
+from tftrt.engine import quantization as Q
+from tftrt.engine.backends import cuda_source as C
+from tftrt.engine.backends import cuda_source_dw as DW
+from tftrt.engine.backends import cuda_source_quant as S
+
+# (x shape, kernel, strides, pads (top, left, bottom, right), precision, x dtype, y dtype,
+#  int8 residual, activation)
+CASES = [
+    ((2, 7, 6, 32), 3, 1, (1, 1, 1, 1), "INT8", "int8", "float32", False, "clip"),  # 16-byte
+    ((1, 9, 8, 24), 3, 2, (0, 0, 1, 1), "INT8", "int8", "int8", False, "clip"),  # SAME, s2
+    ((2, 6, 6, 16), 5, 1, (2, 2, 2, 2), "INT8", "float16", "int8", True, "relu"),
+    ((1, 5, 7, 12), 3, 1, (1, 1, 1, 1), "INT8", "int8", "float16", False, None),  # 4-byte loads
+    ((1, 6, 5, 7), 3, 2, (1, 1, 1, 1), "INT8", "float32", "int8", False, "relu"),  # scalar
+    ((2, 7, 6, 32), 3, 1, (1, 1, 1, 1), "FP8", "float16", "float16", False, "clip"),
+    ((1, 8, 8, 16), 5, 2, (1, 1, 2, 2), "FP8", "float32", "float32", False, None),
+]
+ACTS = {"relu": {"op": "act", "fn": "relu"},
+        "clip": {"op": "act", "fn": "clip", "min": 0.0, "max": 6.0}}
+OUT_SCALE, RES_SCALE = 0.05, 0.04
+
+
+def _net(case):
+    """A one-layer network: the depthwise conv (+ bias, int8 residual, activation) made INT8 /
+    FP8 by apply_precision, then x / y / the residual given the case's dtypes (what a
+    requantizing producer and an INT8 reader make of them)."""
+    from tftrt.engine.network import Network
+    from tftrt.engine.precision import apply_precision
+    xs, k, s, pads, precision, xdt, ydt, res, act = case
+    rng = np.random.RandomState(3)
+    n, h, w, c = xs
+    ys = (n, (h + pads[0] + pads[2] - k) // s + 1, (w + pads[1] + pads[3] - k) // s + 1, c)
+    net = Network("qdw")
+    net.inputs, net.outputs = ["x"] + (["r"] if res else []), ["y"]
+    net.add_tensor("x", "float32", xs)
+    if res:
+        net.add_tensor("r", "float32", ys)
+    wt = net.add_weight(rng.randn(c, k, k, 1).astype(np.float32), "w")
+    b = net.add_weight(rng.randn(c).astype(np.float32), "b")
+    layer = net.add_layer("conv", ["x", wt, b] + (["r"] if res else []), ["y"],
+                          {"strides": [s, s], "dilations": [1, 1], "pads": list(pads),
+                           "group": c})
+    layer.epilogue = [{"op": "bias", "input": 2}] + \
+        ([{"op": "add", "input": 3}] if res else []) + ([dict(ACTS[act])] if act else [])
+    net.tensors["y"].dtype, net.tensors["y"].shape = "float32", ys
+    net = apply_precision(net, precision, Q.new_table(tensors={"x": 2.0}))
+    (layer,) = net.layers
+    net.tensors["x"].dtype = xdt
+    if ydt == "int8":
+        layer.attrs["quant"]["output_scale"] = OUT_SCALE
+    net.tensors["y"].dtype = ydt
+    if res:  # an int8 residual: its codes, dequantized by the epilogue's add
+        net.tensors["r"].dtype = "int8"
+        (add,) = [e for e in layer.epilogue if e["op"] == "add"]
+        add["scale"] = RES_SCALE
+    return net, layer
+
+
+def _inputs(net, layer, rng):
+    ins = []
+    for t in layer.inputs:
+        if t in net.weights:
+            ins.append(np.asarray(net.weights[t]))
+            continue
+        spec = net.tensors[t]
+        if spec.dtype == "int8":
+            ins.append(rng.integers(-127, 128, spec.shape).astype(np.int8))
+        else:  # spanning x's quantized range (scale 2 / 127), some saturating
+            ins.append((rng.uniform(-2.2, 2.2, spec.shape)).astype(spec.dtype))
+    return ins
+
+
+def _strip(src: str, k: int) -> str:
+    for block in (C.PRELUDE, S.INT8_HELPERS, S.FP8_HELPERS, S.E4M3_VALUE):
+        src = src.replace(block, "")
+    return re.sub(rf"\b{DW.KERNEL}\(", f"{DW.KERNEL}_{k}(", src)
+
+
+def _host(srcs, tmp_path, name):
+    text = HOST_SHIMS + THREAD_SHIMS + C.MATH_HELPERS + QUANT_SHIMS + S.INT8_HELPERS + \
+        S.E4M3_VALUE + "\n".join(_strip(s.source, k) + _driver(s, k)
+                                 for k, s in enumerate(srcs))
+    return _build(text, tmp_path, name)
+
+
+@pytest.mark.parametrize("threads", ["block", "one"])
+def test_the_quantized_kernel_computes_what_the_numpy_backend_does(tmp_path, threads):
+    from tftrt.engine.backends import numpy_backend as NB
+    if _host_compiler() is None:
+        pytest.skip("no host C++ compiler")
+    nets = [_net(case) for case in CASES]
+    srcs = [DW.DwTiledSource(**DW.layer_params(net, layer, quantized=True))
+            for net, layer in nets]
+    assert {s.vec for s in srcs} == {16, 8, 4, 1} and all(s.quant for s in srcs)
+    so = _host(srcs, tmp_path, f"qdw_{threads}")
+    rng = np.random.default_rng(11)
+    for k, ((net, layer), src) in enumerate(zip(nets, srcs)):
+        ins = _inputs(net, layer, rng)
+        # (the numpy backend's float32 result, stored in y's dtype as its engine stores it)
+        want = NB._quantized_gemm(net, layer, net.weights)(ins)[0].astype(src.out_dtype)
+        wv = S.weight_values(ins[1], layer.attrs["quant"]["format"]).astype(np.float32)
+        wt = np.ascontiguousarray(wv.reshape(wv.shape[0], -1).T)   # [taps, C]
+        poison = -128 if src.out_dtype == "int8" else np.nan
+        y = np.full(want.shape, poison, src.out_dtype)
+        _run_host(so, k, [ins[0], wt] + [ins[i] for i in src.operands] + [y], src.blocks,
+                  src.threads if threads == "block" else 1)
+        what = f"case {k} {CASES[k]} tile {src.tile} vec {src.vec}"
+        if src.out_dtype == "int8":
+            assert (y != -128).all(), f"{what}: outputs not written"
+            assert len(np.unique(y)) > 20, what   # the codes span the range
+        if CASES[k][4] == "INT8":
+            np.testing.assert_array_equal(y, want, err_msg=what)
+        else:
+            got, ref = y.astype(np.float64), want.astype(np.float64)
+            tol = 2.0 ** -10 * np.abs(ref) + 1e-5 * np.abs(ref).max() + \
+                (1e-3 * np.abs(ref) if src.out_dtype == "float16" else 0)
+            assert (np.abs(got - ref) <= tol).all(), what
+
+
+def test_what_the_quantized_kernel_refuses():
+    net, layer = _net(CASES[0])
+    p = DW.layer_params(net, layer, quantized=True)
+    for change, match in [
+            (dict(in_dtype="int8", quant=DW.Quant(S.FP8, 1.0)), "int8 x in INT8"),
+            (dict(out_dtype="int8"), "int8 y with its output scale"),
+            (dict(quant=DW.Quant(S.INT8, 1.0, 0.1)), "int8 y with its output scale"),
+            (dict(quant=DW.Quant("int4", 1.0)), "quantized format"),
+            (dict(quant=None, in_dtype="int8"), "float16 / float32 x and y")]:
+        with pytest.raises(ValueError, match=match):
+            DW.DwTiledSource(**dict(p, **change))
+    with pytest.raises(ValueError, match="a quantized layer"):
+        DW.layer_params(net, layer)
+
+
+def test_the_tactic_takes_quantized_depthwise_convs(monkeypatch):
+    """``q_dw`` is registered for conv layers on CuPy; it applies to a quantized depthwise
+    conv the kernel takes unless TFTRT_QUANT_DW=0, never to a float one (dw_tiled's) or to
+    a grouped conv that is not depthwise."""
+    importlib.import_module("tftrt.engine.backends.cupy_backend")  # registers the tactics
+    from tests.engine.test_dw_codegen import _depthwise_layer
+    from tftrt.engine.tactics import _REGISTRY
+    assert "q_dw" in [t.name for t in _REGISTRY[("cupy", "conv")]]
+    monkeypatch.delenv("TFTRT_QUANT_DW", raising=False)
+    net, layer = _net(CASES[1])
+    assert DW.quant_unsupported(net, layer) is None
+    monkeypatch.setenv("TFTRT_QUANT_DW", "0")
+    assert DW.quant_unsupported(net, layer) == "off (TFTRT_QUANT_DW=0)"
+    monkeypatch.setenv("TFTRT_QUANT_DW", "1")
+    fnet, fconv = _depthwise_layer({"group": 16, "pads": [1, 1, 1, 1]})
+    assert DW.quant_unsupported(fnet, fconv) == "not a quantized layer"
+    from tests.engine.test_qmma_codegen import _conv_net
+    gnet = _conv_net((1, 9, 9, 128), 3, 3, 64, (1, 1), (1, 1, 1, 1), "INT8", group=2)
+    assert "multiplier 1" in DW.quant_unsupported(gnet, gnet.layers[0])
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH")
+def test_the_quantized_kernels_compile_for_sm90_without_spills(tmp_path):
+    srcs = [DW.DwTiledSource(**DW.layer_params(*_net(case), quantized=True))
+            for case in CASES]
+    # MobileNetV2's widest INT8 depthwise convs at batch 128 (int8 x and y)
+    for hw, c, s in ((112, 96, 2), (56, 144, 1), (14, 576, 1), (7, 960, 1)):
+        g = S.INT8
+        srcs.append(DW.DwTiledSource((128, hw, hw, c), (3, 3), (s, s), (1, 1, 1, 1),
+                                     (128, hw // s, hw // s, c), "int8", "int8",
+                                     [{"op": "scale", "input": 2}, {"op": "bias", "input": 3},
+                                      dict(ACTS["clip"])],
+                                     {2: ("vec", "float32"), 3: ("vec", "float32")},
+                                     quant=DW.Quant(g, 63.5, 0.05)))
+    parts = [C.PRELUDE, S.INT8_HELPERS, S.FP8_HELPERS, S.E4M3_VALUE]
+    text = "\n".join(parts + [_strip(s.source, k) for k, s in enumerate(srcs)])
+    r = nvcc_compile(text, tmp_path, "qdw", "-Xptxas", "-v")
+    spills = [int(b) for b in re.findall(r"(\d+) bytes spill stores", r.stderr)]
+    assert len(spills) == len(srcs) and not any(spills), r.stderr[-4000:]
