@@ -167,13 +167,15 @@ def test_quantized_engine_runs_int8_fp8_kernels_and_matches_numpy(precision, cap
 
 
 @pytest.mark.parametrize("precision", ["INT8", "FP8"])
-def test_depthwise_conv_runs_emulated_and_matches_numpy(precision):
-    """A quantized depthwise conv has no int8 / fp8 library kernel here: tactic q_emulated
-    (the quantized values through a TF32 conv, same epilogue kernel), said in the report; the
+def test_depthwise_conv_runs_emulated_and_matches_numpy(precision, monkeypatch):
+    """A quantized depthwise conv has no int8 / fp8 library kernel: with the tiled kernel's
+    tactic off (TFTRT_QUANT_DW=0; it is also the fallback of q_dw) it runs q_emulated (the
+    quantized values through a TF32 conv, same epilogue kernel), said in the report; the
     engine still answers as the simulation does, its other layers on real kernels."""
     from tftrt.engine.backends import cupy_quant as QK
     if precision == "FP8" and _sm() < (8, 9):
         pytest.skip("FP8 needs sm_89+")
+    monkeypatch.setenv("TFTRT_QUANT_DW", "0")
     rng = np.random.RandomState(3)
     model, cal = _depthwise_model(rng)
     Q.set_table(model, cal.table(precision))
@@ -342,7 +344,7 @@ def test_the_tensor_core_gemm_kernel_runs_1x1_convs_and_matches_numpy(precision,
     assert off <= share, f"{what}: {off:.2%} of outputs off by > {REL[precision]}"
 
 
-def _depthwise_model(rng, precision):
+def _mobilenet_block_model(rng, precision):
     """MobileNetV2's block at small size: 1x1 expansion 32 -> 96 + ReLU6, a 3x3 depthwise
     conv (stride 2, then stride 1) + ReLU6, a 1x1 projection: the depthwise convs are INT8 /
     FP8 layers only the tiled depthwise kernel (q_dw) or the emulated path take."""
@@ -381,7 +383,7 @@ def test_quantized_depthwise_convs_run_the_tiled_kernel_and_match_numpy(precisio
     monkeypatch.setattr(QK, "emulated_applies", lambda net, layer: real(net, layer) and
                         not QK.dw_applies(net, layer))
     rng = np.random.RandomState(8)
-    model = _depthwise_model(rng, precision)
+    model = _mobilenet_block_model(rng, precision)
     x = rng.randn(4, 3, 16, 16).astype(F32)
     gpu = build_engine(model, {"x": x.shape}, BuilderConfig(precision=precision,
                                                             backend="cupy"))
