@@ -27,8 +27,11 @@ order ``cupy_backend.impl_table`` tries them:
   / ``acc_identity`` / ``acc`` (the accumulator as the graph output -- through an identity
   node to fp32 or int32, or with no node after the conv -- then the epilogue kernel).
 * :class:`QuantEmulated` (tactic ``q_emulated`` for what neither takes -- grouped /
-* :class:`QuantEmulated` (tactic ``q_emulated`` for what neither takes -- grouped /
-  depthwise convs, transpose_a matmuls -- and the fallback of the two above): the quantized
+* :class:`QuantGemmMma` (tactic ``q_mma``, ``cuda_source_qmma``) and
+  :class:`QuantDepthwiseTiled` (tactic ``q_dw``, ``cuda_source_dw``'s quantized mode):
+  tftrt's own kernels, the epilogue and the int8 store fused.
+* :class:`QuantEmulated` (tactic ``q_emulated`` for what none takes -- grouped convs,
+  transpose_a matmuls -- and the fallback of the others): the quantized
   values as float32 through a TF32 cuDNN conv / cuBLASLt GEMM (int8 and E4M3 values and
   their products are exact in TF32 / fp32), then the same epilogue kernel: the layer's
   answers, without int8 / fp8 tensor cores. Its layers say so in the engine's fallback
@@ -970,7 +973,7 @@ class QuantEmulated(_QuantLayer):
     """The quantized layer's arithmetic without int8 / fp8 tensor cores (module doc): the
     quantized values in float32 through a TF32 cuDNN conv or cuBLASLt GEMM, then the epilogue
     kernel. The fallback of the real kernels, and the tactic of quantized layers they cannot
-    take (grouped / depthwise convs, transpose_a matmuls)."""
+    take (grouped convs, transpose_a matmuls; depthwise ones where q_dw cannot))."""
 
     def __init__(self, net, layer, weights, opts):
         super().__init__(net, layer, weights, opts)
