@@ -224,6 +224,11 @@ CASES = [
     (29, 40, 544, S.INT8, "float16", "int8", "res8", "relu", 0, None),  # two K blocks + 32
     (18, 24, 320, S.FP8, "float32", "float16", "", "gelu", 1, None),    # FP8, K blocks 256 + 64
     (35, 64, 2048, S.INT8, "int8", "int8", "", "relu", 0, 3),           # stage-4 conv1's K
+    # thin K (MobileNetV2's expansions of 16 / 24 channels): one zero-padded step of 32
+    (41, 96, 16, S.INT8, "int8", "int8", "", "clip", 0, None),
+    (27, 144, 24, S.INT8, "float16", "int8", "", "clip", 0, 2),
+    (30, 40, 24, S.INT8, "int8", "float16", "res8", "relu", 1, None),   # rows 8-byte aligned only
+    (19, 16, 8, S.FP8, "float32", "float32", "", None, 0, None),
 ]
 ACTS = {"relu": {"op": "act", "fn": "relu"},
         "clip": {"op": "act", "fn": "clip", "min": 0.0, "max": 6.0},
@@ -341,6 +346,8 @@ def _run(so, k, src, case, m, seed):
     poison = -128 if src.y_dtype == "int8" else np.nan
     y = _offset_view(np.zeros(want.shape, src.y_dtype), offset, poison)
     y[...] = poison
+    if src.k > w.shape[1]:  # a thin K: the weight zero-padded to the kernel's step
+        w = np.pad(w, ((0, 0), (0, src.k - w.shape[1])))
     args = [x, w] + [ops[i] for i in src.operands] + [y, m]
     blocks = src.grid(m, max_blocks)
     _run_host(so, k, args, blocks, src.threads)
@@ -458,7 +465,8 @@ GEMM_NETS = [("matmul", (4, 7, 64), 64, 32, False, False),
              ("matmul", (4, 7, 64), 64, 32, True, True),
              ("matmul", (96,), 96, 40, True, False),      # a 1-D x: one row
              ("conv", (2, 5, 3, 96), 96, 136, False, True),
-             ("matmul", (3, 128), 128, 24, False, False)]
+             ("matmul", (3, 128), 128, 24, False, False),
+             ("conv", (2, 7, 3, 24), 24, 144, False, False)]   # a thin K: padded to 32
 
 
 @pytest.mark.parametrize("precision", ["INT8", "FP8"])
@@ -484,8 +492,9 @@ def test_the_layers_kernel_computes_what_the_numpy_backend_does(tmp_path, precis
         want = NB._quantized_gemm(net, layer, net.weights)(ins)[0]
         m, kk, n = S.gemm_dims(layer.kind, net.tensors["x"].shape,
                                net.tensors[layer.inputs[1]].shape, layer.attrs)
+        assert src.kx == kk   # (src.k: K padded to the kernel's step, as QuantGemmMma pads)
         w = S.gemm_weight(net.weights[layer.inputs[1]], layer.kind,
-                          bool(layer.attrs.get("transpose_b")), kk, n)
+                          bool(layer.attrs.get("transpose_b")), src.k, n)
         y = np.full(want.shape, np.nan, want.dtype)
         _run_host(so, k, [ins[0], w] + [ins[i] for i in src.operands] + [y, m], src.grid(m),
                   src.threads)
@@ -515,8 +524,9 @@ def test_what_the_kernel_refuses():
               operand_modes={})
     QM.QMmaSource(**ok)
     for change, match in [
-            (dict(k=48), "K a multiple of 32 up to 2048, not 48"),
-            (dict(k=2080), "K a multiple of 32 up to 2048, not 2080"),
+            (dict(k=48), "K of 8, 16, 24 or a multiple of 32 up to 2048, not 48"),
+            (dict(k=12), "K of 8, 16, 24 or a multiple of 32 up to 2048, not 12"),
+            (dict(k=2080), "K of 8, 16, 24 or a multiple of 32 up to 2048, not 2080"),
             (dict(n=12), "N a multiple of 8, not 12"),
             (dict(fmt=S.FP8), "int8 x in INT8"),
             (dict(x_dtype="float64"), "not float64"),
@@ -609,7 +619,7 @@ def test_the_tactic_takes_the_quantized_gemms_the_kernel_takes(monkeypatch):
     assert QM.unsupported(net, layer) == "off (TFTRT_QUANT_MMA=0)"
     monkeypatch.setenv("TFTRT_QUANT_MMA", "1")
     net = _matmul_net(48, 32)
-    assert "K a multiple of 32" in QM.unsupported(net, net.layers[0])
+    assert "K of 8, 16, 24 or a multiple of 32" in QM.unsupported(net, net.layers[0])
     net = _matmul_net(QM.TACTIC_MAX_K + 32, 32)   # a small GEMM: offered at any K
     assert QM.unsupported(net, net.layers[0]) is None
     monkeypatch.setattr(QM, "TACTIC_SMALL", 4 * 7 * (QM.TACTIC_MAX_K + 32) * 32 - 1)
@@ -886,3 +896,26 @@ def test_the_tactic_takes_the_convs_the_implicit_gemm_takes(monkeypatch):
     assert QM.unsupported(net, net.layers[0]) is None             # GEMMs keep it
     net = _conv_net((1, 9, 9, 64), 3, 3, 64, (1, 1), (1, 1, 1, 1), "FP16")
     assert QM.unsupported(net, net.layers[0]) == "not a quantized layer"
+
+
+def test_a_thin_k_reads_only_its_own_row(host_kernels):
+    """A thin K (8 here, one zero-padded step of 32): lanes whose 8 columns lie past the row
+    load zero codes instead of the next row's elements -- a NaN there (E4M3's NaN code times
+    a zero weight is NaN) would spoil this row's outputs -- and never read past x's end."""
+    srcs, so = host_kernels
+    k = next(i for i, c in enumerate(CASES) if c[2] == 8 and c[3] == S.FP8)
+    case, src = CASES[k], srcs[k]
+    assert (src.kx, src.k) == (8, 32)
+    m = case[0]
+    x, w, ops = _inputs(case, seed=77)
+    x[5, 3] = np.nan
+    want = _want(case, x, w, ops)
+    y = np.full(want.shape, np.nan, src.y_dtype)
+    wp = np.pad(w, ((0, 0), (0, src.k - w.shape[1])))
+    _run_host(so, k, [x, wp] + [ops[i] for i in src.operands] + [y, m], src.grid(m),
+              src.threads)
+    assert np.isnan(y[5]).all() and np.isnan(want[5]).all()
+    rest = np.arange(m) != 5
+    assert np.isfinite(y[rest]).all(), "a row read its neighbour's NaN"
+    np.testing.assert_allclose(y[rest], want[rest], rtol=2.0 ** -10,
+                               atol=1e-5 * float(np.abs(want[rest]).max()))

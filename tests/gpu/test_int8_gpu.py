@@ -401,6 +401,40 @@ def test_quantized_depthwise_convs_run_the_tiled_kernel_and_match_numpy(precisio
     _close(got, want, f"{precision} depthwise block on q_dw ({choices})", rel=chain)
 
 
+def test_thin_k_1x1_convs_run_the_tensor_core_kernel_and_match_numpy(monkeypatch):
+    """MobileNetV2's 1x1 expansions of 16 / 24 channels (K under 32: one zero-padded step of
+    the kernel, lanes past the row loading zeros) on q_mma with the libraries' tactics taken
+    away, validated at build time, the engine answering what the numpy simulation answers."""
+    from onnx import helper
+    from tftrt.engine.backends import cupy_quant as QK
+    monkeypatch.setenv("TFTRT_QUANT_MMA", "1")
+    monkeypatch.setattr(QK, "_MMA_VERDICTS", {})
+    for name in ("gemm_applies", "cudnn_applies", "emulated_applies"):
+        real = getattr(QK, name)
+        monkeypatch.setattr(QK, name, lambda net, layer, real=real: real(net, layer) and
+                            not QK.mma_applies(net, layer))
+    rng = np.random.RandomState(9)
+    N = helper.make_node
+    consts = {"w0": (rng.randn(24, 3, 3, 3) * 0.3).astype(F32),
+              "we": (rng.randn(144, 24, 1, 1) * 0.2).astype(F32),
+              "wp": (rng.randn(16, 144, 1, 1) * 0.1).astype(F32),
+              "wq": (rng.randn(96, 16, 1, 1) * 0.2).astype(F32)}
+    nodes = [N("Conv", ["x", "w0"], ["c0"], pads=[1, 1, 1, 1]), N("Relu", ["c0"], ["a0"]),
+             N("Conv", ["a0", "we"], ["e"]), N("Relu", ["e"], ["r"]),
+             N("Conv", ["r", "wp"], ["p"]), N("Conv", ["p", "wq"], ["y"])]
+    model = _calibrated(make_model(nodes, {"x": np.zeros((4, 3, 14, 14), F32)}, consts), rng,
+                        (4, 3, 14, 14))
+    x = rng.randn(4, 3, 14, 14).astype(F32)
+    gpu = build_engine(model, {"x": x.shape}, BuilderConfig(precision="INT8", backend="cupy"))
+    choices = _choices(gpu)
+    thin = sorted(impl.src.kx for _, impl in _impls_pairs(gpu)
+                  if isinstance(impl, QK.QuantGemmMma) and impl.src.kx < 32)
+    assert thin == [16, 24], choices
+    ref = build_engine(model, {"x": x.shape}, BuilderConfig(precision="INT8", backend="numpy"))
+    _close(cp.asnumpy(gpu.execute([cp.asarray(x)])[0]), ref.execute([x])[0],
+           f"INT8 thin-K 1x1 convs on q_mma ({choices})", rel=2e-2)
+
+
 def _stem_pool_model(rng, zero_pad=False):
     """ResNet's stem and the first block's two 1x1 readers of its MaxPool: 7x7/2 conv 3 ->
     64 + ReLU, 3x3/2 MaxPool (pads 1; or, ``zero_pad``, Keras' ZeroPadding2D then a VALID

@@ -314,6 +314,12 @@ class QMmaSource:
                  fast_int: bool = True, min_threads: int = 0, pipeline: bool = PIPELINE,
                  paired: bool = True, conv: Optional[ConvGeometry] = None):
         self.n, self.k, self.fmt = int(n), int(k), fmt
+        # x's row length: K itself, but a K of 8 / 16 / 24 (a thin 1x1 conv: MobileNetV2's
+        # expansions of 16 / 24 channels) runs as one step of 32 over a zero-padded weight,
+        # each lane loading its 8 columns of x only where they are in the row
+        self.kx = self.k
+        if self.k in (8, 16, 24) and conv is None:
+            self.k = 32
         self.conv = conv
         if conv is not None:
             if conv.c % 64 or conv.c <= 0:
@@ -335,8 +341,8 @@ class QMmaSource:
         if (self.y_dtype == "int8") != (out_scale is not None):
             raise ValueError("an int8 output needs its output scale (and only it)")
         if self.k % 32 or not 0 < self.k <= MAX_K:
-            raise ValueError(f"the tensor-core quantized GEMM takes K a multiple of 32 up to "
-                             f"{MAX_K}, not {self.k}")
+            raise ValueError(f"the tensor-core quantized GEMM takes K of 8, 16, 24 or a "
+                             f"multiple of 32 up to {MAX_K}, not {self.kx}")
         if self.n % 8 or self.n <= 0:
             raise ValueError(f"the tensor-core quantized GEMM takes N a multiple of 8, not "
                              f"{self.n}")
@@ -588,7 +594,7 @@ class QMmaSource:
         """Statements loading the lane's A fragments of its rows ``<rows>0`` / ``<rows>1``
         into ``<dst>0`` / ``<dst>1`` for ``chunks`` 64-wide chunks of K from column ``off``
         (a C expression), and a last 32 where ``tail``."""
-        k = self.k
+        k = self.kx  # x's row length
         if self.conv is not None:
             return self._conv_loads(chunks, off, dst, rows)
         loads = []
@@ -597,7 +603,12 @@ class QMmaSource:
                 loads.append(f"for (int c = 0; c < {chunks}; ++c) "
                              f"span16(x + {rows}{p} * {k} + {off} + 64 * c + 16 * t, xal, "
                              f"{dst}{p} + 4 * c);")
-            if tail:
+            if tail and self.kx < self.k:  # lanes past the row's end: zero codes
+                w = 4 * chunks
+                loads.append(f"if (8 * t < {self.kx}) span8(x + {rows}{p} * {k} + 8 * t, "
+                             f"xal, {dst}{p} + {w});\n        "
+                             f"else {dst}{p}[{w}] = {dst}{p}[{w + 1}] = 0u;")
+            elif tail:
                 loads.append(f"span8(x + {rows}{p} * {k} + {off} + {64 * chunks} + 8 * t, "
                              f"xal, {dst}{p} + {4 * chunks});")
         return "\n        ".join(loads)
