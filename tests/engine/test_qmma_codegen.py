@@ -229,6 +229,11 @@ CASES = [
     (27, 144, 24, S.INT8, "float16", "int8", "", "clip", 0, 2),
     (30, 40, 24, S.INT8, "int8", "float16", "res8", "relu", 1, None),   # rows 8-byte aligned only
     (19, 16, 8, S.FP8, "float32", "float32", "", None, 0, None),
+    (37, 48, 144, S.INT8, "int8", "int8", "", "clip", 0, None),         # 2 chunks + 16 of 32
+    (33, 24, 112, S.INT8, "float16", "int8", "res8", None, 0, None),    # 48 of the last chunk
+    (21, 32, 240, S.INT8, "int8", "float16", "", "relu", 0, 2),         # in a block of 256
+    (25, 40, 80, S.FP8, "float16", "float16", "", "gelu", 0, None),
+    (26, 24, 48, S.FP8, "float32", "float32", "", None, 0, None),       # 48 of one chunk
 ]
 ACTS = {"relu": {"op": "act", "fn": "relu"},
         "clip": {"op": "act", "fn": "clip", "min": 0.0, "max": 6.0},
@@ -524,9 +529,9 @@ def test_what_the_kernel_refuses():
               operand_modes={})
     QM.QMmaSource(**ok)
     for change, match in [
-            (dict(k=48), "K of 8, 16, 24 or a multiple of 32 up to 2048, not 48"),
-            (dict(k=12), "K of 8, 16, 24 or a multiple of 32 up to 2048, not 12"),
-            (dict(k=2080), "K of 8, 16, 24 or a multiple of 32 up to 2048, not 2080"),
+            (dict(k=40), "K of 8, 16, 24 or a multiple of 16 up to 2048, not 40"),
+            (dict(k=12), "K of 8, 16, 24 or a multiple of 16 up to 2048, not 12"),
+            (dict(k=2080), "K of 8, 16, 24 or a multiple of 16 up to 2048, not 2080"),
             (dict(n=12), "N a multiple of 8, not 12"),
             (dict(fmt=S.FP8), "int8 x in INT8"),
             (dict(x_dtype="float64"), "not float64"),
@@ -568,6 +573,7 @@ def test_sources_compile_for_sm90_without_spills(tmp_path):
                             pipeline=True)
         if src.pipeline:
             srcs.append(src)
+    srcs += [s for s in (_source(case) for case in CASES) if s.kx < s.k]   # padded K
     for c, n in ((64, 64), (128, 128)):   # the stage-1 / stage-2 3x3 convs, implicit GEMMs
         epi, modes = _spec((0, n, 9 * c, S.INT8, "int8", "int8", "", "relu", 0, None))
         srcs.append(QM.QMmaSource(n, 9 * c, S.INT8, "int8", "int8", epi, modes, INV_X,
@@ -598,8 +604,8 @@ def _matmul_net(k, n, precision="INT8"):
 
 def test_the_tactic_takes_the_quantized_gemms_the_kernel_takes(monkeypatch):
     """``q_mma`` is registered for conv and matmul layers on CuPy; it applies to a quantized
-    GEMM whose K is a multiple of 32 (up to TACTIC_MAX_K in a large GEMM, up to MAX_K in a
-    small one) and N of 8 unless TFTRT_QUANT_MMA=0, never to a float layer or a depthwise
+    GEMM whose K is 8, 16, 24 or a multiple of 16 (up to TACTIC_MAX_K in a large GEMM, up to
+    MAX_K in a small one) and N of 8 unless TFTRT_QUANT_MMA=0, never to a float layer or a depthwise
     conv; the source it would compile is the layer's (rows of all leading dims, the input
     scale's reciprocal)."""
     importlib.import_module("tftrt.engine.backends.cupy_backend")  # registers the tactics
@@ -618,8 +624,11 @@ def test_the_tactic_takes_the_quantized_gemms_the_kernel_takes(monkeypatch):
     monkeypatch.setenv("TFTRT_QUANT_MMA", "0")
     assert QM.unsupported(net, layer) == "off (TFTRT_QUANT_MMA=0)"
     monkeypatch.setenv("TFTRT_QUANT_MMA", "1")
-    net = _matmul_net(48, 32)
-    assert "K of 8, 16, 24 or a multiple of 32" in QM.unsupported(net, net.layers[0])
+    net = _matmul_net(40, 32)
+    assert "K of 8, 16, 24 or a multiple of 16" in QM.unsupported(net, net.layers[0])
+    net = _matmul_net(48, 32)   # a multiple of 16: zero-padded to 64
+    assert QM.layer_source(net, net.layers[0]).k == 64 and QM.unsupported(net, net.layers[0]) \
+        is None
     net = _matmul_net(QM.TACTIC_MAX_K + 32, 32)   # a small GEMM: offered at any K
     assert QM.unsupported(net, net.layers[0]) is None
     monkeypatch.setattr(QM, "TACTIC_SMALL", 4 * 7 * (QM.TACTIC_MAX_K + 32) * 32 - 1)
@@ -898,14 +907,16 @@ def test_the_tactic_takes_the_convs_the_implicit_gemm_takes(monkeypatch):
     assert QM.unsupported(net, net.layers[0]) == "not a quantized layer"
 
 
-def test_a_thin_k_reads_only_its_own_row(host_kernels):
-    """A thin K (8 here, one zero-padded step of 32): lanes whose 8 columns lie past the row
-    load zero codes instead of the next row's elements -- a NaN there (E4M3's NaN code times
-    a zero weight is NaN) would spoil this row's outputs -- and never read past x's end."""
+@pytest.mark.parametrize("kx,kp", [(8, 32), (48, 64)])
+def test_a_padded_k_reads_only_its_own_row(host_kernels, kx, kp):
+    """A K zero-padded to the kernel's steps (8 -> one step of 32, the last step's lanes; 48
+    -> one chunk of 64, its last lane): lanes whose columns lie past the row load zero codes
+    instead of the next row's elements -- a NaN there (E4M3's NaN code times a zero weight
+    is NaN) would spoil this row's outputs -- and never read past x's end."""
     srcs, so = host_kernels
-    k = next(i for i, c in enumerate(CASES) if c[2] == 8 and c[3] == S.FP8)
+    k = next(i for i, c in enumerate(CASES) if c[2] == kx and c[3] == S.FP8)
     case, src = CASES[k], srcs[k]
-    assert (src.kx, src.k) == (8, 32)
+    assert (src.kx, src.k) == (kx, kp)
     m = case[0]
     x, w, ops = _inputs(case, seed=77)
     x[5, 3] = np.nan

@@ -314,12 +314,13 @@ class QMmaSource:
                  fast_int: bool = True, min_threads: int = 0, pipeline: bool = PIPELINE,
                  paired: bool = True, conv: Optional[ConvGeometry] = None):
         self.n, self.k, self.fmt = int(n), int(k), fmt
-        # x's row length: K itself, but a K of 8 / 16 / 24 (a thin 1x1 conv: MobileNetV2's
-        # expansions of 16 / 24 channels) runs as one step of 32 over a zero-padded weight,
-        # each lane loading its 8 columns of x only where they are in the row
+        # x's row length: K itself, but a K of 8 / 16 / 24, or a multiple of 16 (MobileNet /
+        # EfficientNet channel counts: 16, 24, 80, 112, 144, 240), runs over a weight
+        # zero-padded to a multiple of 32, each lane loading its 16 (8 in a last step of 32)
+        # columns of x only where they are in the row (a granule is wholly in or out)
         self.kx = self.k
-        if self.k in (8, 16, 24) and conv is None:
-            self.k = 32
+        if conv is None and self.k % 32 and (self.k in (8, 16, 24) or self.k % 16 == 0):
+            self.k = -(-self.k // 32) * 32
         self.conv = conv
         if conv is not None:
             if conv.c % 64 or conv.c <= 0:
@@ -342,7 +343,7 @@ class QMmaSource:
             raise ValueError("an int8 output needs its output scale (and only it)")
         if self.k % 32 or not 0 < self.k <= MAX_K:
             raise ValueError(f"the tensor-core quantized GEMM takes K of 8, 16, 24 or a "
-                             f"multiple of 32 up to {MAX_K}, not {self.kx}")
+                             f"multiple of 16 up to {MAX_K}, not {self.kx}")
         if self.n % 8 or self.n <= 0:
             raise ValueError(f"the tensor-core quantized GEMM takes N a multiple of 8, not "
                              f"{self.n}")
@@ -597,20 +598,25 @@ class QMmaSource:
         k = self.kx  # x's row length
         if self.conv is not None:
             return self._conv_loads(chunks, off, dst, rows)
+        padded = self.kx < self.k  # lanes whose columns are past the row's end: zero codes
         loads = []
         for p in (0, 1):
             if chunks:
-                loads.append(f"for (int c = 0; c < {chunks}; ++c) "
-                             f"span16(x + {rows}{p} * {k} + {off} + 64 * c + 16 * t, xal, "
-                             f"{dst}{p} + 4 * c);")
-            if tail and self.kx < self.k:  # lanes past the row's end: zero codes
+                load = (f"span16(x + {rows}{p} * {k} + {off} + 64 * c + 16 * t, xal, "
+                        f"{dst}{p} + 4 * c);")
+                if padded:
+                    load = (f"{{ if ({off} + 64 * c + 16 * t < {k}) {load}\n          else "
+                            f"{dst}{p}[4 * c] = {dst}{p}[4 * c + 1] = {dst}{p}[4 * c + 2] = "
+                            f"{dst}{p}[4 * c + 3] = 0u; }}")
+                loads.append(f"for (int c = 0; c < {chunks}; ++c) {load}")
+            if tail:
                 w = 4 * chunks
-                loads.append(f"if (8 * t < {self.kx}) span8(x + {rows}{p} * {k} + 8 * t, "
-                             f"xal, {dst}{p} + {w});\n        "
-                             f"else {dst}{p}[{w}] = {dst}{p}[{w + 1}] = 0u;")
-            elif tail:
-                loads.append(f"span8(x + {rows}{p} * {k} + {off} + {64 * chunks} + 8 * t, "
-                             f"xal, {dst}{p} + {4 * chunks});")
+                load = (f"span8(x + {rows}{p} * {k} + {off} + {64 * chunks} + 8 * t, xal, "
+                        f"{dst}{p} + {w});")
+                if padded:
+                    load = (f"if ({off} + {64 * chunks} + 8 * t < {k}) {load}\n        "
+                            f"else {dst}{p}[{w}] = {dst}{p}[{w + 1}] = 0u;")
+                loads.append(load)
         return "\n        ".join(loads)
 
     def _conv_rows(self, rows: str = "row") -> str:
@@ -861,6 +867,13 @@ def conv_geometry(x_shape, w_shape, y_shape, attrs) -> ConvGeometry:
                         int(y_shape[1]), int(y_shape[2]))
 
 
+def conv_enabled() -> bool:
+    """``TFTRT_QUANT_MMA_CONV`` (default on; 0 turns it off): the kernel also takes convs with
+    taps as implicit GEMMs (:class:`ConvGeometry`)."""
+    from tftrt.env import env_bool  # standard library only
+    return env_bool("TFTRT_QUANT_MMA_CONV", True)
+
+
 def layer_source(net, layer) -> QMmaSource:
     """The :class:`QMmaSource` of a quantized conv / matmul layer of ``net``: one GEMM over
     its input's rows (a matmul without transpose_a, a 1x1 / stride-1 / unpadded conv), or a
@@ -904,8 +917,7 @@ def unsupported(net, layer) -> Optional[str]:
     y = net.tensors[layer.outputs[0]].shape
     macs = int(np.prod([int(d) for d in y[:-1]])) * src.k * src.n  # rows x K x N
     if src.conv is not None:
-        from tftrt.env import env_bool
-        if not env_bool("TFTRT_QUANT_MMA_CONV", True):
+        if not conv_enabled():
             return "off for convs with taps (TFTRT_QUANT_MMA_CONV=0)"
         if src.conv.c > TACTIC_CONV_MAX_C and macs > TACTIC_SMALL:
             return (f"{src.conv.c} input channels > {TACTIC_CONV_MAX_C} in a conv of "

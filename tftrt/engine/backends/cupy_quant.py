@@ -657,6 +657,8 @@ class QuantGemmMma(_QuantLayer):
             raise ValueError("off (TFTRT_QUANT_MMA=0)")
         # one GEMM over x's rows (gemm_dims), or a conv's implicit GEMM over y's pixels
         self.src = QM.layer_source(net, layer)
+        if self.src.conv is not None and not QM.conv_enabled():  # (a loaded plan's choice)
+            raise ValueError("off for convs with taps (TFTRT_QUANT_MMA_CONV=0)")
         self.m = m = _rows(self.y_shape)
         self.w = cp.asarray(S.gemm_weight(self._host(self.w_name), layer.kind,
                                           bool(layer.attrs.get("transpose_b")), self.src.k,
