@@ -547,8 +547,12 @@ def table(path: str, print_fn=print) -> None:
                              if mine and st else "-")
             for c in quant:
                 st = rows[c]["batches"].get(str(b))
+                # an engine timed_precision left without a quantized layer runs FP16: its
+                # ratio is the spread between two FP16 builds, not INT8 / FP8
+                fp16 = "layer_precisions" in rows[c] and not any(
+                    p in ("INT8", "FP8") for p in rows[c]["layer_precisions"])
                 cells.append(f"{st['throughput'] / mine['throughput']:.2f}x"
-                             if mine and st else "-")
+                             f"{' (FP16 kept)' if fp16 else ''}" if mine and st else "-")
             print_fn("| " + " | ".join(cells) + " |")
         print_fn("")
 

@@ -349,6 +349,15 @@ def test_zoo_benchmark_int8_rows(tmp_path, capsys):
     line = next(l for l in text.splitlines() if l.startswith("| 2 |"))
     ratio = int8["batches"]["2"]["throughput"] / fp16["batches"]["2"]["throughput"]
     assert line.endswith(f"| {ratio:.2f}x |"), line
+    # an INT8 row whose engines kept FP16 everywhere (timed_precision, s43's MobileNetV2 on
+    # an H100) says so beside its ratio
+    with open(out, "a") as f:
+        f.write(json.dumps(dict(int8, layer_precisions={"FP16": 53},
+                                quantized_share=[0.0])) + "\n")
+    bench.table(out)
+    text = capsys.readouterr().out
+    line = next(l for l in text.splitlines() if l.startswith("| 2 |"))
+    assert line.endswith(f"| {ratio:.2f}x (FP16 kept) |"), line
 
 
 def test_zoo_top1_agreement_counts_rows_whose_argmax_agrees():
