@@ -371,6 +371,11 @@ def test_host_build_matches_numpy(host_kernels, k):
         assert (y != -128).all(), f"{what}: outputs not written"
     else:
         assert not np.isnan(y.astype(np.float64)).any(), f"{what}: outputs not written"
+    _assert_matches(src, y, want, what)
+
+
+def _assert_matches(src, y, want, what) -> None:
+    """INT8 bit for bit; FP8 within fp32 summation order."""
     if src.fmt == S.INT8:
         np.testing.assert_array_equal(y, want, err_msg=what)
     else:
@@ -477,7 +482,6 @@ GEMM_NETS = [("matmul", (4, 7, 64), 64, 32, False, False),
 @pytest.mark.parametrize("precision", ["INT8", "FP8"])
 def test_the_layers_kernel_computes_what_the_numpy_backend_does(tmp_path, precision,
                                                                monkeypatch):
-    from tftrt.engine.backends import numpy_backend as NB
     monkeypatch.setenv("TFTRT_QUANT_MMA", "1")
     if _host_compiler() is None:
         pytest.skip("no host C++ compiler")
@@ -487,23 +491,34 @@ def test_the_layers_kernel_computes_what_the_numpy_backend_does(tmp_path, precis
         (layer,) = net.layers
         assert QM.unsupported(net, layer) is None
         srcs.append(QM.layer_source(net, layer))
-    so = _build(_host_text(srcs), tmp_path, "qmma_layers")
-    rng = np.random.default_rng(5)
+    for net, src in zip(nets, srcs):   # src.k: K padded to the kernel's steps
+        assert src.kx == S.gemm_dims(net.layers[0].kind, net.tensors["x"].shape,
+                                     net.tensors[net.layers[0].inputs[1]].shape,
+                                     net.layers[0].attrs)[1]
+    _layers_match_numpy(_build(_host_text(srcs), tmp_path, "qmma_layers"), nets, srcs,
+                        precision, GEMM_NETS, seed=5)
+
+
+def _layers_match_numpy(so, nets, srcs, precision, labels, seed):
+    """Each one-layer ``nets[k]``'s kernel (case ``k`` of host build ``so``), given what
+    QuantGemmMma gives it -- gemm_weight's [N, K] rows padded to ``src.k``, the epilogue
+    operands in source order, the output's rows -- against the numpy backend: INT8 bit for
+    bit, FP8 within fp32 summation order."""
+    from tftrt.engine.backends import numpy_backend as NB
+    rng = np.random.default_rng(seed)
     for k, (net, src) in enumerate(zip(nets, srcs)):
         (layer,) = net.layers
         ins = [np.asarray(net.weights[t]) if t in net.weights else
                rng.standard_normal(net.tensors[t].shape).astype(net.tensors[t].dtype)
                for t in layer.inputs]
         want = NB._quantized_gemm(net, layer, net.weights)(ins)[0]
-        m, kk, n = S.gemm_dims(layer.kind, net.tensors["x"].shape,
-                               net.tensors[layer.inputs[1]].shape, layer.attrs)
-        assert src.kx == kk   # (src.k: K padded to the kernel's step, as QuantGemmMma pads)
         w = S.gemm_weight(net.weights[layer.inputs[1]], layer.kind,
-                          bool(layer.attrs.get("transpose_b")), src.k, n)
+                          bool(layer.attrs.get("transpose_b")), src.k, src.n)
+        m = int(np.prod(want.shape[:-1]))
         y = np.full(want.shape, np.nan, want.dtype)
         _run_host(so, k, [ins[0], w] + [ins[i] for i in src.operands] + [y, m], src.grid(m),
                   src.threads)
-        what = f"{precision} {GEMM_NETS[k]}"
+        what = f"{precision} {labels[k]}"
         if precision == "INT8":
             np.testing.assert_array_equal(y, want, err_msg=what)
         else:
@@ -803,13 +818,7 @@ def test_a_conv_runs_as_an_implicit_gemm_on_the_host(tmp_path):
         y = np.full(want.shape, poison, src.y_dtype)
         _run_host(so, k, [x, wq] + [ops[i] for i in src.operands] + [y, m],
                   src.grid(m, case[14]), src.threads)
-        what = f"conv case {k} {case}"
-        if src.fmt == S.INT8:
-            np.testing.assert_array_equal(y, want, err_msg=what)
-        else:
-            got, ref = y.astype(np.float64), want.astype(np.float64)
-            tol = 2.0 ** -10 * np.abs(ref) + 1e-5 * np.abs(ref).max()
-            assert (np.abs(got - ref) <= tol).all(), what
+        _assert_matches(src, y, want, f"conv case {k} {case}")
 
 
 def _conv_net(x_shape, r, s, n, strides, pads, precision, residual=False, group=1,
@@ -848,7 +857,6 @@ def test_a_conv_layers_implicit_gemm_computes_what_the_numpy_backend_does(tmp_pa
     """What cupy_quant.QuantGemmMma passes the kernel for a conv with taps (layer_source's
     ConvGeometry, gemm_weight's KRSC rows, y's pixels as the rows) against the numpy
     backend's quantized conv."""
-    from tftrt.engine.backends import numpy_backend as NB
     monkeypatch.setenv("TFTRT_QUANT_MMA", "1")
     if _host_compiler() is None:
         pytest.skip("no host C++ compiler")
@@ -856,25 +864,8 @@ def test_a_conv_layers_implicit_gemm_computes_what_the_numpy_backend_does(tmp_pa
             CONV_NETS]
     srcs = [QM.layer_source(net, net.layers[0]) for net in nets]
     assert all(src.conv is not None for src in srcs)
-    so = _build(_host_text(srcs), tmp_path, "qmma_conv_layers")
-    rng = np.random.default_rng(6)
-    for k, (net, src) in enumerate(zip(nets, srcs)):
-        (layer,) = net.layers
-        ins = [np.asarray(net.weights[t]) if t in net.weights else
-               rng.standard_normal(net.tensors[t].shape).astype(net.tensors[t].dtype)
-               for t in layer.inputs]
-        want = NB._quantized_gemm(net, layer, net.weights)(ins)[0]
-        w = S.gemm_weight(net.weights[layer.inputs[1]], "conv", False, src.k, src.n)
-        m = int(np.prod(want.shape[:-1]))
-        y = np.full(want.shape, np.nan, want.dtype)
-        _run_host(so, k, [ins[0], w] + [ins[i] for i in src.operands] + [y, m], src.grid(m),
-                  src.threads)
-        what = f"{precision} {CONV_NETS[k]}"
-        if precision == "INT8":
-            np.testing.assert_array_equal(y, want, err_msg=what)
-        else:
-            np.testing.assert_allclose(y, want, rtol=2.0 ** -10,
-                                       atol=1e-5 * float(np.abs(want).max()), err_msg=what)
+    _layers_match_numpy(_build(_host_text(srcs), tmp_path, "qmma_conv_layers"), nets, srcs,
+                        precision, CONV_NETS, seed=6)
 
 
 def test_the_tactic_takes_the_convs_the_implicit_gemm_takes(monkeypatch):

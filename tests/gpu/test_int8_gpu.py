@@ -294,6 +294,16 @@ def _bottleneck_model(rng, precision):
     return _calibrated(model, rng, (4, 3, 14, 14), precision)
 
 
+def _leave_to(monkeypatch, QK, mine: str, others) -> None:
+    """Takes the tactics whose cupy_quant predicates are ``others`` away from the layers that
+    predicate ``mine`` applies to: those layers' only candidate is the kernel under test."""
+    pred = getattr(QK, mine)
+    for name in others:
+        real = getattr(QK, name)
+        monkeypatch.setattr(QK, name, lambda net, layer, real=real: real(net, layer) and
+                            not pred(net, layer))
+
+
 @pytest.mark.parametrize("precision", ["INT8", "FP8"])
 def test_the_tensor_core_gemm_kernel_runs_1x1_convs_and_matches_numpy(precision, monkeypatch):
     """With the libraries' tactics taken away from the layers q_mma takes, every 1x1 conv of a
@@ -307,10 +317,8 @@ def test_the_tensor_core_gemm_kernel_runs_1x1_convs_and_matches_numpy(precision,
     monkeypatch.setenv("TFTRT_INT8_RESIDUAL", "1")
     monkeypatch.setenv("TFTRT_QUANT_MMA", "1")  # the default, whatever the environment says
     monkeypatch.setattr(QK, "_MMA_VERDICTS", {})
-    for name in ("gemm_applies", "cudnn_applies", "emulated_applies"):
-        real = getattr(QK, name)
-        monkeypatch.setattr(QK, name, lambda net, layer, real=real: real(net, layer) and
-                            not QK.mma_applies(net, layer))
+    _leave_to(monkeypatch, QK, "mma_applies", ("gemm_applies", "cudnn_applies",
+                                               "emulated_applies"))
     rng = np.random.RandomState(7)
     model = _bottleneck_model(rng, precision)
     x = rng.randn(4, 3, 14, 14).astype(F32)
@@ -379,9 +387,7 @@ def test_quantized_depthwise_convs_run_the_tiled_kernel_and_match_numpy(precisio
         pytest.skip("FP8 needs sm_89+")
     monkeypatch.setenv("TFTRT_QUANT_DW", "1")
     monkeypatch.setattr(QK, "_DW_VERDICTS", {})
-    real = QK.emulated_applies
-    monkeypatch.setattr(QK, "emulated_applies", lambda net, layer: real(net, layer) and
-                        not QK.dw_applies(net, layer))
+    _leave_to(monkeypatch, QK, "dw_applies", ("emulated_applies",))
     rng = np.random.RandomState(8)
     model = _mobilenet_block_model(rng, precision)
     x = rng.randn(4, 3, 16, 16).astype(F32)
@@ -409,10 +415,8 @@ def test_thin_k_1x1_convs_run_the_tensor_core_kernel_and_match_numpy(monkeypatch
     from tftrt.engine.backends import cupy_quant as QK
     monkeypatch.setenv("TFTRT_QUANT_MMA", "1")
     monkeypatch.setattr(QK, "_MMA_VERDICTS", {})
-    for name in ("gemm_applies", "cudnn_applies", "emulated_applies"):
-        real = getattr(QK, name)
-        monkeypatch.setattr(QK, name, lambda net, layer, real=real: real(net, layer) and
-                            not QK.mma_applies(net, layer))
+    _leave_to(monkeypatch, QK, "mma_applies", ("gemm_applies", "cudnn_applies",
+                                               "emulated_applies"))
     rng = np.random.RandomState(9)
     N = helper.make_node
     consts = {"w0": (rng.randn(24, 3, 3, 3) * 0.3).astype(F32),

@@ -13,24 +13,19 @@ from tftrt.engine.backends.cuda_source_dw import KERNEL, DwTiledSource, layer_pa
 from tftrt.engine.backends.cupy_layers import DepthwiseConv, Impl
 
 
-class DepthwiseTiled(Impl):
-    """A depthwise conv (multiplier 1, dilation 1, stride 1 or 2, up to 9x9) as ``dw_tiled``:
-    the vector build when x is aligned to its loads, else the scalar build (compiled on first
-    use). Raises ValueError for a layer the kernel does not take (``layer_params``,
-    ``DwTiledSource``)."""
+class TiledKernels:
+    """The ``dw_tiled`` kernels of one layer (``params``: ``layer_params``'): the vector build,
+    used when x is aligned to its loads, compiled now (a source NVRTC refuses fails the
+    build, not a run), and the scalar build, compiled on first use."""
 
-    def __init__(self, net, layer, weights, opts):
-        super().__init__(net, layer, weights, opts)
-        p = layer_params(net, layer)
+    def __init__(self, params: dict):
         sms = K._device_sms()
-        vec = DwTiledSource(**p, sms=sms)
+        vec = DwTiledSource(**params, sms=sms)
         self.srcs = {True: vec, False: vec if vec.vec == 1 else
-                     DwTiledSource(**p, vec=1, sms=sms)}
+                     DwTiledSource(**params, vec=1, sms=sms)}
         self._kernels = {}
-        self._kernel(True)  # compiled now: a source NVRTC refuses fails the build, not a run
+        self._kernel(True)
         self.operands = vec.operands
-        w = layer.inputs[1]
-        self.wt = DepthwiseConv._prep(weights[w]) if w in weights else None
 
     def _kernel(self, aligned: bool):
         if aligned not in self._kernels:
@@ -42,10 +37,30 @@ class DepthwiseTiled(Impl):
             self._kernels[aligned] = kernel
         return self._kernels[aligned]
 
-    def run(self, ins, outs, ws):
-        x = ins[0]
-        wt = self.wt if self.wt is not None else DepthwiseConv._prep(ins[1])
+    def run(self, x, wt, ins, y) -> None:
+        """``y`` from ``x``, the float32 filter ``wt`` [taps, C] and the layer's inputs
+        ``ins`` (the epilogue operands among them)."""
         aligned = x.data.ptr % self.srcs[True].align == 0
         src = self.srcs[aligned]
-        args = [x, wt] + [ins[i] for i in self.operands] + [outs[0]]
+        args = [x, wt] + [ins[i] for i in self.operands] + [y]
         self._kernel(aligned)((src.blocks,), (src.threads,), tuple(args))
+
+
+class DepthwiseTiled(Impl):
+    """A depthwise conv (multiplier 1, dilation 1, stride 1 or 2, up to 9x9) as ``dw_tiled``
+    (:class:`TiledKernels`). Raises ValueError for a layer the kernel does not take
+    (``layer_params``, ``DwTiledSource``)."""
+
+    def __init__(self, net, layer, weights, opts):
+        super().__init__(net, layer, weights, opts)
+        self.kernels = TiledKernels(layer_params(net, layer))
+        w = layer.inputs[1]
+        self.wt = DepthwiseConv._prep(weights[w]) if w in weights else None
+
+    @property
+    def srcs(self):
+        return self.kernels.srcs
+
+    def run(self, ins, outs, ws):
+        wt = self.wt if self.wt is not None else DepthwiseConv._prep(ins[1])
+        self.kernels.run(ins[0], wt, ins, outs[0])

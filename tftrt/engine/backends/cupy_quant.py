@@ -519,6 +519,20 @@ class _QuantLayer(Impl):
             layer.epilogue, {i: _shape(net, layer.inputs[i]) for i in idx},
             {i: _dtype(net, layer.inputs[i]) for i in idx}, self.y_shape)
 
+    def _validated(self, what: str, verdicts: dict, key, record: dict) -> None:
+        """tftrt's own kernel (``what``) for this layer: its ``kernel`` line says how x comes
+        in and y goes out; validated once per ``key`` and process (:class:`Validator`, the
+        verdict kept in ``verdicts``), else ValueError (the next implementation takes the
+        layer); the verdict and ``record`` go into the layer's record."""
+        x_how = "int8 x" if self.x_dtype == "int8" else f"{self.x_dtype} x quantized on load"
+        self.kernel = f"{what} ({x_how}, epilogue fused, {self.y_dtype} output)"
+        if key not in verdicts:
+            verdicts[key] = Validator(self).check(self.run)
+        ok, how = verdicts[key]
+        if not ok:
+            raise ValueError(f"the {what} failed the build-time validation: {how}")
+        self._record({"validated": {"v": S.VALIDATION_VERSION, "how": how[:200]}, **record})
+
     def _host(self, name: str) -> np.ndarray:
         h = self.net.weights.get(name)
         return np.asarray(h) if h is not None else cp.asnumpy(self.weights[name])
@@ -673,18 +687,8 @@ class QuantGemmMma(_QuantLayer):
                                     self.src.threads, props)
         self.blocks = self.src.grid(m, max_blocks=props["multiProcessorCount"] * per_sm)
         self.workspace = 0
-        x_how = "int8 x" if self.x_dtype == "int8" else f"{self.x_dtype} x quantized on load"
-        self.kernel = (f"tensor-core {self.precision} GEMM kernel ({x_how}, epilogue fused, "
-                       f"{self.y_dtype} output)")
-        vkey = (self.src.source, m)
-        if vkey not in _MMA_VERDICTS:
-            _MMA_VERDICTS[vkey] = Validator(self).check(self.run)
-        ok, how = _MMA_VERDICTS[vkey]
-        if not ok:
-            raise ValueError(f"the tensor-core {self.precision} GEMM kernel failed the "
-                             f"build-time validation: {how}")
-        self._record({"validated": {"v": S.VALIDATION_VERSION, "how": how[:200]},
-                      "chunk": self.src.nc})
+        self._validated(f"tensor-core {self.precision} GEMM kernel", _MMA_VERDICTS,
+                        (self.src.source, m), {"chunk": self.src.nc})
 
     def run(self, ins, outs, ws):
         args = [ins[0], self.w] + [ins[i] for i in self.src.operands] + \
@@ -703,50 +707,20 @@ class QuantDepthwiseTiled(_QuantLayer):
     def __init__(self, net, layer, weights, opts):
         super().__init__(net, layer, weights, opts)
         from tftrt.engine.backends import cuda_source_dw as DW
-        from tftrt.engine.backends.cupy_kernels import _device_sms
+        from tftrt.engine.backends.cupy_dw import TiledKernels
         self._common(net, layer)
         if not DW.quant_enabled():  # a plan that chose it, loaded where it is off
             raise ValueError("off (TFTRT_QUANT_DW=0)")
-        p = DW.layer_params(net, layer, quantized=True)
-        sms = _device_sms()
-        vec = DW.DwTiledSource(**p, sms=sms)
-        self.srcs = {True: vec, False: vec if vec.vec == 1 else
-                     DW.DwTiledSource(**p, vec=1, sms=sms)}
-        self._kernels: Dict[bool, object] = {}
-        self._kern(True)  # compiled now: a source NVRTC refuses fails the build, not a run
+        self.kernels = TiledKernels(DW.layer_params(net, layer, quantized=True))
+        vec = self.kernels.srcs[True]
         wv = S.weight_values(self._host(self.w_name), self.fmt).astype(np.float32)
         self.wt = cp.asarray(np.ascontiguousarray(wv.reshape(wv.shape[0], -1).T))  # [taps, C]
         self.workspace = 0
-        x_how = "int8 x" if self.x_dtype == "int8" else f"{self.x_dtype} x quantized on load"
-        self.kernel = (f"tiled {self.precision} depthwise kernel ({x_how}, epilogue fused, "
-                       f"{self.y_dtype} output)")
-        vkey = (vec.source, self.srcs[False].source)
-        if vkey not in _DW_VERDICTS:
-            _DW_VERDICTS[vkey] = Validator(self).check(self.run)
-        ok, how = _DW_VERDICTS[vkey]
-        if not ok:
-            raise ValueError(f"the tiled {self.precision} depthwise kernel failed the "
-                             f"build-time validation: {how}")
-        self._record({"validated": {"v": S.VALIDATION_VERSION, "how": how[:200]},
-                      "tile": str(vec.tile)})
-
-    def _kern(self, aligned: bool):
-        from tftrt.engine.backends.cuda_source_dw import KERNEL
-        if aligned not in self._kernels:
-            src = self.srcs[aligned]
-            kern = _raw_kernel(src.source, KERNEL)
-            if kern.max_threads_per_block < src.threads:  # compiles it: fails the build
-                raise ValueError(f"{KERNEL} compiled for at most {kern.max_threads_per_block} "
-                                 f"threads a block, its tile needs {src.threads}")
-            self._kernels[aligned] = kern
-        return self._kernels[aligned]
+        self._validated(f"tiled {self.precision} depthwise kernel", _DW_VERDICTS,
+                        (vec.source, self.kernels.srcs[False].source), {"tile": str(vec.tile)})
 
     def run(self, ins, outs, ws):
-        x = ins[0]
-        aligned = x.data.ptr % self.srcs[True].align == 0
-        src = self.srcs[aligned]
-        args = [x, self.wt] + [ins[i] for i in src.operands] + [outs[0]]
-        self._kern(aligned)((src.blocks,), (src.threads,), tuple(args))
+        self.kernels.run(ins[0], self.wt, ins, outs[0])
 
 
 # (vector source, scalar source) -> (ok, how) of the quantized depthwise kernel.
