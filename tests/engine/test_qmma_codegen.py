@@ -870,8 +870,9 @@ def test_a_conv_layers_implicit_gemm_computes_what_the_numpy_backend_does(tmp_pa
 
 def test_the_tactic_takes_the_convs_the_implicit_gemm_takes(monkeypatch):
     """``q_mma`` applies to a quantized conv with taps of up to TACTIC_CONV_MAX_C input
-    channels (a multiple of 64) at any K, to a wider one only when small (batch 1); never to
-    a grouped or dilated conv or one of channels not a multiple of 64."""
+    channels (a multiple of 64) at any K, to a wider INT8 one only when small (batch 1), to
+    an FP8 one of any width up to MAX_K; never to a grouped or dilated conv or one of
+    channels not a multiple of 64."""
     monkeypatch.setenv("TFTRT_QUANT_MMA", "1")
     big = (128, 56, 56)
     net = _conv_net(big + (64,), 3, 3, 64, (1, 1), (1, 1, 1, 1), "INT8")
@@ -880,6 +881,10 @@ def test_the_tactic_takes_the_convs_the_implicit_gemm_takes(monkeypatch):
     assert (src.k, src.n, src.conv.ho, src.conv.wo) == (576, 64, 56, 56)
     net = _conv_net((128, 28, 28, 128), 3, 3, 128, (1, 1), (1, 1, 1, 1), "INT8")
     assert "TACTIC_CONV_MAX_C" in QM.unsupported(net, net.layers[0])
+    net = _conv_net((128, 28, 28, 128), 3, 3, 128, (1, 1), (1, 1, 1, 1), "FP8")
+    assert QM.unsupported(net, net.layers[0]) is None              # cuDNN's FP8 convs: slow
+    net = _conv_net((128, 14, 14, 256), 3, 3, 256, (1, 1), (1, 1, 1, 1), "FP8")
+    assert "up to 2048, not 2304" in QM.unsupported(net, net.layers[0])   # K over MAX_K
     net = _conv_net((1, 28, 28, 128), 3, 3, 128, (1, 1), (1, 1, 1, 1), "INT8")
     assert QM.unsupported(net, net.layers[0]) is None              # batch 1: small
     for kw, match in ((dict(group=2), "no groups or dilations"),

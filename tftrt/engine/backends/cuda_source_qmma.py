@@ -70,7 +70,9 @@ TACTIC_SMALL = 1 << 28
 # input channels up to which the builder offers the kernel for a conv with more than one tap
 # (an implicit GEMM, :class:`ConvGeometry`) whatever its K: cuDNN's int8 fusion engine ran
 # ResNet50's stage-1 3x3 convs (64 channels) slower than the FP16 ones (93 against 80 us,
-# H100, batch 128, s41), its stage-2 ones (128) in under 31 us.
+# H100, batch 128, s41), its stage-2 ones (128) in under 31 us. INT8 only: cuDNN's FP8 convs
+# are slow at every width (the stage-2 3x3 convs 172 us, against 92.6 us for this kernel's
+# INT8 form of the same shape, H100, s37 / s43), so an FP8 conv is offered up to MAX_K.
 TACTIC_CONV_MAX_C = 64
 WARPS = 4                # a block: 128 threads
 # a block of a layer with a staged residual: 256 threads. H100, 2026-12-06, same call
@@ -919,7 +921,7 @@ def unsupported(net, layer) -> Optional[str]:
     if src.conv is not None:
         if not conv_enabled():
             return "off for convs with taps (TFTRT_QUANT_MMA_CONV=0)"
-        if src.conv.c > TACTIC_CONV_MAX_C and macs > TACTIC_SMALL:
+        if src.conv.c > TACTIC_CONV_MAX_C and macs > TACTIC_SMALL and src.fmt == S.INT8:
             return (f"{src.conv.c} input channels > {TACTIC_CONV_MAX_C} in a conv of "
                     f"{macs:.3g} multiply-adds: cuDNN's int8 convs are fast there "
                     f"(TACTIC_CONV_MAX_C)")
