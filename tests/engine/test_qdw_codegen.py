@@ -12,6 +12,7 @@ Host builds run each block as its threads (tests/engine/test_dw_codegen's shims)
 quantization helpers as tests/engine/test_quant_codegen's host versions.
 """
 
+import ctypes
 import importlib
 import re
 import shutil
@@ -140,6 +141,50 @@ def test_the_quantized_kernel_computes_what_the_numpy_backend_does(tmp_path, thr
             assert (np.abs(got - ref) <= tol).all(), what
 
 
+def test_the_direct_kernel_in_quantized_mode_computes_what_the_numpy_backend_does(tmp_path):
+    """The direct depthwise kernel (``cuda_source.DepthwiseConvSource``, tactic
+    ``q_dw_direct``) with ``quant``: its one-channel and its 16-byte vector builds, each
+    case against the numpy backend as above."""
+    from tests.engine.test_cuda_codegen import _host_library
+    from tftrt.engine.backends import numpy_backend as NB
+    if _host_compiler() is None:
+        pytest.skip("no host C++ compiler")
+    nets = [_net(case) for case in CASES]
+    srcs = [C.DepthwiseConvSource(**DW.direct_params(net, layer)) for net, layer in nets]
+    assert sum(s.vec_source is not None for s in srcs) >= 4
+    parts = [HOST_SHIMS, C.MATH_HELPERS, QUANT_SHIMS, S.INT8_HELPERS, S.E4M3_VALUE]
+    for k, src in enumerate(srcs):
+        for text in (src.source, src.vec_source):
+            if text:
+                parts.append(re.sub(r"\bdwconv(_vec)?\(",
+                                    lambda m: f"dwconv{m.group(1) or ''}_{k}(", _strip(text, k)))
+    so = _host_library("\n".join(parts), tmp_path, "qdw_direct")
+    rng = np.random.default_rng(12)
+    for k, ((net, layer), src) in enumerate(zip(nets, srcs)):
+        ins = _inputs(net, layer, rng)
+        want = NB._quantized_gemm(net, layer, net.weights)(ins)[0].astype(
+            net.tensors["y"].dtype)
+        wv = S.weight_values(ins[1], layer.attrs["quant"]["format"]).astype(np.float32)
+        wt = np.ascontiguousarray(wv.reshape(wv.shape[0], -1).T)   # [taps, C]
+        for name in ["dwconv"] + (["dwconv_vec"] if src.vec_source else []):
+            poison = -128 if want.dtype == np.int8 else np.nan
+            y = np.full(want.shape, poison, want.dtype)
+            args = [ins[0], wt] + [ins[i] for i in src.operands] + [y]
+            fn = getattr(so, f"{name}_{k}")
+            fn.restype = None
+            fn(*[ctypes.c_void_p((a.view(np.uint16) if a.dtype == np.float16 else a)
+                                 .ctypes.data) for a in args],
+               ctypes.c_longlong(src.vec_work if name == "dwconv_vec" else src.work))
+            what = f"{name} case {k} {CASES[k]}"
+            if CASES[k][4] == "INT8":
+                np.testing.assert_array_equal(y, want, err_msg=what)
+            else:
+                got, ref = y.astype(np.float64), want.astype(np.float64)
+                tol = 2.0 ** -10 * np.abs(ref) + 1e-5 * np.abs(ref).max() + \
+                    (1e-3 * np.abs(ref) if want.dtype == np.float16 else 0)
+                assert (np.abs(got - ref) <= tol).all(), what
+
+
 def test_what_the_quantized_kernel_refuses():
     net, layer = _net(CASES[0])
     p = DW.layer_params(net, layer, quantized=True)
@@ -162,7 +207,7 @@ def test_the_tactic_takes_quantized_depthwise_convs(monkeypatch):
     importlib.import_module("tftrt.engine.backends.cupy_backend")  # registers the tactics
     from tests.engine.test_dw_codegen import _depthwise_layer
     from tftrt.engine.tactics import _REGISTRY
-    assert "q_dw" in [t.name for t in _REGISTRY[("cupy", "conv")]]
+    assert {"q_dw", "q_dw_direct"} <= {t.name for t in _REGISTRY[("cupy", "conv")]}
     monkeypatch.delenv("TFTRT_QUANT_DW", raising=False)
     net, layer = _net(CASES[1])
     assert DW.quant_unsupported(net, layer) is None

@@ -376,35 +376,38 @@ def _mobilenet_block_model(rng, precision):
     return _calibrated(model, rng, (4, 3, 16, 16), precision)
 
 
+@pytest.mark.parametrize("kernel", ["tiled", "direct"])
 @pytest.mark.parametrize("precision", ["INT8", "FP8"])
-def test_quantized_depthwise_convs_run_the_tiled_kernel_and_match_numpy(precision,
-                                                                      monkeypatch):
-    """With the emulated path taken away from the layers q_dw takes, both depthwise convs run
-    the tiled depthwise kernel in its quantized mode (cuda_source_dw.Quant), validated at
-    build time, and the engine answers what the numpy simulation answers."""
+def test_quantized_depthwise_convs_run_the_depthwise_kernels_and_match_numpy(precision, kernel,
+                                                                           monkeypatch):
+    """With the other tactics taken away from the layers q_dw / q_dw_direct take, both
+    depthwise convs run the tiled (or the direct) depthwise kernel in its quantized mode,
+    validated at build time, and the engine answers what the numpy simulation answers."""
     from tftrt.engine.backends import cupy_quant as QK
     if precision == "FP8" and _sm() < (8, 9):
         pytest.skip("FP8 needs sm_89+")
     monkeypatch.setenv("TFTRT_QUANT_DW", "1")
     monkeypatch.setattr(QK, "_DW_VERDICTS", {})
-    _leave_to(monkeypatch, QK, "dw_applies", ("emulated_applies",))
+    mine, other = ("dw_applies", "dw_direct_applies")[::1 if kernel == "tiled" else -1]
+    _leave_to(monkeypatch, QK, mine, ("emulated_applies", other))
+    cls = QK.QuantDepthwiseTiled if kernel == "tiled" else QK.QuantDepthwiseDirect
     rng = np.random.RandomState(8)
     model = _mobilenet_block_model(rng, precision)
     x = rng.randn(4, 3, 16, 16).astype(F32)
     gpu = build_engine(model, {"x": x.shape}, BuilderConfig(precision=precision,
                                                             backend="cupy"))
     choices = _choices(gpu)
-    dw = [(l, i) for l, i in _impls_pairs(gpu) if isinstance(i, QK.QuantDepthwiseTiled)]
+    dw = [(l, i) for l, i in _impls_pairs(gpu) if isinstance(i, cls)]
     assert len(dw) == 2, choices
     for layer, impl in dw:
         rec = impl.record()
-        assert rec["kernel"].startswith(f"tiled {precision} depthwise kernel"), choices
+        assert rec["kernel"].startswith(f"{kernel} {precision} depthwise kernel"), choices
         assert rec["validated"]["v"] == QK.S.VALIDATION_VERSION, choices
     ref = build_engine(model, {"x": x.shape}, BuilderConfig(precision=precision,
                                                             backend="numpy"))
     got, want = cp.asnumpy(gpu.execute([cp.asarray(x)])[0]), ref.execute([x])[0]
     chain = {"INT8": 2e-2, "FP8": 6e-2}[precision]  # (as the bottleneck test's chain)
-    _close(got, want, f"{precision} depthwise block on q_dw ({choices})", rel=chain)
+    _close(got, want, f"{precision} depthwise block, {kernel} kernel ({choices})", rel=chain)
 
 
 def test_thin_k_1x1_convs_run_the_tensor_core_kernel_and_match_numpy(monkeypatch):

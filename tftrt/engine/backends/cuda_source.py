@@ -605,13 +605,20 @@ class DepthwiseConvSource:
     input indices in parameter order, then the work count (:data:`WORK_PARAM`: :attr:`work`
     threads in a grid-stride loop, :attr:`vec_work` for ``dwconv_vec``). Each thread
     computes TW consecutive output columns of one channel, keeping the input row segment in
-    registers."""
+    registers. ``quant`` (a ``cuda_source_dw.Quant``): an INT8 / FP8 layer (tactic
+    ``q_dw_direct``): x's quantized values (an int8 x as it is), ``wt`` the weight's codes /
+    E4M3 values, the quantized epilogue and int8 store (``cuda_source_dw.quant_epilogue``)."""
 
     TW = 4
 
     def __init__(self, x_shape, k_hw, strides, dilations, pads, out_shape, mult: int,
                  in_dtype: str, out_dtype: str, epilogue: Sequence[dict],
-                 operand_modes: Dict[int, Tuple[str, str]]):
+                 operand_modes: Dict[int, Tuple[str, str]], quant=None):
+        from tftrt.engine.backends import cuda_source_dw as DW  # (it imports this module)
+        self.quant, self._dw = quant, DW
+        in_dtype, out_dtype = np.dtype(in_dtype).name, np.dtype(out_dtype).name
+        if quant is not None:
+            DW.check_quant(quant, in_dtype, out_dtype, "direct")
         n, h, w, c = x_shape
         _, ho, wo, kout = out_shape
         kh, kw = k_hw
@@ -632,8 +639,11 @@ class DepthwiseConvSource:
         params += [f"const {ctype(operand_modes[i][1])}* __restrict__ e{i}" for i in ops]
         params.append(f"{oct_}* __restrict__ y")
         params.append(WORK_PARAM)
-        epi_src = "\n        ".join(_dw_epilogue(epilogue, operand_modes, "acc", ""))
-        self.source = PRELUDE + f"""
+        epi_src, store = self._epilogue(epilogue, operand_modes, out_dtype, "acc", "")
+        epi_src = "\n        ".join(epi_src)
+        staged = self._dw.staged_expr(quant, in_dtype,
+                                      load_expr(in_dtype, f"xrow[({it})iw * {c}]"))
+        self.source = PRELUDE + self._dw.quant_helpers(quant) + f"""
 extern "C" __global__ void dwconv({", ".join(params)}) {{
   for ({it} t = ({it})blockIdx.x * blockDim.x + threadIdx.x; t < work;
        t += ({it})gridDim.x * blockDim.x) {{
@@ -657,7 +667,7 @@ extern "C" __global__ void dwconv({", ".join(params)}) {{
       #pragma unroll
       for (int s = 0; s < {span}; ++s) {{
         const int iw = iw0 + s;
-        seg[s] = (iw >= 0 && iw < {w}) ? {load_expr(in_dtype, f"xrow[({it})iw * {c}]")} : 0.f;
+        seg[s] = (iw >= 0 && iw < {w}) ? {staged} : 0.f;
       }}
       #pragma unroll
       for (int b = 0; b < {kw}; ++b) {{
@@ -673,7 +683,7 @@ extern "C" __global__ void dwconv({", ".join(params)}) {{
         const {it} oidx = ((({it})nb * {ho} + oh) * {wo} + ow) * {kout} + k;
         float acc = acc_v[j];
         {epi_src}
-        y[oidx] = {store_expr(out_dtype, "acc")};
+        y[oidx] = {store};
       }}
     }}
   }}
@@ -687,6 +697,13 @@ extern "C" __global__ void dwconv({", ".join(params)}) {{
             self.vec_source = self._vector_source(geometry, in_dtype, out_dtype, epilogue,
                                                   operand_modes, params, it)
 
+    def _epilogue(self, epilogue, operand_modes, out_dtype, acc, lane):
+        """(statements applying the epilogue to ``acc``, the C expression stored)."""
+        if self.quant is None:
+            return _dw_epilogue(epilogue, operand_modes, acc, lane), store_expr(out_dtype, acc)
+        return self._dw.quant_epilogue(self.quant, out_dtype, epilogue, operand_modes, acc,
+                                       lane)
+
     def _vector_source(self, geometry, in_dtype, out_dtype, epilogue, operand_modes, params,
                        it) -> str:
         """Kernel ``dwconv_vec``: each thread computes V consecutive channels (one 16-byte
@@ -697,8 +714,8 @@ extern "C" __global__ void dwconv({", ".join(params)}) {{
         V = self.vec
         tw = self.TW
         span = (tw - 1) * sw + (kw - 1) * dw + 1
-        if span * V > 96:  # registers: the input segment is span x V floats
-            tw = 2
+        if span * V > 96 or (V > 8 and span * V >= 96):  # registers: the input segment is
+            tw = 2                                          # span x V floats (V 16: int8 x)
             span = (tw - 1) * sw + (kw - 1) * dw + 1
         wtiles = (wo + tw - 1) // tw
         cv = kout // V
@@ -707,7 +724,8 @@ extern "C" __global__ void dwconv({", ".join(params)}) {{
         ich = V * np.dtype(in_dtype).itemsize // 16
         oct_, osz = ctype(out_dtype), np.dtype(out_dtype).itemsize
         och = V * osz // 16 if (V * osz) % 16 == 0 else 0
-        epi_src = "\n          ".join(_dw_epilogue(epilogue, operand_modes, "a_", " + v"))
+        epi_src, stored = self._epilogue(epilogue, operand_modes, out_dtype, "a_", " + v")
+        epi_src = "\n          ".join(epi_src)
         taps = []
         for bb in range(kw):
             taps.append(f"""      {{
@@ -728,15 +746,15 @@ extern "C" __global__ void dwconv({", ".join(params)}) {{
                      f"        #pragma unroll\n"
                      f"        for (int v = 0; v < {V}; ++v) {{\n"
                      f"          float a_ = acc[j][v];\n          {epi_src}\n"
-                     f"          o.e[v] = {store_expr(out_dtype, 'a_')};\n        }}\n"
+                     f"          o.e[v] = {stored};\n        }}\n"
                      f"        #pragma unroll\n        for (int q = 0; q < {och}; ++q) "
                      f"reinterpret_cast<uint4*>(y + oidx)[q] = o.u[q];")
         else:
             store = (f"#pragma unroll\n        for (int v = 0; v < {V}; ++v) {{\n"
                      f"          float a_ = acc[j][v];\n          {epi_src}\n"
-                     f"          y[oidx + v] = {store_expr(out_dtype, 'a_')};\n        }}")
+                     f"          y[oidx + v] = {stored};\n        }}")
         vparams = ", ".join(params)
-        return PRELUDE + f"""
+        return PRELUDE + self._dw.quant_helpers(self.quant) + f"""
 extern "C" __global__ void dwconv_vec({vparams}) {{
   for ({it} t = ({it})blockIdx.x * blockDim.x + threadIdx.x; t < work;
        t += ({it})gridDim.x * blockDim.x) {{
@@ -768,7 +786,8 @@ extern "C" __global__ void dwconv_vec({vparams}) {{
           for (int q = 0; q < {ich}; ++q)
             b.u[q] = reinterpret_cast<const uint4*>(xrow + ({it})iw * {c})[q];
           #pragma unroll
-          for (int v = 0; v < {V}; ++v) seg[s][v] = {load_expr(in_dtype, "b.e[v]")};
+          for (int v = 0; v < {V}; ++v) seg[s][v] = {self._dw.staged_expr(
+              self.quant, in_dtype, load_expr(in_dtype, "b.e[v]"))};
         }} else {{
           #pragma unroll
           for (int v = 0; v < {V}; ++v) seg[s][v] = 0.f;

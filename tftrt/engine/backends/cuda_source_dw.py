@@ -80,6 +80,53 @@ class Quant:
     out_scale: Optional[float] = None
 
 
+def staged_expr(quant: Optional[Quant], in_dtype: str, v: str) -> str:
+    """C expression: the float32 a depthwise kernel computes with for x's element ``v`` (a
+    float): itself, or under ``quant`` its quantized value (an int8 x's code as it is)."""
+    if quant is None or np.dtype(in_dtype).name == "int8":
+        return v
+    inv = S.float_literal(np.float32(quant.inv_x))
+    if quant.fmt == S.INT8:
+        return f"(float)q_int8(__fmul_rn({v}, {inv}))"
+    return f"e4m3_value(q_e4m3(__fmul_rn({v}, {inv})))"
+
+
+def quant_epilogue(quant: Quant, out_dtype: str, epilogue, operand_modes, acc: str,
+                   lane: str) -> Tuple[list, str]:
+    """(statements applying ``epilogue`` to float ``acc`` of channel ``k`` at ``oidx``
+    (``lane``: "" or " + v") with numpy's float32 steps, the C expression of the value
+    stored: int8 requantized with the output scale, or float16 / float32)."""
+    loads = {}
+    for i, (mode, dt) in operand_modes.items():
+        e = load_expr(dt, f"e{i}[k{lane}]" if mode == "vec" else f"e{i}[oidx{lane}]")
+        loads[i] = e if dt in _FLOATS else f"(float){e}"
+    stmts = S.epilogue_statements(epilogue, loads, acc)
+    if np.dtype(out_dtype).name == "int8":
+        inv = S.float_literal(S.output_scale_inverse(quant.out_scale))
+        return stmts, f"q_int8(__fmul_rn({acc}, {inv}))"
+    return stmts, store_expr(out_dtype, acc)
+
+
+def quant_helpers(quant: Optional[Quant]) -> str:
+    """The device helpers a quantized depthwise kernel calls."""
+    if quant is None:
+        return ""
+    return S.INT8_HELPERS + (S.FP8_HELPERS + S.E4M3_VALUE if quant.fmt == S.FP8 else "")
+
+
+def check_quant(quant: Optional[Quant], in_dtype: str, out_dtype: str, what: str) -> None:
+    """ValueError for dtypes the quantized depthwise kernels do not take."""
+    if quant.fmt not in (S.INT8, S.FP8):
+        raise ValueError(f"quantized format {quant.fmt!r}")
+    if in_dtype not in _FLOATS + (("int8",) if quant.fmt == S.INT8 else ()):
+        raise ValueError(f"the {what} {quant.fmt} depthwise kernel takes float16 / float32 "
+                         f"x (or int8 x in INT8), not {in_dtype}")
+    if out_dtype not in _FLOATS + ("int8",) or \
+            (out_dtype == "int8") != (quant.out_scale is not None):
+        raise ValueError(f"the {what} quantized depthwise kernel writes float16 / float32 "
+                         f"y, or int8 y with its output scale, not {out_dtype}")
+
+
 @dataclasses.dataclass(frozen=True)
 class Tile:
     """A block's work: ``cg`` channels x (rh * nsh) x (rw * nsw) output pixels; each of its
@@ -130,15 +177,7 @@ class Geometry:
 
 def _check(g: Geometry, in_dtype: str, out_dtype: str, quant: Optional[Quant] = None) -> None:
     if quant is not None:
-        if quant.fmt not in (S.INT8, S.FP8):
-            raise ValueError(f"quantized format {quant.fmt!r}")
-        if in_dtype not in _FLOATS + (("int8",) if quant.fmt == S.INT8 else ()):
-            raise ValueError(f"the tiled {quant.fmt} depthwise kernel takes float16 / float32 "
-                             f"x (or int8 x in INT8), not {in_dtype}")
-        if out_dtype not in _FLOATS + ("int8",) or \
-                (out_dtype == "int8") != (quant.out_scale is not None):
-            raise ValueError(f"the tiled quantized depthwise kernel writes float16 / float32 "
-                             f"y, or int8 y with its output scale, not {out_dtype}")
+        check_quant(quant, in_dtype, out_dtype, "tiled")
     elif in_dtype not in _FLOATS or out_dtype not in _FLOATS:
         raise ValueError(f"the tiled depthwise kernel takes float16 / float32 x and y, not "
                          f"{in_dtype} / {out_dtype}")
@@ -351,39 +390,22 @@ class DwTiledSource:
     }}"""
 
     def _staged(self, v: str) -> str:
-        """C expression: the float32 the tile holds for x's element ``v`` (a float): itself,
-        or in :class:`Quant` mode its quantized value (an int8 x's code as it is)."""
-        q = self.quant
-        if q is None or self.in_dtype == "int8":
-            return v
-        inv = S.float_literal(np.float32(q.inv_x))
-        if q.fmt == S.INT8:
-            return f"(float)q_int8(__fmul_rn({v}, {inv}))"
-        return f"e4m3_value(q_e4m3(__fmul_rn({v}, {inv})))"
+        """C expression: the float32 the tile holds for x's element ``v`` (a float)."""
+        return staged_expr(self.quant, self.in_dtype, v)
 
     def _epilogue_src(self, epilogue, operand_modes) -> str:
         """Statements applying the epilogue to ``a_`` and storing it at ``y[oidx]``."""
-        q = self.quant
-        if q is None:
-            epi = "\n          ".join(_dw_epilogue(epilogue, operand_modes, "a_", ""))
-            return f"{epi}\n          y[oidx] = {store_expr(self.out_dtype, 'a_')};"
-        loads = {i: load_expr(dt, f"e{i}[k]" if mode == "vec" else f"e{i}[oidx]")
-                 for i, (mode, dt) in operand_modes.items()}
-        loads = {i: f"(float){e}" if operand_modes[i][1] not in _FLOATS else e
-                 for i, e in loads.items()}
-        epi = "\n          ".join(S.epilogue_statements(epilogue, loads, "a_"))
-        if self.out_dtype == "int8":
-            inv = S.float_literal(S.output_scale_inverse(q.out_scale))
-            store = f"q_int8(__fmul_rn(a_, {inv}))"
-        else:
+        if self.quant is None:
+            stmts = _dw_epilogue(epilogue, operand_modes, "a_", "")
             store = store_expr(self.out_dtype, "a_")
+        else:
+            stmts, store = quant_epilogue(self.quant, self.out_dtype, epilogue, operand_modes,
+                                          "a_", "")
+        epi = "\n          ".join(stmts)
         return f"{epi}\n          y[oidx] = {store};"
 
     def _helpers(self) -> str:
-        q = self.quant
-        if q is None:
-            return ""
-        return S.INT8_HELPERS + (S.FP8_HELPERS + S.E4M3_VALUE if q.fmt == S.FP8 else "")
+        return quant_helpers(self.quant)
 
     def _source(self, epilogue, operand_modes) -> str:
         g, t = self.geometry, self.tile
@@ -493,6 +515,16 @@ def layer_params(net, layer, quantized: bool = False) -> dict:
         params["quant"] = Quant(q["format"], float(Q.inv_scale(q["input_scale"])),
                                 q.get("output_scale"))
     return params
+
+
+def direct_params(net, layer) -> dict:
+    """Keyword arguments of ``cuda_source.DepthwiseConvSource`` (the direct kernel) for a
+    quantized depthwise conv layer (tactic ``q_dw_direct``): the layers ``q_dw`` takes."""
+    p = layer_params(net, layer, quantized=True)
+    return dict(x_shape=p["x_shape"], k_hw=p["k_hw"], strides=p["strides"],
+                dilations=(1, 1), pads=p["pads"], out_shape=p["out_shape"], mult=1,
+                in_dtype=p["in_dtype"], out_dtype=p["out_dtype"], epilogue=p["epilogue"],
+                operand_modes=p["operand_modes"], quant=p["quant"])
 
 
 def quant_unsupported(net, layer) -> Optional[str]:

@@ -27,8 +27,9 @@ order ``cupy_backend.impl_table`` tries them:
   / ``acc_identity`` / ``acc`` (the accumulator as the graph output -- through an identity
   node to fp32 or int32, or with no node after the conv -- then the epilogue kernel).
 * :class:`QuantEmulated` (tactic ``q_emulated`` for what neither takes -- grouped /
-* :class:`QuantGemmMma` (tactic ``q_mma``, ``cuda_source_qmma``) and
-  :class:`QuantDepthwiseTiled` (tactic ``q_dw``, ``cuda_source_dw``'s quantized mode):
+* :class:`QuantGemmMma` (tactic ``q_mma``, ``cuda_source_qmma``),
+  :class:`QuantDepthwiseTiled` (tactic ``q_dw``, ``cuda_source_dw``'s quantized mode) and
+  :class:`QuantDepthwiseDirect` (tactic ``q_dw_direct``, the direct depthwise kernel's):
   tftrt's own kernels, the epilogue and the int8 store fused.
 * :class:`QuantEmulated` (tactic ``q_emulated`` for what none takes -- grouped convs,
   transpose_a matmuls -- and the fallback of the others): the quantized
@@ -713,8 +714,7 @@ class QuantDepthwiseTiled(_QuantLayer):
             raise ValueError("off (TFTRT_QUANT_DW=0)")
         self.kernels = TiledKernels(DW.layer_params(net, layer, quantized=True))
         vec = self.kernels.srcs[True]
-        wv = S.weight_values(self._host(self.w_name), self.fmt).astype(np.float32)
-        self.wt = cp.asarray(np.ascontiguousarray(wv.reshape(wv.shape[0], -1).T))  # [taps, C]
+        self.wt = _dw_filter(self._host(self.w_name), self.fmt)
         self.workspace = 0
         self._validated(f"tiled {self.precision} depthwise kernel", _DW_VERDICTS,
                         (vec.source, self.kernels.srcs[False].source), {"tile": str(vec.tile)})
@@ -723,7 +723,39 @@ class QuantDepthwiseTiled(_QuantLayer):
         self.kernels.run(ins[0], self.wt, ins, outs[0])
 
 
-# (vector source, scalar source) -> (ok, how) of the quantized depthwise kernel.
+class QuantDepthwiseDirect(_QuantLayer):
+    """An INT8 / FP8 depthwise conv on the direct depthwise kernel in its quantized mode
+    (tactic ``q_dw_direct``, ``cuda_source.DepthwiseConvSource`` with ``quant``: a thread's
+    outputs of one channel, or of 16 with int8 x, from registers; the arithmetic of
+    :class:`QuantDepthwiseTiled`). FP16 runs most of MobileNetV2's depthwise convs on the
+    direct kernel rather than the tiled one (H100, s43), so both are timed."""
+
+    def __init__(self, net, layer, weights, opts):
+        super().__init__(net, layer, weights, opts)
+        from tftrt.engine.backends import cuda_source_dw as DW
+        from tftrt.engine.backends.cupy_kernels import DepthwiseConvKernel
+        self._common(net, layer)
+        if not DW.quant_enabled():  # a plan that chose it, loaded where it is off
+            raise ValueError("off (TFTRT_QUANT_DW=0)")
+        self.dw = DepthwiseConvKernel(**DW.direct_params(net, layer))
+        self.wt = _dw_filter(self._host(self.w_name), self.fmt)
+        self.workspace = 0
+        self._validated(f"direct {self.precision} depthwise kernel", _DW_VERDICTS,
+                        (self.dw.source, self.dw.vec_source or ""), {})
+
+    def run(self, ins, outs, ws):
+        self.dw(ins[0], self.wt, {i: ins[i] for i in self.dw.operands}, outs[0])
+
+
+def _dw_filter(w: np.ndarray, fmt: str) -> cp.ndarray:
+    """A quantized depthwise weight [C, kh, kw, 1] (int8, or E4M3 codes) as the depthwise
+    kernels' float32 filter [kh * kw, C] of its codes' values."""
+    wv = S.weight_values(w, fmt).astype(np.float32)
+    return cp.asarray(np.ascontiguousarray(wv.reshape(wv.shape[0], -1).T))
+
+
+# (source, source) -> (ok, how) of the quantized depthwise kernels (tiled: vector and scalar
+# builds; direct: one-channel and vector builds).
 _DW_VERDICTS: Dict[Tuple[str, str], Tuple[bool, str]] = {}
 
 
@@ -1059,14 +1091,23 @@ def mma_applies(net, layer) -> bool:
     return fp8_supported() if layer.attrs["quant"]["format"] == S.FP8 else _sm_at_least(8, 0)
 
 
-def dw_applies(net, layer) -> bool:
-    """Quantized depthwise convs the tiled depthwise kernel takes (cuda_source_dw.
-    quant_unsupported); FP8 on a GPU with E4M3 conversions (sm_89+)."""
+def _dw_takes(net, layer) -> bool:
     from tftrt.engine.backends import cuda_source_dw as DW
     if not is_quantized(layer) or layer.kind != "conv" or \
             DW.quant_unsupported(net, layer) is not None:
         return False
     return fp8_supported() if layer.attrs["quant"]["format"] == S.FP8 else True
+
+
+def dw_applies(net, layer) -> bool:
+    """Quantized depthwise convs the tiled depthwise kernel takes (cuda_source_dw.
+    quant_unsupported); FP8 on a GPU with E4M3 conversions (sm_89+)."""
+    return _dw_takes(net, layer)
+
+
+def dw_direct_applies(net, layer) -> bool:
+    """Those the direct depthwise kernel takes in its quantized mode: the same layers."""
+    return _dw_takes(net, layer)
 
 
 def emulated_applies(net, layer) -> bool:
