@@ -235,7 +235,22 @@ def test_the_quantized_kernels_compile_for_sm90_without_spills(tmp_path):
                                      {2: ("vec", "float32"), 3: ("vec", "float32")},
                                      quant=DW.Quant(g, 63.5, 0.05)))
     parts = [C.PRELUDE, S.INT8_HELPERS, S.FP8_HELPERS, S.E4M3_VALUE]
-    text = "\n".join(parts + [_strip(s.source, k) for k, s in enumerate(srcs)])
+    texts = [_strip(s.source, k) for k, s in enumerate(srcs)]
+    # the direct kernel's quantized builds (one channel a thread, and 16 int8 channels)
+    for k, src in enumerate(srcs):
+        g = src.geometry
+        d = C.DepthwiseConvSource((g.n, g.h, g.w, g.c), (g.kh, g.kw), (g.sh, g.sw), (1, 1),
+                                  (g.ph, g.pw, 1, 1), (g.n, g.ho, g.wo, g.c), 1, src.in_dtype,
+                                  src.out_dtype,
+                                  [{"op": "scale", "input": 2}, {"op": "bias", "input": 3}],
+                                  {2: ("vec", "float32"), 3: ("vec", "float32")},
+                                  quant=src.quant)
+        for text in (d.source, d.vec_source):
+            if text:
+                texts.append(re.sub(r"\bdwconv(_vec)?\(",
+                                    lambda m: f"dwconv{m.group(1) or ''}_{k}(",
+                                    _strip(text, k)))
+    text = "\n".join(parts + texts)
     r = nvcc_compile(text, tmp_path, "qdw", "-Xptxas", "-v")
     spills = [int(b) for b in re.findall(r"(\d+) bytes spill stores", r.stderr)]
-    assert len(spills) == len(srcs) and not any(spills), r.stderr[-4000:]
+    assert len(spills) == len(texts) and not any(spills), r.stderr[-4000:]
