@@ -615,7 +615,7 @@ class DepthwiseConvSource:
                  in_dtype: str, out_dtype: str, epilogue: Sequence[dict],
                  operand_modes: Dict[int, Tuple[str, str]], quant=None):
         from tftrt.engine.backends import cuda_source_dw as DW  # (it imports this module)
-        self.quant, self._dw = quant, DW
+        self.quant = quant
         in_dtype, out_dtype = np.dtype(in_dtype).name, np.dtype(out_dtype).name
         if quant is not None:
             DW.check_quant(quant, in_dtype, out_dtype, "direct")
@@ -641,9 +641,8 @@ class DepthwiseConvSource:
         params.append(WORK_PARAM)
         epi_src, store = self._epilogue(epilogue, operand_modes, out_dtype, "acc", "")
         epi_src = "\n        ".join(epi_src)
-        staged = self._dw.staged_expr(quant, in_dtype,
-                                      load_expr(in_dtype, f"xrow[({it})iw * {c}]"))
-        self.source = PRELUDE + self._dw.quant_helpers(quant) + f"""
+        staged = DW.staged_expr(quant, in_dtype, load_expr(in_dtype, f"xrow[({it})iw * {c}]"))
+        self.source = PRELUDE + DW.quant_helpers(quant) + f"""
 extern "C" __global__ void dwconv({", ".join(params)}) {{
   for ({it} t = ({it})blockIdx.x * blockDim.x + threadIdx.x; t < work;
        t += ({it})gridDim.x * blockDim.x) {{
@@ -699,10 +698,10 @@ extern "C" __global__ void dwconv({", ".join(params)}) {{
 
     def _epilogue(self, epilogue, operand_modes, out_dtype, acc, lane):
         """(statements applying the epilogue to ``acc``, the C expression stored)."""
+        from tftrt.engine.backends import cuda_source_dw as DW
         if self.quant is None:
             return _dw_epilogue(epilogue, operand_modes, acc, lane), store_expr(out_dtype, acc)
-        return self._dw.quant_epilogue(self.quant, out_dtype, epilogue, operand_modes, acc,
-                                       lane)
+        return DW.quant_epilogue(self.quant, out_dtype, epilogue, operand_modes, acc, lane)
 
     def _vector_source(self, geometry, in_dtype, out_dtype, epilogue, operand_modes, params,
                        it) -> str:
@@ -710,6 +709,7 @@ extern "C" __global__ void dwconv({", ".join(params)}) {{
         load of the input per tap column, float4 loads of the filter) of TW output columns;
         for inputs whose channels V divides (mult 1). Buffers must be 16-byte aligned.
         ``geometry``: the sizes __init__ unpacked, same names."""
+        from tftrt.engine.backends import cuda_source_dw as DW
         n, h, w, c, ho, wo, kout, kh, kw, sh, sw, dh, dw, ph, pw = geometry
         V = self.vec
         tw = self.TW
@@ -754,7 +754,8 @@ extern "C" __global__ void dwconv({", ".join(params)}) {{
                      f"          float a_ = acc[j][v];\n          {epi_src}\n"
                      f"          y[oidx + v] = {stored};\n        }}")
         vparams = ", ".join(params)
-        return PRELUDE + self._dw.quant_helpers(self.quant) + f"""
+        staged = DW.staged_expr(self.quant, in_dtype, load_expr(in_dtype, "b.e[v]"))
+        return PRELUDE + DW.quant_helpers(self.quant) + f"""
 extern "C" __global__ void dwconv_vec({vparams}) {{
   for ({it} t = ({it})blockIdx.x * blockDim.x + threadIdx.x; t < work;
        t += ({it})gridDim.x * blockDim.x) {{
@@ -786,8 +787,7 @@ extern "C" __global__ void dwconv_vec({vparams}) {{
           for (int q = 0; q < {ich}; ++q)
             b.u[q] = reinterpret_cast<const uint4*>(xrow + ({it})iw * {c})[q];
           #pragma unroll
-          for (int v = 0; v < {V}; ++v) seg[s][v] = {self._dw.staged_expr(
-              self.quant, in_dtype, load_expr(in_dtype, "b.e[v]"))};
+          for (int v = 0; v < {V}; ++v) seg[s][v] = {staged};
         }} else {{
           #pragma unroll
           for (int v = 0; v < {V}; ++v) seg[s][v] = 0.f;
