@@ -1,9 +1,9 @@
 """The tensor-core quantized GEMM kernel (tactic ``q_mma``, backends/cuda_source_qmma) alone on
-ResNet50's 1x1 convolutions, and its 3x3 ones as implicit GEMMs, at batch 128 (issue 15): microseconds per call (median of CUDA
-graph replays, cupy_dnn.gpu_time), the bytes it must move and the rate that makes, for each
-setting (the kernel's knobs, below), and a check of every output against the same arithmetic
-in CuPy
-(float32 GEMM of the int8 values: exact below 2**24; the float epilogue in numpy's order).
+ResNet50's 1x1 convolutions, and its 3x3 ones as implicit GEMMs, at batch 128 (issue 15):
+microseconds per call (median of CUDA graph replays, cupy_dnn.gpu_time), the bytes it must
+move and the rate that makes, for each setting (the kernel's knobs, below), and a check of
+every output against the same arithmetic in CuPy (float32 GEMM of the int8 values -- of
+their im2col for a 3x3 conv: exact below 2**24; the float epilogue in numpy's order).
 
     python benchmarks/bench_qmma.py [--batch 128] [--configs "1,0,0 1,0,0,1,1,0,0"]
                                     [--only NAME]

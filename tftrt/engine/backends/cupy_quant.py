@@ -658,9 +658,10 @@ class QuantGemmLt(_QuantLayer):
 
 
 class QuantGemmMma(_QuantLayer):
-    """matmul / conv (1x1, or an implicit GEMM) on the tensor-core kernel of ``cuda_source_qmma`` (tactic ``q_mma``):
-    x quantized on load (or read as int8), ``mma.sync`` m16n8k32 int8 / E4M3, the epilogue
-    and the int8 / float store fused, one kernel, no scratch. Validated once per source
+    """matmul / conv (1x1, or an implicit GEMM) on the tensor-core kernel of
+    ``cuda_source_qmma`` (tactic ``q_mma``): x quantized on load (or read as int8),
+    ``mma.sync`` m16n8k32 int8 / E4M3, the epilogue and the int8 / float store fused, one
+    kernel, no scratch. Validated once per source
     (:class:`Validator`) before it is used; a kernel that fails validation refuses the layer
     (the next implementation takes it, the reason in its ``fallback``)."""
 
@@ -981,7 +982,7 @@ class QuantEmulated(_QuantLayer):
     """The quantized layer's arithmetic without int8 / fp8 tensor cores (module doc): the
     quantized values in float32 through a TF32 cuDNN conv or cuBLASLt GEMM, then the epilogue
     kernel. The fallback of the real kernels, and the tactic of quantized layers they cannot
-    take (grouped convs, transpose_a matmuls; depthwise ones where q_dw cannot))."""
+    take (grouped convs, transpose_a matmuls; depthwise ones where q_dw cannot)."""
 
     def __init__(self, net, layer, weights, opts):
         super().__init__(net, layer, weights, opts)
