@@ -5,7 +5,9 @@ No CuPy here (tests compile it with nvcc and run it on the host); ``cupy_dw.Dept
 compiles and launches it. One kernel, ``dw_tiled``: 2-D depthwise convolution, NHWC,
 group == C_in, channel multiplier 1, dilation 1, stride 1 or 2, kernels up to 9x9, the
 layer's epilogue fused (``cuda_source._dw_epilogue``, the same statements the direct kernel
-``dwconv`` applies).
+``dwconv`` applies). In :class:`Quant` mode (tactic ``q_dw``) it runs an INT8 / FP8 layer:
+the quantized values, the quantized epilogue and int8 store, whose C pieces
+(:func:`staged_expr`, :func:`quant_epilogue`) the direct kernel's quantized mode shares.
 
 A block computes one output tile: TH x TW output pixels of one sample for a group of CG
 channels. It first stages the input tile with its halo, ``(TH - 1) * sh + kh`` rows by
@@ -57,9 +59,10 @@ def enabled() -> bool:
 
 
 def quant_enabled() -> bool:
-    """``TFTRT_QUANT_DW`` (default on; 0 turns it off): the CuPy backend offers tactic
-    ``q_dw`` (this kernel in :class:`Quant` mode) for INT8 / FP8 depthwise convs, which ran
-    emulated in TF32 before (``cupy_quant.QuantEmulated``)."""
+    """``TFTRT_QUANT_DW`` (default on; 0 turns it off): the CuPy backend offers tactics
+    ``q_dw`` (this kernel in :class:`Quant` mode) and ``q_dw_direct`` (the direct kernel's,
+    ``cuda_source.DepthwiseConvSource``) for INT8 / FP8 depthwise convs, which ran emulated
+    in TF32 before (``cupy_quant.QuantEmulated``)."""
     from tftrt.env import env_bool  # standard library only
     return env_bool("TFTRT_QUANT_DW", True)
 
@@ -114,7 +117,7 @@ def quant_helpers(quant: Optional[Quant]) -> str:
     return S.INT8_HELPERS + (S.FP8_HELPERS + S.E4M3_VALUE if quant.fmt == S.FP8 else "")
 
 
-def check_quant(quant: Optional[Quant], in_dtype: str, out_dtype: str, what: str) -> None:
+def check_quant(quant: Quant, in_dtype: str, out_dtype: str, what: str) -> None:
     """ValueError for dtypes the quantized depthwise kernels do not take."""
     if quant.fmt not in (S.INT8, S.FP8):
         raise ValueError(f"quantized format {quant.fmt!r}")
