@@ -107,9 +107,28 @@ def _host(srcs, tmp_path, name):
     return _build(text, tmp_path, name)
 
 
+def _expected(net, layer, ins):
+    """(the numpy backend's output, stored in y's dtype as its engine stores it; the
+    kernels' float32 filter [taps, C] of the weight's code values, as cupy_quant gives it)."""
+    from tftrt.engine.backends import numpy_backend as NB
+    want = NB._quantized_gemm(net, layer, net.weights)(ins)[0].astype(net.tensors["y"].dtype)
+    wv = S.weight_values(ins[1], layer.attrs["quant"]["format"]).astype(np.float32)
+    return want, np.ascontiguousarray(wv.reshape(wv.shape[0], -1).T)
+
+
+def _assert_matches(case, y, want, what) -> None:
+    """INT8 bit for bit; FP8 within fp32 summation order (and float16's rounding)."""
+    if case[4] == "INT8":
+        np.testing.assert_array_equal(y, want, err_msg=what)
+    else:
+        got, ref = y.astype(np.float64), want.astype(np.float64)
+        tol = 2.0 ** -10 * np.abs(ref) + 1e-5 * np.abs(ref).max() + \
+            (1e-3 * np.abs(ref) if want.dtype == np.float16 else 0)
+        assert (np.abs(got - ref) <= tol).all(), what
+
+
 @pytest.mark.parametrize("threads", ["block", "one"])
 def test_the_quantized_kernel_computes_what_the_numpy_backend_does(tmp_path, threads):
-    from tftrt.engine.backends import numpy_backend as NB
     if _host_compiler() is None:
         pytest.skip("no host C++ compiler")
     nets = [_net(case) for case in CASES]
@@ -120,10 +139,7 @@ def test_the_quantized_kernel_computes_what_the_numpy_backend_does(tmp_path, thr
     rng = np.random.default_rng(11)
     for k, ((net, layer), src) in enumerate(zip(nets, srcs)):
         ins = _inputs(net, layer, rng)
-        # (the numpy backend's float32 result, stored in y's dtype as its engine stores it)
-        want = NB._quantized_gemm(net, layer, net.weights)(ins)[0].astype(src.out_dtype)
-        wv = S.weight_values(ins[1], layer.attrs["quant"]["format"]).astype(np.float32)
-        wt = np.ascontiguousarray(wv.reshape(wv.shape[0], -1).T)   # [taps, C]
+        want, wt = _expected(net, layer, ins)
         poison = -128 if src.out_dtype == "int8" else np.nan
         y = np.full(want.shape, poison, src.out_dtype)
         _run_host(so, k, [ins[0], wt] + [ins[i] for i in src.operands] + [y], src.blocks,
@@ -132,13 +148,7 @@ def test_the_quantized_kernel_computes_what_the_numpy_backend_does(tmp_path, thr
         if src.out_dtype == "int8":
             assert (y != -128).all(), f"{what}: outputs not written"
             assert len(np.unique(y)) > 20, what   # the codes span the range
-        if CASES[k][4] == "INT8":
-            np.testing.assert_array_equal(y, want, err_msg=what)
-        else:
-            got, ref = y.astype(np.float64), want.astype(np.float64)
-            tol = 2.0 ** -10 * np.abs(ref) + 1e-5 * np.abs(ref).max() + \
-                (1e-3 * np.abs(ref) if src.out_dtype == "float16" else 0)
-            assert (np.abs(got - ref) <= tol).all(), what
+        _assert_matches(CASES[k], y, want, what)
 
 
 def test_the_direct_kernel_in_quantized_mode_computes_what_the_numpy_backend_does(tmp_path):
@@ -146,7 +156,6 @@ def test_the_direct_kernel_in_quantized_mode_computes_what_the_numpy_backend_doe
     ``q_dw_direct``) with ``quant``: its one-channel and its 16-byte vector builds, each
     case against the numpy backend as above."""
     from tests.engine.test_cuda_codegen import _host_library
-    from tftrt.engine.backends import numpy_backend as NB
     if _host_compiler() is None:
         pytest.skip("no host C++ compiler")
     nets = [_net(case) for case in CASES]
@@ -162,10 +171,7 @@ def test_the_direct_kernel_in_quantized_mode_computes_what_the_numpy_backend_doe
     rng = np.random.default_rng(12)
     for k, ((net, layer), src) in enumerate(zip(nets, srcs)):
         ins = _inputs(net, layer, rng)
-        want = NB._quantized_gemm(net, layer, net.weights)(ins)[0].astype(
-            net.tensors["y"].dtype)
-        wv = S.weight_values(ins[1], layer.attrs["quant"]["format"]).astype(np.float32)
-        wt = np.ascontiguousarray(wv.reshape(wv.shape[0], -1).T)   # [taps, C]
+        want, wt = _expected(net, layer, ins)
         for name in ["dwconv"] + (["dwconv_vec"] if src.vec_source else []):
             poison = -128 if want.dtype == np.int8 else np.nan
             y = np.full(want.shape, poison, want.dtype)
@@ -175,14 +181,7 @@ def test_the_direct_kernel_in_quantized_mode_computes_what_the_numpy_backend_doe
             fn(*[ctypes.c_void_p((a.view(np.uint16) if a.dtype == np.float16 else a)
                                  .ctypes.data) for a in args],
                ctypes.c_longlong(src.vec_work if name == "dwconv_vec" else src.work))
-            what = f"{name} case {k} {CASES[k]}"
-            if CASES[k][4] == "INT8":
-                np.testing.assert_array_equal(y, want, err_msg=what)
-            else:
-                got, ref = y.astype(np.float64), want.astype(np.float64)
-                tol = 2.0 ** -10 * np.abs(ref) + 1e-5 * np.abs(ref).max() + \
-                    (1e-3 * np.abs(ref) if want.dtype == np.float16 else 0)
-                assert (np.abs(got - ref) <= tol).all(), what
+            _assert_matches(CASES[k], y, want, f"{name} case {k} {CASES[k]}")
 
 
 def test_what_the_quantized_kernel_refuses():

@@ -535,22 +535,17 @@ def quant_unsupported(net, layer) -> Optional[str]:
     None. Plans the tiles only: no GPU work."""
     if not quant_enabled():
         return "off (TFTRT_QUANT_DW=0)"
-    try:
-        p = layer_params(net, layer, quantized=True)
-        DwTiledSource(**p)
-        DwTiledSource(**p, vec=1)
-    except (ValueError, NotImplementedError, KeyError) as e:
-        return str(e)
-    return None
+    return tiled_unsupported(net, layer, quantized=True)
 
 
-def tiled_unsupported(net, layer) -> Optional[str]:
-    """Why ``dw_tiled`` cannot run ``layer`` (both the vector and the scalar build), or None.
-    Plans the tiles only: no GPU work."""
+def tiled_unsupported(net, layer, quantized: bool = False) -> Optional[str]:
+    """Why ``dw_tiled`` (``quantized``: ``q_dw``) cannot run ``layer`` (both the vector and
+    the scalar build), or None. Plans the tiles only: no GPU work."""
+    errors = (ValueError, NotImplementedError) + ((KeyError,) if quantized else ())
     try:
-        p = layer_params(net, layer)
+        p = layer_params(net, layer, quantized=quantized)
         DwTiledSource(**p)
         DwTiledSource(**p, vec=1)
-    except (ValueError, NotImplementedError) as e:
+    except errors as e:
         return str(e)
     return None
