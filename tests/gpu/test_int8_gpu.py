@@ -304,6 +304,24 @@ def _leave_to(monkeypatch, QK, mine: str, others) -> None:
                             not pred(net, layer))
 
 
+def _on_kernel(model, x, precision, cls, kernel):
+    """``model``'s CuPy engine at x's shape: (its layers ``cls`` runs, each recording a kernel
+    line that starts with ``kernel`` and this validation version; the choices, for messages;
+    the engine's output; the numpy simulation's)."""
+    from tftrt.engine.backends import cupy_quant as QK
+    gpu = build_engine(model, {"x": x.shape}, BuilderConfig(precision=precision,
+                                                            backend="cupy"))
+    choices = _choices(gpu)
+    mine = [(l, i) for l, i in _impls_pairs(gpu) if isinstance(i, cls)]
+    for layer, impl in mine:
+        rec = impl.record()
+        assert rec["kernel"].startswith(kernel), choices
+        assert rec["validated"]["v"] == QK.S.VALIDATION_VERSION, choices
+    ref = build_engine(model, {"x": x.shape}, BuilderConfig(precision=precision,
+                                                            backend="numpy"))
+    return mine, choices, cp.asnumpy(gpu.execute([cp.asarray(x)])[0]), ref.execute([x])[0]
+
+
 @pytest.mark.parametrize("precision", ["INT8", "FP8"])
 def test_the_tensor_core_gemm_kernel_runs_1x1_convs_and_matches_numpy(precision, monkeypatch):
     """With the libraries' tactics taken away from the layers q_mma takes, every 1x1 conv of a
@@ -322,22 +340,13 @@ def test_the_tensor_core_gemm_kernel_runs_1x1_convs_and_matches_numpy(precision,
     rng = np.random.RandomState(7)
     model = _bottleneck_model(rng, precision)
     x = rng.randn(4, 3, 14, 14).astype(F32)
-    gpu = build_engine(model, {"x": x.shape}, BuilderConfig(precision=precision,
-                                                            backend="cupy"))
-    choices = _choices(gpu)
-    mma = [(l, i) for l, i in _impls_pairs(gpu) if isinstance(i, QK.QuantGemmMma)]
+    mma, choices, got, want = _on_kernel(model, x, precision, QK.QuantGemmMma,
+                                         f"tensor-core {precision} GEMM kernel")
     # every 1x1 conv, the one of K 320 too: at batch 4 it is a GEMM of at most TACTIC_SMALL
     # multiply-adds, offered at any K up to MAX_K (latency-bound); the 3x3 conv (not the
     # 3-channel stem)
     assert len(mma) == 6, choices
     assert [impl.src.conv.r for _, impl in mma if impl.src.conv is not None] == [3], choices
-    for layer, impl in mma:
-        rec = impl.record()
-        assert rec["kernel"].startswith(f"tensor-core {precision} GEMM kernel"), choices
-        assert rec["validated"]["v"] == QK.S.VALIDATION_VERSION, choices
-    ref = build_engine(model, {"x": x.shape}, BuilderConfig(precision=precision,
-                                                            backend="numpy"))
-    got, want = cp.asnumpy(gpu.execute([cp.asarray(x)])[0]), ref.execute([x])[0]
     # seven quantized layers in a chain: an input whose fp32 sum (cuDNN's stem: 93% of its
     # outputs exact in FP8, H100 2026-12-06) lands on the other side of a rounding boundary
     # moves by one int8 step (1 / 127 of the range) or one E4M3 step (6-12% of the value) and
@@ -394,18 +403,9 @@ def test_quantized_depthwise_convs_run_the_depthwise_kernels_and_match_numpy(pre
     rng = np.random.RandomState(8)
     model = _mobilenet_block_model(rng, precision)
     x = rng.randn(4, 3, 16, 16).astype(F32)
-    gpu = build_engine(model, {"x": x.shape}, BuilderConfig(precision=precision,
-                                                            backend="cupy"))
-    choices = _choices(gpu)
-    dw = [(l, i) for l, i in _impls_pairs(gpu) if isinstance(i, cls)]
+    dw, choices, got, want = _on_kernel(model, x, precision, cls,
+                                        f"{kernel} {precision} depthwise kernel")
     assert len(dw) == 2, choices
-    for layer, impl in dw:
-        rec = impl.record()
-        assert rec["kernel"].startswith(f"{kernel} {precision} depthwise kernel"), choices
-        assert rec["validated"]["v"] == QK.S.VALIDATION_VERSION, choices
-    ref = build_engine(model, {"x": x.shape}, BuilderConfig(precision=precision,
-                                                            backend="numpy"))
-    got, want = cp.asnumpy(gpu.execute([cp.asarray(x)])[0]), ref.execute([x])[0]
     chain = {"INT8": 2e-2, "FP8": 6e-2}[precision]  # (as the bottleneck test's chain)
     _close(got, want, f"{precision} depthwise block, {kernel} kernel ({choices})", rel=chain)
 
@@ -432,14 +432,10 @@ def test_thin_k_1x1_convs_run_the_tensor_core_kernel_and_match_numpy(monkeypatch
     model = _calibrated(make_model(nodes, {"x": np.zeros((4, 3, 14, 14), F32)}, consts), rng,
                         (4, 3, 14, 14))
     x = rng.randn(4, 3, 14, 14).astype(F32)
-    gpu = build_engine(model, {"x": x.shape}, BuilderConfig(precision="INT8", backend="cupy"))
-    choices = _choices(gpu)
-    thin = sorted(impl.src.kx for _, impl in _impls_pairs(gpu)
-                  if isinstance(impl, QK.QuantGemmMma) and impl.src.kx < 32)
-    assert thin == [16, 24], choices
-    ref = build_engine(model, {"x": x.shape}, BuilderConfig(precision="INT8", backend="numpy"))
-    _close(cp.asnumpy(gpu.execute([cp.asarray(x)])[0]), ref.execute([x])[0],
-           f"INT8 thin-K 1x1 convs on q_mma ({choices})", rel=2e-2)
+    mma, choices, got, want = _on_kernel(model, x, "INT8", QK.QuantGemmMma,
+                                         "tensor-core INT8 GEMM kernel")
+    assert sorted(impl.src.kx for _, impl in mma if impl.src.kx < 32) == [16, 24], choices
+    _close(got, want, f"INT8 thin-K 1x1 convs on q_mma ({choices})", rel=2e-2)
 
 
 def _stem_pool_model(rng, zero_pad=False):
