@@ -78,8 +78,8 @@ from tftrt.engine.backends.cupy_dnn import (LT_WORKSPACE, ConvSpec, CudnnConv, G
                                             cudnn_handle, cudnn_module, gpu_time, lt_handle,
                                             lt_module)
 from tftrt.engine.backends.cupy_kernels import _raw_kernel, device_props, launch
-from tftrt.engine.backends.cupy_layers import (_SHARED, Impl, _dtype, _shape, _stream_ptr,
-                                               get_record, set_record)
+from tftrt.engine.backends.cupy_layers import (_SHARED, DepthwiseConv, Impl, _dtype, _shape,
+                                               _stream_ptr, get_record, set_record)
 from tftrt.engine.errors import GpuTimeout
 
 log = logging.getLogger("tftrt.engine.cupy")
@@ -750,9 +750,9 @@ class QuantDepthwiseDirect(_QuantLayer):
 
 def _dw_filter(w: np.ndarray, fmt: str) -> cp.ndarray:
     """A quantized depthwise weight [C, kh, kw, 1] (int8, or E4M3 codes) as the depthwise
-    kernels' float32 filter [kh * kw, C] of its codes' values."""
-    wv = S.weight_values(w, fmt).astype(np.float32)
-    return cp.asarray(np.ascontiguousarray(wv.reshape(wv.shape[0], -1).T))
+    kernels' float32 filter [kh * kw, C] of its codes' values (exact in float16), laid out as
+    the float layers' (``DepthwiseConv._prep``)."""
+    return DepthwiseConv._prep(cp.asarray(S.weight_values(w, fmt)))
 
 
 # (source, source) -> (ok, how) of the quantized depthwise kernels (tiled: vector and scalar
