@@ -430,8 +430,11 @@ class TRTEngineOp:
         config = getattr(engine, "config", None)
         config = config if isinstance(config, dict) else {}
         built = config.get("precision", getattr(engine, "precision", None))
+        # an FP16 engine that timed precision kept for an INT8 / FP8 request says so
+        asked = config.get("requested_precision") if built == "FP16" else None
         try:
-            same = normalize_precision(built) == normalize_precision(self.spec.precision_mode)
+            same = normalize_precision(asked or built) == \
+                normalize_precision(self.spec.precision_mode)
         except EngineBuildError:
             same = False
         if not same:

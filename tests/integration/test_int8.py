@@ -748,6 +748,51 @@ def test_dynamic_shape_profile_serves_other_batches_int8(cnn, tmp_path):
     assert lop.stats["builds"] == 0 and lop.stats["native"] == 0
 
 
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_an_int8_engine_that_kept_fp16_loads_from_its_plan(cnn, tmp_path, monkeypatch, caplog,
+                                                            dynamic):
+    """Timed precision keeping the FP16 engine for an INT8 request (the GPU's answer for
+    MobileNetV2, s43): the saved plan serves the loaded INT8 op. Before, it was refused as
+    'built in precision FP16' (another conversion's) and rebuilt -- calibrated ranges,
+    three engines timed: minutes on a GPU -- at every load."""
+    monkeypatch.setenv("TFTRT_QUANT_TIMED_PRECISION", "1")
+    from tftrt.engine import builder as builder_mod
+    monkeypatch.setattr(builder_mod, "layer_times", lambda e: {
+        l.name: (30e-6 if "quant" in l.attrs else 10e-6) for l in e.network.layers})
+    monkeypatch.setattr(builder_mod, "engine_seconds",
+                        lambda e: 0.9e-3 if e.precision == "FP16" else 1.0e-3)
+    path, model = cnn
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=path, precision_mode="INT8",
+                                   use_dynamic_shape=dynamic)
+    fn = conv.convert(calibration_input_fn=lambda: iter([(b,) for b in batches(3)]))
+    x = batches(1, seed=4, shape=(5, 12, 12, 3))[0]
+    if dynamic:
+        conv.build(lambda: iter([(b,) for b in batches(1, shape=(2, 12, 12, 3)) +
+                                 batches(1, shape=(8, 12, 12, 3))]))
+    got = _out(fn, x)
+    (op,) = conv.engine_ops.values()
+    engine = _engines(op)[0]
+    engine = engine.engine_for(((5, 12, 12, 3),)) if dynamic else engine
+    assert engine.precision == "FP16" and _gemm_precisions(engine) == ["FP16"] * 3
+    assert _rel(got, model(x).numpy()) < 0.03
+    conv.save(str(tmp_path / "saved"))
+    caplog.clear()
+    caplog.set_level(logging.WARNING)
+    loaded = tftrt.load(str(tmp_path / "saved"))
+    np.testing.assert_array_equal(_out(loaded.signatures["serving_default"], x), got)
+    (lop,) = loaded.engine_ops.values()
+    assert lop.stats["builds"] == 0 and lop.stats["native"] == 0, (lop.stats, caplog.text)
+    assert "was built in precision" not in caplog.text
+    # an FP16 conversion of the same model still refuses that plan (built for INT8)
+    fp16 = trt.TrtGraphConverterV2(input_saved_model_dir=path, precision_mode="FP16",
+                                   use_dynamic_shape=dynamic)
+    fp16.convert()
+    (fop,) = fp16.engine_ops.values()
+    ((key, saved),) = lop.cache.items()
+    saved = saved.engine_for(((5, 12, 12, 3),)) if dynamic else saved
+    assert "but this engine op converts in 'FP16'" in fop._saved_engine_mismatch(key, saved)
+
+
 class Embed(tf.Module):
     """Integer ids in, a float computation on their embeddings out."""
 

@@ -390,6 +390,10 @@ def _timed_precision(model_or_network, input_shapes, config: BuilderConfig, engi
             elif layer.name in before:
                 layer.attrs["quant_fallback"] = before[layer.name]
         info["kept"] = "FP16"
+        # the answer to a quantized request: its plan, saved and loaded, serves an op
+        # converting in that precision (engine_op._saved_engine_mismatch) instead of being
+        # refused as another conversion's and rebuilt (and timed again) at every load
+        chosen.config["requested_precision"] = quant
     del fp16
     if chosen is not engine and not any("quant" in l.attrs for l in chosen.network.layers):
         log.warning("%s %s: FP16 measured faster than %s on this device: the engine kept "
