@@ -13,6 +13,7 @@ import tensorflow as tf
 
 import tftrt
 from tests.integration import models
+from tftrt import compare
 from tftrt import trt_convert as trt
 from tftrt.calibration import QuantizedEngineOp
 from tftrt.engine import quantization as Q
@@ -766,14 +767,16 @@ def test_an_int8_engine_that_kept_fp16_loads_from_its_plan(cnn, tmp_path, monkey
                                    use_dynamic_shape=dynamic)
     fn = conv.convert(calibration_input_fn=lambda: iter([(b,) for b in batches(3)]))
     x = batches(1, seed=4, shape=(5, 12, 12, 3))[0]
-    if dynamic:
-        conv.build(lambda: iter([(b,) for b in batches(1, shape=(2, 12, 12, 3)) +
-                                 batches(1, shape=(8, 12, 12, 3))]))
+    conv.build(lambda: iter([(b,) for b in batches(1, shape=(2, 12, 12, 3)) +
+                             batches(1, shape=(8, 12, 12, 3))]))
     got = _out(fn, x)
     (op,) = conv.engine_ops.values()
     engine = _engines(op)[0]
     engine = engine.engine_for(((5, 12, 12, 3),)) if dynamic else engine
     assert engine.precision == "FP16" and _gemm_precisions(engine) == ["FP16"] * 3
+    # build()'s check holds FP16 engines to FP16's bar, not INT8's looser one
+    check = conv._build_check
+    assert check["precision"] == "FP16" and check["bar"] == compare.BUILD_CHECK_WARN["FP16"]
     assert _rel(got, model(x).numpy()) < 0.03
     conv.save(str(tmp_path / "saved"))
     caplog.clear()
@@ -783,6 +786,13 @@ def test_an_int8_engine_that_kept_fp16_loads_from_its_plan(cnn, tmp_path, monkey
     (lop,) = loaded.engine_ops.values()
     assert lop.stats["builds"] == 0 and lop.stats["native"] == 0, (lop.stats, caplog.text)
     assert "was built in precision" not in caplog.text
+    # `tftrt inspect` says why an INT8 engine op's saved plan is FP16
+    from tftrt import inspect_model
+    lines = []
+    inspect_model.format_description(inspect_model.describe(str(tmp_path / "saved")),
+                                     lines.append, layers=False)
+    assert "numpy on cpu, FP16 (kept for the INT8 request: FP16 measured faster on the " \
+           "device that built it)" in "\n".join(lines), lines
     # an FP16 conversion of the same model still refuses that plan (built for INT8)
     fp16 = trt.TrtGraphConverterV2(input_saved_model_dir=path, precision_mode="FP16",
                                    use_dynamic_shape=dynamic)
