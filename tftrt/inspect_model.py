@@ -56,6 +56,9 @@ def _plan_description(op, meta, path: str) -> dict:
                "tactic": layer.tactic or "default",
                "precision": layer.precision or header.get("precision")}
               for layer in network.layers]
+    asked = dict(header.get("config") or {}).get("requested_precision")
+    if asked:  # builder.timed_precision kept this FP16 engine for an INT8 / FP8 request
+        d["requested_precision"] = asked
     d.update(device=header.get("device"), precision=header.get("precision"), layers=layers,
              activation_bytes=memory.total_bytes, weight_bytes=header["weights_bytes"],
              fallback_tactics=_fallback_tactics(op.name, op.spec, header, data))
@@ -196,6 +199,14 @@ def _shape(s) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in s) + "]"
 
 
+def _kept_for(plan: dict) -> str:
+    """", kept for INT8 (...)" where timed precision kept this FP16 plan for a quantized
+    request; empty otherwise."""
+    asked = plan.get("requested_precision")
+    return (f" (kept for the {asked} request: FP16 measured faster on the device that built "
+            f"it)" if asked and asked != plan.get("precision") else "")
+
+
 def _mib(n: int) -> str:
     return f"{n / 2**20:.2f} MiB"
 
@@ -246,8 +257,8 @@ def format_description(info: dict, print_fn: Callable[[str], None], layers: bool
                          f"({then}): {p['error']}")
                 continue
             print_fn(f"  saved engine {k} for input shapes {shapes}: {p['backend']} on "
-                     f"{p['device']}, {p['precision']}, {len(p['layers'])} layers after "
-                     f"fusion, {_mib(p['activation_bytes'])} activation memory, "
+                     f"{p['device']}, {p['precision']}{_kept_for(p)}, {len(p['layers'])} "
+                     f"layers after fusion, {_mib(p['activation_bytes'])} activation memory, "
                      f"{_mib(p['weight_bytes'])} weights")
             if layers:
                 _layer_table(p["layers"], print_fn)
