@@ -170,12 +170,22 @@ def marked_network(onnx_bytes: bytes):
     # A value an output Identity passes on becomes that output (the importer renames it).
     passed_on = {n.input[0] for n in model.graph.node
                  if n.op_type == "Identity" and n.output[0] in have}
+    # Values computed from constants and shapes alone (a mean's element count: Shape ->
+    # ReduceProd -> Cast) fold to constants in the engine; marked as outputs they stayed
+    # layers, a Reshape / Div reading them got data-dependent shapes, and the layers after
+    # them ran FP16 where the engine runs INT8 (helper hunt, s44): not marked.
+    static = {i.name for i in model.graph.initializer} | {""}
+    for node in model.graph.node:
+        if node.op_type in ("Constant", "Shape", "Size") or \
+                all(i in static for i in node.input):
+            static.update(node.output)
     ops = {}
     for node in model.graph.node:
         if node.op_type in ("Constant", "Identity"):
             continue
         for o in node.output:
-            if o and o not in have and o not in passed_on and o in typed:
+            if o and o not in have and o not in passed_on and o in typed and \
+                    o not in static:
                 model.graph.output.append(typed[o])
                 have.add(o)
                 ops[o] = node.op_type

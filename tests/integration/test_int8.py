@@ -803,6 +803,45 @@ def test_an_int8_engine_that_kept_fp16_loads_from_its_plan(cnn, tmp_path, monkey
     assert "but this engine op converts in 'FP16'" in fop._saved_engine_mismatch(key, saved)
 
 
+def test_per_layer_compare_builds_the_engines_precisions(tmp_path):
+    """`tftrt compare --per-layer` marks the values of an engine's network as outputs. It
+    marked a mean's element count too (Shape -> ReduceProd, constants in the engine): kept
+    as a layer, it made the Dense after the mean's reshape data dependent, and that layer
+    was checked in FP16 where the engine runs it in INT8 (helper hunt, s44). Values
+    computed from constants and shapes alone are no longer marked."""
+    from tftrt import compare
+    from tftrt.engine import BuilderConfig, build_engine
+    tf.keras.utils.set_random_seed(2)
+    inp = tf.keras.Input((10, 16), name="x")
+    x = L.LayerNormalization()(inp + L.MultiHeadAttention(2, 8)(inp, inp))
+    x = L.LayerNormalization()(x + L.Dense(16)(L.Dense(32, activation="gelu")(x)))
+    model = tf.keras.Model(inp, L.Dense(4)(L.GlobalAveragePooling1D()(x)))
+    path = models.save_keras(model, str(tmp_path / "m"))
+    data = batches(3, shape=(4, 10, 16))
+    conv, _ = calibrated(path, data=data)
+    (op,) = conv.engine_ops.values()
+    shapes = {"TensorRTInputPH_0": (4, 10, 16)}
+
+    def precisions(net_model, **kw):
+        engine = build_engine(net_model, shapes, BuilderConfig(precision="INT8", keep_fp16={},
+                                                               **kw))
+        return {l.name: l.precision for l in engine.network.layers
+                if l.kind in Q.GEMM_KINDS}
+    marked, ops = compare.marked_network(op.spec.onnx_bytes)
+    assert ops and not any("Shape" in v or "ReduceProd" in v for v in ops), ops
+    checked = precisions(marked, probe_outputs=tuple(ops))
+    built = precisions(onnx.load_from_string(op.spec.onnx_bytes))
+    # (the attention's matmuls, unfused when marked, are no layers of the engine)
+    assert {n: checked[n] for n in built} == built, (checked, built)
+    assert set(built.values()) == {"INT8"}, built  # the Dense after the mean among them
+    conv.build(lambda: iter([(data[0],)]))
+    conv.save(str(tmp_path / "saved"))
+    report = compare.compare_saved_model(str(tmp_path / "saved"), [{"x": data[0]}],
+                                         rtol=3e-2, atol=3e-2, per_layer=True)
+    assert report.layers and all(r.passed for _, r in report.outputs), report.outputs
+    assert not any(r.error for _, _, _, r in report.layers), report.layers
+
+
 class Embed(tf.Module):
     """Integer ids in, a float computation on their embeddings out."""
 
