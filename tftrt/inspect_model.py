@@ -200,8 +200,8 @@ def _shape(s) -> str:
 
 
 def _kept_for(plan: dict) -> str:
-    """", kept for INT8 (...)" where timed precision kept this FP16 plan for a quantized
-    request; empty otherwise."""
+    """What a plan's precision leaves unsaid: " (kept for the INT8 request: ...)" where
+    timed precision kept this FP16 plan for a quantized request; empty otherwise."""
     asked = plan.get("requested_precision")
     return (f" (kept for the {asked} request: FP16 measured faster on the device that built "
             f"it)" if asked and asked != plan.get("precision") else "")

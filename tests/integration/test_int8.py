@@ -809,7 +809,6 @@ def test_per_layer_compare_builds_the_engines_precisions(tmp_path):
     as a layer, it made the Dense after the mean's reshape data dependent, and that layer
     was checked in FP16 where the engine runs it in INT8 (helper hunt, s44). Values
     computed from constants and shapes alone are no longer marked."""
-    from tftrt import compare
     from tftrt.engine import BuilderConfig, build_engine
     tf.keras.utils.set_random_seed(2)
     inp = tf.keras.Input((10, 16), name="x")
