@@ -226,6 +226,28 @@ def test_empty_and_constant_calibration_batches_are_said(cnn, caplog):
         calibrated(cnn[0], data=[empty])
 
 
+@pytest.mark.parametrize("sizes, warned", [((8, 8, 8), 24), ((3,), 3), ((40, 40, 40), None)])
+def test_few_calibration_samples_are_said(cnn, caplog, sizes, warned):
+    """Ranges from a handful of samples clip later inputs while the layer errors measured on
+    those samples look fine (helper hunt, s44): under FEW_CALIBRATION_SAMPLES rows in all,
+    calibration says how many it saw and what to give; the empty batch counts none."""
+    from tftrt import calibration
+    data = [np.zeros((0, 12, 12, 3), np.float32)] + [
+        b for i, n in enumerate(sizes) for b in batches(1, seed=i, shape=(n, 12, 12, 3))]
+    with caplog.at_level(logging.WARNING, logger="tftrt.calibration"):
+        calibrated(cnn[0], data=data)
+    said = [r.getMessage() for r in caplog.records if "sample(s) in all" in r.getMessage()]
+    assert calibration.FEW_CALIBRATION_SAMPLES == 100
+    if warned is None:
+        assert said == []
+    else:
+        assert said == [f"calibration_input_fn gave {warned} sample(s) in all (rows of the "
+                        f"engines' inputs over {len(sizes)} batch(es)); ranges from so few "
+                        f"can clip the values the model serves later, although each layer's "
+                        f"error on them looks small: calibrate with a few hundred samples of "
+                        f"real inputs (TensorRT suggests about 500)"], said
+
+
 def test_calibration_on_the_gpu_is_a_switch_for_the_cupy_backend(monkeypatch, caplog):
     """Calibration builds its FP32 engines on the CuPy backend where CuPy is the backend
     (TFTRT_CALIBRATE_ON_GPU, default on; tests/gpu/test_int8_gpu.py checks them against the
