@@ -42,12 +42,19 @@ STEMS = {
     "mobilenet 3x3 s2": (3, 2, 1, 32, 224),      # MobileNet(V2), EfficientNetB0, V3
     "inception 3x3 s2": (3, 2, 0, 32, 299),      # InceptionV3, Xception, InceptionResNetV2
     "convnext 4x4 s4": (4, 4, 0, 96, 224),       # ConvNeXt patchify
+    # the same stems over the image rearranged 2x2 space-to-depth (--s2d): a KxK stride-2 conv
+    # is a ceil(K/2)^2 stride-1 conv over 4x the channels (zero taps where 2a + p >= K), the
+    # channels padded to 16 (one tap: 32 bytes) or left at 12; its own floor counts the
+    # rearranged image, the transform's time is --s2d's separate row
+    "resnet s2d 4x4 c16": (4, 1, 0, 64, 115, 16),
+    "resnet s2d 4x4 c12": (4, 1, 0, 64, 115, 12),
+    "mobilenet s2d 2x2 c16": (2, 1, 0, 32, 113, 16),
 }
 
 
-def stem_model(k, s, p, cout, size, out="float32"):
+def stem_model(k, s, p, cout, size, out="float32", cin=3):
     rng = np.random.default_rng(0)
-    w = (rng.standard_normal((cout, 3, k, k)) / np.sqrt(3 * k * k)).astype(np.float32)
+    w = (rng.standard_normal((cout, cin, k, k)) / np.sqrt(cin * k * k)).astype(np.float32)
     b = rng.standard_normal(cout).astype(np.float32) * 0.1
     nodes = [helper.make_node("Transpose", ["x"], ["xc"], perm=[0, 3, 1, 2]),
              helper.make_node("Conv", ["xc", "w", "b"], ["c"], strides=[s, s],
@@ -61,7 +68,7 @@ def stem_model(k, s, p, cout, size, out="float32"):
         nodes.append(helper.make_node("Cast", ["t"], ["y"], to=y_type))
     graph = helper.make_graph(
         nodes, "stem", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
-                                                      [None, size, size, 3])],
+                                                      [None, size, size, cin])],
         [helper.make_tensor_value_info("y", y_type, None)],
         [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -95,9 +102,15 @@ def main(argv=None):
                                         "against cudnn, or the first way)")
     ap.add_argument("--out", default="float16", choices=["float16", "float32"],
                     help="the stem's output dtype (stem_mma writes float16 only)")
+    ap.add_argument("--s2d", action="store_true",
+                    help="also time the 2x2 space-to-depth of a float32 224 x 224 x 3 image "
+                         "into float16 (ResNet's: padded by 3 to 230, 16 channels; "
+                         "MobileNet's: padded to 226) as one CuPy kernel")
     args = ap.parse_args(argv)
     ways = {w: WAYS[w] for w in args.ways}
     import cupy as cp
+    if args.s2d:
+        space_to_depth_times(args.batch)
 
     from bench_engine import _cupy_timer, time_calls
     from tftrt.engine import BuilderConfig, build_engine
@@ -105,17 +118,17 @@ def main(argv=None):
           " | ".join(f"{w} ms (conv us)" for w in ways) + " | max diff / scale |")
     print("|---|---|" + "---|" * len(ways) + "---|")
     for name in args.stems:
-        k, s, p, cout, size = STEMS[name]
-        model = stem_model(k, s, p, cout, size, args.out)
+        k, s, p, cout, size, cin = (STEMS[name] + (3,))[:6]
+        model = stem_model(k, s, p, cout, size, args.out, cin)
         x = cp.asarray(np.random.default_rng(1).standard_normal(
-            (args.batch, size, size, 3)).astype(np.float32))
-        shapes = {"x": (args.batch, size, size, 3)}
+            (args.batch, size, size, cin)).astype(np.float32))
+        shapes = {"x": (args.batch, size, size, cin)}
         ref = build_engine(model, shapes, BuilderConfig(precision="FP16", backend="numpy",
                                                         tactic_timing=False))
         convs = [l.name for l in ref.network.layers if l.kind == "conv"]
         oh = (size + 2 * p - k) // s + 1
         osize = np.dtype(args.out).itemsize
-        floor = (args.batch * size * size * 3 * 4 + args.batch * oh * oh * cout * osize) / \
+        floor = (args.batch * size * size * cin * 4 + args.batch * oh * oh * cout * osize) / \
             BANDWIDTH
         times, conv_us, outs, kinds = {}, {}, {}, []
         for way, (tactic, env) in ways.items():
@@ -169,6 +182,45 @@ def main(argv=None):
               f" | {err:.1e} |")
         for line in kinds:
             print(line)
+
+
+def space_to_depth_times(batch):
+    """Prints the time of one CuPy kernel writing the 2x2 space-to-depth of a float32 NHWC
+    image (224 x 224 x 3, zero-padded ``before`` pixels at the top / left up to ``size``) as
+    float16 with ``c`` channels (12 real, zeros after), against its floor at 4.8 TB/s."""
+    import cupy as cp
+
+    from tftrt.engine.backends.cupy_dnn import gpu_time
+    kern = cp.ElementwiseKernel(
+        "raw float32 x, int32 hs, int32 c, int32 before, int32 h", "float16 y", """
+        const int ch = i % c; const long long pix = i / c;
+        const int wo = pix % hs; const long long r = pix / hs;
+        const int ho = r % hs; const long long n = r / hs;
+        float v = 0.f;
+        if (ch < 12) {
+          const int p = ch / 6, q = (ch / 3) % 2, ci = ch % 3;
+          const int ih = 2 * ho + p - before, iw = 2 * wo + q - before;
+          if (ih >= 0 && ih < h && iw >= 0 && iw < h)
+            v = x[((n * h + ih) * h + iw) * 3 + ci];
+        }
+        y = (half)v;""", "s2d")
+    x = cp.asarray(np.random.default_rng(2).standard_normal(
+        (batch, 224, 224, 3)).astype(np.float32))
+    stream = cp.cuda.Stream(non_blocking=True)
+    print(f"\n| space-to-depth (batch {batch}) | us | floor us |\n|---|---|---|")
+    for name, size, before, c in (("resnet 230 -> 115 x 115 x 16", 230, 3, 16),
+                                  ("resnet 230 -> 115 x 115 x 12", 230, 3, 12),
+                                  ("mobilenet 226 -> 113 x 113 x 16", 226, 1, 16)):
+        hs = size // 2
+        y = cp.empty((batch, hs, hs, c), cp.float16)
+        fn = lambda: kern(x, hs, c, before, 224, y)  # noqa: E731
+        t = gpu_time(fn, stream, reps=20, what="s2d")
+        floor = (x.nbytes + y.nbytes) / BANDWIDTH
+        ref = np.pad(cp.asnumpy(x[:1]), ((0, 0), (before, size - 224 - before),
+                                         (before, size - 224 - before), (0, 0)))
+        ref = ref.reshape(1, hs, 2, hs, 2, 3).transpose(0, 1, 3, 2, 4, 5).reshape(1, hs, hs, 12)
+        ok = np.array_equal(cp.asnumpy(y[:1, :, :, :12]), ref.astype(np.float16))
+        print(f"| {name} | {t * 1e6:.1f} | {floor * 1e6:.1f} |" + ("" if ok else " WRONG |"))
 
 
 if __name__ == "__main__":

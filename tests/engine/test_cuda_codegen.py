@@ -473,6 +473,42 @@ def test_concat_kernel_matches_numpy_on_the_host(tmp_path):
         np.testing.assert_array_equal(out, want, err_msg=str((shapes, axis, dt)))
 
 
+S2D_CASES = [  # (x shape, block, pads [top, left, bottom, right], channels, x dtype, y dtype)
+    ((2, 10, 10, 3), 2, (3, 3, 3, 3), 4, "float32", "float16"),   # ResNet's 7x7 stem, shrunk
+    ((2, 10, 12, 3), 2, (0, 0, 2, 0), 4, "float16", "float16"),   # uneven pads, W != H
+    ((1, 6, 6, 4), 2, (1, 1, 1, 1), 4, "float32", "float32"),
+    ((1, 6, 6, 2), 3, (0, 0, 0, 0), 5, "float16", "float32"),     # block 3, widened to 5
+]
+
+
+@pytest.mark.skipif(_host_compiler() is None, reason="no host C++ compiler")
+def test_space_to_depth_kernel_matches_numpy_on_the_host(tmp_path):
+    """The padded, widening, converting space-to-depth kernel (cuda_source_move.
+    SpaceToDepthSource; a stem's float32 image to its float16 rearranged input) built for the
+    host writes numpy_ops.space_to_depth's values rounded to y's dtype, byte for byte, on
+    images of two batch sizes from one source."""
+    from tftrt.engine.backends import numpy_ops as ops
+    parts, srcs = [HOST_SHIMS + C.MATH_HELPERS], []
+    for k, (shape, b, pads, ch, xd, yd) in enumerate(S2D_CASES):
+        srcs.append(M.SpaceToDepthSource(shape, b, pads, ch, xd, yd))
+        parts.append(_rename(srcs[-1].source, k))
+    so = _host_library("\n".join(parts), tmp_path, "s2d")
+    rng = np.random.default_rng(0)
+    for k, ((shape, b, pads, ch, xd, yd), src) in enumerate(zip(S2D_CASES, srcs)):
+        for n in (shape[0], 3):
+            x = (rng.standard_normal((n,) + shape[1:]) * 10).astype(xd)
+            want = ops.space_to_depth(x, b, list(pads), ch).astype(yd)
+            assert want.shape[1:] == src.out_image, (want.shape, src.out_image)
+            out = np.full_like(want, 7)  # every element must be written
+            fn = getattr(so, f"space_to_depth_{k}")
+            fn.restype = None
+            fn(ctypes.c_void_p(x.ctypes.data), ctypes.c_void_p(out.ctypes.data),
+               ctypes.c_longlong(n * src.per_image))
+            np.testing.assert_array_equal(out, want, err_msg=str(S2D_CASES[k]))
+    with pytest.raises(ValueError, match="multiple of block 2"):
+        M.SpaceToDepthSource((1, 5, 5, 3), 2, (0, 0, 0, 0), 4, "float32", "float16")
+
+
 CHANNEL_CASES = [  # (data dtype, per-channel operand dtype, channels): BN-style x * s + b, relu
     ("float16", "float16", 32), ("float16", "float32", 16), ("float32", "float16", 8),
     ("float32", "float32", 12), ("float16", "float16", 12),  # 12: no vector per-channel load

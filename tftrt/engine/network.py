@@ -80,7 +80,9 @@ constant_of_shape   [shape] -> [y]. attrs: value, dtype (folded when shape is co
 range               [start, limit, delta] -> [y] (folded when operands are constant).
 onehot              [indices, depth, values] -> [y]. attrs: axis.
 depth_to_space      [x] -> [y]. x NHWC. attrs: blocksize, mode (DCR|CRD).
-space_to_depth      [x] -> [y]. x NHWC. attrs: blocksize.
+space_to_depth      [x] -> [y]. x NHWC. attrs: blocksize; optional pads ([top, left, bottom,
+                    right] zeros around each image first) and channels (zero channels appended
+                    up to this many first): passes/stem_space_to_depth.
 resize              [x] -> [y]. attrs: sizes (output shape), scales, roi, mode (nearest|linear|
                     cubic), coordinate_transformation_mode, nearest_mode, cubic_coeff_a,
                     exclude_outside, extrapolation_value.

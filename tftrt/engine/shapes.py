@@ -740,8 +740,10 @@ def _d2s(net, layer):
 @shape_fn("space_to_depth")
 def _s2d(net, layer):
     n, h, w, c = _s(net, layer.inputs[0])
-    b = layer.attrs["blocksize"]
-    return [(_dt(net, layer.inputs[0]), (n, h // b, w // b, c * b * b))]
+    b, a = layer.attrs["blocksize"], layer.attrs
+    pt, pl, pb, pr = a.get("pads") or (0, 0, 0, 0)
+    c = a.get("channels") or c
+    return [(_dt(net, layer.inputs[0]), (n, (h + pt + pb) // b, (w + pl + pr) // b, c * b * b))]
 
 
 @shape_fn("resize")

@@ -156,6 +156,43 @@ class ConcatSource:
         self.source = grid_stride_source("concat", params, it, self.work, "\n    ".join(lines))
 
 
+# --- space-to-depth with padding and a dtype change --------------------------------------------
+class SpaceToDepthSource:
+    """y = space_to_depth(pad(x), b) (numpy_ops.space_to_depth: zero ``pads`` [top, left,
+    bottom, right] around each image, zero channels up to ``channels``, then channel
+    ``(p * b + q) * channels + c`` of output pixel (i, j) is padded pixel (b i + p, b j + q)'s
+    channel c), converting x's dtype to y's on the way: a stem's float32 image becomes its
+    float16 rearranged input in one pass (passes/stem_space_to_depth).
+
+    One thread per output pixel and block position (n, i, j, p, q) writes its ``channels``
+    consecutive elements from the ``C`` consecutive ones of its input pixel (zeros in the
+    padding). The batch size is not in the source (:attr:`per_image`: the work of one image;
+    ``work`` is an argument)."""
+
+    def __init__(self, x_shape, b: int, pads, channels: int, x_dtype: str, y_dtype: str):
+        h, w, c = (int(d) for d in x_shape[1:4])
+        pt, pl, pb, pr = (int(p) for p in pads)
+        b, cp_ = int(b), int(channels)
+        if (h + pt + pb) % b or (w + pl + pr) % b or cp_ < c:
+            raise ValueError(f"space_to_depth: padded {h + pt + pb} x {w + pl + pr} is not a "
+                             f"multiple of block {b}, or {cp_} channels < {c}")
+        hs, ws = (h + pt + pb) // b, (w + pl + pr) // b
+        self.per_image = hs * ws * b * b
+        self.out_image = (hs, ws, b * b * cp_)
+        xt, yt = ctype(x_dtype), ctype(y_dtype)
+        zero = store_expr(y_dtype, "0")
+        body = f"""const long long q = t % {b}, p = (t / {b}) % {b}, px = t / {b * b};
+    const long long j = px % {ws}, i = (px / {ws}) % {hs}, n = px / {hs * ws};
+    const long long ih = i * {b} + p - {pt}, iw = j * {b} + q - {pl};
+    const bool in = ih >= 0 && ih < {h} && iw >= 0 && iw < {w};
+    const long long base = ((n * {h} + (in ? ih : 0)) * {w} + (in ? iw : 0)) * {c};
+    #pragma unroll
+    for (int c = 0; c < {cp_}; ++c)
+      y[t * {cp_} + c] = (in && c < {c}) ? {store_expr(y_dtype, load_expr(x_dtype, "x[base + c]"))} : {zero};"""
+        params = f"const {xt}* __restrict__ x, {yt}* __restrict__ y"
+        self.source = grid_stride_source("space_to_depth", params, "long long", 0, body)
+
+
 # --- pooling (NHWC, any number of spatial dims) --------------------------------------------------
 class PoolSource:
     """CUDA source of kernel ``pool(x, y)``: max / average pooling over [N, *S, C] with pads,

@@ -330,11 +330,42 @@ class DepthToSpace(Impl):
 
 @impl("space_to_depth")
 class SpaceToDepth(Impl):
+    """One kernel (cuda_source_move.SpaceToDepthSource) for float tensors: the padding, the
+    channels appended and the dtype change (a stem's float32 image to float16) in one pass;
+    other dtypes reshape and copy."""
+
+    def __init__(self, net, layer, weights, opts):
+        super().__init__(net, layer, weights, opts)
+        from tftrt.engine.backends.cuda_source_move import SpaceToDepthSource
+        a = layer.attrs
+        x, y = layer.inputs[0], layer.outputs[0]
+        self.src = None
+        if {_dtype(net, x), _dtype(net, y)} <= {"float16", "float32"}:
+            c = int(_shape(net, x)[-1])
+            self.src = SpaceToDepthSource(_shape(net, x), a["blocksize"],
+                                          a.get("pads") or (0, 0, 0, 0),
+                                          a.get("channels") or c, _dtype(net, x),
+                                          _dtype(net, y))
+            from tftrt.engine.backends.cupy_kernels import _raw_kernel
+            self.kernel = _raw_kernel(self.src.source, "space_to_depth")
+
     def run(self, ins, outs, ws):
-        b, x = self.layer.attrs["blocksize"], ins[0]
+        x, y = ins[0], outs[0]
+        if self.src is not None:
+            from tftrt.engine.backends.cupy_kernels import launch
+            work = int(x.shape[0]) * self.src.per_image
+            if work:
+                launch(self.kernel, work, [x, y])
+            return
+        a = self.layer.attrs
+        if a.get("pads") or a.get("channels"):
+            pt, pl, pb, pr = a.get("pads") or (0, 0, 0, 0)
+            x = cp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, (a.get("channels") or x.shape[-1])
+                                                        - x.shape[-1])))
+        b = a["blocksize"]
         n, h, w, c = x.shape
-        y = x.reshape(n, h // b, b, w // b, b, c).transpose(0, 1, 3, 2, 4, 5)
-        cp.copyto(outs[0], y.reshape(outs[0].shape))
+        z = x.reshape(n, h // b, b, w // b, b, c).transpose(0, 1, 3, 2, 4, 5)
+        cp.copyto(y, z.reshape(y.shape), casting="unsafe")
 
 
 @impl("resize")

@@ -512,8 +512,9 @@ def _d2s(net, layer, weights):
 
 @kernel("space_to_depth")
 def _s2d(net, layer, weights):
-    b = layer.attrs["blocksize"]
-    return lambda ins: [ops.space_to_depth(ins[0], b)]
+    a = layer.attrs
+    return lambda ins: [ops.space_to_depth(ins[0], a["blocksize"], a.get("pads"),
+                                           a.get("channels"))]
 
 
 @kernel("resize")

@@ -615,7 +615,13 @@ def depth_to_space(x, b, mode):
     return y.reshape(n, h * b, w * b, cc)
 
 
-def space_to_depth(x, b):
+def space_to_depth(x, b, pads=None, channels=None):
+    """NHWC space-to-depth (channel = (row in block * b + column in block) * C + c), after
+    zero ``pads`` ([top, left, bottom, right]) around each image and zero channels appended
+    up to ``channels``."""
+    if pads is not None and any(pads) or channels is not None and channels != x.shape[-1]:
+        pt, pl, pb, pr = pads or (0, 0, 0, 0)
+        x = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, (channels or x.shape[-1]) - x.shape[-1])))
     n, h, w, c = x.shape
     y = x.reshape(n, h // b, b, w // b, b, c).transpose(0, 1, 3, 2, 4, 5)
     return y.reshape(n, h // b, w // b, b * b * c)

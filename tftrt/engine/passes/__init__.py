@@ -27,6 +27,7 @@ from tftrt.engine.passes.elementwise_fusion import elementwise_fusion  # noqa: E
 from tftrt.engine.passes.norm_fusion import layernorm_fusion  # noqa: E402
 from tftrt.engine.passes.attention_fusion import attention_fusion  # noqa: E402
 from tftrt.engine.passes.se_fusion import se_fusion  # noqa: E402
+from tftrt.engine.passes.stem_space_to_depth import stem_space_to_depth  # noqa: E402
 
 PASSES: List[Pass] = [
     constant_folding,
@@ -40,6 +41,7 @@ PASSES: List[Pass] = [
     elementwise_fusion,
     layernorm_fusion,  # after elementwise fusion has merged the decomposition's pointwise steps
     vertical_fusion,  # again: fused programs such as x * sigmoid(x) are epilogue activations
+    stem_space_to_depth,  # once pads are folded into the stem and its epilogue is fused
     remove_dead_layers,
 ]
 
