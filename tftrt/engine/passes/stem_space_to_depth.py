@@ -46,7 +46,11 @@ PADDED_CHANNELS = 4
 
 def enabled() -> bool:
     """``TFTRT_STEM_S2D`` (default off): rewrite image stems as space-to-depth + stride-1
-    conv (module doc)."""
+    conv (module doc). Off because it measured slower: on an H200 (2026-12-06, s45, batch
+    128) the space_to_depth layer ran at its floor (43 us), but cuDNN ran ResNet's
+    rearranged 4x4 conv over 16 channels in 403 us against stem_mma's 281-291 on the
+    original stem (ResNet50 FP16 3.177 against 2.967 ms), MobileNet's 2x2 in 113 against
+    66. It pays only once a kernel runs the rearranged conv near its floor (87 us)."""
     from tftrt.env import env_bool
     return env_bool("TFTRT_STEM_S2D", False)
 
