@@ -178,3 +178,30 @@ def test_an_int8_build_quantizes_the_rearranged_stem(monkeypatch):
         err = np.abs(got - want).max() / np.abs(want).max()
         assert err < 5e-2, (on, err)
     assert precisions == {"0": ["FP16", "INT8"], "1": ["INT8", "INT8"]}, precisions
+
+
+def test_a_table_calibrated_without_the_pass_gives_the_rearranged_stem_its_range(monkeypatch):
+    """A model calibrated with the pass off and built with it on (another process, another
+    environment): the rearranged image takes the image's range (its values and zeros), so
+    the stem is quantized with the image's scale instead of falling back for want of one."""
+    monkeypatch.delenv("TFTRT_QUANTIZE_STEM", raising=False)
+    monkeypatch.setenv("TFTRT_STEM_S2D", "0")
+    model, feeds = _stem((7, 7), (3, 3, 3, 3), cout=16)
+    cal = EngineCalibrator(network_from_onnx(model))
+    rng = np.random.default_rng(4)
+    for _ in range(4):
+        cal.observe([rng.standard_normal(feeds["x"].shape).astype(np.float32)])
+    table = cal.table("INT8")
+    Q.set_table(model, table)
+    monkeypatch.setenv("TFTRT_STEM_S2D", "1")
+    e = build_engine(model, {"x": feeds["x"].shape},
+                     BuilderConfig(precision="INT8", backend="numpy"))
+    conv = next(l for l in e.network.layers if l.kind == "conv")
+    s2d = next(l for l in e.network.layers if l.kind == "space_to_depth")
+    assert s2d.outputs[0] not in table["tensors"] and conv.precision == "INT8", \
+        conv.attrs.get("quant_fallback")
+    image = s2d.inputs[0]
+    assert conv.attrs["quant"]["input_scale"] == Q.int8_scale(table["tensors"][image])
+    want = run_ort(model, feeds)[0]
+    err = np.abs(e.execute([feeds["x"]])[0] - want).max() / np.abs(want).max()
+    assert err < 5e-2, err

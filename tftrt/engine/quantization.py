@@ -398,6 +398,7 @@ def quantize_network(net: Network, precision: str, table: dict,
     errors = table.get("layer_errors", {})
     fake = table.get("fake_quant", {})
     produced = set(net.inputs) | {o for l in net.layers for o in l.outputs}
+    producers = net.producers()
     for layer in net.layers:
         if layer.kind not in GEMM_KINDS:
             continue
@@ -406,6 +407,11 @@ def quantize_network(net: Network, precision: str, table: dict,
             reason = _stem_reason(net, layer)
         x = layer.inputs[0]
         amax = _amax(table, x)
+        p = producers.get(x)
+        if amax is None and p is not None and p.kind == "space_to_depth":
+            # passes/stem_space_to_depth's rearranged image: its values are the image's and
+            # zeros, so its range is the image's (a table calibrated without the pass)
+            amax = _amax(table, p.inputs[0])
         src = fake.get(x)  # the input of a fake-quant op this layer reads: fold the pair
         if src is not None and (src not in produced or src in net.weights or
                                 net.tensors[src].dtype not in ("float32", "float16") or
