@@ -53,6 +53,12 @@ CASES = [
      {}),                                                         # 9 pixels: one part tile
     ((2, 6, 50, 9), (1, 7), (1, 3), (0, 3, 0, 3), 192, "float16", "float16", "bias+relu", 0,
      dict(mt=2)),                                                 # 1x7 / (1, 3), chunks 128 + 64
+    # vector gathers (Cin a multiple of 16): ResNet's stem rearranged (passes/
+    # stem_space_to_depth: 4x4 / 1 over 16 channels, K 256), padded and 32-channel ones
+    ((2, 9, 10, 16), (4, 4), (1, 1), (0, 0, 0, 0), 64, "float16", "float16", "bias+relu", 0,
+     {}),
+    ((1, 7, 6, 32), (2, 2), (1, 1), (1, 0, 1, 1), 24, "float16", "float16", "bias+add+relu6",
+     2, dict(mt=1, max_blocks=2)),
 ]
 
 
@@ -77,13 +83,10 @@ def _inputs(case, seed):
             rng.standard_normal((xs[0], ho, wo, cout)).astype(dt_out)]
 
 
-def _wt(w, kp):
-    """The kernel's filter: [Cout, KH, KW, Cin] -> float16 [Cout, Kp], zero columns past K
-    (what cupy_stem_mma.StemMma._prep makes on the GPU)."""
-    cout = w.shape[0]
-    wt = np.zeros((cout, kp), np.float16)
-    wt[:, :w[0].size] = w.reshape(cout, -1)
-    return wt
+def _wt(w, src):
+    """The kernel's filter: [Cout, KH, KW, Cin] -> float16 [Cout, Kp] (what
+    cupy_stem_mma.StemMma makes on the GPU)."""
+    return SM.filter_matrix(w, src)
 
 
 # --- the fragment layout -----------------------------------------------------------------------
@@ -240,7 +243,7 @@ def _check_host(so, k, src, case, seed, batch=None, edit=None):
     operands = {2: ins[2], 3: ins[3], 4: ins[4]}
     buf = np.full(want.size + offset, np.nan, dt_out)  # every output must be written
     y = buf[offset:].reshape(want.shape)
-    args = [ins[0], _wt(ins[1], src.kp)] + [operands[i] for i in src.operands] + \
+    args = [ins[0], _wt(ins[1], src)] + [operands[i] for i in src.operands] + \
         [y, case[0][0]]
     _run_host(so, k, args, src.blocks if batch is None else _source(case).blocks, src.threads)
     what = f"case {k} {case}, batch {case[0][0]}"
@@ -306,7 +309,7 @@ def test_staged_patches_compute_the_same(tmp_path):
     padding on every side, k past K, float16 / float32 x, two chunks, a looping grid."""
     if _host_compiler() is None:
         pytest.skip("no host C++ compiler")
-    cases = STAGE_CASES + CASES
+    cases = STAGE_CASES + [c for c in CASES if c[0][3] % 16]  # (vector gathers: unstaged)
     srcs = [_source(case[:9] + (dict(case[9], stage=True),)) for case in cases]
     # the last case's filter (192 x 64) and staging leave no room for the patches
     assert [s.stage for s in srcs] == [True] * (len(srcs) - 1) + [False]
@@ -377,7 +380,7 @@ def test_int8_stores_give_the_codes_of_the_float_results(tmp_path):
         want[np.isnan(want_f)] = opts.get("nan_code", 0)
         buf = np.full(want.size + offset, 99, np.int8)  # 99: never a code here (scales)
         y = buf[offset:].reshape(want.shape)
-        args = [ins[0], _wt(ins[1], src.kp)] + [{2: ins[2], 3: ins[3]}[i]
+        args = [ins[0], _wt(ins[1], src)] + [{2: ins[2], 3: ins[3]}[i]
                                                 for i in src.operands] + [y, xs[0]]
         _run_host(so, k, args, src.blocks, src.threads)
         what = f"int8 case {k}"
@@ -474,7 +477,9 @@ def test_cases_cover_what_the_kernel_takes():
     srcs = [_source(case) for case in CASES]
     assert {s.in_dtype for s in srcs} == {"float16", "float32"}
     assert {s.dims["sh"] for s in srcs} >= {1, 2, 4} and any(s.dims["sw"] == 3 for s in srcs)
-    assert {s.kp for s in srcs} >= {16, 32, 48, 160}
+    assert {s.kp for s in srcs} >= {16, 32, 48, 160, 256}
+    assert [s.vec for s in srcs].count(True) == 2 and all(
+        s.vec == (s.dims["cin"] % 16 == 0) for s in srcs)
     assert {len(SM.chunks(s.dims["cout"])) for s in srcs} == {1, 2}
     assert any(s.m % (SM.WARPS * s.mt * 16) for s in srcs) and any(s.m < 16 for s in srcs)
     assert any(s.blocks < s.tiles for s in srcs)
@@ -493,6 +498,10 @@ def test_what_the_kernel_refuses():
             (dict(x_shape=(1, 8, 8, 4), k_hw=(7, 7), pads=(3, 3, 3, 3)),
              "196 taps \\(padded to 208\\).*up to 160"),
             (dict(out_shape=(1, 8, 8, 12)), "multiple of 8 up to 256, not 12"),
+            (dict(vec=True), "vector gathers take float16 x with input channels a multiple "
+                             "of 16, unstaged; not float32 x with 3"),
+            (dict(x_shape=(1, 8, 8, 16), in_dtype="float16", k_hw=(5, 5), pads=(2, 2, 2, 2)),
+             "400 taps \\(padded to 400\\).*up to 256"),
             (dict(out_shape=(1, 8, 8, 264)), "multiple of 8 up to 256, not 264"),
             (dict(in_dtype="int8"), "float16 / float32 x"),
             (dict(out_shape=(2, 8, 8, 16)), "not a conv"),
@@ -558,6 +567,26 @@ def test_the_tactic_applies_to_few_channel_float16_convs_unless_switched_off(mon
     assert "multiple of 8" in SM.unsupported(net, conv)
 
 
+def test_the_tactic_takes_a_stem_rearranged_by_space_to_depth(monkeypatch):
+    """A 7x7 / 2 stem rearranged by passes/stem_space_to_depth (4x4 / 1 over 16 channels, K
+    256) is offered stem_mma with vector gathers; another conv over 16 channels is not (the
+    libraries' aligned convs), nor the rearranged one with TFTRT_STEM_MMA=0."""
+    from tftrt.engine.backends import cupy_backend
+    monkeypatch.delenv("TFTRT_STEM_MMA", raising=False)
+    monkeypatch.setenv("TFTRT_STEM_S2D", "1")
+    net, conv = _conv_layer(cin=3, ks=7, attrs={"pads": [3, 3, 3, 3], "strides": [2, 2]})
+    assert conv.attrs["space_to_depth"] == {"stride": 2, "kernel": [7, 7]}
+    assert cupy_backend._stem_mma(net, conv), SM.unsupported(net, conv)
+    src = SM.StemMmaSource(**SM.layer_params(net, conv))
+    assert src.vec and src.kp == 256 and src.dims["cin"] == 16
+    assert sorted(src.k_order.tolist()) == list(range(256))
+    monkeypatch.setenv("TFTRT_STEM_S2D", "0")
+    net16, conv16 = _conv_layer(cin=16)
+    assert SM.unsupported(net16, conv16) is None and not cupy_backend._stem_mma(net16, conv16)
+    monkeypatch.setenv("TFTRT_STEM_MMA", "0")
+    assert not cupy_backend._stem_mma(net, conv)
+
+
 def test_the_impl_chain_falls_back_on_the_gpu():
     """What runs tactic ``stem_mma``: the kernel, then cuDNN and im2col (both on the GPU)
     when it cannot."""
@@ -608,6 +637,14 @@ def _zoo_sources():
             yield f"{name} {dt} bias+relu int8", SM.StemMmaSource(
                 xs, (k, k), (s, s), pads, (xs[0], ho, ho, cout), dt, "int8", epilogue, modes,
                 out_scale=0.05, nan_code=-128)
+    # ResNet's and MobileNet's stems rearranged (passes/stem_space_to_depth): vector gathers
+    epilogue, modes = _epilogue_spec("bias+relu", "float16")
+    for name, xs, k, ho, cout in (("resnet s2d", (128, 115, 115, 16), 4, 112, 64),
+                                  ("mobilenet s2d", (128, 113, 113, 16), 2, 112, 32)):
+        src = SM.StemMmaSource(xs, (k, k), (1, 1), (0,) * 4, (xs[0], ho, ho, cout), "float16",
+                               "float16", epilogue, modes)
+        assert src.vec
+        yield f"{name} float16 bias+relu", src
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH")

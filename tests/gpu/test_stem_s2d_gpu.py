@@ -91,3 +91,27 @@ def test_an_int8_rearranged_stem_runs_int8_and_matches_numpy(monkeypatch):
     x = feeds["x"]
     _close(cp.asnumpy(gpu.execute([cp.asarray(x)])[0]), ref.execute([x])[0], "INT8 stem",
            2e-2, 2e-2 * float(np.abs(ref.execute([x])[0]).max()))
+
+
+@pytest.mark.parametrize("name", ["resnet 7x7 (ZeroPadding2D(3) folded)",
+                                  "mobilenet 3x3 SAME (pads 0 / 1)",
+                                  "5x4 kernel, uneven pads, RGBA"])
+def test_rearranged_stems_on_stem_mma_match_numpy(name):
+    """The rearranged conv forced onto stem_mma (vector gathers: 4 channels of a pixel a
+    lane, one 8-byte load; the filter's k permuted to match) answers what numpy answers."""
+    from tests.gpu.test_dw_gpu import _convs, _engine
+    from tests.gpu.test_stem_mma_gpu import _fp16_out
+    from tftrt.engine.backends.cupy_stem_mma import StemMma
+    k, pads, size, cin = STEMS[name]
+    model, feeds = _stem(k, pads, size, cin, cout=32)
+    model = _fp16_out(model)
+    gpu = _engine(model, feeds, "FP16", tactic="stem_mma")
+    (layer, impl), = _convs(gpu)
+    assert isinstance(impl, StemMma) and impl.src.vec, type(impl)
+    ref = build_engine(model, {"x": feeds["x"].shape},
+                       BuilderConfig(precision="FP16", backend="numpy", tactic_timing=False))
+    want = ref.execute([feeds["x"]])[0]
+    ctx = gpu.create_execution_context()
+    for run in range(3):
+        got = cp.asnumpy(ctx.execute([cp.asarray(feeds["x"])])[0])
+        _close(got, want, f"{name} run {run}", *GPU_VS_NUMPY["FP16"])

@@ -74,6 +74,9 @@ from tftrt.engine.backends.cuda_source import (PRELUDE, _dw_epilogue, conv_kerne
 
 KERNEL = "stem_mma"
 MAX_K = 160              # Kp: ResNet's 7x7 over 3 channels (147 taps) padded to 160
+# K of a conv whose input channels are a multiple of 16 (:attr:`StemMmaSource.vec`): a stem
+# rearranged by passes/stem_space_to_depth, ResNet's 4x4 over 16 channels
+MAX_K_VEC = 256
 MAX_COUT = 256
 CHUNK = 128              # output channels whose accumulators a lane holds at once
 WARPS = 4                # a block: 128 threads
@@ -220,9 +223,14 @@ class StemMmaSource:
         m-tile's input patch staged in shared memory where the m-tile lies in one output row
         (default :func:`stage_default`; off where the patch passes :data:`STAGE_MAX` halves
         or the shared memory) -- the same answers.
+      vec: gather A with one 8-byte load per pixel and k step (:meth:`_gather_vec`; default:
+        where it applies, float16 x with input channels a multiple of 16, unstaged), K up to
+        :data:`MAX_K_VEC`; the filter's k are then permuted within each step
+        (:attr:`k_order`).
 
     Kernel ``stem_mma(x, wt, *operands, y)``: ``wt`` the filter as float16 [Cout, Kp] (the
-    layer's [Cout, KH, KW, Cin] as ``w.reshape(Cout, -1)``, zero columns up to Kp), operands
+    layer's [Cout, KH, KW, Cin] as ``w.reshape(Cout, -1)``, its columns in :attr:`k_order`,
+    zero columns up to Kp: :func:`filter_matrix`), operands
     in :attr:`operands` order; launch :attr:`blocks` blocks of :attr:`threads` threads (any
     grid size computes every output).
     Raises:
@@ -233,7 +241,7 @@ class StemMmaSource:
     def __init__(self, x_shape, k_hw, strides, pads, out_shape, in_dtype: str, out_dtype: str,
                  epilogue: Sequence[dict], operand_modes: Dict[int, Tuple[str, str]],
                  mt: int = MT, max_blocks=None, ldsm=None, stage=None, out_scale=None,
-                 nan_code: int = 0):
+                 nan_code: int = 0, vec=None):
         n, h, w, cin, ho, wo, cout, kh, kw, sh, sw, ph, pw = ST.conv_geometry(
             x_shape, out_shape, k_hw, strides, pads)
         self.in_dtype, self.out_dtype = np.dtype(in_dtype).name, np.dtype(out_dtype).name
@@ -248,9 +256,22 @@ class StemMmaSource:
         self.nan_code = int(nan_code)  # an int8 store's code for NaN (0: q_int8's)
         self.k = kh * kw * cin
         self.kp = padded_k(self.k)
-        if self.kp > MAX_K:
+        vec_ok = self.in_dtype == "float16" and cin % 16 == 0 and not stage
+        self.vec = vec_ok if vec is None else bool(vec)
+        if self.vec and not vec_ok:
+            raise ValueError(f"the stem kernel's vector gathers take float16 x with input "
+                             f"channels a multiple of 16, unstaged; not {self.in_dtype} x "
+                             f"with {cin}")
+        limit = MAX_K_VEC if self.vec else MAX_K
+        if self.kp > limit:
             raise ValueError(f"KH*KW*Cin = {self.k} taps (padded to {self.kp}): the "
-                             f"tensor-core stem kernel takes up to {MAX_K}")
+                             f"tensor-core stem kernel takes up to {limit}")
+        # position -> k of the filter's columns: within each step of 16, the k a lane's
+        # vector gather puts in each fragment position (_gather_vec), else k itself
+        self.k_order = np.arange(self.k)
+        if self.vec:
+            step = np.array([4 * (p % 8 // 2) + p % 2 + 2 * (p // 8) for p in range(16)])
+            self.k_order = (np.arange(self.k) // 16 * 16 + np.tile(step, self.k // 16))
         if cout % 8 or cout > MAX_COUT:
             raise ValueError(f"the tensor-core stem kernel takes Cout a multiple of 8 up to "
                              f"{MAX_COUT}, not {cout}")
@@ -267,7 +288,8 @@ class StemMmaSource:
         # the warps' float16 patches and the staged gathers' int table of patch offsets
         staged_bytes = 2 * WARPS * (-(-self.patch // 8) * 8) + 4 * self.kp
         self.stage = (stage_default() if stage is None else bool(stage)) and \
-            self.patch <= STAGE_MAX and self.smem_bytes + staged_bytes <= SMEM_LIMIT
+            not self.vec and self.patch <= STAGE_MAX and \
+            self.smem_bytes + staged_bytes <= SMEM_LIMIT
         # m-tiles that gather from x: all of them unstaged, the rows' ends where Wo is not
         # a multiple of 16 (else the x-offset table is left out)
         self.direct = not self.stage or wo % 16 != 0
@@ -327,6 +349,31 @@ class StemMmaSource:
                 out.append(f"a[{r}] = (unsigned){lo} | ((unsigned){hi} << 16);")
             else:
                 out.append(f"a[{r}] = pack_h2({lo}, {hi});")
+        return "\n          ".join(out)
+
+    def _gather_vec(self) -> str:
+        """Statements filling ``a[4]`` for k step ``ks`` where the step's 16 k are 16
+        consecutive channels of one tap (Cin a multiple of 16): lane t loads channels 4t ..
+        4t + 3 of each of its pixels as one 8-byte word pair (zero outside the image) --
+        the first word is A's register at k 2t, 2t + 1, the second at 2t + 8, 2t + 9. The
+        MMA sums over the step's k, so A and B only have to agree on which channel sits at
+        which position: the filter's columns are permuted to match (:attr:`k_order`).
+        Element loads where x is not 8-byte aligned."""
+        out = ["const int4 e = ktab[ks];"]
+        for p in (0, 1):
+            out.append(f"""uint2 v{p} = {{0u, 0u}};
+          if ((unsigned)(ih0_{p} + e.y) < {self.dims['h']}u &&
+              (unsigned)(iw0_{p} + e.z) < {self.dims['w']}u) {{
+            const unsigned short* q = x + base_{p} + e.x + 4 * t;
+            if (xal) {{
+              v{p} = *reinterpret_cast<const uint2*>(q);
+            }} else {{
+              v{p}.x = (unsigned)q[0] | ((unsigned)q[1] << 16);
+              v{p}.y = (unsigned)q[2] | ((unsigned)q[3] << 16);
+            }}
+          }}""")
+        regs = {(0, 0): "v0.x", (8, 0): "v1.x", (0, 8): "v0.y", (8, 8): "v1.y"}
+        out += [f"a[{r}] = {regs[f]};" for r, f in enumerate(A_FRAG)]
         return "\n          ".join(out)
 
     def _gather_staged(self) -> str:
@@ -474,7 +521,7 @@ class StemMmaSource:
             {gather}
             {self._mmas()}
           }}"""
-        direct = k_steps(self._gather())
+        direct = k_steps(self._gather_vec() if self.vec else self._gather())
         k_loop = direct
         if self.stage:  # m-tiles in one output row read the staged patch
             k_loop = f"""if (staged) {{
@@ -542,6 +589,8 @@ extern "C" __global__ void __launch_bounds__({self.threads}) {KERNEL}({params}) 
     return (unsigned)(ih0 + e.y) < {d['h']}u && (unsigned)(iw0 + e.z) < {d['w']}u ?
         x[base + e.x] : ({ctype(self.in_dtype)})0;
   }};
+  const bool xal = (reinterpret_cast<unsigned long long>(x) & 7ull) == 0ull;
+  (void)xal;
   const {it} m = ({it})nb * {d['ho'] * d['wo']};  // M: the batch's output pixels
   const {it} tiles = (m + {WARPS * self.mt * 16 - 1}) / {WARPS * self.mt * 16};
   for ({it} bt = blockIdx.x; bt < tiles; bt += gridDim.x) {{
@@ -558,6 +607,17 @@ extern "C" __global__ void __launch_bounds__({self.threads}) {KERNEL}({params}) 
   }}
 }}
 """
+
+
+def filter_matrix(w, src: "StemMmaSource", xp=np):
+    """The kernel's filter ``wt``: [Cout, KH, KW, Cin] -> float16 [Cout, Kp], its columns in
+    ``src.k_order``, zero past K (their products with the gathered zeros add nothing);
+    ``xp``: numpy or cupy (``w``'s module)."""
+    cout = w.shape[0]
+    wt = xp.zeros((cout, src.kp), xp.float16)
+    wmat = w.reshape(cout, -1).astype(xp.float16)
+    wt[:, :src.k] = wmat if not src.vec else wmat[:, xp.asarray(src.k_order)]
+    return wt
 
 
 def layer_params(net, layer) -> dict:

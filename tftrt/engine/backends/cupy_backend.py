@@ -138,11 +138,13 @@ def _stem_direct(net, layer) -> bool:
 
 def _stem_mma(net, layer) -> bool:
     """Tactic ``stem_mma`` (cupy_stem_mma): the tensor-core implicit-im2col kernel for the
-    same few-channel convs as ``stem_direct``, with a float16 output only, unless
-    TFTRT_STEM_MMA=0."""
+    same few-channel convs as ``stem_direct``, and for stems rearranged by
+    passes/stem_space_to_depth (16 channels: its vector gathers), with a float16 output
+    only, unless TFTRT_STEM_MMA=0."""
     from tftrt.engine.backends import cuda_source_stem_mma as SM
     x = net.tensors[layer.inputs[0]].shape
-    return len(x) == 4 and x[-1] is not None and int(x[-1]) % 8 != 0 and \
+    return len(x) == 4 and x[-1] is not None and \
+        (int(x[-1]) % 8 != 0 or "space_to_depth" in layer.attrs) and \
         SM.unsupported(net, layer) is None
 
 

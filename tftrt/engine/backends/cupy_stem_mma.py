@@ -17,7 +17,8 @@ import cupy as cp
 import numpy as np
 
 from tftrt.engine.backends import cupy_kernels as K
-from tftrt.engine.backends.cuda_source_stem_mma import KERNEL, StemMmaSource, layer_params
+from tftrt.engine.backends.cuda_source_stem_mma import (KERNEL, StemMmaSource, filter_matrix,
+                                                        layer_params)
 from tftrt.engine.backends.cupy_layers import Impl
 
 
@@ -37,19 +38,10 @@ class StemMma(Impl):
             raise ValueError(f"{KERNEL} compiled for at most {self.kernel.max_threads_per_block} "
                              f"threads a block, its blocks have {self.src.threads}")
         w = layer.inputs[1]
-        self.wt = self._prep(weights[w], self.src.kp) if w in weights else None
-
-    @staticmethod
-    def _prep(w, kp: int):
-        """[Cout, KH, KW, Cin] -> float16 [Cout, Kp], zero columns past K (their products
-        with the gathered zeros add nothing)."""
-        cout = w.shape[0]
-        wt = cp.zeros((cout, kp), cp.float16)
-        wt[:, :w[0].size] = w.reshape(cout, -1).astype(cp.float16)
-        return wt
+        self.wt = filter_matrix(weights[w], self.src, cp) if w in weights else None
 
     def run(self, ins, outs, ws):
-        wt = self.wt if self.wt is not None else self._prep(ins[1], self.src.kp)
+        wt = self.wt if self.wt is not None else filter_matrix(ins[1], self.src, cp)
         args = [ins[0], wt] + [ins[i] for i in self.src.operands] + [outs[0],
                                                                        np.int64(self.src.n)]
         self.kernel((self.src.blocks,), (self.src.threads,), tuple(args))
