@@ -37,6 +37,8 @@ class TensorReport:
     shape: Tuple[int, ...] = ()
     dtype: str = ""
     max_abs: float = 0.0
+    # the largest error relative to the tensor's largest |expected| (build()'s measure): per
+    # element, an expected 0 gave 1e+307 (hunt, s45)
     max_rel: float = 0.0
     mean_abs: float = 0.0
     mismatched: int = 0
@@ -83,11 +85,12 @@ def compare_arrays(name: str, got, expected, rtol: float, atol: float,
         # (helper hunt, 2026-12-03)
         scale = 0.0 if e.dtype.kind in "biu" else rtol
         bad = diff > atol + scale * np.abs(np.nan_to_num(ef, nan=0.0, posinf=0.0, neginf=0.0))
-        rel = diff / np.maximum(np.abs(ef), np.finfo(np.float64).tiny)
-        rel = np.where(same, 0.0, rel)
+        peak = float(np.abs(np.nan_to_num(ef, nan=0.0, posinf=0.0, neginf=0.0)).max()) \
+            if e.size else 0.0
+        rel = np.where(same, 0.0, diff / max(peak, np.finfo(np.float64).tiny))
     if e.size:
         rep.max_abs = float(diff.max())
-        rep.max_rel = float(np.nan_to_num(rel, nan=np.inf).max())
+        rep.max_rel = float(np.nan_to_num(rel, nan=np.inf, posinf=np.inf).max())
         rep.mean_abs = float(diff.mean()) if np.isfinite(diff).all() else float("inf")
     rep.mismatched = int(np.count_nonzero(bad))
     if rep.mismatched and top:
@@ -406,7 +409,7 @@ def format_report(report: Report, print_fn, verbose_layers: bool = False) -> Non
                      f"of {r.size} differ")
             return
         print_fn(f"  {status} {prefix}{r.name} {r.dtype} {list(r.shape)}: max abs error "
-                 f"{r.max_abs:.3g}, max rel error {r.max_rel:.3g}, mean abs error "
+                 f"{r.max_abs:.3g} ({r.max_rel:.3g} of the largest expected), mean abs error "
                  f"{r.mean_abs:.3g}, {r.mismatched} of {r.size} outside tolerance")
         for w in r.worst:
             print_fn(f"      at {w['index']}: got {w['got']:.6g}, expected {w['expected']:.6g} "

@@ -5,8 +5,8 @@ Two forms of the converted graph share one layout:
     a :class:`~tftrt.engine_op.TRTEngineOp` object (what convert() returns and tftrt.load
     restores);
   * native form: each segment is a ``PartitionedCall`` of the function
-    ``TRTEngineOp_NNN_MMM_native_segment`` carrying ``_tftrt_engine`` attributes (what save()
-    writes, so plain TensorFlow can load and run the model).
+    ``TRTEngineOp_NNN_MMM_native_segment_<digest>`` carrying ``_tftrt_engine`` attributes
+    (what save() writes, so plain TensorFlow can load and run the model).
 """
 
 from __future__ import annotations

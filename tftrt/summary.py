@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional
 
 from tftrt.env import parse_bool
 from tftrt.segment import BOUNDARY_OPS, SegmentationResult
@@ -19,6 +19,23 @@ def _fmt_shapes(shapes) -> str:
                            for s in shapes) + "]"
 
 
+def table_widths(cols, line_length: int) -> List[int]:
+    """Column widths of the summary table: each its share of ``line_length``, at least its
+    header and two spaces, the total within ``line_length`` (a row is cut where a value does
+    not fit, as TF-TRT's rows are): what the headers' minimums add is taken from the widest
+    columns."""
+    mins = [len(n) + 2 for n, _ in cols]
+    widths = [max(int(f * line_length), m) for (_, f), m in zip(cols, mins)]
+    excess = sum(widths) - line_length
+    for i in sorted(range(len(cols)), key=lambda i: mins[i] - widths[i]):
+        take = min(excess, widths[i] - mins[i])
+        if take <= 0:
+            break
+        widths[i] -= take
+        excess -= take
+    return widths
+
+
 def print_summary(info, seg: SegmentationResult, engine_ops: Dict[str, object],
                   line_length: int, detailed: bool, print_fn: Callable[[str], None],
                   build_check: Optional[dict] = None) -> None:
@@ -28,7 +45,7 @@ def print_summary(info, seg: SegmentationResult, engine_ops: Dict[str, object],
             ("# Inputs", 0.05), ("# Outputs", 0.05), ("Input DTypes", 0.1),
             ("Output Dtypes", 0.1), ("Input Shapes", 0.17), ("Output Shapes", 0.17),
             ("Precision / Cached", 0.09)]
-    widths = [max(int(f * line_length), len(n) + 2) for n, f in cols]
+    widths = table_widths(cols, line_length)
 
     def row(values):
         line = ""

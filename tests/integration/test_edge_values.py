@@ -554,3 +554,22 @@ def test_fp16_keeps_layers_with_weights_past_float16_in_float32(tmp_path, caplog
     assert np.isfinite(got).all()
     np.testing.assert_allclose(got, want.numpy(), atol=2e-2)
     assert any("past float16's range" in r.getMessage() for r in caplog.records)
+
+
+def test_compare_reports_errors_relative_to_the_largest_expected_value():
+    """compare's relative error is the largest error over the tensor's largest |expected|
+    (build()'s measure): per element, an expected 0 printed 1.62e+307 for a ReLU output
+    (hunt, s45). NaN where both are NaN is no error; a NaN against a number is infinite."""
+    from tftrt import compare
+    r = compare.compare_arrays("y", np.array([1e-3, 10.0, 0.0]), np.array([0.0, 10.0, 0.0]),
+                               rtol=1e-2, atol=1e-2)
+    assert r.max_rel == pytest.approx(1e-4) and r.max_abs == pytest.approx(1e-3) and r.passed
+    lines = []
+    compare.format_report(compare.Report(1e-2, 1e-2, outputs=[("batch 0", r)]), lines.append)
+    assert any("max abs error 0.001 (0.0001 of the largest expected)" in l for l in lines), lines
+    both = compare.compare_arrays("y", np.array([np.nan, 2.0]), np.array([np.nan, 2.0]), 0, 0)
+    assert both.max_rel == 0.0 and both.passed
+    one = compare.compare_arrays("y", np.array([np.nan, 2.0]), np.array([1.0, 2.0]), 0.1, 0.1)
+    assert one.max_rel == np.inf and not one.passed
+    zero = compare.compare_arrays("y", np.zeros(3), np.zeros(3), 0, 0)
+    assert zero.max_rel == 0.0 and zero.passed

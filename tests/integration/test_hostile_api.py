@@ -199,6 +199,12 @@ def test_save_and_summary_arguments(converted, mlp_dir, tmp_path):
     lines = []
     converted.summary(line_length=200.0, print_fn=lines.append)  # was "Minimum: 160" (hunt)
     assert "=" * 200 in lines
+    for width in (160, 167, 181, 200):  # the table's rows fit line_length (they took 168 at
+        lines = []                      # 160: the headers' minimum widths; hunt, s45)
+        converted.summary(line_length=width, print_fn=lines.append)
+        rows = [l for l in lines if l.startswith(("TRTEngineOP Name", "TRTEngineOp_"))]
+        assert len(rows) >= 2 and max(map(len, rows)) <= width, (width, rows)
+        assert rows[0].split()[:3] == ["TRTEngineOP", "Name", "Device"], rows[0]
     with pytest.raises(TypeError, match="print_fn must be a callable taking a string"):
         converted.summary(print_fn=5)
 
