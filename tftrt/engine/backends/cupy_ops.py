@@ -339,8 +339,9 @@ class SpaceToDepth(Impl):
         from tftrt.engine.backends.cuda_source_move import SpaceToDepthSource
         a = layer.attrs
         x, y = layer.inputs[0], layer.outputs[0]
-        self.src = None
-        if {_dtype(net, x), _dtype(net, y)} <= {"float16", "float32"}:
+        self.src, self.image = None, tuple(_shape(net, x)[1:])
+        if {_dtype(net, x), _dtype(net, y)} <= {"float16", "float32"} and \
+                all(isinstance(d, int) for d in self.image):
             c = int(_shape(net, x)[-1])
             self.src = SpaceToDepthSource(_shape(net, x), a["blocksize"],
                                           a.get("pads") or (0, 0, 0, 0),
@@ -351,7 +352,7 @@ class SpaceToDepth(Impl):
 
     def run(self, ins, outs, ws):
         x, y = ins[0], outs[0]
-        if self.src is not None:
+        if self.src is not None and tuple(x.shape[1:]) == self.image:  # (the source's sizes)
             from tftrt.engine.backends.cupy_kernels import launch
             work = int(x.shape[0]) * self.src.per_image
             if work:
