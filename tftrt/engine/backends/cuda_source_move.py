@@ -181,6 +181,7 @@ class SpaceToDepthSource:
         self.out_image = (hs, ws, b * b * cp_)
         xt, yt = ctype(x_dtype), ctype(y_dtype)
         zero = store_expr(y_dtype, "0")
+        val = store_expr(y_dtype, load_expr(x_dtype, "x[base + c]"))
         body = f"""const long long q = t % {b}, p = (t / {b}) % {b}, px = t / {b * b};
     const long long j = px % {ws}, i = (px / {ws}) % {hs}, n = px / {hs * ws};
     const long long ih = i * {b} + p - {pt}, iw = j * {b} + q - {pl};
@@ -188,7 +189,7 @@ class SpaceToDepthSource:
     const long long base = ((n * {h} + (in ? ih : 0)) * {w} + (in ? iw : 0)) * {c};
     #pragma unroll
     for (int c = 0; c < {cp_}; ++c)
-      y[t * {cp_} + c] = (in && c < {c}) ? {store_expr(y_dtype, load_expr(x_dtype, "x[base + c]"))} : {zero};"""
+      y[t * {cp_} + c] = (in && c < {c}) ? {val} : {zero};"""
         params = f"const {xt}* __restrict__ x, {yt}* __restrict__ y"
         self.source = grid_stride_source("space_to_depth", params, "long long", 0, body)
 

@@ -7,9 +7,10 @@ pieces of the image per tap (147 of them for a 7x7 over RGB) and is bound by tho
 by its arithmetic: ``stem_mma`` ran ResNet50's stem in 283-289 us at batch 128 on an H200
 (2026-12-06, s45), 10% of the FP16 engine, against a floor of 94 us; the INT8 engine keeps it
 in FP16 (a 3-channel conv is slow on int8 kernels), 11% of its time. Rearranged, the conv
-reads 4 x 4 taps of 16 channels (32 contiguous bytes in float16), a shape the conv libraries
-run on their tensor-core paths, and its reduction (16 channels a tap) is wide enough for an
-INT8 engine to quantize.
+reads 4 x 4 taps of 16 channels (32 contiguous bytes in float16: stem_mma's vector gathers
+load a lane's 4 channels of a pixel at once), and its reduction (16 channels a tap) is wide
+enough for an INT8 engine to quantize. cuDNN ran the rearranged conv slower than stem_mma the
+original (:func:`enabled`), hence off.
 
 The arithmetic (exact: only zero products are added): with P the input zero-padded to
 ``2 Hs x 2 Ws`` (the conv's own pads at the top / left, zeros after) and
@@ -28,8 +29,8 @@ Rewritten only when all of these hold (anything else is left alone):
   both, and a constant filter;
 * its input has static H, W and at most :data:`MAX_CHANNELS` channels (padded to 4: 16 after
   the rearrangement) and it is not quantized yet (the pass runs before quantization);
-* the padded input's bottom / right edges are not inside the original image's cropped part
-  (``2 Hs >= H + pad_top``: always true of a SAME or ResNet-style explicit padding).
+* the blocks cover every row and column of the image: ``2 Hs >= H + pad_top`` (and the same
+  for W); it fails only for an even kernel that never reads an odd image's last row.
 """
 
 from __future__ import annotations
