@@ -18,8 +18,9 @@ The signature itself calls ``<engine>_native_segment_<digest>`` functions (Parti
 nodes marked ``_tftrt_engine``), so ``tf.saved_model.load`` runs everything natively with
 correct results. ``tftrt.load`` reads the manifest, takes the functions from saved_model.pb,
 puts the segment networks' weights back from their constants, swaps the native calls for
-engine ops and restores the plans. So each weight is stored once natively (saved_model.pb) and once per
-built engine (its plan, in the engine's precision), not also in converted.pb and the ONNX.
+engine ops and restores the plans. So each weight is stored once natively (saved_model.pb)
+and once per built engine (its plan, in the engine's precision), not also in converted.pb and
+the ONNX.
 
 A saved model serves only itself. saved_model.pb holds the sha256 of the manifest (a function
 ``_tftrt_assets_sha256`` of the saved object returns it), and the manifest holds the digests
