@@ -8,12 +8,13 @@ their im2col for a 3x3 conv: exact below 2**24; the float epilogue in numpy's or
     python benchmarks/bench_qmma.py [--batch 128] [--configs "1,0,0 1,0,0,1,1,0,0"]
                                     [--only NAME]
 
-(a config: mt,warps,nc[,stage[,fast[,min_threads[,pipeline[,paired]]]]]; warps / nc 0 the
+(a config: mt,warps,nc[,stage[,fast[,min_threads[,pipeline[,paired[,vecs]]]]]]; warps / nc 0 the
 kernel's own choice; pipeline 1 loads the next m-tile during the epilogue (int8 x, K <= 256);
 stage 0 reads the residual from global memory element by element instead of staging it in
 shared memory, s35's way; fast 0 converts on the conversion unit, s36b's way; min_threads:
 threads an SM must hold, capping the registers (0: the kernel's own); paired 0 runs the
-epilogue element by element, s37's way; the kernel's defaults 1,0,0,1,1,0,1,1).
+epilogue element by element, s37's way; vecs 1 stages the scale and bias in shared memory
+once a block (TFTRT_QUANT_MMA_STAGE_VECS, s45); the kernel's defaults 1,0,0,1,1,0,1,1,0).
 
 Needs CuPy (no cuDNN / cuBLASLt). The whole-model effect is bench_engine's INT8 profile.
 """
@@ -111,12 +112,13 @@ def run(name, hw, k, n, xdt, res, relu, batch, configs, rng, taps=1):
     want = cp.clip(cp.rint(v * cp.float32(Q.inv_scale(OUT_SCALE))), -127, 127).astype(cp.int8)
     nbytes = m * c * x.itemsize + m * n * (2 if res else 1) + n * k
     rows = []
-    for mt, warps, nc, stage, fast, min_threads, pipe, paired in configs:
+    for mt, warps, nc, stage, fast, min_threads, pipe, paired, vecs in configs:
         try:
             src = QM.QMmaSource(n, k, S.INT8, xdt, "int8", epi, modes, inv_x, OUT_SCALE, mt=mt,
                                 warps=warps or None, nc=nc or None, stage_full=bool(stage),
                                 fast_int=bool(fast), min_threads=min_threads,
-                                pipeline=bool(pipe), paired=bool(paired), conv=geometry)
+                                pipeline=bool(pipe), paired=bool(paired), conv=geometry,
+                                stage_vecs=bool(vecs))
         except ValueError as e:
             print(f"{name:24s} mt {mt} warps {warps} nc {nc}: {e}")
             continue
@@ -137,6 +139,7 @@ def run(name, hw, k, n, xdt, res, relu, batch, configs, rng, taps=1):
               f"{'staged' if src.full else 'direct' if res else '-':6s} "
               f"{'fast' if fast else 'cvt'} min {min_threads:3d} "
               f"{'pipe' if src.pipeline else 'step'} {'pair' if paired else 'elem'} "
+              f"{'vecs' if src.vecs else 'ldg'} "
               f"regs {kern.num_regs:3d} "
               f"{per_sm} a SM, "
               f"blocks {blocks:5d}: {t:8.1f} us "
@@ -152,7 +155,8 @@ def main(argv=None) -> int:
     p.add_argument("--only", default="")
     a = p.parse_args(argv)
     rng = np.random.default_rng(0)
-    defaults = (1, 0, 0, 1, 1, 0, 1, 1)  # mt, warps, nc, stage, fast, min_threads, pipeline, paired
+    # mt, warps, nc, stage, fast, min_threads, pipeline, paired, vecs
+    defaults = (1, 0, 0, 1, 1, 0, 1, 1, 0)
     configs = []
     for c in a.configs.split():
         given = tuple(int(v) for v in c.split(","))

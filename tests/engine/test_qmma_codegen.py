@@ -756,6 +756,44 @@ def test_the_benchmark_knobs_compute_the_same(tmp_path):
         np.testing.assert_array_equal(y, want, err_msg=f"warps {src.warps} nc {src.nc}")
 
 
+def test_staged_per_channel_operands_compute_the_same(tmp_path, monkeypatch):
+    """stage_vecs (TFTRT_QUANT_MMA_STAGE_VECS: the scale and bias staged in shared memory once
+    a block) reads the same values: every case, with the pipelined loop on the residual
+    ones, answers as the numpy arithmetic does; ResNet50's residual 1x1 convs with it
+    compile for sm_90 without spills (their m-tile loop issues fewer instructions)."""
+    if _host_compiler() is None:
+        pytest.skip("no host C++ compiler")
+    srcs = []
+    for case in CASES:
+        epi, modes = _spec(case)
+        srcs.append(QM.QMmaSource(case[1], case[2], case[3], case[4], case[5], epi, modes,
+                                  INV_X, OUT_SCALE if case[5] == "int8" else None,
+                                  pipeline=case[4] == "int8", stage_vecs=True))
+    assert all(s.vecs == [2, 3] and "__shared__ float vsm2[" in s.source for s in srcs)
+    assert any(s.pipeline for s in srcs)
+    monkeypatch.setenv("TFTRT_QUANT_MMA_STAGE_VECS", "1")
+    assert _source(CASES[0]).vecs == [2, 3]
+    monkeypatch.delenv("TFTRT_QUANT_MMA_STAGE_VECS")
+    assert _source(CASES[0]).vecs == [] and "vsm" not in _source(CASES[0]).source
+    so = _build(_host_text(srcs), tmp_path, "qmma_vecs")
+    for k, (case, src) in enumerate(zip(CASES, srcs)):
+        y, want, blocks = _run(so, k, src, case, case[0], seed=70 + k)
+        _assert_matches(src, y, want, f"case {k} {case}, {blocks} blocks, staged vecs")
+    if shutil.which("nvcc") is None:
+        return
+    parts = [C.PRELUDE, S.INT8_HELPERS, S.FP8_HELPERS, QM.CP_ASYNC, QM.FAST_INT8]
+    res = []
+    for kk, n in ((64, 256), (128, 512), (256, 1024)):
+        epi, modes = _spec((0, n, kk, S.INT8, "int8", "int8", "res8", "relu", 0, None))
+        res.append(QM.QMmaSource(n, kk, S.INT8, "int8", "int8", epi, modes, INV_X, OUT_SCALE,
+                                 stage_vecs=True))
+    text = "\n".join(parts + list(QM.MMA_HELPERS.values()) +
+                     [_strip(s.source, k) for k, s in enumerate(res)])
+    r = nvcc_compile(text, tmp_path, "qmma_vecs", "-Xptxas", "-v")
+    spills = re.findall(r"(\d+) bytes spill stores", r.stderr)
+    assert len(spills) == 3 and all(s == "0" for s in spills), r.stderr[-3000:]
+
+
 # --- a conv as an implicit GEMM (ConvGeometry) -----------------------------------------------
 # (batch, H, W, C, N, R, S, strides, pads (top, left, bottom, right), fmt, x dtype, y dtype,
 #  epilogue, activation, max blocks)

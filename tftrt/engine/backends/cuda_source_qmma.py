@@ -260,20 +260,21 @@ def stage_row(nc: int, y_dtype: str) -> int:
 
 
 def smem_bytes(nc: int, k: int, y_dtype: str, warps: int = WARPS,
-               full_dtypes: Sequence[str] = ()) -> int:
-    """Shared memory of a block: its weight rows, then per warp the staging of 16 rows of
-    outputs and of each full-size epilogue operand (a residual)."""
+               full_dtypes: Sequence[str] = (), vecs: int = 0) -> int:
+    """Shared memory of a block: its weight rows, the chunk's values of ``vecs`` per-channel
+    epilogue operands (float32), then per warp the staging of 16 rows of outputs and of each
+    full-size epilogue operand (a residual)."""
     stage = stage_row(nc, y_dtype) + sum(stage_row(nc, d) for d in full_dtypes)
-    return nc * smem_row(k) + warps * 16 * stage
+    return nc * smem_row(k) + 4 * nc * int(vecs) + warps * 16 * stage
 
 
 def chunk_width(n: int, k: int, y_dtype: str, warps: int = WARPS,
-                full_dtypes: Sequence[str] = ()) -> Optional[int]:
+                full_dtypes: Sequence[str] = (), vecs: int = 0) -> Optional[int]:
     """The widest chunk of output channels (:data:`NC_CHOICES`, at most N rounded up to 8)
     whose weight rows and staging fit :data:`SMEM_LIMIT`, or None."""
     for nc in NC_CHOICES:
         if nc <= max(8, -(-n // 8) * 8) and \
-                smem_bytes(nc, k, y_dtype, warps, full_dtypes) <= SMEM_LIMIT:
+                smem_bytes(nc, k, y_dtype, warps, full_dtypes, vecs) <= SMEM_LIMIT:
             return nc
     return None
 
@@ -314,7 +315,8 @@ class QMmaSource:
                  inv_x: float = 1.0, out_scale: Optional[float] = None, mt: int = MT,
                  warps: Optional[int] = None, nc: Optional[int] = None, stage_full: bool = True,
                  fast_int: bool = True, min_threads: int = 0, pipeline: bool = PIPELINE,
-                 paired: bool = True, conv: Optional[ConvGeometry] = None):
+                 paired: bool = True, conv: Optional[ConvGeometry] = None,
+                 stage_vecs: Optional[bool] = None):
         self.n, self.k, self.fmt = int(n), int(k), fmt
         # x's row length: K itself, but a K of 8 / 16 / 24, or a multiple of 16 (MobileNet /
         # EfficientNet channel counts: 16, 24, 80, 112, 144, 240), runs over a weight
@@ -361,9 +363,16 @@ class QMmaSource:
         self.pipeline = bool(pipeline) and int(mt) == 1 and self.k <= KB and \
             self.x_dtype == "int8"
         fdt = tuple(self.full.values()) * (2 if self.pipeline else 1)
-        nc = nc or chunk_width(self.n, self.k, self.y_dtype, self.warps, fdt)
+        # per-channel float operands (the dequantization scale, the bias) staged once a block
+        # in shared memory as float32 (stage_vecs; default :func:`stage_vecs_default`)
+        stage_vecs = stage_vecs_default() if stage_vecs is None else bool(stage_vecs)
+        self.vecs = [i for i, (mode, dt) in sorted(operand_modes.items())
+                     if mode == "vec" and np.dtype(dt).name in ("float16", "float32")] \
+            if stage_vecs else []
+        nv = len(self.vecs)
+        nc = nc or chunk_width(self.n, self.k, self.y_dtype, self.warps, fdt, nv)
         if nc is None or nc % 16 and nc != 8 or \
-                smem_bytes(nc, self.k, self.y_dtype, self.warps, fdt) > SMEM_LIMIT:
+                smem_bytes(nc, self.k, self.y_dtype, self.warps, fdt, nv) > SMEM_LIMIT:
             raise ValueError(f"the tensor-core quantized GEMM's weight rows ({self.k} bytes) "
                              f"and staging do not fit {SMEM_LIMIT} bytes of shared memory")
         self.nc = nc
@@ -467,7 +476,9 @@ class QMmaSource:
             if i in pairs:
                 loads[i] = f"byte_float(rp{i}, @CO@u)"
                 continue
-            if mode == "vec":
+            if i in self.vecs:  # staged as float32 (the same value)
+                e = f"vsm{i}[cc]"
+            elif mode == "vec":
                 e = load_expr(dt, f"e{i}[col]")
             elif i in self.full:
                 e = load_expr(dt, f"reinterpret_cast<const {ctype(dt)}*>(rs{i} + (g + @RO@) * "
@@ -734,6 +745,12 @@ class QMmaSource:
                 decls.append(f"unsigned char* rsn{i} = reinterpret_cast<unsigned char*>"
                              f"(res{i}4) + ({self.warps} + warp) * 16 * RS{i};")
         full_arrays, full_decl = "\n  ".join(arrays), "\n  ".join(decls)
+        # the chunk's per-channel operands, float32 (0 past N: never stored)
+        vec_arrays = "".join(f"\n  __shared__ float vsm{i}[{nc}];" for i in self.vecs)
+        vec_fill = "\n  ".join(
+            f"for (int c = threadIdx.x; c < {nc}; c += blockDim.x) "
+            f"vsm{i}[c] = c < cw ? {load_expr(operand_modes[i][1], f'e{i}[n0 + c]')} : 0.f;"
+            for i in self.vecs)
         wait = "cp_async_wait();\n      __syncwarp();" if self.full else ""
         if self.full:
             helpers += CP_ASYNC
@@ -815,10 +832,11 @@ extern "C" __global__ void __launch_bounds__({bounds}) {KERNEL}({params}) {{
   constexpr int KR = {kr}, SR = {sr}, NT = {nt};
   __shared__ uint4 bsm4[{nc * kr // 16}];
   __shared__ uint4 stage4[{self.warps * 16 * sr // 16}];
-  {full_arrays}
+  {full_arrays}{vec_arrays}
   const int chunk = (int)(blockIdx.x % {self.chunks});
   const int n0 = chunk * {nc};
   const int cw = {n} - n0 < {nc} ? {n} - n0 : {nc};  // this chunk's channels
+  {vec_fill}
   // the chunk's weight rows, zero rows past N (their products are never stored)
   for (int i = threadIdx.x; i < {nc * k // 16}; i += blockDim.x) {{
     const int r = i / {k // 16}, c = i - r * {k // 16};
@@ -837,6 +855,22 @@ extern "C" __global__ void __launch_bounds__({bounds}) {KERNEL}({params}) {{
   {loop}
 }}
 """
+
+
+def stage_vecs_default() -> bool:
+    """``TFTRT_QUANT_MMA_STAGE_VECS`` (default off until timed on a GPU; 1 turns it on): each
+    block copies its chunk of the per-channel float epilogue operands (the dequantization
+    scale, the bias) into shared memory once, and the epilogue reads a lane's pair of
+    channels with one shared load per operand and n-tile, for both of its rows, where it read
+    each value from global memory per row (4 loads and their address arithmetic per n-tile
+    and operand) in every m-tile. The same values. Why: the kernel is bound by its issue
+    slots in ResNet50's residual 1x1 convs (Nsight Compute, s39: 28.6 instructions an
+    output); compiled for sm_90 (nvcc 13.0, s45), the stage-1 residual conv's m-tile loop
+    has 1,146 instructions against 1,206 (32 outputs a lane), global loads 40 against 72.
+    ptxas then gives two rarer sources (a float16-x 64 -> 64 conv, an FP8 one) a 4-byte
+    spill at 64 / 72 registers."""
+    from tftrt.env import env_bool  # standard library only
+    return env_bool("TFTRT_QUANT_MMA_STAGE_VECS", False)
 
 
 def enabled() -> bool:
