@@ -151,6 +151,31 @@ def test_the_quantized_kernel_computes_what_the_numpy_backend_does(tmp_path, thr
         _assert_matches(CASES[k], y, want, what)
 
 
+def test_the_quantized_tile_plan_counts_the_loads_in_flight():
+    """The quantized mode's tile model bounds the staging's bandwidth by the loads its
+    resident warps keep in flight: MobileNetV2's 112 x 112 x 96 stride-2 depthwise conv
+    (batch 128, int8 x) took 223 us on an H200 on one-warp blocks (s45); it now gets blocks of
+    4 warps, priced lower under that bound. A float conv's plan (tactic dw_tiled, FP16's) is
+    the one it was, and so is a stride-1 quantized one's."""
+    g = DW.Geometry(128, 112, 112, 96, 56, 56, 3, 3, 2, 2, 0, 0)
+    vec = DW.vector_width(96, "int8")
+    before = DW.plan_tile(g, vec, 1, 1, 3, 132)
+    after = DW.plan_tile(g, vec, 1, 1, 3, 132, True)
+    assert before.threads == 32 and after.threads >= 128, (before, after)
+    cost = lambda t: DW.tile_cost(g, t, vec, 1, 1, 3, 132, True)  # noqa: E731
+    assert cost(after) < 0.5 * cost(before)
+    assert DW.tile_cost(g, before, vec, 1, 1, 3, 132) < cost(before)   # the bound binds
+    f16 = DW.plan_tile(g, DW.vector_width(96, "float16"), 2, 2, 3, 132)
+    assert f16 == DW.Tile(32, 2, 8, 4, 1)
+    src = DW.DwTiledSource((128, 112, 112, 96), (3, 3), (2, 2), (0, 0, 1, 1),
+                           (128, 56, 56, 96), "int8", "int8", [], {},
+                           quant=DW.Quant(S.INT8, 1.0, 1.0))
+    assert src.tile == after
+    g1 = DW.Geometry(128, 56, 56, 144, 56, 56, 3, 3, 1, 1, 1, 1)
+    v1 = DW.vector_width(144, "int8")
+    assert DW.plan_tile(g1, v1, 1, 1, 3, 132, True) == DW.plan_tile(g1, v1, 1, 1, 3, 132)
+
+
 def test_the_direct_kernel_in_quantized_mode_computes_what_the_numpy_backend_does(tmp_path):
     """The direct depthwise kernel (``cuda_source.DepthwiseConvSource``, tactic
     ``q_dw_direct``) with ``quant``: its one-channel and its 16-byte vector builds, each

@@ -217,9 +217,21 @@ def _sectors(nbytes: int) -> int:
     return -(-nbytes // 32) * 32
 
 
+# cycles a global load takes to come back (H100 / H200, from L2 or memory), for the staging's
+# bandwidth when few warps are resident (tile_cost's ``latency``)
+LOAD_LATENCY = 700
+
+
 def tile_cost(g: Geometry, t: Tile, vec: int, in_size: int, out_size: int, n_epi: int,
-              sms: int) -> Optional[float]:
-    """Estimated cycles of the whole layer with tile ``t`` (None: it does not fit)."""
+              sms: int, latency: bool = False) -> Optional[float]:
+    """Estimated cycles of the whole layer with tile ``t`` (None: it does not fit).
+    ``latency``: the staging's bandwidth is also bounded by the loads the resident warps keep
+    in flight (one vector a thread, :data:`LOAD_LATENCY` cycles each). Without it, the
+    quantized mode's model put MobileNetV2's 112 x 112 x 96 stride-2 depthwise conv (batch
+    128, int8 x) at 43 us on one-warp blocks, 11 resident an SM (their float32 staging fills
+    shared memory); it took 223 us on an H200 (s45). With the bound that tile costs 106 us
+    and a tile of 4-warp blocks 46: still optimistic, but no longer blind to occupancy. Only
+    the stride-2 layers of MobileNetV2 change tiles; not yet timed on a GPU."""
     if t.threads > MAX_THREADS or g.smem_bytes(t) > SMEM_LIMIT:
         return None
     ih, iw = g.in_tile(t)
@@ -245,14 +257,17 @@ def tile_cost(g: Geometry, t: Tile, vec: int, in_size: int, out_size: int, n_epi
     # bytes per SM at ~32 bytes a cycle (halo re-reads mostly hit L2), in whole sectors: a
     # pixel's CG channels are contiguous, the next pixel C channels further
     moved = mine * (ih * iw * _sectors(t.cg * in_size) + t.th * t.tw * _sectors(t.cg * out_size))
-    return max(compute, moved / 32)
+    rate = 32.0  # bytes a cycle an SM
+    if latency:
+        rate = min(rate, resident * warps * 32 * vec * in_size / LOAD_LATENCY)
+    return max(compute, moved / rate)
 
 
 @functools.lru_cache(maxsize=256)
 def plan_tile(g: Geometry, vec: int, in_size: int, out_size: int, n_epi: int,
-              sms: int) -> Tile:
-    """The cheapest :class:`Tile` by :func:`tile_cost`; ValueError when none fits in
-    shared memory."""
+              sms: int, latency: bool = False) -> Tile:
+    """The cheapest :class:`Tile` by :func:`tile_cost` (``latency``: its load-latency
+    bound, the quantized mode's); ValueError when none fits in shared memory."""
     best, best_cost = None, None
     # A pixel's channels of one group are at least a 32-byte sector where C allows: narrower
     # groups halve the sectors' use in the staging loads and the stores.
@@ -272,7 +287,7 @@ def plan_tile(g: Geometry, vec: int, in_size: int, out_size: int, n_epi: int,
                         if (nsw - 1) * rw >= g.wo or cg * nsh * nsw > MAX_THREADS:
                             break
                         t = Tile(cg, rh, rw, nsh, nsw)
-                        cost = tile_cost(g, t, vec, in_size, out_size, n_epi, sms)
+                        cost = tile_cost(g, t, vec, in_size, out_size, n_epi, sms, latency)
                         if cost is not None and (best_cost is None or cost < best_cost):
                             best, best_cost = t, cost
     if best is None:
@@ -336,7 +351,7 @@ class DwTiledSource:
         isz, osz = np.dtype(self.in_dtype).itemsize, np.dtype(self.out_dtype).itemsize
         n_epi = len(epilogue)
         if tile is None:
-            tile = plan_tile(g, self.vec, isz, osz, n_epi, int(sms))
+            tile = plan_tile(g, self.vec, isz, osz, n_epi, int(sms), quant is not None)
         elif tile.cg % self.vec or g.smem_bytes(tile) > SMEM_LIMIT or \
                 tile.threads > MAX_THREADS:
             raise ValueError(f"tile {tile} does not fit vector width {self.vec} or "
