@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# What s45 built on the CPU side and could not time (the device budget was spent), as two
+# CuPy-only GPU calls of under 10 minutes each (carry ".whl" with the networks of
+# make_networks.py --int8 4). Every stage writes its log to $OUT as it goes.
+#   bash benchmarks/run_gpu_pending.sh 1   # GPU tests, the stems, q_mma's staged operands
+#   bash benchmarks/run_gpu_pending.sh 2   # ResNet50 / MobileNetV2 engines with the knobs
+# Part 1: tests/gpu/test_stem_s2d_gpu.py and test_stem_mma_gpu.py (the rearranged stem on
+# stem_mma's vector gathers), bench_stems.py on the stems and their space-to-depth forms,
+# bench_qmma.py with and without TFTRT_QUANT_MMA_STAGE_VECS's staging (config field vecs).
+# Part 2: run_gpu_int8.sh on ResNet50 (fp16, fp16s2d, int8res, int8s2d, int8vecs) and
+# MobileNetV2 (int8res: q_dw's new stride-2 tiles, per layer against s45a's 223 / 97 us on
+# Conv__4 / Conv__10), batch 128, with profiles.
+# shellcheck source=benchmarks/gpu_engine_env.sh
+source "$(dirname "$0")/gpu_engine_env.sh" "${2:-570}"
+export TFTRT_BACKEND=cupy TFTRT_CUPY_QUANTIZED=1
+nvidia-smi -L | tee "$out/pending_gpu.txt"
+case "${1:-1}" in
+  1)
+    timeout 200 python3 -m pytest tests/gpu/test_stem_s2d_gpu.py tests/gpu/test_stem_mma_gpu.py \
+      -q -rf -p no:cacheprovider --tb=short 2>&1 | tee "$out/pending_1_tests.log" | tail -4
+    timeout 170 python3 benchmarks/bench_stems.py --stems "resnet 7x7 s2" "resnet s2d 4x4 c16" \
+      "mobilenet 3x3 s2" "mobilenet s2d 2x2 c16" --ways cudnn stem_mma 2>&1 \
+      | tee "$out/pending_1_stems.log" | grep -v registers | tail -14
+    timeout $(( $(left) - 10 )) python3 benchmarks/bench_qmma.py \
+      --configs "1,0,0 1,0,0,1,1,0,1,1,1" 2>&1 | tee "$out/pending_1_qmma.log" | tail -30
+    ;;
+  2)
+    OUT=$out/r50 TESTS=0 MODELS=resnet50_int8 BATCHES=128 STAGE_S=90 \
+      CONFIGS="fp16 fp16s2d int8res int8s2d int8vecs" \
+      bash "$repo/benchmarks/run_gpu_int8.sh" $(( $(left) - 140 ))
+    OUT=$out/mb TESTS=0 MODELS=mobilenet_v2_int8 BATCHES=128 STAGE_S=130 \
+      CONFIGS="int8res" bash "$repo/benchmarks/run_gpu_int8.sh" $(( $(left) - 5 ))
+    grep -h "q_dw" "$out"/mb/*int8res.log | head -8
+    ;;
+  *) echo "part 1 or 2"; exit 2 ;;
+esac
