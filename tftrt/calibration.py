@@ -31,6 +31,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from tftrt import progress
 from tftrt.engine import quantization as Q
 from tftrt.engine_op import TRTEngineOp
 from tftrt.logs import first_error_line
@@ -558,6 +559,8 @@ def calibrate_v2(converter, calibration_input_fn: Callable, method: Optional[str
                     f"as native TensorFlow needs them (shapes, index ranges)") from e
         else:
             cal.batches += 1
+        # the progress line's detail: a generator that never ends shows batches counting
+        progress.note(f"batch {cal.batches}, {cal.samples} samples")
     _warn_unusual_data(what, empty, constant and cal.batches > 0)
     cal.finish(what)
 
@@ -733,6 +736,7 @@ def calibrate_tf1(converter, num_runs: int, feed_dict_fn=None, input_map_fn=None
                 cal.add(got)
             else:
                 cal.batches += 1
+            progress.note(f"run {k + 1} of {int(num_runs)}")
     _warn_unusual_data(f"{what} (feed_dict_fn / input_map_fn)", empty,
                        constant and cal.batches > 0)
     cal.finish(what)

@@ -16,7 +16,7 @@ import logging
 import os
 from typing import Callable, Optional, Sequence
 
-from tftrt import activation, conversion, graph_io, rewrite
+from tftrt import activation, conversion, graph_io, progress, rewrite
 from tftrt.trt_convert import (DEFAULT_TRT_MAX_WORKSPACE_SIZE_BYTES, OneAtATime,
                                TrtConversionParams, TrtPrecisionMode, _check_conversion_params,
                                is_int)
@@ -285,8 +285,9 @@ class TrtGraphConverter:
                                 f"{type(fn).__name__}")
         fetch_names = _fetch_names(fetch_names)
         _check_fetches(self._converted_graph_def, fetch_names)
-        calibration.calibrate_tf1(self, num_runs, feed_dict_fn, input_map_fn,
-                                  calibration_method)
+        with progress.task("calibrating"):
+            calibration.calibrate_tf1(self, num_runs, feed_dict_fn, input_map_fn,
+                                      calibration_method)
         if not self._is_dynamic_op:
             self._build_static_engines()
         self._converted_graph_def = self._graph_def_with_engines()

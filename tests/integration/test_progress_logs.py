@@ -85,6 +85,36 @@ def test_build_shows_engine_k_of_n(mlp_dir, monkeypatch, capsys):
     assert sum(op.stats["builds"] for op in conv.engine_ops.values()) == 4
 
 
+def test_calibration_shows_the_batches_it_has_seen(mlp_dir, monkeypatch, capsys):
+    """A calibration generator that takes long (or never ends) shows its batches counting on
+    the progress line, V2's convert() and TF1's calibrate()."""
+    monkeypatch.setenv("TFTRT_PROGRESS", "1")
+    monkeypatch.setenv("TFTRT_PROGRESS_DELAY", "0")
+
+    def slow_batches():
+        for k in range(3):
+            yield models.batch((2, 8), seed=k)
+            time.sleep(0.4)  # the display redraws while the next batch is being made
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=mlp_dir, minimum_segment_size=2,
+                                   precision_mode="INT8")
+    conv.convert(calibration_input_fn=slow_batches)
+    err = capsys.readouterr().err
+    assert "tftrt: calibrating | batch 2, 4 samples | " in err, err[-400:]
+    assert err.endswith("\r")
+    from tftrt import tf1
+    t1 = tf1.TrtGraphConverter(input_saved_model_dir=mlp_dir, precision_mode="INT8",
+                               minimum_segment_size=2, is_dynamic_op=True)
+    t1.convert()
+
+    def feed(k=[0]):
+        time.sleep(0.4)
+        k[0] += 1
+        return {"x:0": models.batch((2, 8), seed=k[0])}
+    t1.calibrate(fetch_names=["Identity:0"], num_runs=3, feed_dict_fn=feed)
+    err = capsys.readouterr().err
+    assert "tftrt: calibrating | run 2 of 3 | " in err, err[-400:]
+
+
 def test_build_is_quiet_when_stderr_is_not_a_terminal(mlp_dir, monkeypatch, capsys):
     monkeypatch.delenv("TFTRT_PROGRESS", raising=False)
     monkeypatch.setenv("TFTRT_PROGRESS_DELAY", "0")
