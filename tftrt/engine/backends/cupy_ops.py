@@ -16,7 +16,8 @@ import numpy as np
 
 import cupy as cp
 
-from tftrt.engine.backends.cupy_kernels import CTYPES
+from tftrt.engine.backends.cuda_source_move import SpaceToDepthSource
+from tftrt.engine.backends.cupy_kernels import CTYPES, _raw_kernel, launch
 from tftrt.engine.backends.cupy_layers import Impl, _dtype, _shape
 from tftrt.engine.backends.numpy_ops import descending_order
 
@@ -336,7 +337,6 @@ class SpaceToDepth(Impl):
 
     def __init__(self, net, layer, weights, opts):
         super().__init__(net, layer, weights, opts)
-        from tftrt.engine.backends.cuda_source_move import SpaceToDepthSource
         a = layer.attrs
         x, y = layer.inputs[0], layer.outputs[0]
         self.src, self.image = None, tuple(_shape(net, x)[1:])
@@ -347,13 +347,11 @@ class SpaceToDepth(Impl):
                                           a.get("pads") or (0, 0, 0, 0),
                                           a.get("channels") or c, _dtype(net, x),
                                           _dtype(net, y))
-            from tftrt.engine.backends.cupy_kernels import _raw_kernel
             self.kernel = _raw_kernel(self.src.source, "space_to_depth")
 
     def run(self, ins, outs, ws):
         x, y = ins[0], outs[0]
         if self.src is not None and tuple(x.shape[1:]) == self.image:  # (the source's sizes)
-            from tftrt.engine.backends.cupy_kernels import launch
             work = int(x.shape[0]) * self.src.per_image
             if work:
                 launch(self.kernel, work, [x, y])
@@ -572,7 +570,6 @@ def nms_select(boxes, scores, max_out: int, iou_thr: float, score_thr, center_po
     call: how many boxes survived, to size the result.
     """
     from tftrt.engine.backends.cuda_source_nms import nms_source
-    from tftrt.engine.backends.cupy_kernels import _raw_kernel
     b, c, n = scores.shape
     max_out = int(min(max(max_out, 0), n))
     if max_out == 0 or b * c * n == 0:
