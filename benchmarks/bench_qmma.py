@@ -6,15 +6,18 @@ every output against the same arithmetic in CuPy (float32 GEMM of the int8 value
 their im2col for a 3x3 conv: exact below 2**24; the float epilogue in numpy's order).
 
     python benchmarks/bench_qmma.py [--batch 128] [--configs "1,0,0 1,0,0,1,1,0,0"]
-                                    [--only NAME]
+                                    [--only NAME[,NAME...]]
 
-(a config: mt,warps,nc[,stage[,fast[,min_threads[,pipeline[,paired[,vecs]]]]]]; warps / nc 0 the
+(a config: mt,warps,nc[,stage[,fast[,min_threads[,pipeline[,paired[,vecs[,i2f[,res]]]]]]]]; warps /
+nc 0 the
 kernel's own choice; pipeline 1 loads the next m-tile during the epilogue (int8 x, K <= 256);
 stage 0 reads the residual from global memory element by element instead of staging it in
 shared memory, s35's way; fast 0 converts on the conversion unit, s36b's way; min_threads:
 threads an SM must hold, capping the registers (0: the kernel's own); paired 0 runs the
 epilogue element by element, s37's way; vecs 1 stages the scale and bias in shared memory
-once a block (TFTRT_QUANT_MMA_STAGE_VECS, s45); the kernel's defaults 1,0,0,1,1,0,1,1,0).
+once a block (TFTRT_QUANT_MMA_STAGE_VECS, s45); i2f 1 converts the accumulator with I2F
+(TFTRT_QUANT_MMA_I2F, s46); res: an int8 residual's codes to float, 0 byte_float, 1 half2, 2
+i2f (TFTRT_QUANT_MMA_RES_CVT, s46); the kernel's defaults 1,0,0,1,1,0,1,1,0,0,0).
 
 Needs CuPy (no cuDNN / cuBLASLt). The whole-model effect is bench_engine's INT8 profile.
 """
@@ -112,13 +115,14 @@ def run(name, hw, k, n, xdt, res, relu, batch, configs, rng, taps=1):
     want = cp.clip(cp.rint(v * cp.float32(Q.inv_scale(OUT_SCALE))), -127, 127).astype(cp.int8)
     nbytes = m * c * x.itemsize + m * n * (2 if res else 1) + n * k
     rows = []
-    for mt, warps, nc, stage, fast, min_threads, pipe, paired, vecs in configs:
+    for mt, warps, nc, stage, fast, min_threads, pipe, paired, vecs, i2f, rcv in configs:
         try:
             src = QM.QMmaSource(n, k, S.INT8, xdt, "int8", epi, modes, inv_x, OUT_SCALE, mt=mt,
                                 warps=warps or None, nc=nc or None, stage_full=bool(stage),
                                 fast_int=bool(fast), min_threads=min_threads,
                                 pipeline=bool(pipe), paired=bool(paired), conv=geometry,
-                                stage_vecs=bool(vecs))
+                                stage_vecs=bool(vecs), i2f=bool(i2f),
+                                res_cvt=("byte", "half2", "i2f")[rcv])
         except ValueError as e:
             print(f"{name:24s} mt {mt} warps {warps} nc {nc}: {e}")
             continue
@@ -139,7 +143,8 @@ def run(name, hw, k, n, xdt, res, relu, batch, configs, rng, taps=1):
               f"{'staged' if src.full else 'direct' if res else '-':6s} "
               f"{'fast' if fast else 'cvt'} min {min_threads:3d} "
               f"{'pipe' if src.pipeline else 'step'} {'pair' if paired else 'elem'} "
-              f"{'vecs' if src.vecs else 'ldg'} "
+              f"{'vecs' if src.vecs else 'ldg'} {'i2f' if src.i2f else 'magic'} "
+              f"res-{src.res_cvt} "
               f"regs {kern.num_regs:3d} "
               f"{per_sm} a SM, "
               f"blocks {blocks:5d}: {t:8.1f} us "
@@ -155,8 +160,8 @@ def main(argv=None) -> int:
     p.add_argument("--only", default="")
     a = p.parse_args(argv)
     rng = np.random.default_rng(0)
-    # mt, warps, nc, stage, fast, min_threads, pipeline, paired, vecs
-    defaults = (1, 0, 0, 1, 1, 0, 1, 1, 0)
+    # mt, warps, nc, stage, fast, min_threads, pipeline, paired, vecs, i2f, res
+    defaults = (1, 0, 0, 1, 1, 0, 1, 1, 0, 0, 0)
     configs = []
     for c in a.configs.split():
         given = tuple(int(v) for v in c.split(","))
@@ -165,7 +170,7 @@ def main(argv=None) -> int:
     cases = [(conv, 1) for conv in CONVS] + \
         [((name, hw, c, n, xdt, False, True), 9) for name, hw, c, n, xdt in CONV3]
     for conv, taps in cases:
-        if a.only and a.only not in conv[0]:
+        if a.only and not any(o and o in conv[0] for o in a.only.split(",")):
             continue
         for mt, nc, blocks, t, gbs, off, worst in run(*conv, a.batch, configs, rng, taps=taps):
             bad += worst > 1 or off > 0.005 * rows_of(conv[1], a.batch) * conv[3]

@@ -6,7 +6,9 @@
 #   bash benchmarks/run_gpu_pending.sh 2   # ResNet50 / MobileNetV2 engines with the knobs
 # Part 1: tests/gpu/test_stem_s2d_gpu.py and test_stem_mma_gpu.py (the rearranged stem on
 # stem_mma's vector gathers), bench_stems.py on the stems and their space-to-depth forms,
-# bench_qmma.py with and without TFTRT_QUANT_MMA_STAGE_VECS's staging (config field vecs).
+# bench_qmma.py with and without TFTRT_QUANT_MMA_STAGE_VECS's staging (config field vecs) and
+# s46's epilogue conversions (TFTRT_QUANT_MMA_I2F, TFTRT_QUANT_MMA_RES_CVT: fields i2f, res),
+# whose GPU tests run first with both on.
 # Part 2: run_gpu_int8.sh on ResNet50 (fp16, fp16s2d, int8res, int8s2d, int8vecs) and
 # MobileNetV2 (int8res: q_dw's new stride-2 tiles, per layer against s45a's 223 / 97 us on
 # Conv__4 / Conv__10), batch 128, with profiles.
@@ -21,8 +23,14 @@ case "${1:-1}" in
     timeout 170 python3 benchmarks/bench_stems.py --stems "resnet 7x7 s2" "resnet s2d 4x4 c16" \
       "mobilenet 3x3 s2" "mobilenet s2d 2x2 c16" --ways cudnn stem_mma 2>&1 \
       | tee "$out/pending_1_stems.log" | grep -v registers | tail -14
-    timeout $(( $(left) - 10 )) python3 benchmarks/bench_qmma.py \
-      --configs "1,0,0 1,0,0,1,1,0,1,1,1" 2>&1 | tee "$out/pending_1_qmma.log" | tail -30
+    # s46's epilogue conversions (i2f, res: 1 half2, 2 i2f) on top of s45's staged vectors
+    TFTRT_QUANT_MMA_I2F=1 TFTRT_QUANT_MMA_RES_CVT=half2 timeout 150 python3 -m pytest \
+      tests/gpu/test_int8_gpu.py -k "tensor_core or thin_k or saturates" -q -rf \
+      -p no:cacheprovider --tb=short 2>&1 | tee "$out/pending_1_cvt_tests.log" | tail -3
+    timeout $(( $(left) - 10 )) python3 benchmarks/bench_qmma.py --only s1_,s2_,s3_,s4_ \
+      --configs "1,0,0 1,0,0,1,1,0,1,1,1 1,0,0,1,1,0,1,1,1,1 1,0,0,1,1,0,1,1,1,0,1
+                 1,0,0,1,1,0,1,1,1,1,1 1,0,0,1,1,0,1,1,1,1,2" 2>&1 \
+      | tee "$out/pending_1_qmma.log" | grep -v "^ *$" | tail -70
     ;;
   2)
     OUT=$out/r50 TESTS=0 MODELS=resnet50_int8 BATCHES=128 STAGE_S=90 \

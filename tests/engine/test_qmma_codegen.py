@@ -207,6 +207,37 @@ extern "C" long long pcheck(const float* v, long long n) {
     assert lib.pcheck(v.ctypes.data_as(ctypes.c_void_p), len(v)) == 0
 
 
+def test_the_residual_pair_conversions_are_the_conversions(tmp_path):
+    """Every way of turning a lane's 2-byte pair of int8 residual codes into floats
+    (:data:`QM.RES_CVT`: bytes_float2's half2 and I2F of a sign-extending PRMT) gives
+    (float)(signed char) of each byte, bit for bit, for all 65,536 pairs; and the host PRMT
+    replicates a byte's sign where its selector nibble says so, as the ISA's does."""
+    if _host_compiler() is None:
+        pytest.skip("no host C++ compiler")
+    ways = {name: stmt.format(i=4) for name, stmt in QM.RES_CVT.items() if stmt}
+    assert set(ways) == {"half2", "i2f"}
+    body = "".join(f"""
+    {{
+      const unsigned rp4 = p;
+      {stmt}
+      const float want0 = (float)(signed char)p, want1 = (float)(signed char)(p >> 8);
+      bad[{k}] += memcmp(&rf4_0, &want0, 4) != 0 || memcmp(&rf4_1, &want1, 4) != 0;
+    }}""" for k, stmt in enumerate(ways.values()))
+    text = (HOST_SHIMS + C.MATH_HELPERS + QUANT_SHIMS + S.INT8_HELPERS + FAST_SHIMS +
+            QM.FAST_INT8 + r"""
+extern "C" void rcheck(long long* bad) {
+  for (unsigned p = 0; p < 65536u; ++p) {""" + body + r"""
+  }
+  bad[2] = prmt(0x80u, 0u, 0x8880u) != 0xFFFFFF80u || prmt(0x7F00u, 0u, 0x9991u) != 0x7Fu ||
+           prmt(0x8100u, 0u, 0x9991u) != 0xFFFFFF81u;
+}""")
+    import ctypes
+    lib = _build(text, tmp_path, "rescvt")
+    bad = (ctypes.c_longlong * 3)()
+    lib.rcheck(bad)
+    assert list(bad) == [0, 0, 0], dict(zip(list(ways) + ["prmt"], bad))
+
+
 RES = {"op": "add", "input": 4, "scale": 0.0371}
 # (M, N, K, fmt, x dtype, y dtype, epilogue ("res8": an int8 residual, "res": one of y's float
 #  dtype), activation, x / y offset in elements (0: 16-byte aligned), max blocks)
@@ -790,6 +821,59 @@ def test_staged_per_channel_operands_compute_the_same(tmp_path, monkeypatch):
     text = "\n".join(parts + list(QM.MMA_HELPERS.values()) +
                      [_strip(s.source, k) for k, s in enumerate(res)])
     r = nvcc_compile(text, tmp_path, "qmma_vecs", "-Xptxas", "-v")
+    spills = re.findall(r"(\d+) bytes spill stores", r.stderr)
+    assert len(spills) == 3 and all(s == "0" for s in spills), r.stderr[-3000:]
+
+
+@pytest.mark.parametrize("i2f,res_cvt", [(True, "byte"), (False, "half2"), (True, "i2f")])
+def test_the_epilogues_conversion_knobs_compute_the_same(tmp_path, monkeypatch, caplog, i2f,
+                                                          res_cvt):
+    """i2f (TFTRT_QUANT_MMA_I2F: the accumulator through I2F) and res_cvt
+    (TFTRT_QUANT_MMA_RES_CVT: the residual's codes through a half2 or I2F) change the
+    instructions only: every case answers as the numpy arithmetic does, the pipelined loop
+    on the int8-x ones; the switches are read from the environment, a bad value warns and
+    keeps the default; ResNet50's residual 1x1 convs compile for sm_90 without spills."""
+    if _host_compiler() is None:
+        pytest.skip("no host C++ compiler")
+    srcs = []
+    for case in CASES:
+        epi, modes = _spec(case)
+        srcs.append(QM.QMmaSource(case[1], case[2], case[3], case[4], case[5], epi, modes,
+                                  INV_X, OUT_SCALE if case[5] == "int8" else None,
+                                  pipeline=case[4] == "int8", i2f=i2f, res_cvt=res_cvt))
+    res8 = [s for s, case in zip(srcs, CASES) if case[6] == "res8" and case[3] == S.INT8]
+    assert res8 and all("byte_float(rp4" not in s.source for s in res8) == (res_cvt != "byte")
+    if res_cvt == "half2":
+        assert all("bytes_float2(rp4, rf4_0, rf4_1)" in s.source for s in res8)
+    int8 = [s for s in srcs if s.fmt == S.INT8]
+    assert all(("= __int2float_rn(acc[j]" in s.source) == i2f or s.k * 128 * 127 >= QM.SMALL_INT
+               for s in int8)
+    monkeypatch.setenv("TFTRT_QUANT_MMA_I2F", "1" if i2f else "0")
+    monkeypatch.setenv("TFTRT_QUANT_MMA_RES_CVT", res_cvt.upper())
+    assert (_source(CASES[0]).i2f, _source(CASES[0]).res_cvt) == (i2f, res_cvt)
+    monkeypatch.setenv("TFTRT_QUANT_MMA_RES_CVT", "nibble")
+    with caplog.at_level("WARNING", logger="tftrt.engine"):
+        assert QM.res_cvt_default() == "byte"
+    assert "TFTRT_QUANT_MMA_RES_CVT='nibble': one of byte, half2, i2f; using byte" in caplog.text
+    with pytest.raises(ValueError, match="res_cvt 'nibble': one of byte, half2, i2f"):
+        QM.QMmaSource(256, 64, S.INT8, "int8", "int8", *_spec(CASES[0]), INV_X, OUT_SCALE,
+                      res_cvt="nibble")
+    so = _build(_host_text(srcs), tmp_path, f"qmma_cvt_{res_cvt}")
+    for k, (case, src) in enumerate(zip(CASES, srcs)):
+        y, want, blocks = _run(so, k, src, case, case[0], seed=90 + k)
+        _assert_matches(src, y, want, f"case {k} {case}, {blocks} blocks, i2f {i2f} "
+                                      f"res {res_cvt}")
+    if shutil.which("nvcc") is None:
+        return
+    parts = [C.PRELUDE, S.INT8_HELPERS, S.FP8_HELPERS, QM.CP_ASYNC, QM.FAST_INT8]
+    res = []
+    for kk, n in ((64, 256), (128, 512), (256, 1024)):
+        epi, modes = _spec((0, n, kk, S.INT8, "int8", "int8", "res8", "relu", 0, None))
+        res.append(QM.QMmaSource(n, kk, S.INT8, "int8", "int8", epi, modes, INV_X, OUT_SCALE,
+                                 stage_vecs=True, i2f=i2f, res_cvt=res_cvt))
+    text = "\n".join(parts + list(QM.MMA_HELPERS.values()) +
+                     [_strip(s.source, k) for k, s in enumerate(res)])
+    r = nvcc_compile(text, tmp_path, "qmma_cvt", "-Xptxas", "-v")
     spills = re.findall(r"(\d+) bytes spill stores", r.stderr)
     assert len(spills) == 3 and all(s == "0" for s in spills), r.stderr[-3000:]
 

@@ -46,6 +46,7 @@ per-element formulas, not from these tables, and the build-time validation of ev
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
@@ -53,6 +54,8 @@ import numpy as np
 
 from tftrt.engine.backends import cuda_source_quant as S
 from tftrt.engine.backends.cuda_source import PRELUDE, ctype, load_expr
+
+log = logging.getLogger("tftrt.engine")
 
 KERNEL = "qmma"
 MAX_K = 2048             # K: bytes of a weight row in shared memory (ResNet50's widest)
@@ -75,6 +78,15 @@ TACTIC_SMALL = 1 << 28
 # INT8 form of the same shape, H100, s37 / s43), so an FP8 conv is offered up to MAX_K.
 TACTIC_CONV_MAX_C = 64
 WARPS = 4                # a block: 128 threads
+# the statements turning a lane's pair of int8 residual codes ``rp<i>`` into floats
+# ``rf<i>_0``, ``rf<i>_1`` (:func:`res_cvt_default`); "byte" converts each where it is used
+RES_CVT = {
+    "byte": "",
+    "half2": "float rf{i}_0, rf{i}_1;\n            bytes_float2(rp{i}, rf{i}_0, rf{i}_1);"
+             "\n            ",
+    "i2f": "const float rf{i}_0 = __int2float_rn((int)prmt(rp{i}, 0u, 0x8880u)), "
+           "rf{i}_1 = __int2float_rn((int)prmt(rp{i}, 0u, 0x9991u));\n            ",
+}
 # a block of a layer with a staged residual: 256 threads. H100, 2026-12-06, same call
 # (results/qmma_bench_h100_2026-12-06s36c.log): the stage-1 conv3 with its residual 154.6 us
 # against 160.9 with 4 warps, the stage-2 one 89.3 against 95.4; without a residual 8 warps
@@ -161,10 +173,16 @@ __device__ __forceinline__ signed char q_int8_fast(float v) {
 __device__ __forceinline__ unsigned prmt(unsigned a, unsigned b, unsigned s) {
 #if defined(__CUDA_ARCH__)
   return __byte_perm(a, b, s);
-#else  // PRMT's default mode: byte i of the result is byte (s >> 4i) & 7 of {b, a}
+#else  // PRMT's default mode: byte i of the result is byte (s >> 4i) & 7 of {b, a}, or that
+  //       byte's sign bit replicated where bit 3 of the nibble is set
   const unsigned long long v = ((unsigned long long)b << 32) | a;
   unsigned r = 0;
-  for (int i = 0; i < 4; ++i) r |= (unsigned)((v >> (8 * ((s >> (4 * i)) & 7))) & 0xFF) << (8 * i);
+  for (int i = 0; i < 4; ++i) {
+    const unsigned n = (s >> (4 * i)) & 0xF;
+    unsigned c = (unsigned)(v >> (8 * (n & 7))) & 0xFF;
+    if (n & 8) c = (c & 0x80) ? 0xFF : 0;
+    r |= c << (8 * i);
+  }
   return r;
 #endif
 }
@@ -172,6 +190,30 @@ __device__ __forceinline__ unsigned prmt(unsigned a, unsigned b, unsigned s) {
 // low byte of the mantissa of 1.5 * 2**23 + code + 128, one PRMT, then one exact subtraction
 __device__ __forceinline__ float byte_float(unsigned p, unsigned co) {
   return __fsub_rn(__int_as_float(prmt(p ^ 0x8080u, 0x4B400000u, 0x7640u | co)), 12583040.f);
+}
+// (float) of bytes 0 and 1 of p read as signed chars, through a half2: the PRMT spreads them
+// to bytes 0 and 2 (its other operand zero, the selector an immediate), the XOR flips their
+// sign bits and sets bytes 1 and 3 to 0x64, so that each half holds 1024 + code + 128
+// exactly; one f16x2 subtraction of 1152 leaves the codes (exact in half precision) and each
+// half converts to float exactly. Five instructions a pair, where byte_float's two take
+// seven (each PRMT's selector in a register the compiler rematerializes, nvcc 13.0 sm_90).
+__device__ __forceinline__ void bytes_float2(unsigned p, float& lo, float& hi) {
+  const unsigned h = prmt(p, 0u, 0x4140u) ^ 0x64806480u;
+#if defined(__CUDA_ARCH__)
+  unsigned d;
+  unsigned short l, u;
+  asm("sub.rn.f16x2 %0, %1, %2;" : "=r"(d) : "r"(h), "r"(0x64806480u));
+  asm("mov.b32 {%0, %1}, %2;" : "=h"(l), "=h"(u) : "r"(d));
+  asm("cvt.f32.f16 %0, %1;" : "=f"(lo) : "h"(l));
+  asm("cvt.f32.f16 %0, %1;" : "=f"(hi) : "h"(u));
+#else  // the same arithmetic in the host's half type (every value here is exact)
+  const unsigned short l = (unsigned short)(h & 0xFFFFu), u = (unsigned short)(h >> 16);
+  _Float16 a, b;
+  memcpy(&a, &l, 2);
+  memcpy(&b, &u, 2);
+  lo = (float)(_Float16)(a - (_Float16)1152.f);
+  hi = (float)(_Float16)(b - (_Float16)1152.f);
+#endif
 }
 """
 SMALL_INT = 1 << 22      # small_int_float is exact below it
@@ -301,7 +343,9 @@ class QMmaSource:
         an SM must hold at once (``__launch_bounds__``' minimum of blocks: it caps the
         registers; 0: :data:`PIPELINE_MIN_BLOCKS` blocks where that applies, else none);
         paired: False runs the epilogue element by element, s37's way, instead of
-        :meth:`_epilogue`'s pairs and ReLU tail -- benchmark knobs, the same answers.
+        :meth:`_epilogue`'s pairs and ReLU tail; stage_vecs, i2f, res_cvt: see
+        :func:`stage_vecs_default`, :func:`i2f_default`, :func:`res_cvt_default` (None:
+        their defaults) -- benchmark knobs, the same answers.
       conv: a :class:`ConvGeometry` where the layer is a conv with more than one tap (or a
         stride, or padding): the kernel's rows are then y's pixels and it gathers x's taps
         itself (K = r * s * c; no pipeline).
@@ -316,7 +360,8 @@ class QMmaSource:
                  warps: Optional[int] = None, nc: Optional[int] = None, stage_full: bool = True,
                  fast_int: bool = True, min_threads: int = 0, pipeline: bool = PIPELINE,
                  paired: bool = True, conv: Optional[ConvGeometry] = None,
-                 stage_vecs: Optional[bool] = None):
+                 stage_vecs: Optional[bool] = None, i2f: Optional[bool] = None,
+                 res_cvt: Optional[str] = None):
         self.n, self.k, self.fmt = int(n), int(k), fmt
         # x's row length: K itself, but a K of 8 / 16 / 24, or a multiple of 16 (MobileNet /
         # EfficientNet channel counts: 16, 24, 80, 112, 144, 240), runs over a weight
@@ -382,6 +427,10 @@ class QMmaSource:
         self.inv_x, self.out_scale = float(inv_x), out_scale
         self.fast_int, self.min_threads = bool(fast_int), int(min_threads)
         self.paired = bool(paired)
+        self.i2f = i2f_default() if i2f is None else bool(i2f)
+        self.res_cvt = res_cvt_default() if res_cvt is None else str(res_cvt)
+        if self.res_cvt not in RES_CVT:
+            raise ValueError(f"res_cvt {self.res_cvt!r}: one of {', '.join(RES_CVT)}")
         if not self.min_threads and self.pipeline and self.full and self.k <= 64:
             self.min_threads = PIPELINE_MIN_BLOCKS * self.threads
         self.operands = sorted(operand_modes)
@@ -474,7 +523,8 @@ class QMmaSource:
         for i in self.operands:
             mode, dt = operand_modes[i]
             if i in pairs:
-                loads[i] = f"byte_float(rp{i}, @CO@u)"
+                loads[i] = f"byte_float(rp{i}, @CO@u)" if self.res_cvt == "byte" else \
+                    f"rf{i}_@CO@"
                 continue
             if i in self.vecs:  # staged as float32 (the same value)
                 e = f"vsm{i}[cc]"
@@ -496,7 +546,7 @@ class QMmaSource:
         conv = ""
         if self.fmt == S.INT8:  # |acc| <= K * 128 * 127 (codes of +-127; -128 in an x)
             conv = "small_int_float" if self.k * 128 * 127 < SMALL_INT and self.fast_int \
-                else "__int2float_rn"
+                and not self.i2f else "__int2float_rn"
         pair_out = self.y_dtype == "int8" and self.fast_int and self.paired
         if self.y_dtype == "int8":
             inv = S.float_literal(S.output_scale_inverse(self.out_scale))
@@ -517,8 +567,8 @@ class QMmaSource:
         for ro, regs in sorted(rows.items()):
             assert [co for _, co in regs] == [0, 1], "a C row's registers: adjacent columns"
             pre = "".join(f"const unsigned rp{i} = *reinterpret_cast<const unsigned short*>("
-                          f"rs{i} + (g + {ro}) * RS{i} + 8 * j + 2 * t);\n            "
-                          for i in sorted(pairs))
+                          f"rs{i} + (g + {ro}) * RS{i} + 8 * j + 2 * t);\n            " +
+                          RES_CVT[self.res_cvt].format(i=i) for i in sorted(pairs))
             vals = []
             for r, co in regs:
                 body_src = stmts.replace("@RO@", str(ro)).replace("@R8@", str(ro // 8)) \
@@ -871,6 +921,37 @@ def stage_vecs_default() -> bool:
     spill at 64 / 72 registers."""
     from tftrt.env import env_bool  # standard library only
     return env_bool("TFTRT_QUANT_MMA_STAGE_VECS", False)
+
+
+def i2f_default() -> bool:
+    """``TFTRT_QUANT_MMA_I2F`` (default off until timed on a GPU; 1 turns it on): an INT8
+    epilogue converts its int32 accumulator with the conversion unit's I2F (one instruction)
+    instead of :data:`FAST_INT8`'s ``small_int_float`` (an integer and a float addition on
+    the FMA pipes). The same value (exact either way below 2**22). Why: the residual 1x1
+    convs issue ~16 instructions an output in their epilogue (sm_90 SASS, nvcc 13.0, s46),
+    and one conversion an output keeps the conversion unit (16 a clock an SM) under a
+    quarter of ResNet50's stage-1 residual conv's time; s36's three conversions an output
+    bounded it."""
+    from tftrt.env import env_bool  # standard library only
+    return env_bool("TFTRT_QUANT_MMA_I2F", False)
+
+
+def res_cvt_default() -> str:
+    """``TFTRT_QUANT_MMA_RES_CVT`` (:data:`RES_CVT`; default "byte" until timed on a GPU):
+    how a lane's pair of int8 residual codes (one 2-byte shared load) becomes two floats.
+    "byte": two ``byte_float`` (a PRMT and a subtraction each, plus the PRMT selectors'
+    registers nvcc rematerializes: seven instructions a pair, sm_90 SASS, nvcc 13.0);
+    "half2": one ``bytes_float2`` (five a pair: a PRMT, an XOR, an f16x2 subtraction, two
+    half -> float conversions); "i2f": each code sign-extended by a PRMT (immediate selector)
+    and converted by I2F (four a pair, two of them on the conversion unit). The same values."""
+    import os
+    raw = os.environ.get("TFTRT_QUANT_MMA_RES_CVT", "").strip().lower()
+    if raw in RES_CVT:
+        return raw
+    if raw:
+        log.warning("TFTRT_QUANT_MMA_RES_CVT=%r: one of %s; using byte", raw,
+                    ", ".join(RES_CVT))
+    return "byte"
 
 
 def enabled() -> bool:
