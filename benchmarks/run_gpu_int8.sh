@@ -18,7 +18,9 @@
 # int8nodw: int8res with the quantized depthwise kernel off, TFTRT_QUANT_DW=0;
 # fp16s2d / int8s2d: fp16 / int8res with stems as space-to-depth + stride-1 convs,
 # TFTRT_STEM_S2D=1 (passes/stem_space_to_depth); int8vecs: int8res with q_mma's per-channel
-# operands staged in shared memory, TFTRT_QUANT_MMA_STAGE_VECS=1;
+# operands staged in shared memory, TFTRT_QUANT_MMA_STAGE_VECS=1; int8cvt: int8vecs with the
+# accumulator through I2F and the residual through $RES_CVT (TFTRT_QUANT_MMA_I2F=1,
+# TFTRT_QUANT_MMA_RES_CVT, default half2);
 # int8timed / fp8timed: the defaults, timed precision on, the row says what it kept)
 # Each stage gets a share of the budget and writes its log to $OUT as it goes (a call cut
 # short still returns what ran): int8_tests.log, then int8_<model>_<config>.log in run order.
@@ -53,6 +55,9 @@ for model in ${MODELS:-resnet50_int8 encoder_int8}; do
       fp16s2d) prec=FP16 envs="TFTRT_STEM_S2D=1" ;;  # the stem as space-to-depth + 4x4 conv
       int8vecs) prec=INT8  # int8res with q_mma's scale / bias staged in shared memory
         envs="TFTRT_INT8_RESIDUAL=1 TFTRT_QUANT_TIMED_PRECISION=0 TFTRT_QUANT_MMA_STAGE_VECS=1" ;;
+      int8cvt) prec=INT8  # int8vecs with s46's epilogue conversions ($RES_CVT: half2 or i2f)
+        envs="TFTRT_INT8_RESIDUAL=1 TFTRT_QUANT_TIMED_PRECISION=0 TFTRT_QUANT_MMA_STAGE_VECS=1"
+        envs="$envs TFTRT_QUANT_MMA_I2F=1 TFTRT_QUANT_MMA_RES_CVT=${RES_CVT:-half2}" ;;
       int8s2d) prec=INT8
         envs="TFTRT_INT8_RESIDUAL=1 TFTRT_QUANT_TIMED_PRECISION=0 TFTRT_STEM_S2D=1" ;;
       int8noconv) prec=INT8  # int8res without q_mma's implicit-GEMM convs

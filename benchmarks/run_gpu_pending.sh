@@ -34,7 +34,7 @@ case "${1:-1}" in
     ;;
   2)
     OUT=$out/r50 TESTS=0 MODELS=resnet50_int8 BATCHES=128 STAGE_S=90 \
-      CONFIGS="fp16 fp16s2d int8res int8s2d int8vecs" \
+      CONFIGS="${R50_CONFIGS:-fp16 fp16s2d int8res int8s2d int8vecs int8cvt}" \
       bash "$repo/benchmarks/run_gpu_int8.sh" $(( $(left) - 140 ))
     OUT=$out/mb TESTS=0 MODELS=mobilenet_v2_int8 BATCHES=128 STAGE_S=130 \
       CONFIGS="int8res" bash "$repo/benchmarks/run_gpu_int8.sh" $(( $(left) - 5 ))
