@@ -4,11 +4,11 @@
 # make_networks.py --int8 4). Every stage writes its log to $OUT as it goes.
 #   bash benchmarks/run_gpu_pending.sh 1   # GPU tests, the stems, q_mma's staged operands
 #   bash benchmarks/run_gpu_pending.sh 2   # ResNet50 / MobileNetV2 engines with the knobs
-# Part 1: tests/gpu/test_stem_s2d_gpu.py and test_stem_mma_gpu.py (the rearranged stem on
-# stem_mma's vector gathers), bench_stems.py on the stems and their space-to-depth forms,
-# bench_qmma.py with and without TFTRT_QUANT_MMA_STAGE_VECS's staging (config field vecs) and
-# s46's epilogue conversions (TFTRT_QUANT_MMA_I2F, TFTRT_QUANT_MMA_RES_CVT: fields i2f, res),
-# whose GPU tests run first with both on.
+# Part 1: bench_qmma.py with and without TFTRT_QUANT_MMA_STAGE_VECS's staging (config field
+# vecs) and s46's epilogue conversions (TFTRT_QUANT_MMA_I2F, TFTRT_QUANT_MMA_RES_CVT: fields
+# i2f, res), and the no-residual convs' tiles; the q_mma GPU tests with both conversions on;
+# tests/gpu/test_stem_s2d_gpu.py and test_stem_mma_gpu.py (the rearranged stem on stem_mma's
+# vector gathers); bench_stems.py on the stems and their space-to-depth forms.
 # Part 2: run_gpu_int8.sh on ResNet50 (fp16, fp16s2d, int8res, int8s2d, int8vecs) and
 # MobileNetV2 (int8res: q_dw's new stride-2 tiles, per layer against s45a's 223 / 97 us on
 # Conv__4 / Conv__10), batch 128, with profiles.
@@ -18,19 +18,26 @@ export TFTRT_BACKEND=cupy TFTRT_CUPY_QUANTIZED=1
 nvidia-smi -L | tee "$out/pending_gpu.txt"
 case "${1:-1}" in
   1)
-    timeout 200 python3 -m pytest tests/gpu/test_stem_s2d_gpu.py tests/gpu/test_stem_mma_gpu.py \
-      -q -rf -p no:cacheprovider --tb=short 2>&1 | tee "$out/pending_1_tests.log" | tail -4
-    timeout 170 python3 benchmarks/bench_stems.py --stems "resnet 7x7 s2" "resnet s2d 4x4 c16" \
-      "mobilenet 3x3 s2" "mobilenet s2d 2x2 c16" --ways cudnn stem_mma 2>&1 \
-      | tee "$out/pending_1_stems.log" | grep -v registers | tail -14
-    # s46's epilogue conversions (i2f, res: 1 half2, 2 i2f) on top of s45's staged vectors
-    TFTRT_QUANT_MMA_I2F=1 TFTRT_QUANT_MMA_RES_CVT=half2 timeout 150 python3 -m pytest \
-      tests/gpu/test_int8_gpu.py -k "tensor_core or thin_k or saturates" -q -rf \
-      -p no:cacheprovider --tb=short 2>&1 | tee "$out/pending_1_cvt_tests.log" | tail -3
-    timeout $(( $(left) - 10 )) python3 benchmarks/bench_qmma.py --only s1_,s2_,s3_,s4_ \
+    # s46: the epilogue conversions (fields i2f, res: 1 half2, 2 i2f) on top of s45's staged
+    # vectors, on the convs q_mma runs in ResNet50 INT8; then the no-residual convs' tiles
+    # (the projection compiles to 176 registers at nc 128: 2 blocks of 4 warps an SM)
+    timeout 300 python3 benchmarks/bench_qmma.py \
+      --only s1_conv3,s2_conv3,s3_conv3,s1_proj_64to256_int8x,s1_conv1_64to64_int8x \
       --configs "1,0,0 1,0,0,1,1,0,1,1,1 1,0,0,1,1,0,1,1,1,1 1,0,0,1,1,0,1,1,1,0,1
                  1,0,0,1,1,0,1,1,1,1,1 1,0,0,1,1,0,1,1,1,1,2" 2>&1 \
-      | tee "$out/pending_1_qmma.log" | grep -v "^ *$" | tail -70
+      | tee "$out/pending_1_qmma.log" | grep -v "^ *$" | tail -40
+    timeout 150 python3 benchmarks/bench_qmma.py \
+      --only s1_proj_64to256_int8x,s1_conv1_256to64,s2_conv1_256to128 \
+      --configs "1,0,0 1,8,64 1,8,64,1,1,768 1,4,64,1,1,512 1,8,64,1,1,768,1,1,1,1" 2>&1 \
+      | tee "$out/pending_1_qmma_tiles.log" | grep -v "^ *$" | tail -20
+    TFTRT_QUANT_MMA_I2F=1 TFTRT_QUANT_MMA_RES_CVT=half2 timeout 100 python3 -m pytest \
+      tests/gpu/test_int8_gpu.py -k "tensor_core or thin_k or saturates" -q -rf \
+      -p no:cacheprovider --tb=short 2>&1 | tee "$out/pending_1_cvt_tests.log" | tail -3
+    timeout 100 python3 -m pytest tests/gpu/test_stem_s2d_gpu.py tests/gpu/test_stem_mma_gpu.py \
+      -q -rf -p no:cacheprovider --tb=short 2>&1 | tee "$out/pending_1_tests.log" | tail -4
+    timeout $(( $(left) - 5 )) python3 benchmarks/bench_stems.py --stems "resnet 7x7 s2" \
+      "resnet s2d 4x4 c16" "mobilenet 3x3 s2" "mobilenet s2d 2x2 c16" --ways cudnn stem_mma \
+      2>&1 | tee "$out/pending_1_stems.log" | grep -v registers | tail -14
     ;;
   2)
     OUT=$out/r50 TESTS=0 MODELS=resnet50_int8 BATCHES=128 STAGE_S=90 \
