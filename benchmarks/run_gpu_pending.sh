@@ -4,6 +4,8 @@
 # make_networks.py --int8 4). Every stage writes its log to $OUT as it goes.
 #   bash benchmarks/run_gpu_pending.sh 1   # GPU tests, the stems, q_mma's staged operands
 #   bash benchmarks/run_gpu_pending.sh 2   # ResNet50 / MobileNetV2 engines with the knobs
+#   bash benchmarks/run_gpu_pending.sh 3   # the most of 1 and 2 in one call: q_mma's knobs,
+#                                          # ResNet50 int8res / int8cvt / fp16
 # Part 1: bench_qmma.py with and without TFTRT_QUANT_MMA_STAGE_VECS's staging (config field
 # vecs) and s46's epilogue conversions (TFTRT_QUANT_MMA_I2F, TFTRT_QUANT_MMA_RES_CVT: fields
 # i2f, res), and the no-residual convs' tiles; the q_mma GPU tests with both conversions on;
@@ -47,5 +49,15 @@ case "${1:-1}" in
       CONFIGS="int8res" bash "$repo/benchmarks/run_gpu_int8.sh" $(( $(left) - 5 ))
     grep -h "q_dw" "$out"/mb/*int8res.log | head -8
     ;;
-  *) echo "part 1 or 2"; exit 2 ;;
+  3)  # one call where the device gives one: q_mma's knobs alone, then ResNet50 with them
+    timeout 200 python3 benchmarks/bench_qmma.py \
+      --only s1_conv3,s2_conv3,s3_conv3,s1_proj_64to256_int8x \
+      --configs "1,0,0 1,0,0,1,1,0,1,1,1 1,0,0,1,1,0,1,1,1,1,1 1,0,0,1,1,0,1,1,1,1,2
+                 1,8,64,1,1,768,1,1,1,1,1" 2>&1 \
+      | tee "$out/pending_3_qmma.log" | grep -v "^ *$" | tail -30
+    OUT=$out/r50 TESTS=0 MODELS=resnet50_int8 BATCHES=128 STAGE_S=110 \
+      CONFIGS="${R50_CONFIGS:-int8res int8cvt fp16}" \
+      bash "$repo/benchmarks/run_gpu_int8.sh" $(( $(left) - 5 ))
+    ;;
+  *) echo "part 1, 2 or 3"; exit 2 ;;
 esac
