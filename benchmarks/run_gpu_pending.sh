@@ -50,13 +50,13 @@ case "${1:-1}" in
     grep -h "q_dw" "$out"/mb/*int8res.log | head -8
     ;;
   3)  # one call where the device gives one: q_mma's knobs alone, then ResNet50 with them
-    timeout 200 python3 benchmarks/bench_qmma.py \
-      --only s1_conv3,s2_conv3,s3_conv3,s1_proj_64to256_int8x \
+    timeout 170 python3 benchmarks/bench_qmma.py \
+      --only s1_conv3,s2_conv3,s3_conv3,s1_proj_64to256_int8x,s1_conv1_64to64_int8x \
       --configs "1,0,0 1,0,0,1,1,0,1,1,1 1,0,0,1,1,0,1,1,1,1,1 1,0,0,1,1,0,1,1,1,1,2
                  1,8,64,1,1,768,1,1,1,1,1" 2>&1 \
       | tee "$out/pending_3_qmma.log" | grep -v "^ *$" | tail -30
     OUT=$out/r50 TESTS=0 MODELS=resnet50_int8 BATCHES=128 STAGE_S=110 \
-      CONFIGS="${R50_CONFIGS:-int8res int8cvt fp16}" \
+      CONFIGS="${R50_CONFIGS:-int8res int8all fp16}" \
       bash "$repo/benchmarks/run_gpu_int8.sh" $(( $(left) - 5 ))
     ;;
   *) echo "part 1, 2 or 3"; exit 2 ;;
