@@ -5,7 +5,7 @@ move and the rate that makes, for each setting (the kernel's knobs, below), and 
 every output against the same arithmetic in CuPy (float32 GEMM of the int8 values -- of
 their im2col for a 3x3 conv: exact below 2**24; the float epilogue in numpy's order).
 
-    python benchmarks/bench_qmma.py [--batch 128] [--configs "1,0,0 1,0,0,1,1,0,0"]
+    python benchmarks/bench_qmma.py [--batch 128] [--configs "1,0,0 1,0,0,1,1,0,1,1,0,0,0"]
                                     [--only NAME[,NAME...]]
 
 (a config: mt,warps,nc[,stage[,fast[,min_threads[,pipeline[,paired[,vecs[,i2f[,res]]]]]]]]; warps /
@@ -16,8 +16,10 @@ shared memory, s35's way; fast 0 converts on the conversion unit, s36b's way; mi
 threads an SM must hold, capping the registers (0: the kernel's own); paired 0 runs the
 epilogue element by element, s37's way; vecs 1 stages the scale and bias in shared memory
 once a block (TFTRT_QUANT_MMA_STAGE_VECS, s45); i2f 1 converts the accumulator with I2F
-(TFTRT_QUANT_MMA_I2F, s46); res: an int8 residual's codes to float, 0 byte_float, 1 half2, 2
-i2f (TFTRT_QUANT_MMA_RES_CVT, s46); the kernel's defaults 1,0,0,1,1,0,1,1,0,0,0).
+(TFTRT_QUANT_MMA_I2F, s46); res: an int8 residual's codes to float, 0 byte_float, 1 half2
+(TFTRT_QUANT_MMA_RES_CVT, s46); the kernel's defaults, which fill a config's missing fields,
+1,0,0,1,1,0,1,1,1,1,1 since s46 -- before it, a missing vecs / i2f / res meant 0, so s45's
+and earlier logs' "1,0,0" is today's "1,0,0,1,1,0,1,1,0,0,0").
 
 Needs CuPy (no cuDNN / cuBLASLt). The whole-model effect is bench_engine's INT8 profile.
 """
@@ -122,7 +124,7 @@ def run(name, hw, k, n, xdt, res, relu, batch, configs, rng, taps=1):
                                 fast_int=bool(fast), min_threads=min_threads,
                                 pipeline=bool(pipe), paired=bool(paired), conv=geometry,
                                 stage_vecs=bool(vecs), i2f=bool(i2f),
-                                res_cvt=("byte", "half2", "i2f")[rcv])
+                                res_cvt=("byte", "half2")[rcv])
         except ValueError as e:
             print(f"{name:24s} mt {mt} warps {warps} nc {nc}: {e}")
             continue
@@ -156,12 +158,12 @@ def run(name, hw, k, n, xdt, res, relu, batch, configs, rng, taps=1):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--configs", default="1,0,0 1,0,0,1,1,0,0")
+    p.add_argument("--configs", default="1,0,0 1,0,0,1,1,0,1,1,0,0,0")
     p.add_argument("--only", default="")
     a = p.parse_args(argv)
     rng = np.random.default_rng(0)
     # mt, warps, nc, stage, fast, min_threads, pipeline, paired, vecs, i2f, res
-    defaults = (1, 0, 0, 1, 1, 0, 1, 1, 0, 0, 0)
+    defaults = (1, 0, 0, 1, 1, 0, 1, 1, 1, 1, 1)
     configs = []
     for c in a.configs.split():
         given = tuple(int(v) for v in c.split(","))

@@ -20,7 +20,8 @@
 # TFTRT_STEM_S2D=1 (passes/stem_space_to_depth); int8vecs: int8res with q_mma's per-channel
 # operands staged in shared memory, TFTRT_QUANT_MMA_STAGE_VECS=1; int8cvt: int8vecs with the
 # accumulator through I2F and the residual through $RES_CVT (TFTRT_QUANT_MMA_I2F=1,
-# TFTRT_QUANT_MMA_RES_CVT, default half2); int8all: int8cvt with TFTRT_QUANT_MMA_NARROW=1;
+# TFTRT_QUANT_MMA_RES_CVT, default half2) -- since s46 all three are the defaults, so
+# int8vecs and int8cvt build what int8res builds; int8all: int8cvt with TFTRT_QUANT_MMA_NARROW=1;
 # int8timed / fp8timed: the defaults, timed precision on, the row says what it kept)
 # Each stage gets a share of the budget and writes its log to $OUT as it goes (a call cut
 # short still returns what ran): int8_tests.log, then int8_<model>_<config>.log in run order.

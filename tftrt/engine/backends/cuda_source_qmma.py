@@ -84,8 +84,6 @@ RES_CVT = {
     "byte": "",
     "half2": "float rf{i}_0, rf{i}_1;\n            bytes_float2(rp{i}, rf{i}_0, rf{i}_1);"
              "\n            ",
-    "i2f": "const float rf{i}_0 = __int2float_rn((int)prmt(rp{i}, 0u, 0x8880u)), "
-           "rf{i}_1 = __int2float_rn((int)prmt(rp{i}, 0u, 0x9991u));\n            ",
 }
 # a block of a layer with a staged residual: 256 threads. H100, 2026-12-06, same call
 # (results/qmma_bench_h100_2026-12-06s36c.log): the stage-1 conv3 with its residual 154.6 us
@@ -173,16 +171,12 @@ __device__ __forceinline__ signed char q_int8_fast(float v) {
 __device__ __forceinline__ unsigned prmt(unsigned a, unsigned b, unsigned s) {
 #if defined(__CUDA_ARCH__)
   return __byte_perm(a, b, s);
-#else  // PRMT's default mode: byte i of the result is byte (s >> 4i) & 7 of {b, a}, or that
-  //       byte's sign bit replicated where bit 3 of the nibble is set
+#else  // __byte_perm: byte i of the result is byte (s >> 4i) & 7 of {b, a}. Bit 3 of a
+  //       nibble is ignored: PTX prmt's sign replication is not __byte_perm's (a residual
+  //       sign-extended that way answered wrong on an H100, s46)
   const unsigned long long v = ((unsigned long long)b << 32) | a;
   unsigned r = 0;
-  for (int i = 0; i < 4; ++i) {
-    const unsigned n = (s >> (4 * i)) & 0xF;
-    unsigned c = (unsigned)(v >> (8 * (n & 7))) & 0xFF;
-    if (n & 8) c = (c & 0x80) ? 0xFF : 0;
-    r |= c << (8 * i);
-  }
+  for (int i = 0; i < 4; ++i) r |= (unsigned)((v >> (8 * ((s >> (4 * i)) & 7))) & 0xFF) << (8 * i);
   return r;
 #endif
 }
@@ -416,8 +410,10 @@ class QMmaSource:
             self.x_dtype == "int8"
         fdt = tuple(self.full.values()) * (2 if self.pipeline else 1)
         # per-channel float operands (the dequantization scale, the bias) staged once a block
-        # in shared memory as float32 (stage_vecs; default :func:`stage_vecs_default`)
-        stage_vecs = stage_vecs_default() if stage_vecs is None else bool(stage_vecs)
+        # in shared memory as float32 (stage_vecs; default :func:`stage_vecs_default`, for an
+        # int8 x: timed there, and a float x's kernels spill with it)
+        if stage_vecs is None:
+            stage_vecs = stage_vecs_default() and self.x_dtype == "int8"
         self.vecs = [i for i, (mode, dt) in sorted(operand_modes.items())
                      if mode == "vec" and np.dtype(dt).name in ("float16", "float32")] \
             if stage_vecs else []
@@ -915,7 +911,9 @@ extern "C" __global__ void __launch_bounds__({bounds}) {KERNEL}({params}) {{
 
 
 def stage_vecs_default() -> bool:
-    """``TFTRT_QUANT_MMA_STAGE_VECS`` (default off until timed on a GPU; 1 turns it on): each
+    """``TFTRT_QUANT_MMA_STAGE_VECS`` (default on for kernels over an int8 x, where it was
+    timed; 0 turns it off; a float x's kernels keep the global loads, two of them spilled
+    with it): each
     block copies its chunk of the per-channel float epilogue operands (the dequantization
     scale, the bias) into shared memory once, and the epilogue reads a lane's pair of
     channels with one shared load per operand and n-tile, for both of its rows, where it read
@@ -925,51 +923,64 @@ def stage_vecs_default() -> bool:
     output); compiled for sm_90 (nvcc 13.0, s45), the stage-1 residual conv's m-tile loop
     has 1,146 instructions against 1,206 (32 outputs a lane), global loads 40 against 72.
     ptxas then gives two rarer sources (a float16-x 64 -> 64 conv, an FP8 one) a 4-byte
-    spill at 64 / 72 registers."""
+    spill at 64 / 72 registers. H100, s46 (results/qmma_knobs_h100_2026-12-07s46a.log): the
+    stage-1 residual conv 111.1 us against 129.7, the projection 81.2 against 92.7 (139
+    registers against 174: 3 blocks an SM), the stage-2 residual conv 68.4 against 73.0;
+    with :func:`i2f_default`'s conversions, on by default with it, see there."""
     from tftrt.env import env_bool  # standard library only
-    return env_bool("TFTRT_QUANT_MMA_STAGE_VECS", False)
+    return env_bool("TFTRT_QUANT_MMA_STAGE_VECS", True)
 
 
 def narrow_tiles_default() -> bool:
-    """``TFTRT_QUANT_MMA_NARROW`` (default off until timed on a GPU; 1 turns it on): a
+    """``TFTRT_QUANT_MMA_NARROW`` (default off: measured slower; 1 turns it on): a
     pipelined kernel with no residual and K <= 64 (ResNet50's projection, 64 -> 256 over an
     int8 x, and the 64 -> 64 1x1 convs) takes the residual kernels' tile -- 8 warps, chunks
     of 64 channels, registers capped for :data:`PIPELINE_MIN_BLOCKS` blocks an SM -- where
     its default (4 warps, chunks of 128) compiles to 176 registers for the projection
-    (nvcc 13.0, sm_90): 2 blocks of 4 warps an SM, against 3 of 8. The same answers."""
+    (nvcc 13.0, sm_90): 2 blocks of 4 warps an SM, against 3 of 8. The same answers. H100,
+    s46 (results/qmma_knobs_h100_2026-12-07s46a.log, the conversion knobs on): the
+    projection 88.8 us against 83.9 on its own tile (which the staged vectors had already
+    brought to 139 registers, 3 blocks an SM), the 64 -> 64 conv 24.1 against 24.4 (noise);
+    the residual convs keep their own tiles."""
     from tftrt.env import env_bool  # standard library only
     return env_bool("TFTRT_QUANT_MMA_NARROW", False)
 
 
 def i2f_default() -> bool:
-    """``TFTRT_QUANT_MMA_I2F`` (default off until timed on a GPU; 1 turns it on): an INT8
+    """``TFTRT_QUANT_MMA_I2F`` (default on; 0 turns it off): an INT8
     epilogue converts its int32 accumulator with the conversion unit's I2F (one instruction)
     instead of :data:`FAST_INT8`'s ``small_int_float`` (an integer and a float addition on
     the FMA pipes). The same value (exact either way below 2**22). Why: the residual 1x1
     convs issue ~16 instructions an output in their epilogue (sm_90 SASS, nvcc 13.0, s46),
     and one conversion an output keeps the conversion unit (16 a clock an SM) under a
     quarter of ResNet50's stage-1 residual conv's time; s36's three conversions an output
-    bounded it."""
+    bounded it. Measured with :func:`res_cvt_default`'s half2 and the staged vectors (H100,
+    s46, results/qmma_knobs_h100_2026-12-07s46a.log): the stage-1 residual conv 105.4 us
+    against 111.1 with the vectors alone and 129.7 with neither, the stage-3 one 57.9 against
+    69.2 and 58.3 (the vectors alone cost it a register: 129, one block an SM); ResNet50
+    INT8 at batch 128 2.571 ms against 2.684 (all three off)."""
     from tftrt.env import env_bool  # standard library only
-    return env_bool("TFTRT_QUANT_MMA_I2F", False)
+    return env_bool("TFTRT_QUANT_MMA_I2F", True)
 
 
 def res_cvt_default() -> str:
-    """``TFTRT_QUANT_MMA_RES_CVT`` (:data:`RES_CVT`; default "byte" until timed on a GPU):
-    how a lane's pair of int8 residual codes (one 2-byte shared load) becomes two floats.
-    "byte": two ``byte_float`` (a PRMT and a subtraction each, plus the PRMT selectors'
-    registers nvcc rematerializes: seven instructions a pair, sm_90 SASS, nvcc 13.0);
-    "half2": one ``bytes_float2`` (five a pair: a PRMT, an XOR, an f16x2 subtraction, two
-    half -> float conversions); "i2f": each code sign-extended by a PRMT (immediate selector)
-    and converted by I2F (four a pair, two of them on the conversion unit). The same values."""
+    """``TFTRT_QUANT_MMA_RES_CVT`` (:data:`RES_CVT`; default "half2"): how a lane's pair of
+    int8 residual codes (one 2-byte shared load) becomes two floats. "byte": two
+    ``byte_float`` (a PRMT and a subtraction each, plus the PRMT selectors' registers nvcc
+    rematerializes: seven instructions a pair, sm_90 SASS, nvcc 13.0); "half2": one
+    ``bytes_float2`` (five a pair: a PRMT, an XOR, an f16x2 subtraction, two half -> float
+    conversions). The same values. Timed with :func:`i2f_default` (its docstring has the
+    numbers). A third way, each code sign-extended by PRMT's sign replication and converted
+    by I2F, answered wrong on the GPU (``__byte_perm`` ignores the replication bit) and was
+    no faster when it ran (107.1 us against 105.4): removed."""
     import os
     raw = os.environ.get("TFTRT_QUANT_MMA_RES_CVT", "").strip().lower()
     if raw in RES_CVT:
         return raw
     if raw:
-        log.warning("TFTRT_QUANT_MMA_RES_CVT=%r: one of %s; using byte", raw,
+        log.warning("TFTRT_QUANT_MMA_RES_CVT=%r: one of %s; using half2", raw,
                     ", ".join(RES_CVT))
-    return "byte"
+    return "half2"
 
 
 def enabled() -> bool:
