@@ -81,6 +81,13 @@ WAYS = {  # name: (tactic, environment)
     "im2col 32MB": ("im2col", {"TFTRT_IM2COL_CHUNK_MB": "32"}),
     "stem_direct": ("stem_direct", {}),
     "stem_mma": ("stem_mma", {"TFTRT_STEM_MMA": "1"}),   # the default since 2026-12-02 (p)
+    # the stem rewritten by passes/stem_space_to_depth, as an engine builds it: its
+    # space_to_depth layer and the stride-1 conv over 16 channels, which the conv's
+    # ``space_to_depth`` attribute offers to stem_mma's vector gathers (s46: a bench
+    # conv built already rearranged had no attribute, and stem_mma fell back to cuDNN).
+    # The conv column then counts both layers.
+    "cudnn s2d": ("cudnn", {"TFTRT_STEM_S2D": "1"}),
+    "stem_mma s2d": ("stem_mma", {"TFTRT_STEM_MMA": "1", "TFTRT_STEM_S2D": "1"}),
     # the image's float16 cast as a layer before the stem (before s41: stem_mma reads the
     # float32 image itself where it can, precision.absorb_input_casts)
     "stem_mma f16x": ("stem_mma", {"TFTRT_STEM_MMA": "1", "TFTRT_FLOAT32_X": "0"}),
@@ -160,7 +167,8 @@ def main(argv=None):
                 # the conv alone, replayed from a CUDA graph (the engine call above also pays
                 # the input cast and the call's own overhead, ~0.3 ms on the H200)
                 prof = dict(ctx._impl.profile([x], repeats=10))
-                conv_us[way] = 1e6 * sum(prof.get(c, 0.0) for c in convs)
+                conv_us[way] = 1e6 * sum(prof.get(c, 0.0) + prof.get(f"{c}_space_to_depth", 0.0)
+                                         for c in convs)
                 impls = engine.backend_impl.engine_impls(engine)
                 for i in impls:  # the stem kernel's registers and local memory (spills)
                     kern = getattr(i, "kernel", None)
