@@ -167,7 +167,11 @@ def main(argv=None) -> int:
     configs = []
     for c in a.configs.split():
         given = tuple(int(v) for v in c.split(","))
-        configs.append(given + defaults[len(given):])
+        config = given + defaults[len(given):]
+        if len(config) != len(defaults) or config[-1] not in (0, 1):
+            p.error(f"config {c!r}: at most {len(defaults)} fields, res 0 (byte_float) or 1 "
+                    f"(half2)")
+        configs.append(config)
     bad = 0
     cases = [(conv, 1) for conv in CONVS] + \
         [((name, hw, c, n, xdt, False, True), 9) for name, hw, c, n, xdt in CONV3]
