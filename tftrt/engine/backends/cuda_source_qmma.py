@@ -913,9 +913,9 @@ extern "C" __global__ void __launch_bounds__({bounds}) {KERNEL}({params}) {{
 def stage_vecs_default() -> bool:
     """``TFTRT_QUANT_MMA_STAGE_VECS`` (default on for kernels over an int8 x, where it was
     timed; 0 turns it off; a float x's kernels keep the global loads, two of them spilled
-    with it): each
-    block copies its chunk of the per-channel float epilogue operands (the dequantization
-    scale, the bias) into shared memory once, and the epilogue reads a lane's pair of
+    with it): each block copies its chunk of the per-channel float epilogue operands (the
+    dequantization scale, the bias) into shared memory once, and the epilogue reads a lane's
+    pair of
     channels with one shared load per operand and n-tile, for both of its rows, where it read
     each value from global memory per row (4 loads and their address arithmetic per n-tile
     and operand) in every m-tile. The same values. Why: the kernel is bound by its issue
