@@ -915,10 +915,9 @@ def stage_vecs_default() -> bool:
     timed; 0 turns it off; a float x's kernels keep the global loads, two of them spilled
     with it): each block copies its chunk of the per-channel float epilogue operands (the
     dequantization scale, the bias) into shared memory once, and the epilogue reads a lane's
-    pair of
-    channels with one shared load per operand and n-tile, for both of its rows, where it read
-    each value from global memory per row (4 loads and their address arithmetic per n-tile
-    and operand) in every m-tile. The same values. Why: the kernel is bound by its issue
+    pair of channels with one shared load per operand and n-tile, for both of its rows, where
+    it read each value from global memory per row (4 loads and their address arithmetic per
+    n-tile and operand) in every m-tile. The same values. Why: the kernel is bound by its issue
     slots in ResNet50's residual 1x1 convs (Nsight Compute, s39: 28.6 instructions an
     output); compiled for sm_90 (nvcc 13.0, s45), the stage-1 residual conv's m-tile loop
     has 1,146 instructions against 1,206 (32 outputs a lane), global loads 40 against 72.
