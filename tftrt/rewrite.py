@@ -748,12 +748,18 @@ def _keyword_function(flat_fn, arg_names, input_specs, structured_outputs,
     def call(*args, **kwargs):
         flat = list(args) + [kwargs[n] for n in arg_names[len(args):]]
         outs = list(flat_fn(*flat))
-        for o, shape in zip(outs, shapes):
+        for k, (o, shape) in enumerate(zip(outs, shapes)):
             if shape is not None and hasattr(o, "set_shape"):
                 try:
                     o.set_shape(shape)
                 except ValueError:  # (never: the same graph's tensor) the output's own shape
                     pass
+                if o.shape != shape:
+                    # more specific than the original's: freezing pinned it (x[:, :v + 2]
+                    # with v a variable: [None, 4] where the original said [None, None]).
+                    # Relaxed, so that the signature stays the original's, as TF-TRT's did
+                    # (signature hunt, s46)
+                    outs[k] = tf.raw_ops.PlaceholderWithDefault(input=o, shape=shape)
         return tf.nest.pack_sequence_as(structured_outputs, outs)
 
     call.__signature__ = inspect.Signature(

@@ -269,3 +269,45 @@ def test_a_tf1_signature_feeding_an_intermediate_tensor(tmp_path):
     kws = [{"x": x, "mid": x * 5, "d": np.float32(2.0)},
            {"x": x[:1], "mid": x[:1] - 1, "d": np.float32(-1.0)}]
     convert_everywhere(src, "serving_default", kws, tmp_path)
+
+
+class _Pinned(tf.Module):
+    """An output whose static shape freezing pins: ``x[:, :v + 2]`` with v a variable is
+    [None, None] in the original, [None, 4] once v is a constant."""
+
+    def __init__(self):
+        super().__init__()
+        self.v = tf.Variable(2, trainable=False)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 6], tf.float32, name="x")])
+    def __call__(self, x):
+        return {"y": tf.nn.relu(x[:, :self.v + 2]) * 2.0, "z": x + 1.0}
+
+
+def test_saved_output_shapes_stay_the_originals(tmp_path):
+    """The converted signature's outputs have the original's static shapes, as TF-TRT's
+    (signatures kept identical): an output that freezing made more specific ([None, 4] from
+    [None, None]) is relaxed back, in convert()'s function, in the saved SignatureDef and
+    through tftrt.load; the answers stay native TF's."""
+    src = str(tmp_path / "src")
+    m = _Pinned()
+    tf.saved_model.save(m, src, signatures={"serving_default": m.__call__})
+    want = {k: tuple(v.shape.as_list()) for k, v in
+            tf.saved_model.load(src).signatures["serving_default"].structured_outputs.items()}
+    assert want == {"y": (None, None), "z": (None, 6)}
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=src,
+                                   conversion_params=trt.TrtConversionParams(
+                                       minimum_segment_size=1))
+    fn = conv.convert()
+    shapes = lambda f: {k: tuple(v.shape.as_list())  # noqa: E731
+                        for k, v in f.structured_outputs.items()}
+    assert shapes(fn) == want
+    x = np.random.RandomState(0).randn(3, 6).astype(np.float32)
+    native = _numpy(tf.saved_model.load(src).signatures["serving_default"](x=tf.constant(x)))
+    assert_same(_numpy(fn(x=tf.constant(x))), native)
+    out = str(tmp_path / "out")
+    conv.save(out)
+    assert shapes(tf.saved_model.load(out).signatures["serving_default"]) == want
+    loaded = tftrt.load(out).signatures["serving_default"]
+    assert shapes(loaded) == want
+    assert_same(_numpy(loaded(x=tf.constant(x))), native)
