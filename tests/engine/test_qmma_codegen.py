@@ -788,29 +788,23 @@ def test_the_benchmark_knobs_compute_the_same(tmp_path):
         np.testing.assert_array_equal(y, want, err_msg=f"warps {src.warps} nc {src.nc}")
 
 
-def test_staged_per_channel_operands_compute_the_same(tmp_path, monkeypatch):
-    """stage_vecs (TFTRT_QUANT_MMA_STAGE_VECS: the scale and bias staged in shared memory once
-    a block) reads the same values: every case, with the pipelined loop on the residual
-    ones, answers as the numpy arithmetic does; ResNet50's residual 1x1 convs with it
-    compile for sm_90 without spills (their m-tile loop issues fewer instructions)."""
-    if _host_compiler() is None:
-        pytest.skip("no host C++ compiler")
-    srcs = []
-    for case in CASES:
-        epi, modes = _spec(case)
-        srcs.append(QM.QMmaSource(case[1], case[2], case[3], case[4], case[5], epi, modes,
-                                  INV_X, OUT_SCALE if case[5] == "int8" else None,
-                                  pipeline=case[4] == "int8", stage_vecs=True))
-    assert all(s.vecs == [2, 3] and "__shared__ float vsm2[" in s.source for s in srcs)
-    assert any(s.pipeline for s in srcs)
-    monkeypatch.setenv("TFTRT_QUANT_MMA_STAGE_VECS", "0")
-    assert _source(CASES[0]).vecs == [] and "vsm" not in _source(CASES[0]).source
-    monkeypatch.delenv("TFTRT_QUANT_MMA_STAGE_VECS")   # on by default, for an int8 x only
-    assert _source(CASES[0]).vecs == [2, 3] and _source(CASES[1]).vecs == []
-    so = _build(_host_text(srcs), tmp_path, "qmma_vecs")
+def _every_case(**knobs):
+    """Every case's source with ``knobs``, the pipelined loop on the int8-x ones."""
+    return [QM.QMmaSource(case[1], case[2], case[3], case[4], case[5], *_spec(case), INV_X,
+                          OUT_SCALE if case[5] == "int8" else None,
+                          pipeline=case[4] == "int8", **knobs) for case in CASES]
+
+
+def _cases_match_numpy(srcs, tmp_path, name, seed, what):
+    so = _build(_host_text(srcs), tmp_path, name)
     for k, (case, src) in enumerate(zip(CASES, srcs)):
-        y, want, blocks = _run(so, k, src, case, case[0], seed=70 + k)
-        _assert_matches(src, y, want, f"case {k} {case}, {blocks} blocks, staged vecs")
+        y, want, blocks = _run(so, k, src, case, case[0], seed=seed + k)
+        _assert_matches(src, y, want, f"case {k} {case}, {blocks} blocks, {what}")
+
+
+def _residual_convs_compile_without_spills(tmp_path, name, **knobs):
+    """ResNet50's residual 1x1 convs (stages 1-3) with ``knobs`` compile for sm_90 without
+    register spills (nothing checked where nvcc is missing)."""
     if shutil.which("nvcc") is None:
         return
     parts = [C.PRELUDE, S.INT8_HELPERS, S.FP8_HELPERS, QM.CP_ASYNC, QM.FAST_INT8]
@@ -818,12 +812,30 @@ def test_staged_per_channel_operands_compute_the_same(tmp_path, monkeypatch):
     for kk, n in ((64, 256), (128, 512), (256, 1024)):
         epi, modes = _spec((0, n, kk, S.INT8, "int8", "int8", "res8", "relu", 0, None))
         res.append(QM.QMmaSource(n, kk, S.INT8, "int8", "int8", epi, modes, INV_X, OUT_SCALE,
-                                 stage_vecs=True))
+                                 **knobs))
     text = "\n".join(parts + list(QM.MMA_HELPERS.values()) +
                      [_strip(s.source, k) for k, s in enumerate(res)])
-    r = nvcc_compile(text, tmp_path, "qmma_vecs", "-Xptxas", "-v")
+    r = nvcc_compile(text, tmp_path, name, "-Xptxas", "-v")
     spills = re.findall(r"(\d+) bytes spill stores", r.stderr)
     assert len(spills) == 3 and all(s == "0" for s in spills), r.stderr[-3000:]
+
+
+def test_staged_per_channel_operands_compute_the_same(tmp_path, monkeypatch):
+    """stage_vecs (TFTRT_QUANT_MMA_STAGE_VECS: the scale and bias staged in shared memory once
+    a block) reads the same values: every case, with the pipelined loop on the residual
+    ones, answers as the numpy arithmetic does; ResNet50's residual 1x1 convs with it
+    compile for sm_90 without spills (their m-tile loop issues fewer instructions)."""
+    if _host_compiler() is None:
+        pytest.skip("no host C++ compiler")
+    srcs = _every_case(stage_vecs=True)
+    assert all(s.vecs == [2, 3] and "__shared__ float vsm2[" in s.source for s in srcs)
+    assert any(s.pipeline for s in srcs)
+    monkeypatch.setenv("TFTRT_QUANT_MMA_STAGE_VECS", "0")
+    assert _source(CASES[0]).vecs == [] and "vsm" not in _source(CASES[0]).source
+    monkeypatch.delenv("TFTRT_QUANT_MMA_STAGE_VECS")   # on by default, for an int8 x only
+    assert _source(CASES[0]).vecs == [2, 3] and _source(CASES[1]).vecs == []
+    _cases_match_numpy(srcs, tmp_path, "qmma_vecs", 70, "staged vecs")
+    _residual_convs_compile_without_spills(tmp_path, "qmma_vecs", stage_vecs=True)
 
 
 @pytest.mark.parametrize("i2f,res_cvt", [(True, "byte"), (False, "half2"), (False, "byte")])
@@ -836,12 +848,7 @@ def test_the_epilogues_conversion_knobs_compute_the_same(tmp_path, monkeypatch, 
     keeps the default; ResNet50's residual 1x1 convs compile for sm_90 without spills."""
     if _host_compiler() is None:
         pytest.skip("no host C++ compiler")
-    srcs = []
-    for case in CASES:
-        epi, modes = _spec(case)
-        srcs.append(QM.QMmaSource(case[1], case[2], case[3], case[4], case[5], epi, modes,
-                                  INV_X, OUT_SCALE if case[5] == "int8" else None,
-                                  pipeline=case[4] == "int8", i2f=i2f, res_cvt=res_cvt))
+    srcs = _every_case(i2f=i2f, res_cvt=res_cvt)
     res8 = [s for s, case in zip(srcs, CASES) if case[6] == "res8" and case[3] == S.INT8]
     assert res8 and all("byte_float(rp4" not in s.source for s in res8) == (res_cvt != "byte")
     if res_cvt == "half2":
@@ -859,24 +866,10 @@ def test_the_epilogues_conversion_knobs_compute_the_same(tmp_path, monkeypatch, 
     with pytest.raises(ValueError, match="res_cvt 'nibble': one of byte, half2"):
         QM.QMmaSource(256, 64, S.INT8, "int8", "int8", *_spec(CASES[0]), INV_X, OUT_SCALE,
                       res_cvt="nibble")
-    so = _build(_host_text(srcs), tmp_path, f"qmma_cvt_{res_cvt}")
-    for k, (case, src) in enumerate(zip(CASES, srcs)):
-        y, want, blocks = _run(so, k, src, case, case[0], seed=90 + k)
-        _assert_matches(src, y, want, f"case {k} {case}, {blocks} blocks, i2f {i2f} "
-                                      f"res {res_cvt}")
-    if shutil.which("nvcc") is None:
-        return
-    parts = [C.PRELUDE, S.INT8_HELPERS, S.FP8_HELPERS, QM.CP_ASYNC, QM.FAST_INT8]
-    res = []
-    for kk, n in ((64, 256), (128, 512), (256, 1024)):
-        epi, modes = _spec((0, n, kk, S.INT8, "int8", "int8", "res8", "relu", 0, None))
-        res.append(QM.QMmaSource(n, kk, S.INT8, "int8", "int8", epi, modes, INV_X, OUT_SCALE,
-                                 stage_vecs=True, i2f=i2f, res_cvt=res_cvt))
-    text = "\n".join(parts + list(QM.MMA_HELPERS.values()) +
-                     [_strip(s.source, k) for k, s in enumerate(res)])
-    r = nvcc_compile(text, tmp_path, "qmma_cvt", "-Xptxas", "-v")
-    spills = re.findall(r"(\d+) bytes spill stores", r.stderr)
-    assert len(spills) == 3 and all(s == "0" for s in spills), r.stderr[-3000:]
+    _cases_match_numpy(srcs, tmp_path, f"qmma_cvt_{res_cvt}", 90,
+                       f"i2f {i2f} res {res_cvt}")
+    _residual_convs_compile_without_spills(tmp_path, "qmma_cvt", stage_vecs=True, i2f=i2f,
+                                           res_cvt=res_cvt)
 
 
 def test_narrow_tiles_compute_the_same(tmp_path, monkeypatch):
