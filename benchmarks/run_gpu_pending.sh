@@ -5,7 +5,7 @@
 #   bash benchmarks/run_gpu_pending.sh 1   # GPU tests, the stems, q_mma's staged operands
 #   bash benchmarks/run_gpu_pending.sh 2   # ResNet50 / MobileNetV2 engines with the knobs
 #   bash benchmarks/run_gpu_pending.sh 3   # the most of 1 and 2 in one call: q_mma's knobs,
-#                                          # ResNet50 int8res / int8all / fp16
+#                                          # ResNet50 int8res / fp16
 # s46 ran part 3 and the rest by hand on an H100 (benchmarks/README.md, s46); the knobs it
 # timed are the defaults since, so bench_qmma's "1,0,0" is them all on and
 # "1,0,0,1,1,0,1,1,0,0,0" all off (config fields: bench_qmma.py's docstring).
@@ -58,7 +58,7 @@ case "${1:-1}" in
       --configs "1,0,0,1,1,0,1,1,0,0,0 1,0,0,1,1,0,1,1,1,0,0 1,0,0 1,8,64,1,1,768" 2>&1 \
       | tee "$out/pending_3_qmma.log" | grep -v "^ *$" | tail -30
     OUT=$out/r50 TESTS=0 MODELS=resnet50_int8 BATCHES=128 STAGE_S=110 \
-      CONFIGS="${R50_CONFIGS:-int8res int8all fp16}" \
+      CONFIGS="${R50_CONFIGS:-int8res fp16}" \
       bash "$repo/benchmarks/run_gpu_int8.sh" $(( $(left) - 5 ))
     ;;
   *) echo "part 1, 2 or 3"; exit 2 ;;

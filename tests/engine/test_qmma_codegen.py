@@ -872,49 +872,6 @@ def test_the_epilogues_conversion_knobs_compute_the_same(tmp_path, monkeypatch, 
                                            res_cvt=res_cvt)
 
 
-def test_narrow_tiles_compute_the_same(tmp_path, monkeypatch):
-    """TFTRT_QUANT_MMA_NARROW gives a pipelined kernel with no residual and K <= 64 the
-    residual kernels' tile (8 warps, chunks of 64, 3 blocks' registers) and nothing else;
-    the answers stay the numpy arithmetic's, the projection compiles for sm_90 without
-    spills in 80 registers where its default tile takes over 128 (139; 176 before the
-    staged vectors)."""
-    if _host_compiler() is None:
-        pytest.skip("no host C++ compiler")
-    cases = [(45, 256, 64, S.INT8, "int8", "int8", "", None, 0, None),     # the projection
-             (37, 64, 64, S.INT8, "int8", "int8", "", "relu", 0, None),     # stage-1 conv1
-             (29, 24, 32, S.INT8, "int8", "float16", "", "clip", 1, None),  # N < 64, unaligned
-             (33, 64, 128, S.INT8, "int8", "int8", "", "relu", 0, None)]    # K 128: not taken
-    build = lambda case: QM.QMmaSource(  # noqa: E731
-        case[1], case[2], case[3], case[4], case[5], *_spec(case), INV_X,
-        OUT_SCALE if case[5] == "int8" else None, pipeline=True)
-    plain = [build(case) for case in cases]
-    monkeypatch.setenv("TFTRT_QUANT_MMA_NARROW", "1")
-    srcs = [build(case) for case in cases]
-    assert [(s.warps, s.nc, s.min_threads) for s in plain] == \
-        [(4, 128, 0), (4, 64, 0), (4, 16, 0), (4, 64, 0)]
-    assert [(s.warps, s.nc, s.min_threads) for s in srcs] == \
-        [(8, 64, 768), (8, 64, 768), (8, 16, 768), (4, 64, 0)]
-    assert all(s.pipeline for s in srcs)
-    epi, modes = _spec(CASES[0])   # a residual kernel keeps its own tile
-    assert QM.QMmaSource(256, 64, S.INT8, "int8", "int8", epi, modes, INV_X,
-                         OUT_SCALE).source == _source(CASES[0], pipeline=True).source
-    so = _build(_host_text(srcs), tmp_path, "qmma_narrow")
-    for k, (case, src) in enumerate(zip(cases, srcs)):
-        y, want, blocks = _run(so, k, src, case, case[0], seed=110 + k)
-        _assert_matches(src, y, want, f"case {k} {case}, {blocks} blocks, narrow")
-    if shutil.which("nvcc") is None:
-        return
-    parts = [C.PRELUDE, S.INT8_HELPERS, S.FP8_HELPERS, QM.CP_ASYNC, QM.FAST_INT8]
-    text = "\n".join(parts + list(QM.MMA_HELPERS.values()) +
-                     [_strip(s.source, k) for k, s in enumerate([plain[0], srcs[0]])])
-    r = nvcc_compile(text, tmp_path, "qmma_narrow", "-Xptxas", "-v")
-    regs = dict(re.findall(r"Compiling entry function '(\w+)'[^\n]*\n(?:[^\n]*\n)*?[^\n]*Used "
-                           r"(\d+) registers", r.stderr))
-    assert set(regs) == {f"{QM.KERNEL}_0", f"{QM.KERNEL}_1"}, r.stderr[-3000:]
-    assert int(regs[f"{QM.KERNEL}_0"]) > 128 and regs[f"{QM.KERNEL}_1"] == "80", regs
-    assert re.findall(r"(\d+) bytes spill stores", r.stderr) == ["0", "0"], r.stderr[-3000:]
-
-
 # --- a conv as an implicit GEMM (ConvGeometry) -----------------------------------------------
 # (batch, H, W, C, N, R, S, strides, pads (top, left, bottom, right), fmt, x dtype, y dtype,
 #  epilogue, activation, max blocks)

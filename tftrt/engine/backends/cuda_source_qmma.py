@@ -396,13 +396,6 @@ class QMmaSource:
         # full-size operands (residuals) are staged in shared memory per m-tile
         self.full = {i: np.dtype(dt).name for i, (mode, dt) in operand_modes.items()
                      if mode == "full" and stage_full}
-        # a pipelined kernel without a residual and K <= 64 takes the residual kernels' tile
-        # where narrow_tiles_default() says so (its default tile holds 176 registers)
-        narrow = narrow_tiles_default() and not self.full and warps is None and nc is None \
-            and min_threads == 0 and int(mt) == 1 and self.k <= 64 and \
-            self.x_dtype == "int8" and bool(pipeline)
-        if narrow:
-            warps, nc = RESIDUAL_WARPS, 64 if self.n >= 64 else None
         self.warps = int(warps or (RESIDUAL_WARPS if self.full else WARPS))
         # the next m-tile's x and residual loaded while this one's epilogue runs: one block
         # of K of int8 x (a float x is quantized as it arrives), one m-tile a block tile
@@ -434,7 +427,7 @@ class QMmaSource:
         self.res_cvt = res_cvt_default() if res_cvt is None else str(res_cvt)
         if self.res_cvt not in RES_CVT:
             raise ValueError(f"res_cvt {self.res_cvt!r}: one of {', '.join(RES_CVT)}")
-        if not self.min_threads and self.pipeline and (self.full or narrow) and self.k <= 64:
+        if not self.min_threads and self.pipeline and self.full and self.k <= 64:
             self.min_threads = PIPELINE_MIN_BLOCKS * self.threads
         self.operands = sorted(operand_modes)
         self.params = ([(f"const {ctype(self.x_dtype)}*", "x"), ("const unsigned char*", "w")] +
@@ -928,21 +921,6 @@ def stage_vecs_default() -> bool:
     with :func:`i2f_default`'s conversions, on by default with it, see there."""
     from tftrt.env import env_bool  # standard library only
     return env_bool("TFTRT_QUANT_MMA_STAGE_VECS", True)
-
-
-def narrow_tiles_default() -> bool:
-    """``TFTRT_QUANT_MMA_NARROW`` (default off: measured slower; 1 turns it on): a
-    pipelined kernel with no residual and K <= 64 (ResNet50's projection, 64 -> 256 over an
-    int8 x, and the 64 -> 64 1x1 convs) takes the residual kernels' tile -- 8 warps, chunks
-    of 64 channels, registers capped for :data:`PIPELINE_MIN_BLOCKS` blocks an SM -- where
-    its default (4 warps, chunks of 128) compiles to 176 registers for the projection
-    (nvcc 13.0, sm_90): 2 blocks of 4 warps an SM, against 3 of 8. The same answers. H100,
-    s46 (results/qmma_knobs_h100_2026-12-07s46a.log, the conversion knobs on): the
-    projection 88.8 us against 83.9 on its own tile (which the staged vectors had already
-    brought to 139 registers, 3 blocks an SM), the 64 -> 64 conv 24.1 against 24.4 (noise);
-    the residual convs keep their own tiles."""
-    from tftrt.env import env_bool  # standard library only
-    return env_bool("TFTRT_QUANT_MMA_NARROW", False)
 
 
 def i2f_default() -> bool:
