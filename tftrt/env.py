@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from typing import Optional
+from typing import Optional, Sequence
 
 log = logging.getLogger("tftrt.env")
 
@@ -43,6 +43,21 @@ def env_bool(name: str, default: bool) -> bool:
                         "the default, %s", name, raw, int(default))
         return default
     return value
+
+
+def env_choice(name: str, choices: Sequence[str], default: str) -> str:
+    """The environment variable ``name`` as one of ``choices`` (any case; unset or empty:
+    ``default``); another value keeps the default with one warning naming the choices."""
+    raw = os.environ.get(name, "")
+    value = raw.strip().lower()
+    if not value:
+        return default
+    if value in choices:
+        return value
+    if (name, raw) not in _warned:
+        _warned.add((name, raw))
+        log.warning("%s=%r: one of %s; using %s", name, value, ", ".join(choices), default)
+    return default
 
 
 def env_float(name: str, default: float, minimum: float = 0.0) -> float:

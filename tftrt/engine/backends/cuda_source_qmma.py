@@ -46,7 +46,6 @@ per-element formulas, not from these tables, and the build-time validation of ev
 
 from __future__ import annotations
 
-import logging
 import math
 from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
@@ -54,8 +53,6 @@ import numpy as np
 
 from tftrt.engine.backends import cuda_source_quant as S
 from tftrt.engine.backends.cuda_source import PRELUDE, ctype, load_expr
-
-log = logging.getLogger("tftrt.engine")
 
 KERNEL = "qmma"
 MAX_K = 2048             # K: bytes of a weight row in shared memory (ResNet50's widest)
@@ -950,14 +947,8 @@ def res_cvt_default() -> str:
     numbers). A third way, each code sign-extended by PRMT's sign replication and converted
     by I2F, answered wrong on the GPU (``__byte_perm`` ignores the replication bit) and was
     no faster when it ran (107.1 us against 105.4): removed."""
-    import os
-    raw = os.environ.get("TFTRT_QUANT_MMA_RES_CVT", "").strip().lower()
-    if raw in RES_CVT:
-        return raw
-    if raw:
-        log.warning("TFTRT_QUANT_MMA_RES_CVT=%r: one of %s; using half2", raw,
-                    ", ".join(RES_CVT))
-    return "half2"
+    from tftrt.env import env_choice  # standard library only
+    return env_choice("TFTRT_QUANT_MMA_RES_CVT", tuple(RES_CVT), "half2")
 
 
 def enabled() -> bool:
