@@ -61,5 +61,25 @@ case "${1:-1}" in
       CONFIGS="${R50_CONFIGS:-int8res fp16}" \
       bash "$repo/benchmarks/run_gpu_int8.sh" $(( $(left) - 5 ))
     ;;
-  *) echo "part 1, 2 or 3"; exit 2 ;;
+  4)  # s47: the INT8 GPU suite under s46's defaults (never run whole with them); q_mma's 3x3
+      # implicit GEMMs (ResNet50's stage-1 3x3 convs: 83.7 us, 354 TOPS, s46) under Nsight
+      # Compute (Firecracker machines: H100) and with other tiles
+    timeout 290 python3 -m pytest tests/gpu/test_int8_gpu.py tests/gpu/test_stem_mma_gpu.py \
+      -k "not through_tensorflow" -q -rf -p no:cacheprovider --tb=short 2>&1 \
+      | tee "$out/pending_4_tests.log" | tail -8
+    if command -v ncu >/dev/null; then
+      timeout 100 ncu --clock-control none -k regex:qmma -s 1 -c 1 --section SpeedOfLight \
+        --section MemoryWorkloadAnalysis --section Occupancy --section SchedulerStats \
+        --section WarpStateStats --section LaunchStats --section InstructionStats \
+        --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio" \
+        python3 benchmarks/bench_qmma.py --only s1_3x3_64to64 --configs "1,0,0" \
+        > "$out/ncu_s1_3x3.txt" 2>&1
+      grep -E "Duration|Memory Throughput|DRAM Throughput|L1/TEX Hit|Achieved Occupancy|Registers Per|Issue Slots Busy|Executed Ipc A|stalled_(long|short|mio|lg|math|wait|barrier|not_sel|tex)" \
+        "$out/ncu_s1_3x3.txt" | head -30
+    fi
+    timeout $(( $(left) - 5 )) python3 benchmarks/bench_qmma.py --only s1_3x3,s2_3x3 \
+      --configs "${QMMA_CONFIGS:-1,0,0 2,0,0 1,8,0 1,2,0 1,4,32 1,8,32}" 2>&1 \
+      | tee "$out/pending_4_qmma3x3.log" | grep -v "^ *$" | tail -30
+    ;;
+  *) echo "part 1, 2, 3 or 4"; exit 2 ;;
 esac
