@@ -1045,3 +1045,52 @@ def test_a_padded_k_reads_only_its_own_row(host_kernels, kx, kp):
     assert np.isfinite(y[rest]).all(), "a row read its neighbour's NaN"
     np.testing.assert_allclose(y[rest], want[rest], rtol=2.0 ** -10,
                                atol=1e-5 * float(np.abs(want[rest]).max()))
+
+
+def test_two_m_tiles_a_warp_compute_the_same(tmp_path, monkeypatch):
+    """pair (TFTRT_QUANT_MMA_PAIR: a warp computes two m-tiles at once, each B fragment read
+    once for both) changes the tiling only: every GEMM case and every conv case answers as
+    the numpy arithmetic does -- row counts that end inside the first or the second tile of
+    a warp, residuals staged for both tiles, a looping grid; the switch is read from the
+    environment; ResNet50's stage-1 3x3 conv and residual 1x1 convs compile for sm_90
+    without spills."""
+    if _host_compiler() is None:
+        pytest.skip("no host C++ compiler")
+    srcs = _every_case(pair=True)
+    assert all(s.pair and not s.pipeline and s.tile_rows == 32 for s in srcs)
+    assert all("acd[j]" in s.source and "rsn" in s.source for s, c in zip(srcs, CASES) if c[6])
+    assert not _source(CASES[0]).pair
+    monkeypatch.setenv("TFTRT_QUANT_MMA_PAIR", "1")
+    assert _source(CASES[0]).pair and not _source(CASES[0], pipeline=True).pipeline
+    monkeypatch.delenv("TFTRT_QUANT_MMA_PAIR")
+    _cases_match_numpy(srcs, tmp_path, "qmma_pair", 110, "pair")
+    so = _build(_host_text(srcs), tmp_path, "qmma_pair_rows")
+    for k, m in ((0, 16), (0, 17), (1, 48), (3, 100), (7, 1)):
+        y, want, blocks = _run(so, k, srcs[k], CASES[k], m, seed=120 + m)
+        _assert_matches(srcs[k], y, want, f"case {k}, {m} rows, {blocks} blocks, pair")
+    monkeypatch.setenv("TFTRT_QUANT_MMA_PAIR", "1")
+    convs = [_conv_source(case) for case in CONV_CASES]
+    assert all(s.pair for s in convs)
+    so = _build(_host_text(convs), tmp_path, "qmma_pair_conv")
+    for k, (case, src) in enumerate(zip(CONV_CASES, convs)):
+        b, h, w, c, n = case[:5]
+        _, ho, wo = _conv_out(case)
+        m = b * ho * wo
+        gemm = (m, n, src.k, case[9], case[10], case[11], case[12], case[13], 0, case[14])
+        x = _inputs((b * h * w, n, c) + gemm[3:], seed=400 + k)[0].reshape(b, h, w, c)
+        _, wq, ops = _inputs(gemm, seed=500 + k)
+        want = _want(gemm, _im2col(x, case), wq, ops)
+        y = np.full(want.shape, -128 if src.y_dtype == "int8" else np.nan, src.y_dtype)
+        _run_host(so, k, [x, wq] + [ops[i] for i in src.operands] + [y, m],
+                  src.grid(m, case[14]), src.threads)
+        _assert_matches(src, y, want, f"conv case {k} {case}, pair")
+    _residual_convs_compile_without_spills(tmp_path, "qmma_pair", pair=True)
+    if shutil.which("nvcc") is not None:
+        geo = QM.ConvGeometry(56, 56, 64, 3, 3, 1, 1, 1, 1, 56, 56)
+        epi, modes = _spec((0, 64, 576, S.INT8, "int8", "int8", "", "relu", 0, None))
+        src = QM.QMmaSource(64, 576, S.INT8, "int8", "int8", epi, modes, INV_X, OUT_SCALE,
+                            conv=geo, pair=True)
+        text = "\n".join([C.PRELUDE, S.INT8_HELPERS, QM.FAST_INT8] +
+                         list(QM.MMA_HELPERS.values()) + [_strip(src.source, 0)])
+        r = nvcc_compile(text, tmp_path, "qmma_pair_3x3", "-Xptxas", "-v")
+        assert re.findall(r"(\d+) bytes spill stores", r.stderr) == ["0"], r.stderr[-3000:]

@@ -103,6 +103,9 @@ PIPELINE_MIN_BLOCKS = 3
 LANES = 32
 MT = 1                   # m-tiles of 16 rows a warp takes per block tile (the grid is capped
 #                          at the blocks the GPU holds at once: warps stride over m-tiles)
+# K a lane's A fragments cover at a time where a warp computes two m-tiles together
+# (:attr:`QMmaSource.pair`): two tiles' rows hold twice the words, so half the block
+PAIR_KB = 128
 NC_CHOICES = (128, 64, 32, 16, 8)   # output channels a block takes (the widest that fits)
 SMEM_LIMIT = 48 * 1024   # static shared memory of one block
 _X_DTYPES = ("int8", "float16", "float32")
@@ -340,6 +343,8 @@ class QMmaSource:
       conv: a :class:`ConvGeometry` where the layer is a conv with more than one tap (or a
         stride, or padding): the kernel's rows are then y's pixels and it gathers x's taps
         itself (K = r * s * c; no pipeline).
+      pair: a warp computes two m-tiles at once, sharing B's fragments (None:
+        :func:`pair_default`; no pipeline) -- a benchmark knob, the same answers.
 
     Kernel ``qmma(x, w, *operands, y, m)`` (operands in :attr:`operands` order, ``m`` a long
     long); :meth:`grid` gives the launch. Raises ValueError for what the kernel does not take.
@@ -352,7 +357,7 @@ class QMmaSource:
                  fast_int: bool = True, min_threads: int = 0, pipeline: bool = PIPELINE,
                  paired: bool = True, conv: Optional[ConvGeometry] = None,
                  stage_vecs: Optional[bool] = None, i2f: Optional[bool] = None,
-                 res_cvt: Optional[str] = None):
+                 res_cvt: Optional[str] = None, pair: Optional[bool] = None):
         self.n, self.k, self.fmt = int(n), int(k), fmt
         # x's row length: K itself, but a K of 8 / 16 / 24, or a multiple of 16 (MobileNet /
         # EfficientNet channel counts: 16, 24, 80, 112, 144, 240), runs over a weight
@@ -370,6 +375,11 @@ class QMmaSource:
                 raise ValueError(f"K {self.k} is not the conv's taps x channels "
                                  f"({conv.r} x {conv.s} x {conv.c})")
             pipeline = False  # (the pipelined loop reads x's rows as a GEMM's)
+        # two m-tiles a warp, each fragment of B read once for both (:func:`pair_default`)
+        self.pair = pair_default() if pair is None else bool(pair)
+        if self.pair:
+            pipeline = False
+        self.kb = PAIR_KB if self.pair else KB
         self.x_dtype, self.y_dtype = np.dtype(x_dtype).name, np.dtype(y_dtype).name
         if fmt not in (S.INT8, S.FP8):
             raise ValueError(f"quantized format {fmt!r}")
@@ -398,7 +408,7 @@ class QMmaSource:
         # of K of int8 x (a float x is quantized as it arrives), one m-tile a block tile
         self.pipeline = bool(pipeline) and int(mt) == 1 and self.k <= KB and \
             self.x_dtype == "int8"
-        fdt = tuple(self.full.values()) * (2 if self.pipeline else 1)
+        fdt = tuple(self.full.values()) * (2 if self.pipeline or self.pair else 1)
         # per-channel float operands (the dequantization scale, the bias) staged once a block
         # in shared memory as float32 (stage_vecs; default :func:`stage_vecs_default`, for an
         # int8 x: timed there, and a float x's kernels spill with it)
@@ -416,6 +426,7 @@ class QMmaSource:
         self.nc = nc
         self.chunks = -(-self.n // nc)
         self.mt = int(mt)
+        self.tile_rows = 32 if self.pair else 16   # a warp's rows at a time
         self.threads = self.warps * LANES
         self.inv_x, self.out_scale = float(inv_x), out_scale
         self.fast_int, self.min_threads = bool(fast_int), int(min_threads)
@@ -436,7 +447,7 @@ class QMmaSource:
     def grid(self, m: int, max_blocks: Optional[int] = None) -> int:
         """Blocks of a launch over ``m`` rows: every chunk times the block tiles (capped at
         ``max_blocks`` rounded down to whole chunks; blocks then loop)."""
-        tiles = max(1, math.ceil(int(m) / (self.warps * self.mt * 16)))
+        tiles = max(1, math.ceil(int(m) / (self.warps * self.mt * self.tile_rows)))
         if max_blocks:
             tiles = max(1, min(tiles, int(max_blocks) // self.chunks))
         return tiles * self.chunks
@@ -715,22 +726,30 @@ class QMmaSource:
 
     def _k_mmas(self, chunks: int, tail: int, off: str) -> str:
         """Every n-tile's MMAs over the fragments in ``a0`` / ``a1`` of the chunks at ``off``,
-        accumulating in ``acc``."""
+        accumulating in ``acc`` -- and, where :attr:`pair`, over the second m-tile's ``u0`` /
+        ``u1`` into ``acd`` with the same B fragment."""
         kr = smem_row(self.k)
+        tiles = (("acc", "a"), ("acd", "u")) if self.pair else (("acc", "a"),)
         mmas = []
         for c in range(chunks):
+            body = "\n            ".join(
+                f"mma_16832({d}[j], {a}0[{4 * c}], {a}1[{4 * c}], {a}0[{4 * c + 1}], "
+                f"{a}1[{4 * c + 1}], b.x, b.y);\n            "
+                f"mma_16832({d}[j], {a}0[{4 * c + 2}], {a}1[{4 * c + 2}], {a}0[{4 * c + 3}], "
+                f"{a}1[{4 * c + 3}],\n                      b.z, b.w);" for d, a in tiles)
             mmas.append(f"""{{
             const uint4 b = bsm4[((8 * j + g) * {kr} + {off} + {64 * c} + 16 * t) / 16];
-            mma_16832(acc[j], a0[{4 * c}], a1[{4 * c}], a0[{4 * c + 1}], a1[{4 * c + 1}], b.x, b.y);
-            mma_16832(acc[j], a0[{4 * c + 2}], a1[{4 * c + 2}], a0[{4 * c + 3}], a1[{4 * c + 3}],
-                      b.z, b.w);
+            {body}
           }}""")
         if tail:
+            body = "\n            ".join(
+                f"mma_16832({d}[j], {a}0[{4 * chunks}], {a}1[{4 * chunks}], "
+                f"{a}0[{4 * chunks + 1}],\n                      {a}1[{4 * chunks + 1}], "
+                f"b.x, b.y);" for d, a in tiles)
             mmas.append(f"""{{
             const uint2 b = reinterpret_cast<const uint2*>(bsm4)[
                 ((8 * j + g) * {kr} + {off} + {64 * chunks} + 8 * t) / 8];
-            mma_16832(acc[j], a0[{4 * chunks}], a1[{4 * chunks}], a0[{4 * chunks + 1}],
-                      a1[{4 * chunks + 1}], b.x, b.y);
+            {body}
           }}""")
         mma_src = "\n          ".join(mmas)
         return f"""#pragma unroll
@@ -743,20 +762,65 @@ class QMmaSource:
         rows for ``chunks`` 64-wide chunks (and a last 32 where ``tail``), then every n-tile's
         MMAs over them, accumulating in ``acc``. Blocks run in the order of k, so each
         accumulator sums its chunks in the same order whatever the block width."""
+        second = self._k_loads(chunks, tail, off, "u", "urow") if self.pair else ""
         return f"""{{
         {self._k_loads(chunks, tail, off)}
+        {second}
         {self._k_mmas(chunks, tail, off)}
       }}"""
+
+    def _pair_loop(self, it: str, rows_of, words: int, acc_init: str, k_src: str, wait: str,
+                   epi_src: str) -> str:
+        """The block-tile loop where a warp computes two m-tiles at once (:attr:`pair`): rows
+        ``m0 ..`` into ``acc`` and ``m1 = m0 + 16 ..`` into ``acd``, each B fragment read from
+        shared memory once for both; each tile's residual staged before the K loop (the
+        second in ``rsn``); then the epilogue of the first tile, and of the second in a scope
+        whose ``m0``, ``rows``, ``row0`` / ``row1`` and residual rows are its own."""
+        tile_rows = self.warps * self.mt * 32
+        conv_rows = (self._conv_rows() + "\n      " + self._conv_rows("urow")) \
+            if self.conv is not None else ""
+        shadow = "".join(f"\n        unsigned char* rs{i} = rsn{i};" for i in self.full)
+        second = epi_src.replace("acc[j][", "acd[j][")
+        return f"""const {it} tiles = (m + {tile_rows - 1}) / {tile_rows};
+  const {it} stride = gridDim.x / {self.chunks};
+  for ({it} bt = blockIdx.x / {self.chunks}; bt < tiles; bt += stride) {{
+    for (int mi = 0; mi < {self.mt}; ++mi) {{
+      const {it} m0 = ((bt * {self.warps} + warp) * {self.mt} + mi) * 32;
+      if (m0 >= m) break;  // the same for the whole warp
+      const {it} m1 = m0 + 16;
+      // the lane's rows g, g + 8 of both m-tiles (a row past M reads the last one: never
+      // stored; the second tile may lie wholly past M: urows <= 0)
+      {rows_of("m0", "")}
+      {rows_of("m1", "u")}
+      {conv_rows}
+      {self._copy_in()}
+      {self._copy_in("m1", "urows", "rsn")}
+      unsigned a0[{words}], a1[{words}], u0[{words}], u1[{words}];
+      {acc_init}
+      {acc_init.replace("acc", "acd")}
+      {k_src}
+      {wait}
+      {epi_src}
+      if (urows > 0) {{
+        const {it} m0 = m1;
+        const int rows = urows;
+        const {it} row0 = urow0, row1 = urow1;
+        (void)row0; (void)row1;{shadow}
+        {second}
+      }}
+    }}
+  }}"""
 
     def _source(self, epilogue, operand_modes) -> str:
         n, k, nc = self.n, self.k, self.nc
         kr = smem_row(k)
-        full_blocks, rest = divmod(k, KB)
+        kb = self.kb
+        full_blocks, rest = divmod(k, kb)
         rest_chunks, tail = divmod(rest, 64)
         tail = tail // 32
         sr = stage_row(nc, self.y_dtype)
         # A words a lane holds per row: one block of K at a time
-        words = 4 * (KB // 64) if full_blocks else 4 * rest_chunks + 2 * tail
+        words = 4 * (kb // 64) if full_blocks else 4 * rest_chunks + 2 * tail
         it = "long long"  # m is an argument: rows * N may pass 2**31 at a large batch
         params = ", ".join(f"{ty} __restrict__ {nm}" if ty.endswith("*") else f"{ty} {nm}"
                            for ty, nm in self.params)
@@ -771,20 +835,20 @@ class QMmaSource:
         blocks = []
         if full_blocks:
             unroll = "#pragma unroll 1\n      " if full_blocks > 1 else ""
-            blocks.append(f"{unroll}for (int kb = 0; kb < {KB * full_blocks}; kb += {KB}) " +
-                          self._k_block(KB // 64, 0, "kb"))
+            blocks.append(f"{unroll}for (int kb = 0; kb < {kb * full_blocks}; kb += {kb}) " +
+                          self._k_block(kb // 64, 0, "kb"))
         if rest_chunks or tail:
-            blocks.append(self._k_block(rest_chunks, tail, str(KB * full_blocks)))
+            blocks.append(self._k_block(rest_chunks, tail, str(kb * full_blocks)))
         k_src = "\n      ".join(blocks)
         nt = nc // 8
         arrays, decls = [], []
-        bufs = 2 if self.pipeline else 1
+        bufs = 2 if self.pipeline or self.pair else 1
         for i, dt in self.full.items():
             rs = stage_row(nc, dt)
             arrays.append(f"__shared__ uint4 res{i}4[{bufs * self.warps * 16 * rs // 16}];")
             decls.append(f"constexpr int RS{i} = {rs};\n  unsigned char* rs{i} = "
                          f"reinterpret_cast<unsigned char*>(res{i}4) + warp * 16 * RS{i};")
-            if self.pipeline:
+            if self.pipeline or self.pair:
                 decls.append(f"unsigned char* rsn{i} = reinterpret_cast<unsigned char*>"
                              f"(res{i}4) + ({self.warps} + warp) * 16 * RS{i};")
         full_arrays, full_decl = "\n  ".join(arrays), "\n  ".join(decls)
@@ -813,7 +877,9 @@ class QMmaSource:
             f"const int {r}rows = (int)(m - {m0} < 16 ? m - {m0} : 16);\n"
             f"      const {it} {r}row0 = {m0} + g < m ? {m0} + g : m - 1;\n"
             f"      const {it} {r}row1 = {m0} + g + 8 < m ? {m0} + g + 8 : m - 1;")
-        if not self.pipeline:
+        if self.pair:
+            loop = self._pair_loop(it, rows_of, words, acc_init, k_src, wait, epi_src)
+        elif not self.pipeline:
             tile_rows = self.warps * self.mt * 16
             loop = f"""const {it} tiles = (m + {tile_rows - 1}) / {tile_rows};
   const {it} stride = gridDim.x / {self.chunks};
@@ -918,6 +984,19 @@ def stage_vecs_default() -> bool:
     with :func:`i2f_default`'s conversions, on by default with it, see there."""
     from tftrt.env import env_bool  # standard library only
     return env_bool("TFTRT_QUANT_MMA_STAGE_VECS", True)
+
+
+def pair_default() -> bool:
+    """``TFTRT_QUANT_MMA_PAIR`` (default off; 1 turns it on): a warp computes two m-tiles of
+    16 rows at once and reads each fragment of the weight from shared memory once for both,
+    where it read it per m-tile; A's fragments are loaded a block of :data:`PAIR_KB` k at a
+    time (the two tiles' rows hold twice the words), and the pipelined loop is not used.
+    The same values. Why: the stage-3 residual conv stalls on shared-memory loads of the
+    weight fragments (Nsight Compute, H100, s46: one 16-byte load a lane per two MMAs), and
+    ResNet50's stage-1 3x3 convs run at 354 TOPS (83.7 us, against cuDNN's 28 us for the
+    stage-2 ones of the same multiply-adds)."""
+    from tftrt.env import env_bool  # standard library only
+    return env_bool("TFTRT_QUANT_MMA_PAIR", False)
 
 
 def i2f_default() -> bool:
