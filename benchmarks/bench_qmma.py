@@ -8,7 +8,8 @@ their im2col for a 3x3 conv: exact below 2**24; the float epilogue in numpy's or
     python benchmarks/bench_qmma.py [--batch 128] [--configs "1,0,0 1,0,0,1,1,0,1,1,0,0,0"]
                                     [--only NAME[,NAME...]]
 
-(a config: mt,warps,nc[,stage[,fast[,min_threads[,pipeline[,paired[,vecs[,i2f[,res[,pair]]]]]]]]];
+(a config: mt,warps,nc[,stage[,fast[,min_threads[,pipeline[,paired[,vecs[,i2f[,res[,pair[,
+prefetch[,kb]]]]]]]]]]];
 warps / nc 0 the kernel's own choice; pipeline 1 loads the next m-tile during the epilogue
 (int8 x, K <= 256); stage 0 reads the residual from global memory element by element instead
 of staging it in shared memory, s35's way; fast 0 converts on the conversion unit, s36b's
@@ -17,8 +18,11 @@ paired 0 runs the epilogue element by element, s37's way; vecs 1 stages the scal
 in shared memory once a block (TFTRT_QUANT_MMA_STAGE_VECS, s45); i2f 1 converts the
 accumulator with I2F (TFTRT_QUANT_MMA_I2F, s46); res: an int8 residual's codes to float, 0
 byte_float, 1 half2 (TFTRT_QUANT_MMA_RES_CVT, s46); pair 1: a warp computes two m-tiles at
-once, each weight fragment read once for both (TFTRT_QUANT_MMA_PAIR, s47; no pipeline); the
-kernel's defaults, which fill a config's missing fields, 1,0,0,1,1,0,1,1,1,1,1,0 since s47
+once, each weight fragment read once for both (TFTRT_QUANT_MMA_PAIR, s47; no pipeline);
+prefetch 1: each block of K's A fragments loaded during the block before's MMAs
+(TFTRT_QUANT_MMA_PREFETCH, s47; no pipeline); kb: K a block of A fragments covers (0: the
+kernel's, 256 halved by pair and by prefetch); the kernel's defaults, which fill a config's
+missing fields, 1,0,0,1,1,0,1,1,1,1,1,0,0,0 since s47
 -- before s46, a missing vecs / i2f / res meant 0, so s45's and earlier logs' "1,0,0" is
 today's "1,0,0,1,1,0,1,1,0,0,0").
 
@@ -118,14 +122,16 @@ def run(name, hw, k, n, xdt, res, relu, batch, configs, rng, taps=1):
     want = cp.clip(cp.rint(v * cp.float32(Q.inv_scale(OUT_SCALE))), -127, 127).astype(cp.int8)
     nbytes = m * c * x.itemsize + m * n * (2 if res else 1) + n * k
     rows = []
-    for mt, warps, nc, stage, fast, min_threads, pipe, paired, vecs, i2f, rcv, two in configs:
+    for (mt, warps, nc, stage, fast, min_threads, pipe, paired, vecs, i2f, rcv, two, pref,
+         kb) in configs:
         try:
             src = QM.QMmaSource(n, k, S.INT8, xdt, "int8", epi, modes, inv_x, OUT_SCALE, mt=mt,
                                 warps=warps or None, nc=nc or None, stage_full=bool(stage),
                                 fast_int=bool(fast), min_threads=min_threads,
                                 pipeline=bool(pipe), paired=bool(paired), conv=geometry,
                                 stage_vecs=bool(vecs), i2f=bool(i2f),
-                                res_cvt=("byte", "half2")[rcv], pair=bool(two))
+                                res_cvt=("byte", "half2")[rcv], pair=bool(two),
+                                prefetch=bool(pref), kb=kb or None)
         except ValueError as e:
             print(f"{name:24s} mt {mt} warps {warps} nc {nc}: {e}")
             continue
@@ -148,6 +154,7 @@ def run(name, hw, k, n, xdt, res, relu, batch, configs, rng, taps=1):
               f"{'pipe' if src.pipeline else 'step'} {'pair' if paired else 'elem'} "
               f"{'vecs' if src.vecs else 'ldg'} {'i2f' if src.i2f else 'magic'} "
               f"res-{src.res_cvt} {'2tiles' if src.pair else '1tile'} "
+              f"{'prefetch' if src.prefetch else 'wait'} kb {src.kb:3d} "
               f"regs {kern.num_regs:3d} "
               f"{per_sm} a SM, "
               f"blocks {blocks:5d}: {t:8.1f} us "
@@ -163,8 +170,9 @@ def main(argv=None) -> int:
     p.add_argument("--only", default="")
     a = p.parse_args(argv)
     rng = np.random.default_rng(0)
-    # mt, warps, nc, stage, fast, min_threads, pipeline, paired, vecs, i2f, res, pair
-    defaults = (1, 0, 0, 1, 1, 0, 1, 1, 1, 1, 1, 0)
+    # mt, warps, nc, stage, fast, min_threads, pipeline, paired, vecs, i2f, res, pair,
+    # prefetch, kb
+    defaults = (1, 0, 0, 1, 1, 0, 1, 1, 1, 1, 1, 0, 0, 0)
     configs = []
     for c in a.configs.split():
         given = tuple(int(v) for v in c.split(","))

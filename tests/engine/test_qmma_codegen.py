@@ -1094,3 +1094,50 @@ def test_two_m_tiles_a_warp_compute_the_same(tmp_path, monkeypatch):
                          list(QM.MMA_HELPERS.values()) + [_strip(src.source, 0)])
         r = nvcc_compile(text, tmp_path, "qmma_pair_3x3", "-Xptxas", "-v")
         assert re.findall(r"(\d+) bytes spill stores", r.stderr) == ["0"], r.stderr[-3000:]
+
+
+@pytest.mark.parametrize("pair", [False, True])
+def test_prefetched_blocks_of_k_compute_the_same(tmp_path, monkeypatch, pair):
+    """prefetch (TFTRT_QUANT_MMA_PREFETCH: each block of K's A fragments loaded into a second
+    set of registers during the block before's MMAs), alone and with two m-tiles a warp,
+    changes the schedule only: every GEMM case and every conv case answers as the numpy
+    arithmetic does (K of one block, several, a rest of chunks and of 32); the block width
+    follows the registers; ResNet50's stage-1 3x3 conv compiles for sm_90 without spills."""
+    if _host_compiler() is None:
+        pytest.skip("no host C++ compiler")
+    srcs = _every_case(prefetch=True, pair=pair)
+    assert all(s.prefetch and not s.pipeline and s.kb == (64 if pair else 128) for s in srcs)
+    assert all("unsigned p0[" in s.source for s in srcs)
+    assert not _source(CASES[0]).prefetch
+    monkeypatch.setenv("TFTRT_QUANT_MMA_PREFETCH", "1")
+    assert _source(CASES[0]).prefetch
+    with pytest.raises(ValueError, match="a block of K is a multiple of 64 up to 256, not 96"):
+        QM.QMmaSource(256, 64, S.INT8, "int8", "int8", *_spec(CASES[0]), INV_X, OUT_SCALE,
+                      kb=96)
+    _cases_match_numpy(srcs, tmp_path, "qmma_prefetch", 130, f"prefetch, pair {pair}")
+    if pair:
+        monkeypatch.setenv("TFTRT_QUANT_MMA_PAIR", "1")
+    convs = [_conv_source(case) for case in CONV_CASES]
+    assert all(s.prefetch and s.pair == pair for s in convs)
+    so = _build(_host_text(convs), tmp_path, "qmma_prefetch_conv")
+    for k, (case, src) in enumerate(zip(CONV_CASES, convs)):
+        b, h, w, c, n = case[:5]
+        _, ho, wo = _conv_out(case)
+        m = b * ho * wo
+        gemm = (m, n, src.k, case[9], case[10], case[11], case[12], case[13], 0, case[14])
+        x = _inputs((b * h * w, n, c) + gemm[3:], seed=600 + k)[0].reshape(b, h, w, c)
+        _, wq, ops = _inputs(gemm, seed=700 + k)
+        want = _want(gemm, _im2col(x, case), wq, ops)
+        y = np.full(want.shape, -128 if src.y_dtype == "int8" else np.nan, src.y_dtype)
+        _run_host(so, k, [x, wq] + [ops[i] for i in src.operands] + [y, m],
+                  src.grid(m, case[14]), src.threads)
+        _assert_matches(src, y, want, f"conv case {k} {case}, prefetch, pair {pair}")
+    if shutil.which("nvcc") is not None:
+        geo = QM.ConvGeometry(56, 56, 64, 3, 3, 1, 1, 1, 1, 56, 56)
+        epi, modes = _spec((0, 64, 576, S.INT8, "int8", "int8", "", "relu", 0, None))
+        src = QM.QMmaSource(64, 576, S.INT8, "int8", "int8", epi, modes, INV_X, OUT_SCALE,
+                            conv=geo, pair=pair, prefetch=True)
+        text = "\n".join([C.PRELUDE, S.INT8_HELPERS, QM.FAST_INT8] +
+                         list(QM.MMA_HELPERS.values()) + [_strip(src.source, 0)])
+        r = nvcc_compile(text, tmp_path, "qmma_prefetch_3x3", "-Xptxas", "-v")
+        assert re.findall(r"(\d+) bytes spill stores", r.stderr) == ["0"], r.stderr[-3000:]

@@ -103,9 +103,6 @@ PIPELINE_MIN_BLOCKS = 3
 LANES = 32
 MT = 1                   # m-tiles of 16 rows a warp takes per block tile (the grid is capped
 #                          at the blocks the GPU holds at once: warps stride over m-tiles)
-# K a lane's A fragments cover at a time where a warp computes two m-tiles together
-# (:attr:`QMmaSource.pair`): two tiles' rows hold twice the words, so half the block
-PAIR_KB = 128
 NC_CHOICES = (128, 64, 32, 16, 8)   # output channels a block takes (the widest that fits)
 SMEM_LIMIT = 48 * 1024   # static shared memory of one block
 _X_DTYPES = ("int8", "float16", "float32")
@@ -344,7 +341,11 @@ class QMmaSource:
         stride, or padding): the kernel's rows are then y's pixels and it gathers x's taps
         itself (K = r * s * c; no pipeline).
       pair: a warp computes two m-tiles at once, sharing B's fragments (None:
-        :func:`pair_default`; no pipeline) -- a benchmark knob, the same answers.
+        :func:`pair_default`; no pipeline); prefetch: the next block of K's A fragments
+        loaded during this one's MMAs (None: :func:`prefetch_default`; no pipeline); kb: K a
+        lane's A fragments cover at a time (a multiple of 64 up to :data:`KB`; None:
+        :data:`KB`, halved by each of pair and prefetch) -- benchmark knobs, the same
+        answers.
 
     Kernel ``qmma(x, w, *operands, y, m)`` (operands in :attr:`operands` order, ``m`` a long
     long); :meth:`grid` gives the launch. Raises ValueError for what the kernel does not take.
@@ -357,7 +358,8 @@ class QMmaSource:
                  fast_int: bool = True, min_threads: int = 0, pipeline: bool = PIPELINE,
                  paired: bool = True, conv: Optional[ConvGeometry] = None,
                  stage_vecs: Optional[bool] = None, i2f: Optional[bool] = None,
-                 res_cvt: Optional[str] = None, pair: Optional[bool] = None):
+                 res_cvt: Optional[str] = None, pair: Optional[bool] = None,
+                 prefetch: Optional[bool] = None, kb: Optional[int] = None):
         self.n, self.k, self.fmt = int(n), int(k), fmt
         # x's row length: K itself, but a K of 8 / 16 / 24, or a multiple of 16 (MobileNet /
         # EfficientNet channel counts: 16, 24, 80, 112, 144, 240), runs over a weight
@@ -377,9 +379,17 @@ class QMmaSource:
             pipeline = False  # (the pipelined loop reads x's rows as a GEMM's)
         # two m-tiles a warp, each fragment of B read once for both (:func:`pair_default`)
         self.pair = pair_default() if pair is None else bool(pair)
-        if self.pair:
+        # the next block of K's A fragments loaded while this one's MMAs run
+        # (:func:`prefetch_default`)
+        self.prefetch = prefetch_default() if prefetch is None else bool(prefetch)
+        if self.pair or self.prefetch:
             pipeline = False
-        self.kb = PAIR_KB if self.pair else KB
+        # K a lane's A fragments cover at a time: two tiles' rows, or two sets of registers,
+        # hold twice the words of one, so each halves the block
+        self.kb = int(kb) if kb else \
+            max(64, KB // (2 if self.pair else 1) // (2 if self.prefetch else 1))
+        if self.kb % 64 or not 64 <= self.kb <= KB:
+            raise ValueError(f"a block of K is a multiple of 64 up to {KB}, not {self.kb}")
         self.x_dtype, self.y_dtype = np.dtype(x_dtype).name, np.dtype(y_dtype).name
         if fmt not in (S.INT8, S.FP8):
             raise ValueError(f"quantized format {fmt!r}")
@@ -724,12 +734,13 @@ class QMmaSource:
           {body}
         }}"""
 
-    def _k_mmas(self, chunks: int, tail: int, off: str) -> str:
-        """Every n-tile's MMAs over the fragments in ``a0`` / ``a1`` of the chunks at ``off``,
-        accumulating in ``acc`` -- and, where :attr:`pair`, over the second m-tile's ``u0`` /
-        ``u1`` into ``acd`` with the same B fragment."""
+    def _k_mmas(self, chunks: int, tail: int, off: str, regs: Tuple[str, str] = ("a", "u")
+                ) -> str:
+        """Every n-tile's MMAs over the fragments in ``a0`` / ``a1`` (``regs[0]``) of the
+        chunks at ``off``, accumulating in ``acc`` -- and, where :attr:`pair`, over the second
+        m-tile's ``u0`` / ``u1`` (``regs[1]``) into ``acd`` with the same B fragment."""
         kr = smem_row(self.k)
-        tiles = (("acc", "a"), ("acd", "u")) if self.pair else (("acc", "a"),)
+        tiles = (("acc", regs[0]), ("acd", regs[1])) if self.pair else (("acc", regs[0]),)
         mmas = []
         for c in range(chunks):
             body = "\n            ".join(
@@ -756,6 +767,38 @@ class QMmaSource:
         for (int j = 0; j < NT; ++j) {{
           {mma_src}
         }}"""
+
+    def _k_prefetched(self, words: int) -> str:
+        """The K loop where :attr:`prefetch`: straight-line blocks of :attr:`kb` (then the
+        rest), each block's A fragments loaded into one of two register sets while the MMAs
+        of the block before run on the other (``a`` / ``u``, ``p`` / ``v``), in the order of
+        k as :meth:`_k_block`'s loop."""
+        blocks = [(off, self.kb // 64, 0) for off in range(0, self.k - self.k % self.kb,
+                                                             self.kb)]
+        rest_chunks, tail = divmod(self.k % self.kb, 64)
+        if rest_chunks or tail:
+            blocks.append((self.k - self.k % self.kb, rest_chunks, tail // 32))
+        sets = (("a", "u"), ("p", "v"))
+
+        def loads(i):
+            off, chunks, tail = blocks[i]
+            a, u = sets[i % 2]
+            src = self._k_loads(chunks, tail, str(off), a, "row")
+            if self.pair:
+                src += "\n        " + self._k_loads(chunks, tail, str(off), u, "urow")
+            return src
+
+        regs = f"unsigned p0[{words}], p1[{words}];" + \
+            (f" unsigned v0[{words}], v1[{words}];" if self.pair else "")
+        out = [regs, loads(0)]
+        for i, (off, chunks, tail) in enumerate(blocks):
+            if i + 1 < len(blocks):
+                out.append(loads(i + 1))
+            out.append(self._k_mmas(chunks, tail, str(off), sets[i % 2]))
+        body = "\n        ".join(out)
+        return f"""{{
+        {body}
+      }}"""
 
     def _k_block(self, chunks: int, tail: int, off: str) -> str:
         """A block of K at column ``off`` (a C expression): the lane's A fragments of its two
@@ -839,7 +882,7 @@ class QMmaSource:
                           self._k_block(kb // 64, 0, "kb"))
         if rest_chunks or tail:
             blocks.append(self._k_block(rest_chunks, tail, str(kb * full_blocks)))
-        k_src = "\n      ".join(blocks)
+        k_src = self._k_prefetched(words) if self.prefetch else "\n      ".join(blocks)
         nt = nc // 8
         arrays, decls = [], []
         bufs = 2 if self.pipeline or self.pair else 1
@@ -989,14 +1032,26 @@ def stage_vecs_default() -> bool:
 def pair_default() -> bool:
     """``TFTRT_QUANT_MMA_PAIR`` (default off; 1 turns it on): a warp computes two m-tiles of
     16 rows at once and reads each fragment of the weight from shared memory once for both,
-    where it read it per m-tile; A's fragments are loaded a block of :data:`PAIR_KB` k at a
-    time (the two tiles' rows hold twice the words), and the pipelined loop is not used.
+    where it read it per m-tile; A's fragments are loaded half a block of K at a time
+    (:attr:`QMmaSource.kb`: the two tiles' rows hold twice the words), and the pipelined
+    loop is not used.
     The same values. Why: the stage-3 residual conv stalls on shared-memory loads of the
     weight fragments (Nsight Compute, H100, s46: one 16-byte load a lane per two MMAs), and
     ResNet50's stage-1 3x3 convs run at 354 TOPS (83.7 us, against cuDNN's 28 us for the
     stage-2 ones of the same multiply-adds)."""
     from tftrt.env import env_bool  # standard library only
     return env_bool("TFTRT_QUANT_MMA_PAIR", False)
+
+
+def prefetch_default() -> bool:
+    """``TFTRT_QUANT_MMA_PREFETCH`` (default off; 1 turns it on): the K loop is unrolled into
+    blocks of :attr:`QMmaSource.kb` k, and each block's A fragments are loaded into a second
+    set of registers while the MMAs of the block before run, where the plain loop loads a
+    block and then waits for it before its MMAs. The same values. Why: in ResNet50's stage-1
+    3x3 convs (K 576, 354 TOPS, s46) a warp waits for each block's loads from L1 / L2 with
+    nothing else to issue but other warps' work."""
+    from tftrt.env import env_bool  # standard library only
+    return env_bool("TFTRT_QUANT_MMA_PREFETCH", False)
 
 
 def i2f_default() -> bool:
