@@ -377,11 +377,14 @@ class QMmaSource:
                 raise ValueError(f"K {self.k} is not the conv's taps x channels "
                                  f"({conv.r} x {conv.s} x {conv.c})")
             pipeline = False  # (the pipelined loop reads x's rows as a GEMM's)
-        # two m-tiles a warp, each fragment of B read once for both (:func:`pair_default`)
-        self.pair = pair_default() if pair is None else bool(pair)
-        # the next block of K's A fragments loaded while this one's MMAs run
-        # (:func:`prefetch_default`)
-        self.prefetch = prefetch_default() if prefetch is None else bool(prefetch)
+        # two m-tiles a warp, each fragment of B read once for both (:func:`pair_default`),
+        # and the next block of K's A fragments loaded while this one's MMAs run
+        # (:func:`prefetch_default`): by default where the pipelined loop does not apply
+        piped = bool(pipeline) and int(mt) == 1 and self.k <= KB and \
+            np.dtype(x_dtype).name == "int8"
+        self.pair = pair_default() and not piped if pair is None else bool(pair)
+        self.prefetch = prefetch_default() and not piped if prefetch is None else \
+            bool(prefetch)
         if self.pair or self.prefetch:
             pipeline = False
         # K a lane's A fragments cover at a time: two tiles' rows, or two sets of registers,
@@ -1030,26 +1033,27 @@ def stage_vecs_default() -> bool:
 
 
 def pair_default() -> bool:
-    """``TFTRT_QUANT_MMA_PAIR`` (default off; 1 turns it on): a warp computes two m-tiles of
-    16 rows at once and reads each fragment of the weight from shared memory once for both,
-    where it read it per m-tile; A's fragments are loaded half a block of K at a time
-    (:attr:`QMmaSource.kb`: the two tiles' rows hold twice the words), and the pipelined
-    loop is not used.
-    The same values. Why: the stage-3 residual conv stalls on shared-memory loads of the
-    weight fragments (Nsight Compute, H100, s46: one 16-byte load a lane per two MMAs), and
-    ResNet50's stage-1 3x3 convs run at 354 TOPS (83.7 us, against cuDNN's 28 us for the
-    stage-2 ones of the same multiply-adds)."""
+    """``TFTRT_QUANT_MMA_PAIR`` (default off; 1 turns it on for the kernels the pipelined loop does
+    not take: implicit-GEMM convs, a float x, K over :data:`KB`): a warp computes two
+    m-tiles of 16 rows at once and reads each fragment of the weight from shared memory once
+    for both, where it read it per m-tile; A's fragments are loaded half a block of K at a
+    time (:attr:`QMmaSource.kb`: the two tiles' rows hold twice the words), and the
+    pipelined loop is not used. The same values. Why: the stage-3 residual conv stalls on
+    shared-memory loads of the weight fragments (Nsight Compute, H100, s46: one 16-byte load
+    a lane per two MMAs), and ResNet50's stage-1 3x3 convs run at 354 TOPS (83.7 us, against
+    cuDNN's 28 us for the stage-2 ones of the same multiply-adds)."""
     from tftrt.env import env_bool  # standard library only
     return env_bool("TFTRT_QUANT_MMA_PAIR", False)
 
 
 def prefetch_default() -> bool:
-    """``TFTRT_QUANT_MMA_PREFETCH`` (default off; 1 turns it on): the K loop is unrolled into
-    blocks of :attr:`QMmaSource.kb` k, and each block's A fragments are loaded into a second
-    set of registers while the MMAs of the block before run, where the plain loop loads a
-    block and then waits for it before its MMAs. The same values. Why: in ResNet50's stage-1
-    3x3 convs (K 576, 354 TOPS, s46) a warp waits for each block's loads from L1 / L2 with
-    nothing else to issue but other warps' work."""
+    """``TFTRT_QUANT_MMA_PREFETCH`` (default off; 1 turns it on for the kernels the pipelined loop
+    does not take, as :func:`pair_default`): the K loop is unrolled into blocks of
+    :attr:`QMmaSource.kb` k, and each block's A fragments are loaded into a second set of
+    registers while the MMAs of the block before run, where the plain loop loads a block and
+    then waits for it before its MMAs. The same values. Why: in ResNet50's stage-1 3x3 convs
+    (K 576, 354 TOPS, s46) a warp waits for each block's loads from L1 / L2 with nothing
+    else to issue but other warps' work."""
     from tftrt.env import env_bool  # standard library only
     return env_bool("TFTRT_QUANT_MMA_PREFETCH", False)
 
