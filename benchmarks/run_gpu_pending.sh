@@ -86,5 +86,11 @@ case "${1:-1}" in
                  1,0,0,1,1,512,1,1,1,1,1,0,1 1,8,0,$e,1}" 2>&1 \
       | tee "$out/pending_4_qmma3x3.log" | grep -v "^ *$" | tail -30
     ;;
-  *) echo "part 1, 2, 3 or 4"; exit 2 ;;
+  5)  # s47: ResNet50 INT8 with q_mma's pair / prefetch knobs against the defaults and FP16
+    OUT=$out/r50 TESTS=0 MODELS=resnet50_int8 BATCHES=128 STAGE_S=110 \
+      CONFIGS="${R50_CONFIGS:-int8res int8pref int8pair fp16}" \
+      bash "$repo/benchmarks/run_gpu_int8.sh" $(( $(left) - 5 ))
+    grep -h "q_mma\|q_cudnn" "$out"/r50/*int8p*.log | grep -v "^ *conv" | head -30
+    ;;
+  *) echo "part 1, 2, 3, 4 or 5"; exit 2 ;;
 esac
