@@ -92,5 +92,20 @@ case "${1:-1}" in
       bash "$repo/benchmarks/run_gpu_int8.sh" $(( $(left) - 5 ))
     grep -h "q_mma\|q_cudnn" "$out"/r50/*int8p*.log | grep -v "^ *conv" | head -30
     ;;
-  *) echo "part 1, 2, 3, 4 or 5"; exit 2 ;;
+  6)  # s47: where q_mma's time goes -- each conv with one part left out (bench_qmma --ablate:
+      # x's loads, the MMAs, the epilogue), n-first and k-first (interleaved) MMAs
+    for ab in none loads mma epi loads,mma; do
+      echo "== ablate $ab" | tee -a "$out/pending_6_ablate.log"
+      timeout 100 python3 benchmarks/bench_qmma.py \
+        --only s1_3x3_64to64,s1_conv3,s1_proj_64to256_int8x,s3_conv3 \
+        --configs "1,0,0 1,0,0,1,1,0,1,1,1,1,1,0,0,0,1" \
+        $([ "$ab" = none ] || echo "--ablate $ab") 2>&1 | grep -v "^ *$" \
+        | tee -a "$out/pending_6_ablate.log" | grep -v f16x \
+        | sed -E 's/^(\S+).*(k-first|n-first).*regs +([0-9]+).*: +([0-9.]+ us).*/\1 \2 \3 \4/' 
+    done
+    [ "$(left)" -gt 200 ] && OUT=$out/r50 TESTS=0 MODELS=resnet50_int8 BATCHES=128 \
+      STAGE_S=110 CONFIGS="${R50_CONFIGS:-int8timed fp16}" \
+      bash "$repo/benchmarks/run_gpu_int8.sh" $(( $(left) - 5 ))
+    ;;
+  *) echo "part 1 to 6"; exit 2 ;;
 esac

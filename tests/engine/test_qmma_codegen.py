@@ -1143,3 +1143,41 @@ def test_prefetched_blocks_of_k_compute_the_same(tmp_path, monkeypatch, pair):
                          list(QM.MMA_HELPERS.values()) + [_strip(src.source, 0)])
         r = nvcc_compile(text, tmp_path, "qmma_prefetch_3x3", "-Xptxas", "-v")
         assert re.findall(r"(\d+) bytes spill stores", r.stderr) == ["0"], r.stderr[-3000:]
+
+
+def test_mmas_in_the_order_of_k_compute_the_same(tmp_path, monkeypatch):
+    """interleave (TFTRT_QUANT_MMA_INTERLEAVE: a chunk's MMAs issue k first, n-tiles
+    interleaved) sums the same products in the same order per accumulator: every case (the
+    pipelined loop on the int8-x ones, a last 32 of K) and the conv cases, with and without
+    two m-tiles a warp, answer as the numpy arithmetic does; the switch is read from the
+    environment."""
+    if _host_compiler() is None:
+        pytest.skip("no host C++ compiler")
+    srcs = _every_case(interleave=True) + [
+        QM.QMmaSource(c[1], c[2], c[3], c[4], c[5], *_spec(c), INV_X,
+                      OUT_SCALE if c[5] == "int8" else None, interleave=True, pair=True)
+        for c in CASES]
+    assert all("uint2 bz[NT];" in s.source for s in srcs if s.k >= 64)
+    assert "bz[" not in _source(CASES[0]).source
+    monkeypatch.setenv("TFTRT_QUANT_MMA_INTERLEAVE", "1")
+    assert _source(CASES[0]).interleave
+    so = _build(_host_text(srcs), tmp_path, "qmma_interleave")
+    for k, src in enumerate(srcs):
+        case = CASES[k % len(CASES)]
+        y, want, blocks = _run(so, k, src, case, case[0], seed=140 + k)
+        _assert_matches(src, y, want, f"case {k % len(CASES)}, pair {src.pair}, interleave")
+    convs = [_conv_source(case) for case in CONV_CASES]
+    assert all(s.interleave for s in convs)
+    so = _build(_host_text(convs), tmp_path, "qmma_interleave_conv")
+    for k, (case, src) in enumerate(zip(CONV_CASES, convs)):
+        b, h, w, c, n = case[:5]
+        _, ho, wo = _conv_out(case)
+        m = b * ho * wo
+        gemm = (m, n, src.k, case[9], case[10], case[11], case[12], case[13], 0, case[14])
+        x = _inputs((b * h * w, n, c) + gemm[3:], seed=800 + k)[0].reshape(b, h, w, c)
+        _, wq, ops = _inputs(gemm, seed=900 + k)
+        want = _want(gemm, _im2col(x, case), wq, ops)
+        y = np.full(want.shape, -128 if src.y_dtype == "int8" else np.nan, src.y_dtype)
+        _run_host(so, k, [x, wq] + [ops[i] for i in src.operands] + [y, m],
+                  src.grid(m, case[14]), src.threads)
+        _assert_matches(src, y, want, f"conv case {k} {case}, interleave")
