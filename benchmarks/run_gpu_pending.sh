@@ -94,14 +94,15 @@ case "${1:-1}" in
     ;;
   6)  # s47: where q_mma's time goes -- each conv with one part left out (bench_qmma --ablate:
       # x's loads, the MMAs, the epilogue), n-first and k-first (interleaved) MMAs
+    e=1,1,0,1,1,1,1,1 f='\1 \2 \3 \4 \5'
     for ab in none loads mma epi loads,mma; do
       echo "== ablate $ab" | tee -a "$out/pending_6_ablate.log"
       timeout 100 python3 benchmarks/bench_qmma.py \
         --only s1_3x3_64to64,s1_conv3,s1_proj_64to256_int8x,s3_conv3 \
-        --configs "1,0,0 1,0,0,1,1,0,1,1,1,1,1,0,0,0,1" \
+        --configs "1,0,0 1,0,0,$e,0,0,0,1 1,0,0,$e,1 1,0,0,$e,1,0,0,1" \
         $([ "$ab" = none ] || echo "--ablate $ab") 2>&1 | grep -v "^ *$" \
         | tee -a "$out/pending_6_ablate.log" | grep -v f16x \
-        | sed -E 's/^(\S+).*(k-first|n-first).*regs +([0-9]+).*: +([0-9.]+ us).*/\1 \2 \3 \4/' 
+        | sed -E "s/^(\S+).*(1tile|2tiles).*(k-first|n-first).*regs +([0-9]+).*: +([0-9.]+ us).*/$f/"
     done
     [ "$(left)" -gt 200 ] && OUT=$out/r50 TESTS=0 MODELS=resnet50_int8 BATCHES=128 \
       STAGE_S=110 CONFIGS="${R50_CONFIGS:-int8timed fp16}" \
