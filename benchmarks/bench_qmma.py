@@ -22,8 +22,9 @@ once, each weight fragment read once for both (TFTRT_QUANT_MMA_PAIR, s47; no pip
 prefetch 1: each block of K's A fragments loaded during the block before's MMAs
 (TFTRT_QUANT_MMA_PREFETCH, s47; no pipeline); kb: K a block of A fragments covers (0: the
 kernel's, 256 halved by pair and by prefetch); interleave 1: the MMAs k first, n-tiles
-interleaved (TFTRT_QUANT_MMA_INTERLEAVE, s47); the kernel's defaults, which fill a config's
-missing fields, 1,0,0,1,1,0,1,1,1,1,1,0,0,0,0 since s47
+interleaved, 0 n-tile first, 2 the kernel's rule (TFTRT_QUANT_MMA_INTERLEAVE=auto, s47: on for
+pipelined kernels of K <= 64); the kernel's defaults, which fill a config's missing fields,
+1,0,0,1,1,0,1,1,1,1,1,0,0,0,2 since s47
 -- before s46, a missing vecs / i2f / res meant 0, so s45's and earlier logs' "1,0,0" is
 today's "1,0,0,1,1,0,1,1,0,0,0").
 
@@ -161,7 +162,8 @@ def run(name, hw, k, n, xdt, res, relu, batch, configs, rng, taps=1, ablate=()):
                                 pipeline=bool(pipe), paired=bool(paired), conv=geometry,
                                 stage_vecs=bool(vecs), i2f=bool(i2f),
                                 res_cvt=("byte", "half2")[rcv], pair=bool(two),
-                                prefetch=bool(pref), kb=kb or None, interleave=bool(il))
+                                prefetch=bool(pref), kb=kb or None,
+                                interleave=None if il == 2 else bool(il))
         except ValueError as e:
             print(f"{name:24s} mt {mt} warps {warps} nc {nc}: {e}")
             continue
@@ -207,7 +209,7 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(0)
     # mt, warps, nc, stage, fast, min_threads, pipeline, paired, vecs, i2f, res, pair,
     # prefetch, kb, interleave
-    defaults = (1, 0, 0, 1, 1, 0, 1, 1, 1, 1, 1, 0, 0, 0, 0)
+    defaults = (1, 0, 0, 1, 1, 0, 1, 1, 1, 1, 1, 0, 0, 0, 2)
     configs = []
     for c in a.configs.split():
         given = tuple(int(v) for v in c.split(","))

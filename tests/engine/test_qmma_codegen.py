@@ -1150,7 +1150,7 @@ def test_mmas_in_the_order_of_k_compute_the_same(tmp_path, monkeypatch):
     interleaved) sums the same products in the same order per accumulator: every case (the
     pipelined loop on the int8-x ones, a last 32 of K) and the conv cases, with and without
     two m-tiles a warp, answer as the numpy arithmetic does; the switch is read from the
-    environment."""
+    environment, "auto" (the default) on for the pipelined kernels of K <= 64."""
     if _host_compiler() is None:
         pytest.skip("no host C++ compiler")
     srcs = _every_case(interleave=True) + [
@@ -1158,7 +1158,13 @@ def test_mmas_in_the_order_of_k_compute_the_same(tmp_path, monkeypatch):
                       OUT_SCALE if c[5] == "int8" else None, interleave=True, pair=True)
         for c in CASES]
     assert all("uint2 bz[NT];" in s.source for s in srcs if s.k >= 64)
+    # auto (the default): on for the pipelined kernels of K <= 64 over an int8 x
     assert "bz[" not in _source(CASES[0]).source
+    assert _source(CASES[0], pipeline=True).interleave      # K 64, int8 x, pipelined
+    assert not _source(CASES[1], pipeline=True).interleave  # a float16 x
+    assert not _source(CASES[12], pipeline=True).interleave  # K 2048
+    monkeypatch.setenv("TFTRT_QUANT_MMA_INTERLEAVE", "0")
+    assert not _source(CASES[0], pipeline=True).interleave
     monkeypatch.setenv("TFTRT_QUANT_MMA_INTERLEAVE", "1")
     assert _source(CASES[0]).interleave
     so = _build(_host_text(srcs), tmp_path, "qmma_interleave")

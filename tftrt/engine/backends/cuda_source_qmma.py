@@ -389,7 +389,11 @@ class QMmaSource:
         if self.pair or self.prefetch:
             pipeline = False
         # the MMAs in the order of k first, n-tiles interleaved (:func:`interleave_default`)
-        self.interleave = interleave_default() if interleave is None else bool(interleave)
+        if interleave is None:
+            way = interleave_default()
+            interleave = way == "1" or (way == "auto" and bool(pipeline) and int(mt) == 1 and
+                                        np.dtype(x_dtype).name == "int8" and self.k <= 64)
+        self.interleave = bool(interleave)
         # K a lane's A fragments cover at a time: two tiles' rows, or two sets of registers,
         # hold twice the words of one, so each halves the block
         self.kb = int(kb) if kb else \
@@ -1100,16 +1104,21 @@ def prefetch_default() -> bool:
     return env_bool("TFTRT_QUANT_MMA_PREFETCH", False)
 
 
-def interleave_default() -> bool:
-    """``TFTRT_QUANT_MMA_INTERLEAVE`` (default off; 1 turns it on): the MMAs of a block of K
-    issue k first -- per 64-k chunk, every n-tile's MMA of the first 32 k, then every
-    n-tile's of the second -- where they issued n-tile first, each n-tile's MMAs over the
-    block back to back into one accumulator. The same sums in the same order. Why: Nsight
-    Compute on ResNet50's stage-1 3x3 conv (H100, s47, 84.4 us, 23% occupancy): the top
-    stall is "wait" (1.94 cycles an instruction: a fixed-latency dependency), and its SASS
-    (nvcc 13.0, sm_90) issues IMMAs whose accumulator is the IMMA just before."""
-    from tftrt.env import env_bool  # standard library only
-    return env_bool("TFTRT_QUANT_MMA_INTERLEAVE", False)
+def interleave_default() -> str:
+    """``TFTRT_QUANT_MMA_INTERLEAVE``: "auto" (the default), "1" or "0". Where on, the MMAs of
+    a block of K issue k first -- per 64-k chunk, every n-tile's MMA of the first 32 k, then
+    every n-tile's of the second -- where they issue n-tile first, each n-tile's MMAs over the
+    block back to back into one accumulator. The same sums in the same order. "auto": on for
+    the pipelined kernels of K up to 64 (an int8 x), where it was timed faster. H100, s47,
+    the same call, five runs each (results/qmma_ablate_h100_2026-12-07s47c.log): ResNet50's
+    stage-1 residual 1x1 conv 107.1 us against 112.6 (79 registers either way), and 5-8%
+    faster in each of the four ablated runs; the stage-3 residual conv 58.4 against 58.1;
+    the projection 86.7 against 84.3, the stage-1 3x3 conv 87.9 against 85.6 (134
+    registers against 126: 3 blocks an SM). Why it was tried: Nsight Compute on the 3x3 conv
+    (s47: "wait", a fixed-latency dependency, is its top stall) and its SASS (nvcc 13.0,
+    sm_90), whose IMMAs often take the accumulator of the IMMA just before."""
+    from tftrt.env import env_choice  # standard library only
+    return env_choice("TFTRT_QUANT_MMA_INTERLEAVE", ("auto", "1", "0"), "auto")
 
 
 def i2f_default() -> bool:
