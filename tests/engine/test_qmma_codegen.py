@@ -629,8 +629,29 @@ def test_sources_compile_for_sm90_without_spills(tmp_path):
         body.append(_strip(s.source, k))
     text = "\n".join(parts + list(QM.MMA_HELPERS.values()) + body)
     r = nvcc_compile(text, tmp_path, "qmma", "-Xptxas", "-v")
-    spills = re.findall(r"(\d+) bytes spill stores", r.stderr)
-    assert spills and all(s == "0" for s in spills), r.stderr[-3000:]
+    _assert_no_spills(r.stderr, srcs)
+
+
+# Bytes of local memory ptxas (nvcc 13.0, sm_90) may give the one kernel measured faster with
+# them: the stage-1 residual 1x1 conv with its MMAs interleaved (TFTRT_QUANT_MMA_INTERLEAVE's
+# "auto") spills 8 bytes at the 80 registers of its three blocks an SM, and ran 107.1 us
+# against 112.6 without the interleave (H100, s47, five runs of five faster). Every other
+# kernel: none.
+INTERLEAVED_CAPPED_SPILL = 8
+
+
+def _assert_no_spills(stderr: str, srcs) -> None:
+    """Each ``qmma_<k>`` function in ptxas' -v output spills nothing -- but an interleaved
+    kernel under a register cap (``srcs[k].interleave and srcs[k].min_threads``), at most
+    :data:`INTERLEAVED_CAPPED_SPILL` bytes."""
+    found = re.findall(r"Function properties for qmma_(\d+)\s+(\d+) bytes stack frame, "
+                       r"(\d+) bytes spill stores", stderr)
+    assert len(found) == len(srcs), stderr[-3000:]
+    for k, _, spill in found:
+        src = srcs[int(k)]
+        limit = INTERLEAVED_CAPPED_SPILL if src.interleave and src.min_threads else 0
+        assert int(spill) <= limit, f"qmma_{k} (N {src.n}, K {src.k}): {spill} bytes " \
+            f"spilled\n{stderr[-3000:]}"
 
 
 # --- the tactic ------------------------------------------------------------------------------
@@ -804,7 +825,7 @@ def _cases_match_numpy(srcs, tmp_path, name, seed, what):
 
 def _residual_convs_compile_without_spills(tmp_path, name, **knobs):
     """ResNet50's residual 1x1 convs (stages 1-3) with ``knobs`` compile for sm_90 without
-    register spills (nothing checked where nvcc is missing)."""
+    register spills (:func:`_assert_no_spills`; nothing checked where nvcc is missing)."""
     if shutil.which("nvcc") is None:
         return
     parts = [C.PRELUDE, S.INT8_HELPERS, S.FP8_HELPERS, QM.CP_ASYNC, QM.FAST_INT8]
@@ -816,8 +837,7 @@ def _residual_convs_compile_without_spills(tmp_path, name, **knobs):
     text = "\n".join(parts + list(QM.MMA_HELPERS.values()) +
                      [_strip(s.source, k) for k, s in enumerate(res)])
     r = nvcc_compile(text, tmp_path, name, "-Xptxas", "-v")
-    spills = re.findall(r"(\d+) bytes spill stores", r.stderr)
-    assert len(spills) == 3 and all(s == "0" for s in spills), r.stderr[-3000:]
+    _assert_no_spills(r.stderr, res)
 
 
 def test_staged_per_channel_operands_compute_the_same(tmp_path, monkeypatch):

@@ -1111,7 +1111,8 @@ def interleave_default() -> str:
     block back to back into one accumulator. The same sums in the same order. "auto": on for
     the pipelined kernels of K up to 64 (an int8 x), where it was timed faster. H100, s47,
     the same call, five runs each (results/qmma_ablate_h100_2026-12-07s47c.log): ResNet50's
-    stage-1 residual 1x1 conv 107.1 us against 112.6 (79 registers either way), and 5-8%
+    stage-1 residual 1x1 conv 107.1 us against 112.6 (79 registers either way; nvcc 13.0's
+    ptxas spills 8 bytes there at the 80 registers of its three blocks an SM), and 5-8%
     faster in each of the four ablated runs; the stage-3 residual conv 58.4 against 58.1;
     the projection 86.7 against 84.3, the stage-1 3x3 conv 87.9 against 85.6 (134
     registers against 126: 3 blocks an SM). Why it was tried: Nsight Compute on the 3x3 conv
