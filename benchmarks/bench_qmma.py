@@ -9,7 +9,7 @@ their im2col for a 3x3 conv: exact below 2**24; the float epilogue in numpy's or
                                     [--only NAME[,NAME...]]
 
 (a config: mt,warps,nc[,stage[,fast[,min_threads[,pipeline[,paired[,vecs[,i2f[,res[,pair[,
-prefetch[,kb[,interleave]]]]]]]]]]]]];
+prefetch[,kb[,interleave[,stage_a]]]]]]]]]]]]]];
 warps / nc 0 the kernel's own choice; pipeline 1 loads the next m-tile during the epilogue
 (int8 x, K <= 256); stage 0 reads the residual from global memory element by element instead
 of staging it in shared memory, s35's way; fast 0 converts on the conversion unit, s36b's
@@ -23,8 +23,10 @@ prefetch 1: each block of K's A fragments loaded during the block before's MMAs
 (TFTRT_QUANT_MMA_PREFETCH, s47; no pipeline); kb: K a block of A fragments covers (0: the
 kernel's, 256 halved by pair and by prefetch); interleave 1: the MMAs k first, n-tiles
 interleaved, 0 n-tile first, 2 the kernel's rule (TFTRT_QUANT_MMA_INTERLEAVE=auto, s47: on for
-pipelined kernels of K <= 64); the kernel's defaults, which fill a config's missing fields,
-1,0,0,1,1,0,1,1,1,1,1,0,0,0,2 since s47
+pipelined kernels of K <= 64); stage_a 1: an int8-x implicit GEMM's chunks of x copied by
+cp.async into a ring in shared memory (TFTRT_QUANT_MMA_STAGE_A, s47; its registers capped at
+5 blocks an SM unless min_threads says otherwise); the kernel's defaults, which fill a
+config's missing fields, 1,0,0,1,1,0,1,1,1,1,1,0,0,0,2,0 since s47
 -- before s46, a missing vecs / i2f / res meant 0, so s45's and earlier logs' "1,0,0" is
 today's "1,0,0,1,1,0,1,1,0,0,0").
 
@@ -154,7 +156,7 @@ def run(name, hw, k, n, xdt, res, relu, batch, configs, rng, taps=1, ablate=()):
     nbytes = m * c * x.itemsize + m * n * (2 if res else 1) + n * k
     rows = []
     for (mt, warps, nc, stage, fast, min_threads, pipe, paired, vecs, i2f, rcv, two, pref,
-         kb, il) in configs:
+         kb, il, sa) in configs:
         try:
             src = QM.QMmaSource(n, k, S.INT8, xdt, "int8", epi, modes, inv_x, OUT_SCALE, mt=mt,
                                 warps=warps or None, nc=nc or None, stage_full=bool(stage),
@@ -163,7 +165,8 @@ def run(name, hw, k, n, xdt, res, relu, batch, configs, rng, taps=1, ablate=()):
                                 stage_vecs=bool(vecs), i2f=bool(i2f),
                                 res_cvt=("byte", "half2")[rcv], pair=bool(two),
                                 prefetch=bool(pref), kb=kb or None,
-                                interleave=None if il == 2 else bool(il))
+                                interleave=None if il == 2 else bool(il),
+                                stage_a=bool(sa) and geometry is not None and xdt == "int8")
         except ValueError as e:
             print(f"{name:24s} mt {mt} warps {warps} nc {nc}: {e}")
             continue
@@ -188,6 +191,7 @@ def run(name, hw, k, n, xdt, res, relu, batch, configs, rng, taps=1, ablate=()):
               f"res-{src.res_cvt} {'2tiles' if src.pair else '1tile'} "
               f"{'prefetch' if src.prefetch else 'wait'} kb {src.kb:3d} "
               f"{'k-first' if src.interleave else 'n-first'} "
+              f"{'ring' if src.stage_a else 'ldg'} "
               f"regs {kern.num_regs:3d} "
               f"{per_sm} a SM, "
               f"blocks {blocks:5d}: {t:8.1f} us "
@@ -208,8 +212,8 @@ def main(argv=None) -> int:
         p.error(f"--ablate {a.ablate!r}: a comma list of {', '.join(ABLATE)}")
     rng = np.random.default_rng(0)
     # mt, warps, nc, stage, fast, min_threads, pipeline, paired, vecs, i2f, res, pair,
-    # prefetch, kb, interleave
-    defaults = (1, 0, 0, 1, 1, 0, 1, 1, 1, 1, 1, 0, 0, 0, 2)
+    # prefetch, kb, interleave, stage_a
+    defaults = (1, 0, 0, 1, 1, 0, 1, 1, 1, 1, 1, 0, 0, 0, 2, 0)
     configs = []
     for c in a.configs.split():
         given = tuple(int(v) for v in c.split(","))

@@ -1207,3 +1207,61 @@ def test_mmas_in_the_order_of_k_compute_the_same(tmp_path, monkeypatch):
         _run_host(so, k, [x, wq] + [ops[i] for i in src.operands] + [y, m],
                   src.grid(m, case[14]), src.threads)
         _assert_matches(src, y, want, f"conv case {k} {case}, interleave")
+
+
+@pytest.mark.parametrize("offset", [0, 1])
+def test_staged_a_chunks_compute_the_same(tmp_path, monkeypatch, offset):
+    """stage_a (TFTRT_QUANT_MMA_STAGE_A: an implicit GEMM's 64-channel chunks of x copied by
+    cp.async into a two-slot ring in shared memory, read from there) changes where A comes
+    from only: the int8-x conv cases -- 3x3 with padding on every side, a looping grid, a
+    float32 output with a residual -- answer as the numpy arithmetic does, with x 16-byte
+    aligned (cp.async, zeros in the padding) and not (element copies); a float x or a GEMM
+    is refused; the switch is read from the environment; ResNet50's stage-1 3x3 conv
+    compiles for sm_90 without spills, the ring in the output staging's bytes."""
+    if _host_compiler() is None:
+        pytest.skip("no host C++ compiler")
+    cases = [case for case in CONV_CASES if case[10] == "int8"] + [
+        (3, 7, 9, 128, 24, 3, 3, (1, 1), (1, 1, 1, 1), S.INT8, "int8", "int8", "res8", None,
+         2)]   # 2 chunks a tap, residual, a looping grid
+    srcs = []
+    for case in cases:
+        b, h, w, c, n, r, s_, (sh, sw), pads, fmt, xdt, ydt, res, act, _ = case
+        _, ho, wo = _conv_out(case)
+        geo = QM.ConvGeometry(h, w, c, r, s_, sh, sw, pads[0], pads[1], ho, wo)
+        epi, modes = _spec((0, n, r * s_ * c, fmt, xdt, ydt, res, act, 0, None))
+        srcs.append(QM.QMmaSource(n, r * s_ * c, fmt, xdt, ydt, epi, modes, INV_X,
+                                  OUT_SCALE if ydt == "int8" else None, conv=geo, stage_a=True))
+    assert all(s.stage_a and "cp_async16_z(" in s.source for s in srcs)
+    assert len(srcs) == 3
+    with pytest.raises(ValueError, match="staged A chunks take an implicit-GEMM conv over an "
+                                         "int8 x"):
+        QM.QMmaSource(64, 64, S.INT8, "int8", "int8", *_spec(CASES[0]), INV_X, OUT_SCALE,
+                      stage_a=True)
+    assert not _conv_source(CONV_CASES[0]).stage_a
+    monkeypatch.setenv("TFTRT_QUANT_MMA_STAGE_A", "1")
+    assert _conv_source(CONV_CASES[0]).stage_a and not _conv_source(CONV_CASES[1]).stage_a
+    so = _build(_host_text(srcs), tmp_path, "qmma_stage_a")
+    for k, (case, src) in enumerate(zip(cases, srcs)):
+        b, h, w, c, n = case[:5]
+        _, ho, wo = _conv_out(case)
+        m = b * ho * wo
+        gemm = (m, n, src.k, case[9], case[10], case[11], case[12], case[13], 0, case[14])
+        x = _inputs((b * h * w, n, c) + gemm[3:], seed=1000 + k)[0].reshape(b, h, w, c)
+        x = _offset_view(x, offset, 0)
+        _, wq, ops = _inputs(gemm, seed=1100 + k)
+        want = _want(gemm, _im2col(x, case), wq, ops)
+        y = np.full(want.shape, -128 if src.y_dtype == "int8" else np.nan, src.y_dtype)
+        _run_host(so, k, [x, wq] + [ops[i] for i in src.operands] + [y, m],
+                  src.grid(m, case[14]), src.threads)
+        _assert_matches(src, y, want, f"conv case {case}, staged A, x offset {offset}")
+    if shutil.which("nvcc") is not None and not offset:
+        geo = QM.ConvGeometry(56, 56, 64, 3, 3, 1, 1, 1, 1, 56, 56)
+        epi, modes = _spec((0, 64, 576, S.INT8, "int8", "int8", "", "relu", 0, None))
+        src = QM.QMmaSource(64, 576, S.INT8, "int8", "int8", epi, modes, INV_X, OUT_SCALE,
+                            conv=geo, stage_a=True)
+        assert src.nc == 64 and src.min_threads == QM.STAGE_A_MIN_BLOCKS * src.threads
+        assert "__launch_bounds__(128, 5)" in src.source
+        text = "\n".join([C.PRELUDE, S.INT8_HELPERS, QM.CP_ASYNC, QM.FAST_INT8] +
+                         list(QM.MMA_HELPERS.values()) + [_strip(src.source, 0)])
+        r = nvcc_compile(text, tmp_path, "qmma_stage_a_3x3", "-Xptxas", "-v")
+        _assert_no_spills(r.stderr, [src])

@@ -57,6 +57,12 @@ from tftrt.engine.backends.cuda_source import PRELUDE, ctype, load_expr
 KERNEL = "qmma"
 MAX_K = 2048             # K: bytes of a weight row in shared memory (ResNet50's widest)
 KB = 256                 # K a lane's A fragments cover at a time (16 words a row)
+RING_BYTES = 2 * 16 * 64  # a warp's staged A chunks (QMmaSource.stage_a): 2 slots of 16 rows
+# blocks an SM must hold of a kernel with staged A chunks (its registers capped to match):
+# uncapped, nvcc 13.0 gives ResNet50's stage-1 3x3 conv 167 registers (3 blocks an SM);
+# capped at 5 blocks 96 without spills (at 4, 128 with a 96-byte spill); 5 blocks' shared
+# memory (45 KB each) fits an SM
+STAGE_A_MIN_BLOCKS = 5
 # K up to which the builder offers the tactic for a large GEMM: above it such a GEMM is
 # compute-bound enough for the libraries. ResNet50 at batch 128 (2026-12-06, H100 and H200):
 # the kernel ran the 1x1 convs of K 512 / 1024 / 2048 in 44 / 41 / 56 us, cuDNN's int8
@@ -220,6 +226,19 @@ __device__ __forceinline__ void cp_async16(void* s, const void* g) {
   *reinterpret_cast<uint4*>(s) = *reinterpret_cast<const uint4*>(g);
 #endif
 }
+// 16 bytes from g, or zeros where not valid (src-size 0: nothing read), cached in L1 (.ca: an
+// implicit GEMM's taps read the same pixels again)
+__device__ __forceinline__ void cp_async16_z(void* s, const void* g, bool valid) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const unsigned sa = (unsigned)__cvta_generic_to_shared(s);
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;"
+               :: "r"(sa), "l"(g), "r"(valid ? 16 : 0) : "memory");
+#else
+  uint4 v = {0u, 0u, 0u, 0u};
+  if (valid) v = *reinterpret_cast<const uint4*>(g);
+  *reinterpret_cast<uint4*>(s) = v;
+#endif
+}
 __device__ __forceinline__ void cp_async_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm volatile("cp.async.wait_all;" ::: "memory");
@@ -293,21 +312,24 @@ def stage_row(nc: int, y_dtype: str) -> int:
 
 
 def smem_bytes(nc: int, k: int, y_dtype: str, warps: int = WARPS,
-               full_dtypes: Sequence[str] = (), vecs: int = 0) -> int:
+               full_dtypes: Sequence[str] = (), vecs: int = 0, ring: int = 0) -> int:
     """Shared memory of a block: its weight rows, the chunk's values of ``vecs`` per-channel
-    epilogue operands (float32), then per warp the staging of 16 rows of outputs and of each
+    epilogue operands (float32), then per warp the staging of 16 rows of outputs (or the
+    ``ring`` bytes of staged A chunks it shares memory with, whichever is larger) and of each
     full-size epilogue operand (a residual)."""
-    stage = stage_row(nc, y_dtype) + sum(stage_row(nc, d) for d in full_dtypes)
-    return nc * smem_row(k) + 4 * nc * int(vecs) + warps * 16 * stage
+    stage = max(16 * stage_row(nc, y_dtype), int(ring)) + \
+        16 * sum(stage_row(nc, d) for d in full_dtypes)
+    return nc * smem_row(k) + 4 * nc * int(vecs) + warps * stage
 
 
 def chunk_width(n: int, k: int, y_dtype: str, warps: int = WARPS,
-                full_dtypes: Sequence[str] = (), vecs: int = 0) -> Optional[int]:
+                full_dtypes: Sequence[str] = (), vecs: int = 0, ring: int = 0
+                ) -> Optional[int]:
     """The widest chunk of output channels (:data:`NC_CHOICES`, at most N rounded up to 8)
     whose weight rows and staging fit :data:`SMEM_LIMIT`, or None."""
     for nc in NC_CHOICES:
         if nc <= max(8, -(-n // 8) * 8) and \
-                smem_bytes(nc, k, y_dtype, warps, full_dtypes, vecs) <= SMEM_LIMIT:
+                smem_bytes(nc, k, y_dtype, warps, full_dtypes, vecs, ring) <= SMEM_LIMIT:
             return nc
     return None
 
@@ -360,7 +382,7 @@ class QMmaSource:
                  stage_vecs: Optional[bool] = None, i2f: Optional[bool] = None,
                  res_cvt: Optional[str] = None, pair: Optional[bool] = None,
                  prefetch: Optional[bool] = None, kb: Optional[int] = None,
-                 interleave: Optional[bool] = None):
+                 interleave: Optional[bool] = None, stage_a: Optional[bool] = None):
         self.n, self.k, self.fmt = int(n), int(k), fmt
         # x's row length: K itself, but a K of 8 / 16 / 24, or a multiple of 16 (MobileNet /
         # EfficientNet channel counts: 16, 24, 80, 112, 144, 240), runs over a weight
@@ -394,6 +416,14 @@ class QMmaSource:
             interleave = way == "1" or (way == "auto" and bool(pipeline) and int(mt) == 1 and
                                         np.dtype(x_dtype).name == "int8" and self.k <= 64)
         self.interleave = bool(interleave)
+        # an implicit GEMM's A chunks copied by cp.async into a ring in shared memory, the
+        # next chunk in flight during this one's MMAs (:func:`stage_a_default`)
+        takes = conv is not None and np.dtype(x_dtype).name == "int8" and \
+            not (self.pair or self.prefetch)
+        if stage_a and not takes:
+            raise ValueError("staged A chunks take an implicit-GEMM conv over an int8 x, "
+                             "without pair or prefetch")
+        self.stage_a = takes and (stage_a_default() if stage_a is None else bool(stage_a))
         # K a lane's A fragments cover at a time: two tiles' rows, or two sets of registers,
         # hold twice the words of one, so each halves the block
         self.kb = int(kb) if kb else \
@@ -438,9 +468,10 @@ class QMmaSource:
                      if mode == "vec" and np.dtype(dt).name in ("float16", "float32")] \
             if stage_vecs else []
         nv = len(self.vecs)
-        nc = nc or chunk_width(self.n, self.k, self.y_dtype, self.warps, fdt, nv)
+        ring = RING_BYTES if self.stage_a else 0
+        nc = nc or chunk_width(self.n, self.k, self.y_dtype, self.warps, fdt, nv, ring)
         if nc is None or nc % 16 and nc != 8 or \
-                smem_bytes(nc, self.k, self.y_dtype, self.warps, fdt, nv) > SMEM_LIMIT:
+                smem_bytes(nc, self.k, self.y_dtype, self.warps, fdt, nv, ring) > SMEM_LIMIT:
             raise ValueError(f"the tensor-core quantized GEMM's weight rows ({self.k} bytes) "
                              f"and staging do not fit {SMEM_LIMIT} bytes of shared memory")
         self.nc = nc
@@ -457,6 +488,8 @@ class QMmaSource:
             raise ValueError(f"res_cvt {self.res_cvt!r}: one of {', '.join(RES_CVT)}")
         if not self.min_threads and self.pipeline and self.full and self.k <= 64:
             self.min_threads = PIPELINE_MIN_BLOCKS * self.threads
+        if not self.min_threads and self.stage_a:
+            self.min_threads = STAGE_A_MIN_BLOCKS * self.threads
         self.operands = sorted(operand_modes)
         self.params = ([(f"const {ctype(self.x_dtype)}*", "x"), ("const unsigned char*", "w")] +
                        [(f"const {ctype(operand_modes[i][1])}*", f"e{i}")
@@ -817,6 +850,62 @@ class QMmaSource:
         }}""")
         return "\n        ".join(out)
 
+    def _k_staged(self) -> str:
+        """The K loop of an implicit GEMM with :attr:`stage_a`: chunk by chunk (64 channels of
+        one tap), the warp's 16 rows of x copied by ``cp.async`` into one of two 1 KB slots of
+        its staging bytes (lane L copies row L / 2's 32 bytes at (L % 2) * 32, zeros where
+        the tap's pixel is in the padding) while the MMAs of the chunk before run on the
+        other slot; a lane reads its A fragments of rows g, g + 8 there with one 16-byte
+        shared load each (the bytes ``16t ..`` of fragment_k's order, as from x). Element
+        copies where x is not 16-byte aligned."""
+        g = self.conv
+        chunks = self.k // 64
+        it = "long long"
+
+        def issue(c: int) -> str:
+            kc = 64 * c
+            tap, ci = divmod(kc, g.c)
+            dh, dw = divmod(tap, g.s)
+            return f"""{{
+          const int hi = crhb + {dh}, wi = crwb + {dw};
+          const bool ok = (unsigned)hi < {g.h}u && (unsigned)wi < {g.w}u;
+          const signed char* src = ok ? x + crpx + ((long long)hi * {g.w} + wi) * {g.c} + {ci}
+                                           + cs : x;
+          unsigned char* dst = stg + {(c % 2) * 1024} + cr * 64 + cs;
+          if (xal) {{
+            cp_async16_z(dst, src, ok);
+            cp_async16_z(dst + 16, src + 16, ok);
+          }} else {{
+            for (int b = 0; b < 32; ++b) dst[b] = ok ? (unsigned char)src[b] : 0u;
+          }}
+          cp_async_commit();
+        }}"""
+        out = [f"""const int cr = lane >> 1, cs = (lane & 1) * 32;  // the row and bytes a lane copies
+      const {it} crow = m0 + cr < m ? m0 + cr : m - 1;
+      const unsigned cru = (unsigned)crow;
+      const unsigned cri = cru / {g.ho * g.wo}u, crq = cru - cri * {g.ho * g.wo}u;
+      const int crhb = (int)(crq / {g.wo}u) * {g.stride_h} - {g.pad_h};
+      const int crwb = (int)(crq % {g.wo}u) * {g.stride_w} - {g.pad_w};
+      const long long crpx = (long long)cri * {g.h * g.w * g.c}ll;
+      unsigned a0[4], a1[4];""", issue(0)]
+        for c in range(chunks):
+            if c + 1 < chunks:
+                out.append(issue(c + 1))
+                out.append("cp_async_wait_prior();")
+            else:
+                out.append("cp_async_wait();")
+            slot = (c % 2) * 1024
+            out.append(f"""__syncwarp();
+      {{
+        const uint4 v0 = *reinterpret_cast<const uint4*>(stg + {slot} + g * 64 + 16 * t);
+        const uint4 v1 = *reinterpret_cast<const uint4*>(stg + {slot} + (g + 8) * 64 + 16 * t);
+        a0[0] = v0.x; a0[1] = v0.y; a0[2] = v0.z; a0[3] = v0.w;
+        a1[0] = v1.x; a1[1] = v1.y; a1[2] = v1.z; a1[3] = v1.w;
+      }}
+      {self._k_mmas(1, 0, str(64 * c))}
+      __syncwarp();  // the slot is free for the chunk after next""")
+        return "\n      ".join(out)
+
     def _k_prefetched(self, words: int) -> str:
         """The K loop where :attr:`prefetch`: straight-line blocks of :attr:`kb` (then the
         rest), each block's A fragments loaded into one of two register sets while the MMAs
@@ -911,6 +1000,8 @@ class QMmaSource:
         rest_chunks, tail = divmod(rest, 64)
         tail = tail // 32
         sr = stage_row(nc, self.y_dtype)
+        # a warp's staging bytes: 16 rows of outputs, or the staged A ring sharing them
+        ws = max(16 * sr, RING_BYTES if self.stage_a else 0)
         # A words a lane holds per row: one block of K at a time
         words = 4 * (kb // 64) if full_blocks else 4 * rest_chunks + 2 * tail
         it = "long long"  # m is an argument: rows * N may pass 2**31 at a large batch
@@ -951,7 +1042,7 @@ class QMmaSource:
             f"vsm{i}[c] = c < cw ? {load_expr(operand_modes[i][1], f'e{i}[n0 + c]')} : 0.f;"
             for i in self.vecs)
         wait = "cp_async_wait();\n      __syncwarp();" if self.full else ""
-        if self.full:
+        if self.full or self.stage_a:
             helpers += CP_ASYNC
         epi_src = f"""#pragma unroll
       for (int j = 0; j < NT; ++j) {{
@@ -981,11 +1072,11 @@ class QMmaSource:
       if (m0 >= m) break;  // the same for the whole warp
       // the lane's rows g, g + 8 (a row past M reads the last one: never stored)
       {rows_of("m0", "")}
-      {self._conv_rows() if self.conv is not None else ""}
+      {self._conv_rows() if self.conv is not None and not self.stage_a else ""}
       {self._copy_in()}
-      unsigned a0[{words}], a1[{words}];
       {acc_init}
-      {k_src}
+      {self._k_staged() if self.stage_a else f"unsigned a0[{words}], a1[{words}];"}
+      {"" if self.stage_a else k_src}
       {wait}
       {epi_src}
     }}
@@ -1032,7 +1123,7 @@ class QMmaSource:
 extern "C" __global__ void __launch_bounds__({bounds}) {KERNEL}({params}) {{
   constexpr int KR = {kr}, SR = {sr}, NT = {nt};
   __shared__ uint4 bsm4[{nc * kr // 16}];
-  __shared__ uint4 stage4[{self.warps * 16 * sr // 16}];
+  __shared__ uint4 stage4[{self.warps * ws // 16}];
   {full_arrays}{vec_arrays}
   const int chunk = (int)(blockIdx.x % {self.chunks});
   const int n0 = chunk * {nc};
@@ -1048,7 +1139,7 @@ extern "C" __global__ void __launch_bounds__({bounds}) {KERNEL}({params}) {{
   __syncthreads();
   const int warp = threadIdx.x / {LANES}, lane = threadIdx.x % {LANES};
   const int g = lane >> 2, t = lane & 3;
-  unsigned char* stg = reinterpret_cast<unsigned char*>(stage4) + warp * 16 * SR;
+  unsigned char* stg = reinterpret_cast<unsigned char*>(stage4) + warp * {ws};
   {full_decl}
   const bool xal = (reinterpret_cast<unsigned long long>(x) & 15ull) == 0ull;
   const unsigned long long ya = reinterpret_cast<unsigned long long>(y);
@@ -1102,6 +1193,19 @@ def prefetch_default() -> bool:
     else to issue but other warps' work."""
     from tftrt.env import env_bool  # standard library only
     return env_bool("TFTRT_QUANT_MMA_PREFETCH", False)
+
+
+def stage_a_default() -> bool:
+    """``TFTRT_QUANT_MMA_STAGE_A`` (default off; 1 turns it on for the implicit-GEMM convs
+    over an int8 x): each 64-channel chunk of a warp's 16 rows of x is copied by
+    ``cp.async`` into a ring of two slots in shared memory (zeros in the padding) while the
+    MMAs of the chunk before run, and the lanes read their A fragments there, where they
+    load them from x with their bounds checks and wait for each block of K. The same values.
+    Why: ResNet50's stage-1 3x3 conv took 57.0 us instead of 85.6 with x's loads left out
+    (bench_qmma --ablate loads, H100, s47); the loads' latency, not their count, is what a
+    ring in flight hides. Not yet timed on a GPU (s47)."""
+    from tftrt.env import env_bool  # standard library only
+    return env_bool("TFTRT_QUANT_MMA_STAGE_A", False)
 
 
 def interleave_default() -> str:
