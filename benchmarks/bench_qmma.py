@@ -6,29 +6,23 @@ every output against the same arithmetic in CuPy (float32 GEMM of the int8 value
 their im2col for a 3x3 conv: exact below 2**24; the float epilogue in numpy's order).
 
     python benchmarks/bench_qmma.py [--batch 128] [--configs "1,0,0 1,0,0,1,1,0,1,1,0,0,0"]
-                                    [--only NAME[,NAME...]]
+                                    [--only NAME[,NAME...]] [--ablate loads,mma,epi]
 
-(a config: mt,warps,nc[,stage[,fast[,min_threads[,pipeline[,paired[,vecs[,i2f[,res[,pair[,
-prefetch[,kb[,interleave[,stage_a]]]]]]]]]]]]]];
-warps / nc 0 the kernel's own choice; pipeline 1 loads the next m-tile during the epilogue
-(int8 x, K <= 256); stage 0 reads the residual from global memory element by element instead
-of staging it in shared memory, s35's way; fast 0 converts on the conversion unit, s36b's
-way; min_threads: threads an SM must hold, capping the registers (0: the kernel's own);
-paired 0 runs the epilogue element by element, s37's way; vecs 1 stages the scale and bias
-in shared memory once a block (TFTRT_QUANT_MMA_STAGE_VECS, s45); i2f 1 converts the
-accumulator with I2F (TFTRT_QUANT_MMA_I2F, s46); res: an int8 residual's codes to float, 0
-byte_float, 1 half2 (TFTRT_QUANT_MMA_RES_CVT, s46); pair 1: a warp computes two m-tiles at
-once, each weight fragment read once for both (TFTRT_QUANT_MMA_PAIR, s47; no pipeline);
-prefetch 1: each block of K's A fragments loaded during the block before's MMAs
-(TFTRT_QUANT_MMA_PREFETCH, s47; no pipeline); kb: K a block of A fragments covers (0: the
-kernel's, 256 halved by pair and by prefetch); interleave 1: the MMAs k first, n-tiles
-interleaved, 0 n-tile first, 2 the kernel's rule (TFTRT_QUANT_MMA_INTERLEAVE=auto, s47: on for
-pipelined kernels of K <= 64); stage_a 1: an int8-x implicit GEMM's chunks of x copied by
-cp.async into a ring in shared memory (TFTRT_QUANT_MMA_STAGE_A, s47; its registers capped at
-5 blocks an SM unless min_threads says otherwise); the kernel's defaults, which fill a
-config's missing fields, 1,0,0,1,1,0,1,1,1,1,1,0,0,0,2,0 since s47
--- before s46, a missing vecs / i2f / res meant 0, so s45's and earlier logs' "1,0,0" is
-today's "1,0,0,1,1,0,1,1,0,0,0").
+(a config: mt,warps,nc[,stage[,fast[,min_threads[,pipeline[,paired[,vecs[,i2f[,res[,
+interleave]]]]]]]]]]; warps / nc 0 the kernel's own choice; pipeline 1 loads the next m-tile
+during the epilogue (int8 x, K <= 256); stage 0 reads the residual from global memory element
+by element instead of staging it in shared memory, s35's way; fast 0 converts on the
+conversion unit, s36b's way; min_threads: threads an SM must hold, capping the registers (0:
+the kernel's own); paired 0 runs the epilogue element by element, s37's way; vecs 1 stages
+the scale and bias in shared memory once a block (TFTRT_QUANT_MMA_STAGE_VECS, s45); i2f 1
+converts the accumulator with I2F (TFTRT_QUANT_MMA_I2F, s46); res: an int8 residual's codes to
+float, 0 byte_float, 1 half2 (TFTRT_QUANT_MMA_RES_CVT, s46); interleave 1: the MMAs k first,
+n-tiles interleaved, 0 n-tile first, 2 the kernel's rule (TFTRT_QUANT_MMA_INTERLEAVE=auto,
+s47: on for the pipelined kernels of K <= 64); the kernel's defaults, which fill a config's
+missing fields, 1,0,0,1,1,0,1,1,1,1,1,2 since s47 -- before s46, a missing vecs / i2f / res
+meant 0, so s45's and earlier logs' "1,0,0" is today's "1,0,0,1,1,0,1,1,0,0,0". s47's logs
+also have fields pair, prefetch, kb and stage_a between res and interleave, for schedules
+timed no faster and removed: 8007bb6, e5b5e5b, b2ae58c have them).
 
 Needs CuPy (no cuDNN / cuBLASLt). The whole-model effect is bench_engine's INT8 profile.
 """
@@ -155,18 +149,15 @@ def run(name, hw, k, n, xdt, res, relu, batch, configs, rng, taps=1, ablate=()):
     want = cp.clip(cp.rint(v * cp.float32(Q.inv_scale(OUT_SCALE))), -127, 127).astype(cp.int8)
     nbytes = m * c * x.itemsize + m * n * (2 if res else 1) + n * k
     rows = []
-    for (mt, warps, nc, stage, fast, min_threads, pipe, paired, vecs, i2f, rcv, two, pref,
-         kb, il, sa) in configs:
+    for mt, warps, nc, stage, fast, min_threads, pipe, paired, vecs, i2f, rcv, il in configs:
         try:
             src = QM.QMmaSource(n, k, S.INT8, xdt, "int8", epi, modes, inv_x, OUT_SCALE, mt=mt,
                                 warps=warps or None, nc=nc or None, stage_full=bool(stage),
                                 fast_int=bool(fast), min_threads=min_threads,
                                 pipeline=bool(pipe), paired=bool(paired), conv=geometry,
                                 stage_vecs=bool(vecs), i2f=bool(i2f),
-                                res_cvt=("byte", "half2")[rcv], pair=bool(two),
-                                prefetch=bool(pref), kb=kb or None,
-                                interleave=None if il == 2 else bool(il),
-                                stage_a=bool(sa) and geometry is not None and xdt == "int8")
+                                res_cvt=("byte", "half2")[rcv],
+                                interleave=None if il == 2 else bool(il))
         except ValueError as e:
             print(f"{name:24s} mt {mt} warps {warps} nc {nc}: {e}")
             continue
@@ -188,10 +179,7 @@ def run(name, hw, k, n, xdt, res, relu, batch, configs, rng, taps=1, ablate=()):
               f"{'fast' if fast else 'cvt'} min {min_threads:3d} "
               f"{'pipe' if src.pipeline else 'step'} {'pair' if paired else 'elem'} "
               f"{'vecs' if src.vecs else 'ldg'} {'i2f' if src.i2f else 'magic'} "
-              f"res-{src.res_cvt} {'2tiles' if src.pair else '1tile'} "
-              f"{'prefetch' if src.prefetch else 'wait'} kb {src.kb:3d} "
-              f"{'k-first' if src.interleave else 'n-first'} "
-              f"{'ring' if src.stage_a else 'ldg'} "
+              f"res-{src.res_cvt} {'k-first' if src.interleave else 'n-first'} "
               f"regs {kern.num_regs:3d} "
               f"{per_sm} a SM, "
               f"blocks {blocks:5d}: {t:8.1f} us "
@@ -211,16 +199,16 @@ def main(argv=None) -> int:
     if any(v not in ABLATE for v in ablate):
         p.error(f"--ablate {a.ablate!r}: a comma list of {', '.join(ABLATE)}")
     rng = np.random.default_rng(0)
-    # mt, warps, nc, stage, fast, min_threads, pipeline, paired, vecs, i2f, res, pair,
-    # prefetch, kb, interleave, stage_a
-    defaults = (1, 0, 0, 1, 1, 0, 1, 1, 1, 1, 1, 0, 0, 0, 2, 0)
+    # mt, warps, nc, stage, fast, min_threads, pipeline, paired, vecs, i2f, res, interleave
+    defaults = (1, 0, 0, 1, 1, 0, 1, 1, 1, 1, 1, 2)
     configs = []
     for c in a.configs.split():
         given = tuple(int(v) for v in c.split(","))
         config = given + defaults[len(given):]
-        if len(config) != len(defaults) or config[10] not in (0, 1):
+        if len(config) != len(defaults) or config[10] not in (0, 1) or \
+                config[11] not in (0, 1, 2):
             p.error(f"config {c!r}: at most {len(defaults)} fields, res 0 (byte_float) or 1 "
-                    f"(half2)")
+                    f"(half2), interleave 0, 1 or 2 (auto)")
         configs.append(config)
     bad = 0
     cases = [(conv, 1) for conv in CONVS] + \

@@ -21,12 +21,9 @@
 # operands staged in shared memory, TFTRT_QUANT_MMA_STAGE_VECS=1; int8cvt: int8vecs with the
 # accumulator through I2F and the residual through $RES_CVT (TFTRT_QUANT_MMA_I2F=1,
 # TFTRT_QUANT_MMA_RES_CVT, default half2) -- since s46 all three are the defaults, so
-# int8vecs and int8cvt build what int8res builds; int8pair / int8pref / int8pp: int8res with
-# q_mma's warps taking two m-tiles at once (TFTRT_QUANT_MMA_PAIR=1), its A fragments loaded a
-# block of K ahead (TFTRT_QUANT_MMA_PREFETCH=1), both -- where the pipelined loop does not run;
-# int8il0: int8res with q_mma's MMAs n-tile first in every kernel (TFTRT_QUANT_MMA_INTERLEAVE=0;
-# since s47 "auto" interleaves them in the pipelined kernels of K <= 64); int8sa: int8res with
-# the implicit-GEMM convs' chunks of x copied into a shared-memory ring (TFTRT_QUANT_MMA_STAGE_A=1);
+# int8vecs and int8cvt build what int8res builds; int8il0: int8res with q_mma's MMAs n-tile
+# first in every kernel (TFTRT_QUANT_MMA_INTERLEAVE=0; since s47 "auto" interleaves them in the
+# pipelined kernels of K <= 64);
 # int8timed / fp8timed: the defaults, timed precision on, the row says what it kept)
 # Each stage gets a share of the budget and writes its log to $OUT as it goes (a call cut
 # short still returns what ran): int8_tests.log, then int8_<model>_<config>.log in run order.
@@ -64,17 +61,8 @@ for model in ${MODELS:-resnet50_int8 encoder_int8}; do
       int8cvt) prec=INT8  # int8vecs with s46's epilogue conversions ($RES_CVT: half2 or i2f)
         envs="TFTRT_INT8_RESIDUAL=1 TFTRT_QUANT_TIMED_PRECISION=0 TFTRT_QUANT_MMA_STAGE_VECS=1"
         envs="$envs TFTRT_QUANT_MMA_I2F=1 TFTRT_QUANT_MMA_RES_CVT=${RES_CVT:-half2}" ;;
-      int8pair) prec=INT8  # int8res with q_mma's two m-tiles a warp (s47)
-        envs="TFTRT_INT8_RESIDUAL=1 TFTRT_QUANT_TIMED_PRECISION=0 TFTRT_QUANT_MMA_PAIR=1" ;;
       int8il0) prec=INT8  # int8res with q_mma's MMAs n-tile first everywhere (s46's order)
         envs="TFTRT_INT8_RESIDUAL=1 TFTRT_QUANT_TIMED_PRECISION=0 TFTRT_QUANT_MMA_INTERLEAVE=0" ;;
-      int8sa) prec=INT8  # int8res with q_mma's implicit-GEMM chunks of x staged by cp.async (s47)
-        envs="TFTRT_INT8_RESIDUAL=1 TFTRT_QUANT_TIMED_PRECISION=0 TFTRT_QUANT_MMA_STAGE_A=1" ;;
-      int8pref) prec=INT8  # int8res with q_mma's A fragments prefetched a block ahead (s47)
-        envs="TFTRT_INT8_RESIDUAL=1 TFTRT_QUANT_TIMED_PRECISION=0 TFTRT_QUANT_MMA_PREFETCH=1" ;;
-      int8pp) prec=INT8  # both
-        envs="TFTRT_INT8_RESIDUAL=1 TFTRT_QUANT_TIMED_PRECISION=0 TFTRT_QUANT_MMA_PAIR=1"
-        envs="$envs TFTRT_QUANT_MMA_PREFETCH=1" ;;
       int8s2d) prec=INT8
         envs="TFTRT_INT8_RESIDUAL=1 TFTRT_QUANT_TIMED_PRECISION=0 TFTRT_STEM_S2D=1" ;;
       int8noconv) prec=INT8  # int8res without q_mma's implicit-GEMM convs

@@ -6,6 +6,9 @@
 #   bash benchmarks/run_gpu_pending.sh 2   # ResNet50 / MobileNetV2 engines with the knobs
 #   bash benchmarks/run_gpu_pending.sh 3   # the most of 1 and 2 in one call: q_mma's knobs,
 #                                          # ResNet50 int8res / fp16
+#   bash benchmarks/run_gpu_pending.sh 4   # s47: the INT8 GPU suite, q_mma's 3x3 under Nsight
+#   bash benchmarks/run_gpu_pending.sh 6   # s47: where q_mma's time goes (bench_qmma --ablate)
+#   bash benchmarks/run_gpu_pending.sh 7   # s47: ResNet50 INT8 with / without the interleave
 # s46 ran part 3 and the rest by hand on an H100 (benchmarks/README.md, s46); the knobs it
 # timed are the defaults since, so bench_qmma's "1,0,0" is them all on and
 # "1,0,0,1,1,0,1,1,0,0,0" all off (config fields: bench_qmma.py's docstring).
@@ -61,9 +64,9 @@ case "${1:-1}" in
       CONFIGS="${R50_CONFIGS:-int8res fp16}" \
       bash "$repo/benchmarks/run_gpu_int8.sh" $(( $(left) - 5 ))
     ;;
-  4)  # s47: the INT8 GPU suite under s46's defaults (never run whole with them); q_mma's 3x3
-      # implicit GEMMs (ResNet50's stage-1 3x3 convs: 83.7 us, 354 TOPS, s46) under Nsight
-      # Compute (Firecracker machines: H100) and with other tiles
+  4)  # s47: the INT8 GPU suite under s46's defaults; q_mma's 3x3 implicit GEMMs (ResNet50's
+      # stage-1 3x3 convs: 83.7 us, 354 TOPS, s46) under Nsight Compute (Firecracker machines:
+      # H100) and with other tiles
     timeout 290 python3 -m pytest tests/gpu/test_int8_gpu.py tests/gpu/test_stem_mma_gpu.py \
       -k "not through_tensorflow" -q -rf -p no:cacheprovider --tb=short 2>&1 \
       | tee "$out/pending_4_tests.log" | tail -8
@@ -77,51 +80,33 @@ case "${1:-1}" in
       grep -E "Duration|Memory Throughput|DRAM Throughput|L1/TEX Hit|Achieved Occupancy|Registers Per|Issue Slots Busy|Executed Ipc A|stalled_(long|short|mio|lg|math|wait|barrier|not_sel|tex)" \
         "$out/ncu_s1_3x3.txt" | head -30
     fi
-    # s47's fields pair (two m-tiles a warp) and prefetch (A's next block of K during this
-    # one's MMAs): e = the s46 epilogue defaults spelled out
-    e=1,1,0,1,1,1,1,1
     timeout $(( $(left) - 5 )) python3 benchmarks/bench_qmma.py \
       --only s1_3x3_64to64,s2_3x3,s3_conv3,s2_conv3,s1_conv3 \
-      --configs "${QMMA_CONFIGS:-1,0,0 1,0,0,$e,1 1,0,0,$e,0,1 1,4,32,$e,0,1 1,0,0,$e,1,1
-                 1,0,0,1,1,512,1,1,1,1,1,0,1 1,8,0,$e,1}" 2>&1 \
+      --configs "${QMMA_CONFIGS:-1,0,0 1,8,0 2,0,0 1,4,32}" 2>&1 \
       | tee "$out/pending_4_qmma3x3.log" | grep -v "^ *$" | tail -30
     ;;
-  5)  # s47: ResNet50 INT8 with q_mma's pair / prefetch knobs against the defaults and FP16
-    OUT=$out/r50 TESTS=0 MODELS=resnet50_int8 BATCHES=128 STAGE_S=110 \
-      CONFIGS="${R50_CONFIGS:-int8res int8pref int8pair fp16}" \
-      bash "$repo/benchmarks/run_gpu_int8.sh" $(( $(left) - 5 ))
-    grep -h "q_mma\|q_cudnn" "$out"/r50/*int8p*.log | grep -v "^ *conv" | head -30
-    ;;
   6)  # s47: where q_mma's time goes -- each conv with one part left out (bench_qmma --ablate:
-      # x's loads, the MMAs, the epilogue), n-first and k-first (interleaved) MMAs
-    e=1,1,0,1,1,1,1,1 f='\1 \2 \3 \4 \5'
+      # x's loads, the MMAs, the epilogue), its MMAs n-tile first and k first (interleaved)
+    e=1,1,0,1,1,1,1,1 f='\1 \2 \3 \4'
     for ab in none loads mma epi loads,mma; do
       echo "== ablate $ab" | tee -a "$out/pending_6_ablate.log"
       timeout 100 python3 benchmarks/bench_qmma.py \
         --only s1_3x3_64to64,s1_conv3,s1_proj_64to256_int8x,s3_conv3 \
-        --configs "1,0,0 1,0,0,$e,0,0,0,1 1,0,0,$e,1 1,0,0,$e,1,0,0,1" \
+        --configs "1,0,0,$e,0 1,0,0,$e,1" \
         $([ "$ab" = none ] || echo "--ablate $ab") 2>&1 | grep -v "^ *$" \
         | tee -a "$out/pending_6_ablate.log" | grep -v f16x \
-        | sed -E "s/^(\S+).*(1tile|2tiles).*(k-first|n-first).*regs +([0-9]+).*: +([0-9.]+ us).*/$f/"
+        | sed -E "s/^(\S+).*(k-first|n-first).*regs +([0-9]+).*: +([0-9.]+ us).*/$f/"
     done
-    [ "$(left)" -gt 200 ] && OUT=$out/r50 TESTS=0 MODELS=resnet50_int8 BATCHES=128 \
-      STAGE_S=110 CONFIGS="${R50_CONFIGS:-int8timed fp16}" \
-      bash "$repo/benchmarks/run_gpu_int8.sh" $(( $(left) - 5 ))
     ;;
-  7)  # s47: q_mma's implicit-GEMM chunks of x staged in a shared-memory ring (stage_a) on the
-      # stage-1 3x3 conv; ResNet50 INT8 with it and without (both with the MMAs interleaved
-      # where "auto" puts them, the default); then the q_mma GPU tests
-    timeout 60 python3 benchmarks/bench_qmma.py --only s1_3x3_64to64 \
-      --configs "1,0,0 1,0,0,1,1,0,1,1,1,1,1,0,0,0,2,1 1,0,0,1,1,384,1,1,1,1,1,0,0,0,2,1
-                 1,0,0,1,1,0,1,1,1,1,1,0,0,0,1,1 1,0,0,1,1,512,1,1,1,1,1,0,0,0,2,1" 2>&1 \
-      | tee "$out/pending_7_qmma.log" | grep -v "^ *$" | grep -v f16x | cut -c1-30,120-230
-    OUT=$out/r50 TESTS=0 MODELS=resnet50_int8 BATCHES=128 STAGE_S=110 \
-      CONFIGS="${R50_CONFIGS:-int8sa int8res}" \
-      bash "$repo/benchmarks/run_gpu_int8.sh" $(( $(left) - 50 ))
-    grep -h "Conv__3 \|Conv__2 \|Conv__6 " "$out"/r50/*int8*.log | head -12
+  7)  # s47: ResNet50 INT8 with q_mma's MMAs interleaved where "auto" puts them (the default)
+      # against n-tile first everywhere, FP16 beside them; then the q_mma GPU tests
+    OUT=$out/r50 TESTS=0 MODELS=resnet50_int8 BATCHES=128 STAGE_S=160 \
+      CONFIGS="${R50_CONFIGS:-int8res int8il0 fp16}" \
+      bash "$repo/benchmarks/run_gpu_int8.sh" $(( $(left) - 60 ))
+    grep -h "Conv__3 \|Conv__7 \|Conv__10 " "$out"/r50/*int8*.log | head -12
     timeout $(( $(left) - 5 )) python3 -m pytest tests/gpu/test_int8_gpu.py \
-      -k "tensor_core or thin_k" -q -rf -p no:cacheprovider --tb=short 2>&1 \
+      -k "tensor_core or thin_k or saturates" -q -rf -p no:cacheprovider --tb=short 2>&1 \
       | tee "$out/pending_7_tests.log" | tail -4
     ;;
-  *) echo "part 1 to 7"; exit 2 ;;
+  *) echo "part 1, 2, 3, 4, 6 or 7"; exit 2 ;;
 esac

@@ -1067,116 +1067,15 @@ def test_a_padded_k_reads_only_its_own_row(host_kernels, kx, kp):
                                atol=1e-5 * float(np.abs(want[rest]).max()))
 
 
-def test_two_m_tiles_a_warp_compute_the_same(tmp_path, monkeypatch):
-    """pair (TFTRT_QUANT_MMA_PAIR: a warp computes two m-tiles at once, each B fragment read
-    once for both) changes the tiling only: every GEMM case and every conv case answers as
-    the numpy arithmetic does -- row counts that end inside the first or the second tile of
-    a warp, residuals staged for both tiles, a looping grid; the switch is read from the
-    environment; ResNet50's stage-1 3x3 conv and residual 1x1 convs compile for sm_90
-    without spills."""
-    if _host_compiler() is None:
-        pytest.skip("no host C++ compiler")
-    srcs = _every_case(pair=True)
-    assert all(s.pair and not s.pipeline and s.tile_rows == 32 for s in srcs)
-    assert all("acd[j]" in s.source and "rsn" in s.source for s, c in zip(srcs, CASES) if c[6])
-    assert not _source(CASES[0]).pair
-    monkeypatch.setenv("TFTRT_QUANT_MMA_PAIR", "1")
-    assert _source(CASES[0]).pair   # where the pipelined loop does not apply
-    piped = _source(CASES[0], pipeline=True)
-    assert piped.pipeline and not piped.pair
-    monkeypatch.delenv("TFTRT_QUANT_MMA_PAIR")
-    _cases_match_numpy(srcs, tmp_path, "qmma_pair", 110, "pair")
-    so = _build(_host_text(srcs), tmp_path, "qmma_pair_rows")
-    for k, m in ((0, 16), (0, 17), (1, 48), (3, 100), (7, 1)):
-        y, want, blocks = _run(so, k, srcs[k], CASES[k], m, seed=120 + m)
-        _assert_matches(srcs[k], y, want, f"case {k}, {m} rows, {blocks} blocks, pair")
-    monkeypatch.setenv("TFTRT_QUANT_MMA_PAIR", "1")
-    convs = [_conv_source(case) for case in CONV_CASES]
-    assert all(s.pair for s in convs)
-    so = _build(_host_text(convs), tmp_path, "qmma_pair_conv")
-    for k, (case, src) in enumerate(zip(CONV_CASES, convs)):
-        b, h, w, c, n = case[:5]
-        _, ho, wo = _conv_out(case)
-        m = b * ho * wo
-        gemm = (m, n, src.k, case[9], case[10], case[11], case[12], case[13], 0, case[14])
-        x = _inputs((b * h * w, n, c) + gemm[3:], seed=400 + k)[0].reshape(b, h, w, c)
-        _, wq, ops = _inputs(gemm, seed=500 + k)
-        want = _want(gemm, _im2col(x, case), wq, ops)
-        y = np.full(want.shape, -128 if src.y_dtype == "int8" else np.nan, src.y_dtype)
-        _run_host(so, k, [x, wq] + [ops[i] for i in src.operands] + [y, m],
-                  src.grid(m, case[14]), src.threads)
-        _assert_matches(src, y, want, f"conv case {k} {case}, pair")
-    _residual_convs_compile_without_spills(tmp_path, "qmma_pair", pair=True)
-    if shutil.which("nvcc") is not None:
-        geo = QM.ConvGeometry(56, 56, 64, 3, 3, 1, 1, 1, 1, 56, 56)
-        epi, modes = _spec((0, 64, 576, S.INT8, "int8", "int8", "", "relu", 0, None))
-        src = QM.QMmaSource(64, 576, S.INT8, "int8", "int8", epi, modes, INV_X, OUT_SCALE,
-                            conv=geo, pair=True)
-        text = "\n".join([C.PRELUDE, S.INT8_HELPERS, QM.FAST_INT8] +
-                         list(QM.MMA_HELPERS.values()) + [_strip(src.source, 0)])
-        r = nvcc_compile(text, tmp_path, "qmma_pair_3x3", "-Xptxas", "-v")
-        assert re.findall(r"(\d+) bytes spill stores", r.stderr) == ["0"], r.stderr[-3000:]
-
-
-@pytest.mark.parametrize("pair", [False, True])
-def test_prefetched_blocks_of_k_compute_the_same(tmp_path, monkeypatch, pair):
-    """prefetch (TFTRT_QUANT_MMA_PREFETCH: each block of K's A fragments loaded into a second
-    set of registers during the block before's MMAs), alone and with two m-tiles a warp,
-    changes the schedule only: every GEMM case and every conv case answers as the numpy
-    arithmetic does (K of one block, several, a rest of chunks and of 32); the block width
-    follows the registers; ResNet50's stage-1 3x3 conv compiles for sm_90 without spills."""
-    if _host_compiler() is None:
-        pytest.skip("no host C++ compiler")
-    srcs = _every_case(prefetch=True, pair=pair)
-    assert all(s.prefetch and not s.pipeline and s.kb == (64 if pair else 128) for s in srcs)
-    assert all("unsigned p0[" in s.source for s in srcs)
-    assert not _source(CASES[0]).prefetch
-    monkeypatch.setenv("TFTRT_QUANT_MMA_PREFETCH", "1")
-    assert _source(CASES[0]).prefetch
-    with pytest.raises(ValueError, match="a block of K is a multiple of 64 up to 256, not 96"):
-        QM.QMmaSource(256, 64, S.INT8, "int8", "int8", *_spec(CASES[0]), INV_X, OUT_SCALE,
-                      kb=96)
-    _cases_match_numpy(srcs, tmp_path, "qmma_prefetch", 130, f"prefetch, pair {pair}")
-    if pair:
-        monkeypatch.setenv("TFTRT_QUANT_MMA_PAIR", "1")
-    convs = [_conv_source(case) for case in CONV_CASES]
-    assert all(s.prefetch and s.pair == pair for s in convs)
-    so = _build(_host_text(convs), tmp_path, "qmma_prefetch_conv")
-    for k, (case, src) in enumerate(zip(CONV_CASES, convs)):
-        b, h, w, c, n = case[:5]
-        _, ho, wo = _conv_out(case)
-        m = b * ho * wo
-        gemm = (m, n, src.k, case[9], case[10], case[11], case[12], case[13], 0, case[14])
-        x = _inputs((b * h * w, n, c) + gemm[3:], seed=600 + k)[0].reshape(b, h, w, c)
-        _, wq, ops = _inputs(gemm, seed=700 + k)
-        want = _want(gemm, _im2col(x, case), wq, ops)
-        y = np.full(want.shape, -128 if src.y_dtype == "int8" else np.nan, src.y_dtype)
-        _run_host(so, k, [x, wq] + [ops[i] for i in src.operands] + [y, m],
-                  src.grid(m, case[14]), src.threads)
-        _assert_matches(src, y, want, f"conv case {k} {case}, prefetch, pair {pair}")
-    if shutil.which("nvcc") is not None:
-        geo = QM.ConvGeometry(56, 56, 64, 3, 3, 1, 1, 1, 1, 56, 56)
-        epi, modes = _spec((0, 64, 576, S.INT8, "int8", "int8", "", "relu", 0, None))
-        src = QM.QMmaSource(64, 576, S.INT8, "int8", "int8", epi, modes, INV_X, OUT_SCALE,
-                            conv=geo, pair=pair, prefetch=True)
-        text = "\n".join([C.PRELUDE, S.INT8_HELPERS, QM.FAST_INT8] +
-                         list(QM.MMA_HELPERS.values()) + [_strip(src.source, 0)])
-        r = nvcc_compile(text, tmp_path, "qmma_prefetch_3x3", "-Xptxas", "-v")
-        assert re.findall(r"(\d+) bytes spill stores", r.stderr) == ["0"], r.stderr[-3000:]
-
-
 def test_mmas_in_the_order_of_k_compute_the_same(tmp_path, monkeypatch):
     """interleave (TFTRT_QUANT_MMA_INTERLEAVE: a chunk's MMAs issue k first, n-tiles
     interleaved) sums the same products in the same order per accumulator: every case (the
-    pipelined loop on the int8-x ones, a last 32 of K) and the conv cases, with and without
-    two m-tiles a warp, answer as the numpy arithmetic does; the switch is read from the
-    environment, "auto" (the default) on for the pipelined kernels of K <= 64."""
+    pipelined loop on the int8-x ones, a last 32 of K) and the conv cases answer as the numpy
+    arithmetic does; the switch is read from the environment, "auto" (the default) on for
+    the pipelined kernels of K <= 64."""
     if _host_compiler() is None:
         pytest.skip("no host C++ compiler")
-    srcs = _every_case(interleave=True) + [
-        QM.QMmaSource(c[1], c[2], c[3], c[4], c[5], *_spec(c), INV_X,
-                      OUT_SCALE if c[5] == "int8" else None, interleave=True, pair=True)
-        for c in CASES]
+    srcs = _every_case(interleave=True)
     assert all("uint2 bz[NT];" in s.source for s in srcs if s.k >= 64)
     # auto (the default): on for the pipelined kernels of K <= 64 over an int8 x
     assert "bz[" not in _source(CASES[0]).source
@@ -1189,9 +1088,9 @@ def test_mmas_in_the_order_of_k_compute_the_same(tmp_path, monkeypatch):
     assert _source(CASES[0]).interleave
     so = _build(_host_text(srcs), tmp_path, "qmma_interleave")
     for k, src in enumerate(srcs):
-        case = CASES[k % len(CASES)]
+        case = CASES[k]
         y, want, blocks = _run(so, k, src, case, case[0], seed=140 + k)
-        _assert_matches(src, y, want, f"case {k % len(CASES)}, pair {src.pair}, interleave")
+        _assert_matches(src, y, want, f"case {k}, interleave")
     convs = [_conv_source(case) for case in CONV_CASES]
     assert all(s.interleave for s in convs)
     so = _build(_host_text(convs), tmp_path, "qmma_interleave_conv")
@@ -1208,60 +1107,3 @@ def test_mmas_in_the_order_of_k_compute_the_same(tmp_path, monkeypatch):
                   src.grid(m, case[14]), src.threads)
         _assert_matches(src, y, want, f"conv case {k} {case}, interleave")
 
-
-@pytest.mark.parametrize("offset", [0, 1])
-def test_staged_a_chunks_compute_the_same(tmp_path, monkeypatch, offset):
-    """stage_a (TFTRT_QUANT_MMA_STAGE_A: an implicit GEMM's 64-channel chunks of x copied by
-    cp.async into a two-slot ring in shared memory, read from there) changes where A comes
-    from only: the int8-x conv cases -- 3x3 with padding on every side, a looping grid, a
-    float32 output with a residual -- answer as the numpy arithmetic does, with x 16-byte
-    aligned (cp.async, zeros in the padding) and not (element copies); a float x or a GEMM
-    is refused; the switch is read from the environment; ResNet50's stage-1 3x3 conv
-    compiles for sm_90 without spills, the ring in the output staging's bytes."""
-    if _host_compiler() is None:
-        pytest.skip("no host C++ compiler")
-    cases = [case for case in CONV_CASES if case[10] == "int8"] + [
-        (3, 7, 9, 128, 24, 3, 3, (1, 1), (1, 1, 1, 1), S.INT8, "int8", "int8", "res8", None,
-         2)]   # 2 chunks a tap, residual, a looping grid
-    srcs = []
-    for case in cases:
-        b, h, w, c, n, r, s_, (sh, sw), pads, fmt, xdt, ydt, res, act, _ = case
-        _, ho, wo = _conv_out(case)
-        geo = QM.ConvGeometry(h, w, c, r, s_, sh, sw, pads[0], pads[1], ho, wo)
-        epi, modes = _spec((0, n, r * s_ * c, fmt, xdt, ydt, res, act, 0, None))
-        srcs.append(QM.QMmaSource(n, r * s_ * c, fmt, xdt, ydt, epi, modes, INV_X,
-                                  OUT_SCALE if ydt == "int8" else None, conv=geo, stage_a=True))
-    assert all(s.stage_a and "cp_async16_z(" in s.source for s in srcs)
-    assert len(srcs) == 3
-    with pytest.raises(ValueError, match="staged A chunks take an implicit-GEMM conv over an "
-                                         "int8 x"):
-        QM.QMmaSource(64, 64, S.INT8, "int8", "int8", *_spec(CASES[0]), INV_X, OUT_SCALE,
-                      stage_a=True)
-    assert not _conv_source(CONV_CASES[0]).stage_a
-    monkeypatch.setenv("TFTRT_QUANT_MMA_STAGE_A", "1")
-    assert _conv_source(CONV_CASES[0]).stage_a and not _conv_source(CONV_CASES[1]).stage_a
-    so = _build(_host_text(srcs), tmp_path, "qmma_stage_a")
-    for k, (case, src) in enumerate(zip(cases, srcs)):
-        b, h, w, c, n = case[:5]
-        _, ho, wo = _conv_out(case)
-        m = b * ho * wo
-        gemm = (m, n, src.k, case[9], case[10], case[11], case[12], case[13], 0, case[14])
-        x = _inputs((b * h * w, n, c) + gemm[3:], seed=1000 + k)[0].reshape(b, h, w, c)
-        x = _offset_view(x, offset, 0)
-        _, wq, ops = _inputs(gemm, seed=1100 + k)
-        want = _want(gemm, _im2col(x, case), wq, ops)
-        y = np.full(want.shape, -128 if src.y_dtype == "int8" else np.nan, src.y_dtype)
-        _run_host(so, k, [x, wq] + [ops[i] for i in src.operands] + [y, m],
-                  src.grid(m, case[14]), src.threads)
-        _assert_matches(src, y, want, f"conv case {case}, staged A, x offset {offset}")
-    if shutil.which("nvcc") is not None and not offset:
-        geo = QM.ConvGeometry(56, 56, 64, 3, 3, 1, 1, 1, 1, 56, 56)
-        epi, modes = _spec((0, 64, 576, S.INT8, "int8", "int8", "", "relu", 0, None))
-        src = QM.QMmaSource(64, 576, S.INT8, "int8", "int8", epi, modes, INV_X, OUT_SCALE,
-                            conv=geo, stage_a=True)
-        assert src.nc == 64 and src.min_threads == QM.STAGE_A_MIN_BLOCKS * src.threads
-        assert "__launch_bounds__(128, 5)" in src.source
-        text = "\n".join([C.PRELUDE, S.INT8_HELPERS, QM.CP_ASYNC, QM.FAST_INT8] +
-                         list(QM.MMA_HELPERS.values()) + [_strip(src.source, 0)])
-        r = nvcc_compile(text, tmp_path, "qmma_stage_a_3x3", "-Xptxas", "-v")
-        _assert_no_spills(r.stderr, [src])

@@ -57,12 +57,6 @@ from tftrt.engine.backends.cuda_source import PRELUDE, ctype, load_expr
 KERNEL = "qmma"
 MAX_K = 2048             # K: bytes of a weight row in shared memory (ResNet50's widest)
 KB = 256                 # K a lane's A fragments cover at a time (16 words a row)
-RING_BYTES = 2 * 16 * 64  # a warp's staged A chunks (QMmaSource.stage_a): 2 slots of 16 rows
-# blocks an SM must hold of a kernel with staged A chunks (its registers capped to match):
-# uncapped, nvcc 13.0 gives ResNet50's stage-1 3x3 conv 167 registers (3 blocks an SM);
-# capped at 5 blocks 96 without spills (at 4, 128 with a 96-byte spill); 5 blocks' shared
-# memory (45 KB each) fits an SM
-STAGE_A_MIN_BLOCKS = 5
 # K up to which the builder offers the tactic for a large GEMM: above it such a GEMM is
 # compute-bound enough for the libraries. ResNet50 at batch 128 (2026-12-06, H100 and H200):
 # the kernel ran the 1x1 convs of K 512 / 1024 / 2048 in 44 / 41 / 56 us, cuDNN's int8
@@ -226,19 +220,6 @@ __device__ __forceinline__ void cp_async16(void* s, const void* g) {
   *reinterpret_cast<uint4*>(s) = *reinterpret_cast<const uint4*>(g);
 #endif
 }
-// 16 bytes from g, or zeros where not valid (src-size 0: nothing read), cached in L1 (.ca: an
-// implicit GEMM's taps read the same pixels again)
-__device__ __forceinline__ void cp_async16_z(void* s, const void* g, bool valid) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  const unsigned sa = (unsigned)__cvta_generic_to_shared(s);
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;"
-               :: "r"(sa), "l"(g), "r"(valid ? 16 : 0) : "memory");
-#else
-  uint4 v = {0u, 0u, 0u, 0u};
-  if (valid) v = *reinterpret_cast<const uint4*>(g);
-  *reinterpret_cast<uint4*>(s) = v;
-#endif
-}
 __device__ __forceinline__ void cp_async_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm volatile("cp.async.wait_all;" ::: "memory");
@@ -312,24 +293,21 @@ def stage_row(nc: int, y_dtype: str) -> int:
 
 
 def smem_bytes(nc: int, k: int, y_dtype: str, warps: int = WARPS,
-               full_dtypes: Sequence[str] = (), vecs: int = 0, ring: int = 0) -> int:
+               full_dtypes: Sequence[str] = (), vecs: int = 0) -> int:
     """Shared memory of a block: its weight rows, the chunk's values of ``vecs`` per-channel
-    epilogue operands (float32), then per warp the staging of 16 rows of outputs (or the
-    ``ring`` bytes of staged A chunks it shares memory with, whichever is larger) and of each
+    epilogue operands (float32), then per warp the staging of 16 rows of outputs and of each
     full-size epilogue operand (a residual)."""
-    stage = max(16 * stage_row(nc, y_dtype), int(ring)) + \
-        16 * sum(stage_row(nc, d) for d in full_dtypes)
-    return nc * smem_row(k) + 4 * nc * int(vecs) + warps * stage
+    stage = stage_row(nc, y_dtype) + sum(stage_row(nc, d) for d in full_dtypes)
+    return nc * smem_row(k) + 4 * nc * int(vecs) + warps * 16 * stage
 
 
 def chunk_width(n: int, k: int, y_dtype: str, warps: int = WARPS,
-                full_dtypes: Sequence[str] = (), vecs: int = 0, ring: int = 0
-                ) -> Optional[int]:
+                full_dtypes: Sequence[str] = (), vecs: int = 0) -> Optional[int]:
     """The widest chunk of output channels (:data:`NC_CHOICES`, at most N rounded up to 8)
     whose weight rows and staging fit :data:`SMEM_LIMIT`, or None."""
     for nc in NC_CHOICES:
         if nc <= max(8, -(-n // 8) * 8) and \
-                smem_bytes(nc, k, y_dtype, warps, full_dtypes, vecs, ring) <= SMEM_LIMIT:
+                smem_bytes(nc, k, y_dtype, warps, full_dtypes, vecs) <= SMEM_LIMIT:
             return nc
     return None
 
@@ -362,12 +340,8 @@ class QMmaSource:
       conv: a :class:`ConvGeometry` where the layer is a conv with more than one tap (or a
         stride, or padding): the kernel's rows are then y's pixels and it gathers x's taps
         itself (K = r * s * c; no pipeline).
-      pair: a warp computes two m-tiles at once, sharing B's fragments (None:
-        :func:`pair_default`; no pipeline); prefetch: the next block of K's A fragments
-        loaded during this one's MMAs (None: :func:`prefetch_default`; no pipeline); kb: K a
-        lane's A fragments cover at a time (a multiple of 64 up to :data:`KB`; None:
-        :data:`KB`, halved by each of pair and prefetch) -- benchmark knobs, the same
-        answers.
+      interleave: the MMAs k first (None: :func:`interleave_default`) -- a benchmark knob, the
+        same answers.
 
     Kernel ``qmma(x, w, *operands, y, m)`` (operands in :attr:`operands` order, ``m`` a long
     long); :meth:`grid` gives the launch. Raises ValueError for what the kernel does not take.
@@ -380,9 +354,7 @@ class QMmaSource:
                  fast_int: bool = True, min_threads: int = 0, pipeline: bool = PIPELINE,
                  paired: bool = True, conv: Optional[ConvGeometry] = None,
                  stage_vecs: Optional[bool] = None, i2f: Optional[bool] = None,
-                 res_cvt: Optional[str] = None, pair: Optional[bool] = None,
-                 prefetch: Optional[bool] = None, kb: Optional[int] = None,
-                 interleave: Optional[bool] = None, stage_a: Optional[bool] = None):
+                 res_cvt: Optional[str] = None, interleave: Optional[bool] = None):
         self.n, self.k, self.fmt = int(n), int(k), fmt
         # x's row length: K itself, but a K of 8 / 16 / 24, or a multiple of 16 (MobileNet /
         # EfficientNet channel counts: 16, 24, 80, 112, 144, 240), runs over a weight
@@ -400,36 +372,12 @@ class QMmaSource:
                 raise ValueError(f"K {self.k} is not the conv's taps x channels "
                                  f"({conv.r} x {conv.s} x {conv.c})")
             pipeline = False  # (the pipelined loop reads x's rows as a GEMM's)
-        # two m-tiles a warp, each fragment of B read once for both (:func:`pair_default`),
-        # and the next block of K's A fragments loaded while this one's MMAs run
-        # (:func:`prefetch_default`): by default where the pipelined loop does not apply
-        piped = bool(pipeline) and int(mt) == 1 and self.k <= KB and \
-            np.dtype(x_dtype).name == "int8"
-        self.pair = pair_default() and not piped if pair is None else bool(pair)
-        self.prefetch = prefetch_default() and not piped if prefetch is None else \
-            bool(prefetch)
-        if self.pair or self.prefetch:
-            pipeline = False
         # the MMAs in the order of k first, n-tiles interleaved (:func:`interleave_default`)
         if interleave is None:
             way = interleave_default()
             interleave = way == "1" or (way == "auto" and bool(pipeline) and int(mt) == 1 and
                                         np.dtype(x_dtype).name == "int8" and self.k <= 64)
         self.interleave = bool(interleave)
-        # an implicit GEMM's A chunks copied by cp.async into a ring in shared memory, the
-        # next chunk in flight during this one's MMAs (:func:`stage_a_default`)
-        takes = conv is not None and np.dtype(x_dtype).name == "int8" and \
-            not (self.pair or self.prefetch)
-        if stage_a and not takes:
-            raise ValueError("staged A chunks take an implicit-GEMM conv over an int8 x, "
-                             "without pair or prefetch")
-        self.stage_a = takes and (stage_a_default() if stage_a is None else bool(stage_a))
-        # K a lane's A fragments cover at a time: two tiles' rows, or two sets of registers,
-        # hold twice the words of one, so each halves the block
-        self.kb = int(kb) if kb else \
-            max(64, KB // (2 if self.pair else 1) // (2 if self.prefetch else 1))
-        if self.kb % 64 or not 64 <= self.kb <= KB:
-            raise ValueError(f"a block of K is a multiple of 64 up to {KB}, not {self.kb}")
         self.x_dtype, self.y_dtype = np.dtype(x_dtype).name, np.dtype(y_dtype).name
         if fmt not in (S.INT8, S.FP8):
             raise ValueError(f"quantized format {fmt!r}")
@@ -458,7 +406,7 @@ class QMmaSource:
         # of K of int8 x (a float x is quantized as it arrives), one m-tile a block tile
         self.pipeline = bool(pipeline) and int(mt) == 1 and self.k <= KB and \
             self.x_dtype == "int8"
-        fdt = tuple(self.full.values()) * (2 if self.pipeline or self.pair else 1)
+        fdt = tuple(self.full.values()) * (2 if self.pipeline else 1)
         # per-channel float operands (the dequantization scale, the bias) staged once a block
         # in shared memory as float32 (stage_vecs; default :func:`stage_vecs_default`, for an
         # int8 x: timed there, and a float x's kernels spill with it)
@@ -468,16 +416,14 @@ class QMmaSource:
                      if mode == "vec" and np.dtype(dt).name in ("float16", "float32")] \
             if stage_vecs else []
         nv = len(self.vecs)
-        ring = RING_BYTES if self.stage_a else 0
-        nc = nc or chunk_width(self.n, self.k, self.y_dtype, self.warps, fdt, nv, ring)
+        nc = nc or chunk_width(self.n, self.k, self.y_dtype, self.warps, fdt, nv)
         if nc is None or nc % 16 and nc != 8 or \
-                smem_bytes(nc, self.k, self.y_dtype, self.warps, fdt, nv, ring) > SMEM_LIMIT:
+                smem_bytes(nc, self.k, self.y_dtype, self.warps, fdt, nv) > SMEM_LIMIT:
             raise ValueError(f"the tensor-core quantized GEMM's weight rows ({self.k} bytes) "
                              f"and staging do not fit {SMEM_LIMIT} bytes of shared memory")
         self.nc = nc
         self.chunks = -(-self.n // nc)
         self.mt = int(mt)
-        self.tile_rows = 32 if self.pair else 16   # a warp's rows at a time
         self.threads = self.warps * LANES
         self.inv_x, self.out_scale = float(inv_x), out_scale
         self.fast_int, self.min_threads = bool(fast_int), int(min_threads)
@@ -488,8 +434,6 @@ class QMmaSource:
             raise ValueError(f"res_cvt {self.res_cvt!r}: one of {', '.join(RES_CVT)}")
         if not self.min_threads and self.pipeline and self.full and self.k <= 64:
             self.min_threads = PIPELINE_MIN_BLOCKS * self.threads
-        if not self.min_threads and self.stage_a:
-            self.min_threads = STAGE_A_MIN_BLOCKS * self.threads
         self.operands = sorted(operand_modes)
         self.params = ([(f"const {ctype(self.x_dtype)}*", "x"), ("const unsigned char*", "w")] +
                        [(f"const {ctype(operand_modes[i][1])}*", f"e{i}")
@@ -500,7 +444,7 @@ class QMmaSource:
     def grid(self, m: int, max_blocks: Optional[int] = None) -> int:
         """Blocks of a launch over ``m`` rows: every chunk times the block tiles (capped at
         ``max_blocks`` rounded down to whole chunks; blocks then loop)."""
-        tiles = max(1, math.ceil(int(m) / (self.warps * self.mt * self.tile_rows)))
+        tiles = max(1, math.ceil(int(m) / (self.warps * self.mt * 16)))
         if max_blocks:
             tiles = max(1, min(tiles, int(max_blocks) // self.chunks))
         return tiles * self.chunks
@@ -777,55 +721,43 @@ class QMmaSource:
           {body}
         }}"""
 
-    def _k_mmas(self, chunks: int, tail: int, off: str, regs: Tuple[str, str] = ("a", "u")
-                ) -> str:
-        """Every n-tile's MMAs over the fragments in ``a0`` / ``a1`` (``regs[0]``) of the
-        chunks at ``off``, accumulating in ``acc`` -- and, where :attr:`pair`, over the second
-        m-tile's ``u0`` / ``u1`` (``regs[1]``) into ``acd`` with the same B fragment."""
+    def _k_mmas(self, chunks: int, tail: int, off: str) -> str:
+        """Every n-tile's MMAs over the fragments in ``a0`` / ``a1`` of the chunks at ``off``,
+        accumulating in ``acc``."""
+        if self.interleave:
+            return self._k_mmas_interleaved(chunks, tail, off)
         kr = smem_row(self.k)
-        tiles = (("acc", regs[0]), ("acd", regs[1])) if self.pair else (("acc", regs[0]),)
         mmas = []
         for c in range(chunks):
-            body = "\n            ".join(
-                f"mma_16832({d}[j], {a}0[{4 * c}], {a}1[{4 * c}], {a}0[{4 * c + 1}], "
-                f"{a}1[{4 * c + 1}], b.x, b.y);\n            "
-                f"mma_16832({d}[j], {a}0[{4 * c + 2}], {a}1[{4 * c + 2}], {a}0[{4 * c + 3}], "
-                f"{a}1[{4 * c + 3}],\n                      b.z, b.w);" for d, a in tiles)
             mmas.append(f"""{{
             const uint4 b = bsm4[((8 * j + g) * {kr} + {off} + {64 * c} + 16 * t) / 16];
-            {body}
+            mma_16832(acc[j], a0[{4 * c}], a1[{4 * c}], a0[{4 * c + 1}], a1[{4 * c + 1}], b.x, b.y);
+            mma_16832(acc[j], a0[{4 * c + 2}], a1[{4 * c + 2}], a0[{4 * c + 3}], a1[{4 * c + 3}],
+                      b.z, b.w);
           }}""")
         if tail:
-            body = "\n            ".join(
-                f"mma_16832({d}[j], {a}0[{4 * chunks}], {a}1[{4 * chunks}], "
-                f"{a}0[{4 * chunks + 1}],\n                      {a}1[{4 * chunks + 1}], "
-                f"b.x, b.y);" for d, a in tiles)
             mmas.append(f"""{{
             const uint2 b = reinterpret_cast<const uint2*>(bsm4)[
                 ((8 * j + g) * {kr} + {off} + {64 * chunks} + 8 * t) / 8];
-            {body}
+            mma_16832(acc[j], a0[{4 * chunks}], a1[{4 * chunks}], a0[{4 * chunks + 1}],
+                      a1[{4 * chunks + 1}], b.x, b.y);
           }}""")
-        if self.interleave:
-            return self._k_mmas_interleaved(chunks, tail, off, tiles)
         mma_src = "\n          ".join(mmas)
         return f"""#pragma unroll
         for (int j = 0; j < NT; ++j) {{
           {mma_src}
         }}"""
 
-    def _k_mmas_interleaved(self, chunks: int, tail: int, off: str, tiles) -> str:
+    def _k_mmas_interleaved(self, chunks: int, tail: int, off: str) -> str:
         """:meth:`_k_mmas` in the order of k first (:attr:`interleave`): per chunk, every
         n-tile's MMA of its first 32 k (B's 16 bytes loaded, the second 8 kept in ``bz``),
-        then every n-tile's of its second 32, so that two MMAs into one accumulator are NT
-        (2 NT with :attr:`pair`) MMAs apart instead of adjacent; the same sums in the same
-        order per accumulator."""
+        then every n-tile's of its second 32, so that two MMAs into one accumulator are NT MMAs
+        apart instead of adjacent; the same sums in the same order per accumulator."""
         kr = smem_row(self.k)
 
         def mma(c: int, half: int, b: str) -> str:
             w = 4 * c + 2 * half
-            return "\n            ".join(
-                f"mma_16832({d}[j], {a}0[{w}], {a}1[{w}], {a}0[{w + 1}], {a}1[{w + 1}], "
-                f"{b});" for d, a in tiles)
+            return f"mma_16832(acc[j], a0[{w}], a1[{w}], a0[{w + 1}], a1[{w + 1}], {b});"
         out = []
         for c in range(chunks):
             out.append(f"""{{
@@ -850,160 +782,25 @@ class QMmaSource:
         }}""")
         return "\n        ".join(out)
 
-    def _k_staged(self) -> str:
-        """The K loop of an implicit GEMM with :attr:`stage_a`: chunk by chunk (64 channels of
-        one tap), the warp's 16 rows of x copied by ``cp.async`` into one of two 1 KB slots of
-        its staging bytes (lane L copies row L / 2's 32 bytes at (L % 2) * 32, zeros where
-        the tap's pixel is in the padding) while the MMAs of the chunk before run on the
-        other slot; a lane reads its A fragments of rows g, g + 8 there with one 16-byte
-        shared load each (the bytes ``16t ..`` of fragment_k's order, as from x). Element
-        copies where x is not 16-byte aligned."""
-        g = self.conv
-        chunks = self.k // 64
-        it = "long long"
-
-        def issue(c: int) -> str:
-            kc = 64 * c
-            tap, ci = divmod(kc, g.c)
-            dh, dw = divmod(tap, g.s)
-            return f"""{{
-          const int hi = crhb + {dh}, wi = crwb + {dw};
-          const bool ok = (unsigned)hi < {g.h}u && (unsigned)wi < {g.w}u;
-          const signed char* src = ok ? x + crpx + ((long long)hi * {g.w} + wi) * {g.c} + {ci}
-                                           + cs : x;
-          unsigned char* dst = stg + {(c % 2) * 1024} + cr * 64 + cs;
-          if (xal) {{
-            cp_async16_z(dst, src, ok);
-            cp_async16_z(dst + 16, src + 16, ok);
-          }} else {{
-            for (int b = 0; b < 32; ++b) dst[b] = ok ? (unsigned char)src[b] : 0u;
-          }}
-          cp_async_commit();
-        }}"""
-        out = [f"""const int cr = lane >> 1, cs = (lane & 1) * 32;  // the row and bytes a lane copies
-      const {it} crow = m0 + cr < m ? m0 + cr : m - 1;
-      const unsigned cru = (unsigned)crow;
-      const unsigned cri = cru / {g.ho * g.wo}u, crq = cru - cri * {g.ho * g.wo}u;
-      const int crhb = (int)(crq / {g.wo}u) * {g.stride_h} - {g.pad_h};
-      const int crwb = (int)(crq % {g.wo}u) * {g.stride_w} - {g.pad_w};
-      const long long crpx = (long long)cri * {g.h * g.w * g.c}ll;
-      unsigned a0[4], a1[4];""", issue(0)]
-        for c in range(chunks):
-            if c + 1 < chunks:
-                out.append(issue(c + 1))
-                out.append("cp_async_wait_prior();")
-            else:
-                out.append("cp_async_wait();")
-            slot = (c % 2) * 1024
-            out.append(f"""__syncwarp();
-      {{
-        const uint4 v0 = *reinterpret_cast<const uint4*>(stg + {slot} + g * 64 + 16 * t);
-        const uint4 v1 = *reinterpret_cast<const uint4*>(stg + {slot} + (g + 8) * 64 + 16 * t);
-        a0[0] = v0.x; a0[1] = v0.y; a0[2] = v0.z; a0[3] = v0.w;
-        a1[0] = v1.x; a1[1] = v1.y; a1[2] = v1.z; a1[3] = v1.w;
-      }}
-      {self._k_mmas(1, 0, str(64 * c))}
-      __syncwarp();  // the slot is free for the chunk after next""")
-        return "\n      ".join(out)
-
-    def _k_prefetched(self, words: int) -> str:
-        """The K loop where :attr:`prefetch`: straight-line blocks of :attr:`kb` (then the
-        rest), each block's A fragments loaded into one of two register sets while the MMAs
-        of the block before run on the other (``a`` / ``u``, ``p`` / ``v``), in the order of
-        k as :meth:`_k_block`'s loop."""
-        blocks = [(off, self.kb // 64, 0) for off in range(0, self.k - self.k % self.kb,
-                                                             self.kb)]
-        rest_chunks, tail = divmod(self.k % self.kb, 64)
-        if rest_chunks or tail:
-            blocks.append((self.k - self.k % self.kb, rest_chunks, tail // 32))
-        sets = (("a", "u"), ("p", "v"))
-
-        def loads(i):
-            off, chunks, tail = blocks[i]
-            a, u = sets[i % 2]
-            src = self._k_loads(chunks, tail, str(off), a, "row")
-            if self.pair:
-                src += "\n        " + self._k_loads(chunks, tail, str(off), u, "urow")
-            return src
-
-        regs = f"unsigned p0[{words}], p1[{words}];" + \
-            (f" unsigned v0[{words}], v1[{words}];" if self.pair else "")
-        out = [regs, loads(0)]
-        for i, (off, chunks, tail) in enumerate(blocks):
-            if i + 1 < len(blocks):
-                out.append(loads(i + 1))
-            out.append(self._k_mmas(chunks, tail, str(off), sets[i % 2]))
-        body = "\n        ".join(out)
-        return f"""{{
-        {body}
-      }}"""
-
     def _k_block(self, chunks: int, tail: int, off: str) -> str:
         """A block of K at column ``off`` (a C expression): the lane's A fragments of its two
         rows for ``chunks`` 64-wide chunks (and a last 32 where ``tail``), then every n-tile's
         MMAs over them, accumulating in ``acc``. Blocks run in the order of k, so each
         accumulator sums its chunks in the same order whatever the block width."""
-        second = self._k_loads(chunks, tail, off, "u", "urow") if self.pair else ""
         return f"""{{
         {self._k_loads(chunks, tail, off)}
-        {second}
         {self._k_mmas(chunks, tail, off)}
       }}"""
-
-    def _pair_loop(self, it: str, rows_of, words: int, acc_init: str, k_src: str, wait: str,
-                   epi_src: str) -> str:
-        """The block-tile loop where a warp computes two m-tiles at once (:attr:`pair`): rows
-        ``m0 ..`` into ``acc`` and ``m1 = m0 + 16 ..`` into ``acd``, each B fragment read from
-        shared memory once for both; each tile's residual staged before the K loop (the
-        second in ``rsn``); then the epilogue of the first tile, and of the second in a scope
-        whose ``m0``, ``rows``, ``row0`` / ``row1`` and residual rows are its own."""
-        tile_rows = self.warps * self.mt * 32
-        conv_rows = (self._conv_rows() + "\n      " + self._conv_rows("urow")) \
-            if self.conv is not None else ""
-        shadow = "".join(f"\n        unsigned char* rs{i} = rsn{i};" for i in self.full)
-        second = epi_src.replace("acc[j][", "acd[j][")
-        return f"""const {it} tiles = (m + {tile_rows - 1}) / {tile_rows};
-  const {it} stride = gridDim.x / {self.chunks};
-  for ({it} bt = blockIdx.x / {self.chunks}; bt < tiles; bt += stride) {{
-    for (int mi = 0; mi < {self.mt}; ++mi) {{
-      const {it} m0 = ((bt * {self.warps} + warp) * {self.mt} + mi) * 32;
-      if (m0 >= m) break;  // the same for the whole warp
-      const {it} m1 = m0 + 16;
-      // the lane's rows g, g + 8 of both m-tiles (a row past M reads the last one: never
-      // stored; the second tile may lie wholly past M: urows <= 0)
-      {rows_of("m0", "")}
-      {rows_of("m1", "u")}
-      {conv_rows}
-      {self._copy_in()}
-      {self._copy_in("m1", "urows", "rsn")}
-      unsigned a0[{words}], a1[{words}], u0[{words}], u1[{words}];
-      {acc_init}
-      {acc_init.replace("acc", "acd")}
-      {k_src}
-      {wait}
-      {epi_src}
-      if (urows > 0) {{
-        const {it} m0 = m1;
-        const int rows = urows;
-        const {it} row0 = urow0, row1 = urow1;
-        (void)row0; (void)row1;{shadow}
-        {second}
-      }}
-    }}
-  }}"""
 
     def _source(self, epilogue, operand_modes) -> str:
         n, k, nc = self.n, self.k, self.nc
         kr = smem_row(k)
-        kb = self.kb
-        full_blocks, rest = divmod(k, kb)
+        full_blocks, rest = divmod(k, KB)
         rest_chunks, tail = divmod(rest, 64)
         tail = tail // 32
         sr = stage_row(nc, self.y_dtype)
-        # a warp's staging bytes: 16 rows of outputs, or the staged A ring sharing them
-        ws = max(16 * sr, RING_BYTES if self.stage_a else 0)
         # A words a lane holds per row: one block of K at a time
-        words = 4 * (kb // 64) if full_blocks else 4 * rest_chunks + 2 * tail
+        words = 4 * (KB // 64) if full_blocks else 4 * rest_chunks + 2 * tail
         it = "long long"  # m is an argument: rows * N may pass 2**31 at a large batch
         params = ", ".join(f"{ty} __restrict__ {nm}" if ty.endswith("*") else f"{ty} {nm}"
                            for ty, nm in self.params)
@@ -1018,20 +815,20 @@ class QMmaSource:
         blocks = []
         if full_blocks:
             unroll = "#pragma unroll 1\n      " if full_blocks > 1 else ""
-            blocks.append(f"{unroll}for (int kb = 0; kb < {kb * full_blocks}; kb += {kb}) " +
-                          self._k_block(kb // 64, 0, "kb"))
+            blocks.append(f"{unroll}for (int kb = 0; kb < {KB * full_blocks}; kb += {KB}) " +
+                          self._k_block(KB // 64, 0, "kb"))
         if rest_chunks or tail:
-            blocks.append(self._k_block(rest_chunks, tail, str(kb * full_blocks)))
-        k_src = self._k_prefetched(words) if self.prefetch else "\n      ".join(blocks)
+            blocks.append(self._k_block(rest_chunks, tail, str(KB * full_blocks)))
+        k_src = "\n      ".join(blocks)
         nt = nc // 8
         arrays, decls = [], []
-        bufs = 2 if self.pipeline or self.pair else 1
+        bufs = 2 if self.pipeline else 1
         for i, dt in self.full.items():
             rs = stage_row(nc, dt)
             arrays.append(f"__shared__ uint4 res{i}4[{bufs * self.warps * 16 * rs // 16}];")
             decls.append(f"constexpr int RS{i} = {rs};\n  unsigned char* rs{i} = "
                          f"reinterpret_cast<unsigned char*>(res{i}4) + warp * 16 * RS{i};")
-            if self.pipeline or self.pair:
+            if self.pipeline:
                 decls.append(f"unsigned char* rsn{i} = reinterpret_cast<unsigned char*>"
                              f"(res{i}4) + ({self.warps} + warp) * 16 * RS{i};")
         full_arrays, full_decl = "\n  ".join(arrays), "\n  ".join(decls)
@@ -1042,7 +839,7 @@ class QMmaSource:
             f"vsm{i}[c] = c < cw ? {load_expr(operand_modes[i][1], f'e{i}[n0 + c]')} : 0.f;"
             for i in self.vecs)
         wait = "cp_async_wait();\n      __syncwarp();" if self.full else ""
-        if self.full or self.stage_a:
+        if self.full:
             helpers += CP_ASYNC
         epi_src = f"""#pragma unroll
       for (int j = 0; j < NT; ++j) {{
@@ -1060,9 +857,7 @@ class QMmaSource:
             f"const int {r}rows = (int)(m - {m0} < 16 ? m - {m0} : 16);\n"
             f"      const {it} {r}row0 = {m0} + g < m ? {m0} + g : m - 1;\n"
             f"      const {it} {r}row1 = {m0} + g + 8 < m ? {m0} + g + 8 : m - 1;")
-        if self.pair:
-            loop = self._pair_loop(it, rows_of, words, acc_init, k_src, wait, epi_src)
-        elif not self.pipeline:
+        if not self.pipeline:
             tile_rows = self.warps * self.mt * 16
             loop = f"""const {it} tiles = (m + {tile_rows - 1}) / {tile_rows};
   const {it} stride = gridDim.x / {self.chunks};
@@ -1072,11 +867,11 @@ class QMmaSource:
       if (m0 >= m) break;  // the same for the whole warp
       // the lane's rows g, g + 8 (a row past M reads the last one: never stored)
       {rows_of("m0", "")}
-      {self._conv_rows() if self.conv is not None and not self.stage_a else ""}
+      {self._conv_rows() if self.conv is not None else ""}
       {self._copy_in()}
+      unsigned a0[{words}], a1[{words}];
       {acc_init}
-      {self._k_staged() if self.stage_a else f"unsigned a0[{words}], a1[{words}];"}
-      {"" if self.stage_a else k_src}
+      {k_src}
       {wait}
       {epi_src}
     }}
@@ -1123,7 +918,7 @@ class QMmaSource:
 extern "C" __global__ void __launch_bounds__({bounds}) {KERNEL}({params}) {{
   constexpr int KR = {kr}, SR = {sr}, NT = {nt};
   __shared__ uint4 bsm4[{nc * kr // 16}];
-  __shared__ uint4 stage4[{self.warps * ws // 16}];
+  __shared__ uint4 stage4[{self.warps * 16 * sr // 16}];
   {full_arrays}{vec_arrays}
   const int chunk = (int)(blockIdx.x % {self.chunks});
   const int n0 = chunk * {nc};
@@ -1139,7 +934,7 @@ extern "C" __global__ void __launch_bounds__({bounds}) {KERNEL}({params}) {{
   __syncthreads();
   const int warp = threadIdx.x / {LANES}, lane = threadIdx.x % {LANES};
   const int g = lane >> 2, t = lane & 3;
-  unsigned char* stg = reinterpret_cast<unsigned char*>(stage4) + warp * {ws};
+  unsigned char* stg = reinterpret_cast<unsigned char*>(stage4) + warp * 16 * SR;
   {full_decl}
   const bool xal = (reinterpret_cast<unsigned long long>(x) & 15ull) == 0ull;
   const unsigned long long ya = reinterpret_cast<unsigned long long>(y);
@@ -1167,45 +962,6 @@ def stage_vecs_default() -> bool:
     with :func:`i2f_default`'s conversions, on by default with it, see there."""
     from tftrt.env import env_bool  # standard library only
     return env_bool("TFTRT_QUANT_MMA_STAGE_VECS", True)
-
-
-def pair_default() -> bool:
-    """``TFTRT_QUANT_MMA_PAIR`` (default off; 1 turns it on for the kernels the pipelined loop does
-    not take: implicit-GEMM convs, a float x, K over :data:`KB`): a warp computes two
-    m-tiles of 16 rows at once and reads each fragment of the weight from shared memory once
-    for both, where it read it per m-tile; A's fragments are loaded half a block of K at a
-    time (:attr:`QMmaSource.kb`: the two tiles' rows hold twice the words), and the
-    pipelined loop is not used. The same values. Why: the stage-3 residual conv stalls on
-    shared-memory loads of the weight fragments (Nsight Compute, H100, s46: one 16-byte load
-    a lane per two MMAs), and ResNet50's stage-1 3x3 convs run at 354 TOPS (83.7 us, against
-    cuDNN's 28 us for the stage-2 ones of the same multiply-adds)."""
-    from tftrt.env import env_bool  # standard library only
-    return env_bool("TFTRT_QUANT_MMA_PAIR", False)
-
-
-def prefetch_default() -> bool:
-    """``TFTRT_QUANT_MMA_PREFETCH`` (default off; 1 turns it on for the kernels the pipelined loop
-    does not take, as :func:`pair_default`): the K loop is unrolled into blocks of
-    :attr:`QMmaSource.kb` k, and each block's A fragments are loaded into a second set of
-    registers while the MMAs of the block before run, where the plain loop loads a block and
-    then waits for it before its MMAs. The same values. Why: in ResNet50's stage-1 3x3 convs
-    (K 576, 354 TOPS, s46) a warp waits for each block's loads from L1 / L2 with nothing
-    else to issue but other warps' work."""
-    from tftrt.env import env_bool  # standard library only
-    return env_bool("TFTRT_QUANT_MMA_PREFETCH", False)
-
-
-def stage_a_default() -> bool:
-    """``TFTRT_QUANT_MMA_STAGE_A`` (default off; 1 turns it on for the implicit-GEMM convs
-    over an int8 x): each 64-channel chunk of a warp's 16 rows of x is copied by
-    ``cp.async`` into a ring of two slots in shared memory (zeros in the padding) while the
-    MMAs of the chunk before run, and the lanes read their A fragments there, where they
-    load them from x with their bounds checks and wait for each block of K. The same values.
-    Why: ResNet50's stage-1 3x3 conv took 57.0 us instead of 85.6 with x's loads left out
-    (bench_qmma --ablate loads, H100, s47); the loads' latency, not their count, is what a
-    ring in flight hides. Not yet timed on a GPU (s47)."""
-    from tftrt.env import env_bool  # standard library only
-    return env_bool("TFTRT_QUANT_MMA_STAGE_A", False)
 
 
 def interleave_default() -> str:
