@@ -944,20 +944,26 @@ def test_a_conv_runs_as_an_implicit_gemm_on_the_host(tmp_path):
         pytest.skip("no host C++ compiler")
     srcs = [_conv_source(case) for case in CONV_CASES]
     assert all(not s.pipeline for s in srcs) and {s.k // QM.KB for s in srcs} == {1, 2, 4}
-    so = _build(_host_text(srcs), tmp_path, "qmma_conv")
+    _convs_match_numpy(srcs, tmp_path, "qmma_conv", 200, "")
+
+
+def _convs_match_numpy(srcs, tmp_path, name: str, seed: int, what: str) -> None:
+    """The kernels ``srcs`` of CONV_CASES, built for the host, answer as the same GEMM over
+    im2col's rows does (:func:`_assert_matches`)."""
+    so = _build(_host_text(srcs), tmp_path, name)
     for k, (case, src) in enumerate(zip(CONV_CASES, srcs)):
         b, h, w, c, n = case[:5]
         _, ho, wo = _conv_out(case)
         m = b * ho * wo
         gemm = (m, n, src.k, case[9], case[10], case[11], case[12], case[13], 0, case[14])
-        x = _inputs((b * h * w, n, c) + gemm[3:], seed=200 + k)[0].reshape(b, h, w, c)
-        _, wq, ops = _inputs(gemm, seed=300 + k)   # [N, taps x C] weights, y-sized residual
+        x = _inputs((b * h * w, n, c) + gemm[3:], seed=seed + k)[0].reshape(b, h, w, c)
+        _, wq, ops = _inputs(gemm, seed=seed + 100 + k)  # [N, taps x C], y-sized residual
         want = _want(gemm, _im2col(x, case), wq, ops)
         poison = -128 if src.y_dtype == "int8" else np.nan
         y = np.full(want.shape, poison, src.y_dtype)
         _run_host(so, k, [x, wq] + [ops[i] for i in src.operands] + [y, m],
                   src.grid(m, case[14]), src.threads)
-        _assert_matches(src, y, want, f"conv case {k} {case}")
+        _assert_matches(src, y, want, f"conv case {k} {case}{what}")
 
 
 def _conv_net(x_shape, r, s, n, strides, pads, precision, residual=False, group=1,
@@ -1093,17 +1099,5 @@ def test_mmas_in_the_order_of_k_compute_the_same(tmp_path, monkeypatch):
         _assert_matches(src, y, want, f"case {k}, interleave")
     convs = [_conv_source(case) for case in CONV_CASES]
     assert all(s.interleave for s in convs)
-    so = _build(_host_text(convs), tmp_path, "qmma_interleave_conv")
-    for k, (case, src) in enumerate(zip(CONV_CASES, convs)):
-        b, h, w, c, n = case[:5]
-        _, ho, wo = _conv_out(case)
-        m = b * ho * wo
-        gemm = (m, n, src.k, case[9], case[10], case[11], case[12], case[13], 0, case[14])
-        x = _inputs((b * h * w, n, c) + gemm[3:], seed=800 + k)[0].reshape(b, h, w, c)
-        _, wq, ops = _inputs(gemm, seed=900 + k)
-        want = _want(gemm, _im2col(x, case), wq, ops)
-        y = np.full(want.shape, -128 if src.y_dtype == "int8" else np.nan, src.y_dtype)
-        _run_host(so, k, [x, wq] + [ops[i] for i in src.operands] + [y, m],
-                  src.grid(m, case[14]), src.threads)
-        _assert_matches(src, y, want, f"conv case {k} {case}, interleave")
+    _convs_match_numpy(convs, tmp_path, "qmma_interleave_conv", 800, ", interleave")
 
