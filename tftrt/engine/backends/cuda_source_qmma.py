@@ -372,12 +372,6 @@ class QMmaSource:
                 raise ValueError(f"K {self.k} is not the conv's taps x channels "
                                  f"({conv.r} x {conv.s} x {conv.c})")
             pipeline = False  # (the pipelined loop reads x's rows as a GEMM's)
-        # the MMAs in the order of k first, n-tiles interleaved (:func:`interleave_default`)
-        if interleave is None:
-            way = interleave_default()
-            interleave = way == "1" or (way == "auto" and bool(pipeline) and int(mt) == 1 and
-                                        np.dtype(x_dtype).name == "int8" and self.k <= 64)
-        self.interleave = bool(interleave)
         self.x_dtype, self.y_dtype = np.dtype(x_dtype).name, np.dtype(y_dtype).name
         if fmt not in (S.INT8, S.FP8):
             raise ValueError(f"quantized format {fmt!r}")
@@ -406,6 +400,11 @@ class QMmaSource:
         # of K of int8 x (a float x is quantized as it arrives), one m-tile a block tile
         self.pipeline = bool(pipeline) and int(mt) == 1 and self.k <= KB and \
             self.x_dtype == "int8"
+        # the MMAs in the order of k first, n-tiles interleaved (:func:`interleave_default`)
+        if interleave is None:
+            way = interleave_default()
+            interleave = way == "1" or (way == "auto" and self.pipeline and self.k <= 64)
+        self.interleave = bool(interleave)
         fdt = tuple(self.full.values()) * (2 if self.pipeline else 1)
         # per-channel float operands (the dequantization scale, the bias) staged once a block
         # in shared memory as float32 (stage_vecs; default :func:`stage_vecs_default`, for an
@@ -723,63 +722,45 @@ class QMmaSource:
 
     def _k_mmas(self, chunks: int, tail: int, off: str) -> str:
         """Every n-tile's MMAs over the fragments in ``a0`` / ``a1`` of the chunks at ``off``,
-        accumulating in ``acc``."""
-        if self.interleave:
-            return self._k_mmas_interleaved(chunks, tail, off)
-        kr = smem_row(self.k)
-        mmas = []
-        for c in range(chunks):
-            mmas.append(f"""{{
-            const uint4 b = bsm4[((8 * j + g) * {kr} + {off} + {64 * c} + 16 * t) / 16];
-            mma_16832(acc[j], a0[{4 * c}], a1[{4 * c}], a0[{4 * c + 1}], a1[{4 * c + 1}], b.x, b.y);
-            mma_16832(acc[j], a0[{4 * c + 2}], a1[{4 * c + 2}], a0[{4 * c + 3}], a1[{4 * c + 3}],
-                      b.z, b.w);
-          }}""")
-        if tail:
-            mmas.append(f"""{{
-            const uint2 b = reinterpret_cast<const uint2*>(bsm4)[
-                ((8 * j + g) * {kr} + {off} + {64 * chunks} + 8 * t) / 8];
-            mma_16832(acc[j], a0[{4 * chunks}], a1[{4 * chunks}], a0[{4 * chunks + 1}],
-                      a1[{4 * chunks + 1}], b.x, b.y);
-          }}""")
-        mma_src = "\n          ".join(mmas)
-        return f"""#pragma unroll
-        for (int j = 0; j < NT; ++j) {{
-          {mma_src}
-        }}"""
-
-    def _k_mmas_interleaved(self, chunks: int, tail: int, off: str) -> str:
-        """:meth:`_k_mmas` in the order of k first (:attr:`interleave`): per chunk, every
-        n-tile's MMA of its first 32 k (B's 16 bytes loaded, the second 8 kept in ``bz``),
-        then every n-tile's of its second 32, so that two MMAs into one accumulator are NT MMAs
-        apart instead of adjacent; the same sums in the same order per accumulator."""
+        accumulating in ``acc``: n-tile first, each n-tile's MMAs back to back -- or, where
+        :attr:`interleave`, k first: per chunk every n-tile's MMA of its first 32 k (B's 16
+        bytes loaded, the second 8 kept in ``bz``), then every n-tile's of its second 32, so
+        that two MMAs into one accumulator are NT MMAs apart instead of adjacent. The same sums
+        in the same order per accumulator either way."""
         kr = smem_row(self.k)
 
-        def mma(c: int, half: int, b: str) -> str:
-            w = 4 * c + 2 * half
+        def mma(w: int, b: str) -> str:
             return f"mma_16832(acc[j], a0[{w}], a1[{w}], a0[{w + 1}], a1[{w + 1}], {b});"
-        out = []
-        for c in range(chunks):
-            out.append(f"""{{
-          uint2 bz[NT];
-          #pragma unroll
-          for (int j = 0; j < NT; ++j) {{
-            const uint4 b = bsm4[((8 * j + g) * {kr} + {off} + {64 * c} + 16 * t) / 16];
-            {mma(c, 0, "b.x, b.y")}
-            bz[j].x = b.z; bz[j].y = b.w;
-          }}
-          #pragma unroll
-          for (int j = 0; j < NT; ++j) {{
-            {mma(c, 1, "bz[j].x, bz[j].y")}
-          }}
-        }}""")
-        if tail:
-            out.append(f"""#pragma unroll
+
+        def chunk_b(c: int) -> str:
+            return f"const uint4 b = bsm4[((8 * j + g) * {kr} + {off} + {64 * c} + 16 * t) / 16];"
+
+        def loop(*body: str) -> str:
+            stmts = "\n          ".join(body)
+            return f"""#pragma unroll
         for (int j = 0; j < NT; ++j) {{
-            const uint2 b = reinterpret_cast<const uint2*>(bsm4)[
-                ((8 * j + g) * {kr} + {off} + {64 * chunks} + 8 * t) / 8];
-            {mma(chunks, 0, "b.x, b.y")}
-        }}""")
+          {stmts}
+        }}"""
+        tail_b = (f"const uint2 b = reinterpret_cast<const uint2*>(bsm4)[\n"
+                  f"              ((8 * j + g) * {kr} + {off} + {64 * chunks} + 8 * t) / 8];")
+        tail_src = (tail_b, mma(4 * chunks, "b.x, b.y")) if tail else ()
+        if not self.interleave:
+            bodies = [f"""{{
+            {chunk_b(c)}
+            {mma(4 * c, "b.x, b.y")}
+            {mma(4 * c + 2, "b.z, b.w")}
+          }}""" for c in range(chunks)]
+            if tail:
+                bodies.append("{\n            " + "\n            ".join(tail_src) +
+                              "\n          }")
+            return loop(*bodies)
+        out = [f"""{{
+        uint2 bz[NT];
+        {loop(chunk_b(c), mma(4 * c, "b.x, b.y"), "bz[j].x = b.z; bz[j].y = b.w;")}
+        {loop(mma(4 * c + 2, "bz[j].x, bz[j].y"))}
+        }}""" for c in range(chunks)]
+        if tail:
+            out.append(loop(*tail_src))
         return "\n        ".join(out)
 
     def _k_block(self, chunks: int, tail: int, off: str) -> str:
