@@ -6,7 +6,7 @@
 #   bash benchmarks/run_gpu_pending.sh 2   # ResNet50 / MobileNetV2 engines with the knobs
 #   bash benchmarks/run_gpu_pending.sh 3   # the most of 1 and 2 in one call: q_mma's knobs,
 #                                          # ResNet50 int8res / fp16
-#   bash benchmarks/run_gpu_pending.sh 4   # s47: the INT8 GPU suite, q_mma's 3x3 under Nsight
+#   bash benchmarks/run_gpu_pending.sh 4   # s47: the INT8 GPU suite, q_mma's 3x3 tiles
 #   bash benchmarks/run_gpu_pending.sh 6   # s47: where q_mma's time goes (bench_qmma --ablate)
 #   bash benchmarks/run_gpu_pending.sh 7   # s47: ResNet50 INT8 with / without the interleave
 # s46 ran part 3 and the rest by hand on an H100 (benchmarks/README.md, s46); the knobs it
@@ -65,21 +65,11 @@ case "${1:-1}" in
       bash "$repo/benchmarks/run_gpu_int8.sh" $(( $(left) - 5 ))
     ;;
   4)  # s47: the INT8 GPU suite under s46's defaults; q_mma's 3x3 implicit GEMMs (ResNet50's
-      # stage-1 3x3 convs: 83.7 us, 354 TOPS, s46) under Nsight Compute (Firecracker machines:
-      # H100) and with other tiles
+      # stage-1 3x3 convs: 83.7 us, 354 TOPS, s46) with other tiles (Nsight Compute on them:
+      # NCU_QMMA=s1_3x3_64to64 bash benchmarks/run_gpu_ncu.sh, on an H100)
     timeout 290 python3 -m pytest tests/gpu/test_int8_gpu.py tests/gpu/test_stem_mma_gpu.py \
       -k "not through_tensorflow" -q -rf -p no:cacheprovider --tb=short 2>&1 \
       | tee "$out/pending_4_tests.log" | tail -8
-    if command -v ncu >/dev/null; then
-      timeout 100 ncu --clock-control none -k regex:qmma -s 1 -c 1 --section SpeedOfLight \
-        --section MemoryWorkloadAnalysis --section Occupancy --section SchedulerStats \
-        --section WarpStateStats --section LaunchStats --section InstructionStats \
-        --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio" \
-        python3 benchmarks/bench_qmma.py --only s1_3x3_64to64 --configs "1,0,0" \
-        > "$out/ncu_s1_3x3.txt" 2>&1
-      grep -E "Duration|Memory Throughput|DRAM Throughput|L1/TEX Hit|Achieved Occupancy|Registers Per|Issue Slots Busy|Executed Ipc A|stalled_(long|short|mio|lg|math|wait|barrier|not_sel|tex)" \
-        "$out/ncu_s1_3x3.txt" | head -30
-    fi
     timeout $(( $(left) - 5 )) python3 benchmarks/bench_qmma.py \
       --only s1_3x3_64to64,s2_3x3,s3_conv3,s2_conv3,s1_conv3 \
       --configs "${QMMA_CONFIGS:-1,0,0 1,8,0 2,0,0 1,4,32}" 2>&1 \

@@ -1092,11 +1092,7 @@ def test_mmas_in_the_order_of_k_compute_the_same(tmp_path, monkeypatch):
     assert not _source(CASES[0], pipeline=True).interleave
     monkeypatch.setenv("TFTRT_QUANT_MMA_INTERLEAVE", "1")
     assert _source(CASES[0]).interleave
-    so = _build(_host_text(srcs), tmp_path, "qmma_interleave")
-    for k, src in enumerate(srcs):
-        case = CASES[k]
-        y, want, blocks = _run(so, k, src, case, case[0], seed=140 + k)
-        _assert_matches(src, y, want, f"case {k}, interleave")
+    _cases_match_numpy(srcs, tmp_path, "qmma_interleave", 140, "interleave")
     convs = [_conv_source(case) for case in CONV_CASES]
     assert all(s.interleave for s in convs)
     _convs_match_numpy(convs, tmp_path, "qmma_interleave_conv", 800, ", interleave")
