@@ -25,9 +25,12 @@ from tftrt.engine.backends.cupy_dnn import _nc_dims, cudnn_handle, cudnn_module,
 
 CLIP = False  # --clip: the fused graph clips to +-127 before the int8 store
 
-# name, H(=W) of the input, cin, cout, kernel, stride
+# name, H (= W, or (H, W)) of the input, cin, cout, kernel, stride
 CONVS = [
     ("s1_3x3_64", 56, 64, 64, 3, 1),
+    # the same conv over pixel pairs (tactic q_cudnn_pairs, TFTRT_QUANT_CUDNN_PAIRS=1): a 3x3
+    # conv of 128 channels over 56 x 28 pairs, twice the multiply-adds (half of them zeros)
+    ("s1_3x3_64_as_pairs", (56, 28), 128, 128, 3, 1),
     ("s1_1x1_64to64", 56, 64, 64, 1, 1),
     ("s1_1x1_64to256", 56, 64, 256, 1, 1),
     ("s1_1x1_256to64", 56, 256, 64, 1, 1),
@@ -42,10 +45,10 @@ def graph(c, prec, n, hw, cin, cout, k, stride, mode_list, relu=True):
     g = c.pygraph(io_data_type=io, intermediate_data_type=c.data_type.FLOAT,
                   compute_data_type=c.data_type.FLOAT, handle=cudnn_handle())
     pad = k // 2
-    ho = (hw + 2 * pad - k) // stride + 1
-    xd, xs = _nc_dims((n, hw, hw, cin))
+    (hh, ww), (ho, wo) = _hw(hw), _out(hw, k, stride)
+    xd, xs = _nc_dims((n, hh, ww, cin))
     wd, ws = _nc_dims((cout, k, k, cin))
-    yd, ys = _nc_dims((n, ho, ho, cout))
+    yd, ys = _nc_dims((n, ho, wo, cout))
     X = g.tensor(name="X", dim=xd, stride=xs, data_type=io)
     W = g.tensor(name="W", dim=wd, stride=ws, data_type=io)
     Y = g.conv_fprop(image=X, weight=W, pre_padding=[pad, pad], post_padding=[pad, pad],
@@ -76,7 +79,15 @@ def graph(c, prec, n, hw, cin, cout, k, stride, mode_list, relu=True):
         g.check_support()
     except Exception:
         pass
-    return g, dict(tensors, X=X, W=W, Y=Y), ho
+    return g, dict(tensors, X=X, W=W, Y=Y)
+
+
+def _hw(hw):
+    return tuple(hw) if isinstance(hw, tuple) else (hw, hw)
+
+
+def _out(hw, k, stride):
+    return tuple((d + 2 * (k // 2) - k) // stride + 1 for d in _hw(hw))
 
 
 def bench(c, name, prec, n, hw, cin, cout, k, stride, max_plans):
@@ -87,13 +98,13 @@ def bench(c, name, prec, n, hw, cin, cout, k, stride, max_plans):
     seen = set()
     for mode in ("A", "B", "FALLBACK"):
         try:
-            g, t, ho = graph(c, prec, n, hw, cin, cout, k, stride, [getattr(c.heur_mode, mode)])
+            g, t = graph(c, prec, n, hw, cin, cout, k, stride, [getattr(c.heur_mode, mode)])
         except Exception as e:
             print(f"  {prec} mode {mode}: no graph ({str(e)[:120]})")
             continue
-        x = cp.ones((n, hw, hw, cin), dt)
+        x = cp.ones((n,) + _hw(hw) + (cin,), dt)
         w = cp.ones((cout, k, k, cin), dt)
-        y = cp.empty((n, ho, ho, cout), dt)
+        y = cp.empty((n,) + _out(hw, k, stride) + (cout,), dt)
         vec = {nm: cp.full(cout, 0.01, cp.float32) for nm in ("S", "B", "INV")}
         pack = {t["X"]: x.data.ptr, t["W"]: w.data.ptr, t["Y"]: y.data.ptr}
         for nm in vec:
@@ -129,7 +140,7 @@ def bench(c, name, prec, n, hw, cin, cout, k, stride, max_plans):
                 continue
             rows.append((sec, mode, i, pname, bs))
     rows.sort()
-    flops = 2.0 * n * ho * ho * cout * cin * k * k
+    flops = 2.0 * n * int(np.prod(_out(hw, k, stride))) * cout * cin * k * k
     for sec, mode, i, pname, bs in rows[:6]:
         print(f"  {prec:4s} {sec * 1e6:8.1f} us {flops / sec / 1e12:6.0f} TF/s  {mode:8s} #{i:<3d} "
               f"build {bs:5.2f}s  {pname}")
@@ -158,7 +169,7 @@ def check(c, n, hw, cin, cout, relu):
     y = (y * inv).astype(cp.float32)
     once = cp.clip(cp.rint(y), -127, 127)
     via16 = cp.clip(cp.rint(y.astype(cp.float16).astype(cp.float32)), -127, 127)
-    g, t, _ = graph(c, "INT8", n, hw, cin, cout, 1, 1, [c.heur_mode.A, c.heur_mode.FALLBACK],
+    g, t = graph(c, "INT8", n, hw, cin, cout, 1, 1, [c.heur_mode.A, c.heur_mode.FALLBACK],
                     relu=relu)
     out = cp.empty((n, hw, hw, cout), cp.int8)
     pack = {t["X"]: x.data.ptr, t["W"]: w.data.ptr, t["Y"]: out.data.ptr,
@@ -206,7 +217,8 @@ def main(argv=None):
         if a.only and a.only not in conv[0]:
             continue
         name, hw, cin, cout, k, s = conv
-        print(f"== {name}: batch {a.batch}, {hw}x{hw}, {cin}->{cout}, {k}x{k}/{s}")
+        print(f"== {name}: batch {a.batch}, {'x'.join(map(str, _hw(hw)))}, {cin}->{cout}, "
+              f"{k}x{k}/{s}")
         best = {prec: bench(c, name, prec, a.batch, hw, cin, cout, k, s, a.plans)
                 for prec in ("FP16", "INT8")}
         table.append((name, best["FP16"], best["INT8"]))

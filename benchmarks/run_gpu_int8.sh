@@ -23,7 +23,9 @@
 # TFTRT_QUANT_MMA_RES_CVT, default half2) -- since s46 all three are the defaults, so
 # int8vecs and int8cvt build what int8res builds; int8il0: int8res with q_mma's MMAs n-tile
 # first in every kernel (TFTRT_QUANT_MMA_INTERLEAVE=0; since s47 "auto" interleaves them in the
-# pipelined kernels of K <= 64);
+# pipelined kernels of K <= 64); int8pairs / fp8pairs: int8res / fp8 with tactic
+# q_cudnn_pairs offered (TFTRT_QUANT_CUDNN_PAIRS=1: stride-1 3x3 convs of <= 64 channels on
+# cuDNN over pixel pairs, timed per layer against q_mma and q_cudnn);
 # int8timed / fp8timed: the defaults, timed precision on, the row says what it kept)
 # Each stage gets a share of the budget and writes its log to $OUT as it goes (a call cut
 # short still returns what ran): int8_tests.log, then int8_<model>_<config>.log in run order.
@@ -63,6 +65,9 @@ for model in ${MODELS:-resnet50_int8 encoder_int8}; do
         envs="$envs TFTRT_QUANT_MMA_I2F=1 TFTRT_QUANT_MMA_RES_CVT=${RES_CVT:-half2}" ;;
       int8il0) prec=INT8  # int8res with q_mma's MMAs n-tile first everywhere (s46's order)
         envs="TFTRT_INT8_RESIDUAL=1 TFTRT_QUANT_TIMED_PRECISION=0 TFTRT_QUANT_MMA_INTERLEAVE=0" ;;
+      int8pairs) prec=INT8  # int8res with the narrow 3x3 convs also timed over pixel pairs
+        envs="TFTRT_INT8_RESIDUAL=1 TFTRT_QUANT_TIMED_PRECISION=0 TFTRT_QUANT_CUDNN_PAIRS=1" ;;
+      fp8pairs) prec=FP8 envs="TFTRT_QUANT_TIMED_PRECISION=0 TFTRT_QUANT_CUDNN_PAIRS=1" ;;
       int8s2d) prec=INT8
         envs="TFTRT_INT8_RESIDUAL=1 TFTRT_QUANT_TIMED_PRECISION=0 TFTRT_STEM_S2D=1" ;;
       int8noconv) prec=INT8  # int8res without q_mma's implicit-GEMM convs

@@ -9,6 +9,7 @@
 #   bash benchmarks/run_gpu_pending.sh 4   # s47: the INT8 GPU suite, q_mma's 3x3 tiles
 #   bash benchmarks/run_gpu_pending.sh 6   # s47: where q_mma's time goes (bench_qmma --ablate)
 #   bash benchmarks/run_gpu_pending.sh 7   # s47: ResNet50 INT8 with / without the interleave
+#   bash benchmarks/run_gpu_pending.sh 8   # s48: the stage-1 3x3 convs over pixel pairs
 # s46 ran part 3 and the rest by hand on an H100 (benchmarks/README.md, s46); the knobs it
 # timed are the defaults since, so bench_qmma's "1,0,0" is them all on and
 # "1,0,0,1,1,0,1,1,0,0,0" all off (config fields: bench_qmma.py's docstring).
@@ -98,5 +99,18 @@ case "${1:-1}" in
       -k "tensor_core or thin_k or saturates" -q -rf -p no:cacheprovider --tb=short 2>&1 \
       | tee "$out/pending_7_tests.log" | tail -4
     ;;
-  *) echo "part 1, 2, 3, 4, 6 or 7"; exit 2 ;;
+  8)  # s48: ResNet50's stage-1 3x3 convs (64 channels) on cuDNN over pixel pairs (a 3x3
+      # conv of 128 channels over 56 x 28, twice the multiply-adds): the pair conv's plans
+      # against the plain conv's and the stage-2 conv's; the pairs' GPU test; then ResNet50
+      # INT8 with the tactic offered (int8pairs) against without (int8res), FP16 beside them
+    timeout 150 python3 benchmarks/bench_int8_conv.py --only s1_3x3_64 --plans 24 2>&1 \
+      | tee "$out/pending_8_conv.log" | grep -v "^ *$" | tail -24
+    timeout 120 python3 -m pytest tests/gpu/test_int8_gpu.py -k "pixel_pairs" -q -rf \
+      -p no:cacheprovider --tb=short 2>&1 | tee "$out/pending_8_tests.log" | tail -4
+    OUT=$out/r50 TESTS=0 MODELS=resnet50_int8 BATCHES=128 STAGE_S=160 \
+      CONFIGS="${R50_CONFIGS:-int8pairs int8res fp16}" \
+      bash "$repo/benchmarks/run_gpu_int8.sh" $(( $(left) - 5 ))
+    grep -h "Conv__2 \|Conv__6 \|Conv__9 " "$out"/r50/*int8*.log | head -12
+    ;;
+  *) echo "part 1, 2, 3, 4, 6, 7 or 8"; exit 2 ;;
 esac

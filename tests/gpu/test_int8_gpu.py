@@ -439,6 +439,48 @@ def test_thin_k_1x1_convs_run_the_tensor_core_kernel_and_match_numpy(monkeypatch
     _close(got, want, f"INT8 thin-K 1x1 convs on q_mma ({choices})", rel=2e-2)
 
 
+def _pairs_model(rng, precision):
+    """Three 3x3 convs of at most 64 channels over an even width: the stem 3 -> 32, 32 -> 32
+    with a bias and the stem's output added (an int8 residual), ReLU, then 32 -> 64."""
+    from onnx import helper
+    N = helper.make_node
+    consts = {"w0": (rng.randn(32, 3, 3, 3) * 0.3).astype(F32),
+              "w1": (rng.randn(32, 32, 3, 3) * 0.08).astype(F32),
+              "b1": (rng.randn(32) * 0.1).astype(F32),
+              "w2": (rng.randn(64, 32, 3, 3) * 0.08).astype(F32)}
+    nodes = [N("Conv", ["x", "w0"], ["c0"], pads=[1, 1, 1, 1]), N("Relu", ["c0"], ["a0"]),
+             N("Conv", ["a0", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+             N("Add", ["c1", "a0"], ["s1"]), N("Relu", ["s1"], ["a1"]),
+             N("Conv", ["a1", "w2"], ["c2"], pads=[1, 1, 1, 1]), N("Relu", ["c2"], ["y"])]
+    model = make_model(nodes, {"x": np.zeros((4, 3, 14, 14), F32)}, consts)
+    return _calibrated(model, rng, (4, 3, 14, 14), precision)
+
+
+@pytest.mark.parametrize("precision", ["INT8", "FP8"])
+def test_narrow_convs_over_pixel_pairs_run_cudnn_and_match_numpy(precision, monkeypatch):
+    """With TFTRT_QUANT_CUDNN_PAIRS=1 and the other tactics taken away, the three 3x3 convs
+    run on cuDNN as convs over pixel pairs (x read as [N, H, W / 2, 2 C], the pair filter,
+    a fused epilogue's per-channel operands tiled, the int8 residual as pairs), validated
+    at build time, and the engine answers what the numpy simulation answers."""
+    from tftrt.engine.backends import cupy_quant as QK
+    if precision == "FP8" and _sm() < (8, 9):
+        pytest.skip("FP8 needs sm_89+")
+    monkeypatch.setenv("TFTRT_QUANT_CUDNN_PAIRS", "1")
+    monkeypatch.setenv("TFTRT_INT8_RESIDUAL", "1")
+    _leave_to(monkeypatch, QK, "cudnn_pairs_applies", ("cudnn_applies", "gemm_applies",
+                                                      "mma_applies", "emulated_applies"))
+    rng = np.random.RandomState(10)
+    model = _pairs_model(rng, precision)
+    x = rng.randn(4, 3, 14, 14).astype(F32)
+    mine, choices, got, want = _on_kernel(model, x, precision, QK.QuantConvCudnnPairs,
+                                          f"cuDNN {precision} conv")
+    assert len(mine) == 3 and all("over pixel pairs" in i.record()["kernel"] and
+                                  i.record()["pairs"] for _, i in mine), choices
+    assert any(i.tiled for _, i in mine), choices  # the bias / scale of a fused epilogue
+    chain = {"INT8": 2e-2, "FP8": 6e-2}[precision]  # (as the bottleneck test's chain)
+    _close(got, want, f"{precision} convs over pixel pairs ({choices})", rel=chain)
+
+
 def _stem_pool_model(rng, zero_pad=False):
     """ResNet's stem and the first block's two 1x1 readers of its MaxPool: 7x7/2 conv 3 ->
     64 + ReLU, 3x3/2 MaxPool (pads 1; or, ``zero_pad``, Keras' ZeroPadding2D then a VALID

@@ -258,6 +258,109 @@ def conv_weight(w: np.ndarray, cp: int) -> np.ndarray:
     return np.pad(w, pad)  # zero: int8 0 and E4M3 code 0x00 are both +0
 
 
+# --- pixel pairs: a narrow stride-1 conv as a conv of twice the channels (q_cudnn_pairs) -----
+# NHWC [N, H, W, C] with W even is, byte for byte, [N, H, W / 2, 2 C]: each "pixel" a pair of
+# horizontally adjacent ones. A stride-1 conv S wide (S odd, p = (S - 1) / 2 columns of
+# padding each side) is then a conv over the pairs with 2 C input and 2 K output channels,
+# S' = 2 p' + 1 pairs wide with p' = ceil(p / 2) pairs of padding: pair output column j, half
+# ho, reads pair column j + sp - p', half hi -- the original column 2 (j + sp - p') + hi, tap
+# t = 2 (sp - p') + hi - ho + p of the original filter where 0 <= t < S, zero elsewhere.
+# A pair column past either edge is wholly padding exactly where its two columns are (W is
+# even), so the sums are the same products: exact in int32, and the same fp32 products in
+# FP8. It costs 2 S' / S times the multiply-adds (2x for S = 3) and can pay only where the
+# library runs 2 C channels more than twice as fast as C: cuDNN's int8 fusion engine ran
+# ResNet50's stage-1 3x3 conv (64 channels, 56 x 56) in 91 us at best on an H100 (s36), the
+# stage-2 one (128 channels, 28 x 28, the same multiply-adds) in 28 (s46).
+PAIRS_MAX_CHANNELS = 64
+
+
+def pairs_unsupported(x_shape, w_shape, strides, dilations, pads, group) -> Optional[str]:
+    """Why a quantized conv cannot run over pixel pairs (above), or None. ``w_shape`` is KRSC,
+    ``pads`` [begin..., end...] as the layer's attrs."""
+    if len(x_shape) != 4 or len(w_shape) != 4:
+        return "not a 2-D conv"
+    if group != 1:
+        return "a grouped conv"
+    if list(strides) != [1, 1] or list(dilations) != [1, 1]:
+        return "strided or dilated"
+    k, _, s, c = (int(d) for d in w_shape)
+    p = (s - 1) // 2
+    if s < 3 or s % 2 == 0 or list(pads)[1] != p or list(pads)[3] != p:
+        return f"{s} wide with padding {list(pads)}: pairs take an odd width >= 3, padded 'same'"
+    if int(x_shape[2]) % 2:
+        return f"an odd width ({x_shape[2]})"
+    if max(c, k) > PAIRS_MAX_CHANNELS:
+        return (f"{c} -> {k} channels: more than {PAIRS_MAX_CHANNELS} run well as they are "
+                f"(PAIRS_MAX_CHANNELS)")
+    return None
+
+
+def pairs_enabled() -> bool:
+    """``TFTRT_QUANT_CUDNN_PAIRS`` (default off until timed on a GPU; 1 offers tactic
+    ``q_cudnn_pairs``, which the builder then times against the others per layer)."""
+    from tftrt.env import env_bool
+    return env_bool("TFTRT_QUANT_CUDNN_PAIRS", False)
+
+
+def pairs_layer_reason(net, layer) -> Optional[str]:
+    """Why quantized conv ``layer`` of ``net`` does not run over pixel pairs, or None: the
+    geometry (:func:`pairs_unsupported`), and its per-channel epilogue operands must be
+    constants (the pair conv tiles them once, when it is built). The switch
+    (:func:`pairs_enabled`) decides what a build offers, not what a built plan runs."""
+    if layer.kind != "conv" or "quant" not in layer.attrs:
+        return "not a quantized conv"
+    a = layer.attrs
+    shape = lambda name: tuple(int(d) for d in net.tensors[name].shape)  # noqa: E731
+    why = pairs_unsupported(shape(layer.inputs[0]), shape(layer.inputs[1]), a["strides"],
+                            a["dilations"], a["pads"], a["group"])
+    if why is not None:
+        return why
+    y = shape(layer.outputs[0])
+    for e in layer.epilogue:
+        if "input" in e:
+            name = layer.inputs[e["input"]]
+            if shape(name) != y and name not in net.weights:
+                return f"per-channel operand {name!r} computed at run time"
+    return None
+
+
+def paired_shape(shape) -> Tuple[int, ...]:
+    """[N, H, W, C] as pairs of columns: [N, H, W / 2, 2 C] (the same bytes)."""
+    n, h, w, c = (int(d) for d in shape)
+    return (n, h, w // 2, 2 * c)
+
+
+def paired_pads(pads) -> list:
+    """The pair conv's padding: the height's as it was, ceil(p / 2) pairs each side."""
+    hb, wb, he, _ = (int(d) for d in pads)
+    return [hb, (wb + 1) // 2, he, (wb + 1) // 2]
+
+
+def paired_conv_weight(w: np.ndarray) -> np.ndarray:
+    """KRSC [K, R, S, C] of a conv that :func:`pairs_unsupported` takes -> the pair conv's
+    [2 K, R, S', 2 C]: output channel ho K + k, input channel hi C + c (halves of a pair)."""
+    w = np.asarray(w)
+    k, r, s, c = w.shape
+    p = (s - 1) // 2
+    pp = (p + 1) // 2
+    out = np.zeros((2, k, r, 2 * pp + 1, 2, c), w.dtype)  # [ho, K, R, S', hi, C]
+    for sp in range(2 * pp + 1):
+        for hi in range(2):
+            for ho in range(2):
+                t = 2 * (sp - pp) + hi - ho + p
+                if 0 <= t < s:
+                    out[ho, :, :, sp, hi, :] = w[:, :, t, :]
+    return out.reshape(2 * k, r, 2 * pp + 1, 2 * c)
+
+
+def paired_operand(shape, y_shape) -> Tuple[int, ...]:
+    """An epilogue operand's shape in the pair conv: a per-channel vector twice as long (its
+    values tiled), a full one as pairs."""
+    if tuple(shape) == tuple(y_shape):
+        return paired_shape(shape)
+    return (2 * int(y_shape[-1]),)
+
+
 def gemm_weight(w: np.ndarray, kind: str, transpose_b: bool, kp: int, np_: int) -> np.ndarray:
     """The weight of a quantized GEMM (matmul [K, N] / [N, K] transposed, or a conv KRSC
     [N, *R, C]: K = taps x C, tap-major, as an implicit GEMM reads it) as [np_, kp],

@@ -197,6 +197,7 @@ def _quant(predicate: str):
 
 
 for _kind, _name, _pred in (("conv", "q_cudnn", "cudnn_applies"),
+                            ("conv", "q_cudnn_pairs", "cudnn_pairs_applies"),
                             ("conv", "q_lt_1x1", "gemm_applies"),
                             ("conv", "q_mma", "mma_applies"),
                             ("conv", "q_dw", "dw_applies"),
@@ -240,6 +241,8 @@ def impl_table() -> Dict[str, Dict[str, Tuple[type, ...]]]:
                  "dw_tiled": (DW.DepthwiseTiled, L.DepthwiseConv, L.ConvCudnn),
                  # INT8 / FP8 (cupy_quant): int8 / fp8 tensor cores, else emulated in TF32
                  "q_cudnn": (QK.QuantConvCudnn, QK.QuantEmulated),
+                 "q_cudnn_pairs": (QK.QuantConvCudnnPairs, QK.QuantConvCudnn,
+                                   QK.QuantEmulated),
                  "q_lt_1x1": (QK.QuantGemmLt, QK.QuantConvCudnn, QK.QuantEmulated),
                  "q_mma": (QK.QuantGemmMma, QK.QuantGemmLt, QK.QuantConvCudnn,
                            QK.QuantEmulated),

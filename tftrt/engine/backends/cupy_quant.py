@@ -26,7 +26,10 @@ order ``cupy_backend.impl_table`` tries them:
   ``acc_float``
   / ``acc_identity`` / ``acc`` (the accumulator as the graph output -- through an identity
   node to fp32 or int32, or with no node after the conv -- then the epilogue kernel).
-* :class:`QuantEmulated` (tactic ``q_emulated`` for what neither takes -- grouped /
+* :class:`QuantConvCudnnPairs` (tactic ``q_cudnn_pairs``, offered with
+  ``TFTRT_QUANT_CUDNN_PAIRS=1``): the same graphs for a stride-1 conv of at most 64 channels
+  run over pixel pairs (``cuda_source_quant.paired_conv_weight``: x's bytes as
+  [N, H, W / 2, 2 C], twice the channels, the same sums).
 * :class:`QuantGemmMma` (tactic ``q_mma``, ``cuda_source_qmma``),
   :class:`QuantDepthwiseTiled` (tactic ``q_dw``, ``cuda_source_dw``'s quantized mode) and
   :class:`QuantDepthwiseDirect` (tactic ``q_dw_direct``, the direct depthwise kernel's):
@@ -774,6 +777,8 @@ class QuantConvCudnn(_QuantLayer):
     (variant tier, time) and the first that passes is kept; when none does, the layer goes
     to the next implementation, the reasons in its ``fallback``."""
 
+    pairs = False  # QuantConvCudnnPairs: the conv over pixel pairs
+
     def __init__(self, net, layer, weights, opts):
         super().__init__(net, layer, weights, opts)
         if layer.kind != "conv":
@@ -789,26 +794,40 @@ class QuantConvCudnn(_QuantLayer):
         cp_ = S.padded_channels(c, self.fmt)
         self.c, self.cp = c, cp_
         w = S.conv_weight(self._host(self.w_name), cp_)
-        self.w = cp.asarray(w)
         xs = self.x_shape[:-1] + (cp_,)
         self.xq_shape = xs
         operands = {i: (_shape(net, layer.inputs[i]), _dtype(net, layer.inputs[i]))
                     for i in self.modes}
-        spec = ConvSpec(xs, w.shape, self.y_shape, a["strides"], a["dilations"], a["pads"], 1,
+        ys, pads = self.y_shape, a["pads"]
+        self.tiled: Dict[int, cp.ndarray] = {}  # the pair conv's per-channel operands
+        if self.pairs:
+            why = S.pairs_layer_reason(net, layer)
+            if why is not None:
+                raise ValueError(f"not over pixel pairs: {why}")
+            for i, (mode, _) in self.modes.items():
+                if mode == "vec":
+                    self.tiled[i] = cp.asarray(np.tile(
+                        self._host(layer.inputs[i]).reshape(-1), 2))
+            operands = {i: (S.paired_operand(shp, ys), dt) for i, (shp, dt) in operands.items()}
+            w = S.paired_conv_weight(w)
+            xs, ys, pads = S.paired_shape(xs), S.paired_shape(ys), S.paired_pads(pads)
+        self.w = cp.asarray(w)
+        spec = ConvSpec(xs, w.shape, ys, a["strides"], a["dilations"], pads, 1,
                         "float16", self.y_dtype, layer.epilogue, operands, False)
         self.quant = None
         if self.x_dtype != "int8" or cp_ != c:
             self.quant = QuantizeKernel(_rows(self.x_shape), c, cp_, self.x_dtype,
                                         "int8" if self.fmt == S.INT8 else "e4m3", self.inv_x)
         self.acc_dtype = "int32" if self.fmt == S.INT8 else "float32"
-        key = json.dumps(["qconv", xs, list(w.shape), self.y_shape, a["strides"],
-                          a["dilations"], a["pads"], self.fmt, self.y_dtype, self.out_scale,
-                          layer.to_json()["epilogue"], sorted(operands.items())], default=str)
+        key = json.dumps(["qconv", xs, list(w.shape), ys, a["strides"],
+                          a["dilations"], pads, self.fmt, self.y_dtype, self.out_scale,
+                          layer.to_json()["epilogue"], sorted(operands.items()), self.pairs],
+                         default=str)
         rec = get_record(layer)
         if key not in _SHARED:
             _SHARED[key] = self._build(spec, rec)
         self._bind(_SHARED[key])
-        self._record(self.conv.choice())
+        self._record(dict(self.conv.choice(), pairs=True) if self.pairs else self.conv.choice())
 
     def _bind(self, conv: QCudnnConv) -> None:
         """Runs ``conv`` (its selected plan) from now on: scratch, the kernel after it."""
@@ -836,7 +855,8 @@ class QuantConvCudnn(_QuantLayer):
                  "acc_identity": "epilogue kernel (accumulator through an identity node)",
                  "acc": "epilogue kernel"}[v]
         self.kernel = (f"cuDNN {self.precision} conv ({acc_name} accumulator"
-                       f"{f'; channels padded {c}->{cp_}' if cp_ != c else ''}) + {after}")
+                       f"{f'; channels padded {c}->{cp_}' if cp_ != c else ''}"
+                       f"{'; over pixel pairs' if self.pairs else ''}) + {after}")
 
     def _variants(self, spec) -> List[str]:
         from tftrt.env import env_bool
@@ -855,7 +875,10 @@ class QuantConvCudnn(_QuantLayer):
     def _build(self, spec, rec) -> QCudnnConv:
         validator = None
         rejected: List[str] = []
-        if rec is not None and rec.get("variant") in self._variants(spec):
+        # a record of the other geometry (the pair conv's, or the plain conv's where this
+        # class is the pair tactic's fallback) names plans of another graph
+        if rec is not None and rec.get("variant") in self._variants(spec) and \
+                bool(rec.get("pairs")) == self.pairs:
             try:
                 conv = QCudnnConv(spec, self.fmt, rec["variant"], self.y_dtype, rec,
                                   out_scale=self.out_scale)
@@ -967,6 +990,7 @@ class QuantConvCudnn(_QuantLayer):
         ws_ptr = ws.data.ptr + lib_off if lib_n else 0
         ops = {i: ins[i].data.ptr for i in self.modes}
         if self.fused:
+            ops.update((i, v.data.ptr) for i, v in self.tiled.items())
             self.conv.run(x.data.ptr, self.w.data.ptr, outs[0].data.ptr, ops, ws_ptr,
                           _stream_ptr())
             return
@@ -976,6 +1000,17 @@ class QuantConvCudnn(_QuantLayer):
             self.epi(acc, {}, outs[0])
         else:
             self.epi(acc, self._operands(ins), outs[0])
+
+
+class QuantConvCudnnPairs(QuantConvCudnn):
+    """A narrow stride-1 conv on cuDNN as a conv over pixel pairs (tactic ``q_cudnn_pairs``,
+    ``cuda_source_quant.paired_conv_weight``): x's bytes read as [N, H, W / 2, 2 C], the
+    pair filter of 2 K outputs, y's bytes written as [N, H, W / 2, 2 K], per-channel operands
+    of a fused epilogue tiled to 2 K when built; an epilogue kernel after the conv reads the
+    accumulator as the plain conv's. Validated and timed like the plain conv; a recorded
+    choice of either geometry is used by that geometry only."""
+
+    pairs = True
 
 
 class QuantEmulated(_QuantLayer):
@@ -1077,9 +1112,20 @@ def gemm_applies(net, layer) -> bool:
         layer.attrs) is not None
 
 
-def cudnn_applies(net, layer) -> bool:
+def _cudnn_takes(layer) -> bool:
     return is_quantized(layer) and layer.kind == "conv" and cudnn_module() is not None and \
         layer.attrs["group"] == 1
+
+
+def cudnn_applies(net, layer) -> bool:
+    return _cudnn_takes(layer)
+
+
+def cudnn_pairs_applies(net, layer) -> bool:
+    """Quantized convs cuDNN may run faster over pixel pairs (``TFTRT_QUANT_CUDNN_PAIRS``;
+    ``cuda_source_quant.pairs_layer_reason``)."""
+    return _cudnn_takes(layer) and S.pairs_enabled() and \
+        S.pairs_layer_reason(net, layer) is None
 
 
 def mma_applies(net, layer) -> bool:
