@@ -137,7 +137,8 @@ def test_a_candidate_that_failed_is_tried_again_by_later_builds(monkeypatch, tmp
     state["fail"] = False  # the failure passed: the faster tactic takes over
     tactic, entry, timed = build()
     assert tactic == "gemm_1x1" and timed == ["gemm_1x1"]
-    assert entry == {"tactic": "gemm_1x1", "seconds": 1e-3}
+    assert entry == {"tactic": "gemm_1x1", "seconds": 1e-3,
+                     "timed": ["gemm_1x1", "im2col_gemm"]}
     tactic, entry, timed = build()
     assert tactic == "gemm_1x1" and timed == []  # a plain hit now
     # a failure that stays is given up after FAILED_RETRIES tries
@@ -151,6 +152,64 @@ def test_a_candidate_that_failed_is_tried_again_by_later_builds(monkeypatch, tmp
                 ["gemm_1x1"] if k <= tactics.FAILED_RETRIES else [])
         assert timed == want, (k, timed)
     assert entry["retries"] == tactics.FAILED_RETRIES
+
+
+def test_a_candidate_offered_after_a_choice_was_cached_challenges_it(monkeypatch, tmp_path):
+    """A cached choice records the candidates it was chosen among ("timed"); a build that
+    offers one more (an opt-in tactic switched on later: TFTRT_QUANT_CUDNN_PAIRS) times that
+    one alone against the cached time, keeps the faster and records them all; the build
+    after is a plain hit. An entry from before "timed" existed stays a plain hit (nothing is
+    known of what it was chosen among). Timings fixed per tactic: gemm_1x1 1 ms, im2col_gemm
+    2 ms, "slow" (a stand-in candidate offered only at first) 5 ms."""
+    import tftrt.engine.tactics as tactics
+    state = {"offer": False, "timed": []}
+    real = tactics.candidates
+    times = {"gemm_1x1": 1e-3, "im2col_gemm": 2e-3, "slow": 5e-3}
+
+    def offered(backend, net, layer):  # gemm_1x1 "switched on" later, "slow" gone then
+        cands = [c for c in real(backend, net, layer) if c.name != "gemm_1x1" or state["offer"]]
+        return cands if state["offer"] else cands + [_Slow()]
+
+    def fake(backend, runner, inputs, repeats, what="a layer"):
+        (name,) = [n for n in times if repr(n) in what]
+        state["timed"].append(name)
+        return times[name]
+    monkeypatch.setattr(tactics, "candidates", offered)
+    monkeypatch.setattr(tactics, "_time_runner", fake)
+    model = _pointwise_conv_model()
+    path = str(tmp_path / "cache.json")
+
+    def build():
+        cache = TimingCache(path)
+        state["timed"] = []
+        engine = build_engine(model, {"x": (2, 6, 6, 8)}, BuilderConfig(timing_cache=cache))
+        cache.save()
+        (entry,) = cache.entries.values()
+        return engine.network.layers[0].tactic, entry, list(state["timed"])
+
+    tactic, entry, timed = build()
+    assert tactic == "im2col_gemm" and sorted(timed) == ["im2col_gemm", "slow"], timed
+    assert entry["timed"] == ["im2col_gemm", "slow"]
+    state["offer"] = True  # gemm_1x1 offered now: timed alone against the cached 2 ms
+    tactic, entry, timed = build()
+    assert tactic == "gemm_1x1" and timed == ["gemm_1x1"], timed
+    assert entry == {"tactic": "gemm_1x1", "seconds": 1e-3,
+                     "timed": ["gemm_1x1", "im2col_gemm", "slow"]}
+    tactic, entry, timed = build()
+    assert tactic == "gemm_1x1" and timed == []  # a plain hit now
+    # an entry from before "timed" was recorded: a plain hit, whatever is offered now
+    cache = TimingCache(path)
+    (key,) = cache.entries
+    cache.entries[key] = {"tactic": "im2col_gemm", "seconds": 2e-3}
+    cache.save()
+    tactic, entry, timed = build()
+    assert tactic == "im2col_gemm" and timed == [] and "timed" not in entry
+
+
+class _Slow:
+    """The stand-in candidate of the test above (the numpy backend's conv kernel runs a
+    tactic it does not know its default way)."""
+    name, margin = "slow", 0.0
 
 
 def test_a_gpu_timeout_stops_the_build_with_its_message(monkeypatch):

@@ -131,8 +131,9 @@ class TimingCache:
         return e["tactic"] if e else None
 
     def entry(self, key: str) -> Optional[dict]:
-        """The stored choice of ``key``: {"tactic", "seconds"}, and when candidates failed
-        as it was timed, "failed" (their names) and "retries" (:data:`FAILED_RETRIES`)."""
+        """The stored choice of ``key``: {"tactic", "seconds"}, "timed" (the candidates it
+        was chosen among; entries made before s48 have none), and when candidates failed as
+        it was timed, "failed" (their names) and "retries" (:data:`FAILED_RETRIES`)."""
         with self._lock:
             e = self.entries.get(key)
         if e is None and self.store is not None:
@@ -145,8 +146,11 @@ class TimingCache:
         return e
 
     def put(self, key: str, tactic: str, seconds: float,
-            failed: Optional[Sequence[str]] = None, retries: int = 0) -> None:
+            failed: Optional[Sequence[str]] = None, retries: int = 0,
+            timed: Optional[Sequence[str]] = None) -> None:
         entry = {"tactic": tactic, "seconds": seconds}
+        if timed is not None:
+            entry["timed"] = sorted(set(timed))
         if failed:
             entry.update(failed=sorted(failed), retries=int(retries))
         with self._lock:
@@ -295,11 +299,13 @@ def choose_tactics(net: Network, backend, weights: Dict[str, object],
         # timed here: not with choices (nothing is timed), nor with dynamic inputs
         can_time = choices is None and \
             all(not i or net.tensors[i].is_static for i in layer.inputs)
-        retry = []
+        retry, new = [], []
         if hit and hit["tactic"] in names:
             if can_time and int(hit.get("retries", 0)) < FAILED_RETRIES:
                 retry = [n for n in hit.get("failed", ()) if n in names]
-            if not retry:
+            if can_time and "timed" in hit:  # candidates offered since (an opt-in tactic)
+                new = [n for n in names if n not in hit["timed"] and n not in retry]
+            if not retry and not new:
                 layer.tactic = hit["tactic"]
                 continue
         if not can_time:
@@ -308,20 +314,24 @@ def choose_tactics(net: Network, backend, weights: Dict[str, object],
         inputs = [None if not i else weights[i] if i in weights else
                   backend.random_array(net.tensors[i].shape, net.tensors[i].dtype)
                   for i in layer.inputs]
-        timed = [c for c in cands if not retry or c.name in retry]
+        timed = [c for c in cands if not (retry or new) or c.name in retry + new]
         times, errors = _time_candidates(backend, net, layer, weights, inputs, timed, repeats)
         if failures is not None and errors:
             failures[layer.name] = dict(errors)
         margins = {c.name: c.margin for c in cands}
-        if retry:  # a cached choice some candidates failed to challenge: they try again
+        if retry or new:  # a cached choice that candidates which failed, or were not
+            # offered, when it was timed challenge now: only they are timed
             layer.tactic = fastest({**times, hit["tactic"]: float(hit["seconds"])}, margins)
-            log.info("layer %s: %s, which failed when its choice was timed, %s; it runs %s",
-                     layer.name, ", ".join(retry), "ran" if times else "failed again",
-                     layer.tactic)
+            log.info("layer %s: %s, which %s when its choice was timed, %s; it runs %s",
+                     layer.name, ", ".join(retry + new),
+                     "failed" if not new else "were not offered" if not retry else
+                     "failed or were not offered", "ran" if times else "failed", layer.tactic)
             timings[layer.name] = times
             best = times.get(layer.tactic, float(hit["seconds"]))
-            cache.put(key, layer.tactic, best, failed=list(errors),
-                      retries=int(hit.get("retries", 0)) + 1)
+            given_up = [n for n in hit.get("failed", ()) if n not in retry]  # past its tries
+            cache.put(key, layer.tactic, best, failed=sorted(set(errors) | set(given_up)),
+                      retries=int(hit.get("retries", 0)) + (1 if retry else 0),
+                      timed=list(hit.get("timed", ())) + names if "timed" in hit else None)
             continue
         if not times:
             layer.tactic = cands[0].name
@@ -329,6 +339,7 @@ def choose_tactics(net: Network, backend, weights: Dict[str, object],
         layer.tactic = fastest(times, margins)
         timings[layer.name] = times
         if cache is not None:
-            cache.put(key, layer.tactic, times[layer.tactic], failed=list(errors))
+            cache.put(key, layer.tactic, times[layer.tactic], failed=list(errors),
+                      timed=names)
     progress.activity("")
     return timings
