@@ -206,6 +206,39 @@ def test_a_candidate_offered_after_a_choice_was_cached_challenges_it(monkeypatch
     assert tactic == "im2col_gemm" and timed == [] and "timed" not in entry
 
 
+def test_a_malformed_cache_entry_is_a_miss_or_loses_the_malformed_field(tmp_path):
+    """A hand-edited or foreign cache file: an entry without a tactic name or a finite time
+    is a miss (timed again and replaced); a "timed" / "failed" that is not a list of names
+    is dropped -- a string would have matched tactic names by substring -- and retries that
+    are not a count read 0."""
+    from tftrt.engine.tactics import _checked_entry
+    assert _checked_entry({"tactic": "a", "seconds": 1}) == {"tactic": "a", "seconds": 1.0}
+    for bad in (None, [], {"seconds": 1.0}, {"tactic": 3, "seconds": 1.0},
+                {"tactic": "a"}, {"tactic": "a", "seconds": "1"}, {"tactic": "a", "seconds": True},
+                {"tactic": "a", "seconds": float("nan")}, {"tactic": "a", "seconds": -1.0}):
+        assert _checked_entry(bad) is None, bad
+    assert _checked_entry({"tactic": "a", "seconds": 1e-3, "timed": "gemm_1x1im2col_gemm",
+                           "failed": ["b"], "retries": "2"}) == \
+        {"tactic": "a", "seconds": 1e-3, "failed": ["b"], "retries": 0}
+    model = _pointwise_conv_model()
+    path = str(tmp_path / "cache.json")
+    first = TimingCache(path)
+    build_engine(model, {"x": (2, 6, 6, 8)}, BuilderConfig(timing_cache=first))
+    (key,) = first.entries
+    for bad in ({"tactic": "gemm_1x1", "seconds": "fast"},
+                {"tactic": "gemm_1x1", "seconds": 1e-3, "timed": "gemm_1x1 im2col_gemm"}):
+        first.entries[key] = bad
+        first.save()
+        cache = TimingCache(path)
+        engine = build_engine(model, {"x": (2, 6, 6, 8)}, BuilderConfig(timing_cache=cache))
+        timed = engine.build_info["tactic_timings"]
+        if "timed" in bad:  # the time is good: a plain hit, its bad list ignored
+            assert timed == {} and engine.network.layers[0].tactic == "gemm_1x1"
+        else:  # timed again, and the entry replaced
+            assert set(timed[engine.network.layers[0].name]) == {"gemm_1x1", "im2col_gemm"}
+            assert isinstance(cache.entries[key]["seconds"], float)
+
+
 class _Slow:
     """The stand-in candidate of the test above (the numpy backend's conv kernel runs a
     tactic it does not know its default way)."""

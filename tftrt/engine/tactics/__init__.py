@@ -25,6 +25,7 @@ import copy
 import dataclasses
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -137,13 +138,13 @@ class TimingCache:
         with self._lock:
             e = self.entries.get(key)
         if e is None and self.store is not None:
-            e = self.store.get_json(self.NAMESPACE, key)
-            if not (isinstance(e, dict) and isinstance(e.get("tactic"), str)):
+            e = _checked_entry(self.store.get_json(self.NAMESPACE, key))
+            if e is None:
                 return None
             with self._lock:
                 self.entries[key] = e
                 self._trim()
-        return e
+        return _checked_entry(e)
 
     def put(self, key: str, tactic: str, seconds: float,
             failed: Optional[Sequence[str]] = None, retries: int = 0,
@@ -179,6 +180,29 @@ class TimingCache:
     def save(self, path: Optional[str] = None) -> None:
         with open(path or self.path, "wb") as f:
             f.write(self.to_bytes())
+
+
+def _checked_entry(e) -> Optional[dict]:
+    """A timing-cache entry as :meth:`TimingCache.entry` returns it, or None where it is not
+    one (a hand-edited or foreign file): a tactic name and a time are required; a list of
+    names ("failed", "timed") that is not one is dropped (a string would match names by
+    substring), retries that are not a count read 0."""
+    if not isinstance(e, dict) or not isinstance(e.get("tactic"), str):
+        return None
+    seconds = e.get("seconds")
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or \
+            not math.isfinite(seconds) or seconds < 0:
+        return None
+    out = {"tactic": e["tactic"], "seconds": float(seconds)}
+    for names in ("failed", "timed"):
+        v = e.get(names)
+        if isinstance(v, list) and all(isinstance(n, str) for n in v):
+            out[names] = list(v)
+    retries = e.get("retries", 0)
+    if "failed" in out:
+        out["retries"] = retries if isinstance(retries, int) and not isinstance(
+            retries, bool) and retries >= 0 else 0
+    return out
 
 
 _PERSISTENT: Dict[tuple, TimingCache] = {}
