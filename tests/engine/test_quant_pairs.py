@@ -131,6 +131,9 @@ def test_which_quantized_conv_layers_pairs_take(monkeypatch):
     bias = layer.inputs[layer.epilogue[1]["input"]]
     del net.weights[bias]  # as if an earlier layer computed it
     assert "computed at run time" in S.pairs_layer_reason(net, layer)
+    net = _conv_net((2, 6, 8, 64), 3, 3, 40, (1, 1), (1, 1, 1, 1), "INT8")
+    net.tensors["x"].shape = (None, 6, 8, 64)
+    assert S.pairs_layer_reason(net, net.layers[0]) == "a dynamic shape"
 
 
 _PLUMBING = r'''

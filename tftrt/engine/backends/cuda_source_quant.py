@@ -310,7 +310,10 @@ def pairs_layer_reason(net, layer) -> Optional[str]:
     if layer.kind != "conv" or "quant" not in layer.attrs:
         return "not a quantized conv"
     a = layer.attrs
-    shape = lambda name: tuple(int(d) for d in net.tensors[name].shape)  # noqa: E731
+    shapes = {n: tuple(net.tensors[n].shape) for n in layer.inputs + layer.outputs if n}
+    if any(not isinstance(d, (int, np.integer)) or d < 0 for s in shapes.values() for d in s):
+        return "a dynamic shape"
+    shape = lambda name: tuple(int(d) for d in shapes[name])  # noqa: E731
     why = pairs_unsupported(shape(layer.inputs[0]), shape(layer.inputs[1]), a["strides"],
                             a["dilations"], a["pads"], a["group"])
     if why is not None:
