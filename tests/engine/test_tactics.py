@@ -103,20 +103,18 @@ def test_a_failing_candidate_is_skipped(monkeypatch, caplog):
     assert ok.build_info["tactic_failures"] == {}
 
 
-def test_a_candidate_that_failed_is_tried_again_by_later_builds(monkeypatch, tmp_path):
-    """A cached choice made while a candidate failed records the failure; the next builds
-    that hit it time that candidate alone, up to FAILED_RETRIES times: a failure that passed
-    (gemm_1x1 here, the faster one) takes over the choice and the cache, one that stays is
-    given up (not timed again). Timings are fixed per tactic: gemm_1x1 1 ms, im2col 2 ms."""
+def _cached_builds(monkeypatch, tmp_path, times, state):
+    """build() of the 1x1 conv model through a timing cache in a file: (its tactic, the
+    cache's one entry, the candidates timed). Timing is faked: ``times[name]`` seconds, and
+    a RuntimeError for gemm_1x1 while ``state["fail"]``."""
     import tftrt.engine.tactics as tactics
-    state = {"fail": True, "timed": []}
 
     def fake(backend, runner, inputs, repeats, what="a layer"):
-        name = "gemm_1x1" if "'gemm_1x1'" in what else "im2col_gemm"
+        (name,) = [n for n in times if repr(n) in what]
         state["timed"].append(name)
-        if name == "gemm_1x1" and state["fail"]:
+        if name == "gemm_1x1" and state.get("fail"):
             raise RuntimeError("out of memory")
-        return {"gemm_1x1": 1e-3, "im2col_gemm": 2e-3}[name]
+        return times[name]
     monkeypatch.setattr(tactics, "_time_runner", fake)
     model = _pointwise_conv_model()
     path = str(tmp_path / "cache.json")
@@ -128,7 +126,18 @@ def test_a_candidate_that_failed_is_tried_again_by_later_builds(monkeypatch, tmp
         cache.save()
         (entry,) = cache.entries.values()
         return engine.network.layers[0].tactic, entry, list(state["timed"])
+    return build, path
 
+
+def test_a_candidate_that_failed_is_tried_again_by_later_builds(monkeypatch, tmp_path):
+    """A cached choice made while a candidate failed records the failure; the next builds
+    that hit it time that candidate alone, up to FAILED_RETRIES times: a failure that passed
+    (gemm_1x1 here, the faster one) takes over the choice and the cache, one that stays is
+    given up (not timed again). Timings are fixed per tactic: gemm_1x1 1 ms, im2col 2 ms."""
+    import tftrt.engine.tactics as tactics
+    state = {"fail": True, "timed": []}
+    build, path = _cached_builds(monkeypatch, tmp_path, {"gemm_1x1": 1e-3, "im2col_gemm": 2e-3},
+                                 state)
     tactic, entry, timed = build()
     assert tactic == "im2col_gemm" and timed == ["im2col_gemm", "gemm_1x1"]
     assert entry["failed"] == ["gemm_1x1"] and entry["retries"] == 0
@@ -164,29 +173,13 @@ def test_a_candidate_offered_after_a_choice_was_cached_challenges_it(monkeypatch
     import tftrt.engine.tactics as tactics
     state = {"offer": False, "timed": []}
     real = tactics.candidates
-    times = {"gemm_1x1": 1e-3, "im2col_gemm": 2e-3, "slow": 5e-3}
 
     def offered(backend, net, layer):  # gemm_1x1 "switched on" later, "slow" gone then
         cands = [c for c in real(backend, net, layer) if c.name != "gemm_1x1" or state["offer"]]
         return cands if state["offer"] else cands + [_Slow()]
-
-    def fake(backend, runner, inputs, repeats, what="a layer"):
-        (name,) = [n for n in times if repr(n) in what]
-        state["timed"].append(name)
-        return times[name]
     monkeypatch.setattr(tactics, "candidates", offered)
-    monkeypatch.setattr(tactics, "_time_runner", fake)
-    model = _pointwise_conv_model()
-    path = str(tmp_path / "cache.json")
-
-    def build():
-        cache = TimingCache(path)
-        state["timed"] = []
-        engine = build_engine(model, {"x": (2, 6, 6, 8)}, BuilderConfig(timing_cache=cache))
-        cache.save()
-        (entry,) = cache.entries.values()
-        return engine.network.layers[0].tactic, entry, list(state["timed"])
-
+    build, path = _cached_builds(
+        monkeypatch, tmp_path, {"gemm_1x1": 1e-3, "im2col_gemm": 2e-3, "slow": 5e-3}, state)
     tactic, entry, timed = build()
     assert tactic == "im2col_gemm" and sorted(timed) == ["im2col_gemm", "slow"], timed
     assert entry["timed"] == ["im2col_gemm", "slow"]
