@@ -15,9 +15,9 @@ from tftrt.engine import BuilderConfig, EngineBuildError, build_engine, network_
 from tftrt.engine import builder as builder_mod
 from tftrt.engine import quantization as Q
 from tftrt.engine.backends.numpy_backend import NumpyBackend
-from tftrt.engine.calibrator import (KL_TIE, LEVELS, START_BIN, EngineCalibrator,
+from tftrt.engine.calibrator import (KL_TIE, LEVELS, MAX_CLIPPED, START_BIN, EngineCalibrator,
                                      TensorHistogram, amax_entropy, amax_percentile,
-                                     entropy_divergences, parse_method)
+                                     entropy_divergences, least_cut, parse_method)
 from tftrt.engine.network import Network
 from tftrt.engine.plan import deserialize_engine, serialize_engine
 
@@ -153,7 +153,9 @@ def test_entropy_by_hand():
         assert got[i] == pytest.approx(hand[i], rel=1e-12), i
     assert min(hand, key=hand.get) == 3
     h = _histogram(counts, top=8, amax=8.0)
-    assert amax_entropy(h, levels=2, start=2, min_values=0) == 3.5  # (3 + 0.5) bins of 1
+    assert amax_entropy(h, levels=2, start=2, min_values=0, max_clipped=1.0) == 3.5  # 3.5 bins
+    # the cut at 3 clips 6 of the 18 values, over MAX_CLIPPED: only the cut at 8 clips none
+    assert amax_entropy(h, levels=2, start=2, min_values=0) == 8.0
     assert amax_entropy(h, levels=2, start=2, min_values=19) == 8.0  # too few values: the max
     few = TensorHistogram()
     few.add(np.random.RandomState(0).randn(1000))  # < 2 values per bin of 2048: the max
@@ -215,14 +217,39 @@ def test_entropy_of_every_cut_at_once_is_the_loops(kind):
         assert any(math.isinf(w) for _, w in want)
     if kind == "empty":
         assert got == []
-    finite = [(w, i) for i, w in want if math.isfinite(w)]
+    lowest = least_cut(counts)
+    finite = [(w, i) for i, w in want if math.isfinite(w) and i >= lowest]
     if finite:  # the loop's choice: the smallest cut within KL_TIE of the least divergence
+        # among those that clip at most MAX_CLIPPED of the values
         best = min(w for w, _ in finite)
         cut = min(i for w, i in finite if w <= best + KL_TIE)
         h = _histogram(list(counts), top=2048, amax=2048.0)
         assert amax_entropy(h, min_values=0) == min((cut + 0.5) * h.bin_width, h.amax)
     with pytest.raises(ValueError, match="start at 128 bins"):
         entropy_divergences(counts, start=64)
+
+
+@pytest.mark.parametrize("kind", ["offset", "relu offset", "gauss"])
+def test_entropy_never_clips_the_bulk_of_a_tensor(kind):
+    """Values far from zero (features in [10, 11]; a ReLU's live units around 5, half its
+    outputs exact zeros): the cut at the first populated bin has KL 0 and clipped every
+    value to the smallest (helper hunt, s48). A cut clips at most MAX_CLIPPED of the
+    non-zero values; a Gaussian's choice, far under it, is unchanged."""
+    rng = np.random.default_rng(3)
+    x = {"offset": rng.uniform(10, 11, 200000),
+         "relu offset": np.where(rng.random(200000) < 0.5, 0.0, rng.normal(5, 0.3, 200000)),
+         "gauss": rng.standard_normal(200000)}[kind]
+    h = TensorHistogram()
+    h.add(x)
+    a = amax_entropy(h)
+    nonzero = np.abs(x[x != 0])
+    assert np.mean(nonzero > a) <= MAX_CLIPPED + 1 / h.nbins, (a, np.mean(nonzero > a))
+    free = [i for i, kl in sorted(entropy_divergences(h.counts), key=lambda t: t[1])][:1]
+    if kind == "gauss":  # the bound does not bind: the least divergence's cut
+        assert least_cut(h.counts) <= free[0]
+        assert a == pytest.approx(min((free[0] + 0.5) * h.bin_width, h.amax))
+    else:  # unbounded, the least divergence clips nearly everything
+        assert np.mean(nonzero > (free[0] + 0.5) * h.bin_width) > 0.9
 
 
 def test_entropy_clips_a_long_tail_and_keeps_a_compact_range():
