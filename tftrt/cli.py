@@ -611,7 +611,7 @@ def cmd_convert(args, out, err) -> int:
     if args.calibration_data or args.batch_sizes or args.shapes or args.inputs:
         _, _, specs = _signature_inputs(src, args.signature_key or "serving_default", tags)
     if args.calibration_data:
-        data = inp.load_npz(args.calibration_data, specs)
+        data = inp.load_npz(args.calibration_data, specs, "--calibration-data")
         cal = inp.split_batches(data, args.calibration_batch_size)
         calibration = lambda: iter(cal)  # noqa: E731
     if specs is not None and (args.batch_sizes or args.shapes or args.inputs):

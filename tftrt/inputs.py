@@ -163,15 +163,16 @@ def _check_cast(path: str, name: str, a: np.ndarray, cast: np.ndarray) -> None:
                          f"{cast.dtype}; give values that fit, or an array of {cast.dtype}")
 
 
-def load_npz(path: str, specs: Specs) -> Dict[str, np.ndarray]:
-    """The arrays of .npz ``path`` for the signature's inputs, checked and cast."""
+def load_npz(path: str, specs: Specs, flag: str = "--inputs") -> Dict[str, np.ndarray]:
+    """The arrays of .npz ``path`` for the signature's inputs, checked and cast; ``flag`` is
+    the command-line option that named the file (said in the errors)."""
     try:
         with open(path, "rb") as f:
             magic = f.read(6)
     except OSError as err:
         raise InputError(f"cannot read {path!r}: {err.strerror or err}") from None
     if magic == b"\x93NUMPY":
-        raise InputError(f"{path!r} is a .npy file (one array, np.save); --inputs needs an .npz "
+        raise InputError(f"{path!r} is a .npy file (one array, np.save); {flag} needs an .npz "
                          f"file with one array per input name, written by np.savez(path, "
                          f"name=array, ...)")
     if not magic.startswith(b"PK"):  # an .npz is a zip archive

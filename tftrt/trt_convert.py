@@ -346,8 +346,9 @@ class TrtGraphConverterV2:
             raise ValueError(f"Should specify calibration_input_fn because {mode} calibration "
                              f"is needed")
         if not self._need_calibration and calibration_input_fn is not None:
-            raise ValueError("Should not specify calibration_input_fn because INT8 calibration "
-                             "is not needed")
+            # TF-TRT's words (INT8 for every precision that does not calibrate), FP8's own
+            raise ValueError(f"Should not specify calibration_input_fn because "
+                             f"{'FP8' if mode == 'FP8' else 'INT8'} calibration is not needed")
         if not self._need_calibration and calibration_method is not None:
             raise ValueError(f"calibration_method={calibration_method!r} is for INT8 / FP8 "
                              f"calibration (precision_mode INT8 or FP8 with "

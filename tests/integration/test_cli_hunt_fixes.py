@@ -81,12 +81,20 @@ def test_compare_inputs_the_model_cannot_run_is_one_error_line(converted, tmp_pa
 
 
 # 2 ----------------------------------------------------------------------------------------
-def test_npy_given_as_inputs_asks_for_an_npz(converted, tmp_path):
+def test_npy_given_as_inputs_asks_for_an_npz(converted, models, tmp_path):
+    """...naming the option that gave it: --calibration-data's said --inputs (helper hunt,
+    s48)."""
     npy = str(tmp_path / "x.npy")
     np.save(npy, np.zeros((2, 4), np.float32))
     code, _, err = run_cli("compare", converted["two"], "--inputs", npy)
     assert code == 2, err
-    assert "is a .npy file" in _one_error_line(err) and "np.savez" in err, err
+    line = _one_error_line(err)
+    assert "is a .npy file" in line and "--inputs needs an .npz" in line and "np.savez" in err
+    code, _, err = run_cli("convert", models["two"], str(tmp_path / "o"), "--precision", "INT8",
+                           "--calibration-data", npy)
+    assert code == 2, err
+    assert "--calibration-data needs an .npz" in _one_error_line(err), err
+    assert not os.path.exists(tmp_path / "o")
 
 
 def test_text_file_given_as_inputs_is_not_an_npz(converted, tmp_path):
