@@ -17,6 +17,7 @@ one by one: ``python benchmarks/probe_quant_kernels.py``.
 """
 
 import logging
+import re
 
 import numpy as np
 import onnx
@@ -474,8 +475,11 @@ def test_narrow_convs_over_pixel_pairs_run_cudnn_and_match_numpy(precision, monk
     x = rng.randn(4, 3, 14, 14).astype(F32)
     mine, choices, got, want = _on_kernel(model, x, precision, QK.QuantConvCudnnPairs,
                                           f"cuDNN {precision} conv")
-    assert len(mine) == 3 and all("over pixel pairs" in i.record()["kernel"] and
-                                  i.record()["pairs"] for _, i in mine), choices
+    # every quantized conv (a line each in ``choices``): the two after the stem, and the stem
+    # where its calibrated error let it be quantized (TFTRT_QUANTIZE_STEM=1 in the tests)
+    assert len(mine) == len(re.findall(r"(?m)^\S+: Quant\w+ ", choices)) >= 2, choices
+    assert all("over pixel pairs" in i.record()["kernel"] and i.record()["pairs"]
+               for _, i in mine), choices
     assert any(i.tiled for _, i in mine), choices  # the bias / scale of a fused epilogue
     chain = {"INT8": 2e-2, "FP8": 6e-2}[precision]  # (as the bottleneck test's chain)
     _close(got, want, f"{precision} convs over pixel pairs ({choices})", rel=chain)
