@@ -214,6 +214,7 @@ class TRTEngineOp:
         # builder_thread is the thread build() runs in (see _build_call).
         self.building = False
         self.builder_thread: Optional[int] = None
+        self.build_in_graph = False  # build() calls the engines in graph form (_build_call)
         # the keys of the engines build()'s own calls cached (_insert): evicting one counts
         # in stats["build_evictions"], which build()'s warning reports (trt_convert)
         self.build_keys: set = set()
@@ -321,15 +322,18 @@ class TRTEngineOp:
     def _build_call(self) -> bool:
         """Whether this call is converter.build()'s own, which builds engines whatever
         allow_build_at_runtime says: made during build() from build()'s thread (the eager
-        pipeline calls engines from the caller's thread) or from one of TensorFlow's (an
-        engine node in graph form: whose call it is cannot be told there). Another Python
-        thread serving the model meanwhile built engines for its shapes with runtime builds
-        off, and evicted build()'s (hunt, 2026-12-01)."""
+        pipeline calls engines from the caller's thread), or, where build() runs the model
+        in graph form (``build_in_graph``), from one of TensorFlow's (an engine node: whose
+        call it is cannot be told there). Another Python thread serving the model meanwhile
+        built engines for its shapes with runtime builds off, and evicted build()'s (hunt,
+        2026-12-01); so did one serving through a tf.function, whose engine nodes run in
+        TensorFlow's threads, while build() ran the eager pipeline (helper hunt, s48)."""
         if not self.building:
             return False
         thread = threading.current_thread()
         return (self.builder_thread in (None, thread.ident) or
-                isinstance(thread, threading._DummyThread))  # pylint: disable=protected-access
+                (self.build_in_graph and
+                 isinstance(thread, threading._DummyThread)))  # pylint: disable=protected-access
 
     def _nothing_to_compute(self, key: ShapeKey) -> bool:
         """A batch of 0: every input has no elements, or every batch input (a leading

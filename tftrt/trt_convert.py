@@ -446,9 +446,18 @@ class TrtGraphConverterV2:
             return sorted(n for n, k in natives().items() if k > before_native[n])
 
         evictions = {op.name: op.stats["build_evictions"] for op in ops}
+        # build()'s own calls: from this thread where the converted function is the eager
+        # pipeline (rewrite.DirectSignature runs engines in the caller's thread); in graph
+        # form (TFTRT_DIRECT_CALL=0, no pipeline plan) from TensorFlow's threads, where whose
+        # call it is cannot be told. Taking TF's threads as build()'s always, a tf.function
+        # serving the model from another thread built engines with runtime builds off and
+        # evicted build()'s (helper hunt, s48).
+        from tftrt.rewrite import DirectSignature
+        graph_form = not isinstance(self._converted_func, DirectSignature)
         for op in ops:
             op.build_keys = set()
             op.building, op.builder_thread = True, threading.get_ident()
+            op.build_in_graph = graph_form
             op.collecting = self._use_dynamic_shape
         shown = progress.task("building engines", poll=progress.engines_built(ops)).start()
         # where build()'s time goes (seconds): running the inputs (natively while dynamic-
@@ -513,13 +522,16 @@ class TrtGraphConverterV2:
                                  ran_natively(before_native))
                     times["first input again"] = time.perf_counter() - t0
         finally:
+            # the ops' state first: a KeyboardInterrupt while the native reference is waited
+            # for skipped it, and every engine op stayed "building" for good -- a tf.function
+            # call from any thread built engines with runtime builds off (helper hunt, s48)
+            for op in ops:
+                op.building, op.builder_thread, op.build_in_graph = False, None, False
+                op.collecting, op.collect_calls = False, True
+                op.collected = []
             shown.close()
             if reference is not None:
                 reference.wait()
-            for op in ops:
-                op.building, op.builder_thread = False, None
-                op.collecting, op.collect_calls = False, True
-                op.collected = []
         if seen == 0:
             raise ValueError("input_fn yielded no inputs: it must yield at least one batch")
         if env_bool("TFTRT_BUILD_CHECK", True):

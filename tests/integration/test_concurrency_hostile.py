@@ -451,11 +451,22 @@ def test_calls_with_an_engine_do_not_wait_for_another_shapes_build(conv_dir, nat
     assert op.stats["builds"] == 2 and op.stats["native"] == 0, op.stats  # batch 1, batch 4
 
 
-def test_a_caller_during_build_does_not_build_with_runtime_builds_off(conv_dir, native):
+def _served_as(fn, how):
+    """``fn`` as the serving thread calls it: eagerly (the pipeline runs engines in the
+    caller's thread) or through a tf.function (engine nodes run in TensorFlow's threads)."""
+    if how == "eager":
+        return fn
+    graph = tf.function(lambda x: fn(x=x))
+    return lambda x: graph(x)
+
+
+@pytest.mark.parametrize("how", ["eager", "graph"])
+def test_a_caller_during_build_does_not_build_with_runtime_builds_off(conv_dir, native, how):
     """allow_build_at_runtime=False: while build() runs, another thread serving the model
-    (the eager pipeline runs engines in the caller's thread) gets the native segment for its
-    shape; it built an engine for it and evicted build()'s (maximum_cached_engines=1), whose
-    shape then ran natively for good."""
+    gets the native segment for its shape; it built an engine for it and evicted build()'s
+    (maximum_cached_engines=1), whose shape then ran natively for good. A tf.function caller
+    still did so after the eager one was fixed: its engine nodes run in TensorFlow's threads,
+    which counted as build()'s (helper hunt, s48; 2 of 4 runs)."""
     conv = trt.TrtGraphConverterV2(input_saved_model_dir=conv_dir, maximum_cached_engines=1,
                                    allow_build_at_runtime=False)
     fn = conv.convert()
@@ -466,8 +477,9 @@ def test_a_caller_during_build_does_not_build_with_runtime_builds_off(conv_dir, 
         for _ in range(3):
             time.sleep(0.1)
             yield (mine,)
-    with serving(fn, other) as served:
+    with serving(_served_as(fn, how), other) as served:
         conv.build(gen)
+    assert op.stats["builds"] == 1, op.stats  # build()'s shape only
     close(served[-1], native(x=tf.constant(other))["y"].numpy(), "the serving thread")
     keys = [k for k, _ in op.cache.items()]
     assert keys == [((8, 16, 8, 3),)], keys
@@ -477,14 +489,61 @@ def test_a_caller_during_build_does_not_build_with_runtime_builds_off(conv_dir, 
     assert op.stats["engine"] == before + 1  # its engine runs, not the native segment
 
 
+@pytest.mark.parametrize("dynamic_shape", [False, True])
+def test_build_in_graph_form_builds_its_shapes_with_runtime_builds_off(conv_dir, native,
+                                                                      monkeypatch,
+                                                                      dynamic_shape):
+    """TFTRT_DIRECT_CALL=0: build() runs the model in graph form, its engine nodes in
+    TensorFlow's threads, and those calls are build()'s (``build_in_graph``): its shapes get
+    engines with runtime builds off, which then serve them."""
+    monkeypatch.setenv("TFTRT_DIRECT_CALL", "0")
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=conv_dir, allow_build_at_runtime=False,
+                                   use_dynamic_shape=dynamic_shape)
+    fn = conv.convert()
+    (op,) = conv.engine_ops.values()
+    conv.build(lambda: iter([(image(2),), (image(4),)]))
+    assert op.stats["builds"] >= 1 and not op.building, op.stats
+    engine, x = op.stats["engine"], image(4)
+    close(fn(x=tf.constant(x))["y"].numpy(), native(x=tf.constant(x))["y"].numpy(),
+          "build()'s shape after build()")
+    assert op.stats["engine"] == engine + 1, op.stats  # its engine, not the native segment
+
+
+def test_an_interrupted_build_leaves_no_op_building(conv_dir, native, monkeypatch):
+    """Ctrl-C while build() waited for its native reference call skipped the rest of its
+    finally: every engine op stayed "building", and a later tf.function call at a shape
+    outside the profiles built an engine with runtime builds off (helper hunt, s48: 3 of 3
+    runs). The ops' state is reset first now."""
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=conv_dir, use_dynamic_shape=True,
+                                   allow_build_at_runtime=False)
+    fn = conv.convert()
+    (op,) = conv.engine_ops.values()
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(trt._NativeReference, "wait", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        conv.build(lambda: iter([(image(b),) for b in (1, 2, 4)]))
+    assert not op.building and op.builder_thread is None and not op.build_in_graph
+    assert not op.collecting and op.collect_calls and op.collected == []
+    builds = op.stats["builds"]
+    x = image(6)  # outside the profile 1..4: the native segment
+    close(_served_as(fn, "graph")(x=tf.constant(x))["y"].numpy(),
+          native(x=tf.constant(x))["y"].numpy(), "batch 6 after the interrupted build")
+    assert op.stats["builds"] == builds, op.stats
+
+
+@pytest.mark.parametrize("how", ["eager", "graph"])
 @pytest.mark.parametrize("read_from_inputs", [True, False])
 def test_a_caller_during_build_adds_no_shape_to_the_profiles(conv_dir, native, monkeypatch,
-                                                            read_from_inputs):
+                                                            read_from_inputs, how):
     """use_dynamic_shape: build() forms the profiles from input_fn's shapes only, as TF-TRT
     did (it collected in build()'s own function). Another thread serving the model meanwhile
     put its batch 32 in them: input_fn's batches 1..4 became a profile 1..32 tuned at 32
     (review hunt, 2026-12-02). Both ways build() gets its shapes: read from its inputs, and
-    (a stateful model) from native runs of them."""
+    (a stateful model) from native runs of them. A caller through a tf.function built a
+    profile of its own batch 32 with runtime builds off and evicted build()'s (helper hunt,
+    s48: 7 of 7 runs)."""
     from tftrt import profiles as P
     if not read_from_inputs:  # as if the signature had a stateful op: collected from calls
         monkeypatch.setattr(trt.TrtGraphConverterV2, "_inputs_of_engines",
@@ -499,7 +558,7 @@ def test_a_caller_during_build_adds_no_shape_to_the_profiles(conv_dir, native, m
         for b in (1, 2, 4):
             time.sleep(0.1)
             yield (image(b),)
-    with serving(fn, other) as served:
+    with serving(_served_as(fn, how), other) as served:
         conv.build(gen)
     close(served[-1], native(x=tf.constant(other))["y"].numpy(), "the serving thread")
     (pe,) = [e for _, e in op.cache.items()]
