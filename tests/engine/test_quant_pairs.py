@@ -5,6 +5,12 @@
 in integers (INT8's int32 accumulator), for every width, filter and channel count it takes;
 and it refuses what it cannot take."""
 
+import importlib
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -104,7 +110,6 @@ def test_which_quantized_conv_layers_pairs_take(monkeypatch):
     constants and a residual of the output's shape; not a float conv, a strided one, or one
     whose per-channel operand is computed at run time. The switch decides what a build
     offers (off by default until timed on a GPU), not what a built plan runs."""
-    import importlib
     from tests.engine.test_qmma_codegen import _conv_net
     from tftrt.engine.tactics import _REGISTRY
     importlib.import_module("tftrt.engine.backends.cupy_backend")  # registers the tactics
@@ -202,10 +207,6 @@ def test_the_pair_tactic_gives_cudnn_the_pair_conv():
     operands twice as long and tiled from the layer's constants, a residual as pairs; a
     fused run passes the tiled vectors and the residual as it is; the record says pairs.
     The plain q_cudnn layer is unchanged. (A subprocess: the mocked CuPy stays there.)"""
-    import json
-    import os
-    import subprocess
-    import sys
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     run = subprocess.run([sys.executable, "-c", _PLUMBING], capture_output=True, text=True,
                          cwd=root, timeout=300, env=dict(os.environ, PYTHONPATH=root))
