@@ -748,6 +748,27 @@ def test_scalars_inlined_into_a_program_keep_its_dtype(dtype):
     np.testing.assert_array_equal(y, np.where(x > 0, dtype(3), dtype(-2)))
 
 
+def test_a_size_one_weight_of_more_dimensions_keeps_the_outputs_rank():
+    """x [3] * c [1, 1, 1] is [1, 1, 3]: the weight was inlined as a literal and the
+    program's output came out [3]; a sum over axis 0 after it then summed the three values
+    (helper hunt, s48). Such a weight stays an input; one of no more dimensions than x still
+    becomes a literal."""
+    nodes = [N("Mul", ["x", "c"], ["m"]), N("Add", ["m", "d"], ["y"]),
+             N("ReduceSum", ["y", "axes"], ["s"], keepdims=0)]
+    consts = {"c": np.full((1, 1, 1), 2.0, np.float32), "d": np.full((1,), 0.5, np.float32),
+              "axes": np.array([0], np.int64)}
+    feeds = {"x": np.array([1.0, 2.0, 3.0], np.float32)}
+    model = make_model(nodes, feeds, consts, outputs=["y", "s"])
+    engine = build_engine(model, {"x": (3,)}, BuilderConfig(backend="numpy",
+                                                            tactic_timing=False))
+    (program,) = [l for l in engine.network.layers if l.kind == "pointwise"]
+    assert "c" in program.inputs and "d" not in program.inputs, program.inputs
+    y, total = (np.asarray(v) for v in engine.execute([feeds["x"]]))
+    assert y.shape == (1, 1, 3) and total.shape == (1, 3), (y.shape, total.shape)
+    np.testing.assert_array_equal(total, [[2.5, 4.5, 6.5]])
+    check_model(model, feeds)
+
+
 def test_an_activation_plus_its_own_input_is_not_taken_for_a_residual():
     """conv -> tanh(y) + y: vertical fusion took the second y for a residual add and the
     fused conv read its own removed output (KeyError at every build; fuzz seed 331,

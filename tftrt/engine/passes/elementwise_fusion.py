@@ -56,14 +56,21 @@ def _inline_scalars(net: Network, layer: Layer) -> None:
     """Size-1 weights of ``layer`` become literals of its program, each where the program's
     dtypes stay what they were: a literal has none, and a step whose dtype came from scalar
     weights alone (a where between two float16 or int64 constants) became float32 (helper
-    hunt, 2026-12-02). At least one tensor input stays."""
+    hunt, 2026-12-02). At least one tensor input stays, and a weight of more dimensions than
+    every input that is not such a weight stays too: its ones are the output's leading
+    dimensions (x [3] * c [1, 1, 1] is [1, 1, 3]), which the program's shape would lose
+    (the output came out [3], and a reduction after it summed the wrong axis: helper
+    hunt, s48)."""
     out = net.tensors[layer.outputs[0]].shape
-    scalars = {}  # input index -> its value, the candidates
-    for k, name in enumerate(layer.inputs):
-        w = net.weights.get(name)
-        if w is not None and w.size == 1 and w.dtype.kind in "fiu" and out is not None and \
-                w.ndim <= len(out):
-            scalars[k] = w.reshape(()).item()
+    size1 = {k: net.weights[name] for k, name in enumerate(layer.inputs)
+             if name in net.weights and net.weights[name].size == 1 and
+             net.weights[name].dtype.kind in "fiu"}
+    ranks = [len(net.tensors[name].shape) for k, name in enumerate(layer.inputs)
+             if k not in size1 and net.tensors[name].shape is not None]
+    if out is None or not ranks:
+        return
+    scalars = {k: w.reshape(()).item() for k, w in size1.items()  # the candidates
+               if w.ndim <= min(len(out), max(ranks))}
     if not scalars:
         return
     dtypes = [str(net.tensors[n].dtype) for n in layer.inputs]
