@@ -233,7 +233,14 @@ class QuantizeAndDequantize:
             lo, hi, scale, inv = (np.array(v, dtype) for v in _qdq_range(
                 ctx.const_value(node, 1).reshape(()), ctx.const_value(node, 2).reshape(()),
                 qmin, qmax, dtype))
-            x = ctx.emit("Clip", [x, ctx.const(lo, "min_range"), ctx.const(hi, "max_range")])
+            if lo <= hi:
+                x = ctx.emit("Clip", [x, ctx.const(lo, "min_range"),
+                                      ctx.const(hi, "max_range")])
+            else:  # unsigned with input_max < 0: min -0 over max. TF clamps
+                # x.cwiseMin(max).cwiseMax(min), every element -0; ONNX's Clip gave max,
+                # times a scale of FLT_MAX: ~1e38 or inf (differential fuzz, s48)
+                x = ctx.emit("Max", [ctx.emit("Min", [x, ctx.const(hi, "max_range")]),
+                                     ctx.const(lo, "min_range")])
             scale, inv = ctx.const(scale, "scale"), ctx.const(inv, "inverse_scale")
         else:
             scale, inv = _dynamic_scale(ctx, x, rank, axis, qmin, qmax, dtype)

@@ -58,6 +58,10 @@ QDQ_CASES = [  # min, max, signed, bits, range_given, round_mode, narrow
     (0.0, 0.0, True, 8, False, "HALF_TO_EVEN", False),
     (0.0, 0.0, False, 8, False, "HALF_UP", False),
     (0.0, 0.0, True, 5, False, "HALF_TO_EVEN", True),
+    # unsigned, max < 0: the adjusted min (-0) is over the max; TF's min-then-max clamp makes
+    # every element -0, where ONNX's Clip gave the max times FLT_MAX (differential fuzz, s48)
+    (-3.0, -0.5, False, 8, True, "HALF_TO_EVEN", False),
+    (-2.07, -0.932, False, 2, True, "HALF_UP", True),
 ]
 
 
