@@ -892,9 +892,34 @@ def restore_weights(graph_def, stubs: Dict[str, object]):
 def run_grappler_passes(graph_def, graph, fetches: Sequence[str],
                         optimizers: Sequence[str] = GRAPPLER_OPTIMIZERS):
     """Runs Grappler's clean-up optimizers on ``graph_def``, keeping ``fetches`` alive; large
-    weights pass through as shapes (:func:`stub_weights`)."""
+    weights pass through as shapes (:func:`stub_weights`). A graph with a Pow of a constant
+    exponent with dimensions runs without the arithmetic optimizer
+    (:func:`_pows_that_may_broadcast`)."""
     graph_def, stubs = stub_weights(graph_def)
+    pows = _pows_that_may_broadcast(graph_def)
+    if pows and "arithmetic" in optimizers:
+        log.debug("Grappler without its arithmetic optimizer: %d Pow(s) of a constant "
+                  "exponent with dimensions (%s)", len(pows), ", ".join(pows[:3]))
+        optimizers = [o for o in optimizers if o != "arithmetic"]
     return restore_weights(_run_grappler(graph_def, graph, fetches, optimizers), stubs)
+
+
+def _pows_that_may_broadcast(graph_def) -> List[str]:
+    """Pow nodes whose exponent is a constant of one or more dimensions. Grappler's
+    arithmetic optimizer turns x ** c of a constant c of one repeated value 2, 3, 0.5, -0.5
+    or -1 into Square / Sqrt / Rsqrt / Reciprocal of x in place, dropping the shape the
+    exponent broadcast x to (a fetch too: it keeps the node's name, not its op): x [2] **
+    [[[2.]]] came out [2] instead of [1, 1, 2] (a wrong reduction after it, or the converted
+    function failing to build: differential fuzz, s48). A scalar exponent cannot broadcast."""
+    consts = {n.name: n for n in graph_def.node if n.op == "Const"}
+    out = []
+    for n in graph_def.node:
+        if n.op != "Pow" or len(n.input) < 2:
+            continue
+        c = consts.get(n.input[1].split(":")[0].lstrip("^"))
+        if c is not None and len(c.attr["value"].tensor.tensor_shape.dim) > 0:
+            out.append(n.name)
+    return out
 
 
 def _run_grappler(graph_def, graph, fetches: Sequence[str], optimizers: Sequence[str]):

@@ -573,3 +573,28 @@ def test_compare_reports_errors_relative_to_the_largest_expected_value():
     assert one.max_rel == np.inf and not one.passed
     zero = compare.compare_arrays("y", np.zeros(3), np.zeros(3), 0, 0)
     assert zero.max_rel == 0.0 and zero.passed
+
+
+@pytest.mark.parametrize("exponent", [2.0, 3.0, 0.5, -1.0])
+def test_a_pow_whose_constant_exponent_broadcasts_keeps_its_shape(tmp_path, exponent):
+    """x [2] ** c [1, 1, 1] is [1, 1, 2], as the signature says. Grappler's arithmetic
+    optimizer rewrites such a Pow in place into Square / Sqrt / Reciprocal of x, of shape
+    [2] (TensorFlow's own runtime does too, against its signature); after a ReLU the
+    converted function then failed to build (differential fuzz, s48). Graphs with such a
+    Pow run Grappler without that optimizer: the signature's shape, x ** c's values."""
+    c = np.full([1, 1, 1], exponent, np.float32)
+
+    class M(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([2], tf.float32, name="x")])
+        def __call__(self, x):
+            return {"p": tf.pow(x, c), "r": tf.nn.relu(tf.pow(x, c))}
+    path = models.save_module(M(), str(tmp_path / "m"))
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=path, minimum_segment_size=1)
+    fn = conv.convert()
+    x = np.array([1.5, 3.0], np.float32)
+    got = fn(x=tf.constant(x))
+    want = np.power(x, c)
+    assert sum(op.stats["engine"] for op in conv.engine_ops.values()) >= 1
+    for k, v in (("p", want), ("r", np.maximum(want, 0))):
+        assert got[k].shape == (1, 1, 2), (k, got[k].shape)
+        np.testing.assert_allclose(got[k].numpy(), v, rtol=1e-6, err_msg=k)
