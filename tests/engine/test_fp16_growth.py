@@ -156,3 +156,34 @@ def test_values_from_wide_run_time_integers_stay_float32():
     net.add_layer("matmul", ["imgf", freq], ["pix"], {})              # of an exact uint8 cast
     net.tensors["pix"].dtype = "float32"
     assert P._float32_sources(net) == {"posf", "angle", "sin", "ab", "rope"}
+
+
+def test_a_move_of_a_reduction_keeps_its_float32_output():
+    """x / expand_dims(reduce_sum(x, 1)): the sum (FP32, a float32 output) of 2,000 values
+    of ~50 is ~1e5; the move after it stored it as float16 -- inf -- and every answer was 0
+    (a keepdims sum, with no move, was exact; FP16 hunt, s48). A move of a reduction's
+    float32 output stays FP32; one of a network input stays FP16."""
+    from onnx import helper
+
+    from tests.engine.harness import make_model
+    from tftrt.engine import BuilderConfig, build_engine
+    N = helper.make_node
+    nodes = [N("ReduceSum", ["x", "axes"], ["s"], keepdims=0),
+             N("Unsqueeze", ["s", "axes"], ["u"]), N("Div", ["x", "u"], ["y"]),
+             N("Transpose", ["x"], ["t"], perm=[1, 0])]
+    x = (40 + 20 * np.random.RandomState(0).rand(2, 2000)).astype(np.float32)
+    model = make_model(nodes, {"x": x}, {"axes": np.array([1], np.int64)}, outputs=["y", "t"])
+    engine = build_engine(model, {"x": x.shape}, BuilderConfig(backend="numpy",
+                                                               precision="FP16",
+                                                               tactic_timing=False))
+    net = engine.network
+    reduce = [l for l in net.layers if l.kind == "reduce"]
+    readers = [l for l in net.layers if l.kind in P._MOVES and
+               set(l.inputs) & {o for r in reduce for o in r.outputs}]
+    assert readers and all(l.precision == "FP32" for l in readers), \
+        [(l.kind, l.precision) for l in net.layers]
+    assert [l.precision for l in net.layers if l.kind == "transpose" and
+            l.inputs == ["x"]] == ["FP16"]
+    y = np.asarray(engine.execute([x])[0], np.float64)
+    want = x / x.sum(axis=1, keepdims=True, dtype=np.float64)
+    assert np.abs(y - want).max() <= 1e-2 * np.abs(want).max(), np.abs(y - want).max()

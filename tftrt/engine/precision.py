@@ -4,7 +4,8 @@ FP16: conv / conv_transpose / matmul store their weights in float16 and every la
 float32 activations in float16, except the layers in ``FP32_KINDS`` (softmax, reductions,
 normalization, top-k, ...) and pointwise layers that square, raise or exponentiate values a
 reduction or a pool reads (a variance's (x - mean)^2), with the layers between and such pools
-(``_variance_terms``), and the gate of each squeeze-and-excitation block (mean, FC steps:
+(``_variance_terms``), layers that only move a reduction's float32 output (an expand_dims of
+a row sum), and the gate of each squeeze-and-excitation block (mean, FC steps:
 ``se_fusion.se_gate_layers``; its scale of x stays FP16), which compute in float32 and keep
 float32 outputs because fp16 loses too much (or overflows) there; softmax and normalization store
 their main output in float16 all the same (``HALF_OUTPUT_KINDS``). Network inputs and
@@ -313,10 +314,18 @@ def _assign_half(net: Network, skip=frozenset(), probes=(), wide=frozenset()) ->
     fp32 = _variance_terms(net) | _float32_sources(net) | se_gate_layers(net) | {
         l.name for l in net.layers if any(o in wide for o in l.outputs)} | \
         _weights_past_half(net) | _ranked_only(net)
+    # float32 outputs of reductions (and of moves of them): a move after one keeps them
+    # float32. Stored as float16, a row sum past 65504 that x / sum[:, None] divides by
+    # became inf and the answer 0 (a keepdims sum, with no move, was exact; FP16 hunt, s48)
+    reduced = set()
     for l in net.layers:
         if l.name in skip:
             continue
-        l.precision = "FP32" if l.kind in FP32_KINDS or l.name in fp32 else "FP16"
+        moves_reduced = l.kind in _MOVES and _reads_only(net, l, reduced)
+        l.precision = "FP32" if l.kind in FP32_KINDS or l.name in fp32 or moves_reduced \
+            else "FP16"
+        if l.kind in _REDUCED_KINDS or moves_reduced:
+            reduced.update(o for o in l.outputs if o and net.tensors[o].dtype == "float32")
         if l.kind in HALF_OUTPUT_KINDS and l.outputs[0] not in keep and \
                 net.tensors[l.outputs[0]].dtype == "float32":
             net.tensors[l.outputs[0]].dtype = "float16"
@@ -337,6 +346,18 @@ def _assign_half(net: Network, skip=frozenset(), probes=(), wide=frozenset()) ->
                         l.inputs[k] = net.add_weight(half, w + "_fp16")
     _cast_gemm_inputs_to_fp16(net)
     _cast_compared_inputs_to_fp16(net)
+
+
+# Layers whose float32 output (FP32_KINDS) is a reduction of what they read: small, and often
+# past float16's range (a sum of 2,000 values of 50)
+_REDUCED_KINDS = frozenset({"reduce", "cumsum", "topk"})
+
+
+def _reads_only(net: Network, layer: Layer, tensors: set) -> bool:
+    """Whether every float activation ``layer`` reads is one of ``tensors`` (at least one)."""
+    floats = [i for i in layer.inputs if i and i not in net.weights and
+              np.dtype(net.tensors[i].dtype or "float32").kind == "f"]
+    return bool(floats) and all(i in tensors for i in floats)
 
 
 def _ranked_only(net: Network) -> set:
