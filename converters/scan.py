@@ -76,10 +76,11 @@ class Cumsum:
     than 4096.
 
     Rounding: the sums are taken in a tree order instead of TF's left-to-right one, so they
-    differ by rounding (within FP32's tolerance). An FP16 engine stores every step in float16:
-    past 65504 it overflows as any float16 activation does, and long sums that cancel lose
-    more than FP16's tolerance (see MAX_LENGTH); a MatMul by a triangular constant would
-    accumulate in float32 there, but made whole rows NaN from one inf."""
+    differ by rounding (within FP32's tolerance). An FP16 engine keeps the steps in FP32
+    (engine/precision.py ``_scan_steps``, s48: stored as float16, running sums past 65504
+    were inf); MAX_LENGTH dates from when it stored them as float16, whose rounding of long
+    sums that cancel lost more than FP16's tolerance. A MatMul by a triangular constant
+    would accumulate in float32, but made whole rows NaN from one inf."""
 
     @staticmethod
     def validate(node, ctx):

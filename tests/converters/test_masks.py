@@ -172,6 +172,17 @@ def test_cumsum_longest_axis():
              rtol=1e-4, atol=1e-4, expect_tf_ops=["Cumsum"])
 
 
+@pytest.mark.parametrize("exclusive", [False, True], ids=["inclusive", "exclusive"])
+def test_cumsum_in_an_fp16_engine_keeps_running_sums_past_float16s_range(exclusive):
+    """A CDF, cumsum(w) / sum(w), of 1,000 weights up to 400: the running sums pass 65504.
+    The scan's steps were stored as float16 in an FP16 engine: inf in 1,349 of 2,000 answers
+    that TF has in [0, 1] (FP16 hunt, s48). They run in FP32 now (precision._scan_steps)."""
+    w = (rand((2, 1000), seed=6) + 3.0) * 100.0
+    check_op(lambda v: tf.cumsum(v, -1, exclusive=exclusive) /
+             tf.reduce_sum(v, -1, keepdims=True), [w], precision="FP16",
+             expect_tf_ops=["Cumsum"])
+
+
 @pytest.mark.parametrize("precision", ["FP32", "FP16"])
 def test_cumsum_float16(precision):
     """float16 data: TF sums left to right, the scan in a tree order, each step rounded."""

@@ -5,7 +5,8 @@ float32 activations in float16, except the layers in ``FP32_KINDS`` (softmax, re
 normalization, top-k, ...) and pointwise layers that square, raise or exponentiate values a
 reduction or a pool reads (a variance's (x - mean)^2), with the layers between and such pools
 (``_variance_terms``), layers that only move a reduction's float32 output (an expand_dims of
-a row sum), and the gate of each squeeze-and-excitation block (mean, FC steps:
+a row sum), the steps of a running sum (``_scan_steps``), and the gate of each
+squeeze-and-excitation block (mean, FC steps:
 ``se_fusion.se_gate_layers``; its scale of x stays FP16), which compute in float32 and keep
 float32 outputs because fp16 loses too much (or overflows) there; softmax and normalization store
 their main output in float16 all the same (``HALF_OUTPUT_KINDS``). Network inputs and
@@ -313,7 +314,7 @@ def _assign_half(net: Network, skip=frozenset(), probes=(), wide=frozenset()) ->
             uses[i] = uses.get(i, 0) + 1
     fp32 = _variance_terms(net) | _float32_sources(net) | se_gate_layers(net) | {
         l.name for l in net.layers if any(o in wide for o in l.outputs)} | \
-        _weights_past_half(net) | _ranked_only(net)
+        _weights_past_half(net) | _ranked_only(net) | _scan_steps(net)
     # float32 outputs of reductions (and of moves of them): a move after one keeps them
     # float32. Stored as float16, a row sum past 65504 that x / sum[:, None] divides by
     # became inf and the answer 0 (a keepdims sum, with no move, was exact; FP16 hunt, s48)
@@ -346,6 +347,36 @@ def _assign_half(net: Network, skip=frozenset(), probes=(), wide=frozenset()) ->
                         l.inputs[k] = net.add_weight(half, w + "_fp16")
     _cast_gemm_inputs_to_fp16(net)
     _cast_compared_inputs_to_fp16(net)
+
+
+def _scan_steps(net: Network) -> set:
+    """The layers of a running sum (``cumsum``, FP32_KINDS) as converters/scan.py lowers it:
+    y + pad(slice(y)) steps (a shifted copy of y added to y), and the shift of an exclusive
+    one before them. Kept FP32: stored as float16, running sums past 65504 became inf where
+    TF's answer (a CDF, cumsum(w) / sum(w)) was in [0, 1] (FP16 hunt, s48)."""
+    producer = {o: l for l in net.layers for o in l.outputs}
+
+    def shift_of(t):
+        """(pad, slice) when ``t`` is a pad of a slice, else None."""
+        pad = producer.get(t)
+        if pad is None or pad.kind != "pad":
+            return None
+        cut = producer.get(pad.inputs[0])
+        return (pad, cut) if cut is not None and cut.kind == "slice" else None
+    keep = set()
+    for l in net.layers:
+        acts = [i for i in l.inputs if i and i not in net.weights]
+        if l.kind != "pointwise" or len(acts) < 2:
+            continue  # (the last step may have taken the layers after it: 3+ inputs)
+        for moved in acts:
+            shift = shift_of(moved)
+            y = shift[1].inputs[0] if shift is not None else None
+            if y in acts and y != moved:
+                keep.update({l.name, shift[0].name, shift[1].name})
+                first = shift_of(y)  # an exclusive scan's first shift
+                if first is not None:
+                    keep.update({first[0].name, first[1].name})
+    return keep
 
 
 # Layers whose float32 output (FP32_KINDS) is a reduction of what they read: small, and often
