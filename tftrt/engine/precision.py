@@ -354,7 +354,7 @@ def _scan_steps(net: Network) -> set:
     y + pad(slice(y)) steps (a shifted copy of y added to y), and the shift of an exclusive
     one before them. Kept FP32: stored as float16, running sums past 65504 became inf where
     TF's answer (a CDF, cumsum(w) / sum(w)) was in [0, 1] (FP16 hunt, s48)."""
-    producer = {o: l for l in net.layers for o in l.outputs}
+    producer = net.producers()
 
     def shift_of(t):
         """(pad, slice) when ``t`` is a pad of a slice, else None."""
