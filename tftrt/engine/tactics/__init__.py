@@ -117,7 +117,7 @@ class TimingCache:
         self._lock = threading.Lock()
         if path and os.path.exists(path):
             with open(path, "rb") as f:
-                self.entries = json.loads(f.read().decode())
+                self.entries = _checked_entries(json.loads(f.read().decode()))
 
     @staticmethod
     def key(backend: str, device: str, net: Network, layer: Layer) -> str:
@@ -144,7 +144,7 @@ class TimingCache:
             with self._lock:
                 self.entries[key] = e
                 self._trim()
-        return _checked_entry(e)
+        return e
 
     def put(self, key: str, tactic: str, seconds: float,
             failed: Optional[Sequence[str]] = None, retries: int = 0,
@@ -174,7 +174,7 @@ class TimingCache:
     @staticmethod
     def from_bytes(data: bytes) -> "TimingCache":
         c = TimingCache()
-        c.entries = json.loads(data.decode())
+        c.entries = _checked_entries(json.loads(data.decode()))
         return c
 
     def save(self, path: Optional[str] = None) -> None:
@@ -203,6 +203,13 @@ def _checked_entry(e) -> Optional[dict]:
         out["retries"] = retries if isinstance(retries, int) and not isinstance(
             retries, bool) and retries >= 0 else 0
     return out
+
+
+def _checked_entries(entries: dict) -> Dict[str, dict]:
+    """The entries of a cache file that are entries (:func:`_checked_entry`), checked once
+    as they are read; put() makes only good ones."""
+    return {k: e for k, e in ((k, _checked_entry(v)) for k, v in entries.items())
+            if e is not None}
 
 
 _PERSISTENT: Dict[tuple, TimingCache] = {}
