@@ -24,8 +24,9 @@
 # int8vecs and int8cvt build what int8res builds; int8il0: int8res with q_mma's MMAs n-tile
 # first in every kernel (TFTRT_QUANT_MMA_INTERLEAVE=0; since s47 "auto" interleaves them in the
 # pipelined kernels of K <= 64); int8pairs / fp8pairs: int8res / fp8 with tactic
-# q_cudnn_pairs offered (TFTRT_QUANT_CUDNN_PAIRS=1: stride-1 3x3 convs of <= 64 channels on
-# cuDNN over pixel pairs, timed per layer against q_mma and q_cudnn);
+# q_cudnn_pairs offered (TFTRT_QUANT_CUDNN_PAIRS=1, the default since s49: stride-1 3x3 convs
+# of <= 64 channels on cuDNN over pixel pairs, timed per layer against q_mma and q_cudnn),
+# int8nopairs / fp8nopairs without it;
 # int8timed / fp8timed: the defaults, timed precision on, the row says what it kept)
 # Each stage gets a share of the budget and writes its log to $OUT as it goes (a call cut
 # short still returns what ran): int8_tests.log, then int8_<model>_<config>.log in run order.
@@ -68,6 +69,9 @@ for model in ${MODELS:-resnet50_int8 encoder_int8}; do
       int8pairs) prec=INT8  # int8res with the narrow 3x3 convs also timed over pixel pairs
         envs="TFTRT_INT8_RESIDUAL=1 TFTRT_QUANT_TIMED_PRECISION=0 TFTRT_QUANT_CUDNN_PAIRS=1" ;;
       fp8pairs) prec=FP8 envs="TFTRT_QUANT_TIMED_PRECISION=0 TFTRT_QUANT_CUDNN_PAIRS=1" ;;
+      int8nopairs) prec=INT8
+        envs="TFTRT_INT8_RESIDUAL=1 TFTRT_QUANT_TIMED_PRECISION=0 TFTRT_QUANT_CUDNN_PAIRS=0" ;;
+      fp8nopairs) prec=FP8 envs="TFTRT_QUANT_TIMED_PRECISION=0 TFTRT_QUANT_CUDNN_PAIRS=0" ;;
       int8s2d) prec=INT8
         envs="TFTRT_INT8_RESIDUAL=1 TFTRT_QUANT_TIMED_PRECISION=0 TFTRT_STEM_S2D=1" ;;
       int8noconv) prec=INT8  # int8res without q_mma's implicit-GEMM convs

@@ -10,6 +10,8 @@
 #   bash benchmarks/run_gpu_pending.sh 6   # s47: where q_mma's time goes (bench_qmma --ablate)
 #   bash benchmarks/run_gpu_pending.sh 7   # s47: ResNet50 INT8 with / without the interleave
 #   bash benchmarks/run_gpu_pending.sh 8   # s48: the stage-1 3x3 convs over pixel pairs
+#   bash benchmarks/run_gpu_pending.sh 9   # s49: the INT8 GPU suite with the pairs on by
+#                                          # default; the INT8 zoo with / without them
 # s46 ran part 3 and the rest by hand on an H100 (benchmarks/README.md, s46); the knobs it
 # timed are the defaults since, so bench_qmma's "1,0,0" is them all on and
 # "1,0,0,1,1,0,1,1,0,0,0" all off (config fields: bench_qmma.py's docstring).
@@ -112,5 +114,15 @@ case "${1:-1}" in
       bash "$repo/benchmarks/run_gpu_int8.sh" $(( $(left) - 5 ))
     grep -h "Conv__2 \|Conv__6 \|Conv__9 " "$out"/r50/*int8*.log | head -12
     ;;
-  *) echo "part 1, 2, 3, 4, 6, 7 or 8"; exit 2 ;;
+  9)  # s49: q_cudnn_pairs on by default -- the quantized GPU suite under it; then the INT8
+      # zoo models with it offered (int8timed, the defaults) against without, FP16 beside them
+    timeout 240 python3 -m pytest tests/gpu/test_int8_gpu.py tests/gpu/test_stem_mma_gpu.py \
+      tests/gpu/test_stem_s2d_gpu.py -k "not through_tensorflow" -q -rf -p no:cacheprovider \
+      --tb=short 2>&1 | tee "$out/pending_9_tests.log" | tail -8
+    OUT=$out/zoo TESTS=0 MODELS="${ZOO_MODELS:-mobilenet_v2_int8 EfficientNetB0_int8}" \
+      BATCHES=128 STAGE_S=90 CONFIGS="${ZOO_CONFIGS:-int8timed int8nopairs fp16}" \
+      bash "$repo/benchmarks/run_gpu_int8.sh" $(( $(left) - 5 ))
+    grep -h "pixel pairs" "$out"/zoo/*int8*.log | head -12
+    ;;
+  *) echo "part 1, 2, 3, 4, 6, 7, 8 or 9"; exit 2 ;;
 esac

@@ -109,12 +109,14 @@ def test_which_quantized_conv_layers_pairs_take(monkeypatch):
     64 channels over an even width, its per-channel operands (dequantization scale, bias)
     constants and a residual of the output's shape; not a float conv, a strided one, or one
     whose per-channel operand is computed at run time. The switch decides what a build
-    offers (off by default until timed on a GPU), not what a built plan runs."""
+    offers (on by default, 0 takes it away), not what a built plan runs."""
     from tests.engine.test_qmma_codegen import _conv_net
     from tftrt.engine.tactics import _REGISTRY
     importlib.import_module("tftrt.engine.backends.cupy_backend")  # registers the tactics
     assert "q_cudnn_pairs" in [t.name for t in _REGISTRY[("cupy", "conv")]]
     monkeypatch.delenv("TFTRT_QUANT_CUDNN_PAIRS", raising=False)
+    assert S.pairs_enabled()
+    monkeypatch.setenv("TFTRT_QUANT_CUDNN_PAIRS", "0")
     assert not S.pairs_enabled()
     monkeypatch.setenv("TFTRT_QUANT_CUDNN_PAIRS", "1")
     assert S.pairs_enabled()

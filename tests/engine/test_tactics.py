@@ -165,7 +165,7 @@ def test_a_candidate_that_failed_is_tried_again_by_later_builds(monkeypatch, tmp
 
 def test_a_candidate_offered_after_a_choice_was_cached_challenges_it(monkeypatch, tmp_path):
     """A cached choice records the candidates it was chosen among ("timed"); a build that
-    offers one more (an opt-in tactic switched on later: TFTRT_QUANT_CUDNN_PAIRS) times that
+    offers one more (a tactic switched on later: TFTRT_QUANT_CUDNN_PAIRS=0, then 1) times that
     one alone against the cached time, keeps the faster and records them all; the build
     after is a plain hit. An entry from before "timed" existed stays a plain hit (nothing is
     known of what it was chosen among). Timings fixed per tactic: gemm_1x1 1 ms, im2col_gemm

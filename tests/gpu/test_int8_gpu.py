@@ -189,7 +189,8 @@ def test_depthwise_conv_runs_emulated_and_matches_numpy(precision, monkeypatch):
     assert sorted(g for g, _ in kinds.values()) == [1, 1, 16], kinds
     for g, cls in kinds.values():
         want = ((QK.QuantEmulated,) if g > 1
-                else (QK.QuantConvCudnn, QK.QuantGemmLt, QK.QuantGemmMma))
+                else (QK.QuantConvCudnn, QK.QuantConvCudnnPairs, QK.QuantGemmLt,
+                      QK.QuantGemmMma))
         assert cls in want, kinds
     dw = [r for r in Q.precision_report(gpu.network)["layers"] if "emulated" in
           (r["kernel"] or "")]
@@ -338,7 +339,7 @@ def test_the_tensor_core_gemm_kernel_runs_1x1_convs_and_matches_numpy(precision,
     monkeypatch.setenv("TFTRT_QUANT_MMA", "1")  # the default, whatever the environment says
     monkeypatch.setattr(QK, "_MMA_VERDICTS", {})
     _leave_to(monkeypatch, QK, "mma_applies", ("gemm_applies", "cudnn_applies",
-                                               "emulated_applies"))
+                                               "cudnn_pairs_applies", "emulated_applies"))
     rng = np.random.RandomState(7)
     model = _bottleneck_model(rng, precision)
     x = rng.randn(4, 3, 14, 14).astype(F32)
@@ -421,7 +422,7 @@ def test_thin_k_1x1_convs_run_the_tensor_core_kernel_and_match_numpy(monkeypatch
     monkeypatch.setenv("TFTRT_QUANT_MMA", "1")
     monkeypatch.setattr(QK, "_MMA_VERDICTS", {})
     _leave_to(monkeypatch, QK, "mma_applies", ("gemm_applies", "cudnn_applies",
-                                               "emulated_applies"))
+                                               "cudnn_pairs_applies", "emulated_applies"))
     rng = np.random.RandomState(9)
     N = helper.make_node
     consts = {"w0": (rng.randn(24, 3, 3, 3) * 0.3).astype(F32),

@@ -26,8 +26,8 @@ order ``cupy_backend.impl_table`` tries them:
   ``acc_float``
   / ``acc_identity`` / ``acc`` (the accumulator as the graph output -- through an identity
   node to fp32 or int32, or with no node after the conv -- then the epilogue kernel).
-* :class:`QuantConvCudnnPairs` (tactic ``q_cudnn_pairs``, offered with
-  ``TFTRT_QUANT_CUDNN_PAIRS=1``): the same graphs for a stride-1 conv of at most 64 channels
+* :class:`QuantConvCudnnPairs` (tactic ``q_cudnn_pairs``; ``TFTRT_QUANT_CUDNN_PAIRS=0`` takes
+  it away): the same graphs for a stride-1 conv of at most 64 channels
   run over pixel pairs (``cuda_source_quant.paired_conv_weight``: x's bytes as
   [N, H, W / 2, 2 C], twice the channels, the same sums).
 * :class:`QuantGemmMma` (tactic ``q_mma``, ``cuda_source_qmma``),
