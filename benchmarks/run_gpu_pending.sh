@@ -12,6 +12,8 @@
 #   bash benchmarks/run_gpu_pending.sh 8   # s48: the stage-1 3x3 convs over pixel pairs
 #   bash benchmarks/run_gpu_pending.sh 9   # s49: the INT8 GPU suite with the pairs on by
 #                                          # default; the INT8 zoo with / without them
+#   bash benchmarks/run_gpu_pending.sh 10  # s49: the tests s49c found stale; ResNet50 with
+#                                          # the defaults: INT8 (timed), FP8, FP16
 # s46 ran part 3 and the rest by hand on an H100 (benchmarks/README.md, s46); the knobs it
 # timed are the defaults since, so bench_qmma's "1,0,0" is them all on and
 # "1,0,0,1,1,0,1,1,0,0,0" all off (config fields: bench_qmma.py's docstring).
@@ -124,5 +126,14 @@ case "${1:-1}" in
       bash "$repo/benchmarks/run_gpu_int8.sh" $(( $(left) - 5 ))
     grep -h "pixel pairs" "$out"/zoo/*int8*.log | head -12
     ;;
-  *) echo "part 1, 2, 3, 4, 6, 7, 8 or 9"; exit 2 ;;
+  10)  # s49: the tests that s49c's run of part 9 found stale, then ResNet50 with today's
+       # defaults (int8timed: timed precision, pairs offered; fp8 with pairs offered) and FP16
+    timeout 90 python3 -m pytest tests/gpu/test_int8_gpu.py -k "depthwise or pixel_pairs" -q \
+      -rf -p no:cacheprovider --tb=short 2>&1 | tee "$out/pending_10_tests.log" | tail -4
+    OUT=$out/r50 TESTS=0 MODELS=resnet50_int8 BATCHES=128 STAGE_S=165 \
+      CONFIGS="${R50_CONFIGS:-int8timed fp8 fp16}" bash "$repo/benchmarks/run_gpu_int8.sh" \
+      $(( $(left) - 5 ))
+    grep -h "pixel pairs\|^resnet50" "$out"/r50/*.log | head -12
+    ;;
+  *) echo "part 1, 2, 3, 4, 6, 7, 8, 9 or 10"; exit 2 ;;
 esac
