@@ -301,6 +301,10 @@ def check_saved_model_dir(path, arg: str = "input_saved_model_dir") -> str:
             or os.path.isfile(os.path.join(path, "saved_model.pbtxt"))):
         raise ValueError(f"{path!r} is not a SavedModel directory: it has no saved_model.pb "
                          f"(save the model with tf.saved_model.save or model.export)")
+    pb = os.path.join(path, "saved_model.pb")
+    if os.path.isfile(pb) and os.path.getsize(pb) == 0:
+        raise ValueError(f"{pb!r} is empty (0 bytes): the SavedModel was not fully written "
+                         f"(an interrupted save or copy?); save or copy the model again")
     return path
 
 
@@ -328,9 +332,11 @@ def load_signature(path, tags: Optional[Iterable[str]] = None,
         saved = tf.saved_model.load(path, tags=tags)
     except Exception as e:
         msg = str(e).splitlines()[0] if str(e) else ""
-        # TF names the MetaGraphs' tags when none matches: the directory itself is fine
+        # TF names the MetaGraphs' tags when none matches: the directory itself is fine,
+        # unless it has none ("available tags '[]'": a saved_model.pb with no MetaGraph)
         hint = "pass input_saved_model_tags matching one of them" if "MetaGraph" in msg and \
-            "tags" in msg else "is the directory complete and written by TensorFlow?"
+            "tags" in msg and "available tags '[]'" not in msg else \
+            "is the directory complete and written by TensorFlow?"
         raise ValueError(f"could not load the SavedModel in {path!r} with tags {tags}: "
                          f"{type(e).__name__}: {msg} ({hint})") from e
     sigs = getattr(saved, "signatures", {}) or {}

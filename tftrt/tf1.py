@@ -19,7 +19,7 @@ from typing import Callable, Optional, Sequence
 from tftrt import activation, conversion, graph_io, progress, rewrite
 from tftrt.trt_convert import (DEFAULT_TRT_MAX_WORKSPACE_SIZE_BYTES, OneAtATime,
                                TrtConversionParams, TrtPrecisionMode, _check_conversion_params,
-                               is_int)
+                               as_flag, is_int)
 
 log = logging.getLogger("tftrt.convert")
 
@@ -83,7 +83,7 @@ class TrtGraphConverter:
             if value is not None:
                 log.warning("TrtGraphConverter(%s=...) is deprecated and has no effect (as in "
                             "TF-TRT's last versions)", name)
-        self._is_dynamic_op = bool(is_dynamic_op)
+        self._is_dynamic_op = as_flag(is_dynamic_op, "is_dynamic_op")
         if max_batch_size is None:
             if not self._is_dynamic_op:
                 raise ValueError("max_batch_size has to be an integer for is_dynamic_op==False.")
@@ -99,7 +99,7 @@ class TrtGraphConverter:
             maximum_cached_engines=maximum_cached_engines, use_calibration=use_calibration,
             allow_build_at_runtime=True))
         self._need_calibration = (self._params.precision_mode in ("INT8", "FP8") and
-                                  use_calibration)
+                                  self._params.use_calibration)
         self._converted_graph_def = None
         self._calibrated = False
         self._exclusive = OneAtATime()  # convert() and calibrate()

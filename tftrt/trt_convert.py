@@ -22,6 +22,8 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
+import numpy as np
+
 from tftrt import graph_io, progress
 from tftrt.env import env_bool
 from tftrt.engine_op import TRTEngineOp, resolve_backend
@@ -122,6 +124,14 @@ def is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def as_flag(value, name: str) -> bool:
+    """A True / False argument: bools (numpy's too) and the integers 0 and 1; anything else
+    -- the string "False" above all, which Python reads as True -- is refused."""
+    if isinstance(value, (bool, np.bool_)) or (is_int(value) and value in (0, 1)):
+        return bool(value)
+    raise ValueError(f"{name} should be True or False; got {value!r} ({type(value).__name__})")
+
+
 def _check_conversion_params(params: TrtConversionParams) -> TrtConversionParams:
     if not isinstance(params, tuple) or not hasattr(params, "_replace") or \
             set(getattr(params, "_fields", ())) != set(TrtConversionParams._fields):
@@ -147,6 +157,9 @@ def _check_conversion_params(params: TrtConversionParams) -> TrtConversionParams
         raise ValueError("max_workspace_size_bytes should be positive and below 2**63 (an "
                          f"int64, as in TensorRT); got {params.max_workspace_size_bytes}")
     return params._replace(precision_mode=params.precision_mode.upper(),
+                           use_calibration=as_flag(params.use_calibration, "use_calibration"),
+                           allow_build_at_runtime=as_flag(params.allow_build_at_runtime,
+                                                          "allow_build_at_runtime"),
                            minimum_segment_size=int(params.minimum_segment_size),
                            maximum_cached_engines=int(params.maximum_cached_engines),
                            max_workspace_size_bytes=int(params.max_workspace_size_bytes))
@@ -303,7 +316,8 @@ class TrtGraphConverterV2:
         self._input_saved_model_tags = graph_io.saved_model_tags(input_saved_model_tags)
         self._input_saved_model_signature_key = (input_saved_model_signature_key
                                                  or graph_io.DEFAULT_SIGNATURE_KEY)
-        self._use_dynamic_shape = bool(use_dynamic_shape)
+        self._use_dynamic_shape = use_dynamic_shape is not None and \
+            as_flag(use_dynamic_shape, "use_dynamic_shape")  # None: TF-TRT's default, off
         self._profile_strategy = _check_profile_strategy(dynamic_shape_profile_strategy,
                                                          self._use_dynamic_shape)
         self._need_calibration = (self._conversion_params.precision_mode in ("INT8", "FP8")
@@ -769,6 +783,8 @@ class TrtGraphConverterV2:
         """
         if not self._converted:
             raise RuntimeError("Need to call convert() before save()")
+        save_gpu_specific_engines = as_flag(save_gpu_specific_engines,
+                                            "save_gpu_specific_engines")
         if output_saved_model_dir is None or \
                 not isinstance(output_saved_model_dir, (str, bytes, os.PathLike)):
             raise ValueError(f"output_saved_model_dir must be the path of the directory to "

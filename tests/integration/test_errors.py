@@ -48,6 +48,22 @@ def test_corrupt_saved_model_names_path(tmp_path):
     assert str(tmp_path) in str(e.value)
 
 
+def test_empty_saved_model_pb_says_the_model_was_not_fully_written(mlp_dir, tmp_path):
+    """A 0-byte saved_model.pb (an interrupted copy) was reported as a tags mismatch with
+    "available tags '[]'" and the advice to pass other tags (API hunt, s49)."""
+    import shutil
+    import tftrt
+    d = tmp_path / "copy"
+    shutil.copytree(mlp_dir, d)
+    (d / "saved_model.pb").write_bytes(b"")
+    for call in (lambda: trt.TrtGraphConverterV2(input_saved_model_dir=str(d)),
+                 lambda: tftrt.load(str(d))):
+        with pytest.raises(ValueError, match=r"saved_model.pb' is empty \(0 bytes\): the "
+                                             r"SavedModel was not fully written") as e:
+            call()
+        assert "input_saved_model_tags" not in str(e.value)
+
+
 def test_tags_no_metagraph_has_say_which_tags_to_pass(mlp_dir):
     # the directory is fine: no "is the directory complete" hint (helper hunt, 2026-12-05)
     conv = trt.TrtGraphConverterV2(input_saved_model_dir=mlp_dir,

@@ -70,6 +70,38 @@ def test_numpy_integers_are_integers(mlp_dir):
     assert_close(fn(x=X), native(mlp_dir, x=X))
 
 
+@pytest.mark.parametrize("kw", [dict(use_dynamic_shape="False"),
+                                dict(allow_build_at_runtime="False"),
+                                dict(use_calibration="no"), dict(use_dynamic_shape=2),
+                                dict(allow_build_at_runtime=None)])
+def test_true_false_parameters_refuse_other_values(mlp_dir, kw):
+    """The string "False" reads as True in Python: it turned dynamic shapes on, and was
+    stored as a string in the engine ops' specs (API hunt, s49). Flags take bools, numpy's,
+    and 0 / 1, as TF-TRT's users wrote them; anything else is refused, naming the value."""
+    (name, value), = kw.items()
+    with pytest.raises(ValueError, match=rf"{name} should be True or False; got "
+                                         rf"{value!r} \({type(value).__name__}\)"):
+        trt.TrtGraphConverterV2(input_saved_model_dir=mlp_dir, **kw)
+
+
+def test_true_false_parameters_take_numpy_bools_and_0_1(mlp_dir, tmp_path):
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=mlp_dir, use_dynamic_shape=np.bool_(1),
+                                   allow_build_at_runtime=0, use_calibration=1)
+    params = conv._conversion_params
+    assert (params.allow_build_at_runtime, params.use_calibration) == (False, True)
+    assert conv._use_dynamic_shape is True
+    conv.convert()
+    with pytest.raises(ValueError, match=r"save_gpu_specific_engines should be True or False; "
+                                         r"got 'False' \(str\)"):
+        conv.save(str(tmp_path / "out"), save_gpu_specific_engines="False")
+    assert not (tmp_path / "out").exists()
+
+
+def test_tf1_is_dynamic_op_must_be_true_or_false():
+    with pytest.raises(ValueError, match=r"is_dynamic_op should be True or False; got 'True'"):
+        trt.TrtGraphConverter(input_graph_def=frozen_graph(), is_dynamic_op="True")
+
+
 @pytest.mark.parametrize("params", [{"precision_mode": "FP16"}, ("FP16",)])
 def test_conversion_params_of_another_type(mlp_dir, params):
     with pytest.raises(TypeError, match=r"conversion_params must be a TrtConversionParams, not "
