@@ -646,6 +646,13 @@ class TRTEngineOp:
                         f"maximum_cached_engines={self.spec.maximum_cached_engines}) and "
                         f"allow_build_at_runtime=False (save with "
                         f"save_gpu_specific_engines=True, or allow runtime builds)")
+            if not self.profile_strategy and key in self._evicted:
+                # the same for exact engines: build() made one for these shapes, and the
+                # cache evicted it (cache hunt, s49)
+                return (f"the engine for input shapes {key} was built, then evicted from the "
+                        f"cache (maximum_cached_engines={self.spec.maximum_cached_engines}), "
+                        f"and allow_build_at_runtime=False (raise maximum_cached_engines to "
+                        f"the number of shapes in use, or allow runtime builds)")
             what = ("no optimization profile of the engine contains input shapes"
                     if self.profile_strategy else "no engine for input shapes")
             return (f"{what} {key} and allow_build_at_runtime=False (call "

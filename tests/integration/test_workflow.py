@@ -122,6 +122,32 @@ def test_no_build_at_runtime_falls_back_to_native(mlp_dir, caplog):
     assert len(msgs) == 1 and "allow_build_at_runtime=False" in msgs[0]  # logged once
 
 
+def test_a_shape_whose_engine_build_made_was_evicted_says_so(mlp_dir, caplog):
+    """Static engines, maximum_cached_engines 2, build() at batches 4, 2, 6: batch 4's engine
+    goes. A call at batch 4 runs natively (right answer) and said "call converter.build()
+    with these shapes before save()", which the user had done (cache hunt, s49); it now names
+    the eviction and the setting. An unseen batch keeps the advice to build it."""
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=mlp_dir, minimum_segment_size=2,
+                                   maximum_cached_engines=2, allow_build_at_runtime=False)
+    fn = conv.convert()
+    conv.build(lambda: iter([(models.batch((b, 8)),) for b in (4, 2, 6)]))
+    op = conv.engine_ops["TRTEngineOp_000_000"]
+    assert op.cache.keys() == [((2, 8),), ((6, 8),)]
+    ref = native(mlp_dir)
+    for b in (4, 3):
+        x = tf.constant(models.batch((b, 8)))
+        with caplog.at_level("WARNING", logger="tftrt.engine_op"):
+            assert_outputs_close(fn(x=x), ref(x=x))
+    msgs = [r.message for r in caplog.records
+            if r.message.startswith("TRTEngineOp_000_000 runs its native segment")]
+    assert len(msgs) == 2, msgs
+    assert "engine for input shapes ((4, 8),) was built, then evicted from the cache " \
+           "(maximum_cached_engines=2)" in msgs[0] and "converter.build()" not in msgs[0], msgs
+    assert "no engine for input shapes ((3, 8),)" in msgs[1] and \
+           "call converter.build() with these shapes" in msgs[1], msgs
+    assert op.stats["native"] == 2 and op.stats["builds"] == 3, op.stats  # build()'s only
+
+
 def test_failed_build_falls_back_and_env_turns_it_into_error(mlp_dir, monkeypatch):
     import tftrt.engine
 
