@@ -28,6 +28,10 @@ import numpy as np
 MIN_SHARED_BYTES = 1024
 # Constants of rank above this are matched only untransposed (rank! permutations).
 _MAX_PERM_RANK = 5
+# The metadata entry a stored network carries while its shared weights have no bytes: the
+# file is not loadable as it is (onnx.checker, onnxruntime refuse an initializer without
+# data), and says so and what gives a complete copy. restore() takes it out again.
+NOTE_KEY = "tftrt.weights_in_saved_model"
 
 
 class SharedWeightsError(ValueError):
@@ -107,6 +111,12 @@ def share(onnx_bytes: bytes, fdef) -> Tuple[bytes, List[dict]]:
         init.ClearField("raw_data")
     if not refs:
         return onnx_bytes, []
+    model.metadata_props.add(
+        key=NOTE_KEY,
+        value=(f"{len(refs)} initializers have no data in this file: their values are the "
+               f"native segment's constants in saved_model.pb. This file is not a complete "
+               f"ONNX model; `tftrt inspect MODEL_DIR --onnx OUT_DIR` writes complete ones "
+               f"(onnx.checker, onnxruntime), and tftrt.load restores them."))
     stored = model.SerializeToString()
     try:
         rebuilt = restore(stored, refs, fdef)
@@ -129,6 +139,9 @@ def restore(stored: bytes, refs: Sequence[dict], fdef,
         model = onnx.load_from_string(stored)
     except DecodeError as err:
         raise SharedWeightsError(f"it is not an ONNX model ({err})") from None
+    props = model.metadata_props
+    if len(props) and props[len(props) - 1].key == NOTE_KEY:  # share()'s note (since s49)
+        del props[len(props) - 1]
     inits = {i.name: i for i in model.graph.initializer}
     consts = function_constants(fdef)
     for ref in refs:

@@ -236,3 +236,41 @@ def test_share_leaves_derived_and_small_initializers_alone():
     with pytest.raises(shared_weights.SharedWeightsError, match="sha256 mismatch"):
         shared_weights.restore(stored, refs[:1] + [dict(refs[1], perm=[1, 0, 2, 3])], fdef,
                                network_sha256(data))
+
+
+def test_a_stored_network_says_it_is_incomplete_and_restores_without_the_note():
+    """A network saved without its shared weights is not a loadable ONNX model (onnx.checker
+    and onnxruntime refuse an initializer with dims and no data), and said nothing of it
+    (ONNX hunt, s49): it carries a metadata note naming `tftrt inspect --onnx`, which
+    restore() takes out again, so the network is byte for byte the one built; a network's own
+    metadata (an INT8 network's quantization table) stays, and a file stored before the
+    note restores too."""
+    import onnx
+    from onnx import helper, numpy_helper
+    from tensorflow.core.framework import function_pb2
+    from tensorflow.python.framework import tensor_util
+    w = np.random.RandomState(1).randn(16, 32).astype(np.float32)
+    fdef = function_pb2.FunctionDef()
+    fdef.node_def.add(name="w", op="Const").attr["value"].tensor.CopyFrom(
+        tensor_util.make_tensor_proto(w))
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 16])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 32])
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g", [x], [y],
+                              initializer=[numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.metadata_props.add(key="tftrt.quantization", value="{}")
+    data = model.SerializeToString()
+    onnx.checker.check_model(onnx.load_from_string(data), full_check=True)
+    stored, refs = shared_weights.share(data, fdef)
+    assert len(refs) == 1
+    props = {p.key: p.value for p in onnx.load_from_string(stored).metadata_props}
+    assert set(props) == {"tftrt.quantization", shared_weights.NOTE_KEY}
+    assert "not a complete ONNX model" in props[shared_weights.NOTE_KEY] and \
+        "tftrt inspect MODEL_DIR --onnx OUT_DIR" in props[shared_weights.NOTE_KEY]
+    with pytest.raises(Exception, match="one and only one value field"):
+        onnx.checker.check_model(onnx.load_from_string(stored), full_check=True)
+    assert shared_weights.restore(stored, refs, fdef, network_sha256(data)) == data
+    old = onnx.load_from_string(stored)
+    del old.metadata_props[1]  # as save() wrote it before the note
+    assert shared_weights.restore(old.SerializeToString(), refs, fdef,
+                                  network_sha256(data)) == data
