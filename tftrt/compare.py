@@ -196,7 +196,7 @@ def marked_network(onnx_bytes: bytes):
 
 
 def layer_reports(spec, inputs: Sequence[np.ndarray], backend: str, rtol: float,
-                  atol: float) -> List[Tuple[str, TensorReport]]:
+                  atol: float, top: int = 3) -> List[Tuple[str, TensorReport]]:
     """(op type, report) per marked value of engine ``spec``'s network: built on
     ``backend`` in the engine's precision, against the numpy backend in FP32."""
     from tftrt.engine import BuilderConfig, build_engine
@@ -217,7 +217,8 @@ def layer_reports(spec, inputs: Sequence[np.ndarray], backend: str, rtol: float,
     for name in [o.name for o in model.graph.output]:
         if name in got and name in want:
             g = got[name].get() if hasattr(got[name], "get") else got[name]
-            out.append((ops.get(name, "output"), compare_arrays(name, g, want[name], rtol, atol)))
+            out.append((ops.get(name, "output"),
+                        compare_arrays(name, g, want[name], rtol, atol, top)))
     return out
 
 
@@ -291,7 +292,8 @@ def compare_saved_model(path: str, batches: Sequence[Dict[str, np.ndarray]], rto
                         report.engines.append((label, name, r))
                 if per_layer:
                     try:
-                        for op_type, r in layer_reports(op.spec, ins, backend, rtol, atol):
+                        for op_type, r in layer_reports(op.spec, ins, backend, rtol, atol,
+                                                        top):
                             report.layers.append((label, name, op_type, r))
                     except Exception as err:  # report it; the other comparisons stand
                         report.layers.append((label, name, "", TensorReport(

@@ -52,6 +52,10 @@ def _plan_description(op, meta, path: str) -> dict:
         profiles, opt_of = found
         d["input_shapes"] = [list(map(list, profiles[i].opt)) for i in opt_of][0]
         d["opt_of_profiles"] = list(opt_of)
+        # the shapes it serves: "for input shapes [[4, ...]]" alone read as a static batch-4
+        # engine (ONNX / CLI hunt, s49)
+        d["profiles"] = [{what: [list(s) for s in getattr(profiles[i], what)]
+                          for what in ("min", "opt", "max")} for i in opt_of]
     layers = [{"name": layer.name, "kind": layer.kind, "epilogue": layer.epilogue_summary(),
                "tactic": layer.tactic or "default",
                "precision": layer.precision or header.get("precision")}
@@ -256,7 +260,9 @@ def format_description(info: dict, print_fn: Callable[[str], None], layers: bool
                 print_fn(f"  saved engine {k} ({p['file']}) for input shapes {shapes}: refused "
                          f"({then}): {p['error']}")
                 continue
-            print_fn(f"  saved engine {k} for input shapes {shapes}: {p['backend']} on "
+            served = "".join(f" (optimization profile: min {q['min']}, max {q['max']})"
+                             for q in p.get("profiles", ()))
+            print_fn(f"  saved engine {k} for input shapes {shapes}{served}: {p['backend']} on "
                      f"{p['device']}, {p['precision']}{_kept_for(p)}, {len(p['layers'])} "
                      f"layers after fusion, {_mib(p['activation_bytes'])} activation memory, "
                      f"{_mib(p['weight_bytes'])} weights")
