@@ -11,7 +11,8 @@ sizes: the opt batch of each optimization profile of the model's engines, else t
 max queue delay configurable). One model instance per GPU served: each instance's calls run
 under ``tf.device('/GPU:i')`` (and CuPy's device i); without a GPU, one CPU instance. Triton
 itself checks requests (input names, dtypes, shapes, batch size) and answers health
-(``/v2/health/ready``) and Prometheus metrics (``:8002/metrics``).
+(``/v2/models/<name>/ready``: the model's readiness; the server's turns 200 before the model
+is loaded) and Prometheus metrics (``:8002/metrics``).
 
 PyTriton's Triton runs its Python side in a prebuilt "stub" process that embeds libpython and
 converts tensors with a pybind11 compiled against numpy 1.x. Two things follow, both handled
@@ -421,25 +422,88 @@ def _gpu_upload(cupy_device):
 
 
 def _bad_request(e) -> Exception:
-    """PyTriton's error for a request the model refused, with TF's message in one line."""
+    """PyTriton's error for a request the model refused, with TF's message in one line.
+    PyTriton 0.7.0 answers any exception as an error 500 whose text is
+    ``traceback.format_exception(None, err, err.__traceback__)``: the client got 20 lines of
+    frames, with the server's paths (serving hunt, s49). This error shows no traceback, so
+    the text is its one line."""
     from pytriton.exceptions import PyTritonBadParameterError
-    return PyTritonBadParameterError(f"the model refused the request: "
-                                     f"{first_error_line(e)}")
+
+    class RefusedRequest(PyTritonBadParameterError):
+        # the interpreter keeps the traceback (it sets it in C); Python code reads none
+        __traceback__ = property(lambda self: None, lambda self, tb: None)
+
+    RefusedRequest.__qualname__ = "RefusedRequest"  # the client reads its name
+    return RefusedRequest(f"the model refused the request: {first_error_line(e)}")
+
+
+PROBE_BATCHES = (7, 5)  # batch sizes the signature's graph is shaped for (batch_unaligned)
+
+
+def batch_unaligned(model_dir: str, signature: str, tags=None) -> Optional[List[str]]:
+    """The signature's outputs whose first dimension does not follow the batch: a filter
+    (``tf.boolean_mask``, ``tf.where``, ``tf.unique``) or a concat along it. Their signature
+    shape is [None, ...] like a batched output's, and PyTriton's batch split checks only the
+    merged total: where the counts happened to match, a client got another client's values
+    (serving hunt, s49). Found by TF's shape inference on the signature's graph with the
+    inputs' batch fixed (``PROBE_BATCHES``; no variable is read, and an engine is its native
+    segment's call there); None when that cannot be done."""
+    import tensorflow as tf
+    from tensorflow.python.saved_model import loader_impl
+    try:
+        saved = loader_impl.parse_saved_model(model_dir)
+        want = set(tags) if tags else {"serve"}
+        meta = next(m for m in saved.meta_graphs if set(m.meta_info_def.tags) == want)
+        if signature not in meta.signature_def:  # [] would make an empty one
+            raise KeyError(f"no signature {signature!r}")
+        sig = meta.signature_def[signature]
+        followed = None
+        for batch in PROBE_BATCHES:
+            graph = tf.Graph()
+            with graph.as_default():
+                feeds = {}
+                for info in sig.inputs.values():
+                    dims = [int(d.size) for d in info.tensor_shape.dim]
+                    dims = [batch if i == 0 else (None if d < 0 else d)
+                            for i, d in enumerate(dims)]
+                    feeds[info.name] = tf.compat.v1.placeholder(
+                        tf.dtypes.as_dtype(info.dtype), dims)
+                tf.compat.v1.train.import_meta_graph(meta, input_map=feeds,
+                                                     clear_devices=True)
+                now = {name for name, info in sig.outputs.items()
+                       if graph.get_tensor_by_name(info.name).shape.rank and
+                       graph.get_tensor_by_name(info.name).shape[0] == batch}
+            followed = now if followed is None else followed & now
+    except Exception as e:  # noqa: BLE001 -- a graph TF cannot shape: said, not fatal
+        log.warning("%s: could not check that every output of signature %r follows the "
+                    "batch (%s: %s); requests are merged, so an output whose first dimension "
+                    "is not the batch (a filter such as tf.boolean_mask) would mix clients' "
+                    "answers: serve such a signature with --max-batch 1", model_dir,
+                    signature, type(e).__name__, first_error_line(e))
+        return None
+    return sorted(set(sig.outputs) - followed)
 
 
 def batching(pt, infers: Sequence[Callable], outputs: List[TensorInfo],
-             what: str = "the model") -> List[Callable]:
+             what: str = "the model", unaligned: Sequence[str] = ()) -> List[Callable]:
     """Triton's infer function for each of ``infers`` (one per model instance): requests
-    merged into one batch (PyTriton's ``batch``), or, where an output's size is known only
-    at run time (``tf.strings.split(...).to_tensor()``), each request on its own: merged
-    with other clients' requests a request's answer was padded to theirs (helper hunt,
-    2026-12-02). That is said once, for all instances."""
-    ragged = [t.name for t in outputs if -1 in t.shape]
-    if not ragged:
+    merged into one batch (PyTriton's ``batch``), or each request on its own where an
+    output's size is known only at run time (``tf.strings.split(...).to_tensor()``: merged
+    with other clients' requests a request's answer was padded to theirs, helper hunt
+    2026-12-02) or its first dimension does not follow the batch (``unaligned``: see
+    :func:`batch_unaligned`). That is said once, for all instances."""
+    ragged = [t.name for t in outputs if -1 in t.shape and t.name not in unaligned]
+    if not ragged and not unaligned:
         return [pt["batch"](f) for f in infers]
-    log.warning("%s: outputs %s have sizes known only at run time, which merged requests "
-                "would pad to each other's: Triton still queues requests together, but each "
-                "runs on its own", what, ragged)
+    if ragged:
+        log.warning("%s: outputs %s have sizes known only at run time, which merged requests "
+                    "would pad to each other's: Triton still queues requests together, but "
+                    "each runs on its own", what, ragged)
+    if unaligned:
+        log.warning("%s: outputs %s have a first dimension that is not the batch (a filter "
+                    "such as tf.boolean_mask / tf.where, or a concat along the batch), so "
+                    "merged requests could not be split back: Triton still queues requests "
+                    "together, but each runs on its own", what, list(unaligned))
     return [_one_by_one(f) for f in infers]
 
 
@@ -663,7 +727,8 @@ class Server:
         funcs = [make_infer_func(fn, inputs, outputs, g) for g in (gpus or [None])
                  for _ in range(per_device)]
         self.instances = [f.device for f in funcs]
-        batched = batching(pt, funcs, outputs, self.model_dir)
+        unaligned = batch_unaligned(self.model_dir, cfg.signature, cfg.tags) or ()
+        batched = batching(pt, funcs, outputs, self.model_dir, unaligned)
 
         stub = stub_environment()
         for attempt in range(1, HANDSHAKE_TRIES + 1):

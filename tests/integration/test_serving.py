@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import numpy as np
@@ -329,6 +330,12 @@ def test_health_and_metrics_from_triton(served):
         assert r.status == 200
     with urllib.request.urlopen(f"{base}/v2/health/ready", timeout=10) as r:
         assert r.status == 200
+    # the readiness probe docs/serving.md gives (the server's turns 200 before the model is
+    # loaded: serving hunt, s49); open to clients without PyTriton's token
+    with urllib.request.urlopen(f"{base}/v2/models/{served.model_name}/ready", timeout=10) as r:
+        assert r.status == 200
+    with pytest.raises(urllib.error.HTTPError):
+        urllib.request.urlopen(f"{base}/v2/models/not_{served.model_name}/ready", timeout=10)
     with urllib.request.urlopen(f"http://127.0.0.1:{served.ports[2]}/metrics",
                                 timeout=10) as r:
         text = r.read().decode()
@@ -475,6 +482,44 @@ def test_outputs_sized_at_run_time_answer_each_request_on_its_own(tmp_path):
     assert serving.batching(pt, [infer], dense) == [merged]
 
 
+def test_outputs_whose_first_dimension_is_not_the_batch_answer_each_request_alone(tmp_path):
+    """A filter's output (tf.boolean_mask, tf.where) is [None, ...] like a batched one:
+    merged, two clients' 3 + 1 values over 2 + 2 rows passed PyTriton's split (4 = 4) and
+    client B got A's value (serving hunt, s49). TF's shape inference on the signature's graph
+    at a fixed batch finds such outputs (a concat along the batch too), also through a
+    converted model's engines; their requests run one by one, each with its own answer."""
+    class Filter(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+        def __call__(self, x):
+            return {"pos": tf.boolean_mask(x, x > 0), "idx": tf.where(x > 0),
+                    "twice": tf.concat([x, x], 0), "y": tf.nn.relu(x) * 2.0}
+
+    path = models.save_module(Filter(), str(tmp_path / "filt"))
+    assert serving.batch_unaligned(path, "serving_default") == ["idx", "pos", "twice"]
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=path, minimum_segment_size=1)
+    conv.convert()
+    conv.save(str(tmp_path / "filt_trt"))
+    assert serving.batch_unaligned(str(tmp_path / "filt_trt"), "serving_default") == \
+        ["idx", "pos", "twice"]
+    mlp = models.save_module(models.MLP(), str(tmp_path / "mlp"))
+    assert serving.batch_unaligned(mlp, "serving_default") == []
+    assert serving.batch_unaligned(mlp, "no_such_key") is None  # cannot check: said, merged
+
+    fn = tf.saved_model.load(path).signatures["serving_default"]
+    inputs, outputs = serving.signature_tensors(fn)
+    infer = serving.make_infer_func(fn, inputs, outputs, None)
+    merged = object()
+    pt = {"batch": lambda f: merged}
+    (run,) = serving.batching(pt, [infer], outputs, unaligned=["idx", "pos", "twice"])
+    assert run is not merged
+    a = np.array([[1, 2, 3, -1], [-1, -1, -1, -1]], np.float32)
+    b = np.array([[-9, 40, -9, -9], [-9, -9, -9, -9]], np.float32)
+    got = run([{"x": a}, {"x": b}])
+    assert got[0]["pos"].ravel().tolist() == [1, 2, 3] and got[1]["pos"].ravel().tolist() == [40]
+    assert got[1]["idx"].tolist() == [[0, 1]]
+    assert serving.batching(pt, [infer], outputs) == [merged]  # nothing unaligned: merged
+
+
 def test_a_request_the_model_refuses_gets_tfs_message_in_one_line(tmp_path):
     """tf.gather with an index out of range: the client got 99 lines of PyTriton's and TF's
     frames (helper hunt, 2026-12-02); now PyTriton's bad-parameter error with TF's line."""
@@ -495,6 +540,13 @@ def test_a_request_the_model_refuses_gets_tfs_message_in_one_line(tmp_path):
     msg = str(e.value)
     assert "99" in msg and "[0, 10)" in msg and "\n" not in msg, msg
     assert e.value.__cause__ is None and e.value.__suppress_context__
+    # what PyTriton 0.7.0 sends the client (proxy/inference.py): it was 20 lines of frames
+    # with the server's paths (serving hunt, s49)
+    import traceback
+    sent = "".join(traceback.format_exception(None, e.value, e.value.__traceback__))
+    assert sent.count("\n") == 1 and "Traceback" not in sent and "serving.py" not in sent, sent
+    assert sent.startswith("tftrt.serving.RefusedRequest: the model refused the request: ") and \
+        "[0, 10)" in sent, sent
 
 
 def test_serve_refuses_a_corrupt_model_and_a_batch_triton_cannot_hold(tmp_path):
