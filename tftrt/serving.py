@@ -313,14 +313,30 @@ def preferred_batch_sizes(model, max_batch: int) -> Tuple[List[int], bool]:
     profiles ``[max_batch]``. Returns (sizes, whether the engines have profiles)."""
     sizes = set()
     has_profiles = False
-    for op in getattr(model, "engine_ops", {}).values():
-        for _, engine in op.cache.items():
-            for p in getattr(engine, "profiles", ()):
-                has_profiles = True
-                if p.opt and p.opt[0] and 0 < p.opt[0][0] <= max_batch:
-                    sizes.add(int(p.opt[0][0]))
+    for p in _profiles(model):
+        has_profiles = True
+        if p.opt and p.opt[0] and 0 < p.opt[0][0] <= max_batch:
+            sizes.add(int(p.opt[0][0]))
     sizes.add(max_batch)
     return sorted(sizes), has_profiles
+
+
+def _profiles(model):
+    for op in getattr(model, "engine_ops", {}).values():
+        for _, engine in op.cache.items():
+            yield from getattr(engine, "profiles", ())
+
+
+def profile_batch_limit(model) -> Optional[int]:
+    """The largest batch that every engine op's profiles serve (the smallest of the ops'
+    largest profile batches), or None without profiles."""
+    per_op = []
+    for op in getattr(model, "engine_ops", {}).values():
+        tops = [int(p.max[0][0]) for _, engine in op.cache.items()
+                for p in getattr(engine, "profiles", ()) if p.max and p.max[0]]
+        if tops:
+            per_op.append(max(tops))
+    return min(per_op) if per_op else None
 
 
 def resolve_gpus(spec: Union[str, Sequence[int], None]) -> List[int]:
@@ -679,6 +695,9 @@ class Server:
     def start(self) -> "Server":
         """Loads the model, starts Triton, loads the model into it; returns when it serves."""
         cfg = self.config
+        if self._triton is not None:  # its own ports: "another server there?" (hunt, s49)
+            raise ServingError(f"this Server already serves {self.model_dir} (HTTP "
+                               f"{cfg.http_port}); stop() it before starting it again")
         if not 0 < cfg.max_batch <= MAX_BATCH_LIMIT:
             raise ServingError(f"max batch {cfg.max_batch}: give a batch size in "
                                f"1..{MAX_BATCH_LIMIT} (Triton's max_batch_size is an int32)")
@@ -717,6 +736,14 @@ class Server:
                             "Triton gets %s", dropped, cfg.max_batch, self.preferred)
         else:
             self.preferred, has_profiles = preferred_batch_sizes(model, cfg.max_batch)
+            limit = profile_batch_limit(model)
+            if limit is not None and cfg.max_batch > limit:  # (serving hunt, s49)
+                log.warning("%s: max batch %d is above the %d its engines' profiles serve: "
+                            "merged batches of %d..%d build engines at run time (and evict "
+                            "others). Serve with --max-batch %d, or convert with "
+                            "--dynamic-shape --batch-sizes 1,%d", self.model_dir,
+                            cfg.max_batch, limit, limit + 1, cfg.max_batch, limit,
+                            cfg.max_batch)
             if getattr(model, "engine_ops", None) and not has_profiles:
                 log.warning("%s: its engines serve exact shapes (no optimization profiles), "
                             "and dynamic batching makes batches of 1..%d: each new batch size "

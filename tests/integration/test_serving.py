@@ -520,6 +520,30 @@ def test_outputs_whose_first_dimension_is_not_the_batch_answer_each_request_alon
     assert serving.batching(pt, [infer], outputs) == [merged]  # nothing unaligned: merged
 
 
+def test_profile_batch_limit_and_a_second_start_of_a_running_server(tmp_path):
+    """`--max-batch 16` on engines whose profile serves 1..8 built engines at run time with
+    no word (serving hunt, s49): start() warns from profile_batch_limit, the largest batch
+    every engine op's profiles serve. And start() on a Server that serves said "another
+    server there?" of its own ports: it says it already serves."""
+    import tftrt
+    path = models.save_module(models.MLP(), str(tmp_path / "mlp"))
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=path, use_dynamic_shape=True,
+                                   minimum_segment_size=2)
+    conv.convert()
+    conv.build(lambda: iter([(models.batch((b, 8)),) for b in (1, 8)]))
+    conv.save(str(tmp_path / "dyn"))
+    model = tftrt.load(str(tmp_path / "dyn"))
+    assert len(model.engine_ops) == 2
+    assert serving.profile_batch_limit(model) == 8
+    assert serving.preferred_batch_sizes(model, 16) == ([8, 16], True)
+    assert serving.profile_batch_limit(tftrt.load(path)) is None  # no engines
+    srv = serving.Server(str(tmp_path / "dyn"), serving.ServeConfig(gpus="none"))
+    srv._triton = object()  # as start() leaves it while serving
+    with pytest.raises(serving.ServingError, match=r"this Server already serves .*dyn "
+                                                   r"\(HTTP 8000\); stop\(\) it before"):
+        srv.start()
+
+
 def test_a_request_the_model_refuses_gets_tfs_message_in_one_line(tmp_path):
     """tf.gather with an index out of range: the client got 99 lines of PyTriton's and TF's
     frames (helper hunt, 2026-12-02); now PyTriton's bad-parameter error with TF's line."""
