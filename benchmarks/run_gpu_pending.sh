@@ -14,6 +14,8 @@
 #                                          # default; the INT8 zoo with / without them
 #   bash benchmarks/run_gpu_pending.sh 10  # s49: the tests s49c found stale; ResNet50 with
 #                                          # the defaults: INT8 (timed), FP8, FP16
+#   bash benchmarks/run_gpu_pending.sh 11  # s49: s48's FP16 precision fixes on the CuPy
+#                                          # backend (segment_check; .whl/segments made first)
 # s46 ran part 3 and the rest by hand on an H100 (benchmarks/README.md, s46); the knobs it
 # timed are the defaults since, so bench_qmma's "1,0,0" is them all on and
 # "1,0,0,1,1,0,1,1,0,0,0" all off (config fields: bench_qmma.py's docstring).
@@ -135,5 +137,15 @@ case "${1:-1}" in
       $(( $(left) - 5 ))
     grep -h "pixel pairs\|^resnet50" "$out"/r50/*.log | head -12
     ;;
-  *) echo "part 1, 2, 3, 4, 6, 7, 8, 9 or 10"; exit 2 ;;
+  11)  # s49: s48's FP16 fixes (a reduction's moves and a cumsum's steps in float32, a
+       # size-1 weight's rank) and the other converters' segments on the CuPy backend, against
+       # TF's outputs stored by `segment_check.py make --out .whl/segments`; then the CuPy
+       # backend's own tests (those that need no TensorFlow)
+    timeout 150 python3 benchmarks/segment_check.py check .whl/segments 2>&1 \
+      | tee "$out/pending_11_segments.log" | tail -12
+    timeout $(( $(left) - 5 )) python3 -m pytest tests/gpu/test_cupy_backend.py -q -rf \
+      -p no:cacheprovider --tb=short -k "not as_tftrt_lowers and not uint8_image_input" 2>&1 \
+      | tee "$out/pending_11_cupy_tests.log" | tail -8
+    ;;
+  *) echo "part 1, 2, 3, 4, 6, 7, 8, 9, 10 or 11"; exit 2 ;;
 esac

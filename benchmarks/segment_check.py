@@ -9,7 +9,8 @@ A case whose GPU engine does not build is reported as such (its segment would ru
 there: slower, not wrong); one whose answers differ is a bug. Exit status 1 on either. The
 cases are the converters that have not run on a GPU when they landed (2026-12-02: OneHot,
 IsFinite / IsInf, MatrixBandPart, Cumsum, Fill of run-time dims, SpaceToBatchND /
-BatchToSpaceND, Conv1DTranspose's output size, a where between float16 constants).
+BatchToSpaceND, Conv1DTranspose's output size, a where between float16 constants), and
+s48's FP16 precision fixes (2026-12-07; run on a GPU in s49).
 """
 
 from __future__ import annotations
@@ -77,6 +78,17 @@ def cases() -> Dict[str, Tuple[Callable, List[np.ndarray]]]:
         "atrous_conv": (lambda x: tf.nn.atrous_conv2d(x, watrous, 2, "SAME"),
                         [_rand((2, 13, 11, 3))]),
         "conv1d_transpose": (conv1d_transpose, [_rand((3, 16, 4))]),
+        # s48's FP16 fixes (found on the numpy backend): a reduction's float32 output moved
+        # (tiled, concatenated, gathered) stays float32 past 65504; a cumsum's scan steps add
+        # in float32; a size-1 weight of higher rank broadcasts its rank
+        "sum_normalize_big": (lambda x: x / tf.reduce_sum(x, 1)[:, None],
+                              [np.abs(_rand((4, 300), seed=4)) * 1000]),
+        "sum_tiled_big": (lambda x: tf.tile(tf.reduce_sum(x, 1, keepdims=True), [1, 3]) / 1e5,
+                          [np.abs(_rand((4, 300), seed=5)) * 1000]),
+        "cdf_cumsum_big": (lambda w: tf.cumsum(w, axis=1) / tf.reduce_sum(w, 1, keepdims=True),
+                           [np.abs(_rand((3, 2000), seed=6)) * 100]),
+        "rank_up_weight": (lambda x: tf.reduce_sum(x * tf.constant([[[2.0]]]), axis=0),
+                           [_rand((4, 3), seed=7)]),
     }
 
 
