@@ -736,20 +736,19 @@ class Server:
                             "Triton gets %s", dropped, cfg.max_batch, self.preferred)
         else:
             self.preferred, has_profiles = preferred_batch_sizes(model, cfg.max_batch)
-            limit = profile_batch_limit(model)
-            if limit is not None and cfg.max_batch > limit:  # (serving hunt, s49)
-                log.warning("%s: max batch %d is above the %d its engines' profiles serve: "
-                            "merged batches of %d..%d build engines at run time (and evict "
-                            "others). Serve with --max-batch %d, or convert with "
-                            "--dynamic-shape --batch-sizes 1,%d", self.model_dir,
-                            cfg.max_batch, limit, limit + 1, cfg.max_batch, limit,
-                            cfg.max_batch)
             if getattr(model, "engine_ops", None) and not has_profiles:
                 log.warning("%s: its engines serve exact shapes (no optimization profiles), "
                             "and dynamic batching makes batches of 1..%d: each new batch size "
                             "builds an engine at run time. Convert with --dynamic-shape and "
                             "--batch-sizes 1,%d (docs/serving.md)", self.model_dir,
                             cfg.max_batch, cfg.max_batch)
+        limit = profile_batch_limit(model)
+        if limit is not None and cfg.max_batch > limit:  # (serving hunt, s49)
+            log.warning("%s: max batch %d is above the %d its engines' profiles serve: "
+                        "merged batches of %d..%d build engines at run time (and evict "
+                        "others). Serve with --max-batch %d, or convert with --dynamic-shape "
+                        "--batch-sizes 1,%d", self.model_dir, cfg.max_batch, limit, limit + 1,
+                        cfg.max_batch, limit, cfg.max_batch)
         per_device = check_instances(cfg.instances_per_gpu, len(gpus))
         funcs = [make_infer_func(fn, inputs, outputs, g) for g in (gpus or [None])
                  for _ in range(per_device)]

@@ -8,6 +8,7 @@ One server for the module (Triton's start-up is ~5 s here); requests are bounded
 """
 
 import concurrent.futures
+import logging
 import os
 import re
 import signal
@@ -520,7 +521,8 @@ def test_outputs_whose_first_dimension_is_not_the_batch_answer_each_request_alon
     assert serving.batching(pt, [infer], outputs) == [merged]  # nothing unaligned: merged
 
 
-def test_profile_batch_limit_and_a_second_start_of_a_running_server(tmp_path):
+def test_profile_batch_limit_and_a_second_start_of_a_running_server(tmp_path, monkeypatch,
+                                                                  caplog):
     """`--max-batch 16` on engines whose profile serves 1..8 built engines at run time with
     no word (serving hunt, s49): start() warns from profile_batch_limit, the largest batch
     every engine op's profiles serve. And start() on a Server that serves said "another
@@ -537,6 +539,22 @@ def test_profile_batch_limit_and_a_second_start_of_a_running_server(tmp_path):
     assert serving.profile_batch_limit(model) == 8
     assert serving.preferred_batch_sizes(model, 16) == ([8, 16], True)
     assert serving.profile_batch_limit(tftrt.load(path)) is None  # no engines
+    # start() says so before Triton starts (stopped there: the stub environment comes next)
+    def stop_here():
+        raise RuntimeError("stopped before Triton")
+    monkeypatch.setattr(serving, "stub_environment", stop_here)
+    for max_batch, warned in ((16, True), (8, False)):
+        caplog.clear()
+        srv = serving.Server(str(tmp_path / "dyn"),
+                             serving.ServeConfig(gpus="none", max_batch=max_batch,
+                                                 preferred_batch_sizes=[4]))
+        with caplog.at_level(logging.WARNING, logger="tftrt.serving"), \
+                pytest.raises(RuntimeError, match="stopped before Triton"):
+            srv.start()
+        said = [r.getMessage() for r in caplog.records if "profiles serve" in r.getMessage()]
+        assert bool(said) == warned, said
+        assert not said or "max batch 16 is above the 8 its engines' profiles serve: merged " \
+            "batches of 9..16 build engines at run time" in said[0], said
     srv = serving.Server(str(tmp_path / "dyn"), serving.ServeConfig(gpus="none"))
     srv._triton = object()  # as start() leaves it while serving
     with pytest.raises(serving.ServingError, match=r"this Server already serves .*dyn "
