@@ -114,11 +114,42 @@ def test_the_largest_efficientnets_match_their_batch_norm_statistics():
     assert not first_norm_matches("EfficientNetB4")
 
 
+# The two samples' outputs differ by at least this share of the largest output: the
+# comparison with native then checks what every layer does with the input.
+MIN_SENSITIVITY = 0.05
+
+
+def _sensitivity(model, x) -> float:
+    r = np.asarray(model(tf.constant(x), training=False), np.float64)
+    return float(np.abs(r[0] - r[1]).max() / max(np.abs(r).max(), 1e-30))
+
+
+NOISE_FACTOR = 20
+
+
+def _float32_noise(model, x) -> float:
+    """How far native's output moves, as a share of its largest value, when the input
+    moves by 1e-7 of itself (float32 rounding's size)."""
+    r = np.asarray(model(tf.constant(x), training=False), np.float64)
+    jitter = 1 + 1e-7 * np.random.RandomState(0).standard_normal(x.shape)
+    moved = np.asarray(model(tf.constant((x * jitter).astype(np.float32)), training=False))
+    return float(np.abs(r - moved).max() / max(np.abs(r).max(), 1e-30))
+
+
 @pytest.mark.parametrize("name", _params())
 def test_zoo_model_converts_and_matches(name, tmp_path):
     entry = zoo.ZOO[name]
     size = entry.min_size
     model = zoo.build(name, size, small=True)
+    x = zoo.sample_input(name, BATCH, size, small=True)
+    if _sensitivity(model, x) < MIN_SENSITIVITY:
+        # seeded random batch-norm statistics left MobileNet's, MobileNetV3's and
+        # EfficientNetB0's outputs nearly the same for any input (the two samples 1e-7 to
+        # 2e-3 of the largest value apart: zoo hunt, s49), so an error in their early layers
+        # could not show: their batch norms take their inputs' statistics here
+        zoo.match_batchnorm_statistics(model, zoo.sample_input(
+            name, zoo.calibration_batch(size), size, small=True, seed=zoo.CALIBRATION_SEED))
+    assert _sensitivity(model, x) >= MIN_SENSITIVITY, "the output ignores the input"
     path = models.save_keras(model, str(tmp_path / name))
     conv = trt.TrtGraphConverterV2(input_saved_model_dir=path)
     fn = conv.convert()
@@ -127,7 +158,6 @@ def test_zoo_model_converts_and_matches(name, tmp_path):
         f"only {frac:.1%} of non-Const nodes are inside engines; outside: "
         f"{zoo.unconverted_ops(conv)}")
 
-    x = zoo.sample_input(name, BATCH, size, small=True)
     arg = {next(iter(fn.structured_input_signature[1])): tf.constant(x)}
     got = fn(**arg)
     # Native FP32: the Keras model itself on TensorFlow's kernels (loading the SavedModel
@@ -136,6 +166,11 @@ def test_zoo_model_converts_and_matches(name, tmp_path):
     assert r.std() > 1e-3 * np.abs(r).max(), "degenerate model output: checks nothing"
     assert len(got) == 1
     rtol, atol = MODEL_TOLERANCES["FP32"]
+    # with statistics matched, a deep model amplifies float32 rounding: InceptionV3's output
+    # moved 1.8e-4 of its largest value for an input moved 1e-7 (the engine's rounding
+    # enters at every layer: 2.1e-3 off native, CPU, s49). The bar is the model's own
+    # amplification of that, where it is above the tolerance
+    atol = max(atol, NOISE_FACTOR * _float32_noise(model, x))
     np.testing.assert_allclose(next(iter(got.values())).numpy(), r, rtol=rtol,
                                atol=atol * np.abs(r).max())
     ops = conv.engine_ops.values()
