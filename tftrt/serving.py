@@ -313,18 +313,19 @@ def preferred_batch_sizes(model, max_batch: int) -> Tuple[List[int], bool]:
     profiles ``[max_batch]``. Returns (sizes, whether the engines have profiles)."""
     sizes = set()
     has_profiles = False
-    for p in _profiles(model):
-        has_profiles = True
-        if p.opt and p.opt[0] and 0 < p.opt[0][0] <= max_batch:
-            sizes.add(int(p.opt[0][0]))
+    for op in getattr(model, "engine_ops", {}).values():
+        for p in _profiles(op):
+            has_profiles = True
+            if p.opt and p.opt[0] and 0 < p.opt[0][0] <= max_batch:
+                sizes.add(int(p.opt[0][0]))
     sizes.add(max_batch)
     return sorted(sizes), has_profiles
 
 
-def _profiles(model):
-    for op in getattr(model, "engine_ops", {}).values():
-        for _, engine in op.cache.items():
-            yield from getattr(engine, "profiles", ())
+def _profiles(op):
+    """The optimization profiles of engine op ``op``'s cached engines."""
+    for _, engine in op.cache.items():
+        yield from getattr(engine, "profiles", ())
 
 
 def profile_batch_limit(model) -> Optional[int]:
@@ -332,8 +333,7 @@ def profile_batch_limit(model) -> Optional[int]:
     largest profile batches), or None without profiles."""
     per_op = []
     for op in getattr(model, "engine_ops", {}).values():
-        tops = [int(p.max[0][0]) for _, engine in op.cache.items()
-                for p in getattr(engine, "profiles", ()) if p.max and p.max[0]]
+        tops = [int(p.max[0][0]) for p in _profiles(op) if p.max and p.max[0]]
         if tops:
             per_op.append(max(tops))
     return min(per_op) if per_op else None
