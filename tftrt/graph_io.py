@@ -440,7 +440,43 @@ _WRITES = ("AssignVariableOp", "AssignAddVariableOp", "AssignSubVariableOp",
            "StatefulTruncatedNormal", "StatefulRandomBinomial")
 
 
+# TF1 reference variables' writes (exact names: "Scatter" alone would take ScatterNd, which
+# makes a new tensor; "Assign" is a prefix of the resource writes above)
+_REF_WRITES = frozenset({
+    "Assign", "AssignAdd", "AssignSub", "ScatterUpdate", "ScatterAdd", "ScatterSub",
+    "ScatterMul", "ScatterDiv", "ScatterMin", "ScatterMax", "ScatterNdUpdate", "ScatterNdAdd",
+    "ScatterNdSub", "CountUpTo", "ResourceCountUpTo"})
+
+
+def _is_write(node) -> bool:
+    return node.op.startswith(_WRITES) or node.op in _REF_WRITES
+
+
 _PLAIN_WRITES = ("AssignVariableOp", "AssignAddVariableOp", "AssignSubVariableOp")
+# ops that hand their first input on as it is (a resource handle passes through them into a
+# cond's branch or a loop's frame)
+_FORWARDS = frozenset({"Identity", "RefIdentity", "Switch", "RefSwitch", "Enter", "RefEnter",
+                       "Exit", "RefExit", "NextIteration", "RefNextIteration"})
+# what a frozen graph's variable is (a constant), or a resource handle not frozen
+_VARIABLE_SOURCES = frozenset({"Const", "VarHandleOp", "Placeholder", "VariableV2"})
+
+
+def _resource_source(by_name, tensor: str) -> str:
+    """The node a resource tensor comes from, through the ops that forward it (Identity, a
+    cond's Switch, a loop's Enter, IdentityN's k-th output)."""
+    name, idx = split_tensor_name(tensor)
+    seen = set()
+    while name in by_name and name not in seen:
+        seen.add(name)
+        node = by_name[name]
+        data = [i for i in node.input if not i.startswith("^")]
+        if node.op in _FORWARDS and data:
+            name, idx = split_tensor_name(data[0])
+        elif node.op == "IdentityN" and idx < len(data):
+            name, idx = split_tensor_name(data[idx])
+        else:
+            break
+    return name
 
 
 def drop_unread_writes(graph_def, outputs: Sequence[str]):
@@ -454,20 +490,24 @@ def drop_unread_writes(graph_def, outputs: Sequence[str]):
     output's value depends on its variable (data inputs only: TF's automatic control
     dependencies tie every stateful op to the outputs); the variable then keeps its frozen
     value, as any frozen variable does. Writes an output could see, and those inside
-    functions, stay (and are refused with the reason)."""
+    functions, stay (and are refused with the reason). A write's variable is found through
+    the ops that forward a handle (:func:`_resource_source`): a write inside a cond reaches
+    it through the cond's Switch, and one whose variable the outputs read after it is not
+    unread (helper hunt, 2026-12-07: a running maximum updated in a cond was dropped, and the
+    converted model answered with the saved value). A write whose variable cannot be traced
+    to one stays."""
     by_name = {n.name: n for n in graph_def.node}
     writes = [n for n in graph_def.node if n.op in _PLAIN_WRITES and n.input]
     if not writes:
         return graph_def
     read = needed_nodes(graph_def, outputs, control=False)
 
-    def variable(tensor: str) -> str:
-        name = split_tensor_name(tensor)[0]
-        while name in by_name and by_name[name].op == "Identity" and by_name[name].input:
-            name = split_tensor_name(by_name[name].input[0])[0]
-        return name
+    def unread(write) -> bool:
+        source = _resource_source(by_name, write.input[0])
+        return source in by_name and by_name[source].op in _VARIABLE_SOURCES and \
+            source not in read
 
-    drop = {w.name for w in writes if variable(w.input[0]) not in read}
+    drop = {w.name for w in writes if unread(w)}
     if not drop:
         return graph_def
     log.warning("the signature writes %d variable(s) no output reads (e.g. %s; Keras' seed "
@@ -497,9 +537,9 @@ def _check_no_variable_writes(graph_def, error: Exception) -> None:
     converted; TF's importer fails on the write's resource input ("passed float ...
     incompatible with expected resource")."""
     nodes = list(graph_def.node) + [n for f in graph_def.library.function for n in f.node_def]
-    writes = sorted({n.name for n in nodes if n.op.startswith(_WRITES)})
+    writes = sorted({n.name for n in nodes if _is_write(n)})
     if writes:
-        ops = sorted({n.op for n in nodes if n.op.startswith(_WRITES)})
+        ops = sorted({n.op for n in nodes if _is_write(n)})
         raise ValueError(f"the signature writes variables ({len(writes)} op(s) {ops}, e.g. "
                          f"{writes[:3]}); tftrt, like TF-TRT, freezes variables into "
                          f"constants, so a signature that updates state cannot be converted. "
@@ -537,6 +577,7 @@ def freeze_and_clean(func, run_grappler: bool = True) -> Tuple[FrozenSignature, 
         # stay native, one node each. (Conds alone stay lowered, as before: their branches'
         # ops can join engines.)
         graph_def, frozen = freeze(func, lower_control_flow=False)
+    restore_control_inputs(graph_def, func)
     fetches = [t.name for t in frozen.inputs + frozen.outputs]
     graph_def = drop_unread_writes(graph_def, [t.name.split(":")[0] for t in frozen.outputs])
     # What the outputs need (and the inputs), as wrapping the frozen graph into a function
@@ -548,8 +589,30 @@ def freeze_and_clean(func, run_grappler: bool = True) -> Tuple[FrozenSignature, 
     for node in graph_def.node:
         node.device = ""
     if run_grappler:
-        graph_def = run_grappler_passes(graph_def, tf.Graph(), fetches)
+        try:
+            graph_def = run_grappler_passes(graph_def, tf.Graph(), fetches)
+        except Exception as e:  # a write inside a loop's body, to a frozen variable: say so
+            _check_no_variable_writes(graph_def, e)
+            raise
     return frozen, graph_def
+
+
+def restore_control_inputs(graph_def, func) -> None:
+    """Gives the frozen ``graph_def``'s nodes back the control inputs their namesakes in
+    ``func``'s graph had. TF's freezing makes a variable's ReadVariableOp an Identity of its
+    constant and drops the read's control inputs; in a TF1 graph (no automatic control
+    dependencies onto the outputs) what only such an edge kept then went: a variable write
+    the output read after (a counter: native 2, 3, 4, converted 1, 1, 1) or a py_func hook
+    (helper hunt, 2026-12-07). With the edge back, the hook stays and runs, and the write
+    stays and is refused with the reason."""
+    by_name = {n.name: n for n in graph_def.node}
+    for op in func.graph.get_operations():
+        node = by_name.get(op.name)
+        if node is None or not op.control_inputs:
+            continue
+        have = {i[1:] for i in node.input if i.startswith("^")}
+        node.input.extend(f"^{c.name}" for c in op.control_inputs
+                          if c.name in by_name and c.name not in have and c.name != op.name)
 
 
 def needed_nodes(graph_def, keep: Sequence[str], control: bool = True) -> set:
