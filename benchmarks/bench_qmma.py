@@ -77,6 +77,23 @@ CONV3 = [
 ]
 
 
+# ResNet50's residual convs with their block's projection fused (QM.Projection, s50): name,
+# y's H(=W), K, N, and the projection's input H(=W), channels and stride (1: a GEMM over the
+# block input's rows). The unfused pair is the row of the same stage's residual conv above
+# plus its projection (stage 1: s1_proj_64to256_int8x; stages 2 and 3: the strided 1x1 convs
+# of FUSED_ALONE, which the engine runs on cuDNN's int8 graphs: 58 and 35 us, H100, s49)
+FUSED = [
+    ("s1_conv3_res+proj", 56, 64, 256, 56, 64, 1),
+    ("s2_conv3_res+proj", 28, 128, 512, 56, 256, 2),
+    ("s3_conv3_res+proj", 14, 256, 1024, 28, 512, 2),
+]
+# the strided projections alone on the kernel (conv geometry), for the sum above
+FUSED_ALONE = [
+    ("s2_proj_256to512_s2", 28, 256, 512, 56),
+    ("s3_proj_512to1024_s2", 14, 512, 1024, 28),
+]
+
+
 def rows_of(hw, batch: int) -> int:
     """M: batch x H x W for a conv, batch x tokens for an encoder GEMM ("seqT")."""
     return batch * int(hw[3:]) if isinstance(hw, str) else batch * hw * hw
@@ -188,6 +205,115 @@ def run(name, hw, k, n, xdt, res, relu, batch, configs, rng, taps=1, ablate=()):
     return rows
 
 
+def _source(config, n, k, xdt, epi, modes, inv_x, geometry=None, projection=None):
+    mt, warps, nc, stage, fast, min_threads, pipe, paired, vecs, i2f, rcv, il = config
+    return QM.QMmaSource(n, k, S.INT8, xdt, "int8", epi, modes, inv_x, OUT_SCALE, mt=mt,
+                         warps=warps or None, nc=nc or None, stage_full=bool(stage),
+                         fast_int=bool(fast), min_threads=min_threads,
+                         pipeline=bool(pipe), paired=bool(paired), conv=geometry,
+                         stage_vecs=bool(vecs), i2f=bool(i2f),
+                         res_cvt=("byte", "half2")[rcv],
+                         interleave=None if il == 2 else bool(il), projection=projection)
+
+
+def _time(name, src, args, m, want, nbytes, ablate):
+    """Compiles and launches ``src`` over ``m`` rows (the grid capped at the blocks the GPU
+    holds), checks y (the last array of ``args``) against ``want``, times it; a row."""
+    kern = _raw_kernel(ablated(src.source, ablate), QM.KERNEL)
+    props = device_props()
+    per_sm = QM.resident_blocks(kern.num_regs, kern.shared_size_bytes, src.threads, props)
+    blocks = src.grid(m, props["multiProcessorCount"] * per_sm)
+    launch = lambda: kern((blocks,), (src.threads,), args)  # noqa: E731
+    launch()
+    cp.cuda.get_current_stream().synchronize()
+    d = cp.abs(args[-2].astype(cp.int32) - want.astype(cp.int32))
+    off, worst = int(cp.count_nonzero(d)), int(d.max())
+    t = gpu_time(launch, cp.cuda.get_current_stream(), what=name) * 1e6
+    print(f"{name:24s} warps {src.warps} nc {src.nc:3d} regs {kern.num_regs:3d} {per_sm} a SM, "
+          f"blocks {blocks:5d}: {t:8.1f} us {nbytes / t / 1e3:7.0f} GB/s "
+          f"({nbytes / 1e6:.1f} MB); {off} of {want.size} outputs differ (max {worst} steps)",
+          flush=True)
+    return src.nc, blocks, t, nbytes / t / 1e3, off, worst
+
+
+def _codes(rng, shape):
+    return cp.asarray(rng.integers(-127, 128, shape, dtype=np.int8))
+
+
+def _requant(v, scale):
+    return cp.clip(cp.rint(v * cp.float32(Q.inv_scale(scale))), -127, 127).astype(cp.int8)
+
+
+def _strided_rows(x2, stride):
+    """The rows of a strided 1x1 conv's input at its output pixels: [pixels, C]."""
+    return x2[:, ::stride, ::stride].reshape(-1, x2.shape[-1])
+
+
+def run_fused(name, hw, k, n, hw2, c2, stride, batch, configs, rng, ablate=()):
+    """The residual conv with its projection fused: against the two layers' arithmetic in
+    CuPy (the projection's codes, then the layer with them as its residual)."""
+    m = rows_of(hw, batch)
+    x, w = _codes(rng, (m, k)), _codes(rng, (n, k))
+    x2 = _codes(rng, (batch, hw2, hw2, c2) if stride > 1 else (m, c2))
+    w2 = _codes(rng, (n, c2))
+    ops = {2: cp.asarray(rng.uniform(1e-3, 4e-3, n).astype(np.float32)),
+           3: cp.asarray(rng.standard_normal(n).astype(np.float32))}
+    pops = {0: cp.asarray(rng.uniform(1e-3, 4e-3, n).astype(np.float32)),
+            1: cp.asarray(rng.standard_normal(n).astype(np.float32))}
+    rows2 = x2 if stride == 1 else _strided_rows(x2, stride)
+    codes = _requant((rows2.astype(cp.float32) @ w2.astype(cp.float32).T) * pops[0] + pops[1],
+                     RES_SCALE)
+    v = (x.astype(cp.float32) @ w.astype(cp.float32).T) * ops[2] + ops[3] + \
+        codes.astype(cp.float32) * cp.float32(RES_SCALE)
+    want = _requant(cp.maximum(v, 0), OUT_SCALE)
+    epi = [{"op": "scale", "input": 2}, {"op": "bias", "input": 3},
+           {"op": "add", "input": 4, "scale": RES_SCALE}, {"op": "act", "fn": "relu"}]
+    modes = {2: ("vec", "float32"), 3: ("vec", "float32"), 4: ("full", "int8")}
+    geometry = None if stride == 1 else \
+        QM.ConvGeometry(hw2, hw2, c2, 1, 1, stride, stride, 0, 0, hw, hw)
+    proj = QM.Projection(c2, [{"op": "scale", "input": 0}, {"op": "bias", "input": 1}],
+                         {0: ("vec", "float32"), 1: ("vec", "float32")}, RES_SCALE, 4, geometry)
+    nbytes = m * k + rows2.size + m * n + n * (k + c2)
+    rows = []
+    for config in configs:
+        try:
+            src = _source(config, n, k, "int8", epi, modes, float(Q.inv_scale(IN_SCALE)),
+                          projection=proj)
+        except ValueError as e:
+            print(f"{name:24s} {config}: {e}")
+            continue
+        y = cp.full((m, n), -128, cp.int8)
+        args = (x, w) + tuple(ops[i] for i in src.operands) + (x2, w2) + \
+            tuple(pops[i] for i in src.proj_operands) + (y, np.int64(m))
+        rows.append(_time(name, src, args, m, want, nbytes, ablate))
+    return rows
+
+
+def run_strided(name, hw, c, n, hw2, batch, configs, rng, ablate=()):
+    """A strided 1x1 projection alone (int8 x, int8 out, no ReLU) as an implicit GEMM."""
+    m = rows_of(hw, batch)
+    x2, w2 = _codes(rng, (batch, hw2, hw2, c)), _codes(rng, (n, c))
+    ops = {2: cp.asarray(rng.uniform(1e-3, 4e-3, n).astype(np.float32)),
+           3: cp.asarray(rng.standard_normal(n).astype(np.float32))}
+    rows2 = _strided_rows(x2, hw2 // hw)
+    want = _requant((rows2.astype(cp.float32) @ w2.astype(cp.float32).T) * ops[2] + ops[3],
+                    OUT_SCALE)
+    epi = [{"op": "scale", "input": 2}, {"op": "bias", "input": 3}]
+    modes = {2: ("vec", "float32"), 3: ("vec", "float32")}
+    g = QM.ConvGeometry(hw2, hw2, c, 1, 1, hw2 // hw, hw2 // hw, 0, 0, hw, hw)
+    out = []
+    for config in configs:
+        try:
+            src = _source(config, n, c, "int8", epi, modes, float(Q.inv_scale(IN_SCALE)), g)
+        except ValueError as e:
+            print(f"{name:24s} {config}: {e}")
+            continue
+        y = cp.full((m, n), -128, cp.int8)
+        args = (x2, w2) + tuple(ops[i] for i in src.operands) + (y, np.int64(m))
+        out.append(_time(name, src, args, m, want, rows2.size + m * n + n * c, ablate))
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--batch", type=int, default=128)
@@ -220,6 +346,13 @@ def main(argv=None) -> int:
                                                       ablate=ablate):
             bad += not ablate and (worst > 1 or off > 0.005 * rows_of(conv[1], a.batch) *
                                    conv[3])
+    extra = [(run_fused, case) for case in FUSED] + [(run_strided, case) for case in FUSED_ALONE]
+    for fn, case in extra:
+        if a.only and not any(o and o in case[0] for o in a.only.split(",")):
+            continue
+        for _, _, _, _, off, worst in fn(*case, a.batch, configs, rng, ablate=ablate):
+            bad += not ablate and (worst > 1 or off > 0.005 * rows_of(case[1], a.batch) *
+                                   case[3])
     print("all outputs within one step on <= 0.5%" if not bad else f"{bad} runs off")
     return 1 if bad else 0
 

@@ -136,6 +136,33 @@ class ConvGeometry(NamedTuple):
     wo: int
 
 
+class Projection(NamedTuple):
+    """A second quantized GEMM run inside the kernel whose int8 output is the layer's int8
+    residual (a bottleneck's projection shortcut): per m-tile the kernel first sums ``x2``'s
+    rows (or, with ``conv``, its taps at y's pixels: a strided 1x1 conv) against ``w2`` [N,
+    ``k``], applies ``epilogue`` (per-channel ``operand_modes``, "vec" only) and requantizes
+    with ``out_scale`` -- the projection layer's own arithmetic, the codes it would store --
+    keeps the codes in registers, and the layer's epilogue takes them as its operand
+    ``residual`` instead of reading them from memory."""
+    k: int
+    epilogue: Sequence[dict]
+    operand_modes: Dict[int, Tuple[str, str]]
+    out_scale: float
+    residual: int
+    conv: Optional[ConvGeometry] = None
+
+
+class _Src(NamedTuple):
+    """One GEMM's A side in the source: x's name, its row length ``kx`` and K (``k``: kx
+    padded), the conv geometry, the shared weight array and the row variables' prefix."""
+    x: str
+    kx: int
+    k: int
+    conv: Optional[ConvGeometry]
+    bsm: str
+    rows: str
+
+
 def _mma_helper(acc: str, types: str, reg: str) -> str:
     """``mma_16832(c, a0..a3, b0, b1)``: D = A B + C in place on the 4 accumulators ``c``."""
     return f"""
@@ -293,21 +320,23 @@ def stage_row(nc: int, y_dtype: str) -> int:
 
 
 def smem_bytes(nc: int, k: int, y_dtype: str, warps: int = WARPS,
-               full_dtypes: Sequence[str] = (), vecs: int = 0) -> int:
-    """Shared memory of a block: its weight rows, the chunk's values of ``vecs`` per-channel
-    epilogue operands (float32), then per warp the staging of 16 rows of outputs and of each
-    full-size epilogue operand (a residual)."""
+               full_dtypes: Sequence[str] = (), vecs: int = 0, k2: int = 0) -> int:
+    """Shared memory of a block: its weight rows (and a :class:`Projection`'s of K ``k2``),
+    the chunk's values of ``vecs`` per-channel epilogue operands (float32), then per warp the
+    staging of 16 rows of outputs and of each full-size epilogue operand (a residual)."""
     stage = stage_row(nc, y_dtype) + sum(stage_row(nc, d) for d in full_dtypes)
-    return nc * smem_row(k) + 4 * nc * int(vecs) + warps * 16 * stage
+    rows = nc * (smem_row(k) + (smem_row(k2) if k2 else 0))
+    return rows + 4 * nc * int(vecs) + warps * 16 * stage
 
 
 def chunk_width(n: int, k: int, y_dtype: str, warps: int = WARPS,
-                full_dtypes: Sequence[str] = (), vecs: int = 0) -> Optional[int]:
+                full_dtypes: Sequence[str] = (), vecs: int = 0,
+                k2: int = 0) -> Optional[int]:
     """The widest chunk of output channels (:data:`NC_CHOICES`, at most N rounded up to 8)
     whose weight rows and staging fit :data:`SMEM_LIMIT`, or None."""
     for nc in NC_CHOICES:
         if nc <= max(8, -(-n // 8) * 8) and \
-                smem_bytes(nc, k, y_dtype, warps, full_dtypes, vecs) <= SMEM_LIMIT:
+                smem_bytes(nc, k, y_dtype, warps, full_dtypes, vecs, k2) <= SMEM_LIMIT:
             return nc
     return None
 
@@ -342,9 +371,13 @@ class QMmaSource:
         itself (K = r * s * c; no pipeline).
       interleave: the MMAs k first (None: :func:`interleave_default`) -- a benchmark knob, the
         same answers.
+      projection: a :class:`Projection` computing the int8 residual operand it names (INT8,
+        int8 x and residual, the paired epilogue; no pipeline).
 
     Kernel ``qmma(x, w, *operands, y, m)`` (operands in :attr:`operands` order, ``m`` a long
-    long); :meth:`grid` gives the launch. Raises ValueError for what the kernel does not take.
+    long), with a projection ``qmma(x, w, *operands, x2, w2, *proj_operands, y, m)`` (the
+    residual it computes is not among the operands); :meth:`grid` gives the launch. Raises
+    ValueError for what the kernel does not take.
     """
 
     def __init__(self, n: int, k: int, fmt: str, x_dtype: str, y_dtype: str,
@@ -354,7 +387,8 @@ class QMmaSource:
                  fast_int: bool = True, min_threads: int = 0, pipeline: bool = PIPELINE,
                  paired: bool = True, conv: Optional[ConvGeometry] = None,
                  stage_vecs: Optional[bool] = None, i2f: Optional[bool] = None,
-                 res_cvt: Optional[str] = None, interleave: Optional[bool] = None):
+                 res_cvt: Optional[str] = None, interleave: Optional[bool] = None,
+                 projection: Optional[Projection] = None):
         self.n, self.k, self.fmt = int(n), int(k), fmt
         # x's row length: K itself, but a K of 8 / 16 / 24, or a multiple of 16 (MobileNet /
         # EfficientNet channel counts: 16, 24, 80, 112, 144, 240), runs over a weight
@@ -392,9 +426,14 @@ class QMmaSource:
         for i, (mode, _) in operand_modes.items():
             if mode not in ("vec", "full"):
                 raise ValueError(f"epilogue operand {i}: broadcast {mode!r} not supported")
+        self.projection = projection
+        if projection is not None:
+            self._check_projection(projection, epilogue, operand_modes, fast_int, paired)
+            pipeline = False  # (the pipelined loop has one GEMM)
+        fused = projection.residual if projection is not None else None
         # full-size operands (residuals) are staged in shared memory per m-tile
         self.full = {i: np.dtype(dt).name for i, (mode, dt) in operand_modes.items()
-                     if mode == "full" and stage_full}
+                     if mode == "full" and stage_full and i != fused}
         self.warps = int(warps or (RESIDUAL_WARPS if self.full else WARPS))
         # the next m-tile's x and residual loaded while this one's epilogue runs: one block
         # of K of int8 x (a float x is quantized as it arrives), one m-tile a block tile
@@ -414,10 +453,15 @@ class QMmaSource:
         self.vecs = [i for i, (mode, dt) in sorted(operand_modes.items())
                      if mode == "vec" and np.dtype(dt).name in ("float16", "float32")] \
             if stage_vecs else []
-        nv = len(self.vecs)
-        nc = nc or chunk_width(self.n, self.k, self.y_dtype, self.warps, fdt, nv)
+        # a projection's per-channel operands, staged as the layer's are
+        self.proj_vecs = [i for i, (_, dt) in sorted(projection.operand_modes.items())
+                          if np.dtype(dt).name in ("float16", "float32")] \
+            if projection is not None and stage_vecs else []
+        nv = len(self.vecs) + len(self.proj_vecs)
+        k2 = projection.k if projection is not None else 0
+        nc = nc or chunk_width(self.n, self.k, self.y_dtype, self.warps, fdt, nv, k2)
         if nc is None or nc % 16 and nc != 8 or \
-                smem_bytes(nc, self.k, self.y_dtype, self.warps, fdt, nv) > SMEM_LIMIT:
+                smem_bytes(nc, self.k, self.y_dtype, self.warps, fdt, nv, k2) > SMEM_LIMIT:
             raise ValueError(f"the tensor-core quantized GEMM's weight rows ({self.k} bytes) "
                              f"and staging do not fit {SMEM_LIMIT} bytes of shared memory")
         self.nc = nc
@@ -433,12 +477,48 @@ class QMmaSource:
             raise ValueError(f"res_cvt {self.res_cvt!r}: one of {', '.join(RES_CVT)}")
         if not self.min_threads and self.pipeline and self.full and self.k <= 64:
             self.min_threads = PIPELINE_MIN_BLOCKS * self.threads
-        self.operands = sorted(operand_modes)
+        self.operands = [i for i in sorted(operand_modes) if i != fused]
+        self.proj_operands = sorted(projection.operand_modes) if projection is not None else []
+        proj_params = [] if projection is None else (
+            [("const signed char*", "x2"), ("const unsigned char*", "w2")] +
+            [(f"const {ctype(projection.operand_modes[i][1])}*", f"p{i}")
+             for i in self.proj_operands])
         self.params = ([(f"const {ctype(self.x_dtype)}*", "x"), ("const unsigned char*", "w")] +
                        [(f"const {ctype(operand_modes[i][1])}*", f"e{i}")
-                        for i in self.operands] +
+                        for i in self.operands] + proj_params +
                        [(f"{ctype(self.y_dtype)}*", "y"), ("long long", "m")])
+        self._main = _Src("x", self.kx, self.k, self.conv, "bsm4", "row")
+        self._proj = None if projection is None else \
+            _Src("x2", projection.k, projection.k, projection.conv, "bsp4", "prow")
         self.source = self._source(epilogue, operand_modes)
+
+    def _check_projection(self, proj: Projection, epilogue, operand_modes, fast_int: bool,
+                          paired: bool) -> None:
+        """ValueError unless ``proj`` is what the kernel fuses: an INT8 layer over an int8 x
+        whose epilogue adds the int8 residual ``proj.residual`` (read as pairs: ``fast_int``
+        and ``paired``), and a projection of int8 codes with per-channel operands only."""
+        res = proj.residual
+        if self.fmt != S.INT8 or self.x_dtype != "int8" or not (fast_int and paired):
+            raise ValueError("a fused projection takes an INT8 layer over int8 x with the "
+                             "fast, paired epilogue")
+        if operand_modes.get(res) != ("full", "int8") or \
+                not any(e.get("op") == "add" and e.get("input") == res for e in epilogue):
+            raise ValueError(f"a fused projection replaces an int8 residual added in the "
+                             f"epilogue; operand {res} is not one")
+        k2 = int(proj.k)
+        if proj.conv is not None:
+            g = proj.conv
+            if g.c % 64 or g.r * g.s * g.c != k2:
+                raise ValueError(f"the projection's conv takes input channels a multiple of "
+                                 f"64 and K its taps x channels, not K {k2}, C {g.c}")
+        elif k2 % 32 or not 0 < k2 <= MAX_K:
+            raise ValueError(f"the projection's K is a multiple of 32 up to {MAX_K}, not {k2}")
+        if any(mode != "vec" for mode, _ in proj.operand_modes.values()) or \
+                any("input" in e and e["input"] not in proj.operand_modes
+                    for e in proj.epilogue):
+            raise ValueError("the projection's epilogue takes per-channel operands only")
+        if proj.out_scale is None:
+            raise ValueError("the projection requantizes: it needs its output scale")
 
     def grid(self, m: int, max_blocks: Optional[int] = None) -> int:
         """Blocks of a launch over ``m`` rows: every chunk times the block tiles (capped at
@@ -519,8 +599,11 @@ class QMmaSource:
         FP16's 3.629 (1.28x; s38: 1.18x)."""
         fast8 = self.fast_int and self.fmt == S.INT8 and self.paired
         pairs = {i for i, dt in self.full.items() if dt == "int8" and fast8}
+        fused = self.projection.residual if self.projection is not None else None
+        if fused is not None:
+            pairs.add(fused)
         loads = {}
-        for i in self.operands:
+        for i in self.operands + ([fused] if fused is not None else []):
             mode, dt = operand_modes[i]
             if i in pairs:
                 loads[i] = f"byte_float(rp{i}, @CO@u)" if self.res_cvt == "byte" else \
@@ -566,8 +649,10 @@ class QMmaSource:
         out = []
         for ro, regs in sorted(rows.items()):
             assert [co for _, co in regs] == [0, 1], "a C row's registers: adjacent columns"
-            pre = "".join(f"const unsigned rp{i} = *reinterpret_cast<const unsigned short*>("
-                          f"rs{i} + (g + {ro}) * RS{i} + 8 * j + 2 * t);\n            " +
+            pre = "".join((f"const unsigned rp{i} = pr[j] >> {16 * (ro // 8)};\n            "
+                           if i == fused else
+                           f"const unsigned rp{i} = *reinterpret_cast<const unsigned short*>("
+                           f"rs{i} + (g + {ro}) * RS{i} + 8 * j + 2 * t);\n            ") +
                           RES_CVT[self.res_cvt].format(i=i) for i in sorted(pairs))
             vals = []
             for r, co in regs:
@@ -654,18 +739,20 @@ class QMmaSource:
         return f"if ((ya & 15ull) == 0ull) {ways[0]} else {ways[1]}"
 
     def _k_loads(self, chunks: int, tail: int, off: str, dst: str = "a",
-                 rows: str = "row") -> str:
+                 rows: str = "row", src: Optional[_Src] = None) -> str:
         """Statements loading the lane's A fragments of its rows ``<rows>0`` / ``<rows>1``
         into ``<dst>0`` / ``<dst>1`` for ``chunks`` 64-wide chunks of K from column ``off``
-        (a C expression), and a last 32 where ``tail``."""
-        k = self.kx  # x's row length
-        if self.conv is not None:
-            return self._conv_loads(chunks, off, dst, rows)
-        padded = self.kx < self.k  # lanes whose columns are past the row's end: zero codes
+        (a C expression), and a last 32 where ``tail``; ``src`` the GEMM (default the
+        layer's own, else its projection's)."""
+        src = src or self._main
+        k, x = src.kx, src.x  # x's row length
+        if src.conv is not None:
+            return self._conv_loads(chunks, off, dst, rows, src)
+        padded = src.kx < src.k  # lanes whose columns are past the row's end: zero codes
         loads = []
         for p in (0, 1):
             if chunks:
-                load = (f"span16(x + {rows}{p} * {k} + {off} + 64 * c + 16 * t, xal, "
+                load = (f"span16({x} + {rows}{p} * {k} + {off} + 64 * c + 16 * t, {x}al, "
                         f"{dst}{p} + 4 * c);")
                 if padded:
                     load = (f"{{ if ({off} + 64 * c + 16 * t < {k}) {load}\n          else "
@@ -674,19 +761,20 @@ class QMmaSource:
                 loads.append(f"for (int c = 0; c < {chunks}; ++c) {load}")
             if tail:
                 w = 4 * chunks
-                load = (f"span8(x + {rows}{p} * {k} + {off} + {64 * chunks} + 8 * t, xal, "
-                        f"{dst}{p} + {w});")
+                load = (f"span8({x} + {rows}{p} * {k} + {off} + {64 * chunks} + 8 * t, "
+                        f"{x}al, {dst}{p} + {w});")
                 if padded:
                     load = (f"if ({off} + {64 * chunks} + 8 * t < {k}) {load}\n        "
                             f"else {dst}{p}[{w}] = {dst}{p}[{w + 1}] = 0u;")
                 loads.append(load)
         return "\n        ".join(loads)
 
-    def _conv_rows(self, rows: str = "row") -> str:
+    def _conv_rows(self, rows: str = "row", g: Optional[ConvGeometry] = None) -> str:
         """Statements locating the lane's rows ``<rows>0`` / ``<rows>1`` (y's pixels) in x for
         :meth:`_conv_loads`: ``<rows>px<p>``, the image's first element, and ``<rows>hb<p>``
-        / ``<rows>wb<p>``, the top-left tap's pixel (negative in the padding)."""
-        g = self.conv
+        / ``<rows>wb<p>``, the top-left tap's pixel (negative in the padding); ``g`` the
+        geometry (default the layer's)."""
+        g = g or self.conv
         out = []
         for p in (0, 1):
             r = f"{rows}{p}"
@@ -697,18 +785,18 @@ class QMmaSource:
       const long long {rows}px{p} = (long long){r}i * {g.h * g.w * g.c}ll;""")
         return "\n      ".join(out)
 
-    def _conv_loads(self, chunks: int, off: str, dst: str, rows: str) -> str:
+    def _conv_loads(self, chunks: int, off: str, dst: str, rows: str, src: _Src) -> str:
         """:meth:`_k_loads` of an implicit GEMM: chunk ``c``'s 64 columns are one tap's 64
         channels; a lane reads its 16 bytes of them at the tap's pixel of each of its rows,
         or zeros (the code of 0) where that pixel is in the padding."""
-        g = self.conv
+        g, x = src.conv, src.x
         loads = []
         for p in (0, 1):
             loads.append(f"""{{
           const int hi = {rows}hb{p} + dh, wi = {rows}wb{p} + dw;
           if ((unsigned)hi < {g.h}u && (unsigned)wi < {g.w}u)
-            span16(x + {rows}px{p} + ((long long)hi * {g.w} + wi) * {g.c} + ci + 16 * t, xal,
-                   {dst}{p} + 4 * c);
+            span16({x} + {rows}px{p} + ((long long)hi * {g.w} + wi) * {g.c} + ci + 16 * t,
+                   {x}al, {dst}{p} + 4 * c);
           else
             {dst}{p}[4 * c] = {dst}{p}[4 * c + 1] = {dst}{p}[4 * c + 2] = {dst}{p}[4 * c + 3] = 0u;
         }}""")
@@ -720,20 +808,22 @@ class QMmaSource:
           {body}
         }}"""
 
-    def _k_mmas(self, chunks: int, tail: int, off: str) -> str:
+    def _k_mmas(self, chunks: int, tail: int, off: str, src: Optional[_Src] = None) -> str:
         """Every n-tile's MMAs over the fragments in ``a0`` / ``a1`` of the chunks at ``off``,
         accumulating in ``acc``: n-tile first, each n-tile's MMAs back to back -- or, where
         :attr:`interleave`, k first: per chunk every n-tile's MMA of its first 32 k (B's 16
         bytes loaded, the second 8 kept in ``bz``), then every n-tile's of its second 32, so
         that two MMAs into one accumulator are NT MMAs apart instead of adjacent. The same sums
-        in the same order per accumulator either way."""
-        kr = smem_row(self.k)
+        in the same order per accumulator either way. ``src``: as :meth:`_k_loads`'."""
+        src = src or self._main
+        kr, bsm = smem_row(src.k), src.bsm
 
         def mma(w: int, b: str) -> str:
             return f"mma_16832(acc[j], a0[{w}], a1[{w}], a0[{w + 1}], a1[{w + 1}], {b});"
 
         def chunk_b(c: int) -> str:
-            return f"const uint4 b = bsm4[((8 * j + g) * {kr} + {off} + {64 * c} + 16 * t) / 16];"
+            return (f"const uint4 b = {bsm}[((8 * j + g) * {kr} + {off} + {64 * c} + 16 * t) "
+                    f"/ 16];")
 
         def loop(*body: str) -> str:
             stmts = "\n          ".join(body)
@@ -741,7 +831,7 @@ class QMmaSource:
         for (int j = 0; j < NT; ++j) {{
           {stmts}
         }}"""
-        tail_b = (f"const uint2 b = reinterpret_cast<const uint2*>(bsm4)[\n"
+        tail_b = (f"const uint2 b = reinterpret_cast<const uint2*>({bsm})[\n"
                   f"              ((8 * j + g) * {kr} + {off} + {64 * chunks} + 8 * t) / 8];")
         tail_src = (tail_b, mma(4 * chunks, "b.x, b.y")) if tail else ()
         if not self.interleave:
@@ -763,25 +853,101 @@ class QMmaSource:
             out.append(loop(*tail_src))
         return "\n        ".join(out)
 
-    def _k_block(self, chunks: int, tail: int, off: str) -> str:
+    def _k_block(self, chunks: int, tail: int, off: str, src: Optional[_Src] = None) -> str:
         """A block of K at column ``off`` (a C expression): the lane's A fragments of its two
         rows for ``chunks`` 64-wide chunks (and a last 32 where ``tail``), then every n-tile's
         MMAs over them, accumulating in ``acc``. Blocks run in the order of k, so each
         accumulator sums its chunks in the same order whatever the block width."""
+        src = src or self._main
         return f"""{{
-        {self._k_loads(chunks, tail, off)}
-        {self._k_mmas(chunks, tail, off)}
+        {self._k_loads(chunks, tail, off, rows=src.rows, src=src)}
+        {self._k_mmas(chunks, tail, off, src)}
       }}"""
+
+    def _k_src(self, src: _Src) -> Tuple[str, int]:
+        """The K loop of GEMM ``src`` (blocks of :data:`KB`, then the rest) and the A words a
+        lane holds a row."""
+        full_blocks, rest = divmod(src.k, KB)
+        rest_chunks, tail = divmod(rest, 64)
+        tail = tail // 32
+        blocks = []
+        if full_blocks:
+            unroll = "#pragma unroll 1\n      " if full_blocks > 1 else ""
+            blocks.append(f"{unroll}for (int kb = 0; kb < {KB * full_blocks}; kb += {KB}) " +
+                          self._k_block(KB // 64, 0, "kb", src))
+        if rest_chunks or tail:
+            blocks.append(self._k_block(rest_chunks, tail, str(KB * full_blocks), src))
+        words = 4 * (KB // 64) if full_blocks else 4 * rest_chunks + 2 * tail
+        return "\n      ".join(blocks), words
+
+    def _projection_parts(self, acc_zero: str) -> Dict[str, object]:
+        """The source of :attr:`projection` (empty strings without one): ``arrays`` (its
+        weight rows and staged per-channel operands in shared memory), ``fill`` (the block
+        filling them), ``align`` (x2's alignment flag), ``body`` (per m-tile: its K loop into
+        ``acc``, its epilogue into the residual codes ``pr[j]`` -- byte 2 (ro / 8) + co is
+        row g + ro, column 8 j + 2 t + co, as :meth:`_epilogue` reads a pair -- then ``acc``
+        zeroed for the layer's own GEMM) and ``words`` (A words a lane holds a row)."""
+        proj, src = self.projection, self._proj
+        if proj is None:
+            return {"arrays": "", "fill": "", "align": "", "body": "", "words": 0}
+        nc, k2 = self.nc, src.k
+        kr2 = smem_row(k2)
+        arrays = f"\n  __shared__ uint4 bsp4[{nc * kr2 // 16}];" + "".join(
+            f"\n  __shared__ float psm{i}[{nc}];" for i in self.proj_vecs)
+        fill = "".join(
+            f"\n  for (int c = threadIdx.x; c < {nc}; c += blockDim.x) "
+            f"psm{i}[c] = c < cw ? {load_expr(proj.operand_modes[i][1], f'p{i}[n0 + c]')} : 0.f;"
+            for i in self.proj_vecs)
+        fill += f"""
+  for (int i = threadIdx.x; i < {nc * k2 // 16}; i += blockDim.x) {{
+    const int r = i / {k2 // 16}, c = i - r * {k2 // 16};
+    uint4 v = {{0u, 0u, 0u, 0u}};
+    if (r < cw) v = reinterpret_cast<const uint4*>(w2 + (long long)(n0 + r) * {k2})[c];
+    bsp4[r * {kr2 // 16} + c] = v;
+  }}"""
+        align = "\n  const bool x2al = (reinterpret_cast<unsigned long long>(x2) & 15ull) == 0ull;"
+        loads = {}
+        for i in self.proj_operands:
+            dt = proj.operand_modes[i][1]
+            loads[i] = f"psm{i}[cc]" if i in self.proj_vecs else load_expr(dt, f"p{i}[col]")
+        stmts = "\n              ".join(S.epilogue_statements(list(proj.epilogue), loads, "v"))
+        conv = "small_int_float" if k2 * 128 * 127 < SMALL_INT and not self.i2f \
+            else "__int2float_rn"
+        inv = S.float_literal(S.output_scale_inverse(proj.out_scale))
+        vals = "\n            ".join(f"""{{
+              const int cc = 8 * j + 2 * t + {co}, col = n0 + cc;
+              float v = {conv}(acc[j][{r}]);
+              {stmts}
+              code |= (unsigned)(unsigned char)q_int8_fast(__fmul_rn(v, {inv}))
+                  << {8 * (2 * (ro // 8) + co)};
+              (void)col; (void)cc;
+            }}""" for r, (ro, co) in enumerate(C_FRAG))
+        k_src, words = self._k_src(src)
+        rows = "const long long prow0 = row0, prow1 = row1;"
+        if src.conv is not None:
+            rows += "\n      " + self._conv_rows("prow", src.conv)
+        body = f"""// the projection: its GEMM, its requantized codes kept as the residual
+      {rows}
+      unsigned pr[NT];
+      {k_src}
+      #pragma unroll
+      for (int j = 0; j < NT; ++j) {{
+        unsigned code = 0u;
+        if (8 * j < cw) {{
+            {vals}
+        }}
+        pr[j] = code;
+      }}
+      {acc_zero}"""
+        return {"arrays": arrays, "fill": fill, "align": align, "body": body, "words": words}
 
     def _source(self, epilogue, operand_modes) -> str:
         n, k, nc = self.n, self.k, self.nc
         kr = smem_row(k)
-        full_blocks, rest = divmod(k, KB)
-        rest_chunks, tail = divmod(rest, 64)
-        tail = tail // 32
         sr = stage_row(nc, self.y_dtype)
-        # A words a lane holds per row: one block of K at a time
-        words = 4 * (KB // 64) if full_blocks else 4 * rest_chunks + 2 * tail
+        # the K loop and the A words a lane holds per row: one block of K at a time
+        k_src, words = self._k_src(self._main)
+        ks = [k] + ([self._proj.k] if self._proj is not None else [])
         it = "long long"  # m is an argument: rows * N may pass 2**31 at a large batch
         params = ", ".join(f"{ty} __restrict__ {nm}" if ty.endswith("*") else f"{ty} {nm}"
                            for ty, nm in self.params)
@@ -791,16 +957,8 @@ class QMmaSource:
             if self.min_threads >= self.threads else f"{self.threads}"
         if self.fmt == S.FP8:
             helpers += S.FP8_HELPERS
-        loaders = (self._span_loader(16) if full_blocks or rest_chunks else "") + \
-            (self._span_loader(8) if tail else "")
-        blocks = []
-        if full_blocks:
-            unroll = "#pragma unroll 1\n      " if full_blocks > 1 else ""
-            blocks.append(f"{unroll}for (int kb = 0; kb < {KB * full_blocks}; kb += {KB}) " +
-                          self._k_block(KB // 64, 0, "kb"))
-        if rest_chunks or tail:
-            blocks.append(self._k_block(rest_chunks, tail, str(KB * full_blocks)))
-        k_src = "\n      ".join(blocks)
+        loaders = (self._span_loader(16) if any(v >= 64 for v in ks) else "") + \
+            (self._span_loader(8) if any(v % 64 for v in ks) else "")
         nt = nc // 8
         arrays, decls = [], []
         bufs = 2 if self.pipeline else 1
@@ -831,9 +989,12 @@ class QMmaSource:
       __syncwarp();
       {self._copy_out(it)}
       __syncwarp();  // the staging buffer is free for the next m-tile"""
-        acc_init = f"""{acc_t} acc[NT][4];
-      #pragma unroll
+        acc_zero = """#pragma unroll
       for (int j = 0; j < NT; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0;"""
+        acc_init = f"{acc_t} acc[NT][4];\n      {acc_zero}"
+        proj = self._projection_parts(acc_zero)
+        if proj["words"]:
+            words = max(words, proj["words"])
         rows_of = lambda m0, r: (  # noqa: E731
             f"const int {r}rows = (int)(m - {m0} < 16 ? m - {m0} : 16);\n"
             f"      const {it} {r}row0 = {m0} + g < m ? {m0} + g : m - 1;\n"
@@ -852,6 +1013,7 @@ class QMmaSource:
       {self._copy_in()}
       unsigned a0[{words}], a1[{words}];
       {acc_init}
+      {proj["body"]}
       {k_src}
       {wait}
       {epi_src}
@@ -900,11 +1062,11 @@ extern "C" __global__ void __launch_bounds__({bounds}) {KERNEL}({params}) {{
   constexpr int KR = {kr}, SR = {sr}, NT = {nt};
   __shared__ uint4 bsm4[{nc * kr // 16}];
   __shared__ uint4 stage4[{self.warps * 16 * sr // 16}];
-  {full_arrays}{vec_arrays}
+  {full_arrays}{vec_arrays}{proj["arrays"]}
   const int chunk = (int)(blockIdx.x % {self.chunks});
   const int n0 = chunk * {nc};
   const int cw = {n} - n0 < {nc} ? {n} - n0 : {nc};  // this chunk's channels
-  {vec_fill}
+  {vec_fill}{proj["fill"]}
   // the chunk's weight rows, zero rows past N (their products are never stored)
   for (int i = threadIdx.x; i < {nc * k // 16}; i += blockDim.x) {{
     const int r = i / {k // 16}, c = i - r * {k // 16};
@@ -917,7 +1079,7 @@ extern "C" __global__ void __launch_bounds__({bounds}) {KERNEL}({params}) {{
   const int g = lane >> 2, t = lane & 3;
   unsigned char* stg = reinterpret_cast<unsigned char*>(stage4) + warp * 16 * SR;
   {full_decl}
-  const bool xal = (reinterpret_cast<unsigned long long>(x) & 15ull) == 0ull;
+  const bool xal = (reinterpret_cast<unsigned long long>(x) & 15ull) == 0ull;{proj["align"]}
   const unsigned long long ya = reinterpret_cast<unsigned long long>(y);
   (void)ya;
   {loop}
