@@ -438,10 +438,11 @@ def test_fake_quant_ranges_fold_into_int8_layers(qat_dir):
     (op,) = conv.engine_ops.values()
     table = op.quantization
     assert table["source"] == "graph" and len(table["fake_quant"]) == 3
-    # max(|min|, |max|) of each op's range, on its output and its input; FakeQuant(-8, 8)
-    # nudges its zero point to 128 of 255 levels: min -128 * 16 / 255
+    # each op's range, on its output and its input; FakeQuant(-8, 8) nudges its zero point
+    # to 128 of 255 levels, [-128, 127] * 16 / 255: its shorter side, 127 steps, so that
+    # INT8's step is the op's own (s50; the longer side re-rounded every value)
     assert sorted(table["tensors"].values()) == pytest.approx(
-        [1.0, 1.0, 6.0, 6.0, 128 * 16 / 255, 128 * 16 / 255])
+        [1.0, 1.0, 6.0, 6.0, 127 * 16 / 255, 127 * 16 / 255])
     x = np.random.RandomState(1).uniform(-1.2, 1.2, (4, 10, 10, 3)).astype(np.float32)
     got = _out(fn, x)
     (engine,) = _engines(op)

@@ -370,6 +370,33 @@ def _amax(table: dict, name: str) -> Optional[float]:
     return float(v) if v is not None and v > 0 else None
 
 
+# layers that only move or select their input's values: a fake-quant op's range holds on
+# their output (TF-TRT's Converter::MarkQuantizationRangesAsInferrable carried it across
+# Reshape, Transpose, Identity and MaxPool)
+_RANGE_KEEPING = ("transpose", "reshape", "slice", "split", "gather", "tile", "expand")
+
+
+def _carried_amax(net: Network, table: dict, name: str, producers) -> Optional[float]:
+    """The range of a fake-quant op's output that reaches tensor ``name`` through layers that
+    keep its values (a max pool, a transpose, a reshape ...), or None. Only a fake-quant
+    op's output: its values lie on the op's grid, and a max or a move keeps them there (a
+    raw tensor's calibrated range would clip what a pool's reader sees, which TF does not).
+    Helper hunt, 2026-12-07: QAT's fake quant -> max pool -> conv left the conv FP16."""
+    outs = set(table.get("fake_quant", {}))
+    seen = set()
+    while name not in seen:
+        seen.add(name)
+        if name in outs:
+            return _amax(table, name)
+        p = producers.get(name)
+        if p is None or not p.inputs or not (
+                p.kind in _RANGE_KEEPING or
+                (p.kind == "pool" and p.attrs.get("mode") == "max" and not p.epilogue)):
+            return None
+        name = p.inputs[0]
+    return None
+
+
 # the start of the reason a layer builder.timed_precision kept FP16 carries (quant_fallback)
 TIMED_FP16_REASON = "FP16 measured faster on this device"
 
@@ -407,6 +434,8 @@ def quantize_network(net: Network, precision: str, table: dict,
             reason = _stem_reason(net, layer)
         x = layer.inputs[0]
         amax = _amax(table, x)
+        if amax is None:
+            amax = _carried_amax(net, table, x, producers)
         p = producers.get(x)
         if amax is None and p is not None and p.kind == "space_to_depth":
             # passes/stem_space_to_depth's rearranged image: its values are the image's and
@@ -433,6 +462,11 @@ def quantize_network(net: Network, precision: str, table: dict,
             layer.attrs["quant_fallback"] = reason
             continue
         _quantize_layer(net, layer, precision, amax / qmax, src, table)
+    # the layers of fake-quant ops folded above go first: left, they count as readers of the
+    # output a folded op took, which then stays float (helper hunt, 2026-12-07: a QAT chain
+    # conv -> relu -> fake quant -> conv stored float16 between the convs, and the second
+    # conv's requantization of those values flipped codes, 2e-3 off TF where 6e-8 is exact)
+    _remove_unused_layers(net)
     if precision == "INT8":
         _requantize_outputs(net, table, limit)
         _requantize_pools(net)

@@ -1,0 +1,82 @@
+"""Quantization-aware models in INT8 without calibration, where every value lies on INT8's grid
+(helper hunt, 2026-12-07): the engine must reproduce TF to float rounding, not to an INT8
+step. Each case was off before its fix:
+
+- a QAT chain conv -> relu -> fake quant -> conv stored float16 between the convs (the folded
+  op's dead layer still counted as a reader when outputs were requantized): 2.1e-3 of the
+  largest output off TF;
+- a signed QDQ / FakeQuant op without narrow_range was folded with the amax of its longer,
+  negative side (128 steps): every value re-rounded onto a grid 1/127 coarser, 6.3e-3 off;
+- a conv or GEMM reading a fake-quant output through a max pool, a reshape or a transpose
+  had no range and stayed FP16 (TF-TRT carried the range across them)."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tftrt import trt_convert as trt
+
+RNG = np.random.RandomState(0)
+_w = RNG.randn(3, 3, 16, 16).astype(np.float32) * 0.2
+_s = np.abs(_w).max(axis=(0, 1, 2)) / 127
+W = (np.rint(_w / _s) * _s).astype(np.float32)     # weights on their per-channel INT8 grid
+WD = (RNG.randn(4 * 4 * 16, 10) * 0.05).astype(np.float32)
+_sd = np.abs(WD).max(axis=0) / 127
+WD = (np.rint(WD / _sd) * _sd).astype(np.float32)
+X = np.random.RandomState(1).uniform(-2.0, 2.0, (4, 8, 8, 16)).astype(np.float32)
+
+
+def _qdq(t, a, narrow=True):
+    return tf.quantization.quantize_and_dequantize_v2(t, -a, a, range_given=True,
+                                                      narrow_range=narrow)
+
+
+def _conv(t):
+    return tf.nn.conv2d(t, tf.constant(W), 1, "SAME")
+
+
+CASES = {
+    "qat_chain": lambda x: _conv(_qdq(tf.nn.relu(_conv(_qdq(x, 2.0))), 4.0)),
+    "qdq_not_narrow": lambda x: _conv(_qdq(x, 2.0, narrow=False)),
+    "fake_quant_not_narrow": lambda x: _conv(
+        tf.quantization.fake_quant_with_min_max_args(x, -2.0, 2.0)),
+    "fq_max_pool_conv": lambda x: _conv(tf.nn.max_pool2d(_qdq(x, 2.0), 2, 2, "VALID")),
+    "fq_max_pool_reshape_matmul": lambda x: tf.matmul(
+        tf.reshape(tf.nn.max_pool2d(_qdq(x, 2.0), 2, 2, "VALID"), [-1, 256]),
+        tf.constant(WD)),
+    "fq_transpose_conv": lambda x: _conv(tf.transpose(_qdq(x, 2.0), [0, 2, 1, 3])),
+}
+
+
+def _engine_layers(converter):
+    out = []
+    for op in converter.engine_ops.values():
+        for _, engine in op.cache.items():
+            out += [(l, engine.network) for l in engine.network.layers]
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_a_qat_model_on_int8s_grid_is_reproduced_to_float_rounding(tmp_path, name):
+    f = CASES[name]
+
+    class M(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 16], tf.float32, name="x")])
+        def __call__(self, x):
+            return {"y": f(x)}
+    path = str(tmp_path / name)
+    tf.saved_model.save(M(), path)
+    want = tf.saved_model.load(path).signatures["serving_default"](x=tf.constant(X))["y"]
+    want = want.numpy()
+    c = trt.TrtGraphConverterV2(input_saved_model_dir=path, precision_mode="INT8",
+                                use_calibration=False)
+    got = np.asarray(c.convert()(x=tf.constant(X))["y"])
+    gemms = [(l, n) for l, n in _engine_layers(c) if l.kind in ("conv", "matmul")]
+    assert gemms and all(l.precision == "INT8" for l, _ in gemms), \
+        [(l.name, l.precision, l.attrs.get("quant_fallback")) for l, _ in gemms]
+    if name == "qat_chain":  # the first conv stores int8 codes for the second
+        first, net = gemms[0]
+        assert net.tensors[first.outputs[0]].dtype == "int8"
+        assert [l.kind for l, _ in _engine_layers(c)] == ["conv", "conv"]
+    err = np.abs(got - want).max() / np.abs(want).max()
+    assert err < 2e-6, f"{name}: {err:.2e} of the largest output off TF"
