@@ -151,22 +151,29 @@ class GraphInfo:
     def while_loop_nodes(self) -> Set[str]:
         """The nodes of TF1 while loops (tf.while_loop outside a function, as TF1 wrote
         dynamic_rnn and map_fn): everything reachable from an Enter, through data and
-        control edges, up to and including its Exits."""
+        control edges, up to and including the Exits of its frame. The walk counts the frames
+        it is in (an Enter one more, an Exit one fewer): in nested loops, the outer body's
+        nodes after the inner loop's Exit are the outer loop's too (they were left out, and
+        an engine made of them, inside the outer frame, failed every call with "inputs from
+        different frames": helper hunt, 2026-12-07)."""
         succ: Dict[str, List[str]] = {}
         for n in self.graph_def.node:
             for i in n.input:
                 succ.setdefault(split_tensor_name(i)[0], []).append(n.name)
-        todo = [n for n, node in self.nodes.items() if node.op in ENTER_OPS]
+        todo = [(n, 1) for n, node in self.nodes.items() if node.op in ENTER_OPS]
         seen = set(todo)
         while todo:
-            cur = todo.pop()
+            cur, depth = todo.pop()
             if self.nodes[cur].op in EXIT_OPS:
-                continue
+                depth -= 1
+                if depth == 0:
+                    continue
             for nxt in succ.get(cur, ()):
-                if nxt not in seen:
-                    seen.add(nxt)
-                    todo.append(nxt)
-        return seen
+                state = (nxt, depth + (self.nodes[nxt].op in ENTER_OPS))
+                if state not in seen:
+                    seen.add(state)
+                    todo.append(state)
+        return {name for name, _ in seen}
 
     def topological_order(self) -> List[str]:
         """Node names, producers before consumers (data and control edges; a while loop's

@@ -59,3 +59,44 @@ def test_a_tf1_while_loop_stays_native_and_the_rest_converts(dynamic):
     assert len(engines) >= 1
     assert {"Enter", "Exit", "NextIteration"} <= {n.op for n in cg.node}
     np.testing.assert_allclose(_run(cg, x), want, rtol=1e-5, atol=1e-5)
+
+
+def _nested_loop_graph():
+    """An outer loop whose body, after an inner loop, computes on the inner loop's result
+    alone (Size -> Cast -> Sqrt -> Reciprocal: no Const, whose control input from the frame
+    would have marked it)."""
+    g = tf.Graph()
+    with g.as_default():
+        v2 = tf.compat.v1.control_flow_v2_enabled()
+        tf.compat.v1.disable_control_flow_v2()
+        try:
+            x = tf.compat.v1.placeholder(tf.float32, (None, 8), name="x")
+
+            def outer(i, v):
+                _, w = tf.compat.v1.while_loop(lambda j, u: j < 2,
+                                               lambda j, u: (j + 1, u * 0.5), [0, v])
+                scale = tf.math.reciprocal(tf.sqrt(tf.cast(tf.size(w), tf.float32)))
+                return i + 1, v * scale
+            _, w = tf.compat.v1.while_loop(lambda i, v: i < 2, outer, [0, x])
+            tf.identity(w, name="out")
+        finally:
+            if v2:
+                tf.compat.v1.enable_control_flow_v2()
+    return g.as_graph_def()
+
+
+@pytest.mark.parametrize("dynamic", [True, False])
+def test_the_outer_body_after_an_inner_loop_stays_native(dynamic):
+    """The outer body's nodes after the inner loop's Exit belong to the outer frame: no engine
+    is made of them (one was, and every call failed with "inputs from different frames":
+    helper hunt, 2026-12-07)."""
+    gd = _nested_loop_graph()
+    frames = graph_io.GraphInfo(gd, ["x:0"], ["out:0"]).while_loop_nodes()
+    body = {n.name for n in gd.node if n.op in ("Size", "Cast", "Sqrt", "Reciprocal")}
+    assert body and body <= frames
+    x = np.random.RandomState(0).standard_normal((2, 8)).astype(np.float32)
+    want = _run(gd, x)
+    conv = trt.TrtGraphConverter(input_graph_def=gd, nodes_denylist=["out"],
+                                 minimum_segment_size=2, is_dynamic_op=dynamic)
+    got = _run(conv.convert(), x)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
