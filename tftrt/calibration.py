@@ -81,6 +81,30 @@ class QuantizedEngineOp(TRTEngineOp):
             self._table_read = True
         return self._table
 
+    def _build(self, key, backend: str, tactic_choices=None, weight_cache=None,
+               count: bool = True):
+        engine = super()._build(key, backend, tactic_choices, weight_cache, count)
+        self._warn_if_nothing_quantized(engine)
+        return engine
+
+    def _warn_if_nothing_quantized(self, engine) -> None:
+        """Once per op: a warning when the engine's conv / GEMM layers all stay FP16 for want
+        of ranges or the like (not when FP16 was measured faster). calibrate() says so of a
+        calibrated op; a graph-ranges op (use_calibration=False) said nothing above INFO
+        where docs/differences.md promised a warning (helper hunt, 2026-12-07)."""
+        table = self.quantization or {}
+        net = getattr(engine, "network", None)
+        if getattr(self, "_warned_unquantized", False) or table.get("source") != "graph" or \
+                net is None:
+            return
+        gemms = [l for l in net.layers if l.kind in Q.GEMM_KINDS]
+        if not gemms or any("quant" in l.attrs or Q.timed_fp16_reason(l) for l in gemms):
+            return
+        self._warned_unquantized = True
+        why = sorted({str(l.attrs.get("quant_fallback") or "?") for l in gemms})
+        log.warning("%s: none of its %d conv/GEMM layers runs in %s, so it runs in FP16: %s",
+                    self.name, len(gemms), self.spec.precision_mode, "; ".join(why)[:400])
+
     def set_quantization(self, table: Optional[dict]) -> None:
         """Stores ``table`` in the segment network; engines built before are dropped."""
         import onnx

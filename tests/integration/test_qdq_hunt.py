@@ -80,3 +80,23 @@ def test_a_qat_model_on_int8s_grid_is_reproduced_to_float_rounding(tmp_path, nam
         assert [l.kind for l, _ in _engine_layers(c)] == ["conv", "conv"]
     err = np.abs(got - want).max() / np.abs(want).max()
     assert err < 2e-6, f"{name}: {err:.2e} of the largest output off TF"
+
+
+def test_an_int8_engine_with_no_quantized_layer_says_so(tmp_path, caplog):
+    """Graph ranges none of whose readers is a conv / GEMM (a tanh between): the engine runs
+    FP16, and a warning says why (it said nothing above INFO)."""
+    class M(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 16], tf.float32, name="x")])
+        def __call__(self, x):
+            return {"y": _conv(tf.tanh(_qdq(x, 2.0)))}
+    path = str(tmp_path / "m")
+    tf.saved_model.save(M(), path)
+    c = trt.TrtGraphConverterV2(input_saved_model_dir=path, precision_mode="INT8",
+                                use_calibration=False)
+    with caplog.at_level("WARNING"):
+        fn = c.convert()
+        fn(x=tf.constant(X))
+        fn(x=tf.constant(X[:2]))
+    lines = [r.getMessage() for r in caplog.records
+             if "none of its 1 conv/GEMM layers runs in INT8" in r.getMessage()]
+    assert len(lines) == 1 and "no range for tensor" in lines[0], lines
