@@ -199,6 +199,15 @@ def graph_table(model) -> Optional[dict]:
             log.info("%s: fake quantization to %.0f levels over [-%g, %g] is coarser than "
                      "INT8's %d; it is computed as TF does, not folded into the layer reading "
                      "it", out, levels, amax, amax, MIN_FOLD_LEVELS)
+    # A segment output named after an op's output is an Identity of it: the network keeps the
+    # output's name, so the op's output goes by that name there, and a layer reading it found
+    # no range (helper hunt, 2026-12-07: a fake-quant op that is also a signature output;
+    # its conv stayed FP16, and summary() named the placeholder)
+    for node in model.graph.node:
+        if node.op_type == "Identity" and node.input and node.input[0] in tensors:
+            tensors.setdefault(node.output[0], tensors[node.input[0]])
+            if node.input[0] in fake:
+                fake.setdefault(node.output[0], fake[node.input[0]])
     # The op's input gets the range only where nothing but fake quantization reads it:
     # another layer reading the raw input was quantized with that range and clipped to it
     # (a conv beside the fake-quant branch: 11% off TF on data in +-2.6 with [-2, 2], no

@@ -100,3 +100,28 @@ def test_an_int8_engine_with_no_quantized_layer_says_so(tmp_path, caplog):
     lines = [r.getMessage() for r in caplog.records
              if "none of its 1 conv/GEMM layers runs in INT8" in r.getMessage()]
     assert len(lines) == 1 and "no range for tensor" in lines[0], lines
+
+
+def test_a_fake_quant_output_that_is_also_a_signature_output_still_folds(tmp_path):
+    """The op's output leaves the engine too (a segment output, named after a placeholder in
+    the network): the conv reading it still takes its range (it stayed FP16, and summary()
+    named the placeholder as the tensor without a range)."""
+    class M(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 16], tf.float32, name="x")])
+        def __call__(self, x):
+            q = _qdq(x, 2.0)
+            return {"q": q, "y": _conv(q)}
+    path = str(tmp_path / "m")
+    tf.saved_model.save(M(), path)
+    want = tf.saved_model.load(path).signatures["serving_default"](x=tf.constant(X))
+    c = trt.TrtGraphConverterV2(input_saved_model_dir=path, precision_mode="INT8",
+                                use_calibration=False)
+    got = c.convert()(x=tf.constant(X))
+    (conv,) = [l for l, _ in _engine_layers(c) if l.kind == "conv"]
+    assert conv.precision == "INT8", conv.attrs.get("quant_fallback")
+    for k in ("q", "y"):
+        w = want[k].numpy()
+        assert np.abs(np.asarray(got[k]) - w).max() <= 2e-6 * np.abs(w).max(), k
+    lines = []
+    c.summary(print_fn=lines.append)
+    assert "TensorRTOutputPH" not in "\n".join(lines)
