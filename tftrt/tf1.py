@@ -192,6 +192,11 @@ class TrtGraphConverter:
         # Grappler's arithmetic pass fused unary chains into _UnaryOpsComposition (a CPU-only
         # op no engine takes), and Mul, left native (helper hunt, 2026-12-02)
         graph_def = _without_devices(graph_def)
+        # Function calls (a tf.function called in the TF1 graph: a PartitionedCall) inlined,
+        # as the SavedModel path inlines them, so that their ops can join engines (each stayed
+        # native whole, "no converter for op type PartitionedCall": helper hunt, 2026-12-07).
+        # A call that is a target keeps its name (a NoOp waiting on its body's effects).
+        graph_def = graph_io.inline_function_calls(graph_def, outputs + targets)
         cleaned = graph_io.run_grappler_passes(graph_def, g, inputs + outputs + targets)
         return graph_io.GraphInfo(cleaned, inputs, outputs)
 

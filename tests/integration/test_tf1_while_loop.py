@@ -100,3 +100,45 @@ def test_the_outer_body_after_an_inner_loop_stays_native(dynamic):
                                  minimum_segment_size=2, is_dynamic_op=dynamic)
     got = _run(conv.convert(), x)
     np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def _called_function_graph(target_call: bool):
+    """x -> tanh -> a tf.function (matmul, bias, relu, scale) called in the TF1 graph (a
+    PartitionedCall) -> 'out'; with ``target_call`` also a second call whose value nothing
+    reads (a session target)."""
+    @tf.function
+    def f(a):
+        return tf.nn.relu(tf.matmul(a, W) + 0.25) * 1.5 - 0.1
+    g = tf.Graph()
+    with g.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, (None, 8), name="x")
+        tf.identity(f(tf.tanh(x)) * 2.0, name="out")
+        if target_call:
+            f(x)
+    return g.as_graph_def()
+
+
+@pytest.mark.parametrize("dynamic", [True, False])
+def test_a_function_called_in_a_tf1_graph_converts(dynamic):
+    """A GraphDef's function call is inlined, as the SavedModel path inlines it, and its ops
+    join the engine (the call stayed native whole: "no converter for op type
+    PartitionedCall", helper hunt 2026-12-07)."""
+    gd = _called_function_graph(False)
+    assert any(n.op in ("PartitionedCall", "StatefulPartitionedCall") for n in gd.node)
+    x = np.random.RandomState(1).standard_normal((3, 8)).astype(np.float32)
+    want = _run(gd, x)
+    conv = trt.TrtGraphConverter(input_graph_def=gd, nodes_denylist=["out"],
+                                 is_dynamic_op=dynamic, max_batch_size=4)
+    got = _run(conv.convert(), x)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    members = [m for op in conv._result.engine_ops.values() for m in op.spec.member_nodes]
+    assert any(m.endswith("MatMul") for m in members) and any("Relu" in m for m in members)
+
+
+def test_a_function_call_with_no_reader_stays_a_target():
+    """Without nodes_denylist the graph keeps its output-less ends: a call nobody reads is
+    inlined and its name stays (the graph still runs)."""
+    gd = _called_function_graph(True)
+    x = np.random.RandomState(1).standard_normal((3, 8)).astype(np.float32)
+    got = _run(trt.TrtGraphConverter(input_graph_def=gd).convert(), x)
+    np.testing.assert_allclose(got, _run(gd, x), rtol=1e-5, atol=1e-6)
