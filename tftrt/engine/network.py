@@ -289,6 +289,9 @@ class Network:
         self.weights: Dict[str, np.ndarray] = {}
         # The quantization table (quantization.py) an INT8 / FP8 build uses, or None.
         self.quantization: Optional[dict] = None
+        # tensor names passes removed or renamed -> the name the value goes by next: the
+        # quantization table names the segment's tensors as its ONNX model did (resolve())
+        self.aliases: Dict[str, str] = {}
         self._counter = 0
 
     # --- construction --------------------------------------------------------------------
@@ -309,6 +312,7 @@ class Network:
             n.layers = [l.clone() for l in self.layers]
             n.weights = dict(self.weights)
             n.quantization = self.quantization
+            n.aliases = dict(getattr(self, "aliases", {}))
             n._counter = self._counter
             return n
         finally:
@@ -388,6 +392,16 @@ class Network:
         self.tensors[new] = dataclasses.replace(info, name=new)
         if old in self.weights:
             self.weights[new] = self.weights.pop(old)
+        self.aliases[old] = new
+
+    def resolve(self, name: str) -> str:
+        """The name tensor ``name`` goes by in this network: itself, or where a pass removed
+        or renamed it (:attr:`aliases`), the name its value has now."""
+        aliases, seen = getattr(self, "aliases", {}), set()
+        while name not in self.tensors and name in aliases and name not in seen:
+            seen.add(name)
+            name = aliases[name]
+        return name
 
     def substitute(self, old: str, new: str) -> None:
         """Makes every use of tensor ``old`` read ``new`` instead (``old``'s producer is about
@@ -395,6 +409,7 @@ class Network:
         is a plain intermediate tensor, else a copy layer is added."""
         for l in self.layers:
             l.inputs = [new if i == old else i for i in l.inputs]
+        self.aliases[old] = new
         if old not in self.outputs:
             return
         plain = (new not in self.inputs and new not in self.outputs and new not in self.weights

@@ -376,6 +376,29 @@ def _amax(table: dict, name: str) -> Optional[float]:
 _RANGE_KEEPING = ("transpose", "reshape", "slice", "split", "gather", "tile", "expand")
 
 
+def in_network_names(net: Network, table: dict) -> dict:
+    """``table`` with its tensor names also as ``net`` has them (Network.resolve). The
+    table names the segment's tensors as its ONNX model does, and passes remove some: a
+    conv's NCHW -> NHWC transposes folded away leave its output under the conv's own name
+    (helper hunt, 2026-12-07: conv -> fake quant -> conv, the fold's source gone, the fake
+    quantization ran as a float16 layer between the INT8 convs). A name still in the network
+    keeps its own entry."""
+    if not getattr(net, "aliases", None):
+        return table
+    out = dict(table)
+    for key in ("tensors", "layer_errors"):
+        d = dict(table.get(key) or {})
+        for k, v in (table.get(key) or {}).items():
+            d.setdefault(net.resolve(k), v)
+        out[key] = d
+    fake = {}
+    for k, v in (table.get("fake_quant") or {}).items():
+        fake[k] = net.resolve(v)
+        fake.setdefault(net.resolve(k), net.resolve(v))
+    out["fake_quant"] = fake
+    return out
+
+
 def _carried_amax(net: Network, table: dict, name: str, producers) -> Optional[float]:
     """The range of a fake-quant op's output that reaches tensor ``name`` through layers that
     keep its values (a max pool, a transpose, a reshape ...), or None. Only a fake-quant
@@ -421,6 +444,7 @@ def quantize_network(net: Network, precision: str, table: dict,
     """
     precision = precision.upper()
     qmax = QMAX[precision]
+    table = in_network_names(net, table)
     limit = max_layer_error(precision) if max_error is None else max_error
     errors = table.get("layer_errors", {})
     fake = table.get("fake_quant", {})

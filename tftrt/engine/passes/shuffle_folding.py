@@ -104,6 +104,7 @@ class _Sweep:
             for layer in net.layers:
                 if any(i in self.substitutions for i in layer.inputs):
                     layer.inputs = [resolve(i) for i in layer.inputs]
+            net.aliases.update(self.substitutions)
         return self.changed
 
 

@@ -293,6 +293,13 @@ def vertical_fusion(net: Network) -> Network:
     absorbs nothing. Before (2026-12-04) each absorption started the scan again with new
     maps: a 48-block Keras transformer spent 2.9 s of its build here (scaling hunt)."""
     net = net.copy()
+    # The inputs of fake-quant ops an INT8 layer may fold (the quantization table's
+    # "fake_quant", by their names here): absorbing the op's first step (its clamp) into the
+    # layer producing such an input removed the tensor the fold reads, and the rest of the op
+    # then ran as a float16 layer between two INT8 ones (helper hunt, 2026-12-07: conv ->
+    # fake quant -> conv 2e-3 off TF where the fold is exact)
+    table = getattr(net, "quantization", None) or {}
+    folds = {net.resolve(v) for v in (table.get("fake_quant") or {}).values()}
     changed = True
     while changed:
         changed = False
@@ -308,7 +315,7 @@ def vertical_fusion(net: Network) -> Network:
                 continue
             y = layer.outputs[0]
             users = cons.get(y, [])
-            if len(users) != 1 or y in net.outputs or y in dirty:
+            if len(users) != 1 or y in net.outputs or y in dirty or y in folds:
                 continue
             consumer = users[0]
             if consumer.kind != "pointwise" or id(consumer) in moved or \
