@@ -245,6 +245,40 @@ class GraphInfo:
                     self.shapes[name] = None
                 else:
                     self.shapes[name] = tuple(t.shape.as_list())
+        if any(n.op in EXIT_OPS for n in self.graph_def.node):
+            self._loop_shapes(g)
+
+    def _loop_shapes(self, g) -> None:
+        """Shapes after TF1 while loops. TF's importer gives a loop's Exit (and everything
+        computed from it) an unknown rank: it infers shapes once, before the loop's
+        NextIteration is known. Grappler's static inference, which TF-TRT's segmenter used,
+        iterates the loop: the output of a map_fn or dynamic_rnn loop gets its rank and the
+        dims the loop keeps, so the layers after it can join engines (a conv after a loop
+        stayed native with "input 0 of Conv2D has unknown rank": helper hunt, 2026-12-07).
+        Only tensors the importer left without a rank take them."""
+        unknown = {name.split(":")[0] for name, shape in self.shapes.items() if shape is None}
+        if not unknown:
+            return
+        import tensorflow as tf
+        from tensorflow.python.grappler import item as gitem
+        try:
+            with g.as_default():
+                ends = [op for op in g.get_operations() if op.type != "Const"]
+                train = tf.compat.v1.get_collection_ref(tf.compat.v1.GraphKeys.TRAIN_OP)
+                train.extend(ends)
+                meta = tf.compat.v1.train.export_meta_graph(graph=g)
+                del train[:]
+            props = gitem.Item(meta).GetOpProperties()
+        except Exception as e:  # (inference is a help here; the importer's shapes stand)
+            log.info("grappler's shape inference after the TF1 loops failed: %s", e)
+            return
+        for node in unknown & set(props):
+            for k, p in enumerate(props[node]):
+                name = tensor_name(node, k)
+                if name in self.shapes and self.shapes[name] is None and \
+                        not p.shape.unknown_rank:
+                    self.shapes[name] = tuple(int(d.size) if d.size >= 0 else None
+                                              for d in p.shape.dim)
 
 
 def _canonical(name: str) -> str:

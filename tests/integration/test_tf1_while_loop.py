@@ -142,3 +142,38 @@ def test_a_function_call_with_no_reader_stays_a_target():
     x = np.random.RandomState(1).standard_normal((3, 8)).astype(np.float32)
     got = _run(trt.TrtGraphConverter(input_graph_def=gd).convert(), x)
     np.testing.assert_allclose(got, _run(gd, x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dynamic", [True, False])
+def test_the_layers_after_a_tf1_loop_convert(dynamic):
+    """The importer gives a loop's Exit an unknown rank. Grappler drops the reshape the model
+    pins the loop's output with (it knows the shape) and the conv then reads the Exit: it
+    stayed native with "input 0 of Conv2D has unknown rank" (helper hunt 2026-12-07).
+    Grappler's shape inference gives the Exit its rank, and the conv joins an engine. Static
+    mode needs every dim: the conv may stay native there, with the same answers."""
+    k = (np.random.RandomState(0).standard_normal((3, 3, 8, 8)) * 0.2).astype(np.float32)
+    g = tf.Graph()
+    with g.as_default():
+        v2 = tf.compat.v1.control_flow_v2_enabled()
+        tf.compat.v1.disable_control_flow_v2()
+        try:
+            x = tf.compat.v1.placeholder(tf.float32, (None, 4, 4, 8), name="x")
+            _, w = tf.compat.v1.while_loop(
+                lambda i, v: tf.logical_and(tf.reduce_sum(tf.abs(v)) < 1e4, i < 3),
+                lambda i, v: (i + 1, v * 0.7 + 0.3), [0, tf.reshape(x, [-1, 4, 4, 8])],
+                shape_invariants=[tf.TensorShape([]), tf.TensorShape([None, 4, 4, 8])])
+            w = tf.reshape(w, [-1, 4, 4, 8])
+            tf.identity(tf.nn.relu(tf.nn.conv2d(w, k, 1, "SAME") * 0.5 - 0.2), name="out")
+        finally:
+            if v2:
+                tf.compat.v1.enable_control_flow_v2()
+    gd = g.as_graph_def()
+    xv = np.random.RandomState(1).standard_normal((2, 4, 4, 8)).astype(np.float32)
+    want = _run(gd, xv)
+    conv = trt.TrtGraphConverter(input_graph_def=gd, nodes_denylist=["out"],
+                                 minimum_segment_size=2, is_dynamic_op=dynamic)
+    got = _run(conv.convert(), xv)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    members = [m for op in conv._result.engine_ops.values() for m in op.spec.member_nodes]
+    if dynamic:  # (Grappler folds the conv into the Mul after it: "Conv2D/merged_input")
+        assert any("Conv2D" in m for m in members), members
