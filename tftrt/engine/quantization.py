@@ -383,7 +383,7 @@ def in_network_names(net: Network, table: dict) -> dict:
     (helper hunt, 2026-12-07: conv -> fake quant -> conv, the fold's source gone, the fake
     quantization ran as a float16 layer between the INT8 convs). A name still in the network
     keeps its own entry."""
-    if not getattr(net, "aliases", None):
+    if not table or not getattr(net, "aliases", None):
         return table
     out = dict(table)
     for key in ("tensors", "layer_errors"):
@@ -399,7 +399,7 @@ def in_network_names(net: Network, table: dict) -> dict:
     return out
 
 
-def _carried_amax(net: Network, table: dict, name: str, producers) -> Optional[float]:
+def _carried_amax(table: dict, name: str, producers) -> Optional[float]:
     """The range of a fake-quant op's output that reaches tensor ``name`` through layers that
     keep its values (a max pool, a transpose, a reshape ...), or None. Only a fake-quant
     op's output: its values lie on the op's grid, and a max or a move keeps them there (a
@@ -459,7 +459,7 @@ def quantize_network(net: Network, precision: str, table: dict,
         x = layer.inputs[0]
         amax = _amax(table, x)
         if amax is None:
-            amax = _carried_amax(net, table, x, producers)
+            amax = _carried_amax(table, x, producers)
         p = producers.get(x)
         if amax is None and p is not None and p.kind == "space_to_depth":
             # passes/stem_space_to_depth's rearranged image: its values are the image's and
