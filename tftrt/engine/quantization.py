@@ -386,17 +386,48 @@ def in_network_names(net: Network, table: dict) -> dict:
     if not table or not getattr(net, "aliases", None):
         return table
     out = dict(table)
-    for key in ("tensors", "layer_errors"):
-        d = dict(table.get(key) or {})
-        for k, v in (table.get(key) or {}).items():
-            d.setdefault(net.resolve(k), v)
-        out[key] = d
     fake = {}
     for k, v in (table.get("fake_quant") or {}).items():
         fake[k] = net.resolve(v)
         fake.setdefault(net.resolve(k), net.resolve(v))
     out["fake_quant"] = fake
+    # A range moves to the name a pass left only where that tensor holds the same values for
+    # every reader: a fake-quant op's output (on its grid), or a fold's source that nothing but
+    # fake quantization reads. A no-op reshape's input read by another conv too must not take
+    # the range graph_table gave the reshape's output (only fake quantization read that):
+    # the other conv was clipped to it (0.29 of the largest output off TF; QAT hunt, s50).
+    chain = _fake_quant_layers(net, fake)
+    consumers = net.consumers()
+    for key in ("tensors", "layer_errors"):
+        d = dict(table.get(key) or {})
+        for k, v in (table.get(key) or {}).items():
+            r = net.resolve(k)
+            if r != k and r not in d and (k in fake or all(
+                    id(c) in chain for c in consumers.get(r, []))):
+                d[r] = v
+        out[key] = d
     return out
+
+
+def _fake_quant_layers(net: Network, fake: Dict[str, str]) -> set:
+    """ids of the layers computing the fake-quant ops of ``fake`` (output -> source): the
+    one-input-tensor pointwise layers from each op's output back to its source."""
+    producers = net.producers()
+    ids = set()
+    for out, src in fake.items():
+        name = out
+        for _ in range(16):  # (a lowering is a few steps)
+            p = producers.get(name)
+            if p is None or p.kind != "pointwise":
+                break
+            tensors = [i for i in p.inputs if i not in net.weights]
+            if len(tensors) != 1:
+                break
+            ids.add(id(p))
+            if tensors[0] == src:
+                break
+            name = tensors[0]
+    return ids
 
 
 def _carried_amax(table: dict, name: str, producers) -> Optional[float]:
@@ -457,9 +488,12 @@ def quantize_network(net: Network, precision: str, table: dict,
         if reason is None and not stems:
             reason = _stem_reason(net, layer)
         x = layer.inputs[0]
-        amax = _amax(table, x)
+        # a fake-quant op's range carried to x wins over a calibrated one, as the graph's
+        # ranges do (a conv behind a max pool took the pool's calibrated range: 0.36 off TF
+        # where the data left the calibration's range; QAT hunt, s50)
+        amax = _carried_amax(table, x, producers)
         if amax is None:
-            amax = _carried_amax(table, x, producers)
+            amax = _amax(table, x)
         p = producers.get(x)
         if amax is None and p is not None and p.kind == "space_to_depth":
             # passes/stem_space_to_depth's rearranged image: its values are the image's and
