@@ -880,6 +880,17 @@ class QMmaSource:
         words = 4 * (KB // 64) if full_blocks else 4 * rest_chunks + 2 * tail
         return "\n      ".join(blocks), words
 
+    def _weight_fill(self, w: str, src: _Src) -> str:
+        """The block's loop copying its chunk's rows of weight ``w`` (of GEMM ``src``) into
+        shared memory (``src.bsm``, rows of :func:`smem_row`), zero rows past N."""
+        k, nc, kr = src.k, self.nc, smem_row(src.k)
+        return f"""for (int i = threadIdx.x; i < {nc * k // 16}; i += blockDim.x) {{
+    const int r = i / {k // 16}, c = i - r * {k // 16};
+    uint4 v = {{0u, 0u, 0u, 0u}};
+    if (r < cw) v = reinterpret_cast<const uint4*>({w} + (long long)(n0 + r) * {k})[c];
+    {src.bsm}[r * {kr // 16} + c] = v;
+  }}"""
+
     def _projection_parts(self, acc_zero: str) -> Dict[str, object]:
         """The source of :attr:`projection` (empty strings without one): ``arrays`` (its
         weight rows and staged per-channel operands in shared memory), ``fill`` (the block
@@ -898,13 +909,7 @@ class QMmaSource:
             f"\n  for (int c = threadIdx.x; c < {nc}; c += blockDim.x) "
             f"psm{i}[c] = c < cw ? {load_expr(proj.operand_modes[i][1], f'p{i}[n0 + c]')} : 0.f;"
             for i in self.proj_vecs)
-        fill += f"""
-  for (int i = threadIdx.x; i < {nc * k2 // 16}; i += blockDim.x) {{
-    const int r = i / {k2 // 16}, c = i - r * {k2 // 16};
-    uint4 v = {{0u, 0u, 0u, 0u}};
-    if (r < cw) v = reinterpret_cast<const uint4*>(w2 + (long long)(n0 + r) * {k2})[c];
-    bsp4[r * {kr2 // 16} + c] = v;
-  }}"""
+        fill += "\n  " + self._weight_fill("w2", src)
         align = "\n  const bool x2al = (reinterpret_cast<unsigned long long>(x2) & 15ull) == 0ull;"
         loads = {}
         for i in self.proj_operands:
@@ -1059,7 +1064,7 @@ class QMmaSource:
   }}"""
         return PRELUDE + helpers + MMA_HELPERS[self.fmt] + loaders + f"""
 extern "C" __global__ void __launch_bounds__({bounds}) {KERNEL}({params}) {{
-  constexpr int KR = {kr}, SR = {sr}, NT = {nt};
+  constexpr int SR = {sr}, NT = {nt};
   __shared__ uint4 bsm4[{nc * kr // 16}];
   __shared__ uint4 stage4[{self.warps * 16 * sr // 16}];
   {full_arrays}{vec_arrays}{proj["arrays"]}
@@ -1068,12 +1073,7 @@ extern "C" __global__ void __launch_bounds__({bounds}) {KERNEL}({params}) {{
   const int cw = {n} - n0 < {nc} ? {n} - n0 : {nc};  // this chunk's channels
   {vec_fill}{proj["fill"]}
   // the chunk's weight rows, zero rows past N (their products are never stored)
-  for (int i = threadIdx.x; i < {nc * k // 16}; i += blockDim.x) {{
-    const int r = i / {k // 16}, c = i - r * {k // 16};
-    uint4 v = {{0u, 0u, 0u, 0u}};
-    if (r < cw) v = reinterpret_cast<const uint4*>(w + ({it})(n0 + r) * {k})[c];
-    bsm4[r * (KR / 16) + c] = v;
-  }}
+  {self._weight_fill("w", self._main)}
   __syncthreads();
   const int warp = threadIdx.x / {LANES}, lane = threadIdx.x % {LANES};
   const int g = lane >> 2, t = lane & 3;
