@@ -142,7 +142,7 @@ def run(name, hw, k, n, xdt, res, relu, batch, configs, rng, taps=1, ablate=()):
         epi.append({"op": "act", "fn": "relu"})
     inv_x = float(Q.inv_scale(IN_SCALE))
     if xdt == "int8":
-        x = cp.asarray(rng.integers(-127, 128, (m, c), dtype=np.int8))
+        x = _codes(rng, (m, c))
         xq = x.astype(cp.float32)
     else:
         x = cp.asarray((rng.standard_normal((m, c)) * 2).astype(xdt))
@@ -151,11 +151,11 @@ def run(name, hw, k, n, xdt, res, relu, batch, configs, rng, taps=1, ablate=()):
         xp = cp.pad(xq.reshape(batch, hw, hw, c), ((0, 0), (1, 1), (1, 1), (0, 0)))
         xq = cp.concatenate([xp[:, dh:dh + hw, dw:dw + hw] for dh in range(3)
                              for dw in range(3)], axis=-1).reshape(m, k)
-    w = cp.asarray(rng.integers(-127, 128, (n, k), dtype=np.int8))
+    w = _codes(rng, (n, k))
     ops = {2: cp.asarray(rng.uniform(1e-3, 4e-3, n).astype(np.float32)),
            3: cp.asarray(rng.standard_normal(n).astype(np.float32))}
     if res:
-        ops[4] = cp.asarray(rng.integers(-127, 128, (m, n), dtype=np.int8))
+        ops[4] = _codes(rng, (m, n))
     # the reference: exact integer sums (float32 below 2**24), numpy's float32 epilogue order
     acc = (xq @ w.astype(cp.float32).T)
     v = acc * ops[2] + ops[3]
@@ -163,45 +163,25 @@ def run(name, hw, k, n, xdt, res, relu, batch, configs, rng, taps=1, ablate=()):
         v = v + ops[4].astype(cp.float32) * cp.float32(RES_SCALE)
     if relu:
         v = cp.maximum(v, 0)
-    want = cp.clip(cp.rint(v * cp.float32(Q.inv_scale(OUT_SCALE))), -127, 127).astype(cp.int8)
+    want = _requant(v, OUT_SCALE)
     nbytes = m * c * x.itemsize + m * n * (2 if res else 1) + n * k
     rows = []
-    for mt, warps, nc, stage, fast, min_threads, pipe, paired, vecs, i2f, rcv, il in configs:
+    for config in configs:
+        mt, warps, nc, _, fast, min_threads, _, paired = config[:8]
         try:
-            src = QM.QMmaSource(n, k, S.INT8, xdt, "int8", epi, modes, inv_x, OUT_SCALE, mt=mt,
-                                warps=warps or None, nc=nc or None, stage_full=bool(stage),
-                                fast_int=bool(fast), min_threads=min_threads,
-                                pipeline=bool(pipe), paired=bool(paired), conv=geometry,
-                                stage_vecs=bool(vecs), i2f=bool(i2f),
-                                res_cvt=("byte", "half2")[rcv],
-                                interleave=None if il == 2 else bool(il))
+            src = _source(config, n, k, xdt, epi, modes, inv_x, geometry)
         except ValueError as e:
             print(f"{name:24s} mt {mt} warps {warps} nc {nc}: {e}")
             continue
-        kern = _raw_kernel(ablated(src.source, ablate), QM.KERNEL)
         y = cp.full((m, n), -128, cp.int8)
-        props = device_props()
-        per_sm = QM.resident_blocks(kern.num_regs, kern.shared_size_bytes, src.threads, props)
-        blocks = src.grid(m, props["multiProcessorCount"] * per_sm)
         args = (x, w) + tuple(ops[i] for i in src.operands) + (y, np.int64(m))
-        launch = lambda: kern((blocks,), (src.threads,), args)  # noqa: E731
-        launch()
-        cp.cuda.get_current_stream().synchronize()
-        d = cp.abs(y.astype(cp.int32) - want.astype(cp.int32))
-        off, worst = int(cp.count_nonzero(d)), int(d.max())
-        t = gpu_time(launch, cp.cuda.get_current_stream(), what=name) * 1e6
-        rows.append((mt, src.nc, blocks, t, nbytes / t / 1e3, off, worst))
-        print(f"{name:24s} mt {mt:2d} warps {warps} nc {src.nc:3d} "
-              f"{'staged' if src.full else 'direct' if res else '-':6s} "
-              f"{'fast' if fast else 'cvt'} min {min_threads:3d} "
-              f"{'pipe' if src.pipeline else 'step'} {'pair' if paired else 'elem'} "
-              f"{'vecs' if src.vecs else 'ldg'} {'i2f' if src.i2f else 'magic'} "
-              f"res-{src.res_cvt} {'k-first' if src.interleave else 'n-first'} "
-              f"regs {kern.num_regs:3d} "
-              f"{per_sm} a SM, "
-              f"blocks {blocks:5d}: {t:8.1f} us "
-              f"{nbytes / t / 1e3:7.0f} GB/s ({nbytes / 1e6:.1f} MB); {off} of {m * n} "
-              f"outputs differ (max {worst} steps)", flush=True)
+        detail = (f"mt {mt:2d} warps {warps} nc {src.nc:3d} "
+                  f"{'staged' if src.full else 'direct' if res else '-':6s} "
+                  f"{'fast' if fast else 'cvt'} min {min_threads:3d} "
+                  f"{'pipe' if src.pipeline else 'step'} {'pair' if paired else 'elem'} "
+                  f"{'vecs' if src.vecs else 'ldg'} {'i2f' if src.i2f else 'magic'} "
+                  f"res-{src.res_cvt} {'k-first' if src.interleave else 'n-first'}")
+        rows.append((mt,) + _time(name, src, args, m, want, nbytes, ablate, detail))
     return rows
 
 
@@ -216,9 +196,11 @@ def _source(config, n, k, xdt, epi, modes, inv_x, geometry=None, projection=None
                          interleave=None if il == 2 else bool(il), projection=projection)
 
 
-def _time(name, src, args, m, want, nbytes, ablate):
+def _time(name, src, args, m, want, nbytes, ablate, detail=None):
     """Compiles and launches ``src`` over ``m`` rows (the grid capped at the blocks the GPU
-    holds), checks y (the last array of ``args``) against ``want``, times it; a row."""
+    holds), checks y (the last array of ``args``) against ``want``, times it, prints a line
+    (``detail``: the settings it names; default the warps and chunk width); a row (nc,
+    blocks, us, GB/s, outputs off, worst step)."""
     kern = _raw_kernel(ablated(src.source, ablate), QM.KERNEL)
     props = device_props()
     per_sm = QM.resident_blocks(kern.num_regs, kern.shared_size_bytes, src.threads, props)
@@ -229,7 +211,8 @@ def _time(name, src, args, m, want, nbytes, ablate):
     d = cp.abs(args[-2].astype(cp.int32) - want.astype(cp.int32))
     off, worst = int(cp.count_nonzero(d)), int(d.max())
     t = gpu_time(launch, cp.cuda.get_current_stream(), what=name) * 1e6
-    print(f"{name:24s} warps {src.warps} nc {src.nc:3d} regs {kern.num_regs:3d} {per_sm} a SM, "
+    detail = detail or f"warps {src.warps} nc {src.nc:3d}"
+    print(f"{name:24s} {detail} regs {kern.num_regs:3d} {per_sm} a SM, "
           f"blocks {blocks:5d}: {t:8.1f} us {nbytes / t / 1e3:7.0f} GB/s "
           f"({nbytes / 1e6:.1f} MB); {off} of {want.size} outputs differ (max {worst} steps)",
           flush=True)
