@@ -50,6 +50,16 @@ CASES = {
 }
 
 
+def _save(tmp_path, name, f):
+    class M(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 16], tf.float32, name="x")])
+        def __call__(self, x):
+            return f(x)
+    path = str(tmp_path / name)
+    tf.saved_model.save(M(), path)
+    return path
+
+
 def _engine_layers(converter):
     out = []
     for op in converter.engine_ops.values():
@@ -62,12 +72,7 @@ def _engine_layers(converter):
 def test_a_qat_model_on_int8s_grid_is_reproduced_to_float_rounding(tmp_path, name):
     f = CASES[name]
 
-    class M(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 16], tf.float32, name="x")])
-        def __call__(self, x):
-            return {"y": f(x)}
-    path = str(tmp_path / name)
-    tf.saved_model.save(M(), path)
+    path = _save(tmp_path, name, lambda x: {"y": f(x)})
     want = tf.saved_model.load(path).signatures["serving_default"](x=tf.constant(X))["y"]
     want = want.numpy()
     c = trt.TrtGraphConverterV2(input_saved_model_dir=path, precision_mode="INT8",
@@ -87,12 +92,7 @@ def test_a_qat_model_on_int8s_grid_is_reproduced_to_float_rounding(tmp_path, nam
 def test_an_int8_engine_with_no_quantized_layer_says_so(tmp_path, caplog):
     """Graph ranges none of whose readers is a conv / GEMM (a tanh between): the engine runs
     FP16, and a warning says why (it said nothing above INFO)."""
-    class M(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 16], tf.float32, name="x")])
-        def __call__(self, x):
-            return {"y": _conv(tf.tanh(_qdq(x, 2.0)))}
-    path = str(tmp_path / "m")
-    tf.saved_model.save(M(), path)
+    path = _save(tmp_path, "m", lambda x: {"y": _conv(tf.tanh(_qdq(x, 2.0)))})
     c = trt.TrtGraphConverterV2(input_saved_model_dir=path, precision_mode="INT8",
                                 use_calibration=False)
     with caplog.at_level("WARNING"):
@@ -108,13 +108,7 @@ def test_a_fake_quant_output_that_is_also_a_signature_output_still_folds(tmp_pat
     """The op's output leaves the engine too (a segment output, named after a placeholder in
     the network): the conv reading it still takes its range (it stayed FP16, and summary()
     named the placeholder as the tensor without a range)."""
-    class M(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 16], tf.float32, name="x")])
-        def __call__(self, x):
-            q = _qdq(x, 2.0)
-            return {"q": q, "y": _conv(q)}
-    path = str(tmp_path / "m")
-    tf.saved_model.save(M(), path)
+    path = _save(tmp_path, "m", lambda x: (lambda q: {"q": q, "y": _conv(q)})(_qdq(x, 2.0)))
     want = tf.saved_model.load(path).signatures["serving_default"](x=tf.constant(X))
     c = trt.TrtGraphConverterV2(input_saved_model_dir=path, precision_mode="INT8",
                                 use_calibration=False)
@@ -127,16 +121,6 @@ def test_a_fake_quant_output_that_is_also_a_signature_output_still_folds(tmp_pat
     lines = []
     c.summary(print_fn=lines.append)
     assert "TensorRTOutputPH" not in "\n".join(lines)
-
-
-def _save(tmp_path, name, f):
-    class M(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 16], tf.float32, name="x")])
-        def __call__(self, x):
-            return f(x)
-    path = str(tmp_path / name)
-    tf.saved_model.save(M(), path)
-    return path
 
 
 def _conv_inputs(converter):

@@ -2,6 +2,8 @@
 dynamic_rnn and map_fn) converts around the loop, which stays native, as in TF-TRT. convert()
 raised "the graph has a cycle" (helper hunt, 2026-12-01)."""
 
+import contextlib
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -12,20 +14,28 @@ from tftrt import graph_io, trt_convert as trt
 W = np.random.RandomState(0).standard_normal((8, 8)).astype(np.float32)
 
 
-def _loop_graph():
+@contextlib.contextmanager
+def _v1_graph():
+    """A new default tf.Graph whose loops and conds are v1 control flow (what TF1 wrote);
+    the process's setting is restored after."""
     g = tf.Graph()
     with g.as_default():
         v2 = tf.compat.v1.control_flow_v2_enabled()
-        tf.compat.v1.disable_control_flow_v2()  # what TF1 wrote
+        tf.compat.v1.disable_control_flow_v2()
         try:
-            x = tf.compat.v1.placeholder(tf.float32, (None, 8), name="x")
-            h = tf.nn.relu(tf.matmul(x, W) + 1.0) * 2.0 - 1.0
-            _, w = tf.while_loop(lambda i, v: i < 3, lambda i, v: (i + 1, v * 0.5 + 0.1),
-                                 [tf.constant(0), h])
-            tf.identity(tf.tanh(w * 3.0) + 1.0, name="out")
+            yield g
         finally:
             if v2:
                 tf.compat.v1.enable_control_flow_v2()
+
+
+def _loop_graph():
+    with _v1_graph() as g:
+        x = tf.compat.v1.placeholder(tf.float32, (None, 8), name="x")
+        h = tf.nn.relu(tf.matmul(x, W) + 1.0) * 2.0 - 1.0
+        _, w = tf.while_loop(lambda i, v: i < 3, lambda i, v: (i + 1, v * 0.5 + 0.1),
+                             [tf.constant(0), h])
+        tf.identity(tf.tanh(w * 3.0) + 1.0, name="out")
     return g.as_graph_def()
 
 
@@ -65,23 +75,16 @@ def _nested_loop_graph():
     """An outer loop whose body, after an inner loop, computes on the inner loop's result
     alone (Size -> Cast -> Sqrt -> Reciprocal: no Const, whose control input from the frame
     would have marked it)."""
-    g = tf.Graph()
-    with g.as_default():
-        v2 = tf.compat.v1.control_flow_v2_enabled()
-        tf.compat.v1.disable_control_flow_v2()
-        try:
-            x = tf.compat.v1.placeholder(tf.float32, (None, 8), name="x")
+    with _v1_graph() as g:
+        x = tf.compat.v1.placeholder(tf.float32, (None, 8), name="x")
 
-            def outer(i, v):
-                _, w = tf.compat.v1.while_loop(lambda j, u: j < 2,
-                                               lambda j, u: (j + 1, u * 0.5), [0, v])
-                scale = tf.math.reciprocal(tf.sqrt(tf.cast(tf.size(w), tf.float32)))
-                return i + 1, v * scale
-            _, w = tf.compat.v1.while_loop(lambda i, v: i < 2, outer, [0, x])
-            tf.identity(w, name="out")
-        finally:
-            if v2:
-                tf.compat.v1.enable_control_flow_v2()
+        def outer(i, v):
+            _, w = tf.compat.v1.while_loop(lambda j, u: j < 2,
+                                           lambda j, u: (j + 1, u * 0.5), [0, v])
+            scale = tf.math.reciprocal(tf.sqrt(tf.cast(tf.size(w), tf.float32)))
+            return i + 1, v * scale
+        _, w = tf.compat.v1.while_loop(lambda i, v: i < 2, outer, [0, x])
+        tf.identity(w, name="out")
     return g.as_graph_def()
 
 
@@ -152,21 +155,14 @@ def test_the_layers_after_a_tf1_loop_convert(dynamic):
     Grappler's shape inference gives the Exit its rank, and the conv joins an engine. Static
     mode needs every dim: the conv may stay native there, with the same answers."""
     k = (np.random.RandomState(0).standard_normal((3, 3, 8, 8)) * 0.2).astype(np.float32)
-    g = tf.Graph()
-    with g.as_default():
-        v2 = tf.compat.v1.control_flow_v2_enabled()
-        tf.compat.v1.disable_control_flow_v2()
-        try:
-            x = tf.compat.v1.placeholder(tf.float32, (None, 4, 4, 8), name="x")
-            _, w = tf.compat.v1.while_loop(
-                lambda i, v: tf.logical_and(tf.reduce_sum(tf.abs(v)) < 1e4, i < 3),
-                lambda i, v: (i + 1, v * 0.7 + 0.3), [0, tf.reshape(x, [-1, 4, 4, 8])],
-                shape_invariants=[tf.TensorShape([]), tf.TensorShape([None, 4, 4, 8])])
-            w = tf.reshape(w, [-1, 4, 4, 8])
-            tf.identity(tf.nn.relu(tf.nn.conv2d(w, k, 1, "SAME") * 0.5 - 0.2), name="out")
-        finally:
-            if v2:
-                tf.compat.v1.enable_control_flow_v2()
+    with _v1_graph() as g:
+        x = tf.compat.v1.placeholder(tf.float32, (None, 4, 4, 8), name="x")
+        _, w = tf.compat.v1.while_loop(
+            lambda i, v: tf.logical_and(tf.reduce_sum(tf.abs(v)) < 1e4, i < 3),
+            lambda i, v: (i + 1, v * 0.7 + 0.3), [0, tf.reshape(x, [-1, 4, 4, 8])],
+            shape_invariants=[tf.TensorShape([]), tf.TensorShape([None, 4, 4, 8])])
+        w = tf.reshape(w, [-1, 4, 4, 8])
+        tf.identity(tf.nn.relu(tf.nn.conv2d(w, k, 1, "SAME") * 0.5 - 0.2), name="out")
     gd = g.as_graph_def()
     xv = np.random.RandomState(1).standard_normal((2, 4, 4, 8)).astype(np.float32)
     want = _run(gd, xv)
