@@ -61,6 +61,7 @@ class QuantizedEngineOp(TRTEngineOp):
         super().__init__(spec, native_fn)
         self._table: Optional[dict] = None
         self._table_read = False
+        self._warned_unquantized = False  # (_warn_if_nothing_quantized, once per op)
 
     def network_from_model(self, model):
         net = super().network_from_model(model)
@@ -94,8 +95,7 @@ class QuantizedEngineOp(TRTEngineOp):
         where docs/differences.md promised a warning (helper hunt, 2026-12-07)."""
         table = self.quantization or {}
         net = getattr(engine, "network", None)
-        if getattr(self, "_warned_unquantized", False) or table.get("source") != "graph" or \
-                net is None:
+        if self._warned_unquantized or table.get("source") != "graph" or net is None:
             return
         gemms = [l for l in net.layers if l.kind in Q.GEMM_KINDS]
         if not gemms or any("quant" in l.attrs or Q.timed_fp16_reason(l) for l in gemms):
