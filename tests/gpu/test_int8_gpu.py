@@ -364,6 +364,43 @@ def test_the_tensor_core_gemm_kernel_runs_1x1_convs_and_matches_numpy(precision,
     assert off <= share, f"{what}: {off:.2%} of outputs off by > {REL[precision]}"
 
 
+def test_the_residual_conv_runs_its_projection_in_its_own_kernel(monkeypatch):
+    """With TFTRT_QUANT_MMA_PROJECTION=1 the bottleneck's last 1x1 conv, on q_mma, takes its
+    projection shortcut into its kernel (quantization.fuse_projections,
+    cuda_source_qmma.Projection): one layer fewer, the fused kernel validated at build time,
+    and the engine's answers the unfused engine's bit for bit (the same integer sums and
+    requantized codes) and the numpy simulation's."""
+    from tftrt.engine.backends import cupy_quant as QK
+    monkeypatch.setenv("TFTRT_INT8_RESIDUAL", "1")
+    monkeypatch.setenv("TFTRT_QUANT_MMA", "1")
+    monkeypatch.setattr(QK, "_MMA_VERDICTS", {})
+    _leave_to(monkeypatch, QK, "mma_applies", ("gemm_applies", "cudnn_applies",
+                                               "cudnn_pairs_applies", "emulated_applies"))
+    rng = np.random.RandomState(7)
+    model = _bottleneck_model(rng, "INT8")
+    x = rng.randn(4, 3, 14, 14).astype(F32)
+    cfg = BuilderConfig(precision="INT8", backend="cupy")
+    monkeypatch.setenv("TFTRT_QUANT_MMA_PROJECTION", "0")
+    plain = build_engine(model, {"x": x.shape}, cfg)
+    want = cp.asnumpy(plain.execute([cp.asarray(x)])[0])
+    monkeypatch.setenv("TFTRT_QUANT_MMA_PROJECTION", "1")
+    fused = build_engine(model, {"x": x.shape}, cfg)
+    choices = _choices(fused)
+    took = [(l, i) for l, i in _impls_pairs(fused) if "projection" in l.attrs]
+    assert len(took) == 1, choices
+    layer, impl = took[0]
+    assert isinstance(impl, QK.QuantGemmMma) and impl.src.projection is not None, choices
+    assert impl.fallback is None, choices
+    assert len(fused.network.layers) == len(plain.network.layers) - 1
+    got = cp.asnumpy(fused.execute([cp.asarray(x)])[0])
+    np.testing.assert_array_equal(got, want)
+    ref = build_engine(model, {"x": x.shape}, BuilderConfig(precision="INT8",
+                                                            backend="numpy"))
+    _close(got, ref.execute([x])[0], f"fused projection ({choices})", rel=2e-2)
+    report = Q.precision_report(fused.network)
+    assert report["quantized_flops"] == Q.precision_report(plain.network)["quantized_flops"]
+
+
 def _mobilenet_block_model(rng, precision):
     """MobileNetV2's block at small size: 1x1 expansion 32 -> 96 + ReLU6, a 3x3 depthwise
     conv (stride 2, then stride 1) + ReLU6, a 1x1 projection: the depthwise convs are INT8 /

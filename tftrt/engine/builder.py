@@ -504,7 +504,9 @@ def _finish(net: Network, backend, precision: str, weights: Dict[str, Any], conf
     """Memory plan (with the chosen tactics' scratch) and the Engine. First, an FP16 conv
     whose chosen implementation reads float32 x reads it instead of its cast
     (precision.absorb_input_casts), and an int8 max pool's producer stores the codes where
-    its chosen implementation can (quantization.absorb_pool_requantization)."""
+    its chosen implementation can (quantization.absorb_pool_requantization), and a residual
+    layer runs its projection shortcut where its implementation can
+    (quantization.fuse_projections)."""
     reads_float32 = getattr(backend, "reads_float32", None)
     if callable(reads_float32):
         for name in absorb_input_casts(net, reads_float32):
@@ -513,6 +515,10 @@ def _finish(net: Network, backend, precision: str, weights: Dict[str, Any], conf
     if precision == "INT8" and callable(stores_int8):
         for name in quantization.absorb_pool_requantization(net, stores_int8):
             log.info("layer %s stores int8 codes for the max pool after it", name)
+    fuses = getattr(backend, "fuses_projection", None)
+    if precision == "INT8" and callable(fuses):
+        for name in quantization.fuse_projections(net, fuses):
+            log.info("layer %s runs its projection shortcut in its own kernel", name)
     scratch = max([workspace_bytes(backend.name, net, l) for l in net.layers] or [0])
     memory = plan_memory(net, scratch, config.max_workspace_size_bytes,
                          config.max_device_memory_bytes)

@@ -71,7 +71,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from tftrt.engine.network import Layer, Network
+from tftrt.engine.network import Layer, Network, TensorInfo
 
 log = logging.getLogger("tftrt.engine")
 
@@ -765,6 +765,103 @@ def absorb_pool_requantization(net: Network, stores_int8) -> List[str]:
     return changed
 
 
+def fuse_projection_default() -> bool:
+    """Whether the builder offers a residual layer its projection shortcut
+    (:func:`fuse_projections`; env TFTRT_QUANT_MMA_PROJECTION, default off: the fused kernel
+    (cuda_source_qmma.Projection) is bit for bit the two layers' arithmetic on the host but
+    has not been timed on a GPU yet, and a tactic change needs its measurement)."""
+    from tftrt.env import env_bool
+    return env_bool("TFTRT_QUANT_MMA_PROJECTION", False)
+
+
+def _fusable_projection(net: Network, layer: Layer, index: int, producer, consumers,
+                        keep) -> Optional[Layer]:
+    """The quantized layer whose int8 output ``layer`` adds as its residual input ``index``
+    and nothing else reads, with per-channel constant operands only, over int8 codes; else
+    None (:func:`fuse_projections`)."""
+    t = layer.inputs[index]
+    p = producer.get(t)
+    if p is None or t in keep or p.kind not in ("conv", "matmul") or \
+            p.precision != "INT8" or "quant" not in p.attrs or "projection" in p.attrs or \
+            p.attrs["quant"].get("output_scale") is None or len(p.outputs) != 1 or \
+            net.tensors[t].dtype != "int8" or \
+            net.tensors[p.inputs[0]].dtype != "int8" or \
+            [u.name for u in consumers.get(t, [])] != [layer.name] or \
+            layer.inputs.count(t) != 1:
+        return None
+    if any("input" in e and p.inputs[e["input"]] not in net.weights for e in p.epilogue):
+        return None
+    return p
+
+
+def fuse_projections(net: Network, fuses) -> List[str]:
+    """After tactics are chosen (builder._finish): an INT8 layer ``m`` whose epilogue adds the
+    int8 output of another INT8 GEMM layer ``p`` that only ``m`` reads (a bottleneck's
+    projection shortcut, added by the block's last conv) takes ``p`` into its own kernel where
+    the implementation of its chosen tactic can (``fuses(net, m, p)``, the backend's: the CuPy
+    backend's ``q_mma`` with :func:`fuse_projection_default`). ``p`` leaves the network;
+    ``m`` reads ``p``'s input x2 in the residual's place (its ``inputs[i]``), ``p``'s weight
+    and operands are appended to ``m``'s inputs, and ``m.attrs["projection"]`` holds ``p``
+    (:meth:`Layer.to_json`) with ``"inputs_at"`` (where each of ``p``'s inputs is in ``m``'s),
+    ``"residual"`` (i) and ``"output"`` (its int8 tensor: name, shape). The codes ``p`` would
+    store are what ``m`` adds (:func:`projection_layer` gives ``p`` back to run it): the
+    answers are the same; the fused kernel skips writing and reading them. The memory plan
+    keeps x2 alive until ``m``. Returns the layers that took one."""
+    if not fuse_projection_default():
+        return []
+    consumers = net.consumers()
+    producer = {o: l for l in net.layers for o in l.outputs}
+    keep = set(net.outputs) | set(net.inputs)
+    changed, gone, codes = [], set(), []
+    for m in net.layers:
+        if m.kind not in ("conv", "matmul") or m.precision != "INT8" or \
+                "quant" not in m.attrs or "projection" in m.attrs:
+            continue
+        for e in m.epilogue:
+            if e.get("op") != "add" or "input" not in e:
+                continue
+            i = e["input"]
+            p = _fusable_projection(net, m, i, producer, consumers, keep)
+            if p is None or not fuses(net, m, p):
+                continue
+            t = p.outputs[0]
+            at = [i] + [len(m.inputs) + j - 1 for j in range(1, len(p.inputs))]
+            m.inputs[i] = p.inputs[0]
+            m.inputs.extend(p.inputs[1:])
+            m.attrs["projection"] = dict(
+                p.to_json(), inputs_at=at, residual=i,
+                output={"name": t, "shape": list(net.tensors[t].shape)})
+            gone.add(p.name)
+            codes.append(t)
+            changed.append(m.name)
+            break
+    net.layers = [l for l in net.layers if l.name not in gone]
+    for t in codes:  # kept in registers (or in the implementation's scratch): no tensor
+        del net.tensors[t]
+    return changed
+
+
+def projection_layer(net: Network, layer: Layer) -> Optional[Tuple[Network, Layer]]:
+    """The projection ``layer`` took (:func:`fuse_projections`), as a layer of its own over
+    ``layer``'s inputs, and a network to run it in (``net``'s tensors and weights, and its
+    int8 output), or None. Implementations run it first and add its codes (the reference and
+    emulated paths), or fuse it (q_mma)."""
+    d = layer.attrs.get("projection")
+    if d is None:
+        return None
+    p = Layer.from_json(d)
+    p.inputs = [layer.inputs[k] for k in d["inputs_at"]]
+    for key in ("inputs_at", "residual", "output"):
+        p.attrs.pop(key, None)
+    out = d["output"]
+    sub = Network(net.name)
+    sub.inputs, sub.outputs = list(net.inputs), [out["name"]]
+    sub.tensors, sub.weights = dict(net.tensors), net.weights
+    sub.tensors[out["name"]] = TensorInfo(out["name"], "int8", tuple(out["shape"]))
+    sub.layers = [p]
+    return sub, p
+
+
 # A NaN a conv stores for its int8 max pool (absorb_pool_requantization): below every code, so
 # the pool passes over it as TF's MaxPool passes over NaN, and a window of NaN only, whose
 # float answer is -inf, comes out as -inf's code once the pool raises its result to -127
@@ -823,6 +920,16 @@ def precision_report(net: Network) -> Dict[str, Any]:
         layers.append({"name": l.name, "kind": l.kind, "precision": l.precision,
                        "flops": flops, "reason": l.attrs.get("quant_fallback"),
                        "kernel": layer_kernel(l)})
+        fused = projection_layer(net, l)
+        if fused is not None:  # a projection shortcut the layer's kernel runs too
+            sub, p = fused
+            flops = layer_flops(sub, p)
+            total += flops
+            quantized += flops
+            kernel = layer_kernel(l)
+            layers.append({"name": p.name, "kind": p.kind, "precision": p.precision,
+                           "flops": flops, "reason": None,
+                           "kernel": f"fused into {l.name}" + (f": {kernel}" if kernel else "")})
     return {"layers": layers, "flops": total, "quantized_flops": quantized,
             "quantized_share": (quantized / total) if total else 0.0}
 

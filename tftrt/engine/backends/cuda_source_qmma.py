@@ -1193,34 +1193,91 @@ def conv_enabled() -> bool:
     return env_bool("TFTRT_QUANT_MMA_CONV", True)
 
 
-def layer_source(net, layer) -> QMmaSource:
+def _gemm_shape(net, layer, y_shape) -> Tuple[int, int, Optional[ConvGeometry]]:
+    """(K, N, geometry) of a quantized layer's GEMM: one over its input's rows (geometry
+    None), or a conv's implicit GEMM over y's pixels; ValueError for what the kernel does not
+    take."""
+    shape = lambda name: tuple(net.tensors[name].shape)  # noqa: E731
+    x, w = layer.inputs[0], layer.inputs[1]
+    dims = S.gemm_dims(layer.kind, shape(x), shape(w), layer.attrs)
+    if dims is not None:
+        return dims[1], dims[2], None
+    if layer.kind != "conv":
+        raise ValueError("not one GEMM over the input's rows (a transpose_a matmul)")
+    geometry = conv_geometry(shape(x), shape(w), y_shape, layer.attrs)
+    return geometry.r * geometry.s * geometry.c, int(shape(w)[0]), geometry
+
+
+def _operand_modes(net, layer, y_shape, codes: Optional[int] = None):
+    """The epilogue's operand modes; ``codes``: the input index that holds a fused
+    projection's int8 codes (of y's shape), whatever tensor the layer names there."""
+    idx = sorted({e["input"] for e in layer.epilogue if "input" in e})
+    shapes = {i: tuple(net.tensors[layer.inputs[i]].shape) for i in idx}
+    dtypes = {i: np.dtype(net.tensors[layer.inputs[i]].dtype).name for i in idx}
+    if codes is not None:
+        shapes[codes], dtypes[codes] = tuple(y_shape), "int8"
+    return S.epilogue_operand_modes(layer.epilogue, shapes, dtypes, tuple(y_shape))
+
+
+def layer_source(net, layer, proj=None) -> QMmaSource:
     """The :class:`QMmaSource` of a quantized conv / matmul layer of ``net``: one GEMM over
     its input's rows (a matmul without transpose_a, a 1x1 / stride-1 / unpadded conv), or a
     conv as an implicit GEMM (:func:`conv_geometry`); ValueError for what the kernel does not
-    take (a transpose_a matmul, a grouped or dilated conv; K, N, dtypes)."""
+    take (a transpose_a matmul, a grouped or dilated conv; K, N, dtypes).
+
+    With a projection shortcut -- ``proj``, the layer of ``net`` whose int8 output ``layer``
+    adds (quantization.fuse_projections asks before it fuses), or the one ``layer`` took
+    (``attrs["projection"]``) -- the source runs it too (:class:`Projection`)."""
     from tftrt.engine import quantization as Q
     q = layer.attrs.get("quant")
     if q is None:
         raise ValueError("not a quantized layer")
-    shape = lambda name: tuple(net.tensors[name].shape)  # noqa: E731
-    dtype = lambda name: np.dtype(net.tensors[name].dtype).name  # noqa: E731
     x, y = layer.inputs[0], layer.outputs[0]
-    dims = S.gemm_dims(layer.kind, shape(x), shape(layer.inputs[1]), layer.attrs)
-    geometry = None
-    if dims is not None:
-        _, k, n = dims
-    elif layer.kind == "conv":
-        geometry = conv_geometry(shape(x), shape(layer.inputs[1]), shape(y), layer.attrs)
-        k, n = geometry.r * geometry.s * geometry.c, int(shape(layer.inputs[1])[0])
-    else:
-        raise ValueError("not one GEMM over the input's rows (a transpose_a matmul)")
-    idx = sorted({e["input"] for e in layer.epilogue if "input" in e})
-    modes = S.epilogue_operand_modes(layer.epilogue,
-                                     {i: shape(layer.inputs[i]) for i in idx},
-                                     {i: dtype(layer.inputs[i]) for i in idx}, shape(y))
-    return QMmaSource(n, k, q["format"], dtype(x), dtype(y), layer.epilogue, modes,
+    y_shape = tuple(net.tensors[y].shape)
+    k, n, geometry = _gemm_shape(net, layer, y_shape)
+    res, codes, pnet = None, None, net
+    if proj is not None:
+        res = layer.inputs.index(proj.outputs[0])
+    elif "projection" in layer.attrs:  # its input res names x2 now
+        pnet, proj = Q.projection_layer(net, layer)
+        res = codes = int(layer.attrs["projection"]["residual"])
+    projection = None
+    if proj is not None:
+        pq = proj.attrs.get("quant") or {}
+        k2, n2, g2 = _gemm_shape(pnet, proj, y_shape)
+        if n2 != n:
+            raise ValueError(f"the projection's N {n2} is not the layer's {n}")
+        projection = Projection(k2, proj.epilogue, _operand_modes(pnet, proj, y_shape),
+                                pq.get("output_scale"), res, g2)
+    dtype = lambda name: np.dtype(net.tensors[name].dtype).name  # noqa: E731
+    return QMmaSource(n, k, q["format"], dtype(x), dtype(y), layer.epilogue,
+                      _operand_modes(net, layer, y_shape, codes),
                       float(Q.inv_scale(q["input_scale"])), q.get("output_scale"),
-                      conv=geometry)
+                      conv=geometry, projection=projection)
+
+
+def packed_weights(layer, src: QMmaSource, weight) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """The kernel's weight [N, K] bytes of ``layer`` (``weight(name)``: a weight's host array)
+    and, with a projection shortcut, the projection's [N, K2]."""
+    w = S.gemm_weight(weight(layer.inputs[1]), layer.kind,
+                      bool(layer.attrs.get("transpose_b")), src.k, src.n)
+    d = layer.attrs.get("projection")
+    if src.projection is None or d is None:
+        return w, None
+    w2 = S.gemm_weight(weight(layer.inputs[d["inputs_at"][1]]), d["kind"],
+                       bool(d["attrs"].get("transpose_b")), src.projection.k, src.n)
+    return w, w2
+
+
+def launch_args(layer, src: QMmaSource, ins, w, w2, y) -> list:
+    """The kernel's arguments in order: ``ins`` the layer's inputs by index (arrays), ``w`` /
+    ``w2`` from :func:`packed_weights`, ``y`` the output; the projection's x2 and operands
+    are among the layer's inputs where ``attrs["projection"]["inputs_at"]`` says."""
+    args = [ins[0], w] + [ins[i] for i in src.operands]
+    if src.projection is not None:
+        at = layer.attrs["projection"]["inputs_at"]
+        args += [ins[at[0]], w2] + [ins[at[j]] for j in src.proj_operands]
+    return args + [y, np.int64(int(np.prod(y.shape[:-1])))]
 
 
 def unsupported(net, layer) -> Optional[str]:

@@ -77,12 +77,15 @@ def _io_needs(layer) -> List[Tuple[str, str]]:
     why one that does not is refused (make_impl): a float layer storing int8 codes
     (attrs["output_scale"]: a stem before its int8 max pool, a pool before INT8 readers)
     needs ``int8_store``; an FP16 conv reading float32 x (attrs["float32_x"]: a stem reading
-    the image) needs ``float32_x``."""
+    the image) needs ``float32_x``; a layer that took its projection shortcut
+    (quantization.fuse_projections) needs ``projection``."""
     needs = []
     if "quant" not in layer.attrs and layer.attrs.get("output_scale") is not None:
         needs.append(("int8_store", "does not store int8 codes"))
     if layer.attrs.get("float32_x"):
         needs.append(("float32_x", "does not read float32 x"))
+    if "projection" in layer.attrs:
+        needs.append(("projection", "does not run a fused projection shortcut"))
     return needs
 
 
@@ -474,6 +477,22 @@ class CupyBackend(Backend):
         as int8 codes (quantization.absorb_pool_requantization): ``stem_mma``'s can."""
         return layer.kind == "conv" and layer.tactic == "stem_mma" and \
             "quant" not in layer.attrs
+
+    def fuses_projection(self, net: Network, layer: Layer, proj: Layer) -> bool:
+        """Whether the implementation of ``layer``'s chosen tactic can run the projection
+        shortcut ``proj`` in its own kernel (quantization.fuse_projections): ``q_mma``'s
+        source with a ``cuda_source_qmma.Projection`` (generated only: it compiles and is
+        validated when the engine is prepared; should that fail, the emulated path runs
+        both, as its fallback line says)."""
+        from tftrt.engine.backends import cuda_source_qmma as QM
+        if layer.tactic != "q_mma":
+            return False
+        try:
+            QM.layer_source(net, layer, proj)
+        except (ValueError, KeyError) as e:
+            log.debug("layer %s does not take projection %s: %s", layer.name, proj.name, e)
+            return False
+        return True
 
     def reads_float32(self, net: Network, layer: Layer) -> bool:
         """Whether the implementation of ``layer``'s chosen tactic reads a float32 x itself,

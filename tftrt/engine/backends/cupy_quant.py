@@ -460,11 +460,12 @@ class Validator:
         with stream:
             y = cp.empty(impl.y_shape, impl.y_dtype)
             ws = cp.empty(max(ref.workspace, 1), cp.uint8)
-            acc = ref.accumulate(self.ins, ws)
+            ins = ref.with_projection(self.ins, ws)
+            acc = ref.accumulate(ins, ws)
             if impl.fmt == S.INT8:  # exact only if every sum is an integer below 2**24
                 self.ref_exact = bool(cp.all(acc == cp.rint(acc))) and \
                     float(cp.abs(acc).max()) < 2.0 ** 24
-            ref.epilogue(acc, self.ins, y)
+            ref.epilogue(acc, ins, y)
         stream.synchronize()
         self.want = y
         if not self.ref_exact:
@@ -519,9 +520,14 @@ class _QuantLayer(Impl):
         self.inv_x = float(Q.inv_scale(q["input_scale"]))
         self.out_scale = q.get("output_scale")
         idx = sorted({e["input"] for e in layer.epilogue if "input" in e})
-        self.modes = S.epilogue_operand_modes(
-            layer.epilogue, {i: _shape(net, layer.inputs[i]) for i in idx},
-            {i: _dtype(net, layer.inputs[i]) for i in idx}, self.y_shape)
+        shapes = {i: _shape(net, layer.inputs[i]) for i in idx}
+        dtypes = {i: _dtype(net, layer.inputs[i]) for i in idx}
+        fused = Q.projection_layer(net, layer)
+        if fused is not None:  # the residual is the projection's codes, not its input x2
+            sub, p = fused
+            res = int(layer.attrs["projection"]["residual"])
+            shapes[res], dtypes[res] = _shape(sub, p.outputs[0]), "int8"
+        self.modes = S.epilogue_operand_modes(layer.epilogue, shapes, dtypes, self.y_shape)
 
     def _validated(self, what: str, verdicts: dict, key, record: dict) -> None:
         """tftrt's own kernel (``what``) for this layer: its ``kernel`` line says how x comes
@@ -666,7 +672,11 @@ class QuantGemmMma(_QuantLayer):
     ``mma.sync`` m16n8k32 int8 / E4M3, the epilogue and the int8 / float store fused, one
     kernel, no scratch. Validated once per source
     (:class:`Validator`) before it is used; a kernel that fails validation refuses the layer
-    (the next implementation takes it, the reason in its ``fallback``)."""
+    (the next implementation takes it, the reason in its ``fallback``). A projection
+    shortcut the layer took (quantization.fuse_projections) runs in the same kernel
+    (``cuda_source_qmma.Projection``: its codes kept in registers)."""
+
+    projection = True  # cupy_backend.make_impl: runs a projection shortcut the layer took
 
     def __init__(self, net, layer, weights, opts):
         super().__init__(net, layer, weights, opts)
@@ -679,9 +689,8 @@ class QuantGemmMma(_QuantLayer):
         if self.src.conv is not None and not QM.conv_enabled():  # (a loaded plan's choice)
             raise ValueError("off for convs with taps (TFTRT_QUANT_MMA_CONV=0)")
         self.m = m = _rows(self.y_shape)
-        self.w = cp.asarray(S.gemm_weight(self._host(self.w_name), layer.kind,
-                                          bool(layer.attrs.get("transpose_b")), self.src.k,
-                                          self.src.n))
+        w, w2 = QM.packed_weights(layer, self.src, self._host)
+        self.w, self.w2 = cp.asarray(w), None if w2 is None else cp.asarray(w2)
         self.kern = _raw_kernel(self.src.source, QM.KERNEL)
         if self.kern.max_threads_per_block < self.src.threads:  # compiles it: fails the build
             raise ValueError(f"{QM.KERNEL} compiled for at most "
@@ -696,8 +705,8 @@ class QuantGemmMma(_QuantLayer):
                         (self.src.source, m), {"chunk": self.src.nc})
 
     def run(self, ins, outs, ws):
-        args = [ins[0], self.w] + [ins[i] for i in self.src.operands] + \
-            [outs[0], np.int64(self.m)]
+        from tftrt.engine.backends.cuda_source_qmma import launch_args
+        args = launch_args(self.layer, self.src, ins, self.w, self.w2, outs[0])
         self.kern((self.blocks,), (self.src.threads,), tuple(args))
 
 
@@ -1019,6 +1028,8 @@ class QuantEmulated(_QuantLayer):
     kernel. The fallback of the real kernels, and the tactic of quantized layers they cannot
     take (grouped convs, transpose_a matmuls; depthwise ones where q_dw cannot)."""
 
+    projection = True  # cupy_backend.make_impl: runs a projection shortcut the layer took
+
     def __init__(self, net, layer, weights, opts):
         super().__init__(net, layer, weights, opts)
         self._common(net, layer)
@@ -1060,8 +1071,20 @@ class QuantEmulated(_QuantLayer):
             lib = 0
             self.matmul = True
             what = "CuPy fp32 matmul"
+        # a projection shortcut the layer took (quantization.fuse_projections): run first,
+        # emulated, its codes in scratch in the residual's place
+        fused = Q.projection_layer(net, layer)
+        self.proj, extra = None, []
+        if fused is not None:
+            sub, p = fused
+            self.proj = _Reference(sub, p, weights, opts)
+            d = layer.attrs["projection"]
+            self.at, self.res = [int(k) for k in d["inputs_at"]], int(d["residual"])
+            self.codes_shape = _shape(sub, p.outputs[0])
+            extra = [("codes", int(np.prod(self.codes_shape))), ("proj", self.proj.workspace)]
+            what += f", after its projection shortcut {p.name} the same way"
         self.scratch = Scratch([("xv", int(np.prod(self.x_shape)) * 4),
-                                ("acc", rows * n * 4), ("lib", lib)])
+                                ("acc", rows * n * 4), ("lib", lib)] + extra)
         self.workspace = self.scratch.nbytes
         self.kernel = (f"emulated: {self.precision} values in fp32 through {what} + epilogue "
                        f"kernel (no {self.precision} tensor cores)")
@@ -1088,9 +1111,22 @@ class QuantEmulated(_QuantLayer):
     def epilogue(self, acc, ins, y) -> None:
         self.epi(acc, self._operands(ins), y)
 
+    def with_projection(self, ins, ws) -> list:
+        """``ins``, with the codes of the projection shortcut the layer took (run first, into
+        ``ws``) in its residual's place; ``ins`` itself for a layer without one."""
+        if self.proj is None:
+            return ins
+        codes = self.scratch.view(ws, "codes", np.int8, self.codes_shape)
+        off, n = self.scratch.offsets["proj"]
+        self.proj.run([ins[k] for k in self.at], [codes], ws[off:off + n])
+        ins = list(ins)
+        ins[self.res] = codes
+        return ins
+
     def run(self, ins, outs, ws):
         if ws is None or ws.nbytes < self.workspace:
             ws = cp.empty(max(self.workspace, 1), cp.uint8)
+        ins = self.with_projection(ins, ws)
         self.epilogue(self.accumulate(ins, ws), ins, outs[0])
 
 

@@ -175,7 +175,20 @@ def _quantized_gemm(net, layer, weights):
                                                                                precision)
         y = epi(gemm(xq).astype(np.float32), ins)
         return [y if inv_out is None else Q.quantize_int8(y, inv_out)]
-    return body
+    fused = Q.projection_layer(net, layer)
+    if fused is None:
+        return body
+    # a projection shortcut the layer took (quantization.fuse_projections): its codes first,
+    # added in its output's place, as the fused GPU kernel adds them from registers
+    sub, proj = fused
+    project = _quantized_gemm(sub, proj, weights)
+    at, res = layer.attrs["projection"]["inputs_at"], layer.attrs["projection"]["residual"]
+
+    def with_projection(ins):
+        ins = list(ins)
+        ins[res] = project([ins[k] for k in at])[0]
+        return body(ins)
+    return with_projection
 
 
 @kernel("conv")
