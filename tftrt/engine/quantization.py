@@ -767,11 +767,12 @@ def absorb_pool_requantization(net: Network, stores_int8) -> List[str]:
 
 def fuse_projection_default() -> bool:
     """Whether the builder offers a residual layer its projection shortcut
-    (:func:`fuse_projections`; env TFTRT_QUANT_MMA_PROJECTION, default off: the fused kernel
-    (cuda_source_qmma.Projection) is bit for bit the two layers' arithmetic on the host but
-    has not been timed on a GPU yet, and a tactic change needs its measurement)."""
+    (:func:`fuse_projections`; env TFTRT_QUANT_MMA_PROJECTION, default on, 0 turns it off).
+    ResNet50 INT8 engine alone (H100, s51, one call, alternating): batch 128 2.442 / 2.447 ms
+    with it against 2.475 / 2.474 without (stage 1's first block: 161.8 us fused against
+    104.2 + 85.0); batch 1 0.405 / 0.404 against 0.405 / 0.402."""
     from tftrt.env import env_bool
-    return env_bool("TFTRT_QUANT_MMA_PROJECTION", False)
+    return env_bool("TFTRT_QUANT_MMA_PROJECTION", True)
 
 
 def _fusable_projection(net: Network, layer: Layer, index: int, producer, consumers,
