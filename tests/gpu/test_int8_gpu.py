@@ -337,6 +337,8 @@ def test_the_tensor_core_gemm_kernel_runs_1x1_convs_and_matches_numpy(precision,
         pytest.skip("FP8 needs sm_89+")
     monkeypatch.setenv("TFTRT_INT8_RESIDUAL", "1")
     monkeypatch.setenv("TFTRT_QUANT_MMA", "1")  # the default, whatever the environment says
+    # every conv a layer of its own (the fused projection: the next test)
+    monkeypatch.setenv("TFTRT_QUANT_MMA_PROJECTION", "0")
     monkeypatch.setattr(QK, "_MMA_VERDICTS", {})
     _leave_to(monkeypatch, QK, "mma_applies", ("gemm_applies", "cudnn_applies",
                                                "cudnn_pairs_applies", "emulated_applies"))
@@ -560,6 +562,7 @@ def test_a_max_pool_read_by_int8_layers_stores_int8_on_the_gpu(monkeypatch):
     (TFTRT_INT8_POOL=0) and what the numpy simulation answers."""
     monkeypatch.delenv("TFTRT_QUANTIZE_STEM", raising=False)  # users' default: FP16 stem
     monkeypatch.setenv("TFTRT_INT8_POOL_PRODUCER", "0")  # the next test's
+    monkeypatch.setenv("TFTRT_QUANT_MMA_PROJECTION", "0")  # the pool's two readers stay two
     rng = np.random.RandomState(21)
     model, shape = _stem_pool_model(rng)
     x = rng.randn(*shape).astype(F32)
