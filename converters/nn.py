@@ -425,9 +425,12 @@ class BiasAdd:
 class FusedBatchNorm:
     """Inference batch norm, y = (x - mean) * scale / sqrt(variance + epsilon) + offset, along
     the channel axis (NHWC, NCHW, NDHWC, NCDHW). With constant parameters it folds to one Mul
-    and one Add per element (computed in float32, as TF does); otherwise the same formula is
-    emitted. Outputs 1-4 (batch mean/variance, reserve spaces) pass the running mean/variance
-    through as TF does in inference.
+    and one Add per element; otherwise the same formula is emitted. Either way in float32, as
+    TF's kernel computes it: a float16 / bfloat16 x (T=half, U=float: tf.compat.v1 and Keras 2
+    mixed-precision models) is cast to float32 first and the result rounded once (in x's
+    dtype, a folded scale of 1e6 was inf and a channel mean of 2000 lost 5% of the output:
+    hunt, 2026-12-07). Outputs 1-4 (batch mean/variance, reserve spaces) pass the running
+    mean/variance through as TF does in inference.
 
     Rejects: is_training=True, empty mean/variance, unknown data formats.
     """
@@ -453,6 +456,7 @@ class FusedBatchNorm:
         rank = ctx.input_rank(node, 0)
         fmt = layout.data_format(node, ctx)
         dtype = _dtype(node, ctx)
+        cdt = np.dtype(np.float32)  # U, TF's arithmetic (T: half, bfloat16 or float)
         eps = float(ctx.attr(node, "epsilon", 1e-4))
         bshape = [-1] if layout.is_channels_last(fmt) else [-1] + [1] * (rank - 2)
         if all(ctx.is_const(node, i) for i in range(1, 5)):
@@ -460,16 +464,20 @@ class FusedBatchNorm:
                                         for i in range(1, 5))
             mul = scale / np.sqrt(var + np.float32(eps))
             add = offset - mean * mul
-            mul_v = ctx.const(mul.astype(dtype).reshape(bshape), node.name + "/scale")
-            add_v = ctx.const(add.astype(dtype).reshape(bshape), node.name + "/shift")
+            mul_v = ctx.const(mul.astype(cdt).reshape(bshape), node.name + "/scale")
+            add_v = ctx.const(add.astype(cdt).reshape(bshape), node.name + "/shift")
         else:
             def param(i):
-                return _bias_for(ctx, _cast_to(ctx, node, i, dtype), fmt, rank)
+                return _bias_for(ctx, _cast_to(ctx, node, i, cdt), fmt, rank)
             std = ctx.emit("Sqrt", [ctx.emit("Add", [param(4), ctx.const(
-                np.array(eps, dtype), "epsilon")])])
+                np.array(eps, cdt), "epsilon")])])
             mul_v = ctx.emit("Div", [param(1), std])
             add_v = ctx.emit("Sub", [param(2), ctx.emit("Mul", [param(3), mul_v])])
+        if dtype != cdt:
+            x = ctx.emit("Cast", [x], to=onnx_type(cdt))
         y = ctx.emit("Add", [ctx.emit("Mul", [x, mul_v]), add_v])
+        if dtype != cdt:
+            y = ctx.emit("Cast", [y], to=onnx_type(dtype))
         ctx.set_output(node, 0, y)
         for k, src in ((1, 3), (2, 4), (3, 3), (4, 4)):
             ctx.set_output(node, k, ctx.input(node, src))

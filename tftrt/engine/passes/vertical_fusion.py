@@ -122,7 +122,9 @@ def _chain_ops(net: Network, consumer: Layer, y: str, cout: int, out_rank: int):
             ops.append(("act", {"op": "act", "fn": "silu"}))
             cur, k = ("s", k + 1), k + 2
             continue
-        if op in _ACTS and args == [cur]:
+        if op == "cast" and args == [cur] and _float_cast(net, consumer, y, k):
+            pass  # the epilogue computes in float32 and rounds once, to the output's dtype
+        elif op in _ACTS and args == [cur]:
             ops.append(("act", {"op": "act", "fn": op,
                                 **{p: st[p] for p in _ACT_PARAMS if p in st}}))
         elif op == "clip" and args[0] == cur and all(a[0] == "lit" for a in args[1:]):
@@ -152,8 +154,27 @@ def _chain_ops(net: Network, consumer: Layer, y: str, cout: int, out_rank: int):
     return ops if cur == ("s", len(prog) - 1) else None
 
 
+# float dtypes a cast in an absorbed program may go between (not float64: the epilogue's
+# float32 would round a float64 program's steps)
+_EPILOGUE_FLOATS = ("float16", "bfloat16", "float32")
+
+
+def _float_cast(net: Network, consumer: Layer, y: str, k: int) -> bool:
+    """Whether step ``k`` of the consumer's program is a cast between float dtypes the
+    epilogue takes as it is: its float32 arithmetic holds every float16 / bfloat16 value,
+    and its result is rounded once to the fused layer's output dtype. A float16 graph's
+    batch norm computes in float32 between two casts, as TF's kernel does
+    (converters/nn.FusedBatchNorm): without this, conv + batch norm stayed two layers."""
+    prog = consumer.attrs["program"]
+    src = net.tensors[y].dtype if k == 0 else prog[k - 1].get("dtype")
+    return src in _EPILOGUE_FLOATS and prog[k].get("to") in _EPILOGUE_FLOATS
+
+
 def _scale_weights(net: Network, layer: Layer, s: np.ndarray) -> bool:
-    """Folds a per-output-channel scale into the main op's constant weights."""
+    """Folds a per-output-channel scale into the main op's constant weights, unless a scaled
+    weight or bias no longer fits its dtype (a float16 weight times a batch norm's 1e6:
+    inf, and NaN outputs where TF's were finite; hunt, 2026-12-07): then the caller applies
+    the scale in the float32 epilogue."""
     k = 1
     w_name = layer.inputs[k]
     if w_name not in net.weights:
@@ -173,14 +194,26 @@ def _scale_weights(net: Network, layer: Layer, s: np.ndarray) -> bool:
             w = w * s.reshape(-1, 1)
         else:
             w = w * s
-    layer.inputs[k] = net.add_weight(w.astype(net.weights[w_name].dtype), w_name + "_scaled")
-    for e in layer.epilogue:
-        if e["op"] == "bias":
-            b = layer.inputs[e["input"]]
-            bv = net.weights[b].astype(np.float64) * s
-            layer.inputs[e["input"]] = net.add_weight(bv.astype(net.weights[b].dtype),
-                                                      b + "_scaled")
+    with np.errstate(over="ignore", invalid="ignore"):
+        scaled = w.astype(net.weights[w_name].dtype)
+        biases = {}
+        for e in layer.epilogue:
+            if e["op"] == "bias":
+                b = layer.inputs[e["input"]]
+                biases[e["input"]] = (net.weights[b].astype(np.float64) * s).astype(
+                    net.weights[b].dtype)
+    if not _fits(scaled, w) or not all(_fits(v, net.weights[layer.inputs[i]].astype(
+            np.float64) * s) for i, v in biases.items()):
+        return False
+    layer.inputs[k] = net.add_weight(scaled, w_name + "_scaled")
+    for i, v in biases.items():
+        layer.inputs[i] = net.add_weight(v, layer.inputs[i] + "_scaled")
     return True
+
+
+def _fits(stored: np.ndarray, exact: np.ndarray) -> bool:
+    """No value became infinite by being stored (the exact value was finite)."""
+    return bool(np.all(np.isfinite(stored) | ~np.isfinite(exact)))
 
 
 def _scale_alpha(net: Network, layer: Layer, s: np.ndarray) -> bool:
