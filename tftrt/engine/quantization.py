@@ -432,9 +432,10 @@ def _fake_quant_layers(net: Network, fake: Dict[str, str]) -> set:
 
 def _carried_amax(table: dict, name: str, producers) -> Optional[float]:
     """The range of a fake-quant op's output that reaches tensor ``name`` through layers that
-    keep its values (a max pool, a transpose, a reshape ...), or None. Only a fake-quant
-    op's output: its values lie on the op's grid, and a max or a move keeps them there (a
-    raw tensor's calibrated range would clip what a pool's reader sees, which TF does not).
+    keep its values (a max pool, a transpose, a reshape, a cast to float16 ...), or None.
+    Only a fake-quant op's output: its values lie on the op's grid, and a max or a move keeps
+    them there (a raw tensor's calibrated range would clip what a pool's reader sees, which
+    TF does not).
     Helper hunt, 2026-12-07: QAT's fake quant -> max pool -> conv left the conv FP16."""
     outs = set(table.get("fake_quant", {}))
     seen = set()
@@ -444,11 +445,22 @@ def _carried_amax(table: dict, name: str, producers) -> Optional[float]:
             return _amax(table, name)
         p = producers.get(name)
         if p is None or not p.inputs or not (
-                p.kind in _RANGE_KEEPING or
+                p.kind in _RANGE_KEEPING or _code_keeping_cast(p) or
                 (p.kind == "pool" and p.attrs.get("mode") == "max" and not p.epilogue)):
             return None
         name = p.inputs[0]
     return None
+
+
+def _code_keeping_cast(layer: Layer) -> bool:
+    """A cast of a float tensor to float16 / float32 alone (a mixed-precision QAT model casts
+    fake-quant outputs to float16 before its convs; bf16 hunt, 2026-12-07: the convs stayed
+    FP16). Each value on a fake-quant grid keeps its code: float16's rounding moves a value of
+    at most 127 steps by 127 * 2**-11 = 0.06 of a step. Not to bfloat16, whose rounding can
+    move the largest codes by half a step."""
+    prog = layer.attrs.get("program") or []
+    return layer.kind == "pointwise" and len(prog) == 1 and prog[0].get("op") == "cast" and \
+        prog[0].get("to") in ("float16", "float32") and not layer.epilogue
 
 
 # the start of the reason a layer builder.timed_precision kept FP16 carries (quant_fallback)

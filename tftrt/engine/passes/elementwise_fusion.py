@@ -119,6 +119,13 @@ def elementwise_fusion(net: Network) -> Network:
     if len({l.name for l in net.layers}) != len(net.layers):
         net.uniquify_layer_names()  # consumers are told apart by name below
     outputs = set(net.outputs)
+    # a fake-quant op's output cast alone (to float16: mixed-precision QAT) stays a tensor of
+    # its own: the op's range carries across such a cast to the INT8 layer reading it
+    # (quantization._code_keeping_cast), and merged, the fake-quant output was gone and the
+    # convs after it FP16 (bf16 hunt, 2026-12-07)
+    from tftrt.engine.quantization import _code_keeping_cast
+    table = getattr(net, "quantization", None) or {}
+    fake_outs = {net.resolve(k) for k in (table.get("fake_quant") or {})}
     changed = True
     while changed:
         changed = False
@@ -136,7 +143,8 @@ def elementwise_fusion(net: Network) -> Network:
                 continue
             j = pos[users[0]]
             user = layers[j]
-            if user is None or user.kind != "pointwise" or j <= k:
+            if user is None or user.kind != "pointwise" or j <= k or \
+                    (layer.outputs[0] in fake_outs and _code_keeping_cast(user)):
                 continue
             # the user (later in the order) takes the layer and what was merged into it
             groups[user.name] = groups.pop(layer.name, [layer]) + groups.get(user.name, [user])
