@@ -111,7 +111,7 @@ def generate(specs: Specs, shapes: Dict[str, Shape], seed: int = 0) -> Dict[str,
     for name, (dtype, _) in specs.items():
         dt, shape = np.dtype(dtype), shapes[name]
         try:
-            if dt.kind == "f":
+            if dt.kind == "f" or _extended_float(dt):
                 out[name] = rng.standard_normal(shape).astype(dt)
             elif dt.kind in "iu":
                 out[name] = rng.randint(0, 4, size=shape).astype(dt)
@@ -124,6 +124,13 @@ def generate(specs: Specs, shapes: Dict[str, Shape], seed: int = 0) -> Dict[str,
             raise InputError(f"input {name!r} of shape {_fmt(shape)} does not fit in this "
                              f"machine's memory; give a smaller batch or shape") from None
     return out
+
+
+def _extended_float(dt: np.dtype) -> bool:
+    """bfloat16 and the other ml_dtypes float types (numpy's kind "V"): TF's bfloat16
+    inputs. Data for them was "cannot be generated", and an .npz of them refused (bf16 hunt,
+    2026-12-07)."""
+    return dt.kind == "V" and dt.fields is None and dt.name.startswith(("bfloat16", "float8"))
 
 
 def _check_size(specs: Specs, shapes: Dict[str, Shape]) -> None:
@@ -209,6 +216,9 @@ def load_npz(path: str, specs: Specs, flag: str = "--inputs") -> Dict[str, np.nd
         if 0 in a.shape:
             raise InputError(f"{path}: array {name!r} has shape {list(a.shape)}, with no "
                              f"element: give at least one row")
+        if a.dtype.kind == "V" and a.dtype.fields is None and _extended_float(np.dtype(dtype)) \
+                and a.dtype.itemsize == np.dtype(dtype).itemsize:
+            a = a.view(dtype)  # np.savez writes a bfloat16 array as raw 2-byte voids
         if a.dtype != np.dtype(dtype):
             if not np.can_cast(a.dtype, np.dtype(dtype), casting="same_kind"):
                 raise InputError(f"{path}: array {name!r} is {a.dtype}; the input is "
