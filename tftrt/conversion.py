@@ -369,9 +369,6 @@ def register_engine_op(op: TRTEngineOp) -> tuple:
     return token, wrapper
 
 
-MAX_RESEGMENTS = 20
-
-
 def segment_and_lower(info: GraphInfo, params, nodes_denylist: Sequence[str] = ()):
     """Segments ``info`` and lowers every segment.
 
@@ -384,7 +381,11 @@ def segment_and_lower(info: GraphInfo, params, nodes_denylist: Sequence[str] = (
     deny = list(nodes_denylist)
     failures: Dict[str, str] = {}
     xla_native: set = set()
-    for _ in range(MAX_RESEGMENTS):
+    # every round but the last denies a node more or keeps an XLA call more native, so the
+    # rounds are bounded by those counts; a fixed bound of 20 rounds made
+    # convert() fail on a graph with 20 such nodes (scale hunt, 2026-12-07)
+    rounds = len(info.nodes) + len(xla_calls(info)) + 1
+    for _ in range(rounds):
         seg = segment_graph(info, params.minimum_segment_size, nodes_denylist=deny,
                             xla_native=xla_native)
         nets, retry = {}, False
@@ -393,11 +394,13 @@ def segment_and_lower(info: GraphInfo, params, nodes_denylist: Sequence[str] = (
                 nets[s.name] = lower_segment(info, s.name, s.nodes, s.inputs, s.outputs)
             except ConversionError as e:
                 if e.node is not None and e.node not in deny:
+                    # the other segments still lower this round: each one's failing node is
+                    # denied at once (one node a round before)
                     log.info("%s (%s) stays native: %s", e.node, info.nodes[e.node].op, e)
                     failures[e.node] = f"lowering failed: {e}"
                     deny.append(e.node)
                     retry = True
-                    break
+                    continue
                 log.warning("%s stays native: %s", s.name, e)
                 for n in s.nodes:
                     seg.dropped[n] = f"lowering failed: {e}"
@@ -417,7 +420,7 @@ def segment_and_lower(info: GraphInfo, params, nodes_denylist: Sequence[str] = (
             continue
         seg.rejected.update(failures)
         return seg, nets
-    raise RuntimeError(f"segmentation did not settle after {MAX_RESEGMENTS} rounds (lowering "
+    raise RuntimeError(f"segmentation did not settle after {rounds} rounds (lowering "
                        f"failures, XLA-compiled calls kept native)")
 
 
