@@ -783,3 +783,39 @@ def test_an_activation_plus_its_own_input_is_not_taken_for_a_residual():
         assert not set(layer.inputs) & set(layer.outputs), layer
         assert all(not i or i in net.tensors for i in layer.inputs), layer
     check_model(model, feeds)
+
+
+def _f16_conv_then(program, out_dtype):
+    """A float16 NHWC conv followed by one pointwise ``program`` over its output."""
+    from tftrt.engine.network import Network
+    net = Network("f16")
+    net.inputs = ["x"]
+    net.add_tensor("x", "float16", (1, 4, 4, 4))
+    w = net.add_weight(np.random.RandomState(0).randn(4, 1, 1, 4).astype(np.float16), "w")
+    net.add_layer("conv", ["x", w], ["c"], {"strides": [1, 1], "dilations": [1, 1],
+                                            "pads": [0, 0, 0, 0], "group": 1})
+    net.tensors["c"].dtype, net.tensors["c"].shape = "float16", (1, 4, 4, 4)
+    s = net.add_weight(np.full(4, 1e5, np.float32), "s")
+    net.add_layer("pointwise", ["c", s], ["y"], {"program": program})
+    net.tensors["y"].dtype, net.tensors["y"].shape = out_dtype, (1, 4, 4, 4)
+    net.outputs = ["y"]
+    return net
+
+
+def test_vertical_fusion_takes_float_casts_that_end_in_the_layers_dtype():
+    """conv(float16) -> cast float32 -> * s -> cast float16 (a float16 graph's batch norm,
+    computed in float32 as TF does) fuses into the conv, its scale in the float32 epilogue:
+    1e5 * w overflows float16 weights. A program that changes the conv's output dtype (a
+    cast to float32 alone) stays a layer of its own."""
+    cast32 = {"op": "cast", "args": ["$0"], "dtype": "float32", "to": "float32"}
+    bn = [cast32, {"op": "mul", "args": ["%0", "$1"], "dtype": "float32"},
+          {"op": "cast", "args": ["%1"], "dtype": "float16", "to": "float16"}]
+    net = vertical_fusion(_f16_conv_then(bn, "float16"))
+    assert [(l.kind, l.epilogue_summary()) for l in net.layers] == [("conv", "scale")]
+    (conv,) = net.layers
+    assert net.weights[conv.inputs[1]].dtype == np.float16
+    assert np.isfinite(net.weights[conv.inputs[1]]).all()
+    assert net.weights[conv.inputs[2]].dtype == np.float32  # the scale, 1e5
+    widen = vertical_fusion(_f16_conv_then([cast32, {"op": "mul", "args": ["%0", "$1"],
+                                                     "dtype": "float32"}], "float32"))
+    assert [l.kind for l in widen.layers] == ["conv", "pointwise"]

@@ -164,10 +164,13 @@ def _float_cast(net: Network, consumer: Layer, y: str, k: int) -> bool:
     epilogue takes as it is: its float32 arithmetic holds every float16 / bfloat16 value,
     and its result is rounded once to the fused layer's output dtype. A float16 graph's
     batch norm computes in float32 between two casts, as TF's kernel does
-    (converters/nn.FusedBatchNorm): without this, conv + batch norm stayed two layers."""
+    (converters/nn.FusedBatchNorm): without this, conv + batch norm stayed two layers. Only
+    where the program ends in the main layer's own output dtype: its storage does not change
+    (a float32 conv storing float16 is a layer no backend was asked for before)."""
     prog = consumer.attrs["program"]
     src = net.tensors[y].dtype if k == 0 else prog[k - 1].get("dtype")
-    return src in _EPILOGUE_FLOATS and prog[k].get("to") in _EPILOGUE_FLOATS
+    return src in _EPILOGUE_FLOATS and prog[k].get("to") in _EPILOGUE_FLOATS and \
+        net.tensors[consumer.outputs[0]].dtype == net.tensors[y].dtype
 
 
 def _scale_weights(net: Network, layer: Layer, s: np.ndarray) -> bool:
