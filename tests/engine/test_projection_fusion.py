@@ -64,6 +64,7 @@ def fusing(monkeypatch):
 
     def fuses(self, net, m, p):
         asked.append((m.name, p.name))
+        p.attrs["_backend"] = {"default": {"kernel": "p's own"}}  # as the CuPy backend records
         return True
     monkeypatch.setattr(NumpyBackend, "fuses_projection", fuses, raising=False)
     return asked
@@ -90,6 +91,7 @@ def test_the_fused_layer_gives_the_two_layers_codes_bit_for_bit(monkeypatch, fus
     y = fused.network.layers[-1]
     d = y.attrs["projection"]
     assert d["name"] == "t" and d["residual"] == 3 and d["output"]["name"] == "t"
+    assert not any(k.startswith("_") for k in d["attrs"])  # no records of t's own tactic
     assert y.inputs[3] == "x2"  # x2 read in the residual's place, t's weights appended
     assert [y.inputs[k] for k in d["inputs_at"]] == plain.network.layers[3].inputs
     assert "t" not in fused.network.tensors

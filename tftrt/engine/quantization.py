@@ -841,8 +841,10 @@ def fuse_projections(net: Network, fuses) -> List[str]:
             at = [i] + [len(m.inputs) + j - 1 for j in range(1, len(p.inputs))]
             m.inputs[i] = p.inputs[0]
             m.inputs.extend(p.inputs[1:])
+            d = p.to_json()  # without the backend's records of p's own tactic: m's choice
+            d["attrs"] = {k: v for k, v in d["attrs"].items() if not k.startswith("_")}
             m.attrs["projection"] = dict(
-                p.to_json(), inputs_at=at, residual=i,
+                d, inputs_at=at, residual=i,
                 output={"name": t, "shape": list(net.tensors[t].shape)})
             gone.add(p.name)
             codes.append(t)
