@@ -222,12 +222,19 @@ class ConversionContext(ValidationContext):
         # a converter may read a constant it then does not use (FusedBatchNorm's running mean
         # and variance, passed through to outputs nothing reads): no dead initializers
         used = {i for n in self.nodes for i in n.input}
-        graph = helper.make_graph(self.nodes, self.name, self.inputs, out_infos,
-                                  initializer=[t for n, t in self.initializers.items()
-                                               if n in used])
+        graph = helper.make_graph(self.nodes, self.name, self.inputs, out_infos)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                                   producer_name="tftrt")
+        del graph
         model.ir_version = 8
+        # The initializers go into the model one at a time, each dropped here once copied:
+        # make_graph copies them into the graph and make_model the graph into the model, so
+        # every weight was held three times at once (helper hunt, memory). The context makes
+        # one model; its initializers are not needed after.
+        for n in list(self.initializers):
+            t = self.initializers.pop(n)
+            if n in used:
+                model.graph.initializer.append(t)
         return model
 
 
