@@ -201,8 +201,9 @@ class GraphInfo:
         return order
 
     # --- constants ---------------------------------------------------------------------------
-    def const_value(self, tensor: str) -> Optional[np.ndarray]:
-        """Value of a tensor produced by a Const node (None when it isn't one)."""
+    def const_value(self, tensor: str, cache: bool = True) -> Optional[np.ndarray]:
+        """Value of a tensor produced by a Const node (None when it isn't one); ``cache``:
+        kept for the next call."""
         if tensor in self._consts:
             return self._consts[tensor]
         name, idx = split_tensor_name(tensor)
@@ -214,8 +215,15 @@ class GraphInfo:
                 value = tensor_util.MakeNdarray(node.attr["value"].tensor)
             except Exception:  # e.g. string or resource constants
                 value = None
-        self._consts[tensor] = value
+        if cache:
+            self._consts[tensor] = value
         return value
+
+    def has_const_value(self, tensor: str) -> bool:
+        """Whether :meth:`const_value` is not None, without keeping a value it reads: after
+        lowering, the cache is dropped (:meth:`drop_const_cache`) and the native segments
+        only ask which inputs are constants."""
+        return self.const_value(tensor, cache=False) is not None
 
     def drop_const_cache(self) -> None:
         """Forgets the constant values read so far (they are read again on demand). A converter
