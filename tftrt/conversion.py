@@ -224,6 +224,7 @@ def _weight_tensors(graph_def, weights) -> dict:
     return tensors
 
 
+
 # The dtypes TF's GPU kernel of EagerPyFunc takes (tensorflow/python/lib/core/py_func.cc): no
 # int32 (TF keeps int32 in host memory on GPUs) and no strings. An engine with an int32 input
 # or output stays where TF's placer puts it (the CPU), its int32 tensors being on the host.
@@ -466,17 +467,23 @@ def convert_graph(info: GraphInfo, params, nodes_denylist: Sequence[str] = ()) -
     # model converted after another with the same op name and range was never warned)
     calibration.forget_warnings()
     seg, nets = segment_and_lower(info, params, nodes_denylist)
+    # The converters read the weights as numpy arrays; the networks hold them now, and what
+    # follows reads constants one at a time (the cache held a copy of every weight through
+    # the rest of convert(): helper hunt, memory).
+    info.drop_const_cache()
     kept: List[Segment] = []
     engine_ops: Dict[str, TRTEngineOp] = {}
     fdefs = {}
     shared = _shared_consts(info, seg.segments)
     for s in seg.segments:
-        net = nets[s.name]
+        # each network goes once it is serialized (its ModelProto and bytes were both held)
+        net = nets.pop(s.name)
+        # INT8 / FP8: the graph's quantization ranges go into the network (or it runs FP16)
+        onnx_bytes, precision = calibration.segment_network(net.model, params, s.name)
+        del net
         fdef = rewrite.native_segment_function_def(info, s)
         in_dtypes = [info.dtypes[t] for t in s.inputs]
         out_dtypes = [info.dtypes[t] for t in s.outputs]
-        # INT8 / FP8: the graph's quantization ranges go into the network (or it runs FP16)
-        onnx_bytes, precision = calibration.segment_network(net.model, params, s.name)
         spec = EngineSpec(
             name=s.name, onnx_bytes=onnx_bytes,
             input_tensors=list(s.inputs), output_tensors=list(s.outputs),

@@ -40,8 +40,14 @@ def _dtype_enum(np_dtype) -> int:
 # Native segment functions
 
 
-def segment_graph_def(info: GraphInfo, seg: Segment):
-    """A GraphDef of the segment alone: TensorRTInputPH_i placeholders -> TensorRTOutputPH_i."""
+def segment_graph_def(info: GraphInfo, seg: Segment, light: Optional[dict] = None):
+    """A GraphDef of the segment alone: TensorRTInputPH_i placeholders -> TensorRTOutputPH_i.
+
+    With ``light`` (a dict), each Const whose ``tensor_content`` is LIGHT_CONST_BYTES or more
+    is added as its dtype and shape only, and ``light`` maps its name to ``info``'s NodeDef
+    (not a copy): the value is never copied into the GraphDef. Overwriting a copied value
+    afterwards frees nothing (upb keeps a message's memory until the whole message goes).
+    """
     from tensorflow.core.framework import graph_pb2
     tf = _tf()
     gd = graph_pb2.GraphDef()
@@ -59,11 +65,27 @@ def segment_graph_def(info: GraphInfo, seg: Segment):
     for n in seg.nodes:
         for t in info.data_inputs(info.nodes[n]):
             src = split_tensor_name(t)[0]
-            if src not in members and info.const_value(t) is not None:
+            if src not in members and info.has_const_value(t):
                 needed_consts.add(src)
     for n in list(seg.consts) + sorted(needed_consts):
-        node = gd.node.add()
-        node.CopyFrom(info.nodes[n])
+        src = info.nodes[n]
+        if light is not None and src.op == "Const" and \
+                len(src.attr["value"].tensor.tensor_content) >= LIGHT_CONST_BYTES:
+            light[n] = src
+            node = gd.node.add(name=src.name, op=src.op, device=src.device)
+            node.input.extend(src.input)
+            for field in ("experimental_debug_info", "experimental_type"):
+                if src.HasField(field):
+                    getattr(node, field).CopyFrom(getattr(src, field))
+            for key, value in src.attr.items():
+                if key != "value":
+                    node.attr[key].CopyFrom(value)
+            t = src.attr["value"].tensor
+            node.attr["value"].tensor.dtype = t.dtype
+            node.attr["value"].tensor.tensor_shape.CopyFrom(t.tensor_shape)
+        else:
+            node = gd.node.add()
+            node.CopyFrom(src)
         # Grappler may give a Const a control input from a node of another segment or of the
         # native graph; a constant's value does not depend on it, so the copy drops it.
         kept = [i for i in node.input if i.startswith("^") and i[1:] in members]
@@ -97,21 +119,15 @@ LIGHT_CONST_BYTES = 1 << 16
 
 def native_segment_function_def(info: GraphInfo, seg: Segment):
     """The FunctionDef ``<engine>_native_segment_<digest>`` computing the segment natively."""
-    from tensorflow.core.framework import attr_value_pb2, tensor_pb2
     from tensorflow.python.framework import graph_to_function_def, importer
-    gd = segment_graph_def(info, seg)
     # The graph goes through TensorFlow's importer and back out as NodeDefs: large constants
     # make that trip as their dtype and shape only (a TensorProto without content; shape
     # inference reads no large constant's values) and get their values back in the
     # FunctionDef, which is the same byte for byte (VGG16's segment: 0.5 GB twice less).
+    # They are copied once, from the frozen graph into the FunctionDef (a GraphDef holding
+    # them and a copy taken out of it made two more: helper hunt, memory).
     values = {}
-    for n in gd.node:
-        if n.op == "Const" and len(n.attr["value"].tensor.tensor_content) >= LIGHT_CONST_BYTES:
-            t = n.attr["value"].tensor
-            values[n.name] = attr_value_pb2.AttrValue()
-            values[n.name].CopyFrom(n.attr["value"])
-            n.attr["value"].tensor.CopyFrom(
-                tensor_pb2.TensorProto(dtype=t.dtype, tensor_shape=t.tensor_shape))
+    gd = segment_graph_def(info, seg, light=values)
     # Straight from a graph: wrap_function would also prune it and make ConcreteFunctions,
     # each of which fetches the whole FunctionDef (weights included) back from the runtime.
     graph = _tf().Graph()
@@ -121,10 +137,11 @@ def native_segment_function_def(info: GraphInfo, seg: Segment):
         graph, graph.get_operations(),
         [graph.get_tensor_by_name(f"TensorRTInputPH_{i}:0") for i in range(len(seg.inputs))],
         [graph.get_tensor_by_name(f"TensorRTOutputPH_{j}:0") for j in range(len(seg.outputs))])
+    del graph, gd
     xla = False
     for n in fdef.node_def:
         if n.name in values:
-            n.attr["value"].CopyFrom(values[n.name])
+            n.attr["value"].CopyFrom(values[n.name].attr["value"])
         if XLA_CALL_ATTR in n.attr:
             xla = True
             del n.attr[XLA_CALL_ATTR]
@@ -139,11 +156,17 @@ def native_segment_function_def(info: GraphInfo, seg: Segment):
     # the same model again gave a new name, and each conversion's segments, weights
     # included, stayed in the eager context for good (helper hunt, 2026-12-04: +4 MB per
     # convert of a model with 4 MB of weights).
-    hashed = type(fdef)()
-    hashed.CopyFrom(fdef)
-    for n in hashed.node_def:
-        n.ClearField("experimental_debug_info")
-    digest = hashlib.sha1(hashed.SerializeToString(deterministic=True)).hexdigest()[:10]
+    # (Cleared in place and put back: a copy to hash held the weights once more.)
+    debug = {}
+    for n in fdef.node_def:
+        if n.HasField("experimental_debug_info"):
+            debug[n.name] = type(n.experimental_debug_info)()
+            debug[n.name].CopyFrom(n.experimental_debug_info)
+            n.ClearField("experimental_debug_info")
+    digest = hashlib.sha1(fdef.SerializeToString(deterministic=True)).hexdigest()[:10]
+    for n in fdef.node_def:
+        if n.name in debug:
+            n.experimental_debug_info.CopyFrom(debug[n.name])
     fdef.signature.name = f"{seg.name}_native_segment_{digest}"
     return fdef
 
@@ -162,16 +185,15 @@ def lift_weights(fdef):
 
     Returns:
       (the light FunctionDef, named ``<name>_w``, and the constants' TensorProtos in
-      argument order), or (``fdef``, []) when it has no large constant.
+      argument order: ``fdef``'s own, not copies, so they change with it), or (``fdef``,
+      []) when it has no large constant.
     """
-    from tensorflow.core.framework import tensor_pb2
     lifted: Dict[str, str] = {}
     values = []
     for n in fdef.node_def:
         if n.op == "Const" and len(n.attr["value"].tensor.tensor_content) >= LIGHT_CONST_BYTES:
             lifted[n.name] = f"tftrt_weight_{len(values)}"
-            values.append(tensor_pb2.TensorProto())
-            values[-1].CopyFrom(n.attr["value"].tensor)
+            values.append(n.attr["value"].tensor)
     if not lifted:
         return fdef, []
     light = type(fdef)()
