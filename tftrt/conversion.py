@@ -220,9 +220,23 @@ def _weight_tensors(graph_def, weights) -> dict:
         for name, proto in weights.items():
             device = devices.get(split_tensor_name(name)[0])
             with tf.device(device) if device else contextlib.nullcontext():
-                tensors[name] = tf.identity(tf.constant(tf.make_ndarray(proto)))
+                tensors[name] = tf.identity(tf.constant(_proto_array(proto)))
     return tensors
 
+
+def _proto_array(proto) -> np.ndarray:
+    """``proto``'s value as a read-only array over its ``tensor_content`` bytes (one copy,
+    which tf.constant copies once more); tf.make_ndarray copies those bytes again (every
+    weight twice over while the signature function was made: helper hunt, memory). A
+    TensorProto without ``tensor_content`` goes through tf.make_ndarray."""
+    tf = rewrite._tf()  # pylint: disable=protected-access
+    if not proto.tensor_content or proto.dtype in (tf.string.as_datatype_enum,
+                                                   tf.resource.as_datatype_enum,
+                                                   tf.variant.as_datatype_enum):
+        return tf.make_ndarray(proto)
+    shape = [d.size for d in proto.tensor_shape.dim]
+    return np.frombuffer(proto.tensor_content,
+                         dtype=tf.as_dtype(proto.dtype).as_numpy_dtype).reshape(shape)
 
 
 # The dtypes TF's GPU kernel of EagerPyFunc takes (tensorflow/python/lib/core/py_func.cc): no
