@@ -516,9 +516,27 @@ def convert_graph(info: GraphInfo, params, nodes_denylist: Sequence[str] = ()) -
         kept.append(s)
     seg.segments = kept
     native_gd, outputs = native_form_graph_def(info, kept, engine_ops, fdefs)
+    _share_library_functions(native_gd, fdefs, engine_ops)
     gd, keepalive, weights = bind_engine_nodes(
         native_gd, {s.name: engine_ops[s.name] for s in kept}, weights_as_inputs=True)
     return ConversionResult(seg, engine_ops, fdefs, keepalive, gd, outputs, native_gd, weights)
+
+
+def _share_library_functions(graph_def, fdefs: Dict[str, object],
+                              engine_ops: Dict[str, TRTEngineOp]) -> None:
+    """Points ``fdefs`` and the engine ops' native fallbacks at the native segment functions
+    of ``graph_def``'s library (the native form, which the conversion keeps) instead of their
+    own copies: the native form and the converter held every native segment's weights twice
+    (helper hunt, memory). Neither is changed after conversion."""
+    library = {f.signature.name: f for f in graph_def.library.function}
+    for name, fdef in list(fdefs.items()):
+        same = library.get(fdef.signature.name)
+        if same is None:
+            continue
+        fdefs[name] = same
+        native = getattr(engine_ops.get(name), "native_fn", None)
+        if isinstance(native, NativeSegmentCaller) and native.fdef is fdef:
+            native.fdef = same
 
 
 def native_form_graph_def(info: GraphInfo, segments: Sequence[Segment],
