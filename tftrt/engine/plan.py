@@ -69,18 +69,21 @@ def serialize_engine(engine: Engine, engine_name: Optional[str] = None,
         A plan without both is refused by a loader that names what it expects.
     """
     net = engine.network
-    blobs, index, offset = [], {}, 0
+    # The weights are laid out once, into the plan's own buffer: each weight's bytes, then
+    # them padded, then joined, then joined to the header made four copies of every weight
+    # (helper hunt, memory). The checksum is taken over the same bytes piece by piece.
+    arrays, index, offset, crc = [], {}, 0, 0
     for name, w in net.weights.items():
         shape = list(np.shape(w))  # np.ascontiguousarray makes a 0-d weight 1-d
         arr = np.ascontiguousarray(np.asarray(w))
         if arr.dtype.byteorder == ">":
             arr = arr.astype(arr.dtype.newbyteorder("<"))
-        raw = arr.tobytes()
+        raw = arr.reshape(-1).view(np.uint8)
         index[name] = {"dtype": arr.dtype.name, "shape": shape, "offset": offset,
-                       "nbytes": len(raw)}
-        blobs.append(raw + b"\0" * _pad(len(raw)))
-        offset += len(raw) + _pad(len(raw))
-    blob = b"".join(blobs)
+                       "nbytes": raw.size}
+        crc = zlib.crc32(b"\0" * _pad(raw.size), zlib.crc32(raw, crc))
+        arrays.append((offset, raw))
+        offset += raw.size + _pad(raw.size)
     header = {
         "format_version": FORMAT_VERSION,
         "name": net.name,
@@ -96,13 +99,20 @@ def serialize_engine(engine: Engine, engine_name: Optional[str] = None,
         "layers": [l.to_json() for l in net.layers],
         "memory": engine.memory.to_json(),
         "weights": index,
-        "weights_bytes": len(blob),
-        "weights_crc32": zlib.crc32(blob),
+        "weights_bytes": offset,
+        "weights_crc32": crc,
     }
     hdr = json.dumps(header, separators=(",", ":")).encode()
     prefix = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(hdr), zlib.crc32(hdr))
     head = prefix + hdr
-    return head + b"\0" * _pad(len(head)) + blob
+    start = len(head) + _pad(len(head))
+    plan = bytearray(start + offset)
+    plan[:len(head)] = head
+    view = np.frombuffer(plan, np.uint8)
+    for at, raw in arrays:
+        view[start + at:start + at + raw.size] = raw
+    del view
+    return bytes(plan)
 
 
 def read_plan_header(data: bytes) -> dict:
@@ -230,7 +240,8 @@ def _contents(data: bytes, header: dict) -> Tuple[Network, MemoryPlan]:
     start = _PREFIX.size + hlen
     start += _pad(start)
     size = _count(header, "weights_bytes")
-    blob = data[start:start + size]
+    # a view: a slice of the bytes copied every weight once more while the engine loaded
+    blob = memoryview(data)[start:start + size]
     if len(blob) != size or zlib.crc32(blob) != header["weights_crc32"]:
         raise PlanError("plan weights are truncated or corrupt (checksum mismatch); rebuild "
                         "the engine")
