@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import gc
 import hashlib
 import json
 import logging
@@ -390,10 +391,12 @@ def _write_saved_model(converter, path: str, save_gpu_specific_engines: bool, op
     # with the converted model as its own assets, read from wherever it is loaded.
     asset_consts = _input_asset_consts(gd, converter._input_saved_model_dir)  # noqa: W0212
     assets = [tf.saved_model.Asset(p) for p in asset_consts.values()]
-    sig_fn = rewrite.graph_signature_function(
-        gd, info.inputs, outputs, sig.input_names, sig.frozen_func.inputs,
-        sig.func.structured_outputs, sig.func.structured_input_signature,
-        tensor_map={f"{n}:0": a.asset_path for n, a in zip(asset_consts, assets)})
+
+    def signature_function():
+        return rewrite.graph_signature_function(
+            gd, info.inputs, outputs, sig.input_names, sig.frozen_func.inputs,
+            sig.func.structured_outputs, sig.func.structured_input_signature,
+            tensor_map={f"{n}:0": a.asset_path for n, a in zip(asset_consts, assets)})
     key = converter._input_saved_model_signature_key  # pylint: disable=protected-access
     if options is None:
         # A converted model is for inference: tracing every op type's gradient function
@@ -401,6 +404,11 @@ def _write_saved_model(converter, path: str, save_gpu_specific_engines: bool, op
         options = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
     adir = os.path.join(path, ASSET_DIR)
     for share in (True, False):
+        # Made for each write and dropped before the read-back: its graph holds the native
+        # segment functions (every weight, more than once), which stayed alive while the
+        # read-back parsed saved_model.pb and rebuilt the networks (save()'s peak: helper
+        # hunt, memory). A second write (no shared weights) is rare.
+        sig_fn = signature_function()
         manifest = _write_assets(adir, converter, gd, outputs, save_gpu_specific_engines, share)
         if assets:
             manifest[INPUT_ASSETS_KEY] = {n: k for k, n in enumerate(asset_consts)}
@@ -414,8 +422,11 @@ def _write_saved_model(converter, path: str, save_gpu_specific_engines: bool, op
         if assets:
             setattr(module, INPUT_ASSETS_ATTR, assets)
         tf.saved_model.save(module, path, signatures={key: sig_fn}, options=options)
+        del module, sig_fn
         if not share:
             break
+        if gc.isenabled():  # (TF's function graphs hold reference cycles; see
+            gc.collect()    # _return_freed_memory for why not while it is off)
         try:
             # Read back what tftrt.load will: the functions from saved_model.pb and the
             # segment networks rebuilt from their constants, byte for byte.
