@@ -819,3 +819,34 @@ def test_vertical_fusion_takes_float_casts_that_end_in_the_layers_dtype():
     widen = vertical_fusion(_f16_conv_then([cast32, {"op": "mul", "args": ["%0", "$1"],
                                                      "dtype": "float32"}], "float32"))
     assert [l.kind for l in widen.layers] == ["conv", "pointwise"]
+
+
+def test_vertical_fusion_keeps_a_narrowing_cast_that_more_arithmetic_follows():
+    """A float32 conv -> cast float16 -> relu -> cast float32 (a float32 layer, then a
+    mixed_float16 activation) rounds and overflows in float16 as TF does: not fused (fused,
+    70000 came out finite where TF gives inf; regression hunt, s51). Cast down to the
+    conv's own dtype with only a relu / clip after it, it fuses."""
+    net = _f16_conv_then([], "float16")
+    net.tensors["x"].dtype = net.tensors["c"].dtype = "float32"
+    net.weights["w"] = net.weights["w"].astype(np.float32)
+    net.tensors["w"].dtype = "float32"
+    down = {"op": "cast", "args": ["$0"], "dtype": "float16", "to": "float16"}
+    relu = {"op": "relu", "args": ["%0"], "dtype": "float16"}
+    up = {"op": "cast", "args": ["%1"], "dtype": "float32", "to": "float32"}
+    net.layers[1].attrs["program"] = [down, relu, up]
+    net.layers[1].inputs = ["c"]
+    net.tensors["y"].dtype = "float32"
+    assert [l.kind for l in vertical_fusion(net).layers] == ["conv", "pointwise"]
+    f16 = _f16_conv_then([dict(down, dtype="float32", to="float32"),
+                          {"op": "mul", "args": ["%0", "$1"], "dtype": "float32"},
+                          dict(down, args=["%1"]),
+                          {"op": "clip", "args": ["%2", 0.0, 6.0], "dtype": "float16"}],
+                         "float16")
+    assert [(l.kind, l.epilogue_summary()) for l in vertical_fusion(f16).layers] == \
+        [("conv", "scale+clip")]
+    bad = _f16_conv_then([dict(down, dtype="float32", to="float32"),
+                          {"op": "mul", "args": ["%0", "$1"], "dtype": "float32"},
+                          dict(down, args=["%1"]),
+                          {"op": "clip", "args": ["%2", 0.0, 0.1], "dtype": "float16"}],
+                         "float16")  # 0.1: no float16 value, the clip after rounding differs
+    assert [l.kind for l in vertical_fusion(bad).layers] == ["conv", "pointwise"]

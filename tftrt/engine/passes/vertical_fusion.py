@@ -161,16 +161,32 @@ _EPILOGUE_FLOATS = ("float16", "bfloat16", "float32")
 
 def _float_cast(net: Network, consumer: Layer, y: str, k: int) -> bool:
     """Whether step ``k`` of the consumer's program is a cast between float dtypes the
-    epilogue takes as it is: its float32 arithmetic holds every float16 / bfloat16 value,
-    and its result is rounded once to the fused layer's output dtype. A float16 graph's
-    batch norm computes in float32 between two casts, as TF's kernel does
-    (converters/nn.FusedBatchNorm): without this, conv + batch norm stayed two layers. Only
-    where the program ends in the main layer's own output dtype: its storage does not change
-    (a float32 conv storing float16 is a layer no backend was asked for before)."""
+    epilogue takes as it is, computing in float32 and rounding once to the fused layer's
+    output dtype: a cast to float32 (float32 holds every float16 / bfloat16 value), or a
+    cast down to that output dtype after which only ReLUs / clips to bounds it holds follow
+    (rounding commutes with them). A float16 graph's batch norm computes in float32 between
+    two casts, as TF's kernel does (converters/nn.FusedBatchNorm): without this, conv +
+    batch norm stayed two layers. A narrowing cast followed by more arithmetic, or a cast
+    back up, is a rounding (and overflow to inf) TF performs: dropped, a float32 conv -> cast
+    float16 -> relu -> cast float32 gave 70000 where TF gives inf (regression hunt, s51).
+    Only where the program ends in the main layer's own output dtype: its storage does not
+    change (a float32 conv storing float16 is a layer no backend was asked for before)."""
     prog = consumer.attrs["program"]
-    src = net.tensors[y].dtype if k == 0 else prog[k - 1].get("dtype")
-    return src in _EPILOGUE_FLOATS and prog[k].get("to") in _EPILOGUE_FLOATS and \
-        net.tensors[consumer.outputs[0]].dtype == net.tensors[y].dtype
+    out = net.tensors[y].dtype
+    src = out if k == 0 else prog[k - 1].get("dtype")
+    to = prog[k].get("to")
+    if src not in _EPILOGUE_FLOATS or to not in _EPILOGUE_FLOATS or \
+            net.tensors[consumer.outputs[0]].dtype != out:
+        return False
+    if to == "float32" or to == src:
+        return True
+    if to != out:
+        return False
+    def holds(v) -> bool:  # a clip bound float16 holds (bfloat16's: not checked, refused)
+        return to == "float16" and isinstance(v, (int, float)) and \
+            not isinstance(v, bool) and float(np.float16(v)) == float(v)
+    return all(st["op"] == "relu" or (st["op"] == "clip" and all(
+        holds(a) for a in st["args"][1:])) for st in prog[k + 1:])
 
 
 def _scale_weights(net: Network, layer: Layer, s: np.ndarray) -> bool:
