@@ -410,8 +410,9 @@ if hasattr(threading, "_register_atexit"):  # runs before non-daemon threads are
 def tactic_choices(engine) -> Dict[str, dict]:
     """layer name -> what the layer chose in a built or loaded engine: tactic and the backend's
     tuned sub-choices (what the other shapes of its profile reuse, see tactics.layer_choice)."""
+    from tftrt.engine.quantization import unfused  # a fused projection's choice too
     from tftrt.engine.tactics import layer_choice
-    return {l.name: layer_choice(l) for l in engine.network.layers}
+    return {l.name: layer_choice(l) for l in unfused(engine.network).layers}
 
 
 # Above this batch size fewest_parts does not search (its search is O(b x sizes) in Python).

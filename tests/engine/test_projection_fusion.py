@@ -218,3 +218,41 @@ def test_the_fused_layers_q_mma_kernel_is_the_numpy_layers_arithmetic(
     run_host(so, 0, args[:-1] + [rows], src.grid(rows), src.threads)
     assert np.abs(want).max() > 0.5 and (want > 0).mean() > 0.2  # not a dead layer
     np.testing.assert_array_equal(out, want)
+
+
+def test_a_profiles_other_shapes_start_from_the_network_before_fusion(fusing, monkeypatch):
+    """unfused() gives back the network before fuse_projections (the projection a layer of its
+    own with its tactic, the residual layer reading its codes): a dynamic profile's template
+    is made from it (the fused network had one layer fewer than the probe shapes' and served
+    no template: regression hunt, s51), and an engine built from the template at another
+    shape fuses the pair again and answers as a full build there."""
+    from tftrt.engine.builder import build_engine_from_template, optimized_network
+    from tftrt.engine.shape_template import make_template
+    from tftrt.profiles import Profile
+    rng = np.random.RandomState(30)
+    net, x = _bottleneck(rng, 1)
+    net.tensors["x"].shape = (-1, 8, 8, 8)
+    cfg = BuilderConfig(precision="INT8")
+    opt = build_engine(net.copy(), {"x": (4, 8, 8, 8)}, cfg)
+    assert "projection" in opt.network.layers[-1].attrs
+    back = Q.unfused(opt.network)
+    assert [l.name for l in back.layers] == ["x2", "a", "b", "t", "y"]
+    assert back.tensors["t"].dtype == "int8" and back.layers[-1].inputs[3] == "t"
+    assert "projection" in opt.network.layers[-1].attrs  # (left as it was)
+    monkeypatch.setenv("TFTRT_QUANT_MMA_PROJECTION", "0")
+    plain = build_engine(net.copy(), {"x": (4, 8, 8, 8)}, cfg).network
+    monkeypatch.setenv("TFTRT_QUANT_MMA_PROJECTION", "1")
+    for got, want in zip(back.layers, plain.layers):
+        assert (got.name, got.inputs, got.outputs, got.epilogue, got.tactic, got.precision) == \
+            (want.name, want.inputs, want.outputs, want.epilogue, want.tactic, want.precision)
+        assert got.kernel_attrs() == want.kernel_attrs()
+    assert {k: (v.dtype, tuple(v.shape)) for k, v in back.tensors.items()} == \
+        {k: (v.dtype, tuple(v.shape)) for k, v in plain.tensors.items()}
+    assert Q.unfused(back) is back  # nothing fused: itself
+    prof = Profile(min=[(1, 8, 8, 8)], opt=[(4, 8, 8, 8)], max=[(4, 8, 8, 8)])
+    template = make_template(back, lambda s: optimized_network(net.copy(), s, cfg)[0], prof)
+    fusing.clear()
+    other = build_engine_from_template(template, {"x": (2, 8, 8, 8)}, opt, cfg)
+    assert fusing == [("y", "t")] and "projection" in other.network.layers[-1].attrs
+    full = build_engine(net.copy(), {"x": (2, 8, 8, 8)}, cfg)
+    np.testing.assert_array_equal(other.execute([x])[0], full.execute([x])[0])

@@ -483,7 +483,8 @@ def prefetch_from_template(template, shapes: Sequence[Dict[str, Sequence[int]]],
     for k, input_shapes in enumerate(shapes):
         source = (sources[k] if sources is not None else None) or opt_engine
         if not tunes[k] and id(source) not in made:
-            made[id(source)] = {l.name: layer_choice(l) for l in source.network.layers}
+            made[id(source)] = {l.name: layer_choice(l)
+                                for l in quantization.unfused(source.network).layers}
         try:
             net = template.network_for(input_shapes)
             if tunes[k]:
@@ -570,7 +571,8 @@ def build_engine_from_template(template, input_shapes: Dict[str, Sequence[int]],
         timings = _tactics(net, backend, opt_engine.weights, config, None, failures)
     else:
         source = choices_from if choices_from is not None else opt_engine
-        choices = {l.name: layer_choice(l) for l in source.network.layers}
+        choices = {l.name: layer_choice(l)
+                   for l in quantization.unfused(source.network).layers}
         choose_tactics(net, backend, opt_engine.weights, None, choices=choices)
         mark = getattr(backend, "mark_quick", None) if quick else None
         if callable(mark):

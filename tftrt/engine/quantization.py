@@ -877,6 +877,33 @@ def projection_layer(net: Network, layer: Layer) -> Optional[Tuple[Network, Laye
     return sub, p
 
 
+def unfused(net: Network) -> Network:
+    """``net`` as it was before :func:`fuse_projections` (itself where nothing was fused): each
+    projection a layer of its own again, with its tactic, before the layer that took it, and
+    that layer reading its int8 output. What a profile's other shapes start from: their
+    networks are made and compared before _finish fuses (shape_template), and their tactic
+    choices name every layer (the fused network compared 3 layers with the probe's 4 and
+    served no template: regression hunt, s51). _finish fuses the same pairs again."""
+    if not any("projection" in l.attrs for l in net.layers):
+        return net
+    out = net.copy()
+    layers = []
+    for layer in out.layers:
+        fused = projection_layer(out, layer)
+        if fused is None:
+            layers.append(layer)
+            continue
+        sub, p = fused
+        d = layer.attrs.pop("projection")
+        t = d["output"]["name"]
+        out.tensors[t] = sub.tensors[t]
+        layer.inputs[int(d["residual"])] = t
+        del layer.inputs[len(layer.inputs) - (len(d["inputs_at"]) - 1):]
+        layers += [p, layer]
+    out.layers = layers
+    return out
+
+
 # A NaN a conv stores for its int8 max pool (absorb_pool_requantization): below every code, so
 # the pool passes over it as TF's MaxPool passes over NaN, and a window of NaN only, whose
 # float answer is -inf, comes out as -inf's code once the pool raises its result to -127

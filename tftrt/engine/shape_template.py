@@ -805,8 +805,9 @@ def specializer(source, config, fingerprint: Optional[str] = None):
         if fingerprint:
             from tftrt.engine.build_cache import build_cache_for
             store = build_cache_for(opt_engine.backend_impl)
-        template = cached_template(opt_engine.network, front, profile, values, fingerprint,
-                                   config, store)
+        from tftrt.engine.quantization import unfused  # as the fronts make it
+        template = cached_template(unfused(opt_engine.network), front, profile, values,
+                                   fingerprint, config, store)
 
         def build(key, quick=False, tune=False, source=None):
             return build_engine_from_template(template, dict(zip(names, key)), opt_engine,
