@@ -256,3 +256,43 @@ def test_a_profiles_other_shapes_start_from_the_network_before_fusion(fusing, mo
     assert fusing == [("y", "t")] and "projection" in other.network.layers[-1].attrs
     full = build_engine(net.copy(), {"x": (2, 8, 8, 8)}, cfg)
     np.testing.assert_array_equal(other.execute([x])[0], full.execute([x])[0])
+
+
+def _profiler(int8_speedup):
+    """A per-layer profile (the numpy backend times nothing): each conv's time in proportion
+    to its FLOPs, INT8 ``int8_speedup`` times as fast as FP16; a fused layer does its
+    projection's work too."""
+    def layer_times(engine):
+        n, out = engine.network, {}
+        for l in n.layers:
+            f = Q.layer_flops(n, l) if l.kind in ("conv", "matmul") else 0
+            fused = Q.projection_layer(n, l)
+            if fused is not None:
+                f += Q.layer_flops(*fused)
+            out[l.name] = 1e-9 + f * 1e-12 / (int8_speedup if "quant" in l.attrs else 1.0)
+        return out
+    return layer_times
+
+
+@pytest.mark.parametrize("speedup", [2.0, 0.5])
+def test_timed_precision_weighs_a_fused_pair_against_both_fp16_layers(
+        fusing, monkeypatch, speedup):
+    """INT8 twice as fast per FLOP everywhere: nothing is kept FP16 (against the residual
+    layer's FP16 time alone, the fused layer's INT8 time with its projection's work lost:
+    regression hunt, s51). Twice as slow: the pair stays FP16 together, each saying why."""
+    from tftrt.engine import builder
+    monkeypatch.setenv("TFTRT_QUANT_TIMED_PRECISION", "1")
+    times = _profiler(speedup)
+    monkeypatch.setattr(builder, "layer_times", times)
+    monkeypatch.setattr(builder, "engine_seconds", lambda engine: sum(times(engine).values()))
+    net, x = _bottleneck(np.random.RandomState(40), 1, c=32, mid=8, cout=16)
+    engine = build_engine(net, {"x": x.shape}, BuilderConfig(precision="INT8"))
+    info = engine.build_info["timed_precision"]
+    if speedup > 1:
+        assert info["fp16_faster"] == [] and info["kept"] == "INT8", info
+        assert "projection" in engine.network.layers[-1].attrs
+    else:
+        assert {"y", "t"} <= set(info["fp16_faster"]) and info["kept"] == "FP16", info
+        layers = {l.name: l for l in engine.network.layers}
+        assert layers["y"].precision == layers["t"].precision == "FP16", info
+        assert "with y" in layers["t"].attrs["quant_fallback"]  # the pair's reason

@@ -337,13 +337,22 @@ def _timed_precision(model_or_network, input_shapes, config: BuilderConfig, engi
     whole_f = _whole(fp16) if whole_q is not None else None
     if not _valid_times(times_f):
         return engine, {"kept": quant, "invalid": "times of the FP16 engine"}
-    quantized = [l.name for l in engine.network.layers if "quant" in l.attrs]
+    # a layer that runs its projection shortcut (quantization.fuse_projections) is timed
+    # against the two FP16 layers together, and both stay FP16 or neither: against the
+    # residual layer alone, its INT8 time with the projection's work in it lost to FP16
+    # (regression hunt, s51)
+    pairs = _fused_pairs(engine)
+    times_q, times_f = _merged(times_q, pairs), _merged(times_f, pairs)
+    quantized = [l.name for l in engine.network.layers if "quant" in l.attrs] + \
+        list(pairs.values())
     keep = {}
     for layer in engine.network.layers:
         tq, tf = times_q.get(layer.name), times_f.get(layer.name)
         if "quant" in layer.attrs and tq and tf and tf < tq * (1 - TIMED_PRECISION_MARGIN):
             keep[layer.name] = (f"{quantization.TIMED_FP16_REASON} ({tf * 1e6:.1f} us against "
                                 f"{tq * 1e6:.1f} us in {quant})")
+            if layer.name in pairs:
+                keep[pairs[layer.name]] = keep[layer.name] + f", with {layer.name}"
     info = {"fp16_faster": sorted(keep), "quantized_s": sum(times_q.values()),
             "fp16_s": sum(times_f.values()), "kept": quant}
     whole = whole_q is not None and whole_f is not None
@@ -362,6 +371,9 @@ def _timed_precision(model_or_network, input_shapes, config: BuilderConfig, engi
                 info["invalid"] = "time of the mixed engine"
         else:
             times_m = layer_times(mixed)
+            if times_m is not None:  # the pairs either engine fused, summed on both sides
+                both = {**pairs, **_fused_pairs(mixed)}
+                times_q, times_m = _merged(times_q, both), _merged(times_m, both)
             common = set(times_q) & set(times_m or {})
             if not _valid_times(times_m) or \
                     len(common) < 0.9 * max(len(times_q), len(times_m)):
@@ -404,6 +416,24 @@ def _timed_precision(model_or_network, input_shapes, config: BuilderConfig, engi
              f"{info['mixed_s'] * 1e3:.3f} ms" if info.get("mixed_s") else "-",
              info["fp16_s"] * 1e3, info["kept"])
     return chosen, info
+
+
+def _fused_pairs(engine: Engine) -> Dict[str, str]:
+    """{layer: the projection shortcut it runs} of ``engine`` (quantization.fuse_projections)."""
+    return {l.name: l.attrs["projection"]["name"] for l in engine.network.layers
+            if "projection" in l.attrs}
+
+
+def _merged(times: Optional[Dict[str, float]], pairs: Dict[str, str]):
+    """Layer times with each projection's time added to the layer that runs it in the other
+    engine (``pairs``), so both engines' times name the same work."""
+    if times is None:
+        return None
+    out = dict(times)
+    for layer, proj in pairs.items():
+        if proj in out:
+            out[layer] = out.get(layer, 0.0) + out.pop(proj)
+    return out
 
 
 def _tactics(net: Network, backend, weights: Dict[str, Any], config: BuilderConfig,
