@@ -56,9 +56,10 @@ def _plan_description(op, meta, path: str) -> dict:
         # engine (ONNX / CLI hunt, s49)
         d["profiles"] = [{what: [list(s) for s in getattr(profiles[i], what)]
                           for what in ("min", "opt", "max")} for i in opt_of]
-    layers = [{"name": layer.name, "kind": layer.kind, "epilogue": layer.epilogue_summary(),
-               "tactic": layer.tactic or "default",
-               "precision": layer.precision or header.get("precision")}
+    layers = [dict({"name": layer.name, "kind": layer.kind, "epilogue": layer.epilogue_summary(),
+                    "tactic": layer.tactic or "default",
+                    "precision": layer.precision or header.get("precision")},
+                   **_projection(layer))
               for layer in network.layers]
     asked = dict(header.get("config") or {}).get("requested_precision")
     if asked:  # builder.timed_precision kept this FP16 engine for an INT8 / FP8 request
@@ -67,6 +68,16 @@ def _plan_description(op, meta, path: str) -> dict:
              activation_bytes=memory.total_bytes, weight_bytes=header["weights_bytes"],
              fallback_tactics=_fallback_tactics(op.name, op.spec, header, data))
     return d
+
+
+def _projection(layer) -> dict:
+    """A layer's fused projection shortcut (quantization.fuse_projections), which its kernel
+    runs: {"projection": {name, kind, precision}}, or nothing. Without it, inspect listed
+    such a layer's epilogue alone and the projection nowhere (regression hunt, s51)."""
+    d = layer.attrs.get("projection")
+    if not isinstance(d, dict):
+        return {}
+    return {"projection": {k: d.get(k) for k in ("name", "kind", "precision")}}
 
 
 def _refusal(op, meta: dict, header: dict, network) -> Optional[str]:
@@ -283,8 +294,9 @@ def format_description(info: dict, print_fn: Callable[[str], None], layers: bool
 
 def _layer_table(rows: List[Dict[str, str]], print_fn) -> None:
     cols = ["#", "layer", "kind", "epilogue", "tactic", "precision"]
-    table = [[str(i), r["name"], r["kind"], r["epilogue"] or "-", str(r["tactic"]),
-              str(r["precision"] or "-")] for i, r in enumerate(rows)]
+    table = [[str(i), r["name"], r["kind"], (r["epilogue"] or "-") + (
+              f" (+ projection {r['projection']['name']})" if r.get("projection") else ""),
+              str(r["tactic"]), str(r["precision"] or "-")] for i, r in enumerate(rows)]
     widths = [min(max([len(c)] + [len(t[i]) for t in table]), 60) for i, c in enumerate(cols)]
 
     def fmt(vals):
