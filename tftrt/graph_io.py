@@ -112,6 +112,7 @@ class GraphInfo:
         self.dtypes: Dict[str, np.dtype] = {}
         self._num_outputs: Dict[str, int] = {}
         self._consts: Dict[str, Optional[np.ndarray]] = {}
+        self._is_const: Dict[str, bool] = {}  # has_const_value's answers (no values)
         self._data_inputs: Dict[str, List[str]] = {}
         self._infer()
 
@@ -222,8 +223,12 @@ class GraphInfo:
     def has_const_value(self, tensor: str) -> bool:
         """Whether :meth:`const_value` is not None, without keeping a value it reads: after
         lowering, the cache is dropped (:meth:`drop_const_cache`) and the native segments
-        only ask which inputs are constants."""
-        return self.const_value(tensor, cache=False) is not None
+        only ask which inputs are constants. The answer is kept (a constant read by several
+        nodes was decoded once per reader)."""
+        known = self._is_const.get(tensor)
+        if known is None:
+            known = self._is_const[tensor] = self.const_value(tensor, cache=False) is not None
+        return known
 
     def drop_const_cache(self) -> None:
         """Forgets the constant values read so far (they are read again on demand). A converter

@@ -69,9 +69,10 @@ def serialize_engine(engine: Engine, engine_name: Optional[str] = None,
         A plan without both is refused by a loader that names what it expects.
     """
     net = engine.network
-    # The weights are laid out once, into the plan's own buffer: each weight's bytes, then
-    # them padded, then joined, then joined to the header made four copies of every weight
-    # (helper hunt, memory). The checksum is taken over the same bytes piece by piece.
+    # The weights are copied once, into the plan's bytes (joined from views of the arrays):
+    # each weight's bytes, then them padded, then joined, then joined to the header made
+    # four copies of every weight (helper hunt, memory). The checksum is taken over the same
+    # bytes piece by piece.
     arrays, index, offset, crc = [], {}, 0, 0
     for name, w in net.weights.items():
         shape = list(np.shape(w))  # np.ascontiguousarray makes a 0-d weight 1-d
@@ -82,7 +83,7 @@ def serialize_engine(engine: Engine, engine_name: Optional[str] = None,
         index[name] = {"dtype": arr.dtype.name, "shape": shape, "offset": offset,
                        "nbytes": raw.size}
         crc = zlib.crc32(b"\0" * _pad(raw.size), zlib.crc32(raw, crc))
-        arrays.append((offset, raw))
+        arrays.append(raw)
         offset += raw.size + _pad(raw.size)
     header = {
         "format_version": FORMAT_VERSION,
@@ -105,14 +106,10 @@ def serialize_engine(engine: Engine, engine_name: Optional[str] = None,
     hdr = json.dumps(header, separators=(",", ":")).encode()
     prefix = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(hdr), zlib.crc32(hdr))
     head = prefix + hdr
-    start = len(head) + _pad(len(head))
-    plan = bytearray(start + offset)
-    plan[:len(head)] = head
-    view = np.frombuffer(plan, np.uint8)
-    for at, raw in arrays:
-        view[start + at:start + at + raw.size] = raw
-    del view
-    return bytes(plan)
+    parts = [head, b"\0" * _pad(len(head))]
+    for raw in arrays:
+        parts += [raw.data, b"\0" * _pad(raw.size)]
+    return b"".join(parts)  # (bytes.join sizes the result first: one copy)
 
 
 def read_plan_header(data: bytes) -> dict:
