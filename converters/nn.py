@@ -432,18 +432,35 @@ class FusedBatchNorm:
     hunt, 2026-12-07). Outputs 1-4 (batch mean/variance, reserve spaces) pass the running
     mean/variance through as TF does in inference.
 
-    Rejects: is_training=True, empty mean/variance, unknown data formats.
+    With is_training=True the statistics are the batch's own (mean, and variance divided by
+    the count, over every axis but the channel's, in float32), as TF computes y: Keras 2's
+    LayerNormalization is such a batch norm over a [1, rows, C, 1] NCHW reshape, in
+    inference graphs too (left native, every Keras 2 transformer split into engines around
+    each LayerNorm: Keras 2 hunt, 2026-12-07). Only y: the batch mean / variance outputs
+    (moving averages in training) must have no reader.
+
+    Rejects: is_training=True with the batch statistics read, empty mean/variance at
+    inference, unknown data formats.
     """
 
     @staticmethod
+    def _training(node, ctx) -> bool:
+        return bool(ctx.attr(node, "is_training", True))
+
+    @staticmethod
     def validate(node, ctx):
-        if ctx.attr(node, "is_training", True):
-            return ("is_training=True (training-mode batch norm) is not supported; convert an "
-                    "inference graph")
         rank = ctx.input_rank(node, 0)
         reason = layout.check_data_format(layout.data_format(node, ctx), rank)
         if reason:
             return reason
+        if FusedBatchNorm._training(node, ctx):
+            used = ctx.info.consumers()
+            read = [k for k in range(1, ctx.num_outputs(node))
+                    if used.get(f"{node.name}:{k}")]
+            if read:
+                return (f"is_training=True with its batch statistics (output(s) {read}) read: "
+                        f"a training graph; convert an inference graph")
+            return None
         for i, name in ((3, "mean"), (4, "variance")):
             s = ctx.input_shape(node, i)
             if s is not None and 0 in s:
@@ -459,6 +476,9 @@ class FusedBatchNorm:
         cdt = np.dtype(np.float32)  # U, TF's arithmetic (T: half, bfloat16 or float)
         eps = float(ctx.attr(node, "epsilon", 1e-4))
         bshape = [-1] if layout.is_channels_last(fmt) else [-1] + [1] * (rank - 2)
+        if FusedBatchNorm._training(node, ctx):
+            FusedBatchNorm._batch_statistics(node, ctx, x, dtype, cdt, eps, fmt, rank)
+            return
         if all(ctx.is_const(node, i) for i in range(1, 5)):
             scale, offset, mean, var = (np.asarray(ctx.const_value(node, i), np.float32)
                                         for i in range(1, 5))
@@ -481,6 +501,28 @@ class FusedBatchNorm:
         ctx.set_output(node, 0, y)
         for k, src in ((1, 3), (2, 4), (3, 3), (4, 4)):
             ctx.set_output(node, k, ctx.input(node, src))
+
+    @staticmethod
+    def _batch_statistics(node, ctx, x, dtype, cdt, eps, fmt, rank) -> None:
+        """y of a training-mode batch norm: TF's kernel (two passes in float32) centres x on
+        the batch mean and scales by rsqrt(mean of the squares + epsilon)."""
+        from .reduce import reduce
+        axes = [a for a in range(rank) if a != (rank - 1 if layout.is_channels_last(fmt)
+                                                  else 1)]
+        if dtype != cdt:
+            x = ctx.emit("Cast", [x], to=onnx_type(cdt))
+        centred = ctx.emit("Sub", [x, reduce(ctx, "ReduceMean", x, axes, True)])
+        var = reduce(ctx, "ReduceMean", ctx.emit("Mul", [centred, centred]), axes, True)
+        inv = ctx.emit("Reciprocal", [ctx.emit("Sqrt", [ctx.emit("Add", [
+            var, ctx.const(np.array(eps, cdt), "epsilon")])])])
+
+        def param(i):
+            return _bias_for(ctx, _cast_to(ctx, node, i, cdt), fmt, rank)
+        y = ctx.emit("Add", [ctx.emit("Mul", [centred, ctx.emit("Mul", [inv, param(1)])]),
+                             param(2)])
+        if dtype != cdt:
+            y = ctx.emit("Cast", [y], to=onnx_type(dtype))
+        ctx.set_output(node, 0, y)
 
 
 # --- pooling ----------------------------------------------------------------------------------

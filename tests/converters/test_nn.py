@@ -270,11 +270,26 @@ def test_fused_batch_norm_tensor_params():
         expect_tf_ops=["FusedBatchNormV3"])
 
 
-def test_fused_batch_norm_rejects_training():
+@pytest.mark.parametrize("fmt", ["NHWC", "NCHW"])
+def test_fused_batch_norm_in_training_mode_uses_the_batch_statistics(fmt):
+    """is_training=True in an inference graph (Keras 2's LayerNorm): y from the batch's own
+    mean and variance, as TF computes it."""
     s, o, _, _ = _bn_params(3)
-    check_rejected(lambda x: tf.raw_ops.FusedBatchNormV3(
-        x=x, scale=s, offset=o, mean=[], variance=[], is_training=True)[0],
-        [rand(2, 4, 4, 3)], "FusedBatchNormV3", "is_training=True")
+    xs = (2, 4, 5, 3) if fmt == "NHWC" else (2, 3, 4, 5)
+    check_op(lambda x: tf.raw_ops.FusedBatchNormV3(
+        x=x, scale=s, offset=o, mean=[], variance=[], epsilon=1e-3, data_format=fmt,
+        is_training=True)[0], [rand(*xs)], expect_tf_ops=["FusedBatchNormV3"])
+
+
+def test_fused_batch_norm_rejects_training_with_its_statistics_read():
+    s, o, _, _ = _bn_params(3)
+
+    def f(x):
+        y, mean, *_ = tf.raw_ops.FusedBatchNormV3(x=x, scale=s, offset=o, mean=[], variance=[],
+                                                  is_training=True)
+        return y + tf.reduce_sum(mean)
+    check_rejected(f, [rand(2, 4, 4, 3)], "FusedBatchNormV3",
+                   "is_training=True with its batch statistics")
 
 
 # --- pooling ----------------------------------------------------------------------------------

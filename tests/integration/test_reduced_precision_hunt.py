@@ -191,3 +191,48 @@ def test_bfloat16_inputs_are_generated_and_read_from_an_npz(tmp_path):
     np.savez(tmp_path / "v4.npz", x=np.zeros((4, 16), "V4"))
     with pytest.raises(I.InputError, match=re.escape("is |V4; the input is bfloat16")):
         I.load_npz(str(tmp_path / "v4.npz"), specs)
+
+
+def _training_bn(fmt, dtype, read_mean=False):
+    rng = np.random.RandomState(7)
+    scale, offset = rng.uniform(0.5, 2, 3).astype(np.float32), rng.randn(3).astype(np.float32)
+
+    def f(x):
+        h = tf.cast(x * 3.0 + 1.0, dtype)
+        if fmt == "NCHW":
+            h = tf.transpose(h, [0, 3, 1, 2])
+        y, mean, _ = tf.compat.v1.nn.fused_batch_norm(
+            h, tf.constant(scale), tf.constant(offset), epsilon=1e-3, data_format=fmt,
+            is_training=True)
+        out = tf.nn.relu(tf.cast(y, tf.float32)) * 2.0
+        return out + tf.reduce_sum(mean) if read_mean else out
+    return f
+
+
+@pytest.mark.parametrize("fmt,dtype", [("NHWC", "float32"), ("NCHW", "float32"),
+                                       ("NHWC", "float16")])
+def test_a_training_mode_batch_norm_in_an_inference_graph_converts(tmp_path, fmt, dtype):
+    """is_training=True normalizes with the batch's own statistics (Keras 2's LayerNorm is
+    such a batch norm over a reshape): converted as TF computes y, where it stayed native and
+    split the engines around it (Keras 2 hunt, 2026-12-07)."""
+    path = _save(tmp_path, "bn_" + fmt + dtype, _training_bn(fmt, getattr(tf, dtype)),
+                 tf.TensorSpec([None, 6, 5, 3], tf.float32, name="x"))
+    x = tf.constant(np.random.RandomState(8).randn(2, 6, 5, 3).astype(np.float32))
+    conv, got = _converted(path, x)
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        conv.summary()
+    assert "FusedBatchNorm" not in buf.getvalue().split("Ops left native")[-1]
+    assert _rel(got, _native(path, x)) < (1e-5 if dtype == "float32" else 2e-3)
+
+
+def test_a_training_mode_batch_norm_whose_batch_statistics_are_read_stays_native(tmp_path):
+    path = _save(tmp_path, "bn_read", _training_bn("NHWC", tf.float32, read_mean=True),
+                 tf.TensorSpec([None, 6, 5, 3], tf.float32, name="x"))
+    x = tf.constant(np.random.RandomState(9).randn(2, 6, 5, 3).astype(np.float32))
+    conv, got = _converted(path, x)
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        conv.summary()
+    assert "is_training=True with its batch statistics (output(s) [1]) read" in buf.getvalue()
+    assert _rel(got, _native(path, x)) < 1e-5
