@@ -11,7 +11,10 @@
 - a mixed-precision QAT model (fake quantization in float32, a cast to float16 before each
   conv) ran its convs FP16: the op's range did not cross the cast (quantization);
 - bfloat16 inputs: the CLI could neither generate data for them nor read an .npz of them
-  (np.savez stores bfloat16 as raw 2-byte voids; tftrt.inputs)."""
+  (np.savez stores bfloat16 as raw 2-byte voids; tftrt.inputs).
+
+And a batch norm case of the Keras 2 hunt: a training-mode FusedBatchNorm in an inference
+graph (Keras 2's LayerNormalization) stayed native."""
 
 import contextlib
 import io
