@@ -49,6 +49,13 @@ def _converted(path, x, precision="FP32", **kw):
     return conv, fn(x)[key].numpy()
 
 
+def _summary(conv) -> str:
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        conv.summary()
+    return buf.getvalue()
+
+
 def _native(path, x):
     return tf.saved_model.load(path)(x).numpy()
 
@@ -168,12 +175,10 @@ def test_a_fake_quant_range_crosses_a_cast_to_float16(tmp_path, monkeypatch):
         path = _save(tmp_path, "qat_" + dtype, _qat(getattr(tf, dtype)),
                      tf.TensorSpec([None, 8, 8, 4], tf.float32, name="x"))
         conv, got[dtype] = _converted(path, x, "INT8", use_calibration=False)
-        buf = io.StringIO()
-        with contextlib.redirect_stdout(buf):
-            conv.summary()
-        line = next(l for l in buf.getvalue().splitlines() if "conv/GEMM layers" in l)
+        text = _summary(conv)
+        line = next(l for l in text.splitlines() if "conv/GEMM layers" in l)
         assert "2 INT8" in line and "100.0% of their FLOPs in INT8" in line, (dtype, line)
-        assert "no range" not in buf.getvalue()
+        assert "no range" not in text
         got[dtype] = _rel(got[dtype], _native(path, x))
     assert got["float16"] < 1.5 * got["float32"] + 2e-3 and got["float32"] < 1.5e-2, got
 
@@ -222,10 +227,7 @@ def test_a_training_mode_batch_norm_in_an_inference_graph_converts(tmp_path, fmt
                  tf.TensorSpec([None, 6, 5, 3], tf.float32, name="x"))
     x = tf.constant(np.random.RandomState(8).randn(2, 6, 5, 3).astype(np.float32))
     conv, got = _converted(path, x)
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        conv.summary()
-    assert "FusedBatchNorm" not in buf.getvalue().split("Ops left native")[-1]
+    assert "FusedBatchNorm" not in _summary(conv).split("Ops left native")[-1]
     assert _rel(got, _native(path, x)) < (1e-5 if dtype == "float32" else 2e-3)
 
 
@@ -234,8 +236,5 @@ def test_a_training_mode_batch_norm_whose_batch_statistics_are_read_stays_native
                  tf.TensorSpec([None, 6, 5, 3], tf.float32, name="x"))
     x = tf.constant(np.random.RandomState(9).randn(2, 6, 5, 3).astype(np.float32))
     conv, got = _converted(path, x)
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        conv.summary()
-    assert "is_training=True with its batch statistics (output(s) [1]) read" in buf.getvalue()
+    assert "is_training=True with its batch statistics (output(s) [1]) read" in _summary(conv)
     assert _rel(got, _native(path, x)) < 1e-5
