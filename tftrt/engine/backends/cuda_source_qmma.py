@@ -1208,17 +1208,6 @@ def _gemm_shape(net, layer, y_shape) -> Tuple[int, int, Optional[ConvGeometry]]:
     return geometry.r * geometry.s * geometry.c, int(shape(w)[0]), geometry
 
 
-def _operand_modes(net, layer, y_shape, codes: Optional[int] = None):
-    """The epilogue's operand modes; ``codes``: the input index that holds a fused
-    projection's int8 codes (of y's shape), whatever tensor the layer names there."""
-    idx = sorted({e["input"] for e in layer.epilogue if "input" in e})
-    shapes = {i: tuple(net.tensors[layer.inputs[i]].shape) for i in idx}
-    dtypes = {i: np.dtype(net.tensors[layer.inputs[i]].dtype).name for i in idx}
-    if codes is not None:
-        shapes[codes], dtypes[codes] = tuple(y_shape), "int8"
-    return S.epilogue_operand_modes(layer.epilogue, shapes, dtypes, tuple(y_shape))
-
-
 def layer_source(net, layer, proj=None) -> QMmaSource:
     """The :class:`QMmaSource` of a quantized conv / matmul layer of ``net``: one GEMM over
     its input's rows (a matmul without transpose_a, a 1x1 / stride-1 / unpadded conv), or a
@@ -1235,23 +1224,23 @@ def layer_source(net, layer, proj=None) -> QMmaSource:
     x, y = layer.inputs[0], layer.outputs[0]
     y_shape = tuple(net.tensors[y].shape)
     k, n, geometry = _gemm_shape(net, layer, y_shape)
-    res, codes, pnet = None, None, net
+    res, pnet = None, net
     if proj is not None:
         res = layer.inputs.index(proj.outputs[0])
     elif "projection" in layer.attrs:  # its input res names x2 now
         pnet, proj = Q.projection_layer(net, layer)
-        res = codes = int(layer.attrs["projection"]["residual"])
+        res = int(layer.attrs["projection"]["residual"])
     projection = None
     if proj is not None:
         pq = proj.attrs.get("quant") or {}
         k2, n2, g2 = _gemm_shape(pnet, proj, y_shape)
         if n2 != n:
             raise ValueError(f"the projection's N {n2} is not the layer's {n}")
-        projection = Projection(k2, proj.epilogue, _operand_modes(pnet, proj, y_shape),
+        projection = Projection(k2, proj.epilogue, S.layer_operand_modes(pnet, proj, y_shape),
                                 pq.get("output_scale"), res, g2)
     dtype = lambda name: np.dtype(net.tensors[name].dtype).name  # noqa: E731
     return QMmaSource(n, k, q["format"], dtype(x), dtype(y), layer.epilogue,
-                      _operand_modes(net, layer, y_shape, codes),
+                      S.layer_operand_modes(net, layer, y_shape),
                       float(Q.inv_scale(q["input_scale"])), q.get("output_scale"),
                       conv=geometry, projection=projection)
 

@@ -425,6 +425,21 @@ def epilogue_operand_modes(epilogue, shapes: Dict[int, tuple], dtypes: Dict[int,
     return modes
 
 
+def layer_operand_modes(net, layer, y_shape) -> Dict[int, Tuple[str, str]]:
+    """:func:`epilogue_operand_modes` of a quantized layer of ``net`` (its output of
+    ``y_shape``), from its inputs' shapes and dtypes. A layer that took its projection shortcut
+    (quantization.fuse_projections) names the shortcut's input x2 where its residual is: that
+    operand is the shortcut's int8 codes, of y's shape."""
+    idx = sorted({e["input"] for e in layer.epilogue if "input" in e})
+    shapes = {i: tuple(net.tensors[layer.inputs[i]].shape) for i in idx}
+    dtypes = {i: np.dtype(net.tensors[layer.inputs[i]].dtype).name for i in idx}
+    fused = layer.attrs.get("projection")
+    if fused is not None:
+        res = int(fused["residual"])
+        shapes[res], dtypes[res] = tuple(y_shape), "int8"
+    return epilogue_operand_modes(layer.epilogue, shapes, dtypes, tuple(y_shape))
+
+
 # --- build-time validation of the quantized implementations ----------------------------------
 # A quantized layer's library implementation (a cuDNN graph variant and plan, a cuBLASLt
 # algorithm) is run once when it is built, on seeded random inputs of the layer's real shapes

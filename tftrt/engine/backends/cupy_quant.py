@@ -519,15 +519,7 @@ class _QuantLayer(Impl):
         self.x_dtype, self.y_dtype = _dtype(net, self.x_name), _dtype(net, self.y_name)
         self.inv_x = float(Q.inv_scale(q["input_scale"]))
         self.out_scale = q.get("output_scale")
-        idx = sorted({e["input"] for e in layer.epilogue if "input" in e})
-        shapes = {i: _shape(net, layer.inputs[i]) for i in idx}
-        dtypes = {i: _dtype(net, layer.inputs[i]) for i in idx}
-        fused = Q.projection_layer(net, layer)
-        if fused is not None:  # the residual is the projection's codes, not its input x2
-            sub, p = fused
-            res = int(layer.attrs["projection"]["residual"])
-            shapes[res], dtypes[res] = _shape(sub, p.outputs[0]), "int8"
-        self.modes = S.epilogue_operand_modes(layer.epilogue, shapes, dtypes, self.y_shape)
+        self.modes = S.layer_operand_modes(net, layer, self.y_shape)
 
     def _validated(self, what: str, verdicts: dict, key, record: dict) -> None:
         """tftrt's own kernel (``what``) for this layer: its ``kernel`` line says how x comes
