@@ -410,9 +410,8 @@ if hasattr(threading, "_register_atexit"):  # runs before non-daemon threads are
 def tactic_choices(engine) -> Dict[str, dict]:
     """layer name -> what the layer chose in a built or loaded engine: tactic and the backend's
     tuned sub-choices (what the other shapes of its profile reuse, see tactics.layer_choice)."""
-    from tftrt.engine.quantization import unfused  # a fused projection's choice too
-    from tftrt.engine.tactics import layer_choice
-    return {l.name: layer_choice(l) for l in unfused(engine.network).layers}
+    from tftrt.engine.tactics import network_choices
+    return network_choices(engine.network)
 
 
 # Above this batch size fewest_parts does not search (its search is O(b x sizes) in Python).

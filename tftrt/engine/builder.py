@@ -503,7 +503,7 @@ def prefetch_from_template(template, shapes: Sequence[Dict[str, Sequence[int]]],
     given, else the opt engine's; with ``tune`` (one flag, or one per shape), before any
     tactic is chosen, as its tuned builds offer them), the work of all of them at once (one
     wait instead of one per engine)."""
-    from tftrt.engine.tactics import layer_choice
+    from tftrt.engine.tactics import network_choices
     backend = opt_engine.backend_impl
     if not callable(getattr(backend, "prefetch", None)):
         return
@@ -513,8 +513,7 @@ def prefetch_from_template(template, shapes: Sequence[Dict[str, Sequence[int]]],
     for k, input_shapes in enumerate(shapes):
         source = (sources[k] if sources is not None else None) or opt_engine
         if not tunes[k] and id(source) not in made:
-            made[id(source)] = {l.name: layer_choice(l)
-                                for l in quantization.unfused(source.network).layers}
+            made[id(source)] = network_choices(source.network)
         try:
             net = template.network_for(input_shapes)
             if tunes[k]:
@@ -587,7 +586,7 @@ def build_engine_from_template(template, input_shapes: Dict[str, Sequence[int]],
       EngineBuildError: the shapes are outside what the template serves (the caller builds
         the full way), or the memory plan exceeds a limit.
     """
-    from tftrt.engine.tactics import layer_choice
+    from tftrt.engine.tactics import network_choices
     config = config or BuilderConfig()
     t0 = time.perf_counter()
     backend = opt_engine.backend_impl
@@ -601,8 +600,7 @@ def build_engine_from_template(template, input_shapes: Dict[str, Sequence[int]],
         timings = _tactics(net, backend, opt_engine.weights, config, None, failures)
     else:
         source = choices_from if choices_from is not None else opt_engine
-        choices = {l.name: layer_choice(l)
-                   for l in quantization.unfused(source.network).layers}
+        choices = network_choices(source.network)
         choose_tactics(net, backend, opt_engine.weights, None, choices=choices)
         mark = getattr(backend, "mark_quick", None) if quick else None
         if callable(mark):

@@ -284,6 +284,14 @@ def layer_choice(layer: Layer) -> dict:
     return choice
 
 
+def network_choices(net: Network) -> Dict[str, dict]:
+    """layer name -> :func:`layer_choice` of every layer of a built network, a fused
+    projection shortcut's as a layer of its own (quantization.unfused): what another build
+    of the network (a profile's other shapes) takes as ``choices``."""
+    from tftrt.engine.quantization import unfused
+    return {l.name: layer_choice(l) for l in unfused(net).layers}
+
+
 def choose_tactics(net: Network, backend, weights: Dict[str, object],
                    cache: Optional[TimingCache] = None, repeats: int = 2,
                    choices: Optional[Dict[str, dict]] = None,
