@@ -475,11 +475,26 @@ class FusedBatchNorm:
         dtype = _dtype(node, ctx)
         cdt = np.dtype(np.float32)  # U, TF's arithmetic (T: half, bfloat16 or float)
         eps = float(ctx.attr(node, "epsilon", 1e-4))
-        bshape = [-1] if layout.is_channels_last(fmt) else [-1] + [1] * (rank - 2)
-        if FusedBatchNorm._training(node, ctx):
-            FusedBatchNorm._batch_statistics(node, ctx, x, dtype, cdt, eps, fmt, rank)
-            return
-        if all(ctx.is_const(node, i) for i in range(1, 5)):
+        training = FusedBatchNorm._training(node, ctx)
+
+        def param(i):
+            return _bias_for(ctx, _cast_to(ctx, node, i, cdt), fmt, rank)
+        if dtype != cdt:
+            x = ctx.emit("Cast", [x], to=onnx_type(cdt))
+        if training:
+            # the batch's statistics, as TF's kernel computes them (two passes): x centred
+            # on the mean, scaled by rsqrt(mean of the squares + epsilon)
+            from .reduce import reduce
+            axes = [a for a in range(rank)
+                    if a != (rank - 1 if layout.is_channels_last(fmt) else 1)]
+            x = ctx.emit("Sub", [x, reduce(ctx, "ReduceMean", x, axes, True)])
+            var = reduce(ctx, "ReduceMean", ctx.emit("Mul", [x, x]), axes, True)
+            inv = ctx.emit("Reciprocal", [ctx.emit("Sqrt", [ctx.emit("Add", [
+                var, ctx.const(np.array(eps, cdt), "epsilon")])])])
+            mul_v = ctx.emit("Mul", [inv, param(1)])
+            add_v = param(2)
+        elif all(ctx.is_const(node, i) for i in range(1, 5)):
+            bshape = [-1] if layout.is_channels_last(fmt) else [-1] + [1] * (rank - 2)
             scale, offset, mean, var = (np.asarray(ctx.const_value(node, i), np.float32)
                                         for i in range(1, 5))
             mul = scale / np.sqrt(var + np.float32(eps))
@@ -487,42 +502,17 @@ class FusedBatchNorm:
             mul_v = ctx.const(mul.astype(cdt).reshape(bshape), node.name + "/scale")
             add_v = ctx.const(add.astype(cdt).reshape(bshape), node.name + "/shift")
         else:
-            def param(i):
-                return _bias_for(ctx, _cast_to(ctx, node, i, cdt), fmt, rank)
             std = ctx.emit("Sqrt", [ctx.emit("Add", [param(4), ctx.const(
                 np.array(eps, cdt), "epsilon")])])
             mul_v = ctx.emit("Div", [param(1), std])
             add_v = ctx.emit("Sub", [param(2), ctx.emit("Mul", [param(3), mul_v])])
-        if dtype != cdt:
-            x = ctx.emit("Cast", [x], to=onnx_type(cdt))
         y = ctx.emit("Add", [ctx.emit("Mul", [x, mul_v]), add_v])
         if dtype != cdt:
             y = ctx.emit("Cast", [y], to=onnx_type(dtype))
         ctx.set_output(node, 0, y)
-        for k, src in ((1, 3), (2, 4), (3, 3), (4, 4)):
-            ctx.set_output(node, k, ctx.input(node, src))
-
-    @staticmethod
-    def _batch_statistics(node, ctx, x, dtype, cdt, eps, fmt, rank) -> None:
-        """y of a training-mode batch norm: TF's kernel (two passes in float32) centres x on
-        the batch mean and scales by rsqrt(mean of the squares + epsilon)."""
-        from .reduce import reduce
-        axes = [a for a in range(rank) if a != (rank - 1 if layout.is_channels_last(fmt)
-                                                  else 1)]
-        if dtype != cdt:
-            x = ctx.emit("Cast", [x], to=onnx_type(cdt))
-        centred = ctx.emit("Sub", [x, reduce(ctx, "ReduceMean", x, axes, True)])
-        var = reduce(ctx, "ReduceMean", ctx.emit("Mul", [centred, centred]), axes, True)
-        inv = ctx.emit("Reciprocal", [ctx.emit("Sqrt", [ctx.emit("Add", [
-            var, ctx.const(np.array(eps, cdt), "epsilon")])])])
-
-        def param(i):
-            return _bias_for(ctx, _cast_to(ctx, node, i, cdt), fmt, rank)
-        y = ctx.emit("Add", [ctx.emit("Mul", [centred, ctx.emit("Mul", [inv, param(1)])]),
-                             param(2)])
-        if dtype != cdt:
-            y = ctx.emit("Cast", [y], to=onnx_type(dtype))
-        ctx.set_output(node, 0, y)
+        if not training:  # (in training mode nothing reads them: validate)
+            for k, src in ((1, 3), (2, 4), (3, 3), (4, 4)):
+                ctx.set_output(node, k, ctx.input(node, src))
 
 
 # --- pooling ----------------------------------------------------------------------------------
