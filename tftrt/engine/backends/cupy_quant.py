@@ -75,6 +75,7 @@ import numpy as np
 import cupy as cp
 
 from tftrt.engine import quantization as Q
+from tftrt.engine.backends import cuda_source_qmma as QM
 from tftrt.engine.backends import cuda_source_quant as S
 from tftrt.engine.backends.cupy_dnn import (LT_WORKSPACE, ConvSpec, CudnnConv, GemmSpec, LtGemm,
                                             _cdt, _cudnn_act, _CudnnPlans, _nc_dims, _set_attr,
@@ -672,7 +673,6 @@ class QuantGemmMma(_QuantLayer):
 
     def __init__(self, net, layer, weights, opts):
         super().__init__(net, layer, weights, opts)
-        from tftrt.engine.backends import cuda_source_qmma as QM
         self._common(net, layer)
         if not QM.enabled():  # a plan that chose it, loaded where it is off: the next one
             raise ValueError("off (TFTRT_QUANT_MMA=0)")
@@ -697,8 +697,7 @@ class QuantGemmMma(_QuantLayer):
                         (self.src.source, m), {"chunk": self.src.nc})
 
     def run(self, ins, outs, ws):
-        from tftrt.engine.backends.cuda_source_qmma import launch_args
-        args = launch_args(self.layer, self.src, ins, self.w, self.w2, outs[0])
+        args = QM.launch_args(self.layer, self.src, ins, self.w, self.w2, outs[0])
         self.kern((self.blocks,), (self.src.threads,), tuple(args))
 
 
@@ -1160,7 +1159,6 @@ def mma_applies(net, layer) -> bool:
     """Quantized layers the tensor-core GEMM kernel takes (cuda_source_qmma.unsupported) on
     a GPU that has its MMA: int8 m16n8k32 from sm_80, E4M3 from sm_89 (elsewhere the kernel
     would not compile, and trying costs the build a compile per layer)."""
-    from tftrt.engine.backends import cuda_source_qmma as QM
     if not is_quantized(layer) or QM.unsupported(net, layer) is not None:
         return False
     return fp8_supported() if layer.attrs["quant"]["format"] == S.FP8 else _sm_at_least(8, 0)
