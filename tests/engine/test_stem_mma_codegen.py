@@ -53,12 +53,12 @@ CASES = [
      {}),                                                         # 9 pixels: one part tile
     ((2, 6, 50, 9), (1, 7), (1, 3), (0, 3, 0, 3), 192, "float16", "float16", "bias+relu", 0,
      dict(mt=2)),                                                 # 1x7 / (1, 3), chunks 128 + 64
-    # vector gathers (Cin a multiple of 16): ResNet's stem rearranged (passes/
-    # stem_space_to_depth: 4x4 / 1 over 16 channels, K 256), padded and 32-channel ones
+    # Cin a multiple of 16 (vector gathers where row tiles are off): ResNet's stem rearranged
+    # (passes/stem_space_to_depth: 4x4 / 1 over 16 channels, K 256), a padded 32-channel one
     ((2, 9, 10, 16), (4, 4), (1, 1), (0, 0, 0, 0), 64, "float16", "float16", "bias+relu", 0,
-     {}),
+     dict(rows=True)),
     ((1, 7, 6, 32), (2, 2), (1, 1), (1, 0, 1, 1), 24, "float16", "float16", "bias+add+relu6",
-     2, dict(mt=1, max_blocks=2)),
+     2, dict(mt=1, max_blocks=2, rows=True)),
 ]
 
 
@@ -119,8 +119,10 @@ def test_the_generators_fragment_tables_are_the_isas():
 
 # the ISA formulas above, as C for the host build's MMA
 MMA_SHIMS = r"""
+#define TFTRT_DYN_SMEM(name, n) static uint4 name[n]
 struct int4 { int x, y, z, w; };
 struct alignas(8) int2 { int x, y; };
+static int2 make_int2(int x, int y) { return int2{x, y}; }
 static host_dim3 mt_gridDim = {1};
 #define gridDim mt_gridDim
 // a barrier of the 32 lanes of the calling thread's warp (blocks of whole warps)
@@ -268,9 +270,29 @@ def _host_build(srcs, tmp_path, name):
 
 @pytest.mark.parametrize("k", range(len(CASES)))
 def test_host_build_matches_numpy(host_kernels, k):
-    """A case's kernel against the numpy backend (_check_host)."""
+    """A case's kernel (row tiles, the default where they apply: every case here) against
+    the numpy backend (_check_host)."""
     srcs, so = host_kernels
+    assert srcs[k].rows
     _check_host(so, k, srcs[k], CASES[k], seed=k)
+
+
+def _gather(case):
+    """``case`` with row tiles off: the gather kernel."""
+    return case[:9] + (dict(case[9], rows=False),)
+
+
+def test_the_gather_kernel_matches_numpy(tmp_path):
+    """rows=False (each lane gathers its A fragments from x; the kernel where row tiles do
+    not apply) computes every case as the numpy backend does."""
+    if _host_compiler() is None:
+        pytest.skip("no host C++ compiler")
+    cases = [_gather(c) for c in CASES]
+    srcs = [_source(c) for c in cases]
+    assert not any(s.rows for s in srcs) and all("int4 ktab" in s.source for s in srcs)
+    so = _host_build(srcs, tmp_path, "stem_mma_gather")
+    for k, (case, src) in enumerate(zip(cases, srcs)):
+        _check_host(so, k, src, case, seed=k)
 
 
 def test_ldmatrix_loads_compute_the_same(tmp_path):
@@ -279,10 +301,10 @@ def test_ldmatrix_loads_compute_the_same(tmp_path):
     backend does: even and odd n-tile counts (Cout 24, 40, 136 = 128 + 8), two chunks."""
     if _host_compiler() is None:
         pytest.skip("no host C++ compiler")
-    srcs = [_source(case[:9] + (dict(case[9], ldsm=True),)) for case in CASES]
+    srcs = [_source(case[:9] + (dict(case[9], ldsm=True, rows=False),)) for case in CASES]
     assert all("ldsm_x4(b, brow" in s.source for s in srcs)
     assert any("ldsm_x2(b, brow" in s.source and (s.dims["cout"] // 8) % 2 for s in srcs)
-    assert "ldsm_x4(b, brow" not in _source(CASES[0][:9] + (dict(ldsm=False),)).source
+    assert "ldsm_x4(b, brow" not in _source(CASES[0][:9] + (dict(ldsm=False, rows=False),)).source
     so = _host_build(srcs, tmp_path, "stem_mma_ldsm")
     for k, (case, src) in enumerate(zip(CASES, srcs)):
         _check_host(so, k, src, case, seed=k)
@@ -328,7 +350,10 @@ def test_an_infinite_pixel_gives_what_numpy_gives(tmp_path):
     if _host_compiler() is None:
         pytest.skip("no host C++ compiler")
     case = STAGE_CASES[0]
-    srcs = [_source(case[:9] + (dict(stage=st),)) for st in (True, False)]
+    srcs = [_source(case[:9] + (opts,)) for opts in (dict(stage=True), dict(rows=False),
+                                                     dict(rows=True))]
+    assert [s.stage for s in srcs] == [True, False, False] and srcs[2].rows["kp"] == 208 > \
+        srcs[2].rows["kr"]  # row tiles: taps (ky, kx, c) with c padded to 4, 196 past K
     so = _host_build(srcs, tmp_path, "stem_mma_inf")
 
     def poke(ins):  # two windows' first taps (odd rows and columns: 2 o - 3) and others
@@ -363,13 +388,15 @@ def test_int8_stores_give_the_codes_of_the_float_results(tmp_path):
     from tftrt.engine import quantization as Q
     if _host_compiler() is None:
         pytest.skip("no host C++ compiler")
-    srcs = [_source(case) for case in INT8_CASES]
+    cases = INT8_CASES + [_gather(c) for c in INT8_CASES]
+    srcs = [_source(case) for case in cases]
+    assert [bool(s.rows) for s in srcs] == [True] * 3 + [False] * 3
     assert all("pack_q2(o0, o1" in s.source for s in srcs)
     text = HOST_SHIMS + THREAD_SHIMS + MMA_SHIMS + C.MATH_HELPERS + QUANT_SHIMS + FAST_SHIMS + \
         SM.Q_HELPERS + "\n".join(_rename(s.source.replace(SM.Q_HELPERS, ""), k) +
                                   _driver(s, k) for k, s in enumerate(srcs))
     so = _build(text, tmp_path, "stem_mma_int8")
-    for k, (case, src) in enumerate(zip(INT8_CASES, srcs)):
+    for k, (case, src) in enumerate(zip(cases, srcs)):
         xs, kk, st, pads, cout, dt, _, epi, offset, opts = case
         ins = _inputs(case, seed=90 + k)
         ins[0][0, 2, 3, :] = np.nan
@@ -473,8 +500,17 @@ def test_one_source_serves_every_batch_size(host_kernels, k, batch):
 def test_cases_cover_what_the_kernel_takes():
     """The host cases exercise both x dtypes, strides 1 to 4, Kp from 16 to 160, one and two
     chunks, pixel counts no block tile divides (and one under a single m-tile), a capped grid
-    that loops, and each store width (guards edits of CASES)."""
-    srcs = [_source(case) for case in CASES]
+    that loops, and each store width (guards edits of CASES); with row tiles, one and two
+    m-tiles a warp (and a tile whose last unit's second m-tile is past it), taps past K, a
+    padded input channel, output rows no tile divides and several tiles a block."""
+    rows = [_source(case).rows for case in CASES]
+    assert {r["nm"] for r in rows} == {1, 2}
+    assert any(r["nm"] == 2 and r["r"] * r["mtr"] % 2 for r in rows)
+    assert any(r["kp"] > r["kr"] for r in rows) and any(r["kp"] == r["kr"] for r in rows)
+    assert any(c[0][3] % 2 for c in CASES) and any(c[0][3] % 2 == 0 for c in CASES)
+    assert any(c[0][1] > r["r"] for c, r in zip(CASES, rows))
+    assert any(_source(c).blocks < _source(c).tiles for c in CASES)
+    srcs = [_source(_gather(case)) for case in CASES]
     assert {s.in_dtype for s in srcs} == {"float16", "float32"}
     assert {s.dims["sh"] for s in srcs} >= {1, 2, 4} and any(s.dims["sw"] == 3 for s in srcs)
     assert {s.kp for s in srcs} >= {16, 32, 48, 160, 256}
@@ -492,10 +528,16 @@ def test_what_the_kernel_refuses():
               out_shape=(1, 8, 8, 16), in_dtype="float32", out_dtype="float16", epilogue=[],
               operand_modes={})
     SM.StemMmaSource(**ok)
+    gather = dict(rows=False)
     for change, match in [
+            (dict(rows=True, x_shape=(1, 8, 8, 16), in_dtype="float16", k_hw=(5, 5),
+                  pads=(2, 2, 2, 2)), "row tiles take KH\\*KW\\*Cin .*up to 256.*not this "
+                                      "5x5 conv over 16 channels"),
+            (dict(rows=True, x_shape=(1, 8, 4000, 3), out_shape=(1, 8, 4000, 256)),
+             "row tiles"),
             (dict(out_dtype="float32"), "writes float16 y, or int8 codes .*; not float32"),
             (dict(out_dtype="int8"), "int8 codes of an output scale; not int8$"),
-            (dict(x_shape=(1, 8, 8, 4), k_hw=(7, 7), pads=(3, 3, 3, 3)),
+            (dict(gather, x_shape=(1, 8, 8, 4), k_hw=(7, 7), pads=(3, 3, 3, 3)),
              "196 taps \\(padded to 208\\).*up to 160"),
             (dict(out_shape=(1, 8, 8, 12)), "multiple of 8 up to 256, not 12"),
             (dict(vec=True), "vector gathers take float16 x with input channels a multiple "
@@ -505,7 +547,7 @@ def test_what_the_kernel_refuses():
             (dict(out_shape=(1, 8, 8, 264)), "multiple of 8 up to 256, not 264"),
             (dict(in_dtype="int8"), "float16 / float32 x"),
             (dict(out_shape=(2, 8, 8, 16)), "not a conv"),
-            (dict(x_shape=(1, 8, 8, 3), k_hw=(7, 7), pads=(3, 3, 3, 3),
+            (dict(gather, x_shape=(1, 8, 8, 3), k_hw=(7, 7), pads=(3, 3, 3, 3),
                   out_shape=(1, 8, 8, 256)), "shared memory")]:
         with pytest.raises(ValueError, match=match):
             SM.StemMmaSource(**dict(ok, **change))
@@ -657,13 +699,19 @@ def test_kernels_compile_for_sm90_without_spills(tmp_path):
     text = C.PRELUDE + SM.MMA_HELPERS + SM.Q_HELPERS + "\n".join(
         _rename(s.source.replace(SM.Q_HELPERS, ""), k) for k, (_, s) in enumerate(named))
     r = nvcc_compile(text, tmp_path, "stem_mma", "-Xptxas", "-v")
-    found = re.findall(rf"Compiling entry function '{SM.KERNEL}_(\d+)'.*?"
-                       r"(\d+) bytes spill stores.*?Used (\d+) registers.*?(\d+) bytes smem",
-                       r.stderr, re.S)
+    found = []  # per function: its number, spilled bytes, registers, static shared memory
+    for part in r.stderr.split("Compiling entry function ")[1:]:
+        k = re.match(rf"'{SM.KERNEL}_(\d+)'", part).group(1)
+        smem = re.search(r"(\d+) bytes smem", part)  # none for dynamic shared memory only
+        found.append((k, re.search(r"(\d+) bytes spill stores", part).group(1),
+                      re.search(r"Used (\d+) registers", part).group(1),
+                      smem.group(1) if smem else "0"))
     assert len(found) == len(named), r.stderr[-4000:]
     for k, spills, regs, smem in sorted(found, key=lambda f: int(f[0])):
         print(f"[stem_mma] {named[int(k)][0]}: {regs} registers, {spills} bytes spilled")
-        assert int(smem) == named[int(k)][1].smem_bytes, (named[int(k)][0], smem)
+        src = named[int(k)][1]  # row tiles: dynamic shared memory, which ptxas leaves out
+        assert int(smem) == (0 if src.rows else src.smem_bytes), (named[int(k)][0], smem)
+        assert src.smem_bytes <= (SM.ROW_SMEM_LIMIT if src.rows else SM.SMEM_LIMIT)
     assert not any(int(s) for _, s, _, _ in found), r.stderr[-4000:]
 
 

@@ -85,9 +85,28 @@ def _check(model, feeds):
     (3, 1, 1, 24, 5, 23, ("add", "relu")),    # a residual operand, 5 channels
     (3, 1, 1, 136, 3, 17, ("relu",)),         # two chunks of channels (128 + 8)
 ])
-def test_stems_match_numpy(k, stride, pad, cout, cin, hw, epi):
+@pytest.mark.parametrize("rows", ["1", "0"])
+def test_stems_match_numpy(monkeypatch, k, stride, pad, cout, cin, hw, epi, rows):
+    """Row tiles (TFTRT_STEM_MMA_ROWS=1, the default) and the gathers."""
+    monkeypatch.setenv("TFTRT_STEM_MMA_ROWS", rows)
     model, feeds = _stem(k, stride, pad, cout, hw=hw, cin=cin, epi=epi)
-    _check(model, feeds)
+    eng, _ = _check(model, feeds)
+    ((_, impl),) = _convs(eng)
+    assert bool(impl.src.rows) == (rows == "1")
+
+
+@pytest.mark.parametrize("k,stride,pad,cout,hw", [
+    (7, 2, 3, 64, 224),   # ResNet / DenseNet: 84 KB of shared memory a block
+    (3, 1, 1, 64, 224),   # VGG
+])
+def test_full_size_row_tiles_match_numpy(monkeypatch, k, stride, pad, cout, hw):
+    """The zoo's stems at full size with row tiles: their blocks take more shared memory than
+    a launch gets without asking (48 KB), and their outputs match numpy."""
+    monkeypatch.setenv("TFTRT_STEM_MMA_ROWS", "1")
+    model, feeds = _stem(k, stride, pad, cout, hw=hw, n=2)
+    eng, _ = _check(model, feeds)
+    ((_, impl),) = _convs(eng)
+    assert impl.src.rows and impl.shared == impl.src.smem_bytes > 48 * 1024
 
 
 @pytest.mark.parametrize("k,stride,pad,cout,hw", [

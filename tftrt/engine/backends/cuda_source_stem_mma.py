@@ -84,6 +84,13 @@ LANES = 32
 MT = 4                   # m-tiles of 16 pixels a warp takes per block tile
 SMEM_LIMIT = 48 * 1024   # static shared memory of one block
 STAGE_MAX = 4096         # halves of a staged input patch (a warp's; 8 KB)
+# row tiles (:attr:`StemMmaSource.rows`): a block of ROW_WARPS warps, R_ROWS output rows a tile,
+# K (KH*KW*Cin with Cin padded to even) up to MAX_K_ROWS, dynamic shared memory up to
+# ROW_SMEM_LIMIT (two blocks an SM on Hopper's 228 KB)
+ROW_WARPS = 8
+R_ROWS = 8
+MAX_K_ROWS = 256
+ROW_SMEM_LIMIT = 112 * 1024
 _FLOATS = ("float16", "float32")
 
 # m16n8k16 fragments; lane = 4 g + t (g = lane >> 2, t = lane & 3). A (16 x 16, row major):
@@ -160,6 +167,16 @@ def ldmatrix_default() -> bool:
     epilogue a 12-byte spill with it (NVRTC on the H100: 64 registers, no local memory)."""
     from tftrt.env import env_bool  # standard library only
     return env_bool("TFTRT_STEM_MMA_LDSM", False)
+
+
+def rows_default() -> bool:
+    """``TFTRT_STEM_MMA_ROWS`` (default on; 0 / false turns it off): row tiles where they
+    apply (:class:`StemMmaSource`, ``rows``) -- a block stages the input rows of R_ROWS output
+    rows in shared memory once, as float16 with the input channels padded to an even count,
+    and every A fragment register is one aligned 4-byte shared load (a tap row's KW*Cp taps
+    of a pixel are contiguous there), where the gathers read x two bytes at a time."""
+    from tftrt.env import env_bool  # standard library only
+    return env_bool("TFTRT_STEM_MMA_ROWS", True)
 
 
 def enabled() -> bool:
@@ -241,7 +258,7 @@ class StemMmaSource:
     def __init__(self, x_shape, k_hw, strides, pads, out_shape, in_dtype: str, out_dtype: str,
                  epilogue: Sequence[dict], operand_modes: Dict[int, Tuple[str, str]],
                  mt: int = MT, max_blocks=None, ldsm=None, stage=None, out_scale=None,
-                 nan_code: int = 0, vec=None):
+                 nan_code: int = 0, vec=None, rows=None):
         n, h, w, cin, ho, wo, cout, kh, kw, sh, sw, ph, pw = ST.conv_geometry(
             x_shape, out_shape, k_hw, strides, pads)
         self.in_dtype, self.out_dtype = np.dtype(in_dtype).name, np.dtype(out_dtype).name
@@ -256,6 +273,41 @@ class StemMmaSource:
         self.nan_code = int(nan_code)  # an int8 store's code for NaN (0: q_int8's)
         self.k = kh * kw * cin
         self.kp = padded_k(self.k)
+        if cout % 8 or cout > MAX_COUT:
+            raise ValueError(f"the tensor-core stem kernel takes Cout a multiple of 8 up to "
+                             f"{MAX_COUT}, not {cout}")
+        self.n = n
+        self.m = n * ho * wo
+        self.dims = dict(n=n, h=h, w=w, cin=cin, ho=ho, wo=wo, cout=cout, kh=kh, kw=kw, sh=sh,
+                         sw=sw, ph=ph, pw=pw)
+        self.operands, params = conv_kernel_params(self.in_dtype, self.out_dtype,
+                                                   operand_modes)
+        # the filter is float16 here (conv_kernel_params declares the float32 filter of the
+        # CUDA-core kernels)
+        self.params = [("const unsigned short*" if nm == "wt" else ty, nm) for ty, nm in params]
+        # the batch is an argument (:meth:`args`): the source is the same at every batch size
+        # (of one index width), so an optimization profile's engines compile it once
+        self.params.append(("long long", "nb"))
+        self.ldsm = ldmatrix_default() if ldsm is None else bool(ldsm)
+        self.rows = self._row_tiles()  # None where row tiles do not apply
+        if rows is None:  # where they apply, but not where the vector gathers do
+            rows = rows_default() and self.rows is not None and not vec and not stage and \
+                not (self.in_dtype == "float16" and cin % 16 == 0)
+        if rows and self.rows is None:
+            raise ValueError(f"the stem kernel's row tiles take KH*KW*Cin (Cin padded to "
+                             f"even) up to {MAX_K_ROWS} and {R_ROWS} or fewer output rows' "
+                             f"input in {ROW_SMEM_LIMIT} bytes of shared memory; not this "
+                             f"{kh}x{kw} conv over {cin} channels, {wo} pixels wide")
+        if rows:
+            self.kp, self.vec, self.stage, self.mt = self.rows["kp"], False, False, 1
+            self.k_order = np.arange(self.k)
+            self.smem_bytes = self.rows["smem"]
+            self.threads = ROW_WARPS * LANES
+            self.tiles = n * self.rows["blocks_per_image"]
+            self.blocks = min(self.tiles, int(max_blocks or self.tiles), 2 ** 31 - 1)
+            self.source = self._source_rows(epilogue, operand_modes)
+            return
+        self.rows = None
         vec_ok = self.in_dtype == "float16" and cin % 16 == 0 and not stage
         self.vec = vec_ok if vec is None else bool(vec)
         if self.vec and not vec_ok:
@@ -272,16 +324,12 @@ class StemMmaSource:
         if self.vec:
             step = np.array([4 * (p % 8 // 2) + p % 2 + 2 * (p // 8) for p in range(16)])
             self.k_order = (np.arange(self.k) // 16 * 16 + np.tile(step, self.k // 16))
-        if cout % 8 or cout > MAX_COUT:
-            raise ValueError(f"the tensor-core stem kernel takes Cout a multiple of 8 up to "
-                             f"{MAX_COUT}, not {cout}")
         self.smem_bytes = smem_bytes(cout, self.kp)
         if self.smem_bytes > SMEM_LIMIT:
             raise ValueError(f"the tensor-core stem kernel's filter ({cout} x {self.kp} "
                              f"float16) and staging take {self.smem_bytes} bytes of shared "
                              f"memory, over {SMEM_LIMIT}")
         self.mt = int(mt)
-        self.ldsm = ldmatrix_default() if ldsm is None else bool(ldsm)
         # the input patch of an m-tile within one output row, staged per warp (_stage_patch)
         self.patch_w = (16 - 1) * sw + kw            # its columns (pixels)
         self.patch = kh * self.patch_w * cin          # its halves
@@ -295,21 +343,9 @@ class StemMmaSource:
         self.direct = not self.stage or wo % 16 != 0
         if self.stage:
             self.smem_bytes += staged_bytes - (0 if self.direct else 16 * self.kp)
-        self.n = n
-        self.m = n * ho * wo
         self.tiles = math.ceil(self.m / (WARPS * self.mt * 16))  # block tiles
         self.threads = WARPS * LANES
         self.blocks = min(self.tiles, int(max_blocks or self.tiles), 2 ** 31 - 1)
-        self.dims = dict(n=n, h=h, w=w, cin=cin, ho=ho, wo=wo, cout=cout, kh=kh, kw=kw, sh=sh,
-                         sw=sw, ph=ph, pw=pw)
-        self.operands, params = conv_kernel_params(self.in_dtype, self.out_dtype,
-                                                   operand_modes)
-        # the filter is float16 here (conv_kernel_params declares the float32 filter of the
-        # CUDA-core kernels)
-        self.params = [("const unsigned short*" if nm == "wt" else ty, nm) for ty, nm in params]
-        # the batch is an argument (:meth:`args`): the source is the same at every batch size
-        # (of one index width), so an optimization profile's engines compile it once
-        self.params.append(("long long", "nb"))
         self.source = self._source(epilogue, operand_modes)
 
     # --- pieces of the source ----------------------------------------------------------------
@@ -505,6 +541,203 @@ class StemMmaSource:
         return (f"if ((ya & 15ull) == 0ull) {ways[0]} else if ((ya & 3ull) == 0ull) "
                 f"{ways[1]} else {ways[2]}")
 
+    # --- row tiles ----------------------------------------------------------------------------
+    def _row_tiles(self):
+        """The geometry of row tiles (module doc, :func:`rows_default`), or None where they do
+        not apply: ``cp`` the input channels padded to even, ``g`` a tap row's KW * cp taps,
+        ``kr`` = KH * g, ``kp`` kr padded to 16 (at most :data:`MAX_K_ROWS`), ``mtr`` m-tiles
+        of an output row (its Wo padded to 16s), ``cols`` staged input columns, ``rs`` halves
+        of a staged row, ``r`` output rows a tile (:data:`R_ROWS` or fewer, so that the
+        shared memory fits :data:`ROW_SMEM_LIMIT`), ``ir`` its input rows, ``nm`` m-tiles a
+        warp takes at once (2 where Cout <= 64: the B fragments of a k step serve both)."""
+        d = self.dims
+        cp = d["cin"] + d["cin"] % 2
+        g = d["kw"] * cp
+        kr = d["kh"] * g
+        kp = padded_k(kr)
+        if kp > MAX_K_ROWS:
+            return None
+        mtr = -(-d["wo"] // 16)
+        cols = (16 * mtr - 1) * d["sw"] + d["kw"]
+        rs = -(-cols * cp // 8) * 8
+        if rs // 2 % 32 == 0:  # consecutive rows on other banks
+            rs += 8
+        widest = max(w for _, w in chunks(d["cout"]))
+        fixed = 4 * d["cout"] * row_words(kp) + 4 * ROW_WARPS * 16 * row_words(widest) + \
+            2 * kp  # the filter, the warps' staging and the k offsets (int2 a k step and t)
+        for r in range(min(R_ROWS, d["ho"]), 0, -1):
+            ir = (r - 1) * d["sh"] + d["kh"]
+            smem = fixed + 16 * -(-ir * rs // 8)
+            if smem <= ROW_SMEM_LIMIT:
+                return dict(cp=cp, g=g, kr=kr, kp=kp, mtr=mtr, cols=cols, rs=rs, r=r, ir=ir,
+                            nm=2 if d["cout"] <= 64 else 1, smem=smem,
+                            blocks_per_image=-(-d["ho"] // r))
+        return None
+
+    def _stage_rows(self, it: str) -> str:
+        """Statements staging tile (nimg, oh0)'s input rows in ``xs``: row i is image row
+        oh0 * sh - ph + i, columns -pw .. cols - pw - 1, each column's cp channels as float16
+        (zero outside the image and for the pad channel), a 4-byte word per channel pair,
+        consecutive threads on consecutive words."""
+        d, R = self.dims, self.rows
+        cin, cp = d["cin"], R["cp"]
+        words = R["cols"] * cp // 2
+        val = (lambda e: e) if self.in_dtype == "float16" else (lambda e: f"f2h({e})")
+        hi = f"(unsigned){val('x[src + 1]')}" if cin > 1 else "0u"
+        return f"""for (int i = 0; i < {R['ir']}; ++i) {{
+      const int ih = oh0 * {d['sh']} - {d['ph']} + i;
+      unsigned* row = reinterpret_cast<unsigned*>(xs + i * {R['rs']});
+      const bool in_h = (unsigned)ih < {d['h']}u;  // the same for the whole block
+      for (int q = threadIdx.x; q < {words}; q += {ROW_WARPS * LANES}) {{
+        const int col = q / {cp // 2}, c = 2 * (q - col * {cp // 2});
+        const int iw = col - {d['pw']};
+        unsigned v = 0u;
+        if (in_h && (unsigned)iw < {d['w']}u) {{
+          const {it} src = ((nimg * {d['h']} + ih) * {d['w']} + iw) * {cin} + c;
+          v = (unsigned){val('x[src]')};
+          if (c + 1 < {cin}) v |= {hi} << 16;
+        }}
+        row[q] = v;
+      }}
+    }}"""
+
+    def _k_step_rows(self, ks: int, nt: int, nm: int) -> str:
+        """Statements of k step ``ks``: the A fragments of the warp's ``nm`` m-tiles from the
+        staged rows (a register's two k are two adjacent taps of one tap row: one aligned
+        4-byte load at the pixel's ``xb<mi>_<p>`` plus the k's offset, zero for k past kr),
+        B with ``ldmatrix`` (two n-tiles a load), ``nt`` n-tiles of MMAs a m-tile."""
+        kr = self.rows["kr"]
+        out = [f"const int2 oo = koff[{ks // 4} + t];  // k 2t and 2t + 8's offsets",
+               "const int o0 = oo.x, o8 = oo.y;"]
+        for mi in range(nm):
+            for r, (ro, ko) in enumerate(A_FRAG):
+                v = f"*reinterpret_cast<const unsigned*>(xs + xb{mi}_{ro // 8} + o{ko})"
+                if ks + ko + 7 >= kr:
+                    v = f"(ks_ok{ko} ? {v} : 0u)"
+                out.append(f"a{mi}[{r}] = {v};")
+        for o in (0, 8):
+            if ks + o + 7 >= kr:
+                out.insert(0, f"const bool ks_ok{o} = {ks} + 2 * t + {o} < {kr};")
+        brow = f"brow + {ks}"
+        for j in range(0, nt - 1, 2):
+            out.append("{ unsigned b[4]; ldsm_x4(b, " + f"{brow} + {j * 8 * self._kps}); " +
+                       " ".join(f"mma_16816(acc{mi}[{j}], a{mi}, b[0], b[1]); "
+                                f"mma_16816(acc{mi}[{j + 1}], a{mi}, b[2], b[3]);"
+                                for mi in range(nm)) + " }")
+        if nt % 2:
+            out.append("{ unsigned b[2]; ldsm_x2(b, " + f"{brow} + {(nt - 1) * 8 * self._kps}); " +
+                       " ".join(f"mma_16816(acc{mi}[{nt - 1}], a{mi}, b[0], b[1]);"
+                                for mi in range(nm)) + " }")
+        return "\n          ".join(out)
+
+    def _source_rows(self, epilogue, operand_modes) -> str:
+        """The row-tile kernel: a block loops over tiles of R output rows of one image; it
+        stages their input rows (:meth:`_stage_rows`), then each warp takes units of ``nm``
+        m-tiles (16 pixels of one output row), runs the k steps (:meth:`_k_step_rows`) per
+        chunk of channels, and applies the epilogue and stores as the gather kernel does."""
+        d, R = self.dims, self.rows
+        cout, kp, cp = d["cout"], R["kp"], R["cp"]
+        it = "long long" if max(d["n"] * d["h"] * d["w"] * d["cin"],
+                                self.m * cout) >= 2 ** 31 - 64 else "int"
+        params = ", ".join(f"{ty} __restrict__ {nm}" if ty.endswith("*") else f"{ty} {nm}"
+                           for ty, nm in self.params)
+        self._kps = kps = 2 * row_words(kp)
+        widest = max(w for _, w in chunks(cout))
+        sw = row_words(widest)
+        nm, mtr, r = R["nm"], R["mtr"], R["r"]
+        units = -(-r * mtr // nm)
+        filt_u4 = cout * kps // 8
+        xs_u4 = -(-R["ir"] * R["rs"] // 8)
+        total_u4 = filt_u4 + xs_u4 + ROW_WARPS * 16 * sw // 4 + kp // 8  # + koff
+        pixels = []
+        for mi in range(nm):
+            pixels.append(f"""const int mt{mi} = u * {nm} + {mi};
+        const int r{mi} = mt{mi} / {mtr} < {r} ? mt{mi} / {mtr} : {r - 1};
+        const int w{mi} = (mt{mi} % {mtr}) * 16;
+        const int xb{mi}_0 = r{mi} * {d['sh'] * R['rs']} + (w{mi} + g) * {d['sw'] * cp};
+        const int xb{mi}_1 = xb{mi}_0 + {8 * d['sw'] * cp};""")
+        chunk_src = []
+        for c0, cw in chunks(cout):
+            nt = cw // 8
+            steps = "\n        ".join("{\n          " + self._k_step_rows(ks, nt, nm) +
+                                      "\n        }" for ks in range(0, kp, 16))
+            stores = []
+            for mi in range(nm):
+                stores.append(f"""{{
+          const int oh = oh0 + mt{mi} / {mtr};
+          const int rows = mt{mi} < {r * mtr} && oh < {d['ho']} ?
+              ({d['wo']} - w{mi} < 16 ? {d['wo']} - w{mi} : 16) : 0;
+          if (rows > 0) {{  // the same for the whole warp
+            const {it} m0 = ((nimg * {d['ho']} + oh) * {d['wo']} + w{mi});
+            const {it} pix_0 = m0 + (g < rows ? g : rows - 1);
+            const {it} pix_1 = m0 + (g + 8 < rows ? g + 8 : rows - 1);
+            float (&acc)[NT][4] = acc{mi};
+            #pragma unroll
+            for (int j = 0; j < NT; ++j) {{
+              const int k0 = c0 + 8 * j + 2 * t;
+              {self._epilogue(epilogue, operand_modes, it)}
+            }}
+            __syncwarp();
+            const unsigned long long ya = reinterpret_cast<unsigned long long>(y);
+            {self._copy_out(it)}
+            __syncwarp();  // the staging buffer is free for the next m-tile / chunk
+          }}
+        }}""")
+            accs = "\n        ".join(
+                f"float acc{mi}[NT][4];\n        #pragma unroll\n        for (int j = 0; "
+                f"j < NT; ++j) acc{mi}[j][0] = acc{mi}[j][1] = acc{mi}[j][2] = acc{mi}[j][3] "
+                f"= 0.f;" for mi in range(nm))
+            chunk_src.append(f"""{{
+        constexpr int c0 = {c0}, CW = {cw}, NT = {nt};
+        {accs}
+        unsigned {', '.join(f'a{mi}[4]' for mi in range(nm))};
+        const unsigned short* brow = bsm + (c0 + 8 * (lane >> 4) + (lane & 7)) * {kps} +
+                                     8 * ((lane >> 3) & 1);
+        {steps}
+        {' '.join(stores)}
+      }}""")
+        chunks_src = "\n      ".join(chunk_src)
+        pixels_src = "\n        ".join(pixels)
+        return PRELUDE + MMA_HELPERS + (Q_HELPERS if self.out_scale is not None else "") + f"""
+#ifndef TFTRT_DYN_SMEM
+#define TFTRT_DYN_SMEM(name, n) extern __shared__ uint4 name[]
+#endif
+extern "C" __global__ void __launch_bounds__({self.threads}, 2) {KERNEL}({params}) {{
+  constexpr int SW = {sw};  // words of a staging row
+  TFTRT_DYN_SMEM(dsm, {total_u4});
+  const unsigned short* bsm = reinterpret_cast<const unsigned short*>(dsm);
+  unsigned short* xs = reinterpret_cast<unsigned short*>(dsm + {filt_u4});
+  // the filter, rows padded to {kps} halves
+  for (int i = threadIdx.x; i < {cout * kp // 8}; i += blockDim.x) {{
+    const int row = i / {kp // 8}, c = i - row * {kp // 8};
+    dsm[row * {kps // 8} + c] = reinterpret_cast<const uint4*>(wt)[i];
+  }}
+  // per k step and lane t: the staged-row offsets of k = step + 2t and + 2t + 8 (a tap row
+  // ky's taps start ky rows down; 0 past kr, where the loads are masked)
+  int2* koff = reinterpret_cast<int2*>(dsm + {filt_u4 + xs_u4 + ROW_WARPS * 16 * sw // 4});
+  for (int q = threadIdx.x; q < {kp // 4}; q += blockDim.x) {{
+    const int k = q / 4 * 16 + 2 * (q % 4), k8 = k + 8;
+    koff[q] = make_int2(k < {R['kr']} ? k + k / {R['g']} * {R['rs'] - R['g']} : 0,
+                        k8 < {R['kr']} ? k8 + k8 / {R['g']} * {R['rs'] - R['g']} : 0);
+  }}
+  const int warp = threadIdx.x / {LANES}, lane = threadIdx.x % {LANES};
+  const int g = lane >> 2, t = lane & 3;
+  unsigned* stg = reinterpret_cast<unsigned*>(dsm + {filt_u4 + xs_u4}) + warp * 16 * SW;
+  const {it} tiles = ({it})nb * {R['blocks_per_image']};
+  for ({it} bt = blockIdx.x; bt < tiles; bt += gridDim.x) {{
+    const {it} nimg = bt / {R['blocks_per_image']};
+    const int oh0 = (int)(bt - nimg * {R['blocks_per_image']}) * {r};
+    __syncthreads();  // the last tile's rows are read (and the filter stored)
+    {self._stage_rows(it)}
+    __syncthreads();
+    for (int u = warp; u < {units}; u += {ROW_WARPS}) {{
+        {pixels_src}
+      {chunks_src}
+    }}
+  }}
+}}
+"""
+
     def _source(self, epilogue, operand_modes) -> str:
         d = self.dims
         cin, cout, kp = d["cin"], d["cout"], self.kp
@@ -615,6 +848,12 @@ def filter_matrix(w, src: "StemMmaSource", xp=np):
     ``xp``: numpy or cupy (``w``'s module)."""
     cout = w.shape[0]
     wt = xp.zeros((cout, src.kp), xp.float16)
+    if src.rows:  # columns (ky, kx, c) with c padded to cp
+        d, cp = src.dims, src.rows["cp"]
+        w4 = xp.zeros((cout, d["kh"], d["kw"], cp), xp.float16)
+        w4[..., :d["cin"]] = w.reshape(cout, d["kh"], d["kw"], d["cin"]).astype(xp.float16)
+        wt[:, :src.rows["kr"]] = w4.reshape(cout, -1)
+        return wt
     wmat = w.reshape(cout, -1).astype(xp.float16)
     wt[:, :src.k] = wmat if not src.vec else wmat[:, xp.asarray(src.k_order)]
     return wt

@@ -1,7 +1,8 @@
 """Tactic ``stem_mma`` on CuPy: a few-channel convolution (a network's stem) on tensor cores,
-as the implicit-im2col kernel of ``cuda_source_stem_mma`` (each warp gathers its float16 A
-fragments from the image, the filter waits in shared memory, float32 accumulators), the
-layer's epilogue fused, float16 output.
+as the implicit-im2col kernel of ``cuda_source_stem_mma`` (row tiles: a block stages its
+output rows' input rows in shared memory as float16, or gathers: each warp gathers its float16
+A fragments from the image; the filter waits in shared memory, float32 accumulators), the
+layer's epilogue fused, float16 output or int8 codes.
 
 The CuPy backend offers the tactic for the group-1 2-D convolutions with a float16 output the
 kernel takes (Kp = KH*KW*Cin rounded up to 16 at most ``cuda_source_stem_mma.MAX_K``, Cout a
@@ -37,6 +38,10 @@ class StemMma(Impl):
         if self.kernel.max_threads_per_block < self.src.threads:  # compiles it: fails the build
             raise ValueError(f"{KERNEL} compiled for at most {self.kernel.max_threads_per_block} "
                              f"threads a block, its blocks have {self.src.threads}")
+        # row tiles: dynamic shared memory, past the 48 KB a launch gets without asking
+        self.shared = self.src.smem_bytes if self.src.rows else 0
+        if self.shared > self.kernel.max_dynamic_shared_size_bytes:
+            self.kernel.max_dynamic_shared_size_bytes = self.shared
         w = layer.inputs[1]
         self.wt = filter_matrix(weights[w], self.src, cp) if w in weights else None
 
@@ -44,7 +49,8 @@ class StemMma(Impl):
         wt = self.wt if self.wt is not None else filter_matrix(ins[1], self.src, cp)
         args = [ins[0], wt] + [ins[i] for i in self.src.operands] + [outs[0],
                                                                        np.int64(self.src.n)]
-        self.kernel((self.src.blocks,), (self.src.threads,), tuple(args))
+        self.kernel((self.src.blocks,), (self.src.threads,), tuple(args),
+                    shared_mem=self.shared)
 
 
 @functools.lru_cache(maxsize=64)
