@@ -541,6 +541,19 @@ class StemMmaSource:
         return (f"if ((ya & 15ull) == 0ull) {ways[0]} else if ((ya & 3ull) == 0ull) "
                 f"{ways[1]} else {ways[2]}")
 
+    def _store_tile(self, epilogue, operand_modes, it: str) -> str:
+        """Statements applying the epilogue to the m-tile's ``acc`` (:meth:`_epilogue`) and
+        storing its rows through the warp's staging buffer (:meth:`_copy_out`)."""
+        return f"""#pragma unroll
+        for (int j = 0; j < NT; ++j) {{
+          const int k0 = c0 + 8 * j + 2 * t;
+          {self._epilogue(epilogue, operand_modes, it)}
+        }}
+        __syncwarp();
+        const unsigned long long ya = reinterpret_cast<unsigned long long>(y);
+        {self._copy_out(it)}
+        __syncwarp();  // the staging buffer is free for the next m-tile / chunk"""
+
     # --- row tiles ----------------------------------------------------------------------------
     def _row_tiles(self):
         """The geometry of row tiles (module doc, :func:`rows_default`), or None where they do
@@ -672,15 +685,7 @@ class StemMmaSource:
             const {it} pix_0 = m0 + (g < rows ? g : rows - 1);
             const {it} pix_1 = m0 + (g + 8 < rows ? g + 8 : rows - 1);
             float (&acc)[NT][4] = acc{mi};
-            #pragma unroll
-            for (int j = 0; j < NT; ++j) {{
-              const int k0 = c0 + 8 * j + 2 * t;
-              {self._epilogue(epilogue, operand_modes, it)}
-            }}
-            __syncwarp();
-            const unsigned long long ya = reinterpret_cast<unsigned long long>(y);
-            {self._copy_out(it)}
-            __syncwarp();  // the staging buffer is free for the next m-tile / chunk
+            {self._store_tile(epilogue, operand_modes, it)}
           }}
         }}""")
             accs = "\n        ".join(
@@ -770,15 +775,7 @@ extern "C" __global__ void __launch_bounds__({self.threads}, 2) {KERNEL}({params
         #pragma unroll
         for (int j = 0; j < NT; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
         {k_loop}
-        #pragma unroll
-        for (int j = 0; j < NT; ++j) {{
-          const int k0 = c0 + 8 * j + 2 * t;
-          {self._epilogue(epilogue, operand_modes, it)}
-        }}
-        __syncwarp();
-        const unsigned long long ya = reinterpret_cast<unsigned long long>(y);
-        {self._copy_out(it)}
-        __syncwarp();  // the staging buffer is free for the next chunk / m-tile
+        {self._store_tile(epilogue, operand_modes, it)}
       }}""")
         chunks_src = "\n      ".join(chunk_src)
         pp = -(-self.patch // 8) * 8
