@@ -418,6 +418,27 @@ def _private_freeze_api():
     return (data, replace) if data is not None and replace is not None else None
 
 
+# A GraphDef is one protobuf message: TensorFlow's import and serialization refuse one of 2 GiB
+# or more ("Invalid GraphDef", after minutes of work on the frozen weights).
+GRAPHDEF_LIMIT = 2 ** 31
+
+
+def _check_graph_size(graph_def) -> None:
+    """Raises a clear ValueError where the frozen ``graph_def``'s constants (its weights) reach
+    :data:`GRAPHDEF_LIMIT`, before the conversion's later steps fail on it unclearly (helper
+    hunt, 2026-12-07: a 2.2 GB model ran 53 s at 17 GB to fail with "Invalid GraphDef").
+    Counts each constant's serialized size, the graph's and its library functions'."""
+    nodes = list(graph_def.node) + [n for f in graph_def.library.function for n in f.node_def]
+    total = sum(n.attr["value"].tensor.ByteSize() for n in nodes if n.op == "Const")
+    if total >= GRAPHDEF_LIMIT:
+        raise ValueError(
+            f"the signature's weights, frozen into constants, take {total / 2 ** 30:.2f} GiB: "
+            f"tftrt (like TF-TRT) converts a signature as one GraphDef, and a GraphDef cannot "
+            f"reach protobuf's 2 GiB limit. Convert a part of the model under it (a SavedModel "
+            f"whose signature computes that part; the rest can run natively around it), or "
+            f"store its weights as float16 (half the bytes) before converting")
+
+
 def freeze(func, lower_control_flow: bool = True):
     """(frozen GraphDef, FrozenSignature): ``func`` with its variables as constants.
 
@@ -446,7 +467,10 @@ def freeze(func, lower_control_flow: bool = True):
                  "convert_variables_to_constants_v2", type(e).__name__, e)
         frozen = c2c.convert_variables_to_constants_v2(
             func, lower_control_flow=lower_control_flow)
-        return frozen.graph.as_graph_def(), FrozenSignature(frozen.inputs, frozen.outputs)
+        graph_def = frozen.graph.as_graph_def()
+        _check_graph_size(graph_def)
+        return graph_def, FrozenSignature(frozen.inputs, frozen.outputs)
+    _check_graph_size(graph_def)
     # As TF's freezing does before it registers the frozen functions: library functions it
     # rewrote (variables read inside them) replace the context's functions of those names.
     # They are registered again, rewritten (as TF's registers its frozen ones): the original

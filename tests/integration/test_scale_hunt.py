@@ -5,6 +5,7 @@ denying one such node a round with at most 20 rounds. Every failing node of a ro
 now, and the rounds are bounded by what they can deny."""
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from tftrt import trt_convert as trt
@@ -37,3 +38,31 @@ def test_many_nodes_that_fail_to_lower_stay_native_and_the_rest_converts(tmp_pat
         np.testing.assert_allclose(got[k].numpy(), want[k].numpy(), rtol=1e-5, atol=1e-6)
     rejected = conv._segmentation.rejected  # each failing Reshape says why it stayed native
     assert sum("lowering failed" in str(v) for v in rejected.values()) >= n
+
+
+def test_weights_past_the_graphdef_limit_are_refused_first_with_what_to_do(tmp_path,
+                                                                             monkeypatch):
+    """A model whose frozen weights reach protobuf's 2 GiB GraphDef limit (2.2 GB of Dense
+    weights in the 2GB hunt, 2026-12-07) failed after 53 s at 17 GB of memory with TF's
+    "Invalid GraphDef"; convert() now refuses it right after freezing, saying the limit, the
+    size and what to do. The limit is lowered here to what a small model's weights reach: one
+    of 0.4 MB passes under 1 MB and is refused under 0.3 MB."""
+    from tftrt import graph_io
+
+    class M(tf.Module):
+        def __init__(self):
+            self.w = tf.Variable(tf.ones([320, 320]))
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 320], tf.float32)])
+        def __call__(self, x):
+            return tf.nn.relu(tf.matmul(x, self.w))
+    path = str(tmp_path / "m")
+    tf.saved_model.save(M(), path)
+    monkeypatch.setattr(graph_io, "GRAPHDEF_LIMIT", 2 ** 20)
+    trt.TrtGraphConverterV2(input_saved_model_dir=path, precision_mode="FP32").convert()
+    monkeypatch.setattr(graph_io, "GRAPHDEF_LIMIT", 300_000)
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=path, precision_mode="FP32")
+    with pytest.raises(ValueError, match=r"weights, frozen into constants, take 0\.00 GiB.*"
+                                         r"protobuf's 2 GiB limit\. Convert a part of the "
+                                         r"model under it"):
+        conv.convert()
