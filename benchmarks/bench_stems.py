@@ -82,8 +82,8 @@ WAYS = {  # name: (tactic, environment)
     "stem_direct": ("stem_direct", {}),
     "stem_mma": ("stem_mma", {"TFTRT_STEM_MMA": "1"}),   # the default since 2026-12-02 (p)
     # row tiles (cuda_source_stem_mma.rows_default, s52) against the gathers they replace
-    "stem_mma rows": ("stem_mma", {"TFTRT_STEM_MMA": "1", "TFTRT_STEM_MMA_ROWS": "1"}),
-    "stem_mma gather": ("stem_mma", {"TFTRT_STEM_MMA": "1", "TFTRT_STEM_MMA_ROWS": "0"}),
+    "stem_mma-rows": ("stem_mma", {"TFTRT_STEM_MMA": "1", "TFTRT_STEM_MMA_ROWS": "1"}),
+    "stem_mma-gather": ("stem_mma", {"TFTRT_STEM_MMA": "1", "TFTRT_STEM_MMA_ROWS": "0"}),
     # the stem rewritten by passes/stem_space_to_depth, as an engine builds it: its
     # space_to_depth layer and the stride-1 conv over 16 channels, which the conv's
     # ``space_to_depth`` attribute offers to stem_mma's vector gathers (s46: a bench

@@ -14,10 +14,11 @@ nvidia-smi -L | tee "$out/gpu.txt"
 TFTRT_BACKEND=cupy timeout $(( $(left) / 4 )) python3 -m pytest tests/gpu/test_stem_mma_gpu.py \
   -q -rf -p no:cacheprovider --tb=short -k "not through_tensorflow" > "$out/stem_tests.log" 2>&1
 grep -E "passed|failed|FAILED|Error" "$out/stem_tests.log" | tail -8
-for i in 1 2; do
+for i in $(seq "${REPS:-2}"); do
+  # shellcheck disable=SC2086
   timeout $(( $(left) / 4 )) python3 benchmarks/bench_stems.py --out float16 \
     --stems "vgg 3x3 s1" "resnet 7x7 s2" "mobilenet 3x3 s2" "inception 3x3 s2" \
-    "convnext 4x4 s4" --ways cudnn "stem_mma gather" "stem_mma rows" 2>&1 \
+    "convnext 4x4 s4" --ways ${WAYS:-cudnn stem_mma-gather stem_mma-rows} 2>&1 \
     | tee -a "$out/stems.log" | grep -v "^# "
 done
 [ "${ENGINES:-1}" = 1 ] && TESTS=0 MODELS=resnet50_int8 BATCHES=${BATCHES:-128} \

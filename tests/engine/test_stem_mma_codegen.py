@@ -123,6 +123,7 @@ MMA_SHIMS = r"""
 struct int4 { int x, y, z, w; };
 struct alignas(8) int2 { int x, y; };
 static int2 make_int2(int x, int y) { return int2{x, y}; }
+static uint2 make_uint2(unsigned x, unsigned y) { return uint2{x, y}; }
 static host_dim3 mt_gridDim = {1};
 #define gridDim mt_gridDim
 // a barrier of the 32 lanes of the calling thread's warp (blocks of whole warps)
