@@ -63,7 +63,10 @@ CASES = [
 
 
 def _source(case) -> SM.StemMmaSource:
+    """A case's kernel: row tiles unless its options say otherwise (or stage)."""
     xs, k, s, pads, cout, dt, dt_out, epi, _, opts = case
+    if "stage" not in opts:
+        opts = dict(dict(rows=True), **opts)
     ho, wo = _out_hw(xs, k, s, pads)
     epilogue, modes = _epilogue_spec(epi, dt_out)
     return SM.StemMmaSource(xs, k, s, pads, (xs[0], ho, wo, cout), dt, dt_out, epilogue, modes,
@@ -674,6 +677,10 @@ def _zoo_sources():
                     xs, (k, k), (s, s), pads, (xs[0], ho, ho, cout), dt, "float16", epilogue,
                     modes)
             epilogue, modes = _epilogue_spec("bias+relu", "float16")
+            for rows in (True, False):
+                yield f"{name} {dt} bias+relu rows={rows}", SM.StemMmaSource(
+                    xs, (k, k), (s, s), pads, (xs[0], ho, ho, cout), dt, "float16", epilogue,
+                    modes, rows=rows)
             yield f"{name} {dt} bias+relu staged", SM.StemMmaSource(
                 xs, (k, k), (s, s), pads, (xs[0], ho, ho, cout), dt, "float16", epilogue, modes,
                 stage=True)
@@ -797,3 +804,21 @@ def test_only_implementations_that_read_float32_x_take_a_conv_reading_it(monkeyp
     import pathlib
     body = (pathlib.Path(cupy_backend.__file__).parent / "cupy_stem_mma.py").read_text()
     assert "\n    float32_x = True" in body.split("class StemMma(Impl):")[1]
+
+
+def test_row_tiles_follow_their_switch_where_they_apply(monkeypatch):
+    """TFTRT_STEM_MMA_ROWS picks row tiles or gathers for a stem both take (ResNet's);
+    float16 x over 16 channels keeps the vector gathers either way, and the staged patches'
+    switch (TFTRT_STEM_MMA_STAGE=1) the staged gathers."""
+    resnet = ((1, 224, 224, 3), (7, 7), (2, 2), (3, 3, 3, 3), (1, 112, 112, 64), "float32",
+              "float16", [], {})
+    s2d = ((1, 115, 115, 16), (4, 4), (1, 1), (0,) * 4, (1, 112, 112, 64), "float16",
+           "float16", [], {})
+    monkeypatch.setenv("TFTRT_STEM_MMA_ROWS", "1")
+    assert SM.StemMmaSource(*resnet).rows["r"] == 8 and SM.StemMmaSource(*s2d).vec
+    monkeypatch.setenv("TFTRT_STEM_MMA_STAGE", "1")
+    assert SM.StemMmaSource(*resnet).stage
+    monkeypatch.delenv("TFTRT_STEM_MMA_STAGE")
+    monkeypatch.setenv("TFTRT_STEM_MMA_ROWS", "0")
+    src = SM.StemMmaSource(*resnet)
+    assert src.rows is None and not src.stage and "int4 ktab" in src.source
