@@ -22,5 +22,5 @@ for i in $(seq "${REPS:-2}"); do
     | tee -a "$out/stems.log" | grep -v "^# "
 done
 [ "${ENGINES:-1}" = 1 ] && TESTS=0 MODELS=resnet50_int8 BATCHES=${BATCHES:-128} \
-  CONFIGS=${CONFIGS:-"int8res int8gather fp16 fp16gather"} STAGE_S=${STAGE_S:-150} \
+  CONFIGS=${CONFIGS:-"int8res int8rows fp16 fp16rows"} STAGE_S=${STAGE_S:-150} \
   bash benchmarks/run_gpu_int8.sh "$(( $(left) - 10 ))"

@@ -171,13 +171,20 @@ def ldmatrix_default() -> bool:
 
 
 def rows_default() -> bool:
-    """``TFTRT_STEM_MMA_ROWS`` (default on; 0 / false turns it off): row tiles where they
-    apply (:class:`StemMmaSource`, ``rows``) -- a block stages the input rows of R_ROWS output
-    rows in shared memory once, as float16 with the input channels padded to an even count,
-    and every A fragment register is one aligned 4-byte shared load (a tap row's KW*Cp taps
-    of a pixel are contiguous there), where the gathers read x two bytes at a time."""
+    """``TFTRT_STEM_MMA_ROWS`` (default off; 1 turns it on): row tiles where they apply
+    (:class:`StemMmaSource`, ``rows``) -- a block stages the input rows of R_ROWS output rows
+    in shared memory once, as float16 with the input channels padded to an even count, and
+    every A fragment register is one aligned 4-byte shared load (a tap row's KW*Cp taps of a
+    pixel are contiguous there), where the gathers read x two bytes at a time.
+
+    Off: their first version, measured (H100, s52a, ``bench_stems.py``, the conv alone, us,
+    gathers / row tiles, twice): ResNet 281-284 / 275-276, VGG 336 / 419-420, MobileNet 71 /
+    135, Inception 123 / 258, ConvNeXt 69-70 / 176-177 -- it staged one pixel a thread at a
+    time, its loads not in flight together. Its staging now takes 4 pixels a thread with
+    their loads issued first (not measured yet on a GPU: no device came in the rest of s52);
+    ``benchmarks/run_gpu_stem_rows.sh`` times both ways."""
     from tftrt.env import env_bool  # standard library only
-    return env_bool("TFTRT_STEM_MMA_ROWS", True)
+    return env_bool("TFTRT_STEM_MMA_ROWS", False)
 
 
 def enabled() -> bool:
