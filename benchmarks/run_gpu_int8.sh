@@ -31,7 +31,7 @@
 # q_mma kernel where both are on q_mma (TFTRT_QUANT_MMA_PROJECTION=1, the default since s51);
 # int8noproj: int8res without it (TFTRT_QUANT_MMA_PROJECTION=0); int8rows / fp16rows and
 # int8gather / fp16gather: int8res / fp16 with the stem kernel's row tiles (s52) or its
-# gathers (TFTRT_STEM_MMA_ROWS=1 / 0; gathers are the default);
+# gathers (TFTRT_STEM_MMA_ROWS=1 / 0; by default, since s52, row tiles for K >= 128);
 # int8timed / fp8timed: the defaults, timed precision on, the row says what it kept)
 # Each stage gets a share of the budget and writes its log to $OUT as it goes (a call cut
 # short still returns what ran): int8_tests.log, then int8_<model>_<config>.log in run order.
@@ -87,9 +87,9 @@ for model in ${MODELS:-resnet50_int8 encoder_int8}; do
         envs="TFTRT_INT8_RESIDUAL=1 TFTRT_QUANT_TIMED_PRECISION=0 TFTRT_QUANT_MMA_PROJECTION=1" ;;
       int8noproj) prec=INT8  # int8res with no projection shortcut fused (s51's default: on)
         envs="TFTRT_INT8_RESIDUAL=1 TFTRT_QUANT_TIMED_PRECISION=0 TFTRT_QUANT_MMA_PROJECTION=0" ;;
-      int8gather) prec=INT8  # int8res with the stem kernel's gathers (the default)
+      int8gather) prec=INT8  # int8res with the stem kernel's gathers everywhere
         envs="TFTRT_INT8_RESIDUAL=1 TFTRT_QUANT_TIMED_PRECISION=0 TFTRT_STEM_MMA_ROWS=0" ;;
-      int8rows) prec=INT8  # int8res with the stem kernel's row tiles (s52, off by default)
+      int8rows) prec=INT8  # int8res with the stem kernel's row tiles wherever they apply
         envs="TFTRT_INT8_RESIDUAL=1 TFTRT_QUANT_TIMED_PRECISION=0 TFTRT_STEM_MMA_ROWS=1" ;;
       fp16gather) prec=FP16 envs="TFTRT_STEM_MMA_ROWS=0" ;;
       fp16rows) prec=FP16 envs="TFTRT_STEM_MMA_ROWS=1" ;;

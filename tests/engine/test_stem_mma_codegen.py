@@ -807,14 +807,21 @@ def test_only_implementations_that_read_float32_x_take_a_conv_reading_it(monkeyp
 
 
 def test_row_tiles_follow_their_switch_where_they_apply(monkeypatch):
-    """TFTRT_STEM_MMA_ROWS picks row tiles or gathers for a stem both take (ResNet's);
-    float16 x over 16 channels keeps the vector gathers either way, and the staged patches'
-    switch (TFTRT_STEM_MMA_STAGE=1) the staged gathers."""
+    """TFTRT_STEM_MMA_ROWS picks row tiles or gathers for a stem both take: by default
+    ("auto") row tiles for ResNet's 7x7 over 3 channels (K 147) and gathers for MobileNet's
+    3x3 (K 27), "1" row tiles for both, "0" gathers; float16 x over 16 channels keeps the
+    vector gathers either way, and the staged patches' switch (TFTRT_STEM_MMA_STAGE=1) the
+    staged gathers."""
     resnet = ((1, 224, 224, 3), (7, 7), (2, 2), (3, 3, 3, 3), (1, 112, 112, 64), "float32",
               "float16", [], {})
+    mobilenet = ((1, 224, 224, 3), (3, 3), (2, 2), (0, 0, 1, 1), (1, 112, 112, 32),
+                 "float32", "float16", [], {})
     s2d = ((1, 115, 115, 16), (4, 4), (1, 1), (0,) * 4, (1, 112, 112, 64), "float16",
            "float16", [], {})
+    monkeypatch.delenv("TFTRT_STEM_MMA_ROWS", raising=False)
+    assert SM.StemMmaSource(*resnet).rows and SM.StemMmaSource(*mobilenet).rows is None
     monkeypatch.setenv("TFTRT_STEM_MMA_ROWS", "1")
+    assert SM.StemMmaSource(*mobilenet).rows
     assert SM.StemMmaSource(*resnet).rows["r"] == 8 and SM.StemMmaSource(*s2d).vec
     monkeypatch.setenv("TFTRT_STEM_MMA_STAGE", "1")
     assert SM.StemMmaSource(*resnet).stage

@@ -92,6 +92,7 @@ R_ROWS = 8
 MAX_K_ROWS = 256
 ROW_SMEM_LIMIT = 112 * 1024
 STAGE_UNROLL = 4         # pixels a thread stages at once (their loads in flight together)
+ROWS_MIN_K = 128         # row tiles by default from this K = KH*KW*Cin on (rows_default)
 _FLOATS = ("float16", "float32")
 
 # m16n8k16 fragments; lane = 4 g + t (g = lane >> 2, t = lane & 3). A (16 x 16, row major):
@@ -170,21 +171,25 @@ def ldmatrix_default() -> bool:
     return env_bool("TFTRT_STEM_MMA_LDSM", False)
 
 
-def rows_default() -> bool:
-    """``TFTRT_STEM_MMA_ROWS`` (default off; 1 turns it on): row tiles where they apply
+def rows_default() -> str:
+    """``TFTRT_STEM_MMA_ROWS``: "auto" (the default), "1" or "0". Row tiles
     (:class:`StemMmaSource`, ``rows``) -- a block stages the input rows of R_ROWS output rows
     in shared memory once, as float16 with the input channels padded to an even count, and
     every A fragment register is one aligned 4-byte shared load (a tap row's KW*Cp taps of a
-    pixel are contiguous there), where the gathers read x two bytes at a time.
+    pixel are contiguous there), where the gathers read x two bytes at a time. "1": wherever
+    they apply; "auto": where they apply and K = KH*KW*Cin is at least :data:`ROWS_MIN_K`
+    (ResNet's and DenseNet's 7x7 stems); "0": never.
 
-    Off: their first version, measured (H100, s52a, ``bench_stems.py``, the conv alone, us,
-    gathers / row tiles, twice): ResNet 281-284 / 275-276, VGG 336 / 419-420, MobileNet 71 /
-    135, Inception 123 / 258, ConvNeXt 69-70 / 176-177 -- it staged one pixel a thread at a
-    time, its loads not in flight together. Its staging now takes 4 pixels a thread with
-    their loads issued first (not measured yet on a GPU: no device came in the rest of s52);
-    ``benchmarks/run_gpu_stem_rows.sh`` times both ways."""
-    from tftrt.env import env_bool  # standard library only
-    return env_bool("TFTRT_STEM_MMA_ROWS", False)
+    Measured (H100, s52b, ``bench_stems.py --ways stem_mma-gather stem_mma-rows``, the conv
+    alone, us, gathers / row tiles, two runs): ResNet 7x7/2 (K 147) 281-282 / 175-176, VGG
+    3x3/1 (K 27) 336 / 333-334, MobileNet 3x3/2 (27) 71 / 77, Inception 3x3/2 (27) 123 /
+    130 (ConvNeXt's 4x4/4, K 48, not reached; the first version of the row tiles lost there,
+    176 against 69): they pay where each pixel has many taps to gather, and cost a little
+    where it has few (their staging pass, and K padded to 48 over 4 channels instead of 32).
+    Their first version (s52a), which staged one pixel a thread at a time, lost on all but
+    ResNet's."""
+    from tftrt.env import env_choice  # standard library only
+    return env_choice("TFTRT_STEM_MMA_ROWS", ("auto", "1", "0"), "auto")
 
 
 def enabled() -> bool:
@@ -300,7 +305,9 @@ class StemMmaSource:
         self.rows = self._row_tiles()  # None where row tiles do not apply
         if rows is None:  # where they apply, but not where the vector gathers do
             staged = stage_default() if stage is None else stage
-            rows = rows_default() and self.rows is not None and not vec and not staged and \
+            mode = rows_default()
+            rows = mode != "0" and (mode == "1" or self.k >= ROWS_MIN_K) and \
+                self.rows is not None and not vec and not staged and \
                 not (self.in_dtype == "float16" and cin % 16 == 0)
         if rows and self.rows is None:
             raise ValueError(f"the stem kernel's row tiles take KH*KW*Cin (Cin padded to "
