@@ -2,11 +2,11 @@
 # The stem kernel's row tiles (s52) on the GPU host in one call (engines alone, no TensorFlow),
 # carrying ".whl/<the two wheels>" and ".whl/networks/resnet50_int8*":
 #   bash benchmarks/run_gpu_stem_rows.sh [seconds]
-# 1. the stem GPU tests (row tiles by default, against numpy), with the kernel's registers;
-# 2. bench_stems: every zoo stem on cuDNN, stem_mma's gathers and its row tiles, twice,
-#    alternating (the conv alone in parentheses);
+# 1. the stem GPU tests (row tiles and gathers, against numpy);
+# 2. bench_stems: the zoo stems on $WAYS (cuDNN, stem_mma's gathers, its row tiles), $REPS times,
+#    (the conv alone in parentheses, with each kernel's registers);
 # 3. ResNet50 INT8 and FP16 at batch 128 (run_gpu_int8.sh's configs), with per-layer profiles,
-#    row tiles on and off ($CONFIGS).
+#    the stem on gathers and with the defaults (row tiles for ResNet's stem; $CONFIGS).
 # Logs go to $OUT as they are written (a call cut short still returns them).
 # shellcheck source=benchmarks/gpu_engine_env.sh
 source "$(dirname "$0")/gpu_engine_env.sh" "${1:-580}"
@@ -22,5 +22,5 @@ for i in $(seq "${REPS:-2}"); do
     | tee -a "$out/stems.log" | grep -v "^# "
 done
 [ "${ENGINES:-1}" = 1 ] && TESTS=0 MODELS=resnet50_int8 BATCHES=${BATCHES:-128} \
-  CONFIGS=${CONFIGS:-"int8res int8rows fp16 fp16rows"} STAGE_S=${STAGE_S:-150} \
+  CONFIGS=${CONFIGS:-"int8gather int8res fp16gather fp16"} STAGE_S=${STAGE_S:-150} \
   bash benchmarks/run_gpu_int8.sh "$(( $(left) - 10 ))"
