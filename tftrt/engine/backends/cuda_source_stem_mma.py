@@ -607,10 +607,11 @@ class StemMmaSource:
         """Statements staging tile (nimg, oh0)'s input rows in ``xs``: row i is image row
         oh0 * sh - ph + i, columns -pw .. cols - pw - 1, each column's cp channels as float16
         (zero outside the image and for the pad channel). A thread takes :data:`STAGE_UNROLL`
-        pixels at once (fewer over more than 4 channels), consecutive threads on consecutive pixels (coalesced), and issues all
-        their loads before it converts and stores any: the loads of a tile are in flight
-        together, where one pixel a time left the block waiting on each (H100, s52a: ResNet's
-        stem 275 us, MobileNet's 135 against the gathers' 71)."""
+        pixels at once (fewer over more than 4 channels), consecutive threads on consecutive
+        pixels (coalesced), and issues all their loads before it converts and stores any: the
+        loads of a tile are in flight together, where one pixel a time left the block waiting
+        on each (H100: ResNet's stem 275 us that way in s52a, 176 us this way in s52b;
+        MobileNet's 135 and 77, against the gathers' 71)."""
         d, R = self.dims, self.rows
         cin, cp, cols = d["cin"], R["cp"], R["cols"]
         pixels = R["ir"] * cols

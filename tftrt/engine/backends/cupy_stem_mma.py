@@ -5,7 +5,8 @@ A fragments from the image; the filter waits in shared memory, float32 accumulat
 layer's epilogue fused, float16 output or int8 codes.
 
 The CuPy backend offers the tactic for the group-1 2-D convolutions with a float16 output the
-kernel takes (Kp = KH*KW*Cin rounded up to 16 at most ``cuda_source_stem_mma.MAX_K``, Cout a
+kernel takes (Kp = KH*KW*Cin rounded up to 16 at most ``cuda_source_stem_mma.MAX_K``, or
+MAX_K_ROWS on row tiles with the channels padded to even; Cout a
 multiple of 8 up to 256), unless ``TFTRT_STEM_MMA=0``; the builder times it against cuDNN,
 im2col and stem_direct like any other candidate.
 """
