@@ -659,7 +659,7 @@ class StemMmaSource:
         staged rows (a register's two k are two adjacent taps of one tap row: one aligned
         4-byte load at the pixel's ``xb<mi>_<p>`` plus the k's offset, zero for k past kr),
         B with ``ldmatrix`` (two n-tiles a load), ``nt`` n-tiles of MMAs a m-tile."""
-        kr = self.rows["kr"]
+        kr, kps = self.rows["kr"], 2 * row_words(self.rows["kp"])  # halves a filter row
         out = [f"const int2 oo = koff[{ks // 4} + t];  // k 2t and 2t + 8's offsets",
                "const int o0 = oo.x, o8 = oo.y;"]
         for mi in range(nm):
@@ -673,12 +673,12 @@ class StemMmaSource:
                 out.insert(0, f"const bool ks_ok{o} = {ks} + 2 * t + {o} < {kr};")
         brow = f"brow + {ks}"
         for j in range(0, nt - 1, 2):
-            out.append("{ unsigned b[4]; ldsm_x4(b, " + f"{brow} + {j * 8 * self._kps}); " +
+            out.append("{ unsigned b[4]; ldsm_x4(b, " + f"{brow} + {j * 8 * kps}); " +
                        " ".join(f"mma_16816(acc{mi}[{j}], a{mi}, b[0], b[1]); "
                                 f"mma_16816(acc{mi}[{j + 1}], a{mi}, b[2], b[3]);"
                                 for mi in range(nm)) + " }")
         if nt % 2:
-            out.append("{ unsigned b[2]; ldsm_x2(b, " + f"{brow} + {(nt - 1) * 8 * self._kps}); " +
+            out.append("{ unsigned b[2]; ldsm_x2(b, " + f"{brow} + {(nt - 1) * 8 * kps}); " +
                        " ".join(f"mma_16816(acc{mi}[{nt - 1}], a{mi}, b[0], b[1]);"
                                 for mi in range(nm)) + " }")
         return "\n          ".join(out)
@@ -694,7 +694,7 @@ class StemMmaSource:
                                 self.m * cout) >= 2 ** 31 - 64 else "int"
         params = ", ".join(f"{ty} __restrict__ {nm}" if ty.endswith("*") else f"{ty} {nm}"
                            for ty, nm in self.params)
-        self._kps = kps = 2 * row_words(kp)
+        kps = 2 * row_words(kp)
         widest = max(w for _, w in chunks(cout))
         sw = row_words(widest)
         nm, mtr, r = R["nm"], R["mtr"], R["r"]
