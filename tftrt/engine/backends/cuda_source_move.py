@@ -280,7 +280,7 @@ class PoolSource:
         lines.append("      acc[v] = (w > acc[v]) ? w : acc[v];" if is_max else
                      "      acc[v] += w;")
         if padded:  # a pad cell: the value a constant pad wrote there
-            pv = _pad_literal(pad_value, fl)
+            pv = pad_literal(pad_value, fl)
             lines.append(f"    }}\n  }} else {{\n    #pragma unroll\n    for (int v = 0; v < {V}; "
                          f"++v) {{\n      {acc_t} w = ({acc_t}){pv};")
             lines.append("      acc[v] = (w > acc[v]) ? w : acc[v];")
@@ -310,8 +310,9 @@ class PoolSource:
         self._kernel = None
 
 
-def _pad_literal(v, fl: bool) -> str:
-    """A pad value as a C literal of the pool's accumulator (float, or a long long)."""
+def pad_literal(v, fl: bool) -> str:
+    """A pad value as a C literal of a pool's accumulator (float, or a long long; the stem
+    kernel's fused pool, cuda_source_stem_mma, too)."""
     v = float(v)
     if not fl:
         return str(int(v))

@@ -56,6 +56,17 @@ MobileNet 65 / 83, Inception 112 / 154, ConvNeXt 61 / 66; outputs identical;
 results/stems_staged_h100_2026-12-06s40a.log): 2% on ResNet's, up to 37% slower elsewhere --
 the staging copy is one more pass through L1 and the warp waits on it, where the gathers it
 replaces were already mostly L1 hits. It stays an off knob.
+
+With a :class:`StemPool` (``pool``; pool_fusion, s53) the row-tile kernel stores the 3x3 / 2
+max pool of its output instead of the output: ResNet50's stem writes 103 MB of float16 at
+batch 128 that its MaxPool reads back to write 26 MB. A tile is ``pr`` pool rows (2 in
+float16, 3 in int8: what fits the shared memory) over the 2 pr + 1 conv rows of their
+windows (the first is the tile before's last, computed again). Each m-tile, after its
+epilogue, pools its 16 pixels across into the tile's pooled rows in shared memory (8
+columns; the first column's pixel before it comes from the m-tile before, kept aside), and
+once every warp is done the block pools down three rows at a time and stores 16 bytes a
+thread. Each window is folded in the pool kernel's order from the same values, so the
+results are the pool kernel's (tests/engine/test_stem_pool_codegen).
 """
 
 from __future__ import annotations
@@ -68,6 +79,7 @@ import numpy as np
 from tftrt.engine import quantization as Q
 from tftrt.engine.backends import cuda_source_quant as S
 from tftrt.engine.backends import cuda_source_stem as ST
+from tftrt.engine.backends.cuda_source_move import pad_literal
 from tftrt.engine.backends.cuda_source_qmma import FAST_INT8
 from tftrt.engine.backends.cuda_source import (PRELUDE, _dw_epilogue, conv_kernel_params,
                                                ctype)
@@ -93,6 +105,7 @@ MAX_K_ROWS = 256
 ROW_SMEM_LIMIT = 112 * 1024
 STAGE_UNROLL = 4         # pixels a thread stages at once (their loads in flight together)
 ROWS_MIN_K = 128         # row tiles by default from this K = KH*KW*Cin on (rows_default)
+POOL_ROWS = 4            # pooled row tiles (StemPool): at most this many pool rows a tile
 _FLOATS = ("float16", "float32")
 
 # m16n8k16 fragments; lane = 4 g + t (g = lane >> 2, t = lane & 3). A (16 x 16, row major):
@@ -139,6 +152,24 @@ __device__ __forceinline__ unsigned q_bits(float v, float inv, int nan) {
   return v != v ? (unsigned)nan : (unsigned)__float_as_int(__fadd_rn(c, 12582912.f)); }
 __device__ __forceinline__ unsigned short pack_q2(float lo, float hi, float inv, int nan) {
   return (unsigned short)prmt(q_bits(lo, inv, nan), q_bits(hi, inv, nan), 0x40u); }
+"""
+
+
+# A pooled row tile's max folds (:class:`StemPool`): ``acc = v > acc ? v : acc`` (TF's GPU
+# MaxPool: NaN passes), float16 pairs in a word and int8 codes four a word.
+POOL_HELPERS = r"""
+__device__ __forceinline__ void fold2(float& lo, float& hi, unsigned w) {
+  const float a = h2f((unsigned short)(w & 0xffffu)), b = h2f((unsigned short)(w >> 16));
+  lo = a > lo ? a : lo;
+  hi = b > hi ? b : hi; }
+__device__ __forceinline__ unsigned max_s8x4(unsigned a, unsigned b) {
+  unsigned r = 0u;
+  #pragma unroll
+  for (int i = 0; i < 32; i += 8) {
+    const int x = (int)(signed char)(a >> i), y = (int)(signed char)(b >> i);
+    r |= (unsigned)(unsigned char)(x > y ? x : y) << i;
+  }
+  return r; }
 """
 
 
@@ -233,6 +264,51 @@ def smem_bytes(cout: int, kp: int) -> int:
     return 4 * cout * row_words(kp) + 16 * kp + 4 * WARPS * 16 * row_words(widest)
 
 
+class StemPool:
+    """The max pool a row-tile stem kernel applies to its output before storing it: 3x3,
+    stride 2, dilation 1, pads (1, 1, bottom, right) -- a Keras ResNet's or DenseNet's
+    ZeroPadding2D + MaxPool2D after the stem, folded (passes/pad_folding), or ONNX's
+    MaxPool(3, 2, pads 1) -- with the semantics of the pool kernel it replaces
+    (cuda_source_move.PoolSource): NaN passes, ``pad_value`` in the pad cells (None: they
+    are skipped), ``floor`` a float window's value with no number (None: -inf), an int8 pool
+    of codes raised to ``code_floor``. The pool's output is what the kernel stores
+    (``out_shape``: N, Hp, Wp, C); the conv's never reaches memory (a tile's rows are pooled
+    in shared memory: :meth:`StemMmaSource._pool_rows`)."""
+
+    def __init__(self, out_shape, pads, pad_value=None, floor=None, code_floor=None):
+        self.out_shape = tuple(int(d) for d in out_shape)
+        self.pads = tuple(int(p) for p in pads)
+        self.pad_value = None if pad_value is None else float(pad_value)
+        self.floor = None if floor is None else float(np.float32(floor))
+        self.code_floor = None if code_floor is None else int(code_floor)
+
+    def check(self, d: dict, out_dtype: str) -> None:
+        """ValueError where the kernel does not pool this way: the shapes (conv dims ``d``)
+        or the attributes."""
+        n, hp, wp, c = self.out_shape
+        pt, pl, pb, pr = self.pads
+        if (n, c) != (d["n"], d["cout"]) or (pt, pl) != (1, 1) or pb not in (0, 1, 2) or \
+                pr not in (0, 1, 2):
+            raise ValueError(f"the stem kernel pools 3x3 / 2 with pads (1, 1, <=2, <=2) over "
+                             f"its own output; not pads {list(self.pads)} into "
+                             f"{list(self.out_shape)}")
+        if d["wo"] % 16 or wp != d["wo"] // 2 or hp != (d["ho"] + pt + pb - 3) // 2 + 1 or \
+                wp != (d["wo"] + pl + pr - 3) // 2 + 1:
+            raise ValueError(f"the stem kernel pools a conv output whose width is a multiple "
+                             f"of 16 into half its width; not {d['ho']}x{d['wo']} into "
+                             f"{hp}x{wp}")
+        if self.pad_value is not None and math.isnan(self.pad_value):
+            raise ValueError("the stem kernel's pool takes no NaN pad value")
+        if out_dtype == "int8":
+            if self.floor is not None:
+                raise ValueError("an int8 pool of codes has no float floor")
+            if self.pad_value is not None and self.pad_value != int(self.pad_value):
+                raise ValueError(f"an int8 pool's pad code is an integer, not "
+                                 f"{self.pad_value}")
+        elif self.code_floor is not None:
+            raise ValueError("a code floor belongs to an int8 pool")
+
+
 class StemMmaSource:
     """The ``stem_mma`` kernel of one convolution layer for fixed shapes and dtypes.
 
@@ -257,6 +333,8 @@ class StemMmaSource:
         where it applies, float16 x with input channels a multiple of 16, unstaged), K up to
         :data:`MAX_K_VEC`; the filter's k are then permuted within each step
         (:attr:`k_order`).
+      pool: :class:`StemPool`'s arguments: the kernel (on row tiles) stores the max pool of
+        its output, y of the pool's shape (:meth:`_pool_tile`, :meth:`_pool_rows`).
 
     Kernel ``stem_mma(x, wt, *operands, y)``: ``wt`` the filter as float16 [Cout, Kp] (the
     layer's [Cout, KH, KW, Cin] as ``w.reshape(Cout, -1)``, its columns in :attr:`k_order`,
@@ -271,9 +349,10 @@ class StemMmaSource:
     def __init__(self, x_shape, k_hw, strides, pads, out_shape, in_dtype: str, out_dtype: str,
                  epilogue: Sequence[dict], operand_modes: Dict[int, Tuple[str, str]],
                  mt: int = MT, max_blocks=None, ldsm=None, stage=None, out_scale=None,
-                 nan_code: int = 0, vec=None, rows=None):
+                 nan_code: int = 0, vec=None, rows=None, pool=None):
         n, h, w, cin, ho, wo, cout, kh, kw, sh, sw, ph, pw = ST.conv_geometry(
             x_shape, out_shape, k_hw, strides, pads)
+        self.pool = None if pool is None else StemPool(**pool)
         self.in_dtype, self.out_dtype = np.dtype(in_dtype).name, np.dtype(out_dtype).name
         if self.in_dtype not in _FLOATS:
             raise ValueError(f"the tensor-core stem kernel takes float16 / float32 x, not "
@@ -302,6 +381,11 @@ class StemMmaSource:
         # (of one index width), so an optimization profile's engines compile it once
         self.params.append(("long long", "nb"))
         self.ldsm = ldmatrix_default() if ldsm is None else bool(ldsm)
+        if self.pool is not None:
+            self.pool.check(self.dims, self.out_dtype)
+            rows = True if rows is None else rows
+            if not rows:
+                raise ValueError("the stem kernel pools its output on row tiles only")
         self.rows = self._row_tiles()  # None where row tiles do not apply
         if rows is None:  # where they apply, but not where the vector gathers do
             staged = stage_default() if stage is None else stage
@@ -594,13 +678,23 @@ class StemMmaSource:
         widest = max(w for _, w in chunks(d["cout"]))
         fixed = 4 * d["cout"] * row_words(kp) + 4 * ROW_WARPS * 16 * row_words(widest) + \
             2 * kp  # the filter, the warps' staging and the k offsets (int2 a k step and t)
-        for r in range(min(R_ROWS, d["ho"]), 0, -1):
+        # (conv rows, pool rows) a tile: pooled, the conv rows of pr pool rows' windows, the
+        # first one (2 P0 - 1) shared with the tile before and computed again
+        hp = None if self.pool is None else self.pool.out_shape[1]
+        tiles = [(r, 0) for r in range(min(R_ROWS, d["ho"]), 0, -1)] if hp is None else \
+            [(2 * pr + 1, pr) for pr in range(min(POOL_ROWS, hp), 0, -1)]
+        esz = 1 if self.out_dtype == "int8" else 2
+        for r, pr in tiles:
             ir = (r - 1) * d["sh"] + d["kh"]
-            smem = fixed + 16 * -(-ir * rs // 8)
+            # pooled: each conv row pooled across (hr: Wo / 2 columns) and each m-tile's
+            # last pixel (bd: the next m-tile's first window reads it), in y's dtype
+            hr_u4 = -(-r * (d["wo"] // 2) * d["cout"] * esz // 16) if pr else 0
+            bd_u4 = -(-r * mtr * d["cout"] * esz // 16) if pr else 0
+            smem = fixed + 16 * (-(-ir * rs // 8) + hr_u4 + bd_u4)
             if smem <= ROW_SMEM_LIMIT:
                 return dict(cp=cp, g=g, kr=kr, kp=kp, mtr=mtr, cols=cols, rs=rs, r=r, ir=ir,
-                            nm=2 if d["cout"] <= 64 else 1, smem=smem,
-                            blocks_per_image=-(-d["ho"] // r))
+                            nm=2 if d["cout"] <= 64 else 1, smem=smem, pr=pr, hr_u4=hr_u4,
+                            bd_u4=bd_u4, blocks_per_image=-(-(hp or d["ho"]) // (pr or r)))
         return None
 
     def _stage_rows(self, it: str) -> str:
@@ -683,6 +777,126 @@ class StemMmaSource:
                                 for mi in range(nm)) + " }")
         return "\n          ".join(out)
 
+    def _pool_tile(self, epilogue, operand_modes, it: str, mi: int) -> str:
+        """Statements applying the epilogue to m-tile ``mt<mi>``'s ``acc`` into the warp's
+        staging buffer (:meth:`_epilogue`), then pooling its 16 pixels across into ``hr``:
+        column q of 8 (pool column 8 mw + q) folds pixels 2q - 1, 2q, 2q + 1 (q = 0: 0 and 1;
+        pixel -1 is the m-tile before's last, which goes to ``bd`` for the pass down,
+        :meth:`_pool_rows`). In y's dtype: float16 pairs a word, int8 codes four."""
+        d, R = self.dims, self.rows
+        cout, wh, mtr = d["cout"], d["wo"] // 2, R["mtr"]
+        per = 4 if self.out_dtype == "int8" else 2   # channels a word
+        if per == 2:
+            fold = """float lo = -(1.f/0.f), hi = -(1.f/0.f);
+            if (q > 0) fold2(lo, hi, stg[(2 * q - 1) * SW + w]);
+            fold2(lo, hi, stg[2 * q * SW + w]);
+            fold2(lo, hi, stg[(2 * q + 1) * SW + w]);
+            hw[q * HRW + w] = pack_h2(lo, hi);"""
+        else:
+            fold = """unsigned mx = 0x80808080u;  // -128 a code
+            if (q > 0) mx = max_s8x4(mx, stg[(2 * q - 1) * SW + w]);
+            mx = max_s8x4(mx, stg[2 * q * SW + w]);
+            mx = max_s8x4(mx, stg[(2 * q + 1) * SW + w]);
+            hw[q * HRW + w] = mx;"""
+        return f"""#pragma unroll
+        for (int j = 0; j < NT; ++j) {{
+          const int k0 = c0 + 8 * j + 2 * t;
+          {self._epilogue(epilogue, operand_modes, it)}
+        }}
+        __syncwarp();
+        {{
+          constexpr int HRW = {cout // per};  // words of a pooled column
+          const int lr = mt{mi} / {mtr}, mw = mt{mi} - lr * {mtr};
+          unsigned* hw = hrs + ((lr * {wh} + mw * 8) * {cout} + c0) / {per};
+          #pragma unroll 2
+          for (int v = lane; v < 8 * (CW / {per}); v += {LANES}) {{
+            const int q = v / (CW / {per}), w = v - q * (CW / {per});
+            {fold}
+          }}
+          unsigned* bw = bds + ((lr * {mtr} + mw) * {cout} + c0) / {per};
+          for (int w = lane; w < CW / {per}; w += {LANES}) bw[w] = stg[15 * SW + w];
+        }}
+        __syncwarp();  // the staging buffer is free for the next m-tile / chunk"""
+
+    def _pool_rows(self, it: str) -> str:
+        """Statements of a pooled tile's pass down (after every warp's m-tiles): pool row P0 +
+        pr, column Q folds conv rows 2P - 1 .. 2P + 1 (tile rows 2pr .. 2pr + 2) of ``hr``,
+        each row's value first folded with its pixel 2Q - 1 where that lies in the m-tile
+        before (Q a multiple of 8: ``bd``) or in the left pad, rows outside the conv as pad
+        cells (``pad_value``) or skipped -- the order and values of the pool kernel's scan,
+        so the same results; a thread takes 16 bytes of channels and stores them at once."""
+        d, R, P = self.dims, self.rows, self.pool
+        cout, mtr, wh = d["cout"], R["mtr"], d["wo"] // 2
+        _, hp, wp, _ = P.out_shape
+        i8 = self.out_dtype == "int8"
+        # channels a thread: 16 bytes (8 bytes of int8 codes where Cout is not 16s)
+        vw = 8 if not i8 else (16 if cout % 16 == 0 else 8)
+        vt = "uint2" if i8 and vw == 8 else "uint4"
+        et, at = ("signed char", "int") if i8 else ("unsigned short", "float")
+        cv = cout // vw
+        if i8:
+            init = row_init = "-128"
+        else:
+            row_init = "-(1.f/0.f)"
+            init = row_init if P.floor is None else pad_literal(P.floor, True)
+        val = "h2f({})" if not i8 else "(int){}"
+        pv = None if P.pad_value is None else pad_literal(P.pad_value, not i8)
+        fold = "for (int e = 0; e < {vw}; ++e) {{ const {at} w_ = {v}; {a}[e] = w_ > {a}[e] ? w_ : {a}[e]; }}"
+
+        def fold_from(a, src):
+            return fold.format(vw=vw, at=at, v=val.format(f"{src}[e]"), a=a)
+
+        def fold_pad(a):
+            return "" if pv is None else \
+                f"for (int e = 0; e < {vw}; ++e) {a}[e] = {pv} > {a}[e] ? {pv} : {a}[e];"
+        res = "acc[e]" if not i8 else (
+            "acc[e]" if P.code_floor is None else
+            f"(acc[e] < {P.code_floor} ? {P.code_floor} : acc[e])")
+        store = "f2h(acc[e])" if not i8 else f"(signed char){res}"
+        return f"""{{
+      const {et}* hre = reinterpret_cast<const {et}*>(hrs);
+      const {et}* bde = reinterpret_cast<const {et}*>(bds);
+      const bool yal = (reinterpret_cast<unsigned long long>(y) & {vw * (1 if i8 else 2) - 1}ull)
+                       == 0ull;
+      for (int v = threadIdx.x; v < {R['pr'] * wp * cv}; v += blockDim.x) {{
+        const int pr = v / {wp * cv}, rem = v - pr * {wp * cv};
+        const int Q = rem / {cv}, c = (rem - Q * {cv}) * {vw};
+        const int P = p0 + pr;
+        if (P >= {hp}) break;
+        {at} acc[{vw}];
+        for (int e = 0; e < {vw}; ++e) acc[e] = {init};
+        #pragma unroll
+        for (int kr = 0; kr < 3; ++kr) {{
+          const int lr = 2 * pr + kr, oh = oh0 + lr;
+          if (oh < 0 || oh >= {d['ho']}) {{  // a pad row, or past the end pad (skipped)
+            if (oh < {d['ho'] + P.pads[2]}) {{ {fold_pad("acc")} }}
+            continue;
+          }}
+          {at} h[{vw}];
+          for (int e = 0; e < {vw}; ++e) h[e] = {row_init};
+          if ((Q & 7) == 0) {{
+            if (Q == 0) {{ {fold_pad("h")} }} else {{
+              const {et}* b = bde + (lr * {mtr} + (Q >> 3) - 1) * {cout} + c;
+              {fold_from("h", "b")}
+            }}
+          }}
+          {{
+            const {et}* hv = hre + (lr * {wh} + Q) * {cout} + c;
+            {fold_from("h", "hv")}
+          }}
+          for (int e = 0; e < {vw}; ++e) acc[e] = h[e] > acc[e] ? h[e] : acc[e];
+        }}
+        union {{ {vt} u; {et} e[{vw}]; }} o;
+        for (int e = 0; e < {vw}; ++e) o.e[e] = {store};
+        const {it} yo = ((nimg * {hp} + P) * ({it}){wp} + Q) * {cout} + c;
+        if (yal) {{
+          *reinterpret_cast<{vt}*>(y + yo) = o.u;
+        }} else {{
+          for (int e = 0; e < {vw}; ++e) y[yo + e] = o.e[e];
+        }}
+      }}
+    }}"""
+
     def _source_rows(self, epilogue, operand_modes) -> str:
         """The row-tile kernel: a block loops over tiles of R output rows of one image; it
         stages their input rows (:meth:`_stage_rows`), then each warp takes units of ``nm``
@@ -701,7 +915,9 @@ class StemMmaSource:
         units = -(-r * mtr // nm)
         filt_u4 = cout * kps // 8
         xs_u4 = -(-R["ir"] * R["rs"] // 8)
-        total_u4 = filt_u4 + xs_u4 + ROW_WARPS * 16 * sw // 4 + kp // 8  # + koff
+        koff_u4 = filt_u4 + xs_u4 + ROW_WARPS * 16 * sw // 4
+        total_u4 = koff_u4 + kp // 8 + R["hr_u4"] + R["bd_u4"]  # + koff (+ the pool's)
+        pooled = self.pool is not None
         pixels = []
         for mi in range(nm):
             pixels.append(f"""const int mt{mi} = u * {nm} + {mi};
@@ -716,16 +932,19 @@ class StemMmaSource:
                                       "\n        }" for ks in range(0, kp, 16))
             stores = []
             for mi in range(nm):
+                # pooled: rows outside the conv (the first tile's row -1) stay unstored
+                store = self._pool_tile(epilogue, operand_modes, it, mi) if pooled else \
+                    self._store_tile(epilogue, operand_modes, it)
                 stores.append(f"""{{
           const int oh = oh0 + mt{mi} / {mtr};
-          const int rows = mt{mi} < {r * mtr} && oh < {d['ho']} ?
+          const int rows = mt{mi} < {r * mtr} && oh >= 0 && oh < {d['ho']} ?
               ({d['wo']} - w{mi} < 16 ? {d['wo']} - w{mi} : 16) : 0;
           if (rows > 0) {{  // the same for the whole warp
             const {it} m0 = ((nimg * {d['ho']} + oh) * {d['wo']} + w{mi});
             const {it} pix_0 = m0 + (g < rows ? g : rows - 1);
             const {it} pix_1 = m0 + (g + 8 < rows ? g + 8 : rows - 1);
             float (&acc)[NT][4] = acc{mi};
-            {self._store_tile(epilogue, operand_modes, it)}
+            {store}
           }}
         }}""")
             accs = "\n        ".join(
@@ -743,7 +962,17 @@ class StemMmaSource:
       }}""")
         chunks_src = "\n      ".join(chunk_src)
         pixels_src = "\n        ".join(pixels)
-        return PRELUDE + MMA_HELPERS + (Q_HELPERS if self.out_scale is not None else "") + f"""
+        tile_rows = f"const int oh0 = (int)(bt - nimg * {R['blocks_per_image']}) * {r};"
+        pool_decl = pool_rows = ""
+        if pooled:  # a tile: pool rows p0 .. p0 + pr - 1, conv rows 2 p0 - 1 .. 2 p0 + 2 pr - 1
+            tile_rows = (f"const int p0 = (int)(bt - nimg * {R['blocks_per_image']}) * "
+                         f"{R['pr']}, oh0 = 2 * p0 - 1;")
+            pool_decl = f"""unsigned* hrs = reinterpret_cast<unsigned*>(dsm + {total_u4 - R['hr_u4'] - R['bd_u4']});
+  unsigned* bds = reinterpret_cast<unsigned*>(dsm + {total_u4 - R['bd_u4']});"""
+            pool_rows = "__syncthreads();  // every m-tile pooled across\n    " + \
+                self._pool_rows(it)
+        return PRELUDE + MMA_HELPERS + (Q_HELPERS if self.out_scale is not None else "") + \
+            (POOL_HELPERS if pooled else "") + f"""
 #ifndef TFTRT_DYN_SMEM
 #define TFTRT_DYN_SMEM(name, n) extern __shared__ uint4 name[]
 #endif
@@ -759,7 +988,8 @@ extern "C" __global__ void __launch_bounds__({self.threads}, 2) {KERNEL}({params
   }}
   // per k step and lane t: the staged-row offsets of k = step + 2t and + 2t + 8 (a tap row
   // ky's taps start ky rows down; 0 past kr, where the loads are masked)
-  int2* koff = reinterpret_cast<int2*>(dsm + {filt_u4 + xs_u4 + ROW_WARPS * 16 * sw // 4});
+  int2* koff = reinterpret_cast<int2*>(dsm + {koff_u4});
+  {pool_decl}
   for (int q = threadIdx.x; q < {kp // 4}; q += blockDim.x) {{
     const int k = q / 4 * 16 + 2 * (q % 4), k8 = k + 8;
     koff[q] = make_int2(k < {R['kr']} ? k + k / {R['g']} * {R['rs'] - R['g']} : 0,
@@ -771,7 +1001,7 @@ extern "C" __global__ void __launch_bounds__({self.threads}, 2) {KERNEL}({params
   const {it} tiles = ({it})nb * {R['blocks_per_image']};
   for ({it} bt = blockIdx.x; bt < tiles; bt += gridDim.x) {{
     const {it} nimg = bt / {R['blocks_per_image']};
-    const int oh0 = (int)(bt - nimg * {R['blocks_per_image']}) * {r};
+    {tile_rows}
     __syncthreads();  // the last tile's rows are read (and the filter stored)
     {self._stage_rows(it)}
     __syncthreads();
@@ -779,6 +1009,7 @@ extern "C" __global__ void __launch_bounds__({self.threads}, 2) {KERNEL}({params
         {pixels_src}
       {chunks_src}
     }}
+    {pool_rows}
   }}
 }}
 """
@@ -896,10 +1127,15 @@ def filter_matrix(w, src: "StemMmaSource", xp=np):
     return wt
 
 
-def layer_params(net, layer) -> dict:
+def layer_params(net, layer, pool=None) -> dict:
     """Keyword arguments of :class:`StemMmaSource` for a conv layer of ``net``
-    (``cuda_source_stem.layer_params``: the same layers). Raises ValueError for what the
-    kernel does not take."""
+    (``cuda_source_stem.layer_params``: the same layers), with ``pool`` (a max pool layer
+    reading its output) or the pool it took (pool_fusion) as :class:`StemPool`'s. Raises
+    ValueError for what the kernel does not take."""
+    from tftrt.engine import pool_fusion
+    pair = pool_fusion.pool_layers(net, layer)
+    if pair is not None:  # the conv as it was, and the pool after it
+        net, layer, pool = pair
     if any(int(d) != 1 for d in layer.attrs.get("dilations", (1, 1))):
         raise ValueError(f"the tensor-core stem kernel takes dilation 1, not "
                          f"{list(layer.attrs['dilations'])}")
@@ -907,7 +1143,28 @@ def layer_params(net, layer) -> dict:
     if layer.attrs.get("output_scale") is not None:  # int8 codes (module doc)
         params["out_scale"] = layer.attrs["output_scale"]
         params["nan_code"] = int(layer.attrs.get("output_nan_code", 0))
+    if pool is not None:
+        params["pool"] = pool_params(net, pool)
     return params
+
+
+def pool_params(net, pool) -> dict:
+    """Keyword arguments of :class:`StemPool` for a max pool layer of ``net``. Raises
+    ValueError for a pool other than 3x3 / 2 with dilation 1."""
+    a = pool.attrs
+    if pool.kind != "pool" or a.get("mode") != "max" or \
+            [int(k) for k in a.get("kernel", ())] != [3, 3] or \
+            [int(s) for s in a.get("strides", ())] != [2, 2] or \
+            any(int(d) != 1 for d in a.get("dilations", (1, 1))) or int(a.get("ceil_mode", 0)):
+        raise ValueError("the stem kernel pools 3x3 / 2 max pools of dilation 1 only")
+    floor = None
+    if a.get("floor_program"):  # an activation moved before the pool (cupy_layers.Pool)
+        if np.dtype(net.tensors[pool.inputs[0]].dtype).kind != "f":
+            raise ValueError("a floor belongs to a float pool")
+        from tftrt.engine.backends.numpy_ops import pool_floor
+        floor = float(pool_floor(a["floor_program"], -np.inf, np.float32))
+    return dict(out_shape=tuple(net.tensors[pool.outputs[0]].shape), pads=tuple(a["pads"]),
+                pad_value=a.get("pad_value"), floor=floor, code_floor=a.get("code_floor"))
 
 
 def unsupported(net, layer):
