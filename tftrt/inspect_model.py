@@ -71,13 +71,16 @@ def _plan_description(op, meta, path: str) -> dict:
 
 
 def _projection(layer) -> dict:
-    """A layer's fused projection shortcut (quantization.fuse_projections), which its kernel
-    runs: {"projection": {name, kind, precision}}, or nothing. Without it, inspect listed
-    such a layer's epilogue alone and the projection nowhere (regression hunt, s51)."""
-    d = layer.attrs.get("projection")
-    if not isinstance(d, dict):
-        return {}
-    return {"projection": {k: d.get(k) for k in ("name", "kind", "precision")}}
+    """A layer's fused projection shortcut (quantization.fuse_projections) or max pool
+    (pool_fusion.fuse_pools), which its kernel runs: {"projection" | "pool": {name, kind,
+    precision}}, or nothing. Without it, inspect listed such a layer's epilogue alone and the
+    projection nowhere (regression hunt, s51)."""
+    out = {}
+    for key in ("projection", "pool"):
+        d = layer.attrs.get(key)
+        if isinstance(d, dict) and (key == "projection" or layer.kind == "conv"):
+            out[key] = {k: d.get(k) for k in ("name", "kind", "precision")}
+    return out
 
 
 def _refusal(op, meta: dict, header: dict, network) -> Optional[str]:
@@ -295,7 +298,8 @@ def format_description(info: dict, print_fn: Callable[[str], None], layers: bool
 def _layer_table(rows: List[Dict[str, str]], print_fn) -> None:
     cols = ["#", "layer", "kind", "epilogue", "tactic", "precision"]
     table = [[str(i), r["name"], r["kind"], (r["epilogue"] or "-") + (
-              f" (+ projection {r['projection']['name']})" if r.get("projection") else ""),
+              f" (+ projection {r['projection']['name']})" if r.get("projection") else "") +
+              (f" (+ max pool {r['pool']['name']})" if r.get("pool") else ""),
               str(r["tactic"]), str(r["precision"] or "-")] for i, r in enumerate(rows)]
     widths = [min(max([len(c)] + [len(t[i]) for t in table]), 60) for i, c in enumerate(cols)]
 

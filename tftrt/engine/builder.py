@@ -26,7 +26,7 @@ import onnx
 from tftrt.engine.backends import get_backend
 from tftrt.engine.errors import EngineBuildError
 from tftrt.engine.memory import plan_memory
-from tftrt.engine import quantization
+from tftrt.engine import pool_fusion, quantization
 from tftrt.engine.network import Network
 from tftrt.engine.onnx_import import network_from_onnx
 from tftrt.engine.passes import LATE_PASSES, PASSES, run_passes
@@ -419,14 +419,18 @@ def _timed_precision(model_or_network, input_shapes, config: BuilderConfig, engi
 
 
 def _fused_pairs(engine: Engine) -> Dict[str, str]:
-    """{layer: the projection shortcut it runs} of ``engine`` (quantization.fuse_projections)."""
-    return {l.name: l.attrs["projection"]["name"] for l in engine.network.layers
-            if "projection" in l.attrs}
+    """{layer: the projection shortcut or max pool it runs} of ``engine``
+    (quantization.fuse_projections, pool_fusion.fuse_pools)."""
+    pairs = {l.name: l.attrs["projection"]["name"] for l in engine.network.layers
+             if "projection" in l.attrs}
+    pairs.update({l.name: l.attrs["pool"]["name"] for l in engine.network.layers
+                  if l.kind == "conv" and "pool" in l.attrs})
+    return pairs
 
 
 def _merged(times: Optional[Dict[str, float]], pairs: Dict[str, str]):
-    """Layer times with each projection's time added to the layer that runs it in the other
-    engine (``pairs``), so both engines' times name the same work."""
+    """Layer times with each projection's (or pool's) time added to the layer that runs it in
+    the other engine (``pairs``), so both engines' times name the same work."""
     if times is None:
         return None
     out = dict(times)
@@ -536,7 +540,8 @@ def _finish(net: Network, backend, precision: str, weights: Dict[str, Any], conf
     (precision.absorb_input_casts), and an int8 max pool's producer stores the codes where
     its chosen implementation can (quantization.absorb_pool_requantization), and a residual
     layer runs its projection shortcut where its implementation can
-    (quantization.fuse_projections)."""
+    (quantization.fuse_projections), and a stem the max pool after it
+    (pool_fusion.fuse_pools)."""
     reads_float32 = getattr(backend, "reads_float32", None)
     if callable(reads_float32):
         for name in absorb_input_casts(net, reads_float32):
@@ -549,6 +554,10 @@ def _finish(net: Network, backend, precision: str, weights: Dict[str, Any], conf
     if precision == "INT8" and callable(fuses):
         for name in quantization.fuse_projections(net, fuses):
             log.info("layer %s runs its projection shortcut in its own kernel", name)
+    fuses_pool = getattr(backend, "fuses_pool", None)
+    if callable(fuses_pool):
+        for name in pool_fusion.fuse_pools(net, fuses_pool):
+            log.info("layer %s pools its output in its own kernel", name)
     scratch = max([workspace_bytes(backend.name, net, l) for l in net.layers] or [0])
     memory = plan_memory(net, scratch, config.max_workspace_size_bytes,
                          config.max_device_memory_bytes)

@@ -883,7 +883,10 @@ def unfused(net: Network) -> Network:
     that layer reading its int8 output. What a profile's other shapes start from: their
     networks are made and compared before _finish fuses (shape_template), and their tactic
     choices name every layer (the fused network compared 3 layers with the probe's 4 and
-    served no template: regression hunt, s51). _finish fuses the same pairs again."""
+    served no template: regression hunt, s51). _finish fuses the same pairs again. A stem's
+    fused max pool (pool_fusion.fuse_pools) is a layer of its own again too."""
+    from tftrt.engine import pool_fusion
+    net = pool_fusion.unfused(net)
     if not any("projection" in l.attrs for l in net.layers):
         return net
     out = net.copy()

@@ -78,7 +78,8 @@ def _io_needs(layer) -> List[Tuple[str, str]]:
     (attrs["output_scale"]: a stem before its int8 max pool, a pool before INT8 readers)
     needs ``int8_store``; an FP16 conv reading float32 x (attrs["float32_x"]: a stem reading
     the image) needs ``float32_x``; a layer that took its projection shortcut
-    (quantization.fuse_projections) needs ``projection``."""
+    (quantization.fuse_projections) needs ``projection``; a stem that took its max pool
+    (pool_fusion.fuse_pools) needs ``stem_pool``."""
     needs = []
     if "quant" not in layer.attrs and layer.attrs.get("output_scale") is not None:
         needs.append(("int8_store", "does not store int8 codes"))
@@ -86,6 +87,8 @@ def _io_needs(layer) -> List[Tuple[str, str]]:
         needs.append(("float32_x", "does not read float32 x"))
     if "projection" in layer.attrs:
         needs.append(("projection", "does not run a fused projection shortcut"))
+    if "pool" in layer.attrs and layer.kind == "conv":
+        needs.append(("stem_pool", "does not pool its output"))
     return needs
 
 
@@ -477,6 +480,25 @@ class CupyBackend(Backend):
         as int8 codes (quantization.absorb_pool_requantization): ``stem_mma``'s can."""
         return layer.kind == "conv" and layer.tactic == "stem_mma" and \
             "quant" not in layer.attrs
+
+    def fuses_pool(self, net: Network, conv: Layer, pool: Layer) -> bool:
+        """Whether ``conv``'s chosen implementation should pool its own output with ``pool``
+        (pool_fusion.fuse_pools): ``stem_mma`` where it runs the conv on row tiles
+        (cuda_source_stem_mma.rows_default: ResNet's and DenseNet's 7x7 stems) and its source
+        takes the pool (cuda_source_stem_mma.StemPool: 3x3 / 2, pads 1 at the top and left,
+        the conv's width a multiple of 16); generated only, compiled when the engine is
+        prepared."""
+        from tftrt.engine.backends import cuda_source_stem_mma as SM
+        if conv.tactic != "stem_mma":
+            return False
+        try:
+            if SM.StemMmaSource(**SM.layer_params(net, conv)).rows is None:
+                return False  # the conv runs on the gathers
+            src = SM.StemMmaSource(**SM.layer_params(net, conv, pool))
+        except (ValueError, KeyError) as e:
+            log.debug("layer %s does not take pool %s: %s", conv.name, pool.name, e)
+            return False
+        return src.pool is not None
 
     def fuses_projection(self, net: Network, layer: Layer, proj: Layer) -> bool:
         """Whether ``layer``'s chosen implementation should run the projection shortcut

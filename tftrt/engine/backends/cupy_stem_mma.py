@@ -31,6 +31,7 @@ class StemMma(Impl):
 
     int8_store = True  # cupy_backend.make_impl: the implementations an int8 store may use
     float32_x = True  # and those an FP16 conv reading float32 x may (precision.py)
+    stem_pool = True  # and those a stem that took its max pool may (pool_fusion)
 
     def __init__(self, net, layer, weights, opts):
         super().__init__(net, layer, weights, opts)

@@ -19,6 +19,7 @@ from typing import Any, Callable, Dict, List
 import numpy as np
 
 from tftrt.engine.backends import Backend
+from tftrt.engine import pool_fusion
 from tftrt.engine import quantization as Q
 from tftrt.engine.backends import numpy_ops as ops
 from tftrt.engine.errors import EngineBuildError
@@ -193,6 +194,11 @@ def _quantized_gemm(net, layer, weights):
 
 @kernel("conv")
 def _conv(net, layer, weights):
+    pair = pool_fusion.pool_layers(net, layer)
+    if pair is not None:  # a stem that took its max pool (pool_fusion): the two in turn
+        sub, conv, pool = pair
+        first, then = _conv(sub, conv, weights), _pool(sub, pool, weights)
+        return lambda ins: then(first(ins))
     if "quant" in layer.attrs:
         return _quantized_gemm(net, layer, weights)
     if layer.attrs.get("output_scale") is not None:  # int8 codes of its float32 result

@@ -1,0 +1,228 @@
+"""pool_fusion.fuse_pools: a stem conv taking the 3x3 / 2 max pool after it into its own kernel
+(the CuPy backend's stem_mma row tiles, cuda_source_stem_mma.StemPool; its host build is
+checked in test_stem_pool_codegen). On the numpy backend the fused layer runs the conv, then
+the pool, so the rewrite itself is checked here: the same answers bit for bit in FP16 and
+INT8, the plan round trip, the network before fusion for a profile's other shapes, the
+reports, and the cases it must leave alone."""
+
+import numpy as np
+import pytest
+
+from tftrt.engine import BuilderConfig, build_engine, pool_fusion
+from tftrt.engine import quantization as Q
+from tftrt.engine.backends.numpy_backend import NumpyBackend
+from tftrt.engine.network import Network
+from tftrt.engine.plan import deserialize_engine, serialize_engine
+
+F32 = np.float32
+
+
+def _stem(rng, pool_read_twice=False, pool_is_output=False, x_shape=(2, 20, 32, 3)):
+    """x -> stem (7x7 / 2, bias, relu) -> s -> max pool 3x3 / 2 (pads 1, zero pad value,
+    as pad_folding leaves a Keras ResNet's) -> p -> conv 1x1 (relu) -> y: ResNet50's
+    entry. ``pool_read_twice``: s is also a network output."""
+    net = Network("stem")
+    net.inputs = ["x"]
+    net.add_tensor("x", "float32", x_shape)
+    w = net.add_weight((rng.randn(16, 7, 7, 3) * 0.15).astype(F32), "w_s")
+    b = net.add_weight((rng.randn(16) * 0.1).astype(F32), "b_s")
+    net.add_layer("conv", ["x", w, b], ["s"], {"strides": [2, 2], "dilations": [1, 1],
+                                              "pads": [3, 3, 3, 3], "group": 1},
+                  [{"op": "bias", "input": 2}, {"op": "act", "fn": "relu"}])
+    net.add_layer("pool", ["s"], ["p"], {"mode": "max", "kernel": [3, 3], "strides": [2, 2],
+                                         "dilations": [1, 1], "pads": [1, 1, 1, 1],
+                                         "ceil_mode": 0, "count_include_pad": 0,
+                                         "pad_value": 0.0}, name="pool1")
+    w2 = net.add_weight((rng.randn(8, 1, 1, 16) * 0.3).astype(F32), "w_y")
+    b2 = net.add_weight((rng.randn(8) * 0.1).astype(F32), "b_y")
+    net.add_layer("conv", ["p", w2, b2], ["y"], {"strides": [1, 1], "dilations": [1, 1],
+                                                "pads": [0, 0, 0, 0], "group": 1},
+                  [{"op": "bias", "input": 2}, {"op": "act", "fn": "relu"}])
+    net.outputs = ["y"] + (["s"] if pool_read_twice else []) + (["p"] if pool_is_output else [])
+    x = rng.uniform(-1, 1, x_shape).astype(F32)
+    probe = net.copy()
+    probe.outputs = ["s", "p", "y"]
+    got = build_engine(probe, {"x": x.shape}, BuilderConfig(precision="FP32")).execute([x])
+    net.quantization = Q.new_table(tensors={"x": 1.0, **{
+        n: float(np.abs(v).max()) for n, v in zip(probe.outputs, got)}})
+    x[0, 3, 5, :] = np.nan  # NaN conv results the pool passes over
+    return net, x
+
+
+@pytest.fixture
+def fusing(monkeypatch):
+    """The numpy backend offering every pool (as the CuPy backend's stem_mma would)."""
+    monkeypatch.setenv("TFTRT_STEM_MMA_POOL", "1")
+    asked = []
+
+    def fuses(self, net, conv, pool):
+        asked.append((conv.name, pool.name))
+        pool.attrs["_backend"] = {"default": {"kernel": "the pool's own"}}
+        return True
+    monkeypatch.setattr(NumpyBackend, "fuses_pool", fuses, raising=False)
+    return asked
+
+
+def _layers(engine):
+    return [(l.name, l.kind) for l in engine.network.layers]
+
+
+def _layer(net, name):
+    (layer,) = [l for l in net.layers if l.name == name]
+    return layer
+
+
+@pytest.mark.parametrize("precision", ["FP16", "INT8"])
+def test_the_fused_stem_gives_the_conv_and_pools_answers_bit_for_bit(monkeypatch, fusing,
+                                                                    precision):
+    rng = np.random.RandomState(1)
+    net, x = _stem(rng)
+    cfg = BuilderConfig(precision=precision)
+    # INT8: the stem stays FP16 (the default; tests/conftest quantizes stems) and stores its
+    # pool's int8 codes, as the CuPy backend's stem_mma does
+    # (quantization.absorb_pool_requantization), and the pool pools those
+    monkeypatch.setenv("TFTRT_QUANTIZE_STEM", "0")
+    monkeypatch.setattr(NumpyBackend, "stores_int8",
+                        lambda self, net, l: l.kind == "conv" and "quant" not in l.attrs,
+                        raising=False)
+    monkeypatch.setenv("TFTRT_STEM_MMA_POOL", "0")
+    plain = build_engine(net.copy(), {"x": x.shape}, cfg)
+    want = plain.execute([x])
+    assert fusing == []  # off: never asked
+    monkeypatch.setenv("TFTRT_STEM_MMA_POOL", "1")
+    fused = build_engine(net.copy(), {"x": x.shape}, cfg)
+    got = fused.execute([x])
+    assert fusing == [("s", "pool1")]
+    assert _layers(fused) == [n for n in _layers(plain) if n[0] != "pool1"]
+    stem = _layer(fused.network, "s")
+    d = stem.attrs["pool"]
+    assert d["name"] == "pool1" and d["kind"] == "pool" and d["output"]["name"] == "s"
+    assert not any(k.startswith("_") for k in d["attrs"])  # no records of the pool's tactic
+    assert stem.outputs == ["p"] and "s" not in fused.network.tensors
+    assert d["output"]["dtype"] == plain.network.tensors["s"].dtype == (
+        "int8" if precision == "INT8" else "float16")
+    assert ("code_floor" in d["attrs"]) == (precision == "INT8")
+    assert tuple(d["output"]["shape"]) == tuple(plain.network.tensors["s"].shape)
+    np.testing.assert_array_equal(got[0], want[0])
+    assert np.isfinite(got[0]).all() and (got[0] > 0).mean() > 0.2
+
+    # a saved plan runs the fused layer as it was built
+    again = deserialize_engine(serialize_engine(fused))
+    assert "pool" in _layer(again.network, "s").attrs
+    np.testing.assert_array_equal(again.execute([x])[0], want[0])
+
+
+def test_the_network_before_fusion_comes_back(fusing):
+    """unfused() (and quantization.unfused, which a profile's other shapes and the tactic
+    choices start from) gives the pool back as a layer of its own with its tactic, reading
+    the conv's output again; the fused network is left as it was."""
+    from tftrt.engine.builder import _fused_pairs
+    from tftrt.engine.tactics import network_choices
+    rng = np.random.RandomState(2)
+    net, x = _stem(rng)
+    cfg = BuilderConfig(precision="FP16")
+    fused = build_engine(net.copy(), {"x": x.shape}, cfg)
+    back = pool_fusion.unfused(fused.network)
+    assert [(l.name, l.kind) for l in back.layers][-3:] == [("s", "conv"), ("pool1", "pool"),
+                                                            ("y", "conv")]
+    conv, pool = back.layers[-3:-1]
+    assert conv.outputs == ["s"] and pool.inputs == ["s"] and pool.outputs == ["p"]
+    assert "pool" not in conv.attrs and pool.attrs["pad_value"] == 0.0
+    stem = _layer(fused.network, "s")
+    assert back.tensors["s"].dtype == stem.attrs["pool"]["output"]["dtype"]
+    assert "pool" in stem.attrs and "s" not in fused.network.tensors
+    assert [l.name for l in Q.unfused(fused.network).layers] == [l.name for l in back.layers]
+    assert pool_fusion.unfused(back) is back  # nothing fused: itself
+    assert set(network_choices(fused.network)) == {l.name for l in back.layers}
+    assert _fused_pairs(fused) == {"s": "pool1"}
+
+
+def test_a_profiles_other_shape_fuses_again(fusing, monkeypatch):
+    """An engine built from a dynamic profile's template at another shape (the template made
+    from the network before fusion) fuses the pair again and answers as a full build."""
+    from tftrt.engine.builder import build_engine_from_template, optimized_network
+    from tftrt.engine.shape_template import make_template
+    from tftrt.profiles import Profile
+    rng = np.random.RandomState(3)
+    net, x = _stem(rng)
+    net.tensors["x"].shape = (-1, 20, 32, 3)
+    cfg = BuilderConfig(precision="FP16")
+    opt = build_engine(net.copy(), {"x": (4, 20, 32, 3)}, cfg)
+    prof = Profile(min=[(1, 20, 32, 3)], opt=[(4, 20, 32, 3)], max=[(4, 20, 32, 3)])
+    template = make_template(Q.unfused(opt.network),
+                             lambda s: optimized_network(net.copy(), s, cfg)[0], prof)
+    fusing.clear()
+    other = build_engine_from_template(template, {"x": (2, 20, 32, 3)}, opt, cfg)
+    assert fusing == [("s", "pool1")] and "pool" in _layer(other.network, "s").attrs
+    full = build_engine(net.copy(), {"x": (2, 20, 32, 3)}, cfg)
+    np.testing.assert_array_equal(other.execute([x])[0], full.execute([x])[0])
+
+
+@pytest.mark.parametrize("case", ["conv output read twice", "pool output is a net output"])
+def test_what_is_left_alone(fusing, case):
+    """A conv output another reader (here the network's outputs) needs stays in memory; a
+    pool that stores another dtype than it reads (a network output: float32 from the FP16
+    stem's float16) is not the stem kernel's store: no fusion, and not asked."""
+    rng = np.random.RandomState(4)
+    net, x = _stem(rng, pool_read_twice=case == "conv output read twice",
+                   pool_is_output=case == "pool output is a net output")
+    engine = build_engine(net.copy(), {"x": x.shape}, BuilderConfig(precision="FP16"))
+    assert fusing == [] and "pool1" in [l.name for l in engine.network.layers]
+    assert not any("pool" in l.attrs for l in engine.network.layers if l.kind == "conv")
+
+
+def test_the_backend_decides(monkeypatch):
+    """A backend that says no (or has no hook) keeps both layers."""
+    monkeypatch.setenv("TFTRT_STEM_MMA_POOL", "1")
+    monkeypatch.setattr(NumpyBackend, "fuses_pool", lambda self, net, c, p: False,
+                        raising=False)
+    rng = np.random.RandomState(5)
+    net, x = _stem(rng)
+    engine = build_engine(net.copy(), {"x": x.shape}, BuilderConfig(precision="FP16"))
+    assert "pool1" in [l.name for l in engine.network.layers]
+
+
+def test_the_cupy_backend_offers_stem_mma_with_a_pool_it_takes(monkeypatch):
+    """CupyBackend.fuses_pool (its source only, no GPU): yes for a stem on stem_mma's row
+    tiles whose kernel takes the pool (the conv's width a multiple of 16), no on another
+    tactic, on the gathers or where StemPool refuses; the fused layer's kernel parameters
+    carry the pool (layer_params)."""
+    from tftrt.engine.backends import cuda_source_stem_mma as SM
+    from tftrt.engine.backends.cupy_backend import CupyBackend, _io_needs
+    rng = np.random.RandomState(6)
+    net, x = _stem(rng)
+    engine = build_engine(net.copy(), {"x": x.shape}, BuilderConfig(precision="FP16"))
+    n = engine.network
+    conv, pool = _layer(n, "s"), _layer(n, "pool1")
+    conv.tactic = "cudnn"
+    assert not CupyBackend.fuses_pool(None, n, conv, pool)
+    conv.tactic = "stem_mma"
+    assert CupyBackend.fuses_pool(None, n, conv, pool)
+    monkeypatch.setenv("TFTRT_STEM_MMA_ROWS", "0")  # the stem on the gathers: no pool
+    assert not CupyBackend.fuses_pool(None, n, conv, pool)
+    monkeypatch.delenv("TFTRT_STEM_MMA_ROWS")
+    p = SM.layer_params(n, conv, pool)["pool"]
+    assert p["out_shape"] == (2, 5, 8, 16) and p["pads"] == (1, 1, 1, 1) and \
+        p["pad_value"] == 0.0 and p["floor"] is None
+    monkeypatch.setenv("TFTRT_STEM_MMA_POOL", "1")
+    assert pool_fusion.fuse_pools(n, lambda *a: CupyBackend.fuses_pool(None, *a)) == ["s"]
+    fused = SM.StemMmaSource(**SM.layer_params(n, _layer(n, "s")))
+    assert fused.pool.out_shape == (2, 5, 8, 16) and fused.rows["pr"] >= 1
+    assert ("stem_pool", "does not pool its output") in _io_needs(_layer(n, "s"))
+    # a conv 24 wide (not 16s): the kernel does not pool it
+    net2, _ = _stem(rng, x_shape=(2, 20, 48, 3))
+    n2 = build_engine(net2.copy(), {"x": (2, 20, 48, 3)},
+                      BuilderConfig(precision="FP16")).network
+    _layer(n2, "s").tactic = "stem_mma"
+    assert not CupyBackend.fuses_pool(None, n2, _layer(n2, "s"), _layer(n2, "pool1"))
+
+
+def test_inspect_names_the_pool_the_stem_runs(fusing):
+    from tftrt.inspect_model import _projection
+    rng = np.random.RandomState(7)
+    net, x = _stem(rng)
+    engine = build_engine(net.copy(), {"x": x.shape}, BuilderConfig(precision="FP16"))
+    stem = _layer(engine.network, "s")
+    assert _projection(stem) == {
+        "pool": {"name": "pool1", "kind": "pool", "precision": stem.attrs["pool"]["precision"]}}
+    assert _projection(_layer(engine.network, "y")) == {}
