@@ -252,7 +252,9 @@ def make_profiles(shapes: Iterable[Sequence[Sequence[int]]], strategy: str,
       strategy: one of :data:`STRATEGIES` (any case).
       declared: the engine inputs' declared shapes (None or None dims: unknown).
     Returns:
-      The profiles, in TF-TRT's order (empty when ``shapes`` is).
+      The profiles, in TF-TRT's order (empty when ``shapes`` is), each once: Range+Optimal
+      over one shape made its Range profile the same as its Optimal one, and the engine
+      built with both (INT8 hunt, s52).
     """
     strategy = check_strategy(strategy)
     unique = _dedupe(shapes)
@@ -266,7 +268,11 @@ def make_profiles(shapes: Iterable[Sequence[Sequence[int]]], strategy: str,
         profiles = [Profile(s, s, s) for s in unique] + _range_profiles(unique)
     else:
         profiles = [implicit_batch_profile(s) for s in unique]
-    return [_enforce_declared(p, declared) for p in profiles]
+    out: List[Profile] = []
+    for p in (_enforce_declared(p, declared) for p in profiles):
+        if p not in out:
+            out.append(p)
+    return out
 
 
 def choose_profile(profiles: Sequence[Profile], shapes) -> Optional[int]:

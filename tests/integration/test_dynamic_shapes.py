@@ -45,6 +45,11 @@ def test_profiles_of_each_strategy(strategy, expected):
     assert P.make_profiles(SEEN, strategy) == expected
     assert P.make_profiles(SEEN, strategy.upper()) == expected  # any case, as TF-TRT
     assert P.make_profiles([], strategy) == []
+    # one shape: one profile (Range+Optimal's Range profile is its Optimal one)
+    s = SEEN[0][0]
+    assert P.make_profiles([[s], [s]], strategy) == [
+        P.implicit_batch_profile([s]) if strategy.startswith("Implicit") else
+        Profile([s], [s], [s])]
 
 
 def test_profiles_of_two_inputs_and_declared_dims():
