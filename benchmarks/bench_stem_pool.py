@@ -49,7 +49,7 @@ def main(argv=None):
 
     from tftrt.engine.backends import cuda_source_stem_mma as SM
     from tftrt.engine.backends.cupy_kernels_nn import PoolKernel
-    from tftrt.engine.backends.cupy_stem_mma import _kernel
+    from tftrt.engine.backends.cupy_stem_mma import _kernel, grid
     n = args.batch
     rng = np.random.default_rng(0)
     x = cp.asarray(rng.uniform(0, 1, (n, 224, 224, 3)).astype(np.float32))
@@ -59,21 +59,24 @@ def main(argv=None):
     modes = {2: ("vec", "float32")}
     geo = ((n, 224, 224, 3), (7, 7), (2, 2), (3, 3, 3, 3), (n, 112, 112, 64), "float32")
     print(f"# {cp.cuda.runtime.getDeviceProperties(0)['name'].decode()}, batch {n}")
-    print("| output | stem (rows) us | pool us | sum us | fused us | saved us | fused regs, "
-          "smem KB, pool rows a tile | equal |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| output | stem (rows) us | pool us | sum us | fused us | saved us | fused, no carry "
+          "us | fused regs, smem KB, pool rows a tile, blocks | equal |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for dt, q in (("float16", {}), ("int8", dict(out_scale=0.02, nan_code=-128))):
         pool = dict(out_shape=(n, 56, 56, 64), pads=(1, 1, 1, 1), pad_value=0.0,
                     code_floor=-127 if dt == "int8" else None)
         plain = SM.StemMmaSource(*geo, dt, epilogue, modes, rows=True, **q)
-        fused = SM.StemMmaSource(*geo, dt, epilogue, modes, pool=pool, **q)
+        fused = SM.StemMmaSource(*geo, dt, epilogue, modes, pool=dict(pool, carry=True), **q)
+        fused_nc = SM.StemMmaSource(*geo, dt, epilogue, modes, pool=dict(pool, carry=False),
+                                    **q)
         pk = PoolKernel((n, 112, 112, 64), (n, 56, 56, 64), "max", (3, 3), (2, 2), (1, 1),
                         (1, 1, 1, 1), False, dt, dt, None, 0.0, None,
                         -127 if dt == "int8" else None)
         conv = cp.empty((n, 112, 112, 64), dt)
-        y_pair, y_fused = (cp.empty((n, 56, 56, 64), dt) for _ in range(2))
+        y_pair, y_fused, y_nc = (cp.empty((n, 56, 56, 64), dt) for _ in range(3))
         runs = {}
-        for name, src, out in (("plain", plain, conv), ("fused", fused, y_fused)):
+        for name, src, out in (("plain", plain, conv), ("fused", fused, y_fused),
+                               ("fused_nc", fused_nc, y_nc)):
             kern = _kernel(src.source)
             if src.smem_bytes > kern.max_dynamic_shared_size_bytes:
                 kern.max_dynamic_shared_size_bytes = src.smem_bytes
@@ -82,21 +85,24 @@ def main(argv=None):
 
         def launch(name):
             kern, src, a = runs[name]
-            kern((src.blocks,), (src.threads,), a, shared_mem=src.smem_bytes)
+            kern((grid(kern, src),), (src.threads,), a, shared_mem=src.smem_bytes)
         launch("plain")
         pk(conv, y_pair)
         launch("fused")
+        launch("fused_nc")
         cp.cuda.Device().synchronize()
-        a, b = cp.asnumpy(y_pair), cp.asnumpy(y_fused)
-        equal = bool(np.array_equal(a, b))
+        a = cp.asnumpy(y_pair)
+        diff = [int(np.count_nonzero(a != cp.asnumpy(y))) for y in (y_fused, y_nc)]
         t_stem = _time(lambda: launch("plain"), args.reps)
         t_pool = _time(lambda: pk(conv, y_pair), args.reps)
         t_fused = _time(lambda: launch("fused"), args.reps)
+        t_nc = _time(lambda: launch("fused_nc"), args.reps)
         kern = runs["fused"][0]
         print(f"| {dt} | {t_stem:.1f} | {t_pool:.1f} | {t_stem + t_pool:.1f} | "
-              f"{t_fused:.1f} | {t_stem + t_pool - t_fused:.1f} | {kern.num_regs}, "
-              f"{fused.smem_bytes / 1024:.1f}, {fused.rows['pr']} | "
-              f"{'yes' if equal else 'NO: %d differ' % int(np.count_nonzero(a != b))} |")
+              f"{t_fused:.1f} | {t_stem + t_pool - t_fused:.1f} | {t_nc:.1f} | "
+              f"{kern.num_regs}, {fused.smem_bytes / 1024:.1f}, {fused.rows['pr']}, "
+              f"{grid(kern, fused)} | "
+              f"{'yes' if diff == [0, 0] else 'NO: %d / %d differ' % tuple(diff)} |")
 
 
 if __name__ == "__main__":

@@ -21,9 +21,10 @@ from tftrt.engine.backends import cuda_source_stem_mma as SM
 #  conv options, pool: pads (1, 1, bottom, right), pad_value, floor, code_floor)
 CASES = [
     ((2, 21, 64, 3), (7, 7), (2, 2), (3, 3, 3, 3), 64, "float32", "float16", "bias+relu", 0,
-     {}, dict(pads=(1, 1, 1, 1), pad_value=0.0)),       # ResNet: Ho 11 (a bottom pad row)
+     dict(max_blocks=2), dict(pads=(1, 1, 1, 1), pad_value=0.0)),  # ResNet: Ho 11 (a bottom
+    #                                                      pad row), runs across two images
     ((1, 19, 64, 3), (7, 7), (2, 2), (3, 3, 3, 3), 64, "float16", "int8", "bias+relu", 0,
-     dict(out_scale=0.02, nan_code=-128),
+     dict(out_scale=0.02, nan_code=-128, max_blocks=1),
      dict(pads=(1, 1, 1, 1), pad_value=0.0, code_floor=-127)),   # ResNet INT8, Ho 10
     ((2, 12, 32, 3), (3, 3), (1, 1), (1, 1, 1, 1), 40, "float32", "float16", "bias", 2,
      dict(max_blocks=3), dict(pads=(1, 1, 0, 0))),      # pads skipped, negatives, unaligned
@@ -41,14 +42,15 @@ def _pool_out(ho, wo, pads):
     return (ho + pads[0] + pads[2] - 3) // 2 + 1, (wo + pads[1] + pads[3] - 3) // 2 + 1
 
 
-def _sources(case):
-    """(pooled, unpooled) kernels of a case."""
+def _sources(case, carry=True):
+    """(pooled, unpooled) kernels of a case; ``carry``: StemPool's."""
     xs, k, s, pads, cout, dt, dt_out, epi, _, opts, pool = case
     ho, wo = _out_hw(xs, k, s, pads)
     hp, wp = _pool_out(ho, wo, pool["pads"])
     epilogue, modes = _epilogue_spec(epi, dt_out)
     args = (xs, k, s, pads, (xs[0], ho, wo, cout), dt, dt_out, epilogue, modes)
-    pooled = SM.StemMmaSource(*args, **opts, pool=dict(pool, out_shape=(xs[0], hp, wp, cout)))
+    pooled = SM.StemMmaSource(*args, **opts, pool=dict(pool, out_shape=(xs[0], hp, wp, cout),
+                                                       carry=carry))
     return pooled, SM.StemMmaSource(*args, **dict(opts, rows=True))
 
 
@@ -86,7 +88,8 @@ def host_kernels(tmp_path_factory):
     from tests.engine.test_quant_codegen import QUANT_SHIMS
     if _host_compiler() is None:
         pytest.skip("no host C++ compiler")
-    srcs = [s for case in CASES for s in _sources(case)]
+    srcs = [s for case in CASES for s in _sources(case)] + \
+        [_sources(case, carry=False)[0] for case in CASES]
     text = HOST_SHIMS + THREAD_SHIMS + MMA_SHIMS + C.MATH_HELPERS + QUANT_SHIMS + FAST_SHIMS + \
         SM.Q_HELPERS + SM.POOL_HELPERS + "\n".join(
             _rename(s.source.replace(SM.Q_HELPERS, "").replace(SM.POOL_HELPERS, ""), k) +
@@ -100,14 +103,18 @@ def _run(so, k, src, ins, y):
     _run_host(so, k, args, src.blocks, src.threads)
 
 
+@pytest.mark.parametrize("carry", [True, False])
 @pytest.mark.parametrize("k", range(len(CASES)))
-def test_the_pooled_kernel_stores_the_pool_of_the_unpooled_output(host_kernels, k):
-    """Case ``k``'s pooled kernel against its unpooled row-tile kernel's output pooled as the
-    GPU pool kernel pools: equal everywhere (float16 bits but for the sign of a zero; codes
-    exactly), with NaN and +-inf pixels (NaN results passed over, a window of them -inf or
-    its code), every output written and nothing before y."""
+def test_the_pooled_kernel_stores_the_pool_of_the_unpooled_output(host_kernels, k, carry):
+    """Case ``k``'s pooled kernel (a tile's first conv row carried from the tile before in
+    the block, or computed again) against its unpooled row-tile kernel's output pooled as
+    the GPU pool kernel pools: equal everywhere (float16 by value; codes exactly), with NaN
+    and +-inf pixels (NaN results passed over, a window of them -inf or its code), every
+    output written and nothing before y."""
     srcs, so = host_kernels
-    pooled, plain = srcs[2 * k], srcs[2 * k + 1]
+    at = 2 * k if carry else 2 * len(CASES) + k
+    pooled, plain = srcs[at], srcs[2 * k + 1]
+    assert pooled.pool.carry == carry
     case = CASES[k]
     xs, kk, st, pads, cout, dt, dt_out, epi, offset, opts, pool = case
     assert pooled.rows["pr"] >= 1 and pooled.pool is not None and plain.pool is None
@@ -130,7 +137,7 @@ def test_the_pooled_kernel_stores_the_pool_of_the_unpooled_output(host_kernels, 
     for fill in ((99, -99) if dt_out == "int8" else (np.nan, 7.0)):
         buf = np.full(want.size + offset, fill, dt_out)
         y = buf[offset:].reshape(want.shape)
-        _run(so, 2 * k, pooled, ins, y)
+        _run(so, at, pooled, ins, y)
         assert np.array_equal(buf[:offset], np.full(offset, fill, dt_out), equal_nan=True), \
             f"{what}: wrote before y"
         bad = np.flatnonzero(y != want)
@@ -151,6 +158,8 @@ def test_the_cases_cover_what_the_pool_takes():
     assert any(r["blocks_per_image"] > 1 for r in rows)
     assert any(len(SM.chunks(s.dims["cout"])) == 2 for s in srcs)
     assert any(s.blocks < s.tiles for s in srcs)
+    # runs of several tiles a block (carried rows), across an image's end
+    assert any(-(-s.tiles // s.blocks) > 1 and s.n > 1 for s in srcs)
     assert {s.out_dtype for s in srcs} == {"float16", "int8"}
     assert any(s.out_dtype == "int8" and s.dims["cout"] % 16 for s in srcs)
     assert {c[8] for c in CASES} >= {0, 1, 2}

@@ -21,18 +21,19 @@ from tests.engine.harness import make_model, rand  # noqa: E402
 
 def _launch(src, x, w, bias, y):
     from tftrt.engine.backends import cuda_source_stem_mma as SM
-    from tftrt.engine.backends.cupy_stem_mma import _kernel
+    from tftrt.engine.backends.cupy_stem_mma import _kernel, grid
     kern = _kernel(src.source)
     if src.smem_bytes > kern.max_dynamic_shared_size_bytes:
         kern.max_dynamic_shared_size_bytes = src.smem_bytes
     wt = cp.asarray(SM.filter_matrix(w, src))
-    kern((src.blocks,), (src.threads,), (x, wt, bias, y, np.int64(x.shape[0])),
+    kern((grid(kern, src),), (src.threads,), (x, wt, bias, y, np.int64(x.shape[0])),
          shared_mem=src.smem_bytes)
 
 
+@pytest.mark.parametrize("carry", [True, False])
 @pytest.mark.parametrize("dt", ["float16", "int8"])
-@pytest.mark.parametrize("n,hw", [(2, 224), (3, 64)])
-def test_the_fused_kernel_stores_the_pool_of_the_stem(dt, n, hw):
+@pytest.mark.parametrize("n,hw", [(2, 224), (3, 64), (128, 224)])
+def test_the_fused_kernel_stores_the_pool_of_the_stem(dt, n, hw, carry):
     from tftrt.engine.backends import cuda_source_stem_mma as SM
     from tftrt.engine.backends.cupy_kernels_nn import PoolKernel
     rng = np.random.default_rng(hw)
@@ -52,7 +53,8 @@ def test_the_fused_kernel_stores_the_pool_of_the_stem(dt, n, hw):
     floor = -127 if dt == "int8" else None
     plain = SM.StemMmaSource(*geo, rows=True, **q)
     fused = SM.StemMmaSource(*geo, **q, pool=dict(out_shape=(n, hp, hp, 64), pads=(1, 1, 1, 1),
-                                                   pad_value=0.0, code_floor=floor))
+                                                   pad_value=0.0, code_floor=floor,
+                                                   carry=carry))
     conv = cp.empty((n, ho, ho, 64), dt)
     want, got = cp.empty((n, hp, hp, 64), dt), cp.full((n, hp, hp, 64), 99, dt)
     _launch(plain, x, w, bias, conv)

@@ -19,6 +19,8 @@ import cupy as cp
 import numpy as np
 
 from tftrt.engine.backends import cupy_kernels as K
+from tftrt.engine.backends.cuda_source_qmma import resident_blocks
+from tftrt.engine.backends.cupy_kernels import device_props
 from tftrt.engine.backends.cuda_source_stem_mma import (KERNEL, StemMmaSource, filter_matrix,
                                                         layer_params)
 from tftrt.engine.backends.cupy_layers import Impl
@@ -44,6 +46,7 @@ class StemMma(Impl):
         self.shared = self.src.smem_bytes if self.src.rows else 0
         if self.shared > self.kernel.max_dynamic_shared_size_bytes:
             self.kernel.max_dynamic_shared_size_bytes = self.shared
+        self.blocks = grid(self.kernel, self.src)
         w = layer.inputs[1]
         self.wt = filter_matrix(weights[w], self.src, cp) if w in weights else None
 
@@ -51,8 +54,19 @@ class StemMma(Impl):
         wt = self.wt if self.wt is not None else filter_matrix(ins[1], self.src, cp)
         args = [ins[0], wt] + [ins[i] for i in self.src.operands] + [outs[0],
                                                                        np.int64(self.src.n)]
-        self.kernel((self.src.blocks,), (self.src.threads,), tuple(args),
+        self.kernel((self.blocks,), (self.src.threads,), tuple(args),
                     shared_mem=self.shared)
+
+
+def grid(kernel: cp.RawKernel, src: StemMmaSource) -> int:
+    """Blocks of a launch of ``kernel`` (``src``'s): its :attr:`blocks`, or for pooled row
+    tiles that carry a row from tile to tile (StemPool.carry) one wave of them, so that each
+    block takes a run of consecutive tiles."""
+    if src.pool is None or not src.pool.carry:
+        return src.blocks
+    props = device_props()
+    per_sm = resident_blocks(kernel.num_regs, src.smem_bytes, src.threads, props)
+    return min(src.blocks, per_sm * props["multiProcessorCount"])
 
 
 @functools.lru_cache(maxsize=64)
