@@ -32,8 +32,8 @@
 # int8noproj: int8res without it (TFTRT_QUANT_MMA_PROJECTION=0); int8rows / fp16rows and
 # int8gather / fp16gather: int8res / fp16 with the stem kernel's row tiles (s52) or its
 # gathers (TFTRT_STEM_MMA_ROWS=1 / 0; by default, since s52, row tiles for K >= 128);
-# int8pool / fp16pool and int8nopool / fp16nopool: int8res / fp16 with the stem's max pool
-# fused into its row-tile kernel or not (TFTRT_STEM_MMA_POOL=1 / 0, s53);
+# int8stempool / fp16stempool and int8nostempool / fp16nostempool: int8res / fp16 with the
+# stem's max pool fused into its row-tile kernel or not (TFTRT_STEM_MMA_POOL=1 / 0, s53);
 # int8timed / fp8timed: the defaults, timed precision on, the row says what it kept)
 # Each stage gets a share of the budget and writes its log to $OUT as it goes (a call cut
 # short still returns what ran): int8_tests.log, then int8_<model>_<config>.log in run order.
@@ -95,12 +95,12 @@ for model in ${MODELS:-resnet50_int8 encoder_int8}; do
         envs="TFTRT_INT8_RESIDUAL=1 TFTRT_QUANT_TIMED_PRECISION=0 TFTRT_STEM_MMA_ROWS=1" ;;
       fp16gather) prec=FP16 envs="TFTRT_STEM_MMA_ROWS=0" ;;
       fp16rows) prec=FP16 envs="TFTRT_STEM_MMA_ROWS=1" ;;
-      int8pool) prec=INT8  # int8res with the stem's max pool fused (s53)
+      int8stempool) prec=INT8  # int8res with the stem's max pool fused (s53)
         envs="TFTRT_INT8_RESIDUAL=1 TFTRT_QUANT_TIMED_PRECISION=0 TFTRT_STEM_MMA_POOL=1" ;;
-      int8nopool) prec=INT8
+      int8nostempool) prec=INT8
         envs="TFTRT_INT8_RESIDUAL=1 TFTRT_QUANT_TIMED_PRECISION=0 TFTRT_STEM_MMA_POOL=0" ;;
-      fp16pool) prec=FP16 envs="TFTRT_STEM_MMA_POOL=1" ;;
-      fp16nopool) prec=FP16 envs="TFTRT_STEM_MMA_POOL=0" ;;
+      fp16stempool) prec=FP16 envs="TFTRT_STEM_MMA_POOL=1" ;;
+      fp16nostempool) prec=FP16 envs="TFTRT_STEM_MMA_POOL=0" ;;
       int8timed) prec=INT8 envs="TFTRT_INT8_RESIDUAL=1 TFTRT_QUANT_TIMED_PRECISION=1" ;;
       fp8) prec=FP8 envs="TFTRT_QUANT_TIMED_PRECISION=0" ;;
       fp8timed) prec=FP8 envs="TFTRT_QUANT_TIMED_PRECISION=1" ;;

@@ -18,5 +18,5 @@ TFTRT_BACKEND=cupy timeout $(( $(left) / 4 )) python3 -m pytest tests/gpu/test_s
   -q -rf -p no:cacheprovider --tb=short > "$out/stem_pool_tests.log" 2>&1
 grep -E "passed|failed|FAILED|Error" "$out/stem_pool_tests.log" | tail -8
 [ "${ENGINES:-1}" = 1 ] && TESTS=0 MODELS=resnet50_int8 BATCHES=${BATCHES:-128} \
-  CONFIGS=${CONFIGS:-"int8pool int8nopool fp16pool fp16nopool"} STAGE_S=${STAGE_S:-150} \
+  CONFIGS=${CONFIGS:-"int8stempool int8nostempool fp16stempool fp16nostempool"} STAGE_S=${STAGE_S:-150} \
   bash benchmarks/run_gpu_int8.sh "$(( $(left) - 10 ))"

@@ -163,13 +163,17 @@ __device__ __forceinline__ void fold2(float& lo, float& hi, unsigned w) {
   lo = a > lo ? a : lo;
   hi = b > hi ? b : hi; }
 __device__ __forceinline__ unsigned max_s8x4(unsigned a, unsigned b) {
+#ifdef __CUDA_ARCH__
+  return __vmaxs4(a, b);  // CUDA's SIMD intrinsic: the same per-byte signed max
+#else
   unsigned r = 0u;
-  #pragma unroll
   for (int i = 0; i < 32; i += 8) {
     const int x = (int)(signed char)(a >> i), y = (int)(signed char)(b >> i);
     r |= (unsigned)(unsigned char)(x > y ? x : y) << i;
   }
-  return r; }
+  return r;
+#endif
+}
 """
 
 
@@ -837,38 +841,55 @@ class StemMmaSource:
         each row's value first folded with its pixel 2Q - 1 where that lies in the m-tile
         before (Q a multiple of 8: ``bd``) or in the left pad, rows outside the conv as pad
         cells (``pad_value``) or skipped -- the order and values of the pool kernel's scan,
-        so the same results; a thread takes 16 bytes of channels and stores them at once."""
+        so the same results. A thread takes 16 bytes of channels (8 of int8 codes where Cout
+        is not 16s), reads each row as one vector (scalar reads of a thread's 16 bytes
+        conflicted 4 ways: H100, s53a) and stores them at once; int8 codes fold four a word
+        (a max of integers: any order)."""
         d, R, P = self.dims, self.rows, self.pool
         cout, mtr, wh = d["cout"], R["mtr"], d["wo"] // 2
         _, hp, wp, _ = P.out_shape
         i8 = self.out_dtype == "int8"
-        # channels a thread: 16 bytes (8 bytes of int8 codes where Cout is not 16s)
-        vw = 8 if not i8 else (16 if cout % 16 == 0 else 8)
+        vw = 8 if not i8 else (16 if cout % 16 == 0 else 8)   # channels a thread
         vt = "uint2" if i8 and vw == 8 else "uint4"
-        et, at = ("signed char", "int") if i8 else ("unsigned short", "float")
+        et = "signed char" if i8 else "unsigned short"
+        nw = vw // 4 if i8 else vw // 2                      # words of a vector
         cv = cout // vw
         if i8:
-            init = row_init = "-128"
+            def splat(v):
+                return f"0x{(int(v) & 0xff) * 0x01010101:08x}u"
+            pv = None if P.pad_value is None else splat(P.pad_value)
+            decl = f"unsigned acc[{nw}], h[{nw}];"
+            init_acc = f"for (int e = 0; e < {nw}; ++e) acc[e] = 0x80808080u;"
+            init_h = f"for (int e = 0; e < {nw}; ++e) h[e] = 0x80808080u;"
+
+            def fold_into(a, src):  # src: a vector union
+                return f"for (int e = 0; e < {nw}; ++e) {a}[e] = max_s8x4({a}[e], {src}.w[e]);"
+
+            def fold_pad(a):
+                return "" if pv is None else \
+                    f"for (int e = 0; e < {nw}; ++e) {a}[e] = max_s8x4({a}[e], {pv});"
+            fold_row = f"for (int e = 0; e < {nw}; ++e) acc[e] = max_s8x4(acc[e], h[e]);"
+            finish = (f"for (int e = 0; e < {nw}; ++e) o.w[e] = acc[e];" if P.code_floor is None
+                      else f"for (int e = 0; e < {nw}; ++e) o.w[e] = max_s8x4(acc[e], "
+                      f"{splat(P.code_floor)});")
         else:
-            row_init = "-(1.f/0.f)"
-            init = row_init if P.floor is None else pad_literal(P.floor, True)
-        val = "h2f({})" if not i8 else "(int){}"
-        pv = None if P.pad_value is None else pad_literal(P.pad_value, not i8)
-        fold = "for (int e = 0; e < {vw}; ++e) {{ const {at} w_ = {v}; {a}[e] = w_ > {a}[e] ? w_ : {a}[e]; }}"
+            init = "-(1.f/0.f)" if P.floor is None else pad_literal(P.floor, True)
+            pvf = None if P.pad_value is None else pad_literal(P.pad_value, True)
+            decl = f"float acc[{vw}], h[{vw}];"
+            init_acc = f"for (int e = 0; e < {vw}; ++e) acc[e] = {init};"
+            init_h = f"for (int e = 0; e < {vw}; ++e) h[e] = -(1.f/0.f);"
 
-        def fold_from(a, src):
-            return fold.format(vw=vw, at=at, v=val.format(f"{src}[e]"), a=a)
+            def fold_into(a, src):
+                return (f"for (int e = 0; e < {vw}; ++e) {{ const float w_ = h2f({src}.e[e]); "
+                        f"{a}[e] = w_ > {a}[e] ? w_ : {a}[e]; }}")
 
-        def fold_pad(a):
-            return "" if pv is None else \
-                f"for (int e = 0; e < {vw}; ++e) {a}[e] = {pv} > {a}[e] ? {pv} : {a}[e];"
-        res = "acc[e]" if not i8 else (
-            "acc[e]" if P.code_floor is None else
-            f"(acc[e] < {P.code_floor} ? {P.code_floor} : acc[e])")
-        store = "f2h(acc[e])" if not i8 else f"(signed char){res}"
+            def fold_pad(a):
+                return "" if pvf is None else \
+                    f"for (int e = 0; e < {vw}; ++e) {a}[e] = {pvf} > {a}[e] ? {pvf} : {a}[e];"
+            fold_row = f"for (int e = 0; e < {vw}; ++e) acc[e] = h[e] > acc[e] ? h[e] : acc[e];"
+            finish = f"for (int e = 0; e < {vw}; ++e) o.e[e] = f2h(acc[e]);"
         return f"""{{
-      const {et}* hre = reinterpret_cast<const {et}*>(hrs);
-      const {et}* bde = reinterpret_cast<const {et}*>(bds);
+      union Vec {{ {vt} u; unsigned w[{nw}]; {et} e[{vw}]; }};
       const bool yal = (reinterpret_cast<unsigned long long>(y) & {vw * (1 if i8 else 2) - 1}ull)
                        == 0ull;
       for (int v = threadIdx.x; v < {R['pr'] * wp * cv}; v += blockDim.x) {{
@@ -876,8 +897,8 @@ class StemMmaSource:
         const int Q = rem / {cv}, c = (rem - Q * {cv}) * {vw};
         const int P = p0 + pr;
         if (P >= {hp}) break;
-        {at} acc[{vw}];
-        for (int e = 0; e < {vw}; ++e) acc[e] = {init};
+        {decl}
+        {init_acc}
         #pragma unroll
         for (int kr = 0; kr < 3; ++kr) {{
           const int lr = 2 * pr + kr, oh = oh0 + lr;
@@ -885,22 +906,23 @@ class StemMmaSource:
             if (oh < {d['ho'] + P.pads[2]}) {{ {fold_pad("acc")} }}
             continue;
           }}
-          {at} h[{vw}];
-          for (int e = 0; e < {vw}; ++e) h[e] = {row_init};
+          {init_h}
           if ((Q & 7) == 0) {{
             if (Q == 0) {{ {fold_pad("h")} }} else {{
-              const {et}* b = bde + (lr * {mtr} + (Q >> 3) - 1) * {cout} + c;
-              {fold_from("h", "b")}
+              Vec b;
+              b.u = *reinterpret_cast<const {vt}*>(
+                  reinterpret_cast<const {et}*>(bds) + (lr * {mtr} + (Q >> 3) - 1) * {cout} + c);
+              {fold_into("h", "b")}
             }}
           }}
-          {{
-            const {et}* hv = hre + (lr * {wh} + Q) * {cout} + c;
-            {fold_from("h", "hv")}
-          }}
-          for (int e = 0; e < {vw}; ++e) acc[e] = h[e] > acc[e] ? h[e] : acc[e];
+          Vec hv;
+          hv.u = *reinterpret_cast<const {vt}*>(
+              reinterpret_cast<const {et}*>(hrs) + (lr * {wh} + Q) * {cout} + c);
+          {fold_into("h", "hv")}
+          {fold_row}
         }}
-        union {{ {vt} u; {et} e[{vw}]; }} o;
-        for (int e = 0; e < {vw}; ++e) o.e[e] = {store};
+        Vec o;
+        {finish}
         const {it} yo = ((nimg * {hp} + P) * ({it}){wp} + Q) * {cout} + c;
         if (yal) {{
           *reinterpret_cast<{vt}*>(y + yo) = o.u;
