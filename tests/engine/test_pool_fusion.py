@@ -217,6 +217,41 @@ def test_the_cupy_backend_offers_stem_mma_with_a_pool_it_takes(monkeypatch):
     assert not CupyBackend.fuses_pool(None, n2, _layer(n2, "s"), _layer(n2, "pool1"))
 
 
+@pytest.mark.parametrize("mode,float16,int8", [("auto", True, False), ("1", True, True),
+                                               ("0", False, False)])
+def test_by_default_only_float16_stems_take_their_pool(monkeypatch, mode, float16, int8):
+    """TFTRT_STEM_MMA_POOL: "auto" (the default) fuses a stem storing float16 (an FP16
+    engine's), not one storing an INT8 engine's int8 codes (measured no faster); "1" both;
+    "0" neither (fuse_pools asks nothing)."""
+    from tftrt.engine.backends.cupy_backend import CupyBackend
+    if mode == "auto":
+        monkeypatch.delenv("TFTRT_STEM_MMA_POOL", raising=False)
+    else:
+        monkeypatch.setenv("TFTRT_STEM_MMA_POOL", mode)
+    assert pool_fusion.fuse_mode() == mode
+    rng = np.random.RandomState(8)
+    net, x = _stem(rng)
+    n = build_engine(net.copy(), {"x": x.shape}, BuilderConfig(precision="FP16")).network
+    conv, pool = _layer(n, "s"), _layer(n, "pool1")
+    conv.tactic = "stem_mma"
+    asked = []
+
+    def fuses(net_, c, p):
+        asked.append(c.name)
+        return CupyBackend.fuses_pool(None, net_, c, p)
+    for codes in (False, True):
+        m = n.copy()
+        c = _layer(m, "s")
+        if codes:  # as quantization.absorb_pool_requantization leaves an INT8 engine's
+            c.attrs.update(output_scale=0.05, output_nan_code=-128)
+            _layer(m, "pool1").attrs["code_floor"] = -127
+            m.tensors["s"].dtype = m.tensors["p"].dtype = "int8"
+        assert pool_fusion.fuse_pools(m, fuses) == (["s"] if (int8 if codes else float16)
+                                                    else [])
+    assert asked == ([] if mode == "0" else ["s", "s"])
+    assert conv.tactic == "stem_mma" and pool.kind == "pool"
+
+
 def test_inspect_names_the_pool_the_stem_runs(fusing):
     from tftrt.inspect_model import _projection
     rng = np.random.RandomState(7)

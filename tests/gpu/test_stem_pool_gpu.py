@@ -1,7 +1,8 @@
 """The stem with its max pool fused (pool_fusion, cuda_source_stem_mma.StemPool) on the GPU:
 the fused kernel stores exactly what the row-tile stem and the pool kernel store one after the
 other (float16 and int8 codes, NaN pixels, ResNet's full size), and an FP16 engine with
-TFTRT_STEM_MMA_POOL=1 runs the stem and pool as one layer with the unfused engine's answers.
+TFTRT_STEM_MMA_POOL=1 (auto: the default) runs the stem and pool as one layer with the
+unfused engine's answers.
 Timed by ``benchmarks/bench_stem_pool.py``.
 
 On the GPU machine: ``python -m pytest tests/gpu/test_stem_pool_gpu.py -q``.

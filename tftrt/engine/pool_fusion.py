@@ -5,7 +5,7 @@ The conv's output (ResNet50 at batch 128: 103 MB of float16, 51 MB of int8 codes
 engine) is written by the stem and read back by the pool, which writes a quarter of it. Where
 the backend's implementation of the conv's chosen tactic can pool its own output before
 storing it (``fuses(net, conv, pool)``: the CuPy backend's ``stem_mma`` on row tiles,
-``cuda_source_stem_mma.StemPool``), the pool leaves the network and the conv writes the pool's
+``cuda_source_stem_mma.StemPool``, by default where it stores float16: :func:`fuse_mode`), the pool leaves the network and the conv writes the pool's
 output: ``conv.attrs["pool"]`` holds the pool layer (:meth:`Layer.to_json`) and the conv's own
 output tensor (``"output"``: name, dtype, shape), which no longer exists in the network. The
 answers are the same (the fused kernel scans each window in the pool kernel's order).
@@ -22,11 +22,19 @@ from typing import List, Optional, Tuple
 from tftrt.engine.network import Layer, Network, TensorInfo
 
 
-def fuse_default() -> bool:
-    """``TFTRT_STEM_MMA_POOL`` (default off until timed on a GPU; 1 turns it on): the builder
-    offers a stem on ``stem_mma``'s row tiles the max pool after it (:func:`fuse_pools`)."""
-    from tftrt.env import env_bool  # standard library only
-    return env_bool("TFTRT_STEM_MMA_POOL", False)
+def fuse_mode() -> str:
+    """``TFTRT_STEM_MMA_POOL``: "auto" (the default), "1" or "0". The builder offers a stem on
+    ``stem_mma``'s row tiles the max pool after it (:func:`fuse_pools`) unless "0"; "auto"
+    where the stem stores float16 (an FP16 engine's), "1" also where it stores int8 codes
+    (an INT8 engine's; the backend's hook reads the mode).
+
+    Measured (H100, s53b-c, ResNet50 at batch 128, engines alone; ``bash
+    benchmarks/run_gpu_stem_pool.sh``): FP16 3.350 ms with the fusion against 3.392 without
+    (s53a: 3.380 / 3.440), the layer 259.5 us against 177.7 + 97.1; INT8 2.364 against
+    2.366 / 2.398 (two calls), the layer 250.6 us against 177 + 54: the int8 pool was
+    already cheap, and the fused tile pools in shared memory what it read from L2."""
+    from tftrt.env import env_choice  # standard library only
+    return env_choice("TFTRT_STEM_MMA_POOL", ("auto", "1", "0"), "auto")
 
 
 def _fusable(net: Network, pool: Layer, producer, consumers, keep) -> Optional[Layer]:
@@ -52,7 +60,7 @@ def fuse_pools(net: Network, fuses) -> List[str]:
     the conv's chosen implementation pools it itself, leaves the network; the conv writes
     the pool's output and holds the pool in ``attrs["pool"]`` (module doc). Returns the
     convs changed."""
-    if not fuse_default():
+    if fuse_mode() == "0":
         return []
     consumers = net.consumers()
     producer = {o: l for l in net.layers for o in l.outputs}

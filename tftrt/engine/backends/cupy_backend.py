@@ -486,10 +486,13 @@ class CupyBackend(Backend):
         (pool_fusion.fuse_pools): ``stem_mma`` where it runs the conv on row tiles
         (cuda_source_stem_mma.rows_default: ResNet's and DenseNet's 7x7 stems) and its source
         takes the pool (cuda_source_stem_mma.StemPool: 3x3 / 2, pads 1 at the top and left,
-        the conv's width a multiple of 16); generated only, compiled when the engine is
-        prepared."""
+        the conv's width a multiple of 16), and by default (pool_fusion.fuse_mode "auto")
+        where it stores float16: fused, an int8 stem and pool measured 20 us slower than the
+        two (H100, s53b); generated only, compiled when the engine is prepared."""
+        from tftrt.engine import pool_fusion
         from tftrt.engine.backends import cuda_source_stem_mma as SM
-        if conv.tactic != "stem_mma":
+        if conv.tactic != "stem_mma" or (pool_fusion.fuse_mode() == "auto" and
+                                         conv.attrs.get("output_scale") is not None):
             return False
         try:
             if SM.StemMmaSource(**SM.layer_params(net, conv)).rows is None:
