@@ -185,14 +185,24 @@ def test_what_the_pool_refuses():
               epilogue=[], operand_modes={})
     pool = dict(out_shape=(1, 8, 16, 16), pads=(1, 1, 1, 1))
     SM.StemMmaSource(**ok, pool=pool)
+    i8 = dict(out_dtype="int8", out_scale=0.1)
     for change, pchange, match in [
-            ({}, dict(pads=(0, 0, 1, 1)), "pads \\(1, 1, <=2, <=2\\)"),
+            ({}, dict(pads=(0, 0, 1, 1)), "pads \\(1, 1, <=2, <=1\\)"),
+            ({}, dict(pads=(1, 1, 1, 2)), "pads \\(1, 1, <=2, <=1\\)"),
+            ({}, dict(pads=(1, 1)), "pools 2-D"),
+            (dict(x_shape=(1, 1, 32, 3), out_shape=(1, 1, 32, 16)),
+             dict(out_shape=(1, 0, 16, 16), pads=(1, 1, 0, 1)), "pads \\(1, 1"),
+            (i8, dict(pad_value=-129.0), "pad code is an integer in \\[-128, 127\\]"),
+            (i8, dict(pad_value=300.0), "pad code"),
+            (i8, dict(pad_value=0.5), "pad code"),
+            (i8, dict(code_floor=200), "code floor is an integer in"),
+            (i8, dict(code_floor=-129), "code floor"),
             ({}, dict(out_shape=(1, 8, 15, 16)), "half its width"),
             (dict(x_shape=(1, 16, 24, 3), out_shape=(1, 16, 24, 16)),
              dict(out_shape=(1, 8, 12, 16)), "multiple of 16"),
             ({}, dict(pad_value=float("nan")), "NaN pad"),
             ({}, dict(code_floor=-127), "code floor belongs"),
-            (dict(out_dtype="int8", out_scale=0.1), dict(floor=0.0), "no float floor"),
+            (i8, dict(floor=0.0), "no float floor"),
             (dict(rows=False), {}, "row tiles only")]:
         with pytest.raises(ValueError, match=match):
             SM.StemMmaSource(**dict(ok, **change), pool=dict(pool, **pchange))

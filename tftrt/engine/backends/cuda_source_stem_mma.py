@@ -302,11 +302,14 @@ class StemPool:
     def check(self, d: dict, out_dtype: str) -> None:
         """ValueError where the kernel does not pool this way: the shapes (conv dims ``d``)
         or the attributes."""
+        if len(self.out_shape) != 4 or len(self.pads) != 4:
+            raise ValueError(f"the stem kernel pools 2-D: an NHWC output and pads (top, left, "
+                             f"bottom, right); not {list(self.out_shape)}, {list(self.pads)}")
         n, hp, wp, c = self.out_shape
         pt, pl, pb, pr = self.pads
         if (n, c) != (d["n"], d["cout"]) or (pt, pl) != (1, 1) or pb not in (0, 1, 2) or \
-                pr not in (0, 1, 2):
-            raise ValueError(f"the stem kernel pools 3x3 / 2 with pads (1, 1, <=2, <=2) over "
+                pr not in (0, 1) or min(hp, wp) < 1:
+            raise ValueError(f"the stem kernel pools 3x3 / 2 with pads (1, 1, <=2, <=1) over "
                              f"its own output; not pads {list(self.pads)} into "
                              f"{list(self.out_shape)}")
         if d["wo"] % 16 or wp != d["wo"] // 2 or hp != (d["ho"] + pt + pb - 3) // 2 + 1 or \
@@ -319,9 +322,11 @@ class StemPool:
         if out_dtype == "int8":
             if self.floor is not None:
                 raise ValueError("an int8 pool of codes has no float floor")
-            if self.pad_value is not None and self.pad_value != int(self.pad_value):
-                raise ValueError(f"an int8 pool's pad code is an integer, not "
-                                 f"{self.pad_value}")
+            # codes fold four a word (_pool_rows): a pad or floor code must be one
+            for what, v in (("pad code", self.pad_value), ("code floor", self.code_floor)):
+                if v is not None and (v != int(v) or not -128 <= v <= 127):
+                    raise ValueError(f"an int8 pool's {what} is an integer in [-128, 127], "
+                                     f"not {v}")
         elif self.code_floor is not None:
             raise ValueError("a code floor belongs to an int8 pool")
 
