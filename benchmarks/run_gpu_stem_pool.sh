@@ -12,11 +12,13 @@
 source "$(dirname "$0")/gpu_engine_env.sh" "${1:-580}"
 nvidia-smi -L | tee "$out/gpu.txt"
 for i in $(seq "${REPS:-2}"); do
-  timeout $(( $(left) / 4 )) python3 benchmarks/bench_stem_pool.py 2>&1 | tee -a "$out/stem_pool.log"
+  timeout $(( $(left) / 4 )) python3 benchmarks/bench_stem_pool.py 2>&1 \
+    | tee -a "$out/stem_pool.log"
 done
 TFTRT_BACKEND=cupy timeout $(( $(left) / 4 )) python3 -m pytest tests/gpu/test_stem_pool_gpu.py \
   -q -rf -p no:cacheprovider --tb=short > "$out/stem_pool_tests.log" 2>&1
 grep -E "passed|failed|FAILED|Error" "$out/stem_pool_tests.log" | tail -8
 [ "${ENGINES:-1}" = 1 ] && TESTS=0 MODELS=resnet50_int8 BATCHES=${BATCHES:-128} \
-  CONFIGS=${CONFIGS:-"int8stempool int8nostempool fp16stempool fp16nostempool"} STAGE_S=${STAGE_S:-150} \
+  CONFIGS=${CONFIGS:-"int8stempool int8nostempool fp16stempool fp16nostempool"} \
+  STAGE_S=${STAGE_S:-150} \
   bash benchmarks/run_gpu_int8.sh "$(( $(left) - 10 ))"

@@ -2,13 +2,14 @@
 builder._finish): ResNet's and DenseNet's 7x7 stem and 3x3 / 2 MaxPool.
 
 The conv's output (ResNet50 at batch 128: 103 MB of float16, 51 MB of int8 codes in an INT8
-engine) is written by the stem and read back by the pool, which writes a quarter of it. Where
-the backend's implementation of the conv's chosen tactic can pool its own output before
-storing it (``fuses(net, conv, pool)``: the CuPy backend's ``stem_mma`` on row tiles,
-``cuda_source_stem_mma.StemPool``, by default where it stores float16: :func:`fuse_mode`), the pool leaves the network and the conv writes the pool's
-output: ``conv.attrs["pool"]`` holds the pool layer (:meth:`Layer.to_json`) and the conv's own
-output tensor (``"output"``: name, dtype, shape), which no longer exists in the network. The
-answers are the same (the fused kernel scans each window in the pool kernel's order).
+engine) is written by the stem and read back by the pool, which writes a quarter of it.
+Where the backend's implementation of the conv's chosen tactic can pool its own output
+before storing it (``fuses(net, conv, pool)``: the CuPy backend's ``stem_mma`` on row tiles,
+``cuda_source_stem_mma.StemPool``, by default where it stores float16: :func:`fuse_mode`),
+the pool leaves the network and the conv writes the pool's output: ``conv.attrs["pool"]``
+holds the pool layer (:meth:`Layer.to_json`) and the conv's own output tensor (``"output"``:
+name, dtype, shape), which no longer exists in the network. The answers are the same (the
+fused kernel scans each window in the pool kernel's order).
 
 :func:`pool_layers` gives the pair back to run them one after the other (the numpy backend's
 reference); :func:`unfused` gives the network as it was, which a profile's other shapes and

@@ -1019,7 +1019,8 @@ class StemMmaSource:
         if pooled:  # a tile: pool rows p0 .. p0 + pr - 1, conv rows 2 p0 - 1 .. 2 p0 + 2 pr - 1
             tile_rows = (f"const int p0 = (int)(bt - nimg * {R['blocks_per_image']}) * "
                          f"{R['pr']}, oh0 = 2 * p0 - 1;")
-            pool_decl = f"""unsigned* hrs = reinterpret_cast<unsigned*>(dsm + {total_u4 - R['hr_u4'] - R['bd_u4']});
+            hr_at = total_u4 - R["hr_u4"] - R["bd_u4"]
+            pool_decl = f"""unsigned* hrs = reinterpret_cast<unsigned*>(dsm + {hr_at});
   unsigned* bds = reinterpret_cast<unsigned*>(dsm + {total_u4 - R['bd_u4']});"""
             pool_rows = "__syncthreads();  // every m-tile pooled across\n    " + \
                 self._pool_rows(it)
