@@ -341,18 +341,22 @@ def _timed_precision(model_or_network, input_shapes, config: BuilderConfig, engi
     # against the two FP16 layers together, and both stay FP16 or neither: against the
     # residual layer alone, its INT8 time with the projection's work in it lost to FP16
     # (regression hunt, s51)
-    pairs = _fused_pairs(engine)
+    # (and a stem that took its max pool, pool_fusion, in either engine: an FP16 stem takes
+    # it where the INT8 one does not; the pool then counts with the stem on both sides)
+    pairs = {**_fused_pairs(fp16), **_fused_pairs(engine)}
     times_q, times_f = _merged(times_q, pairs), _merged(times_f, pairs)
+    projections = {l.name: l.attrs["projection"]["name"] for l in engine.network.layers
+                   if "projection" in l.attrs}  # quantized layers too; a pool is not
     quantized = [l.name for l in engine.network.layers if "quant" in l.attrs] + \
-        list(pairs.values())
+        list(projections.values())
     keep = {}
     for layer in engine.network.layers:
         tq, tf = times_q.get(layer.name), times_f.get(layer.name)
         if "quant" in layer.attrs and tq and tf and tf < tq * (1 - TIMED_PRECISION_MARGIN):
             keep[layer.name] = (f"{quantization.TIMED_FP16_REASON} ({tf * 1e6:.1f} us against "
                                 f"{tq * 1e6:.1f} us in {quant})")
-            if layer.name in pairs:
-                keep[pairs[layer.name]] = keep[layer.name] + f", with {layer.name}"
+            if layer.name in projections:
+                keep[projections[layer.name]] = keep[layer.name] + f", with {layer.name}"
     info = {"fp16_faster": sorted(keep), "quantized_s": sum(times_q.values()),
             "fp16_s": sum(times_f.values()), "kept": quant}
     whole = whole_q is not None and whole_f is not None
@@ -555,7 +559,7 @@ def _finish(net: Network, backend, precision: str, weights: Dict[str, Any], conf
         for name in quantization.fuse_projections(net, fuses):
             log.info("layer %s runs its projection shortcut in its own kernel", name)
     fuses_pool = getattr(backend, "fuses_pool", None)
-    if callable(fuses_pool):
+    if callable(fuses_pool) and precision != "FP32":  # (calibration's engine sees each layer)
         for name in pool_fusion.fuse_pools(net, fuses_pool):
             log.info("layer %s pools its output in its own kernel", name)
     scratch = max([workspace_bytes(backend.name, net, l) for l in net.layers] or [0])

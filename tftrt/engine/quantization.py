@@ -263,9 +263,12 @@ def table_of(model_or_network) -> Optional[dict]:
 
 def layer_flops(net: Network, layer: Layer) -> int:
     """Multiply-add FLOPs (2 per MAC) of a conv / conv_transpose / matmul layer, 0 when a
-    shape is unknown."""
+    shape is unknown. A stem that took its max pool (pool_fusion) counts its own output, not
+    the pool's (a quarter of it: hunt, s53)."""
     try:
-        y = net.tensors[layer.outputs[0]].shape
+        fused = layer.attrs.get("pool") if layer.kind == "conv" else None
+        y = fused["output"]["shape"] if isinstance(fused, dict) else \
+            net.tensors[layer.outputs[0]].shape
         w = net.tensors[layer.inputs[1]].shape
         if layer.kind == "conv":
             return 2 * int(np.prod(y)) * int(np.prod(w[1:]))
