@@ -5,6 +5,8 @@ the pool, so the rewrite itself is checked here: the same answers bit for bit in
 INT8, the plan round trip, the network before fusion for a profile's other shapes, the
 reports, and the cases it must leave alone."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -352,3 +354,53 @@ def test_calibrations_fp32_engine_fuses_nothing(fusing):
     net, x = _stem(np.random.RandomState(12))
     engine = fp32_engine(net, {"x": x.shape})
     assert fusing == [] and "pool1" in [l.name for l in engine.network.layers]
+
+
+# --- a profile's other shapes: the network before every _finish rewrite (hunt, s53) -----------
+@pytest.mark.parametrize("precision", ["FP16", "INT8"])
+@pytest.mark.parametrize("pool", ["0", "1"])
+def test_a_profile_gets_its_template_after_every_finish_rewrite(monkeypatch, precision, pool):
+    """With the CuPy backend's post-tactic rewrites (the stem reads the float32 image, drops
+    its cast: precision.absorb_input_casts; INT8: it stores its pool's codes:
+    quantization.absorb_pool_requantization; the pool fused or not), quantization.unfused
+    gives the network the builder made before them -- the same layers in the same order,
+    attributes and tensor dtypes -- so a dynamic profile gets its shape template (since s41
+    every such profile on the GPU failed it, and each other shape took a full build) and
+    engines built from it answer as full builds."""
+    from tftrt.engine.builder import optimized_network
+    from tftrt.engine.shape_template import _public, specializer
+    from tftrt.profiles import Profile, ProfileEngine
+    monkeypatch.setenv("TFTRT_QUANTIZE_STEM", "0")
+    monkeypatch.setenv("TFTRT_STEM_MMA_POOL", pool)
+    monkeypatch.setattr(NumpyBackend, "reads_float32",
+                        lambda self, n, l: l.kind == "conv" and "quant" not in l.attrs,
+                        raising=False)
+    monkeypatch.setattr(NumpyBackend, "stores_int8",
+                        lambda self, n, l: l.kind == "conv" and "quant" not in l.attrs,
+                        raising=False)
+    monkeypatch.setattr(NumpyBackend, "fuses_pool", lambda self, n, c, p: True, raising=False)
+    net, x = _stem(np.random.RandomState(13), x_shape=(4, 20, 32, 3))
+    net.tensors["x"].shape = (-1, 20, 32, 3)
+    cfg = BuilderConfig(precision=precision)
+    opt = build_engine(net.copy(), {"x": (4, 20, 32, 3)}, cfg)
+    s = _layer(opt.network, "s")
+    assert isinstance(s.attrs["float32_x"], dict) and ("pool" in s.attrs) == (pool == "1")
+    assert ("pool_codes" in s.attrs) == (precision == "INT8")
+    before = optimized_network(net.copy(), {"x": (4, 20, 32, 3)}, cfg)[0]
+    back = Q.unfused(opt.network)
+    assert [(l.name, l.kind, l.inputs, l.outputs, _public(l.attrs)) for l in back.layers] == \
+        [(l.name, l.kind, l.inputs, l.outputs, _public(l.attrs)) for l in before.layers]
+    assert {k: v.dtype for k, v in back.tensors.items()} == \
+        {k: v.dtype for k, v in before.tensors.items()}
+    assert isinstance(s.attrs["float32_x"], dict)  # (the engine's network left as it was)
+
+    def build(key, choices, weight_cache):
+        return build_engine(net, {"x": key[0]}, dataclasses.replace(
+            cfg, tactic_choices=choices, weight_cache=weight_cache))
+    prof = Profile([(1, 20, 32, 3)], [(4, 20, 32, 3)], [(4, 20, 32, 3)])
+    pe = ProfileEngine([prof], build, "numpy", specializer(net, cfg)).build_profiles()
+    assert pe.template_errors == {}
+    xs = x[:3]
+    got = pe.execute([xs])[0]
+    full = build_engine(net.copy(), {"x": xs.shape}, cfg).execute([xs])[0]
+    np.testing.assert_array_equal(got, full)

@@ -67,6 +67,7 @@ def fuse_pools(net: Network, fuses) -> List[str]:
     producer = {o: l for l in net.layers for o in l.outputs}
     keep = set(net.outputs) | set(net.inputs)
     changed, gone = [], set()
+    at = {l.name: k for k, l in enumerate(net.layers)}
     for pool in net.layers:
         conv = _fusable(net, pool, producer, consumers, keep)
         if conv is None or not fuses(net, conv, pool):
@@ -75,8 +76,8 @@ def fuse_pools(net: Network, fuses) -> List[str]:
         info = net.tensors[t]
         d = pool.to_json()  # without the backend's records of the pool's own tactic
         d["attrs"] = {k: v for k, v in d["attrs"].items() if not k.startswith("_")}
-        conv.attrs["pool"] = dict(d, output={"name": t, "dtype": info.dtype,
-                                             "shape": list(info.shape)})
+        conv.attrs["pool"] = dict(d, at=at[pool.name], output={
+            "name": t, "dtype": info.dtype, "shape": list(info.shape)})
         conv.outputs = [pool.outputs[0]]
         del net.tensors[t]
         gone.add(pool.name)
@@ -97,7 +98,6 @@ def pool_layers(net: Network, layer: Layer) -> Optional[Tuple[Network, Layer, La
     conv.attrs.pop("pool")
     conv.outputs = [out["name"]]
     pool = Layer.from_json(d)
-    pool.attrs.pop("output", None)
     pool.inputs, pool.outputs = [out["name"]], list(layer.outputs)
     sub = Network(net.name)
     sub.inputs, sub.outputs = list(net.inputs), list(layer.outputs)
@@ -109,11 +109,11 @@ def pool_layers(net: Network, layer: Layer) -> Optional[Tuple[Network, Layer, La
 
 def unfused(net: Network) -> Network:
     """``net`` as it was before :func:`fuse_pools` (itself where nothing was fused): each pool
-    a layer of its own again, with its tactic, after the conv that took it."""
+    a layer of its own again, with its tactic, where it was (after the conv that took it)."""
     if not any("pool" in l.attrs for l in net.layers if l.kind == "conv"):
         return net
     out = net.copy()
-    layers = []
+    layers, pools = [], []
     for layer in out.layers:
         pair = pool_layers(out, layer) if layer.kind == "conv" else None
         if pair is None:
@@ -122,6 +122,10 @@ def unfused(net: Network) -> Network:
         sub, conv, pool = pair
         name = conv.outputs[0]
         out.tensors[name] = sub.tensors[name]
-        layers += [conv, pool]
+        layers.append(conv)
+        at = layer.attrs["pool"].get("at")
+        pools.append((len(layers) if at is None else int(at), pool))
+    for at, pool in sorted(pools, key=lambda p: p[0]):
+        layers.insert(at, pool)
     out.layers = layers
     return out

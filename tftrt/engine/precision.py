@@ -523,7 +523,8 @@ def absorb_input_casts(net: Network, reads_float32) -> List[str]:
     rounding each element to float16 on load as the cast does (``reads_float32(net, layer)``,
     the backend's: the CuPy backend's ``stem_mma``), is removed and its readers read the
     float32 tensor, marked ``attrs["float32_x"]`` (the CuPy backend then gives them only to
-    implementations that read it). The same answers bit for bit; the cast's pass over the
+    implementations that read it): the cast as it was (its layer, its place in the network
+    and its output tensor), so that :func:`restore_input_casts` can give it back. The same answers bit for bit; the cast's pass over the
     image (read 4 bytes, write 2 an element: ResNet50's input at batch 128, 40.6 us of an
     H100's 2.72 ms INT8 engine) and its buffer are gone, the stem reads 4 bytes instead of 2.
     Returns the layers that now read float32 x."""
@@ -531,6 +532,7 @@ def absorb_input_casts(net: Network, reads_float32) -> List[str]:
         return []
     consumers = net.consumers()
     changed: List[str] = []
+    at = {l.name: k for k, l in enumerate(net.layers)}
     for cast in list(net.layers):
         if cast.kind != "pointwise" or len(cast.inputs) != 1 or len(cast.outputs) != 1 or \
                 cast.attrs.get("program") != _FP16_CAST:
@@ -542,13 +544,35 @@ def absorb_input_casts(net: Network, reads_float32) -> List[str]:
                 any(u.inputs[0] != out or out in u.inputs[1:] or not reads_float32(net, u)
                     for u in users):
             continue
+        info = net.tensors[out]
         for u in users:
             u.inputs[0] = src
-            u.attrs["float32_x"] = True
+            u.attrs["float32_x"] = {
+                "cast": cast.to_json(), "at": at[cast.name],
+                "output": {"name": out, "dtype": info.dtype, "shape": list(info.shape)}}
             changed.append(u.name)
         net.layers.remove(cast)
         del net.tensors[out]
     return changed
+
+
+def restore_input_casts(net: Network) -> None:
+    """Undoes :func:`absorb_input_casts` on ``net`` (edited in place): each cast a layer at
+    its place again, its readers reading its output without ``float32_x``. A layer marked
+    ``True`` (a plan from before the cast was recorded, s53) keeps its mark."""
+    from tftrt.engine.network import TensorInfo
+    casts = {}
+    for layer in net.layers:
+        rec = layer.attrs.get("float32_x")
+        if not isinstance(rec, dict):
+            continue
+        del layer.attrs["float32_x"]
+        out = rec["output"]
+        layer.inputs[0] = out["name"]
+        net.tensors[out["name"]] = TensorInfo(out["name"], out["dtype"], tuple(out["shape"]))
+        casts[out["name"]] = rec
+    for rec in sorted(casts.values(), key=lambda r: r["at"]):
+        net.layers.insert(int(rec["at"]), Layer.from_json(rec["cast"]))
 
 
 def _cast_gemm_inputs_to_fp16(net: Network) -> None:

@@ -743,8 +743,9 @@ def absorb_pool_requantization(net: Network, stores_int8) -> List[str]:
     zero pad's ``pad_value`` (passes/pad_folding: ResNet50's pool1_pad) becomes its code,
     which the pads then hold: the code of the largest of a window's values and pad cells is
     the largest of their codes. A NaN pad value stays float (its code would be
-    :data:`NAN_CODE`'s meaning). A NaN of the conv's is stored as :data:`NAN_CODE`. Returns
-    the convs changed."""
+    :data:`NAN_CODE`'s meaning). A NaN of the conv's is stored as :data:`NAN_CODE`. The conv
+    records what the pool and the tensor were (``attrs["pool_codes"]``: :func:`unfused`).
+    Returns the convs changed."""
     if not int8_pool_producers():
         return []
     consumers = net.consumers()
@@ -769,6 +770,9 @@ def absorb_pool_requantization(net: Network, stores_int8) -> List[str]:
                 net.tensors[x].dtype not in ("float16", "float32") or \
                 not stores_int8(net, conv):
             continue
+        # what the pool and the tensor were (unfused gives them back)
+        conv.attrs["pool_codes"] = {"pool": pool.name, "dtype": net.tensors[x].dtype,
+                                    **({"pad_value": pad_value} if "pad_value" in a else {})}
         if pad_value is not None:  # the pad cell as the float pool held it, then its code
             cell = np.asarray(pad_value, np.float32).astype(net.tensors[x].dtype)
             a["pad_value"] = float(quantize_int8(cell, inv_scale(a["output_scale"])))
@@ -881,18 +885,43 @@ def projection_layer(net: Network, layer: Layer) -> Optional[Tuple[Network, Laye
 
 
 def unfused(net: Network) -> Network:
-    """``net`` as it was before :func:`fuse_projections` (itself where nothing was fused): each
-    projection a layer of its own again, with its tactic, before the layer that took it, and
-    that layer reading its int8 output. What a profile's other shapes start from: their
-    networks are made and compared before _finish fuses (shape_template), and their tactic
-    choices name every layer (the fused network compared 3 layers with the probe's 4 and
-    served no template: regression hunt, s51). _finish fuses the same pairs again. A stem's
-    fused max pool (pool_fusion.fuse_pools) is a layer of its own again too."""
+    """``net`` as it was before builder._finish rewrote it (itself where nothing was): a
+    stem's fused max pool (pool_fusion.fuse_pools) and each projection a layer of its own
+    again, with its tactic (before the layer that took it, that layer reading its int8
+    output); a conv that stored its pool's int8 codes (:func:`absorb_pool_requantization`)
+    storing its float output again and the pool quantizing; an image's float16 cast a
+    layer again before the stem that read float32 x (precision.absorb_input_casts). What a
+    profile's other shapes start from: their networks are made and compared before _finish
+    rewrites (shape_template), and their tactic choices name every layer (the fused network
+    compared 3 layers with the probe's 4 and served no template: regression hunt, s51; an
+    INT8 stem's codes and an FP16 stem's absorbed cast failed every template on the GPU
+    since s41: hunt, s53). _finish rewrites the same way again."""
     from tftrt.engine import pool_fusion
+    from tftrt.engine.precision import restore_input_casts
     net = pool_fusion.unfused(net)
-    if not any("projection" in l.attrs for l in net.layers):
+    if not any("projection" in l.attrs or "pool_codes" in l.attrs or
+               isinstance(l.attrs.get("float32_x"), dict) for l in net.layers):
         return net
     out = net.copy()
+    _unproject(out)
+    for conv in out.layers:  # absorb_pool_requantization, undone
+        rec = conv.attrs.pop("pool_codes", None)
+        if rec is None:
+            continue
+        (pool,) = [l for l in out.layers if l.name == rec["pool"]]
+        pool.attrs["output_scale"] = conv.attrs.pop("output_scale")
+        conv.attrs.pop("output_nan_code", None)
+        pool.attrs.pop("code_floor", None)
+        pool.attrs.pop("pad_value", None)
+        if "pad_value" in rec:
+            pool.attrs["pad_value"] = rec["pad_value"]
+        out.tensors[conv.outputs[0]].dtype = rec["dtype"]
+    restore_input_casts(out)
+    return out
+
+
+def _unproject(out: Network) -> None:
+    """fuse_projections undone on ``out`` (edited in place)."""
     layers = []
     for layer in out.layers:
         fused = projection_layer(out, layer)
@@ -907,7 +936,6 @@ def unfused(net: Network) -> Network:
         del layer.inputs[len(layer.inputs) - (len(d["inputs_at"]) - 1):]
         layers += [p, layer]
     out.layers = layers
-    return out
 
 
 # A NaN a conv stores for its int8 max pool (absorb_pool_requantization): below every code, so
