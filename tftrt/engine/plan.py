@@ -44,8 +44,14 @@ MAGIC = b"TFTRTPLN"
 # as its "pad_value": absorb_pool_requantization, s41). A reader before them would write the
 # float maximum or the float conv result into the int8 buffer, truncated (no error), so it
 # must refuse a version-4 plan and rebuild; versions 2 and 3 have none and read as before.
-FORMAT_VERSION = 4
-READABLE_VERSIONS = (2, 3, 4)
+# 5 (2026-12-07, s53): a stem conv may have taken the max pool after it ("pool",
+# pool_fusion.fuse_pools): it writes the pool's output, which a reader before would
+# overrun with the conv's (four times the size, no error), so it must refuse a version-5
+# plan and rebuild. (Plans of s51-s52 may hold a residual layer that took its projection,
+# "projection", under version 4: readers before s51 misread those.) Versions 2-4 read as
+# before.
+FORMAT_VERSION = 5
+READABLE_VERSIONS = (2, 3, 4, 5)
 _PREFIX = struct.Struct("<8sIQI")
 _ALIGN = 64
 
