@@ -116,3 +116,47 @@ def test_an_fp16_engine_runs_the_stem_and_pool_as_one_layer(monkeypatch):
     np.testing.assert_array_equal(outs["1"], outs["0"])
     want = ref.execute([feeds["x"]])[0]
     assert np.abs(outs["1"] - want).max() <= 2e-2 * max(1.0, float(np.abs(want).max()))
+
+
+def test_a_dynamic_profile_of_a_stem_model_gets_its_shape_template():
+    """A dynamic profile (batch 1..4) whose stem runs on stem_mma, reads the float32 image
+    (its cast absorbed) and took its max pool: the profile's other shapes get engines from
+    its template (quantization.unfused gives the network before those rewrites; from s41 to
+    s53 every such profile failed it and built each shape in full), with a full build's
+    answers."""
+    import dataclasses
+
+    from tftrt.engine.onnx_import import network_from_onnx
+    from tftrt.engine.shape_template import specializer
+    from tftrt.profiles import Profile, ProfileEngine
+    from tftrt.engine.backends import get_backend
+    get_backend("cupy").set_build_options(allow_tf32=False)
+    model, feeds = _resnet_entry(n=4)
+    net = network_from_onnx(model)
+    net.tensors["x"].shape = (-1,) + tuple(net.tensors["x"].shape[1:])
+    cfg = BuilderConfig(precision="FP16", backend="cupy", allow_tf32=False)
+    ref = build_engine(model, {"x": feeds["x"].shape}, BuilderConfig(
+        precision="FP16", backend="numpy", tactic_timing=False))
+    stem = [l for l in ref.network.layers if l.kind == "conv"][0].name
+    forced = {stem: {"kind": "conv", "tactic": "stem_mma", "records": {}}}
+
+    def build(key, choices, weight_cache):
+        return build_engine(net, {"x": key[0]}, dataclasses.replace(
+            cfg, tactic_choices=choices or forced, weight_cache=weight_cache))
+    shape = tuple(feeds["x"].shape)
+    prof = Profile([(1,) + shape[1:]], [shape], [shape])
+    pe = ProfileEngine([prof], build, "cupy", specializer(net, cfg)).build_profiles()
+    assert pe.template_errors == {}, pe.template_errors
+    opt = pe.engine_for([shape])
+    layer = [l for l in opt.network.layers if l.name == stem][0]
+    assert layer.tactic == "stem_mma" and isinstance(layer.attrs.get("float32_x"), dict)
+    assert "pool" in layer.attrs
+    x = feeds["x"][:3]
+    other = pe.engine_for([x.shape], quick=False)
+    assert other.build_info.get("from_template"), other.build_info
+    assert "pool" in [l for l in other.network.layers if l.name == stem][0].attrs
+    got = cp.asnumpy(other.execute([cp.asarray(x)])[0])
+    full = build_engine(net, {"x": x.shape}, dataclasses.replace(cfg, tactic_choices=forced))
+    want = cp.asnumpy(full.execute([cp.asarray(x)])[0])
+    # the other layers' cuDNN plans: the opt shape's borrowed, or the full build's own
+    assert np.abs(got - want).max() <= 2e-3 * max(1.0, float(np.abs(want).max()))
