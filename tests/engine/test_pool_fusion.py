@@ -284,6 +284,17 @@ def test_the_precision_report_counts_the_stem_at_its_own_output(fusing, monkeypa
     assert dict((n, f) for n, _, f in reports[1][0])["s"] == 2 * 2 * 10 * 16 * 16 * 7 * 7 * 3
 
 
+def test_the_numpy_im2col_workspace_is_the_stems_own(fusing):
+    """The numpy backend's im2col scratch of a fused stem is sized from its own output (the
+    column matrix of every conv pixel), not the pool's quarter of it."""
+    from tftrt.engine.backends.numpy_backend import _im2col_workspace
+    net, x = _stem(np.random.RandomState(14))
+    fused = build_engine(net.copy(), {"x": x.shape}, BuilderConfig(precision="FP16"))
+    s = _layer(fused.network, "s")
+    assert "pool" in s.attrs
+    assert _im2col_workspace(fused.network, s) == 2 * 10 * 16 * (7 * 7 * 3) * 4
+
+
 def _fake_times(monkeypatch, builds):
     """Timed precision with made-up layer times (a quantized layer 200 us, the rest 100):
     every quantized layer is faster in FP16; ``builds`` gets each _finish's precision."""

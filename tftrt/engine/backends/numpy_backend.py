@@ -40,7 +40,10 @@ def _is_depthwise(net: Network, layer: Layer) -> bool:
 
 
 def _im2col_workspace(net: Network, layer: Layer) -> int:
-    y, w = net.tensors[layer.outputs[0]].shape, net.tensors[layer.inputs[1]].shape
+    fused = layer.attrs.get("pool")  # a stem that took its pool: its own output (pool_fusion)
+    y = fused["output"]["shape"] if isinstance(fused, dict) else \
+        net.tensors[layer.outputs[0]].shape
+    w = net.tensors[layer.inputs[1]].shape
     if y is None:
         return 0
     return int(np.prod(y[:-1])) * int(np.prod(w[1:])) * layer.attrs["group"] * 4
