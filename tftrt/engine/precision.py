@@ -524,9 +524,10 @@ def absorb_input_casts(net: Network, reads_float32) -> List[str]:
     the backend's: the CuPy backend's ``stem_mma``), is removed and its readers read the
     float32 tensor, marked ``attrs["float32_x"]`` (the CuPy backend then gives them only to
     implementations that read it): the cast as it was (its layer, its place in the network
-    and its output tensor), so that :func:`restore_input_casts` can give it back. The same answers bit for bit; the cast's pass over the
-    image (read 4 bytes, write 2 an element: ResNet50's input at batch 128, 40.6 us of an
-    H100's 2.72 ms INT8 engine) and its buffer are gone, the stem reads 4 bytes instead of 2.
+    and its output tensor), so that :func:`restore_input_casts` can give it back. The same
+    answers bit for bit; the cast's pass over the image (read 4 bytes, write 2 an element:
+    ResNet50's input at batch 128, 40.6 us of an H100's 2.72 ms INT8 engine) and its buffer
+    are gone, the stem reads 4 bytes instead of 2.
     Returns the layers that now read float32 x."""
     if not float32_x_reads():
         return []
