@@ -4,6 +4,8 @@ On the numpy backend the fused layer runs the projection first and adds its code
 rewrite itself is checked here: the same answers bit for bit, the plan round trip, the
 precision report, and the cases it must leave alone."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -21,10 +23,12 @@ def _conv(stride=1, k=1):
     return {"strides": [stride, stride], "dilations": [1, 1], "pads": [pad] * 4, "group": 1}
 
 
-def _bottleneck(rng, stride=1, c=8, mid=8, cout=16, shortcut_reader=False):
+def _bottleneck(rng, stride=1, c=8, mid=8, cout=16, shortcut_reader=False,
+                shortcut_first=False):
     """x -> conv0 (3x3, relu) -> x2; a = relu(conv1(x2)) (1x1, ``stride``);
     b = relu(conv2(a)) (3x3); t = proj(x2) (1x1, ``stride``); y = relu(conv3(b) + t):
-    ResNet50's first block of a stage. ``shortcut_reader``: t is also a network output."""
+    ResNet50's first block of a stage. ``shortcut_reader``: t is also a network output;
+    ``shortcut_first``: t's layer listed before a's (as Keras' ResNet50 lists its blocks)."""
     net = Network("block")
     net.inputs = ["x"]
     net.add_tensor("x", "float32", (2, 8, 8, 8))
@@ -38,9 +42,12 @@ def _bottleneck(rng, stride=1, c=8, mid=8, cout=16, shortcut_reader=False):
         net.add_layer("conv", [x, w, b] + list(extra_inputs), [out], _conv(stride, k), epi)
 
     conv("x", "x2", 8, c, 3)
+    if shortcut_first:
+        conv("x2", "t", c, cout, 1, stride, relu=False)
     conv("x2", "a", c, mid, 1, stride)
     conv("a", "b", mid, mid, 3)
-    conv("x2", "t", c, cout, 1, stride, relu=False)
+    if not shortcut_first:
+        conv("x2", "t", c, cout, 1, stride, relu=False)
     conv("b", "y", mid, cout, 1, epi_extra=[{"op": "add", "input": 3}], extra_inputs=["t"])
     net.outputs = ["y"] + (["t"] if shortcut_reader else [])
     x = rng.randn(2, 8, 8, 8).astype(F32)
@@ -301,3 +308,34 @@ def test_timed_precision_weighs_a_fused_pair_against_both_fp16_layers(
         layers = {l.name: l for l in engine.network.layers}
         assert layers["y"].precision == layers["t"].precision == "FP16", info
         assert "with y" in layers["t"].attrs["quant_fallback"]  # the pair's reason
+
+
+def test_unfused_puts_a_shortcut_listed_first_back_where_it_was(fusing, monkeypatch):
+    """A block whose shortcut conv is listed before the block's other convs (Keras' ResNet50
+    order): unfused() gives the layers in the builder's order (the projection put right
+    before its reader failed the profile's template: hunt, s53), and a profile's other
+    shape gets an engine from the template with a full build's answers."""
+    from tftrt.engine.shape_template import specializer
+    from tftrt.profiles import Profile, ProfileEngine
+    rng = np.random.RandomState(40)
+    net, x = _bottleneck(rng, 1, shortcut_first=True)
+    cfg = BuilderConfig(precision="INT8")
+    monkeypatch.setenv("TFTRT_QUANT_MMA_PROJECTION", "0")
+    plain = build_engine(net.copy(), {"x": x.shape}, cfg)
+    monkeypatch.setenv("TFTRT_QUANT_MMA_PROJECTION", "1")
+    fused = build_engine(net.copy(), {"x": x.shape}, cfg)
+    assert "projection" in fused.network.layers[-1].attrs
+    assert [l.name for l in Q.unfused(fused.network).layers] == \
+        [l.name for l in plain.network.layers] == ["x2", "t", "a", "b", "y"]
+    net.tensors["x"].shape = (-1, 8, 8, 8)
+
+    def build(key, choices, weight_cache):
+        return build_engine(net, {"x": key[0]}, dataclasses.replace(
+            cfg, tactic_choices=choices, weight_cache=weight_cache))
+    prof = Profile([(1, 8, 8, 8)], [(2, 8, 8, 8)], [(2, 8, 8, 8)])
+    pe = ProfileEngine([prof], build, "numpy", specializer(net, cfg)).build_profiles()
+    assert pe.template_errors == {}
+    one = x[:1]
+    got = pe.execute([one])[0]
+    np.testing.assert_array_equal(got, build_engine(net.copy(), {"x": one.shape},
+                                                    cfg).execute([one])[0])

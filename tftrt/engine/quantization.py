@@ -833,6 +833,7 @@ def fuse_projections(net: Network, fuses) -> List[str]:
     producer = {o: l for l in net.layers for o in l.outputs}
     keep = set(net.outputs) | set(net.inputs)
     changed, gone, codes = [], set(), []
+    at = {l.name: k for k, l in enumerate(net.layers)}
     for m in net.layers:
         if m.kind not in ("conv", "matmul") or m.precision != "INT8" or \
                 "quant" not in m.attrs or "projection" in m.attrs:
@@ -845,13 +846,13 @@ def fuse_projections(net: Network, fuses) -> List[str]:
             if p is None or not fuses(net, m, p):
                 continue
             t = p.outputs[0]
-            at = [i] + [len(m.inputs) + j - 1 for j in range(1, len(p.inputs))]
+            inputs_at = [i] + [len(m.inputs) + j - 1 for j in range(1, len(p.inputs))]
             m.inputs[i] = p.inputs[0]
             m.inputs.extend(p.inputs[1:])
             d = p.to_json()  # without the backend's records of p's own tactic: m's choice
             d["attrs"] = {k: v for k, v in d["attrs"].items() if not k.startswith("_")}
             m.attrs["projection"] = dict(
-                d, inputs_at=at, residual=i,
+                d, inputs_at=inputs_at, residual=i, at=at[p.name],
                 output={"name": t, "shape": list(net.tensors[t].shape)})
             gone.add(p.name)
             codes.append(t)
@@ -873,7 +874,7 @@ def projection_layer(net: Network, layer: Layer) -> Optional[Tuple[Network, Laye
         return None
     p = Layer.from_json(d)
     p.inputs = [layer.inputs[k] for k in d["inputs_at"]]
-    for key in ("inputs_at", "residual", "output"):
+    for key in ("inputs_at", "residual", "output", "at"):
         p.attrs.pop(key, None)
     out = d["output"]
     sub = Network(net.name)
@@ -921,8 +922,11 @@ def unfused(net: Network) -> Network:
 
 
 def _unproject(out: Network) -> None:
-    """fuse_projections undone on ``out`` (edited in place)."""
-    layers = []
+    """fuse_projections undone on ``out`` (edited in place): each projection back where it
+    was (``at``; a plan from before s53 has none: right before the layer that took it, where
+    a ResNet block's shortcut, listed before the block's other convs, did not stand and its
+    profile's template failed: hunt, s53)."""
+    layers, placed = [], []
     for layer in out.layers:
         fused = projection_layer(out, layer)
         if fused is None:
@@ -934,7 +938,13 @@ def _unproject(out: Network) -> None:
         out.tensors[t] = sub.tensors[t]
         layer.inputs[int(d["residual"])] = t
         del layer.inputs[len(layer.inputs) - (len(d["inputs_at"]) - 1):]
-        layers += [p, layer]
+        if d.get("at") is None:
+            layers += [p, layer]
+        else:
+            layers.append(layer)
+            placed.append((int(d["at"]), p))
+    for k, p in sorted(placed, key=lambda e: e[0]):
+        layers.insert(k, p)
     out.layers = layers
 
 
