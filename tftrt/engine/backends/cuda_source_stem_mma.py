@@ -61,7 +61,8 @@ With a :class:`StemPool` (``pool``; pool_fusion, s53) the row-tile kernel stores
 max pool of its output instead of the output: ResNet50's stem writes 103 MB of float16 at
 batch 128 that its MaxPool reads back to write 26 MB. A tile is ``pr`` pool rows (2 in
 float16, 3 in int8: what fits the shared memory) over the 2 pr + 1 conv rows of their
-windows (the first is the tile before's last, computed again). Each m-tile, after its
+windows (the first is the tile before's last: carried from it where the block ran it just
+before, :func:`carry_default`, else computed again). Each m-tile, after its
 epilogue, pools its 16 pixels across into the tile's pooled rows in shared memory (8
 columns; the first column's pixel before it comes from the m-tile before, kept aside), and
 once every warp is done the block pools down three rows at a time and stores 16 bytes a
@@ -663,15 +664,20 @@ class StemMmaSource:
         return (f"if ((ya & 15ull) == 0ull) {ways[0]} else if ((ya & 3ull) == 0ull) "
                 f"{ways[1]} else {ways[2]}")
 
-    def _store_tile(self, epilogue, operand_modes, it: str) -> str:
-        """Statements applying the epilogue to the m-tile's ``acc`` (:meth:`_epilogue`) and
-        storing its rows through the warp's staging buffer (:meth:`_copy_out`)."""
+    def _stage_tile(self, epilogue, operand_modes, it: str) -> str:
+        """Statements applying the epilogue to the m-tile's ``acc`` into the warp's staging
+        buffer (:meth:`_epilogue`), every lane's results there once they end."""
         return f"""#pragma unroll
         for (int j = 0; j < NT; ++j) {{
           const int k0 = c0 + 8 * j + 2 * t;
           {self._epilogue(epilogue, operand_modes, it)}
         }}
-        __syncwarp();
+        __syncwarp();"""
+
+    def _store_tile(self, epilogue, operand_modes, it: str) -> str:
+        """Statements applying the epilogue to the m-tile's ``acc`` (:meth:`_stage_tile`) and
+        storing its rows through the warp's staging buffer (:meth:`_copy_out`)."""
+        return f"""{self._stage_tile(epilogue, operand_modes, it)}
         const unsigned long long ya = reinterpret_cast<unsigned long long>(y);
         {self._copy_out(it)}
         __syncwarp();  // the staging buffer is free for the next m-tile / chunk"""
@@ -684,7 +690,10 @@ class StemMmaSource:
         of an output row (its Wo padded to 16s), ``cols`` staged input columns, ``rs`` halves
         of a staged row, ``r`` output rows a tile (:data:`R_ROWS` or fewer, so that the
         shared memory fits :data:`ROW_SMEM_LIMIT`), ``ir`` its input rows, ``nm`` m-tiles a
-        warp takes at once (2 where Cout <= 64: the B fragments of a k step serve both)."""
+        warp takes at once (2 where Cout <= 64: the B fragments of a k step serve both).
+        Pooled (:class:`StemPool`): ``pr`` pool rows a tile (``r`` = 2 pr + 1), ``hr_row`` /
+        ``bd_row`` bytes of a conv row pooled across / of its m-tiles' last pixels, and
+        ``hr_u4`` / ``bd_u4`` those of a tile's rows in 16-byte units (0 unpooled)."""
         d = self.dims
         cp = d["cin"] + d["cin"] % 2
         g = d["kw"] * cp
@@ -701,22 +710,24 @@ class StemMmaSource:
         fixed = 4 * d["cout"] * row_words(kp) + 4 * ROW_WARPS * 16 * row_words(widest) + \
             2 * kp  # the filter, the warps' staging and the k offsets (int2 a k step and t)
         # (conv rows, pool rows) a tile: pooled, the conv rows of pr pool rows' windows, the
-        # first one (2 P0 - 1) shared with the tile before and computed again
+        # first one (2 P0 - 1) shared with the tile before (carried or computed again)
         hp = None if self.pool is None else self.pool.out_shape[1]
         tiles = [(r, 0) for r in range(min(R_ROWS, d["ho"]), 0, -1)] if hp is None else \
             [(2 * pr + 1, pr) for pr in range(min(POOL_ROWS, hp), 0, -1)]
+        # pooled, in y's dtype: bytes of a conv row pooled across (Wo / 2 columns) and of a
+        # row's m-tiles' last pixels (the next m-tile's first window reads each)
         esz = 1 if self.out_dtype == "int8" else 2
+        hr_row, bd_row = (d["wo"] // 2) * d["cout"] * esz, mtr * d["cout"] * esz
         for r, pr in tiles:
             ir = (r - 1) * d["sh"] + d["kh"]
-            # pooled: each conv row pooled across (hr: Wo / 2 columns) and each m-tile's
-            # last pixel (bd: the next m-tile's first window reads it), in y's dtype
-            hr_u4 = -(-r * (d["wo"] // 2) * d["cout"] * esz // 16) if pr else 0
-            bd_u4 = -(-r * mtr * d["cout"] * esz // 16) if pr else 0
+            hr_u4 = -(-r * hr_row // 16) if pr else 0
+            bd_u4 = -(-r * bd_row // 16) if pr else 0
             smem = fixed + 16 * (-(-ir * rs // 8) + hr_u4 + bd_u4)
             if smem <= ROW_SMEM_LIMIT:
                 return dict(cp=cp, g=g, kr=kr, kp=kp, mtr=mtr, cols=cols, rs=rs, r=r, ir=ir,
                             nm=2 if d["cout"] <= 64 else 1, smem=smem, pr=pr, hr_u4=hr_u4,
-                            bd_u4=bd_u4, blocks_per_image=-(-(hp or d["ho"]) // (pr or r)))
+                            bd_u4=bd_u4, hr_row=hr_row, bd_row=bd_row,
+                            blocks_per_image=-(-(hp or d["ho"]) // (pr or r)))
         return None
 
     def _stage_rows(self, it: str) -> str:
@@ -801,7 +812,7 @@ class StemMmaSource:
 
     def _pool_tile(self, epilogue, operand_modes, it: str, mi: int) -> str:
         """Statements applying the epilogue to m-tile ``mt<mi>``'s ``acc`` into the warp's
-        staging buffer (:meth:`_epilogue`), then pooling its 16 pixels across into ``hr``:
+        staging buffer (:meth:`_stage_tile`), then pooling its 16 pixels across into ``hr``:
         column q of 8 (pool column 8 mw + q) folds pixels 2q - 1, 2q, 2q + 1 (q = 0: 0 and 1;
         pixel -1 is the m-tile before's last, which goes to ``bd`` for the pass down,
         :meth:`_pool_rows`). In y's dtype: float16 pairs a word, int8 codes four."""
@@ -820,12 +831,7 @@ class StemMmaSource:
             mx = max_s8x4(mx, stg[2 * q * SW + w]);
             mx = max_s8x4(mx, stg[(2 * q + 1) * SW + w]);
             hw[q * HRW + w] = mx;"""
-        return f"""#pragma unroll
-        for (int j = 0; j < NT; ++j) {{
-          const int k0 = c0 + 8 * j + 2 * t;
-          {self._epilogue(epilogue, operand_modes, it)}
-        }}
-        __syncwarp();
+        return f"""{self._stage_tile(epilogue, operand_modes, it)}
         {{
           constexpr int HRW = {cout // per};  // words of a pooled column
           const int lr = mt{mi} / {mtr}, mw = mt{mi} - lr * {mtr};
@@ -1005,7 +1011,6 @@ class StemMmaSource:
         tile_rows = f"const int oh0 = (int)(bt - nimg * {R['blocks_per_image']}) * {r};"
         tile_range = f"for ({it} bt = blockIdx.x; bt < tiles; bt += gridDim.x) {{"
         unit_range = f"constexpr int mt_base = 0, units = {units};"
-        esz = 1 if self.out_dtype == "int8" else 2
         if pooled and self.pool.carry:
             # a block takes consecutive tiles; one of the same image as the tile before
             # finds its first conv row (the tile before's last) pooled across already
@@ -1024,8 +1029,8 @@ class StemMmaSource:
   unsigned* bds = reinterpret_cast<unsigned*>(dsm + {total_u4 - R['bd_u4']});"""
             pool_rows = "__syncthreads();  // every m-tile pooled across\n    " + \
                 self._pool_rows(it)
-            if self.pool.carry:  # the last conv row is the next tile's first
-                hr_row, bd_row = (d["wo"] // 2) * cout * esz // 4, mtr * cout * esz // 4
+            if self.pool.carry:  # the last conv row is the next tile's first (words)
+                hr_row, bd_row = R["hr_row"] // 4, R["bd_row"] // 4
                 pool_rows += f"""
     if (bt + 1 < t_end && (bt + 1) % {R['blocks_per_image']} != 0) {{
       __syncthreads();  // the pass down has read row 0
