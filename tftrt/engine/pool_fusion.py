@@ -123,8 +123,7 @@ def unfused(net: Network) -> Network:
         name = conv.outputs[0]
         out.tensors[name] = sub.tensors[name]
         layers.append(conv)
-        at = layer.attrs["pool"].get("at")
-        pools.append((len(layers) if at is None else int(at), pool))
+        pools.append((int(layer.attrs["pool"]["at"]), pool))
     for at, pool in sorted(pools, key=lambda p: p[0]):
         layers.insert(at, pool)
     out.layers = layers
