@@ -399,6 +399,17 @@ def _out_of_memory(err: BaseException) -> bool:
         "out of memory" in str(err).lower()
 
 
+def _batch_rows(shapes, inputs) -> int:
+    """The samples in one engine's batch: the rows of its inputs whose first dimension is
+    the batch (unknown in the engine's input shapes), else of every input with a first
+    dimension. A scalar input (a temperature, a step) or a fixed-size one (a [1, C]
+    broadcast operand) has no rows of its own: counting it as one row made 800 samples read
+    as 4 and warned that they were too few (helper hunt, s54)."""
+    ranked = [(s, v) for s, v in zip(shapes, inputs) if np.ndim(v)]
+    batch = [v for s, v in ranked if not s or s[0] is None or s[0] < 0]
+    return min((np.shape(v)[0] for v in batch or [v for _, v in ranked]), default=1)
+
+
 class _Calibration:
     """Feeds engine inputs to one EngineCalibrator per quantized engine op, then stores the
     tables."""
@@ -436,7 +447,7 @@ class _Calibration:
             inputs = [values.get(t) for t in op.spec.input_tensors]
             if all(v is not None and np.asarray(v).size for v in inputs):
                 self._observe(op, inputs)
-                rows = max(rows, min(np.shape(v)[0] if np.ndim(v) else 1 for v in inputs))
+                rows = max(rows, _batch_rows(op.spec.input_shapes, inputs))
         self.samples += rows
         self.batches += 1
 

@@ -272,6 +272,40 @@ def test_few_calibration_samples_are_said(cnn, caplog, sizes, warned):
                         f"real inputs (TensorRT suggests about 500)"], said
 
 
+@pytest.mark.parametrize("rows, warned", [(40, None), (8, 32)])
+def test_a_scalar_engine_input_does_not_count_as_the_batch(tmp_path, caplog, rows, warned):
+    """An engine reading a scalar beside the batch (x * t) counted one sample a batch: 4
+    batches of 200 rows read as 4 samples and warned that they were too few (helper hunt,
+    s54). The rows are those of the inputs whose first dimension is the batch."""
+    rng = np.random.RandomState(0)
+
+    class Scaled(tf.Module):
+        def __init__(self):
+            self.w = tf.Variable(rng.randn(16, 8).astype(np.float32))
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 16], tf.float32, name="x"),
+                                      tf.TensorSpec([], tf.float32, name="t")])
+        def __call__(self, x, t):
+            return {"y": tf.nn.relu(tf.matmul(x * t, self.w))}
+    path, module = str(tmp_path / "scaled"), Scaled()
+    tf.saved_model.save(module, path)
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=path, precision_mode="INT8",
+                                   minimum_segment_size=1)
+    data = [{"x": rng.randn(rows, 16).astype(np.float32), "t": np.float32(0.5 + i / 4)}
+            for i in range(4)]
+    with caplog.at_level(logging.WARNING, logger="tftrt.calibration"):
+        fn = conv.convert(calibration_input_fn=lambda: iter(data))
+    (op,) = conv.engine_ops.values()
+    assert sorted(op.spec.input_tensors) == ["t:0", "x:0"]
+    said = [r.getMessage() for r in caplog.records if "sample(s) in all" in r.getMessage()]
+    assert said == ([] if warned is None else [said[0]]) and \
+        all(f"gave {warned} sample(s) in all" in m for m in said), said
+    x = rng.randn(5, 16).astype(np.float32)
+    want = np.maximum(x * 0.75 @ module.w.numpy(), 0)
+    got = fn(x=tf.constant(x), t=tf.constant(0.75))["y"].numpy()
+    assert _rel(got, want) < 5e-2
+
+
 def test_calibration_on_the_gpu_is_a_switch_for_the_cupy_backend(monkeypatch, caplog):
     """Calibration builds its FP32 engines on the CuPy backend where CuPy is the backend
     (TFTRT_CALIBRATE_ON_GPU, default on; tests/gpu/test_int8_gpu.py checks them against the
