@@ -118,9 +118,12 @@ def restore_plans(op: TRTEngineOp, plans: Iterable[Tuple[dict, Callable[[], byte
             continue
         if isinstance(meta, dict) and meta.get("profiles") is not None:
             op.remember_profiles(meta["profiles"])
+        profiles = meta.get("profiles") if isinstance(meta, dict) else None
         if built_for and built_for != backend:
             log.info("%s: a saved engine is for backend %s, running on %s; %s",
                      op.name, built_for, backend, _instead(op))
+            op.saved_engine_unusable(key, f"built for backend {built_for}, running on "
+                                          f"{backend}", profiles)
             continue
         if digest is None:
             digest = network_sha256(op.spec.onnx_bytes)
@@ -130,10 +133,12 @@ def restore_plans(op: TRTEngineOp, plans: Iterable[Tuple[dict, Callable[[], byte
         except PlanError as err:
             log.warning("%s: a saved engine cannot be used here (%s); %s", op.name, err,
                         _instead(op))
+            op.saved_engine_unusable(key, str(err), profiles)
             continue
         except OSError as err:
             log.warning("%s: a saved engine cannot be read (%s); %s", op.name, err,
                         _instead(op))
+            op.saved_engine_unusable(key, f"unreadable: {err}", profiles)
             continue
         op.add_engine(key, engine)
     op.build_loaded_ladders()

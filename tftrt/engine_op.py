@@ -227,6 +227,9 @@ class TRTEngineOp:
         self.collected: List[ShapeKey] = []
         self._network = None  # the segment network, imported once
         self._evicted: "collections.deque" = collections.deque(maxlen=256)
+        # (shapes, profiles or None, why) of the saved engines a load could not use
+        # (conversion.restore_plans): with allow_build_at_runtime=False their shapes say so
+        self._unusable: "collections.deque" = collections.deque(maxlen=64)
         self._thrash_warned = False
 
     @property
@@ -598,6 +601,41 @@ class TRTEngineOp:
             with self._lock:
                 self._remember(found[0])
 
+    def saved_engine_unusable(self, key: ShapeKey, why: str, raw_profiles=None) -> None:
+        """Records that the saved engine for ``key`` (with its profiles' JSON, if any) could
+        not be used (``conversion.restore_plans``): under allow_build_at_runtime=False a call
+        of its shapes then says so, where it blamed save_gpu_specific_engines=False or an
+        eviction (cache hunt, s54)."""
+        try:
+            found = P.profiles_from_config({"profiles": raw_profiles}) if raw_profiles else []
+        except (KeyError, TypeError, ValueError):
+            found = []
+        with self._lock:
+            self._unusable.append((key, found[0] if found else None, why))
+
+    def evicted_shapes(self) -> List[list]:
+        """The input shapes of exact engines evicted from the cache (oldest first), as JSON:
+        save() keeps them, so that a loaded model under allow_build_at_runtime=False says
+        the engine was built and evicted, not "call build() with these shapes"."""
+        with self._lock:
+            return [[list(s) for s in ev] for ev in self._evicted if not isinstance(ev, list)]
+
+    def remember_evicted_shapes(self, raw) -> None:
+        """Takes back :meth:`evicted_shapes`' JSON (a saved model's manifest) where runtime
+        builds are off (only their message reads it; with builds on, the saving process's
+        evictions would count as this one's in the thrash warning); a malformed item is
+        skipped."""
+        if not isinstance(raw, list) or self.spec.allow_build_at_runtime:
+            return
+        for item in raw:
+            try:
+                key = tuple(tuple(int(d) for d in s) for s in item)
+            except (TypeError, ValueError):
+                continue
+            with self._lock:
+                if key not in self._evicted:
+                    self._evicted.append(key)
+
     def remembered_profile_sets(self) -> List[list]:
         """Every remembered profile set as JSON (a list of profiles each), most recent first:
         what save() keeps for sets whose engine is no longer cached, so a loaded model
@@ -634,6 +672,14 @@ class TRTEngineOp:
         if failed:
             return failed
         if not (self.spec.allow_build_at_runtime or force):
+            why = next((why for k, profiles, why in reversed(self._unusable)
+                        if k == key or (profiles and any(p.contains(key) for p in profiles))),
+                       None)
+            if why is not None:
+                return (f"the saved engine for input shapes {key} cannot be used here ({why}) "
+                        f"and allow_build_at_runtime=False (save the converted model again "
+                        f"with its engines, on a machine like this one, or allow runtime "
+                        f"builds)")
             if self.profile_strategy and any(P.choose_profile(r, key) is not None
                                              for r in self._remembered):
                 # build() made them, but no engine for them is here now: saved with

@@ -108,7 +108,32 @@ def _check_output_dir(path: str, source: Optional[str] = None) -> str:
     if not os.path.isdir(ancestor):
         what = "is a file" if ancestor == real else f"is inside {ancestor!r}, which is a file"
         raise ValueError(f"output_saved_model_dir {path!r} {what}; give a directory path")
+    # The save writes beside ``real`` and exchanges the two by a rename, which needs only the
+    # parent to be writable: a write-protected model was replaced (its old files left behind
+    # in a hidden sibling no one could delete), where TF's own save refuses (cache hunt, s54).
+    if os.path.isdir(real) and not os.access(real, os.W_OK | os.X_OK):
+        raise PermissionError(f"output_saved_model_dir {path!r} is write-protected; make it "
+                              f"writable or save to another directory")
+    parent = os.path.dirname(real)
+    while not os.path.exists(parent) and os.path.dirname(parent) != parent:
+        parent = os.path.dirname(parent)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot save to {path!r}: directory {parent!r} is "
+                              f"write-protected; make it writable or save elsewhere")
     return real
+
+
+def _delete_tree(path: str) -> bool:
+    """Deletes directory ``path``; False, with a warning that names it, where that fails
+    (it was deleted with errors ignored, and said to be)."""
+    try:
+        shutil.rmtree(path)
+    except FileNotFoundError:
+        pass
+    except OSError as err:
+        log.warning("could not delete %s (%s); delete it yourself", path, err)
+        return False
+    return True
 
 
 def inside(path: str, directory: str) -> bool:
@@ -259,7 +284,7 @@ def _swap_in(staging: str, path: str) -> None:
         return
     if _exchange(staging, path):
         # At every instant ``path`` is the old model or the new one, never missing.
-        shutil.rmtree(staging, ignore_errors=True)
+        _delete_tree(staging)
         return
     # The old model goes to a sibling with the staging directory's token: while both exist
     # the swap is half done (recover_interrupted_save puts the old one back); once the
@@ -272,7 +297,7 @@ def _swap_in(staging: str, path: str) -> None:
     except BaseException:
         os.rename(old, path)
         raise
-    shutil.rmtree(old, ignore_errors=True)
+    _delete_tree(old)
 
 
 # A save's siblings of another host are left alone this long (its process cannot be asked)
@@ -349,8 +374,8 @@ def recover_interrupted_save(path: str) -> None:
     removed = []
 
     def delete(name):
-        shutil.rmtree(os.path.join(head, name), ignore_errors=True)
-        removed.append(name)
+        if _delete_tree(os.path.join(head, name)):
+            removed.append(name)
     for token in sorted(set(olds) | set(stagings)):
         if _save_in_progress(token, os.path.join(head, olds.get(token) or stagings[token])):
             continue
@@ -541,6 +566,9 @@ def _write_assets(adir: str, converter, gd, outputs, save_gpu_specific_engines: 
         remembered = op.remembered_profile_sets()
         if remembered:  # build()'s profiles too when their engine was evicted
             entry["remembered_profiles"] = remembered
+        evicted = op.evicted_shapes()
+        if evicted:  # exact engines build() made and the cache evicted (their message)
+            entry["evicted_shapes"] = evicted
         if refs:
             entry["network_sha256"] = network_sha
             entry["weights"] = refs
@@ -907,6 +935,7 @@ def _engines_from_manifest(path: str, adir: str, manifest: dict, loaded, make_op
         conversion.restore_plans(op, [(p, functools.partial(read_plan, f, p))
                                       for p, f in zip(e["plans"], paths)])
         op.remember_profile_sets(e.get("remembered_profiles"))
+        op.remember_evicted_shapes(e.get("evicted_shapes"))
         ops[spec.name] = op
     return manifest, gd, ops
 

@@ -373,6 +373,110 @@ def test_a_refused_profile_plan_rebuilds_with_the_saved_profiles(saves, tmp_path
     assert op.stats["builds"] == 1 and op.stats["native"] == 0
 
 
+def native_messages(caplog):
+    return [r.getMessage() for r in caplog.records if "runs its native segment" in
+            r.getMessage()]
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_a_refused_plan_without_runtime_builds_says_why_its_shapes_run_natively(
+        saves, tmp_path, caplog, dynamic):
+    """allow_build_at_runtime=False and a saved plan that cannot be used: the shapes it
+    served run natively, and each call blamed save_gpu_specific_engines=False or an
+    eviction, neither of which happened (cache hunt, s54). It names the plan's fault."""
+    model = str(tmp_path / "model")
+    kw = {"use_dynamic_shape": True} if dynamic else {}
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=saves["src"],
+                                   allow_build_at_runtime=False, **kw)
+    conv.convert()
+    conv.build(lambda: iter([(image(1),), (image(4),)] if dynamic else [(image(4),)]))
+    conv.save(model)
+    with open(plan_path(model), "r+b") as f:
+        f.truncate(100)
+    loaded, warnings = load(model, caplog)
+    assert any("its input shapes run the native segment" in w for w in warnings), warnings
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert_native_answers(saves["src"], loaded.signatures["serving_default"], image(4))
+    said = native_messages(caplog)
+    assert len(said) == 1 and "the saved engine for input shapes ((4, 8, 8, 3),) cannot be " \
+        f"used here ({E0}_0.plan does not match the digest" in said[0] and \
+        "save the converted model again with its engines" in said[0], said
+    assert "evicted" not in said[0] and "save_gpu_specific_engines" not in said[0]
+    assert loaded.engine_ops[E0].stats["builds"] == 0
+
+
+def test_a_loaded_model_says_an_engine_build_made_was_evicted(saves, tmp_path, caplog):
+    """build() made three exact engines and a cache of two evicted one before save(); the
+    loaded model told its callers to call build() with those shapes, which they had (cache
+    hunt, s54): save() keeps the evicted shapes, and the message is the converter's."""
+    model = str(tmp_path / "model")
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=saves["src"],
+                                   allow_build_at_runtime=False, maximum_cached_engines=2)
+    conv.convert()
+    conv.build(lambda: iter([(image(b),) for b in (1, 2, 4)]))
+    conv.save(model)
+    loaded, _ = load(model, caplog)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert_native_answers(saves["src"], loaded.signatures["serving_default"], image(1))
+        assert_native_answers(saves["src"], loaded.signatures["serving_default"], image(3))
+    said = native_messages(caplog)
+    assert len(said) == 2, said
+    assert "the engine for input shapes ((1, 8, 8, 3),) was built, then evicted from the " \
+        "cache (maximum_cached_engines=2)" in said[0], said
+    assert "no engine for input shapes ((3, 8, 8, 3),) and allow_build_at_runtime=False " \
+        "(call converter.build()" in said[1], said
+
+
+def test_saving_over_a_write_protected_model_is_refused(saves, tmp_path, monkeypatch):
+    """The save writes beside the model and swaps the two by a rename, which needs only the
+    parent to be writable: a write-protected model was replaced, and its old files were left
+    in a hidden sibling (cache hunt, s54; as root, which writes through permission bits,
+    os.access is what the check asks, so it is mocked here)."""
+    model = shutil.copytree(saves["fp32_b8"], str(tmp_path / "model"))
+    before = sorted(os.listdir(tmp_path))
+    real_access = os.access
+    protected = {os.path.realpath(model)}
+    monkeypatch.setattr(saving.os, "access", lambda p, mode, **kw: False if os.path.realpath(
+        p) in protected else real_access(p, mode, **kw))
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=saves["src"])
+    conv.convert()
+    with pytest.raises(PermissionError, match=f"output_saved_model_dir {model!r} is "
+                                              f"write-protected; make it writable"):
+        conv.save(model)
+    protected = {str(tmp_path)}
+    with pytest.raises(PermissionError, match=f"cannot save to {str(tmp_path / 'new')!r}: "
+                                              f"directory {str(tmp_path)!r} is write-protected"):
+        conv.save(str(tmp_path / "new"))
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_a_replaced_model_that_cannot_be_deleted_is_said(saves, tmp_path, monkeypatch, caplog):
+    """After the swap the old model's files are deleted; where that failed they were left,
+    hidden, with nothing said (cache hunt, s54)."""
+    model = shutil.copytree(saves["fp32_b8"], str(tmp_path / "model"))
+    rmtree = shutil.rmtree
+
+    def refuse(path, *a, **kw):
+        if ".tftrt-" in os.path.basename(os.fspath(path)):
+            raise PermissionError(13, "Permission denied", path)
+        return rmtree(path, *a, **kw)
+    monkeypatch.setattr(saving.shutil, "rmtree", refuse)
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=saves["src"])
+    conv.convert()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        conv.save(model)
+    left = [n for n in os.listdir(tmp_path) if ".tftrt-" in n]
+    assert len(left) == 1, os.listdir(tmp_path)
+    said = [r.getMessage() for r in caplog.records if "could not delete" in r.getMessage()]
+    assert said == [f"could not delete {tmp_path / left[0]} ([Errno 13] Permission denied: "
+                    f"'{tmp_path / left[0]}'); delete it yourself"], said
+    assert_native_answers(saves["src"], tftrt.load(model).signatures["serving_default"],
+                          image(8))
+
+
 def test_saving_again_keeps_the_users_assets_extra(saves, tmp_path, caplog):
     """TF Serving's warmup requests live in assets.extra, which users add to the saved model;
     TF's save into an existing directory (TF-TRT's) leaves it, and so does tftrt's atomic
