@@ -116,9 +116,9 @@ def restore_plans(op: TRTEngineOp, plans: Iterable[Tuple[dict, Callable[[], byte
             log.warning("%s: a saved engine's description is malformed (%s: %s); %s",
                         op.name, type(err).__name__, err, _instead(op))
             continue
-        if isinstance(meta, dict) and meta.get("profiles") is not None:
-            op.remember_profiles(meta["profiles"])
         profiles = meta.get("profiles") if isinstance(meta, dict) else None
+        if profiles is not None:
+            op.remember_profiles(profiles)
         if built_for and built_for != backend:
             log.info("%s: a saved engine is for backend %s, running on %s; %s",
                      op.name, built_for, backend, _instead(op))

@@ -125,7 +125,7 @@ def _check_output_dir(path: str, source: Optional[str] = None) -> str:
 
 def _delete_tree(path: str) -> bool:
     """Deletes directory ``path``; False, with a warning that names it, where that fails
-    (it was deleted with errors ignored, and said to be)."""
+    (its errors were ignored, and a leftover was logged as deleted: cache hunt, s54)."""
     try:
         shutil.rmtree(path)
     except FileNotFoundError:
