@@ -18,6 +18,7 @@ compiler contracts a multiply-add differently). Timed as bench_qmma times: a CUD
 rate measured in the same run.
 
     python3 benchmarks/probe_triton_qgemm.py [--batch 128] [--only s2,s3] [--configs medium]
+                                             [--via-cupy]
 
 Runs with the GPU host's python3 (PyTorch + Triton); no tftrt import. A probe: if a shape
 runs near its floor here, a Triton-built kernel (compiled ahead, launched by CuPy from its
@@ -162,11 +163,62 @@ def configs(k: int, which: str):
     return out
 
 
+def cupy_launch(cfg, m, n, k, has_res, relu, x, w, scale, bias, res, y, res_scale, inv_out):
+    """The same kernel compiled ahead (``triton.compile`` to a cubin) and launched by CuPy on
+    the same memory (DLPack views), as a tactic would run it: returns (its output equal to
+    the Triton launch's, seconds per call by CuPy's events over 20 launches)."""
+    import cupy as cp
+    import numpy as np
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    bm, bn, bk, nw, ns, gm = cfg
+    sig = {"x_ptr": "*i8", "w_ptr": "*i8", "scale_ptr": "*fp32", "bias_ptr": "*fp32",
+           "res_ptr": "*i8", "y_ptr": "*i8", "M": "i32", "res_scale": "fp32", "inv_out": "fp32"}
+    consts = {"N": n, "K": k, "HAS_RES": has_res, "RELU": relu, "BLOCK_M": bm, "BLOCK_N": bn,
+              "BLOCK_K": bk, "GROUP_M": gm}
+    sig.update({c: "constexpr" for c in consts})
+    major, minor = torch.cuda.get_device_capability()
+    kern = triton.compile(ASTSource(fn=qgemm, signature=sig, constexprs=consts),
+                          target=GPUTarget("cuda", 10 * major + minor, 32),
+                          options={"num_warps": nw, "num_stages": ns})
+    meta = kern.metadata
+    if getattr(meta, "global_scratch_size", 0) or getattr(meta, "profile_scratch_size", 0):
+        raise RuntimeError("the kernel asks for scratch memory; the probe passes none")
+    mod = cp.cuda.function.Module()
+    mod.load(bytes(kern.asm["cubin"]))
+    fn = mod.get_function(meta.name)
+    fn.max_dynamic_shared_size_bytes = meta.shared
+    views = [cp.from_dlpack(t) for t in (x, w, scale, bias, res if has_res else y)]
+    out = cp.zeros((m, n), dtype=cp.int8)
+    grid = (triton.cdiv(m, bm) * triton.cdiv(n, bn),)
+    args = (*views, out, np.int32(m), np.float32(res_scale), np.float32(inv_out),
+            np.uint64(0), np.uint64(0))
+
+    def launch():
+        fn(grid, (32 * nw,), args, shared_mem=meta.shared)
+    launch()
+    cp.cuda.Device().synchronize()
+    same = bool((out == cp.from_dlpack(y)).all())
+    e0, e1 = cp.cuda.Event(), cp.cuda.Event()
+    times = []
+    for _ in range(5):
+        e0.record()
+        for _ in range(20):
+            launch()
+        e1.record()
+        e1.synchronize()
+        times.append(cp.cuda.get_elapsed_time(e0, e1) / 1e3 / 20)
+    return same, statistics.median(times)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--only", default="", help="comma-separated name prefixes")
     ap.add_argument("--configs", default="medium", choices=("all", "medium", "few"))
+    ap.add_argument("--via-cupy", action="store_true",
+                    help="also run each shape's best config compiled ahead and launched by "
+                         "CuPy (the way a tactic would), its output compared with Triton's")
     args = ap.parse_args()
     torch.manual_seed(0)
     dev = torch.cuda.get_device_properties(0)
@@ -228,6 +280,21 @@ def main():
         print(f"{name:26s} {m:7d} {k:5d} {n:5d} {floor * 1e6:8.1f} {t * 1e6:8.1f} "
               f"{t / floor:7.2f} {moved / t / 1e9:6.0f} {int_mm_us}  {cfg[:5]}  "
               f"{bad} of {m * n} (max {worst})", flush=True)
+        if args.via_cupy:
+            bm, bn, bk, nw, ns, gm = cfg
+            try:
+                qgemm[(triton.cdiv(m, bm) * triton.cdiv(n, bn),)](
+                    x, w, scale, bias, res if has_res else y, y, m, res_scale, inv_out, N=n,
+                    K=k, HAS_RES=has_res, RELU=relu, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
+                    GROUP_M=gm, num_warps=nw, num_stages=ns)
+                torch.cuda.synchronize()
+                same, tc = cupy_launch(cfg, m, n, k, has_res, relu, x, w, scale, bias, res, y,
+                                       res_scale, inv_out)
+                print(f"#   {name}: compiled ahead, launched by CuPy: {tc * 1e6:.1f} us "
+                      f"(events, 20 launches), output {'equal' if same else 'DIFFERENT'}",
+                      flush=True)
+            except Exception as e:
+                print(f"#   {name}: via CuPy failed: {type(e).__name__}: {str(e)[:200]}")
 
 
 if __name__ == "__main__":
