@@ -453,8 +453,8 @@ def _check_destination(dst: str, src: str) -> None:
         # save()'s own checks: dst is not a file, nor inside one, nor a non-empty directory
         # that is not a SavedModel, nor SRC, inside it or holding it.
         real = saving._check_output_dir(dst, src)  # pylint: disable=protected-access
-    except ValueError as e:
-        raise _Usage(str(e)) from None
+    except (ValueError, PermissionError) as e:  # (PermissionError: a write-protected DST,
+        raise _Usage(str(e)) from None          # s54; was a traceback and exit 1)
     # save() writes a hidden sibling of dst then renames it into place, creating missing
     # parents: the nearest existing parent is what must take new entries. A real mkdir
     # answers where permission bits do not (root, /proc, read-only mounts).
@@ -711,13 +711,19 @@ def _convert_tf1(args, src, dst, tags, out) -> int:
     if args.max_workspace_size_bytes:
         kwargs["max_workspace_size_bytes"] = args.max_workspace_size_bytes
     import tensorflow as tf
-    try:
-        converter = trt.TrtGraphConverter(**kwargs)
-        converter.convert()
-        converter.save(dst)
-    except (ValueError, RuntimeError, OSError, tf.errors.OpError) as e:
-        from tftrt.logs import first_error_line
-        raise CommandError(f"TF1 conversion failed: {first_error_line(e)}") from None
+    # under the same guard as the V2 path: TF's __del__ methods swallowed a Ctrl-C during the
+    # save, which then went on and exited 0 (helper hunt, s54)
+    with _Interrupts() as interrupts:
+        try:
+            converter = trt.TrtGraphConverter(**kwargs)
+            converter.convert()
+            interrupts.check()
+            with interrupts.deferred():  # the save runs to its end, then the interrupt counts
+                converter.save(dst)
+        except (ValueError, RuntimeError, OSError, tf.errors.OpError) as e:
+            from tftrt.logs import first_error_line
+            raise CommandError(f"TF1 conversion failed: {first_error_line(e)}") from None
+        interrupts.check(f"interrupted after the save completed: {dst} is saved")
     print(f"saved {dst} (TF1 converter, engines build at run time)", file=out)
     return EXIT_OK
 
