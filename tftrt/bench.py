@@ -200,11 +200,15 @@ def make_runners(path: str, names: Sequence[str], signature_key: str, tags=None)
 def bench(path: str, runners: Sequence[str], batches: Sequence[Dict[str, np.ndarray]],
           batch_sizes: Sequence[Optional[int]], warmup: int, iterations: int,
           signature_key: str, tags=None, log: Callable[[str], None] = lambda s: None,
-          notes: Optional[Dict[str, str]] = None) -> List[Result]:
+          notes: Optional[Dict[str, str]] = None,
+          interrupted: Callable[[], bool] = lambda: False) -> List[Result]:
     """Times each runner on each input batch (``batch_sizes[i]`` labels ``batches[i]``).
 
     ``notes``, when given, receives {runner name: note} for runners with something to say
-    (the tftrt runner on a model without engines: it runs natively).
+    (the tftrt runner on a model without engines: it runs natively). ``interrupted``: whether
+    a Ctrl-C came (the command's record of it): then no runner starts, and a runner's error
+    is that interrupt (TF turns a KeyboardInterrupt inside an engine's call into another
+    error, or swallows it), raised as KeyboardInterrupt.
     """
     made = make_runners(path, runners, signature_key, tags)
     if notes is not None:
@@ -214,6 +218,8 @@ def bench(path: str, runners: Sequence[str], batches: Sequence[Dict[str, np.ndar
         shapes = {k: list(v.shape) for k, v in inputs.items()}
         args = to_device(inputs)
         for name in runners:
+            if interrupted():
+                raise KeyboardInterrupt("interrupted")
             fn, ops, _, _ = made[name]
             res = Result(name, batch, shapes, [])
             log(f"{name}: batch {batch if batch is not None else shapes}")
@@ -223,6 +229,8 @@ def bench(path: str, runners: Sequence[str], batches: Sequence[Dict[str, np.ndar
                 res.latencies_ms = time_calls(fn, args, warmup, iterations)
                 res.h2d_ms, res.d2h_ms = copy_times(inputs, outputs)
             except Exception as err:  # a runner that fails is reported, the others still run
+                if interrupted():  # a Ctrl-C that TF turned into another error
+                    raise KeyboardInterrupt("interrupted") from err
                 res.error = f"{type(err).__name__}: {first_error_line(err)}"
             if ops:
                 res.engine_memory = engine_memory(ops)

@@ -204,3 +204,34 @@ def test_ctrl_c_swallowed_during_the_save_still_ends_the_command(src, tmp_path, 
     assert code == 130, err
     assert f"interrupted after the save completed: {dst} is saved" in err, err
     assert os.path.isfile(dst / "saved_model.pb")
+
+
+@pytest.mark.parametrize("tf_turns_it_into", ["SystemError", "nothing"])
+def test_ctrl_c_inside_a_timed_call_ends_the_bench(src, monkeypatch, tf_turns_it_into):
+    """A Ctrl-C inside an engine's call comes out of TF as a SystemError ("returned a result
+    with an exception set") or not at all: bench reported the runner as failed and timed
+    the next batch (exit 1, or 0 with everything timed; helper hunt, s54). It ends the
+    bench: one line, exit 130, no batch after it timed."""
+    import signal
+    from tftrt import bench as B
+    timed = []
+    time_calls = B.time_calls
+
+    def interrupted_calls(fn, args, warmup, iterations):
+        timed.append(iterations)
+        if len(timed) == 1:
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                for _ in range(1000):
+                    pass
+            except KeyboardInterrupt:
+                if tf_turns_it_into == "SystemError":
+                    raise SystemError("<built-in method __array__> returned a result with an "
+                                      "exception set") from None
+        return time_calls(fn, args, warmup, iterations)
+    monkeypatch.setattr(B, "time_calls", interrupted_calls)
+    code, out, err = run_cli("bench", src, "--batch-sizes", "1,2", "--iterations", "2")
+    assert code == 130, err
+    assert err.strip().splitlines()[-1] == "tftrt bench: interrupted", err
+    assert "Traceback" not in err and "failed" not in out + err
+    assert len(timed) == 1
