@@ -242,7 +242,9 @@ def format_description(info: dict, print_fn: Callable[[str], None], layers: bool
         print_fn(f"converted: {done} of {total} ops ({pct:.2f}%) in {len(engines)} engine(s)")
         left = conv.get("left_native") or {}
         if left:
-            print_fn("left native: " + ", ".join(f"{op} {n}x" for op, n in left.items()))
+            consts = conv.get("consts_native") or 0  # (a model saved before s54: unknown)
+            print_fn("left native: " + ", ".join(f"{op} {n}x" for op, n in left.items()) +
+                     (f" (and {consts} Const, not listed)" if consts else ""))
             for op in left:
                 for why, n in (conv.get("reasons", {}).get(op) or {}).items():
                     print_fn(f"  - {op} ({n}x): {why}")

@@ -597,10 +597,10 @@ def _conversion_report(info, seg, ops: Dict[str, TRTEngineOp]) -> dict:
     from tftrt.segment import BOUNDARY_OPS
     native_ops = [n for n, node in info.nodes.items() if node.op not in BOUNDARY_OPS]
     in_engine = {n for op in ops.values() for n in op.spec.member_nodes}
-    left = collections.Counter(info.nodes[n].op for n in native_ops
-                               if n not in in_engine and info.nodes[n].op != "Const")
+    left = collections.Counter(info.nodes[n].op for n in native_ops if n not in in_engine)
+    consts = left.pop("Const", 0)  # counted in the total, not listed (as summary() says)
     return {"ops_total": len(native_ops), "ops_converted": len(in_engine),
-            "left_native": dict(left.most_common()),
+            "left_native": dict(left.most_common()), "consts_native": consts,
             "reasons": seg.unconverted_reasons(info) if seg is not None else {}}
 
 
