@@ -137,7 +137,8 @@ def _port(text: str) -> int:
 
 def _add_model_options(p: argparse.ArgumentParser, backend_help: str) -> None:
     p.add_argument("--signature-key", "--signature_def_key", dest="signature_key",
-                   default=None, help="signature to use (default: serving_default)")
+                   default=None, help="signature to use (default: serving_default; for a "
+                                      "converted model, the signature it was converted from)")
     p.add_argument("--tags", "--tag_set", dest="tags", default="serve",
                    help="MetaGraph tags, comma separated (default: serve)")
     p.add_argument("--backend", choices=BACKENDS, type=str.lower, default=None, help=backend_help)
@@ -586,6 +587,11 @@ def cmd_convert(args, out, err) -> int:
         raise _Usage("--profile-strategy needs --dynamic-shape")
     _check_convert_values(args)
     note = _select_backend(args.backend, default_engines=False)
+    from tftrt.graph_io import check_saved_model_dir
+    try:  # SRC first: "notamodel/out is inside the SavedModel being converted" misled, where
+        check_saved_model_dir(src)  # SRC is no SavedModel at all (helper hunt, s54)
+    except ValueError as e:
+        raise CommandError(str(e)) from None
     _check_destination(dst, src)
     from tftrt import inputs as inp
     from tftrt import trt_convert as trt

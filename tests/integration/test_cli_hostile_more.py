@@ -263,3 +263,14 @@ def test_inspect_says_the_consts_its_left_native_list_leaves_out(tmp_path):
     assert consts, out
     listed = sum(int(n) for n in re.findall(r" (\d+)x", line))
     assert done + listed + int(consts.group(1)) == total, out
+
+
+def test_a_src_that_is_no_saved_model_is_said_before_where_dst_lies(tmp_path, no_conversion):
+    """SRC without saved_model.pb and DST inside it: the error called SRC "the SavedModel
+    being converted" (helper hunt, s54); it says what SRC lacks."""
+    src = tmp_path / "notamodel"
+    src.mkdir()
+    code, out, err = run_cli("convert", src, src / "out")
+    assert code == 1, err
+    assert f"{str(src)!r} is not a SavedModel directory: it has no saved_model.pb" in err, err
+    assert "being converted" not in err and out == ""
