@@ -119,6 +119,17 @@ def fp32_advice(backend: str) -> str:
             "this with the model")
 
 
+def exact_output_advice(name: str) -> str:
+    """What build()'s check advises when FP32 engines change an output compared exactly (a
+    string, integer or bool): "please report this" was wrong where the output is made from
+    floats (a formatted number, a cast, an argmax), which a last-digit rounding changes
+    (helper hunt, s54)."""
+    return (f"output {name!r} is compared exactly: where it is made from floats (a formatted "
+            f"number, a cast to an integer, an argmax), a float's last-digit rounding, which "
+            f"FP32 engines may do differently from TF, changes it; compare the floats it is "
+            f"made from (`tftrt compare DIR --per-layer`) before reporting it")
+
+
 def is_int(value) -> bool:
     """An integer (numpy's too), not a bool."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
@@ -688,7 +699,7 @@ class TrtGraphConverterV2:
             return
         if ops and worst > bar:
             how = ("in %.1e of its elements" if exact else "by %.1e of its largest value") % worst
-            fix = {"FP32": fp32_advice(resolve_backend()),
+            fix = {"FP32": exact_output_advice(name) if exact else fp32_advice(resolve_backend()),
                    "FP16": "Convert with precision_mode='FP32' if that matters"}.get(
                        precision, "Convert with precision_mode='FP16' or 'FP32' if that "
                                   "matters")
