@@ -277,6 +277,15 @@ def _jsonable(v):
     return v
 
 
+def put_back(layers: List["Layer"], placed: Iterable[Tuple[int, "Layer"]]) -> None:
+    """Inserts into ``layers`` (in place) the layers a ``_finish`` rewrite took out, each at
+    the index it had in the network then (``(at, layer)`` pairs, as the rewrite recorded
+    them: a fused pool, a fused projection, an absorbed input cast), lowest first so that
+    every index counts the layers put back before it."""
+    for at, layer in sorted(placed, key=lambda e: int(e[0])):
+        layers.insert(int(at), layer)
+
+
 class Network:
     """Tensors, weights and layers in topological order (see module doc)."""
 

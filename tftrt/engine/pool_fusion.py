@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import List, Optional, Tuple
 
-from tftrt.engine.network import Layer, Network, TensorInfo
+from tftrt.engine.network import Layer, Network, TensorInfo, put_back
 
 
 def fuse_mode() -> str:
@@ -123,8 +123,7 @@ def unfused(net: Network) -> Network:
         name = conv.outputs[0]
         out.tensors[name] = sub.tensors[name]
         layers.append(conv)
-        pools.append((int(layer.attrs["pool"]["at"]), pool))
-    for at, pool in sorted(pools, key=lambda p: p[0]):
-        layers.insert(at, pool)
+        pools.append((layer.attrs["pool"]["at"], pool))
+    put_back(layers, pools)
     out.layers = layers
     return out

@@ -32,7 +32,7 @@ import numpy as np
 
 from tftrt.engine import quantization as Q
 from tftrt.engine.errors import EngineBuildError
-from tftrt.engine.network import COMPARISONS, Layer, Network
+from tftrt.engine.network import COMPARISONS, Layer, Network, put_back
 from tftrt.engine.passes.se_fusion import se_gate_layers
 
 log = logging.getLogger("tftrt.engine")
@@ -572,8 +572,7 @@ def restore_input_casts(net: Network) -> None:
         layer.inputs[0] = out["name"]
         net.tensors[out["name"]] = TensorInfo(out["name"], out["dtype"], tuple(out["shape"]))
         casts[out["name"]] = rec
-    for rec in sorted(casts.values(), key=lambda r: r["at"]):
-        net.layers.insert(int(rec["at"]), Layer.from_json(rec["cast"]))
+    put_back(net.layers, [(rec["at"], Layer.from_json(rec["cast"])) for rec in casts.values()])
 
 
 def _cast_gemm_inputs_to_fp16(net: Network) -> None:

@@ -71,7 +71,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from tftrt.engine.network import Layer, Network, TensorInfo
+from tftrt.engine.network import Layer, Network, TensorInfo, put_back
 
 log = logging.getLogger("tftrt.engine")
 
@@ -942,9 +942,8 @@ def _unproject(out: Network) -> None:
             layers += [p, layer]
         else:
             layers.append(layer)
-            placed.append((int(d["at"]), p))
-    for k, p in sorted(placed, key=lambda e: e[0]):
-        layers.insert(k, p)
+            placed.append((d["at"], p))
+    put_back(layers, placed)
     out.layers = layers
 
 
