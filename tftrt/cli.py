@@ -388,9 +388,10 @@ class _Interrupts:
         finally:
             self._defer = False
 
-    def check(self, message: str = "interrupted: nothing was saved") -> None:
+    def check(self, message: Optional[str] = None) -> None:
+        """Raises the interrupt recorded, with ``message`` (default: the guard's own)."""
         if self.seen:
-            raise _Interrupted(message)
+            raise _Interrupted(message or self._message)
 
 
 def _select_backend(name: Optional[str], default_engines: bool) -> str:
@@ -460,9 +461,7 @@ def _check_destination(dst: str, src: str) -> None:
     # save() writes a hidden sibling of dst then renames it into place, creating missing
     # parents: the nearest existing parent is what must take new entries. A real mkdir
     # answers where permission bits do not (root, /proc, read-only mounts).
-    parent = os.path.dirname(real)
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
+    parent = saving.nearest_existing(os.path.dirname(real))
     try:
         probe = tempfile.mkdtemp(prefix=f".{os.path.basename(real)}.tftrt-check-", dir=parent)
     except OSError as e:
@@ -763,7 +762,7 @@ def cmd_bench(args, out, err) -> int:
                               interrupted=lambda: interrupts.seen)
         except ValueError as e:
             raise CommandError(str(e)) from None
-        interrupts.check("interrupted")
+        interrupts.check()
     note = notes.get("tftrt") or note  # no engines used: say so, not where they would run
     if args.json:
         print(json.dumps({"model": args.model, "signature": key, "device": B.device(),

@@ -102,9 +102,7 @@ def _check_output_dir(path: str, source: Optional[str] = None) -> str:
             raise ValueError(f"output_saved_model_dir {path!r} exists, is not empty and is not "
                              f"a SavedModel; choose a new directory or empty it first")
     # "afile/" or "afile/sub": checked here, not found by a rename after the whole save.
-    ancestor = real
-    while not os.path.exists(ancestor) and os.path.dirname(ancestor) != ancestor:
-        ancestor = os.path.dirname(ancestor)
+    ancestor = nearest_existing(real)
     if not os.path.isdir(ancestor):
         what = "is a file" if ancestor == real else f"is inside {ancestor!r}, which is a file"
         raise ValueError(f"output_saved_model_dir {path!r} {what}; give a directory path")
@@ -114,13 +112,18 @@ def _check_output_dir(path: str, source: Optional[str] = None) -> str:
     if os.path.isdir(real) and not os.access(real, os.W_OK | os.X_OK):
         raise PermissionError(f"output_saved_model_dir {path!r} is write-protected; make it "
                               f"writable or save to another directory")
-    parent = os.path.dirname(real)
-    while not os.path.exists(parent) and os.path.dirname(parent) != parent:
-        parent = os.path.dirname(parent)
+    parent = nearest_existing(os.path.dirname(real))  # where the sibling is made
     if not os.access(parent, os.W_OK | os.X_OK):
         raise PermissionError(f"cannot save to {path!r}: directory {parent!r} is "
                               f"write-protected; make it writable or save elsewhere")
     return real
+
+
+def nearest_existing(path: str) -> str:
+    """``path`` or its nearest ancestor that exists (save() creates the missing ones)."""
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return path
 
 
 def _delete_tree(path: str) -> bool:
